@@ -1,0 +1,114 @@
+//! What a page-table format is to the walker: a geometry and a descriptor codec.
+//!
+//! Levels are numbered from the root: level 0 is the table the walk starts at,
+//! `levels - 1` holds the smallest pages. (Arm numbers its levels by where the
+//! walk *could* start; a format translates in its own docs.)
+
+use iommu_types::{PhysAddr, Prot};
+
+/// The shape of a multi-level table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Geometry {
+    /// Levels walked, root included.
+    pub levels: usize,
+    /// log2 of the smallest page (the granule).
+    pub granule_shift: u32,
+    /// Index bits resolved by every level below the root.
+    pub bits_per_level: u32,
+    /// Index bits resolved by the root (fewer when the IAS does not fill it).
+    pub root_bits: u32,
+    /// Bit `i` is set when level `i` may hold a leaf.
+    pub leaf_levels: u32,
+    /// Input address size in bits.
+    pub ias: u32,
+    /// Output address size in bits.
+    pub oas: u32,
+}
+
+impl Geometry {
+    /// log2 of the bytes one entry at `level` spans.
+    #[inline]
+    pub const fn entry_shift(&self, level: usize) -> u32 {
+        self.granule_shift + self.bits_per_level * (self.levels - 1 - level) as u32
+    }
+
+    /// Bytes one entry at `level` spans.
+    #[inline]
+    pub const fn entry_size(&self, level: usize) -> u64 {
+        1 << self.entry_shift(level)
+    }
+
+    /// Entries in a table at `level`.
+    #[inline]
+    pub const fn entries(&self, level: usize) -> usize {
+        1 << if level == 0 {
+            self.root_bits
+        } else {
+            self.bits_per_level
+        }
+    }
+
+    /// Index of `iova` in the table at `level`.
+    #[inline]
+    pub const fn index(&self, iova: u64, level: usize) -> usize {
+        ((iova >> self.entry_shift(level)) as usize) & (self.entries(level) - 1)
+    }
+
+    /// Whether `level` may hold a leaf.
+    #[inline]
+    pub const fn is_leaf_level(&self, level: usize) -> bool {
+        self.leaf_levels & (1 << level) != 0
+    }
+
+    /// The level whose leaves are `pgsize` bytes, if there is one.
+    #[inline]
+    pub fn leaf_level_for(&self, pgsize: u64) -> Option<usize> {
+        if !pgsize.is_power_of_two() {
+            return None;
+        }
+        let shift = pgsize.trailing_zeros();
+        if shift < self.granule_shift || (shift - self.granule_shift) % self.bits_per_level != 0 {
+            return None;
+        }
+        let from_bottom = ((shift - self.granule_shift) / self.bits_per_level) as usize;
+        let level = self.levels.checked_sub(1 + from_bottom)?;
+        self.is_leaf_level(level).then_some(level)
+    }
+
+    /// Every leaf size, as Linux's `pgsize_bitmap`.
+    pub fn pgsize_bitmap(&self) -> u64 {
+        (0..self.levels)
+            .filter(|&l| self.is_leaf_level(l))
+            .fold(0, |acc, l| acc | self.entry_size(l))
+    }
+}
+
+/// A decoded descriptor.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pte {
+    /// Nothing mapped.
+    Invalid,
+    /// A pointer to the next-level table.
+    Table(PhysAddr),
+    /// A page or block: its output address and permissions.
+    Leaf {
+        /// Output address of the first byte.
+        pa: PhysAddr,
+        /// Permissions and attributes, in `IOMMU_*` terms.
+        prot: Prot,
+    },
+}
+
+/// A page-table format: geometry plus the descriptor codec.
+pub trait Format {
+    /// The table shape.
+    fn geometry(&self) -> &Geometry;
+    /// Decodes the descriptor `pte` found at `level`.
+    fn decode(&self, pte: u64, level: usize) -> Pte;
+    /// Encodes a pointer to a next-level table.
+    fn encode_table(&self, table: PhysAddr) -> u64;
+    /// Encodes a leaf at `level` (a valid leaf level) for `pa` with `prot`.
+    fn encode_leaf(&self, pa: PhysAddr, level: usize, prot: Prot) -> u64;
+    /// A short name for dumps, e.g. `"lpae-s1-4k"`.
+    fn name(&self) -> &'static str;
+}

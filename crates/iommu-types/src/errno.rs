@@ -1,0 +1,105 @@
+//! Linux error numbers, as the IOMMU API returns them.
+//!
+//! The core's contract is Linux's: a caller that checks for `EBUSY` must see
+//! `EBUSY`. Each variant carries the kernel's number and description.
+
+use core::fmt;
+
+/// A Linux error number returned by an IOMMU operation.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+#[non_exhaustive]
+pub enum Errno {
+    /// Operation not permitted.
+    EPERM,
+    /// No such file or directory.
+    ENOENT,
+    /// Out of memory.
+    ENOMEM,
+    /// Permission denied.
+    EACCES,
+    /// Device or resource busy.
+    EBUSY,
+    /// File exists (a mapping is already in the way).
+    EEXIST,
+    /// No such device (or the operation is not provided).
+    ENODEV,
+    /// Invalid argument.
+    EINVAL,
+    /// No space left on device (an id space is exhausted).
+    ENOSPC,
+    /// Result out of range (outside the address space).
+    ERANGE,
+    /// Function not implemented (no handler installed).
+    ENOSYS,
+    /// Value too large (an address computation overflows).
+    EOVERFLOW,
+    /// Operation not supported.
+    EOPNOTSUPP,
+}
+
+impl Errno {
+    /// The positive Linux error number (`EBUSY` is 16).
+    pub const fn code(self) -> i32 {
+        match self {
+            Errno::EPERM => 1,
+            Errno::ENOENT => 2,
+            Errno::ENOMEM => 12,
+            Errno::EACCES => 13,
+            Errno::EBUSY => 16,
+            Errno::EEXIST => 17,
+            Errno::ENODEV => 19,
+            Errno::EINVAL => 22,
+            Errno::ENOSPC => 28,
+            Errno::ERANGE => 34,
+            Errno::ENOSYS => 38,
+            Errno::EOVERFLOW => 75,
+            Errno::EOPNOTSUPP => 95,
+        }
+    }
+
+    /// The symbolic name, e.g. `"EBUSY"`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Errno::EPERM => "EPERM",
+            Errno::ENOENT => "ENOENT",
+            Errno::ENOMEM => "ENOMEM",
+            Errno::EACCES => "EACCES",
+            Errno::EBUSY => "EBUSY",
+            Errno::EEXIST => "EEXIST",
+            Errno::ENODEV => "ENODEV",
+            Errno::EINVAL => "EINVAL",
+            Errno::ENOSPC => "ENOSPC",
+            Errno::ERANGE => "ERANGE",
+            Errno::ENOSYS => "ENOSYS",
+            Errno::EOVERFLOW => "EOVERFLOW",
+            Errno::EOPNOTSUPP => "EOPNOTSUPP",
+        }
+    }
+
+    /// The C library's description of the number.
+    pub const fn description(self) -> &'static str {
+        match self {
+            Errno::EPERM => "Operation not permitted",
+            Errno::ENOENT => "No such file or directory",
+            Errno::ENOMEM => "Cannot allocate memory",
+            Errno::EACCES => "Permission denied",
+            Errno::EBUSY => "Device or resource busy",
+            Errno::EEXIST => "File exists",
+            Errno::ENODEV => "No such device",
+            Errno::EINVAL => "Invalid argument",
+            Errno::ENOSPC => "No space left on device",
+            Errno::ERANGE => "Numerical result out of range",
+            Errno::ENOSYS => "Function not implemented",
+            Errno::EOVERFLOW => "Value too large for defined data type",
+            Errno::EOPNOTSUPP => "Operation not supported",
+        }
+    }
+}
+
+impl fmt::Display for Errno {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} ({})", self.name(), self.description())
+    }
+}
+
+impl core::error::Error for Errno {}

@@ -1,0 +1,32 @@
+//! Vocabulary shared by every iommu-rs layer: address newtypes, the `IOMMU_*`
+//! protection flags, Linux error numbers and the IOTLB gather.
+//!
+//! This crate is `no_std` and has no dependencies so that page tables, the IOVA
+//! allocator and a kernel's own code can all speak the same types.
+#![no_std]
+#![forbid(unsafe_code)]
+
+mod addr;
+mod errno;
+mod gather;
+mod prot;
+
+pub use addr::{Iova, PhysAddr};
+pub use errno::Errno;
+pub use gather::IotlbGather;
+pub use prot::Prot;
+
+/// Bytes in the smallest page every format in the project supports.
+pub const SZ_4K: u64 = 1 << 12;
+/// 16 KiB.
+pub const SZ_16K: u64 = 1 << 14;
+/// 64 KiB.
+pub const SZ_64K: u64 = 1 << 16;
+/// 2 MiB.
+pub const SZ_2M: u64 = 1 << 21;
+/// 32 MiB.
+pub const SZ_32M: u64 = 1 << 25;
+/// 512 MiB.
+pub const SZ_512M: u64 = 1 << 29;
+/// 1 GiB.
+pub const SZ_1G: u64 = 1 << 30;
