@@ -1,0 +1,481 @@
+//! Domains: an address space devices can be attached to, and the map/unmap
+//! path through it (page-size selection, batching, rollback, IOTLB gather).
+
+use crate::ops::{DomainGeometry, DomainOps, PagingOps};
+use crate::Device;
+use iommu_types::{Errno, IotlbGather, Iova, PhysAddr, Prot};
+use std::fmt;
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, RwLock};
+
+const PAGING: u8 = 1 << 0;
+const DMA_API: u8 = 1 << 1;
+const PT: u8 = 1 << 2;
+const DMA_FQ: u8 = 1 << 3;
+
+/// Domain types, with Linux's flag composition.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum DomainType {
+    /// All DMA is blocked.
+    Blocked,
+    /// DMA addresses are physical addresses (passthrough).
+    Identity,
+    /// Paging, managed by a user such as VFIO.
+    Unmanaged,
+    /// Paging, managed by the DMA API with strict invalidation.
+    Dma,
+    /// Paging, managed by the DMA API with a flush queue (lazy invalidation).
+    DmaFq,
+}
+
+impl DomainType {
+    /// Linux's `__IOMMU_DOMAIN_*` bits.
+    pub const fn flags(self) -> u8 {
+        match self {
+            DomainType::Blocked => 0,
+            DomainType::Identity => PT,
+            DomainType::Unmanaged => PAGING,
+            DomainType::Dma => PAGING | DMA_API,
+            DomainType::DmaFq => PAGING | DMA_API | DMA_FQ,
+        }
+    }
+
+    /// Has page tables (`__IOMMU_DOMAIN_PAGING`).
+    pub const fn is_paging(self) -> bool {
+        self.flags() & PAGING != 0
+    }
+
+    /// Managed by the DMA API (`__IOMMU_DOMAIN_DMA_API`).
+    pub const fn is_dma_api(self) -> bool {
+        self.flags() & DMA_API != 0
+    }
+
+    /// Uses a flush queue (`__IOMMU_DOMAIN_DMA_FQ`).
+    pub const fn uses_flush_queue(self) -> bool {
+        self.flags() & DMA_FQ != 0
+    }
+
+    /// The word the group's sysfs `type` file shows.
+    pub const fn sysfs_name(self) -> &'static str {
+        match self {
+            DomainType::Blocked => "blocked",
+            DomainType::Identity => "identity",
+            DomainType::Unmanaged => "unmanaged",
+            DomainType::Dma => "DMA",
+            DomainType::DmaFq => "DMA-FQ",
+        }
+    }
+
+    const fn to_u8(self) -> u8 {
+        match self {
+            DomainType::Blocked => 0,
+            DomainType::Identity => 1,
+            DomainType::Unmanaged => 2,
+            DomainType::Dma => 3,
+            DomainType::DmaFq => 4,
+        }
+    }
+
+    const fn from_u8(v: u8) -> DomainType {
+        match v {
+            0 => DomainType::Blocked,
+            1 => DomainType::Identity,
+            2 => DomainType::Unmanaged,
+            3 => DomainType::Dma,
+            _ => DomainType::DmaFq,
+        }
+    }
+}
+
+impl fmt::Display for DomainType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.sysfs_name())
+    }
+}
+
+/// Direction of a faulting access (`IOMMU_FAULT_READ` / `IOMMU_FAULT_WRITE`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FaultAccess {
+    /// A read.
+    Read,
+    /// A write.
+    Write,
+}
+
+/// A domain's fault handler; its result is what `report_fault` returns.
+pub type FaultHandler =
+    Arc<dyn Fn(&Domain, &Device, Iova, FaultAccess) -> Result<(), Errno> + Send + Sync>;
+
+/// One segment of a scatter-gather list.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SgEntry {
+    /// Physical address of the segment.
+    pub paddr: PhysAddr,
+    /// Length in bytes.
+    pub len: u64,
+}
+
+static NEXT_DOMAIN_ID: AtomicU64 = AtomicU64::new(1);
+
+struct DomainInner {
+    id: u64,
+    ty: AtomicU8,
+    ops: Box<dyn DomainOps>,
+    driver: String,
+    pgsize_bitmap: u64,
+    geometry: DomainGeometry,
+    fault_handler: RwLock<Option<FaultHandler>>,
+}
+
+/// A domain (`struct iommu_domain`); clones share it, equality is identity.
+#[derive(Clone)]
+pub struct Domain(Arc<DomainInner>);
+
+impl PartialEq for Domain {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+impl Eq for Domain {}
+
+impl fmt::Debug for Domain {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Domain#{}({})", self.0.id, self.ty())
+    }
+}
+
+/// Picks the page size for the next step of a map or unmap and how many
+/// pages of it to do at once (Linux's `iommu_pgsize`).
+///
+/// The page is the largest size in `bitmap` that is no larger than `size`
+/// and to which both `iova` and `paddr` are aligned. The count stops short of
+/// the next boundary where a larger supported page could start, so a larger
+/// page is never passed over. `bitmap` must hold a size `<= size` dividing
+/// both addresses (callers check alignment to the smallest page first).
+pub fn pgsize_for(bitmap: u64, iova: u64, paddr: u64, size: u64) -> (u64, u64) {
+    debug_assert!(size != 0);
+    let addr_merge = iova | paddr;
+    // Sizes not larger than `size`.
+    let fits = if size >= 1 << 63 {
+        u64::MAX
+    } else {
+        (size << 1) - 1
+    };
+    let mut sizes = bitmap & fits;
+    if addr_merge != 0 {
+        // Sizes not larger than the addresses' common alignment.
+        let align = addr_merge & addr_merge.wrapping_neg();
+        sizes &= (align << 1).wrapping_sub(1) | align;
+    }
+    debug_assert!(sizes != 0, "no page size fits; alignment was not checked");
+    let idx = 63 - sizes.leading_zeros();
+    let pgsize = 1u64 << idx;
+
+    let larger = bitmap & !((pgsize << 1).wrapping_sub(1));
+    let mut span = size;
+    if larger != 0 && idx < 63 {
+        let next = larger & larger.wrapping_neg();
+        // A larger page is only possible where iova and paddr share its offset.
+        if (iova ^ paddr) & (next - 1) == 0 {
+            let to_boundary = next - (addr_merge & (next - 1));
+            if to_boundary.checked_add(next).is_some_and(|n| n <= size) {
+                span = to_boundary;
+            }
+        }
+    }
+    (pgsize, span >> idx)
+}
+
+impl Domain {
+    pub(crate) fn new(
+        ty: DomainType,
+        ops: Box<dyn DomainOps>,
+        driver: &str,
+        iommu_pgsize_bitmap: u64,
+    ) -> Domain {
+        let pgsize_bitmap = ops.pgsize_bitmap().unwrap_or(iommu_pgsize_bitmap);
+        let geometry = ops.geometry().unwrap_or(DomainGeometry::FULL);
+        Domain(Arc::new(DomainInner {
+            id: NEXT_DOMAIN_ID.fetch_add(1, Ordering::Relaxed),
+            ty: AtomicU8::new(ty.to_u8()),
+            ops,
+            driver: driver.to_string(),
+            pgsize_bitmap,
+            geometry,
+            fault_handler: RwLock::new(None),
+        }))
+    }
+
+    /// A process-unique id, for logs and traces.
+    pub fn id(&self) -> u64 {
+        self.0.id
+    }
+
+    /// The domain type.
+    pub fn ty(&self) -> DomainType {
+        DomainType::from_u8(self.0.ty.load(Ordering::Acquire))
+    }
+
+    /// Switches between `Dma` and `DmaFq` in place (a flush queue can be added
+    /// to a live DMA domain without tearing it down).
+    pub(crate) fn set_ty(&self, ty: DomainType) {
+        self.0.ty.store(ty.to_u8(), Ordering::Release);
+    }
+
+    /// Page sizes of this domain.
+    pub fn pgsize_bitmap(&self) -> u64 {
+        self.0.pgsize_bitmap
+    }
+
+    /// The aperture.
+    pub fn geometry(&self) -> DomainGeometry {
+        self.0.geometry
+    }
+
+    /// The driver's ops.
+    pub fn ops(&self) -> &dyn DomainOps {
+        &*self.0.ops
+    }
+
+    /// Name of the driver that allocated it.
+    pub fn driver(&self) -> &str {
+        &self.0.driver
+    }
+
+    /// Reference count (holders of this domain: groups, devices' hardware state, callers).
+    pub fn refcount(&self) -> usize {
+        Arc::strong_count(&self.0)
+    }
+
+    fn paging_ops(&self) -> Result<&dyn PagingOps, Errno> {
+        if !self.ty().is_paging() {
+            return Err(Errno::EINVAL);
+        }
+        match self.0.ops.paging() {
+            Some(p) if self.0.pgsize_bitmap != 0 => Ok(p),
+            _ => Err(Errno::ENODEV),
+        }
+    }
+
+    fn min_pagesz(&self) -> u64 {
+        self.0.pgsize_bitmap & self.0.pgsize_bitmap.wrapping_neg()
+    }
+
+    /// Maps `[iova, iova + size)` to `[paddr, paddr + size)` (Linux's `iommu_map`).
+    ///
+    /// # Errors
+    /// `EINVAL` for a non-paging domain or addresses/size not aligned to the
+    /// smallest page; `ENODEV` when the driver has no map op or no page sizes;
+    /// `EOVERFLOW` when a range wraps; `ERANGE` outside the aperture; the
+    /// driver's error otherwise. On error nothing stays mapped.
+    pub fn map(&self, iova: Iova, paddr: PhysAddr, size: u64, prot: Prot) -> Result<(), Errno> {
+        let _span = tracing::debug_span!("iommu_map", domain = self.0.id, %iova, %paddr, size = format_args!("{size:#x}"), %prot).entered();
+        self.map_nosync(iova, paddr, size, prot)?;
+        if let Err(e) = self.0.ops.iotlb_sync_map(iova, size) {
+            self.unmap(iova, size);
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// `map` without the final `iotlb_sync_map` (Linux's `__iommu_map`).
+    fn map_nosync(&self, iova: Iova, paddr: PhysAddr, size: u64, prot: Prot) -> Result<(), Errno> {
+        let paging = self.paging_ops()?;
+        let min = self.min_pagesz();
+        if (iova.raw() | paddr.raw() | size) & (min - 1) != 0 {
+            tracing::warn!(%iova, %paddr, size, min, "unaligned map");
+            return Err(Errno::EINVAL);
+        }
+        if size == 0 {
+            return Ok(());
+        }
+        let last = iova.raw().checked_add(size - 1).ok_or(Errno::EOVERFLOW)?;
+        paddr.raw().checked_add(size - 1).ok_or(Errno::EOVERFLOW)?;
+        if !self.0.geometry.contains(iova, Iova::new(last)) {
+            return Err(Errno::ERANGE);
+        }
+        let mut done = 0u64;
+        while done < size {
+            let (cur_iova, cur_pa) = (iova.raw() + done, paddr.raw() + done);
+            let (pgsize, count) = pgsize_for(self.0.pgsize_bitmap, cur_iova, cur_pa, size - done);
+            let _s = tracing::trace_span!(
+                "map_pages",
+                iova = format_args!("{cur_iova:#x}"),
+                pgsize = format_args!("{pgsize:#x}"),
+                count
+            )
+            .entered();
+            let result = paging.map_pages(
+                Iova::new(cur_iova),
+                PhysAddr::new(cur_pa),
+                pgsize,
+                count as usize,
+                prot,
+            );
+            match result {
+                Ok(0) => {
+                    // A driver that maps nothing without an error would loop forever.
+                    self.undo_map(iova, done);
+                    return Err(Errno::EINVAL);
+                }
+                Ok(mapped) => done += mapped,
+                Err(MapErr { errno, mapped }) => {
+                    self.undo_map(iova, done + mapped);
+                    return Err(errno);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn undo_map(&self, iova: Iova, size: u64) {
+        if size != 0 {
+            let _s =
+                tracing::debug_span!("undo_map", %iova, size = format_args!("{size:#x}")).entered();
+            self.unmap(iova, size);
+        }
+    }
+
+    /// Unmaps `[iova, iova + size)` and syncs the IOTLB; returns the bytes
+    /// unmapped (Linux's `iommu_unmap`). Stops at the first hole; a large
+    /// page partly covered is removed whole and counted whole. Invalid
+    /// requests unmap nothing and return 0.
+    pub fn unmap(&self, iova: Iova, size: u64) -> u64 {
+        let _span = tracing::debug_span!("iommu_unmap", domain = self.0.id, %iova, size = format_args!("{size:#x}")).entered();
+        let mut gather = IotlbGather::new();
+        let n = self.unmap_fast(iova, size, &mut gather);
+        self.iotlb_sync(gather);
+        n
+    }
+
+    /// Unmaps without invalidating: the caller must pass `gather` to
+    /// [`iotlb_sync`](Self::iotlb_sync) before relying on the unmap
+    /// (Linux's `iommu_unmap_fast`).
+    pub fn unmap_fast(&self, iova: Iova, size: u64, gather: &mut IotlbGather) -> u64 {
+        let Ok(paging) = self.paging_ops() else {
+            return 0;
+        };
+        let min = self.min_pagesz();
+        if (iova.raw() | size) & (min - 1) != 0 || iova.raw().checked_add(size).is_none() {
+            return 0;
+        }
+        let mut unmapped = 0u64;
+        while unmapped < size {
+            let cur = iova.raw() + unmapped;
+            let (pgsize, count) = pgsize_for(self.0.pgsize_bitmap, cur, cur, size - unmapped);
+            let _s = tracing::trace_span!(
+                "unmap_pages",
+                iova = format_args!("{cur:#x}"),
+                pgsize = format_args!("{pgsize:#x}"),
+                count
+            )
+            .entered();
+            let n = paging.unmap_pages(Iova::new(cur), pgsize, count as usize, gather);
+            if n == 0 {
+                break;
+            }
+            unmapped = unmapped.saturating_add(n);
+        }
+        unmapped
+    }
+
+    /// Invalidates what `gather` holds (Linux's `iommu_iotlb_sync`).
+    pub fn iotlb_sync(&self, gather: IotlbGather) {
+        if !gather.is_empty() {
+            let _s =
+                tracing::trace_span!("iotlb_sync", size = format_args!("{:#x}", gather.size()))
+                    .entered();
+            self.0.ops.iotlb_sync(&gather);
+        }
+    }
+
+    /// Invalidates the whole IOTLB of the domain.
+    pub fn flush_iotlb_all(&self) {
+        self.0.ops.flush_iotlb_all();
+    }
+
+    /// Maps a scatter-gather list contiguously from `iova`, merging physically
+    /// contiguous segments; returns the bytes mapped. All or nothing.
+    ///
+    /// # Errors
+    /// As [`map`](Self::map); on error nothing from this call stays mapped.
+    pub fn map_sg(&self, iova: Iova, sg: &[SgEntry], prot: Prot) -> Result<u64, Errno> {
+        let _span =
+            tracing::debug_span!("iommu_map_sg", domain = self.0.id, %iova, nents = sg.len())
+                .entered();
+        let mut mapped = 0u64;
+        let mut run: Option<(u64, u64)> = None; // (start pa, len)
+        let flush = |mapped: &mut u64, run: (u64, u64)| -> Result<(), Errno> {
+            let at = iova.checked_add(*mapped).ok_or(Errno::EOVERFLOW)?;
+            self.map_nosync(at, PhysAddr::new(run.0), run.1, prot)?;
+            *mapped += run.1;
+            Ok(())
+        };
+        for seg in sg {
+            run = match run {
+                Some((start, len)) if start.checked_add(len) == Some(seg.paddr.raw()) => {
+                    Some((start, len.checked_add(seg.len).ok_or(Errno::EOVERFLOW)?))
+                }
+                Some(r) => {
+                    if let Err(e) = flush(&mut mapped, r) {
+                        self.undo_map(iova, mapped);
+                        return Err(e);
+                    }
+                    Some((seg.paddr.raw(), seg.len))
+                }
+                None => Some((seg.paddr.raw(), seg.len)),
+            };
+        }
+        if let Some(r) = run {
+            if let Err(e) = flush(&mut mapped, r) {
+                self.undo_map(iova, mapped);
+                return Err(e);
+            }
+        }
+        if let Err(e) = self.0.ops.iotlb_sync_map(iova, mapped) {
+            self.undo_map(iova, mapped);
+            return Err(e);
+        }
+        Ok(mapped)
+    }
+
+    /// Where `iova` translates to: itself in an identity domain, nowhere in a
+    /// blocked one, the page tables' answer otherwise.
+    pub fn iova_to_phys(&self, iova: Iova) -> Option<PhysAddr> {
+        match self.ty() {
+            DomainType::Identity => Some(PhysAddr::new(iova.raw())),
+            DomainType::Blocked => None,
+            _ => self.0.ops.paging()?.iova_to_phys(iova),
+        }
+    }
+
+    /// Installs (or with `None` removes) the fault handler.
+    pub fn set_fault_handler(&self, handler: Option<FaultHandler>) {
+        *self
+            .0
+            .fault_handler
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = handler;
+    }
+
+    /// Reports a translation fault of `dev` at `iova`: the handler's result,
+    /// or `ENOSYS` when no handler is installed (Linux's `report_iommu_fault`).
+    ///
+    /// # Errors
+    /// `ENOSYS` without a handler, or the handler's error.
+    pub fn report_fault(&self, dev: &Device, iova: Iova, access: FaultAccess) -> Result<(), Errno> {
+        let handler = self
+            .0
+            .fault_handler
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        tracing::debug!(domain = self.0.id, dev = dev.name(), %iova, ?access, "io_page_fault");
+        match handler {
+            Some(h) => h(self, dev, iova, access),
+            None => Err(Errno::ENOSYS),
+        }
+    }
+}
+
+use crate::ops::MapPagesError as MapErr;

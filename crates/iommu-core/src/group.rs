@@ -1,0 +1,566 @@
+//! IOMMU groups: the smallest set of devices the IOMMU can isolate.
+//!
+//! A [`Group`] is a counted reference (Linux's kobject reference): every
+//! device in the group holds one, and so does every caller holding a
+//! `Group`. When the last one goes the group is released exactly once: its
+//! sysfs directory is removed, its id returns to the allocator and its
+//! driver data is handed to the driver's release callback.
+//!
+//! Lock order: a group's state lock, then the id registry, then sysfs.
+//! Listeners are always called with no lock held.
+
+use crate::notifier::{NotifierChain, NotifierId, Notify};
+use crate::resv::{insert_resv_region, ReservedRegion};
+use crate::subsystem::Shared;
+use crate::sysfs::{Attr, Node};
+use crate::{Device, Domain, Iommu};
+use iommu_types::{Errno, Iova, PhysAddr};
+use std::any::Any;
+use std::fmt;
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+
+/// Group events (`IOMMU_GROUP_NOTIFY_*`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum GroupAction {
+    /// A device joined the group.
+    AddDevice,
+    /// A device is leaving the group.
+    DelDevice,
+    /// A driver is about to bind to a device of the group.
+    BindDriver,
+    /// A driver has bound.
+    BoundDriver,
+    /// A driver is about to unbind.
+    UnbindDriver,
+    /// A driver has unbound.
+    UnboundDriver,
+}
+
+/// One group event.
+#[derive(Clone, Debug)]
+pub struct GroupEvent {
+    /// What happened.
+    pub action: GroupAction,
+    /// To which device.
+    pub dev: Arc<Device>,
+}
+
+/// Identity of a DMA owner (e.g. one VFIO container); compare by value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct DmaOwner(u64);
+
+impl DmaOwner {
+    /// A new owner identity, different from every other one in the process.
+    pub fn new() -> DmaOwner {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        DmaOwner(NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
+    }
+}
+
+impl Default for DmaOwner {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A device's membership: its link name under `devices/` and the identity
+/// mappings its add created (so removal undoes exactly those).
+pub(crate) struct GroupDevice {
+    pub(crate) dev: Arc<Device>,
+    pub(crate) link_name: String,
+    pub(crate) direct_maps: Vec<(Iova, u64)>,
+}
+
+/// Everything `group->mutex` protects.
+#[derive(Default)]
+pub(crate) struct GroupState {
+    pub(crate) devices: Vec<GroupDevice>,
+    pub(crate) name: Option<String>,
+    pub(crate) default_domain: Option<Domain>,
+    pub(crate) blocking_domain: Option<Domain>,
+    pub(crate) domain: Option<Domain>,
+    pub(crate) owner_cnt: u32,
+    pub(crate) owner: Option<DmaOwner>,
+}
+
+type ReleaseFn = Box<dyn FnOnce(Arc<dyn Any + Send + Sync>) + Send>;
+
+struct IommuData {
+    data: Arc<dyn Any + Send + Sync>,
+    release: Option<ReleaseFn>,
+}
+
+pub(crate) struct GroupInner {
+    id: u32,
+    pub(crate) shared: Arc<Shared>,
+    state: Mutex<GroupState>,
+    notifier: NotifierChain<GroupEvent>,
+    iommu_data: Mutex<Option<IommuData>>,
+}
+
+impl Drop for GroupInner {
+    fn drop(&mut self) {
+        // sysfs first: the id must not be handed out while its directory exists.
+        self.shared.sysfs().remove_tree(&group_dir(self.id));
+        self.shared
+            .release_group_id(self.id, self as *const GroupInner);
+        if let Some(d) = self
+            .iommu_data
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        {
+            if let Some(release) = d.release {
+                release(d.data);
+            }
+        }
+        self.shared.log(format!("Releasing group {}", self.id));
+    }
+}
+
+pub(crate) fn group_dir(id: u32) -> String {
+    format!("kernel/iommu_groups/{id}")
+}
+
+/// A reference to an IOMMU group; clone = get, drop = put.
+#[derive(Clone)]
+pub struct Group(pub(crate) Arc<GroupInner>);
+
+/// A reference that does not keep the group alive (for driver lookup tables).
+#[derive(Clone, Debug, Default)]
+pub struct WeakGroup(Weak<GroupInner>);
+
+impl WeakGroup {
+    /// The group, if it still exists.
+    pub fn upgrade(&self) -> Option<Group> {
+        self.0.upgrade().map(Group)
+    }
+}
+
+impl PartialEq for Group {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+impl Eq for Group {}
+
+impl fmt::Debug for Group {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Group({})", self.0.id)
+    }
+}
+
+impl Group {
+    pub(crate) fn new_inner(id: u32, shared: Arc<Shared>) -> Group {
+        Group(Arc::new(GroupInner {
+            id,
+            shared,
+            state: Mutex::new(GroupState::default()),
+            notifier: NotifierChain::default(),
+            iommu_data: Mutex::new(None),
+        }))
+    }
+
+    pub(crate) fn downgrade_inner(&self) -> Weak<GroupInner> {
+        Arc::downgrade(&self.0)
+    }
+
+    pub(crate) fn state(&self) -> MutexGuard<'_, GroupState> {
+        crate::lock(&self.0.state)
+    }
+
+    /// The group id (its directory name under `kernel/iommu_groups`).
+    pub fn id(&self) -> u32 {
+        self.0.id
+    }
+
+    /// The subsystem the group belongs to.
+    pub fn iommu(&self) -> Iommu {
+        Iommu {
+            shared: Arc::clone(&self.0.shared),
+        }
+    }
+
+    /// A non-owning reference.
+    pub fn downgrade(&self) -> WeakGroup {
+        WeakGroup(self.downgrade_inner())
+    }
+
+    /// References held on the group (its devices plus every other holder).
+    pub fn refcount(&self) -> usize {
+        Arc::strong_count(&self.0)
+    }
+
+    /// Its directory, relative to the sysfs root.
+    pub fn sysfs_dir(&self) -> String {
+        group_dir(self.0.id)
+    }
+
+    /// The group's notifier chain.
+    pub fn notifier(&self) -> &NotifierChain<GroupEvent> {
+        &self.0.notifier
+    }
+
+    /// Registers a listener for group events (`iommu_group_register_notifier`).
+    pub fn register_notifier(
+        &self,
+        f: impl Fn(&GroupEvent) -> Notify + Send + Sync + 'static,
+    ) -> NotifierId {
+        self.0.notifier.register(f)
+    }
+
+    /// Unregisters a listener; `false` if it was not registered.
+    pub fn unregister_notifier(&self, id: NotifierId) -> bool {
+        self.0.notifier.unregister(id)
+    }
+
+    pub(crate) fn notify(&self, action: GroupAction, dev: &Arc<Device>) {
+        self.0.notifier.call(&GroupEvent {
+            action,
+            dev: Arc::clone(dev),
+        });
+    }
+
+    /// Devices in the group.
+    pub fn device_count(&self) -> usize {
+        self.state().devices.len()
+    }
+
+    /// A snapshot of the group's devices, in the order they joined.
+    pub fn devices(&self) -> Vec<Arc<Device>> {
+        self.state()
+            .devices
+            .iter()
+            .map(|g| Arc::clone(&g.dev))
+            .collect()
+    }
+
+    /// Calls `f` on every device with the group locked, stopping at the first
+    /// non-zero result and returning it (`iommu_group_for_each_dev`). `f` must
+    /// not call back into this group.
+    pub fn for_each_dev(&self, mut f: impl FnMut(&Arc<Device>) -> i32) -> i32 {
+        let st = self.state();
+        for gd in &st.devices {
+            let r = f(&gd.dev);
+            if r != 0 {
+                return r;
+            }
+        }
+        0
+    }
+
+    /// The group's name, if one was set.
+    pub fn name(&self) -> Option<String> {
+        self.state().name.clone()
+    }
+
+    /// Sets (or with `None` removes) the group's name and its sysfs `name` file.
+    ///
+    /// # Errors
+    /// `ENOMEM` if the sysfs file cannot be created.
+    pub fn set_name(&self, name: Option<&str>) -> Result<(), Errno> {
+        let mut st = self.state();
+        let path = format!("{}/name", self.sysfs_dir());
+        match name {
+            Some(n) => {
+                if self.0.shared.fail.hit(crate::FailPoint::SysfsCreate) {
+                    return Err(Errno::ENOMEM);
+                }
+                self.0.shared.sysfs().set_file(&path, format!("{n}\n"))?;
+                st.name = Some(n.to_string());
+            }
+            None => {
+                self.0.shared.sysfs().remove(&path);
+                st.name = None;
+            }
+        }
+        Ok(())
+    }
+
+    /// Attaches driver data, released through `release` when the group is
+    /// released or the data replaced (`iommu_group_set_iommudata`).
+    pub fn set_iommu_data(
+        &self,
+        data: Arc<dyn Any + Send + Sync>,
+        release: Option<Box<dyn FnOnce(Arc<dyn Any + Send + Sync>) + Send>>,
+    ) {
+        let old = crate::lock(&self.0.iommu_data).replace(IommuData { data, release });
+        if let Some(IommuData {
+            data,
+            release: Some(r),
+        }) = old
+        {
+            r(data);
+        }
+    }
+
+    /// The driver data (`iommu_group_get_iommudata`).
+    pub fn iommu_data(&self) -> Option<Arc<dyn Any + Send + Sync>> {
+        crate::lock(&self.0.iommu_data)
+            .as_ref()
+            .map(|d| Arc::clone(&d.data))
+    }
+
+    /// The default domain, if the group has one.
+    pub fn default_domain(&self) -> Option<Domain> {
+        self.state().default_domain.clone()
+    }
+
+    /// The domain the group is attached to now.
+    pub fn domain(&self) -> Option<Domain> {
+        self.state().domain.clone()
+    }
+
+    /// The DMA owner, if the group is claimed by a user.
+    pub fn dma_owner(&self) -> Option<DmaOwner> {
+        self.state().owner
+    }
+
+    /// Whether the group is owned (by a user, or by kernel drivers using the default domain).
+    pub fn dma_owner_count(&self) -> u32 {
+        self.state().owner_cnt
+    }
+
+    /// The union of the group's devices' reserved regions, sorted and merged.
+    pub fn resv_regions(&self) -> Vec<ReservedRegion> {
+        let devices = self.devices();
+        let mut out = Vec::new();
+        for dev in devices {
+            for r in crate::subsystem::device_resv_regions(&dev) {
+                insert_resv_region(&mut out, r);
+            }
+        }
+        out
+    }
+
+    /// The sysfs `type` contents.
+    pub fn type_string(&self) -> String {
+        let t = self
+            .state()
+            .default_domain
+            .as_ref()
+            .map_or("unknown", |d| d.ty().sysfs_name());
+        format!("{t}\n")
+    }
+
+    /// Creates `<dev dir>/iommu_group` and `devices/<name>` (retrying clashing
+    /// names as `<name>.0`, `<name>.1`, ...); returns the link name used.
+    fn link_device(&self, dev: &Device) -> Result<String, Errno> {
+        let shared = &self.0.shared;
+        let back = format!("{}/iommu_group", dev.sysfs_dir());
+        shared.create_link(&back, &self.sysfs_dir())?;
+        let mut name = dev.name().to_string();
+        let mut i = 0u32;
+        loop {
+            let path = format!("{}/devices/{name}", self.sysfs_dir());
+            match shared.create_link(&path, dev.sysfs_dir()) {
+                Ok(()) => return Ok(name),
+                Err(Errno::EEXIST) => {
+                    name = format!("{}.{i}", dev.name());
+                    i += 1;
+                }
+                Err(e) => {
+                    shared.sysfs().remove(&back);
+                    return Err(e);
+                }
+            }
+        }
+    }
+
+    fn unlink_device(&self, dev: &Device, link_name: &str) {
+        let mut sysfs = self.0.shared.sysfs();
+        sysfs.remove(&format!("{}/devices/{link_name}", self.sysfs_dir()));
+        sysfs.remove(&format!("{}/iommu_group", dev.sysfs_dir()));
+    }
+
+    /// Adds `dev` to the group (`iommu_group_add_device`): sysfs links both
+    /// ways, identity maps for its direct regions in the default domain,
+    /// attachment to the group's current domain, then `AddDevice` to the
+    /// group's listeners. Any failure undoes everything.
+    ///
+    /// # Errors
+    /// `EBUSY` if the device already has a group; link, mapping or attach errors.
+    pub fn add_device(&self, dev: &Arc<Device>) -> Result<(), Errno> {
+        let _span = tracing::debug_span!(
+            "iommu_group_add_device",
+            group = self.id(),
+            dev = dev.name()
+        )
+        .entered();
+        if dev.iommu_group().is_some() {
+            return Err(Errno::EBUSY);
+        }
+        let link_name = self.link_device(dev)?;
+        let regions = crate::subsystem::device_resv_regions(dev);
+        let mut st = self.state();
+        let undo = |st: MutexGuard<'_, GroupState>, direct: &[(Iova, u64)]| {
+            if let Some(dd) = &st.default_domain {
+                for &(iova, len) in direct {
+                    dd.unmap(iova, len);
+                }
+            }
+            drop(st);
+            self.unlink_device(dev, &link_name);
+        };
+        let direct = match &st.default_domain {
+            Some(dd) => match create_direct_mappings(dd, &regions) {
+                Ok(d) => d,
+                Err(e) => {
+                    undo(st, &[]);
+                    return Err(e);
+                }
+            },
+            None => Vec::new(),
+        };
+        if let Some(domain) = st.domain.clone() {
+            if let Err(e) = crate::attach::attach_dev(&domain, dev) {
+                undo(st, &direct);
+                return Err(e);
+            }
+        }
+        if dev.iommu_group().is_some() {
+            // Lost a race with another add of the same device.
+            if let Some(domain) = &st.domain {
+                domain.ops().detach_dev(domain, dev);
+            }
+            undo(st, &direct);
+            return Err(Errno::EBUSY);
+        }
+        st.devices.push(GroupDevice {
+            dev: Arc::clone(dev),
+            link_name,
+            direct_maps: direct,
+        });
+        dev.set_group(Some(self.clone()));
+        drop(st);
+        self.notify(GroupAction::AddDevice, dev);
+        self.0.shared.log(format!(
+            "Adding device {} to group {}",
+            dev.name(),
+            self.id()
+        ));
+        Ok(())
+    }
+
+    /// Removes `dev` from the group (`iommu_group_remove_device`), the exact
+    /// reverse of [`add_device`](Self::add_device); `DelDevice` goes to the
+    /// listeners first. A device not in this group is left alone.
+    pub fn remove_device(&self, dev: &Arc<Device>) {
+        let _span = tracing::debug_span!(
+            "iommu_group_remove_device",
+            group = self.id(),
+            dev = dev.name()
+        )
+        .entered();
+        if dev.iommu_group().as_ref() != Some(self) {
+            return;
+        }
+        self.notify(GroupAction::DelDevice, dev);
+        let mut st = self.state();
+        let Some(pos) = st.devices.iter().position(|g| Arc::ptr_eq(&g.dev, dev)) else {
+            return;
+        };
+        let gd = st.devices.remove(pos);
+        if let Some(domain) = st.domain.clone() {
+            domain.ops().detach_dev(&domain, dev);
+        }
+        release_direct_mappings(&mut st, gd.direct_maps);
+        drop(st);
+        self.unlink_device(dev, &gd.link_name);
+        let held = dev.set_group(None);
+        self.0.shared.log(format!(
+            "Removing device {} from group {}",
+            dev.name(),
+            self.id()
+        ));
+        drop(held);
+    }
+}
+
+/// Identity-maps the direct regions in `domain` (DMA-API domains only),
+/// skipping pages already mapped; returns the runs it mapped, or undoes them
+/// all and returns the error.
+pub(crate) fn create_direct_mappings(
+    domain: &Domain,
+    regions: &[ReservedRegion],
+) -> Result<Vec<(Iova, u64)>, Errno> {
+    if !domain.ty().is_dma_api() || domain.pgsize_bitmap() == 0 {
+        return Ok(Vec::new());
+    }
+    let _span = tracing::debug_span!("create_direct_mappings", domain = domain.id()).entered();
+    let pg = domain.pgsize_bitmap() & domain.pgsize_bitmap().wrapping_neg();
+    let mut runs: Vec<(Iova, u64)> = Vec::new();
+    let mut result = Ok(());
+    'regions: for r in regions.iter().filter(|r| r.ty.is_direct()) {
+        // Cover the whole region: round the start down and the end up.
+        let start = r.start.raw() & !(pg - 1);
+        let end = r
+            .last()
+            .saturating_add(1)
+            .checked_next_multiple_of(pg)
+            .unwrap_or(u64::MAX & !(pg - 1));
+        let mut run: Option<u64> = None;
+        let mut addr = start;
+        while addr <= end {
+            let free = addr < end && domain.iova_to_phys(Iova::new(addr)).is_none();
+            match (free, run) {
+                (true, None) => run = Some(addr),
+                (false, Some(s)) => {
+                    if let Err(e) = domain.map(Iova::new(s), PhysAddr::new(s), addr - s, r.prot) {
+                        result = Err(e);
+                        break 'regions;
+                    }
+                    runs.push((Iova::new(s), addr - s));
+                    run = None;
+                }
+                _ => {}
+            }
+            if addr == end {
+                break;
+            }
+            addr += pg;
+        }
+    }
+    match result {
+        Ok(()) => {
+            if !runs.is_empty() {
+                domain.flush_iotlb_all();
+            }
+            Ok(runs)
+        }
+        Err(e) => {
+            for &(iova, len) in &runs {
+                domain.unmap(iova, len);
+            }
+            Err(e)
+        }
+    }
+}
+
+/// Undoes a leaving device's identity maps, except runs another remaining
+/// device also needs: those pass to that device, to be undone when it leaves.
+fn release_direct_mappings(st: &mut GroupState, runs: Vec<(Iova, u64)>) {
+    for (iova, len) in runs {
+        let last = iova.raw() + (len - 1);
+        let needed_by = st.devices.iter().position(|gd| {
+            crate::subsystem::device_resv_regions(&gd.dev)
+                .iter()
+                .any(|r| r.ty.is_direct() && r.start.raw() <= last && r.last() >= iova.raw())
+        });
+        match (needed_by, &st.default_domain) {
+            (Some(i), _) => st.devices[i].direct_maps.push((iova, len)),
+            (None, Some(dd)) => {
+                dd.unmap(iova, len);
+            }
+            (None, None) => {}
+        }
+    }
+}
+
+pub(crate) fn group_attr_node(id: u32, name: &str) -> Option<Node> {
+    match name {
+        "type" => Some(Node::Attr(Attr::GroupType(id))),
+        "reserved_regions" => Some(Node::Attr(Attr::GroupResvRegions(id))),
+        _ => None,
+    }
+}

@@ -1,0 +1,64 @@
+//! The Linux IOMMU core as a Rust library.
+//!
+//! An [`Iommu`] value holds one subsystem: its groups and their ids, the
+//! sysfs model, the log and failure injection. Buses ([`Bus`]) own devices
+//! ([`Device`]) and carry a driver's [`IommuOps`]; the core sorts devices
+//! into [`Group`]s, gives each group a default [`Domain`], and implements
+//! attach/detach, DMA ownership, map/unmap with page-size selection,
+//! reserved regions and fault reporting with Linux's rules and error codes.
+//!
+//! The core knows no page-table format: drivers implement [`DomainOps`] and
+//! [`PagingOps`]. Every failed operation leaves ids, links, references and
+//! mappings exactly as they were.
+//!
+//! ```
+//! use iommu_core::{Bus, DeviceBuilder, Iommu, IommuConfig, testing::MockIommu};
+//! use iommu_types::{Iova, PhysAddr, Prot};
+//! use std::sync::Arc;
+//!
+//! let iommu = Iommu::new(IommuConfig::default());
+//! let bus = Bus::new(&iommu, "platform").unwrap();
+//! let dev = bus.add_device(DeviceBuilder::new("dma0").stream_ids([1])).unwrap();
+//! iommu.bus_set_iommu(&bus, Arc::new(MockIommu::new())).unwrap();
+//!
+//! let group = dev.iommu_group().unwrap();
+//! assert_eq!(group.id(), 0);
+//! assert_eq!(iommu.sysfs().read("kernel/iommu_groups/0/type").unwrap(), "DMA\n");
+//! let domain = group.default_domain().unwrap();
+//! domain.map(Iova::new(0x1000), PhysAddr::new(0x8000_0000), 0x1000, Prot::RW).unwrap();
+//! assert_eq!(domain.iova_to_phys(Iova::new(0x1234)), Some(PhysAddr::new(0x8000_0234)));
+//! ```
+#![forbid(unsafe_code)]
+
+mod attach;
+mod bus;
+mod device;
+mod domain;
+mod fail;
+mod group;
+mod notifier;
+mod ops;
+mod resv;
+mod subsystem;
+mod sysfs;
+#[cfg(feature = "test-utils")]
+pub mod testing;
+
+pub use bus::{Bus, BusAction, BusEvent};
+pub use device::{Device, DeviceBuilder};
+pub use domain::{pgsize_for, Domain, DomainType, FaultAccess, FaultHandler, SgEntry};
+pub use fail::{FailPoint, FailPoints};
+pub use group::{DmaOwner, Group, GroupAction, GroupEvent, WeakGroup};
+pub use notifier::{NotifierChain, NotifierId, Notify};
+pub use ops::{Capability, DomainGeometry, DomainOps, IommuOps, MapPagesError, PagingOps};
+pub use resv::{format_resv_regions, insert_resv_region, ReservedRegion, ResvType};
+pub use subsystem::{Iommu, IommuConfig, Sysfs};
+pub use sysfs::EntryKind;
+
+pub use iommu_types::{Errno, IotlbGather, Iova, PhysAddr, Prot};
+
+/// Locks a mutex, ignoring poisoning: state is kept consistent by
+/// construction (no lock is held across a call that could panic half-way).
+pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}

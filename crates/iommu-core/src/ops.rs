@@ -1,0 +1,218 @@
+//! What an IOMMU driver implements: per-IOMMU ops ([`IommuOps`]) and
+//! per-domain ops ([`DomainOps`], with [`PagingOps`] for domains that have
+//! page tables).
+//!
+//! Linux models an absent op as a NULL function pointer. Here an optional op
+//! is a default method, and the paging ops are an `Option` so that the core
+//! can tell "no map op" (`ENODEV`) from a map that failed.
+
+use crate::{Device, Domain, DomainType, Group, Iommu, ReservedRegion};
+use iommu_types::{Errno, IotlbGather, Iova, PhysAddr, Prot};
+use std::sync::Arc;
+
+/// Capabilities a driver may report (`enum iommu_cap`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Capability {
+    /// DMA is cache-coherent (`IOMMU_CAP_CACHE_COHERENCY`).
+    CacheCoherency,
+    /// The IOMMU blocks MSIs unless they are mapped (`IOMMU_CAP_INTR_REMAP`).
+    IntrRemap,
+    /// `IOMMU_NOEXEC` is honoured (`IOMMU_CAP_NOEXEC`).
+    NoExec,
+    /// Invalidation may be deferred to a flush queue (`IOMMU_CAP_DEFERRED_FLUSH`).
+    DeferredFlush,
+}
+
+/// Operations of one IOMMU driver, set on a bus with [`Iommu::bus_set_iommu`].
+pub trait IommuOps: Send + Sync + 'static {
+    /// Driver name for logs and traces.
+    fn name(&self) -> &str {
+        "iommu"
+    }
+
+    /// Brings `dev` under this IOMMU, normally by calling
+    /// [`Iommu::group_get_for_dev`]. Returning `Ok` without giving the device
+    /// a group means the device is not translated by this IOMMU.
+    ///
+    /// A driver that does not provide the op keeps the default, which is `ENODEV`.
+    ///
+    /// # Errors
+    /// Whatever prevented the device from being added; the bus walk stops there.
+    fn add_device(&self, iommu: &Iommu, dev: &Arc<Device>) -> Result<(), Errno> {
+        let _ = (iommu, dev);
+        Err(Errno::ENODEV)
+    }
+
+    /// Releases `dev`; the default removes it from its group.
+    fn remove_device(&self, iommu: &Iommu, dev: &Arc<Device>) {
+        iommu.group_remove_device(dev);
+    }
+
+    /// The group `dev` belongs in: an existing one (for devices that cannot be
+    /// isolated from each other) or a new one. The default gives every device
+    /// its own group.
+    ///
+    /// # Errors
+    /// Allocation failures.
+    fn device_group(&self, iommu: &Iommu, dev: &Arc<Device>) -> Result<Group, Errno> {
+        iommu.generic_device_group(dev)
+    }
+
+    /// Allocates the driver side of a domain of type `ty`.
+    ///
+    /// # Errors
+    /// Refusal of the type (commonly `EOPNOTSUPP`) or `ENOMEM`.
+    fn domain_alloc(&self, ty: DomainType) -> Result<Box<dyn DomainOps>, Errno>;
+
+    /// Reserved regions of `dev` (its firmware's plus the driver's own, such as an MSI window).
+    fn get_resv_regions(&self, dev: &Device) -> Vec<ReservedRegion> {
+        dev.firmware_resv_regions().to_vec()
+    }
+
+    /// The default domain type this device needs, if it has a preference.
+    fn def_domain_type(&self, dev: &Device) -> Option<DomainType> {
+        let _ = dev;
+        None
+    }
+
+    /// Page sizes this IOMMU supports (Linux's `pgsize_bitmap`).
+    fn pgsize_bitmap(&self) -> u64;
+
+    /// Whether the IOMMU has capability `cap`.
+    fn capable(&self, cap: Capability) -> bool {
+        let _ = cap;
+        false
+    }
+}
+
+/// The usable input range of a domain (`struct iommu_domain_geometry`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DomainGeometry {
+    /// First mappable IOVA.
+    pub aperture_start: Iova,
+    /// Last mappable IOVA (inclusive).
+    pub aperture_end: Iova,
+    /// DMA outside the aperture is impossible (the DMA layer must stay inside).
+    pub force_aperture: bool,
+}
+
+impl DomainGeometry {
+    /// The whole 64-bit space, not enforced.
+    pub const FULL: DomainGeometry = DomainGeometry {
+        aperture_start: Iova::ZERO,
+        aperture_end: Iova::new(u64::MAX),
+        force_aperture: false,
+    };
+
+    /// An enforced aperture of `bits` address bits.
+    pub const fn bits(bits: u32) -> DomainGeometry {
+        DomainGeometry {
+            aperture_start: Iova::ZERO,
+            aperture_end: Iova::new(if bits >= 64 {
+                u64::MAX
+            } else {
+                (1u64 << bits) - 1
+            }),
+            force_aperture: true,
+        }
+    }
+
+    /// Whether `[iova, last]` lies inside the aperture.
+    pub fn contains(&self, iova: Iova, last: Iova) -> bool {
+        iova >= self.aperture_start && last <= self.aperture_end
+    }
+}
+
+/// Operations of one domain, as the driver implements them.
+pub trait DomainOps: Send + Sync + 'static {
+    /// Points `dev`'s translation at this domain.
+    ///
+    /// # Errors
+    /// The device cannot use this domain (commonly `EINVAL`), or the hardware refused.
+    fn attach_dev(&self, domain: &Domain, dev: &Arc<Device>) -> Result<(), Errno>;
+
+    /// Stops `dev` translating through this domain (used when a group has no
+    /// default domain to fall back to, and when a device leaves its group).
+    fn detach_dev(&self, domain: &Domain, dev: &Arc<Device>) {
+        let _ = (domain, dev);
+    }
+
+    /// The page-table operations, for paging domains; `None` means "no map op".
+    fn paging(&self) -> Option<&dyn PagingOps> {
+        None
+    }
+
+    /// The aperture; `None` lets the core use the whole address space.
+    fn geometry(&self) -> Option<DomainGeometry> {
+        None
+    }
+
+    /// A domain-specific page-size bitmap; `None` uses the IOMMU's.
+    fn pgsize_bitmap(&self) -> Option<u64> {
+        None
+    }
+
+    /// Called after a successful map of `[iova, iova + size)` (e.g. to flush a
+    /// walk cache that may hold "not present").
+    ///
+    /// # Errors
+    /// The flush failed; the core then undoes the map.
+    fn iotlb_sync_map(&self, iova: Iova, size: u64) -> Result<(), Errno> {
+        let _ = (iova, size);
+        Ok(())
+    }
+
+    /// Invalidates everything the gather covers.
+    fn iotlb_sync(&self, gather: &IotlbGather) {
+        let _ = gather;
+    }
+
+    /// Invalidates the whole IOTLB for this domain.
+    fn flush_iotlb_all(&self) {}
+
+    /// The driver's own type, for drivers and tests that need to reach it
+    /// (Linux's `container_of(domain, ...)`).
+    fn as_any(&self) -> Option<&dyn std::any::Any> {
+        None
+    }
+}
+
+/// Why a `map_pages` call stopped early.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MapPagesError {
+    /// The error.
+    pub errno: Errno,
+    /// Bytes mapped before it happened (the core unmaps them).
+    pub mapped: u64,
+}
+
+impl From<Errno> for MapPagesError {
+    fn from(errno: Errno) -> Self {
+        Self { errno, mapped: 0 }
+    }
+}
+
+/// Page-table operations of a paging domain.
+pub trait PagingOps: Send + Sync {
+    /// Maps `pgcount` pages of `pgsize` and returns the bytes mapped, which may
+    /// be fewer than asked (the core calls again for the rest).
+    ///
+    /// # Errors
+    /// See [`MapPagesError`].
+    fn map_pages(
+        &self,
+        iova: Iova,
+        paddr: PhysAddr,
+        pgsize: u64,
+        pgcount: usize,
+        prot: Prot,
+    ) -> Result<u64, MapPagesError>;
+
+    /// Unmaps up to `pgcount` pages of `pgsize`, records what must be
+    /// invalidated in `gather`, and returns the bytes unmapped (0 at a hole).
+    fn unmap_pages(&self, iova: Iova, pgsize: u64, pgcount: usize, gather: &mut IotlbGather)
+        -> u64;
+
+    /// The physical address `iova` translates to, if mapped.
+    fn iova_to_phys(&self, iova: Iova) -> Option<PhysAddr>;
+}
