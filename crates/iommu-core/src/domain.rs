@@ -144,6 +144,16 @@ impl fmt::Debug for Domain {
     }
 }
 
+/// Bits 0..=`bit` set.
+#[inline]
+const fn mask_through(bit: u32) -> u64 {
+    if bit >= 63 {
+        u64::MAX
+    } else {
+        (1u64 << (bit + 1)) - 1
+    }
+}
+
 /// Picks the page size for the next step of a map or unmap and how many
 /// pages of it to do at once (Linux's `iommu_pgsize`).
 ///
@@ -155,17 +165,11 @@ impl fmt::Debug for Domain {
 pub fn pgsize_for(bitmap: u64, iova: u64, paddr: u64, size: u64) -> (u64, u64) {
     debug_assert!(size != 0);
     let addr_merge = iova | paddr;
-    // Sizes not larger than `size`.
-    let fits = if size >= 1 << 63 {
-        u64::MAX
-    } else {
-        (size << 1) - 1
-    };
-    let mut sizes = bitmap & fits;
+    // Sizes not larger than `size`: every bit up to its highest set bit.
+    let mut sizes = bitmap & mask_through(63 - size.leading_zeros());
     if addr_merge != 0 {
         // Sizes not larger than the addresses' common alignment.
-        let align = addr_merge & addr_merge.wrapping_neg();
-        sizes &= (align << 1).wrapping_sub(1) | align;
+        sizes &= mask_through(addr_merge.trailing_zeros());
     }
     debug_assert!(sizes != 0, "no page size fits; alignment was not checked");
     let idx = 63 - sizes.leading_zeros();

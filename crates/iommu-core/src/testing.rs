@@ -193,12 +193,14 @@ impl IommuOps for MockIommu {
 
     fn device_group(&self, iommu: &Iommu, dev: &Arc<Device>) -> Result<Group, Errno> {
         let mut by_stream = crate::lock(&self.shared.by_stream);
-        for id in dev.stream_ids() {
-            if let Some(g) = by_stream.get(id).and_then(WeakGroup::upgrade) {
-                return Ok(g);
-            }
-        }
-        let g = iommu.generic_device_group(dev)?;
+        let existing = dev
+            .stream_ids()
+            .iter()
+            .find_map(|id| by_stream.get(id).and_then(WeakGroup::upgrade));
+        let g = match existing {
+            Some(g) => g,
+            None => iommu.generic_device_group(dev)?,
+        };
         for id in dev.stream_ids() {
             by_stream.insert(*id, g.downgrade());
         }

@@ -1,0 +1,369 @@
+//! Groups: ids, references, release, membership, sysfs links, notifiers.
+
+mod common;
+
+use common::{world, World};
+use iommu_core::testing::MockIommu;
+use iommu_core::{Bus, DeviceBuilder, EntryKind, Errno, GroupAction, Iommu, Notify};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+#[test]
+fn group_id_is_lowest_free() {
+    let iommu = Iommu::default();
+    let g0 = iommu.group_alloc().unwrap();
+    let g1 = iommu.group_alloc().unwrap();
+    let g2 = iommu.group_alloc().unwrap();
+    assert_eq!((g0.id(), g1.id(), g2.id()), (0, 1, 2));
+    drop(g1);
+    assert_eq!(iommu.group_ids(), vec![0, 2]);
+    let again = iommu.group_alloc().unwrap();
+    assert_eq!(again.id(), 1, "a released id is reused, lowest first");
+    assert_eq!(iommu.group_alloc().unwrap().id(), 3);
+}
+
+#[test]
+fn independent_subsystems_have_independent_ids() {
+    let a = Iommu::default();
+    let b = Iommu::default();
+    let ga = a.group_alloc().unwrap();
+    let gb = b.group_alloc().unwrap();
+    assert_eq!((ga.id(), gb.id()), (0, 0));
+    assert!(b.group_get_by_id(1).is_none());
+}
+
+#[test]
+fn group_alloc_creates_its_sysfs_directory() {
+    let iommu = Iommu::default();
+    let g = iommu.group_alloc().unwrap();
+    assert_eq!(
+        iommu.sysfs().list("kernel/iommu_groups/0").unwrap(),
+        vec!["devices", "reserved_regions", "type"]
+    );
+    assert_eq!(
+        iommu.sysfs().read("kernel/iommu_groups/0/type").unwrap(),
+        "unknown\n"
+    );
+    assert_eq!(
+        iommu
+            .sysfs()
+            .read("kernel/iommu_groups/0/reserved_regions")
+            .unwrap(),
+        ""
+    );
+    assert!(iommu
+        .sysfs()
+        .list("kernel/iommu_groups/0/devices")
+        .unwrap()
+        .is_empty());
+    drop(g);
+}
+
+#[test]
+fn group_get_by_id_takes_a_reference() {
+    let iommu = Iommu::default();
+    let g = iommu.group_alloc().unwrap();
+    assert_eq!(g.refcount(), 1);
+    let again = iommu.group_get_by_id(0).unwrap();
+    assert_eq!(g.refcount(), 2);
+    assert_eq!(again, g);
+    drop(again);
+    assert_eq!(g.refcount(), 1);
+    assert!(iommu.group_get_by_id(7).is_none());
+}
+
+#[test]
+fn group_is_released_exactly_once_when_the_last_reference_goes() {
+    let iommu = Iommu::default();
+    let g = iommu.group_alloc().unwrap();
+    let releases = Arc::new(AtomicUsize::new(0));
+    let r = releases.clone();
+    g.set_iommu_data(
+        Arc::new(42u32),
+        Some(Box::new(move |data| {
+            assert_eq!(*data.downcast::<u32>().unwrap(), 42);
+            r.fetch_add(1, Ordering::SeqCst);
+        })),
+    );
+    let held = g.clone();
+    drop(g);
+    assert_eq!(releases.load(Ordering::SeqCst), 0, "still held");
+    assert!(iommu.sysfs().list("kernel/iommu_groups/0").is_ok());
+    drop(held);
+    assert_eq!(releases.load(Ordering::SeqCst), 1);
+    assert_eq!(
+        iommu.sysfs().list("kernel/iommu_groups/0").unwrap_err(),
+        Errno::ENOENT
+    );
+    assert!(iommu.group_ids().is_empty());
+    assert!(iommu.log_lines().contains(&"Releasing group 0".to_string()));
+}
+
+#[test]
+fn group_iommu_data_replaced_releases_the_old_data() {
+    let iommu = Iommu::default();
+    let g = iommu.group_alloc().unwrap();
+    let n = Arc::new(AtomicUsize::new(0));
+    let n1 = n.clone();
+    g.set_iommu_data(
+        Arc::new(1u8),
+        Some(Box::new(move |_| {
+            n1.fetch_add(1, Ordering::SeqCst);
+        })),
+    );
+    g.set_iommu_data(Arc::new(2u8), None);
+    assert_eq!(n.load(Ordering::SeqCst), 1);
+    assert_eq!(*g.iommu_data().unwrap().downcast::<u8>().unwrap(), 2);
+}
+
+#[test]
+fn group_lives_while_its_devices_reference_it() {
+    let w = world(&[("a", &[1])]);
+    let g = w.group_of(0);
+    assert_eq!(g.refcount(), 2, "the device and this holder");
+    drop(g);
+    assert_eq!(w.iommu.group_ids(), vec![0]);
+    w.bus.remove_device(&w.devs[0]).unwrap();
+    assert!(
+        w.iommu.group_ids().is_empty(),
+        "released once the device left"
+    );
+}
+
+#[test]
+fn add_device_links_device_and_group_both_ways() {
+    let w = world(&[("a", &[1])]);
+    let sysfs = w.iommu.sysfs();
+    assert_eq!(
+        sysfs.list("kernel/iommu_groups/0/devices").unwrap(),
+        vec!["a"]
+    );
+    assert_eq!(
+        sysfs.kind("kernel/iommu_groups/0/devices/a").unwrap(),
+        EntryKind::Link("../../../../devices/platform/a".into())
+    );
+    assert_eq!(
+        sysfs.resolve("kernel/iommu_groups/0/devices/a").unwrap(),
+        "devices/platform/a"
+    );
+    assert_eq!(
+        sysfs.read_link("devices/platform/a/iommu_group").unwrap(),
+        "../../../kernel/iommu_groups/0"
+    );
+    assert_eq!(
+        sysfs.resolve("bus/platform/devices/a/iommu_group").unwrap(),
+        "kernel/iommu_groups/0"
+    );
+    assert_eq!(
+        sysfs.read("devices/platform/a/iommu_group/type").unwrap(),
+        "DMA\n"
+    );
+}
+
+#[test]
+fn add_device_logs_adding_device_to_group() {
+    let w = world(&[("a", &[1]), ("b", &[2])]);
+    let log = w.iommu.log_lines();
+    assert!(
+        log.contains(&"Adding device a to group 0".to_string()),
+        "{log:?}"
+    );
+    assert!(log.contains(&"Adding device b to group 1".to_string()));
+}
+
+#[test]
+fn add_device_retries_clashing_names_with_a_suffix() {
+    let iommu = Iommu::default();
+    let mock = Arc::new(MockIommu::new());
+    let g = iommu.group_alloc().unwrap();
+    let mut devs = Vec::new();
+    for bus_name in ["pci", "platform", "amba"] {
+        let bus = Bus::new(&iommu, bus_name).unwrap();
+        iommu.bus_set_iommu(&bus, mock.clone()).unwrap();
+        devs.push(bus.add_device(DeviceBuilder::new("dev")).unwrap());
+    }
+    for d in &devs {
+        g.add_device(d).unwrap();
+    }
+    assert_eq!(
+        iommu.sysfs().list("kernel/iommu_groups/0/devices").unwrap(),
+        vec!["dev", "dev.0", "dev.1"]
+    );
+    assert_eq!(
+        iommu
+            .sysfs()
+            .resolve("kernel/iommu_groups/0/devices/dev.1")
+            .unwrap(),
+        "devices/amba/dev"
+    );
+    // Removal frees exactly the suffixed name.
+    g.remove_device(&devs[1]);
+    assert_eq!(
+        iommu.sysfs().list("kernel/iommu_groups/0/devices").unwrap(),
+        vec!["dev", "dev.1"]
+    );
+}
+
+#[test]
+fn add_device_to_a_second_group_is_ebusy() {
+    let w = world(&[("a", &[1])]);
+    let before = common::snapshot(&w);
+    let other = w.iommu.group_alloc().unwrap();
+    assert_eq!(other.add_device(&w.devs[0]).unwrap_err(), Errno::EBUSY);
+    drop(other);
+    assert_eq!(common::snapshot(&w), before);
+}
+
+#[test]
+fn remove_device_is_the_exact_reverse_of_add() {
+    let w = world(&[("a", &[1]), ("b", &[1])]);
+    let g = w.group_of(0);
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let e = events.clone();
+    g.register_notifier(move |ev| {
+        e.lock().unwrap().push((
+            ev.action,
+            ev.dev.name().to_string(),
+            ev.dev.iommu_group().is_some(),
+        ));
+        Notify::Ok
+    });
+    g.remove_device(&w.devs[1]);
+    assert_eq!(
+        *events.lock().unwrap(),
+        vec![(GroupAction::DelDevice, "b".into(), true)],
+        "listeners hear before it goes"
+    );
+    assert_eq!(g.device_count(), 1);
+    assert!(w.devs[1].iommu_group().is_none());
+    assert_eq!(
+        w.iommu
+            .sysfs()
+            .list("kernel/iommu_groups/0/devices")
+            .unwrap(),
+        vec!["a"]
+    );
+    assert_eq!(
+        w.iommu
+            .sysfs()
+            .read_link("devices/platform/b/iommu_group")
+            .unwrap_err(),
+        Errno::ENOENT
+    );
+    assert_eq!(
+        w.mock.attached_domain("b"),
+        None,
+        "detached from the group's domain"
+    );
+    assert!(w
+        .iommu
+        .log_lines()
+        .contains(&"Removing device b from group 0".to_string()));
+}
+
+#[test]
+fn for_each_dev_stops_at_the_first_nonzero_result() {
+    let w = world(&[("a", &[1]), ("b", &[1]), ("c", &[1])]);
+    let g = w.group_of(0);
+    let mut seen = Vec::new();
+    let r = g.for_each_dev(|d| {
+        seen.push(d.name().to_string());
+        if d.name() == "b" {
+            -16
+        } else {
+            0
+        }
+    });
+    assert_eq!(r, -16);
+    assert_eq!(seen, vec!["a", "b"]);
+    assert_eq!(g.for_each_dev(|_| 0), 0);
+    assert_eq!(g.device_count(), 3);
+}
+
+#[test]
+fn set_name_creates_and_removes_the_name_file() {
+    let w = world(&[("a", &[1])]);
+    let g = w.group_of(0);
+    g.set_name(Some("vfio-test")).unwrap();
+    assert_eq!(g.name().as_deref(), Some("vfio-test"));
+    assert_eq!(
+        w.iommu.sysfs().read("kernel/iommu_groups/0/name").unwrap(),
+        "vfio-test\n"
+    );
+    g.set_name(None).unwrap();
+    assert_eq!(
+        w.iommu
+            .sysfs()
+            .read("kernel/iommu_groups/0/name")
+            .unwrap_err(),
+        Errno::ENOENT
+    );
+}
+
+#[test]
+fn group_notifiers_run_in_registration_order_and_can_unregister() {
+    let w = world(&[("a", &[1])]);
+    let g = w.group_of(0);
+    let order = Arc::new(Mutex::new(Vec::new()));
+    let ids = Arc::new(Mutex::new(Vec::new()));
+    for n in 0..3 {
+        let o = order.clone();
+        let ids2 = ids.clone();
+        let g2 = g.downgrade();
+        let id = g.register_notifier(move |_| {
+            o.lock().unwrap().push(n);
+            if n == 0 {
+                // The first listener unregisters the third before it runs.
+                let third = ids2.lock().unwrap()[2];
+                g2.upgrade().unwrap().unregister_notifier(third);
+            }
+            Notify::Done
+        });
+        ids.lock().unwrap().push(id);
+    }
+    w.bus.bind_driver(&w.devs[0]);
+    assert_eq!(
+        *order.lock().unwrap(),
+        vec![0, 1, 0, 1],
+        "BIND and BOUND; the third never ran"
+    );
+    assert!(
+        !g.unregister_notifier(ids.lock().unwrap()[2]),
+        "already gone"
+    );
+    assert!(g.unregister_notifier(ids.lock().unwrap()[0]));
+    assert_eq!(g.notifier().len(), 1);
+}
+
+#[test]
+fn a_stopping_listener_ends_the_chain() {
+    let w = world(&[("a", &[1])]);
+    let g = w.group_of(0);
+    let ran = Arc::new(AtomicUsize::new(0));
+    g.register_notifier(|_| Notify::Stop);
+    let r = ran.clone();
+    g.register_notifier(move |_| {
+        r.fetch_add(1, Ordering::SeqCst);
+        Notify::Ok
+    });
+    w.bus.bind_driver(&w.devs[0]);
+    assert_eq!(ran.load(Ordering::SeqCst), 0);
+}
+
+#[test]
+fn devices_sharing_a_stream_id_share_a_group() {
+    let w = world(&[("a", &[1]), ("b", &[2]), ("c", &[2, 3]), ("d", &[3])]);
+    let ids: Vec<u32> = (0..4).map(|i| w.group_of(i).id()).collect();
+    assert_eq!(ids, vec![0, 1, 1, 1]);
+    assert_eq!(w.group_of(1).device_count(), 3);
+}
+
+#[test]
+fn a_device_the_driver_does_not_translate_gets_no_group() {
+    let w = world(&[("a", &[1]), ("untranslated", &[])]);
+    assert!(w.devs[1].iommu_group().is_none());
+    assert_eq!(w.iommu.group_ids(), vec![0]);
+}
+
+#[allow(dead_code)]
+fn _uses(_: World) {}

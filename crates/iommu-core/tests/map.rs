@@ -1,0 +1,450 @@
+//! Map and unmap through the core: checks, page-size selection, rollback,
+//! the IOTLB gather, scatter-gather, reserved regions and faults.
+
+mod common;
+
+use common::{world, world_with};
+use iommu_core::testing::{MockConfig, MockIommu, MockOp};
+use iommu_core::{
+    DeviceBuilder, Domain, DomainType, Errno, FaultAccess, IommuConfig, IotlbGather, Iova,
+    PhysAddr, Prot, ReservedRegion, ResvType, SgEntry,
+};
+use std::sync::Arc;
+
+const K4: u64 = 0x1000;
+const M2: u64 = 0x20_0000;
+const G1: u64 = 0x4000_0000;
+
+fn unmanaged(cfg: MockConfig) -> (common::World, Domain) {
+    let w = world_with(IommuConfig::default(), cfg, &[]);
+    let d = w.iommu.domain_alloc(&w.bus, DomainType::Unmanaged).unwrap();
+    (w, d)
+}
+
+fn map(d: &Domain, iova: u64, pa: u64, size: u64) -> Result<(), Errno> {
+    d.map(Iova::new(iova), PhysAddr::new(pa), size, Prot::RW)
+}
+
+#[test]
+fn map_on_a_non_paging_domain_is_einval() {
+    let w = world(&[]);
+    for ty in [DomainType::Identity, DomainType::Blocked] {
+        let d = w.iommu.domain_alloc(&w.bus, ty).unwrap();
+        assert_eq!(map(&d, 0, 0, K4).unwrap_err(), Errno::EINVAL, "{ty}");
+        assert_eq!(d.unmap(Iova::new(0), K4), 0);
+    }
+}
+
+#[test]
+fn map_without_a_map_op_or_page_sizes_is_enodev() {
+    let (_w, d) = unmanaged(MockConfig {
+        paging: false,
+        ..MockConfig::default()
+    });
+    assert_eq!(map(&d, 0, 0, K4).unwrap_err(), Errno::ENODEV);
+    let (_w, d) = unmanaged(MockConfig {
+        pgsize_bitmap: 0,
+        ..MockConfig::default()
+    });
+    assert_eq!(map(&d, 0, 0, K4).unwrap_err(), Errno::ENODEV);
+}
+
+#[test]
+fn map_misaligned_to_the_smallest_page_is_einval() {
+    let (_w, d) = unmanaged(MockConfig::default());
+    assert_eq!(map(&d, 0x800, 0, K4).unwrap_err(), Errno::EINVAL);
+    assert_eq!(map(&d, 0, 0x800, K4).unwrap_err(), Errno::EINVAL);
+    assert_eq!(map(&d, 0, 0, 0x1800).unwrap_err(), Errno::EINVAL);
+    assert!(MockIommu::mappings(&d).is_empty());
+}
+
+#[test]
+fn map_outside_the_aperture_is_erange_and_overflow_is_eoverflow() {
+    let (_w, d) = unmanaged(MockConfig::default());
+    assert_eq!(
+        map(&d, (1 << 48) - K4, 0, 2 * K4).unwrap_err(),
+        Errno::ERANGE
+    );
+    assert_eq!(map(&d, 1 << 48, 0, K4).unwrap_err(), Errno::ERANGE);
+    assert_eq!(
+        map(&d, u64::MAX - K4 + 1, 0, 2 * K4).unwrap_err(),
+        Errno::EOVERFLOW
+    );
+    assert_eq!(
+        map(&d, 0, u64::MAX - K4 + 1, 2 * K4).unwrap_err(),
+        Errno::EOVERFLOW
+    );
+    assert!(MockIommu::mappings(&d).is_empty());
+}
+
+#[test]
+fn map_picks_the_largest_pages_alignment_allows() {
+    let (_w, d) = unmanaged(MockConfig::default());
+    // 4K up to the 2M boundary, then 2M blocks, then 4K for the tail.
+    let iova = M2 - 2 * K4;
+    map(&d, iova, 0x1000_0000 - 2 * K4, 2 * K4 + 2 * M2 + K4).unwrap();
+    let sizes: Vec<(u64, u64)> = MockIommu::mappings(&d).iter().map(|m| (m.0, m.1)).collect();
+    assert_eq!(
+        sizes,
+        vec![
+            (M2 - 2 * K4, K4),
+            (M2 - K4, K4),
+            (M2, M2),
+            (2 * M2, M2),
+            (3 * M2, K4)
+        ]
+    );
+}
+
+#[test]
+fn map_uses_1g_pages_when_both_addresses_allow_it() {
+    let (_w, d) = unmanaged(MockConfig::default());
+    map(&d, G1, 3 * G1, G1 + M2).unwrap();
+    let sizes: Vec<u64> = MockIommu::mappings(&d).iter().map(|m| m.1).collect();
+    assert_eq!(sizes, vec![G1, M2]);
+    // Misaligned physical address: no blocks at all.
+    let (_w, d) = unmanaged(MockConfig::default());
+    map(&d, M2, M2 + K4, M2).unwrap();
+    assert_eq!(MockIommu::mappings(&d).len(), 512);
+}
+
+#[test]
+fn map_continues_after_a_short_map_pages() {
+    let (_w, d) = unmanaged(MockConfig {
+        max_pages_per_call: 3,
+        ..MockConfig::default()
+    });
+    map(&d, 0, 0, 10 * K4).unwrap();
+    assert_eq!(MockIommu::mappings(&d).len(), 10);
+}
+
+#[test]
+fn map_failure_unmaps_everything_this_call_mapped() {
+    let (w, d) = unmanaged(MockConfig {
+        max_pages_per_call: 4,
+        ..MockConfig::default()
+    });
+    map(&d, 0x10_0000, 0, K4).unwrap();
+    w.mock.fail_after(MockOp::Map, 2); // third map_pages call maps 2 of 4, then fails
+    assert_eq!(map(&d, 0, 0, 16 * K4).unwrap_err(), Errno::ENOMEM);
+    assert_eq!(
+        MockIommu::mappings(&d).len(),
+        1,
+        "only the earlier mapping remains"
+    );
+    // A collision part-way is EEXIST and also rolls back.
+    assert_eq!(
+        map(&d, 0x10_0000 - 4 * K4, 0, 8 * K4).unwrap_err(),
+        Errno::EEXIST
+    );
+    assert_eq!(MockIommu::mappings(&d).len(), 1);
+}
+
+#[test]
+fn map_calls_iotlb_sync_map_and_undoes_the_map_if_it_fails() {
+    let (w, d) = unmanaged(MockConfig::default());
+    map(&d, 0, 0, K4).unwrap();
+    assert_eq!(w.mock.sync_maps(), 1);
+    w.mock.fail_after(MockOp::SyncMap, 0);
+    assert_eq!(map(&d, K4, 0, K4).unwrap_err(), Errno::ENOMEM);
+    assert_eq!(MockIommu::mappings(&d).len(), 1);
+}
+
+#[test]
+fn unmap_returns_bytes_and_stops_at_the_first_hole() {
+    let (w, d) = unmanaged(MockConfig::default());
+    map(&d, 0, 0, 3 * K4).unwrap();
+    map(&d, 4 * K4, 0, K4).unwrap();
+    let syncs = w.mock.iotlb_syncs();
+    assert_eq!(d.unmap(Iova::new(0), 5 * K4), 3 * K4);
+    assert_eq!(
+        w.mock.iotlb_syncs(),
+        syncs + 1,
+        "one sync for the whole call"
+    );
+    assert_eq!(d.iova_to_phys(Iova::new(4 * K4)), Some(PhysAddr::new(0)));
+    assert_eq!(d.unmap(Iova::new(0), K4), 0, "a hole unmaps nothing");
+}
+
+#[test]
+fn unmap_of_part_of_a_large_page_removes_and_reports_all_of_it() {
+    let (_w, d) = unmanaged(MockConfig::default());
+    map(&d, M2, M2, M2).unwrap();
+    assert_eq!(d.unmap(Iova::new(M2 + 8 * K4), K4), M2);
+    assert_eq!(d.iova_to_phys(Iova::new(M2)), None);
+}
+
+#[test]
+fn unmap_misaligned_or_wrapping_unmaps_nothing() {
+    let (_w, d) = unmanaged(MockConfig::default());
+    map(&d, 0, 0, K4).unwrap();
+    assert_eq!(d.unmap(Iova::new(0x800), K4), 0);
+    assert_eq!(d.unmap(Iova::new(0), 0x800), 0);
+    assert_eq!(d.unmap(Iova::new(u64::MAX - K4 + 1), 2 * K4), 0);
+    assert_eq!(MockIommu::mappings(&d).len(), 1);
+}
+
+#[test]
+fn unmap_fast_defers_invalidation_to_an_explicit_sync() {
+    let (w, d) = unmanaged(MockConfig::default());
+    map(&d, 0, 0, 4 * K4).unwrap();
+    let syncs = w.mock.iotlb_syncs();
+    let mut gather = IotlbGather::new();
+    assert_eq!(d.unmap_fast(Iova::new(0), K4, &mut gather), K4);
+    assert_eq!(d.unmap_fast(Iova::new(K4), 2 * K4, &mut gather), 2 * K4);
+    assert_eq!(w.mock.iotlb_syncs(), syncs, "nothing invalidated yet");
+    assert_eq!(
+        gather.range(),
+        Some((Iova::new(0), Iova::new(3 * K4 - 1))),
+        "adjacent ranges merged"
+    );
+    d.iotlb_sync(gather);
+    assert_eq!(w.mock.iotlb_syncs(), syncs + 1);
+    d.iotlb_sync(IotlbGather::new());
+    assert_eq!(
+        w.mock.iotlb_syncs(),
+        syncs + 1,
+        "an empty gather needs no sync"
+    );
+}
+
+#[test]
+fn iova_to_phys_is_identity_in_identity_domains_and_none_when_blocked() {
+    let w = world(&[]);
+    let id = w.iommu.domain_alloc(&w.bus, DomainType::Identity).unwrap();
+    assert_eq!(
+        id.iova_to_phys(Iova::new(0x1234_5678)),
+        Some(PhysAddr::new(0x1234_5678))
+    );
+    let blocked = w.iommu.domain_alloc(&w.bus, DomainType::Blocked).unwrap();
+    assert_eq!(blocked.iova_to_phys(Iova::new(0x1234_5678)), None);
+}
+
+#[test]
+fn map_sg_merges_contiguous_segments() {
+    let (_w, d) = unmanaged(MockConfig::default());
+    let sg = [
+        SgEntry {
+            paddr: PhysAddr::new(0x10_0000),
+            len: K4,
+        },
+        SgEntry {
+            paddr: PhysAddr::new(0x10_1000),
+            len: K4,
+        },
+        SgEntry {
+            paddr: PhysAddr::new(0x50_0000),
+            len: 2 * K4,
+        },
+    ];
+    assert_eq!(
+        d.map_sg(Iova::new(0x8000_0000), &sg, Prot::READ),
+        Ok(4 * K4)
+    );
+    assert_eq!(
+        d.iova_to_phys(Iova::new(0x8000_1000)),
+        Some(PhysAddr::new(0x10_1000))
+    );
+    assert_eq!(
+        d.iova_to_phys(Iova::new(0x8000_2000)),
+        Some(PhysAddr::new(0x50_0000))
+    );
+    assert_eq!(
+        d.iova_to_phys(Iova::new(0x8000_3fff)),
+        Some(PhysAddr::new(0x50_1fff))
+    );
+}
+
+#[test]
+fn map_sg_is_all_or_nothing() {
+    let (_w, d) = unmanaged(MockConfig::default());
+    let sg = [
+        SgEntry {
+            paddr: PhysAddr::new(0x10_0000),
+            len: K4,
+        },
+        SgEntry {
+            paddr: PhysAddr::new(0x50_0000),
+            len: 0x800,
+        }, // misaligned segment
+    ];
+    assert_eq!(
+        d.map_sg(Iova::new(0), &sg, Prot::READ).unwrap_err(),
+        Errno::EINVAL
+    );
+    assert!(MockIommu::mappings(&d).is_empty());
+}
+
+#[test]
+fn group_reserved_regions_are_the_sorted_merged_union_of_its_devices() {
+    let cfg = MockConfig {
+        sw_msi: Some((0x800_0000, 0x10_0000)),
+        ..MockConfig::default()
+    };
+    let w = world_with(IommuConfig::default(), cfg, &[]);
+    let dev = |name: &str, regions: &[ReservedRegion]| {
+        let mut b = DeviceBuilder::new(name).stream_ids([7]);
+        for r in regions {
+            b = b.resv_region(*r);
+        }
+        w.bus.add_device(b).unwrap()
+    };
+    dev(
+        "a",
+        &[ReservedRegion::new(
+            0x1000,
+            0x2000,
+            Prot::RW,
+            ResvType::Direct,
+        )],
+    );
+    dev(
+        "b",
+        &[
+            ReservedRegion::new(0x3000, 0x1000, Prot::RW, ResvType::Direct),
+            ReservedRegion::new(0xfee0_0000, 0x10_0000, Prot::RW, ResvType::Reserved),
+        ],
+    );
+    assert_eq!(
+        w.iommu
+            .sysfs()
+            .read("kernel/iommu_groups/0/reserved_regions")
+            .unwrap(),
+        "0x0000000000001000 0x0000000000003fff direct\n\
+         0x0000000008000000 0x00000000080fffff msi\n\
+         0x00000000fee00000 0x00000000feefffff reserved\n"
+    );
+}
+
+#[test]
+fn direct_regions_are_identity_mapped_in_the_default_domain() {
+    let w = world(&[]);
+    let r = ReservedRegion::new(0x8000_0800, 0x2000, Prot::READ, ResvType::Direct);
+    let d = w
+        .bus
+        .add_device(DeviceBuilder::new("a").stream_ids([1]).resv_region(r))
+        .unwrap();
+    let dd = d.iommu_group().unwrap().default_domain().unwrap();
+    // The whole region is covered, rounded out to pages.
+    let got: Vec<(u64, u64, u64)> = MockIommu::mappings(&dd)
+        .iter()
+        .map(|m| (m.0, m.1, m.2))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            (0x8000_0000, K4, 0x8000_0000),
+            (0x8000_1000, K4, 0x8000_1000),
+            (0x8000_2000, K4, 0x8000_2000)
+        ]
+    );
+    assert!(w.mock.flush_alls() >= 1);
+    // A second device with an overlapping region maps only what is missing,
+    // and the mapping stays until the last device needing it leaves.
+    let r2 = ReservedRegion::new(0x8000_2000, 0x2000, Prot::READ, ResvType::DirectRelaxable);
+    let d2 = w
+        .bus
+        .add_device(DeviceBuilder::new("b").stream_ids([1]).resv_region(r2))
+        .unwrap();
+    assert_eq!(MockIommu::mappings(&dd).len(), 4);
+    // A mapped run stays whole while any remaining device overlaps it (runs
+    // may use blocks, which cannot be split), and goes with the last one.
+    w.bus.remove_device(&d).unwrap();
+    assert_eq!(MockIommu::mappings(&dd).len(), 4);
+    assert_eq!(
+        dd.iova_to_phys(Iova::new(0x8000_2000)),
+        Some(PhysAddr::new(0x8000_2000))
+    );
+    let g = d2.iommu_group().unwrap();
+    w.bus.remove_device(&d2).unwrap();
+    assert!(
+        MockIommu::mappings(&dd).is_empty(),
+        "no identity maps outlive the devices"
+    );
+    drop(g);
+}
+
+#[test]
+fn a_direct_run_no_remaining_device_needs_is_unmapped_on_removal() {
+    let w = world(&[]);
+    let ra = ReservedRegion::new(0x8000_0000, 0x2000, Prot::READ, ResvType::Direct);
+    let rb = ReservedRegion::new(0x9000_0000, 0x1000, Prot::READ, ResvType::Direct);
+    let a = w
+        .bus
+        .add_device(DeviceBuilder::new("a").stream_ids([1]).resv_region(ra))
+        .unwrap();
+    let _b = w
+        .bus
+        .add_device(DeviceBuilder::new("b").stream_ids([1]).resv_region(rb))
+        .unwrap();
+    let dd = a.iommu_group().unwrap().default_domain().unwrap();
+    assert_eq!(MockIommu::mappings(&dd).len(), 3);
+    w.bus.remove_device(&a).unwrap();
+    let left: Vec<u64> = MockIommu::mappings(&dd).iter().map(|m| m.0).collect();
+    assert_eq!(left, vec![0x9000_0000]);
+}
+
+#[test]
+fn direct_regions_are_not_mapped_into_identity_or_unmanaged_domains() {
+    let w = world_with(
+        IommuConfig {
+            passthrough: true,
+            strict: true,
+        },
+        MockConfig::default(),
+        &[],
+    );
+    let r = ReservedRegion::new(0x8000_0000, 0x1000, Prot::READ, ResvType::Direct);
+    let d = w
+        .bus
+        .add_device(DeviceBuilder::new("a").stream_ids([1]).resv_region(r))
+        .unwrap();
+    assert_eq!(
+        d.iommu_group().unwrap().default_domain().unwrap().ty(),
+        DomainType::Identity
+    );
+    assert_eq!(w.mock.flush_alls(), 0);
+}
+
+#[test]
+fn fault_report_without_a_handler_is_enosys() {
+    let w = world(&[("a", &[1])]);
+    let d = w.group_of(0).domain().unwrap();
+    assert_eq!(
+        d.report_fault(&w.devs[0], Iova::new(0xdead_0000), FaultAccess::Read)
+            .unwrap_err(),
+        Errno::ENOSYS
+    );
+}
+
+#[test]
+fn fault_report_returns_the_handler_result() {
+    let w = world(&[("a", &[1])]);
+    let d = w.group_of(0).domain().unwrap();
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let s = seen.clone();
+    d.set_fault_handler(Some(Arc::new(move |_dom, dev, iova, access| {
+        s.lock()
+            .unwrap()
+            .push((dev.name().to_string(), iova, access));
+        if access == FaultAccess::Write {
+            Err(Errno::EACCES)
+        } else {
+            Ok(())
+        }
+    })));
+    assert_eq!(
+        d.report_fault(&w.devs[0], Iova::new(0x1000), FaultAccess::Read),
+        Ok(())
+    );
+    assert_eq!(
+        d.report_fault(&w.devs[0], Iova::new(0x2000), FaultAccess::Write),
+        Err(Errno::EACCES)
+    );
+    assert_eq!(seen.lock().unwrap().len(), 2);
+    d.set_fault_handler(None);
+    assert_eq!(
+        d.report_fault(&w.devs[0], Iova::new(0x1000), FaultAccess::Read),
+        Err(Errno::ENOSYS)
+    );
+}
