@@ -132,6 +132,11 @@ impl MockIommu {
         crate::lock(&self.shared.fail).insert(op, skip);
     }
 
+    /// Whether a failure armed with [`fail_after`](Self::fail_after) has not fired yet.
+    pub fn failure_pending(&self, op: MockOp) -> bool {
+        crate::lock(&self.shared.fail).contains_key(&op)
+    }
+
     /// Cancels a pending failure.
     pub fn clear_failures(&self) {
         crate::lock(&self.shared.fail).clear();

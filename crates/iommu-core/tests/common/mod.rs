@@ -39,6 +39,22 @@ pub fn world_with(config: IommuConfig, cfg: MockConfig, devices: &[(&str, &[u32]
     }
 }
 
+/// Like `world_with`, but the driver is not set on the bus yet.
+pub fn world_unset(cfg: MockConfig, devices: &[DeviceBuilder]) -> World {
+    let iommu = Iommu::new(IommuConfig::default());
+    let bus = Bus::new(&iommu, "platform").unwrap();
+    let devs = devices
+        .iter()
+        .map(|b| bus.add_device(b.clone()).unwrap())
+        .collect();
+    World {
+        iommu,
+        bus,
+        mock: Arc::new(MockIommu::with_config(cfg)),
+        devs,
+    }
+}
+
 pub fn world(devices: &[(&str, &[u32])]) -> World {
     world_with(IommuConfig::default(), MockConfig::default(), devices)
 }
