@@ -83,11 +83,12 @@ pub(crate) struct GroupState {
     pub(crate) owner: Option<DmaOwner>,
 }
 
-type ReleaseFn = Box<dyn FnOnce(Arc<dyn Any + Send + Sync>) + Send>;
+/// The callback that releases a group's driver data (Linux's `iommu_data_release`).
+pub type IommuDataRelease = Box<dyn FnOnce(Arc<dyn Any + Send + Sync>) + Send>;
 
 struct IommuData {
     data: Arc<dyn Any + Send + Sync>,
-    release: Option<ReleaseFn>,
+    release: Option<IommuDataRelease>,
 }
 
 pub(crate) struct GroupInner {
@@ -282,7 +283,7 @@ impl Group {
     pub fn set_iommu_data(
         &self,
         data: Arc<dyn Any + Send + Sync>,
-        release: Option<Box<dyn FnOnce(Arc<dyn Any + Send + Sync>) + Send>>,
+        release: Option<IommuDataRelease>,
     ) {
         let old = crate::lock(&self.0.iommu_data).replace(IommuData { data, release });
         if let Some(IommuData {
@@ -498,7 +499,7 @@ pub(crate) fn create_direct_mappings(
             .last()
             .saturating_add(1)
             .checked_next_multiple_of(pg)
-            .unwrap_or(u64::MAX & !(pg - 1));
+            .unwrap_or(!(pg - 1));
         let mut run: Option<u64> = None;
         let mut addr = start;
         while addr <= end {

@@ -6,7 +6,6 @@ use common::{snapshot, world, world_with};
 use iommu_core::testing::{MockConfig, MockIommu, MockOp};
 use iommu_core::{Bus, DmaOwner, DomainType, Errno, Iommu, IommuConfig};
 use std::collections::HashMap;
-use std::sync::Arc;
 
 fn votes(pairs: &[(&str, DomainType)]) -> HashMap<String, DomainType> {
     pairs.iter().map(|(n, t)| (n.to_string(), *t)).collect()

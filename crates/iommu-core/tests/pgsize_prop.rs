@@ -6,7 +6,7 @@ use proptest::prelude::*;
 
 /// Whether a page of `size` could start at this point of the walk.
 fn fits(size: u64, iova: u64, pa: u64, remaining: u64) -> bool {
-    size <= remaining && iova % size == 0 && pa % size == 0
+    size <= remaining && iova.is_multiple_of(size) && pa.is_multiple_of(size)
 }
 
 proptest! {
@@ -29,7 +29,7 @@ proptest! {
         let shift = [0u32, 21, 30][big_align as usize];
         let iova = (iova_pages * min) << shift;
         let pa = (pa_pages * min) << shift;
-        let size = size_pages * min << (shift / 3);
+        let size = (size_pages * min) << (shift / 3);
 
         let (mut cur_iova, mut cur_pa, mut left) = (iova, pa, size);
         while left > 0 {

@@ -67,7 +67,9 @@ impl Geometry {
             return None;
         }
         let shift = pgsize.trailing_zeros();
-        if shift < self.granule_shift || (shift - self.granule_shift) % self.bits_per_level != 0 {
+        if shift < self.granule_shift
+            || !(shift - self.granule_shift).is_multiple_of(self.bits_per_level)
+        {
             return None;
         }
         let from_bottom = ((shift - self.granule_shift) / self.bits_per_level) as usize;

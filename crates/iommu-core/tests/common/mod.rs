@@ -59,6 +59,9 @@ pub fn world(devices: &[(&str, &[u32])]) -> World {
     world_with(IommuConfig::default(), MockConfig::default(), devices)
 }
 
+/// One leaf of a mock domain: (iova, size, pa, prot).
+pub type Leaf = (u64, u64, u64, iommu_core::Prot);
+
 /// Everything a failed operation must leave untouched.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Snapshot {
@@ -66,7 +69,7 @@ pub struct Snapshot {
     pub sysfs: String,
     pub refcounts: Vec<(u32, usize)>,
     pub device_groups: Vec<(String, Option<u32>)>,
-    pub mappings: Vec<(u32, Vec<(u64, u64, u64, iommu_core::Prot)>)>,
+    pub mappings: Vec<(u32, Vec<Leaf>)>,
     pub domains: Vec<(u32, Option<u64>, Option<u64>)>,
 }
 
