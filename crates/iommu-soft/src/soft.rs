@@ -1,0 +1,517 @@
+//! The driver and its emulated translation unit.
+
+use iommu_core::{
+    Capability, Device, Domain, DomainGeometry, DomainOps, DomainType, Errno, FaultAccess, Group,
+    Iommu, IommuOps, IotlbGather, Iova, MapPagesError, PagingOps, PhysAddr, Prot, ReservedRegion,
+    ResvType, WeakGroup,
+};
+use iommu_pgtable::{lpae::Lpae, HeapMemory, IoPageTable};
+use std::any::Any;
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+/// Page sizes of LPAE stage 1 with the 4 KiB granule.
+pub const PGSIZE_BITMAP: u64 = 0x1000 | 0x20_0000 | 0x4000_0000;
+const IAS: u32 = 48;
+const OAS: u32 = 48;
+
+/// Driver options.
+#[derive(Clone, Debug, Default)]
+pub struct SoftConfig {
+    /// A software-managed MSI window reported to every device (`sw-msi`).
+    pub sw_msi: Option<(u64, u64)>,
+    /// Devices that must use an identity default domain (a quirk list).
+    pub identity_devices: Vec<String>,
+}
+
+/// Direction of a DMA access.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    /// The device reads memory.
+    Read,
+    /// The device writes memory.
+    Write,
+}
+
+/// Why a DMA access did not translate.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TranslateError {
+    /// The device has no stream id, or its stream has no entry (not attached).
+    NoStream,
+    /// The stream is attached to a blocking domain.
+    Blocked {
+        /// What the domain's fault handler returned.
+        report: Result<(), Errno>,
+    },
+    /// Nothing is mapped at the address.
+    Translation {
+        /// What the domain's fault handler returned.
+        report: Result<(), Errno>,
+    },
+    /// Mapped, but not with the permission the access needs.
+    Permission {
+        /// What the domain's fault handler returned.
+        report: Result<(), Errno>,
+    },
+}
+
+impl fmt::Display for TranslateError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (what, report) = match self {
+            TranslateError::NoStream => return f.write_str("no stream table entry"),
+            TranslateError::Blocked { report } => ("blocked", report),
+            TranslateError::Translation { report } => ("translation fault", report),
+            TranslateError::Permission { report } => ("permission fault", report),
+        };
+        match report {
+            Ok(()) => write!(f, "{what} (handled)"),
+            Err(e) => write!(f, "{what} (handler: {})", e.name()),
+        }
+    }
+}
+
+#[derive(Default)]
+struct Stats {
+    iotlb_syncs: AtomicU64,
+    flush_alls: AtomicU64,
+    walks: AtomicU64,
+}
+
+struct SoftInner {
+    cfg: SoftConfig,
+    /// The stream table: stream id -> attached domain.
+    streams: RwLock<HashMap<u32, Domain>>,
+    by_stream: Mutex<HashMap<u32, WeakGroup>>,
+    stats: Stats,
+}
+
+/// The software IOMMU driver; clones share the same hardware.
+#[derive(Clone)]
+pub struct SoftIommu {
+    inner: Arc<SoftInner>,
+}
+
+impl Default for SoftIommu {
+    fn default() -> Self {
+        Self::new(SoftConfig::default())
+    }
+}
+
+impl fmt::Debug for SoftIommu {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SoftIommu")
+            .field("cfg", &self.inner.cfg)
+            .finish()
+    }
+}
+
+impl SoftIommu {
+    /// A driver with `cfg`.
+    pub fn new(cfg: SoftConfig) -> Self {
+        Self {
+            inner: Arc::new(SoftInner {
+                cfg,
+                streams: RwLock::new(HashMap::new()),
+                by_stream: Mutex::new(HashMap::new()),
+                stats: Stats::default(),
+            }),
+        }
+    }
+
+    /// The domain the hardware has for `dev`'s first stream, if any.
+    pub fn attached(&self, dev: &Device) -> Option<Domain> {
+        let sid = *dev.stream_ids().first()?;
+        self.inner
+            .streams
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&sid)
+            .cloned()
+    }
+
+    /// IOTLB syncs the hardware has received.
+    pub fn iotlb_syncs(&self) -> u64 {
+        self.inner.stats.iotlb_syncs.load(Ordering::Relaxed)
+    }
+
+    /// Table walks performed by [`translate`](Self::translate).
+    pub fn walks(&self) -> u64 {
+        self.inner.stats.walks.load(Ordering::Relaxed)
+    }
+
+    /// Translates one DMA access of `dev` at `iova`, as the hardware would:
+    /// stream table, then the domain's page table, then the permission check.
+    /// Faults are reported to the domain's handler.
+    ///
+    /// # Errors
+    /// See [`TranslateError`].
+    pub fn translate(
+        &self,
+        dev: &Device,
+        iova: Iova,
+        access: Access,
+    ) -> Result<PhysAddr, TranslateError> {
+        let domain = self.attached(dev).ok_or(TranslateError::NoStream)?;
+        let fault = match access {
+            Access::Read => FaultAccess::Read,
+            Access::Write => FaultAccess::Write,
+        };
+        match domain.ty() {
+            DomainType::Identity => return Ok(PhysAddr::new(iova.raw())),
+            DomainType::Blocked => {
+                return Err(TranslateError::Blocked {
+                    report: domain.report_fault(dev, iova, fault),
+                })
+            }
+            _ => {}
+        }
+        let Some(soft) = domain
+            .ops()
+            .as_any()
+            .and_then(|a| a.downcast_ref::<SoftDomain>())
+        else {
+            return Err(TranslateError::NoStream);
+        };
+        let _s = tracing::trace_span!("hw_walk", dev = dev.name(), %iova, ?access).entered();
+        self.inner.stats.walks.fetch_add(1, Ordering::Relaxed);
+        let leaf = soft
+            .table
+            .as_ref()
+            .and_then(|t| t.lock().unwrap_or_else(|e| e.into_inner()).lookup(iova));
+        match leaf {
+            None => Err(TranslateError::Translation {
+                report: domain.report_fault(dev, iova, fault),
+            }),
+            Some(m) if access == Access::Write && !m.prot.contains(Prot::WRITE) => {
+                Err(TranslateError::Permission {
+                    report: domain.report_fault(dev, iova, fault),
+                })
+            }
+            Some(m) => Ok(PhysAddr::new(m.pa.raw() + (iova.raw() - m.iova.raw()))),
+        }
+    }
+}
+
+impl IommuOps for SoftIommu {
+    fn name(&self) -> &str {
+        "soft-iommu"
+    }
+
+    fn add_device(&self, iommu: &Iommu, dev: &Arc<Device>) -> Result<(), Errno> {
+        if dev.stream_ids().is_empty() {
+            return Ok(()); // not behind this IOMMU
+        }
+        iommu.group_get_for_dev(dev).map(drop)
+    }
+
+    /// Devices sharing a stream id cannot be told apart, so they share a group.
+    fn device_group(&self, iommu: &Iommu, dev: &Arc<Device>) -> Result<Group, Errno> {
+        let mut by_stream = self
+            .inner
+            .by_stream
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let existing = dev
+            .stream_ids()
+            .iter()
+            .find_map(|id| by_stream.get(id).and_then(WeakGroup::upgrade));
+        let group = match existing {
+            Some(g) => g,
+            None => iommu.generic_device_group(dev)?,
+        };
+        for id in dev.stream_ids() {
+            by_stream.insert(*id, group.downgrade());
+        }
+        Ok(group)
+    }
+
+    fn domain_alloc(&self, ty: DomainType) -> Result<Box<dyn DomainOps>, Errno> {
+        let table = if ty.is_paging() {
+            let fmt = Lpae::stage1_4k(IAS, OAS).map_err(Errno::from)?;
+            Some(Mutex::new(
+                IoPageTable::new(fmt, HeapMemory::new()).map_err(Errno::from)?,
+            ))
+        } else {
+            None
+        };
+        Ok(Box::new(SoftDomain {
+            hw: Arc::clone(&self.inner),
+            table,
+        }))
+    }
+
+    fn get_resv_regions(&self, dev: &Device) -> Vec<ReservedRegion> {
+        let mut v = dev.firmware_resv_regions().to_vec();
+        if let Some((start, len)) = self.inner.cfg.sw_msi {
+            v.push(ReservedRegion::new(
+                start,
+                len,
+                Prot::RW | Prot::MMIO,
+                ResvType::SwMsi,
+            ));
+        }
+        v
+    }
+
+    fn def_domain_type(&self, dev: &Device) -> Option<DomainType> {
+        self.inner
+            .cfg
+            .identity_devices
+            .iter()
+            .any(|n| n == dev.name())
+            .then_some(DomainType::Identity)
+    }
+
+    fn pgsize_bitmap(&self) -> u64 {
+        PGSIZE_BITMAP
+    }
+
+    fn capable(&self, cap: Capability) -> bool {
+        matches!(
+            cap,
+            Capability::CacheCoherency | Capability::NoExec | Capability::DeferredFlush
+        )
+    }
+}
+
+/// A soft-IOMMU domain: an LPAE table for paging types, nothing otherwise.
+pub struct SoftDomain {
+    hw: Arc<SoftInner>,
+    table: Option<Mutex<IoPageTable<Lpae, HeapMemory>>>,
+}
+
+impl SoftDomain {
+    fn table(&self) -> std::sync::MutexGuard<'_, IoPageTable<Lpae, HeapMemory>> {
+        // Only paging domains hand out `PagingOps`, and those always have a table.
+        let t = self
+            .table
+            .as_ref()
+            .expect("paging ops exist only with a table");
+        t.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Table pages in use (root included), for leak checks.
+    pub fn table_pages(&self) -> usize {
+        self.table
+            .as_ref()
+            .map_or(0, |_| self.table().table_pages())
+    }
+
+    /// Every leaf: `(iova, size, pa, prot)`.
+    pub fn dump(&self) -> Vec<(Iova, u64, PhysAddr, Prot)> {
+        match &self.table {
+            None => Vec::new(),
+            Some(_) => self
+                .table()
+                .walk(Iova::ZERO, 1 << IAS)
+                .iter()
+                .map(|m| (m.iova, m.size, m.pa, m.prot))
+                .collect(),
+        }
+    }
+}
+
+impl DomainOps for SoftDomain {
+    fn attach_dev(&self, domain: &Domain, dev: &Arc<Device>) -> Result<(), Errno> {
+        if dev.stream_ids().is_empty() {
+            return Err(Errno::ENODEV);
+        }
+        let mut streams = self.hw.streams.write().unwrap_or_else(|e| e.into_inner());
+        for sid in dev.stream_ids() {
+            streams.insert(*sid, domain.clone());
+        }
+        Ok(())
+    }
+
+    fn detach_dev(&self, domain: &Domain, dev: &Arc<Device>) {
+        let mut streams = self.hw.streams.write().unwrap_or_else(|e| e.into_inner());
+        for sid in dev.stream_ids() {
+            if streams.get(sid) == Some(domain) {
+                streams.remove(sid);
+            }
+        }
+    }
+
+    fn paging(&self) -> Option<&dyn PagingOps> {
+        self.table.as_ref().map(|_| self as &dyn PagingOps)
+    }
+
+    fn geometry(&self) -> Option<DomainGeometry> {
+        Some(DomainGeometry::bits(IAS))
+    }
+
+    fn iotlb_sync(&self, _gather: &IotlbGather) {
+        self.hw.stats.iotlb_syncs.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn flush_iotlb_all(&self) {
+        self.hw.stats.flush_alls.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn as_any(&self) -> Option<&dyn Any> {
+        Some(self)
+    }
+}
+
+impl PagingOps for SoftDomain {
+    fn map_pages(
+        &self,
+        iova: Iova,
+        paddr: PhysAddr,
+        pgsize: u64,
+        pgcount: usize,
+        prot: Prot,
+    ) -> Result<u64, MapPagesError> {
+        self.table()
+            .map_pages(iova, paddr, pgsize, pgcount, prot)
+            .map_err(|e| MapPagesError::from(e.errno()))
+    }
+
+    fn unmap_pages(
+        &self,
+        iova: Iova,
+        pgsize: u64,
+        pgcount: usize,
+        gather: &mut IotlbGather,
+    ) -> u64 {
+        self.table().unmap_pages(iova, pgsize, pgcount, gather)
+    }
+
+    fn iova_to_phys(&self, iova: Iova) -> Option<PhysAddr> {
+        self.table().iova_to_phys(iova)
+    }
+}
+
+impl Drop for SoftInner {
+    fn drop(&mut self) {
+        // Domains hold `Arc<SoftInner>`, and the stream table holds domains:
+        // clear it so that the cycle does not outlive the driver's users.
+        self.streams
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use iommu_core::{Bus, DeviceBuilder};
+
+    fn setup() -> (Iommu, Bus, SoftIommu, Arc<Device>) {
+        let iommu = Iommu::default();
+        let bus = Bus::new(&iommu, "platform").unwrap();
+        let dev = bus
+            .add_device(DeviceBuilder::new("dma0").stream_ids([7]))
+            .unwrap();
+        let soft = SoftIommu::default();
+        iommu.bus_set_iommu(&bus, Arc::new(soft.clone())).unwrap();
+        (iommu, bus, soft, dev)
+    }
+
+    #[test]
+    fn translation_walks_the_table_the_core_mapped() {
+        let (_iommu, _bus, soft, dev) = setup();
+        let d = dev.iommu_group().unwrap().default_domain().unwrap();
+        d.map(
+            Iova::new(0x20_0000),
+            PhysAddr::new(0x4000_0000),
+            0x20_0000,
+            Prot::READ,
+        )
+        .unwrap();
+        assert_eq!(
+            soft.translate(&dev, Iova::new(0x20_0042), Access::Read),
+            Ok(PhysAddr::new(0x4000_0042))
+        );
+        let sd = d
+            .ops()
+            .as_any()
+            .unwrap()
+            .downcast_ref::<SoftDomain>()
+            .unwrap();
+        assert_eq!(
+            sd.dump(),
+            vec![(
+                Iova::new(0x20_0000),
+                0x20_0000,
+                PhysAddr::new(0x4000_0000),
+                Prot::READ
+            )]
+        );
+    }
+
+    #[test]
+    fn writes_to_read_only_mappings_are_permission_faults_reported_to_the_handler() {
+        let (_iommu, _bus, soft, dev) = setup();
+        let d = dev.iommu_group().unwrap().default_domain().unwrap();
+        d.map(Iova::new(0x1000), PhysAddr::new(0x9000), 0x1000, Prot::READ)
+            .unwrap();
+        assert_eq!(
+            soft.translate(&dev, Iova::new(0x1000), Access::Write),
+            Err(TranslateError::Permission {
+                report: Err(Errno::ENOSYS)
+            })
+        );
+        d.set_fault_handler(Some(Arc::new(|_, _, _, _| Ok(()))));
+        assert_eq!(
+            soft.translate(&dev, Iova::new(0x5000), Access::Read),
+            Err(TranslateError::Translation { report: Ok(()) })
+        );
+    }
+
+    #[test]
+    fn unmapped_addresses_stop_translating_after_unmap() {
+        let (_iommu, _bus, soft, dev) = setup();
+        let d = dev.iommu_group().unwrap().default_domain().unwrap();
+        d.map(Iova::new(0x1000), PhysAddr::new(0x9000), 0x1000, Prot::RW)
+            .unwrap();
+        assert_eq!(d.unmap(Iova::new(0x1000), 0x1000), 0x1000);
+        assert!(matches!(
+            soft.translate(&dev, Iova::new(0x1000), Access::Read),
+            Err(TranslateError::Translation { .. })
+        ));
+        assert!(soft.iotlb_syncs() >= 1);
+    }
+
+    #[test]
+    fn blocked_and_identity_domains_translate_as_their_type_says() {
+        let (iommu, _bus, soft, dev) = setup();
+        let g = dev.iommu_group().unwrap();
+        iommu
+            .group_claim_dma_owner(&g, iommu_core::DmaOwner::new())
+            .unwrap();
+        assert!(matches!(
+            soft.translate(&dev, Iova::new(0), Access::Read),
+            Err(TranslateError::Blocked { .. })
+        ));
+        iommu.group_release_dma_owner(&g);
+        iommu
+            .sysfs()
+            .write("kernel/iommu_groups/0/type", "identity")
+            .unwrap();
+        assert_eq!(
+            soft.translate(&dev, Iova::new(0x1234), Access::Write),
+            Ok(PhysAddr::new(0x1234))
+        );
+    }
+
+    #[test]
+    fn every_table_page_is_freed_with_the_domain() {
+        let (iommu, bus, _soft, _dev) = setup();
+        let d = iommu.domain_alloc(&bus, DomainType::Unmanaged).unwrap();
+        d.map(Iova::new(0), PhysAddr::new(0), 0x40_3000, Prot::RW)
+            .unwrap();
+        let sd = d
+            .ops()
+            .as_any()
+            .unwrap()
+            .downcast_ref::<SoftDomain>()
+            .unwrap();
+        assert!(sd.table_pages() >= 4);
+        assert_eq!(d.unmap(Iova::new(0), 0x40_3000), 0x40_3000);
+        assert!(sd.dump().is_empty());
+    }
+}
