@@ -1,0 +1,92 @@
+//! `--trace`: every core and driver operation as an indented call tree.
+//!
+//! A `tracing` layer that prints a span when it is entered, indented by its
+//! depth, with its fields; events print as `· message` under their span.
+
+use std::fmt::Write as _;
+use std::io::Write as _;
+use tracing::field::{Field, Visit};
+use tracing::span::{Attributes, Id};
+use tracing::{Event, Subscriber};
+use tracing_subscriber::layer::{Context, Layer};
+use tracing_subscriber::registry::LookupSpan;
+
+#[derive(Default)]
+struct Fields {
+    message: String,
+    rest: String,
+}
+
+impl Visit for Fields {
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        if field.name() == "message" {
+            let _ = write!(self.message, "{value:?}");
+        } else {
+            if !self.rest.is_empty() {
+                self.rest.push_str(", ");
+            }
+            let _ = write!(self.rest, "{}={value:?}", field.name());
+        }
+    }
+
+    fn record_str(&mut self, field: &Field, value: &str) {
+        if field.name() == "message" {
+            self.message.push_str(value);
+        } else {
+            self.record_debug(field, &format_args!("{value}"));
+        }
+    }
+}
+
+/// Span fields rendered once, at creation.
+struct Rendered(String);
+
+/// The call-tree printer.
+pub struct TreeLayer;
+
+fn indent(depth: usize) -> String {
+    "│ ".repeat(depth)
+}
+
+impl<S> Layer<S> for TreeLayer
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+{
+    fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, ctx: Context<'_, S>) {
+        let mut f = Fields::default();
+        attrs.record(&mut f);
+        if let Some(span) = ctx.span(id) {
+            span.extensions_mut().insert(Rendered(f.rest));
+        }
+    }
+
+    fn on_enter(&self, id: &Id, ctx: Context<'_, S>) {
+        let Some(span) = ctx.span(id) else { return };
+        let depth = span.scope().count() - 1;
+        let ext = span.extensions();
+        let fields = ext.get::<Rendered>().map_or("", |r| r.0.as_str());
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "{}├─ {}({fields})", indent(depth), span.name());
+    }
+
+    fn on_event(&self, event: &Event<'_>, ctx: Context<'_, S>) {
+        let depth = ctx.event_scope(event).map_or(0, |s| s.count());
+        let mut f = Fields::default();
+        event.record(&mut f);
+        let sep = if f.message.is_empty() || f.rest.is_empty() {
+            ""
+        } else {
+            " "
+        };
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "{}· {}{sep}{}", indent(depth), f.message, f.rest);
+    }
+}
+
+/// Installs the call-tree printer as the process's subscriber.
+pub fn install() {
+    use tracing_subscriber::layer::SubscriberExt;
+    let subscriber = tracing_subscriber::registry().with(TreeLayer);
+    // Only fails if a subscriber is already set, in which case that one stays.
+    let _ = tracing::subscriber::set_global_default(subscriber);
+}
