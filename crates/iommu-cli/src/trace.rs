@@ -4,7 +4,6 @@
 //! depth, with its fields; events print as `· message` under their span.
 
 use std::fmt::Write as _;
-use std::io::Write as _;
 use tracing::field::{Field, Visit};
 use tracing::span::{Attributes, Id};
 use tracing::{Event, Subscriber};
@@ -41,16 +40,26 @@ impl Visit for Fields {
 /// Span fields rendered once, at creation.
 struct Rendered(String);
 
-/// The call-tree printer.
-pub struct TreeLayer;
+/// The call-tree printer; each finished line goes to `sink`.
+pub struct TreeLayer<F> {
+    sink: F,
+}
+
+impl<F: Fn(&str) + Send + Sync + 'static> TreeLayer<F> {
+    /// A printer handing every line to `sink`.
+    pub fn new(sink: F) -> Self {
+        Self { sink }
+    }
+}
 
 fn indent(depth: usize) -> String {
     "│ ".repeat(depth)
 }
 
-impl<S> Layer<S> for TreeLayer
+impl<S, F> Layer<S> for TreeLayer<F>
 where
     S: Subscriber + for<'a> LookupSpan<'a>,
+    F: Fn(&str) + Send + Sync + 'static,
 {
     fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, ctx: Context<'_, S>) {
         let mut f = Fields::default();
@@ -65,8 +74,7 @@ where
         let depth = span.scope().count() - 1;
         let ext = span.extensions();
         let fields = ext.get::<Rendered>().map_or("", |r| r.0.as_str());
-        let mut out = std::io::stdout().lock();
-        let _ = writeln!(out, "{}├─ {}({fields})", indent(depth), span.name());
+        (self.sink)(&format!("{}├─ {}({fields})", indent(depth), span.name()));
     }
 
     fn on_event(&self, event: &Event<'_>, ctx: Context<'_, S>) {
@@ -78,15 +86,15 @@ where
         } else {
             " "
         };
-        let mut out = std::io::stdout().lock();
-        let _ = writeln!(out, "{}· {}{sep}{}", indent(depth), f.message, f.rest);
+        (self.sink)(&format!("{}· {}{sep}{}", indent(depth), f.message, f.rest));
     }
 }
 
 /// Installs the call-tree printer as the process's subscriber.
 pub fn install() {
     use tracing_subscriber::layer::SubscriberExt;
-    let subscriber = tracing_subscriber::registry().with(TreeLayer);
+    let subscriber =
+        tracing_subscriber::registry().with(TreeLayer::new(|line: &str| println!("{line}")));
     // Only fails if a subscriber is already set, in which case that one stays.
     let _ = tracing::subscriber::set_global_default(subscriber);
 }

@@ -5,7 +5,7 @@ use crate::ops::{DomainGeometry, DomainOps, PagingOps};
 use crate::Device;
 use iommu_types::{Errno, IotlbGather, Iova, PhysAddr, Prot};
 use std::fmt;
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, RwLock};
 
 const PAGING: u8 = 1 << 0;
@@ -115,8 +115,6 @@ pub struct SgEntry {
     pub len: u64,
 }
 
-static NEXT_DOMAIN_ID: AtomicU64 = AtomicU64::new(1);
-
 struct DomainInner {
     id: u64,
     ty: AtomicU8,
@@ -192,6 +190,7 @@ pub fn pgsize_for(bitmap: u64, iova: u64, paddr: u64, size: u64) -> (u64, u64) {
 
 impl Domain {
     pub(crate) fn new(
+        id: u64,
         ty: DomainType,
         ops: Box<dyn DomainOps>,
         driver: &str,
@@ -200,7 +199,7 @@ impl Domain {
         let pgsize_bitmap = ops.pgsize_bitmap().unwrap_or(iommu_pgsize_bitmap);
         let geometry = ops.geometry().unwrap_or(DomainGeometry::FULL);
         Domain(Arc::new(DomainInner {
-            id: NEXT_DOMAIN_ID.fetch_add(1, Ordering::Relaxed),
+            id,
             ty: AtomicU8::new(ty.to_u8()),
             ops,
             driver: driver.to_string(),
@@ -210,7 +209,7 @@ impl Domain {
         }))
     }
 
-    /// A process-unique id, for logs and traces.
+    /// An id unique within its subsystem, for logs and traces.
     pub fn id(&self) -> u64 {
         self.0.id
     }

@@ -14,6 +14,7 @@ use crate::{Bus, Device, Domain, DomainType, IommuOps};
 use iommu_types::Errno;
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 /// Boot-time policy for default domains (Linux's `iommu.passthrough=` and `iommu.strict=`).
@@ -55,6 +56,7 @@ pub(crate) struct Shared {
     groups: Mutex<BTreeMap<u32, Weak<GroupInner>>>,
     sysfs: Mutex<SysfsTree>,
     log: Mutex<VecDeque<String>>,
+    next_domain_id: AtomicU64,
     pub(crate) fail: FailPoints,
 }
 
@@ -128,6 +130,7 @@ impl Iommu {
                 groups: Mutex::new(BTreeMap::new()),
                 sysfs: Mutex::new(SysfsTree::new()),
                 log: Mutex::new(VecDeque::new()),
+                next_domain_id: AtomicU64::new(1),
                 fail: FailPoints::default(),
             }),
         }
@@ -404,7 +407,8 @@ impl Iommu {
             return Err(Errno::ENOMEM);
         }
         let driver_part = ops.domain_alloc(ty)?;
-        let domain = Domain::new(ty, driver_part, ops.name(), ops.pgsize_bitmap());
+        let id = self.shared.next_domain_id.fetch_add(1, Ordering::Relaxed);
+        let domain = Domain::new(id, ty, driver_part, ops.name(), ops.pgsize_bitmap());
         tracing::debug!(domain = domain.id(), "allocated");
         Ok(domain)
     }

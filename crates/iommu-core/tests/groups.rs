@@ -367,3 +367,48 @@ fn a_device_the_driver_does_not_translate_gets_no_group() {
 
 #[allow(dead_code)]
 fn _uses(_: World) {}
+
+#[test]
+fn sysfs_refuses_writes_to_read_only_files_and_wrong_kinds() {
+    let w = world(&[("a", &[1])]);
+    let s = w.iommu.sysfs();
+    assert_eq!(
+        s.write("kernel/iommu_groups/0/reserved_regions", "x")
+            .unwrap_err(),
+        Errno::EACCES
+    );
+    assert_eq!(
+        s.write("kernel/iommu_groups/0", "x").unwrap_err(),
+        Errno::EINVAL
+    );
+    assert_eq!(
+        s.write("kernel/iommu_groups/9/type", "DMA").unwrap_err(),
+        Errno::ENOENT
+    );
+    assert_eq!(
+        s.list("kernel/iommu_groups/0/type").unwrap_err(),
+        Errno::EINVAL
+    );
+    assert_eq!(s.read("kernel/iommu_groups/0").unwrap_err(), Errno::EINVAL);
+    assert_eq!(
+        s.read_link("kernel/iommu_groups/0/type").unwrap_err(),
+        Errno::EINVAL
+    );
+    assert_eq!(s.read("").unwrap_err(), Errno::EINVAL);
+    assert_eq!(s.list("/").unwrap(), vec!["bus", "devices", "kernel"]);
+    assert_eq!(
+        s.read("/kernel/iommu_groups/0/type").unwrap(),
+        "DMA\n",
+        "a leading slash is accepted"
+    );
+}
+
+#[test]
+fn domain_ids_are_per_subsystem() {
+    let a = world(&[("a", &[1])]);
+    let b = world(&[("a", &[1])]);
+    assert_eq!(
+        a.group_of(0).default_domain().unwrap().id(),
+        b.group_of(0).default_domain().unwrap().id()
+    );
+}

@@ -1,0 +1,111 @@
+//! The `iommu` binary as a user runs it.
+
+use std::process::Command;
+
+fn iommu(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_iommu"))
+        .args(args)
+        .output()
+        .expect("run iommu");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8(out.stdout).expect("utf-8 stdout"),
+        String::from_utf8(out.stderr).expect("utf-8 stderr"),
+    )
+}
+
+fn position(lines: &[&str], needle: &str) -> usize {
+    lines
+        .iter()
+        .position(|l| *l == needle)
+        .unwrap_or_else(|| panic!("no line {needle:?} in\n{}", lines.join("\n")))
+}
+
+#[test]
+fn default_run_maps_translates_unmaps_and_prints_groups_then_sysfs() {
+    let (code, out, err) = iommu(&[]);
+    assert_eq!(code, 0, "{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    let groups = position(&lines, "== IOMMU groups");
+    let sysfs = position(&lines, "== sysfs");
+    assert!(groups < sysfs);
+    assert_eq!(lines[groups + 1], "IOMMU Group 0:");
+    assert!(out.contains("  DMA read  0x0000200123 -> 0x400200123"));
+    assert!(out.contains("  unmap 0x1fe000 size 0x204000: 0x204000 bytes"));
+    assert!(out.contains("fault: translation fault"));
+    assert!(out.contains("fault: permission fault"));
+    assert!(out.contains("attaching again: EBUSY"));
+    assert_eq!(lines[sysfs + 1], "/sys");
+}
+
+#[test]
+fn trace_prints_the_path_through_core_and_driver_as_a_tree() {
+    let (code, out, err) = iommu(&["--trace"]);
+    assert_eq!(code, 0, "{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    let root = position(&lines, "├─ bus_set_iommu(bus=pci, driver=soft-iommu)");
+    let add = position(&lines, "│ ├─ add_device(dev=0000:00:00.0)");
+    let alloc = position(&lines, "│ │ │ │ ├─ iommu_group_alloc()");
+    let attach = position(
+        &lines,
+        "│ │ │ │ ├─ attach_dev(domain=1, ty=DMA, dev=0000:00:00.0)",
+    );
+    let logged = position(&lines, "│ │ │ │ · Adding device 0000:00:00.0 to group 0");
+    assert!(root < add && add < alloc && alloc < attach && attach < logged);
+    let map = position(&lines, "├─ iommu_map(domain=7, iova=0x1fe000, paddr=0x4001fe000, size=0x204000, prot=READ|WRITE|CACHE)");
+    assert_eq!(
+        lines[map + 1],
+        "│ ├─ map_pages(iova=0x1fe000, pgsize=0x1000, count=2)"
+    );
+    assert_eq!(
+        lines[map + 2],
+        "│ ├─ map_pages(iova=0x200000, pgsize=0x200000, count=1)"
+    );
+    assert_eq!(
+        lines[map + 3],
+        "│ ├─ map_pages(iova=0x400000, pgsize=0x1000, count=2)"
+    );
+    let unmap = position(
+        &lines,
+        "├─ iommu_unmap(domain=7, iova=0x1fe000, size=0x204000)",
+    );
+    assert!(lines[unmap + 1].starts_with("│ ├─ unmap_pages(iova=0x1fe000"));
+    assert!(lines.iter().any(|l| l.starts_with("│ ├─ iotlb_sync(")));
+}
+
+#[test]
+fn groups_command_prints_only_the_listing() {
+    let (code, out, _) = iommu(&["groups"]);
+    assert_eq!(code, 0);
+    assert!(out.starts_with("IOMMU Group 0:\n\t00:00.0 Host bridge [0600]"));
+    assert_eq!(out.matches("IOMMU Group ").count(), 7);
+    assert!(!out.contains("/sys"));
+}
+
+#[test]
+fn passthrough_policy_makes_identity_default_domains() {
+    let (code, out, _) = iommu(&["sysfs", "--passthrough"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("type: identity"));
+    assert!(!out.contains("type: DMA"));
+    let (_, lazy, _) = iommu(&["sysfs", "--lazy"]);
+    assert!(lazy.contains("type: DMA-FQ"));
+}
+
+#[test]
+fn bad_arguments_exit_2_with_usage() {
+    let (code, out, err) = iommu(&["--frobnicate"]);
+    assert_eq!(code, 2);
+    assert!(out.is_empty());
+    assert!(err.contains("unknown argument '--frobnicate'") && err.contains("usage: iommu"));
+    let (code, _, err) = iommu(&["groups", "--trace"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("--trace goes with the run command"));
+}
+
+#[test]
+fn help_prints_usage() {
+    let (code, out, _) = iommu(&["--help"]);
+    assert_eq!(code, 0);
+    assert!(out.starts_with("usage: iommu"));
+}
