@@ -170,6 +170,12 @@ impl Group {
         crate::lock(&self.0.state)
     }
 
+    /// `dev`'s group, taking a reference (Linux's `iommu_group_get`); the same
+    /// as [`Device::iommu_group`].
+    pub fn get(dev: &Device) -> Option<Group> {
+        dev.iommu_group()
+    }
+
     /// The group id (its directory name under `kernel/iommu_groups`).
     pub fn id(&self) -> u32 {
         self.0.id
@@ -555,6 +561,44 @@ fn release_direct_mappings(st: &mut GroupState, runs: Vec<(Iova, u64)>) {
             }
             (None, None) => {}
         }
+    }
+}
+
+/// A driver helper for IOMMUs that tell devices apart by stream (requester)
+/// id: devices sharing any id cannot be isolated from each other and share a
+/// group, as SMMU stream matching or a PCI alias forces. Holds only weak
+/// references, so a group is still released when its devices leave.
+#[derive(Debug, Default)]
+pub struct StreamIdGroups {
+    by_id: std::sync::Mutex<std::collections::HashMap<u32, WeakGroup>>,
+}
+
+impl StreamIdGroups {
+    /// An empty table.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The group of any live device sharing one of `dev`'s stream ids, or a
+    /// new group; either way every id of `dev` then points at it. For a
+    /// driver's `device_group` op.
+    ///
+    /// # Errors
+    /// As [`Iommu::group_alloc`].
+    pub fn device_group(&self, iommu: &Iommu, dev: &Device) -> Result<Group, Errno> {
+        let mut by_id = crate::lock(&self.by_id);
+        let existing = dev
+            .stream_ids()
+            .iter()
+            .find_map(|id| by_id.get(id).and_then(WeakGroup::upgrade));
+        let group = match existing {
+            Some(g) => g,
+            None => iommu.generic_device_group(dev)?,
+        };
+        for id in dev.stream_ids() {
+            by_id.insert(*id, group.downgrade());
+        }
+        Ok(group)
     }
 }
 

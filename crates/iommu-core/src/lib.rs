@@ -48,7 +48,9 @@ pub use bus::{Bus, BusAction, BusEvent};
 pub use device::{Device, DeviceBuilder};
 pub use domain::{pgsize_for, Domain, DomainType, FaultAccess, FaultHandler, SgEntry};
 pub use fail::{FailPoint, FailPoints};
-pub use group::{DmaOwner, Group, GroupAction, GroupEvent, IommuDataRelease, WeakGroup};
+pub use group::{
+    DmaOwner, Group, GroupAction, GroupEvent, IommuDataRelease, StreamIdGroups, WeakGroup,
+};
 pub use notifier::{NotifierChain, NotifierId, Notify};
 pub use ops::{Capability, DomainGeometry, DomainOps, IommuOps, MapPagesError, PagingOps};
 pub use resv::{format_resv_regions, insert_resv_region, ReservedRegion, ResvType};

@@ -8,7 +8,7 @@
 
 use crate::{
     Capability, Device, Domain, DomainGeometry, DomainOps, DomainType, Group, Iommu, IommuOps,
-    MapPagesError, PagingOps, ReservedRegion, ResvType, WeakGroup,
+    MapPagesError, PagingOps, ReservedRegion, ResvType, StreamIdGroups,
 };
 use iommu_types::{Errno, IotlbGather, Iova, PhysAddr, Prot};
 use std::any::Any;
@@ -78,7 +78,7 @@ struct Shared {
     fail: Mutex<HashMap<MockOp, u32>>,
     /// Device name -> core domain id it is attached to.
     attached: Mutex<HashMap<String, u64>>,
-    by_stream: Mutex<HashMap<u32, WeakGroup>>,
+    by_stream: StreamIdGroups,
     iotlb_syncs: AtomicU64,
     flush_alls: AtomicU64,
     sync_maps: AtomicU64,
@@ -197,19 +197,7 @@ impl IommuOps for MockIommu {
     }
 
     fn device_group(&self, iommu: &Iommu, dev: &Arc<Device>) -> Result<Group, Errno> {
-        let mut by_stream = crate::lock(&self.shared.by_stream);
-        let existing = dev
-            .stream_ids()
-            .iter()
-            .find_map(|id| by_stream.get(id).and_then(WeakGroup::upgrade));
-        let g = match existing {
-            Some(g) => g,
-            None => iommu.generic_device_group(dev)?,
-        };
-        for id in dev.stream_ids() {
-            by_stream.insert(*id, g.downgrade());
-        }
-        Ok(g)
+        self.shared.by_stream.device_group(iommu, dev)
     }
 
     fn domain_alloc(&self, ty: DomainType) -> Result<Box<dyn DomainOps>, Errno> {

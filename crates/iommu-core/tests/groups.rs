@@ -60,6 +60,14 @@ fn group_alloc_creates_its_sysfs_directory() {
 }
 
 #[test]
+fn group_get_of_a_device_takes_a_reference() {
+    let w = world(&[("a", &[1]), ("plain", &[])]);
+    let g = iommu_core::Group::get(&w.devs[0]).unwrap();
+    assert_eq!(g.refcount(), 2, "the device's and ours");
+    assert!(iommu_core::Group::get(&w.devs[1]).is_none());
+}
+
+#[test]
 fn group_get_by_id_takes_a_reference() {
     let iommu = Iommu::default();
     let g = iommu.group_alloc().unwrap();

@@ -3,7 +3,7 @@
 use iommu_core::{
     Capability, Device, Domain, DomainGeometry, DomainOps, DomainType, Errno, FaultAccess, Group,
     Iommu, IommuOps, IotlbGather, Iova, MapPagesError, PagingOps, PhysAddr, Prot, ReservedRegion,
-    ResvType, WeakGroup,
+    ResvType, StreamIdGroups,
 };
 use iommu_pgtable::{lpae::Lpae, HeapMemory, IoPageTable};
 use std::any::Any;
@@ -83,7 +83,7 @@ struct SoftInner {
     cfg: SoftConfig,
     /// The stream table: stream id -> attached domain.
     streams: RwLock<HashMap<u32, Domain>>,
-    by_stream: Mutex<HashMap<u32, WeakGroup>>,
+    by_stream: StreamIdGroups,
     stats: Stats,
 }
 
@@ -114,7 +114,7 @@ impl SoftIommu {
             inner: Arc::new(SoftInner {
                 cfg,
                 streams: RwLock::new(HashMap::new()),
-                by_stream: Mutex::new(HashMap::new()),
+                by_stream: StreamIdGroups::new(),
                 stats: Stats::default(),
             }),
         }
@@ -208,23 +208,7 @@ impl IommuOps for SoftIommu {
 
     /// Devices sharing a stream id cannot be told apart, so they share a group.
     fn device_group(&self, iommu: &Iommu, dev: &Arc<Device>) -> Result<Group, Errno> {
-        let mut by_stream = self
-            .inner
-            .by_stream
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        let existing = dev
-            .stream_ids()
-            .iter()
-            .find_map(|id| by_stream.get(id).and_then(WeakGroup::upgrade));
-        let group = match existing {
-            Some(g) => g,
-            None => iommu.generic_device_group(dev)?,
-        };
-        for id in dev.stream_ids() {
-            by_stream.insert(*id, group.downgrade());
-        }
-        Ok(group)
+        self.inner.by_stream.device_group(iommu, dev)
     }
 
     fn domain_alloc(&self, ty: DomainType) -> Result<Box<dyn DomainOps>, Errno> {
