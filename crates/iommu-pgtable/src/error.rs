@@ -18,6 +18,8 @@ pub enum PgtableError {
     Exists,
     /// Table memory ran out (`ENOMEM`).
     NoMemory,
+    /// The format lacks the feature (e.g. a dirty bit) (`EOPNOTSUPP`).
+    NotSupported,
 }
 
 impl PgtableError {
@@ -30,6 +32,7 @@ impl PgtableError {
             PgtableError::OutOfRange => Errno::ERANGE,
             PgtableError::Exists => Errno::EEXIST,
             PgtableError::NoMemory => Errno::ENOMEM,
+            PgtableError::NotSupported => Errno::EOPNOTSUPP,
         }
     }
 }
@@ -49,6 +52,7 @@ impl fmt::Display for PgtableError {
             PgtableError::OutOfRange => "address outside the input or output address size",
             PgtableError::Exists => "a mapping is already in the way",
             PgtableError::NoMemory => "out of table memory",
+            PgtableError::NotSupported => "not supported by this format",
         };
         write!(f, "{what} ({})", self.errno().name())
     }

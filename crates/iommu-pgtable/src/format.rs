@@ -1,8 +1,8 @@
 //! What a page-table format is to the walker: a geometry and a descriptor codec.
 //!
 //! Levels are numbered from the root: level 0 is the table the walk starts at,
-//! `levels - 1` holds the smallest pages. (Arm numbers its levels by where the
-//! walk *could* start; a format translates in its own docs.)
+//! `levels - 1` holds the smallest pages. (Hardware manuals number levels
+//! their own way; each format says how its numbers map to these.)
 
 use iommu_types::{PhysAddr, Prot};
 
@@ -15,7 +15,8 @@ pub struct Geometry {
     pub granule_shift: u32,
     /// Index bits resolved by every level below the root.
     pub bits_per_level: u32,
-    /// Index bits resolved by the root (fewer when the IAS does not fill it).
+    /// Index bits resolved by the root: fewer when the input size does not
+    /// fill it, more when tables are concatenated at the root.
     pub root_bits: u32,
     /// Bit `i` is set when level `i` may hold a leaf.
     pub leaf_levels: u32,
@@ -48,10 +49,23 @@ impl Geometry {
         }
     }
 
+    /// Bytes of a table at `level` (at least 64, the smallest table any format allows).
+    #[inline]
+    pub const fn table_bytes(&self, level: usize) -> usize {
+        let b = self.entries(level) * 8;
+        if b < 64 {
+            64
+        } else {
+            b
+        }
+    }
+
     /// Index of `iova` in the table at `level`.
     #[inline]
     pub const fn index(&self, iova: u64, level: usize) -> usize {
-        ((iova >> self.entry_shift(level)) as usize) & (self.entries(level) - 1)
+        let shift = self.entry_shift(level);
+        let idx = if shift >= 64 { 0 } else { iova >> shift };
+        (idx as usize) & (self.entries(level) - 1)
     }
 
     /// Whether `level` may hold a leaf.
@@ -80,8 +94,26 @@ impl Geometry {
     /// Every leaf size, as Linux's `pgsize_bitmap`.
     pub fn pgsize_bitmap(&self) -> u64 {
         (0..self.levels)
-            .filter(|&l| self.is_leaf_level(l))
+            .filter(|&l| self.is_leaf_level(l) && self.entry_shift(l) < 64)
             .fold(0, |acc, l| acc | self.entry_size(l))
+    }
+
+    /// Whether `[iova, iova + size)` lies inside the input address space.
+    #[inline]
+    pub fn input_fits(&self, iova: u64, size: u64) -> bool {
+        match iova.checked_add(size) {
+            Some(end) => self.ias >= 64 || end <= 1u64 << self.ias,
+            None => false,
+        }
+    }
+
+    /// Whether `[pa, pa + size)` lies inside the output address space.
+    #[inline]
+    pub fn output_fits(&self, pa: u64, size: u64) -> bool {
+        match pa.checked_add(size) {
+            Some(end) => self.oas >= 64 || end <= 1u64 << self.oas,
+            None => false,
+        }
     }
 }
 
@@ -102,15 +134,37 @@ pub enum Pte {
 }
 
 /// A page-table format: geometry plus the descriptor codec.
-pub trait Format {
+///
+/// The walker never looks at descriptor bits itself; everything
+/// format-specific is here.
+pub trait Format: Send + Sync {
     /// The table shape.
     fn geometry(&self) -> &Geometry;
-    /// Decodes the descriptor `pte` found at `level`.
+    /// Decodes the descriptor `pte` found in a table at `level`.
     fn decode(&self, pte: u64, level: usize) -> Pte;
-    /// Encodes a pointer to a next-level table.
-    fn encode_table(&self, table: PhysAddr) -> u64;
-    /// Encodes a leaf at `level` (a valid leaf level) for `pa` with `prot`.
+    /// Encodes a pointer, stored in a table at `level`, to the table at `level + 1`.
+    fn encode_table(&self, table: PhysAddr, level: usize) -> u64;
+    /// Encodes a leaf at `level` (a leaf level) for `pa` with `prot`.
     fn encode_leaf(&self, pa: PhysAddr, level: usize, prot: Prot) -> u64;
-    /// A short name for dumps, e.g. `"lpae-s1-4k"`.
+    /// A short name, e.g. `"arm-lpae-s1-4k"`.
     fn name(&self) -> &'static str;
+
+    /// Whether leaves can record that the device wrote through them.
+    fn supports_dirty(&self) -> bool {
+        false
+    }
+    /// For a writable leaf, whether it is dirty; `None` for other descriptors
+    /// or formats without dirty tracking.
+    fn dirty_state(&self, pte: u64, level: usize) -> Option<bool> {
+        let _ = (pte, level);
+        None
+    }
+    /// The writable-clean form of a writable leaf (hardware will mark it on write).
+    fn make_clean(&self, pte: u64) -> u64 {
+        pte
+    }
+    /// What hardware does to a writable-clean leaf when the device writes.
+    fn make_dirty(&self, pte: u64) -> u64 {
+        pte
+    }
 }

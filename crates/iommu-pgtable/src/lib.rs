@@ -14,7 +14,7 @@
 //! use iommu_types::{IotlbGather, Iova, PhysAddr, Prot, SZ_4K};
 //!
 //! let fmt = Lpae::stage1_4k(48, 48).unwrap();
-//! let mut pt = IoPageTable::new(fmt, HeapMemory::new()).unwrap();
+//! let pt = IoPageTable::new(fmt, HeapMemory::new()).unwrap();
 //! let mapped = pt.map_pages(Iova::new(0x1000), PhysAddr::new(0x8000_0000), SZ_4K, 1, Prot::RW).unwrap();
 //! assert_eq!(mapped, SZ_4K);
 //! assert_eq!(pt.iova_to_phys(Iova::new(0x1042)), Some(PhysAddr::new(0x8000_0042)));
@@ -23,17 +23,19 @@
 //! assert_eq!(pt.iova_to_phys(Iova::new(0x1042)), None);
 //! ```
 #![no_std]
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 
 extern crate alloc;
 
 mod error;
 mod format;
 pub mod lpae;
+#[allow(unsafe_code)] // the heap backend dereferences table addresses
 mod memory;
+#[allow(unsafe_code)] // calls the memory's descriptor accessors
 mod table;
 
 pub use error::PgtableError;
 pub use format::{Format, Geometry, Pte};
 pub use memory::{HeapMemory, TableMemory};
-pub use table::{IoPageTable, Mapping};
+pub use table::{DirtyBitmap, IoPageTable, Mapping};

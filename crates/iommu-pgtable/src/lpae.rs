@@ -1,80 +1,235 @@
-//! Arm VMSAv8-64 long-descriptor ("LPAE") translation tables, stage 1, 4 KiB granule.
+//! Arm VMSAv8-64 long-descriptor ("LPAE") translation tables: stage 1 and
+//! stage 2, 4 KiB, 16 KiB and 64 KiB granules.
 //!
 //! Descriptor layout (Arm ARM D8.3, "Translation table descriptor formats"):
-//! bits\[1:0\] = 0b11 for a table or a level-3 page, 0b01 for a block at level 1
-//! or 2; output address in bits\[47:12\]; lower attributes AttrIndx\[4:2\],
-//! AP\[2:1\] at bits\[7:6\], SH\[9:8\], AF\[10\], nG\[11\]; upper attributes
-//! PXN\[53\], UXN/XN\[54\].
+//! bits\[1:0\] = 0b11 for a table or a level-3 page, 0b01 for a block; the
+//! output address in bits\[47:g\] (g = log2 granule) and, with the 64 KiB
+//! granule and a 52-bit OAS, PA\[51:48\] in bits\[15:12\] (FEAT_LPA).
 //!
-//! Arm numbers levels 0..3 by where a 48-bit walk starts; with a smaller IAS
-//! the walk starts lower. [`Geometry`] counts from the root, so Arm level
-//! `3 - (levels - 1 - l)` is our level `l`.
+//! - Stage 1 lower attributes: AttrIndx\[4:2\], AP\[2:1\] at bits\[7:6\],
+//!   SH\[9:8\], AF\[10\], nG\[11\]; upper: DBM\[51\], PXN\[53\], UXN\[54\].
+//! - Stage 2: MemAttr\[5:2\], S2AP\[7:6\] (bit 6 read, bit 7 write), SH\[9:8\],
+//!   AF\[10\], DBM\[51\], XN\[54:53\].
 //!
-//! The memory-attribute indices follow Linux's MAIR layout for IOMMUs:
-//! 0 = normal non-cacheable, 1 = normal write-back cacheable, 2 = device-nGnRE.
+//! Arm numbers levels by where a full walk would start (0..3); a smaller
+//! input size starts lower, and stage 2 may concatenate up to 16 tables at
+//! the first level instead of adding a level. [`Lpae::arm_level`] converts.
+//!
+//! Memory attributes follow Linux's MAIR layout for IOMMUs (stage 1: index 0
+//! normal non-cacheable, 1 write-back cacheable, 2 device-nGnRE) and its
+//! stage-2 MemAttr values (0xf write-back, 0x5 non-cacheable, 0x1 device).
+//!
+//! Dirty tracking uses the hardware dirty-bit management of FEAT_HAFDBS: a
+//! writable-clean leaf carries DBM with write permission removed (AP\[2\]
+//! set at stage 1, S2AP\[1\] clear at stage 2); the SMMU gives the
+//! permission back on the first write, and that is the dirty state.
 
 use crate::{Format, Geometry, PgtableError, Pte};
 use iommu_types::{PhysAddr, Prot};
 
 const VALID: u64 = 1 << 0;
 const TYPE_TABLE_OR_PAGE: u64 = 1 << 1;
-const ATTRINDX_SHIFT: u32 = 2;
-const ATTRINDX_MASK: u64 = 0b111 << ATTRINDX_SHIFT;
+const ATTR_SHIFT: u32 = 2;
+const ATTR_MASK: u64 = 0xf << ATTR_SHIFT;
 const AP_UNPRIV: u64 = 1 << 6;
 const AP_RDONLY: u64 = 1 << 7;
+const S2AP_READ: u64 = 1 << 6;
+const S2AP_WRITE: u64 = 1 << 7;
 const SH_OUTER: u64 = 0b10 << 8;
 const SH_INNER: u64 = 0b11 << 8;
 const AF: u64 = 1 << 10;
 const NG: u64 = 1 << 11;
-const PXN: u64 = 1 << 53;
-const UXN: u64 = 1 << 54;
-const XN: u64 = PXN | UXN;
-const ADDR_MASK_48: u64 = 0x0000_ffff_ffff_f000;
+const DBM: u64 = 1 << 51;
+const XN: u64 = 0b11 << 53;
 
-/// MAIR index for normal non-cacheable memory.
+/// Stage-1 MAIR index for normal non-cacheable memory.
 pub const MAIR_IDX_NC: u64 = 0;
-/// MAIR index for normal write-back cacheable memory.
+/// Stage-1 MAIR index for normal write-back cacheable memory.
 pub const MAIR_IDX_CACHE: u64 = 1;
-/// MAIR index for device-nGnRE memory.
+/// Stage-1 MAIR index for device-nGnRE memory.
 pub const MAIR_IDX_DEV: u64 = 2;
+/// Stage-2 MemAttr for outer/inner write-back cacheable memory.
+pub const S2_MEMATTR_OIWB: u64 = 0xf;
+/// Stage-2 MemAttr for non-cacheable memory.
+pub const S2_MEMATTR_NC: u64 = 0x5;
+/// Stage-2 MemAttr for device-nGnRE memory.
+pub const S2_MEMATTR_DEV: u64 = 0x1;
+
+/// Most tables stage 2 may concatenate at its first level.
+const S2_MAX_CONCAT: u32 = 16;
+
+/// Translation stage.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Stage {
+    /// Stage 1 (VA to IPA/PA, the OS's own tables).
+    S1,
+    /// Stage 2 (IPA to PA, a hypervisor's tables).
+    S2,
+}
+
+/// Translation granule.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Granule {
+    /// 4 KiB pages; blocks of 2 MiB and 1 GiB.
+    G4K,
+    /// 16 KiB pages; blocks of 32 MiB.
+    G16K,
+    /// 64 KiB pages; blocks of 512 MiB, and 4 TiB with a 52-bit OAS.
+    G64K,
+}
+
+impl Granule {
+    /// log2 of the granule.
+    pub const fn shift(self) -> u32 {
+        match self {
+            Granule::G4K => 12,
+            Granule::G16K => 14,
+            Granule::G64K => 16,
+        }
+    }
+}
+
+/// One ARM LPAE configuration.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct LpaeConfig {
+    /// Stage.
+    pub stage: Stage,
+    /// Granule.
+    pub granule: Granule,
+    /// Input address size, 32..=48 (52 with the 64 KiB granule).
+    pub ias: u32,
+    /// Output address size, 32..=48 (up to 52 with the 64 KiB granule).
+    pub oas: u32,
+}
 
 /// The ARM LPAE format for one configuration.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Lpae {
+    cfg: LpaeConfig,
     geo: Geometry,
+    /// Arm level of our level 0.
+    start_level: u32,
+    concat: u32,
 }
 
 impl Lpae {
-    /// Stage 1 with the 4 KiB granule: pages of 4 KiB, blocks of 2 MiB and 1 GiB.
+    /// The format for `cfg`.
     ///
     /// # Errors
-    /// [`PgtableError::InvalidArgument`] unless `32 <= ias <= 48` and `32 <= oas <= 48`.
-    pub fn stage1_4k(ias: u32, oas: u32) -> Result<Self, PgtableError> {
-        if !(32..=48).contains(&ias) || !(32..=48).contains(&oas) {
+    /// [`PgtableError::InvalidArgument`] for sizes outside the ranges the
+    /// architecture defines for the granule (52-bit input or output needs the
+    /// 64 KiB granule; 52-bit with 4/16 KiB granules, FEAT_LPA2, is not supported).
+    pub fn new(cfg: LpaeConfig) -> Result<Self, PgtableError> {
+        let g = cfg.granule.shift();
+        let max_bits = if cfg.granule == Granule::G64K { 52 } else { 48 };
+        if !(32..=max_bits).contains(&cfg.ias) || !(32..=max_bits).contains(&cfg.oas) {
             return Err(PgtableError::InvalidArgument);
         }
-        let index_bits = ias - 12;
-        let levels = index_bits.div_ceil(9) as usize;
-        let root_bits = index_bits - 9 * (levels as u32 - 1);
-        // Arm levels 1, 2 and 3 may hold leaves; count them from the bottom.
-        let leaf_levels = (0..levels)
-            .filter(|&l| levels - 1 - l <= 2)
-            .fold(0u32, |m, l| m | (1 << l));
+        let bits = g - 3;
+        let index_bits = cfg.ias - g;
+        let mut levels = index_bits.div_ceil(bits);
+        let mut root_bits = index_bits - bits * (levels - 1);
+        let mut concat = 1;
+        // Stage 2 trades a level-0 table of at most 16 entries for up to 16
+        // concatenated tables at level 1 (Arm ARM D8.2.2; Linux does the same).
+        if cfg.stage == Stage::S2 && levels == 4 && (1 << root_bits) <= S2_MAX_CONCAT {
+            concat = 1 << root_bits;
+            levels -= 1;
+            root_bits += bits;
+        }
+        let start_level = 4 - levels;
+        let mut leaf_levels = 0u32;
+        for l in 0..levels {
+            let arm = start_level + l;
+            let leaf = match arm {
+                2 | 3 => true,
+                1 => cfg.granule == Granule::G4K || (cfg.granule == Granule::G64K && cfg.oas == 52),
+                _ => false,
+            };
+            if leaf {
+                leaf_levels |= 1 << l;
+            }
+        }
         Ok(Self {
+            cfg,
             geo: Geometry {
-                levels,
-                granule_shift: 12,
-                bits_per_level: 9,
+                levels: levels as usize,
+                granule_shift: g,
+                bits_per_level: bits,
                 root_bits,
                 leaf_levels,
-                ias,
-                oas,
+                ias: cfg.ias,
+                oas: cfg.oas,
             },
+            start_level,
+            concat,
         })
+    }
+
+    /// Stage 1 with the 4 KiB granule.
+    ///
+    /// # Errors
+    /// As [`new`](Self::new).
+    pub fn stage1_4k(ias: u32, oas: u32) -> Result<Self, PgtableError> {
+        Self::new(LpaeConfig {
+            stage: Stage::S1,
+            granule: Granule::G4K,
+            ias,
+            oas,
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> LpaeConfig {
+        self.cfg
+    }
+
+    /// Arm's number for our `level` (0 = root).
+    pub fn arm_level(&self, level: usize) -> u32 {
+        self.start_level + level as u32
+    }
+
+    /// The Arm level the walk starts at (what VTCR.SL0 / TCR.TxSZ encode).
+    pub fn start_level(&self) -> u32 {
+        self.start_level
+    }
+
+    /// Tables concatenated at the root (1 when none are).
+    pub fn concatenated_tables(&self) -> u32 {
+        self.concat
     }
 
     fn is_last_level(&self, level: usize) -> bool {
         level + 1 == self.geo.levels
+    }
+
+    #[inline]
+    fn addr_mask(&self) -> u64 {
+        ((1u64 << 48) - 1) & !((1u64 << self.geo.granule_shift) - 1)
+    }
+
+    #[inline]
+    fn addr_to_pte(&self, pa: u64) -> u64 {
+        let mut v = pa & self.addr_mask();
+        if self.cfg.granule == Granule::G64K {
+            v |= (pa >> 36) & 0xf000;
+        }
+        v
+    }
+
+    #[inline]
+    fn pte_to_addr(&self, pte: u64) -> u64 {
+        let mut pa = pte & self.addr_mask();
+        if self.cfg.granule == Granule::G64K {
+            pa |= (pte & 0xf000) << 36;
+        }
+        pa
+    }
+
+    fn is_leaf(&self, pte: u64, level: usize) -> bool {
+        pte & VALID != 0
+            && self.geo.is_leaf_level(level)
+            && (pte & TYPE_TABLE_OR_PAGE != 0) == self.is_last_level(level)
     }
 }
 
@@ -88,74 +243,153 @@ impl Format for Lpae {
         if pte & VALID == 0 {
             return Pte::Invalid;
         }
-        let pa = PhysAddr::new(pte & ADDR_MASK_48);
         let is_table_or_page = pte & TYPE_TABLE_OR_PAGE != 0;
         if !self.is_last_level(level) && is_table_or_page {
-            return Pte::Table(pa);
+            return Pte::Table(PhysAddr::new(self.pte_to_addr(pte)));
         }
-        if self.is_last_level(level) && !is_table_or_page {
-            // 0b01 at level 3 is reserved: treat as invalid, as hardware faults on it.
+        if !self.is_leaf(pte, level) {
+            // A block where blocks are not allowed, or 0b01 at the last
+            // level: reserved encodings, which hardware treats as faults.
             return Pte::Invalid;
         }
-        if !self.geo.is_leaf_level(level) {
-            return Pte::Invalid;
-        }
-        let mut prot = Prot::READ;
-        if pte & AP_RDONLY == 0 {
-            prot |= Prot::WRITE;
-        }
-        if pte & AP_UNPRIV == 0 {
-            prot |= Prot::PRIV;
+        let pa = PhysAddr::new(self.pte_to_addr(pte));
+        let attr = (pte & ATTR_MASK) >> ATTR_SHIFT;
+        let mut prot = Prot::NONE;
+        match self.cfg.stage {
+            Stage::S1 => {
+                prot |= Prot::READ;
+                if pte & AP_RDONLY == 0 || pte & DBM != 0 {
+                    prot |= Prot::WRITE;
+                }
+                if pte & AP_UNPRIV == 0 {
+                    prot |= Prot::PRIV;
+                }
+                match attr & 0b111 {
+                    MAIR_IDX_CACHE => prot |= Prot::CACHE,
+                    MAIR_IDX_DEV => prot |= Prot::MMIO,
+                    _ => {}
+                }
+            }
+            Stage::S2 => {
+                if pte & S2AP_READ != 0 {
+                    prot |= Prot::READ;
+                }
+                if pte & S2AP_WRITE != 0 || pte & DBM != 0 {
+                    prot |= Prot::WRITE;
+                }
+                match attr {
+                    S2_MEMATTR_OIWB => prot |= Prot::CACHE,
+                    S2_MEMATTR_DEV => prot |= Prot::MMIO,
+                    _ => {}
+                }
+            }
         }
         if pte & XN != 0 {
             prot |= Prot::NOEXEC;
-        }
-        match (pte & ATTRINDX_MASK) >> ATTRINDX_SHIFT {
-            MAIR_IDX_CACHE => prot |= Prot::CACHE,
-            MAIR_IDX_DEV => prot |= Prot::MMIO,
-            _ => {}
         }
         Pte::Leaf { pa, prot }
     }
 
     #[inline]
-    fn encode_table(&self, table: PhysAddr) -> u64 {
-        (table.raw() & ADDR_MASK_48) | TYPE_TABLE_OR_PAGE | VALID
+    fn encode_table(&self, table: PhysAddr, _level: usize) -> u64 {
+        self.addr_to_pte(table.raw()) | TYPE_TABLE_OR_PAGE | VALID
     }
 
     #[inline]
     fn encode_leaf(&self, pa: PhysAddr, level: usize, prot: Prot) -> u64 {
-        let mut pte = (pa.raw() & ADDR_MASK_48) | VALID | AF | NG;
+        let mut pte = self.addr_to_pte(pa.raw()) | VALID | AF;
         if self.is_last_level(level) {
             pte |= TYPE_TABLE_OR_PAGE;
         }
-        // Stage 1 cannot express write-only; only read-without-write is read-only.
-        if prot.contains(Prot::READ) && !prot.contains(Prot::WRITE) {
-            pte |= AP_RDONLY;
+        match self.cfg.stage {
+            Stage::S1 => {
+                pte |= NG;
+                // Stage 1 cannot express write-only: only read-without-write is read-only.
+                if prot.contains(Prot::READ) && !prot.contains(Prot::WRITE) {
+                    pte |= AP_RDONLY;
+                }
+                if !prot.contains(Prot::PRIV) {
+                    pte |= AP_UNPRIV;
+                }
+                let idx = if prot.contains(Prot::MMIO) {
+                    MAIR_IDX_DEV
+                } else if prot.contains(Prot::CACHE) {
+                    MAIR_IDX_CACHE
+                } else {
+                    MAIR_IDX_NC
+                };
+                pte |= idx << ATTR_SHIFT;
+            }
+            Stage::S2 => {
+                if prot.contains(Prot::READ) {
+                    pte |= S2AP_READ;
+                }
+                if prot.contains(Prot::WRITE) {
+                    pte |= S2AP_WRITE;
+                }
+                let attr = if prot.contains(Prot::MMIO) {
+                    S2_MEMATTR_DEV
+                } else if prot.contains(Prot::CACHE) {
+                    S2_MEMATTR_OIWB
+                } else {
+                    S2_MEMATTR_NC
+                };
+                pte |= attr << ATTR_SHIFT;
+            }
         }
-        if !prot.contains(Prot::PRIV) {
-            pte |= AP_UNPRIV;
-        }
-        if prot.contains(Prot::NOEXEC) {
-            pte |= XN;
-        }
-        let idx = if prot.contains(Prot::MMIO) {
-            MAIR_IDX_DEV
-        } else if prot.contains(Prot::CACHE) {
-            MAIR_IDX_CACHE
-        } else {
-            MAIR_IDX_NC
-        };
-        pte |= idx << ATTRINDX_SHIFT;
         pte |= if prot.contains(Prot::CACHE) {
             SH_INNER
         } else {
             SH_OUTER
         };
+        if prot.contains(Prot::NOEXEC) {
+            pte |= XN;
+        }
         pte
     }
 
     fn name(&self) -> &'static str {
-        "lpae-s1-4k"
+        match (self.cfg.stage, self.cfg.granule) {
+            (Stage::S1, Granule::G4K) => "arm-lpae-s1-4k",
+            (Stage::S1, Granule::G16K) => "arm-lpae-s1-16k",
+            (Stage::S1, Granule::G64K) => "arm-lpae-s1-64k",
+            (Stage::S2, Granule::G4K) => "arm-lpae-s2-4k",
+            (Stage::S2, Granule::G16K) => "arm-lpae-s2-16k",
+            (Stage::S2, Granule::G64K) => "arm-lpae-s2-64k",
+        }
+    }
+
+    fn supports_dirty(&self) -> bool {
+        true
+    }
+
+    fn dirty_state(&self, pte: u64, level: usize) -> Option<bool> {
+        if !self.is_leaf(pte, level) {
+            return None;
+        }
+        let write_permitted = match self.cfg.stage {
+            Stage::S1 => pte & AP_RDONLY == 0,
+            Stage::S2 => pte & S2AP_WRITE != 0,
+        };
+        match (pte & DBM != 0, write_permitted) {
+            (true, w) => Some(w),
+            // Writable without DBM: untracked, so it must be assumed dirty.
+            (false, true) => Some(true),
+            (false, false) => None,
+        }
+    }
+
+    fn make_clean(&self, pte: u64) -> u64 {
+        match self.cfg.stage {
+            Stage::S1 => pte | DBM | AP_RDONLY,
+            Stage::S2 => (pte | DBM) & !S2AP_WRITE,
+        }
+    }
+
+    fn make_dirty(&self, pte: u64) -> u64 {
+        match self.cfg.stage {
+            Stage::S1 => pte & !AP_RDONLY,
+            Stage::S2 => pte | S2AP_WRITE,
+        }
     }
 }

@@ -1,139 +1,214 @@
 //! Where table pages live.
 //!
-//! The walker never holds a pointer: it names tables by physical address and
-//! reads or writes one descriptor at a time through [`TableMemory`]. That is
-//! what lets the same code build tables in simulated guest memory, where an
-//! emulated IOMMU later walks exactly the bytes written.
+//! The walker names tables by physical address and touches one 64-bit
+//! descriptor at a time, atomically, through [`TableMemory`]. That lets the
+//! same walker build tables on the host heap (where a "physical address" is
+//! the page's own address, as in a kernel's direct map) or inside simulated
+//! guest memory that emulated hardware later walks byte for byte.
+//!
+//! Descriptor access is `unsafe` to call because the heap backend
+//! dereferences the address: the caller promises the table is live and the
+//! index in bounds. The walker keeps that promise by construction: it only
+//! follows table descriptors it wrote itself, indexes below the level's
+//! entry count, and never gives a page back while the table is shared.
 
-use alloc::boxed::Box;
-use alloc::sync::Arc;
-use alloc::vec;
-use alloc::vec::Vec;
-use core::sync::atomic::{AtomicUsize, Ordering};
+use alloc::alloc::{alloc_zeroed, dealloc, Layout};
+use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use iommu_types::PhysAddr;
 
 /// Storage for table pages, addressed by physical address.
-pub trait TableMemory {
-    /// Allocates a zeroed table of `entries` 64-bit descriptors and returns its
-    /// physical address, or `None` when memory is exhausted.
-    fn alloc_table(&mut self, entries: usize) -> Option<PhysAddr>;
-    /// Frees a table returned by `alloc_table`.
-    fn free_table(&mut self, table: PhysAddr);
-    /// Reads descriptor `index` of `table`. An address that is not a live table reads as 0.
-    fn read(&self, table: PhysAddr, index: usize) -> u64;
-    /// Writes descriptor `index` of `table`. Writes outside a live table are ignored.
-    fn write(&mut self, table: PhysAddr, index: usize, value: u64);
-    /// Live table pages, so tests can prove nothing leaks.
+pub trait TableMemory: Send + Sync {
+    /// Allocates `bytes` (a power of two, at least 64) of zeroed table memory
+    /// aligned to its size; `None` when memory is exhausted.
+    fn alloc_table(&self, bytes: usize) -> Option<PhysAddr>;
+
+    /// Frees a table.
+    ///
+    /// # Safety
+    /// `table` was returned by `alloc_table(bytes)` on this memory, is not
+    /// freed yet, and is never accessed again.
+    unsafe fn free_table(&self, table: PhysAddr, bytes: usize);
+
+    /// Reads descriptor `index` of `table`.
+    ///
+    /// # Safety
+    /// `table` is live (allocated here, not freed) and has more than `index` entries.
+    unsafe fn load(&self, table: PhysAddr, index: usize) -> u64;
+
+    /// Writes descriptor `index` of `table`.
+    ///
+    /// # Safety
+    /// As [`load`](Self::load).
+    unsafe fn store(&self, table: PhysAddr, index: usize, value: u64);
+
+    /// Replaces descriptor `index` if it still equals `current`; returns the
+    /// value found either way (`Ok` when replaced).
+    ///
+    /// # Safety
+    /// As [`load`](Self::load).
+    unsafe fn compare_exchange(
+        &self,
+        table: PhysAddr,
+        index: usize,
+        current: u64,
+        new: u64,
+    ) -> Result<u64, u64>;
+
+    /// Table pages (allocations) live now, so tests can prove nothing leaks.
     fn table_pages(&self) -> usize;
 }
 
-/// Table pages on the host heap, for software-only use and benchmarks.
+/// Table pages on the host heap: the fast backend for software-only use.
 ///
-/// Tables are slots in a vector; a slot's "physical address" is
-/// `(slot + 1) << 16`, aligned for any granule up to 64 KiB and never zero.
-#[derive(Debug, Default)]
+/// A table's physical address is its own address, so a walk is plain pointer
+/// chasing, as in a kernel.
+#[derive(Debug)]
 pub struct HeapMemory {
-    slots: Vec<Option<Box<[u64]>>>,
-    free: Vec<usize>,
-    live: usize,
-    /// Mirror of `live` that outlives the memory, so a test can see a drop free everything.
-    live_shared: Arc<AtomicUsize>,
-    limit: Option<usize>,
+    live: AtomicUsize,
+    /// Most pages that may be live at once (`usize::MAX` = unlimited).
+    limit: AtomicUsize,
 }
 
-const SLOT_SHIFT: u32 = 16;
+impl Default for HeapMemory {
+    fn default() -> Self {
+        Self::new()
+    }
+}
 
 impl HeapMemory {
     /// Unlimited heap-backed table memory.
-    pub fn new() -> Self {
-        Self::default()
+    pub const fn new() -> Self {
+        Self {
+            live: AtomicUsize::new(0),
+            limit: AtomicUsize::new(usize::MAX),
+        }
     }
 
     /// Table memory that refuses to hold more than `max_tables` pages at once,
     /// for exercising `ENOMEM` paths.
     pub fn with_limit(max_tables: usize) -> Self {
-        Self {
-            limit: Some(max_tables),
-            ..Self::default()
-        }
-    }
-
-    /// A counter of live table pages that stays readable after this memory
-    /// (and the table owning it) is dropped.
-    pub fn live_pages_handle(&self) -> Arc<AtomicUsize> {
-        Arc::clone(&self.live_shared)
+        let m = Self::new();
+        m.set_limit(Some(max_tables));
+        m
     }
 
     /// Changes the page limit (`None` = unlimited); existing pages stay.
-    pub fn set_limit(&mut self, max_tables: Option<usize>) {
-        self.limit = max_tables;
+    pub fn set_limit(&self, max_tables: Option<usize>) {
+        self.limit
+            .store(max_tables.unwrap_or(usize::MAX), Ordering::Relaxed);
+    }
+
+    fn layout(bytes: usize) -> Option<Layout> {
+        let bytes = bytes.max(64);
+        Layout::from_size_align(bytes, bytes).ok()
     }
 
     #[inline]
-    fn slot_of(table: PhysAddr) -> Option<usize> {
-        let raw = table.raw();
-        if raw & ((1 << SLOT_SHIFT) - 1) != 0 {
-            return None;
-        }
-        ((raw >> SLOT_SHIFT) as usize).checked_sub(1)
+    fn slot(table: PhysAddr, index: usize) -> *const AtomicU64 {
+        (table.raw() as usize as *const AtomicU64).wrapping_add(index)
     }
 }
 
 impl TableMemory for HeapMemory {
-    fn alloc_table(&mut self, entries: usize) -> Option<PhysAddr> {
-        if self.limit.is_some_and(|l| self.live >= l) {
+    fn alloc_table(&self, bytes: usize) -> Option<PhysAddr> {
+        let limit = self.limit.load(Ordering::Relaxed);
+        if self
+            .live
+            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| {
+                (n < limit).then_some(n + 1)
+            })
+            .is_err()
+        {
             return None;
         }
-        let page = vec![0u64; entries].into_boxed_slice();
-        let slot = match self.free.pop() {
-            Some(s) => {
-                self.slots[s] = Some(page);
-                s
-            }
-            None => {
-                self.slots.push(Some(page));
-                self.slots.len() - 1
-            }
-        };
-        self.live += 1;
-        self.live_shared.store(self.live, Ordering::Relaxed);
-        Some(PhysAddr::new(((slot as u64) + 1) << SLOT_SHIFT))
+        let layout = Self::layout(bytes)?;
+        // SAFETY: the layout has a non-zero size (at least 64 bytes).
+        let ptr = unsafe { alloc_zeroed(layout) };
+        if ptr.is_null() {
+            self.live.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        Some(PhysAddr::new(ptr as usize as u64))
     }
 
-    fn free_table(&mut self, table: PhysAddr) {
-        if let Some(slot) = Self::slot_of(table) {
-            if let Some(entry) = self.slots.get_mut(slot) {
-                if entry.take().is_some() {
-                    self.free.push(slot);
-                    self.live -= 1;
-                    self.live_shared.store(self.live, Ordering::Relaxed);
-                }
-            }
+    unsafe fn free_table(&self, table: PhysAddr, bytes: usize) {
+        if let Some(layout) = Self::layout(bytes) {
+            // SAFETY: the caller guarantees `table` came from `alloc_table(bytes)`,
+            // which allocated it with this very layout, and is not used again.
+            unsafe { dealloc(table.raw() as usize as *mut u8, layout) };
+            self.live.fetch_sub(1, Ordering::AcqRel);
         }
     }
 
     #[inline]
-    fn read(&self, table: PhysAddr, index: usize) -> u64 {
-        Self::slot_of(table)
-            .and_then(|s| self.slots.get(s))
-            .and_then(|p| p.as_ref())
-            .and_then(|p| p.get(index))
-            .copied()
-            .unwrap_or(0)
+    unsafe fn load(&self, table: PhysAddr, index: usize) -> u64 {
+        // SAFETY: the caller guarantees the table is live and `index` in bounds,
+        // so the slot is an initialised, aligned u64 inside our allocation.
+        unsafe { (*Self::slot(table, index)).load(Ordering::Acquire) }
     }
 
     #[inline]
-    fn write(&mut self, table: PhysAddr, index: usize, value: u64) {
-        if let Some(d) = Self::slot_of(table)
-            .and_then(|s| self.slots.get_mut(s))
-            .and_then(|p| p.as_mut())
-            .and_then(|p| p.get_mut(index))
-        {
-            *d = value;
+    unsafe fn store(&self, table: PhysAddr, index: usize, value: u64) {
+        // SAFETY: as in `load`.
+        unsafe { (*Self::slot(table, index)).store(value, Ordering::Release) }
+    }
+
+    #[inline]
+    unsafe fn compare_exchange(
+        &self,
+        table: PhysAddr,
+        index: usize,
+        current: u64,
+        new: u64,
+    ) -> Result<u64, u64> {
+        // SAFETY: as in `load`.
+        unsafe {
+            (*Self::slot(table, index)).compare_exchange(
+                current,
+                new,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            )
         }
     }
 
     fn table_pages(&self) -> usize {
-        self.live
+        self.live.load(Ordering::Acquire)
     }
 }
+
+macro_rules! forward_table_memory {
+    ($($ty:ty),*) => {$(
+        impl<T: TableMemory + ?Sized> TableMemory for $ty {
+            fn alloc_table(&self, bytes: usize) -> Option<PhysAddr> {
+                (**self).alloc_table(bytes)
+            }
+            unsafe fn free_table(&self, table: PhysAddr, bytes: usize) {
+                // SAFETY: forwarded with the caller's guarantees.
+                unsafe { (**self).free_table(table, bytes) }
+            }
+            #[inline]
+            unsafe fn load(&self, table: PhysAddr, index: usize) -> u64 {
+                // SAFETY: forwarded with the caller's guarantees.
+                unsafe { (**self).load(table, index) }
+            }
+            #[inline]
+            unsafe fn store(&self, table: PhysAddr, index: usize, value: u64) {
+                // SAFETY: forwarded with the caller's guarantees.
+                unsafe { (**self).store(table, index, value) }
+            }
+            #[inline]
+            unsafe fn compare_exchange(&self, table: PhysAddr, index: usize, current: u64, new: u64) -> Result<u64, u64> {
+                // SAFETY: forwarded with the caller's guarantees.
+                unsafe { (**self).compare_exchange(table, index, current, new) }
+            }
+            fn table_pages(&self) -> usize {
+                (**self).table_pages()
+            }
+        }
+    )*};
+}
+
+// Several tables may share one memory (a driver's page pool), and a test can
+// keep the memory to prove a dropped table gave every page back.
+forward_table_memory!(&T, alloc::sync::Arc<T>);

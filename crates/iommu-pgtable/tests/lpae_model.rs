@@ -57,7 +57,7 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(64))]
     #[test]
     fn lpae_agrees_with_an_interval_map(ops in proptest::collection::vec(op(), 1..120)) {
-        let mut pt = IoPageTable::new(Lpae::stage1_4k(48, 48).unwrap(), HeapMemory::new()).unwrap();
+        let pt = IoPageTable::new(Lpae::stage1_4k(48, 48).unwrap(), HeapMemory::new()).unwrap();
         let mut model = Model::new();
         for op in ops {
             match op {

@@ -10,7 +10,7 @@ use std::any::Any;
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 
 /// Page sizes of LPAE stage 1 with the 4 KiB granule.
 pub const PGSIZE_BITMAP: u64 = 0x1000 | 0x20_0000 | 0x4000_0000;
@@ -176,10 +176,7 @@ impl SoftIommu {
         };
         let _s = tracing::trace_span!("hw_walk", dev = dev.name(), %iova, ?access).entered();
         self.inner.stats.walks.fetch_add(1, Ordering::Relaxed);
-        let leaf = soft
-            .table
-            .as_ref()
-            .and_then(|t| t.lock().unwrap_or_else(|e| e.into_inner()).lookup(iova));
+        let leaf = soft.table.as_ref().and_then(|t| t.lookup(iova));
         match leaf {
             None => Err(TranslateError::Translation {
                 report: domain.report_fault(dev, iova, fault),
@@ -214,9 +211,7 @@ impl IommuOps for SoftIommu {
     fn domain_alloc(&self, ty: DomainType) -> Result<Box<dyn DomainOps>, Errno> {
         let table = if ty.is_paging() {
             let fmt = Lpae::stage1_4k(IAS, OAS).map_err(Errno::from)?;
-            Some(Mutex::new(
-                IoPageTable::new(fmt, HeapMemory::new()).map_err(Errno::from)?,
-            ))
+            Some(IoPageTable::new(fmt, HeapMemory::new()).map_err(Errno::from)?)
         } else {
             None
         };
@@ -261,39 +256,43 @@ impl IommuOps for SoftIommu {
 }
 
 /// A soft-IOMMU domain: an LPAE table for paging types, nothing otherwise.
+///
+/// The table is shared without a lock: it installs tables with
+/// compare-and-exchange, so maps and unmaps of disjoint ranges run in parallel.
 pub struct SoftDomain {
     hw: Arc<SoftInner>,
-    table: Option<Mutex<IoPageTable<Lpae, HeapMemory>>>,
+    table: Option<IoPageTable<Lpae, HeapMemory>>,
 }
 
 impl SoftDomain {
-    fn table(&self) -> std::sync::MutexGuard<'_, IoPageTable<Lpae, HeapMemory>> {
-        // Only paging domains hand out `PagingOps`, and those always have a table.
-        let t = self
-            .table
-            .as_ref()
-            .expect("paging ops exist only with a table");
-        t.lock().unwrap_or_else(|e| e.into_inner())
+    /// The page table, for paging domains.
+    pub fn table(&self) -> Option<&IoPageTable<Lpae, HeapMemory>> {
+        self.table.as_ref()
     }
 
     /// Table pages in use (root included), for leak checks.
     pub fn table_pages(&self) -> usize {
-        self.table
-            .as_ref()
-            .map_or(0, |_| self.table().table_pages())
+        self.table.as_ref().map_or(0, |t| t.table_pages())
     }
 
     /// Every leaf: `(iova, size, pa, prot)`.
     pub fn dump(&self) -> Vec<(Iova, u64, PhysAddr, Prot)> {
-        match &self.table {
-            None => Vec::new(),
-            Some(_) => self
-                .table()
-                .walk(Iova::ZERO, 1 << IAS)
-                .iter()
-                .map(|m| (m.iova, m.size, m.pa, m.prot))
-                .collect(),
-        }
+        self.table
+            .as_ref()
+            .map(|t| {
+                t.walk(Iova::ZERO, 1 << IAS)
+                    .iter()
+                    .map(|m| (m.iova, m.size, m.pa, m.prot))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    fn paging_table(&self) -> &IoPageTable<Lpae, HeapMemory> {
+        // Only paging domains hand out `PagingOps`, and those always have a table.
+        self.table
+            .as_ref()
+            .expect("paging ops exist only with a table")
     }
 }
 
@@ -326,8 +325,12 @@ impl DomainOps for SoftDomain {
         Some(DomainGeometry::bits(IAS))
     }
 
-    fn iotlb_sync(&self, _gather: &IotlbGather) {
+    fn iotlb_sync(&self, gather: &IotlbGather) {
         self.hw.stats.iotlb_syncs.fetch_add(1, Ordering::Relaxed);
+        // The (emulated) IOTLB holds nothing stale now: detached tables may be reused.
+        if let Some(t) = &self.table {
+            t.release_gathered(gather);
+        }
     }
 
     fn flush_iotlb_all(&self) {
@@ -348,7 +351,7 @@ impl PagingOps for SoftDomain {
         pgcount: usize,
         prot: Prot,
     ) -> Result<u64, MapPagesError> {
-        self.table()
+        self.paging_table()
             .map_pages(iova, paddr, pgsize, pgcount, prot)
             .map_err(|e| MapPagesError::from(e.errno()))
     }
@@ -360,11 +363,12 @@ impl PagingOps for SoftDomain {
         pgcount: usize,
         gather: &mut IotlbGather,
     ) -> u64 {
-        self.table().unmap_pages(iova, pgsize, pgcount, gather)
+        self.paging_table()
+            .unmap_pages(iova, pgsize, pgcount, gather)
     }
 
     fn iova_to_phys(&self, iova: Iova) -> Option<PhysAddr> {
-        self.table().iova_to_phys(iova)
+        self.paging_table().iova_to_phys(iova)
     }
 }
 

@@ -17,6 +17,11 @@ pub struct IotlbGather {
     pgsize: u64,
     /// Set by a lazy (flush-queue) unmap: invalidation is deferred on purpose.
     queued: bool,
+    /// Names the table pages this gather's unmaps detached, so the page
+    /// table can reuse exactly those once this gather has been synced (0 = none).
+    token: u64,
+    /// How many table pages wait on this gather.
+    freed_tables: u32,
 }
 
 impl Default for IotlbGather {
@@ -33,6 +38,8 @@ impl IotlbGather {
             end: 0,
             pgsize: 0,
             queued: false,
+            token: 0,
+            freed_tables: 0,
         }
     }
 
@@ -107,16 +114,21 @@ impl IotlbGather {
         self.add_range(iova, size);
     }
 
-    /// Folds another gather into this one (used when a caller batches several unmaps).
-    pub fn merge(&mut self, other: &IotlbGather) {
-        if let Some((s, e)) = other.range() {
-            let pgsize = other.pgsize;
-            self.add_range(s, e.raw() - s.raw() + 1);
-            if self.pgsize == 0 && (self.size() == other.size()) {
-                self.pgsize = pgsize;
-            }
-        }
-        self.queued |= other.queued;
+    /// The token under which a page table parked the table pages this
+    /// gather's unmaps detached (0 if none were).
+    pub const fn token(&self) -> u64 {
+        self.token
+    }
+
+    /// Table pages waiting for this gather's sync before they can be reused.
+    pub const fn freed_tables(&self) -> u32 {
+        self.freed_tables
+    }
+
+    /// Records that a page table parked one more table page under `token`.
+    pub fn note_freed_table(&mut self, token: u64) {
+        self.token = token;
+        self.freed_tables = self.freed_tables.saturating_add(1);
     }
 
     /// Empties the gather, returning what it held (for an `iotlb_sync`).
