@@ -27,13 +27,16 @@
 
 extern crate alloc;
 
+pub mod amd;
 mod error;
 mod format;
 pub mod lpae;
 #[allow(unsafe_code)] // the heap backend dereferences table addresses
 mod memory;
+pub mod riscv;
 #[allow(unsafe_code)] // calls the memory's descriptor accessors
 mod table;
+pub mod vtd;
 
 pub use error::PgtableError;
 pub use format::{Format, Geometry, Pte};

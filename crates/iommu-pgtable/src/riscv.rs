@@ -1,0 +1,176 @@
+//! RISC-V IOMMU page tables (RISC-V IOMMU spec 1.0, which reuses the
+//! privileged spec's Sv39/Sv48/Sv57 formats): first stage Sv39, Sv48, Sv57
+//! and second ("G") stage Sv39x4, Sv48x4, Sv57x4, whose root is four pages
+//! (two more input bits).
+//!
+//! Bits: V\[0\], R\[1\], W\[2\], X\[3\], U\[4\], G\[5\], A\[6\], D\[7\],
+//! PPN \[53:10\] (= PA\[55:12\]), PBMT \[62:61\] (Svpbmt), N\[63\]. V with
+//! R=W=X=0 points to the next table; any of R/X makes a leaf at any level
+//! (a gigapage, terapage, ...), which must be aligned; W without R is
+//! reserved.
+//!
+//! Like Linux, leaves are accessed (A=1) and, when writable, already dirty
+//! (D=1) unless dirty tracking is on; write-only maps as read-write. U is
+//! set for unprivileged access and always at the G stage (which requires
+//! it); X is set unless `IOMMU_NOEXEC`; `IOMMU_MMIO` selects PBMT=IO, all
+//! else keeps the PMA memory type.
+
+use crate::{Format, Geometry, PgtableError, Pte};
+use iommu_types::{PhysAddr, Prot};
+
+const V: u64 = 1 << 0;
+const R: u64 = 1 << 1;
+const W: u64 = 1 << 2;
+const X: u64 = 1 << 3;
+const U: u64 = 1 << 4;
+const A: u64 = 1 << 6;
+const D: u64 = 1 << 7;
+const PPN_SHIFT: u32 = 10;
+const PPN_MASK: u64 = ((1 << 44) - 1) << PPN_SHIFT;
+const PBMT_IO: u64 = 2 << 61;
+const PBMT_MASK: u64 = 3 << 61;
+
+/// Which stage a RISC-V table serves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum RiscvStage {
+    /// First stage (IOVA to GPA/SPA): Sv39, Sv48, Sv57.
+    First,
+    /// Second stage (GPA to SPA): Sv39x4, Sv48x4, Sv57x4.
+    Second,
+}
+
+/// One RISC-V IOMMU table format.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Riscv {
+    geo: Geometry,
+    stage: RiscvStage,
+}
+
+impl Riscv {
+    /// Sv39 (3 levels), Sv48 (4) or Sv57 (5) at `stage`.
+    ///
+    /// # Errors
+    /// [`PgtableError::InvalidArgument`] for another number of levels.
+    pub fn new(levels: usize, stage: RiscvStage) -> Result<Self, PgtableError> {
+        if !(3..=5).contains(&levels) {
+            return Err(PgtableError::InvalidArgument);
+        }
+        let extra = if stage == RiscvStage::Second { 2 } else { 0 };
+        Ok(Self {
+            geo: Geometry {
+                levels,
+                granule_shift: 12,
+                bits_per_level: 9,
+                root_bits: 9 + extra,
+                leaf_levels: (1u32 << levels) - 1,
+                ias: 12 + 9 * levels as u32 + extra,
+                oas: 56,
+            },
+            stage,
+        })
+    }
+
+    /// The stage.
+    pub fn stage(&self) -> RiscvStage {
+        self.stage
+    }
+}
+
+impl Format for Riscv {
+    fn geometry(&self) -> &Geometry {
+        &self.geo
+    }
+
+    #[inline]
+    fn decode(&self, pte: u64, level: usize) -> Pte {
+        if pte & V == 0 {
+            return Pte::Invalid;
+        }
+        let pa = (pte & PPN_MASK) << (12 - PPN_SHIFT);
+        let (r, w, x) = (pte & R != 0, pte & W != 0, pte & X != 0);
+        if !r && !w && !x {
+            return if level + 1 < self.geo.levels {
+                Pte::Table(PhysAddr::new(pa))
+            } else {
+                Pte::Invalid
+            };
+        }
+        // W without R is reserved; a superpage must be aligned to its size.
+        if w && !r || pa & (self.geo.entry_size(level) - 1) != 0 {
+            return Pte::Invalid;
+        }
+        let mut prot = Prot::NONE;
+        if r {
+            prot |= Prot::READ;
+        }
+        if w {
+            prot |= Prot::WRITE;
+        }
+        if !x {
+            prot |= Prot::NOEXEC;
+        }
+        if self.stage == RiscvStage::First && pte & U == 0 {
+            prot |= Prot::PRIV;
+        }
+        if pte & PBMT_MASK == PBMT_IO {
+            prot |= Prot::MMIO;
+        }
+        Pte::Leaf {
+            pa: PhysAddr::new(pa),
+            prot,
+        }
+    }
+
+    #[inline]
+    fn encode_table(&self, table: PhysAddr, _level: usize) -> u64 {
+        ((table.raw() >> 12) << PPN_SHIFT) & PPN_MASK | V
+    }
+
+    #[inline]
+    fn encode_leaf(&self, pa: PhysAddr, _level: usize, prot: Prot) -> u64 {
+        let mut pte = ((pa.raw() >> 12) << PPN_SHIFT) & PPN_MASK | V | A | R;
+        if prot.contains(Prot::WRITE) {
+            pte |= W | D;
+        }
+        if !prot.contains(Prot::NOEXEC) {
+            pte |= X;
+        }
+        if self.stage == RiscvStage::Second || !prot.contains(Prot::PRIV) {
+            pte |= U;
+        }
+        if prot.contains(Prot::MMIO) {
+            pte |= PBMT_IO;
+        }
+        pte
+    }
+
+    fn name(&self) -> &'static str {
+        match (self.stage, self.geo.levels) {
+            (RiscvStage::First, 3) => "riscv-sv39",
+            (RiscvStage::First, 4) => "riscv-sv48",
+            (RiscvStage::First, _) => "riscv-sv57",
+            (RiscvStage::Second, 3) => "riscv-sv39x4",
+            (RiscvStage::Second, 4) => "riscv-sv48x4",
+            (RiscvStage::Second, _) => "riscv-sv57x4",
+        }
+    }
+
+    fn supports_dirty(&self) -> bool {
+        true
+    }
+
+    fn dirty_state(&self, pte: u64, level: usize) -> Option<bool> {
+        match self.decode(pte, level) {
+            Pte::Leaf { .. } if pte & W != 0 => Some(pte & D != 0),
+            _ => None,
+        }
+    }
+
+    fn make_clean(&self, pte: u64) -> u64 {
+        pte & !D
+    }
+
+    fn make_dirty(&self, pte: u64) -> u64 {
+        pte | D
+    }
+}
