@@ -14,7 +14,7 @@
 //! Memory type, execute and privilege live in the device table entry, not
 //! here, so only read and write survive a round trip.
 
-use crate::{Format, Geometry, PgtableError, Pte};
+use crate::{Format, Geometry, PgtableError, Pte, PteKind};
 use iommu_types::{PhysAddr, Prot};
 
 const PR: u64 = 1 << 0;
@@ -118,6 +118,26 @@ impl Format for AmdV1 {
 
     fn name(&self) -> &'static str {
         "amd-v1"
+    }
+
+    #[inline]
+    fn kind(&self, pte: u64, level: usize) -> PteKind {
+        if pte & PR == 0 {
+            return PteKind::Invalid;
+        }
+        let next = (pte & NEXT_MASK) >> NEXT_SHIFT;
+        if next == 0 && self.geo.is_leaf_level(level) {
+            PteKind::Leaf
+        } else if next != 0 && u64::from(self.amd_level(level)) == next + 1 {
+            PteKind::Table
+        } else {
+            PteKind::Invalid
+        }
+    }
+
+    #[inline]
+    fn leaf_step(&self, _pa: PhysAddr, pgsize: u64, _count: usize) -> Option<u64> {
+        Some(pgsize)
     }
 
     fn supports_dirty(&self) -> bool {

@@ -133,6 +133,17 @@ pub enum Pte {
     },
 }
 
+/// What a descriptor is, without decoding its address or permissions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PteKind {
+    /// Nothing mapped.
+    Invalid,
+    /// A pointer to the next-level table.
+    Table,
+    /// A page or block.
+    Leaf,
+}
+
 /// A page-table format: geometry plus the descriptor codec.
 ///
 /// The walker never looks at descriptor bits itself; everything
@@ -148,6 +159,28 @@ pub trait Format: Send + Sync {
     fn encode_leaf(&self, pa: PhysAddr, level: usize, prot: Prot) -> u64;
     /// A short name, e.g. `"arm-lpae-s1-4k"`.
     fn name(&self) -> &'static str;
+
+    /// What `pte` (in a table at `level`) is; must agree with
+    /// [`decode`](Self::decode). Formats override it with a cheaper test for
+    /// the walker's batch loops.
+    #[inline]
+    fn kind(&self, pte: u64, level: usize) -> PteKind {
+        match self.decode(pte, level) {
+            Pte::Invalid => PteKind::Invalid,
+            Pte::Table(_) => PteKind::Table,
+            Pte::Leaf { .. } => PteKind::Leaf,
+        }
+    }
+
+    /// What to add to a leaf at `level` encoding `pa` to get the leaf for
+    /// `pa + pgsize` with the same attributes, when the address field is
+    /// linear over `[pa, pa + pgsize * count)`; `None` makes the walker
+    /// encode every leaf.
+    #[inline]
+    fn leaf_step(&self, pa: PhysAddr, pgsize: u64, count: usize) -> Option<u64> {
+        let _ = (pa, pgsize, count);
+        None
+    }
 
     /// Whether leaves can record that the device wrote through them.
     fn supports_dirty(&self) -> bool {

@@ -30,7 +30,11 @@ extern crate alloc;
 pub mod amd;
 mod error;
 mod format;
+#[cfg(feature = "vm-memory")]
+#[allow(unsafe_code)] // implements the unsafe-to-call accessors; the bodies are bounds-checked
+mod guest;
 pub mod lpae;
+pub mod measure;
 #[allow(unsafe_code)] // the heap backend dereferences table addresses
 mod memory;
 pub mod riscv;
@@ -39,6 +43,8 @@ mod table;
 pub mod vtd;
 
 pub use error::PgtableError;
-pub use format::{Format, Geometry, Pte};
+pub use format::{Format, Geometry, Pte, PteKind};
+#[cfg(feature = "vm-memory")]
+pub use guest::GuestTableMemory;
 pub use memory::{HeapMemory, TableMemory};
 pub use table::{DirtyBitmap, IoPageTable, Mapping};

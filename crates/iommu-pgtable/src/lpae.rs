@@ -24,7 +24,7 @@
 //! set at stage 1, S2AP\[1\] clear at stage 2); the SMMU gives the
 //! permission back on the first write, and that is the dirty state.
 
-use crate::{Format, Geometry, PgtableError, Pte};
+use crate::{Format, Geometry, PgtableError, Pte, PteKind};
 use iommu_types::{PhysAddr, Prot};
 
 const VALID: u64 = 1 << 0;
@@ -357,6 +357,26 @@ impl Format for Lpae {
             (Stage::S2, Granule::G16K) => "arm-lpae-s2-16k",
             (Stage::S2, Granule::G64K) => "arm-lpae-s2-64k",
         }
+    }
+
+    #[inline]
+    fn kind(&self, pte: u64, level: usize) -> PteKind {
+        if pte & VALID == 0 {
+            PteKind::Invalid
+        } else if !self.is_last_level(level) && pte & TYPE_TABLE_OR_PAGE != 0 {
+            PteKind::Table
+        } else if self.is_leaf(pte, level) {
+            PteKind::Leaf
+        } else {
+            PteKind::Invalid
+        }
+    }
+
+    #[inline]
+    fn leaf_step(&self, pa: PhysAddr, pgsize: u64, count: usize) -> Option<u64> {
+        // Linear while the run stays below 2^48 (PA[51:48] live elsewhere).
+        let end = pa.raw().checked_add(pgsize.checked_mul(count as u64)?)?;
+        (end <= 1 << 48).then_some(pgsize)
     }
 
     fn supports_dirty(&self) -> bool {

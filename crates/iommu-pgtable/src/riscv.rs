@@ -15,7 +15,7 @@
 //! it); X is set unless `IOMMU_NOEXEC`; `IOMMU_MMIO` selects PBMT=IO, all
 //! else keeps the PMA memory type.
 
-use crate::{Format, Geometry, PgtableError, Pte};
+use crate::{Format, Geometry, PgtableError, Pte, PteKind};
 use iommu_types::{PhysAddr, Prot};
 
 const V: u64 = 1 << 0;
@@ -153,6 +153,32 @@ impl Format for Riscv {
             (RiscvStage::Second, 4) => "riscv-sv48x4",
             (RiscvStage::Second, _) => "riscv-sv57x4",
         }
+    }
+
+    #[inline]
+    fn kind(&self, pte: u64, level: usize) -> PteKind {
+        if pte & V == 0 {
+            return PteKind::Invalid;
+        }
+        if pte & (R | W | X) == 0 {
+            return if level + 1 < self.geo.levels {
+                PteKind::Table
+            } else {
+                PteKind::Invalid
+            };
+        }
+        let pa = (pte & PPN_MASK) << (12 - PPN_SHIFT);
+        if pte & (R | W) == W || pa & (self.geo.entry_size(level) - 1) != 0 {
+            PteKind::Invalid
+        } else {
+            PteKind::Leaf
+        }
+    }
+
+    #[inline]
+    fn leaf_step(&self, _pa: PhysAddr, pgsize: u64, _count: usize) -> Option<u64> {
+        // The PPN sits two bits lower than the address it encodes.
+        Some(pgsize >> (12 - PPN_SHIFT))
     }
 
     fn supports_dirty(&self) -> bool {

@@ -21,7 +21,7 @@
 //! by only following table descriptors it wrote itself and indexing below
 //! `Geometry::entries`.
 
-use crate::{Format, Geometry, PgtableError, Pte, TableMemory};
+use crate::{Format, Geometry, PgtableError, Pte, PteKind, TableMemory};
 use alloc::vec;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -400,39 +400,66 @@ impl<F: Format, M: TableMemory> IoPageTable<F, M> {
         let size = pgsize * n as u64;
 
         let table = self.walk_alloc(iova.raw(), level)?;
-        // Check every target slot before writing any of them.
+        // Check every target slot before writing any of them; remember
+        // whether an empty table sits in any (rare: a block replacing one).
+        let mut tables_in_the_way = false;
         for i in first..first + n {
-            match self.fmt.decode(self.load(table, i), level) {
-                Pte::Invalid => {}
-                Pte::Leaf { .. } => return Err(PgtableError::Exists),
-                Pte::Table(t) => {
+            let pte = self.load(table, i);
+            if pte == 0 {
+                continue;
+            }
+            match self.fmt.kind(pte, level) {
+                PteKind::Invalid => {}
+                PteKind::Leaf => return Err(PgtableError::Exists),
+                PteKind::Table => {
+                    let Pte::Table(t) = self.fmt.decode(pte, level) else {
+                        return Err(PgtableError::Exists);
+                    };
                     if !self.subtree_is_empty(t, level + 1) {
                         return Err(PgtableError::Exists);
                     }
+                    tables_in_the_way = true;
                 }
             }
         }
         let clean = self.dirty_tracking.load(Ordering::Relaxed) && prot.contains(Prot::WRITE);
-        for (k, i) in (first..first + n).enumerate() {
-            let mut leaf =
+        let encode = |k: usize| {
+            let leaf =
                 self.fmt
                     .encode_leaf(PhysAddr::new(pa.raw() + k as u64 * pgsize), level, prot);
             if clean {
-                leaf = self.fmt.make_clean(leaf);
+                self.fmt.make_clean(leaf)
+            } else {
+                leaf
             }
-            let old = self.load(table, i);
-            match self.fmt.decode(old, level) {
-                Pte::Table(t) => {
-                    if self.cas(table, i, old, leaf).is_err() {
-                        self.undo_leaves(table, first, k);
-                        return Err(PgtableError::Exists);
-                    }
-                    // An empty table a block replaced. No caller's sync covers
-                    // it and hardware may still cache the path through it, so
-                    // it waits for `trim` or drop.
-                    self.park_subtree(t, level + 1, 0);
+        };
+        match self.fmt.leaf_step(pa, pgsize, n) {
+            Some(step) if !tables_in_the_way => {
+                // The common case: one encoding, then add the step.
+                let mut leaf = encode(0);
+                for i in first..first + n {
+                    self.store(table, i, leaf);
+                    leaf = leaf.wrapping_add(step);
                 }
-                _ => self.store(table, i, leaf),
+            }
+            _ => {
+                for (k, i) in (first..first + n).enumerate() {
+                    let leaf = encode(k);
+                    let old = self.load(table, i);
+                    match self.fmt.decode(old, level) {
+                        Pte::Table(t) => {
+                            if self.cas(table, i, old, leaf).is_err() {
+                                self.undo_leaves(table, first, k);
+                                return Err(PgtableError::Exists);
+                            }
+                            // An empty table a block replaced. No caller's sync covers
+                            // it and hardware may still cache the path through it, so
+                            // it waits for `trim` or drop.
+                            self.park_subtree(t, level + 1, 0);
+                        }
+                        _ => self.store(table, i, leaf),
+                    }
+                }
             }
         }
         Ok(size)
@@ -559,12 +586,14 @@ impl<F: Format, M: TableMemory> IoPageTable<F, M> {
         let mut done = 0usize;
         for i in first..first + n {
             let pte = self.load(table, i);
-            match self.fmt.decode(pte, level) {
-                Pte::Invalid => break,
-                Pte::Leaf { .. } => self.store(table, i, 0),
-                Pte::Table(t) => {
-                    if self.cas(table, i, pte, 0).is_ok() {
-                        self.park_for_gather(t, level + 1, gather);
+            match self.fmt.kind(pte, level) {
+                PteKind::Invalid => break,
+                PteKind::Leaf => self.store(table, i, 0),
+                PteKind::Table => {
+                    if let Pte::Table(t) = self.fmt.decode(pte, level) {
+                        if self.cas(table, i, pte, 0).is_ok() {
+                            self.park_for_gather(t, level + 1, gather);
+                        }
                     }
                 }
             }

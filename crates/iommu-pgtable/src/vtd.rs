@@ -10,7 +10,7 @@
 //! `IOMMU_CACHE` with SNP, as Linux does. Execute and privilege are not
 //! second-level properties.
 
-use crate::{Format, Geometry, PgtableError, Pte};
+use crate::{Format, Geometry, PgtableError, Pte, PteKind};
 use iommu_types::{PhysAddr, Prot};
 
 const R: u64 = 1 << 0;
@@ -120,6 +120,24 @@ impl Format for VtdSl {
             4 => "vtd-sl-4level",
             _ => "vtd-sl-5level",
         }
+    }
+
+    #[inline]
+    fn kind(&self, pte: u64, level: usize) -> PteKind {
+        if pte & (R | W) == 0 {
+            PteKind::Invalid
+        } else if !self.is_last(level) && pte & PS == 0 {
+            PteKind::Table
+        } else if self.is_leaf(pte, level) {
+            PteKind::Leaf
+        } else {
+            PteKind::Invalid
+        }
+    }
+
+    #[inline]
+    fn leaf_step(&self, _pa: PhysAddr, pgsize: u64, _count: usize) -> Option<u64> {
+        Some(pgsize)
     }
 
     fn supports_dirty(&self) -> bool {

@@ -1,0 +1,87 @@
+//! The walker's shortcuts must agree with the full codec, for every format:
+//! `kind` with `decode` on any 64-bit value, and `leaf_step` with encoding
+//! each leaf of a run.
+
+use iommu_pgtable::amd::AmdV1;
+use iommu_pgtable::lpae::{Granule, Lpae, LpaeConfig, Stage};
+use iommu_pgtable::riscv::{Riscv, RiscvStage};
+use iommu_pgtable::vtd::VtdSl;
+use iommu_pgtable::{Format, Pte, PteKind};
+use iommu_types::{PhysAddr, Prot};
+use proptest::prelude::*;
+
+fn formats() -> Vec<Box<dyn Format>> {
+    let mut v: Vec<Box<dyn Format>> = Vec::new();
+    for stage in [Stage::S1, Stage::S2] {
+        for granule in [Granule::G4K, Granule::G16K, Granule::G64K] {
+            v.push(Box::new(
+                Lpae::new(LpaeConfig {
+                    stage,
+                    granule,
+                    ias: 48,
+                    oas: 48,
+                })
+                .unwrap(),
+            ));
+        }
+    }
+    v.push(Box::new(
+        Lpae::new(LpaeConfig {
+            stage: Stage::S1,
+            granule: Granule::G64K,
+            ias: 52,
+            oas: 52,
+        })
+        .unwrap(),
+    ));
+    for l in 3..=5 {
+        v.push(Box::new(VtdSl::new(l, 52).unwrap()));
+        v.push(Box::new(Riscv::new(l, RiscvStage::First).unwrap()));
+        v.push(Box::new(Riscv::new(l, RiscvStage::Second).unwrap()));
+    }
+    for m in 1..=6 {
+        v.push(Box::new(AmdV1::new(m).unwrap()));
+    }
+    v
+}
+
+fn kind_of(p: Pte) -> PteKind {
+    match p {
+        Pte::Invalid => PteKind::Invalid,
+        Pte::Table(_) => PteKind::Table,
+        Pte::Leaf { .. } => PteKind::Leaf,
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(3000))]
+    #[test]
+    fn kind_agrees_with_decode(pte in any::<u64>(), low in 0u64..16, pick in any::<prop::sample::Index>()) {
+        // Mix fully random values with ones whose low (type) bits vary over all small patterns.
+        let fmts = formats();
+        let f = &fmts[pick.index(fmts.len())];
+        for pte in [pte, (pte & !0xff) | low, pte & !0xfff | low] {
+            for level in 0..f.geometry().levels {
+                prop_assert_eq!(f.kind(pte, level), kind_of(f.decode(pte, level)), "{} level {} pte {:#x}", f.name(), level, pte);
+            }
+        }
+    }
+
+    #[test]
+    fn leaf_step_matches_encoding_each_leaf(page in 0u64..(1 << 20), count in 1usize..600, bits in 0u32..64, pick in any::<prop::sample::Index>()) {
+        let fmts = formats();
+        let f = &fmts[pick.index(fmts.len())];
+        let geo = *f.geometry();
+        let level = geo.levels - 1;
+        let size = geo.entry_size(level);
+        let prot = Prot::from_bits_truncate(bits) | Prot::READ;
+        let pa = PhysAddr::new(page * size % (1u64 << geo.oas.min(52)));
+        if let Some(step) = f.leaf_step(pa, size, count) {
+            let first = f.encode_leaf(pa, level, prot);
+            for k in [1u64, count as u64 / 2, count as u64 - 1] {
+                let direct = f.encode_leaf(pa.wrapping_add(k * size), level, prot);
+                prop_assert_eq!(first.wrapping_add(k * step), direct, "{} k {}", f.name(), k);
+            }
+        }
+    }
+}
