@@ -109,3 +109,46 @@ fn help_prints_usage() {
     assert_eq!(code, 0);
     assert!(out.starts_with("usage: iommu"));
 }
+
+#[test]
+fn bench_pgtable_json_reports_every_workload() {
+    let (code, out, err) = iommu(&[
+        "bench",
+        "pgtable",
+        "--json",
+        "--quick",
+        "--format",
+        "vtd-sl-4level",
+        "--format",
+        "arm-lpae-s1-4k",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).expect("valid JSON");
+    assert_eq!(v["benchmark"], "pgtable");
+    let results = v["results"].as_array().unwrap();
+    assert_eq!(results.len(), 2);
+    assert_eq!(results[0]["format"], "vtd-sl-4level");
+    for r in results {
+        for w in [
+            "map_4k",
+            "unmap_4k",
+            "map_256x4k",
+            "unmap_256x4k",
+            "iova_to_phys",
+            "map_1g_as_2m",
+        ] {
+            let mean = r["workloads"][w]["mean"].as_f64().unwrap();
+            assert!(mean > 0.0 && mean.is_finite(), "{w}: {mean}");
+        }
+        // 4 KiB tables of 512 entries: 8 bytes per page plus the upper levels.
+        let bytes = r["table_bytes_per_4k_page"].as_f64().unwrap();
+        assert!((8.0..8.1).contains(&bytes), "{bytes}");
+    }
+}
+
+#[test]
+fn bench_pgtable_refuses_an_unknown_format() {
+    let (code, _, err) = iommu(&["bench", "pgtable", "--quick", "--format", "sparc"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("unknown format 'sparc'"), "{err}");
+}

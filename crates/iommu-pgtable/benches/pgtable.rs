@@ -19,6 +19,7 @@ fn bench_format<F: Format + Clone>(c: &mut Criterion, fmt: F) {
     let origin = Instant::now();
     let now = move || origin.elapsed();
     let pt = IoPageTable::new(fmt.clone(), HeapMemory::new()).unwrap();
+    measure::check(&pt).expect(name);
     measure::warm_up(&pt, BASE);
     type Workload<F> = fn(&IoPageTable<F, HeapMemory>, u64, u64, measure::Clock<'_>) -> Duration;
     let workloads: [(&str, Workload<F>); 6] = [

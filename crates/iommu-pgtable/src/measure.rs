@@ -31,6 +31,19 @@ fn unmap(
     n
 }
 
+/// Whether `pt` can run these workloads: they are defined in 4 KiB pages and
+/// 2 MiB blocks, and a format without them would only time refusals.
+///
+/// # Errors
+/// A description of what the format lacks.
+pub fn check<F: Format, M: TableMemory>(pt: &IoPageTable<F, M>) -> Result<(), &'static str> {
+    let sizes = pt.pgsize_bitmap();
+    if sizes & PAGE == 0 || sizes & BLOCK == 0 {
+        return Err("the workloads need 4 KiB pages and 2 MiB blocks");
+    }
+    Ok(())
+}
+
 /// Creates the path of tables for `[base, base + 1 GiB)` so later maps are warm.
 pub fn warm_up<F: Format, M: TableMemory>(pt: &IoPageTable<F, M>, base: u64) {
     for i in 0..BATCH {
