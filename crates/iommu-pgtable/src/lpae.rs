@@ -40,6 +40,8 @@ const SH_INNER: u64 = 0b11 << 8;
 const AF: u64 = 1 << 10;
 const NG: u64 = 1 << 11;
 const DBM: u64 = 1 << 51;
+const NS: u64 = 1 << 5;
+const NSTABLE: u64 = 1 << 63;
 const XN: u64 = 0b11 << 53;
 
 /// Stage-1 MAIR index for normal non-cacheable memory.
@@ -102,10 +104,19 @@ pub struct LpaeConfig {
     pub oas: u32,
 }
 
+/// Per-table quirks (Linux's `IO_PGTABLE_QUIRK_*` that change descriptors).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct LpaeQuirks {
+    /// Stage 1 in a Secure world: mark leaves Non-secure (NS, bit 5) and
+    /// table descriptors NSTable (bit 63), as Linux's `ARM_NS` quirk does.
+    pub non_secure: bool,
+}
+
 /// The ARM LPAE format for one configuration.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Lpae {
     cfg: LpaeConfig,
+    quirks: LpaeQuirks,
     geo: Geometry,
     /// Arm level of our level 0.
     start_level: u32,
@@ -163,7 +174,24 @@ impl Lpae {
             },
             start_level,
             concat,
+            quirks: LpaeQuirks::default(),
         })
+    }
+
+    /// The same format with `quirks`.
+    #[must_use]
+    pub fn with_quirks(mut self, quirks: LpaeQuirks) -> Self {
+        self.quirks = quirks;
+        self
+    }
+
+    /// The quirks in force.
+    pub fn quirks(&self) -> LpaeQuirks {
+        self.quirks
+    }
+
+    fn ns(&self) -> bool {
+        self.quirks.non_secure && self.cfg.stage == Stage::S1
     }
 
     /// Stage 1 with the 4 KiB granule.
@@ -292,7 +320,8 @@ impl Format for Lpae {
 
     #[inline]
     fn encode_table(&self, table: PhysAddr, _level: usize) -> u64 {
-        self.addr_to_pte(table.raw()) | TYPE_TABLE_OR_PAGE | VALID
+        let ns = if self.ns() { NSTABLE } else { 0 };
+        self.addr_to_pte(table.raw()) | TYPE_TABLE_OR_PAGE | VALID | ns
     }
 
     #[inline]
@@ -310,6 +339,9 @@ impl Format for Lpae {
                 }
                 if !prot.contains(Prot::PRIV) {
                     pte |= AP_UNPRIV;
+                }
+                if self.ns() {
+                    pte |= NS;
                 }
                 let idx = if prot.contains(Prot::MMIO) {
                     MAIR_IDX_DEV

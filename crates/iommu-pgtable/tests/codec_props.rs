@@ -3,7 +3,7 @@
 //! each leaf of a run.
 
 use iommu_pgtable::amd::AmdV1;
-use iommu_pgtable::lpae::{Granule, Lpae, LpaeConfig, Stage};
+use iommu_pgtable::lpae::{Granule, Lpae, LpaeConfig, LpaeQuirks, Stage};
 use iommu_pgtable::riscv::{Riscv, RiscvStage};
 use iommu_pgtable::vtd::VtdSl;
 use iommu_pgtable::{Format, Pte, PteKind};

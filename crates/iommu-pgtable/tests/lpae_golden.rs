@@ -4,7 +4,7 @@
 //! nG[11], output address [47:g], DBM[51], PXN/XN[54:53]; with the 64 KiB
 //! granule PA[51:48] sits in bits[15:12].
 
-use iommu_pgtable::lpae::{Granule, Lpae, LpaeConfig, Stage};
+use iommu_pgtable::lpae::{Granule, Lpae, LpaeConfig, LpaeQuirks, Stage};
 use iommu_pgtable::{Format, HeapMemory, IoPageTable};
 use iommu_types::{Iova, PhysAddr, Prot, SZ_16K, SZ_1G, SZ_2M, SZ_32M, SZ_4K, SZ_512M, SZ_64K};
 
@@ -377,4 +377,31 @@ fn dbm_writable_clean_and_dirty_states() {
     // Stage 2 clears S2AP[1] (bit 7) and sets DBM.
     assert_eq!(s2.make_clean(rw), (rw | (1 << 51)) & !(1 << 7));
     assert_eq!(s2.dirty_state(s2.make_clean(rw), 3), Some(false));
+}
+
+#[test]
+fn ns_quirk_sets_ns_on_leaves_and_nstable_on_tables() {
+    let f = Lpae::stage1_4k(48, 48)
+        .unwrap()
+        .with_quirks(LpaeQuirks { non_secure: true });
+    let pt = table(f);
+    pt.map_pages(Iova::new(0x1000), PhysAddr::new(0x9000), SZ_4K, 1, Prot::RW)
+        .unwrap();
+    let root_entry = pt.read_descriptor(0, pt.root(), 0).unwrap();
+    assert_eq!(root_entry >> 63, 1, "NSTable (bit 63)");
+    let l1 = PhysAddr::new(root_entry & 0x0000_ffff_ffff_f000);
+    let l2 = PhysAddr::new(pt.read_descriptor(1, l1, 0).unwrap() & 0x0000_ffff_ffff_f000);
+    let l3 = PhysAddr::new(pt.read_descriptor(2, l2, 0).unwrap() & 0x0000_ffff_ffff_f000);
+    // page 0b11 | NS (0x20) | AP unpriv (0x40) | SH outer | AF | nG
+    assert_eq!(pt.read_descriptor(3, l3, 1), Some(0x0000_0000_0000_9e63));
+    assert_eq!(
+        pt.iova_to_phys(Iova::new(0x1004)),
+        Some(PhysAddr::new(0x9004))
+    );
+    // Stage 2 has no NS bit: the quirk does not apply.
+    let s2 = lpae(Stage::S2, Granule::G4K, 48, 48).with_quirks(LpaeQuirks { non_secure: true });
+    assert_eq!(
+        s2.encode_leaf(PhysAddr::new(0x9000), 3, Prot::RW) & (1 << 5),
+        0
+    );
 }
