@@ -34,6 +34,11 @@ fn formats() -> Vec<Box<dyn Format>> {
         })
         .unwrap(),
     ));
+    v.push(Box::new(
+        Lpae::stage1_4k(48, 48)
+            .unwrap()
+            .with_quirks(LpaeQuirks { non_secure: true }),
+    ));
     for l in 3..=5 {
         v.push(Box::new(VtdSl::new(l, 52).unwrap()));
         v.push(Box::new(Riscv::new(l, RiscvStage::First).unwrap()));
