@@ -57,6 +57,19 @@ pub fn warm_up<F: Format, M: TableMemory>(pt: &IoPageTable<F, M>, base: u64) {
     }
 }
 
+/// Runs `iters` operations as batches of at most [`BATCH`]; `batch(n)`
+/// performs `n` of them and returns the time of the timed part.
+fn in_batches(iters: u64, mut batch: impl FnMut(u64) -> Duration) -> Duration {
+    let mut total = Duration::ZERO;
+    let mut left = iters;
+    while left > 0 {
+        let n = left.min(BATCH);
+        total += batch(n);
+        left -= n;
+    }
+    total
+}
+
 /// Maps one 4 KiB page per operation.
 pub fn map_4k<F: Format, M: TableMemory>(
     pt: &IoPageTable<F, M>,
@@ -64,10 +77,7 @@ pub fn map_4k<F: Format, M: TableMemory>(
     iters: u64,
     now: Clock<'_>,
 ) -> Duration {
-    let mut total = Duration::ZERO;
-    let mut left = iters;
-    while left > 0 {
-        let n = left.min(BATCH);
+    in_batches(iters, |n| {
         let t0 = now();
         for i in 0..n {
             let _ = pt.map_pages(
@@ -78,11 +88,10 @@ pub fn map_4k<F: Format, M: TableMemory>(
                 Prot::RW,
             );
         }
-        total += now() - t0;
+        let t = now() - t0;
         unmap(pt, base, PAGE, n as usize);
-        left -= n;
-    }
-    total
+        t
+    })
 }
 
 /// Unmaps one 4 KiB page per operation.
@@ -92,10 +101,7 @@ pub fn unmap_4k<F: Format, M: TableMemory>(
     iters: u64,
     now: Clock<'_>,
 ) -> Duration {
-    let mut total = Duration::ZERO;
-    let mut left = iters;
-    while left > 0 {
-        let n = left.min(BATCH);
+    in_batches(iters, |n| {
         let _ = pt.map_pages(
             Iova::new(base),
             PhysAddr::new(0),
@@ -109,10 +115,8 @@ pub fn unmap_4k<F: Format, M: TableMemory>(
             pt.unmap_pages(Iova::new(base + i * PAGE), PAGE, 1, &mut g);
             core::hint::black_box(&g);
         }
-        total += now() - t0;
-        left -= n;
-    }
-    total
+        now() - t0
+    })
 }
 
 /// Maps 256 contiguous 4 KiB pages with one `map_pages` call per operation.
