@@ -10,7 +10,7 @@ use std::any::Any;
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, RwLock, Weak};
 
 /// Page sizes of LPAE stage 1 with the 4 KiB granule.
 pub const PGSIZE_BITMAP: u64 = 0x1000 | 0x20_0000 | 0x4000_0000;
@@ -216,7 +216,7 @@ impl IommuOps for SoftIommu {
             None
         };
         Ok(Box::new(SoftDomain {
-            hw: Arc::clone(&self.inner),
+            hw: Arc::downgrade(&self.inner),
             table,
         }))
     }
@@ -260,7 +260,9 @@ impl IommuOps for SoftIommu {
 /// The table is shared without a lock: it installs tables with
 /// compare-and-exchange, so maps and unmaps of disjoint ranges run in parallel.
 pub struct SoftDomain {
-    hw: Arc<SoftInner>,
+    /// Weak: the hardware's stream table holds domains, so a strong
+    /// reference back would keep both alive forever.
+    hw: Weak<SoftInner>,
     table: Option<IoPageTable<Lpae, HeapMemory>>,
 }
 
@@ -301,7 +303,8 @@ impl DomainOps for SoftDomain {
         if dev.stream_ids().is_empty() {
             return Err(Errno::ENODEV);
         }
-        let mut streams = self.hw.streams.write().unwrap_or_else(|e| e.into_inner());
+        let hw = self.hw.upgrade().ok_or(Errno::ENODEV)?;
+        let mut streams = hw.streams.write().unwrap_or_else(|e| e.into_inner());
         for sid in dev.stream_ids() {
             streams.insert(*sid, domain.clone());
         }
@@ -309,7 +312,8 @@ impl DomainOps for SoftDomain {
     }
 
     fn detach_dev(&self, domain: &Domain, dev: &Arc<Device>) {
-        let mut streams = self.hw.streams.write().unwrap_or_else(|e| e.into_inner());
+        let Some(hw) = self.hw.upgrade() else { return };
+        let mut streams = hw.streams.write().unwrap_or_else(|e| e.into_inner());
         for sid in dev.stream_ids() {
             if streams.get(sid) == Some(domain) {
                 streams.remove(sid);
@@ -326,7 +330,9 @@ impl DomainOps for SoftDomain {
     }
 
     fn iotlb_sync(&self, gather: &IotlbGather) {
-        self.hw.stats.iotlb_syncs.fetch_add(1, Ordering::Relaxed);
+        if let Some(hw) = self.hw.upgrade() {
+            hw.stats.iotlb_syncs.fetch_add(1, Ordering::Relaxed);
+        }
         // The (emulated) IOTLB holds nothing stale now: detached tables may be reused.
         if let Some(t) = &self.table {
             t.release_gathered(gather);
@@ -334,7 +340,9 @@ impl DomainOps for SoftDomain {
     }
 
     fn flush_iotlb_all(&self) {
-        self.hw.stats.flush_alls.fetch_add(1, Ordering::Relaxed);
+        if let Some(hw) = self.hw.upgrade() {
+            hw.stats.flush_alls.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     fn as_any(&self) -> Option<&dyn Any> {
@@ -369,17 +377,6 @@ impl PagingOps for SoftDomain {
 
     fn iova_to_phys(&self, iova: Iova) -> Option<PhysAddr> {
         self.paging_table().iova_to_phys(iova)
-    }
-}
-
-impl Drop for SoftInner {
-    fn drop(&mut self) {
-        // Domains hold `Arc<SoftInner>`, and the stream table holds domains:
-        // clear it so that the cycle does not outlive the driver's users.
-        self.streams
-            .get_mut()
-            .unwrap_or_else(|e| e.into_inner())
-            .clear();
     }
 }
 
@@ -483,6 +480,25 @@ mod tests {
         assert_eq!(
             soft.translate(&dev, Iova::new(0x1234), Access::Write),
             Ok(PhysAddr::new(0x1234))
+        );
+    }
+
+    #[test]
+    fn a_domain_left_in_the_stream_table_does_not_keep_the_driver_alive() {
+        let (iommu, bus, soft, dev) = setup();
+        let hw = Arc::downgrade(&soft.inner);
+        // Put a domain into the hardware's stream table behind the core's back
+        // and never take it out: the table now holds the domain.
+        let d = iommu.domain_alloc(&bus, DomainType::Unmanaged).unwrap();
+        d.ops().attach_dev(&d, &dev).unwrap();
+        assert_eq!(soft.attached(&dev), Some(d.clone()));
+        bus.remove_device(&dev).unwrap();
+        drop((iommu, bus, soft, dev, d));
+        // With a strong driver reference in the domain, driver -> stream table
+        // -> domain -> driver would be a cycle that is never freed.
+        assert!(
+            hw.upgrade().is_none(),
+            "the driver and its stream table were freed"
         );
     }
 
