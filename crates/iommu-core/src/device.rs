@@ -148,6 +148,16 @@ impl Device {
         crate::lock(&self.group).clone()
     }
 
+    /// Sets the group if the device has none; `false` if another add won.
+    pub(crate) fn claim_group(&self, group: &Group) -> bool {
+        let mut slot = crate::lock(&self.group);
+        if slot.is_some() {
+            return false;
+        }
+        *slot = Some(group.clone());
+        true
+    }
+
     pub(crate) fn set_group(&self, group: Option<Group>) -> Option<Group> {
         std::mem::replace(&mut *crate::lock(&self.group), group)
     }

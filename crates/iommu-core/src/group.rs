@@ -425,7 +425,7 @@ impl Group {
                 return Err(e);
             }
         }
-        if dev.iommu_group().is_some() {
+        if !dev.claim_group(self) {
             // Lost a race with another add of the same device.
             if let Some(domain) = &st.domain {
                 domain.ops().detach_dev(domain, dev);
@@ -438,7 +438,6 @@ impl Group {
             link_name,
             direct_maps: direct,
         });
-        dev.set_group(Some(self.clone()));
         drop(st);
         self.notify(GroupAction::AddDevice, dev);
         self.0.shared.log(format!(

@@ -150,3 +150,51 @@ fn concurrent_core_operations_leave_everything_consistent() {
     // Mappings: the map target is empty again.
     assert!(MockIommu::mappings(&w.group_of(1).default_domain().unwrap()).is_empty());
 }
+
+#[test]
+fn racing_adds_of_one_device_to_two_groups_let_exactly_one_win() {
+    let w = world(&[]);
+    for round in 0..200 {
+        let dev = w
+            .bus
+            .add_device(DeviceBuilder::new(format!("racer{round}")))
+            .unwrap();
+        let (g1, g2) = (
+            w.iommu.group_alloc().unwrap(),
+            w.iommu.group_alloc().unwrap(),
+        );
+        let results: Vec<Result<(), Errno>> = thread::scope(|s| {
+            let a = s.spawn(|| g1.add_device(&dev));
+            let b = s.spawn(|| g2.add_device(&dev));
+            vec![a.join().unwrap(), b.join().unwrap()]
+        });
+        assert_eq!(
+            results.iter().filter(|r| r.is_ok()).count(),
+            1,
+            "round {round}: {results:?}"
+        );
+        for r in &results {
+            if let Err(e) = r {
+                assert!(matches!(e, Errno::EBUSY | Errno::EEXIST), "{e}");
+            }
+        }
+        let winner = if results[0].is_ok() { &g1 } else { &g2 };
+        let loser = if results[0].is_ok() { &g2 } else { &g1 };
+        assert_eq!(dev.iommu_group().as_ref(), Some(winner));
+        assert_eq!((winner.device_count(), loser.device_count()), (1, 0));
+        let listed = w
+            .iommu
+            .sysfs()
+            .list(&format!("{}/devices", loser.sysfs_dir()))
+            .unwrap();
+        assert!(listed.is_empty(), "the loser left no link: {listed:?}");
+        assert_eq!(
+            w.iommu
+                .sysfs()
+                .resolve(&format!("{}/iommu_group", dev.sysfs_dir()))
+                .unwrap(),
+            winner.sysfs_dir()
+        );
+        w.bus.remove_device(&dev).unwrap();
+    }
+}
