@@ -86,10 +86,7 @@ fn set_core_domain(group: &Group, st: &mut GroupState) {
 }
 
 fn group_ops(st: &GroupState) -> Option<Arc<dyn IommuOps>> {
-    st.devices
-        .first()
-        .and_then(|gd| gd.dev.bus())
-        .and_then(|b| b.iommu_ops())
+    st.devices.first()?.dev.iommu_ops()
 }
 
 impl Iommu {

@@ -143,6 +143,11 @@ impl Device {
         self.bus.upgrade().map(Bus::from_inner)
     }
 
+    /// The IOMMU ops of its bus, if set (Linux's `dev_iommu_ops`).
+    pub fn iommu_ops(&self) -> Option<Arc<dyn crate::IommuOps>> {
+        self.bus()?.iommu_ops()
+    }
+
     /// Its group, taking a reference (Linux's `iommu_group_get`).
     pub fn iommu_group(&self) -> Option<Group> {
         crate::lock(&self.group).clone()

@@ -115,8 +115,7 @@ impl Default for Iommu {
 
 /// The reserved regions of `dev` according to its bus's driver.
 pub(crate) fn device_resv_regions(dev: &Device) -> Vec<ReservedRegion> {
-    dev.bus()
-        .and_then(|b| b.iommu_ops())
+    dev.iommu_ops()
         .map(|ops| ops.get_resv_regions(dev))
         .unwrap_or_default()
 }
@@ -208,7 +207,7 @@ impl Iommu {
 
     /// The core's bus listener (Linux's `iommu_bus_notifier`).
     fn bus_notifier(&self, ev: &BusEvent) -> Notify {
-        let Some(ops) = ev.dev.bus().and_then(|b| b.iommu_ops()) else {
+        let Some(ops) = ev.dev.iommu_ops() else {
             return Notify::Done;
         };
         let group_action = match ev.action {
@@ -344,7 +343,7 @@ impl Iommu {
         if let Some(g) = dev.iommu_group() {
             return Ok(g);
         }
-        let ops = dev.bus().and_then(|b| b.iommu_ops()).ok_or(Errno::ENODEV)?;
+        let ops = dev.iommu_ops().ok_or(Errno::ENODEV)?;
         let group = {
             let _s = tracing::debug_span!("device_group", driver = ops.name()).entered();
             ops.device_group(self, dev)?
