@@ -73,28 +73,20 @@ impl Format for AmdV1 {
 
     #[inline]
     fn decode(&self, pte: u64, level: usize) -> Pte {
-        if pte & PR == 0 {
-            return Pte::Invalid;
-        }
-        let next = (pte & NEXT_MASK) >> NEXT_SHIFT;
         let addr = PhysAddr::new(pte & ADDR);
-        if next == 0 {
-            if !self.geo.is_leaf_level(level) {
-                return Pte::Invalid;
+        match self.kind(pte, level) {
+            PteKind::Invalid => Pte::Invalid,
+            PteKind::Table => Pte::Table(addr),
+            PteKind::Leaf => {
+                let mut prot = Prot::NONE;
+                if pte & IR != 0 {
+                    prot |= Prot::READ;
+                }
+                if pte & IW != 0 {
+                    prot |= Prot::WRITE;
+                }
+                Pte::Leaf { pa: addr, prot }
             }
-            let mut prot = Prot::NONE;
-            if pte & IR != 0 {
-                prot |= Prot::READ;
-            }
-            if pte & IW != 0 {
-                prot |= Prot::WRITE;
-            }
-            return Pte::Leaf { pa: addr, prot };
-        }
-        if u64::from(self.amd_level(level)) == next + 1 {
-            Pte::Table(addr)
-        } else {
-            Pte::Invalid
         }
     }
 

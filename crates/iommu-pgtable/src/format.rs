@@ -161,8 +161,9 @@ pub trait Format: Send + Sync {
     fn name(&self) -> &'static str;
 
     /// What `pte` (in a table at `level`) is; must agree with
-    /// [`decode`](Self::decode). Formats override it with a cheaper test for
-    /// the walker's batch loops.
+    /// [`decode`](Self::decode). The walker's batch loops use it; the
+    /// built-in formats define their validity rules here and decode on top
+    /// of it.
     #[inline]
     fn kind(&self, pte: u64, level: usize) -> PteKind {
         match self.decode(pte, level) {

@@ -259,28 +259,9 @@ impl Lpae {
             && self.geo.is_leaf_level(level)
             && (pte & TYPE_TABLE_OR_PAGE != 0) == self.is_last_level(level)
     }
-}
 
-impl Format for Lpae {
-    fn geometry(&self) -> &Geometry {
-        &self.geo
-    }
-
-    #[inline]
-    fn decode(&self, pte: u64, level: usize) -> Pte {
-        if pte & VALID == 0 {
-            return Pte::Invalid;
-        }
-        let is_table_or_page = pte & TYPE_TABLE_OR_PAGE != 0;
-        if !self.is_last_level(level) && is_table_or_page {
-            return Pte::Table(PhysAddr::new(self.pte_to_addr(pte)));
-        }
-        if !self.is_leaf(pte, level) {
-            // A block where blocks are not allowed, or 0b01 at the last
-            // level: reserved encodings, which hardware treats as faults.
-            return Pte::Invalid;
-        }
-        let pa = PhysAddr::new(self.pte_to_addr(pte));
+    /// The permissions and attributes of a leaf descriptor.
+    fn leaf_prot(&self, pte: u64) -> Prot {
         let attr = (pte & ATTR_MASK) >> ATTR_SHIFT;
         let mut prot = Prot::NONE;
         match self.cfg.stage {
@@ -315,7 +296,26 @@ impl Format for Lpae {
         if pte & XN != 0 {
             prot |= Prot::NOEXEC;
         }
-        Pte::Leaf { pa, prot }
+        prot
+    }
+}
+
+impl Format for Lpae {
+    fn geometry(&self) -> &Geometry {
+        &self.geo
+    }
+
+    #[inline]
+    fn decode(&self, pte: u64, level: usize) -> Pte {
+        let addr = PhysAddr::new(self.pte_to_addr(pte));
+        match self.kind(pte, level) {
+            PteKind::Invalid => Pte::Invalid,
+            PteKind::Table => Pte::Table(addr),
+            PteKind::Leaf => Pte::Leaf {
+                pa: addr,
+                prot: self.leaf_prot(pte),
+            },
+        }
     }
 
     #[inline]
@@ -400,6 +400,8 @@ impl Format for Lpae {
         } else if self.is_leaf(pte, level) {
             PteKind::Leaf
         } else {
+            // A block where blocks are not allowed, or 0b01 at the last
+            // level: reserved encodings, which hardware treats as faults.
             PteKind::Invalid
         }
     }

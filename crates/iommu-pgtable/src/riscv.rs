@@ -74,6 +74,27 @@ impl Riscv {
     pub fn stage(&self) -> RiscvStage {
         self.stage
     }
+
+    /// The permissions and attributes of a leaf descriptor.
+    fn leaf_prot(&self, pte: u64) -> Prot {
+        let mut prot = Prot::NONE;
+        if pte & R != 0 {
+            prot |= Prot::READ;
+        }
+        if pte & W != 0 {
+            prot |= Prot::WRITE;
+        }
+        if pte & X == 0 {
+            prot |= Prot::NOEXEC;
+        }
+        if self.stage == RiscvStage::First && pte & U == 0 {
+            prot |= Prot::PRIV;
+        }
+        if pte & PBMT_MASK == PBMT_IO {
+            prot |= Prot::MMIO;
+        }
+        prot
+    }
 }
 
 impl Format for Riscv {
@@ -83,41 +104,14 @@ impl Format for Riscv {
 
     #[inline]
     fn decode(&self, pte: u64, level: usize) -> Pte {
-        if pte & V == 0 {
-            return Pte::Invalid;
-        }
-        let pa = (pte & PPN_MASK) << (12 - PPN_SHIFT);
-        let (r, w, x) = (pte & R != 0, pte & W != 0, pte & X != 0);
-        if !r && !w && !x {
-            return if level + 1 < self.geo.levels {
-                Pte::Table(PhysAddr::new(pa))
-            } else {
-                Pte::Invalid
-            };
-        }
-        // W without R is reserved; a superpage must be aligned to its size.
-        if w && !r || pa & (self.geo.entry_size(level) - 1) != 0 {
-            return Pte::Invalid;
-        }
-        let mut prot = Prot::NONE;
-        if r {
-            prot |= Prot::READ;
-        }
-        if w {
-            prot |= Prot::WRITE;
-        }
-        if !x {
-            prot |= Prot::NOEXEC;
-        }
-        if self.stage == RiscvStage::First && pte & U == 0 {
-            prot |= Prot::PRIV;
-        }
-        if pte & PBMT_MASK == PBMT_IO {
-            prot |= Prot::MMIO;
-        }
-        Pte::Leaf {
-            pa: PhysAddr::new(pa),
-            prot,
+        let addr = PhysAddr::new((pte & PPN_MASK) << (12 - PPN_SHIFT));
+        match self.kind(pte, level) {
+            PteKind::Invalid => Pte::Invalid,
+            PteKind::Table => Pte::Table(addr),
+            PteKind::Leaf => Pte::Leaf {
+                pa: addr,
+                prot: self.leaf_prot(pte),
+            },
         }
     }
 
@@ -167,6 +161,7 @@ impl Format for Riscv {
                 PteKind::Invalid
             };
         }
+        // W without R is reserved; a superpage must be aligned to its size.
         let pa = (pte & PPN_MASK) << (12 - PPN_SHIFT);
         if pte & (R | W) == W || pa & (self.geo.entry_size(level) - 1) != 0 {
             PteKind::Invalid
@@ -186,10 +181,7 @@ impl Format for Riscv {
     }
 
     fn dirty_state(&self, pte: u64, level: usize) -> Option<bool> {
-        match self.decode(pte, level) {
-            Pte::Leaf { .. } if pte & W != 0 => Some(pte & D != 0),
-            _ => None,
-        }
+        (self.kind(pte, level) == PteKind::Leaf && pte & W != 0).then_some(pte & D != 0)
     }
 
     fn make_clean(&self, pte: u64) -> u64 {

@@ -617,6 +617,8 @@ impl<F: Format, M: TableMemory> IoPageTable<F, M> {
     // ---- lookup and walk ---------------------------------------------------
 
     /// Translates `iova`, or `None` when nothing maps it.
+    // Its own walk rather than `lookup_raw`: this is the hottest lookup, and
+    // building a `Mapping` out of line costs it about 25% (measured).
     #[inline]
     pub fn iova_to_phys(&self, iova: Iova) -> Option<PhysAddr> {
         if !self.geo.input_fits(iova.raw(), 1) {

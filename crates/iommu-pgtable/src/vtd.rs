@@ -20,6 +20,21 @@ const D: u64 = 1 << 9;
 const SNP: u64 = 1 << 11;
 const ADDR: u64 = ((1 << 52) - 1) & !0xfff;
 
+/// The permissions of a leaf: R, W, and SNP as `IOMMU_CACHE`.
+fn leaf_prot(pte: u64) -> Prot {
+    let mut prot = Prot::NONE;
+    if pte & R != 0 {
+        prot |= Prot::READ;
+    }
+    if pte & W != 0 {
+        prot |= Prot::WRITE;
+    }
+    if pte & SNP != 0 {
+        prot |= Prot::CACHE;
+    }
+    prot
+}
+
 /// VT-d second-level tables for one address width.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct VtdSl {
@@ -68,27 +83,15 @@ impl Format for VtdSl {
 
     #[inline]
     fn decode(&self, pte: u64, level: usize) -> Pte {
-        if pte & (R | W) == 0 {
-            return Pte::Invalid;
-        }
         let addr = PhysAddr::new(pte & ADDR);
-        if !self.is_last(level) && pte & PS == 0 {
-            return Pte::Table(addr);
+        match self.kind(pte, level) {
+            PteKind::Invalid => Pte::Invalid,
+            PteKind::Table => Pte::Table(addr),
+            PteKind::Leaf => Pte::Leaf {
+                pa: addr,
+                prot: leaf_prot(pte),
+            },
         }
-        if !self.is_leaf(pte, level) {
-            return Pte::Invalid; // PS where superpages are not allowed: reserved
-        }
-        let mut prot = Prot::NONE;
-        if pte & R != 0 {
-            prot |= Prot::READ;
-        }
-        if pte & W != 0 {
-            prot |= Prot::WRITE;
-        }
-        if pte & SNP != 0 {
-            prot |= Prot::CACHE;
-        }
-        Pte::Leaf { pa: addr, prot }
     }
 
     #[inline]
@@ -131,7 +134,7 @@ impl Format for VtdSl {
         } else if self.is_leaf(pte, level) {
             PteKind::Leaf
         } else {
-            PteKind::Invalid
+            PteKind::Invalid // PS where superpages are not allowed: reserved
         }
     }
 
