@@ -1,0 +1,96 @@
+//! Where the per-CPU caches get the current CPU from.
+//!
+//! A kernel plugs in its own [`CpuId`] (reading a per-CPU register, with
+//! preemption handled by the caller). Hosted builds use [`ThreadCpu`], which
+//! gives each thread a fixed shard round-robin: correct with any number of
+//! threads (shards are locked), fastest with at most one thread per shard.
+
+/// The current CPU, as an index below [`nr_cpus`](CpuId::nr_cpus).
+pub trait CpuId: Send + Sync {
+    /// How many CPUs (shards) there are; at least 1.
+    fn nr_cpus(&self) -> usize;
+    /// The CPU the caller runs on. Values at or above `nr_cpus` are reduced
+    /// modulo it, so a sloppy source costs speed, never correctness.
+    fn current(&self) -> usize;
+}
+
+/// One CPU: every caller shares shard 0 (single-threaded kernels, tests).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SingleCpu;
+
+impl CpuId for SingleCpu {
+    fn nr_cpus(&self) -> usize {
+        1
+    }
+    fn current(&self) -> usize {
+        0
+    }
+}
+
+#[cfg(feature = "std")]
+mod thread {
+    use super::CpuId;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    static NEXT_SLOT: AtomicUsize = AtomicUsize::new(0);
+
+    std::thread_local! {
+        static SLOT: usize = NEXT_SLOT.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Thread-sharded CPU ids: each thread takes the next slot the first
+    /// time it asks, and keeps it; the shard is the slot modulo the count.
+    #[derive(Clone, Copy, Debug)]
+    pub struct ThreadCpu {
+        nr: usize,
+    }
+
+    impl ThreadCpu {
+        /// `nr` shards (at least 1).
+        pub fn new(nr: usize) -> Self {
+            Self { nr: nr.max(1) }
+        }
+
+        /// One shard per CPU the process may run on.
+        pub fn available() -> Self {
+            Self::new(std::thread::available_parallelism().map_or(1, |n| n.get()))
+        }
+    }
+
+    impl Default for ThreadCpu {
+        fn default() -> Self {
+            Self::available()
+        }
+    }
+
+    impl CpuId for ThreadCpu {
+        fn nr_cpus(&self) -> usize {
+            self.nr
+        }
+        #[inline]
+        fn current(&self) -> usize {
+            SLOT.with(|s| *s) % self.nr
+        }
+    }
+}
+
+#[cfg(feature = "std")]
+pub use thread::ThreadCpu;
+
+impl<T: CpuId + ?Sized> CpuId for &T {
+    fn nr_cpus(&self) -> usize {
+        (**self).nr_cpus()
+    }
+    fn current(&self) -> usize {
+        (**self).current()
+    }
+}
+
+impl<T: CpuId + ?Sized> CpuId for alloc::sync::Arc<T> {
+    fn nr_cpus(&self) -> usize {
+        (**self).nr_cpus()
+    }
+    fn current(&self) -> usize {
+        (**self).current()
+    }
+}

@@ -1,0 +1,239 @@
+//! [`IovaDomain`]: the tree behind a lock, with the per-CPU caches in front.
+
+use crate::cpu::CpuId;
+use crate::rcache::{Rcaches, CACHE_CLASSES};
+use crate::tree::{order_base_2, IovaTree};
+use crate::{IovaError, IovaRange};
+use spin::Mutex;
+
+/// Sizes below this many granules are rounded up to a power of two by the
+/// fast path, so that what comes back to a cache always has its class's size.
+const ROUND_UP_BELOW: u64 = 1 << (CACHE_CLASSES - 1);
+
+/// Counts describing an allocator's state.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IovaStats {
+    /// Ranges in the tree: live allocations, cached ranges and reserved ranges.
+    pub tree_ranges: usize,
+    /// Of those, how many wait in a per-CPU cache or the depot.
+    pub cached: usize,
+}
+
+/// An IOVA space of one domain (Linux's `struct iova_domain` with its rcaches).
+///
+/// Addresses are counted in granules ("frames"; `pfn` below). The slow path
+/// ([`alloc`](Self::alloc), [`free`](Self::free)) works on the tree; the fast
+/// path ([`alloc_fast`](Self::alloc_fast), [`free_fast`](Self::free_fast))
+/// serves ranges of up to 32 granules from per-CPU caches.
+///
+/// Every method takes `&self` and is linearizable: no range is handed out
+/// twice, and a freed range can be allocated again.
+///
+/// ```
+/// use iommu_iova::{IovaDomain, SingleCpu};
+///
+/// let iovad = IovaDomain::new(4096, 1, SingleCpu).unwrap();
+/// let limit = iovad.dma_32bit_pfn() - 1;
+/// let pfn = iovad.alloc_fast(1, limit, true).unwrap();
+/// assert_eq!(pfn, limit); // top-down
+/// iovad.free_fast(pfn, 1);
+/// // The cache hands the same range straight back.
+/// assert_eq!(iovad.alloc_fast(1, limit, true), Ok(pfn));
+/// ```
+pub struct IovaDomain<C: CpuId> {
+    shift: u32,
+    start_pfn: u64,
+    dma_32bit_pfn: u64,
+    tree: Mutex<IovaTree>,
+    rcaches: Rcaches,
+    cpu: C,
+}
+
+impl<C: CpuId> core::fmt::Debug for IovaDomain<C> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("IovaDomain")
+            .field("granule", &self.granule())
+            .field("start_pfn", &self.start_pfn)
+            .field("stats", &self.stats())
+            .finish()
+    }
+}
+
+impl<C: CpuId> IovaDomain<C> {
+    /// A domain of `granule`-byte frames handing out frames from `start_pfn`
+    /// up (Linux's `init_iova_domain` plus `iova_domain_init_rcaches`).
+    /// DMA layers start at 1 so that address 0 is never valid.
+    ///
+    /// # Errors
+    /// [`IovaError::InvalidGranule`] unless `granule` is a power of two of at
+    /// least 512 bytes.
+    pub fn new(granule: u64, start_pfn: u64, cpu: C) -> Result<Self, IovaError> {
+        if !granule.is_power_of_two() || granule < 512 {
+            return Err(IovaError::InvalidGranule);
+        }
+        let shift = granule.trailing_zeros();
+        let dma_32bit_pfn = 1u64 << (32 - shift);
+        let max_pfn = u64::MAX >> shift;
+        Ok(Self {
+            shift,
+            start_pfn,
+            dma_32bit_pfn,
+            tree: Mutex::new(IovaTree::new(start_pfn, max_pfn, dma_32bit_pfn)),
+            rcaches: Rcaches::new(cpu.nr_cpus()),
+            cpu,
+        })
+    }
+
+    /// Bytes per frame.
+    pub fn granule(&self) -> u64 {
+        1 << self.shift
+    }
+
+    /// `log2(granule)`.
+    pub fn shift(&self) -> u32 {
+        self.shift
+    }
+
+    /// The lowest frame handed out.
+    pub fn start_pfn(&self) -> u64 {
+        self.start_pfn
+    }
+
+    /// The first frame at or above 4 GiB; limits below it are "32-bit".
+    pub fn dma_32bit_pfn(&self) -> u64 {
+        self.dma_32bit_pfn
+    }
+
+    /// The CPU id source.
+    pub fn cpu_id(&self) -> &C {
+        &self.cpu
+    }
+
+    /// Allocates `size` frames ending at or below `limit_pfn` from the tree,
+    /// top-down (Linux's `alloc_iova`).
+    ///
+    /// # Errors
+    /// [`IovaError::InvalidSize`] for zero; [`IovaError::NoSpace`] when
+    /// nothing fits (and, for a 32-bit limit, at once for any size not
+    /// smaller than one that failed since the last 32-bit free).
+    pub fn alloc(&self, size: u64, limit_pfn: u64, size_aligned: bool) -> Result<u64, IovaError> {
+        self.tree.lock().alloc(size, limit_pfn, size_aligned)
+    }
+
+    /// The allocated range containing `pfn` (cached ranges count as allocated).
+    pub fn find(&self, pfn: u64) -> Option<IovaRange> {
+        self.tree.lock().find(pfn)
+    }
+
+    /// Frees the tree range containing `pfn` (Linux's `free_iova`).
+    ///
+    /// # Errors
+    /// [`IovaError::NotAllocated`] when no allocated range contains it.
+    pub fn free(&self, pfn: u64) -> Result<IovaRange, IovaError> {
+        self.tree.lock().free(pfn)
+    }
+
+    /// Reserves `[pfn_lo, pfn_hi]` so it is never handed out (Linux's
+    /// `reserve_iova`), merging with reserved ranges it overlaps or touches.
+    ///
+    /// # Errors
+    /// [`IovaError::InvalidRange`] for `pfn_lo > pfn_hi` or frames beyond the
+    /// address space; [`IovaError::Overlap`] when it overlaps a live or
+    /// cached allocation (nothing is then reserved).
+    pub fn reserve(&self, pfn_lo: u64, pfn_hi: u64) -> Result<IovaRange, IovaError> {
+        if (pfn_lo | pfn_hi) > u64::MAX >> self.shift {
+            return Err(IovaError::InvalidRange);
+        }
+        self.tree.lock().reserve(pfn_lo, pfn_hi)
+    }
+
+    /// Allocates `size` frames ending at or below `limit_pfn`, from this
+    /// CPU's cache when the size is cacheable, else from the tree (Linux's
+    /// `alloc_iova_fast`). Sizes under 32 frames are rounded up to a power of
+    /// two and every range is size-aligned. When the tree has no room and
+    /// `flush_caches` is set, every cache is emptied into the tree once and
+    /// the allocation retried.
+    ///
+    /// # Errors
+    /// As [`alloc`](Self::alloc).
+    pub fn alloc_fast(
+        &self,
+        size: u64,
+        limit_pfn: u64,
+        flush_caches: bool,
+    ) -> Result<u64, IovaError> {
+        if size == 0 {
+            return Err(IovaError::InvalidSize);
+        }
+        let size = if size < ROUND_UP_BELOW {
+            size.next_power_of_two()
+        } else {
+            size
+        };
+        let class = order_base_2(size) as usize;
+        if class < CACHE_CLASSES {
+            if let Some(max_start) = (limit_pfn + 1).checked_sub(size) {
+                if let Some(pfn) = self.rcaches.get(self.cpu.current(), class, max_start) {
+                    return Ok(pfn);
+                }
+            }
+        }
+        match self.alloc(size, limit_pfn, true) {
+            Err(IovaError::NoSpace) if flush_caches => {
+                self.flush_caches();
+                self.alloc(size, limit_pfn, true)
+            }
+            r => r,
+        }
+    }
+
+    /// Returns a range [`alloc_fast`](Self::alloc_fast) gave out, to this
+    /// CPU's cache when its size is cacheable, else to the tree (Linux's
+    /// `free_iova_fast`).
+    ///
+    /// `pfn` and `size` must be exactly what `alloc_fast` returned and was
+    /// asked for: cacheable ranges are not looked up in the tree (that is the
+    /// point of the cache), so a wrong pair corrupts the allocator's view. A
+    /// caller that cannot trust its input checks with [`find`](Self::find)
+    /// first. Debug builds check.
+    pub fn free_fast(&self, pfn: u64, size: u64) {
+        debug_assert!(
+            self.find(pfn).is_some_and(|r| r.pfn_lo == pfn),
+            "free_fast of a frame alloc_fast did not return"
+        );
+        let class = order_base_2(size.max(1)) as usize;
+        if class < CACHE_CLASSES {
+            if let Some(mag) = self.rcaches.insert(self.cpu.current(), class, pfn) {
+                let mut tree = self.tree.lock();
+                for &p in mag.pfns() {
+                    tree.free_exact(p);
+                }
+            }
+        } else {
+            // An unknown frame is the caller's bug; the tree just ignores it.
+            let _ = self.free(pfn);
+        }
+    }
+
+    /// Returns every cached range to the tree (Linux's
+    /// `free_cpu_cached_iovas` on every CPU plus `free_global_cached_iovas`).
+    pub fn flush_caches(&self) {
+        let mut tree = self.tree.lock();
+        self.rcaches.drain(|p| {
+            tree.free_exact(p);
+        });
+    }
+
+    /// How many ranges the tree and the caches hold.
+    pub fn stats(&self) -> IovaStats {
+        IovaStats {
+            tree_ranges: self.tree.lock().len(),
+            cached: self.rcaches.cached(),
+        }
+    }
+
+    /// Every tree range in address order, with whether it is reserved.
+    pub fn ranges(&self) -> alloc::vec::Vec<(IovaRange, bool)> {
+        self.tree.lock().ranges().collect()
+    }
+}

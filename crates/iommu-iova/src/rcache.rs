@@ -1,0 +1,210 @@
+//! Per-CPU range caches (the "magazine" design of Bonwick and Adams, as
+//! Linux's IOVA rcache uses it).
+//!
+//! Each CPU has, per size class, a *loaded* and a *previous* magazine of
+//! free ranges. Frees push to the loaded one (swapping in the previous one
+//! when it is full, or parking a full one in the shared depot); allocations
+//! pop from it (swapping in the previous one, or taking a full magazine from
+//! the depot, when it is empty). The tree is only touched when the depot
+//! grows past one magazine per CPU (the oldest goes back to the tree) or when
+//! every cache is flushed after the tree ran out.
+//!
+//! A range in a magazine is still allocated in the tree: the caches only
+//! decide who gets it next, so a range is in at most one of "with a caller",
+//! "in one magazine".
+
+use alloc::boxed::Box;
+use alloc::vec::Vec;
+use spin::Mutex;
+
+/// Ranges per magazine: with the length word, a magazine is 1 KiB.
+pub const MAG_SIZE: usize = 127;
+/// Size classes: ranges of 1, 2, 4, 8, 16 and 32 granules are cached.
+pub const CACHE_CLASSES: usize = 6;
+
+pub(crate) struct Magazine {
+    len: usize,
+    pfns: [u64; MAG_SIZE],
+}
+
+impl Magazine {
+    fn new() -> Box<Self> {
+        Box::new(Self {
+            len: 0,
+            pfns: [0; MAG_SIZE],
+        })
+    }
+
+    fn is_full(&self) -> bool {
+        self.len == MAG_SIZE
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Pops the newest range starting at or below `max_start`; older ones are
+    /// searched only when the newest does not fit, as the tree is the better
+    /// place for a request no cached range satisfies.
+    fn pop(&mut self, max_start: u64) -> Option<u64> {
+        let i = self.pfns[..self.len].iter().rposition(|&p| p <= max_start)?;
+        let pfn = self.pfns[i];
+        self.len -= 1;
+        self.pfns[i] = self.pfns[self.len];
+        Some(pfn)
+    }
+
+    fn push(&mut self, pfn: u64) {
+        debug_assert!(!self.is_full());
+        self.pfns[self.len] = pfn;
+        self.len += 1;
+    }
+
+    pub(crate) fn pfns(&self) -> &[u64] {
+        &self.pfns[..self.len]
+    }
+}
+
+struct CpuRcache {
+    loaded: Box<Magazine>,
+    prev: Box<Magazine>,
+}
+
+/// One CPU's caches, on their own cache lines so CPUs never share one.
+#[repr(align(128))]
+struct PerCpu {
+    classes: [Mutex<CpuRcache>; CACHE_CLASSES],
+}
+
+pub(crate) struct Rcaches {
+    cpus: Box<[PerCpu]>,
+    depots: [Mutex<Vec<Box<Magazine>>>; CACHE_CLASSES],
+    max_depot: usize,
+}
+
+impl Rcaches {
+    pub(crate) fn new(nr_cpus: usize) -> Self {
+        let cpus = (0..nr_cpus.max(1))
+            .map(|_| PerCpu {
+                classes: core::array::from_fn(|_| {
+                    Mutex::new(CpuRcache {
+                        loaded: Magazine::new(),
+                        prev: Magazine::new(),
+                    })
+                }),
+            })
+            .collect();
+        Self {
+            cpus,
+            depots: core::array::from_fn(|_| Mutex::new(Vec::new())),
+            max_depot: nr_cpus.max(1),
+        }
+    }
+
+    fn cpu(&self, cpu: usize) -> &PerCpu {
+        &self.cpus[cpu % self.cpus.len()]
+    }
+
+    /// A cached range of `class` starting at or below `max_start`.
+    pub(crate) fn get(&self, cpu: usize, class: usize, max_start: u64) -> Option<u64> {
+        let mut c = self.cpu(cpu).classes[class].lock();
+        if c.loaded.is_empty() {
+            if !c.prev.is_empty() {
+                let c = &mut *c;
+                core::mem::swap(&mut c.loaded, &mut c.prev);
+            } else {
+                let full = self.depots[class].lock().pop()?;
+                c.loaded = full;
+            }
+        }
+        c.loaded.pop(max_start)
+    }
+
+    /// Caches a freed range. Returns a full magazine the depot no longer
+    /// wants; its ranges must go back to the tree.
+    pub(crate) fn insert(&self, cpu: usize, class: usize, pfn: u64) -> Option<Box<Magazine>> {
+        let mut trimmed = None;
+        let mut c = self.cpu(cpu).classes[class].lock();
+        if c.loaded.is_full() {
+            let c = &mut *c;
+            if c.prev.is_full() {
+                let full = core::mem::replace(&mut c.loaded, Magazine::new());
+                let mut depot = self.depots[class].lock();
+                depot.push(full);
+                if depot.len() > self.max_depot {
+                    trimmed = Some(depot.remove(0));
+                }
+            } else {
+                core::mem::swap(&mut c.loaded, &mut c.prev);
+            }
+        }
+        c.loaded.push(pfn);
+        trimmed
+    }
+
+    /// Empties every cache, handing each cached range to `free`.
+    pub(crate) fn drain(&self, mut free: impl FnMut(u64)) {
+        for class in 0..CACHE_CLASSES {
+            for cpu in self.cpus.iter() {
+                let mut guard = cpu.classes[class].lock();
+                let c = &mut *guard;
+                for mag in [&mut c.loaded, &mut c.prev] {
+                    mag.pfns().iter().for_each(|&p| free(p));
+                    mag.len = 0;
+                }
+            }
+            let depot = core::mem::take(&mut *self.depots[class].lock());
+            for mag in depot {
+                mag.pfns().iter().for_each(|&p| free(p));
+            }
+        }
+    }
+
+    /// Ranges currently cached, for statistics and tests.
+    pub(crate) fn cached(&self) -> usize {
+        let mut n = 0;
+        for class in 0..CACHE_CLASSES {
+            for cpu in self.cpus.iter() {
+                let c = cpu.classes[class].lock();
+                n += c.loaded.len + c.prev.len;
+            }
+            n += self.depots[class].lock().len() * MAG_SIZE;
+        }
+        n
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_magazine_pops_only_ranges_under_the_limit() {
+        let mut m = Magazine::new();
+        m.push(10);
+        m.push(500);
+        assert_eq!(m.pop(100), Some(10));
+        assert_eq!(m.pop(100), None);
+        assert_eq!(m.pop(1000), Some(500));
+    }
+
+    #[test]
+    fn full_magazines_go_to_the_depot_and_the_oldest_is_trimmed() {
+        let r = Rcaches::new(1);
+        let mut trimmed = Vec::new();
+        // loaded and prev fill, one full magazine goes to the depot (its
+        // limit for one CPU), then the next push trims the oldest.
+        let n = MAG_SIZE * 3 + 1;
+        for pfn in 0..n as u64 {
+            if let Some(m) = r.insert(0, 0, pfn) {
+                trimmed.extend_from_slice(m.pfns());
+            }
+        }
+        assert_eq!(trimmed.len(), MAG_SIZE);
+        assert_eq!(r.cached() + trimmed.len(), n);
+        let mut drained = 0;
+        r.drain(|_| drained += 1);
+        assert_eq!(drained + trimmed.len(), n);
+        assert_eq!(r.cached(), 0);
+    }
+}
