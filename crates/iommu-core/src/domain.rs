@@ -6,7 +6,11 @@ use crate::Device;
 use iommu_types::{Errno, IotlbGather, Iova, PhysAddr, Prot};
 use std::fmt;
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::{Arc, RwLock};
+use std::any::Any;
+use std::sync::{Arc, Mutex, RwLock, Weak};
+
+/// What a DMA layer keeps in a domain (Linux's `domain->iova_cookie`).
+pub type IovaCookie = Arc<dyn Any + Send + Sync>;
 
 const PAGING: u8 = 1 << 0;
 const DMA_API: u8 = 1 << 1;
@@ -123,6 +127,7 @@ struct DomainInner {
     pgsize_bitmap: u64,
     geometry: DomainGeometry,
     fault_handler: RwLock<Option<FaultHandler>>,
+    iova_cookie: Mutex<Option<IovaCookie>>,
 }
 
 /// A domain (`struct iommu_domain`); clones share it, equality is identity.
@@ -206,6 +211,7 @@ impl Domain {
             pgsize_bitmap,
             geometry,
             fault_handler: RwLock::new(None),
+            iova_cookie: Mutex::new(None),
         }))
     }
 
@@ -243,6 +249,36 @@ impl Domain {
     /// Name of the driver that allocated it.
     pub fn driver(&self) -> &str {
         &self.0.driver
+    }
+
+    /// A handle that does not keep the domain alive.
+    pub fn downgrade(&self) -> WeakDomain {
+        WeakDomain(Arc::downgrade(&self.0))
+    }
+
+    /// The DMA layer's state for this domain, if one was set up.
+    pub fn iova_cookie(&self) -> Option<IovaCookie> {
+        crate::lock(&self.0.iova_cookie).clone()
+    }
+
+    /// The DMA layer's state, created by `init` the first time it is asked
+    /// for (Linux's `iommu_get_dma_cookie` plus `iommu_dma_init_domain`).
+    /// The cookie lives as long as the domain; it must hold the domain only
+    /// weakly.
+    ///
+    /// # Errors
+    /// `init`'s error; no cookie is then stored.
+    pub fn get_or_init_iova_cookie<E>(
+        &self,
+        init: impl FnOnce(&Domain) -> Result<IovaCookie, E>,
+    ) -> Result<IovaCookie, E> {
+        let mut slot = crate::lock(&self.0.iova_cookie);
+        if let Some(c) = &*slot {
+            return Ok(c.clone());
+        }
+        let c = init(self)?;
+        *slot = Some(c.clone());
+        Ok(c)
     }
 
     /// Reference count (holders of this domain: groups, devices' hardware state, callers).
@@ -482,3 +518,15 @@ impl Domain {
 }
 
 use crate::ops::MapPagesError as MapErr;
+
+/// A domain reference that does not keep it alive (for timers and caches
+/// the domain itself owns).
+#[derive(Clone, Debug, Default)]
+pub struct WeakDomain(Weak<DomainInner>);
+
+impl WeakDomain {
+    /// The domain, if it still exists.
+    pub fn upgrade(&self) -> Option<Domain> {
+        self.0.upgrade().map(Domain)
+    }
+}

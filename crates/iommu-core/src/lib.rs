@@ -46,7 +46,9 @@ pub mod testing;
 
 pub use bus::{Bus, BusAction, BusEvent};
 pub use device::{Device, DeviceBuilder};
-pub use domain::{pgsize_for, Domain, DomainType, FaultAccess, FaultHandler, SgEntry};
+pub use domain::{
+    pgsize_for, Domain, DomainType, FaultAccess, FaultHandler, IovaCookie, SgEntry, WeakDomain,
+};
 pub use fail::{FailPoint, FailPoints};
 pub use group::{
     DmaOwner, Group, GroupAction, GroupEvent, IommuDataRelease, StreamIdGroups, WeakGroup,

@@ -583,3 +583,25 @@ fn releasing_an_unowned_group_is_a_logged_no_op() {
         .iter()
         .any(|l| l.contains("release of a DMA owner")));
 }
+
+#[test]
+fn the_iova_cookie_is_made_once_lives_with_the_domain_and_a_failed_init_stores_nothing() {
+    let w = world(&[]);
+    let d = w.iommu.domain_alloc(&w.bus, DomainType::Dma).unwrap();
+    assert!(d.iova_cookie().is_none());
+    let r: Result<_, Errno> = d.get_or_init_iova_cookie(|_| Err(Errno::ENOMEM));
+    assert_eq!(r.err(), Some(Errno::ENOMEM));
+    assert!(d.iova_cookie().is_none());
+    let made = d
+        .get_or_init_iova_cookie::<Errno>(|_| Ok(std::sync::Arc::new(7u32)))
+        .unwrap();
+    let again = d
+        .get_or_init_iova_cookie::<Errno>(|_| panic!("made twice"))
+        .unwrap();
+    assert!(std::sync::Arc::ptr_eq(&made, &again));
+    let weak_cookie = std::sync::Arc::downgrade(&made);
+    let weak_domain = d.downgrade();
+    drop((made, again, d));
+    assert!(weak_domain.upgrade().is_none());
+    assert!(weak_cookie.upgrade().is_none(), "the cookie died with its domain");
+}
