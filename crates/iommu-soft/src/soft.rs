@@ -77,6 +77,58 @@ struct Stats {
     iotlb_syncs: AtomicU64,
     flush_alls: AtomicU64,
     walks: AtomicU64,
+    iotlb_hits: AtomicU64,
+}
+
+/// IOTLB page size: entries cache one 4 KiB page each, whatever the leaf size.
+const TLB_PAGE_SHIFT: u32 = 12;
+
+/// One cached translation.
+#[derive(Clone, Copy)]
+struct TlbEntry {
+    pa_page: u64,
+    prot: Prot,
+}
+
+/// The emulated IOTLB: translations cached by [`SoftIommu::translate`] and
+/// removed only by invalidation (`iotlb_sync`, `flush_iotlb_all`), so that a
+/// missing invalidation shows up as a stale translation, as on hardware.
+///
+/// Walks happen with the lock held, so an invalidation that returns has
+/// waited for every walk that might have read a descriptor it cleared.
+#[derive(Default)]
+struct Iotlb {
+    entries: std::sync::Mutex<HashMap<(u64, u64), TlbEntry>>,
+    /// Entry count, read without the lock so invalidations of an empty
+    /// IOTLB (every one on the map/unmap fast path) cost one load.
+    len: std::sync::atomic::AtomicUsize,
+}
+
+impl Iotlb {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(u64, u64), TlbEntry>> {
+        self.entries.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Removes the domain's entries for pages in `[first, last]` (or all of
+    /// them with `None`).
+    fn invalidate(&self, domain: u64, range: Option<(u64, u64)>) {
+        if self.len.load(Ordering::Acquire) == 0 {
+            return;
+        }
+        let mut map = self.lock();
+        match range {
+            Some((first, last)) if last - first < 512 => {
+                for page in first..=last {
+                    map.remove(&(domain, page));
+                }
+            }
+            Some((first, last)) => {
+                map.retain(|&(d, p), _| d != domain || p < first || p > last)
+            }
+            None => map.retain(|&(d, _), _| d != domain),
+        }
+        self.len.store(map.len(), Ordering::Release);
+    }
 }
 
 struct SoftInner {
@@ -85,6 +137,8 @@ struct SoftInner {
     streams: RwLock<HashMap<u32, Domain>>,
     by_stream: StreamIdGroups,
     stats: Stats,
+    iotlb: Iotlb,
+    next_domain_id: AtomicU64,
 }
 
 /// The software IOMMU driver; clones share the same hardware.
@@ -116,6 +170,8 @@ impl SoftIommu {
                 streams: RwLock::new(HashMap::new()),
                 by_stream: StreamIdGroups::new(),
                 stats: Stats::default(),
+                iotlb: Iotlb::default(),
+                next_domain_id: AtomicU64::new(1),
             }),
         }
     }
@@ -139,6 +195,21 @@ impl SoftIommu {
     /// Table walks performed by [`translate`](Self::translate).
     pub fn walks(&self) -> u64 {
         self.inner.stats.walks.load(Ordering::Relaxed)
+    }
+
+    /// Translations [`translate`](Self::translate) served from the IOTLB.
+    pub fn iotlb_hits(&self) -> u64 {
+        self.inner.stats.iotlb_hits.load(Ordering::Relaxed)
+    }
+
+    /// Whole-IOTLB invalidations received (`flush_iotlb_all`).
+    pub fn flush_alls(&self) -> u64 {
+        self.inner.stats.flush_alls.load(Ordering::Relaxed)
+    }
+
+    /// Translations the IOTLB holds.
+    pub fn iotlb_entries(&self) -> usize {
+        self.inner.iotlb.len.load(Ordering::Acquire)
     }
 
     /// Translates one DMA access of `dev` at `iova`, as the hardware would:
@@ -174,19 +245,38 @@ impl SoftIommu {
         else {
             return Err(TranslateError::NoStream);
         };
-        let _s = tracing::trace_span!("hw_walk", dev = dev.name(), %iova, ?access).entered();
-        self.inner.stats.walks.fetch_add(1, Ordering::Relaxed);
-        let leaf = soft.table.as_ref().and_then(|t| t.lookup(iova));
-        match leaf {
+        let page = iova.raw() >> TLB_PAGE_SHIFT;
+        let offset = iova.raw() & ((1 << TLB_PAGE_SHIFT) - 1);
+        let iotlb = &self.inner.iotlb;
+        let mut tlb = iotlb.lock();
+        let entry = if let Some(e) = tlb.get(&(soft.id, page)) {
+            self.inner.stats.iotlb_hits.fetch_add(1, Ordering::Relaxed);
+            Some(*e)
+        } else {
+            let _s = tracing::trace_span!("hw_walk", dev = dev.name(), %iova, ?access).entered();
+            self.inner.stats.walks.fetch_add(1, Ordering::Relaxed);
+            let leaf = soft.table.as_ref().and_then(|t| t.lookup(iova));
+            leaf.map(|m| {
+                let e = TlbEntry {
+                    pa_page: (m.pa.raw() + (iova.raw() - m.iova.raw())) >> TLB_PAGE_SHIFT,
+                    prot: m.prot,
+                };
+                tlb.insert((soft.id, page), e);
+                iotlb.len.store(tlb.len(), Ordering::Release);
+                e
+            })
+        };
+        drop(tlb);
+        match entry {
             None => Err(TranslateError::Translation {
                 report: domain.report_fault(dev, iova, fault),
             }),
-            Some(m) if access == Access::Write && !m.prot.contains(Prot::WRITE) => {
+            Some(e) if access == Access::Write && !e.prot.contains(Prot::WRITE) => {
                 Err(TranslateError::Permission {
                     report: domain.report_fault(dev, iova, fault),
                 })
             }
-            Some(m) => Ok(PhysAddr::new(m.pa.raw() + (iova.raw() - m.iova.raw()))),
+            Some(e) => Ok(PhysAddr::new((e.pa_page << TLB_PAGE_SHIFT) | offset)),
         }
     }
 }
@@ -216,6 +306,7 @@ impl IommuOps for SoftIommu {
             None
         };
         Ok(Box::new(SoftDomain {
+            id: self.inner.next_domain_id.fetch_add(1, Ordering::Relaxed),
             hw: Arc::downgrade(&self.inner),
             table,
         }))
@@ -260,6 +351,8 @@ impl IommuOps for SoftIommu {
 /// The table is shared without a lock: it installs tables with
 /// compare-and-exchange, so maps and unmaps of disjoint ranges run in parallel.
 pub struct SoftDomain {
+    /// The hardware's domain id (IOTLB tag).
+    id: u64,
     /// Weak: the hardware's stream table holds domains, so a strong
     /// reference back would keep both alive forever.
     hw: Weak<SoftInner>,
@@ -332,6 +425,10 @@ impl DomainOps for SoftDomain {
     fn iotlb_sync(&self, gather: &IotlbGather) {
         if let Some(hw) = self.hw.upgrade() {
             hw.stats.iotlb_syncs.fetch_add(1, Ordering::Relaxed);
+            if let Some((first, last)) = gather.range() {
+                let range = (first.raw() >> TLB_PAGE_SHIFT, last.raw() >> TLB_PAGE_SHIFT);
+                hw.iotlb.invalidate(self.id, Some(range));
+            }
         }
         // The (emulated) IOTLB holds nothing stale now: detached tables may be reused.
         if let Some(t) = &self.table {
@@ -342,11 +439,21 @@ impl DomainOps for SoftDomain {
     fn flush_iotlb_all(&self) {
         if let Some(hw) = self.hw.upgrade() {
             hw.stats.flush_alls.fetch_add(1, Ordering::Relaxed);
+            hw.iotlb.invalidate(self.id, None);
         }
     }
 
     fn as_any(&self) -> Option<&dyn Any> {
         Some(self)
+    }
+}
+
+impl Drop for SoftDomain {
+    fn drop(&mut self) {
+        // A freed domain's id is never reused, but its entries would pile up.
+        if let Some(hw) = self.hw.upgrade() {
+            hw.iotlb.invalidate(self.id, None);
+        }
     }
 }
 
@@ -459,6 +566,31 @@ mod tests {
             Err(TranslateError::Translation { .. })
         ));
         assert!(soft.iotlb_syncs() >= 1);
+    }
+
+    #[test]
+    fn the_iotlb_serves_repeat_translations_until_invalidated() {
+        let (_iommu, _bus, soft, dev) = setup();
+        let d = dev.iommu_group().unwrap().default_domain().unwrap();
+        d.map(Iova::new(0x1000), PhysAddr::new(0x9000), 0x2000, Prot::RW)
+            .unwrap();
+        let at = |iova| soft.translate(&dev, Iova::new(iova), Access::Read);
+        assert_eq!(at(0x1010), Ok(PhysAddr::new(0x9010)));
+        assert_eq!(at(0x1ff8), Ok(PhysAddr::new(0x9ff8)));
+        assert_eq!((soft.walks(), soft.iotlb_hits()), (1, 1));
+        assert_eq!(at(0x2000), Ok(PhysAddr::new(0xa000)));
+        assert_eq!(soft.iotlb_entries(), 2);
+        // An unmap that is not synced leaves the translation stale...
+        let mut g = IotlbGather::new();
+        assert_eq!(d.unmap_fast(Iova::new(0x1000), 0x1000, &mut g), 0x1000);
+        assert_eq!(at(0x1010), Ok(PhysAddr::new(0x9010)), "stale until synced");
+        // ...and the sync removes exactly the gathered range.
+        d.iotlb_sync(g);
+        assert!(matches!(at(0x1010), Err(TranslateError::Translation { .. })));
+        assert_eq!(at(0x2000), Ok(PhysAddr::new(0xa000)));
+        d.flush_iotlb_all();
+        assert_eq!(soft.iotlb_entries(), 0);
+        assert_eq!(soft.flush_alls(), 1);
     }
 
     #[test]
