@@ -147,6 +147,26 @@ impl<C: CpuId> IovaDomain<C> {
         self.tree.lock().reserve(pfn_lo, pfn_hi)
     }
 
+    /// Reserves every `(pfn_lo, pfn_hi)` of `ranges`, or none of them.
+    ///
+    /// # Errors
+    /// As [`reserve`](Self::reserve), for the first range that fails.
+    pub fn reserve_all(&self, ranges: &[(u64, u64)]) -> Result<(), IovaError> {
+        let mut tree = self.tree.lock();
+        for &(lo, hi) in ranges {
+            if lo > hi || (lo | hi) > u64::MAX >> self.shift {
+                return Err(IovaError::InvalidRange);
+            }
+            if tree.overlaps_allocation(lo, hi) {
+                return Err(IovaError::Overlap);
+            }
+        }
+        for &(lo, hi) in ranges {
+            tree.reserve(lo, hi)?;
+        }
+        Ok(())
+    }
+
     /// Allocates `size` frames ending at or below `limit_pfn`, from this
     /// CPU's cache when the size is cacheable, else from the tree (Linux's
     /// `alloc_iova_fast`). Sizes under 32 frames are rounded up to a power of

@@ -291,6 +291,15 @@ impl IovaTree {
         Ok(merged)
     }
 
+    /// Whether a live allocation overlaps `[pfn_lo, pfn_hi]`.
+    pub fn overlaps_allocation(&self, pfn_lo: u64, pfn_hi: u64) -> bool {
+        self.nodes
+            .range(..=pfn_hi)
+            .rev()
+            .take_while(|(_, n)| n.pfn_hi >= pfn_lo)
+            .any(|(_, n)| n.kind == Kind::Allocated)
+    }
+
     /// Every range in address order, with whether it is reserved.
     pub fn ranges(&self) -> impl Iterator<Item = (IovaRange, bool)> + '_ {
         self.nodes.iter().map(|(&lo, n)| {

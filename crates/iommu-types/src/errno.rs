@@ -13,6 +13,8 @@ pub enum Errno {
     EPERM,
     /// No such file or directory.
     ENOENT,
+    /// Input/output error (`dma_set_mask` with an unusable mask).
+    EIO,
     /// Out of memory.
     ENOMEM,
     /// Permission denied.
@@ -43,6 +45,7 @@ impl Errno {
         match self {
             Errno::EPERM => 1,
             Errno::ENOENT => 2,
+            Errno::EIO => 5,
             Errno::ENOMEM => 12,
             Errno::EACCES => 13,
             Errno::EBUSY => 16,
@@ -62,6 +65,7 @@ impl Errno {
         match self {
             Errno::EPERM => "EPERM",
             Errno::ENOENT => "ENOENT",
+            Errno::EIO => "EIO",
             Errno::ENOMEM => "ENOMEM",
             Errno::EACCES => "EACCES",
             Errno::EBUSY => "EBUSY",
@@ -81,6 +85,7 @@ impl Errno {
         match self {
             Errno::EPERM => "Operation not permitted",
             Errno::ENOENT => "No such file or directory",
+            Errno::EIO => "Input/output error",
             Errno::ENOMEM => "Cannot allocate memory",
             Errno::EACCES => "Permission denied",
             Errno::EBUSY => "Device or resource busy",

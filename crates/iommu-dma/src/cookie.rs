@@ -1,0 +1,181 @@
+//! The DMA layer's state of one domain (Linux's `iommu_dma_cookie`): its
+//! IOVA space and, for DMA-FQ domains, its flush queue.
+
+use crate::fq::{FlushQueue, FqStats, Timer, TimerTarget};
+use crate::{DmaError, DmaOptions};
+use iommu_core::{Capability, Device, Domain, Iommu, IotlbGather, ResvType, WeakDomain};
+use iommu_iova::{CpuId, IovaDomain, IovaStats, ThreadCpu};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+/// Counts describing a DMA domain.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DmaDomainStats {
+    /// The IOVA allocator.
+    pub iova: IovaStats,
+    /// The flush queue (zeros for a strict domain that never had one).
+    pub fq: FqStats,
+}
+
+pub(crate) struct DmaCookie {
+    pub(crate) iovad: IovaDomain<ThreadCpu>,
+    domain: WeakDomain,
+    /// The driver can defer invalidation (`IOMMU_CAP_DEFERRED_FLUSH`);
+    /// without it a DMA-FQ domain behaves as DMA.
+    fq_allowed: bool,
+    fq_size: usize,
+    fq_timeout: Duration,
+    /// Made the first time a lazy unmap needs it; `None` if the timer
+    /// thread could not start (the domain then stays strict, as Linux falls
+    /// back to DMA when its flush queue cannot be set up).
+    fq: OnceLock<Option<FlushQueue>>,
+    timer: Arc<Timer>,
+}
+
+impl Drop for DmaCookie {
+    fn drop(&mut self) {
+        self.timer.shutdown();
+    }
+}
+
+impl TimerTarget for DmaCookie {
+    fn fire(&self) {
+        if let (Some(Some(fq)), Some(domain)) = (self.fq.get(), self.domain.upgrade()) {
+            fq.timeout(&self.iovad, &domain);
+        }
+    }
+}
+
+impl DmaCookie {
+    /// Sets up the IOVA space of `domain` (Linux's `iommu_dma_init_domain`):
+    /// the granule is the smallest page size, and frame 0 is never handed
+    /// out so that no valid DMA address is 0.
+    pub(crate) fn new(domain: &Domain, opts: &DmaOptions, fq_allowed: bool) -> Result<Self, DmaError> {
+        let bitmap = domain.pgsize_bitmap();
+        if bitmap == 0 {
+            return Err(DmaError::NotTranslated);
+        }
+        let granule = bitmap & bitmap.wrapping_neg();
+        let shift = granule.trailing_zeros();
+        let base_pfn = (domain.geometry().aperture_start.raw() >> shift).max(1);
+        let iovad = IovaDomain::new(granule, base_pfn, opts.cpus).map_err(DmaError::Iova)?;
+        Ok(Self {
+            iovad,
+            domain: domain.downgrade(),
+            fq_allowed,
+            fq_size: opts.fq_size,
+            fq_timeout: opts.fq_timeout,
+            fq: OnceLock::new(),
+            timer: Timer::new(),
+        })
+    }
+
+    /// Reserves what `dev` must never see as an IOVA: its reserved regions
+    /// (except software MSI windows: the DMA layer is the software that
+    /// would place MSI pages there) and the bridge windows `opts` names.
+    /// All or nothing.
+    pub(crate) fn reserve_for(&self, iommu: &Iommu, dev: &Device, opts: &DmaOptions) -> Result<(), DmaError> {
+        let shift = self.iovad.shift();
+        let mut ranges: Vec<(u64, u64)> = iommu
+            .get_resv_regions(dev)
+            .iter()
+            .filter(|r| r.ty != ResvType::SwMsi && r.length != 0)
+            .map(|r| (r.start.raw(), r.start.raw().saturating_add(r.length - 1)))
+            .collect();
+        ranges.extend(opts.bridge_windows.iter().copied());
+        let mut pfns = Vec::with_capacity(ranges.len());
+        for (start, last) in ranges {
+            if start > last {
+                return Err(DmaError::InvalidArgument);
+            }
+            pfns.push((start >> shift, last >> shift));
+        }
+        self.iovad.reserve_all(&pfns).map_err(DmaError::Iova)
+    }
+
+    /// The flush queue, when unmaps of `domain` should be lazy now: the
+    /// domain is DMA-FQ (possibly switched in place through sysfs) and the
+    /// driver allows deferred flushing.
+    #[inline]
+    pub(crate) fn flush_queue(self: &Arc<Self>, domain: &Domain) -> Option<&FlushQueue> {
+        if !self.fq_allowed || !domain.ty().uses_flush_queue() {
+            return None;
+        }
+        self.fq
+            .get_or_init(|| {
+                let weak = Arc::downgrade(self);
+                match self.timer.spawn(weak) {
+                    Ok(()) => Some(FlushQueue::new(
+                        self.iovad.cpu_id().nr_cpus(),
+                        self.fq_size,
+                        self.fq_timeout,
+                        self.timer.clone(),
+                    )),
+                    Err(e) => {
+                        tracing::warn!("flush queue timer failed to start ({e}); staying strict");
+                        None
+                    }
+                }
+            })
+            .as_ref()
+    }
+
+    /// Unmaps `[iova, iova + len)` (made of the mapped `runs`) and frees
+    /// the IOVA: at once after an IOTLB sync in strict mode, through the
+    /// flush queue in lazy mode (Linux's `__iommu_dma_unmap`).
+    pub(crate) fn unmap(
+        self: &Arc<Self>,
+        domain: &Domain,
+        iova: u64,
+        len: u64,
+        runs: &[(u64, u64)],
+    ) -> Result<(), DmaError> {
+        let fq = self.flush_queue(domain);
+        let mut gather = IotlbGather::new();
+        gather.set_queued(fq.is_some());
+        let mut unmapped = 0;
+        for &(at, n) in runs {
+            unmapped += domain.unmap_fast(iommu_core::Iova::new(at), n, &mut gather);
+        }
+        let mapped: u64 = runs.iter().map(|r| r.1).sum();
+        if unmapped != mapped {
+            // The page tables disagree with the caller: invalidate whatever
+            // went, and keep the IOVA allocated rather than risk handing
+            // out a range that may still be mapped.
+            domain.iotlb_sync(gather);
+            return Err(DmaError::NotMapped);
+        }
+        let (pfn, pages) = (iova >> self.iovad.shift(), len >> self.iovad.shift());
+        match fq {
+            Some(fq) => fq.queue(&self.iovad, domain, pfn, pages, gather),
+            None => {
+                domain.iotlb_sync(gather);
+                self.iovad.free_fast(pfn, pages);
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) fn stats(&self) -> DmaDomainStats {
+        DmaDomainStats {
+            iova: self.iovad.stats(),
+            fq: self
+                .fq
+                .get()
+                .and_then(Option::as_ref)
+                .map(FlushQueue::stats)
+                .unwrap_or_default(),
+        }
+    }
+
+    /// Runs the flush queue's timeout now (for tests and shutdown paths).
+    pub(crate) fn flush_queue_timeout(&self) {
+        self.fire();
+    }
+}
+
+/// Whether the driver of `dev` allows deferred invalidation.
+pub(crate) fn deferred_flush_capable(dev: &Device) -> bool {
+    dev.iommu_ops()
+        .is_some_and(|ops| ops.capable(Capability::DeferredFlush))
+}

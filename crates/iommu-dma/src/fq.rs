@@ -1,0 +1,250 @@
+//! Flush queues: lazy invalidation for DMA-FQ domains (Linux's `iova_fq`).
+//!
+//! A lazy unmap clears the page-table entries but sends no invalidation.
+//! The IOVA goes into the unmapping CPU's queue, tagged with the count of
+//! flush-alls *started* so far. An entry is freed once a flush-all that
+//! started after it was queued has *finished*: only then can no IOTLB hold
+//! its translation, so only then may the IOVA be handed out again.
+//!
+//! # The stale window
+//!
+//! Between a lazy unmap and the next flush-all the device may still reach
+//! the unmapped buffer through a stale IOTLB entry. That window is bounded:
+//! a flush-all happens when the unmapping CPU's queue is full (at most
+//! `fq_size` further unmaps on that CPU, 256 by default) or when the timer
+//! set by the first entry queued after the previous timeout expires
+//! (`fq_timeout`, 10 ms by default), whichever comes first. The IOVA itself
+//! is never reused inside the window, so a stale translation only ever
+//! reaches the buffer its owner just unmapped, never someone else's.
+
+use iommu_core::{Domain, IotlbGather};
+use iommu_iova::{CpuId, IovaDomain, ThreadCpu};
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+/// Entries per CPU queue (Linux's `IOVA_DEFAULT_FQ_SIZE`).
+pub const DEFAULT_FQ_SIZE: usize = 256;
+/// Longest an entry waits for a flush (Linux's `IOVA_DEFAULT_FQ_TIMEOUT`).
+pub const DEFAULT_FQ_TIMEOUT: Duration = Duration::from_millis(10);
+
+struct Entry {
+    pfn: u64,
+    pages: u64,
+    /// `start` count when queued: freed once `finish` is above it.
+    counter: u64,
+    /// Table pages the unmap detached wait on this gather; synced after the
+    /// flush so the page table can reuse them.
+    gather: Option<IotlbGather>,
+}
+
+#[repr(align(128))]
+struct Ring(spin::Mutex<VecDeque<Entry>>);
+
+/// Counts describing a flush queue.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FqStats {
+    /// IOVAs waiting for a flush.
+    pub queued: usize,
+    /// Flush-alls issued because a queue was full.
+    pub full_flushes: u64,
+    /// Flush-alls issued by the timer.
+    pub timeout_flushes: u64,
+}
+
+pub(crate) struct FlushQueue {
+    rings: Box<[Ring]>,
+    size: usize,
+    timeout: Duration,
+    start_cnt: AtomicU64,
+    finish_cnt: AtomicU64,
+    timer_on: AtomicBool,
+    timer: Arc<Timer>,
+    full_flushes: AtomicU64,
+    timeout_flushes: AtomicU64,
+}
+
+impl FlushQueue {
+    pub(crate) fn new(nr_cpus: usize, size: usize, timeout: Duration, timer: Arc<Timer>) -> Self {
+        Self {
+            rings: (0..nr_cpus.max(1))
+                .map(|_| Ring(spin::Mutex::new(VecDeque::with_capacity(size))))
+                .collect(),
+            size: size.max(1),
+            timeout,
+            start_cnt: AtomicU64::new(0),
+            finish_cnt: AtomicU64::new(0),
+            timer_on: AtomicBool::new(false),
+            timer,
+            full_flushes: AtomicU64::new(0),
+            timeout_flushes: AtomicU64::new(0),
+        }
+    }
+
+    fn flush_iotlb(&self, domain: &Domain) {
+        self.start_cnt.fetch_add(1, Ordering::SeqCst);
+        domain.flush_iotlb_all();
+        self.finish_cnt.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Frees the ring's entries a finished flush covers (Linux's `fq_ring_free_locked`).
+    fn free_done(
+        &self,
+        ring: &mut VecDeque<Entry>,
+        iovad: &IovaDomain<ThreadCpu>,
+        domain: &Domain,
+    ) {
+        let finished = self.finish_cnt.load(Ordering::SeqCst);
+        while ring.front().is_some_and(|e| e.counter < finished) {
+            let Some(e) = ring.pop_front() else { break };
+            if let Some(g) = e.gather {
+                domain.iotlb_sync(g);
+            }
+            iovad.free_fast(e.pfn, e.pages);
+        }
+    }
+
+    /// Queues an unmapped IOVA range whose page-table entries are already
+    /// cleared (Linux's `queue_iova`).
+    pub(crate) fn queue(
+        &self,
+        iovad: &IovaDomain<ThreadCpu>,
+        domain: &Domain,
+        pfn: u64,
+        pages: u64,
+        gather: IotlbGather,
+    ) {
+        let cpu = iovad.cpu_id().current() % self.rings.len();
+        let mut ring = self.rings[cpu].0.lock();
+        // Entries another CPU's flush already covered make room first.
+        self.free_done(&mut ring, iovad, domain);
+        if ring.len() >= self.size {
+            self.full_flushes.fetch_add(1, Ordering::Relaxed);
+            self.flush_iotlb(domain);
+            self.free_done(&mut ring, iovad, domain);
+        }
+        ring.push_back(Entry {
+            pfn,
+            pages,
+            counter: self.start_cnt.load(Ordering::SeqCst),
+            gather: (gather.freed_tables() > 0).then_some(gather),
+        });
+        drop(ring);
+        if !self.timer_on.load(Ordering::Relaxed) && !self.timer_on.swap(true, Ordering::AcqRel) {
+            self.timer.arm(self.timeout);
+        }
+    }
+
+    /// What the timer does (Linux's `fq_flush_timeout`): one flush-all, then
+    /// every entry of every CPU is freed.
+    pub(crate) fn timeout(&self, iovad: &IovaDomain<ThreadCpu>, domain: &Domain) {
+        self.timer_on.store(false, Ordering::Release);
+        self.timeout_flushes.fetch_add(1, Ordering::Relaxed);
+        self.flush_iotlb(domain);
+        for ring in self.rings.iter() {
+            self.free_done(&mut ring.0.lock(), iovad, domain);
+        }
+    }
+
+    pub(crate) fn stats(&self) -> FqStats {
+        FqStats {
+            queued: self.rings.iter().map(|r| r.0.lock().len()).sum(),
+            full_flushes: self.full_flushes.load(Ordering::Relaxed),
+            timeout_flushes: self.timeout_flushes.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// A one-shot timer served by a thread, which calls `fire` on the target
+/// (held weakly) when an armed deadline passes. Dropping the owner shuts
+/// the thread down.
+pub(crate) struct Timer {
+    state: Mutex<TimerState>,
+    cv: Condvar,
+}
+
+#[derive(Default)]
+struct TimerState {
+    deadline: Option<Instant>,
+    shutdown: bool,
+}
+
+/// What a [`Timer`] calls.
+pub(crate) trait TimerTarget: Send + Sync + 'static {
+    fn fire(&self);
+}
+
+impl Timer {
+    pub(crate) fn new() -> Arc<Self> {
+        Arc::new(Self {
+            state: Mutex::new(TimerState::default()),
+            cv: Condvar::new(),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, TimerState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Starts the thread serving this timer for `target`.
+    ///
+    /// # Errors
+    /// The thread could not be created.
+    pub(crate) fn spawn<T: TimerTarget>(
+        self: &Arc<Self>,
+        target: Weak<T>,
+    ) -> std::io::Result<()> {
+        let timer = self.clone();
+        std::thread::Builder::new()
+            .name("iommu-dma-fq".into())
+            .spawn(move || timer.run(target))
+            .map(drop)
+    }
+
+    fn run<T: TimerTarget>(&self, target: Weak<T>) {
+        loop {
+            let mut st = self.lock();
+            loop {
+                if st.shutdown {
+                    return;
+                }
+                match st.deadline {
+                    None => st = self.cv.wait(st).unwrap_or_else(|e| e.into_inner()),
+                    Some(d) => {
+                        let now = Instant::now();
+                        if now >= d {
+                            st.deadline = None;
+                            break;
+                        }
+                        st = self
+                            .cv
+                            .wait_timeout(st, d - now)
+                            .unwrap_or_else(|e| e.into_inner())
+                            .0;
+                    }
+                }
+            }
+            drop(st);
+            match target.upgrade() {
+                Some(t) => t.fire(),
+                None => return,
+            }
+        }
+    }
+
+    /// Arms the timer unless it is already armed.
+    pub(crate) fn arm(&self, after: Duration) {
+        let mut st = self.lock();
+        if st.deadline.is_none() {
+            st.deadline = Some(Instant::now() + after);
+            self.cv.notify_one();
+        }
+    }
+
+    /// Stops the thread.
+    pub(crate) fn shutdown(&self) {
+        self.lock().shutdown = true;
+        self.cv.notify_one();
+    }
+}
