@@ -50,7 +50,11 @@ impl DmaCookie {
     /// Sets up the IOVA space of `domain` (Linux's `iommu_dma_init_domain`):
     /// the granule is the smallest page size, and frame 0 is never handed
     /// out so that no valid DMA address is 0.
-    pub(crate) fn new(domain: &Domain, opts: &DmaOptions, fq_allowed: bool) -> Result<Self, DmaError> {
+    pub(crate) fn new(
+        domain: &Domain,
+        opts: &DmaOptions,
+        fq_allowed: bool,
+    ) -> Result<Self, DmaError> {
         let bitmap = domain.pgsize_bitmap();
         if bitmap == 0 {
             return Err(DmaError::NotTranslated);
@@ -74,7 +78,12 @@ impl DmaCookie {
     /// (except software MSI windows: the DMA layer is the software that
     /// would place MSI pages there) and the bridge windows `opts` names.
     /// All or nothing.
-    pub(crate) fn reserve_for(&self, iommu: &Iommu, dev: &Device, opts: &DmaOptions) -> Result<(), DmaError> {
+    pub(crate) fn reserve_for(
+        &self,
+        iommu: &Iommu,
+        dev: &Device,
+        opts: &DmaOptions,
+    ) -> Result<(), DmaError> {
         let shift = self.iovad.shift();
         let mut ranges: Vec<(u64, u64)> = iommu
             .get_resv_regions(dev)

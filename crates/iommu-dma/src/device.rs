@@ -158,7 +158,11 @@ impl DmaDevice {
         bound
     }
 
-    fn bind_locked(iommu: &Iommu, dev: &Arc<Device>, opts: &DmaOptions) -> Result<DmaDevice, DmaError> {
+    fn bind_locked(
+        iommu: &Iommu,
+        dev: &Arc<Device>,
+        opts: &DmaOptions,
+    ) -> Result<DmaDevice, DmaError> {
         let group = dev.iommu_group().ok_or(DmaError::NotTranslated)?;
         let domain = group.default_domain().ok_or(DmaError::NotTranslated)?;
         if !domain.ty().is_dma_api() {
@@ -198,9 +202,11 @@ impl DmaDevice {
             pci_32bit_workaround: AtomicBool::new(dev.is_pci() && !opts.forcedac),
             coherent,
             max_seg_size: opts.max_seg_size.unwrap_or(0x1_0000),
-            seg_boundary: opts
-                .seg_boundary_mask
-                .unwrap_or(if dev.is_pci() { DMA_BIT_MASK_32 } else { u64::MAX }),
+            seg_boundary: opts.seg_boundary_mask.unwrap_or(if dev.is_pci() {
+                DMA_BIT_MASK_32
+            } else {
+                u64::MAX
+            }),
             arch_sync: opts.arch_sync.clone(),
             memory: opts.memory.clone(),
             tracker: opts.check_handles.then(Tracker::new),
@@ -309,7 +315,8 @@ impl DmaDevice {
             .checked_add(off + mask)
             .ok_or(DmaError::InvalidArgument)?
             & !mask;
-        addr.checked_add(size - 1).ok_or(DmaError::InvalidArgument)?;
+        addr.checked_add(size - 1)
+            .ok_or(DmaError::InvalidArgument)?;
         Ok((off, len))
     }
 
@@ -329,10 +336,18 @@ impl DmaDevice {
                 64 - limit.leading_zeros()
             );
         }
-        iovad
-            .alloc_fast(pages, limit >> self.shift, true)
-            .map(|pfn| pfn << self.shift)
-            .map_err(|_| DmaError::NoSpace)
+        let alloc = || iovad.alloc_fast(pages, limit >> self.shift, true);
+        let pfn = match alloc() {
+            Ok(pfn) => pfn,
+            // IOVAs waiting in a flush queue are free space a flush away:
+            // take it rather than fail (Linux would fail here).
+            Err(_) if self.domain_stats().fq.queued > 0 => {
+                self.cookie.flush_queue_timeout();
+                alloc().map_err(|_| DmaError::NoSpace)?
+            }
+            Err(_) => return Err(DmaError::NoSpace),
+        };
+        Ok(pfn << self.shift)
     }
 
     fn sync_for_device_phys(&self, paddr: u64, size: u64, dir: DmaDirection) {
@@ -354,7 +369,12 @@ impl DmaDevice {
     /// [`DmaError::InvalidArgument`] for a zero size, `DmaDirection::None`
     /// or a wrapping range; [`DmaError::NoSpace`] when no IOVA fits below
     /// the DMA mask; [`DmaError::Map`] when the page tables refuse.
-    pub fn map_single(&self, paddr: PhysAddr, size: u64, dir: DmaDirection) -> Result<DmaAddr, DmaError> {
+    pub fn map_single(
+        &self,
+        paddr: PhysAddr,
+        size: u64,
+        dir: DmaDirection,
+    ) -> Result<DmaAddr, DmaError> {
         self.map_single_attrs(paddr, size, dir, DmaAttrs::NONE)
     }
 
@@ -376,15 +396,33 @@ impl DmaDevice {
         }
         let iova = self.map_range(paddr.raw() - off, len, prot, self.dma_mask())?;
         if let Some(t) = &self.tracker {
-            t.insert(iova, Tracked { len, dir, api: Api::Single });
+            t.insert(
+                iova,
+                Tracked {
+                    len,
+                    dir,
+                    api: Api::Single,
+                },
+            );
         }
         Ok(DmaAddr::new(iova + off))
     }
 
-    fn map_range(&self, paddr: u64, len: u64, prot: iommu_core::Prot, mask: u64) -> Result<u64, DmaError> {
+    fn map_range(
+        &self,
+        paddr: u64,
+        len: u64,
+        prot: iommu_core::Prot,
+        mask: u64,
+    ) -> Result<u64, DmaError> {
         let iova = self.alloc_iova(len, mask)?;
-        if let Err(e) = self.domain.map(Iova::new(iova), PhysAddr::new(paddr), len, prot) {
-            self.cookie.iovad.free_fast(iova >> self.shift, len >> self.shift);
+        if let Err(e) = self
+            .domain
+            .map(Iova::new(iova), PhysAddr::new(paddr), len, prot)
+        {
+            self.cookie
+                .iovad
+                .free_fast(iova >> self.shift, len >> self.shift);
             return Err(DmaError::Map(e));
         }
         Ok(iova)
@@ -399,7 +437,12 @@ impl DmaDevice {
     /// already unmapped); [`DmaError::Mismatch`] for another size, direction
     /// or API than the map used; [`DmaError::InvalidArgument`] as for map.
     /// Nothing changes on error.
-    pub fn unmap_single(&self, addr: DmaAddr, size: u64, dir: DmaDirection) -> Result<(), DmaError> {
+    pub fn unmap_single(
+        &self,
+        addr: DmaAddr,
+        size: u64,
+        dir: DmaDirection,
+    ) -> Result<(), DmaError> {
         self.unmap_single_attrs(addr, size, dir, DmaAttrs::NONE)
     }
 
@@ -443,7 +486,12 @@ impl DmaDevice {
     ///
     /// # Errors
     /// As `map_sg`.
-    pub fn map_sg_attrs(&self, sg: &[SgEntry], dir: DmaDirection, attrs: DmaAttrs) -> Result<SgMapping, DmaError> {
+    pub fn map_sg_attrs(
+        &self,
+        sg: &[SgEntry],
+        dir: DmaDirection,
+        attrs: DmaAttrs,
+    ) -> Result<SgMapping, DmaError> {
         let prot = dma_info_to_prot(dir, self.coherent, attrs)?;
         let layout = sg::layout(sg, self.granule, self.seg_boundary)?;
         if !attrs.contains(DmaAttrs::SKIP_CPU_SYNC) {
@@ -469,7 +517,14 @@ impl DmaDevice {
             }
         }
         if let Some(t) = &self.tracker {
-            t.insert(iova, Tracked { len: layout.iova_len, dir, api: Api::Sg });
+            t.insert(
+                iova,
+                Tracked {
+                    len: layout.iova_len,
+                    dir,
+                    api: Api::Sg,
+                },
+            );
         }
         Ok(SgMapping {
             iova,
@@ -511,10 +566,18 @@ impl DmaDevice {
                 if let Some(t) = &self.tracker {
                     t.insert(
                         iova,
-                        Tracked { len, dir: DmaDirection::Bidirectional, api: Api::Coherent },
+                        Tracked {
+                            len,
+                            dir: DmaDirection::Bidirectional,
+                            api: Api::Coherent,
+                        },
                     );
                 }
-                Ok(CoherentBuffer { paddr, dma: DmaAddr::new(iova), size })
+                Ok(CoherentBuffer {
+                    paddr,
+                    dma: DmaAddr::new(iova),
+                    size,
+                })
             }
             Err(e) => {
                 memory.free_pages(paddr, len);
@@ -532,7 +595,12 @@ impl DmaDevice {
         let memory = self.memory.as_ref().ok_or(DmaError::NotMapped)?;
         let (_, len) = self.span(0, buf.size)?;
         if let Some(t) = &self.tracker {
-            t.take(buf.dma.raw(), len, DmaDirection::Bidirectional, Api::Coherent)?;
+            t.take(
+                buf.dma.raw(),
+                len,
+                DmaDirection::Bidirectional,
+                Api::Coherent,
+            )?;
         }
         let iova = buf.dma.raw();
         self.cookie.unmap(&self.domain, iova, len, &[(iova, len)])?;
@@ -540,7 +608,13 @@ impl DmaDevice {
         Ok(())
     }
 
-    fn sync_single(&self, addr: DmaAddr, size: u64, dir: DmaDirection, for_cpu: bool) -> Result<(), DmaError> {
+    fn sync_single(
+        &self,
+        addr: DmaAddr,
+        size: u64,
+        dir: DmaDirection,
+        for_cpu: bool,
+    ) -> Result<(), DmaError> {
         dma_info_to_prot(dir, self.coherent, DmaAttrs::NONE)?;
         self.span(addr.raw(), size)?;
         let pa = self
@@ -562,7 +636,12 @@ impl DmaDevice {
     /// # Errors
     /// [`DmaError::NotMapped`] when `addr` does not translate;
     /// [`DmaError::InvalidArgument`] for a zero size or `DmaDirection::None`.
-    pub fn sync_single_for_cpu(&self, addr: DmaAddr, size: u64, dir: DmaDirection) -> Result<(), DmaError> {
+    pub fn sync_single_for_cpu(
+        &self,
+        addr: DmaAddr,
+        size: u64,
+        dir: DmaDirection,
+    ) -> Result<(), DmaError> {
         self.sync_single(addr, size, dir, true)
     }
 
@@ -570,7 +649,12 @@ impl DmaDevice {
     ///
     /// # Errors
     /// As [`sync_single_for_cpu`](Self::sync_single_for_cpu).
-    pub fn sync_single_for_device(&self, addr: DmaAddr, size: u64, dir: DmaDirection) -> Result<(), DmaError> {
+    pub fn sync_single_for_device(
+        &self,
+        addr: DmaAddr,
+        size: u64,
+        dir: DmaDirection,
+    ) -> Result<(), DmaError> {
         self.sync_single(addr, size, dir, false)
     }
 

@@ -191,10 +191,7 @@ impl Timer {
     ///
     /// # Errors
     /// The thread could not be created.
-    pub(crate) fn spawn<T: TimerTarget>(
-        self: &Arc<Self>,
-        target: Weak<T>,
-    ) -> std::io::Result<()> {
+    pub(crate) fn spawn<T: TimerTarget>(self: &Arc<Self>, target: Weak<T>) -> std::io::Result<()> {
         let timer = self.clone();
         std::thread::Builder::new()
             .name("iommu-dma-fq".into())

@@ -137,7 +137,11 @@ impl std::ops::BitOr for DmaAttrs {
 ///
 /// # Errors
 /// [`DmaError::InvalidArgument`] for [`DmaDirection::None`].
-pub fn dma_info_to_prot(dir: DmaDirection, coherent: bool, attrs: DmaAttrs) -> Result<Prot, DmaError> {
+pub fn dma_info_to_prot(
+    dir: DmaDirection,
+    coherent: bool,
+    attrs: DmaAttrs,
+) -> Result<Prot, DmaError> {
     let mut prot = if coherent { Prot::CACHE } else { Prot::NONE };
     if attrs.contains(DmaAttrs::PRIVILEGED) {
         prot |= Prot::PRIV;
@@ -212,7 +216,9 @@ impl fmt::Display for DmaError {
             DmaError::NoSpace => f.write_str("no IOVA space left below the DMA mask"),
             DmaError::Map(e) => write!(f, "page tables refused the mapping ({})", e.name()),
             DmaError::NotMapped => f.write_str("address is not mapped by this device"),
-            DmaError::Mismatch => f.write_str("address was mapped with another size, direction or API"),
+            DmaError::Mismatch => {
+                f.write_str("address was mapped with another size, direction or API")
+            }
             DmaError::NoMemory => f.write_str("no memory for a coherent buffer"),
             DmaError::MaskTooSmall => f.write_str("DMA mask is below the lowest usable IOVA"),
             DmaError::Iova(e) => write!(f, "IOVA space: {e}"),

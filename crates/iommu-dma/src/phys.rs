@@ -43,7 +43,10 @@ impl PhysPool {
 
 impl PageAllocator for PhysPool {
     fn alloc_pages(&self, size: u64) -> Option<PhysAddr> {
-        let pfn = self.pages.alloc(size.div_ceil(0x1000), self.end_pfn, false).ok()?;
+        let pfn = self
+            .pages
+            .alloc(size.div_ceil(0x1000), self.end_pfn, false)
+            .ok()?;
         Some(PhysAddr::new(pfn << 12))
     }
 

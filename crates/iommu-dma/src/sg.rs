@@ -116,7 +116,9 @@ pub(crate) fn layout(sg: &[SgEntry], granule: u64, boundary: u64) -> Result<Layo
             s_len: s.len,
             s_iova_len,
         });
-        iova_len = iova_len.checked_add(s_iova_len).ok_or(DmaError::InvalidArgument)?;
+        iova_len = iova_len
+            .checked_add(s_iova_len)
+            .ok_or(DmaError::InvalidArgument)?;
     }
     runs.push((run_start, iova_len - run_start, run_first, sg.len()));
     Ok(Layout {
@@ -188,7 +190,12 @@ mod tests {
 
     #[test]
     fn segments_are_widened_to_granules_and_laid_end_to_end() {
-        let l = layout(&sg(&[(0x10_0800, 0x100), (0x20_0000, 0x1800)]), G, NO_BOUNDARY).unwrap();
+        let l = layout(
+            &sg(&[(0x10_0800, 0x100), (0x20_0000, 0x1800)]),
+            G,
+            NO_BOUNDARY,
+        )
+        .unwrap();
         assert_eq!(l.iova_len, 0x1000 + 0x2000);
         assert_eq!(l.segs[1].iova_off, 0x1000);
         assert_eq!(l.runs, vec![(0, 0x3000, 0, 2)]);
@@ -216,9 +223,18 @@ mod tests {
         assert_eq!(
             segs,
             vec![
-                DmaSegment { addr: DmaAddr::new(0x10_0000), len: 0x800 },
-                DmaSegment { addr: DmaAddr::new(0x10_1000), len: 0x1000 },
-                DmaSegment { addr: DmaAddr::new(0x10_2100), len: 0x100 },
+                DmaSegment {
+                    addr: DmaAddr::new(0x10_0000),
+                    len: 0x800
+                },
+                DmaSegment {
+                    addr: DmaAddr::new(0x10_1000),
+                    len: 0x1000
+                },
+                DmaSegment {
+                    addr: DmaAddr::new(0x10_2100),
+                    len: 0x100
+                },
             ]
         );
     }
@@ -228,7 +244,10 @@ mod tests {
         let list = sg(&[(0, 0x1000), (0x10000, 0x1000), (0x20000, 0x1000)]);
         let l = layout(&list, G, NO_BOUNDARY).unwrap();
         let segs = finalise(&l, 0x100_0000, NO_BOUNDARY, 0x2000);
-        assert_eq!(segs.iter().map(|s| s.len).collect::<Vec<_>>(), [0x2000, 0x1000]);
+        assert_eq!(
+            segs.iter().map(|s| s.len).collect::<Vec<_>>(),
+            [0x2000, 0x1000]
+        );
     }
 
     #[test]
@@ -247,7 +266,10 @@ mod tests {
     #[test]
     fn empty_lists_zero_lengths_and_wrapping_segments_are_invalid() {
         assert_eq!(layout(&[], G, NO_BOUNDARY), Err(DmaError::InvalidArgument));
-        assert_eq!(layout(&sg(&[(0, 0)]), G, NO_BOUNDARY), Err(DmaError::InvalidArgument));
+        assert_eq!(
+            layout(&sg(&[(0, 0)]), G, NO_BOUNDARY),
+            Err(DmaError::InvalidArgument)
+        );
         assert_eq!(
             layout(&sg(&[(u64::MAX - 0xfff, 0x2000)]), G, NO_BOUNDARY),
             Err(DmaError::InvalidArgument)

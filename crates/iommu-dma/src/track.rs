@@ -54,7 +54,9 @@ pub(crate) struct Tracker {
 impl Tracker {
     pub(crate) fn new() -> Self {
         Self {
-            shards: (0..SHARDS).map(|_| Shard(spin::Mutex::new(Map::default()))).collect(),
+            shards: (0..SHARDS)
+                .map(|_| Shard(spin::Mutex::new(Map::default())))
+                .collect(),
         }
     }
 
@@ -67,7 +69,13 @@ impl Tracker {
     }
 
     /// Removes the record of `iova` if it matches what the caller says.
-    pub(crate) fn take(&self, iova: u64, len: u64, dir: DmaDirection, api: Api) -> Result<Tracked, DmaError> {
+    pub(crate) fn take(
+        &self,
+        iova: u64,
+        len: u64,
+        dir: DmaDirection,
+        api: Api,
+    ) -> Result<Tracked, DmaError> {
         let mut m = self.shard(iova).lock();
         let t = *m.get(&iova).ok_or(DmaError::NotMapped)?;
         if t.len != len || t.dir != dir || t.api != api {

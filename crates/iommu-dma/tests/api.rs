@@ -16,10 +16,15 @@ const BUF: u64 = 0x1_2345_6000;
 fn map_single_keeps_the_offset_and_the_device_reaches_exactly_the_buffer() {
     let w = world(1, true);
     let dma = w.bind(0);
-    let a = dma.map_single(PhysAddr::new(BUF + 0x10), 0x20, Dir::Bidirectional).unwrap();
+    let a = dma
+        .map_single(PhysAddr::new(BUF + 0x10), 0x20, Dir::Bidirectional)
+        .unwrap();
     assert_eq!(a.raw() & 0xfff, 0x10);
     let dev = &w.devs[0];
-    assert_eq!(w.hw.translate(dev, a.into(), Access::Write), Ok(PhysAddr::new(BUF + 0x10)));
+    assert_eq!(
+        w.hw.translate(dev, a.into(), Access::Write),
+        Ok(PhysAddr::new(BUF + 0x10))
+    );
     // The whole granule is mapped, nothing beyond it.
     let next = Iova::new((a.raw() & !0xfff) + 0x1000);
     assert!(w.hw.translate(dev, next, Access::Read).is_err());
@@ -30,13 +35,17 @@ fn direction_sets_the_permission_the_device_gets() {
     let w = world(1, true);
     let dma = w.bind(0);
     let dev = &w.devs[0];
-    let to = dma.map_single(PhysAddr::new(BUF), 0x1000, Dir::ToDevice).unwrap();
+    let to = dma
+        .map_single(PhysAddr::new(BUF), 0x1000, Dir::ToDevice)
+        .unwrap();
     assert!(w.hw.translate(dev, to.into(), Access::Read).is_ok());
     assert!(matches!(
         w.hw.translate(dev, to.into(), Access::Write),
         Err(TranslateError::Permission { .. })
     ));
-    let from = dma.map_single(PhysAddr::new(BUF), 0x1000, Dir::FromDevice).unwrap();
+    let from = dma
+        .map_single(PhysAddr::new(BUF), 0x1000, Dir::FromDevice)
+        .unwrap();
     assert!(w.hw.translate(dev, from.into(), Access::Write).is_ok());
     let m = dma.domain().ops().paging().unwrap();
     assert!(m.iova_to_phys(from.into()).is_some());
@@ -47,13 +56,22 @@ fn dma_none_zero_sizes_and_wrapping_ranges_are_invalid() {
     let w = world(1, true);
     let dma = w.bind(0);
     let before = dma.domain_stats();
-    assert_eq!(dma.map_single(PhysAddr::new(BUF), 0x10, Dir::None), Err(DmaError::InvalidArgument));
-    assert_eq!(dma.map_single(PhysAddr::new(BUF), 0, Dir::ToDevice), Err(DmaError::InvalidArgument));
+    assert_eq!(
+        dma.map_single(PhysAddr::new(BUF), 0x10, Dir::None),
+        Err(DmaError::InvalidArgument)
+    );
+    assert_eq!(
+        dma.map_single(PhysAddr::new(BUF), 0, Dir::ToDevice),
+        Err(DmaError::InvalidArgument)
+    );
     assert_eq!(
         dma.map_single(PhysAddr::new(u64::MAX - 0x10), 0x100, Dir::ToDevice),
         Err(DmaError::InvalidArgument)
     );
-    assert_eq!(dma.map_sg(&[], Dir::ToDevice).err(), Some(DmaError::InvalidArgument));
+    assert_eq!(
+        dma.map_sg(&[], Dir::ToDevice).err(),
+        Some(DmaError::InvalidArgument)
+    );
     assert_eq!(dma.domain_stats(), before, "nothing allocated");
     assert_eq!(DmaError::InvalidArgument.errno(), Errno::EINVAL);
 }
@@ -63,19 +81,31 @@ fn the_default_mask_is_32_bit_and_a_wider_mask_still_prefers_32_bit_for_pci() {
     let w = world(1, true);
     let dma = w.bind(0);
     assert_eq!(dma.dma_mask(), 0xffff_ffff);
-    let a = dma.map_single(PhysAddr::new(BUF), 0x1000, Dir::ToDevice).unwrap();
+    let a = dma
+        .map_single(PhysAddr::new(BUF), 0x1000, Dir::ToDevice)
+        .unwrap();
     assert!(a.raw() <= 0xffff_ffff);
     dma.set_dma_mask(u64::MAX).unwrap();
-    let b = dma.map_single(PhysAddr::new(BUF), 0x1000, Dir::ToDevice).unwrap();
+    let b = dma
+        .map_single(PhysAddr::new(BUF), 0x1000, Dir::ToDevice)
+        .unwrap();
     assert!(b.raw() <= 0xffff_ffff, "PCI devices use 32-bit IOVAs first");
 }
 
 #[test]
 fn forcedac_devices_get_addresses_from_the_top_of_their_mask() {
     let w = world(1, true);
-    let dma = w.bind_with(0, DmaOptions { forcedac: true, ..DmaOptions::default() });
+    let dma = w.bind_with(
+        0,
+        DmaOptions {
+            forcedac: true,
+            ..DmaOptions::default()
+        },
+    );
     dma.set_dma_mask(u64::MAX).unwrap();
-    let a = dma.map_single(PhysAddr::new(BUF), 0x1000, Dir::ToDevice).unwrap();
+    let a = dma
+        .map_single(PhysAddr::new(BUF), 0x1000, Dir::ToDevice)
+        .unwrap();
     // The soft IOMMU's aperture is 48 bits: the first IOVA is its last page.
     assert_eq!(a.raw(), (1 << 48) - 0x1000);
 }
@@ -89,13 +119,21 @@ fn when_32_bit_space_runs_out_a_pci_device_moves_to_its_full_mask_for_good() {
     // one holds the MSI window and the bottom one page 0, which is never
     // handed out; so the third 1 GiB mapping has to go above 4 GiB.
     let gib = 0x4000_0000;
-    let a = dma.map_single(PhysAddr::new(0), gib, Dir::ToDevice).unwrap();
-    let b = dma.map_single(PhysAddr::new(0), gib, Dir::ToDevice).unwrap();
+    let a = dma
+        .map_single(PhysAddr::new(0), gib, Dir::ToDevice)
+        .unwrap();
+    let b = dma
+        .map_single(PhysAddr::new(0), gib, Dir::ToDevice)
+        .unwrap();
     assert_eq!((a.raw(), b.raw()), (0x8000_0000, 0x4000_0000));
-    let high = dma.map_single(PhysAddr::new(0), gib, Dir::ToDevice).unwrap();
+    let high = dma
+        .map_single(PhysAddr::new(0), gib, Dir::ToDevice)
+        .unwrap();
     assert!(high.raw() >= 1 << 32);
     // Even small ones now come from above 4 GiB.
-    let small = dma.map_single(PhysAddr::new(BUF), 0x1000, Dir::ToDevice).unwrap();
+    let small = dma
+        .map_single(PhysAddr::new(BUF), 0x1000, Dir::ToDevice)
+        .unwrap();
     assert!(small.raw() >= 1 << 32);
 }
 
@@ -121,7 +159,9 @@ fn a_32_bit_device_gets_no_space_when_its_range_is_full_and_nothing_leaks() {
         dma.unmap_single(a, 0x10_0000, Dir::ToDevice).unwrap();
     }
     assert_eq!(dma.live_mappings(), 0);
-    assert!(dma.map_single(PhysAddr::new(BUF), 0x10_0000, Dir::ToDevice).is_ok());
+    assert!(dma
+        .map_single(PhysAddr::new(BUF), 0x10_0000, Dir::ToDevice)
+        .is_ok());
 }
 
 #[test]
@@ -138,9 +178,14 @@ fn address_zero_and_the_mapping_error_value_are_never_handed_out() {
     let w = world(1, true);
     let dma = w.bind(0);
     dma.set_dma_mask(0x1fff).unwrap(); // room for exactly one page: 0x1000
-    let a = dma.map_single(PhysAddr::new(BUF), 0x1000, Dir::ToDevice).unwrap();
+    let a = dma
+        .map_single(PhysAddr::new(BUF), 0x1000, Dir::ToDevice)
+        .unwrap();
     assert_eq!(a.raw(), 0x1000);
-    assert_eq!(dma.map_single(PhysAddr::new(BUF), 0x1000, Dir::ToDevice), Err(DmaError::NoSpace));
+    assert_eq!(
+        dma.map_single(PhysAddr::new(BUF), 0x1000, Dir::ToDevice),
+        Err(DmaError::NoSpace)
+    );
     let r = dma.map_single(PhysAddr::new(BUF), 0x1000, Dir::ToDevice);
     assert!(DmaAddr::new(DmaAddr::raw_or_error(&r)).is_mapping_error());
     assert!(!a.is_mapping_error());
@@ -151,7 +196,10 @@ fn reserved_regions_and_bridge_windows_are_never_iovas_but_sw_msi_is_ordinary_sp
     let w = world(1, true);
     let dma = w.bind_with(
         0,
-        DmaOptions { bridge_windows: vec![(0xc000_0000, 0xdfff_ffff)], ..DmaOptions::default() },
+        DmaOptions {
+            bridge_windows: vec![(0xc000_0000, 0xdfff_ffff)],
+            ..DmaOptions::default()
+        },
     );
     let iova_ranges = dma.domain_stats();
     assert!(iova_ranges.iova.tree_ranges >= 2);
@@ -159,8 +207,14 @@ fn reserved_regions_and_bridge_windows_are_never_iovas_but_sw_msi_is_ordinary_sp
     let mut n = 0;
     while let Ok(a) = dma.map_single(PhysAddr::new(0), 0x100_0000, Dir::ToDevice) {
         let (lo, hi) = (a.raw(), a.raw() + 0xff_ffff);
-        assert!(hi < 0xc000_0000 || lo > 0xdfff_ffff, "bridge window handed out: {a}");
-        assert!(hi < 0xfee0_0000 || lo > 0xfeef_ffff, "MSI window handed out: {a}");
+        assert!(
+            hi < 0xc000_0000 || lo > 0xdfff_ffff,
+            "bridge window handed out: {a}"
+        );
+        assert!(
+            hi < 0xfee0_0000 || lo > 0xfeef_ffff,
+            "MSI window handed out: {a}"
+        );
         n += 1;
     }
     // 4 GiB minus 512 MiB of bridge window, minus the 16 MiB slot holding the
@@ -173,32 +227,76 @@ fn reserved_regions_and_bridge_windows_are_never_iovas_but_sw_msi_is_ordinary_sp
 fn unmap_with_a_bad_handle_size_direction_or_api_is_refused_and_changes_nothing() {
     let w = world(1, true);
     let dma = w.bind(0);
-    let a = dma.map_single(PhysAddr::new(BUF), 0x2000, Dir::ToDevice).unwrap();
+    let a = dma
+        .map_single(PhysAddr::new(BUF), 0x2000, Dir::ToDevice)
+        .unwrap();
     let dev = &w.devs[0];
     let stats = dma.domain_stats();
-    assert_eq!(dma.unmap_single(DmaAddr::new(0x5000), 0x1000, Dir::ToDevice), Err(DmaError::NotMapped));
-    assert_eq!(dma.unmap_single(a, 0x1000, Dir::ToDevice), Err(DmaError::Mismatch));
-    assert_eq!(dma.unmap_single(a, 0x2000, Dir::FromDevice), Err(DmaError::Mismatch));
+    assert_eq!(
+        dma.unmap_single(DmaAddr::new(0x5000), 0x1000, Dir::ToDevice),
+        Err(DmaError::NotMapped)
+    );
+    assert_eq!(
+        dma.unmap_single(a, 0x1000, Dir::ToDevice),
+        Err(DmaError::Mismatch)
+    );
+    assert_eq!(
+        dma.unmap_single(a, 0x2000, Dir::FromDevice),
+        Err(DmaError::Mismatch)
+    );
     let mid = DmaAddr::new(a.raw() + 0x1000);
-    assert_eq!(dma.unmap_single(mid, 0x1000, Dir::ToDevice), Err(DmaError::NotMapped));
-    let fake = iommu_dma::CoherentBuffer { paddr: PhysAddr::new(BUF), dma: a, size: 0x2000 };
-    assert_eq!(dma.free_coherent(&fake), Err(DmaError::NotMapped), "no allocator, nothing to free");
+    assert_eq!(
+        dma.unmap_single(mid, 0x1000, Dir::ToDevice),
+        Err(DmaError::NotMapped)
+    );
+    let fake = iommu_dma::CoherentBuffer {
+        paddr: PhysAddr::new(BUF),
+        dma: a,
+        size: 0x2000,
+    };
+    assert_eq!(
+        dma.free_coherent(&fake),
+        Err(DmaError::NotMapped),
+        "no allocator, nothing to free"
+    );
     assert_eq!(dma.domain_stats(), stats);
-    assert!(w.hw.translate(dev, a.into(), Access::Read).is_ok(), "still mapped");
+    assert!(
+        w.hw.translate(dev, a.into(), Access::Read).is_ok(),
+        "still mapped"
+    );
     dma.unmap_single(a, 0x2000, Dir::ToDevice).unwrap();
-    assert_eq!(dma.unmap_single(a, 0x2000, Dir::ToDevice), Err(DmaError::NotMapped), "double unmap");
+    assert_eq!(
+        dma.unmap_single(a, 0x2000, Dir::ToDevice),
+        Err(DmaError::NotMapped),
+        "double unmap"
+    );
 }
 
 #[test]
 fn without_handle_checks_a_double_unmap_is_still_refused_and_frees_nothing_twice() {
     let w = world(1, true);
-    let dma = w.bind_with(0, DmaOptions { check_handles: false, ..DmaOptions::default() });
-    let a = dma.map_single(PhysAddr::new(BUF), 0x1000, Dir::ToDevice).unwrap();
+    let dma = w.bind_with(
+        0,
+        DmaOptions {
+            check_handles: false,
+            ..DmaOptions::default()
+        },
+    );
+    let a = dma
+        .map_single(PhysAddr::new(BUF), 0x1000, Dir::ToDevice)
+        .unwrap();
     dma.unmap_single(a, 0x1000, Dir::ToDevice).unwrap();
-    assert_eq!(dma.unmap_single(a, 0x1000, Dir::ToDevice), Err(DmaError::NotMapped));
+    assert_eq!(
+        dma.unmap_single(a, 0x1000, Dir::ToDevice),
+        Err(DmaError::NotMapped)
+    );
     // The range is handed out exactly once more, not twice.
-    let b = dma.map_single(PhysAddr::new(BUF), 0x1000, Dir::ToDevice).unwrap();
-    let c = dma.map_single(PhysAddr::new(BUF), 0x1000, Dir::ToDevice).unwrap();
+    let b = dma
+        .map_single(PhysAddr::new(BUF), 0x1000, Dir::ToDevice)
+        .unwrap();
+    let c = dma
+        .map_single(PhysAddr::new(BUF), 0x1000, Dir::ToDevice)
+        .unwrap();
     assert_ne!(b, c);
 }
 
@@ -207,20 +305,35 @@ fn map_sg_uses_one_iova_range_and_merges_what_the_device_can_take_as_one() {
     let w = world(1, true);
     let dma = w.bind(0);
     let sg = [
-        SgEntry { paddr: PhysAddr::new(0x10_0000), len: 0x1000 },
-        SgEntry { paddr: PhysAddr::new(0x30_0000), len: 0x1000 },
-        SgEntry { paddr: PhysAddr::new(0x50_0200), len: 0x100 },
+        SgEntry {
+            paddr: PhysAddr::new(0x10_0000),
+            len: 0x1000,
+        },
+        SgEntry {
+            paddr: PhysAddr::new(0x30_0000),
+            len: 0x1000,
+        },
+        SgEntry {
+            paddr: PhysAddr::new(0x50_0200),
+            len: 0x100,
+        },
     ];
     let m = dma.map_sg(&sg, Dir::FromDevice).unwrap();
     assert_eq!(m.iova_len(), 0x3000);
     let segs = m.segments();
     assert_eq!(segs.len(), 2);
     assert_eq!((segs[0].addr, segs[0].len), (m.iova(), 0x2000));
-    assert_eq!((segs[1].addr.raw(), segs[1].len), (m.iova().raw() + 0x2200, 0x100));
+    assert_eq!(
+        (segs[1].addr.raw(), segs[1].len),
+        (m.iova().raw() + 0x2200, 0x100)
+    );
     let dev = &w.devs[0];
     for (off, pa) in [(0x0, 0x10_0000), (0x1000, 0x30_0000), (0x2200, 0x50_0200)] {
         let at = Iova::new(m.iova().raw() + off);
-        assert_eq!(w.hw.translate(dev, at, Access::Write), Ok(PhysAddr::new(pa)));
+        assert_eq!(
+            w.hw.translate(dev, at, Access::Write),
+            Ok(PhysAddr::new(pa))
+        );
     }
     dma.unmap_sg(&m).unwrap();
     assert!(w.hw.translate(dev, m.iova().into(), Access::Write).is_err());
@@ -234,36 +347,63 @@ fn a_failed_map_sg_leaves_nothing_mapped_or_allocated() {
     let before = dma.domain_stats();
     // The second segment lies beyond the 48-bit output space the soft IOMMU has.
     let sg = [
-        SgEntry { paddr: PhysAddr::new(0x10_0000), len: 0x1000 },
-        SgEntry { paddr: PhysAddr::new(1 << 50), len: 0x1000 },
+        SgEntry {
+            paddr: PhysAddr::new(0x10_0000),
+            len: 0x1000,
+        },
+        SgEntry {
+            paddr: PhysAddr::new(1 << 50),
+            len: 0x1000,
+        },
     ];
     let e = dma.map_sg(&sg, Dir::ToDevice).unwrap_err();
     assert!(matches!(e, DmaError::Map(_)), "{e:?}");
     // The IOVA went back to the cache: allocated in the tree, free to use.
     assert_eq!(dma.live_mappings(), 0);
     let after = dma.domain_stats();
-    assert_eq!(after.iova.tree_ranges - after.iova.cached, before.iova.tree_ranges - before.iova.cached);
+    assert_eq!(
+        after.iova.tree_ranges - after.iova.cached,
+        before.iova.tree_ranges - before.iova.cached
+    );
 }
 
 #[test]
 fn coherent_buffers_come_from_the_allocator_below_the_coherent_mask_and_go_back() {
     let w = world(1, true);
     let pool = Arc::new(PhysPool::new(PhysAddr::new(0x4000_0000), 0x10_0000));
-    let dma = w.bind_with(0, DmaOptions { memory: Some(pool.clone()), ..DmaOptions::default() });
+    let dma = w.bind_with(
+        0,
+        DmaOptions {
+            memory: Some(pool.clone()),
+            ..DmaOptions::default()
+        },
+    );
     dma.set_dma_mask(u64::MAX).unwrap();
     let b = dma.alloc_coherent(0x1800, DmaAttrs::NONE).unwrap();
     assert!(b.dma.raw() <= 0xffff_ffff, "coherent mask stays 32-bit");
     assert_eq!(pool.pages_in_use(), 2);
     let dev = &w.devs[0];
-    assert_eq!(w.hw.translate(dev, b.dma.into(), Access::Write), Ok(b.paddr));
-    assert_eq!(dma.unmap_single(b.dma, 0x1800, Dir::Bidirectional), Err(DmaError::Mismatch));
+    assert_eq!(
+        w.hw.translate(dev, b.dma.into(), Access::Write),
+        Ok(b.paddr)
+    );
+    assert_eq!(
+        dma.unmap_single(b.dma, 0x1800, Dir::Bidirectional),
+        Err(DmaError::Mismatch)
+    );
     dma.free_coherent(&b).unwrap();
     assert_eq!(pool.pages_in_use(), 0);
     assert_eq!(dma.free_coherent(&b), Err(DmaError::NotMapped));
     // An exhausted pool is NoMemory and leaves no IOVA behind.
-    assert_eq!(dma.alloc_coherent(0x20_0000, DmaAttrs::NONE), Err(DmaError::NoMemory));
+    assert_eq!(
+        dma.alloc_coherent(0x20_0000, DmaAttrs::NONE),
+        Err(DmaError::NoMemory)
+    );
     let no_pool = w.bind_with(0, DmaOptions::default());
-    assert_eq!(no_pool.alloc_coherent(0x1000, DmaAttrs::NONE), Err(DmaError::NoMemory));
+    assert_eq!(
+        no_pool.alloc_coherent(0x1000, DmaAttrs::NONE),
+        Err(DmaError::NoMemory)
+    );
 }
 
 #[derive(Default)]
@@ -288,23 +428,41 @@ fn non_coherent_devices_get_cache_maintenance_and_coherent_ones_none() {
         ..DmaOptions::default()
     };
     let nc = w.bind_with(0, opts(false));
-    let a = nc.map_single(PhysAddr::new(BUF + 8), 0x40, Dir::FromDevice).unwrap();
+    let a = nc
+        .map_single(PhysAddr::new(BUF + 8), 0x40, Dir::FromDevice)
+        .unwrap();
     nc.sync_single_for_cpu(a, 0x40, Dir::FromDevice).unwrap();
     nc.sync_single_for_device(a, 0x40, Dir::FromDevice).unwrap();
     nc.unmap_single(a, 0x40, Dir::FromDevice).unwrap();
     let b = nc
-        .map_single_attrs(PhysAddr::new(BUF), 0x40, Dir::ToDevice, DmaAttrs::SKIP_CPU_SYNC)
+        .map_single_attrs(
+            PhysAddr::new(BUF),
+            0x40,
+            Dir::ToDevice,
+            DmaAttrs::SKIP_CPU_SYNC,
+        )
         .unwrap();
-    nc.unmap_single_attrs(b, 0x40, Dir::ToDevice, DmaAttrs::SKIP_CPU_SYNC).unwrap();
+    nc.unmap_single_attrs(b, 0x40, Dir::ToDevice, DmaAttrs::SKIP_CPU_SYNC)
+        .unwrap();
     assert_eq!(
         *rec.0.lock().unwrap(),
-        [("device", BUF + 8, 0x40), ("cpu", BUF + 8, 0x40), ("device", BUF + 8, 0x40), ("cpu", BUF + 8, 0x40)]
+        [
+            ("device", BUF + 8, 0x40),
+            ("cpu", BUF + 8, 0x40),
+            ("device", BUF + 8, 0x40),
+            ("cpu", BUF + 8, 0x40)
+        ]
     );
-    assert_eq!(nc.sync_single_for_cpu(a, 0x40, Dir::FromDevice), Err(DmaError::NotMapped));
+    assert_eq!(
+        nc.sync_single_for_cpu(a, 0x40, Dir::FromDevice),
+        Err(DmaError::NotMapped)
+    );
     drop(nc);
     rec.0.lock().unwrap().clear();
     let c = w.bind_with(0, opts(true));
-    let a = c.map_single(PhysAddr::new(BUF), 0x40, Dir::FromDevice).unwrap();
+    let a = c
+        .map_single(PhysAddr::new(BUF), 0x40, Dir::FromDevice)
+        .unwrap();
     c.sync_single_for_cpu(a, 0x40, Dir::FromDevice).unwrap();
     c.unmap_single(a, 0x40, Dir::FromDevice).unwrap();
     assert!(rec.0.lock().unwrap().is_empty());
@@ -316,11 +474,24 @@ fn coherent_devices_map_cacheable_and_privileged_maps_are_privileged() {
     let dma = w.bind(0);
     assert!(dma.is_coherent(), "the soft IOMMU reports cache coherency");
     let a = dma
-        .map_single_attrs(PhysAddr::new(BUF), 0x1000, Dir::ToDevice, DmaAttrs::PRIVILEGED)
+        .map_single_attrs(
+            PhysAddr::new(BUF),
+            0x1000,
+            Dir::ToDevice,
+            DmaAttrs::PRIVILEGED,
+        )
         .unwrap();
-    let sd = dma.domain().ops().as_any().unwrap().downcast_ref::<iommu_soft::SoftDomain>().unwrap();
+    let sd = dma
+        .domain()
+        .ops()
+        .as_any()
+        .unwrap()
+        .downcast_ref::<iommu_soft::SoftDomain>()
+        .unwrap();
     let prot = sd.dump().iter().find(|m| m.0.raw() == a.raw()).unwrap().3;
-    assert!(prot.contains(iommu_core::Prot::CACHE | iommu_core::Prot::PRIV | iommu_core::Prot::READ));
+    assert!(
+        prot.contains(iommu_core::Prot::CACHE | iommu_core::Prot::PRIV | iommu_core::Prot::READ)
+    );
     assert!(!prot.contains(iommu_core::Prot::WRITE));
 }
 
@@ -328,17 +499,26 @@ fn coherent_devices_map_cacheable_and_privileged_maps_are_privileged() {
 fn binding_needs_a_dma_default_domain_and_blocks_user_ownership_until_dropped() {
     let w = world(2, true);
     let g1 = w.devs[1].iommu_group().unwrap();
-    w.iommu.sysfs().write(&format!("kernel/iommu_groups/{}/type", g1.id()), "identity").unwrap();
+    w.iommu
+        .sysfs()
+        .write(&format!("kernel/iommu_groups/{}/type", g1.id()), "identity")
+        .unwrap();
     assert_eq!(
         DmaDevice::bind(&w.iommu, &w.devs[1], DmaOptions::default()).err(),
         Some(DmaError::NotTranslated)
     );
     let g0 = w.devs[0].iommu_group().unwrap();
     w.iommu.group_claim_dma_owner(&g0, DmaOwner::new()).unwrap();
-    assert_eq!(DmaDevice::bind(&w.iommu, &w.devs[0], DmaOptions::default()).err(), Some(DmaError::Busy));
+    assert_eq!(
+        DmaDevice::bind(&w.iommu, &w.devs[0], DmaOptions::default()).err(),
+        Some(DmaError::Busy)
+    );
     w.iommu.group_release_dma_owner(&g0);
     let dma = w.bind(0);
-    assert_eq!(w.iommu.group_claim_dma_owner(&g0, DmaOwner::new()), Err(Errno::EPERM));
+    assert_eq!(
+        w.iommu.group_claim_dma_owner(&g0, DmaOwner::new()),
+        Err(Errno::EPERM)
+    );
     drop(dma);
     w.iommu.group_claim_dma_owner(&g0, DmaOwner::new()).unwrap();
     w.iommu.group_release_dma_owner(&g0);
@@ -349,10 +529,18 @@ fn a_second_device_in_the_group_shares_the_iova_space() {
     let w = world(1, true);
     let a = w.bind(0);
     let b = w.bind(0);
-    let x = a.map_single(PhysAddr::new(BUF), 0x1000, Dir::ToDevice).unwrap();
-    let y = b.map_single(PhysAddr::new(BUF), 0x1000, Dir::ToDevice).unwrap();
+    let x = a
+        .map_single(PhysAddr::new(BUF), 0x1000, Dir::ToDevice)
+        .unwrap();
+    let y = b
+        .map_single(PhysAddr::new(BUF), 0x1000, Dir::ToDevice)
+        .unwrap();
     assert_ne!(x, y);
-    assert_eq!(b.unmap_single(x, 0x1000, Dir::ToDevice), Err(DmaError::NotMapped), "not b's mapping");
+    assert_eq!(
+        b.unmap_single(x, 0x1000, Dir::ToDevice),
+        Err(DmaError::NotMapped),
+        "not b's mapping"
+    );
 }
 
 #[test]
@@ -360,11 +548,16 @@ fn switching_dma_to_dma_fq_through_sysfs_makes_a_bound_device_lazy_at_once() {
     let w = world(1, true);
     let dma = w.bind(0);
     assert!(!dma.is_lazy());
-    let path = format!("kernel/iommu_groups/{}/type", w.devs[0].iommu_group().unwrap().id());
+    let path = format!(
+        "kernel/iommu_groups/{}/type",
+        w.devs[0].iommu_group().unwrap().id()
+    );
     w.iommu.sysfs().write(&path, "DMA-FQ").unwrap();
     assert_eq!(dma.domain().ty(), DomainType::DmaFq);
     assert!(dma.is_lazy());
-    let a = dma.map_single(PhysAddr::new(BUF), 0x1000, Dir::ToDevice).unwrap();
+    let a = dma
+        .map_single(PhysAddr::new(BUF), 0x1000, Dir::ToDevice)
+        .unwrap();
     dma.unmap_single(a, 0x1000, Dir::ToDevice).unwrap();
     assert_eq!(dma.domain_stats().fq.queued, 1);
     // Back to DMA needs the driver gone, as in Linux.
@@ -379,7 +572,10 @@ fn switching_dma_to_dma_fq_through_sysfs_makes_a_bound_device_lazy_at_once() {
 #[test]
 fn a_device_without_a_group_is_not_translated() {
     let w = world(1, true);
-    let dev = w.bus.add_device(iommu_core::DeviceBuilder::new("bmc")).unwrap();
+    let dev = w
+        .bus
+        .add_device(iommu_core::DeviceBuilder::new("bmc"))
+        .unwrap();
     assert_eq!(
         DmaDevice::bind(&w.iommu, &dev, DmaOptions::default()).err(),
         Some(DmaError::NotTranslated)

@@ -42,7 +42,12 @@ pub fn world(n: u32, strict: bool) -> World {
         identity_devices: vec![],
     });
     iommu.bus_set_iommu(&bus, Arc::new(hw.clone())).unwrap();
-    World { iommu, bus, hw, devs }
+    World {
+        iommu,
+        bus,
+        hw,
+        devs,
+    }
 }
 
 impl World {
