@@ -30,16 +30,44 @@ impl CpuId for SingleCpu {
 #[cfg(feature = "std")]
 mod thread {
     use super::CpuId;
-    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Mutex;
+    use std::vec::Vec;
 
-    static NEXT_SLOT: AtomicUsize = AtomicUsize::new(0);
+    /// Which slots live threads hold.
+    static SLOTS: Mutex<Vec<bool>> = Mutex::new(Vec::new());
 
-    std::thread_local! {
-        static SLOT: usize = NEXT_SLOT.fetch_add(1, Ordering::Relaxed);
+    /// A thread's slot, given back when the thread exits.
+    struct Slot(usize);
+
+    impl Slot {
+        fn take() -> Slot {
+            let mut slots = SLOTS.lock().unwrap_or_else(|e| e.into_inner());
+            let i = slots.iter().position(|used| !used).unwrap_or(slots.len());
+            if i == slots.len() {
+                slots.push(true);
+            } else {
+                slots[i] = true;
+            }
+            Slot(i)
+        }
     }
 
-    /// Thread-sharded CPU ids: each thread takes the next slot the first
-    /// time it asks, and keeps it; the shard is the slot modulo the count.
+    impl Drop for Slot {
+        fn drop(&mut self) {
+            let mut slots = SLOTS.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(s) = slots.get_mut(self.0) {
+                *s = false;
+            }
+        }
+    }
+
+    std::thread_local! {
+        static SLOT: Slot = Slot::take();
+    }
+
+    /// Thread-sharded CPU ids: the first time a thread asks, it takes the
+    /// lowest slot no live thread holds (as CPU ids are dense), and keeps
+    /// it until it exits; the shard is the slot modulo the count.
     #[derive(Clone, Copy, Debug)]
     pub struct ThreadCpu {
         nr: usize,
@@ -69,7 +97,7 @@ mod thread {
         }
         #[inline]
         fn current(&self) -> usize {
-            SLOT.with(|s| *s) % self.nr
+            SLOT.with(|s| s.0) % self.nr
         }
     }
 }

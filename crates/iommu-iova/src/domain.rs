@@ -6,6 +6,11 @@ use crate::tree::{order_base_2, IovaTree};
 use crate::{IovaError, IovaRange};
 use spin::Mutex;
 
+/// Bytes of I/O page-table entries that share a cache line: a cache miss
+/// takes a whole line's worth of small ranges for its CPU, so CPUs mapping
+/// at once never write the same line of the leaf table (8-byte entries).
+const REFILL_FRAMES: u64 = 8;
+
 /// Sizes below this many granules are rounded up to a power of two by the
 /// fast path, so that what comes back to a cache always has its class's size.
 const ROUND_UP_BELOW: u64 = 1 << (CACHE_CLASSES - 1);
@@ -198,13 +203,39 @@ impl<C: CpuId> IovaDomain<C> {
                 }
             }
         }
-        match self.alloc(size, limit_pfn, true) {
+        let from_tree = || {
+            if class < CACHE_CLASSES && size < REFILL_FRAMES {
+                if let Ok(pfn) = self.refill(size, class, limit_pfn) {
+                    return Ok(pfn);
+                }
+            }
+            self.alloc(size, limit_pfn, true)
+        };
+        match from_tree() {
             Err(IovaError::NoSpace) if flush_caches => {
                 self.flush_caches();
-                self.alloc(size, limit_pfn, true)
+                from_tree()
             }
             r => r,
         }
+    }
+
+    /// On a cache miss for a small size: takes a cache line's worth of
+    /// ranges from the tree, hands out the highest and caches the rest on
+    /// this CPU.
+    fn refill(&self, size: u64, class: usize, limit_pfn: u64) -> Result<u64, IovaError> {
+        let count = REFILL_FRAMES / size;
+        let first = self.tree.lock().alloc_block(size, count, limit_pfn)?;
+        let cpu = self.cpu.current();
+        for i in 0..count - 1 {
+            if let Some(mag) = self.rcaches.insert(cpu, class, first + i * size) {
+                let mut tree = self.tree.lock();
+                for &p in mag.pfns() {
+                    tree.free_exact(p);
+                }
+            }
+        }
+        Ok(first + (count - 1) * size)
     }
 
     /// Returns a range [`alloc_fast`](Self::alloc_fast) gave out, to this
@@ -217,13 +248,21 @@ impl<C: CpuId> IovaDomain<C> {
     /// caller that cannot trust its input checks with [`find`](Self::find)
     /// first. Debug builds check.
     pub fn free_fast(&self, pfn: u64, size: u64) {
+        self.free_fast_on(self.cpu.current(), pfn, size);
+    }
+
+    /// [`free_fast`](Self::free_fast) into the cache of CPU `cpu` (reduced
+    /// modulo the CPU count): for deferred frees run by a helper thread on
+    /// behalf of the CPU that unmapped, so the range goes back where it
+    /// was used.
+    pub fn free_fast_on(&self, cpu: usize, pfn: u64, size: u64) {
         debug_assert!(
             self.find(pfn).is_some_and(|r| r.pfn_lo == pfn),
             "free_fast of a frame alloc_fast did not return"
         );
         let class = order_base_2(size.max(1)) as usize;
         if class < CACHE_CLASSES {
-            if let Some(mag) = self.rcaches.insert(self.cpu.current(), class, pfn) {
+            if let Some(mag) = self.rcaches.insert(cpu, class, pfn) {
                 let mut tree = self.tree.lock();
                 for &p in mag.pfns() {
                     tree.free_exact(p);

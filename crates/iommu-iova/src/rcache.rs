@@ -47,7 +47,9 @@ impl Magazine {
     /// searched only when the newest does not fit, as the tree is the better
     /// place for a request no cached range satisfies.
     fn pop(&mut self, max_start: u64) -> Option<u64> {
-        let i = self.pfns[..self.len].iter().rposition(|&p| p <= max_start)?;
+        let i = self.pfns[..self.len]
+            .iter()
+            .rposition(|&p| p <= max_start)?;
         let pfn = self.pfns[i];
         self.len -= 1;
         self.pfns[i] = self.pfns[self.len];
@@ -78,6 +80,9 @@ struct PerCpu {
 
 pub(crate) struct Rcaches {
     cpus: Box<[PerCpu]>,
+    // Boxed so a magazine moves between a CPU and the depot as a pointer,
+    // not as a 1 KiB copy under the locks.
+    #[allow(clippy::vec_box)]
     depots: [Mutex<Vec<Box<Magazine>>>; CACHE_CLASSES],
     max_depot: usize,
 }

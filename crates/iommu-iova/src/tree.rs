@@ -162,6 +162,37 @@ impl IovaTree {
         Ok(pfn_lo)
     }
 
+    /// Allocates `count` adjacent ranges of `size` frames as one block
+    /// aligned to its whole size, ending at or below `limit_pfn`; returns the
+    /// first frame of the block. Each range is its own node, freed on its own.
+    ///
+    /// # Errors
+    /// As [`alloc`](Self::alloc) for the whole block.
+    pub fn alloc_block(&mut self, size: u64, count: u64, limit_pfn: u64) -> Result<u64, IovaError> {
+        let total = size.checked_mul(count).ok_or(IovaError::InvalidSize)?;
+        let first = self.alloc(total, limit_pfn, true)?;
+        if count > 1 {
+            self.nodes.insert(
+                first,
+                Node {
+                    pfn_hi: first + size - 1,
+                    kind: Kind::Allocated,
+                },
+            );
+            for i in 1..count {
+                let lo = first + i * size;
+                self.nodes.insert(
+                    lo,
+                    Node {
+                        pfn_hi: lo + size - 1,
+                        kind: Kind::Allocated,
+                    },
+                );
+            }
+        }
+        Ok(first)
+    }
+
     /// The highest aligned start of `size` free frames in `[low, high)`.
     fn search(&self, mut high: u64, low: u64, size: u64, align_mask: u64) -> Option<u64> {
         for (&lo, node) in self.nodes.range(..high).rev() {
@@ -217,11 +248,7 @@ impl IovaTree {
     fn remove(&mut self, r: IovaRange) {
         // Keep the cached search points valid (they must name live nodes):
         // a freed range at or above a cached point moves it to the next node up.
-        let next_up = self
-            .nodes
-            .range(r.pfn_lo + 1..)
-            .next()
-            .map(|(&lo, _)| lo);
+        let next_up = self.nodes.range(r.pfn_lo + 1..).next().map(|(&lo, _)| lo);
         if let Some(c32) = self.cached32 {
             if c32 == r.pfn_lo || (r.pfn_hi < self.dma_32bit_pfn && r.pfn_lo >= c32) {
                 self.cached32 = next_up;

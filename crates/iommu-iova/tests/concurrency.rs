@@ -23,14 +23,21 @@ fn threads_never_share_a_frame_and_freed_frames_return() {
                     x ^= x << 13;
                     x ^= x >> 7;
                     x ^= x << 17;
-                    if x % 3 != 0 || mine.is_empty() {
+                    if !x.is_multiple_of(3) || mine.is_empty() {
                         let size = [1, 1, 2, 3, 4, 8, 16, 32, 40][(x >> 8) as usize % 9];
                         let Ok(pfn) = iovad.alloc_fast(size, 4095, true) else {
                             continue;
                         };
-                        let rounded = if size < 32 { size.next_power_of_two() } else { size };
+                        let rounded = if size < 32 {
+                            size.next_power_of_two()
+                        } else {
+                            size
+                        };
                         let mut l = live.lock().unwrap();
-                        let clash = l.range(..pfn + rounded).next_back().filter(|(_, &hi)| hi >= pfn);
+                        let clash = l
+                            .range(..pfn + rounded)
+                            .next_back()
+                            .filter(|(_, &hi)| hi >= pfn);
                         assert!(clash.is_none(), "{pfn:#x} handed out while live: {clash:?}");
                         l.insert(pfn, pfn + rounded - 1);
                         drop(l);

