@@ -91,6 +91,7 @@ impl FlushQueue {
     /// Frees the ring's entries a finished flush covers (Linux's `fq_ring_free_locked`).
     fn free_done(
         &self,
+        cpu: usize,
         ring: &mut VecDeque<Entry>,
         iovad: &IovaDomain<ThreadCpu>,
         domain: &Domain,
@@ -101,7 +102,7 @@ impl FlushQueue {
             if let Some(g) = e.gather {
                 domain.iotlb_sync(g);
             }
-            iovad.free_fast(e.pfn, e.pages);
+            iovad.free_fast_on(cpu, e.pfn, e.pages);
         }
     }
 
@@ -118,11 +119,11 @@ impl FlushQueue {
         let cpu = iovad.cpu_id().current() % self.rings.len();
         let mut ring = self.rings[cpu].0.lock();
         // Entries another CPU's flush already covered make room first.
-        self.free_done(&mut ring, iovad, domain);
+        self.free_done(cpu, &mut ring, iovad, domain);
         if ring.len() >= self.size {
             self.full_flushes.fetch_add(1, Ordering::Relaxed);
             self.flush_iotlb(domain);
-            self.free_done(&mut ring, iovad, domain);
+            self.free_done(cpu, &mut ring, iovad, domain);
         }
         ring.push_back(Entry {
             pfn,
@@ -142,8 +143,9 @@ impl FlushQueue {
         self.timer_on.store(false, Ordering::Release);
         self.timeout_flushes.fetch_add(1, Ordering::Relaxed);
         self.flush_iotlb(domain);
-        for ring in self.rings.iter() {
-            self.free_done(&mut ring.0.lock(), iovad, domain);
+        // Each ring's IOVAs go back to the cache of the CPU that used them.
+        for (cpu, ring) in self.rings.iter().enumerate() {
+            self.free_done(cpu, &mut ring.0.lock(), iovad, domain);
         }
     }
 
