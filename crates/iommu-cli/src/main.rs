@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 mod bench;
+mod bench_dma;
 mod run;
 mod trace;
 
@@ -17,6 +18,7 @@ usage: iommu [run] [--trace] [--passthrough] [--lazy]
        iommu groups [--passthrough] [--lazy]
        iommu sysfs [--passthrough] [--lazy]
        iommu bench pgtable [--json] [--quick] [--format NAME]...
+       iommu bench dma [--threads N] [--seconds S] [--json] [--quick]
        iommu --help
 
 Runs the Linux IOMMU model (iommu-rs) on a built-in simulated PCI platform.
@@ -34,6 +36,12 @@ commands:
            machine-readable output, --quick for short runs, --format to
            pick formats (arm-lpae-s1-4k, arm-lpae-s2-4k, vtd-sl-4level,
            amd-v1, riscv-sv48)
+  bench dma
+           the DMA API hot path, as Linux's dma_map_benchmark: N threads
+           map and unmap 4 KiB for S seconds (default 1 thread, 1 s) in a
+           strict (DMA) and a lazy (DMA-FQ) domain, map and unmap timed
+           separately; with N > 1 also 1 thread, for the speedup; plus IOVA
+           alloc+free alone (cache hit, and the tree at 50% fragmentation)
 
 options:
   --trace        print every core and driver operation as a call tree
@@ -42,13 +50,14 @@ options:
 ";
 
 /// What the command line asks for.
-#[derive(Debug, Default, PartialEq, Eq)]
+#[derive(Debug, Default, PartialEq)]
 pub struct Options {
     command: Command,
     trace: bool,
     passthrough: bool,
     lazy: bool,
     bench: bench::BenchOptions,
+    dma: bench_dma::DmaBenchOptions,
 }
 
 #[derive(Debug, Default, PartialEq, Eq, Clone, Copy)]
@@ -58,6 +67,7 @@ enum Command {
     Groups,
     Sysfs,
     BenchPgtable,
+    BenchDma,
     Help,
 }
 
@@ -80,9 +90,24 @@ fn parse(args: impl IntoIterator<Item = String>) -> Result<Options, String> {
             "-h" | "--help" | "help" => set(Command::Help, &mut command)?,
             "bench" => match args.next().as_deref() {
                 Some("pgtable") => set(Command::BenchPgtable, &mut command)?,
-                Some(other) => return Err(format!("unknown benchmark '{other}' (known: pgtable)")),
-                None => return Err("bench needs a benchmark name (pgtable)".into()),
+                Some("dma") => set(Command::BenchDma, &mut command)?,
+                Some(other) => {
+                    return Err(format!("unknown benchmark '{other}' (known: pgtable, dma)"))
+                }
+                None => return Err("bench needs a benchmark name (pgtable, dma)".into()),
             },
+            "--threads" => {
+                o.dma.threads = match args.next().map(|v| v.parse::<usize>()) {
+                    Some(Ok(n)) if (1..=1024).contains(&n) => n,
+                    _ => return Err("--threads needs a number from 1 to 1024".into()),
+                }
+            }
+            "--seconds" => {
+                o.dma.seconds = match args.next().map(|v| v.parse::<f64>()) {
+                    Some(Ok(s)) if s.is_finite() && s > 0.0 && s <= 3600.0 => s,
+                    _ => return Err("--seconds needs a number above 0 and at most 3600".into()),
+                }
+            }
             "--json" => o.bench.json = true,
             "--quick" => o.bench.quick = true,
             "--format" => match args.next() {
@@ -99,11 +124,22 @@ fn parse(args: impl IntoIterator<Item = String>) -> Result<Options, String> {
     if o.trace && o.command != Command::Run {
         return Err("--trace goes with the run command".into());
     }
-    if o.bench != bench::BenchOptions::default() && o.command != Command::BenchPgtable {
-        return Err("--json, --quick and --format go with bench pgtable".into());
+    let is_bench = matches!(o.command, Command::BenchPgtable | Command::BenchDma);
+    if o.bench != bench::BenchOptions::default() && !is_bench {
+        return Err("--json and --quick go with bench, --format with bench pgtable".into());
     }
-    if o.command == Command::BenchPgtable && (o.passthrough || o.lazy) {
-        return Err("--passthrough and --lazy do not apply to bench pgtable".into());
+    if !o.bench.formats.is_empty() && o.command != Command::BenchPgtable {
+        return Err("--format goes with bench pgtable".into());
+    }
+    if o.dma != bench_dma::DmaBenchOptions::default() && o.command != Command::BenchDma {
+        return Err("--threads and --seconds go with bench dma".into());
+    }
+    o.dma.json = o.bench.json;
+    o.dma.quick = o.bench.quick;
+    if is_bench && (o.passthrough || o.lazy) {
+        return Err(
+            "--passthrough and --lazy do not apply to bench (bench dma runs both modes)".into(),
+        );
     }
     Ok(o)
 }
@@ -128,6 +164,7 @@ fn main() -> ExitCode {
         Command::Groups => run::groups(&opts),
         Command::Sysfs => run::sysfs(&opts),
         Command::BenchPgtable => bench::pgtable(&opts.bench).map(|out| print!("{out}")),
+        Command::BenchDma => bench_dma::dma(&opts.dma).map(|out| print!("{out}")),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -177,15 +214,33 @@ mod tests {
         assert!(o.bench.json && !o.bench.quick);
         assert_eq!(o.bench.formats, vec!["amd-v1", "riscv-sv48"]);
         assert!(p(&["bench"]).unwrap_err().contains("needs a benchmark"));
-        assert!(p(&["bench", "dma"])
+        assert!(p(&["bench", "dmx"])
             .unwrap_err()
-            .contains("unknown benchmark 'dma'"));
+            .contains("unknown benchmark 'dmx'"));
+        let d = p(&[
+            "bench",
+            "dma",
+            "--threads",
+            "2",
+            "--seconds",
+            "0.5",
+            "--json",
+        ])
+        .unwrap();
+        assert_eq!(d.command, Command::BenchDma);
+        assert_eq!((d.dma.threads, d.dma.seconds, d.dma.json), (2, 0.5, true));
+        assert!(p(&["bench", "dma", "--threads", "0"]).is_err());
+        assert!(p(&["bench", "dma", "--threads", "x"]).is_err());
+        assert!(p(&["bench", "dma", "--seconds", "-1"]).is_err());
+        assert!(p(&["bench", "dma", "--seconds", "nan"]).is_err());
+        assert!(p(&["bench", "dma", "--format", "amd-v1"]).is_err());
+        assert!(p(&["bench", "pgtable", "--threads", "2"]).is_err());
         assert!(p(&["bench", "pgtable", "--format"])
             .unwrap_err()
             .contains("needs a format"));
         assert!(p(&["groups", "--json"])
             .unwrap_err()
-            .contains("go with bench pgtable"));
+            .contains("go with bench"));
         assert!(p(&["bench", "pgtable", "--lazy"]).is_err());
     }
 

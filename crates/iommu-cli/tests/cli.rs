@@ -152,3 +152,53 @@ fn bench_pgtable_refuses_an_unknown_format() {
     assert_eq!(code, 1);
     assert!(err.contains("unknown format 'sparc'"), "{err}");
 }
+
+#[test]
+fn bench_dma_json_reports_both_modes_the_speedup_and_the_iova_allocator() {
+    let (code, out, err) = iommu(&["bench", "dma", "--threads", "2", "--json", "--quick"]);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).expect("valid JSON");
+    assert_eq!(v["benchmark"], "dma");
+    assert_eq!(v["threads"], 2);
+    let runs = v["runs"].as_array().unwrap();
+    let modes: Vec<(String, u64)> = runs
+        .iter()
+        .map(|r| {
+            (
+                r["mode"].as_str().unwrap().to_string(),
+                r["threads"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        modes,
+        [
+            ("strict".into(), 1),
+            ("strict".into(), 2),
+            ("lazy".into(), 1),
+            ("lazy".into(), 2)
+        ]
+    );
+    for r in runs {
+        for k in ["map", "unmap"] {
+            let mean = r[k]["mean"].as_f64().unwrap();
+            assert!(mean > 0.0 && mean.is_finite(), "{k}: {mean}");
+            assert!(r[k]["stddev"].as_f64().unwrap() >= 0.0);
+        }
+        assert!(r["pairs_per_sec"].as_f64().unwrap() > 0.0);
+    }
+    assert!(v["speedup"]["strict"].as_f64().unwrap() > 0.0);
+    for k in ["alloc_free_cache_hit", "alloc_free_tree_50pct_fragmented"] {
+        assert!(v["iova"][k]["mean"].as_f64().unwrap() > 0.0, "{k}");
+    }
+}
+
+#[test]
+fn bench_dma_refuses_bad_thread_counts_and_foreign_flags() {
+    let (code, _, err) = iommu(&["bench", "dma", "--threads", "0"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("--threads"), "{err}");
+    let (code, _, err) = iommu(&["bench", "dma", "--format", "amd-v1"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("--format"), "{err}");
+}
