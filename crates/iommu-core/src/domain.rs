@@ -4,9 +4,9 @@
 use crate::ops::{DomainGeometry, DomainOps, PagingOps};
 use crate::Device;
 use iommu_types::{Errno, IotlbGather, Iova, PhysAddr, Prot};
+use std::any::Any;
 use std::fmt;
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::any::Any;
 use std::sync::{Arc, Mutex, RwLock, Weak};
 
 /// What a DMA layer keeps in a domain (Linux's `domain->iova_cookie`).

@@ -603,5 +603,8 @@ fn the_iova_cookie_is_made_once_lives_with_the_domain_and_a_failed_init_stores_n
     let weak_domain = d.downgrade();
     drop((made, again, d));
     assert!(weak_domain.upgrade().is_none());
-    assert!(weak_cookie.upgrade().is_none(), "the cookie died with its domain");
+    assert!(
+        weak_cookie.upgrade().is_none(),
+        "the cookie died with its domain"
+    );
 }
