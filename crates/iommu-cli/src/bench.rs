@@ -35,11 +35,11 @@ const BASE: u64 = 1 << 30;
 type Workload<F> = fn(&IoPageTable<F, HeapMemory>, u64, u64, Clock<'_>) -> Duration;
 
 /// Mean, standard deviation and minimum of ns per operation.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct Stats {
-    mean: f64,
-    stddev: f64,
-    min: f64,
+    pub(crate) mean: f64,
+    pub(crate) stddev: f64,
+    pub(crate) min: f64,
 }
 
 struct FormatResult {
@@ -48,23 +48,20 @@ struct FormatResult {
     table_bytes_per_4k_page: Option<f64>,
 }
 
-fn sample<F: Format>(
-    pt: &IoPageTable<F, HeapMemory>,
-    f: Workload<F>,
-    quick: bool,
-    now: Clock<'_>,
-) -> Stats {
+/// Times `f(iters)` (returning the elapsed time of `iters` operations),
+/// doubling `iters` until one run takes long enough, then samples it.
+pub(crate) fn sample(mut f: impl FnMut(u64) -> Duration, quick: bool) -> Stats {
     let target = if quick {
         Duration::from_millis(2)
     } else {
         Duration::from_millis(20)
     };
     let mut iters = 1u64;
-    while f(pt, BASE, iters, now) < target && iters < 1 << 30 {
+    while f(iters) < target && iters < 1 << 30 {
         iters *= 2;
     }
     let samples: Vec<f64> = (0..if quick { 3 } else { 10 })
-        .map(|_| f(pt, BASE, iters, now).as_nanos() as f64 / iters as f64)
+        .map(|_| f(iters).as_nanos() as f64 / iters as f64)
         .collect();
     let mean = samples.iter().sum::<f64>() / samples.len() as f64;
     let var = samples.iter().map(|s| (s - mean).powi(2)).sum::<f64>() / samples.len() as f64;
@@ -95,7 +92,7 @@ fn run_format<F: Format + Clone>(fmt: F, quick: bool) -> Result<FormatResult, St
         name,
         workloads: workloads
             .iter()
-            .map(|&(w, f)| (w, sample(&pt, f, quick, &now)))
+            .map(|&(w, f)| (w, sample(|n| f(&pt, BASE, n, &now), quick)))
             .collect(),
         table_bytes_per_4k_page: measure::table_bytes_per_4k_page(fmt, HeapMemory::new(), BASE),
     })

@@ -3,6 +3,7 @@
 //! fixed time, timing map and unmap separately, in strict (DMA) and lazy
 //! (DMA-FQ) domains of the soft IOMMU; plus the IOVA allocator alone.
 
+use crate::bench::{sample, Stats};
 use iommu_core::{Bus, DeviceBuilder, Iommu, IommuConfig, PhysAddr};
 use iommu_dma::{DmaDevice, DmaDirection, DmaOptions};
 use iommu_iova::{measure, IovaDomain, ThreadCpu};
@@ -35,18 +36,23 @@ impl Default for DmaBenchOptions {
     }
 }
 
-/// Mean and standard deviation of ns per operation.
-#[derive(Clone, Copy, Debug, Default)]
-struct Stat {
-    mean: f64,
-    stddev: f64,
-}
-
-#[derive(Default)]
+/// Running mean, variance and minimum of per-operation times.
 struct Acc {
     n: u64,
     sum: f64,
     sumsq: f64,
+    min: f64,
+}
+
+impl Default for Acc {
+    fn default() -> Self {
+        Self {
+            n: 0,
+            sum: 0.0,
+            sumsq: 0.0,
+            min: f64::INFINITY,
+        }
+    }
 }
 
 impl Acc {
@@ -54,21 +60,24 @@ impl Acc {
         self.n += 1;
         self.sum += ns;
         self.sumsq += ns * ns;
+        self.min = self.min.min(ns);
     }
     fn merge(&mut self, o: &Acc) {
         self.n += o.n;
         self.sum += o.sum;
         self.sumsq += o.sumsq;
+        self.min = self.min.min(o.min);
     }
-    fn stat(&self) -> Stat {
+    fn stat(&self) -> Stats {
         if self.n == 0 {
-            return Stat::default();
+            return Stats::default();
         }
         let mean = self.sum / self.n as f64;
         let var = (self.sumsq / self.n as f64 - mean * mean).max(0.0);
-        Stat {
+        Stats {
             mean,
             stddev: var.sqrt(),
+            min: self.min,
         }
     }
 }
@@ -76,8 +85,8 @@ impl Acc {
 struct ModeResult {
     mode: &'static str,
     threads: usize,
-    map: Stat,
-    unmap: Stat,
+    map: Stats,
+    unmap: Stats,
     /// Map+unmap pairs per second, all threads together.
     ops_per_sec: f64,
 }
@@ -150,20 +159,6 @@ fn run_mode(strict: bool, threads: usize, dur: Duration) -> Result<ModeResult, S
     })
 }
 
-/// Samples `f(iters)` (ns per op) until a sample takes `target`.
-fn sample(mut f: impl FnMut(u64) -> Duration, quick: bool) -> Stat {
-    let target = Duration::from_millis(if quick { 2 } else { 20 });
-    let mut iters = 1u64;
-    while f(iters) < target && iters < 1 << 30 {
-        iters *= 2;
-    }
-    let mut acc = Acc::default();
-    for _ in 0..if quick { 3 } else { 10 } {
-        acc.add(f(iters).as_nanos() as f64 / iters as f64);
-    }
-    acc.stat()
-}
-
 /// The nanoseconds one `Instant::now()` costs, which each timed operation
 /// above includes once.
 fn clock_overhead() -> f64 {
@@ -177,8 +172,8 @@ fn clock_overhead() -> f64 {
 
 struct Report {
     modes: Vec<ModeResult>,
-    cache_hit: Stat,
-    tree: Stat,
+    cache_hit: Stats,
+    tree: Stats,
     clock_ns: f64,
 }
 
