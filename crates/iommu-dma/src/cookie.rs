@@ -177,6 +177,14 @@ impl DmaCookie {
         }
     }
 
+    /// Whether IOVAs wait in the flush queue.
+    pub(crate) fn has_queued(&self) -> bool {
+        self.fq
+            .get()
+            .and_then(Option::as_ref)
+            .is_some_and(FlushQueue::has_queued)
+    }
+
     /// Runs the flush queue's timeout now (for tests and shutdown paths).
     pub(crate) fn flush_queue_timeout(&self) {
         self.fire();

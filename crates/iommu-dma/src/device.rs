@@ -341,7 +341,7 @@ impl DmaDevice {
             Ok(pfn) => pfn,
             // IOVAs waiting in a flush queue are free space a flush away:
             // take it rather than fail (Linux would fail here).
-            Err(_) if self.domain_stats().fq.queued > 0 => {
+            Err(_) if self.cookie.has_queued() => {
                 self.cookie.flush_queue_timeout();
                 alloc().map_err(|_| DmaError::NoSpace)?
             }

@@ -149,6 +149,10 @@ impl FlushQueue {
         }
     }
 
+    pub(crate) fn has_queued(&self) -> bool {
+        self.rings.iter().any(|r| !r.0.lock().is_empty())
+    }
+
     pub(crate) fn stats(&self) -> FqStats {
         FqStats {
             queued: self.rings.iter().map(|r| r.0.lock().len()).sum(),
