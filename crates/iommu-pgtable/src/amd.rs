@@ -66,7 +66,9 @@ impl AmdV1 {
     }
 }
 
-impl Format for AmdV1 {
+// SAFETY: a table descriptor is the only encoding with a non-zero next-level field equal to this level's AMD number minus one; leaves (and their dirty and stepped forms) keep next level 0, and the address field round-trips for 4 KiB-aligned tables.
+#[allow(unsafe_code)] // implements the unsafe `Format` contract
+unsafe impl Format for AmdV1 {
     fn geometry(&self) -> &Geometry {
         &self.geo
     }

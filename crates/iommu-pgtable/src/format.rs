@@ -6,6 +6,9 @@
 
 use iommu_types::{PhysAddr, Prot};
 
+/// Deepest table any supported format has.
+pub(crate) const MAX_LEVELS: usize = 6;
+
 /// The shape of a multi-level table.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Geometry {
@@ -107,6 +110,25 @@ impl Geometry {
         }
     }
 
+    /// Whether the shape is one the walker can work with: 1 to 6 levels,
+    /// granule and index widths that keep every shift below 64, at least
+    /// one leaf level (none at or past `levels`), and address sizes of at
+    /// most 64 bits. [`IoPageTable::new`](crate::IoPageTable::new) refuses
+    /// any other.
+    pub fn is_valid(&self) -> bool {
+        (1..=MAX_LEVELS).contains(&self.levels)
+            && (6..=30).contains(&self.granule_shift)
+            && (1..=16).contains(&self.bits_per_level)
+            && self.root_bits <= 20
+            && u64::from(self.granule_shift)
+                + u64::from(self.bits_per_level) * (self.levels as u64 - 1)
+                < 64
+            && self.leaf_levels != 0
+            && self.leaf_levels >> self.levels == 0
+            && self.ias <= 64
+            && self.oas <= 64
+    }
+
     /// Whether `[pa, pa + size)` lies inside the output address space.
     #[inline]
     pub fn output_fits(&self, pa: u64, size: u64) -> bool {
@@ -148,7 +170,48 @@ pub enum PteKind {
 ///
 /// The walker never looks at descriptor bits itself; everything
 /// format-specific is here.
-pub trait Format: Send + Sync {
+///
+/// # Safety
+/// The walker follows the table addresses [`decode`](Self::decode) returns
+/// with plain loads and stores, so on the heap backend a wrong answer is a
+/// wild pointer. An implementation promises, for every `level` below
+/// `geometry().levels`:
+/// - `decode(encode_table(t, level), level)` is `Pte::Table(t)` for every
+///   table address `t` the walker passes in (aligned to its table size, in
+///   the output address space);
+/// - no other value the walker can store is decoded as a table, or
+///   classified as one by [`kind`](Self::kind): 0, every
+///   [`encode_leaf`](Self::encode_leaf) result, a leaf advanced by
+///   [`leaf_step`](Self::leaf_step) within the run it was asked about, and
+///   what [`make_clean`](Self::make_clean) and
+///   [`make_dirty`](Self::make_dirty) make of a leaf;
+/// - [`kind`](Self::kind) agrees with [`decode`](Self::decode) on every value;
+/// - [`geometry`](Self::geometry) always returns the same value.
+///
+/// Together these mean the walker only ever follows addresses of tables it
+/// installed itself. The geometry's own sanity (level count, index widths)
+/// is checked by [`IoPageTable::new`](crate::IoPageTable::new).
+///
+/// Safe code cannot implement it, so a codec written under
+/// `#![forbid(unsafe_code)]` cannot hand the walker a wild table address:
+///
+/// ```compile_fail,E0200
+/// #![forbid(unsafe_code)]
+/// use iommu_pgtable::{Format, Geometry, Pte};
+/// use iommu_types::{PhysAddr, Prot};
+///
+/// struct Liar(Geometry);
+/// impl Format for Liar {
+///     fn geometry(&self) -> &Geometry { &self.0 }
+///     // Claims every descriptor points at a table at address 0x10.
+///     fn decode(&self, _pte: u64, _level: usize) -> Pte { Pte::Table(PhysAddr::new(0x10)) }
+///     fn encode_table(&self, _t: PhysAddr, _level: usize) -> u64 { 1 }
+///     fn encode_leaf(&self, _pa: PhysAddr, _level: usize, _prot: Prot) -> u64 { 1 }
+///     fn name(&self) -> &'static str { "liar" }
+/// }
+/// ```
+#[allow(unsafe_code)] // the walker's memory safety rests on this contract
+pub unsafe trait Format: Send + Sync {
     /// The table shape.
     fn geometry(&self) -> &Geometry;
     /// Decodes the descriptor `pte` found in a table at `level`.

@@ -300,7 +300,9 @@ impl Lpae {
     }
 }
 
-impl Format for Lpae {
+// SAFETY: only non-last-level descriptors with both type bits set decode as tables, which only `encode_table` writes (blocks have type 0b01, pages live at the last level, DBM and AP changes leave the type bits alone), and the address field round-trips for granule-aligned tables.
+#[allow(unsafe_code)] // implements the unsafe `Format` contract
+unsafe impl Format for Lpae {
     fn geometry(&self) -> &Geometry {
         &self.geo
     }

@@ -111,6 +111,8 @@ impl HeapMemory {
 
 impl TableMemory for HeapMemory {
     fn alloc_table(&self, bytes: usize) -> Option<PhysAddr> {
+        // The layout first: a refused size must not count as a live page.
+        let layout = Self::layout(bytes)?;
         let limit = self.limit.load(Ordering::Relaxed);
         if self
             .live
@@ -121,7 +123,6 @@ impl TableMemory for HeapMemory {
         {
             return None;
         }
-        let layout = Self::layout(bytes)?;
         // SAFETY: the layout has a non-zero size (at least 64 bytes).
         let ptr = unsafe { alloc_zeroed(layout) };
         if ptr.is_null() {

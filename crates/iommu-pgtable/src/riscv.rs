@@ -97,7 +97,9 @@ impl Riscv {
     }
 }
 
-impl Format for Riscv {
+// SAFETY: a table is a valid descriptor with R, W and X clear, which only `encode_table` writes (every leaf has R or W set, and the dirty forms only change D), and the PPN field round-trips for 4 KiB-aligned tables.
+#[allow(unsafe_code)] // implements the unsafe `Format` contract
+unsafe impl Format for Riscv {
     fn geometry(&self) -> &Geometry {
         &self.geo
     }

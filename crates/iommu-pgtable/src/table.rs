@@ -16,16 +16,21 @@
 //!   A reader racing with an unmap of its own range may see stale entries,
 //!   never freed memory.
 //!
+//! - no path that can run out of memory aborts: table pages come from
+//!   [`TableMemory`] (which may refuse), and the bookkeeping of detached
+//!   pages never allocates on the unmap path, because its capacity is
+//!   reserved, fallibly, when the map path allocates the page.
+//!
 //! The only `unsafe` here is calling [`TableMemory`]'s descriptor accessors,
 //! whose contract ("the table is live, the index in bounds") the walker keeps
-//! by only following table descriptors it wrote itself and indexing below
-//! `Geometry::entries`.
+//! by only following table descriptors it wrote itself (which the unsafe
+//! [`Format`] contract guarantees) and indexing below `Geometry::entries`.
 
+use crate::format::MAX_LEVELS;
 use crate::{Format, Geometry, PgtableError, Pte, PteKind, TableMemory};
-use alloc::vec;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use iommu_types::{IotlbGather, Iova, PhysAddr, Prot};
+use iommu_types::{IotlbGather, Iova, PhysAddr, Prot, Unmapped};
 
 /// One mapped leaf, as [`IoPageTable::walk`] reports it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -41,9 +46,6 @@ pub struct Mapping {
     /// Level of the leaf (0 = root).
     pub level: usize,
 }
-
-/// Deepest table any supported format has.
-const MAX_LEVELS: usize = 6;
 
 /// Gather tokens are unique across every table in the process, so a gather
 /// that strays to another table can never release that table's pages.
@@ -64,12 +66,28 @@ impl Spare {
 }
 
 /// Table pages detached while the table is shared.
+///
+/// Both lists have room for every non-root page the table owns (`owned`),
+/// reserved when the page is allocated, so moving a page between the tree
+/// and the lists never allocates (and so never aborts on a full heap).
 #[derive(Debug, Default)]
 struct Parked {
     /// `(gather token, table)`; token 0 waits for `trim` or drop.
     pending: Vec<(u64, PhysAddr)>,
     /// Zeroed pages ready for reuse.
     pool: Vec<PhysAddr>,
+    /// Non-root pages this table holds from memory (in the tree, parked or
+    /// pooled), plus fresh ones a walk is allocating right now.
+    owned: usize,
+}
+
+/// Pushes without growing: the capacity was reserved when the page was
+/// allocated. Should it ever be missing, the page is leaked (never freed,
+/// never reused), which costs memory but not safety.
+fn push_reserved<T>(v: &mut Vec<T>, item: T) {
+    if v.len() < v.capacity() {
+        v.push(item);
+    }
 }
 
 /// A dirty bitmap over an IOVA range, one bit per page of `pgsize`.
@@ -82,28 +100,54 @@ pub struct DirtyBitmap {
 }
 
 impl DirtyBitmap {
-    /// A clear bitmap for `[base, base + size)` at `pgsize` granularity (a power of two).
-    pub fn new(base: Iova, size: u64, pgsize: u64) -> Self {
+    /// A clear bitmap for `[base, base + size)` at `pgsize` granularity.
+    ///
+    /// # Errors
+    /// [`PgtableError::InvalidArgument`] unless `pgsize` is a power of two,
+    /// `base` is aligned to it and the range ends at or below the top of the
+    /// 64-bit space; [`PgtableError::NoMemory`] when the bits cannot be
+    /// allocated (nothing aborts on a huge size).
+    pub fn new(base: Iova, size: u64, pgsize: u64) -> Result<Self, PgtableError> {
+        if !pgsize.is_power_of_two() || !base.is_aligned(pgsize) {
+            return Err(PgtableError::InvalidArgument);
+        }
+        // The range may end exactly at 2^64, so compute in 128 bits.
+        if u128::from(base.raw()) + u128::from(size) > 1u128 << 64 {
+            return Err(PgtableError::InvalidArgument);
+        }
         let pgshift = pgsize.trailing_zeros();
-        let pages = size.div_ceil(pgsize.max(1));
-        Self {
+        let pages = size.div_ceil(pgsize);
+        let words = usize::try_from(pages.div_ceil(64)).map_err(|_| PgtableError::NoMemory)?;
+        let mut bits = Vec::new();
+        bits.try_reserve_exact(words)
+            .map_err(|_| PgtableError::NoMemory)?;
+        bits.resize(words, 0);
+        Ok(Self {
             base: base.raw(),
             pgshift,
             pages,
-            bits: vec![0; pages.div_ceil(64) as usize],
-        }
+            bits,
+        })
+    }
+
+    /// The last address the bitmap covers, or `None` for an empty one.
+    fn last(&self) -> Option<u64> {
+        let len = u128::from(self.pages) << self.pgshift;
+        (len != 0).then(|| (u128::from(self.base) + len - 1).min(u128::from(u64::MAX)) as u64)
     }
 
     /// Marks the pages overlapping `[iova, iova + len)` (clipped to the bitmap).
     pub fn set_range(&mut self, iova: u64, len: u64) {
-        let start = iova.max(self.base);
-        let end = iova
-            .saturating_add(len)
-            .min(self.base + (self.pages << self.pgshift));
-        if start >= end {
+        let Some(bm_last) = self.last() else { return };
+        if len == 0 {
             return;
         }
-        for p in (start - self.base) >> self.pgshift..=(end - 1 - self.base) >> self.pgshift {
+        let start = iova.max(self.base);
+        let last = iova.saturating_add(len - 1).min(bm_last);
+        if start > last {
+            return;
+        }
+        for p in (start - self.base) >> self.pgshift..=(last - self.base) >> self.pgshift {
             self.bits[(p / 64) as usize] |= 1 << (p % 64);
         }
     }
@@ -140,10 +184,11 @@ impl<F: Format, M: TableMemory> IoPageTable<F, M> {
     ///
     /// # Errors
     /// [`PgtableError::NoMemory`] when the root cannot be allocated;
-    /// [`PgtableError::InvalidArgument`] for a geometry deeper than supported.
+    /// [`PgtableError::InvalidArgument`] for a geometry the walker cannot
+    /// use (see [`Geometry::is_valid`]).
     pub fn new(fmt: F, mem: M) -> Result<Self, PgtableError> {
         let geo = *fmt.geometry();
-        if geo.levels == 0 || geo.levels > MAX_LEVELS {
+        if !geo.is_valid() {
             return Err(PgtableError::InvalidArgument);
         }
         let root = mem
@@ -258,19 +303,64 @@ impl<F: Format, M: TableMemory> IoPageTable<F, M> {
 
     // ---- table pages ------------------------------------------------------
 
-    /// A zeroed non-root table: from the reuse pool, else fresh from memory.
-    fn alloc_table(&self) -> Option<Spare> {
-        if let Some(t) = self.parked.lock().pool.pop() {
-            return Some(Spare {
-                table: t,
-                pooled: true,
-            });
+    /// Fills `out` with zeroed non-root tables: from the reuse pool first,
+    /// else fresh from memory. All or nothing.
+    fn alloc_tables(&self, out: &mut [Spare]) -> Result<(), PgtableError> {
+        let fresh = {
+            let mut parked = self.parked.lock();
+            let mut taken = 0;
+            while taken < out.len() {
+                let Some(t) = parked.pool.pop() else { break };
+                out[taken] = Spare {
+                    table: t,
+                    pooled: true,
+                };
+                taken += 1;
+            }
+            let fresh = out.len() - taken;
+            if fresh > 0 {
+                // Room in both lists for every page once these exist, so
+                // that detaching them later never has to allocate.
+                let need = parked.owned + fresh;
+                let Parked { pending, pool, .. } = &mut *parked;
+                let reserved = pending
+                    .try_reserve(need.saturating_sub(pending.len()))
+                    .and_then(|()| pool.try_reserve(need.saturating_sub(pool.len())));
+                if reserved.is_err() {
+                    for s in &out[..taken] {
+                        parked.pool.push(s.table);
+                    }
+                    return Err(PgtableError::NoMemory);
+                }
+                parked.owned = need;
+            }
+            fresh
+        };
+        let bytes = self.geo.table_bytes(1);
+        let first_fresh = out.len() - fresh;
+        for i in first_fresh..out.len() {
+            match self.mem.alloc_table(bytes) {
+                Some(t) => {
+                    out[i] = Spare {
+                        table: t,
+                        pooled: false,
+                    }
+                }
+                None => {
+                    for s in &out[first_fresh..i] {
+                        // SAFETY: fresh from memory and never written into the tree.
+                        unsafe { self.mem.free_table(s.table, bytes) };
+                    }
+                    let mut parked = self.parked.lock();
+                    parked.owned -= fresh;
+                    for s in &out[..first_fresh] {
+                        push_reserved(&mut parked.pool, s.table);
+                    }
+                    return Err(PgtableError::NoMemory);
+                }
+            }
         }
-        let t = self.mem.alloc_table(self.geo.table_bytes(1))?;
-        Some(Spare {
-            table: t,
-            pooled: false,
-        })
+        Ok(())
     }
 
     /// Gives back a table this walk allocated but never installed.
@@ -278,24 +368,24 @@ impl<F: Format, M: TableMemory> IoPageTable<F, M> {
         if spare.pooled {
             // A reader racing with an old unmap may still look at a pooled
             // page, so it stays allocated.
-            self.parked.lock().pool.push(spare.table);
+            push_reserved(&mut self.parked.lock().pool, spare.table);
         } else {
             // SAFETY: fresh from memory and never written into the tree:
             // nothing else can refer to it.
             unsafe { self.mem.free_table(spare.table, self.geo.table_bytes(1)) };
+            self.parked.lock().owned -= 1;
         }
     }
 
     /// Parks every table of the subtree rooted at `table` (at `level`) under
     /// `token`; returns how many.
     fn park_subtree(&self, table: PhysAddr, level: usize, token: u64) -> u32 {
-        let mut tables = Vec::new();
-        self.for_each_table(table, level, &mut |t, _| tables.push(t));
-        let n = tables.len() as u32;
-        self.parked
-            .lock()
-            .pending
-            .extend(tables.into_iter().map(|t| (token, t)));
+        let mut parked = self.parked.lock();
+        let mut n = 0u32;
+        self.for_each_table(table, level, &mut |t, _| {
+            push_reserved(&mut parked.pending, (token, t));
+            n += 1;
+        });
         n
     }
 
@@ -313,45 +403,43 @@ impl<F: Format, M: TableMemory> IoPageTable<F, M> {
     /// Makes the table pages parked under `gather` reusable. Call it after the
     /// IOTLB (and walk caches) have been synced for `gather`.
     pub fn release_gathered(&self, gather: &IotlbGather) {
-        if gather.token() == 0 {
+        let token = gather.token();
+        if token == 0 {
             return;
         }
-        let mut freed = Vec::new();
-        {
-            let mut parked = self.parked.lock();
-            parked.pending.retain(|&(tok, t)| {
-                if tok == gather.token() {
-                    freed.push(t);
-                    false
-                } else {
-                    true
-                }
-            });
-        }
-        for &t in &freed {
-            for i in 0..self.geo.entries(1) {
+        let entries = self.geo.entries(1);
+        let mut parked = self.parked.lock();
+        let Parked { pending, pool, .. } = &mut *parked;
+        pending.retain(|&(tok, t)| {
+            if tok != token {
+                return true;
+            }
+            for i in 0..entries {
                 self.store(t, i, 0);
             }
-        }
-        self.parked.lock().pool.extend(freed);
+            push_reserved(pool, t);
+            false
+        });
     }
 
     /// Returns every parked and pooled page to memory. Exclusive access
     /// proves no walk is in flight; the caller promises the hardware no
     /// longer caches any of them.
     pub fn trim(&mut self) {
-        let parked = core::mem::take(&mut *self.parked.lock());
         let bytes = self.geo.table_bytes(1);
+        let parked = self.parked.get_mut();
+        let freed = parked.pending.len() + parked.pool.len();
         for t in parked
             .pending
-            .into_iter()
+            .drain(..)
             .map(|(_, t)| t)
-            .chain(parked.pool)
+            .chain(parked.pool.drain(..))
         {
             // SAFETY: parked and pooled pages are detached from the tree and
             // `&mut self` guarantees no walk still holds one.
             unsafe { self.mem.free_table(t, bytes) };
         }
+        parked.owned -= freed;
     }
 
     // ---- map ---------------------------------------------------------------
@@ -493,20 +581,9 @@ impl<F: Format, M: TableMemory> IoPageTable<F, M> {
                 Pte::Leaf { .. } => break Err(PgtableError::Exists),
                 Pte::Invalid => {
                     if spares == 0 {
-                        for _ in lvl + 1..=level {
-                            match self.alloc_table() {
-                                Some(t) => {
-                                    spare[spares] = t;
-                                    spares += 1;
-                                }
-                                None => {
-                                    for &t in &spare[..spares] {
-                                        self.free_unpublished(t);
-                                    }
-                                    return Err(PgtableError::NoMemory);
-                                }
-                            }
-                        }
+                        let need = level - lvl;
+                        self.alloc_tables(&mut spare[..need])?;
+                        spares = need;
                     }
                     let new = spare[spares - 1].table;
                     if self
@@ -554,11 +631,24 @@ impl<F: Format, M: TableMemory> IoPageTable<F, M> {
         pgcount: usize,
         gather: &mut IotlbGather,
     ) -> u64 {
+        self.unmap_leaves(iova, pgsize, pgcount, gather).size
+    }
+
+    /// [`unmap_pages`](Self::unmap_pages), saying where the removal started:
+    /// at `iova`, or below it when a larger leaf covering `iova` was removed
+    /// whole. A caller walking a range continues from the end of that.
+    pub fn unmap_leaves(
+        &self,
+        iova: Iova,
+        pgsize: u64,
+        pgcount: usize,
+        gather: &mut IotlbGather,
+    ) -> Unmapped {
         let Some(level) = self.geo.leaf_level_for(pgsize) else {
-            return 0;
+            return Unmapped::NOTHING;
         };
         if pgcount == 0 || !iova.is_aligned(pgsize) || !self.geo.input_fits(iova.raw(), pgsize) {
-            return 0;
+            return Unmapped::NOTHING;
         }
         let mut table = self.root;
         let mut parent: Option<(PhysAddr, usize)> = None;
@@ -570,14 +660,15 @@ impl<F: Format, M: TableMemory> IoPageTable<F, M> {
                     parent = Some((table, idx));
                     table = next;
                 }
-                Pte::Invalid => return 0,
+                Pte::Invalid => return Unmapped::NOTHING,
                 Pte::Leaf { .. } => {
                     if self.cas(table, idx, pte, 0).is_err() {
-                        return 0; // someone else unmapped it first
+                        return Unmapped::NOTHING; // someone else unmapped it first
                     }
                     let size = self.geo.entry_size(lvl);
-                    gather.add_range(Iova::new(iova.raw() & !(size - 1)), size);
-                    return size;
+                    let start = Iova::new(iova.raw() & !(size - 1));
+                    gather.add_range(start, size);
+                    return Unmapped::new(start, size);
                 }
             }
         }
@@ -611,7 +702,7 @@ impl<F: Format, M: TableMemory> IoPageTable<F, M> {
                 }
             }
         }
-        bytes
+        Unmapped::new(iova, bytes)
     }
 
     // ---- lookup and walk ---------------------------------------------------
@@ -683,6 +774,59 @@ impl<F: Format, M: TableMemory> IoPageTable<F, M> {
         out
     }
 
+    /// The first leaf overlapping `[start, last]`, found by walking only
+    /// the tables that exist: the cost follows what is mapped, not the size
+    /// of the range.
+    pub fn first_leaf(&self, start: Iova, last: Iova) -> Option<Mapping> {
+        if start > last {
+            return None;
+        }
+        self.first_leaf_in(self.root, 0, 0, start.raw(), last.raw())
+    }
+
+    fn first_leaf_in(
+        &self,
+        table: PhysAddr,
+        level: usize,
+        base: u64,
+        start: u64,
+        last: u64,
+    ) -> Option<Mapping> {
+        let shift = self.geo.entry_shift(level);
+        let first = if start > base {
+            ((start - base) >> shift) as usize
+        } else {
+            0
+        };
+        for i in first..self.geo.entries(level) {
+            let lo = base + ((i as u64) << shift);
+            if lo > last {
+                break;
+            }
+            match self.fmt.decode(self.load(table, i), level) {
+                Pte::Invalid => {}
+                Pte::Table(t) => {
+                    if let Some(m) = self.first_leaf_in(t, level + 1, lo, start, last) {
+                        return Some(m);
+                    }
+                }
+                Pte::Leaf { pa, prot } => {
+                    return Some(Mapping {
+                        iova: Iova::new(lo),
+                        size: 1 << shift,
+                        pa,
+                        prot,
+                        level,
+                    })
+                }
+            }
+            if lo.checked_add(1 << shift).is_none() {
+                break; // the entry ran to the top of the address space
+            }
+        }
+        None
+    }
+
     fn for_each_leaf(
         &self,
         start: u64,
@@ -746,8 +890,9 @@ impl<F: Format, M: TableMemory> IoPageTable<F, M> {
         }
         self.dirty_tracking.store(enable, Ordering::Relaxed);
         if enable {
-            let mut bitmap = DirtyBitmap::new(Iova::ZERO, 0, 1 << self.geo.granule_shift);
-            self.read_and_clear_dirty(Iova::ZERO, u64::MAX, &mut bitmap, true);
+            if let Ok(mut bitmap) = DirtyBitmap::new(Iova::ZERO, 0, 1 << self.geo.granule_shift) {
+                self.read_and_clear_dirty(Iova::ZERO, u64::MAX, &mut bitmap, true);
+            }
         }
         Ok(())
     }
@@ -812,15 +957,25 @@ impl<F: Format, M: TableMemory> IoPageTable<F, M> {
     }
 }
 
+impl<F: Format, M: TableMemory> IoPageTable<F, M> {
+    /// Frees the subtree at `table`, children first, without allocating.
+    fn free_subtree(&mut self, table: PhysAddr, level: usize) {
+        if level + 1 < self.geo.levels {
+            for i in 0..self.geo.entries(level) {
+                if let Pte::Table(t) = self.fmt.decode(self.load(table, i), level) {
+                    self.free_subtree(t, level + 1);
+                }
+            }
+        }
+        // SAFETY: `&mut self` in drop: no walk is in flight, the tree is a
+        // tree (each table has one parent), so every page is freed once.
+        unsafe { self.mem.free_table(table, self.geo.table_bytes(level)) };
+    }
+}
+
 impl<F: Format, M: TableMemory> Drop for IoPageTable<F, M> {
     fn drop(&mut self) {
         self.trim();
-        let mut tables = Vec::new();
-        self.for_each_table(self.root, 0, &mut |t, l| tables.push((t, l)));
-        for (t, l) in tables.into_iter().rev() {
-            // SAFETY: `&mut self` in drop: no walk is in flight and every page
-            // of the tree is freed exactly once, children before parents.
-            unsafe { self.mem.free_table(t, self.geo.table_bytes(l)) };
-        }
+        self.free_subtree(self.root, 0);
     }
 }

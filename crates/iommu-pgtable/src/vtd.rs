@@ -76,7 +76,9 @@ impl VtdSl {
     }
 }
 
-impl Format for VtdSl {
+// SAFETY: a table is a present non-last-level descriptor without PS, which only `encode_table` writes (superpage leaves carry PS, last-level leaves are never classified as tables, and D changes nothing else), and the address field round-trips for 4 KiB-aligned tables.
+#[allow(unsafe_code)] // implements the unsafe `Format` contract
+unsafe impl Format for VtdSl {
     fn geometry(&self) -> &Geometry {
         &self.geo
     }

@@ -42,7 +42,7 @@ fn dirty_cycle<F: Format>(fmt: F) {
     )
     .unwrap();
 
-    let mut bm = DirtyBitmap::new(Iova::ZERO, 4 * SZ_2M, SZ_4K);
+    let mut bm = DirtyBitmap::new(Iova::ZERO, 4 * SZ_2M, SZ_4K).unwrap();
     assert_eq!(
         pt.read_and_clear_dirty(Iova::ZERO, 4 * SZ_2M, &mut bm, true),
         0,
@@ -78,13 +78,13 @@ fn dirty_cycle<F: Format>(fmt: F) {
     );
 
     // Peek without clearing, then harvest.
-    let mut peek = DirtyBitmap::new(Iova::ZERO, 4 * SZ_2M, SZ_4K);
+    let mut peek = DirtyBitmap::new(Iova::ZERO, 4 * SZ_2M, SZ_4K).unwrap();
     assert_eq!(
         pt.read_and_clear_dirty(Iova::ZERO, 4 * SZ_2M, &mut peek, false),
         3,
         "{name}"
     );
-    let mut bm = DirtyBitmap::new(Iova::ZERO, 4 * SZ_2M, SZ_4K);
+    let mut bm = DirtyBitmap::new(Iova::ZERO, 4 * SZ_2M, SZ_4K).unwrap();
     assert_eq!(
         pt.read_and_clear_dirty(Iova::ZERO, 4 * SZ_2M, &mut bm, true),
         3,
@@ -102,7 +102,7 @@ fn dirty_cycle<F: Format>(fmt: F) {
         "{name}: two pages and every page of the block"
     );
     // Cleared: a second harvest finds nothing.
-    let mut again = DirtyBitmap::new(Iova::ZERO, 4 * SZ_2M, SZ_4K);
+    let mut again = DirtyBitmap::new(Iova::ZERO, 4 * SZ_2M, SZ_4K).unwrap();
     assert_eq!(
         pt.read_and_clear_dirty(Iova::ZERO, 4 * SZ_2M, &mut again, true),
         0,
@@ -111,7 +111,7 @@ fn dirty_cycle<F: Format>(fmt: F) {
     // A harvest limited to a range leaves dirty leaves outside it alone.
     pt.hw_write(Iova::new(0x2000)).unwrap();
     pt.hw_write(Iova::new(0x4000)).unwrap();
-    let mut part = DirtyBitmap::new(Iova::ZERO, 4 * SZ_2M, SZ_4K);
+    let mut part = DirtyBitmap::new(Iova::ZERO, 4 * SZ_2M, SZ_4K).unwrap();
     assert_eq!(
         pt.read_and_clear_dirty(Iova::new(0x2000), SZ_4K, &mut part, true),
         1
@@ -147,14 +147,14 @@ fn without_tracking_hardware_does_not_mark_leaves() {
     pt.map_pages(Iova::new(0x1000), PhysAddr::new(0x1000), SZ_4K, 1, Prot::RW)
         .unwrap();
     pt.hw_write(Iova::new(0x1000)).unwrap();
-    let mut bm = DirtyBitmap::new(Iova::ZERO, SZ_2M, SZ_4K);
+    let mut bm = DirtyBitmap::new(Iova::ZERO, SZ_2M, SZ_4K).unwrap();
     assert_eq!(pt.read_and_clear_dirty(Iova::ZERO, SZ_2M, &mut bm, true), 0);
     assert!(!pt.dirty_tracking());
 }
 
 #[test]
 fn dirty_bitmap_clips_to_its_range() {
-    let mut bm = DirtyBitmap::new(Iova::new(0x10_0000), 0x4000, SZ_4K);
+    let mut bm = DirtyBitmap::new(Iova::new(0x10_0000), 0x4000, SZ_4K).unwrap();
     bm.set_range(0, 0x10_2000);
     bm.set_range(0x10_3000, 0x10_0000);
     assert_eq!(bm.count(), 3);
@@ -168,7 +168,8 @@ fn dirty_bitmap_clips_to_its_range() {
 
 /// A format without a dirty bit, to check the refusal.
 struct NoDirty(Lpae);
-impl Format for NoDirty {
+// SAFETY: every codec method forwards to LPAE, which keeps the contract.
+unsafe impl Format for NoDirty {
     fn geometry(&self) -> &iommu_pgtable::Geometry {
         self.0.geometry()
     }

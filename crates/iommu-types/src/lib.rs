@@ -10,11 +10,13 @@ mod addr;
 mod errno;
 mod gather;
 mod prot;
+mod unmapped;
 
 pub use addr::{Iova, PhysAddr};
 pub use errno::Errno;
 pub use gather::IotlbGather;
 pub use prot::Prot;
+pub use unmapped::Unmapped;
 
 /// Bytes in the smallest page every format in the project supports.
 pub const SZ_4K: u64 = 1 << 12;

@@ -109,6 +109,10 @@ pub enum Op {
         page: u64,
         offset: u64,
     },
+    FirstLeaf {
+        page: u64,
+        pages: u64,
+    },
 }
 
 pub fn op(window_pages: u64) -> impl Strategy<Value = Op> {
@@ -123,6 +127,7 @@ pub fn op(window_pages: u64) -> impl Strategy<Value = Op> {
         ),
         (0..window_pages, 1..40usize).prop_map(|(page, count)| Op::Unmap { page, count }),
         (0..window_pages, 0..4096u64).prop_map(|(page, offset)| Op::Translate { page, offset }),
+        (0..window_pages, 1..window_pages).prop_map(|(page, pages)| Op::FirstLeaf { page, pages }),
     ]
 }
 
@@ -189,11 +194,11 @@ pub fn model_check<F: Format>(fmt: F, ops: &[Op]) -> Result<(), TestCaseError> {
                 let iova = page * small;
                 let room = ((span_of(small) - iova % span_of(small)) / small) as usize;
                 let mut g = IotlbGather::new();
-                let got = pt.unmap_pages(Iova::new(iova), small, count, &mut g);
+                let got = pt.unmap_leaves(Iova::new(iova), small, count, &mut g);
                 let expect = match model_leaf(&model, iova) {
                     Some((start, size, _)) if size > small => {
                         model.remove(&start);
-                        size
+                        (start, size)
                     }
                     _ => {
                         let mut n = 0;
@@ -202,9 +207,10 @@ pub fn model_check<F: Format>(fmt: F, ops: &[Op]) -> Result<(), TestCaseError> {
                         {
                             n += 1;
                         }
-                        n * small
+                        (iova, n * small)
                     }
                 };
+                let got = (if got.size == 0 { iova } else { got.iova.raw() }, got.size);
                 prop_assert_eq!(got, expect, "unmap at {:#x}", iova);
                 pt.release_gathered(&g);
             }
@@ -213,6 +219,19 @@ pub fn model_check<F: Format>(fmt: F, ops: &[Op]) -> Result<(), TestCaseError> {
                 let expect =
                     model_leaf(&model, iova).map(|(s, _, pa)| PhysAddr::new(pa + iova - s));
                 prop_assert_eq!(pt.iova_to_phys(Iova::new(iova)), expect);
+            }
+            Op::FirstLeaf { page, pages } => {
+                let (start, last) = (page * small, (page + pages) * small - 1);
+                let expect = model
+                    .range(..=last)
+                    .rev()
+                    .take_while(|(&i, &(s, _))| i + s > start)
+                    .last()
+                    .map(|(&i, &(s, p))| (i, s, p));
+                let got = pt
+                    .first_leaf(Iova::new(start), Iova::new(last))
+                    .map(|m| (m.iova.raw(), m.size, m.pa.raw()));
+                prop_assert_eq!(got, expect, "first leaf in [{:#x}, {:#x}]", start, last);
             }
         }
     }
