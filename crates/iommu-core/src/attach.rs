@@ -23,7 +23,7 @@ pub(crate) fn attach_dev(domain: &Domain, dev: &Arc<Device>) -> Result<(), Errno
 
 /// Moves every device of the group to `new` (or detaches them all for
 /// `None`); all or nothing.
-fn set_domain(st: &mut GroupState, new: Option<&Domain>) -> Result<(), Errno> {
+pub(crate) fn set_domain(st: &mut GroupState, new: Option<&Domain>) -> Result<(), Errno> {
     if st.domain.as_ref() == new {
         return Ok(());
     }
@@ -94,8 +94,9 @@ impl Iommu {
     ///
     /// # Errors
     /// `EBUSY` while the group is on a domain other than its default or
-    /// blocking one; the first device's attach error (the group then stays
-    /// where it was).
+    /// blocking one; `EINVAL` if `domain` was allocated by another IOMMU
+    /// instance than the one translating the group (or the group is empty);
+    /// the first device's attach error (the group then stays where it was).
     pub fn attach_group(&self, domain: &Domain, group: &Group) -> Result<(), Errno> {
         let _span = tracing::debug_span!(
             "iommu_attach_group",
@@ -116,13 +117,20 @@ impl Iommu {
                 return Err(Errno::EBUSY);
             }
         }
+        // The group's own IOMMU must be the one that made the domain:
+        // another instance's domain means nothing to this hardware.
+        match group_ops(st) {
+            Some(ops) if domain.is_owned_by(&ops) => {}
+            _ => return Err(Errno::EINVAL),
+        }
         set_domain(st, Some(domain))
     }
 
-    /// Detaches `group` from `domain` (`iommu_detach_group`): the group goes
-    /// back to its default domain (its blocking domain while owned), or, with
-    /// neither, every device is detached. Detaching from a domain the group is
-    /// not attached to changes nothing (and is logged).
+    /// Detaches `group` from whatever it is attached to
+    /// (`iommu_detach_group`): the group goes back to its default domain
+    /// (its blocking domain while owned), or, with neither, every device is
+    /// detached. As in Linux, `domain` is not consulted: the group always
+    /// returns to its core domain.
     pub fn detach_group(&self, domain: &Domain, group: &Group) {
         let _span = tracing::debug_span!(
             "iommu_detach_group",
@@ -131,29 +139,17 @@ impl Iommu {
         )
         .entered();
         let mut st = group.state();
-        Self::detach_group_locked(domain, group, &mut st);
+        set_core_domain(group, &mut st);
     }
 
-    fn detach_group_locked(domain: &Domain, group: &Group, st: &mut GroupState) {
-        if st.domain.as_ref() != Some(domain) {
-            group.iommu().shared.log(format!(
-                "group {}: detach from a domain it is not attached to",
-                group.id()
-            ));
-            return;
-        }
-        set_core_domain(group, st);
-    }
-
-    /// Attaches a single device (`iommu_attach_device`). A device without a
-    /// group goes straight to the driver.
+    /// Attaches a single device (`iommu_attach_device`).
     ///
     /// # Errors
-    /// `EINVAL` if the device shares its group with others; otherwise as
-    /// [`attach_group`](Self::attach_group).
+    /// `ENODEV` if the device has no group; `EINVAL` if it shares its group
+    /// with others; otherwise as [`attach_group`](Self::attach_group).
     pub fn attach_device(&self, domain: &Domain, dev: &Arc<Device>) -> Result<(), Errno> {
         let Some(group) = dev.iommu_group() else {
-            return attach_dev(domain, dev);
+            return Err(Errno::ENODEV);
         };
         let _span = tracing::debug_span!(
             "iommu_attach_device",
@@ -168,23 +164,28 @@ impl Iommu {
         Self::attach_group_locked(domain, &mut st)
     }
 
-    /// Detaches a single device (`iommu_detach_device`). With others in its
-    /// group nothing changes and a warning is logged.
+    /// Detaches a single device (`iommu_detach_device`): its group returns
+    /// to its core domain. A device without a group is left alone; one that
+    /// shares its group, or is not attached to `domain`, too, with a warning
+    /// logged (Linux's `WARN_ON`s).
     pub fn detach_device(&self, domain: &Domain, dev: &Arc<Device>) {
         let Some(group) = dev.iommu_group() else {
-            domain.ops().detach_dev(domain, dev);
             return;
         };
         let mut st = group.state();
-        if st.devices.len() != 1 {
-            drop(st);
-            self.shared.log(format!(
-                "WARNING: {}: detach_device on a group of several devices",
-                dev.name()
-            ));
+        let why = if st.domain.as_ref() != Some(domain) {
+            "not attached to that domain"
+        } else if st.devices.len() != 1 {
+            "in a group of several devices"
+        } else {
+            set_core_domain(&group, &mut st);
             return;
-        }
-        Self::detach_group_locked(domain, &group, &mut st);
+        };
+        drop(st);
+        self.shared.log(format!(
+            "WARNING: {}: detach_device, but the device is {why}",
+            dev.name()
+        ));
     }
 
     // ---- DMA ownership -----------------------------------------------------
@@ -395,7 +396,8 @@ impl Iommu {
         };
         let mut runs = Vec::with_capacity(st.devices.len());
         for gd in &st.devices {
-            match create_direct_mappings(&new, &crate::subsystem::device_resv_regions(&gd.dev)) {
+            let regions = crate::subsystem::device_resv_regions(&gd.dev);
+            match create_direct_mappings(&self.shared, &new, &regions, gd.dev.name()) {
                 Ok(r) => runs.push(r),
                 Err(e) => return Err(e), // `new` is dropped with its mappings
             }

@@ -2,7 +2,7 @@
 //! ops set on them (`bus->iommu_ops`).
 
 use crate::notifier::{NotifierChain, NotifierId};
-use crate::sysfs::Node;
+use crate::sysfs::{is_valid_component, is_valid_device_dir, Node};
 use crate::{Device, DeviceBuilder, Iommu, IommuOps};
 use iommu_types::Errno;
 use std::fmt;
@@ -51,13 +51,47 @@ pub(crate) struct BusInner {
     pub(crate) iommu_ops: Mutex<Option<BusIommu>>,
 }
 
-/// A bus type (`struct bus_type`); cheap to clone.
+/// A bus type (`struct bus_type`); cheap to clone. When the last handle
+/// goes, the devices still on it are removed (from their groups and from
+/// sysfs) and the bus's directory with them; devices only refer to their
+/// bus weakly.
 #[derive(Clone)]
 pub struct Bus(Arc<BusInner>);
 
 impl fmt::Debug for Bus {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "Bus({})", self.0.name)
+    }
+}
+
+impl Drop for BusInner {
+    /// The last handle to a bus is gone while devices may still be on it:
+    /// release them from the IOMMU (their groups, stream-table entries and
+    /// the domains those hold), newest first, and remove their sysfs
+    /// entries and the bus's. Without this, each device and its group would
+    /// keep each other alive forever (Linux never frees a bus; a library
+    /// must).
+    fn drop(&mut self) {
+        let devices = std::mem::take(self.devices.get_mut().unwrap_or_else(|e| e.into_inner()));
+        let ops = self
+            .iommu_ops
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        for dev in devices.iter().rev() {
+            if dev.iommu_group().is_some() {
+                match &ops {
+                    Some(b) => b.ops.remove_device(&self.iommu, dev),
+                    None => self.iommu.group_remove_device(dev),
+                }
+            }
+            let mut sysfs = self.iommu.shared.sysfs();
+            sysfs.remove_device_dir(dev.sysfs_dir());
+        }
+        self.iommu
+            .shared
+            .sysfs()
+            .remove_tree(&format!("bus/{}", self.name));
     }
 }
 
@@ -71,9 +105,11 @@ impl Bus {
     /// Registers a bus called `name` in `iommu`'s world (`/sys/bus/<name>`).
     ///
     /// # Errors
-    /// `EEXIST` if a bus of that name exists; `EINVAL` for an empty name or one with `/`.
+    /// `EEXIST` if a bus of that name exists; `EINVAL` for a name that is
+    /// not one path component (empty, `.`, `..`, with `/` or NUL, or longer
+    /// than 255 bytes).
     pub fn new(iommu: &Iommu, name: &str) -> Result<Bus, Errno> {
-        if name.is_empty() || name.contains('/') {
+        if !is_valid_component(name) {
             return Err(Errno::EINVAL);
         }
         {
@@ -140,10 +176,21 @@ impl Bus {
     /// `AddDevice` down the chain (where the IOMMU core, if set, probes it).
     ///
     /// # Errors
-    /// `EEXIST` if the name or directory is taken, `EINVAL` for an empty name.
+    /// `EINVAL` for a name that is not one path component (empty, `.`,
+    /// `..`, with `/` or NUL, over 255 bytes), a directory outside
+    /// `devices/` or with such a component, or a reserved region that is
+    /// empty or wraps past the top of the address space; `EEXIST` if the
+    /// name or directory is taken.
     pub fn add_device(&self, builder: DeviceBuilder) -> Result<Arc<Device>, Errno> {
         let dev = Arc::new(builder.build(self));
-        if dev.name().is_empty() || dev.name().contains('/') {
+        if !is_valid_component(dev.name()) || !is_valid_device_dir(dev.sysfs_dir()) {
+            return Err(Errno::EINVAL);
+        }
+        let bad_region = dev
+            .firmware_resv_regions()
+            .iter()
+            .any(|r| r.length == 0 || r.start.checked_add(r.length - 1).is_none());
+        if bad_region {
             return Err(Errno::EINVAL);
         }
         {
@@ -152,13 +199,13 @@ impl Bus {
                 return Err(Errno::EEXIST);
             }
             let mut sysfs = self.0.iommu.shared.sysfs();
-            if sysfs.exists(dev.sysfs_dir()) {
+            let link = format!("bus/{}/devices/{}", self.name(), dev.name());
+            if sysfs.exists(&link) {
                 return Err(Errno::EEXIST);
             }
-            sysfs.mkdir_p(dev.sysfs_dir())?;
-            let link = format!("bus/{}/devices/{}", self.name(), dev.name());
+            sysfs.add_device_dir(dev.sysfs_dir())?;
             if let Err(e) = sysfs.create(&link, Node::Link(dev.sysfs_dir().to_string())) {
-                sysfs.remove_tree(dev.sysfs_dir());
+                sysfs.remove_device_dir(dev.sysfs_dir());
                 return Err(e);
             }
             devices.push(Arc::clone(&dev));
@@ -185,7 +232,7 @@ impl Bus {
             devices.retain(|d| !Arc::ptr_eq(d, dev));
             let mut sysfs = self.0.iommu.shared.sysfs();
             sysfs.remove(&format!("bus/{}/devices/{}", self.name(), dev.name()));
-            sysfs.remove_tree(dev.sysfs_dir());
+            sysfs.remove_device_dir(dev.sysfs_dir());
         }
         self.notify(BusAction::RemovedDevice, dev);
         Ok(())

@@ -2,7 +2,7 @@
 //! path through it (page-size selection, batching, rollback, IOTLB gather).
 
 use crate::ops::{DomainGeometry, DomainOps, PagingOps};
-use crate::Device;
+use crate::{Device, IommuOps};
 use iommu_types::{Errno, IotlbGather, Iova, PhysAddr, Prot};
 use std::any::Any;
 use std::fmt;
@@ -123,6 +123,10 @@ struct DomainInner {
     id: u64,
     ty: AtomicU8,
     ops: Box<dyn DomainOps>,
+    /// The IOMMU instance that allocated it (Linux's `domain->owner`). Weak,
+    /// because drivers keep domains in their stream tables; the weak count
+    /// keeps the allocation, so the address cannot be reused by another.
+    owner: Weak<dyn IommuOps>,
     driver: String,
     pgsize_bitmap: u64,
     geometry: DomainGeometry,
@@ -198,16 +202,16 @@ impl Domain {
         id: u64,
         ty: DomainType,
         ops: Box<dyn DomainOps>,
-        driver: &str,
-        iommu_pgsize_bitmap: u64,
+        owner: &Arc<dyn IommuOps>,
     ) -> Domain {
-        let pgsize_bitmap = ops.pgsize_bitmap().unwrap_or(iommu_pgsize_bitmap);
+        let pgsize_bitmap = ops.pgsize_bitmap().unwrap_or(owner.pgsize_bitmap());
         let geometry = ops.geometry().unwrap_or(DomainGeometry::FULL);
         Domain(Arc::new(DomainInner {
             id,
             ty: AtomicU8::new(ty.to_u8()),
             ops,
-            driver: driver.to_string(),
+            owner: Arc::downgrade(owner),
+            driver: owner.name().to_string(),
             pgsize_bitmap,
             geometry,
             fault_handler: RwLock::new(None),
@@ -249,6 +253,13 @@ impl Domain {
     /// Name of the driver that allocated it.
     pub fn driver(&self) -> &str {
         &self.0.driver
+    }
+
+    /// Whether `ops` is the IOMMU instance that allocated this domain
+    /// (Linux's `domain->owner == dev_iommu_ops(dev)`): a domain may only be
+    /// attached through its owner.
+    pub fn is_owned_by(&self, ops: &Arc<dyn IommuOps>) -> bool {
+        std::ptr::addr_eq(self.0.owner.as_ptr(), Arc::as_ptr(ops))
     }
 
     /// A handle that does not keep the domain alive.
@@ -376,9 +387,11 @@ impl Domain {
     }
 
     /// Unmaps `[iova, iova + size)` and syncs the IOTLB; returns the bytes
-    /// unmapped (Linux's `iommu_unmap`). Stops at the first hole; a large
-    /// page partly covered is removed whole and counted whole. Invalid
-    /// requests unmap nothing and return 0.
+    /// removed (Linux's `iommu_unmap`). Stops at the first hole. A large
+    /// page partly covered is removed whole and counted whole, and the walk
+    /// goes on from its end, so nothing inside the range is skipped; the
+    /// count may therefore exceed `size`. Invalid requests unmap nothing and
+    /// return 0.
     pub fn unmap(&self, iova: Iova, size: u64) -> u64 {
         let _span = tracing::debug_span!("iommu_unmap", domain = self.0.id, %iova, size = format_args!("{size:#x}")).entered();
         let mut gather = IotlbGather::new();
@@ -395,13 +408,16 @@ impl Domain {
             return 0;
         };
         let min = self.min_pagesz();
-        if (iova.raw() | size) & (min - 1) != 0 || iova.raw().checked_add(size).is_none() {
+        if (iova.raw() | size) & (min - 1) != 0 {
             return 0;
         }
-        let mut unmapped = 0u64;
-        while unmapped < size {
-            let cur = iova.raw() + unmapped;
-            let (pgsize, count) = pgsize_for(self.0.pgsize_bitmap, cur, cur, size - unmapped);
+        let Some(end) = iova.raw().checked_add(size) else {
+            return 0;
+        };
+        let mut removed = 0u64;
+        let mut cur = iova.raw();
+        while cur < end {
+            let (pgsize, count) = pgsize_for(self.0.pgsize_bitmap, cur, cur, end - cur);
             let _s = tracing::trace_span!(
                 "unmap_pages",
                 iova = format_args!("{cur:#x}"),
@@ -409,13 +425,33 @@ impl Domain {
                 count
             )
             .entered();
-            let n = paging.unmap_pages(Iova::new(cur), pgsize, count as usize, gather);
-            if n == 0 {
+            let u = paging.unmap_pages(Iova::new(cur), pgsize, count as usize, gather);
+            if u.is_empty() {
                 break;
             }
-            unmapped = unmapped.saturating_add(n);
+            if !u.covers(Iova::new(cur)) {
+                // The driver answered about some other address: stop rather
+                // than guess where to go on.
+                tracing::error!(iova = %u.iova, size = u.size, at = cur, "unmap_pages removed a range that does not cover the address asked for");
+                removed = removed.saturating_add(u.size);
+                break;
+            }
+            removed = removed.saturating_add(u.size);
+            // Go on from the end of what was removed, not from `cur + size`:
+            // a leaf cut in the middle started below `cur`.
+            match u.end() {
+                Some(next) => cur = next.raw(),
+                None => break, // removed up to the top of the address space
+            }
         }
-        unmapped
+        removed
+    }
+
+    /// The first leaf overlapping `[start, last]`, as `(first IOVA, size)`;
+    /// `None` for domains without page tables.
+    pub fn first_mapping(&self, start: Iova, last: Iova) -> Option<(Iova, u64)> {
+        let paging = self.paging_ops().ok()?;
+        paging.first_mapping(start, last)
     }
 
     /// Invalidates what `gather` holds (Linux's `iommu_iotlb_sync`).

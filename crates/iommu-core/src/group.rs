@@ -388,6 +388,15 @@ impl Group {
     /// # Errors
     /// `EBUSY` if the device already has a group; link, mapping or attach errors.
     pub fn add_device(&self, dev: &Arc<Device>) -> Result<(), Errno> {
+        self.join(dev, None)
+    }
+
+    /// [`add_device`](Self::add_device), first making `new_default` the
+    /// default domain of a group that has none: the direct regions of the
+    /// devices already in the group are mapped into it and, if the group is
+    /// on no domain, they are attached to it. If anything fails the group is
+    /// put back exactly as it was, without `new_default`.
+    pub(crate) fn join(&self, dev: &Arc<Device>, new_default: Option<Domain>) -> Result<(), Errno> {
         let _span = tracing::debug_span!(
             "iommu_group_add_device",
             group = self.id(),
@@ -400,17 +409,34 @@ impl Group {
         let link_name = self.link_device(dev)?;
         let regions = crate::subsystem::device_resv_regions(dev);
         let mut st = self.state();
-        let undo = |st: MutexGuard<'_, GroupState>, direct: &[(Iova, u64)]| {
+        let installed = match new_default {
+            // Another add may have given the group a default domain meanwhile.
+            Some(dom) if st.default_domain.is_none() => {
+                match install_default(&self.0.shared, &mut st, dom) {
+                    Ok(i) => Some(i),
+                    Err(e) => {
+                        drop(st);
+                        self.unlink_device(dev, &link_name);
+                        return Err(e);
+                    }
+                }
+            }
+            _ => None,
+        };
+        let undo = |mut st: MutexGuard<'_, GroupState>, direct: &[(Iova, u64)]| {
             if let Some(dd) = &st.default_domain {
                 for &(iova, len) in direct {
                     dd.unmap(iova, len);
                 }
             }
+            if let Some(i) = installed {
+                uninstall_default(&mut st, i);
+            }
             drop(st);
             self.unlink_device(dev, &link_name);
         };
         let direct = match &st.default_domain {
-            Some(dd) => match create_direct_mappings(dd, &regions) {
+            Some(dd) => match create_direct_mappings(&self.0.shared, dd, &regions, dev.name()) {
                 Ok(d) => d,
                 Err(e) => {
                     undo(st, &[]);
@@ -483,48 +509,124 @@ impl Group {
     }
 }
 
-/// Identity-maps the direct regions in `domain` (DMA-API domains only),
-/// skipping pages already mapped; returns the runs it mapped, or undoes them
-/// all and returns the error.
+/// What [`install_default`] did, so that [`uninstall_default`] can undo it.
+#[derive(Clone, Copy)]
+pub(crate) struct Installed {
+    /// The group was on no domain and was attached to the new default one.
+    attached: bool,
+}
+
+/// Makes `dom` the default domain of a group that has none, for the devices
+/// already in it: their direct regions are mapped, and a group on no domain
+/// is attached to it. All or nothing (on error `dom` is dropped, and its
+/// mappings with it).
+pub(crate) fn install_default(
+    shared: &Shared,
+    st: &mut GroupState,
+    dom: Domain,
+) -> Result<Installed, Errno> {
+    let mut runs = Vec::with_capacity(st.devices.len());
+    for gd in &st.devices {
+        let regions = crate::subsystem::device_resv_regions(&gd.dev);
+        runs.push(create_direct_mappings(
+            shared,
+            &dom,
+            &regions,
+            gd.dev.name(),
+        )?);
+    }
+    let attached = st.domain.is_none();
+    if attached {
+        crate::attach::set_domain(st, Some(&dom))?;
+    }
+    for (gd, r) in st.devices.iter_mut().zip(runs) {
+        gd.direct_maps = r;
+    }
+    st.default_domain = Some(dom);
+    Ok(Installed { attached })
+}
+
+/// Undoes [`install_default`]: the group loses the default domain again.
+pub(crate) fn uninstall_default(st: &mut GroupState, i: Installed) {
+    if i.attached {
+        let _ = crate::attach::set_domain(st, None);
+    }
+    for gd in &mut st.devices {
+        gd.direct_maps.clear();
+    }
+    st.default_domain = None;
+}
+
+/// Identity-maps the direct regions of device `dev_name` in `domain`
+/// (DMA-API domains only), leaving alone what is already mapped; returns the
+/// runs it mapped, or undoes them all and returns the error.
+///
+/// The work follows what is mapped, not the size of the regions: holes are
+/// found by asking the page tables for the next leaf, never by probing page
+/// after page.
+///
+/// # Errors
+/// `EINVAL` for a region that wraps past the top of the address space;
+/// `ERANGE` for one outside the domain's aperture; map errors.
 pub(crate) fn create_direct_mappings(
+    shared: &Shared,
     domain: &Domain,
     regions: &[ReservedRegion],
+    dev_name: &str,
 ) -> Result<Vec<(Iova, u64)>, Errno> {
     if !domain.ty().is_dma_api() || domain.pgsize_bitmap() == 0 {
         return Ok(Vec::new());
     }
     let _span = tracing::debug_span!("create_direct_mappings", domain = domain.id()).entered();
     let pg = domain.pgsize_bitmap() & domain.pgsize_bitmap().wrapping_neg();
+    let geometry = domain.geometry();
+    let refuse = |r: &ReservedRegion, why: &str, e: Errno| {
+        shared.log(format!(
+            "{dev_name}: direct region {:#x}+{:#x} {why}; device not added",
+            r.start.raw(),
+            r.length
+        ));
+        e
+    };
     let mut runs: Vec<(Iova, u64)> = Vec::new();
     let mut result = Ok(());
-    'regions: for r in regions.iter().filter(|r| r.ty.is_direct()) {
+    'regions: for r in regions.iter().filter(|r| r.ty.is_direct() && r.length != 0) {
+        let Some(last) = r.start.raw().checked_add(r.length - 1) else {
+            result = Err(refuse(
+                r,
+                "wraps past the top of the address space",
+                Errno::EINVAL,
+            ));
+            break;
+        };
         // Cover the whole region: round the start down and the end up.
         let start = r.start.raw() & !(pg - 1);
-        let end = r
-            .last()
-            .saturating_add(1)
-            .checked_next_multiple_of(pg)
-            .unwrap_or(!(pg - 1));
-        let mut run: Option<u64> = None;
-        let mut addr = start;
-        while addr <= end {
-            let free = addr < end && domain.iova_to_phys(Iova::new(addr)).is_none();
-            match (free, run) {
-                (true, None) => run = Some(addr),
-                (false, Some(s)) => {
-                    if let Err(e) = domain.map(Iova::new(s), PhysAddr::new(s), addr - s, r.prot) {
-                        result = Err(e);
-                        break 'regions;
-                    }
-                    runs.push((Iova::new(s), addr - s));
-                    run = None;
+        let last = last | (pg - 1);
+        if !geometry.contains(Iova::new(start), Iova::new(last)) {
+            result = Err(refuse(
+                r,
+                "lies outside the domain's aperture",
+                Errno::ERANGE,
+            ));
+            break;
+        }
+        let mut cur = start;
+        loop {
+            let next = domain.first_mapping(Iova::new(cur), Iova::new(last));
+            let hole_end = next.map_or(last, |(at, _)| at.raw().saturating_sub(1).min(last));
+            if next.is_none_or(|(at, _)| at.raw() > cur) {
+                let len = hole_end - cur + 1;
+                if let Err(e) = domain.map(Iova::new(cur), PhysAddr::new(cur), len, r.prot) {
+                    result = Err(e);
+                    break 'regions;
                 }
-                _ => {}
+                runs.push((Iova::new(cur), len));
             }
-            if addr == end {
-                break;
+            // Past the leaf in the way, if any, else done.
+            match next.and_then(|(at, size)| at.raw().checked_add(size)) {
+                Some(after) if after > cur && after <= last => cur = after,
+                _ => break,
             }
-            addr += pg;
         }
     }
     match result {
@@ -565,11 +667,38 @@ fn release_direct_mappings(st: &mut GroupState, runs: Vec<(Iova, u64)>) {
 
 /// A driver helper for IOMMUs that tell devices apart by stream (requester)
 /// id: devices sharing any id cannot be isolated from each other and share a
-/// group, as SMMU stream matching or a PCI alias forces. Holds only weak
-/// references, so a group is still released when its devices leave.
+/// group, as SMMU stream matching or a PCI alias forces.
+///
+/// A stream id belongs to exactly one group. An entry is owned by its group
+/// and counted by the devices using it: it goes when the last of them is
+/// released ([`release_device`](Self::release_device)), not when one of
+/// several leaves. A device whose ids already belong to two different groups
+/// cannot be placed in either without letting one group's device reach the
+/// other's memory, and is refused (`EINVAL`, as Linux's SMMU drivers do);
+/// groups are never merged, since devices in them are already attached.
+///
+/// Only weak references are held, so a group is still released when its
+/// devices leave, and a device that never got released cannot pin anything.
 #[derive(Debug, Default)]
 pub struct StreamIdGroups {
-    by_id: std::sync::Mutex<std::collections::HashMap<u32, WeakGroup>>,
+    by_id: std::sync::Mutex<std::collections::HashMap<u32, StreamOwner>>,
+}
+
+/// Who owns one stream id.
+#[derive(Debug)]
+struct StreamOwner {
+    group: WeakGroup,
+    users: Vec<Weak<Device>>,
+}
+
+impl StreamOwner {
+    /// The owning group, while it and at least one user are alive.
+    fn live_group(&self) -> Option<Group> {
+        if self.users.iter().all(|u| u.strong_count() == 0) {
+            return None;
+        }
+        self.group.upgrade()
+    }
 }
 
 impl StreamIdGroups {
@@ -578,26 +707,82 @@ impl StreamIdGroups {
         Self::default()
     }
 
-    /// The group of any live device sharing one of `dev`'s stream ids, or a
-    /// new group; either way every id of `dev` then points at it. For a
-    /// driver's `device_group` op.
+    /// The group that owns `dev`'s stream ids, or a new group when none is
+    /// owned yet; `dev` is then counted as a user of each of its ids. For a
+    /// driver's `device_group` op; pair it with
+    /// [`release_device`](Self::release_device) when the device goes (or
+    /// fails to join).
     ///
     /// # Errors
-    /// As [`Iommu::group_alloc`].
-    pub fn device_group(&self, iommu: &Iommu, dev: &Device) -> Result<Group, Errno> {
+    /// `EINVAL` when `dev`'s ids are owned by two different groups (nothing
+    /// is recorded then); as [`Iommu::group_alloc`].
+    pub fn device_group(&self, iommu: &Iommu, dev: &Arc<Device>) -> Result<Group, Errno> {
         let mut by_id = crate::lock(&self.by_id);
-        let existing = dev
-            .stream_ids()
-            .iter()
-            .find_map(|id| by_id.get(id).and_then(WeakGroup::upgrade));
-        let group = match existing {
+        let mut owner: Option<Group> = None;
+        for id in dev.stream_ids() {
+            let Some(g) = by_id.get(id).and_then(StreamOwner::live_group) else {
+                continue;
+            };
+            match &owner {
+                Some(o) if *o != g => {
+                    drop(by_id);
+                    iommu.shared.log(format!(
+                        "{}: stream ids span IOMMU groups {} and {}; device refused",
+                        dev.name(),
+                        o.id(),
+                        g.id()
+                    ));
+                    return Err(Errno::EINVAL);
+                }
+                _ => owner = Some(g),
+            }
+        }
+        let group = match owner {
             Some(g) => g,
             None => iommu.generic_device_group(dev)?,
         };
         for id in dev.stream_ids() {
-            by_id.insert(*id, group.downgrade());
+            let entry = by_id.entry(*id).or_insert_with(|| StreamOwner {
+                group: group.downgrade(),
+                users: Vec::new(),
+            });
+            if entry.live_group().as_ref() != Some(&group) {
+                // A stale entry (its group or every user is gone): take it over.
+                entry.group = group.downgrade();
+            }
+            entry.users.retain(|u| u.strong_count() > 0);
+            if !entry
+                .users
+                .iter()
+                .any(|u| std::ptr::eq(u.as_ptr(), Arc::as_ptr(dev)))
+            {
+                entry.users.push(Arc::downgrade(dev));
+            }
         }
         Ok(group)
+    }
+
+    /// `dev` no longer uses its stream ids; an id whose last user this was
+    /// is free again. Harmless for a device that was never recorded.
+    pub fn release_device(&self, dev: &Device) {
+        let mut by_id = crate::lock(&self.by_id);
+        for id in dev.stream_ids() {
+            if let Some(entry) = by_id.get_mut(id) {
+                entry
+                    .users
+                    .retain(|u| u.strong_count() > 0 && !std::ptr::eq(u.as_ptr(), dev));
+                if entry.users.is_empty() {
+                    by_id.remove(id);
+                }
+            }
+        }
+    }
+
+    /// The group that owns stream id `id`, if any.
+    pub fn owner(&self, id: u32) -> Option<Group> {
+        crate::lock(&self.by_id)
+            .get(&id)
+            .and_then(StreamOwner::live_group)
     }
 }
 

@@ -7,7 +7,7 @@
 //! can tell "no map op" (`ENODEV`) from a map that failed.
 
 use crate::{Device, Domain, DomainType, Group, Iommu, ReservedRegion};
-use iommu_types::{Errno, IotlbGather, Iova, PhysAddr, Prot};
+use iommu_types::{Errno, IotlbGather, Iova, PhysAddr, Prot, Unmapped};
 use std::sync::Arc;
 
 /// Capabilities a driver may report (`enum iommu_cap`).
@@ -53,7 +53,8 @@ pub trait IommuOps: Send + Sync + 'static {
     /// its own group.
     ///
     /// # Errors
-    /// Allocation failures.
+    /// Allocation failures; `EINVAL` when the device cannot be placed in any
+    /// one group (see [`StreamIdGroups`](crate::StreamIdGroups)).
     fn device_group(&self, iommu: &Iommu, dev: &Arc<Device>) -> Result<Group, Errno> {
         iommu.generic_device_group(dev)
     }
@@ -208,11 +209,29 @@ pub trait PagingOps: Send + Sync {
         prot: Prot,
     ) -> Result<u64, MapPagesError>;
 
-    /// Unmaps up to `pgcount` pages of `pgsize`, records what must be
-    /// invalidated in `gather`, and returns the bytes unmapped (0 at a hole).
-    fn unmap_pages(&self, iova: Iova, pgsize: u64, pgcount: usize, gather: &mut IotlbGather)
-        -> u64;
+    /// Unmaps up to `pgcount` pages of `pgsize` from `iova`, records what
+    /// must be invalidated in `gather`, and says what it removed: nothing at
+    /// a hole; pages from `iova`; or, when a larger leaf covers `iova`, that
+    /// whole leaf (leaves are never split), which may start below `iova`.
+    ///
+    /// Linux's op returns only a byte count; the start is returned here so
+    /// the core can continue from the end of what was removed (see
+    /// [`Unmapped`]).
+    fn unmap_pages(
+        &self,
+        iova: Iova,
+        pgsize: u64,
+        pgcount: usize,
+        gather: &mut IotlbGather,
+    ) -> Unmapped;
 
     /// The physical address `iova` translates to, if mapped.
     fn iova_to_phys(&self, iova: Iova) -> Option<PhysAddr>;
+
+    /// The first leaf overlapping `[start, last]`, as `(first IOVA, size)`.
+    ///
+    /// The core uses it to skip over what is (or is not) mapped without
+    /// probing every page, so work follows what is mapped rather than the
+    /// size of a range; implementations should walk only what exists.
+    fn first_mapping(&self, start: Iova, last: Iova) -> Option<(Iova, u64)>;
 }

@@ -185,6 +185,13 @@ impl Iommu {
         let mut added: Vec<Arc<Device>> = Vec::new();
         for dev in bus.devices() {
             let had_group = dev.iommu_group().is_some();
+            if had_group {
+                // Linux: WARN_ON(dev->iommu_group) in the bus walk.
+                self.shared.log(format!(
+                    "WARNING: {}: already in an IOMMU group when the bus got its IOMMU ops",
+                    dev.name()
+                ));
+            }
             let r = {
                 let _s = tracing::debug_span!("add_device", dev = dev.name()).entered();
                 ops.add_device(self, &dev)
@@ -271,11 +278,13 @@ impl Iommu {
         {
             let mut sysfs = self.shared.sysfs();
             let dir = group_dir(id);
+            if self.shared.fail.hit(FailPoint::SysfsCreate) {
+                return Err(Errno::ENOMEM);
+            }
+            // Only what this call created is removed on failure: a directory
+            // that was already there belongs to someone else.
+            sysfs.create(&dir, Node::Dir)?;
             let created = (|| {
-                if self.shared.fail.hit(FailPoint::SysfsCreate) {
-                    return Err(Errno::ENOMEM);
-                }
-                sysfs.create(&dir, Node::Dir)?;
                 sysfs.create(&format!("{dir}/devices"), Node::Dir)?;
                 for attr in ["type", "reserved_regions"] {
                     if let Some(node) = group_attr_node(id, attr) {
@@ -331,9 +340,11 @@ impl Iommu {
     }
 
     /// Finds or creates `dev`'s group (Linux's `iommu_group_get_for_dev`):
-    /// asks the driver which group, gives a new group its default domain,
-    /// and adds the device. A default domain created here is dropped again if
-    /// the add fails, so a failure leaves no trace.
+    /// asks the driver which group, and adds the device. A group without a
+    /// default domain (a new one, or one whose allocation failed before)
+    /// gets one now, for every device in it: direct regions mapped, devices
+    /// attached, all or nothing. If the add fails, the group is left exactly
+    /// as it was, without the new default domain.
     ///
     /// # Errors
     /// `ENODEV` if the device's bus has no IOMMU ops; the driver's
@@ -348,31 +359,18 @@ impl Iommu {
             let _s = tracing::debug_span!("device_group", driver = ops.name()).entered();
             ops.device_group(self, dev)?
         };
-        let mut made_default = false;
-        {
-            let mut st = group.state();
-            if st.default_domain.is_none() {
-                if let Some(dom) = self.alloc_default_domain(&ops, dev, None) {
-                    st.default_domain = Some(dom.clone());
-                    if st.domain.is_none() {
-                        st.domain = Some(dom);
-                    }
-                    made_default = true;
-                }
-            }
-        }
-        if let Err(e) = group.add_device(dev) {
-            if made_default {
-                let mut st = group.state();
-                if st.devices.is_empty() {
-                    if st.domain == st.default_domain {
-                        st.domain = None;
-                    }
-                    st.default_domain = None;
-                }
-            }
-            return Err(e);
-        }
+        let new_default = if group.default_domain().is_none() {
+            // The devices already in the group vote too.
+            let members = group.devices();
+            let voter = members
+                .iter()
+                .find(|d| ops.def_domain_type(d).is_some())
+                .map_or(&**dev, |d| &**d);
+            self.alloc_default_domain(&ops, voter, None)
+        } else {
+            None
+        };
+        group.join(dev, new_default)?;
         Ok(group)
     }
 
@@ -407,7 +405,7 @@ impl Iommu {
         }
         let driver_part = ops.domain_alloc(ty)?;
         let id = self.shared.next_domain_id.fetch_add(1, Ordering::Relaxed);
-        let domain = Domain::new(id, ty, driver_part, ops.name(), ops.pgsize_bitmap());
+        let domain = Domain::new(id, ty, driver_part, ops);
         tracing::debug!(domain = domain.id(), "allocated");
         Ok(domain)
     }

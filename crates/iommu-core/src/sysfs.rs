@@ -8,7 +8,7 @@
 //! model can never show stale contents.
 
 use iommu_types::Errno;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 
 /// Attribute files whose contents the core computes.
@@ -43,6 +43,29 @@ pub enum EntryKind {
 #[derive(Debug, Default)]
 pub(crate) struct SysfsTree {
     nodes: BTreeMap<String, Node>,
+    /// Directories that belong to a device; a device's directory may hold
+    /// its children's (a bridge's functions), which outlive its removal.
+    device_dirs: BTreeSet<String>,
+}
+
+/// Whether `name` can be one path component: not empty, not `.` or `..`,
+/// without `/` or NUL, and at most 255 bytes (Linux's `NAME_MAX`).
+pub(crate) fn is_valid_component(name: &str) -> bool {
+    !name.is_empty()
+        && name != "."
+        && name != ".."
+        && name.len() <= 255
+        && !name.contains(['/', '\0'])
+}
+
+/// Whether `dir` is a place for a device: `devices/` followed by valid
+/// components (so never inside `kernel/` or `bus/`).
+pub(crate) fn is_valid_device_dir(dir: &str) -> bool {
+    let mut comps = dir.split('/');
+    comps.next() == Some("devices") && {
+        let rest: Vec<&str> = comps.collect();
+        !rest.is_empty() && rest.iter().all(|c| is_valid_component(c))
+    }
 }
 
 const MAX_LINK_HOPS: usize = 40;
@@ -140,6 +163,56 @@ impl SysfsTree {
             self.nodes.remove(&k);
         }
         self.nodes.remove(path);
+    }
+
+    /// Makes `dir` (and any missing parents) a device's directory.
+    /// `EEXIST` if another device has it or something other than a plain
+    /// directory is there; a plain directory (made earlier as a parent of a
+    /// child device's) is taken over.
+    pub(crate) fn add_device_dir(&mut self, dir: &str) -> Result<(), Errno> {
+        if self.device_dirs.contains(dir) {
+            return Err(Errno::EEXIST);
+        }
+        match self.nodes.get(dir) {
+            None | Some(Node::Dir) => {}
+            Some(_) => return Err(Errno::EEXIST),
+        }
+        self.mkdir_p(dir)?;
+        self.device_dirs.insert(dir.to_string());
+        Ok(())
+    }
+
+    /// Removes a device's directory and what is in it, except the
+    /// directories of other devices inside it (and the path to them).
+    pub(crate) fn remove_device_dir(&mut self, dir: &str) {
+        self.device_dirs.remove(dir);
+        let prefix = format!("{dir}/");
+        let keep: Vec<String> = self
+            .device_dirs
+            .range(prefix.clone()..)
+            .take_while(|d| d.starts_with(&prefix))
+            .cloned()
+            .collect();
+        let kept = |p: &str| {
+            keep.iter().any(|k| {
+                k == p
+                    || (k.starts_with(p) && k.as_bytes().get(p.len()) == Some(&b'/'))
+                    || (p.starts_with(k.as_str()) && p.as_bytes().get(k.len()) == Some(&b'/'))
+            })
+        };
+        let doomed: Vec<String> = self
+            .nodes
+            .range(prefix.clone()..)
+            .take_while(|(k, _)| k.starts_with(&prefix))
+            .filter(|(k, _)| !kept(k))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in doomed {
+            self.nodes.remove(&k);
+        }
+        if keep.is_empty() {
+            self.nodes.remove(dir);
+        }
     }
 
     /// Follows links in every component; returns the canonical path and its node.

@@ -2,17 +2,25 @@
 //!
 //! [`MockIommu`] can leave ops out (to test `ENODEV` paths), vote for default
 //! domain types, group devices that share a stream id (as an SMMU does for
-//! aliased stream ids), and fail any of its operations on request. Its
-//! paging domains keep leaves in an ordered map with the same unmap rules
-//! as a real page table.
+//! aliased stream ids), and fail any of its operations on request.
+//!
+//! Its paging domains follow a real radix page table's rules, not just an
+//! interval map's, because the core's rollback depends on them: every page
+//! size is a level; a slot of one size holds nothing, a leaf of that size,
+//! or a table of the next smaller size; tables are made by maps and kept
+//! when emptied; unmapping at a size where a table sits tears the table
+//! down whole (and counts the whole slot, as Linux's io-pgtable does); a
+//! larger leaf covering the address is removed whole; a block may replace
+//! only an empty table. A property test in the core checks it against
+//! `iommu-pgtable`'s walker.
 
 use crate::{
     Capability, Device, Domain, DomainGeometry, DomainOps, DomainType, Group, Iommu, IommuOps,
     MapPagesError, PagingOps, ReservedRegion, ResvType, StreamIdGroups,
 };
-use iommu_types::{Errno, IotlbGather, Iova, PhysAddr, Prot};
+use iommu_types::{Errno, IotlbGather, Iova, PhysAddr, Prot, Unmapped};
 use std::any::Any;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -169,12 +177,22 @@ impl MockIommu {
             .as_any()
             .and_then(|a| a.downcast_ref::<MockDomain>())
             .map(|m| {
-                crate::lock(&m.leaves)
+                crate::lock(&m.tables)
+                    .leaves
                     .iter()
                     .map(|(&i, &(s, p, pr))| (i, s, p, pr))
                     .collect()
             })
             .unwrap_or_default()
+    }
+
+    /// Tables a mock domain holds (beyond its root), as a real one would.
+    pub fn table_count(domain: &Domain) -> usize {
+        domain
+            .ops()
+            .as_any()
+            .and_then(|a| a.downcast_ref::<MockDomain>())
+            .map_or(0, |m| crate::lock(&m.tables).tables.len())
     }
 }
 
@@ -193,7 +211,14 @@ impl IommuOps for MockIommu {
         if dev.stream_ids().is_empty() {
             return Ok(()); // not behind this IOMMU
         }
-        iommu.group_get_for_dev(dev).map(drop)
+        iommu.group_get_for_dev(dev).map(drop).inspect_err(|_| {
+            self.shared.by_stream.release_device(dev);
+        })
+    }
+
+    fn remove_device(&self, iommu: &Iommu, dev: &Arc<Device>) {
+        iommu.group_remove_device(dev);
+        self.shared.by_stream.release_device(dev);
     }
 
     fn device_group(&self, iommu: &Iommu, dev: &Arc<Device>) -> Result<Group, Errno> {
@@ -216,7 +241,7 @@ impl IommuOps for MockIommu {
         Ok(Box::new(MockDomain {
             cfg: self.cfg.clone(),
             shared: Arc::clone(&self.shared),
-            leaves: Mutex::new(BTreeMap::new()),
+            tables: Mutex::new(MockTables::new(self.cfg.pgsize_bitmap)),
         }))
     }
 
@@ -250,17 +275,132 @@ impl IommuOps for MockIommu {
     }
 }
 
-/// A mock domain: leaves `iova -> (size, pa, prot)`.
+/// A mock domain: its page table, modelled (see the module docs).
 pub struct MockDomain {
     cfg: MockConfig,
     shared: Arc<Shared>,
-    leaves: Mutex<BTreeMap<u64, (u64, u64, Prot)>>,
+    tables: Mutex<MockTables>,
 }
 
-impl MockDomain {
-    fn leaf_at(leaves: &BTreeMap<u64, (u64, u64, Prot)>, iova: u64) -> Option<(u64, u64, u64)> {
-        let (&start, &(size, pa, _)) = leaves.range(..=iova).next_back()?;
+/// The shape of a radix page table, without the bits: leaves, and which
+/// slots hold a table.
+struct MockTables {
+    /// The page sizes, ascending; size `i` is the level of its leaves.
+    sizes: Vec<u64>,
+    /// Leaves: `iova -> (size, pa, prot)`.
+    leaves: BTreeMap<u64, (u64, u64, Prot)>,
+    /// Slots holding a table: `(size index, slot start)`, size index >= 1
+    /// (a slot of `sizes[i]` whose table holds slots of `sizes[i - 1]`).
+    tables: BTreeSet<(usize, u64)>,
+}
+
+impl MockTables {
+    fn new(bitmap: u64) -> Self {
+        Self {
+            sizes: (0..64)
+                .map(|b| 1u64 << b)
+                .filter(|s| bitmap & s != 0)
+                .collect(),
+            leaves: BTreeMap::new(),
+            tables: BTreeSet::new(),
+        }
+    }
+
+    fn slot(&self, i: usize, iova: u64) -> u64 {
+        iova & !(self.sizes[i] - 1)
+    }
+
+    fn leaf_at(&self, iova: u64) -> Option<(u64, u64, u64)> {
+        let (&start, &(size, pa, _)) = self.leaves.range(..=iova).next_back()?;
         (iova - start < size).then_some((start, size, pa))
+    }
+
+    /// Whether any leaf overlaps `[start, start + size)`.
+    fn any_leaf_in(&self, start: u64, size: u64) -> bool {
+        self.leaf_at(start).is_some()
+            || self
+                .leaves
+                .range(start..)
+                .next()
+                .is_some_and(|(&i, _)| i - start < size)
+    }
+
+    /// Removes every leaf and table inside slot `(i, start)`.
+    fn tear_down(&mut self, i: usize, start: u64) {
+        let size = self.sizes[i];
+        let inside: Vec<u64> = self
+            .leaves
+            .range(start..)
+            .take_while(|(&l, _)| l - start < size)
+            .map(|(&l, _)| l)
+            .collect();
+        for l in inside {
+            self.leaves.remove(&l);
+        }
+        self.tables
+            .retain(|&(j, s)| !(j <= i && s >= start && s - start < size));
+    }
+
+    /// Checks one leaf of size index `k` at `iova`: `Ok(true)` if an empty
+    /// table must be replaced, `Err(EEXIST)` if something is in the way.
+    fn check_leaf(&self, k: usize, iova: u64) -> Result<bool, Errno> {
+        let size = self.sizes[k];
+        for i in (k + 1)..self.sizes.len() {
+            let s = self.slot(i, iova);
+            if self.leaves.get(&s).is_some_and(|l| l.0 == self.sizes[i]) {
+                return Err(Errno::EEXIST); // a larger leaf on the path
+            }
+        }
+        if self.any_leaf_in(iova, size) {
+            return Err(Errno::EEXIST);
+        }
+        Ok(k > 0 && self.tables.contains(&(k, iova)))
+    }
+
+    fn insert_leaf(&mut self, k: usize, iova: u64, pa: u64, prot: Prot) {
+        if k > 0 && self.tables.contains(&(k, iova)) {
+            self.tear_down(k, iova); // an empty table: the block replaces it
+        }
+        for i in (k + 1)..self.sizes.len() {
+            let s = self.slot(i, iova);
+            self.tables.insert((i, s));
+        }
+        self.leaves.insert(iova, (self.sizes[k], pa, prot));
+    }
+
+    /// Unmaps up to `count` leaves of size index `k` from `iova`, within one
+    /// table, as a real walker does.
+    fn unmap(&mut self, k: usize, iova: u64, count: usize) -> Unmapped {
+        // The path down to size `k`: a larger leaf is removed whole; a
+        // missing table is a hole.
+        for i in ((k + 1)..self.sizes.len()).rev() {
+            let s = self.slot(i, iova);
+            if self.leaves.get(&s).is_some_and(|l| l.0 == self.sizes[i]) {
+                self.leaves.remove(&s);
+                return Unmapped::new(Iova::new(s), self.sizes[i]);
+            }
+            if !self.tables.contains(&(i, s)) {
+                return Unmapped::NOTHING;
+            }
+        }
+        let size = self.sizes[k];
+        let room = match self.sizes.get(k + 1) {
+            Some(&parent) => ((parent - (iova & (parent - 1))) / size) as usize,
+            None => usize::MAX,
+        };
+        let mut done = 0u64;
+        for n in 0..count.min(room) as u64 {
+            let at = iova + n * size;
+            if self.leaves.get(&at).is_some_and(|l| l.0 == size) {
+                self.leaves.remove(&at);
+            } else if k > 0 && self.tables.contains(&(k, at)) {
+                self.tear_down(k, at); // a table where a leaf was expected: whole
+            } else {
+                break;
+            }
+            done += size;
+        }
+        Unmapped::new(Iova::new(iova), done)
     }
 }
 
@@ -318,30 +458,33 @@ impl PagingOps for MockDomain {
         pgcount: usize,
         prot: Prot,
     ) -> Result<u64, MapPagesError> {
-        if self.cfg.pgsize_bitmap & pgsize == 0
-            || !iova.is_aligned(pgsize)
-            || !paddr.is_aligned(pgsize)
-        {
+        let mut t = crate::lock(&self.tables);
+        let Some(k) = t.sizes.iter().position(|&s| s == pgsize) else {
+            return Err(Errno::EINVAL.into());
+        };
+        if !iova.is_aligned(pgsize) || !paddr.is_aligned(pgsize) || pgcount == 0 {
             return Err(Errno::EINVAL.into());
         }
         if !prot.is_accessible() {
             return Err(Errno::EINVAL.into());
         }
         let n = pgcount.min(self.cfg.max_pages_per_call.max(1));
+        let end = (n as u64)
+            .checked_mul(pgsize)
+            .and_then(|len| iova.raw().checked_add(len))
+            .ok_or(MapPagesError::from(Errno::ERANGE))?;
+        paddr
+            .raw()
+            .checked_add(end - iova.raw())
+            .ok_or(MapPagesError::from(Errno::ERANGE))?;
+        // Like a real walker, check every slot before writing any.
+        for j in 0..n as u64 {
+            t.check_leaf(k, iova.raw() + j * pgsize)?;
+        }
         let fail_half = self.shared.should_fail(MockOp::Map);
-        let mut leaves = crate::lock(&self.leaves);
         let limit = if fail_half { n / 2 } else { n };
-        for k in 0..limit {
-            let at = iova.raw() + k as u64 * pgsize;
-            let clash = Self::leaf_at(&leaves, at).is_some()
-                || leaves.range(at..at + pgsize).next().is_some();
-            if clash {
-                return Err(MapPagesError {
-                    errno: Errno::EEXIST,
-                    mapped: k as u64 * pgsize,
-                });
-            }
-            leaves.insert(at, (pgsize, paddr.raw() + k as u64 * pgsize, prot));
+        for j in 0..limit as u64 {
+            t.insert_leaf(k, iova.raw() + j * pgsize, paddr.raw() + j * pgsize, prot);
         }
         if fail_half {
             return Err(MapPagesError {
@@ -358,43 +501,36 @@ impl PagingOps for MockDomain {
         pgsize: u64,
         pgcount: usize,
         gather: &mut IotlbGather,
-    ) -> u64 {
-        let mut leaves = crate::lock(&self.leaves);
-        let mut done = 0u64;
-        for k in 0..pgcount as u64 {
-            let at = iova.raw() + k * pgsize;
-            match Self::leaf_at(&leaves, at) {
-                Some((start, size, _)) if size > pgsize || start != at => {
-                    if k == 0 {
-                        leaves.remove(&start);
-                        gather.add_range(Iova::new(start), size);
-                        return size;
-                    }
-                    break;
-                }
-                Some((start, _, _)) => {
-                    leaves.remove(&start);
-                }
-                None => {
-                    // Smaller leaves inside the page go as a whole (a torn-down table).
-                    let inside: Vec<u64> = leaves.range(at..at + pgsize).map(|(&i, _)| i).collect();
-                    if inside.is_empty() {
-                        break;
-                    }
-                    for i in inside {
-                        leaves.remove(&i);
-                    }
-                }
-            }
-            done += pgsize;
+    ) -> Unmapped {
+        let mut t = crate::lock(&self.tables);
+        let Some(k) = t.sizes.iter().position(|&s| s == pgsize) else {
+            return Unmapped::NOTHING;
+        };
+        if !iova.is_aligned(pgsize) || pgcount == 0 {
+            return Unmapped::NOTHING;
         }
-        gather.add_range(iova, done);
-        done
+        let u = t.unmap(k, iova.raw(), pgcount);
+        gather.add_range(u.iova, u.size);
+        u
     }
 
     fn iova_to_phys(&self, iova: Iova) -> Option<PhysAddr> {
-        let leaves = crate::lock(&self.leaves);
-        Self::leaf_at(&leaves, iova.raw())
+        let t = crate::lock(&self.tables);
+        t.leaf_at(iova.raw())
             .map(|(start, _, pa)| PhysAddr::new(pa + (iova.raw() - start)))
+    }
+
+    fn first_mapping(&self, start: Iova, last: Iova) -> Option<(Iova, u64)> {
+        if start > last {
+            return None;
+        }
+        let t = crate::lock(&self.tables);
+        if let Some((s, size, _)) = t.leaf_at(start.raw()) {
+            return Some((Iova::new(s), size));
+        }
+        t.leaves
+            .range(start.raw()..=last.raw())
+            .next()
+            .map(|(&i, &(size, _, _))| (Iova::new(i), size))
     }
 }

@@ -411,7 +411,7 @@ fn detach_group_without_a_default_domain_detaches_every_device() {
 }
 
 #[test]
-fn detach_group_from_a_domain_it_is_not_on_changes_nothing() {
+fn detach_group_on_its_default_domain_changes_nothing() {
     let w = world(&[("a", &[1])]);
     let g = w.group_of(0);
     let d = w.iommu.domain_alloc(&w.bus, DomainType::Unmanaged).unwrap();
@@ -421,13 +421,50 @@ fn detach_group_from_a_domain_it_is_not_on_changes_nothing() {
 }
 
 #[test]
-fn attach_device_without_a_group_goes_straight_to_the_driver() {
+fn detach_group_ignores_the_domain_named_and_returns_to_the_core_domain() {
+    // Linux's iommu_detach_group does not look at its domain argument.
+    let w = world(&[("a", &[1])]);
+    let g = w.group_of(0);
+    let on = w.iommu.domain_alloc(&w.bus, DomainType::Unmanaged).unwrap();
+    let other = w.iommu.domain_alloc(&w.bus, DomainType::Unmanaged).unwrap();
+    w.iommu.attach_group(&on, &g).unwrap();
+    w.iommu.detach_group(&other, &g);
+    assert_eq!(g.domain(), g.default_domain());
+    assert_eq!(
+        w.mock.attached_domain("a"),
+        g.default_domain().map(|d| d.id())
+    );
+}
+
+#[test]
+fn attach_device_without_a_group_is_enodev() {
     let w = world(&[("plain", &[])]);
     let d = w.iommu.domain_alloc(&w.bus, DomainType::Unmanaged).unwrap();
-    w.iommu.attach_device(&d, &w.devs[0]).unwrap();
-    assert_eq!(w.mock.attached_domain("plain"), Some(d.id()));
-    w.iommu.detach_device(&d, &w.devs[0]);
+    assert_eq!(
+        w.iommu.attach_device(&d, &w.devs[0]).unwrap_err(),
+        Errno::ENODEV
+    );
     assert_eq!(w.mock.attached_domain("plain"), None);
+    w.iommu.detach_device(&d, &w.devs[0]); // a no-op
+    assert_eq!(w.mock.attached_domain("plain"), None);
+}
+
+#[test]
+fn detach_device_from_a_domain_it_is_not_on_changes_nothing_and_warns() {
+    let w = world(&[("a", &[1])]);
+    let g = w.group_of(0);
+    let on = w.iommu.domain_alloc(&w.bus, DomainType::Unmanaged).unwrap();
+    let other = w.iommu.domain_alloc(&w.bus, DomainType::Unmanaged).unwrap();
+    w.iommu.attach_device(&on, &w.devs[0]).unwrap();
+    w.iommu.detach_device(&other, &w.devs[0]);
+    assert_eq!(g.domain(), Some(on.clone()));
+    assert!(w
+        .iommu
+        .log_lines()
+        .iter()
+        .any(|l| l.starts_with("WARNING: a: detach_device")));
+    w.iommu.detach_device(&on, &w.devs[0]);
+    assert_eq!(g.domain(), g.default_domain());
 }
 
 #[test]

@@ -184,11 +184,12 @@ fn add_device_retries_clashing_names_with_a_suffix() {
     let iommu = Iommu::default();
     let mock = Arc::new(MockIommu::new());
     let g = iommu.group_alloc().unwrap();
-    let mut devs = Vec::new();
+    let (mut buses, mut devs) = (Vec::new(), Vec::new());
     for bus_name in ["pci", "platform", "amba"] {
         let bus = Bus::new(&iommu, bus_name).unwrap();
         iommu.bus_set_iommu(&bus, mock.clone()).unwrap();
         devs.push(bus.add_device(DeviceBuilder::new("dev")).unwrap());
+        buses.push(bus); // a bus dropped takes its devices with it
     }
     for d in &devs {
         g.add_device(d).unwrap();

@@ -66,8 +66,8 @@ impl AmdV1 {
     }
 }
 
-// SAFETY: a table descriptor is the only encoding with a non-zero next-level field equal to this level's AMD number minus one; leaves (and their dirty and stepped forms) keep next level 0, and the address field round-trips for 4 KiB-aligned tables.
 #[allow(unsafe_code)] // implements the unsafe `Format` contract
+                      // SAFETY: a table descriptor is the only encoding with a non-zero next-level field equal to this level's AMD number minus one; leaves (and their dirty and stepped forms) keep next level 0, and the address field round-trips for 4 KiB-aligned tables.
 unsafe impl Format for AmdV1 {
     fn geometry(&self) -> &Geometry {
         &self.geo

@@ -300,8 +300,8 @@ impl Lpae {
     }
 }
 
-// SAFETY: only non-last-level descriptors with both type bits set decode as tables, which only `encode_table` writes (blocks have type 0b01, pages live at the last level, DBM and AP changes leave the type bits alone), and the address field round-trips for granule-aligned tables.
 #[allow(unsafe_code)] // implements the unsafe `Format` contract
+                      // SAFETY: only non-last-level descriptors with both type bits set decode as tables, which only `encode_table` writes (blocks have type 0b01, pages live at the last level, DBM and AP changes leave the type bits alone), and the address field round-trips for granule-aligned tables.
 unsafe impl Format for Lpae {
     fn geometry(&self) -> &Geometry {
         &self.geo

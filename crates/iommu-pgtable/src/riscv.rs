@@ -97,8 +97,8 @@ impl Riscv {
     }
 }
 
-// SAFETY: a table is a valid descriptor with R, W and X clear, which only `encode_table` writes (every leaf has R or W set, and the dirty forms only change D), and the PPN field round-trips for 4 KiB-aligned tables.
 #[allow(unsafe_code)] // implements the unsafe `Format` contract
+                      // SAFETY: a table is a valid descriptor with R, W and X clear, which only `encode_table` writes (every leaf has R or W set, and the dirty forms only change D), and the PPN field round-trips for 4 KiB-aligned tables.
 unsafe impl Format for Riscv {
     fn geometry(&self) -> &Geometry {
         &self.geo

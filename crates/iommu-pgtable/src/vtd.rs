@@ -76,8 +76,8 @@ impl VtdSl {
     }
 }
 
-// SAFETY: a table is a present non-last-level descriptor without PS, which only `encode_table` writes (superpage leaves carry PS, last-level leaves are never classified as tables, and D changes nothing else), and the address field round-trips for 4 KiB-aligned tables.
 #[allow(unsafe_code)] // implements the unsafe `Format` contract
+                      // SAFETY: a table is a present non-last-level descriptor without PS, which only `encode_table` writes (superpage leaves carry PS, last-level leaves are never classified as tables, and D changes nothing else), and the address field round-trips for 4 KiB-aligned tables.
 unsafe impl Format for VtdSl {
     fn geometry(&self) -> &Geometry {
         &self.geo

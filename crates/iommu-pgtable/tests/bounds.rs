@@ -78,19 +78,16 @@ fn a_geometry_the_walker_cannot_use_is_refused_before_any_table_exists() {
 #[test]
 fn an_unmap_that_cuts_a_block_reports_where_the_block_started() {
     let pt = IoPageTable::new(Lpae::stage1_4k(48, 48).unwrap(), HeapMemory::new()).unwrap();
-    pt.map_pages(
-        Iova::new(SZ_2M),
-        PhysAddr::new(SZ_1G),
-        SZ_2M,
-        1,
-        Prot::RW,
-    )
-    .unwrap();
+    pt.map_pages(Iova::new(SZ_2M), PhysAddr::new(SZ_1G), SZ_2M, 1, Prot::RW)
+        .unwrap();
     let mut g = IotlbGather::new();
     let u = pt.unmap_leaves(Iova::new(SZ_2M + 5 * SZ_4K), SZ_4K, 3, &mut g);
     assert_eq!((u.iova, u.size), (Iova::new(SZ_2M), SZ_2M));
     assert_eq!(u.end(), Some(Iova::new(2 * SZ_2M)));
-    assert_eq!(g.range(), Some((Iova::new(SZ_2M), Iova::new(2 * SZ_2M - 1))));
+    assert_eq!(
+        g.range(),
+        Some((Iova::new(SZ_2M), Iova::new(2 * SZ_2M - 1)))
+    );
     // The Linux-shaped call reports the same bytes.
     pt.map_pages(Iova::new(SZ_2M), PhysAddr::new(SZ_1G), SZ_2M, 1, Prot::RW)
         .unwrap();
@@ -120,7 +117,10 @@ fn first_leaf_finds_mappings_across_the_whole_input_space() {
     let last = pt
         .first_leaf(Iova::new(SZ_1G + SZ_2M), Iova::new(u64::MAX))
         .unwrap();
-    assert_eq!((last.iova, last.pa), (Iova::new(top), PhysAddr::new(0x5000)));
+    assert_eq!(
+        (last.iova, last.pa),
+        (Iova::new(top), PhysAddr::new(0x5000))
+    );
     assert_eq!(
         pt.first_leaf(Iova::new(SZ_1G + SZ_2M), Iova::new(top - 1)),
         None

@@ -23,4 +23,6 @@
 pub mod platform;
 mod soft;
 
-pub use soft::{Access, SoftConfig, SoftDomain, SoftIommu, TranslateError, PGSIZE_BITMAP};
+pub use soft::{
+    Access, SoftConfig, SoftDomain, SoftIommu, TranslateError, DEFAULT_TABLE_BUDGET, PGSIZE_BITMAP,
+};

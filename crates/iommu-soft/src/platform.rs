@@ -143,7 +143,7 @@ impl DefaultPlatform {
         }
         let soft = SoftIommu::new(SoftConfig {
             sw_msi: Some(SW_MSI),
-            identity_devices: Vec::new(),
+            ..SoftConfig::default()
         });
         iommu.bus_set_iommu(&bus, Arc::new(soft.clone()))?;
         Ok(Self { iommu, bus, soft })

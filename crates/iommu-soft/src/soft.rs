@@ -6,6 +6,7 @@ use iommu_core::{
     ResvType, StreamIdGroups,
 };
 use iommu_pgtable::{lpae::Lpae, HeapMemory, IoPageTable};
+use iommu_types::Unmapped;
 use std::any::Any;
 use std::collections::HashMap;
 use std::fmt;
@@ -17,13 +18,31 @@ pub const PGSIZE_BITMAP: u64 = 0x1000 | 0x20_0000 | 0x4000_0000;
 const IAS: u32 = 48;
 const OAS: u32 = 48;
 
+/// Table pages one domain may hold by default: 256 MiB of tables, enough
+/// to map 128 GiB with 4 KiB pages.
+pub const DEFAULT_TABLE_BUDGET: usize = 65_536;
+
 /// Driver options.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct SoftConfig {
     /// A software-managed MSI window reported to every device (`sw-msi`).
     pub sw_msi: Option<(u64, u64)>,
     /// Devices that must use an identity default domain (a quirk list).
     pub identity_devices: Vec<String>,
+    /// Most table pages (4 KiB each, root included) one domain's page table
+    /// may hold; a map that needs more fails with `ENOMEM` and changes
+    /// nothing. `None` lets tables grow until the heap refuses.
+    pub table_budget: Option<usize>,
+}
+
+impl Default for SoftConfig {
+    fn default() -> Self {
+        Self {
+            sw_msi: None,
+            identity_devices: Vec::new(),
+            table_budget: Some(DEFAULT_TABLE_BUDGET),
+        }
+    }
 }
 
 /// Direction of a DMA access.
@@ -129,14 +148,24 @@ struct TlbEntry {
 /// removed only by invalidation (`iotlb_sync`, `flush_iotlb_all`), so that a
 /// missing invalidation shows up as a stale translation, as on hardware.
 ///
-/// Walks happen with the lock held, so an invalidation that returns has
-/// waited for every walk that might have read a descriptor it cleared.
+/// The rule it keeps: once an invalidation returns, no translation of the
+/// pages it covers can be served from a descriptor it had cleared. Walks
+/// run with the lock held, so an invalidation that takes the lock waits for
+/// them. An invalidation may skip the lock only when the IOTLB is empty
+/// *and* no walk is in flight: a walk announces itself (`walkers`) before it
+/// reads any descriptor, and an invalidation looks at `walkers` only after
+/// its caller cleared the descriptors, with sequentially consistent
+/// ordering on both sides. So either the invalidation sees the walk and
+/// waits for it, or the walk starts late enough to read the cleared
+/// descriptor.
 #[derive(Default)]
 struct Iotlb {
     entries: std::sync::Mutex<HashMap<(u64, u64), TlbEntry>>,
     /// Entry count, read without the lock so invalidations of an empty
-    /// IOTLB (every one on the map/unmap fast path) cost one load.
+    /// IOTLB (every one on the map/unmap fast path) cost two loads.
     len: std::sync::atomic::AtomicUsize,
+    /// Walks between announcing themselves and publishing what they cached.
+    walkers: std::sync::atomic::AtomicUsize,
 }
 
 impl Iotlb {
@@ -147,7 +176,9 @@ impl Iotlb {
     /// Removes the domain's entries for pages in `[first, last]` (or all of
     /// them with `None`).
     fn invalidate(&self, domain: u64, range: Option<(u64, u64)>) {
-        if self.len.load(Ordering::Acquire) == 0 {
+        // Orders the caller's descriptor clears before the loads below.
+        std::sync::atomic::fence(Ordering::SeqCst);
+        if self.walkers.load(Ordering::SeqCst) == 0 && self.len.load(Ordering::SeqCst) == 0 {
             return;
         }
         let mut map = self.lock();
@@ -164,10 +195,26 @@ impl Iotlb {
     }
 }
 
+/// One stream-table entry. It belongs to the group that owns the stream id
+/// and is counted by the devices attached through it: a device leaving
+/// takes the entry away only if it was the last one using it.
+struct StreamEntry {
+    domain: Domain,
+    devices: Vec<Weak<Device>>,
+}
+
+impl StreamEntry {
+    fn uses(&self, dev: &Device) -> bool {
+        self.devices
+            .iter()
+            .any(|d| std::ptr::eq(d.as_ptr(), dev as *const Device))
+    }
+}
+
 struct SoftInner {
     cfg: SoftConfig,
-    /// The stream table: stream id -> attached domain.
-    streams: RwLock<HashMap<u32, Domain>>,
+    /// The stream table: stream id -> the domain it translates through.
+    streams: RwLock<HashMap<u32, StreamEntry>>,
     by_stream: StreamIdGroups,
     tlb: Arc<TlbShared>,
     next_domain_id: AtomicU64,
@@ -209,13 +256,31 @@ impl SoftIommu {
 
     /// The domain the hardware has for `dev`'s first stream, if any.
     pub fn attached(&self, dev: &Device) -> Option<Domain> {
-        let sid = *dev.stream_ids().first()?;
+        self.stream_domain(*dev.stream_ids().first()?)
+    }
+
+    /// The domain stream id `sid` translates through, if it has an entry.
+    pub fn stream_domain(&self, sid: u32) -> Option<Domain> {
         self.inner
             .streams
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .get(&sid)
-            .cloned()
+            .map(|e| e.domain.clone())
+    }
+
+    /// Stream ids with an entry in the stream table, ascending.
+    pub fn stream_ids(&self) -> Vec<u32> {
+        let mut ids: Vec<u32> = self
+            .inner
+            .streams
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys()
+            .copied()
+            .collect();
+        ids.sort_unstable();
+        ids
     }
 
     /// IOTLB syncs the hardware has received.
@@ -255,7 +320,24 @@ impl SoftIommu {
         iova: Iova,
         access: Access,
     ) -> Result<PhysAddr, TranslateError> {
-        let domain = self.attached(dev).ok_or(TranslateError::NoStream)?;
+        let sid = *dev.stream_ids().first().ok_or(TranslateError::NoStream)?;
+        self.translate_stream(dev, sid, iova, access)
+    }
+
+    /// Translates one DMA access that arrives with stream id `sid` (a
+    /// device may use any of its ids, as a PCI function's DMA may carry an
+    /// alias's requester id); faults are reported against `dev`.
+    ///
+    /// # Errors
+    /// See [`TranslateError`].
+    pub fn translate_stream(
+        &self,
+        dev: &Device,
+        sid: u32,
+        iova: Iova,
+        access: Access,
+    ) -> Result<PhysAddr, TranslateError> {
+        let domain = self.stream_domain(sid).ok_or(TranslateError::NoStream)?;
         let fault = match access {
             Access::Read => FaultAccess::Read,
             Access::Write => FaultAccess::Write,
@@ -279,6 +361,9 @@ impl SoftIommu {
         let page = iova.raw() >> TLB_PAGE_SHIFT;
         let offset = iova.raw() & ((1 << TLB_PAGE_SHIFT) - 1);
         let iotlb = &self.inner.tlb.iotlb;
+        // Announce the walk before reading any descriptor (see `Iotlb`).
+        iotlb.walkers.fetch_add(1, Ordering::SeqCst);
+        std::sync::atomic::fence(Ordering::SeqCst);
         let mut tlb = iotlb.lock();
         let entry = if let Some(e) = tlb.get(&(soft.id, page)) {
             self.inner.tlb.stats.iotlb_hits.add();
@@ -298,6 +383,7 @@ impl SoftIommu {
             })
         };
         drop(tlb);
+        iotlb.walkers.fetch_sub(1, Ordering::SeqCst);
         match entry {
             None => Err(TranslateError::Translation {
                 report: domain.report_fault(dev, iova, fault),
@@ -321,7 +407,14 @@ impl IommuOps for SoftIommu {
         if dev.stream_ids().is_empty() {
             return Ok(()); // not behind this IOMMU
         }
-        iommu.group_get_for_dev(dev).map(drop)
+        iommu.group_get_for_dev(dev).map(drop).inspect_err(|_| {
+            self.inner.by_stream.release_device(dev);
+        })
+    }
+
+    fn remove_device(&self, iommu: &Iommu, dev: &Arc<Device>) {
+        iommu.group_remove_device(dev);
+        self.inner.by_stream.release_device(dev);
     }
 
     /// Devices sharing a stream id cannot be told apart, so they share a group.
@@ -332,7 +425,11 @@ impl IommuOps for SoftIommu {
     fn domain_alloc(&self, ty: DomainType) -> Result<Box<dyn DomainOps>, Errno> {
         let table = if ty.is_paging() {
             let fmt = Lpae::stage1_4k(IAS, OAS).map_err(Errno::from)?;
-            Some(IoPageTable::new(fmt, HeapMemory::new()).map_err(Errno::from)?)
+            let mem = match self.inner.cfg.table_budget {
+                Some(pages) => HeapMemory::with_limit(pages),
+                None => HeapMemory::new(),
+            };
+            Some(IoPageTable::new(fmt, mem).map_err(Errno::from)?)
         } else {
             None
         };
@@ -425,6 +522,10 @@ impl SoftDomain {
 }
 
 impl DomainOps for SoftDomain {
+    /// Points every stream id of `dev` at `domain`. Ids `dev` shares with
+    /// other devices belong to the same group (the grouping guarantees it),
+    /// which is always attached to one domain, so the shared entry changes
+    /// for all of them at once, as on hardware.
     fn attach_dev(&self, domain: &Domain, dev: &Arc<Device>) -> Result<(), Errno> {
         if dev.stream_ids().is_empty() {
             return Err(Errno::ENODEV);
@@ -432,17 +533,32 @@ impl DomainOps for SoftDomain {
         let hw = self.hw.upgrade().ok_or(Errno::ENODEV)?;
         let mut streams = hw.streams.write().unwrap_or_else(|e| e.into_inner());
         for sid in dev.stream_ids() {
-            streams.insert(*sid, domain.clone());
+            let entry = streams.entry(*sid).or_insert_with(|| StreamEntry {
+                domain: domain.clone(),
+                devices: Vec::new(),
+            });
+            entry.domain = domain.clone();
+            entry.devices.retain(|d| d.strong_count() > 0);
+            if !entry.uses(dev) {
+                entry.devices.push(Arc::downgrade(dev));
+            }
         }
         Ok(())
     }
 
-    fn detach_dev(&self, domain: &Domain, dev: &Arc<Device>) {
+    /// `dev` stops using its stream-table entries; an entry goes only with
+    /// its last user, so a device sharing an id keeps translating.
+    fn detach_dev(&self, _domain: &Domain, dev: &Arc<Device>) {
         let Some(hw) = self.hw.upgrade() else { return };
         let mut streams = hw.streams.write().unwrap_or_else(|e| e.into_inner());
         for sid in dev.stream_ids() {
-            if streams.get(sid) == Some(domain) {
-                streams.remove(sid);
+            if let Some(entry) = streams.get_mut(sid) {
+                entry
+                    .devices
+                    .retain(|d| d.strong_count() > 0 && !std::ptr::eq(d.as_ptr(), &**dev));
+                if entry.devices.is_empty() {
+                    streams.remove(sid);
+                }
             }
         }
     }
@@ -504,13 +620,19 @@ impl PagingOps for SoftDomain {
         pgsize: u64,
         pgcount: usize,
         gather: &mut IotlbGather,
-    ) -> u64 {
+    ) -> Unmapped {
         self.paging_table()
-            .unmap_pages(iova, pgsize, pgcount, gather)
+            .unmap_leaves(iova, pgsize, pgcount, gather)
     }
 
     fn iova_to_phys(&self, iova: Iova) -> Option<PhysAddr> {
         self.paging_table().iova_to_phys(iova)
+    }
+
+    fn first_mapping(&self, start: Iova, last: Iova) -> Option<(Iova, u64)> {
+        self.paging_table()
+            .first_leaf(start, last)
+            .map(|m| (m.iova, m.size))
     }
 }
 

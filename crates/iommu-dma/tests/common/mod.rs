@@ -39,7 +39,7 @@ pub fn world(n: u32, strict: bool) -> World {
         .collect();
     let hw = SoftIommu::new(SoftConfig {
         sw_msi: Some((0x0800_0000, 0x10_0000)),
-        identity_devices: vec![],
+        ..SoftConfig::default()
     });
     iommu.bus_set_iommu(&bus, Arc::new(hw.clone())).unwrap();
     World {
