@@ -46,6 +46,9 @@ pub(crate) struct SysfsTree {
     /// Directories that belong to a device; a device's directory may hold
     /// its children's (a bridge's functions), which outlive its removal.
     device_dirs: BTreeSet<String>,
+    /// Directories of removed devices kept only for the children inside;
+    /// each goes with its last child.
+    orphan_dirs: BTreeSet<String>,
 }
 
 /// Whether `name` can be one path component: not empty, not `.` or `..`,
@@ -178,6 +181,7 @@ impl SysfsTree {
             Some(_) => return Err(Errno::EEXIST),
         }
         self.mkdir_p(dir)?;
+        self.orphan_dirs.remove(dir);
         self.device_dirs.insert(dir.to_string());
         Ok(())
     }
@@ -210,8 +214,17 @@ impl SysfsTree {
         for k in doomed {
             self.nodes.remove(&k);
         }
-        if keep.is_empty() {
-            self.nodes.remove(dir);
+        if !keep.is_empty() {
+            self.orphan_dirs.insert(dir.to_string());
+            return;
+        }
+        self.nodes.remove(dir);
+        // A removed parent kept for this device goes with it.
+        let mut up = parent_of(dir).to_string();
+        while self.orphan_dirs.contains(&up) && self.list(&up).is_ok_and(|l| l.is_empty()) {
+            self.orphan_dirs.remove(&up);
+            self.nodes.remove(&up);
+            up = parent_of(&up).to_string();
         }
     }
 

@@ -90,6 +90,7 @@ struct Shared {
     iotlb_syncs: AtomicU64,
     flush_alls: AtomicU64,
     sync_maps: AtomicU64,
+    lookups: AtomicU64,
 }
 
 impl Shared {
@@ -168,6 +169,12 @@ impl MockIommu {
     /// `iotlb_sync_map` calls so far.
     pub fn sync_maps(&self) -> u64 {
         self.shared.sync_maps.load(Ordering::Relaxed)
+    }
+
+    /// Page-table lookups so far (`iova_to_phys` and `first_mapping`), so
+    /// tests can check that work follows what is mapped.
+    pub fn lookups(&self) -> u64 {
+        self.shared.lookups.load(Ordering::Relaxed)
     }
 
     /// Every leaf of a mock domain: `(iova, size, pa, prot)`, in IOVA order.
@@ -468,7 +475,12 @@ impl PagingOps for MockDomain {
         if !prot.is_accessible() {
             return Err(Errno::EINVAL.into());
         }
-        let n = pgcount.min(self.cfg.max_pages_per_call.max(1));
+        // One call maps within one table, as a real walker does.
+        let room = match t.sizes.get(k + 1) {
+            Some(&parent) => ((parent - (iova.raw() & (parent - 1))) / pgsize) as usize,
+            None => usize::MAX,
+        };
+        let n = pgcount.min(room).min(self.cfg.max_pages_per_call.max(1));
         let end = (n as u64)
             .checked_mul(pgsize)
             .and_then(|len| iova.raw().checked_add(len))
@@ -515,12 +527,14 @@ impl PagingOps for MockDomain {
     }
 
     fn iova_to_phys(&self, iova: Iova) -> Option<PhysAddr> {
+        self.shared.lookups.fetch_add(1, Ordering::Relaxed);
         let t = crate::lock(&self.tables);
         t.leaf_at(iova.raw())
             .map(|(start, _, pa)| PhysAddr::new(pa + (iova.raw() - start)))
     }
 
     fn first_mapping(&self, start: Iova, last: Iova) -> Option<(Iova, u64)> {
+        self.shared.lookups.fetch_add(1, Ordering::Relaxed);
         if start > last {
             return None;
         }

@@ -645,3 +645,42 @@ fn the_iova_cookie_is_made_once_lives_with_the_domain_and_a_failed_init_stores_n
         "the cookie died with its domain"
     );
 }
+
+#[test]
+fn a_domain_attaches_only_through_the_iommu_that_allocated_it() {
+    // Two IOMMU instances, one per bus: a domain of the first means nothing
+    // to the second's hardware.
+    let w = world(&[("a", &[1])]);
+    let other_bus = Bus::new(&w.iommu, "platform2").unwrap();
+    let other = std::sync::Arc::new(MockIommu::new());
+    w.iommu.bus_set_iommu(&other_bus, other.clone()).unwrap();
+    let b = other_bus
+        .add_device(iommu_core::DeviceBuilder::new("b").stream_ids([2]))
+        .unwrap();
+    let gb = b.iommu_group().unwrap();
+    let foreign = w.iommu.domain_alloc(&w.bus, DomainType::Unmanaged).unwrap();
+    assert!(!foreign.is_owned_by(&other_bus.iommu_ops().unwrap()));
+    let before = snapshot(&w);
+    assert_eq!(
+        w.iommu.attach_group(&foreign, &gb).unwrap_err(),
+        Errno::EINVAL
+    );
+    assert_eq!(
+        w.iommu.attach_device(&foreign, &b).unwrap_err(),
+        Errno::EINVAL
+    );
+    assert_eq!(snapshot(&w), before);
+    assert_eq!(gb.domain(), gb.default_domain());
+    assert_eq!(
+        (w.mock.attached_domain("b"), other.attached_domain("b")),
+        (None, gb.default_domain().map(|d| d.id())),
+        "neither driver's hardware heard of the foreign domain"
+    );
+    // Through its own IOMMU it attaches as usual.
+    let own = w
+        .iommu
+        .domain_alloc(&other_bus, DomainType::Unmanaged)
+        .unwrap();
+    w.iommu.attach_group(&own, &gb).unwrap();
+    assert_eq!(other.attached_domain("b"), Some(own.id()));
+}

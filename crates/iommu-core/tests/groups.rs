@@ -2,9 +2,12 @@
 
 mod common;
 
-use common::{world, World};
-use iommu_core::testing::MockIommu;
-use iommu_core::{Bus, DeviceBuilder, EntryKind, Errno, GroupAction, Iommu, Notify};
+use common::{snapshot, world, World};
+use iommu_core::testing::{MockConfig, MockIommu, MockOp};
+use iommu_core::{
+    Bus, DeviceBuilder, DomainType, EntryKind, Errno, FailPoint, GroupAction, Iommu, IommuConfig,
+    Iova, Notify, PhysAddr, Prot, ReservedRegion, ResvType,
+};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -420,4 +423,200 @@ fn domain_ids_are_per_subsystem() {
         a.group_of(0).default_domain().unwrap().id(),
         b.group_of(0).default_domain().unwrap().id()
     );
+}
+
+#[test]
+fn a_stream_id_belongs_to_exactly_one_group() {
+    // A owns id 1 and B id 2; C carries both, so it could only join one
+    // group by letting that group's domain translate the other's id.
+    let w = world(&[("a", &[1]), ("b", &[2])]);
+    let (ga, gb) = (w.group_of(0), w.group_of(1));
+    let before = snapshot(&w);
+    let c = w
+        .bus
+        .add_device(DeviceBuilder::new("c").stream_ids([1, 2]))
+        .unwrap();
+    assert!(c.iommu_group().is_none(), "refused");
+    assert_eq!(snapshot(&w).ids, before.ids);
+    assert_eq!(ga.device_count(), 1);
+    assert_eq!(gb.device_count(), 1);
+    assert!(w
+        .iommu
+        .log_lines()
+        .iter()
+        .any(|l| l.contains("c: stream ids span IOMMU groups 0 and 1")));
+    assert_eq!(
+        w.mock.attached_domain("b"),
+        gb.default_domain().map(|d| d.id())
+    );
+    // The same holds when C is grouped directly through the driver op.
+    assert_eq!(w.iommu.group_get_for_dev(&c).unwrap_err(), Errno::EINVAL);
+    // A device sharing only A's id still joins A.
+    let d = w
+        .bus
+        .add_device(DeviceBuilder::new("d").stream_ids([1, 3]))
+        .unwrap();
+    assert_eq!(d.iommu_group(), Some(ga.clone()));
+}
+
+#[test]
+fn a_failed_add_does_not_leave_its_stream_ids_behind() {
+    // C fails to join; its own id 7 must not send a later device into the
+    // group C was headed for.
+    let w = world(&[("a", &[1])]);
+    let ga = w.group_of(0);
+    w.mock.fail_after(MockOp::Attach, 0);
+    let c = w
+        .bus
+        .add_device(DeviceBuilder::new("c").stream_ids([1, 7]))
+        .unwrap();
+    assert!(c.iommu_group().is_none());
+    let d = w
+        .bus
+        .add_device(DeviceBuilder::new("d").stream_ids([7]))
+        .unwrap();
+    assert_ne!(d.iommu_group(), Some(ga), "id 7 is nobody's");
+}
+
+#[test]
+fn a_stream_id_is_free_again_once_its_last_user_is_released() {
+    let w = world(&[("a", &[1]), ("b", &[1])]);
+    let g = w.group_of(0);
+    w.bus.remove_device(&w.devs[0]).unwrap();
+    // B still holds id 1 for the group.
+    let c = w
+        .bus
+        .add_device(DeviceBuilder::new("c").stream_ids([1]))
+        .unwrap();
+    assert_eq!(c.iommu_group(), Some(g.clone()));
+    w.bus.remove_device(&w.devs[1]).unwrap();
+    w.bus.remove_device(&c).unwrap();
+    drop(g);
+    let d = w
+        .bus
+        .add_device(DeviceBuilder::new("d").stream_ids([1]))
+        .unwrap();
+    assert_eq!(d.iommu_group().map(|g| g.id()), Some(0));
+    assert_eq!(d.iommu_group().unwrap().device_count(), 1);
+}
+
+/// A group whose default-domain allocation failed when its first device
+/// joined: the device is in the group, on no domain.
+fn group_without_default_domain() -> World {
+    let w = common::world_with(IommuConfig::default(), MockConfig::default(), &[]);
+    w.iommu.fail_points().arm(FailPoint::DomainAlloc, 0);
+    let direct = ReservedRegion::new(0x7000_0000, 0x2000, Prot::RW, ResvType::Direct);
+    w.bus
+        .add_device(DeviceBuilder::new("a").stream_ids([1]).resv_region(direct))
+        .unwrap();
+    let a = w.bus.find_device("a").unwrap();
+    let g = a.iommu_group().expect("joined without a default domain");
+    assert_eq!((g.default_domain(), g.domain()), (None, None));
+    World { devs: vec![a], ..w }
+}
+
+#[test]
+fn a_failed_join_leaves_the_group_without_the_default_domain_it_made() {
+    let w = group_without_default_domain();
+    let g = w.group_of(0);
+    w.mock.fail_after(MockOp::Attach, 1); // the first device's attach works
+    let b = w
+        .bus
+        .add_device(DeviceBuilder::new("b").stream_ids([1]))
+        .unwrap();
+    assert!(b.iommu_group().is_none(), "b failed to join");
+    assert_eq!((g.default_domain(), g.domain()), (None, None));
+    assert_eq!(g.device_count(), 1);
+    assert_eq!(
+        w.mock.attached_domain("a"),
+        None,
+        "core and hardware agree: a is on no domain"
+    );
+}
+
+#[test]
+fn a_group_without_a_default_domain_gets_one_for_every_device() {
+    let w = group_without_default_domain();
+    let g = w.group_of(0);
+    let b = w
+        .bus
+        .add_device(DeviceBuilder::new("b").stream_ids([1]))
+        .unwrap();
+    assert_eq!(b.iommu_group(), Some(g.clone()));
+    let dd = g.default_domain().expect("made now");
+    assert_eq!(g.domain(), Some(dd.clone()));
+    for dev in ["a", "b"] {
+        assert_eq!(w.mock.attached_domain(dev), Some(dd.id()), "{dev}");
+    }
+    // a's direct region was mapped too, and goes when a leaves.
+    assert_eq!(
+        dd.iova_to_phys(Iova::new(0x7000_1000)),
+        Some(PhysAddr::new(0x7000_1000))
+    );
+    w.bus.remove_device(&w.devs[0]).unwrap();
+    assert_eq!(dd.iova_to_phys(Iova::new(0x7000_1000)), None);
+}
+
+#[test]
+fn store_type_records_the_new_default_domains_direct_maps_so_removal_undoes_them() {
+    let direct = ReservedRegion::new(0x7000_0000, 0x2000, Prot::RW, ResvType::Direct);
+    let w = common::world_with(IommuConfig::default(), MockConfig::default(), &[]);
+    let a = w
+        .bus
+        .add_device(DeviceBuilder::new("a").stream_ids([1]).resv_region(direct))
+        .unwrap();
+    let _b = w
+        .bus
+        .add_device(DeviceBuilder::new("b").stream_ids([1]))
+        .unwrap();
+    let g = a.iommu_group().unwrap();
+    let path = format!("{}/type", g.sysfs_dir());
+    w.iommu.sysfs().write(&path, "identity").unwrap();
+    w.iommu.sysfs().write(&path, "DMA").unwrap();
+    let dd = g.default_domain().unwrap();
+    assert_eq!(dd.ty(), DomainType::Dma);
+    assert_eq!(
+        dd.iova_to_phys(Iova::new(0x7000_0000)),
+        Some(PhysAddr::new(0x7000_0000))
+    );
+    // a leaves; b stays, so the domain lives on without a's identity maps.
+    w.bus.remove_device(&a).unwrap();
+    assert_eq!(dd.iova_to_phys(Iova::new(0x7000_0000)), None);
+    assert!(MockIommu::mappings(&dd).is_empty());
+}
+
+#[test]
+fn a_failed_add_device_unmaps_the_direct_maps_it_created() {
+    let w = world(&[("a", &[1])]);
+    let dd = w.group_of(0).default_domain().unwrap();
+    let direct = ReservedRegion::new(0x7000_0000, 0x3000, Prot::RW, ResvType::Direct);
+    w.mock.fail_after(MockOp::Attach, 0);
+    let b = w
+        .bus
+        .add_device(DeviceBuilder::new("b").stream_ids([1]).resv_region(direct))
+        .unwrap();
+    assert!(b.iommu_group().is_none());
+    assert!(
+        MockIommu::mappings(&dd).is_empty(),
+        "no identity map of b's region stays in a's domain"
+    );
+}
+
+#[test]
+fn bus_set_iommu_warns_about_a_device_already_in_a_group() {
+    let iommu = Iommu::default();
+    let bus = Bus::new(&iommu, "platform").unwrap();
+    let dev = bus
+        .add_device(DeviceBuilder::new("early").stream_ids([1]))
+        .unwrap();
+    let g = iommu.group_alloc().unwrap();
+    g.add_device(&dev).unwrap();
+    iommu
+        .bus_set_iommu(&bus, Arc::new(MockIommu::new()))
+        .unwrap();
+    assert!(iommu
+        .log_lines()
+        .iter()
+        .any(|l| l.starts_with("WARNING: early: already in an IOMMU group")));
+    assert_eq!(dev.iommu_group(), Some(g));
 }

@@ -448,3 +448,155 @@ fn fault_report_returns_the_handler_result() {
         Err(Errno::ENOSYS)
     );
 }
+
+#[test]
+fn unmap_that_starts_inside_a_block_goes_on_from_the_end_of_the_block() {
+    let (_w, d) = unmanaged(MockConfig::default());
+    map(&d, M2, M2, M2).unwrap(); // a block [2M, 4M)
+    map(&d, 2 * M2, 0x1000_0000, 4 * K4).unwrap(); // pages [4M, 4M + 16K)
+                                                   // [2M + 4K, 4M + 4K): the block goes whole, then the page at 4M.
+    let removed = d.unmap(Iova::new(M2 + K4), M2);
+    assert_eq!(
+        removed,
+        M2 + K4,
+        "what was removed, the block counted whole"
+    );
+    for at in [M2, M2 + K4, 2 * M2 - K4, 2 * M2] {
+        assert_eq!(
+            d.iova_to_phys(Iova::new(at)),
+            None,
+            "{at:#x} still translates"
+        );
+    }
+    assert_eq!(
+        d.iova_to_phys(Iova::new(2 * M2 + K4)),
+        Some(PhysAddr::new(0x1000_1000)),
+        "past the range stays"
+    );
+}
+
+#[test]
+fn unmap_over_small_pages_at_a_large_page_size_removes_every_page() {
+    // The core picks 2 MiB for an aligned 2 MiB unmap even where 4 KiB pages
+    // are mapped (as its rollback does when iova and paddr alignments
+    // differ): the table there is torn down whole, every page with it.
+    let (_w, d) = unmanaged(MockConfig::default());
+    map(&d, M2, 0x1000, M2).unwrap();
+    assert_eq!(MockIommu::mappings(&d).len(), 512);
+    assert_eq!(d.unmap(Iova::new(M2), M2), M2);
+    assert!(MockIommu::mappings(&d).is_empty());
+    // A failing map at such alignments leaves nothing behind either.
+    let (w, d) = unmanaged(MockConfig::default());
+    w.mock.fail_after(MockOp::Map, 0);
+    assert_eq!(map(&d, M2, 0x1000, M2).unwrap_err(), Errno::ENOMEM);
+    assert!(MockIommu::mappings(&d).is_empty());
+}
+
+#[test]
+fn a_huge_direct_region_is_mapped_by_extent_not_page_by_page() {
+    // 64 TiB of firmware-reserved memory: identity-mapped in 1 GiB blocks,
+    // found and filled with a handful of lookups.
+    let w = world(&[]);
+    let tib = 1u64 << 40;
+    let huge = ReservedRegion::new(tib, 64 * tib, Prot::RW, ResvType::Direct);
+    let before = w.mock.lookups();
+    let d = w
+        .bus
+        .add_device(DeviceBuilder::new("fw").stream_ids([1]).resv_region(huge))
+        .unwrap();
+    let dd = d.iommu_group().expect("added").default_domain().unwrap();
+    assert!(
+        w.mock.lookups() - before < 16,
+        "{} lookups",
+        w.mock.lookups() - before
+    );
+    for at in [tib, 40 * tib + 0x1234, 65 * tib - 1] {
+        assert_eq!(dd.iova_to_phys(Iova::new(at)), Some(PhysAddr::new(at)));
+    }
+    assert_eq!(dd.iova_to_phys(Iova::new(65 * tib)), None);
+    assert_eq!(MockIommu::mappings(&dd).len(), 64 * 1024);
+    // Removing the device unmaps it all again.
+    w.bus.remove_device(&d).unwrap();
+    assert!(MockIommu::mappings(&dd).is_empty());
+}
+
+#[test]
+fn a_direct_region_fills_only_the_holes_between_existing_mappings() {
+    let w = world(&[]);
+    let ra = ReservedRegion::new(0x8000_1000, K4, Prot::RW, ResvType::Direct);
+    let rb = ReservedRegion::new(0x8000_3000, K4, Prot::RW, ResvType::Direct);
+    w.bus
+        .add_device(
+            DeviceBuilder::new("a")
+                .stream_ids([1])
+                .resv_region(ra)
+                .resv_region(rb),
+        )
+        .unwrap();
+    let wide = ReservedRegion::new(0x8000_0000, 5 * K4, Prot::RW, ResvType::Direct);
+    let c = w
+        .bus
+        .add_device(DeviceBuilder::new("c").stream_ids([1]).resv_region(wide))
+        .unwrap();
+    let dd = c.iommu_group().unwrap().default_domain().unwrap();
+    let got: Vec<u64> = MockIommu::mappings(&dd).iter().map(|m| m.0).collect();
+    assert_eq!(
+        got,
+        (0..5).map(|i| 0x8000_0000 + i * K4).collect::<Vec<_>>()
+    );
+    // c made three runs (the holes); removing c leaves a's two pages.
+    w.bus.remove_device(&c).unwrap();
+    let left: Vec<u64> = MockIommu::mappings(&dd).iter().map(|m| m.0).collect();
+    assert_eq!(left, vec![0x8000_1000, 0x8000_3000]);
+}
+
+#[test]
+fn absurd_direct_regions_are_refused_with_a_clear_error() {
+    let w = world(&[]);
+    // Wrapping past the top of the address space: refused by the bus.
+    let wraps = ReservedRegion::new(0x1000, u64::MAX, Prot::RW, ResvType::Direct);
+    assert_eq!(
+        w.bus
+            .add_device(
+                DeviceBuilder::new("wrap")
+                    .stream_ids([1])
+                    .resv_region(wraps)
+            )
+            .unwrap_err(),
+        Errno::EINVAL
+    );
+    let empty = ReservedRegion::new(0x1000, 0, Prot::RW, ResvType::Direct);
+    assert_eq!(
+        w.bus
+            .add_device(
+                DeviceBuilder::new("empty")
+                    .stream_ids([1])
+                    .resv_region(empty)
+            )
+            .unwrap_err(),
+        Errno::EINVAL
+    );
+    // Beyond the domain's 48-bit aperture: the device is not translated.
+    let beyond = ReservedRegion::new(0, 1 << 63, Prot::RW, ResvType::Direct);
+    let d = w
+        .bus
+        .add_device(
+            DeviceBuilder::new("beyond")
+                .stream_ids([2])
+                .resv_region(beyond),
+        )
+        .unwrap();
+    assert!(d.iommu_group().is_none());
+    let log = w.iommu.log_lines().join("\n");
+    assert!(
+        log.contains(
+            "beyond: direct region 0x0+0x8000000000000000 lies outside the domain's aperture"
+        ),
+        "{log}"
+    );
+    assert!(
+        log.contains("beyond: failed to add device to IOMMU: ERANGE"),
+        "{log}"
+    );
+    assert!(w.iommu.group_ids().is_empty());
+}

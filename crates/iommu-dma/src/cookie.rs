@@ -132,12 +132,21 @@ impl DmaCookie {
     /// Unmaps `[iova, iova + len)` (made of the mapped `runs`) and frees
     /// the IOVA: at once after an IOTLB sync in strict mode, through the
     /// flush queue in lazy mode (Linux's `__iommu_dma_unmap`).
+    ///
+    /// `owned` says the caller proved the range is a live mapping of its
+    /// own (a handle record matched). If the page tables then disagree
+    /// (something unmapped part of it behind the DMA layer's back), every
+    /// leaf left in the range is removed and the IOVA freed anyway, so
+    /// nothing stays mapped and nothing leaks; the error still reports the
+    /// disagreement. Without that proof (handle checks off) the IOVA may be
+    /// someone else's by now, so it is kept rather than freed twice.
     pub(crate) fn unmap(
         self: &Arc<Self>,
         domain: &Domain,
         iova: u64,
         len: u64,
         runs: &[(u64, u64)],
+        owned: bool,
     ) -> Result<(), DmaError> {
         let fq = self.flush_queue(domain);
         let mut gather = IotlbGather::new();
@@ -148,10 +157,14 @@ impl DmaCookie {
         }
         let mapped: u64 = runs.iter().map(|r| r.1).sum();
         if unmapped != mapped {
-            // The page tables disagree with the caller: invalidate whatever
-            // went, and keep the IOVA allocated rather than risk handing
-            // out a range that may still be mapped.
-            domain.iotlb_sync(gather);
+            if owned {
+                sweep(domain, iova, len, &mut gather);
+                domain.iotlb_sync(gather);
+                self.iovad
+                    .free_fast(iova >> self.iovad.shift(), len >> self.iovad.shift());
+            } else {
+                domain.iotlb_sync(gather);
+            }
             return Err(DmaError::NotMapped);
         }
         let (pfn, pages) = (iova >> self.iovad.shift(), len >> self.iovad.shift());
@@ -188,6 +201,24 @@ impl DmaCookie {
     /// Runs the flush queue's timeout now (for tests and shutdown paths).
     pub(crate) fn flush_queue_timeout(&self) {
         self.fire();
+    }
+}
+
+/// Removes every leaf overlapping `[iova, iova + len)`, holes and all,
+/// walking only what is mapped.
+fn sweep(domain: &Domain, iova: u64, len: u64, gather: &mut IotlbGather) {
+    let Some(last) = iova.checked_add(len.saturating_sub(1)) else {
+        return;
+    };
+    let mut cur = iova;
+    while let Some((at, size)) =
+        domain.first_mapping(iommu_core::Iova::new(cur), iommu_core::Iova::new(last))
+    {
+        domain.unmap_fast(at, size, gather);
+        match at.raw().checked_add(size) {
+            Some(next) if next > cur && next <= last => cur = next,
+            _ => break,
+        }
     }
 }
 

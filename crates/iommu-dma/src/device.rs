@@ -468,7 +468,13 @@ impl DmaDevice {
                 self.sync_for_cpu_phys(pa.raw(), size, dir);
             }
         }
-        self.cookie.unmap(&self.domain, iova, len, &[(iova, len)])
+        self.cookie.unmap(
+            &self.domain,
+            iova,
+            len,
+            &[(iova, len)],
+            self.tracker.is_some(),
+        )
     }
 
     /// Maps a scatter-gather list into one IOVA range (Linux's `dma_map_sg`).
@@ -546,7 +552,13 @@ impl DmaDevice {
             t.take(m.iova, m.iova_len, m.dir, Api::Sg)?;
         }
         self.sync_sg_for_cpu(m);
-        self.cookie.unmap(&self.domain, m.iova, m.iova_len, &m.runs)
+        self.cookie.unmap(
+            &self.domain,
+            m.iova,
+            m.iova_len,
+            &m.runs,
+            self.tracker.is_some(),
+        )
     }
 
     /// Allocates a coherent buffer of `size` bytes and maps it both ways
@@ -603,7 +615,13 @@ impl DmaDevice {
             )?;
         }
         let iova = buf.dma.raw();
-        self.cookie.unmap(&self.domain, iova, len, &[(iova, len)])?;
+        self.cookie.unmap(
+            &self.domain,
+            iova,
+            len,
+            &[(iova, len)],
+            self.tracker.is_some(),
+        )?;
         memory.free_pages(buf.paddr, len);
         Ok(())
     }

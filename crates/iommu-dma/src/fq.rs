@@ -162,6 +162,14 @@ impl FlushQueue {
     }
 }
 
+static LIVE_TIMER_THREADS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Flush-queue timer threads running now, in the whole process (for leak
+/// checks: each DMA-FQ domain's thread exits once the domain is gone).
+pub fn live_timer_threads() -> usize {
+    LIVE_TIMER_THREADS.load(Ordering::SeqCst)
+}
+
 /// A one-shot timer served by a thread, which calls `fire` on the target
 /// (held weakly) when an armed deadline passes. Dropping the owner shuts
 /// the thread down.
@@ -198,10 +206,22 @@ impl Timer {
     /// # Errors
     /// The thread could not be created.
     pub(crate) fn spawn<T: TimerTarget>(self: &Arc<Self>, target: Weak<T>) -> std::io::Result<()> {
+        /// Counts the thread from before it is spawned until it returns.
+        struct Live;
+        impl Drop for Live {
+            fn drop(&mut self) {
+                LIVE_TIMER_THREADS.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+        LIVE_TIMER_THREADS.fetch_add(1, Ordering::SeqCst);
+        let live = Live;
         let timer = self.clone();
         std::thread::Builder::new()
             .name("iommu-dma-fq".into())
-            .spawn(move || timer.run(target))
+            .spawn(move || {
+                let _live = live;
+                timer.run(target)
+            })
             .map(drop)
     }
 

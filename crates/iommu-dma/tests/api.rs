@@ -581,3 +581,65 @@ fn a_device_without_a_group_is_not_translated() {
         Some(DmaError::NotTranslated)
     );
 }
+
+#[test]
+fn an_unmap_the_page_tables_disagree_with_still_clears_and_frees_its_iova() {
+    // Something unmaps part of a DMA mapping behind the DMA layer's back.
+    // The handle record proves the range is this mapping's, so the unmap
+    // clears whatever is left and frees the IOVA rather than leaking it.
+    let w = world(1, true);
+    let dma = w.bind(0);
+    let before = dma.domain_stats().iova.tree_ranges;
+    let a = dma
+        .map_single(PhysAddr::new(BUF), 0x3000, Dir::Bidirectional)
+        .unwrap();
+    assert_eq!(dma.domain().unmap(Iova::new(a.raw()), 0x1000), 0x1000);
+    assert_eq!(
+        dma.unmap_single(a, 0x3000, Dir::Bidirectional),
+        Err(DmaError::NotMapped),
+        "the disagreement is reported"
+    );
+    for off in [0x1000, 0x2000] {
+        assert!(
+            w.hw.translate(&w.devs[0], Iova::new(a.raw() + off), Access::Read)
+                .is_err(),
+            "{off:#x} still translates"
+        );
+    }
+    assert_eq!(dma.live_mappings(), 0);
+    dma.flush_queue_now();
+    let s = dma.domain_stats().iova;
+    assert_eq!(s.tree_ranges - s.cached, before, "the IOVA went back");
+    // And it is handed out again.
+    let b = dma
+        .map_single(PhysAddr::new(BUF), 0x3000, Dir::Bidirectional)
+        .unwrap();
+    dma.unmap_single(b, 0x3000, Dir::Bidirectional).unwrap();
+}
+
+#[test]
+fn dropping_a_lazy_platform_stops_its_flush_queue_timer() {
+    let before = iommu_dma::fq::live_timer_threads();
+    {
+        let w = world(2, false);
+        let dma = w.bind(0);
+        assert!(dma.is_lazy());
+        let a = dma
+            .map_single(PhysAddr::new(BUF), 0x1000, Dir::ToDevice)
+            .unwrap();
+        dma.unmap_single(a, 0x1000, Dir::ToDevice).unwrap();
+        assert!(iommu_dma::fq::live_timer_threads() > before);
+        // Dropped with devices still on the bus and in their groups.
+        drop(dma);
+        drop(w);
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while iommu_dma::fq::live_timer_threads() > before && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    assert_eq!(
+        iommu_dma::fq::live_timer_threads(),
+        before,
+        "the timer thread exited"
+    );
+}

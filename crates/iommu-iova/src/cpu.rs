@@ -30,33 +30,37 @@ impl CpuId for SingleCpu {
 #[cfg(feature = "std")]
 mod thread {
     use super::CpuId;
-    use std::sync::Mutex;
-    use std::vec::Vec;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
-    /// Which slots live threads hold.
-    static SLOTS: Mutex<Vec<bool>> = Mutex::new(Vec::new());
+    /// Slots handed out to live threads. Fixed, so that taking one never
+    /// allocates: a thread's first allocator call may come on a path that
+    /// is handling an out-of-memory failure.
+    const SLOTS: usize = 1024;
+    static TAKEN: [AtomicBool; SLOTS] = [const { AtomicBool::new(false) }; SLOTS];
+    /// Past `SLOTS` live threads, ids keep counting (and are not reused).
+    static OVERFLOW: AtomicUsize = AtomicUsize::new(SLOTS);
 
     /// A thread's slot, given back when the thread exits.
     struct Slot(usize);
 
     impl Slot {
         fn take() -> Slot {
-            let mut slots = SLOTS.lock().unwrap_or_else(|e| e.into_inner());
-            let i = slots.iter().position(|used| !used).unwrap_or(slots.len());
-            if i == slots.len() {
-                slots.push(true);
-            } else {
-                slots[i] = true;
+            for (i, t) in TAKEN.iter().enumerate() {
+                if !t.load(Ordering::Relaxed)
+                    && t.compare_exchange(false, true, Ordering::AcqRel, Ordering::Relaxed)
+                        .is_ok()
+                {
+                    return Slot(i);
+                }
             }
-            Slot(i)
+            Slot(OVERFLOW.fetch_add(1, Ordering::Relaxed))
         }
     }
 
     impl Drop for Slot {
         fn drop(&mut self) {
-            let mut slots = SLOTS.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some(s) = slots.get_mut(self.0) {
-                *s = false;
+            if let Some(t) = TAKEN.get(self.0) {
+                t.store(false, Ordering::Release);
             }
         }
     }

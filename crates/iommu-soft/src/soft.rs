@@ -787,6 +787,31 @@ mod tests {
     }
 
     #[test]
+    fn dropping_the_bus_and_the_iommu_with_devices_on_it_frees_everything() {
+        let p = crate::platform::DefaultPlatform::build().unwrap();
+        let hw = Arc::downgrade(&p.soft.inner);
+        let gpu = p.device("0000:01:00.0").unwrap();
+        let group = gpu.iommu_group().unwrap().downgrade();
+        let domain = gpu
+            .iommu_group()
+            .unwrap()
+            .default_domain()
+            .unwrap()
+            .downgrade();
+        let dev = Arc::downgrade(&gpu);
+        drop(gpu);
+        assert!(!p.soft.stream_ids().is_empty());
+        drop(p);
+        assert!(dev.upgrade().is_none(), "devices freed");
+        assert!(group.upgrade().is_none(), "groups released");
+        assert!(domain.upgrade().is_none(), "domains freed");
+        assert!(
+            hw.upgrade().is_none(),
+            "the driver and its stream table freed"
+        );
+    }
+
+    #[test]
     fn every_table_page_is_freed_with_the_domain() {
         let (iommu, bus, _soft, _dev) = setup();
         let d = iommu.domain_alloc(&bus, DomainType::Unmanaged).unwrap();

@@ -16,6 +16,11 @@ pub struct World {
 /// `n` PCI functions, each in its own group; the first has a firmware
 /// reserved region at 0xfee0_0000 (an MSI window) of 1 MiB.
 pub fn world(n: u32, strict: bool) -> World {
+    world_with_budget(n, strict, Some(iommu_soft::DEFAULT_TABLE_BUDGET))
+}
+
+/// [`world`] with a table-page budget per domain (`None`: unlimited).
+pub fn world_with_budget(n: u32, strict: bool, table_budget: Option<usize>) -> World {
     let iommu = Iommu::new(IommuConfig {
         passthrough: false,
         strict,
@@ -39,6 +44,7 @@ pub fn world(n: u32, strict: bool) -> World {
         .collect();
     let hw = SoftIommu::new(SoftConfig {
         sw_msi: Some((0x0800_0000, 0x10_0000)),
+        table_budget,
         ..SoftConfig::default()
     });
     iommu.bus_set_iommu(&bus, Arc::new(hw.clone())).unwrap();
