@@ -160,8 +160,7 @@ impl DmaCookie {
             if owned {
                 sweep(domain, iova, len, &mut gather);
                 domain.iotlb_sync(gather);
-                self.iovad
-                    .free_fast(iova >> self.iovad.shift(), len >> self.iovad.shift());
+                self.free_iova(iova >> self.iovad.shift(), len >> self.iovad.shift());
             } else {
                 domain.iotlb_sync(gather);
             }
@@ -172,10 +171,15 @@ impl DmaCookie {
             Some(fq) => fq.queue(&self.iovad, domain, pfn, pages, gather),
             None => {
                 domain.iotlb_sync(gather);
-                self.iovad.free_fast(pfn, pages);
+                self.free_iova(pfn, pages);
             }
         }
         Ok(())
+    }
+
+    /// Gives back an IOVA range this layer allocated.
+    pub(crate) fn free_iova(&self, pfn: u64, pages: u64) {
+        free_iova_on(&self.iovad, None, pfn, pages);
     }
 
     pub(crate) fn stats(&self) -> DmaDomainStats {
@@ -201,6 +205,25 @@ impl DmaCookie {
     /// Runs the flush queue's timeout now (for tests and shutdown paths).
     pub(crate) fn flush_queue_timeout(&self) {
         self.fire();
+    }
+}
+
+/// Frees a range this layer allocated from `iovad` (into `cpu`'s cache, or
+/// the current CPU's). The allocator refusing it would be a bug of this
+/// layer's bookkeeping: it is reported, and the range stays allocated.
+pub(crate) fn free_iova_on(
+    iovad: &IovaDomain<ThreadCpu>,
+    cpu: Option<usize>,
+    pfn: u64,
+    pages: u64,
+) {
+    let r = match cpu {
+        Some(cpu) => iovad.free_fast_on(cpu, pfn, pages),
+        None => iovad.free_fast(pfn, pages),
+    };
+    if let Err(e) = r {
+        debug_assert!(false, "IOVA free of {pfn:#x}+{pages} refused: {e}");
+        tracing::error!(pfn, pages, "IOVA free refused: {e}");
     }
 }
 

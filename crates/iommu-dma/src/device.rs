@@ -420,9 +420,7 @@ impl DmaDevice {
             .domain
             .map(Iova::new(iova), PhysAddr::new(paddr), len, prot)
         {
-            self.cookie
-                .iovad
-                .free_fast(iova >> self.shift, len >> self.shift);
+            self.cookie.free_iova(iova >> self.shift, len >> self.shift);
             return Err(DmaError::Map(e));
         }
         Ok(iova)
@@ -516,8 +514,7 @@ impl DmaDevice {
                         self.domain.unmap(Iova::new(at), n);
                     }
                     self.cookie
-                        .iovad
-                        .free_fast(iova >> self.shift, layout.iova_len >> self.shift);
+                        .free_iova(iova >> self.shift, layout.iova_len >> self.shift);
                     return Err(DmaError::Map(e));
                 }
             }

@@ -102,7 +102,7 @@ impl FlushQueue {
             if let Some(g) = e.gather {
                 domain.iotlb_sync(g);
             }
-            iovad.free_fast_on(cpu, e.pfn, e.pages);
+            crate::cookie::free_iova_on(iovad, Some(cpu), e.pfn, e.pages);
         }
     }
 

@@ -15,6 +15,13 @@ const REFILL_FRAMES: u64 = 8;
 /// fast path, so that what comes back to a cache always has its class's size.
 const ROUND_UP_BELOW: u64 = 1 << (CACHE_CLASSES - 1);
 
+/// The cache class of a range of `size` frames, if ranges of that size are
+/// cached.
+fn cache_class(size: u64) -> Option<usize> {
+    let class = order_base_2(size) as usize;
+    (size.is_power_of_two() && class < CACHE_CLASSES).then_some(class)
+}
+
 /// Counts describing an allocator's state.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct IovaStats {
@@ -70,10 +77,11 @@ impl<C: CpuId> IovaDomain<C> {
     /// DMA layers start at 1 so that address 0 is never valid.
     ///
     /// # Errors
-    /// [`IovaError::InvalidGranule`] unless `granule` is a power of two of at
-    /// least 512 bytes.
+    /// [`IovaError::InvalidGranule`] unless `granule` is a power of two from
+    /// 512 bytes to 4 GiB (a larger granule has no frame boundary at 4 GiB,
+    /// so "below 4 GiB" would mean nothing).
     pub fn new(granule: u64, start_pfn: u64, cpu: C) -> Result<Self, IovaError> {
-        if !granule.is_power_of_two() || granule < 512 {
+        if !granule.is_power_of_two() || !(512..=1 << 32).contains(&granule) {
             return Err(IovaError::InvalidGranule);
         }
         let shift = granule.trailing_zeros();
@@ -132,10 +140,22 @@ impl<C: CpuId> IovaDomain<C> {
 
     /// Frees the tree range containing `pfn` (Linux's `free_iova`).
     ///
+    /// A range waiting in a per-CPU cache counts as free, not allocated:
+    /// freeing it here would let it come out twice (from the tree and from
+    /// the cache), so it is refused.
+    ///
     /// # Errors
-    /// [`IovaError::NotAllocated`] when no allocated range contains it.
+    /// [`IovaError::NotAllocated`] when no allocated range contains it, or
+    /// the range is in a cache.
     pub fn free(&self, pfn: u64) -> Result<IovaRange, IovaError> {
-        self.tree.lock().free(pfn)
+        let mut tree = self.tree.lock();
+        let range = tree.find(pfn).ok_or(IovaError::NotAllocated)?;
+        if let Some(class) = cache_class(range.size()) {
+            if self.rcaches.contains(class, range.pfn_lo) {
+                return Err(IovaError::NotAllocated);
+            }
+        }
+        tree.free(pfn)
     }
 
     /// Reserves `[pfn_lo, pfn_hi]` so it is never handed out (Linux's
@@ -197,7 +217,8 @@ impl<C: CpuId> IovaDomain<C> {
         };
         let class = order_base_2(size) as usize;
         if class < CACHE_CLASSES {
-            if let Some(max_start) = (limit_pfn + 1).checked_sub(size) {
+            // `limit_pfn` is inclusive and may be `u64::MAX` ("no limit").
+            if let Some(max_start) = limit_pfn.checked_sub(size - 1) {
                 if let Some(pfn) = self.rcaches.get(self.cpu.current(), class, max_start) {
                     return Ok(pfn);
                 }
@@ -242,36 +263,78 @@ impl<C: CpuId> IovaDomain<C> {
     /// CPU's cache when its size is cacheable, else to the tree (Linux's
     /// `free_iova_fast`).
     ///
-    /// `pfn` and `size` must be exactly what `alloc_fast` returned and was
-    /// asked for: cacheable ranges are not looked up in the tree (that is the
-    /// point of the cache), so a wrong pair corrupts the allocator's view. A
-    /// caller that cannot trust its input checks with [`find`](Self::find)
-    /// first. Debug builds check.
-    pub fn free_fast(&self, pfn: u64, size: u64) {
-        self.free_fast_on(self.cpu.current(), pfn, size);
+    /// `pfn` and `size` must be what `alloc_fast` returned and was asked for.
+    /// Ranges too large to cache are checked exactly against the tree.
+    /// Cacheable ones are not looked up there (that is the point of the
+    /// cache): they are checked to be a range `alloc_fast` could have handed
+    /// out (inside the domain, aligned to their rounded size), and exactly
+    /// in debug builds. A layer that records its handles, as the DMA layer
+    /// does, catches a repeated free before it gets here.
+    ///
+    /// # Errors
+    /// [`IovaError::InvalidSize`] for zero frames; [`IovaError::NotAllocated`]
+    /// for a range that cannot be one `alloc_fast` gave out. Nothing changes
+    /// then.
+    pub fn free_fast(&self, pfn: u64, size: u64) -> Result<(), IovaError> {
+        self.free_fast_on(self.cpu.current(), pfn, size)
     }
 
     /// [`free_fast`](Self::free_fast) into the cache of CPU `cpu` (reduced
     /// modulo the CPU count): for deferred frees run by a helper thread on
     /// behalf of the CPU that unmapped, so the range goes back where it
     /// was used.
-    pub fn free_fast_on(&self, cpu: usize, pfn: u64, size: u64) {
-        debug_assert!(
-            self.find(pfn).is_some_and(|r| r.pfn_lo == pfn),
-            "free_fast of a frame alloc_fast did not return"
-        );
-        let class = order_base_2(size.max(1)) as usize;
-        if class < CACHE_CLASSES {
-            if let Some(mag) = self.rcaches.insert(cpu, class, pfn) {
+    ///
+    /// # Errors
+    /// As [`free_fast`](Self::free_fast).
+    pub fn free_fast_on(&self, cpu: usize, pfn: u64, size: u64) -> Result<(), IovaError> {
+        if size == 0 {
+            return Err(IovaError::InvalidSize);
+        }
+        let rounded = if size < ROUND_UP_BELOW {
+            size.next_power_of_two()
+        } else {
+            size
+        };
+        match cache_class(rounded) {
+            Some(class) => {
+                let plausible = pfn >= self.start_pfn
+                    && pfn & (rounded - 1) == 0
+                    && pfn
+                        .checked_add(rounded - 1)
+                        .is_some_and(|hi| hi <= self.max_pfn());
+                if !plausible {
+                    return Err(IovaError::NotAllocated);
+                }
+                debug_assert!(
+                    self.find(pfn)
+                        .is_some_and(|r| r.pfn_lo == pfn && r.size() == rounded)
+                        && !self.rcaches.contains(class, pfn),
+                    "free_fast of a range alloc_fast did not hand out (or a second free)"
+                );
+                if let Some(mag) = self.rcaches.insert(cpu, class, pfn) {
+                    let mut tree = self.tree.lock();
+                    for &p in mag.pfns() {
+                        tree.free_exact(p);
+                    }
+                }
+                Ok(())
+            }
+            None => {
                 let mut tree = self.tree.lock();
-                for &p in mag.pfns() {
-                    tree.free_exact(p);
+                match tree.find(pfn) {
+                    Some(r) if r.pfn_lo == pfn && r.size() == rounded => {
+                        tree.free_exact(pfn);
+                        Ok(())
+                    }
+                    _ => Err(IovaError::NotAllocated),
                 }
             }
-        } else {
-            // An unknown frame is the caller's bug; the tree just ignores it.
-            let _ = self.free(pfn);
         }
+    }
+
+    /// The highest frame the domain hands out.
+    fn max_pfn(&self) -> u64 {
+        u64::MAX >> self.shift
     }
 
     /// Returns every cached range to the tree (Linux's

@@ -147,6 +147,20 @@ impl Rcaches {
         trimmed
     }
 
+    /// Whether `pfn` waits in any cache of `class` (every CPU's and the
+    /// depot's). Linear in what the class caches: for the slow path.
+    pub(crate) fn contains(&self, class: usize, pfn: u64) -> bool {
+        let in_cpus = self.cpus.iter().any(|cpu| {
+            let c = cpu.classes[class].lock();
+            c.loaded.pfns().contains(&pfn) || c.prev.pfns().contains(&pfn)
+        });
+        in_cpus
+            || self.depots[class]
+                .lock()
+                .iter()
+                .any(|m| m.pfns().contains(&pfn))
+    }
+
     /// Empties every cache, handing each cached range to `free`.
     pub(crate) fn drain(&self, mut free: impl FnMut(u64)) {
         for class in 0..CACHE_CLASSES {

@@ -45,12 +45,12 @@ fn threads_never_share_a_frame_and_freed_frames_return() {
                     } else {
                         let (pfn, size) = mine.swap_remove((x >> 16) as usize % mine.len());
                         live.lock().unwrap().remove(&pfn);
-                        iovad.free_fast(pfn, size);
+                        iovad.free_fast(pfn, size).unwrap();
                     }
                 }
                 for (pfn, size) in mine {
                     live.lock().unwrap().remove(&pfn);
-                    iovad.free_fast(pfn, size);
+                    iovad.free_fast(pfn, size).unwrap();
                 }
             })
         })

@@ -135,7 +135,7 @@ fn run(ops: Vec<Op>) {
                 let (&pfn, &(size, fast)) = live.iter().nth(nth % live.len()).unwrap();
                 live.remove(&pfn);
                 if fast {
-                    iovad.free_fast(pfn, size);
+                    iovad.free_fast(pfn, size).unwrap();
                 } else {
                     assert_eq!(
                         iovad.free(pfn + size / 2),
@@ -172,7 +172,7 @@ fn run(ops: Vec<Op>) {
     }
     for (pfn, (size, fast)) in live {
         if fast {
-            iovad.free_fast(pfn, size);
+            iovad.free_fast(pfn, size).unwrap();
         } else {
             iovad.free(pfn).unwrap();
         }
@@ -211,7 +211,7 @@ fn exhaustion_flushes_every_cache_once_and_retries() {
     assert_eq!(all.len(), 63);
     // Freed ranges sit in the cache, not the tree...
     for &p in &all {
-        iovad.free_fast(p, 1);
+        iovad.free_fast(p, 1).unwrap();
     }
     assert_eq!(iovad.stats().cached, 63);
     // ...so a 2-frame request finds the tree full, unless it flushes.
