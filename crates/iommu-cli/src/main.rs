@@ -8,9 +8,12 @@
 
 mod bench;
 mod bench_dma;
+mod out;
 mod run;
 mod trace;
 
+use out::out;
+use std::io::Write as _;
 use std::process::ExitCode;
 
 const USAGE: &str = "\
@@ -148,7 +151,7 @@ fn main() -> ExitCode {
     let opts = match parse(std::env::args().skip(1)) {
         Ok(o) => o,
         Err(e) => {
-            eprintln!("iommu: {e}\n\n{USAGE}");
+            let _ = writeln!(std::io::stderr(), "iommu: {e}\n\n{USAGE}");
             return ExitCode::from(2);
         }
     };
@@ -157,19 +160,19 @@ fn main() -> ExitCode {
     }
     let result = match opts.command {
         Command::Help => {
-            print!("{USAGE}");
+            out!("{USAGE}");
             Ok(())
         }
         Command::Run => run::run(&opts),
         Command::Groups => run::groups(&opts),
         Command::Sysfs => run::sysfs(&opts),
-        Command::BenchPgtable => bench::pgtable(&opts.bench).map(|out| print!("{out}")),
-        Command::BenchDma => bench_dma::dma(&opts.dma).map(|out| print!("{out}")),
+        Command::BenchPgtable => bench::pgtable(&opts.bench).map(|out| out!("{out}")),
+        Command::BenchDma => bench_dma::dma(&opts.dma).map(|out| out!("{out}")),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("iommu: {e}");
+            let _ = writeln!(std::io::stderr(), "iommu: {e}");
             ExitCode::FAILURE
         }
     }

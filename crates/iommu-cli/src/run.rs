@@ -1,5 +1,6 @@
 //! The main job: the core end to end on the default platform.
 
+use crate::out::{out, outln};
 use crate::Options;
 use iommu_core::{
     Device, DmaOwner, Domain, DomainType, Errno, Iommu, IommuConfig, Iova, PhysAddr, Prot,
@@ -30,7 +31,7 @@ fn device(p: &DefaultPlatform, name: &str) -> Result<Arc<Device>, String> {
 }
 
 fn heading(title: &str) {
-    println!("\n== {title}");
+    outln!("\n== {title}");
 }
 
 /// lspci's short form of a PCI address (domain 0000 omitted).
@@ -78,8 +79,8 @@ fn show_translate(p: &DefaultPlatform, dev: &Device, iova: u64, access: Access) 
         Access::Write => "write",
     };
     match p.soft.translate(dev, Iova::new(iova), access) {
-        Ok(pa) => println!("  DMA {what} {:#012x} -> {pa:#x}", iova),
-        Err(e) => println!("  DMA {what} {:#012x} -> fault: {e}", iova),
+        Ok(pa) => outln!("  DMA {what} {:#012x} -> {pa:#x}", iova),
+        Err(e) => outln!("  DMA {what} {:#012x} -> fault: {e}", iova),
     }
 }
 
@@ -92,12 +93,12 @@ fn show_tables(domain: &Domain) {
         return;
     };
     let leaves = soft.dump();
-    println!("  page table ({} table pages):", soft.table_pages());
+    outln!("  page table ({} table pages):", soft.table_pages());
     if leaves.is_empty() {
-        println!("    (empty)");
+        outln!("    (empty)");
     }
     for (iova, size, pa, prot) in leaves {
-        println!("    {iova:#012x} +{size:#09x} -> {pa:#012x} {prot}");
+        outln!("    {iova:#012x} +{size:#09x} -> {pa:#012x} {prot}");
     }
 }
 
@@ -111,7 +112,7 @@ pub fn run(opts: &Options) -> Result<(), String> {
         .iter()
         .filter(|d| d.iommu_group().is_some())
         .count();
-    println!(
+    outln!(
         "  {} devices on bus {}, {} translated, {} groups; default domains: {}",
         p.bus.devices().len(),
         p.bus.name(),
@@ -120,7 +121,7 @@ pub fn run(opts: &Options) -> Result<(), String> {
         p.iommu.config().default_domain_type()
     );
     for line in p.iommu.log_lines() {
-        println!("  log: {line}");
+        outln!("  log: {line}");
     }
 
     heading("DMA through the NVMe drive's default domain");
@@ -129,14 +130,14 @@ pub fn run(opts: &Options) -> Result<(), String> {
     let domain = group
         .default_domain()
         .ok_or("the NVMe group has no default domain")?;
-    println!(
+    outln!(
         "  group {} default domain #{} type {}",
         group.id(),
         domain.id(),
         domain.ty()
     );
     domain.set_fault_handler(Some(Arc::new(|d, dev, iova, access| {
-        println!(
+        outln!(
             "  fault handler: domain #{} {} {iova} {access:?}",
             d.id(),
             dev.name()
@@ -154,7 +155,7 @@ pub fn run(opts: &Options) -> Result<(), String> {
                 Prot::RW | Prot::CACHE,
             )
             .map_err(|e| err("map", e))?;
-        println!("  map {iova:#x} -> {pa:#x} size {size:#x}: ok");
+        outln!("  map {iova:#x} -> {pa:#x} size {size:#x}: ok");
         domain
             .map(
                 Iova::new(0x60_0000),
@@ -163,7 +164,7 @@ pub fn run(opts: &Options) -> Result<(), String> {
                 Prot::READ,
             )
             .map_err(|e| err("map", e))?;
-        println!("  map 0x600000 -> 0x900000000 size 0x1000 read-only: ok");
+        outln!("  map 0x600000 -> 0x900000000 size 0x1000 read-only: ok");
         show_tables(&domain);
         show_translate(&p, &nvme, 0x20_0123, Access::Read);
         show_translate(&p, &nvme, 0x1f_e010, Access::Write);
@@ -171,13 +172,13 @@ pub fn run(opts: &Options) -> Result<(), String> {
         show_translate(&p, &nvme, 0x60_0000, Access::Write);
         show_translate(&p, &nvme, 0x50_0000, Access::Read);
         let n = domain.unmap(Iova::new(iova), size);
-        println!("  unmap {iova:#x} size {size:#x}: {n:#x} bytes");
+        outln!("  unmap {iova:#x} size {size:#x}: {n:#x} bytes");
         let n = domain.unmap(Iova::new(0x60_0000), 0x1000);
-        println!("  unmap 0x600000 size 0x1000: {n:#x} bytes");
+        outln!("  unmap 0x600000 size 0x1000: {n:#x} bytes");
         show_translate(&p, &nvme, 0x20_0123, Access::Read);
         show_tables(&domain);
     } else {
-        println!("  (passthrough: DMA addresses are physical)");
+        outln!("  (passthrough: DMA addresses are physical)");
         show_translate(&p, &nvme, 0x20_0123, Access::Read);
     }
 
@@ -188,7 +189,7 @@ pub fn run(opts: &Options) -> Result<(), String> {
     p.iommu
         .group_claim_dma_owner(&nic_group, owner)
         .map_err(|e| err("claim DMA ownership", e))?;
-    println!(
+    outln!(
         "  claimed: group {} now on a {} domain",
         nic_group.id(),
         nic_group.domain().map_or(DomainType::Blocked, |d| d.ty())
@@ -208,17 +209,17 @@ pub fn run(opts: &Options) -> Result<(), String> {
         Prot::RW,
     )
     .map_err(|e| err("map", e))?;
-    println!(
+    outln!(
         "  attached unmanaged domain #{} and mapped 1 GiB at 0x40000000",
         user.id()
     );
     show_tables(&user);
     show_translate(&p, &nic, 0x7fff_fff0, Access::Write);
     let busy = p.iommu.attach_group(&user, &nic_group).unwrap_err();
-    println!("  attaching again: {busy}");
+    outln!("  attaching again: {busy}");
     p.iommu.detach_group(&user, &nic_group);
     p.iommu.group_release_dma_owner(&nic_group);
-    println!(
+    outln!(
         "  released: group {} back on its {} default domain",
         nic_group.id(),
         nic_group.domain().map_or(DomainType::Blocked, |d| d.ty())
@@ -229,32 +230,32 @@ pub fn run(opts: &Options) -> Result<(), String> {
     let gpu_group = gpu.iommu_group().ok_or("the GPU has no group")?;
     let path = format!("kernel/iommu_groups/{}/type", gpu_group.id());
     match p.iommu.sysfs().write(&path, "identity\n") {
-        Ok(_) => println!(
+        Ok(_) => outln!(
             "  echo identity > /sys/{path}: ok, now {}",
             p.iommu.sysfs().read(&path).unwrap_or_default().trim()
         ),
-        Err(e) => println!("  echo identity > /sys/{path}: {e}"),
+        Err(e) => outln!("  echo identity > /sys/{path}: {e}"),
     }
     show_translate(&p, &gpu, 0x1234_5000, Access::Write);
 
     heading("IOMMU groups");
-    print!("{}", listing(&p)?);
+    out!("{}", listing(&p)?);
     heading("sysfs");
-    print!("{}", p.iommu.sysfs().render());
+    out!("{}", p.iommu.sysfs().render());
     Ok(())
 }
 
 /// `iommu groups`.
 pub fn groups(opts: &Options) -> Result<(), String> {
     let p = build(opts)?;
-    print!("{}", listing(&p)?);
+    out!("{}", listing(&p)?);
     Ok(())
 }
 
 /// `iommu sysfs`.
 pub fn sysfs(opts: &Options) -> Result<(), String> {
     let p = build(opts)?;
-    print!("{}", p.iommu.sysfs().render());
+    out!("{}", p.iommu.sysfs().render());
     Ok(())
 }
 

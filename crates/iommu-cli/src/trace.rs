@@ -3,6 +3,7 @@
 //! A `tracing` layer that prints a span when it is entered, indented by its
 //! depth, with its fields; events print as `· message` under their span.
 
+use crate::out::outln;
 use std::fmt::Write as _;
 use tracing::field::{Field, Visit};
 use tracing::span::{Attributes, Id};
@@ -94,7 +95,7 @@ where
 pub fn install() {
     use tracing_subscriber::layer::SubscriberExt;
     let subscriber =
-        tracing_subscriber::registry().with(TreeLayer::new(|line: &str| println!("{line}")));
+        tracing_subscriber::registry().with(TreeLayer::new(|line: &str| outln!("{line}")));
     // Only fails if a subscriber is already set, in which case that one stays.
     let _ = tracing::subscriber::set_global_default(subscriber);
 }

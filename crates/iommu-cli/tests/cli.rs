@@ -202,3 +202,42 @@ fn bench_dma_refuses_bad_thread_counts_and_foreign_flags() {
     assert_eq!(code, 2);
     assert!(err.contains("--format"), "{err}");
 }
+
+#[test]
+fn a_closed_pipe_ends_the_tool_quietly() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    for args in [&["--trace"][..], &["sysfs"][..], &[][..]] {
+        for _ in 0..3 {
+            let mut child = Command::new(env!("CARGO_BIN_EXE_iommu"))
+                .args(args)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("run iommu");
+            let mut first = String::new();
+            BufReader::new(child.stdout.take().unwrap())
+                .read_line(&mut first)
+                .unwrap();
+            // The reader is gone now, as after `| head -1`.
+            let out = child.wait_with_output().unwrap();
+            assert!(!first.is_empty());
+            assert_eq!(out.status.code(), Some(0), "{args:?}");
+            assert_eq!(String::from_utf8_lossy(&out.stderr), "", "{args:?}");
+        }
+    }
+}
+
+#[test]
+fn bench_dma_throughput_is_operations_over_the_common_window() {
+    // Many more threads than cores: one after another they add nothing, so
+    // the speedup cannot be near the thread count.
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    let (code, out, err) = iommu(&["bench", "dma", "--threads", "32", "--json", "--quick"]);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).expect("valid JSON");
+    for mode in ["strict", "lazy"] {
+        let s = v["speedup"][mode].as_f64().unwrap();
+        assert!(s > 0.0 && s <= 2.0 * cores, "{mode}: {s}x on {cores} cores");
+    }
+}
