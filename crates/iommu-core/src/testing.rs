@@ -5,22 +5,21 @@
 //! aliased stream ids), and fail any of its operations on request.
 //!
 //! Its paging domains follow a real radix page table's rules, not just an
-//! interval map's, because the core's rollback depends on them: every page
-//! size is a level; a slot of one size holds nothing, a leaf of that size,
-//! or a table of the next smaller size; tables are made by maps and kept
-//! when emptied; unmapping at a size where a table sits tears the table
-//! down whole (and counts the whole slot, as Linux's io-pgtable does); a
-//! larger leaf covering the address is removed whole; a block may replace
-//! only an empty table. A property test in the core checks it against
-//! `iommu-pgtable`'s walker.
+//! interval map's, because the core's rollback depends on them: they keep
+//! their leaves in `iommu-pgtable`'s table-shape model
+//! ([`TableModel`](iommu_pgtable::testing::TableModel)), so unmapping at a
+//! size where a table sits tears it down whole, a larger leaf covering the
+//! address is removed whole, and a block replaces only an empty table. A
+//! property test in the core checks it against the real walker.
 
 use crate::{
     Capability, Device, Domain, DomainGeometry, DomainOps, DomainType, Group, Iommu, IommuOps,
     MapPagesError, PagingOps, ReservedRegion, ResvType, StreamIdGroups,
 };
+use iommu_pgtable::testing::TableModel;
 use iommu_types::{Errno, IotlbGather, Iova, PhysAddr, Prot, Unmapped};
 use std::any::Any;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -185,9 +184,8 @@ impl MockIommu {
             .and_then(|a| a.downcast_ref::<MockDomain>())
             .map(|m| {
                 crate::lock(&m.tables)
-                    .leaves
-                    .iter()
-                    .map(|(&i, &(s, p, pr))| (i, s, p, pr))
+                    .leaves()
+                    .map(|l| (l.iova, l.size, l.pa, l.prot))
                     .collect()
             })
             .unwrap_or_default()
@@ -199,7 +197,7 @@ impl MockIommu {
             .ops()
             .as_any()
             .and_then(|a| a.downcast_ref::<MockDomain>())
-            .map_or(0, |m| crate::lock(&m.tables).tables.len())
+            .map_or(0, |m| crate::lock(&m.tables).table_count())
     }
 }
 
@@ -248,7 +246,7 @@ impl IommuOps for MockIommu {
         Ok(Box::new(MockDomain {
             cfg: self.cfg.clone(),
             shared: Arc::clone(&self.shared),
-            tables: Mutex::new(MockTables::new(self.cfg.pgsize_bitmap)),
+            tables: Mutex::new(TableModel::new(self.cfg.pgsize_bitmap)),
         }))
     }
 
@@ -286,128 +284,17 @@ impl IommuOps for MockIommu {
 pub struct MockDomain {
     cfg: MockConfig,
     shared: Arc<Shared>,
-    tables: Mutex<MockTables>,
+    tables: Mutex<TableModel>,
 }
 
-/// The shape of a radix page table, without the bits: leaves, and which
-/// slots hold a table.
-struct MockTables {
-    /// The page sizes, ascending; size `i` is the level of its leaves.
-    sizes: Vec<u64>,
-    /// Leaves: `iova -> (size, pa, prot)`.
-    leaves: BTreeMap<u64, (u64, u64, Prot)>,
-    /// Slots holding a table: `(size index, slot start)`, size index >= 1
-    /// (a slot of `sizes[i]` whose table holds slots of `sizes[i - 1]`).
-    tables: BTreeSet<(usize, u64)>,
-}
-
-impl MockTables {
-    fn new(bitmap: u64) -> Self {
-        Self {
-            sizes: (0..64)
-                .map(|b| 1u64 << b)
-                .filter(|s| bitmap & s != 0)
-                .collect(),
-            leaves: BTreeMap::new(),
-            tables: BTreeSet::new(),
+impl MockDomain {
+    /// Pages of `pgsize` from `iova` to the end of the table holding them.
+    fn room(t: &TableModel, k: usize, iova: u64) -> u64 {
+        let size = t.sizes()[k];
+        match t.sizes().get(k + 1) {
+            Some(&parent) => (parent - (iova & (parent - 1))) / size,
+            None => u64::MAX,
         }
-    }
-
-    fn slot(&self, i: usize, iova: u64) -> u64 {
-        iova & !(self.sizes[i] - 1)
-    }
-
-    fn leaf_at(&self, iova: u64) -> Option<(u64, u64, u64)> {
-        let (&start, &(size, pa, _)) = self.leaves.range(..=iova).next_back()?;
-        (iova - start < size).then_some((start, size, pa))
-    }
-
-    /// Whether any leaf overlaps `[start, start + size)`.
-    fn any_leaf_in(&self, start: u64, size: u64) -> bool {
-        self.leaf_at(start).is_some()
-            || self
-                .leaves
-                .range(start..)
-                .next()
-                .is_some_and(|(&i, _)| i - start < size)
-    }
-
-    /// Removes every leaf and table inside slot `(i, start)`.
-    fn tear_down(&mut self, i: usize, start: u64) {
-        let size = self.sizes[i];
-        let inside: Vec<u64> = self
-            .leaves
-            .range(start..)
-            .take_while(|(&l, _)| l - start < size)
-            .map(|(&l, _)| l)
-            .collect();
-        for l in inside {
-            self.leaves.remove(&l);
-        }
-        self.tables
-            .retain(|&(j, s)| !(j <= i && s >= start && s - start < size));
-    }
-
-    /// Checks one leaf of size index `k` at `iova`: `Ok(true)` if an empty
-    /// table must be replaced, `Err(EEXIST)` if something is in the way.
-    fn check_leaf(&self, k: usize, iova: u64) -> Result<bool, Errno> {
-        let size = self.sizes[k];
-        for i in (k + 1)..self.sizes.len() {
-            let s = self.slot(i, iova);
-            if self.leaves.get(&s).is_some_and(|l| l.0 == self.sizes[i]) {
-                return Err(Errno::EEXIST); // a larger leaf on the path
-            }
-        }
-        if self.any_leaf_in(iova, size) {
-            return Err(Errno::EEXIST);
-        }
-        Ok(k > 0 && self.tables.contains(&(k, iova)))
-    }
-
-    fn insert_leaf(&mut self, k: usize, iova: u64, pa: u64, prot: Prot) {
-        if k > 0 && self.tables.contains(&(k, iova)) {
-            self.tear_down(k, iova); // an empty table: the block replaces it
-        }
-        for i in (k + 1)..self.sizes.len() {
-            let s = self.slot(i, iova);
-            self.tables.insert((i, s));
-        }
-        self.leaves.insert(iova, (self.sizes[k], pa, prot));
-    }
-
-    /// Unmaps up to `count` leaves of size index `k` from `iova`, within one
-    /// table, as a real walker does.
-    fn unmap(&mut self, k: usize, iova: u64, count: usize) -> Unmapped {
-        // The path down to size `k`: a larger leaf is removed whole; a
-        // missing table is a hole.
-        for i in ((k + 1)..self.sizes.len()).rev() {
-            let s = self.slot(i, iova);
-            if self.leaves.get(&s).is_some_and(|l| l.0 == self.sizes[i]) {
-                self.leaves.remove(&s);
-                return Unmapped::new(Iova::new(s), self.sizes[i]);
-            }
-            if !self.tables.contains(&(i, s)) {
-                return Unmapped::NOTHING;
-            }
-        }
-        let size = self.sizes[k];
-        let room = match self.sizes.get(k + 1) {
-            Some(&parent) => ((parent - (iova & (parent - 1))) / size) as usize,
-            None => usize::MAX,
-        };
-        let mut done = 0u64;
-        for n in 0..count.min(room) as u64 {
-            let at = iova + n * size;
-            if self.leaves.get(&at).is_some_and(|l| l.0 == size) {
-                self.leaves.remove(&at);
-            } else if k > 0 && self.tables.contains(&(k, at)) {
-                self.tear_down(k, at); // a table where a leaf was expected: whole
-            } else {
-                break;
-            }
-            done += size;
-        }
-        Unmapped::new(Iova::new(iova), done)
     }
 }
 
@@ -466,7 +353,7 @@ impl PagingOps for MockDomain {
         prot: Prot,
     ) -> Result<u64, MapPagesError> {
         let mut t = crate::lock(&self.tables);
-        let Some(k) = t.sizes.iter().position(|&s| s == pgsize) else {
+        let Some(k) = t.size_index(pgsize) else {
             return Err(Errno::EINVAL.into());
         };
         if !iova.is_aligned(pgsize) || !paddr.is_aligned(pgsize) || pgcount == 0 {
@@ -476,35 +363,28 @@ impl PagingOps for MockDomain {
             return Err(Errno::EINVAL.into());
         }
         // One call maps within one table, as a real walker does.
-        let room = match t.sizes.get(k + 1) {
-            Some(&parent) => ((parent - (iova.raw() & (parent - 1))) / pgsize) as usize,
-            None => usize::MAX,
-        };
-        let n = pgcount.min(room).min(self.cfg.max_pages_per_call.max(1));
-        let end = (n as u64)
+        let n = (pgcount as u64)
+            .min(Self::room(&t, k, iova.raw()))
+            .min(self.cfg.max_pages_per_call.max(1) as u64);
+        let len = n
             .checked_mul(pgsize)
-            .and_then(|len| iova.raw().checked_add(len))
             .ok_or(MapPagesError::from(Errno::ERANGE))?;
-        paddr
-            .raw()
-            .checked_add(end - iova.raw())
-            .ok_or(MapPagesError::from(Errno::ERANGE))?;
-        // Like a real walker, check every slot before writing any.
-        for j in 0..n as u64 {
-            t.check_leaf(k, iova.raw() + j * pgsize)?;
+        if iova.checked_add(len).is_none() || paddr.checked_add(len).is_none() {
+            return Err(Errno::ERANGE.into());
         }
+        // Like a real walker, check every slot before writing any.
+        t.check_map(k, iova.raw(), n)
+            .map_err(|e| MapPagesError::from(e.errno()))?;
         let fail_half = self.shared.should_fail(MockOp::Map);
         let limit = if fail_half { n / 2 } else { n };
-        for j in 0..limit as u64 {
-            t.insert_leaf(k, iova.raw() + j * pgsize, paddr.raw() + j * pgsize, prot);
-        }
+        t.insert(k, iova.raw(), paddr.raw(), limit, prot);
         if fail_half {
             return Err(MapPagesError {
                 errno: Errno::ENOMEM,
-                mapped: limit as u64 * pgsize,
+                mapped: limit * pgsize,
             });
         }
-        Ok(n as u64 * pgsize)
+        Ok(len)
     }
 
     fn unmap_pages(
@@ -515,13 +395,14 @@ impl PagingOps for MockDomain {
         gather: &mut IotlbGather,
     ) -> Unmapped {
         let mut t = crate::lock(&self.tables);
-        let Some(k) = t.sizes.iter().position(|&s| s == pgsize) else {
+        let Some(k) = t.size_index(pgsize) else {
             return Unmapped::NOTHING;
         };
         if !iova.is_aligned(pgsize) || pgcount == 0 {
             return Unmapped::NOTHING;
         }
-        let u = t.unmap(k, iova.raw(), pgcount);
+        let n = (pgcount as u64).min(Self::room(&t, k, iova.raw()));
+        let u = t.unmap(k, iova.raw(), n);
         gather.add_range(u.iova, u.size);
         u
     }
@@ -530,21 +411,13 @@ impl PagingOps for MockDomain {
         self.shared.lookups.fetch_add(1, Ordering::Relaxed);
         let t = crate::lock(&self.tables);
         t.leaf_at(iova.raw())
-            .map(|(start, _, pa)| PhysAddr::new(pa + (iova.raw() - start)))
+            .map(|l| PhysAddr::new(l.pa + (iova.raw() - l.iova)))
     }
 
     fn first_mapping(&self, start: Iova, last: Iova) -> Option<(Iova, u64)> {
         self.shared.lookups.fetch_add(1, Ordering::Relaxed);
-        if start > last {
-            return None;
-        }
         let t = crate::lock(&self.tables);
-        if let Some((s, size, _)) = t.leaf_at(start.raw()) {
-            return Some((Iova::new(s), size));
-        }
-        t.leaves
-            .range(start.raw()..=last.raw())
-            .next()
-            .map(|(&i, &(size, _, _))| (Iova::new(i), size))
+        t.first_leaf(start.raw(), last.raw())
+            .map(|l| (Iova::new(l.iova), l.size))
     }
 }

@@ -40,6 +40,8 @@ mod memory;
 pub mod riscv;
 #[allow(unsafe_code)] // calls the memory's descriptor accessors
 mod table;
+#[cfg(feature = "test-utils")]
+pub mod testing;
 pub mod vtd;
 
 pub use error::PgtableError;

@@ -691,6 +691,9 @@ impl<F: Format, M: TableMemory> IoPageTable<F, M> {
             done += 1;
         }
         let bytes = done as u64 * pgsize;
+        if bytes == 0 {
+            return Unmapped::NOTHING;
+        }
         gather.add_range(iova, bytes);
         // This call emptied a whole table: no other disjoint user can be in it.
         if self.reclaim && done == self.geo.entries(level) {

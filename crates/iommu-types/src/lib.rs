@@ -7,12 +7,14 @@
 #![forbid(unsafe_code)]
 
 mod addr;
+mod bytes;
 mod errno;
 mod gather;
 mod prot;
 mod unmapped;
 
 pub use addr::{Iova, PhysAddr};
+pub use bytes::ByteReader;
 pub use errno::Errno;
 pub use gather::IotlbGather;
 pub use prot::Prot;
