@@ -21,6 +21,8 @@ mod cpu;
 mod domain;
 pub mod measure;
 mod rcache;
+#[cfg(feature = "test-utils")]
+pub mod testing;
 mod tree;
 
 #[cfg(feature = "std")]
