@@ -13,7 +13,7 @@
 //! property test in the core checks it against the real walker.
 
 use crate::{
-    Capability, Device, Domain, DomainGeometry, DomainOps, DomainType, Group, Iommu, IommuOps,
+    Bus, Capability, Device, Domain, DomainGeometry, DomainOps, DomainType, Group, Iommu, IommuOps,
     MapPagesError, PagingOps, ReservedRegion, ResvType, StreamIdGroups,
 };
 use iommu_pgtable::testing::TableModel;
@@ -419,5 +419,72 @@ impl PagingOps for MockDomain {
         let t = crate::lock(&self.tables);
         t.first_leaf(start.raw(), last.raw())
             .map(|l| (Iova::new(l.iova), l.size))
+    }
+}
+
+/// One leaf of a mock domain: `(iova, size, pa, prot)`.
+pub type Leaf = (u64, u64, u64, Prot);
+
+/// Everything a failed operation must leave untouched: group ids, the
+/// whole sysfs tree, group references, which device is in which group, the
+/// default and current domain of each group, and every leaf of the default
+/// domains and of `extra` domains.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Snapshot {
+    /// Live group ids.
+    pub ids: Vec<u32>,
+    /// The rendered sysfs tree.
+    pub sysfs: String,
+    /// `(group id, references held by others than the snapshot)`.
+    pub refcounts: Vec<(u32, usize)>,
+    /// `(device, its group id)` for every device on the bus.
+    pub device_groups: Vec<(String, Option<u32>)>,
+    /// `(group id, leaves of its default domain)` (mock domains only).
+    pub mappings: Vec<(u32, Vec<Leaf>)>,
+    /// Leaves of each `extra` domain.
+    pub extra: Vec<Vec<Leaf>>,
+    /// `(group id, default domain id, current domain id)`.
+    pub domains: Vec<(u32, Option<u64>, Option<u64>)>,
+}
+
+impl Snapshot {
+    /// Takes one of `iommu`, with the devices of `bus`.
+    pub fn take(iommu: &Iommu, bus: &Bus, extra: &[Domain]) -> Snapshot {
+        let groups = iommu.groups();
+        let refcounts = groups.iter().map(|g| (g.id(), g.refcount() - 1)).collect();
+        let mappings = groups
+            .iter()
+            .map(|g| {
+                (
+                    g.id(),
+                    g.default_domain()
+                        .map(|d| MockIommu::mappings(&d))
+                        .unwrap_or_default(),
+                )
+            })
+            .collect();
+        let domains = groups
+            .iter()
+            .map(|g| {
+                (
+                    g.id(),
+                    g.default_domain().map(|d| d.id()),
+                    g.domain().map(|d| d.id()),
+                )
+            })
+            .collect();
+        Snapshot {
+            ids: iommu.group_ids(),
+            sysfs: iommu.sysfs().render(),
+            refcounts,
+            device_groups: bus
+                .devices()
+                .iter()
+                .map(|d| (d.name().to_string(), d.iommu_group().map(|g| g.id())))
+                .collect(),
+            mappings,
+            extra: extra.iter().map(MockIommu::mappings).collect(),
+            domains,
+        }
     }
 }

@@ -41,6 +41,8 @@ mod device;
 pub mod fq;
 mod phys;
 mod sg;
+#[cfg(feature = "test-utils")]
+pub mod testing;
 mod track;
 
 pub use cookie::DmaDomainStats;

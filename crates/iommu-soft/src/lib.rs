@@ -22,6 +22,8 @@
 
 pub mod platform;
 mod soft;
+#[cfg(feature = "test-utils")]
+pub mod testing;
 
 pub use soft::{
     Access, SoftConfig, SoftDomain, SoftIommu, TranslateError, DEFAULT_TABLE_BUDGET, PGSIZE_BITMAP,

@@ -59,55 +59,8 @@ pub fn world(devices: &[(&str, &[u32])]) -> World {
     world_with(IommuConfig::default(), MockConfig::default(), devices)
 }
 
-/// One leaf of a mock domain: (iova, size, pa, prot).
-pub type Leaf = (u64, u64, u64, iommu_core::Prot);
-
-/// Everything a failed operation must leave untouched.
-#[derive(Debug, PartialEq, Eq)]
-pub struct Snapshot {
-    pub ids: Vec<u32>,
-    pub sysfs: String,
-    pub refcounts: Vec<(u32, usize)>,
-    pub device_groups: Vec<(String, Option<u32>)>,
-    pub mappings: Vec<(u32, Vec<Leaf>)>,
-    pub domains: Vec<(u32, Option<u64>, Option<u64>)>,
-}
+pub use iommu_core::testing::{Leaf, Snapshot};
 
 pub fn snapshot(w: &World) -> Snapshot {
-    let groups = w.iommu.groups();
-    let refcounts = groups.iter().map(|g| (g.id(), g.refcount() - 1)).collect();
-    let mappings = groups
-        .iter()
-        .map(|g| {
-            (
-                g.id(),
-                g.default_domain()
-                    .map(|d| MockIommu::mappings(&d))
-                    .unwrap_or_default(),
-            )
-        })
-        .collect();
-    let domains = groups
-        .iter()
-        .map(|g| {
-            (
-                g.id(),
-                g.default_domain().map(|d| d.id()),
-                g.domain().map(|d| d.id()),
-            )
-        })
-        .collect();
-    Snapshot {
-        ids: w.iommu.group_ids(),
-        sysfs: w.iommu.sysfs().render(),
-        refcounts,
-        device_groups: w
-            .bus
-            .devices()
-            .iter()
-            .map(|d| (d.name().to_string(), d.iommu_group().map(|g| g.id())))
-            .collect(),
-        mappings,
-        domains,
-    }
+    Snapshot::take(&w.iommu, &w.bus, &[])
 }
