@@ -59,7 +59,7 @@ pub fn world(devices: &[(&str, &[u32])]) -> World {
     world_with(IommuConfig::default(), MockConfig::default(), devices)
 }
 
-pub use iommu_core::testing::{Leaf, Snapshot};
+pub use iommu_core::testing::Snapshot;
 
 pub fn snapshot(w: &World) -> Snapshot {
     Snapshot::take(&w.iommu, &w.bus, &[])
