@@ -16,14 +16,14 @@ fn spec() -> impl Strategy<Value = Spec> {
 fn op() -> impl Strategy<Value = Op> {
     let dev = any::<u8>();
     prop_oneof![
-        3 => dev.clone().prop_map(Op::Add),
-        1 => dev.clone().prop_map(Op::Remove),
-        1 => dev.clone().prop_map(Op::Claim),
-        1 => dev.clone().prop_map(Op::Release),
-        1 => (dev.clone(), any::<u8>()).prop_map(|(d, m)| Op::Attach(d, m)),
-        1 => (dev.clone(), any::<u8>()).prop_map(|(d, m)| Op::Detach(d, m)),
-        1 => (dev.clone(), any::<u8>()).prop_map(|(d, t)| Op::Type(d, t)),
-        4 => (0u8..4, dev.clone(), 0..1024u16, any::<u16>(), 0..1024u16)
+        3 => dev.prop_map(Op::Add),
+        1 => dev.prop_map(Op::Remove),
+        1 => dev.prop_map(Op::Claim),
+        1 => dev.prop_map(Op::Release),
+        1 => (dev, any::<u8>()).prop_map(|(d, m)| Op::Attach(d, m)),
+        1 => (dev, any::<u8>()).prop_map(|(d, m)| Op::Detach(d, m)),
+        1 => (dev, any::<u8>()).prop_map(|(d, t)| Op::Type(d, t)),
+        4 => (0u8..4, dev, 0..1024u16, any::<u16>(), 0..1024u16)
             .prop_map(|(dom, dev, page, pages, pa)| Op::Map { dom, dev, page, pages, pa }),
         3 => (0u8..4, dev, 0..1024u16, any::<u16>())
             .prop_map(|(dom, dev, page, pages)| Op::Unmap { dom, dev, page, pages }),
