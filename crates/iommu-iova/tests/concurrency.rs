@@ -19,7 +19,7 @@ fn threads_never_share_a_frame_and_freed_frames_return() {
             std::thread::spawn(move || {
                 let mut mine: Vec<(u64, u64)> = Vec::new();
                 let mut x = 0x9e37_79b9_7f4a_7c15u64 ^ t as u64;
-                for _ in 0..40_000 {
+                for _ in 0..if cfg!(miri) { 50 } else { 40_000 } {
                     x ^= x << 13;
                     x ^= x >> 7;
                     x ^= x << 17;

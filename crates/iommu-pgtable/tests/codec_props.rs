@@ -59,7 +59,7 @@ fn kind_of(p: Pte) -> PteKind {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(3000))]
+    #![proptest_config(ProptestConfig::with_cases(if cfg!(miri) { 16 } else { 3000 }))]
     #[test]
     fn kind_agrees_with_decode(pte in any::<u64>(), low in 0u64..16, pick in any::<prop::sample::Index>()) {
         // Mix fully random values with ones whose low (type) bits vary over all small patterns.

@@ -10,7 +10,7 @@ use std::thread;
 #[test]
 fn threads_map_and_unmap_disjoint_ranges_of_one_table() {
     const THREADS: u64 = 4;
-    const ROUNDS: u64 = 300;
+    const ROUNDS: u64 = if cfg!(miri) { 6 } else { 300 };
     let mem = HeapMemory::new();
     let pt = IoPageTable::new(Lpae::stage1_4k(48, 48).unwrap(), &mem).unwrap();
     let barrier = Barrier::new(THREADS as usize);

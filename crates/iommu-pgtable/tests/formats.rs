@@ -276,7 +276,7 @@ fn selftest_scenario_holds_for_vtd_amd_and_riscv() {
 macro_rules! model_test {
     ($name:ident, $make:expr) => {
         proptest! {
-            #![proptest_config(ProptestConfig::with_cases(32))]
+            #![proptest_config(ProptestConfig::with_cases(if cfg!(miri) { 2 } else { 32 }))]
             #[test]
             fn $name(ops in proptest::collection::vec(common::op(common::window(&$make)), 1..100)) {
                 common::model_check($make, &ops)?;

@@ -19,7 +19,7 @@ fn lpae(stage: Stage, granule: Granule) -> Lpae {
 macro_rules! model_test {
     ($name:ident, $stage:expr, $granule:expr) => {
         proptest! {
-            #![proptest_config(ProptestConfig::with_cases(32))]
+            #![proptest_config(ProptestConfig::with_cases(if cfg!(miri) { 2 } else { 32 }))]
             #[test]
             fn $name(ops in proptest::collection::vec(common::op(common::window(&lpae($stage, $granule))), 1..100)) {
                 common::model_check(lpae($stage, $granule), &ops)?;

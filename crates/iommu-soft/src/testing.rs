@@ -22,7 +22,7 @@ use iommu_core::{
     IommuOps, Iova, PhysAddr, Prot, ReservedRegion, ResvType,
 };
 use iommu_types::ByteReader;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 
 const PAGE: u64 = 0x1000;
@@ -237,6 +237,10 @@ enum Driver {
     Mock(Arc<MockIommu>),
 }
 
+/// Addresses near recent maps and unmaps that stay probed (bounded, to
+/// keep a step cheap); the direct regions are always probed.
+const RECENT_PROBES: usize = 64;
+
 /// One platform of a run.
 struct Platform {
     iommu: Iommu,
@@ -248,6 +252,7 @@ struct Platform {
     owner: DmaOwner,
     /// IOVAs worth translating: everything a map or unmap touched.
     probes: BTreeSet<u64>,
+    recent: VecDeque<u64>,
 }
 
 fn dev_name(i: usize) -> String {
@@ -294,6 +299,7 @@ impl Platform {
             doms,
             owner: DmaOwner::new(),
             probes,
+            recent: VecDeque::new(),
         }
     }
 
@@ -454,19 +460,26 @@ impl Platform {
     }
 
     fn probe_range(&mut self, iova: u64, len: u64) {
-        for at in [
+        let mut at = vec![
             iova.saturating_sub(PAGE),
             iova,
             iova + len - PAGE,
             iova + len,
-        ] {
-            self.probes.insert(at);
-        }
+        ];
         let mut b = (iova / M2 + 1) * M2;
         while b < iova + len {
-            self.probes.insert(b - PAGE);
-            self.probes.insert(b);
+            at.extend([b - PAGE, b]);
             b += M2;
+        }
+        for a in at {
+            if self.probes.insert(a) {
+                self.recent.push_back(a);
+            }
+        }
+        while self.recent.len() > RECENT_PROBES {
+            if let Some(old) = self.recent.pop_front() {
+                self.probes.remove(&old);
+            }
         }
     }
 
