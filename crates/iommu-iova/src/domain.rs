@@ -59,6 +59,8 @@ pub struct IovaDomain<C: CpuId> {
     tree: Mutex<IovaTree>,
     rcaches: Rcaches,
     cpu: C,
+    /// Check every `free_fast` exactly (see [`IovaDomain::with_checked_frees`]).
+    checked_frees: bool,
 }
 
 impl<C: CpuId> core::fmt::Debug for IovaDomain<C> {
@@ -94,7 +96,22 @@ impl<C: CpuId> IovaDomain<C> {
             tree: Mutex::new(IovaTree::new(start_pfn, max_pfn, dma_32bit_pfn)),
             rcaches: Rcaches::new(cpu.nr_cpus()),
             cpu,
+            checked_frees: false,
         })
+    }
+
+    /// Makes [`free_fast`](Self::free_fast) check every free exactly, in
+    /// release builds too: the range must be one the tree holds with that
+    /// size and no cache holds already, so a stray or repeated free is
+    /// refused instead of letting a range come out twice. For callers that
+    /// cannot vouch for their frees; it costs a tree lookup and a scan of
+    /// the size class's caches on every free, which is why the fast path
+    /// leaves it to callers that keep their own records (the DMA layer
+    /// checks every unmap against its handles).
+    #[must_use]
+    pub fn with_checked_frees(mut self, on: bool) -> Self {
+        self.checked_frees = on;
+        self
     }
 
     /// Bytes per frame.
@@ -268,8 +285,9 @@ impl<C: CpuId> IovaDomain<C> {
     /// Cacheable ones are not looked up there (that is the point of the
     /// cache): they are checked to be a range `alloc_fast` could have handed
     /// out (inside the domain, aligned to their rounded size), and exactly
-    /// in debug builds. A layer that records its handles, as the DMA layer
-    /// does, catches a repeated free before it gets here.
+    /// in debug builds or with [`with_checked_frees`](Self::with_checked_frees).
+    /// A layer that records its handles, as the DMA layer does, catches a
+    /// repeated free before it gets here.
     ///
     /// # Errors
     /// [`IovaError::InvalidSize`] for zero frames; [`IovaError::NotAllocated`]
@@ -305,12 +323,19 @@ impl<C: CpuId> IovaDomain<C> {
                 if !plausible {
                     return Err(IovaError::NotAllocated);
                 }
-                debug_assert!(
-                    self.find(pfn)
+                if self.checked_frees || cfg!(debug_assertions) {
+                    let handed_out = self
+                        .find(pfn)
                         .is_some_and(|r| r.pfn_lo == pfn && r.size() == rounded)
-                        && !self.rcaches.contains(class, pfn),
-                    "free_fast of a range alloc_fast did not hand out (or a second free)"
-                );
+                        && !self.rcaches.contains(class, pfn);
+                    if !handed_out {
+                        debug_assert!(
+                            self.checked_frees,
+                            "free_fast of a range alloc_fast did not hand out (or a second free)"
+                        );
+                        return Err(IovaError::NotAllocated);
+                    }
+                }
                 if let Some(mag) = self.rcaches.insert(cpu, class, pfn) {
                     let mut tree = self.tree.lock();
                     for &p in mag.pfns() {

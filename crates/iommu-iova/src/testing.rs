@@ -153,6 +153,10 @@ impl Op {
 /// An allocator input: the ops, decoded from any bytes (at most 1024).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Input {
+    /// The domain checks every fast free exactly
+    /// ([`IovaDomain::with_checked_frees`]), so repeated fast frees are
+    /// tried too.
+    pub checked: bool,
     /// The steps.
     pub ops: Vec<Op>,
 }
@@ -161,6 +165,7 @@ impl Input {
     /// Decodes any bytes.
     pub fn decode(data: &[u8]) -> Input {
         let mut r = ByteReader::new(data);
+        let checked = r.bool().unwrap_or(false);
         let mut ops = Vec::new();
         while ops.len() < 1024 {
             match Op::decode(&mut r) {
@@ -168,12 +173,12 @@ impl Input {
                 None => break,
             }
         }
-        Input { ops }
+        Input { checked, ops }
     }
 
     /// The bytes [`decode`](Self::decode) reads back as this input.
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::new();
+        let mut out = alloc::vec![u8::from(self.checked)];
         for op in &self.ops {
             op.encode(&mut out);
         }
@@ -222,13 +227,15 @@ fn gap_exists(taken: &BTreeMap<u64, u64>, size: u64, align: u64, limit: u64) -> 
 
 /// Replays `input`, panicking at the first wrong answer.
 pub fn run(input: &Input) {
-    let iovad = IovaDomain::new(4096, START, SwitchedCpu::default()).expect("4 KiB granule");
+    let iovad = IovaDomain::new(4096, START, SwitchedCpu::default())
+        .expect("4 KiB granule")
+        .with_checked_frees(input.checked);
     let top = u64::MAX >> 12;
     // Keep the space above 4 GiB small.
     iovad.reserve(DMA32 + 64, top).expect("an empty tree");
     let mut reserved: BTreeMap<u64, u64> = BTreeMap::from([(DMA32 + 64, top)]);
     let mut live: Live = BTreeMap::new();
-    let mut freed: Vec<u64> = Vec::new();
+    let mut freed: Vec<(u64, u64, bool)> = Vec::new();
     for op in &input.ops {
         match *op {
             Op::Alloc { size, limit, .. } | Op::AllocFast { size, limit, .. } => {
@@ -299,7 +306,7 @@ pub fn run(input: &Input) {
                     .nth(usize::from(nth) % live.len())
                     .expect("in range");
                 live.remove(&pfn);
-                freed.push(pfn);
+                freed.push((pfn, size, fast));
                 if fast {
                     assert_eq!(iovad.free_fast(pfn, size), Ok(()));
                 } else {
@@ -317,7 +324,7 @@ pub fn run(input: &Input) {
                 let before = iovad.ranges();
                 let live_map = intervals(&live);
                 let held = |p: u64| overlaps(&live_map, p, p);
-                let got = match how % 5 {
+                let got = match how % 6 {
                     // A tree range no caller holds: cached, or reserved.
                     0 => {
                         let idle: Vec<u64> = before
@@ -332,10 +339,19 @@ pub fn run(input: &Input) {
                     }
                     // A range freed before and not handed out again: in a
                     // cache, or back in the tree.
-                    1 => match freed.iter().rev().find(|&&p| !held(p)) {
-                        Some(&p) => iovad.free(p).err(),
+                    1 => match freed.iter().rev().find(|&&(p, _, _)| !held(p)) {
+                        Some(&(p, _, _)) => iovad.free(p).err(),
                         None => continue,
                     },
+                    // A fast range freed again (only a checked domain can
+                    // tell a repeat from a first free).
+                    5 if input.checked => {
+                        match freed.iter().rev().find(|&&(p, _, fast)| fast && !held(p)) {
+                            Some(&(p, s, _)) => iovad.free_fast(p, s).err(),
+                            None => continue,
+                        }
+                    }
+                    5 => continue,
                     // A frame of a fast range, misaligned for its size.
                     2 => match live.iter().find(|(_, &(s, fast))| fast && s > 1) {
                         Some((&p, &(s, _))) => iovad.free_fast(p + 1, s).err(),

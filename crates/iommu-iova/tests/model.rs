@@ -28,7 +28,14 @@ proptest! {
     fn allocations_never_overlap_and_fail_only_when_full(
         ops in prop::collection::vec(op(), 1..if cfg!(miri) { 30 } else { 120 })
     ) {
-        run(&Input { ops });
+        run(&Input { checked: false, ops });
+    }
+
+    #[test]
+    fn with_checked_frees_every_bad_free_is_refused(
+        ops in prop::collection::vec(op(), 1..if cfg!(miri) { 30 } else { 120 })
+    ) {
+        run(&Input { checked: true, ops });
     }
 
     #[test]
@@ -78,6 +85,13 @@ fn the_seed_sequences_hold() {
                 },
                 Op::BadFree { how: 3, seed: 0 },
                 Op::BadFree { how: 4, seed: 3 },
+                Op::AllocFast {
+                    size: 2,
+                    limit: 2,
+                    flush: true,
+                },
+                Op::Free { nth: 0 },
+                Op::BadFree { how: 5, seed: 0 },
             ],
         ),
         (
@@ -112,14 +126,19 @@ fn the_seed_sequences_hold() {
         ),
     ];
     for (name, ops) in seeds {
-        let input = Input { ops };
-        let bytes = input.encode();
-        assert_eq!(Input::decode(&bytes), input);
-        run(&input);
-        if let Some(dir) = std::env::var_os("IOMMU_FUZZ_SEEDS") {
-            let dir = std::path::Path::new(&dir).join("iova");
-            std::fs::create_dir_all(&dir).unwrap();
-            std::fs::write(dir.join(name), bytes).unwrap();
+        for checked in [false, true] {
+            let input = Input {
+                checked,
+                ops: ops.clone(),
+            };
+            let bytes = input.encode();
+            assert_eq!(Input::decode(&bytes), input);
+            run(&input);
+            if let Some(dir) = std::env::var_os("IOMMU_FUZZ_SEEDS") {
+                let dir = std::path::Path::new(&dir).join("iova");
+                std::fs::create_dir_all(&dir).unwrap();
+                std::fs::write(dir.join(format!("{name}-{}", u8::from(checked))), bytes).unwrap();
+            }
         }
     }
 }

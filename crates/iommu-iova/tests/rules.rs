@@ -104,3 +104,28 @@ fn free_fast_refuses_what_alloc_fast_could_not_have_handed_out() {
     );
     iovad.free_fast(p, 4).unwrap();
 }
+
+#[test]
+fn a_checked_domain_refuses_a_repeated_fast_free() {
+    let iovad = IovaDomain::new(4096, 1, SingleCpu)
+        .unwrap()
+        .with_checked_frees(true);
+    let limit = iovad.dma_32bit_pfn() - 1;
+    let p = iovad.alloc_fast(2, limit, false).unwrap();
+    iovad.free_fast(p, 2).unwrap();
+    assert_eq!(
+        iovad.free_fast(p, 2),
+        Err(IovaError::NotAllocated),
+        "in the cache"
+    );
+    iovad.flush_caches();
+    assert_eq!(
+        iovad.free_fast(p, 2),
+        Err(IovaError::NotAllocated),
+        "back in the tree"
+    );
+    // Exactly once more, then.
+    let q = iovad.alloc_fast(2, limit, false).unwrap();
+    let r = iovad.alloc_fast(2, limit, false).unwrap();
+    assert_ne!(q, r);
+}
