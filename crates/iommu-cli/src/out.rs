@@ -22,12 +22,12 @@ pub fn write(args: fmt::Arguments<'_>) {
     }
 }
 
-/// `print!` through [`write`].
+/// `print!` through [`write()`].
 macro_rules! out {
     ($($t:tt)*) => { $crate::out::write(format_args!($($t)*)) };
 }
 
-/// `println!` through [`write`].
+/// `println!` through [`write()`].
 macro_rules! outln {
     () => { $crate::out::write(format_args!("\n")) };
     ($($t:tt)*) => { $crate::out::write(format_args!("{}\n", format_args!($($t)*))) };

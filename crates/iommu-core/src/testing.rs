@@ -7,7 +7,7 @@
 //! Its paging domains follow a real radix page table's rules, not just an
 //! interval map's, because the core's rollback depends on them: they keep
 //! their leaves in `iommu-pgtable`'s table-shape model
-//! ([`TableModel`](iommu_pgtable::testing::TableModel)), so unmapping at a
+//! ([`TableModel`]), so unmapping at a
 //! size where a table sits tears it down whole, a larger leaf covering the
 //! address is removed whole, and a block replaces only an empty table. A
 //! property test in the core checks it against the real walker.
