@@ -466,6 +466,12 @@ impl DmaDevice {
                 self.sync_for_cpu_phys(pa.raw(), size, dir);
             }
         }
+        self.unmap_range(iova, len)
+    }
+
+    /// Unmaps one mapped IOVA range and frees it (see `DmaCookie::unmap`);
+    /// the range is proven this device's when handles are checked.
+    fn unmap_range(&self, iova: u64, len: u64) -> Result<(), DmaError> {
         self.cookie.unmap(
             &self.domain,
             iova,
@@ -612,13 +618,7 @@ impl DmaDevice {
             )?;
         }
         let iova = buf.dma.raw();
-        self.cookie.unmap(
-            &self.domain,
-            iova,
-            len,
-            &[(iova, len)],
-            self.tracker.is_some(),
-        )?;
+        self.unmap_range(iova, len)?;
         memory.free_pages(buf.paddr, len);
         Ok(())
     }

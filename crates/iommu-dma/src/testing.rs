@@ -187,13 +187,7 @@ impl Input {
     pub fn decode(data: &[u8]) -> Input {
         let mut r = ByteReader::new(data);
         let flags = r.u8().unwrap_or(0);
-        let mut ops = Vec::new();
-        while ops.len() < 512 {
-            match Op::decode(&mut r) {
-                Some(op) => ops.push(op),
-                None => break,
-            }
-        }
+        let ops = r.items(Op::decode).take(512).collect();
         Input {
             lazy: flags & 1 != 0,
             check_handles: flags & 2 == 0,

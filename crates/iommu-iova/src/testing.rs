@@ -166,13 +166,7 @@ impl Input {
     pub fn decode(data: &[u8]) -> Input {
         let mut r = ByteReader::new(data);
         let checked = r.bool().unwrap_or(false);
-        let mut ops = Vec::new();
-        while ops.len() < 1024 {
-            match Op::decode(&mut r) {
-                Some(op) => ops.push(op),
-                None => break,
-            }
-        }
+        let ops = r.items(Op::decode).take(1024).collect();
         Input { checked, ops }
     }
 

@@ -361,13 +361,7 @@ impl Input {
             0 => None,
             n => Some(n),
         };
-        let mut ops = Vec::new();
-        while ops.len() < 512 {
-            match Op::decode(&mut r) {
-                Some(op) => ops.push(op),
-                None => break,
-            }
-        }
+        let ops = r.items(Op::decode).take(512).collect();
         Input {
             format,
             table_limit,

@@ -196,13 +196,7 @@ impl Input {
                 direct: b & 0x40 != 0,
             };
         }
-        let mut ops = Vec::new();
-        while ops.len() < 256 {
-            match Op::decode(&mut r) {
-                Some(op) => ops.push(op),
-                None => break,
-            }
-        }
+        let ops = r.items(Op::decode).take(256).collect();
         Input { specs, ops }
     }
 
@@ -414,9 +408,7 @@ impl Platform {
                 pa,
             } => {
                 let d = self.domain(dom, dev)?;
-                let iova = u64::from(page) * PAGE * 8 % WINDOW;
-                let len = u64::from(pages % 600 + 1) * PAGE;
-                self.probe_range(iova, len);
+                let (iova, len) = self.place(page, pages);
                 d.map(
                     Iova::new(iova),
                     PhysAddr::new(0x1_0000_0000 + u64::from(pa) * PAGE),
@@ -432,9 +424,7 @@ impl Platform {
                 pages,
             } => {
                 let d = self.domain(dom, dev)?;
-                let iova = u64::from(page) * PAGE * 8 % WINDOW;
-                let len = u64::from(pages % 600 + 1) * PAGE;
-                self.probe_range(iova, len);
+                let (iova, len) = self.place(page, pages);
                 d.unmap(Iova::new(iova), len);
                 None
             }
@@ -457,6 +447,15 @@ impl Platform {
                 None
             }
         }
+    }
+
+    /// The range a map or unmap seed names (in the window, 1 to 600
+    /// pages), which is probed from now on.
+    fn place(&mut self, page: u16, pages: u16) -> (u64, u64) {
+        let iova = u64::from(page) * PAGE * 8 % WINDOW;
+        let len = u64::from(pages % 600 + 1) * PAGE;
+        self.probe_range(iova, len);
+        (iova, len)
     }
 
     fn probe_range(&mut self, iova: u64, len: u64) {

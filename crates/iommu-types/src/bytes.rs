@@ -49,6 +49,18 @@ impl<'a> ByteReader<'a> {
     pub fn bool(&mut self) -> Option<bool> {
         self.u8().map(|b| b & 1 != 0)
     }
+
+    /// Items read one after another with `decode` until it runs out of
+    /// bytes (how an input becomes its operation sequence).
+    pub fn items<'r, T, F>(
+        &'r mut self,
+        mut decode: F,
+    ) -> impl Iterator<Item = T> + use<'r, 'a, T, F>
+    where
+        F: FnMut(&mut ByteReader<'a>) -> Option<T> + 'r,
+    {
+        core::iter::from_fn(move || decode(self))
+    }
 }
 
 #[cfg(test)]
@@ -67,5 +79,15 @@ mod tests {
         assert_eq!(r.bool(), Some(true));
         assert!(r.is_empty());
         assert_eq!(r.u64(), None);
+    }
+
+    #[test]
+    fn items_are_read_until_the_bytes_run_out() {
+        let mut r = ByteReader::new(&[1, 0, 2, 0, 3]);
+        let mut n = 0;
+        for v in r.items(ByteReader::u16) {
+            n += v;
+        }
+        assert_eq!(n, 3, "the odd byte is no item");
     }
 }
