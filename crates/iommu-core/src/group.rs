@@ -582,7 +582,7 @@ pub(crate) fn create_direct_mappings(
     let geometry = domain.geometry();
     let refuse = |r: &ReservedRegion, why: &str, e: Errno| {
         shared.log(format!(
-            "{dev_name}: direct region {:#x}+{:#x} {why}; device not added",
+            "{dev_name}: direct region {:#x}+{:#x} {why}",
             r.start.raw(),
             r.length
         ));
