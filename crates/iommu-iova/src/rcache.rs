@@ -15,6 +15,7 @@
 
 use alloc::boxed::Box;
 use alloc::vec::Vec;
+use core::sync::atomic::{AtomicUsize, Ordering};
 use spin::Mutex;
 
 /// Ranges per magazine: with the length word, a magazine is 1 KiB.
@@ -76,6 +77,15 @@ struct CpuRcache {
 #[repr(align(128))]
 struct PerCpu {
     classes: [Mutex<CpuRcache>; CACHE_CLASSES],
+    /// Ranges each class holds, written under its lock and read without
+    /// it, so the slow path's "is it cached?" skips empty caches unlocked.
+    held: [AtomicUsize; CACHE_CLASSES],
+}
+
+impl CpuRcache {
+    fn held(&self) -> usize {
+        self.loaded.len + self.prev.len
+    }
 }
 
 pub(crate) struct Rcaches {
@@ -84,6 +94,8 @@ pub(crate) struct Rcaches {
     // not as a 1 KiB copy under the locks.
     #[allow(clippy::vec_box)]
     depots: [Mutex<Vec<Box<Magazine>>>; CACHE_CLASSES],
+    /// Magazines each depot holds, as `PerCpu::held`.
+    depot_held: [AtomicUsize; CACHE_CLASSES],
     max_depot: usize,
 }
 
@@ -97,11 +109,13 @@ impl Rcaches {
                         prev: Magazine::new(),
                     })
                 }),
+                held: core::array::from_fn(|_| AtomicUsize::new(0)),
             })
             .collect();
         Self {
             cpus,
             depots: core::array::from_fn(|_| Mutex::new(Vec::new())),
+            depot_held: core::array::from_fn(|_| AtomicUsize::new(0)),
             max_depot: nr_cpus.max(1),
         }
     }
@@ -112,24 +126,31 @@ impl Rcaches {
 
     /// A cached range of `class` starting at or below `max_start`.
     pub(crate) fn get(&self, cpu: usize, class: usize, max_start: u64) -> Option<u64> {
-        let mut c = self.cpu(cpu).classes[class].lock();
+        let this = self.cpu(cpu);
+        let mut c = this.classes[class].lock();
         if c.loaded.is_empty() {
             if !c.prev.is_empty() {
                 let c = &mut *c;
                 core::mem::swap(&mut c.loaded, &mut c.prev);
             } else {
-                let full = self.depots[class].lock().pop()?;
+                let mut depot = self.depots[class].lock();
+                let full = depot.pop()?;
+                self.depot_held[class].store(depot.len(), Ordering::Relaxed);
+                drop(depot);
                 c.loaded = full;
             }
         }
-        c.loaded.pop(max_start)
+        let got = c.loaded.pop(max_start);
+        this.held[class].store(c.held(), Ordering::Relaxed);
+        got
     }
 
     /// Caches a freed range. Returns a full magazine the depot no longer
     /// wants; its ranges must go back to the tree.
     pub(crate) fn insert(&self, cpu: usize, class: usize, pfn: u64) -> Option<Box<Magazine>> {
         let mut trimmed = None;
-        let mut c = self.cpu(cpu).classes[class].lock();
+        let this = self.cpu(cpu);
+        let mut c = this.classes[class].lock();
         if c.loaded.is_full() {
             let c = &mut *c;
             if c.prev.is_full() {
@@ -139,26 +160,33 @@ impl Rcaches {
                 if depot.len() > self.max_depot {
                     trimmed = Some(depot.remove(0));
                 }
+                self.depot_held[class].store(depot.len(), Ordering::Relaxed);
             } else {
                 core::mem::swap(&mut c.loaded, &mut c.prev);
             }
         }
         c.loaded.push(pfn);
+        this.held[class].store(c.held(), Ordering::Relaxed);
         trimmed
     }
 
     /// Whether `pfn` waits in any cache of `class` (every CPU's and the
     /// depot's). Linear in what the class caches: for the slow path.
+    /// Caches that hold nothing are skipped without taking their locks.
     pub(crate) fn contains(&self, class: usize, pfn: u64) -> bool {
         let in_cpus = self.cpus.iter().any(|cpu| {
+            if cpu.held[class].load(Ordering::Relaxed) == 0 {
+                return false;
+            }
             let c = cpu.classes[class].lock();
             c.loaded.pfns().contains(&pfn) || c.prev.pfns().contains(&pfn)
         });
         in_cpus
-            || self.depots[class]
-                .lock()
-                .iter()
-                .any(|m| m.pfns().contains(&pfn))
+            || (self.depot_held[class].load(Ordering::Relaxed) != 0
+                && self.depots[class]
+                    .lock()
+                    .iter()
+                    .any(|m| m.pfns().contains(&pfn)))
     }
 
     /// Empties every cache, handing each cached range to `free`.
@@ -171,8 +199,13 @@ impl Rcaches {
                     mag.pfns().iter().for_each(|&p| free(p));
                     mag.len = 0;
                 }
+                cpu.held[class].store(0, Ordering::Relaxed);
             }
-            let depot = core::mem::take(&mut *self.depots[class].lock());
+            let depot = {
+                let mut d = self.depots[class].lock();
+                self.depot_held[class].store(0, Ordering::Relaxed);
+                core::mem::take(&mut *d)
+            };
             for mag in depot {
                 mag.pfns().iter().for_each(|&p| free(p));
             }
