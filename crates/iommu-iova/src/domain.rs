@@ -172,7 +172,8 @@ impl<C: CpuId> IovaDomain<C> {
                 return Err(IovaError::NotAllocated);
             }
         }
-        tree.free(pfn)
+        tree.remove(range);
+        Ok(range)
     }
 
     /// Reserves `[pfn_lo, pfn_hi]` so it is never handed out (Linux's

@@ -245,7 +245,8 @@ impl IovaTree {
         }
     }
 
-    fn remove(&mut self, r: IovaRange) {
+    /// Removes `r`, a range [`find`](Self::find) returned.
+    pub(crate) fn remove(&mut self, r: IovaRange) {
         // Keep the cached search points valid (they must name live nodes):
         // a freed range at or above a cached point moves it to the next node up.
         let next_up = self.nodes.range(r.pfn_lo + 1..).next().map(|(&lo, _)| lo);
