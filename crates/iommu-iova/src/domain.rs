@@ -15,6 +15,15 @@ const REFILL_FRAMES: u64 = 8;
 /// fast path, so that what comes back to a cache always has its class's size.
 const ROUND_UP_BELOW: u64 = 1 << (CACHE_CLASSES - 1);
 
+/// The size the fast path hands out for a request of `size` frames.
+fn fast_size(size: u64) -> u64 {
+    if size < ROUND_UP_BELOW {
+        size.next_power_of_two()
+    } else {
+        size
+    }
+}
+
 /// The cache class of a range of `size` frames, if ranges of that size are
 /// cached.
 fn cache_class(size: u64) -> Option<usize> {
@@ -228,11 +237,7 @@ impl<C: CpuId> IovaDomain<C> {
         if size == 0 {
             return Err(IovaError::InvalidSize);
         }
-        let size = if size < ROUND_UP_BELOW {
-            size.next_power_of_two()
-        } else {
-            size
-        };
+        let size = fast_size(size);
         let class = order_base_2(size) as usize;
         if class < CACHE_CLASSES {
             // `limit_pfn` is inclusive and may be `u64::MAX` ("no limit").
@@ -309,11 +314,7 @@ impl<C: CpuId> IovaDomain<C> {
         if size == 0 {
             return Err(IovaError::InvalidSize);
         }
-        let rounded = if size < ROUND_UP_BELOW {
-            size.next_power_of_two()
-        } else {
-            size
-        };
+        let rounded = fast_size(size);
         match cache_class(rounded) {
             Some(class) => {
                 let plausible = pfn >= self.start_pfn
@@ -349,7 +350,7 @@ impl<C: CpuId> IovaDomain<C> {
                 let mut tree = self.tree.lock();
                 match tree.find(pfn) {
                     Some(r) if r.pfn_lo == pfn && r.size() == rounded => {
-                        tree.free_exact(pfn);
+                        tree.remove(r);
                         Ok(())
                     }
                     _ => Err(IovaError::NotAllocated),
