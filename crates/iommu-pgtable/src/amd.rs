@@ -14,7 +14,7 @@
 //! Memory type, execute and privilege live in the device table entry, not
 //! here, so only read and write survive a round trip.
 
-use crate::{Format, Geometry, PgtableError, Pte, PteKind};
+use crate::{Format, Geometry, PgtableError, Pte, PteKind, TableBits};
 use iommu_types::{PhysAddr, Prot};
 
 const PR: u64 = 1 << 0;
@@ -67,7 +67,7 @@ impl AmdV1 {
 }
 
 #[allow(unsafe_code)] // implements the unsafe `Format` contract
-                      // SAFETY: a table descriptor is the only encoding with a non-zero next-level field equal to this level's AMD number minus one; leaves (and their dirty and stepped forms) keep next level 0, and the address field round-trips for 4 KiB-aligned tables.
+                      // SAFETY: a table descriptor is the only encoding with a non-zero next-level field equal to this level's AMD number minus one; leaves (and their dirty and stepped forms) keep next level 0, and the address field round-trips for 4 KiB-aligned tables inside the 52-bit output (so `table_bits` holds: PR plus that next-level field is a table, written as the address plus PR, IR, IW and the field).
 unsafe impl Format for AmdV1 {
     fn geometry(&self) -> &Geometry {
         &self.geo
@@ -127,6 +127,16 @@ unsafe impl Format for AmdV1 {
         } else {
             PteKind::Invalid
         }
+    }
+
+    #[inline]
+    fn table_bits(&self, level: usize) -> Option<TableBits> {
+        let next = u64::from(self.amd_level(level + 1)) << NEXT_SHIFT;
+        Some(TableBits {
+            type_mask: PR | NEXT_MASK,
+            type_bits: PR | next,
+            tag: PR | next | IR | IW,
+        })
     }
 
     #[inline]

@@ -139,6 +139,29 @@ impl Geometry {
     }
 }
 
+/// What a format's table descriptors at one level look like, for the
+/// walker's fast path (see [`Format::table_bits`]): a descriptor is a table
+/// exactly when `pte & type_mask == type_bits`, and the descriptor of the
+/// table at address `t` is `t + tag`, so the walker gets the next table with
+/// one subtraction instead of a decode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TableBits {
+    /// The bits that tell a table from anything else.
+    pub type_mask: u64,
+    /// Their value in a table descriptor.
+    pub type_bits: u64,
+    /// What a table descriptor adds to the table's address (wrapping).
+    pub tag: u64,
+}
+
+impl TableBits {
+    /// The next table, if `pte` is a table descriptor.
+    #[inline(always)]
+    pub(crate) fn table(&self, pte: u64) -> Option<u64> {
+        (pte & self.type_mask == self.type_bits).then(|| pte.wrapping_sub(self.tag))
+    }
+}
+
 /// A decoded descriptor.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Pte {
@@ -186,6 +209,11 @@ pub enum PteKind {
 ///   what [`make_clean`](Self::make_clean) and
 ///   [`make_dirty`](Self::make_dirty) make of a leaf;
 /// - [`kind`](Self::kind) agrees with [`decode`](Self::decode) on every value;
+/// - where [`table_bits`](Self::table_bits) gives `Some(b)` for a level below
+///   the last: for every value `v`, `kind(v, level)` is
+///   [`PteKind::Table`] exactly when `v & b.type_mask == b.type_bits`, and
+///   `encode_table(t, level)` is `t + b.tag` (wrapping) for every table
+///   address `t` the walker passes in;
 /// - [`geometry`](Self::geometry) always returns the same value.
 ///
 /// Together these mean the walker only ever follows addresses of tables it
@@ -236,10 +264,21 @@ pub unsafe trait Format: Send + Sync {
         }
     }
 
+    /// Table descriptors at `level` (a level below the last) as plain bits,
+    /// when they are (see [`TableBits`] and the contract above). The
+    /// walker then descends through them without calling
+    /// [`decode`](Self::decode); `None`, the default, keeps it decoding.
+    #[inline]
+    fn table_bits(&self, level: usize) -> Option<TableBits> {
+        let _ = level;
+        None
+    }
+
     /// What to add to a leaf at `level` encoding `pa` to get the leaf for
     /// `pa + pgsize` with the same attributes, when the address field is
     /// linear over `[pa, pa + pgsize * count)`; `None` makes the walker
-    /// encode every leaf.
+    /// encode every leaf. The walker asks only about runs inside the output
+    /// address space.
     #[inline]
     fn leaf_step(&self, pa: PhysAddr, pgsize: u64, count: usize) -> Option<u64> {
         let _ = (pa, pgsize, count);

@@ -45,7 +45,7 @@ pub mod testing;
 pub mod vtd;
 
 pub use error::PgtableError;
-pub use format::{Format, Geometry, Pte, PteKind};
+pub use format::{Format, Geometry, Pte, PteKind, TableBits};
 #[cfg(feature = "vm-memory")]
 pub use guest::GuestTableMemory;
 pub use memory::{HeapMemory, TableMemory};

@@ -24,7 +24,7 @@
 //! set at stage 1, S2AP\[1\] clear at stage 2); the SMMU gives the
 //! permission back on the first write, and that is the dirty state.
 
-use crate::{Format, Geometry, PgtableError, Pte, PteKind};
+use crate::{Format, Geometry, PgtableError, Pte, PteKind, TableBits};
 use iommu_types::{PhysAddr, Prot};
 
 const VALID: u64 = 1 << 0;
@@ -121,6 +121,9 @@ pub struct Lpae {
     /// Arm level of our level 0.
     start_level: u32,
     concat: u32,
+    /// The attribute bits of a leaf for every [`Prot`] (indexed by its
+    /// bits), worked out once so that encoding a leaf is a lookup.
+    leaf_attrs: [u64; 64],
 }
 
 impl Lpae {
@@ -175,13 +178,22 @@ impl Lpae {
             start_level,
             concat,
             quirks: LpaeQuirks::default(),
-        })
+            leaf_attrs: [0; 64],
+        }
+        .with_leaf_attrs())
     }
 
     /// The same format with `quirks`.
     #[must_use]
     pub fn with_quirks(mut self, quirks: LpaeQuirks) -> Self {
         self.quirks = quirks;
+        self.with_leaf_attrs()
+    }
+
+    fn with_leaf_attrs(mut self) -> Self {
+        for bits in 0..64u32 {
+            self.leaf_attrs[bits as usize] = self.attrs_for(Prot::from_bits_truncate(bits));
+        }
         self
     }
 
@@ -260,78 +272,9 @@ impl Lpae {
             && (pte & TYPE_TABLE_OR_PAGE != 0) == self.is_last_level(level)
     }
 
-    /// The permissions and attributes of a leaf descriptor.
-    fn leaf_prot(&self, pte: u64) -> Prot {
-        let attr = (pte & ATTR_MASK) >> ATTR_SHIFT;
-        let mut prot = Prot::NONE;
-        match self.cfg.stage {
-            Stage::S1 => {
-                prot |= Prot::READ;
-                if pte & AP_RDONLY == 0 || pte & DBM != 0 {
-                    prot |= Prot::WRITE;
-                }
-                if pte & AP_UNPRIV == 0 {
-                    prot |= Prot::PRIV;
-                }
-                match attr & 0b111 {
-                    MAIR_IDX_CACHE => prot |= Prot::CACHE,
-                    MAIR_IDX_DEV => prot |= Prot::MMIO,
-                    _ => {}
-                }
-            }
-            Stage::S2 => {
-                if pte & S2AP_READ != 0 {
-                    prot |= Prot::READ;
-                }
-                if pte & S2AP_WRITE != 0 || pte & DBM != 0 {
-                    prot |= Prot::WRITE;
-                }
-                match attr {
-                    S2_MEMATTR_OIWB => prot |= Prot::CACHE,
-                    S2_MEMATTR_DEV => prot |= Prot::MMIO,
-                    _ => {}
-                }
-            }
-        }
-        if pte & XN != 0 {
-            prot |= Prot::NOEXEC;
-        }
-        prot
-    }
-}
-
-#[allow(unsafe_code)] // implements the unsafe `Format` contract
-                      // SAFETY: only non-last-level descriptors with both type bits set decode as tables, which only `encode_table` writes (blocks have type 0b01, pages live at the last level, DBM and AP changes leave the type bits alone), and the address field round-trips for granule-aligned tables.
-unsafe impl Format for Lpae {
-    fn geometry(&self) -> &Geometry {
-        &self.geo
-    }
-
-    #[inline]
-    fn decode(&self, pte: u64, level: usize) -> Pte {
-        let addr = PhysAddr::new(self.pte_to_addr(pte));
-        match self.kind(pte, level) {
-            PteKind::Invalid => Pte::Invalid,
-            PteKind::Table => Pte::Table(addr),
-            PteKind::Leaf => Pte::Leaf {
-                pa: addr,
-                prot: self.leaf_prot(pte),
-            },
-        }
-    }
-
-    #[inline]
-    fn encode_table(&self, table: PhysAddr, _level: usize) -> u64 {
-        let ns = if self.ns() { NSTABLE } else { 0 };
-        self.addr_to_pte(table.raw()) | TYPE_TABLE_OR_PAGE | VALID | ns
-    }
-
-    #[inline]
-    fn encode_leaf(&self, pa: PhysAddr, level: usize, prot: Prot) -> u64 {
-        let mut pte = self.addr_to_pte(pa.raw()) | VALID | AF;
-        if self.is_last_level(level) {
-            pte |= TYPE_TABLE_OR_PAGE;
-        }
+    /// The bits of a leaf for `prot`, but its address and type.
+    fn attrs_for(&self, prot: Prot) -> u64 {
+        let mut pte = VALID | AF;
         match self.cfg.stage {
             Stage::S1 => {
                 pte |= NG;
@@ -382,6 +325,82 @@ unsafe impl Format for Lpae {
         pte
     }
 
+    /// The permissions and attributes of a leaf descriptor.
+    fn leaf_prot(&self, pte: u64) -> Prot {
+        let attr = (pte & ATTR_MASK) >> ATTR_SHIFT;
+        let mut prot = Prot::NONE;
+        match self.cfg.stage {
+            Stage::S1 => {
+                prot |= Prot::READ;
+                if pte & AP_RDONLY == 0 || pte & DBM != 0 {
+                    prot |= Prot::WRITE;
+                }
+                if pte & AP_UNPRIV == 0 {
+                    prot |= Prot::PRIV;
+                }
+                match attr & 0b111 {
+                    MAIR_IDX_CACHE => prot |= Prot::CACHE,
+                    MAIR_IDX_DEV => prot |= Prot::MMIO,
+                    _ => {}
+                }
+            }
+            Stage::S2 => {
+                if pte & S2AP_READ != 0 {
+                    prot |= Prot::READ;
+                }
+                if pte & S2AP_WRITE != 0 || pte & DBM != 0 {
+                    prot |= Prot::WRITE;
+                }
+                match attr {
+                    S2_MEMATTR_OIWB => prot |= Prot::CACHE,
+                    S2_MEMATTR_DEV => prot |= Prot::MMIO,
+                    _ => {}
+                }
+            }
+        }
+        if pte & XN != 0 {
+            prot |= Prot::NOEXEC;
+        }
+        prot
+    }
+}
+
+#[allow(unsafe_code)] // implements the unsafe `Format` contract
+                      // SAFETY: only non-last-level descriptors with both type bits set decode as tables, which only `encode_table` writes (blocks have type 0b01, pages live at the last level, DBM and AP changes leave the type bits alone), and the address field round-trips for granule-aligned tables; `table_bits` says exactly that, and is given only where the address field is the address (below 2^48).
+unsafe impl Format for Lpae {
+    fn geometry(&self) -> &Geometry {
+        &self.geo
+    }
+
+    #[inline]
+    fn decode(&self, pte: u64, level: usize) -> Pte {
+        let addr = PhysAddr::new(self.pte_to_addr(pte));
+        match self.kind(pte, level) {
+            PteKind::Invalid => Pte::Invalid,
+            PteKind::Table => Pte::Table(addr),
+            PteKind::Leaf => Pte::Leaf {
+                pa: addr,
+                prot: self.leaf_prot(pte),
+            },
+        }
+    }
+
+    #[inline]
+    fn encode_table(&self, table: PhysAddr, _level: usize) -> u64 {
+        let ns = if self.ns() { NSTABLE } else { 0 };
+        self.addr_to_pte(table.raw()) | TYPE_TABLE_OR_PAGE | VALID | ns
+    }
+
+    #[inline]
+    fn encode_leaf(&self, pa: PhysAddr, level: usize, prot: Prot) -> u64 {
+        let page = if self.is_last_level(level) {
+            TYPE_TABLE_OR_PAGE
+        } else {
+            0
+        };
+        self.addr_to_pte(pa.raw()) | self.leaf_attrs[(prot.bits() & 63) as usize] | page
+    }
+
     fn name(&self) -> &'static str {
         match (self.cfg.stage, self.cfg.granule) {
             (Stage::S1, Granule::G4K) => "arm-lpae-s1-4k",
@@ -409,8 +428,23 @@ unsafe impl Format for Lpae {
     }
 
     #[inline]
+    fn table_bits(&self, _level: usize) -> Option<TableBits> {
+        // Below 2^48 the address field is the address itself; PA[51:48] of
+        // the 64 KiB granule's 52-bit tables sit elsewhere, so those decode.
+        (self.cfg.granule != Granule::G64K || self.cfg.oas <= 48).then(|| TableBits {
+            type_mask: VALID | TYPE_TABLE_OR_PAGE,
+            type_bits: VALID | TYPE_TABLE_OR_PAGE,
+            tag: VALID | TYPE_TABLE_OR_PAGE | if self.ns() { NSTABLE } else { 0 },
+        })
+    }
+
+    #[inline]
     fn leaf_step(&self, pa: PhysAddr, pgsize: u64, count: usize) -> Option<u64> {
-        // Linear while the run stays below 2^48 (PA[51:48] live elsewhere).
+        // Linear while the run stays below 2^48 (PA[51:48] live elsewhere),
+        // which the walker's output check has made sure of below a 49-bit OAS.
+        if self.cfg.oas <= 48 {
+            return Some(pgsize);
+        }
         let end = pa.raw().checked_add(pgsize.checked_mul(count as u64)?)?;
         (end <= 1 << 48).then_some(pgsize)
     }

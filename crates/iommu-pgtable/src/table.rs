@@ -27,7 +27,7 @@
 //! [`Format`] contract guarantees) and indexing below `Geometry::entries`.
 
 use crate::format::MAX_LEVELS;
-use crate::{Format, Geometry, PgtableError, Pte, PteKind, TableMemory};
+use crate::{Format, Geometry, PgtableError, Pte, PteKind, TableBits, TableMemory};
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use iommu_types::{IotlbGather, Iova, PhysAddr, Prot, Unmapped};
@@ -167,11 +167,87 @@ impl DirtyBitmap {
     }
 }
 
+/// No leaf level for a page size.
+const NO_LEVEL: u8 = u8::MAX;
+
+/// The geometry's per-level numbers, worked out once, so that the hot paths
+/// neither multiply nor divide (Linux's io-pgtable recomputes them from its
+/// configuration on every use), and the format's table descriptors, so that
+/// a walk down existing tables decodes nothing.
+#[derive(Clone, Copy, Debug)]
+struct Walk {
+    /// log2 of the bytes one entry spans, per level.
+    shift: [u32; MAX_LEVELS],
+    /// Entries minus one, per level.
+    index_mask: [u64; MAX_LEVELS],
+    /// The leaf level of each log2 page size, or [`NO_LEVEL`].
+    leaf_level: [u8; 64],
+    /// Table descriptors of every level above the last, when the format
+    /// gives them for all of those levels.
+    tables: Option<[TableBits; MAX_LEVELS]>,
+}
+
+impl Walk {
+    fn new(fmt: &impl Format, geo: &Geometry) -> Self {
+        let mut w = Walk {
+            shift: [0; MAX_LEVELS],
+            index_mask: [0; MAX_LEVELS],
+            leaf_level: [NO_LEVEL; 64],
+            tables: None,
+        };
+        for l in 0..geo.levels {
+            w.shift[l] = geo.entry_shift(l);
+            w.index_mask[l] = geo.entries(l) as u64 - 1;
+            if geo.is_leaf_level(l) {
+                w.leaf_level[w.shift[l] as usize] = l as u8;
+            }
+        }
+        // Matches nothing: the slot of the last level, never asked about.
+        let mut tables = [TableBits {
+            type_mask: 0,
+            type_bits: 1,
+            tag: 0,
+        }; MAX_LEVELS];
+        let all = (0..geo.levels - 1).all(|l| fmt.table_bits(l).map(|b| tables[l] = b).is_some());
+        if all {
+            w.tables = Some(tables);
+        }
+        w
+    }
+
+    /// Index of `iova` in the table at `level`.
+    #[inline(always)]
+    fn index(&self, iova: u64, level: usize) -> usize {
+        // A valid geometry keeps every shift below 64, so the wrapping
+        // shift is exact (and has no overflow check in debug builds).
+        (iova.wrapping_shr(self.shift[level]) & self.index_mask[level]) as usize
+    }
+
+    /// Bytes one entry at `level` spans, minus one.
+    #[inline(always)]
+    fn offset_mask(&self, level: usize) -> u64 {
+        (1u64 << self.shift[level]) - 1
+    }
+
+    /// The level whose leaves are `pgsize` bytes.
+    #[inline(always)]
+    fn leaf_level_for(&self, pgsize: u64) -> Option<usize> {
+        if !pgsize.is_power_of_two() {
+            return None;
+        }
+        match self.leaf_level[pgsize.trailing_zeros() as usize] {
+            NO_LEVEL => None,
+            l => Some(l as usize),
+        }
+    }
+}
+
 /// A page table of format `F` whose tables live in `M`; `Send + Sync`.
 #[derive(Debug)]
 pub struct IoPageTable<F: Format, M: TableMemory> {
     fmt: F,
     geo: Geometry,
+    walk: Walk,
     mem: M,
     root: PhysAddr,
     reclaim: bool,
@@ -195,6 +271,7 @@ impl<F: Format, M: TableMemory> IoPageTable<F, M> {
             .alloc_table(geo.table_bytes(0))
             .ok_or(PgtableError::NoMemory)?;
         Ok(Self {
+            walk: Walk::new(&fmt, &geo),
             fmt,
             geo,
             mem,
@@ -299,6 +376,37 @@ impl<F: Format, M: TableMemory> IoPageTable<F, M> {
     fn cas(&self, table: PhysAddr, index: usize, current: u64, new: u64) -> Result<u64, u64> {
         // SAFETY: as in `load`.
         unsafe { self.mem.compare_exchange(table, index, current, new) }
+    }
+
+    /// The table the descriptor `pte` at `level` (above the last) points
+    /// to, or what else it is. Through the format's [`TableBits`] when it
+    /// gives them, so a walk down existing tables decodes nothing.
+    #[inline(always)]
+    fn table_below(&self, pte: u64, level: usize) -> Result<PhysAddr, Pte> {
+        if let Some(bits) = &self.walk.tables {
+            if let Some(t) = bits[level].table(pte) {
+                return Ok(PhysAddr::new(t));
+            }
+            return Err(self.fmt.decode(pte, level));
+        }
+        match self.fmt.decode(pte, level) {
+            Pte::Table(t) => Ok(t),
+            other => Err(other),
+        }
+    }
+
+    /// The descriptor pointing at `table` from a table at `level`, if the
+    /// format can express that address: it must decode to `table` again (and
+    /// be `table + tag` where the walk uses [`TableBits`]). A table memory
+    /// handing out addresses a descriptor cannot hold counts as out of
+    /// memory rather than becoming a wild pointer.
+    fn table_descriptor(&self, table: PhysAddr, level: usize) -> Option<u64> {
+        let desc = self.fmt.encode_table(table, level);
+        let fast_ok = self
+            .walk
+            .tables
+            .is_none_or(|bits| bits[level].table(desc) == Some(table.raw()));
+        (fast_ok && self.fmt.decode(desc, level) == Pte::Table(table)).then_some(desc)
     }
 
     // ---- table pages ------------------------------------------------------
@@ -464,7 +572,7 @@ impl<F: Format, M: TableMemory> IoPageTable<F, M> {
         prot: Prot,
     ) -> Result<u64, PgtableError> {
         let level = self
-            .geo
+            .walk
             .leaf_level_for(pgsize)
             .ok_or(PgtableError::InvalidPageSize)?;
         if !prot.is_accessible() {
@@ -483,19 +591,53 @@ impl<F: Format, M: TableMemory> IoPageTable<F, M> {
         if !self.geo.input_fits(iova.raw(), total) || !self.geo.output_fits(pa.raw(), total) {
             return Err(PgtableError::OutOfRange);
         }
-        let first = self.geo.index(iova.raw(), level);
+        let first = self.walk.index(iova.raw(), level);
         let n = pgcount.min(self.geo.entries(level) - first);
-        let size = pgsize * n as u64;
 
         let table = self.walk_alloc(iova.raw(), level)?;
-        // Check every target slot before writing any of them; remember
-        // whether an empty table sits in any (rare: a block replacing one).
-        let mut tables_in_the_way = false;
+        // The common case: every target slot is empty.
+        if (first..first + n).any(|i| self.load(table, i) != 0) {
+            return self.map_over(table, first, n, pa, pgsize, level, prot);
+        }
+        let clean = self.dirty_tracking.load(Ordering::Relaxed) && prot.contains(Prot::WRITE);
+        let mut leaf = self.leaf_for(pa, level, prot, clean);
+        match self.fmt.leaf_step(pa, pgsize, n) {
+            Some(step) => {
+                // One encoding, then add the step.
+                for i in first..first + n {
+                    self.store(table, i, leaf);
+                    leaf = leaf.wrapping_add(step);
+                }
+            }
+            None => {
+                for (k, i) in (first..first + n).enumerate() {
+                    let pa = PhysAddr::new(pa.raw() + k as u64 * pgsize);
+                    self.store(table, i, self.leaf_for(pa, level, prot, clean));
+                }
+            }
+        }
+        Ok(pgsize * n as u64)
+    }
+
+    /// [`map_pages`](Self::map_pages) into slots of `table` that are not all
+    /// empty: refused when a leaf, or a table that still maps something, is
+    /// in the way; empty tables in the way are replaced by the new leaves.
+    #[cold]
+    #[inline(never)]
+    #[allow(clippy::too_many_arguments)]
+    fn map_over(
+        &self,
+        table: PhysAddr,
+        first: usize,
+        n: usize,
+        pa: PhysAddr,
+        pgsize: u64,
+        level: usize,
+        prot: Prot,
+    ) -> Result<u64, PgtableError> {
+        // Check every target slot before writing any of them.
         for i in first..first + n {
             let pte = self.load(table, i);
-            if pte == 0 {
-                continue;
-            }
             match self.fmt.kind(pte, level) {
                 PteKind::Invalid => {}
                 PteKind::Leaf => return Err(PgtableError::Exists),
@@ -506,51 +648,44 @@ impl<F: Format, M: TableMemory> IoPageTable<F, M> {
                     if !self.subtree_is_empty(t, level + 1) {
                         return Err(PgtableError::Exists);
                     }
-                    tables_in_the_way = true;
                 }
             }
         }
         let clean = self.dirty_tracking.load(Ordering::Relaxed) && prot.contains(Prot::WRITE);
-        let encode = |k: usize| {
-            let leaf =
-                self.fmt
-                    .encode_leaf(PhysAddr::new(pa.raw() + k as u64 * pgsize), level, prot);
-            if clean {
-                self.fmt.make_clean(leaf)
-            } else {
-                leaf
-            }
-        };
-        match self.fmt.leaf_step(pa, pgsize, n) {
-            Some(step) if !tables_in_the_way => {
-                // The common case: one encoding, then add the step.
-                let mut leaf = encode(0);
-                for i in first..first + n {
-                    self.store(table, i, leaf);
-                    leaf = leaf.wrapping_add(step);
-                }
-            }
-            _ => {
-                for (k, i) in (first..first + n).enumerate() {
-                    let leaf = encode(k);
-                    let old = self.load(table, i);
-                    match self.fmt.decode(old, level) {
-                        Pte::Table(t) => {
-                            if self.cas(table, i, old, leaf).is_err() {
-                                self.undo_leaves(table, first, k);
-                                return Err(PgtableError::Exists);
-                            }
-                            // An empty table a block replaced. No caller's sync covers
-                            // it and hardware may still cache the path through it, so
-                            // it waits for `trim` or drop.
-                            self.park_subtree(t, level + 1, 0);
-                        }
-                        _ => self.store(table, i, leaf),
+        for (k, i) in (first..first + n).enumerate() {
+            let leaf = self.leaf_for(
+                PhysAddr::new(pa.raw() + k as u64 * pgsize),
+                level,
+                prot,
+                clean,
+            );
+            let old = self.load(table, i);
+            match self.fmt.decode(old, level) {
+                Pte::Table(t) => {
+                    if self.cas(table, i, old, leaf).is_err() {
+                        self.undo_leaves(table, first, k);
+                        return Err(PgtableError::Exists);
                     }
+                    // An empty table a block replaced. No caller's sync covers
+                    // it and hardware may still cache the path through it, so
+                    // it waits for `trim` or drop.
+                    self.park_subtree(t, level + 1, 0);
                 }
+                _ => self.store(table, i, leaf),
             }
         }
-        Ok(size)
+        Ok(pgsize * n as u64)
+    }
+
+    /// The leaf for `pa` at `level`, writable-clean when `clean`.
+    #[inline(always)]
+    fn leaf_for(&self, pa: PhysAddr, level: usize, prot: Prot, clean: bool) -> u64 {
+        let leaf = self.fmt.encode_leaf(pa, level, prot);
+        if clean {
+            self.fmt.make_clean(leaf)
+        } else {
+            leaf
+        }
     }
 
     fn undo_leaves(&self, table: PhysAddr, first: usize, count: usize) {
@@ -559,37 +694,60 @@ impl<F: Format, M: TableMemory> IoPageTable<F, M> {
         }
     }
 
-    /// Walks to the table at `level` covering `iova`. Missing tables are all
-    /// allocated before any is installed, so running out of memory leaves
-    /// nothing behind; a table another thread installed first is used as is.
+    /// Walks to the table at `level` covering `iova`, creating missing
+    /// tables on the way (see [`grow_path`](Self::grow_path)).
+    #[inline(always)]
     fn walk_alloc(&self, iova: u64, level: usize) -> Result<PhysAddr, PgtableError> {
         let mut table = self.root;
+        for lvl in 0..level {
+            let pte = self.load(table, self.walk.index(iova, lvl));
+            match self.table_below(pte, lvl) {
+                Ok(next) => table = next,
+                Err(Pte::Invalid) => return self.grow_path(iova, level, table, lvl),
+                Err(_) => return Err(PgtableError::Exists),
+            }
+        }
+        Ok(table)
+    }
+
+    /// Continues [`walk_alloc`](Self::walk_alloc) from `table` at `lvl`,
+    /// where a table is missing. Missing tables are all allocated before any
+    /// is installed, so running out of memory leaves nothing behind; a table
+    /// another thread installed first is used as is.
+    #[cold]
+    #[inline(never)]
+    fn grow_path(
+        &self,
+        iova: u64,
+        level: usize,
+        mut table: PhysAddr,
+        mut lvl: usize,
+    ) -> Result<PhysAddr, PgtableError> {
         let mut spare = [Spare::NONE; MAX_LEVELS];
         let mut spares = 0usize;
-        let mut lvl = 0;
         let result = loop {
             if lvl == level {
                 break Ok(table);
             }
-            let idx = self.geo.index(iova, lvl);
+            let idx = self.walk.index(iova, lvl);
             let pte = self.load(table, idx);
-            match self.fmt.decode(pte, lvl) {
-                Pte::Table(next) => {
+            match self.table_below(pte, lvl) {
+                Ok(next) => {
                     table = next;
                     lvl += 1;
                 }
-                Pte::Leaf { .. } => break Err(PgtableError::Exists),
-                Pte::Invalid => {
+                Err(Pte::Leaf { .. } | Pte::Table(_)) => break Err(PgtableError::Exists),
+                Err(Pte::Invalid) => {
                     if spares == 0 {
                         let need = level - lvl;
                         self.alloc_tables(&mut spare[..need])?;
                         spares = need;
                     }
                     let new = spare[spares - 1].table;
-                    if self
-                        .cas(table, idx, pte, self.fmt.encode_table(new, lvl))
-                        .is_ok()
-                    {
+                    let Some(desc) = self.table_descriptor(new, lvl) else {
+                        break Err(PgtableError::NoMemory);
+                    };
+                    if self.cas(table, idx, pte, desc).is_ok() {
                         spares -= 1;
                         table = new;
                         lvl += 1;
@@ -644,7 +802,7 @@ impl<F: Format, M: TableMemory> IoPageTable<F, M> {
         pgcount: usize,
         gather: &mut IotlbGather,
     ) -> Unmapped {
-        let Some(level) = self.geo.leaf_level_for(pgsize) else {
+        let Some(level) = self.walk.leaf_level_for(pgsize) else {
             return Unmapped::NOTHING;
         };
         if pgcount == 0 || !iova.is_aligned(pgsize) || !self.geo.input_fits(iova.raw(), pgsize) {
@@ -653,15 +811,15 @@ impl<F: Format, M: TableMemory> IoPageTable<F, M> {
         let mut table = self.root;
         let mut parent: Option<(PhysAddr, usize)> = None;
         for lvl in 0..level {
-            let idx = self.geo.index(iova.raw(), lvl);
+            let idx = self.walk.index(iova.raw(), lvl);
             let pte = self.load(table, idx);
-            match self.fmt.decode(pte, lvl) {
-                Pte::Table(next) => {
+            match self.table_below(pte, lvl) {
+                Ok(next) => {
                     parent = Some((table, idx));
                     table = next;
                 }
-                Pte::Invalid => return Unmapped::NOTHING,
-                Pte::Leaf { .. } => {
+                Err(Pte::Invalid | Pte::Table(_)) => return Unmapped::NOTHING,
+                Err(Pte::Leaf { .. }) => {
                     if self.cas(table, idx, pte, 0).is_err() {
                         return Unmapped::NOTHING; // someone else unmapped it first
                     }
@@ -672,7 +830,7 @@ impl<F: Format, M: TableMemory> IoPageTable<F, M> {
                 }
             }
         }
-        let first = self.geo.index(iova.raw(), level);
+        let first = self.walk.index(iova.raw(), level);
         let n = pgcount.min(self.geo.entries(level) - first);
         let mut done = 0usize;
         for i in first..first + n {
@@ -715,22 +873,30 @@ impl<F: Format, M: TableMemory> IoPageTable<F, M> {
     // building a `Mapping` out of line costs it about 25% (measured).
     #[inline]
     pub fn iova_to_phys(&self, iova: Iova) -> Option<PhysAddr> {
-        if !self.geo.input_fits(iova.raw(), 1) {
+        let va = iova.raw();
+        if !self.geo.input_fits(va, 1) {
             return None;
         }
+        let last = self.geo.levels - 1;
         let mut table = self.root;
-        for lvl in 0..self.geo.levels {
-            let idx = self.geo.index(iova.raw(), lvl);
-            match self.fmt.decode(self.load(table, idx), lvl) {
-                Pte::Invalid => return None,
-                Pte::Table(next) => table = next,
-                Pte::Leaf { pa, .. } => {
-                    let mask = self.geo.entry_size(lvl) - 1;
-                    return Some(PhysAddr::new(pa.raw() + (iova.raw() & mask)));
-                }
+        let mut lvl = 0;
+        let leaf = loop {
+            let pte = self.load(table, self.walk.index(va, lvl));
+            if lvl == last {
+                break self.fmt.decode(pte, lvl);
             }
+            match self.table_below(pte, lvl) {
+                Ok(next) => table = next,
+                Err(other) => break other,
+            }
+            lvl += 1;
+        };
+        match leaf {
+            Pte::Leaf { pa, .. } => {
+                Some(PhysAddr::new(pa.raw() + (va & self.walk.offset_mask(lvl))))
+            }
+            _ => None,
         }
-        None
     }
 
     /// The leaf mapping `iova`, if any.
@@ -745,9 +911,14 @@ impl<F: Format, M: TableMemory> IoPageTable<F, M> {
         }
         let mut table = self.root;
         for lvl in 0..self.geo.levels {
-            let idx = self.geo.index(iova.raw(), lvl);
+            let idx = self.walk.index(iova.raw(), lvl);
             let pte = self.load(table, idx);
-            match self.fmt.decode(pte, lvl) {
+            let decoded = if lvl + 1 < self.geo.levels {
+                self.table_below(pte, lvl).map_or_else(|p| p, Pte::Table)
+            } else {
+                self.fmt.decode(pte, lvl)
+            };
+            match decoded {
                 Pte::Invalid => return None,
                 Pte::Table(next) => table = next,
                 Pte::Leaf { pa, prot } => {

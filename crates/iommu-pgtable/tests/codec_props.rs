@@ -1,6 +1,6 @@
 //! The walker's shortcuts must agree with the full codec, for every format:
-//! `kind` with `decode` on any 64-bit value, and `leaf_step` with encoding
-//! each leaf of a run.
+//! `kind` with `decode` on any 64-bit value, `table_bits` with `kind` and
+//! `encode_table`, and `leaf_step` with encoding each leaf of a run.
 
 use iommu_pgtable::amd::AmdV1;
 use iommu_pgtable::lpae::{Granule, Lpae, LpaeConfig, LpaeQuirks, Stage};
@@ -81,12 +81,33 @@ proptest! {
         let size = geo.entry_size(level);
         let prot = Prot::from_bits_truncate(bits) | Prot::READ;
         let pa = PhysAddr::new(page * size % (1u64 << geo.oas.min(52)));
+        // The walker asks only about runs inside the output space.
+        prop_assume!(geo.output_fits(pa.raw(), size * count as u64));
         if let Some(step) = f.leaf_step(pa, size, count) {
             let first = f.encode_leaf(pa, level, prot);
             for k in [1u64, count as u64 / 2, count as u64 - 1] {
                 let direct = f.encode_leaf(pa.wrapping_add(k * size), level, prot);
                 prop_assert_eq!(first.wrapping_add(k * step), direct, "{} k {}", f.name(), k);
             }
+        }
+    }
+
+    #[test]
+    fn table_bits_agree_with_kind_and_encode_table(pte in any::<u64>(), low in 0u64..0x1000, frame in any::<u64>(), pick in any::<prop::sample::Index>()) {
+        let fmts = formats();
+        let f = &fmts[pick.index(fmts.len())];
+        let geo = *f.geometry();
+        for level in 0..geo.levels - 1 {
+            let Some(bits) = f.table_bits(level) else { continue };
+            for pte in [pte, (pte & !0xfff) | low] {
+                let is_table = pte & bits.type_mask == bits.type_bits;
+                prop_assert_eq!(is_table, f.kind(pte, level) == PteKind::Table, "{} level {} pte {:#x}", f.name(), level, pte);
+            }
+            // Any table address the format can hold: aligned to a granule, inside the output space.
+            let t = PhysAddr::new((frame << geo.granule_shift) % (1u64 << geo.oas.min(63)));
+            let desc = f.encode_table(t, level);
+            prop_assert_eq!(desc, t.raw().wrapping_add(bits.tag), "{} level {}", f.name(), level);
+            prop_assert_eq!(f.decode(desc, level), Pte::Table(t));
         }
     }
 }

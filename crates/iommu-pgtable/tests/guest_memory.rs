@@ -106,3 +106,23 @@ fn a_region_outside_guest_memory_allocates_nothing() {
         PgtableError::NoMemory
     );
 }
+
+#[test]
+fn a_table_address_no_descriptor_can_hold_is_out_of_memory() {
+    // Table memory above 2^48: LPAE's 4 KiB-granule descriptors hold only
+    // bits [47:12], so a table there could never be pointed at. The root
+    // is never written into a descriptor; the first table below it would be.
+    const HIGH: u64 = 1 << 48;
+    let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(HIGH), 0x10_0000)]).unwrap();
+    let tables = GuestTableMemory::new(mem, HIGH, 0x10_0000);
+    let pt = IoPageTable::new(Lpae::stage1_4k(48, 48).unwrap(), &tables).unwrap();
+    let before = tables.table_pages();
+    assert_eq!(
+        pt.map_pages(Iova::new(0x1000), PhysAddr::new(0x8000), SZ_4K, 1, Prot::RW),
+        Err(PgtableError::NoMemory)
+    );
+    assert_eq!(pt.iova_to_phys(Iova::new(0x1000)), None);
+    assert!(pt.walk(Iova::ZERO, u64::MAX).is_empty());
+    // The tables it allocated for the walk went back.
+    assert_eq!(tables.table_pages(), before);
+}
