@@ -12,6 +12,34 @@ pub trait CpuId: Send + Sync {
     /// The CPU the caller runs on. Values at or above `nr_cpus` are reduced
     /// modulo it, so a sloppy source costs speed, never correctness.
     fn current(&self) -> usize;
+
+    /// The caller's CPU when nobody else can be running as that CPU until
+    /// the caller's current call returns (a kernel with preemption off; a
+    /// thread holding a slot of its own), else `None`, the default.
+    ///
+    /// It lets the allocator keep one range per CPU and size class that
+    /// only that CPU touches, with plain loads and stores instead of a lock
+    /// (as SLUB's per-CPU free lists skip the bus lock). Claiming
+    /// exclusivity that does not hold is a logic error that can hand one
+    /// range out twice; it cannot break memory safety (the slots are
+    /// atomics).
+    fn current_exclusive(&self) -> Option<usize> {
+        None
+    }
+
+    /// Runs `f` as CPU `cpu`, exclusively, if that can be arranged now: the
+    /// caller is `cpu` ([`current_exclusive`](Self::current_exclusive)), or
+    /// nobody runs as `cpu` and nobody can start to until `f` returns (an
+    /// offline CPU; a thread slot nobody holds). Returns whether `f` ran.
+    /// The allocator uses it to take back the hot ranges of CPUs that are
+    /// gone. The default runs `f` only for the caller's own CPU.
+    fn with_exclusive(&self, cpu: usize, f: &mut dyn FnMut()) -> bool {
+        if self.current_exclusive() == Some(cpu) {
+            f();
+            return true;
+        }
+        false
+    }
 }
 
 /// One CPU: every caller shares shard 0 (single-threaded kernels, tests).
@@ -99,9 +127,51 @@ mod thread {
         fn nr_cpus(&self) -> usize {
             self.nr
         }
+        /// A thread's slot is its own while it lives (slots are taken with
+        /// a compare-and-exchange and given back at exit), so a thread whose
+        /// slot is below the shard count is the only one on that shard.
+        #[inline]
+        fn current_exclusive(&self) -> Option<usize> {
+            let slot = SLOT.with(|s| s.0);
+            // Overflow ids are never given back, so their shards could not
+            // be taken over when the thread is gone: they use the locks.
+            (slot < self.nr && slot < SLOTS).then_some(slot)
+        }
+
+        /// A slot nobody holds is taken for the duration of `f`, so no
+        /// thread can start running as it meanwhile.
+        fn with_exclusive(&self, cpu: usize, f: &mut dyn FnMut()) -> bool {
+            if self.current_exclusive() == Some(cpu) {
+                f();
+                return true;
+            }
+            if cpu >= self.nr {
+                return false;
+            }
+            let Some(taken) = TAKEN.get(cpu) else {
+                return false;
+            };
+            if taken
+                .compare_exchange(false, true, Ordering::AcqRel, Ordering::Relaxed)
+                .is_err()
+            {
+                return false;
+            }
+            f();
+            taken.store(false, Ordering::Release);
+            true
+        }
+
         #[inline]
         fn current(&self) -> usize {
-            SLOT.with(|s| s.0) % self.nr
+            let slot = SLOT.with(|s| s.0);
+            // Slots are dense, so the division is for the rare thread past
+            // the shard count.
+            if slot < self.nr {
+                slot
+            } else {
+                slot % self.nr
+            }
         }
     }
 }
@@ -116,6 +186,12 @@ impl<T: CpuId + ?Sized> CpuId for &T {
     fn current(&self) -> usize {
         (**self).current()
     }
+    fn current_exclusive(&self) -> Option<usize> {
+        (**self).current_exclusive()
+    }
+    fn with_exclusive(&self, cpu: usize, f: &mut dyn FnMut()) -> bool {
+        (**self).with_exclusive(cpu, f)
+    }
 }
 
 impl<T: CpuId + ?Sized> CpuId for alloc::sync::Arc<T> {
@@ -124,5 +200,11 @@ impl<T: CpuId + ?Sized> CpuId for alloc::sync::Arc<T> {
     }
     fn current(&self) -> usize {
         (**self).current()
+    }
+    fn current_exclusive(&self) -> Option<usize> {
+        (**self).current_exclusive()
+    }
+    fn with_exclusive(&self, cpu: usize, f: &mut dyn FnMut()) -> bool {
+        (**self).with_exclusive(cpu, f)
     }
 }

@@ -242,7 +242,14 @@ impl<C: CpuId> IovaDomain<C> {
         if class < CACHE_CLASSES {
             // `limit_pfn` is inclusive and may be `u64::MAX` ("no limit").
             if let Some(max_start) = limit_pfn.checked_sub(size - 1) {
-                if let Some(pfn) = self.rcaches.get(self.cpu.current(), class, max_start) {
+                let exclusive = self.cpu.current_exclusive();
+                if let Some(cpu) = exclusive {
+                    if let Some(pfn) = self.rcaches.take_hot(cpu, class, max_start) {
+                        return Ok(pfn);
+                    }
+                }
+                let cpu = exclusive.unwrap_or_else(|| self.cpu.current());
+                if let Some(pfn) = self.rcaches.get(cpu, class, max_start) {
                     return Ok(pfn);
                 }
             }
@@ -300,7 +307,10 @@ impl<C: CpuId> IovaDomain<C> {
     /// for a range that cannot be one `alloc_fast` gave out. Nothing changes
     /// then.
     pub fn free_fast(&self, pfn: u64, size: u64) -> Result<(), IovaError> {
-        self.free_fast_on(self.cpu.current(), pfn, size)
+        match self.cpu.current_exclusive() {
+            Some(cpu) => self.free_fast_to(cpu, true, pfn, size),
+            None => self.free_fast_to(self.cpu.current(), false, pfn, size),
+        }
     }
 
     /// [`free_fast`](Self::free_fast) into the cache of CPU `cpu` (reduced
@@ -311,6 +321,19 @@ impl<C: CpuId> IovaDomain<C> {
     /// # Errors
     /// As [`free_fast`](Self::free_fast).
     pub fn free_fast_on(&self, cpu: usize, pfn: u64, size: u64) -> Result<(), IovaError> {
+        self.free_fast_to(cpu, false, pfn, size)
+    }
+
+    /// Frees into CPU `cpu`'s caches; its hot slot too when `exclusive`
+    /// (the caller runs exclusively as `cpu`).
+    #[inline]
+    fn free_fast_to(
+        &self,
+        cpu: usize,
+        exclusive: bool,
+        pfn: u64,
+        size: u64,
+    ) -> Result<(), IovaError> {
         if size == 0 {
             return Err(IovaError::InvalidSize);
         }
@@ -337,6 +360,9 @@ impl<C: CpuId> IovaDomain<C> {
                         );
                         return Err(IovaError::NotAllocated);
                     }
+                }
+                if exclusive && self.rcaches.put_hot(cpu, class, pfn) {
+                    return Ok(());
                 }
                 if let Some(mag) = self.rcaches.insert(cpu, class, pfn) {
                     let mut tree = self.tree.lock();
@@ -366,11 +392,19 @@ impl<C: CpuId> IovaDomain<C> {
 
     /// Returns every cached range to the tree (Linux's
     /// `free_cpu_cached_iovas` on every CPU plus `free_global_cached_iovas`).
+    ///
+    /// A CPU's hot ranges (one per size class, see
+    /// [`CpuId::current_exclusive`]) come back when the caller is that CPU
+    /// or the CPU is gone ([`CpuId::with_exclusive`]); a CPU running
+    /// elsewhere keeps its own, and hands them out next.
     pub fn flush_caches(&self) {
         let mut tree = self.tree.lock();
-        self.rcaches.drain(|p| {
-            tree.free_exact(p);
-        });
+        self.rcaches.drain(
+            |cpu, f| self.cpu.with_exclusive(cpu, f),
+            |p| {
+                tree.free_exact(p);
+            },
+        );
     }
 
     /// How many ranges the tree and the caches hold.

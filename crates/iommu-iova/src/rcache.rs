@@ -15,7 +15,7 @@
 
 use alloc::boxed::Box;
 use alloc::vec::Vec;
-use core::sync::atomic::{AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use spin::Mutex;
 
 /// Ranges per magazine: with the length word, a magazine is 1 KiB.
@@ -47,7 +47,15 @@ impl Magazine {
     /// Pops the newest range starting at or below `max_start`; older ones are
     /// searched only when the newest does not fit, as the tree is the better
     /// place for a request no cached range satisfies.
+    #[inline]
     fn pop(&mut self, max_start: u64) -> Option<u64> {
+        // The newest fits nearly always (limits rarely differ in a domain).
+        if let Some(&top) = self.pfns[..self.len].last() {
+            if top <= max_start {
+                self.len -= 1;
+                return Some(top);
+            }
+        }
         let i = self.pfns[..self.len]
             .iter()
             .rposition(|&p| p <= max_start)?;
@@ -73,9 +81,18 @@ struct CpuRcache {
     prev: Box<Magazine>,
 }
 
+/// An empty hot slot (no frame number is this large: granules are at least
+/// 512 bytes).
+const NO_RANGE: u64 = u64::MAX;
+
 /// One CPU's caches, on their own cache lines so CPUs never share one.
 #[repr(align(128))]
 struct PerCpu {
+    /// One range per class that only the CPU itself touches, and only while
+    /// it runs exclusively ([`CpuId::current_exclusive`](crate::CpuId)):
+    /// plain loads and stores, no lock. Other CPUs read it (to answer
+    /// "is it cached?") but never write it.
+    hot: [AtomicU64; CACHE_CLASSES],
     classes: [Mutex<CpuRcache>; CACHE_CLASSES],
     /// Ranges each class holds, written under its lock and read without
     /// it, so the slow path's "is it cached?" skips empty caches unlocked.
@@ -103,6 +120,7 @@ impl Rcaches {
     pub(crate) fn new(nr_cpus: usize) -> Self {
         let cpus = (0..nr_cpus.max(1))
             .map(|_| PerCpu {
+                hot: core::array::from_fn(|_| AtomicU64::new(NO_RANGE)),
                 classes: core::array::from_fn(|_| {
                     Mutex::new(CpuRcache {
                         loaded: Magazine::new(),
@@ -120,11 +138,45 @@ impl Rcaches {
         }
     }
 
+    #[inline]
     fn cpu(&self, cpu: usize) -> &PerCpu {
-        &self.cpus[cpu % self.cpus.len()]
+        // In range but for a sloppy `CpuId`: no division on the hot path.
+        match self.cpus.get(cpu) {
+            Some(c) => c,
+            None => &self.cpus[cpu % self.cpus.len()],
+        }
+    }
+
+    /// Takes the hot range of `class` of CPU `cpu` if it starts at or below
+    /// `max_start`. Only the CPU itself may call it, running exclusively.
+    #[inline]
+    pub(crate) fn take_hot(&self, cpu: usize, class: usize, max_start: u64) -> Option<u64> {
+        let slot = &self.cpus.get(cpu)?.hot[class];
+        let pfn = slot.load(Ordering::Relaxed);
+        if pfn == NO_RANGE || pfn > max_start {
+            return None;
+        }
+        slot.store(NO_RANGE, Ordering::Relaxed);
+        Some(pfn)
+    }
+
+    /// Makes `pfn` the hot range of `class` of CPU `cpu` if that slot is
+    /// empty. Only the CPU itself may call it, running exclusively.
+    #[inline]
+    pub(crate) fn put_hot(&self, cpu: usize, class: usize, pfn: u64) -> bool {
+        let Some(this) = self.cpus.get(cpu) else {
+            return false;
+        };
+        let slot = &this.hot[class];
+        if slot.load(Ordering::Relaxed) != NO_RANGE {
+            return false;
+        }
+        slot.store(pfn, Ordering::Relaxed);
+        true
     }
 
     /// A cached range of `class` starting at or below `max_start`.
+    #[inline]
     pub(crate) fn get(&self, cpu: usize, class: usize, max_start: u64) -> Option<u64> {
         let this = self.cpu(cpu);
         let mut c = this.classes[class].lock();
@@ -147,6 +199,7 @@ impl Rcaches {
 
     /// Caches a freed range. Returns a full magazine the depot no longer
     /// wants; its ranges must go back to the tree.
+    #[inline]
     pub(crate) fn insert(&self, cpu: usize, class: usize, pfn: u64) -> Option<Box<Magazine>> {
         let mut trimmed = None;
         let this = self.cpu(cpu);
@@ -175,6 +228,9 @@ impl Rcaches {
     /// Caches that hold nothing are skipped without taking their locks.
     pub(crate) fn contains(&self, class: usize, pfn: u64) -> bool {
         let in_cpus = self.cpus.iter().any(|cpu| {
+            if cpu.hot[class].load(Ordering::Relaxed) == pfn {
+                return true;
+            }
             if cpu.held[class].load(Ordering::Relaxed) == 0 {
                 return false;
             }
@@ -189,8 +245,33 @@ impl Rcaches {
                     .any(|m| m.pfns().contains(&pfn)))
     }
 
-    /// Empties every cache, handing each cached range to `free`.
-    pub(crate) fn drain(&self, mut free: impl FnMut(u64)) {
+    /// Empties every cache, handing each cached range to `free`. A CPU's
+    /// hot ranges are taken only where `as_cpu(cpu, f)` runs `f` as that
+    /// CPU, exclusively ([`CpuId::with_exclusive`](crate::CpuId)); a CPU
+    /// running elsewhere keeps them.
+    pub(crate) fn drain(
+        &self,
+        mut as_cpu: impl FnMut(usize, &mut dyn FnMut()) -> bool,
+        mut free: impl FnMut(u64),
+    ) {
+        for (i, this) in self.cpus.iter().enumerate() {
+            if this
+                .hot
+                .iter()
+                .all(|h| h.load(Ordering::Relaxed) == NO_RANGE)
+            {
+                continue;
+            }
+            as_cpu(i, &mut || {
+                for slot in &this.hot {
+                    let pfn = slot.load(Ordering::Relaxed);
+                    if pfn != NO_RANGE {
+                        slot.store(NO_RANGE, Ordering::Relaxed);
+                        free(pfn);
+                    }
+                }
+            });
+        }
         for class in 0..CACHE_CLASSES {
             for cpu in self.cpus.iter() {
                 let mut guard = cpu.classes[class].lock();
@@ -219,6 +300,7 @@ impl Rcaches {
             for cpu in self.cpus.iter() {
                 let c = cpu.classes[class].lock();
                 n += c.loaded.len + c.prev.len;
+                n += usize::from(cpu.hot[class].load(Ordering::Relaxed) != NO_RANGE);
             }
             n += self.depots[class].lock().len() * MAG_SIZE;
         }
@@ -255,7 +337,7 @@ mod tests {
         assert_eq!(trimmed.len(), MAG_SIZE);
         assert_eq!(r.cached() + trimmed.len(), n);
         let mut drained = 0;
-        r.drain(|_| drained += 1);
+        r.drain(|_, _| false, |_| drained += 1);
         assert_eq!(drained + trimmed.len(), n);
         assert_eq!(r.cached(), 0);
     }

@@ -67,3 +67,34 @@ fn threads_never_share_a_frame_and_freed_frames_return() {
     }
     assert_eq!(n, 4095);
 }
+
+#[test]
+fn a_hot_range_is_cached_for_the_slow_path_and_comes_back_when_its_thread_is_gone() {
+    // A thread of its own slot keeps its last freed range per size class
+    // without a lock; to everyone else it is cached, not free.
+    let iovad = Arc::new(IovaDomain::new(4096, 1, ThreadCpu::new(64)).unwrap());
+    let limit = iovad.dma_32bit_pfn() - 1;
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    let worker = {
+        let iovad = iovad.clone();
+        std::thread::spawn(move || {
+            let pfn = iovad.alloc_fast(1, limit, false).unwrap();
+            iovad.free_fast(pfn, 1).unwrap();
+            tx.send(pfn).unwrap();
+            done_rx.recv().unwrap();
+        })
+    };
+    let pfn = rx.recv().unwrap();
+    assert!(iovad.find(pfn).is_some(), "still allocated in the tree");
+    assert_eq!(iovad.free(pfn), Err(iommu_iova::IovaError::NotAllocated));
+    // The worker is alive: its hot range stays with it.
+    iovad.flush_caches();
+    assert!(iovad.find(pfn).is_some());
+    done_tx.send(()).unwrap();
+    worker.join().unwrap();
+    // Gone: the flush takes its slot for a moment and returns the range.
+    iovad.flush_caches();
+    assert_eq!(iovad.find(pfn), None);
+    assert_eq!(iovad.stats().cached, 0);
+}
