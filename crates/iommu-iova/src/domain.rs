@@ -175,13 +175,13 @@ impl<C: CpuId> IovaDomain<C> {
     /// the range is in a cache.
     pub fn free(&self, pfn: u64) -> Result<IovaRange, IovaError> {
         let mut tree = self.tree.lock();
-        let range = tree.find(pfn).ok_or(IovaError::NotAllocated)?;
+        let (node, range) = tree.find_ref(pfn).ok_or(IovaError::NotAllocated)?;
         if let Some(class) = cache_class(range.size()) {
             if self.rcaches.contains(class, range.pfn_lo) {
                 return Err(IovaError::NotAllocated);
             }
         }
-        tree.remove(range);
+        tree.remove(node);
         Ok(range)
     }
 
@@ -213,6 +213,8 @@ impl<C: CpuId> IovaDomain<C> {
                 return Err(IovaError::Overlap);
             }
         }
+        // Room for every node first, so that none of them can fail half-way.
+        tree.reserve_nodes(ranges.len())?;
         for &(lo, hi) in ranges {
             tree.reserve(lo, hi)?;
         }
@@ -374,9 +376,9 @@ impl<C: CpuId> IovaDomain<C> {
             }
             None => {
                 let mut tree = self.tree.lock();
-                match tree.find(pfn) {
-                    Some(r) if r.pfn_lo == pfn && r.size() == rounded => {
-                        tree.remove(r);
+                match tree.find_ref(pfn) {
+                    Some((node, r)) if r.pfn_lo == pfn && r.size() == rounded => {
+                        tree.remove(node);
                         Ok(())
                     }
                     _ => Err(IovaError::NotAllocated),
