@@ -417,6 +417,12 @@ impl<C: CpuId> IovaDomain<C> {
         }
     }
 
+    /// Checks the tree's structure (see `IovaTree::check_invariants`).
+    #[cfg(feature = "test-utils")]
+    pub fn check_invariants(&self) {
+        self.tree.lock().check_invariants();
+    }
+
     /// Every tree range in address order, with whether it is reserved.
     pub fn ranges(&self) -> alloc::vec::Vec<(IovaRange, bool)> {
         self.tree.lock().ranges().collect()

@@ -244,6 +244,7 @@ impl IovaTree {
     /// The highest aligned start of `size` free frames in `[low, high)`,
     /// looking down from `node` (the last node starting below `high`), with
     /// the node the new range goes after.
+    #[inline(always)]
     fn search(
         &self,
         mut high: u64,
@@ -322,7 +323,8 @@ impl IovaTree {
         let Node { pfn_lo, pfn_hi, .. } = *self.node(i);
         // Keep the cached search points valid (they must name live nodes):
         // a freed range at or above a cached point moves it to the next node up.
-        let next_up = self.next(i);
+        // (The last node's "next" is known without climbing to the root.)
+        let next_up = if i == self.last { NIL } else { self.next(i) };
         let c32 = self.cached32;
         if c32 != NIL
             && (c32 == i || (pfn_hi < self.dma_32bit_pfn && pfn_lo >= self.node(c32).pfn_lo))
