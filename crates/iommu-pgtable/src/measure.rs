@@ -240,3 +240,27 @@ pub fn table_bytes_per_4k_page<F: Format, M: TableMemory>(
     let bytes = (pt.table_pages() - before) as f64 * pt.geometry().table_bytes(1) as f64;
     Some(bytes / (done / PAGE) as f64)
 }
+
+/// Table pages a fresh table of `fmt` holds after `rounds` rounds of "map
+/// 4 KiB at `base`, unmap it, map a 2 MiB block there, unmap it", each
+/// unmap followed by its sync: what a block replacing an emptied table
+/// costs in table memory over time (it must not grow with the rounds).
+/// `None` when the format lacks the two sizes.
+pub fn table_pages_after_rounds<F: Format, M: TableMemory>(
+    fmt: F,
+    mem: M,
+    base: u64,
+    rounds: u64,
+) -> Option<usize> {
+    let pt = IoPageTable::new(fmt, mem).ok()?;
+    check(&pt).ok()?;
+    for _ in 0..rounds {
+        pt.map_pages(Iova::new(base), PhysAddr::new(0), PAGE, 1, Prot::RW)
+            .ok()?;
+        unmap(&pt, base, PAGE, 1);
+        pt.map_pages(Iova::new(base), PhysAddr::new(0), BLOCK, 1, Prot::RW)
+            .ok()?;
+        unmap(&pt, base, BLOCK, 1);
+    }
+    Some(pt.table_pages())
+}

@@ -12,9 +12,14 @@
 //! - while the table is shared (`&self`) no table page goes back to the
 //!   allocator. Pages an unmap detaches are parked under their gather's token
 //!   and become reusable only when [`IoPageTable::release_gathered`] is called
-//!   after that gather's IOTLB sync. `trim` (exclusive) and drop return pages.
-//!   A reader racing with an unmap of its own range may see stale entries,
-//!   never freed memory.
+//!   after that gather's IOTLB sync. Empty tables a block replaces in
+//!   `map_pages` (which has no gather) are taken up by the next unmap that
+//!   removes something: its gather's range grows to cover them, so the sync
+//!   its caller does anyway releases them too. No page waits for a
+//!   maintenance call, so table memory stays bounded by what the tree needs.
+//!   `trim` (exclusive) and drop return pages to memory. A reader racing
+//!   with an unmap of its own range may see stale entries, never freed
+//!   memory.
 //!
 //! - no path that can run out of memory aborts: table pages come from
 //!   [`TableMemory`] (which may refuse), and the bookkeeping of detached
@@ -72,8 +77,10 @@ impl Spare {
 /// and the lists never allocates (and so never aborts on a full heap).
 #[derive(Debug, Default)]
 struct Parked {
-    /// `(gather token, table)`; token 0 waits for `trim` or drop.
+    /// `(gather token, table)`; token 0 waits for the next unmap's gather.
     pending: Vec<(u64, PhysAddr)>,
+    /// The IOVA span (first and last byte) of the token-0 pages.
+    orphans: Option<(u64, u64)>,
     /// Zeroed pages ready for reuse.
     pool: Vec<PhysAddr>,
     /// Non-root pages this table holds from memory (in the tree, parked or
@@ -253,6 +260,8 @@ pub struct IoPageTable<F: Format, M: TableMemory> {
     reclaim: bool,
     dirty_tracking: AtomicBool,
     parked: spin::Mutex<Parked>,
+    /// Whether token-0 pages wait (read without the lock by every unmap).
+    orphaned: AtomicBool,
 }
 
 impl<F: Format, M: TableMemory> IoPageTable<F, M> {
@@ -279,6 +288,7 @@ impl<F: Format, M: TableMemory> IoPageTable<F, M> {
             reclaim: false,
             dirty_tracking: AtomicBool::new(false),
             parked: spin::Mutex::new(Parked::default()),
+            orphaned: AtomicBool::new(false),
         })
     }
 
@@ -497,6 +507,51 @@ impl<F: Format, M: TableMemory> IoPageTable<F, M> {
         n
     }
 
+    /// Parks the empty subtree at `table` (at `level`), which a block at
+    /// `[iova, iova + size)` replaced, until an unmap's gather takes it up.
+    fn park_orphan(&self, table: PhysAddr, level: usize, iova: u64, size: u64) {
+        let mut parked = self.parked.lock();
+        let mut n = 0u32;
+        self.for_each_table(table, level, &mut |t, _| {
+            push_reserved(&mut parked.pending, (0, t));
+            n += 1;
+        });
+        let last = iova.saturating_add(size - 1);
+        parked.orphans = Some(match parked.orphans {
+            Some((lo, hi)) => (lo.min(iova), hi.max(last)),
+            None => (iova, last),
+        });
+        self.orphaned.store(true, Ordering::Relaxed);
+    }
+
+    /// Hands the pages waiting for a gather to `gather`, whose range grows
+    /// to cover where they were: the caller's sync of it then covers them.
+    #[cold]
+    #[inline(never)]
+    fn adopt_orphans(&self, gather: &mut IotlbGather) {
+        let mut parked = self.parked.lock();
+        let Some((lo, last)) = parked.orphans.take() else {
+            return;
+        };
+        self.orphaned.store(false, Ordering::Relaxed);
+        let token = match gather.token() {
+            0 => NEXT_TOKEN.fetch_add(1, Ordering::Relaxed),
+            t => t,
+        };
+        let mut n = 0u32;
+        for (tok, _) in parked.pending.iter_mut().filter(|(tok, _)| *tok == 0) {
+            *tok = token;
+            n += 1;
+        }
+        drop(parked);
+        for _ in 0..n {
+            gather.note_freed_table(token);
+        }
+        // `last - lo + 1` overflows only for the whole 64-bit space, which
+        // `add_range` clamps anyway.
+        gather.add_range(Iova::new(lo), (last - lo).saturating_add(1));
+    }
+
     /// Parks a subtree until `gather` has been synced.
     fn park_for_gather(&self, table: PhysAddr, level: usize, gather: &mut IotlbGather) {
         let token = match gather.token() {
@@ -536,6 +591,8 @@ impl<F: Format, M: TableMemory> IoPageTable<F, M> {
     pub fn trim(&mut self) {
         let bytes = self.geo.table_bytes(1);
         let parked = self.parked.get_mut();
+        parked.orphans = None;
+        *self.orphaned.get_mut() = false;
         let freed = parked.pending.len() + parked.pool.len();
         for t in parked
             .pending
@@ -597,7 +654,7 @@ impl<F: Format, M: TableMemory> IoPageTable<F, M> {
         let table = self.walk_alloc(iova.raw(), level)?;
         // The common case: every target slot is empty.
         if (first..first + n).any(|i| self.load(table, i) != 0) {
-            return self.map_over(table, first, n, pa, pgsize, level, prot);
+            return self.map_over(table, first, n, iova, pa, pgsize, level, prot);
         }
         let clean = self.dirty_tracking.load(Ordering::Relaxed) && prot.contains(Prot::WRITE);
         let mut leaf = self.leaf_for(pa, level, prot, clean);
@@ -630,6 +687,7 @@ impl<F: Format, M: TableMemory> IoPageTable<F, M> {
         table: PhysAddr,
         first: usize,
         n: usize,
+        iova: Iova,
         pa: PhysAddr,
         pgsize: u64,
         level: usize,
@@ -666,10 +724,10 @@ impl<F: Format, M: TableMemory> IoPageTable<F, M> {
                         self.undo_leaves(table, first, k);
                         return Err(PgtableError::Exists);
                     }
-                    // An empty table a block replaced. No caller's sync covers
-                    // it and hardware may still cache the path through it, so
-                    // it waits for `trim` or drop.
-                    self.park_subtree(t, level + 1, 0);
+                    // An empty table a block replaced. Hardware may still
+                    // cache the path through it and no gather covers it yet,
+                    // so it waits for the next unmap's.
+                    self.park_orphan(t, level + 1, iova.raw() + k as u64 * pgsize, pgsize);
                 }
                 _ => self.store(table, i, leaf),
             }
@@ -826,6 +884,9 @@ impl<F: Format, M: TableMemory> IoPageTable<F, M> {
                     let size = self.geo.entry_size(lvl);
                     let start = Iova::new(iova.raw() & !(size - 1));
                     gather.add_range(start, size);
+                    if self.orphaned.load(Ordering::Relaxed) {
+                        self.adopt_orphans(gather);
+                    }
                     return Unmapped::new(start, size);
                 }
             }
@@ -853,6 +914,9 @@ impl<F: Format, M: TableMemory> IoPageTable<F, M> {
             return Unmapped::NOTHING;
         }
         gather.add_range(iova, bytes);
+        if self.orphaned.load(Ordering::Relaxed) {
+            self.adopt_orphans(gather);
+        }
         // This call emptied a whole table: no other disjoint user can be in it.
         if self.reclaim && done == self.geo.entries(level) {
             if let Some((ptable, pidx)) = parent {
