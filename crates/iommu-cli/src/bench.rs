@@ -7,6 +7,7 @@ use iommu_pgtable::measure::{self, Clock};
 use iommu_pgtable::riscv::{Riscv, RiscvStage};
 use iommu_pgtable::vtd::VtdSl;
 use iommu_pgtable::{Format, HeapMemory, IoPageTable};
+use serde::Serialize;
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
@@ -34,42 +35,80 @@ const BASE: u64 = 1 << 30;
 
 type Workload<F> = fn(&IoPageTable<F, HeapMemory>, u64, u64, Clock<'_>) -> Duration;
 
-/// Mean, standard deviation and minimum of ns per operation.
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
+/// Nanoseconds per operation: the median, the 99th percentile and the
+/// minimum, over `samples` timings. Heavy tails (a preempted sample) move
+/// the p99, not the median, where a mean and standard deviation would both
+/// say little.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
 pub struct Stats {
-    pub(crate) mean: f64,
-    pub(crate) stddev: f64,
+    pub(crate) median: f64,
+    pub(crate) p99: f64,
     pub(crate) min: f64,
+    pub(crate) samples: u64,
 }
 
+impl Stats {
+    /// The statistics of `values` (ns per operation), by nearest rank.
+    pub(crate) fn of(values: &mut [f64]) -> Stats {
+        if values.is_empty() {
+            return Stats::default();
+        }
+        values.sort_by(f64::total_cmp);
+        let rank =
+            |q: f64| values[((q * values.len() as f64).ceil() as usize).clamp(1, values.len()) - 1];
+        Stats {
+            median: rank(0.5),
+            p99: rank(0.99),
+            min: values[0],
+            samples: values.len() as u64,
+        }
+    }
+
+    /// `median (p99)`, as the tables print it.
+    pub(crate) fn cell(&self) -> String {
+        format!("{:.1} ({:.1})", self.median, self.p99)
+    }
+}
+
+/// Rounds of the 4 KiB / 2 MiB table-memory workload whose page count is
+/// reported.
+pub const TABLE_ROUNDS: u64 = 1000;
+
+#[derive(Serialize)]
 struct FormatResult {
-    name: &'static str,
+    format: &'static str,
+    #[serde(serialize_with = "workload_map")]
     workloads: Vec<(&'static str, Stats)>,
     table_bytes_per_4k_page: Option<f64>,
+    /// Table pages after [`TABLE_ROUNDS`] rounds of "map 4 KiB, unmap, map
+    /// a 2 MiB block there, unmap" at one IOVA.
+    table_pages_after_rounds: Option<usize>,
 }
 
-/// Times `f(iters)` (returning the elapsed time of `iters` operations),
-/// doubling `iters` until one run takes long enough, then samples it.
+fn workload_map<S: serde::Serializer>(
+    w: &[(&'static str, Stats)],
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    s.collect_map(w.iter().map(|(k, v)| (k, v)))
+}
+
+/// Times `f(iters)` (returning the elapsed time of `iters` operations):
+/// doubles `iters` until one run takes long enough, then takes many
+/// samples of that length and reports their spread.
 pub(crate) fn sample(mut f: impl FnMut(u64) -> Duration, quick: bool) -> Stats {
-    let target = if quick {
-        Duration::from_millis(2)
+    let (target, samples) = if quick {
+        (Duration::from_micros(200), 10)
     } else {
-        Duration::from_millis(20)
+        (Duration::from_millis(1), 200)
     };
     let mut iters = 1u64;
     while f(iters) < target && iters < 1 << 30 {
         iters *= 2;
     }
-    let samples: Vec<f64> = (0..if quick { 3 } else { 10 })
+    let mut values: Vec<f64> = (0..samples)
         .map(|_| f(iters).as_nanos() as f64 / iters as f64)
         .collect();
-    let mean = samples.iter().sum::<f64>() / samples.len() as f64;
-    let var = samples.iter().map(|s| (s - mean).powi(2)).sum::<f64>() / samples.len() as f64;
-    Stats {
-        mean,
-        stddev: var.sqrt(),
-        min: samples.iter().copied().fold(f64::INFINITY, f64::min),
-    }
+    Stats::of(&mut values)
 }
 
 fn run_format<F: Format + Clone>(fmt: F, quick: bool) -> Result<FormatResult, String> {
@@ -89,12 +128,22 @@ fn run_format<F: Format + Clone>(fmt: F, quick: bool) -> Result<FormatResult, St
         ("map_1g_as_2m", measure::map_1g_as_2m),
     ];
     Ok(FormatResult {
-        name,
+        format: name,
         workloads: workloads
             .iter()
             .map(|&(w, f)| (w, sample(|n| f(&pt, BASE, n, &now), quick)))
             .collect(),
-        table_bytes_per_4k_page: measure::table_bytes_per_4k_page(fmt, HeapMemory::new(), BASE),
+        table_bytes_per_4k_page: measure::table_bytes_per_4k_page(
+            fmt.clone(),
+            HeapMemory::new(),
+            BASE,
+        ),
+        table_pages_after_rounds: measure::table_pages_after_rounds(
+            fmt,
+            HeapMemory::new(),
+            BASE,
+            TABLE_ROUNDS,
+        ),
     })
 }
 
@@ -124,35 +173,38 @@ fn run_named(name: &str, quick: bool) -> Result<FormatResult, String> {
     }
 }
 
+/// Version of the JSON layout `iommu bench` prints.
+pub const JSON_VERSION: u32 = 2;
+
 fn json(results: &[FormatResult]) -> String {
-    let mut out = String::from(
-        "{\n  \"benchmark\": \"pgtable\",\n  \"unit\": \"ns/op\",\n  \"results\": [\n",
-    );
-    for (i, r) in results.iter().enumerate() {
-        let _ = write!(out, "    {{\"format\": \"{}\", \"workloads\": {{", r.name);
-        for (j, (w, s)) in r.workloads.iter().enumerate() {
-            let sep = if j == 0 { "" } else { ", " };
-            let _ = write!(
-                out,
-                "{sep}\"{w}\": {{\"mean\": {:.3}, \"stddev\": {:.3}, \"min\": {:.3}}}",
-                s.mean, s.stddev, s.min
-            );
-        }
-        let bytes = r
-            .table_bytes_per_4k_page
-            .map_or("null".to_string(), |b| format!("{b:.3}"));
-        let sep = if i + 1 == results.len() { "" } else { "," };
-        let _ = writeln!(out, "}}, \"table_bytes_per_4k_page\": {bytes}}}{sep}");
+    #[derive(Serialize)]
+    struct Report<'a> {
+        version: u32,
+        benchmark: &'static str,
+        unit: &'static str,
+        table_rounds: u64,
+        results: &'a [FormatResult],
     }
-    out.push_str("  ]\n}\n");
+    let report = Report {
+        version: JSON_VERSION,
+        benchmark: "pgtable",
+        unit: "ns/op",
+        table_rounds: TABLE_ROUNDS,
+        results,
+    };
+    let mut out = serde_json::to_string_pretty(&report).expect("plain data serializes");
+    out.push('\n');
     out
 }
 
 fn table(results: &[FormatResult]) -> String {
-    let mut out = String::from("page-table benchmarks (ns per operation, mean ± stddev)\n");
+    let mut out = format!(
+        "page-table benchmarks (ns per operation: median (p99) of the samples;\n\
+         pages: table pages after {TABLE_ROUNDS} rounds of 4K map/unmap, 2M map/unmap at one IOVA)\n"
+    );
     let _ = writeln!(
         out,
-        "{:<17} {:>13} {:>13} {:>15} {:>15} {:>13} {:>15} {:>12}",
+        "{:<15} {:>13} {:>13} {:>15} {:>15} {:>13} {:>15} {:>10} {:>6}",
         "format",
         "map 4K",
         "unmap 4K",
@@ -160,22 +212,25 @@ fn table(results: &[FormatResult]) -> String {
         "unmap 256x4K",
         "iova_to_phys",
         "map 1G as 2M",
-        "B/4K page"
+        "B/4K page",
+        "pages"
     );
     for r in results {
-        let _ = write!(out, "{:<17}", r.name);
+        let _ = write!(out, "{:<15}", r.format);
         for (w, s) in &r.workloads {
             let width = match *w {
                 "map_4k" | "unmap_4k" | "iova_to_phys" => 13,
                 _ => 15,
             };
-            let _ = write!(out, " {:>width$}", format!("{:.1}±{:.1}", s.mean, s.stddev));
+            let _ = write!(out, " {:>width$}", s.cell());
         }
         let _ = writeln!(
             out,
-            " {:>12}",
+            " {:>10} {:>6}",
             r.table_bytes_per_4k_page
-                .map_or("-".into(), |b| format!("{b:.3}"))
+                .map_or("-".into(), |b| format!("{b:.3}")),
+            r.table_pages_after_rounds
+                .map_or("-".into(), |p| p.to_string())
         );
     }
     out

@@ -3,11 +3,12 @@
 //! fixed time, timing map and unmap separately, in strict (DMA) and lazy
 //! (DMA-FQ) domains of the soft IOMMU; plus the IOVA allocator alone.
 
-use crate::bench::{sample, Stats};
+use crate::bench::{sample, Stats, JSON_VERSION};
 use iommu_core::{Bus, DeviceBuilder, Iommu, IommuConfig, PhysAddr};
 use iommu_dma::{DmaDevice, DmaDirection, DmaOptions};
 use iommu_iova::{measure, IovaDomain, ThreadCpu};
 use iommu_soft::SoftIommu;
+use serde::Serialize;
 use std::fmt::Write as _;
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
@@ -36,52 +37,94 @@ impl Default for DmaBenchOptions {
     }
 }
 
-/// Running mean, variance and minimum of per-operation times.
-struct Acc {
+/// Per-operation times in a log-linear histogram: exact below 64 ns, then
+/// 32 buckets per power of two (about 3% wide), so that a thread can record
+/// every operation without allocating and the median and p99 come out of
+/// millions of them.
+struct Histogram {
+    counts: Vec<u64>,
     n: u64,
-    sum: f64,
-    sumsq: f64,
-    min: f64,
+    min: u64,
 }
 
-impl Default for Acc {
+/// Sub-buckets per power of two, as a shift.
+const SUB_BITS: u32 = 5;
+/// Values below this are their own bucket.
+const EXACT: u64 = 2 << SUB_BITS;
+
+impl Default for Histogram {
     fn default() -> Self {
         Self {
+            counts: vec![0; Self::bucket(u64::MAX) + 1],
             n: 0,
-            sum: 0.0,
-            sumsq: 0.0,
-            min: f64::INFINITY,
+            min: u64::MAX,
         }
     }
 }
 
-impl Acc {
-    fn add(&mut self, ns: f64) {
+impl Histogram {
+    fn bucket(ns: u64) -> usize {
+        if ns < EXACT {
+            return ns as usize;
+        }
+        let exp = 63 - ns.leading_zeros(); // >= SUB_BITS + 1
+        let sub = (ns >> (exp - SUB_BITS)) & ((1 << SUB_BITS) - 1);
+        (EXACT + u64::from(exp - SUB_BITS - 1) * (1 << SUB_BITS) + sub) as usize
+    }
+
+    /// The middle of bucket `i`.
+    fn value(i: usize) -> f64 {
+        let i = i as u64;
+        if i < EXACT {
+            return i as f64;
+        }
+        let exp = (i - EXACT) / (1 << SUB_BITS) + u64::from(SUB_BITS) + 1;
+        let sub = (i - EXACT) % (1 << SUB_BITS);
+        let width = 1u64 << (exp - u64::from(SUB_BITS));
+        ((1u64 << exp) + sub * width) as f64 + width as f64 / 2.0
+    }
+
+    fn add(&mut self, ns: u64) {
+        self.counts[Self::bucket(ns)] += 1;
         self.n += 1;
-        self.sum += ns;
-        self.sumsq += ns * ns;
         self.min = self.min.min(ns);
     }
-    fn merge(&mut self, o: &Acc) {
+
+    fn merge(&mut self, o: &Histogram) {
+        for (a, b) in self.counts.iter_mut().zip(&o.counts) {
+            *a += b;
+        }
         self.n += o.n;
-        self.sum += o.sum;
-        self.sumsq += o.sumsq;
         self.min = self.min.min(o.min);
     }
+
+    /// The value at quantile `q`, by nearest rank.
+    fn quantile(&self, q: f64) -> f64 {
+        let rank = ((q * self.n as f64).ceil() as u64).clamp(1, self.n);
+        let mut seen = 0;
+        for (i, &c) in self.counts.iter().enumerate() {
+            seen += c;
+            if seen >= rank {
+                return Self::value(i);
+            }
+        }
+        Self::value(self.counts.len() - 1)
+    }
+
     fn stat(&self) -> Stats {
         if self.n == 0 {
             return Stats::default();
         }
-        let mean = self.sum / self.n as f64;
-        let var = (self.sumsq / self.n as f64 - mean * mean).max(0.0);
         Stats {
-            mean,
-            stddev: var.sqrt(),
-            min: self.min,
+            median: self.quantile(0.5),
+            p99: self.quantile(0.99),
+            min: self.min as f64,
+            samples: self.n,
         }
     }
 }
 
+#[derive(Serialize)]
 struct ModeResult {
     mode: &'static str,
     threads: usize,
@@ -92,6 +135,7 @@ struct ModeResult {
     /// the last thread's end. (Adding per-thread rates would count threads
     /// that ran one after another, on fewer cores than threads, as if they
     /// had run at once.)
+    #[serde(rename = "pairs_per_sec")]
     ops_per_sec: f64,
 }
 
@@ -114,7 +158,7 @@ fn run_mode(strict: bool, threads: usize, dur: Duration) -> Result<ModeResult, S
         .map(|t| {
             let (dma, barrier) = (dma.clone(), barrier.clone());
             std::thread::spawn(
-                move || -> Result<(Acc, Acc, u64, Instant, Instant), String> {
+                move || -> Result<(Histogram, Histogram, u64, Instant, Instant), String> {
                     let pa = PhysAddr::new(0x1_0000_0000 + t as u64 * 0x10_0000);
                     let dir = DmaDirection::Bidirectional;
                     let once = || -> Result<(), String> {
@@ -125,7 +169,7 @@ fn run_mode(strict: bool, threads: usize, dur: Duration) -> Result<ModeResult, S
                         once()?;
                     }
                     barrier.wait();
-                    let (mut map, mut unmap) = (Acc::default(), Acc::default());
+                    let (mut map, mut unmap) = (Histogram::default(), Histogram::default());
                     let start = Instant::now();
                     let mut pairs = 0u64;
                     loop {
@@ -136,8 +180,8 @@ fn run_mode(strict: bool, threads: usize, dur: Duration) -> Result<ModeResult, S
                             dma.unmap_single(a, 0x1000, dir)
                                 .map_err(|e| e.to_string())?;
                             let t2 = Instant::now();
-                            map.add((t1 - t0).as_nanos() as f64);
-                            unmap.add((t2 - t1).as_nanos() as f64);
+                            map.add((t1 - t0).as_nanos() as u64);
+                            unmap.add((t2 - t1).as_nanos() as u64);
                         }
                         pairs += 64;
                         if start.elapsed() >= dur {
@@ -149,7 +193,7 @@ fn run_mode(strict: bool, threads: usize, dur: Duration) -> Result<ModeResult, S
             )
         })
         .collect();
-    let (mut map, mut unmap, mut total) = (Acc::default(), Acc::default(), 0u64);
+    let (mut map, mut unmap, mut total) = (Histogram::default(), Histogram::default(), 0u64);
     let mut window: Option<(Instant, Instant)> = None;
     for h in handles {
         let (m, u, pairs, t0, t1) = h.join().map_err(|_| "a benchmark thread panicked")??;
@@ -240,56 +284,70 @@ fn speedup(r: &Report, mode: &str, threads: usize) -> Option<f64> {
 }
 
 fn json(opts: &DmaBenchOptions, r: &Report) -> String {
-    let mut out = String::from("{\n  \"benchmark\": \"dma\",\n  \"unit\": \"ns/op\",\n");
-    let _ = writeln!(
-        out,
-        "  \"threads\": {},\n  \"seconds\": {},\n  \"granule\": 4096,\n  \"clock_overhead_ns\": {:.1},\n  \"runs\": [",
-        opts.threads, opts.seconds, r.clock_ns
-    );
-    for (i, m) in r.modes.iter().enumerate() {
-        let sep = if i + 1 == r.modes.len() { "" } else { "," };
-        let _ = writeln!(
-            out,
-            "    {{\"mode\": \"{}\", \"threads\": {}, \"map\": {{\"mean\": {:.1}, \"stddev\": {:.1}}}, \"unmap\": {{\"mean\": {:.1}, \"stddev\": {:.1}}}, \"map_unmap_mean\": {:.1}, \"pairs_per_sec\": {:.0}}}{sep}",
-            m.mode, m.threads, m.map.mean, m.map.stddev, m.unmap.mean, m.unmap.stddev,
-            m.map.mean + m.unmap.mean, m.ops_per_sec
-        );
+    #[derive(Serialize)]
+    struct Speedup {
+        strict: Option<f64>,
+        lazy: Option<f64>,
     }
-    out.push_str("  ],\n");
-    let speed = |mode| speedup(r, mode, opts.threads).map_or("null".into(), |s| format!("{s:.2}"));
-    let _ = writeln!(
-        out,
-        "  \"speedup\": {{\"strict\": {}, \"lazy\": {}}},",
-        speed("strict"),
-        speed("lazy")
-    );
-    let _ = writeln!(
-        out,
-        "  \"iova\": {{\"alloc_free_cache_hit\": {{\"mean\": {:.2}, \"stddev\": {:.2}}}, \"alloc_free_tree_50pct_fragmented\": {{\"mean\": {:.2}, \"stddev\": {:.2}}}}}\n}}",
-        r.cache_hit.mean, r.cache_hit.stddev, r.tree.mean, r.tree.stddev
-    );
-    out
+    #[derive(Serialize)]
+    struct Iova {
+        alloc_free_cache_hit: Stats,
+        alloc_free_tree_50pct_fragmented: Stats,
+    }
+    #[derive(Serialize)]
+    struct Out<'a> {
+        version: u32,
+        benchmark: &'static str,
+        unit: &'static str,
+        threads: usize,
+        seconds: f64,
+        granule: u64,
+        clock_overhead_ns: f64,
+        runs: &'a [ModeResult],
+        speedup: Speedup,
+        iova: Iova,
+    }
+    let out = Out {
+        version: JSON_VERSION,
+        benchmark: "dma",
+        unit: "ns/op",
+        threads: opts.threads,
+        seconds: opts.seconds,
+        granule: 4096,
+        clock_overhead_ns: r.clock_ns,
+        runs: &r.modes,
+        speedup: Speedup {
+            strict: speedup(r, "strict", opts.threads),
+            lazy: speedup(r, "lazy", opts.threads),
+        },
+        iova: Iova {
+            alloc_free_cache_hit: r.cache_hit,
+            alloc_free_tree_50pct_fragmented: r.tree,
+        },
+    };
+    let mut s = serde_json::to_string_pretty(&out).expect("plain data serializes");
+    s.push('\n');
+    s
 }
 
 fn table(opts: &DmaBenchOptions, r: &Report) -> String {
     let mut out = format!(
-        "DMA API benchmark: 4 KiB map/unmap per thread, {} s per run (ns per operation, mean ± stddev;\neach timing includes one clock read of {:.1} ns)\n",
+        "DMA API benchmark: 4 KiB map/unmap per thread, {} s per run (ns per operation, median (p99)\nof every operation; each timing includes one clock read of {:.1} ns)\n",
         opts.seconds, r.clock_ns
     );
     let _ = writeln!(
         out,
-        "{:<7} {:>7} {:>14} {:>14} {:>11} {:>14}",
-        "mode", "threads", "map", "unmap", "map+unmap", "pairs/s"
+        "{:<7} {:>7} {:>16} {:>16} {:>14}",
+        "mode", "threads", "map", "unmap", "pairs/s"
     );
     for m in &r.modes {
         let _ = writeln!(
             out,
-            "{:<7} {:>7} {:>14} {:>14} {:>11.1} {:>14.0}",
+            "{:<7} {:>7} {:>16} {:>16} {:>14.0}",
             m.mode,
             m.threads,
-            format!("{:.1}±{:.1}", m.map.mean, m.map.stddev),
-            format!("{:.1}±{:.1}", m.unmap.mean, m.unmap.stddev),
-            m.map.mean + m.unmap.mean,
+            m.map.cell(),
+            m.unmap.cell(),
             m.ops_per_sec
         );
     }
@@ -304,8 +362,48 @@ fn table(opts: &DmaBenchOptions, r: &Report) -> String {
     }
     let _ = writeln!(
         out,
-        "IOVA alloc+free: cache hit {:.1}±{:.1} ns, tree at 50% fragmentation {:.1}±{:.1} ns",
-        r.cache_hit.mean, r.cache_hit.stddev, r.tree.mean, r.tree.stddev
+        "IOVA alloc+free (median (p99) of samples): cache hit {} ns, tree at 50% fragmentation {} ns",
+        r.cache_hit.cell(),
+        r.tree.cell()
     );
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_histogram_keeps_values_to_within_three_percent_and_ranks_them() {
+        for ns in [
+            0u64,
+            1,
+            63,
+            64,
+            65,
+            127,
+            128,
+            1000,
+            123_456,
+            1 << 40,
+            u64::MAX,
+        ] {
+            let v = Histogram::value(Histogram::bucket(ns));
+            let err = (v - ns as f64).abs() / (ns as f64).max(1.0);
+            assert!(err <= 1.0 / 32.0 + 1e-9, "{ns}: {v}");
+        }
+        let mut h = Histogram::default();
+        for ns in 1..=100 {
+            h.add(ns);
+        }
+        let mut tail = Histogram::default();
+        tail.add(1_000_000);
+        h.merge(&tail);
+        let s = h.stat();
+        assert_eq!((s.min, s.samples), (1.0, 101));
+        assert!((50.0..=52.0).contains(&s.median), "{}", s.median);
+        // One huge outlier in 101 moves the p99 (rank 100), not the median.
+        assert!((98.0..=101.0).contains(&s.p99), "{}", s.p99);
+        assert!(Histogram::default().stat() == Stats::default());
+    }
 }
