@@ -41,7 +41,7 @@ impl Drop for DmaCookie {
 impl TimerTarget for DmaCookie {
     fn fire(&self) {
         if let (Some(Some(fq)), Some(domain)) = (self.fq.get(), self.domain.upgrade()) {
-            fq.timeout(&self.iovad, &domain);
+            fq.timeout(&self.iovad, &domain, false);
         }
     }
 }
@@ -204,7 +204,9 @@ impl DmaCookie {
 
     /// Runs the flush queue's timeout now (for tests and shutdown paths).
     pub(crate) fn flush_queue_timeout(&self) {
-        self.fire();
+        if let (Some(Some(fq)), Some(domain)) = (self.fq.get(), self.domain.upgrade()) {
+            fq.timeout(&self.iovad, &domain, true);
+        }
     }
 }
 

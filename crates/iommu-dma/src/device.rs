@@ -187,6 +187,7 @@ impl DmaDevice {
             u64::MAX
         };
         let granule = cookie.iovad.granule();
+        let cookie_cpus = iommu_iova::CpuId::nr_cpus(cookie.iovad.cpu_id());
         Ok(DmaDevice {
             iommu: iommu.clone(),
             dev: dev.clone(),
@@ -209,7 +210,7 @@ impl DmaDevice {
             }),
             arch_sync: opts.arch_sync.clone(),
             memory: opts.memory.clone(),
-            tracker: opts.check_handles.then(Tracker::new),
+            tracker: opts.check_handles.then(|| Tracker::new(cookie_cpus)),
         })
     }
 

@@ -40,7 +40,9 @@ struct Entry {
 }
 
 #[repr(align(128))]
-struct Ring(spin::Mutex<VecDeque<Entry>>);
+struct Ring {
+    entries: spin::Mutex<VecDeque<Entry>>,
+}
 
 /// Counts describing a flush queue.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -69,7 +71,9 @@ impl FlushQueue {
     pub(crate) fn new(nr_cpus: usize, size: usize, timeout: Duration, timer: Arc<Timer>) -> Self {
         Self {
             rings: (0..nr_cpus.max(1))
-                .map(|_| Ring(spin::Mutex::new(VecDeque::with_capacity(size))))
+                .map(|_| Ring {
+                    entries: spin::Mutex::new(VecDeque::with_capacity(size)),
+                })
                 .collect(),
             size: size.max(1),
             timeout,
@@ -117,7 +121,7 @@ impl FlushQueue {
         gather: IotlbGather,
     ) {
         let cpu = iovad.cpu_id().current() % self.rings.len();
-        let mut ring = self.rings[cpu].0.lock();
+        let mut ring = self.rings[cpu].entries.lock();
         // Entries another CPU's flush already covered make room first.
         self.free_done(cpu, &mut ring, iovad, domain);
         if ring.len() >= self.size {
@@ -137,25 +141,45 @@ impl FlushQueue {
         }
     }
 
-    /// What the timer does (Linux's `fq_flush_timeout`): one flush-all, then
-    /// every entry of every CPU is freed.
-    pub(crate) fn timeout(&self, iovad: &IovaDomain<ThreadCpu>, domain: &Domain) {
+    /// What the timer does (Linux's `fq_flush_timeout`): one flush-all,
+    /// then the entries it covers are freed, each ring's into the cache of
+    /// the CPU that used them.
+    ///
+    /// A ring its CPU is queueing into at that moment is left to that CPU,
+    /// which frees what a finished flush covers at the start of every
+    /// `queue`: the timer thread never waits for a busy CPU's ring (with
+    /// more threads than cores it would spin on a lock whose holder it had
+    /// preempted). Such a ring has the timer armed again, so its entries are
+    /// freed even if its CPU stops unmapping now. `all` waits for every
+    /// ring (a caller that needs the space back at once).
+    pub(crate) fn timeout(&self, iovad: &IovaDomain<ThreadCpu>, domain: &Domain, all: bool) {
         self.timer_on.store(false, Ordering::Release);
         self.timeout_flushes.fetch_add(1, Ordering::Relaxed);
         self.flush_iotlb(domain);
-        // Each ring's IOVAs go back to the cache of the CPU that used them.
+        let mut left = false;
         for (cpu, ring) in self.rings.iter().enumerate() {
-            self.free_done(cpu, &mut ring.0.lock(), iovad, domain);
+            let entries = if all {
+                Some(ring.entries.lock())
+            } else {
+                ring.entries.try_lock()
+            };
+            match entries {
+                Some(mut e) => self.free_done(cpu, &mut e, iovad, domain),
+                None => left = true,
+            }
+        }
+        if left && !self.timer_on.swap(true, Ordering::AcqRel) {
+            self.timer.arm(self.timeout);
         }
     }
 
     pub(crate) fn has_queued(&self) -> bool {
-        self.rings.iter().any(|r| !r.0.lock().is_empty())
+        self.rings.iter().any(|r| !r.entries.lock().is_empty())
     }
 
     pub(crate) fn stats(&self) -> FqStats {
         FqStats {
-            queued: self.rings.iter().map(|r| r.0.lock().len()).sum(),
+            queued: self.rings.iter().map(|r| r.entries.lock().len()).sum(),
             full_flushes: self.full_flushes.load(Ordering::Relaxed),
             timeout_flushes: self.timeout_flushes.load(Ordering::Relaxed),
         }

@@ -2,6 +2,12 @@
 //! mapping of a device is recorded, so an unmap of an address the device
 //! did not map, or with another size, direction or API, gets a typed error
 //! and changes nothing. Sharded by IOVA so CPUs rarely share a lock.
+//!
+//! Each CPU's IOVAs come in blocks of eight granules (the allocator's
+//! refills), one block to a shard; a CPU in lazy mode keeps several hundred
+//! IOVAs in flight (its flush queue plus its caches), so the shard count
+//! grows with the CPU count to keep two CPUs' blocks on different shards:
+//! 512 per CPU, 128 bytes each (64 KiB per CPU and device), at most 16384.
 
 use crate::{DmaDirection, DmaError};
 use std::collections::HashMap;
@@ -45,25 +51,35 @@ type Map = HashMap<u64, Tracked, BuildHasherDefault<IovaHasher>>;
 #[repr(align(128))]
 struct Shard(spin::Mutex<Map>);
 
-const SHARDS: usize = 64;
+/// Shards per CPU, and the most there are.
+const SHARDS_PER_CPU: usize = 512;
+const MAX_SHARDS: usize = 16384;
 
 pub(crate) struct Tracker {
     shards: Box<[Shard]>,
+    /// Shard count minus one (a power of two).
+    mask: usize,
 }
 
 impl Tracker {
-    pub(crate) fn new() -> Self {
+    pub(crate) fn new(nr_cpus: usize) -> Self {
+        let n = nr_cpus
+            .max(1)
+            .saturating_mul(SHARDS_PER_CPU)
+            .min(MAX_SHARDS)
+            .next_power_of_two();
         Self {
-            shards: (0..SHARDS)
+            shards: (0..n)
                 .map(|_| Shard(spin::Mutex::new(Map::default())))
                 .collect(),
+            mask: n - 1,
         }
     }
 
     /// Eight 4 KiB pages per shard: the IOVA allocator hands each CPU
     /// blocks of that size, so a CPU's mappings mostly stay on its shards.
     fn shard(&self, iova: u64) -> &spin::Mutex<Map> {
-        &self.shards[(iova >> 15) as usize % SHARDS].0
+        &self.shards[(iova >> 15) as usize & self.mask].0
     }
 
     pub(crate) fn insert(&self, iova: u64, t: Tracked) {

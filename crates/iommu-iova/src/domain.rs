@@ -241,19 +241,20 @@ impl<C: CpuId> IovaDomain<C> {
         }
         let size = fast_size(size);
         let class = order_base_2(size) as usize;
-        if class < CACHE_CLASSES {
-            // `limit_pfn` is inclusive and may be `u64::MAX` ("no limit").
-            if let Some(max_start) = limit_pfn.checked_sub(size - 1) {
-                let exclusive = self.cpu.current_exclusive();
-                if let Some(cpu) = exclusive {
-                    if let Some(pfn) = self.rcaches.take_hot(cpu, class, max_start) {
-                        return Ok(pfn);
-                    }
-                }
-                let cpu = exclusive.unwrap_or_else(|| self.cpu.current());
-                if let Some(pfn) = self.rcaches.get(cpu, class, max_start) {
+        // `limit_pfn` is inclusive and may be `u64::MAX` ("no limit").
+        let cached = (class < CACHE_CLASSES)
+            .then(|| limit_pfn.checked_sub(size - 1))
+            .flatten();
+        let exclusive = self.cpu.current_exclusive();
+        let cpu = exclusive.unwrap_or_else(|| self.cpu.current());
+        if let Some(max_start) = cached {
+            if let Some(cpu) = exclusive {
+                if let Some(pfn) = self.rcaches.take_hot(cpu, class, max_start) {
                     return Ok(pfn);
                 }
+            }
+            if let Some(pfn) = self.rcaches.get(cpu, class, max_start, false) {
+                return Ok(pfn);
             }
         }
         let from_tree = || {
@@ -265,7 +266,14 @@ impl<C: CpuId> IovaDomain<C> {
             self.alloc(size, limit_pfn, true)
         };
         match from_tree() {
-            Err(IovaError::NoSpace) if flush_caches => {
+            Err(IovaError::NoSpace) => {
+                // Another CPU's magazines before emptying every cache.
+                if let Some(pfn) = cached.and_then(|m| self.rcaches.get(cpu, class, m, true)) {
+                    return Ok(pfn);
+                }
+                if !flush_caches {
+                    return Err(IovaError::NoSpace);
+                }
                 self.flush_caches();
                 from_tree()
             }

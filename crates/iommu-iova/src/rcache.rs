@@ -105,12 +105,18 @@ impl CpuRcache {
     }
 }
 
+/// Full magazines, each with the CPU that filled it, oldest first.
+type Depot = Vec<(usize, Box<Magazine>)>;
+
 pub(crate) struct Rcaches {
     cpus: Box<[PerCpu]>,
     // Boxed so a magazine moves between a CPU and the depot as a pointer,
-    // not as a 1 KiB copy under the locks.
-    #[allow(clippy::vec_box)]
-    depots: [Mutex<Vec<Box<Magazine>>>; CACHE_CLASSES],
+    // not as a 1 KiB copy under the locks. Each full magazine carries the
+    // CPU that filled it: a CPU takes its own back first, so that after a
+    // flush queue frees a burst of ranges they return to the CPU that used
+    // them, and two CPUs do not end up mapping into the same cache lines of
+    // the page table (nor sharing a DMA-layer shard).
+    depots: [Mutex<Depot>; CACHE_CLASSES],
     /// Magazines each depot holds, as `PerCpu::held`.
     depot_held: [AtomicUsize; CACHE_CLASSES],
     max_depot: usize,
@@ -138,12 +144,14 @@ impl Rcaches {
         }
     }
 
+    /// `cpu` reduced to a shard index: no division on the hot path (a
+    /// `CpuId` out of range is sloppy, and rare).
     #[inline]
-    fn cpu(&self, cpu: usize) -> &PerCpu {
-        // In range but for a sloppy `CpuId`: no division on the hot path.
-        match self.cpus.get(cpu) {
-            Some(c) => c,
-            None => &self.cpus[cpu % self.cpus.len()],
+    fn index(&self, cpu: usize) -> usize {
+        if cpu < self.cpus.len() {
+            cpu
+        } else {
+            cpu % self.cpus.len()
         }
     }
 
@@ -175,10 +183,25 @@ impl Rcaches {
         true
     }
 
-    /// A cached range of `class` starting at or below `max_start`.
+    /// A cached range of `class` starting at or below `max_start`: from the
+    /// CPU's magazines, else from a full magazine of the depot that this
+    /// CPU filled, or any CPU's with `foreign`.
+    ///
+    /// Taking another CPU's magazine is left to when the tree has no room:
+    /// its ranges sit next to ranges that CPU still maps, so two CPUs would
+    /// write the same cache lines of the leaf table (and share the DMA
+    /// layer's shards). A refill from the tree gives this CPU lines of its
+    /// own; the foreign magazine ages out of the depot back to the tree.
     #[inline]
-    pub(crate) fn get(&self, cpu: usize, class: usize, max_start: u64) -> Option<u64> {
-        let this = self.cpu(cpu);
+    pub(crate) fn get(
+        &self,
+        cpu: usize,
+        class: usize,
+        max_start: u64,
+        foreign: bool,
+    ) -> Option<u64> {
+        let cpu = self.index(cpu);
+        let this = &self.cpus[cpu];
         let mut c = this.classes[class].lock();
         if c.loaded.is_empty() {
             if !c.prev.is_empty() {
@@ -186,7 +209,12 @@ impl Rcaches {
                 core::mem::swap(&mut c.loaded, &mut c.prev);
             } else {
                 let mut depot = self.depots[class].lock();
-                let full = depot.pop()?;
+                // This CPU's newest, else (if allowed) anyone's newest.
+                let i = depot
+                    .iter()
+                    .rposition(|(owner, _)| *owner == cpu)
+                    .or_else(|| foreign.then(|| depot.len().checked_sub(1)).flatten())?;
+                let (_, full) = depot.remove(i);
                 self.depot_held[class].store(depot.len(), Ordering::Relaxed);
                 drop(depot);
                 c.loaded = full;
@@ -202,16 +230,17 @@ impl Rcaches {
     #[inline]
     pub(crate) fn insert(&self, cpu: usize, class: usize, pfn: u64) -> Option<Box<Magazine>> {
         let mut trimmed = None;
-        let this = self.cpu(cpu);
+        let cpu = self.index(cpu);
+        let this = &self.cpus[cpu];
         let mut c = this.classes[class].lock();
         if c.loaded.is_full() {
             let c = &mut *c;
             if c.prev.is_full() {
                 let full = core::mem::replace(&mut c.loaded, Magazine::new());
                 let mut depot = self.depots[class].lock();
-                depot.push(full);
+                depot.push((cpu, full));
                 if depot.len() > self.max_depot {
-                    trimmed = Some(depot.remove(0));
+                    trimmed = Some(depot.remove(0).1);
                 }
                 self.depot_held[class].store(depot.len(), Ordering::Relaxed);
             } else {
@@ -242,7 +271,7 @@ impl Rcaches {
                 && self.depots[class]
                     .lock()
                     .iter()
-                    .any(|m| m.pfns().contains(&pfn)))
+                    .any(|(_, m)| m.pfns().contains(&pfn)))
     }
 
     /// Empties every cache, handing each cached range to `free`. A CPU's
@@ -287,7 +316,7 @@ impl Rcaches {
                 self.depot_held[class].store(0, Ordering::Relaxed);
                 core::mem::take(&mut *d)
             };
-            for mag in depot {
+            for (_, mag) in depot {
                 mag.pfns().iter().for_each(|&p| free(p));
             }
         }
@@ -340,5 +369,20 @@ mod tests {
         r.drain(|_, _| false, |_| drained += 1);
         assert_eq!(drained + trimmed.len(), n);
         assert_eq!(r.cached(), 0);
+    }
+
+    #[test]
+    fn a_cpu_takes_its_own_magazines_from_the_depot_and_others_only_when_allowed() {
+        let r = Rcaches::new(2);
+        // CPU 0 fills loaded and prev and parks a third magazine in the depot.
+        for pfn in 0..(MAG_SIZE * 3) as u64 {
+            assert!(r.insert(0, 0, pfn).is_none());
+        }
+        // CPU 1 has nothing of its own: it does not take CPU 0's magazine...
+        assert_eq!(r.get(1, 0, u64::MAX, false), None);
+        // ...unless the tree has no room, and then it may.
+        assert!(r.get(1, 0, u64::MAX, true).is_some());
+        // CPU 0 still has its own loaded and prev magazines.
+        assert!(r.get(0, 0, u64::MAX, false).is_some());
     }
 }
