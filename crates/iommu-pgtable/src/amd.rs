@@ -10,6 +10,13 @@
 //! other sizes, replicated) is not produced and decodes as invalid, as is a
 //! directory entry that skips levels.
 //!
+//! A table starts in paging mode 3 (39-bit addresses, or the largest mode
+//! when that is smaller) and grows a level at a time up to its largest mode
+//! when a higher address is mapped, as Linux's `increase_address_space`
+//! does: the new root's first entry points at the old root, so walks in
+//! flight stay valid. The device table entry must then be given the new
+//! root and mode (`IoPageTable::top`, [`AmdV1::amd_level`]).
+//!
 //! Like Linux, directory entries carry PR|IR|IW and leaves always set FC.
 //! Memory type, execute and privilege live in the device table entry, not
 //! here, so only read and write survive a round trip.
@@ -33,7 +40,8 @@ pub struct AmdV1 {
 }
 
 impl AmdV1 {
-    /// Tables in paging mode `levels` (1..=6) with a 52-bit output.
+    /// Tables that grow up to paging mode `levels` (1..=6), with a 52-bit
+    /// output; a fresh one starts in mode 3 (or `levels`, if smaller).
     ///
     /// # Errors
     /// [`PgtableError::InvalidArgument`] for other modes.
@@ -127,6 +135,10 @@ unsafe impl Format for AmdV1 {
         } else {
             PteKind::Invalid
         }
+    }
+
+    fn initial_root_level(&self) -> usize {
+        self.geo.levels.saturating_sub(3)
     }
 
     #[inline]

@@ -264,6 +264,17 @@ pub unsafe trait Format: Send + Sync {
         }
     }
 
+    /// The level the walk of a fresh table starts at. 0, the default, is a
+    /// table of the full geometry. A higher level makes a fresh table start
+    /// that many levels shorter and grow a level at a time (a new root whose
+    /// first entry is the old one) when an address above what it covers is
+    /// mapped, as Linux's AMD v1 tables do. Descriptors must not depend on
+    /// where the walk starts, and hardware must be told the current root and
+    /// its level ([`IoPageTable::root_level`](crate::IoPageTable::root_level)).
+    fn initial_root_level(&self) -> usize {
+        0
+    }
+
     /// Table descriptors at `level` (a level below the last) as plain bits,
     /// when they are (see [`TableBits`] and the contract above). The
     /// walker then descends through them without calling

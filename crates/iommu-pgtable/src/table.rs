@@ -5,7 +5,8 @@
 //! - a refused `map_pages` writes nothing: every check (alignment, range,
 //!   entries in the way, table memory) happens before the first leaf is
 //!   written, and the tables a walk needs are allocated before any is
-//!   installed;
+//!   installed (a table that grows, see [`Format::initial_root_level`],
+//!   may keep a new, empty root level, as Linux's AMD v1 tables do);
 //! - new tables are installed with compare-and-exchange, so threads mapping
 //!   disjoint ranges may share the path to them;
 //! - a leaf is never split: unmapping part of one removes all of it;
@@ -177,6 +178,9 @@ impl DirtyBitmap {
 /// No leaf level for a page size.
 const NO_LEVEL: u8 = u8::MAX;
 
+/// The bits of the packed root that hold its level.
+const ROOT_LEVEL_MASK: u64 = 63;
+
 /// The geometry's per-level numbers, worked out once, so that the hot paths
 /// neither multiply nor divide (Linux's io-pgtable recomputes them from its
 /// configuration on every use), and the format's table descriptors, so that
@@ -187,6 +191,8 @@ struct Walk {
     shift: [u32; MAX_LEVELS],
     /// Entries minus one, per level.
     index_mask: [u64; MAX_LEVELS],
+    /// log2 of the span of a root at each level (64: the whole space).
+    top_shift: [u32; MAX_LEVELS],
     /// The leaf level of each log2 page size, or [`NO_LEVEL`].
     leaf_level: [u8; 64],
     /// Table descriptors of every level above the last, when the format
@@ -199,12 +205,16 @@ impl Walk {
         let mut w = Walk {
             shift: [0; MAX_LEVELS],
             index_mask: [0; MAX_LEVELS],
+            top_shift: [64; MAX_LEVELS],
             leaf_level: [NO_LEVEL; 64],
             tables: None,
         };
         for l in 0..geo.levels {
             w.shift[l] = geo.entry_shift(l);
             w.index_mask[l] = geo.entries(l) as u64 - 1;
+            if l > 0 {
+                w.top_shift[l] = geo.entry_shift(l) + geo.bits_per_level;
+            }
             if geo.is_leaf_level(l) {
                 w.leaf_level[w.shift[l] as usize] = l as u8;
             }
@@ -228,6 +238,13 @@ impl Walk {
         // A valid geometry keeps every shift below 64, so the wrapping
         // shift is exact (and has no overflow check in debug builds).
         (iova.wrapping_shr(self.shift[level]) & self.index_mask[level]) as usize
+    }
+
+    /// Whether a root at `level` covers every address up to `last`.
+    #[inline(always)]
+    fn covers(&self, level: usize, last: u64) -> bool {
+        let shift = self.top_shift[level];
+        shift >= 64 || last >> shift == 0
     }
 
     /// Bytes one entry at `level` spans, minus one.
@@ -256,7 +273,11 @@ pub struct IoPageTable<F: Format, M: TableMemory> {
     geo: Geometry,
     walk: Walk,
     mem: M,
-    root: PhysAddr,
+    /// The root table and the level it sits at, packed (tables are at
+    /// least 64-byte aligned). It changes only when the table grows (see
+    /// [`Format::initial_root_level`]); the old root stays in the tree, so a
+    /// walk that read the old value is still a walk of this table.
+    root: AtomicU64,
     reclaim: bool,
     dirty_tracking: AtomicBool,
     parked: spin::Mutex<Parked>,
@@ -276,15 +297,24 @@ impl<F: Format, M: TableMemory> IoPageTable<F, M> {
         if !geo.is_valid() {
             return Err(PgtableError::InvalidArgument);
         }
+        let start = fmt.initial_root_level();
+        if start >= geo.levels {
+            return Err(PgtableError::InvalidArgument);
+        }
         let root = mem
-            .alloc_table(geo.table_bytes(0))
+            .alloc_table(geo.table_bytes(start))
             .ok_or(PgtableError::NoMemory)?;
+        if root.raw() & ROOT_LEVEL_MASK != 0 {
+            // SAFETY: fresh from memory and never written into the tree.
+            unsafe { mem.free_table(root, geo.table_bytes(start)) };
+            return Err(PgtableError::NoMemory);
+        }
         Ok(Self {
             walk: Walk::new(&fmt, &geo),
             fmt,
             geo,
             mem,
-            root,
+            root: AtomicU64::new(root.raw() | start as u64),
             reclaim: false,
             dirty_tracking: AtomicBool::new(false),
             parked: spin::Mutex::new(Parked::default()),
@@ -311,9 +341,29 @@ impl<F: Format, M: TableMemory> IoPageTable<F, M> {
         &self.geo
     }
 
-    /// Physical address of the root table (what a context descriptor points at).
+    /// Physical address of the root table (what a context descriptor points
+    /// at). For a format that grows ([`Format::initial_root_level`]) it
+    /// changes when the table grows; read it with
+    /// [`root_level`](Self::root_level) through [`top`](Self::top).
     pub fn root(&self) -> PhysAddr {
-        self.root
+        self.top().0
+    }
+
+    /// The level the root sits at: 0 but for a table that starts short and
+    /// grows (AMD v1: the device table entry's mode is
+    /// `AmdV1::amd_level(root_level)`).
+    pub fn root_level(&self) -> usize {
+        self.top().1
+    }
+
+    /// The root and its level, read together.
+    #[inline(always)]
+    pub fn top(&self) -> (PhysAddr, usize) {
+        let v = self.root.load(Ordering::Acquire);
+        (
+            PhysAddr::new(v & !ROOT_LEVEL_MASK),
+            (v & ROOT_LEVEL_MASK) as usize,
+        )
     }
 
     /// Supported leaf sizes.
@@ -346,11 +396,12 @@ impl<F: Format, M: TableMemory> IoPageTable<F, M> {
     }
 
     fn is_reachable(&self, target: PhysAddr, level: usize) -> bool {
-        if level == 0 {
-            return target == self.root;
+        let (root, start) = self.top();
+        if level <= start {
+            return level == start && target == root;
         }
         let mut found = false;
-        self.for_each_table(self.root, 0, &mut |t, l| found |= l == level && t == target);
+        self.for_each_table(root, start, &mut |t, l| found |= l == level && t == target);
         found
     }
 
@@ -651,6 +702,14 @@ impl<F: Format, M: TableMemory> IoPageTable<F, M> {
         let first = self.walk.index(iova.raw(), level);
         let n = pgcount.min(self.geo.entries(level) - first);
 
+        // Only what this call maps (one last-level table): a root covering
+        // its first page covers the rest, so a root grows only for an
+        // address nothing can be mapped at yet.
+        let (_, start) = self.top();
+        let last = iova.raw() + (pgsize * n as u64 - 1);
+        if start > level || !self.walk.covers(start, last) {
+            self.grow(last, level)?;
+        }
         let table = self.walk_alloc(iova.raw(), level)?;
         // The common case: every target slot is empty.
         if (first..first + n).any(|i| self.load(table, i) != 0) {
@@ -752,12 +811,102 @@ impl<F: Format, M: TableMemory> IoPageTable<F, M> {
         }
     }
 
+    /// Adds levels above the root until it covers every address up to
+    /// `last` and sits at or above `level` (Linux's AMD v1
+    /// `increase_address_space`): each new root holds the old one as its
+    /// first entry and is published with compare-and-exchange, so walks
+    /// that read the old root stay walks of this table.
+    #[cold]
+    #[inline(never)]
+    fn grow(&self, last: u64, level: usize) -> Result<(), PgtableError> {
+        loop {
+            let packed = self.root.load(Ordering::Acquire);
+            let old = PhysAddr::new(packed & !ROOT_LEVEL_MASK);
+            let start = (packed & ROOT_LEVEL_MASK) as usize;
+            if start <= level && self.walk.covers(start, last) {
+                return Ok(());
+            }
+            // A root at level 0 covers the whole input space, and the
+            // caller checked the request fits it.
+            let Some(up) = start.checked_sub(1) else {
+                return Err(PgtableError::OutOfRange);
+            };
+            let Some(desc) = self.table_descriptor(old, up) else {
+                return Err(PgtableError::NoMemory);
+            };
+            // The new root: a level-0 root may be smaller than other tables.
+            let bytes = self.geo.table_bytes(up);
+            let new = if up == 0 {
+                self.own_one_more()?;
+                match self.mem.alloc_table(bytes) {
+                    Some(t) => Spare {
+                        table: t,
+                        pooled: false,
+                    },
+                    None => {
+                        self.parked.lock().owned -= 1;
+                        return Err(PgtableError::NoMemory);
+                    }
+                }
+            } else {
+                let mut spare = [Spare::NONE];
+                self.alloc_tables(&mut spare)?;
+                spare[0]
+            };
+            let abandon = |new: Spare| {
+                self.store(new.table, 0, 0);
+                if up == 0 {
+                    // SAFETY: fresh from memory and never published.
+                    unsafe { self.mem.free_table(new.table, bytes) };
+                    self.parked.lock().owned -= 1;
+                } else {
+                    self.free_unpublished(new);
+                }
+            };
+            if new.table.raw() & ROOT_LEVEL_MASK != 0 {
+                abandon(new);
+                return Err(PgtableError::NoMemory);
+            }
+            self.store(new.table, 0, desc);
+            if self
+                .root
+                .compare_exchange(
+                    packed,
+                    new.table.raw() | up as u64,
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                )
+                .is_err()
+            {
+                // Another thread grew the table first: look again.
+                abandon(new);
+            }
+        }
+    }
+
+    /// Reserves room in the detached-page lists for one more page the
+    /// table owns (the old root, when a new level-0 root replaces it).
+    fn own_one_more(&self) -> Result<(), PgtableError> {
+        let mut parked = self.parked.lock();
+        let need = parked.owned + 1;
+        let Parked { pending, pool, .. } = &mut *parked;
+        pending
+            .try_reserve(need.saturating_sub(pending.len()))
+            .and_then(|()| pool.try_reserve(need.saturating_sub(pool.len())))
+            .map_err(|_| PgtableError::NoMemory)?;
+        parked.owned = need;
+        Ok(())
+    }
+
     /// Walks to the table at `level` covering `iova`, creating missing
     /// tables on the way (see [`grow_path`](Self::grow_path)).
     #[inline(always)]
     fn walk_alloc(&self, iova: u64, level: usize) -> Result<PhysAddr, PgtableError> {
-        let mut table = self.root;
-        for lvl in 0..level {
+        let (mut table, start) = self.top();
+        if level < start {
+            return Err(PgtableError::OutOfRange);
+        }
+        for lvl in start..level {
             let pte = self.load(table, self.walk.index(iova, lvl));
             match self.table_below(pte, lvl) {
                 Ok(next) => table = next,
@@ -866,9 +1015,12 @@ impl<F: Format, M: TableMemory> IoPageTable<F, M> {
         if pgcount == 0 || !iova.is_aligned(pgsize) || !self.geo.input_fits(iova.raw(), pgsize) {
             return Unmapped::NOTHING;
         }
-        let mut table = self.root;
+        let (mut table, start) = self.top();
+        if level < start || !self.walk.covers(start, iova.raw()) {
+            return Unmapped::NOTHING;
+        }
         let mut parent: Option<(PhysAddr, usize)> = None;
-        for lvl in 0..level {
+        for lvl in start..level {
             let idx = self.walk.index(iova.raw(), lvl);
             let pte = self.load(table, idx);
             match self.table_below(pte, lvl) {
@@ -942,8 +1094,10 @@ impl<F: Format, M: TableMemory> IoPageTable<F, M> {
             return None;
         }
         let last = self.geo.levels - 1;
-        let mut table = self.root;
-        let mut lvl = 0;
+        let (mut table, mut lvl) = self.top();
+        if !self.walk.covers(lvl, va) {
+            return None;
+        }
         let leaf = loop {
             let pte = self.load(table, self.walk.index(va, lvl));
             if lvl == last {
@@ -973,8 +1127,11 @@ impl<F: Format, M: TableMemory> IoPageTable<F, M> {
         if !self.geo.input_fits(iova.raw(), 1) {
             return None;
         }
-        let mut table = self.root;
-        for lvl in 0..self.geo.levels {
+        let (mut table, start) = self.top();
+        if !self.walk.covers(start, iova.raw()) {
+            return None;
+        }
+        for lvl in start..self.geo.levels {
             let idx = self.walk.index(iova.raw(), lvl);
             let pte = self.load(table, idx);
             let decoded = if lvl + 1 < self.geo.levels {
@@ -1019,7 +1176,8 @@ impl<F: Format, M: TableMemory> IoPageTable<F, M> {
         if start > last {
             return None;
         }
-        self.first_leaf_in(self.root, 0, 0, start.raw(), last.raw())
+        let (root, level) = self.top();
+        self.first_leaf_in(root, level, 0, start.raw(), last.raw())
     }
 
     fn first_leaf_in(
@@ -1071,7 +1229,8 @@ impl<F: Format, M: TableMemory> IoPageTable<F, M> {
         end: u64,
         f: &mut impl FnMut(Mapping, PhysAddr, usize, u64),
     ) {
-        self.leaf_walk(self.root, 0, 0, start, end, f);
+        let (root, level) = self.top();
+        self.leaf_walk(root, level, 0, start, end, f);
     }
 
     fn leaf_walk(
@@ -1214,6 +1373,7 @@ impl<F: Format, M: TableMemory> IoPageTable<F, M> {
 impl<F: Format, M: TableMemory> Drop for IoPageTable<F, M> {
     fn drop(&mut self) {
         self.trim();
-        self.free_subtree(self.root, 0);
+        let (root, level) = self.top();
+        self.free_subtree(root, level);
     }
 }

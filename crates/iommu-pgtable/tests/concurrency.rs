@@ -50,3 +50,63 @@ fn threads_map_and_unmap_disjoint_ranges_of_one_table() {
     drop(pt);
     assert_eq!(mem.table_pages(), 0);
 }
+
+#[test]
+fn threads_racing_to_grow_a_table_lose_nothing_and_leak_nothing() {
+    // AMD v1 tables start in mode 3 and grow to mode 6: threads map at
+    // addresses that each need another level while others translate
+    // what is already mapped below.
+    use iommu_pgtable::amd::AmdV1;
+    const THREADS: u64 = 4;
+    let mem = HeapMemory::new();
+    {
+        let pt = IoPageTable::new(AmdV1::new(6).unwrap(), &mem).unwrap();
+        pt.map_pages(Iova::new(0x1000), PhysAddr::new(0x5000), SZ_4K, 1, Prot::RW)
+            .unwrap();
+        let barrier = Barrier::new(THREADS as usize);
+        thread::scope(|s| {
+            for t in 0..THREADS {
+                let (pt, barrier) = (&pt, &barrier);
+                s.spawn(move || {
+                    barrier.wait();
+                    // Bits 39, 48 and 57: modes 4, 5 and 6.
+                    for (k, bit) in [39u32, 48, 57].into_iter().enumerate() {
+                        let iova = (1u64 << bit) + (t * 3 + k as u64) * SZ_4K;
+                        let pa = PhysAddr::new(iova & 0xf_ffff_ffff);
+                        assert_eq!(
+                            pt.map_pages(Iova::new(iova), pa, SZ_4K, 1, Prot::RW),
+                            Ok(SZ_4K)
+                        );
+                        assert_eq!(
+                            pt.iova_to_phys(Iova::new(iova + 8)),
+                            Some(pa.wrapping_add(8))
+                        );
+                        assert_eq!(
+                            pt.iova_to_phys(Iova::new(0x1008)),
+                            Some(PhysAddr::new(0x5008))
+                        );
+                    }
+                });
+            }
+        });
+        assert_eq!(pt.format().amd_level(pt.root_level()), 6);
+        for t in 0..THREADS {
+            for (k, bit) in [39u32, 48, 57].into_iter().enumerate() {
+                let iova = (1u64 << bit) + (t * 3 + k as u64) * SZ_4K;
+                assert_eq!(
+                    pt.iova_to_phys(Iova::new(iova)),
+                    Some(PhysAddr::new(iova & 0xf_ffff_ffff))
+                );
+            }
+        }
+        assert_eq!(
+            pt.walk(Iova::ZERO, u64::MAX).len(),
+            1 + 3 * THREADS as usize
+        );
+    }
+    assert_eq!(
+        mem.table_pages(),
+        0,
+        "every table, grown roots included, freed"
+    );
+}

@@ -6,7 +6,7 @@ mod common;
 use iommu_pgtable::amd::AmdV1;
 use iommu_pgtable::riscv::{Riscv, RiscvStage};
 use iommu_pgtable::vtd::VtdSl;
-use iommu_pgtable::{Format, HeapMemory, IoPageTable, Pte};
+use iommu_pgtable::{Format, HeapMemory, IoPageTable, Pte, TableMemory};
 use iommu_types::{Iova, PhysAddr, Prot, SZ_1G, SZ_2M, SZ_4K};
 use proptest::prelude::*;
 
@@ -116,6 +116,10 @@ fn vtd_sl_dirty_bit_is_bit_9() {
 fn amd_v1_mode4_directory_and_leaf_entries() {
     let pt = IoPageTable::new(AmdV1::new(4).unwrap(), HeapMemory::new()).unwrap();
     assert_eq!(pt.pgsize_bitmap(), SZ_4K | SZ_2M | SZ_1G);
+    // A fresh table starts in mode 3, as Linux's does: its root is AMD level 3.
+    let amd = pt.format().clone();
+    assert_eq!(amd.amd_level(pt.root_level()), 3);
+    let first_root = pt.root();
     pt.map_pages(
         Iova::new(0x4000_1000),
         PhysAddr::new(0x8_1234_5000),
@@ -132,9 +136,14 @@ fn amd_v1_mode4_directory_and_leaf_entries() {
         Prot::READ,
     )
     .unwrap();
+    assert_eq!(
+        pt.root(),
+        first_root,
+        "39-bit addresses need no fourth level"
+    );
     // Directory entries: address | IR | IW | NextLevel << 9 | PR, NextLevel = AMD level pointed to.
     let ir_iw = (1u64 << 61) | (1 << 62);
-    let l3 = next(&pt, 0, pt.root(), 0, ir_iw | (3 << 9) | 1);
+    let l3 = pt.root();
     let l2 = next(&pt, 1, l3, 1, ir_iw | (2 << 9) | 1);
     let l1 = next(&pt, 2, l2, 0, ir_iw | (1 << 9) | 1);
     // 4 KiB leaf: address | IW | IR | FC | PR, NextLevel 0
@@ -142,6 +151,34 @@ fn amd_v1_mode4_directory_and_leaf_entries() {
     // 2 MiB leaf at AMD level 2: address | IR | FC | PR
     let l2_0 = next(&pt, 1, l3, 0, ir_iw | (2 << 9) | 1);
     assert_eq!(pt.read_descriptor(2, l2_0, 1), Some(0x3000_0000_4000_0001));
+
+    // 512 GiB and up needs mode 4: a new root whose entry 0 is the old one.
+    pt.map_pages(
+        Iova::new(0x80_0000_0000),
+        PhysAddr::new(0x9000),
+        SZ_4K,
+        1,
+        Prot::READ,
+    )
+    .unwrap();
+    assert_eq!(amd.amd_level(pt.root_level()), 4);
+    assert_eq!(next(&pt, 0, pt.root(), 0, ir_iw | (3 << 9) | 1), first_root);
+    let high = next(&pt, 0, pt.root(), 1, ir_iw | (3 << 9) | 1);
+    assert_ne!(high, first_root);
+    // Everything mapped before still translates, through either root.
+    assert_eq!(
+        pt.iova_to_phys(Iova::new(0x4000_1042)),
+        Some(PhysAddr::new(0x8_1234_5042))
+    );
+    assert_eq!(
+        pt.iova_to_phys(Iova::new(0x80_0000_0123)),
+        Some(PhysAddr::new(0x9123))
+    );
+    // Beyond mode 4 (48 bits) is out of range, and grows nothing.
+    assert!(pt
+        .map_pages(Iova::new(1 << 48), PhysAddr::new(0), SZ_4K, 1, Prot::READ)
+        .is_err());
+    assert_eq!(amd.amd_level(pt.root_level()), 4);
 }
 
 #[test]
@@ -298,3 +335,28 @@ model_test!(
     riscv_sv48x4_agrees_with_an_interval_map,
     Riscv::new(4, RiscvStage::Second).unwrap()
 );
+
+#[test]
+fn amd_v1_grows_only_for_what_a_call_maps_so_a_collision_is_reported_as_such() {
+    // A run starting on a mapped page just below 512 GiB and ending above
+    // it: the page in the way is the answer, not a root level that the
+    // table memory cannot give.
+    let mem = HeapMemory::new();
+    let pt = IoPageTable::new(AmdV1::new(4).unwrap(), &mem).unwrap();
+    let top = 1u64 << 39;
+    pt.map_pages(Iova::new(top - SZ_4K), PhysAddr::new(0), SZ_4K, 1, Prot::RW)
+        .unwrap();
+    mem.set_limit(Some(mem.table_pages()));
+    assert_eq!(
+        pt.map_pages(Iova::new(top - SZ_4K), PhysAddr::new(0), SZ_4K, 2, Prot::RW),
+        Err(iommu_pgtable::PgtableError::Exists)
+    );
+    assert_eq!(pt.format().amd_level(pt.root_level()), 3, "nothing grew");
+    // With memory, the part above 512 GiB grows the table.
+    mem.set_limit(None);
+    assert_eq!(
+        pt.map_pages(Iova::new(top), PhysAddr::new(0), SZ_4K, 1, Prot::RW),
+        Ok(SZ_4K)
+    );
+    assert_eq!(pt.format().amd_level(pt.root_level()), 4);
+}
