@@ -278,6 +278,10 @@ pub struct IoPageTable<F: Format, M: TableMemory> {
     /// [`Format::initial_root_level`]); the old root stays in the tree, so a
     /// walk that read the old value is still a walk of this table.
     root: AtomicU64,
+    /// Whether the root can change; when not, it is `root0` at level 0 and
+    /// the hot paths walk from there without reading `root`.
+    grows: bool,
+    root0: PhysAddr,
     reclaim: bool,
     dirty_tracking: AtomicBool,
     parked: spin::Mutex<Parked>,
@@ -315,6 +319,8 @@ impl<F: Format, M: TableMemory> IoPageTable<F, M> {
             geo,
             mem,
             root: AtomicU64::new(root.raw() | start as u64),
+            grows: start > 0,
+            root0: root,
             reclaim: false,
             dirty_tracking: AtomicBool::new(false),
             parked: spin::Mutex::new(Parked::default()),
@@ -359,6 +365,9 @@ impl<F: Format, M: TableMemory> IoPageTable<F, M> {
     /// The root and its level, read together.
     #[inline(always)]
     pub fn top(&self) -> (PhysAddr, usize) {
+        if !self.grows {
+            return (self.root0, 0);
+        }
         let v = self.root.load(Ordering::Acquire);
         (
             PhysAddr::new(v & !ROOT_LEVEL_MASK),
@@ -902,10 +911,24 @@ impl<F: Format, M: TableMemory> IoPageTable<F, M> {
     /// tables on the way (see [`grow_path`](Self::grow_path)).
     #[inline(always)]
     fn walk_alloc(&self, iova: u64, level: usize) -> Result<PhysAddr, PgtableError> {
-        let (mut table, start) = self.top();
+        if !self.grows {
+            return self.walk_alloc_from(self.root0, 0, iova, level);
+        }
+        let (table, start) = self.top();
         if level < start {
             return Err(PgtableError::OutOfRange);
         }
+        self.walk_alloc_from(table, start, iova, level)
+    }
+
+    #[inline(always)]
+    fn walk_alloc_from(
+        &self,
+        mut table: PhysAddr,
+        start: usize,
+        iova: u64,
+        level: usize,
+    ) -> Result<PhysAddr, PgtableError> {
         for lvl in start..level {
             let pte = self.load(table, self.walk.index(iova, lvl));
             match self.table_below(pte, lvl) {
@@ -1015,34 +1038,19 @@ impl<F: Format, M: TableMemory> IoPageTable<F, M> {
         if pgcount == 0 || !iova.is_aligned(pgsize) || !self.geo.input_fits(iova.raw(), pgsize) {
             return Unmapped::NOTHING;
         }
-        let (mut table, start) = self.top();
-        if level < start || !self.walk.covers(start, iova.raw()) {
-            return Unmapped::NOTHING;
-        }
-        let mut parent: Option<(PhysAddr, usize)> = None;
-        for lvl in start..level {
-            let idx = self.walk.index(iova.raw(), lvl);
-            let pte = self.load(table, idx);
-            match self.table_below(pte, lvl) {
-                Ok(next) => {
-                    parent = Some((table, idx));
-                    table = next;
-                }
-                Err(Pte::Invalid | Pte::Table(_)) => return Unmapped::NOTHING,
-                Err(Pte::Leaf { .. }) => {
-                    if self.cas(table, idx, pte, 0).is_err() {
-                        return Unmapped::NOTHING; // someone else unmapped it first
-                    }
-                    let size = self.geo.entry_size(lvl);
-                    let start = Iova::new(iova.raw() & !(size - 1));
-                    gather.add_range(start, size);
-                    if self.orphaned.load(Ordering::Relaxed) {
-                        self.adopt_orphans(gather);
-                    }
-                    return Unmapped::new(start, size);
-                }
+        let (table, parent) = if self.grows {
+            let (root, start) = self.top();
+            if level < start || !self.walk.covers(start, iova.raw()) {
+                return Unmapped::NOTHING;
             }
-        }
+            self.descend_for_unmap(root, start, iova, level, gather)
+        } else {
+            self.descend_for_unmap(self.root0, 0, iova, level, gather)
+        };
+        let table = match table {
+            Ok(t) => t,
+            Err(done) => return done,
+        };
         let first = self.walk.index(iova.raw(), level);
         let n = pgcount.min(self.geo.entries(level) - first);
         let mut done = 0usize;
@@ -1082,6 +1090,46 @@ impl<F: Format, M: TableMemory> IoPageTable<F, M> {
         Unmapped::new(iova, bytes)
     }
 
+    /// The unmap's walk from `table` at `start` down to the table at
+    /// `level`, with its parent slot; or what the unmap returns when the
+    /// walk ends above (a hole, or a larger leaf removed whole).
+    #[inline(always)]
+    #[allow(clippy::type_complexity)]
+    fn descend_for_unmap(
+        &self,
+        mut table: PhysAddr,
+        start: usize,
+        iova: Iova,
+        level: usize,
+        gather: &mut IotlbGather,
+    ) -> (Result<PhysAddr, Unmapped>, Option<(PhysAddr, usize)>) {
+        let mut parent: Option<(PhysAddr, usize)> = None;
+        for lvl in start..level {
+            let idx = self.walk.index(iova.raw(), lvl);
+            let pte = self.load(table, idx);
+            match self.table_below(pte, lvl) {
+                Ok(next) => {
+                    parent = Some((table, idx));
+                    table = next;
+                }
+                Err(Pte::Invalid | Pte::Table(_)) => return (Err(Unmapped::NOTHING), None),
+                Err(Pte::Leaf { .. }) => {
+                    if self.cas(table, idx, pte, 0).is_err() {
+                        return (Err(Unmapped::NOTHING), None); // someone else unmapped it first
+                    }
+                    let size = self.geo.entry_size(lvl);
+                    let start = Iova::new(iova.raw() & !(size - 1));
+                    gather.add_range(start, size);
+                    if self.orphaned.load(Ordering::Relaxed) {
+                        self.adopt_orphans(gather);
+                    }
+                    return (Err(Unmapped::new(start, size)), None);
+                }
+            }
+        }
+        (Ok(table), parent)
+    }
+
     // ---- lookup and walk ---------------------------------------------------
 
     /// Translates `iova`, or `None` when nothing maps it.
@@ -1090,14 +1138,38 @@ impl<F: Format, M: TableMemory> IoPageTable<F, M> {
     #[inline]
     pub fn iova_to_phys(&self, iova: Iova) -> Option<PhysAddr> {
         let va = iova.raw();
-        if !self.geo.input_fits(va, 1) {
+        // Two copies of the walk: from level 0, known at compile time, for a
+        // table that never grows, and from wherever the root is now.
+        if !self.grows {
+            if !self.geo.input_fits(va, 1) {
+                return None;
+            }
+            return self.translate_from(self.root0, 0, va);
+        }
+        let (table, lvl) = self.top();
+        // What a short root covers lies inside the input space (and nothing
+        // is ever mapped outside it): one check suffices.
+        let inside = if lvl == 0 {
+            self.geo.input_fits(va, 1)
+        } else {
+            self.walk.covers(lvl, va)
+        };
+        if !inside {
             return None;
         }
+        // A start level known at compile time for the common short roots
+        // (AMD v1 in mode 3 of 4, 5 or 6).
+        match lvl {
+            1 => self.translate_from(table, 1, va),
+            2 => self.translate_from(table, 2, va),
+            3 => self.translate_from(table, 3, va),
+            _ => self.translate_from(table, lvl, va),
+        }
+    }
+
+    #[inline(always)]
+    fn translate_from(&self, mut table: PhysAddr, mut lvl: usize, va: u64) -> Option<PhysAddr> {
         let last = self.geo.levels - 1;
-        let (mut table, mut lvl) = self.top();
-        if !self.walk.covers(lvl, va) {
-            return None;
-        }
         let leaf = loop {
             let pte = self.load(table, self.walk.index(va, lvl));
             if lvl == last {
