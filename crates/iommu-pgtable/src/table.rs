@@ -714,10 +714,12 @@ impl<F: Format, M: TableMemory> IoPageTable<F, M> {
         // Only what this call maps (one last-level table): a root covering
         // its first page covers the rest, so a root grows only for an
         // address nothing can be mapped at yet.
-        let (_, start) = self.top();
-        let last = iova.raw() + (pgsize * n as u64 - 1);
-        if start > level || !self.walk.covers(start, last) {
-            self.grow(last, level)?;
+        if self.grows {
+            let (_, start) = self.top();
+            let last = iova.raw() + (pgsize * n as u64 - 1);
+            if start > level || !self.walk.covers(start, last) {
+                self.grow(last, level)?;
+            }
         }
         let table = self.walk_alloc(iova.raw(), level)?;
         // The common case: every target slot is empty.
