@@ -1,12 +1,16 @@
 //! An IOVA allocator for DMA layers, as Linux's `iova.c` defines one, usable
 //! in a kernel (`no_std` + `alloc`) and in a VMM.
 //!
-//! - [`IovaTree`]: allocated and reserved ranges of granule frames in an
-//!   ordered tree; top-down allocation below a limit, size alignment,
+//! - [`IovaTree`]: allocated and reserved ranges of granule frames in a
+//!   red-black tree (an arena with parent links, as Linux's rbtree of
+//!   `struct iova`); top-down allocation below a limit, size alignment,
 //!   32-bit fail-fast, reservation.
 //! - [`IovaDomain`]: the tree behind a lock plus per-CPU magazine caches
-//!   for ranges of up to 32 granules, with a shared depot. The CPU id comes
-//!   from a [`CpuId`]; hosted builds use [`ThreadCpu`].
+//!   for ranges of up to 32 granules, with a shared depot whose magazines
+//!   go back to the CPU that filled them. A CPU that runs exclusively
+//!   ([`CpuId::current_exclusive`]) also keeps one range per size class
+//!   without a lock. The CPU id comes from a [`CpuId`]; hosted builds use
+//!   [`ThreadCpu`].
 //!
 //! Invariant: a frame is in at most one live range, and a range is held by
 //! at most one of "a caller", "one cache"; so nothing is handed out twice.

@@ -9,6 +9,13 @@
 //! grows past one magazine per CPU (the oldest goes back to the tree) or when
 //! every cache is flushed after the tree ran out.
 //!
+//! In front of the magazines, a CPU that runs exclusively keeps one "hot"
+//! range per class that only it touches, with plain loads and stores: an
+//! alloc after a free of the same size takes no lock at all. Other CPUs
+//! read it (it counts as cached) but never write it; a flush takes it back
+//! only as that CPU, or once the CPU is gone
+//! ([`CpuId::with_exclusive`](crate::CpuId::with_exclusive)).
+//!
 //! A range in a magazine is still allocated in the tree: the caches only
 //! decide who gets it next, so a range is in at most one of "with a caller",
 //! "in one magazine".
@@ -89,7 +96,7 @@ const NO_RANGE: u64 = u64::MAX;
 #[repr(align(128))]
 struct PerCpu {
     /// One range per class that only the CPU itself touches, and only while
-    /// it runs exclusively ([`CpuId::current_exclusive`](crate::CpuId)):
+    /// it runs exclusively ([`CpuId::current_exclusive`](crate::CpuId::current_exclusive)):
     /// plain loads and stores, no lock. Other CPUs read it (to answer
     /// "is it cached?") but never write it.
     hot: [AtomicU64; CACHE_CLASSES],
@@ -276,7 +283,7 @@ impl Rcaches {
 
     /// Empties every cache, handing each cached range to `free`. A CPU's
     /// hot ranges are taken only where `as_cpu(cpu, f)` runs `f` as that
-    /// CPU, exclusively ([`CpuId::with_exclusive`](crate::CpuId)); a CPU
+    /// CPU, exclusively ([`CpuId::with_exclusive`](crate::CpuId::with_exclusive)); a CPU
     /// running elsewhere keeps them.
     pub(crate) fn drain(
         &self,

@@ -35,17 +35,24 @@ fn a_block_over_an_emptied_table_does_not_grow_the_table() {
     // leaf table the block replaced comes back with the block's unmap.
     fn check<F: Format>(fmt: F) {
         let name = fmt.name();
-        let pages = measure::table_pages_after_rounds(fmt, HeapMemory::new(), BASE, 1000)
+        // Under Miri a few rounds still show growth (one page per round).
+        let rounds = if cfg!(miri) { 10 } else { 1000 };
+        let pages = measure::table_pages_after_rounds(fmt, HeapMemory::new(), BASE, rounds)
             .expect("4 KiB pages and 2 MiB blocks");
         // Root, the path to the 2 MiB slot, and the one leaf table.
-        assert!(pages <= 5, "{name}: {pages} table pages after 1000 rounds");
+        assert!(
+            pages <= 5,
+            "{name}: {pages} table pages after {rounds} rounds"
+        );
     }
     check(lpae(Stage::S1, Granule::G4K));
-    check(lpae(Stage::S2, Granule::G4K));
     check(AmdV1::new(4).unwrap());
-    check(AmdV1::new(3).unwrap());
-    check(VtdSl::new(4, 48).unwrap());
-    check(Riscv::new(4, RiscvStage::First).unwrap());
+    if !cfg!(miri) {
+        check(lpae(Stage::S2, Granule::G4K));
+        check(AmdV1::new(3).unwrap());
+        check(VtdSl::new(4, 48).unwrap());
+        check(Riscv::new(4, RiscvStage::First).unwrap());
+    }
 }
 
 /// Every leaf size the format has, smallest first.
@@ -144,14 +151,17 @@ fn mixed<F: Format>(fmt: F, reclaim: bool, steps: usize) {
 
 #[test]
 fn mixed_map_and_unmap_patterns_keep_table_memory_bounded_for_every_format() {
-    let steps = if cfg!(miri) { 100 } else { 6_000 };
+    if cfg!(miri) {
+        // Briefly: the point under Miri is the memory model, and each step
+        // walks hundreds of entries.
+        mixed(lpae(Stage::S1, Granule::G4K), true, 20);
+        return;
+    }
+    let steps = 6_000;
     for reclaim in [false, true] {
         for stage in [Stage::S1, Stage::S2] {
             for granule in [Granule::G4K, Granule::G16K, Granule::G64K] {
-                // Large granules mean long runs of entries: too slow under Miri.
-                if !cfg!(miri) || granule == Granule::G4K {
-                    mixed(lpae(stage, granule), reclaim, steps);
-                }
+                mixed(lpae(stage, granule), reclaim, steps);
             }
         }
         mixed(AmdV1::new(4).unwrap(), reclaim, steps);
