@@ -1,0 +1,50 @@
+//! PCI functions as their configuration space describes them.
+//!
+//! A [`ConfigSpace`] holds the bytes of one function's configuration space
+//! (64, 256 or 4096 of them, as `lspci -x`, `-xxx` and `-xxxx` dump them,
+//! or as sysfs' `config` file holds them). [`Function::parse`] reads the
+//! header and walks both capability lists once, checking every pointer, and
+//! keeps what IOMMU grouping needs: the header type and multifunction bit,
+//! bridge bus numbers, and the PCI Express, ACS, ARI, SR-IOV and PCI-X
+//! capabilities (the fields Linux reads from `struct pci_dev`).
+//!
+//! Configuration space is input: a dump may be cut short, a capability
+//! list may loop or point outside the space. Each such case is a
+//! [`ConfigError`] naming the function and the offset, never a panic, and
+//! the walks are bounded by the size of the space.
+//!
+//! ```
+//! use iommu_pci::{Bdf, ConfigSpace, Function, PortType};
+//!
+//! // A PCIe root port (type 1 header) with an Express capability at 0x40.
+//! let mut cfg = ConfigSpace::new_zeroed(256);
+//! cfg.write_u16(0x00, 0x1de5); // vendor
+//! cfg.write_u16(0x02, 0x0101); // device
+//! cfg.write_u8(0x0e, 0x01);    // header type 1
+//! cfg.write_u16(0x06, 0x0010); // status: capability list
+//! cfg.write_u8(0x34, 0x40);    // first capability
+//! cfg.write_u8(0x40, 0x10);    // PCI Express
+//! cfg.write_u16(0x42, 0x0042); // version 2, root port
+//! cfg.write_u8(0x19, 1);       // secondary bus
+//! cfg.write_u8(0x1a, 3);       // subordinate bus
+//!
+//! let f = Function::parse("0000:00:1c.0".parse::<Bdf>().unwrap(), &cfg).unwrap();
+//! assert_eq!(f.pcie.unwrap().port_type, PortType::RootPort);
+//! assert_eq!(f.bridge.unwrap().secondary, 1);
+//! ```
+#![no_std]
+#![forbid(unsafe_code)]
+
+extern crate alloc;
+
+mod bdf;
+mod caps;
+mod config;
+mod error;
+#[cfg(feature = "test-utils")]
+pub mod testing;
+
+pub use bdf::{Bdf, BdfParseError};
+pub use caps::{Acs, AcsFlags, Ari, Pcie, PortType, Sriov};
+pub use config::{cap_id, ext_cap_id, BridgeBuses, ConfigSpace, Function, HeaderType};
+pub use error::{ConfigError, ConfigErrorKind};
