@@ -13,6 +13,10 @@
 //! [`ConfigError`] naming the function and the offset, never a panic, and
 //! the walks are bounded by the size of the space.
 //!
+//! [`Topology`] rebuilds the PCI tree from the functions' bridge bus
+//! numbers, and [`pci_groups`] groups its functions by Linux 6.12's rules
+//! (`pci_device_group`): DMA aliases, ACS paths, multifunction slots.
+//!
 //! ```
 //! use iommu_pci::{Bdf, ConfigSpace, Function, PortType};
 //!
@@ -41,10 +45,14 @@ mod bdf;
 mod caps;
 mod config;
 mod error;
+mod group;
 #[cfg(feature = "test-utils")]
 pub mod testing;
+mod topology;
 
 pub use bdf::{Bdf, BdfParseError};
 pub use caps::{Acs, AcsFlags, Ari, Pcie, PortType, Sriov};
 pub use config::{cap_id, ext_cap_id, BridgeBuses, ConfigSpace, Function, HeaderType};
 pub use error::{ConfigError, ConfigErrorKind};
+pub use group::{pci_groups, DeviceQuirks, Groups, Platform, REQ_ACS_FLAGS};
+pub use topology::{Topology, TopologyError};
