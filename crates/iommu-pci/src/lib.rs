@@ -46,6 +46,7 @@ mod caps;
 mod config;
 mod error;
 mod group;
+mod import;
 #[cfg(feature = "test-utils")]
 pub mod testing;
 mod topology;
@@ -55,4 +56,7 @@ pub use caps::{Acs, AcsFlags, Ari, Pcie, PortType, Sriov};
 pub use config::{cap_id, ext_cap_id, BridgeBuses, ConfigSpace, Function, HeaderType};
 pub use error::{ConfigError, ConfigErrorKind};
 pub use group::{pci_groups, DeviceQuirks, Groups, Platform, REQ_ACS_FLAGS};
+pub use import::{
+    functions_from_lspci_x, parse_lspci_x, write_lspci_x, DumpedFunction, ImportError,
+};
 pub use topology::{Topology, TopologyError};

@@ -63,3 +63,20 @@ pub fn run(data: &[u8]) {
         assert!(b.secondary > b.primary && b.subordinate >= b.secondary);
     }
 }
+
+/// The hex-dump importer's oracle: any text either fails with a typed
+/// error or reads back identically after being written out again.
+///
+/// # Panics
+/// When a dump read from `data` does not survive the round trip.
+pub fn run_lspci_x(data: &[u8]) {
+    let text = alloc::string::String::from_utf8_lossy(data);
+    let Ok(dump) = crate::parse_lspci_x(&text) else {
+        return;
+    };
+    let again = crate::parse_lspci_x(&crate::write_lspci_x(&dump)).expect("a written dump reads");
+    assert_eq!(dump.len(), again.len());
+    for (a, b) in dump.iter().zip(&again) {
+        assert_eq!((a.bdf, &a.config), (b.bdf, &b.config));
+    }
+}
