@@ -124,3 +124,19 @@ fn the_seed_dumps_hold() {
         }
     }
 }
+
+#[test]
+fn a_real_machine_dump_reads_and_groups() {
+    // `lspci -xxxx` of a KVM guest (i440fx-like root bus, virtio functions):
+    // conventional functions on the root bus, single-function, so each is
+    // a group of its own.
+    let text = include_str!("data/kvm-virtio-vm.lspci-xxxx.txt");
+    let fs = functions_from_lspci_x(text).unwrap();
+    assert_eq!(fs.len(), 6);
+    assert!(fs.iter().skip(1).all(|f| f.vendor == 0x1af4 && !f.is_pcie()));
+    // Virtio's vendor-specific capabilities (id 9) and MSI-X (0x11).
+    assert!(fs[3].capabilities.contains(&(0x11, 0x98)));
+    let t = iommu_pci::Topology::new(fs).unwrap();
+    let g = iommu_pci::pci_groups(&t, &iommu_pci::Platform::default());
+    assert_eq!(g.members.len(), 6);
+}
