@@ -133,7 +133,10 @@ fn a_real_machine_dump_reads_and_groups() {
     let text = include_str!("data/kvm-virtio-vm.lspci-xxxx.txt");
     let fs = functions_from_lspci_x(text).unwrap();
     assert_eq!(fs.len(), 6);
-    assert!(fs.iter().skip(1).all(|f| f.vendor == 0x1af4 && !f.is_pcie()));
+    assert!(fs
+        .iter()
+        .skip(1)
+        .all(|f| f.vendor == 0x1af4 && !f.is_pcie()));
     // Virtio's vendor-specific capabilities (id 9) and MSI-X (0x11).
     assert!(fs[3].capabilities.contains(&(0x11, 0x98)));
     let t = iommu_pci::Topology::new(fs).unwrap();
