@@ -31,6 +31,10 @@ enum Kind {
 /// No node (Linux's `NULL`).
 const NIL: u32 = u32::MAX;
 
+/// The sides of a node, for the mirrored halves of rebalancing.
+const LEFT: usize = 0;
+const RIGHT: usize = 1;
+
 #[derive(Clone, Copy, Debug)]
 struct Node {
     pfn_lo: u64,
@@ -579,27 +583,38 @@ impl IovaTree {
         }
     }
 
-    fn rotate_left(&mut self, x: u32) {
-        let y = self.node(x).right;
-        let yl = self.node(y).left;
-        self.node_mut(x).right = yl;
-        self.set_parent(yl, x);
-        let xp = self.node(x).parent;
-        self.node_mut(y).parent = xp;
-        self.replace_child(xp, x, y);
-        self.node_mut(y).left = x;
-        self.node_mut(x).parent = y;
+    /// Child `d` of `i`: [`LEFT`] or [`RIGHT`].
+    #[inline]
+    fn child(&self, i: u32, d: usize) -> u32 {
+        let n = self.node(i);
+        if d == LEFT {
+            n.left
+        } else {
+            n.right
+        }
     }
 
-    fn rotate_right(&mut self, x: u32) {
-        let y = self.node(x).left;
-        let yr = self.node(y).right;
-        self.node_mut(x).left = yr;
-        self.set_parent(yr, x);
+    #[inline]
+    fn set_child(&mut self, i: u32, d: usize, c: u32) {
+        let n = self.node_mut(i);
+        if d == LEFT {
+            n.left = c;
+        } else {
+            n.right = c;
+        }
+    }
+
+    /// Rotates `x` down towards side `d`: its child on the other side
+    /// takes its place (`rotate(x, LEFT)` is the usual left rotation).
+    fn rotate(&mut self, x: u32, d: usize) {
+        let y = self.child(x, 1 - d);
+        let inner = self.child(y, d);
+        self.set_child(x, 1 - d, inner);
+        self.set_parent(inner, x);
         let xp = self.node(x).parent;
         self.node_mut(y).parent = xp;
         self.replace_child(xp, x, y);
-        self.node_mut(y).right = x;
+        self.set_child(y, d, x);
         self.node_mut(x).parent = y;
     }
 
@@ -634,41 +649,24 @@ impl IovaTree {
             let mut p = self.node(z).parent;
             // A red parent is never the root, so the grandparent exists.
             let g = self.node(p).parent;
-            if self.node(g).left == p {
-                let u = self.node(g).right;
-                if self.is_red(u) {
-                    self.node_mut(p).red = false;
-                    self.node_mut(u).red = false;
-                    self.node_mut(g).red = true;
-                    z = g;
-                    continue;
-                }
-                if self.node(p).right == z {
-                    self.rotate_left(p);
-                    z = p;
-                    p = self.node(z).parent;
-                }
+            // The side `p` hangs on; the uncle is on the other.
+            let d = if self.node(g).left == p { LEFT } else { RIGHT };
+            let u = self.child(g, 1 - d);
+            if self.is_red(u) {
                 self.node_mut(p).red = false;
+                self.node_mut(u).red = false;
                 self.node_mut(g).red = true;
-                self.rotate_right(g);
-            } else {
-                let u = self.node(g).left;
-                if self.is_red(u) {
-                    self.node_mut(p).red = false;
-                    self.node_mut(u).red = false;
-                    self.node_mut(g).red = true;
-                    z = g;
-                    continue;
-                }
-                if self.node(p).left == z {
-                    self.rotate_right(p);
-                    z = p;
-                    p = self.node(z).parent;
-                }
-                self.node_mut(p).red = false;
-                self.node_mut(g).red = true;
-                self.rotate_left(g);
+                z = g;
+                continue;
             }
+            if self.child(p, 1 - d) == z {
+                self.rotate(p, d);
+                z = p;
+                p = self.node(z).parent;
+            }
+            self.node_mut(p).red = false;
+            self.node_mut(g).red = true;
+            self.rotate(g, 1 - d);
         }
         let root = self.root;
         self.node_mut(root).red = false;
@@ -729,62 +727,36 @@ impl IovaTree {
 
     fn delete_fixup(&mut self, mut x: u32, mut xp: u32) {
         while x != self.root && !self.is_red(x) {
-            // `x` is one black short, so its sibling is a real node.
-            if self.node(xp).left == x {
-                let mut w = self.node(xp).right;
-                if self.is_red(w) {
-                    self.node_mut(w).red = false;
-                    self.node_mut(xp).red = true;
-                    self.rotate_left(xp);
-                    w = self.node(xp).right;
-                }
-                let (wl, wr) = (self.node(w).left, self.node(w).right);
-                if !self.is_red(wl) && !self.is_red(wr) {
-                    self.node_mut(w).red = true;
-                    x = xp;
-                    xp = self.node(x).parent;
-                    continue;
-                }
-                if !self.is_red(wr) {
-                    self.node_mut(wl).red = false;
-                    self.node_mut(w).red = true;
-                    self.rotate_right(w);
-                    w = self.node(xp).right;
-                }
-                self.node_mut(w).red = self.node(xp).red;
-                self.node_mut(xp).red = false;
-                let wr = self.node(w).right;
-                self.node_mut(wr).red = false;
-                self.rotate_left(xp);
-                x = self.root;
-            } else {
-                let mut w = self.node(xp).left;
-                if self.is_red(w) {
-                    self.node_mut(w).red = false;
-                    self.node_mut(xp).red = true;
-                    self.rotate_right(xp);
-                    w = self.node(xp).left;
-                }
-                let (wl, wr) = (self.node(w).left, self.node(w).right);
-                if !self.is_red(wl) && !self.is_red(wr) {
-                    self.node_mut(w).red = true;
-                    x = xp;
-                    xp = self.node(x).parent;
-                    continue;
-                }
-                if !self.is_red(wl) {
-                    self.node_mut(wr).red = false;
-                    self.node_mut(w).red = true;
-                    self.rotate_left(w);
-                    w = self.node(xp).left;
-                }
-                self.node_mut(w).red = self.node(xp).red;
-                self.node_mut(xp).red = false;
-                let wl = self.node(w).left;
-                self.node_mut(wl).red = false;
-                self.rotate_right(xp);
-                x = self.root;
+            // `x` is one black short, so its sibling is a real node. `d` is
+            // the side `x` hangs on.
+            let d = if self.node(xp).left == x { LEFT } else { RIGHT };
+            let mut w = self.child(xp, 1 - d);
+            if self.is_red(w) {
+                self.node_mut(w).red = false;
+                self.node_mut(xp).red = true;
+                self.rotate(xp, d);
+                w = self.child(xp, 1 - d);
             }
+            // The sibling's children nearer to `x` and farther from it.
+            let (near, far) = (self.child(w, d), self.child(w, 1 - d));
+            if !self.is_red(near) && !self.is_red(far) {
+                self.node_mut(w).red = true;
+                x = xp;
+                xp = self.node(x).parent;
+                continue;
+            }
+            if !self.is_red(far) {
+                self.node_mut(near).red = false;
+                self.node_mut(w).red = true;
+                self.rotate(w, 1 - d);
+                w = self.child(xp, 1 - d);
+            }
+            self.node_mut(w).red = self.node(xp).red;
+            self.node_mut(xp).red = false;
+            let far = self.child(w, 1 - d);
+            self.node_mut(far).red = false;
+            self.rotate(xp, d);
+            x = self.root;
         }
         if x != NIL {
             self.node_mut(x).red = false;
