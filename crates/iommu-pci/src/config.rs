@@ -401,6 +401,39 @@ impl Function {
     }
 }
 
+/// Follows the capability pointer `at`, read at offset `from`, of a list
+/// whose entries lie at `min` or above and start with a `width`-byte
+/// header, in a space of `end` bytes; marks it in `seen` (one flag per
+/// dword). The low two bits of a pointer are reserved (Linux masks them
+/// too).
+fn follow(
+    at: u16,
+    from: u16,
+    min: u16,
+    width: u16,
+    end: u16,
+    seen: &mut [bool],
+    err: &impl Fn(u16, ConfigErrorKind) -> ConfigError,
+) -> Result<u16, ConfigError> {
+    let ptr = at & !3;
+    if ptr < min {
+        return Err(err(
+            from,
+            ConfigErrorKind::PointerOutOfRange { pointer: at },
+        ));
+    }
+    if ptr + width > end {
+        let len = end;
+        return Err(err(from, ConfigErrorKind::BeyondDump { pointer: ptr, len }));
+    }
+    let slot = &mut seen[usize::from(ptr / 4)];
+    if *slot {
+        return Err(err(from, ConfigErrorKind::CapabilityLoop { pointer: ptr }));
+    }
+    *slot = true;
+    Ok(ptr)
+}
+
 /// Walks the standard capability list from `first` (read at `list`).
 /// Every capability occupies at least its two header bytes at a
 /// dword-aligned offset above the header, so a list that visits more of
@@ -415,24 +448,8 @@ fn standard_caps(
     let mut seen = [false; 64];
     let mut out = Vec::new();
     let (mut at, mut from) = (first, list);
-    // The low two bits of a pointer are reserved (Linux masks them too).
     while at != 0 {
-        let ptr = at & !3;
-        if ptr < HEADER_SIZE {
-            return Err(err(
-                from,
-                ConfigErrorKind::PointerOutOfRange { pointer: at },
-            ));
-        }
-        if ptr + 2 > end {
-            let len = end;
-            return Err(err(from, ConfigErrorKind::BeyondDump { pointer: ptr, len }));
-        }
-        let slot = usize::from(ptr / 4);
-        if seen[slot] {
-            return Err(err(from, ConfigErrorKind::CapabilityLoop { pointer: ptr }));
-        }
-        seen[slot] = true;
+        let ptr = follow(at, from, HEADER_SIZE, 2, end, &mut seen, err)?;
         let id = cfg.read_u8(ptr).unwrap_or(0);
         if id == 0xff {
             break; // what an absent function's bytes read as
@@ -454,22 +471,7 @@ fn extended_caps(
     let mut out = Vec::new();
     let (mut at, mut from) = (EXT_START, EXT_START);
     loop {
-        let ptr = at & !3;
-        if ptr < EXT_START {
-            return Err(err(
-                from,
-                ConfigErrorKind::PointerOutOfRange { pointer: at },
-            ));
-        }
-        if ptr + 4 > end {
-            let len = end;
-            return Err(err(from, ConfigErrorKind::BeyondDump { pointer: ptr, len }));
-        }
-        let slot = usize::from(ptr / 4);
-        if seen[slot] {
-            return Err(err(from, ConfigErrorKind::CapabilityLoop { pointer: ptr }));
-        }
-        seen[slot] = true;
+        let ptr = follow(at, from, EXT_START, 4, end, &mut seen, err)?;
         let header = cfg.read_u32(ptr).unwrap_or(0);
         // An empty list, or bytes of an absent function.
         if header == 0 || header == u32::MAX {
