@@ -3,18 +3,9 @@
 
 mod common;
 
-use iommu_pgtable::lpae::{Granule, Lpae, LpaeConfig, Stage};
+use common::lpae;
+use iommu_pgtable::lpae::{Granule, Stage};
 use proptest::prelude::*;
-
-fn lpae(stage: Stage, granule: Granule) -> Lpae {
-    Lpae::new(LpaeConfig {
-        stage,
-        granule,
-        ias: 48,
-        oas: 48,
-    })
-    .unwrap()
-}
 
 macro_rules! model_test {
     ($name:ident, $stage:expr, $granule:expr) => {

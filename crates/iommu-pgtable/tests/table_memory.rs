@@ -3,23 +3,16 @@
 //! comes back for reuse after the IOTLB sync that covers it.
 
 use iommu_pgtable::amd::AmdV1;
-use iommu_pgtable::lpae::{Granule, Lpae, LpaeConfig, Stage};
+mod common;
+
+use common::lpae;
+use iommu_pgtable::lpae::{Granule, Stage};
 use iommu_pgtable::riscv::{Riscv, RiscvStage};
 use iommu_pgtable::vtd::VtdSl;
 use iommu_pgtable::{measure, Format, HeapMemory, IoPageTable, TableMemory};
 use iommu_types::{IotlbGather, Iova, PhysAddr, Prot};
 
 const BASE: u64 = 1 << 30;
-
-fn lpae(stage: Stage, granule: Granule) -> Lpae {
-    Lpae::new(LpaeConfig {
-        stage,
-        granule,
-        ias: 48,
-        oas: 48,
-    })
-    .unwrap()
-}
 
 /// Unmaps and "syncs": what every caller does after an unmap.
 fn unmap(pt: &IoPageTable<impl Format, &HeapMemory>, iova: u64, pgsize: u64, count: usize) -> u64 {

@@ -2,10 +2,22 @@
 //! test against a plain interval map.
 #![allow(dead_code)]
 
+use iommu_pgtable::lpae::{Granule, Lpae, LpaeConfig, Stage};
 use iommu_pgtable::{Format, HeapMemory, IoPageTable, TableMemory};
 use iommu_types::{IotlbGather, Iova, PhysAddr, Prot, SZ_1G};
 use proptest::prelude::*;
 use std::collections::BTreeMap;
+
+/// LPAE of `stage` and `granule` with 48-bit input and output.
+pub fn lpae(stage: Stage, granule: Granule) -> Lpae {
+    Lpae::new(LpaeConfig {
+        stage,
+        granule,
+        ias: 48,
+        oas: 48,
+    })
+    .unwrap()
+}
 
 fn pa(x: u64) -> PhysAddr {
     PhysAddr::new(x)
