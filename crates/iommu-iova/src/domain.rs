@@ -245,14 +245,20 @@ impl<C: CpuId> IovaDomain<C> {
         let cached = (class < CACHE_CLASSES)
             .then(|| limit_pfn.checked_sub(size - 1))
             .flatten();
-        let exclusive = self.cpu.current_exclusive();
-        let cpu = exclusive.unwrap_or_else(|| self.cpu.current());
+        // This CPU; read only for sizes the caches serve.
+        let this_cpu = || {
+            self.cpu
+                .current_exclusive()
+                .unwrap_or_else(|| self.cpu.current())
+        };
         if let Some(max_start) = cached {
+            let exclusive = self.cpu.current_exclusive();
             if let Some(cpu) = exclusive {
                 if let Some(pfn) = self.rcaches.take_hot(cpu, class, max_start) {
                     return Ok(pfn);
                 }
             }
+            let cpu = exclusive.unwrap_or_else(|| self.cpu.current());
             if let Some(pfn) = self.rcaches.get(cpu, class, max_start, false) {
                 return Ok(pfn);
             }
@@ -268,7 +274,8 @@ impl<C: CpuId> IovaDomain<C> {
         match from_tree() {
             Err(IovaError::NoSpace) => {
                 // Another CPU's magazines before emptying every cache.
-                if let Some(pfn) = cached.and_then(|m| self.rcaches.get(cpu, class, m, true)) {
+                if let Some(pfn) = cached.and_then(|m| self.rcaches.get(this_cpu(), class, m, true))
+                {
                     return Ok(pfn);
                 }
                 if !flush_caches {

@@ -2,10 +2,10 @@
 //! leaves the tree, by unmap or by a block replacing an emptied table,
 //! comes back for reuse after the IOTLB sync that covers it.
 
-use iommu_pgtable::amd::AmdV1;
 mod common;
 
 use common::lpae;
+use iommu_pgtable::amd::AmdV1;
 use iommu_pgtable::lpae::{Granule, Stage};
 use iommu_pgtable::riscv::{Riscv, RiscvStage};
 use iommu_pgtable::vtd::VtdSl;
