@@ -271,7 +271,7 @@ mod tests {
             out.starts_with("IOMMU Group 0:\n\t00:00.0 Host bridge [0600]: "),
             "{out}"
         );
-        assert!(out.contains("IOMMU Group 2:\n\t01:00.0 VGA compatible controller [0300]: iommu-rs Simulated GPU [1de5:0100]\n\t01:00.1 Audio device"));
+        assert!(out.contains("IOMMU Group 2:\n\t01:00.0 VGA compatible controller [0300]: iommu-rs Simulated GPU [0de5:0100]\n\t01:00.1 Audio device"));
         assert_eq!(out.matches("IOMMU Group").count(), 7);
         assert!(
             !out.contains("04:00.0"),

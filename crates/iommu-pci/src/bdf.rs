@@ -6,8 +6,10 @@ use core::str::FromStr;
 /// A function's address, `ssss:bb:dd.f` (Linux's `pci_name`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Bdf {
-    /// PCI segment (Linux's PCI domain).
-    pub segment: u16,
+    /// PCI segment (Linux's PCI domain). Wider than the 16 bits of an ACPI
+    /// segment: Linux numbers the domains of Intel VMD controllers from
+    /// 0x10000 up.
+    pub segment: u32,
     /// Bus number.
     pub bus: u8,
     /// Device (bits 7:3) and function (bits 2:0), as in a requester id.
@@ -17,7 +19,7 @@ pub struct Bdf {
 impl Bdf {
     /// The function `dev.func` on `bus` of `segment`, if `dev < 32` and
     /// `func < 8`.
-    pub const fn new(segment: u16, bus: u8, dev: u8, func: u8) -> Option<Bdf> {
+    pub const fn new(segment: u32, bus: u8, dev: u8, func: u8) -> Option<Bdf> {
         if dev >= 32 || func >= 8 {
             return None;
         }
@@ -44,7 +46,7 @@ impl Bdf {
     }
 
     /// The function with requester id `rid` on `segment`.
-    pub const fn from_requester_id(segment: u16, rid: u16) -> Bdf {
+    pub const fn from_requester_id(segment: u32, rid: u16) -> Bdf {
         Bdf {
             segment,
             bus: (rid >> 8) as u8,
@@ -74,8 +76,9 @@ pub struct BdfParseError;
 impl FromStr for Bdf {
     type Err = BdfParseError;
 
-    /// `ssss:bb:dd.f` or, as `lspci` prints without `-D`, `bb:dd.f` in
-    /// segment 0.
+    /// `ssss:bb:dd.f` (the segment in one to eight hex digits, as `lspci -D`
+    /// prints VMD domains like `10000:e0:06.0`) or, as `lspci` prints
+    /// without `-D`, `bb:dd.f` in segment 0.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let hex = |t: &str, max_len: usize| -> Result<u32, BdfParseError> {
             if t.is_empty() || t.len() > max_len || !t.bytes().all(|b| b.is_ascii_hexdigit()) {
@@ -90,7 +93,10 @@ impl FromStr for Bdf {
             (Some(sg), Some(b), Some(d), None) => (sg, b, d),
             _ => return Err(BdfParseError),
         };
-        let segment = hex(seg, 4)? as u16;
+        let segment = hex(seg, 8)?;
+        if segment > 0x7fff_ffff {
+            return Err(BdfParseError); // Linux's domain numbers are ints
+        }
         let bus = hex(bus, 2)? as u8;
         let dev = hex(dev, 2)?;
         let func = hex(func, 1)?;
@@ -120,6 +126,11 @@ mod tests {
             Bdf::from_requester_id(1, 0x0208).to_string(),
             "0001:02:01.0"
         );
+        let vmd: Bdf = "10000:e0:06.0".parse().unwrap();
+        assert_eq!(
+            (vmd.segment, vmd.to_string()),
+            (0x10000, "10000:e0:06.0".into())
+        );
     }
 
     #[test]
@@ -132,7 +143,8 @@ mod tests {
             "0:0:0:0.0",
             "00:1c.",
             "g0:00.0",
-            "00000:00:00.0",
+            "000000000:00:00.0",
+            "80000000:00:00.0",
             "000:1c.0",
             "00:1c.0 ",
         ] {

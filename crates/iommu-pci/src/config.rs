@@ -227,6 +227,13 @@ pub struct Function {
     pub capabilities: Vec<(u8, u16)>,
     /// Every extended capability, `(id, offset)`, in list order.
     pub ext_capabilities: Vec<(u16, u16)>,
+    /// The bytes it was read from; [`set_acs_ctrl`](Self::set_acs_ctrl)
+    /// keeps them in step with the fields above.
+    pub config: ConfigSpace,
+    /// The bytes were rebuilt from a text listing (`lspci -vvv`, a
+    /// topology file): only the registers the listing shows are real, the
+    /// rest read as zero.
+    pub reconstructed: bool,
 }
 
 impl Function {
@@ -305,6 +312,8 @@ impl Function {
             sriov: None,
             capabilities: Vec::new(),
             ext_capabilities: Vec::new(),
+            config: cfg.clone(),
+            reconstructed: false,
         };
         if r16(STATUS) & STATUS_CAP_LIST != 0 {
             let list = if header_type == HeaderType::CardBus {
@@ -398,6 +407,73 @@ impl Function {
     /// The PCI Express port type, if the function is a PCI Express one.
     pub fn port_type(&self) -> Option<PortType> {
         self.pcie.map(|p| p.port_type)
+    }
+
+    /// Writes the ACS control register (as Linux's `pci_enable_acs`
+    /// does); nothing for a function without the ACS capability.
+    pub fn set_acs_ctrl(&mut self, ctrl: AcsFlags) {
+        if let Some(acs) = &mut self.acs {
+            acs.ctrl = ctrl;
+            self.config.write_u16(acs.offset + 6, ctrl.0);
+        }
+    }
+
+    /// Gives a PCI Express function an ACS capability with `cap`
+    /// implemented and `ctrl` enabled (what a "what if this port had ACS"
+    /// question needs): the existing one is rewritten, or a new one is
+    /// linked at the end of the extended list, in the highest free eight
+    /// bytes of the space.
+    ///
+    /// # Errors
+    /// [`ConfigErrorKind::CapabilityTruncated`] when the function is not a
+    /// PCI Express one with a 4 KiB space, or no free room is left.
+    pub fn add_acs(&mut self, cap: AcsFlags, ctrl: AcsFlags) -> Result<(), ConfigError> {
+        let full = ConfigError {
+            device: self.bdf,
+            offset: EXT_START,
+            kind: ConfigErrorKind::CapabilityTruncated {
+                id: ext_cap_id::ACS,
+            },
+        };
+        if let Some(acs) = &mut self.acs {
+            acs.cap = cap;
+            self.config.write_u16(acs.offset + 4, cap.0);
+            self.set_acs_ctrl(ctrl);
+            return Ok(());
+        }
+        if self.pcie.is_none() || self.config.len() != 4096 {
+            return Err(full);
+        }
+        let header = |id: u16, next: u16| u32::from(id) | 1 << 16 | u32::from(next) << 20;
+        let last = self.ext_capabilities.last().map(|&(_, off)| off);
+        let at = match last {
+            // An empty list: the capability goes at 0x100 itself.
+            None => EXT_START,
+            Some(last_off) => (last_off + 8..=0xff8)
+                .rev()
+                .step_by(8)
+                .find(|&o| {
+                    o % 8 == 0
+                        && (0..8).all(|k| self.config.read_u8(o + k) == Some(0))
+                        && !self.ext_capabilities.iter().any(|&(_, c)| c == o)
+                })
+                .ok_or(full)?,
+        };
+        if let Some(last_off) = last {
+            let h = self.config.read_u32(last_off).unwrap_or(0);
+            self.config
+                .write_u32(last_off, (h & 0x000f_ffff) | u32::from(at) << 20);
+        }
+        self.config.write_u32(at, header(ext_cap_id::ACS, 0));
+        self.config.write_u16(at + 4, cap.0);
+        self.config.write_u16(at + 6, ctrl.0);
+        self.ext_capabilities.push((ext_cap_id::ACS, at));
+        self.acs = Some(Acs {
+            offset: at,
+            cap,
+            ctrl,
+        });
+        Ok(())
     }
 }
 

@@ -9,9 +9,14 @@
 //! isolated by ACS; the first of those that already has a group is joined,
 //! else a new group is made. The partition is the kernel's; the group
 //! numbers follow this order, so compare partitions, not numbers.
+//!
+//! Every join is recorded as the chain of [`Step`]s that led to the group
+//! found, so that a grouping can be explained rule by rule.
 
-use crate::{AcsFlags, Bdf, Function, PortType, Topology};
-use alloc::collections::BTreeMap;
+use crate::acs::acs_enabled;
+use crate::quirks::{linux_device_quirks, vmd_controllers, QuirkContext};
+use crate::{enable_acs, AcsFlags, AcsVerdict, Bdf, DeviceQuirks, Function, Platform, PortType};
+use crate::{Topology, TopologyError};
 use alloc::vec;
 use alloc::vec::Vec;
 
@@ -21,47 +26,84 @@ use alloc::vec::Vec;
 pub const REQ_ACS_FLAGS: AcsFlags =
     AcsFlags(AcsFlags::SV.0 | AcsFlags::RR.0 | AcsFlags::CR.0 | AcsFlags::UF.0);
 
-/// What Linux keeps per device beyond configuration space, from its quirk
-/// tables (`dma_alias_mask`, `pci_real_dma_dev`, the bridge flags) and its
-/// device-specific ACS table.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct DeviceQuirks {
-    /// Other functions (devfns on the same bus) whose requester id the
-    /// device also uses for DMA (`pci_add_dma_alias`).
-    pub dma_aliases: Vec<u8>,
-    /// The device that really issues this one's DMA (`pci_real_dma_dev`).
-    pub real_dma_dev: Option<Bdf>,
-    /// A bridge where the translation unit sits: aliasing stops there
-    /// (`PCI_DEV_FLAGS_BRIDGE_XLATE_ROOT`).
-    pub bridge_xlate_root: bool,
-    /// A conventional bridge that is really a PCIe-to-PCI one and aliases
-    /// with its secondary bus (`PCI_DEV_FLAG_PCIE_BRIDGE_ALIAS`).
-    pub pcie_bridge_alias: bool,
-    /// The device-specific ACS answer (`pci_dev_specific_acs_enabled`):
-    /// the flags the device's isolation is known to provide, overriding
-    /// its registers.
-    pub acs_provides: Option<AcsFlags>,
+/// How a bridge takes over the requester id of DMA from below it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BridgeAlias {
+    /// A PCIe-to-PCI/PCI-X bridge: DMA carries the secondary bus number
+    /// with devfn 0 (or the bridge's own id).
+    PcieToPci,
+    /// A PCI/PCI-X-to-PCIe bridge: DMA carries the bridge's id.
+    PciToPcie,
+    /// A conventional PCI bridge: DMA carries the bridge's id.
+    Conventional,
+    /// A conventional-looking bridge that Linux's quirk treats as a
+    /// PCIe-to-PCI bridge.
+    QuirkPcieBridge,
 }
 
-/// The platform around the tree: per-device quirks, and which devices the
-/// IOMMU covers (a device it does not cover gets no group; that is the
-/// driver's and firmware's decision, e.g. AMD's IVRS leaving out the
-/// IOMMU's own function).
-#[derive(Clone, Debug, Default)]
-pub struct Platform {
-    /// Quirks by address.
-    pub quirks: BTreeMap<Bdf, DeviceQuirks>,
-    /// Addresses the IOMMU does not cover.
-    pub not_covered: Vec<Bdf>,
+/// One step of the way from a device to the group it joined.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Step {
+    /// `dev`'s DMA is issued by `real` (`pci_real_dma_dev`, e.g. an Intel
+    /// VMD controller).
+    RealDmaDev {
+        /// The device.
+        dev: usize,
+        /// The device that issues its DMA.
+        real: usize,
+    },
+    /// DMA from below `bridge` appears to come from `bridge`.
+    BridgeAlias {
+        /// The device whose DMA is aliased.
+        dev: usize,
+        /// The bridge.
+        bridge: usize,
+        /// How.
+        kind: BridgeAlias,
+    },
+    /// `bridge` has no ACS path to the root, because `blocker` (on the
+    /// way up from `bridge`) is not isolated; so everything below
+    /// `bridge` shares its group.
+    NoAcsPath {
+        /// The device below.
+        dev: usize,
+        /// The bridge the walk moved up to.
+        bridge: usize,
+        /// The first device on the path that is not isolated.
+        blocker: usize,
+        /// Why not.
+        verdict: AcsVerdict,
+    },
+    /// `from` and `to` use each other's requester ids (a DMA-alias
+    /// quirk, or one is the other's real DMA device).
+    DmaAlias {
+        /// The device looked from.
+        from: usize,
+        /// The device it aliases with.
+        to: usize,
+    },
+    /// `from` and `to` are functions of one multifunction device, and
+    /// neither is isolated by ACS.
+    SameSlot {
+        /// The device looked from.
+        from: usize,
+        /// Its sibling function.
+        to: usize,
+        /// Why `from` is not isolated.
+        verdict: AcsVerdict,
+    },
 }
 
-impl Platform {
-    fn quirks(&self, bdf: Bdf) -> Option<&DeviceQuirks> {
-        self.quirks.get(&bdf)
-    }
+/// How one device came into an existing group.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Join {
+    /// The device whose group it took.
+    pub with: usize,
+    /// The steps from the device to `with`.
+    pub steps: Vec<Step>,
 }
 
-/// Groups over a topology: which group each function is in.
+/// Groups over a topology: which group each function is in, and why.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Groups {
     /// Group number of each function of the topology (by index), `None`
@@ -69,6 +111,8 @@ pub struct Groups {
     pub of: Vec<Option<usize>>,
     /// The functions of each group, by index, in the order they joined.
     pub members: Vec<Vec<usize>>,
+    /// For each function that joined a group another function made, how.
+    pub joins: Vec<Option<Join>>,
 }
 
 impl Groups {
@@ -92,18 +136,12 @@ impl Groups {
 /// The grouping machinery over one topology and platform.
 struct Grouper<'a> {
     topo: &'a Topology,
-    platform: &'a Platform,
+    quirks: &'a [DeviceQuirks],
+    acs: &'a [AcsVerdict],
+    /// For each function, the first device from it up to the root that
+    /// is not isolated (`pci_acs_path_enabled` failing there), if any.
+    path_blocker: Vec<Option<usize>>,
     of: Vec<Option<usize>>,
-}
-
-/// Whether `f`'s ACS registers enable `flags`; a capability bit the
-/// function lacks counts as hard-wired on, except egress control.
-fn acs_flags_enabled(f: &Function, flags: AcsFlags) -> bool {
-    let Some(acs) = f.acs else {
-        return false;
-    };
-    let need = flags.intersection(acs.cap.union(AcsFlags::EC));
-    acs.ctrl.contains(need)
 }
 
 impl<'a> Grouper<'a> {
@@ -111,186 +149,298 @@ impl<'a> Grouper<'a> {
         &self.topo.functions()[i]
     }
 
-    /// Linux's `pci_acs_enabled`: whether function `i` is isolated by
-    /// `flags` for its port type (single-function endpoints need no ACS).
-    fn acs_enabled(&self, i: usize, flags: AcsFlags) -> bool {
-        let f = self.f(i);
-        if let Some(provides) = self.platform.quirks(f.bdf).and_then(|q| q.acs_provides) {
-            return provides.contains(flags);
-        }
-        let Some(port) = f.port_type() else {
-            // Conventional PCI and PCI-X: a shared bus, never isolated.
-            return false;
-        };
-        match port {
-            PortType::PciToPcieBridge | PortType::PcieToPciBridge | PortType::RcEventCollector => {
-                false
-            }
-            PortType::DownstreamPort | PortType::RootPort => acs_flags_enabled(f, flags),
-            PortType::Endpoint
-            | PortType::UpstreamPort
-            | PortType::LegacyEndpoint
-            | PortType::RcIntegratedEndpoint => !f.multifunction || acs_flags_enabled(f, flags),
-            PortType::Reserved(_) => true,
-        }
-    }
-
-    /// Linux's `pci_acs_path_enabled(start, NULL, flags)`: ACS from `i` up
-    /// to the root bus.
-    fn acs_path_enabled(&self, mut i: usize, flags: AcsFlags) -> bool {
-        loop {
-            if !self.acs_enabled(i, flags) {
-                return false;
-            }
-            match self.topo.upstream(i) {
-                None => return true,
-                Some(up) => i = up,
-            }
-        }
-    }
-
     fn real_dma_dev(&self, i: usize) -> usize {
-        self.platform
-            .quirks(self.f(i).bdf)
-            .and_then(|q| q.real_dma_dev)
+        self.quirks[i]
+            .real_dma_dev
             .and_then(|b| self.topo.index(b))
             .unwrap_or(i)
     }
 
-    /// Linux's `pci_for_each_dma_alias`: calls `visit(device)` for the
-    /// device and every device whose requester id its DMA may carry on the
-    /// way to the root, stopping when `visit` returns `true`.
-    fn for_each_dma_alias(&self, i: usize, visit: &mut impl FnMut(usize) -> bool) -> bool {
-        let i = self.real_dma_dev(i);
-        if visit(i) {
-            return true;
+    /// Linux's `pci_for_each_dma_alias`, as `pci_device_group` uses it:
+    /// the device, then each bridge on the way up that takes over its
+    /// requester id. Returns the last device visited and whether it
+    /// already has a group, with the steps taken.
+    fn upstream_alias(&self, i: usize, steps: &mut Vec<Step>) -> (usize, Option<usize>) {
+        let real = self.real_dma_dev(i);
+        if real != i {
+            steps.push(Step::RealDmaDev { dev: i, real });
         }
-        // (A quirk's extra requester ids of the same device are visited with
-        // the device itself again, which changes nothing here: they matter
-        // to `are_dma_aliases`.)
-        let mut at = i;
+        if let Some(g) = self.of[real] {
+            return (real, Some(g));
+        }
+        let (mut last, mut at) = (real, real);
         while let Some(up) = self.topo.upstream(at) {
-            let bridge = self.f(up);
-            let bq = self.platform.quirks(bridge.bdf);
-            if bq.is_some_and(|q| q.bridge_xlate_root) {
-                return false;
+            if self.quirks[up].bridge_xlate_root {
+                break;
             }
-            let aliases = match bridge.port_type() {
-                Some(PortType::RootPort | PortType::UpstreamPort | PortType::DownstreamPort) => {
-                    false
-                }
-                Some(PortType::PcieToPciBridge | PortType::PciToPcieBridge) => true,
-                Some(_) => false,
-                None => true,
+            let bridge = self.f(up);
+            let kind = match bridge.port_type() {
+                Some(PortType::PcieToPciBridge) => Some(BridgeAlias::PcieToPci),
+                Some(PortType::PciToPcieBridge) => Some(BridgeAlias::PciToPcie),
+                Some(_) => None,
+                None if self.quirks[up].pcie_bridge_alias => Some(BridgeAlias::QuirkPcieBridge),
+                None => Some(BridgeAlias::Conventional),
             };
-            if aliases && visit(up) {
-                return true;
+            if let Some(kind) = kind {
+                steps.push(Step::BridgeAlias {
+                    dev: last,
+                    bridge: up,
+                    kind,
+                });
+                last = up;
+                if let Some(g) = self.of[up] {
+                    return (up, Some(g));
+                }
             }
             at = up;
         }
-        false
+        (last, None)
     }
 
+    /// `pci_devs_are_dma_aliases`.
     fn are_dma_aliases(&self, a: usize, b: usize) -> bool {
         let (fa, fb) = (self.f(a), self.f(b));
-        let masks = |x: &Function, y: &Function| {
-            self.platform
-                .quirks(x.bdf)
-                .is_some_and(|q| q.dma_aliases.contains(&y.bdf.devfn))
-        };
-        masks(fa, fb) || masks(fb, fa) || self.real_dma_dev(a) == b || self.real_dma_dev(b) == a
+        let masks = |x: usize, y: &Function| self.quirks[x].dma_aliases.contains(&y.bdf.devfn);
+        masks(a, fb) || masks(b, fa) || self.real_dma_dev(a) == b || self.real_dma_dev(b) == a
     }
 
     /// Linux's `get_pci_function_alias_group`.
-    fn function_alias_group(&self, i: usize, seen: &mut [bool; 256]) -> Option<usize> {
-        let f = self.f(i);
-        if !f.multifunction || self.acs_enabled(i, REQ_ACS_FLAGS) {
+    fn function_alias_group(
+        &self,
+        i: usize,
+        seen: &mut [bool; 256],
+        steps: &mut Vec<Step>,
+    ) -> Option<(usize, usize)> {
+        if !self.topo.multifunction(i) || self.acs[i].enabled() {
             return None;
         }
+        let f = self.f(i);
         for j in self.topo.same_bus(i) {
-            if j == i || self.f(j).bdf.dev() != f.bdf.dev() || self.acs_enabled(j, REQ_ACS_FLAGS) {
+            if j == i || self.f(j).bdf.dev() != f.bdf.dev() || self.acs[j].enabled() {
                 continue;
             }
-            if let Some(g) = self.alias_group(j, seen) {
-                return Some(g);
+            let mark = steps.len();
+            steps.push(Step::SameSlot {
+                from: i,
+                to: j,
+                verdict: self.acs[i],
+            });
+            if let Some(found) = self.alias_group(j, seen, steps) {
+                return Some(found);
             }
+            steps.truncate(mark);
         }
         None
     }
 
-    /// Linux's `get_pci_alias_group`.
-    fn alias_group(&self, i: usize, seen: &mut [bool; 256]) -> Option<usize> {
+    /// Linux's `get_pci_alias_group`: the group found and the device
+    /// that has it.
+    fn alias_group(
+        &self,
+        i: usize,
+        seen: &mut [bool; 256],
+        steps: &mut Vec<Step>,
+    ) -> Option<(usize, usize)> {
         let devfn = usize::from(self.f(i).bdf.devfn);
         if seen[devfn] {
             return None;
         }
         seen[devfn] = true;
         if let Some(g) = self.of[i] {
-            return Some(g);
+            return Some((g, i));
         }
         for j in self.topo.same_bus(i) {
             if j == i || !self.are_dma_aliases(i, j) {
                 continue;
             }
-            if let Some(g) = self.alias_group(j, seen) {
-                return Some(g);
+            let mark = steps.len();
+            steps.push(Step::DmaAlias { from: i, to: j });
+            if let Some(found) = self.alias_group(j, seen, steps) {
+                return Some(found);
             }
-            if let Some(g) = self.function_alias_group(j, seen) {
-                return Some(g);
+            if let Some(found) = self.function_alias_group(j, seen, steps) {
+                return Some(found);
             }
+            steps.truncate(mark);
         }
         None
     }
 
     /// Linux's `pci_device_group`: the existing group function `i` must
-    /// join, or `None` for a new one.
-    fn device_group(&self, i: usize) -> Option<usize> {
-        let mut last = i;
-        let mut found = None;
-        self.for_each_dma_alias(i, &mut |d| {
-            last = d;
-            found = self.of[d];
-            found.is_some()
-        });
-        if found.is_some() {
-            return found;
+    /// join and how, or `None` for a new one.
+    fn device_group(&self, i: usize) -> Option<(usize, Join)> {
+        let mut steps = Vec::new();
+        let (last, found) = self.upstream_alias(i, &mut steps);
+        if let Some(g) = found {
+            return Some((g, Join { with: last, steps }));
         }
         let mut pdev = last;
         let mut at = last;
         while let Some(up) = self.topo.upstream(at) {
-            if self.acs_path_enabled(up, REQ_ACS_FLAGS) {
+            let Some(blocker) = self.path_blocker[up] else {
                 break;
-            }
+            };
+            steps.push(Step::NoAcsPath {
+                dev: pdev,
+                bridge: up,
+                blocker,
+                verdict: self.acs[blocker],
+            });
             pdev = up;
             if let Some(g) = self.of[pdev] {
-                return Some(g);
+                return Some((g, Join { with: pdev, steps }));
             }
             at = up;
         }
         let mut seen = [false; 256];
-        self.alias_group(pdev, &mut seen)
-            .or_else(|| self.function_alias_group(pdev, &mut seen))
+        let found = self
+            .alias_group(pdev, &mut seen, &mut steps)
+            .or_else(|| self.function_alias_group(pdev, &mut seen, &mut steps));
+        found.map(|(g, with)| (g, Join { with, steps }))
     }
 }
 
-/// Groups every function the IOMMU covers, as Linux 6.12 would.
-pub fn pci_groups(topo: &Topology, platform: &Platform) -> Groups {
+/// The result of running Linux's PCI set-up and grouping over a machine.
+#[derive(Clone, Debug)]
+pub struct Analysis {
+    /// The tree, with the ACS controls as the kernel leaves them.
+    pub topology: Topology,
+    /// The platform it ran with.
+    pub platform: Platform,
+    /// The quirks in force per function (Linux's and the platform's).
+    pub quirks: Vec<DeviceQuirks>,
+    /// `pci_acs_enabled(dev, REQ_ACS_FLAGS)` per function, with reasons.
+    pub acs: Vec<AcsVerdict>,
+    /// The groups.
+    pub groups: Groups,
+}
+
+impl Analysis {
+    /// Builds the tree of `functions` and runs Linux's set-up and grouping
+    /// on it: the ACS enabling (`pci_enable_acs` with the platform's
+    /// kernel parameters), then `pci_device_group` for every device the
+    /// IOMMU covers, in enumeration order.
+    ///
+    /// # Errors
+    /// A [`TopologyError`] when the functions do not form a tree.
+    pub fn new(functions: Vec<Function>, platform: Platform) -> Result<Analysis, TopologyError> {
+        let mut topology = Topology::new(functions)?;
+        enable_acs(&mut topology, &platform);
+        Ok(Analysis::of(topology, platform))
+    }
+
+    /// Groups a tree whose ACS controls are already as the kernel leaves
+    /// them (no [`enable_acs`] run).
+    pub fn of(topology: Topology, platform: Platform) -> Analysis {
+        let order = topology.enumeration_order();
+        let vmds = if platform.linux_quirks {
+            vmd_controllers(&topology, &order)
+        } else {
+            Vec::new()
+        };
+        let quirks: Vec<DeviceQuirks> = (0..topology.len())
+            .map(|i| {
+                let mut q = if platform.linux_quirks {
+                    linux_device_quirks(&topology, i, &vmds)
+                } else {
+                    DeviceQuirks::default()
+                };
+                if let Some(extra) = platform.quirks.get(&topology.functions()[i].bdf) {
+                    for &d in &extra.dma_aliases {
+                        if !q.dma_aliases.contains(&d) {
+                            q.dma_aliases.push(d);
+                        }
+                    }
+                    q.real_dma_dev = extra.real_dma_dev.or(q.real_dma_dev);
+                    q.bridge_xlate_root |= extra.bridge_xlate_root;
+                    q.pcie_bridge_alias |= extra.pcie_bridge_alias;
+                    q.acs_provides = extra.acs_provides;
+                }
+                q
+            })
+            .collect();
+        let cx = QuirkContext {
+            topo: &topology,
+            amd_iommu: platform.iommu == crate::IommuKind::AmdVi,
+            acs_override: &platform.params.acs_override,
+            linux_quirks: platform.linux_quirks,
+        };
+        let acs: Vec<AcsVerdict> = (0..topology.len())
+            .map(|i| acs_enabled(&cx, &quirks[i], i, REQ_ACS_FLAGS))
+            .collect();
+        let groups = group(&topology, &platform, &quirks, &acs, &order);
+        Analysis {
+            topology,
+            platform,
+            quirks,
+            acs,
+            groups,
+        }
+    }
+
+    /// The group of the function at `bdf`.
+    pub fn group_of(&self, bdf: Bdf) -> Option<usize> {
+        self.topology.index(bdf).and_then(|i| self.groups.of[i])
+    }
+}
+
+fn group(
+    topo: &Topology,
+    platform: &Platform,
+    quirks: &[DeviceQuirks],
+    acs: &[AcsVerdict],
+    order: &[usize],
+) -> Groups {
+    let n = topo.len();
+    // Parents come before children in enumeration order, so each
+    // function's path blocker follows from its upstream bridge's.
+    let mut path_blocker: Vec<Option<usize>> = vec![None; n];
+    let mut done = vec![false; n];
+    for &i in order {
+        let above = topo.upstream(topo.physfn(i).unwrap_or(i));
+        let up = above.and_then(|u| {
+            debug_assert!(done[u], "bridges enumerate before their buses");
+            path_blocker[u]
+        });
+        path_blocker[i] = if acs[i].enabled() { up } else { Some(i) };
+        done[i] = true;
+    }
     let mut g = Grouper {
         topo,
-        platform,
-        of: vec![None; topo.functions().len()],
+        quirks,
+        acs,
+        path_blocker,
+        of: vec![None; n],
     };
     let mut members: Vec<Vec<usize>> = Vec::new();
-    for i in topo.enumeration_order() {
-        if platform.not_covered.contains(&topo.functions()[i].bdf) {
+    let mut joins: Vec<Option<Join>> = vec![None; n];
+    for &i in order {
+        if !platform.covers(&topo.functions()[i]) {
             continue;
         }
-        let group = g.device_group(i).unwrap_or_else(|| {
-            members.push(Vec::new());
-            members.len() - 1
-        });
+        let group = match g.device_group(i) {
+            Some((group, join)) => {
+                joins[i] = Some(join);
+                group
+            }
+            None => {
+                members.push(Vec::new());
+                members.len() - 1
+            }
+        };
         g.of[i] = Some(group);
         members[group].push(i);
     }
-    Groups { of: g.of, members }
+    Groups {
+        of: g.of,
+        members,
+        joins,
+    }
+}
+
+/// Groups every function of `topo` the platform's IOMMU covers, as Linux
+/// 6.12 would, with the ACS controls as `topo` has them (see
+/// [`Analysis::new`] for the whole set-up).
+pub fn pci_groups(topo: &Topology, platform: &Platform) -> Groups {
+    Analysis::of(topo.clone(), platform.clone()).groups
 }

@@ -22,7 +22,7 @@
 //!
 //! // A PCIe root port (type 1 header) with an Express capability at 0x40.
 //! let mut cfg = ConfigSpace::new_zeroed(256);
-//! cfg.write_u16(0x00, 0x1de5); // vendor
+//! cfg.write_u16(0x00, 0x0de5); // vendor
 //! cfg.write_u16(0x02, 0x0101); // device
 //! cfg.write_u8(0x0e, 0x01);    // header type 1
 //! cfg.write_u16(0x06, 0x0010); // status: capability list
@@ -41,22 +41,30 @@
 
 extern crate alloc;
 
+mod acs;
 mod bdf;
 mod caps;
 mod config;
 mod error;
 mod group;
 mod import;
+mod params;
+mod platform;
+pub mod quirks;
 #[cfg(feature = "test-utils")]
 pub mod testing;
 mod topology;
 
+pub use acs::{enable_acs, AcsVerdict};
 pub use bdf::{Bdf, BdfParseError};
 pub use caps::{Acs, AcsFlags, Ari, Pcie, PortType, Sriov};
 pub use config::{cap_id, ext_cap_id, BridgeBuses, ConfigSpace, Function, HeaderType};
 pub use error::{ConfigError, ConfigErrorKind};
-pub use group::{pci_groups, DeviceQuirks, Groups, Platform, REQ_ACS_FLAGS};
+pub use group::{pci_groups, Analysis, BridgeAlias, Groups, Join, Step, REQ_ACS_FLAGS};
 pub use import::{
     functions_from_lspci_x, parse_lspci_x, write_lspci_x, DumpedFunction, ImportError,
 };
-pub use topology::{Topology, TopologyError};
+pub use params::{AcsOverride, ConfigAcs, DeviceMatch, KernelParams, ParamError};
+pub use platform::{IommuKind, Platform};
+pub use quirks::{AcsQuirk, AliasQuirk, DeviceQuirks};
+pub use topology::{DevFlags, Topology, TopologyError};

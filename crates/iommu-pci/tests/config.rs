@@ -6,7 +6,7 @@ use iommu_pci::{
 };
 
 /// A vendor id no company holds, for functions made by hand.
-const VENDOR: u16 = 0x1de5;
+const VENDOR: u16 = 0x0de5;
 
 fn bdf() -> Bdf {
     "0000:03:00.0".parse().unwrap()
@@ -35,7 +35,7 @@ fn ext(c: &mut ConfigSpace, at: u16, id: u16, next: u16) {
 #[test]
 fn the_header_gives_ids_class_and_the_multifunction_bit() {
     let mut c = pcie(0x80, 0);
-    c.write_u16(0x2c, 0x1de5);
+    c.write_u16(0x2c, 0x0de5);
     c.write_u16(0x2e, 0x0007);
     let f = Function::parse(bdf(), &c).unwrap();
     assert_eq!((f.vendor, f.device, f.revision), (VENDOR, 0x1234, 1));
@@ -43,7 +43,7 @@ fn the_header_gives_ids_class_and_the_multifunction_bit() {
     assert_eq!((f.base_class(), f.subclass()), (0x0c, 0x03));
     assert_eq!(f.header_type, HeaderType::Normal);
     assert!(f.multifunction);
-    assert_eq!(f.subsystem, (0x1de5, 0x0007));
+    assert_eq!(f.subsystem, (0x0de5, 0x0007));
     assert_eq!(f.port_type(), Some(PortType::Endpoint));
     assert_eq!(f.capabilities, vec![(cap_id::EXP, 0x40)]);
 }

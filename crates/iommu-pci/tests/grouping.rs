@@ -7,7 +7,7 @@ use iommu_pci::{
 };
 
 /// A vendor id no company holds.
-const VENDOR: u16 = 0x1de5;
+const VENDOR: u16 = 0x0de5;
 
 /// One function of a hand-made topology.
 #[derive(Clone, Copy, Default)]

@@ -9,10 +9,10 @@ use iommu_pci::{
 /// each), with names, the way a user pastes them.
 fn dump() -> String {
     let mut s = String::new();
-    s.push_str("00:1c.0 PCI bridge: Unknown vendor 1de5 Device 0101 (rev 01)\n");
+    s.push_str("00:1c.0 PCI bridge: Unknown vendor 0de5 Device 0101 (rev 01)\n");
     // Root port: type 1, cap list, Express cap at 0x40 (version 2, root port), buses 0/1/1.
     let mut b = vec![0u8; 256];
-    b[0..4].copy_from_slice(&[0xe5, 0x1d, 0x01, 0x01]);
+    b[0..4].copy_from_slice(&[0xe5, 0x0d, 0x01, 0x01]);
     b[6] = 0x10;
     b[0x0e] = 0x01;
     b[0x18..0x1b].copy_from_slice(&[0, 1, 1]);
@@ -20,9 +20,9 @@ fn dump() -> String {
     b[0x40..0x44].copy_from_slice(&[0x10, 0x00, 0x42, 0x00]);
     rows(&mut s, &b);
     s.push('\n');
-    s.push_str("01:00.0 Ethernet controller: Unknown vendor 1de5 Device 0200\n");
+    s.push_str("01:00.0 Ethernet controller: Unknown vendor 0de5 Device 0200\n");
     let mut e = vec![0u8; 256];
-    e[0..4].copy_from_slice(&[0xe5, 0x1d, 0x00, 0x02]);
+    e[0..4].copy_from_slice(&[0xe5, 0x0d, 0x00, 0x02]);
     e[6] = 0x10;
     e[0x34] = 0x40;
     e[0x40..0x44].copy_from_slice(&[0x10, 0x00, 0x02, 0x00]);

@@ -1,0 +1,103 @@
+//! The machine around the PCI tree: which IOMMU translates it (a driver
+//! property: which devices it covers, and facts vendor quirks test), the
+//! kernel parameters, and quirks a platform declares by hand.
+
+use crate::quirks::vendor;
+use crate::{Bdf, DeviceQuirks, Function, KernelParams};
+use alloc::collections::BTreeMap;
+use alloc::vec::Vec;
+use core::fmt;
+
+/// The IOMMU in front of the PCI devices.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum IommuKind {
+    /// An IOMMU that covers every function and has no vendor rules (the
+    /// software IOMMU, virtio-iommu, an SMMU).
+    #[default]
+    Generic,
+    /// Intel VT-d: covers every function.
+    IntelVtd,
+    /// AMD-Vi: its ACPI IVRS table exists (which an AMD southbridge ACS
+    /// quirk tests), and the IOMMU's own PCI function is not translated
+    /// by itself (Linux removes it from the IVRS lookup).
+    AmdVi,
+}
+
+impl IommuKind {
+    /// Whether the IOMMU translates `f`'s DMA, so that `f` gets a group.
+    pub fn covers(self, f: &Function) -> bool {
+        match self {
+            IommuKind::AmdVi => !(f.vendor == vendor::AMD && f.class >> 8 == 0x0806),
+            IommuKind::Generic | IommuKind::IntelVtd => true,
+        }
+    }
+
+    /// The IOMMU a machine most likely has: AMD-Vi where an AMD IOMMU
+    /// function (class 0806) is present, VT-d where the host bridge is
+    /// Intel's, otherwise a generic one.
+    pub fn detect(functions: &[Function]) -> IommuKind {
+        if functions
+            .iter()
+            .any(|f| f.vendor == vendor::AMD && f.class >> 8 == 0x0806)
+        {
+            IommuKind::AmdVi
+        } else if functions
+            .iter()
+            .any(|f| f.vendor == vendor::INTEL && f.class >> 8 == 0x0600 && f.bdf.bus == 0)
+        {
+            IommuKind::IntelVtd
+        } else {
+            IommuKind::Generic
+        }
+    }
+}
+
+impl fmt::Display for IommuKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            IommuKind::Generic => "generic",
+            IommuKind::IntelVtd => "intel-vtd",
+            IommuKind::AmdVi => "amd-vi",
+        })
+    }
+}
+
+/// Everything grouping depends on beyond configuration space.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Platform {
+    /// The IOMMU.
+    pub iommu: IommuKind,
+    /// Kernel parameters.
+    pub params: KernelParams,
+    /// Apply Linux 6.12's quirk tables by vendor and device id (the
+    /// default); off, only the registers and [`quirks`](Self::quirks)
+    /// count.
+    pub linux_quirks: bool,
+    /// Quirks declared by hand, by address (firmware-provided aliases such
+    /// as AMD's IVRS alias entries, or devices of a hand-made platform);
+    /// they add to Linux's.
+    pub quirks: BTreeMap<Bdf, DeviceQuirks>,
+    /// Addresses the IOMMU does not cover, beyond what
+    /// [`IommuKind::covers`] leaves out (devices outside the firmware's
+    /// IOMMU scope).
+    pub not_covered: Vec<Bdf>,
+}
+
+impl Default for Platform {
+    fn default() -> Self {
+        Platform {
+            iommu: IommuKind::Generic,
+            params: KernelParams::default(),
+            linux_quirks: true,
+            quirks: BTreeMap::new(),
+            not_covered: Vec::new(),
+        }
+    }
+}
+
+impl Platform {
+    /// Whether function `f` gets a group.
+    pub fn covers(&self, f: &Function) -> bool {
+        self.iommu.covers(f) && !self.not_covered.contains(&f.bdf)
+    }
+}
