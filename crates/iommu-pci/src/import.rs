@@ -30,6 +30,22 @@ pub enum ImportError {
         /// What is wrong with its bytes.
         error: ConfigError,
     },
+    /// More functions than any machine has.
+    #[error("more than {limit} functions")]
+    TooMany {
+        /// The limit ([`MAX_FUNCTIONS`](crate::MAX_FUNCTIONS)).
+        limit: usize,
+    },
+}
+
+impl ImportError {
+    /// The input line the error is about, if it is about one.
+    pub fn line(&self) -> Option<usize> {
+        match self {
+            ImportError::Syntax { line, .. } | ImportError::Config { line, .. } => Some(*line),
+            ImportError::TooMany { .. } => None,
+        }
+    }
 }
 
 /// One function of a dump: its address, its bytes, and where it began.
@@ -146,6 +162,11 @@ pub fn parse_lspci_x(text: &str) -> Result<Vec<DumpedFunction>, ImportError> {
         })?;
         if let Some(o) = open.take() {
             finish(o, &mut out)?;
+        }
+        if out.len() >= crate::MAX_FUNCTIONS {
+            return Err(ImportError::TooMany {
+                limit: crate::MAX_FUNCTIONS,
+            });
         }
         open = Some(Open {
             bdf,

@@ -46,13 +46,17 @@ mod bdf;
 mod caps;
 mod config;
 mod error;
+mod explain;
 mod group;
 mod import;
+mod lspci;
+mod machine;
 mod params;
 mod platform;
 pub mod quirks;
 #[cfg(feature = "test-utils")]
 pub mod testing;
+mod topofile;
 mod topology;
 
 pub use acs::{enable_acs, AcsVerdict};
@@ -60,11 +64,20 @@ pub use bdf::{Bdf, BdfParseError};
 pub use caps::{Acs, AcsFlags, Ari, Pcie, PortType, Sriov};
 pub use config::{cap_id, ext_cap_id, BridgeBuses, ConfigSpace, Function, HeaderType};
 pub use error::{ConfigError, ConfigErrorKind};
+pub use explain::{short_name, Reason, Rule};
 pub use group::{pci_groups, Analysis, BridgeAlias, Groups, Join, Step, REQ_ACS_FLAGS};
 pub use import::{
     functions_from_lspci_x, parse_lspci_x, write_lspci_x, DumpedFunction, ImportError,
 };
+pub use lspci::{parse_lspci_v, ListedFunction};
+pub use machine::{
+    compare, describe_function, Comparison, Machine, MachineDevice, Mismatch, RawFunction,
+    MAX_FUNCTIONS,
+};
 pub use params::{AcsOverride, ConfigAcs, DeviceMatch, KernelParams, ParamError};
 pub use platform::{IommuKind, Platform};
 pub use quirks::{AcsQuirk, AliasQuirk, DeviceQuirks};
+pub use topofile::{
+    acs_flags_text, parse_acs_flags, parse_topology, write_topology, TopologyFile, SIM_VENDOR,
+};
 pub use topology::{DevFlags, Topology, TopologyError};
