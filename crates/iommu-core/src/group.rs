@@ -717,8 +717,27 @@ impl StreamIdGroups {
     /// `EINVAL` when `dev`'s ids are owned by two different groups (nothing
     /// is recorded then); as [`Iommu::group_alloc`].
     pub fn device_group(&self, iommu: &Iommu, dev: &Arc<Device>) -> Result<Group, Errno> {
+        self.device_group_in(iommu, dev, None)
+    }
+
+    /// As [`device_group`](Self::device_group), with the group a bus
+    /// layer has already chosen for `dev` (PCI grouping puts devices that
+    /// share no stream id together when ACS cannot keep them apart):
+    /// `want` is joined, and `dev`'s ids must not be owned by another
+    /// group.
+    ///
+    /// # Errors
+    /// `EINVAL` when `dev`'s ids are owned by two different groups, or by
+    /// a group other than `want` (nothing is recorded then); as
+    /// [`Iommu::group_alloc`].
+    pub fn device_group_in(
+        &self,
+        iommu: &Iommu,
+        dev: &Arc<Device>,
+        want: Option<Group>,
+    ) -> Result<Group, Errno> {
         let mut by_id = crate::lock(&self.by_id);
-        let mut owner: Option<Group> = None;
+        let mut owner: Option<Group> = want;
         for id in dev.stream_ids() {
             let Some(g) = by_id.get(id).and_then(StreamOwner::live_group) else {
                 continue;

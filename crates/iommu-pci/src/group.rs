@@ -382,6 +382,43 @@ impl Analysis {
     pub fn group_of(&self, bdf: Bdf) -> Option<usize> {
         self.topology.index(bdf).and_then(|i| self.groups.of[i])
     }
+
+    /// Every requester id function `i`'s DMA may carry when it reaches the
+    /// root (Linux's whole `pci_for_each_dma_alias` walk): the id of the
+    /// device that issues it, its quirk aliases, and the id of each bridge
+    /// on the way up that takes ownership. What an IOMMU driver programs
+    /// for the device.
+    pub fn dma_requester_ids(&self, i: usize) -> Vec<u16> {
+        let topo = &self.topology;
+        let real = self.quirks[i]
+            .real_dma_dev
+            .and_then(|b| topo.index(b))
+            .unwrap_or(i);
+        let rf = &topo.functions()[real];
+        let mut ids = alloc::vec![rf.bdf.requester_id()];
+        for &devfn in &self.quirks[real].dma_aliases {
+            ids.push(u16::from(rf.bdf.bus) << 8 | u16::from(devfn));
+        }
+        let mut at = real;
+        while let Some(up) = topo.upstream(topo.physfn(at).unwrap_or(at)) {
+            if self.quirks[up].bridge_xlate_root {
+                break;
+            }
+            let b = &topo.functions()[up];
+            let secondary = b.bridge.map_or(0, |x| x.secondary);
+            match b.port_type() {
+                Some(PortType::PcieToPciBridge) => ids.push(u16::from(secondary) << 8),
+                Some(PortType::PciToPcieBridge) => ids.push(b.bdf.requester_id()),
+                Some(_) => {}
+                None if self.quirks[up].pcie_bridge_alias => ids.push(u16::from(secondary) << 8),
+                None => ids.push(b.bdf.requester_id()),
+            }
+            at = up;
+        }
+        ids.sort_unstable();
+        ids.dedup();
+        ids
+    }
 }
 
 fn group(

@@ -26,5 +26,6 @@ mod soft;
 pub mod testing;
 
 pub use soft::{
-    Access, SoftConfig, SoftDomain, SoftIommu, TranslateError, DEFAULT_TABLE_BUDGET, PGSIZE_BITMAP,
+    Access, PciGrouping, SoftConfig, SoftDomain, SoftIommu, TranslateError, DEFAULT_TABLE_BUDGET,
+    PGSIZE_BITMAP,
 };

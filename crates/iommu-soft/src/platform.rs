@@ -1,29 +1,28 @@
-//! The built-in default platform: one PCI-like bus behind a [`SoftIommu`].
+//! PCI platforms behind a [`SoftIommu`]: any machine the PCI layer reads
+//! (a listing, a hex dump, a sysfs tree, a topology file), and the
+//! built-in default one.
 //!
-//! Ten functions in seven groups: a host bridge, a root port, a GPU whose
-//! audio function shares its requester id (one group), a USB controller with
-//! a firmware-reserved direct region (an RMRR-like identity map), a
-//! chipset group of three functions behind one alias, a NIC, an NVMe drive,
-//! and a management controller not behind the IOMMU at all.
+//! A platform's functions are configuration space; [`iommu_pci`] runs
+//! Linux's PCI set-up and grouping over them, and each function becomes a
+//! core [`Device`] whose stream ids are the requester ids its DMA can
+//! carry (Linux's `pci_for_each_dma_alias`). The soft IOMMU then groups
+//! the devices as the PCI layer decided, so the core's groups, their ids
+//! and `/sys/kernel/iommu_groups` come out of the algorithm, not a table.
+//!
+//! The default platform ([`DEFAULT_TOPOLOGY`]) has 20 functions of a
+//! vendor id no company holds: a GPU and its audio function, an SR-IOV
+//! NIC with two VFs, an NVMe drive, a USB controller with a
+//! firmware-reserved direct region (an RMRR-like identity map), a chipset
+//! whose three functions lack ACS, a root port without ACS above a
+//! PCIe-to-PCI bridge and two legacy devices, and a management controller
+//! the IOMMU does not cover.
 
-use crate::{SoftConfig, SoftIommu};
+use crate::{PciGrouping, SoftConfig, SoftIommu};
 use iommu_core::{
     Bus, Device, DeviceBuilder, Errno, Iommu, IommuConfig, Prot, ReservedRegion, ResvType,
 };
+use iommu_pci::{Analysis, Bdf, Machine, TopologyError};
 use std::sync::Arc;
-
-/// One device of the platform.
-#[derive(Clone, Copy, Debug)]
-pub struct DeviceSpec {
-    /// PCI address.
-    pub name: &'static str,
-    /// Parent directory under `devices/` (the bridge it sits behind).
-    pub parent: &'static str,
-    /// What `lspci -nn` would print after the address.
-    pub description: &'static str,
-    /// Requester/stream ids (empty: not behind the IOMMU).
-    pub stream_ids: &'static [u32],
-}
 
 /// The USB controller's firmware-reserved buffer, identity-mapped.
 pub const USB_RMRR: ReservedRegion =
@@ -32,89 +31,79 @@ pub const USB_RMRR: ReservedRegion =
 /// The software MSI window the driver reserves for every device.
 pub const SW_MSI: (u64, u64) = (0x0800_0000, 0x10_0000);
 
-/// The devices, in bus order.
-pub const DEVICES: &[DeviceSpec] = &[
-    DeviceSpec {
-        name: "0000:00:00.0",
-        parent: "pci0000:00",
-        description: "Host bridge [0600]: iommu-rs Simulated Root Complex [0de5:0001]",
-        stream_ids: &[0x0000],
-    },
-    DeviceSpec {
-        name: "0000:00:01.0",
-        parent: "pci0000:00",
-        description: "PCI bridge [0604]: iommu-rs Simulated Root Port [0de5:0002]",
-        stream_ids: &[0x0008],
-    },
-    DeviceSpec {
-        name: "0000:01:00.0",
-        parent: "pci0000:00/0000:00:01.0",
-        description: "VGA compatible controller [0300]: iommu-rs Simulated GPU [0de5:0100]",
-        stream_ids: &[0x0100],
-    },
-    DeviceSpec {
-        name: "0000:01:00.1",
-        parent: "pci0000:00/0000:00:01.0",
-        description: "Audio device [0403]: iommu-rs Simulated GPU Audio [0de5:0101]",
-        stream_ids: &[0x0101, 0x0100],
-    },
-    DeviceSpec {
-        name: "0000:00:14.0",
-        parent: "pci0000:00",
-        description: "USB controller [0c03]: iommu-rs Simulated xHCI [0de5:0014]",
-        stream_ids: &[0x00a0],
-    },
-    DeviceSpec {
-        name: "0000:00:1f.0",
-        parent: "pci0000:00",
-        description: "ISA bridge [0601]: iommu-rs Simulated LPC [0de5:001f]",
-        stream_ids: &[0x00f8],
-    },
-    DeviceSpec {
-        name: "0000:00:1f.3",
-        parent: "pci0000:00",
-        description: "Audio device [0403]: iommu-rs Simulated HD Audio [0de5:0020]",
-        stream_ids: &[0x00fb, 0x00f8],
-    },
-    DeviceSpec {
-        name: "0000:00:1f.4",
-        parent: "pci0000:00",
-        description: "SMBus [0c05]: iommu-rs Simulated SMBus [0de5:0021]",
-        stream_ids: &[0x00fc, 0x00f8],
-    },
-    DeviceSpec {
-        name: "0000:02:00.0",
-        parent: "pci0000:00",
-        description: "Ethernet controller [0200]: iommu-rs Simulated NIC [0de5:0200]",
-        stream_ids: &[0x0200],
-    },
-    DeviceSpec {
-        name: "0000:03:00.0",
-        parent: "pci0000:00",
-        description: "Non-Volatile memory controller [0108]: iommu-rs Simulated NVMe [0de5:0300]",
-        stream_ids: &[0x0300],
-    },
-    DeviceSpec {
-        name: "0000:04:00.0",
-        parent: "pci0000:00",
-        description:
-            "Signal processing controller [1180]: iommu-rs Simulated BMC (no IOMMU) [0de5:0400]",
-        stream_ids: &[],
-    },
-];
+/// The default platform, in the topology format of [`iommu_pci`].
+pub const DEFAULT_TOPOLOGY: &str = r#"# The iommu tool's default platform (vendor 0de5: no company holds it).
+00:00.0 host-bridge id=0de5:0001 name="Host bridge [0600]: iommu-rs Simulated Root Complex [0de5:0001]"
+00:01.0 root-port buses=01-01 id=0de5:0002 acs=SV,RR,CR,UF name="PCI bridge [0604]: iommu-rs Simulated Root Port [0de5:0002]"
+00:02.0 root-port buses=02-02 id=0de5:0002 acs=SV,RR,CR,UF name="PCI bridge [0604]: iommu-rs Simulated Root Port [0de5:0002]"
+00:03.0 root-port buses=03-03 id=0de5:0002 acs=SV,RR,CR,UF name="PCI bridge [0604]: iommu-rs Simulated Root Port [0de5:0002]"
+00:14.0 rc-endpoint id=0de5:0014 class=0c0330 name="USB controller [0c03]: iommu-rs Simulated xHCI [0de5:0014]"
+00:1c.0 root-port buses=04-05 id=0de5:001c name="PCI bridge [0604]: iommu-rs Simulated Root Port without ACS [0de5:001c]"
+00:1d.0 root-port buses=06-06 id=0de5:0002 acs=SV,RR,CR,UF name="PCI bridge [0604]: iommu-rs Simulated Root Port [0de5:0002]"
+00:1f.0 rc-endpoint id=0de5:001f class=0601 multifunction name="ISA bridge [0601]: iommu-rs Simulated LPC [0de5:001f]"
+00:1f.3 rc-endpoint id=0de5:0020 class=0403 name="Audio device [0403]: iommu-rs Simulated HD Audio [0de5:0020]"
+00:1f.4 rc-endpoint id=0de5:0021 class=0c05 name="SMBus [0c05]: iommu-rs Simulated SMBus [0de5:0021]"
+01:00.0 endpoint id=0de5:0100 class=0300 multifunction name="VGA compatible controller [0300]: iommu-rs Simulated GPU [0de5:0100]"
+01:00.1 endpoint id=0de5:0101 class=0403 name="Audio device [0403]: iommu-rs Simulated GPU Audio [0de5:0101]"
+02:00.0 endpoint id=0de5:0200 class=0200 sriov=2 vf-offset=16 vf-stride=1 vf-id=0210 name="Ethernet controller [0200]: iommu-rs Simulated NIC [0de5:0200]"
+03:00.0 endpoint id=0de5:0300 class=010802 name="Non-Volatile memory controller [0108]: iommu-rs Simulated NVMe [0de5:0300]"
+04:00.0 pcie-to-pci-bridge buses=05-05 id=0de5:0400 name="PCI bridge [0604]: iommu-rs Simulated PCIe-to-PCI Bridge [0de5:0400]"
+05:01.0 pci id=0de5:0500 class=0700 name="Serial controller [0700]: iommu-rs Simulated UART [0de5:0500]"
+05:02.0 pci id=0de5:0501 class=0701 name="Parallel controller [0701]: iommu-rs Simulated Parallel Port [0de5:0501]"
+06:00.0 endpoint id=0de5:0600 class=1180 not-covered name="Signal processing controller [1180]: iommu-rs Simulated BMC (no IOMMU) [0de5:0600]"
+"#;
 
-/// The platform once built: the subsystem, its bus and its driver.
-pub struct DefaultPlatform {
+/// Why a platform could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum PlatformError {
+    /// The machine's functions do not form a PCI tree.
+    #[error("the machine's functions do not form a PCI tree: {0}")]
+    Topology(#[from] TopologyError),
+    /// The core refused a step.
+    #[error("{0}")]
+    Core(#[from] Errno),
+}
+
+/// A PCI machine behind a soft IOMMU: the subsystem, its bus, the driver,
+/// and the PCI layer's view.
+pub struct PciPlatform {
     /// The subsystem.
     pub iommu: Iommu,
     /// The PCI bus.
     pub bus: Bus,
     /// The driver (and its emulated hardware).
     pub soft: SoftIommu,
+    /// The machine as read.
+    pub machine: Machine,
+    /// Linux's set-up and grouping over it.
+    pub analysis: Arc<Analysis>,
 }
 
-impl DefaultPlatform {
-    /// Builds the platform with the default policy (translated, strict).
+/// The built-in platform is a [`PciPlatform`] of [`DEFAULT_TOPOLOGY`].
+pub type DefaultPlatform = PciPlatform;
+
+/// The sysfs directory of function `i`: under `pci<segment>:<root bus>`,
+/// through each bridge above it, as Linux's `/sys/devices` nests them.
+fn sysfs_dir(a: &Analysis, i: usize) -> String {
+    let topo = &a.topology;
+    let mut chain = vec![topo.functions()[i].bdf];
+    let mut at = topo.physfn(i).unwrap_or(i);
+    while let Some(up) = topo.upstream(at) {
+        chain.push(topo.functions()[up].bdf);
+        at = up;
+    }
+    let top = chain.last().copied().expect("the function itself");
+    let mut dir = format!("devices/pci{:04x}:{:02x}", top.segment, top.bus);
+    for b in chain.iter().rev() {
+        dir.push('/');
+        dir.push_str(&b.to_string());
+    }
+    dir
+}
+
+impl PciPlatform {
+    /// Builds the default platform with the default policy (translated,
+    /// strict).
     ///
     /// # Errors
     /// Any error from the core while adding devices or setting the ops.
@@ -122,34 +111,83 @@ impl DefaultPlatform {
         Self::build_with(IommuConfig::default())
     }
 
-    /// Builds the platform with `config`: devices first, then the IOMMU ops
-    /// are set on the bus, which walks them into groups.
+    /// Builds the default platform with `config`.
     ///
     /// # Errors
     /// Any error from the core while adding devices or setting the ops.
     pub fn build_with(config: IommuConfig) -> Result<Self, Errno> {
+        let t = iommu_pci::parse_topology(DEFAULT_TOPOLOGY).expect("the default topology parses");
+        let platform = iommu_pci::Platform {
+            not_covered: t.not_covered,
+            quirks: t.quirks,
+            ..iommu_pci::Platform::default()
+        };
+        let usb: Bdf = "00:14.0".parse().expect("an address");
+        Self::from_machine(t.machine, platform, config, &[(usb, USB_RMRR)]).map_err(|e| match e {
+            PlatformError::Core(e) => e,
+            PlatformError::Topology(_) => Errno::EINVAL,
+        })
+    }
+
+    /// Builds `machine` behind a soft IOMMU: Linux's PCI set-up and
+    /// grouping with `platform`, then a core device per function (in
+    /// enumeration order, with its DMA requester ids as stream ids and
+    /// any firmware regions of `resv`), then the IOMMU ops set on the
+    /// bus, which walks the devices into the groups the PCI layer chose.
+    ///
+    /// # Errors
+    /// [`PlatformError::Topology`] when the functions do not form a tree;
+    /// [`PlatformError::Core`] when the core refuses a device or the ops.
+    pub fn from_machine(
+        machine: Machine,
+        platform: iommu_pci::Platform,
+        config: IommuConfig,
+        resv: &[(Bdf, ReservedRegion)],
+    ) -> Result<Self, PlatformError> {
+        let analysis = Arc::new(machine.analyze(platform)?);
         let iommu = Iommu::new(config);
         let bus = Bus::new(&iommu, "pci")?;
-        for spec in DEVICES {
-            let mut b = DeviceBuilder::new(spec.name)
-                .sysfs_dir(format!("devices/{}/{}", spec.parent, spec.name))
-                .description(spec.description)
-                .stream_ids(spec.stream_ids.iter().copied())
+        let mut keys = Vec::new();
+        for i in analysis.topology.enumeration_order() {
+            let f = &analysis.topology.functions()[i];
+            let name = f.bdf.to_string();
+            let mut b = DeviceBuilder::new(&name)
+                .sysfs_dir(sysfs_dir(&analysis, i))
+                .description(machine.describe(f.bdf))
                 .pci(true);
-            if spec.name == "0000:00:14.0" {
-                b = b.resv_region(USB_RMRR);
+            if let Some(g) = analysis.groups.of[i] {
+                let seg = f.bdf.segment << 16;
+                b = b.stream_ids(
+                    analysis
+                        .dma_requester_ids(i)
+                        .into_iter()
+                        .map(|rid| seg | u32::from(rid)),
+                );
+                keys.push((name, g));
+            }
+            for (at, region) in resv {
+                if *at == f.bdf {
+                    b = b.resv_region(*region);
+                }
             }
             bus.add_device(b)?;
         }
         let soft = SoftIommu::new(SoftConfig {
             sw_msi: Some(SW_MSI),
+            pci: Some(Arc::new(PciGrouping::new(keys))),
             ..SoftConfig::default()
         });
         iommu.bus_set_iommu(&bus, Arc::new(soft.clone()))?;
-        Ok(Self { iommu, bus, soft })
+        Ok(Self {
+            iommu,
+            bus,
+            soft,
+            machine,
+            analysis,
+        })
     }
 
-    /// The device at PCI address `name`.
+    /// The device at PCI address `name` (`0000:01:00.0`).
     pub fn device(&self, name: &str) -> Option<Arc<Device>> {
         self.bus.find_device(name)
     }
@@ -160,15 +198,37 @@ mod tests {
     use super::*;
 
     #[test]
-    fn default_platform_has_several_groups_and_a_direct_region() {
+    fn default_platform_groups_come_from_the_pci_rules() {
         let p = DefaultPlatform::build().unwrap();
-        assert_eq!(p.bus.devices().len(), 11);
-        assert_eq!(p.iommu.group_ids(), (0..7).collect::<Vec<u32>>());
+        assert_eq!(p.bus.devices().len(), 20);
+        assert_eq!(p.iommu.group_ids(), (0..13).collect::<Vec<u32>>());
         let gpu = p.device("0000:01:00.0").unwrap().iommu_group().unwrap();
-        assert_eq!(gpu.device_count(), 2);
+        assert_eq!(
+            gpu.device_count(),
+            2,
+            "GPU and audio: one device without ACS"
+        );
         let pch = p.device("0000:00:1f.0").unwrap().iommu_group().unwrap();
         assert_eq!(pch.device_count(), 3);
-        assert!(p.device("0000:04:00.0").unwrap().iommu_group().is_none());
+        let legacy = p.device("0000:05:01.0").unwrap().iommu_group().unwrap();
+        assert_eq!(
+            legacy.device_count(),
+            4,
+            "root port without ACS, bridge, two devices"
+        );
+        assert!(p.device("0000:06:00.0").unwrap().iommu_group().is_none());
+        let vf = p.device("0000:02:02.1").unwrap().iommu_group().unwrap();
+        assert_eq!(vf.device_count(), 1);
+        // The core's group ids are the PCI layer's numbers.
+        for d in p.bus.devices() {
+            let bdf: Bdf = d.name().parse().unwrap();
+            assert_eq!(
+                d.iommu_group().map(|g| g.id() as usize),
+                p.analysis.group_of(bdf),
+                "{}",
+                d.name()
+            );
+        }
         let usb = p.device("0000:00:14.0").unwrap();
         let regions = p
             .iommu
@@ -183,6 +243,22 @@ mod tests {
         assert_eq!(
             dd.iova_to_phys(iommu_core::Iova::new(0x7d01_0000)),
             Some(iommu_core::PhysAddr::new(0x7d01_0000))
+        );
+    }
+
+    #[test]
+    fn devices_behind_a_pcie_to_pci_bridge_carry_its_alias_as_a_stream_id() {
+        let p = DefaultPlatform::build().unwrap();
+        let uart = p.device("0000:05:01.0").unwrap();
+        assert_eq!(uart.stream_ids(), &[0x0500, 0x0508]);
+        let dir = p
+            .iommu
+            .sysfs()
+            .resolve("kernel/iommu_groups/5/devices/0000:05:01.0")
+            .unwrap();
+        assert_eq!(
+            dir,
+            "devices/pci0000:00/0000:00:1c.0/0000:04:00.0/0000:05:01.0"
         );
     }
 }

@@ -33,6 +33,33 @@ pub struct SoftConfig {
     /// may hold; a map that needs more fails with `ENOMEM` and changes
     /// nothing. `None` lets tables grow until the heap refuses.
     pub table_budget: Option<usize>,
+    /// The groups the PCI layer decided (Linux's `pci_device_group`), for
+    /// the devices it knows; others are grouped by shared stream ids.
+    pub pci: Option<Arc<PciGrouping>>,
+}
+
+/// A grouping decided by the PCI layer, by device name: devices with the
+/// same key share a group even when they share no stream id (functions a
+/// missing ACS capability cannot keep apart).
+#[derive(Debug, Default)]
+pub struct PciGrouping {
+    key: HashMap<String, usize>,
+    live: std::sync::Mutex<HashMap<usize, iommu_core::WeakGroup>>,
+}
+
+impl PciGrouping {
+    /// A grouping that puts each named device in group `key`.
+    pub fn new(keys: impl IntoIterator<Item = (String, usize)>) -> Self {
+        PciGrouping {
+            key: keys.into_iter().collect(),
+            live: std::sync::Mutex::default(),
+        }
+    }
+
+    /// The key of device `name`, if the PCI layer grouped it.
+    pub fn key(&self, name: &str) -> Option<usize> {
+        self.key.get(name).copied()
+    }
 }
 
 impl Default for SoftConfig {
@@ -41,6 +68,7 @@ impl Default for SoftConfig {
             sw_msi: None,
             identity_devices: Vec::new(),
             table_budget: Some(DEFAULT_TABLE_BUDGET),
+            pci: None,
         }
     }
 }
@@ -417,9 +445,18 @@ impl IommuOps for SoftIommu {
         self.inner.by_stream.release_device(dev);
     }
 
-    /// Devices sharing a stream id cannot be told apart, so they share a group.
+    /// Devices sharing a stream id cannot be told apart, so they share a
+    /// group; PCI devices go where the PCI layer's grouping puts them.
     fn device_group(&self, iommu: &Iommu, dev: &Arc<Device>) -> Result<Group, Errno> {
-        self.inner.by_stream.device_group(iommu, dev)
+        let pci = self.inner.cfg.pci.as_ref();
+        let Some((pci, key)) = pci.and_then(|p| Some((p, p.key(dev.name())?))) else {
+            return self.inner.by_stream.device_group(iommu, dev);
+        };
+        let mut live = pci.live.lock().unwrap_or_else(|e| e.into_inner());
+        let want = live.get(&key).and_then(|w| w.upgrade());
+        let group = self.inner.by_stream.device_group_in(iommu, dev, want)?;
+        live.insert(key, group.downgrade());
+        Ok(group)
     }
 
     fn domain_alloc(&self, ty: DomainType) -> Result<Box<dyn DomainOps>, Errno> {
