@@ -246,10 +246,18 @@ pub fn pgtable(opts: &BenchOptions) -> Result<String, String> {
     } else {
         opts.formats.iter().map(String::as_str).collect()
     };
+    let bar = crate::progress::steps(names.len() as u64, "bench pgtable");
     let results = names
         .iter()
-        .map(|n| run_named(n, opts.quick))
-        .collect::<Result<Vec<_>, _>>()?;
+        .map(|n| {
+            bar.set_message(format!("bench pgtable: {n}"));
+            let r = run_named(n, opts.quick);
+            bar.inc(1);
+            r
+        })
+        .collect::<Result<Vec<_>, _>>();
+    bar.finish_and_clear();
+    let results = results?;
     Ok(if opts.json {
         json(&results)
     } else {

@@ -248,12 +248,22 @@ pub fn dma(opts: &DmaBenchOptions) -> Result<String, String> {
         opts.seconds
     });
     let mut modes = Vec::new();
+    let runs = if opts.threads > 1 { 4 } else { 2 };
+    let bar = crate::progress::steps(runs + 1, "bench dma");
     for strict in [true, false] {
+        let name = if strict { "strict" } else { "lazy" };
+        let mut counts = vec![opts.threads];
         if opts.threads > 1 {
-            modes.push(run_mode(strict, 1, dur)?);
+            counts.insert(0, 1);
         }
-        modes.push(run_mode(strict, opts.threads, dur)?);
+        for n in counts {
+            bar.set_message(format!("bench dma: {name}, {n} thread(s)"));
+            let r = run_mode(strict, n, dur);
+            bar.inc(1);
+            modes.push(r.inspect_err(|_| bar.finish_and_clear())?);
+        }
     }
+    bar.set_message("bench dma: IOVA allocator");
     let origin = Instant::now();
     let now = move || origin.elapsed();
     let iovad = IovaDomain::new(4096, 1, ThreadCpu::available()).map_err(|e| e.to_string())?;
@@ -261,6 +271,7 @@ pub fn dma(opts: &DmaBenchOptions) -> Result<String, String> {
     let iovad = IovaDomain::new(4096, 1, ThreadCpu::available()).map_err(|e| e.to_string())?;
     measure::fragment(&iovad, 32 * 1024);
     let tree = sample(|n| measure::tree_fragmented(&iovad, n, &now), opts.quick);
+    bar.finish_and_clear();
     let report = Report {
         modes,
         cache_hit,

@@ -1,258 +1,379 @@
 //! The `iommu` tool.
 //!
-//! With no arguments it builds the default platform, runs the IOMMU core end
-//! to end on it (set ops, group, attach, map, translate, fault, unmap) and
-//! prints the group listing and the sysfs tree. `--trace` shows every core
-//! and driver operation as a call tree.
+//! With no arguments it builds the default platform, runs the IOMMU core
+//! end to end on it (set ops, group, attach, map, translate, fault, unmap)
+//! and prints the group listing and the sysfs tree. `groups` predicts,
+//! explains and compares the IOMMU groups of a real machine from its
+//! `lspci` listing, hex dump or sysfs tree; `sysfs` shows or exports the
+//! model as a tree real tools read; `bench` times the hot paths.
 #![forbid(unsafe_code)]
 
 mod bench;
 mod bench_dma;
+mod bench_pci;
+mod dot;
+mod groups;
+mod input;
 mod out;
+mod progress;
 mod run;
 mod trace;
+mod whatif;
 
-use out::out;
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::io::Write as _;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
-const USAGE: &str = "\
-usage: iommu [run] [--trace] [--passthrough] [--lazy]
-       iommu groups [--passthrough] [--lazy]
-       iommu sysfs [--passthrough] [--lazy]
-       iommu bench pgtable [--json] [--quick] [--format NAME]...
-       iommu bench dma [--threads N] [--seconds S] [--json] [--quick]
-       iommu --help
-
-Runs the Linux IOMMU model (iommu-rs) on a built-in simulated PCI platform.
-
-commands:
-  run      (default) set the IOMMU ops on the bus, then attach, map,
-           translate, fault and unmap; print the group listing and the
-           sysfs tree
-  groups   only the group listing, as the well-known loop over
-           /sys/kernel/iommu_groups prints it
-  sysfs    only the sysfs tree
-  bench pgtable
-           time map/unmap/translate of every page-table format (the
-           workloads of `cargo bench -p iommu-pgtable`); --json for
-           machine-readable output, --quick for short runs, --format to
-           pick formats (arm-lpae-s1-4k, arm-lpae-s2-4k, vtd-sl-4level,
-           amd-v1, riscv-sv48)
-  bench dma
-           the DMA API hot path, as Linux's dma_map_benchmark: N threads
-           map and unmap 4 KiB for S seconds (default 1 thread, 1 s) in a
-           strict (DMA) and a lazy (DMA-FQ) domain, map and unmap timed
-           separately; with N > 1 also 1 thread, for the speedup; plus IOVA
-           alloc+free alone (cache hit, and the tree at 50% fragmentation)
-
-options:
-  --trace        print every core and driver operation as a call tree
-  --passthrough  default domains are identity (iommu.passthrough=1)
-  --lazy         translated default domains use a flush queue (iommu.strict=0)
-";
-
-/// What the command line asks for.
-#[derive(Debug, Default, PartialEq)]
-pub struct Options {
-    command: Command,
-    trace: bool,
-    passthrough: bool,
-    lazy: bool,
-    bench: bench::BenchOptions,
-    dma: bench_dma::DmaBenchOptions,
+/// Runs the Linux IOMMU model (iommu-rs): a simulated PCI platform end to
+/// end, or the IOMMU groups of a real machine predicted from its lspci
+/// output, explained, compared with the kernel's and exported as sysfs.
+#[derive(Debug, Parser)]
+#[command(name = "iommu", version, args_conflicts_with_subcommands = true)]
+#[command(after_help = "With no command, `iommu` runs `iommu run` on the built-in platform.")]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    run: RunArgs,
 }
 
-#[derive(Debug, Default, PartialEq, Eq, Clone, Copy)]
+#[derive(Debug, Subcommand)]
 enum Command {
-    #[default]
-    Run,
-    Groups,
-    Sysfs,
-    BenchPgtable,
-    BenchDma,
-    Help,
+    /// Set the IOMMU ops on the default platform's bus, then attach, map,
+    /// translate, fault and unmap; print the group listing and the sysfs
+    /// tree (the default command)
+    Run(RunArgs),
+    /// The IOMMU groups, as the well-known loop over /sys/kernel/iommu_groups
+    /// prints them: of the default platform, or predicted for a real machine
+    Groups(GroupsArgs),
+    /// The sysfs tree of the model; --export writes it as real files
+    Sysfs(SysfsArgs),
+    /// Time the hot paths
+    #[command(subcommand)]
+    Bench(BenchCommand),
 }
 
-fn parse(args: impl IntoIterator<Item = String>) -> Result<Options, String> {
-    let mut o = Options::default();
-    let mut command: Option<Command> = None;
-    let mut args = args.into_iter();
-    while let Some(arg) = args.next() {
-        let set = |c: Command, command: &mut Option<Command>| match command {
-            Some(prev) => Err(format!("two commands given ({prev:?} and {c:?})")),
-            None => {
-                *command = Some(c);
-                Ok(())
-            }
-        };
-        match arg.as_str() {
-            "run" => set(Command::Run, &mut command)?,
-            "groups" => set(Command::Groups, &mut command)?,
-            "sysfs" => set(Command::Sysfs, &mut command)?,
-            "-h" | "--help" | "help" => set(Command::Help, &mut command)?,
-            "bench" => match args.next().as_deref() {
-                Some("pgtable") => set(Command::BenchPgtable, &mut command)?,
-                Some("dma") => set(Command::BenchDma, &mut command)?,
-                Some(other) => {
-                    return Err(format!("unknown benchmark '{other}' (known: pgtable, dma)"))
-                }
-                None => return Err("bench needs a benchmark name (pgtable, dma)".into()),
-            },
-            "--threads" => {
-                o.dma.threads = match args.next().map(|v| v.parse::<usize>()) {
-                    Some(Ok(n)) if (1..=1024).contains(&n) => n,
-                    _ => return Err("--threads needs a number from 1 to 1024".into()),
-                }
-            }
-            "--seconds" => {
-                o.dma.seconds = match args.next().map(|v| v.parse::<f64>()) {
-                    Some(Ok(s)) if s.is_finite() && s > 0.0 && s <= 3600.0 => s,
-                    _ => return Err("--seconds needs a number above 0 and at most 3600".into()),
-                }
-            }
-            "--json" => o.bench.json = true,
-            "--quick" => o.bench.quick = true,
-            "--format" => match args.next() {
-                Some(f) => o.bench.formats.push(f),
-                None => return Err("--format needs a format name".into()),
-            },
-            "--trace" => o.trace = true,
-            "--passthrough" => o.passthrough = true,
-            "--lazy" => o.lazy = true,
-            other => return Err(format!("unknown argument '{other}'")),
-        }
+/// Options of `iommu run`.
+#[derive(Debug, Default, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    trace: TraceArgs,
+    #[command(flatten)]
+    policy: Policy,
+    /// Print the run as JSON
+    #[arg(long)]
+    json: bool,
+}
+
+/// Where `--trace` goes.
+#[derive(Debug, Default, Args)]
+pub struct TraceArgs {
+    /// Print every core and driver operation as a call tree, on stderr
+    #[arg(long)]
+    trace: bool,
+    /// Write the call tree to FILE instead of stderr
+    #[arg(long, value_name = "FILE")]
+    trace_file: Option<PathBuf>,
+}
+
+/// The boot policy of the default domains.
+#[derive(Debug, Default, Clone, Copy, Args)]
+pub struct Policy {
+    /// Default domains are identity (iommu.passthrough=1)
+    #[arg(long)]
+    passthrough: bool,
+    /// Translated default domains use a flush queue (iommu.strict=0)
+    #[arg(long)]
+    lazy: bool,
+}
+
+/// Which IOMMU a machine has.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum IommuArg {
+    /// AMD-Vi where an AMD IOMMU function is listed, VT-d on an Intel
+    /// host bridge, otherwise generic
+    #[default]
+    Auto,
+    /// Covers every function, no vendor rules
+    Generic,
+    /// Intel VT-d
+    IntelVtd,
+    /// AMD-Vi: its own function is not translated; AMD southbridge quirks
+    AmdVi,
+}
+
+/// A machine to work on.
+#[derive(Debug, Default, Args)]
+#[group(id = "input", multiple = false)]
+pub struct MachineArgs {
+    /// An `lspci -vvvnn` listing made as root (`-` for stdin)
+    #[arg(long, value_name = "FILE")]
+    lspci: Option<String>,
+    /// An `lspci -xxxx` hex dump made as root (`-` for stdin)
+    #[arg(long = "lspci-x", value_name = "FILE")]
+    lspci_x: Option<String>,
+    /// A live or copied sysfs tree (/sys, /sys/bus/pci or its devices/)
+    #[arg(long, value_name = "DIR")]
+    sysfs: Option<PathBuf>,
+    /// A topology file of this project's format (`-` for stdin)
+    #[arg(long, value_name = "FILE")]
+    topology: Option<String>,
+}
+
+/// How to read a machine.
+#[derive(Debug, Default, Args)]
+pub struct PlatformArgs {
+    /// The machine's IOMMU
+    #[arg(long, value_enum, default_value_t = IommuArg::Auto)]
+    iommu: IommuArg,
+    /// Kernel parameters that change grouping, as on the kernel command
+    /// line: pci=disable_acs_redir=..., pci=config_acs=...,
+    /// pcie_acs_override=..., pci=noacs
+    #[arg(long, value_name = "PARAMS", allow_hyphen_values = true)]
+    cmdline: Option<String>,
+    /// Ignore Linux's quirk tables (registers only)
+    #[arg(long)]
+    no_quirks: bool,
+}
+
+/// Options of `iommu groups`.
+#[derive(Debug, Default, Args)]
+pub struct GroupsArgs {
+    #[command(flatten)]
+    machine: MachineArgs,
+    #[command(flatten)]
+    platform: PlatformArgs,
+    #[command(flatten)]
+    policy: Policy,
+    /// For every group of more than one device, the reasons, rule by rule
+    #[arg(long)]
+    explain: bool,
+    /// The groups before and after a change, side by side: a kernel
+    /// parameter (`pcie_acs_override=downstream`), `move DEVICE to SLOT`,
+    /// `enable ACS on DEVICE` or `disable ACS on DEVICE`; repeat to
+    /// combine
+    #[arg(long, value_name = "CHANGE")]
+    what_if: Vec<String>,
+    /// Compare the prediction with the kernel's `IOMMU group:` lines of
+    /// the input; exit status 1 when they differ
+    #[arg(long)]
+    compare: bool,
+    /// Print the PCI tree as Graphviz DOT, groups as clusters
+    #[arg(long)]
+    dot: bool,
+    /// Render the DOT graph to an SVG file (needs Graphviz's `dot`)
+    #[arg(long, value_name = "FILE")]
+    svg: Option<PathBuf>,
+    /// Print JSON
+    #[arg(long)]
+    json: bool,
+}
+
+/// Options of `iommu sysfs`.
+#[derive(Debug, Default, Args)]
+pub struct SysfsArgs {
+    #[command(flatten)]
+    machine: MachineArgs,
+    #[command(flatten)]
+    platform: PlatformArgs,
+    #[command(flatten)]
+    policy: Policy,
+    /// Write the tree under DIR as real files and links (`lspci -A
+    /// linux-sysfs -O sysfs.path=DIR/bus/pci` reads it)
+    #[arg(long, value_name = "DIR")]
+    export: Option<PathBuf>,
+    /// Print JSON
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+enum BenchCommand {
+    /// Map, unmap and translate in every page-table format (the workloads
+    /// of `cargo bench -p iommu-pgtable`)
+    Pgtable {
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+        /// Fewer, shorter samples
+        #[arg(long)]
+        quick: bool,
+        /// Only this format (repeatable): arm-lpae-s1-4k, arm-lpae-s2-4k,
+        /// vtd-sl-4level, amd-v1, riscv-sv48
+        #[arg(long, value_name = "NAME")]
+        format: Vec<String>,
+    },
+    /// The DMA API hot path, as Linux's dma_map_benchmark: N threads map
+    /// and unmap 4 KiB for S seconds in a strict and a lazy domain; plus
+    /// IOVA alloc+free alone
+    Dma {
+        /// Threads mapping at once (1 to 1024)
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1024))]
+        threads: u32,
+        /// Seconds per run (above 0, at most 3600)
+        #[arg(long, default_value_t = 1.0, value_parser = parse_seconds)]
+        seconds: f64,
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+        /// Short runs
+        #[arg(long)]
+        quick: bool,
+    },
+    /// PCI grouping and `lspci -vvvnn` parsing of servers from 256 to 4096
+    /// functions
+    Pci {
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+        /// Fewer samples
+        #[arg(long)]
+        quick: bool,
+    },
+}
+
+fn parse_seconds(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 && v <= 3600.0 => Ok(v),
+        _ => Err("a number above 0 and at most 3600".into()),
     }
-    o.command = command.unwrap_or_default();
-    if o.trace && o.command != Command::Run {
-        return Err("--trace goes with the run command".into());
+}
+
+/// How a command failed: bad input (exit 2) or a failure while running
+/// (exit 1).
+#[derive(Debug)]
+pub enum Failure {
+    /// The input cannot be read: a file, its line and the reason.
+    Input(String),
+    /// Something failed while running.
+    Run(String),
+    /// `--compare` found differences (already printed).
+    Differs,
+}
+
+impl From<String> for Failure {
+    fn from(s: String) -> Self {
+        Failure::Run(s)
     }
-    let is_bench = matches!(o.command, Command::BenchPgtable | Command::BenchDma);
-    if o.bench != bench::BenchOptions::default() && !is_bench {
-        return Err("--json and --quick go with bench, --format with bench pgtable".into());
-    }
-    if !o.bench.formats.is_empty() && o.command != Command::BenchPgtable {
-        return Err("--format goes with bench pgtable".into());
-    }
-    if o.dma != bench_dma::DmaBenchOptions::default() && o.command != Command::BenchDma {
-        return Err("--threads and --seconds go with bench dma".into());
-    }
-    o.dma.json = o.bench.json;
-    o.dma.quick = o.bench.quick;
-    if is_bench && (o.passthrough || o.lazy) {
-        return Err(
-            "--passthrough and --lazy do not apply to bench (bench dma runs both modes)".into(),
-        );
-    }
-    Ok(o)
 }
 
 fn main() -> ExitCode {
-    let opts = match parse(std::env::args().skip(1)) {
-        Ok(o) => o,
-        Err(e) => {
-            let _ = writeln!(std::io::stderr(), "iommu: {e}\n\n{USAGE}");
-            return ExitCode::from(2);
-        }
-    };
-    if opts.trace {
-        trace::install();
-    }
-    let result = match opts.command {
-        Command::Help => {
-            out!("{USAGE}");
-            Ok(())
-        }
-        Command::Run => run::run(&opts),
-        Command::Groups => run::groups(&opts),
-        Command::Sysfs => run::sysfs(&opts),
-        Command::BenchPgtable => bench::pgtable(&opts.bench).map(|out| out!("{out}")),
-        Command::BenchDma => bench_dma::dma(&opts.dma).map(|out| out!("{out}")),
+    let cli = Cli::parse();
+    let result = match cli.command {
+        None => run::main_job(&cli.run),
+        Some(Command::Run(r)) => run::main_job(&r),
+        Some(Command::Groups(g)) => groups::groups(&g),
+        Some(Command::Sysfs(s)) => groups::sysfs(&s),
+        Some(Command::Bench(b)) => bench_command(b),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
+        Err(Failure::Input(e)) => {
+            let _ = writeln!(std::io::stderr(), "iommu: {e}");
+            ExitCode::from(2)
+        }
+        Err(Failure::Run(e)) => {
             let _ = writeln!(std::io::stderr(), "iommu: {e}");
             ExitCode::FAILURE
         }
+        Err(Failure::Differs) => ExitCode::FAILURE,
     }
+}
+
+fn bench_command(b: BenchCommand) -> Result<(), Failure> {
+    let text = match b {
+        BenchCommand::Pgtable {
+            json,
+            quick,
+            format,
+        } => bench::pgtable(&bench::BenchOptions {
+            json,
+            quick,
+            formats: format,
+        })?,
+        BenchCommand::Dma {
+            threads,
+            seconds,
+            json,
+            quick,
+        } => bench_dma::dma(&bench_dma::DmaBenchOptions {
+            threads: threads as usize,
+            seconds,
+            json,
+            quick,
+        })?,
+        BenchCommand::Pci { json, quick } => bench_pci::pci(json, quick)?,
+    };
+    out::out!("{text}");
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::CommandFactory;
 
-    fn p(args: &[&str]) -> Result<Options, String> {
-        parse(args.iter().map(|s| s.to_string()))
+    fn p(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("iommu").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
     }
 
     #[test]
     fn no_arguments_runs_the_default_job() {
-        assert_eq!(p(&[]).unwrap(), Options::default());
+        let c = p(&[]).unwrap();
+        assert!(c.command.is_none());
+        assert!(!c.run.trace.trace);
     }
 
     #[test]
     fn flags_and_commands_parse() {
-        let o = p(&["run", "--trace", "--lazy"]).unwrap();
-        assert!(o.trace && o.lazy && !o.passthrough);
-        assert_eq!(
-            p(&["groups", "--passthrough"]).unwrap().command,
-            Command::Groups
-        );
+        let c = p(&["run", "--trace", "--lazy"]).unwrap();
+        let Some(Command::Run(r)) = c.command else {
+            panic!()
+        };
+        assert!(r.trace.trace && r.policy.lazy && !r.policy.passthrough);
+        let c = p(&["--trace"]).unwrap();
+        assert!(c.run.trace.trace);
+        let c = p(&[
+            "groups",
+            "--lspci",
+            "-",
+            "--explain",
+            "--what-if",
+            "pci=noacs",
+        ])
+        .unwrap();
+        let Some(Command::Groups(g)) = c.command else {
+            panic!()
+        };
+        assert_eq!(g.machine.lspci.as_deref(), Some("-"));
+        assert!(g.explain);
+        assert_eq!(g.what_if, vec!["pci=noacs"]);
     }
 
     #[test]
-    fn bench_options_parse() {
-        let o = p(&[
-            "bench",
-            "pgtable",
-            "--json",
-            "--format",
-            "amd-v1",
-            "--format",
-            "riscv-sv48",
-        ])
-        .unwrap();
-        assert_eq!(o.command, Command::BenchPgtable);
-        assert!(o.bench.json && !o.bench.quick);
-        assert_eq!(o.bench.formats, vec!["amd-v1", "riscv-sv48"]);
-        assert!(p(&["bench"]).unwrap_err().contains("needs a benchmark"));
-        assert!(p(&["bench", "dmx"])
-            .unwrap_err()
-            .contains("unknown benchmark 'dmx'"));
-        let d = p(&[
-            "bench",
-            "dma",
-            "--threads",
-            "2",
-            "--seconds",
-            "0.5",
-            "--json",
-        ])
-        .unwrap();
-        assert_eq!(d.command, Command::BenchDma);
-        assert_eq!((d.dma.threads, d.dma.seconds, d.dma.json), (2, 0.5, true));
-        assert!(p(&["bench", "dma", "--threads", "0"]).is_err());
-        assert!(p(&["bench", "dma", "--threads", "x"]).is_err());
-        assert!(p(&["bench", "dma", "--seconds", "-1"]).is_err());
-        assert!(p(&["bench", "dma", "--seconds", "nan"]).is_err());
-        assert!(p(&["bench", "dma", "--format", "amd-v1"]).is_err());
-        assert!(p(&["bench", "pgtable", "--threads", "2"]).is_err());
-        assert!(p(&["bench", "pgtable", "--format"])
-            .unwrap_err()
-            .contains("needs a format"));
-        assert!(p(&["groups", "--json"])
-            .unwrap_err()
-            .contains("go with bench"));
-        assert!(p(&["bench", "pgtable", "--lazy"]).is_err());
-    }
-
-    #[test]
-    fn bad_arguments_are_refused_with_a_reason() {
-        assert!(p(&["--bogus"]).unwrap_err().contains("--bogus"));
-        assert!(p(&["groups", "sysfs"])
-            .unwrap_err()
-            .contains("two commands"));
-        assert!(p(&["sysfs", "--trace"]).is_err());
+    fn bad_arguments_are_refused_with_a_usage_error() {
+        for bad in [
+            &["--bogus"][..],
+            &["groups", "sysfs"],
+            &["groups", "--lspci", "a", "--sysfs", "b"],
+            &["bench"],
+            &["bench", "dmx"],
+            &["bench", "dma", "--threads", "0"],
+            &["bench", "dma", "--threads", "x"],
+            &["bench", "dma", "--seconds", "-1"],
+            &["bench", "dma", "--seconds", "nan"],
+            &["bench", "pgtable", "--threads", "2"],
+            &["sysfs", "--trace"],
+            &["groups", "--iommu", "ibm"],
+        ] {
+            let e = p(bad).expect_err(&format!("{bad:?}"));
+            assert_eq!(e.exit_code(), 2, "{bad:?}");
+        }
     }
 }

@@ -3,8 +3,8 @@
 //! A `tracing` layer that prints a span when it is entered, indented by its
 //! depth, with its fields; events print as `· message` under their span.
 
-use crate::out::outln;
 use std::fmt::Write as _;
+use std::io::Write;
 use tracing::field::{Field, Visit};
 use tracing::span::{Attributes, Id};
 use tracing::{Event, Subscriber};
@@ -91,11 +91,30 @@ where
     }
 }
 
-/// Installs the call-tree printer as the process's subscriber.
-pub fn install() {
+/// Installs the call-tree printer as the process's subscriber, writing
+/// to standard error, or to `file` (created or truncated) when given, so
+/// that standard output stays the command's own.
+///
+/// # Errors
+/// The file cannot be created.
+pub fn install(file: Option<&std::path::Path>) -> Result<(), String> {
+    use std::sync::Mutex;
     use tracing_subscriber::layer::SubscriberExt;
-    let subscriber =
-        tracing_subscriber::registry().with(TreeLayer::new(|line: &str| outln!("{line}")));
+    let sink: Box<dyn Write + Send> = match file {
+        Some(p) => Box::new(std::io::BufWriter::new(
+            std::fs::File::create(p).map_err(|e| format!("{}: {e}", p.display()))?,
+        )),
+        None => Box::new(std::io::stderr()),
+    };
+    let sink = Mutex::new(sink);
+    let layer = TreeLayer::new(move |line: &str| {
+        let mut w = sink.lock().unwrap_or_else(|e| e.into_inner());
+        // A trace that cannot be written is dropped; the command goes on.
+        let _ = writeln!(w, "{line}");
+        let _ = w.flush();
+    });
+    let subscriber = tracing_subscriber::registry().with(layer);
     // Only fails if a subscriber is already set, in which case that one stays.
     let _ = tracing::subscriber::set_global_default(subscriber);
+    Ok(())
 }

@@ -54,6 +54,9 @@ mod machine;
 mod params;
 mod platform;
 pub mod quirks;
+pub mod synthetic;
+#[cfg(feature = "std")]
+mod sysfs;
 #[cfg(feature = "test-utils")]
 pub mod testing;
 mod topofile;
@@ -77,6 +80,8 @@ pub use machine::{
 pub use params::{AcsOverride, ConfigAcs, DeviceMatch, KernelParams, ParamError};
 pub use platform::{IommuKind, Platform};
 pub use quirks::{AcsQuirk, AliasQuirk, DeviceQuirks};
+#[cfg(feature = "std")]
+pub use sysfs::{read_sysfs, SysfsError};
 pub use topofile::{
     acs_flags_text, parse_acs_flags, parse_topology, write_topology, TopologyFile, SIM_VENDOR,
 };

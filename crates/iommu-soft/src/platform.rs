@@ -191,6 +191,114 @@ impl PciPlatform {
     pub fn device(&self, name: &str) -> Option<Arc<Device>> {
         self.bus.find_device(name)
     }
+
+    /// Writes the platform as a real sysfs tree under `dir`: the core's
+    /// model (`kernel/iommu_groups/N/{devices/,type,reserved_regions}`,
+    /// `devices/pci.../`, `bus/pci/devices/*` links, each device's
+    /// `iommu_group` link) and, in each PCI device's directory, what
+    /// `lspci -A linux-sysfs` reads: `config` (the bytes of configuration
+    /// space), `vendor`, `device`, `class`, `revision`,
+    /// `subsystem_vendor`, `subsystem_device`, `irq` and `resource`.
+    ///
+    /// # Errors
+    /// Any I/O error, naming the path; `dir` may then hold part of the
+    /// tree. An existing `dir` must be empty.
+    pub fn export_sysfs(&self, dir: &std::path::Path) -> Result<(), ExportError> {
+        use std::fs;
+        let fail = |path: &std::path::Path, e: std::io::Error| ExportError {
+            path: path.to_path_buf(),
+            error: e,
+        };
+        if dir.exists() {
+            let mut it = fs::read_dir(dir).map_err(|e| fail(dir, e))?;
+            if it.next().is_some() {
+                return Err(fail(
+                    dir,
+                    std::io::Error::new(std::io::ErrorKind::AlreadyExists, "not empty"),
+                ));
+            }
+        }
+        fs::create_dir_all(dir).map_err(|e| fail(dir, e))?;
+        let sysfs = self.iommu.sysfs();
+        let mut stack: Vec<String> = sysfs.list("").unwrap_or_default();
+        while let Some(rel) = stack.pop() {
+            let path = dir.join(&rel);
+            match sysfs.kind(&rel) {
+                Ok(iommu_core::EntryKind::Dir) => {
+                    fs::create_dir_all(&path).map_err(|e| fail(&path, e))?;
+                    for child in sysfs.list(&rel).unwrap_or_default() {
+                        stack.push(format!("{rel}/{child}"));
+                    }
+                }
+                Ok(iommu_core::EntryKind::File) => {
+                    let text = sysfs.read(&rel).unwrap_or_default();
+                    fs::write(&path, text).map_err(|e| fail(&path, e))?;
+                }
+                Ok(iommu_core::EntryKind::Link(target)) => {
+                    symlink(&target, &path).map_err(|e| fail(&path, e))?;
+                }
+                Err(_) => {}
+            }
+        }
+        for dev in self.bus.devices() {
+            let Ok(bdf) = dev.name().parse::<Bdf>() else {
+                continue;
+            };
+            let Some(d) = self.machine.device(bdf) else {
+                continue;
+            };
+            let f = &d.function;
+            let base = dir.join(dev.sysfs_dir());
+            let files: [(&str, Vec<u8>); 9] = [
+                ("config", f.config.as_bytes().to_vec()),
+                ("vendor", format!("{:#06x}\n", f.vendor).into_bytes()),
+                ("device", format!("{:#06x}\n", f.device).into_bytes()),
+                ("class", format!("{:#08x}\n", f.class).into_bytes()),
+                ("revision", format!("{:#04x}\n", f.revision).into_bytes()),
+                (
+                    "subsystem_vendor",
+                    format!("{:#06x}\n", f.subsystem.0).into_bytes(),
+                ),
+                (
+                    "subsystem_device",
+                    format!("{:#06x}\n", f.subsystem.1).into_bytes(),
+                ),
+                ("irq", b"0\n".to_vec()),
+                (
+                    "resource",
+                    "0x0000000000000000 0x0000000000000000 0x0000000000000000\n"
+                        .repeat(13)
+                        .into_bytes(),
+                ),
+            ];
+            for (name, bytes) in files {
+                let p = base.join(name);
+                fs::write(&p, bytes).map_err(|e| fail(&p, e))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// An I/O error of [`PciPlatform::export_sysfs`], with its path.
+#[derive(Debug, thiserror::Error)]
+#[error("{}: {error}", path.display())]
+pub struct ExportError {
+    /// The path written.
+    pub path: std::path::PathBuf,
+    /// What went wrong.
+    pub error: std::io::Error,
+}
+
+#[cfg(unix)]
+fn symlink(target: &str, link: &std::path::Path) -> std::io::Result<()> {
+    std::os::unix::fs::symlink(target, link)
+}
+
+#[cfg(not(unix))]
+fn symlink(target: &str, link: &std::path::Path) -> std::io::Result<()> {
+    // Without symlinks, the link's target is written as its contents.
+    std::fs::write(link, target)
 }
 
 #[cfg(test)]

@@ -1,0 +1,336 @@
+//! `iommu groups` and `iommu sysfs`: a machine's groups (predicted by
+//! Linux's rules and made by the core behind the soft IOMMU), explained,
+//! changed, compared with the kernel's, drawn, and its sysfs tree shown
+//! or exported.
+
+use crate::out::out;
+use crate::run::{platform_groups, render_listing, sysfs_entries, ListedGroup, JSON_VERSION};
+use crate::whatif::{self, Change, Row};
+use crate::{dot, input, Failure, GroupsArgs, SysfsArgs};
+use iommu_pci::{compare, short_name, Bdf, Comparison, Reason};
+use iommu_soft::platform::PciPlatform;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+/// A reason, as JSON.
+#[derive(Debug, Serialize)]
+struct JsonReason {
+    rule: &'static str,
+    device: String,
+    members: Vec<String>,
+    text: String,
+}
+
+impl From<&Reason> for JsonReason {
+    fn from(r: &Reason) -> Self {
+        JsonReason {
+            rule: r.rule.name(),
+            device: short_name(r.device),
+            members: r.members.iter().map(|&b| short_name(b)).collect(),
+            text: r.text.clone(),
+        }
+    }
+}
+
+/// The reasons of each core group id.
+fn reasons_by_group(p: &PciPlatform) -> BTreeMap<u32, Vec<Reason>> {
+    let a = &p.analysis;
+    let mut out = BTreeMap::new();
+    for (g, members) in a.groups.members.iter().enumerate() {
+        let Some(&first) = members.first() else {
+            continue;
+        };
+        let name = a.topology.functions()[first].bdf.to_string();
+        let Some(core) = p.device(&name).and_then(|d| d.iommu_group()) else {
+            continue;
+        };
+        let reasons = a.explain_group(g);
+        if !reasons.is_empty() {
+            out.insert(core.id(), reasons);
+        }
+    }
+    out
+}
+
+fn listing_with_reasons(groups: &[ListedGroup], reasons: &BTreeMap<u32, Vec<Reason>>) -> String {
+    let mut s = String::new();
+    for g in groups {
+        s.push_str(&render_listing(std::slice::from_ref(g)));
+        for r in reasons.get(&g.id).into_iter().flatten() {
+            let _ = writeln!(s, "\twhy: {}", r.text);
+        }
+    }
+    s
+}
+
+/// The predicted partition, from the core's groups.
+fn predicted_partition(groups: &[ListedGroup]) -> Vec<Vec<Bdf>> {
+    let mut p: Vec<Vec<Bdf>> = groups
+        .iter()
+        .map(|g| {
+            let mut v: Vec<Bdf> = g
+                .devices
+                .iter()
+                .filter_map(|(n, _)| n.parse().ok())
+                .collect();
+            v.sort();
+            v
+        })
+        .collect();
+    p.sort();
+    p
+}
+
+fn names(v: &[Bdf]) -> String {
+    v.iter()
+        .map(|&b| short_name(b))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn render_comparison(
+    source: &str,
+    c: &Comparison,
+    kernel_id: &dyn Fn(Bdf) -> Option<u32>,
+) -> String {
+    let mut s = format!("== compared with the kernel's groups in {source}\n");
+    if c.is_same() {
+        s.push_str("  the same partition\n");
+        return s;
+    }
+    for m in &c.mismatches {
+        s.push_str("  differ:\n");
+        for k in &m.kernel {
+            let id = k
+                .first()
+                .and_then(|&b| kernel_id(b))
+                .map_or("?".into(), |i| i.to_string());
+            let _ = writeln!(s, "    kernel group {id}: {}", names(k));
+        }
+        for p in &m.predicted {
+            let _ = writeln!(s, "    predicted:       {}", names(p));
+        }
+    }
+    for b in &c.only_kernel {
+        let _ = writeln!(
+            s,
+            "  {} is in kernel group {} but predicted in none",
+            short_name(*b),
+            kernel_id(*b).map_or("?".into(), |i| i.to_string())
+        );
+    }
+    for b in &c.only_predicted {
+        let _ = writeln!(
+            s,
+            "  {} has no group in the input (outside the IOMMU's scope?) but is predicted in one",
+            short_name(*b)
+        );
+    }
+    s
+}
+
+/// `iommu groups`.
+pub fn groups(args: &GroupsArgs) -> Result<(), Failure> {
+    let loaded = input::load(&args.machine)?;
+    let platform = input::platform(&loaded, &args.platform)?;
+    if args.compare && !loaded.machine.has_kernel_groups() {
+        return Err(Failure::Input(format!(
+            "{}: no kernel groups to compare with (a listing made with the IOMMU on has `IOMMU group:` lines; a sysfs tree has iommu_group links)",
+            loaded.source
+        )));
+    }
+    let changes = args
+        .what_if
+        .iter()
+        .map(|w| Change::parse(w))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(Failure::Input)?;
+    let p = input::build(&loaded, platform.clone(), &args.policy)?;
+    let listed = platform_groups(&p)?;
+    let reasons = if args.explain || args.json {
+        reasons_by_group(&p)
+    } else {
+        BTreeMap::new()
+    };
+    let what_if = if changes.is_empty() {
+        None
+    } else {
+        let applied =
+            whatif::apply(&loaded.machine, &platform, &changes).map_err(Failure::Input)?;
+        let after = applied
+            .machine
+            .analyze(applied.platform)
+            .map_err(|e| Failure::Input(format!("after the change: {e}")))?;
+        Some(whatif::rows(&p.analysis, &after, &applied.renamed))
+    };
+    let comparison = args.compare.then(|| {
+        compare(
+            &predicted_partition(&listed),
+            &loaded.machine.kernel_partition(),
+        )
+    });
+    let kernel_id = |b: Bdf| loaded.machine.device(b).and_then(|d| d.kernel_group);
+
+    if args.dot || args.svg.is_some() {
+        let text = dot::render(&p.analysis, &loaded.machine);
+        if let Some(path) = &args.svg {
+            dot::svg(&text, path)?;
+        }
+        if args.dot {
+            out!("{text}");
+        }
+    } else if args.json {
+        #[derive(Serialize)]
+        struct JsonGroup<'a> {
+            id: u32,
+            devices: Vec<JsonDevice<'a>>,
+            #[serde(skip_serializing_if = "Vec::is_empty")]
+            reasons: Vec<JsonReason>,
+        }
+        #[derive(Serialize)]
+        struct JsonDevice<'a> {
+            address: &'a str,
+            description: &'a str,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            kernel_group: Option<u32>,
+        }
+        #[derive(Serialize)]
+        struct JsonMismatch {
+            kernel: Vec<Vec<String>>,
+            predicted: Vec<Vec<String>>,
+        }
+        #[derive(Serialize)]
+        struct JsonComparison {
+            same: bool,
+            mismatches: Vec<JsonMismatch>,
+            only_kernel: Vec<String>,
+            only_predicted: Vec<String>,
+        }
+        #[derive(Serialize)]
+        struct JsonWhatIf<'a> {
+            changes: &'a [String],
+            groups: &'a [Row],
+        }
+        #[derive(Serialize)]
+        struct Out<'a> {
+            version: u32,
+            source: &'a str,
+            iommu: String,
+            cmdline: String,
+            groups: Vec<JsonGroup<'a>>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            comparison: Option<JsonComparison>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            what_if: Option<JsonWhatIf<'a>>,
+        }
+        let strs = |v: &[Vec<Bdf>]| -> Vec<Vec<String>> {
+            v.iter()
+                .map(|g| g.iter().map(|&b| short_name(b)).collect())
+                .collect()
+        };
+        let doc = Out {
+            version: JSON_VERSION,
+            source: &loaded.source,
+            iommu: platform.iommu.to_string(),
+            cmdline: platform.params.to_string(),
+            groups: listed
+                .iter()
+                .map(|g| JsonGroup {
+                    id: g.id,
+                    devices: g
+                        .devices
+                        .iter()
+                        .map(|(n, d)| JsonDevice {
+                            address: n,
+                            description: d,
+                            kernel_group: n.parse().ok().and_then(kernel_id),
+                        })
+                        .collect(),
+                    reasons: reasons
+                        .get(&g.id)
+                        .map(|rs| rs.iter().map(JsonReason::from).collect())
+                        .unwrap_or_default(),
+                })
+                .collect(),
+            comparison: comparison.as_ref().map(|c| JsonComparison {
+                same: c.is_same(),
+                mismatches: c
+                    .mismatches
+                    .iter()
+                    .map(|m| JsonMismatch {
+                        kernel: strs(&m.kernel),
+                        predicted: strs(&m.predicted),
+                    })
+                    .collect(),
+                only_kernel: c.only_kernel.iter().map(|&b| short_name(b)).collect(),
+                only_predicted: c.only_predicted.iter().map(|&b| short_name(b)).collect(),
+            }),
+            what_if: what_if.as_ref().map(|rows| JsonWhatIf {
+                changes: &args.what_if,
+                groups: rows,
+            }),
+        };
+        out!(
+            "{}\n",
+            serde_json::to_string_pretty(&doc).expect("plain data")
+        );
+    } else {
+        if args.explain {
+            out!("{}", listing_with_reasons(&listed, &reasons));
+        } else if what_if.is_none() && comparison.is_none() {
+            out!("{}", render_listing(&listed));
+        }
+        if let Some(rows) = &what_if {
+            out!("{}", whatif::render(&args.what_if.join(", "), rows));
+        }
+        if let Some(c) = &comparison {
+            out!("{}", render_comparison(&loaded.source, c, &kernel_id));
+        }
+    }
+    match comparison {
+        Some(c) if !c.is_same() => Err(Failure::Differs),
+        _ => Ok(()),
+    }
+}
+
+/// `iommu sysfs`.
+pub fn sysfs(args: &SysfsArgs) -> Result<(), Failure> {
+    let loaded = input::load(&args.machine)?;
+    let platform = input::platform(&loaded, &args.platform)?;
+    let p = input::build(&loaded, platform, &args.policy)?;
+    if let Some(dir) = &args.export {
+        p.export_sysfs(dir)
+            .map_err(|e| Failure::Run(e.to_string()))?;
+    }
+    if args.json {
+        #[derive(Serialize)]
+        struct Out<'a> {
+            version: u32,
+            source: &'a str,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            exported_to: Option<String>,
+            entries: Vec<crate::run::SysfsEntry>,
+        }
+        let doc = Out {
+            version: JSON_VERSION,
+            source: &loaded.source,
+            exported_to: args.export.as_ref().map(|d| d.display().to_string()),
+            entries: sysfs_entries(&p.iommu),
+        };
+        out!(
+            "{}\n",
+            serde_json::to_string_pretty(&doc).expect("plain data")
+        );
+    } else if args.export.is_none() {
+        out!("{}", p.iommu.sysfs().render());
+    } else if let Some(dir) = &args.export {
+        out!(
+            "exported {} devices in {} groups to {}\n",
+            p.bus.devices().len(),
+            p.iommu.group_ids().len(),
+            dir.display()
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,166 @@
+//! Reading the machine a command works on: an `lspci` listing or hex
+//! dump, a sysfs tree, a topology file, or the built-in default platform.
+//! Any malformed input is a [`Failure::Input`] naming the file, the line
+//! and the reason, and nothing is built.
+
+use crate::{Failure, IommuArg, MachineArgs, PlatformArgs, Policy};
+use iommu_core::IommuConfig;
+use iommu_pci::{
+    parse_topology, read_sysfs, DeviceQuirks, ImportError, IommuKind, KernelParams, Machine,
+    Platform,
+};
+use iommu_soft::platform::{PciPlatform, DEFAULT_TOPOLOGY, USB_RMRR};
+use std::collections::BTreeMap;
+use std::io::Read as _;
+
+/// The most bytes a text input may have: far more than any machine's
+/// listing (a 4,096-function server's is about 20 MiB).
+const MAX_INPUT: u64 = 256 << 20;
+
+/// A machine read, with what its input declares for the platform.
+pub struct Loaded {
+    /// What it came from, for messages (`default platform`, a path).
+    pub source: String,
+    /// The functions.
+    pub machine: Machine,
+    /// Declared quirks (topology files).
+    pub quirks: BTreeMap<iommu_pci::Bdf, DeviceQuirks>,
+    /// Declared uncovered functions (topology files).
+    pub not_covered: Vec<iommu_pci::Bdf>,
+    /// Whether this is the built-in platform.
+    pub default: bool,
+}
+
+fn read_text(path: &str) -> Result<String, Failure> {
+    let mut buf = Vec::new();
+    let what = if path == "-" { "standard input" } else { path };
+    let res = if path == "-" {
+        std::io::stdin().take(MAX_INPUT + 1).read_to_end(&mut buf)
+    } else {
+        std::fs::File::open(path).and_then(|f| f.take(MAX_INPUT + 1).read_to_end(&mut buf))
+    };
+    res.map_err(|e| Failure::Input(format!("{what}: {e}")))?;
+    if buf.len() as u64 > MAX_INPUT {
+        return Err(Failure::Input(format!(
+            "{what}: larger than {} MiB",
+            MAX_INPUT >> 20
+        )));
+    }
+    String::from_utf8(buf).map_err(|e| {
+        Failure::Input(format!(
+            "{what}: not UTF-8 text (byte {})",
+            e.utf8_error().valid_up_to()
+        ))
+    })
+}
+
+fn import_failure(path: &str, e: ImportError) -> Failure {
+    let what = if path == "-" { "<stdin>" } else { path };
+    match e.line() {
+        Some(line) => Failure::Input(format!("{what}:{line}: {}", strip_line(&e))),
+        None => Failure::Input(format!("{what}: {e}")),
+    }
+}
+
+/// The error's text without its own `line N: ` prefix.
+fn strip_line(e: &ImportError) -> String {
+    let s = e.to_string();
+    match s.split_once(": ") {
+        Some((head, rest)) if head.starts_with("line ") => rest.to_string(),
+        _ => s,
+    }
+}
+
+/// Reads the machine `args` names, or the default platform.
+pub fn load(args: &MachineArgs) -> Result<Loaded, Failure> {
+    let plain = |source: String, machine: Machine| Loaded {
+        source,
+        machine,
+        quirks: BTreeMap::new(),
+        not_covered: Vec::new(),
+        default: false,
+    };
+    if let Some(p) = &args.lspci {
+        let text = read_text(p)?;
+        let m = Machine::from_lspci_v(&text).map_err(|e| import_failure(p, e))?;
+        return Ok(plain(p.clone(), m));
+    }
+    if let Some(p) = &args.lspci_x {
+        let text = read_text(p)?;
+        let m = Machine::from_lspci_x(&text).map_err(|e| import_failure(p, e))?;
+        return Ok(plain(p.clone(), m));
+    }
+    if let Some(dir) = &args.sysfs {
+        let m = read_sysfs(dir).map_err(|e| Failure::Input(e.to_string()))?;
+        return Ok(plain(dir.display().to_string(), m));
+    }
+    let (source, text, default) = match &args.topology {
+        Some(p) => (p.clone(), read_text(p)?, false),
+        None => (
+            "default platform".to_string(),
+            DEFAULT_TOPOLOGY.to_string(),
+            true,
+        ),
+    };
+    let t = parse_topology(&text).map_err(|e| import_failure(&source, e))?;
+    if t.machine.devices.is_empty() {
+        return Err(Failure::Input(format!("{source}: no functions")));
+    }
+    Ok(Loaded {
+        source,
+        machine: t.machine,
+        quirks: t.quirks,
+        not_covered: t.not_covered,
+        default,
+    })
+}
+
+/// The PCI platform options for a loaded machine.
+pub fn platform(loaded: &Loaded, args: &PlatformArgs) -> Result<Platform, Failure> {
+    let params = match &args.cmdline {
+        Some(c) => KernelParams::parse(c).map_err(|e| Failure::Input(e.to_string()))?,
+        None => KernelParams::default(),
+    };
+    let iommu = match args.iommu {
+        IommuArg::Auto if loaded.default => IommuKind::Generic,
+        IommuArg::Auto => IommuKind::detect(&loaded.machine.functions()),
+        IommuArg::Generic => IommuKind::Generic,
+        IommuArg::IntelVtd => IommuKind::IntelVtd,
+        IommuArg::AmdVi => IommuKind::AmdVi,
+    };
+    Ok(Platform {
+        iommu,
+        params,
+        linux_quirks: !args.no_quirks,
+        quirks: loaded.quirks.clone(),
+        not_covered: loaded.not_covered.clone(),
+    })
+}
+
+/// The boot policy as the core's configuration.
+pub fn config(p: &Policy) -> IommuConfig {
+    IommuConfig {
+        passthrough: p.passthrough,
+        strict: !p.lazy,
+    }
+}
+
+/// Builds the machine behind the soft IOMMU.
+pub fn build(loaded: &Loaded, platform: Platform, policy: &Policy) -> Result<PciPlatform, Failure> {
+    let resv = if loaded.default {
+        vec![("00:14.0".parse().expect("an address"), USB_RMRR)]
+    } else {
+        Vec::new()
+    };
+    let bar =
+        crate::progress::spinner(loaded.machine.devices.len() > 1000, "building the platform");
+    let p = PciPlatform::from_machine(loaded.machine.clone(), platform, config(policy), &resv)
+        .map_err(|e| match e {
+            iommu_soft::platform::PlatformError::Topology(t) => {
+                Failure::Input(format!("{}: {t}", loaded.source))
+            }
+            other => Failure::Run(other.to_string()),
+        });
+    bar.finish_and_clear();
+    p
+}

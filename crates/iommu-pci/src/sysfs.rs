@@ -1,0 +1,144 @@
+//! Real machines in: a live or copied `/sys/bus/pci/devices` tree (feature
+//! `std`).
+//!
+//! Each entry named `ssss:bb:dd.f` (a directory, or the link Linux makes
+//! to one) gives its `config` file as raw configuration space, and the
+//! `iommu_group` link, when there is one, the kernel's group. The path
+//! may be a copy of `/sys`, of `/sys/bus/pci`, or the `devices` directory
+//! itself. `config` must be read as root: others get only the first 64
+//! bytes, which hide the capabilities grouping needs.
+
+extern crate std;
+
+use crate::import::ImportError;
+use crate::{Bdf, ConfigError, ConfigSpace, Machine, RawFunction, MAX_FUNCTIONS};
+use alloc::format;
+use alloc::string::{String, ToString};
+use alloc::vec::Vec;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+/// Why a sysfs tree cannot be read.
+#[derive(Debug, thiserror::Error)]
+pub enum SysfsError {
+    /// A file or directory that cannot be read.
+    #[error("{path}: {reason}")]
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// What went wrong.
+        reason: String,
+    },
+    /// An entry whose bytes are not a function.
+    #[error("{path}: {error}")]
+    Config {
+        /// The `config` file.
+        path: PathBuf,
+        /// What is wrong with it.
+        error: ConfigError,
+    },
+    /// The tree has no PCI functions.
+    #[error("{0}: no PCI functions (expected /sys, /sys/bus/pci or /sys/bus/pci/devices)")]
+    Empty(PathBuf),
+    /// More functions than any machine has.
+    #[error("more than {0} functions")]
+    TooMany(usize),
+}
+
+fn io(path: &Path, e: impl std::fmt::Display) -> SysfsError {
+    SysfsError::Io {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    }
+}
+
+/// The `devices` directory under `root`.
+fn devices_dir(root: &Path) -> PathBuf {
+    for sub in ["bus/pci/devices", "devices"] {
+        let p = root.join(sub);
+        if p.is_dir() {
+            return p;
+        }
+    }
+    root.to_path_buf()
+}
+
+/// Reads the PCI functions of a sysfs tree.
+///
+/// # Errors
+/// A [`SysfsError`] naming the path: an unreadable entry, a `config` file
+/// that is not a configuration space (a short one read without root
+/// among them), a tree without functions, or too many.
+pub fn read_sysfs(root: &Path) -> Result<Machine, SysfsError> {
+    let dir = devices_dir(root);
+    let mut entries: Vec<(Bdf, PathBuf)> = Vec::new();
+    for e in fs::read_dir(&dir).map_err(|e| io(&dir, e))? {
+        let e = e.map_err(|e| io(&dir, e))?;
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Ok(bdf) = name.parse::<Bdf>() else {
+            continue; // not a function (other sysfs entries)
+        };
+        if !name.contains(':') || name.matches(':').count() != 2 {
+            continue; // sysfs names always carry the domain
+        }
+        entries.push((bdf, e.path()));
+        if entries.len() > MAX_FUNCTIONS {
+            return Err(SysfsError::TooMany(MAX_FUNCTIONS));
+        }
+    }
+    if entries.is_empty() {
+        return Err(SysfsError::Empty(dir));
+    }
+    entries.sort();
+    let mut raw = Vec::with_capacity(entries.len());
+    let mut paths = Vec::with_capacity(entries.len());
+    for (bdf, path) in entries {
+        let cfg_path = path.join("config");
+        let mut bytes = fs::read(&cfg_path).map_err(|e| io(&cfg_path, e))?;
+        if bytes.len() > 4096 {
+            bytes.truncate(4096);
+        }
+        let config = ConfigSpace::from_bytes(bdf, &bytes).map_err(|error| SysfsError::Config {
+            path: cfg_path.clone(),
+            error,
+        })?;
+        if bytes.len() == 64 {
+            return Err(SysfsError::Io {
+                path: cfg_path,
+                reason: "only 64 bytes: config was read without root, which hides the capabilities"
+                    .into(),
+            });
+        }
+        let kernel_group = fs::read_link(path.join("iommu_group"))
+            .ok()
+            .and_then(|l| l.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .and_then(|n| n.parse::<u32>().ok());
+        raw.push(RawFunction {
+            bdf,
+            config,
+            line: None,
+            kernel_group,
+        });
+        paths.push(cfg_path);
+    }
+    Machine::from_raw(raw).map_err(|e| match e {
+        ImportError::Config { error, .. } => {
+            let path = paths
+                .iter()
+                .find(|p| {
+                    p.parent()
+                        .and_then(|d| d.file_name())
+                        .map(|n| n.to_string_lossy().into_owned())
+                        == Some(format!("{}", error.device))
+                })
+                .cloned()
+                .unwrap_or_else(|| dir.clone());
+            SysfsError::Config { path, error }
+        }
+        ImportError::TooMany { limit } => SysfsError::TooMany(limit),
+        ImportError::Syntax { reason, .. } => SysfsError::Io {
+            path: dir.clone(),
+            reason,
+        },
+    })
+}
