@@ -128,7 +128,8 @@ fn acs_bits(text: &str, line: usize) -> Result<u16, ImportError> {
     let mut bits = 0u16;
     let mut seen = 0u16;
     for tok in text.split_ascii_whitespace() {
-        let (name, sign) = tok.split_at(tok.len().saturating_sub(1));
+        let sign_len = tok.chars().last().map_or(0, char::len_utf8);
+        let (name, sign) = tok.split_at(tok.len() - sign_len);
         let Some(bit) = NAMES.iter().position(|n| *n == name) else {
             continue;
         };

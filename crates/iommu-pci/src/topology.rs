@@ -296,11 +296,19 @@ impl Topology {
                 self.enumerate_bus(seg, bus, &mut out);
             }
         }
-        let mut vfs: Vec<(usize, usize)> = Vec::new();
         let mut pos = vec![usize::MAX; self.functions.len()];
         for (k, &i) in out.iter().enumerate() {
             pos[i] = k;
         }
+        // Every function is reached from a root bus (bus numbers grow
+        // downwards); this keeps any that were not, in address order.
+        for (i, p) in pos.iter_mut().enumerate() {
+            if *p == usize::MAX && self.physfn[i].is_none() {
+                *p = out.len();
+                out.push(i);
+            }
+        }
+        let mut vfs: Vec<(usize, usize)> = Vec::new();
         for i in 0..self.functions.len() {
             if let Some(pf) = self.physfn[i] {
                 vfs.push((pos[pf], i));
@@ -357,6 +365,10 @@ fn find_vfs(
         for (&bdf, &vf) in by_bdf.range(lo..=hi) {
             let off = u32::from(bdf.requester_id()) - u32::from(first);
             if vf == pf || (stride == 0 && off != 0) || (stride != 0 && off % stride != 0) {
+                continue;
+            }
+            // A VF has a type 0 header; a bridge listed there is not one.
+            if functions[vf].header_type != crate::HeaderType::Normal {
                 continue;
             }
             if let Some(other) = physfn[vf] {

@@ -148,6 +148,10 @@ impl PciPlatform {
         let iommu = Iommu::new(config);
         let bus = Bus::new(&iommu, "pci")?;
         let mut keys = Vec::new();
+        // A requester id two groups would share (two quirks naming one
+        // absent function, which Linux does not group together) stays with
+        // the first group: the core refuses a device whose ids span groups.
+        let mut claimed: std::collections::HashMap<u32, usize> = std::collections::HashMap::new();
         for i in analysis.topology.enumeration_order() {
             let f = &analysis.topology.functions()[i];
             let name = f.bdf.to_string();
@@ -157,12 +161,13 @@ impl PciPlatform {
                 .pci(true);
             if let Some(g) = analysis.groups.of[i] {
                 let seg = f.bdf.segment << 16;
-                b = b.stream_ids(
-                    analysis
-                        .dma_requester_ids(i)
-                        .into_iter()
-                        .map(|rid| seg | u32::from(rid)),
-                );
+                let ids: Vec<u32> = analysis
+                    .dma_requester_ids(i)
+                    .into_iter()
+                    .map(|rid| seg | u32::from(rid))
+                    .filter(|&sid| *claimed.entry(sid).or_insert(g) == g)
+                    .collect();
+                b = b.stream_ids(ids);
                 keys.push((name, g));
             }
             for (at, region) in resv {
