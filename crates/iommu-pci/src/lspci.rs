@@ -458,6 +458,13 @@ pub fn parse_lspci_v(text: &str) -> Result<Vec<ListedFunction>, ImportError> {
             continue;
         }
         if !l.starts_with([' ', '\t']) {
+            // A line that does not even try to be an address is not a
+            // function's header: messages a capture mixed in from stderr
+            // (`pcilib: ...`) or the rest of a line they split.
+            let first = l.split_ascii_whitespace().next().unwrap_or("");
+            if !(first.contains(':') && first.contains('.')) {
+                continue;
+            }
             if let Some(o) = open.take() {
                 out.push(o.finish()?);
             }

@@ -18,8 +18,11 @@ pub enum IommuKind {
     /// Intel VT-d: covers every function.
     IntelVtd,
     /// AMD-Vi: its ACPI IVRS table exists (which an AMD southbridge ACS
-    /// quirk tests), and the IOMMU's own PCI function is not translated
-    /// by itself (Linux removes it from the IVRS lookup).
+    /// quirk tests); the IOMMU's own PCI function is not translated by
+    /// itself (Linux removes it from the IVRS lookup), nor is the root
+    /// complex function at device 0 function 0, which the firmware's IVRS
+    /// device ranges leave out on AMD platforms (seen on every AMD
+    /// machine of the test corpus).
     AmdVi,
 }
 
@@ -27,7 +30,12 @@ impl IommuKind {
     /// Whether the IOMMU translates `f`'s DMA, so that `f` gets a group.
     pub fn covers(self, f: &Function) -> bool {
         match self {
-            IommuKind::AmdVi => !(f.vendor == vendor::AMD && f.class >> 8 == 0x0806),
+            IommuKind::AmdVi => {
+                let iommu = f.vendor == vendor::AMD && f.class >> 8 == 0x0806;
+                let root_complex =
+                    f.vendor == vendor::AMD && f.class >> 8 == 0x0600 && f.bdf.devfn == 0;
+                !(iommu || root_complex)
+            }
             IommuKind::Generic | IommuKind::IntelVtd => true,
         }
     }
