@@ -127,6 +127,7 @@ pub fn platform(loaded: &Loaded, args: &PlatformArgs) -> Result<Platform, Failur
         IommuArg::Generic => IommuKind::Generic,
         IommuArg::IntelVtd => IommuKind::IntelVtd,
         IommuArg::AmdVi => IommuKind::AmdVi,
+        IommuArg::ArmSmmu => IommuKind::ArmSmmu,
     };
     Ok(Platform {
         iommu,

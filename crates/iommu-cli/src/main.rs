@@ -91,16 +91,20 @@ pub struct Policy {
 /// Which IOMMU a machine has.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum IommuArg {
-    /// AMD-Vi where an AMD IOMMU function is listed, VT-d on an Intel
-    /// host bridge, otherwise generic
+    /// AMD-Vi where an AMD IOMMU function is listed, an Arm SMMU on an
+    /// Arm server's root complex, VT-d on an Intel host bridge, otherwise
+    /// generic
     #[default]
     Auto,
     /// Covers every function, no vendor rules
     Generic,
     /// Intel VT-d
     IntelVtd,
-    /// AMD-Vi: its own function is not translated; AMD southbridge quirks
+    /// AMD-Vi: its own function and the root complex are not translated;
+    /// AMD southbridge quirks
     AmdVi,
+    /// Arm SMMU (ACPI IORT): the root complexes are not translated
+    ArmSmmu,
 }
 
 /// A machine to work on.

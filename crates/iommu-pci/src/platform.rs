@@ -24,6 +24,10 @@ pub enum IommuKind {
     /// device ranges leave out on AMD platforms (seen on every AMD
     /// machine of the test corpus).
     AmdVi,
+    /// An Arm SMMU described by ACPI IORT: the root complex function at
+    /// device 0 function 0 of each root bus is outside the ID mappings the
+    /// firmware gives (seen on the Arm servers of the test corpus).
+    ArmSmmu,
 }
 
 impl IommuKind {
@@ -36,19 +40,31 @@ impl IommuKind {
                     f.vendor == vendor::AMD && f.class >> 8 == 0x0600 && f.bdf.devfn == 0;
                 !(iommu || root_complex)
             }
+            IommuKind::ArmSmmu => !(f.class >> 8 == 0x0600 && f.bdf.devfn == 0),
             IommuKind::Generic | IommuKind::IntelVtd => true,
         }
     }
 
     /// The IOMMU a machine most likely has: AMD-Vi where an AMD IOMMU
-    /// function (class 0806) is present, VT-d where the host bridge is
-    /// Intel's, otherwise a generic one.
+    /// function (class 0806) is present, an Arm SMMU where a root complex
+    /// is an Arm server vendor's, VT-d where the host bridge is Intel's,
+    /// otherwise a generic one.
     pub fn detect(functions: &[Function]) -> IommuKind {
+        /// Vendors of Arm server root complexes: Ampere, Huawei, Cavium,
+        /// Qualcomm, HXT, Amazon, Phytium, Arm.
+        const ARM: [u16; 8] = [
+            0x1def, 0x19e5, 0x177d, 0x17cb, 0x1dbf, 0x1c36, 0x1db7, 0x13b5,
+        ];
         if functions
             .iter()
             .any(|f| f.vendor == vendor::AMD && f.class >> 8 == 0x0806)
         {
             IommuKind::AmdVi
+        } else if functions
+            .iter()
+            .any(|f| f.class >> 8 == 0x0600 && f.bdf.devfn == 0 && ARM.contains(&f.vendor))
+        {
+            IommuKind::ArmSmmu
         } else if functions
             .iter()
             .any(|f| f.vendor == vendor::INTEL && f.class >> 8 == 0x0600 && f.bdf.bus == 0)
@@ -66,6 +82,7 @@ impl fmt::Display for IommuKind {
             IommuKind::Generic => "generic",
             IommuKind::IntelVtd => "intel-vtd",
             IommuKind::AmdVi => "amd-vi",
+            IommuKind::ArmSmmu => "arm-smmu",
         })
     }
 }

@@ -8,22 +8,32 @@
 
 use iommu_pci::{compare, short_name, IommuKind, Machine, Platform};
 
-/// A listing, and the differences it is known to have, each with why.
+/// A listing, and the devices whose grouping is known to differ, each
+/// with the rule that explains it.
 struct Case {
     file: &'static str,
-    /// Devices the kernel grouped and the prediction cannot (outside what
-    /// a listing shows), with the reason.
-    only_kernel: &'static [(&'static str, &'static str)],
-    /// Devices the prediction groups and the kernel did not, with the
-    /// reason.
-    only_predicted: &'static [(&'static str, &'static str)],
+    /// Devices left out of the comparison, with why they differ.
+    known: &'static [(&'static str, &'static str)],
 }
 
-const CASES: &[Case] = &[Case {
-    file: "amd-mendocino-aio-debian-6.1.lspci-vvnn.txt",
-    only_kernel: &[],
-    only_predicted: &[],
-}];
+const CASES: &[Case] = &[
+    Case {
+        file: "amd-mendocino-aio-debian-6.1.lspci-vvnn.txt",
+        known: &[],
+    },
+    Case {
+        file: "ampere-altra-arm64-ubuntu-5.15.lspci-vvnn.txt",
+        known: &[(
+            "0004:02:00.0",
+            "the ASPEED VGA behind the AST1150 PCIe-to-PCI bridge carries the \
+             bridge's alias, which is its own requester id (02:00.0), so its \
+             stream ids hold one id twice; the probe's 5.15 arm-smmu-v3 \
+             refused such a master (`stream already in tree`), and 6.12 takes \
+             it (`Bridged PCI devices may end up with duplicated IDs`), into \
+             the bridge's group as predicted",
+        )],
+    },
+];
 
 fn check(case: &Case) -> Result<(), String> {
     let path = format!(
@@ -44,22 +54,42 @@ fn check(case: &Case) -> Result<(), String> {
         .analyze(platform)
         .map_err(|e| format!("{}: {e}", case.file))?;
     iommu_pci::testing::check_analysis(&a);
-    let c = compare(&a.groups.partition(&a.topology), &m.kernel_partition());
+    let known: Vec<iommu_pci::Bdf> = case
+        .known
+        .iter()
+        .map(|(d, _)| d.parse().expect("an address"))
+        .collect();
+    let without = |p: Vec<Vec<iommu_pci::Bdf>>| -> Vec<Vec<iommu_pci::Bdf>> {
+        let mut p: Vec<Vec<iommu_pci::Bdf>> = p
+            .into_iter()
+            .map(|g| {
+                g.into_iter()
+                    .filter(|b| !known.contains(b))
+                    .collect::<Vec<_>>()
+            })
+            .filter(|g| !g.is_empty())
+            .collect();
+        p.sort();
+        p
+    };
+    let c = compare(
+        &without(a.groups.partition(&a.topology)),
+        &without(m.kernel_partition()),
+    );
     let names = |v: &[iommu_pci::Bdf]| v.iter().map(|&b| short_name(b)).collect::<Vec<_>>();
-    let expect = |v: &[(&str, &str)]| v.iter().map(|(d, _)| d.to_string()).collect::<Vec<_>>();
     let mut problems = Vec::new();
     for mm in &c.mismatches {
         let k: Vec<Vec<String>> = mm.kernel.iter().map(|g| names(g)).collect();
         let p: Vec<Vec<String>> = mm.predicted.iter().map(|g| names(g)).collect();
         problems.push(format!("kernel {k:?} vs predicted {p:?}"));
     }
-    if names(&c.only_kernel) != expect(case.only_kernel) {
+    if !c.only_kernel.is_empty() {
         problems.push(format!(
             "only in the kernel's groups: {:?}",
             names(&c.only_kernel)
         ));
     }
-    if names(&c.only_predicted) != expect(case.only_predicted) {
+    if !c.only_predicted.is_empty() {
         problems.push(format!("only predicted: {:?}", names(&c.only_predicted)));
     }
     if problems.is_empty() {
