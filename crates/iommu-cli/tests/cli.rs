@@ -354,6 +354,45 @@ fn an_export_reads_in_the_real_lspci_with_every_group() {
 }
 
 #[test]
+fn listings_with_lspci_paths_read_as_the_plain_ones() {
+    let dir = scratch("paths");
+    let root = dir.join("sys");
+    assert_eq!(iommu(&["sysfs", "--export", root.to_str().unwrap()]).0, 0);
+    // The groups a listing gives, with each device's address, its
+    // description and the kernel's group (all but the file's name).
+    let groups_of = |flag: &str, args: &[&str], name: &str| -> serde_json::Value {
+        let text = lspci(&root, args);
+        let f = dir.join(name);
+        std::fs::write(&f, &text).unwrap();
+        let (code, out, err) = iommu(&["groups", flag, f.to_str().unwrap(), "--json"]);
+        assert_eq!(code, 0, "{args:?}: {err}");
+        let mut v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        v.as_object_mut().unwrap().remove("source");
+        assert_eq!(v["groups"].as_array().unwrap().len(), 14, "{args:?}");
+        v
+    };
+    let plain = groups_of("--lspci", &["-vvnn"], "plain.txt");
+    // The export puts 04:00.0 behind two bridges, so paths are three deep.
+    let pp = lspci(&root, &["-PP", "-vvnn"]);
+    assert!(pp.contains("\n00:1c.0/04:00.0/05:01.0 "), "{pp}");
+    assert!(lspci(&root, &["-P", "-vvnn"]).contains("\n00:1c.0/00.0/01.0 "));
+    for (args, name) in [
+        (&["-P", "-vvnn"][..], "p.txt"),
+        (&["-PP", "-vvnn"], "pp.txt"),
+        (&["-P", "-D", "-vvnn"], "pd.txt"),
+    ] {
+        assert_eq!(groups_of("--lspci", args, name), plain, "{args:?}");
+    }
+    let dump = groups_of("--lspci-x", &["-xxxx"], "x.txt");
+    for (args, name) in [
+        (&["-P", "-xxxx"][..], "px.txt"),
+        (&["-PP", "-xxxx"], "ppx.txt"),
+    ] {
+        assert_eq!(groups_of("--lspci-x", args, name), dump, "{args:?}");
+    }
+}
+
+#[test]
 fn compare_prints_every_difference_and_exits_1() {
     let dir = scratch("compare");
     let root = dir.join("sys");

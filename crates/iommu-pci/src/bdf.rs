@@ -107,6 +107,98 @@ impl FromStr for Bdf {
     }
 }
 
+/// A function's address as `lspci -P` or `-PP` prints it: the bridges
+/// above it from the root bus down, then the function, joined by `/`
+/// (`00:1c.4/07:00.0/08:02.0/0a:00.0`). `-PP` gives every step its bus;
+/// `-P` gives only `dd.f` after the first, leaving each bus to be the
+/// secondary bus of the bridge before it. A plain address is a path of
+/// one step.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SlotPath {
+    first: Bdf,
+    /// The steps after the first: bus (when printed) and devfn.
+    rest: alloc::vec::Vec<(Option<u8>, u8)>,
+}
+
+impl SlotPath {
+    /// The function's address when the path alone says it: a plain
+    /// address, or one whose last step prints its bus (`-PP`).
+    pub fn known(&self) -> Option<Bdf> {
+        match self.rest.last() {
+            None => Some(self.first),
+            Some(&(Some(bus), devfn)) => Some(Bdf {
+                segment: self.first.segment,
+                bus,
+                devfn,
+            }),
+            Some((None, _)) => None,
+        }
+    }
+
+    /// How many steps the path has (1 for a plain address).
+    pub fn len(&self) -> usize {
+        1 + self.rest.len()
+    }
+
+    /// Always false: a path has at least its function.
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
+    /// The function's address, taking each step's bus from the step
+    /// before it through `secondary` (a bridge's secondary bus number,
+    /// `None` when it is not a known bridge) where the step does not
+    /// print it.
+    ///
+    /// # Errors
+    /// The bridge whose secondary bus was needed and not known.
+    pub fn resolve(&self, secondary: impl Fn(Bdf) -> Option<u8>) -> Result<Bdf, Bdf> {
+        let mut at = self.first;
+        for &(bus, devfn) in &self.rest {
+            let bus = match bus {
+                Some(b) => b,
+                None => secondary(at).ok_or(at)?,
+            };
+            at = Bdf {
+                segment: at.segment,
+                bus,
+                devfn,
+            };
+        }
+        Ok(at)
+    }
+}
+
+impl FromStr for SlotPath {
+    type Err = BdfParseError;
+
+    /// `[ssss:]bb:dd.f` followed by any number of `/bb:dd.f` or `/dd.f`.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let mut steps = s.split('/');
+        let first: Bdf = steps.next().ok_or(BdfParseError)?.parse()?;
+        let mut rest = alloc::vec::Vec::new();
+        for step in steps {
+            // A step is a plain address without a segment, or `dd.f`
+            // (parsed as the device on a placeholder bus).
+            let (bus, b) = if step.contains(':') {
+                let b: Bdf = step.parse()?;
+                if step.matches(':').count() != 1 {
+                    return Err(BdfParseError); // segments only lead a path
+                }
+                (Some(b.bus), b)
+            } else {
+                (None, alloc::format!("00:{step}").parse::<Bdf>()?)
+            };
+            // At most one step per bus number below the first.
+            if rest.len() >= 256 {
+                return Err(BdfParseError);
+            }
+            rest.push((bus, b.devfn));
+        }
+        Ok(SlotPath { first, rest })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -149,6 +241,42 @@ mod tests {
             "00:1c.0 ",
         ] {
             assert_eq!(bad.parse::<Bdf>(), Err(BdfParseError), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn lspci_paths_name_the_function_at_their_end() {
+        let pp: SlotPath = "00:1c.4/07:00.0/08:02.0/0a:00.0".parse().unwrap();
+        assert_eq!(pp.len(), 4);
+        assert_eq!(pp.known().unwrap().to_string(), "0000:0a:00.0");
+        let plain: SlotPath = "0001:3a:00.1".parse().unwrap();
+        assert_eq!(plain.known().unwrap().to_string(), "0001:3a:00.1");
+        let p: SlotPath = "0002:00:1c.4/00.0/02.0/00.0".parse().unwrap();
+        assert_eq!(p.known(), None);
+        // 00:1c.4 leads to bus 07, 07:00.0 to bus 08, 08:02.0 to bus 0a.
+        let secondary = |b: Bdf| match (b.segment, b.bus, b.devfn) {
+            (2, 0x00, 0xe4) => Some(0x07),
+            (2, 0x07, 0x00) => Some(0x08),
+            (2, 0x08, 0x10) => Some(0x0a),
+            _ => None,
+        };
+        assert_eq!(p.resolve(secondary).unwrap().to_string(), "0002:0a:00.0");
+        // A step below something that is not a known bridge names it.
+        let orphan: SlotPath = "00:1f.0/00.0".parse().unwrap();
+        assert_eq!(
+            orphan.resolve(|_| None).unwrap_err().to_string(),
+            "0000:00:1f.0"
+        );
+        for bad in [
+            "00:1c.4/",
+            "00:1c.4//00.0",
+            "00:1c.4/0000:07:00.0",
+            "00:1c.4/20.0",
+            "00:1c.4/07:00.8",
+            "/00:1c.4",
+            "00:1c.4/x",
+        ] {
+            assert_eq!(bad.parse::<SlotPath>(), Err(BdfParseError), "{bad:?}");
         }
     }
 }

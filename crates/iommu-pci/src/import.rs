@@ -1,13 +1,15 @@
 //! Real machines in: configuration space from `lspci -xxxx` hex dumps.
 //!
 //! A dump is a header line per function (`bb:dd.f Class: Name`, or with
-//! `-D` the full `ssss:bb:dd.f`), then rows of sixteen bytes,
+//! `-D` the full `ssss:bb:dd.f`, or with `-P`/`-PP` the path of bridges
+//! down to it, see [`SlotPath`]), then rows of sixteen bytes,
 //! `off: xx xx ... xx`, with the offset in hex (two digits below 0x100,
 //! three above). Rows must run from 0 without gaps and end at one of the
 //! sizes a configuration space has (64, 256 or 4096 bytes, for `-x`,
 //! `-xxx`, `-xxxx`). Any other line is an error naming the line.
 
-use crate::{Bdf, ConfigError, ConfigSpace, Function};
+use crate::{Bdf, ConfigError, ConfigSpace, Function, SlotPath};
+use alloc::collections::BTreeMap;
 use alloc::string::String;
 use alloc::vec::Vec;
 
@@ -111,25 +113,12 @@ fn looks_like_row(text: &str) -> bool {
 /// that is neither. Nothing is returned then.
 pub fn parse_lspci_x(text: &str) -> Result<Vec<DumpedFunction>, ImportError> {
     struct Open {
-        bdf: Bdf,
+        path: SlotPath,
         line: usize,
         bytes: Vec<u8>,
     }
-    let mut out = Vec::new();
+    let mut opened: Vec<Open> = Vec::new();
     let mut open: Option<Open> = None;
-    let finish = |o: Open, out: &mut Vec<DumpedFunction>| -> Result<(), ImportError> {
-        let config =
-            ConfigSpace::from_bytes(o.bdf, &o.bytes).map_err(|error| ImportError::Config {
-                line: o.line,
-                error,
-            })?;
-        out.push(DumpedFunction {
-            bdf: o.bdf,
-            config,
-            line: o.line,
-        });
-        Ok(())
-    };
     for (i, raw) in text.lines().enumerate() {
         let line = i + 1;
         let l = raw.trim_end();
@@ -154,30 +143,68 @@ pub fn parse_lspci_x(text: &str) -> Result<Vec<DumpedFunction>, ImportError> {
             continue;
         }
         let name = l.split_ascii_whitespace().next().unwrap_or("");
-        let bdf: Bdf = name.parse().map_err(|_| {
+        let path: SlotPath = name.parse().map_err(|_| {
             syntax(
                 line,
-                "expected a function's address (bb:dd.f) or a row of bytes",
+                "expected a function's address (bb:dd.f, or an lspci -P/-PP path) \
+                 or a row of bytes",
             )
         })?;
-        if let Some(o) = open.take() {
-            finish(o, &mut out)?;
-        }
-        if out.len() >= crate::MAX_FUNCTIONS {
+        opened.extend(open.take());
+        if opened.len() >= crate::MAX_FUNCTIONS {
             return Err(ImportError::TooMany {
                 limit: crate::MAX_FUNCTIONS,
             });
         }
         open = Some(Open {
-            bdf,
+            path,
             line,
             bytes: Vec::with_capacity(4096),
         });
     }
-    if let Some(o) = open.take() {
-        finish(o, &mut out)?;
+    opened.extend(open.take());
+    // `lspci -P` paths: a step's bus is the secondary bus (byte 0x19) of
+    // the bridge before it; parents have shorter paths than children.
+    let mut order: Vec<usize> = (0..opened.len()).collect();
+    order.sort_by_key(|&i| opened[i].path.len());
+    let mut secondary: BTreeMap<Bdf, u8> = BTreeMap::new();
+    let mut bdfs: Vec<Option<Bdf>> = alloc::vec![None; opened.len()];
+    for i in order {
+        let o = &opened[i];
+        let bdf = o
+            .path
+            .resolve(|b| secondary.get(&b).copied())
+            .map_err(|b| {
+                syntax(
+                    o.line,
+                    alloc::format!("the path goes through {b}, which is not a dumped bridge"),
+                )
+            })?;
+        // Header type 1 or 2 (bridges) with their bus numbers dumped.
+        if matches!(o.bytes.get(0x0e).map(|t| t & 0x7f), Some(1 | 2)) {
+            if let Some(&s) = o.bytes.get(0x19) {
+                secondary.insert(bdf, s);
+            }
+        }
+        bdfs[i] = Some(bdf);
     }
-    Ok(out)
+    opened
+        .into_iter()
+        .zip(bdfs)
+        .map(|(o, bdf)| {
+            let bdf = bdf.expect("every path was resolved");
+            let config =
+                ConfigSpace::from_bytes(bdf, &o.bytes).map_err(|error| ImportError::Config {
+                    line: o.line,
+                    error,
+                })?;
+            Ok(DumpedFunction {
+                bdf,
+                config,
+                line: o.line,
+            })
+        })
+        .collect()
 }
 
 /// Reads a dump and parses each function (see [`Function::parse`]).

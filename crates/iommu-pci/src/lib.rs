@@ -63,7 +63,7 @@ mod topofile;
 mod topology;
 
 pub use acs::{enable_acs, AcsVerdict};
-pub use bdf::{Bdf, BdfParseError};
+pub use bdf::{Bdf, BdfParseError, SlotPath};
 pub use caps::{Acs, AcsFlags, Ari, Pcie, PortType, Sriov};
 pub use config::{cap_id, ext_cap_id, BridgeBuses, ConfigSpace, Function, HeaderType};
 pub use error::{ConfigError, ConfigErrorKind};

@@ -2,8 +2,9 @@
 //! configuration space.
 //!
 //! A listing shows, per function, a header line
-//! (`bb:dd.f Class [cccc]: Vendor Device [vvvv:dddd] (rev rr)`) and
-//! indented lines. What grouping needs is read and written back into the
+//! (`bb:dd.f Class [cccc]: Vendor Device [vvvv:dddd] (rev rr)`, the
+//! address with `-D` its segment and with `-P`/`-PP` the bridges above it,
+//! see [`SlotPath`]) and indented lines. What grouping needs is read and written back into the
 //! registers it came from, so a listing becomes the same model as a hex
 //! dump: the ids, class and revision; `Bus: primary=.. secondary=..
 //! subordinate=..` for bridges; the capability list with the PCI Express
@@ -22,7 +23,7 @@
 
 use crate::config::{cap_id, ext_cap_id};
 use crate::import::ImportError;
-use crate::{Bdf, ConfigSpace, Function};
+use crate::{Bdf, ConfigSpace, Function, SlotPath};
 use alloc::collections::BTreeMap;
 use alloc::format;
 use alloc::string::{String, ToString};
@@ -68,7 +69,10 @@ struct Cap {
 /// One function being read.
 #[derive(Clone, Debug, Default)]
 struct Open {
+    /// Its address; `None` until a `-P` path is resolved.
     bdf: Option<Bdf>,
+    /// An `lspci -P` path whose buses come from the bridges above.
+    path: Option<SlotPath>,
     line: usize,
     description: String,
     class: u32,
@@ -448,7 +452,7 @@ impl Open {
 /// capability at an impossible offset, or registers that do not make a
 /// function. Nothing is returned then.
 pub fn parse_lspci_v(text: &str) -> Result<Vec<ListedFunction>, ImportError> {
-    let mut out: Vec<ListedFunction> = Vec::new();
+    let mut opened: Vec<Open> = Vec::new();
     let mut open: Option<Open> = None;
     let mut in_cap: Option<usize> = None;
     for (k, raw) in text.lines().enumerate() {
@@ -465,10 +469,8 @@ pub fn parse_lspci_v(text: &str) -> Result<Vec<ListedFunction>, ImportError> {
             if !(first.contains(':') && first.contains('.')) {
                 continue;
             }
-            if let Some(o) = open.take() {
-                out.push(o.finish()?);
-            }
-            if out.len() >= crate::MAX_FUNCTIONS {
+            opened.extend(open.take());
+            if opened.len() >= crate::MAX_FUNCTIONS {
                 return Err(syntax(
                     line,
                     format!("more than {} functions", crate::MAX_FUNCTIONS),
@@ -556,11 +558,46 @@ pub fn parse_lspci_v(text: &str) -> Result<Vec<ListedFunction>, ImportError> {
             cap.iov_layout = Some((get("VF offset:")?, get("stride:")?, dev));
         }
     }
-    if let Some(o) = open.take() {
-        out.push(o.finish()?);
-    }
+    opened.extend(open.take());
+    resolve_paths(&mut opened)?;
+    let mut out = opened
+        .into_iter()
+        .map(Open::finish)
+        .collect::<Result<Vec<_>, _>>()?;
     mark_multifunction(&mut out)?;
     Ok(out)
+}
+
+/// Gives every function listed by an `lspci -P` path its address: each
+/// step's bus is the secondary bus of the bridge listed before it in the
+/// path, and parents have shorter paths than their children.
+fn resolve_paths(opened: &mut [Open]) -> Result<(), ImportError> {
+    let mut pending: Vec<usize> = (0..opened.len())
+        .filter(|&i| opened[i].bdf.is_none())
+        .collect();
+    if pending.is_empty() {
+        return Ok(());
+    }
+    pending.sort_by_key(|&i| opened[i].path.as_ref().map_or(0, SlotPath::len));
+    let mut secondary: BTreeMap<Bdf, u8> = opened
+        .iter()
+        .filter_map(|o| Some((o.bdf?, o.buses?.1)))
+        .collect();
+    for i in pending {
+        let o = &mut opened[i];
+        let path = o.path.take().expect("an unresolved function has a path");
+        let bdf = path.resolve(|b| secondary.get(&b).copied()).map_err(|b| {
+            syntax(
+                o.line,
+                format!("the path goes through {b}, which is not a listed bridge"),
+            )
+        })?;
+        o.bdf = Some(bdf);
+        if let Some((_, s, _)) = o.buses {
+            secondary.insert(bdf, s);
+        }
+    }
+    Ok(())
 }
 
 /// Sets the multifunction bit of every function 0 whose slot lists other
@@ -605,12 +642,17 @@ fn header(l: &str, line: usize) -> Result<Open, ImportError> {
     let (name, rest) = l
         .split_once(' ')
         .ok_or_else(|| syntax(line, "expected `bb:dd.f description`"))?;
-    let bdf: Bdf = name.parse().map_err(|_| {
+    let path: SlotPath = name.parse().map_err(|_| {
         syntax(
             line,
-            format!("`{name}` is not a function's address (bb:dd.f or ssss:bb:dd.f)"),
+            format!(
+                "`{name}` is not a function's address \
+                 (bb:dd.f, ssss:bb:dd.f, or an lspci -P/-PP path of them)"
+            ),
         )
     })?;
+    let bdf = path.known();
+    let path = bdf.is_none().then_some(path);
     // `Class name [cccc]: ...`
     let class = rest
         .find("]: ")
@@ -649,7 +691,8 @@ fn header(l: &str, line: usize) -> Result<Open, ImportError> {
         None => 0,
     };
     Ok(Open {
-        bdf: Some(bdf),
+        bdf,
+        path,
         line,
         description: body.to_string(),
         class: class << 8 | u32::from(prog_if),

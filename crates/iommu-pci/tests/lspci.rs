@@ -259,6 +259,28 @@ fn malformed_lines_are_refused_naming_the_line() {
 }
 
 #[test]
+fn an_lspci_p_path_takes_its_buses_from_the_listed_bridges() {
+    let bridge = "\tBus: primary=00, secondary=07, subordinate=07\n\tCapabilities: [40] Express (v2) Root Port (Slot+)\n";
+    let text = format!(
+        "00:1c.4/00.0 Ethernet controller [0200]: Sim [0de5:0200]\n\tIOMMU group: 2\n\
+         00:1c.4 PCI bridge [0604]: Sim [0de5:0002]\n{bridge}"
+    );
+    let listed = parse_lspci_v(&text).unwrap();
+    let names: Vec<String> = listed.iter().map(|f| short_name(f.function.bdf)).collect();
+    assert_eq!(names, ["07:00.0", "00:1c.4"]);
+    // A path through a function that is not a listed bridge is refused.
+    let (l, reason) = refused("00:01.0 PCI bridge [0604]: Sim [0de5:0002]\n00:1f.0/00.0 Ethernet controller [0200]: Sim [0de5:0200]\n");
+    assert_eq!(l, 2);
+    assert!(
+        reason.contains("0000:00:1f.0, which is not a listed bridge"),
+        "{reason}"
+    );
+    let (l, reason) = refused("00:1c.4/0000:07:00.0 Ethernet controller [0200]: Sim [0de5:0200]\n");
+    assert_eq!(l, 1);
+    assert!(reason.contains("-P/-PP path"), "{reason}");
+}
+
+#[test]
 fn a_machine_whose_iommu_is_amds_leaves_the_iommu_function_out() {
     let listing = "\
 00:00.2 IOMMU [0806]: Advanced Micro Devices, Inc. [AMD] Family 17h-19h IOMMU [1022:14b6]
