@@ -38,6 +38,10 @@ const CASES: &[Case] = &[
         file: "apple-t2-comet-lake-mac-6.12.lspci-vvnn-PP.txt",
         known: &[],
     },
+    Case {
+        file: "amd-epyc-milan-romed8-2t-debian-6.1.lspci-vvnn.txt",
+        known: &[],
+    },
 ];
 
 fn check(case: &Case) -> Result<(), String> {
