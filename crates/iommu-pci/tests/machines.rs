@@ -42,6 +42,10 @@ const CASES: &[Case] = &[
         file: "amd-epyc-milan-romed8-2t-debian-6.1.lspci-vvnn.txt",
         known: &[],
     },
+    Case {
+        file: "intel-w680-raptor-lake-ubuntu-6.8.lspci-vvnn.txt",
+        known: &[],
+    },
 ];
 
 fn check(case: &Case) -> Result<(), String> {
