@@ -197,8 +197,20 @@ fn standard_id(name: &str) -> Option<u8> {
         .map(|&(_, id)| id)
 }
 
-/// Extended capability ids by the name lspci gives them.
+/// The id given to an extended capability whose name is not known here
+/// (lspci's list grows with the PCIe specification): one no rule looks
+/// for, so the capability only links the list.
+const UNNAMED_EXT_CAP: u16 = 0xffff;
+
+/// Extended capability ids by the name lspci gives them: `Null` for an id
+/// of 0, `Extended Capability ID 0xNN` for ids lspci does not name.
 fn extended_id(name: &str) -> Option<u16> {
+    if name == "Null" {
+        return Some(0);
+    }
+    if let Some(hex) = name.strip_prefix("Extended Capability ID 0x") {
+        return u16::from_str_radix(hex.trim(), 16).ok();
+    }
     const TABLE: [(&str, u16); 33] = [
         ("Advanced Error Reporting", 0x01),
         ("Virtual Channel", 0x02),
@@ -308,7 +320,10 @@ fn capability(text: &str, line: usize) -> Result<Option<Cap>, ImportError> {
         ));
     }
     let id = if extended {
-        extended_id(name)
+        // Every extended capability keeps its place: the list starts at
+        // 0x100 whatever sits there (a `Null` header that only points on,
+        // one this table does not name), and Linux walks through it.
+        Some(extended_id(name).unwrap_or(UNNAMED_EXT_CAP))
     } else {
         standard_id(name).map(u16::from)
     };

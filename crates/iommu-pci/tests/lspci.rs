@@ -300,3 +300,29 @@ fn a_machine_whose_iommu_is_amds_leaves_the_iommu_function_out() {
     let c = compare(&a.groups.partition(&a.topology), &m.kernel_partition());
     assert!(c.is_same(), "{c:?}");
 }
+
+#[test]
+fn every_extended_capability_keeps_its_place_in_the_list() {
+    // Intel's 100/200-series root ports start their extended list with a
+    // `Null` header that only points on; Linux walks through it to ACS.
+    for first in [
+        "[100 v0] Null",
+        "[100 v1] Extended Capability ID 0x2a",
+        "[100 v1] Some Capability From A Newer Specification",
+    ] {
+        let text = format!(
+            "00:1c.0 PCI bridge [0604]: Sim [0de5:0002]\n\tBus: primary=00, secondary=01, subordinate=01\n\
+             \tCapabilities: [40] Express (v2) Root Port (Slot+), MSI 00\n\tCapabilities: {first}\n\
+             \tCapabilities: [140 v1] Access Control Services\n\
+             \t\tACSCap:\tSrcValid+ TransBlk+ ReqRedir+ CmpltRedir+ UpstreamFwd- EgressCtrl- DirectTrans-\n\
+             \t\tACSCtl:\tSrcValid+ TransBlk- ReqRedir+ CmpltRedir+ UpstreamFwd- EgressCtrl- DirectTrans-\n"
+        );
+        let listed = parse_lspci_v(&text).unwrap();
+        let acs = listed[0]
+            .function
+            .acs
+            .unwrap_or_else(|| panic!("{first}: ACS lost"));
+        assert_eq!(acs.offset, 0x140, "{first}");
+        assert_eq!(listed[0].function.ext_capabilities.len(), 2, "{first}");
+    }
+}

@@ -46,6 +46,10 @@ const CASES: &[Case] = &[
         file: "intel-w680-raptor-lake-ubuntu-6.8.lspci-vvnn.txt",
         known: &[],
     },
+    Case {
+        file: "intel-z270-kaby-lake-mint-6.8.lspci-vvnn.txt",
+        known: &[],
+    },
 ];
 
 fn check(case: &Case) -> Result<(), String> {
