@@ -50,6 +50,10 @@ const CASES: &[Case] = &[
         file: "intel-z270-kaby-lake-mint-6.8.lspci-vvnn.txt",
         known: &[],
     },
+    Case {
+        file: "amd-phoenix-framework-13-laptop-fedora-6.8.lspci-vvnn.txt",
+        known: &[],
+    },
 ];
 
 fn check(case: &Case) -> Result<(), String> {
