@@ -54,6 +54,10 @@ const CASES: &[Case] = &[
         file: "amd-phoenix-framework-13-laptop-fedora-6.8.lspci-vvnn.txt",
         known: &[],
     },
+    Case {
+        file: "intel-raptor-lake-framework-13-laptop-fedora-6.9.lspci-vvnn.txt",
+        known: &[],
+    },
 ];
 
 fn check(case: &Case) -> Result<(), String> {
