@@ -28,10 +28,20 @@ const CASES: &[Case] = &[
             "0004:02:00.0",
             "the ASPEED VGA behind the AST1150 PCIe-to-PCI bridge carries the \
              bridge's alias, which is its own requester id (02:00.0), so its \
-             stream ids hold one id twice; the probe's 5.15 arm-smmu-v3 \
-             refused such a master (`stream already in tree`), and 6.12 takes \
-             it (`Bridged PCI devices may end up with duplicated IDs`), into \
-             the bridge's group as predicted",
+             stream ids hold one id twice; arm-smmu-v3 refused such a master \
+             (`stream already in tree`) until the v6.15 fix `Fix \
+             iommu_device_probe bug due to duplicated stream ids`, which the \
+             6.12 stable tree carries and which puts it in the bridge's group \
+             as predicted",
+        )],
+    },
+    Case {
+        file: "ampere-altra-altrad8ud-ubuntu-6.8.lspci-vvnn.txt",
+        known: &[(
+            "0003:02:00.0",
+            "the same AST1150 case as the 5.15 Altra's: the VGA's two stream \
+             ids are one id, which 6.8's arm-smmu-v3 still refused, so the \
+             kernel gave it no group at all",
         )],
     },
     Case {
