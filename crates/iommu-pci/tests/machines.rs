@@ -23,6 +23,10 @@ const CASES: &[Case] = &[
         known: &[],
     },
     Case {
+        file: "amd-raphael-x670e-steel-legend-fedora-6.11.lspci-vvnn.txt",
+        known: &[],
+    },
+    Case {
         file: "ampere-altra-arm64-ubuntu-5.15.lspci-vvnn.txt",
         known: &[(
             "0004:02:00.0",
