@@ -61,6 +61,10 @@ const CASES: &[Case] = &[
         known: &[],
     },
     Case {
+        file: "intel-x99-haswell-e-taichi-fedora-6.7.lspci-vvnn.txt",
+        known: &[],
+    },
+    Case {
         file: "intel-z270-kaby-lake-mint-6.8.lspci-vvnn.txt",
         known: &[],
     },
