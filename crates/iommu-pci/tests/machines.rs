@@ -73,6 +73,10 @@ const CASES: &[Case] = &[
         known: &[],
     },
     Case {
+        file: "intel-alder-lake-xps-15-laptop-fedora-6.11.lspci-vvnn.txt",
+        known: &[],
+    },
+    Case {
         file: "intel-raptor-lake-framework-13-laptop-fedora-6.9.lspci-vvnn.txt",
         known: &[],
     },
