@@ -25,7 +25,7 @@
 //! | `id=vvvv:dddd` | vendor and device id (default `0de5:0001`, a vendor id no company holds) |
 //! | `class=cccc` or `class=ccccpp` | class code (defaults by kind) |
 //! | `subsystem=vvvv:dddd`, `rev=rr` | subsystem ids, revision |
-//! | `buses=ss-uu` | a bridge's secondary and subordinate bus (hex) |
+//! | `buses=ss-uu` | a bridge's secondary and subordinate bus (hex); `00-00` for a bridge the firmware left unconfigured |
 //! | `acs=FLAGS` | an ACS capability implementing and enabling FLAGS (`SV,TB,RR,CR,UF,EC,DT`, or `none` for a capability with nothing) |
 //! | `acs-cap=FLAGS acs-ctrl=FLAGS` | the two registers apart |
 //! | `multifunction` | the header's multifunction bit |
@@ -524,6 +524,9 @@ pub fn write_topology(machine: &Machine) -> String {
         }
         if let Some(b) = f.bridge {
             let _ = write!(s, " buses={:02x}-{:02x}", b.secondary, b.subordinate);
+        } else if f.header_type != crate::HeaderType::Normal {
+            // A bridge the firmware left without bus numbers.
+            s.push_str(" buses=00-00");
         }
         if let Some(acs) = f.acs {
             let _ = write!(

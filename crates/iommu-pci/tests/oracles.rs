@@ -61,6 +61,14 @@ fn the_topology_seeds_hold() {
     seeds.push(synthetic::server_topology(1).into_bytes());
     seeds.push(iommu_soft_like_default().into_bytes());
     seeds.push(b"00:00.0 endpoint sriov=3 vf-offset=8 alias=01.0 not-covered\n".to_vec());
+    // A fuzz finding: a bridge the firmware left unconfigured (buses 0)
+    // was written back without `buses=` and read no more.
+    seeds.push(
+        b"00:00.0 host-bridge\n00:01.0 root-port buses=00-0  acs=SV,RR,CR,UF\n\
+          00:1c.0 root-port buses=02-03 multifunction\n01:1c.1 root-port buses=03-03\n\
+          03:01.0 pci pcix\n03:02.0 pci"
+            .to_vec(),
+    );
     for s in &seeds {
         run_topology(s);
     }
