@@ -64,6 +64,26 @@ fn listing_with_reasons(groups: &[ListedGroup], reasons: &BTreeMap<u32, Vec<Reas
     s
 }
 
+/// The functions without a group, and why, as `--explain` prints them.
+fn render_ungrouped(p: &PciPlatform) -> String {
+    let mut s = String::new();
+    let ungrouped = p.analysis.ungrouped();
+    if ungrouped.is_empty() {
+        return s;
+    }
+    s.push_str("No group:\n");
+    for u in &ungrouped {
+        let name = u.device.to_string();
+        let desc = p
+            .device(&name)
+            .map(|d| d.description().to_string())
+            .unwrap_or_default();
+        let _ = writeln!(s, "\t{} {desc}", short_name(u.device));
+        let _ = writeln!(s, "\twhy: {}", u.text);
+    }
+    s
+}
+
 /// The predicted partition, from the core's groups.
 fn predicted_partition(groups: &[ListedGroup]) -> Vec<Vec<Bdf>> {
     let mut p: Vec<Vec<Bdf>> = groups
@@ -213,12 +233,20 @@ pub fn groups(args: &GroupsArgs) -> Result<(), Failure> {
             groups: &'a [Row],
         }
         #[derive(Serialize)]
+        struct JsonUngrouped {
+            address: String,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            clashes_with: Option<String>,
+            why: String,
+        }
+        #[derive(Serialize)]
         struct Out<'a> {
             version: u32,
             source: &'a str,
             iommu: String,
             cmdline: String,
             groups: Vec<JsonGroup<'a>>,
+            ungrouped: Vec<JsonUngrouped>,
             #[serde(skip_serializing_if = "Option::is_none")]
             comparison: Option<JsonComparison>,
             #[serde(skip_serializing_if = "Option::is_none")]
@@ -253,6 +281,16 @@ pub fn groups(args: &GroupsArgs) -> Result<(), Failure> {
                         .unwrap_or_default(),
                 })
                 .collect(),
+            ungrouped: p
+                .analysis
+                .ungrouped()
+                .into_iter()
+                .map(|u| JsonUngrouped {
+                    address: short_name(u.device),
+                    clashes_with: u.clashes_with.map(short_name),
+                    why: u.text,
+                })
+                .collect(),
             comparison: comparison.as_ref().map(|c| JsonComparison {
                 same: c.is_same(),
                 mismatches: c
@@ -278,6 +316,7 @@ pub fn groups(args: &GroupsArgs) -> Result<(), Failure> {
     } else {
         if args.explain {
             out!("{}", listing_with_reasons(&listed, &reasons));
+            out!("{}", render_ungrouped(&p));
         } else if what_if.is_none() && comparison.is_none() {
             out!("{}", render_listing(&listed));
         }

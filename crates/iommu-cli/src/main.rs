@@ -103,7 +103,8 @@ pub enum IommuArg {
     /// AMD-Vi: its own function and the root complex are not translated;
     /// AMD southbridge quirks
     AmdVi,
-    /// Arm SMMU (ACPI IORT): the root complexes are not translated
+    /// Arm SMMU (ACPI IORT): the root complexes are not translated; one
+    /// device per stream id (arm-smmu-v3)
     ArmSmmu,
 }
 

@@ -169,6 +169,58 @@ fn explain_gives_each_shared_group_its_reasons() {
 }
 
 #[test]
+fn explain_says_why_a_device_has_no_group() {
+    // An Ampere root complex, a root port, a PCIe-to-PCI bridge and two
+    // devices behind it: both carry the bridge's alias 02:00.0, one stream
+    // id for two masters, which arm-smmu-v3 refuses for the second.
+    let listing = "\
+0000:00:00.0 Host bridge [0600]: Ampere Computing, LLC Altra PCI Express Root Complex A [1def:e100]
+
+0000:00:01.0 PCI bridge [0604]: Ampere Computing, LLC Altra PCI Express Root Port a0 [1def:e101] (rev 04) (prog-if 00 [Normal decode])
+\tBus: primary=00, secondary=01, subordinate=02, sec-latency=0
+\tCapabilities: [70] Express (v2) Root Port (Slot+), MSI 00
+\tCapabilities: [230 v1] Access Control Services
+\t\tACSCap:\tSrcValid+ TransBlk+ ReqRedir+ CmpltRedir+ UpstreamFwd+ EgressCtrl+ DirectTrans+
+\t\tACSCtl:\tSrcValid+ TransBlk- ReqRedir+ CmpltRedir+ UpstreamFwd+ EgressCtrl- DirectTrans-
+
+0000:01:00.0 PCI bridge [0604]: ASPEED Technology, Inc. AST1150 PCI-to-PCI Bridge [1a03:1150] (rev 04) (prog-if 00 [Normal decode])
+\tBus: primary=01, secondary=02, subordinate=02, sec-latency=32
+\tCapabilities: [80] Express (v2) PCI-Express to PCI/PCI-X Bridge, MSI 00
+
+0000:02:00.0 VGA compatible controller [0300]: ASPEED Technology, Inc. ASPEED Graphics Family [1a03:2000] (rev 41) (prog-if 00 [VGA controller])
+
+0000:02:02.0 USB controller [0c03]: ASPEED Technology, Inc. Device [1a03:2603] (prog-if 20 [EHCI])
+";
+    let (code, out, err) = iommu_in(&["groups", "--lspci", "-", "--explain"], Some(listing));
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("\t01:00.0 PCI bridge [0604]: ASPEED Technology, Inc. AST1150 PCI-to-PCI Bridge [1a03:1150] (rev 04)\n\t02:00.0 VGA"),
+        "{out}"
+    );
+    assert!(out.contains(
+        "No group:\n\
+         \t00:00.0 Host bridge [0600]: Ampere Computing, LLC Altra PCI Express Root Complex A [1def:e100]\n\
+         \twhy: the Arm SMMU's ID mappings (IORT) leave out the root complex at device 0 function 0: 00:00.0\n\
+         \t02:02.0 USB controller [0c03]: ASPEED Technology, Inc. Device [1a03:2603]\n\
+         \twhy: 02:02.0's DMA carries requester id 02:00.0, already the stream id of 02:00.0, and arm-smmu-v3 takes one master per stream id, so it refuses 02:02.0 (`stream already in tree`) and the device has no group\n"
+    ), "{out}");
+    let (code, out, err) = iommu_in(&["groups", "--lspci", "-", "--json"], Some(listing));
+    assert_eq!(code, 0, "{err}");
+    let doc: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let ungrouped = doc["ungrouped"].as_array().unwrap();
+    assert_eq!(ungrouped.len(), 2);
+    assert_eq!(ungrouped[1]["address"], "02:02.0");
+    assert_eq!(ungrouped[1]["clashes_with"], "02:00.0");
+    // Where every requester id is the device's own, all are grouped.
+    let (code, out, err) = iommu_in(
+        &["groups", "--lspci", "-", "--iommu", "generic", "--explain"],
+        Some(listing),
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(!out.contains("No group:"), "{out}");
+}
+
+#[test]
 fn what_if_shows_the_groups_that_split_or_merge() {
     let (code, out, err) = iommu(&["groups", "--what-if", "pcie_acs_override=downstream"]);
     assert_eq!(code, 0, "{err}");

@@ -339,3 +339,69 @@ impl Analysis {
         out
     }
 }
+
+/// A function that has no group, and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Ungrouped {
+    /// The function.
+    pub device: Bdf,
+    /// The function whose stream id it would share, when the IOMMU driver
+    /// refused it for that.
+    pub clashes_with: Option<Bdf>,
+    /// Why, in words.
+    pub text: String,
+}
+
+impl Analysis {
+    /// Every function without a group, in address order, with why: the
+    /// IOMMU does not translate it, or (arm-smmu-v3) the driver refused it
+    /// because a stream id of its DMA is already another device's.
+    pub fn ungrouped(&self) -> Vec<Ungrouped> {
+        let topo = &self.topology;
+        let mut out: Vec<Ungrouped> = Vec::new();
+        for (i, f) in topo.functions().iter().enumerate() {
+            if self.groups.of[i].is_some() {
+                continue;
+            }
+            let (clashes_with, text) = match self.groups.refused[i] {
+                Some(holder) => {
+                    let theirs = self.dma_requester_ids(holder);
+                    let shared = self
+                        .dma_requester_ids(i)
+                        .into_iter()
+                        .find(|id| theirs.contains(id))
+                        .map(|id| short_name(Bdf::from_requester_id(f.bdf.segment, id)))
+                        .unwrap_or_default();
+                    (
+                        Some(topo.functions()[holder].bdf),
+                        format!(
+                            "{}'s DMA carries requester id {shared}, already the stream id of {}, \
+                             and arm-smmu-v3 takes one master per stream id, so it refuses {} \
+                             (`stream already in tree`) and the device has no group",
+                            self.name(i),
+                            self.name(holder),
+                            self.name(i)
+                        ),
+                    )
+                }
+                None => (
+                    None,
+                    match self.platform.iommu.why_not_covered(f) {
+                        Some(why) => format!("{why}: {}", self.name(i)),
+                        None => format!(
+                            "{} is outside the IOMMU's scope (as the platform declares)",
+                            self.name(i)
+                        ),
+                    },
+                ),
+            };
+            out.push(Ungrouped {
+                device: f.bdf,
+                clashes_with,
+                text,
+            });
+        }
+        out.sort_by_key(|u| u.device);
+        out
+    }
+}

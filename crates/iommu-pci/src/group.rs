@@ -16,7 +16,8 @@
 use crate::acs::acs_enabled;
 use crate::quirks::{linux_device_quirks, vmd_controllers, QuirkContext};
 use crate::{enable_acs, AcsFlags, AcsVerdict, Bdf, DeviceQuirks, Function, Platform, PortType};
-use crate::{Topology, TopologyError};
+use crate::{IommuKind, Topology, TopologyError};
+use alloc::collections::BTreeMap;
 use alloc::vec;
 use alloc::vec::Vec;
 
@@ -113,6 +114,13 @@ pub struct Groups {
     pub members: Vec<Vec<usize>>,
     /// For each function that joined a group another function made, how.
     pub joins: Vec<Option<Join>>,
+    /// For each function the IOMMU driver refused although it covers it,
+    /// the function that already holds one of its stream ids: arm-smmu-v3
+    /// rejects a second master whose DMA carries a stream id another
+    /// master has (`arm_smmu_insert_master`), which happens behind a
+    /// PCIe-to-PCI bridge, where every device's DMA carries the bridge's
+    /// alias. The refused function has no group.
+    pub refused: Vec<Option<usize>>,
 }
 
 impl Groups {
@@ -389,36 +397,41 @@ impl Analysis {
     /// on the way up that takes ownership. What an IOMMU driver programs
     /// for the device.
     pub fn dma_requester_ids(&self, i: usize) -> Vec<u16> {
-        let topo = &self.topology;
-        let real = self.quirks[i]
-            .real_dma_dev
-            .and_then(|b| topo.index(b))
-            .unwrap_or(i);
-        let rf = &topo.functions()[real];
-        let mut ids = alloc::vec![rf.bdf.requester_id()];
-        for &devfn in &self.quirks[real].dma_aliases {
-            ids.push(u16::from(rf.bdf.bus) << 8 | u16::from(devfn));
-        }
-        let mut at = real;
-        while let Some(up) = topo.upstream(topo.physfn(at).unwrap_or(at)) {
-            if self.quirks[up].bridge_xlate_root {
-                break;
-            }
-            let b = &topo.functions()[up];
-            let secondary = b.bridge.map_or(0, |x| x.secondary);
-            match b.port_type() {
-                Some(PortType::PcieToPciBridge) => ids.push(u16::from(secondary) << 8),
-                Some(PortType::PciToPcieBridge) => ids.push(b.bdf.requester_id()),
-                Some(_) => {}
-                None if self.quirks[up].pcie_bridge_alias => ids.push(u16::from(secondary) << 8),
-                None => ids.push(b.bdf.requester_id()),
-            }
-            at = up;
-        }
-        ids.sort_unstable();
-        ids.dedup();
-        ids
+        requester_ids(&self.topology, &self.quirks, i)
     }
+}
+
+/// The requester ids function `i`'s DMA may carry at the root, sorted
+/// (see [`Analysis::dma_requester_ids`]).
+fn requester_ids(topo: &Topology, quirks: &[DeviceQuirks], i: usize) -> Vec<u16> {
+    let real = quirks[i]
+        .real_dma_dev
+        .and_then(|b| topo.index(b))
+        .unwrap_or(i);
+    let rf = &topo.functions()[real];
+    let mut ids = alloc::vec![rf.bdf.requester_id()];
+    for &devfn in &quirks[real].dma_aliases {
+        ids.push(u16::from(rf.bdf.bus) << 8 | u16::from(devfn));
+    }
+    let mut at = real;
+    while let Some(up) = topo.upstream(topo.physfn(at).unwrap_or(at)) {
+        if quirks[up].bridge_xlate_root {
+            break;
+        }
+        let b = &topo.functions()[up];
+        let secondary = b.bridge.map_or(0, |x| x.secondary);
+        match b.port_type() {
+            Some(PortType::PcieToPciBridge) => ids.push(u16::from(secondary) << 8),
+            Some(PortType::PciToPcieBridge) => ids.push(b.bdf.requester_id()),
+            Some(_) => {}
+            None if quirks[up].pcie_bridge_alias => ids.push(u16::from(secondary) << 8),
+            None => ids.push(b.bdf.requester_id()),
+        }
+        at = up;
+    }
+    ids.sort_unstable();
+    ids.dedup();
+    ids
 }
 
 fn group(
@@ -451,9 +464,25 @@ fn group(
     };
     let mut members: Vec<Vec<usize>> = Vec::new();
     let mut joins: Vec<Option<Join>> = vec![None; n];
+    let mut refused: Vec<Option<usize>> = vec![None; n];
+    // Stream ids already held, by segment and requester id (one SMMU's
+    // stream ids per PCI segment: IORT maps each root complex apart).
+    let mut held: BTreeMap<(u32, u16), usize> = BTreeMap::new();
+    let one_master_per_stream_id = platform.iommu == IommuKind::ArmSmmu;
     for &i in order {
         if !platform.covers(&topo.functions()[i]) {
             continue;
+        }
+        if one_master_per_stream_id {
+            let segment = topo.functions()[i].bdf.segment;
+            let ids = requester_ids(topo, quirks, i);
+            if let Some(&holder) = ids.iter().find_map(|&id| held.get(&(segment, id))) {
+                refused[i] = Some(holder);
+                continue;
+            }
+            for id in ids {
+                held.insert((segment, id), i);
+            }
         }
         let group = match g.device_group(i) {
             Some((group, join)) => {
@@ -472,6 +501,7 @@ fn group(
         of: g.of,
         members,
         joins,
+        refused,
     }
 }
 

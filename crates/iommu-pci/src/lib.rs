@@ -67,7 +67,7 @@ pub use bdf::{Bdf, BdfParseError, SlotPath};
 pub use caps::{Acs, AcsFlags, Ari, Pcie, PortType, Sriov};
 pub use config::{cap_id, ext_cap_id, BridgeBuses, ConfigSpace, Function, HeaderType};
 pub use error::{ConfigError, ConfigErrorKind};
-pub use explain::{short_name, Reason, Rule};
+pub use explain::{short_name, Reason, Rule, Ungrouped};
 pub use group::{pci_groups, Analysis, BridgeAlias, Groups, Join, Step, REQ_ACS_FLAGS};
 pub use import::{
     functions_from_lspci_x, parse_lspci_x, write_lspci_x, DumpedFunction, ImportError,

@@ -26,22 +26,33 @@ pub enum IommuKind {
     AmdVi,
     /// An Arm SMMU described by ACPI IORT: the root complex function at
     /// device 0 function 0 of each root bus is outside the ID mappings the
-    /// firmware gives (seen on the Arm servers of the test corpus).
+    /// firmware gives (seen on the Arm servers of the test corpus); and,
+    /// as arm-smmu-v3 does, one master per stream id: a device whose DMA
+    /// carries a requester id another device already holds (two devices
+    /// behind one PCIe-to-PCI bridge) is refused and gets no group.
     ArmSmmu,
 }
 
 impl IommuKind {
     /// Whether the IOMMU translates `f`'s DMA, so that `f` gets a group.
     pub fn covers(self, f: &Function) -> bool {
+        self.why_not_covered(f).is_none()
+    }
+
+    /// Why the IOMMU does not translate `f`, when it does not.
+    pub fn why_not_covered(self, f: &Function) -> Option<&'static str> {
+        let root_complex = f.class >> 8 == 0x0600 && f.bdf.devfn == 0;
         match self {
-            IommuKind::AmdVi => {
-                let iommu = f.vendor == vendor::AMD && f.class >> 8 == 0x0806;
-                let root_complex =
-                    f.vendor == vendor::AMD && f.class >> 8 == 0x0600 && f.bdf.devfn == 0;
-                !(iommu || root_complex)
+            IommuKind::AmdVi if f.vendor == vendor::AMD && f.class >> 8 == 0x0806 => {
+                Some("AMD-Vi does not translate the IOMMU's own function")
             }
-            IommuKind::ArmSmmu => !(f.class >> 8 == 0x0600 && f.bdf.devfn == 0),
-            IommuKind::Generic | IommuKind::IntelVtd => true,
+            IommuKind::AmdVi if f.vendor == vendor::AMD && root_complex => {
+                Some("AMD-Vi's firmware table (IVRS) leaves out the root complex at device 0 function 0")
+            }
+            IommuKind::ArmSmmu if root_complex => {
+                Some("the Arm SMMU's ID mappings (IORT) leave out the root complex at device 0 function 0")
+            }
+            _ => None,
         }
     }
 

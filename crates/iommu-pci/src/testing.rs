@@ -83,7 +83,8 @@ pub fn run_lspci_x(data: &[u8]) {
 
 /// What every grouping must hold, whatever the machine: each covered
 /// function is in exactly one group and the groups list it; functions the
-/// IOMMU does not cover are in none; two groups never share a requester id
+/// IOMMU does not cover, or whose stream id another device holds, are in
+/// none; two groups never share a requester id
 /// (the core refuses a device whose ids span groups); a function is in the
 /// group of each bridge that takes over its DMA; every group explains
 /// itself.
@@ -103,8 +104,24 @@ pub fn check_analysis(a: &crate::Analysis) {
             count[i] += 1;
         }
     }
-    for (f, &n) in topo.functions().iter().zip(&count) {
-        assert_eq!(n, usize::from(a.platform.covers(f)), "{}", f.bdf);
+    assert_eq!(g.refused.len(), topo.len());
+    for (i, (f, &n)) in topo.functions().iter().zip(&count).enumerate() {
+        let placed = a.platform.covers(f) && g.refused[i].is_none();
+        assert_eq!(n, usize::from(placed), "{}", f.bdf);
+        if let Some(holder) = g.refused[i] {
+            // Refused for a stream id that a placed device of its segment
+            // holds.
+            assert!(a.platform.covers(f), "{}", f.bdf);
+            assert!(g.of[holder].is_some() && holder != i, "{}", f.bdf);
+            assert_eq!(topo.functions()[holder].bdf.segment, f.bdf.segment);
+            let theirs = a.dma_requester_ids(holder);
+            assert!(
+                a.dma_requester_ids(i).iter().any(|id| theirs.contains(id)),
+                "{} shares no stream id with {}",
+                f.bdf,
+                topo.functions()[holder].bdf
+            );
+        }
     }
     // Linux does not group two devices that merely share a requester id
     // no device answers to (two quirks naming the same absent function),
@@ -281,10 +298,11 @@ pub fn decode_machine(data: &[u8]) -> (alloc::string::String, &'static str, crat
     use core::fmt::Write as _;
     let (&head, rest) = data.split_first().unwrap_or((&0, &[]));
     let cmdline = CMDLINES[usize::from(head) % CMDLINES.len()];
-    let iommu = match (head >> 4) % 3 {
+    let iommu = match (head >> 4) % 4 {
         0 => crate::IommuKind::Generic,
         1 => crate::IommuKind::IntelVtd,
-        _ => crate::IommuKind::AmdVi,
+        2 => crate::IommuKind::AmdVi,
+        _ => crate::IommuKind::ArmSmmu,
     };
     let mut s = alloc::string::String::new();
     for c in rest.chunks_exact(6).take(64) {

@@ -2,8 +2,8 @@
 //! topologies whose functions are built as configuration space bytes.
 
 use iommu_pci::{
-    cap_id, ext_cap_id, pci_groups, AcsFlags, Bdf, ConfigSpace, DeviceQuirks, Function, Platform,
-    Topology, TopologyError, REQ_ACS_FLAGS,
+    cap_id, ext_cap_id, pci_groups, AcsFlags, Analysis, Bdf, ConfigSpace, DeviceQuirks, Function,
+    IommuKind, Platform, Topology, TopologyError, REQ_ACS_FLAGS,
 };
 
 /// A vendor id no company holds.
@@ -218,6 +218,57 @@ fn devices_behind_a_pcie_to_pci_bridge_share_the_bridge_group() {
             ..Spec::default()
         },
     ]);
+    assert_eq!(
+        groups(&t, &Platform::default()),
+        names(&[&["00:1c.0"], &["01:00.0", "02:00.0", "02:01.0"]])
+    );
+}
+
+#[test]
+fn arm_smmu_v3_refuses_a_second_device_behind_a_pcie_to_pci_bridge() {
+    // Both devices' DMA carries the bridge's alias, 02:00.0: one stream id
+    // for two masters, which arm-smmu-v3 refuses for the second one probed.
+    // 02:00.0's own id is that alias too, which the driver accepts.
+    let t = topo(&[
+        Spec {
+            buses: Some((1, 2)),
+            ..root_port("00:1c.0", 1, FULL_ACS)
+        },
+        Spec {
+            bdf: "01:00.0",
+            port: Some(PCIE_TO_PCI),
+            buses: Some((2, 2)),
+            ..Spec::default()
+        },
+        Spec {
+            bdf: "02:00.0",
+            ..Spec::default()
+        },
+        Spec {
+            bdf: "02:01.0",
+            ..Spec::default()
+        },
+    ]);
+    let arm = Platform {
+        iommu: IommuKind::ArmSmmu,
+        ..Platform::default()
+    };
+    assert_eq!(
+        groups(&t, &arm),
+        names(&[&["00:1c.0"], &["01:00.0", "02:00.0"]])
+    );
+    let a = Analysis::of(t.clone(), arm);
+    iommu_pci::testing::check_analysis(&a);
+    let refused = a.ungrouped();
+    assert_eq!(refused.len(), 1);
+    assert_eq!(refused[0].device, "02:01.0".parse().unwrap());
+    assert_eq!(refused[0].clashes_with, Some("02:00.0".parse().unwrap()));
+    assert!(
+        refused[0].text.contains("requester id 02:00.0"),
+        "{}",
+        refused[0].text
+    );
+    // Any other IOMMU keeps both, with the bridge.
     assert_eq!(
         groups(&t, &Platform::default()),
         names(&[&["00:1c.0"], &["01:00.0", "02:00.0", "02:01.0"]])
