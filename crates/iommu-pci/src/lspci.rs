@@ -409,6 +409,15 @@ impl Open {
                 c.write_u16(cap.offset + 2, cap.exp_flags);
             }
         }
+        if let Some(first) = ext.first().filter(|c| c.offset != 0x100) {
+            // The extended list starts at 0x100; a listing whose first
+            // one sits further on gets an unnamed header there that only
+            // points to it, so that none is lost.
+            c.write_u32(
+                0x100,
+                u32::from(UNNAMED_EXT_CAP) | u32::from(first.offset) << 20,
+            );
+        }
         for (k, cap) in ext.iter().enumerate() {
             let next = ext.get(k + 1).map_or(0, |n| n.offset);
             c.write_u32(

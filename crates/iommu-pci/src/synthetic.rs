@@ -197,7 +197,19 @@ pub fn write_lspci_v(m: &Machine) -> String {
                         iov.first_vf_offset, iov.vf_stride, iov.vf_device
                     );
                 }
-                _ => {}
+                other => {
+                    // As lspci names what it does not decode, so that the
+                    // list keeps its shape when read back.
+                    let version = f.config.read_u32(off).map_or(0, |h| (h >> 16) & 0xf);
+                    let _ = if other == 0 {
+                        writeln!(s, "\tCapabilities: [{off:03x} v{version}] Null")
+                    } else {
+                        writeln!(
+                            s,
+                            "\tCapabilities: [{off:03x} v{version}] Extended Capability ID {other:#x}"
+                        )
+                    };
+                }
             }
         }
         s.push('\n');

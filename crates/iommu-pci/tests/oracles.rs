@@ -101,6 +101,34 @@ fn the_listing_seeds_hold() {
         seeds.push(synthetic::write_lspci_v(&m).into_bytes());
     }
     seeds.push(b"00:01.0 PCI bridge [0604]: x [0de5:0002]\n\tBus: primary=00, secondary=01, subordinate=01\n".to_vec());
+    // A fuzz finding: an extended capability lspci cannot name, at 0x100
+    // before an SR-IOV capability with VFs enabled, was left out when the
+    // listing was written back, and the list read back empty: the VFs
+    // became plain functions of one multifunction device.
+    seeds.push(
+        b"04:00.0 Ethernet controller [0200]: x [0de5:0200]\n\
+          \tCapabilities: [40] Express (v2) Endpoint, MSI 00\n\
+          \tCapabilities: [100 v1] Alternative Routing-ID penrerIttation (ARI)\n\
+          \tCapabilities: [140 v1] Single Root I/O Virtualization (SR-IOV)\n\
+          \t\tIOVCtl:\tEnable+ Migration- Interrupt- MSE- ARIHierarchy- 10BitTagReq-\n\
+          \t\tInitial VFs: 2, Total VFs: 2, Number of VFs: 2, Function Dependency Link: 00\n\
+          \t\tVF offset: 16, stride: 1, Device ID: 0210\n\n\
+          04:02.0 Ethernet controller [0200]: x [0de5:0210]\n\
+          \tCapabilities: [40] Express (v2) Endpoint, MSI 00\n\n\
+          04:02.1 Ethernet controller [0200]: x [0de5:0210]\n\
+          \tCapabilities: [40] Express (v2) Endpoint, MSI 00\n"
+            .to_vec(),
+    );
+    // The same list with nothing listed at 0x100 keeps its SR-IOV too.
+    seeds.push(
+        b"04:00.0 Ethernet controller [0200]: x [0de5:0200]\n\
+          \tCapabilities: [40] Express (v2) Endpoint, MSI 00\n\
+          \tCapabilities: [140 v1] Single Root I/O Virtualization (SR-IOV)\n\
+          \t\tIOVCtl:\tEnable+ Migration- Interrupt- MSE- ARIHierarchy- 10BitTagReq-\n\
+          \t\tInitial VFs: 2, Total VFs: 2, Number of VFs: 2, Function Dependency Link: 00\n\
+          \t\tVF offset: 16, stride: 1, Device ID: 0210\n"
+            .to_vec(),
+    );
     for s in &seeds {
         run_lspci_v(s);
     }
