@@ -1,0 +1,782 @@
+//! The device: endpoints, domains and their mappings, the requests that
+//! change them, and the translation they give.
+//!
+//! Every request is checked in full before anything changes, so a
+//! refused request leaves the device exactly as it was.
+
+use crate::config::{layout, offset, ConfigError, DeviceConfig};
+use crate::request::Request;
+use crate::spec::{attach, fault, feature, map, probe, resv, size, Status};
+use alloc::collections::{BTreeMap, BTreeSet, VecDeque};
+use alloc::vec::Vec;
+
+/// A reserved region of an endpoint's address space, as PROBE reports it
+/// (a RESV_MEM property).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ResvMem {
+    /// `resv::RESERVED` or `resv::MSI`.
+    pub subtype: u8,
+    /// First address.
+    pub start: u64,
+    /// Last address (inclusive).
+    pub end: u64,
+}
+
+impl ResvMem {
+    fn overlaps(&self, start: u64, end: u64) -> bool {
+        self.start <= end && start <= self.end
+    }
+}
+
+/// One mapping of a domain: `[virt_start, virt_end]` to `phys_start`
+/// onwards, made by one MAP request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Mapping {
+    /// First address.
+    pub virt_start: u64,
+    /// Last address (inclusive).
+    pub virt_end: u64,
+    /// Where `virt_start` translates to.
+    pub phys_start: u64,
+    /// `map::*` flags.
+    pub flags: u32,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Entry {
+    end: u64,
+    phys: u64,
+    flags: u32,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct Domain {
+    bypass: bool,
+    endpoints: BTreeSet<u32>,
+    /// Mappings by first address; they never overlap.
+    mappings: BTreeMap<u64, Entry>,
+}
+
+impl Domain {
+    /// The mapping that holds `addr`, if any.
+    fn holding(&self, addr: u64) -> Option<(u64, Entry)> {
+        self.mappings
+            .range(..=addr)
+            .next_back()
+            .filter(|(_, e)| e.end >= addr)
+            .map(|(&s, &e)| (s, e))
+    }
+
+    /// Whether any mapping meets `[start, end]`.
+    fn meets(&self, start: u64, end: u64) -> bool {
+        self.mappings
+            .range(..=end)
+            .next_back()
+            .is_some_and(|(_, e)| e.end >= start)
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct Endpoint {
+    domain: Option<u32>,
+    resv: Vec<ResvMem>,
+}
+
+/// Why the VMM cannot add an endpoint.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum EndpointError {
+    /// The id is taken.
+    #[error("endpoint {0} exists")]
+    Exists(u32),
+    /// No endpoint has the id.
+    #[error("no endpoint {0}")]
+    NoEndpoint(u32),
+    /// A region whose start is past its end, or an unknown subtype.
+    #[error("reserved region {start:#x}-{end:#x} of subtype {subtype} is not a region")]
+    BadRegion {
+        /// Its subtype.
+        subtype: u8,
+        /// Its start.
+        start: u64,
+        /// Its end.
+        end: u64,
+    },
+    /// Two regions that overlap (the specification asks the device not to
+    /// present them).
+    #[error("reserved regions {0:#x} and {1:#x} overlap")]
+    Overlap(u64, u64),
+    /// More than one MSI region.
+    #[error("more than one MSI region")]
+    TwoMsi,
+    /// More properties than `probe_size` holds.
+    #[error("{needed} bytes of properties do not fit in probe_size {probe_size}")]
+    ProbeSize {
+        /// Bytes the properties take.
+        needed: usize,
+        /// The configured size.
+        probe_size: u32,
+    },
+}
+
+/// Why the driver's features are not accepted (FEATURES_OK fails).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum FeatureError {
+    /// Bits the device did not offer.
+    #[error("features {0:#x} were not offered")]
+    NotOffered(u64),
+    /// The driver did not accept VERSION_1.
+    #[error("the driver does not accept VERSION_1")]
+    NoVersion1,
+}
+
+/// A DMA access's direction.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Access {
+    /// The endpoint reads memory.
+    Read,
+    /// The endpoint writes memory.
+    Write,
+}
+
+/// Where an access goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Translation {
+    /// The guest-physical address.
+    pub phys: u64,
+    /// Bytes from the address to the end of what translates contiguously
+    /// with it (at least 1; saturated at `u64::MAX`).
+    pub len: u64,
+    /// Whether the endpoint is in bypass mode (identity).
+    pub bypass: bool,
+}
+
+/// A translation fault, as the event queue reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Fault {
+    /// `fault::R_*`.
+    pub reason: u8,
+    /// `fault::F_*`.
+    pub flags: u32,
+    /// The endpoint that faulted.
+    pub endpoint: u32,
+    /// The address (with `fault::F_ADDRESS`).
+    pub address: u64,
+}
+
+impl Fault {
+    /// The fault report's bytes (`struct virtio_iommu_fault`).
+    pub fn encode(&self) -> [u8; size::FAULT] {
+        let mut b = [0u8; size::FAULT];
+        b[0] = self.reason;
+        b[4..8].copy_from_slice(&self.flags.to_le_bytes());
+        b[8..12].copy_from_slice(&self.endpoint.to_le_bytes());
+        b[16..24].copy_from_slice(&self.address.to_le_bytes());
+        b
+    }
+}
+
+/// The virtio-iommu device's state and logic, without a transport.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Device {
+    config: DeviceConfig,
+    negotiated: u64,
+    bypass: bool,
+    endpoints: BTreeMap<u32, Endpoint>,
+    domains: BTreeMap<u32, Domain>,
+    mappings: usize,
+    events: VecDeque<Fault>,
+    events_dropped: u64,
+}
+
+/// Faults kept for the event queue while the driver has posted no buffer;
+/// past this, new ones are counted and dropped.
+pub const EVENT_BACKLOG: usize = 256;
+
+impl Device {
+    /// A device with `config`, no endpoints and no domains.
+    ///
+    /// # Errors
+    /// The [`ConfigError`] of a configuration the device cannot present.
+    pub fn new(mut config: DeviceConfig) -> Result<Device, ConfigError> {
+        config.features |= feature::VERSION_1;
+        config.validate()?;
+        Ok(Device {
+            bypass: config.bypass,
+            config,
+            negotiated: 0,
+            endpoints: BTreeMap::new(),
+            domains: BTreeMap::new(),
+            mappings: 0,
+            events: VecDeque::new(),
+            events_dropped: 0,
+        })
+    }
+
+    /// The configuration the device was made with.
+    pub fn config(&self) -> &DeviceConfig {
+        &self.config
+    }
+
+    /// The features the device offers.
+    pub fn offered(&self) -> u64 {
+        self.config.features
+    }
+
+    /// The features negotiated (0 before [`negotiate`](Self::negotiate)).
+    pub fn negotiated(&self) -> u64 {
+        self.negotiated
+    }
+
+    fn offers(&self, f: u64) -> bool {
+        self.config.features & f != 0
+    }
+
+    fn has(&self, f: u64) -> bool {
+        self.negotiated & f != 0
+    }
+
+    /// Takes the features the driver accepts (FEATURES_OK).
+    ///
+    /// # Errors
+    /// A [`FeatureError`] when the driver accepts what was not offered or
+    /// does not accept VERSION_1; nothing changes then.
+    pub fn negotiate(&mut self, driver: u64) -> Result<u64, FeatureError> {
+        let extra = driver & !self.config.features;
+        if extra != 0 {
+            return Err(FeatureError::NotOffered(extra));
+        }
+        if driver & feature::VERSION_1 == 0 {
+            return Err(FeatureError::NoVersion1);
+        }
+        self.negotiated = driver;
+        Ok(driver)
+    }
+
+    /// Reads configuration space at `at` into `buf`; bytes past the
+    /// structure read as zero.
+    pub fn read_config(&self, at: usize, buf: &mut [u8]) {
+        let bytes = layout(&self.config, self.bypass);
+        for (i, b) in buf.iter_mut().enumerate() {
+            *b = at
+                .checked_add(i)
+                .and_then(|o| bytes.get(o))
+                .copied()
+                .unwrap_or(0);
+        }
+    }
+
+    /// Writes configuration space: only `bypass`, only once BYPASS_CONFIG
+    /// is negotiated, and only 0 or 1; any other write changes nothing.
+    pub fn write_config(&mut self, at: usize, data: &[u8]) {
+        if at == offset::BYPASS
+            && data.len() == 1
+            && self.has(feature::BYPASS_CONFIG)
+            && data[0] <= 1
+        {
+            self.bypass = data[0] == 1;
+        }
+    }
+
+    /// The `bypass` field as it stands.
+    pub fn bypass_field(&self) -> bool {
+        self.bypass
+    }
+
+    /// Device reset: every endpoint detached, every domain gone, features
+    /// to negotiate again, pending faults dropped. `bypass` stays, as the
+    /// specification asks.
+    pub fn reset(&mut self) {
+        for ep in self.endpoints.values_mut() {
+            ep.domain = None;
+        }
+        self.domains.clear();
+        self.mappings = 0;
+        self.negotiated = 0;
+        self.events.clear();
+    }
+
+    /// System reset: [`reset`](Self::reset), and `bypass` back to its
+    /// initial value.
+    pub fn system_reset(&mut self) {
+        self.reset();
+        self.bypass = self.config.bypass;
+    }
+
+    /// Adds an endpoint (a device the VMM puts behind this IOMMU) with its
+    /// reserved regions.
+    ///
+    /// # Errors
+    /// An [`EndpointError`]: a taken id, a region that is not one, two
+    /// regions that overlap, two MSI regions, or more than `probe_size`
+    /// holds.
+    pub fn add_endpoint(&mut self, id: u32, resv: &[ResvMem]) -> Result<(), EndpointError> {
+        if self.endpoints.contains_key(&id) {
+            return Err(EndpointError::Exists(id));
+        }
+        for r in resv {
+            if r.start > r.end || r.subtype > resv::MSI {
+                return Err(EndpointError::BadRegion {
+                    subtype: r.subtype,
+                    start: r.start,
+                    end: r.end,
+                });
+            }
+        }
+        for (i, a) in resv.iter().enumerate() {
+            if let Some(b) = resv[i + 1..].iter().find(|b| a.overlaps(b.start, b.end)) {
+                return Err(EndpointError::Overlap(a.start, b.start));
+            }
+        }
+        if resv.iter().filter(|r| r.subtype == resv::MSI).count() > 1 {
+            return Err(EndpointError::TwoMsi);
+        }
+        let needed = resv.len() * size::RESV_MEM;
+        if self.offers(feature::PROBE) && needed > self.config.probe_size as usize {
+            return Err(EndpointError::ProbeSize {
+                needed,
+                probe_size: self.config.probe_size,
+            });
+        }
+        self.endpoints.insert(
+            id,
+            Endpoint {
+                domain: None,
+                resv: resv.to_vec(),
+            },
+        );
+        Ok(())
+    }
+
+    /// Removes an endpoint (hot unplug): it is detached first, so its
+    /// translations stop at once; a domain it leaves empty is gone.
+    ///
+    /// # Errors
+    /// [`EndpointError::NoEndpoint`] when there is none.
+    pub fn remove_endpoint(&mut self, id: u32) -> Result<(), EndpointError> {
+        if !self.endpoints.contains_key(&id) {
+            return Err(EndpointError::NoEndpoint(id));
+        }
+        self.detach_endpoint(id);
+        self.endpoints.remove(&id);
+        Ok(())
+    }
+
+    /// The endpoints, by id.
+    pub fn endpoints(&self) -> impl Iterator<Item = u32> + '_ {
+        self.endpoints.keys().copied()
+    }
+
+    /// The domain `endpoint` is attached to.
+    pub fn domain_of(&self, endpoint: u32) -> Option<u32> {
+        self.endpoints.get(&endpoint).and_then(|e| e.domain)
+    }
+
+    /// The domains that exist, by id.
+    pub fn domains(&self) -> impl Iterator<Item = u32> + '_ {
+        self.domains.keys().copied()
+    }
+
+    /// Whether `domain` is a bypass domain (`None` when it does not exist).
+    pub fn is_bypass_domain(&self, domain: u32) -> Option<bool> {
+        self.domains.get(&domain).map(|d| d.bypass)
+    }
+
+    /// The mappings of `domain`, by address.
+    pub fn mappings(&self, domain: u32) -> impl Iterator<Item = Mapping> + '_ {
+        self.domains
+            .get(&domain)
+            .into_iter()
+            .flat_map(|d| d.mappings.iter())
+            .map(|(&s, e)| Mapping {
+                virt_start: s,
+                virt_end: e.end,
+                phys_start: e.phys,
+                flags: e.flags,
+            })
+    }
+
+    /// Mappings in every domain together.
+    pub fn mapping_count(&self) -> usize {
+        self.mappings
+    }
+
+    /// Whether `endpoint` is in bypass mode: its accesses translate by
+    /// the identity.
+    pub fn in_bypass(&self, endpoint: u32) -> bool {
+        self.endpoints
+            .get(&endpoint)
+            .is_some_and(|e| self.endpoint_bypass(e))
+    }
+
+    fn endpoint_bypass(&self, e: &Endpoint) -> bool {
+        match e.domain {
+            Some(d) => self.domains.get(&d).is_some_and(|d| d.bypass),
+            None => {
+                (self.offers(feature::BYPASS_CONFIG) && self.bypass) || self.has(feature::BYPASS)
+            }
+        }
+    }
+
+    /// Handles one request without a transport: `readable` is the
+    /// device-readable part of the descriptor chain, `writable` its
+    /// device-writable part. Returns the used length: 0 when the request
+    /// cannot be parsed (or is a PROBE the device does not offer), and the
+    /// buffer is then left unwritten.
+    pub fn handle(&mut self, readable: &[u8], writable: &mut [u8]) -> usize {
+        let Ok(request) = Request::parse(readable) else {
+            return 0;
+        };
+        if writable.len() < size::TAIL {
+            return 0;
+        }
+        if let Request::Probe { endpoint } = request {
+            if !self.offers(feature::PROBE) {
+                return 0;
+            }
+            let ps = self.config.probe_size as usize;
+            if writable.len() < ps + size::TAIL {
+                // Too small for probe_size: no property, INVAL in the tail.
+                let n = writable.len();
+                write_tail(&mut writable[n - size::TAIL..], Status::Inval);
+                return n;
+            }
+            let (props, rest) = writable.split_at_mut(ps);
+            let status = self.probe(endpoint, props);
+            write_tail(&mut rest[..size::TAIL], status);
+            return ps + size::TAIL;
+        }
+        let status = self.execute(&request);
+        write_tail(&mut writable[..size::TAIL], status);
+        size::TAIL
+    }
+
+    /// Executes a request other than PROBE and returns its status (a PROBE
+    /// gets INVAL here: it needs [`probe`](Self::probe)'s buffer).
+    pub fn execute(&mut self, request: &Request) -> Status {
+        match *request {
+            Request::Attach {
+                domain,
+                endpoint,
+                flags,
+                reserved,
+            } => self.attach(domain, endpoint, flags, reserved),
+            Request::Detach { domain, endpoint } => self.detach(domain, endpoint),
+            Request::Map {
+                domain,
+                virt_start,
+                virt_end,
+                phys_start,
+                flags,
+            } => self.map(domain, virt_start, virt_end, phys_start, flags),
+            Request::Unmap {
+                domain,
+                virt_start,
+                virt_end,
+                reserved,
+            } => self.unmap(domain, virt_start, virt_end, reserved),
+            Request::Probe { .. } => Status::Inval,
+        }
+    }
+
+    fn domain_in_range(&self, domain: u32) -> bool {
+        !self.offers(feature::DOMAIN_RANGE)
+            || (self.config.domain_range.0..=self.config.domain_range.1).contains(&domain)
+    }
+
+    fn input_in_range(&self, start: u64, end: u64) -> bool {
+        !self.offers(feature::INPUT_RANGE)
+            || (start >= self.config.input_range.0 && end <= self.config.input_range.1)
+    }
+
+    fn attach(&mut self, domain: u32, endpoint: u32, flags: u32, reserved: u32) -> Status {
+        if reserved != 0 {
+            return Status::Inval;
+        }
+        let known = if self.has(feature::BYPASS_CONFIG) {
+            attach::BYPASS
+        } else {
+            0
+        };
+        if flags & !known != 0 {
+            return Status::Inval;
+        }
+        if !self.domain_in_range(domain) {
+            return Status::Range;
+        }
+        let Some(ep) = self.endpoints.get(&endpoint) else {
+            return Status::NoEnt;
+        };
+        let bypass = flags & attach::BYPASS != 0;
+        match self.domains.get(&domain) {
+            Some(d) if d.bypass != bypass => return Status::Inval,
+            Some(_) if ep.domain == Some(domain) => return Status::Ok,
+            Some(_) => {}
+            None => {
+                // Moving out of a domain it alone holds frees that slot.
+                let frees = ep
+                    .domain
+                    .and_then(|old| self.domains.get(&old))
+                    .is_some_and(|d| d.endpoints.len() == 1);
+                if self.domains.len() - usize::from(frees) >= self.config.limits.domains {
+                    return Status::NoMem;
+                }
+            }
+        }
+        self.detach_endpoint(endpoint);
+        let d = self.domains.entry(domain).or_insert_with(|| Domain {
+            bypass,
+            ..Domain::default()
+        });
+        d.endpoints.insert(endpoint);
+        if let Some(ep) = self.endpoints.get_mut(&endpoint) {
+            ep.domain = Some(domain);
+        }
+        Status::Ok
+    }
+
+    /// Detaches `endpoint` from its domain, if any; a domain left without
+    /// endpoints is gone with its mappings.
+    fn detach_endpoint(&mut self, endpoint: u32) {
+        let Some(old) = self
+            .endpoints
+            .get_mut(&endpoint)
+            .and_then(|e| e.domain.take())
+        else {
+            return;
+        };
+        let empty = self.domains.get_mut(&old).is_some_and(|d| {
+            d.endpoints.remove(&endpoint);
+            d.endpoints.is_empty()
+        });
+        if empty {
+            if let Some(d) = self.domains.remove(&old) {
+                self.mappings -= d.mappings.len();
+            }
+        }
+    }
+
+    fn detach(&mut self, domain: u32, endpoint: u32) -> Status {
+        let Some(ep) = self.endpoints.get(&endpoint) else {
+            return Status::NoEnt;
+        };
+        if ep.domain != Some(domain) {
+            return Status::Inval;
+        }
+        self.detach_endpoint(endpoint);
+        Status::Ok
+    }
+
+    fn map(&mut self, domain: u32, start: u64, end: u64, phys: u64, flags: u32) -> Status {
+        if !self.has(feature::MAP_UNMAP) {
+            return Status::Unsupp;
+        }
+        let known = map::READ
+            | map::WRITE
+            | if self.has(feature::MMIO) {
+                map::MMIO
+            } else {
+                0
+            };
+        if flags & !known != 0 {
+            return Status::Inval;
+        }
+        if !self.domain_in_range(domain) {
+            return Status::Range;
+        }
+        let Some(d) = self.domains.get(&domain) else {
+            return Status::NoEnt;
+        };
+        if d.bypass || end <= start {
+            return Status::Inval;
+        }
+        let g = self.config.granule();
+        if !start.is_multiple_of(g)
+            || !phys.is_multiple_of(g)
+            || !end.wrapping_add(1).is_multiple_of(g)
+        {
+            return Status::Range;
+        }
+        if !self.input_in_range(start, end) {
+            return Status::Range;
+        }
+        let Some(phys_end) = phys.checked_add(end - start) else {
+            return Status::Range;
+        };
+        if phys < self.config.phys_range.0 || phys_end > self.config.phys_range.1 {
+            return Status::Range;
+        }
+        if d.meets(start, end) {
+            return Status::Inval;
+        }
+        let reserved = d.endpoints.iter().any(|e| {
+            self.endpoints
+                .get(e)
+                .is_some_and(|e| e.resv.iter().any(|r| r.overlaps(start, end)))
+        });
+        if reserved {
+            return Status::Inval;
+        }
+        let limits = self.config.limits;
+        if d.mappings.len() >= limits.mappings_per_domain || self.mappings >= limits.mappings {
+            return Status::NoMem;
+        }
+        if let Some(d) = self.domains.get_mut(&domain) {
+            d.mappings.insert(start, Entry { end, phys, flags });
+            self.mappings += 1;
+        }
+        Status::Ok
+    }
+
+    fn unmap(&mut self, domain: u32, start: u64, end: u64, reserved: u32) -> Status {
+        if !self.has(feature::MAP_UNMAP) {
+            return Status::Unsupp;
+        }
+        if reserved != 0 {
+            return Status::Inval;
+        }
+        if !self.domain_in_range(domain) {
+            return Status::Range;
+        }
+        let Some(d) = self.domains.get(&domain) else {
+            return Status::NoEnt;
+        };
+        if d.bypass || end < start {
+            return Status::Inval;
+        }
+        if !self.input_in_range(start, end) {
+            return Status::Range;
+        }
+        // Only the mappings holding `start` or `end` can be split.
+        let split = |addr: u64| {
+            d.holding(addr)
+                .is_some_and(|(s, e)| s < start || e.end > end)
+        };
+        if split(start) || split(end) {
+            return Status::Range;
+        }
+        if let Some(d) = self.domains.get_mut(&domain) {
+            let gone: Vec<u64> = d.mappings.range(start..=end).map(|(&s, _)| s).collect();
+            for s in &gone {
+                d.mappings.remove(s);
+            }
+            self.mappings -= gone.len();
+        }
+        Status::Ok
+    }
+
+    /// Fills `props` with the RESV_MEM properties of `endpoint`, zeroes
+    /// after them, and returns the status (NOENT, with `props` zeroed, for
+    /// an unknown endpoint; INVAL, with `props` untouched, when `props` is
+    /// shorter than `probe_size`).
+    pub fn probe(&self, endpoint: u32, props: &mut [u8]) -> Status {
+        if props.len() < self.config.probe_size as usize {
+            return Status::Inval;
+        }
+        props.fill(0);
+        let Some(ep) = self.endpoints.get(&endpoint) else {
+            return Status::NoEnt;
+        };
+        for (r, chunk) in ep.resv.iter().zip(props.chunks_exact_mut(size::RESV_MEM)) {
+            chunk[0..2].copy_from_slice(&probe::RESV_MEM.to_le_bytes());
+            let len = (size::RESV_MEM - size::PROPERTY_HEAD) as u16;
+            chunk[2..4].copy_from_slice(&len.to_le_bytes());
+            chunk[4] = r.subtype;
+            chunk[8..16].copy_from_slice(&r.start.to_le_bytes());
+            chunk[16..24].copy_from_slice(&r.end.to_le_bytes());
+        }
+        Status::Ok
+    }
+
+    /// Translates an access of `endpoint` to `addr`: through its domain's
+    /// mappings with their permissions, by the identity in bypass mode or
+    /// in its MSI doorbell region (writes), or a [`Fault`] saying why not.
+    ///
+    /// # Errors
+    /// The [`Fault`]: an unknown endpoint (`R_UNKNOWN`), no domain and no
+    /// bypass (`R_DOMAIN`), no mapping or not with this permission
+    /// (`R_MAPPING`).
+    pub fn translate(
+        &self,
+        endpoint: u32,
+        addr: u64,
+        access: Access,
+    ) -> Result<Translation, Fault> {
+        let dir = match access {
+            Access::Read => fault::F_READ,
+            Access::Write => fault::F_WRITE,
+        };
+        let fault = |reason| Fault {
+            reason,
+            flags: dir | fault::F_ADDRESS,
+            endpoint,
+            address: addr,
+        };
+        let Some(ep) = self.endpoints.get(&endpoint) else {
+            return Err(fault(fault::R_UNKNOWN));
+        };
+        let to_end = |end: u64| (end - addr).saturating_add(1);
+        if access == Access::Write {
+            if let Some(msi) = ep
+                .resv
+                .iter()
+                .find(|r| r.subtype == resv::MSI && r.overlaps(addr, addr))
+            {
+                return Ok(Translation {
+                    phys: addr,
+                    len: to_end(msi.end),
+                    bypass: false,
+                });
+            }
+        }
+        if self.endpoint_bypass(ep) {
+            return Ok(Translation {
+                phys: addr,
+                len: to_end(u64::MAX),
+                bypass: true,
+            });
+        }
+        let Some(d) = ep.domain.and_then(|d| self.domains.get(&d)) else {
+            return Err(fault(fault::R_DOMAIN));
+        };
+        let Some((start, e)) = d.holding(addr) else {
+            return Err(fault(fault::R_MAPPING));
+        };
+        let allowed = match access {
+            Access::Read => e.flags & map::READ != 0,
+            Access::Write => e.flags & map::WRITE != 0,
+        };
+        if !allowed {
+            return Err(fault(fault::R_MAPPING));
+        }
+        Ok(Translation {
+            phys: e.phys + (addr - start),
+            len: to_end(e.end),
+            bypass: false,
+        })
+    }
+
+    /// Queues a fault for the event queue; past [`EVENT_BACKLOG`] pending
+    /// ones it is counted and dropped.
+    pub fn report(&mut self, f: Fault) {
+        if self.events.len() >= EVENT_BACKLOG {
+            self.events_dropped += 1;
+        } else {
+            self.events.push_back(f);
+        }
+    }
+
+    /// The oldest pending fault, for a buffer the driver posted.
+    pub fn next_event(&mut self) -> Option<Fault> {
+        self.events.pop_front()
+    }
+
+    /// Faults dropped because the backlog was full.
+    pub fn events_dropped(&self) -> u64 {
+        self.events_dropped
+    }
+}
+
+fn write_tail(tail: &mut [u8], status: Status) {
+    tail[0] = status as u8;
+    tail[1..size::TAIL].fill(0);
+}

@@ -1,0 +1,48 @@
+//! A virtio-iommu device, as the virtio specification (1.2 and later,
+//! "IOMMU device", device id 23) defines it, without a transport.
+//!
+//! The driver's requests arrive as bytes: [`Request::parse`] reads the
+//! device-readable part into a [`Request`], [`Device`] executes it against
+//! its endpoints, domains and mappings, and the status is written into the
+//! request's tail ([`Device::handle`] does all three, bytes in, bytes out).
+//! Each request is checked in full before anything changes: a refused
+//! request leaves the device as it was. [`Device::translate`] gives the
+//! translation the domains make for an endpoint's access, or the fault to
+//! report on the event queue.
+//!
+//! ```
+//! use iommu_virtio::spec::{feature, map, Status};
+//! use iommu_virtio::{Device, DeviceConfig, Request};
+//!
+//! let mut dev = Device::new(DeviceConfig::default()).unwrap();
+//! dev.add_endpoint(8, &[]).unwrap();
+//! dev.negotiate(dev.offered()).unwrap();
+//!
+//! let attach = Request::Attach { domain: 1, endpoint: 8, flags: 0, reserved: 0 };
+//! let mut tail = [0xff; 4];
+//! assert_eq!(dev.handle(&attach.encode(), &mut tail), 4);
+//! assert_eq!(tail, [Status::Ok as u8, 0, 0, 0]);
+//!
+//! let map = Request::Map {
+//!     domain: 1, virt_start: 0x1000, virt_end: 0x1fff, phys_start: 0xa000, flags: map::READ,
+//! };
+//! assert_eq!(dev.execute(&map), Status::Ok);
+//! let t = dev.translate(8, 0x1234, iommu_virtio::Access::Read).unwrap();
+//! assert_eq!(t.phys, 0xa234);
+//! ```
+#![no_std]
+#![forbid(unsafe_code)]
+
+extern crate alloc;
+
+pub mod config;
+mod device;
+mod request;
+pub mod spec;
+
+pub use config::{ConfigError, DeviceConfig, Limits};
+pub use device::{
+    Access, Device, EndpointError, Fault, FeatureError, Mapping, ResvMem, Translation,
+    EVENT_BACKLOG,
+};
+pub use request::{Request, Unparsable};
