@@ -39,6 +39,8 @@ pub mod config;
 mod device;
 mod request;
 pub mod spec;
+#[cfg(feature = "test-utils")]
+pub mod testing;
 
 pub use config::{ConfigError, DeviceConfig, Limits};
 pub use device::{

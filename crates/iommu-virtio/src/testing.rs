@@ -1,0 +1,332 @@
+//! Oracles for the fuzz targets and the model-based test.
+//!
+//! [`run_request`] feeds any bytes to [`Device::handle`] and checks what a
+//! handled request promises. [`run_ops`] replays an operation sequence on
+//! the device and on [`Model`], a plain reference of the specification's
+//! semantics (lists scanned end to end), and checks that every status and
+//! translation agree and that a refused request changes nothing.
+
+use crate::spec::{attach, feature, map, resv, size, Status};
+use crate::{Access, Device, DeviceConfig, Limits, Request, ResvMem};
+use alloc::vec;
+use alloc::vec::Vec;
+
+/// Endpoints 0 to 2 exist (0 with a reserved region at [`RESV`]); 3 does
+/// not.
+pub const ENDPOINTS: u32 = 3;
+/// Endpoint 0's reserved region.
+pub const RESV: (u64, u64) = (40, 47);
+/// The bounds the oracle's device has.
+pub const LIMITS: Limits = Limits {
+    domains: 3,
+    mappings_per_domain: 6,
+    mappings: 10,
+};
+
+/// The device the oracles use: a one-byte granule, [`LIMITS`], endpoints
+/// 0 to 2, every feature negotiated.
+pub fn device() -> Device {
+    let mut d = Device::new(DeviceConfig {
+        page_size_mask: 1,
+        probe_size: 64,
+        limits: LIMITS,
+        ..DeviceConfig::default()
+    })
+    .expect("a valid configuration");
+    let r = ResvMem {
+        subtype: resv::RESERVED,
+        start: RESV.0,
+        end: RESV.1,
+    };
+    d.add_endpoint(0, &[r]).expect("new");
+    d.add_endpoint(1, &[]).expect("new");
+    d.add_endpoint(2, &[]).expect("new");
+    d.negotiate(d.offered()).expect("offered");
+    d
+}
+
+/// One step of a sequence.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Op {
+    /// A request, sent as bytes.
+    Req(Request),
+    /// A translation: endpoint, address, write.
+    Translate(u32, u64, bool),
+}
+
+/// Decodes bytes into operations, eight bytes each: kind, domain,
+/// endpoint, start, length, phys, flags, extra. Small values, so that
+/// sequences meet each other's ranges.
+pub fn decode_ops(data: &[u8]) -> Vec<Op> {
+    data.chunks_exact(8)
+        .take(256)
+        .map(|c| {
+            let domain = u32::from(c[1] % 4);
+            let endpoint = u32::from(c[2] % 4);
+            let start = u64::from(c[3] % 64);
+            let len = u64::from(c[4] % 24);
+            let rare = c[7] % 32 == 0;
+            match c[0] % 5 {
+                0 => Op::Req(Request::Attach {
+                    domain,
+                    endpoint,
+                    flags: if c[6] % 5 == 0 { attach::BYPASS } else { 0 } | u32::from(rare) << 1,
+                    reserved: u32::from(c[7] % 64 == 1),
+                }),
+                1 => Op::Req(Request::Detach { domain, endpoint }),
+                2 => Op::Req(Request::Map {
+                    domain,
+                    virt_start: start,
+                    virt_end: start + len,
+                    phys_start: u64::from(c[5]) * 16,
+                    flags: u32::from(c[6] % 8) | u32::from(rare) << 3,
+                }),
+                3 => Op::Req(Request::Unmap {
+                    domain,
+                    virt_start: start,
+                    virt_end: if rare {
+                        start.saturating_sub(1)
+                    } else {
+                        start + len
+                    },
+                    reserved: u32::from(c[7] % 64 == 1),
+                }),
+                _ => Op::Translate(endpoint, start, c[6] % 2 == 1),
+            }
+        })
+        .collect()
+}
+
+/// The specification's semantics, kept plainly: lists scanned end to end.
+#[derive(Clone, Debug, Default)]
+pub struct Model {
+    /// (domain, bypass, endpoints)
+    pub domains: Vec<(u32, bool, Vec<u32>)>,
+    /// (domain, start, end, phys, flags)
+    pub maps: Vec<(u32, u64, u64, u64, u32)>,
+}
+
+impl Model {
+    fn domain(&self, id: u32) -> Option<usize> {
+        self.domains.iter().position(|d| d.0 == id)
+    }
+
+    fn domain_of(&self, ep: u32) -> Option<u32> {
+        self.domains.iter().find(|d| d.2.contains(&ep)).map(|d| d.0)
+    }
+
+    fn detach_ep(&mut self, ep: u32) {
+        if let Some(i) = self.domains.iter().position(|d| d.2.contains(&ep)) {
+            self.domains[i].2.retain(|&e| e != ep);
+            if self.domains[i].2.is_empty() {
+                let id = self.domains[i].0;
+                self.domains.remove(i);
+                self.maps.retain(|m| m.0 != id);
+            }
+        }
+    }
+
+    /// The status the specification gives `r` (PROBE aside).
+    pub fn exec(&mut self, r: Request) -> Status {
+        match r {
+            Request::Attach {
+                domain,
+                endpoint,
+                flags,
+                reserved,
+            } => {
+                if reserved != 0 || flags & !attach::BYPASS != 0 {
+                    return Status::Inval;
+                }
+                if endpoint >= ENDPOINTS {
+                    return Status::NoEnt;
+                }
+                let bypass = flags != 0;
+                match self.domain(domain) {
+                    Some(i) if self.domains[i].1 != bypass => return Status::Inval,
+                    Some(_) if self.domain_of(endpoint) == Some(domain) => return Status::Ok,
+                    Some(_) => {}
+                    None => {
+                        let frees = self.domain_of(endpoint).is_some_and(|d| {
+                            self.domain(d).is_some_and(|i| self.domains[i].2.len() == 1)
+                        });
+                        if self.domains.len() - usize::from(frees) >= LIMITS.domains {
+                            return Status::NoMem;
+                        }
+                    }
+                }
+                self.detach_ep(endpoint);
+                match self.domain(domain) {
+                    Some(i) => self.domains[i].2.push(endpoint),
+                    None => self.domains.push((domain, bypass, vec![endpoint])),
+                }
+                Status::Ok
+            }
+            Request::Detach { domain, endpoint } => {
+                if endpoint >= ENDPOINTS {
+                    return Status::NoEnt;
+                }
+                if self.domain_of(endpoint) != Some(domain) {
+                    return Status::Inval;
+                }
+                self.detach_ep(endpoint);
+                Status::Ok
+            }
+            Request::Map {
+                domain,
+                virt_start: s,
+                virt_end: e,
+                phys_start: p,
+                flags,
+            } => {
+                if flags & !(map::READ | map::WRITE | map::MMIO) != 0 {
+                    return Status::Inval;
+                }
+                let Some(i) = self.domain(domain) else {
+                    return Status::NoEnt;
+                };
+                if self.domains[i].1 || e <= s {
+                    return Status::Inval;
+                }
+                if self
+                    .maps
+                    .iter()
+                    .any(|m| m.0 == domain && m.1 <= e && s <= m.2)
+                {
+                    return Status::Inval;
+                }
+                if self.domains[i].2.contains(&0) && RESV.0 <= e && s <= RESV.1 {
+                    return Status::Inval;
+                }
+                let here = self.maps.iter().filter(|m| m.0 == domain).count();
+                if here >= LIMITS.mappings_per_domain || self.maps.len() >= LIMITS.mappings {
+                    return Status::NoMem;
+                }
+                self.maps.push((domain, s, e, p, flags));
+                Status::Ok
+            }
+            Request::Unmap {
+                domain,
+                virt_start: s,
+                virt_end: e,
+                reserved,
+            } => {
+                if reserved != 0 {
+                    return Status::Inval;
+                }
+                let Some(i) = self.domain(domain) else {
+                    return Status::NoEnt;
+                };
+                if self.domains[i].1 || e < s {
+                    return Status::Inval;
+                }
+                let touched =
+                    |m: &&(u32, u64, u64, u64, u32)| m.0 == domain && m.1 <= e && s <= m.2;
+                if self.maps.iter().filter(touched).any(|m| m.1 < s || m.2 > e) {
+                    return Status::Range;
+                }
+                self.maps
+                    .retain(|m| !(m.0 == domain && m.1 <= e && s <= m.2));
+                Status::Ok
+            }
+            Request::Probe { .. } => Status::Inval,
+        }
+    }
+
+    /// Where an access goes, or `None` for a fault.
+    pub fn translate(&self, ep: u32, addr: u64, write: bool) -> Option<u64> {
+        if ep >= ENDPOINTS {
+            return None;
+        }
+        let d = self.domain_of(ep)?;
+        let i = self.domain(d)?;
+        if self.domains[i].1 {
+            return Some(addr);
+        }
+        let m = self
+            .maps
+            .iter()
+            .find(|m| m.0 == d && m.1 <= addr && addr <= m.2)?;
+        let ok = if write {
+            m.4 & map::WRITE != 0
+        } else {
+            m.4 & map::READ != 0
+        };
+        ok.then(|| m.3 + (addr - m.1))
+    }
+}
+
+/// Replays `ops` on [`device`] and on [`Model`].
+///
+/// # Panics
+/// When a status or a translation disagrees, or a refused request changed
+/// the device: that is the finding.
+pub fn run_ops(ops: &[Op]) {
+    let mut dev = device();
+    assert_ne!(dev.negotiated() & feature::MMIO, 0);
+    let mut model = Model::default();
+    for &op in ops {
+        match op {
+            Op::Req(r) => {
+                let before = dev.clone();
+                let mut tail = [0xaa; size::TAIL];
+                assert_eq!(dev.handle(&r.encode(), &mut tail), size::TAIL);
+                assert_eq!(tail[1..], [0, 0, 0]);
+                let got = Status::from_u8(tail[0]).expect("a status");
+                let want = model.exec(r);
+                assert_eq!(got, want, "{r:?}");
+                if got != Status::Ok {
+                    assert_eq!(dev, before, "refused {r:?} changed the device");
+                }
+                assert_eq!(dev.mapping_count(), model.maps.len());
+            }
+            Op::Translate(ep, addr, write) => {
+                let access = if write { Access::Write } else { Access::Read };
+                let got = dev.translate(ep, addr, access).ok().map(|t| t.phys);
+                assert_eq!(got, model.translate(ep, addr, write), "ep {ep} addr {addr}");
+            }
+        }
+    }
+}
+
+/// Feeds `data` to [`Device::handle`]: its first byte sizes the
+/// device-writable part, the rest is the device-readable part.
+///
+/// # Panics
+/// When a handled request breaks a promise: the used length is 0 with the
+/// buffer unwritten, or the tail holds a status with zero reserved bytes;
+/// a refusal changes nothing; a parsed request encodes back to itself.
+pub fn run_request(data: &[u8]) {
+    let Some((&w, readable)) = data.split_first() else {
+        return;
+    };
+    let mut dev = device();
+    let _ = dev.handle(
+        &Request::Attach {
+            domain: 1,
+            endpoint: 1,
+            flags: 0,
+            reserved: 0,
+        }
+        .encode(),
+        &mut [0; 4],
+    );
+    let writable_len = usize::from(w) % 80;
+    let mut writable = vec![0xaau8; writable_len];
+    let before = dev.clone();
+    let used = dev.handle(readable, &mut writable);
+    if used == 0 {
+        assert!(writable.iter().all(|&b| b == 0xaa), "used 0 but written");
+        assert_eq!(dev, before);
+        return;
+    }
+    assert!(used <= writable_len && used >= size::TAIL);
+    let tail = &writable[used - size::TAIL..used];
+    let status = Status::from_u8(tail[0]).expect("a status");
+    assert_eq!(tail[1..], [0, 0, 0]);
+    if status != Status::Ok {
+        assert_eq!(dev, before, "a refusal changed the device");
+    }
+    let parsed = Request::parse(readable).expect("handled, so parsed");
+    assert_eq!(Request::parse(&parsed.encode()), Ok(parsed));
+}
