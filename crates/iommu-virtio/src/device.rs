@@ -150,6 +150,23 @@ pub struct Translation {
     pub bypass: bool,
 }
 
+/// What translates like an address: the whole mapping that holds it, the
+/// MSI doorbell region, or (bypass) the whole space, with the accesses it
+/// allows. What an IOTLB caches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Segment {
+    /// First address.
+    pub start: u64,
+    /// Last address (inclusive).
+    pub end: u64,
+    /// Where `start` translates to.
+    pub phys: u64,
+    /// Reads allowed.
+    pub read: bool,
+    /// Writes allowed.
+    pub write: bool,
+}
+
 /// A translation fault, as the event queue reports it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Fault {
@@ -753,6 +770,67 @@ impl Device {
             len: to_end(e.end),
             bypass: false,
         })
+    }
+
+    /// The [`Segment`] that holds `addr` for `endpoint` and allows
+    /// `access`: what an IOTLB may cache for it.
+    ///
+    /// # Errors
+    /// The [`Fault`] [`translate`](Self::translate) gives.
+    pub fn lookup(&self, endpoint: u32, addr: u64, access: Access) -> Result<Segment, Fault> {
+        let t = self.translate(endpoint, addr, access)?;
+        let ep = self.endpoints.get(&endpoint).ok_or(Fault {
+            reason: fault::R_UNKNOWN,
+            flags: 0,
+            endpoint,
+            address: addr,
+        })?;
+        if access == Access::Write {
+            if let Some(msi) = ep
+                .resv
+                .iter()
+                .find(|r| r.subtype == resv::MSI && r.overlaps(addr, addr))
+            {
+                return Ok(Segment {
+                    start: msi.start,
+                    end: msi.end,
+                    phys: msi.start,
+                    read: false,
+                    write: true,
+                });
+            }
+        }
+        if t.bypass {
+            return Ok(Segment {
+                start: 0,
+                end: u64::MAX,
+                phys: 0,
+                read: true,
+                write: true,
+            });
+        }
+        let d = ep.domain.and_then(|d| self.domains.get(&d));
+        let (start, e) = d.and_then(|d| d.holding(addr)).ok_or(Fault {
+            reason: fault::R_MAPPING,
+            flags: 0,
+            endpoint,
+            address: addr,
+        })?;
+        Ok(Segment {
+            start,
+            end: e.end,
+            phys: e.phys,
+            read: e.flags & map::READ != 0,
+            write: e.flags & map::WRITE != 0,
+        })
+    }
+
+    /// The endpoints attached to `domain`.
+    pub fn endpoints_of(&self, domain: u32) -> Vec<u32> {
+        self.domains
+            .get(&domain)
+            .map(|d| d.endpoints.iter().copied().collect())
+            .unwrap_or_default()
     }
 
     /// Queues a fault for the event queue; past [`EVENT_BACKLOG`] pending

@@ -41,10 +41,14 @@ mod request;
 pub mod spec;
 #[cfg(feature = "test-utils")]
 pub mod testing;
+#[cfg(feature = "vmm")]
+mod vmm;
 
 pub use config::{ConfigError, DeviceConfig, Limits};
 pub use device::{
-    Access, Device, EndpointError, Fault, FeatureError, Mapping, ResvMem, Translation,
+    Access, Device, EndpointError, Fault, FeatureError, Mapping, ResvMem, Segment, Translation,
     EVENT_BACKLOG,
 };
 pub use request::{Request, Unparsable};
+#[cfg(feature = "vmm")]
+pub use vmm::{EndpointIommu, VirtioIommu};

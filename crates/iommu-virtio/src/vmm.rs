@@ -1,0 +1,282 @@
+//! The device in a VMM: shared by the request queue's handler and by the
+//! DMA of the devices behind it, which reaches guest memory through
+//! rust-vmm's `vm_memory::iommu::IommuMemory` with an [`EndpointIommu`] per
+//! endpoint.
+//!
+//! Each endpoint has an IOTLB (`vm_memory::iommu::Iotlb`): a hit needs
+//! only its read lock; a miss looks the mapping up in the device and
+//! caches the whole of it. A request that takes translations away (UNMAP,
+//! DETACH, an ATTACH that moves an endpoint, a bypass change, a reset, an
+//! unplug) invalidates the IOTLBs it concerns before
+//! [`VirtioIommu::handle`] returns, under the IOTLB's write lock, so it
+//! also waits for accesses still using the old translation: once the
+//! request completes, nothing reaches what it unmapped.
+//!
+//! Lock order: the device, then an IOTLB.
+
+extern crate std;
+
+use crate::device::{Access, Device, Fault, Segment};
+use crate::request::Request;
+use crate::spec::{fault, Status};
+use alloc::collections::BTreeMap;
+use alloc::format;
+use alloc::sync::Arc;
+use alloc::vec::Vec;
+use std::sync::{Mutex, MutexGuard, RwLock, RwLockReadGuard};
+use vm_memory::iommu::{Error, Iommu, Iotlb, IotlbIterator, IovaRange};
+use vm_memory::{GuestAddress, Permissions};
+
+/// A virtio-iommu device shared between its request queue and the
+/// devices whose DMA it translates.
+#[derive(Debug)]
+pub struct VirtioIommu {
+    device: Mutex<Device>,
+    iotlbs: Mutex<BTreeMap<u32, Arc<RwLock<Iotlb>>>>,
+}
+
+impl VirtioIommu {
+    /// Shares `device`.
+    pub fn new(device: Device) -> Arc<VirtioIommu> {
+        Arc::new(VirtioIommu {
+            device: Mutex::new(device),
+            iotlbs: Mutex::new(BTreeMap::new()),
+        })
+    }
+
+    fn device(&self) -> MutexGuard<'_, Device> {
+        // A panic elsewhere leaves the state as consistent as it was: every
+        // change is made only after every check.
+        self.device.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Runs `f` on the device (to add or remove endpoints, negotiate, read
+    /// configuration or events); changes that take translations away are
+    /// followed by an invalidation of every IOTLB.
+    pub fn with_device<R>(&self, f: impl FnOnce(&mut Device) -> R) -> R {
+        let mut d = self.device();
+        let before = (d.bypass_field(), d.negotiated(), d.endpoints().count());
+        let r = f(&mut d);
+        let after = (d.bypass_field(), d.negotiated(), d.endpoints().count());
+        if before != after {
+            self.invalidate_all();
+        }
+        r
+    }
+
+    fn iotlb(&self, endpoint: u32) -> Arc<RwLock<Iotlb>> {
+        let mut t = self.iotlbs.lock().unwrap_or_else(|p| p.into_inner());
+        Arc::clone(t.entry(endpoint).or_default())
+    }
+
+    fn invalidate(&self, endpoint: u32, range: Option<(u64, u64)>) {
+        let tlb = self
+            .iotlbs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&endpoint)
+            .cloned();
+        if let Some(tlb) = tlb {
+            let mut t = tlb.write().unwrap_or_else(|p| p.into_inner());
+            match range {
+                Some((start, end)) => {
+                    // The IOTLB's ranges are half-open; the top byte of
+                    // the space is never cached.
+                    let len = end.saturating_sub(start).saturating_add(1);
+                    t.invalidate_mapping(GuestAddress(start), cap(start, len));
+                }
+                None => t.invalidate_all(),
+            }
+        }
+    }
+
+    fn invalidate_all(&self) {
+        let all: Vec<Arc<RwLock<Iotlb>>> = self
+            .iotlbs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        for t in all {
+            t.write()
+                .unwrap_or_else(|p| p.into_inner())
+                .invalidate_all();
+        }
+    }
+
+    /// Handles one request from the request queue, as
+    /// [`Device::handle`] does, and invalidates what it took away before
+    /// returning the used length.
+    pub fn handle(&self, readable: &[u8], writable: &mut [u8]) -> usize {
+        let mut d = self.device();
+        let used = d.handle(readable, writable);
+        if used == 0 {
+            return 0;
+        }
+        let Ok(request) = Request::parse(readable) else {
+            return used;
+        };
+        let ok = writable.first() == Some(&(Status::Ok as u8))
+            || matches!(request, Request::Probe { .. });
+        if !ok {
+            return used;
+        }
+        match request {
+            Request::Attach { endpoint, .. } | Request::Detach { endpoint, .. } => {
+                self.invalidate(endpoint, None);
+            }
+            Request::Unmap {
+                domain,
+                virt_start,
+                virt_end,
+                ..
+            } => {
+                for ep in d.endpoints_of(domain) {
+                    self.invalidate(ep, Some((virt_start, virt_end)));
+                }
+            }
+            Request::Map { .. } | Request::Probe { .. } => {}
+        }
+        used
+    }
+
+    /// The translation for `endpoint`'s DMA, to give to
+    /// `vm_memory::iommu::IommuMemory`.
+    pub fn endpoint(self: &Arc<Self>, endpoint: u32) -> EndpointIommu {
+        EndpointIommu {
+            iotlb: self.iotlb(endpoint),
+            iommu: Arc::clone(self),
+            endpoint,
+        }
+    }
+
+    /// The oldest pending fault, for a buffer the driver posted on the
+    /// event queue.
+    pub fn next_event(&self) -> Option<Fault> {
+        self.device().next_event()
+    }
+}
+
+/// `len` bytes from `start`, cut so that `start + len` stays in the space.
+fn cap(start: u64, len: u64) -> usize {
+    usize::try_from(len.min(u64::MAX - start)).unwrap_or(usize::MAX)
+}
+
+fn permissions(s: &Segment) -> Permissions {
+    match (s.read, s.write) {
+        (true, true) => Permissions::ReadWrite,
+        (true, false) => Permissions::Read,
+        (false, true) => Permissions::Write,
+        (false, false) => Permissions::No,
+    }
+}
+
+/// One endpoint's view of the device: implements `vm_memory`'s `Iommu`.
+#[derive(Debug)]
+pub struct EndpointIommu {
+    iommu: Arc<VirtioIommu>,
+    endpoint: u32,
+    iotlb: Arc<RwLock<Iotlb>>,
+}
+
+impl EndpointIommu {
+    /// The endpoint.
+    pub fn id(&self) -> u32 {
+        self.endpoint
+    }
+
+    fn read(&self) -> RwLockReadGuard<'_, Iotlb> {
+        self.iotlb.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Fills the IOTLB for `[iova, iova + length)` from the device, or
+    /// reports the fault of the first address that does not translate.
+    fn fill(&self, iova: u64, length: u64, access: Access) -> Result<(), Fault> {
+        let mut d = self.iommu.device();
+        let mut t = self.iotlb.write().unwrap_or_else(|p| p.into_inner());
+        let end = iova + length; // exclusive; the caller checked it fits
+        let mut at = iova;
+        while at < end {
+            let seg = match d.lookup(self.endpoint, at, access) {
+                Ok(s) => s,
+                Err(f) => {
+                    d.report(f);
+                    return Err(f);
+                }
+            };
+            let len = seg.end - seg.start;
+            let len = cap(seg.start, len.saturating_add(1));
+            let _ = t.set_mapping(
+                GuestAddress(seg.start),
+                GuestAddress(seg.phys),
+                len,
+                permissions(&seg),
+            );
+            if seg.end >= end - 1 || seg.end == u64::MAX {
+                break;
+            }
+            at = seg.end + 1;
+        }
+        Ok(())
+    }
+}
+
+impl Iommu for EndpointIommu {
+    type IotlbGuard<'a> = RwLockReadGuard<'a, Iotlb>;
+
+    fn translate(
+        &self,
+        iova: GuestAddress,
+        length: usize,
+        access: Permissions,
+    ) -> Result<IotlbIterator<Self::IotlbGuard<'_>>, Error> {
+        let range = IovaRange { base: iova, length };
+        let len = length as u64;
+        if length == 0 || iova.0.checked_add(len).is_none() {
+            return Err(Error::CannotResolve {
+                iova_range: range,
+                reason: format!("{length} bytes at {:#x} are not a range", iova.0),
+            });
+        }
+        if let Ok(it) = Iotlb::lookup(self.read(), iova, length, access) {
+            return Ok(it);
+        }
+        let dir = if access.has_write() {
+            Access::Write
+        } else {
+            Access::Read
+        };
+        if let Err(f) = self.fill(iova.0, len, dir) {
+            return Err(Error::CannotResolve {
+                iova_range: range,
+                reason: fault_text(&f),
+            });
+        }
+        if access == Permissions::ReadWrite {
+            if let Err(f) = self.fill(iova.0, len, Access::Read) {
+                return Err(Error::CannotResolve {
+                    iova_range: range,
+                    reason: fault_text(&f),
+                });
+            }
+        }
+        Iotlb::lookup(self.read(), iova, length, access).map_err(|fails| Error::CannotResolve {
+            iova_range: range,
+            reason: format!(
+                "{} unmapped and {} forbidden ranges",
+                fails.misses.len(),
+                fails.access_fails.len()
+            ),
+        })
+    }
+}
+
+fn fault_text(f: &Fault) -> alloc::string::String {
+    let why = match f.reason {
+        fault::R_DOMAIN => "attached to no domain",
+        fault::R_MAPPING => "no mapping with that access",
+        _ => "unknown to the device",
+    };
+    format!("endpoint {}: {why} at {:#x}", f.endpoint, f.address)
+}

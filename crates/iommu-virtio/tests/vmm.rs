@@ -1,0 +1,226 @@
+//! The device in a VMM: another virtio device's DMA reaches guest memory
+//! through `vm_memory::IommuMemory` and this device's translation.
+
+use iommu_virtio::spec::{fault, map, Status};
+use iommu_virtio::{Device, DeviceConfig, Request, VirtioIommu};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap, IommuMemory};
+
+const EP: u32 = 3;
+type Mem = IommuMemory<GuestMemoryMmap<()>, iommu_virtio::EndpointIommu>;
+
+/// A device with endpoint 3, guest memory at 0-16 MiB, and an
+/// `IommuMemory` for the endpoint's DMA.
+fn setup() -> (Arc<VirtioIommu>, Mem, GuestMemoryMmap<()>) {
+    let mut d = Device::new(DeviceConfig::default()).unwrap();
+    d.add_endpoint(EP, &[]).unwrap();
+    d.negotiate(d.offered()).unwrap();
+    let iommu = VirtioIommu::new(d);
+    let phys = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 16 << 20)]).unwrap();
+    let mem = IommuMemory::new(phys.clone(), iommu.endpoint(EP), true, ());
+    (iommu, mem, phys)
+}
+
+fn send(iommu: &VirtioIommu, r: Request) -> Status {
+    let mut tail = [0xaa; 4];
+    assert_eq!(iommu.handle(&r.encode(), &mut tail), 4);
+    Status::from_u8(tail[0]).unwrap()
+}
+
+fn map(domain: u32, virt_start: u64, virt_end: u64, phys_start: u64, flags: u32) -> Request {
+    Request::Map {
+        domain,
+        virt_start,
+        virt_end,
+        phys_start,
+        flags,
+    }
+}
+
+fn attach(domain: u32) -> Request {
+    Request::Attach {
+        domain,
+        endpoint: EP,
+        flags: 0,
+        reserved: 0,
+    }
+}
+
+#[test]
+fn dma_reaches_guest_memory_through_the_mapping() {
+    let (iommu, mem, phys) = setup();
+    assert_eq!(send(&iommu, attach(1)), Status::Ok);
+    let rw = map::READ | map::WRITE;
+    assert_eq!(
+        send(&iommu, map(1, 0x10_0000, 0x10_ffff, 0x40_0000, rw)),
+        Status::Ok
+    );
+    mem.write_obj(0x1122_3344_5566_7788u64, GuestAddress(0x10_0010))
+        .unwrap();
+    assert_eq!(
+        phys.read_obj::<u64>(GuestAddress(0x40_0010)).unwrap(),
+        0x1122_3344_5566_7788
+    );
+    assert_eq!(
+        mem.read_obj::<u64>(GuestAddress(0x10_0010)).unwrap(),
+        0x1122_3344_5566_7788
+    );
+}
+
+#[test]
+fn a_range_across_adjacent_mappings_translates_as_several_segments() {
+    // Two adjacent IOVA mappings to scattered physical pages: one access
+    // that crosses them lands in both.
+    let (iommu, mem, phys) = setup();
+    assert_eq!(send(&iommu, attach(1)), Status::Ok);
+    let rw = map::READ | map::WRITE;
+    assert_eq!(send(&iommu, map(1, 0x2000, 0x2fff, 0x9000, rw)), Status::Ok);
+    assert_eq!(send(&iommu, map(1, 0x3000, 0x3fff, 0x5000, rw)), Status::Ok);
+    let data: Vec<u8> = (0..64).collect();
+    mem.write_slice(&data, GuestAddress(0x2fe0)).unwrap();
+    let mut lo = [0u8; 32];
+    let mut hi = [0u8; 32];
+    phys.read_slice(&mut lo, GuestAddress(0x9fe0)).unwrap();
+    phys.read_slice(&mut hi, GuestAddress(0x5000)).unwrap();
+    assert_eq!(lo[..], data[..32]);
+    assert_eq!(hi[..], data[32..]);
+    let mut back = vec![0u8; 64];
+    mem.read_slice(&mut back, GuestAddress(0x2fe0)).unwrap();
+    assert_eq!(back, data);
+}
+
+#[test]
+fn an_access_without_translation_fails_and_is_reported() {
+    let (iommu, mem, _) = setup();
+    assert!(mem.read_obj::<u32>(GuestAddress(0x1000)).is_err());
+    let f = iommu.next_event().expect("a fault event");
+    assert_eq!(
+        (f.reason, f.endpoint, f.address),
+        (fault::R_DOMAIN, EP, 0x1000)
+    );
+    assert_eq!(send(&iommu, attach(1)), Status::Ok);
+    assert_eq!(
+        send(&iommu, map(1, 0, 0xfff, 0x1000, map::READ)),
+        Status::Ok
+    );
+    assert!(mem.read_obj::<u32>(GuestAddress(0x10)).is_ok());
+    assert!(
+        mem.write_obj(1u32, GuestAddress(0x10)).is_err(),
+        "read-only"
+    );
+    let f = iommu.next_event().unwrap();
+    assert_eq!(
+        (f.reason, f.flags & fault::F_WRITE),
+        (fault::R_MAPPING, fault::F_WRITE)
+    );
+}
+
+#[test]
+fn bypass_translates_by_the_identity_until_attached() {
+    let (iommu, mem, phys) = setup();
+    iommu.with_device(|d| d.write_config(36, &[1]));
+    mem.write_obj(0xabu8, GuestAddress(0x7000)).unwrap();
+    assert_eq!(phys.read_obj::<u8>(GuestAddress(0x7000)).unwrap(), 0xab);
+    assert_eq!(send(&iommu, attach(1)), Status::Ok);
+    assert!(
+        mem.read_obj::<u8>(GuestAddress(0x7000)).is_err(),
+        "attached: the cached identity is gone"
+    );
+}
+
+#[test]
+fn detach_and_unmap_take_the_cached_translation_away() {
+    let (iommu, mem, _) = setup();
+    assert_eq!(send(&iommu, attach(1)), Status::Ok);
+    let rw = map::READ | map::WRITE;
+    assert_eq!(send(&iommu, map(1, 0, 0xffff, 0x10000, rw)), Status::Ok);
+    assert!(mem.read_obj::<u8>(GuestAddress(0x100)).is_ok());
+    let unmap = Request::Unmap {
+        domain: 1,
+        virt_start: 0,
+        virt_end: 0xffff,
+        reserved: 0,
+    };
+    assert_eq!(send(&iommu, unmap), Status::Ok);
+    assert!(mem.read_obj::<u8>(GuestAddress(0x100)).is_err());
+    assert_eq!(send(&iommu, map(1, 0, 0xffff, 0x10000, rw)), Status::Ok);
+    assert!(mem.read_obj::<u8>(GuestAddress(0x100)).is_ok());
+    let detach = Request::Detach {
+        domain: 1,
+        endpoint: EP,
+    };
+    assert_eq!(send(&iommu, detach), Status::Ok);
+    assert!(mem.read_obj::<u8>(GuestAddress(0x100)).is_err());
+}
+
+#[test]
+fn nothing_reaches_an_unmapped_range_once_unmap_completes() {
+    // A thread keeps reading through the IOMMU while the guest maps and
+    // unmaps: a read that starts when every MAP begun so far has been
+    // unmapped, with no MAP begun while it runs, must fail.
+    let (iommu, mem, _) = setup();
+    assert_eq!(send(&iommu, attach(1)), Status::Ok);
+    let rw = map::READ | map::WRITE;
+    let mem = Arc::new(mem);
+    let maps_begun = Arc::new(AtomicU64::new(0));
+    let unmaps_done = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let (hits, misses) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let reader = {
+        let (mem, begun, done, stop) = (
+            Arc::clone(&mem),
+            Arc::clone(&maps_begun),
+            Arc::clone(&unmaps_done),
+            Arc::clone(&stop),
+        );
+        let (hits, misses) = (Arc::clone(&hits), Arc::clone(&misses));
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::SeqCst) {
+                let done_before = done.load(Ordering::SeqCst);
+                let ok = mem.read_obj::<u64>(GuestAddress(0x8008)).is_ok();
+                let begun_after = begun.load(Ordering::SeqCst);
+                assert!(
+                    !(ok && done_before == begun_after),
+                    "a read after UNMAP completed got through"
+                );
+                if ok { &hits } else { &misses }.fetch_add(1, Ordering::Relaxed);
+            }
+        })
+    };
+    for round in 0..300u64 {
+        maps_begun.fetch_add(1, Ordering::SeqCst);
+        let phys = 0x100000 + (round % 16) * 0x10000;
+        assert_eq!(send(&iommu, map(1, 0x8000, 0x8fff, phys, rw)), Status::Ok);
+        for _ in 0..20 {
+            std::thread::yield_now();
+        }
+        let unmap = Request::Unmap {
+            domain: 1,
+            virt_start: 0x8000,
+            virt_end: 0x8fff,
+            reserved: 0,
+        };
+        assert_eq!(send(&iommu, unmap), Status::Ok);
+        unmaps_done.fetch_add(1, Ordering::SeqCst);
+        for _ in 0..20 {
+            std::thread::yield_now();
+        }
+    }
+    stop.store(true, Ordering::SeqCst);
+    reader.join().unwrap();
+    assert!(misses.load(Ordering::Relaxed) > 0);
+}
+
+#[test]
+fn unplugging_an_endpoint_stops_its_dma() {
+    let (iommu, mem, _) = setup();
+    assert_eq!(send(&iommu, attach(1)), Status::Ok);
+    assert_eq!(
+        send(&iommu, map(1, 0, 0xfff, 0x2000, map::READ)),
+        Status::Ok
+    );
+    assert!(mem.read_obj::<u8>(GuestAddress(0)).is_ok());
+    iommu.with_device(|d| d.remove_endpoint(EP)).unwrap();
+    assert!(mem.read_obj::<u8>(GuestAddress(0)).is_err());
+}
