@@ -600,47 +600,53 @@ impl Device {
         if !self.domain_in_range(domain) {
             return Status::Range;
         }
-        let Some(d) = self.domains.get(&domain) else {
+        let input_ok = self.input_in_range(start, end);
+        // One lookup of the domain; the fields are borrowed apart so the
+        // endpoints' reserved regions can be read while it is held.
+        let Device {
+            config,
+            domains,
+            endpoints,
+            mappings,
+            ..
+        } = self;
+        let Some(d) = domains.get_mut(&domain) else {
             return Status::NoEnt;
         };
         if d.bypass || end <= start {
             return Status::Inval;
         }
-        let g = self.config.granule();
+        let g = config.granule();
         if !start.is_multiple_of(g)
             || !phys.is_multiple_of(g)
             || !end.wrapping_add(1).is_multiple_of(g)
+            || !input_ok
         {
             return Status::Range;
         }
-        if !self.input_in_range(start, end) {
-            return Status::Range;
-        }
-        let Some(phys_end) = phys.checked_add(end - start) else {
-            return Status::Range;
-        };
-        if phys < self.config.phys_range.0 || phys_end > self.config.phys_range.1 {
+        let in_phys = phys
+            .checked_add(end - start)
+            .is_some_and(|phys_end| phys >= config.phys_range.0 && phys_end <= config.phys_range.1);
+        if !in_phys {
             return Status::Range;
         }
         if d.meets(start, end) {
             return Status::Inval;
         }
         let reserved = d.endpoints.iter().any(|e| {
-            self.endpoints
+            endpoints
                 .get(e)
                 .is_some_and(|e| e.resv.iter().any(|r| r.overlaps(start, end)))
         });
         if reserved {
             return Status::Inval;
         }
-        let limits = self.config.limits;
-        if d.mappings.len() >= limits.mappings_per_domain || self.mappings >= limits.mappings {
+        let limits = config.limits;
+        if d.mappings.len() >= limits.mappings_per_domain || *mappings >= limits.mappings {
             return Status::NoMem;
         }
-        if let Some(d) = self.domains.get_mut(&domain) {
-            d.mappings.insert(start, Entry { end, phys, flags });
-            self.mappings += 1;
-        }
+        d.mappings.insert(start, Entry { end, phys, flags });
+        *mappings += 1;
         Status::Ok
     }
 
@@ -654,29 +660,43 @@ impl Device {
         if !self.domain_in_range(domain) {
             return Status::Range;
         }
-        let Some(d) = self.domains.get(&domain) else {
+        let input_ok = self.input_in_range(start, end);
+        let Some(d) = self.domains.get_mut(&domain) else {
             return Status::NoEnt;
         };
         if d.bypass || end < start {
             return Status::Inval;
         }
-        if !self.input_in_range(start, end) {
+        if !input_ok {
             return Status::Range;
         }
-        // Only the mappings holding `start` or `end` can be split.
-        let split = |addr: u64| {
-            d.holding(addr)
-                .is_some_and(|(s, e)| s < start || e.end > end)
-        };
-        if split(start) || split(end) {
+        // The common UNMAP takes back exactly one MAP.
+        if d.mappings.get(&start).is_some_and(|e| e.end == end) {
+            d.mappings.remove(&start);
+            self.mappings -= 1;
+            return Status::Ok;
+        }
+        // Only the mappings holding `start` or `end` can be split. The last
+        // mapping that starts at or before `end` settles the `end` side;
+        // when it also starts at `start` (one whole mapping, the common
+        // case), nothing else can hold `start`.
+        let last = d.mappings.range(..=end).next_back();
+        if last.is_some_and(|(_, e)| e.end > end) {
             return Status::Range;
         }
-        if let Some(d) = self.domains.get_mut(&domain) {
-            let gone: Vec<u64> = d.mappings.range(start..=end).map(|(&s, _)| s).collect();
-            for s in &gone {
-                d.mappings.remove(s);
+        let only = last.is_some_and(|(&s, _)| s == start);
+        if !only && d.holding(start).is_some_and(|(s, _)| s < start) {
+            return Status::Range;
+        }
+        if only {
+            d.mappings.remove(&start);
+            self.mappings -= 1;
+        } else {
+            // Every mapping starting in [start, end] ends in it too.
+            while let Some((&s, _)) = d.mappings.range(start..=end).next() {
+                d.mappings.remove(&s);
+                self.mappings -= 1;
             }
-            self.mappings -= gone.len();
         }
         Status::Ok
     }
