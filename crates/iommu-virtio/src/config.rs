@@ -88,10 +88,15 @@ pub enum ConfigError {
     /// A feature the device does not implement.
     #[error("feature bits {0:#x} are not implemented")]
     UnknownFeature(u64),
-    /// `probe_size` too small for a property, or PROBE offered with none.
-    #[error("probe_size {0} cannot hold a RESV_MEM property")]
+    /// `probe_size` too small for a property (PROBE offered), or larger
+    /// than [`MAX_PROBE_SIZE`].
+    #[error("probe_size {0} cannot hold a RESV_MEM property or is over {MAX_PROBE_SIZE}")]
     ProbeSize(u32),
 }
+
+/// The largest `probe_size` a device presents: a PROBE reply is built in
+/// host memory before it is copied to the guest, so it is kept bounded.
+pub const MAX_PROBE_SIZE: u32 = 64 * 1024;
 
 /// Every feature this device implements.
 pub const IMPLEMENTED: u64 = feature::INPUT_RANGE
@@ -131,7 +136,9 @@ impl DeviceConfig {
         if self.bypass && self.features & feature::BYPASS_CONFIG == 0 {
             return Err(ConfigError::BypassWithoutFeature);
         }
-        if self.features & feature::PROBE != 0 && (self.probe_size as usize) < size::RESV_MEM {
+        let too_small =
+            self.features & feature::PROBE != 0 && (self.probe_size as usize) < size::RESV_MEM;
+        if too_small || self.probe_size > MAX_PROBE_SIZE {
             return Err(ConfigError::ProbeSize(self.probe_size));
         }
         Ok(())

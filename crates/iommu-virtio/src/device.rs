@@ -868,6 +868,11 @@ impl Device {
         self.events.pop_front()
     }
 
+    /// Faults waiting in the backlog for event-queue buffers.
+    pub fn pending_events(&self) -> usize {
+        self.events.len()
+    }
+
     /// Faults dropped because the backlog was full.
     pub fn events_dropped(&self) -> u64 {
         self.events_dropped

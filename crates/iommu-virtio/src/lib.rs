@@ -37,6 +37,8 @@ extern crate alloc;
 
 pub mod config;
 mod device;
+#[cfg(feature = "vmm")]
+pub mod queue;
 mod request;
 pub mod spec;
 #[cfg(feature = "test-utils")]

@@ -44,7 +44,7 @@ impl VirtioIommu {
         })
     }
 
-    fn device(&self) -> MutexGuard<'_, Device> {
+    pub(crate) fn device(&self) -> MutexGuard<'_, Device> {
         // A panic elsewhere leaves the state as consistent as it was: every
         // change is made only after every check.
         self.device.lock().unwrap_or_else(|p| p.into_inner())
@@ -152,6 +152,11 @@ impl VirtioIommu {
     /// event queue.
     pub fn next_event(&self) -> Option<Fault> {
         self.device().next_event()
+    }
+
+    /// Faults waiting for event-queue buffers.
+    pub fn pending_events(&self) -> usize {
+        self.device().pending_events()
     }
 }
 

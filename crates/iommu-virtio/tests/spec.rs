@@ -110,6 +110,25 @@ fn config_page_size_mask_has_at_least_one_bit() {
 }
 
 #[test]
+fn config_probe_size_is_bounded() {
+    // Not the specification's rule: a PROBE reply is built in host memory,
+    // so an absurd probe_size is refused when the device is made.
+    let huge = DeviceConfig {
+        probe_size: u32::MAX,
+        ..DeviceConfig::default()
+    };
+    assert_eq!(
+        Device::new(huge).unwrap_err(),
+        ConfigError::ProbeSize(u32::MAX)
+    );
+    let largest = DeviceConfig {
+        probe_size: iommu_virtio::config::MAX_PROBE_SIZE,
+        ..DeviceConfig::default()
+    };
+    assert!(Device::new(largest).is_ok());
+}
+
+#[test]
 fn config_reads_as_the_layout_of_struct_virtio_iommu_config() {
     let d = device();
     let mut b = [0u8; size::CONFIG + 4];

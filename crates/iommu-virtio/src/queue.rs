@@ -1,0 +1,464 @@
+//! The device's two virtqueues over guest memory, through rust-vmm's
+//! `virtio-queue`: the request queue (queue 0), whose chains carry a
+//! request in their device-readable part and receive its tail (and a
+//! PROBE's properties) in their device-writable part, and the event queue
+//! (queue 1), whose buffers receive fault reports.
+//!
+//! A chain is checked in full before its request runs: every descriptor
+//! must lie in guest memory, and the device-readable descriptors must come
+//! before the device-writable ones. A chain that breaks either rule is
+//! returned with a used length of 0 and changes nothing, as an unparsable
+//! request does.
+
+extern crate std;
+
+use crate::spec::{req, size};
+use crate::vmm::VirtioIommu;
+use alloc::vec::Vec;
+use virtio_queue::desc::split::Descriptor;
+use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
+use vm_memory::{Bytes, GuestAddress, GuestMemory, Permissions};
+
+/// The request queue's index.
+pub const REQUEST_QUEUE: u16 = 0;
+/// The event queue's index.
+pub const EVENT_QUEUE: u16 = 1;
+
+/// The most device-readable bytes a request needs (PROBE's, with its
+/// reserved bytes); what a chain holds past this is not read.
+const READABLE_MAX: usize = 128;
+
+/// What serving a queue did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Served {
+    /// Chains returned to the driver.
+    pub used: u32,
+    /// Whether the driver asked to be notified of them (the VMM then
+    /// raises the queue's interrupt).
+    pub notify: bool,
+}
+
+/// Why a queue could not be served. Chains returned before the error stay
+/// returned.
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    /// The queue itself is unusable (not ready, rings outside guest memory,
+    /// an available index more than a queue ahead).
+    #[error("virtqueue: {0}")]
+    Queue(virtio_queue::Error),
+}
+
+impl From<virtio_queue::Error> for QueueError {
+    fn from(e: virtio_queue::Error) -> QueueError {
+        QueueError::Queue(e)
+    }
+}
+
+/// The device-readable bytes of a chain (up to [`READABLE_MAX`]) and its
+/// device-writable descriptors, or `None` for a chain that breaks the
+/// rules above.
+struct Chain {
+    readable: [u8; READABLE_MAX],
+    readable_len: usize,
+    writable: Vec<Descriptor>,
+    writable_len: u64,
+}
+
+fn in_memory<M: GuestMemory + ?Sized>(mem: &M, d: &Descriptor) -> bool {
+    let access = if d.is_write_only() {
+        Permissions::Write
+    } else {
+        Permissions::Read
+    };
+    d.len() == 0 || mem.check_range(d.addr(), d.len() as usize, access)
+}
+
+/// Reads `chain`, keeping writable descriptors only until they hold `want`
+/// bytes (a hostile chain may hold many more).
+fn read_chain<M: GuestMemory>(mem: &M, chain: DescriptorChain<&M>, want: u64) -> Option<Chain> {
+    let mut c = Chain {
+        readable: [0; READABLE_MAX],
+        readable_len: 0,
+        writable: Vec::new(),
+        writable_len: 0,
+    };
+    let mut seen_writable = false;
+    for d in chain {
+        if !in_memory(mem, &d) {
+            return None;
+        }
+        if d.is_write_only() {
+            seen_writable = true;
+            if c.writable_len < want {
+                c.writable_len = c.writable_len.saturating_add(u64::from(d.len()));
+                c.writable.push(d);
+            }
+        } else {
+            if seen_writable {
+                return None;
+            }
+            let n = (d.len() as usize).min(READABLE_MAX - c.readable_len);
+            if n > 0 {
+                let dst = &mut c.readable[c.readable_len..c.readable_len + n];
+                mem.read_slice(dst, d.addr()).ok()?;
+                c.readable_len += n;
+            }
+        }
+    }
+    Some(c)
+}
+
+/// Writes `data` across `descs` in order, from byte `skip` of the buffers
+/// they make.
+fn scatter<M: GuestMemory + ?Sized>(
+    mem: &M,
+    descs: &[Descriptor],
+    mut skip: usize,
+    mut data: &[u8],
+) -> bool {
+    for d in descs {
+        if data.is_empty() {
+            break;
+        }
+        let len = d.len() as usize;
+        if skip >= len {
+            skip -= len;
+            continue;
+        }
+        let n = (len - skip).min(data.len());
+        let at = GuestAddress(d.addr().0 + skip as u64);
+        if mem.write_slice(&data[..n], at).is_err() {
+            return false;
+        }
+        skip = 0;
+        data = &data[n..];
+    }
+    data.is_empty()
+}
+
+impl VirtioIommu {
+    /// Serves every request the driver made available on the request
+    /// queue: each is executed (and what it took away invalidated) before
+    /// its chain is returned.
+    ///
+    /// # Errors
+    /// [`QueueError`] when the queue cannot be read at all.
+    pub fn process_requests<M: GuestMemory>(
+        &self,
+        queue: &mut Queue,
+        mem: &M,
+    ) -> Result<Served, QueueError> {
+        let probe_size = self.device().config().probe_size as usize;
+        let mut served = Served::default();
+        loop {
+            queue.disable_notification(mem)?;
+            // Surfaces a broken available ring, which popping alone hides.
+            queue.iter(mem)?;
+            while let Some(chain) = queue.pop_descriptor_chain(mem) {
+                let head = chain.head_index();
+                let used = self.serve_request(mem, chain, probe_size);
+                queue.add_used(mem, head, used)?;
+                served.used += 1;
+            }
+            if !queue.enable_notification(mem)? {
+                break;
+            }
+        }
+        served.notify = served.used > 0 && queue.needs_notification(mem)?;
+        Ok(served)
+    }
+
+    fn serve_request<M: GuestMemory>(
+        &self,
+        mem: &M,
+        chain: DescriptorChain<&M>,
+        probe_size: usize,
+    ) -> u32 {
+        let want = (probe_size + size::TAIL) as u64;
+        let Some(c) = read_chain(mem, chain, want) else {
+            return 0;
+        };
+        let readable = &c.readable[..c.readable_len];
+        let is_probe = readable.first() == Some(&req::PROBE);
+        let cap = if is_probe {
+            probe_size + size::TAIL
+        } else {
+            size::TAIL
+        };
+        let len = usize::try_from(c.writable_len)
+            .unwrap_or(usize::MAX)
+            .min(cap);
+        // Only a PROBE reply needs the heap.
+        let mut small = [0u8; size::TAIL];
+        let mut big = Vec::new();
+        let out: &mut [u8] = if is_probe {
+            big.resize(len, 0);
+            &mut big
+        } else {
+            &mut small[..len]
+        };
+        let used = self.handle(readable, out);
+        // A PROBE whose buffer is short of probe_size gets only its tail
+        // written (the device writes no property); anything else gets
+        // every byte up to the used length.
+        let skip = if is_probe && len < probe_size + size::TAIL {
+            used.saturating_sub(size::TAIL)
+        } else {
+            0
+        };
+        if used == 0 || !scatter(mem, &c.writable, skip, &out[skip..used]) {
+            return 0;
+        }
+        u32::try_from(used).unwrap_or(0)
+    }
+
+    /// Completes event-queue buffers with pending fault reports, one report
+    /// per buffer, while both last. A buffer too small for a report is
+    /// returned unused and the report kept.
+    ///
+    /// # Errors
+    /// [`QueueError`] when the queue cannot be read at all.
+    pub fn process_events<M: GuestMemory>(
+        &self,
+        queue: &mut Queue,
+        mem: &M,
+    ) -> Result<Served, QueueError> {
+        let mut served = Served::default();
+        queue.iter(mem)?;
+        while self.pending_events() > 0 {
+            let Some(chain) = queue.pop_descriptor_chain(mem) else {
+                break;
+            };
+            let head = chain.head_index();
+            let used = match read_chain(mem, chain, size::FAULT as u64) {
+                Some(c) if c.writable_len >= size::FAULT as u64 => match self.next_event() {
+                    Some(f) if scatter(mem, &c.writable, 0, &f.encode()) => size::FAULT as u32,
+                    _ => 0,
+                },
+                _ => 0,
+            };
+            queue.add_used(mem, head, used)?;
+            served.used += 1;
+        }
+        served.notify = served.used > 0 && queue.needs_notification(mem)?;
+        Ok(served)
+    }
+}
+
+/// A queue at `desc`, `avail` and `used` in guest memory with `size`
+/// entries, ready: what a transport builds from the driver's writes.
+///
+/// # Errors
+/// The queue's own error for a size or an address it refuses.
+pub fn ready_queue(
+    size: u16,
+    desc: GuestAddress,
+    avail: GuestAddress,
+    used: GuestAddress,
+) -> Result<Queue, QueueError> {
+    let mut q = Queue::new(size)?;
+    q.try_set_size(size)?;
+    q.try_set_desc_table_address(desc)?;
+    q.try_set_avail_ring_address(avail)?;
+    q.try_set_used_ring_address(used)?;
+    q.set_ready(true);
+    Ok(q)
+}
+
+/// Why the driver side of a queue refused a buffer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum DriverQueueError {
+    /// Not enough free descriptors for the chain.
+    #[error("{needed} descriptors needed, {free} free")]
+    Full {
+        /// Descriptors the chain needs.
+        needed: usize,
+        /// Descriptors free.
+        free: usize,
+    },
+    /// A chain with no buffer.
+    #[error("a chain needs at least one buffer")]
+    BadChain,
+    /// The rings do not fit in guest memory, or the size is not a power
+    /// of two from 1 to 32768.
+    #[error("the queue does not fit in guest memory or its size is wrong")]
+    Layout,
+    /// The device returned a head the driver did not make available.
+    #[error("the device used descriptor {0}, which the driver did not make available")]
+    BadUsed(u32),
+}
+
+/// The driver's side of a split virtqueue (virtio 1.2, 2.7): it writes
+/// descriptor chains and the available ring into guest memory and reads the
+/// used ring, as a guest kernel's virtio ring does. The guest side of this
+/// crate's tests and of the guest driver speaks to the device through it.
+#[derive(Debug)]
+pub struct DriverQueue {
+    size: u16,
+    desc: GuestAddress,
+    avail: GuestAddress,
+    used: GuestAddress,
+    free: Vec<u16>,
+    /// Descriptors of each chain, by head, while the device holds it.
+    chains: Vec<Vec<u16>>,
+    next_avail: u16,
+    last_used: u16,
+}
+
+const DESC_SIZE: u64 = 16;
+const F_NEXT: u16 = 1;
+const F_WRITE: u16 = 2;
+
+impl DriverQueue {
+    /// Bytes the three rings of a queue of `size` entries take from the
+    /// start of its area, with their alignments (16, 2 and 4).
+    pub fn area_size(size: u16) -> u64 {
+        let (_, _, used) = Self::offsets(size);
+        used + 6 + 8 * u64::from(size)
+    }
+
+    fn offsets(size: u16) -> (u64, u64, u64) {
+        let n = u64::from(size);
+        let avail = DESC_SIZE * n;
+        let used = (avail + 6 + 2 * n).next_multiple_of(4);
+        (0, avail, used)
+    }
+
+    /// A queue of `size` entries whose rings take [`area_size`] bytes at
+    /// `base` (16-byte aligned) in `mem`; the rings are zeroed.
+    ///
+    /// [`area_size`]: Self::area_size
+    ///
+    /// # Errors
+    /// [`DriverQueueError::Layout`] for a size that is not a power of two
+    /// up to 32768, a misaligned base, or an area outside `mem`.
+    pub fn new<M: GuestMemory>(
+        mem: &M,
+        size: u16,
+        base: GuestAddress,
+    ) -> Result<DriverQueue, DriverQueueError> {
+        if !size.is_power_of_two() || size > 32768 || !base.0.is_multiple_of(16) {
+            return Err(DriverQueueError::Layout);
+        }
+        let len = Self::area_size(size);
+        base.0.checked_add(len).ok_or(DriverQueueError::Layout)?;
+        mem.write_slice(&alloc::vec![0u8; len as usize], base)
+            .map_err(|_| DriverQueueError::Layout)?;
+        let (_, avail, used) = Self::offsets(size);
+        Ok(DriverQueue {
+            size,
+            desc: base,
+            avail: GuestAddress(base.0 + avail),
+            used: GuestAddress(base.0 + used),
+            free: (0..size).rev().collect(),
+            chains: (0..size).map(|_| Vec::new()).collect(),
+            next_avail: 0,
+            last_used: 0,
+        })
+    }
+
+    /// The device's side of this queue, as a transport would build it.
+    ///
+    /// # Errors
+    /// The queue's own error.
+    pub fn device_queue(&self) -> Result<Queue, QueueError> {
+        ready_queue(self.size, self.desc, self.avail, self.used)
+    }
+
+    /// Descriptors free for new chains.
+    pub fn free(&self) -> usize {
+        self.free.len()
+    }
+
+    /// Makes available a chain of `readable` then `writable` buffers
+    /// (guest address, length) and returns its head.
+    ///
+    /// # Errors
+    /// [`DriverQueueError::Full`] without enough free descriptors,
+    /// [`DriverQueueError::BadChain`] for an empty chain.
+    pub fn add<M: GuestMemory>(
+        &mut self,
+        mem: &M,
+        readable: &[(GuestAddress, u32)],
+        writable: &[(GuestAddress, u32)],
+    ) -> Result<u16, DriverQueueError> {
+        let needed = readable.len() + writable.len();
+        if needed == 0 {
+            return Err(DriverQueueError::BadChain);
+        }
+        if needed > self.free.len() {
+            return Err(DriverQueueError::Full {
+                needed,
+                free: self.free.len(),
+            });
+        }
+        let ids: Vec<u16> = (0..needed).filter_map(|_| self.free.pop()).collect();
+        let bufs = readable
+            .iter()
+            .map(|b| (b, 0))
+            .chain(writable.iter().map(|b| (b, F_WRITE)));
+        for (i, (&(addr, len), write)) in bufs.enumerate() {
+            let next = ids.get(i + 1).copied();
+            let flags = write | if next.is_some() { F_NEXT } else { 0 };
+            let mut d = [0u8; DESC_SIZE as usize];
+            d[0..8].copy_from_slice(&addr.0.to_le_bytes());
+            d[8..12].copy_from_slice(&len.to_le_bytes());
+            d[12..14].copy_from_slice(&flags.to_le_bytes());
+            d[14..16].copy_from_slice(&next.unwrap_or(0).to_le_bytes());
+            let at = GuestAddress(self.desc.0 + DESC_SIZE * u64::from(ids[i]));
+            mem.write_slice(&d, at)
+                .map_err(|_| DriverQueueError::Layout)?;
+        }
+        let head = ids[0];
+        let slot = u64::from(self.next_avail % self.size);
+        mem.write_obj(head.to_le(), GuestAddress(self.avail.0 + 4 + 2 * slot))
+            .map_err(|_| DriverQueueError::Layout)?;
+        self.next_avail = self.next_avail.wrapping_add(1);
+        // The index is published after the entry it covers.
+        mem.store(
+            self.next_avail.to_le(),
+            GuestAddress(self.avail.0 + 2),
+            core::sync::atomic::Ordering::Release,
+        )
+        .map_err(|_| DriverQueueError::Layout)?;
+        self.chains[usize::from(head)] = ids;
+        Ok(head)
+    }
+
+    /// The next chain the device returned, with the length it wrote; its
+    /// descriptors are free again.
+    ///
+    /// # Errors
+    /// [`DriverQueueError::BadUsed`] when the device returned a head that
+    /// it does not hold (the entry is consumed).
+    pub fn pop_used<M: GuestMemory>(
+        &mut self,
+        mem: &M,
+    ) -> Result<Option<(u16, u32)>, DriverQueueError> {
+        let idx: u16 = mem
+            .load(
+                GuestAddress(self.used.0 + 2),
+                core::sync::atomic::Ordering::Acquire,
+            )
+            .map_err(|_| DriverQueueError::Layout)?;
+        if u16::from_le(idx) == self.last_used {
+            return Ok(None);
+        }
+        let slot = u64::from(self.last_used % self.size);
+        let mut e = [0u8; 8];
+        mem.read_slice(&mut e, GuestAddress(self.used.0 + 4 + 8 * slot))
+            .map_err(|_| DriverQueueError::Layout)?;
+        self.last_used = self.last_used.wrapping_add(1);
+        let id = u32::from_le_bytes([e[0], e[1], e[2], e[3]]);
+        let len = u32::from_le_bytes([e[4], e[5], e[6], e[7]]);
+        let held = u16::try_from(id)
+            .ok()
+            .filter(|&h| h < self.size && !self.chains[usize::from(h)].is_empty());
+        let Some(head) = held else {
+            return Err(DriverQueueError::BadUsed(id));
+        };
+        let ids = core::mem::take(&mut self.chains[usize::from(head)]);
+        self.free.extend(ids.iter().rev());
+        Ok(Some((head, len)))
+    }
+}
