@@ -845,12 +845,12 @@ impl Device {
         })
     }
 
-    /// The endpoints attached to `domain`.
-    pub fn endpoints_of(&self, domain: u32) -> Vec<u32> {
+    /// The endpoints attached to `domain`, in order.
+    pub fn endpoints_of(&self, domain: u32) -> impl Iterator<Item = u32> + '_ {
         self.domains
             .get(&domain)
-            .map(|d| d.endpoints.iter().copied().collect())
-            .unwrap_or_default()
+            .into_iter()
+            .flat_map(|d| d.endpoints.iter().copied())
     }
 
     /// Queues a fault for the event queue; past [`EVENT_BACKLOG`] pending

@@ -55,13 +55,36 @@ impl From<virtio_queue::Error> for QueueError {
 }
 
 /// The device-readable bytes of a chain (up to [`READABLE_MAX`]) and its
-/// device-writable descriptors, or `None` for a chain that breaks the
-/// rules above.
+/// device-writable descriptors.
 struct Chain {
     readable: [u8; READABLE_MAX],
     readable_len: usize,
-    writable: Vec<Descriptor>,
+    writable: Writable,
     writable_len: u64,
+}
+
+/// Device-writable descriptors: the first few inline (a request's tail
+/// takes one), the rest on the heap.
+#[derive(Default)]
+struct Writable {
+    inline: [Descriptor; 4],
+    inline_len: usize,
+    more: Vec<Descriptor>,
+}
+
+impl Writable {
+    fn push(&mut self, d: Descriptor) {
+        if self.inline_len < self.inline.len() {
+            self.inline[self.inline_len] = d;
+            self.inline_len += 1;
+        } else {
+            self.more.push(d);
+        }
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &Descriptor> {
+        self.inline[..self.inline_len].iter().chain(&self.more)
+    }
 }
 
 fn in_memory<M: GuestMemory + ?Sized>(mem: &M, d: &Descriptor) -> bool {
@@ -79,16 +102,16 @@ fn read_chain<M: GuestMemory>(mem: &M, chain: DescriptorChain<&M>, want: u64) ->
     let mut c = Chain {
         readable: [0; READABLE_MAX],
         readable_len: 0,
-        writable: Vec::new(),
+        writable: Writable::default(),
         writable_len: 0,
     };
     let mut seen_writable = false;
     for d in chain {
-        if !in_memory(mem, &d) {
-            return None;
-        }
         if d.is_write_only() {
             seen_writable = true;
+            if !in_memory(mem, &d) {
+                return None;
+            }
             if c.writable_len < want {
                 c.writable_len = c.writable_len.saturating_add(u64::from(d.len()));
                 c.writable.push(d);
@@ -97,11 +120,16 @@ fn read_chain<M: GuestMemory>(mem: &M, chain: DescriptorChain<&M>, want: u64) ->
             if seen_writable {
                 return None;
             }
+            // The bytes read are checked by reading them; the rest of a
+            // long descriptor is checked on its own.
             let n = (d.len() as usize).min(READABLE_MAX - c.readable_len);
             if n > 0 {
                 let dst = &mut c.readable[c.readable_len..c.readable_len + n];
                 mem.read_slice(dst, d.addr()).ok()?;
                 c.readable_len += n;
+            }
+            if n < d.len() as usize && !in_memory(mem, &d) {
+                return None;
             }
         }
     }
@@ -112,11 +140,11 @@ fn read_chain<M: GuestMemory>(mem: &M, chain: DescriptorChain<&M>, want: u64) ->
 /// they make.
 fn scatter<M: GuestMemory + ?Sized>(
     mem: &M,
-    descs: &[Descriptor],
+    descs: &Writable,
     mut skip: usize,
     mut data: &[u8],
 ) -> bool {
-    for d in descs {
+    for d in descs.iter() {
         if data.is_empty() {
             break;
         }
@@ -150,21 +178,22 @@ impl VirtioIommu {
     ) -> Result<Served, QueueError> {
         let probe_size = self.device().config().probe_size as usize;
         let mut served = Served::default();
-        loop {
-            queue.disable_notification(mem)?;
-            // Surfaces a broken available ring, which popping alone hides.
-            queue.iter(mem)?;
-            while let Some(chain) = queue.pop_descriptor_chain(mem) {
-                let head = chain.head_index();
-                let used = self.serve_request(mem, chain, probe_size);
-                queue.add_used(mem, head, used)?;
-                served.used += 1;
-            }
-            if !queue.enable_notification(mem)? {
-                break;
-            }
+        // Notifications are not suppressed while serving: the VMM calls
+        // again on the next kick, so a chain added after the last pop is
+        // not missed.
+        while let Some(chain) = queue.pop_descriptor_chain(mem) {
+            let head = chain.head_index();
+            let used = self.serve_request(mem, chain, probe_size);
+            queue.add_used(mem, head, used)?;
+            served.used += 1;
         }
-        served.notify = served.used > 0 && queue.needs_notification(mem)?;
+        if served.used == 0 {
+            // Popping hides a broken available ring; asking for it again
+            // does not.
+            queue.iter(mem)?;
+            return Ok(served);
+        }
+        served.notify = queue.needs_notification(mem)?;
         Ok(served)
     }
 
@@ -224,6 +253,9 @@ impl VirtioIommu {
         mem: &M,
     ) -> Result<Served, QueueError> {
         let mut served = Served::default();
+        if self.pending_events() == 0 {
+            return Ok(served);
+        }
         queue.iter(mem)?;
         while self.pending_events() > 0 {
             let Some(chain) = queue.pop_descriptor_chain(mem) else {
@@ -298,9 +330,15 @@ pub struct DriverQueue {
     desc: GuestAddress,
     avail: GuestAddress,
     used: GuestAddress,
+    /// Free descriptors, a stack.
     free: Vec<u16>,
-    /// Descriptors of each chain, by head, while the device holds it.
-    chains: Vec<Vec<u16>>,
+    /// Each descriptor's successor in its chain, as the driver wrote it
+    /// (the device may have overwritten the table; the driver trusts only
+    /// its own copy).
+    next: Vec<u16>,
+    /// Descriptors in the chain at each head, 0 when the device does not
+    /// hold a chain there.
+    chain_len: Vec<u16>,
     next_avail: u16,
     last_used: u16,
 }
@@ -351,7 +389,8 @@ impl DriverQueue {
             avail: GuestAddress(base.0 + avail),
             used: GuestAddress(base.0 + used),
             free: (0..size).rev().collect(),
-            chains: (0..size).map(|_| Vec::new()).collect(),
+            next: alloc::vec![0; usize::from(size)],
+            chain_len: alloc::vec![0; usize::from(size)],
             next_avail: 0,
             last_used: 0,
         })
@@ -392,24 +431,26 @@ impl DriverQueue {
                 free: self.free.len(),
             });
         }
-        let ids: Vec<u16> = (0..needed).filter_map(|_| self.free.pop()).collect();
         let bufs = readable
             .iter()
-            .map(|b| (b, 0))
-            .chain(writable.iter().map(|b| (b, F_WRITE)));
-        for (i, (&(addr, len), write)) in bufs.enumerate() {
-            let next = ids.get(i + 1).copied();
-            let flags = write | if next.is_some() { F_NEXT } else { 0 };
-            let mut d = [0u8; DESC_SIZE as usize];
-            d[0..8].copy_from_slice(&addr.0.to_le_bytes());
-            d[8..12].copy_from_slice(&len.to_le_bytes());
-            d[12..14].copy_from_slice(&flags.to_le_bytes());
-            d[14..16].copy_from_slice(&next.unwrap_or(0).to_le_bytes());
-            let at = GuestAddress(self.desc.0 + DESC_SIZE * u64::from(ids[i]));
-            mem.write_slice(&d, at)
-                .map_err(|_| DriverQueueError::Layout)?;
+            .map(|&b| (b, 0))
+            .chain(writable.iter().map(|&b| (b, F_WRITE)));
+        // Each descriptor is written once its successor is known.
+        let mut pending: Option<(u16, (GuestAddress, u32), u16)> = None;
+        let mut head = None;
+        for (buf, write) in bufs {
+            let id = self.free.pop().ok_or(DriverQueueError::Layout)?;
+            head.get_or_insert(id);
+            if let Some((prev, b, w)) = pending.replace((id, buf, write)) {
+                self.write_desc(mem, prev, b, w | F_NEXT, id)?;
+            }
         }
-        let head = ids[0];
+        let head = head.ok_or(DriverQueueError::BadChain)?;
+        if let Some((last, b, w)) = pending {
+            self.write_desc(mem, last, b, w, 0)?;
+        }
+        // `needed` fits: the queue has at most 32768 descriptors.
+        self.chain_len[usize::from(head)] = needed as u16;
         let slot = u64::from(self.next_avail % self.size);
         mem.write_obj(head.to_le(), GuestAddress(self.avail.0 + 4 + 2 * slot))
             .map_err(|_| DriverQueueError::Layout)?;
@@ -421,8 +462,26 @@ impl DriverQueue {
             core::sync::atomic::Ordering::Release,
         )
         .map_err(|_| DriverQueueError::Layout)?;
-        self.chains[usize::from(head)] = ids;
         Ok(head)
+    }
+
+    fn write_desc<M: GuestMemory>(
+        &mut self,
+        mem: &M,
+        id: u16,
+        (addr, len): (GuestAddress, u32),
+        flags: u16,
+        next: u16,
+    ) -> Result<(), DriverQueueError> {
+        let mut d = [0u8; DESC_SIZE as usize];
+        d[0..8].copy_from_slice(&addr.0.to_le_bytes());
+        d[8..12].copy_from_slice(&len.to_le_bytes());
+        d[12..14].copy_from_slice(&flags.to_le_bytes());
+        d[14..16].copy_from_slice(&next.to_le_bytes());
+        self.next[usize::from(id)] = next;
+        let at = GuestAddress(self.desc.0 + DESC_SIZE * u64::from(id));
+        mem.write_slice(&d, at)
+            .map_err(|_| DriverQueueError::Layout)
     }
 
     /// The next chain the device returned, with the length it wrote; its
@@ -453,12 +512,16 @@ impl DriverQueue {
         let len = u32::from_le_bytes([e[4], e[5], e[6], e[7]]);
         let held = u16::try_from(id)
             .ok()
-            .filter(|&h| h < self.size && !self.chains[usize::from(h)].is_empty());
+            .filter(|&h| h < self.size && self.chain_len[usize::from(h)] != 0);
         let Some(head) = held else {
             return Err(DriverQueueError::BadUsed(id));
         };
-        let ids = core::mem::take(&mut self.chains[usize::from(head)]);
-        self.free.extend(ids.iter().rev());
+        let n = core::mem::take(&mut self.chain_len[usize::from(head)]);
+        let mut at = head;
+        for _ in 0..n {
+            self.free.push(at);
+            at = self.next[usize::from(at)];
+        }
         Ok(Some((head, len)))
     }
 }
