@@ -7,6 +7,7 @@ use crate::spec::{feature, size};
 /// Bounds on what a guest can make the device hold. Past one, the request
 /// gets NOMEM and changes nothing.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct Limits {
     /// Domains that exist at once.
     pub domains: usize,
@@ -28,6 +29,7 @@ impl Default for Limits {
 
 /// The device as the VMM configures it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct DeviceConfig {
     /// The features offered (`VERSION_1` is always added).
     pub features: u64,

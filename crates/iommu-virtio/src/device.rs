@@ -13,6 +13,7 @@ use alloc::vec::Vec;
 /// A reserved region of an endpoint's address space, as PROBE reports it
 /// (a RESV_MEM property).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct ResvMem {
     /// `resv::RESERVED` or `resv::MSI`.
     pub subtype: u8,
@@ -31,6 +32,7 @@ impl ResvMem {
 /// One mapping of a domain: `[virt_start, virt_end]` to `phys_start`
 /// onwards, made by one MAP request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct Mapping {
     /// First address.
     pub virt_start: u64,
@@ -43,18 +45,18 @@ pub struct Mapping {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Entry {
-    end: u64,
-    phys: u64,
-    flags: u32,
+pub(crate) struct Entry {
+    pub(crate) end: u64,
+    pub(crate) phys: u64,
+    pub(crate) flags: u32,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-struct Domain {
-    bypass: bool,
-    endpoints: BTreeSet<u32>,
+pub(crate) struct Domain {
+    pub(crate) bypass: bool,
+    pub(crate) endpoints: BTreeSet<u32>,
     /// Mappings by first address; they never overlap.
-    mappings: BTreeMap<u64, Entry>,
+    pub(crate) mappings: BTreeMap<u64, Entry>,
 }
 
 impl Domain {
@@ -77,9 +79,9 @@ impl Domain {
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-struct Endpoint {
-    domain: Option<u32>,
-    resv: Vec<ResvMem>,
+pub(crate) struct Endpoint {
+    pub(crate) domain: Option<u32>,
+    pub(crate) resv: Vec<ResvMem>,
 }
 
 /// Why the VMM cannot add an endpoint.
@@ -169,6 +171,7 @@ pub struct Segment {
 
 /// A translation fault, as the event queue reports it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct Fault {
     /// `fault::R_*`.
     pub reason: u8,
@@ -197,12 +200,12 @@ impl Fault {
 pub struct Device {
     config: DeviceConfig,
     negotiated: u64,
-    bypass: bool,
-    endpoints: BTreeMap<u32, Endpoint>,
-    domains: BTreeMap<u32, Domain>,
-    mappings: usize,
-    events: VecDeque<Fault>,
-    events_dropped: u64,
+    pub(crate) bypass: bool,
+    pub(crate) endpoints: BTreeMap<u32, Endpoint>,
+    pub(crate) domains: BTreeMap<u32, Domain>,
+    pub(crate) mappings: usize,
+    pub(crate) events: VecDeque<Fault>,
+    pub(crate) events_dropped: u64,
 }
 
 /// Faults kept for the event queue while the driver has posted no buffer;

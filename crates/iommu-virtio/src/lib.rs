@@ -41,6 +41,7 @@ mod device;
 pub mod queue;
 mod request;
 pub mod spec;
+mod state;
 #[cfg(feature = "test-utils")]
 pub mod testing;
 #[cfg(feature = "vmm")]
@@ -52,5 +53,6 @@ pub use device::{
     EVENT_BACKLOG,
 };
 pub use request::{Request, Unparsable};
+pub use state::{DeviceState, DomainState, EndpointState, RestoreError};
 #[cfg(feature = "vmm")]
 pub use vmm::{EndpointIommu, VirtioIommu};

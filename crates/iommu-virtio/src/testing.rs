@@ -4,10 +4,16 @@
 //! handled request promises. [`run_ops`] replays an operation sequence on
 //! the device and on [`Model`], a plain reference of the specification's
 //! semantics (lists scanned end to end), and checks that every status and
-//! translation agree and that a refused request changes nothing.
+//! translation agree and that a refused request changes nothing (and
+//! that each state between requests saves and restores to itself).
+//! [`run_restore`] restores states decoded from bytes, most of them close
+//! to ones a device holds.
 
 use crate::spec::{attach, feature, map, resv, size, Status};
-use crate::{Access, Device, DeviceConfig, Limits, Request, ResvMem};
+use crate::{
+    Access, Device, DeviceConfig, DeviceState, DomainState, EndpointState, Fault, Limits, Mapping,
+    Request, ResvMem, EVENT_BACKLOG,
+};
 use alloc::vec;
 use alloc::vec::Vec;
 
@@ -259,8 +265,9 @@ impl Model {
 /// Replays `ops` on [`device`] and on [`Model`].
 ///
 /// # Panics
-/// When a status or a translation disagrees, or a refused request changed
-/// the device: that is the finding.
+/// When a status or a translation disagrees, a refused request changed
+/// the device, or a snapshot does not restore to the same device: that is
+/// the finding.
 pub fn run_ops(ops: &[Op]) {
     let mut dev = device();
     assert_ne!(dev.negotiated() & feature::MMIO, 0);
@@ -279,6 +286,11 @@ pub fn run_ops(ops: &[Op]) {
                     assert_eq!(dev, before, "refused {r:?} changed the device");
                 }
                 assert_eq!(dev.mapping_count(), model.maps.len());
+                // Carry on with the device restored from a snapshot: it
+                // must be the same device and answer the same from here.
+                let restored = Device::restore(&dev.save()).expect("a saved state restores");
+                assert_eq!(restored, dev, "restored after {r:?}");
+                dev = restored;
             }
             Op::Translate(ep, addr, write) => {
                 let access = if write { Access::Write } else { Access::Read };
@@ -329,4 +341,150 @@ pub fn run_request(data: &[u8]) {
     }
     let parsed = Request::parse(readable).expect("handled, so parsed");
     assert_eq!(Request::parse(&parsed.encode()), Ok(parsed));
+}
+
+/// Reads bytes one at a time, zero once they run out.
+struct Bytes<'a>(&'a [u8]);
+
+impl Bytes<'_> {
+    fn u8(&mut self) -> u8 {
+        let (&b, rest) = self.0.split_first().unwrap_or((&0, &[]));
+        self.0 = rest;
+        b
+    }
+
+    fn u64(&mut self) -> u64 {
+        u64::from(self.u8())
+    }
+}
+
+/// Decodes bytes into a device state: small numbers, so that ids,
+/// ranges and limits meet each other, and a rule broken now and then, so
+/// that most states are close to ones a device holds.
+pub fn decode_state(data: &[u8]) -> DeviceState {
+    let mut b = Bytes(data);
+    // True about one time in eight.
+    let rare = |b: &mut Bytes| b.u8().is_multiple_of(8);
+    let base = DeviceConfig::default();
+    let mut features = base.features;
+    if rare(&mut b) {
+        features ^= (b.u64() | b.u64() << 8).rotate_left(1) & crate::config::IMPLEMENTED;
+    }
+    let granule_log = u32::from(b.u8() % 14);
+    let g = 1u64 << granule_log;
+    let config = DeviceConfig {
+        features,
+        page_size_mask: g | b.u64() << 20,
+        input_range: (
+            if rare(&mut b) { b.u64() * g } else { 0 },
+            u64::MAX >> (b.u8() % 8 * 8),
+        ),
+        domain_range: (u32::from(rare(&mut b)), 3 + u32::from(b.u8() % 8)),
+        probe_size: 24 * (1 + u32::from(b.u8() % 4)),
+        bypass: false,
+        phys_range: (0, u64::MAX >> (b.u8() % 8 * 8)),
+        limits: Limits {
+            domains: usize::from(2 + b.u8() % 5),
+            mappings_per_domain: usize::from(2 + b.u8() % 8),
+            mappings: usize::from(4 + b.u8() % 16),
+        },
+    };
+    let negotiated = match b.u8() % 8 {
+        0 => 0,
+        1 => b.u64() << 56 | b.u64(),
+        _ => features,
+    };
+    let domain_count = b.u8() % 5;
+    let endpoints = (0..b.u8() % 5)
+        .map(|i| EndpointState {
+            id: u32::from(i + u8::from(rare(&mut b))),
+            domain: (domain_count > 0 && b.u8() % 4 != 0).then(|| u32::from(b.u8() % domain_count)),
+            resv: {
+                let mut at = 0u64;
+                (0..b.u8() % 3)
+                    .map(|_| {
+                        let start = at + b.u64() * g;
+                        at = start + (b.u64() % 4 + 1) * g;
+                        ResvMem {
+                            subtype: u8::from(b.u8() % 4 == 0) + u8::from(rare(&mut b)),
+                            start,
+                            end: at - 1,
+                        }
+                    })
+                    .collect()
+            },
+        })
+        .collect();
+    let domains = (0..domain_count)
+        .map(|i| {
+            let mut at = 0u64;
+            DomainState {
+                id: u32::from(i + u8::from(rare(&mut b))),
+                bypass: b.u8() % 6 == 0,
+                mappings: (0..b.u8() % 6)
+                    .map(|_| {
+                        let start = at + b.u64() * g;
+                        let end = start + (b.u64() % 4 + 1) * g - 1;
+                        at = end + 1;
+                        Mapping {
+                            virt_start: start + u64::from(rare(&mut b)),
+                            virt_end: end,
+                            phys_start: b.u64() * g,
+                            flags: u32::from(b.u8() % 3 + 1) | u32::from(rare(&mut b)) << 2,
+                        }
+                    })
+                    .collect(),
+            }
+        })
+        .collect();
+    let fault = Fault {
+        reason: b.u8() % 3,
+        flags: u32::from(b.u8()),
+        endpoint: u32::from(b.u8() % 6),
+        address: b.u64(),
+    };
+    let events = match b.u8() {
+        255 => EVENT_BACKLOG + 1,
+        n => usize::from(n % 4),
+    };
+    DeviceState {
+        config,
+        negotiated,
+        bypass: rare(&mut b),
+        endpoints,
+        domains,
+        events: vec![fault; events],
+        events_dropped: b.u64(),
+    }
+}
+
+/// Restores the state [`decode_state`] makes of `data`; a device it gives
+/// must save and restore to itself, and serve requests decoded from the
+/// rest of the bytes without breaking a promise.
+///
+/// # Panics
+/// When a restored device is not what it saves, or its requests break
+/// [`run_request`]'s promises: that is the finding.
+pub fn run_restore(data: &[u8]) {
+    let state = decode_state(data);
+    let Ok(mut dev) = Device::restore(&state) else {
+        return;
+    };
+    let again = Device::restore(&dev.save()).expect("a saved state restores");
+    assert_eq!(again, dev);
+    // Requests after the state's bytes: each is handled or refused without
+    // a change, and every count stays consistent (a wrong one underflows).
+    for chunk in data.chunks(40).skip(2).take(16) {
+        let before = dev.clone();
+        let mut out = [0xaau8; size::TAIL];
+        if dev.handle(chunk, &mut out) == size::TAIL && out[0] != Status::Ok as u8 {
+            assert_eq!(dev, before);
+        }
+        assert_eq!(
+            dev.mapping_count(),
+            dev.domains()
+                .map(|d| dev.mappings(d).count())
+                .sum::<usize>()
+        );
+    }
 }
