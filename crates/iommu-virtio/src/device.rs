@@ -195,6 +195,15 @@ impl Fault {
     }
 }
 
+/// Where an endpoint was before an ATTACH, to take the ATTACH back.
+#[cfg(feature = "vmm")]
+#[derive(Debug)]
+pub(crate) struct AttachUndo {
+    pub(crate) endpoint: u32,
+    old: Option<u32>,
+    freed: Option<Domain>,
+}
+
 /// The virtio-iommu device's state and logic, without a transport.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Device {
@@ -572,6 +581,52 @@ impl Device {
             if let Some(d) = self.domains.remove(&old) {
                 self.mappings -= d.mappings.len();
             }
+        }
+    }
+
+    /// What [`undo_attach`](Self::undo_attach) needs to put `endpoint`
+    /// back where it is now: its domain, and that domain whole when the
+    /// endpoint alone holds it (an ATTACH elsewhere frees it).
+    #[cfg(feature = "vmm")]
+    pub(crate) fn attach_undo(&self, endpoint: u32) -> AttachUndo {
+        let old = self.domain_of(endpoint);
+        let freed = old
+            .and_then(|o| self.domains.get(&o))
+            .filter(|d| d.endpoints.len() == 1)
+            .cloned();
+        AttachUndo {
+            endpoint,
+            old,
+            freed,
+        }
+    }
+
+    /// Takes an ATTACH back: the endpoint leaves the domain it joined
+    /// (gone again if the ATTACH made it) and returns to its old one.
+    #[cfg(feature = "vmm")]
+    pub(crate) fn undo_attach(&mut self, undo: AttachUndo) {
+        let AttachUndo {
+            endpoint,
+            old,
+            freed,
+        } = undo;
+        self.detach_endpoint(endpoint);
+        let Some(old) = old else {
+            return;
+        };
+        match freed {
+            Some(d) => {
+                self.mappings += d.mappings.len();
+                self.domains.insert(old, d);
+            }
+            None => {
+                if let Some(d) = self.domains.get_mut(&old) {
+                    d.endpoints.insert(endpoint);
+                }
+            }
+        }
+        if let Some(ep) = self.endpoints.get_mut(&endpoint) {
+            ep.domain = Some(old);
         }
     }
 

@@ -38,6 +38,8 @@ extern crate alloc;
 pub mod config;
 mod device;
 #[cfg(feature = "vmm")]
+mod external;
+#[cfg(feature = "vmm")]
 pub mod queue;
 mod request;
 pub mod spec;
@@ -52,6 +54,10 @@ pub use device::{
     Access, Device, EndpointError, Fault, FeatureError, Mapping, ResvMem, Segment, Translation,
     EVENT_BACKLOG,
 };
+#[cfg(feature = "core")]
+pub use external::CoreDomainMapper;
+#[cfg(feature = "vmm")]
+pub use external::{ExternalError, ExternalMapper};
 pub use request::{Request, Unparsable};
 pub use state::{DeviceState, DomainState, EndpointState, RestoreError};
 #[cfg(feature = "vmm")]

@@ -12,13 +12,18 @@
 //! also waits for accesses still using the old translation: once the
 //! request completes, nothing reaches what it unmapped.
 //!
-//! Lock order: the device, then an IOTLB.
+//! Endpoints whose DMA an external mapper performs (passthrough devices)
+//! get every change forwarded to it; see [`ExternalMapper`].
+//!
+//! Lock order: the device, then the external mappers, then an IOTLB.
 
 extern crate std;
 
 use crate::device::{Access, Device, Fault, Segment};
+use crate::external::{ExternalError, ExternalMapper, Externals};
 use crate::request::Request;
 use crate::spec::{fault, Status};
+use crate::Mapping;
 use alloc::collections::BTreeMap;
 use alloc::format;
 use alloc::sync::Arc;
@@ -32,6 +37,7 @@ use vm_memory::{GuestAddress, Permissions};
 #[derive(Debug)]
 pub struct VirtioIommu {
     device: Mutex<Device>,
+    external: Mutex<Externals>,
     iotlbs: Mutex<BTreeMap<u32, Arc<RwLock<Iotlb>>>>,
 }
 
@@ -40,6 +46,7 @@ impl VirtioIommu {
     pub fn new(device: Device) -> Arc<VirtioIommu> {
         Arc::new(VirtioIommu {
             device: Mutex::new(device),
+            external: Mutex::new(Externals::default()),
             iotlbs: Mutex::new(BTreeMap::new()),
         })
     }
@@ -50,15 +57,68 @@ impl VirtioIommu {
         self.device.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    fn external(&self) -> MutexGuard<'_, Externals> {
+        self.external.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Runs `f` on the device (to add or remove endpoints, negotiate,
-    /// reset, write configuration), then invalidates every IOTLB, whatever
-    /// `f` changed: a control path, rare enough not to be worth telling
-    /// which changes take translations away.
+    /// reset, write configuration, restore), then invalidates every IOTLB
+    /// and brings every external mapper to what the device now holds,
+    /// whatever `f` changed: a control path, rare enough not to be worth
+    /// telling which changes take translations away. A mapper that cannot
+    /// follow is counted in [`external_failures`](Self::external_failures)
+    /// and holds less than the device, never more.
     pub fn with_device<R>(&self, f: impl FnOnce(&mut Device) -> R) -> R {
         let mut d = self.device();
         let r = f(&mut d);
+        let mut x = self.external();
+        if !x.is_empty() {
+            x.sync_all(&d);
+        }
         self.invalidate_all();
         r
+    }
+
+    /// Forwards `endpoint`'s mappings to `mapper` from now on (a
+    /// passthrough device whose DMA the host IOMMU translates); what its
+    /// domain maps already is mapped first. The endpoint need not exist
+    /// yet (hot-plug): the mapper then holds nothing until it is attached.
+    ///
+    /// # Errors
+    /// [`ExternalError::InUse`] when the endpoint has a mapper, or the
+    /// mapper's error, with everything it had mapped unmapped again.
+    pub fn set_external_mapper(
+        &self,
+        endpoint: u32,
+        mapper: alloc::boxed::Box<dyn ExternalMapper>,
+    ) -> Result<(), ExternalError> {
+        let d = self.device();
+        self.external().insert(&d, endpoint, mapper)
+    }
+
+    /// Stops forwarding `endpoint`'s mappings: everything its mapper holds
+    /// is unmapped, and the mapper is handed back.
+    pub fn take_external_mapper(
+        &self,
+        endpoint: u32,
+    ) -> Option<alloc::boxed::Box<dyn ExternalMapper>> {
+        let _d = self.device();
+        self.external().remove(endpoint)
+    }
+
+    /// What `endpoint`'s external mapper holds: its mappings by address
+    /// and whether it is in bypass.
+    pub fn external_mappings(&self, endpoint: u32) -> Option<(Vec<Mapping>, bool)> {
+        let _d = self.device();
+        self.external().held(endpoint)
+    }
+
+    /// How many times an external mapper failed to follow an UNMAP, a
+    /// DETACH or a control-path change (each also answered DEVERR where a
+    /// request caused it).
+    pub fn external_failures(&self) -> u64 {
+        let _d = self.device();
+        self.external().failures
     }
 
     fn iotlb(&self, endpoint: u32) -> Arc<RwLock<Iotlb>> {
@@ -107,6 +167,12 @@ impl VirtioIommu {
     /// returning the used length.
     pub fn handle(&self, readable: &[u8], writable: &mut [u8]) -> usize {
         let mut d = self.device();
+        let mut x = self.external();
+        let follow = if x.is_empty() {
+            None
+        } else {
+            Request::parse(readable).ok().and_then(|r| x.follow(&d, &r))
+        };
         let used = d.handle(readable, writable);
         if used == 0 {
             return 0;
@@ -119,6 +185,13 @@ impl VirtioIommu {
         if !ok {
             return used;
         }
+        if let Some(follow) = follow {
+            if let Err(e) = x.apply(&mut d, follow) {
+                // Not a PROBE: the status is the first byte of the tail.
+                writable[0] = e.status() as u8;
+            }
+        }
+        drop(x);
         match request {
             Request::Attach { endpoint, .. } | Request::Detach { endpoint, .. } => {
                 self.invalidate(endpoint, None);
