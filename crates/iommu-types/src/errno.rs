@@ -17,6 +17,8 @@ pub enum Errno {
     EIO,
     /// Out of memory.
     ENOMEM,
+    /// Bad address (a virtio-iommu request the device could not read).
+    EFAULT,
     /// Permission denied.
     EACCES,
     /// Device or resource busy.
@@ -47,6 +49,7 @@ impl Errno {
             Errno::ENOENT => 2,
             Errno::EIO => 5,
             Errno::ENOMEM => 12,
+            Errno::EFAULT => 14,
             Errno::EACCES => 13,
             Errno::EBUSY => 16,
             Errno::EEXIST => 17,
@@ -67,6 +70,7 @@ impl Errno {
             Errno::ENOENT => "ENOENT",
             Errno::EIO => "EIO",
             Errno::ENOMEM => "ENOMEM",
+            Errno::EFAULT => "EFAULT",
             Errno::EACCES => "EACCES",
             Errno::EBUSY => "EBUSY",
             Errno::EEXIST => "EEXIST",
@@ -87,6 +91,7 @@ impl Errno {
             Errno::ENOENT => "No such file or directory",
             Errno::EIO => "Input/output error",
             Errno::ENOMEM => "Cannot allocate memory",
+            Errno::EFAULT => "Bad address",
             Errno::EACCES => "Permission denied",
             Errno::EBUSY => "Device or resource busy",
             Errno::EEXIST => "File exists",

@@ -37,6 +37,8 @@ extern crate alloc;
 
 pub mod config;
 mod device;
+#[cfg(feature = "driver")]
+pub mod driver;
 #[cfg(feature = "vmm")]
 mod external;
 #[cfg(feature = "vmm")]

@@ -297,6 +297,20 @@ pub fn ready_queue(
     Ok(q)
 }
 
+/// Where a split virtqueue's three rings are, and its size: what a
+/// driver writes into the transport's queue registers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct QueueLayout {
+    /// Entries.
+    pub size: u16,
+    /// The descriptor table.
+    pub desc: GuestAddress,
+    /// The available ring.
+    pub avail: GuestAddress,
+    /// The used ring.
+    pub used: GuestAddress,
+}
+
 /// Why the driver side of a queue refused a buffer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum DriverQueueError {
@@ -402,6 +416,16 @@ impl DriverQueue {
     /// The queue's own error.
     pub fn device_queue(&self) -> Result<Queue, QueueError> {
         ready_queue(self.size, self.desc, self.avail, self.used)
+    }
+
+    /// Where the rings are.
+    pub fn layout(&self) -> QueueLayout {
+        QueueLayout {
+            size: self.size,
+            desc: self.desc,
+            avail: self.avail,
+            used: self.used,
+        }
     }
 
     /// Descriptors free for new chains.

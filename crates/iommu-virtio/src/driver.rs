@@ -1,0 +1,1350 @@
+//! The guest's side: a virtio-iommu driver for this project's IOMMU core,
+//! as Linux's `drivers/iommu/virtio-iommu.c` is for Linux's.
+//!
+//! [`Viommu`] implements the core's [`IommuOps`]: it negotiates features
+//! and reads the configuration through a [`Transport`], keeps its request
+//! and event virtqueues ([`DriverQueue`]) in a region of guest memory it
+//! owns, probes each endpoint's reserved regions with PROBE, allocates
+//! domain ids within `domain_range`, and takes its page sizes from
+//! `page_size_mask` and its aperture from `input_range`. Its domains
+//! ([`ViommuDomain`]) turn `map_pages` and `unmap_pages` into MAP and
+//! UNMAP requests, queued without waiting and completed together by the
+//! core's `iotlb_sync_map` and `iotlb_sync` (a batch per core call);
+//! attach becomes ATTACH, an identity domain a bypass ATTACH where the
+//! device offers `BYPASS_CONFIG` (identity mappings of the aperture
+//! otherwise), and fault events reach the core's fault reporting through
+//! [`Viommu::handle_events`].
+//!
+//! Like Linux's driver, each domain keeps its own record of its mappings
+//! (for `iova_to_phys`, for UNMAP, which may not split a mapping, and to
+//! send them again when a domain that lost its last endpoint is attached
+//! anew: the device forgets a domain with its last endpoint). Unlike it,
+//! a batched request the device refuses is not ignored: a refused MAP
+//! fails the core's map (which then unmaps it), a refused UNMAP is logged
+//! as an error and counted in [`Viommu::stats`].
+//!
+//! [`Loopback`] is a transport to a [`VirtioIommu`] in the same process,
+//! so that the whole path — core, this driver, virtqueues in guest memory,
+//! the device, translation — runs and is tested in one process.
+
+extern crate std;
+
+pub use crate::queue::QueueLayout;
+use crate::queue::{DriverQueue, DriverQueueError, EVENT_QUEUE, REQUEST_QUEUE};
+use crate::spec::{attach, feature, map, probe, resv, size, Status};
+use crate::{Fault, Request, VirtioIommu};
+use alloc::boxed::Box;
+use alloc::collections::{BTreeMap, BTreeSet};
+use alloc::string::String;
+use alloc::sync::{Arc, Weak};
+use alloc::vec::Vec;
+use iommu_core::{
+    Capability, Device, DomainGeometry, DomainOps, DomainType, Errno, FaultAccess, Group, Iommu,
+    IommuOps, IotlbGather, Iova, MapPagesError, PagingOps, PhysAddr, Prot, ReservedRegion,
+    ResvType,
+};
+use iommu_types::Unmapped;
+use std::sync::{Mutex, MutexGuard};
+use virtio_queue::Queue;
+use vm_memory::{Bytes, GuestAddress, GuestMemory};
+
+/// The guest's view of the virtio transport (the registers of virtio-mmio
+/// or virtio-pci): features, configuration space, queue set-up and
+/// notification.
+pub trait Transport: Send + Sync {
+    /// The features the device offers.
+    fn device_features(&self) -> u64;
+
+    /// Writes the driver's features and sets FEATURES_OK.
+    ///
+    /// # Errors
+    /// `ENODEV` when the device does not accept them.
+    fn set_driver_features(&self, features: u64) -> Result<(), Errno>;
+
+    /// Reads configuration space from byte `at`.
+    fn read_config(&self, at: usize, buf: &mut [u8]);
+
+    /// Tells the device where queue `index` is and makes it ready.
+    ///
+    /// # Errors
+    /// `EINVAL` when the device refuses the layout.
+    fn queue_ready(&self, index: u16, layout: QueueLayout) -> Result<(), Errno>;
+
+    /// Notifies the device that queue `index` has new buffers.
+    fn notify(&self, index: u16);
+}
+
+/// How the driver sizes its queues.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ViommuConfig {
+    /// Entries of the request queue (two descriptors per request).
+    pub request_queue_size: u16,
+    /// Entries of the event queue (one buffer each).
+    pub event_queue_size: u16,
+}
+
+impl Default for ViommuConfig {
+    fn default() -> Self {
+        ViommuConfig {
+            request_queue_size: 256,
+            event_queue_size: 64,
+        }
+    }
+}
+
+/// Where Linux puts the software MSI window when the device reports no
+/// MSI region (`MSI_IOVA_BASE`, `MSI_IOVA_LENGTH`).
+pub const SW_MSI_BASE: u64 = 0x800_0000;
+/// The software MSI window's length.
+pub const SW_MSI_LENGTH: u64 = 0x10_0000;
+
+/// The guest's page size: the largest granule the driver can use.
+const PAGE_SIZE: u64 = 4096;
+
+/// One request's buffer: its bytes, then its tail.
+const SLOT: u64 = 64;
+const TAIL_AT: u64 = 48;
+/// One event buffer.
+const EVENT: u64 = 32;
+
+/// What the driver has counted.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ViommuStats {
+    /// Requests sent, by type (ATTACH, DETACH, MAP, UNMAP, PROBE).
+    pub requests: [u64; 5],
+    /// Times the driver notified the request queue.
+    pub kicks: u64,
+    /// Requests the device answered with another status than OK.
+    pub refused: u64,
+    /// Fault events received.
+    pub faults: u64,
+}
+
+/// The driver's record of one of its mappings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct VMapping {
+    end: u64,
+    phys: u64,
+    flags: u32,
+}
+
+/// A domain's state the driver shares between the core's domain object
+/// and its endpoints.
+#[derive(Debug)]
+struct DomainState {
+    id: u32,
+    bypass: bool,
+    identity: bool,
+    /// Endpoints (core devices) attached, under `Inner::endpoints`.
+    nr_endpoints: Mutex<usize>,
+    mappings: Mutex<BTreeMap<u64, VMapping>>,
+}
+
+/// An endpoint (a device behind the virtio-iommu) as the driver knows it.
+#[derive(Debug)]
+struct Endpoint {
+    ids: Vec<u32>,
+    resv: Vec<ReservedRegion>,
+    domain: Option<Arc<DomainState>>,
+    dev: Weak<Device>,
+}
+
+/// The request queue and the requests in flight on it.
+#[derive(Debug)]
+struct Requests {
+    q: DriverQueue,
+    slots_at: u64,
+    free_slots: Vec<u16>,
+    /// Head descriptor -> (slot, request).
+    in_flight: BTreeMap<u16, (u16, Request)>,
+    /// The first status other than OK of a batched request, by domain.
+    refused: BTreeMap<u32, Status>,
+    probe_at: u64,
+}
+
+#[derive(Debug)]
+struct Events {
+    q: DriverQueue,
+    buffers_at: u64,
+}
+
+/// The negotiated features and the configuration read at probe.
+#[derive(Clone, Copy, Debug)]
+struct Negotiated {
+    features: u64,
+    pgsize_bitmap: u64,
+    geometry: DomainGeometry,
+    first_domain: u32,
+    last_domain: u32,
+    probe_size: u32,
+    map_flags: u32,
+}
+
+struct Inner<M> {
+    transport: Arc<dyn Transport>,
+    mem: M,
+    cfg: Negotiated,
+    requests: Mutex<Requests>,
+    events: Mutex<Events>,
+    endpoints: Mutex<BTreeMap<String, Endpoint>>,
+    /// Endpoint id -> device name, for fault events.
+    by_id: Mutex<BTreeMap<u32, String>>,
+    domain_ids: Mutex<BTreeSet<u32>>,
+    stats: Mutex<ViommuStats>,
+}
+
+/// The virtio-iommu driver: set it on a bus with
+/// [`Iommu::bus_set_iommu`]. Clones share the driver.
+pub struct Viommu<M> {
+    inner: Arc<Inner<M>>,
+}
+
+impl<M> Clone for Viommu<M> {
+    fn clone(&self) -> Self {
+        Viommu {
+            inner: Arc::clone(&self.inner),
+        }
+    }
+}
+
+impl<M> core::fmt::Debug for Viommu<M> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Viommu")
+            .field("features", &format_args!("{:#x}", self.inner.cfg.features))
+            .field(
+                "pgsize_bitmap",
+                &format_args!("{:#x}", self.inner.cfg.pgsize_bitmap),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The errno Linux's driver gives each status.
+pub fn status_errno(s: Status) -> Errno {
+    match s {
+        Status::Ok | Status::IoErr | Status::DevErr => Errno::EIO,
+        Status::Unsupp => Errno::ENOSYS,
+        Status::Inval => Errno::EINVAL,
+        Status::Range => Errno::ERANGE,
+        Status::NoEnt => Errno::ENOENT,
+        Status::Fault => Errno::EFAULT,
+        Status::NoMem => Errno::ENOMEM,
+    }
+}
+
+fn queue_errno(e: DriverQueueError) -> Errno {
+    match e {
+        DriverQueueError::Full { .. } => Errno::ENOSPC,
+        DriverQueueError::BadUsed(_) => Errno::EIO,
+        DriverQueueError::BadChain | DriverQueueError::Layout => Errno::EINVAL,
+    }
+}
+
+fn le64(b: &[u8], at: usize) -> u64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[at..at + 8]);
+    u64::from_le_bytes(a)
+}
+
+fn le32(b: &[u8], at: usize) -> u32 {
+    let mut a = [0u8; 4];
+    a.copy_from_slice(&b[at..at + 4]);
+    u32::from_le_bytes(a)
+}
+
+impl<M: GuestMemory + Send + Sync + 'static> Viommu<M> {
+    /// Guest memory the driver needs for its queues and buffers with
+    /// `cfg` and a device whose `probe_size` is `probe_size`.
+    pub fn memory_needed(cfg: ViommuConfig, probe_size: u32) -> u64 {
+        Self::layout(cfg, probe_size).4
+    }
+
+    /// (request rings, event rings, event buffers, request slots, end,
+    /// probe buffer), offsets from the region's start.
+    fn layout(cfg: ViommuConfig, probe_size: u32) -> (u64, u64, u64, u64, u64, u64) {
+        let rq = 0;
+        let eq = (rq + DriverQueue::area_size(cfg.request_queue_size)).next_multiple_of(16);
+        let ev = (eq + DriverQueue::area_size(cfg.event_queue_size)).next_multiple_of(16);
+        let slots = ev + EVENT * u64::from(cfg.event_queue_size);
+        let probe_at = slots + SLOT * u64::from(cfg.request_queue_size / 2);
+        let end = probe_at + size::PROBE as u64 + u64::from(probe_size) + size::TAIL as u64;
+        (rq, eq, ev, slots, end, probe_at)
+    }
+
+    /// Probes the device behind `transport` (Linux's `viommu_probe`):
+    /// negotiates features, reads the configuration, sets up both queues
+    /// in `[region, region + len)` of `mem` (which the driver then owns)
+    /// and posts the event buffers.
+    ///
+    /// # Errors
+    /// `ENODEV` without VERSION_1 and MAP_UNMAP, or when the device
+    /// refuses the features; `EINVAL` for a configuration no device may
+    /// present (no page size, an empty range, a `probe_size` over 64 KiB)
+    /// or a queue size that is not a power of two; `ENOMEM` when the
+    /// region is smaller than [`memory_needed`](Self::memory_needed) or
+    /// outside `mem`.
+    pub fn probe(
+        transport: Arc<dyn Transport>,
+        mem: M,
+        region: GuestAddress,
+        len: u64,
+        cfg: ViommuConfig,
+    ) -> Result<Viommu<M>, Errno> {
+        let offered = transport.device_features();
+        if offered & feature::VERSION_1 == 0 || offered & feature::MAP_UNMAP == 0 {
+            return Err(Errno::ENODEV);
+        }
+        let wanted = feature::VERSION_1
+            | feature::MAP_UNMAP
+            | feature::INPUT_RANGE
+            | feature::DOMAIN_RANGE
+            | feature::PROBE
+            | feature::MMIO
+            | feature::BYPASS_CONFIG;
+        let features = offered & wanted;
+        transport.set_driver_features(features)?;
+        let mut c = [0u8; size::CONFIG];
+        transport.read_config(0, &mut c);
+        let has = |f: u64| features & f != 0;
+        let pgsize_bitmap = le64(&c, 0);
+        let (input_start, input_end) = if has(feature::INPUT_RANGE) {
+            (le64(&c, 8), le64(&c, 16))
+        } else {
+            (0, u64::MAX)
+        };
+        let (first_domain, last_domain) = if has(feature::DOMAIN_RANGE) {
+            (le32(&c, 24), le32(&c, 28))
+        } else {
+            (0, u32::MAX)
+        };
+        let probe_size = if has(feature::PROBE) { le32(&c, 32) } else { 0 };
+        if pgsize_bitmap == 0
+            || input_start > input_end
+            || first_domain > last_domain
+            || probe_size > crate::config::MAX_PROBE_SIZE
+        {
+            return Err(Errno::EINVAL);
+        }
+        if !cfg.request_queue_size.is_power_of_two()
+            || cfg.request_queue_size < 2
+            || !cfg.event_queue_size.is_power_of_two()
+        {
+            return Err(Errno::EINVAL);
+        }
+        let (rq, eq, ev, slots, end, probe_at) = Self::layout(cfg, probe_size);
+        if len < end || region.0.checked_add(end).is_none() || !region.0.is_multiple_of(16) {
+            return Err(Errno::ENOMEM);
+        }
+        let at = |off: u64| GuestAddress(region.0 + off);
+        let requests =
+            DriverQueue::new(&mem, cfg.request_queue_size, at(rq)).map_err(|_| Errno::ENOMEM)?;
+        let events =
+            DriverQueue::new(&mem, cfg.event_queue_size, at(eq)).map_err(|_| Errno::ENOMEM)?;
+        for (index, q) in [(REQUEST_QUEUE, &requests), (EVENT_QUEUE, &events)] {
+            transport.queue_ready(index, q.layout())?;
+        }
+        let mut map_flags = map::READ | map::WRITE;
+        if has(feature::MMIO) {
+            map_flags |= map::MMIO;
+        }
+        let inner = Inner {
+            transport,
+            cfg: Negotiated {
+                features,
+                pgsize_bitmap,
+                geometry: DomainGeometry {
+                    aperture_start: Iova::new(input_start),
+                    aperture_end: Iova::new(input_end),
+                    force_aperture: true,
+                },
+                first_domain,
+                last_domain,
+                probe_size,
+                map_flags,
+            },
+            requests: Mutex::new(Requests {
+                q: requests,
+                slots_at: region.0 + slots,
+                free_slots: (0..cfg.request_queue_size / 2).rev().collect(),
+                in_flight: BTreeMap::new(),
+                refused: BTreeMap::new(),
+                probe_at: region.0 + probe_at,
+            }),
+            events: Mutex::new(Events {
+                q: events,
+                buffers_at: region.0 + ev,
+            }),
+            endpoints: Mutex::new(BTreeMap::new()),
+            by_id: Mutex::new(BTreeMap::new()),
+            domain_ids: Mutex::new(BTreeSet::new()),
+            stats: Mutex::new(ViommuStats::default()),
+            mem,
+        };
+        {
+            let mut e = lock(&inner.events);
+            for i in 0..cfg.event_queue_size {
+                let buf = GuestAddress(e.buffers_at + EVENT * u64::from(i));
+                e.q.add(&inner.mem, &[], &[(buf, EVENT as u32)])
+                    .map_err(queue_errno)?;
+            }
+        }
+        inner.transport.notify(EVENT_QUEUE);
+        tracing::debug!(
+            features = format_args!("{features:#x}"),
+            pgsize_bitmap = format_args!("{pgsize_bitmap:#x}"),
+            input = format_args!("{input_start:#x}-{input_end:#x}"),
+            domains = format_args!("{first_domain}-{last_domain}"),
+            probe_size,
+            "viommu_probe"
+        );
+        Ok(Viommu {
+            inner: Arc::new(inner),
+        })
+    }
+
+    /// The features negotiated.
+    pub fn features(&self) -> u64 {
+        self.inner.cfg.features
+    }
+
+    /// What the driver has counted.
+    pub fn stats(&self) -> ViommuStats {
+        *lock(&self.inner.stats)
+    }
+
+    /// The reserved regions PROBE reported for `dev` (without the
+    /// software MSI window the driver adds when there is no MSI region).
+    pub fn probed_regions(&self, dev: &Device) -> Vec<ReservedRegion> {
+        lock(&self.inner.endpoints)
+            .get(dev.name())
+            .map(|e| e.resv.clone())
+            .unwrap_or_default()
+    }
+
+    /// Takes the fault reports the device has written into event buffers
+    /// (the event queue's interrupt handler): each is reported to the
+    /// core, through the faulting device's current domain, and returned;
+    /// the buffers go back to the device.
+    pub fn handle_events(&self) -> Vec<Fault> {
+        let inner = &*self.inner;
+        let mut faults = Vec::new();
+        {
+            let mut e = lock(&inner.events);
+            loop {
+                let (head, len) = match e.q.pop_used(&inner.mem) {
+                    Ok(Some(u)) => u,
+                    Ok(None) => break,
+                    Err(err) => {
+                        tracing::error!(%err, "event queue");
+                        break;
+                    }
+                };
+                let buf = GuestAddress(e.buffers_at + EVENT * u64::from(head));
+                let mut b = [0u8; size::FAULT];
+                let read = inner.mem.read_slice(&mut b, buf).is_ok();
+                if read && len as usize >= size::FAULT {
+                    faults.push(Fault {
+                        reason: b[0],
+                        flags: le32(&b, 4),
+                        endpoint: le32(&b, 8),
+                        address: le64(&b, 16),
+                    });
+                } else {
+                    tracing::warn!(len, "event buffer returned without a fault report");
+                }
+                if let Err(err) = e.q.add(&inner.mem, &[], &[(buf, EVENT as u32)]) {
+                    tracing::error!(%err, "could not post an event buffer again");
+                }
+            }
+        }
+        inner.transport.notify(EVENT_QUEUE);
+        lock(&inner.stats).faults += faults.len() as u64;
+        for f in &faults {
+            self.report(f);
+        }
+        faults
+    }
+
+    fn report(&self, f: &Fault) {
+        let inner = &*self.inner;
+        let name = lock(&inner.by_id).get(&f.endpoint).cloned();
+        let dev = name.and_then(|n| lock(&inner.endpoints).get(&n).and_then(|e| e.dev.upgrade()));
+        let access = if f.flags & crate::spec::fault::F_WRITE != 0 {
+            FaultAccess::Write
+        } else {
+            FaultAccess::Read
+        };
+        let _s = tracing::debug_span!(
+            "viommu_fault",
+            endpoint = f.endpoint,
+            reason = f.reason,
+            address = format_args!("{:#x}", f.address)
+        )
+        .entered();
+        let domain = dev
+            .as_ref()
+            .and_then(|d| d.iommu_group())
+            .and_then(|g: Group| g.domain());
+        match (dev, domain) {
+            (Some(dev), Some(domain)) => {
+                let _ = domain.report_fault(&dev, Iova::new(f.address), access);
+            }
+            _ => tracing::warn!(
+                endpoint = f.endpoint,
+                "fault from an endpoint without a domain"
+            ),
+        }
+    }
+
+    /// Sends PROBE for `endpoint` and reads its RESV_MEM properties.
+    fn probe_endpoint(&self, endpoint: u32) -> Result<Vec<ReservedRegion>, Errno> {
+        let inner = &*self.inner;
+        let ps = inner.cfg.probe_size as usize;
+        let mut r = lock(&inner.requests);
+        self.sync_locked(&mut r);
+        let request = Request::Probe { endpoint };
+        let bytes = request.encode();
+        let readable = GuestAddress(r.probe_at);
+        let writable = GuestAddress(r.probe_at + bytes.len() as u64);
+        let mem = &inner.mem;
+        let io = |e: vm_memory::GuestMemoryError| {
+            tracing::error!(%e, "probe buffer");
+            Errno::EIO
+        };
+        mem.write_slice(&bytes, readable).map_err(io)?;
+        mem.write_slice(&alloc::vec![0u8; ps + size::TAIL], writable)
+            .map_err(io)?;
+        let wlen = (ps + size::TAIL) as u32;
+        let _s = tracing::debug_span!("virtio_request", kind = "PROBE", endpoint).entered();
+        let head =
+            r.q.add(mem, &[(readable, bytes.len() as u32)], &[(writable, wlen)])
+                .map_err(queue_errno)?;
+        r.in_flight.insert(head, (u16::MAX, request));
+        let used = self.complete_locked(&mut r, head)?;
+        let mut out = alloc::vec![0u8; ps + size::TAIL];
+        mem.read_slice(&mut out, writable).map_err(io)?;
+        let status = if (used as usize) < size::TAIL {
+            Status::IoErr
+        } else {
+            Status::from_u8(out[ps]).unwrap_or(Status::DevErr)
+        };
+        tracing::debug!(status = status.name(), used, "virtio_reply");
+        if status != Status::Ok {
+            return Err(status_errno(status));
+        }
+        parse_properties(&out[..ps])
+    }
+
+    /// Queues `request` without waiting; when the queue is full, the
+    /// requests in it are completed first.
+    fn add_request(&self, request: Request) -> Result<(), Errno> {
+        let inner = &*self.inner;
+        let mut r = lock(&inner.requests);
+        if r.free_slots.is_empty() || r.q.free() < 2 {
+            self.sync_locked(&mut r);
+        }
+        let slot = r.free_slots.pop().ok_or(Errno::ENOSPC)?;
+        let at = r.slots_at + SLOT * u64::from(slot);
+        let bytes = request.encode();
+        let tail = GuestAddress(at + TAIL_AT);
+        let written = inner.mem.write_slice(&bytes, GuestAddress(at)).is_ok()
+            && inner.mem.write_slice(&[0xff; 4], tail).is_ok();
+        let head = if written {
+            r.q.add(
+                &inner.mem,
+                &[(GuestAddress(at), bytes.len() as u32)],
+                &[(tail, size::TAIL as u32)],
+            )
+            .map_err(queue_errno)
+        } else {
+            Err(Errno::EIO)
+        };
+        let head = match head {
+            Ok(h) => h,
+            Err(e) => {
+                r.free_slots.push(slot);
+                return Err(e);
+            }
+        };
+        tracing::trace!(request = ?request, "virtio_request queued");
+        r.in_flight.insert(head, (slot, request));
+        let kind = usize::from(request.kind()).saturating_sub(1).min(4);
+        lock(&inner.stats).requests[kind] += 1;
+        Ok(())
+    }
+
+    /// Sends `request` and waits for its status.
+    fn send_sync(&self, request: Request) -> Result<(), Errno> {
+        let inner = &*self.inner;
+        self.add_request(request)?;
+        let mut r = lock(&inner.requests);
+        self.sync_locked(&mut r);
+        match r.refused.remove(&request_domain(&request)) {
+            Some(s) => Err(status_errno(s)),
+            None => Ok(()),
+        }
+    }
+
+    /// Notifies the device and takes back every request in flight,
+    /// recording the refused ones by domain.
+    fn sync_locked(&self, r: &mut Requests) {
+        if r.in_flight.is_empty() {
+            return;
+        }
+        let inner = &*self.inner;
+        let _s = tracing::debug_span!("viommu_sync_req", requests = r.in_flight.len()).entered();
+        lock(&inner.stats).kicks += 1;
+        inner.transport.notify(REQUEST_QUEUE);
+        self.drain_locked(r, None);
+        if !r.in_flight.is_empty() {
+            // The device is synchronous here; one that keeps buffers
+            // after a notification is broken. Its requests stay in flight
+            // (their memory is the device's) and fail.
+            tracing::error!(
+                left = r.in_flight.len(),
+                "the device did not complete the requests"
+            );
+            let left: Vec<Request> = r.in_flight.values().map(|(_, q)| *q).collect();
+            for q in left {
+                r.refused.entry(request_domain(&q)).or_insert(Status::IoErr);
+            }
+        }
+    }
+
+    /// Completes the PROBE at `head` (and whatever else is in flight);
+    /// returns its used length.
+    fn complete_locked(&self, r: &mut Requests, head: u16) -> Result<u32, Errno> {
+        let inner = &*self.inner;
+        lock(&inner.stats).kicks += 1;
+        lock(&inner.stats).requests[4] += 1;
+        inner.transport.notify(REQUEST_QUEUE);
+        self.drain_locked(r, Some(head)).ok_or(Errno::EIO)
+    }
+
+    fn drain_locked(&self, r: &mut Requests, want: Option<u16>) -> Option<u32> {
+        let inner = &*self.inner;
+        let mut wanted = None;
+        loop {
+            let (head, len) = match r.q.pop_used(&inner.mem) {
+                Ok(Some(u)) => u,
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::error!(%e, "request queue");
+                    break;
+                }
+            };
+            let Some((slot, request)) = r.in_flight.remove(&head) else {
+                continue;
+            };
+            if Some(head) == want {
+                wanted = Some(len);
+                continue;
+            }
+            let at = r.slots_at + SLOT * u64::from(slot);
+            let mut t = [0u8; 4];
+            let status = if (len as usize) < size::TAIL
+                || inner
+                    .mem
+                    .read_slice(&mut t, GuestAddress(at + TAIL_AT))
+                    .is_err()
+            {
+                Status::IoErr
+            } else {
+                Status::from_u8(t[0]).unwrap_or(Status::DevErr)
+            };
+            r.free_slots.push(slot);
+            tracing::debug!(request = ?request, status = status.name(), "virtio_request");
+            if status != Status::Ok {
+                lock(&inner.stats).refused += 1;
+                if matches!(request, Request::Unmap { .. } | Request::Detach { .. }) {
+                    tracing::error!(request = ?request, status = status.name(), "the device refused to take a translation away");
+                }
+                r.refused.entry(request_domain(&request)).or_insert(status);
+            }
+        }
+        wanted
+    }
+
+    /// Completes the requests in flight; the first refusal for `domain`
+    /// since the last call, if any.
+    fn sync_domain(&self, domain: u32) -> Result<(), Errno> {
+        let mut r = lock(&self.inner.requests);
+        self.sync_locked(&mut r);
+        match r.refused.remove(&domain) {
+            Some(s) => Err(status_errno(s)),
+            None => Ok(()),
+        }
+    }
+
+    fn alloc_domain_id(&self) -> Result<u32, Errno> {
+        let mut ids = lock(&self.inner.domain_ids);
+        let (first, last) = (self.inner.cfg.first_domain, self.inner.cfg.last_domain);
+        // The lowest free id: after the last run of taken ids from `first`.
+        let mut id = first;
+        for &taken in ids.range(first..=last) {
+            if taken != id {
+                break;
+            }
+            id = id.checked_add(1).ok_or(Errno::ENOSPC)?;
+        }
+        if id > last || (id == last && ids.contains(&last)) {
+            return Err(Errno::ENOSPC);
+        }
+        ids.insert(id);
+        Ok(id)
+    }
+
+    /// Moves `ids` of an endpoint into `to` (or out of any domain).
+    fn send_attach(&self, ids: &[u32], to: &DomainState) -> Result<usize, (usize, Errno)> {
+        for (n, &endpoint) in ids.iter().enumerate() {
+            let req = Request::Attach {
+                domain: to.id,
+                endpoint,
+                flags: if to.bypass { attach::BYPASS } else { 0 },
+                reserved: 0,
+            };
+            let _s = tracing::debug_span!("viommu_attach", domain = to.id, endpoint).entered();
+            if let Err(e) = self.send_sync(req) {
+                return Err((n, e));
+            }
+        }
+        Ok(ids.len())
+    }
+
+    /// Counts one more endpoint in `d`; for its first, sends MAP for
+    /// every mapping `d` records (the device forgot them with the domain's
+    /// last endpoint, or never had them). The mappings stay locked until
+    /// the count is up, so that a concurrent `map_pages` either is among
+    /// them or sees the domain live and sends its own MAP.
+    fn count_in(&self, d: &DomainState) -> Result<(), Errno> {
+        let m = lock(&d.mappings);
+        let mut n = lock(&d.nr_endpoints);
+        *n += 1;
+        if *n > 1 || m.is_empty() {
+            return Ok(());
+        }
+        drop(n);
+        let _s =
+            tracing::debug_span!("viommu_replay_mappings", domain = d.id, n = m.len()).entered();
+        let mut result = Ok(());
+        for (&start, v) in m.iter() {
+            result = self.add_request(Request::Map {
+                domain: d.id,
+                virt_start: start,
+                virt_end: v.end,
+                phys_start: v.phys,
+                flags: v.flags,
+            });
+            if result.is_err() {
+                break;
+            }
+        }
+        drop(m);
+        let result = result.and_then(|()| self.sync_domain(d.id));
+        if result.is_err() {
+            *lock(&d.nr_endpoints) -= 1;
+        }
+        result
+    }
+
+    fn attach(&self, to: &Arc<DomainState>, dev: &Arc<Device>) -> Result<(), Errno> {
+        let inner = &*self.inner;
+        let mut eps = lock(&inner.endpoints);
+        let ep = eps.get_mut(dev.name()).ok_or(Errno::ENODEV)?;
+        if ep.domain.as_ref().is_some_and(|d| Arc::ptr_eq(d, to)) {
+            return Ok(());
+        }
+        if to.identity && !to.bypass {
+            fill_identity(to, &ep.resv, inner.cfg.pgsize_bitmap, inner.cfg.geometry);
+        }
+        let ids = ep.ids.clone();
+        if let Err((moved, e)) = self.send_attach(&ids, to) {
+            // The ids already moved go back where they were.
+            if let Some(old) = ep.domain.clone() {
+                let _ = self.send_attach(&ids[..moved], &old);
+            } else {
+                for &endpoint in &ids[..moved] {
+                    let _ = self.send_sync(Request::Detach {
+                        domain: to.id,
+                        endpoint,
+                    });
+                }
+            }
+            return Err(e);
+        }
+        if let Err(e) = self.count_in(to) {
+            // The device holds part of the domain: take the endpoint out
+            // again (the device forgets the domain with it) and back to
+            // where it was.
+            for &endpoint in &ids {
+                let _ = self.send_sync(Request::Detach {
+                    domain: to.id,
+                    endpoint,
+                });
+            }
+            if let Some(old) = ep.domain.clone() {
+                // The device forgot the old domain if the endpoint was
+                // all it had.
+                let alone = *lock(&old.nr_endpoints) == 1;
+                if self.send_attach(&ids, &old).is_ok() && alone {
+                    *lock(&old.nr_endpoints) -= 1;
+                    if self.count_in(&old).is_err() {
+                        ep.domain = None;
+                        return Err(e);
+                    }
+                }
+            }
+            return Err(e);
+        }
+        if let Some(old) = ep.domain.replace(Arc::clone(to)) {
+            let mut n = lock(&old.nr_endpoints);
+            *n = n.saturating_sub(1);
+        }
+        Ok(())
+    }
+
+    fn detach(&self, from: &Arc<DomainState>, dev: &Device) {
+        let inner = &*self.inner;
+        let mut eps = lock(&inner.endpoints);
+        let Some(ep) = eps.get_mut(dev.name()) else {
+            return;
+        };
+        if !ep.domain.as_ref().is_some_and(|d| Arc::ptr_eq(d, from)) {
+            return;
+        }
+        for &endpoint in &ep.ids {
+            let _s = tracing::debug_span!("viommu_detach", domain = from.id, endpoint).entered();
+            if let Err(e) = self.send_sync(Request::Detach {
+                domain: from.id,
+                endpoint,
+            }) {
+                tracing::error!(%e, endpoint, "DETACH refused");
+            }
+        }
+        ep.domain = None;
+        let mut n = lock(&from.nr_endpoints);
+        *n = n.saturating_sub(1);
+    }
+}
+
+/// The domain a request concerns, for its refusal to reach the right
+/// caller (PROBE and requests without one: `u32::MAX`).
+fn request_domain(r: &Request) -> u32 {
+    match *r {
+        Request::Attach { domain, .. }
+        | Request::Detach { domain, .. }
+        | Request::Map { domain, .. }
+        | Request::Unmap { domain, .. } => domain,
+        Request::Probe { .. } => u32::MAX,
+    }
+}
+
+/// RESV_MEM properties of a PROBE reply, as reserved regions, sorted.
+/// A property that runs past the buffer, or a region whose end is below
+/// its start, is a malformed reply (`EINVAL`); unknown property types are
+/// skipped; an unknown subtype is taken as RESERVED, as Linux does.
+pub fn parse_properties(props: &[u8]) -> Result<Vec<ReservedRegion>, Errno> {
+    let mut out: Vec<ReservedRegion> = Vec::new();
+    let mut cur = 0usize;
+    while cur + size::PROPERTY_HEAD <= props.len() {
+        let ty = u16::from_le_bytes([props[cur], props[cur + 1]]) & probe::TYPE_MASK;
+        if ty == probe::NONE {
+            break;
+        }
+        let len = usize::from(u16::from_le_bytes([props[cur + 2], props[cur + 3]]));
+        let body = cur + size::PROPERTY_HEAD;
+        let next = body.checked_add(len).ok_or(Errno::EINVAL)?;
+        if next > props.len() {
+            return Err(Errno::EINVAL);
+        }
+        if ty == probe::RESV_MEM {
+            if len < size::RESV_MEM - size::PROPERTY_HEAD {
+                return Err(Errno::EINVAL);
+            }
+            let b = &props[body..next];
+            let start = le64(b, 4);
+            let end = le64(b, 12);
+            if end < start {
+                return Err(Errno::EINVAL);
+            }
+            let length = (end - start).checked_add(1).ok_or(Errno::EOVERFLOW)?;
+            let region = match b[0] {
+                resv::MSI => ReservedRegion::new(
+                    start,
+                    length,
+                    Prot::WRITE | Prot::NOEXEC | Prot::MMIO,
+                    ResvType::Msi,
+                ),
+                _ => ReservedRegion::new(start, length, Prot::NONE, ResvType::Reserved),
+            };
+            let at = out.partition_point(|r| r.start.raw() <= start);
+            out.insert(at, region);
+        } else {
+            tracing::debug!(ty, "unknown PROBE property skipped");
+        }
+        cur = next;
+    }
+    Ok(out)
+}
+
+/// Fills an identity domain of a device without BYPASS_CONFIG with 1:1
+/// mappings of the aperture, around `resv` (Linux's
+/// `viommu_domain_map_identity`), once.
+fn fill_identity(d: &DomainState, resv: &[ReservedRegion], pgsize_bitmap: u64, g: DomainGeometry) {
+    let mut m = lock(&d.mappings);
+    if !m.is_empty() {
+        return;
+    }
+    let granule = pgsize_bitmap & pgsize_bitmap.wrapping_neg();
+    let mut iova = g.aperture_start.raw().next_multiple_of(granule);
+    let limit = match (g.aperture_end.raw() & !(granule - 1)).checked_sub(1) {
+        Some(l) if g.aperture_end.raw() != u64::MAX => l,
+        _ => u64::MAX,
+    };
+    let flags = map::READ | map::WRITE;
+    let mut regions: Vec<&ReservedRegion> = resv.iter().collect();
+    regions.sort_by_key(|r| r.start.raw());
+    for r in regions {
+        let rs = r.start.raw() & !(granule - 1);
+        let re = r
+            .start
+            .raw()
+            .saturating_add(r.length)
+            .next_multiple_of(granule)
+            .saturating_sub(1);
+        if re < iova || rs > limit {
+            continue;
+        }
+        if rs > iova {
+            m.insert(
+                iova,
+                VMapping {
+                    end: rs - 1,
+                    phys: iova,
+                    flags,
+                },
+            );
+        }
+        if re >= limit {
+            return;
+        }
+        iova = re + 1;
+    }
+    m.insert(
+        iova,
+        VMapping {
+            end: limit,
+            phys: iova,
+            flags,
+        },
+    );
+}
+
+impl<M: GuestMemory + Send + Sync + 'static> IommuOps for Viommu<M> {
+    fn name(&self) -> &str {
+        "virtio-iommu"
+    }
+
+    /// Probes the endpoint (PROBE for its first id, as Linux does) and
+    /// gives it a group. A device without ids is not behind this IOMMU.
+    fn add_device(&self, iommu: &Iommu, dev: &Arc<Device>) -> Result<(), Errno> {
+        let Some(&first) = dev.stream_ids().first() else {
+            return Ok(());
+        };
+        let resv = if self.inner.cfg.probe_size > 0 {
+            self.probe_endpoint(first)?
+        } else {
+            Vec::new()
+        };
+        lock(&self.inner.endpoints).insert(
+            String::from(dev.name()),
+            Endpoint {
+                ids: dev.stream_ids().to_vec(),
+                resv,
+                domain: None,
+                dev: Arc::downgrade(dev),
+            },
+        );
+        {
+            let mut by_id = lock(&self.inner.by_id);
+            for &id in dev.stream_ids() {
+                by_id.insert(id, String::from(dev.name()));
+            }
+        }
+        iommu.group_get_for_dev(dev).map(drop).inspect_err(|_| {
+            self.forget(dev);
+        })
+    }
+
+    fn remove_device(&self, iommu: &Iommu, dev: &Arc<Device>) {
+        iommu.group_remove_device(dev);
+        let current = lock(&self.inner.endpoints)
+            .get(dev.name())
+            .and_then(|e| e.domain.clone());
+        if let Some(d) = current {
+            self.detach(&d, dev);
+        }
+        self.forget(dev);
+    }
+
+    fn domain_alloc(&self, ty: DomainType) -> Result<Box<dyn DomainOps>, Errno> {
+        if !(ty.is_paging() || ty == DomainType::Identity) {
+            return Err(Errno::EOPNOTSUPP);
+        }
+        let granule = self.inner.cfg.pgsize_bitmap & self.inner.cfg.pgsize_bitmap.wrapping_neg();
+        if granule > PAGE_SIZE {
+            return Err(Errno::ENODEV);
+        }
+        let id = self.alloc_domain_id()?;
+        let bypass =
+            ty == DomainType::Identity && self.inner.cfg.features & feature::BYPASS_CONFIG != 0;
+        Ok(Box::new(ViommuDomain {
+            viommu: self.clone(),
+            state: Arc::new(DomainState {
+                id,
+                bypass,
+                identity: ty == DomainType::Identity,
+                nr_endpoints: Mutex::new(0),
+                mappings: Mutex::new(BTreeMap::new()),
+            }),
+        }))
+    }
+
+    fn get_resv_regions(&self, dev: &Device) -> Vec<ReservedRegion> {
+        let mut v = dev.firmware_resv_regions().to_vec();
+        let probed = self.probed_regions(dev);
+        let has_msi = probed.iter().any(|r| r.ty == ResvType::Msi);
+        v.extend(probed);
+        if !has_msi {
+            v.push(ReservedRegion::new(
+                SW_MSI_BASE,
+                SW_MSI_LENGTH,
+                Prot::WRITE | Prot::NOEXEC | Prot::MMIO,
+                ResvType::SwMsi,
+            ));
+        }
+        v
+    }
+
+    fn pgsize_bitmap(&self) -> u64 {
+        self.inner.cfg.pgsize_bitmap
+    }
+
+    fn capable(&self, cap: Capability) -> bool {
+        matches!(cap, Capability::CacheCoherency | Capability::DeferredFlush)
+    }
+}
+
+impl<M> Viommu<M> {
+    fn forget(&self, dev: &Device) {
+        lock(&self.inner.endpoints).remove(dev.name());
+        let mut by_id = lock(&self.inner.by_id);
+        for id in dev.stream_ids() {
+            if by_id.get(id).is_some_and(|n| n == dev.name()) {
+                by_id.remove(id);
+            }
+        }
+    }
+}
+
+/// A domain of the virtio-iommu driver.
+pub struct ViommuDomain<M: GuestMemory + Send + Sync + 'static> {
+    viommu: Viommu<M>,
+    state: Arc<DomainState>,
+}
+
+impl<M: GuestMemory + Send + Sync + 'static> ViommuDomain<M> {
+    /// The domain's id on the device.
+    pub fn id(&self) -> u32 {
+        self.state.id
+    }
+
+    /// Whether the domain is a bypass domain on the device.
+    pub fn is_bypass(&self) -> bool {
+        self.state.bypass
+    }
+
+    /// The mappings the driver records, as (first, last, phys, flags).
+    pub fn mappings(&self) -> Vec<(u64, u64, u64, u32)> {
+        lock(&self.state.mappings)
+            .iter()
+            .map(|(&s, m)| (s, m.end, m.phys, m.flags))
+            .collect()
+    }
+
+    fn live(&self) -> bool {
+        *lock(&self.state.nr_endpoints) > 0
+    }
+}
+
+impl<M: GuestMemory + Send + Sync + 'static> Drop for ViommuDomain<M> {
+    fn drop(&mut self) {
+        lock(&self.viommu.inner.domain_ids).remove(&self.state.id);
+    }
+}
+
+impl<M: GuestMemory + Send + Sync + 'static> DomainOps for ViommuDomain<M> {
+    fn attach_dev(&self, _domain: &iommu_core::Domain, dev: &Arc<Device>) -> Result<(), Errno> {
+        self.viommu.attach(&self.state, dev)
+    }
+
+    fn detach_dev(&self, _domain: &iommu_core::Domain, dev: &Arc<Device>) {
+        self.viommu.detach(&self.state, dev);
+    }
+
+    fn paging(&self) -> Option<&dyn PagingOps> {
+        (!self.state.identity).then_some(self as &dyn PagingOps)
+    }
+
+    fn geometry(&self) -> Option<DomainGeometry> {
+        Some(self.viommu.inner.cfg.geometry)
+    }
+
+    fn iotlb_sync_map(&self, _iova: Iova, _size: u64) -> Result<(), Errno> {
+        if !self.live() {
+            return Ok(());
+        }
+        self.viommu.sync_domain(self.state.id)
+    }
+
+    fn iotlb_sync(&self, _gather: &IotlbGather) {
+        if let Err(e) = self.viommu.sync_domain(self.state.id) {
+            tracing::error!(%e, domain = self.state.id, "UNMAP refused by the device");
+        }
+    }
+
+    fn flush_iotlb_all(&self) {
+        if self.live() {
+            let _ = self.viommu.sync_domain(self.state.id);
+        }
+    }
+
+    fn as_any(&self) -> Option<&dyn std::any::Any> {
+        Some(self)
+    }
+}
+
+impl<M: GuestMemory + Send + Sync + 'static> PagingOps for ViommuDomain<M> {
+    fn map_pages(
+        &self,
+        iova: Iova,
+        paddr: PhysAddr,
+        pgsize: u64,
+        pgcount: usize,
+        prot: Prot,
+    ) -> Result<u64, MapPagesError> {
+        let size = pgsize
+            .checked_mul(pgcount as u64)
+            .filter(|&s| s != 0)
+            .ok_or(Errno::EOVERFLOW)?;
+        let end = iova.raw().checked_add(size - 1).ok_or(Errno::EOVERFLOW)?;
+        let mut flags = 0;
+        if prot.contains(Prot::READ) {
+            flags |= map::READ;
+        }
+        if prot.contains(Prot::WRITE) {
+            flags |= map::WRITE;
+        }
+        if prot.contains(Prot::MMIO) {
+            flags |= map::MMIO;
+        }
+        if flags & !self.viommu.inner.cfg.map_flags != 0 {
+            return Err(Errno::EINVAL.into());
+        }
+        let mut m = lock(&self.state.mappings);
+        let clash = m
+            .range(..=end)
+            .next_back()
+            .is_some_and(|(_, v)| v.end >= iova.raw());
+        if clash {
+            return Err(Errno::EEXIST.into());
+        }
+        m.insert(
+            iova.raw(),
+            VMapping {
+                end,
+                phys: paddr.raw(),
+                flags,
+            },
+        );
+        if self.live() {
+            let r = self.viommu.add_request(Request::Map {
+                domain: self.state.id,
+                virt_start: iova.raw(),
+                virt_end: end,
+                phys_start: paddr.raw(),
+                flags,
+            });
+            if let Err(e) = r {
+                m.remove(&iova.raw());
+                return Err(e.into());
+            }
+        }
+        Ok(size)
+    }
+
+    /// Removes whole mappings from the one holding `iova` on, as long as
+    /// they follow each other without a hole and start in the range: an
+    /// UNMAP may not split a mapping, so one that starts below `iova` or
+    /// runs past the range goes whole, as a large page does.
+    fn unmap_pages(
+        &self,
+        iova: Iova,
+        pgsize: u64,
+        pgcount: usize,
+        gather: &mut IotlbGather,
+    ) -> Unmapped {
+        let last = iova
+            .raw()
+            .saturating_add(pgsize.saturating_mul(pgcount as u64).saturating_sub(1));
+        let mut m = lock(&self.state.mappings);
+        let Some((&start, &first)) = m
+            .range(..=iova.raw())
+            .next_back()
+            .filter(|(_, v)| v.end >= iova.raw())
+        else {
+            return Unmapped::NOTHING;
+        };
+        let mut removed = alloc::vec![(start, first)];
+        let mut end = first.end;
+        while end < last {
+            let Some((&s, &v)) = m.range(end + 1..).next() else {
+                break;
+            };
+            if s != end + 1 || s > last {
+                break;
+            }
+            removed.push((s, v));
+            end = v.end;
+        }
+        for (s, _) in &removed {
+            m.remove(s);
+        }
+        if self.live() {
+            let r = self.viommu.add_request(Request::Unmap {
+                domain: self.state.id,
+                virt_start: start,
+                virt_end: end,
+                reserved: 0,
+            });
+            if let Err(e) = r {
+                tracing::error!(%e, "could not queue UNMAP");
+                for (s, v) in removed {
+                    m.insert(s, v);
+                }
+                return Unmapped::NOTHING;
+            }
+        }
+        let size = (end - start).saturating_add(1);
+        gather.add_range(Iova::new(start), size);
+        Unmapped::new(Iova::new(start), size)
+    }
+
+    fn iova_to_phys(&self, iova: Iova) -> Option<PhysAddr> {
+        let m = lock(&self.state.mappings);
+        let (&s, v) = m.range(..=iova.raw()).next_back()?;
+        (v.end >= iova.raw()).then(|| PhysAddr::new(v.phys + (iova.raw() - s)))
+    }
+
+    fn first_mapping(&self, start: Iova, last: Iova) -> Option<(Iova, u64)> {
+        let m = lock(&self.state.mappings);
+        let holding = m
+            .range(..=start.raw())
+            .next_back()
+            .filter(|(_, v)| v.end >= start.raw());
+        let (&s, v) = holding.or_else(|| m.range(start.raw()..=last.raw()).next())?;
+        Some((Iova::new(s), (v.end - s).saturating_add(1)))
+    }
+}
+
+/// A transport to a [`VirtioIommu`] in the same process: a notification
+/// serves the queue at once, as a VMM's queue handler would.
+pub struct Loopback<M> {
+    iommu: Arc<VirtioIommu>,
+    mem: M,
+    queues: Mutex<[Option<Queue>; 2]>,
+}
+
+impl<M> core::fmt::Debug for Loopback<M> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Loopback").finish_non_exhaustive()
+    }
+}
+
+impl<M: GuestMemory + Send + Sync> Loopback<M> {
+    /// A transport to `iommu` over `mem`.
+    pub fn new(iommu: Arc<VirtioIommu>, mem: M) -> Loopback<M> {
+        Loopback {
+            iommu,
+            mem,
+            queues: Mutex::new([None, None]),
+        }
+    }
+
+    /// The device.
+    pub fn device(&self) -> &Arc<VirtioIommu> {
+        &self.iommu
+    }
+
+    /// Writes pending fault reports into the event buffers the driver
+    /// posted (what the VMM does when a fault is reported); returns how
+    /// many it wrote.
+    pub fn deliver_events(&self) -> u32 {
+        let mut q = lock(&self.queues);
+        match q[usize::from(EVENT_QUEUE)].as_mut() {
+            Some(q) => match self.iommu.process_events(q, &self.mem) {
+                Ok(s) => s.used,
+                Err(e) => {
+                    tracing::error!(%e, "event queue");
+                    0
+                }
+            },
+            None => 0,
+        }
+    }
+}
+
+impl<M: GuestMemory + Send + Sync> Transport for Loopback<M> {
+    fn device_features(&self) -> u64 {
+        self.iommu.with_device(|d| d.offered())
+    }
+
+    fn set_driver_features(&self, features: u64) -> Result<(), Errno> {
+        self.iommu
+            .with_device(|d| d.negotiate(features))
+            .map(drop)
+            .map_err(|_| Errno::ENODEV)
+    }
+
+    fn read_config(&self, at: usize, buf: &mut [u8]) {
+        self.iommu.with_device(|d| d.read_config(at, buf));
+    }
+
+    fn queue_ready(&self, index: u16, l: QueueLayout) -> Result<(), Errno> {
+        let q = crate::queue::ready_queue(l.size, l.desc, l.avail, l.used)
+            .map_err(|_| Errno::EINVAL)?;
+        let mut qs = lock(&self.queues);
+        let slot = qs.get_mut(usize::from(index)).ok_or(Errno::EINVAL)?;
+        *slot = Some(q);
+        Ok(())
+    }
+
+    fn notify(&self, index: u16) {
+        let mut qs = lock(&self.queues);
+        let Some(q) = qs.get_mut(usize::from(index)).and_then(Option::as_mut) else {
+            return;
+        };
+        let served = if index == REQUEST_QUEUE {
+            self.iommu.process_requests(q, &self.mem)
+        } else {
+            self.iommu.process_events(q, &self.mem)
+        };
+        if let Err(e) = served {
+            tracing::error!(%e, index, "virtqueue");
+        }
+    }
+}
