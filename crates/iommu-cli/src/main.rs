@@ -18,6 +18,7 @@ mod out;
 mod progress;
 mod run;
 mod trace;
+mod vm;
 mod whatif;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -49,9 +50,41 @@ enum Command {
     Groups(GroupsArgs),
     /// The sysfs tree of the model; --export writes it as real files
     Sysfs(SysfsArgs),
+    /// A guest with a virtio-iommu in one process: its IOMMU core runs the
+    /// virtio-iommu driver over virtqueues in guest memory, a virtio-net
+    /// and a virtio-blk do DMA through the DMA API; prints the requests on
+    /// the wire and the guest's groups
+    Vm(VmArgs),
     /// Time the hot paths
     #[command(subcommand)]
     Bench(BenchCommand),
+}
+
+/// Options of `iommu vm`.
+#[derive(Debug, Default, Args)]
+pub struct VmArgs {
+    #[command(flatten)]
+    trace: TraceArgs,
+    #[command(flatten)]
+    policy: Policy,
+    /// Whose MSI doorbell the device reports as the endpoints' MSI region
+    #[arg(long, value_enum, default_value_t = VmArch::X86)]
+    arch: VmArch,
+    /// Print the run as JSON
+    #[arg(long)]
+    json: bool,
+}
+
+/// The guest's architecture, for its MSI doorbell.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum VmArch {
+    /// 0xfee00000, 1 MiB
+    #[default]
+    X86,
+    /// The GICv3 ITS of QEMU's virt machine
+    Arm,
+    /// The IMSIC of QEMU's RISC-V virt machine
+    Riscv,
 }
 
 /// Options of `iommu run`.
@@ -270,6 +303,7 @@ fn main() -> ExitCode {
         Some(Command::Run(r)) => run::main_job(&r),
         Some(Command::Groups(g)) => groups::groups(&g),
         Some(Command::Sysfs(s)) => groups::sysfs(&s),
+        Some(Command::Vm(v)) => vm::vm(&v),
         Some(Command::Bench(b)) => bench_command(b),
     };
     match result {

@@ -286,7 +286,7 @@ fn help_and_version_are_there_per_command() {
     let (code, out, _) = iommu(&["--version"]);
     assert_eq!(code, 0);
     assert_eq!(out, format!("iommu {}\n", env!("CARGO_PKG_VERSION")));
-    for cmd in ["run", "groups", "sysfs", "bench"] {
+    for cmd in ["run", "groups", "sysfs", "vm", "bench"] {
         let (code, out, _) = iommu(&[cmd, "--help"]);
         assert_eq!(code, 0, "{cmd}");
         assert!(out.contains(&format!("Usage: iommu {cmd}")), "{out}");
@@ -713,4 +713,59 @@ fn bench_dma_throughput_is_operations_over_the_common_window() {
         let s = v["speedup"][mode].as_f64().unwrap();
         assert!(s > 0.0 && s <= 2.0 * cores, "{mode}: {s}x on {cores} cores");
     }
+}
+
+#[test]
+fn vm_shows_the_wire_the_fault_events_and_the_guests_groups() {
+    let (code, out, err) = iommu(&["vm"]);
+    assert_eq!(code, 0, "{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    let probe = position(&lines, "  wire: PROBE endpoint 0x10 -> OK");
+    let attach = position(&lines, "  wire: ATTACH endpoint 0x10 to domain 0 -> OK");
+    assert!(probe < attach);
+    let map = lines
+        .iter()
+        .position(|l| l.starts_with("  wire: MAP domain 0 [") && l.ends_with("-> 0x400000 R -> OK"))
+        .expect("the virtio-net's MAP, read-only");
+    let read = lines
+        .iter()
+        .position(|l| l.starts_with("  the device reads \"a packet the guest sends\" at IOVA "))
+        .expect("the device's read");
+    assert!(map < read);
+    assert!(out.contains("the CPU finds \"sector 0 of the disk\" at 0x800000"));
+    assert!(lines
+        .iter()
+        .any(|l| l.starts_with("  wire: UNMAP domain 1 [")));
+    assert!(out.contains("core: domain 2 reports a Write fault of 0000:00:03.0"));
+    assert!(out.contains("0 refused"));
+    let groups = position(&lines, "== The guest's IOMMU groups");
+    assert_eq!(lines[groups + 1], "IOMMU Group 0:");
+    assert!(lines[groups + 2].starts_with("\t00:02.0 Ethernet controller"));
+    // The call tree goes from the DMA API down to the request and back.
+    let (code, traced, err) = iommu(&["vm", "--trace"]);
+    assert_eq!(code, 0);
+    assert_eq!(traced, out, "the trace is not on stdout");
+    let tl: Vec<&str> = err.lines().collect();
+    let dma = tl
+        .iter()
+        .position(|l| l.starts_with("├─ dma_map_single(dev=0000:00:02.0"))
+        .expect("dma_map_single");
+    assert!(tl[dma + 1].starts_with("│ ├─ iommu_map("));
+    assert!(tl[dma + 3].contains("queued request=MAP domain 0"));
+    assert!(tl[dma + 4].starts_with("│ │ ├─ viommu_sync_req("));
+    assert!(tl[dma + 5].contains("device: MAP domain 0"));
+    // JSON, and the other policies and doorbells.
+    let (code, json, _) = iommu(&["vm", "--json"]);
+    assert_eq!(code, 0);
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(v["command"], "vm");
+    assert_eq!(v["groups"].as_array().unwrap().len(), 2);
+    let (code, out, _) = iommu(&["vm", "--passthrough", "--arch", "arm"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("ATTACH endpoint 0x10 to domain 0 BYPASS -> OK"));
+    assert!(out.contains("reserved 0x8080000-0x809ffff msi"));
+    let (code, out, _) = iommu(&["vm", "--lazy"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("the flush queue drains:"));
+    assert!(out.contains("refused (IOMMU failed to translate"));
 }

@@ -390,6 +390,7 @@ impl DmaDevice {
         dir: DmaDirection,
         attrs: DmaAttrs,
     ) -> Result<DmaAddr, DmaError> {
+        let _s = tracing::debug_span!("dma_map_single", dev = self.dev.name(), %paddr, size = format_args!("{size:#x}"), ?dir).entered();
         let prot = dma_info_to_prot(dir, self.coherent, attrs)?;
         let (off, len) = self.span(paddr.raw(), size)?;
         if !attrs.contains(DmaAttrs::SKIP_CPU_SYNC) {
@@ -456,6 +457,14 @@ impl DmaDevice {
         dir: DmaDirection,
         attrs: DmaAttrs,
     ) -> Result<(), DmaError> {
+        let _s = tracing::debug_span!(
+            "dma_unmap_single",
+            dev = self.dev.name(),
+            addr = format_args!("{:#x}", addr.raw()),
+            size = format_args!("{size:#x}"),
+            ?dir
+        )
+        .entered();
         dma_info_to_prot(dir, self.coherent, attrs)?;
         let (off, len) = self.span(addr.raw(), size)?;
         let iova = addr.raw() - off;

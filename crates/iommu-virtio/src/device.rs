@@ -24,6 +24,28 @@ pub struct ResvMem {
 }
 
 impl ResvMem {
+    /// x86's interrupt address range, where every MSI is written (1 MiB
+    /// at 0xfee00000).
+    pub const X86_MSI: ResvMem = ResvMem {
+        subtype: resv::MSI,
+        start: 0xfee0_0000,
+        end: 0xfeef_ffff,
+    };
+    /// The GICv3 ITS frame of QEMU's Arm `virt` machine (128 KiB at
+    /// 0x08080000), whose GITS_TRANSLATER is the MSI doorbell.
+    pub const ARM_VIRT_ITS: ResvMem = ResvMem {
+        subtype: resv::MSI,
+        start: 0x0808_0000,
+        end: 0x0809_ffff,
+    };
+    /// The supervisor-level IMSIC interrupt files of QEMU's RISC-V `virt`
+    /// machine (from 0x28000000, up to 64 MiB).
+    pub const RISCV_VIRT_IMSIC: ResvMem = ResvMem {
+        subtype: resv::MSI,
+        start: 0x2800_0000,
+        end: 0x2bff_ffff,
+    };
+
     fn overlaps(&self, start: u64, end: u64) -> bool {
         self.start <= end && start <= self.end
     }

@@ -570,7 +570,7 @@ impl<M: GuestMemory + Send + Sync + 'static> Viommu<M> {
                 return Err(e);
             }
         };
-        tracing::trace!(request = ?request, "virtio_request queued");
+        tracing::trace!(%request, "queued");
         r.in_flight.insert(head, (slot, request));
         let kind = usize::from(request.kind()).saturating_sub(1).min(4);
         lock(&inner.stats).requests[kind] += 1;
@@ -657,11 +657,11 @@ impl<M: GuestMemory + Send + Sync + 'static> Viommu<M> {
                 Status::from_u8(t[0]).unwrap_or(Status::DevErr)
             };
             r.free_slots.push(slot);
-            tracing::debug!(request = ?request, status = status.name(), "virtio_request");
+            tracing::debug!(%request, status = status.name(), "reply");
             if status != Status::Ok {
                 lock(&inner.stats).refused += 1;
                 if matches!(request, Request::Unmap { .. } | Request::Detach { .. }) {
-                    tracing::error!(request = ?request, status = status.name(), "the device refused to take a translation away");
+                    tracing::error!(%request, status = status.name(), "the device refused to take a translation away");
                 }
                 r.refused.entry(request_domain(&request)).or_insert(status);
             }

@@ -243,3 +243,56 @@ impl Request {
         }
     }
 }
+
+/// One line, as a log of the wire shows it: `MAP domain 1
+/// [0x1000-0x1fff] -> 0xa000 RW`.
+impl core::fmt::Display for Request {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match *self {
+            Request::Attach {
+                domain,
+                endpoint,
+                flags,
+                ..
+            } => {
+                write!(f, "ATTACH endpoint {endpoint:#x} to domain {domain}")?;
+                if flags & crate::spec::attach::BYPASS != 0 {
+                    f.write_str(" BYPASS")?;
+                }
+                Ok(())
+            }
+            Request::Detach { domain, endpoint } => {
+                write!(f, "DETACH endpoint {endpoint:#x} from domain {domain}")
+            }
+            Request::Map {
+                domain,
+                virt_start,
+                virt_end,
+                phys_start,
+                flags,
+            } => {
+                write!(
+                    f,
+                    "MAP domain {domain} [{virt_start:#x}-{virt_end:#x}] -> {phys_start:#x} "
+                )?;
+                use crate::spec::map;
+                for (bit, c) in [(map::READ, "R"), (map::WRITE, "W"), (map::MMIO, " MMIO")] {
+                    if flags & bit != 0 {
+                        f.write_str(c)?;
+                    }
+                }
+                if flags & (map::READ | map::WRITE) == 0 {
+                    f.write_str("-")?;
+                }
+                Ok(())
+            }
+            Request::Unmap {
+                domain,
+                virt_start,
+                virt_end,
+                ..
+            } => write!(f, "UNMAP domain {domain} [{virt_start:#x}-{virt_end:#x}]"),
+            Request::Probe { endpoint } => write!(f, "PROBE endpoint {endpoint:#x}"),
+        }
+    }
+}

@@ -24,11 +24,12 @@ use crate::external::{ExternalError, ExternalMapper, Externals};
 use crate::request::Request;
 use crate::spec::{fault, Status};
 use crate::Mapping;
+use alloc::boxed::Box;
 use alloc::collections::BTreeMap;
 use alloc::format;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
-use std::sync::{Mutex, MutexGuard, RwLock, RwLockReadGuard};
+use std::sync::{Mutex, MutexGuard, OnceLock, RwLock, RwLockReadGuard};
 use vm_memory::iommu::{Error, Iommu, Iotlb, IotlbIterator, IovaRange};
 use vm_memory::{GuestAddress, Permissions};
 
@@ -39,6 +40,19 @@ pub struct VirtioIommu {
     device: Mutex<Device>,
     external: Mutex<Externals>,
     iotlbs: Mutex<BTreeMap<u32, Arc<RwLock<Iotlb>>>>,
+    observer: OnceLock<Observer>,
+}
+
+/// The wire tap of [`VirtioIommu::observe`].
+struct Observer(Box<ObserverFn>);
+
+/// What an observer is called with: a request and the device's status.
+type ObserverFn = dyn Fn(&Request, Status) + Send + Sync;
+
+impl core::fmt::Debug for Observer {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str("Observer")
+    }
 }
 
 impl VirtioIommu {
@@ -47,6 +61,7 @@ impl VirtioIommu {
         Arc::new(VirtioIommu {
             device: Mutex::new(device),
             external: Mutex::new(Externals::default()),
+            observer: OnceLock::new(),
             iotlbs: Mutex::new(BTreeMap::new()),
         })
     }
@@ -183,6 +198,8 @@ impl VirtioIommu {
         let ok = writable.first() == Some(&(Status::Ok as u8))
             || matches!(request, Request::Probe { .. });
         if !ok {
+            drop(x);
+            self.tell(&request, writable, used);
             return used;
         }
         if let Some(follow) = follow {
@@ -208,7 +225,28 @@ impl VirtioIommu {
             }
             Request::Map { .. } | Request::Probe { .. } => {}
         }
+        self.tell(&request, writable, used);
         used
+    }
+
+    /// Calls `observer` with every request the device parses and the
+    /// status it answered (a tap on the wire, for logs and tools), from
+    /// now on. There is one observer; a second call changes nothing and
+    /// returns false.
+    pub fn observe(&self, observer: impl Fn(&Request, Status) + Send + Sync + 'static) -> bool {
+        self.observer.set(Observer(Box::new(observer))).is_ok()
+    }
+
+    fn tell(&self, request: &Request, writable: &[u8], used: usize) {
+        if let Some(o) = self.observer.get() {
+            // The status is the last byte group of what was written.
+            let at = used.saturating_sub(crate::spec::size::TAIL);
+            let status = writable
+                .get(at)
+                .and_then(|&b| Status::from_u8(b))
+                .unwrap_or(Status::DevErr);
+            (o.0)(request, status);
+        }
     }
 
     /// The translation for `endpoint`'s DMA, to give to

@@ -224,3 +224,33 @@ fn unplugging_an_endpoint_stops_its_dma() {
     iommu.with_device(|d| d.remove_endpoint(EP)).unwrap();
     assert!(mem.read_obj::<u8>(GuestAddress(0)).is_err());
 }
+
+#[test]
+fn an_observer_sees_every_parsed_request_with_its_status() {
+    use std::sync::Mutex;
+    let (iommu, _, _) = setup();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let s = Arc::clone(&seen);
+    assert!(iommu.observe(move |r, status| s.lock().unwrap().push(format!("{r} -> {status}"))));
+    assert!(!iommu.observe(|_, _| ()), "one observer");
+    assert_eq!(send(&iommu, attach(1)), Status::Ok);
+    assert_eq!(
+        send(&iommu, map(1, 0x1000, 0x1fff, 0x8000, map::READ)),
+        Status::Ok
+    );
+    assert_eq!(
+        send(&iommu, map(1, 0x1000, 0x1fff, 0x8000, map::READ)),
+        Status::Inval
+    );
+    // Unparsable bytes are not a request: nothing to observe.
+    let mut tail = [0u8; 4];
+    assert_eq!(iommu.handle(&[9, 0, 0, 0], &mut tail), 0);
+    assert_eq!(
+        *seen.lock().unwrap(),
+        [
+            "ATTACH endpoint 0x3 to domain 1 -> OK",
+            "MAP domain 1 [0x1000-0x1fff] -> 0x8000 R -> OK",
+            "MAP domain 1 [0x1000-0x1fff] -> 0x8000 R -> INVAL",
+        ]
+    );
+}
