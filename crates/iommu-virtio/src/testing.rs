@@ -488,3 +488,260 @@ pub fn run_restore(data: &[u8]) {
         );
     }
 }
+
+/// An external mapper for the oracle: it holds what it was given,
+/// refuses a map that overlaps what it holds or an unmap of something it
+/// does not hold (either would be an adapter bug), and fails when told to.
+#[cfg(feature = "vmm")]
+#[derive(Debug, Clone, Default)]
+pub struct RecordingMapper(pub alloc::sync::Arc<std::sync::Mutex<RecordedMaps>>);
+
+/// What a [`RecordingMapper`] holds, and its failures to come.
+#[cfg(feature = "vmm")]
+#[derive(Debug, Default)]
+pub struct RecordedMaps {
+    /// Mappings by first address.
+    pub held: alloc::collections::BTreeMap<u64, Mapping>,
+    /// Whether it is in bypass.
+    pub bypass: bool,
+    /// Maps that succeed before one fails (then back to `None`).
+    pub maps_before_failure: Option<u8>,
+    /// Unmaps that succeed before one fails (then back to `None`).
+    pub unmaps_before_failure: Option<u8>,
+    /// Whether it can bypass.
+    pub can_bypass: bool,
+}
+
+#[cfg(feature = "vmm")]
+extern crate std;
+
+#[cfg(feature = "vmm")]
+impl RecordingMapper {
+    fn with<R>(&self, f: impl FnOnce(&mut RecordedMaps) -> R) -> R {
+        f(&mut self.0.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// What it holds, by address.
+    pub fn held(&self) -> Vec<Mapping> {
+        self.with(|h| h.held.values().copied().collect())
+    }
+}
+
+#[cfg(feature = "vmm")]
+fn countdown(n: &mut Option<u8>) -> bool {
+    match n {
+        Some(0) => {
+            *n = None;
+            true
+        }
+        Some(k) => {
+            *k -= 1;
+            false
+        }
+        None => false,
+    }
+}
+
+#[cfg(feature = "vmm")]
+impl crate::ExternalMapper for RecordingMapper {
+    fn map(&mut self, m: &Mapping) -> Result<(), crate::ExternalError> {
+        self.with(|h| {
+            if countdown(&mut h.maps_before_failure) {
+                return Err(crate::ExternalError::NoMemory);
+            }
+            let overlaps = h
+                .held
+                .values()
+                .any(|o| o.virt_start <= m.virt_end && m.virt_start <= o.virt_end);
+            assert!(!overlaps, "{m:?} mapped over what the mapper holds");
+            h.held.insert(m.virt_start, *m);
+            Ok(())
+        })
+    }
+
+    fn unmap(&mut self, m: &Mapping) -> Result<(), crate::ExternalError> {
+        self.with(|h| {
+            if countdown(&mut h.unmaps_before_failure) {
+                return Err(crate::ExternalError::Failed(5));
+            }
+            assert_eq!(h.held.remove(&m.virt_start), Some(*m), "unmap of {m:?}");
+            Ok(())
+        })
+    }
+
+    fn set_bypass(&mut self, on: bool) -> Result<(), crate::ExternalError> {
+        self.with(|h| {
+            if !h.can_bypass {
+                return Err(crate::ExternalError::Unsupported);
+            }
+            h.bypass = on;
+            Ok(())
+        })
+    }
+}
+
+/// Requests, control-path changes and mapper failures decoded from bytes,
+/// on a [`VirtioIommu`](crate::VirtioIommu) whose endpoints 0 and 1 have
+/// external mappers. After every step: a request the mappers refused left
+/// the device as it was; a mapper holds at most its endpoint's domain
+/// (exactly it, and bypass exactly when the endpoint is, while no unmap
+/// has failed since the last successful sync).
+#[cfg(feature = "vmm")]
+pub fn run_external(data: &[u8]) {
+    use crate::VirtioIommu;
+    let mut b = Bytes(data);
+    let mut d = Device::new(DeviceConfig {
+        limits: LIMITS,
+        ..DeviceConfig::default()
+    })
+    .expect("a valid config");
+    for ep in 0..ENDPOINTS {
+        d.add_endpoint(ep, &[]).expect("a new endpoint");
+    }
+    d.negotiate(d.offered()).expect("all offered");
+    let iommu = VirtioIommu::new(d);
+    let mappers = [RecordingMapper::default(), RecordingMapper::default()];
+    for (ep, m) in mappers.iter().enumerate() {
+        m.with(|h| h.can_bypass = b.u8() & 1 == 0);
+        iommu
+            .set_external_mapper(ep as u32, alloc::boxed::Box::new(m.clone()))
+            .expect("an empty domain maps nothing");
+    }
+    let mut failures = iommu.external_failures();
+    for _ in 0..64 {
+        if b.0.is_empty() {
+            break;
+        }
+        let dom = u32::from(b.u8() % 4);
+        let ep = u32::from(b.u8() % 4);
+        let page = b.u64() % 16;
+        let pages = 1 + b.u64() % 4;
+        let request = match b.u8() % 9 {
+            0 | 1 => Request::Attach {
+                domain: dom,
+                endpoint: ep,
+                flags: if b.u8() % 4 == 0 { attach::BYPASS } else { 0 },
+                reserved: 0,
+            },
+            2 => Request::Detach {
+                domain: dom,
+                endpoint: ep,
+            },
+            3 | 4 => Request::Map {
+                domain: dom,
+                virt_start: page << 12,
+                virt_end: ((page + pages) << 12) - 1,
+                phys_start: (page + 0x100) << 12,
+                flags: u32::from(b.u8() % 4),
+            },
+            5 | 6 => Request::Unmap {
+                domain: dom,
+                virt_start: page << 12,
+                virt_end: ((page + pages) << 12) - 1,
+                reserved: 0,
+            },
+            7 => {
+                let m = &mappers[usize::from(b.u8() % 2)];
+                let n = b.u8() % 3;
+                if b.u8() % 2 == 0 {
+                    m.with(|h| h.maps_before_failure = Some(n));
+                } else {
+                    m.with(|h| h.unmaps_before_failure = Some(n));
+                }
+                continue;
+            }
+            _ => {
+                match b.u8() % 3 {
+                    0 => iommu.with_device(|d| {
+                        d.reset();
+                        d.negotiate(d.offered()).expect("all offered");
+                    }),
+                    1 => {
+                        let _ = iommu.with_device(|d| d.remove_endpoint(ep));
+                    }
+                    _ => {
+                        let _ = iommu.with_device(|d| d.add_endpoint(ep, &[]));
+                    }
+                }
+                check_mappers(&iommu, &mappers, &mut failures);
+                continue;
+            }
+        };
+        let before = iommu.with_device(|d| d.clone());
+        failures = iommu.external_failures();
+        let mut plain = before.clone();
+        let mut tail = [0u8; size::TAIL];
+        let used = iommu.handle(&request.encode(), &mut tail);
+        assert_eq!(used, size::TAIL);
+        let status = Status::from_u8(tail[0]).expect("a status");
+        let after = iommu.with_device(|d| d.clone());
+        let plain_status = plain.execute(&request);
+        if status == plain_status {
+            assert_eq!(
+                after, plain,
+                "{request}: the device did what a plain one does"
+            );
+        } else if matches!(request, Request::Map { .. } | Request::Attach { .. }) {
+            // Refused for a mapper: taken back whole, with its status.
+            assert_eq!(plain_status, Status::Ok, "{request}");
+            assert!(
+                matches!(
+                    status,
+                    Status::NoMem | Status::DevErr | Status::Unsupp | Status::Range
+                ),
+                "{request}: {status}"
+            );
+            assert_eq!(after, before, "{request}: a refusal changed the device");
+        } else {
+            // An UNMAP or DETACH a mapper could not follow: the device did
+            // it, and says DEVERR.
+            assert_eq!(status, Status::DevErr, "{request}");
+            assert_ne!(iommu.external_failures(), failures, "{request}: counted");
+            assert_eq!(after, plain, "{request}");
+        }
+        check_mappers(&iommu, &mappers, &mut failures);
+    }
+}
+
+/// A mapper holds exactly its endpoint's domain while no failure has been
+/// counted since the last check; at most that domain's addresses...
+/// otherwise nothing beyond what it held (failures keep mappings held).
+#[cfg(feature = "vmm")]
+fn check_mappers(iommu: &crate::VirtioIommu, mappers: &[RecordingMapper; 2], failures: &mut u64) {
+    let d = iommu.with_device(|d| d.clone());
+    let now = iommu.external_failures();
+    for (ep, m) in mappers.iter().enumerate() {
+        let ep = ep as u32;
+        let (recorded, bypass) = iommu.external_mappings(ep).expect("installed");
+        assert_eq!(
+            m.held(),
+            recorded,
+            "the adapter knows what the mapper holds"
+        );
+        let want: Vec<Mapping> = match d.domain_of(ep) {
+            Some(dom) if d.is_bypass_domain(dom) == Some(false) => d.mappings(dom).collect(),
+            _ => Vec::new(),
+        };
+        if now == *failures {
+            assert_eq!(recorded, want, "endpoint {ep} holds its domain");
+            assert_eq!(bypass, d.in_bypass(ep), "endpoint {ep} bypass");
+        }
+    }
+    *failures = now;
+}
+
+/// Any bytes as a PROBE reply's properties: reserved regions that are
+/// sorted and well formed, or a typed refusal; never a panic.
+#[cfg(feature = "driver")]
+pub fn run_probe_reply(data: &[u8]) {
+    if let Ok(regions) = crate::driver::parse_properties(data) {
+        for w in regions.windows(2) {
+            assert!(w[0].start.raw() <= w[1].start.raw());
+        }
+        for r in &regions {
+            assert!(r.length >= 1);
+            assert!(r.start.raw().checked_add(r.length - 1).is_some());
+        }
+        assert!(regions.len() <= data.len() / size::RESV_MEM);
+    }
+}

@@ -511,3 +511,38 @@ mod random {
         }
     }
 }
+
+/// Seeds for `fuzz/fuzz_targets/virtio_probe_reply.rs` (written to
+/// `$IOMMU_FUZZ_SEEDS/virtio_probe_reply` when set): replies a device
+/// writes, and malformed ones.
+#[test]
+fn the_probe_reply_seeds_hold() {
+    let resv = |subtype: u8, start: u64, end: u64| {
+        let mut p = vec![1u8, 0, 20, 0, subtype, 0, 0, 0];
+        p.extend_from_slice(&start.to_le_bytes());
+        p.extend_from_slice(&end.to_le_bytes());
+        p
+    };
+    let mut seeds = vec![
+        vec![0u8; 64],
+        resv(resv::MSI, MSI_DOORBELL, MSI_DOORBELL + 0xf_ffff),
+        [resv(0, 0x1000, 0x1fff), resv(1, 0x8000, 0x8fff)].concat(),
+        resv(0, 0, u64::MAX),
+        resv(0, 5, 4),
+        vec![1, 0, 0xff, 0xff],
+    ];
+    seeds.push([vec![9, 0, 2, 0, 0, 0], resv(0, 0x10, 0x20)].concat());
+    let dir = std::env::var_os("IOMMU_FUZZ_SEEDS").map(|d| {
+        let d = std::path::PathBuf::from(d).join("virtio_probe_reply");
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    });
+    for (i, s) in seeds.iter().enumerate() {
+        iommu_virtio::testing::run_probe_reply(s);
+        if let Some(d) = &dir {
+            std::fs::write(d.join(format!("seed-{i}")), s).unwrap();
+        }
+    }
+    assert_eq!(parse_properties(&seeds[3]), Err(Errno::EOVERFLOW));
+    assert_eq!(parse_properties(&seeds[1]).unwrap().len(), 1);
+}
