@@ -11,6 +11,7 @@
 mod bench;
 mod bench_dma;
 mod bench_pci;
+mod bench_virtio;
 mod dot;
 mod groups;
 mod input;
@@ -259,6 +260,18 @@ enum BenchCommand {
         #[arg(long)]
         quick: bool,
     },
+    /// The virtio-iommu device at 1 thousand, 64 thousand and 1 million
+    /// mappings: MAP+UNMAP without a transport and through the virtqueue,
+    /// translation on an IOTLB hit and miss; and the guest's DMA API
+    /// through the virtio-iommu driver
+    Virtio {
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+        /// Fewer samples, no 1-million size
+        #[arg(long)]
+        quick: bool,
+    },
     /// PCI grouping and `lspci -vvvnn` parsing of servers from 256 to 4096
     /// functions
     Pci {
@@ -343,6 +356,7 @@ fn bench_command(b: BenchCommand) -> Result<(), Failure> {
             quick,
         })?,
         BenchCommand::Pci { json, quick } => bench_pci::pci(json, quick)?,
+        BenchCommand::Virtio { json, quick } => bench_virtio::virtio(json, quick)?,
     };
     out::out!("{text}");
     Ok(())

@@ -474,9 +474,14 @@ impl Device {
     /// cannot be parsed (or is a PROBE the device does not offer), and the
     /// buffer is then left unwritten.
     pub fn handle(&mut self, readable: &[u8], writable: &mut [u8]) -> usize {
-        let Ok(request) = Request::parse(readable) else {
-            return 0;
-        };
+        match Request::parse(readable) {
+            Ok(request) => self.handle_request(request, writable),
+            Err(_) => 0,
+        }
+    }
+
+    /// [`handle`](Self::handle) of a request already parsed.
+    pub(crate) fn handle_request(&mut self, request: Request, writable: &mut [u8]) -> usize {
         if writable.len() < size::TAIL {
             return 0;
         }

@@ -30,7 +30,9 @@
 extern crate std;
 
 pub use crate::queue::QueueLayout;
-use crate::queue::{DriverQueue, DriverQueueError, EVENT_QUEUE, REQUEST_QUEUE};
+use crate::queue::{
+    read_fast, write_fast, DriverQueue, DriverQueueError, EVENT_QUEUE, REQUEST_QUEUE,
+};
 use crate::spec::{attach, feature, map, probe, resv, size, Status};
 use crate::{Fault, Request, VirtioIommu};
 use alloc::boxed::Box;
@@ -551,8 +553,8 @@ impl<M: GuestMemory + Send + Sync + 'static> Viommu<M> {
         let at = r.slots_at + SLOT * u64::from(slot);
         let bytes = request.encode();
         let tail = GuestAddress(at + TAIL_AT);
-        let written = inner.mem.write_slice(&bytes, GuestAddress(at)).is_ok()
-            && inner.mem.write_slice(&[0xff; 4], tail).is_ok();
+        let written = write_fast(&inner.mem, &bytes, GuestAddress(at))
+            && write_fast(&inner.mem, &[0xff; 4], tail);
         let head = if written {
             r.q.add(
                 &inner.mem,
@@ -647,10 +649,7 @@ impl<M: GuestMemory + Send + Sync + 'static> Viommu<M> {
             let at = r.slots_at + SLOT * u64::from(slot);
             let mut t = [0u8; 4];
             let status = if (len as usize) < size::TAIL
-                || inner
-                    .mem
-                    .read_slice(&mut t, GuestAddress(at + TAIL_AT))
-                    .is_err()
+                || !read_fast(&inner.mem, &mut t, GuestAddress(at + TAIL_AT))
             {
                 Status::IoErr
             } else {

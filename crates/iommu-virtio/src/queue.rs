@@ -17,7 +17,10 @@ use crate::vmm::VirtioIommu;
 use alloc::vec::Vec;
 use virtio_queue::desc::split::Descriptor;
 use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
-use vm_memory::{Bytes, GuestAddress, GuestMemory, Permissions};
+use vm_memory::{
+    Address, AtomicAccess, Bytes, GuestAddress, GuestMemory, GuestMemoryBackend, GuestMemoryRegion,
+    MemoryRegionAddress, Permissions,
+};
 
 /// The request queue's index.
 pub const REQUEST_QUEUE: u16 = 0;
@@ -87,13 +90,78 @@ impl Writable {
     }
 }
 
+/// The region holding all of `[at, at + len)`, when `mem` is physical
+/// memory and one region holds it.
+fn one_region<M: GuestMemory + ?Sized>(
+    mem: &M,
+    at: GuestAddress,
+    len: usize,
+) -> Option<(
+    &<M::PhysicalMemory as GuestMemoryBackend>::R,
+    MemoryRegionAddress,
+)> {
+    let (r, ra) = mem.physical_memory()?.to_region_addr(at)?;
+    let end = ra.raw_value().checked_add(len as u64)?;
+    (end <= r.len()).then_some((r, ra))
+}
+
+/// `mem.read_slice`, straight from the region when one holds the range:
+/// vm-memory's general path walks an iterator of slices for every access,
+/// which costs more than the request itself. Guest memory behind an
+/// IOMMU, or a range across regions, takes the general path.
+pub(crate) fn read_fast<M: GuestMemory + ?Sized>(
+    mem: &M,
+    buf: &mut [u8],
+    at: GuestAddress,
+) -> bool {
+    match one_region(mem, at, buf.len()) {
+        Some((r, ra)) => r.read_slice(buf, ra).is_ok(),
+        None => mem.read_slice(buf, at).is_ok(),
+    }
+}
+
+/// `mem.write_slice`, straight to the region as [`read_fast`] reads.
+pub(crate) fn write_fast<M: GuestMemory + ?Sized>(mem: &M, buf: &[u8], at: GuestAddress) -> bool {
+    match one_region(mem, at, buf.len()) {
+        Some((r, ra)) => r.write_slice(buf, ra).is_ok(),
+        None => mem.write_slice(buf, at).is_ok(),
+    }
+}
+
+/// `mem.store`, to the region as [`read_fast`] reads.
+fn store_fast<M: GuestMemory + ?Sized, T: AtomicAccess>(
+    mem: &M,
+    val: T,
+    at: GuestAddress,
+    order: core::sync::atomic::Ordering,
+) -> bool {
+    match one_region(mem, at, core::mem::size_of::<T>()) {
+        Some((r, ra)) => r.store(val, ra, order).is_ok(),
+        None => mem.store(val, at, order).is_ok(),
+    }
+}
+
+/// `mem.load`, from the region as [`read_fast`] reads.
+fn load_fast<M: GuestMemory + ?Sized, T: AtomicAccess>(
+    mem: &M,
+    at: GuestAddress,
+    order: core::sync::atomic::Ordering,
+) -> Option<T> {
+    match one_region(mem, at, core::mem::size_of::<T>()) {
+        Some((r, ra)) => r.load(ra, order).ok(),
+        None => mem.load(at, order).ok(),
+    }
+}
+
 fn in_memory<M: GuestMemory + ?Sized>(mem: &M, d: &Descriptor) -> bool {
     let access = if d.is_write_only() {
         Permissions::Write
     } else {
         Permissions::Read
     };
-    d.len() == 0 || mem.check_range(d.addr(), d.len() as usize, access)
+    d.len() == 0
+        || one_region(mem, d.addr(), d.len() as usize).is_some()
+        || mem.check_range(d.addr(), d.len() as usize, access)
 }
 
 /// Reads `chain`, keeping writable descriptors only until they hold `want`
@@ -125,7 +193,9 @@ fn read_chain<M: GuestMemory>(mem: &M, chain: DescriptorChain<&M>, want: u64) ->
             let n = (d.len() as usize).min(READABLE_MAX - c.readable_len);
             if n > 0 {
                 let dst = &mut c.readable[c.readable_len..c.readable_len + n];
-                mem.read_slice(dst, d.addr()).ok()?;
+                if !read_fast(mem, dst, d.addr()) {
+                    return None;
+                }
                 c.readable_len += n;
             }
             if n < d.len() as usize && !in_memory(mem, &d) {
@@ -155,7 +225,7 @@ fn scatter<M: GuestMemory + ?Sized>(
         }
         let n = (len - skip).min(data.len());
         let at = GuestAddress(d.addr().0 + skip as u64);
-        if mem.write_slice(&data[..n], at).is_err() {
+        if !write_fast(mem, &data[..n], at) {
             return false;
         }
         skip = 0;
@@ -476,16 +546,23 @@ impl DriverQueue {
         // `needed` fits: the queue has at most 32768 descriptors.
         self.chain_len[usize::from(head)] = needed as u16;
         let slot = u64::from(self.next_avail % self.size);
-        mem.write_obj(head.to_le(), GuestAddress(self.avail.0 + 4 + 2 * slot))
-            .map_err(|_| DriverQueueError::Layout)?;
+        if !write_fast(
+            mem,
+            &head.to_le_bytes(),
+            GuestAddress(self.avail.0 + 4 + 2 * slot),
+        ) {
+            return Err(DriverQueueError::Layout);
+        }
         self.next_avail = self.next_avail.wrapping_add(1);
         // The index is published after the entry it covers.
-        mem.store(
+        if !store_fast(
+            mem,
             self.next_avail.to_le(),
             GuestAddress(self.avail.0 + 2),
             core::sync::atomic::Ordering::Release,
-        )
-        .map_err(|_| DriverQueueError::Layout)?;
+        ) {
+            return Err(DriverQueueError::Layout);
+        }
         Ok(head)
     }
 
@@ -504,8 +581,11 @@ impl DriverQueue {
         d[14..16].copy_from_slice(&next.to_le_bytes());
         self.next[usize::from(id)] = next;
         let at = GuestAddress(self.desc.0 + DESC_SIZE * u64::from(id));
-        mem.write_slice(&d, at)
-            .map_err(|_| DriverQueueError::Layout)
+        if write_fast(mem, &d, at) {
+            Ok(())
+        } else {
+            Err(DriverQueueError::Layout)
+        }
     }
 
     /// The next chain the device returned, with the length it wrote; its
@@ -518,19 +598,20 @@ impl DriverQueue {
         &mut self,
         mem: &M,
     ) -> Result<Option<(u16, u32)>, DriverQueueError> {
-        let idx: u16 = mem
-            .load(
-                GuestAddress(self.used.0 + 2),
-                core::sync::atomic::Ordering::Acquire,
-            )
-            .map_err(|_| DriverQueueError::Layout)?;
+        let idx: u16 = load_fast(
+            mem,
+            GuestAddress(self.used.0 + 2),
+            core::sync::atomic::Ordering::Acquire,
+        )
+        .ok_or(DriverQueueError::Layout)?;
         if u16::from_le(idx) == self.last_used {
             return Ok(None);
         }
         let slot = u64::from(self.last_used % self.size);
         let mut e = [0u8; 8];
-        mem.read_slice(&mut e, GuestAddress(self.used.0 + 4 + 8 * slot))
-            .map_err(|_| DriverQueueError::Layout)?;
+        if !read_fast(mem, &mut e, GuestAddress(self.used.0 + 4 + 8 * slot)) {
+            return Err(DriverQueueError::Layout);
+        }
         self.last_used = self.last_used.wrapping_add(1);
         let id = u32::from_le_bytes([e[0], e[1], e[2], e[3]]);
         let len = u32::from_le_bytes([e[4], e[5], e[6], e[7]]);

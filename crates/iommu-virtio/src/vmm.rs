@@ -29,6 +29,7 @@ use alloc::collections::BTreeMap;
 use alloc::format;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
+use core::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard, OnceLock, RwLock, RwLockReadGuard};
 use vm_memory::iommu::{Error, Iommu, Iotlb, IotlbIterator, IovaRange};
 use vm_memory::{GuestAddress, Permissions};
@@ -39,6 +40,9 @@ use vm_memory::{GuestAddress, Permissions};
 pub struct VirtioIommu {
     device: Mutex<Device>,
     external: Mutex<Externals>,
+    /// Whether any endpoint has an external mapper (so that requests
+    /// without one skip the mappers' lock).
+    has_external: AtomicBool,
     iotlbs: Mutex<BTreeMap<u32, Arc<RwLock<Iotlb>>>>,
     observer: OnceLock<Observer>,
 }
@@ -61,6 +65,7 @@ impl VirtioIommu {
         Arc::new(VirtioIommu {
             device: Mutex::new(device),
             external: Mutex::new(Externals::default()),
+            has_external: AtomicBool::new(false),
             observer: OnceLock::new(),
             iotlbs: Mutex::new(BTreeMap::new()),
         })
@@ -108,7 +113,10 @@ impl VirtioIommu {
         mapper: alloc::boxed::Box<dyn ExternalMapper>,
     ) -> Result<(), ExternalError> {
         let d = self.device();
-        self.external().insert(&d, endpoint, mapper)
+        let mut x = self.external();
+        let r = x.insert(&d, endpoint, mapper);
+        self.has_external.store(!x.is_empty(), Ordering::Release);
+        r
     }
 
     /// Stops forwarding `endpoint`'s mappings: everything its mapper holds
@@ -118,7 +126,10 @@ impl VirtioIommu {
         endpoint: u32,
     ) -> Option<alloc::boxed::Box<dyn ExternalMapper>> {
         let _d = self.device();
-        self.external().remove(endpoint)
+        let mut x = self.external();
+        let m = x.remove(endpoint);
+        self.has_external.store(!x.is_empty(), Ordering::Release);
+        m
     }
 
     /// What `endpoint`'s external mapper holds: its mappings by address
@@ -181,20 +192,20 @@ impl VirtioIommu {
     /// [`Device::handle`] does, and invalidates what it took away before
     /// returning the used length.
     pub fn handle(&self, readable: &[u8], writable: &mut [u8]) -> usize {
-        let mut d = self.device();
-        let mut x = self.external();
-        let follow = if x.is_empty() {
-            None
-        } else {
-            Request::parse(readable).ok().and_then(|r| x.follow(&d, &r))
+        let Ok(request) = Request::parse(readable) else {
+            return 0;
         };
-        let used = d.handle(readable, writable);
+        let mut d = self.device();
+        // The flag changes only under the device's lock, which is held.
+        let mut x = self
+            .has_external
+            .load(Ordering::Acquire)
+            .then(|| self.external());
+        let follow = x.as_ref().and_then(|x| x.follow(&d, &request));
+        let used = d.handle_request(request, writable);
         if used == 0 {
             return 0;
         }
-        let Ok(request) = Request::parse(readable) else {
-            return used;
-        };
         let ok = writable.first() == Some(&(Status::Ok as u8))
             || matches!(request, Request::Probe { .. });
         if !ok {
@@ -202,7 +213,7 @@ impl VirtioIommu {
             self.tell(&request, writable, used);
             return used;
         }
-        if let Some(follow) = follow {
+        if let (Some(follow), Some(x)) = (follow, x.as_mut()) {
             if let Err(e) = x.apply(&mut d, follow) {
                 // Not a PROBE: the status is the first byte of the tail.
                 writable[0] = e.status() as u8;
