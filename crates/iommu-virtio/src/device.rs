@@ -92,7 +92,7 @@ impl Domain {
     }
 
     /// Whether any mapping meets `[start, end]`.
-    fn meets(&self, start: u64, end: u64) -> bool {
+    pub(crate) fn meets(&self, start: u64, end: u64) -> bool {
         self.mappings
             .range(..=end)
             .next_back()
@@ -566,6 +566,12 @@ impl Device {
         match self.domains.get(&domain) {
             Some(d) if d.bypass != bypass => return Status::Inval,
             Some(_) if ep.domain == Some(domain) => return Status::Ok,
+            // The domain maps what this endpoint reserves (a MAP made
+            // while only other endpoints were attached): the device cannot
+            // attach it there without breaking the MAP rule.
+            Some(d) if ep.resv.iter().any(|r| d.meets(r.start, r.end)) => {
+                return Status::Unsupp;
+            }
             Some(_) => {}
             None => {
                 // Moving out of a domain it alone holds frees that slot.

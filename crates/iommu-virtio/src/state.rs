@@ -103,6 +103,15 @@ pub enum RestoreError {
         /// The mapping's first address.
         virt_start: u64,
     },
+    /// A domain maps what one of its endpoints reserves (neither MAP nor
+    /// ATTACH lets a device get there).
+    #[error("domain {domain} maps a reserved region of endpoint {endpoint}")]
+    ReservedMapped {
+        /// The endpoint.
+        endpoint: u32,
+        /// Its domain.
+        domain: u32,
+    },
     /// More mappings than the limits allow.
     #[error("more mappings than the limits allow")]
     TooManyMappings,
@@ -175,6 +184,12 @@ impl Device {
                     domain,
                 });
             };
+            if e.resv.iter().any(|r| dom.meets(r.start, r.end)) {
+                return Err(RestoreError::ReservedMapped {
+                    endpoint: e.id,
+                    domain,
+                });
+            }
             dom.endpoints.insert(e.id);
             if let Some(ep) = d.endpoints.get_mut(&e.id) {
                 ep.domain = Some(domain);

@@ -151,6 +151,15 @@ impl Model {
                 match self.domain(domain) {
                     Some(i) if self.domains[i].1 != bypass => return Status::Inval,
                     Some(_) if self.domain_of(endpoint) == Some(domain) => return Status::Ok,
+                    Some(_)
+                        if endpoint == 0
+                            && self
+                                .maps
+                                .iter()
+                                .any(|m| m.0 == domain && m.1 <= RESV.1 && RESV.0 <= m.2) =>
+                    {
+                        return Status::Unsupp;
+                    }
                     Some(_) => {}
                     None => {
                         let frees = self.domain_of(endpoint).is_some_and(|d| {

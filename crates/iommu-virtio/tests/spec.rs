@@ -425,6 +425,36 @@ fn attach_twice_to_the_same_domain_is_ok_and_keeps_its_mappings() {
 }
 
 #[test]
+fn attach_to_a_domain_it_cannot_join_is_unsupp_and_changes_nothing() {
+    // § ... / ATTACH request: a device that cannot attach the endpoint to
+    // a domain other endpoints hold MUST reject it with UNSUPP. This one
+    // cannot when the domain maps what the endpoint reserves (a MAP there
+    // is INVAL for an attached endpoint, so joining would break the rule).
+    let mut d = device();
+    assert_eq!(send(&mut d, attach(1, EP2)), Status::Ok);
+    let over_msi = Request::Map {
+        domain: 1,
+        virt_start: MSI.start,
+        virt_end: MSI.start + 0xfff,
+        phys_start: 0x8000,
+        flags: map::WRITE,
+    };
+    assert_eq!(send(&mut d, over_msi), Status::Ok);
+    let before = d.clone();
+    assert_eq!(send(&mut d, attach(1, EP)), Status::Unsupp);
+    assert_eq!(d, before);
+    // Once the mapping is gone, it can.
+    let unmap = Request::Unmap {
+        domain: 1,
+        virt_start: MSI.start,
+        virt_end: MSI.start + 0xfff,
+        reserved: 0,
+    };
+    assert_eq!(send(&mut d, unmap), Status::Ok);
+    assert_eq!(send(&mut d, attach(1, EP)), Status::Ok);
+}
+
+#[test]
 fn attach_not_rejected_means_attached() {
     // § ... / ATTACH request: a device that does not reject MUST attach.
     let mut d = device();
