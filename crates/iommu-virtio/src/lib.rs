@@ -10,6 +10,18 @@
 //! translation the domains make for an endpoint's access, or the fault to
 //! report on the event queue.
 //!
+//! Features add the rest of a vIOMMU:
+//! - `vmm`: `VirtioIommu`, the device shared between its virtqueues
+//!   (`queue`, through rust-vmm's virtio-queue) and the DMA of the VMM's
+//!   other devices (an `EndpointIommu` per endpoint for vm-memory's
+//!   `IommuMemory`), and external mappers (`ExternalMapper`) for
+//!   passthrough endpoints;
+//! - `serde`: [`DeviceState`] for snapshots and migration;
+//! - `core`: `CoreDomainMapper`, an external mapper into an `iommu-core`
+//!   domain;
+//! - `driver`: the guest side, `driver::Viommu`, a virtio-iommu driver for
+//!   `iommu-core`, and a transport to a device in the same process.
+//!
 //! ```
 //! use iommu_virtio::spec::{feature, map, Status};
 //! use iommu_virtio::{Device, DeviceConfig, Request};
