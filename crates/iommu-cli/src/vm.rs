@@ -1,23 +1,64 @@
 //! `iommu vm`: a guest with a virtio-iommu, in one process. The guest's
 //! IOMMU core runs the virtio-iommu driver, whose request and event queues
 //! live in the guest's memory; the VMM side serves them with the device and
-//! translates the DMA of a virtio-net and a virtio-blk through it. The run
-//! prints every request on the wire with the status the device gave, and
-//! ends with the guest's IOMMU groups.
+//! translates the DMA of a virtio-net and a virtio-blk through it. A third
+//! device, the host's NVMe drive assigned to the guest, has its mappings
+//! forwarded to the host's IOMMU (an external mapper into a domain of the
+//! host's soft IOMMU, as a VMM forwards them to VFIO). The run prints every
+//! request on the wire with the status the device gave, and ends with the
+//! guest's IOMMU groups.
 
 use crate::out::{out, outln};
 use crate::run::{listed_groups, render_listing, ListedGroup, JSON_VERSION};
 use crate::{Failure, VmArch, VmArgs};
 use iommu_core::{Bus, DeviceBuilder, Iommu, IommuConfig, PhysAddr};
 use iommu_dma::{DmaDevice, DmaDirection, DmaOptions};
+use iommu_soft::platform::PciPlatform;
 use iommu_virtio::driver::{Loopback, Viommu, ViommuConfig, ViommuDomain};
 use iommu_virtio::spec::feature;
-use iommu_virtio::{Device, DeviceConfig, ResvMem, VirtioIommu};
+use iommu_virtio::{CoreDomainMapper, Device, DeviceConfig, ResvMem, VirtioIommu};
 use serde::Serialize;
 use std::sync::{Arc, Mutex};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap, IommuMemory};
 
 type Mem = GuestMemoryMmap<()>;
+
+/// The host's device assigned to the guest: its address on the host,
+/// its address and endpoint id in the guest, its description.
+const ASSIGNED: (&str, &str, u32, &str) = (
+    "0000:03:00.0",
+    "0000:00:04.0",
+    0x20,
+    "Non-Volatile memory controller [0108]: iommu-rs Simulated NVMe [0de5:0300] (assigned from the host)",
+);
+
+/// The host side of the assigned device: the host's platform and the
+/// unmanaged domain its group is attached to (what VFIO holds).
+struct Host {
+    platform: PciPlatform,
+    domain: iommu_core::Domain,
+}
+
+fn host() -> Result<Host, String> {
+    let platform = PciPlatform::build().map_err(|e| format!("host: {e}"))?;
+    let dev = platform
+        .device(ASSIGNED.0)
+        .ok_or("the host has no NVMe drive")?;
+    let group = dev.iommu_group().ok_or("the host's NVMe has no group")?;
+    let domain = platform
+        .iommu
+        .domain_alloc(&platform.bus, iommu_core::DomainType::Unmanaged)
+        .map_err(|e| format!("host domain: {e}"))?;
+    platform
+        .iommu
+        .group_claim_dma_owner(&group, iommu_core::DmaOwner::new())
+        .map_err(|e| format!("host: claiming the NVMe's group: {e}"))?;
+    platform
+        .iommu
+        .attach_group(&domain, &group)
+        .map_err(|e| format!("host: attaching the NVMe's group: {e}"))?;
+    Ok(Host { platform, domain })
+}
 
 /// Guest memory.
 const MEM: u64 = 64 << 20;
@@ -111,11 +152,34 @@ pub fn vm(args: &VmArgs) -> Result<(), Failure> {
     // The VMM: guest memory and the device with the two endpoints.
     let mem = Mem::from_ranges(&[(GuestAddress(0), MEM as usize)])
         .map_err(|e| format!("guest memory: {e}"))?;
-    let mut d = Device::new(DeviceConfig::default()).map_err(|e| e.to_string())?;
+    // An assigned device cannot bypass through this host model, so it is
+    // only there when the guest translates.
+    let assigned = !args.policy.passthrough;
+    let host = if assigned { Some(host()?) } else { None };
+    let mut config = DeviceConfig::default();
+    if let Some(h) = &host {
+        // The guest may only use IOVAs the host's IOMMU can map (as a VMM
+        // sizes the vIOMMU's input range from the host's aperture).
+        let g = h.domain.geometry();
+        config.input_range = (g.aperture_start.raw(), g.aperture_end.raw());
+    }
+    let mut d = Device::new(config).map_err(|e| e.to_string())?;
     for (_, id, _) in DEVICES {
         d.add_endpoint(id, &[msi]).map_err(|e| e.to_string())?;
     }
+    if assigned {
+        d.add_endpoint(ASSIGNED.2, &[msi])
+            .map_err(|e| e.to_string())?;
+    }
     let device = VirtioIommu::new(d);
+    if let Some(h) = &host {
+        device
+            .set_external_mapper(
+                ASSIGNED.2,
+                Box::new(CoreDomainMapper::new(h.domain.clone())),
+            )
+            .map_err(|e| format!("the assigned device's mapper: {e}"))?;
+    }
     let wire = Arc::clone(&story.wire);
     device.observe(move |r, s| {
         tracing::debug!("device: {r} -> {s}");
@@ -166,12 +230,16 @@ pub fn vm(args: &VmArgs) -> Result<(), Failure> {
     iommu
         .bus_set_iommu(&bus, Arc::new(viommu.clone()))
         .map_err(|e| format!("bus_set_iommu: {e}"))?;
-    for (name, id, desc) in DEVICES {
+    let mut guest_devices: Vec<(&str, u32, &str)> = DEVICES.to_vec();
+    if assigned {
+        guest_devices.push((ASSIGNED.1, ASSIGNED.2, ASSIGNED.3));
+    }
+    for &(name, id, desc) in &guest_devices {
         bus.add_device(DeviceBuilder::new(name).stream_ids([id]).description(desc))
             .map_err(|e| format!("adding {name}: {e}"))?;
     }
     story.wire();
-    for (name, _, _) in DEVICES {
+    for &(name, _, _) in &guest_devices {
         let missing = |what: &str| Failure::Run(format!("{name}: {what}"));
         let dev = bus.find_device(name).ok_or_else(|| missing("gone"))?;
         let group = dev.iommu_group().ok_or_else(|| missing("no group"))?;
@@ -216,6 +284,9 @@ pub fn vm(args: &VmArgs) -> Result<(), Failure> {
         ));
     } else {
         dma_steps(&mut story, &iommu, &bus, &mem, &device, &transport, &viommu)?;
+        if let Some(h) = &host {
+            assigned_steps(&mut story, &iommu, &bus, h)?;
+        }
     }
 
     let groups = listed_groups(&iommu, |n| {
@@ -403,5 +474,54 @@ fn dma_steps(
     for d in [&net, &blk] {
         d.domain().set_fault_handler(None);
     }
+    Ok(())
+}
+
+/// The assigned NVMe maps a buffer: the guest's MAP reaches the device,
+/// which forwards it to the host's IOMMU; the host's page tables then
+/// translate the drive's DMA, until the guest unmaps.
+fn assigned_steps(story: &mut Story, iommu: &Iommu, bus: &Bus, host: &Host) -> Result<(), Failure> {
+    use iommu_core::Iova;
+    use iommu_soft::Access;
+    story.heading(&format!(
+        "The host's NVMe {} is assigned to the guest as {}: its mappings go on to the host's IOMMU",
+        ASSIGNED.0, ASSIGNED.1
+    ));
+    let dev = bus
+        .find_device(ASSIGNED.1)
+        .ok_or_else(|| Failure::Run("the assigned device went missing".into()))?;
+    let nvme = DmaDevice::bind(iommu, &dev, DmaOptions::default())
+        .map_err(|e| format!("{}: {e}", ASSIGNED.1))?;
+    nvme.set_dma_mask_and_coherent(u64::MAX)
+        .map_err(|e| format!("{}: {e}", ASSIGNED.1))?;
+    let buf = 0xc0_0000u64;
+    let a = nvme
+        .map_single(PhysAddr::new(buf), 0x2000, DmaDirection::Bidirectional)
+        .map_err(|e| format!("dma_map_single: {e}"))?;
+    story.say(format!(
+        "  dma_map_single({buf:#x}, 0x2000) = {:#x}",
+        a.raw()
+    ));
+    story.wire();
+    let host_dev = host
+        .platform
+        .device(ASSIGNED.0)
+        .ok_or_else(|| Failure::Run("the host's NVMe went missing".into()))?;
+    let show = |story: &mut Story, when: &str| {
+        let at = a.raw() + 0x1234;
+        match host.platform.soft.translate(&host_dev, Iova::new(at), Access::Write) {
+            Ok(pa) => story.say(format!(
+                "  {when}: the host IOMMU translates the drive's write at {at:#x} to {pa} (LPAE tables)"
+            )),
+            Err(e) => story.say(format!(
+                "  {when}: the host IOMMU refuses the drive's write at {at:#x}: {e}"
+            )),
+        }
+    };
+    show(story, "mapped");
+    nvme.unmap_single(a, 0x2000, DmaDirection::Bidirectional)
+        .map_err(|e| format!("dma_unmap_single: {e}"))?;
+    story.wire();
+    show(story, "unmapped");
     Ok(())
 }

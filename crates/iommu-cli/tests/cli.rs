@@ -738,6 +738,12 @@ fn vm_shows_the_wire_the_fault_events_and_the_guests_groups() {
         .any(|l| l.starts_with("  wire: UNMAP domain 1 [")));
     assert!(out.contains("core: domain 2 reports a Write fault of 0000:00:03.0"));
     assert!(out.contains("0 refused"));
+    // The assigned drive: its MAP goes on to the host's page tables, and
+    // its UNMAP takes it out of them.
+    assert!(out.contains(
+        "mapped: the host IOMMU translates the drive's write at 0xfffffffff234 to 0xc01234"
+    ));
+    assert!(out.contains("unmapped: the host IOMMU refuses the drive's write at 0xfffffffff234"));
     let groups = position(&lines, "== The guest's IOMMU groups");
     assert_eq!(lines[groups + 1], "IOMMU Group 0:");
     assert!(lines[groups + 2].starts_with("\t00:02.0 Ethernet controller"));
@@ -759,7 +765,7 @@ fn vm_shows_the_wire_the_fault_events_and_the_guests_groups() {
     assert_eq!(code, 0);
     let v: serde_json::Value = serde_json::from_str(&json).unwrap();
     assert_eq!(v["command"], "vm");
-    assert_eq!(v["groups"].as_array().unwrap().len(), 2);
+    assert_eq!(v["groups"].as_array().unwrap().len(), 3);
     let (code, out, _) = iommu(&["vm", "--passthrough", "--arch", "arm"]);
     assert_eq!(code, 0);
     assert!(out.contains("ATTACH endpoint 0x10 to domain 0 BYPASS -> OK"));
