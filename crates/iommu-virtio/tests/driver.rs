@@ -546,3 +546,104 @@ fn the_probe_reply_seeds_hold() {
     assert_eq!(parse_properties(&seeds[3]), Err(Errno::EOVERFLOW));
     assert_eq!(parse_properties(&seeds[1]).unwrap().len(), 1);
 }
+
+fn probe_on(config: DeviceConfig, len: Option<u64>) -> Result<Viommu<Mem>, Errno> {
+    let mem = Mem::from_ranges(&[(GuestAddress(0), MEM as usize)]).unwrap();
+    let device = VirtioIommu::new(Device::new(config).unwrap());
+    let transport = Arc::new(Loopback::new(device, mem.clone()));
+    let cfg = ViommuConfig::default();
+    let need = Viommu::<Mem>::memory_needed(cfg, 512);
+    Viommu::probe(
+        transport,
+        mem,
+        GuestAddress(REGION),
+        len.unwrap_or(need),
+        cfg,
+    )
+}
+
+#[test]
+fn probe_refuses_what_it_cannot_drive() {
+    // No MAP_UNMAP: nothing to drive.
+    let config = DeviceConfig {
+        features: DeviceConfig::default().features & !feature::MAP_UNMAP,
+        ..DeviceConfig::default()
+    };
+    assert_eq!(probe_on(config, None).unwrap_err(), Errno::ENODEV);
+    // Too little memory for the queues.
+    assert_eq!(
+        probe_on(DeviceConfig::default(), Some(64)).unwrap_err(),
+        Errno::ENOMEM
+    );
+    // A region past the end of guest memory.
+    let mem = Mem::from_ranges(&[(GuestAddress(0), 0x1000)]).unwrap();
+    let device = VirtioIommu::new(Device::new(DeviceConfig::default()).unwrap());
+    let t = Arc::new(Loopback::new(device, mem.clone()));
+    let cfg = ViommuConfig::default();
+    assert_eq!(
+        Viommu::probe(t, mem, GuestAddress(0), 1 << 20, cfg).unwrap_err(),
+        Errno::ENOMEM
+    );
+    // A queue size that is not a power of two.
+    let mem = Mem::from_ranges(&[(GuestAddress(0), MEM as usize)]).unwrap();
+    let device = VirtioIommu::new(Device::new(DeviceConfig::default()).unwrap());
+    let t = Arc::new(Loopback::new(device, mem.clone()));
+    let cfg = ViommuConfig {
+        request_queue_size: 3,
+        ..ViommuConfig::default()
+    };
+    assert_eq!(
+        Viommu::probe(t, mem, GuestAddress(REGION), 1 << 20, cfg).unwrap_err(),
+        Errno::EINVAL
+    );
+}
+
+#[test]
+fn domain_ids_come_from_domain_range_and_run_out() {
+    let g = guest_with(
+        DeviceConfig {
+            domain_range: (7, 9),
+            ..DeviceConfig::default()
+        },
+        IommuConfig::default(),
+    );
+    // The two default domains took 7 and 8.
+    let ids: Vec<u32> = [NET, BLK]
+        .iter()
+        .map(|&ep| g.device.with_device(|d| d.domain_of(ep)).unwrap())
+        .collect();
+    assert_eq!(ids, [7, 8]);
+    let third = g.iommu.domain_alloc(&g.bus, DomainType::Unmanaged).unwrap();
+    assert_eq!(
+        g.iommu
+            .domain_alloc(&g.bus, DomainType::Unmanaged)
+            .unwrap_err(),
+        Errno::ENOSPC
+    );
+    // A freed id is taken again.
+    drop(third);
+    assert!(g.iommu.domain_alloc(&g.bus, DomainType::Unmanaged).is_ok());
+}
+
+#[test]
+fn a_granule_larger_than_the_guests_page_gets_no_domain() {
+    let config = DeviceConfig {
+        page_size_mask: !0xffff,
+        ..DeviceConfig::default()
+    };
+    let mem = Mem::from_ranges(&[(GuestAddress(0), MEM as usize)]).unwrap();
+    let mut d = Device::new(config).unwrap();
+    d.add_endpoint(NET, &[]).unwrap();
+    let device = VirtioIommu::new(d);
+    let t = Arc::new(Loopback::new(device, mem.clone()));
+    let cfg = ViommuConfig::default();
+    let need = Viommu::<Mem>::memory_needed(cfg, 512);
+    let viommu = Viommu::probe(t, mem, GuestAddress(REGION), need, cfg).unwrap();
+    let iommu = Iommu::new(IommuConfig::default());
+    let bus = Bus::new(&iommu, "virtio").unwrap();
+    iommu.bus_set_iommu(&bus, Arc::new(viommu)).unwrap();
+    assert_eq!(
+        iommu.domain_alloc(&bus, DomainType::Unmanaged).unwrap_err(),
+        Errno::ENODEV
+    );
+}
