@@ -1067,11 +1067,17 @@ impl<M: GuestMemory + Send + Sync + 'static> ViommuDomain<M> {
         self.state.bypass
     }
 
-    /// The mappings the driver records, as (first, last, phys, flags).
-    pub fn mappings(&self) -> Vec<(u64, u64, u64, u32)> {
+    /// The mappings the driver records (what it sent in MAP requests, or
+    /// will send when the domain is attached), by address.
+    pub fn mappings(&self) -> Vec<crate::Mapping> {
         lock(&self.state.mappings)
             .iter()
-            .map(|(&s, m)| (s, m.end, m.phys, m.flags))
+            .map(|(&s, m)| crate::Mapping {
+                virt_start: s,
+                virt_end: m.end,
+                phys_start: m.phys,
+                flags: m.flags,
+            })
             .collect()
     }
 

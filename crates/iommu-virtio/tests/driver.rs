@@ -405,7 +405,7 @@ fn records(g: &Guest, domain: &iommu_core::Domain, ep: u32) -> (Spans, Spans) {
         .unwrap()
         .mappings()
         .into_iter()
-        .map(|(s, e, p, _)| (s, e, p))
+        .map(|m| (m.virt_start, m.virt_end, m.phys_start))
         .collect();
     let id = g.device.with_device(|d| d.domain_of(ep)).unwrap();
     let theirs = g.device.with_device(|d| {
