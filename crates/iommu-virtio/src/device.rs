@@ -215,6 +215,17 @@ impl Fault {
         b[16..24].copy_from_slice(&self.address.to_le_bytes());
         b
     }
+
+    /// The fault report `b` holds, as [`encode`](Self::encode) writes it
+    /// (what a driver reads from an event buffer).
+    pub fn decode(b: &[u8; size::FAULT]) -> Fault {
+        Fault {
+            reason: b[0],
+            flags: crate::request::u32_at(b, 4),
+            endpoint: crate::request::u32_at(b, 8),
+            address: crate::request::u64_at(b, 16),
+        }
+    }
 }
 
 /// Where an endpoint was before an ATTACH, to take the ATTACH back.

@@ -29,10 +29,12 @@
 
 extern crate std;
 
+use crate::config::offset;
 pub use crate::queue::QueueLayout;
 use crate::queue::{
     read_fast, write_fast, DriverQueue, DriverQueueError, EVENT_QUEUE, REQUEST_QUEUE,
 };
+use crate::request::{u32_at, u64_at};
 use crate::spec::{attach, feature, map, probe, resv, size, Status};
 use crate::{Fault, Request, VirtioIommu};
 use alloc::boxed::Box;
@@ -246,18 +248,6 @@ fn queue_errno(e: DriverQueueError) -> Errno {
     }
 }
 
-fn le64(b: &[u8], at: usize) -> u64 {
-    let mut a = [0u8; 8];
-    a.copy_from_slice(&b[at..at + 8]);
-    u64::from_le_bytes(a)
-}
-
-fn le32(b: &[u8], at: usize) -> u32 {
-    let mut a = [0u8; 4];
-    a.copy_from_slice(&b[at..at + 4]);
-    u32::from_le_bytes(a)
-}
-
 impl<M: GuestMemory + Send + Sync + 'static> Viommu<M> {
     /// Guest memory the driver needs for its queues and buffers with
     /// `cfg` and a device whose `probe_size` is `probe_size`.
@@ -312,18 +302,28 @@ impl<M: GuestMemory + Send + Sync + 'static> Viommu<M> {
         let mut c = [0u8; size::CONFIG];
         transport.read_config(0, &mut c);
         let has = |f: u64| features & f != 0;
-        let pgsize_bitmap = le64(&c, 0);
+        let pgsize_bitmap = u64_at(&c, offset::PAGE_SIZE_MASK);
         let (input_start, input_end) = if has(feature::INPUT_RANGE) {
-            (le64(&c, 8), le64(&c, 16))
+            (
+                u64_at(&c, offset::INPUT_START),
+                u64_at(&c, offset::INPUT_END),
+            )
         } else {
             (0, u64::MAX)
         };
         let (first_domain, last_domain) = if has(feature::DOMAIN_RANGE) {
-            (le32(&c, 24), le32(&c, 28))
+            (
+                u32_at(&c, offset::DOMAIN_START),
+                u32_at(&c, offset::DOMAIN_END),
+            )
         } else {
             (0, u32::MAX)
         };
-        let probe_size = if has(feature::PROBE) { le32(&c, 32) } else { 0 };
+        let probe_size = if has(feature::PROBE) {
+            u32_at(&c, offset::PROBE_SIZE)
+        } else {
+            0
+        };
         if pgsize_bitmap == 0
             || input_start > input_end
             || first_domain > last_domain
@@ -449,12 +449,7 @@ impl<M: GuestMemory + Send + Sync + 'static> Viommu<M> {
                 let mut b = [0u8; size::FAULT];
                 let read = inner.mem.read_slice(&mut b, buf).is_ok();
                 if read && len as usize >= size::FAULT {
-                    faults.push(Fault {
-                        reason: b[0],
-                        flags: le32(&b, 4),
-                        endpoint: le32(&b, 8),
-                        address: le64(&b, 16),
-                    });
+                    faults.push(Fault::decode(&b));
                 } else {
                     tracing::warn!(len, "event buffer returned without a fault report");
                 }
@@ -621,8 +616,11 @@ impl<M: GuestMemory + Send + Sync + 'static> Viommu<M> {
     /// returns its used length.
     fn complete_locked(&self, r: &mut Requests, head: u16) -> Result<u32, Errno> {
         let inner = &*self.inner;
-        lock(&inner.stats).kicks += 1;
-        lock(&inner.stats).requests[4] += 1;
+        {
+            let mut stats = lock(&inner.stats);
+            stats.kicks += 1;
+            stats.requests[4] += 1;
+        }
         inner.transport.notify(REQUEST_QUEUE);
         self.drain_locked(r, Some(head)).ok_or(Errno::EIO)
     }
@@ -865,8 +863,8 @@ pub fn parse_properties(props: &[u8]) -> Result<Vec<ReservedRegion>, Errno> {
                 return Err(Errno::EINVAL);
             }
             let b = &props[body..next];
-            let start = le64(b, 4);
-            let end = le64(b, 12);
+            let start = u64_at(b, 4);
+            let end = u64_at(b, 12);
             if end < start {
                 return Err(Errno::EINVAL);
             }
