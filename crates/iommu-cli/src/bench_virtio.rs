@@ -8,19 +8,20 @@ use iommu_core::{Bus, DeviceBuilder, Iommu, IommuConfig, PhysAddr};
 use iommu_dma::{DmaDevice, DmaDirection, DmaOptions};
 use iommu_virtio::driver::{Loopback, Viommu, ViommuConfig};
 use iommu_virtio::queue::DriverQueue;
-use iommu_virtio::spec::{map, Status};
-use iommu_virtio::{Device, DeviceConfig, Request, VirtioIommu};
+use iommu_virtio::spec::Status;
+use iommu_virtio::testing::{bench_device, bench_map_unmap, BENCH_EP};
+use iommu_virtio::{Device, DeviceConfig, VirtioIommu};
 use serde::Serialize;
 use std::fmt::Write as _;
 use std::hint::black_box;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 use vm_memory::iommu::Iommu as _;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap, IommuMemory, Permissions};
 
 type Mem = GuestMemoryMmap<()>;
 
-const EP: u32 = 1;
+const EP: u32 = BENCH_EP;
 /// Requests made available per notification in the virtqueue workload.
 const PAIRS: u64 = 16;
 
@@ -46,59 +47,11 @@ fn guest_memory() -> Result<Mem, String> {
     Mem::from_ranges(&[(GuestAddress(0), 64 << 20)]).map_err(|e| format!("guest memory: {e}"))
 }
 
-/// A device whose domain 1 holds `n` 4 KiB mappings, every other page.
-fn device(n: u64) -> Result<Device, String> {
-    let mut d = Device::new(DeviceConfig::default()).map_err(|e| e.to_string())?;
-    d.add_endpoint(EP, &[]).map_err(|e| e.to_string())?;
-    d.negotiate(d.offered()).map_err(|e| e.to_string())?;
-    let attach = Request::Attach {
-        domain: 1,
-        endpoint: EP,
-        flags: 0,
-        reserved: 0,
-    };
-    let mut ok = d.execute(&attach) == Status::Ok;
-    for i in 0..n {
-        ok &= d.execute(&Request::Map {
-            domain: 1,
-            virt_start: i * 0x2000,
-            virt_end: i * 0x2000 + 0xfff,
-            phys_start: (i % 4096) * 0x1000,
-            flags: map::READ | map::WRITE,
-        }) == Status::Ok;
-    }
-    if ok {
-        Ok(d)
-    } else {
-        Err("the benchmark's device refused its set-up".into())
-    }
-}
-
-fn ns(mut f: impl FnMut(u64) -> Duration, quick: bool) -> Stats {
-    sample(&mut f, quick)
-}
-
 fn size(n: u64, quick: bool) -> Result<Size, String> {
-    let iova = (n / 2) * 0x2000 + 0x1000;
-    let map = Request::Map {
-        domain: 1,
-        virt_start: iova,
-        virt_end: iova + 0xfff,
-        phys_start: 0x40_0000,
-        flags: map::READ | map::WRITE,
-    }
-    .encode();
-    let unmap = Request::Unmap {
-        domain: 1,
-        virt_start: iova,
-        virt_end: iova + 0xfff,
-        reserved: 0,
-    }
-    .encode();
-
-    let mut d = device(n)?;
+    let (map, unmap) = bench_map_unmap(n);
+    let mut d = bench_device(n);
     let mut tail = [0u8; 4];
-    let map_unmap_4k = ns(
+    let map_unmap_4k = sample(
         |iters| {
             let t = Instant::now();
             for _ in 0..iters {
@@ -125,7 +78,7 @@ fn size(n: u64, quick: bool) -> Result<Size, String> {
     let unmap_buf = [(unmap_at, unmap.len() as u32)];
     let tails = |i: u64| [(GuestAddress(0x20_0000 + 8 * i), 4u32)];
     let mut failed = false;
-    let map_unmap_4k_virtqueue = ns(
+    let map_unmap_4k_virtqueue = sample(
         |iters| {
             let t = Instant::now();
             let mut left = iters;
@@ -153,7 +106,7 @@ fn size(n: u64, quick: bool) -> Result<Size, String> {
     if ep.translate(hit_at, 64, Permissions::Read).is_err() {
         return Err("the mapping does not translate".into());
     }
-    let translate_hit = ns(
+    let translate_hit = sample(
         |iters| {
             let t = Instant::now();
             for _ in 0..iters {
@@ -166,7 +119,7 @@ fn size(n: u64, quick: bool) -> Result<Size, String> {
         quick,
     );
     let dma = IommuMemory::new(mem.clone(), iommu.endpoint(EP), true, ());
-    let dma_read_hit = ns(
+    let dma_read_hit = sample(
         |iters| {
             let t = Instant::now();
             for _ in 0..iters {
@@ -177,7 +130,7 @@ fn size(n: u64, quick: bool) -> Result<Size, String> {
         quick,
     );
     let mut i = 0u64;
-    let dma_read_miss = ns(
+    let dma_read_miss = sample(
         |iters| {
             let t = Instant::now();
             for _ in 0..iters {
@@ -222,7 +175,7 @@ fn guest_dma(quick: bool) -> Result<Stats, String> {
         .map_err(|e| e.to_string())?;
     let dma = DmaDevice::bind(&iommu, &dev, DmaOptions::default()).map_err(|e| e.to_string())?;
     let mut failed = false;
-    let stats = ns(
+    let stats = sample(
         |iters| {
             let t = Instant::now();
             for _ in 0..iters {

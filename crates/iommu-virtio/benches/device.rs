@@ -9,62 +9,20 @@
 
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion};
 use iommu_virtio::queue::DriverQueue;
-use iommu_virtio::spec::map;
-use iommu_virtio::{Access, Device, DeviceConfig, Request, VirtioIommu};
+use iommu_virtio::testing::{bench_device, bench_map_unmap, BENCH_EP};
+use iommu_virtio::{Access, VirtioIommu};
 use std::sync::Arc;
 use vm_memory::iommu::{Iommu, Iotlb};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap, IommuMemory, Permissions};
 
-const EP: u32 = 1;
+const EP: u32 = BENCH_EP;
 const SIZES: [u64; 3] = [1_000, 64_000, 1_000_000];
-
-/// A device whose domain 1 holds `n` 4 KiB mappings, every other page.
-fn device(n: u64) -> Device {
-    let mut d = Device::new(DeviceConfig::default()).unwrap();
-    d.add_endpoint(EP, &[]).unwrap();
-    d.negotiate(d.offered()).unwrap();
-    let attach = Request::Attach {
-        domain: 1,
-        endpoint: EP,
-        flags: 0,
-        reserved: 0,
-    };
-    assert_eq!(d.execute(&attach), iommu_virtio::spec::Status::Ok);
-    for i in 0..n {
-        let r = Request::Map {
-            domain: 1,
-            virt_start: i * 0x2000,
-            virt_end: i * 0x2000 + 0xfff,
-            // Within the benches' 16 MiB of guest memory.
-            phys_start: (i % 4096) * 0x1000,
-            flags: map::READ | map::WRITE,
-        };
-        assert_eq!(d.execute(&r), iommu_virtio::spec::Status::Ok);
-    }
-    d
-}
 
 fn map_unmap(c: &mut Criterion) {
     let mut g = c.benchmark_group("virtio/map_unmap_4k");
     for n in SIZES {
-        let mut d = device(n);
-        // A free page in the middle of the domain.
-        let iova = (n / 2) * 0x2000 + 0x1000;
-        let map = Request::Map {
-            domain: 1,
-            virt_start: iova,
-            virt_end: iova + 0xfff,
-            phys_start: 0x4000_0000,
-            flags: map::READ | map::WRITE,
-        }
-        .encode();
-        let unmap = Request::Unmap {
-            domain: 1,
-            virt_start: iova,
-            virt_end: iova + 0xfff,
-            reserved: 0,
-        }
-        .encode();
+        let mut d = bench_device(n);
+        let (map, unmap) = bench_map_unmap(n);
         let mut tail = [0u8; 4];
         g.bench_with_input(BenchmarkId::from_parameter(n), &n, |b, _| {
             b.iter(|| {
@@ -80,7 +38,7 @@ fn map_unmap(c: &mut Criterion) {
 fn lookup(c: &mut Criterion) {
     let mut g = c.benchmark_group("virtio/device_lookup");
     for n in SIZES {
-        let d = device(n);
+        let d = bench_device(n);
         let mut i = 0u64;
         g.bench_with_input(BenchmarkId::from_parameter(n), &n, |b, &n| {
             b.iter(|| {
@@ -95,7 +53,7 @@ fn lookup(c: &mut Criterion) {
 fn iotlb_hit(c: &mut Criterion) {
     let mut g = c.benchmark_group("virtio/iotlb_hit");
     for n in SIZES {
-        let iommu: Arc<VirtioIommu> = VirtioIommu::new(device(n));
+        let iommu: Arc<VirtioIommu> = VirtioIommu::new(bench_device(n));
         let ep = iommu.endpoint(EP);
         let iova = GuestAddress((n / 2) * 0x2000 + 0x40);
         // Warm the IOTLB.
@@ -145,26 +103,11 @@ fn map_unmap_virtqueue(c: &mut Criterion) {
     let mut served = c.benchmark_group("virtio/map_unmap_4k_virtqueue");
     let mut round = Vec::new();
     for n in SIZES {
-        let iommu = VirtioIommu::new(device(n));
+        let iommu = VirtioIommu::new(bench_device(n));
         let mem = guest_memory();
         let mut driver = DriverQueue::new(&mem, 64, GuestAddress(0x1000)).unwrap();
         let mut queue = driver.device_queue().unwrap();
-        let iova = (n / 2) * 0x2000 + 0x1000;
-        let map = Request::Map {
-            domain: 1,
-            virt_start: iova,
-            virt_end: iova + 0xfff,
-            phys_start: 0x40_0000,
-            flags: map::READ | map::WRITE,
-        }
-        .encode();
-        let unmap = Request::Unmap {
-            domain: 1,
-            virt_start: iova,
-            virt_end: iova + 0xfff,
-            reserved: 0,
-        }
-        .encode();
+        let (map, unmap) = bench_map_unmap(n);
         let (map_at, unmap_at) = (GuestAddress(0x10_0000), GuestAddress(0x10_0100));
         mem.write_slice(&map, map_at).unwrap();
         mem.write_slice(&unmap, unmap_at).unwrap();
@@ -222,7 +165,7 @@ fn map_unmap_virtqueue(c: &mut Criterion) {
 fn iommu_memory(c: &mut Criterion) {
     let mut hit = c.benchmark_group("virtio/dma_read_hit");
     for n in SIZES {
-        let iommu = VirtioIommu::new(device(n));
+        let iommu = VirtioIommu::new(bench_device(n));
         let mem = IommuMemory::new(guest_memory(), iommu.endpoint(EP), true, ());
         let iova = GuestAddress((n / 2) * 0x2000 + 0x40);
         hit.bench_with_input(BenchmarkId::from_parameter(n), &n, |b, _| {
@@ -232,7 +175,7 @@ fn iommu_memory(c: &mut Criterion) {
     hit.finish();
     let mut miss = c.benchmark_group("virtio/dma_read_miss");
     for n in SIZES {
-        let iommu = VirtioIommu::new(device(n));
+        let iommu = VirtioIommu::new(bench_device(n));
         let mem = IommuMemory::new(guest_memory(), iommu.endpoint(EP), true, ());
         let mut i = 0u64;
         miss.bench_with_input(BenchmarkId::from_parameter(n), &n, |b, &n| {
@@ -247,7 +190,7 @@ fn iommu_memory(c: &mut Criterion) {
         });
     }
     miss.finish();
-    let iommu = VirtioIommu::new(device(1_000));
+    let iommu = VirtioIommu::new(bench_device(1_000));
     c.bench_function("virtio/invalidate_all", |b| {
         b.iter(|| iommu.with_device(|_| ()))
     });

@@ -754,3 +754,57 @@ pub fn run_probe_reply(data: &[u8]) {
         assert!(regions.len() <= data.len() / size::RESV_MEM);
     }
 }
+
+/// The endpoint of [`bench_device`].
+pub const BENCH_EP: u32 = 1;
+
+/// The benchmarks' device (criterion's and `iommu bench virtio`'s):
+/// endpoint [`BENCH_EP`] attached to domain 1, which holds `n` 4 KiB
+/// mappings, every other page, to physical pages below 16 MiB.
+///
+/// # Panics
+/// Never with the default configuration it uses.
+pub fn bench_device(n: u64) -> Device {
+    let mut d = Device::new(DeviceConfig::default()).expect("the default configuration");
+    d.add_endpoint(BENCH_EP, &[]).expect("a new endpoint");
+    d.negotiate(d.offered()).expect("all offered");
+    let attach = Request::Attach {
+        domain: 1,
+        endpoint: BENCH_EP,
+        flags: 0,
+        reserved: 0,
+    };
+    assert_eq!(d.execute(&attach), Status::Ok);
+    for i in 0..n {
+        let r = Request::Map {
+            domain: 1,
+            virt_start: i * 0x2000,
+            virt_end: i * 0x2000 + 0xfff,
+            phys_start: (i % 4096) * 0x1000,
+            flags: map::READ | map::WRITE,
+        };
+        assert_eq!(d.execute(&r), Status::Ok);
+    }
+    d
+}
+
+/// The bytes of the MAP and the UNMAP of the 4 KiB page the benchmarks
+/// map and unmap in [`bench_device`]`(n)`'s domain: a free page in its
+/// middle.
+pub fn bench_map_unmap(n: u64) -> (Vec<u8>, Vec<u8>) {
+    let iova = (n / 2) * 0x2000 + 0x1000;
+    let map = Request::Map {
+        domain: 1,
+        virt_start: iova,
+        virt_end: iova + 0xfff,
+        phys_start: 0x40_0000,
+        flags: map::READ | map::WRITE,
+    };
+    let unmap = Request::Unmap {
+        domain: 1,
+        virt_start: iova,
+        virt_end: iova + 0xfff,
+        reserved: 0,
+    };
+    (map.encode(), unmap.encode())
+}
