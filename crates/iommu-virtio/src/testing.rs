@@ -517,6 +517,10 @@ pub struct RecordedMaps {
     pub maps_before_failure: Option<u8>,
     /// Unmaps that succeed before one fails (then back to `None`).
     pub unmaps_before_failure: Option<u8>,
+    /// Every map fails (`Failed(12)`) while set.
+    pub maps_fail: bool,
+    /// Every unmap fails (`Failed(5)`) while set.
+    pub unmaps_fail: bool,
     /// Whether it can bypass.
     pub can_bypass: bool,
 }
@@ -526,7 +530,8 @@ extern crate std;
 
 #[cfg(feature = "vmm")]
 impl RecordingMapper {
-    fn with<R>(&self, f: impl FnOnce(&mut RecordedMaps) -> R) -> R {
+    /// Runs `f` on what it holds and its failures to come.
+    pub fn with<R>(&self, f: impl FnOnce(&mut RecordedMaps) -> R) -> R {
         f(&mut self.0.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
@@ -555,6 +560,9 @@ fn countdown(n: &mut Option<u8>) -> bool {
 impl crate::ExternalMapper for RecordingMapper {
     fn map(&mut self, m: &Mapping) -> Result<(), crate::ExternalError> {
         self.with(|h| {
+            if h.maps_fail {
+                return Err(crate::ExternalError::Failed(12));
+            }
             if countdown(&mut h.maps_before_failure) {
                 return Err(crate::ExternalError::NoMemory);
             }
@@ -570,7 +578,7 @@ impl crate::ExternalMapper for RecordingMapper {
 
     fn unmap(&mut self, m: &Mapping) -> Result<(), crate::ExternalError> {
         self.with(|h| {
-            if countdown(&mut h.unmaps_before_failure) {
+            if h.unmaps_fail || countdown(&mut h.unmaps_before_failure) {
                 return Err(crate::ExternalError::Failed(5));
             }
             assert_eq!(h.held.remove(&m.virt_start), Some(*m), "unmap of {m:?}");

@@ -3,93 +3,23 @@
 //! request; what the mapper refuses is refused whole.
 
 use iommu_virtio::spec::{map, Status};
+use iommu_virtio::testing::RecordingMapper;
 use iommu_virtio::{
-    CoreDomainMapper, Device, DeviceConfig, ExternalError, ExternalMapper, Mapping, Request,
-    VirtioIommu,
+    CoreDomainMapper, Device, DeviceConfig, ExternalError, Mapping, Request, VirtioIommu,
 };
 use proptest::prelude::*;
-use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
-
-/// What a recording mapper holds, and the failures it is told to make.
-#[derive(Debug, Default)]
-struct Held {
-    mappings: BTreeMap<u64, Mapping>,
-    bypass: bool,
-    /// Maps that succeed before the next one fails (once).
-    maps_before_failure: Option<usize>,
-    /// Every map fails.
-    broken: bool,
-    fail_unmap: bool,
-    can_bypass: bool,
-    calls: usize,
-}
-
-#[derive(Debug, Clone, Default)]
-struct Recorder(Arc<Mutex<Held>>);
-
-impl Recorder {
-    fn held(&self) -> Vec<Mapping> {
-        self.0.lock().unwrap().mappings.values().copied().collect()
-    }
-    fn with(&self, f: impl FnOnce(&mut Held)) {
-        f(&mut self.0.lock().unwrap());
-    }
-}
-
-impl ExternalMapper for Recorder {
-    fn map(&mut self, m: &Mapping) -> Result<(), ExternalError> {
-        let mut h = self.0.lock().unwrap();
-        h.calls += 1;
-        if h.broken {
-            return Err(ExternalError::Failed(12));
-        }
-        if let Some(n) = h.maps_before_failure.as_mut() {
-            if *n == 0 {
-                h.maps_before_failure = None;
-                return Err(ExternalError::NoMemory);
-            }
-            *n -= 1;
-        }
-        let overlaps = h
-            .mappings
-            .values()
-            .any(|o| o.virt_start <= m.virt_end && m.virt_start <= o.virt_end);
-        assert!(!overlaps, "{m:?} mapped over what the mapper holds");
-        h.mappings.insert(m.virt_start, *m);
-        Ok(())
-    }
-
-    fn unmap(&mut self, m: &Mapping) -> Result<(), ExternalError> {
-        let mut h = self.0.lock().unwrap();
-        h.calls += 1;
-        if h.fail_unmap {
-            return Err(ExternalError::Failed(5));
-        }
-        assert_eq!(h.mappings.remove(&m.virt_start), Some(*m), "unmap of {m:?}");
-        Ok(())
-    }
-
-    fn set_bypass(&mut self, on: bool) -> Result<(), ExternalError> {
-        let mut h = self.0.lock().unwrap();
-        if !h.can_bypass {
-            return Err(ExternalError::Unsupported);
-        }
-        h.bypass = on;
-        Ok(())
-    }
-}
+use std::sync::Arc;
 
 const PASS: u32 = 7;
 const EMU: u32 = 8;
 
-fn setup() -> (Arc<VirtioIommu>, Recorder) {
+fn setup() -> (Arc<VirtioIommu>, RecordingMapper) {
     let mut d = Device::new(DeviceConfig::default()).unwrap();
     d.add_endpoint(PASS, &[]).unwrap();
     d.add_endpoint(EMU, &[]).unwrap();
     d.negotiate(d.offered()).unwrap();
     let iommu = VirtioIommu::new(d);
-    let rec = Recorder::default();
+    let rec = RecordingMapper::default();
     iommu
         .set_external_mapper(PASS, Box::new(rec.clone()))
         .unwrap();
@@ -163,14 +93,14 @@ fn what_the_domain_maps_already_is_forwarded_when_the_mapper_comes() {
     let iommu = VirtioIommu::new(d);
     assert_eq!(send(&iommu, attach(1, PASS)), Status::Ok);
     assert_eq!(send(&iommu, map(1, 0x10, 4, 0x400)), Status::Ok);
-    let rec = Recorder::default();
+    let rec = RecordingMapper::default();
     iommu
         .set_external_mapper(PASS, Box::new(rec.clone()))
         .unwrap();
     assert_eq!(rec.held(), expected(&device(&iommu), PASS));
     assert_eq!(
         iommu
-            .set_external_mapper(PASS, Box::new(Recorder::default()))
+            .set_external_mapper(PASS, Box::new(RecordingMapper::default()))
             .unwrap_err(),
         ExternalError::InUse(PASS)
     );
@@ -179,7 +109,7 @@ fn what_the_domain_maps_already_is_forwarded_when_the_mapper_comes() {
     assert!(rec.held().is_empty());
     // A mapper that cannot take the domain is not installed, and keeps
     // nothing of it.
-    let failing = Recorder::default();
+    let failing = RecordingMapper::default();
     assert_eq!(send(&iommu, map(1, 0x20, 1, 0x500)), Status::Ok);
     failing.with(|h| h.maps_before_failure = Some(1));
     assert_eq!(
@@ -195,7 +125,7 @@ fn what_the_domain_maps_already_is_forwarded_when_the_mapper_comes() {
 #[test]
 fn a_map_one_mapper_refuses_is_refused_and_taken_back_from_all() {
     let (iommu, first) = setup();
-    let second = Recorder::default();
+    let second = RecordingMapper::default();
     iommu.with_device(|dev| dev.add_endpoint(9, &[]).unwrap());
     iommu
         .set_external_mapper(9, Box::new(second.clone()))
@@ -255,12 +185,12 @@ fn a_mapper_that_cannot_take_the_old_domain_back_holds_less_never_more() {
     assert_eq!(send(&iommu, attach(2, EMU)), Status::Ok);
     assert_eq!(send(&iommu, map(2, 0x20, 1, 0x500)), Status::Ok);
     let before = device(&iommu);
-    rec.with(|h| h.broken = true);
+    rec.with(|h| h.maps_fail = true);
     assert_eq!(send(&iommu, attach(2, PASS)), Status::DevErr);
     assert_eq!(iommu.external_failures(), 1, "the way back failed too");
     assert!(rec.held().is_empty(), "neither domain: less than domain 1");
     assert_eq!(device(&iommu), before);
-    rec.with(|h| h.broken = false);
+    rec.with(|h| h.maps_fail = false);
     iommu.with_device(|_| ());
     assert_eq!(rec.held(), expected(&before, PASS));
 }
@@ -283,11 +213,11 @@ fn a_bypass_attach_needs_a_mapper_that_can_bypass() {
     rec.with(|h| h.can_bypass = true);
     assert_eq!(send(&iommu, bypass), Status::Ok);
     assert!(rec.held().is_empty());
-    assert!(rec.0.lock().unwrap().bypass);
+    assert!(rec.with(|h| h.bypass));
     assert_eq!(iommu.external_mappings(PASS), Some((Vec::new(), true)));
     // Back into a translated domain: bypass off first.
     assert_eq!(send(&iommu, attach(1, PASS)), Status::Ok);
-    assert!(!rec.0.lock().unwrap().bypass);
+    assert!(!rec.with(|h| h.bypass));
 }
 
 #[test]
@@ -326,14 +256,14 @@ fn an_unmap_the_mapper_fails_is_reported_and_retried() {
     let (iommu, rec) = setup();
     assert_eq!(send(&iommu, attach(1, PASS)), Status::Ok);
     assert_eq!(send(&iommu, map(1, 0x10, 1, 0x400)), Status::Ok);
-    rec.with(|h| h.fail_unmap = true);
+    rec.with(|h| h.unmaps_fail = true);
     assert_eq!(send(&iommu, unmap(1, 0x10, 1)), Status::DevErr);
     assert_eq!(iommu.external_failures(), 1);
     // Still held, as far as anyone can tell; the device has let it go.
     assert_eq!(rec.held().len(), 1);
     assert_eq!(iommu.external_mappings(PASS).unwrap().0.len(), 1);
     assert_eq!(device(&iommu).mapping_count(), 0);
-    rec.with(|h| h.fail_unmap = false);
+    rec.with(|h| h.unmaps_fail = false);
     iommu.with_device(|_| ());
     assert!(rec.held().is_empty(), "the next sync takes it out");
     assert!(iommu.external_mappings(PASS).unwrap().0.is_empty());
@@ -441,7 +371,7 @@ proptest! {
         }
         plain.negotiate(plain.offered()).unwrap();
         let iommu = VirtioIommu::new(plain.clone());
-        let mappers = [Recorder::default(), Recorder::default()];
+        let mappers = [RecordingMapper::default(), RecordingMapper::default()];
         for (ep, m) in mappers.iter().enumerate() {
             iommu.set_external_mapper(ep as u32, Box::new(m.clone())).unwrap();
         }
@@ -452,7 +382,7 @@ proptest! {
                 Op::Map(d, p, n) => map(d, p, n, 0x100 + p),
                 Op::Unmap(d, p, n) => unmap(d, p, n),
                 Op::FailMapsAfter(m, n) => {
-                    mappers[m].with(|h| h.maps_before_failure = Some(n));
+                    mappers[m].with(|h| h.maps_before_failure = Some(n as u8));
                     continue;
                 }
                 Op::Reset => {
