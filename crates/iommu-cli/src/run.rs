@@ -14,13 +14,26 @@ pub const JSON_VERSION: u32 = 1;
 
 /// What the run says: printed line by line, or kept for JSON.
 #[derive(Clone, Default)]
-struct Narrative {
+pub(crate) struct Narrative {
     json: bool,
     lines: Arc<Mutex<Vec<String>>>,
 }
 
 impl Narrative {
-    fn say(&self, line: String) {
+    /// Says each line on standard output, or keeps them for JSON.
+    pub(crate) fn new(json: bool) -> Narrative {
+        Narrative {
+            json,
+            ..Narrative::default()
+        }
+    }
+
+    /// The lines kept for JSON so far, taken.
+    pub(crate) fn take_lines(&self) -> Vec<String> {
+        std::mem::take(&mut *self.lines.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    pub(crate) fn say(&self, line: String) {
         if self.json {
             self.lines
                 .lock()
@@ -31,7 +44,7 @@ impl Narrative {
         }
     }
 
-    fn heading(&self, title: &str) {
+    pub(crate) fn heading(&self, title: &str) {
         if !self.json {
             outln!();
         }
@@ -152,7 +165,7 @@ fn show_tables(n: &Narrative, domain: &Domain) {
 }
 
 /// Installs `--trace` as asked.
-fn trace(args: &crate::TraceArgs) -> Result<(), Failure> {
+pub(crate) fn trace(args: &crate::TraceArgs) -> Result<(), Failure> {
     if args.trace || args.trace_file.is_some() {
         crate::trace::install(args.trace_file.as_deref()).map_err(Failure::Run)?;
     }
@@ -218,10 +231,7 @@ pub fn main_job(args: &RunArgs) -> Result<(), Failure> {
     trace(&args.trace)?;
     let loaded = input::load(&MachineArgs::default())?;
     let platform = input::platform(&loaded, &PlatformArgs::default())?;
-    let n = Narrative {
-        json: args.json,
-        ..Narrative::default()
-    };
+    let n = Narrative::new(args.json);
     n.heading("Platform: a PCI machine behind a software IOMMU (ARM LPAE stage-1 tables)");
     let p = input::build(&loaded, platform, &args.policy)?;
     run(&n, &p)?;
@@ -235,7 +245,7 @@ pub fn main_job(args: &RunArgs) -> Result<(), Failure> {
             groups: &'a [ListedGroup],
             sysfs: Vec<SysfsEntry>,
         }
-        let steps = std::mem::take(&mut *n.lines.lock().unwrap_or_else(|e| e.into_inner()));
+        let steps = n.take_lines();
         let doc = Out {
             version: JSON_VERSION,
             command: "run",

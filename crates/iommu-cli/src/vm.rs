@@ -8,8 +8,8 @@
 //! request on the wire with the status the device gave, and ends with the
 //! guest's IOMMU groups.
 
-use crate::out::{out, outln};
-use crate::run::{listed_groups, render_listing, ListedGroup, JSON_VERSION};
+use crate::out::out;
+use crate::run::{listed_groups, render_listing, ListedGroup, Narrative, JSON_VERSION};
 use crate::{Failure, VmArch, VmArgs};
 use iommu_core::{Bus, DeviceBuilder, Iommu, IommuConfig, PhysAddr};
 use iommu_dma::{DmaDevice, DmaDirection, DmaOptions};
@@ -79,27 +79,20 @@ const DEVICES: [(&str, u32, &str); 2] = [
     ),
 ];
 
-/// What the run prints, line by line or kept for JSON.
+/// What the run prints (line by line, or kept for JSON), and the
+/// requests the device served that it has not printed yet.
 struct Story {
-    json: bool,
-    lines: Vec<String>,
+    n: Narrative,
     wire: Arc<Mutex<Vec<String>>>,
 }
 
 impl Story {
     fn say(&mut self, line: String) {
-        if self.json {
-            self.lines.push(line);
-        } else {
-            outln!("{line}");
-        }
+        self.n.say(line);
     }
 
     fn heading(&mut self, title: &str) {
-        if !self.json {
-            outln!();
-        }
-        self.say(format!("== {title}"));
+        self.n.heading(title);
     }
 
     /// The requests the device served since the last call.
@@ -135,12 +128,9 @@ fn feature_names(f: u64) -> String {
 /// # Errors
 /// A step that fails (none does on the built-in guest).
 pub fn vm(args: &VmArgs) -> Result<(), Failure> {
-    if args.trace.trace || args.trace.trace_file.is_some() {
-        crate::trace::install(args.trace.trace_file.as_deref()).map_err(Failure::Run)?;
-    }
+    crate::run::trace(&args.trace)?;
     let mut story = Story {
-        json: args.json,
-        lines: Vec::new(),
+        n: Narrative::new(args.json),
         wire: Arc::default(),
     };
     let msi = match args.arch {
@@ -299,7 +289,8 @@ pub fn vm(args: &VmArgs) -> Result<(), Failure> {
         stats.requests[0], stats.requests[1], stats.requests[2], stats.requests[3], stats.requests[4], stats.kicks, stats.refused, stats.faults
     );
     if args.json {
-        story.lines.push(summary);
+        story.say(summary);
+        let steps = story.n.take_lines();
         #[derive(Serialize)]
         struct Out<'a> {
             version: u32,
@@ -312,7 +303,7 @@ pub fn vm(args: &VmArgs) -> Result<(), Failure> {
             serde_json::to_string_pretty(&Out {
                 version: JSON_VERSION,
                 command: "vm",
-                steps: &story.lines,
+                steps: &steps,
                 groups: &groups,
             })
             .expect("plain data")
