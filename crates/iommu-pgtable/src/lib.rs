@@ -43,6 +43,7 @@ mod table;
 #[cfg(feature = "test-utils")]
 pub mod testing;
 pub mod vtd;
+pub mod walk;
 
 pub use error::PgtableError;
 pub use format::{Format, Geometry, Pte, PteKind, TableBits};
@@ -50,3 +51,4 @@ pub use format::{Format, Geometry, Pte, PteKind, TableBits};
 pub use guest::GuestTableMemory;
 pub use memory::{HeapMemory, TableMemory};
 pub use table::{DirtyBitmap, IoPageTable, Mapping};
+pub use walk::{walk_root, PhysRead, WalkFault, Walked};

@@ -57,6 +57,10 @@ pub const S2_MEMATTR_NC: u64 = 0x5;
 /// Stage-2 MemAttr for device-nGnRE memory.
 pub const S2_MEMATTR_DEV: u64 = 0x1;
 
+/// Smallest input size: the largest TxSZ the architecture allows without
+/// FEAT_TTST is 39.
+const MIN_IAS: u32 = 25;
+
 /// Most tables stage 2 may concatenate at its first level.
 const S2_MAX_CONCAT: u32 = 16;
 
@@ -98,7 +102,7 @@ pub struct LpaeConfig {
     pub stage: Stage,
     /// Granule.
     pub granule: Granule,
-    /// Input address size, 32..=48 (52 with the 64 KiB granule).
+    /// Input address size, 25..=48 (52 with the 64 KiB granule).
     pub ias: u32,
     /// Output address size, 32..=48 (up to 52 with the 64 KiB granule).
     pub oas: u32,
@@ -136,7 +140,7 @@ impl Lpae {
     pub fn new(cfg: LpaeConfig) -> Result<Self, PgtableError> {
         let g = cfg.granule.shift();
         let max_bits = if cfg.granule == Granule::G64K { 52 } else { 48 };
-        if !(32..=max_bits).contains(&cfg.ias) || !(32..=max_bits).contains(&cfg.oas) {
+        if !(MIN_IAS..=max_bits).contains(&cfg.ias) || !(32..=max_bits).contains(&cfg.oas) {
             return Err(PgtableError::InvalidArgument);
         }
         let bits = g - 3;

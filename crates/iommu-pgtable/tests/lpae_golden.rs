@@ -152,6 +152,9 @@ fn lpae_geometry_matches_arm_levels_and_page_sizes() {
             "{stage:?} {granule:?} ias {ias}"
         );
     }
+    // The smallest input TxSZ allows (39): two levels of 4 KiB tables.
+    let small = lpae(Stage::S1, Granule::G4K, 25, 40);
+    assert_eq!((small.geometry().levels, small.start_level()), (2, 2));
     assert_eq!(
         lpae(Stage::S2, Granule::G4K, 40, 40).concatenated_tables(),
         2
@@ -161,7 +164,7 @@ fn lpae_geometry_matches_arm_levels_and_page_sizes() {
         8
     );
     for bad in [
-        (Granule::G4K, 31, 40),
+        (Granule::G4K, 24, 40),
         (Granule::G4K, 48, 49),
         (Granule::G16K, 52, 48),
         (Granule::G4K, 40, 52),
