@@ -124,8 +124,7 @@ pub fn walk_root<F: Format + ?Sized>(
     if !geo.output_fits(table, geo.table_bytes(start_level) as u64) {
         return Err(WalkFault::AddressSize { level: start_level });
     }
-    let mut reads = 0;
-    for level in start_level..geo.levels {
+    for (reads, level) in (1..).zip(start_level..geo.levels) {
         let index = geo.index(va, level);
         let addr = table
             .checked_add(index as u64 * 8)
@@ -136,7 +135,6 @@ pub fn walk_root<F: Format + ?Sized>(
                 level,
                 addr: PhysAddr::new(addr),
             })?;
-        reads += 1;
         match fmt.decode(pte, level) {
             crate::Pte::Invalid => return Err(WalkFault::Translation { level }),
             crate::Pte::Table(next) => {
