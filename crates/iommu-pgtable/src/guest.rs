@@ -8,6 +8,7 @@
 
 use crate::TableMemory;
 use alloc::collections::BTreeMap;
+use alloc::sync::Arc;
 use alloc::vec;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -22,9 +23,12 @@ struct Alloc {
 }
 
 /// Tables allocated from `[base, base + size)` of guest memory `M`.
+///
+/// The memory is shared (`Arc`), so the emulated hardware that walks the
+/// tables can hold the same memory.
 #[derive(Debug)]
 pub struct GuestTableMemory<M: GuestMemoryBackend> {
-    mem: M,
+    mem: Arc<M>,
     base: u64,
     end: u64,
     alloc: spin::Mutex<Alloc>,
@@ -33,9 +37,9 @@ pub struct GuestTableMemory<M: GuestMemoryBackend> {
 
 impl<M: GuestMemoryBackend> GuestTableMemory<M> {
     /// Table memory carved from `[base, base + size)` of `mem`.
-    pub fn new(mem: M, base: u64, size: u64) -> Self {
+    pub fn new(mem: impl Into<Arc<M>>, base: u64, size: u64) -> Self {
         Self {
-            mem,
+            mem: mem.into(),
             base,
             end: base.saturating_add(size),
             alloc: spin::Mutex::new(Alloc {
@@ -48,6 +52,11 @@ impl<M: GuestMemoryBackend> GuestTableMemory<M> {
 
     /// The guest memory.
     pub fn guest_memory(&self) -> &M {
+        &self.mem
+    }
+
+    /// The shared handle to the guest memory.
+    pub fn shared_memory(&self) -> &Arc<M> {
         &self.mem
     }
 
