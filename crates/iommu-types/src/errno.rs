@@ -39,6 +39,8 @@ pub enum Errno {
     EOVERFLOW,
     /// Operation not supported.
     EOPNOTSUPP,
+    /// Connection timed out (hardware did not complete a command in time).
+    ETIMEDOUT,
 }
 
 impl Errno {
@@ -60,6 +62,7 @@ impl Errno {
             Errno::ENOSYS => 38,
             Errno::EOVERFLOW => 75,
             Errno::EOPNOTSUPP => 95,
+            Errno::ETIMEDOUT => 110,
         }
     }
 
@@ -81,6 +84,7 @@ impl Errno {
             Errno::ENOSYS => "ENOSYS",
             Errno::EOVERFLOW => "EOVERFLOW",
             Errno::EOPNOTSUPP => "EOPNOTSUPP",
+            Errno::ETIMEDOUT => "ETIMEDOUT",
         }
     }
 
@@ -102,6 +106,7 @@ impl Errno {
             Errno::ENOSYS => "Function not implemented",
             Errno::EOVERFLOW => "Value too large for defined data type",
             Errno::EOPNOTSUPP => "Operation not supported",
+            Errno::ETIMEDOUT => "Connection timed out",
         }
     }
 }

@@ -1,0 +1,74 @@
+//! Memory the driver shares with the SMMU: stream tables, CDs, queues.
+//!
+//! A [`DmaRegion`] is a block from the driver's [`TableMemory`] whose
+//! double words are read and written with bounds checks, so the rest of
+//! the driver stays safe. It holds its memory and gives the block back
+//! when dropped, which is what keeps `TableMemory`'s promise (the block is
+//! live) for every access.
+
+use alloc::sync::Arc;
+use iommu_pgtable::TableMemory;
+use iommu_types::{Errno, PhysAddr};
+
+/// A block of DMA-able memory of `words` double words.
+pub(crate) struct DmaRegion<M: TableMemory> {
+    mem: Arc<M>,
+    pa: PhysAddr,
+    words: usize,
+}
+
+impl<M: TableMemory> core::fmt::Debug for DmaRegion<M> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "DmaRegion({}, {} bytes)", self.pa, self.words * 8)
+    }
+}
+
+impl<M: TableMemory> DmaRegion<M> {
+    /// A zeroed block of `bytes` (rounded up to a power of two, at least
+    /// 64), aligned to its size.
+    pub(crate) fn alloc(mem: &Arc<M>, bytes: usize) -> Result<Self, Errno> {
+        let bytes = bytes
+            .max(64)
+            .checked_next_power_of_two()
+            .ok_or(Errno::ENOMEM)?;
+        let pa = mem.alloc_table(bytes).ok_or(Errno::ENOMEM)?;
+        Ok(DmaRegion {
+            mem: mem.clone(),
+            pa,
+            words: bytes / 8,
+        })
+    }
+
+    /// Its physical address, as the SMMU is told.
+    pub(crate) fn pa(&self) -> PhysAddr {
+        self.pa
+    }
+
+    /// Double word `word`.
+    ///
+    /// # Panics
+    /// If `word` is outside the region (a driver bug, never input).
+    pub(crate) fn read(&self, word: usize) -> u64 {
+        assert!(word < self.words, "DMA region read out of bounds");
+        // SAFETY: the block was allocated from `self.mem` and is freed only
+        // by `drop`; `word` is in bounds.
+        unsafe { self.mem.load(self.pa, word) }
+    }
+
+    /// Writes double word `word`.
+    ///
+    /// # Panics
+    /// As [`read`](Self::read).
+    pub(crate) fn write(&self, word: usize, value: u64) {
+        assert!(word < self.words, "DMA region write out of bounds");
+        // SAFETY: as in `read`.
+        unsafe { self.mem.store(self.pa, word, value) }
+    }
+}
+
+impl<M: TableMemory> Drop for DmaRegion<M> {
+    fn drop(&mut self) {
+        // SAFETY: allocated from `self.mem` with this size; freed once.
+        unsafe { self.mem.free_table(self.pa, self.words * 8) }
+    }
+}

@@ -1,0 +1,270 @@
+//! Domains: what an STE points at.
+//!
+//! Blocked and identity domains are STE configurations (abort, bypass).
+//! A stage-1 paging domain owns an LPAE table, an ASID and the CD that
+//! names both; a stage-2 paging domain owns a table and a VMID. Unlike
+//! Linux, which gives every device a CD table, the CD belongs to the
+//! domain here: without substreams a device needs only CD 0, and every
+//! stream of the domain can share it.
+
+use crate::dma::DmaRegion;
+use crate::driver::{Inner, Smmuv3};
+use crate::mmio::Mmio;
+use crate::ste::{self, TlbiTarget};
+use alloc::sync::{Arc, Weak};
+use alloc::vec::Vec;
+use iommu_core::{
+    Device, Domain, DomainGeometry, DomainOps, Errno, IotlbGather, Iova, MapPagesError, PagingOps,
+    PhysAddr, Prot,
+};
+use iommu_pgtable::lpae::{Lpae, Stage};
+use iommu_pgtable::{Format, IoPageTable, TableMemory};
+use iommu_types::Unmapped;
+
+/// What the domain is to the SMMU.
+pub(crate) enum DomainKind<M: TableMemory> {
+    Blocked,
+    Identity,
+    S1 {
+        table: IoPageTable<Lpae, Arc<M>>,
+        asid: u16,
+        cd: DmaRegion<M>,
+    },
+    S2 {
+        table: IoPageTable<Lpae, Arc<M>>,
+        vmid: u16,
+    },
+}
+
+impl<M: TableMemory> DomainKind<M> {
+    /// A paging domain of the driver's stage: its table, tag and (stage 1) CD.
+    pub(crate) fn paging<R: Mmio>(inner: &Arc<Inner<R, M>>) -> Result<Self, Errno> {
+        let stage = inner.paging_stage();
+        let fmt = inner.format(stage)?;
+        let table = IoPageTable::new(fmt.clone(), inner.mem.clone()).map_err(Errno::from)?;
+        match stage {
+            Stage::S1 => {
+                let asid = inner.asids.lock().alloc()?;
+                let cd = match DmaRegion::alloc(&inner.mem, 64) {
+                    Ok(cd) => cd,
+                    Err(e) => {
+                        inner.asids.lock().free(asid);
+                        return Err(e);
+                    }
+                };
+                // Double word 0 (with V) last: the CD is whole before it is valid.
+                let words = ste::cd(&fmt, table.root(), asid);
+                for (i, w) in words.iter().enumerate().skip(1) {
+                    cd.write(i, *w);
+                }
+                cd.write(0, words[0]);
+                Ok(DomainKind::S1 { table, asid, cd })
+            }
+            Stage::S2 => {
+                let vmid = inner.vmids.lock().alloc()?;
+                Ok(DomainKind::S2 { table, vmid })
+            }
+        }
+    }
+
+    fn table(&self) -> Option<&IoPageTable<Lpae, Arc<M>>> {
+        match self {
+            DomainKind::S1 { table, .. } | DomainKind::S2 { table, .. } => Some(table),
+            _ => None,
+        }
+    }
+}
+
+/// An SMMUv3 domain.
+pub struct Smmuv3Domain<R: Mmio, M: TableMemory> {
+    /// Weak: the stream bookkeeping holds domains.
+    hw: Weak<Inner<R, M>>,
+    kind: DomainKind<M>,
+}
+
+impl<R: Mmio, M: TableMemory> Smmuv3Domain<R, M> {
+    pub(crate) fn new(hw: Weak<Inner<R, M>>, kind: DomainKind<M>) -> Self {
+        Smmuv3Domain { hw, kind }
+    }
+
+    fn driver(&self) -> Result<Smmuv3<R, M>, Errno> {
+        self.hw
+            .upgrade()
+            .map(|inner| Smmuv3 { inner })
+            .ok_or(Errno::ENODEV)
+    }
+
+    /// The STE that makes a stream use this domain.
+    fn ste(&self) -> ste::Ste {
+        match &self.kind {
+            DomainKind::Blocked => ste::ste_abort(),
+            DomainKind::Identity => ste::ste_bypass(),
+            DomainKind::S1 { cd, .. } => ste::ste_s1(cd.pa()),
+            DomainKind::S2 { table, vmid } => ste::ste_s2(table.format(), table.root(), *vmid),
+        }
+    }
+
+    /// The ASID of a stage-1 domain.
+    pub fn asid(&self) -> Option<u16> {
+        match self.kind {
+            DomainKind::S1 { asid, .. } => Some(asid),
+            _ => None,
+        }
+    }
+
+    /// The VMID of a stage-2 domain.
+    pub fn vmid(&self) -> Option<u16> {
+        match self.kind {
+            DomainKind::S2 { vmid, .. } => Some(vmid),
+            _ => None,
+        }
+    }
+
+    /// Table pages in use, for leak checks.
+    pub fn table_pages(&self) -> usize {
+        self.kind.table().map_or(0, |t| t.table_pages())
+    }
+
+    fn paging_table(&self) -> &IoPageTable<Lpae, Arc<M>> {
+        // Only paging domains hand out `PagingOps`, and those have a table.
+        self.kind
+            .table()
+            .expect("paging ops exist only with a table")
+    }
+
+    /// Everything the TLB may hold for this domain.
+    fn flush_all_cmd(&self) -> Option<ste::Cmd> {
+        match self.kind {
+            DomainKind::S1 { asid, .. } => Some(ste::tlbi_nh_asid(asid)),
+            DomainKind::S2 { vmid, .. } => Some(ste::tlbi_s12_vmall(vmid)),
+            _ => None,
+        }
+    }
+}
+
+impl<R: Mmio + 'static, M: TableMemory + 'static> DomainOps for Smmuv3Domain<R, M> {
+    fn attach_dev(&self, domain: &Domain, dev: &Arc<Device>) -> Result<(), Errno> {
+        self.driver()?.attach(domain, dev, self.ste())
+    }
+
+    fn detach_dev(&self, _domain: &Domain, dev: &Arc<Device>) {
+        if let Ok(d) = self.driver() {
+            d.detach(dev);
+        }
+    }
+
+    fn paging(&self) -> Option<&dyn PagingOps> {
+        self.kind.table().map(|_| self as &dyn PagingOps)
+    }
+
+    fn geometry(&self) -> Option<DomainGeometry> {
+        self.kind
+            .table()
+            .map(|t| DomainGeometry::bits(t.format().geometry().ias))
+    }
+
+    fn pgsize_bitmap(&self) -> Option<u64> {
+        self.kind.table().map(|t| t.pgsize_bitmap())
+    }
+
+    /// Range invalidations for what the gather covers, then CMD_SYNC; the
+    /// table pages the unmap freed become reusable only once that completed.
+    fn iotlb_sync(&self, gather: &IotlbGather) {
+        let (Some((first, last)), Some(table), Ok(drv)) =
+            (gather.range(), self.kind.table(), self.driver())
+        else {
+            return;
+        };
+        let target = match self.kind {
+            DomainKind::S1 { asid, .. } => TlbiTarget::Asid(asid),
+            DomainKind::S2 { vmid, .. } => TlbiTarget::Vmid(vmid),
+            _ => return,
+        };
+        let size = (last.raw() - first.raw()).saturating_add(1);
+        let granule_shift = table.format().geometry().granule_shift;
+        let mut cmds = Vec::new();
+        ste::tlbi_range(
+            target,
+            first.raw(),
+            size,
+            1 << granule_shift,
+            granule_shift,
+            drv.caps().range_inv,
+            &mut cmds,
+        );
+        if cmds.len() > crate::driver::MAX_TLBI_OPS {
+            cmds.clear();
+            cmds.extend(self.flush_all_cmd());
+        }
+        // A failed sync keeps the freed tables parked (never reused while
+        // the SMMU may still walk them) and the driver queues the
+        // invalidation again before its next command.
+        if drv.submit(&cmds, true).is_ok() {
+            table.release_gathered(gather);
+        }
+    }
+
+    fn flush_iotlb_all(&self) {
+        if let (Some(cmd), Ok(drv)) = (self.flush_all_cmd(), self.driver()) {
+            let _ = drv.submit(&[cmd], true);
+        }
+    }
+
+    fn as_any(&self) -> Option<&dyn core::any::Any> {
+        Some(self)
+    }
+}
+
+impl<R: Mmio, M: TableMemory> Drop for Smmuv3Domain<R, M> {
+    fn drop(&mut self) {
+        // Nothing points at the domain any more; empty the TLB of its tag
+        // before the tag (and the table pages) can be reused.
+        let Some(inner) = self.hw.upgrade() else {
+            return;
+        };
+        if let Some(cmd) = self.flush_all_cmd() {
+            let _ = inner.submit(&[cmd], true);
+        }
+        match self.kind {
+            DomainKind::S1 { asid, .. } => inner.asids.lock().free(asid),
+            DomainKind::S2 { vmid, .. } => inner.vmids.lock().free(vmid),
+            _ => {}
+        }
+    }
+}
+
+impl<R: Mmio + 'static, M: TableMemory + 'static> PagingOps for Smmuv3Domain<R, M> {
+    fn map_pages(
+        &self,
+        iova: Iova,
+        paddr: PhysAddr,
+        pgsize: u64,
+        pgcount: usize,
+        prot: Prot,
+    ) -> Result<u64, MapPagesError> {
+        self.paging_table()
+            .map_pages(iova, paddr, pgsize, pgcount, prot)
+            .map_err(|e| MapPagesError::from(e.errno()))
+    }
+
+    fn unmap_pages(
+        &self,
+        iova: Iova,
+        pgsize: u64,
+        pgcount: usize,
+        gather: &mut IotlbGather,
+    ) -> Unmapped {
+        self.paging_table()
+            .unmap_leaves(iova, pgsize, pgcount, gather)
+    }
+
+    fn iova_to_phys(&self, iova: Iova) -> Option<PhysAddr> {
+        self.paging_table().iova_to_phys(iova)
+    }
+
+    fn first_mapping(&self, start: Iova, last: Iova) -> Option<(Iova, u64)> {
+        self.paging_table()
+            .first_leaf(start, last)
+            .map(|m| (m.iova, m.size))
+    }
+}

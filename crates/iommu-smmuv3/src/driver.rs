@@ -1,0 +1,1045 @@
+//! The driver: probe, reset, stream table, command and event queues, and
+//! the [`IommuOps`] the core calls.
+
+use crate::dma::DmaRegion;
+use crate::domain::{DomainKind, Smmuv3Domain};
+use crate::mmio::{reg, Mmio};
+use crate::ste::{self, Cmd, Ste};
+use alloc::collections::{BTreeMap, BTreeSet, VecDeque};
+use alloc::sync::{Arc, Weak};
+use alloc::vec::Vec;
+use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use iommu_core::{
+    Capability, Device, Domain, DomainOps, DomainType, Errno, FaultAccess, Group, Iommu, IommuOps,
+    Iova, Prot, ReservedRegion, ResvType, StreamIdGroups,
+};
+use iommu_pgtable::lpae::{Granule, Lpae, LpaeConfig, Stage};
+use iommu_pgtable::TableMemory;
+
+const CR0_SMMUEN: u32 = 1 << 0;
+const CR0_EVTQEN: u32 = 1 << 2;
+const CR0_CMDQEN: u32 = 1 << 3;
+const GERROR_CMDQ_ERR: u32 = 1 << 0;
+const GERROR_SFM_ERR: u32 = 1 << 8;
+const GERROR_MASK: u32 = 0x1fd;
+const Q_OVF: u32 = 1 << 31;
+/// Above this many invalidation commands, one by-ASID/VMID command is cheaper.
+pub(crate) const MAX_TLBI_OPS: usize = 128;
+/// Decoded events kept for [`Smmuv3::recent_events`].
+const EVENT_LOG: usize = 64;
+
+/// Which stream-table format to use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StreamTableFormat {
+    /// Two-level when the SMMU has it and a linear table would exceed 64 KiB.
+    Auto,
+    /// One table of `2^SIDSIZE` STEs (capped at 2^16).
+    Linear,
+    /// Level-1 descriptors with level-2 tables of 256 STEs made on demand.
+    TwoLevel,
+}
+
+/// Driver options.
+#[derive(Clone, Debug)]
+pub struct Smmuv3Config {
+    /// Stage for paging domains: `None` prefers stage 1 when implemented.
+    pub stage: Option<Stage>,
+    /// Stream-table format.
+    pub stream_table: StreamTableFormat,
+    /// log2 of the largest command queue to use.
+    pub cmdq_log2: u32,
+    /// log2 of the largest event queue to use.
+    pub evtq_log2: u32,
+    /// Register polls before a wait (CR0ACK, queue space, CMD_SYNC) gives up
+    /// with `ETIMEDOUT`.
+    pub poll_limit: u32,
+    /// The software MSI window every device reserves (Linux's `MSI_IOVA_BASE`).
+    pub sw_msi: Option<(u64, u64)>,
+    /// Complete `CMD_SYNC` with an MSI write to memory when the SMMU has MSIs.
+    pub msi_sync: bool,
+}
+
+impl Default for Smmuv3Config {
+    fn default() -> Self {
+        Smmuv3Config {
+            stage: None,
+            stream_table: StreamTableFormat::Auto,
+            cmdq_log2: 8,
+            evtq_log2: 8,
+            poll_limit: 1_000_000,
+            sw_msi: Some((0x800_0000, 0x10_0000)),
+            msi_sync: true,
+        }
+    }
+}
+
+/// What the ID registers said.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Smmuv3Caps {
+    /// Stage 1.
+    pub stage1: bool,
+    /// Stage 2.
+    pub stage2: bool,
+    /// Two-level stream tables.
+    pub two_level: bool,
+    /// Stream id bits.
+    pub sid_bits: u32,
+    /// log2 of the command queue's entries (the driver's choice).
+    pub cmdq_log2: u32,
+    /// log2 of the event queue's entries (the driver's choice).
+    pub evtq_log2: u32,
+    /// ASID bits.
+    pub asid_bits: u32,
+    /// VMID bits.
+    pub vmid_bits: u32,
+    /// Range invalidation.
+    pub range_inv: bool,
+    /// MSIs.
+    pub msi: bool,
+    /// Coherent table walks.
+    pub coherent: bool,
+    /// Output address size.
+    pub oas: u32,
+    /// The granule paging domains use.
+    pub granule: Granule,
+}
+
+/// Why [`Smmuv3::probe`] failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProbeError {
+    /// The SMMU implements neither stage this driver drives.
+    NoStage,
+    /// No AArch64 table format, or only big-endian tables.
+    TableFormat,
+    /// Tables or queues are preset in the SMMU (`IDR1.TABLES_PRESET`/`QUEUES_PRESET`).
+    Preset,
+    /// No granule the page-table code supports.
+    Granule,
+    /// A register did not acknowledge in time.
+    Timeout(&'static str),
+    /// Memory for tables or queues could not be allocated.
+    NoMemory,
+    /// The initial invalidation failed.
+    Command(Errno),
+}
+
+impl core::fmt::Display for ProbeError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            ProbeError::NoStage => f.write_str("the SMMU implements no usable translation stage"),
+            ProbeError::TableFormat => f.write_str("the SMMU has no little-endian AArch64 tables"),
+            ProbeError::Preset => f.write_str("preset tables or queues are not supported"),
+            ProbeError::Granule => f.write_str("no supported translation granule"),
+            ProbeError::Timeout(what) => write!(f, "{what} did not acknowledge"),
+            ProbeError::NoMemory => f.write_str("out of memory for tables or queues"),
+            ProbeError::Command(e) => write!(f, "initial invalidation failed: {}", e.name()),
+        }
+    }
+}
+
+/// Counters.
+#[derive(Debug, Default)]
+struct Stats {
+    commands: AtomicU64,
+    syncs: AtomicU64,
+    sync_timeouts: AtomicU64,
+    cmdq_errors: AtomicU64,
+    events: AtomicU64,
+    evtq_overflows: AtomicU64,
+    gerrors: AtomicU64,
+    ste_writes: AtomicU64,
+}
+
+/// A snapshot of the driver's counters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Smmuv3Stats {
+    /// Commands queued (CMD_SYNC included).
+    pub commands: u64,
+    /// CMD_SYNCs that completed.
+    pub syncs: u64,
+    /// Waits that gave up (`ETIMEDOUT`).
+    pub sync_timeouts: u64,
+    /// Commands the SMMU refused (`CMDQ_ERR`).
+    pub cmdq_errors: u64,
+    /// Events read from the event queue.
+    pub events: u64,
+    /// Event-queue overflows seen.
+    pub evtq_overflows: u64,
+    /// Global errors other than command errors.
+    pub gerrors: u64,
+    /// STE updates.
+    pub ste_writes: u64,
+}
+
+/// One event the SMMU recorded, decoded (IHI 0070 7.3).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SmmuEvent {
+    /// Event number.
+    pub id: u8,
+    /// Stream id.
+    pub sid: u32,
+    /// Input address (translation faults).
+    pub iova: u64,
+    /// `RnW`: a read.
+    pub read: bool,
+    /// `S2`: raised by stage 2.
+    pub stage2: bool,
+    /// The fourth double word: IPA or fetch address.
+    pub addr: u64,
+}
+
+impl SmmuEvent {
+    /// Decodes a 32-byte record.
+    pub fn decode(w: [u64; 4]) -> Self {
+        SmmuEvent {
+            id: w[0] as u8,
+            sid: (w[0] >> 32) as u32,
+            iova: w[2],
+            read: w[1] & (1 << 35) != 0,
+            stage2: w[1] & (1 << 39) != 0,
+            addr: w[3] & 0x000f_ffff_ffff_fff8,
+        }
+    }
+
+    /// The event's name in the specification.
+    pub fn name(&self) -> &'static str {
+        match self.id {
+            0x01 => "F_UUT",
+            0x02 => "C_BAD_STREAMID",
+            0x03 => "F_STE_FETCH",
+            0x04 => "C_BAD_STE",
+            0x05 => "F_BAD_ATS_TREQ",
+            0x06 => "F_STREAM_DISABLED",
+            0x07 => "F_TRANSL_FORBIDDEN",
+            0x08 => "C_BAD_SUBSTREAMID",
+            0x09 => "F_CD_FETCH",
+            0x0a => "C_BAD_CD",
+            0x0b => "F_WALK_EABT",
+            0x10 => "F_TRANSLATION",
+            0x11 => "F_ADDR_SIZE",
+            0x12 => "F_ACCESS",
+            0x13 => "F_PERMISSION",
+            0x20 => "F_TLB_CONFLICT",
+            0x21 => "F_CFG_CONFLICT",
+            0x24 => "E_PAGE_REQUEST",
+            0x25 => "F_VMS_FETCH",
+            _ => "unknown",
+        }
+    }
+
+    /// Whether the event is a translation fault a domain's handler hears of.
+    pub fn is_translation_fault(&self) -> bool {
+        (0x10..=0x13).contains(&self.id)
+    }
+}
+
+impl core::fmt::Display for SmmuEvent {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "{} sid={:#x}", self.name(), self.sid)?;
+        if self.is_translation_fault() || self.id == 0x0b {
+            write!(
+                f,
+                " iova={:#x} {}{}",
+                self.iova,
+                if self.read { "read" } else { "write" },
+                if self.stage2 { " stage2" } else { "" }
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// A queue's producer/consumer state as the driver keeps it.
+struct Cmdq<M: TableMemory> {
+    region: DmaRegion<M>,
+    log2: u32,
+    /// Next slot to write (index and wrap bit).
+    prod: u32,
+    /// What the SMMU last said it consumed.
+    cons: u32,
+}
+
+impl<M: TableMemory> Cmdq<M> {
+    fn mask(&self) -> u32 {
+        (2 << self.log2) - 1
+    }
+    fn full(&self) -> bool {
+        (self.prod ^ self.cons) & self.mask() == 1 << self.log2
+    }
+    fn next(&self, v: u32) -> u32 {
+        v.wrapping_add(1) & self.mask()
+    }
+    fn slot(&self, v: u32) -> usize {
+        (v & ((1 << self.log2) - 1)) as usize * 2
+    }
+}
+
+/// The stream table.
+enum StreamTable<M: TableMemory> {
+    Linear {
+        table: DmaRegion<M>,
+        log2: u32,
+    },
+    TwoLevel {
+        l1: DmaRegion<M>,
+        l2: BTreeMap<u32, DmaRegion<M>>,
+        log2: u32,
+    },
+}
+
+/// Level-2 tables hold `2^SPLIT` STEs (16 KiB).
+const SPLIT: u32 = 8;
+
+impl<M: TableMemory> StreamTable<M> {
+    fn log2(&self) -> u32 {
+        match self {
+            StreamTable::Linear { log2, .. } | StreamTable::TwoLevel { log2, .. } => *log2,
+        }
+    }
+
+    /// The region and first double word of `sid`'s STE, making the
+    /// level-2 table on first use (its level-1 descriptor is written after
+    /// the table is zeroed, so the SMMU never sees a half-built one).
+    fn slot(&mut self, mem: &Arc<M>, sid: u32) -> Result<(&DmaRegion<M>, usize), Errno> {
+        if u64::from(sid) >> self.log2() != 0 {
+            return Err(Errno::ERANGE);
+        }
+        match self {
+            StreamTable::Linear { table, .. } => Ok((table, sid as usize * 8)),
+            StreamTable::TwoLevel { l1, l2, .. } => {
+                let idx = sid >> SPLIT;
+                let t = match l2.entry(idx) {
+                    alloc::collections::btree_map::Entry::Occupied(o) => o.into_mut(),
+                    alloc::collections::btree_map::Entry::Vacant(v) => {
+                        let t = DmaRegion::alloc(mem, 64 << SPLIT)?;
+                        l1.write(idx as usize, ste::l1_desc(t.pa(), SPLIT + 1));
+                        v.insert(t)
+                    }
+                };
+                Ok((&*t, (sid & ((1 << SPLIT) - 1)) as usize * 8))
+            }
+        }
+    }
+}
+
+/// One stream-table entry in use: the domain and the devices using it.
+struct StreamEntry {
+    domain: Domain,
+    devices: Vec<Weak<Device>>,
+}
+
+/// Lowest-free id allocation (ASIDs, VMIDs).
+pub(crate) struct Ids {
+    used: BTreeSet<u16>,
+    max: u32,
+}
+
+impl Ids {
+    fn new(bits: u32) -> Self {
+        Ids {
+            used: BTreeSet::new(),
+            max: (1u32 << bits) - 1,
+        }
+    }
+    /// The lowest free id from 1 (0 is left for the unused tag).
+    pub(crate) fn alloc(&mut self) -> Result<u16, Errno> {
+        let mut want = 1u32;
+        for &u in self.used.range(1..) {
+            if u32::from(u) != want {
+                break;
+            }
+            want += 1;
+        }
+        if want > self.max {
+            return Err(Errno::ENOSPC);
+        }
+        self.used.insert(want as u16);
+        Ok(want as u16)
+    }
+    pub(crate) fn free(&mut self, id: u16) {
+        self.used.remove(&id);
+    }
+}
+
+pub(crate) struct Inner<R: Mmio, M: TableMemory> {
+    pub(crate) mmio: R,
+    pub(crate) mem: Arc<M>,
+    pub(crate) caps: Smmuv3Caps,
+    pub(crate) cfg: Smmuv3Config,
+    cmdq: spin::Mutex<Cmdq<M>>,
+    evtq: spin::Mutex<Cmdq<M>>,
+    /// Also serialises STE updates.
+    strtab: spin::Mutex<StreamTable<M>>,
+    streams: spin::Mutex<BTreeMap<u32, StreamEntry>>,
+    sync_word: DmaRegion<M>,
+    sync_seq: AtomicU32,
+    pub(crate) asids: spin::Mutex<Ids>,
+    pub(crate) vmids: spin::Mutex<Ids>,
+    by_stream: StreamIdGroups,
+    stats: Stats,
+    /// Invalidations whose CMD_SYNC failed, queued again before the next.
+    pending: spin::Mutex<Vec<Cmd>>,
+    recent: spin::Mutex<VecDeque<SmmuEvent>>,
+}
+
+/// The SMMUv3 driver; clones share the same SMMU.
+pub struct Smmuv3<R: Mmio, M: TableMemory> {
+    pub(crate) inner: Arc<Inner<R, M>>,
+}
+
+impl<R: Mmio, M: TableMemory> Clone for Smmuv3<R, M> {
+    fn clone(&self) -> Self {
+        Smmuv3 {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+impl<R: Mmio, M: TableMemory> core::fmt::Debug for Smmuv3<R, M> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Smmuv3")
+            .field("caps", &self.inner.caps)
+            .finish_non_exhaustive()
+    }
+}
+
+fn field(v: u32, shift: u32, width: u32) -> u32 {
+    (v >> shift) & ((1 << width) - 1)
+}
+
+fn oas_bits(code: u32) -> u32 {
+    match code {
+        0 => 32,
+        1 => 36,
+        2 => 40,
+        3 => 42,
+        4 => 44,
+        5 => 48,
+        _ => 52,
+    }
+}
+
+fn poll(limit: u32, mut done: impl FnMut() -> bool) -> bool {
+    for _ in 0..limit.max(1) {
+        if done() {
+            return true;
+        }
+        core::hint::spin_loop();
+    }
+    false
+}
+
+impl<R: Mmio, M: TableMemory> Smmuv3<R, M> {
+    /// Reads the ID registers, resets the SMMU, builds its stream table and
+    /// queues in `mem`, invalidates everything it may have cached, and
+    /// enables it. Streams nobody attached abort.
+    ///
+    /// # Errors
+    /// [`ProbeError`] for an SMMU this driver cannot drive or one that does
+    /// not respond; nothing is left enabled then.
+    pub fn probe(mmio: R, mem: Arc<M>, cfg: Smmuv3Config) -> Result<Self, ProbeError> {
+        let idr0 = mmio.read32(reg::IDR0);
+        let idr1 = mmio.read32(reg::IDR1);
+        let idr3 = mmio.read32(reg::IDR3);
+        let idr5 = mmio.read32(reg::IDR5);
+        let stage1 = idr0 & (1 << 1) != 0;
+        let stage2 = idr0 & (1 << 0) != 0;
+        if !stage1 && !stage2 {
+            return Err(ProbeError::NoStage);
+        }
+        // TTF must include AArch64; TTENDIAN must allow little-endian.
+        if field(idr0, 2, 2) & 2 == 0 || field(idr0, 21, 2) == 3 {
+            return Err(ProbeError::TableFormat);
+        }
+        if idr1 & (3 << 29) != 0 {
+            return Err(ProbeError::Preset);
+        }
+        let oas = oas_bits(field(idr5, 0, 3));
+        let granule = if idr5 & (1 << 4) != 0 {
+            Granule::G4K
+        } else if idr5 & (1 << 6) != 0 {
+            Granule::G64K
+        } else if idr5 & (1 << 5) != 0 {
+            Granule::G16K
+        } else {
+            return Err(ProbeError::Granule);
+        };
+        let max_bits = if granule == Granule::G64K { 52 } else { 48 };
+        let caps = Smmuv3Caps {
+            stage1,
+            stage2,
+            two_level: field(idr0, 27, 2) == 1,
+            sid_bits: field(idr1, 0, 6).min(32),
+            cmdq_log2: field(idr1, 21, 5).min(cfg.cmdq_log2).max(1),
+            evtq_log2: field(idr1, 16, 5).min(cfg.evtq_log2).max(1),
+            asid_bits: if idr0 & (1 << 12) != 0 { 16 } else { 8 },
+            vmid_bits: if idr0 & (1 << 18) != 0 { 16 } else { 8 },
+            range_inv: idr3 & (1 << 10) != 0,
+            msi: idr0 & (1 << 13) != 0,
+            coherent: idr0 & (1 << 4) != 0,
+            oas: oas.min(max_bits),
+            granule,
+        };
+        let limit = cfg.poll_limit;
+        // Reset: everything off, acknowledged, before tables change.
+        mmio.write32(reg::CR0, 0);
+        if !poll(limit, || mmio.read32(reg::CR0ACK) == 0) {
+            return Err(ProbeError::Timeout("CR0ACK"));
+        }
+        // Traffic while disabled aborts (GBPA.ABORT with UPDATE).
+        mmio.write32(reg::GBPA, (1 << 31) | (1 << 20));
+        if !poll(limit, || mmio.read32(reg::GBPA) & (1 << 31) == 0) {
+            return Err(ProbeError::Timeout("GBPA"));
+        }
+        let no_mem = |_| ProbeError::NoMemory;
+        let linear_log2 = caps.sid_bits.min(16);
+        let two_level = match cfg.stream_table {
+            StreamTableFormat::Linear => false,
+            StreamTableFormat::TwoLevel => caps.two_level,
+            StreamTableFormat::Auto => caps.two_level && caps.sid_bits > 10,
+        } && caps.sid_bits > SPLIT;
+        let strtab = if two_level {
+            // At most 2^17 level-1 descriptors (1 MiB), as Linux caps it.
+            let log2 = caps.sid_bits.min(SPLIT + 17);
+            let l1 = DmaRegion::alloc(&mem, 8 << (log2 - SPLIT)).map_err(no_mem)?;
+            mmio.write64(reg::STRTAB_BASE, (1 << 62) | l1.pa().raw());
+            mmio.write32(reg::STRTAB_BASE_CFG, (1 << 16) | (SPLIT << 6) | log2);
+            StreamTable::TwoLevel {
+                l1,
+                l2: BTreeMap::new(),
+                log2,
+            }
+        } else {
+            let table = DmaRegion::alloc(&mem, 64 << linear_log2).map_err(no_mem)?;
+            mmio.write64(reg::STRTAB_BASE, (1 << 62) | table.pa().raw());
+            mmio.write32(reg::STRTAB_BASE_CFG, linear_log2);
+            StreamTable::Linear {
+                table,
+                log2: linear_log2,
+            }
+        };
+        let cmdq = DmaRegion::alloc(&mem, 16 << caps.cmdq_log2).map_err(no_mem)?;
+        let evtq = DmaRegion::alloc(&mem, 32 << caps.evtq_log2).map_err(no_mem)?;
+        let sync_word = DmaRegion::alloc(&mem, 64).map_err(no_mem)?;
+        // Write-back, inner shareable tables and queues.
+        mmio.write32(
+            reg::CR1,
+            (3 << 10) | (1 << 8) | (1 << 6) | (3 << 4) | (1 << 2) | 1,
+        );
+        // PTM: no broadcast TLB maintenance; RECINVSID: record bad stream ids.
+        mmio.write32(reg::CR2, (1 << 2) | (1 << 1));
+        mmio.write64(
+            reg::CMDQ_BASE,
+            (1 << 62) | cmdq.pa().raw() | u64::from(caps.cmdq_log2),
+        );
+        mmio.write32(reg::CMDQ_PROD, 0);
+        mmio.write32(reg::CMDQ_CONS, 0);
+        mmio.write64(
+            reg::EVTQ_BASE,
+            (1 << 62) | evtq.pa().raw() | u64::from(caps.evtq_log2),
+        );
+        mmio.write32(reg::EVTQ_PROD, 0);
+        mmio.write32(reg::EVTQ_CONS, 0);
+        let asid_bits = caps.asid_bits;
+        let vmid_bits = caps.vmid_bits;
+        let drv = Smmuv3 {
+            inner: Arc::new(Inner {
+                cmdq: spin::Mutex::new(Cmdq {
+                    region: cmdq,
+                    log2: caps.cmdq_log2,
+                    prod: 0,
+                    cons: 0,
+                }),
+                evtq: spin::Mutex::new(Cmdq {
+                    region: evtq,
+                    log2: caps.evtq_log2,
+                    prod: 0,
+                    cons: 0,
+                }),
+                strtab: spin::Mutex::new(strtab),
+                streams: spin::Mutex::new(BTreeMap::new()),
+                sync_word,
+                sync_seq: AtomicU32::new(0),
+                asids: spin::Mutex::new(Ids::new(asid_bits)),
+                vmids: spin::Mutex::new(Ids::new(vmid_bits)),
+                by_stream: StreamIdGroups::new(),
+                stats: Stats::default(),
+                pending: spin::Mutex::new(Vec::new()),
+                recent: spin::Mutex::new(VecDeque::new()),
+                mmio,
+                mem,
+                caps,
+                cfg,
+            }),
+        };
+        drv.enable(CR0_CMDQEN)?;
+        drv.submit(&[ste::cfgi_all(), ste::tlbi_nsnh_all()], true)
+            .map_err(ProbeError::Command)?;
+        drv.enable(CR0_CMDQEN | CR0_EVTQEN)?;
+        drv.inner.mmio.write32(reg::IRQ_CTRL, 0b101);
+        if !poll(limit, || drv.inner.mmio.read32(reg::IRQ_CTRLACK) == 0b101) {
+            return Err(ProbeError::Timeout("IRQ_CTRLACK"));
+        }
+        drv.enable(CR0_CMDQEN | CR0_EVTQEN | CR0_SMMUEN)?;
+        Ok(drv)
+    }
+
+    fn enable(&self, cr0: u32) -> Result<(), ProbeError> {
+        let mmio = &self.inner.mmio;
+        mmio.write32(reg::CR0, cr0);
+        if poll(self.inner.cfg.poll_limit, || {
+            mmio.read32(reg::CR0ACK) == cr0
+        }) {
+            Ok(())
+        } else {
+            mmio.write32(reg::CR0, 0);
+            Err(ProbeError::Timeout("CR0ACK"))
+        }
+    }
+
+    /// Disables the SMMU (traffic then follows `GBPA`: abort).
+    pub fn shutdown(&self) {
+        self.inner.mmio.write32(reg::CR0, 0);
+        poll(self.inner.cfg.poll_limit, || {
+            self.inner.mmio.read32(reg::CR0ACK) == 0
+        });
+    }
+
+    /// What probing found.
+    pub fn caps(&self) -> &Smmuv3Caps {
+        &self.inner.caps
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> Smmuv3Stats {
+        let s = &self.inner.stats;
+        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        Smmuv3Stats {
+            commands: g(&s.commands),
+            syncs: g(&s.syncs),
+            sync_timeouts: g(&s.sync_timeouts),
+            cmdq_errors: g(&s.cmdq_errors),
+            events: g(&s.events),
+            evtq_overflows: g(&s.evtq_overflows),
+            gerrors: g(&s.gerrors),
+            ste_writes: g(&s.ste_writes),
+        }
+    }
+
+    /// The last events read from the event queue (at most 64), oldest first.
+    pub fn recent_events(&self) -> Vec<SmmuEvent> {
+        self.inner.recent.lock().iter().copied().collect()
+    }
+
+    /// The STE of stream `sid` as it is in memory (first four double words).
+    pub fn ste(&self, sid: u32) -> Option<Ste> {
+        let mut st = self.inner.strtab.lock();
+        if let StreamTable::TwoLevel { l2, .. } = &*st {
+            if !l2.contains_key(&(sid >> SPLIT)) {
+                return None;
+            }
+        }
+        let (t, w) = st.slot(&self.inner.mem, sid).ok()?;
+        Some([t.read(w), t.read(w + 1), t.read(w + 2), t.read(w + 3)])
+    }
+
+    /// Queues `cmds` (and a CMD_SYNC, waiting for it, with `sync`).
+    ///
+    /// # Errors
+    /// `ETIMEDOUT` when the queue stays full or the sync does not complete
+    /// in time; `EIO` when the SMMU refused a command (it was skipped) or
+    /// raised a global error meanwhile.
+    pub(crate) fn submit(&self, cmds: &[Cmd], sync: bool) -> Result<(), Errno> {
+        self.inner.submit(cmds, sync)
+    }
+
+    /// Reads the event queue, reports translation faults to the domains of
+    /// their streams, and handles global errors: what an interrupt handler
+    /// calls. Returns the events read.
+    pub fn handle_irq(&self) -> Vec<SmmuEvent> {
+        self.inner.handle_gerror();
+        let events = self.inner.drain_events();
+        for ev in &events {
+            if !ev.is_translation_fault() {
+                continue;
+            }
+            let target = {
+                let streams = self.inner.streams.lock();
+                streams.get(&ev.sid).and_then(|e| {
+                    let dev = e.devices.iter().find_map(Weak::upgrade)?;
+                    Some((e.domain.clone(), dev))
+                })
+            };
+            if let Some((domain, dev)) = target {
+                let access = if ev.read {
+                    FaultAccess::Read
+                } else {
+                    FaultAccess::Write
+                };
+                let _ = domain.report_fault(&dev, Iova::new(ev.iova), access);
+            }
+        }
+        events
+    }
+
+    /// Points `sid` at `new`, the way IHI 0070 3.21.3 allows for a live
+    /// entry: a valid STE whose other words change goes through abort first
+    /// (only double word 0 changes, in one 64-bit store), so the SMMU never
+    /// sees a mix of two configurations. On failure the old STE is put back.
+    pub(crate) fn write_ste(&self, sid: u32, new: Ste) -> Result<(), Errno> {
+        let inner = &self.inner;
+        let mut st = inner.strtab.lock();
+        let (t, w) = st.slot(&inner.mem, sid)?;
+        let old = [t.read(w), t.read(w + 1), t.read(w + 2), t.read(w + 3)];
+        if old == new {
+            return Ok(());
+        }
+        inner.stats.ste_writes.fetch_add(1, Ordering::Relaxed);
+        let restore = |t: &DmaRegion<M>| {
+            t.write(w, ste::ste_abort()[0]);
+            for (i, v) in old.iter().enumerate().skip(1) {
+                t.write(w + i, *v);
+            }
+            t.write(w, old[0]);
+            // Best effort: the SMMU may be the reason we are here.
+            let _ = inner.submit(&[ste::cfgi_ste(sid)], false);
+        };
+        if old[0] & 1 != 0 && old[1..] != new[1..] {
+            t.write(w, ste::ste_abort()[0]);
+            if let Err(e) = inner.submit(&[ste::cfgi_ste(sid)], true) {
+                restore(t);
+                return Err(e);
+            }
+        }
+        for (i, v) in new.iter().enumerate().skip(1) {
+            t.write(w + i, *v);
+        }
+        t.write(w, new[0]);
+        if let Err(e) = inner.submit(&[ste::cfgi_ste(sid)], true) {
+            restore(t);
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Attaches `dev`'s streams to `domain` with STE `ste`, all or none.
+    pub(crate) fn attach(&self, domain: &Domain, dev: &Arc<Device>, new: Ste) -> Result<(), Errno> {
+        let sids = dev.stream_ids();
+        if sids.is_empty() {
+            return Err(Errno::ENODEV);
+        }
+        let before: Vec<Option<Ste>> = sids.iter().map(|&s| self.ste(s)).collect();
+        for (i, &sid) in sids.iter().enumerate() {
+            if let Err(e) = self.write_ste(sid, new) {
+                for (&done, old) in sids[..i].iter().zip(&before) {
+                    let _ = self.write_ste(done, old.unwrap_or(ste::ste_abort()));
+                }
+                return Err(e);
+            }
+        }
+        let mut streams = self.inner.streams.lock();
+        for &sid in sids {
+            let e = streams.entry(sid).or_insert_with(|| StreamEntry {
+                domain: domain.clone(),
+                devices: Vec::new(),
+            });
+            e.domain = domain.clone();
+            e.devices.retain(|d| d.strong_count() > 0);
+            if !e.devices.iter().any(|d| core::ptr::eq(d.as_ptr(), &**dev)) {
+                e.devices.push(Arc::downgrade(dev));
+            }
+        }
+        Ok(())
+    }
+
+    /// `dev` stops using its streams; a stream's STE goes back to abort
+    /// with its last user.
+    pub(crate) fn detach(&self, dev: &Arc<Device>) {
+        let mut last = Vec::new();
+        {
+            let mut streams = self.inner.streams.lock();
+            for sid in dev.stream_ids() {
+                if let Some(e) = streams.get_mut(sid) {
+                    e.devices
+                        .retain(|d| d.strong_count() > 0 && !core::ptr::eq(d.as_ptr(), &**dev));
+                    if e.devices.is_empty() {
+                        streams.remove(sid);
+                        last.push(*sid);
+                    }
+                }
+            }
+        }
+        for sid in last {
+            let _ = self.write_ste(sid, ste::ste_abort());
+        }
+    }
+
+    /// The domain stream `sid` is attached to, if any.
+    pub fn stream_domain(&self, sid: u32) -> Option<Domain> {
+        self.inner
+            .streams
+            .lock()
+            .get(&sid)
+            .map(|e| e.domain.clone())
+    }
+}
+
+impl<R: Mmio, M: TableMemory> Inner<R, M> {
+    pub(crate) fn submit(&self, cmds: &[Cmd], sync: bool) -> Result<(), Errno> {
+        let mut q = self.cmdq.lock();
+        let pending = core::mem::take(&mut *self.pending.lock());
+        let mut published = q.prod;
+        let mut failed = false;
+        let msi = (self.caps.msi && self.cfg.msi_sync).then(|| {
+            let seq = self
+                .sync_seq
+                .fetch_add(1, Ordering::Relaxed)
+                .wrapping_add(1);
+            (self.sync_word.pa(), seq)
+        });
+        let sync_cmd = sync.then(|| ste::sync(msi));
+        let all = pending.iter().chain(cmds).chain(sync_cmd.iter());
+        for cmd in all {
+            if q.full() {
+                self.publish(&mut q, &mut published);
+                if let Err(e) = self.wait(&mut q, &mut failed, |q| !q.full()) {
+                    // What was not published is dropped; retry pending work later.
+                    q.prod = published;
+                    self.pending.lock().extend(pending.iter().copied());
+                    return Err(e);
+                }
+            }
+            let slot = q.slot(q.prod);
+            q.region.write(slot, cmd[0]);
+            q.region.write(slot + 1, cmd[1]);
+            q.prod = q.next(q.prod);
+            self.stats.commands.fetch_add(1, Ordering::Relaxed);
+        }
+        self.publish(&mut q, &mut published);
+        if !sync {
+            return Ok(());
+        }
+        let target = q.prod;
+        let mask = q.mask();
+        let word = &self.sync_word;
+        let done = self.wait(&mut q, &mut failed, |q| {
+            q.cons & mask == target || msi.is_some_and(|(_, seq)| word.read(0) as u32 == seq)
+        });
+        if let Err(e) = done {
+            self.stats.sync_timeouts.fetch_add(1, Ordering::Relaxed);
+            self.pending.lock().extend(pending.iter().copied());
+            return Err(e);
+        }
+        self.stats.syncs.fetch_add(1, Ordering::Relaxed);
+        if failed {
+            Err(Errno::EIO)
+        } else {
+            Ok(())
+        }
+    }
+
+    fn publish(&self, q: &mut Cmdq<M>, published: &mut u32) {
+        if *published != q.prod {
+            // The entries are in memory before PROD moves (store ordering of
+            // the memory backend, then the MMIO write).
+            core::sync::atomic::fence(Ordering::SeqCst);
+            self.mmio.write32(reg::CMDQ_PROD, q.prod);
+            *published = q.prod;
+        }
+    }
+
+    /// Polls CMDQ_CONS until `done`, skipping refused commands and noting
+    /// global errors in `failed`.
+    fn wait(
+        &self,
+        q: &mut Cmdq<M>,
+        failed: &mut bool,
+        done: impl Fn(&Cmdq<M>) -> bool,
+    ) -> Result<(), Errno> {
+        for _ in 0..self.cfg.poll_limit.max(1) {
+            let cons = self.mmio.read32(reg::CMDQ_CONS);
+            q.cons = cons & q.mask();
+            if done(q) {
+                return Ok(());
+            }
+            let active = self.gerror_active();
+            if active & GERROR_CMDQ_ERR != 0 {
+                // The SMMU stopped at CONS: replace the command with a
+                // CMD_SYNC and acknowledge, so the queue moves on.
+                self.stats.cmdq_errors.fetch_add(1, Ordering::Relaxed);
+                let slot = q.slot(q.cons);
+                let nop = ste::sync(None);
+                q.region.write(slot, nop[0]);
+                q.region.write(slot + 1, nop[1]);
+                core::sync::atomic::fence(Ordering::SeqCst);
+                self.ack_gerror(GERROR_CMDQ_ERR);
+                *failed = true;
+                continue;
+            }
+            if active & !GERROR_CMDQ_ERR != 0 {
+                self.handle_gerror();
+                *failed = true;
+                if active & GERROR_SFM_ERR != 0 {
+                    return Err(Errno::EIO);
+                }
+            }
+            core::hint::spin_loop();
+        }
+        Err(Errno::ETIMEDOUT)
+    }
+
+    fn gerror_active(&self) -> u32 {
+        (self.mmio.read32(reg::GERROR) ^ self.mmio.read32(reg::GERRORN)) & GERROR_MASK
+    }
+
+    fn ack_gerror(&self, bits: u32) {
+        let n = self.mmio.read32(reg::GERRORN);
+        self.mmio.write32(reg::GERRORN, n ^ bits);
+    }
+
+    /// Acknowledges global errors other than command errors (those belong
+    /// to whoever holds the command queue).
+    fn handle_gerror(&self) -> u32 {
+        let active = self.gerror_active() & !GERROR_CMDQ_ERR;
+        if active != 0 {
+            self.stats.gerrors.fetch_add(1, Ordering::Relaxed);
+            self.ack_gerror(active);
+        }
+        active
+    }
+
+    fn drain_events(&self) -> Vec<SmmuEvent> {
+        let mut q = self.evtq.lock();
+        let prod = self.mmio.read32(reg::EVTQ_PROD);
+        let mask = q.mask();
+        let mut out = Vec::new();
+        while q.cons & mask != prod & mask {
+            let slot = q.slot(q.cons) * 2;
+            let w = [
+                q.region.read(slot),
+                q.region.read(slot + 1),
+                q.region.read(slot + 2),
+                q.region.read(slot + 3),
+            ];
+            out.push(SmmuEvent::decode(w));
+            q.cons = q.next(q.cons);
+        }
+        // Acknowledge an overflow by copying OVFLG into OVACKFLG.
+        if (prod ^ q.prod) & Q_OVF != 0 {
+            self.stats.evtq_overflows.fetch_add(1, Ordering::Relaxed);
+            q.prod = prod & Q_OVF;
+        }
+        self.mmio
+            .write32(reg::EVTQ_CONS, (q.cons & mask) | (prod & Q_OVF));
+        drop(q);
+        self.stats
+            .events
+            .fetch_add(out.len() as u64, Ordering::Relaxed);
+        let mut recent = self.recent.lock();
+        for ev in &out {
+            if recent.len() == EVENT_LOG {
+                recent.pop_front();
+            }
+            recent.push_back(*ev);
+        }
+        out
+    }
+
+    /// The LPAE format paging domains of `stage` use.
+    pub(crate) fn format(&self, stage: Stage) -> Result<Lpae, Errno> {
+        let oas = self.caps.oas;
+        let ias = match stage {
+            Stage::S1 => 48.min(if self.caps.granule == Granule::G64K {
+                52
+            } else {
+                48
+            }),
+            Stage::S2 => oas,
+        };
+        Lpae::new(LpaeConfig {
+            stage,
+            granule: self.caps.granule,
+            ias,
+            oas,
+        })
+        .map_err(|_| Errno::EINVAL)
+    }
+
+    pub(crate) fn paging_stage(&self) -> Stage {
+        match self.cfg.stage {
+            Some(Stage::S2) if self.caps.stage2 => Stage::S2,
+            Some(Stage::S1) if self.caps.stage1 => Stage::S1,
+            _ if self.caps.stage1 => Stage::S1,
+            _ => Stage::S2,
+        }
+    }
+}
+
+impl<R: Mmio + 'static, M: TableMemory + 'static> IommuOps for Smmuv3<R, M> {
+    fn name(&self) -> &str {
+        "arm-smmu-v3"
+    }
+
+    fn add_device(&self, iommu: &Iommu, dev: &Arc<Device>) -> Result<(), Errno> {
+        if dev.stream_ids().is_empty() {
+            return Ok(()); // not behind this SMMU
+        }
+        // A stream id the stream table cannot hold (Linux: ERANGE).
+        let log2 = self.inner.strtab.lock().log2();
+        if dev.stream_ids().iter().any(|&s| u64::from(s) >> log2 != 0) {
+            return Err(Errno::ERANGE);
+        }
+        iommu.group_get_for_dev(dev).map(drop).inspect_err(|_| {
+            self.inner.by_stream.release_device(dev);
+        })
+    }
+
+    fn remove_device(&self, iommu: &Iommu, dev: &Arc<Device>) {
+        iommu.group_remove_device(dev);
+        self.inner.by_stream.release_device(dev);
+    }
+
+    fn device_group(&self, iommu: &Iommu, dev: &Arc<Device>) -> Result<Group, Errno> {
+        self.inner.by_stream.device_group(iommu, dev)
+    }
+
+    fn domain_alloc(&self, ty: DomainType) -> Result<alloc::boxed::Box<dyn DomainOps>, Errno> {
+        let kind = match ty {
+            DomainType::Blocked => DomainKind::Blocked,
+            DomainType::Identity => DomainKind::Identity,
+            _ => DomainKind::paging(&self.inner)?,
+        };
+        Ok(alloc::boxed::Box::new(Smmuv3Domain::new(
+            Arc::downgrade(&self.inner),
+            kind,
+        )))
+    }
+
+    fn get_resv_regions(&self, dev: &Device) -> Vec<ReservedRegion> {
+        let mut v = dev.firmware_resv_regions().to_vec();
+        if let Some((start, len)) = self.inner.cfg.sw_msi {
+            v.push(ReservedRegion::new(
+                start,
+                len,
+                Prot::RW | Prot::MMIO,
+                ResvType::SwMsi,
+            ));
+        }
+        v
+    }
+
+    fn pgsize_bitmap(&self) -> u64 {
+        self.inner
+            .format(self.inner.paging_stage())
+            .map(|f| iommu_pgtable::Format::geometry(&f).pgsize_bitmap())
+            .unwrap_or(0)
+    }
+
+    fn capable(&self, cap: Capability) -> bool {
+        match cap {
+            Capability::CacheCoherency => self.inner.caps.coherent,
+            Capability::NoExec | Capability::DeferredFlush => true,
+            Capability::IntrRemap => false,
+        }
+    }
+}

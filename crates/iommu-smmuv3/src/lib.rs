@@ -1,0 +1,46 @@
+//! An Arm SMMUv3 driver for `iommu-core` (Arm IHI 0070).
+//!
+//! [`Smmuv3`] is an [`IommuOps`](iommu_core::IommuOps) driver modelled on
+//! Linux's `drivers/iommu/arm/arm-smmu-v3`. It reaches the SMMU only
+//! through its registers ([`Mmio`]) and through what it writes into
+//! DMA-able memory (a [`TableMemory`](iommu_pgtable::TableMemory)): the
+//! stream table (linear or two-level), context descriptors, the command
+//! queue and the event queue. Page tables are `iommu-pgtable`'s LPAE tables
+//! in the same memory.
+//!
+//! - Probe reads IDR0/1/3/5, resets with CR0/CR0ACK, sets `GBPA` to abort,
+//!   builds the tables and queues, invalidates everything (`CFGI_ALL`,
+//!   `TLBI_NSNH_ALL`, `CMD_SYNC`) and enables.
+//! - Domains: blocked (abort STE), identity (bypass STE), paging at stage 1
+//!   (CD with an ASID per domain) or stage 2 (a VMID per domain).
+//! - STE updates go through abort when a live entry changes more than its
+//!   first double word, and each is followed by `CFGI_STE` + `CMD_SYNC`.
+//! - Unmaps become range invalidations (`TLBI_NH_VA` / `TLBI_S2_IPA`, with
+//!   `NUM`/`SCALE` when the SMMU has range invalidation) and a `CMD_SYNC`,
+//!   completed by MSI write or by polling `CMDQ_CONS`.
+//! - [`Smmuv3::handle_irq`] reads the event queue and reports translation
+//!   faults to the domain's fault handler; global errors are acknowledged,
+//!   refused commands skipped (and the operation fails with `EIO`).
+//!
+//! The crate is `no_std` + `alloc`. With feature `emu` it also drives the
+//! emulated SMMUv3 of `iommu-smmuv3-emu` ([`emu`]).
+#![no_std]
+#![deny(unsafe_code)]
+
+extern crate alloc;
+
+#[allow(unsafe_code)] // calls TableMemory's accessors on regions it owns
+mod dma;
+mod domain;
+mod driver;
+#[cfg(feature = "emu")]
+pub mod emu;
+#[allow(unsafe_code)] // VolatileMmio touches a register window
+mod mmio;
+pub mod ste;
+
+pub use domain::Smmuv3Domain;
+pub use driver::{
+    ProbeError, SmmuEvent, Smmuv3, Smmuv3Caps, Smmuv3Config, Smmuv3Stats, StreamTableFormat,
+};
+pub use mmio::{reg, Mmio, VolatileMmio, WINDOW};
