@@ -6,12 +6,14 @@
 //! moved back where they were: a group is never left half-attached.
 
 use crate::group::{create_direct_mappings, DmaOwner, Group, GroupState};
+use crate::prelude::*;
+use crate::sync::MutexGuard;
 use crate::{Device, Domain, DomainType, Iommu, IommuOps};
+use alloc::sync::Arc;
 use iommu_types::Errno;
-use std::sync::{Arc, MutexGuard};
 
 pub(crate) fn attach_dev(domain: &Domain, dev: &Arc<Device>) -> Result<(), Errno> {
-    let _s = tracing::debug_span!(
+    let _s = crate::trace::debug_span!(
         "attach_dev",
         domain = domain.id(),
         ty = domain.ty().sysfs_name(),
@@ -38,7 +40,7 @@ pub(crate) fn set_domain(st: &mut GroupState, new: Option<&Domain>) -> Result<()
                             // here would be a driver bug, so only log it.
                             Some(o) => {
                                 if let Err(e2) = attach_dev(o, &done.dev) {
-                                    tracing::error!(
+                                    crate::trace::error!(
                                         dev = done.dev.name(),
                                         err = e2.name(),
                                         "rollback attach failed"
@@ -98,7 +100,7 @@ impl Iommu {
     /// instance than the one translating the group (or the group is empty);
     /// the first device's attach error (the group then stays where it was).
     pub fn attach_group(&self, domain: &Domain, group: &Group) -> Result<(), Errno> {
-        let _span = tracing::debug_span!(
+        let _span = crate::trace::debug_span!(
             "iommu_attach_group",
             domain = domain.id(),
             group = group.id()
@@ -132,7 +134,7 @@ impl Iommu {
     /// detached. As in Linux, `domain` is not consulted: the group always
     /// returns to its core domain.
     pub fn detach_group(&self, domain: &Domain, group: &Group) {
-        let _span = tracing::debug_span!(
+        let _span = crate::trace::debug_span!(
             "iommu_detach_group",
             domain = domain.id(),
             group = group.id()
@@ -151,7 +153,7 @@ impl Iommu {
         let Some(group) = dev.iommu_group() else {
             return Err(Errno::ENODEV);
         };
-        let _span = tracing::debug_span!(
+        let _span = crate::trace::debug_span!(
             "iommu_attach_device",
             domain = domain.id(),
             dev = dev.name()
@@ -332,7 +334,7 @@ impl Iommu {
     /// `EBUSY` while it is attached to a non-default domain; allocation and
     /// attach errors (the old domain then stays).
     pub fn group_store_type(&self, group: &Group, buf: &str) -> Result<usize, Errno> {
-        let _span = tracing::debug_span!(
+        let _span = crate::trace::debug_span!(
             "iommu_group_store_type",
             group = group.id(),
             req = buf.trim_end()

@@ -2,11 +2,13 @@
 //! ops set on them (`bus->iommu_ops`).
 
 use crate::notifier::{NotifierChain, NotifierId};
+use crate::prelude::*;
+use crate::sync::Mutex;
 use crate::sysfs::{is_valid_component, is_valid_device_dir, Node};
 use crate::{Device, DeviceBuilder, Iommu, IommuOps};
+use alloc::sync::Arc;
+use core::fmt;
 use iommu_types::Errno;
-use std::fmt;
-use std::sync::{Arc, Mutex};
 
 /// Bus events (`BUS_NOTIFY_*`), in Linux's order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -72,12 +74,8 @@ impl Drop for BusInner {
     /// keep each other alive forever (Linux never frees a bus; a library
     /// must).
     fn drop(&mut self) {
-        let devices = std::mem::take(self.devices.get_mut().unwrap_or_else(|e| e.into_inner()));
-        let ops = self
-            .iommu_ops
-            .get_mut()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
+        let devices = core::mem::take(self.devices.get_mut());
+        let ops = self.iommu_ops.get_mut().take();
         for dev in devices.iter().rev() {
             if dev.iommu_group().is_some() {
                 match &ops {
@@ -154,19 +152,19 @@ impl Bus {
 
     /// The IOMMU ops set on the bus, if any.
     pub fn iommu_ops(&self) -> Option<Arc<dyn IommuOps>> {
-        crate::lock(&self.0.iommu_ops)
-            .as_ref()
-            .map(|b| Arc::clone(&b.ops))
+        self.0.iommu_ops.lock().as_ref().map(|b| Arc::clone(&b.ops))
     }
 
     /// A snapshot of the devices on the bus, in the order they were added.
     pub fn devices(&self) -> Vec<Arc<Device>> {
-        crate::lock(&self.0.devices).clone()
+        self.0.devices.lock().clone()
     }
 
     /// The device called `name`.
     pub fn find_device(&self, name: &str) -> Option<Arc<Device>> {
-        crate::lock(&self.0.devices)
+        self.0
+            .devices
+            .lock()
             .iter()
             .find(|d| d.name() == name)
             .cloned()
@@ -194,7 +192,7 @@ impl Bus {
             return Err(Errno::EINVAL);
         }
         {
-            let mut devices = crate::lock(&self.0.devices);
+            let mut devices = self.0.devices.lock();
             if devices.iter().any(|d| d.name() == dev.name()) {
                 return Err(Errno::EEXIST);
             }
@@ -220,15 +218,12 @@ impl Bus {
     /// # Errors
     /// `ENODEV` if the device is not on this bus.
     pub fn remove_device(&self, dev: &Arc<Device>) -> Result<(), Errno> {
-        if !crate::lock(&self.0.devices)
-            .iter()
-            .any(|d| Arc::ptr_eq(d, dev))
-        {
+        if !self.0.devices.lock().iter().any(|d| Arc::ptr_eq(d, dev)) {
             return Err(Errno::ENODEV);
         }
         self.notify(BusAction::DelDevice, dev);
         {
-            let mut devices = crate::lock(&self.0.devices);
+            let mut devices = self.0.devices.lock();
             devices.retain(|d| !Arc::ptr_eq(d, dev));
             let mut sysfs = self.0.iommu.shared.sysfs();
             sysfs.remove(&format!("bus/{}/devices/{}", self.name(), dev.name()));

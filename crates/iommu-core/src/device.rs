@@ -2,10 +2,12 @@
 //! data the driver reads (stream ids, reserved memory), and the device's
 //! group pointer (`dev->iommu_group`).
 
+use crate::prelude::*;
+use crate::sync::Mutex;
 use crate::{Bus, Group, ReservedRegion};
-use std::any::Any;
-use std::fmt;
-use std::sync::{Arc, Mutex, Weak};
+use alloc::sync::{Arc, Weak};
+use core::any::Any;
+use core::fmt;
 
 /// Description of a device to add to a bus.
 #[derive(Clone, Debug, Default)]
@@ -150,12 +152,12 @@ impl Device {
 
     /// Its group, taking a reference (Linux's `iommu_group_get`).
     pub fn iommu_group(&self) -> Option<Group> {
-        crate::lock(&self.group).clone()
+        self.group.lock().clone()
     }
 
     /// Sets the group if the device has none; `false` if another add won.
     pub(crate) fn claim_group(&self, group: &Group) -> bool {
-        let mut slot = crate::lock(&self.group);
+        let mut slot = self.group.lock();
         if slot.is_some() {
             return false;
         }
@@ -164,16 +166,16 @@ impl Device {
     }
 
     pub(crate) fn set_group(&self, group: Option<Group>) -> Option<Group> {
-        std::mem::replace(&mut *crate::lock(&self.group), group)
+        core::mem::replace(&mut *self.group.lock(), group)
     }
 
     /// Stores the driver's per-device data.
     pub fn set_iommu_priv(&self, data: Option<Arc<dyn Any + Send + Sync>>) {
-        *crate::lock(&self.iommu_priv) = data;
+        *self.iommu_priv.lock() = data;
     }
 
     /// The driver's per-device data.
     pub fn iommu_priv(&self) -> Option<Arc<dyn Any + Send + Sync>> {
-        crate::lock(&self.iommu_priv).clone()
+        self.iommu_priv.lock().clone()
     }
 }

@@ -2,12 +2,14 @@
 //! path through it (page-size selection, batching, rollback, IOTLB gather).
 
 use crate::ops::{DomainGeometry, DomainOps, PagingOps};
+use crate::prelude::*;
+use crate::sync::{Mutex, RwLock};
 use crate::{Device, IommuOps};
+use alloc::sync::{Arc, Weak};
+use core::any::Any;
+use core::fmt;
+use core::sync::atomic::{AtomicU8, Ordering};
 use iommu_types::{Errno, IotlbGather, Iova, PhysAddr, Prot};
-use std::any::Any;
-use std::fmt;
-use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::{Arc, Mutex, RwLock, Weak};
 
 /// What a DMA layer keeps in a domain (Linux's `domain->iova_cookie`).
 pub type IovaCookie = Arc<dyn Any + Send + Sync>;
@@ -259,7 +261,7 @@ impl Domain {
     /// (Linux's `domain->owner == dev_iommu_ops(dev)`): a domain may only be
     /// attached through its owner.
     pub fn is_owned_by(&self, ops: &Arc<dyn IommuOps>) -> bool {
-        std::ptr::addr_eq(self.0.owner.as_ptr(), Arc::as_ptr(ops))
+        core::ptr::addr_eq(self.0.owner.as_ptr(), Arc::as_ptr(ops))
     }
 
     /// A handle that does not keep the domain alive.
@@ -269,7 +271,7 @@ impl Domain {
 
     /// The DMA layer's state for this domain, if one was set up.
     pub fn iova_cookie(&self) -> Option<IovaCookie> {
-        crate::lock(&self.0.iova_cookie).clone()
+        self.0.iova_cookie.lock().clone()
     }
 
     /// The DMA layer's state, created by `init` the first time it is asked
@@ -283,7 +285,7 @@ impl Domain {
         &self,
         init: impl FnOnce(&Domain) -> Result<IovaCookie, E>,
     ) -> Result<IovaCookie, E> {
-        let mut slot = crate::lock(&self.0.iova_cookie);
+        let mut slot = self.0.iova_cookie.lock();
         if let Some(c) = &*slot {
             return Ok(c.clone());
         }
@@ -319,7 +321,7 @@ impl Domain {
     /// `EOVERFLOW` when a range wraps; `ERANGE` outside the aperture; the
     /// driver's error otherwise. On error nothing stays mapped.
     pub fn map(&self, iova: Iova, paddr: PhysAddr, size: u64, prot: Prot) -> Result<(), Errno> {
-        let _span = tracing::debug_span!("iommu_map", domain = self.0.id, %iova, %paddr, size = format_args!("{size:#x}"), %prot).entered();
+        let _span = crate::trace::debug_span!("iommu_map", domain = self.0.id, %iova, %paddr, size = format_args!("{size:#x}"), %prot).entered();
         self.map_nosync(iova, paddr, size, prot)?;
         if let Err(e) = self.0.ops.iotlb_sync_map(iova, size) {
             self.unmap(iova, size);
@@ -333,7 +335,7 @@ impl Domain {
         let paging = self.paging_ops()?;
         let min = self.min_pagesz();
         if (iova.raw() | paddr.raw() | size) & (min - 1) != 0 {
-            tracing::warn!(%iova, %paddr, size, min, "unaligned map");
+            crate::trace::warn!(%iova, %paddr, size, min, "unaligned map");
             return Err(Errno::EINVAL);
         }
         if size == 0 {
@@ -348,7 +350,7 @@ impl Domain {
         while done < size {
             let (cur_iova, cur_pa) = (iova.raw() + done, paddr.raw() + done);
             let (pgsize, count) = pgsize_for(self.0.pgsize_bitmap, cur_iova, cur_pa, size - done);
-            let _s = tracing::trace_span!(
+            let _s = crate::trace::trace_span!(
                 "map_pages",
                 iova = format_args!("{cur_iova:#x}"),
                 pgsize = format_args!("{pgsize:#x}"),
@@ -380,8 +382,8 @@ impl Domain {
 
     fn undo_map(&self, iova: Iova, size: u64) {
         if size != 0 {
-            let _s =
-                tracing::debug_span!("undo_map", %iova, size = format_args!("{size:#x}")).entered();
+            let _s = crate::trace::debug_span!("undo_map", %iova, size = format_args!("{size:#x}"))
+                .entered();
             self.unmap(iova, size);
         }
     }
@@ -393,7 +395,7 @@ impl Domain {
     /// count may therefore exceed `size`. Invalid requests unmap nothing and
     /// return 0.
     pub fn unmap(&self, iova: Iova, size: u64) -> u64 {
-        let _span = tracing::debug_span!("iommu_unmap", domain = self.0.id, %iova, size = format_args!("{size:#x}")).entered();
+        let _span = crate::trace::debug_span!("iommu_unmap", domain = self.0.id, %iova, size = format_args!("{size:#x}")).entered();
         let mut gather = IotlbGather::new();
         let n = self.unmap_fast(iova, size, &mut gather);
         self.iotlb_sync(gather);
@@ -418,7 +420,7 @@ impl Domain {
         let mut cur = iova.raw();
         while cur < end {
             let (pgsize, count) = pgsize_for(self.0.pgsize_bitmap, cur, cur, end - cur);
-            let _s = tracing::trace_span!(
+            let _s = crate::trace::trace_span!(
                 "unmap_pages",
                 iova = format_args!("{cur:#x}"),
                 pgsize = format_args!("{pgsize:#x}"),
@@ -432,7 +434,7 @@ impl Domain {
             if !u.covers(Iova::new(cur)) {
                 // The driver answered about some other address: stop rather
                 // than guess where to go on.
-                tracing::error!(iova = %u.iova, size = u.size, at = cur, "unmap_pages removed a range that does not cover the address asked for");
+                crate::trace::error!(iova = %u.iova, size = u.size, at = cur, "unmap_pages removed a range that does not cover the address asked for");
                 removed = removed.saturating_add(u.size);
                 break;
             }
@@ -457,9 +459,11 @@ impl Domain {
     /// Invalidates what `gather` holds (Linux's `iommu_iotlb_sync`).
     pub fn iotlb_sync(&self, gather: IotlbGather) {
         if !gather.is_empty() {
-            let _s =
-                tracing::trace_span!("iotlb_sync", size = format_args!("{:#x}", gather.size()))
-                    .entered();
+            let _s = crate::trace::trace_span!(
+                "iotlb_sync",
+                size = format_args!("{:#x}", gather.size())
+            )
+            .entered();
             self.0.ops.iotlb_sync(&gather);
         }
     }
@@ -476,7 +480,7 @@ impl Domain {
     /// As [`map`](Self::map); on error nothing from this call stays mapped.
     pub fn map_sg(&self, iova: Iova, sg: &[SgEntry], prot: Prot) -> Result<u64, Errno> {
         let _span =
-            tracing::debug_span!("iommu_map_sg", domain = self.0.id, %iova, nents = sg.len())
+            crate::trace::debug_span!("iommu_map_sg", domain = self.0.id, %iova, nents = sg.len())
                 .entered();
         let mut mapped = 0u64;
         let mut run: Option<(u64, u64)> = None; // (start pa, len)
@@ -526,11 +530,7 @@ impl Domain {
 
     /// Installs (or with `None` removes) the fault handler.
     pub fn set_fault_handler(&self, handler: Option<FaultHandler>) {
-        *self
-            .0
-            .fault_handler
-            .write()
-            .unwrap_or_else(|e| e.into_inner()) = handler;
+        *self.0.fault_handler.write() = handler;
     }
 
     /// Reports a translation fault of `dev` at `iova`: the handler's result,
@@ -539,13 +539,8 @@ impl Domain {
     /// # Errors
     /// `ENOSYS` without a handler, or the handler's error.
     pub fn report_fault(&self, dev: &Device, iova: Iova, access: FaultAccess) -> Result<(), Errno> {
-        let handler = self
-            .0
-            .fault_handler
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        tracing::debug!(domain = self.0.id, dev = dev.name(), %iova, ?access, "io_page_fault");
+        let handler = self.0.fault_handler.read().clone();
+        crate::trace::debug!(domain = self.0.id, dev = dev.name(), %iova, ?access, "io_page_fault");
         match handler {
             Some(h) => h(self, dev, iova, access),
             None => Err(Errno::ENOSYS),

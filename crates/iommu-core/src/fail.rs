@@ -4,7 +4,7 @@
 //! so a test can walk a failure through every step of an operation and check
 //! that state is exactly as before. Disarmed points cost one atomic load.
 
-use std::sync::atomic::{AtomicI64, Ordering};
+use core::sync::atomic::{AtomicI64, Ordering};
 
 /// A fallible step inside the core.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -42,7 +42,7 @@ pub struct FailPoints {
 impl Default for FailPoints {
     fn default() -> Self {
         Self {
-            countdown: std::array::from_fn(|_| AtomicI64::new(-1)),
+            countdown: core::array::from_fn(|_| AtomicI64::new(-1)),
         }
     }
 }

@@ -10,14 +10,17 @@
 //! Listeners are always called with no lock held.
 
 use crate::notifier::{NotifierChain, NotifierId, Notify};
+use crate::prelude::*;
 use crate::resv::{insert_resv_region, ReservedRegion};
 use crate::subsystem::Shared;
+use crate::sync::{Mutex, MutexGuard};
 use crate::sysfs::{Attr, Node};
 use crate::{Device, Domain, Iommu};
+use alloc::collections::BTreeMap;
+use alloc::sync::{Arc, Weak};
+use core::any::Any;
+use core::fmt;
 use iommu_types::{Errno, Iova, PhysAddr};
-use std::any::Any;
-use std::fmt;
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 /// Group events (`IOMMU_GROUP_NOTIFY_*`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -52,8 +55,8 @@ pub struct DmaOwner(u64);
 impl DmaOwner {
     /// A new owner identity, different from every other one in the process.
     pub fn new() -> DmaOwner {
-        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
-        DmaOwner(NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
+        static NEXT: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(1);
+        DmaOwner(NEXT.fetch_add(1, core::sync::atomic::Ordering::Relaxed))
     }
 }
 
@@ -105,12 +108,7 @@ impl Drop for GroupInner {
         self.shared.sysfs().remove_tree(&group_dir(self.id));
         self.shared
             .release_group_id(self.id, self as *const GroupInner);
-        if let Some(d) = self
-            .iommu_data
-            .get_mut()
-            .unwrap_or_else(|e| e.into_inner())
-            .take()
-        {
+        if let Some(d) = self.iommu_data.get_mut().take() {
             if let Some(release) = d.release {
                 release(d.data);
             }
@@ -167,7 +165,7 @@ impl Group {
     }
 
     pub(crate) fn state(&self) -> MutexGuard<'_, GroupState> {
-        crate::lock(&self.0.state)
+        self.0.state.lock()
     }
 
     /// `dev`'s group, taking a reference (Linux's `iommu_group_get`); the same
@@ -291,7 +289,11 @@ impl Group {
         data: Arc<dyn Any + Send + Sync>,
         release: Option<IommuDataRelease>,
     ) {
-        let old = crate::lock(&self.0.iommu_data).replace(IommuData { data, release });
+        let old = self
+            .0
+            .iommu_data
+            .lock()
+            .replace(IommuData { data, release });
         if let Some(IommuData {
             data,
             release: Some(r),
@@ -303,7 +305,9 @@ impl Group {
 
     /// The driver data (`iommu_group_get_iommudata`).
     pub fn iommu_data(&self) -> Option<Arc<dyn Any + Send + Sync>> {
-        crate::lock(&self.0.iommu_data)
+        self.0
+            .iommu_data
+            .lock()
             .as_ref()
             .map(|d| Arc::clone(&d.data))
     }
@@ -397,7 +401,7 @@ impl Group {
     /// on no domain, they are attached to it. If anything fails the group is
     /// put back exactly as it was, without `new_default`.
     pub(crate) fn join(&self, dev: &Arc<Device>, new_default: Option<Domain>) -> Result<(), Errno> {
-        let _span = tracing::debug_span!(
+        let _span = crate::trace::debug_span!(
             "iommu_group_add_device",
             group = self.id(),
             dev = dev.name()
@@ -478,7 +482,7 @@ impl Group {
     /// reverse of [`add_device`](Self::add_device); `DelDevice` goes to the
     /// listeners first. A device not in this group is left alone.
     pub fn remove_device(&self, dev: &Arc<Device>) {
-        let _span = tracing::debug_span!(
+        let _span = crate::trace::debug_span!(
             "iommu_group_remove_device",
             group = self.id(),
             dev = dev.name()
@@ -577,7 +581,7 @@ pub(crate) fn create_direct_mappings(
     if !domain.ty().is_dma_api() || domain.pgsize_bitmap() == 0 {
         return Ok(Vec::new());
     }
-    let _span = tracing::debug_span!("create_direct_mappings", domain = domain.id()).entered();
+    let _span = crate::trace::debug_span!("create_direct_mappings", domain = domain.id()).entered();
     let pg = domain.pgsize_bitmap() & domain.pgsize_bitmap().wrapping_neg();
     let geometry = domain.geometry();
     let refuse = |r: &ReservedRegion, why: &str, e: Errno| {
@@ -681,7 +685,7 @@ fn release_direct_mappings(st: &mut GroupState, runs: Vec<(Iova, u64)>) {
 /// devices leave, and a device that never got released cannot pin anything.
 #[derive(Debug, Default)]
 pub struct StreamIdGroups {
-    by_id: std::sync::Mutex<std::collections::HashMap<u32, StreamOwner>>,
+    by_id: Mutex<BTreeMap<u32, StreamOwner>>,
 }
 
 /// Who owns one stream id.
@@ -736,7 +740,7 @@ impl StreamIdGroups {
         dev: &Arc<Device>,
         want: Option<Group>,
     ) -> Result<Group, Errno> {
-        let mut by_id = crate::lock(&self.by_id);
+        let mut by_id = self.by_id.lock();
         let mut owner: Option<Group> = want;
         for id in dev.stream_ids() {
             let Some(g) = by_id.get(id).and_then(StreamOwner::live_group) else {
@@ -773,7 +777,7 @@ impl StreamIdGroups {
             if !entry
                 .users
                 .iter()
-                .any(|u| std::ptr::eq(u.as_ptr(), Arc::as_ptr(dev)))
+                .any(|u| core::ptr::eq(u.as_ptr(), Arc::as_ptr(dev)))
             {
                 entry.users.push(Arc::downgrade(dev));
             }
@@ -784,12 +788,12 @@ impl StreamIdGroups {
     /// `dev` no longer uses its stream ids; an id whose last user this was
     /// is free again. Harmless for a device that was never recorded.
     pub fn release_device(&self, dev: &Device) {
-        let mut by_id = crate::lock(&self.by_id);
+        let mut by_id = self.by_id.lock();
         for id in dev.stream_ids() {
             if let Some(entry) = by_id.get_mut(id) {
                 entry
                     .users
-                    .retain(|u| u.strong_count() > 0 && !std::ptr::eq(u.as_ptr(), dev));
+                    .retain(|u| u.strong_count() > 0 && !core::ptr::eq(u.as_ptr(), dev));
                 if entry.users.is_empty() {
                     by_id.remove(id);
                 }
@@ -799,9 +803,7 @@ impl StreamIdGroups {
 
     /// The group that owns stream id `id`, if any.
     pub fn owner(&self, id: u32) -> Option<Group> {
-        crate::lock(&self.by_id)
-            .get(&id)
-            .and_then(StreamOwner::live_group)
+        self.by_id.lock().get(&id).and_then(StreamOwner::live_group)
     }
 }
 

@@ -28,7 +28,12 @@
 //! domain.map(Iova::new(0x1000), PhysAddr::new(0x8000_0000), 0x1000, Prot::RW).unwrap();
 //! assert_eq!(domain.iova_to_phys(Iova::new(0x1234)), Some(PhysAddr::new(0x8000_0234)));
 //! ```
+#![cfg_attr(not(feature = "std"), no_std)]
 #![forbid(unsafe_code)]
+// Some values are only read by trace events.
+#![cfg_attr(not(feature = "tracing"), allow(unused_variables))]
+
+extern crate alloc;
 
 mod attach;
 mod bus;
@@ -40,9 +45,11 @@ mod notifier;
 mod ops;
 mod resv;
 mod subsystem;
+mod sync;
 mod sysfs;
 #[cfg(feature = "test-utils")]
 pub mod testing;
+mod trace;
 
 pub use bus::{Bus, BusAction, BusEvent};
 pub use device::{Device, DeviceBuilder};
@@ -61,8 +68,11 @@ pub use sysfs::EntryKind;
 
 pub use iommu_types::{Errno, IotlbGather, Iova, PhysAddr, Prot};
 
-/// Locks a mutex, ignoring poisoning: state is kept consistent by
-/// construction (no lock is held across a call that could panic half-way).
-pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
+/// What every module uses from `alloc`, so `no_std` builds read like std ones.
+mod prelude {
+    pub(crate) use alloc::boxed::Box;
+    pub(crate) use alloc::format;
+    pub(crate) use alloc::string::{String, ToString};
+    pub(crate) use alloc::vec;
+    pub(crate) use alloc::vec::Vec;
 }

@@ -4,8 +4,10 @@
 //! listener may call back into the core, register more listeners, or
 //! unregister itself or others; one unregistered before its turn is skipped.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use crate::prelude::*;
+use crate::sync::Mutex;
+use alloc::sync::Arc;
+use core::sync::atomic::{AtomicU64, Ordering};
 
 /// What a listener tells the chain (`NOTIFY_DONE`, `NOTIFY_OK`, `NOTIFY_STOP`, `NOTIFY_BAD`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -47,8 +49,8 @@ impl<E> Default for NotifierChain<E> {
     }
 }
 
-impl<E> std::fmt::Debug for NotifierChain<E> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+impl<E> core::fmt::Debug for NotifierChain<E> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         write!(f, "NotifierChain({} listeners)", self.len())
     }
 }
@@ -57,13 +59,13 @@ impl<E> NotifierChain<E> {
     /// Appends a listener.
     pub fn register(&self, listener: impl Fn(&E) -> Notify + Send + Sync + 'static) -> NotifierId {
         let id = NotifierId(self.next.fetch_add(1, Ordering::Relaxed));
-        crate::lock(&self.listeners).push((id, Arc::new(listener)));
+        self.listeners.lock().push((id, Arc::new(listener)));
         id
     }
 
     /// Removes a listener; `false` if it was not registered.
     pub fn unregister(&self, id: NotifierId) -> bool {
-        let mut l = crate::lock(&self.listeners);
+        let mut l = self.listeners.lock();
         let before = l.len();
         l.retain(|(i, _)| *i != id);
         l.len() != before
@@ -71,7 +73,7 @@ impl<E> NotifierChain<E> {
 
     /// Listeners registered now.
     pub fn len(&self) -> usize {
-        crate::lock(&self.listeners).len()
+        self.listeners.lock().len()
     }
 
     /// Whether no listener is registered.
@@ -81,10 +83,10 @@ impl<E> NotifierChain<E> {
 
     /// Runs the listeners in order; returns the last answer (`Done` if none ran).
     pub fn call(&self, event: &E) -> Notify {
-        let snapshot: Vec<(NotifierId, Listener<E>)> = crate::lock(&self.listeners).clone();
+        let snapshot: Vec<(NotifierId, Listener<E>)> = self.listeners.lock().clone();
         let mut last = Notify::Done;
         for (id, listener) in snapshot {
-            let still_there = crate::lock(&self.listeners).iter().any(|(i, _)| *i == id);
+            let still_there = self.listeners.lock().iter().any(|(i, _)| *i == id);
             if !still_there {
                 continue;
             }

@@ -6,9 +6,10 @@
 //! is a default method, and the paging ops are an `Option` so that the core
 //! can tell "no map op" (`ENODEV`) from a map that failed.
 
+use crate::prelude::*;
 use crate::{Device, Domain, DomainType, Group, Iommu, ReservedRegion};
+use alloc::sync::Arc;
 use iommu_types::{Errno, IotlbGather, Iova, PhysAddr, Prot, Unmapped};
-use std::sync::Arc;
 
 /// Capabilities a driver may report (`enum iommu_cap`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -173,7 +174,7 @@ pub trait DomainOps: Send + Sync + 'static {
 
     /// The driver's own type, for drivers and tests that need to reach it
     /// (Linux's `container_of(domain, ...)`).
-    fn as_any(&self) -> Option<&dyn std::any::Any> {
+    fn as_any(&self) -> Option<&dyn core::any::Any> {
         None
     }
 }

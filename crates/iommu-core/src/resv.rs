@@ -4,8 +4,9 @@
 //! (then type) with overlapping or touching regions of the same type merged,
 //! exactly as Linux builds it; regions of different types never merge.
 
+use crate::prelude::*;
+use core::fmt;
 use iommu_types::{Iova, Prot};
-use std::fmt;
 
 /// Kinds of reserved region, in Linux's order (`IOMMU_RESV_*`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]

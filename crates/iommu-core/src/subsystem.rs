@@ -8,14 +8,16 @@ use crate::fail::{FailPoint, FailPoints};
 use crate::group::{group_attr_node, group_dir, Group, GroupAction, GroupInner};
 use crate::notifier::Notify;
 use crate::ops::Capability;
+use crate::prelude::*;
 use crate::resv::{format_resv_regions, ReservedRegion};
+use crate::sync::{Mutex, MutexGuard};
 use crate::sysfs::{render, Attr, EntryKind, Node, SysfsTree};
 use crate::{Bus, Device, Domain, DomainType, IommuOps};
+use alloc::collections::{BTreeMap, VecDeque};
+use alloc::sync::{Arc, Weak};
+use core::fmt;
+use core::sync::atomic::{AtomicU64, Ordering};
 use iommu_types::Errno;
-use std::collections::{BTreeMap, VecDeque};
-use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 /// Boot-time policy for default domains (Linux's `iommu.passthrough=` and `iommu.strict=`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -62,12 +64,12 @@ pub(crate) struct Shared {
 
 impl Shared {
     pub(crate) fn sysfs(&self) -> MutexGuard<'_, SysfsTree> {
-        crate::lock(&self.sysfs)
+        self.sysfs.lock()
     }
 
     pub(crate) fn log(&self, line: String) {
-        tracing::info!("{line}");
-        let mut log = crate::lock(&self.log);
+        crate::trace::info!("{line}");
+        let mut log = self.log.lock();
         if log.len() == LOG_CAPACITY {
             log.pop_front();
         }
@@ -82,10 +84,10 @@ impl Shared {
     }
 
     pub(crate) fn release_group_id(&self, id: u32, ptr: *const GroupInner) {
-        let mut groups = crate::lock(&self.groups);
+        let mut groups = self.groups.lock();
         if groups
             .get(&id)
-            .is_some_and(|w| std::ptr::eq(w.as_ptr(), ptr))
+            .is_some_and(|w| core::ptr::eq(w.as_ptr(), ptr))
         {
             groups.remove(&id);
         }
@@ -147,7 +149,7 @@ impl Iommu {
 
     /// The most recent log lines (kernel-log style), oldest first.
     pub fn log_lines(&self) -> Vec<String> {
-        crate::lock(&self.shared.log).iter().cloned().collect()
+        self.shared.log.lock().iter().cloned().collect()
     }
 
     /// The sysfs view.
@@ -167,9 +169,10 @@ impl Iommu {
     /// (`ENODEV` for a driver without the op).
     pub fn bus_set_iommu(&self, bus: &Bus, ops: Arc<dyn IommuOps>) -> Result<(), Errno> {
         let _span =
-            tracing::debug_span!("bus_set_iommu", bus = bus.name(), driver = ops.name()).entered();
+            crate::trace::debug_span!("bus_set_iommu", bus = bus.name(), driver = ops.name())
+                .entered();
         {
-            let mut slot = crate::lock(&bus.inner().iommu_ops);
+            let mut slot = bus.inner().iommu_ops.lock();
             if slot.is_some() {
                 return Err(Errno::EBUSY);
             }
@@ -193,14 +196,14 @@ impl Iommu {
                 ));
             }
             let r = {
-                let _s = tracing::debug_span!("add_device", dev = dev.name()).entered();
+                let _s = crate::trace::debug_span!("add_device", dev = dev.name()).entered();
                 ops.add_device(self, &dev)
             };
             if let Err(e) = r {
                 for d in added.iter().rev() {
                     ops.remove_device(self, d);
                 }
-                if let Some(b) = crate::lock(&bus.inner().iommu_ops).take() {
+                if let Some(b) = bus.inner().iommu_ops.lock().take() {
                     bus.notifier().unregister(b.notifier);
                 }
                 return Err(e);
@@ -219,7 +222,7 @@ impl Iommu {
         };
         let group_action = match ev.action {
             BusAction::AddDevice => {
-                let _s = tracing::debug_span!("add_device", dev = ev.dev.name()).entered();
+                let _s = crate::trace::debug_span!("add_device", dev = ev.dev.name()).entered();
                 return match ops.add_device(self, &ev.dev) {
                     Ok(()) => Notify::Ok,
                     Err(e) => {
@@ -234,7 +237,8 @@ impl Iommu {
             }
             BusAction::DelDevice => {
                 if ev.dev.iommu_group().is_some() {
-                    let _s = tracing::debug_span!("remove_device", dev = ev.dev.name()).entered();
+                    let _s =
+                        crate::trace::debug_span!("remove_device", dev = ev.dev.name()).entered();
                     ops.remove_device(self, &ev.dev);
                     return Notify::Ok;
                 }
@@ -263,11 +267,11 @@ impl Iommu {
     /// # Errors
     /// `ENOMEM` when allocation or sysfs creation fails; `ENOSPC` when every id is taken.
     pub fn group_alloc(&self) -> Result<Group, Errno> {
-        let _span = tracing::debug_span!("iommu_group_alloc").entered();
+        let _span = crate::trace::debug_span!("iommu_group_alloc").entered();
         if self.shared.fail.hit(FailPoint::GroupAlloc) {
             return Err(Errno::ENOMEM);
         }
-        let mut groups = crate::lock(&self.shared.groups);
+        let mut groups = self.shared.groups.lock();
         let mut id = 0u32;
         for &taken in groups.keys() {
             if taken != id {
@@ -300,13 +304,15 @@ impl Iommu {
         }
         let group = Group::new_inner(id, Arc::clone(&self.shared));
         groups.insert(id, group.downgrade_inner());
-        tracing::debug!(id, "group allocated");
+        crate::trace::debug!(id, "group allocated");
         Ok(group)
     }
 
     /// The group with id `id`, taking a reference (`iommu_group_get_by_id`).
     pub fn group_get_by_id(&self, id: u32) -> Option<Group> {
-        crate::lock(&self.shared.groups)
+        self.shared
+            .groups
+            .lock()
             .get(&id)
             .and_then(Weak::upgrade)
             .map(Group)
@@ -314,7 +320,9 @@ impl Iommu {
 
     /// Ids of live groups, ascending.
     pub fn group_ids(&self) -> Vec<u32> {
-        crate::lock(&self.shared.groups)
+        self.shared
+            .groups
+            .lock()
             .iter()
             .filter(|(_, w)| w.strong_count() > 0)
             .map(|(&id, _)| id)
@@ -323,7 +331,9 @@ impl Iommu {
 
     /// Every live group, by id.
     pub fn groups(&self) -> Vec<Group> {
-        crate::lock(&self.shared.groups)
+        self.shared
+            .groups
+            .lock()
             .values()
             .filter_map(Weak::upgrade)
             .map(Group)
@@ -350,13 +360,14 @@ impl Iommu {
     /// `ENODEV` if the device's bus has no IOMMU ops; the driver's
     /// `device_group` error; [`Group::add_device`] errors.
     pub fn group_get_for_dev(&self, dev: &Arc<Device>) -> Result<Group, Errno> {
-        let _span = tracing::debug_span!("iommu_group_get_for_dev", dev = dev.name()).entered();
+        let _span =
+            crate::trace::debug_span!("iommu_group_get_for_dev", dev = dev.name()).entered();
         if let Some(g) = dev.iommu_group() {
             return Ok(g);
         }
         let ops = dev.iommu_ops().ok_or(Errno::ENODEV)?;
         let group = {
-            let _s = tracing::debug_span!("device_group", driver = ops.name()).entered();
+            let _s = crate::trace::debug_span!("device_group", driver = ops.name()).entered();
             ops.device_group(self, dev)?
         };
         let new_default = if group.default_domain().is_none() {
@@ -398,15 +409,16 @@ impl Iommu {
         ops: &Arc<dyn IommuOps>,
         ty: DomainType,
     ) -> Result<Domain, Errno> {
-        let _span = tracing::debug_span!("domain_alloc", driver = ops.name(), ty = ty.sysfs_name())
-            .entered();
+        let _span =
+            crate::trace::debug_span!("domain_alloc", driver = ops.name(), ty = ty.sysfs_name())
+                .entered();
         if self.shared.fail.hit(FailPoint::DomainAlloc) {
             return Err(Errno::ENOMEM);
         }
         let driver_part = ops.domain_alloc(ty)?;
         let id = self.shared.next_domain_id.fetch_add(1, Ordering::Relaxed);
         let domain = Domain::new(id, ty, driver_part, ops);
-        tracing::debug!(domain = domain.id(), "allocated");
+        crate::trace::debug!(domain = domain.id(), "allocated");
         Ok(domain)
     }
 

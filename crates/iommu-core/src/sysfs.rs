@@ -7,9 +7,10 @@
 //! computed on read (and parsed on write) by the group they belong to, so the
 //! model can never show stale contents.
 
+use crate::prelude::*;
+use alloc::collections::{BTreeMap, BTreeSet};
+use core::fmt::Write as _;
 use iommu_types::Errno;
-use std::collections::{BTreeMap, BTreeSet};
-use std::fmt::Write as _;
 
 /// Attribute files whose contents the core computes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

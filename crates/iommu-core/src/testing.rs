@@ -12,6 +12,7 @@
 //! address is removed whole, and a block replaces only an empty table. A
 //! property test in the core checks it against the real walker.
 
+use crate::sync::Mutex;
 use crate::{
     Bus, Capability, Device, Domain, DomainGeometry, DomainOps, DomainType, Group, Iommu, IommuOps,
     MapPagesError, PagingOps, ReservedRegion, ResvType, StreamIdGroups,
@@ -21,7 +22,7 @@ use iommu_types::{Errno, IotlbGather, Iova, PhysAddr, Prot, Unmapped};
 use std::any::Any;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 /// Driver operations that can be made to fail.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -94,7 +95,7 @@ struct Shared {
 
 impl Shared {
     fn should_fail(&self, op: MockOp) -> bool {
-        let mut f = crate::lock(&self.fail);
+        let mut f = self.fail.lock();
         match f.get_mut(&op) {
             Some(0) => {
                 f.remove(&op);
@@ -137,22 +138,22 @@ impl MockIommu {
 
     /// Makes `op` fail once after `skip` successful calls.
     pub fn fail_after(&self, op: MockOp, skip: u32) {
-        crate::lock(&self.shared.fail).insert(op, skip);
+        self.shared.fail.lock().insert(op, skip);
     }
 
     /// Whether a failure armed with [`fail_after`](Self::fail_after) has not fired yet.
     pub fn failure_pending(&self, op: MockOp) -> bool {
-        crate::lock(&self.shared.fail).contains_key(&op)
+        self.shared.fail.lock().contains_key(&op)
     }
 
     /// Cancels a pending failure.
     pub fn clear_failures(&self) {
-        crate::lock(&self.shared.fail).clear();
+        self.shared.fail.lock().clear();
     }
 
     /// The core id of the domain `dev` is attached to in the "hardware".
     pub fn attached_domain(&self, dev: &str) -> Option<u64> {
-        crate::lock(&self.shared.attached).get(dev).copied()
+        self.shared.attached.lock().get(dev).copied()
     }
 
     /// `iotlb_sync` calls so far.
@@ -183,7 +184,8 @@ impl MockIommu {
             .as_any()
             .and_then(|a| a.downcast_ref::<MockDomain>())
             .map(|m| {
-                crate::lock(&m.tables)
+                m.tables
+                    .lock()
                     .leaves()
                     .map(|l| (l.iova, l.size, l.pa, l.prot))
                     .collect()
@@ -197,7 +199,7 @@ impl MockIommu {
             .ops()
             .as_any()
             .and_then(|a| a.downcast_ref::<MockDomain>())
-            .map_or(0, |m| crate::lock(&m.tables).table_count())
+            .map_or(0, |m| m.tables.lock().table_count())
     }
 }
 
@@ -303,12 +305,15 @@ impl DomainOps for MockDomain {
         if self.shared.should_fail(MockOp::Attach) {
             return Err(Errno::EINVAL);
         }
-        crate::lock(&self.shared.attached).insert(dev.name().to_string(), domain.id());
+        self.shared
+            .attached
+            .lock()
+            .insert(dev.name().to_string(), domain.id());
         Ok(())
     }
 
     fn detach_dev(&self, domain: &Domain, dev: &Arc<Device>) {
-        let mut a = crate::lock(&self.shared.attached);
+        let mut a = self.shared.attached.lock();
         if a.get(dev.name()) == Some(&domain.id()) {
             a.remove(dev.name());
         }
@@ -352,7 +357,7 @@ impl PagingOps for MockDomain {
         pgcount: usize,
         prot: Prot,
     ) -> Result<u64, MapPagesError> {
-        let mut t = crate::lock(&self.tables);
+        let mut t = self.tables.lock();
         let Some(k) = t.size_index(pgsize) else {
             return Err(Errno::EINVAL.into());
         };
@@ -394,7 +399,7 @@ impl PagingOps for MockDomain {
         pgcount: usize,
         gather: &mut IotlbGather,
     ) -> Unmapped {
-        let mut t = crate::lock(&self.tables);
+        let mut t = self.tables.lock();
         let Some(k) = t.size_index(pgsize) else {
             return Unmapped::NOTHING;
         };
@@ -409,14 +414,14 @@ impl PagingOps for MockDomain {
 
     fn iova_to_phys(&self, iova: Iova) -> Option<PhysAddr> {
         self.shared.lookups.fetch_add(1, Ordering::Relaxed);
-        let t = crate::lock(&self.tables);
+        let t = self.tables.lock();
         t.leaf_at(iova.raw())
             .map(|l| PhysAddr::new(l.pa + (iova.raw() - l.iova)))
     }
 
     fn first_mapping(&self, start: Iova, last: Iova) -> Option<(Iova, u64)> {
         self.shared.lookups.fetch_add(1, Ordering::Relaxed);
-        let t = crate::lock(&self.tables);
+        let t = self.tables.lock();
         t.first_leaf(start.raw(), last.raw())
             .map(|l| (Iova::new(l.iova), l.size))
     }
