@@ -174,6 +174,7 @@ fn root_walk_of_a_table_pointing_at_itself_ends_after_one_read_per_level() {
 }
 
 proptest! {
+    #![proptest_config(ProptestConfig::with_cases(if cfg!(miri) { 4 } else { 256 }))]
     /// Any bytes at all in the tables: the walk ends with a leaf inside the
     /// output size or a fault, having read at most one word per level.
     #[test]

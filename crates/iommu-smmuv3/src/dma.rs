@@ -72,3 +72,37 @@ impl<M: TableMemory> Drop for DmaRegion<M> {
         unsafe { self.mem.free_table(self.pa, self.words * 8) }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use iommu_pgtable::HeapMemory;
+
+    #[test]
+    fn a_region_reads_back_what_was_written_and_frees_itself() {
+        let mem = Arc::new(HeapMemory::new());
+        {
+            let r = DmaRegion::alloc(&mem, 100).unwrap();
+            assert_eq!(r.pa().raw() % 128, 0, "rounded up to 128 bytes and aligned");
+            assert_eq!(r.read(15), 0, "zeroed");
+            r.write(15, 0xdead_beef);
+            assert_eq!(r.read(15), 0xdead_beef);
+            assert_eq!(mem.table_pages(), 1);
+        }
+        assert_eq!(mem.table_pages(), 0);
+    }
+
+    #[test]
+    #[should_panic(expected = "out of bounds")]
+    fn a_region_refuses_a_word_past_its_end() {
+        let mem = Arc::new(HeapMemory::new());
+        let r = DmaRegion::alloc(&mem, 64).unwrap();
+        r.write(8, 1);
+    }
+
+    #[test]
+    fn exhausted_memory_is_enomem() {
+        let mem = Arc::new(HeapMemory::with_limit(0));
+        assert_eq!(DmaRegion::alloc(&mem, 64).err(), Some(Errno::ENOMEM));
+    }
+}
