@@ -1,0 +1,228 @@
+//! The independent judge: the bare-metal program in `judge/qemu-virt`
+//! runs the no_std core and this driver on QEMU's `virt` machine against
+//! QEMU's own SMMUv3 model and its `edu` DMA device. This test builds it,
+//! boots it, checks every line it prints, and runs the same scenario on
+//! the emulated SMMUv3 (configured like QEMU's: stage 1 only, 44-bit OAS,
+//! no MSI, 4 and 64 KiB granules), requiring the same events.
+//!
+//! It needs `qemu-system-aarch64` and the `aarch64-unknown-none` target,
+//! so it is ignored by default; `.ci/run` runs it
+//! (`cargo nextest run -p iommu-smmuv3 --run-ignored only`).
+//!
+//! Found and documented: QEMU's edu device issues a failing DMA as 4-byte
+//! transactions and QEMU's SMMU records one event for each, so the host
+//! model below issues the same transactions; the emulator then records
+//! exactly QEMU's events.
+
+use iommu_core::{Bus, DeviceBuilder, DomainType, Iommu, IotlbGather, Iova, PhysAddr, Prot};
+use iommu_pgtable::lpae::Granule;
+use iommu_smmuv3::emu::{EmuLayout, EmuPlatform};
+use iommu_smmuv3::Smmuv3Config;
+use iommu_smmuv3_emu::Features;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::Arc;
+use vm_memory::{Bytes, GuestAddress};
+
+/// An event as both sides print it: (id, sid, iova, read, stage 2).
+type Ev = (u8, u32, u64, bool, bool);
+
+fn judge_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../judge/qemu-virt")
+}
+
+/// Builds the judge and boots it; its UART output.
+fn run_qemu() -> String {
+    let dir = judge_dir();
+    let build = Command::new(env!("CARGO"))
+        .args(["build", "--release", "--quiet"])
+        .current_dir(&dir)
+        .status()
+        .expect("cargo runs");
+    assert!(build.success(), "building the judge failed");
+    let elf = dir.join("target/aarch64-unknown-none/release/iommu-qemu-judge");
+    let out = Command::new("timeout")
+        .args(["120", "qemu-system-aarch64"])
+        .args([
+            "-machine",
+            "virt,iommu=smmuv3,highmem=off",
+            "-cpu",
+            "cortex-a57",
+        ])
+        .args(["-m", "128M", "-nographic", "-no-reboot", "-device", "edu"])
+        .arg("-kernel")
+        .arg(&elf)
+        .output()
+        .expect("qemu-system-aarch64 runs (apt-get install qemu-system-arm)");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Events by phase: the `EVENT` lines before each `PHASE` line.
+fn parse_events(text: &str) -> BTreeMap<String, Vec<Ev>> {
+    let mut phases: BTreeMap<String, Vec<Ev>> = BTreeMap::new();
+    let mut pending: Vec<Ev> = Vec::new();
+    for line in text.lines() {
+        let field = |k: &str| {
+            line.split_whitespace()
+                .find_map(|w| w.strip_prefix(k))
+                .map(|v| {
+                    u64::from_str_radix(
+                        v.trim_start_matches("0x"),
+                        if v.starts_with("0x") { 16 } else { 10 },
+                    )
+                    .unwrap()
+                })
+                .unwrap()
+        };
+        if line.starts_with("EVENT ") {
+            pending.push((
+                field("id=") as u8,
+                field("sid=") as u32,
+                field("iova="),
+                field("read=") == 1,
+                field("s2=") == 1,
+            ));
+        } else if let Some(rest) = line.strip_prefix("PHASE ") {
+            let name = rest.split_whitespace().next().unwrap().to_string();
+            phases.insert(name, std::mem::take(&mut pending));
+        }
+    }
+    phases
+}
+
+/// The same scenario on the emulated SMMUv3, with an edu-like device that
+/// issues 4-byte transactions.
+fn run_emulator() -> BTreeMap<String, Vec<Ev>> {
+    let features = Features {
+        stage2: false,
+        oas: 44,
+        msi: false,
+        vmid16: false,
+        granules: vec![Granule::G4K, Granule::G64K],
+        ..Features::default()
+    };
+    let plat = EmuPlatform::new(EmuLayout::default(), features, Smmuv3Config::default()).unwrap();
+    let iommu = Iommu::default();
+    let bus = Bus::new(&iommu, "pci").unwrap();
+    let rid = 0x10;
+    let dev = bus
+        .add_device(
+            DeviceBuilder::new("0000:00:02.0")
+                .stream_ids([rid])
+                .pci(true),
+        )
+        .unwrap();
+    iommu
+        .bus_set_iommu(&bus, Arc::new(plat.driver.clone()))
+        .unwrap();
+    let domain = dev.iommu_group().unwrap().default_domain().unwrap();
+    assert_eq!(domain.ty(), DomainType::Dma);
+    let hw = &plat.hw;
+    let mem = &plat.memory;
+    let dma_to_ram = |iova: u64, data: &[u8]| {
+        for (i, chunk) in data.chunks(4).enumerate() {
+            let _ = hw.dma_write(rid, iova + 4 * i as u64, chunk);
+        }
+    };
+    let dma_from_ram = |iova: u64, len: usize| {
+        let mut buf = vec![0u8; len];
+        for (i, chunk) in buf.chunks_mut(4).enumerate() {
+            let _ = hw.dma_read(rid, iova + 4 * i as u64, chunk);
+        }
+        buf
+    };
+    let mut phases = BTreeMap::new();
+    let mut phase = |name: &str| {
+        let evs: Vec<Ev> = plat
+            .driver
+            .handle_irq()
+            .iter()
+            .map(|e| (e.id, e.sid, e.iova, e.read, e.stage2))
+            .collect();
+        phases.insert(name.to_string(), evs);
+    };
+    let (src, dst, stale) = (0x900_0000u64, 0x900_2000u64, 0x900_4000u64);
+    let pattern: Vec<u8> = (0..256u32)
+        .map(|i| (i as u8).wrapping_mul(7).wrapping_add(3))
+        .collect();
+    mem.write_slice(&pattern, GuestAddress(src)).unwrap();
+    domain
+        .map(Iova::new(0x10_0000), PhysAddr::new(src), 0x1000, Prot::READ)
+        .unwrap();
+    domain
+        .map(Iova::new(0x20_0000), PhysAddr::new(dst), 0x1000, Prot::RW)
+        .unwrap();
+    let buf = dma_from_ram(0x10_0000, 256);
+    dma_to_ram(0x20_0000, &buf);
+    let mut got = vec![0u8; 256];
+    mem.read_slice(&mut got, GuestAddress(dst)).unwrap();
+    assert_eq!(got, pattern, "data lands where the page tables say");
+    phase("mapped");
+    dma_to_ram(0x30_0000, &buf[..64]);
+    phase("hole");
+    assert_eq!(domain.unmap(Iova::new(0x20_0000), 0x1000), 0x1000);
+    dma_to_ram(0x20_0000, &buf);
+    phase("unmapped");
+    dma_to_ram(0x10_0000, &buf[..16]);
+    phase("read-only");
+    domain
+        .map(Iova::new(0x40_0000), PhysAddr::new(stale), 0x1000, Prot::RW)
+        .unwrap();
+    dma_to_ram(0x40_0000, &buf[..16]);
+    let mut gather = IotlbGather::new();
+    domain.unmap_fast(Iova::new(0x40_0000), 0x1000, &mut gather);
+    mem.write_slice(&[0u8; 16], GuestAddress(stale)).unwrap();
+    dma_to_ram(0x40_0000, &buf[..16]);
+    let mut got = [0u8; 16];
+    mem.read_slice(&mut got, GuestAddress(stale)).unwrap();
+    assert_eq!(got[..], buf[..16], "stale until the TLBI, as on QEMU");
+    phase("stale");
+    domain.iotlb_sync(gather);
+    dma_to_ram(0x40_0000, &buf[..16]);
+    phase("synced");
+    phases
+}
+
+#[test]
+#[ignore = "boots QEMU (qemu-system-aarch64, target aarch64-unknown-none); .ci/run runs it"]
+fn qemu_smmuv3_accepts_our_bytes_and_agrees_with_the_emulator() {
+    let text = run_qemu();
+    println!("{text}");
+    let done = text
+        .lines()
+        .find(|l| l.starts_with("JUDGE DONE"))
+        .expect("the judge ran to the end");
+    assert!(done.ends_with("fail=0"), "{done}");
+    assert!(!text.contains("JUDGE FAIL"));
+    let pass: usize = done
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("pass="))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(pass, 17, "every check of the judge ran");
+    let qemu = parse_events(&text);
+    let ours = run_emulator();
+    // QEMU's virt puts the edu device in a slot of its choosing; compare
+    // stream ids through the one it reported.
+    let qemu_sid = qemu["hole"]
+        .first()
+        .map(|e| e.1)
+        .expect("QEMU recorded events");
+    let ours: BTreeMap<_, Vec<Ev>> = ours
+        .into_iter()
+        .map(|(k, v)| {
+            (
+                k,
+                v.into_iter()
+                    .map(|e| (e.0, qemu_sid, e.2, e.3, e.4))
+                    .collect(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        qemu, ours,
+        "QEMU's SMMUv3 and the emulator record the same events"
+    );
+}

@@ -1,0 +1,7 @@
+fn main() {
+    println!("cargo:rerun-if-changed=link.ld");
+    println!(
+        "cargo:rustc-link-search={}",
+        std::env::var("CARGO_MANIFEST_DIR").unwrap()
+    );
+}
