@@ -121,16 +121,17 @@ mod tests {
     #[test]
     fn volatile_mmio_reads_and_writes_the_window_at_the_offsets_asked() {
         let mut window = vec![0u64; (WINDOW / 8) as usize];
-        // SAFETY: the buffer is the whole window and outlives `mmio`.
-        let mmio = unsafe { VolatileMmio::new(window.as_mut_ptr().cast()) };
-        mmio.write32(reg::CR0, 0xd);
-        mmio.write64(reg::STRTAB_BASE, 0x1234_5678_9abc_def0);
-        mmio.write32(reg::EVTQ_CONS, 7);
-        assert_eq!(mmio.read32(reg::CR0), 0xd);
-        assert_eq!(mmio.read32(reg::STRTAB_BASE + 4), 0x1234_5678);
-        assert_eq!(mmio.read64(reg::STRTAB_BASE), 0x1234_5678_9abc_def0);
-        assert_eq!(mmio.read32(reg::EVTQ_CONS), 7);
-        drop(mmio);
+        {
+            // SAFETY: the buffer is the whole window and outlives `mmio`.
+            let mmio = unsafe { VolatileMmio::new(window.as_mut_ptr().cast()) };
+            mmio.write32(reg::CR0, 0xd);
+            mmio.write64(reg::STRTAB_BASE, 0x1234_5678_9abc_def0);
+            mmio.write32(reg::EVTQ_CONS, 7);
+            assert_eq!(mmio.read32(reg::CR0), 0xd);
+            assert_eq!(mmio.read32(reg::STRTAB_BASE + 4), 0x1234_5678);
+            assert_eq!(mmio.read64(reg::STRTAB_BASE), 0x1234_5678_9abc_def0);
+            assert_eq!(mmio.read32(reg::EVTQ_CONS), 7);
+        }
         assert_eq!(window[(reg::CR0 / 8) as usize] as u32, 0xd);
     }
 
