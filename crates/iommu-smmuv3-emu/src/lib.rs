@@ -10,7 +10,7 @@
 //!
 //! What it implements: stage 1, stage 2 and nested translation through
 //! AArch64 LPAE tables (4, 16 and 64 KiB granules) walked with
-//! `iommu-pgtable`'s [`walk_root`](iommu_pgtable::walk_root); linear and
+//! `iommu-pgtable`'s [`walk_root`]; linear and
 //! two-level stream tables; a configuration cache and a TLB that only
 //! `CFGI_*` and `TLBI_*` commands empty; the command queue with
 //! `CERROR_ILL`/`CERROR_ABT`; `CMD_SYNC` with MSI completion; the event
