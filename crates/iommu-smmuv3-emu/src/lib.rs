@@ -29,6 +29,8 @@ mod cmd;
 mod config;
 mod event;
 pub mod regs;
+#[cfg(feature = "test-utils")]
+pub mod testing;
 mod tlb;
 
 pub use cmd::{Command, Range};

@@ -38,6 +38,8 @@ pub mod emu;
 #[allow(unsafe_code)] // VolatileMmio touches a register window
 mod mmio;
 pub mod ste;
+#[cfg(feature = "test-utils")]
+pub mod testing;
 
 pub use domain::Smmuv3Domain;
 pub use driver::{

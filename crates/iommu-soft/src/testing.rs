@@ -14,6 +14,11 @@
 //! On both, after every step: a stream id belongs to at most one group, a
 //! new group gets the lowest free id, and sysfs agrees with the groups.
 //! Any disagreement panics. [`Input::decode`] turns any bytes into a run.
+//!
+//! [`run_hardware`] replays the same sequence on any other driver whose
+//! hardware can be asked what a DMA reaches ([`Hardware`]), with the same
+//! isolation check, so a real driver on emulated hardware answers to the
+//! same oracle as the reference one.
 
 use crate::{Access, SoftIommu};
 use iommu_core::testing::{MockIommu, MockOp, Snapshot};
@@ -226,9 +231,29 @@ pub fn run(input: &Input) {
     }
 }
 
+/// A driver and its hardware, as the isolation oracle needs them.
+pub trait Hardware {
+    /// The driver, to set on the bus.
+    fn ops(&self) -> Arc<dyn IommuOps>;
+    /// Where a read by a device with stream id `sid` at `iova` lands, if
+    /// the hardware lets it through.
+    fn translate(&self, sid: u32, iova: Iova) -> Option<PhysAddr>;
+}
+
+/// Replays `input` on `hw`'s driver: after every step each stream id's DMA
+/// through `hw` must reach exactly what its group's current domain maps.
+pub fn run_hardware(input: &Input, hw: Box<dyn Hardware>) {
+    let mut p = Platform::new(input, Driver::Hw(hw));
+    for op in &input.ops {
+        p.apply(op);
+        p.check_isolation();
+    }
+}
+
 enum Driver {
     Soft(SoftIommu),
     Mock(Arc<MockIommu>),
+    Hw(Box<dyn Hardware>),
 }
 
 /// Addresses near recent maps and unmaps that stay probed (bounded, to
@@ -269,6 +294,7 @@ impl Platform {
         let ops: Arc<dyn IommuOps> = match &driver {
             Driver::Soft(s) => Arc::new(s.clone()),
             Driver::Mock(m) => m.clone(),
+            Driver::Hw(h) => h.ops(),
         };
         iommu.bus_set_iommu(&bus, ops).expect("an empty bus");
         let doms = (0..DOMAINS)
@@ -442,7 +468,7 @@ impl Platform {
                         7 => self.iommu.fail_points().arm(FailPoint::SysfsLink, skip),
                         _ => self.iommu.fail_points().arm(FailPoint::DomainAlloc, skip),
                     },
-                    Driver::Soft(_) => {}
+                    Driver::Soft(_) | Driver::Hw(_) => {}
                 }
                 None
             }
@@ -551,10 +577,17 @@ impl Platform {
     /// The soft platform: the hardware translates exactly what the groups'
     /// current domains map.
     fn check_isolation(&self) {
-        let Driver::Soft(soft) = &self.driver else {
-            return;
-        };
         let owner = self.owners();
+        let soft = match &self.driver {
+            Driver::Soft(soft) => soft,
+            Driver::Hw(hw) => {
+                self.check_translations(&owner, |_, sid, iova| hw.translate(sid, iova));
+                self.check_direct_maps();
+                self.check_sysfs();
+                return;
+            }
+            Driver::Mock(_) => return,
+        };
         let mut expected: Vec<u32> = owner
             .iter()
             .filter(|(_, g)| g.domain().is_some())
@@ -565,6 +598,20 @@ impl Platform {
         for (&sid, g) in &owner {
             assert_eq!(soft.stream_domain(sid), g.domain(), "stream {sid}");
         }
+        self.check_translations(&owner, |d, sid, iova| {
+            soft.translate_stream(d, sid, iova, Access::Read).ok()
+        });
+        self.check_direct_maps();
+        self.check_sysfs();
+    }
+
+    /// Every probed address of every stream translates to what the
+    /// stream's group's current domain maps there, and nothing else.
+    fn check_translations(
+        &self,
+        owner: &HashMap<u32, Group>,
+        translate: impl Fn(&Device, u32, Iova) -> Option<PhysAddr>,
+    ) {
         for d in self.devs.iter().flatten() {
             for &sid in d.stream_ids() {
                 let domain = owner.get(&sid).and_then(|g| g.domain());
@@ -572,15 +619,11 @@ impl Platform {
                     let want = domain
                         .as_ref()
                         .and_then(|dom| dom.iova_to_phys(Iova::new(iova)));
-                    let got = soft
-                        .translate_stream(d, sid, Iova::new(iova), Access::Read)
-                        .ok();
+                    let got = translate(d, sid, Iova::new(iova));
                     assert_eq!(got, want, "{} stream {sid} at {iova:#x}", d.name());
                 }
             }
         }
-        self.check_direct_maps();
-        self.check_sysfs();
     }
 
     /// The mock platform: its "hardware" has each grouped device on the
