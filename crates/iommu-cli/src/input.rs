@@ -146,8 +146,28 @@ pub fn config(p: &Policy) -> IommuConfig {
     }
 }
 
+/// Builds a platform's driver from the PCI layer's grouping.
+pub type MakeDriver<'a> = Box<
+    dyn FnOnce(
+            std::sync::Arc<iommu_soft::PciGrouping>,
+        )
+            -> Result<std::sync::Arc<dyn iommu_soft::platform::DmaHardware>, iommu_core::Errno>
+        + 'a,
+>;
+
 /// Builds the machine behind the soft IOMMU.
 pub fn build(loaded: &Loaded, platform: Platform, policy: &Policy) -> Result<PciPlatform, Failure> {
+    build_on(loaded, platform, policy, None)
+}
+
+/// Builds the machine behind the soft IOMMU, or behind the driver `make`
+/// builds from the PCI layer's grouping.
+pub fn build_on(
+    loaded: &Loaded,
+    platform: Platform,
+    policy: &Policy,
+    make: Option<MakeDriver<'_>>,
+) -> Result<PciPlatform, Failure> {
     let resv = if loaded.default {
         vec![("00:14.0".parse().expect("an address"), USB_RMRR)]
     } else {
@@ -155,13 +175,22 @@ pub fn build(loaded: &Loaded, platform: Platform, policy: &Policy) -> Result<Pci
     };
     let bar =
         crate::progress::spinner(loaded.machine.devices.len() > 1000, "building the platform");
-    let p = PciPlatform::from_machine(loaded.machine.clone(), platform, config(policy), &resv)
-        .map_err(|e| match e {
-            iommu_soft::platform::PlatformError::Topology(t) => {
-                Failure::Input(format!("{}: {t}", loaded.source))
-            }
-            other => Failure::Run(other.to_string()),
-        });
+    let p = match make {
+        None => PciPlatform::from_machine(loaded.machine.clone(), platform, config(policy), &resv),
+        Some(make) => PciPlatform::from_machine_on(
+            loaded.machine.clone(),
+            platform,
+            config(policy),
+            &resv,
+            make,
+        ),
+    }
+    .map_err(|e| match e {
+        iommu_soft::platform::PlatformError::Topology(t) => {
+            Failure::Input(format!("{}: {t}", loaded.source))
+        }
+        other => Failure::Run(other.to_string()),
+    });
     bar.finish_and_clear();
     p
 }

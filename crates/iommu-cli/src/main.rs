@@ -95,9 +95,23 @@ pub struct RunArgs {
     trace: TraceArgs,
     #[command(flatten)]
     policy: Policy,
+    /// The IOMMU the platform's devices sit behind
+    #[arg(long, value_enum, default_value_t = RunIommu::Soft)]
+    iommu: RunIommu,
     /// Print the run as JSON
     #[arg(long)]
     json: bool,
+}
+
+/// The driver and hardware of `iommu run`.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RunIommu {
+    /// The reference software IOMMU
+    #[default]
+    Soft,
+    /// The Arm SMMUv3 driver on the emulated SMMUv3: STEs, CDs, command
+    /// and event queues in simulated memory
+    Smmuv3,
 }
 
 /// Where `--trace` goes.

@@ -1,7 +1,7 @@
 //! The main job: the core end to end on the default platform.
 
 use crate::out::{out, outln};
-use crate::{input, Failure, MachineArgs, PlatformArgs, RunArgs};
+use crate::{input, Failure, MachineArgs, PlatformArgs, RunArgs, RunIommu};
 use iommu_core::{Device, DmaOwner, Domain, DomainType, Errno, Iommu, Iova, PhysAddr, Prot};
 use iommu_soft::platform::PciPlatform;
 use iommu_soft::{Access, SoftDomain};
@@ -135,25 +135,72 @@ fn show_translate(n: &Narrative, p: &PciPlatform, dev: &Device, iova: u64, acces
         Access::Read => "read ",
         Access::Write => "write",
     };
-    match p.soft.translate(dev, Iova::new(iova), access) {
+    match p.hw.translate(dev, Iova::new(iova), access) {
         Ok(pa) => n.say(format!("  DMA {what} {iova:#012x} -> {pa:#x}")),
         Err(e) => n.say(format!("  DMA {what} {iova:#012x} -> fault: {e}")),
     }
 }
 
+/// The SMMUv3 driver probed on a fresh emulated SMMUv3, grouping as the
+/// PCI layer says; with `--trace`, what the SMMU does (commands it runs,
+/// STEs it fetches, walks, events) appears in the call tree under the core
+/// operation that caused it.
+fn smmuv3_platform(
+    pci: Arc<iommu_soft::PciGrouping>,
+) -> Result<Arc<dyn iommu_soft::platform::DmaHardware>, iommu_core::Errno> {
+    use iommu_smmuv3::emu::{EmuLayout, EmuPlatform};
+    use iommu_smmuv3_emu::HwTrace;
+    let cfg = iommu_smmuv3::Smmuv3Config {
+        groups: Some(pci),
+        ..iommu_smmuv3::Smmuv3Config::default()
+    };
+    let p = EmuPlatform::new(
+        EmuLayout::default(),
+        iommu_smmuv3_emu::Features::default(),
+        cfg,
+    )
+    .map_err(|e| {
+        tracing::error!("SMMUv3 platform: {e}");
+        iommu_core::Errno::ENODEV
+    })?;
+    p.hw.set_trace(Some(Box::new(|t: &HwTrace| match t {
+        HwTrace::Command(c) => tracing::info!("smmu cmdq: {c}"),
+        HwTrace::CommandError { cerror, index } => {
+            tracing::info!("smmu cmdq: CERROR {cerror} at entry {index}")
+        }
+        HwTrace::SteFetch { sid, addr } => {
+            tracing::info!("smmu: fetch STE of stream {sid:#x} at {addr:#x}")
+        }
+        HwTrace::Walk {
+            sid,
+            iova,
+            reads: 0,
+        } => {
+            tracing::info!("smmu: walk stream {sid:#x} iova {iova:#x}: no leaf")
+        }
+        HwTrace::Walk { sid, iova, reads } => {
+            tracing::info!("smmu: walk stream {sid:#x} iova {iova:#x} ({reads} descriptors)")
+        }
+        HwTrace::Event(e) => tracing::info!(
+            "smmu evtq: {} stream {:#x} iova {:#x}",
+            e.id.name(),
+            e.sid,
+            e.input_addr
+        ),
+    })));
+    Ok(Arc::new(p))
+}
+
 fn show_tables(n: &Narrative, domain: &Domain) {
-    let Some(soft) = domain
-        .ops()
-        .as_any()
-        .and_then(|a| a.downcast_ref::<SoftDomain>())
-    else {
+    let any = domain.ops().as_any();
+    let (leaves, pages) = if let Some(soft) = any.and_then(|a| a.downcast_ref::<SoftDomain>()) {
+        (soft.dump(), soft.table_pages())
+    } else if let Some(smmu) = any.and_then(|a| a.downcast_ref::<iommu_smmuv3::emu::EmuDomain>()) {
+        (smmu.dump(), smmu.table_pages())
+    } else {
         return;
     };
-    let leaves = soft.dump();
-    n.say(format!(
-        "  page table ({} table pages):",
-        soft.table_pages()
-    ));
+    n.say(format!("  page table ({pages} table pages):"));
     if leaves.is_empty() {
         n.say("    (empty)".into());
     }
@@ -232,8 +279,15 @@ pub fn main_job(args: &RunArgs) -> Result<(), Failure> {
     let loaded = input::load(&MachineArgs::default())?;
     let platform = input::platform(&loaded, &PlatformArgs::default())?;
     let n = Narrative::new(args.json);
-    n.heading("Platform: a PCI machine behind a software IOMMU (ARM LPAE stage-1 tables)");
-    let p = input::build(&loaded, platform, &args.policy)?;
+    let make: Option<input::MakeDriver<'_>> = match args.iommu {
+        RunIommu::Soft => None,
+        RunIommu::Smmuv3 => Some(Box::new(smmuv3_platform)),
+    };
+    let p = input::build_on(&loaded, platform, &args.policy, make)?;
+    n.heading(&format!(
+        "Platform: a PCI machine behind {}",
+        p.hw.describe()
+    ));
     run(&n, &p)?;
     let groups = platform_groups(&p)?;
     if args.json {

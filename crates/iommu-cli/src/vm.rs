@@ -500,7 +500,7 @@ fn assigned_steps(story: &mut Story, iommu: &Iommu, bus: &Bus, host: &Host) -> R
         .ok_or_else(|| Failure::Run("the host's NVMe went missing".into()))?;
     let show = |story: &mut Story, when: &str| {
         let at = a.raw() + 0x1234;
-        match host.platform.soft.translate(&host_dev, Iova::new(at), Access::Write) {
+        match host.platform.hw.translate(&host_dev, Iova::new(at), Access::Write) {
             Ok(pa) => story.say(format!(
                 "  {when}: the host IOMMU translates the drive's write at {at:#x} to {pa} (LPAE tables)"
             )),

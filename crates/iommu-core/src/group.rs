@@ -785,6 +785,29 @@ impl StreamIdGroups {
         Ok(group)
     }
 
+    /// As [`device_group`](Self::device_group), but a device that
+    /// `keys` names joins the group of the other devices with its key
+    /// (Linux's `pci_device_group`: functions ACS cannot keep apart share
+    /// a group even without a shared stream id).
+    ///
+    /// # Errors
+    /// As [`device_group_in`](Self::device_group_in).
+    pub fn device_group_keyed(
+        &self,
+        iommu: &Iommu,
+        dev: &Arc<Device>,
+        keys: Option<&GroupKeys>,
+    ) -> Result<Group, Errno> {
+        let Some((keys, key)) = keys.and_then(|k| Some((k, k.key(dev.name())?))) else {
+            return self.device_group(iommu, dev);
+        };
+        let mut live = keys.live.lock();
+        let want = live.get(&key).and_then(|w| w.upgrade());
+        let group = self.device_group_in(iommu, dev, want)?;
+        live.insert(key, group.downgrade());
+        Ok(group)
+    }
+
     /// `dev` no longer uses its stream ids; an id whose last user this was
     /// is free again. Harmless for a device that was never recorded.
     pub fn release_device(&self, dev: &Device) {
@@ -812,5 +835,30 @@ pub(crate) fn group_attr_node(id: u32, name: &str) -> Option<Node> {
         "type" => Some(Node::Attr(Attr::GroupType(id))),
         "reserved_regions" => Some(Node::Attr(Attr::GroupResvRegions(id))),
         _ => None,
+    }
+}
+
+/// A grouping a bus layer decided, by device name: devices with the same
+/// key share a group even when they share no stream id. The PCI layer
+/// fills it from ACS and topology; any driver passes it to
+/// [`StreamIdGroups::device_group_keyed`].
+#[derive(Debug, Default)]
+pub struct GroupKeys {
+    key: BTreeMap<String, usize>,
+    live: Mutex<BTreeMap<usize, WeakGroup>>,
+}
+
+impl GroupKeys {
+    /// A grouping that puts each named device in group `key`.
+    pub fn new(keys: impl IntoIterator<Item = (String, usize)>) -> Self {
+        GroupKeys {
+            key: keys.into_iter().collect(),
+            live: Mutex::default(),
+        }
+    }
+
+    /// The key of device `name`, if the bus layer grouped it.
+    pub fn key(&self, name: &str) -> Option<usize> {
+        self.key.get(name).copied()
     }
 }

@@ -58,7 +58,8 @@ pub use domain::{
 };
 pub use fail::{FailPoint, FailPoints};
 pub use group::{
-    DmaOwner, Group, GroupAction, GroupEvent, IommuDataRelease, StreamIdGroups, WeakGroup,
+    DmaOwner, Group, GroupAction, GroupEvent, GroupKeys, IommuDataRelease, StreamIdGroups,
+    WeakGroup,
 };
 pub use notifier::{NotifierChain, NotifierId, Notify};
 pub use ops::{Capability, DomainGeometry, DomainOps, IommuOps, MapPagesError, PagingOps};

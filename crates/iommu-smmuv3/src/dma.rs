@@ -73,6 +73,74 @@ impl<M: TableMemory> Drop for DmaRegion<M> {
     }
 }
 
+/// One domain's share of the driver's memory: its page-table pages are
+/// counted (and bounded) on their own, while living in the same DMA-able
+/// memory as everything else the SMMU reads.
+pub(crate) struct DomainMemory<M: TableMemory> {
+    mem: Arc<M>,
+    live: core::sync::atomic::AtomicUsize,
+    limit: usize,
+}
+
+impl<M: TableMemory> DomainMemory<M> {
+    pub(crate) fn new(mem: Arc<M>, limit: Option<usize>) -> Self {
+        DomainMemory {
+            mem,
+            live: core::sync::atomic::AtomicUsize::new(0),
+            limit: limit.unwrap_or(usize::MAX),
+        }
+    }
+}
+
+/// Every call is forwarded to the underlying memory with the caller's own
+/// promises; only the page count is added here.
+impl<M: TableMemory> TableMemory for DomainMemory<M> {
+    fn alloc_table(&self, bytes: usize) -> Option<PhysAddr> {
+        use core::sync::atomic::Ordering;
+        self.live
+            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| {
+                (n < self.limit).then_some(n + 1)
+            })
+            .ok()?;
+        let t = self.mem.alloc_table(bytes);
+        if t.is_none() {
+            self.live.fetch_sub(1, Ordering::AcqRel);
+        }
+        t
+    }
+
+    unsafe fn free_table(&self, table: PhysAddr, bytes: usize) {
+        self.live.fetch_sub(1, core::sync::atomic::Ordering::AcqRel);
+        // SAFETY: the caller's promise, passed on.
+        unsafe { self.mem.free_table(table, bytes) }
+    }
+
+    unsafe fn load(&self, table: PhysAddr, index: usize) -> u64 {
+        // SAFETY: the caller's promise, passed on.
+        unsafe { self.mem.load(table, index) }
+    }
+
+    unsafe fn store(&self, table: PhysAddr, index: usize, value: u64) {
+        // SAFETY: the caller's promise, passed on.
+        unsafe { self.mem.store(table, index, value) }
+    }
+
+    unsafe fn compare_exchange(
+        &self,
+        table: PhysAddr,
+        index: usize,
+        current: u64,
+        new: u64,
+    ) -> Result<u64, u64> {
+        // SAFETY: the caller's promise, passed on.
+        unsafe { self.mem.compare_exchange(table, index, current, new) }
+    }
+
+    fn table_pages(&self) -> usize {
+        self.live.load(core::sync::atomic::Ordering::Acquire)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

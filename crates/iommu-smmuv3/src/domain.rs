@@ -7,7 +7,7 @@
 //! domain here: without substreams a device needs only CD 0, and every
 //! stream of the domain can share it.
 
-use crate::dma::DmaRegion;
+use crate::dma::{DmaRegion, DomainMemory};
 use crate::driver::{Inner, Smmuv3};
 use crate::mmio::Mmio;
 use crate::ste::{self, TlbiTarget};
@@ -26,12 +26,12 @@ pub(crate) enum DomainKind<M: TableMemory> {
     Blocked,
     Identity,
     S1 {
-        table: IoPageTable<Lpae, Arc<M>>,
+        table: IoPageTable<Lpae, DomainMemory<M>>,
         asid: u16,
         cd: DmaRegion<M>,
     },
     S2 {
-        table: IoPageTable<Lpae, Arc<M>>,
+        table: IoPageTable<Lpae, DomainMemory<M>>,
         vmid: u16,
     },
 }
@@ -41,7 +41,8 @@ impl<M: TableMemory> DomainKind<M> {
     pub(crate) fn paging<R: Mmio>(inner: &Arc<Inner<R, M>>) -> Result<Self, Errno> {
         let stage = inner.paging_stage();
         let fmt = inner.format(stage)?;
-        let table = IoPageTable::new(fmt.clone(), inner.mem.clone()).map_err(Errno::from)?;
+        let mem = DomainMemory::new(inner.mem.clone(), inner.cfg.table_budget);
+        let table = IoPageTable::new(fmt.clone(), mem).map_err(Errno::from)?;
         match stage {
             Stage::S1 => {
                 let asid = inner.asids.lock().alloc()?;
@@ -67,7 +68,7 @@ impl<M: TableMemory> DomainKind<M> {
         }
     }
 
-    fn table(&self) -> Option<&IoPageTable<Lpae, Arc<M>>> {
+    fn table(&self) -> Option<&IoPageTable<Lpae, DomainMemory<M>>> {
         match self {
             DomainKind::S1 { table, .. } | DomainKind::S2 { table, .. } => Some(table),
             _ => None,
@@ -120,12 +121,26 @@ impl<R: Mmio, M: TableMemory> Smmuv3Domain<R, M> {
         }
     }
 
+    /// Every leaf of the domain's table: `(iova, size, pa, prot)`.
+    pub fn dump(&self) -> Vec<(Iova, u64, PhysAddr, Prot)> {
+        self.kind
+            .table()
+            .map(|t| {
+                let ias = t.format().geometry().ias;
+                t.walk(Iova::ZERO, 1u64 << ias.min(63))
+                    .iter()
+                    .map(|m| (m.iova, m.size, m.pa, m.prot))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     /// Table pages in use, for leak checks.
     pub fn table_pages(&self) -> usize {
         self.kind.table().map_or(0, |t| t.table_pages())
     }
 
-    fn paging_table(&self) -> &IoPageTable<Lpae, Arc<M>> {
+    fn paging_table(&self) -> &IoPageTable<Lpae, DomainMemory<M>> {
         // Only paging domains hand out `PagingOps`, and those have a table.
         self.kind
             .table()

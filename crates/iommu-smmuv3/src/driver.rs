@@ -10,8 +10,8 @@ use alloc::sync::{Arc, Weak};
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use iommu_core::{
-    Capability, Device, Domain, DomainOps, DomainType, Errno, FaultAccess, Group, Iommu, IommuOps,
-    Iova, Prot, ReservedRegion, ResvType, StreamIdGroups,
+    Capability, Device, Domain, DomainOps, DomainType, Errno, FaultAccess, Group, GroupKeys, Iommu,
+    IommuOps, Iova, Prot, ReservedRegion, ResvType, StreamIdGroups,
 };
 use iommu_pgtable::lpae::{Granule, Lpae, LpaeConfig, Stage};
 use iommu_pgtable::TableMemory;
@@ -55,8 +55,16 @@ pub struct Smmuv3Config {
     pub poll_limit: u32,
     /// The software MSI window every device reserves (Linux's `MSI_IOVA_BASE`).
     pub sw_msi: Option<(u64, u64)>,
+    /// The grouping a bus layer decided (PCI: functions ACS cannot keep
+    /// apart share a group); devices it does not name are grouped by
+    /// shared stream ids.
+    pub groups: Option<Arc<GroupKeys>>,
     /// Complete `CMD_SYNC` with an MSI write to memory when the SMMU has MSIs.
     pub msi_sync: bool,
+    /// Most table pages (root included) one paging domain may hold; a map
+    /// that needs more fails with `ENOMEM` and changes nothing. `None`
+    /// lets tables grow until the memory refuses.
+    pub table_budget: Option<usize>,
 }
 
 impl Default for Smmuv3Config {
@@ -68,7 +76,9 @@ impl Default for Smmuv3Config {
             evtq_log2: 8,
             poll_limit: 1_000_000,
             sw_msi: Some((0x800_0000, 0x10_0000)),
+            groups: None,
             msi_sync: true,
+            table_budget: Some(65_536),
         }
     }
 }
@@ -186,6 +196,9 @@ pub struct SmmuEvent {
     pub stage2: bool,
     /// The fourth double word: IPA or fetch address.
     pub addr: u64,
+    /// What the domain's fault handler answered, when
+    /// [`Smmuv3::handle_irq`] reported the event to one.
+    pub report: Option<Result<(), Errno>>,
 }
 
 impl SmmuEvent {
@@ -198,6 +211,7 @@ impl SmmuEvent {
             read: w[1] & (1 << 35) != 0,
             stage2: w[1] & (1 << 39) != 0,
             addr: w[3] & 0x000f_ffff_ffff_fff8,
+            report: None,
         }
     }
 
@@ -658,8 +672,8 @@ impl<R: Mmio, M: TableMemory> Smmuv3<R, M> {
     /// calls. Returns the events read.
     pub fn handle_irq(&self) -> Vec<SmmuEvent> {
         self.inner.handle_gerror();
-        let events = self.inner.drain_events();
-        for ev in &events {
+        let mut events = self.inner.drain_events();
+        for ev in &mut events {
             if !ev.is_translation_fault() {
                 continue;
             }
@@ -676,7 +690,7 @@ impl<R: Mmio, M: TableMemory> Smmuv3<R, M> {
                 } else {
                     FaultAccess::Write
                 };
-                let _ = domain.report_fault(&dev, Iova::new(ev.iova), access);
+                ev.report = Some(domain.report_fault(&dev, Iova::new(ev.iova), access));
             }
         }
         events
@@ -704,6 +718,19 @@ impl<R: Mmio, M: TableMemory> Smmuv3<R, M> {
             // Best effort: the SMMU may be the reason we are here.
             let _ = inner.submit(&[ste::cfgi_ste(sid)], false);
         };
+        // To abort, one 64-bit store of double word 0 is the whole change;
+        // the other words mean nothing to an aborting SMMU.
+        if new == ste::ste_abort() {
+            t.write(w, new[0]);
+            if let Err(e) = inner.submit(&[ste::cfgi_ste(sid)], true) {
+                restore(t);
+                return Err(e);
+            }
+            for (i, v) in new.iter().enumerate().skip(1) {
+                t.write(w + i, *v);
+            }
+            return Ok(());
+        }
         if old[0] & 1 != 0 && old[1..] != new[1..] {
             t.write(w, ste::ste_abort()[0]);
             if let Err(e) = inner.submit(&[ste::cfgi_ste(sid)], true) {
@@ -1000,7 +1027,9 @@ impl<R: Mmio + 'static, M: TableMemory + 'static> IommuOps for Smmuv3<R, M> {
     }
 
     fn device_group(&self, iommu: &Iommu, dev: &Arc<Device>) -> Result<Group, Errno> {
-        self.inner.by_stream.device_group(iommu, dev)
+        self.inner
+            .by_stream
+            .device_group_keyed(iommu, dev, self.inner.cfg.groups.as_deref())
     }
 
     fn domain_alloc(&self, ty: DomainType) -> Result<alloc::boxed::Box<dyn DomainOps>, Errno> {

@@ -16,7 +16,7 @@
 //! let nvme = p.device("0000:03:00.0").unwrap();
 //! let domain = nvme.iommu_group().unwrap().default_domain().unwrap();
 //! domain.map(Iova::new(0x10_0000), PhysAddr::new(0x8000_0000), 0x1000, Prot::RW).unwrap();
-//! assert_eq!(p.soft.translate(&nvme, Iova::new(0x10_0010), Access::Write), Ok(PhysAddr::new(0x8000_0010)));
+//! assert_eq!(p.hw.translate(&nvme, Iova::new(0x10_0010), Access::Write), Ok(PhysAddr::new(0x8000_0010)));
 //! ```
 #![forbid(unsafe_code)]
 

@@ -17,9 +17,10 @@
 //! PCIe-to-PCI bridge and two legacy devices, and a management controller
 //! the IOMMU does not cover.
 
-use crate::{PciGrouping, SoftConfig, SoftIommu};
+use crate::{Access, PciGrouping, SoftConfig, SoftIommu, TranslateError};
 use iommu_core::{
-    Bus, Device, DeviceBuilder, Errno, Iommu, IommuConfig, Prot, ReservedRegion, ResvType,
+    Bus, Device, DeviceBuilder, Errno, Iommu, IommuConfig, IommuOps, Iova, PhysAddr, Prot,
+    ReservedRegion, ResvType,
 };
 use iommu_pci::{Analysis, Bdf, Machine, TopologyError};
 use std::sync::Arc;
@@ -71,12 +72,51 @@ pub struct PciPlatform {
     pub iommu: Iommu,
     /// The PCI bus.
     pub bus: Bus,
-    /// The driver (and its emulated hardware).
-    pub soft: SoftIommu,
+    /// What the devices DMA through: the driver's (emulated) hardware.
+    pub hw: Arc<dyn DmaHardware>,
+    /// The soft driver, when the platform was built with it.
+    pub soft: Option<SoftIommu>,
     /// The machine as read.
     pub machine: Machine,
     /// Linux's set-up and grouping over it.
     pub analysis: Arc<Analysis>,
+}
+
+/// What a platform's devices DMA through: a driver and its hardware.
+pub trait DmaHardware: Send + Sync {
+    /// The driver, set on the platform's bus.
+    fn ops(&self) -> Arc<dyn IommuOps>;
+    /// One access of `dev` at `iova`, as the hardware translates it; a
+    /// fault is reported to the domain's handler, whose answer the error
+    /// carries.
+    ///
+    /// # Errors
+    /// See [`TranslateError`].
+    fn translate(
+        &self,
+        dev: &Device,
+        iova: Iova,
+        access: Access,
+    ) -> Result<PhysAddr, TranslateError>;
+    /// What the IOMMU is, for a narrative's heading.
+    fn describe(&self) -> String;
+}
+
+impl DmaHardware for SoftIommu {
+    fn ops(&self) -> Arc<dyn IommuOps> {
+        Arc::new(self.clone())
+    }
+    fn translate(
+        &self,
+        dev: &Device,
+        iova: Iova,
+        access: Access,
+    ) -> Result<PhysAddr, TranslateError> {
+        SoftIommu::translate(self, dev, iova, access)
+    }
+    fn describe(&self) -> String {
+        "a software IOMMU (ARM LPAE stage-1 tables)".into()
+    }
 }
 
 /// The built-in platform is a [`PciPlatform`] of [`DEFAULT_TOPOLOGY`].
@@ -116,6 +156,29 @@ impl PciPlatform {
     /// # Errors
     /// Any error from the core while adding devices or setting the ops.
     pub fn build_with(config: IommuConfig) -> Result<Self, Errno> {
+        let mut soft = None;
+        let mut p = Self::build_on(config, |pci| {
+            let s = SoftIommu::new(SoftConfig {
+                sw_msi: Some(SW_MSI),
+                pci: Some(pci),
+                ..SoftConfig::default()
+            });
+            soft = Some(s.clone());
+            Ok(Arc::new(s))
+        })?;
+        p.soft = soft;
+        Ok(p)
+    }
+
+    /// The default platform with `config` and the driver `make` builds
+    /// (see [`from_machine_on`](Self::from_machine_on)).
+    ///
+    /// # Errors
+    /// As [`build`](Self::build); what `make` returns.
+    pub fn build_on(
+        config: IommuConfig,
+        make: impl FnOnce(Arc<PciGrouping>) -> Result<Arc<dyn DmaHardware>, Errno>,
+    ) -> Result<Self, Errno> {
         let t = iommu_pci::parse_topology(DEFAULT_TOPOLOGY).expect("the default topology parses");
         let platform = iommu_pci::Platform {
             not_covered: t.not_covered,
@@ -123,9 +186,11 @@ impl PciPlatform {
             ..iommu_pci::Platform::default()
         };
         let usb: Bdf = "00:14.0".parse().expect("an address");
-        Self::from_machine(t.machine, platform, config, &[(usb, USB_RMRR)]).map_err(|e| match e {
-            PlatformError::Core(e) => e,
-            PlatformError::Topology(_) => Errno::EINVAL,
+        Self::from_machine_on(t.machine, platform, config, &[(usb, USB_RMRR)], make).map_err(|e| {
+            match e {
+                PlatformError::Core(e) => e,
+                PlatformError::Topology(_) => Errno::EINVAL,
+            }
         })
     }
 
@@ -143,6 +208,33 @@ impl PciPlatform {
         platform: iommu_pci::Platform,
         config: IommuConfig,
         resv: &[(Bdf, ReservedRegion)],
+    ) -> Result<Self, PlatformError> {
+        let mut soft = None;
+        let mut p = Self::from_machine_on(machine, platform, config, resv, |pci| {
+            let s = SoftIommu::new(SoftConfig {
+                sw_msi: Some(SW_MSI),
+                pci: Some(pci),
+                ..SoftConfig::default()
+            });
+            soft = Some(s.clone());
+            Ok(Arc::new(s))
+        })?;
+        p.soft = soft;
+        Ok(p)
+    }
+
+    /// As [`from_machine`](Self::from_machine), with the driver `make`
+    /// builds from the PCI layer's grouping (another driver on its own
+    /// hardware, such as the SMMUv3 driver on the emulated SMMUv3).
+    ///
+    /// # Errors
+    /// As [`from_machine`](Self::from_machine); what `make` returns.
+    pub fn from_machine_on(
+        machine: Machine,
+        platform: iommu_pci::Platform,
+        config: IommuConfig,
+        resv: &[(Bdf, ReservedRegion)],
+        make: impl FnOnce(Arc<PciGrouping>) -> Result<Arc<dyn DmaHardware>, Errno>,
     ) -> Result<Self, PlatformError> {
         let analysis = Arc::new(machine.analyze(platform)?);
         let iommu = Iommu::new(config);
@@ -177,16 +269,13 @@ impl PciPlatform {
             }
             bus.add_device(b)?;
         }
-        let soft = SoftIommu::new(SoftConfig {
-            sw_msi: Some(SW_MSI),
-            pci: Some(Arc::new(PciGrouping::new(keys))),
-            ..SoftConfig::default()
-        });
-        iommu.bus_set_iommu(&bus, Arc::new(soft.clone()))?;
+        let hw = make(Arc::new(PciGrouping::new(keys)))?;
+        iommu.bus_set_iommu(&bus, hw.ops())?;
         Ok(Self {
             iommu,
             bus,
-            soft,
+            hw,
+            soft: None,
             machine,
             analysis,
         })

@@ -38,29 +38,9 @@ pub struct SoftConfig {
     pub pci: Option<Arc<PciGrouping>>,
 }
 
-/// A grouping decided by the PCI layer, by device name: devices with the
-/// same key share a group even when they share no stream id (functions a
-/// missing ACS capability cannot keep apart).
-#[derive(Debug, Default)]
-pub struct PciGrouping {
-    key: HashMap<String, usize>,
-    live: std::sync::Mutex<HashMap<usize, iommu_core::WeakGroup>>,
-}
-
-impl PciGrouping {
-    /// A grouping that puts each named device in group `key`.
-    pub fn new(keys: impl IntoIterator<Item = (String, usize)>) -> Self {
-        PciGrouping {
-            key: keys.into_iter().collect(),
-            live: std::sync::Mutex::default(),
-        }
-    }
-
-    /// The key of device `name`, if the PCI layer grouped it.
-    pub fn key(&self, name: &str) -> Option<usize> {
-        self.key.get(name).copied()
-    }
-}
+/// A grouping decided by the PCI layer, by device name (the core's
+/// [`GroupKeys`](iommu_core::GroupKeys)).
+pub type PciGrouping = iommu_core::GroupKeys;
 
 impl Default for SoftConfig {
     fn default() -> Self {
@@ -102,12 +82,17 @@ pub enum TranslateError {
         /// What the domain's fault handler returned.
         report: Result<(), Errno>,
     },
+    /// Terminated by the stream's configuration without a fault record
+    /// (an SMMU's abort STE, or its global bypass set to abort): no handler
+    /// hears of it, as on hardware.
+    Aborted,
 }
 
 impl fmt::Display for TranslateError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let (what, report) = match self {
             TranslateError::NoStream => return f.write_str("no stream table entry"),
+            TranslateError::Aborted => return f.write_str("aborted, nothing recorded"),
             TranslateError::Blocked { report } => ("blocked", report),
             TranslateError::Translation { report } => ("translation fault", report),
             TranslateError::Permission { report } => ("permission fault", report),
@@ -448,15 +433,9 @@ impl IommuOps for SoftIommu {
     /// Devices sharing a stream id cannot be told apart, so they share a
     /// group; PCI devices go where the PCI layer's grouping puts them.
     fn device_group(&self, iommu: &Iommu, dev: &Arc<Device>) -> Result<Group, Errno> {
-        let pci = self.inner.cfg.pci.as_ref();
-        let Some((pci, key)) = pci.and_then(|p| Some((p, p.key(dev.name())?))) else {
-            return self.inner.by_stream.device_group(iommu, dev);
-        };
-        let mut live = pci.live.lock().unwrap_or_else(|e| e.into_inner());
-        let want = live.get(&key).and_then(|w| w.upgrade());
-        let group = self.inner.by_stream.device_group_in(iommu, dev, want)?;
-        live.insert(key, group.downgrade());
-        Ok(group)
+        self.inner
+            .by_stream
+            .device_group_keyed(iommu, dev, self.inner.cfg.pci.as_deref())
     }
 
     fn domain_alloc(&self, ty: DomainType) -> Result<Box<dyn DomainOps>, Errno> {
@@ -826,7 +805,7 @@ mod tests {
     #[test]
     fn dropping_the_bus_and_the_iommu_with_devices_on_it_frees_everything() {
         let p = crate::platform::DefaultPlatform::build().unwrap();
-        let hw = Arc::downgrade(&p.soft.inner);
+        let hw = Arc::downgrade(&p.soft.as_ref().unwrap().inner);
         let gpu = p.device("0000:01:00.0").unwrap();
         let group = gpu.iommu_group().unwrap().downgrade();
         let domain = gpu
@@ -837,7 +816,7 @@ mod tests {
             .downgrade();
         let dev = Arc::downgrade(&gpu);
         drop(gpu);
-        assert!(!p.soft.stream_ids().is_empty());
+        assert!(!p.soft.as_ref().unwrap().stream_ids().is_empty());
         drop(p);
         assert!(dev.upgrade().is_none(), "devices freed");
         assert!(group.upgrade().is_none(), "groups released");
