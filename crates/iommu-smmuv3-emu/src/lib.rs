@@ -247,6 +247,19 @@ pub enum HwTrace {
     Event(Event),
 }
 
+/// How the SMMU fails a command, for failure-injection tests
+/// ([`Smmuv3::fail_command`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CommandFailure {
+    /// The SMMU stops consuming commands (as with
+    /// [`Smmuv3::pause_commands`]): the queue fills, `CMD_SYNC` never completes.
+    Stall,
+    /// The command is refused with `CERROR_ILL`.
+    Illegal,
+    /// The SMMU raises these `GERROR` bits and carries on.
+    GlobalError(u32),
+}
+
 /// Interrupts raised since the last [`Smmuv3::take_interrupts`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Interrupts {
@@ -336,6 +349,8 @@ struct State {
     irqs: Interrupts,
     stats: Stats,
     paused: bool,
+    /// A failure armed by `fail_command`: commands to let through first.
+    armed: Option<(u32, CommandFailure)>,
 }
 
 type TraceFn = Box<dyn Fn(&HwTrace) + Send + Sync>;
@@ -403,6 +418,7 @@ impl<M: GuestMemoryBackend> Smmuv3<M> {
             irqs: Interrupts::default(),
             stats: Stats::default(),
             paused: false,
+            armed: None,
         };
         Ok(Smmuv3 {
             mem,
@@ -471,6 +487,18 @@ impl<M: GuestMemoryBackend> Smmuv3<M> {
                 self.emit(t);
             }
         }
+    }
+
+    /// Lets `after` more commands through, then fails the next one as
+    /// `how` says (once). For failure-injection tests.
+    pub fn fail_command(&self, after: u32, how: CommandFailure) {
+        self.lock().armed = Some((after, how));
+    }
+
+    /// Whether a failure armed by [`fail_command`](Self::fail_command) has
+    /// not fired yet.
+    pub fn command_failure_pending(&self) -> bool {
+        self.lock().armed.is_some()
     }
 
     /// Raises global errors `bits` (a subset of [`GERROR_MASK`]) as the
@@ -682,10 +710,25 @@ impl<M: GuestMemoryBackend> Smmuv3<M> {
                 self.reader().read_u64(PhysAddr::new(addr)),
                 self.reader().read_u64(PhysAddr::new(addr + 8)),
             );
-            let result = match words {
+            let mut result = match words {
                 (Some(dw0), Some(dw1)) => Command::decode(dw0, dw1, feat).map_err(|_| CERROR_ILL),
                 _ => Err(CERROR_ABT),
             };
+            match s.armed {
+                Some((0, how)) => {
+                    s.armed = None;
+                    match how {
+                        CommandFailure::Stall => {
+                            s.paused = true;
+                            break;
+                        }
+                        CommandFailure::Illegal => result = Err(CERROR_ILL),
+                        CommandFailure::GlobalError(bits) => Self::gerror(s, bits & GERROR_MASK),
+                    }
+                }
+                Some((n, how)) => s.armed = Some((n - 1, how)),
+                None => {}
+            }
             match result {
                 Ok(cmd) => {
                     self.execute(s, cmd);

@@ -212,9 +212,10 @@ impl<R: Mmio + 'static, M: TableMemory + 'static> DomainOps for Smmuv3Domain<R, 
             cmds.extend(self.flush_all_cmd());
         }
         // A failed sync keeps the freed tables parked (never reused while
-        // the SMMU may still walk them) and the driver queues the
-        // invalidation again before its next command.
-        if drv.submit(&cmds, true).is_ok() {
+        // the SMMU may still walk them); the driver keeps the invalidation
+        // and sends it again at once (a refused command was skipped, the
+        // queue may be moving again) and before any later command.
+        if drv.submit(&cmds, true).is_ok() || drv.submit(&[], true).is_ok() {
             table.release_gathered(gather);
         }
     }

@@ -25,6 +25,8 @@ const GERROR_MASK: u32 = 0x1fd;
 const Q_OVF: u32 = 1 << 31;
 /// Above this many invalidation commands, one by-ASID/VMID command is cheaper.
 pub(crate) const MAX_TLBI_OPS: usize = 128;
+/// Invalidations kept for retry before they collapse into one of everything.
+const MAX_PENDING: usize = 256;
 /// Decoded events kept for [`Smmuv3::recent_events`].
 const EVENT_LOG: usize = 64;
 
@@ -387,6 +389,9 @@ pub(crate) struct Inner<R: Mmio, M: TableMemory> {
     streams: spin::Mutex<BTreeMap<u32, StreamEntry>>,
     sync_word: DmaRegion<M>,
     sync_seq: AtomicU32,
+    /// What the driver last wrote to GERRORN (it is the only writer), so
+    /// that finding the active errors takes one register read.
+    gerrorn: AtomicU32,
     pub(crate) asids: spin::Mutex<Ids>,
     pub(crate) vmids: spin::Mutex<Ids>,
     by_stream: StreamIdGroups,
@@ -574,6 +579,7 @@ impl<R: Mmio, M: TableMemory> Smmuv3<R, M> {
                 streams: spin::Mutex::new(BTreeMap::new()),
                 sync_word,
                 sync_seq: AtomicU32::new(0),
+                gerrorn: AtomicU32::new(mmio.read32(reg::GERRORN)),
                 asids: spin::Mutex::new(Ids::new(asid_bits)),
                 vmids: spin::Mutex::new(Ids::new(vmid_bits)),
                 by_stream: StreamIdGroups::new(),
@@ -701,6 +707,18 @@ impl<R: Mmio, M: TableMemory> Smmuv3<R, M> {
     /// (only double word 0 changes, in one 64-bit store), so the SMMU never
     /// sees a mix of two configurations. On failure the old STE is put back.
     pub(crate) fn write_ste(&self, sid: u32, new: Ste) -> Result<(), Errno> {
+        self.write_ste_as(sid, new, false)
+    }
+
+    /// Puts `new` in memory whatever the SMMU does: when its invalidation
+    /// cannot complete, the invalidation is kept for the next command and
+    /// memory keeps `new`. For rolling back and tearing down, where the old
+    /// configuration is the one that must stand.
+    pub(crate) fn force_ste(&self, sid: u32, new: Ste) {
+        let _ = self.write_ste_as(sid, new, true);
+    }
+
+    fn write_ste_as(&self, sid: u32, new: Ste, force: bool) -> Result<(), Errno> {
         let inner = &self.inner;
         let mut st = inner.strtab.lock();
         let (t, w) = st.slot(&inner.mem, sid)?;
@@ -710,6 +728,13 @@ impl<R: Mmio, M: TableMemory> Smmuv3<R, M> {
         }
         inner.stats.ste_writes.fetch_add(1, Ordering::Relaxed);
         let restore = |t: &DmaRegion<M>| {
+            if force {
+                for (i, v) in new.iter().enumerate().skip(1) {
+                    t.write(w + i, *v);
+                }
+                t.write(w, new[0]);
+                return;
+            }
             t.write(w, ste::ste_abort()[0]);
             for (i, v) in old.iter().enumerate().skip(1) {
                 t.write(w + i, *v);
@@ -759,7 +784,7 @@ impl<R: Mmio, M: TableMemory> Smmuv3<R, M> {
         for (i, &sid) in sids.iter().enumerate() {
             if let Err(e) = self.write_ste(sid, new) {
                 for (&done, old) in sids[..i].iter().zip(&before) {
-                    let _ = self.write_ste(done, old.unwrap_or(ste::ste_abort()));
+                    self.force_ste(done, old.unwrap_or(ste::ste_abort()));
                 }
                 return Err(e);
             }
@@ -797,7 +822,7 @@ impl<R: Mmio, M: TableMemory> Smmuv3<R, M> {
             }
         }
         for sid in last {
-            let _ = self.write_ste(sid, ste::ste_abort());
+            self.force_ste(sid, ste::ste_abort());
         }
     }
 
@@ -830,9 +855,10 @@ impl<R: Mmio, M: TableMemory> Inner<R, M> {
             if q.full() {
                 self.publish(&mut q, &mut published);
                 if let Err(e) = self.wait(&mut q, &mut failed, |q| !q.full()) {
-                    // What was not published is dropped; retry pending work later.
+                    // What was not published is dropped; the invalidations
+                    // are queued again before the next command.
                     q.prod = published;
-                    self.pending.lock().extend(pending.iter().copied());
+                    self.defer(&pending, cmds);
                     return Err(e);
                 }
             }
@@ -854,14 +880,34 @@ impl<R: Mmio, M: TableMemory> Inner<R, M> {
         });
         if let Err(e) = done {
             self.stats.sync_timeouts.fetch_add(1, Ordering::Relaxed);
-            self.pending.lock().extend(pending.iter().copied());
+            self.defer(&pending, cmds);
             return Err(e);
         }
         self.stats.syncs.fetch_add(1, Ordering::Relaxed);
+        // A global error raised while the commands ran (service failure
+        // mode, an aborted write) leaves their effect unknown: fail.
+        if self.handle_gerror() != 0 {
+            failed = true;
+        }
         if failed {
+            // A refused command was skipped: whatever it was, send it again.
+            self.defer(&pending, cmds);
             Err(Errno::EIO)
         } else {
             Ok(())
+        }
+    }
+
+    /// Keeps invalidations whose completion is unknown for the next
+    /// submission, which queues them first: whatever runs next (a new STE,
+    /// a reused ASID) runs after them. Bounded: past `MAX_PENDING` they
+    /// become one invalidation of everything.
+    fn defer(&self, earlier: &[Cmd], cmds: &[Cmd]) {
+        let mut p = self.pending.lock();
+        p.extend(earlier.iter().chain(cmds).copied());
+        if p.len() > MAX_PENDING {
+            p.clear();
+            p.extend([ste::cfgi_all(), ste::tlbi_nsnh_all()]);
         }
     }
 
@@ -916,12 +962,12 @@ impl<R: Mmio, M: TableMemory> Inner<R, M> {
     }
 
     fn gerror_active(&self) -> u32 {
-        (self.mmio.read32(reg::GERROR) ^ self.mmio.read32(reg::GERRORN)) & GERROR_MASK
+        (self.mmio.read32(reg::GERROR) ^ self.gerrorn.load(Ordering::Relaxed)) & GERROR_MASK
     }
 
     fn ack_gerror(&self, bits: u32) {
-        let n = self.mmio.read32(reg::GERRORN);
-        self.mmio.write32(reg::GERRORN, n ^ bits);
+        let n = self.gerrorn.fetch_xor(bits, Ordering::Relaxed) ^ bits;
+        self.mmio.write32(reg::GERRORN, n);
     }
 
     /// Acknowledges global errors other than command errors (those belong

@@ -1,0 +1,215 @@
+//! The failure-injection walk, extended to the driver: the emulated SMMU
+//! stalls (a full queue, a CMD_SYNC that never completes), refuses a
+//! command (CERROR_ILL), or raises a global error, at the n-th command of
+//! an operation, for every n the operation reaches. A failed operation
+//! leaves the core (ids, links, references, domains), the STEs in memory
+//! and what every device's DMA reaches exactly as before.
+
+use iommu_core::testing::Snapshot;
+use iommu_core::{
+    Bus, Device, DeviceBuilder, DmaOwner, Domain, DomainType, Errno, Iommu, Iova, PhysAddr, Prot,
+};
+use iommu_smmuv3::emu::{EmuLayout, EmuPlatform};
+use iommu_smmuv3::Smmuv3Config;
+use iommu_smmuv3_emu::{Access, CommandFailure, Features};
+use std::sync::Arc;
+
+struct World {
+    plat: EmuPlatform,
+    iommu: Iommu,
+    bus: Bus,
+    devs: Vec<Arc<Device>>,
+    user: Domain,
+}
+
+const SIDS: [u32; 3] = [1, 2, 3];
+const PROBES: [u64; 2] = [0x1000, 0x2000];
+
+fn world(cmdq_log2: u32) -> World {
+    let plat = EmuPlatform::new(
+        EmuLayout {
+            memory: 32 << 20,
+            tables: 0x10_0000,
+            tables_size: 15 << 20,
+        },
+        Features::default(),
+        Smmuv3Config {
+            poll_limit: 200,
+            cmdq_log2,
+            ..Smmuv3Config::default()
+        },
+    )
+    .unwrap();
+    let iommu = Iommu::default();
+    let bus = Bus::new(&iommu, "pci").unwrap();
+    let devs: Vec<_> = [("a", [1, 2]), ("b", [3, 3])]
+        .iter()
+        .map(|(n, ids)| {
+            bus.add_device(DeviceBuilder::new(*n).stream_ids(*ids))
+                .unwrap()
+        })
+        .collect();
+    iommu
+        .bus_set_iommu(&bus, Arc::new(plat.driver.clone()))
+        .unwrap();
+    for (i, d) in devs.iter().enumerate() {
+        let dom = d.iommu_group().unwrap().default_domain().unwrap();
+        dom.map(
+            Iova::new(0x1000),
+            PhysAddr::new(0x100_0000 + i as u64 * 0x1000),
+            0x1000,
+            Prot::RW,
+        )
+        .unwrap();
+    }
+    let user = iommu.domain_alloc(&bus, DomainType::Unmanaged).unwrap();
+    user.map(
+        Iova::new(0x2000),
+        PhysAddr::new(0x180_0000),
+        0x1000,
+        Prot::RW,
+    )
+    .unwrap();
+    World {
+        plat,
+        iommu,
+        bus,
+        devs,
+        user,
+    }
+}
+
+/// Everything a failed operation must leave as it was.
+#[derive(Debug, PartialEq)]
+struct State {
+    core: Snapshot,
+    stes: Vec<Option<[u64; 4]>>,
+    dma: Vec<Option<u64>>,
+}
+
+fn state(w: &World) -> State {
+    // Let the SMMU run what it holds (a stalled queue), then look.
+    w.plat.hw.pause_commands(false);
+    let dma = SIDS
+        .iter()
+        .flat_map(|&sid| {
+            PROBES.iter().map(move |&iova| {
+                w.plat
+                    .hw
+                    .translate(sid, iova, Access::Read)
+                    .ok()
+                    .map(|s| s.pa)
+            })
+        })
+        .collect();
+    State {
+        core: Snapshot::take(&w.iommu, &w.bus, std::slice::from_ref(&w.user)),
+        stes: SIDS.iter().map(|&s| w.plat.driver.ste(s)).collect(),
+        dma,
+    }
+}
+
+/// Fails the n-th command of `op` for every n it reaches, `how`; returns
+/// how many failures surfaced.
+fn walk(how: CommandFailure, cmdq_log2: u32, op: impl Fn(&World) -> Result<(), Errno>) -> u32 {
+    let mut surfaced = 0;
+    for n in 0..64 {
+        let w = world(cmdq_log2);
+        let before = state(&w);
+        w.plat.hw.fail_command(n, how);
+        let result = op(&w);
+
+        if w.plat.hw.command_failure_pending() {
+            assert!(
+                result.is_ok(),
+                "failed without the injected failure: {result:?}"
+            );
+            return surfaced;
+        }
+        if let Err(e) = result {
+            surfaced += 1;
+            assert!(
+                matches!(e, Errno::ETIMEDOUT | Errno::EIO),
+                "{how:?} at command {n}: {e:?}"
+            );
+            assert_eq!(
+                state(&w),
+                before,
+                "{how:?} at command {n} failed ({e:?}) and changed state"
+            );
+        }
+    }
+    panic!("the operation never ran out of commands");
+}
+
+fn attach_user(w: &World) -> Result<(), Errno> {
+    let g = w.devs[0].iommu_group().unwrap();
+    w.iommu.attach_group(&w.user, &g)
+}
+
+fn claim(w: &World) -> Result<(), Errno> {
+    let g = w.devs[0].iommu_group().unwrap();
+    w.iommu.group_claim_dma_owner(&g, DmaOwner::new())
+}
+
+fn to_identity(w: &World) -> Result<(), Errno> {
+    let id = w.devs[1].iommu_group().unwrap().id();
+    w.iommu
+        .sysfs()
+        .write(&format!("kernel/iommu_groups/{id}/type"), "identity")
+        .map(drop)
+}
+
+const FAILURES: [CommandFailure; 4] = [
+    CommandFailure::Stall,
+    CommandFailure::Illegal,
+    CommandFailure::GlobalError(1 << 8), // SFM_ERR: service failure mode
+    CommandFailure::GlobalError(1 << 2), // EVTQ_ABT_ERR
+];
+
+#[test]
+fn a_failed_attach_leaves_everything_as_it_was() {
+    for how in FAILURES {
+        assert!(walk(how, 8, attach_user) > 0, "{how:?} never surfaced");
+    }
+}
+
+#[test]
+fn a_failed_claim_leaves_everything_as_it_was() {
+    for how in FAILURES {
+        assert!(walk(how, 8, claim) > 0, "{how:?} never surfaced");
+    }
+}
+
+#[test]
+fn a_failed_default_domain_change_leaves_everything_as_it_was() {
+    for how in FAILURES {
+        walk(how, 8, to_identity);
+    }
+}
+
+#[test]
+fn a_full_command_queue_fails_with_etimedout_and_changes_nothing() {
+    // Two entries: the STE change's CFGI and CMD_SYNC fill it, and a stall
+    // keeps it full.
+    assert!(walk(CommandFailure::Stall, 1, attach_user) > 0);
+}
+
+#[test]
+fn an_unmap_whose_invalidation_fails_is_invalidated_before_anything_else_runs() {
+    for how in [CommandFailure::Illegal, CommandFailure::Stall] {
+        let w = world(8);
+        let d = w.devs[0].iommu_group().unwrap().default_domain().unwrap();
+        assert!(w.plat.hw.translate(1, 0x1000, Access::Read).is_ok());
+        w.plat.hw.fail_command(0, how);
+        assert_eq!(d.unmap(Iova::new(0x1000), 0x1000), 0x1000);
+        if how == CommandFailure::Stall {
+            // Whatever the SMMU does next starts with the invalidation.
+            w.plat.hw.pause_commands(false);
+        }
+        assert!(
+            w.plat.hw.translate(1, 0x1000, Access::Read).is_err(),
+            "{how:?}: a stale translation outlived the retry"
+        );
+    }
+}
