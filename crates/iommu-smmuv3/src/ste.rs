@@ -227,3 +227,145 @@ pub fn tlbi_range(
         pages -= covered;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloc::vec::Vec;
+    use iommu_pgtable::lpae::{LpaeConfig, Stage};
+
+    #[test]
+    fn abort_and_bypass_stes_are_valid_with_their_config_5_2() {
+        assert_eq!(ste_abort(), [0b0001, 0, 0, 0]);
+        // Config 0b100 in bits [3:1]; SHCFG = 1 (incoming) in word 1 bits [45:44].
+        assert_eq!(ste_bypass(), [0b1001, 1 << 44, 0, 0]);
+    }
+
+    #[test]
+    fn stage1_ste_points_at_the_cd_with_write_back_walks_5_2() {
+        let s = ste_s1(PhysAddr::new(0x1234_5640));
+        assert_eq!(s[0], 0x1234_5640 | 0b1011, "V, Config 0b101, S1ContextPtr");
+        assert_eq!(s[0] >> 59, 0, "S1CDMax 0: one CD, no substreams");
+        assert_eq!((s[1] >> 2) & 3, 1, "S1CIR write-back");
+        assert_eq!((s[1] >> 4) & 3, 1, "S1COR write-back");
+        assert_eq!((s[1] >> 6) & 3, 3, "S1CSH inner shareable");
+    }
+
+    #[test]
+    fn stage2_ste_encodes_vtcr_for_the_table_shape_5_2() {
+        let fmt = Lpae::new(LpaeConfig {
+            stage: Stage::S2,
+            granule: Granule::G4K,
+            ias: 40,
+            oas: 44,
+        })
+        .unwrap();
+        let s = ste_s2(&fmt, PhysAddr::new(0x8_0000), 7);
+        assert_eq!(s[0], 0b1101, "V, Config 0b110");
+        assert_eq!(s[2] & 0xffff, 7, "S2VMID");
+        let vtcr = (s[2] >> 32) & 0x7_ffff;
+        assert_eq!(vtcr & 0x3f, 24, "S2T0SZ = 64 - 40");
+        // 40 bits at 4 KiB concatenate two tables at level 1: SL0 = 1.
+        assert_eq!(fmt.start_level(), 1);
+        assert_eq!((vtcr >> 6) & 3, 1, "S2SL0");
+        assert_eq!((vtcr >> 14) & 3, 0, "S2TG 4 KiB");
+        assert_eq!((vtcr >> 16) & 7, 4, "S2PS 44 bits");
+        assert_ne!(s[2] & (1 << 51), 0, "S2AA64");
+        assert_ne!(s[2] & (1 << 58), 0, "S2R: record faults");
+        assert_eq!(s[3], 0x8_0000, "S2TTB");
+    }
+
+    #[test]
+    fn cd_encodes_tcr_ttb_asid_and_mair_5_4() {
+        let fmt = Lpae::stage1_4k(48, 44).unwrap();
+        let c = cd(&fmt, PhysAddr::new(0x4000_0000), 0x1234);
+        assert_eq!(c[0] & 0x3f, 16, "T0SZ = 64 - 48");
+        assert_eq!((c[0] >> 6) & 3, 0, "TG0 4 KiB");
+        assert_eq!(c[0] & (1 << 14), 0, "EPD0 clear: TTB0 walks");
+        assert_ne!(c[0] & (1 << 30), 0, "EPD1: no TTB1 walks");
+        assert_ne!(c[0] & (1 << 31), 0, "V");
+        assert_eq!((c[0] >> 32) & 7, 4, "IPS 44 bits");
+        assert_ne!(c[0] & (1 << 41), 0, "AA64");
+        assert_ne!(c[0] & (1 << 45), 0, "R: record faults");
+        assert_eq!(c[0] >> 48, 0x1234, "ASID");
+        assert_eq!(c[1], 0x4000_0000, "TTB0");
+        assert_eq!(c[3], MAIR);
+        // MAIR indexes match the LPAE format's attribute indexes.
+        assert_eq!(
+            (MAIR >> (8 * iommu_pgtable::lpae::MAIR_IDX_CACHE)) & 0xff,
+            0xff
+        );
+        assert_eq!(
+            (MAIR >> (8 * iommu_pgtable::lpae::MAIR_IDX_DEV)) & 0xff,
+            0x04
+        );
+    }
+
+    #[test]
+    fn level1_descriptor_carries_the_span_3_3_3() {
+        assert_eq!(l1_desc(PhysAddr::new(0x10_0000), 9), 0x10_0009);
+    }
+
+    #[test]
+    fn commands_put_their_fields_where_chapter_4_says() {
+        assert_eq!(cfgi_ste(0xbeef), [0x03 | (0xbeef << 32), 0]);
+        assert_eq!(cfgi_all(), [0x04, 31]);
+        assert_eq!(tlbi_nh_asid(9), [0x11 | (9 << 48), 0]);
+        assert_eq!(tlbi_s12_vmall(5), [0x28 | (5 << 32), 0]);
+        assert_eq!(sync(None), [0x46, 0]);
+        let s = sync(Some((PhysAddr::new(0x1000), 7)));
+        assert_eq!(s[0], 0x46 | (1 << 12) | (7 << 32), "CS = SIG_IRQ, MSIData");
+        assert_eq!(s[1], 0x1000, "MSIAddress");
+    }
+
+    /// Decodes a range TLBI back to (first byte, bytes).
+    fn covered(cmd: &Cmd) -> (u64, u64) {
+        let tg = (cmd[1] >> 10) & 3;
+        let shift = [0, 12, 14, 16][tg as usize];
+        let num = ((cmd[0] >> 12) & 0x1f) + 1;
+        let scale = (cmd[0] >> 20) & 0x1f;
+        (cmd[1] & !0xfff, (num << scale) << shift)
+    }
+
+    #[test]
+    fn range_tlbis_cover_exactly_the_range_in_few_commands_4_4_1_1() {
+        for (start, size) in [
+            (0x1fe000u64, 0x204000u64),
+            (0x1000, 0x1000),
+            (0, 33 << 12),
+            (0x4000_0000, 1 << 30),
+        ] {
+            let mut out = Vec::new();
+            tlbi_range(TlbiTarget::Asid(3), start, size, 0x1000, 12, true, &mut out);
+            let mut at = start;
+            for c in &out {
+                assert_eq!(c[0] & 0xff, 0x12);
+                assert_eq!(c[0] >> 48, 3, "ASID");
+                let (from, len) = covered(c);
+                assert_eq!(from, at, "contiguous");
+                at += len;
+            }
+            assert_eq!(at, start + size, "{start:#x}+{size:#x}");
+            assert!(out.len() <= 6, "{} commands", out.len());
+        }
+    }
+
+    #[test]
+    fn without_range_invalidation_one_tlbi_per_page_4_4_2() {
+        let mut out = Vec::new();
+        tlbi_range(
+            TlbiTarget::Vmid(2),
+            0x3000,
+            0x3000,
+            0x1000,
+            12,
+            false,
+            &mut out,
+        );
+        assert_eq!(out.len(), 3);
+        for (i, c) in out.iter().enumerate() {
+            assert_eq!(c[0], 0x2a | (2 << 32), "TLBI_S2_IPA, VMID");
+            assert_eq!(c[1], 0x3000 + 0x1000 * i as u64, "IPA, TG = 0");
+        }
+    }
+}
