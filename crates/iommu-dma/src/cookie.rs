@@ -1,7 +1,7 @@
 //! The DMA layer's state of one domain (Linux's `iommu_dma_cookie`): its
 //! IOVA space and, for DMA-FQ domains, its flush queue.
 
-use crate::fq::{FlushQueue, FqStats, Timer, TimerTarget};
+use crate::fq::{FlushQueue, FqStats, FqTimeout, FqTimer, ThreadTimer};
 use crate::{DmaError, DmaOptions};
 use iommu_core::{Capability, Device, Domain, Iommu, IotlbGather, ResvType, WeakDomain};
 use iommu_iova::{CpuId, IovaDomain, IovaStats, ThreadCpu};
@@ -29,17 +29,12 @@ pub(crate) struct DmaCookie {
     /// thread could not start (the domain then stays strict, as Linux falls
     /// back to DMA when its flush queue cannot be set up).
     fq: OnceLock<Option<FlushQueue>>,
-    timer: Arc<Timer>,
+    /// The caller's timer; `None`: the std one.
+    fq_timer: Option<Arc<dyn FqTimer>>,
 }
 
-impl Drop for DmaCookie {
-    fn drop(&mut self) {
-        self.timer.shutdown();
-    }
-}
-
-impl TimerTarget for DmaCookie {
-    fn fire(&self) {
+impl FqTimeout for DmaCookie {
+    fn timeout(&self) {
         if let (Some(Some(fq)), Some(domain)) = (self.fq.get(), self.domain.upgrade()) {
             fq.timeout(&self.iovad, &domain, false);
         }
@@ -70,7 +65,7 @@ impl DmaCookie {
             fq_size: opts.fq_size,
             fq_timeout: opts.fq_timeout,
             fq: OnceLock::new(),
-            timer: Timer::new(),
+            fq_timer: opts.fq_timer.clone(),
         })
     }
 
@@ -112,19 +107,26 @@ impl DmaCookie {
         }
         self.fq
             .get_or_init(|| {
-                let weak = Arc::downgrade(self);
-                match self.timer.spawn(weak) {
-                    Ok(()) => Some(FlushQueue::new(
-                        self.iovad.cpu_id().nr_cpus(),
-                        self.fq_size,
-                        self.fq_timeout,
-                        self.timer.clone(),
-                    )),
-                    Err(e) => {
-                        tracing::warn!("flush queue timer failed to start ({e}); staying strict");
-                        None
-                    }
-                }
+                let timer = match &self.fq_timer {
+                    Some(t) => t.clone(),
+                    None => match ThreadTimer::shared() {
+                        Ok(t) => t,
+                        Err(e) => {
+                            tracing::warn!(
+                                "flush queue timer failed to start ({e}); staying strict"
+                            );
+                            return None;
+                        }
+                    },
+                };
+                let target: std::sync::Weak<dyn FqTimeout> = Arc::downgrade(self) as _;
+                Some(FlushQueue::new(
+                    self.iovad.cpu_id().nr_cpus(),
+                    self.fq_size,
+                    self.fq_timeout,
+                    timer,
+                    target,
+                ))
             })
             .as_ref()
     }

@@ -40,6 +40,10 @@ pub struct DmaOptions {
     pub fq_size: usize,
     /// Flush-queue timeout (used when the domain's cookie is made).
     pub fq_timeout: Duration,
+    /// What runs flush-queue timeouts (used when the domain's cookie is
+    /// made); `None`: [`ThreadTimer`](crate::fq::ThreadTimer), one thread
+    /// for every domain of the process. A kernel passes its own timer.
+    pub fq_timer: Option<Arc<dyn crate::fq::FqTimer>>,
     /// CPU ids for the IOVA caches and flush queues (used when the domain's
     /// cookie is made).
     pub cpus: ThreadCpu,
@@ -58,6 +62,7 @@ impl Default for DmaOptions {
             memory: None,
             fq_size: crate::fq::DEFAULT_FQ_SIZE,
             fq_timeout: crate::fq::DEFAULT_FQ_TIMEOUT,
+            fq_timer: None,
             cpus: ThreadCpu::available(),
         }
     }
@@ -71,6 +76,7 @@ impl fmt::Debug for DmaOptions {
             .field("check_handles", &self.check_handles)
             .field("fq_size", &self.fq_size)
             .field("fq_timeout", &self.fq_timeout)
+            .field("fq_timer", &self.fq_timer.is_some())
             .finish_non_exhaustive()
     }
 }

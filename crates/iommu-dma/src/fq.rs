@@ -62,13 +62,21 @@ pub(crate) struct FlushQueue {
     start_cnt: AtomicU64,
     finish_cnt: AtomicU64,
     timer_on: AtomicBool,
-    timer: Arc<Timer>,
+    timer: Arc<dyn FqTimer>,
+    /// The domain the timer calls back (weak: the domain owns this queue).
+    target: Weak<dyn FqTimeout>,
     full_flushes: AtomicU64,
     timeout_flushes: AtomicU64,
 }
 
 impl FlushQueue {
-    pub(crate) fn new(nr_cpus: usize, size: usize, timeout: Duration, timer: Arc<Timer>) -> Self {
+    pub(crate) fn new(
+        nr_cpus: usize,
+        size: usize,
+        timeout: Duration,
+        timer: Arc<dyn FqTimer>,
+        target: Weak<dyn FqTimeout>,
+    ) -> Self {
         Self {
             rings: (0..nr_cpus.max(1))
                 .map(|_| Ring {
@@ -81,6 +89,7 @@ impl FlushQueue {
             finish_cnt: AtomicU64::new(0),
             timer_on: AtomicBool::new(false),
             timer,
+            target,
             full_flushes: AtomicU64::new(0),
             timeout_flushes: AtomicU64::new(0),
         }
@@ -137,7 +146,7 @@ impl FlushQueue {
         });
         drop(ring);
         if !self.timer_on.load(Ordering::Relaxed) && !self.timer_on.swap(true, Ordering::AcqRel) {
-            self.timer.arm(self.timeout);
+            self.timer.schedule(self.timeout, self.target.clone());
         }
     }
 
@@ -169,7 +178,7 @@ impl FlushQueue {
             }
         }
         if left && !self.timer_on.swap(true, Ordering::AcqRel) {
-            self.timer.arm(self.timeout);
+            self.timer.schedule(self.timeout, self.target.clone());
         }
     }
 
@@ -188,110 +197,117 @@ impl FlushQueue {
 
 static LIVE_TIMER_THREADS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
-/// Flush-queue timer threads running now, in the whole process (for leak
-/// checks: each DMA-FQ domain's thread exits once the domain is gone).
+/// Flush-queue timer threads running now, in the whole process: at most
+/// one, [`ThreadTimer`]'s, however many lazy domains there are.
 pub fn live_timer_threads() -> usize {
     LIVE_TIMER_THREADS.load(Ordering::SeqCst)
 }
 
-/// A one-shot timer served by a thread, which calls `fire` on the target
-/// (held weakly) when an armed deadline passes. Dropping the owner shuts
-/// the thread down.
-pub(crate) struct Timer {
-    state: Mutex<TimerState>,
+/// What a flush queue's timer calls: the DMA layer's domains implement it
+/// (Linux's `fq_flush_timeout`).
+pub trait FqTimeout: Send + Sync {
+    /// The timeout passed: flush the IOTLB and free what it covered.
+    fn timeout(&self);
+}
+
+/// A timer for flush queues. The std build uses [`ThreadTimer`]; a kernel
+/// brings its own (`DmaOptions::fq_timer`).
+pub trait FqTimer: Send + Sync {
+    /// Calls `target.timeout()` once, `after` from now, if `target` is
+    /// still alive then. A flush queue has at most one call pending.
+    fn schedule(&self, after: Duration, target: Weak<dyn FqTimeout>);
+}
+
+/// The std flush-queue timer: one thread serving the deadlines of every
+/// flush queue in the process, started by the first lazy domain and kept
+/// for the next ones (Linux's timers run off one per-CPU wheel too).
+pub struct ThreadTimer {
+    state: Mutex<ThreadTimerState>,
     cv: Condvar,
 }
 
 #[derive(Default)]
-struct TimerState {
-    deadline: Option<Instant>,
-    shutdown: bool,
+struct ThreadTimerState {
+    /// Deadlines in order; the sequence number keeps equal deadlines apart.
+    due: std::collections::BTreeMap<(Instant, u64), Weak<dyn FqTimeout>>,
+    seq: u64,
 }
 
-/// What a [`Timer`] calls.
-pub(crate) trait TimerTarget: Send + Sync + 'static {
-    fn fire(&self);
+impl core::fmt::Debug for ThreadTimer {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("ThreadTimer").finish_non_exhaustive()
+    }
 }
 
-impl Timer {
-    pub(crate) fn new() -> Arc<Self> {
-        Arc::new(Self {
-            state: Mutex::new(TimerState::default()),
+static SHARED_TIMER: Mutex<Option<Arc<ThreadTimer>>> = Mutex::new(None);
+
+impl ThreadTimer {
+    /// The process's timer, its thread started on first use.
+    ///
+    /// # Errors
+    /// The thread could not be created (the caller stays strict; the next
+    /// call tries again).
+    pub fn shared() -> std::io::Result<Arc<ThreadTimer>> {
+        let mut shared = SHARED_TIMER.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(t) = shared.as_ref() {
+            return Ok(t.clone());
+        }
+        let timer = Arc::new(ThreadTimer {
+            state: Mutex::new(ThreadTimerState::default()),
             cv: Condvar::new(),
-        })
+        });
+        let worker = timer.clone();
+        LIVE_TIMER_THREADS.fetch_add(1, Ordering::SeqCst);
+        let spawned = std::thread::Builder::new()
+            .name("iommu-dma-fq".into())
+            .spawn(move || worker.run());
+        if let Err(e) = spawned {
+            LIVE_TIMER_THREADS.fetch_sub(1, Ordering::SeqCst);
+            return Err(e);
+        }
+        *shared = Some(timer.clone());
+        Ok(timer)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, TimerState> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, ThreadTimerState> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Starts the thread serving this timer for `target`.
-    ///
-    /// # Errors
-    /// The thread could not be created.
-    pub(crate) fn spawn<T: TimerTarget>(self: &Arc<Self>, target: Weak<T>) -> std::io::Result<()> {
-        /// Counts the thread from before it is spawned until it returns.
-        struct Live;
-        impl Drop for Live {
-            fn drop(&mut self) {
-                LIVE_TIMER_THREADS.fetch_sub(1, Ordering::SeqCst);
-            }
-        }
-        LIVE_TIMER_THREADS.fetch_add(1, Ordering::SeqCst);
-        let live = Live;
-        let timer = self.clone();
-        std::thread::Builder::new()
-            .name("iommu-dma-fq".into())
-            .spawn(move || {
-                let _live = live;
-                timer.run(target)
-            })
-            .map(drop)
-    }
-
-    fn run<T: TimerTarget>(&self, target: Weak<T>) {
+    fn run(&self) {
+        let mut st = self.lock();
         loop {
-            let mut st = self.lock();
-            loop {
-                if st.shutdown {
-                    return;
-                }
-                match st.deadline {
-                    None => st = self.cv.wait(st).unwrap_or_else(|e| e.into_inner()),
-                    Some(d) => {
-                        let now = Instant::now();
-                        if now >= d {
-                            st.deadline = None;
-                            break;
-                        }
+            let next = st.due.keys().next().copied();
+            match next {
+                None => st = self.cv.wait(st).unwrap_or_else(|e| e.into_inner()),
+                Some(key) => {
+                    let now = Instant::now();
+                    if now < key.0 {
                         st = self
                             .cv
-                            .wait_timeout(st, d - now)
+                            .wait_timeout(st, key.0 - now)
                             .unwrap_or_else(|e| e.into_inner())
                             .0;
+                        continue;
                     }
+                    let target = st.due.remove(&key);
+                    drop(st);
+                    // A domain gone since it armed the timer is skipped.
+                    if let Some(t) = target.and_then(|w| w.upgrade()) {
+                        t.timeout();
+                    }
+                    st = self.lock();
                 }
             }
-            drop(st);
-            match target.upgrade() {
-                Some(t) => t.fire(),
-                None => return,
-            }
         }
     }
+}
 
-    /// Arms the timer unless it is already armed.
-    pub(crate) fn arm(&self, after: Duration) {
+impl FqTimer for ThreadTimer {
+    fn schedule(&self, after: Duration, target: Weak<dyn FqTimeout>) {
         let mut st = self.lock();
-        if st.deadline.is_none() {
-            st.deadline = Some(Instant::now() + after);
-            self.cv.notify_one();
-        }
-    }
-
-    /// Stops the thread.
-    pub(crate) fn shutdown(&self) {
-        self.lock().shutdown = true;
+        st.seq += 1;
+        let key = (Instant::now() + after, st.seq);
+        st.due.insert(key, target);
         self.cv.notify_one();
     }
 }

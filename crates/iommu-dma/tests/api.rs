@@ -618,28 +618,84 @@ fn an_unmap_the_page_tables_disagree_with_still_clears_and_frees_its_iova() {
 }
 
 #[test]
-fn dropping_a_lazy_platform_stops_its_flush_queue_timer() {
-    let before = iommu_dma::fq::live_timer_threads();
-    {
-        let w = world(2, false);
-        let dma = w.bind(0);
-        assert!(dma.is_lazy());
-        let a = dma
-            .map_single(PhysAddr::new(BUF), 0x1000, Dir::ToDevice)
-            .unwrap();
-        dma.unmap_single(a, 0x1000, Dir::ToDevice).unwrap();
-        assert!(iommu_dma::fq::live_timer_threads() > before);
-        // Dropped with devices still on the bus and in their groups.
-        drop(dma);
-        drop(w);
-    }
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    while iommu_dma::fq::live_timer_threads() > before && std::time::Instant::now() < deadline {
-        std::thread::sleep(std::time::Duration::from_millis(1));
+fn lazy_domains_share_one_timer_thread_and_a_dropped_domain_is_skipped() {
+    let worlds: Vec<_> = (0..3).map(|_| world(2, false)).collect();
+    for w in &worlds {
+        for i in 0..2 {
+            let dma = w.bind(i);
+            assert!(dma.is_lazy());
+            let a = dma
+                .map_single(PhysAddr::new(BUF), 0x1000, Dir::ToDevice)
+                .unwrap();
+            dma.unmap_single(a, 0x1000, Dir::ToDevice).unwrap();
+        }
     }
     assert_eq!(
         iommu_dma::fq::live_timer_threads(),
-        before,
-        "the timer thread exited"
+        1,
+        "one thread for six domains"
     );
+    // Dropped with timeouts pending: the thread skips them and stays.
+    drop(worlds);
+    std::thread::sleep(iommu_dma::fq::DEFAULT_FQ_TIMEOUT * 3);
+    assert_eq!(iommu_dma::fq::live_timer_threads(), 1);
+    let w = world(1, false);
+    let dma = w.bind(0);
+    let a = dma
+        .map_single(PhysAddr::new(BUF), 0x1000, Dir::ToDevice)
+        .unwrap();
+    dma.unmap_single(a, 0x1000, Dir::ToDevice).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while dma.domain_stats().fq.queued > 0 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    assert_eq!(
+        dma.domain_stats().fq.queued,
+        0,
+        "the shared thread still serves new domains"
+    );
+}
+
+/// A kernel's own timer: it is told the timeout, and firing it flushes.
+#[test]
+fn a_flush_queue_runs_on_the_timer_the_caller_brings() {
+    use iommu_dma::fq::{FqTimeout, FqTimer};
+    use std::sync::Weak;
+    #[derive(Default)]
+    struct ManualTimer(Mutex<Vec<(std::time::Duration, Weak<dyn FqTimeout>)>>);
+    impl FqTimer for ManualTimer {
+        fn schedule(&self, after: std::time::Duration, target: Weak<dyn FqTimeout>) {
+            self.0.lock().unwrap().push((after, target));
+        }
+    }
+    let timer = Arc::new(ManualTimer::default());
+    let w = world(1, false);
+    let timeout = std::time::Duration::from_millis(7);
+    let dma = w.bind_with(
+        0,
+        DmaOptions {
+            fq_timer: Some(timer.clone()),
+            fq_timeout: timeout,
+            ..DmaOptions::default()
+        },
+    );
+    let a = dma
+        .map_single(PhysAddr::new(BUF), 0x1000, Dir::ToDevice)
+        .unwrap();
+    dma.unmap_single(a, 0x1000, Dir::ToDevice).unwrap();
+    let b = dma
+        .map_single(PhysAddr::new(BUF), 0x1000, Dir::ToDevice)
+        .unwrap();
+    dma.unmap_single(b, 0x1000, Dir::ToDevice).unwrap();
+    let pending: Vec<_> = timer.0.lock().unwrap().drain(..).collect();
+    assert_eq!(pending.len(), 1, "armed once while pending");
+    assert_eq!(pending[0].0, timeout);
+    assert_eq!(dma.domain_stats().fq.queued, 2);
+    pending[0]
+        .1
+        .upgrade()
+        .expect("the domain is alive")
+        .timeout();
+    assert_eq!(dma.domain_stats().fq.queued, 0);
+    assert_eq!(dma.domain_stats().fq.timeout_flushes, 1);
 }
