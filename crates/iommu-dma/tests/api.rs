@@ -481,7 +481,7 @@ fn coherent_devices_map_cacheable_and_privileged_maps_are_privileged() {
             DmaAttrs::PRIVILEGED,
         )
         .unwrap();
-    let prot = common::leaves(&dma.domain())
+    let prot = common::leaves(dma.domain())
         .iter()
         .find(|m| m.0.raw() == a.raw())
         .unwrap()
