@@ -171,6 +171,10 @@ impl DmaHardware for EmuPlatform {
         })
     }
 
+    fn stream_domain(&self, sid: u32) -> Option<iommu_core::Domain> {
+        self.driver.stream_domain(sid)
+    }
+
     fn describe(&self) -> String {
         "an emulated Arm SMMUv3 (stream table, CDs, LPAE stage-1 tables, command and event queues in memory)"
             .into()

@@ -100,6 +100,9 @@ pub trait DmaHardware: Send + Sync {
     ) -> Result<PhysAddr, TranslateError>;
     /// What the IOMMU is, for a narrative's heading.
     fn describe(&self) -> String;
+    /// The domain the hardware's entry for stream `sid` translates
+    /// through, if the stream has one.
+    fn stream_domain(&self, sid: u32) -> Option<iommu_core::Domain>;
 }
 
 impl DmaHardware for SoftIommu {
@@ -116,6 +119,9 @@ impl DmaHardware for SoftIommu {
     }
     fn describe(&self) -> String {
         "a software IOMMU (ARM LPAE stage-1 tables)".into()
+    }
+    fn stream_domain(&self, sid: u32) -> Option<iommu_core::Domain> {
+        SoftIommu::stream_domain(self, sid)
     }
 }
 

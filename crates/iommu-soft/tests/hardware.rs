@@ -1,22 +1,67 @@
 //! What the emulated hardware sees: stream-table entries owned by groups,
 //! the IOTLB after strict unmaps, and the table-memory budget.
+//!
+//! The rules are the hardware's, not one driver's: with
+//! `IOMMU_TEST_DRIVER=smmuv3` they run on the SMMUv3 driver and the
+//! emulated SMMUv3 instead of the soft IOMMU.
 
-use iommu_core::{Bus, DeviceBuilder, DomainType, Errno, Iommu, Iova, PhysAddr, Prot};
-use iommu_soft::platform::DefaultPlatform;
-use iommu_soft::{Access, SoftConfig, SoftIommu, TranslateError};
+use iommu_core::{Bus, DeviceBuilder, DomainType, Errno, Iommu, IommuConfig, Iova, PhysAddr, Prot};
+use iommu_soft::platform::{DefaultPlatform, DmaHardware};
+use iommu_soft::{Access, PciGrouping, SoftConfig, SoftIommu, TranslateError};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Barrier};
 
-fn setup(devices: &[(&str, &[u32])]) -> (Iommu, Bus, SoftIommu) {
+/// The driver under test, grouping by `pci` when given; `table_budget`
+/// bounds each domain's table pages.
+fn hardware(pci: Option<Arc<PciGrouping>>, table_budget: Option<usize>) -> Arc<dyn DmaHardware> {
+    match std::env::var("IOMMU_TEST_DRIVER").as_deref() {
+        Ok("smmuv3") => {
+            let cfg = iommu_smmuv3::Smmuv3Config {
+                groups: pci,
+                table_budget,
+                ..iommu_smmuv3::Smmuv3Config::default()
+            };
+            let layout = iommu_smmuv3::emu::EmuLayout {
+                memory: 64 << 20,
+                tables: 0x10_0000,
+                tables_size: 63 << 20,
+            };
+            Arc::new(iommu_smmuv3::emu::EmuPlatform::new(layout, Default::default(), cfg).unwrap())
+        }
+        Ok("soft") | Err(_) => Arc::new(SoftIommu::new(SoftConfig {
+            pci,
+            table_budget,
+            sw_msi: Some((0x0800_0000, 0x10_0000)),
+            ..SoftConfig::default()
+        })),
+        Ok(other) => panic!("IOMMU_TEST_DRIVER={other}: soft or smmuv3"),
+    }
+}
+
+fn platform() -> DefaultPlatform {
+    DefaultPlatform::build_on(IommuConfig::default(), |pci| {
+        Ok(hardware(Some(pci), Some(iommu_soft::DEFAULT_TABLE_BUDGET)))
+    })
+    .unwrap()
+}
+
+fn setup_with(
+    devices: &[(&str, &[u32])],
+    table_budget: Option<usize>,
+) -> (Iommu, Bus, Arc<dyn DmaHardware>) {
     let iommu = Iommu::default();
     let bus = Bus::new(&iommu, "pci").unwrap();
     for (name, ids) in devices {
         bus.add_device(DeviceBuilder::new(*name).stream_ids(ids.iter().copied()))
             .unwrap();
     }
-    let soft = SoftIommu::default();
-    iommu.bus_set_iommu(&bus, Arc::new(soft.clone())).unwrap();
-    (iommu, bus, soft)
+    let hw = hardware(None, table_budget);
+    iommu.bus_set_iommu(&bus, hw.ops()).unwrap();
+    (iommu, bus, hw)
+}
+
+fn setup(devices: &[(&str, &[u32])]) -> (Iommu, Bus, Arc<dyn DmaHardware>) {
+    setup_with(devices, Some(iommu_soft::DEFAULT_TABLE_BUDGET))
 }
 
 #[test]
@@ -43,7 +88,7 @@ fn a_device_whose_stream_ids_span_two_groups_cannot_redirect_either() {
 fn removing_one_of_two_devices_sharing_a_stream_id_keeps_the_survivors_entry() {
     // The default platform's GPU (0x100) and its audio function (0x101,
     // 0x100) share id 0x100 and so a group.
-    let p = DefaultPlatform::build().unwrap();
+    let p = platform();
     let gpu = p.device("0000:01:00.0").unwrap();
     let audio = p.device("0000:01:00.1").unwrap();
     let dd = gpu.iommu_group().unwrap().default_domain().unwrap();
@@ -55,26 +100,15 @@ fn removing_one_of_two_devices_sharing_a_stream_id_keeps_the_survivors_entry() {
         Ok(PhysAddr::new(0x9000)),
         "the GPU still translates through its group's domain"
     );
-    assert_eq!(
-        p.soft.as_ref().unwrap().stream_domain(0x100),
-        Some(dd.clone())
-    );
-    assert_eq!(
-        p.soft.as_ref().unwrap().stream_domain(0x101),
-        None,
-        "audio's own id went"
-    );
+    assert_eq!(p.hw.stream_domain(0x100), Some(dd.clone()));
+    assert_eq!(p.hw.stream_domain(0x101), None, "audio's own id went");
     p.bus.remove_device(&gpu).unwrap();
-    assert_eq!(
-        p.soft.as_ref().unwrap().stream_domain(0x100),
-        None,
-        "gone with its last user"
-    );
+    assert_eq!(p.hw.stream_domain(0x100), None, "gone with its last user");
 }
 
 #[test]
 fn a_group_moving_domains_moves_its_shared_stream_entries() {
-    let p = DefaultPlatform::build().unwrap();
+    let p = platform();
     let gpu = p.device("0000:01:00.0").unwrap();
     let audio = p.device("0000:01:00.1").unwrap();
     let g = gpu.iommu_group().unwrap();
@@ -84,18 +118,11 @@ fn a_group_moving_domains_moves_its_shared_stream_entries() {
         .unwrap();
     p.iommu.attach_group(&vfio, &g).unwrap();
     for sid in [0x100, 0x101] {
-        assert_eq!(
-            p.soft.as_ref().unwrap().stream_domain(sid),
-            Some(vfio.clone()),
-            "{sid:#x}"
-        );
+        assert_eq!(p.hw.stream_domain(sid), Some(vfio.clone()), "{sid:#x}");
     }
     p.iommu.detach_group(&vfio, &g);
     p.iommu.group_release_dma_owner(&g);
-    assert_eq!(
-        p.soft.as_ref().unwrap().stream_domain(0x100),
-        g.default_domain()
-    );
+    assert_eq!(p.hw.stream_domain(0x100), g.default_domain());
     assert!(matches!(
         p.hw.translate(&audio, Iova::new(0x4000), Access::Read),
         Err(TranslateError::Translation { .. })
@@ -157,16 +184,8 @@ fn once_a_strict_unmap_returns_nothing_translates() {
 
 #[test]
 fn a_map_beyond_the_table_budget_is_enomem_and_leaves_nothing_mapped() {
-    let iommu = Iommu::default();
-    let bus = Bus::new(&iommu, "pci").unwrap();
-    let dev = bus
-        .add_device(DeviceBuilder::new("d").stream_ids([1]))
-        .unwrap();
-    let soft = SoftIommu::new(SoftConfig {
-        table_budget: Some(16),
-        ..SoftConfig::default()
-    });
-    iommu.bus_set_iommu(&bus, Arc::new(soft.clone())).unwrap();
+    let (_iommu, bus, soft) = setup_with(&[("d", &[1])], Some(16));
+    let dev = bus.find_device("d").unwrap();
     let d = dev.iommu_group().unwrap().default_domain().unwrap();
     // 64 MiB at a 4 KiB-aligned physical address needs 32 leaf tables.
     let e = d
