@@ -25,6 +25,8 @@
 //! the write returns; [`Smmuv3::pause_commands`] holds them back to model
 //! a slow or wedged SMMU.
 
+#![forbid(unsafe_code)]
+
 mod cmd;
 mod config;
 mod event;
@@ -344,7 +346,7 @@ struct State {
     evtq_irq_cfg0: u64,
     evtq_irq_cfg1: u32,
     evtq_irq_cfg2: u32,
-    configs: HashMap<u32, Arc<StreamConfig>>,
+    configs: HashMap<u32, Arc<StreamConfig>, tlb::FxBuild>,
     tlb: Tlb,
     irqs: Interrupts,
     stats: Stats,
@@ -355,6 +357,18 @@ struct State {
 
 type TraceFn = Box<dyn Fn(&HwTrace) + Send + Sync>;
 
+/// One call's trace records, kept only while a trace is set (so the DMA
+/// path allocates nothing otherwise).
+struct Traces(Option<Vec<HwTrace>>);
+
+impl Traces {
+    fn push(&mut self, t: HwTrace) {
+        if let Some(v) = &mut self.0 {
+            v.push(t);
+        }
+    }
+}
+
 /// The emulated SMMUv3 over guest memory `M`.
 pub struct Smmuv3<M: GuestMemoryBackend> {
     mem: Arc<M>,
@@ -362,6 +376,8 @@ pub struct Smmuv3<M: GuestMemoryBackend> {
     idr: [u32; 6],
     state: Mutex<State>,
     trace: Mutex<Option<Arc<TraceFn>>>,
+    /// Whether a trace is set, read without a lock on every call.
+    tracing: std::sync::atomic::AtomicBool,
 }
 
 impl<M: GuestMemoryBackend> core::fmt::Debug for Smmuv3<M> {
@@ -413,7 +429,7 @@ impl<M: GuestMemoryBackend> Smmuv3<M> {
             evtq_irq_cfg0: 0,
             evtq_irq_cfg1: 0,
             evtq_irq_cfg2: 0,
-            configs: HashMap::new(),
+            configs: HashMap::default(),
             tlb: Tlb::new(features.tlb_entries),
             irqs: Interrupts::default(),
             stats: Stats::default(),
@@ -426,6 +442,7 @@ impl<M: GuestMemoryBackend> Smmuv3<M> {
             features,
             state: Mutex::new(state),
             trace: Mutex::new(None),
+            tracing: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -441,7 +458,18 @@ impl<M: GuestMemoryBackend> Smmuv3<M> {
 
     /// Calls `f` with everything the SMMU does from now on (`None` stops).
     pub fn set_trace(&self, f: Option<TraceFn>) {
+        self.tracing
+            .store(f.is_some(), std::sync::atomic::Ordering::Relaxed);
         *self.trace.lock().unwrap_or_else(|e| e.into_inner()) = f.map(Arc::new);
+    }
+
+    /// Where this call's trace records go: nowhere unless a trace is set.
+    fn traces(&self) -> Traces {
+        Traces(
+            self.tracing
+                .load(std::sync::atomic::Ordering::Relaxed)
+                .then(Vec::new),
+        )
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -483,7 +511,7 @@ impl<M: GuestMemoryBackend> Smmuv3<M> {
         if !paused {
             let traces = self.run_commands(&mut s);
             drop(s);
-            for t in traces {
+            for t in traces.0.into_iter().flatten() {
                 self.emit(t);
             }
         }
@@ -627,7 +655,7 @@ impl<M: GuestMemoryBackend> Smmuv3<M> {
             return;
         }
         let mut s = self.lock();
-        let mut traces = Vec::new();
+        let mut traces = self.traces();
         match offset {
             CR0 => {
                 let old = s.cr0;
@@ -682,7 +710,7 @@ impl<M: GuestMemoryBackend> Smmuv3<M> {
             }
         }
         drop(s);
-        for t in traces {
+        for t in traces.0.into_iter().flatten() {
             self.emit(t);
         }
     }
@@ -696,8 +724,8 @@ impl<M: GuestMemoryBackend> Smmuv3<M> {
     }
 
     /// Consumes commands from CONS to PROD, stopping at the first error.
-    fn run_commands(&self, s: &mut State) -> Vec<HwTrace> {
-        let mut traces = Vec::new();
+    fn run_commands(&self, s: &mut State) -> Traces {
+        let mut traces = self.traces();
         if s.cr0 & CR0_CMDQEN == 0 || s.paused || (s.gerror ^ s.gerrorn) & GERROR_CMDQ_ERR != 0 {
             return traces;
         }
@@ -837,7 +865,7 @@ impl<M: GuestMemoryBackend> Smmuv3<M> {
         &self,
         s: &mut State,
         sid: u32,
-        traces: &mut Vec<HwTrace>,
+        traces: &mut Traces,
     ) -> Result<Arc<StreamConfig>, config::ConfigError> {
         if let Some(c) = s.configs.get(&sid) {
             return Ok(c.clone());
@@ -865,10 +893,10 @@ impl<M: GuestMemoryBackend> Smmuv3<M> {
     /// event, if the configuration records one, is in the event queue.
     pub fn translate(&self, sid: u32, iova: u64, access: Access) -> Result<Segment, DmaError> {
         let mut s = self.lock();
-        let mut traces = Vec::new();
+        let mut traces = self.traces();
         let r = self.translate_locked(&mut s, sid, iova, access, &mut traces);
         drop(s);
-        for t in traces {
+        for t in traces.0.into_iter().flatten() {
             self.emit(t);
         }
         r
@@ -880,7 +908,7 @@ impl<M: GuestMemoryBackend> Smmuv3<M> {
         sid: u32,
         iova: u64,
         access: Access,
-        traces: &mut Vec<HwTrace>,
+        traces: &mut Traces,
     ) -> Result<Segment, DmaError> {
         if s.cr0 & CR0_SMMUEN == 0 {
             return if s.gbpa & GBPA_ABORT != 0 {
@@ -1068,7 +1096,7 @@ impl<M: GuestMemoryBackend> Smmuv3<M> {
         }
     }
 
-    fn fault(&self, s: &mut State, ev: Event, record: bool, traces: &mut Vec<HwTrace>) -> DmaError {
+    fn fault(&self, s: &mut State, ev: Event, record: bool, traces: &mut Traces) -> DmaError {
         // Configuration errors are always recorded; translation-class
         // faults only when the context asks (CD.R / STE.S2R).
         let translation_class = matches!(

@@ -875,9 +875,14 @@ impl<R: Mmio, M: TableMemory> Inner<R, M> {
         let target = q.prod;
         let mask = q.mask();
         let word = &self.sync_word;
-        let done = self.wait(&mut q, &mut failed, |q| {
-            q.cons & mask == target || msi.is_some_and(|(_, seq)| word.read(0) as u32 == seq)
-        });
+        let msi_done = || msi.is_some_and(|(_, seq)| word.read(0) as u32 == seq);
+        // The MSI lands in memory: when it is already there, no register
+        // read is needed (CONS is read again when the queue looks full).
+        let done = if msi_done() {
+            Ok(())
+        } else {
+            self.wait(&mut q, &mut failed, |q| q.cons & mask == target || msi_done())
+        };
         if let Err(e) = done {
             self.stats.sync_timeouts.fetch_add(1, Ordering::Relaxed);
             self.defer(&pending, cmds);
