@@ -169,6 +169,26 @@ mod tests {
     }
 
     #[test]
+    fn a_domain_counts_and_bounds_its_own_pages_in_shared_memory() {
+        let mem = Arc::new(HeapMemory::new());
+        let _other = DmaRegion::alloc(&mem, 64).unwrap();
+        let d = DomainMemory::new(mem.clone(), Some(2));
+        let a = d.alloc_table(4096).unwrap();
+        let b = d.alloc_table(4096).unwrap();
+        assert_eq!(d.alloc_table(4096), None, "over its budget");
+        assert_eq!((d.table_pages(), mem.table_pages()), (2, 3));
+        // SAFETY: `a` is a live 4 KiB table of this memory; index 5 is in it.
+        unsafe {
+            d.store(a, 5, 0x1234);
+            assert_eq!(d.load(a, 5), 0x1234);
+            assert_eq!(d.compare_exchange(a, 5, 0x1234, 7), Ok(0x1234));
+            d.free_table(a, 4096);
+            d.free_table(b, 4096);
+        }
+        assert_eq!((d.table_pages(), mem.table_pages()), (0, 1));
+    }
+
+    #[test]
     fn exhausted_memory_is_enomem() {
         let mem = Arc::new(HeapMemory::with_limit(0));
         assert_eq!(DmaRegion::alloc(&mem, 64).err(), Some(Errno::ENOMEM));
