@@ -755,3 +755,112 @@ mod hostile {
         }
     }
 }
+
+#[test]
+fn a_leaf_without_the_access_flag_is_f_access_7_3_14() {
+    let (rig, pt) = s1_rig();
+    map(&pt, 0x4000, DATA, 0x1000, Prot::RW);
+    // Find the level-3 descriptor and clear AF (bit 10).
+    let root = pt.root().raw();
+    let mut table = root;
+    for level in 0..3 {
+        let idx = (0x4000u64 >> (39 - 9 * level)) & 0x1ff;
+        table = rig.peek(table + 8 * idx) & 0x0000_ffff_ffff_f000;
+    }
+    let leaf_at = table + 8 * 4;
+    rig.poke(leaf_at, rig.peek(leaf_at) & !(1 << 10));
+    assert!(matches!(
+        rig.smmu.translate(SID, 0x4000, Access::Read),
+        Err(DmaError::Terminated {
+            event: Some(EventId::Access),
+            ..
+        })
+    ));
+    assert_eq!(ev_id(&rig.events()[0]), 0x12);
+}
+
+#[test]
+fn an_output_address_beyond_ips_is_f_addr_size_7_3_13() {
+    let (rig, pt) = s1_rig();
+    let at = rig.write_cd(0, 7, pt.root().raw());
+    // IPS 0: 32-bit outputs; map above 4 GiB.
+    rig.poke(at, rig.peek(at) & !(7 << 32));
+    rig.cfgi_ste(SID);
+    map(&pt, 0x4000, 0x1_0000_0000, 0x1000, Prot::RW);
+    assert!(matches!(
+        rig.smmu.translate(SID, 0x4000, Access::Read),
+        Err(DmaError::Terminated {
+            event: Some(EventId::AddrSize),
+            ..
+        })
+    ));
+}
+
+#[test]
+fn tlbi_nh_vaa_ignores_the_asid_and_nh_all_empties_stage_1_4_4_2() {
+    let (rig, pt) = s1_rig();
+    map(&pt, 0x4000, DATA, 0x1000, Prot::RW);
+    rig.smmu.translate(SID, 0x4000, Access::Read).unwrap();
+    rig.cmd(0x13, 0x4000); // NH_VAA, any ASID
+    assert_eq!(rig.smmu.tlb_entries(), 0);
+    rig.smmu.translate(SID, 0x4000, Access::Read).unwrap();
+    rig.cmd(0x10, 0); // NH_ALL for VMID 0
+    assert_eq!(rig.smmu.tlb_entries(), 0);
+}
+
+#[test]
+fn cfgi_cd_forgets_the_cached_context_descriptor_4_3_2() {
+    let (rig, pt) = s1_rig();
+    map(&pt, 0x4000, DATA, 0x1000, Prot::RW);
+    rig.smmu.translate(SID, 0x4000, Access::Read).unwrap();
+    // Invalidate the CD in memory; the cached one still serves the stream.
+    rig.poke(CDS, rig.peek(CDS) & !(1 << 31));
+    rig.cmd(0x30, 0); // TLB only
+    assert!(rig.smmu.translate(SID, 0x4000, Access::Read).is_ok());
+    rig.cmd(0x05 | (u64::from(SID) << 32), 0);
+    assert!(matches!(
+        rig.smmu.translate(SID, 0x4000, Access::Read),
+        Err(DmaError::Terminated {
+            event: Some(EventId::BadCd),
+            ..
+        })
+    ));
+}
+
+#[test]
+fn irq_ctrl_is_acknowledged_and_gates_the_interrupts_6_3_16() {
+    let rig = Rig::new();
+    assert_eq!(
+        rig.smmu.read32(IRQ_CTRLACK),
+        IRQ_CTRL_EVTQ_IRQEN | IRQ_CTRL_GERROR_IRQEN
+    );
+    let _ = rig.smmu.translate(1 << SID_BITS, 0, Access::Read);
+    assert_eq!(rig.smmu.take_interrupts().evtq, 1);
+    rig.smmu.write32(IRQ_CTRL, 0);
+    assert_eq!(rig.smmu.read32(IRQ_CTRLACK), 0);
+    let _ = rig.smmu.translate(1 << SID_BITS, 0, Access::Read);
+    assert_eq!(rig.smmu.take_interrupts().evtq, 0, "recorded, no interrupt");
+    assert_eq!(rig.events().len(), 2);
+}
+
+#[test]
+fn a_gerror_stays_active_until_gerrorn_matches_it_7_5() {
+    let rig = Rig::new();
+    rig.smmu.raise_gerror(GERROR_SFM_ERR);
+    assert_eq!(rig.smmu.read32(GERROR) & GERROR_SFM_ERR, GERROR_SFM_ERR);
+    // Raised again while active: no second toggle.
+    rig.smmu.raise_gerror(GERROR_SFM_ERR);
+    assert_eq!(rig.smmu.read32(GERROR) & GERROR_SFM_ERR, GERROR_SFM_ERR);
+    assert_eq!(rig.smmu.take_interrupts().gerror, 1);
+    rig.smmu.write32(GERRORN, rig.smmu.read32(GERROR));
+    rig.smmu.raise_gerror(GERROR_SFM_ERR);
+    assert_eq!(
+        rig.smmu.read32(GERROR) & GERROR_SFM_ERR,
+        0,
+        "toggled back: active again"
+    );
+    assert_ne!(
+        (rig.smmu.read32(GERROR) ^ rig.smmu.read32(GERRORN)) & GERROR_SFM_ERR,
+        0
+    );
+}

@@ -881,7 +881,9 @@ impl<R: Mmio, M: TableMemory> Inner<R, M> {
         let done = if msi_done() {
             Ok(())
         } else {
-            self.wait(&mut q, &mut failed, |q| q.cons & mask == target || msi_done())
+            self.wait(&mut q, &mut failed, |q| {
+                q.cons & mask == target || msi_done()
+            })
         };
         if let Err(e) = done {
             self.stats.sync_timeouts.fetch_add(1, Ordering::Relaxed);
