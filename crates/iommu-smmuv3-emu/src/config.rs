@@ -58,10 +58,19 @@ pub(crate) enum StreamConfig {
 pub(crate) struct ConfigError {
     pub(crate) id: EventId,
     pub(crate) addr: u64,
+    /// Stage 2 faulted while fetching the CD (`S2` = 1, `CLASS` = CD).
+    pub(crate) stage2: bool,
+    /// Whether the event is recorded (stage-2 faults follow `STE.S2R`).
+    pub(crate) record: bool,
 }
 
 fn bad(id: EventId) -> ConfigError {
-    ConfigError { id, addr: 0 }
+    ConfigError {
+        id,
+        addr: 0,
+        stage2: false,
+        record: true,
+    }
 }
 
 /// Reads `n` double words at `addr`, reporting `fetch` with the address on abort.
@@ -73,9 +82,10 @@ fn fetch<const N: usize>(
     let mut out = [0u64; N];
     for (i, w) in out.iter_mut().enumerate() {
         let a = addr.wrapping_add(8 * i as u64);
-        *w = mem
-            .read_u64(PhysAddr::new(a))
-            .ok_or(ConfigError { id: fetch, addr: a })?;
+        *w = mem.read_u64(PhysAddr::new(a)).ok_or(ConfigError {
+            addr: a,
+            ..bad(fetch)
+        })?;
     }
     Ok(out)
 }
@@ -262,15 +272,25 @@ fn decode_cd(
     feat: &Features,
     mem: &impl PhysRead,
 ) -> Result<StageWalk, ConfigError> {
+    // Through stage 2, the CD pointer is an IPA: a stage-2 fault on it is
+    // reported as that fault, with S2 set and CLASS = CD (IHI 0070 7.3).
     let cd_pa = match s2 {
-        Some(s2) => s2
-            .walker
-            .translate(cd_ptr, mem)
-            .map(|w| w.pa.raw())
-            .map_err(|_| ConfigError {
-                id: EventId::CdFetch,
-                addr: cd_ptr,
-            })?,
+        Some(s2) => match s2.walker.translate(cd_ptr, mem) {
+            Ok(w) => w.pa.raw(),
+            Err(f) => {
+                let (id, fetch) = crate::walk_event(f);
+                return Err(ConfigError {
+                    id,
+                    addr: if id == EventId::WalkEabt {
+                        fetch
+                    } else {
+                        cd_ptr
+                    },
+                    stage2: true,
+                    record: s2.record,
+                });
+            }
+        },
         None => cd_ptr,
     };
     let cd = fetch::<4>(mem, cd_pa, EventId::CdFetch)?;

@@ -925,7 +925,13 @@ impl<M: GuestMemoryBackend> Smmuv3<M> {
             Err(e) => {
                 let mut ev = Event::config(e.id, sid);
                 ev.addr = e.addr;
-                return Err(self.fault(s, ev, true, traces));
+                if e.stage2 {
+                    ev.stage2 = true;
+                    ev.class = FaultClass::Cd;
+                    ev.input_addr = iova;
+                    ev.read = access == Access::Read;
+                }
+                return Err(self.fault(s, ev, e.record, traces));
             }
         };
         let (vmid, s1, s2) = match &*cfg {
@@ -1186,7 +1192,7 @@ fn segment(pa_base: u64, va: u64, shift: u32) -> Segment {
 }
 
 /// The event a walk fault becomes, and its fetch address.
-fn walk_event(f: WalkFault) -> (EventId, u64) {
+pub(crate) fn walk_event(f: WalkFault) -> (EventId, u64) {
     match f {
         WalkFault::Translation { .. } => (EventId::Translation, 0),
         WalkFault::AddressSize { .. } => (EventId::AddrSize, 0),

@@ -864,3 +864,27 @@ fn a_gerror_stays_active_until_gerrorn_matches_it_7_5() {
         0
     );
 }
+
+#[test]
+fn a_stage2_fault_fetching_the_cd_is_reported_as_stage2_class_cd_7_3() {
+    let rig = Rig::new();
+    let s2 = s2_table(&rig);
+    // Stage 2 maps nothing at the CD's IPA.
+    let s1 = rig.s1_table();
+    let cd = rig.write_cd(0, 9, s1.root().raw());
+    let mut ste = s2_ste(2, s2.root().raw());
+    ste[0] = 1 | (0b111 << 1) | cd;
+    rig.write_ste(SID, ste);
+    assert!(matches!(
+        rig.smmu.translate(SID, 0x7000, Access::Read),
+        Err(DmaError::Terminated {
+            event: Some(EventId::Translation),
+            ..
+        })
+    ));
+    let ev = rig.events()[0];
+    assert_eq!(ev_id(&ev), 0x10);
+    assert_eq!((ev[1] >> 39) & 1, 1, "S2");
+    assert_eq!((ev[1] >> 40) & 3, 0, "CLASS = CD");
+    assert_eq!(ev[3], cd & !0xfff, "the IPA of the CD");
+}
