@@ -116,6 +116,18 @@ fn buffer(fill: u8) -> &'static mut [u8] {
     &mut leaked[off..off + 0x1000]
 }
 
+/// A 2 MiB-aligned 2 MiB buffer, zeroed.
+fn block_buffer() -> &'static mut [u8] {
+    let layout = core::alloc::Layout::from_size_align(0x20_0000, 0x20_0000).expect("a layout");
+    // SAFETY: a non-zero size; the memory is never freed, so the slice may
+    // live for the rest of the program.
+    unsafe {
+        let p = alloc::alloc::alloc_zeroed(layout);
+        assert!(!p.is_null(), "heap exhausted");
+        core::slice::from_raw_parts_mut(p, 0x20_0000)
+    }
+}
+
 fn pa(buf: &[u8]) -> PhysAddr {
     // Identity-mapped: the buffer's address is its physical address.
     PhysAddr::new(buf.as_ptr() as u64)
@@ -263,6 +275,73 @@ fn run() {
     edu_dma(false, iova_stale, 16);
     check("after the TLBI it does not", stale.iter().all(|&b| b == 0));
     let _ = events(&drv, "synced");
+
+    // 6. A 2 MiB block: the core maps one block descriptor, DMA lands at
+    // its offset, and the unmap's range invalidation removes all of it.
+    let block = block_buffer();
+    let iova_block = 0x60_0000u64;
+    let mapped = domain.map(Iova::new(iova_block), pa(block), 0x20_0000, Prot::RW);
+    check(
+        "a 2 MiB mapping is one block",
+        mapped.is_ok()
+            && domain.first_mapping(Iova::new(iova_block), Iova::new(iova_block + 0x1f_ffff))
+                == Some((Iova::new(iova_block), 0x20_0000)),
+    );
+    edu_dma(false, iova_block + 0x12_3400, 64);
+    check(
+        "DMA lands at the block's offset",
+        block[0x12_3400..0x12_3400 + 64] == src[..64],
+    );
+    let _ = events(&drv, "block");
+    check(
+        "the block unmaps whole",
+        domain.unmap(Iova::new(iova_block), 0x20_0000) == 0x20_0000,
+    );
+    block[0x1f_f000..].fill(0);
+    edu_dma(false, iova_block + 0x1f_f000, 16);
+    check(
+        "after the block's unmap its last page faults",
+        block[0x1f_f000..].iter().all(|&b| b == 0),
+    );
+    let _ = events(&drv, "block-unmapped");
+
+    // 7. A user claims the group: the blocked domain is an abort STE, and
+    // QEMU's SMMU terminates the DMA without recording anything.
+    let Some(group) = dev.iommu_group() else {
+        check("the device has a group", false);
+        return;
+    };
+    let owner = iommu_core::DmaOwner::new();
+    check(
+        "claiming DMA ownership blocks the group",
+        iommu.group_claim_dma_owner(&group, owner).is_ok(),
+    );
+    dst.fill(0);
+    let _ = domain.map(Iova::new(iova_dst), pa(dst), 0x1000, Prot::RW);
+    edu_dma(false, iova_dst, 16);
+    check(
+        "a blocked group's DMA lands nowhere",
+        dst.iter().all(|&b| b == 0),
+    );
+    check(
+        "an abort STE records no event",
+        events(&drv, "blocked").is_empty(),
+    );
+    iommu.group_release_dma_owner(&group);
+
+    // 8. Identity through sysfs: a bypass STE, DMA addresses are physical.
+    let path = alloc::format!("kernel/iommu_groups/{}/type", group.id());
+    check(
+        "echo identity > type",
+        iommu.sysfs().write(&path, "identity").is_ok(),
+    );
+    let ident = buffer(0);
+    edu_dma(false, pa(ident).raw(), 32);
+    check(
+        "identity DMA lands at the physical address",
+        ident[..32] == src[..32],
+    );
+    let _ = events(&drv, "identity");
 
     let stats = drv.stats();
     let _ = writeln!(
