@@ -612,8 +612,14 @@ impl Platform {
         owner: &HashMap<u32, Group>,
         translate: impl Fn(&Device, u32, Iova) -> Option<PhysAddr>,
     ) {
+        // A stream translates the same whichever of its devices issues the
+        // DMA, so each stream id is checked once.
+        let mut seen = BTreeSet::new();
         for d in self.devs.iter().flatten() {
             for &sid in d.stream_ids() {
+                if !seen.insert(sid) {
+                    continue;
+                }
                 let domain = owner.get(&sid).and_then(|g| g.domain());
                 for &iova in &self.probes {
                     let want = domain
