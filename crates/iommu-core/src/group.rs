@@ -808,6 +808,26 @@ impl StreamIdGroups {
         Ok(group)
     }
 
+    /// A driver's `add_device` for devices grouped here: `dev` joins its
+    /// group (through the driver's `device_group`), and what was recorded
+    /// for it is released again if that fails.
+    ///
+    /// # Errors
+    /// As [`Iommu::group_get_for_dev`].
+    pub fn add_device(&self, iommu: &Iommu, dev: &Arc<Device>) -> Result<(), Errno> {
+        iommu
+            .group_get_for_dev(dev)
+            .map(drop)
+            .inspect_err(|_| self.release_device(dev))
+    }
+
+    /// A driver's `remove_device` for devices grouped here: `dev` leaves
+    /// its group and its stream ids.
+    pub fn remove_device(&self, iommu: &Iommu, dev: &Arc<Device>) {
+        iommu.group_remove_device(dev);
+        self.release_device(dev);
+    }
+
     /// `dev` no longer uses its stream ids; an id whose last user this was
     /// is free again. Harmless for a device that was never recorded.
     pub fn release_device(&self, dev: &Device) {

@@ -63,7 +63,9 @@ pub use group::{
 };
 pub use notifier::{NotifierChain, NotifierId, Notify};
 pub use ops::{Capability, DomainGeometry, DomainOps, IommuOps, MapPagesError, PagingOps};
-pub use resv::{format_resv_regions, insert_resv_region, ReservedRegion, ResvType};
+pub use resv::{
+    format_resv_regions, insert_resv_region, resv_regions_with_sw_msi, ReservedRegion, ResvType,
+};
 pub use subsystem::{Iommu, IommuConfig, Sysfs};
 pub use sysfs::EntryKind;
 

@@ -15,7 +15,7 @@
 use crate::sync::Mutex;
 use crate::{
     Bus, Capability, Device, Domain, DomainGeometry, DomainOps, DomainType, Group, Iommu, IommuOps,
-    MapPagesError, PagingOps, ReservedRegion, ResvType, StreamIdGroups,
+    MapPagesError, PagingOps, ReservedRegion, StreamIdGroups,
 };
 use iommu_pgtable::testing::TableModel;
 use iommu_types::{Errno, IotlbGather, Iova, PhysAddr, Prot, Unmapped};
@@ -218,14 +218,11 @@ impl IommuOps for MockIommu {
         if dev.stream_ids().is_empty() {
             return Ok(()); // not behind this IOMMU
         }
-        iommu.group_get_for_dev(dev).map(drop).inspect_err(|_| {
-            self.shared.by_stream.release_device(dev);
-        })
+        self.shared.by_stream.add_device(iommu, dev)
     }
 
     fn remove_device(&self, iommu: &Iommu, dev: &Arc<Device>) {
-        iommu.group_remove_device(dev);
-        self.shared.by_stream.release_device(dev);
+        self.shared.by_stream.remove_device(iommu, dev);
     }
 
     fn device_group(&self, iommu: &Iommu, dev: &Arc<Device>) -> Result<Group, Errno> {
@@ -253,16 +250,7 @@ impl IommuOps for MockIommu {
     }
 
     fn get_resv_regions(&self, dev: &Device) -> Vec<ReservedRegion> {
-        let mut v = dev.firmware_resv_regions().to_vec();
-        if let Some((start, len)) = self.cfg.sw_msi {
-            v.push(ReservedRegion::new(
-                start,
-                len,
-                Prot::RW | Prot::MMIO,
-                ResvType::SwMsi,
-            ));
-        }
-        v
+        crate::resv_regions_with_sw_msi(dev, self.cfg.sw_msi)
     }
 
     fn def_domain_type(&self, dev: &Device) -> Option<DomainType> {

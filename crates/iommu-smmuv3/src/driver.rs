@@ -11,7 +11,7 @@ use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use iommu_core::{
     Capability, Device, Domain, DomainOps, DomainType, Errno, FaultAccess, Group, GroupKeys, Iommu,
-    IommuOps, Iova, Prot, ReservedRegion, ResvType, StreamIdGroups,
+    IommuOps, Iova, ReservedRegion, StreamIdGroups,
 };
 use iommu_pgtable::lpae::{Granule, Lpae, LpaeConfig, Stage};
 use iommu_pgtable::TableMemory;
@@ -1069,14 +1069,11 @@ impl<R: Mmio + 'static, M: TableMemory + 'static> IommuOps for Smmuv3<R, M> {
         if dev.stream_ids().iter().any(|&s| u64::from(s) >> log2 != 0) {
             return Err(Errno::ERANGE);
         }
-        iommu.group_get_for_dev(dev).map(drop).inspect_err(|_| {
-            self.inner.by_stream.release_device(dev);
-        })
+        self.inner.by_stream.add_device(iommu, dev)
     }
 
     fn remove_device(&self, iommu: &Iommu, dev: &Arc<Device>) {
-        iommu.group_remove_device(dev);
-        self.inner.by_stream.release_device(dev);
+        self.inner.by_stream.remove_device(iommu, dev);
     }
 
     fn device_group(&self, iommu: &Iommu, dev: &Arc<Device>) -> Result<Group, Errno> {
@@ -1098,16 +1095,7 @@ impl<R: Mmio + 'static, M: TableMemory + 'static> IommuOps for Smmuv3<R, M> {
     }
 
     fn get_resv_regions(&self, dev: &Device) -> Vec<ReservedRegion> {
-        let mut v = dev.firmware_resv_regions().to_vec();
-        if let Some((start, len)) = self.inner.cfg.sw_msi {
-            v.push(ReservedRegion::new(
-                start,
-                len,
-                Prot::RW | Prot::MMIO,
-                ResvType::SwMsi,
-            ));
-        }
-        v
+        iommu_core::resv_regions_with_sw_msi(dev, self.inner.cfg.sw_msi)
     }
 
     fn pgsize_bitmap(&self) -> u64 {

@@ -3,7 +3,7 @@
 use iommu_core::{
     Capability, Device, Domain, DomainGeometry, DomainOps, DomainType, Errno, FaultAccess, Group,
     Iommu, IommuOps, IotlbGather, Iova, MapPagesError, PagingOps, PhysAddr, Prot, ReservedRegion,
-    ResvType, StreamIdGroups,
+    StreamIdGroups,
 };
 use iommu_pgtable::{lpae::Lpae, HeapMemory, IoPageTable};
 use iommu_types::Unmapped;
@@ -420,14 +420,11 @@ impl IommuOps for SoftIommu {
         if dev.stream_ids().is_empty() {
             return Ok(()); // not behind this IOMMU
         }
-        iommu.group_get_for_dev(dev).map(drop).inspect_err(|_| {
-            self.inner.by_stream.release_device(dev);
-        })
+        self.inner.by_stream.add_device(iommu, dev)
     }
 
     fn remove_device(&self, iommu: &Iommu, dev: &Arc<Device>) {
-        iommu.group_remove_device(dev);
-        self.inner.by_stream.release_device(dev);
+        self.inner.by_stream.remove_device(iommu, dev);
     }
 
     /// Devices sharing a stream id cannot be told apart, so they share a
@@ -458,16 +455,7 @@ impl IommuOps for SoftIommu {
     }
 
     fn get_resv_regions(&self, dev: &Device) -> Vec<ReservedRegion> {
-        let mut v = dev.firmware_resv_regions().to_vec();
-        if let Some((start, len)) = self.inner.cfg.sw_msi {
-            v.push(ReservedRegion::new(
-                start,
-                len,
-                Prot::RW | Prot::MMIO,
-                ResvType::SwMsi,
-            ));
-        }
-        v
+        iommu_core::resv_regions_with_sw_msi(dev, self.inner.cfg.sw_msi)
     }
 
     fn def_domain_type(&self, dev: &Device) -> Option<DomainType> {
