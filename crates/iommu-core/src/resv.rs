@@ -117,6 +117,26 @@ pub fn format_resv_regions(regions: &[ReservedRegion]) -> String {
     regions.iter().map(|r| format!("{r}\n")).collect()
 }
 
+/// A driver's reserved regions for `dev` when the IOMMU has a
+/// software-managed MSI window (Linux's SMMU drivers reserve
+/// `MSI_IOVA_BASE`): the firmware's regions, then `sw_msi` as a
+/// [`ResvType::SwMsi`] region the DMA layer maps MSI pages into.
+pub fn resv_regions_with_sw_msi(
+    dev: &crate::Device,
+    sw_msi: Option<(u64, u64)>,
+) -> Vec<ReservedRegion> {
+    let mut v = dev.firmware_resv_regions().to_vec();
+    if let Some((start, len)) = sw_msi {
+        v.push(ReservedRegion::new(
+            start,
+            len,
+            Prot::RW | Prot::MMIO,
+            ResvType::SwMsi,
+        ));
+    }
+    v
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -157,24 +177,4 @@ mod tests {
         assert_eq!(v[0].ty, ResvType::Direct);
         assert_eq!(v[1].ty, ResvType::Msi);
     }
-}
-
-/// A driver's reserved regions for `dev` when the IOMMU has a
-/// software-managed MSI window (Linux's SMMU drivers reserve
-/// `MSI_IOVA_BASE`): the firmware's regions, then `sw_msi` as a
-/// [`ResvType::SwMsi`] region the DMA layer maps MSI pages into.
-pub fn resv_regions_with_sw_msi(
-    dev: &crate::Device,
-    sw_msi: Option<(u64, u64)>,
-) -> Vec<ReservedRegion> {
-    let mut v = dev.firmware_resv_regions().to_vec();
-    if let Some((start, len)) = sw_msi {
-        v.push(ReservedRegion::new(
-            start,
-            len,
-            Prot::RW | Prot::MMIO,
-            ResvType::SwMsi,
-        ));
-    }
-    v
 }
