@@ -175,6 +175,10 @@ impl DmaHardware for EmuPlatform {
         self.driver.stream_domain(sid)
     }
 
+    fn as_any(&self) -> &dyn core::any::Any {
+        self
+    }
+
     fn describe(&self) -> String {
         "an emulated Arm SMMUv3 (stream table, CDs, LPAE stage-1 tables, command and event queues in memory)"
             .into()

@@ -74,8 +74,6 @@ pub struct PciPlatform {
     pub bus: Bus,
     /// What the devices DMA through: the driver's (emulated) hardware.
     pub hw: Arc<dyn DmaHardware>,
-    /// The soft driver, when the platform was built with it.
-    pub soft: Option<SoftIommu>,
     /// The machine as read.
     pub machine: Machine,
     /// Linux's set-up and grouping over it.
@@ -103,6 +101,8 @@ pub trait DmaHardware: Send + Sync {
     /// The domain the hardware's entry for stream `sid` translates
     /// through, if the stream has one.
     fn stream_domain(&self, sid: u32) -> Option<iommu_core::Domain>;
+    /// The hardware's own type, for callers that need to reach it.
+    fn as_any(&self) -> &dyn std::any::Any;
 }
 
 impl DmaHardware for SoftIommu {
@@ -122,6 +122,9 @@ impl DmaHardware for SoftIommu {
     }
     fn stream_domain(&self, sid: u32) -> Option<iommu_core::Domain> {
         SoftIommu::stream_domain(self, sid)
+    }
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
     }
 }
 
@@ -147,6 +150,15 @@ fn sysfs_dir(a: &Analysis, i: usize) -> String {
     dir
 }
 
+/// The soft driver of the built-in platforms, grouping as the PCI layer says.
+fn soft_driver(pci: Arc<PciGrouping>) -> Result<Arc<dyn DmaHardware>, Errno> {
+    Ok(Arc::new(SoftIommu::new(SoftConfig {
+        sw_msi: Some(SW_MSI),
+        pci: Some(pci),
+        ..SoftConfig::default()
+    })))
+}
+
 impl PciPlatform {
     /// Builds the default platform with the default policy (translated,
     /// strict).
@@ -162,18 +174,7 @@ impl PciPlatform {
     /// # Errors
     /// Any error from the core while adding devices or setting the ops.
     pub fn build_with(config: IommuConfig) -> Result<Self, Errno> {
-        let mut soft = None;
-        let mut p = Self::build_on(config, |pci| {
-            let s = SoftIommu::new(SoftConfig {
-                sw_msi: Some(SW_MSI),
-                pci: Some(pci),
-                ..SoftConfig::default()
-            });
-            soft = Some(s.clone());
-            Ok(Arc::new(s))
-        })?;
-        p.soft = soft;
-        Ok(p)
+        Self::build_on(config, soft_driver)
     }
 
     /// The default platform with `config` and the driver `make` builds
@@ -215,18 +216,12 @@ impl PciPlatform {
         config: IommuConfig,
         resv: &[(Bdf, ReservedRegion)],
     ) -> Result<Self, PlatformError> {
-        let mut soft = None;
-        let mut p = Self::from_machine_on(machine, platform, config, resv, |pci| {
-            let s = SoftIommu::new(SoftConfig {
-                sw_msi: Some(SW_MSI),
-                pci: Some(pci),
-                ..SoftConfig::default()
-            });
-            soft = Some(s.clone());
-            Ok(Arc::new(s))
-        })?;
-        p.soft = soft;
-        Ok(p)
+        Self::from_machine_on(machine, platform, config, resv, soft_driver)
+    }
+
+    /// The soft driver, when the platform runs on it.
+    pub fn soft(&self) -> Option<&SoftIommu> {
+        self.hw.as_any().downcast_ref()
     }
 
     /// As [`from_machine`](Self::from_machine), with the driver `make`
@@ -281,7 +276,6 @@ impl PciPlatform {
             iommu,
             bus,
             hw,
-            soft: None,
             machine,
             analysis,
         })

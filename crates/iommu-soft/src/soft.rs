@@ -793,7 +793,7 @@ mod tests {
     #[test]
     fn dropping_the_bus_and_the_iommu_with_devices_on_it_frees_everything() {
         let p = crate::platform::DefaultPlatform::build().unwrap();
-        let hw = Arc::downgrade(&p.soft.as_ref().unwrap().inner);
+        let hw = Arc::downgrade(&p.soft().unwrap().inner);
         let gpu = p.device("0000:01:00.0").unwrap();
         let group = gpu.iommu_group().unwrap().downgrade();
         let domain = gpu
@@ -804,7 +804,7 @@ mod tests {
             .downgrade();
         let dev = Arc::downgrade(&gpu);
         drop(gpu);
-        assert!(!p.soft.as_ref().unwrap().stream_ids().is_empty());
+        assert!(!p.soft().unwrap().stream_ids().is_empty());
         drop(p);
         assert!(dev.upgrade().is_none(), "devices freed");
         assert!(group.upgrade().is_none(), "groups released");

@@ -303,8 +303,7 @@ fn a_passthrough_device_translates_through_the_host_page_tables() {
     );
     assert_eq!(send(&iommu, unmap(4, 0x100, 16)), Status::Ok);
     assert!(p
-        .soft
-        .as_ref()
+        .soft()
         .unwrap()
         .translate(&gpu, Iova::new(0x10_0abc), Access::Read)
         .is_err());
