@@ -6,41 +6,18 @@
 //! emulated SMMUv3 instead of the soft IOMMU.
 
 use iommu_core::{Bus, DeviceBuilder, DomainType, Errno, Iommu, IommuConfig, Iova, PhysAddr, Prot};
+use iommu_smmuv3::testing::hardware_from_env;
 use iommu_soft::platform::{DefaultPlatform, DmaHardware};
-use iommu_soft::{Access, PciGrouping, SoftConfig, SoftIommu, TranslateError};
+use iommu_soft::{Access, TranslateError};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Barrier};
 
-/// The driver under test, grouping by `pci` when given; `table_budget`
-/// bounds each domain's table pages.
-fn hardware(pci: Option<Arc<PciGrouping>>, table_budget: Option<usize>) -> Arc<dyn DmaHardware> {
-    match std::env::var("IOMMU_TEST_DRIVER").as_deref() {
-        Ok("smmuv3") => {
-            let cfg = iommu_smmuv3::Smmuv3Config {
-                groups: pci,
-                table_budget,
-                ..iommu_smmuv3::Smmuv3Config::default()
-            };
-            let layout = iommu_smmuv3::emu::EmuLayout {
-                memory: 64 << 20,
-                tables: 0x10_0000,
-                tables_size: 63 << 20,
-            };
-            Arc::new(iommu_smmuv3::emu::EmuPlatform::new(layout, Default::default(), cfg).unwrap())
-        }
-        Ok("soft") | Err(_) => Arc::new(SoftIommu::new(SoftConfig {
-            pci,
-            table_budget,
-            sw_msi: Some((0x0800_0000, 0x10_0000)),
-            ..SoftConfig::default()
-        })),
-        Ok(other) => panic!("IOMMU_TEST_DRIVER={other}: soft or smmuv3"),
-    }
-}
-
 fn platform() -> DefaultPlatform {
     DefaultPlatform::build_on(IommuConfig::default(), |pci| {
-        Ok(hardware(Some(pci), Some(iommu_soft::DEFAULT_TABLE_BUDGET)))
+        Ok(hardware_from_env(
+            Some(pci),
+            Some(iommu_soft::DEFAULT_TABLE_BUDGET),
+        ))
     })
     .unwrap()
 }
@@ -55,7 +32,7 @@ fn setup_with(
         bus.add_device(DeviceBuilder::new(*name).stream_ids(ids.iter().copied()))
             .unwrap();
     }
-    let hw = hardware(None, table_budget);
+    let hw = hardware_from_env(None, table_budget);
     iommu.bus_set_iommu(&bus, hw.ops()).unwrap();
     (iommu, bus, hw)
 }

@@ -6,7 +6,6 @@
 use iommu_core::{Bus, Device, DeviceBuilder, Iommu, IommuConfig, Prot, ReservedRegion, ResvType};
 use iommu_dma::{DmaDevice, DmaOptions};
 use iommu_soft::platform::DmaHardware;
-use iommu_soft::{SoftConfig, SoftIommu};
 use std::sync::Arc;
 
 pub struct World {
@@ -34,33 +33,6 @@ pub fn leaves(
     any.downcast_ref::<iommu_smmuv3::emu::EmuDomain>()
         .expect("a soft or SMMUv3 domain")
         .dump()
-}
-
-/// The driver the suite runs on: `IOMMU_TEST_DRIVER` = `soft` (default) or `smmuv3`.
-fn hardware(table_budget: Option<usize>) -> Arc<dyn DmaHardware> {
-    let sw_msi = Some((0x0800_0000, 0x10_0000));
-    match std::env::var("IOMMU_TEST_DRIVER").as_deref() {
-        Ok("smmuv3") => {
-            use iommu_smmuv3::emu::{EmuLayout, EmuPlatform};
-            let cfg = iommu_smmuv3::Smmuv3Config {
-                sw_msi,
-                table_budget,
-                ..iommu_smmuv3::Smmuv3Config::default()
-            };
-            let layout = EmuLayout {
-                memory: 64 << 20,
-                tables: 0x10_0000,
-                tables_size: 63 << 20,
-            };
-            Arc::new(EmuPlatform::new(layout, Default::default(), cfg).unwrap())
-        }
-        Ok("soft") | Err(_) => Arc::new(SoftIommu::new(SoftConfig {
-            sw_msi,
-            table_budget,
-            ..SoftConfig::default()
-        })),
-        Ok(other) => panic!("IOMMU_TEST_DRIVER={other}: soft or smmuv3"),
-    }
 }
 
 /// `n` PCI functions, each in its own group; the first has a firmware
@@ -92,7 +64,7 @@ pub fn world_with_budget(n: u32, strict: bool, table_budget: Option<usize>) -> W
             bus.add_device(b).unwrap()
         })
         .collect();
-    let hw = hardware(table_budget);
+    let hw = iommu_smmuv3::testing::hardware_from_env(None, table_budget);
     iommu.bus_set_iommu(&bus, hw.ops()).unwrap();
     World {
         iommu,
