@@ -41,6 +41,8 @@ mod device;
 mod domain;
 mod fail;
 mod group;
+#[cfg(feature = "pgtable")]
+mod io_pgtable;
 mod notifier;
 mod ops;
 mod resv;

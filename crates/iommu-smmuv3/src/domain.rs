@@ -14,12 +14,10 @@ use crate::ste::{self, TlbiTarget};
 use alloc::sync::{Arc, Weak};
 use alloc::vec::Vec;
 use iommu_core::{
-    Device, Domain, DomainGeometry, DomainOps, Errno, IotlbGather, Iova, MapPagesError, PagingOps,
-    PhysAddr, Prot,
+    Device, Domain, DomainGeometry, DomainOps, Errno, IotlbGather, Iova, PagingOps, PhysAddr, Prot,
 };
 use iommu_pgtable::lpae::{Lpae, Stage};
 use iommu_pgtable::{Format, IoPageTable, TableMemory};
-use iommu_types::Unmapped;
 
 /// What the domain is to the SMMU.
 pub(crate) enum DomainKind<M: TableMemory> {
@@ -140,13 +138,6 @@ impl<R: Mmio, M: TableMemory> Smmuv3Domain<R, M> {
         self.kind.table().map_or(0, |t| t.table_pages())
     }
 
-    fn paging_table(&self) -> &IoPageTable<Lpae, DomainMemory<M>> {
-        // Only paging domains hand out `PagingOps`, and those have a table.
-        self.kind
-            .table()
-            .expect("paging ops exist only with a table")
-    }
-
     /// Everything the TLB may hold for this domain.
     fn flush_all_cmd(&self) -> Option<ste::Cmd> {
         match self.kind {
@@ -169,7 +160,7 @@ impl<R: Mmio + 'static, M: TableMemory + 'static> DomainOps for Smmuv3Domain<R, 
     }
 
     fn paging(&self) -> Option<&dyn PagingOps> {
-        self.kind.table().map(|_| self as &dyn PagingOps)
+        self.kind.table().map(|t| t as &dyn PagingOps)
     }
 
     fn geometry(&self) -> Option<DomainGeometry> {
@@ -246,41 +237,5 @@ impl<R: Mmio, M: TableMemory> Drop for Smmuv3Domain<R, M> {
             DomainKind::S2 { vmid, .. } => inner.vmids.lock().free(vmid),
             _ => {}
         }
-    }
-}
-
-impl<R: Mmio + 'static, M: TableMemory + 'static> PagingOps for Smmuv3Domain<R, M> {
-    fn map_pages(
-        &self,
-        iova: Iova,
-        paddr: PhysAddr,
-        pgsize: u64,
-        pgcount: usize,
-        prot: Prot,
-    ) -> Result<u64, MapPagesError> {
-        self.paging_table()
-            .map_pages(iova, paddr, pgsize, pgcount, prot)
-            .map_err(|e| MapPagesError::from(e.errno()))
-    }
-
-    fn unmap_pages(
-        &self,
-        iova: Iova,
-        pgsize: u64,
-        pgcount: usize,
-        gather: &mut IotlbGather,
-    ) -> Unmapped {
-        self.paging_table()
-            .unmap_leaves(iova, pgsize, pgcount, gather)
-    }
-
-    fn iova_to_phys(&self, iova: Iova) -> Option<PhysAddr> {
-        self.paging_table().iova_to_phys(iova)
-    }
-
-    fn first_mapping(&self, start: Iova, last: Iova) -> Option<(Iova, u64)> {
-        self.paging_table()
-            .first_leaf(start, last)
-            .map(|m| (m.iova, m.size))
     }
 }

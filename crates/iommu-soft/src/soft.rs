@@ -2,11 +2,9 @@
 
 use iommu_core::{
     Capability, Device, Domain, DomainGeometry, DomainOps, DomainType, Errno, FaultAccess, Group,
-    Iommu, IommuOps, IotlbGather, Iova, MapPagesError, PagingOps, PhysAddr, Prot, ReservedRegion,
-    StreamIdGroups,
+    Iommu, IommuOps, IotlbGather, Iova, PagingOps, PhysAddr, Prot, ReservedRegion, StreamIdGroups,
 };
 use iommu_pgtable::{lpae::Lpae, HeapMemory, IoPageTable};
-use iommu_types::Unmapped;
 use std::any::Any;
 use std::collections::HashMap;
 use std::fmt;
@@ -516,13 +514,6 @@ impl SoftDomain {
             })
             .unwrap_or_default()
     }
-
-    fn paging_table(&self) -> &IoPageTable<Lpae, HeapMemory> {
-        // Only paging domains hand out `PagingOps`, and those always have a table.
-        self.table
-            .as_ref()
-            .expect("paging ops exist only with a table")
-    }
 }
 
 impl DomainOps for SoftDomain {
@@ -568,7 +559,7 @@ impl DomainOps for SoftDomain {
     }
 
     fn paging(&self) -> Option<&dyn PagingOps> {
-        self.table.as_ref().map(|_| self as &dyn PagingOps)
+        self.table.as_ref().map(|t| t as &dyn PagingOps)
     }
 
     fn geometry(&self) -> Option<DomainGeometry> {
@@ -601,42 +592,6 @@ impl Drop for SoftDomain {
     fn drop(&mut self) {
         // A freed domain's id is never reused, but its entries would pile up.
         self.tlb.iotlb.invalidate(self.id, None);
-    }
-}
-
-impl PagingOps for SoftDomain {
-    fn map_pages(
-        &self,
-        iova: Iova,
-        paddr: PhysAddr,
-        pgsize: u64,
-        pgcount: usize,
-        prot: Prot,
-    ) -> Result<u64, MapPagesError> {
-        self.paging_table()
-            .map_pages(iova, paddr, pgsize, pgcount, prot)
-            .map_err(|e| MapPagesError::from(e.errno()))
-    }
-
-    fn unmap_pages(
-        &self,
-        iova: Iova,
-        pgsize: u64,
-        pgcount: usize,
-        gather: &mut IotlbGather,
-    ) -> Unmapped {
-        self.paging_table()
-            .unmap_leaves(iova, pgsize, pgcount, gather)
-    }
-
-    fn iova_to_phys(&self, iova: Iova) -> Option<PhysAddr> {
-        self.paging_table().iova_to_phys(iova)
-    }
-
-    fn first_mapping(&self, start: Iova, last: Iova) -> Option<(Iova, u64)> {
-        self.paging_table()
-            .first_leaf(start, last)
-            .map(|m| (m.iova, m.size))
     }
 }
 
