@@ -87,6 +87,9 @@ struct Parked {
     /// Non-root pages this table holds from memory (in the tree, parked or
     /// pooled), plus fresh ones a walk is allocating right now.
     owned: usize,
+    /// Tokens of gathers whose sync failed: their pages wait for a full
+    /// invalidation ([`IoPageTable::release_held_after`]).
+    held: Vec<u64>,
 }
 
 /// Pushes without growing: the capacity was reserved when the page was
@@ -626,7 +629,10 @@ impl<F: Format, M: TableMemory> IoPageTable<F, M> {
     /// Makes the table pages parked under `gather` reusable. Call it after the
     /// IOTLB (and walk caches) have been synced for `gather`.
     pub fn release_gathered(&self, gather: &IotlbGather) {
-        let token = gather.token();
+        self.release_token(gather.token());
+    }
+
+    fn release_token(&self, token: u64) {
         if token == 0 {
             return;
         }
@@ -643,6 +649,33 @@ impl<F: Format, M: TableMemory> IoPageTable<F, M> {
             push_reserved(pool, t);
             false
         });
+    }
+
+    /// The sync of `gather` did not complete: the table pages its unmaps
+    /// detached may still be walked from the IOMMU's caches. They stay
+    /// parked until a full invalidation that starts later completes (see
+    /// [`release_held_after`](Self::release_held_after)).
+    pub fn hold_gathered(&self, gather: &IotlbGather) {
+        if gather.token() != 0 {
+            self.parked.lock().held.push(gather.token());
+        }
+    }
+
+    /// Runs `flush`, a full invalidation of this table's translations, and
+    /// if it succeeds makes reusable the pages every earlier
+    /// [`hold_gathered`](Self::hold_gathered) kept back: they were detached
+    /// before the flush started. On failure they stay held.
+    ///
+    /// # Errors
+    /// `flush`'s.
+    pub fn release_held_after<E>(&self, flush: impl FnOnce() -> Result<(), E>) -> Result<(), E> {
+        let held = core::mem::take(&mut self.parked.lock().held);
+        let r = flush();
+        match r {
+            Ok(()) => held.into_iter().for_each(|t| self.release_token(t)),
+            Err(_) => self.parked.lock().held.extend(held),
+        }
+        r
     }
 
     /// Returns every parked and pooled page to memory. Exclusive access

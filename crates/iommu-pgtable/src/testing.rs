@@ -73,6 +73,14 @@ impl TableModel {
         self.tables.len()
     }
 
+    /// Tables a leaf of size index `k` at `iova` needs that do not exist
+    /// yet: what mapping it would allocate.
+    pub fn tables_missing_on_path(&self, k: usize, iova: u64) -> usize {
+        ((k + 1)..self.sizes.len())
+            .filter(|&i| !self.tables.contains(&(i, self.slot(i, iova))))
+            .count()
+    }
+
     /// Every leaf, in IOVA order.
     pub fn leaves(&self) -> impl Iterator<Item = Leaf> + '_ {
         self.leaves.iter().map(|(&iova, &(size, pa, prot))| Leaf {
