@@ -387,11 +387,15 @@ fn run(n: &Narrative, p: &PciPlatform) -> Result<(), String> {
         show_translate(n, p, &nvme, 0x60_0000, Access::Read);
         show_translate(n, p, &nvme, 0x60_0000, Access::Write);
         show_translate(n, p, &nvme, 0x50_0000, Access::Read);
-        let unmapped = domain.unmap(Iova::new(iova), size);
+        let unmapped = domain
+            .unmap(Iova::new(iova), size)
+            .map_err(|e| err("unmap", e.errno))?;
         n.say(format!(
             "  unmap {iova:#x} size {size:#x}: {unmapped:#x} bytes"
         ));
-        let unmapped = domain.unmap(Iova::new(0x60_0000), 0x1000);
+        let unmapped = domain
+            .unmap(Iova::new(0x60_0000), 0x1000)
+            .map_err(|e| err("unmap", e.errno))?;
         n.say(format!("  unmap 0x600000 size 0x1000: {unmapped:#x} bytes"));
         show_translate(n, p, &nvme, 0x20_0123, Access::Read);
         show_tables(n, &domain);

@@ -8,7 +8,7 @@ use crate::{Device, IommuOps};
 use alloc::sync::{Arc, Weak};
 use core::any::Any;
 use core::fmt;
-use core::sync::atomic::{AtomicU8, Ordering};
+use core::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use iommu_types::{Errno, IotlbGather, Iova, PhysAddr, Prot};
 
 /// What a DMA layer keeps in a domain (Linux's `domain->iova_cookie`).
@@ -121,6 +121,61 @@ pub struct SgEntry {
     pub len: u64,
 }
 
+/// An unmap whose IOTLB invalidation did not complete.
+///
+/// The range is out of the page tables (`removed` bytes, what a good unmap
+/// returns), but the IOMMU may still translate it from its caches: the
+/// caller must not hand the IOVA out again, nor assume the device has lost
+/// access, until a later invalidation covering it completes. Linux only
+/// logs such a failure; here the caller is told. A
+/// [`Domain::flush_iotlb_all`] that returns `Ok` after this covers it
+/// ([`Domain::flush_ticket`] names the flush that would).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IotlbSyncError {
+    /// Bytes removed from the page tables.
+    pub removed: u64,
+    /// Why the invalidation failed.
+    pub errno: Errno,
+}
+
+impl fmt::Display for IotlbSyncError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{:#x} bytes unmapped, but the IOTLB invalidation did not complete ({}): they may still translate",
+            self.removed,
+            self.errno.name()
+        )
+    }
+}
+
+impl core::error::Error for IotlbSyncError {}
+
+impl From<IotlbSyncError> for Errno {
+    fn from(e: IotlbSyncError) -> Errno {
+        e.errno
+    }
+}
+
+/// Which whole-domain invalidations have completed, so that whoever holds
+/// something back until one has (a flush queue's IOVAs, a quarantine) can
+/// tell without flushing itself.
+///
+/// A flush-all takes a ticket when it starts (1, 2, ...). Something that
+/// needs invalidating, noted when ticket `t - 1` was the last taken, is
+/// covered once any flush with ticket `t` or later has completed: that
+/// flush started after it. Tickets of completed flushes only ratchet up, so
+/// flushes that finish out of order or fail do no harm.
+#[derive(Default)]
+struct FlushClock {
+    /// Tickets taken.
+    started: AtomicU64,
+    /// The highest ticket of a flush that completed.
+    completed: AtomicU64,
+    /// The ticket a flush needs to cover every invalidation that failed so far (0: none).
+    owed: AtomicU64,
+}
+
 struct DomainInner {
     id: u64,
     ty: AtomicU8,
@@ -134,6 +189,7 @@ struct DomainInner {
     geometry: DomainGeometry,
     fault_handler: RwLock<Option<FaultHandler>>,
     iova_cookie: Mutex<Option<IovaCookie>>,
+    flushes: FlushClock,
 }
 
 /// A domain (`struct iommu_domain`); clones share it, equality is identity.
@@ -218,6 +274,7 @@ impl Domain {
             geometry,
             fault_handler: RwLock::new(None),
             iova_cookie: Mutex::new(None),
+            flushes: FlushClock::default(),
         }))
     }
 
@@ -319,12 +376,15 @@ impl Domain {
     /// `EINVAL` for a non-paging domain or addresses/size not aligned to the
     /// smallest page; `ENODEV` when the driver has no map op or no page sizes;
     /// `EOVERFLOW` when a range wraps; `ERANGE` outside the aperture; the
-    /// driver's error otherwise. On error nothing stays mapped.
+    /// driver's error otherwise. On error nothing stays mapped; if what was
+    /// mapped and taken back could not be invalidated, the domain says so
+    /// ([`invalidation_owed`](Self::invalidation_owed)) and the IOVA must
+    /// wait for a flush before it is used again.
     pub fn map(&self, iova: Iova, paddr: PhysAddr, size: u64, prot: Prot) -> Result<(), Errno> {
         let _span = crate::trace::debug_span!("iommu_map", domain = self.0.id, %iova, %paddr, size = format_args!("{size:#x}"), %prot).entered();
         self.map_nosync(iova, paddr, size, prot)?;
         if let Err(e) = self.0.ops.iotlb_sync_map(iova, size) {
-            self.unmap(iova, size);
+            self.undo_map(iova, size);
             return Err(e);
         }
         Ok(())
@@ -384,7 +444,9 @@ impl Domain {
         if size != 0 {
             let _s = crate::trace::debug_span!("undo_map", %iova, size = format_args!("{size:#x}"))
                 .entered();
-            self.unmap(iova, size);
+            // The map's own error is what the caller hears; an undo whose
+            // invalidation failed stays owed (`invalidation_owed`).
+            let _ = self.unmap(iova, size);
         }
     }
 
@@ -394,12 +456,18 @@ impl Domain {
     /// goes on from its end, so nothing inside the range is skipped; the
     /// count may therefore exceed `size`. Invalid requests unmap nothing and
     /// return 0.
-    pub fn unmap(&self, iova: Iova, size: u64) -> u64 {
+    ///
+    /// # Errors
+    /// [`IotlbSyncError`] when the driver could not complete the
+    /// invalidation: the bytes it carries are out of the page tables but
+    /// may still translate (Linux returns the count and only logs).
+    pub fn unmap(&self, iova: Iova, size: u64) -> Result<u64, IotlbSyncError> {
         let _span = crate::trace::debug_span!("iommu_unmap", domain = self.0.id, %iova, size = format_args!("{size:#x}")).entered();
         let mut gather = IotlbGather::new();
-        let n = self.unmap_fast(iova, size, &mut gather);
-        self.iotlb_sync(gather);
-        n
+        let removed = self.unmap_fast(iova, size, &mut gather);
+        self.iotlb_sync(gather)
+            .map(|()| removed)
+            .map_err(|errno| IotlbSyncError { removed, errno })
     }
 
     /// Unmaps without invalidating: the caller must pass `gather` to
@@ -457,20 +525,84 @@ impl Domain {
     }
 
     /// Invalidates what `gather` holds (Linux's `iommu_iotlb_sync`).
-    pub fn iotlb_sync(&self, gather: IotlbGather) {
-        if !gather.is_empty() {
-            let _s = crate::trace::trace_span!(
-                "iotlb_sync",
-                size = format_args!("{:#x}", gather.size())
-            )
-            .entered();
-            self.0.ops.iotlb_sync(&gather);
+    ///
+    /// # Errors
+    /// The driver's: the invalidation did not complete, and what the
+    /// gather covers may still translate until a flush with a ticket of
+    /// at least [`flush_ticket`](Self::flush_ticket) (taken after this
+    /// returns) completes. The domain remembers it
+    /// ([`invalidation_owed`](Self::invalidation_owed)).
+    pub fn iotlb_sync(&self, gather: IotlbGather) -> Result<(), Errno> {
+        if gather.is_empty() {
+            return Ok(());
         }
+        let _s =
+            crate::trace::trace_span!("iotlb_sync", size = format_args!("{:#x}", gather.size()))
+                .entered();
+        let r = self.0.ops.iotlb_sync(&gather);
+        if let Err(e) = r {
+            self.note_failed_invalidation(e);
+        }
+        r
     }
 
-    /// Invalidates the whole IOTLB of the domain.
-    pub fn flush_iotlb_all(&self) {
-        self.0.ops.flush_iotlb_all();
+    /// Invalidates the whole IOTLB of the domain (Linux's
+    /// `iommu_flush_iotlb_all`). When it returns `Ok`, everything unmapped
+    /// before it was called no longer translates, including what failed
+    /// invalidations left behind.
+    ///
+    /// # Errors
+    /// The driver's: the invalidation did not complete.
+    pub fn flush_iotlb_all(&self) -> Result<(), Errno> {
+        let clock = &self.0.flushes;
+        let ticket = clock.started.fetch_add(1, Ordering::SeqCst) + 1;
+        let _s = crate::trace::trace_span!("flush_iotlb_all", ticket).entered();
+        let r = self.0.ops.flush_iotlb_all();
+        match r {
+            Ok(()) => {
+                clock.completed.fetch_max(ticket, Ordering::SeqCst);
+            }
+            Err(e) => {
+                crate::trace::debug!(
+                    domain = self.0.id,
+                    errno = e.name(),
+                    "flush_iotlb_all did not complete"
+                );
+            }
+        }
+        r
+    }
+
+    /// The ticket of the first flush-all that would cover an invalidation
+    /// owed now: one that starts after this call. Take it after the
+    /// failure (or the deferred unmap) it is for, then wait for
+    /// [`flushed_through`](Self::flushed_through).
+    pub fn flush_ticket(&self) -> u64 {
+        self.0.flushes.started.load(Ordering::SeqCst) + 1
+    }
+
+    /// Whether a flush-all with ticket `ticket` or later has completed.
+    pub fn flushed_through(&self, ticket: u64) -> bool {
+        self.0.flushes.completed.load(Ordering::SeqCst) >= ticket
+    }
+
+    /// Whether an invalidation of this domain failed and no flush-all
+    /// started since has completed: something unmapped may still translate.
+    pub fn invalidation_owed(&self) -> bool {
+        let owed = self.0.flushes.owed.load(Ordering::SeqCst);
+        owed != 0 && !self.flushed_through(owed)
+    }
+
+    fn note_failed_invalidation(&self, e: Errno) {
+        crate::trace::debug!(
+            domain = self.0.id,
+            errno = e.name(),
+            "iotlb_sync did not complete"
+        );
+        self.0
+            .flushes
+            .owed
+            .fetch_max(self.flush_ticket(), Ordering::SeqCst);
     }
 
     /// Maps a scatter-gather list contiguously from `iova`, merging physically

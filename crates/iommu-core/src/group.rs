@@ -430,7 +430,7 @@ impl Group {
         let undo = |mut st: MutexGuard<'_, GroupState>, direct: &[(Iova, u64)]| {
             if let Some(dd) = &st.default_domain {
                 for &(iova, len) in direct {
-                    dd.unmap(iova, len);
+                    unmap_direct(dd, iova, len);
                 }
             }
             if let Some(i) = installed {
@@ -635,17 +635,36 @@ pub(crate) fn create_direct_mappings(
     }
     match result {
         Ok(()) => {
+            // Linux flushes after adding the identity maps in case the IOMMU
+            // cached "not present"; a flush that fails leaves such a device
+            // faulting, not reaching anything it should not.
             if !runs.is_empty() {
-                domain.flush_iotlb_all();
+                if let Err(e) = domain.flush_iotlb_all() {
+                    crate::trace::warn!(
+                        dev = dev_name,
+                        errno = e.name(),
+                        "flush after direct mappings did not complete"
+                    );
+                }
             }
             Ok(runs)
         }
         Err(e) => {
             for &(iova, len) in &runs {
-                domain.unmap(iova, len);
+                unmap_direct(domain, iova, len);
             }
             Err(e)
         }
+    }
+}
+
+/// Takes an identity map of a reserved region out of `domain`. If its
+/// invalidation fails, a device may still reach the region 1:1 for a while:
+/// logged, not fatal, because the region is reserved and its IOVAs are
+/// never handed out for anything else.
+fn unmap_direct(domain: &Domain, iova: Iova, len: u64) {
+    if let Err(e) = domain.unmap(iova, len) {
+        crate::trace::warn!(%iova, len, "{e}");
     }
 }
 
@@ -661,9 +680,7 @@ fn release_direct_mappings(st: &mut GroupState, runs: Vec<(Iova, u64)>) {
         });
         match (needed_by, &st.default_domain) {
             (Some(i), _) => st.devices[i].direct_maps.push((iova, len)),
-            (None, Some(dd)) => {
-                dd.unmap(iova, len);
-            }
+            (None, Some(dd)) => unmap_direct(dd, iova, len),
             (None, None) => {}
         }
     }

@@ -56,7 +56,8 @@ mod trace;
 pub use bus::{Bus, BusAction, BusEvent};
 pub use device::{Device, DeviceBuilder};
 pub use domain::{
-    pgsize_for, Domain, DomainType, FaultAccess, FaultHandler, IovaCookie, SgEntry, WeakDomain,
+    pgsize_for, Domain, DomainType, FaultAccess, FaultHandler, IotlbSyncError, IovaCookie, SgEntry,
+    WeakDomain,
 };
 pub use fail::{FailPoint, FailPoints};
 pub use group::{
@@ -64,7 +65,9 @@ pub use group::{
     WeakGroup,
 };
 pub use notifier::{NotifierChain, NotifierId, Notify};
-pub use ops::{Capability, DomainGeometry, DomainOps, IommuOps, MapPagesError, PagingOps};
+pub use ops::{
+    Capability, DomainGeometry, DomainOps, IommuOps, MapPagesError, PagingOps, WedgeReport,
+};
 pub use resv::{
     format_resv_regions, insert_resv_region, resv_regions_with_sw_msi, ReservedRegion, ResvType,
 };

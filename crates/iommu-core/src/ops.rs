@@ -165,12 +165,32 @@ pub trait DomainOps: Send + Sync + 'static {
     }
 
     /// Invalidates everything the gather covers.
-    fn iotlb_sync(&self, gather: &IotlbGather) {
+    ///
+    /// Linux's op cannot fail, so a wedged IOMMU leaves translations cached
+    /// with nobody above the driver the wiser. Here the driver says so, and
+    /// the core passes it up ([`IotlbSyncError`](crate::IotlbSyncError)).
+    ///
+    /// # Errors
+    /// The invalidation did not complete (commonly `ETIMEDOUT` for hardware
+    /// that stopped answering, `EIO` for a refused command): the IOMMU may
+    /// still translate what the gather covers. A driver that can retry
+    /// keeps the invalidation and sends it before anything else, so that a
+    /// later one that completes (at the latest, a
+    /// [`flush_iotlb_all`](Self::flush_iotlb_all) that returns `Ok`) also
+    /// covers this one.
+    fn iotlb_sync(&self, gather: &IotlbGather) -> Result<(), Errno> {
         let _ = gather;
+        Ok(())
     }
 
-    /// Invalidates the whole IOTLB for this domain.
-    fn flush_iotlb_all(&self) {}
+    /// Invalidates the whole IOTLB for this domain, including whatever an
+    /// earlier failed invalidation left cached.
+    ///
+    /// # Errors
+    /// As [`iotlb_sync`](Self::iotlb_sync): it did not complete.
+    fn flush_iotlb_all(&self) -> Result<(), Errno> {
+        Ok(())
+    }
 
     /// The driver's own type, for drivers and tests that need to reach it
     /// (Linux's `container_of(domain, ...)`).
@@ -235,4 +255,40 @@ pub trait PagingOps: Send + Sync {
     /// probing every page, so work follows what is mapped rather than the
     /// size of a range; implementations should walk only what exists.
     fn first_mapping(&self, start: Iova, last: Iova) -> Option<(Iova, u64)>;
+}
+
+/// Says once in the log that an IOMMU's invalidations stopped completing,
+/// and once that they complete again, however many fail in between: what a
+/// driver keeps per IOMMU instance (Linux prints every `CMD_SYNC timeout`).
+#[derive(Debug, Default)]
+pub struct WedgeReport {
+    wedged: core::sync::atomic::AtomicBool,
+}
+
+impl WedgeReport {
+    /// An invalidation of `iommu` did not complete.
+    pub fn failed(&self, iommu: &str, e: Errno) {
+        use core::sync::atomic::Ordering;
+        if !self.wedged.swap(true, Ordering::AcqRel) {
+            crate::trace::error!(
+                iommu,
+                errno = e.name(),
+                "invalidations are not completing: unmapped IOVAs may still translate, and are held back until one does"
+            );
+        }
+    }
+
+    /// An invalidation of `iommu` completed.
+    #[inline]
+    pub fn completed(&self, iommu: &str) {
+        use core::sync::atomic::Ordering;
+        if self.wedged.load(Ordering::Relaxed) && self.wedged.swap(false, Ordering::AcqRel) {
+            crate::trace::info!(iommu, "invalidations complete again");
+        }
+    }
+
+    /// Whether the last invalidation failed.
+    pub fn is_wedged(&self) -> bool {
+        self.wedged.load(core::sync::atomic::Ordering::Acquire)
+    }
 }

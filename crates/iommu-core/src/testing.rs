@@ -2,7 +2,14 @@
 //!
 //! [`MockIommu`] can leave ops out (to test `ENODEV` paths), vote for default
 //! domain types, group devices that share a stream id (as an SMMU does for
-//! aliased stream ids), and fail any of its operations on request.
+//! aliased stream ids), fail any of its operations on request, and be
+//! wedged ([`MockIommu::set_wedged`]): its invalidations then fail, and
+//! what they should have invalidated is kept as "stale"
+//! ([`MockIommu::stale_ranges`]) until a flush-all completes.
+//!
+//! Its tables have a budget of table pages, as the soft driver's do
+//! ([`MockConfig::table_budget`]), so that a fuzzer asking for terabytes
+//! gets `ENOMEM` rather than exhausting the process.
 //!
 //! Its paging domains follow a real radix page table's rules, not just an
 //! interval map's, because the core's rollback depends on them: they keep
@@ -21,7 +28,7 @@ use iommu_pgtable::testing::TableModel;
 use iommu_types::{Errno, IotlbGather, Iova, PhysAddr, Prot, Unmapped};
 use std::any::Any;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 /// Driver operations that can be made to fail.
@@ -37,7 +44,17 @@ pub enum MockOp {
     Map,
     /// `iotlb_sync_map`.
     SyncMap,
+    /// `iotlb_sync` (the invalidation after an unmap).
+    IotlbSync,
+    /// `flush_iotlb_all`.
+    FlushAll,
 }
+
+/// Table pages a mock domain may hold by default, root included: the
+/// model keeps a map entry per leaf, several times a descriptor's 8 bytes,
+/// so the default is lower than the soft driver's (65,536), while the rule
+/// is the same: a map past it fails with `ENOMEM` and changes nothing.
+pub const DEFAULT_TABLE_BUDGET: usize = 4096;
 
 /// What the mock driver provides.
 #[derive(Clone, Debug)]
@@ -62,6 +79,10 @@ pub struct MockConfig {
     pub sw_msi: Option<(u64, u64)>,
     /// Default-domain votes by device name.
     pub votes: HashMap<String, DomainType>,
+    /// Most table pages (root included) one domain's table may hold, as a
+    /// real radix table of these page sizes would need them; `None`: no
+    /// bound.
+    pub table_budget: Option<usize>,
 }
 
 impl Default for MockConfig {
@@ -77,6 +98,7 @@ impl Default for MockConfig {
             aperture_bits: Some(48),
             sw_msi: None,
             votes: HashMap::new(),
+            table_budget: Some(DEFAULT_TABLE_BUDGET),
         }
     }
 }
@@ -91,6 +113,8 @@ struct Shared {
     flush_alls: AtomicU64,
     sync_maps: AtomicU64,
     lookups: AtomicU64,
+    /// Invalidations fail (`ETIMEDOUT`) while set.
+    wedged: AtomicBool,
 }
 
 impl Shared {
@@ -144,6 +168,24 @@ impl MockIommu {
     /// Whether a failure armed with [`fail_after`](Self::fail_after) has not fired yet.
     pub fn failure_pending(&self, op: MockOp) -> bool {
         self.shared.fail.lock().contains_key(&op)
+    }
+
+    /// Wedges (or un-wedges) the "hardware": while wedged, `iotlb_sync`
+    /// and `flush_iotlb_all` fail with `ETIMEDOUT`, and what they should
+    /// have invalidated stays stale until a flush-all completes.
+    pub fn set_wedged(&self, wedged: bool) {
+        self.shared.wedged.store(wedged, Ordering::SeqCst);
+    }
+
+    /// IOVA ranges `(first, last)` of a mock domain that were unmapped but
+    /// whose invalidation failed: what the hardware may still translate.
+    pub fn stale_ranges(domain: &Domain) -> Vec<(u64, u64)> {
+        domain
+            .ops()
+            .as_any()
+            .and_then(|a| a.downcast_ref::<MockDomain>())
+            .map(|m| m.stale.lock().clone())
+            .unwrap_or_default()
     }
 
     /// Cancels a pending failure.
@@ -246,6 +288,7 @@ impl IommuOps for MockIommu {
             cfg: self.cfg.clone(),
             shared: Arc::clone(&self.shared),
             tables: Mutex::new(TableModel::new(self.cfg.pgsize_bitmap)),
+            stale: Mutex::new(Vec::new()),
         }))
     }
 
@@ -275,9 +318,20 @@ pub struct MockDomain {
     cfg: MockConfig,
     shared: Arc<Shared>,
     tables: Mutex<TableModel>,
+    /// Unmapped ranges whose invalidation failed (merged into one when
+    /// there are many: the bound of what a wedged IOTLB can hold).
+    stale: Mutex<Vec<(u64, u64)>>,
 }
 
+/// Stale ranges a mock domain lists one by one before merging them.
+const MAX_STALE_RANGES: usize = 64;
+
 impl MockDomain {
+    /// Whether an invalidation fails now (wedged, or an armed failure).
+    fn invalidation_fails(&self, op: MockOp) -> bool {
+        self.shared.wedged.load(Ordering::SeqCst) || self.shared.should_fail(op)
+    }
+
     /// Pages of `pgsize` from `iova` to the end of the table holding them.
     fn room(t: &TableModel, k: usize, iova: u64) -> u64 {
         let size = t.sizes()[k];
@@ -323,12 +377,30 @@ impl DomainOps for MockDomain {
         Ok(())
     }
 
-    fn iotlb_sync(&self, _gather: &IotlbGather) {
+    fn iotlb_sync(&self, gather: &IotlbGather) -> Result<(), Errno> {
         self.shared.iotlb_syncs.fetch_add(1, Ordering::Relaxed);
+        if !self.invalidation_fails(MockOp::IotlbSync) {
+            return Ok(());
+        }
+        if let Some((first, last)) = gather.range() {
+            let mut stale = self.stale.lock();
+            stale.push((first.raw(), last.raw()));
+            if stale.len() > MAX_STALE_RANGES {
+                let lo = stale.iter().map(|r| r.0).min().unwrap_or(0);
+                let hi = stale.iter().map(|r| r.1).max().unwrap_or(0);
+                *stale = vec![(lo, hi)];
+            }
+        }
+        Err(Errno::ETIMEDOUT)
     }
 
-    fn flush_iotlb_all(&self) {
+    fn flush_iotlb_all(&self) -> Result<(), Errno> {
         self.shared.flush_alls.fetch_add(1, Ordering::Relaxed);
+        if self.invalidation_fails(MockOp::FlushAll) {
+            return Err(Errno::ETIMEDOUT);
+        }
+        self.stale.lock().clear();
+        Ok(())
     }
 
     fn as_any(&self) -> Option<&dyn Any> {
@@ -368,6 +440,14 @@ impl PagingOps for MockDomain {
         // Like a real walker, check every slot before writing any.
         t.check_map(k, iova.raw(), n)
             .map_err(|e| MapPagesError::from(e.errno()))?;
+        if let Some(budget) = self.cfg.table_budget {
+            // The run stays inside one table, so its leaves share the path
+            // above them: the tables it lacks are the new pages it needs.
+            let new = t.tables_missing_on_path(k, iova.raw());
+            if t.table_count() + 1 + new > budget {
+                return Err(Errno::ENOMEM.into());
+            }
+        }
         let fail_half = self.shared.should_fail(MockOp::Map);
         let limit = if fail_half { n / 2 } else { n };
         t.insert(k, iova.raw(), paddr.raw(), limit, prot);

@@ -31,7 +31,7 @@ fn map_on_a_non_paging_domain_is_einval() {
     for ty in [DomainType::Identity, DomainType::Blocked] {
         let d = w.iommu.domain_alloc(&w.bus, ty).unwrap();
         assert_eq!(map(&d, 0, 0, K4).unwrap_err(), Errno::EINVAL, "{ty}");
-        assert_eq!(d.unmap(Iova::new(0), K4), 0);
+        assert_eq!(d.unmap(Iova::new(0), K4), Ok(0));
     }
 }
 
@@ -156,21 +156,21 @@ fn unmap_returns_bytes_and_stops_at_the_first_hole() {
     map(&d, 0, 0, 3 * K4).unwrap();
     map(&d, 4 * K4, 0, K4).unwrap();
     let syncs = w.mock.iotlb_syncs();
-    assert_eq!(d.unmap(Iova::new(0), 5 * K4), 3 * K4);
+    assert_eq!(d.unmap(Iova::new(0), 5 * K4), Ok(3 * K4));
     assert_eq!(
         w.mock.iotlb_syncs(),
         syncs + 1,
         "one sync for the whole call"
     );
     assert_eq!(d.iova_to_phys(Iova::new(4 * K4)), Some(PhysAddr::new(0)));
-    assert_eq!(d.unmap(Iova::new(0), K4), 0, "a hole unmaps nothing");
+    assert_eq!(d.unmap(Iova::new(0), K4), Ok(0), "a hole unmaps nothing");
 }
 
 #[test]
 fn unmap_of_part_of_a_large_page_removes_and_reports_all_of_it() {
     let (_w, d) = unmanaged(MockConfig::default());
     map(&d, M2, M2, M2).unwrap();
-    assert_eq!(d.unmap(Iova::new(M2 + 8 * K4), K4), M2);
+    assert_eq!(d.unmap(Iova::new(M2 + 8 * K4), K4), Ok(M2));
     assert_eq!(d.iova_to_phys(Iova::new(M2)), None);
 }
 
@@ -178,9 +178,9 @@ fn unmap_of_part_of_a_large_page_removes_and_reports_all_of_it() {
 fn unmap_misaligned_or_wrapping_unmaps_nothing() {
     let (_w, d) = unmanaged(MockConfig::default());
     map(&d, 0, 0, K4).unwrap();
-    assert_eq!(d.unmap(Iova::new(0x800), K4), 0);
-    assert_eq!(d.unmap(Iova::new(0), 0x800), 0);
-    assert_eq!(d.unmap(Iova::new(u64::MAX - K4 + 1), 2 * K4), 0);
+    assert_eq!(d.unmap(Iova::new(0x800), K4), Ok(0));
+    assert_eq!(d.unmap(Iova::new(0), 0x800), Ok(0));
+    assert_eq!(d.unmap(Iova::new(u64::MAX - K4 + 1), 2 * K4), Ok(0));
     assert_eq!(MockIommu::mappings(&d).len(), 1);
 }
 
@@ -198,9 +198,9 @@ fn unmap_fast_defers_invalidation_to_an_explicit_sync() {
         Some((Iova::new(0), Iova::new(3 * K4 - 1))),
         "adjacent ranges merged"
     );
-    d.iotlb_sync(gather);
+    d.iotlb_sync(gather).unwrap();
     assert_eq!(w.mock.iotlb_syncs(), syncs + 1);
-    d.iotlb_sync(IotlbGather::new());
+    d.iotlb_sync(IotlbGather::new()).unwrap();
     assert_eq!(
         w.mock.iotlb_syncs(),
         syncs + 1,
@@ -458,7 +458,7 @@ fn unmap_that_starts_inside_a_block_goes_on_from_the_end_of_the_block() {
     let removed = d.unmap(Iova::new(M2 + K4), M2);
     assert_eq!(
         removed,
-        M2 + K4,
+        Ok(M2 + K4),
         "what was removed, the block counted whole"
     );
     for at in [M2, M2 + K4, 2 * M2 - K4, 2 * M2] {
@@ -483,7 +483,7 @@ fn unmap_over_small_pages_at_a_large_page_size_removes_every_page() {
     let (_w, d) = unmanaged(MockConfig::default());
     map(&d, M2, 0x1000, M2).unwrap();
     assert_eq!(MockIommu::mappings(&d).len(), 512);
-    assert_eq!(d.unmap(Iova::new(M2), M2), M2);
+    assert_eq!(d.unmap(Iova::new(M2), M2), Ok(M2));
     assert!(MockIommu::mappings(&d).is_empty());
     // A failing map at such alignments leaves nothing behind either.
     let (w, d) = unmanaged(MockConfig::default());
@@ -599,4 +599,94 @@ fn absurd_direct_regions_are_refused_with_a_clear_error() {
         "{log}"
     );
     assert!(w.iommu.group_ids().is_empty());
+}
+
+#[test]
+fn an_unmap_whose_invalidation_fails_says_what_it_removed_and_that_it_may_still_translate() {
+    let (w, d) = unmanaged(MockConfig::default());
+    map(&d, 0x10_0000, 0x8000_0000, 4 * K4).unwrap();
+    w.mock.set_wedged(true);
+    let e = d.unmap(Iova::new(0x10_0000), 4 * K4).unwrap_err();
+    assert_eq!(
+        e,
+        iommu_core::IotlbSyncError {
+            removed: 4 * K4,
+            errno: Errno::ETIMEDOUT
+        }
+    );
+    assert_eq!(Errno::from(e), Errno::ETIMEDOUT);
+    assert!(e.to_string().contains("may still translate"), "{e}");
+    // Out of the tables, but possibly still cached, and the domain knows.
+    assert!(MockIommu::mappings(&d).is_empty());
+    assert_eq!(
+        MockIommu::stale_ranges(&d),
+        vec![(0x10_0000, 0x10_0000 + 4 * K4 - 1)]
+    );
+    assert!(d.invalidation_owed());
+    // A flush that does not complete covers nothing.
+    assert_eq!(d.flush_iotlb_all(), Err(Errno::ETIMEDOUT));
+    assert!(d.invalidation_owed());
+    w.mock.set_wedged(false);
+    assert_eq!(d.flush_iotlb_all(), Ok(()));
+    assert!(!d.invalidation_owed());
+    assert!(MockIommu::stale_ranges(&d).is_empty());
+}
+
+#[test]
+fn only_a_flush_started_after_a_failed_invalidation_covers_it() {
+    let (w, d) = unmanaged(MockConfig::default());
+    d.flush_iotlb_all().unwrap();
+    let before = d.flush_ticket();
+    assert!(
+        !d.flushed_through(before),
+        "no flush started after the ticket"
+    );
+    map(&d, 0, 0x8000_0000, K4).unwrap();
+    w.mock.fail_after(MockOp::IotlbSync, 0);
+    d.unmap(Iova::new(0), K4).unwrap_err();
+    let owed = d.flush_ticket();
+    assert!(d.invalidation_owed());
+    // Another invalidation that completes (of another range) is no flush-all.
+    map(&d, K4, 0x8000_1000, K4).unwrap();
+    assert_eq!(d.unmap(Iova::new(K4), K4), Ok(K4));
+    assert!(d.invalidation_owed());
+    d.flush_iotlb_all().unwrap();
+    assert!(d.flushed_through(owed) && d.flushed_through(before));
+    assert!(!d.invalidation_owed());
+    assert!(!d.flushed_through(d.flush_ticket()));
+}
+
+#[test]
+fn a_map_taken_back_without_invalidation_leaves_the_domain_owing_a_flush() {
+    let (w, d) = unmanaged(MockConfig {
+        max_pages_per_call: 4,
+        ..MockConfig::default()
+    });
+    w.mock.fail_after(MockOp::Map, 1);
+    w.mock.set_wedged(true);
+    assert_eq!(map(&d, 0, 0x8000_0000, 16 * K4), Err(Errno::ENOMEM));
+    assert!(MockIommu::mappings(&d).is_empty(), "nothing stays mapped");
+    assert!(d.invalidation_owed(), "the undo's invalidation failed");
+    w.mock.set_wedged(false);
+    d.flush_iotlb_all().unwrap();
+    assert!(!d.invalidation_owed());
+}
+
+#[test]
+fn the_mock_refuses_a_map_past_its_table_budget_and_changes_nothing() {
+    // 8 TiB at a 4 KiB-aligned address: billions of leaves, were there no
+    // bound. The budget stops it at a few thousand tables.
+    let (_w, d) = unmanaged(MockConfig::default());
+    map(&d, 0x1000_0000_0000, 0x2000_0000_0000, K4).unwrap();
+    assert_eq!(map(&d, 0, 0x1000, 8 << 40).unwrap_err(), Errno::ENOMEM);
+    assert_eq!(
+        MockIommu::mappings(&d),
+        vec![(0x1000_0000_0000, K4, 0x2000_0000_0000, Prot::RW)],
+        "what was mapped before, and only that"
+    );
+    // Emptied tables stay, as in a real table, within the budget.
+    let budget = iommu_core::testing::DEFAULT_TABLE_BUDGET;
+    assert!(MockIommu::table_count(&d) < budget);
+    // Within the budget a map still works.
+    map(&d, 0, 0x1000, 16 * K4).unwrap();
 }

@@ -44,8 +44,9 @@ impl DomainOps for PtDomain {
     fn geometry(&self) -> Option<DomainGeometry> {
         Some(DomainGeometry::bits(48))
     }
-    fn iotlb_sync(&self, gather: &IotlbGather) {
+    fn iotlb_sync(&self, gather: &IotlbGather) -> Result<(), Errno> {
         self.0.release_gathered(gather);
+        Ok(())
     }
     fn as_any(&self) -> Option<&dyn std::any::Any> {
         Some(self)

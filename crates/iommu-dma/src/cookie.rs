@@ -2,6 +2,7 @@
 //! IOVA space and, for DMA-FQ domains, its flush queue.
 
 use crate::fq::{FlushQueue, FqStats, FqTimeout, FqTimer, ThreadTimer};
+use crate::quarantine::{free_memory, Memory, Quarantine, QuarantineStats};
 use crate::{DmaError, DmaOptions};
 use iommu_core::{Capability, Device, Domain, Iommu, IotlbGather, ResvType, WeakDomain};
 use iommu_iova::{CpuId, IovaDomain, IovaStats, ThreadCpu};
@@ -15,6 +16,8 @@ pub struct DmaDomainStats {
     pub iova: IovaStats,
     /// The flush queue (zeros for a strict domain that never had one).
     pub fq: FqStats,
+    /// IOVAs held back because their invalidation did not complete.
+    pub quarantine: QuarantineStats,
 }
 
 pub(crate) struct DmaCookie {
@@ -31,12 +34,14 @@ pub(crate) struct DmaCookie {
     fq: OnceLock<Option<FlushQueue>>,
     /// The caller's timer; `None`: the std one.
     fq_timer: Option<Arc<dyn FqTimer>>,
+    /// IOVAs whose invalidation did not complete.
+    pub(crate) quarantine: Quarantine,
 }
 
 impl FqTimeout for DmaCookie {
     fn timeout(&self) {
         if let (Some(Some(fq)), Some(domain)) = (self.fq.get(), self.domain.upgrade()) {
-            fq.timeout(&self.iovad, &domain, false);
+            fq.timeout(&self.iovad, &domain, &self.quarantine, false);
         }
     }
 }
@@ -66,6 +71,7 @@ impl DmaCookie {
             fq_timeout: opts.fq_timeout,
             fq: OnceLock::new(),
             fq_timer: opts.fq_timer.clone(),
+            quarantine: Quarantine::default(),
         })
     }
 
@@ -133,7 +139,9 @@ impl DmaCookie {
 
     /// Unmaps `[iova, iova + len)` (made of the mapped `runs`) and frees
     /// the IOVA: at once after an IOTLB sync in strict mode, through the
-    /// flush queue in lazy mode (Linux's `__iommu_dma_unmap`).
+    /// flush queue in lazy mode (Linux's `__iommu_dma_unmap`). An IOVA whose
+    /// invalidation did not complete is held back instead (see
+    /// [`quarantine`](crate::quarantine)).
     ///
     /// `owned` says the caller proved the range is a live mapping of its
     /// own (a handle record matched). If the page tables then disagree
@@ -142,6 +150,9 @@ impl DmaCookie {
     /// nothing stays mapped and nothing leaks; the error still reports the
     /// disagreement. Without that proof (handle checks off) the IOVA may be
     /// someone else's by now, so it is kept rather than freed twice.
+    ///
+    /// `memory` (a coherent buffer's) is given back with the IOVA when the
+    /// unmap is strict, and at once when it is lazy, as Linux does.
     pub(crate) fn unmap(
         self: &Arc<Self>,
         domain: &Domain,
@@ -149,6 +160,7 @@ impl DmaCookie {
         len: u64,
         runs: &[(u64, u64)],
         owned: bool,
+        memory: Option<Memory>,
     ) -> Result<(), DmaError> {
         let fq = self.flush_queue(domain);
         let mut gather = IotlbGather::new();
@@ -158,25 +170,78 @@ impl DmaCookie {
             unmapped += domain.unmap_fast(iommu_core::Iova::new(at), n, &mut gather);
         }
         let mapped: u64 = runs.iter().map(|r| r.1).sum();
+        let (pfn, pages) = (iova >> self.iovad.shift(), len >> self.iovad.shift());
         if unmapped != mapped {
             if owned {
                 sweep(domain, iova, len, &mut gather);
-                domain.iotlb_sync(gather);
-                self.free_iova(iova >> self.iovad.shift(), len >> self.iovad.shift());
-            } else {
-                domain.iotlb_sync(gather);
+                let synced = domain.iotlb_sync(gather).is_ok();
+                let last = iommu_core::Iova::new(iova + (len - 1));
+                let clean = domain
+                    .first_mapping(iommu_core::Iova::new(iova), last)
+                    .is_none();
+                self.give_back(domain, pfn, pages, synced && clean, memory);
+            } else if let Err(e) = domain.iotlb_sync(gather) {
+                tracing::debug!(errno = e.name(), "invalidation after a mismatched unmap");
             }
             return Err(DmaError::NotMapped);
         }
-        let (pfn, pages) = (iova >> self.iovad.shift(), len >> self.iovad.shift());
         match fq {
-            Some(fq) => fq.queue(&self.iovad, domain, pfn, pages, gather),
-            None => {
-                domain.iotlb_sync(gather);
-                self.free_iova(pfn, pages);
+            Some(fq) => {
+                fq.queue(&self.iovad, domain, &self.quarantine, pfn, pages, gather);
+                free_memory(memory);
+                Ok(())
             }
+            None => match domain.iotlb_sync(gather) {
+                Ok(()) => {
+                    self.free_iova(pfn, pages);
+                    free_memory(memory);
+                    if !self.quarantine.is_empty() {
+                        // The IOMMU answers again: what it owed may go too.
+                        let _ = self.quarantine.flush_and_release(&self.iovad, domain);
+                    }
+                    Ok(())
+                }
+                Err(e) => {
+                    self.quarantine.hold(domain, pfn, pages, memory);
+                    Err(DmaError::NotInvalidated(e))
+                }
+            },
         }
-        Ok(())
+    }
+
+    /// Gives back an IOVA range this layer allocated whose mapping was
+    /// taken out again: freed if that was `invalidated` (and nothing else
+    /// failed to invalidate in the domain meanwhile), held back otherwise.
+    pub(crate) fn give_back(
+        &self,
+        domain: &Domain,
+        pfn: u64,
+        pages: u64,
+        invalidated: bool,
+        memory: Option<Memory>,
+    ) {
+        if invalidated && !domain.invalidation_owed() {
+            self.free_iova(pfn, pages);
+            free_memory(memory);
+        } else {
+            self.quarantine.hold(domain, pfn, pages, memory);
+        }
+    }
+
+    /// One flush-all, then every held-back IOVA it covers is freed;
+    /// returns how many ranges were.
+    ///
+    /// # Errors
+    /// The flush did not complete.
+    pub(crate) fn release_quarantine(&self) -> Result<usize, iommu_core::Errno> {
+        let Some(domain) = self.domain.upgrade() else {
+            return Ok(0);
+        };
+        if self.quarantine.is_empty() && !domain.invalidation_owed() {
+            return Ok(0);
+        }
+        domain.flush_iotlb_all()?;
+        Ok(self.quarantine.release(&self.iovad, &domain))
     }
 
     /// Gives back an IOVA range this layer allocated.
@@ -186,6 +251,7 @@ impl DmaCookie {
 
     pub(crate) fn stats(&self) -> DmaDomainStats {
         DmaDomainStats {
+            quarantine: self.quarantine.stats(),
             iova: self.iovad.stats(),
             fq: self
                 .fq
@@ -207,7 +273,7 @@ impl DmaCookie {
     /// Runs the flush queue's timeout now (for tests and shutdown paths).
     pub(crate) fn flush_queue_timeout(&self) {
         if let (Some(Some(fq)), Some(domain)) = (self.fq.get(), self.domain.upgrade()) {
-            fq.timeout(&self.iovad, &domain, true);
+            fq.timeout(&self.iovad, &domain, &self.quarantine, true);
         }
     }
 }
@@ -233,7 +299,7 @@ pub(crate) fn free_iova_on(
 
 /// Removes every leaf overlapping `[iova, iova + len)`, holes and all,
 /// walking only what is mapped.
-fn sweep(domain: &Domain, iova: u64, len: u64, gather: &mut IotlbGather) {
+pub(crate) fn sweep(domain: &Domain, iova: u64, len: u64, gather: &mut IotlbGather) {
     let Some(last) = iova.checked_add(len.saturating_sub(1)) else {
         return;
     };

@@ -2,6 +2,7 @@
 //! the DMA API calls on it.
 
 use crate::cookie::{deferred_flush_capable, DmaCookie, DmaDomainStats};
+use crate::quarantine::Memory;
 use crate::sg::{self, SgMapping};
 use crate::track::{Api, Tracked, Tracker};
 use crate::{dma_info_to_prot, ArchSync, DmaAddr, DmaAttrs, DmaDirection, DmaError, PageAllocator};
@@ -346,10 +347,12 @@ impl DmaDevice {
         let alloc = || iovad.alloc_fast(pages, limit >> self.shift, true);
         let pfn = match alloc() {
             Ok(pfn) => pfn,
-            // IOVAs waiting in a flush queue are free space a flush away:
-            // take it rather than fail (Linux would fail here).
-            Err(_) if self.cookie.has_queued() => {
+            // IOVAs waiting in a flush queue or the quarantine are free
+            // space a flush away: take it rather than fail (Linux would
+            // fail here).
+            Err(_) if self.cookie.has_queued() || !self.cookie.quarantine.is_empty() => {
                 self.cookie.flush_queue_timeout();
+                let _ = self.cookie.release_quarantine();
                 alloc().map_err(|_| DmaError::NoSpace)?
             }
             Err(_) => return Err(DmaError::NoSpace),
@@ -423,15 +426,58 @@ impl DmaDevice {
         prot: iommu_core::Prot,
         mask: u64,
     ) -> Result<u64, DmaError> {
+        self.check_quarantine()?;
         let iova = self.alloc_iova(len, mask)?;
         if let Err(e) = self
             .domain
             .map(Iova::new(iova), PhysAddr::new(paddr), len, prot)
         {
-            self.cookie.free_iova(iova >> self.shift, len >> self.shift);
+            // The core took the partial map back; if that could not be
+            // invalidated the domain owes it, and the IOVA waits.
+            self.cookie.give_back(
+                &self.domain,
+                iova >> self.shift,
+                len >> self.shift,
+                true,
+                None,
+            );
             return Err(DmaError::Map(e));
         }
         Ok(iova)
+    }
+
+    /// Refuses new mappings while the quarantine is full and a flush does
+    /// not empty it (the IOMMU is wedged).
+    fn check_quarantine(&self) -> Result<(), DmaError> {
+        if self.cookie.quarantine.is_full() {
+            let _ = self.cookie.release_quarantine();
+            if self.cookie.quarantine.is_full() {
+                return Err(DmaError::Wedged);
+            }
+        }
+        Ok(())
+    }
+
+    /// Tries to release the IOVAs held back because their invalidation
+    /// did not complete: one flush-all of the domain, then every range it
+    /// covers is freed. The DMA layer does this itself when the IOMMU
+    /// answers again (the next strict unmap whose invalidation completes,
+    /// the flush queue's timer, an allocation that finds no space); this
+    /// is for a caller that knows the hardware is back. Returns the ranges
+    /// freed.
+    ///
+    /// # Errors
+    /// [`DmaError::NotInvalidated`]: the flush did not complete either.
+    pub fn release_quarantine(&self) -> Result<usize, DmaError> {
+        self.cookie
+            .release_quarantine()
+            .map_err(DmaError::NotInvalidated)
+    }
+
+    /// Whether an invalidation of the domain failed and no flush since has
+    /// completed: the device may still reach something unmapped.
+    pub fn invalidation_pending(&self) -> bool {
+        self.domain.invalidation_owed() || !self.cookie.quarantine.is_empty()
     }
 
     /// Unmaps what [`map_single`](Self::map_single) returned (Linux's
@@ -442,7 +488,10 @@ impl DmaDevice {
     /// [`DmaError::NotMapped`] for an address this device has not mapped (or
     /// already unmapped); [`DmaError::Mismatch`] for another size, direction
     /// or API than the map used; [`DmaError::InvalidArgument`] as for map.
-    /// Nothing changes on error.
+    /// Nothing changes on those errors. [`DmaError::NotInvalidated`]: the
+    /// mapping is gone, but the IOMMU did not confirm the invalidation, so
+    /// the device may still reach the buffer for now (its IOVA is held back
+    /// until an invalidation completes).
     pub fn unmap_single(
         &self,
         addr: DmaAddr,
@@ -482,18 +531,20 @@ impl DmaDevice {
                 self.sync_for_cpu_phys(pa.raw(), size, dir);
             }
         }
-        self.unmap_range(iova, len)
+        self.unmap_range(iova, len, None)
     }
 
-    /// Unmaps one mapped IOVA range and frees it (see `DmaCookie::unmap`);
-    /// the range is proven this device's when handles are checked.
-    fn unmap_range(&self, iova: u64, len: u64) -> Result<(), DmaError> {
+    /// Unmaps one mapped IOVA range and frees it, with `memory` (see
+    /// `DmaCookie::unmap`); the range is proven this device's when handles
+    /// are checked.
+    fn unmap_range(&self, iova: u64, len: u64, memory: Option<Memory>) -> Result<(), DmaError> {
         self.cookie.unmap(
             &self.domain,
             iova,
             len,
             &[(iova, len)],
             self.tracker.is_some(),
+            memory,
         )
     }
 
@@ -525,6 +576,7 @@ impl DmaDevice {
                 self.sync_for_device_phys(s.paddr.raw(), s.len, dir);
             }
         }
+        self.check_quarantine()?;
         let iova = self.alloc_iova(layout.iova_len, self.dma_mask())?;
         let mut runs = Vec::with_capacity(layout.runs.len());
         for &(off, len, first, end) in &layout.runs {
@@ -532,11 +584,17 @@ impl DmaDevice {
             match self.domain.map_sg(Iova::new(iova + off), &entries, prot) {
                 Ok(_) => runs.push((iova + off, len)),
                 Err(e) => {
+                    let mut invalidated = true;
                     for &(at, n) in &runs {
-                        self.domain.unmap(Iova::new(at), n);
+                        invalidated &= self.domain.unmap(Iova::new(at), n).is_ok();
                     }
-                    self.cookie
-                        .free_iova(iova >> self.shift, layout.iova_len >> self.shift);
+                    self.cookie.give_back(
+                        &self.domain,
+                        iova >> self.shift,
+                        layout.iova_len >> self.shift,
+                        invalidated,
+                        None,
+                    );
                     return Err(DmaError::Map(e));
                 }
             }
@@ -565,7 +623,8 @@ impl DmaDevice {
     ///
     /// # Errors
     /// [`DmaError::NotMapped`] when it is not mapped (any more);
-    /// [`DmaError::Mismatch`] when the address was mapped by another API.
+    /// [`DmaError::Mismatch`] when the address was mapped by another API;
+    /// [`DmaError::NotInvalidated`] as for [`unmap_single`](Self::unmap_single).
     pub fn unmap_sg(&self, m: &SgMapping) -> Result<(), DmaError> {
         if let Some(t) = &self.tracker {
             t.take(m.iova, m.iova_len, m.dir, Api::Sg)?;
@@ -577,6 +636,7 @@ impl DmaDevice {
             m.iova_len,
             &m.runs,
             self.tracker.is_some(),
+            None,
         )
     }
 
@@ -621,7 +681,10 @@ impl DmaDevice {
     ///
     /// # Errors
     /// [`DmaError::NotMapped`] / [`DmaError::Mismatch`] for a buffer this
-    /// device did not allocate (or already freed).
+    /// device did not allocate (or already freed). [`DmaError::NotInvalidated`]:
+    /// the buffer is unmapped but the device may still reach it, so its
+    /// memory goes back to the allocator only with its IOVA, once an
+    /// invalidation completes.
     pub fn free_coherent(&self, buf: &CoherentBuffer) -> Result<(), DmaError> {
         let memory = self.memory.as_ref().ok_or(DmaError::NotMapped)?;
         let (_, len) = self.span(0, buf.size)?;
@@ -634,9 +697,7 @@ impl DmaDevice {
             )?;
         }
         let iova = buf.dma.raw();
-        self.unmap_range(iova, len)?;
-        memory.free_pages(buf.paddr, len);
-        Ok(())
+        self.unmap_range(iova, len, Some((memory.clone(), buf.paddr, len)))
     }
 
     fn sync_single(

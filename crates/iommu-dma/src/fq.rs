@@ -1,10 +1,17 @@
 //! Flush queues: lazy invalidation for DMA-FQ domains (Linux's `iova_fq`).
 //!
 //! A lazy unmap clears the page-table entries but sends no invalidation.
-//! The IOVA goes into the unmapping CPU's queue, tagged with the count of
-//! flush-alls *started* so far. An entry is freed once a flush-all that
-//! started after it was queued has *finished*: only then can no IOTLB hold
-//! its translation, so only then may the IOVA be handed out again.
+//! The IOVA goes into the unmapping CPU's queue, tagged with the domain's
+//! flush ticket ([`Domain::flush_ticket`]). An entry is freed once a
+//! flush-all that started after it was queued has *completed*
+//! ([`Domain::flushed_through`]): only then can no IOTLB hold its
+//! translation, so only then may the IOVA be handed out again.
+//!
+//! A flush-all that fails frees nothing. The timer tries again after
+//! another timeout; a queue that is full when its flush fails hands its
+//! entries to the domain's quarantine (see [`quarantine`](crate::quarantine)),
+//! which frees them after the flush that covers them, so a wedged IOMMU
+//! grows no ring past its size and reuses no IOVA.
 //!
 //! # The stale window
 //!
@@ -17,6 +24,7 @@
 //! is never reused inside the window, so a stale translation only ever
 //! reaches the buffer its owner just unmapped, never someone else's.
 
+use crate::quarantine::{Held, Quarantine};
 use iommu_core::{Domain, IotlbGather};
 use iommu_iova::{CpuId, IovaDomain, ThreadCpu};
 use std::collections::VecDeque;
@@ -32,8 +40,8 @@ pub const DEFAULT_FQ_TIMEOUT: Duration = Duration::from_millis(10);
 struct Entry {
     pfn: u64,
     pages: u64,
-    /// `start` count when queued: freed once `finish` is above it.
-    counter: u64,
+    /// The domain's flush ticket when queued: freed once a flush with it completed.
+    ticket: u64,
     /// Table pages the unmap detached wait on this gather; synced after the
     /// flush so the page table can reuse them.
     gather: Option<IotlbGather>,
@@ -53,20 +61,21 @@ pub struct FqStats {
     pub full_flushes: u64,
     /// Flush-alls issued by the timer.
     pub timeout_flushes: u64,
+    /// Flush-alls that did not complete (nothing they covered was freed).
+    pub failed_flushes: u64,
 }
 
 pub(crate) struct FlushQueue {
     rings: Box<[Ring]>,
     size: usize,
     timeout: Duration,
-    start_cnt: AtomicU64,
-    finish_cnt: AtomicU64,
     timer_on: AtomicBool,
     timer: Arc<dyn FqTimer>,
     /// The domain the timer calls back (weak: the domain owns this queue).
     target: Weak<dyn FqTimeout>,
     full_flushes: AtomicU64,
     timeout_flushes: AtomicU64,
+    failed_flushes: AtomicU64,
 }
 
 impl FlushQueue {
@@ -85,23 +94,16 @@ impl FlushQueue {
                 .collect(),
             size: size.max(1),
             timeout,
-            start_cnt: AtomicU64::new(0),
-            finish_cnt: AtomicU64::new(0),
             timer_on: AtomicBool::new(false),
             timer,
             target,
             full_flushes: AtomicU64::new(0),
             timeout_flushes: AtomicU64::new(0),
+            failed_flushes: AtomicU64::new(0),
         }
     }
 
-    fn flush_iotlb(&self, domain: &Domain) {
-        self.start_cnt.fetch_add(1, Ordering::SeqCst);
-        domain.flush_iotlb_all();
-        self.finish_cnt.fetch_add(1, Ordering::SeqCst);
-    }
-
-    /// Frees the ring's entries a finished flush covers (Linux's `fq_ring_free_locked`).
+    /// Frees the ring's entries a completed flush covers (Linux's `fq_ring_free_locked`).
     fn free_done(
         &self,
         cpu: usize,
@@ -109,11 +111,17 @@ impl FlushQueue {
         iovad: &IovaDomain<ThreadCpu>,
         domain: &Domain,
     ) {
-        let finished = self.finish_cnt.load(Ordering::SeqCst);
-        while ring.front().is_some_and(|e| e.counter < finished) {
+        while ring
+            .front()
+            .is_some_and(|e| domain.flushed_through(e.ticket))
+        {
             let Some(e) = ring.pop_front() else { break };
             if let Some(g) = e.gather {
-                domain.iotlb_sync(g);
+                // The flush covered the detached tables too; a sync that
+                // fails keeps them parked in the driver.
+                if let Err(err) = domain.iotlb_sync(g) {
+                    tracing::debug!(errno = err.name(), "table pages stay parked");
+                }
             }
             crate::cookie::free_iova_on(iovad, Some(cpu), e.pfn, e.pages);
         }
@@ -125,6 +133,7 @@ impl FlushQueue {
         &self,
         iovad: &IovaDomain<ThreadCpu>,
         domain: &Domain,
+        quarantine: &Quarantine,
         pfn: u64,
         pages: u64,
         gather: IotlbGather,
@@ -135,16 +144,34 @@ impl FlushQueue {
         self.free_done(cpu, &mut ring, iovad, domain);
         if ring.len() >= self.size {
             self.full_flushes.fetch_add(1, Ordering::Relaxed);
-            self.flush_iotlb(domain);
-            self.free_done(cpu, &mut ring, iovad, domain);
+            if domain.flush_iotlb_all().is_ok() {
+                self.free_done(cpu, &mut ring, iovad, domain);
+                quarantine.release(iovad, domain);
+            } else {
+                // Nothing was invalidated: the ring's IOVAs wait in the
+                // quarantine, which has no size to keep.
+                self.failed_flushes.fetch_add(1, Ordering::Relaxed);
+                quarantine.hold_entries(ring.drain(..).map(|e| Held {
+                    pfn: e.pfn,
+                    pages: e.pages,
+                    ticket: e.ticket,
+                    gather: e.gather,
+                    cpu: Some(cpu),
+                    memory: None,
+                }));
+            }
         }
         ring.push_back(Entry {
             pfn,
             pages,
-            counter: self.start_cnt.load(Ordering::SeqCst),
+            ticket: domain.flush_ticket(),
             gather: (gather.freed_tables() > 0).then_some(gather),
         });
         drop(ring);
+        self.arm_timer();
+    }
+
+    fn arm_timer(&self) {
         if !self.timer_on.load(Ordering::Relaxed) && !self.timer_on.swap(true, Ordering::AcqRel) {
             self.timer.schedule(self.timeout, self.target.clone());
         }
@@ -152,19 +179,29 @@ impl FlushQueue {
 
     /// What the timer does (Linux's `fq_flush_timeout`): one flush-all,
     /// then the entries it covers are freed, each ring's into the cache of
-    /// the CPU that used them.
+    /// the CPU that used them, and the quarantine's too.
     ///
     /// A ring its CPU is queueing into at that moment is left to that CPU,
     /// which frees what a finished flush covers at the start of every
     /// `queue`: the timer thread never waits for a busy CPU's ring (with
     /// more threads than cores it would spin on a lock whose holder it had
     /// preempted). Such a ring has the timer armed again, so its entries are
-    /// freed even if its CPU stops unmapping now. `all` waits for every
-    /// ring (a caller that needs the space back at once).
-    pub(crate) fn timeout(&self, iovad: &IovaDomain<ThreadCpu>, domain: &Domain, all: bool) {
+    /// freed even if its CPU stops unmapping now; so does a flush that
+    /// failed while entries wait. `all` waits for every ring (a caller that
+    /// needs the space back at once).
+    pub(crate) fn timeout(
+        &self,
+        iovad: &IovaDomain<ThreadCpu>,
+        domain: &Domain,
+        quarantine: &Quarantine,
+        all: bool,
+    ) {
         self.timer_on.store(false, Ordering::Release);
         self.timeout_flushes.fetch_add(1, Ordering::Relaxed);
-        self.flush_iotlb(domain);
+        let flushed = domain.flush_iotlb_all().is_ok();
+        if !flushed {
+            self.failed_flushes.fetch_add(1, Ordering::Relaxed);
+        }
         let mut left = false;
         for (cpu, ring) in self.rings.iter().enumerate() {
             let entries = if all {
@@ -173,12 +210,22 @@ impl FlushQueue {
                 ring.entries.try_lock()
             };
             match entries {
-                Some(mut e) => self.free_done(cpu, &mut e, iovad, domain),
+                Some(mut e) => {
+                    self.free_done(cpu, &mut e, iovad, domain);
+                    // After a good flush, what is left was queued since and
+                    // armed the timer itself.
+                    left |= !flushed && !e.is_empty();
+                }
                 None => left = true,
             }
         }
-        if left && !self.timer_on.swap(true, Ordering::AcqRel) {
-            self.timer.schedule(self.timeout, self.target.clone());
+        if flushed {
+            quarantine.release(iovad, domain);
+        } else {
+            left |= !quarantine.is_empty();
+        }
+        if left {
+            self.arm_timer();
         }
     }
 
@@ -191,6 +238,7 @@ impl FlushQueue {
             queued: self.rings.iter().map(|r| r.entries.lock().len()).sum(),
             full_flushes: self.full_flushes.load(Ordering::Relaxed),
             timeout_flushes: self.timeout_flushes.load(Ordering::Relaxed),
+            failed_flushes: self.failed_flushes.load(Ordering::Relaxed),
         }
     }
 }

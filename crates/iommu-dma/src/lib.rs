@@ -40,6 +40,7 @@ mod cookie;
 mod device;
 pub mod fq;
 mod phys;
+pub mod quarantine;
 mod sg;
 #[cfg(feature = "test-utils")]
 pub mod testing;
@@ -48,6 +49,7 @@ mod track;
 pub use cookie::DmaDomainStats;
 pub use device::{CoherentBuffer, DmaDevice, DmaOptions};
 pub use phys::{PageAllocator, PhysPool};
+pub use quarantine::QuarantineStats;
 pub use sg::{DmaSegment, SgMapping};
 
 use iommu_core::{Errno, Iova, Prot};
@@ -191,6 +193,17 @@ pub enum DmaError {
     MaskTooSmall,
     /// The IOVA space refused a reservation or setting.
     Iova(IovaError),
+    /// Unmapped, but the IOMMU did not confirm the invalidation (the
+    /// driver's errno, commonly `ETIMEDOUT`): the device may still reach
+    /// the buffer until a later invalidation completes. The mapping is
+    /// gone and its IOVA is held back until then (see
+    /// [`quarantine`](crate::quarantine)); keep the buffer's memory from
+    /// other uses until [`DmaDevice::invalidation_pending`] is false.
+    NotInvalidated(Errno),
+    /// Too many IOVAs wait for an invalidation that does not complete
+    /// (the IOMMU looks wedged): new mappings are refused until a flush
+    /// completes.
+    Wedged,
 }
 
 impl DmaError {
@@ -203,8 +216,9 @@ impl DmaError {
             DmaError::NoSpace | DmaError::NoMemory => Errno::ENOMEM,
             DmaError::Map(e) => e,
             DmaError::NotMapped => Errno::ENOENT,
-            DmaError::MaskTooSmall => Errno::EIO,
+            DmaError::MaskTooSmall | DmaError::Wedged => Errno::EIO,
             DmaError::Iova(e) => e.errno(),
+            DmaError::NotInvalidated(e) => e,
         }
     }
 }
@@ -224,6 +238,14 @@ impl fmt::Display for DmaError {
             DmaError::NoMemory => f.write_str("no memory for a coherent buffer"),
             DmaError::MaskTooSmall => f.write_str("DMA mask is below the lowest usable IOVA"),
             DmaError::Iova(e) => write!(f, "IOVA space: {e}"),
+            DmaError::NotInvalidated(e) => write!(
+                f,
+                "unmapped, but the IOTLB invalidation did not complete ({}): the device may still reach the buffer",
+                e.name()
+            ),
+            DmaError::Wedged => f.write_str(
+                "the IOMMU's invalidations are not completing: new mappings wait for one that does",
+            ),
         }
     }
 }

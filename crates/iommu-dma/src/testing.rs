@@ -12,6 +12,12 @@
 //! - in strict mode nothing unmapped still translates; in lazy mode nothing
 //!   does after the flush queue was run.
 //!
+//! The hardware can be wedged ([`Op::Wedge`]): its invalidations then fail.
+//! Meanwhile an unmap may leave its pages translating, but only to their
+//! old buffers; such an IOVA is never handed to a new mapping until the
+//! hardware is back and a flush has released it; strict unmaps say so
+//! ([`DmaError::NotInvalidated`]), and nothing is lost at the end.
+//!
 //! At the end everything is unmapped and the IOVA space and page tables
 //! must be empty again. [`Input::decode`] turns any bytes into a run.
 
@@ -20,6 +26,7 @@ use crate::{PageAllocator, SgMapping};
 use iommu_core::{Bus, DeviceBuilder, Iommu, IommuConfig, Iova, PhysAddr, SgEntry};
 use iommu_soft::{Access, SoftIommu};
 use iommu_types::ByteReader;
+use std::collections::HashMap;
 use std::sync::Arc;
 
 const PAGE: u64 = 0x1000;
@@ -90,12 +97,15 @@ pub enum Op {
         /// Which mapping.
         nth: u8,
     },
+    /// The hardware stops completing invalidations, or (`false`) comes back
+    /// and the held-back IOVAs are released.
+    Wedge(bool),
 }
 
 impl Op {
     /// Reads one op; `None` when the bytes run out.
     pub fn decode(r: &mut ByteReader<'_>) -> Option<Op> {
-        Some(match r.u8()? % 9 {
+        Some(match r.u8()? % 10 {
             0 => Op::MapSingle {
                 page: r.u16()?,
                 off: r.u16()?,
@@ -128,7 +138,8 @@ impl Op {
             },
             6 => Op::SetMask { bits: r.u8()? },
             7 => Op::Flush,
-            _ => Op::Tamper { nth: r.u8()? },
+            8 => Op::Tamper { nth: r.u8()? },
+            _ => Op::Wedge(r.bool()?),
         })
     }
 
@@ -167,6 +178,7 @@ impl Op {
             Op::SetMask { bits } => out.extend_from_slice(&[6, bits]),
             Op::Flush => out.push(7),
             Op::Tamper { nth } => out.extend_from_slice(&[8, nth]),
+            Op::Wedge(on) => out.extend_from_slice(&[9, u8::from(on)]),
         }
     }
 }
@@ -242,6 +254,12 @@ struct Harness {
     /// IOVA pages unmapped and not mapped again since.
     gone: Vec<u64>,
     mask: u64,
+    wedged: bool,
+    /// Pages unmapped while the hardware was wedged (or unmapped lazily and
+    /// not flushed when it wedged), with the page they translated to: they
+    /// may still translate there, and no new mapping may use them, until
+    /// the hardware is back and released them.
+    stale: HashMap<u64, u64>,
 }
 
 /// Replays `input`, panicking at the first broken rule.
@@ -284,6 +302,8 @@ pub fn run(input: &Input) {
         coherent: Vec::new(),
         gone: Vec::new(),
         mask: u64::from(u32::MAX),
+        wedged: false,
+        stale: HashMap::new(),
     };
     for op in &input.ops {
         let live = h.dma.live_mappings();
@@ -298,6 +318,7 @@ pub fn run(input: &Input) {
         h.check(op);
     }
     // Everything back: the tables and the IOVA space are as at the start.
+    h.step(&Op::Wedge(false));
     for s in std::mem::take(&mut h.singles) {
         h.dma
             .unmap_single(s.addr, s.len, s.dir)
@@ -313,6 +334,7 @@ pub fn run(input: &Input) {
     assert_eq!(pool.pages_in_use(), 0, "coherent memory leaked");
     let s = h.dma.domain_stats();
     assert_eq!(s.fq.queued, 0);
+    assert_eq!(s.quarantine.ranges, 0, "IOVAs left held back");
     assert_eq!(
         s.iova.tree_ranges - s.iova.cached,
         baseline,
@@ -328,13 +350,43 @@ pub fn run(input: &Input) {
 }
 
 impl Harness {
+    /// Pages of `[addr, addr + len)` leave the live set; while wedged they
+    /// may go on translating to what they did.
     fn forget(&mut self, addr: u64, len: u64) {
-        self.gone.extend(pages(addr, len));
+        for page in pages(addr, len) {
+            if self.wedged {
+                if let Ok(pa) = self.hw.translate(&self.dev, Iova::new(page), Access::Read) {
+                    self.stale.entry(page).or_insert(pa.raw());
+                }
+            }
+            self.gone.push(page);
+        }
     }
 
+    /// Pages of a new mapping: never one still held back.
     fn remember(&mut self, addr: u64, len: u64) {
         let p: Vec<u64> = pages(addr, len).collect();
+        for page in &p {
+            assert!(
+                !self.stale.contains_key(page),
+                "IOVA {page:#x} handed out again before its invalidation completed"
+            );
+        }
         self.gone.retain(|g| !p.contains(g));
+    }
+
+    /// An unmap's result: `NotInvalidated` exactly while wedged and strict.
+    fn unmapped(&self, r: Result<(), DmaError>, what: &str) {
+        match r {
+            Ok(()) => assert!(
+                !self.wedged || self.lazy,
+                "{what}: a strict unmap on wedged hardware reported success"
+            ),
+            Err(DmaError::NotInvalidated(_)) => {
+                assert!(self.wedged, "{what}: NotInvalidated from working hardware")
+            }
+            Err(e) => panic!("{what}: {e}"),
+        }
     }
 
     /// Runs one step; `true` when the layer refused it.
@@ -360,7 +412,10 @@ impl Harness {
                     }
                     Err(e) => {
                         assert!(
-                            len == 0 || dir == DmaDirection::None || e == DmaError::NoSpace,
+                            len == 0
+                                || dir == DmaDirection::None
+                                || e == DmaError::NoSpace
+                                || (self.wedged && e == DmaError::Wedged),
                             "map_single refused: {e}"
                         );
                         true
@@ -400,9 +455,9 @@ impl Harness {
                     assert!(r.is_err(), "a wrong unmap was accepted");
                     return true;
                 }
-                r.expect("a right unmap");
                 self.singles.swap_remove(i);
                 self.forget(s.addr.raw(), s.len);
+                self.unmapped(r, "unmap_single");
                 false
             }
             Op::MapSg { segs, n, dir } => {
@@ -426,7 +481,11 @@ impl Harness {
                     }
                     Err(e) => {
                         let bad = dir == DmaDirection::None || sg.iter().any(|s| s.len == 0);
-                        assert!(bad || e == DmaError::NoSpace, "map_sg refused: {e}");
+                        let wedged = self.wedged && e == DmaError::Wedged;
+                        assert!(
+                            bad || e == DmaError::NoSpace || wedged,
+                            "map_sg refused: {e}"
+                        );
                         true
                     }
                 }
@@ -436,8 +495,9 @@ impl Harness {
                     return false;
                 }
                 let m = self.lists.swap_remove(usize::from(nth) % self.lists.len());
-                self.dma.unmap_sg(&m).expect("a live list");
                 self.forget(m.iova().raw(), m.iova_len());
+                let r = self.dma.unmap_sg(&m);
+                self.unmapped(r, "unmap_sg");
                 // A second unmap is refused (with checks, by the record;
                 // without, by the page tables) unless the IOVA went to
                 // another mapping meanwhile, which cannot happen here: the
@@ -456,7 +516,9 @@ impl Harness {
                     }
                     Err(e) => {
                         assert!(
-                            len == 0 || matches!(e, DmaError::NoMemory | DmaError::NoSpace),
+                            len == 0
+                                || matches!(e, DmaError::NoMemory | DmaError::NoSpace)
+                                || (self.wedged && e == DmaError::Wedged),
                             "alloc_coherent refused: {e}"
                         );
                         true
@@ -477,9 +539,10 @@ impl Harness {
                     assert!(self.dma.free_coherent(&bad).is_err());
                     return true;
                 }
-                self.dma.free_coherent(&b).expect("a live buffer");
-                self.coherent.swap_remove(i);
                 self.forget(b.dma.raw(), b.size);
+                let r = self.dma.free_coherent(&b);
+                self.unmapped(r, "free_coherent");
+                self.coherent.swap_remove(i);
                 false
             }
             Op::SetMask { bits } => {
@@ -508,12 +571,40 @@ impl Harness {
                 let i = usize::from(nth) % self.singles.len();
                 let s = self.singles.swap_remove(i);
                 let first = s.addr.raw() & !(PAGE - 1);
-                self.dma.domain().unmap(Iova::new(first), PAGE);
+                self.forget(s.addr.raw(), s.len);
+                let r = self.dma.domain().unmap(Iova::new(first), PAGE);
+                assert_eq!(r.is_err(), self.wedged, "{r:?}");
                 assert_eq!(
                     self.dma.unmap_single(s.addr, s.len, s.dir),
                     Err(DmaError::NotMapped)
                 );
-                self.forget(s.addr.raw(), s.len);
+                false
+            }
+            Op::Wedge(on) => {
+                if on && !self.wedged {
+                    // Lazily unmapped pages not flushed yet stay stale too.
+                    self.wedged = true;
+                    let gone = std::mem::take(&mut self.gone);
+                    for &page in &gone {
+                        if let Ok(pa) = self.hw.translate(&self.dev, Iova::new(page), Access::Read)
+                        {
+                            self.stale.entry(page).or_insert(pa.raw());
+                        }
+                    }
+                    self.gone = gone;
+                    self.hw.set_wedged(true);
+                } else if !on && self.wedged {
+                    self.wedged = false;
+                    self.hw.set_wedged(false);
+                    self.dma
+                        .release_quarantine()
+                        .expect("a flush completes on working hardware");
+                    self.dma.flush_queue_now();
+                    let q = self.dma.domain_stats().quarantine;
+                    assert_eq!((q.ranges, q.pages), (0, 0), "held back after recovery");
+                    assert!(!self.dma.invalidation_pending());
+                    self.stale.clear();
+                }
                 false
             }
         }
@@ -562,15 +653,17 @@ impl Harness {
                 .is_ok());
         }
         // Nothing unmapped translates once its invalidation is due: at
-        // once in strict mode, after the queue ran in lazy mode.
+        // once in strict mode, after the queue ran in lazy mode; a page
+        // whose invalidation failed only to where it did.
         if !self.lazy || matches!(op, Op::Flush) {
             for &page in &self.gone {
-                assert!(
-                    self.hw
-                        .translate(&self.dev, Iova::new(page), Access::Read)
-                        .is_err(),
-                    "after {op:?}: unmapped {page:#x} still translates"
-                );
+                if let Ok(pa) = self.hw.translate(&self.dev, Iova::new(page), Access::Read) {
+                    assert_eq!(
+                        self.stale.get(&page),
+                        Some(&pa.raw()),
+                        "after {op:?}: unmapped {page:#x} still translates"
+                    );
+                }
             }
         }
     }

@@ -56,7 +56,7 @@ fn map_unmap(c: &mut Criterion, name: &str, domain: &Domain) {
                     Prot::RW,
                 )
                 .unwrap();
-            black_box(domain.unmap(Iova::new(0x10_1000), 0x1000));
+            black_box(domain.unmap(Iova::new(0x10_1000), 0x1000).unwrap());
         })
     });
 }

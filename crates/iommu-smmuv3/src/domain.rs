@@ -175,16 +175,16 @@ impl<R: Mmio + 'static, M: TableMemory + 'static> DomainOps for Smmuv3Domain<R, 
 
     /// Range invalidations for what the gather covers, then CMD_SYNC; the
     /// table pages the unmap freed become reusable only once that completed.
-    fn iotlb_sync(&self, gather: &IotlbGather) {
-        let (Some((first, last)), Some(table), Ok(drv)) =
-            (gather.range(), self.kind.table(), self.driver())
-        else {
-            return;
+    fn iotlb_sync(&self, gather: &IotlbGather) -> Result<(), Errno> {
+        let (Some((first, last)), Some(table)) = (gather.range(), self.kind.table()) else {
+            return Ok(());
         };
+        // Without its driver nothing can reach the SMMU: say so.
+        let drv = self.driver()?;
         let target = match self.kind {
             DomainKind::S1 { asid, .. } => TlbiTarget::Asid(asid),
             DomainKind::S2 { vmid, .. } => TlbiTarget::Vmid(vmid),
-            _ => return,
+            _ => return Ok(()),
         };
         let size = (last.raw() - first.raw()).saturating_add(1);
         let granule_shift = table.format().geometry().granule_shift;
@@ -203,17 +203,27 @@ impl<R: Mmio + 'static, M: TableMemory + 'static> DomainOps for Smmuv3Domain<R, 
             cmds.extend(self.flush_all_cmd());
         }
         // A failed sync keeps the freed tables parked (never reused while
-        // the SMMU may still walk them); the driver keeps the invalidation
-        // and sends it again at once (a refused command was skipped, the
-        // queue may be moving again) and before any later command.
-        if drv.submit(&cmds, true).is_ok() || drv.submit(&[], true).is_ok() {
-            table.release_gathered(gather);
+        // the SMMU may still walk them) until a flush-all completes; the
+        // driver keeps the invalidation and sends it again at once (a
+        // refused command was skipped, the queue may be moving again) and
+        // before any later command.
+        let r = drv.submit(&cmds, true).or_else(|_| drv.submit(&[], true));
+        match r {
+            Ok(()) => table.release_gathered(gather),
+            Err(_) => table.hold_gathered(gather),
         }
+        r
     }
 
-    fn flush_iotlb_all(&self) {
-        if let (Some(cmd), Ok(drv)) = (self.flush_all_cmd(), self.driver()) {
-            let _ = drv.submit(&[cmd], true);
+    /// TLBI of the domain's ASID or VMID and a CMD_SYNC. For a bypass or
+    /// abort domain there is no TLB to empty, but the SMMU may owe STE
+    /// changes: a CMD_SYNC completes them.
+    fn flush_iotlb_all(&self) -> Result<(), Errno> {
+        let drv = self.driver()?;
+        match (self.flush_all_cmd(), self.kind.table()) {
+            (Some(cmd), Some(table)) => table.release_held_after(|| drv.submit(&[cmd], true)),
+            _ if drv.inner.owes() => drv.submit(&[], true),
+            _ => Ok(()),
         }
     }
 
@@ -229,13 +239,11 @@ impl<R: Mmio, M: TableMemory> Drop for Smmuv3Domain<R, M> {
         let Some(inner) = self.hw.upgrade() else {
             return;
         };
-        if let Some(cmd) = self.flush_all_cmd() {
-            let _ = inner.submit(&[cmd], true);
-        }
-        match self.kind {
-            DomainKind::S1 { asid, .. } => inner.asids.lock().free(asid),
-            DomainKind::S2 { vmid, .. } => inner.vmids.lock().free(vmid),
-            _ => {}
-        }
+        let flushed = match self.flush_all_cmd() {
+            Some(cmd) => inner.submit(&[cmd], true).is_ok(),
+            None => true,
+        };
+        let kind = core::mem::replace(&mut self.kind, DomainKind::Blocked);
+        inner.retire(kind, flushed);
     }
 }

@@ -11,7 +11,7 @@ use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use iommu_core::{
     Capability, Device, Domain, DomainOps, DomainType, Errno, FaultAccess, Group, GroupKeys, Iommu,
-    IommuOps, Iova, ReservedRegion, StreamIdGroups,
+    IommuOps, Iova, ReservedRegion, StreamIdGroups, WedgeReport,
 };
 use iommu_pgtable::lpae::{Granule, Lpae, LpaeConfig, Stage};
 use iommu_pgtable::TableMemory;
@@ -398,6 +398,16 @@ pub(crate) struct Inner<R: Mmio, M: TableMemory> {
     stats: Stats,
     /// Invalidations whose CMD_SYNC failed, queued again before the next.
     pending: spin::Mutex<Vec<Cmd>>,
+    /// Says once that commands stopped completing, and once that they complete again.
+    wedge: WedgeReport,
+    /// Dead domains whose TLB invalidation is still pending, with the
+    /// batch count when they died: their ASID or VMID, CD and tables are
+    /// reused only after a CMD_SYNC completes (which runs the pending
+    /// invalidations first), or the SMMU's caches could lead a new domain's
+    /// DMA into the old one's translations.
+    retired: spin::Mutex<Vec<(DomainKind<M>, u64)>>,
+    /// Command batches started (numbered under the command-queue lock).
+    batches: AtomicU64,
     recent: spin::Mutex<VecDeque<SmmuEvent>>,
 }
 
@@ -585,6 +595,9 @@ impl<R: Mmio, M: TableMemory> Smmuv3<R, M> {
                 by_stream: StreamIdGroups::new(),
                 stats: Stats::default(),
                 pending: spin::Mutex::new(Vec::new()),
+                wedge: WedgeReport::default(),
+                retired: spin::Mutex::new(Vec::new()),
+                batches: AtomicU64::new(0),
                 recent: spin::Mutex::new(VecDeque::new()),
                 mmio,
                 mem,
@@ -671,6 +684,23 @@ impl<R: Mmio, M: TableMemory> Smmuv3<R, M> {
     /// raised a global error meanwhile.
     pub(crate) fn submit(&self, cmds: &[Cmd], sync: bool) -> Result<(), Errno> {
         self.inner.submit(cmds, sync)
+    }
+
+    /// Issues a CMD_SYNC: when it returns `Ok`, every command the driver
+    /// queued before, and every invalidation an earlier failure left owed,
+    /// has completed (and dead domains' tags and tables are free). What a
+    /// kernel calls once it believes a wedged SMMU is back.
+    ///
+    /// # Errors
+    /// As the command queue's: `ETIMEDOUT`, `EIO`.
+    pub fn sync(&self) -> Result<(), Errno> {
+        self.inner.submit(&[], true)
+    }
+
+    /// Dead domains whose tables, CD and tag wait for a CMD_SYNC to
+    /// complete before they are reused.
+    pub fn retired_domains(&self) -> usize {
+        self.inner.retired()
     }
 
     /// Reads the event queue, reports translation faults to the domains of
@@ -838,7 +868,80 @@ impl<R: Mmio, M: TableMemory> Smmuv3<R, M> {
 
 impl<R: Mmio, M: TableMemory> Inner<R, M> {
     pub(crate) fn submit(&self, cmds: &[Cmd], sync: bool) -> Result<(), Errno> {
+        let mut batch = 0;
+        let r = self.submit_cmds(cmds, sync, &mut batch);
+        match r {
+            Ok(()) if sync => {
+                self.wedge.completed("arm-smmu-v3");
+                self.release_retired(batch);
+            }
+            Err(e) => self.wedge.failed("arm-smmu-v3", e),
+            Ok(()) => {}
+        }
+        r
+    }
+
+    /// Lets a dead domain's ASID or VMID, CD and table pages go once the
+    /// SMMU can hold nothing of them: at once after `flushed` (its TLB
+    /// invalidation completed), else after the next CMD_SYNC that
+    /// completes. Until then its STEs and CD may still sit in the SMMU's
+    /// caches and lead a walk into its tables, so none of it is reused.
+    pub(crate) fn retire(&self, kind: DomainKind<M>, flushed: bool) {
+        if flushed {
+            self.release(kind);
+        } else {
+            // Batches numbered above this one started after the failed
+            // invalidation was put back in `pending`.
+            let after = self.batches.load(Ordering::SeqCst);
+            self.retired.lock().push((kind, after));
+        }
+    }
+
+    fn release(&self, kind: DomainKind<M>) {
+        match kind {
+            DomainKind::S1 { asid, .. } => self.asids.lock().free(asid),
+            DomainKind::S2 { vmid, .. } => self.vmids.lock().free(vmid),
+            DomainKind::Blocked | DomainKind::Identity => {}
+        }
+        drop(kind);
+    }
+
+    /// Batch `batch` completed with its CMD_SYNC: every invalidation
+    /// pending when it started ran, including those of domains retired
+    /// before.
+    fn release_retired(&self, batch: u64) {
+        let mut done = Vec::new();
+        {
+            let mut r = self.retired.lock();
+            if r.is_empty() {
+                return;
+            }
+            let mut i = 0;
+            while i < r.len() {
+                if batch > r[i].1 {
+                    done.push(r.swap_remove(i).0);
+                } else {
+                    i += 1;
+                }
+            }
+        }
+        for kind in done {
+            self.release(kind);
+        }
+    }
+
+    pub(crate) fn retired(&self) -> usize {
+        self.retired.lock().len()
+    }
+
+    /// Whether invalidations or STE changes wait for a CMD_SYNC.
+    pub(crate) fn owes(&self) -> bool {
+        !self.pending.lock().is_empty() || !self.retired.lock().is_empty()
+    }
+
+    fn submit_cmds(&self, cmds: &[Cmd], sync: bool, batch: &mut u64) -> Result<(), Errno> {
         let mut q = self.cmdq.lock();
+        *batch = self.batches.fetch_add(1, Ordering::SeqCst) + 1;
         let pending = core::mem::take(&mut *self.pending.lock());
         let mut published = q.prod;
         let mut failed = false;

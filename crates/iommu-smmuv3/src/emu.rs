@@ -179,6 +179,11 @@ impl DmaHardware for EmuPlatform {
         self
     }
 
+    /// The SMMU stops consuming commands: every CMD_SYNC times out.
+    fn set_wedged(&self, wedged: bool) {
+        self.hw.pause_commands(wedged);
+    }
+
     fn describe(&self) -> String {
         "an emulated Arm SMMUv3 (stream table, CDs, LPAE stage-1 tables, command and event queues in memory)"
             .into()

@@ -23,7 +23,9 @@ use iommu_soft::{SoftConfig, SoftIommu};
 pub struct EmuHardware(pub EmuPlatform);
 
 impl EmuHardware {
-    /// A small platform (16 MiB of memory) with every feature.
+    /// A small platform (16 MiB of memory) with every feature. The
+    /// emulator runs commands as `CMDQ_PROD` is written, so a short poll
+    /// limit costs nothing but makes a wedged SMMU time out quickly.
     pub fn small() -> Self {
         EmuHardware(
             EmuPlatform::new(
@@ -33,7 +35,10 @@ impl EmuHardware {
                     tables_size: 15 << 20,
                 },
                 Features::default(),
-                Smmuv3Config::default(),
+                Smmuv3Config {
+                    poll_limit: 256,
+                    ..Smmuv3Config::default()
+                },
             )
             .expect("a platform the driver probes"),
         )
@@ -51,6 +56,18 @@ impl Hardware for EmuHardware {
             .translate(sid, iova.raw(), Access::Read)
             .ok()
             .map(|s| PhysAddr::new(s.pa))
+    }
+
+    /// Pauses the SMMU's command processing; coming back, it runs what
+    /// was queued and the driver completes what it owes (`Smmuv3::sync`).
+    fn set_wedged(&self, wedged: bool) {
+        self.0.hw.pause_commands(wedged);
+        if !wedged {
+            self.0
+                .driver
+                .sync()
+                .expect("a CMD_SYNC completes once the SMMU is back");
+        }
     }
 }
 
@@ -75,10 +92,13 @@ pub fn hardware_from_env(
     let sw_msi = Some((0x0800_0000, 0x10_0000));
     match std::env::var("IOMMU_TEST_DRIVER").as_deref() {
         Ok("smmuv3") => {
+            // The emulator answers at once; a short poll limit lets a
+            // wedged-hardware test time out in microseconds.
             let cfg = Smmuv3Config {
                 groups: pci,
                 sw_msi,
                 table_budget,
+                poll_limit: 1000,
                 ..Smmuv3Config::default()
             };
             let layout = EmuLayout {

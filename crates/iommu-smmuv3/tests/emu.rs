@@ -92,7 +92,7 @@ fn after_unmap_returns_the_device_faults_and_the_handler_hears_of_it_7_3_12() {
     d.map(Iova::new(0x10_0000), PhysAddr::new(DATA), 0x1000, Prot::RW)
         .unwrap();
     s.plat.hw.translate(7, 0x10_0000, Access::Read).unwrap(); // now in the TLB
-    assert_eq!(d.unmap(Iova::new(0x10_0000), 0x1000), 0x1000);
+    assert_eq!(d.unmap(Iova::new(0x10_0000), 0x1000), Ok(0x1000));
     assert_eq!(
         s.plat.hw.translate(7, 0x10_0000, Access::Read),
         Err(DmaError::Terminated {
@@ -262,7 +262,7 @@ fn stage2_domains_translate_through_a_vmid_tagged_table_3_4() {
         s.plat.hw.translate(3, 0x3f_fff0, Access::Write).unwrap().pa,
         DATA + 0x1f_fff0
     );
-    d.unmap(Iova::new(0x20_0000), 0x20_0000);
+    d.unmap(Iova::new(0x20_0000), 0x20_0000).unwrap();
     assert!(s.plat.hw.translate(3, 0x3f_fff0, Access::Write).is_err());
     let ste = s.plat.driver.ste(3).unwrap();
     assert_eq!((ste[0] >> 1) & 7, 0b110, "stage-2 STE");

@@ -7,7 +7,8 @@
 
 use iommu_core::testing::Snapshot;
 use iommu_core::{
-    Bus, Device, DeviceBuilder, DmaOwner, Domain, DomainType, Errno, Iommu, Iova, PhysAddr, Prot,
+    Bus, Device, DeviceBuilder, DmaOwner, Domain, DomainType, Errno, Iommu, IotlbSyncError, Iova,
+    PhysAddr, Prot,
 };
 use iommu_smmuv3::emu::{EmuLayout, EmuPlatform};
 use iommu_smmuv3::Smmuv3Config;
@@ -202,7 +203,19 @@ fn an_unmap_whose_invalidation_fails_is_invalidated_before_anything_else_runs() 
         let d = w.devs[0].iommu_group().unwrap().default_domain().unwrap();
         assert!(w.plat.hw.translate(1, 0x1000, Access::Read).is_ok());
         w.plat.hw.fail_command(0, how);
-        assert_eq!(d.unmap(Iova::new(0x1000), 0x1000), 0x1000);
+        let unmapped = d.unmap(Iova::new(0x1000), 0x1000);
+        match how {
+            // The refused TLBI was skipped and sent again at once: done.
+            CommandFailure::Illegal => assert_eq!(unmapped, Ok(0x1000)),
+            // A stalled queue completes nothing: the caller is told.
+            _ => assert_eq!(
+                unmapped,
+                Err(IotlbSyncError {
+                    removed: 0x1000,
+                    errno: Errno::ETIMEDOUT
+                })
+            ),
+        }
         if how == CommandFailure::Stall {
             // Whatever the SMMU does next starts with the invalidation.
             w.plat.hw.pause_commands(false);
@@ -212,4 +225,80 @@ fn an_unmap_whose_invalidation_fails_is_invalidated_before_anything_else_runs() 
             "{how:?}: a stale translation outlived the retry"
         );
     }
+}
+
+#[test]
+fn a_strict_unmap_on_a_wedged_smmu_is_not_reported_as_done() {
+    // The reproduction: map, translate once (the TLB holds it),
+    // pause the SMMU, unmap.
+    let w = world(8);
+    let d = w.devs[0].iommu_group().unwrap().default_domain().unwrap();
+    assert_eq!(
+        w.plat.hw.translate(1, 0x1000, Access::Read).unwrap().pa,
+        0x100_0000
+    );
+    w.plat.hw.pause_commands(true);
+    let e = d.unmap(Iova::new(0x1000), 0x1000).unwrap_err();
+    assert_eq!((e.removed, e.errno), (0x1000, Errno::ETIMEDOUT));
+    assert!(d.invalidation_owed());
+    // The caller was told: a remap of the same IOVA may still meet the
+    // old page, which is why the DMA layer never does that.
+    d.map(
+        Iova::new(0x1000),
+        PhysAddr::new(0x140_0000),
+        0x1000,
+        Prot::RW,
+    )
+    .unwrap();
+    assert_eq!(
+        w.plat.hw.translate(1, 0x1000, Access::Read).unwrap().pa,
+        0x100_0000,
+        "the SMMU's TLB still serves the old page (the hazard reported)"
+    );
+    assert_eq!(d.flush_iotlb_all(), Err(Errno::ETIMEDOUT));
+    w.plat.hw.pause_commands(false);
+    d.flush_iotlb_all().unwrap();
+    assert!(!d.invalidation_owed());
+    assert_eq!(
+        w.plat.hw.translate(1, 0x1000, Access::Read).unwrap().pa,
+        0x140_0000
+    );
+    assert!(w.plat.driver.stats().sync_timeouts > 0);
+}
+
+#[test]
+fn a_domain_freed_on_a_wedged_smmu_keeps_its_asid_and_tables_until_a_sync_completes() {
+    let w = world(8);
+    let dom = w.iommu.domain_alloc(&w.bus, DomainType::Unmanaged).unwrap();
+    let asid = |d: &Domain| {
+        d.ops()
+            .as_any()
+            .and_then(|a| a.downcast_ref::<iommu_smmuv3::emu::EmuDomain>())
+            .and_then(|d| d.asid())
+            .unwrap()
+    };
+    let old_asid = asid(&dom);
+    dom.map(
+        Iova::new(0x3000),
+        PhysAddr::new(0x1c0_0000),
+        0x1000,
+        Prot::RW,
+    )
+    .unwrap();
+    w.plat.hw.pause_commands(true);
+    drop(dom);
+    // Its TLBI did not complete: the ASID, CD and tables wait.
+    assert_eq!(w.plat.driver.retired_domains(), 1);
+    let next = w.iommu.domain_alloc(&w.bus, DomainType::Unmanaged).unwrap();
+    assert_ne!(
+        asid(&next),
+        old_asid,
+        "an ASID the TLB may still hold was reused"
+    );
+    w.plat.hw.pause_commands(false);
+    w.plat.driver.sync().unwrap();
+    assert_eq!(w.plat.driver.retired_domains(), 0);
+    drop(next);
+    let again = w.iommu.domain_alloc(&w.bus, DomainType::Unmanaged).unwrap();
+    assert_eq!(asid(&again), old_asid, "released once the SMMU caught up");
 }

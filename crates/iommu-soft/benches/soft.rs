@@ -34,7 +34,7 @@ fn map_unmap_4k(c: &mut Criterion) {
                     Prot::RW,
                 )
                 .unwrap();
-            black_box(domain.unmap(Iova::new(0x10_1000), 0x1000));
+            black_box(domain.unmap(Iova::new(0x10_1000), 0x1000).unwrap());
         })
     });
     let user = p.iommu.domain_alloc(&p.bus, DomainType::Unmanaged).unwrap();

@@ -103,6 +103,9 @@ pub trait DmaHardware: Send + Sync {
     fn stream_domain(&self, sid: u32) -> Option<iommu_core::Domain>;
     /// The hardware's own type, for callers that need to reach it.
     fn as_any(&self) -> &dyn std::any::Any;
+    /// Stops (or resumes) the hardware completing invalidations, as an
+    /// IOMMU that stopped answering would: for failure tests.
+    fn set_wedged(&self, wedged: bool);
 }
 
 impl DmaHardware for SoftIommu {
@@ -125,6 +128,9 @@ impl DmaHardware for SoftIommu {
     }
     fn as_any(&self) -> &dyn std::any::Any {
         self
+    }
+    fn set_wedged(&self, wedged: bool) {
+        SoftIommu::set_wedged(self, wedged);
     }
 }
 

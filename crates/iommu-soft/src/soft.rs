@@ -3,6 +3,7 @@
 use iommu_core::{
     Capability, Device, Domain, DomainGeometry, DomainOps, DomainType, Errno, FaultAccess, Group,
     Iommu, IommuOps, IotlbGather, Iova, PagingOps, PhysAddr, Prot, ReservedRegion, StreamIdGroups,
+    WedgeReport,
 };
 use iommu_pgtable::{lpae::Lpae, HeapMemory, IoPageTable};
 use std::any::Any;
@@ -143,6 +144,22 @@ struct Stats {
 struct TlbShared {
     stats: Stats,
     iotlb: Iotlb,
+    /// Invalidations fail while set ([`SoftIommu::set_wedged`]).
+    wedged: std::sync::atomic::AtomicBool,
+    report: WedgeReport,
+}
+
+impl TlbShared {
+    /// `Err` while wedged (said once in the log), `Ok` otherwise.
+    #[inline]
+    fn check_wedged(&self) -> Result<(), Errno> {
+        if self.wedged.load(Ordering::Relaxed) {
+            self.report.failed("soft-iommu", Errno::ETIMEDOUT);
+            return Err(Errno::ETIMEDOUT);
+        }
+        self.report.completed("soft-iommu");
+        Ok(())
+    }
 }
 
 /// IOTLB page size: entries cache one 4 KiB page each, whatever the leaf size.
@@ -292,6 +309,13 @@ impl SoftIommu {
             .collect();
         ids.sort_unstable();
         ids
+    }
+
+    /// Wedges (or un-wedges) the emulated hardware: while wedged, every
+    /// invalidation fails with `ETIMEDOUT` and leaves the IOTLB as it is,
+    /// as an IOMMU whose invalidation queue stopped would.
+    pub fn set_wedged(&self, wedged: bool) {
+        self.inner.tlb.wedged.store(wedged, Ordering::SeqCst);
     }
 
     /// IOTLB syncs the hardware has received.
@@ -566,8 +590,16 @@ impl DomainOps for SoftDomain {
         Some(DomainGeometry::bits(IAS))
     }
 
-    fn iotlb_sync(&self, gather: &IotlbGather) {
+    fn iotlb_sync(&self, gather: &IotlbGather) -> Result<(), Errno> {
         self.tlb.stats.iotlb_syncs.add();
+        // Wedged, the IOTLB keeps what it holds, and the detached tables a
+        // stale entry may lead into stay parked until a flush-all.
+        if let Err(e) = self.tlb.check_wedged() {
+            if let Some(t) = &self.table {
+                t.hold_gathered(gather);
+            }
+            return Err(e);
+        }
         if let Some((first, last)) = gather.range() {
             let range = (first.raw() >> TLB_PAGE_SHIFT, last.raw() >> TLB_PAGE_SHIFT);
             self.tlb.iotlb.invalidate(self.id, Some(range));
@@ -576,11 +608,20 @@ impl DomainOps for SoftDomain {
         if let Some(t) = &self.table {
             t.release_gathered(gather);
         }
+        Ok(())
     }
 
-    fn flush_iotlb_all(&self) {
+    fn flush_iotlb_all(&self) -> Result<(), Errno> {
         self.tlb.stats.flush_alls.add();
-        self.tlb.iotlb.invalidate(self.id, None);
+        let flush = || {
+            self.tlb.check_wedged()?;
+            self.tlb.iotlb.invalidate(self.id, None);
+            Ok(())
+        };
+        match &self.table {
+            Some(t) => t.release_held_after(flush),
+            None => flush(),
+        }
     }
 
     fn as_any(&self) -> Option<&dyn Any> {
@@ -668,7 +709,7 @@ mod tests {
         let d = dev.iommu_group().unwrap().default_domain().unwrap();
         d.map(Iova::new(0x1000), PhysAddr::new(0x9000), 0x1000, Prot::RW)
             .unwrap();
-        assert_eq!(d.unmap(Iova::new(0x1000), 0x1000), 0x1000);
+        assert_eq!(d.unmap(Iova::new(0x1000), 0x1000), Ok(0x1000));
         assert!(matches!(
             soft.translate(&dev, Iova::new(0x1000), Access::Read),
             Err(TranslateError::Translation { .. })
@@ -693,13 +734,13 @@ mod tests {
         assert_eq!(d.unmap_fast(Iova::new(0x1000), 0x1000, &mut g), 0x1000);
         assert_eq!(at(0x1010), Ok(PhysAddr::new(0x9010)), "stale until synced");
         // ...and the sync removes exactly the gathered range.
-        d.iotlb_sync(g);
+        d.iotlb_sync(g).unwrap();
         assert!(matches!(
             at(0x1010),
             Err(TranslateError::Translation { .. })
         ));
         assert_eq!(at(0x2000), Ok(PhysAddr::new(0xa000)));
-        d.flush_iotlb_all();
+        d.flush_iotlb_all().unwrap();
         assert_eq!(soft.iotlb_entries(), 0);
         assert_eq!(soft.flush_alls(), 1);
     }
@@ -783,7 +824,7 @@ mod tests {
             .downcast_ref::<SoftDomain>()
             .unwrap();
         assert!(sd.table_pages() >= 4);
-        assert_eq!(d.unmap(Iova::new(0), 0x40_3000), 0x40_3000);
+        assert_eq!(d.unmap(Iova::new(0), 0x40_3000), Ok(0x40_3000));
         assert!(sd.dump().is_empty());
     }
 }

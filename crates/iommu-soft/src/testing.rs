@@ -15,6 +15,16 @@
 //! new group gets the lowest free id, and sysfs agrees with the groups.
 //! Any disagreement panics. [`Input::decode`] turns any bytes into a run.
 //!
+//! The hardware can be wedged ([`Op::Wedge`]): its invalidations then fail.
+//! The isolation check allows then exactly what the core owned up to: an
+//! address whose unmap's invalidation failed, in a domain that still owes
+//! one ([`Domain::invalidation_owed`]), may still translate to what it was
+//! mapped to before; nothing else, and nothing once a flush-all of the
+//! domain has completed. Hardware that caches its stream configuration
+//! (an SMMU's STEs) cannot be told of a detach while wedged either: there,
+//! a stream may also go on translating through any domain it was on since
+//! the hardware wedged, until the hardware is back.
+//!
 //! [`run_hardware`] replays the same sequence on any other driver whose
 //! hardware can be asked what a DMA reaches ([`Hardware`]), with the same
 //! isolation check, so a real driver on emulated hardware answers to the
@@ -106,12 +116,15 @@ pub enum Op {
         /// Successful hits before it fails.
         skip: u8,
     },
+    /// Wedges the hardware (its invalidations fail) or brings it back,
+    /// then, when back, flushes every domain as a recovering kernel would.
+    Wedge(bool),
 }
 
 impl Op {
     /// Reads one op; `None` when the bytes run out.
     pub fn decode(r: &mut ByteReader<'_>) -> Option<Op> {
-        Some(match r.u8()? % 10 {
+        Some(match r.u8()? % 11 {
             0 => Op::Add(r.u8()?),
             1 => Op::Remove(r.u8()?),
             2 => Op::Claim(r.u8()?),
@@ -132,10 +145,11 @@ impl Op {
                 page: r.u16()?,
                 pages: r.u16()?,
             },
-            _ => Op::Arm {
+            9 => Op::Arm {
                 point: r.u8()?,
                 skip: r.u8()?,
             },
+            _ => Op::Wedge(r.u8()? & 1 != 0),
         })
     }
 
@@ -173,6 +187,7 @@ impl Op {
                 le(out, pages);
             }
             Op::Arm { point, skip } => out.extend_from_slice(&[9, point, skip]),
+            Op::Wedge(on) => out.extend_from_slice(&[10, u8::from(on)]),
         }
     }
 }
@@ -238,6 +253,11 @@ pub trait Hardware {
     /// Where a read by a device with stream id `sid` at `iova` lands, if
     /// the hardware lets it through.
     fn translate(&self, sid: u32, iova: Iova) -> Option<PhysAddr>;
+    /// Stops (or resumes) the hardware's completing of invalidations;
+    /// hardware that cannot be wedged ignores it.
+    fn set_wedged(&self, wedged: bool) {
+        let _ = wedged;
+    }
 }
 
 /// Replays `input` on `hw`'s driver: after every step each stream id's DMA
@@ -272,6 +292,14 @@ struct Platform {
     /// IOVAs worth translating: everything a map or unmap touched.
     probes: BTreeSet<u64>,
     recent: VecDeque<u64>,
+    /// `(domain id, probed IOVA) -> what it translated to` before an
+    /// unmap whose invalidation failed: what the hardware may still serve
+    /// while the domain owes an invalidation.
+    stale: HashMap<(u64, u64), PhysAddr>,
+    /// Wedged hardware ([`Hardware`] only): the domains each stream was
+    /// on since it wedged, whose translations its cached configuration
+    /// may still reach.
+    wedged_on: Option<HashMap<u32, Vec<Domain>>>,
 }
 
 fn dev_name(i: usize) -> String {
@@ -320,7 +348,82 @@ impl Platform {
             owner: DmaOwner::new(),
             probes,
             recent: VecDeque::new(),
+            stale: HashMap::new(),
+            wedged_on: None,
         }
+    }
+
+    /// Notes each stream's current domain as one it may reach while the
+    /// hardware is wedged.
+    fn note_wedged_domains(&mut self) {
+        let Some(mut on) = self.wedged_on.take() else {
+            return;
+        };
+        for (sid, g) in self.owners() {
+            if let Some(d) = g.domain() {
+                let doms = on.entry(sid).or_default();
+                if !doms.contains(&d) {
+                    doms.push(d);
+                }
+            }
+        }
+        self.wedged_on = Some(on);
+    }
+
+    /// Every domain a device can be on: the unmanaged ones, each group's
+    /// default and current domain, and while wedged those a stream's
+    /// cached configuration may still lead to.
+    fn live_domains(&self) -> Vec<Domain> {
+        let mut doms = self.doms.clone();
+        let groups = self.iommu.groups();
+        let wedged = self
+            .wedged_on
+            .iter()
+            .flat_map(|on| on.values().flatten().cloned());
+        let current = groups
+            .iter()
+            .flat_map(|g| [g.default_domain(), g.domain()])
+            .flatten();
+        for d in current.chain(wedged) {
+            if !doms.contains(&d) {
+                doms.push(d);
+            }
+        }
+        doms
+    }
+
+    /// What every probed address of every live domain translates to.
+    fn translations(&self) -> HashMap<(u64, u64), PhysAddr> {
+        let mut t = HashMap::new();
+        for d in self.live_domains() {
+            for &iova in &self.probes {
+                if let Some(pa) = d.iova_to_phys(Iova::new(iova)) {
+                    t.insert((d.id(), iova), pa);
+                }
+            }
+        }
+        t
+    }
+
+    /// After a step: a translation that went away in a domain that now owes
+    /// an invalidation may still be served; a domain that owes none may
+    /// serve nothing stale.
+    fn note_stale(&mut self, before: HashMap<(u64, u64), PhysAddr>) {
+        let doms = self.live_domains();
+        for d in &doms {
+            if !d.invalidation_owed() {
+                self.stale.retain(|&(id, _), _| id != d.id());
+                continue;
+            }
+            for (&(id, iova), &pa) in &before {
+                if id == d.id() && d.iova_to_phys(Iova::new(iova)) != Some(pa) {
+                    self.stale.entry((id, iova)).or_insert(pa);
+                }
+            }
+        }
+        // Entries of domains that are gone go with them.
+        self.stale
+            .retain(|&(id, _), _| doms.iter().any(|d| d.id() == id));
     }
 
     fn group(&self, i: u8) -> Option<Group> {
@@ -344,7 +447,10 @@ impl Platform {
         let ids_before = self.iommu.group_ids();
         let lowest_free = (0..).find(|id| !ids_before.contains(id)).expect("an id");
         let before = matches!(self.driver, Driver::Mock(_)).then(|| self.snapshot());
+        let translations = self.translations();
         let failed = self.step(op);
+        self.note_stale(translations);
+        self.note_wedged_domains();
         if let (Some(before), Some(e)) = (before, failed) {
             assert_eq!(
                 self.snapshot(),
@@ -451,13 +557,17 @@ impl Platform {
             } => {
                 let d = self.domain(dom, dev)?;
                 let (iova, len) = self.place(page, pages);
-                d.unmap(Iova::new(iova), len);
+                // An invalidation that failed is no failed step: the range
+                // is out of the tables, and the domain owes the flush.
+                if let Err(e) = d.unmap(Iova::new(iova), len) {
+                    assert!(d.invalidation_owed(), "{e}, but nothing is owed");
+                }
                 None
             }
             Op::Arm { point, skip } => {
                 let skip = u32::from(skip % 8);
                 match &self.driver {
-                    Driver::Mock(m) => match point % 9 {
+                    Driver::Mock(m) => match point % 11 {
                         0 => m.fail_after(MockOp::AddDevice, skip),
                         1 => m.fail_after(MockOp::DomainAlloc, skip),
                         2 => m.fail_after(MockOp::Attach, skip),
@@ -466,9 +576,44 @@ impl Platform {
                         5 => self.iommu.fail_points().arm(FailPoint::GroupAlloc, skip),
                         6 => self.iommu.fail_points().arm(FailPoint::SysfsCreate, skip),
                         7 => self.iommu.fail_points().arm(FailPoint::SysfsLink, skip),
+                        8 => m.fail_after(MockOp::IotlbSync, skip),
+                        9 => m.fail_after(MockOp::FlushAll, skip),
                         _ => self.iommu.fail_points().arm(FailPoint::DomainAlloc, skip),
                     },
                     Driver::Soft(_) | Driver::Hw(_) => {}
+                }
+                None
+            }
+            Op::Wedge(on) => {
+                match &self.driver {
+                    Driver::Soft(s) => s.set_wedged(on),
+                    Driver::Mock(m) => m.set_wedged(on),
+                    Driver::Hw(h) => {
+                        h.set_wedged(on);
+                        if on && self.wedged_on.is_none() {
+                            self.wedged_on = Some(HashMap::new());
+                            self.note_wedged_domains();
+                        }
+                    }
+                }
+                if !on {
+                    self.wedged_on = None;
+                    for d in self.live_domains() {
+                        let owed = d.invalidation_owed();
+                        let flushed = d.flush_iotlb_all();
+                        // One-shot failures armed on the mock may still fire.
+                        if flushed.is_ok() {
+                            assert!(
+                                !d.invalidation_owed(),
+                                "a completed flush leaves nothing owed"
+                            );
+                        } else if matches!(self.driver, Driver::Soft(_)) {
+                            panic!(
+                                "flush of domain {} failed after unwedging (owed: {owed})",
+                                d.id()
+                            );
+                        }
+                    }
                 }
                 None
             }
@@ -626,7 +771,31 @@ impl Platform {
                         .as_ref()
                         .and_then(|dom| dom.iova_to_phys(Iova::new(iova)));
                     let got = translate(d, sid, Iova::new(iova));
-                    assert_eq!(got, want, "{} stream {sid} at {iova:#x}", d.name());
+                    if got == want {
+                        continue;
+                    }
+                    // What the core said may still translate, as it was.
+                    let stale = domain
+                        .as_ref()
+                        .and_then(|dom| self.stale.get(&(dom.id(), iova)));
+                    if got.is_some() && got.as_ref() == stale {
+                        continue;
+                    }
+                    // Through a domain the stream was on since the
+                    // hardware wedged, as it maps now or did.
+                    let cached = self.wedged_on.as_ref().and_then(|on| on.get(&sid));
+                    let through_old = cached.is_some_and(|doms| {
+                        doms.iter().any(|dom| {
+                            let now = dom.iova_to_phys(Iova::new(iova));
+                            got.is_some()
+                                && (got == now || got.as_ref() == self.stale.get(&(dom.id(), iova)))
+                        })
+                    });
+                    assert!(
+                        through_old,
+                        "{} stream {sid} at {iova:#x}: {got:?}, want {want:?} (or stale {stale:?})",
+                        d.name()
+                    );
                 }
             }
         }

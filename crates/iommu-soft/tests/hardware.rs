@@ -120,7 +120,7 @@ fn once_a_strict_unmap_returns_nothing_translates() {
     domain
         .map(iova, PhysAddr::new(0x8000_0000), 0x1000, Prot::RW)
         .unwrap();
-    assert_eq!(domain.unmap(iova, 0x1000), 0x1000);
+    assert_eq!(domain.unmap(iova, 0x1000), Ok(0x1000));
     let done = Arc::new(AtomicBool::new(false));
     let hits = Arc::new(AtomicU64::new(0));
     let start = Arc::new(Barrier::new(2));
@@ -147,7 +147,7 @@ fn once_a_strict_unmap_returns_nothing_translates() {
         domain
             .map(iova, PhysAddr::new(0x8000_0000), 0x1000, Prot::RW)
             .unwrap();
-        assert_eq!(domain.unmap(iova, 0x1000), 0x1000);
+        assert_eq!(domain.unmap(iova, 0x1000), Ok(0x1000));
         if soft.translate(&dev, iova, Access::Read).is_ok() {
             stale += 1;
         }
@@ -190,5 +190,76 @@ fn a_map_beyond_the_table_budget_is_enomem_and_leaves_nothing_mapped() {
     assert_eq!(
         soft.translate(&dev, Iova::new(0x4000_2000), Access::Read),
         Ok(PhysAddr::new(0x3000))
+    );
+}
+
+/// The log lines a closure caused, as `(level, message)`.
+fn logged(f: impl FnOnce()) -> Vec<(tracing::Level, String)> {
+    use std::sync::Mutex;
+    use tracing_subscriber::layer::{Context, Layer, SubscriberExt};
+
+    struct Record(Arc<Mutex<Vec<(tracing::Level, String)>>>);
+    struct Message(String);
+    impl tracing::field::Visit for Message {
+        fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+            if field.name() == "message" {
+                self.0 = format!("{value:?}");
+            }
+        }
+    }
+    impl<S: tracing::Subscriber> Layer<S> for Record {
+        fn on_event(&self, event: &tracing::Event<'_>, _: Context<'_, S>) {
+            let mut m = Message(String::new());
+            event.record(&mut m);
+            let level = *event.metadata().level();
+            self.0.lock().unwrap().push((level, m.0));
+        }
+    }
+    let lines = Arc::new(Mutex::new(Vec::new()));
+    let subscriber = tracing_subscriber::registry().with(Record(lines.clone()));
+    tracing::subscriber::with_default(subscriber, f);
+    let out = lines.lock().unwrap().clone();
+    out
+}
+
+/// A wedged IOMMU is said once, however many invalidations fail, and
+/// its recovery once.
+#[test]
+fn a_wedged_iommu_is_reported_once_and_its_recovery_once() {
+    let (_iommu, bus, hw) = setup(&[("dma0", &[1])]);
+    let dev = bus.find_device("dma0").unwrap();
+    let domain = dev.iommu_group().unwrap().default_domain().unwrap();
+    let lines = logged(|| {
+        hw.set_wedged(true);
+        for i in 0..16u64 {
+            let iova = Iova::new(0x10_0000 + i * 0x1000);
+            domain
+                .map(iova, PhysAddr::new(0x8000_0000), 0x1000, Prot::RW)
+                .unwrap();
+            assert!(domain.unmap(iova, 0x1000).is_err());
+        }
+        hw.set_wedged(false);
+        domain.flush_iotlb_all().unwrap();
+        let iova = Iova::new(0x20_0000);
+        domain
+            .map(iova, PhysAddr::new(0x8000_0000), 0x1000, Prot::RW)
+            .unwrap();
+        assert_eq!(domain.unmap(iova, 0x1000), Ok(0x1000));
+    });
+    let count = |level: tracing::Level, what: &str| {
+        lines
+            .iter()
+            .filter(|(l, m)| *l == level && m.contains(what))
+            .count()
+    };
+    assert_eq!(
+        count(tracing::Level::ERROR, "invalidations are not completing"),
+        1,
+        "{lines:#?}"
+    );
+    assert_eq!(
+        count(tracing::Level::INFO, "invalidations complete again"),
+        1,
+        "{lines:#?}"
     );
 }

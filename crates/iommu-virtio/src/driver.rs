@@ -45,7 +45,7 @@ use alloc::vec::Vec;
 use iommu_core::{
     Capability, Device, DomainGeometry, DomainOps, DomainType, Errno, FaultAccess, Group, Iommu,
     IommuOps, IotlbGather, Iova, MapPagesError, PagingOps, PhysAddr, Prot, ReservedRegion,
-    ResvType,
+    ResvType, WedgeReport,
 };
 use iommu_types::Unmapped;
 use std::sync::{Mutex, MutexGuard};
@@ -142,6 +142,13 @@ struct DomainState {
     /// Endpoints (core devices) attached, under `Inner::endpoints`.
     nr_endpoints: Mutex<usize>,
     mappings: Mutex<BTreeMap<u64, VMapping>>,
+    /// UNMAPs the device did not complete (`start -> end`): the device may
+    /// still translate them. Sent again before anything else of the
+    /// domain's, until one completes.
+    owed: Mutex<BTreeMap<u64, u64>>,
+    /// A DETACH was refused: the device may still hold this domain, so
+    /// its id is never given to another (nor while UNMAPs are owed).
+    tainted: core::sync::atomic::AtomicBool,
 }
 
 /// An endpoint (a device behind the virtio-iommu) as the driver knows it.
@@ -163,6 +170,9 @@ struct Requests {
     in_flight: BTreeMap<u16, (u16, Request)>,
     /// The first status other than OK of a batched request, by domain.
     refused: BTreeMap<u32, Status>,
+    /// UNMAPs not completed, by domain, until that domain's next sync
+    /// takes them up into its `owed`.
+    unmaps_failed: BTreeMap<u32, Vec<(u64, u64)>>,
     probe_at: u64,
 }
 
@@ -195,6 +205,8 @@ struct Inner<M> {
     by_id: Mutex<BTreeMap<u32, String>>,
     domain_ids: Mutex<BTreeSet<u32>>,
     stats: Mutex<ViommuStats>,
+    /// Says once that UNMAPs stopped completing, and once that they do again.
+    wedge: WedgeReport,
 }
 
 /// The virtio-iommu driver: set it on a bus with
@@ -374,6 +386,7 @@ impl<M: GuestMemory + Send + Sync + 'static> Viommu<M> {
                 free_slots: (0..cfg.request_queue_size / 2).rev().collect(),
                 in_flight: BTreeMap::new(),
                 refused: BTreeMap::new(),
+                unmaps_failed: BTreeMap::new(),
                 probe_at: region.0 + probe_at,
             }),
             events: Mutex::new(Events {
@@ -384,6 +397,7 @@ impl<M: GuestMemory + Send + Sync + 'static> Viommu<M> {
             by_id: Mutex::new(BTreeMap::new()),
             domain_ids: Mutex::new(BTreeSet::new()),
             stats: Mutex::new(ViommuStats::default()),
+            wedge: WedgeReport::default(),
             mem,
         };
         {
@@ -608,6 +622,7 @@ impl<M: GuestMemory + Send + Sync + 'static> Viommu<M> {
             let left: Vec<Request> = r.in_flight.values().map(|(_, q)| *q).collect();
             for q in left {
                 r.refused.entry(request_domain(&q)).or_insert(Status::IoErr);
+                note_failed_unmap(r, &q);
             }
         }
     }
@@ -655,12 +670,16 @@ impl<M: GuestMemory + Send + Sync + 'static> Viommu<M> {
             };
             r.free_slots.push(slot);
             tracing::debug!(%request, status = status.name(), "reply");
-            if status != Status::Ok {
+            // An UNMAP of a domain the device no longer has removed
+            // nothing because nothing is there: done.
+            let gone = status == Status::NoEnt && matches!(request, Request::Unmap { .. });
+            if status != Status::Ok && !gone {
                 lock(&inner.stats).refused += 1;
                 if matches!(request, Request::Unmap { .. } | Request::Detach { .. }) {
                     tracing::error!(%request, status = status.name(), "the device refused to take a translation away");
                 }
                 r.refused.entry(request_domain(&request)).or_insert(status);
+                note_failed_unmap(r, &request);
             }
         }
         wanted
@@ -675,6 +694,56 @@ impl<M: GuestMemory + Send + Sync + 'static> Viommu<M> {
             Some(s) => Err(status_errno(s)),
             None => Ok(()),
         }
+    }
+
+    /// Queues again the UNMAPs of `d` the device did not complete, so that
+    /// they run before whatever the domain sends next.
+    ///
+    /// # Errors
+    /// A request could not be queued (the UNMAPs not queued stay owed).
+    fn resend_owed(&self, d: &DomainState) -> Result<(), Errno> {
+        let owed = core::mem::take(&mut *lock(&d.owed));
+        let mut left = owed.into_iter();
+        for (start, end) in left.by_ref() {
+            if let Err(e) = self.add_request(Request::Unmap {
+                domain: d.id,
+                virt_start: start,
+                virt_end: end,
+                reserved: 0,
+            }) {
+                let mut o = lock(&d.owed);
+                o.insert(start, end);
+                o.extend(left);
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends what `d` owes, completes the requests in flight, and takes up
+    /// `d`'s UNMAPs that failed into its debt: `Err` when any refusal of
+    /// `d`'s came back, or an UNMAP is still owed.
+    fn sync_owed(&self, d: &DomainState) -> Result<(), Errno> {
+        let queued = self.resend_owed(d);
+        let synced = self.sync_domain(d.id);
+        let failed = lock(&self.inner.requests).unmaps_failed.remove(&d.id);
+        let mut owed = lock(&d.owed);
+        if let Some(failed) = failed {
+            owed.extend(failed);
+        }
+        let still_owed = !owed.is_empty();
+        drop(owed);
+        if still_owed {
+            self.inner.wedge.failed("virtio-iommu", Errno::EIO);
+        } else if synced.is_ok() {
+            self.inner.wedge.completed("virtio-iommu");
+        }
+        queued?;
+        synced?;
+        if still_owed {
+            return Err(Errno::EIO);
+        }
+        Ok(())
     }
 
     fn alloc_domain_id(&self) -> Result<u32, Errno> {
@@ -727,21 +796,20 @@ impl<M: GuestMemory + Send + Sync + 'static> Viommu<M> {
         drop(n);
         let _s =
             tracing::debug_span!("viommu_replay_mappings", domain = d.id, n = m.len()).entered();
-        let mut result = Ok(());
-        for (&start, v) in m.iter() {
-            result = self.add_request(Request::Map {
-                domain: d.id,
-                virt_start: start,
-                virt_end: v.end,
-                phys_start: v.phys,
-                flags: v.flags,
-            });
-            if result.is_err() {
-                break;
-            }
-        }
+        // UNMAPs still owed go first: the device may still hold the domain.
+        let result = self.resend_owed(d).and_then(|()| {
+            m.iter().try_for_each(|(&start, v)| {
+                self.add_request(Request::Map {
+                    domain: d.id,
+                    virt_start: start,
+                    virt_end: v.end,
+                    phys_start: v.phys,
+                    flags: v.flags,
+                })
+            })
+        });
         drop(m);
-        let result = result.and_then(|()| self.sync_domain(d.id));
+        let result = result.and_then(|()| self.sync_owed(d));
         if result.is_err() {
             *lock(&d.nr_endpoints) -= 1;
         }
@@ -820,6 +888,8 @@ impl<M: GuestMemory + Send + Sync + 'static> Viommu<M> {
                 endpoint,
             }) {
                 tracing::error!(%e, endpoint, "DETACH refused");
+                from.tainted
+                    .store(true, core::sync::atomic::Ordering::Relaxed);
             }
         }
         ep.domain = None;
@@ -827,6 +897,25 @@ impl<M: GuestMemory + Send + Sync + 'static> Viommu<M> {
         *n = n.saturating_sub(1);
     }
 }
+
+/// Keeps a failed UNMAP for its domain's next sync to take up.
+fn note_failed_unmap(r: &mut Requests, q: &Request) {
+    if let Request::Unmap {
+        domain,
+        virt_start,
+        virt_end,
+        ..
+    } = *q
+    {
+        let failed = r.unmaps_failed.entry(domain).or_default();
+        if failed.len() < MAX_OWED_UNMAPS {
+            failed.push((virt_start, virt_end));
+        }
+    }
+}
+
+/// UNMAPs a domain may owe before new ones are refused (see `unmap_pages`).
+const MAX_OWED_UNMAPS: usize = 1024;
 
 /// The domain a request concerns, for its refusal to reach the right
 /// caller (PROBE and requests without one: `u32::MAX`).
@@ -1007,6 +1096,8 @@ impl<M: GuestMemory + Send + Sync + 'static> IommuOps for Viommu<M> {
                 identity: ty == DomainType::Identity,
                 nr_endpoints: Mutex::new(0),
                 mappings: Mutex::new(BTreeMap::new()),
+                owed: Mutex::new(BTreeMap::new()),
+                tainted: core::sync::atomic::AtomicBool::new(false),
             }),
         }))
     }
@@ -1086,6 +1177,23 @@ impl<M: GuestMemory + Send + Sync + 'static> ViommuDomain<M> {
 
 impl<M: GuestMemory + Send + Sync + 'static> Drop for ViommuDomain<M> {
     fn drop(&mut self) {
+        // Last chance for what it owes; a device that still holds the
+        // domain keeps its id from any other.
+        if !lock(&self.state.owed).is_empty() {
+            let _ = self.viommu.sync_owed(&self.state);
+        }
+        if self
+            .state
+            .tainted
+            .load(core::sync::atomic::Ordering::Relaxed)
+            || !lock(&self.state.owed).is_empty()
+        {
+            tracing::error!(
+                domain = self.state.id,
+                "the device may still hold this domain: its id is not reused"
+            );
+            return;
+        }
         lock(&self.viommu.inner.domain_ids).remove(&self.state.id);
     }
 }
@@ -1111,19 +1219,23 @@ impl<M: GuestMemory + Send + Sync + 'static> DomainOps for ViommuDomain<M> {
         if !self.live() {
             return Ok(());
         }
-        self.viommu.sync_domain(self.state.id)
+        self.viommu.sync_owed(&self.state)
     }
 
-    fn iotlb_sync(&self, _gather: &IotlbGather) {
-        if let Err(e) = self.viommu.sync_domain(self.state.id) {
-            tracing::error!(%e, domain = self.state.id, "UNMAP refused by the device");
-        }
+    /// Completes the queued UNMAPs; one the device did not complete stays
+    /// owed (the device may still translate it) and is sent again first
+    /// at the domain's next sync.
+    fn iotlb_sync(&self, _gather: &IotlbGather) -> Result<(), Errno> {
+        self.viommu.sync_owed(&self.state)
     }
 
-    fn flush_iotlb_all(&self) {
-        if self.live() {
-            let _ = self.viommu.sync_domain(self.state.id);
+    /// MAP and UNMAP complete one by one, so the device caches nothing
+    /// beyond them: what a flush-all owes is the UNMAPs that failed.
+    fn flush_iotlb_all(&self) -> Result<(), Errno> {
+        if !self.live() && lock(&self.state.owed).is_empty() {
+            return Ok(());
         }
+        self.viommu.sync_owed(&self.state)
     }
 
     fn as_any(&self) -> Option<&dyn std::any::Any> {
@@ -1175,6 +1287,18 @@ impl<M: GuestMemory + Send + Sync + 'static> PagingOps for ViommuDomain<M> {
             },
         );
         if self.live() {
+            // An UNMAP still owed over this range must run first, or the
+            // device would refuse the MAP as overlapping.
+            let overlaps = lock(&self.state.owed)
+                .range(..=end)
+                .next_back()
+                .is_some_and(|(_, &e)| e >= iova.raw());
+            if overlaps {
+                if let Err(e) = self.viommu.resend_owed(&self.state) {
+                    m.remove(&iova.raw());
+                    return Err(e.into());
+                }
+            }
             let r = self.viommu.add_request(Request::Map {
                 domain: self.state.id,
                 virt_start: iova.raw(),
@@ -1204,6 +1328,15 @@ impl<M: GuestMemory + Send + Sync + 'static> PagingOps for ViommuDomain<M> {
         let last = iova
             .raw()
             .saturating_add(pgsize.saturating_mul(pgcount as u64).saturating_sub(1));
+        if lock(&self.state.owed).len() >= MAX_OWED_UNMAPS {
+            // The device completes none of this domain's UNMAPs: keep the
+            // mapping recorded (it is still there) rather than owe more.
+            tracing::error!(
+                domain = self.state.id,
+                "too many UNMAPs owed; not unmapping"
+            );
+            return Unmapped::NOTHING;
+        }
         let mut m = lock(&self.state.mappings);
         let Some((&start, &first)) = m
             .range(..=iova.raw())
@@ -1270,6 +1403,8 @@ pub struct Loopback<M> {
     iommu: Arc<VirtioIommu>,
     mem: M,
     queues: Mutex<[Option<Queue>; 2]>,
+    /// Notifications of the request queue go unserved while set.
+    paused: core::sync::atomic::AtomicBool,
 }
 
 impl<M> core::fmt::Debug for Loopback<M> {
@@ -1285,7 +1420,16 @@ impl<M: GuestMemory + Send + Sync> Loopback<M> {
             iommu,
             mem,
             queues: Mutex::new([None, None]),
+            paused: core::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// Stops (or resumes) serving the request queue, as a VMM whose
+    /// virtio-iommu thread is stuck: requests stay in flight until a
+    /// notification after the pause ends. For failure tests.
+    pub fn pause(&self, paused: bool) {
+        self.paused
+            .store(paused, core::sync::atomic::Ordering::SeqCst);
     }
 
     /// The device.
@@ -1341,6 +1485,9 @@ impl<M: GuestMemory + Send + Sync> Transport for Loopback<M> {
         let Some(q) = qs.get_mut(usize::from(index)).and_then(Option::as_mut) else {
             return;
         };
+        if index == REQUEST_QUEUE && self.paused.load(core::sync::atomic::Ordering::SeqCst) {
+            return;
+        }
         let served = if index == REQUEST_QUEUE {
             self.iommu.process_requests(q, &self.mem)
         } else {

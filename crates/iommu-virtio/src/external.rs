@@ -450,16 +450,28 @@ mod core_domain {
                 })
         }
 
+        /// Unmaps and invalidates. An invalidation that did not complete is
+        /// a failure (the device may still reach the range), and so the
+        /// device retries: the retry first flushes what the domain owes,
+        /// and succeeds once the range is gone from the tables and no
+        /// invalidation is owed.
         fn unmap(&mut self, m: &Mapping) -> Result<(), ExternalError> {
             if m.flags & (map::READ | map::WRITE) == 0 {
                 return Ok(());
             }
             let size = size(m)?;
-            let removed = self.domain.unmap(Iova::new(m.virt_start), size);
-            if removed == size {
-                Ok(())
-            } else {
-                Err(ExternalError::Failed(Errno::EIO.code()))
+            let failed = |e: Errno| ExternalError::Failed(e.code());
+            if self.domain.invalidation_owed() {
+                self.domain.flush_iotlb_all().map_err(failed)?;
+            }
+            let (first, last) = (Iova::new(m.virt_start), Iova::new(m.virt_end));
+            match self.domain.unmap(first, size) {
+                Err(e) => Err(failed(e.errno)),
+                Ok(removed) if removed == size => Ok(()),
+                // Part of it was gone already (an earlier attempt removed
+                // it, then failed to invalidate): done once nothing is left.
+                Ok(_) if self.domain.first_mapping(first, last).is_none() => Ok(()),
+                Ok(_) => Err(failed(Errno::EIO)),
             }
         }
     }

@@ -496,7 +496,7 @@ mod random {
                         prop_assert_eq!(e, Errno::EEXIST);
                     }
                 } else {
-                    dom.unmap(iova, pages << 12);
+                    dom.unmap(iova, pages << 12).unwrap();
                 }
                 let (ours, theirs) = records(&g, &dom, BLK);
                 prop_assert_eq!(&ours, &theirs);
@@ -646,4 +646,53 @@ fn a_granule_larger_than_the_guests_page_gets_no_domain() {
         iommu.domain_alloc(&bus, DomainType::Unmanaged).unwrap_err(),
         Errno::ENODEV
     );
+}
+
+/// What endpoint `ep` reaches at `iova` on the device, if anything.
+fn device_reaches(g: &Guest, ep: u32, iova: u64) -> Option<u64> {
+    g.device
+        .with_device(|d| d.translate(ep, iova, Access::Read).ok().map(|t| t.phys))
+}
+
+#[test]
+fn an_unmap_the_device_does_not_complete_is_owed_and_its_iova_held_until_it_does() {
+    let g = guest();
+    let dma = g.dma("net");
+    let old = dma
+        .map_single(PhysAddr::new(0x20_0000), 0x1000, DmaDirection::ToDevice)
+        .unwrap();
+    assert_eq!(device_reaches(&g, NET, old.raw()), Some(0x20_0000));
+    // The VMM stops serving the request queue.
+    g.transport.pause(true);
+    assert_eq!(
+        dma.unmap_single(old, 0x1000, DmaDirection::ToDevice),
+        Err(iommu_dma::DmaError::NotInvalidated(Errno::EIO))
+    );
+    assert!(dma.invalidation_pending());
+    assert_eq!(
+        device_reaches(&g, NET, old.raw()),
+        Some(0x20_0000),
+        "the device never saw the UNMAP: the caller was told"
+    );
+    // Nothing new can be mapped while the device does not answer, and
+    // what was tried reaches nothing.
+    let e = dma
+        .map_single(PhysAddr::new(0x30_0000), 0x1000, DmaDirection::ToDevice)
+        .unwrap_err();
+    assert_eq!(e, iommu_dma::DmaError::Map(Errno::EIO));
+
+    assert_eq!(dma.domain_stats().quarantine.ranges, 2);
+    // Back: the stuck requests run in order, what is owed is sent again,
+    // and the quarantine drains.
+    g.transport.pause(false);
+    assert_eq!(dma.release_quarantine(), Ok(2));
+    assert!(!dma.invalidation_pending());
+    assert_eq!(device_reaches(&g, NET, old.raw()), None);
+    let new = dma
+        .map_single(PhysAddr::new(0x30_0000), 0x1000, DmaDirection::ToDevice)
+        .unwrap();
+    // (Released, the old IOVA may be handed out again: it is clean.)
+    assert_eq!(device_reaches(&g, NET, new.raw()), Some(0x30_0000));
+    dma.unmap_single(new, 0x1000, DmaDirection::ToDevice)
+        .unwrap();
 }

@@ -333,6 +333,49 @@ fn a_passthrough_device_translates_through_the_host_page_tables() {
     assert!(host.iova_to_phys(Iova::new(0x20_0000)).is_none());
 }
 
+/// The host IOMMU behind a passthrough endpoint stops completing
+/// invalidations: the guest's UNMAP is not OK until the host's is, so the
+/// guest keeps it owed and its IOVA held, and a retry once the host is
+/// back completes it.
+#[test]
+fn an_unmap_the_host_iommu_cannot_invalidate_is_not_ok_until_it_can() {
+    use iommu_core::{DmaOwner, DomainType, Iova, PhysAddr};
+    use iommu_soft::platform::DefaultPlatform;
+    use iommu_soft::Access;
+
+    let p = DefaultPlatform::build().unwrap();
+    let gpu = p.device("0000:01:00.0").unwrap();
+    let group = gpu.iommu_group().unwrap();
+    let host = p.iommu.domain_alloc(&p.bus, DomainType::Unmanaged).unwrap();
+    p.iommu
+        .group_claim_dma_owner(&group, DmaOwner::new())
+        .unwrap();
+    p.iommu.attach_group(&host, &group).unwrap();
+    let (iommu, _) = setup();
+    iommu
+        .set_external_mapper(1, Box::new(CoreDomainMapper::new(host.clone())))
+        .unwrap();
+    iommu.with_device(|d| d.add_endpoint(1, &[]).unwrap());
+    assert_eq!(send(&iommu, attach(4, 1)), Status::Ok);
+    assert_eq!(send(&iommu, map(4, 0x100, 1, 0x8_0000)), Status::Ok);
+    let at = Iova::new(0x10_0000);
+    assert_eq!(
+        p.hw.translate(&gpu, at, Access::Read),
+        Ok(PhysAddr::new(0x8000_0000))
+    );
+    p.hw.set_wedged(true);
+    assert_eq!(send(&iommu, unmap(4, 0x100, 1)), Status::DevErr);
+    assert!(host.invalidation_owed());
+    // The guest's retry is refused while the host cannot invalidate.
+    assert_eq!(send(&iommu, unmap(4, 0x100, 1)), Status::DevErr);
+    assert_eq!(iommu.external_mappings(1).unwrap().0.len(), 1, "still held");
+    p.hw.set_wedged(false);
+    assert_eq!(send(&iommu, unmap(4, 0x100, 1)), Status::Ok);
+    assert!(!host.invalidation_owed());
+    assert!(iommu.external_mappings(1).unwrap().0.is_empty());
+    assert!(p.hw.translate(&gpu, at, Access::Read).is_err());
+}
+
 #[derive(Clone, Debug)]
 enum Op {
     Attach(u32, u32),

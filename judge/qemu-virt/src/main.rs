@@ -234,7 +234,7 @@ fn run() {
     dst.fill(0);
     check(
         "unmap through the core",
-        domain.unmap(Iova::new(iova_dst), 0x1000) == 0x1000,
+        domain.unmap(Iova::new(iova_dst), 0x1000) == Ok(0x1000),
     );
     edu_dma(false, iova_dst, 256);
     check("no data lands after unmap", dst.iter().all(|&b| b == 0));
@@ -271,7 +271,10 @@ fn run() {
     );
     let _ = events(&drv, "stale");
     stale.fill(0);
-    domain.iotlb_sync(gather);
+    check(
+        "the TLBI and CMD_SYNC complete",
+        domain.iotlb_sync(gather).is_ok(),
+    );
     edu_dma(false, iova_stale, 16);
     check("after the TLBI it does not", stale.iter().all(|&b| b == 0));
     let _ = events(&drv, "synced");
@@ -295,7 +298,7 @@ fn run() {
     let _ = events(&drv, "block");
     check(
         "the block unmaps whole",
-        domain.unmap(Iova::new(iova_block), 0x20_0000) == 0x20_0000,
+        domain.unmap(Iova::new(iova_block), 0x20_0000) == Ok(0x20_0000),
     );
     block[0x1f_f000..].fill(0);
     edu_dma(false, iova_block + 0x1f_f000, 16);

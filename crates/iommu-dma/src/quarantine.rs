@@ -1,0 +1,217 @@
+//! IOVAs held back because their invalidation did not complete.
+//!
+//! An unmap whose IOTLB sync failed has taken the range out of the page
+//! tables, but the IOMMU may still translate it from its caches. Were the
+//! IOVA handed to the next mapping, the device would reach the old buffer
+//! through the new owner's address (what Linux allows after a `CMD_SYNC`
+//! timeout, which it only logs). Such a range stays allocated here instead,
+//! tagged with the domain's flush ticket ([`Domain::flush_ticket`]), and is
+//! freed only once a flush-all that started after it completed
+//! ([`Domain::flushed_through`]); a range that still holds leaves (a driver
+//! that could not take them out) must also sweep clean first.
+//!
+//! The DMA layer tries a flush-all when there is a reason to hope: the next
+//! strict invalidation that completes, the flush queue's timer, an IOVA
+//! allocation that finds no space, and a caller's
+//! [`DmaDevice::release_quarantine`](crate::DmaDevice::release_quarantine).
+//!
+//! # Bounds
+//! Every entry holds at least one granule of allocated IOVA space, so the
+//! list cannot outgrow the IOVA space. Beyond [`MAX_QUARANTINED`] entries
+//! new mappings are refused ([`DmaError::Wedged`](crate::DmaError::Wedged))
+//! until a flush completes: past that point only unmaps of mappings that
+//! already exist add entries, so the list stays within the cap plus the
+//! caller's live mappings.
+
+use crate::cookie::free_iova_on;
+use crate::PageAllocator;
+use iommu_core::{Domain, IotlbGather, Iova, PhysAddr};
+use iommu_iova::{IovaDomain, ThreadCpu};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::sync::Mutex;
+
+/// Ranges held before new mappings are refused.
+pub const MAX_QUARANTINED: usize = 4096;
+
+/// Counts describing the quarantine of a DMA domain.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct QuarantineStats {
+    /// IOVA ranges held now.
+    pub ranges: usize,
+    /// Granules of IOVA space held now.
+    pub pages: u64,
+    /// Ranges ever put in quarantine.
+    pub held_total: u64,
+    /// Ranges freed from it after a flush completed.
+    pub released_total: u64,
+}
+
+/// One range waiting for a flush.
+pub(crate) struct Held {
+    pub(crate) pfn: u64,
+    pub(crate) pages: u64,
+    /// A flush-all with this ticket or later covers it.
+    pub(crate) ticket: u64,
+    /// Table pages its unmap detached (a lazy unmap's gather), synced
+    /// once the flush completed so the page table can reuse them.
+    pub(crate) gather: Option<IotlbGather>,
+    /// The CPU whose IOVA cache takes it back (a flush queue's ring).
+    pub(crate) cpu: Option<usize>,
+    /// A coherent buffer's memory, given back with the IOVA: the device
+    /// may reach it until then.
+    pub(crate) memory: Option<Memory>,
+}
+
+/// Memory to give back to its allocator: `(allocator, address, bytes)`.
+pub(crate) type Memory = (Arc<dyn PageAllocator>, PhysAddr, u64);
+
+/// Gives `memory` back.
+pub(crate) fn free_memory(memory: Option<Memory>) {
+    if let Some((alloc, pa, len)) = memory {
+        alloc.free_pages(pa, len);
+    }
+}
+
+#[derive(Default)]
+pub(crate) struct Quarantine {
+    held: Mutex<Vec<Held>>,
+    /// `held.len()`, read without the lock on every strict unmap.
+    len: AtomicUsize,
+    held_total: AtomicU64,
+    released_total: AtomicU64,
+}
+
+impl Quarantine {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Held>> {
+        self.held.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Holds `[pfn, pfn + pages)` until a flush-all that starts after this
+    /// call completes.
+    pub(crate) fn hold(&self, domain: &Domain, pfn: u64, pages: u64, memory: Option<Memory>) {
+        let ticket = domain.flush_ticket();
+        self.hold_entries([Held {
+            pfn,
+            pages,
+            ticket,
+            gather: None,
+            cpu: None,
+            memory,
+        }]);
+    }
+
+    /// Holds entries whose tickets are already set (a flush queue's, when
+    /// its flush failed).
+    pub(crate) fn hold_entries(&self, entries: impl IntoIterator<Item = Held>) {
+        let mut held = self.lock();
+        let before = held.len();
+        held.extend(entries);
+        let added = held.len() - before;
+        self.len.store(held.len(), Ordering::Release);
+        drop(held);
+        if added != 0 {
+            self.held_total.fetch_add(added as u64, Ordering::Relaxed);
+            // The driver says once that its hardware stopped answering;
+            // each range held is detail.
+            tracing::debug!(
+                ranges = added,
+                "IOVA held back: its invalidation did not complete"
+            );
+        }
+    }
+
+    /// Whether nothing is held (one load).
+    #[inline]
+    pub(crate) fn is_empty(&self) -> bool {
+        self.len.load(Ordering::Acquire) == 0
+    }
+
+    /// Whether new mappings must wait for a flush.
+    pub(crate) fn is_full(&self) -> bool {
+        self.len.load(Ordering::Acquire) >= MAX_QUARANTINED
+    }
+
+    /// Frees every held range a completed flush covers and whose page
+    /// tables are clean; returns how many.
+    pub(crate) fn release(&self, iovad: &IovaDomain<ThreadCpu>, domain: &Domain) -> usize {
+        if self.is_empty() {
+            return 0;
+        }
+        let shift = iovad.shift();
+        let mut held = self.lock();
+        let mut freed = 0usize;
+        let mut kept = Vec::with_capacity(held.len());
+        for mut h in held.drain(..) {
+            if !domain.flushed_through(h.ticket) {
+                kept.push(h);
+                continue;
+            }
+            if let Some(g) = h.gather.take() {
+                // The flush covered its pages; this lets the table reuse
+                // them (a failure keeps them parked in the driver).
+                if let Err(e) = domain.iotlb_sync(g) {
+                    tracing::debug!(errno = e.name(), "table pages stay parked");
+                }
+            }
+            let (first, last) = (h.pfn << shift, ((h.pfn + h.pages) << shift) - 1);
+            if domain
+                .first_mapping(Iova::new(first), Iova::new(last))
+                .is_some()
+            {
+                // Leaves a driver could not take out: try again, and hold
+                // the range for the invalidation that sweep needs.
+                let mut gather = IotlbGather::new();
+                crate::cookie::sweep(domain, first, last - first + 1, &mut gather);
+                let clean = domain.iotlb_sync(gather).is_ok()
+                    && domain
+                        .first_mapping(Iova::new(first), Iova::new(last))
+                        .is_none();
+                if !clean {
+                    h.ticket = domain.flush_ticket();
+                    kept.push(h);
+                    continue;
+                }
+            }
+            free_iova_on(iovad, h.cpu, h.pfn, h.pages);
+            free_memory(h.memory.take());
+            freed += 1;
+        }
+        *held = kept;
+        self.len.store(held.len(), Ordering::Release);
+        drop(held);
+        if freed != 0 {
+            self.released_total
+                .fetch_add(freed as u64, Ordering::Relaxed);
+            tracing::info!(ranges = freed, "held-back IOVAs released after a flush");
+        }
+        freed
+    }
+
+    /// One flush-all, then [`release`](Self::release): what to do when the
+    /// IOMMU may be answering again. Returns the ranges freed.
+    ///
+    /// # Errors
+    /// The flush did not complete; nothing was freed.
+    pub(crate) fn flush_and_release(
+        &self,
+        iovad: &IovaDomain<ThreadCpu>,
+        domain: &Domain,
+    ) -> Result<usize, iommu_core::Errno> {
+        if self.is_empty() {
+            return Ok(0);
+        }
+        domain.flush_iotlb_all()?;
+        Ok(self.release(iovad, domain))
+    }
+
+    pub(crate) fn stats(&self) -> QuarantineStats {
+        let held = self.lock();
+        QuarantineStats {
+            ranges: held.len(),
+            pages: held.iter().map(|h| h.pages).sum(),
+            held_total: self.held_total.load(Ordering::Relaxed),
+            released_total: self.released_total.load(Ordering::Relaxed),
+        }
+    }
+}
