@@ -253,7 +253,7 @@ pub fn vm(args: &VmArgs) -> Result<(), Failure> {
             story.say(format!(
                 "    reserved {:#x}-{:#x} {}",
                 r.start.raw(),
-                r.start.raw() + r.length - 1,
+                r.last(),
                 r.ty.sysfs_name()
             ));
         }

@@ -100,9 +100,14 @@ pub fn insert_resv_region(regions: &mut Vec<ReservedRegion>, new: ReservedRegion
     for r in regions.drain(..) {
         if r.ty == new.ty {
             if let Some(top) = out.iter_mut().rev().find(|t| t.ty == r.ty) {
-                if r.start.raw() <= top.last().saturating_add(1) {
-                    let end = top.last().max(r.last());
-                    top.length = end - top.start.raw() + 1;
+                // A merge that would cover all 2^64 bytes has no length to
+                // say it with: the two stay apart, covering the same.
+                let end = top.last().max(r.last());
+                let merged = (end - top.start.raw()).checked_add(1);
+                if let (true, Some(length)) =
+                    (r.start.raw() <= top.last().saturating_add(1), merged)
+                {
+                    top.length = length;
                     continue;
                 }
             }
@@ -167,6 +172,26 @@ mod tests {
              0x0000000000001800 0x00000000000018ff reserved\n\
              0x0000000080000000 0x00000000800fffff msi\n"
         );
+    }
+
+    #[test]
+    fn resv_regions_that_together_cover_the_whole_space_stay_apart() {
+        let half = 1u64 << 63;
+        let mut v = Vec::new();
+        insert_resv_region(&mut v, r(half, half, ResvType::Reserved)); // ends at 2^64 - 1
+        insert_resv_region(&mut v, r(0, half, ResvType::Reserved));
+        assert_eq!(
+            v,
+            vec![
+                r(0, half, ResvType::Reserved),
+                r(half, half, ResvType::Reserved),
+            ]
+        );
+        assert_eq!(v[1].last(), u64::MAX);
+        // A third one inside merges with neither's length overflowing.
+        insert_resv_region(&mut v, r(u64::MAX, 1, ResvType::Reserved));
+        assert_eq!(v.iter().map(|x| x.last()).max(), Some(u64::MAX));
+        assert_eq!(v.iter().map(|x| x.start.raw()).min(), Some(0));
     }
 
     #[test]

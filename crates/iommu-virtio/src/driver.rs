@@ -980,54 +980,76 @@ pub fn parse_properties(props: &[u8]) -> Result<Vec<ReservedRegion>, Errno> {
 /// Fills an identity domain of a device without BYPASS_CONFIG with 1:1
 /// mappings of the aperture, around `resv` (Linux's
 /// `viommu_domain_map_identity`), once.
+///
+/// Every bound is an inclusive end, so a region or an aperture that ends
+/// at 2^64 - 1 is one more range, not an overflow.
 fn fill_identity(d: &DomainState, resv: &[ReservedRegion], pgsize_bitmap: u64, g: DomainGeometry) {
     let mut m = lock(&d.mappings);
     if !m.is_empty() {
         return;
     }
-    let granule = pgsize_bitmap & pgsize_bitmap.wrapping_neg();
-    let mut iova = g.aperture_start.raw().next_multiple_of(granule);
-    let limit = match (g.aperture_end.raw() & !(granule - 1)).checked_sub(1) {
-        Some(l) if g.aperture_end.raw() != u64::MAX => l,
-        _ => u64::MAX,
-    };
     let flags = map::READ | map::WRITE;
-    let mut regions: Vec<&ReservedRegion> = resv.iter().collect();
-    regions.sort_by_key(|r| r.start.raw());
-    for r in regions {
-        let rs = r.start.raw() & !(granule - 1);
-        let re = r
-            .start
-            .raw()
-            .saturating_add(r.length)
-            .next_multiple_of(granule)
-            .saturating_sub(1);
-        if re < iova || rs > limit {
+    for (first, last) in identity_ranges(resv, pgsize_bitmap, g) {
+        m.insert(
+            first,
+            VMapping {
+                end: last,
+                phys: first,
+                flags,
+            },
+        );
+    }
+}
+
+/// The whole granules of the aperture outside every region of `resv`, as
+/// `(first, last)` ranges in address order.
+pub(crate) fn identity_ranges(
+    resv: &[ReservedRegion],
+    pgsize_bitmap: u64,
+    g: DomainGeometry,
+) -> Vec<(u64, u64)> {
+    let granule = pgsize_bitmap & pgsize_bitmap.wrapping_neg();
+    let mask = granule.wrapping_sub(1);
+    let mut out = Vec::new();
+    // The aperture's whole granules: first rounded up, last rounded down.
+    let Some(mut next) = g.aperture_start.raw().checked_next_multiple_of(granule) else {
+        return out;
+    };
+    let end = g.aperture_end.raw();
+    let limit = if end & mask == mask {
+        end
+    } else {
+        match (end & !mask).checked_sub(1) {
+            Some(l) => l,
+            None => return out,
+        }
+    };
+    let mut regions: Vec<(u64, u64)> = resv
+        .iter()
+        .filter(|r| r.length != 0)
+        .map(|r| (r.start.raw() & !mask, r.last() | mask))
+        .collect();
+    regions.sort_unstable();
+    for (rs, re) in regions {
+        if next > limit {
+            return out;
+        }
+        if re < next || rs > limit {
             continue;
         }
-        if rs > iova {
-            m.insert(
-                iova,
-                VMapping {
-                    end: rs - 1,
-                    phys: iova,
-                    flags,
-                },
-            );
+        if rs > next {
+            out.push((next, rs - 1));
         }
-        if re >= limit {
-            return;
+        match re.checked_add(1) {
+            Some(after) if re < limit => next = after,
+            // The region reaches the end of the aperture.
+            _ => return out,
         }
-        iova = re + 1;
     }
-    m.insert(
-        iova,
-        VMapping {
-            end: limit,
-            phys: iova,
-            flags,
-        },
-    );
+    if next <= limit {
+        out.push((next, limit));
+    }
+    out
 }
 
 impl<M: GuestMemory + Send + Sync + 'static> IommuOps for Viommu<M> {

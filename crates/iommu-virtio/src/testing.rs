@@ -748,19 +748,100 @@ fn check_mappers(iommu: &crate::VirtioIommu, mappers: &[RecordingMapper; 2], fai
 }
 
 /// Any bytes as a PROBE reply's properties: reserved regions that are
-/// sorted and well formed, or a typed refusal; never a panic.
+/// sorted and well formed, or a typed refusal; never a panic. What reads
+/// then fills identity domains of several apertures and granules (the
+/// driver's fill for a device without BYPASS_CONFIG): exactly the whole
+/// granules outside every region, with regions at either end of the
+/// 64-bit space left out like any other.
 #[cfg(feature = "driver")]
 pub fn run_probe_reply(data: &[u8]) {
-    if let Ok(regions) = crate::driver::parse_properties(data) {
-        for w in regions.windows(2) {
-            assert!(w[0].start.raw() <= w[1].start.raw());
-        }
-        for r in &regions {
-            assert!(r.length >= 1);
-            assert!(r.start.raw().checked_add(r.length - 1).is_some());
-        }
-        assert!(regions.len() <= data.len() / size::RESV_MEM);
+    let Ok(regions) = crate::driver::parse_properties(data) else {
+        return;
+    };
+    for w in regions.windows(2) {
+        assert!(w[0].start.raw() <= w[1].start.raw());
     }
+    for r in &regions {
+        assert!(r.length >= 1);
+        assert!(r.start.raw().checked_add(r.length - 1).is_some());
+    }
+    assert!(regions.len() <= data.len() / size::RESV_MEM);
+    let apertures = [
+        (0, u64::MAX),
+        (0, (1 << 48) - 1),
+        (0x1000, 0xffff_ffff_ffff_efff),
+        (0x8000_0800, 0xffff_ffff_ffff_fbff),
+    ];
+    for (first, last) in apertures {
+        for bitmap in [!0xfffu64, 0xffff_0000, 1] {
+            check_identity(&regions, bitmap, first, last);
+        }
+    }
+    let mut merged = Vec::new();
+    for r in &regions {
+        iommu_core::insert_resv_region(&mut merged, *r);
+    }
+    for r in &merged {
+        assert!(r.length >= 1 && r.start.raw().checked_add(r.length - 1).is_some());
+    }
+}
+
+/// The driver's identity fill against the complement of the regions'
+/// union, worked out on its own.
+#[cfg(feature = "driver")]
+fn check_identity(regions: &[iommu_core::ReservedRegion], bitmap: u64, first: u64, last: u64) {
+    let g = iommu_core::DomainGeometry {
+        aperture_start: iommu_core::Iova::new(first),
+        aperture_end: iommu_core::Iova::new(last),
+        force_aperture: true,
+    };
+    let got = crate::driver::identity_ranges(regions, bitmap, g);
+    let granule = bitmap & bitmap.wrapping_neg();
+    // Granule numbers, so that no bound needs 2^64.
+    let shift = granule.trailing_zeros();
+    let lo = (first >> shift) + u64::from(first & (granule - 1) != 0);
+    let hi_incl = last >> shift;
+    let hi = if last & (granule - 1) == granule - 1 {
+        Some(hi_incl)
+    } else {
+        hi_incl.checked_sub(1)
+    };
+    let mut spans: Vec<(u64, u64)> = regions
+        .iter()
+        .map(|r| (r.start.raw() >> shift, r.last() >> shift))
+        .collect();
+    spans.sort_unstable();
+    let mut want = Vec::new();
+    if let Some(hi) = hi.filter(|&h| h >= lo) {
+        let mut at = lo;
+        let mut open = true;
+        for (s, e) in spans {
+            if !open || e < at {
+                continue;
+            }
+            if s > hi {
+                break;
+            }
+            if s > at {
+                want.push((at, s - 1));
+            }
+            match e.checked_add(1) {
+                Some(n) if e < hi => at = n,
+                _ => open = false,
+            }
+        }
+        if open && at <= hi {
+            want.push((at, hi));
+        }
+    }
+    let want: Vec<(u64, u64)> = want
+        .into_iter()
+        .map(|(a, b)| (a << shift, (b << shift) | (granule - 1)))
+        .collect();
+    assert_eq!(
+        got, want,
+        "identity fill of [{first:#x}, {last:#x}], granule {granule:#x}"
+    );
 }
 
 /// The endpoint of [`bench_device`].

@@ -33,17 +33,19 @@ struct Guest {
 }
 
 fn guest_with(config: DeviceConfig, policy: IommuConfig) -> Guest {
+    let msi = ResvMem {
+        subtype: resv::MSI,
+        start: MSI_DOORBELL,
+        end: MSI_DOORBELL + 0xf_ffff,
+    };
+    guest_with_regions(config, policy, &[msi])
+}
+
+/// A guest whose net endpoint reports `net_resv` in its PROBE reply.
+fn guest_with_regions(config: DeviceConfig, policy: IommuConfig, net_resv: &[ResvMem]) -> Guest {
     let mem = Mem::from_ranges(&[(GuestAddress(0), MEM as usize)]).unwrap();
     let mut d = Device::new(config).unwrap();
-    d.add_endpoint(
-        NET,
-        &[ResvMem {
-            subtype: resv::MSI,
-            start: MSI_DOORBELL,
-            end: MSI_DOORBELL + 0xf_ffff,
-        }],
-    )
-    .unwrap();
+    d.add_endpoint(NET, net_resv).unwrap();
     d.add_endpoint(BLK, &[]).unwrap();
     let device = VirtioIommu::new(d);
     let transport = Arc::new(Loopback::new(Arc::clone(&device), mem.clone()));
@@ -284,6 +286,46 @@ fn identity_without_bypass_config_maps_the_aperture_around_reserved_regions() {
             .any(|m| m.virt_start <= MSI_DOORBELL && MSI_DOORBELL <= m.virt_end)
     });
     assert!(!inside);
+}
+
+/// A region that ends at 2^64 - 1 (an inclusive end with nothing after
+/// it) is left out of the identity domain, with the rest of the space
+/// mapped 1:1 up to it; so is one at the bottom.
+#[test]
+fn identity_without_bypass_config_leaves_out_regions_at_both_ends_of_the_space() {
+    let config = DeviceConfig {
+        features: DeviceConfig::default().features & !feature::BYPASS_CONFIG,
+        ..DeviceConfig::default()
+    };
+    let top = ResvMem {
+        subtype: resv::RESERVED,
+        start: 0xffff_ffff_ffff_f000,
+        end: u64::MAX,
+    };
+    let bottom = ResvMem {
+        subtype: resv::RESERVED,
+        start: 0,
+        end: 0xfff,
+    };
+    let policy = IommuConfig {
+        passthrough: true,
+        strict: true,
+    };
+    let g = guest_with_regions(config, policy, &[top, bottom]);
+    let tr = |addr: u64| {
+        g.device
+            .with_device(|d| d.translate(NET, addr, Access::Read).map(|t| t.phys))
+    };
+    assert_eq!(tr(0x1000), Ok(0x1000));
+    assert_eq!(tr(0xffff_ffff_ffff_efff), Ok(0xffff_ffff_ffff_efff));
+    assert!(tr(0xffff_ffff_ffff_f000).is_err(), "the top region mapped");
+    assert!(tr(u64::MAX).is_err());
+    assert!(tr(0).is_err(), "the bottom region mapped");
+    let id = g.device.with_device(|d| d.domain_of(NET)).unwrap();
+    let maps: Vec<(u64, u64)> = g
+        .device
+        .with_device(|d| d.mappings(id).map(|m| (m.virt_start, m.virt_end)).collect());
+    assert_eq!(maps, vec![(0x1000, 0xffff_ffff_ffff_efff)]);
 }
 
 #[test]
@@ -532,6 +574,21 @@ fn the_probe_reply_seeds_hold() {
         vec![1, 0, 0xff, 0xff],
     ];
     seeds.push([vec![9, 0, 2, 0, 0, 0], resv(0, 0x10, 0x20)].concat());
+    // Regions at both ends of the space, alone and together.
+    let top = resv(0, 0xffff_ffff_ffff_f000, u64::MAX);
+    let bottom = resv(0, 0, 0xfff);
+    seeds.push(top.clone());
+    seeds.push(resv(1, u64::MAX, u64::MAX));
+    seeds.push([bottom.clone(), top.clone()].concat());
+    seeds.push([resv(0, 1 << 63, u64::MAX), resv(0, 0, (1 << 63) - 1)].concat());
+    seeds.push(
+        [
+            top,
+            resv(0, 0xffff_ffff_ffff_e800, 0xffff_ffff_ffff_f7ff),
+            bottom,
+        ]
+        .concat(),
+    );
     let dir = std::env::var_os("IOMMU_FUZZ_SEEDS").map(|d| {
         let d = std::path::PathBuf::from(d).join("virtio_probe_reply");
         std::fs::create_dir_all(&d).unwrap();
@@ -695,4 +752,30 @@ fn an_unmap_the_device_does_not_complete_is_owed_and_its_iova_held_until_it_does
     assert_eq!(device_reaches(&g, NET, new.raw()), Some(0x30_0000));
     dma.unmap_single(new, 0x1000, DmaDirection::ToDevice)
         .unwrap();
+}
+
+proptest::proptest! {
+    /// Regions clustered at the bottom, the middle and the top of the
+    /// 64-bit space, as a PROBE reply: parsed, merged and left out of
+    /// identity domains without an overflow, by the same rule everywhere.
+    #[test]
+    fn probe_replies_with_regions_at_the_ends_of_the_space_fill_identity_domains_exactly(
+        regions in proptest::collection::vec((0u8..3, 0u64..0x4000, 1u64..0x3000, 0u8..2), 0..8)
+    ) {
+        let mut reply = Vec::new();
+        for (anchor, off, len, subtype) in regions {
+            let (start, end) = match anchor {
+                0 => (off, off + len - 1),
+                1 => ((1 << 63) + off, (1 << 63) + off + len - 1),
+                _ => {
+                    let end = u64::MAX - off;
+                    (end.saturating_sub(len - 1), end)
+                }
+            };
+            reply.extend_from_slice(&[1, 0, 20, 0, subtype, 0, 0, 0]);
+            reply.extend_from_slice(&start.to_le_bytes());
+            reply.extend_from_slice(&end.to_le_bytes());
+        }
+        iommu_virtio::testing::run_probe_reply(&reply);
+    }
 }
