@@ -55,7 +55,7 @@ mod params;
 mod platform;
 pub mod quirks;
 pub mod synthetic;
-#[cfg(feature = "std")]
+#[cfg(all(feature = "std", unix))]
 mod sysfs;
 #[cfg(feature = "test-utils")]
 pub mod testing;
@@ -80,7 +80,7 @@ pub use machine::{
 pub use params::{AcsOverride, ConfigAcs, DeviceMatch, KernelParams, ParamError};
 pub use platform::{IommuKind, Platform};
 pub use quirks::{AcsQuirk, AliasQuirk, DeviceQuirks};
-#[cfg(feature = "std")]
+#[cfg(all(feature = "std", unix))]
 pub use sysfs::{read_sysfs, SysfsError};
 pub use topofile::{
     acs_flags_text, parse_acs_flags, parse_topology, write_topology, TopologyFile, SIM_VENDOR,
