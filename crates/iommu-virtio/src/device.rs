@@ -100,10 +100,81 @@ impl Domain {
     }
 }
 
+/// Reserved regions one endpoint may have, whatever the features: a real
+/// endpoint has one or two (its MSI doorbell, a firmware window); the
+/// bound keeps a hostile saved state from costing more than that.
+pub const MAX_RESV_REGIONS: usize = 256;
+
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(crate) struct Endpoint {
     pub(crate) domain: Option<u32>,
-    pub(crate) resv: Vec<ResvMem>,
+    pub(crate) resv: Regions,
+}
+
+/// An endpoint's reserved regions, checked: in the order the VMM gave them
+/// (PROBE reports them so), and indexed by address for the lookups every
+/// MAP and every write make.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Regions {
+    list: Vec<ResvMem>,
+    /// `(start, end)` sorted by start, disjoint.
+    sorted: Vec<(u64, u64)>,
+    /// The MSI region (at most one).
+    msi: Option<ResvMem>,
+}
+
+impl Regions {
+    /// Checks `resv`: every region a region of a known subtype, at most
+    /// [`MAX_RESV_REGIONS`], none overlapping another (in O(n log n)), at
+    /// most one MSI region.
+    fn new(resv: &[ResvMem]) -> Result<Regions, EndpointError> {
+        if resv.len() > MAX_RESV_REGIONS {
+            return Err(EndpointError::TooManyRegions {
+                count: resv.len(),
+                limit: MAX_RESV_REGIONS,
+            });
+        }
+        for r in resv {
+            if r.start > r.end || r.subtype > resv::MSI {
+                return Err(EndpointError::BadRegion {
+                    subtype: r.subtype,
+                    start: r.start,
+                    end: r.end,
+                });
+            }
+        }
+        let mut sorted: Vec<(u64, u64)> = resv.iter().map(|r| (r.start, r.end)).collect();
+        sorted.sort_unstable();
+        if let Some(w) = sorted.windows(2).find(|w| w[1].0 <= w[0].1) {
+            return Err(EndpointError::Overlap(w[0].0, w[1].0));
+        }
+        let mut msis = resv.iter().filter(|r| r.subtype == resv::MSI);
+        let msi = msis.next().copied();
+        if msis.next().is_some() {
+            return Err(EndpointError::TwoMsi);
+        }
+        Ok(Regions {
+            list: resv.to_vec(),
+            sorted,
+            msi,
+        })
+    }
+
+    /// The regions, as the VMM gave them.
+    pub(crate) fn as_slice(&self) -> &[ResvMem] {
+        &self.list
+    }
+
+    /// Whether any region meets `[start, end]` (one binary search).
+    pub(crate) fn overlaps(&self, start: u64, end: u64) -> bool {
+        let at = self.sorted.partition_point(|&(s, _)| s <= end);
+        at > 0 && self.sorted[at - 1].1 >= start
+    }
+
+    /// The MSI region holding `addr`, if any.
+    fn msi_at(&self, addr: u64) -> Option<&ResvMem> {
+        self.msi.as_ref().filter(|m| m.overlaps(addr, addr))
+    }
 }
 
 /// Why the VMM cannot add an endpoint.
@@ -132,6 +203,14 @@ pub enum EndpointError {
     /// More than one MSI region.
     #[error("more than one MSI region")]
     TwoMsi,
+    /// More regions than an endpoint may have.
+    #[error("{count} reserved regions, more than the {limit} an endpoint may have")]
+    TooManyRegions {
+        /// Regions given.
+        count: usize,
+        /// The bound ([`MAX_RESV_REGIONS`]).
+        limit: usize,
+    },
     /// More properties than `probe_size` holds.
     #[error("{needed} bytes of properties do not fit in probe_size {probe_size}")]
     ProbeSize {
@@ -369,29 +448,13 @@ impl Device {
     ///
     /// # Errors
     /// An [`EndpointError`]: a taken id, a region that is not one, two
-    /// regions that overlap, two MSI regions, or more than `probe_size`
-    /// holds.
+    /// regions that overlap, two MSI regions, more than
+    /// [`MAX_RESV_REGIONS`], or more than `probe_size` holds.
     pub fn add_endpoint(&mut self, id: u32, resv: &[ResvMem]) -> Result<(), EndpointError> {
         if self.endpoints.contains_key(&id) {
             return Err(EndpointError::Exists(id));
         }
-        for r in resv {
-            if r.start > r.end || r.subtype > resv::MSI {
-                return Err(EndpointError::BadRegion {
-                    subtype: r.subtype,
-                    start: r.start,
-                    end: r.end,
-                });
-            }
-        }
-        for (i, a) in resv.iter().enumerate() {
-            if let Some(b) = resv[i + 1..].iter().find(|b| a.overlaps(b.start, b.end)) {
-                return Err(EndpointError::Overlap(a.start, b.start));
-            }
-        }
-        if resv.iter().filter(|r| r.subtype == resv::MSI).count() > 1 {
-            return Err(EndpointError::TwoMsi);
-        }
+        let regions = Regions::new(resv)?;
         let needed = resv.len() * size::RESV_MEM;
         if self.offers(feature::PROBE) && needed > self.config.probe_size as usize {
             return Err(EndpointError::ProbeSize {
@@ -403,7 +466,7 @@ impl Device {
             id,
             Endpoint {
                 domain: None,
-                resv: resv.to_vec(),
+                resv: regions,
             },
         );
         Ok(())
@@ -580,7 +643,7 @@ impl Device {
             // The domain maps what this endpoint reserves (a MAP made
             // while only other endpoints were attached): the device cannot
             // attach it there without breaking the MAP rule.
-            Some(d) if ep.resv.iter().any(|r| d.meets(r.start, r.end)) => {
+            Some(d) if ep.resv.as_slice().iter().any(|r| d.meets(r.start, r.end)) => {
                 return Status::Unsupp;
             }
             Some(_) => {}
@@ -738,7 +801,7 @@ impl Device {
         let reserved = d.endpoints.iter().any(|e| {
             endpoints
                 .get(e)
-                .is_some_and(|e| e.resv.iter().any(|r| r.overlaps(start, end)))
+                .is_some_and(|e| e.resv.overlaps(start, end))
         });
         if reserved {
             return Status::Inval;
@@ -815,7 +878,12 @@ impl Device {
         let Some(ep) = self.endpoints.get(&endpoint) else {
             return Status::NoEnt;
         };
-        for (r, chunk) in ep.resv.iter().zip(props.chunks_exact_mut(size::RESV_MEM)) {
+        for (r, chunk) in ep
+            .resv
+            .as_slice()
+            .iter()
+            .zip(props.chunks_exact_mut(size::RESV_MEM))
+        {
             chunk[0..2].copy_from_slice(&probe::RESV_MEM.to_le_bytes());
             let len = (size::RESV_MEM - size::PROPERTY_HEAD) as u16;
             chunk[2..4].copy_from_slice(&len.to_le_bytes());
@@ -855,11 +923,7 @@ impl Device {
         };
         let to_end = |end: u64| (end - addr).saturating_add(1);
         if access == Access::Write {
-            if let Some(msi) = ep
-                .resv
-                .iter()
-                .find(|r| r.subtype == resv::MSI && r.overlaps(addr, addr))
-            {
+            if let Some(msi) = ep.resv.msi_at(addr) {
                 return Ok(Translation {
                     phys: addr,
                     len: to_end(msi.end),
@@ -908,11 +972,7 @@ impl Device {
             address: addr,
         })?;
         if access == Access::Write {
-            if let Some(msi) = ep
-                .resv
-                .iter()
-                .find(|r| r.subtype == resv::MSI && r.overlaps(addr, addr))
-            {
+            if let Some(msi) = ep.resv.msi_at(addr) {
                 return Ok(Segment {
                     start: msi.start,
                     end: msi.end,

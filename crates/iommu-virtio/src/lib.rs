@@ -66,7 +66,7 @@ mod vmm;
 pub use config::{ConfigError, DeviceConfig, Limits};
 pub use device::{
     Access, Device, EndpointError, Fault, FeatureError, Mapping, ResvMem, Segment, Translation,
-    EVENT_BACKLOG,
+    EVENT_BACKLOG, MAX_RESV_REGIONS,
 };
 #[cfg(feature = "core")]
 pub use external::CoreDomainMapper;

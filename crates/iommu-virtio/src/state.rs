@@ -133,7 +133,7 @@ impl Device {
                 .map(|(&id, e)| EndpointState {
                     id,
                     domain: e.domain,
-                    resv: e.resv.clone(),
+                    resv: e.resv.as_slice().to_vec(),
                 })
                 .collect(),
             domains: self

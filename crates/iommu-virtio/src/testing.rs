@@ -409,15 +409,28 @@ pub fn decode_state(data: &[u8]) -> DeviceState {
             id: u32::from(i + u8::from(rare(&mut b))),
             domain: (domain_count > 0 && b.u8() % 4 != 0).then(|| u32::from(b.u8() % domain_count)),
             resv: {
+                // Now and then hundreds of regions (past the per-endpoint
+                // bound), or regions counted down from the top of the space.
+                let count = if rare(&mut b) {
+                    usize::from(b.u8()) * 2
+                } else {
+                    usize::from(b.u8() % 3)
+                };
+                let from_top = rare(&mut b);
                 let mut at = 0u64;
-                (0..b.u8() % 3)
+                (0..count)
                     .map(|_| {
                         let start = at + b.u64() * g;
                         at = start + (b.u64() % 4 + 1) * g;
+                        let (start, end) = if from_top {
+                            (u64::MAX - (at - 1), u64::MAX - start)
+                        } else {
+                            (start, at - 1)
+                        };
                         ResvMem {
                             subtype: u8::from(b.u8() % 4 == 0) + u8::from(rare(&mut b)),
                             start,
-                            end: at - 1,
+                            end,
                         }
                     })
                     .collect()

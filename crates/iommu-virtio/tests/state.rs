@@ -302,6 +302,131 @@ fn mappings_no_map_could_make_are_refused() {
     refused(|s| s.negotiated &= !feature::MAP_UNMAP, bad(10, 0x1000));
 }
 
+/// Regions `n` apart, 4 KiB each, from `base`.
+fn regions(n: usize, base: u64) -> Vec<ResvMem> {
+    (0..n as u64)
+        .map(|i| ResvMem {
+            subtype: resv::RESERVED,
+            start: base + i * 0x2000,
+            end: base + i * 0x2000 + 0xfff,
+        })
+        .collect()
+}
+
+#[test]
+fn an_endpoint_has_at_most_max_resv_regions_whatever_the_features() {
+    let limit = iommu_virtio::MAX_RESV_REGIONS;
+    for features in [
+        DeviceConfig::default().features & !feature::PROBE,
+        DeviceConfig::default().features,
+    ] {
+        let mut d = Device::new(DeviceConfig {
+            features,
+            probe_size: 8192,
+            ..DeviceConfig::default()
+        })
+        .unwrap();
+        d.add_endpoint(1, &regions(limit, 0x1_0000_0000)).unwrap();
+        assert_eq!(
+            d.add_endpoint(2, &regions(limit + 1, 0x1_0000_0000)),
+            Err(EndpointError::TooManyRegions {
+                count: limit + 1,
+                limit
+            })
+        );
+    }
+}
+
+/// 160,000 regions took 9 seconds to restore when only PROBE's size bound
+/// them; now the state is refused before any overlap is looked for.
+#[test]
+fn a_saved_state_with_more_regions_than_an_endpoint_may_have_is_refused() {
+    let mut st = busy().save();
+    st.config.features &= !feature::PROBE;
+    st.negotiated &= !feature::PROBE;
+    st.endpoints[1].resv = regions(160_000, 0x1_0000_0000);
+    assert_eq!(
+        Device::restore(&st),
+        Err(RestoreError::Endpoint(EndpointError::TooManyRegions {
+            count: 160_000,
+            limit: iommu_virtio::MAX_RESV_REGIONS
+        }))
+    );
+}
+
+#[test]
+fn overlapping_regions_are_found_in_any_order() {
+    let mut r = regions(200, 0x1_0000_0000);
+    // The 151st overlaps the 100th, and the list is out of order.
+    r[150] = ResvMem {
+        subtype: resv::RESERVED,
+        start: r[99].start + 0x800,
+        end: r[99].end + 0x800,
+    };
+    r.reverse();
+    let mut d = Device::new(DeviceConfig {
+        probe_size: 8192,
+        ..DeviceConfig::default()
+    })
+    .unwrap();
+    assert_eq!(
+        d.add_endpoint(1, &r),
+        Err(EndpointError::Overlap(
+            0x1_0000_0000 + 99 * 0x2000,
+            0x1_0000_0000 + 99 * 0x2000 + 0x800
+        ))
+    );
+    // Touching is not overlapping.
+    let touching = [
+        ResvMem {
+            subtype: resv::RESERVED,
+            start: 0x1000,
+            end: 0x1fff,
+        },
+        ResvMem {
+            subtype: resv::MSI,
+            start: 0x2000,
+            end: 0x2fff,
+        },
+    ];
+    d.add_endpoint(2, &touching).unwrap();
+}
+
+/// MAP refuses a range over any region of an attached endpoint, and
+/// writes reach the MSI region, with the regions looked up by address.
+#[test]
+fn map_and_msi_writes_see_every_region_of_a_full_endpoint() {
+    let limit = iommu_virtio::MAX_RESV_REGIONS;
+    let mut r = regions(limit - 1, 0x1_0000_0000);
+    r.push(ResvMem {
+        subtype: resv::MSI,
+        start: 0xffff_ffff_ffff_f000,
+        end: u64::MAX,
+    });
+    let mut d = Device::new(DeviceConfig {
+        probe_size: 8192,
+        ..DeviceConfig::default()
+    })
+    .unwrap();
+    d.add_endpoint(1, &r).unwrap();
+    d.negotiate(d.offered()).unwrap();
+    ok(&mut d, attach(1, 1, 0));
+    for (i, region) in r.iter().enumerate().step_by(17) {
+        let hit = map(
+            1,
+            region.start & !0xfff,
+            (region.start & !0xfff) + 0xfff,
+            0x10_0000,
+        );
+        assert_eq!(d.execute(&hit), Status::Inval, "region {i}");
+    }
+    // Between regions, a MAP goes through.
+    ok(&mut d, map(1, 0x1_0000_1000, 0x1_0000_1fff, 0x10_0000));
+    let t = d.translate(1, u64::MAX - 7, Access::Write).unwrap();
+    assert_eq!(t.phys, u64::MAX - 7);
+    assert!(d.translate(1, u64::MAX - 7, Access::Read).is_err());
+}
+
 mod decoded {
     use iommu_virtio::testing::{decode_state, run_restore};
     use iommu_virtio::Device;
@@ -342,13 +467,34 @@ mod decoded {
             })
             .collect();
         assert!(restored.len() >= 40, "only {} restore", restored.len());
-        for d in &restored[..16] {
+        // And states whose endpoints have more regions than allowed, or
+        // regions at the top of the space that restore.
+        let many = (0..20_000u64).map(|s| bytes(s, 1200)).find(|d| {
+            decode_state(d)
+                .endpoints
+                .iter()
+                .any(|e| e.resv.len() > iommu_virtio::MAX_RESV_REGIONS)
+        });
+        let top = (0..20_000u64).map(|s| bytes(s, 200)).find(|d| {
+            let st = decode_state(d);
+            Device::restore(&st).is_ok()
+                && st
+                    .endpoints
+                    .iter()
+                    .any(|e| e.resv.iter().any(|r| r.end == u64::MAX))
+        });
+        let many = many.expect("a state with too many regions");
+        let top = top.expect("a state with a region at the top that restores");
+        assert!(Device::restore(&decode_state(&many)).is_err());
+        let mut seeds: Vec<&Vec<u8>> = restored[..16].iter().collect();
+        seeds.extend([&many, &top]);
+        for d in &seeds {
             run_restore(d);
         }
         if let Some(dir) = std::env::var_os("IOMMU_FUZZ_SEEDS") {
             let dir = std::path::Path::new(&dir).join("virtio_restore");
             std::fs::create_dir_all(&dir).unwrap();
-            for (i, s) in restored[..16].iter().enumerate() {
+            for (i, s) in seeds.iter().enumerate() {
                 std::fs::write(dir.join(format!("seed-{i}")), s).unwrap();
             }
         }
