@@ -45,6 +45,9 @@ pub struct VirtioIommu {
     has_external: AtomicBool,
     iotlbs: Mutex<BTreeMap<u32, Arc<RwLock<Iotlb>>>>,
     observer: OnceLock<Observer>,
+    /// Failure injection (feature `test-utils`): IOTLBs are left as they
+    /// are, so a test can show its oracle sees stale translations.
+    skip_invalidation: AtomicBool,
 }
 
 /// The wire tap of [`VirtioIommu::observe`].
@@ -68,6 +71,7 @@ impl VirtioIommu {
             has_external: AtomicBool::new(false),
             observer: OnceLock::new(),
             iotlbs: Mutex::new(BTreeMap::new()),
+            skip_invalidation: AtomicBool::new(false),
         })
     }
 
@@ -152,7 +156,17 @@ impl VirtioIommu {
         Arc::clone(t.entry(endpoint).or_default())
     }
 
+    /// Leaves every IOTLB as it is from now on (or, with `false`, no
+    /// longer): the deliberate bug a concurrency test must catch.
+    #[cfg(feature = "test-utils")]
+    pub fn skip_invalidations(&self, skip: bool) {
+        self.skip_invalidation.store(skip, Ordering::SeqCst);
+    }
+
     fn invalidate(&self, endpoint: u32, range: Option<(u64, u64)>) {
+        if self.skip_invalidation.load(Ordering::Relaxed) {
+            return;
+        }
         let tlb = self
             .iotlbs
             .lock()
@@ -174,6 +188,9 @@ impl VirtioIommu {
     }
 
     fn invalidate_all(&self) {
+        if self.skip_invalidation.load(Ordering::Relaxed) {
+            return;
+        }
         let all: Vec<Arc<RwLock<Iotlb>>> = self
             .iotlbs
             .lock()
