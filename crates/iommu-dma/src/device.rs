@@ -446,10 +446,13 @@ impl DmaDevice {
         Ok(iova)
     }
 
-    /// Refuses new mappings while the quarantine is full and a flush does
-    /// not empty it (the IOMMU is wedged).
+    /// Frees held-back IOVAs a flush by anyone has covered, and refuses
+    /// new mappings while the quarantine is full and a flush does not
+    /// empty it (the IOMMU is wedged).
     fn check_quarantine(&self) -> Result<(), DmaError> {
-        if self.cookie.quarantine.is_full() {
+        let q = &self.cookie.quarantine;
+        q.release_flushed(&self.cookie.iovad, &self.domain);
+        if q.is_full() {
             let _ = self.cookie.release_quarantine();
             if self.cookie.quarantine.is_full() {
                 return Err(DmaError::Wedged);

@@ -14,6 +14,8 @@
 //! strict invalidation that completes, the flush queue's timer, an IOVA
 //! allocation that finds no space, and a caller's
 //! [`DmaDevice::release_quarantine`](crate::DmaDevice::release_quarantine).
+//! A flush-all anyone else completes (the kernel's recovery path, another
+//! user of the domain) is noticed at the next mapping.
 //!
 //! # Bounds
 //! Every entry holds at least one granule of allocated IOVA space, so the
@@ -73,13 +75,27 @@ pub(crate) fn free_memory(memory: Option<Memory>) {
     }
 }
 
-#[derive(Default)]
 pub(crate) struct Quarantine {
     held: Mutex<Vec<Held>>,
     /// `held.len()`, read without the lock on every strict unmap.
     len: AtomicUsize,
+    /// The lowest ticket held (`u64::MAX` when empty): a flush through it
+    /// frees something, whoever issued it.
+    oldest: AtomicU64,
     held_total: AtomicU64,
     released_total: AtomicU64,
+}
+
+impl Default for Quarantine {
+    fn default() -> Self {
+        Quarantine {
+            held: Mutex::new(Vec::new()),
+            len: AtomicUsize::new(0),
+            oldest: AtomicU64::new(u64::MAX),
+            held_total: AtomicU64::new(0),
+            released_total: AtomicU64::new(0),
+        }
+    }
 }
 
 impl Quarantine {
@@ -108,6 +124,9 @@ impl Quarantine {
         let before = held.len();
         held.extend(entries);
         let added = held.len() - before;
+        if let Some(t) = held[before..].iter().map(|h| h.ticket).min() {
+            self.oldest.fetch_min(t, Ordering::AcqRel);
+        }
         self.len.store(held.len(), Ordering::Release);
         drop(held);
         if added != 0 {
@@ -125,6 +144,15 @@ impl Quarantine {
     #[inline]
     pub(crate) fn is_empty(&self) -> bool {
         self.len.load(Ordering::Acquire) == 0
+    }
+
+    /// Frees what a flush-all issued by anyone since has covered; two
+    /// loads when nothing is held or nothing is covered yet.
+    #[inline]
+    pub(crate) fn release_flushed(&self, iovad: &IovaDomain<ThreadCpu>, domain: &Domain) {
+        if !self.is_empty() && domain.flushed_through(self.oldest.load(Ordering::Acquire)) {
+            self.release(iovad, domain);
+        }
     }
 
     /// Whether new mappings must wait for a flush.
@@ -178,6 +206,8 @@ impl Quarantine {
             freed += 1;
         }
         *held = kept;
+        let oldest = held.iter().map(|h| h.ticket).min().unwrap_or(u64::MAX);
+        self.oldest.store(oldest, Ordering::Release);
         self.len.store(held.len(), Ordering::Release);
         drop(held);
         if freed != 0 {

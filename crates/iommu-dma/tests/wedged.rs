@@ -261,3 +261,24 @@ fn a_wedged_unmap_without_handle_checks_still_holds_its_iova() {
     assert_eq!(dma.release_quarantine(), Ok(1));
     dma.unmap_single(b, 0x1000, Dir::FromDevice).unwrap();
 }
+
+#[test]
+fn a_flush_anyone_completes_releases_the_quarantine_at_the_next_mapping() {
+    let w = world(1, true);
+    let dma = w.bind(0);
+    let a = dma
+        .map_single(PhysAddr::new(OLD), 0x1000, Dir::ToDevice)
+        .unwrap();
+    w.hw.set_wedged(true);
+    dma.unmap_single(a, 0x1000, Dir::ToDevice).unwrap_err();
+    w.hw.set_wedged(false);
+    // The kernel's own recovery path flushes the domain.
+    dma.domain().flush_iotlb_all().unwrap();
+    assert_eq!(dma.domain_stats().quarantine.ranges, 1, "not looked at yet");
+    let b = dma
+        .map_single(PhysAddr::new(NEW), 0x1000, Dir::ToDevice)
+        .unwrap();
+    let q = dma.domain_stats().quarantine;
+    assert_eq!((q.ranges, q.released_total), (0, 1));
+    dma.unmap_single(b, 0x1000, Dir::ToDevice).unwrap();
+}
