@@ -532,6 +532,7 @@ impl Domain {
     /// at least [`flush_ticket`](Self::flush_ticket) (taken after this
     /// returns) completes. The domain remembers it
     /// ([`invalidation_owed`](Self::invalidation_owed)).
+    #[inline]
     pub fn iotlb_sync(&self, gather: IotlbGather) -> Result<(), Errno> {
         if gather.is_empty() {
             return Ok(());
@@ -593,6 +594,8 @@ impl Domain {
         owed != 0 && !self.flushed_through(owed)
     }
 
+    #[cold]
+    #[inline(never)]
     fn note_failed_invalidation(&self, e: Errno) {
         crate::trace::debug!(
             domain = self.0.id,
