@@ -197,7 +197,7 @@ pub enum DmaError {
     /// driver's errno, commonly `ETIMEDOUT`): the device may still reach
     /// the buffer until a later invalidation completes. The mapping is
     /// gone and its IOVA is held back until then (see
-    /// [`quarantine`](crate::quarantine)); keep the buffer's memory from
+    /// [`quarantine`]); keep the buffer's memory from
     /// other uses until [`DmaDevice::invalidation_pending`] is false.
     NotInvalidated(Errno),
     /// Too many IOVAs wait for an invalidation that does not complete

@@ -17,6 +17,10 @@
 //! A flush-all anyone else completes (the kernel's recovery path, another
 //! user of the domain) is noticed at the next mapping.
 //!
+//! A domain torn down with ranges still held takes them with it; a coherent
+//! buffer's memory among them is not given back to its allocator, since
+//! the device may still reach it.
+//!
 //! # Bounds
 //! Every entry holds at least one granule of allocated IOVA space, so the
 //! list cannot outgrow the IOVA space. Beyond [`MAX_QUARANTINED`] entries
