@@ -275,13 +275,7 @@ fn unmap_with_a_bad_handle_size_direction_or_api_is_refused_and_changes_nothing(
 #[test]
 fn without_handle_checks_a_double_unmap_is_still_refused_and_frees_nothing_twice() {
     let w = world(1, true);
-    let dma = w.bind_with(
-        0,
-        DmaOptions {
-            check_handles: false,
-            ..DmaOptions::default()
-        },
-    );
+    let dma = w.bind_unchecked(0);
     let a = dma
         .map_single(PhysAddr::new(BUF), 0x1000, Dir::ToDevice)
         .unwrap();

@@ -22,19 +22,24 @@ fn pages(addr: u64, len: u64) -> std::ops::Range<u64> {
     (addr >> 12)..((addr + len - 1) >> 12) + 1
 }
 
+/// Maps the page at `OLD` and has the device use it, so the IOTLB holds
+/// the translation.
+fn map_old_and_warm(w: &common::World, dma: &iommu_dma::DmaDevice) -> iommu_dma::DmaAddr {
+    let old = dma
+        .map_single(PhysAddr::new(OLD), 0x1000, Dir::Bidirectional)
+        .unwrap();
+    assert_eq!(
+        w.hw.translate(&w.devs[0], old.into(), Access::Read),
+        Ok(PhysAddr::new(OLD))
+    );
+    old
+}
+
 #[test]
 fn a_strict_unmap_whose_invalidation_fails_is_not_reported_as_done() {
     let w = world(1, true);
     let dma = w.bind(0);
-    let dev = &w.devs[0];
-    let old = dma
-        .map_single(PhysAddr::new(OLD), 0x1000, Dir::Bidirectional)
-        .unwrap();
-    // The IOTLB holds the translation now.
-    assert_eq!(
-        w.hw.translate(dev, old.into(), Access::Read),
-        Ok(PhysAddr::new(OLD))
-    );
+    let old = map_old_and_warm(&w, &dma);
     w.hw.set_wedged(true);
     assert_eq!(
         dma.unmap_single(old, 0x1000, Dir::Bidirectional),
@@ -56,10 +61,7 @@ fn an_iova_whose_invalidation_failed_is_never_handed_out_again_until_a_flush_com
     let w = world(1, true);
     let dma = w.bind(0);
     let dev = &w.devs[0];
-    let old = dma
-        .map_single(PhysAddr::new(OLD), 0x1000, Dir::Bidirectional)
-        .unwrap();
-    assert!(w.hw.translate(dev, old.into(), Access::Read).is_ok());
+    let old = map_old_and_warm(&w, &dma);
     w.hw.set_wedged(true);
     dma.unmap_single(old, 0x1000, Dir::Bidirectional)
         .unwrap_err();
@@ -197,13 +199,7 @@ fn a_lazy_unmap_on_wedged_hardware_never_frees_its_iova() {
 #[test]
 fn new_mappings_are_refused_once_too_many_iovas_wait_for_a_flush() {
     let w = world(1, true);
-    let dma = w.bind_with(
-        0,
-        DmaOptions {
-            check_handles: false,
-            ..DmaOptions::default()
-        },
-    );
+    let dma = w.bind_unchecked(0);
     let live: Vec<_> = (0..MAX_QUARANTINED as u64 + 8)
         .map(|i| {
             dma.map_single(PhysAddr::new(OLD + i * 0x1000), 0x1000, Dir::ToDevice)
@@ -238,13 +234,7 @@ fn new_mappings_are_refused_once_too_many_iovas_wait_for_a_flush() {
 #[test]
 fn a_wedged_unmap_without_handle_checks_still_holds_its_iova() {
     let w = world(1, true);
-    let dma = w.bind_with(
-        0,
-        DmaOptions {
-            check_handles: false,
-            ..DmaOptions::default()
-        },
-    );
+    let dma = w.bind_unchecked(0);
     let a = dma
         .map_single(PhysAddr::new(OLD), 0x1000, Dir::FromDevice)
         .unwrap();

@@ -269,16 +269,15 @@ fn an_unmap_the_mapper_fails_is_reported_and_retried() {
     assert!(iommu.external_mappings(PASS).unwrap().0.is_empty());
 }
 
-/// A passthrough device behind the virtio-iommu whose DMA the host's
-/// IOMMU translates: the guest's MAP lands in the host domain's page
-/// tables, and its UNMAP takes it out of them.
-#[test]
-fn a_passthrough_device_translates_through_the_host_page_tables() {
-    use iommu_core::{DmaOwner, DomainType, Iova, PhysAddr};
-    use iommu_soft::platform::DefaultPlatform;
-    use iommu_soft::Access;
-
-    let p = DefaultPlatform::build().unwrap();
+/// The default platform's GPU claimed by a VFIO-style user and attached
+/// to an unmanaged host domain: a passthrough device for a guest.
+fn assigned_gpu() -> (
+    iommu_soft::platform::DefaultPlatform,
+    std::sync::Arc<iommu_core::Device>,
+    iommu_core::Domain,
+) {
+    use iommu_core::{DmaOwner, DomainType};
+    let p = iommu_soft::platform::DefaultPlatform::build().unwrap();
     let gpu = p.device("0000:01:00.0").unwrap();
     let group = gpu.iommu_group().unwrap();
     let host = p.iommu.domain_alloc(&p.bus, DomainType::Unmanaged).unwrap();
@@ -286,6 +285,18 @@ fn a_passthrough_device_translates_through_the_host_page_tables() {
         .group_claim_dma_owner(&group, DmaOwner::new())
         .unwrap();
     p.iommu.attach_group(&host, &group).unwrap();
+    (p, gpu, host)
+}
+
+/// A passthrough device behind the virtio-iommu whose DMA the host's
+/// IOMMU translates: the guest's MAP lands in the host domain's page
+/// tables, and its UNMAP takes it out of them.
+#[test]
+fn a_passthrough_device_translates_through_the_host_page_tables() {
+    use iommu_core::{Iova, PhysAddr};
+    use iommu_soft::Access;
+
+    let (p, gpu, host) = assigned_gpu();
 
     // The mapper comes before the endpoint is plugged in: it holds
     // nothing until the guest attaches the endpoint.
@@ -339,18 +350,10 @@ fn a_passthrough_device_translates_through_the_host_page_tables() {
 /// back completes it.
 #[test]
 fn an_unmap_the_host_iommu_cannot_invalidate_is_not_ok_until_it_can() {
-    use iommu_core::{DmaOwner, DomainType, Iova, PhysAddr};
-    use iommu_soft::platform::DefaultPlatform;
+    use iommu_core::{Iova, PhysAddr};
     use iommu_soft::Access;
 
-    let p = DefaultPlatform::build().unwrap();
-    let gpu = p.device("0000:01:00.0").unwrap();
-    let group = gpu.iommu_group().unwrap();
-    let host = p.iommu.domain_alloc(&p.bus, DomainType::Unmanaged).unwrap();
-    p.iommu
-        .group_claim_dma_owner(&group, DmaOwner::new())
-        .unwrap();
-    p.iommu.attach_group(&host, &group).unwrap();
+    let (p, gpu, host) = assigned_gpu();
     let (iommu, _) = setup();
     iommu
         .set_external_mapper(1, Box::new(CoreDomainMapper::new(host.clone())))

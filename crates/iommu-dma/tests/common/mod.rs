@@ -82,4 +82,15 @@ impl World {
     pub fn bind_with(&self, i: usize, opts: DmaOptions) -> DmaDevice {
         DmaDevice::bind(&self.iommu, &self.devs[i], opts).unwrap()
     }
+
+    /// Bound without handle checks (`DmaOptions::check_handles` off).
+    pub fn bind_unchecked(&self, i: usize) -> DmaDevice {
+        self.bind_with(
+            i,
+            DmaOptions {
+                check_handles: false,
+                ..DmaOptions::default()
+            },
+        )
+    }
 }
