@@ -127,20 +127,20 @@ pub fn svg(dot_text: &str, path: &Path) -> Result<(), Failure> {
         .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| {
-            Failure::Run(format!(
+            Failure::Env(format!(
                 "running Graphviz's `dot` ({e}): install graphviz to render --svg"
             ))
         })?;
     if let Some(mut stdin) = child.stdin.take() {
         stdin
             .write_all(dot_text.as_bytes())
-            .map_err(|e| Failure::Run(format!("writing to dot: {e}")))?;
+            .map_err(|e| Failure::Env(format!("writing to dot: {e}")))?;
     }
     let out = child
         .wait_with_output()
-        .map_err(|e| Failure::Run(format!("waiting for dot: {e}")))?;
+        .map_err(|e| Failure::Env(format!("waiting for dot: {e}")))?;
     if !out.status.success() {
-        return Err(Failure::Run(format!(
+        return Err(Failure::Env(format!(
             "dot failed: {}",
             String::from_utf8_lossy(&out.stderr).trim()
         )));

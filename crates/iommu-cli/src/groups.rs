@@ -150,10 +150,34 @@ fn render_comparison(
     s
 }
 
+/// What to say when the command line keeps the IOMMU off: the kernel
+/// makes no groups, how to turn it on, and that what follows is the
+/// prediction for then.
+fn iommu_off_notice(kind: iommu_pci::IommuKind, word: &str) -> String {
+    let firmware = match kind {
+        iommu_pci::IommuKind::IntelVtd => "VT-d (Intel Virtualization Technology for Directed I/O)",
+        iommu_pci::IommuKind::AmdVi => "the AMD IOMMU (AMD-Vi, sometimes \"IOMMU\" or \"SVM\")",
+        _ => "the IOMMU",
+    };
+    format!(
+        "# The IOMMU is off (`{word}` on the command line): the kernel makes no IOMMU groups.\n\
+         # To turn it on, remove `{word}` and enable {firmware} in the firmware setup.\n\
+         # Once it is on, the groups would be:\n"
+    )
+}
+
+/// The platform with the IOMMU on, and the parameter that kept it off.
+fn with_iommu_on(platform: iommu_pci::Platform) -> (iommu_pci::Platform, Option<&'static str>) {
+    let off = platform.params.off.word_for(platform.iommu);
+    let mut on = platform;
+    on.params.off = iommu_pci::IommuOff::default();
+    (on, off)
+}
+
 /// `iommu groups`.
 pub fn groups(args: &GroupsArgs) -> Result<(), Failure> {
     let loaded = input::load(&args.machine)?;
-    let platform = input::platform(&loaded, &args.platform)?;
+    let (platform, iommu_off) = with_iommu_on(input::platform(&loaded, &args.platform)?);
     if args.compare && !loaded.machine.has_kernel_groups() {
         return Err(Failure::Input(format!(
             "{}: no kernel groups to compare with (a listing made with the IOMMU on has `IOMMU group:` lines; a sysfs tree has iommu_group links)",
@@ -198,9 +222,12 @@ pub fn groups(args: &GroupsArgs) -> Result<(), Failure> {
             dot::svg(&text, path)?;
         }
         if args.dot {
+            // Alone: clap refuses it with the other outputs.
             out!("{text}");
+            return Ok(());
         }
-    } else if args.json {
+    }
+    if args.json {
         #[derive(Serialize)]
         struct JsonGroup<'a> {
             id: u32,
@@ -244,6 +271,10 @@ pub fn groups(args: &GroupsArgs) -> Result<(), Failure> {
             version: u32,
             source: &'a str,
             iommu: String,
+            /// The parameter that keeps the IOMMU off: the groups are the
+            /// prediction for when it is on.
+            #[serde(skip_serializing_if = "Option::is_none")]
+            iommu_off: Option<&'a str>,
             cmdline: String,
             groups: Vec<JsonGroup<'a>>,
             ungrouped: Vec<JsonUngrouped>,
@@ -261,6 +292,7 @@ pub fn groups(args: &GroupsArgs) -> Result<(), Failure> {
             version: JSON_VERSION,
             source: &loaded.source,
             iommu: platform.iommu.to_string(),
+            iommu_off,
             cmdline: platform.params.to_string(),
             groups: listed
                 .iter()
@@ -314,6 +346,9 @@ pub fn groups(args: &GroupsArgs) -> Result<(), Failure> {
             serde_json::to_string_pretty(&doc).expect("plain data")
         );
     } else {
+        if let Some(word) = iommu_off {
+            out!("{}", iommu_off_notice(platform.iommu, word));
+        }
         if args.explain {
             out!("{}", listing_with_reasons(&listed, &reasons));
             out!("{}", render_ungrouped(&p));
@@ -336,11 +371,16 @@ pub fn groups(args: &GroupsArgs) -> Result<(), Failure> {
 /// `iommu sysfs`.
 pub fn sysfs(args: &SysfsArgs) -> Result<(), Failure> {
     let loaded = input::load(&args.machine)?;
-    let platform = input::platform(&loaded, &args.platform)?;
+    let (platform, iommu_off) = with_iommu_on(input::platform(&loaded, &args.platform)?);
+    if let Some(word) = iommu_off {
+        input::note(&format!(
+            "the IOMMU is off (`{word}`): the kernel would have no kernel/iommu_groups; this is the tree once it is on"
+        ));
+    }
     let p = input::build(&loaded, platform, &args.policy)?;
     if let Some(dir) = &args.export {
         p.export_sysfs(dir)
-            .map_err(|e| Failure::Run(e.to_string()))?;
+            .map_err(|e| Failure::Env(e.to_string()))?;
     }
     if args.json {
         #[derive(Serialize)]

@@ -80,14 +80,28 @@ pub fn load(args: &MachineArgs) -> Result<Loaded, Failure> {
         not_covered: Vec::new(),
         default: false,
     };
+    // An input without a single function is a mistake (an empty file, the
+    // wrong file), never a machine without devices.
+    let no_functions = |p: &str, run: &str| {
+        let what = if p == "-" { "standard input" } else { p };
+        Failure::Input(format!(
+            "{what}: no PCI functions in it; expected the output of `{run}`"
+        ))
+    };
     if let Some(p) = &args.lspci {
         let text = read_text(p)?;
         let m = Machine::from_lspci_v(&text).map_err(|e| import_failure(p, e))?;
+        if m.devices.is_empty() {
+            return Err(no_functions(p, "sudo lspci -vvvnn"));
+        }
         return Ok(plain(p.clone(), m));
     }
     if let Some(p) = &args.lspci_x {
         let text = read_text(p)?;
         let m = Machine::from_lspci_x(&text).map_err(|e| import_failure(p, e))?;
+        if m.devices.is_empty() {
+            return Err(no_functions(p, "sudo lspci -xxxx"));
+        }
         return Ok(plain(p.clone(), m));
     }
     if let Some(dir) = &args.sysfs {
@@ -117,10 +131,13 @@ pub fn load(args: &MachineArgs) -> Result<Loaded, Failure> {
 
 /// The PCI platform options for a loaded machine.
 pub fn platform(loaded: &Loaded, args: &PlatformArgs) -> Result<Platform, Failure> {
-    let params = match &args.cmdline {
-        Some(c) => KernelParams::parse(c).map_err(|e| Failure::Input(e.to_string()))?,
-        None => KernelParams::default(),
+    let (params, ignored) = match &args.cmdline {
+        Some(c) => KernelParams::parse_reporting(c).map_err(|e| Failure::Input(e.to_string()))?,
+        None => (KernelParams::default(), Vec::new()),
     };
+    for i in &ignored {
+        note(&format!("`{}` ignored: {}", i.word, i.why));
+    }
     let iommu = match args.iommu {
         IommuArg::Auto if loaded.default => IommuKind::Generic,
         IommuArg::Auto => IommuKind::detect(&loaded.machine.functions()),
@@ -138,12 +155,35 @@ pub fn platform(loaded: &Loaded, args: &PlatformArgs) -> Result<Platform, Failur
     })
 }
 
-/// The boot policy as the core's configuration.
-pub fn config(p: &Policy) -> IommuConfig {
-    IommuConfig {
-        passthrough: p.passthrough,
-        strict: !p.lazy,
+/// A note for the person running the tool, on stderr (stdout stays the
+/// answer, for scripts).
+pub fn note(text: &str) {
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stderr(), "iommu: note: {text}");
+}
+
+/// The boot policy as the core's configuration: the flags, and what the
+/// kernel command line says (`iommu=pt`, `iommu.passthrough=`,
+/// `iommu.strict=`), which must not contradict them.
+///
+/// # Errors
+/// [`Failure::Input`] when a flag and the command line disagree.
+pub fn config(p: &Policy, params: &KernelParams) -> Result<IommuConfig, Failure> {
+    let clash = |flag: &str, param: &str| {
+        Failure::Input(format!(
+            "{flag} contradicts `{param}` on the command line (--cmdline)"
+        ))
+    };
+    if p.passthrough && params.passthrough == Some(false) {
+        return Err(clash("--passthrough", "iommu.passthrough=0"));
     }
+    if p.lazy && params.strict == Some(true) {
+        return Err(clash("--lazy", "iommu.strict=1"));
+    }
+    Ok(IommuConfig {
+        passthrough: p.passthrough || params.passthrough == Some(true),
+        strict: !p.lazy && params.strict != Some(false),
+    })
 }
 
 /// Builds a platform's driver from the PCI layer's grouping.
@@ -175,15 +215,12 @@ pub fn build_on(
     };
     let bar =
         crate::progress::spinner(loaded.machine.devices.len() > 1000, "building the platform");
+    let config = config(policy, &platform.params)?;
     let p = match make {
-        None => PciPlatform::from_machine(loaded.machine.clone(), platform, config(policy), &resv),
-        Some(make) => PciPlatform::from_machine_on(
-            loaded.machine.clone(),
-            platform,
-            config(policy),
-            &resv,
-            make,
-        ),
+        None => PciPlatform::from_machine(loaded.machine.clone(), platform, config, &resv),
+        Some(make) => {
+            PciPlatform::from_machine_on(loaded.machine.clone(), platform, config, &resv, make)
+        }
     }
     .map_err(|e| match e {
         iommu_soft::platform::PlatformError::Topology(t) => {

@@ -32,7 +32,13 @@ use std::process::ExitCode;
 /// output, explained, compared with the kernel's and exported as sysfs.
 #[derive(Debug, Parser)]
 #[command(name = "iommu", version, args_conflicts_with_subcommands = true)]
-#[command(after_help = "With no command, `iommu` runs `iommu run` on the built-in platform.")]
+#[command(
+    after_help = "With no command, `iommu` runs `iommu run` on the built-in platform.
+
+Exit status: 0 success; 1 `--compare` found the prediction differs; 2 bad usage or input; \
+3 the environment failed (a file or directory that cannot be written, an export directory \
+that is not empty, Graphviz missing); 4 an internal error (please report it)."
+)]
 pub struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -212,11 +218,13 @@ pub struct GroupsArgs {
     /// the input; exit status 1 when they differ
     #[arg(long)]
     compare: bool,
-    /// Print the PCI tree as Graphviz DOT, groups as clusters
-    #[arg(long)]
+    /// Print the PCI tree as Graphviz DOT, groups as clusters (instead of
+    /// the listing: not with --json, --explain, --compare or --what-if)
+    #[arg(long, conflicts_with_all = ["json", "explain", "compare", "what_if"])]
     dot: bool,
-    /// Render the DOT graph to an SVG file (needs Graphviz's `dot`)
-    #[arg(long, value_name = "FILE")]
+    /// Also render the DOT graph to an SVG file (needs Graphviz's `dot`);
+    /// the machine as it is, so not with --what-if
+    #[arg(long, value_name = "FILE", conflicts_with = "what_if")]
     svg: Option<PathBuf>,
     /// Print JSON
     #[arg(long)]
@@ -252,9 +260,8 @@ enum BenchCommand {
         /// Fewer, shorter samples
         #[arg(long)]
         quick: bool,
-        /// Only this format (repeatable): arm-lpae-s1-4k, arm-lpae-s2-4k,
-        /// vtd-sl-4level, amd-v1, riscv-sv48
-        #[arg(long, value_name = "NAME")]
+        /// Only this format (repeatable)
+        #[arg(long, value_name = "NAME", value_parser = clap::builder::PossibleValuesParser::new(bench::FORMATS))]
         format: Vec<String>,
     },
     /// The DMA API hot path, as Linux's dma_map_benchmark: N threads map
@@ -305,17 +312,24 @@ fn parse_seconds(s: &str) -> Result<f64, String> {
     }
 }
 
-/// How a command failed: bad input (exit 2) or a failure while running
-/// (exit 1).
+/// How a command failed, each way with its exit status.
 #[derive(Debug)]
 pub enum Failure {
-    /// The input cannot be read: a file, its line and the reason.
+    /// The input cannot be read: a file, its line and the reason (2).
     Input(String),
-    /// Something failed while running.
+    /// The environment failed: a path that cannot be written, an export
+    /// directory that is not empty, a tool that is missing (3).
+    Env(String),
+    /// Something that should not fail did: a bug (4).
     Run(String),
-    /// `--compare` found differences (already printed).
+    /// `--compare` found differences, already printed (1).
     Differs,
 }
+
+/// Exit status of [`Failure::Env`].
+const EXIT_ENV: u8 = 3;
+/// Exit status of [`Failure::Run`].
+const EXIT_INTERNAL: u8 = 4;
 
 impl From<String> for Failure {
     fn from(s: String) -> Self {
@@ -339,9 +353,13 @@ fn main() -> ExitCode {
             let _ = writeln!(std::io::stderr(), "iommu: {e}");
             ExitCode::from(2)
         }
-        Err(Failure::Run(e)) => {
+        Err(Failure::Env(e)) => {
             let _ = writeln!(std::io::stderr(), "iommu: {e}");
-            ExitCode::FAILURE
+            ExitCode::from(EXIT_ENV)
+        }
+        Err(Failure::Run(e)) => {
+            let _ = writeln!(std::io::stderr(), "iommu: internal error: {e}");
+            ExitCode::from(EXIT_INTERNAL)
         }
         Err(Failure::Differs) => ExitCode::FAILURE,
     }

@@ -214,7 +214,7 @@ fn show_tables(n: &Narrative, domain: &Domain) {
 /// Installs `--trace` as asked.
 pub(crate) fn trace(args: &crate::TraceArgs) -> Result<(), Failure> {
     if args.trace || args.trace_file.is_some() {
-        crate::trace::install(args.trace_file.as_deref()).map_err(Failure::Run)?;
+        crate::trace::install(args.trace_file.as_deref()).map_err(Failure::Env)?;
     }
     Ok(())
 }

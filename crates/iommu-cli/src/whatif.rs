@@ -83,9 +83,12 @@ impl Change {
         let words: Vec<&str> = s.split_whitespace().collect();
         match words.as_slice() {
             [w] if w.contains('=') => {
-                iommu_pci::KernelParams::default()
-                    .apply(w)
+                let ignored = iommu_pci::KernelParams::default()
+                    .apply_reporting(w)
                     .map_err(|e| e.to_string())?;
+                if let Some(why) = ignored {
+                    crate::input::note(&format!("what-if `{w}` ignored: {why}"));
+                }
                 Ok(Change::Param((*w).to_string()))
             }
             ["move", from, "to", to] => {

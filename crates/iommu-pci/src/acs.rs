@@ -206,7 +206,7 @@ pub fn enable_acs(topo: &mut Topology, platform: &Platform) {
     let params = &platform.params;
     for i in 0..topo.len() {
         let mut enable_std = false;
-        if params.request_acs {
+        if params.requests_acs(platform.iommu) {
             // `pci_dev_specific_enable_acs`: a chipset hook that handles
             // the device stops the standard enabling.
             let f = &topo.functions()[i];

@@ -77,7 +77,9 @@ pub use machine::{
     compare, describe_function, Comparison, Machine, MachineDevice, Mismatch, RawFunction,
     MAX_FUNCTIONS,
 };
-pub use params::{AcsOverride, ConfigAcs, DeviceMatch, KernelParams, ParamError};
+pub use params::{
+    AcsOverride, ConfigAcs, DeviceMatch, Ignored, IommuOff, KernelParams, ParamError,
+};
 pub use platform::{IommuKind, Platform};
 pub use quirks::{AcsQuirk, AliasQuirk, DeviceQuirks};
 #[cfg(all(feature = "std", unix))]

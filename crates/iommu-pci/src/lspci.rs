@@ -364,6 +364,19 @@ fn capability(text: &str, line: usize) -> Result<Option<Cap>, ImportError> {
 
 impl Open {
     /// Rebuilds the function's configuration space and parses it.
+    /// Refuses a bridge listed without its bus numbers (`lspci` without
+    /// `-v`): taken for an endpoint, it would group wrongly.
+    fn check_bridge(&self) -> Result<(), ImportError> {
+        let bridge = matches!(self.class >> 8, 0x0604 | 0x0607 | 0x0609);
+        if bridge && self.buses.is_none() {
+            return Err(syntax(
+                self.line,
+                "a bridge listed without its `Bus:` line (lspci without -v): run `sudo lspci -vvvnn`",
+            ));
+        }
+        Ok(())
+    }
+
     fn finish(self) -> Result<ListedFunction, ImportError> {
         let bdf = self.bdf.expect("an open function has an address");
         let line = self.line;
@@ -429,7 +442,7 @@ impl Open {
                     let (Some(capbits), Some(ctrl)) = (cap.acs_cap, cap.acs_ctrl) else {
                         return Err(syntax(
                             cap.line,
-                            "an ACS capability without its ACSCap and ACSCtl lines (use lspci -vvv)",
+                            "an ACS capability without its ACSCap and ACSCtl lines (lspci without -vv): run `sudo lspci -vvvnn`",
                         ));
                     };
                     c.write_u16(cap.offset + 4, capbits);
@@ -456,6 +469,7 @@ impl Open {
                 _ => {}
             }
         }
+        self.check_bridge()?;
         let mut function =
             Function::parse(bdf, &c).map_err(|error| ImportError::Config { line, error })?;
         function.reconstructed = true;
@@ -479,6 +493,8 @@ pub fn parse_lspci_v(text: &str) -> Result<Vec<ListedFunction>, ImportError> {
     let mut opened: Vec<Open> = Vec::new();
     let mut open: Option<Open> = None;
     let mut in_cap: Option<usize> = None;
+    // Indented lines seen: none at all is `lspci -nn`, not `-vvvnn`.
+    let mut details = 0usize;
     for (k, raw) in text.lines().enumerate() {
         let line = k + 1;
         let l = raw.trim_end();
@@ -507,6 +523,7 @@ pub fn parse_lspci_v(text: &str) -> Result<Vec<ListedFunction>, ImportError> {
         let o = open
             .as_mut()
             .ok_or_else(|| syntax(line, "an indented line before any function's header"))?;
+        details += 1;
         // Registers are told apart by their names, not by indentation,
         // which pasting often turns from tabs into spaces.
         let t = l.trim_start();
@@ -583,6 +600,12 @@ pub fn parse_lspci_v(text: &str) -> Result<Vec<ListedFunction>, ImportError> {
         }
     }
     opened.extend(open.take());
+    if let (Some(first), 0) = (opened.first(), details) {
+        return Err(syntax(
+            first.line,
+            "no register lines under any function (a listing of `lspci` or `lspci -nn`): the prediction needs the capabilities and bus numbers `sudo lspci -vvvnn` prints",
+        ));
+    }
     resolve_paths(&mut opened)?;
     let mut out = opened
         .into_iter()

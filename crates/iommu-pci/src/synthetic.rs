@@ -118,6 +118,11 @@ pub fn write_lspci_v(m: &Machine) -> String {
             String::new()
         };
         let _ = writeln!(s, "{name} {desc}{prog}");
+        // What `-vv` prints for every function (the importer refuses a
+        // listing without any register line, as `lspci -nn` prints).
+        let cmd = f.config.read_u16(0x04).unwrap_or(0);
+        let pm = |bit: u16| if cmd & bit != 0 { '+' } else { '-' };
+        let _ = writeln!(s, "\tControl: I/O{} Mem{} BusMaster{}", pm(1), pm(2), pm(4));
         if f.subsystem != (0, 0) {
             let _ = writeln!(
                 s,

@@ -269,8 +269,8 @@ fn an_lspci_p_path_takes_its_buses_from_the_listed_bridges() {
     let names: Vec<String> = listed.iter().map(|f| short_name(f.function.bdf)).collect();
     assert_eq!(names, ["07:00.0", "00:1c.4"]);
     // A path through a function that is not a listed bridge is refused.
-    let (l, reason) = refused("00:01.0 PCI bridge [0604]: Sim [0de5:0002]\n00:1f.0/00.0 Ethernet controller [0200]: Sim [0de5:0200]\n");
-    assert_eq!(l, 2);
+    let (l, reason) = refused("00:01.0 PCI bridge [0604]: Sim [0de5:0002]\n\tBus: primary=00, secondary=01, subordinate=01\n00:1f.0/00.0 Ethernet controller [0200]: Sim [0de5:0200]\n");
+    assert_eq!(l, 3);
     assert!(
         reason.contains("0000:00:1f.0, which is not a listed bridge"),
         "{reason}"

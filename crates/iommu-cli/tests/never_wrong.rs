@@ -1,0 +1,238 @@
+//! The tool never answers silently wrong: an input that lacks what the
+//! answer needs is refused with what to run instead, a parameter it does
+//! not know is an error (or said to be ignored), what the kernel command
+//! line sets is modelled, and each exit status means one thing.
+
+mod common;
+
+use common::{iommu, iommu_in, machine, scratch};
+
+const RAPHAEL: &str = "amd-raphael-x670e-steel-legend-fedora-6.11.lspci-vvnn.txt";
+const X99: &str = "intel-x99-haswell-e-taichi-fedora-6.7.lspci-vvnn.txt";
+
+/// The listing `lspci -nn` would print of a machine: its header lines.
+fn headers_only(name: &str) -> String {
+    std::fs::read_to_string(machine(name))
+        .unwrap()
+        .lines()
+        .filter(|l| !l.starts_with([' ', '\t']) && !l.trim().is_empty())
+        .map(|l| format!("{l}\n"))
+        .collect()
+}
+
+#[test]
+fn a_listing_without_register_lines_is_refused_with_what_to_run() {
+    // 31 groups where the kernel made 25, and root ports taken for
+    // conventional PCI, before.
+    let text = headers_only(RAPHAEL);
+    let (code, out, err) = iommu_in(&["groups", "--lspci", "-"], Some(&text));
+    assert_eq!(code, 2, "{out}");
+    assert!(out.is_empty());
+    assert!(err.starts_with("iommu: <stdin>:1: "), "{err}");
+    assert!(err.contains("sudo lspci -vvvnn"), "{err}");
+}
+
+#[test]
+fn a_bridge_listed_without_its_bus_numbers_is_refused() {
+    let text = "00:1c.0 PCI bridge [0604]: Sim [0de5:001c]\n\tControl: I/O+ Mem+ BusMaster+\n\
+                01:00.0 Ethernet controller [0200]: Sim [0de5:0200]\n\tControl: I/O+ Mem+ BusMaster+\n";
+    let (code, _, err) = iommu_in(&["groups", "--lspci", "-"], Some(text));
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("<stdin>:1:") && err.contains("`Bus:`"),
+        "{err}"
+    );
+}
+
+#[test]
+fn an_input_without_functions_is_refused() {
+    let dir = scratch("no-functions");
+    let empty = dir.join("empty.txt");
+    let garbage = dir.join("garbage.txt");
+    std::fs::write(&empty, "").unwrap();
+    std::fs::write(&garbage, "garbage\nmore garbage here\n").unwrap();
+    for flag in ["--lspci", "--lspci-x"] {
+        for f in [&empty, &garbage] {
+            let path = f.to_str().unwrap();
+            let (code, out, err) = iommu(&["groups", flag, path]);
+            assert_eq!(code, 2, "{flag} {path}: {out}");
+            assert!(err.contains(path), "{err}");
+            // Either refused line by line (a hex dump's rows) or whole.
+            assert!(
+                err.contains("no PCI functions") || err.contains(":1: expected"),
+                "{err}"
+            );
+        }
+        let (code, _, err) = iommu_in(&["groups", flag, "-"], Some(""));
+        assert_eq!(code, 2);
+        assert!(err.contains("standard input: no PCI functions"), "{err}");
+    }
+}
+
+#[test]
+fn an_unknown_kernel_parameter_is_an_error_naming_the_closest_known_one() {
+    let m = machine(X99);
+    for (how, param, want) in [
+        (
+            "--what-if",
+            "pcie_acs_overide=downstream",
+            "pcie_acs_override",
+        ),
+        (
+            "--cmdline",
+            "pcie_acs_overide=downstream",
+            "pcie_acs_override",
+        ),
+        (
+            "--cmdline",
+            "pci=disable_acs_redr=00:01.0",
+            "disable_acs_redir",
+        ),
+        ("--cmdline", "intel_iommu=onn", "`on`"),
+        ("--cmdline", "iommu.stric=0", "iommu.strict"),
+        ("--cmdline", "iommu.strict=maybe", "not a boolean"),
+    ] {
+        let (code, out, err) = iommu(&["groups", "--lspci", &m, how, param]);
+        assert_eq!(code, 2, "{how} {param}: {out}");
+        assert!(err.contains(want), "{how} {param}: {err}");
+    }
+    let (code, _, err) = iommu(&["groups", "--lspci", &m, "--cmdline", "pci=foo"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("`foo` is not a pci= option"), "{err}");
+}
+
+#[test]
+fn parameters_that_do_not_change_grouping_are_accepted_and_said_to_be_ignored() {
+    let m = machine(X99);
+    let (code, out, err) = iommu(&["groups", "--lspci", &m, "--what-if", "quiet=1"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("unchanged"), "{out}");
+    assert!(err.contains("`quiet=1` ignored"), "{err}");
+    // A real /proc/cmdline, pasted whole.
+    let cmdline = "BOOT_IMAGE=/vmlinuz-6.12.38+deb13-amd64 root=UUID=3f2a ro quiet splash \
+                   vt.handoff=7 intel_iommu=on iommu=pt";
+    let (code, _, err) = iommu(&["groups", "--lspci", &m, "--cmdline", cmdline]);
+    assert_eq!(code, 0, "{err}");
+    for word in ["BOOT_IMAGE", "splash", "vt.handoff=7", "ro", "root="] {
+        assert!(err.contains(&format!("`{word}")), "{word}: {err}");
+    }
+    assert!(err.contains("hands it to init"), "{err}");
+}
+
+#[test]
+fn the_command_line_sets_the_default_domain_type() {
+    let m = machine(X99);
+    let ty = |cmdline: &str| {
+        let (code, out, err) = iommu(&["sysfs", "--lspci", &m, "--cmdline", cmdline]);
+        assert_eq!(code, 0, "{cmdline}: {err}");
+        let types: std::collections::BTreeSet<&str> = out
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("type: "))
+            .map(|t| t.trim())
+            .collect();
+        types.into_iter().collect::<Vec<_>>().join(",")
+    };
+    assert_eq!(ty("quiet"), "DMA");
+    assert_eq!(ty("iommu=pt"), "identity");
+    assert_eq!(ty("iommu.passthrough=1"), "identity");
+    assert_eq!(ty("iommu.strict=0"), "DMA-FQ");
+    assert_eq!(ty("iommu=pt iommu=nopt"), "DMA");
+    let (code, _, err) = iommu(&[
+        "sysfs",
+        "--lspci",
+        &m,
+        "--passthrough",
+        "--cmdline",
+        "iommu.passthrough=0",
+    ]);
+    assert_eq!(code, 2);
+    assert!(err.contains("contradicts"), "{err}");
+}
+
+#[test]
+fn an_iommu_the_command_line_turns_off_is_said_and_the_groups_offered_as_a_prediction() {
+    let intel = machine(X99);
+    let (code, out, _) = iommu(&["groups", "--lspci", &intel, "--cmdline", "intel_iommu=off"]);
+    assert_eq!(code, 0);
+    assert!(
+        out.starts_with("# The IOMMU is off (`intel_iommu=off`"),
+        "{out}"
+    );
+    assert!(out.contains("VT-d") && out.contains("would be"), "{out}");
+    assert!(
+        out.contains("IOMMU Group 0:"),
+        "the prediction is still offered"
+    );
+    let (_, json, _) = iommu(&[
+        "groups",
+        "--lspci",
+        &intel,
+        "--cmdline",
+        "iommu=off",
+        "--json",
+    ]);
+    assert!(json.contains("\"iommu_off\": \"iommu=off\""), "{json}");
+    // intel_iommu=off does not turn off an AMD IOMMU.
+    let amd = machine(RAPHAEL);
+    let (_, out, _) = iommu(&["groups", "--lspci", &amd, "--cmdline", "intel_iommu=off"]);
+    assert!(out.starts_with("IOMMU Group"), "{out}");
+    let (_, out, _) = iommu(&["groups", "--lspci", &amd, "--cmdline", "amd_iommu=off"]);
+    assert!(out.contains("AMD-Vi"), "{out}");
+}
+
+#[test]
+fn each_exit_status_means_one_thing() {
+    let m = machine(X99);
+    // 2: bad input or usage.
+    assert_eq!(iommu(&["groups", "--lspci", "/nonexistent.txt"]).0, 2);
+    assert_eq!(iommu(&["groups", "--bogus"]).0, 2);
+    // 3: the environment: an export directory that is not empty, a file
+    // that cannot be written.
+    let dir = scratch("exit-env");
+    std::fs::write(dir.join("keep"), "").unwrap();
+    let (code, _, err) = iommu(&["sysfs", "--lspci", &m, "--export", dir.to_str().unwrap()]);
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("not empty"), "{err}");
+    let (code, _, err) = iommu(&["run", "--trace-file", "/nonexistent/dir/trace.txt"]);
+    assert_eq!(code, 3, "{err}");
+    let (code, _, err) = iommu(&["groups", "--lspci", &m, "--svg", "/nonexistent/dir/g.svg"]);
+    assert_eq!(code, 3, "{err}");
+    // 1: only a comparison that differs.
+    let (code, _, _) = iommu(&[
+        "groups",
+        "--lspci",
+        &m,
+        "--compare",
+        "--cmdline",
+        "pci=noacs",
+    ]);
+    assert_eq!(code, 1);
+    assert_eq!(iommu(&["groups", "--lspci", &m, "--compare"]).0, 0);
+}
+
+#[test]
+fn flag_combinations_either_work_together_or_are_refused() {
+    let m = machine(X99);
+    for bad in [
+        &["--dot", "--json"][..],
+        &["--dot", "--explain"],
+        &["--dot", "--compare"],
+        &["--dot", "--what-if", "pci=noacs"],
+        &["--svg", "/tmp/x.svg", "--what-if", "pci=noacs"],
+    ] {
+        let mut args = vec!["groups", "--lspci", m.as_str()];
+        args.extend_from_slice(bad);
+        let (code, out, _) = iommu(&args);
+        assert_eq!(code, 2, "{bad:?}: {out}");
+    }
+    let dir = scratch("svg-and");
+    let svg = dir.join("g.svg");
+    let svg = svg.to_str().unwrap();
+    let (code, out, err) = iommu(&["groups", "--lspci", &m, "--svg", svg, "--json"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("\"groups\""), "the JSON is printed too");
+    assert!(std::fs::read_to_string(svg).unwrap().contains("<svg"));
+    let (code, out, _) = iommu(&["groups", "--lspci", &m, "--svg", svg, "--explain"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("why: "), "the explanation is printed too");
+}
