@@ -4,7 +4,7 @@
 //! reason so that a grouping can be explained.
 
 use crate::quirks::{self, device_specific_acs, AcsQuirk, QuirkContext, INTEL_SPT_ACS_CTRL};
-use crate::{AcsFlags, DeviceQuirks, Function, Platform, PortType, Topology};
+use crate::{AcsFlags, Bdf, DeviceQuirks, Function, Platform, PortType, Topology};
 use core::fmt;
 
 /// Why a device counts as isolated by ACS, or why not.
@@ -192,6 +192,24 @@ pub(crate) fn acs_enabled(
 /// enable bit, which the PCH root-port quirk needs.
 const INTEL_LPC_RCBA: u16 = 0xf0;
 
+/// Registers a listing does not show but a configuration space rebuilt
+/// from it must hold for the kernel's rules to read the same: an Intel
+/// LPC bridge at 1f.0 gets its RCBA enabled, as firmware always leaves it
+/// on the chipsets whose root-port quirk reads it. Written into the bytes,
+/// so that an export of the rebuilt machine, read back as raw
+/// configuration space, groups the same.
+pub(crate) fn fill_unlisted_registers(
+    c: &mut crate::ConfigSpace,
+    bdf: Bdf,
+    vendor: u16,
+    class: u32,
+) {
+    if vendor == crate::quirks::vendor::INTEL && bdf.devfn == 0x1f << 3 && class >> 8 == 0x0601 {
+        let rcba = c.read_u32(INTEL_LPC_RCBA).unwrap_or(0);
+        c.write_u32(INTEL_LPC_RCBA, rcba | 1);
+    }
+}
+
 /// Linux's `pci_enable_acs` for every function, as the kernel runs it
 /// while it sets each device up: the chipset hooks of Intel PCH and
 /// Sunrise Point root ports, the standard enabling of SV, RR, CR and UF
@@ -213,9 +231,8 @@ pub fn enable_acs(topo: &mut Topology, platform: &Platform) {
             if platform.linux_quirks && quirks::intel_pch_match(f) {
                 let lpc = topo.on_same_bus(i, 0x1f << 3).map(|l| &topo.functions()[l]);
                 let rcba_on = match lpc {
-                    // A listing that does not show the register: firmware
-                    // always enables RCBA on these chipsets.
-                    Some(l) if l.reconstructed => true,
+                    // (A rebuilt function has it set: see
+                    // `fill_unlisted_registers`.)
                     Some(l) => l.config.read_u32(INTEL_LPC_RCBA).unwrap_or(0) & 1 != 0,
                     None => false,
                 };

@@ -470,6 +470,7 @@ impl Open {
             }
         }
         self.check_bridge()?;
+        crate::acs::fill_unlisted_registers(&mut c, bdf, self.vendor, self.class);
         let mut function =
             Function::parse(bdf, &c).map_err(|error| ImportError::Config { line, error })?;
         function.reconstructed = true;

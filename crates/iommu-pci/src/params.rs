@@ -280,7 +280,6 @@ pub struct KernelParams {
     pub acs_override: AcsOverride,
 }
 
-
 /// A kernel parameter this model cannot read.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("kernel parameter `{param}`: {reason}")]

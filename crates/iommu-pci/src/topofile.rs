@@ -491,7 +491,8 @@ pub fn parse_topology(text: &str) -> Result<TopologyFile, ImportError> {
     specs.extend(vfs);
     for (s, line) in specs {
         let bdf = s.bdf.expect("set");
-        let c = s.build(bdf);
+        let mut c = s.build(bdf);
+        crate::acs::fill_unlisted_registers(&mut c, bdf, s.vendor, s.class);
         let mut function =
             Function::parse(bdf, &c).map_err(|error| ImportError::Config { line, error })?;
         function.reconstructed = true;

@@ -104,7 +104,10 @@ fn the_listing_seeds_hold() {
     // A CardBus bridge, and a plain function alone (written back, each
     // keeps the register lines a -vv listing has).
     seeds.push(b"00:1c.0 CardBus bridge [0607]: x [0de5:0607]\n\tBus: primary=00, secondary=01, subordinate=01\n".to_vec());
-    seeds.push(b"00:02.0 Ethernet controller [0200]: x [0de5:0200]\n\tControl: I/O+ Mem+ BusMaster+\n".to_vec());
+    seeds.push(
+        b"00:02.0 Ethernet controller [0200]: x [0de5:0200]\n\tControl: I/O+ Mem+ BusMaster+\n"
+            .to_vec(),
+    );
     // A fuzz finding: an extended capability lspci cannot name, at 0x100
     // before an SR-IOV capability with VFs enabled, was left out when the
     // listing was written back, and the list read back empty: the VFs
