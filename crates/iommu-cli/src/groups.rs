@@ -150,20 +150,47 @@ fn render_comparison(
     s
 }
 
-/// What to say when the command line keeps the IOMMU off: the kernel
-/// makes no groups, how to turn it on, and that what follows is the
-/// prediction for then.
-fn iommu_off_notice(kind: iommu_pci::IommuKind, word: &str) -> String {
-    let firmware = match kind {
-        iommu_pci::IommuKind::IntelVtd => "VT-d (Intel Virtualization Technology for Directed I/O)",
-        iommu_pci::IommuKind::AmdVi => "the AMD IOMMU (AMD-Vi, sometimes \"IOMMU\" or \"SVM\")",
-        _ => "the IOMMU",
+/// Why the IOMMU is off: a kernel parameter, or a live machine whose
+/// kernel made no groups.
+#[derive(Clone, Copy, Debug)]
+enum Off {
+    Param(&'static str),
+    Live,
+}
+
+impl Off {
+    /// What JSON says.
+    fn json(self) -> &'static str {
+        match self {
+            Off::Param(word) => word,
+            Off::Live => "no IOMMU groups on the machine",
+        }
+    }
+}
+
+/// What to say when the IOMMU is off: the kernel makes no groups, how to
+/// turn it on, and that what follows is the prediction for then.
+fn iommu_off_notice(kind: iommu_pci::IommuKind, off: Off) -> String {
+    let (firmware, param) = match kind {
+        iommu_pci::IommuKind::IntelVtd => (
+            "VT-d (Intel Virtualization Technology for Directed I/O)",
+            " and boot with `intel_iommu=on` if the kernel does not turn it on by itself",
+        ),
+        iommu_pci::IommuKind::AmdVi => ("the AMD IOMMU (AMD-Vi, often called \"IOMMU\")", ""),
+        _ => ("the IOMMU", ""),
     };
-    format!(
-        "# The IOMMU is off (`{word}` on the command line): the kernel makes no IOMMU groups.\n\
-         # To turn it on, remove `{word}` and enable {firmware} in the firmware setup.\n\
-         # Once it is on, the groups would be:\n"
-    )
+    match off {
+        Off::Param(word) => format!(
+            "# The IOMMU is off (`{word}` on the command line): the kernel makes no IOMMU groups.\n\
+             # To turn it on, remove `{word}` and enable {firmware} in the firmware setup.\n\
+             # Once it is on, the groups would be:\n"
+        ),
+        Off::Live => format!(
+            "# The IOMMU is off on this machine: its kernel made no IOMMU groups.\n\
+             # To turn it on, enable {firmware} in the firmware setup{param}.\n\
+             # Once it is on, the groups would be:\n"
+        ),
+    }
 }
 
 /// The platform with the IOMMU on, and the parameter that kept it off.
@@ -177,7 +204,10 @@ fn with_iommu_on(platform: iommu_pci::Platform) -> (iommu_pci::Platform, Option<
 /// `iommu groups`.
 pub fn groups(args: &GroupsArgs) -> Result<(), Failure> {
     let loaded = input::load(&args.machine)?;
-    let (platform, iommu_off) = with_iommu_on(input::platform(&loaded, &args.platform)?);
+    let (platform, off_param) = with_iommu_on(input::platform(&loaded, &args.platform)?);
+    let iommu_off = off_param
+        .map(Off::Param)
+        .or(loaded.iommu_off.then_some(Off::Live));
     if args.compare && !loaded.machine.has_kernel_groups() {
         return Err(Failure::Input(format!(
             "{}: no kernel groups to compare with (a listing made with the IOMMU on has `IOMMU group:` lines; a sysfs tree has iommu_group links)",
@@ -292,7 +322,7 @@ pub fn groups(args: &GroupsArgs) -> Result<(), Failure> {
             version: JSON_VERSION,
             source: &loaded.source,
             iommu: platform.iommu.to_string(),
-            iommu_off,
+            iommu_off: iommu_off.map(Off::json),
             cmdline: platform.params.to_string(),
             groups: listed
                 .iter()
@@ -346,8 +376,8 @@ pub fn groups(args: &GroupsArgs) -> Result<(), Failure> {
             serde_json::to_string_pretty(&doc).expect("plain data")
         );
     } else {
-        if let Some(word) = iommu_off {
-            out!("{}", iommu_off_notice(platform.iommu, word));
+        if let Some(off) = iommu_off {
+            out!("{}", iommu_off_notice(platform.iommu, off));
         }
         if args.explain {
             out!("{}", listing_with_reasons(&listed, &reasons));

@@ -29,6 +29,10 @@ pub struct Loaded {
     pub not_covered: Vec<iommu_pci::Bdf>,
     /// Whether this is the built-in platform.
     pub default: bool,
+    /// A sysfs tree whose kernel made no IOMMU groups (no `iommu_group`
+    /// links, an empty or missing `/sys/kernel/iommu_groups`): its IOMMU
+    /// is off.
+    pub iommu_off: bool,
 }
 
 fn read_text(path: &str) -> Result<String, Failure> {
@@ -79,6 +83,7 @@ pub fn load(args: &MachineArgs) -> Result<Loaded, Failure> {
         quirks: BTreeMap::new(),
         not_covered: Vec::new(),
         default: false,
+        iommu_off: false,
     };
     // An input without a single function is a mistake (an empty file, the
     // wrong file), never a machine without devices.
@@ -106,7 +111,16 @@ pub fn load(args: &MachineArgs) -> Result<Loaded, Failure> {
     }
     if let Some(dir) = &args.sysfs {
         let m = read_sysfs(dir).map_err(|e| Failure::Input(e.to_string()))?;
-        return Ok(plain(dir.display().to_string(), m));
+        // A running kernel with an IOMMU links every translated function
+        // to its group; without one there are no links, and /sys has an
+        // empty kernel/iommu_groups (or none).
+        let groups_dir = dir.join("kernel/iommu_groups");
+        let no_groups_dir = dir.join("kernel").is_dir()
+            && std::fs::read_dir(&groups_dir).map_or(true, |mut d| d.next().is_none());
+        let iommu_off = !m.has_kernel_groups() || no_groups_dir;
+        let mut loaded = plain(dir.display().to_string(), m);
+        loaded.iommu_off = iommu_off;
+        return Ok(loaded);
     }
     let (source, text, default) = match &args.topology {
         Some(p) => (p.clone(), read_text(p)?, false),
@@ -126,6 +140,7 @@ pub fn load(args: &MachineArgs) -> Result<Loaded, Failure> {
         quirks: t.quirks,
         not_covered: t.not_covered,
         default,
+        iommu_off: false,
     })
 }
 

@@ -291,3 +291,58 @@ fn an_export_read_back_groups_as_the_listing_it_came_from() {
     }
     assert!(checked >= 12, "{checked} machines");
 }
+
+/// This machine's own /sys: without an IOMMU (as on the machines the
+/// tests run on) the tool says so instead of printing groups as if the
+/// kernel had made them; with one, it lists the kernel's.
+#[test]
+fn the_live_machine_without_an_iommu_is_said_to_have_it_off() {
+    if !std::path::Path::new("/sys/bus/pci/devices").is_dir() {
+        return; // not Linux, or no PCI
+    }
+    let kernel_groups = std::fs::read_dir("/sys/kernel/iommu_groups")
+        .map(|mut d| d.next().is_some())
+        .unwrap_or(false);
+    let (code, out, err) = iommu(&["groups", "--sysfs", "/sys"]);
+    if err.contains("config was read without root") {
+        return; // the tests run without root here
+    }
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        out.starts_with("# The IOMMU is off on this machine"),
+        !kernel_groups,
+        "{out}"
+    );
+}
+
+/// An exported tree has the kernel's groups; the same tree without them
+/// (a machine whose IOMMU is off) is said to be so.
+#[test]
+fn an_exported_tree_without_groups_is_a_machine_with_the_iommu_off() {
+    let m = machine(X99);
+    let root = scratch("export-no-groups");
+    let sys = root.join("sys");
+    let sys_s = sys.to_str().unwrap();
+    assert_eq!(iommu(&["sysfs", "--lspci", &m, "--export", sys_s]).0, 0);
+    let (code, out, _) = iommu(&["groups", "--sysfs", sys_s]);
+    assert_eq!(code, 0);
+    assert!(out.starts_with("IOMMU Group 0:"), "{out}");
+    // Take the groups away, as a kernel without an IOMMU has none.
+    std::fs::remove_dir_all(sys.join("kernel/iommu_groups")).unwrap();
+    std::fs::create_dir(sys.join("kernel/iommu_groups")).unwrap();
+    for e in std::fs::read_dir(sys.join("bus/pci/devices")).unwrap() {
+        let _ = std::fs::remove_file(e.unwrap().path().join("iommu_group"));
+    }
+    let (code, out, _) = iommu(&["groups", "--sysfs", sys_s]);
+    assert_eq!(code, 0);
+    assert!(
+        out.starts_with("# The IOMMU is off on this machine"),
+        "{out}"
+    );
+    assert!(
+        out.contains("intel_iommu=on") && out.contains("IOMMU Group 0:"),
+        "{out}"
+    );
+    let (_, json, _) = iommu(&["groups", "--sysfs", sys_s, "--json"]);
+    assert!(json.contains("\"iommu_off\""), "{json}");
+}
