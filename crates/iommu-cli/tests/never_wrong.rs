@@ -346,3 +346,53 @@ fn an_exported_tree_without_groups_is_a_machine_with_the_iommu_off() {
     let (_, json, _) = iommu(&["groups", "--sysfs", sys_s, "--json"]);
     assert!(json.contains("\"iommu_off\""), "{json}");
 }
+
+/// The `reserved_regions` of every group, from `iommu sysfs`.
+fn regions(args: &[&str]) -> Vec<String> {
+    let mut all = vec!["sysfs"];
+    all.extend_from_slice(args);
+    let (code, out, err) = iommu(&all);
+    assert_eq!(code, 0, "{err}");
+    // One region prints on the `reserved_regions:` line, several below it.
+    let mut v: Vec<String> = out
+        .lines()
+        .filter_map(|l| {
+            let l = l.trim();
+            l.strip_prefix("| ")
+                .or_else(|| l.strip_prefix("reserved_regions: "))
+        })
+        .map(str::to_string)
+        .collect();
+    v.sort();
+    v.dedup();
+    v
+}
+
+/// Reserved regions follow the IOMMU, as Linux 6.12's drivers report
+/// them: no Arm software-MSI window on x86.
+#[test]
+fn reserved_regions_follow_the_iommu() {
+    let intel = machine(X99);
+    let want = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    assert_eq!(
+        regions(&["--lspci", &intel]),
+        want(&[
+            "0x0000000000000000 0x0000000000ffffff direct-relaxable",
+            "0x00000000fee00000 0x00000000feefffff msi",
+        ]),
+        "VT-d: the IOAPIC range, and 16 MiB for the ISA bridge's group"
+    );
+    let amd = machine(RAPHAEL);
+    assert_eq!(
+        regions(&["--lspci", &amd]),
+        want(&[
+            "0x00000000fee00000 0x00000000feefffff msi",
+            "0x000000fd00000000 0x000000ffffffffff reserved",
+        ])
+    );
+    assert_eq!(
+        regions(&["--lspci", &intel, "--iommu", "arm-smmu"]),
+        want(&["0x0000000008000000 0x00000000080fffff msi"]),
+        "an Arm SMMU's software MSI window"
+    );
+}

@@ -158,11 +158,73 @@ fn sysfs_dir(a: &Analysis, i: usize) -> String {
 
 /// The soft driver of the built-in platforms, grouping as the PCI layer says.
 fn soft_driver(pci: Arc<PciGrouping>) -> Result<Arc<dyn DmaHardware>, Errno> {
+    soft_driver_with(pci, Some(SW_MSI))
+}
+
+fn soft_driver_with(
+    pci: Arc<PciGrouping>,
+    sw_msi: Option<(u64, u64)>,
+) -> Result<Arc<dyn DmaHardware>, Errno> {
     Ok(Arc::new(SoftIommu::new(SoftConfig {
-        sw_msi: Some(SW_MSI),
+        sw_msi,
         pci: Some(pci),
         ..SoftConfig::default()
     })))
+}
+
+/// The interrupt range of x86, where every MSI is written: VT-d and
+/// AMD-Vi report it as an MSI region of every device.
+pub const X86_MSI: (u64, u64) = (0xfee0_0000, 0x10_0000);
+/// AMD's HyperTransport window (1012 GiB to 1 TiB), which AMD-Vi reports
+/// as reserved for every device.
+pub const AMD_HT_RANGE: (u64, u64) = (0xfd_0000_0000, 0x3_0000_0000);
+/// What VT-d identity-maps (relaxably) for an ISA bridge's legacy DMA, the
+/// floppy workaround: the first 16 MiB.
+pub const INTEL_ISA_RANGE: (u64, u64) = (0, 1 << 24);
+
+/// The regions the Linux 6.12 driver of an IOMMU of `kind` reports for
+/// function `f` beyond the firmware's (`get_resv_regions`): VT-d's IOAPIC
+/// MSI range and, for an ISA bridge, its 16 MiB floppy window; AMD-Vi's
+/// MSI range and HyperTransport window. Arm SMMU drivers and the generic
+/// IOMMU report a software-managed MSI window instead, from the driver.
+pub fn driver_resv_regions(
+    kind: iommu_pci::IommuKind,
+    f: &iommu_pci::Function,
+) -> Vec<ReservedRegion> {
+    use iommu_core::{Prot, ResvType};
+    let msi = || {
+        ReservedRegion::new(
+            X86_MSI.0,
+            X86_MSI.1,
+            Prot::WRITE | Prot::MMIO,
+            ResvType::Msi,
+        )
+    };
+    match kind {
+        iommu_pci::IommuKind::IntelVtd => {
+            let mut v = Vec::new();
+            if f.class >> 8 == 0x0601 {
+                v.push(ReservedRegion::new(
+                    INTEL_ISA_RANGE.0,
+                    INTEL_ISA_RANGE.1,
+                    Prot::RW,
+                    ResvType::DirectRelaxable,
+                ));
+            }
+            v.push(msi());
+            v
+        }
+        iommu_pci::IommuKind::AmdVi => vec![
+            msi(),
+            ReservedRegion::new(
+                AMD_HT_RANGE.0,
+                AMD_HT_RANGE.1,
+                Prot::NONE,
+                ResvType::Reserved,
+            ),
+        ],
+        iommu_pci::IommuKind::Generic | iommu_pci::IommuKind::ArmSmmu => Vec::new(),
+    }
 }
 
 impl PciPlatform {
@@ -222,7 +284,15 @@ impl PciPlatform {
         config: IommuConfig,
         resv: &[(Bdf, ReservedRegion)],
     ) -> Result<Self, PlatformError> {
-        Self::from_machine_on(machine, platform, config, resv, soft_driver)
+        // The software MSI window is an Arm SMMU's (and the generic
+        // IOMMU's); x86 IOMMUs report the hardware's MSI range instead.
+        let sw_msi = match platform.iommu {
+            iommu_pci::IommuKind::IntelVtd | iommu_pci::IommuKind::AmdVi => None,
+            _ => Some(SW_MSI),
+        };
+        Self::from_machine_on(machine, platform, config, resv, move |pci| {
+            soft_driver_with(pci, sw_msi)
+        })
     }
 
     /// The soft driver, when the platform runs on it.
@@ -243,6 +313,7 @@ impl PciPlatform {
         resv: &[(Bdf, ReservedRegion)],
         make: impl FnOnce(Arc<PciGrouping>) -> Result<Arc<dyn DmaHardware>, Errno>,
     ) -> Result<Self, PlatformError> {
+        let kind = platform.iommu;
         let analysis = Arc::new(machine.analyze(platform)?);
         let iommu = Iommu::new(config);
         let bus = Bus::new(&iommu, "pci")?;
@@ -273,6 +344,9 @@ impl PciPlatform {
                 if *at == f.bdf {
                     b = b.resv_region(*region);
                 }
+            }
+            for region in driver_resv_regions(kind, f) {
+                b = b.resv_region(region);
             }
             bus.add_device(b)?;
         }
