@@ -133,11 +133,19 @@ pub fn write_lspci_v(m: &Machine) -> String {
         if let Some(g) = d.kernel_group {
             let _ = writeln!(s, "\tIOMMU group: {g}");
         }
-        if let Some(b) = f.bridge {
+        // Every bridge has the line, as lspci prints it: one the firmware
+        // left unconfigured shows secondary and subordinate 00.
+        let buses = match (f.bridge, f.header_type) {
+            (Some(b), _) => Some((b.primary, b.secondary, b.subordinate)),
+            (None, crate::HeaderType::Bridge | crate::HeaderType::CardBus) => {
+                Some((f.config.read_u8(0x18).unwrap_or(0), 0, 0))
+            }
+            (None, crate::HeaderType::Normal) => None,
+        };
+        if let Some((p, sec, sub)) = buses {
             let _ = writeln!(
                 s,
-                "\tBus: primary={:02x}, secondary={:02x}, subordinate={:02x}, sec-latency=0",
-                b.primary, b.secondary, b.subordinate
+                "\tBus: primary={p:02x}, secondary={sec:02x}, subordinate={sub:02x}, sec-latency=0"
             );
         }
         for &(id, off) in &f.capabilities {

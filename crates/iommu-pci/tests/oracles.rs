@@ -108,6 +108,12 @@ fn the_listing_seeds_hold() {
         b"00:02.0 Ethernet controller [0200]: x [0de5:0200]\n\tControl: I/O+ Mem+ BusMaster+\n"
             .to_vec(),
     );
+    // A CI fuzz finding: a bridge the firmware left without bus numbers was
+    // written back without its `Bus:` line, which the importer refuses.
+    seeds.push(
+        b"00:01.0 PCI bridge [0604]: x [0de5:0002]\n\tBus: primary=00, secondary=0,1 subordinate=00\n"
+            .to_vec(),
+    );
     // A fuzz finding: an extended capability lspci cannot name, at 0x100
     // before an SR-IOV capability with VFs enabled, was left out when the
     // listing was written back, and the list read back empty: the VFs
