@@ -186,9 +186,11 @@ pub struct PlatformArgs {
     /// The machine's IOMMU
     #[arg(long, value_enum, default_value_t = IommuArg::Auto)]
     iommu: IommuArg,
-    /// Kernel parameters that change grouping, as on the kernel command
-    /// line: pci=disable_acs_redir=..., pci=config_acs=...,
-    /// pcie_acs_override=..., pci=noacs
+    /// The kernel command line (a whole /proc/cmdline will do): grouping
+    /// (pci=disable_acs_redir=..., pci=config_acs=..., pcie_acs_override=...,
+    /// pci=noacs), the default domain type (iommu=pt, iommu.passthrough=,
+    /// iommu.strict=) and the IOMMU off (iommu=off, intel_iommu=off,
+    /// amd_iommu=off); other parameters are said to be ignored
     #[arg(long, value_name = "PARAMS", allow_hyphen_values = true)]
     cmdline: Option<String>,
     /// Ignore Linux's quirk tables (registers only)
