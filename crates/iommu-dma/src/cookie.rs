@@ -173,13 +173,8 @@ impl DmaCookie {
         let (pfn, pages) = (iova >> self.iovad.shift(), len >> self.iovad.shift());
         if unmapped != mapped {
             if owned {
-                sweep(domain, iova, len, &mut gather);
-                let synced = domain.iotlb_sync(gather).is_ok();
-                let last = iommu_core::Iova::new(iova + (len - 1));
-                let clean = domain
-                    .first_mapping(iommu_core::Iova::new(iova), last)
-                    .is_none();
-                self.give_back(domain, pfn, pages, synced && clean, memory);
+                let clean = sweep_clean(domain, iova, len, gather);
+                self.give_back(domain, pfn, pages, clean, memory);
             } else if let Err(e) = domain.iotlb_sync(gather) {
                 tracing::debug!(errno = e.name(), "invalidation after a mismatched unmap");
             }
@@ -197,7 +192,7 @@ impl DmaCookie {
                     free_memory(memory);
                     if !self.quarantine.is_empty() {
                         // The IOMMU answers again: what it owed may go too.
-                        let _ = self.quarantine.flush_and_release(&self.iovad, domain);
+                        let _ = self.release_quarantine_in(domain);
                     }
                     Ok(())
                 }
@@ -234,14 +229,20 @@ impl DmaCookie {
     /// # Errors
     /// The flush did not complete.
     pub(crate) fn release_quarantine(&self) -> Result<usize, iommu_core::Errno> {
-        let Some(domain) = self.domain.upgrade() else {
-            return Ok(0);
-        };
+        match self.domain.upgrade() {
+            Some(domain) => self.release_quarantine_in(&domain),
+            None => Ok(0),
+        }
+    }
+
+    /// [`release_quarantine`](Self::release_quarantine) of `domain`, which
+    /// the caller holds already.
+    fn release_quarantine_in(&self, domain: &Domain) -> Result<usize, iommu_core::Errno> {
         if self.quarantine.is_empty() && !domain.invalidation_owed() {
             return Ok(0);
         }
         domain.flush_iotlb_all()?;
-        Ok(self.quarantine.release(&self.iovad, &domain))
+        Ok(self.quarantine.release(&self.iovad, domain))
     }
 
     /// Gives back an IOVA range this layer allocated.
@@ -297,9 +298,22 @@ pub(crate) fn free_iova_on(
     }
 }
 
+/// Sweeps `[iova, iova + len)` into `gather` (which may already hold an
+/// unmap's runs) and syncs it: whether the range is now both invalidated
+/// and free of leaves, so that its IOVA may be given back.
+pub(crate) fn sweep_clean(domain: &Domain, iova: u64, len: u64, mut gather: IotlbGather) -> bool {
+    sweep(domain, iova, len, &mut gather);
+    let synced = domain.iotlb_sync(gather).is_ok();
+    let last = iommu_core::Iova::new(iova + (len - 1));
+    synced
+        && domain
+            .first_mapping(iommu_core::Iova::new(iova), last)
+            .is_none()
+}
+
 /// Removes every leaf overlapping `[iova, iova + len)`, holes and all,
 /// walking only what is mapped.
-pub(crate) fn sweep(domain: &Domain, iova: u64, len: u64, gather: &mut IotlbGather) {
+fn sweep(domain: &Domain, iova: u64, len: u64, gather: &mut IotlbGather) {
     let Some(last) = iova.checked_add(len.saturating_sub(1)) else {
         return;
     };

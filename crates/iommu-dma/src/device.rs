@@ -454,7 +454,7 @@ impl DmaDevice {
         q.release_flushed(&self.cookie.iovad, &self.domain);
         if q.is_full() {
             let _ = self.cookie.release_quarantine();
-            if self.cookie.quarantine.is_full() {
+            if q.is_full() {
                 return Err(DmaError::Wedged);
             }
         }

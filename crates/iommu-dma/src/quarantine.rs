@@ -31,7 +31,7 @@
 
 use crate::cookie::free_iova_on;
 use crate::PageAllocator;
-use iommu_core::{Domain, IotlbGather, Iova, PhysAddr};
+use iommu_core::{Domain, IotlbGather, PhysAddr};
 use iommu_iova::{IovaDomain, ThreadCpu};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -186,24 +186,13 @@ impl Quarantine {
                     tracing::debug!(errno = e.name(), "table pages stay parked");
                 }
             }
-            let (first, last) = (h.pfn << shift, ((h.pfn + h.pages) << shift) - 1);
-            if domain
-                .first_mapping(Iova::new(first), Iova::new(last))
-                .is_some()
-            {
-                // Leaves a driver could not take out: try again, and hold
-                // the range for the invalidation that sweep needs.
-                let mut gather = IotlbGather::new();
-                crate::cookie::sweep(domain, first, last - first + 1, &mut gather);
-                let clean = domain.iotlb_sync(gather).is_ok()
-                    && domain
-                        .first_mapping(Iova::new(first), Iova::new(last))
-                        .is_none();
-                if !clean {
-                    h.ticket = domain.flush_ticket();
-                    kept.push(h);
-                    continue;
-                }
+            // Leaves a driver could not take out are tried again; the range
+            // waits for the invalidation that sweep needs if it fails.
+            let (first, len) = (h.pfn << shift, h.pages << shift);
+            if !crate::cookie::sweep_clean(domain, first, len, IotlbGather::new()) {
+                h.ticket = domain.flush_ticket();
+                kept.push(h);
+                continue;
             }
             free_iova_on(iovad, h.cpu, h.pfn, h.pages);
             free_memory(h.memory.take());
@@ -220,23 +209,6 @@ impl Quarantine {
             tracing::info!(ranges = freed, "held-back IOVAs released after a flush");
         }
         freed
-    }
-
-    /// One flush-all, then [`release`](Self::release): what to do when the
-    /// IOMMU may be answering again. Returns the ranges freed.
-    ///
-    /// # Errors
-    /// The flush did not complete; nothing was freed.
-    pub(crate) fn flush_and_release(
-        &self,
-        iovad: &IovaDomain<ThreadCpu>,
-        domain: &Domain,
-    ) -> Result<usize, iommu_core::Errno> {
-        if self.is_empty() {
-            return Ok(0);
-        }
-        domain.flush_iotlb_all()?;
-        Ok(self.release(iovad, domain))
     }
 
     pub(crate) fn stats(&self) -> QuarantineStats {

@@ -1040,11 +1040,11 @@ pub(crate) fn identity_ranges(
         if rs > next {
             out.push((next, rs - 1));
         }
-        match re.checked_add(1) {
-            Some(after) if re < limit => next = after,
+        if re >= limit {
             // The region reaches the end of the aperture.
-            _ => return out,
+            return out;
         }
+        next = re + 1;
     }
     if next <= limit {
         out.push((next, limit));
