@@ -160,6 +160,7 @@ pub fn platform(loaded: &Loaded, args: &PlatformArgs) -> Result<Platform, Failur
         IommuArg::IntelVtd => IommuKind::IntelVtd,
         IommuArg::AmdVi => IommuKind::AmdVi,
         IommuArg::ArmSmmu => IommuKind::ArmSmmu,
+        IommuArg::Virtio => IommuKind::virtio_on(&loaded.machine.functions()),
     };
     Ok(Platform {
         iommu,
@@ -177,13 +178,18 @@ pub fn note(text: &str) {
     let _ = writeln!(std::io::stderr(), "iommu: note: {text}");
 }
 
-/// The boot policy as the core's configuration: the flags, and what the
+/// The boot policy as the core's configuration: the flags, what the
 /// kernel command line says (`iommu=pt`, `iommu.passthrough=`,
-/// `iommu.strict=`), which must not contradict them.
+/// `iommu.strict=`), which must not contradict them, and otherwise the
+/// kernel's own default for `kind` (lazy on x86, strict elsewhere).
 ///
 /// # Errors
 /// [`Failure::Input`] when a flag and the command line disagree.
-pub fn config(p: &Policy, params: &KernelParams) -> Result<IommuConfig, Failure> {
+pub fn config(
+    p: &Policy,
+    params: &KernelParams,
+    kind: iommu_pci::IommuKind,
+) -> Result<IommuConfig, Failure> {
     let clash = |flag: &str, param: &str| {
         Failure::Input(format!(
             "{flag} contradicts `{param}` on the command line (--cmdline)"
@@ -195,9 +201,19 @@ pub fn config(p: &Policy, params: &KernelParams) -> Result<IommuConfig, Failure>
     if p.lazy && params.strict == Some(true) {
         return Err(clash("--lazy", "iommu.strict=1"));
     }
+    if p.strict && params.strict == Some(false) {
+        return Err(clash("--strict", "iommu.strict=0"));
+    }
+    let strict = if p.lazy {
+        false
+    } else if p.strict {
+        true
+    } else {
+        params.strict.unwrap_or(!kind.lazy_by_default())
+    };
     Ok(IommuConfig {
         passthrough: p.passthrough || params.passthrough == Some(true),
-        strict: !p.lazy && params.strict != Some(false),
+        strict,
     })
 }
 
@@ -230,7 +246,7 @@ pub fn build_on(
     };
     let bar =
         crate::progress::spinner(loaded.machine.devices.len() > 1000, "building the platform");
-    let config = config(policy, &platform.params)?;
+    let config = config(policy, &platform.params, platform.iommu)?;
     let p = match make {
         None => PciPlatform::from_machine(loaded.machine.clone(), platform, config, &resv),
         Some(make) => {

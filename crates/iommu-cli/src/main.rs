@@ -137,9 +137,14 @@ pub struct Policy {
     /// Default domains are identity (iommu.passthrough=1)
     #[arg(long)]
     passthrough: bool,
-    /// Translated default domains use a flush queue (iommu.strict=0)
-    #[arg(long)]
+    /// Translated default domains use a flush queue (iommu.strict=0;
+    /// the kernel's default on x86: VT-d and AMD-Vi)
+    #[arg(long, conflicts_with = "strict")]
     lazy: bool,
+    /// Translated default domains invalidate on every unmap
+    /// (iommu.strict=1; the kernel's default elsewhere)
+    #[arg(long)]
+    strict: bool,
 }
 
 /// Which IOMMU a machine has.
@@ -160,6 +165,10 @@ pub enum IommuArg {
     /// Arm SMMU (ACPI IORT): the root complexes are not translated; one
     /// device per stream id (arm-smmu-v3)
     ArmSmmu,
+    /// virtio-iommu (ACPI VIOT): every function but its own; on a PC the
+    /// kernel defaults to lazy invalidation and the device reports the
+    /// x86 MSI range
+    Virtio,
 }
 
 /// A machine to work on.

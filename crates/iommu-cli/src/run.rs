@@ -486,7 +486,11 @@ mod tests {
     fn the_main_job_runs_in_every_policy() {
         for (passthrough, lazy) in [(false, false), (false, true), (true, false)] {
             let args = RunArgs {
-                policy: crate::Policy { passthrough, lazy },
+                policy: crate::Policy {
+                    passthrough,
+                    lazy,
+                    strict: false,
+                },
                 json: true,
                 ..RunArgs::default()
             };

@@ -31,6 +31,15 @@ pub enum IommuKind {
     /// carries a requester id another device already holds (two devices
     /// behind one PCIe-to-PCI bridge) is refused and gets no group.
     ArmSmmu,
+    /// A virtio-iommu described by ACPI VIOT (or a device tree): covers
+    /// every function but its own (the IOMMU does not translate itself);
+    /// `x86` when the machine around it is an x86 PC (an Intel or AMD
+    /// host bridge), which sets the kernel's default invalidation policy
+    /// and the MSI range the device reports.
+    VirtioIommu {
+        /// The machine is an x86 PC.
+        x86: bool,
+    },
 }
 
 impl IommuKind {
@@ -48,6 +57,11 @@ impl IommuKind {
             }
             IommuKind::AmdVi if f.vendor == vendor::AMD && root_complex => {
                 Some("AMD-Vi's firmware table (IVRS) leaves out the root complex at device 0 function 0")
+            }
+            IommuKind::VirtioIommu { .. }
+                if f.vendor == vendor::RED_HAT_VIRTIO && f.device == VIRTIO_IOMMU_DEVICE =>
+            {
+                Some("the virtio-iommu does not translate its own function")
             }
             IommuKind::ArmSmmu if root_complex => {
                 Some("the Arm SMMU's ID mappings (IORT) leave out the root complex at device 0 function 0")
@@ -87,6 +101,37 @@ impl IommuKind {
     }
 }
 
+impl IommuKind {
+    /// Whether Linux 6.12 built with its own defaults gives translated
+    /// default domains a flush queue (lazy invalidation, sysfs type
+    /// `DMA-FQ`) when the command line says nothing: Kconfig's default is
+    /// `IOMMU_DEFAULT_DMA_LAZY` on x86, where VT-d and AMD-Vi live, and
+    /// `IOMMU_DEFAULT_DMA_STRICT` elsewhere. (A VT-d in caching mode, as a
+    /// hypervisor's virtual VT-d may be, makes the kernel strict: the
+    /// registers PCI shows cannot say so.)
+    pub fn lazy_by_default(self) -> bool {
+        matches!(
+            self,
+            IommuKind::IntelVtd | IommuKind::AmdVi | IommuKind::VirtioIommu { x86: true }
+        )
+    }
+
+    /// A virtio-iommu on the machine of `functions`: an x86 PC when its
+    /// host bridge at 00:00.0 is Intel's or AMD's.
+    pub fn virtio_on(functions: &[Function]) -> IommuKind {
+        let x86 = functions.iter().any(|f| {
+            f.bdf.bus == 0
+                && f.bdf.devfn == 0
+                && f.class >> 8 == 0x0600
+                && (f.vendor == vendor::INTEL || f.vendor == vendor::AMD)
+        });
+        IommuKind::VirtioIommu { x86 }
+    }
+}
+
+/// The virtio-iommu's PCI device id (virtio device type 23, modern).
+pub const VIRTIO_IOMMU_DEVICE: u16 = 0x1040 + 23;
+
 impl fmt::Display for IommuKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
@@ -94,6 +139,7 @@ impl fmt::Display for IommuKind {
             IommuKind::IntelVtd => "intel-vtd",
             IommuKind::AmdVi => "amd-vi",
             IommuKind::ArmSmmu => "arm-smmu",
+            IommuKind::VirtioIommu { .. } => "virtio",
         })
     }
 }

@@ -28,6 +28,7 @@ pub mod vendor {
     pub const AMD: u16 = 0x1022;
     pub const SOLARFLARE: u16 = 0x1924;
     pub const INTEL: u16 = 0x8086;
+    pub const RED_HAT_VIRTIO: u16 = 0x1af4;
     pub const QCOM: u16 = 0x17cb;
     pub const HXT: u16 = 0x1dbf;
     pub const CAVIUM: u16 = 0x177d;

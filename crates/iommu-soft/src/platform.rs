@@ -185,8 +185,9 @@ pub const INTEL_ISA_RANGE: (u64, u64) = (0, 1 << 24);
 /// The regions the Linux 6.12 driver of an IOMMU of `kind` reports for
 /// function `f` beyond the firmware's (`get_resv_regions`): VT-d's IOAPIC
 /// MSI range and, for an ISA bridge, its 16 MiB floppy window; AMD-Vi's
-/// MSI range and HyperTransport window. Arm SMMU drivers and the generic
-/// IOMMU report a software-managed MSI window instead, from the driver.
+/// MSI range and HyperTransport window; the MSI range a virtio-iommu on a
+/// PC reports. Arm SMMU drivers, the generic IOMMU and a virtio-iommu
+/// elsewhere get a software-managed MSI window instead, from the driver.
 pub fn driver_resv_regions(
     kind: iommu_pci::IommuKind,
     f: &iommu_pci::Function,
@@ -223,7 +224,13 @@ pub fn driver_resv_regions(
                 ResvType::Reserved,
             ),
         ],
-        iommu_pci::IommuKind::Generic | iommu_pci::IommuKind::ArmSmmu => Vec::new(),
+        // QEMU's virtio-iommu on a PC reports the IOAPIC's MSI range in
+        // its probe replies; elsewhere it reports none and Linux adds its
+        // software MSI window.
+        iommu_pci::IommuKind::VirtioIommu { x86: true } => vec![msi()],
+        iommu_pci::IommuKind::VirtioIommu { x86: false }
+        | iommu_pci::IommuKind::Generic
+        | iommu_pci::IommuKind::ArmSmmu => Vec::new(),
     }
 }
 
@@ -287,7 +294,9 @@ impl PciPlatform {
         // The software MSI window is an Arm SMMU's (and the generic
         // IOMMU's); x86 IOMMUs report the hardware's MSI range instead.
         let sw_msi = match platform.iommu {
-            iommu_pci::IommuKind::IntelVtd | iommu_pci::IommuKind::AmdVi => None,
+            iommu_pci::IommuKind::IntelVtd
+            | iommu_pci::IommuKind::AmdVi
+            | iommu_pci::IommuKind::VirtioIommu { x86: true } => None,
             _ => Some(SW_MSI),
         };
         Self::from_machine_on(machine, platform, config, resv, move |pci| {
