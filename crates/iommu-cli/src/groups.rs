@@ -53,10 +53,80 @@ fn reasons_by_group(p: &PciPlatform) -> BTreeMap<u32, Vec<Reason>> {
     out
 }
 
-fn listing_with_reasons(groups: &[ListedGroup], reasons: &BTreeMap<u32, Vec<Reason>>) -> String {
-    let mut s = String::new();
+/// The listed groups in the order to print them, each with its heading:
+/// where the input carries the kernel's groups, a predicted group that is
+/// exactly one kernel group is headed by the kernel's number (what the
+/// machine's own sysfs shows) and the groups are in the kernel's order;
+/// a predicted group the kernel made differently keeps its own number,
+/// marked, after them.
+fn headed<'a>(
+    groups: &'a [ListedGroup],
+    kernel_id: &dyn Fn(Bdf) -> Option<u32>,
+    has_kernel: bool,
+) -> Vec<(String, &'a ListedGroup)> {
+    if !has_kernel {
+        return groups
+            .iter()
+            .map(|g| (format!("IOMMU Group {}", g.id), g))
+            .collect();
+    }
+    let ids = |g: &ListedGroup| -> Vec<Option<u32>> {
+        let mut v: Vec<Option<u32>> = g
+            .devices
+            .iter()
+            .map(|(n, _)| n.parse().ok().and_then(kernel_id))
+            .collect();
+        v.sort();
+        v.dedup();
+        v
+    };
+    let mut claims: BTreeMap<u32, usize> = BTreeMap::new();
     for g in groups {
-        s.push_str(&render_listing(std::slice::from_ref(g)));
+        for k in ids(g).into_iter().flatten() {
+            *claims.entry(k).or_default() += 1;
+        }
+    }
+    let mut agreed = Vec::new();
+    let mut differ = Vec::new();
+    for g in groups {
+        match ids(g).as_slice() {
+            [Some(k)] if claims[k] == 1 => agreed.push((*k, format!("IOMMU Group {k}"), g)),
+            ks => {
+                let kernel: Vec<String> = ks.iter().flatten().map(u32::to_string).collect();
+                let what = if kernel.is_empty() {
+                    "the kernel gave these no group".to_string()
+                } else if ks.contains(&None) {
+                    format!(
+                        "the kernel: group {}, and no group for the rest",
+                        kernel.join(", ")
+                    )
+                } else {
+                    format!("the kernel: group {}", kernel.join(", "))
+                };
+                differ.push((format!("IOMMU Group {} (predicted; {what})", g.id), g));
+            }
+        }
+    }
+    agreed.sort_by_key(|(k, _, _)| *k);
+    agreed
+        .into_iter()
+        .map(|(_, h, g)| (h, g))
+        .chain(differ)
+        .collect()
+}
+
+/// The listing under the given headings, with each group's reasons when
+/// `reasons` has them.
+fn render_headed(
+    groups: &[(String, &ListedGroup)],
+    reasons: &BTreeMap<u32, Vec<Reason>>,
+) -> String {
+    let mut s = String::new();
+    for (heading, g) in groups {
+        let listed = render_listing(std::slice::from_ref(*g));
+        let body = listed.split_once('\n').map_or("", |(_, b)| b);
+        let _ = writeln!(s, "{heading}:");
+        s.push_str(body);
         for r in reasons.get(&g.id).into_iter().flatten() {
             let _ = writeln!(s, "\twhy: {}", r.text);
         }
@@ -379,11 +449,13 @@ pub fn groups(args: &GroupsArgs) -> Result<(), Failure> {
         if let Some(off) = iommu_off {
             out!("{}", iommu_off_notice(platform.iommu, off));
         }
+        let has_kernel = loaded.machine.has_kernel_groups();
+        let shown = headed(&listed, &kernel_id, has_kernel);
         if args.explain {
-            out!("{}", listing_with_reasons(&listed, &reasons));
+            out!("{}", render_headed(&shown, &reasons));
             out!("{}", render_ungrouped(&p));
         } else if what_if.is_none() && comparison.is_none() {
-            out!("{}", render_listing(&listed));
+            out!("{}", render_headed(&shown, &BTreeMap::new()));
         }
         if let Some(rows) = &what_if {
             out!("{}", whatif::render(&args.what_if.join(", "), rows));

@@ -103,14 +103,16 @@ pub fn load(args: &MachineArgs) -> Result<Loaded, Failure> {
     }
     if let Some(p) = &args.lspci_x {
         let text = read_text(p)?;
-        let m = Machine::from_lspci_x(&text).map_err(|e| import_failure(p, e))?;
+        let mut m = Machine::from_lspci_x(&text).map_err(|e| import_failure(p, e))?;
         if m.devices.is_empty() {
             return Err(no_functions(p, "sudo lspci -xxxx"));
         }
+        name_devices(&mut m);
         return Ok(plain(p.clone(), m));
     }
     if let Some(dir) = &args.sysfs {
-        let m = read_sysfs(dir).map_err(|e| Failure::Input(e.to_string()))?;
+        let mut m = read_sysfs(dir).map_err(|e| Failure::Input(e.to_string()))?;
+        name_devices(&mut m);
         // A running kernel with an IOMMU links every translated function
         // to its group; without one there are no links, and /sys has an
         // empty kernel/iommu_groups (or none).
@@ -142,6 +144,19 @@ pub fn load(args: &MachineArgs) -> Result<Loaded, Failure> {
         default,
         iommu_off: false,
     })
+}
+
+/// Names the functions an input gave only by their ids, from the system's
+/// `pci.ids` (as lspci would); without one they keep the ids.
+fn name_devices(m: &mut Machine) {
+    let Some(ids) = crate::pciids::PciIds::system() else {
+        return;
+    };
+    for d in &mut m.devices {
+        if d.description.is_none() {
+            d.description = Some(ids.describe(&d.function));
+        }
+    }
 }
 
 /// The PCI platform options for a loaded machine.
@@ -180,15 +195,17 @@ pub fn note(text: &str) {
 
 /// The boot policy as the core's configuration: the flags, what the
 /// kernel command line says (`iommu=pt`, `iommu.passthrough=`,
-/// `iommu.strict=`), which must not contradict them, and otherwise the
-/// kernel's own default for `kind` (lazy on x86, strict elsewhere).
+/// `iommu.strict=`), which must not contradict them, otherwise the
+/// kernel's own default for the IOMMU (`lazy_default`), and over all of
+/// them a driver that forces strict invalidation (`forced`, why).
 ///
 /// # Errors
 /// [`Failure::Input`] when a flag and the command line disagree.
 pub fn config(
     p: &Policy,
     params: &KernelParams,
-    kind: iommu_pci::IommuKind,
+    lazy_default: bool,
+    forced: Option<&str>,
 ) -> Result<IommuConfig, Failure> {
     let clash = |flag: &str, param: &str| {
         Failure::Input(format!(
@@ -204,12 +221,20 @@ pub fn config(
     if p.strict && params.strict == Some(false) {
         return Err(clash("--strict", "iommu.strict=0"));
     }
-    let strict = if p.lazy {
-        false
+    let asked = if p.lazy {
+        Some(false)
     } else if p.strict {
-        true
+        Some(true)
     } else {
-        params.strict.unwrap_or(!kind.lazy_by_default())
+        params.strict
+    };
+    let strict = match (forced, asked) {
+        (Some(why), Some(false)) => {
+            note(&format!("lazy invalidation asked for, but {why}"));
+            true
+        }
+        (Some(_), _) => true,
+        (None, asked) => asked.unwrap_or(!lazy_default),
     };
     Ok(IommuConfig {
         passthrough: p.passthrough || params.passthrough == Some(true),
@@ -246,7 +271,13 @@ pub fn build_on(
     };
     let bar =
         crate::progress::spinner(loaded.machine.devices.len() > 1000, "building the platform");
-    let config = config(policy, &platform.params, platform.iommu)?;
+    let functions = loaded.machine.functions();
+    let config = config(
+        policy,
+        &platform.params,
+        platform.iommu.lazy_by_default(),
+        platform.forces_strict(&functions),
+    )?;
     let p = match make {
         None => PciPlatform::from_machine(loaded.machine.clone(), platform, config, &resv),
         Some(make) => {

@@ -16,6 +16,7 @@ mod dot;
 mod groups;
 mod input;
 mod out;
+mod pciids;
 mod progress;
 mod run;
 mod trace;

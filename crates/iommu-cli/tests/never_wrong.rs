@@ -141,6 +141,14 @@ fn the_command_line_sets_the_default_domain_type() {
     assert_eq!(ty("iommu.strict=1"), "DMA");
     assert_eq!(ty("iommu.strict=0"), "DMA-FQ");
     assert_eq!(ty("iommu=pt iommu=nopt"), "DMA-FQ");
+    // A hardware AMD-Vi is lazy too (a virtual one reporting NpCache is
+    // strict: the kept real-kernel runs under QEMU's AMD IOMMU check it).
+    let (code, out, _) = iommu(&["sysfs", "--lspci", &machine(RAPHAEL)]);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("type: DMA-FQ") && !out.contains("type: DMA\n"),
+        "{out}"
+    );
     // Elsewhere (an Arm SMMU) the default is strict.
     let (code, out, err) = iommu(&["sysfs", "--lspci", &machine(ALTRA)]);
     assert_eq!(code, 0, "{err}");
@@ -493,4 +501,102 @@ fn a_virtio_iommu_leaves_its_own_function_out_and_groups_as_the_kernel_did() {
     // function got a group.
     let (_, out, _) = iommu(&["groups", "--lspci", VIRTIO_Q35, "--iommu", "generic"]);
     assert!(out.contains("00:06.0"), "{out}");
+}
+
+#[test]
+fn the_text_listing_uses_the_kernels_group_numbers_when_the_input_has_them() {
+    for name in [RAPHAEL, X99, ALTRA] {
+        let m = machine(name);
+        let (code, json, _) = iommu(&["groups", "--lspci", &m, "--json"]);
+        assert_eq!(code, 0);
+        let doc: serde_json::Value = serde_json::from_str(&json).unwrap();
+        let mut kernel_of = std::collections::BTreeMap::new();
+        for g in doc["groups"].as_array().unwrap() {
+            for d in g["devices"].as_array().unwrap() {
+                kernel_of.insert(
+                    d["address"].as_str().unwrap().to_string(),
+                    d["kernel_group"].as_u64(),
+                );
+            }
+        }
+        let (code, text, _) = iommu(&["groups", "--lspci", &m]);
+        assert_eq!(code, 0);
+        let mut heading: Option<u64> = None;
+        let mut numbered = 0;
+        for line in text.lines() {
+            if let Some(h) = line.strip_prefix("IOMMU Group ") {
+                // A group the kernel made differently is marked as such.
+                heading = h.strip_suffix(':').and_then(|n| n.parse().ok());
+                assert!(
+                    heading.is_some() || h.contains("(predicted; the kernel"),
+                    "{line}"
+                );
+                numbered += usize::from(heading.is_some());
+            } else if let (Some(n), Some(addr)) = (heading, line.trim().split(' ').next()) {
+                let full = if addr.matches(':').count() == 1 {
+                    format!("0000:{addr}")
+                } else {
+                    addr.to_string()
+                };
+                assert_eq!(
+                    kernel_of.get(&full).copied().flatten(),
+                    Some(n),
+                    "{name}: {line}"
+                );
+            }
+        }
+        assert!(numbered > 10, "{name}: {text}");
+    }
+    // Without the kernel's groups in the input, the numbers are the
+    // prediction's, as before.
+    let (_, text, _) = iommu(&["groups"]);
+    assert!(text.starts_with("IOMMU Group 0:"), "{text}");
+}
+
+#[test]
+fn inputs_without_names_are_named_from_the_systems_pci_ids() {
+    let run = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/kernel/gen-2");
+    let (c1, named, e1) = iommu(&[
+        "groups",
+        "--lspci",
+        &format!("{run}/lspci-vvvnn.txt"),
+        "--iommu",
+        "intel-vtd",
+    ]);
+    let (c2, from_hex, e2) = iommu(&[
+        "groups",
+        "--lspci-x",
+        &format!("{run}/lspci-xxxx.txt"),
+        "--iommu",
+        "intel-vtd",
+    ]);
+    assert_eq!((c1, c2), (0, 0), "{e1}{e2}");
+    // The hex dump carries only ids; the system's pci.ids (pciutils') names
+    // them as the guest's lspci did.
+    assert_eq!(from_hex, named);
+    assert!(
+        named.contains("Red Hat, Inc. QEMU PCIe Root port [1b36:000c]"),
+        "{named}"
+    );
+    // Another database names them from it.
+    let dir = scratch("pci-ids");
+    let ids = dir.join("pci.ids");
+    std::fs::write(&ids, "1b36  Example Vendor\n\t000c  Example Port\n").unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_iommu"))
+        .args([
+            "groups",
+            "--lspci-x",
+            &format!("{run}/lspci-xxxx.txt"),
+            "--iommu",
+            "intel-vtd",
+        ])
+        .env("IOMMU_PCI_IDS", &ids)
+        .output()
+        .unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        text.contains("Example Vendor Example Port [1b36:000c]"),
+        "{text}"
+    );
+    assert!(text.contains("Device [8086:29c0]"), "{text}");
 }

@@ -129,6 +129,33 @@ impl IommuKind {
     }
 }
 
+/// Whether the AMD IOMMU function among `functions` reports NpCache (bit
+/// 26 of its IOMMU capability header, which amd_iommu reads at the offset
+/// the IVRS gives; 0x40 on every AMD IOMMU seen, as on QEMU's). A listing
+/// that only rebuilt the bytes (`lspci -vvv` does not decode that
+/// capability) says nothing of it: then QEMU's IOMMU (subsystem vendor Red
+/// Hat) is known to set it, and hardware IOMMUs do not.
+pub fn amd_np_cache(functions: &[Function]) -> bool {
+    const SECURE_DEVICE_CAP: u8 = 0x0f;
+    const NP_CACHE: u32 = 1 << 26;
+    functions
+        .iter()
+        .filter(|f| f.vendor == vendor::AMD && f.class >> 8 == 0x0806)
+        .any(|f| {
+            if f.reconstructed {
+                return f.subsystem.0 == vendor::RED_HAT_VIRTIO;
+            }
+            let at = f
+                .capabilities
+                .iter()
+                .find(|&&(id, _)| id == SECURE_DEVICE_CAP)
+                .map(|&(_, off)| off)
+                .or_else(|| (f.config.read_u8(0x40) == Some(SECURE_DEVICE_CAP)).then_some(0x40));
+            at.and_then(|off| f.config.read_u32(off))
+                .is_some_and(|hdr| hdr & NP_CACHE != 0)
+        })
+}
+
 /// The virtio-iommu's PCI device id (virtio device type 23, modern).
 pub const VIRTIO_IOMMU_DEVICE: u16 = 0x1040 + 23;
 
@@ -178,6 +205,17 @@ impl Default for Platform {
 }
 
 impl Platform {
+    /// Why the IOMMU driver makes invalidation strict whatever the command
+    /// line or the build says, when it does: amd_iommu on an IOMMU caching
+    /// non-present entries (NpCache, which only virtual AMD IOMMUs such as
+    /// QEMU's report). (intel_iommu does the same on a VT-d in caching
+    /// mode, which configuration space cannot show.)
+    pub fn forces_strict(&self, functions: &[Function]) -> Option<&'static str> {
+        (self.iommu == IommuKind::AmdVi && amd_np_cache(functions)).then_some(
+            "amd_iommu makes invalidation strict on an IOMMU that caches non-present entries (NpCache: a virtual AMD IOMMU)",
+        )
+    }
+
     /// Whether function `f` gets a group.
     pub fn covers(&self, f: &Function) -> bool {
         self.iommu.covers(f) && !self.not_covered.contains(&f.bdf)
