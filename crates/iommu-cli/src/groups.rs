@@ -115,18 +115,109 @@ fn headed<'a>(
         .collect()
 }
 
+/// The function `--vfio` names: an address, or `vendor:device` ids that
+/// exactly one function has.
+fn resolve_device(arg: &str, machine: &iommu_pci::Machine) -> Result<Bdf, Failure> {
+    if let Ok(b) = arg.parse::<Bdf>() {
+        return machine
+            .device(b)
+            .map(|_| b)
+            .ok_or_else(|| Failure::Input(format!("--vfio {arg}: no such function in the input")));
+    }
+    let ids = arg
+        .split_once(':')
+        .and_then(|(v, d)| Some((u16::from_str_radix(v, 16).ok()?, u16::from_str_radix(d, 16).ok()?)))
+        .filter(|_| arg.len() == 9)
+        .ok_or_else(|| {
+            Failure::Input(format!(
+                "--vfio {arg}: not an address (`01:00.0`, `0000:01:00.0`) or `vendor:device` ids (`10de:2204`)"
+            ))
+        })?;
+    let found: Vec<Bdf> = machine
+        .devices
+        .iter()
+        .filter(|d| (d.function.vendor, d.function.device) == ids)
+        .map(|d| d.function.bdf)
+        .collect();
+    match found.as_slice() {
+        [b] => Ok(*b),
+        [] => Err(Failure::Input(format!(
+            "--vfio {arg}: no function with these ids"
+        ))),
+        many => Err(Failure::Input(format!(
+            "--vfio {arg}: {} functions have these ids ({}); name one by its address",
+            many.len(),
+            names(many)
+        ))),
+    }
+}
+
+/// Whether a listed group passes the class and group filters.
+fn passes(
+    g: &ListedGroup,
+    number: Option<u32>,
+    args: &GroupsArgs,
+    machine: &iommu_pci::Machine,
+) -> bool {
+    if let Some(n) = args.group {
+        if number != Some(n) {
+            return false;
+        }
+    }
+    let classes: Vec<u32> = g
+        .devices
+        .iter()
+        .filter_map(|(n, _)| n.parse().ok().and_then(|b| machine.device(b)))
+        .map(|d| d.function.class >> 16)
+        .collect();
+    let wanted = [
+        (args.gpu, 0x03),
+        (args.usb, 0x0c),
+        (args.net, 0x02),
+        (args.storage, 0x01),
+    ];
+    if !wanted.iter().any(|&(on, _)| on) {
+        return true;
+    }
+    let usb = |g: &ListedGroup| {
+        g.devices.iter().any(|(n, _)| {
+            n.parse()
+                .ok()
+                .and_then(|b| machine.device(b))
+                .is_some_and(|d| d.function.class >> 8 == 0x0c03)
+        })
+    };
+    wanted.iter().any(|&(on, base)| {
+        on && if base == 0x0c {
+            usb(g)
+        } else {
+            classes.contains(&base)
+        }
+    })
+}
+
 /// The listing under the given headings, with each group's reasons when
 /// `reasons` has them.
 fn render_headed(
     groups: &[(String, &ListedGroup)],
     reasons: &BTreeMap<u32, Vec<Reason>>,
+    driver: &dyn Fn(&str) -> Option<String>,
 ) -> String {
     let mut s = String::new();
     for (heading, g) in groups {
+        let _ = writeln!(s, "{heading}:");
         let listed = render_listing(std::slice::from_ref(*g));
         let body = listed.split_once('\n').map_or("", |(_, b)| b);
-        let _ = writeln!(s, "{heading}:");
-        s.push_str(body);
+        for (line, (name, _)) in body.lines().zip(&g.devices) {
+            match driver(name) {
+                Some(d) => {
+                    let _ = writeln!(s, "{line} (driver: {d})");
+                }
+                None => {
+                    let _ = writeln!(s, "{line}");
+                }
+            }
+        }
         for r in reasons.get(&g.id).into_iter().flatten() {
             let _ = writeln!(s, "\twhy: {}", r.text);
         }
@@ -315,6 +406,84 @@ pub fn groups(args: &GroupsArgs) -> Result<(), Failure> {
         )
     });
     let kernel_id = |b: Bdf| loaded.machine.device(b).and_then(|d| d.kernel_group);
+    let has_kernel = loaded.machine.has_kernel_groups();
+    let driver = |name: &str| {
+        name.parse()
+            .ok()
+            .and_then(|b| loaded.machine.device(b))
+            .and_then(|d| d.driver.clone())
+    };
+    // The number each group is shown with: the kernel's where the input
+    // has it and the prediction agrees, else the prediction's.
+    let number_of = |g: &ListedGroup| -> Option<u32> {
+        let heading = headed(std::slice::from_ref(g), &kernel_id, has_kernel);
+        let (h, _) = heading.first()?;
+        h.strip_prefix("IOMMU Group ")?.parse().ok()
+    };
+    if let Some(dev) = &args.vfio {
+        let target = resolve_device(dev, &loaded.machine)?;
+        let Some(g) = listed
+            .iter()
+            .find(|g| g.devices.iter().any(|(n, _)| n.parse() == Ok(target)))
+        else {
+            let why = p
+                .analysis
+                .ungrouped()
+                .into_iter()
+                .find(|u| u.device == target)
+                .map_or_else(|| "the IOMMU does not translate it".to_string(), |u| u.text);
+            return Err(Failure::Input(format!(
+                "{target} has no IOMMU group, so VFIO cannot use it: {why}"
+            )));
+        };
+        let members: Vec<Bdf> = g
+            .devices
+            .iter()
+            .filter_map(|(n, _)| n.parse().ok())
+            .collect();
+        let (number, kernel) = match (has_kernel, kernel_id(target)) {
+            (true, Some(k)) => (k, true),
+            _ => (g.id, false),
+        };
+        let group_of = |b: Bdf| -> Option<u32> {
+            if has_kernel {
+                return kernel_id(b);
+            }
+            listed
+                .iter()
+                .find(|g| g.devices.iter().any(|(n, _)| n.parse() == Ok(b)))
+                .map(|g| g.id)
+        };
+        let r = crate::vfio::report(&loaded.machine, target, number, kernel, &members, &group_of);
+        if args.json {
+            #[derive(Serialize)]
+            struct Out<'a> {
+                version: u32,
+                source: &'a str,
+                vfio: &'a crate::vfio::Report,
+            }
+            out!(
+                "{}\n",
+                serde_json::to_string_pretty(&Out {
+                    version: JSON_VERSION,
+                    source: &loaded.source,
+                    vfio: &r,
+                })
+                .expect("plain data")
+            );
+        } else {
+            if let Some(off) = iommu_off {
+                out!("{}", iommu_off_notice(platform.iommu, off));
+            }
+            out!("{}", crate::vfio::render(&r));
+        }
+        return Ok(());
+    }
+    let shown: Vec<(String, &ListedGroup)> = headed(&listed, &kernel_id, has_kernel)
+        .into_iter()
+        .filter(|(_, g)| passes(g, number_of(g), args, &loaded.machine))
+        .collect();
+    let filtered = shown.len() != listed.len();
 
     if args.dot || args.svg.is_some() {
         let text = dot::render(&p.analysis, &loaded.machine);
@@ -341,6 +510,8 @@ pub fn groups(args: &GroupsArgs) -> Result<(), Failure> {
             description: &'a str,
             #[serde(skip_serializing_if = "Option::is_none")]
             kernel_group: Option<u32>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            driver: Option<String>,
         }
         #[derive(Serialize)]
         struct JsonMismatch {
@@ -394,9 +565,9 @@ pub fn groups(args: &GroupsArgs) -> Result<(), Failure> {
             iommu: platform.iommu.to_string(),
             iommu_off: iommu_off.map(Off::json),
             cmdline: platform.params.to_string(),
-            groups: listed
+            groups: shown
                 .iter()
-                .map(|g| JsonGroup {
+                .map(|(_, g)| JsonGroup {
                     id: g.id,
                     devices: g
                         .devices
@@ -405,6 +576,7 @@ pub fn groups(args: &GroupsArgs) -> Result<(), Failure> {
                             address: n,
                             description: d,
                             kernel_group: n.parse().ok().and_then(kernel_id),
+                            driver: driver(n),
                         })
                         .collect(),
                     reasons: reasons
@@ -449,13 +621,13 @@ pub fn groups(args: &GroupsArgs) -> Result<(), Failure> {
         if let Some(off) = iommu_off {
             out!("{}", iommu_off_notice(platform.iommu, off));
         }
-        let has_kernel = loaded.machine.has_kernel_groups();
-        let shown = headed(&listed, &kernel_id, has_kernel);
         if args.explain {
-            out!("{}", render_headed(&shown, &reasons));
-            out!("{}", render_ungrouped(&p));
+            out!("{}", render_headed(&shown, &reasons, &driver));
+            if !filtered {
+                out!("{}", render_ungrouped(&p));
+            }
         } else if what_if.is_none() && comparison.is_none() {
-            out!("{}", render_headed(&shown, &BTreeMap::new()));
+            out!("{}", render_headed(&shown, &BTreeMap::new(), &driver));
         }
         if let Some(rows) = &what_if {
             out!("{}", whatif::render(&args.what_if.join(", "), rows));

@@ -20,6 +20,7 @@ mod pciids;
 mod progress;
 mod run;
 mod trace;
+mod vfio;
 mod vm;
 mod whatif;
 
@@ -238,6 +239,27 @@ pub struct GroupsArgs {
     /// the machine as it is, so not with --what-if
     #[arg(long, value_name = "FILE", conflicts_with = "what_if")]
     svg: Option<PathBuf>,
+    /// Whether DEVICE's group can be given to a VM through VFIO, which
+    /// devices must be bound to vfio-pci (and which bridges may stay), and
+    /// the `vfio-pci.ids=` to boot with; DEVICE is an address (`01:00.0`)
+    /// or `vendor:device` ids
+    #[arg(long, value_name = "DEVICE", conflicts_with_all = ["dot", "explain", "compare", "what_if"])]
+    vfio: Option<String>,
+    /// Only the groups with a display controller (GPU)
+    #[arg(long)]
+    gpu: bool,
+    /// Only the groups with a USB controller
+    #[arg(long)]
+    usb: bool,
+    /// Only the groups with a network controller
+    #[arg(long)]
+    net: bool,
+    /// Only the groups with a storage controller
+    #[arg(long)]
+    storage: bool,
+    /// Only group N (the kernel's number where the input has it)
+    #[arg(long, value_name = "N")]
+    group: Option<u32>,
     /// Print JSON
     #[arg(long)]
     json: bool,

@@ -573,7 +573,13 @@ fn inputs_without_names_are_named_from_the_systems_pci_ids() {
     assert_eq!((c1, c2), (0, 0), "{e1}{e2}");
     // The hex dump carries only ids; the system's pci.ids (pciutils') names
     // them as the guest's lspci did.
-    assert_eq!(from_hex, named);
+    // (The hex dump does not say which drivers are bound; the listing does.)
+    let without_drivers: String = named
+        .lines()
+        .map(|l| l.split(" (driver: ").next().unwrap())
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert_eq!(from_hex, without_drivers);
     assert!(
         named.contains("Red Hat, Inc. QEMU PCIe Root port [1b36:000c]"),
         "{named}"
@@ -599,4 +605,95 @@ fn inputs_without_names_are_named_from_the_systems_pci_ids() {
         "{text}"
     );
     assert!(text.contains("Device [8086:29c0]"), "{text}");
+}
+
+/// A kept real-kernel run: an igb with two SR-IOV virtual functions behind
+/// a root port, the guest's `lspci` naming the bound drivers.
+const IGB_RUN: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/tests/data/kernel/gen-14/lspci-vvvnn.txt"
+);
+
+#[test]
+fn vfio_says_whether_a_group_is_viable_and_what_to_bind() {
+    let (code, out, err) = iommu(&["groups", "--lspci", IGB_RUN, "--vfio", "04:00.0"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.starts_with("0000:04:00.0 is in IOMMU group 3 (the kernel's), with 4 devices"),
+        "{out}"
+    );
+    // The PF (bound to igb) and both VFs go to vfio-pci; the root port stays.
+    let bind = out.split("bridges, which may stay").next().unwrap();
+    for dev in ["04:00.0", "04:10.0", "04:10.2"] {
+        assert!(bind.contains(dev), "{dev}: {out}");
+    }
+    assert!(!bind.contains("00:03.0"), "{out}");
+    assert!(out.contains("Viable now: no: 04:00.0 (igb)"), "{out}");
+    assert!(out.contains("EBUSY"), "{out}");
+    assert!(out.contains("vfio-pci.ids=8086:10c9,8086:10ca"), "{out}");
+    assert!(
+        out.contains("driverctl set-override 0000:04:10.2 vfio-pci"),
+        "{out}"
+    );
+
+    // Ids shared with devices outside the group are flagged.
+    let (_, out, _) = iommu(&["groups", "--lspci", IGB_RUN, "--vfio", "02:00.0"]);
+    assert!(out.contains("careful: these ids also match"), "{out}");
+
+    // As JSON, one object.
+    let (code, out, _) = iommu(&[
+        "groups",
+        "--lspci",
+        IGB_RUN,
+        "--vfio",
+        "8086:10c9",
+        "--json",
+    ]);
+    assert_eq!(code, 0);
+    let doc: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(doc["vfio"]["group"], 3);
+    assert_eq!(doc["vfio"]["viable_now"], false);
+    assert_eq!(doc["vfio"]["members"].as_array().unwrap().len(), 4);
+
+    // Without drivers in the input, viability is unknown, never guessed;
+    // the other functions of a GPU's card are named.
+    let (_, out, _) = iommu(&["groups", "--lspci", &machine(RAPHAEL), "--vfio", "13:00.0"]);
+    assert!(out.contains("Viable now: unknown"), "{out}");
+    assert!(
+        out.contains("Other functions of the same card") && out.contains("13:00.1"),
+        "{out}"
+    );
+
+    // Ambiguous ids, a function without a group, a missing one: refused.
+    let (code, _, err) = iommu(&["groups", "--lspci", IGB_RUN, "--vfio", "8086:10ca"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("2 functions have these ids"), "{err}");
+    let (code, _, err) = iommu(&["groups", "--lspci", &machine(RAPHAEL), "--vfio", "00:00.0"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("no IOMMU group"), "{err}");
+    let (code, _, _) = iommu(&["groups", "--lspci", IGB_RUN, "--vfio", "7f:00.0"]);
+    assert_eq!(code, 2);
+    let (code, _, _) = iommu(&["groups", "--lspci", IGB_RUN, "--vfio", "igb"]);
+    assert_eq!(code, 2);
+}
+
+#[test]
+fn listings_show_drivers_and_filter_by_class_and_group() {
+    let (code, out, _) = iommu(&["groups", "--lspci", IGB_RUN]);
+    assert_eq!(code, 0);
+    assert!(out.contains("[8086:10c9] (rev 01) (driver: igb)"), "{out}");
+    let (_, net, _) = iommu(&["groups", "--lspci", IGB_RUN, "--net"]);
+    let headings = |t: &str| t.lines().filter(|l| l.starts_with("IOMMU Group")).count();
+    assert_eq!(headings(&net), 3, "{net}");
+    assert!(net.lines().any(|l| l.contains("Ethernet")));
+    let (_, one, _) = iommu(&["groups", "--lspci", IGB_RUN, "--group", "3"]);
+    assert_eq!(headings(&one), 1, "{one}");
+    assert!(one.starts_with("IOMMU Group 3:"), "{one}");
+    let (_, gpu, _) = iommu(&["groups", "--lspci", &machine(RAPHAEL), "--gpu", "--json"]);
+    let doc: serde_json::Value = serde_json::from_str(&gpu).unwrap();
+    let groups = doc["groups"].as_array().unwrap();
+    assert_eq!(groups.len(), 1);
+    assert_eq!(groups[0]["devices"][0]["address"], "0000:13:00.0");
+    let (_, json, _) = iommu(&["groups", "--lspci", IGB_RUN, "--json", "--group", "3"]);
+    assert!(json.contains("\"driver\": \"igb\""), "{json}");
 }

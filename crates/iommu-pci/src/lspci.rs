@@ -40,6 +40,9 @@ pub struct ListedFunction {
     pub description: String,
     /// The kernel's `IOMMU group: N`, if the listing has one.
     pub iommu_group: Option<u32>,
+    /// The driver bound to it (`Kernel driver in use:`), if the listing
+    /// says.
+    pub driver: Option<String>,
     /// The line of its header.
     pub line: usize,
 }
@@ -82,6 +85,7 @@ struct Open {
     subsystem: Option<(u16, u16)>,
     buses: Option<(u8, u8, u8)>,
     iommu_group: Option<u32>,
+    driver: Option<String>,
     caps: Vec<Cap>,
 }
 
@@ -478,6 +482,7 @@ impl Open {
             function,
             description: self.description,
             iommu_group: self.iommu_group,
+            driver: self.driver,
             line,
         })
     }
@@ -552,6 +557,20 @@ pub fn parse_lspci_v(text: &str) -> Result<Vec<ListedFunction>, ImportError> {
         }
         if let Some(rest) = t.strip_prefix("Subsystem:") {
             o.subsystem = last_id_pair(rest);
+            continue;
+        }
+        if let Some(rest) = t.strip_prefix("Kernel driver in use:") {
+            let name = rest.trim();
+            // A driver's name is a short identifier; anything else is not
+            // one and is left out rather than shown.
+            if !name.is_empty()
+                && name.len() <= 64
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b))
+            {
+                o.driver = Some(name.into());
+            }
             continue;
         }
         if let Some(rest) = t.strip_prefix("Bus:") {

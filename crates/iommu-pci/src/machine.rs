@@ -27,6 +27,8 @@ pub struct MachineDevice {
     pub description: Option<String>,
     /// The kernel's group for the function, when the input says.
     pub kernel_group: Option<u32>,
+    /// The driver bound to the function, when the input says.
+    pub driver: Option<String>,
     /// Where the function starts in its input.
     pub line: Option<usize>,
 }
@@ -49,6 +51,8 @@ pub struct RawFunction {
     pub line: Option<usize>,
     /// The kernel's group, if the input says.
     pub kernel_group: Option<u32>,
+    /// The driver bound to it, if the input says.
+    pub driver: Option<String>,
 }
 
 impl Machine {
@@ -65,6 +69,7 @@ impl Machine {
                     function: l.function,
                     description: Some(l.description),
                     kernel_group: l.iommu_group,
+                    driver: l.driver,
                     line: Some(l.line),
                 })
                 .collect(),
@@ -83,6 +88,7 @@ impl Machine {
                 config: d.config,
                 line: Some(d.line),
                 kernel_group: None,
+                driver: None,
             })
             .collect();
         Machine::from_raw(raw)
@@ -169,6 +175,7 @@ impl Machine {
                     function: f.expect("every function parsed or refused"),
                     description: None,
                     kernel_group: r.kernel_group,
+                    driver: r.driver,
                     line: r.line,
                 })
                 .collect(),

@@ -211,11 +211,15 @@ pub fn read_sysfs(root: &Path) -> Result<Machine, SysfsError> {
             .ok()
             .and_then(|l| l.file_name().map(|n| n.to_string_lossy().into_owned()))
             .and_then(|n| n.parse::<u32>().ok());
+        let driver = fs::read_link(path.join("driver"))
+            .ok()
+            .and_then(|l| l.file_name().map(|n| n.to_string_lossy().into_owned()));
         raw.push(RawFunction {
             bdf,
             config,
             line: None,
             kernel_group,
+            driver,
         });
         paths.push(cfg_path);
     }

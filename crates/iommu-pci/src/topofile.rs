@@ -500,6 +500,7 @@ pub fn parse_topology(text: &str) -> Result<TopologyFile, ImportError> {
             function,
             description: s.name,
             kernel_group: s.group,
+            driver: None,
             line: Some(line),
         });
     }
