@@ -12,6 +12,7 @@ use iommu_pci::{
 use iommu_soft::platform::{PciPlatform, DEFAULT_TOPOLOGY, USB_RMRR};
 use std::collections::BTreeMap;
 use std::io::Read as _;
+use std::path::PathBuf;
 
 /// The most bytes a text input may have: far more than any machine's
 /// listing (a 4,096-function server's is about 20 MiB).
@@ -110,6 +111,33 @@ pub fn load(args: &MachineArgs) -> Result<Loaded, Failure> {
         name_devices(&mut m);
         return Ok(plain(p.clone(), m));
     }
+    // Without an input: this machine, as ls-iommu reads it, where it has
+    // PCI devices in sysfs; the demo platform elsewhere, said so.
+    let this_machine = args.lspci.is_none()
+        && args.lspci_x.is_none()
+        && args.sysfs.is_none()
+        && args.topology.is_none()
+        && !args.demo;
+    if this_machine {
+        let live = live_sysfs();
+        let has_pci =
+            std::fs::read_dir(live.join("bus/pci/devices")).is_ok_and(|mut d| d.next().is_some());
+        if has_pci {
+            let mut loaded = load(&MachineArgs {
+                sysfs: Some(live.clone()),
+                ..MachineArgs::default()
+            })
+            .map_err(|e| match e {
+                Failure::Input(why) if why.contains("without root") => Failure::Input(format!(
+                    "this machine: {why}; run as root (`sudo iommu groups`), or pass another input (--lspci, --sysfs, --demo)"
+                )),
+                other => other,
+            })?;
+            loaded.source = format!("this machine ({})", live.display());
+            return Ok(loaded);
+        }
+        note("no PCI devices in /sys/bus/pci here: showing the demo platform (--demo)");
+    }
     if let Some(dir) = &args.sysfs {
         let mut m = read_sysfs(dir).map_err(|e| Failure::Input(e.to_string()))?;
         name_devices(&mut m);
@@ -157,6 +185,12 @@ fn name_devices(m: &mut Machine) {
             d.description = Some(ids.describe(&d.function));
         }
     }
+}
+
+/// The running kernel's sysfs: `/sys`, or the tree `IOMMU_LIVE_SYSFS`
+/// names (what the tests use to play another host).
+fn live_sysfs() -> PathBuf {
+    std::env::var_os("IOMMU_LIVE_SYSFS").map_or_else(|| PathBuf::from("/sys"), PathBuf::from)
 }
 
 /// The PCI platform options for a loaded machine.

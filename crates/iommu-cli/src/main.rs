@@ -55,7 +55,8 @@ enum Command {
     /// tree (the default command)
     Run(RunArgs),
     /// The IOMMU groups, as the well-known loop over /sys/kernel/iommu_groups
-    /// prints them: of the default platform, or predicted for a real machine
+    /// prints them: of this machine (run as root), of a listing or sysfs
+    /// tree of another, or of the demo platform (--demo)
     Groups(GroupsArgs),
     /// The sysfs tree of the model; --export writes it as real files
     Sysfs(SysfsArgs),
@@ -189,6 +190,10 @@ pub struct MachineArgs {
     /// A topology file of this project's format (`-` for stdin)
     #[arg(long, value_name = "FILE")]
     topology: Option<String>,
+    /// The built-in demo platform instead of this machine (what a run
+    /// without input shows where there is no /sys/bus/pci)
+    #[arg(long, conflicts_with_all = ["lspci", "lspci_x", "sysfs", "topology"])]
+    demo: bool,
 }
 
 /// How to read a machine.

@@ -101,7 +101,7 @@ fn trace_goes_to_stderr_as_a_tree_and_leaves_stdout_alone() {
 
 #[test]
 fn groups_prints_the_listing_of_the_default_platform() {
-    let (code, out, _) = iommu(&["groups"]);
+    let (code, out, _) = iommu(&["groups", "--demo"]);
     assert_eq!(code, 0);
     assert!(out.starts_with("IOMMU Group 0:\n\t00:00.0 Host bridge [0600]"));
     assert_eq!(out.matches("IOMMU Group ").count(), 13);
@@ -111,7 +111,7 @@ fn groups_prints_the_listing_of_the_default_platform() {
 
 #[test]
 fn explain_gives_each_shared_group_its_reasons() {
-    let (code, out, _) = iommu(&["groups", "--explain"]);
+    let (code, out, _) = iommu(&["groups", "--demo", "--explain"]);
     assert_eq!(code, 0);
     assert!(out.contains(
         "IOMMU Group 5:\n\
@@ -184,7 +184,12 @@ fn explain_says_why_a_device_has_no_group() {
 
 #[test]
 fn what_if_shows_the_groups_that_split_or_merge() {
-    let (code, out, err) = iommu(&["groups", "--what-if", "pcie_acs_override=downstream"]);
+    let (code, out, err) = iommu(&[
+        "groups",
+        "--demo",
+        "--what-if",
+        "pcie_acs_override=downstream",
+    ]);
     assert_eq!(code, 0, "{err}");
     assert!(
         out.starts_with("== what if: pcie_acs_override=downstream\n"),
@@ -199,27 +204,27 @@ fn what_if_shows_the_groups_that_split_or_merge() {
         out.contains("(1 split, 12 unchanged of the groups before)"),
         "{out}"
     );
-    let (code, out, _) = iommu(&["groups", "--what-if", "disable ACS on 00:01.0"]);
+    let (code, out, _) = iommu(&["groups", "--demo", "--what-if", "disable ACS on 00:01.0"]);
     assert_eq!(code, 0);
     assert!(
         out.contains("(2 merged, 11 unchanged of the groups before)"),
         "{out}"
     );
-    let (code, _, err) = iommu(&["groups", "--what-if", "move 01:00 to 06:00"]);
+    let (code, _, err) = iommu(&["groups", "--demo", "--what-if", "move 01:00 to 06:00"]);
     assert_eq!(code, 2);
     assert!(err.contains("06:00.0 is taken"), "{err}");
-    let (code, _, err) = iommu(&["groups", "--what-if", "reboot"]);
+    let (code, _, err) = iommu(&["groups", "--demo", "--what-if", "reboot"]);
     assert_eq!(code, 2);
     assert!(err.contains("move DEVICE to SLOT"), "{err}");
 }
 
 #[test]
 fn passthrough_policy_makes_identity_default_domains() {
-    let (code, out, _) = iommu(&["sysfs", "--passthrough"]);
+    let (code, out, _) = iommu(&["sysfs", "--demo", "--passthrough"]);
     assert_eq!(code, 0);
     assert!(out.contains("type: identity"));
     assert!(!out.contains("type: DMA"));
-    let (_, lazy, _) = iommu(&["sysfs", "--lazy"]);
+    let (_, lazy, _) = iommu(&["sysfs", "--demo", "--lazy"]);
     assert!(lazy.contains("type: DMA-FQ"));
 }
 
@@ -287,7 +292,12 @@ fn malformed_input_is_refused_with_file_line_and_reason() {
     let (code, _, err) = iommu_in(&["groups", "--lspci", "-"], Some("\tIOMMU group: 1\n"));
     assert_eq!(code, 2);
     assert!(err.starts_with("iommu: <stdin>:1: "), "{err}");
-    let (code, _, err) = iommu(&["groups", "--cmdline", "pcie_acs_override=sideways"]);
+    let (code, _, err) = iommu(&[
+        "groups",
+        "--demo",
+        "--cmdline",
+        "pcie_acs_override=sideways",
+    ]);
     assert_eq!(code, 2);
     assert!(err.contains("sideways"), "{err}");
 }
@@ -296,14 +306,14 @@ fn malformed_input_is_refused_with_file_line_and_reason() {
 fn an_export_reads_in_the_real_lspci_with_every_group() {
     let dir = scratch("export");
     let root = dir.join("sys");
-    let (code, out, err) = iommu(&["sysfs", "--export", root.to_str().unwrap()]);
+    let (code, out, err) = iommu(&["sysfs", "--demo", "--export", root.to_str().unwrap()]);
     assert_eq!(code, 0, "{err}");
     assert_eq!(
         out,
         format!("exported 20 devices in 13 groups to {}\n", root.display())
     );
     // Our groups, by address.
-    let (_, listing, _) = iommu(&["groups"]);
+    let (_, listing, _) = iommu(&["groups", "--demo"]);
     let mut ours = std::collections::BTreeMap::new();
     let mut current = 0;
     for l in listing.lines() {
@@ -371,7 +381,10 @@ fn an_export_reads_in_the_real_lspci_with_every_group() {
 fn listings_with_lspci_paths_read_as_the_plain_ones() {
     let dir = scratch("paths");
     let root = dir.join("sys");
-    assert_eq!(iommu(&["sysfs", "--export", root.to_str().unwrap()]).0, 0);
+    assert_eq!(
+        iommu(&["sysfs", "--demo", "--export", root.to_str().unwrap()]).0,
+        0
+    );
     // The groups a listing gives, with each device's address, its
     // description and the kernel's group (all but the file's name).
     let groups_of = |flag: &str, args: &[&str], name: &str| -> serde_json::Value {
@@ -410,7 +423,10 @@ fn listings_with_lspci_paths_read_as_the_plain_ones() {
 fn compare_prints_every_difference_and_exits_1() {
     let dir = scratch("compare");
     let root = dir.join("sys");
-    assert_eq!(iommu(&["sysfs", "--export", root.to_str().unwrap()]).0, 0);
+    assert_eq!(
+        iommu(&["sysfs", "--demo", "--export", root.to_str().unwrap()]).0,
+        0
+    );
     let text = lspci(&root, &["-vvnn"]);
     // Pretend the kernel put the NVMe drive with the NIC.
     let mut lines: Vec<String> = text.lines().map(String::from).collect();
@@ -473,7 +489,7 @@ fn a_hex_dump_survives_export_and_the_real_lspci_byte_for_byte() {
 
 #[test]
 fn dot_draws_groups_as_clusters_and_svg_renders_it() {
-    let (code, out, _) = iommu(&["groups", "--dot"]);
+    let (code, out, _) = iommu(&["groups", "--demo", "--dot"]);
     assert_eq!(code, 0);
     assert!(out.starts_with("digraph pci {"));
     assert_eq!(out.matches("subgraph cluster_").count(), 13);
@@ -485,7 +501,7 @@ fn dot_draws_groups_as_clusters_and_svg_renders_it() {
     assert!(out.contains("\"0000:00:1c.0\" -> \"0000:04:00.0\";"));
     let dir = scratch("svg");
     let svg = dir.join("groups.svg");
-    let (code, _, err) = iommu(&["groups", "--svg", svg.to_str().unwrap()]);
+    let (code, _, err) = iommu(&["groups", "--demo", "--svg", svg.to_str().unwrap()]);
     assert_eq!(code, 0, "{err} (Graphviz's dot must be installed)");
     let text = std::fs::read_to_string(&svg).unwrap();
     assert!(text.contains("<svg"), "{text}");
@@ -495,8 +511,8 @@ fn dot_draws_groups_as_clusters_and_svg_renders_it() {
 #[test]
 fn json_has_a_version_on_every_listing_command() {
     for args in [
-        &["groups", "--json", "--explain"][..],
-        &["sysfs", "--json"],
+        &["groups", "--demo", "--json", "--explain"][..],
+        &["sysfs", "--demo", "--json"],
         &["run", "--json"],
     ] {
         let (code, out, err) = iommu(args);
@@ -504,7 +520,7 @@ fn json_has_a_version_on_every_listing_command() {
         let v: serde_json::Value = serde_json::from_str(&out).expect("valid JSON");
         assert_eq!(v["version"], 1, "{args:?}");
     }
-    let (_, out, _) = iommu(&["groups", "--json"]);
+    let (_, out, _) = iommu(&["groups", "--demo", "--json"]);
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     let g5 = &v["groups"][5];
     assert_eq!(g5["id"], 5);
@@ -641,7 +657,7 @@ fn bench_pci_reports_every_size_and_grows_near_linearly() {
 fn a_closed_pipe_ends_the_tool_quietly() {
     use std::io::{BufRead, BufReader};
     use std::process::Stdio;
-    for args in [&["--trace"][..], &["sysfs"][..], &[][..]] {
+    for args in [&["--trace"][..], &["sysfs", "--demo"][..], &[][..]] {
         for _ in 0..3 {
             let mut child = Command::new(env!("CARGO_BIN_EXE_iommu"))
                 .args(args)

@@ -220,7 +220,7 @@ fn each_exit_status_means_one_thing() {
     let m = machine(X99);
     // 2: bad input or usage.
     assert_eq!(iommu(&["groups", "--lspci", "/nonexistent.txt"]).0, 2);
-    assert_eq!(iommu(&["groups", "--bogus"]).0, 2);
+    assert_eq!(iommu(&["groups", "--demo", "--bogus"]).0, 2);
     // 3: the environment: an export directory that is not empty, a file
     // that cannot be written.
     let dir = scratch("exit-env");
@@ -549,7 +549,7 @@ fn the_text_listing_uses_the_kernels_group_numbers_when_the_input_has_them() {
     }
     // Without the kernel's groups in the input, the numbers are the
     // prediction's, as before.
-    let (_, text, _) = iommu(&["groups"]);
+    let (_, text, _) = iommu(&["groups", "--demo"]);
     assert!(text.starts_with("IOMMU Group 0:"), "{text}");
 }
 
@@ -696,4 +696,84 @@ fn listings_show_drivers_and_filter_by_class_and_group() {
     assert_eq!(groups[0]["devices"][0]["address"], "0000:13:00.0");
     let (_, json, _) = iommu(&["groups", "--lspci", IGB_RUN, "--json", "--group", "3"]);
     assert!(json.contains("\"driver\": \"igb\""), "{json}");
+}
+
+#[test]
+fn without_input_the_tool_reads_this_machine() {
+    // This host's own /sys, whatever it has: the kernel's groups when its
+    // IOMMU is on, the notice that it is off otherwise.
+    let groups_here = std::fs::read_dir("/sys/kernel/iommu_groups").map_or(0, |d| d.count());
+    let has_pci = std::fs::read_dir("/sys/bus/pci/devices").is_ok_and(|mut d| d.next().is_some());
+    let (code, out, err) = iommu(&["groups"]);
+    if !has_pci {
+        assert_eq!(code, 0, "{err}");
+        assert!(err.contains("showing the demo platform"), "{err}");
+    } else if code == 2 {
+        // Not root: the capabilities are hidden, and the tool says how.
+        assert!(err.contains("run as root"), "{err}");
+    } else {
+        assert_eq!(code, 0, "{err}");
+        if groups_here == 0 {
+            assert!(
+                out.starts_with("# The IOMMU is off on this machine"),
+                "{out}"
+            );
+        } else {
+            assert!(out.starts_with("IOMMU Group "), "{out}");
+        }
+        let (_, json, _) = iommu(&["groups", "--json"]);
+        let doc: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(doc["source"], "this machine (/sys)");
+    }
+
+    // Another host, played by an exported tree: the kernel's numbers...
+    let dir = scratch("live");
+    let root = dir.join("sys");
+    let run = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/kernel/gen-14");
+    let (code, _, err) = iommu(&[
+        "sysfs",
+        "--lspci",
+        &format!("{run}/lspci-vvvnn.txt"),
+        "--export",
+        root.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let live = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_iommu"))
+            .args(args)
+            .env("IOMMU_LIVE_SYSFS", &root)
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap(),
+            String::from_utf8(out.stdout).unwrap(),
+            String::from_utf8(out.stderr).unwrap(),
+        )
+    };
+    let (code, out, err) = live(&["groups", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let doc: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(
+        doc["source"].as_str().unwrap().starts_with("this machine"),
+        "{out}"
+    );
+    assert!(doc.get("iommu_off").is_none(), "{out}");
+    let (_, text, _) = live(&["groups"]);
+    assert!(text.starts_with("IOMMU Group 0:"), "{text}");
+    // ...and, its groups removed, an IOMMU that is off.
+    for e in std::fs::read_dir(root.join("kernel/iommu_groups")).unwrap() {
+        std::fs::remove_dir_all(e.unwrap().path()).unwrap();
+    }
+    for e in std::fs::read_dir(root.join("bus/pci/devices")).unwrap() {
+        let _ = std::fs::remove_file(e.unwrap().path().join("iommu_group"));
+    }
+    let (code, out, err) = live(&["groups"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.starts_with("# The IOMMU is off on this machine"),
+        "{out}"
+    );
+    // --demo is the built-in platform, never this machine.
+    let (_, demo, _) = live(&["groups", "--demo"]);
+    assert!(demo.contains("iommu-rs Simulated Root Complex"), "{demo}");
 }
