@@ -650,6 +650,11 @@ pub fn sysfs(args: &SysfsArgs) -> Result<(), Failure> {
         input::note(&format!(
             "the IOMMU is off (`{word}`): the kernel would have no kernel/iommu_groups; this is the tree once it is on"
         ));
+    } else if loaded.iommu_off {
+        input::note(&format!(
+            "the IOMMU is off on {}: its kernel made no kernel/iommu_groups; this is the tree once it is on",
+            loaded.source
+        ));
     }
     let p = input::build(&loaded, platform, &args.policy)?;
     if let Some(dir) = &args.export {

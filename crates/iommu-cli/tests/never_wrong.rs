@@ -773,6 +773,9 @@ fn without_input_the_tool_reads_this_machine() {
         out.starts_with("# The IOMMU is off on this machine"),
         "{out}"
     );
+    let (code, _, err) = live(&["sysfs"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("the IOMMU is off on this machine"), "{err}");
     // --demo is the built-in platform, never this machine.
     let (_, demo, _) = live(&["groups", "--demo"]);
     assert!(demo.contains("iommu-rs Simulated Root Complex"), "{demo}");
