@@ -311,6 +311,37 @@ fn render_comparison(
     s
 }
 
+/// Kernels whose rules differ from 6.12's, one of each set of rules, with
+/// what changed since.
+const OLDER_RULES: &[(iommu_pci::KernelVersion, &str)] = &[(
+    iommu_pci::KernelVersion { major: 6, minor: 11 },
+    "before 6.12, arm-smmu-v3 refused a device whose stream ids hold one id twice (behind a PCIe-to-PCI bridge whose alias is the device's own id)",
+)];
+
+/// When a comparison differs: whether an older kernel's rules give exactly
+/// the kernel's groups, said with what changed and the flag to use.
+fn older_kernel_explains(
+    machine: &iommu_pci::Machine,
+    platform: &iommu_pci::Platform,
+) -> Option<String> {
+    OLDER_RULES.iter().find_map(|&(version, what)| {
+        if platform.kernel <= version {
+            return None;
+        }
+        let mut older = platform.clone();
+        older.kernel = version;
+        let a = machine.analyze(older).ok()?;
+        compare(&a.groups.partition(&a.topology), &machine.kernel_partition())
+            .is_same()
+            .then(|| {
+                format!(
+                    "  explained: the kernel's groups are exactly what Linux {version} and earlier make \
+                     ({what}); the listing comes from such a kernel: compare with `--kernel` and its version\n"
+                )
+            })
+    })
+}
+
 /// Why the IOMMU is off: a kernel parameter, or a live machine whose
 /// kernel made no groups.
 #[derive(Clone, Copy, Debug)]
@@ -524,6 +555,9 @@ pub fn groups(args: &GroupsArgs) -> Result<(), Failure> {
             mismatches: Vec<JsonMismatch>,
             only_kernel: Vec<String>,
             only_predicted: Vec<String>,
+            /// An older kernel's rules that give the kernel's groups.
+            #[serde(skip_serializing_if = "Option::is_none")]
+            explained: Option<String>,
         }
         #[derive(Serialize)]
         struct JsonWhatIf<'a> {
@@ -607,6 +641,10 @@ pub fn groups(args: &GroupsArgs) -> Result<(), Failure> {
                     .collect(),
                 only_kernel: c.only_kernel.iter().map(|&b| short_name(b)).collect(),
                 only_predicted: c.only_predicted.iter().map(|&b| short_name(b)).collect(),
+                explained: (!c.is_same())
+                    .then(|| older_kernel_explains(&loaded.machine, &platform))
+                    .flatten()
+                    .map(|s| s.trim().trim_start_matches("explained: ").to_string()),
             }),
             what_if: what_if.as_ref().map(|rows| JsonWhatIf {
                 changes: &args.what_if,
@@ -634,6 +672,11 @@ pub fn groups(args: &GroupsArgs) -> Result<(), Failure> {
         }
         if let Some(c) = &comparison {
             out!("{}", render_comparison(&loaded.source, c, &kernel_id));
+            if !c.is_same() {
+                if let Some(why) = older_kernel_explains(&loaded.machine, &platform) {
+                    out!("{why}");
+                }
+            }
         }
     }
     match comparison {

@@ -6,8 +6,8 @@
 use crate::{Failure, IommuArg, MachineArgs, PlatformArgs, Policy};
 use iommu_core::IommuConfig;
 use iommu_pci::{
-    parse_topology, read_sysfs, DeviceQuirks, ImportError, IommuKind, KernelParams, Machine,
-    Platform,
+    parse_topology, read_sysfs, DeviceQuirks, ImportError, IommuKind, KernelParams, KernelVersion,
+    Machine, Platform,
 };
 use iommu_soft::platform::{PciPlatform, DEFAULT_TOPOLOGY, USB_RMRR};
 use std::collections::BTreeMap;
@@ -34,6 +34,9 @@ pub struct Loaded {
     /// links, an empty or missing `/sys/kernel/iommu_groups`): its IOMMU
     /// is off.
     pub iommu_off: bool,
+    /// The kernel that made the input, when it says (this machine's
+    /// running kernel).
+    pub kernel: Option<KernelVersion>,
 }
 
 fn read_text(path: &str) -> Result<String, Failure> {
@@ -85,6 +88,7 @@ pub fn load(args: &MachineArgs) -> Result<Loaded, Failure> {
         not_covered: Vec::new(),
         default: false,
         iommu_off: false,
+        kernel: None,
     };
     // An input without a single function is a mistake (an empty file, the
     // wrong file), never a machine without devices.
@@ -134,6 +138,11 @@ pub fn load(args: &MachineArgs) -> Result<Loaded, Failure> {
                 other => other,
             })?;
             loaded.source = format!("this machine ({})", live.display());
+            loaded.kernel = std::fs::read_to_string(live.join("../proc/sys/kernel/osrelease"))
+                .or_else(|_| std::fs::read_to_string("/proc/sys/kernel/osrelease"))
+                .ok()
+                .filter(|_| std::env::var_os("IOMMU_LIVE_SYSFS").is_none())
+                .and_then(|r| r.parse().ok());
             return Ok(loaded);
         }
         note("no PCI devices in /sys/bus/pci here: showing the demo platform (--demo)");
@@ -171,6 +180,7 @@ pub fn load(args: &MachineArgs) -> Result<Loaded, Failure> {
         not_covered: t.not_covered,
         default,
         iommu_off: false,
+        kernel: None,
     })
 }
 
@@ -211,7 +221,14 @@ pub fn platform(loaded: &Loaded, args: &PlatformArgs) -> Result<Platform, Failur
         IommuArg::ArmSmmu => IommuKind::ArmSmmu,
         IommuArg::Virtio => IommuKind::virtio_on(&loaded.machine.functions()),
     };
+    let kernel = match &args.kernel {
+        Some(v) => v
+            .parse::<KernelVersion>()
+            .map_err(|e| Failure::Input(format!("--kernel {v}: {e}")))?,
+        None => loaded.kernel.unwrap_or_default(),
+    };
     Ok(Platform {
+        kernel,
         iommu,
         params,
         linux_quirks: !args.no_quirks,

@@ -209,6 +209,12 @@ pub struct PlatformArgs {
     /// amd_iommu=off); other parameters are said to be ignored
     #[arg(long, value_name = "PARAMS", allow_hyphen_values = true)]
     cmdline: Option<String>,
+    /// The kernel whose rules apply where they changed between versions
+    /// (arm-smmu-v3 refused a device with a duplicated stream id before
+    /// 6.12): `6.8`, or what `uname -r` prints; by default the running
+    /// kernel when reading this machine, else 6.12
+    #[arg(long, value_name = "VERSION")]
+    kernel: Option<String>,
     /// Ignore Linux's quirk tables (registers only)
     #[arg(long)]
     no_quirks: bool,

@@ -780,3 +780,48 @@ fn without_input_the_tool_reads_this_machine() {
     let (_, demo, _) = live(&["groups", "--demo"]);
     assert!(demo.contains("iommu-rs Simulated Root Complex"), "{demo}");
 }
+
+#[test]
+fn kernel_selects_the_rules_and_compare_explains_an_older_kernels_groups() {
+    let altra = machine(ALTRA); // made on Ubuntu's 6.8
+    let (code, out, _) = iommu(&["groups", "--lspci", &altra, "--compare"]);
+    assert_eq!(code, 1, "6.12's rules group the VGA: {out}");
+    assert!(
+        out.contains("explained: the kernel's groups are exactly what Linux 6.11 and earlier make"),
+        "{out}"
+    );
+    let (code, out, _) = iommu(&["groups", "--lspci", &altra, "--compare", "--json"]);
+    assert_eq!(code, 1);
+    let doc: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(
+        doc["comparison"]["explained"]
+            .as_str()
+            .unwrap()
+            .contains("arm-smmu-v3"),
+        "{out}"
+    );
+    let (code, out, err) = iommu(&[
+        "groups",
+        "--lspci",
+        &altra,
+        "--compare",
+        "--kernel",
+        "6.8.0-49-generic",
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("the same partition"), "{out}");
+    let (_, out, _) = iommu(&["groups", "--lspci", &altra, "--kernel", "6.8", "--explain"]);
+    assert!(
+        out.contains("0003:02:00.0's DMA carries one requester id twice"),
+        "{out}"
+    );
+    // A machine whose groups 6.12 already matches is not "explained".
+    let (code, out, _) = iommu(&["groups", "--lspci", &machine(X99), "--compare"]);
+    assert_eq!(code, 0);
+    assert!(!out.contains("explained"), "{out}");
+    for bad in ["banana", "6", ""] {
+        let (code, _, err) = iommu(&["groups", "--lspci", &altra, "--kernel", bad]);
+        assert_eq!(code, 2, "{bad}");
+        assert!(err.contains("not a kernel version"), "{err}");
+    }
+}

@@ -364,6 +364,18 @@ impl Analysis {
                 continue;
             }
             let (clashes_with, text) = match self.groups.refused[i] {
+                Some(holder) if holder == i => (
+                    None,
+                    format!(
+                        "{}'s DMA carries one requester id twice (its own, and a bridge's alias), \
+                         and arm-smmu-v3 before Linux 6.12 (`--kernel {}`) put the second copy in \
+                         its stream tree beside the first and refused the device (`stream already \
+                         in tree`): it has no group (the fix, in 6.15 and the 6.12 stable series, \
+                         groups it with the bridge)",
+                        self.name(i),
+                        self.platform.kernel
+                    ),
+                ),
                 Some(holder) => {
                     let theirs = self.dma_requester_ids(holder);
                     let shared = self

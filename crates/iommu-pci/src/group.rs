@@ -119,7 +119,10 @@ pub struct Groups {
     /// rejects a second master whose DMA carries a stream id another
     /// master has (`arm_smmu_insert_master`), which happens behind a
     /// PCIe-to-PCI bridge, where every device's DMA carries the bridge's
-    /// alias. The refused function has no group.
+    /// alias. The refused function has no group. A function refused by
+    /// itself (its own index) listed one stream id twice, which
+    /// arm-smmu-v3 refused before Linux 6.12
+    /// ([`KernelVersion::arm_smmu_refuses_duplicate_stream_ids`](crate::KernelVersion::arm_smmu_refuses_duplicate_stream_ids)).
     pub refused: Vec<Option<usize>>,
 }
 
@@ -404,6 +407,14 @@ impl Analysis {
 /// The requester ids function `i`'s DMA may carry at the root, sorted
 /// (see [`Analysis::dma_requester_ids`]).
 fn requester_ids(topo: &Topology, quirks: &[DeviceQuirks], i: usize) -> Vec<u16> {
+    let mut ids = requester_ids_listed(topo, quirks, i);
+    ids.dedup();
+    ids
+}
+
+/// The requester ids of function `i`'s DMA as Linux lists them for the
+/// IOMMU (one per alias found, so possibly one id twice), sorted.
+fn requester_ids_listed(topo: &Topology, quirks: &[DeviceQuirks], i: usize) -> Vec<u16> {
     let real = quirks[i]
         .real_dma_dev
         .and_then(|b| topo.index(b))
@@ -430,7 +441,6 @@ fn requester_ids(topo: &Topology, quirks: &[DeviceQuirks], i: usize) -> Vec<u16>
         at = up;
     }
     ids.sort_unstable();
-    ids.dedup();
     ids
 }
 
@@ -475,6 +485,16 @@ fn group(
         }
         if one_master_per_stream_id {
             let segment = topo.functions()[i].bdf.segment;
+            if platform.kernel.arm_smmu_refuses_duplicate_stream_ids()
+                && requester_ids_listed(topo, quirks, i)
+                    .windows(2)
+                    .any(|w| w[0] == w[1])
+            {
+                // Its own stream tree already holds the id: it refused
+                // itself.
+                refused[i] = Some(i);
+                continue;
+            }
             let ids = requester_ids(topo, quirks, i);
             if let Some(&holder) = ids.iter().find_map(|&id| held.get(&(segment, id))) {
                 refused[i] = Some(holder);

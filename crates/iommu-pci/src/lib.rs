@@ -80,7 +80,7 @@ pub use machine::{
 pub use params::{
     AcsOverride, ConfigAcs, DeviceMatch, Ignored, IommuOff, KernelParams, ParamError,
 };
-pub use platform::{IommuKind, Platform};
+pub use platform::{IommuKind, KernelVersion, KernelVersionError, Platform};
 pub use quirks::{AcsQuirk, AliasQuirk, DeviceQuirks};
 #[cfg(all(feature = "std", unix))]
 pub use sysfs::{read_sysfs, SysfsError};

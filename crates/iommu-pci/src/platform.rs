@@ -190,6 +190,86 @@ pub struct Platform {
     /// [`IommuKind::covers`] leaves out (devices outside the firmware's
     /// IOMMU scope).
     pub not_covered: Vec<Bdf>,
+    /// The kernel whose rules apply where they changed between versions
+    /// (Linux 6.12, the rules modelled, by default).
+    pub kernel: KernelVersion,
+}
+
+/// A Linux version, as far as the rules that changed between versions
+/// care: major and minor.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct KernelVersion {
+    /// Major version (`6` of 6.12).
+    pub major: u16,
+    /// Minor version (`12` of 6.12).
+    pub minor: u16,
+}
+
+impl KernelVersion {
+    /// Linux 6.12, whose rules this crate follows.
+    pub const V6_12: KernelVersion = KernelVersion {
+        major: 6,
+        minor: 12,
+    };
+
+    /// Whether arm-smmu-v3 refuses a master whose stream ids hold one id
+    /// twice (a device behind a PCIe-to-PCI bridge whose alias is its own
+    /// requester id): it inserted the second copy into its stream tree,
+    /// found the first, and failed the probe (`stream already in tree`),
+    /// until the fix `iommu/arm-smmu-v3: Fix iommu_device_probe bug due to
+    /// duplicated stream ids` (mainline 6.15, carried by the 6.12 stable
+    /// series).
+    pub fn arm_smmu_refuses_duplicate_stream_ids(self) -> bool {
+        self < KernelVersion::V6_12
+    }
+}
+
+impl Default for KernelVersion {
+    fn default() -> Self {
+        KernelVersion::V6_12
+    }
+}
+
+impl fmt::Display for KernelVersion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}", self.major, self.minor)
+    }
+}
+
+/// A version that is not `MAJOR.MINOR[...]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KernelVersionError;
+
+impl fmt::Display for KernelVersionError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(
+            "not a kernel version (MAJOR.MINOR, as `uname -r` begins: 6.8, 5.15.0-91-generic)",
+        )
+    }
+}
+
+impl core::str::FromStr for KernelVersion {
+    type Err = KernelVersionError;
+
+    /// `6.8`, `6.12.95+deb12-amd64`, `5.15.0-91-generic`: what `uname -r`
+    /// prints; only the major and minor numbers count.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let mut parts = s.trim().splitn(3, '.');
+        let num = |p: Option<&str>| -> Result<u16, KernelVersionError> {
+            let p = p.ok_or(KernelVersionError)?;
+            let digits = p.bytes().take_while(u8::is_ascii_digit).count();
+            if digits == 0 || digits > 4 {
+                return Err(KernelVersionError);
+            }
+            p[..digits].parse().map_err(|_| KernelVersionError)
+        };
+        let major = num(parts.next())?;
+        let minor = num(parts.next())?;
+        if major == 0 || major > 99 {
+            return Err(KernelVersionError);
+        }
+        Ok(KernelVersion { major, minor })
+    }
 }
 
 impl Default for Platform {
@@ -200,6 +280,7 @@ impl Default for Platform {
             linux_quirks: true,
             quirks: BTreeMap::new(),
             not_covered: Vec::new(),
+            kernel: KernelVersion::V6_12,
         }
     }
 }
@@ -219,5 +300,33 @@ impl Platform {
     /// Whether function `f` gets a group.
     pub fn covers(&self, f: &Function) -> bool {
         self.iommu.covers(f) && !self.not_covered.contains(&f.bdf)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::KernelVersion;
+
+    #[test]
+    fn kernel_versions_read_as_uname_prints_them() {
+        let v = |s: &str| s.parse::<KernelVersion>();
+        assert_eq!(v("6.8"), Ok(KernelVersion { major: 6, minor: 8 }));
+        assert_eq!(
+            v("5.15.0-91-generic"),
+            Ok(KernelVersion {
+                major: 5,
+                minor: 15
+            })
+        );
+        assert_eq!(v("6.12.95+deb12-amd64\n"), Ok(KernelVersion::V6_12));
+        assert_eq!(v("6.12-rc3"), Ok(KernelVersion::V6_12));
+        for bad in [
+            "", "6", "six.8", "0.1", "6.", ".8", "100.1", "6.99999", "banana",
+        ] {
+            assert!(v(bad).is_err(), "{bad}");
+        }
+        assert!(v("5.15").unwrap().arm_smmu_refuses_duplicate_stream_ids());
+        assert!(!KernelVersion::V6_12.arm_smmu_refuses_duplicate_stream_ids());
+        assert!(KernelVersion { major: 7, minor: 0 } > KernelVersion::V6_12);
     }
 }
