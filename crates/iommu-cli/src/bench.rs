@@ -174,7 +174,7 @@ fn run_named(name: &str, quick: bool) -> Result<FormatResult, String> {
 }
 
 /// Version of the JSON layout `iommu bench` prints.
-pub const JSON_VERSION: u32 = 2;
+pub use crate::run::JSON_VERSION;
 
 fn json(results: &[FormatResult]) -> String {
     #[derive(Serialize)]

@@ -26,8 +26,8 @@ impl From<&Reason> for JsonReason {
     fn from(r: &Reason) -> Self {
         JsonReason {
             rule: r.rule.name(),
-            device: short_name(r.device),
-            members: r.members.iter().map(|&b| short_name(b)).collect(),
+            device: r.device.to_string(),
+            members: r.members.iter().map(Bdf::to_string).collect(),
             text: r.text.clone(),
         }
     }
@@ -590,7 +590,7 @@ pub fn groups(args: &GroupsArgs) -> Result<(), Failure> {
         }
         let strs = |v: &[Vec<Bdf>]| -> Vec<Vec<String>> {
             v.iter()
-                .map(|g| g.iter().map(|&b| short_name(b)).collect())
+                .map(|g| g.iter().map(Bdf::to_string).collect())
                 .collect()
         };
         let doc = Out {
@@ -624,8 +624,8 @@ pub fn groups(args: &GroupsArgs) -> Result<(), Failure> {
                 .ungrouped()
                 .into_iter()
                 .map(|u| JsonUngrouped {
-                    address: short_name(u.device),
-                    clashes_with: u.clashes_with.map(short_name),
+                    address: u.device.to_string(),
+                    clashes_with: u.clashes_with.map(|b| b.to_string()),
                     why: u.text,
                 })
                 .collect(),
@@ -639,8 +639,8 @@ pub fn groups(args: &GroupsArgs) -> Result<(), Failure> {
                         predicted: strs(&m.predicted),
                     })
                     .collect(),
-                only_kernel: c.only_kernel.iter().map(|&b| short_name(b)).collect(),
-                only_predicted: c.only_predicted.iter().map(|&b| short_name(b)).collect(),
+                only_kernel: c.only_kernel.iter().map(Bdf::to_string).collect(),
+                only_predicted: c.only_predicted.iter().map(Bdf::to_string).collect(),
                 explained: (!c.is_same())
                     .then(|| older_kernel_explains(&loaded.machine, &platform))
                     .flatten()

@@ -10,7 +10,7 @@ use std::fmt::Write as _;
 use std::sync::{Arc, Mutex};
 
 /// Version of the JSON layouts the tool prints (besides the benches').
-pub const JSON_VERSION: u32 = 1;
+pub const JSON_VERSION: u32 = 3;
 
 /// What the run says: printed line by line, or kept for JSON.
 #[derive(Clone, Default)]
@@ -72,8 +72,23 @@ pub struct ListedGroup {
     /// Its id.
     pub id: u32,
     /// `(address, description)` of each device, in the order of the
-    /// group's `devices/` directory.
+    /// group's `devices/` directory; in JSON, `{address, description}`
+    /// objects.
+    #[serde(serialize_with = "devices_json")]
     pub devices: Vec<(String, String)>,
+}
+
+/// A listed group's devices as JSON objects.
+fn devices_json<S: serde::Serializer>(v: &[(String, String)], s: S) -> Result<S::Ok, S::Error> {
+    #[derive(Serialize)]
+    struct Device<'a> {
+        address: &'a str,
+        description: &'a str,
+    }
+    s.collect_seq(v.iter().map(|(address, description)| Device {
+        address,
+        description,
+    }))
 }
 
 /// The groups, read from the sysfs model exactly as the well-known shell

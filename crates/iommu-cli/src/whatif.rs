@@ -268,12 +268,45 @@ pub enum Fate {
 /// One group before, and where its devices are after.
 #[derive(Debug, Serialize)]
 pub struct Row {
-    /// The group before.
+    /// The group before; in JSON `{group, devices}`.
+    #[serde(serialize_with = "side_json")]
     pub before: (usize, Vec<String>),
     /// What happened.
     pub fate: Fate,
-    /// The groups after that hold its devices (addresses after).
+    /// The groups after that hold its devices (addresses after); in JSON
+    /// `{group, devices}` objects.
+    #[serde(serialize_with = "sides_json")]
     pub after: Vec<(usize, Vec<String>)>,
+}
+
+/// One side of a row in JSON: the group and its devices' full addresses.
+#[derive(Serialize)]
+struct JsonSide {
+    group: usize,
+    devices: Vec<String>,
+}
+
+impl JsonSide {
+    fn of((group, devices): &(usize, Vec<String>)) -> JsonSide {
+        JsonSide {
+            group: *group,
+            devices: devices
+                .iter()
+                .map(|a| {
+                    a.parse::<Bdf>()
+                        .map_or_else(|_| a.clone(), |b| b.to_string())
+                })
+                .collect(),
+        }
+    }
+}
+
+fn side_json<S: serde::Serializer>(v: &(usize, Vec<String>), s: S) -> Result<S::Ok, S::Error> {
+    JsonSide::of(v).serialize(s)
+}
+
+fn sides_json<S: serde::Serializer>(v: &[(usize, Vec<String>)], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(v.iter().map(JsonSide::of))
 }
 
 /// Compares the groups of `before` and `after`.

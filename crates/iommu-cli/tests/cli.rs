@@ -171,8 +171,8 @@ fn explain_says_why_a_device_has_no_group() {
     let doc: serde_json::Value = serde_json::from_str(&out).unwrap();
     let ungrouped = doc["ungrouped"].as_array().unwrap();
     assert_eq!(ungrouped.len(), 2);
-    assert_eq!(ungrouped[1]["address"], "02:02.0");
-    assert_eq!(ungrouped[1]["clashes_with"], "02:00.0");
+    assert_eq!(ungrouped[1]["address"], "0000:02:02.0");
+    assert_eq!(ungrouped[1]["clashes_with"], "0000:02:00.0");
     // Where every requester id is the device's own, all are grouped.
     let (code, out, err) = iommu_in(
         &["groups", "--lspci", "-", "--iommu", "generic", "--explain"],
@@ -459,7 +459,7 @@ fn compare_prints_every_difference_and_exits_1() {
     assert_eq!(code, 1);
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["comparison"]["same"], false);
-    assert_eq!(v["version"], 1);
+    assert_eq!(v["version"], 3);
 }
 
 #[test]
@@ -518,7 +518,7 @@ fn json_has_a_version_on_every_listing_command() {
         let (code, out, err) = iommu(args);
         assert_eq!(code, 0, "{args:?}: {err}");
         let v: serde_json::Value = serde_json::from_str(&out).expect("valid JSON");
-        assert_eq!(v["version"], 1, "{args:?}");
+        assert_eq!(v["version"], 3, "{args:?}");
     }
     let (_, out, _) = iommu(&["groups", "--demo", "--json"]);
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
@@ -526,7 +526,7 @@ fn json_has_a_version_on_every_listing_command() {
     assert_eq!(g5["id"], 5);
     assert_eq!(g5["devices"][0]["address"], "0000:00:1c.0");
     assert_eq!(g5["reasons"][0]["rule"], "no-acs-path");
-    assert_eq!(g5["reasons"][0]["device"], "00:1c.0");
+    assert_eq!(g5["reasons"][0]["device"], "0000:00:1c.0");
 }
 
 #[test]
@@ -544,7 +544,7 @@ fn bench_pgtable_json_reports_every_workload() {
     assert_eq!(code, 0, "{err}");
     let v: serde_json::Value = serde_json::from_str(&out).expect("valid JSON");
     assert_eq!(v["benchmark"], "pgtable");
-    assert_eq!(v["version"], 2);
+    assert_eq!(v["version"], 3);
     assert_eq!(v["table_rounds"], 1000);
     let results = v["results"].as_array().unwrap();
     assert_eq!(results.len(), 2);

@@ -825,3 +825,95 @@ fn kernel_selects_the_rules_and_compare_explains_an_older_kernels_groups() {
         assert!(err.contains("not a kernel version"), "{err}");
     }
 }
+
+/// Every string in `v` that is a PCI address is in the one format
+/// (`0000:00:14.0`), and no array is a tuple (values of mixed kinds).
+fn check_json_shapes(v: &serde_json::Value, at: &str, problems: &mut Vec<String>) {
+    use serde_json::Value;
+    let short = |s: &str| {
+        let b = s.as_bytes();
+        s.len() == 7 && b[2] == b':' && b[5] == b'.' && s.parse::<iommu_pci_addr::Addr>().is_ok()
+    };
+    match v {
+        Value::String(s) if short(s) => problems.push(format!("{at}: short address {s}")),
+        Value::Array(items) => {
+            let kinds: std::collections::BTreeSet<u8> = items
+                .iter()
+                .map(|i| match i {
+                    Value::Null => 0,
+                    Value::Bool(_) => 1,
+                    Value::Number(_) => 2,
+                    Value::String(_) => 3,
+                    Value::Array(_) => 4,
+                    Value::Object(_) => 5,
+                })
+                .collect();
+            // Lists of groups (a partition) are lists of lists; any other
+            // list of lists is a tuple in disguise.
+            let partition = at.ends_with(".kernel") || at.ends_with(".predicted");
+            if kinds.len() > 1 || (kinds.contains(&4) && !partition) {
+                problems.push(format!("{at}: a positional array {v}"));
+            }
+            for (k, i) in items.iter().enumerate() {
+                check_json_shapes(i, &format!("{at}[{k}]"), problems);
+            }
+        }
+        Value::Object(m) => {
+            for (k, i) in m {
+                check_json_shapes(i, &format!("{at}.{k}"), problems);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Just enough of an address parser for the shape check.
+mod iommu_pci_addr {
+    pub struct Addr;
+    impl std::str::FromStr for Addr {
+        type Err = ();
+        fn from_str(s: &str) -> Result<Self, ()> {
+            let hex = |t: &str| !t.is_empty() && t.bytes().all(|b| b.is_ascii_hexdigit());
+            let (bus, rest) = s.split_once(':').ok_or(())?;
+            let (dev, func) = rest.split_once('.').ok_or(())?;
+            (hex(bus) && hex(dev) && func.len() == 1 && hex(func))
+                .then_some(Addr)
+                .ok_or(())
+        }
+    }
+}
+
+#[test]
+fn every_json_output_has_one_shape_per_concept() {
+    let run = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/data/kernel/gen-14/lspci-vvvnn.txt"
+    );
+    let altra = machine(ALTRA);
+    let commands: Vec<Vec<&str>> = vec![
+        vec!["run", "--json"],
+        vec!["vm", "--json"],
+        vec!["sysfs", "--demo", "--json"],
+        vec!["groups", "--demo", "--json", "--explain"],
+        vec![
+            "groups",
+            "--demo",
+            "--json",
+            "--what-if",
+            "disable ACS on 00:01.0",
+        ],
+        vec!["groups", "--lspci", run, "--json"],
+        vec!["groups", "--lspci", run, "--json", "--vfio", "04:00.0"],
+        vec!["groups", "--lspci", &altra, "--json", "--compare"],
+    ];
+    let mut problems = Vec::new();
+    for args in &commands {
+        let (code, out, err) = iommu(args);
+        assert!(code == 0 || code == 1, "{args:?}: {err}");
+        let v: serde_json::Value =
+            serde_json::from_str(&out).unwrap_or_else(|e| panic!("{args:?}: {e}"));
+        assert_eq!(v["version"], 3, "{args:?}");
+        check_json_shapes(&v, &args.join(" "), &mut problems);
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
