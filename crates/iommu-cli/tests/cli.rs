@@ -492,12 +492,17 @@ fn dot_draws_groups_as_clusters_and_svg_renders_it() {
     let (code, out, _) = iommu(&["groups", "--demo", "--dot"]);
     assert_eq!(code, 0);
     assert!(out.starts_with("digraph pci {"));
-    assert_eq!(out.matches("subgraph cluster_").count(), 13);
+    // Thirteen groups and the legend.
+    assert_eq!(out.matches("subgraph cluster_").count(), 14);
+    assert!(out.contains("subgraph cluster_legend"), "{out}");
     assert!(
-        out.contains("\"0000:00:1c.0\" [label=\"00:1c.0\\nroot port\\n"),
+        out.contains("\"0000:00:1c.0\" [label=\"00:1c.0  (root port)\\n"),
         "{out}"
     );
-    assert!(out.contains("no ACS\", color=red"), "missing ACS is marked");
+    assert!(
+        out.contains("no ACS: shares its group\", color=red"),
+        "missing ACS is marked"
+    );
     assert!(out.contains("\"0000:00:1c.0\" -> \"0000:04:00.0\";"));
     let dir = scratch("svg");
     let svg = dir.join("groups.svg");

@@ -917,3 +917,38 @@ fn every_json_output_has_one_shape_per_concept() {
     }
     assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
+
+#[test]
+fn pictures_keep_whole_names_and_mark_only_the_acs_that_shares_a_group() {
+    let z270 = machine("intel-z270-kaby-lake-mint-6.8.lspci-vvnn.txt");
+    let (code, dot, _) = iommu(&["groups", "--lspci", &z270, "--dot"]);
+    assert_eq!(code, 0);
+    let node = |addr: &str| -> String {
+        let start = dot
+            .find(&format!("\"0000:{addr}\" [label="))
+            .unwrap_or_else(|| panic!("{addr}"));
+        dot[start..].lines().next().unwrap().to_string()
+    };
+    // Names are wrapped, never cut: the ids and the revision are there.
+    let gpu = node("01:00.0");
+    assert!(
+        gpu.contains("[GeForce GTX 1070]") && gpu.contains("[10de:1b81] (rev a1)"),
+        "{gpu}"
+    );
+    assert!(
+        dot.lines()
+            .all(|l| !l.contains("\\n") || l.split("\\n").all(|part| part.chars().count() < 80)),
+        "a label line too long"
+    );
+    // The root port without ACS is why the GPU shares its group: red. The
+    // GPU itself lacks nothing that matters: not red.
+    assert!(node("00:01.0").contains("color=red"), "{}", node("00:01.0"));
+    assert!(!gpu.contains("color=red"), "{gpu}");
+    // The kernel's group numbers, and a legend.
+    assert!(dot.contains("label=\"IOMMU group 1\""), "{dot}");
+    assert!(dot.contains("cluster_legend"));
+    // A machine of four root buses stands them side by side.
+    let epyc = machine("amd-epyc-milan-romed8-2t-debian-6.1.lspci-vvnn.txt");
+    let (_, dot, _) = iommu(&["groups", "--lspci", &epyc, "--dot"]);
+    assert_eq!(dot.matches("[style=invis, minlen=").count(), 3, "{dot}");
+}
