@@ -317,6 +317,34 @@ pub fn vm(args: &VmArgs) -> Result<(), Failure> {
     Ok(())
 }
 
+/// Delivers the faults the devices have caused so far through the event
+/// queue, and says what the driver and the core made of them: each section
+/// shows its own device's faults, and no earlier one's.
+fn report_faults(
+    story: &mut Story,
+    transport: &Loopback<Mem>,
+    viommu: &Viommu<Mem>,
+    faults: &Mutex<Vec<String>>,
+) {
+    let delivered = transport.deliver_events();
+    if delivered == 0 {
+        return;
+    }
+    story.say(format!(
+        "  the VMM writes {delivered} fault report{} into event buffers",
+        if delivered == 1 { "" } else { "s" }
+    ));
+    for f in viommu.handle_events() {
+        story.say(format!(
+            "  driver: fault reason {} flags {:#x} endpoint {:#x} address {:#x}",
+            f.reason, f.flags, f.endpoint, f.address
+        ));
+    }
+    for line in faults.lock().unwrap_or_else(|e| e.into_inner()).drain(..) {
+        story.say(format!("  core: {line}"));
+    }
+}
+
 /// Both devices do DMA through the DMA API, then one touches what was
 /// unmapped and the fault comes back through the event queue.
 fn dma_steps(
@@ -396,6 +424,7 @@ fn dma_steps(
             "allowed"
         }
     ));
+    report_faults(story, transport, viommu, &faults);
 
     story.heading(
         "virtio-blk reads a sector: dma_map_single(DMA_FROM_DEVICE), the device writes it",
@@ -431,6 +460,12 @@ fn dma_steps(
         .map_err(|e| format!("dma_unmap_single: {e}"))?;
     story.wire();
     if net.is_lazy() {
+        story.say(
+            "  (no UNMAP yet: until the flush queue drains, the device may still reach the old pages; \
+             that window is lazy mode's bargain, and bounded: the queue drains within its timeout, \
+             or sooner when full)"
+                .into(),
+        );
         story.say("  the flush queue drains:".into());
         net.flush_queue_now();
         blk.flush_queue_now();
@@ -438,7 +473,7 @@ fn dma_steps(
     }
 
     story.heading(
-        "virtio-blk writes to the IOVA it no longer has; the faults come back on the event queue",
+        "virtio-blk writes to the IOVA it no longer has; the fault comes back on the event queue",
     );
     let late = vmm_dma(blk_ep).write_slice(b"late", GuestAddress(rx.raw()));
     story.say(format!(
@@ -449,19 +484,7 @@ fn dma_steps(
             Err(e) => format!("refused ({e})"),
         }
     ));
-    let delivered = transport.deliver_events();
-    story.say(format!(
-        "  the VMM writes {delivered} fault reports into event buffers"
-    ));
-    for f in viommu.handle_events() {
-        story.say(format!(
-            "  driver: fault reason {} flags {:#x} endpoint {:#x} address {:#x}",
-            f.reason, f.flags, f.endpoint, f.address
-        ));
-    }
-    for line in faults.lock().unwrap_or_else(|e| e.into_inner()).iter() {
-        story.say(format!("  core: {line}"));
-    }
+    report_faults(story, transport, viommu, &faults);
     for d in [&net, &blk] {
         d.domain().set_fault_handler(None);
     }
@@ -513,6 +536,17 @@ fn assigned_steps(story: &mut Story, iommu: &Iommu, bus: &Bus, host: &Host) -> R
     nvme.unmap_single(a, 0x2000, DmaDirection::Bidirectional)
         .map_err(|e| format!("dma_unmap_single: {e}"))?;
     story.wire();
-    show(story, "unmapped");
+    if nvme.is_lazy() {
+        show(story, "unmapped, UNMAP still queued");
+        story.say(
+            "  (expected in lazy mode, and bounded: the mapping lives until the guest's flush queue drains)"
+                .into(),
+        );
+        nvme.flush_queue_now();
+        story.wire();
+        show(story, "after the drain");
+    } else {
+        show(story, "unmapped");
+    }
     Ok(())
 }

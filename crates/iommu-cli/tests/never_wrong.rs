@@ -952,3 +952,60 @@ fn pictures_keep_whole_names_and_mark_only_the_acs_that_shares_a_group() {
     let (_, dot, _) = iommu(&["groups", "--lspci", &epyc, "--dot"]);
     assert_eq!(dot.matches("[style=invis, minlen=").count(), 3, "{dot}");
 }
+
+#[test]
+fn the_vm_demo_explains_what_it_shows() {
+    for lazy in [false, true] {
+        let args: &[&str] = if lazy { &["vm", "--lazy"] } else { &["vm"] };
+        let (code, out, err) = iommu(args);
+        assert_eq!(code, 0, "{err}");
+        let sections: Vec<&str> = out.split("\n== ").collect();
+        let section = |start: &str| -> &str {
+            sections
+                .iter()
+                .find(|s| s.starts_with(start))
+                .unwrap_or_else(|| panic!("{start}: {out}"))
+        };
+        // Each section reports its own device's faults, and only those.
+        let net = section("virtio-net transmits");
+        assert!(
+            net.contains("endpoint 0x10 address") && !net.contains("endpoint 0x18"),
+            "{net}"
+        );
+        let blk = section("virtio-blk writes to the IOVA");
+        assert!(
+            blk.contains("endpoint 0x18 address") && !blk.contains("endpoint 0x10"),
+            "{blk}"
+        );
+        // One number base per value: endpoints are hex everywhere.
+        assert!(
+            !out.contains("endpoint 24") && !out.contains("endpoint 16"),
+            "{out}"
+        );
+        // A fault nobody handles is said in words, not as an errno name.
+        assert!(!out.contains("(handler: "), "{out}");
+        assert!(out.contains("its domain has no fault handler"), "{out}");
+        // Lazy mode's stale window is said to be expected and bounded, and
+        // the drain that closes it is shown.
+        let assigned = section("The host's NVMe");
+        if lazy {
+            assert!(
+                assigned.contains("expected in lazy mode, and bounded"),
+                "{assigned}"
+            );
+            assert!(
+                assigned.contains("after the drain: the host IOMMU refuses"),
+                "{assigned}"
+            );
+            assert!(
+                out.contains("that window is lazy mode's bargain, and bounded"),
+                "{out}"
+            );
+        } else {
+            assert!(
+                assigned.contains("unmapped: the host IOMMU refuses"),
+                "{assigned}"
+            );
+        }
+    }
+}

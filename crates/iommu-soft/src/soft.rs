@@ -97,8 +97,18 @@ impl fmt::Display for TranslateError {
             TranslateError::Permission { report } => ("permission fault", report),
         };
         match report {
-            Ok(()) => write!(f, "{what} (handled)"),
-            Err(e) => write!(f, "{what} (handler: {})", e.name()),
+            Ok(()) => write!(f, "{what} (its domain's fault handler took it)"),
+            Err(iommu_core::Errno::ENOSYS) => {
+                write!(
+                    f,
+                    "{what} (its domain has no fault handler: reported, unhandled)"
+                )
+            }
+            Err(e) => write!(
+                f,
+                "{what} (its domain's fault handler returned {})",
+                e.name()
+            ),
         }
     }
 }

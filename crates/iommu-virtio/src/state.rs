@@ -87,7 +87,7 @@ pub enum RestoreError {
     #[error("domain {0} has no endpoint")]
     EmptyDomain(u32),
     /// An endpoint attached to a domain the state does not have.
-    #[error("endpoint {endpoint} is attached to missing domain {domain}")]
+    #[error("endpoint {endpoint:#x} is attached to missing domain {domain}")]
     MissingDomain {
         /// The endpoint.
         endpoint: u32,
@@ -105,7 +105,7 @@ pub enum RestoreError {
     },
     /// A domain maps what one of its endpoints reserves (neither MAP nor
     /// ATTACH lets a device get there).
-    #[error("domain {domain} maps a reserved region of endpoint {endpoint}")]
+    #[error("domain {domain} maps a reserved region of endpoint {endpoint:#x}")]
     ReservedMapped {
         /// The endpoint.
         endpoint: u32,

@@ -419,5 +419,5 @@ fn fault_text(f: &Fault) -> alloc::string::String {
         fault::R_MAPPING => "no mapping with that access",
         _ => "unknown to the device",
     };
-    format!("endpoint {}: {why} at {:#x}", f.endpoint, f.address)
+    format!("endpoint {:#x}: {why} at {:#x}", f.endpoint, f.address)
 }
