@@ -108,17 +108,7 @@ impl PciIds {
             (Some(v), None) => format!("{v} Device"),
             (None, _) => "Device".to_string(),
         };
-        let rev = if f.revision != 0 {
-            format!(" (rev {:02x})", f.revision)
-        } else {
-            String::new()
-        };
-        format!(
-            "{class} [{:04x}]: {name} [{:04x}:{:04x}]{rev}",
-            f.class >> 8,
-            f.vendor,
-            f.device
-        )
+        iommu_pci::describe_named(f, class, &name)
     }
 }
 

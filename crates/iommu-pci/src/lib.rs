@@ -74,8 +74,8 @@ pub use import::{
 };
 pub use lspci::{parse_lspci_v, ListedFunction};
 pub use machine::{
-    compare, describe_function, Comparison, Machine, MachineDevice, Mismatch, RawFunction,
-    MAX_FUNCTIONS,
+    compare, describe_function, describe_named, Comparison, Machine, MachineDevice, Mismatch,
+    RawFunction, MAX_FUNCTIONS,
 };
 pub use params::{
     AcsOverride, ConfigAcs, DeviceMatch, Ignored, IommuOff, KernelParams, ParamError,

@@ -241,14 +241,19 @@ impl Machine {
 /// A description made from a function's registers, in `lspci -nn`'s
 /// shape: `Class [cccc]: Device [vvvv:dddd] (rev rr)`.
 pub fn describe_function(f: &Function) -> String {
-    let class = class_name(f.class >> 8);
+    describe_named(f, class_name(f.class >> 8), "Device")
+}
+
+/// `lspci -nn`'s shape with the names given: `{class} [cccc]: {name}
+/// [vvvv:dddd] (rev rr)` (the revision only when not zero, as lspci).
+pub fn describe_named(f: &Function, class: &str, name: &str) -> String {
     let rev = if f.revision != 0 {
         format!(" (rev {:02x})", f.revision)
     } else {
         String::new()
     };
     format!(
-        "{class} [{:04x}]: Device [{:04x}:{:04x}]{rev}",
+        "{class} [{:04x}]: {name} [{:04x}:{:04x}]{rev}",
         f.class >> 8,
         f.vendor,
         f.device
