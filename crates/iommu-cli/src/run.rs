@@ -334,6 +334,13 @@ pub fn main_job(args: &RunArgs) -> Result<(), Failure> {
         out!("{}", render_listing(&groups));
         n.heading("sysfs");
         out!("{}", p.iommu.sysfs().render());
+        n.heading("Your own machine");
+        n.say(
+            "  sudo iommu groups              # its groups, as its kernel made them, with names and drivers\n  \
+             sudo iommu groups --explain    # why each shared group is shared\n  \
+             sudo iommu groups --vfio ADDR  # whether a device can go to a VM, and what to bind"
+                .into(),
+        );
     }
     Ok(())
 }

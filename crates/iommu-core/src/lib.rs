@@ -28,6 +28,7 @@
 //! domain.map(Iova::new(0x1000), PhysAddr::new(0x8000_0000), 0x1000, Prot::RW).unwrap();
 //! assert_eq!(domain.iova_to_phys(Iova::new(0x1234)), Some(PhysAddr::new(0x8000_0234)));
 //! ```
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![cfg_attr(not(feature = "std"), no_std)]
 #![forbid(unsafe_code)]
 // Some values are only read by trace events.

@@ -34,6 +34,7 @@
 //! dma.unmap_single(addr, 256, DmaDirection::ToDevice).unwrap();
 //! assert!(hw.translate(&dev, addr.into(), Access::Read).is_err());
 //! ```
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![forbid(unsafe_code)]
 
 mod cookie;

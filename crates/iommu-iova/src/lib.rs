@@ -14,6 +14,7 @@
 //!
 //! Invariant: a frame is in at most one live range, and a range is held by
 //! at most one of "a caller", "one cache"; so nothing is handed out twice.
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![no_std]
 #![deny(unsafe_code)]
 

@@ -36,6 +36,7 @@
 //! assert_eq!(f.pcie.unwrap().port_type, PortType::RootPort);
 //! assert_eq!(f.bridge.unwrap().secondary, 1);
 //! ```
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![no_std]
 #![forbid(unsafe_code)]
 

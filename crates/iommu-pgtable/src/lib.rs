@@ -22,6 +22,7 @@
 //! assert_eq!(pt.unmap_pages(Iova::new(0x1000), SZ_4K, 1, &mut gather), SZ_4K);
 //! assert_eq!(pt.iova_to_phys(Iova::new(0x1042)), None);
 //! ```
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![no_std]
 #![deny(unsafe_code)]
 

@@ -25,6 +25,7 @@
 //! the write returns; [`Smmuv3::pause_commands`] holds them back to model
 //! a slow or wedged SMMU.
 
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![forbid(unsafe_code)]
 
 mod cmd;

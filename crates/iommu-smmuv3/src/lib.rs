@@ -24,6 +24,7 @@
 //!
 //! The crate is `no_std` + `alloc`. With feature `emu` it also drives the
 //! emulated SMMUv3 of `iommu-smmuv3-emu` ([`emu`]).
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![no_std]
 #![deny(unsafe_code)]
 

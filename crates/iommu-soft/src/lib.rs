@@ -18,6 +18,7 @@
 //! domain.map(Iova::new(0x10_0000), PhysAddr::new(0x8000_0000), 0x1000, Prot::RW).unwrap();
 //! assert_eq!(p.hw.translate(&nvme, Iova::new(0x10_0010), Access::Write), Ok(PhysAddr::new(0x8000_0010)));
 //! ```
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![forbid(unsafe_code)]
 
 pub mod platform;

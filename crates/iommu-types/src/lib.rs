@@ -3,6 +3,7 @@
 //!
 //! This crate is `no_std` and has no dependencies so that page tables, the IOVA
 //! allocator and a kernel's own code can all speak the same types.
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![no_std]
 #![forbid(unsafe_code)]
 

@@ -42,6 +42,7 @@
 //! let t = dev.translate(8, 0x1234, iommu_virtio::Access::Read).unwrap();
 //! assert_eq!(t.phys, 0xa234);
 //! ```
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![no_std]
 #![forbid(unsafe_code)]
 
