@@ -223,3 +223,39 @@ fn a_bridge_at_a_vfs_address_is_not_taken_for_a_vf_and_its_bus_is_grouped() {
     assert!(a.group_of("01:00.7".parse().unwrap()).is_some());
     check_analysis(&a);
 }
+
+#[test]
+fn the_topology_format_is_documented_whole() {
+    // Every kind and option the parser takes is in the user's
+    // documentation (docs/topologies/README.md), so the two cannot drift.
+    let doc = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../docs/topologies/README.md"
+    ))
+    .unwrap();
+    let src = include_str!("../src/topofile.rs");
+    let keys: Vec<&str> = src
+        .lines()
+        .filter_map(|l| {
+            let t = l.trim_start();
+            let q = t.strip_prefix('"')?;
+            let (word, rest) = q.split_once('"')?;
+            (rest.trim_start().starts_with("=>") || rest.trim_start().starts_with('|'))
+                .then_some(word)
+        })
+        .collect();
+    assert!(keys.len() > 20, "{keys:?}");
+    let word = |k: &str| {
+        doc.match_indices(k).any(|(at, _)| {
+            let before = doc[..at].chars().next_back().unwrap_or(' ');
+            let after = doc[at + k.len()..].chars().next().unwrap_or(' ');
+            !before.is_alphanumeric() && before != '-' && !after.is_alphanumeric() && after != '-'
+        })
+    };
+    for k in keys {
+        assert!(
+            word(k),
+            "`{k}` is not documented in docs/topologies/README.md"
+        );
+    }
+}
