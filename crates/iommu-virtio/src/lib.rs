@@ -22,6 +22,10 @@
 //! - `driver`: the guest side, `driver::Viommu`, a virtio-iommu driver for
 //!   `iommu-core`, and a transport to a device in the same process.
 //!
+//! [`firmware`] builds (and reads back) what tells a guest where the
+//! virtio-iommu is and what it translates: the ACPI VIOT table and the
+//! device-tree `iommu-map`.
+//!
 //! ```
 //! use iommu_virtio::spec::{feature, map, Status};
 //! use iommu_virtio::{Device, DeviceConfig, Request};
@@ -54,6 +58,7 @@ mod device;
 pub mod driver;
 #[cfg(feature = "vmm")]
 mod external;
+pub mod firmware;
 #[cfg(feature = "vmm")]
 pub mod queue;
 mod request;
