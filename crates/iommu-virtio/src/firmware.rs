@@ -584,7 +584,7 @@ impl DtIommuMap {
     /// A length that is not whole entries of four cells, or an entry whose
     /// range wraps past 2^32.
     pub fn parse(bytes: &[u8], phandle: u32) -> Result<DtIommuMap, String> {
-        if bytes.len() % 16 != 0 {
+        if !bytes.len().is_multiple_of(16) {
             return Err(format!(
                 "iommu-map of {} bytes, not entries of 16",
                 bytes.len()
