@@ -24,7 +24,8 @@
 //!
 //! [`firmware`] builds (and reads back) what tells a guest where the
 //! virtio-iommu is and what it translates: the ACPI VIOT table and the
-//! device-tree `iommu-map`.
+//! device-tree `iommu-map`. The guide `guide_vmm` (feature `vmm`) walks a
+//! VMM author through embedding the device, with an example that runs.
 //!
 //! ```
 //! use iommu_virtio::spec::{feature, map, Status};
@@ -59,6 +60,10 @@ pub mod driver;
 #[cfg(feature = "vmm")]
 mod external;
 pub mod firmware;
+#[cfg(feature = "vmm")]
+pub mod guide_vmm {
+    #![doc = include_str!("guide_vmm.md")]
+}
 #[cfg(feature = "vmm")]
 pub mod queue;
 mod request;
