@@ -444,13 +444,16 @@ pub fn groups(args: &GroupsArgs) -> Result<(), Failure> {
             .and_then(|b| loaded.machine.device(b))
             .and_then(|d| d.driver.clone())
     };
-    // The number each group is shown with: the kernel's where the input
-    // has it and the prediction agrees, else the prediction's.
-    let number_of = |g: &ListedGroup| -> Option<u32> {
-        let heading = headed(std::slice::from_ref(g), &kernel_id, has_kernel);
-        let (h, _) = heading.first()?;
-        h.strip_prefix("IOMMU Group ")?.parse().ok()
-    };
+    // The number each group is shown with (the kernel's where it agrees),
+    // by its core id: what --group selects.
+    let shown_numbers: BTreeMap<u32, u32> = headed(&listed, &kernel_id, has_kernel)
+        .into_iter()
+        .filter_map(|(h, g)| {
+            let number = h.strip_prefix("IOMMU Group ")?.split(' ').next()?;
+            Some((g.id, number.parse().ok()?))
+        })
+        .collect();
+    let number_of = |g: &ListedGroup| shown_numbers.get(&g.id).copied();
     if let Some(dev) = &args.vfio {
         let target = resolve_device(dev, &loaded.machine)?;
         let Some(g) = listed
