@@ -488,7 +488,15 @@ pub fn groups(args: &GroupsArgs) -> Result<(), Failure> {
                 .find(|g| g.devices.iter().any(|(n, _)| n.parse() == Ok(b)))
                 .map(|g| g.id)
         };
-        let r = crate::vfio::report(&loaded.machine, target, number, kernel, &members, &group_of);
+        let r = crate::vfio::report(
+            &loaded.machine,
+            target,
+            number,
+            kernel,
+            &members,
+            &group_of,
+            iommu_off.is_some(),
+        );
         if args.json {
             #[derive(Serialize)]
             struct Out<'a> {

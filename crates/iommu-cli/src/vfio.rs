@@ -58,6 +58,8 @@ pub struct Report {
     kernel_group: bool,
     /// Whether the input says which drivers are bound.
     drivers_known: bool,
+    /// The machine's IOMMU is off: no groups, so no VFIO, until it is on.
+    iommu_off: bool,
     /// Whether the group can be claimed for VFIO as the drivers are now.
     viable_now: bool,
     members: Vec<Member>,
@@ -79,6 +81,7 @@ pub fn report(
     kernel_group: bool,
     members: &[Bdf],
     group_of: &dyn Fn(Bdf) -> Option<u32>,
+    iommu_off: bool,
 ) -> Report {
     let drivers_known = machine.devices.iter().any(|d| d.driver.is_some());
     let mut out = Vec::new();
@@ -134,7 +137,8 @@ pub fn report(
         group,
         kernel_group,
         drivers_known,
-        viable_now: drivers_known && out.iter().all(|m| m.allows_claim),
+        iommu_off,
+        viable_now: !iommu_off && drivers_known && out.iter().all(|m| m.allows_claim),
         vfio_pci_ids: ids
             .iter()
             .map(|(v, d)| format!("{v:04x}:{d:04x}"))
@@ -188,7 +192,9 @@ pub fn render(r: &Report) -> String {
             }
         }
     }
-    if !r.drivers_known {
+    if r.iommu_off {
+        s.push_str("Viable now: no: the IOMMU is off, so the kernel has no groups for VFIO to take; turn it on first (above), then bind as follows.\n");
+    } else if !r.drivers_known {
         s.push_str("Viable now: unknown: the input does not say which drivers are bound (read the live machine, a sysfs tree, or `lspci -k` output).\n");
     } else if r.viable_now {
         s.push_str(

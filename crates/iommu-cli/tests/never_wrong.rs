@@ -776,6 +776,14 @@ fn without_input_the_tool_reads_this_machine() {
     let (code, _, err) = live(&["sysfs"]);
     assert_eq!(code, 0, "{err}");
     assert!(err.contains("the IOMMU is off on this machine"), "{err}");
+    // With the IOMMU off, no group is viable for VFIO, whatever is bound.
+    let (code, out, err) = live(&["groups", "--vfio", "04:00.0"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("Viable now: no: the IOMMU is off"), "{out}");
+    let (_, json, _) = live(&["groups", "--vfio", "04:00.0", "--json"]);
+    let doc: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(doc["vfio"]["iommu_off"], true);
+    assert_eq!(doc["vfio"]["viable_now"], false);
     // --demo is the built-in platform, never this machine.
     let (_, demo, _) = live(&["groups", "--demo"]);
     assert!(demo.contains("iommu-rs Simulated Root Complex"), "{demo}");
