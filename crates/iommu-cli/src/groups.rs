@@ -4,7 +4,7 @@
 //! or exported.
 
 use crate::out::out;
-use crate::run::{platform_groups, render_listing, sysfs_entries, ListedGroup, JSON_VERSION};
+use crate::run::{device_line, platform_groups, sysfs_entries, ListedGroup, JSON_VERSION};
 use crate::whatif::{self, Change, Row};
 use crate::{dot, input, Failure, GroupsArgs, SysfsArgs};
 use iommu_pci::{compare, short_name, Bdf, Comparison, Reason};
@@ -53,44 +53,60 @@ fn reasons_by_group(p: &PciPlatform) -> BTreeMap<u32, Vec<Reason>> {
     out
 }
 
-/// The listed groups in the order to print them, each with its heading:
-/// where the input carries the kernel's groups, a predicted group that is
-/// exactly one kernel group is headed by the kernel's number (what the
-/// machine's own sysfs shows) and the groups are in the kernel's order;
-/// a predicted group the kernel made differently keeps its own number,
-/// marked, after them.
+/// A listed group as it is shown: its number (the kernel's where the
+/// input has the kernel's groups and the prediction is exactly one of
+/// them, else the prediction's) and its heading.
+struct Shown<'a> {
+    number: u32,
+    heading: String,
+    group: &'a ListedGroup,
+}
+
+/// The listed groups in the order to print them: where the input carries
+/// the kernel's groups, a predicted group that is exactly one kernel group
+/// takes the kernel's number (what the machine's own sysfs shows) and the
+/// kernel's order; a predicted group the kernel made differently keeps its
+/// own number, marked, after them.
 fn headed<'a>(
     groups: &'a [ListedGroup],
     kernel_id: &dyn Fn(Bdf) -> Option<u32>,
     has_kernel: bool,
-) -> Vec<(String, &'a ListedGroup)> {
-    if !has_kernel {
-        return groups
-            .iter()
-            .map(|g| (format!("IOMMU Group {}", g.id), g))
-            .collect();
-    }
-    let ids = |g: &ListedGroup| -> Vec<Option<u32>> {
-        let mut v: Vec<Option<u32>> = g
-            .devices
-            .iter()
-            .map(|(n, _)| n.parse().ok().and_then(kernel_id))
-            .collect();
-        v.sort();
-        v.dedup();
-        v
+) -> Vec<Shown<'a>> {
+    let own = |g: &'a ListedGroup| Shown {
+        number: g.id,
+        heading: format!("IOMMU Group {}", g.id),
+        group: g,
     };
+    if !has_kernel {
+        return groups.iter().map(own).collect();
+    }
+    // The kernel groups of each predicted group's devices.
+    let ids: Vec<Vec<Option<u32>>> = groups
+        .iter()
+        .map(|g| {
+            let mut v: Vec<Option<u32>> = g
+                .devices
+                .iter()
+                .map(|(n, _)| n.parse().ok().and_then(kernel_id))
+                .collect();
+            v.sort();
+            v.dedup();
+            v
+        })
+        .collect();
     let mut claims: BTreeMap<u32, usize> = BTreeMap::new();
-    for g in groups {
-        for k in ids(g).into_iter().flatten() {
-            *claims.entry(k).or_default() += 1;
-        }
+    for k in ids.iter().flatten().flatten() {
+        *claims.entry(*k).or_default() += 1;
     }
     let mut agreed = Vec::new();
     let mut differ = Vec::new();
-    for g in groups {
-        match ids(g).as_slice() {
-            [Some(k)] if claims[k] == 1 => agreed.push((*k, format!("IOMMU Group {k}"), g)),
+    for (g, ks) in groups.iter().zip(&ids) {
+        match ks.as_slice() {
+            [Some(k)] if claims[k] == 1 => agreed.push(Shown {
+                number: *k,
+                heading: format!("IOMMU Group {k}"),
+                group: g,
+            }),
             ks => {
                 let kernel: Vec<String> = ks.iter().flatten().map(u32::to_string).collect();
                 let what = if kernel.is_empty() {
@@ -103,16 +119,15 @@ fn headed<'a>(
                 } else {
                     format!("the kernel: group {}", kernel.join(", "))
                 };
-                differ.push((format!("IOMMU Group {} (predicted; {what})", g.id), g));
+                let mut shown = own(g);
+                shown.heading = format!("IOMMU Group {} (predicted; {what})", g.id);
+                differ.push(shown);
             }
         }
     }
-    agreed.sort_by_key(|(k, _, _)| *k);
+    agreed.sort_by_key(|s| s.number);
+    agreed.extend(differ);
     agreed
-        .into_iter()
-        .map(|(_, h, g)| (h, g))
-        .chain(differ)
-        .collect()
 }
 
 /// The function `--vfio` names: an address, or `vendor:device` ids that
@@ -152,73 +167,46 @@ fn resolve_device(arg: &str, machine: &iommu_pci::Machine) -> Result<Bdf, Failur
     }
 }
 
-/// Whether a listed group passes the class and group filters.
-fn passes(
-    g: &ListedGroup,
-    number: Option<u32>,
-    args: &GroupsArgs,
-    machine: &iommu_pci::Machine,
-) -> bool {
-    if let Some(n) = args.group {
-        if number != Some(n) {
-            return false;
-        }
+/// Whether a shown group passes the class and group filters.
+fn passes(g: &Shown<'_>, args: &GroupsArgs, machine: &iommu_pci::Machine) -> bool {
+    if args.group.is_some_and(|n| n != g.number) {
+        return false;
     }
-    let classes: Vec<u32> = g
+    if !(args.gpu || args.usb || args.net || args.storage) {
+        return true;
+    }
+    // A class code (base class, subclass) one of the filters asks for.
+    let wanted = |c: u32| {
+        (args.gpu && c >> 8 == 0x03)
+            || (args.usb && c == 0x0c03)
+            || (args.net && c >> 8 == 0x02)
+            || (args.storage && c >> 8 == 0x01)
+    };
+    g.group
         .devices
         .iter()
         .filter_map(|(n, _)| n.parse().ok().and_then(|b| machine.device(b)))
-        .map(|d| d.function.class >> 16)
-        .collect();
-    let wanted = [
-        (args.gpu, 0x03),
-        (args.usb, 0x0c),
-        (args.net, 0x02),
-        (args.storage, 0x01),
-    ];
-    if !wanted.iter().any(|&(on, _)| on) {
-        return true;
-    }
-    let usb = |g: &ListedGroup| {
-        g.devices.iter().any(|(n, _)| {
-            n.parse()
-                .ok()
-                .and_then(|b| machine.device(b))
-                .is_some_and(|d| d.function.class >> 8 == 0x0c03)
-        })
-    };
-    wanted.iter().any(|&(on, base)| {
-        on && if base == 0x0c {
-            usb(g)
-        } else {
-            classes.contains(&base)
-        }
-    })
+        .any(|d| wanted(d.function.class >> 8))
 }
 
-/// The listing under the given headings, with each group's reasons when
-/// `reasons` has them.
+/// The listing under its headings, each device with its driver when the
+/// input names it, and each group's reasons when `reasons` has them.
 fn render_headed(
-    groups: &[(String, &ListedGroup)],
+    groups: &[Shown<'_>],
     reasons: &BTreeMap<u32, Vec<Reason>>,
     driver: &dyn Fn(&str) -> Option<String>,
 ) -> String {
     let mut s = String::new();
-    for (heading, g) in groups {
-        let _ = writeln!(s, "{heading}:");
-        let listed = render_listing(std::slice::from_ref(*g));
-        let body = listed.split_once('\n').map_or("", |(_, b)| b);
-        for (line, (name, _)) in body.lines().zip(&g.devices) {
-            match driver(name) {
-                Some(d) => {
-                    let _ = writeln!(s, "{line} (driver: {d})");
-                }
-                None => {
-                    let _ = writeln!(s, "{line}");
-                }
+    for shown in groups {
+        let _ = writeln!(s, "{}:", shown.heading);
+        for (name, desc) in &shown.group.devices {
+            s.push_str(&device_line(name, desc));
+            if let Some(d) = driver(name) {
+                let _ = write!(s, " (driver: {d})");
             }
+            s.push('\n');
         }
-        for r in reasons.get(&g.id).into_iter().flatten() {
+        for r in reasons.get(&shown.group.id).into_iter().flatten() {
             let _ = writeln!(s, "\twhy: {}", r.text);
         }
     }
@@ -319,7 +307,8 @@ const OLDER_RULES: &[(iommu_pci::KernelVersion, &str)] = &[(
 )];
 
 /// When a comparison differs: whether an older kernel's rules give exactly
-/// the kernel's groups, said with what changed and the flag to use.
+/// the kernel's groups, said (one sentence) with what changed and the flag
+/// to use.
 fn older_kernel_explains(
     machine: &iommu_pci::Machine,
     platform: &iommu_pci::Platform,
@@ -335,8 +324,8 @@ fn older_kernel_explains(
             .is_same()
             .then(|| {
                 format!(
-                    "  explained: the kernel's groups are exactly what Linux {version} and earlier make \
-                     ({what}); the listing comes from such a kernel: compare with `--kernel` and its version\n"
+                    "the kernel's groups are exactly what Linux {version} and earlier make \
+                     ({what}); the listing comes from such a kernel: compare with `--kernel` and its version"
                 )
             })
     })
@@ -444,16 +433,6 @@ pub fn groups(args: &GroupsArgs) -> Result<(), Failure> {
             .and_then(|b| loaded.machine.device(b))
             .and_then(|d| d.driver.clone())
     };
-    // The number each group is shown with (the kernel's where it agrees),
-    // by its core id: what --group selects.
-    let shown_numbers: BTreeMap<u32, u32> = headed(&listed, &kernel_id, has_kernel)
-        .into_iter()
-        .filter_map(|(h, g)| {
-            let number = h.strip_prefix("IOMMU Group ")?.split(' ').next()?;
-            Some((g.id, number.parse().ok()?))
-        })
-        .collect();
-    let number_of = |g: &ListedGroup| shown_numbers.get(&g.id).copied();
     if let Some(dev) = &args.vfio {
         let target = resolve_device(dev, &loaded.machine)?;
         let Some(g) = listed
@@ -521,9 +500,9 @@ pub fn groups(args: &GroupsArgs) -> Result<(), Failure> {
         }
         return Ok(());
     }
-    let shown: Vec<(String, &ListedGroup)> = headed(&listed, &kernel_id, has_kernel)
+    let shown: Vec<Shown<'_>> = headed(&listed, &kernel_id, has_kernel)
         .into_iter()
-        .filter(|(_, g)| passes(g, number_of(g), args, &loaded.machine))
+        .filter(|g| passes(g, args, &loaded.machine))
         .collect();
     let filtered = shown.len() != listed.len();
 
@@ -612,7 +591,7 @@ pub fn groups(args: &GroupsArgs) -> Result<(), Failure> {
             cmdline: platform.params.to_string(),
             groups: shown
                 .iter()
-                .map(|(_, g)| JsonGroup {
+                .map(|Shown { group: g, .. }| JsonGroup {
                     id: g.id,
                     devices: g
                         .devices
@@ -654,8 +633,7 @@ pub fn groups(args: &GroupsArgs) -> Result<(), Failure> {
                 only_predicted: c.only_predicted.iter().map(Bdf::to_string).collect(),
                 explained: (!c.is_same())
                     .then(|| older_kernel_explains(&loaded.machine, &platform))
-                    .flatten()
-                    .map(|s| s.trim().trim_start_matches("explained: ").to_string()),
+                    .flatten(),
             }),
             what_if: what_if.as_ref().map(|rows| JsonWhatIf {
                 changes: &args.what_if,
@@ -685,7 +663,7 @@ pub fn groups(args: &GroupsArgs) -> Result<(), Failure> {
             out!("{}", render_comparison(&loaded.source, c, &kernel_id));
             if !c.is_same() {
                 if let Some(why) = older_kernel_explains(&loaded.machine, &platform) {
-                    out!("{why}");
+                    out!("  explained: {why}\n");
                 }
             }
         }

@@ -128,10 +128,17 @@ pub fn render_listing(groups: &[ListedGroup]) -> String {
     for g in groups {
         let _ = writeln!(out, "IOMMU Group {}:", g.id);
         for (name, desc) in &g.devices {
-            let _ = writeln!(out, "\t{} {desc}", lspci_name(name));
+            out.push_str(&device_line(name, desc));
+            out.push('\n');
         }
     }
     out
+}
+
+/// One device of a listing, as the shell loop prints it (without the
+/// line's end).
+pub fn device_line(name: &str, desc: &str) -> String {
+    format!("\t{} {desc}", lspci_name(name))
 }
 
 /// The platform's groups.
