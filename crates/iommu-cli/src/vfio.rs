@@ -38,7 +38,8 @@ pub enum Action {
 /// One device of the group.
 #[derive(Debug, Serialize)]
 pub struct Member {
-    address: String,
+    #[serde(serialize_with = "address_json")]
+    address: Bdf,
     description: String,
     ids: String,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -46,6 +47,11 @@ pub struct Member {
     action: Action,
     /// Whether its current state lets the group be claimed.
     allows_claim: bool,
+}
+
+/// An address in the JSON's one format (`0000:00:14.0`).
+fn address_json<S: serde::Serializer>(b: &Bdf, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(b)
 }
 
 /// The answer for one device.
@@ -102,7 +108,7 @@ pub fn report(
             ids.push((f.vendor, f.device));
         }
         out.push(Member {
-            address: b.to_string(),
+            address: b,
             description: machine.describe(b),
             ids: format!("{:04x}:{:04x}", f.vendor, f.device),
             allows_claim: driver.as_deref().is_none_or(manages_no_dma),
@@ -172,11 +178,7 @@ pub fn render(r: &Report) -> String {
             None if r.drivers_known => " (now: no driver)".to_string(),
             None => String::new(),
         };
-        format!(
-            "    {} {}{now}\n",
-            short_name(m.address.parse().expect("an address")),
-            m.description
-        )
+        format!("    {} {}{now}\n", short_name(m.address), m.description)
     };
     for (action, heading) in [
         (Action::Bind, "  bind to vfio-pci (VFIO takes the group only with every endpoint in it):"),
@@ -208,7 +210,7 @@ pub fn render(r: &Report) -> String {
             .map(|m| {
                 format!(
                     "{} ({})",
-                    short_name(m.address.parse().expect("an address")),
+                    short_name(m.address),
                     m.driver.as_deref().unwrap_or("")
                 )
             })
