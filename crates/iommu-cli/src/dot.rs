@@ -26,6 +26,11 @@ fn id(b: iommu_pci::Bdf) -> String {
     format!("\"{b}\"")
 }
 
+/// The node of the root bus `b` is on.
+fn root_id(b: iommu_pci::Bdf) -> String {
+    format!("\"pci{:04x}:{:02x}\"", b.segment, b.bus)
+}
+
 fn escape(s: &str) -> String {
     s.replace('\\', "\\\\").replace('"', "\\\"")
 }
@@ -163,7 +168,7 @@ pub fn render(a: &Analysis, machine: &Machine) -> String {
                 let _ = writeln!(s, "  {} -> {};", id(topo.functions()[up].bdf), id(f.bdf));
             }
             (None, None) => {
-                let root = format!("\"pci{:04x}:{:02x}\"", f.bdf.segment, f.bdf.bus);
+                let root = root_id(f.bdf);
                 if roots.insert(root.clone()) {
                     let _ = writeln!(
                         s,
@@ -179,30 +184,19 @@ pub fn render(a: &Analysis, machine: &Machine) -> String {
     // deepest one (an invisible edge as long as that tree is deep), so the
     // trees stand side by side and a machine of several root buses reads
     // as a wide picture instead of one long strip.
-    let depth = |mut i: usize| {
-        let mut d = 1;
-        loop {
-            let up = topo.physfn(i).or_else(|| topo.upstream(i));
-            match up {
-                Some(u) => {
-                    d += 1;
-                    i = u;
-                }
-                None => return d,
-            }
-        }
-    };
     let mut tree_depth: std::collections::BTreeMap<String, usize> =
         std::collections::BTreeMap::new();
     for i in 0..topo.len() {
-        let mut top = i;
+        // Up to the root bus (through a VF's PF), counting the columns.
+        let (mut top, mut depth) = (i, 1);
         while let Some(u) = topo.physfn(top).or_else(|| topo.upstream(top)) {
             top = u;
+            depth += 1;
         }
-        let f = &topo.functions()[top];
-        let root = format!("\"pci{:04x}:{:02x}\"", f.bdf.segment, f.bdf.bus);
-        let d = tree_depth.entry(root).or_default();
-        *d = (*d).max(depth(i));
+        let d = tree_depth
+            .entry(root_id(topo.functions()[top].bdf))
+            .or_default();
+        *d = (*d).max(depth);
     }
     let trees: Vec<(&String, &usize)> = tree_depth.iter().collect();
     for w in trees.windows(2) {
