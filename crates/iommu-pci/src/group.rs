@@ -485,17 +485,18 @@ fn group(
         }
         if one_master_per_stream_id {
             let segment = topo.functions()[i].bdf.segment;
+            // The ids as Linux lists them (sorted: a repeated id is
+            // adjacent), then each once.
+            let mut ids = requester_ids_listed(topo, quirks, i);
             if platform.kernel.arm_smmu_refuses_duplicate_stream_ids()
-                && requester_ids_listed(topo, quirks, i)
-                    .windows(2)
-                    .any(|w| w[0] == w[1])
+                && ids.windows(2).any(|w| w[0] == w[1])
             {
                 // Its own stream tree already holds the id: it refused
                 // itself.
                 refused[i] = Some(i);
                 continue;
             }
-            let ids = requester_ids(topo, quirks, i);
+            ids.dedup();
             if let Some(&holder) = ids.iter().find_map(|&id| held.get(&(segment, id))) {
                 refused[i] = Some(holder);
                 continue;
