@@ -7,12 +7,12 @@ use crate::{Failure, IommuArg, MachineArgs, PlatformArgs, Policy};
 use iommu_core::IommuConfig;
 use iommu_pci::{
     parse_topology, read_sysfs, DeviceQuirks, ImportError, IommuKind, KernelParams, KernelVersion,
-    Machine, Platform,
+    Machine, Platform, SysfsError,
 };
 use iommu_soft::platform::{PciPlatform, DEFAULT_TOPOLOGY, USB_RMRR};
 use std::collections::BTreeMap;
 use std::io::Read as _;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// The most bytes a text input may have: far more than any machine's
 /// listing (a 4,096-function server's is about 20 MiB).
@@ -127,39 +127,25 @@ pub fn load(args: &MachineArgs) -> Result<Loaded, Failure> {
         let has_pci =
             std::fs::read_dir(live.join("bus/pci/devices")).is_ok_and(|mut d| d.next().is_some());
         if has_pci {
-            let mut loaded = load(&MachineArgs {
-                sysfs: Some(live.clone()),
-                ..MachineArgs::default()
-            })
-            .map_err(|e| match e {
-                Failure::Input(why) if why.contains("without root") => Failure::Input(format!(
-                    "this machine: {why}; run as root (`sudo iommu groups`), or pass another input (--lspci, --sysfs, --demo)"
+            let mut loaded = load_sysfs(&live).map_err(|e| match e {
+                SysfsError::WithoutRoot(_) => Failure::Input(format!(
+                    "this machine: {e}; run as root (`sudo iommu groups`), or pass another input (--lspci, --sysfs, --demo)"
                 )),
-                other => other,
+                other => Failure::Input(other.to_string()),
             })?;
             loaded.source = format!("this machine ({})", live.display());
-            loaded.kernel = std::fs::read_to_string(live.join("../proc/sys/kernel/osrelease"))
-                .or_else(|_| std::fs::read_to_string("/proc/sys/kernel/osrelease"))
-                .ok()
-                .filter(|_| std::env::var_os("IOMMU_LIVE_SYSFS").is_none())
+            // The running kernel, unless the tests play another host.
+            loaded.kernel = std::env::var_os("IOMMU_LIVE_SYSFS")
+                .is_none()
+                .then(|| std::fs::read_to_string("/proc/sys/kernel/osrelease").ok())
+                .flatten()
                 .and_then(|r| r.parse().ok());
             return Ok(loaded);
         }
         note("no PCI devices in /sys/bus/pci here: showing the demo platform (--demo)");
     }
     if let Some(dir) = &args.sysfs {
-        let mut m = read_sysfs(dir).map_err(|e| Failure::Input(e.to_string()))?;
-        name_devices(&mut m);
-        // A running kernel with an IOMMU links every translated function
-        // to its group; without one there are no links, and /sys has an
-        // empty kernel/iommu_groups (or none).
-        let groups_dir = dir.join("kernel/iommu_groups");
-        let no_groups_dir = dir.join("kernel").is_dir()
-            && std::fs::read_dir(&groups_dir).map_or(true, |mut d| d.next().is_none());
-        let iommu_off = !m.has_kernel_groups() || no_groups_dir;
-        let mut loaded = plain(dir.display().to_string(), m);
-        loaded.iommu_off = iommu_off;
-        return Ok(loaded);
+        return load_sysfs(dir).map_err(|e| Failure::Input(e.to_string()));
     }
     let (source, text, default) = match &args.topology {
         Some(p) => (p.clone(), read_text(p)?, false),
@@ -180,6 +166,28 @@ pub fn load(args: &MachineArgs) -> Result<Loaded, Failure> {
         not_covered: t.not_covered,
         default,
         iommu_off: false,
+        kernel: None,
+    })
+}
+
+/// A live or copied sysfs tree: its functions, named, and whether its
+/// kernel made no groups. A running kernel with an IOMMU links every
+/// translated function to its group; without one there are no links, and
+/// /sys has an empty kernel/iommu_groups (or none).
+fn load_sysfs(dir: &Path) -> Result<Loaded, SysfsError> {
+    let mut m = read_sysfs(dir)?;
+    name_devices(&mut m);
+    let groups_dir = dir.join("kernel/iommu_groups");
+    let no_groups_dir = dir.join("kernel").is_dir()
+        && std::fs::read_dir(&groups_dir).map_or(true, |mut d| d.next().is_none());
+    let iommu_off = !m.has_kernel_groups() || no_groups_dir;
+    Ok(Loaded {
+        source: dir.display().to_string(),
+        machine: m,
+        quirks: BTreeMap::new(),
+        not_covered: Vec::new(),
+        default: false,
+        iommu_off,
         kernel: None,
     })
 }

@@ -784,6 +784,24 @@ fn without_input_the_tool_reads_this_machine() {
     let doc: serde_json::Value = serde_json::from_str(&json).unwrap();
     assert_eq!(doc["vfio"]["iommu_off"], true);
     assert_eq!(doc["vfio"]["viable_now"], false);
+    // A host whose config files are read without root: said, with how.
+    let unprivileged = dir.join("unprivileged");
+    let f = unprivileged.join("bus/pci/devices/0000:00:00.0");
+    std::fs::create_dir_all(&f).unwrap();
+    let mut cfg = vec![0u8; 64];
+    cfg[..4].copy_from_slice(&[0x86, 0x80, 0xc0, 0x29]);
+    std::fs::write(f.join("config"), &cfg).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_iommu"))
+        .arg("groups")
+        .env("IOMMU_LIVE_SYSFS", &unprivileged)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        err.contains("without root") && err.contains("run as root (`sudo iommu groups`)"),
+        "{err}"
+    );
     // --demo is the built-in platform, never this machine.
     let (_, demo, _) = live(&["groups", "--demo"]);
     assert!(demo.contains("iommu-rs Simulated Root Complex"), "{demo}");

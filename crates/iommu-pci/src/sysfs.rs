@@ -45,6 +45,10 @@ pub enum SysfsError {
         /// What is wrong with it.
         error: ConfigError,
     },
+    /// A `config` file of 64 bytes: the kernel gives only the header to a
+    /// reader without root, and the capabilities grouping needs are hidden.
+    #[error("{0}: only 64 bytes: config was read without root, which hides the capabilities")]
+    WithoutRoot(PathBuf),
     /// The tree has no PCI functions.
     #[error("{0}: no PCI functions (expected /sys, /sys/bus/pci or /sys/bus/pci/devices)")]
     Empty(PathBuf),
@@ -201,11 +205,7 @@ pub fn read_sysfs(root: &Path) -> Result<Machine, SysfsError> {
             error,
         })?;
         if bytes.len() == 64 {
-            return Err(SysfsError::Io {
-                path: cfg_path,
-                reason: "only 64 bytes: config was read without root, which hides the capabilities"
-                    .into(),
-            });
+            return Err(SysfsError::WithoutRoot(cfg_path));
         }
         let kernel_group = fs::read_link(path.join("iommu_group"))
             .ok()

@@ -145,3 +145,18 @@ fn a_devices_directory_with_more_entries_than_any_machine_is_refused() {
     );
     let _ = std::fs::remove_dir_all(&root);
 }
+
+#[test]
+fn a_config_read_without_root_is_said_to_be_so() {
+    // The kernel gives a reader without root the 64-byte header only.
+    let root = scratch("unprivileged");
+    let d = function(&root, "0000:00:01.0");
+    let cfg = std::fs::read(d.join("config")).unwrap();
+    std::fs::write(d.join("config"), &cfg[..64]).unwrap();
+    let e = read_within(&root).unwrap_err();
+    assert!(
+        matches!(&e, SysfsError::WithoutRoot(path) if path.ends_with("config")),
+        "{e:?}"
+    );
+    assert!(e.to_string().contains("without root"), "{e}");
+}
