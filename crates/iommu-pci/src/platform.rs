@@ -99,21 +99,27 @@ impl IommuKind {
             IommuKind::Generic
         }
     }
-}
 
-impl IommuKind {
-    /// Whether Linux 6.12 built with its own defaults gives translated
-    /// default domains a flush queue (lazy invalidation, sysfs type
-    /// `DMA-FQ`) when the command line says nothing: Kconfig's default is
-    /// `IOMMU_DEFAULT_DMA_LAZY` on x86, where VT-d and AMD-Vi live, and
-    /// `IOMMU_DEFAULT_DMA_STRICT` elsewhere. (A VT-d in caching mode, as a
-    /// hypervisor's virtual VT-d may be, makes the kernel strict: the
-    /// registers PCI shows cannot say so.)
-    pub fn lazy_by_default(self) -> bool {
+    /// Whether the IOMMU is an x86 one (VT-d, AMD-Vi, a virtio-iommu on a
+    /// PC): where Linux's x86 defaults apply (lazy invalidation) and the
+    /// IOMMU reports the hardware's MSI range instead of getting a
+    /// software MSI window.
+    pub fn is_x86(self) -> bool {
         matches!(
             self,
             IommuKind::IntelVtd | IommuKind::AmdVi | IommuKind::VirtioIommu { x86: true }
         )
+    }
+
+    /// Whether Linux 6.12 built with its own defaults gives translated
+    /// default domains a flush queue (lazy invalidation, sysfs type
+    /// `DMA-FQ`) when the command line says nothing: Kconfig's default is
+    /// `IOMMU_DEFAULT_DMA_LAZY` on x86 and `IOMMU_DEFAULT_DMA_STRICT`
+    /// elsewhere. (A VT-d in caching mode, as a hypervisor's virtual VT-d
+    /// may be, makes the kernel strict: the registers PCI shows cannot say
+    /// so.)
+    pub fn lazy_by_default(self) -> bool {
+        self.is_x86()
     }
 
     /// A virtio-iommu on the machine of `functions`: an x86 PC when its

@@ -292,13 +292,9 @@ impl PciPlatform {
         resv: &[(Bdf, ReservedRegion)],
     ) -> Result<Self, PlatformError> {
         // The software MSI window is an Arm SMMU's (and the generic
-        // IOMMU's); x86 IOMMUs report the hardware's MSI range instead.
-        let sw_msi = match platform.iommu {
-            iommu_pci::IommuKind::IntelVtd
-            | iommu_pci::IommuKind::AmdVi
-            | iommu_pci::IommuKind::VirtioIommu { x86: true } => None,
-            _ => Some(SW_MSI),
-        };
+        // IOMMU's); x86 IOMMUs report the hardware's MSI range instead
+        // (`driver_resv_regions`).
+        let sw_msi = (!platform.iommu.is_x86()).then_some(SW_MSI);
         Self::from_machine_on(machine, platform, config, resv, move |pci| {
             soft_driver_with(pci, sw_msi)
         })
