@@ -123,7 +123,10 @@ pub fn load(args: &MachineArgs) -> Result<Loaded, Failure> {
         && args.topology.is_none()
         && !args.demo;
     if this_machine {
-        let live = live_sysfs();
+        // `IOMMU_LIVE_SYSFS` names another tree: the tests play another
+        // host with it.
+        let played = std::env::var_os("IOMMU_LIVE_SYSFS").map(PathBuf::from);
+        let live = played.clone().unwrap_or_else(|| PathBuf::from("/sys"));
         let has_pci =
             std::fs::read_dir(live.join("bus/pci/devices")).is_ok_and(|mut d| d.next().is_some());
         if has_pci {
@@ -135,7 +138,7 @@ pub fn load(args: &MachineArgs) -> Result<Loaded, Failure> {
             })?;
             loaded.source = format!("this machine ({})", live.display());
             // The running kernel, unless the tests play another host.
-            loaded.kernel = std::env::var_os("IOMMU_LIVE_SYSFS")
+            loaded.kernel = played
                 .is_none()
                 .then(|| std::fs::read_to_string("/proc/sys/kernel/osrelease").ok())
                 .flatten()
@@ -203,12 +206,6 @@ fn name_devices(m: &mut Machine) {
             d.description = Some(ids.describe(&d.function));
         }
     }
-}
-
-/// The running kernel's sysfs: `/sys`, or the tree `IOMMU_LIVE_SYSFS`
-/// names (what the tests use to play another host).
-fn live_sysfs() -> PathBuf {
-    std::env::var_os("IOMMU_LIVE_SYSFS").map_or_else(|| PathBuf::from("/sys"), PathBuf::from)
 }
 
 /// The PCI platform options for a loaded machine.
@@ -330,12 +327,11 @@ pub fn build_on(
     };
     let bar =
         crate::progress::spinner(loaded.machine.devices.len() > 1000, "building the platform");
-    let functions = loaded.machine.functions();
     let config = config(
         policy,
         &platform.params,
         platform.iommu.lazy_by_default(),
-        platform.forces_strict(&functions),
+        platform.forces_strict(loaded.machine.devices.iter().map(|d| &d.function)),
     )?;
     let p = match make {
         None => PciPlatform::from_machine(loaded.machine.clone(), platform, config, &resv),

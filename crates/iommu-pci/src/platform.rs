@@ -141,11 +141,11 @@ impl IommuKind {
 /// that only rebuilt the bytes (`lspci -vvv` does not decode that
 /// capability) says nothing of it: then QEMU's IOMMU (subsystem vendor Red
 /// Hat) is known to set it, and hardware IOMMUs do not.
-pub fn amd_np_cache(functions: &[Function]) -> bool {
+pub fn amd_np_cache<'a>(functions: impl IntoIterator<Item = &'a Function>) -> bool {
     const SECURE_DEVICE_CAP: u8 = 0x0f;
     const NP_CACHE: u32 = 1 << 26;
     functions
-        .iter()
+        .into_iter()
         .filter(|f| f.vendor == vendor::AMD && f.class >> 8 == 0x0806)
         .any(|f| {
             if f.reconstructed {
@@ -297,7 +297,10 @@ impl Platform {
     /// non-present entries (NpCache, which only virtual AMD IOMMUs such as
     /// QEMU's report). (intel_iommu does the same on a VT-d in caching
     /// mode, which configuration space cannot show.)
-    pub fn forces_strict(&self, functions: &[Function]) -> Option<&'static str> {
+    pub fn forces_strict<'a>(
+        &self,
+        functions: impl IntoIterator<Item = &'a Function>,
+    ) -> Option<&'static str> {
         (self.iommu == IommuKind::AmdVi && amd_np_cache(functions)).then_some(
             "amd_iommu makes invalidation strict on an IOMMU that caches non-present entries (NpCache: a virtual AMD IOMMU)",
         )
