@@ -13,10 +13,12 @@ use std::fmt::Write as _;
 
 /// Drivers that leave a group's DMA to its owner (`driver_managed_dma`).
 fn manages_no_dma(driver: &str) -> bool {
-    driver == "vfio-pci"
-        || driver.ends_with("-vfio-pci")
-        || driver == "pci-stub"
-        || driver == "pcieport"
+    is_vfio(driver) || driver == "pci-stub" || driver == "pcieport"
+}
+
+/// vfio-pci, or one of its vendor variants (`mlx5-vfio-pci`, ...).
+fn is_vfio(driver: &str) -> bool {
+    driver == "vfio-pci" || driver.ends_with("-vfio-pci")
 }
 
 fn is_bridge(class: u32) -> bool {
@@ -97,7 +99,7 @@ pub fn report(
         let f = &d.function;
         let driver = d.driver.clone();
         let action = match driver.as_deref() {
-            Some(drv) if drv == "vfio-pci" || drv.ends_with("-vfio-pci") => Action::Ready,
+            Some(drv) if is_vfio(drv) => Action::Ready,
             _ if is_bridge(f.class) => Action::Stay,
             // A host or ISA bridge nobody drives is no DMA master to hand
             // over; with a driver, it must leave like any endpoint.
