@@ -92,6 +92,8 @@ struct Run {
     dir: PathBuf,
     iommu: String,
     cmdline: String,
+    /// The kernel's groups.
+    kernel: BTreeMap<u32, Group>,
 }
 
 impl Run {
@@ -110,6 +112,7 @@ impl Run {
             dir: dir.to_path_buf(),
             iommu,
             cmdline: read("cmdline.txt")?.trim().to_string(),
+            kernel: kernel_groups(&read("iommu-groups.txt")?)?,
         })
     }
 
@@ -123,10 +126,7 @@ impl Run {
     /// Every way the prediction from `input` (`--lspci` or `--lspci-x`
     /// with its file) differs from the kernel's groups.
     fn differences(&self, flag: &str, file: &str) -> Result<Vec<String>, String> {
-        let kernel = kernel_groups(
-            &std::fs::read_to_string(self.dir.join("iommu-groups.txt"))
-                .map_err(|e| e.to_string())?,
-        )?;
+        let kernel = &self.kernel;
         let path = self.dir.join(file);
         let (code, out, err) = iommu(&[
             "sysfs",
@@ -179,7 +179,7 @@ impl Run {
         }
         for p in predicted.values() {
             for d in &p.devices {
-                if of(&kernel, d).is_none() {
+                if of(kernel, d).is_none() {
                     problems.push(format!(
                         "{d}: predicted in a group, the kernel gave it none"
                     ));
