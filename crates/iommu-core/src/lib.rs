@@ -48,7 +48,7 @@ mod notifier;
 mod ops;
 mod resv;
 mod subsystem;
-mod sync;
+pub mod sync;
 mod sysfs;
 #[cfg(feature = "test-utils")]
 pub mod testing;
