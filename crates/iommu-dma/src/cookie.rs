@@ -1,13 +1,15 @@
 //! The DMA layer's state of one domain (Linux's `iommu_dma_cookie`): its
 //! IOVA space and, for DMA-FQ domains, its flush queue.
 
-use crate::fq::{FlushQueue, FqStats, FqTimeout, FqTimer, ThreadTimer};
+use crate::fq::{FlushQueue, FqStats, FqTimeout, FqTimer};
 use crate::quarantine::{free_memory, Memory, Quarantine, QuarantineStats};
+use crate::DmaCpus;
 use crate::{DmaError, DmaOptions};
+use alloc::sync::{Arc, Weak};
+use alloc::vec::Vec;
+use core::time::Duration;
 use iommu_core::{Capability, Device, Domain, Iommu, IotlbGather, ResvType, WeakDomain};
-use iommu_iova::{CpuId, IovaDomain, IovaStats, ThreadCpu};
-use std::sync::{Arc, OnceLock};
-use std::time::Duration;
+use iommu_iova::{CpuId, IovaDomain, IovaStats};
 
 /// Counts describing a DMA domain.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -21,7 +23,7 @@ pub struct DmaDomainStats {
 }
 
 pub(crate) struct DmaCookie {
-    pub(crate) iovad: IovaDomain<ThreadCpu>,
+    pub(crate) iovad: IovaDomain<DmaCpus>,
     domain: WeakDomain,
     /// The driver can defer invalidation (`IOMMU_CAP_DEFERRED_FLUSH`);
     /// without it a DMA-FQ domain behaves as DMA.
@@ -31,8 +33,9 @@ pub(crate) struct DmaCookie {
     /// Made the first time a lazy unmap needs it; `None` if the timer
     /// thread could not start (the domain then stays strict, as Linux falls
     /// back to DMA when its flush queue cannot be set up).
-    fq: OnceLock<Option<FlushQueue>>,
-    /// The caller's timer; `None`: the std one.
+    fq: spin::Once<Option<FlushQueue>>,
+    /// The caller's timer; `None`: the std one (without std: none, and
+    /// the domain stays strict).
     fq_timer: Option<Arc<dyn FqTimer>>,
     /// IOVAs whose invalidation did not complete.
     pub(crate) quarantine: Quarantine,
@@ -62,14 +65,15 @@ impl DmaCookie {
         let granule = bitmap & bitmap.wrapping_neg();
         let shift = granule.trailing_zeros();
         let base_pfn = (domain.geometry().aperture_start.raw() >> shift).max(1);
-        let iovad = IovaDomain::new(granule, base_pfn, opts.cpus).map_err(DmaError::Iova)?;
+        let iovad =
+            IovaDomain::new(granule, base_pfn, opts.cpus.clone()).map_err(DmaError::Iova)?;
         Ok(Self {
             iovad,
             domain: domain.downgrade(),
             fq_allowed,
             fq_size: opts.fq_size,
             fq_timeout: opts.fq_timeout,
-            fq: OnceLock::new(),
+            fq: spin::Once::new(),
             fq_timer: opts.fq_timer.clone(),
             quarantine: Quarantine::default(),
         })
@@ -112,20 +116,12 @@ impl DmaCookie {
             return None;
         }
         self.fq
-            .get_or_init(|| {
+            .call_once(|| {
                 let timer = match &self.fq_timer {
                     Some(t) => t.clone(),
-                    None => match ThreadTimer::shared() {
-                        Ok(t) => t,
-                        Err(e) => {
-                            tracing::warn!(
-                                "flush queue timer failed to start ({e}); staying strict"
-                            );
-                            return None;
-                        }
-                    },
+                    None => crate::fq::default_timer()?,
                 };
-                let target: std::sync::Weak<dyn FqTimeout> = Arc::downgrade(self) as _;
+                let target: Weak<dyn FqTimeout> = Arc::downgrade(self) as _;
                 Some(FlushQueue::new(
                     self.iovad.cpu_id().nr_cpus(),
                     self.fq_size,
@@ -282,12 +278,7 @@ impl DmaCookie {
 /// Frees a range this layer allocated from `iovad` (into `cpu`'s cache, or
 /// the current CPU's). The allocator refusing it would be a bug of this
 /// layer's bookkeeping: it is reported, and the range stays allocated.
-pub(crate) fn free_iova_on(
-    iovad: &IovaDomain<ThreadCpu>,
-    cpu: Option<usize>,
-    pfn: u64,
-    pages: u64,
-) {
+pub(crate) fn free_iova_on(iovad: &IovaDomain<DmaCpus>, cpu: Option<usize>, pfn: u64, pages: u64) {
     let r = match cpu {
         Some(cpu) => iovad.free_fast_on(cpu, pfn, pages),
         None => iovad.free_fast(pfn, pages),

@@ -5,13 +5,14 @@ use crate::cookie::{deferred_flush_capable, DmaCookie, DmaDomainStats};
 use crate::quarantine::Memory;
 use crate::sg::{self, SgMapping};
 use crate::track::{Api, Tracked, Tracker};
+use crate::DmaCpus;
 use crate::{dma_info_to_prot, ArchSync, DmaAddr, DmaAttrs, DmaDirection, DmaError, PageAllocator};
+use alloc::sync::Arc;
+use alloc::vec::Vec;
+use core::fmt;
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use core::time::Duration;
 use iommu_core::{Device, Domain, Iommu, Iova, PhysAddr, SgEntry};
-use iommu_iova::ThreadCpu;
-use std::fmt;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
 
 /// How a device is bound for DMA.
 #[derive(Clone)]
@@ -42,12 +43,13 @@ pub struct DmaOptions {
     /// Flush-queue timeout (used when the domain's cookie is made).
     pub fq_timeout: Duration,
     /// What runs flush-queue timeouts (used when the domain's cookie is
-    /// made); `None`: [`ThreadTimer`](crate::fq::ThreadTimer), one thread
-    /// for every domain of the process. A kernel passes its own timer.
+    /// made); `None`: with std, `ThreadTimer`, one thread for every domain
+    /// of the process; without, no timer, and DMA-FQ domains unmap
+    /// strictly. A kernel passes its own timer.
     pub fq_timer: Option<Arc<dyn crate::fq::FqTimer>>,
-    /// CPU ids for the IOVA caches and flush queues (used when the domain's
-    /// cookie is made).
-    pub cpus: ThreadCpu,
+    /// CPU ids for the IOVA caches, flush queues and handle shards (used
+    /// when the domain's cookie is made).
+    pub cpus: DmaCpus,
 }
 
 impl Default for DmaOptions {
@@ -64,7 +66,7 @@ impl Default for DmaOptions {
             fq_size: crate::fq::DEFAULT_FQ_SIZE,
             fq_timeout: crate::fq::DEFAULT_FQ_TIMEOUT,
             fq_timer: None,
-            cpus: ThreadCpu::available(),
+            cpus: DmaCpus::default(),
         }
     }
 }

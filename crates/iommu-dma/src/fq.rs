@@ -25,12 +25,18 @@
 //! reaches the buffer its owner just unmapped, never someone else's.
 
 use crate::quarantine::{Held, Quarantine};
+use crate::DmaCpus;
+use alloc::boxed::Box;
+use alloc::collections::VecDeque;
+use alloc::sync::{Arc, Weak};
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use core::time::Duration;
 use iommu_core::{Domain, IotlbGather};
-use iommu_iova::{CpuId, IovaDomain, ThreadCpu};
-use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, Weak};
-use std::time::{Duration, Instant};
+use iommu_iova::{CpuId, IovaDomain};
+#[cfg(feature = "std")]
+use std::sync::{Condvar, Mutex};
+#[cfg(feature = "std")]
+use std::time::Instant;
 
 /// Entries per CPU queue (Linux's `IOVA_DEFAULT_FQ_SIZE`).
 pub const DEFAULT_FQ_SIZE: usize = 256;
@@ -108,7 +114,7 @@ impl FlushQueue {
         &self,
         cpu: usize,
         ring: &mut VecDeque<Entry>,
-        iovad: &IovaDomain<ThreadCpu>,
+        iovad: &IovaDomain<DmaCpus>,
         domain: &Domain,
     ) {
         while ring
@@ -131,7 +137,7 @@ impl FlushQueue {
     /// cleared (Linux's `queue_iova`).
     pub(crate) fn queue(
         &self,
-        iovad: &IovaDomain<ThreadCpu>,
+        iovad: &IovaDomain<DmaCpus>,
         domain: &Domain,
         quarantine: &Quarantine,
         pfn: u64,
@@ -191,7 +197,7 @@ impl FlushQueue {
     /// needs the space back at once).
     pub(crate) fn timeout(
         &self,
-        iovad: &IovaDomain<ThreadCpu>,
+        iovad: &IovaDomain<DmaCpus>,
         domain: &Domain,
         quarantine: &Quarantine,
         all: bool,
@@ -243,10 +249,13 @@ impl FlushQueue {
     }
 }
 
-static LIVE_TIMER_THREADS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+#[cfg(feature = "std")]
+static LIVE_TIMER_THREADS: core::sync::atomic::AtomicUsize =
+    core::sync::atomic::AtomicUsize::new(0);
 
 /// Flush-queue timer threads running now, in the whole process: at most
 /// one, [`ThreadTimer`]'s, however many lazy domains there are.
+#[cfg(feature = "std")]
 pub fn live_timer_threads() -> usize {
     LIVE_TIMER_THREADS.load(Ordering::SeqCst)
 }
@@ -258,22 +267,54 @@ pub trait FqTimeout: Send + Sync {
     fn timeout(&self);
 }
 
-/// A timer for flush queues. The std build uses [`ThreadTimer`]; a kernel
-/// brings its own (`DmaOptions::fq_timer`).
+/// A timer for flush queues (Linux's `timer_list` on `fq_timer`). The std
+/// build uses `ThreadTimer` unless told otherwise; a kernel brings its own
+/// (`DmaOptions::fq_timer`): without one, a no_std build's DMA-FQ domains
+/// unmap strictly, as Linux's do when their flush queue cannot be set up.
+///
+/// What the kernel provides is small: remember `target` with a deadline,
+/// and from a context that may take the DMA layer's locks (a softirq, a
+/// kernel thread, the idle loop; not a hard interrupt handler that could
+/// have interrupted an unmap on the same CPU) call `timeout()` on it once
+/// the deadline passed, if it still upgrades. Late is fine (the stale
+/// window grows by as much); never is not: queued IOVAs are only reused
+/// after a flush, so a queue that is not full waits for its timer.
 pub trait FqTimer: Send + Sync {
     /// Calls `target.timeout()` once, `after` from now, if `target` is
     /// still alive then. A flush queue has at most one call pending.
     fn schedule(&self, after: Duration, target: Weak<dyn FqTimeout>);
 }
 
+/// The timer a domain gets when its options name none: the process's
+/// [`ThreadTimer`]; `None` (stay strict) if its thread cannot start.
+#[cfg(feature = "std")]
+pub(crate) fn default_timer() -> Option<Arc<dyn FqTimer>> {
+    match ThreadTimer::shared() {
+        Ok(t) => Some(t),
+        Err(e) => {
+            tracing::warn!("flush queue timer failed to start ({e}); staying strict");
+            None
+        }
+    }
+}
+
+/// Without std there is no timer to fall back on: the domain stays strict.
+#[cfg(not(feature = "std"))]
+pub(crate) fn default_timer() -> Option<Arc<dyn FqTimer>> {
+    tracing::warn!("no flush queue timer (DmaOptions::fq_timer); staying strict");
+    None
+}
+
 /// The std flush-queue timer: one thread serving the deadlines of every
 /// flush queue in the process, started by the first lazy domain and kept
 /// for the next ones (Linux's timers run off one per-CPU wheel too).
+#[cfg(feature = "std")]
 pub struct ThreadTimer {
     state: Mutex<ThreadTimerState>,
     cv: Condvar,
 }
 
+#[cfg(feature = "std")]
 #[derive(Default)]
 struct ThreadTimerState {
     /// Deadlines in order; the sequence number keeps equal deadlines apart.
@@ -281,14 +322,17 @@ struct ThreadTimerState {
     seq: u64,
 }
 
+#[cfg(feature = "std")]
 impl core::fmt::Debug for ThreadTimer {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("ThreadTimer").finish_non_exhaustive()
     }
 }
 
+#[cfg(feature = "std")]
 static SHARED_TIMER: Mutex<Option<Arc<ThreadTimer>>> = Mutex::new(None);
 
+#[cfg(feature = "std")]
 impl ThreadTimer {
     /// The process's timer, its thread started on first use.
     ///
@@ -350,6 +394,7 @@ impl ThreadTimer {
     }
 }
 
+#[cfg(feature = "std")]
 impl FqTimer for ThreadTimer {
     fn schedule(&self, after: Duration, target: Weak<dyn FqTimeout>) {
         let mut st = self.lock();

@@ -14,6 +14,16 @@
 //! flush queue; see [`fq`] for the bounded stale window). A group switched
 //! from DMA to DMA-FQ through sysfs becomes lazy at once.
 //!
+//! # Without std
+//!
+//! With `default-features = false` the crate is `no_std` + `alloc`, for a
+//! kernel: its locks are the core's (spin locks without std), and what std
+//! supplied comes from [`DmaOptions`]: the current CPU
+//! ([`DmaCpus::Kernel`], else every caller shares one CPU's caches) and the
+//! flush-queue timer ([`fq::FqTimer`], else DMA-FQ domains unmap
+//! strictly). `examples/kernel-x86` in the repository binds a device this
+//! way and builds for `x86_64-unknown-none`.
+//!
 //! ```
 //! use iommu_core::{Bus, DeviceBuilder, Iommu, PhysAddr};
 //! use iommu_dma::{DmaDevice, DmaDirection, DmaOptions};
@@ -35,9 +45,13 @@
 //! assert!(hw.translate(&dev, addr.into(), Access::Read).is_err());
 //! ```
 #![cfg_attr(docsrs, feature(doc_cfg))]
+#![cfg_attr(not(feature = "std"), no_std)]
 #![forbid(unsafe_code)]
 
+extern crate alloc;
+
 mod cookie;
+mod cpus;
 mod device;
 pub mod fq;
 mod phys;
@@ -48,14 +62,15 @@ pub mod testing;
 mod track;
 
 pub use cookie::DmaDomainStats;
+pub use cpus::DmaCpus;
 pub use device::{CoherentBuffer, DmaDevice, DmaOptions};
 pub use phys::{PageAllocator, PhysPool};
 pub use quarantine::QuarantineStats;
 pub use sg::{DmaSegment, SgMapping};
 
+use core::fmt;
 use iommu_core::{Errno, Iova, Prot};
 use iommu_iova::IovaError;
-use std::fmt;
 
 /// A bus address a device uses for DMA (Linux's `dma_addr_t`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -131,7 +146,7 @@ impl DmaAttrs {
     }
 }
 
-impl std::ops::BitOr for DmaAttrs {
+impl core::ops::BitOr for DmaAttrs {
     type Output = DmaAttrs;
     fn bitor(self, rhs: DmaAttrs) -> DmaAttrs {
         DmaAttrs(self.0 | rhs.0)
@@ -251,7 +266,7 @@ impl fmt::Display for DmaError {
     }
 }
 
-impl std::error::Error for DmaError {}
+impl core::error::Error for DmaError {}
 
 impl From<DmaError> for Errno {
     fn from(e: DmaError) -> Errno {

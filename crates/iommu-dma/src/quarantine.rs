@@ -30,12 +30,14 @@
 //! caller's live mappings.
 
 use crate::cookie::free_iova_on;
+use crate::DmaCpus;
 use crate::PageAllocator;
+use alloc::sync::Arc;
+use alloc::vec::Vec;
+use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use iommu_core::sync::{Mutex, MutexGuard};
 use iommu_core::{Domain, IotlbGather, PhysAddr};
-use iommu_iova::{IovaDomain, ThreadCpu};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
-use std::sync::Mutex;
+use iommu_iova::IovaDomain;
 
 /// Ranges held before new mappings are refused.
 pub const MAX_QUARANTINED: usize = 4096;
@@ -103,8 +105,8 @@ impl Default for Quarantine {
 }
 
 impl Quarantine {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Held>> {
-        self.held.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock(&self) -> MutexGuard<'_, Vec<Held>> {
+        self.held.lock()
     }
 
     /// Holds `[pfn, pfn + pages)` until a flush-all that starts after this
@@ -153,7 +155,7 @@ impl Quarantine {
     /// Frees what a flush-all issued by anyone since has covered; two
     /// loads when nothing is held or nothing is covered yet.
     #[inline]
-    pub(crate) fn release_flushed(&self, iovad: &IovaDomain<ThreadCpu>, domain: &Domain) {
+    pub(crate) fn release_flushed(&self, iovad: &IovaDomain<DmaCpus>, domain: &Domain) {
         if !self.is_empty() && domain.flushed_through(self.oldest.load(Ordering::Acquire)) {
             self.release(iovad, domain);
         }
@@ -166,7 +168,7 @@ impl Quarantine {
 
     /// Frees every held range a completed flush covers and whose page
     /// tables are clean; returns how many.
-    pub(crate) fn release(&self, iovad: &IovaDomain<ThreadCpu>, domain: &Domain) -> usize {
+    pub(crate) fn release(&self, iovad: &IovaDomain<DmaCpus>, domain: &Domain) -> usize {
         if self.is_empty() {
             return 0;
         }

@@ -10,6 +10,7 @@
 //! segment size.
 
 use crate::{DmaAddr, DmaDirection, DmaError};
+use alloc::vec::Vec;
 use iommu_core::{PhysAddr, SgEntry};
 
 /// One segment of a mapped list, as the device should be told it.

@@ -10,8 +10,10 @@
 //! 512 per CPU, 128 bytes each (64 KiB per CPU and device), at most 16384.
 
 use crate::{DmaDirection, DmaError};
-use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
+use alloc::boxed::Box;
+use core::hash::{BuildHasherDefault, Hasher};
+// hashbrown: std's own map, available without std.
+use hashbrown::HashMap;
 
 /// Which API made a mapping; each must be undone by its counterpart.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -690,3 +690,81 @@ fn a_flush_queue_runs_on_the_timer_the_caller_brings() {
     assert_eq!(dma.domain_stats().fq.queued, 0);
     assert_eq!(dma.domain_stats().fq.timeout_flushes, 1);
 }
+
+/// A kernel's CPU ids: each CPU the kernel names queues into its own ring,
+/// so a ring fills (and flushes) by that CPU's unmaps alone; with one
+/// shared CPU the same unmaps fill the one ring sooner.
+#[test]
+fn flush_queue_rings_follow_the_cpu_ids_the_caller_brings() {
+    use iommu_dma::fq::{FqTimeout, FqTimer};
+    use iommu_dma::DmaCpus;
+    use iommu_iova::CpuId;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Weak;
+
+    /// The kernel's per-CPU register, which the test moves between CPUs.
+    struct KernelCpus(AtomicUsize);
+    impl CpuId for KernelCpus {
+        fn nr_cpus(&self) -> usize {
+            2
+        }
+        fn current(&self) -> usize {
+            self.0.load(Ordering::Relaxed)
+        }
+    }
+    /// A timer that never fires: only full rings flush.
+    struct Never;
+    impl FqTimer for Never {
+        fn schedule(&self, _: std::time::Duration, _: Weak<dyn FqTimeout>) {}
+    }
+
+    let unmap_on = |dma: &iommu_dma::DmaDevice, cpus: Option<&KernelCpus>, cpu: usize| {
+        if let Some(c) = cpus {
+            c.0.store(cpu, Ordering::Relaxed);
+        }
+        let a = dma
+            .map_single(PhysAddr::new(BUF), 0x1000, Dir::ToDevice)
+            .unwrap();
+        dma.unmap_single(a, 0x1000, Dir::ToDevice).unwrap();
+    };
+
+    let cpus = Arc::new(KernelCpus(AtomicUsize::new(0)));
+    let w = world(1, false);
+    let dma = w.bind_with(
+        0,
+        DmaOptions {
+            fq_timer: Some(Arc::new(Never)),
+            fq_size: 2,
+            cpus: DmaCpus::Kernel(cpus.clone()),
+            ..DmaOptions::default()
+        },
+    );
+    for cpu in [0, 0, 1, 1] {
+        unmap_on(&dma, Some(&cpus), cpu);
+    }
+    let fq = dma.domain_stats().fq;
+    assert_eq!((fq.queued, fq.full_flushes), (4, 0), "two rings of two");
+    unmap_on(&dma, Some(&cpus), 0);
+    let fq = dma.domain_stats().fq;
+    assert_eq!(fq.full_flushes, 1, "CPU 0's ring was full");
+    assert_eq!(
+        fq.queued, 3,
+        "CPU 0's two freed, its new one and CPU 1's two wait"
+    );
+
+    let w = world(1, false);
+    let dma = w.bind_with(
+        0,
+        DmaOptions {
+            fq_timer: Some(Arc::new(Never)),
+            fq_size: 2,
+            cpus: DmaCpus::Single,
+            ..DmaOptions::default()
+        },
+    );
+    for _ in 0..3 {
+        unmap_on(&dma, None, 0);
+    }
+    let fq = dma.domain_stats().fq;
+    assert_eq!((fq.queued, fq.full_flushes), (1, 1), "one shared ring");
+}
