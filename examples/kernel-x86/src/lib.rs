@@ -1,21 +1,26 @@
 //! # Using the no_std IOMMU core in a kernel
 //!
-//! `iommu-core` with its default features off is `no_std` + `alloc`. What
-//! a kernel provides:
+//! `iommu-core` and `iommu-dma` with their default features off are
+//! `no_std` + `alloc`. What a kernel provides:
 //!
-//! - **an allocator**: a `#[global_allocator]` (groups, domains and the
-//!   driver's bookkeeping are heap objects), and memory for I/O page
-//!   tables through [`iommu_pgtable::TableMemory`]: zeroed, size-aligned
-//!   blocks whose physical address the IOMMU walks. A kernel whose heap
-//!   is identity-mapped (or reached through a direct map) can use
-//!   [`iommu_pgtable::HeapMemory`]; otherwise implement `TableMemory`
+//! - **an allocator**: a `#[global_allocator]` (groups, domains, IOVA
+//!   caches and the driver's bookkeeping are heap objects), and memory for
+//!   I/O page tables through [`iommu_pgtable::TableMemory`]: zeroed,
+//!   size-aligned blocks whose physical address the IOMMU walks. A kernel
+//!   whose heap is identity-mapped (or reached through a direct map) can
+//!   use [`iommu_pgtable::HeapMemory`]; otherwise implement `TableMemory`
 //!   over its page allocator and its phys-to-virt translation.
-//! - **locks**: without `std` the core takes `spin` locks; nothing sleeps,
-//!   so the core may be called with preemption off, but not from an
-//!   interrupt handler that can interrupt a holder on the same CPU.
-//! - **a timer**, only for lazy invalidation: the DMA layer's flush queue
-//!   drains on a timeout (`iommu_dma::fq::FqTimer`). `iommu-dma` needs
-//!   `std` today (its locks, clock and hash maps); the core does not.
+//! - **locks**: without `std` the core and the DMA layer take `spin` locks
+//!   ([`iommu_core::sync`]); nothing sleeps, so both may be called with
+//!   preemption off, but not from an interrupt handler that can interrupt
+//!   a holder on the same CPU.
+//! - **CPU ids**: the DMA layer keeps its IOVA caches and flush queues per
+//!   CPU and asks an [`iommu_iova::CpuId`] which CPU runs ([`KernelCpus`]:
+//!   a per-CPU register read). Without one every CPU shares one cache.
+//! - **a timer**, only for lazy invalidation: a DMA-FQ domain's flush
+//!   queue drains on a timeout ([`iommu_dma::fq::FqTimer`];
+//!   [`KernelTimer`] runs off the kernel's clock tick). Without one, DMA-FQ
+//!   domains unmap strictly.
 //! - **the hardware**: MMIO to the IOMMU's registers and DMA-able memory
 //!   for its tables and queues. That is the driver's business, behind the
 //!   two traits the core calls: [`IommuOps`] (one per IOMMU: devices,
@@ -26,7 +31,8 @@
 //! - **devices**: the kernel's PCI enumeration adds each function to a
 //!   [`Bus`] with its requester id as stream id; the core groups them
 //!   (the driver's `device_group`) and gives each group its default
-//!   domain when the bus gets its ops.
+//!   domain when the bus gets its ops. A device driver then binds its
+//!   device to the DMA layer ([`DmaDevice::bind`]) and maps buffers.
 //!
 //! [`KernelIommu`] below is such a driver for a VT-d-like IOMMU: second-
 //! level tables in VT-d's format, the hardware reached through the
@@ -35,8 +41,10 @@
 //! it) and runs on the host in this crate's tests:
 //!
 //! ```
-//! use iommu_kernel_example::{bring_up, Hardware};
+//! use iommu_dma::DmaDirection;
+//! use iommu_kernel_example::{bring_up, Hardware, Kernel};
 //! use iommu_types::{Errno, PhysAddr};
+//! use std::sync::atomic::{AtomicU64, Ordering};
 //! use std::sync::Mutex;
 //!
 //! /// What a real driver would write to the IOMMU, recorded.
@@ -53,19 +61,36 @@
 //!     }
 //! }
 //!
+//! // The kernel's clock (nanoseconds) and CPU register, played by statics.
+//! static NOW: AtomicU64 = AtomicU64::new(0);
+//! fn clock() -> u64 { NOW.load(Ordering::Relaxed) }
+//! fn this_cpu() -> usize { 0 }
+//!
 //! // The driver lives as long as the kernel: 'static.
 //! let hw: &'static Recorder = Box::leak(Box::default());
-//! // The NIC at 00:02.0 (requester id 0x10), its first DMA buffer mapped.
-//! let up = bring_up(hw, &[("0000:00:02.0", 0x10)]).unwrap();
-//! let log = hw.0.lock().unwrap();
-//! assert!(log.iter().any(|l| l.starts_with("context 0x0010 -> domain 1 root Some(")));
-//! drop(log);
-//! let iova = iommu_types::Iova::new(0x10_0000);
-//! assert_eq!(up.domain.iova_to_phys(iova), Some(PhysAddr::new(0x8000_0000)));
-//! // A strict unmap: the IOTLB is invalidated before it returns.
-//! assert_eq!(up.domain.unmap(iova, 0x1000), Ok(0x1000));
-//! assert!(hw.0.lock().unwrap().iter().any(|l| l == "invalidate domain 1 0x100000+0x1000"));
-//! assert_eq!(up.domain.iova_to_phys(iova), None);
+//! let kernel = Kernel::new(2, this_cpu, clock);
+//! // The NIC at 00:02.0 (requester id 0x10), bound for DMA.
+//! let up = bring_up(hw, &[("0000:00:02.0", 0x10)], &kernel).unwrap();
+//! assert!(hw.0.lock().unwrap().iter().any(|l| l.starts_with("context 0x0010 -> domain 1 root Some(")));
+//!
+//! // A receive buffer for the NIC: the IOVA translates to it.
+//! let buf = PhysAddr::new(0x8000_0000);
+//! let addr = up.nic.map_single(buf, 2048, DmaDirection::FromDevice).unwrap();
+//! assert_eq!(up.domain.iova_to_phys(addr.into()), Some(buf));
+//!
+//! // A lazy unmap (the default domain is DMA-FQ): the table entry is gone
+//! // at once, the IOTLB invalidation waits for the flush queue's timer.
+//! up.nic.unmap_single(addr, 2048, DmaDirection::FromDevice).unwrap();
+//! assert_eq!(up.domain.iova_to_phys(addr.into()), None);
+//! assert!(!hw.0.lock().unwrap().iter().any(|l| l.starts_with("invalidate")));
+//! assert_eq!(up.nic.domain_stats().fq.queued, 1);
+//!
+//! // 10 ms later the kernel's tick runs the timer: one flush-all, and the
+//! // IOVA may be handed out again.
+//! NOW.store(10_000_000, Ordering::Relaxed);
+//! assert_eq!(kernel.timer.run_expired(), 1);
+//! assert!(hw.0.lock().unwrap().iter().any(|l| l.starts_with("invalidate domain 1 0x0+")));
+//! assert_eq!(up.nic.domain_stats().fq.queued, 0);
 //! ```
 #![no_std]
 #![forbid(unsafe_code)]
@@ -73,14 +98,21 @@
 extern crate alloc;
 
 use alloc::boxed::Box;
-use alloc::sync::Arc;
+use alloc::sync::{Arc, Weak};
+use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU16, Ordering};
+use core::time::Duration;
+use iommu_core::sync::Mutex;
 use iommu_core::{
-    Bus, DeviceBuilder, Domain, DomainOps, DomainType, Iommu, IommuConfig, IommuOps, PagingOps,
+    Bus, Capability, DeviceBuilder, Domain, DomainOps, DomainType, Iommu, IommuConfig, IommuOps,
+    PagingOps,
 };
+use iommu_dma::fq::{FqTimeout, FqTimer};
+use iommu_dma::{DmaCpus, DmaDevice, DmaOptions};
+use iommu_iova::CpuId;
 use iommu_pgtable::vtd::VtdSl;
 use iommu_pgtable::{HeapMemory, IoPageTable};
-use iommu_types::{Errno, IotlbGather, Iova, PhysAddr, Prot};
+use iommu_types::{Errno, IotlbGather, PhysAddr};
 
 /// What the driver needs from the IOMMU hardware: a real driver writes
 /// context entries and queues invalidation descriptors here.
@@ -152,6 +184,12 @@ impl<H: Hardware + 'static> IommuOps for KernelIommu<H> {
     fn pgsize_bitmap(&self) -> u64 {
         (1 << 12) | (1 << 21) | (1 << 30)
     }
+
+    fn capable(&self, cap: Capability) -> bool {
+        // Unmaps may leave their invalidation to a flush queue: the
+        // hardware has a global invalidation (`flush_iotlb_all`).
+        matches!(cap, Capability::DeferredFlush)
+    }
 }
 
 impl<H: Hardware + 'static> DomainOps for KernelDomain<H> {
@@ -183,6 +221,90 @@ impl<H: Hardware + 'static> DomainOps for KernelDomain<H> {
     }
 }
 
+/// The kernel's CPU ids for the DMA layer's per-CPU caches and queues.
+pub struct KernelCpus {
+    nr: usize,
+    /// Reads the running CPU's index (the APIC id through a per-CPU
+    /// variable, with preemption off).
+    current: fn() -> usize,
+}
+
+impl CpuId for KernelCpus {
+    fn nr_cpus(&self) -> usize {
+        self.nr
+    }
+    fn current(&self) -> usize {
+        (self.current)()
+    }
+}
+
+/// The kernel's flush-queue timer: deadlines on the kernel's clock, run by
+/// its tick ([`run_expired`](Self::run_expired) from a softirq or a kernel
+/// thread; not from a hard interrupt that may have interrupted an unmap).
+pub struct KernelTimer {
+    /// Nanoseconds since boot.
+    clock: fn() -> u64,
+    due: Mutex<Vec<(u64, Weak<dyn FqTimeout>)>>,
+}
+
+impl KernelTimer {
+    /// Runs every timeout whose deadline passed; returns how many ran.
+    pub fn run_expired(&self) -> usize {
+        let now = (self.clock)();
+        let expired: Vec<_> = {
+            let mut due = self.due.lock();
+            let (gone, kept) = core::mem::take(&mut *due)
+                .into_iter()
+                .partition(|(at, _)| *at <= now);
+            *due = kept;
+            gone
+        };
+        // Outside the lock: a timeout may queue the next deadline.
+        let mut ran = 0;
+        for (_, target) in expired {
+            // A domain freed since it armed the timer is skipped.
+            if let Some(t) = target.upgrade() {
+                t.timeout();
+                ran += 1;
+            }
+        }
+        ran
+    }
+}
+
+impl FqTimer for KernelTimer {
+    fn schedule(&self, after: Duration, target: Weak<dyn FqTimeout>) {
+        let nanos = u64::try_from(after.as_nanos()).unwrap_or(u64::MAX);
+        let at = (self.clock)().saturating_add(nanos);
+        self.due.lock().push((at, target));
+    }
+}
+
+/// What the kernel lends the DMA layer: its CPU ids and its timer.
+pub struct Kernel {
+    /// The CPU ids.
+    pub cpus: Arc<KernelCpus>,
+    /// The timer (the kernel's tick calls its `run_expired`).
+    pub timer: Arc<KernelTimer>,
+}
+
+impl Kernel {
+    /// `nr_cpus` CPUs, `current` reading the running one, `clock` the time
+    /// since boot in nanoseconds.
+    pub fn new(nr_cpus: usize, current: fn() -> usize, clock: fn() -> u64) -> Kernel {
+        Kernel {
+            cpus: Arc::new(KernelCpus {
+                nr: nr_cpus.max(1),
+                current,
+            }),
+            timer: Arc::new(KernelTimer {
+                clock,
+                due: Mutex::new(Vec::new()),
+            }),
+        }
+    }
+}
+
 /// What [`bring_up`] leaves running.
 pub struct BroughtUp {
     /// The core.
@@ -191,23 +313,26 @@ pub struct BroughtUp {
     pub bus: Bus,
     /// The first device's default domain.
     pub domain: Domain,
+    /// The first device, bound for DMA (its driver maps buffers here).
+    pub nic: DmaDevice,
 }
 
 /// A kernel's IOMMU bring-up: the core, the PCI bus with `devices`
 /// (address, requester id) as the kernel's enumeration found them, the
 /// driver as the bus's ops (which groups the devices and gives each group
-/// its strict DMA default domain), and a first DMA buffer mapped for the
-/// first device: IOVA 0x100000 to physical 0x80000000.
+/// its lazy DMA-FQ default domain, as x86 kernels default to), and the
+/// first device bound to the DMA layer with the kernel's CPU ids and timer.
 ///
 /// # Errors
-/// What the core or the driver refuses.
+/// What the core, the driver or the DMA layer refuses.
 pub fn bring_up<H: Hardware + 'static>(
     hw: &'static H,
     devices: &[(&str, u32)],
+    kernel: &Kernel,
 ) -> Result<BroughtUp, Errno> {
     let iommu = Iommu::new(IommuConfig {
         passthrough: false,
-        strict: true,
+        strict: false,
     });
     let bus = Bus::new(&iommu, "pci")?;
     let mut first = None;
@@ -221,11 +346,21 @@ pub fn bring_up<H: Hardware + 'static>(
         .iommu_group()
         .and_then(|g| g.default_domain())
         .ok_or(Errno::ENODEV)?;
-    domain.map(
-        Iova::new(0x10_0000),
-        PhysAddr::new(0x8000_0000),
-        0x1000,
-        Prot::RW,
-    )?;
-    Ok(BroughtUp { iommu, bus, domain })
+    let cpus: Arc<dyn CpuId> = kernel.cpus.clone();
+    let nic = DmaDevice::bind(
+        &iommu,
+        &dev,
+        DmaOptions {
+            cpus: DmaCpus::Kernel(cpus),
+            fq_timer: Some(kernel.timer.clone()),
+            ..DmaOptions::default()
+        },
+    )
+    .map_err(Errno::from)?;
+    Ok(BroughtUp {
+        iommu,
+        bus,
+        domain,
+        nic,
+    })
 }

@@ -1,6 +1,6 @@
-//! The bare-metal side: what a kernel adds around the library, a heap
-//! and a panic handler, and a driver whose hardware calls a real kernel
-//! fills with register writes. Build it with
+//! The bare-metal side: what a kernel adds around the library, a heap,
+//! a panic handler, a clock and CPU ids, and a driver whose hardware calls
+//! a real kernel fills with register writes. Build it with
 //! `cargo build --target x86_64-unknown-none`.
 #![cfg_attr(target_os = "none", no_std, no_main)]
 
@@ -9,8 +9,9 @@ mod bare {
     extern crate alloc;
 
     use core::alloc::{GlobalAlloc, Layout};
-    use core::sync::atomic::{AtomicUsize, Ordering};
-    use iommu_kernel_example::{bring_up, Hardware};
+    use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+    use iommu_dma::DmaDirection;
+    use iommu_kernel_example::{bring_up, Hardware, Kernel};
     use iommu_types::{Errno, PhysAddr};
 
     /// The kernel's heap: a bump allocator over a static arena (a real
@@ -64,13 +65,35 @@ mod bare {
 
     static REGISTERS: Registers = Registers;
 
+    /// Nanoseconds since boot, advanced by the kernel's timer interrupt
+    /// (here: by the idle loop).
+    static NOW: AtomicU64 = AtomicU64::new(0);
+
+    fn clock() -> u64 {
+        NOW.load(Ordering::Relaxed)
+    }
+
+    /// One CPU in this example; a real kernel reads its per-CPU area.
+    fn this_cpu() -> usize {
+        0
+    }
+
     /// The kernel's entry, after its own set-up: PCI enumeration found the
-    /// NIC at 00:02.0.
+    /// NIC at 00:02.0; its driver maps a receive buffer and later unmaps it.
     #[no_mangle]
     pub extern "C" fn _start() -> ! {
-        let up = bring_up(&REGISTERS, &[("0000:00:02.0", 0x10)]);
-        core::mem::forget(up);
+        let kernel = Kernel::new(1, this_cpu, clock);
+        if let Ok(up) = bring_up(&REGISTERS, &[("0000:00:02.0", 0x10)], &kernel) {
+            let buf = PhysAddr::new(0x8000_0000);
+            if let Ok(addr) = up.nic.map_single(buf, 2048, DmaDirection::FromDevice) {
+                let _ = up.nic.unmap_single(addr, 2048, DmaDirection::FromDevice);
+            }
+            core::mem::forget(up);
+        }
         loop {
+            // The tick: time passes, expired flush-queue timeouts run.
+            NOW.fetch_add(1_000_000, Ordering::Relaxed);
+            kernel.timer.run_expired();
             core::hint::spin_loop();
         }
     }
