@@ -108,8 +108,8 @@ def read_module(ko):
     return data
 
 
-def module_order(kroot, release):
-    """The modules of MODULES and everything they depend on, dependencies
+def module_order(kroot, release, modules=MODULES):
+    """The modules of `modules` and everything they depend on, dependencies
     first, as (name, bytes): the dependencies come from each module's own
     `depends=` field, so no depmod is needed."""
     mdir = kroot / "lib" / "modules" / release
@@ -132,7 +132,7 @@ def module_order(kroot, release):
             visit(dep)
         order.append((ko.name.split(".ko")[0], data))
 
-    for name in MODULES:
+    for name in modules:
         if name.replace("_", "-") not in files:
             log(f"module {name} is not in this kernel (built in, or absent)")
         visit(name)
@@ -180,8 +180,9 @@ def copy_binary(binary, root):
         shutil.copy2(p.resolve(), dst)
 
 
-def setup():
-    """The kernel and the initramfs, built once into the cache."""
+def setup(init=HERE / "init", modules=MODULES, tag=""):
+    """The kernel and an initramfs with `init` and `modules`, built once
+    into the cache (`tag` tells initramfs of other judges apart)."""
     for tool in ["busybox", "lspci"]:
         if not shutil.which(tool):
             sys.exit(f"judge: {tool} is missing (apt-get install busybox-static pciutils)")
@@ -192,8 +193,8 @@ def setup():
     kroot = fetch_kernel()
     vmlinuz = next(kroot.glob("boot/vmlinuz-*"))
     release = vmlinuz.name[len("vmlinuz-"):]
-    initrd = CACHE / f"initrd-{release}.cpio.gz"
-    if initrd.exists() and initrd.stat().st_mtime >= (HERE / "init").stat().st_mtime:
+    initrd = CACHE / f"initrd{tag}-{release}.cpio.gz"
+    if initrd.exists() and initrd.stat().st_mtime >= Path(init).stat().st_mtime:
         return vmlinuz, initrd
     log(f"building the initramfs for {release}")
     with tempfile.TemporaryDirectory() as tmp:
@@ -201,13 +202,13 @@ def setup():
         for d in ["bin", "dev", "proc", "sys", "lib/modules", "usr/share/misc"]:
             (root / d).mkdir(parents=True, exist_ok=True)
         shutil.copy2(busybox, root / "bin" / "busybox")
-        shutil.copy2(HERE / "init", root / "init")
+        shutil.copy2(init, root / "init")
         copy_binary(shutil.which("lspci"), root)
         ids = Path("/usr/share/misc/pci.ids")
         if ids.exists():
             shutil.copy2(ids, root / "usr/share/misc/pci.ids")
         names = []
-        for name, data in module_order(kroot, release):
+        for name, data in module_order(kroot, release, modules):
             (root / "lib/modules" / f"{name}.ko").write_bytes(data)
             names.append(name)
         (root / "lib/modules/load-order").write_text("\n".join(names) + "\n")
