@@ -36,7 +36,8 @@ KERNEL_PACKAGE = os.environ.get("JUDGE_KERNEL_PACKAGE", "")
 # Modules the guests may need, loaded in dependency order when present:
 # the virtio-iommu, and igb (with what it needs) for SR-IOV.
 MODULES = ["virtio-iommu", "igb"]
-SECTIONS = ["cmdline", "kernel", "lspci-vvvnn", "lspci-xxxx", "iommu-groups", "drivers", "acpi-viot"]
+SECTIONS = ["cmdline", "kernel", "lspci-vvvnn", "lspci-xxxx", "iommu-groups", "drivers", "acpi-viot",
+            "acpi-dmar", "acpi-ivrs"]
 BOOT_TIMEOUT = int(os.environ.get("JUDGE_TIMEOUT", "120"))
 
 
