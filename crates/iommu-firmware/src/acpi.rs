@@ -1,0 +1,171 @@
+//! The header every ACPI table starts with (ACPI 6.5, section 5.2.6), read
+//! and written.
+
+use alloc::vec::Vec;
+
+/// Bytes in the header.
+pub const HEADER_LEN: usize = 36;
+
+/// A table's header fields (the length and checksum are the table's own,
+/// checked when read and computed when written).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Header {
+    /// The four-character signature (`DMAR`, `IVRS`, ...).
+    pub signature: [u8; 4],
+    /// The table's revision.
+    pub revision: u8,
+    /// The OEM's id.
+    pub oem_id: [u8; 6],
+    /// The OEM's name for the table.
+    pub oem_table_id: [u8; 8],
+    /// The OEM's revision of it.
+    pub oem_revision: u32,
+    /// Who made the table.
+    pub creator_id: [u8; 4],
+    /// Their revision.
+    pub creator_revision: u32,
+}
+
+/// Why bytes are not a table of the signature asked for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum HeaderError {
+    /// Fewer bytes than the header, or than the header's length field.
+    #[error("truncated: {need} bytes needed, {have} given")]
+    Truncated {
+        /// The bytes the table needs.
+        need: usize,
+        /// The bytes there are.
+        have: usize,
+    },
+    /// Another table.
+    #[error("signature {found:02x?}, not {want:?}")]
+    Signature {
+        /// What was asked for.
+        want: [u8; 4],
+        /// What the bytes say.
+        found: [u8; 4],
+    },
+    /// The table's bytes do not sum to zero.
+    #[error("checksum: the table's bytes sum to {sum:#04x}, not 0")]
+    Checksum {
+        /// What they sum to.
+        sum: u8,
+    },
+}
+
+pub(crate) fn u16_at(b: &[u8], at: usize) -> u16 {
+    u16::from_le_bytes([b[at], b[at + 1]])
+}
+
+pub(crate) fn u32_at(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+}
+
+pub(crate) fn u64_at(b: &[u8], at: usize) -> u64 {
+    u64::from(u32_at(b, at)) | u64::from(u32_at(b, at + 4)) << 32
+}
+
+fn array<const N: usize>(b: &[u8], at: usize) -> [u8; N] {
+    let mut a = [0; N];
+    a.copy_from_slice(&b[at..at + N]);
+    a
+}
+
+impl Header {
+    /// A header for a table with `signature`, made by this crate (creator
+    /// `IOMR`, revision 1).
+    pub fn new(
+        signature: [u8; 4],
+        revision: u8,
+        oem_id: [u8; 6],
+        oem_table_id: [u8; 8],
+        oem_revision: u32,
+    ) -> Header {
+        Header {
+            signature,
+            revision,
+            oem_id,
+            oem_table_id,
+            oem_revision,
+            creator_id: *b"IOMR",
+            creator_revision: 1,
+        }
+    }
+
+    /// Reads the header of a table with signature `want` and returns it
+    /// with the table's bytes (as long as its length field says; bytes
+    /// after it are not the table's). The checksum covers those bytes.
+    ///
+    /// # Errors
+    /// [`HeaderError`]: too short, another signature, a bad checksum.
+    pub fn parse(bytes: &[u8], want: [u8; 4]) -> Result<(Header, &[u8]), HeaderError> {
+        if bytes.len() < HEADER_LEN {
+            return Err(HeaderError::Truncated {
+                need: HEADER_LEN,
+                have: bytes.len(),
+            });
+        }
+        let found = array(bytes, 0);
+        if found != want {
+            return Err(HeaderError::Signature { want, found });
+        }
+        let len = u32_at(bytes, 4) as usize;
+        if len < HEADER_LEN || len > bytes.len() {
+            return Err(HeaderError::Truncated {
+                need: len.max(HEADER_LEN),
+                have: bytes.len(),
+            });
+        }
+        let table = &bytes[..len];
+        let sum = checksum(table);
+        if sum != 0 {
+            return Err(HeaderError::Checksum { sum });
+        }
+        Ok((
+            Header {
+                signature: found,
+                revision: bytes[8],
+                oem_id: array(bytes, 10),
+                oem_table_id: array(bytes, 16),
+                oem_revision: u32_at(bytes, 24),
+                creator_id: array(bytes, 28),
+                creator_revision: u32_at(bytes, 32),
+            },
+            table,
+        ))
+    }
+
+    /// Starts a table: the header with length and checksum zero, for
+    /// [`finish`] to fill in.
+    pub fn start(&self) -> Vec<u8> {
+        let mut b = Vec::with_capacity(64);
+        b.extend_from_slice(&self.signature);
+        b.extend_from_slice(&[0; 4]); // length, by finish
+        b.push(self.revision);
+        b.push(0); // checksum, by finish
+        b.extend_from_slice(&self.oem_id);
+        b.extend_from_slice(&self.oem_table_id);
+        b.extend_from_slice(&self.oem_revision.to_le_bytes());
+        b.extend_from_slice(&self.creator_id);
+        b.extend_from_slice(&self.creator_revision.to_le_bytes());
+        b
+    }
+}
+
+/// What `bytes` sum to (a valid table sums to 0).
+pub fn checksum(bytes: &[u8]) -> u8 {
+    bytes.iter().fold(0u8, |s, b| s.wrapping_add(*b))
+}
+
+/// Sets a table's length field and the checksum that makes it sum to 0.
+///
+/// # Panics
+/// If `table` is shorter than a header or longer than 4 GiB (a builder
+/// bug, not input).
+pub fn finish(table: &mut [u8]) {
+    assert!(table.len() >= HEADER_LEN, "a table has a header");
+    let len = u32::try_from(table.len()).expect("an ACPI table's length fits 32 bits");
+    table[4..8].copy_from_slice(&len.to_le_bytes());
+    table[9] = 0;
+    table[9] = 0u8.wrapping_sub(checksum(table));
+}
