@@ -4,12 +4,14 @@
 //! which root ports, devices and namespaces have ATS, SATC or ANDD entries.
 //!
 //! [`Dmar::parse`] reads a table as Linux's `dmar.c` does, with its rules:
-//! an unknown remapping structure type is kept and skipped, a zero-length
-//! or overlong structure ends the parse with an error (where Linux gives
-//! up on the table too), and an unknown device-scope type is kept. Past
-//! what Linux checks, every length is checked against the bytes that hold
-//! it, so any byte string parses or gets a [`DmarError`] naming the offset,
-//! in time and memory proportional to its length.
+//! an unknown remapping structure type is kept and skipped, a structure
+//! running past the table's end refuses the table, and an unknown
+//! device-scope type is kept. Where Linux is lenient this crate refuses
+//! instead, so that a table it reads is whole: a zero-length structure
+//! (Linux stops reading there and keeps what came before) and every length
+//! that does not fit the bytes holding it. Any byte string parses or gets
+//! a [`DmarError`] naming the offset, in time and memory proportional to
+//! its length.
 //!
 //! Which unit covers a PCI function is [`Dmar::drhd_for`]: a unit whose
 //! device scopes name the function or a bridge above it, else the
@@ -487,7 +489,7 @@ impl Dmar {
                 why,
             };
             if len == 0 {
-                return Err(bad("zero (Linux stops at it)"));
+                return Err(bad("zero (Linux stops reading the table there)"));
             }
             if at + len > table.len() {
                 return Err(bad("past the end of the table"));
