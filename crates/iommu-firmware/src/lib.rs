@@ -2,7 +2,8 @@
 //!
 //! A kernel learns where its IOMMUs are, and which devices each one
 //! translates, from the firmware: on Intel machines the ACPI DMAR table
-//! ([`dmar`]). This crate reads those tables as Linux's `dmar.c` does and
+//! ([`dmar`]), on AMD machines the IVRS ([`ivrs`]). This crate reads those
+//! tables with the rules Linux's `dmar.c` and `amd_iommu_init.c` apply and
 //! builds them (for a VMM or an emulated platform that must give its guest
 //! one), `no_std` + `alloc`, in time and memory bounded by the table's own
 //! length: every hostile byte is a typed error naming where it is, never a
@@ -33,3 +34,4 @@ extern crate alloc;
 
 pub mod acpi;
 pub mod dmar;
+pub mod ivrs;

@@ -3,56 +3,12 @@
 //! the functions Linux put in IOMMU groups.
 
 use iommu_firmware::dmar::{DeviceScope, Dmar, Drhd, Remapping, ScopeKind};
-use std::collections::BTreeMap;
+mod common;
+
+use common::{guest, hex, Guest};
 
 const DMAR: &str = include_str!("data/qemu-10.0-q35-intel-iommu.dmar.txt");
 const DEVICES: &str = include_str!("data/qemu-10.0-q35-intel-iommu.devices.txt");
-
-fn hex(text: &str) -> Vec<u8> {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .flat_map(|l| l.split_whitespace())
-        .map(|h| u8::from_str_radix(h, 16).expect("hex"))
-        .collect()
-}
-
-fn bdf(s: &str) -> u16 {
-    let n = |x: &str| u16::from_str_radix(x, 16).expect("hex");
-    let s = s.trim_start_matches("0000:");
-    n(&s[0..2]) << 8 | n(&s[3..5]) << 3 | n(&s[6..7])
-}
-
-/// The guest as its lspci and sysfs showed it.
-struct Guest {
-    functions: Vec<u16>,
-    /// Each bridge's (secondary, subordinate) bus.
-    bridges: BTreeMap<u16, (u8, u8)>,
-    /// The functions Linux put in groups.
-    grouped: Vec<u16>,
-}
-
-fn guest() -> Guest {
-    let (mut functions, mut bridges, mut grouped) = (Vec::new(), BTreeMap::new(), Vec::new());
-    for line in DEVICES.lines().filter(|l| !l.starts_with('#')) {
-        if let Some(dev) = line.strip_prefix("device ") {
-            grouped.push(bdf(dev));
-        } else if let Some(bus) = line.trim().strip_prefix("Bus: ") {
-            let num = |key: &str| {
-                let v = bus.split(key).nth(1).expect(key);
-                u8::from_str_radix(&v[..2], 16).expect("bus number")
-            };
-            let last = *functions.last().expect("a bridge's bus line follows it");
-            bridges.insert(last, (num("secondary="), num("subordinate=")));
-        } else {
-            functions.push(bdf(&line[..7]));
-        }
-    }
-    Guest {
-        functions,
-        bridges,
-        grouped,
-    }
-}
 
 #[test]
 fn qemus_dmar_parses_into_its_one_unit_and_builds_back_byte_for_byte() {
@@ -96,7 +52,7 @@ fn the_unit_covers_exactly_the_functions_linux_grouped() {
         functions,
         bridges,
         grouped,
-    } = guest();
+    } = guest(DEVICES);
     assert_eq!(functions.len(), 9, "the guest's functions");
     let secondary = |bus: u8, devfn: u8| {
         bridges
