@@ -166,6 +166,89 @@ pub fn finish(table: &mut [u8]) {
     assert!(table.len() >= HEADER_LEN, "a table has a header");
     let len = u32::try_from(table.len()).expect("an ACPI table's length fits 32 bits");
     table[4..8].copy_from_slice(&len.to_le_bytes());
-    table[9] = 0;
-    table[9] = 0u8.wrapping_sub(checksum(table));
+    fix_checksum(table);
+}
+
+/// One entry of a table's list of variable-length records (a DMAR
+/// remapping structure, an IVRS block): a 4-byte header with the type in
+/// byte 0 (or bytes 0-1) and the length, header included, in bytes 2-3.
+pub(crate) struct Record<'a> {
+    /// Where it starts in the table.
+    pub offset: usize,
+    /// Its type.
+    pub ty: u16,
+    /// Its bytes, header included.
+    pub bytes: &'a [u8],
+}
+
+/// A record that cannot be cut out of its table.
+pub(crate) struct RecordError {
+    pub offset: usize,
+    pub ty: u16,
+    pub len: usize,
+    pub why: &'static str,
+}
+
+/// The records of `table[from..]`, each checked to hold its header and to
+/// end within the table; the first that does not ends the walk with an
+/// error. `wide_type`: the type is 16 bits (DMAR), else 8 (IVRS).
+pub(crate) fn records(
+    table: &[u8],
+    from: usize,
+    wide_type: bool,
+) -> impl Iterator<Item = Result<Record<'_>, RecordError>> {
+    let mut at = from;
+    core::iter::from_fn(move || {
+        if at >= table.len() {
+            return None;
+        }
+        let left = table.len() - at;
+        let ty = if wide_type && left >= 2 {
+            u16_at(table, at)
+        } else {
+            u16::from(table[at])
+        };
+        let len = if left >= 4 {
+            usize::from(u16_at(table, at + 2))
+        } else {
+            left
+        };
+        let bad = |why| {
+            Some(Err(RecordError {
+                offset: at,
+                ty,
+                len,
+                why,
+            }))
+        };
+        let out = if left < 4 {
+            bad("the table ends inside its 4-byte header")
+        } else if len < 4 {
+            bad("shorter than its own 4-byte header")
+        } else if len > left {
+            bad("past the end of the table")
+        } else {
+            Some(Ok(Record {
+                offset: at,
+                ty,
+                bytes: &table[at..at + len],
+            }))
+        };
+        // An error ends the walk.
+        at = if matches!(out, Some(Ok(_))) {
+            at + len
+        } else {
+            table.len()
+        };
+        out
+    })
+}
+
+/// Sets the checksum byte so that the table sums to 0 (its length field
+/// as it is).
+pub fn fix_checksum(table: &mut [u8]) {
+    if table.len() > 9 {
+        table[9] = 0;
+        table[9] = 0u8.wrapping_sub(checksum(table));
+    }
 }

@@ -463,18 +463,18 @@ impl Dmar {
             flags: table[37],
             structures: Vec::new(),
         };
-        let mut at = FIRST_STRUCTURE;
-        while at < table.len() {
-            if table.len() - at < 4 {
-                return Err(DmarError::Structure {
-                    offset: at,
-                    ty: 0,
-                    len: table.len() - at,
-                    why: "a structure header needs 4 bytes",
-                });
-            }
-            let ty = u16_at(table, at);
-            let len = usize::from(u16_at(table, at + 2));
+        for record in acpi::records(table, FIRST_STRUCTURE, true) {
+            let acpi::Record {
+                offset: at,
+                ty,
+                bytes: s,
+            } = record.map_err(|e| DmarError::Structure {
+                offset: e.offset,
+                ty: e.ty,
+                len: e.len,
+                why: e.why,
+            })?;
+            let len = s.len();
             let fixed = match ty {
                 ty::DRHD => 16,
                 ty::RMRR => 24,
@@ -482,22 +482,14 @@ impl Dmar {
                 ty::RHSA => 20,
                 _ => 4,
             };
-            let bad = |why| DmarError::Structure {
-                offset: at,
-                ty,
-                len,
-                why,
-            };
-            if len == 0 {
-                return Err(bad("zero (Linux stops reading the table there)"));
-            }
-            if at + len > table.len() {
-                return Err(bad("past the end of the table"));
-            }
             if len < fixed {
-                return Err(bad("shorter than its type's fixed fields"));
+                return Err(DmarError::Structure {
+                    offset: at,
+                    ty,
+                    len,
+                    why: "shorter than its type's fixed fields",
+                });
             }
-            let s = &table[at..at + len];
             let scopes = || parse_scopes(table, at + fixed, at + len);
             dmar.structures.push(match ty {
                 ty::DRHD => Remapping::Drhd(Drhd {
@@ -542,7 +534,6 @@ impl Dmar {
                     body: s[4..].to_vec(),
                 },
             });
-            at += len;
         }
         Ok((header, dmar))
     }
@@ -741,8 +732,7 @@ mod tests {
     fn hostile_tables_get_the_error_that_names_them() {
         let good = sample().to_bytes(*b"OEMIDX", *b"TABLEID1", 7);
         let fix = |mut b: Vec<u8>| {
-            b[9] = 0;
-            b[9] = 0u8.wrapping_sub(acpi::checksum(&b));
+            acpi::fix_checksum(&mut b);
             b
         };
         // A zero-length structure.

@@ -396,31 +396,24 @@ impl Ivrs {
             reserved: u64_at(table, 40),
             blocks: Vec::new(),
         };
-        let mut at = FIRST_BLOCK;
-        while at < table.len() {
-            let ty = table[at];
-            let left = table.len() - at;
-            let len = if left >= 4 {
-                usize::from(u16_at(table, at + 2))
-            } else {
-                left
-            };
+        for record in acpi::records(table, FIRST_BLOCK, false) {
+            let acpi::Record {
+                offset: at,
+                ty,
+                bytes: b,
+            } = record.map_err(|e| IvrsError::Block {
+                offset: e.offset,
+                ty: e.ty as u8,
+                len: e.len,
+                why: e.why,
+            })?;
+            let (ty, len) = (ty as u8, b.len());
             let bad = |why| IvrsError::Block {
                 offset: at,
                 ty,
                 len,
                 why,
             };
-            if left < 4 {
-                return Err(bad("a block header needs 4 bytes"));
-            }
-            if len < 4 {
-                return Err(bad("shorter than a block's 4-byte header"));
-            }
-            if len > left {
-                return Err(bad("past the end of the table"));
-            }
-            let b = &table[at..at + len];
             let block = match ty {
                 0x10 | 0x11 | 0x40 => {
                     let fixed = Ivhd::fixed_len(ty);
@@ -464,7 +457,6 @@ impl Ivrs {
             // An IVMD longer than 32 bytes keeps only its 32: the builder
             // writes 32, so such a table does not build back the same.
             ivrs.blocks.push(block);
-            at += len;
         }
         Ok((header, ivrs))
     }
@@ -766,8 +758,7 @@ mod tests {
     fn hostile_tables_get_the_error_that_names_them() {
         let good = sample().to_bytes(*b"OEMIDX", *b"TABLEID1", 7);
         let fix = |mut b: Vec<u8>| {
-            b[9] = 0;
-            b[9] = 0u8.wrapping_sub(acpi::checksum(&b));
+            acpi::fix_checksum(&mut b);
             b
         };
         for short in [0u16, 3] {

@@ -48,3 +48,28 @@ pub fn guest(devices: &str) -> Guest {
         grouped,
     }
 }
+
+/// Every truncation of `bytes` fails to parse; every single-bit flip
+/// (checksum fixed, so that the structure checks see the byte) parses or
+/// fails without a panic, and what parses builds back to bytes that parse
+/// the same.
+pub fn every_truncation_and_flip<T: PartialEq + std::fmt::Debug, E: std::fmt::Debug>(
+    bytes: &[u8],
+    parse: impl Fn(&[u8]) -> Result<T, E>,
+    build: impl Fn(&T) -> Vec<u8>,
+) {
+    for len in 0..bytes.len() {
+        assert!(parse(&bytes[..len]).is_err(), "{len} bytes");
+    }
+    for at in 0..bytes.len() {
+        for bit in 0..8 {
+            let mut b = bytes.to_vec();
+            b[at] ^= 1 << bit;
+            iommu_firmware::acpi::fix_checksum(&mut b);
+            if let Ok(t) = parse(&b) {
+                let again = parse(&build(&t)).expect("what was built parses");
+                assert_eq!(again, t, "byte {at} bit {bit}");
+            }
+        }
+    }
+}
