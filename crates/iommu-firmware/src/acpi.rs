@@ -38,7 +38,7 @@ pub enum HeaderError {
         have: usize,
     },
     /// Another table.
-    #[error("signature {found:02x?}, not {want:?}")]
+    #[error("signature \"{}\", not \"{}\"", Printable(*found), Printable(*want))]
     Signature {
         /// What was asked for.
         want: [u8; 4],
@@ -51,6 +51,23 @@ pub enum HeaderError {
         /// What they sum to.
         sum: u8,
     },
+}
+
+/// A signature as text: its printable ASCII bytes as they are, the others
+/// as `\xNN`.
+struct Printable([u8; 4]);
+
+impl core::fmt::Display for Printable {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        for &b in &self.0 {
+            if b.is_ascii_graphic() || b == b' ' {
+                core::fmt::Write::write_char(f, char::from(b))?;
+            } else {
+                write!(f, "\\x{b:02x}")?;
+            }
+        }
+        Ok(())
+    }
 }
 
 pub(crate) fn u16_at(b: &[u8], at: usize) -> u16 {
@@ -250,5 +267,20 @@ pub fn fix_checksum(table: &mut [u8]) {
     if table.len() > 9 {
         table[9] = 0;
         table[9] = 0u8.wrapping_sub(checksum(table));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloc::string::ToString;
+
+    #[test]
+    fn a_wrong_signature_is_named_as_text() {
+        let e = HeaderError::Signature {
+            want: *b"DMAR",
+            found: [b'0', 0, b':', 0xff],
+        };
+        assert_eq!(e.to_string(), "signature \"0\\x00:\\xff\", not \"DMAR\"");
     }
 }

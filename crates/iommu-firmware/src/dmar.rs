@@ -262,8 +262,8 @@ pub struct Rmrr {
 impl Rmrr {
     /// Whether the range is what the specification asks: 4 KiB aligned at
     /// both ends and not empty. Linux warns of a firmware bug otherwise and
-    /// uses the range anyway; a caller that builds regions from it should
-    /// not (an end below the base would wrap).
+    /// uses the range anyway (an end below the base would wrap:
+    /// [`Dmar::rmrrs_for`] leaves such a range out).
     pub fn is_well_formed(&self) -> bool {
         self.base & 0xfff == 0 && self.limit & 0xfff == 0xfff && self.limit > self.base
     }
@@ -410,8 +410,10 @@ impl Dmar {
     }
 
     /// The reserved memory regions `bdf` of `segment` must have
-    /// identity-mapped (the RMRRs whose scopes name it or a bridge above
-    /// it), well-formed ones only.
+    /// identity-mapped: the RMRRs whose scopes name it or a bridge above
+    /// it. Like Linux, misaligned ones are kept (Linux warns of a firmware
+    /// bug and maps them); one whose limit is below its base, which would
+    /// wrap, is left out.
     pub fn rmrrs_for<'a>(
         &'a self,
         segment: u16,
@@ -422,7 +424,7 @@ impl Dmar {
         let bus = (bdf >> 8) as u8;
         self.rmrrs().filter(move |r| {
             r.segment == segment
-                && r.is_well_formed()
+                && r.limit >= r.base
                 && r.scopes.iter().any(|s| match s.resolve(secondary_bus) {
                     Some(b) if s.kind == ScopeKind::Endpoint => b == bdf,
                     Some(b) if s.kind == ScopeKind::Bridge => {
@@ -875,24 +877,26 @@ mod tests {
     }
 
     #[test]
-    fn rmrrs_apply_to_their_devices_when_well_formed() {
+    fn rmrrs_apply_to_their_devices_and_a_wrapping_one_to_none() {
         let mut d = sample();
-        d.push(Remapping::Rmrr(Rmrr {
-            segment: 0,
-            base: 0x5000,
-            limit: 0x4fff,
-            scopes: vec![DeviceScope::endpoint(0, 0x14, 0)],
-        }));
+        for (base, limit) in [(0x5000, 0x4fff), (0x6800, 0x6fff)] {
+            d.push(Remapping::Rmrr(Rmrr {
+                segment: 0,
+                base,
+                limit,
+                scopes: vec![DeviceScope::endpoint(0, 0x14, 0)],
+            }));
+        }
         let secondary = |_: u8, _: u8| None;
         let range = |_: u16| None;
         let got: Vec<_> = d
             .rmrrs_for(0, 0x00a0, &secondary, &range)
-            .map(|r| (r.base, r.limit))
+            .map(|r| (r.base, r.limit, r.is_well_formed()))
             .collect();
         assert_eq!(
             got,
-            vec![(0x3e00_0000, 0x3e7f_ffff)],
-            "the empty one is left out"
+            vec![(0x3e00_0000, 0x3e7f_ffff, true), (0x6800, 0x6fff, false)],
+            "the misaligned one kept, as Linux keeps it; the wrapping one left out"
         );
         assert_eq!(d.rmrrs_for(0, 0x0010, &secondary, &range).count(), 0);
     }
