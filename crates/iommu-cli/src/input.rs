@@ -37,6 +37,8 @@ pub struct Loaded {
     /// The kernel that made the input, when it says (this machine's
     /// running kernel).
     pub kernel: Option<KernelVersion>,
+    /// The firmware's DMAR table (`--dmar`, or the sysfs tree's).
+    pub dmar: Option<crate::dmar::Firmware>,
 }
 
 fn read_text(path: &str) -> Result<String, Failure> {
@@ -79,8 +81,32 @@ fn strip_line(e: &ImportError) -> String {
     }
 }
 
-/// Reads the machine `args` names, or the default platform.
-pub fn load(args: &MachineArgs) -> Result<Loaded, Failure> {
+/// Reads the machine `args` names, or the default platform, with the
+/// firmware's DMAR where there is one: `dmar` (`--dmar`), or the one in the sysfs
+/// tree read (this machine's /sys included).
+pub fn load(args: &MachineArgs, dmar: Option<&Path>) -> Result<Loaded, Failure> {
+    let (mut loaded, tree) = load_machine(args)?;
+    if let Some(p) = dmar {
+        loaded.dmar = Some(crate::dmar::read(p)?);
+    } else if let Some(p) = tree
+        .map(|t| t.join("firmware/acpi/tables/DMAR"))
+        .filter(|p| p.exists())
+    {
+        // The tree's own table: one that cannot be read leaves the
+        // prediction without it, said so, rather than refusing the machine.
+        match crate::dmar::read(&p) {
+            Ok(fw) => loaded.dmar = Some(fw),
+            Err(Failure::Input(why)) => note(&format!(
+                "{why}; predicting without it (no RMRR regions, every function covered)"
+            )),
+            Err(other) => return Err(other),
+        }
+    }
+    Ok(loaded)
+}
+
+/// The machine `args` names, and the sysfs tree it came from (if any).
+fn load_machine(args: &MachineArgs) -> Result<(Loaded, Option<PathBuf>), Failure> {
     let plain = |source: String, machine: Machine| Loaded {
         source,
         machine,
@@ -89,6 +115,7 @@ pub fn load(args: &MachineArgs) -> Result<Loaded, Failure> {
         default: false,
         iommu_off: false,
         kernel: None,
+        dmar: None,
     };
     // An input without a single function is a mistake (an empty file, the
     // wrong file), never a machine without devices.
@@ -104,7 +131,7 @@ pub fn load(args: &MachineArgs) -> Result<Loaded, Failure> {
         if m.devices.is_empty() {
             return Err(no_functions(p, "sudo lspci -vvvnn"));
         }
-        return Ok(plain(p.clone(), m));
+        return Ok((plain(p.clone(), m), None));
     }
     if let Some(p) = &args.lspci_x {
         let text = read_text(p)?;
@@ -113,7 +140,7 @@ pub fn load(args: &MachineArgs) -> Result<Loaded, Failure> {
             return Err(no_functions(p, "sudo lspci -xxxx"));
         }
         name_devices(&mut m);
-        return Ok(plain(p.clone(), m));
+        return Ok((plain(p.clone(), m), None));
     }
     // Without an input: this machine, as ls-iommu reads it, where it has
     // PCI devices in sysfs; the demo platform elsewhere, said so.
@@ -143,12 +170,13 @@ pub fn load(args: &MachineArgs) -> Result<Loaded, Failure> {
                 .then(|| std::fs::read_to_string("/proc/sys/kernel/osrelease").ok())
                 .flatten()
                 .and_then(|r| r.parse().ok());
-            return Ok(loaded);
+            return Ok((loaded, Some(live)));
         }
         note("no PCI devices in /sys/bus/pci here: showing the demo platform (--demo)");
     }
     if let Some(dir) = &args.sysfs {
-        return load_sysfs(dir).map_err(|e| Failure::Input(e.to_string()));
+        let loaded = load_sysfs(dir).map_err(|e| Failure::Input(e.to_string()))?;
+        return Ok((loaded, Some(dir.clone())));
     }
     let (source, text, default) = match &args.topology {
         Some(p) => (p.clone(), read_text(p)?, false),
@@ -162,15 +190,19 @@ pub fn load(args: &MachineArgs) -> Result<Loaded, Failure> {
     if t.machine.devices.is_empty() {
         return Err(Failure::Input(format!("{source}: no functions")));
     }
-    Ok(Loaded {
-        source,
-        machine: t.machine,
-        quirks: t.quirks,
-        not_covered: t.not_covered,
-        default,
-        iommu_off: false,
-        kernel: None,
-    })
+    Ok((
+        Loaded {
+            source,
+            machine: t.machine,
+            quirks: t.quirks,
+            not_covered: t.not_covered,
+            default,
+            iommu_off: false,
+            kernel: None,
+            dmar: None,
+        },
+        None,
+    ))
 }
 
 /// A live or copied sysfs tree: its functions, named, and whether its
@@ -192,6 +224,7 @@ fn load_sysfs(dir: &Path) -> Result<Loaded, SysfsError> {
         default: false,
         iommu_off,
         kernel: None,
+        dmar: None,
     })
 }
 
@@ -219,6 +252,8 @@ pub fn platform(loaded: &Loaded, args: &PlatformArgs) -> Result<Platform, Failur
     }
     let iommu = match args.iommu {
         IommuArg::Auto if loaded.default => IommuKind::Generic,
+        // The firmware describes VT-d units: the IOMMU is one.
+        IommuArg::Auto if loaded.dmar.is_some() => IommuKind::IntelVtd,
         IommuArg::Auto => IommuKind::detect(&loaded.machine.functions()),
         IommuArg::Generic => IommuKind::Generic,
         IommuArg::IntelVtd => IommuKind::IntelVtd,
@@ -232,13 +267,33 @@ pub fn platform(loaded: &Loaded, args: &PlatformArgs) -> Result<Platform, Failur
             .map_err(|e| Failure::Input(format!("--kernel {v}: {e}")))?,
         None => loaded.kernel.unwrap_or_default(),
     };
+    let mut not_covered = loaded.not_covered.clone();
+    if let Some(fw) = &loaded.dmar {
+        if iommu == IommuKind::IntelVtd {
+            let (outside, _) = crate::dmar::apply(&loaded.machine, &fw.dmar);
+            if !outside.is_empty() {
+                note(&format!(
+                    "{}: no VT-d unit covers {} function{}; Linux gives them no group",
+                    fw.source,
+                    outside.len(),
+                    if outside.len() == 1 { "" } else { "s" }
+                ));
+            }
+            not_covered.extend(outside);
+        } else {
+            note(&format!(
+                "{}: a DMAR describes VT-d units, but the IOMMU is {iommu}: the table is left aside",
+                fw.source
+            ));
+        }
+    }
     Ok(Platform {
         kernel,
         iommu,
         params,
         linux_quirks: !args.no_quirks,
         quirks: loaded.quirks.clone(),
-        not_covered: loaded.not_covered.clone(),
+        not_covered,
     })
 }
 
@@ -320,11 +375,15 @@ pub fn build_on(
     policy: &Policy,
     make: Option<MakeDriver<'_>>,
 ) -> Result<PciPlatform, Failure> {
-    let resv = if loaded.default {
+    let mut resv = if loaded.default {
         vec![("00:14.0".parse().expect("an address"), USB_RMRR)]
     } else {
         Vec::new()
     };
+    // The firmware's RMRRs, as the VT-d driver reports them.
+    if let (Some(fw), IommuKind::IntelVtd) = (&loaded.dmar, platform.iommu) {
+        resv.extend(crate::dmar::apply(&loaded.machine, &fw.dmar).1);
+    }
     let bar =
         crate::progress::spinner(loaded.machine.devices.len() > 1000, "building the platform");
     let config = config(

@@ -12,6 +12,7 @@ mod bench;
 mod bench_dma;
 mod bench_pci;
 mod bench_virtio;
+mod dmar;
 mod dot;
 mod groups;
 mod input;
@@ -218,6 +219,13 @@ pub struct PlatformArgs {
     /// Ignore Linux's quirk tables (registers only)
     #[arg(long)]
     no_quirks: bool,
+    /// The firmware's DMAR table, a copy of
+    /// /sys/firmware/acpi/tables/DMAR (root can read it): which functions a
+    /// VT-d unit covers, and the RMRRs Linux reports as `direct` reserved
+    /// regions; read from /sys on this machine and from a --sysfs tree
+    /// that has one
+    #[arg(long, value_name = "FILE")]
+    dmar: Option<PathBuf>,
 }
 
 /// Options of `iommu groups`.

@@ -298,10 +298,13 @@ pub fn sysfs_entries(iommu: &Iommu) -> Vec<SysfsEntry> {
 /// `iommu run`.
 pub fn main_job(args: &RunArgs) -> Result<(), Failure> {
     trace(&args.trace)?;
-    let loaded = input::load(&MachineArgs {
-        demo: true,
-        ..MachineArgs::default()
-    })?;
+    let loaded = input::load(
+        &MachineArgs {
+            demo: true,
+            ..MachineArgs::default()
+        },
+        None,
+    )?;
     let platform = input::platform(&loaded, &PlatformArgs::default())?;
     let n = Narrative::new(args.json);
     let make: Option<input::MakeDriver<'_>> = match args.iommu {

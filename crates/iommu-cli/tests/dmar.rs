@@ -1,0 +1,194 @@
+//! The firmware's DMAR on an Intel machine: its RMRRs become the `direct`
+//! reserved regions Linux reports, the functions no VT-d unit covers get no
+//! group, a sysfs tree's own table is read without being asked, and a file
+//! that is not a DMAR is refused.
+
+mod common;
+
+use common::{iommu, scratch};
+use iommu_firmware::dmar::{DeviceScope, Dmar, Drhd, Remapping, Rmrr};
+
+/// Graphics, USB, a root port with a NIC behind it, the LPC bridge, SMBus.
+const TOPOLOGY: &str = "\
+00:00.0 host-bridge
+00:02.0 rc-endpoint id=8086:3e92 class=030000
+00:14.0 rc-endpoint id=8086:a36d class=0c0330
+00:1c.0 root-port buses=01-01 acs=SV,RR,CR,UF
+01:00.0 endpoint id=10ec:8168 class=0200
+00:1f.0 rc-endpoint id=8086:a30e class=0601 multifunction
+00:1f.4 rc-endpoint id=8086:a323 class=0c05
+";
+
+/// A laptop's table: a unit for the graphics, one for everything else
+/// (unless `gfx_only`), RMRRs for the graphics' stolen memory, the USB
+/// controller's legacy emulation and (a firmware bug seen in the wild) a
+/// root port's subtree.
+fn dmar(gfx_only: bool) -> Vec<u8> {
+    let mut d = Dmar::new(38);
+    d.push(Remapping::Drhd(Drhd {
+        flags: 0,
+        size: 0,
+        segment: 0,
+        register_base: 0xfed9_0000,
+        scopes: vec![DeviceScope::endpoint(0, 2, 0)],
+    }));
+    if !gfx_only {
+        d.push(Remapping::Drhd(Drhd {
+            flags: Drhd::INCLUDE_PCI_ALL,
+            size: 0,
+            segment: 0,
+            register_base: 0xfed9_1000,
+            scopes: vec![DeviceScope::ioapic(2, 0, 0xf8)],
+        }));
+    }
+    for (base, limit, scope) in [
+        (0x3c00_0000, 0x3fff_ffff, DeviceScope::endpoint(0, 2, 0)),
+        (0x3b8e_0000, 0x3b8f_ffff, DeviceScope::endpoint(0, 0x14, 0)),
+        (0x3a00_0000, 0x3a00_ffff, DeviceScope::bridge(0, 0x1c, 0)),
+    ] {
+        d.push(Remapping::Rmrr(Rmrr {
+            segment: 0,
+            base,
+            limit,
+            scopes: vec![scope],
+        }));
+    }
+    d.to_bytes(*b"TESTOE", *b"LAPTOP01", 1)
+}
+
+fn files(name: &str, gfx_only: bool) -> (std::path::PathBuf, String, String) {
+    let dir = scratch(name);
+    let topo = dir.join("laptop.topo");
+    let table = dir.join("dmar.bin");
+    std::fs::write(&topo, TOPOLOGY).unwrap();
+    std::fs::write(&table, dmar(gfx_only)).unwrap();
+    let s = |p: &std::path::Path| p.to_str().unwrap().to_string();
+    (dir.clone(), s(&topo), s(&table))
+}
+
+/// The `reserved_regions` lines of `device`'s group in `iommu sysfs` output.
+fn regions(sysfs: &str, device: &str) -> Vec<String> {
+    // Under kernel/iommu_groups, each group lists its devices before its
+    // reserved regions.
+    let groups = &sysfs[sysfs.find("iommu_groups/").expect("the groups")..];
+    let at = groups
+        .find(&format!("{device} ->"))
+        .unwrap_or_else(|| panic!("{device} in\n{sysfs}"));
+    let rest = &groups[at..];
+    let end = rest.find("type:").expect("the group's type line");
+    rest[..end]
+        .lines()
+        .filter_map(|l| {
+            let l = l.trim().trim_start_matches("reserved_regions:").trim();
+            let l = l.trim_start_matches('|').trim();
+            l.starts_with("0x").then(|| l.to_string())
+        })
+        .collect()
+}
+
+#[test]
+fn rmrrs_become_direct_regions_relaxable_only_for_usb_and_graphics() {
+    let (_dir, topo, table) = files("dmar-rmrr", false);
+    let (code, out, err) = iommu(&["sysfs", "--topology", &topo, "--dmar", &table]);
+    assert_eq!(code, 0, "{err}");
+    let msi = "0x00000000fee00000 0x00000000feefffff msi".to_string();
+    assert_eq!(
+        regions(&out, "0000:00:02.0"),
+        [
+            "0x000000003c000000 0x000000003fffffff direct-relaxable".to_string(),
+            msi.clone()
+        ]
+    );
+    assert_eq!(
+        regions(&out, "0000:00:14.0"),
+        [
+            "0x000000003b8e0000 0x000000003b8fffff direct-relaxable".to_string(),
+            msi.clone()
+        ]
+    );
+    // A bridge scope: the port itself and what is below it, not relaxable.
+    for dev in ["0000:00:1c.0", "0000:01:00.0"] {
+        assert_eq!(
+            regions(&out, dev),
+            [
+                "0x000000003a000000 0x000000003a00ffff direct".to_string(),
+                msi.clone()
+            ],
+            "{dev}"
+        );
+    }
+    assert_eq!(regions(&out, "0000:00:1f.4"), [msi]);
+    // Without the table: none of the RMRR ranges.
+    let (code, plain, _) = iommu(&["sysfs", "--topology", &topo, "--iommu", "intel-vtd"]);
+    assert_eq!(code, 0);
+    for rmrr in [
+        "0x000000003c000000",
+        "0x000000003b8e0000",
+        "0x000000003a000000",
+    ] {
+        assert!(!plain.contains(rmrr), "{rmrr}");
+    }
+}
+
+#[test]
+fn functions_no_unit_covers_get_no_group_and_the_note_says_so() {
+    let (_dir, topo, table) = files("dmar-uncovered", true);
+    let (code, out, err) = iommu(&["groups", "--topology", &topo, "--dmar", &table]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("00:02.0"), "{out}");
+    for dev in ["00:14.0", "00:1c.0", "01:00.0", "00:1f.0", "00:1f.4"] {
+        assert!(!out.contains(dev), "{dev} has no unit:\n{out}");
+    }
+    assert!(
+        err.contains("no VT-d unit covers 6 functions; Linux gives them no group"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_sysfs_tree_with_a_dmar_is_read_with_it() {
+    let (dir, topo, table) = files("dmar-sysfs", false);
+    let root = dir.join("sys");
+    let root_s = root.to_str().unwrap();
+    let (code, _, err) = iommu(&["sysfs", "--topology", &topo, "--export", root_s]);
+    assert_eq!(code, 0, "{err}");
+    let tables = root.join("firmware/acpi/tables");
+    std::fs::create_dir_all(&tables).unwrap();
+    std::fs::copy(&table, tables.join("DMAR")).unwrap();
+    let (code, out, err) = iommu(&["sysfs", "--sysfs", root_s]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        regions(&out, "0000:01:00.0")[0],
+        "0x000000003a000000 0x000000003a00ffff direct"
+    );
+    // A tree whose table does not parse is read without it, said so.
+    std::fs::write(tables.join("DMAR"), b"DMAR").unwrap();
+    let (code, out, err) = iommu(&["sysfs", "--sysfs", root_s]);
+    assert_eq!(code, 0, "{err}");
+    assert!(!out.contains("0x000000003a000000"));
+    assert!(
+        err.contains("DMAR: truncated") && err.contains("predicting without it"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_file_that_is_not_a_dmar_is_refused_naming_it() {
+    let (dir, topo, table) = files("dmar-bad", false);
+    let wrong = dir.join("wrong.bin");
+    std::fs::write(&wrong, b"IVRS and then some bytes that are no table").unwrap();
+    let mut cut = std::fs::read(&table).unwrap();
+    cut.truncate(60);
+    let short = dir.join("short.bin");
+    std::fs::write(&short, &cut).unwrap();
+    for (f, why) in [
+        (wrong.to_str().unwrap(), "signature \"IVRS\", not \"DMAR\""),
+        (short.to_str().unwrap(), "truncated"),
+        ("/nonexistent/dmar.bin", "No such file"),
+    ] {
+        let (code, out, err) = iommu(&["groups", "--topology", &topo, "--dmar", f]);
+        assert_eq!(code, 2, "{f}: {out}");
+        assert!(out.is_empty());
+        assert!(err.contains(f) && err.contains(why), "{err}");
+    }
+}
