@@ -128,16 +128,30 @@ impl Run {
     fn differences(&self, flag: &str, file: &str) -> Result<Vec<String>, String> {
         let kernel = &self.kernel;
         let path = self.dir.join(file);
-        let (code, out, err) = iommu(&[
-            "sysfs",
-            flag,
-            path.to_str().expect("a UTF-8 path"),
-            "--iommu",
-            &self.iommu,
-            "--cmdline",
-            &self.cmdline,
-            "--json",
-        ]);
+        let mut args = vec![
+            "sysfs".to_string(),
+            flag.to_string(),
+            path.to_str().expect("a UTF-8 path").to_string(),
+            "--iommu".to_string(),
+            self.iommu.clone(),
+            "--cmdline".to_string(),
+            self.cmdline.clone(),
+            "--json".to_string(),
+        ];
+        // The firmware's DMAR, where the guest wrote it out (hex bytes).
+        let hex = std::fs::read_to_string(self.dir.join("acpi-dmar.txt")).unwrap_or_default();
+        let bytes: Vec<u8> = hex
+            .split_whitespace()
+            .map(|h| u8::from_str_radix(h, 16).map_err(|e| format!("acpi-dmar.txt: {e}")))
+            .collect::<Result<_, _>>()?;
+        if !bytes.is_empty() {
+            let table = common::scratch(&format!("judge-dmar-{}", self.name())).join("DMAR");
+            std::fs::write(&table, bytes).map_err(|e| e.to_string())?;
+            args.push("--dmar".to_string());
+            args.push(table.to_str().expect("a UTF-8 path").to_string());
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (code, out, err) = iommu(&args);
         if code != 0 {
             return Err(format!("iommu sysfs {flag} exited {code}: {err}"));
         }
