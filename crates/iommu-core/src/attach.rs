@@ -29,6 +29,20 @@ pub(crate) fn set_domain(st: &mut GroupState, new: Option<&Domain>) -> Result<()
     if st.domain.as_ref() == new {
         return Ok(());
     }
+    // A device whose firmware asks for a 1:1 mapping (a `direct` reserved
+    // region: an RMRR the firmware keeps using) may not have its DMA
+    // blocked (Linux's `require_direct`): blocking the group fails whole.
+    if let Some(d) = new {
+        if d.ty() == DomainType::Blocked || Some(d) == st.blocking_domain.as_ref() {
+            if let Some(gd) = st.devices.iter().find(|gd| requires_direct(&gd.dev)) {
+                crate::trace::warn!(
+                    dev = gd.dev.name(),
+                    "the firmware asks for a 1:1 mapping of this device: its DMA cannot be blocked"
+                );
+                return Err(Errno::EINVAL);
+            }
+        }
+    }
     let old = st.domain.clone();
     match new {
         Some(domain) => {
@@ -64,6 +78,13 @@ pub(crate) fn set_domain(st: &mut GroupState, new: Option<&Domain>) -> Result<()
     }
     st.domain = new.cloned();
     Ok(())
+}
+
+/// Whether `dev` has a `direct` reserved region (not a relaxable one).
+fn requires_direct(dev: &Device) -> bool {
+    crate::subsystem::device_resv_regions(dev)
+        .iter()
+        .any(|r| r.ty == crate::ResvType::Direct)
 }
 
 /// Where a group goes when it leaves a domain: the blocking domain while

@@ -684,3 +684,51 @@ fn a_domain_attaches_only_through_the_iommu_that_allocated_it() {
     w.iommu.attach_group(&own, &gb).unwrap();
     assert_eq!(other.attached_domain("b"), Some(own.id()));
 }
+
+/// A device whose firmware keeps using memory for DMA (a `direct`
+/// reserved region, an RMRR) may not have its DMA blocked: claiming its
+/// group for a user (VFIO) fails with EINVAL and changes nothing, as
+/// Linux's `require_direct` check makes it; a relaxable region does not
+/// stand in the way.
+#[test]
+fn a_group_with_a_direct_region_cannot_be_blocked_for_a_user_but_a_relaxable_one_can() {
+    use iommu_core::{DeviceBuilder, Prot, ReservedRegion, ResvType};
+    for (ty, claimable) in [(ResvType::Direct, false), (ResvType::DirectRelaxable, true)] {
+        let iommu = Iommu::default();
+        let bus = Bus::new(&iommu, "pci").unwrap();
+        let region = ReservedRegion::new(0x3a00_0000, 0x1_0000, Prot::RW, ty);
+        let a = bus
+            .add_device(DeviceBuilder::new("a").stream_ids([1]))
+            .unwrap();
+        let b = bus
+            .add_device(DeviceBuilder::new("b").stream_ids([1]).resv_region(region))
+            .unwrap();
+        iommu
+            .bus_set_iommu(&bus, std::sync::Arc::new(MockIommu::new()))
+            .unwrap();
+        let g = a.iommu_group().unwrap();
+        assert_eq!(g.device_count(), 2, "one group: one stream id");
+        let w = iommu_core::testing::Snapshot::take(&iommu, &bus, &[]);
+        let owner = DmaOwner::new();
+        let claim = iommu.group_claim_dma_owner(&g, owner);
+        if claimable {
+            claim.unwrap();
+            assert_eq!(g.domain().map(|d| d.ty()), Some(DomainType::Blocked));
+            iommu.group_release_dma_owner(&g);
+        } else {
+            assert_eq!(claim, Err(Errno::EINVAL), "{ty:?}");
+            assert_eq!(g.dma_owner(), None);
+            assert_eq!(
+                iommu.device_claim_dma_owner(&b, owner),
+                Err(Errno::EINVAL),
+                "through the device too"
+            );
+            assert_eq!(g.dma_owner_count(), 0);
+        }
+        assert_eq!(
+            iommu_core::testing::Snapshot::take(&iommu, &bus, &[]),
+            w,
+            "{ty:?}: the group is as it was"
+        );
+    }
+}
