@@ -467,6 +467,22 @@ pub fn groups(args: &GroupsArgs) -> Result<(), Failure> {
                 .find(|g| g.devices.iter().any(|(n, _)| n.parse() == Ok(b)))
                 .map(|g| g.id)
         };
+        // The members the firmware keeps doing DMA for: the model refuses
+        // to block them, as Linux does.
+        let firmware_direct = members
+            .iter()
+            .filter_map(|&b| {
+                let dev = p.device(&b.to_string())?;
+                let direct: Vec<(u64, u64)> = p
+                    .iommu
+                    .get_resv_regions(&dev)
+                    .iter()
+                    .filter(|r| r.ty == iommu_core::ResvType::Direct && r.length != 0)
+                    .map(|r| (r.start.raw(), r.length))
+                    .collect();
+                (!direct.is_empty()).then(|| crate::vfio::FirmwareDirect::new(b, &direct))
+            })
+            .collect();
         let r = crate::vfio::report(
             &loaded.machine,
             target,
@@ -475,6 +491,7 @@ pub fn groups(args: &GroupsArgs) -> Result<(), Failure> {
             &members,
             &group_of,
             iommu_off.is_some(),
+            firmware_direct,
         );
         if args.json {
             #[derive(Serialize)]

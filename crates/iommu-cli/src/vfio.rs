@@ -5,7 +5,10 @@
 //! only while every device in it is unbound or bound to a driver that
 //! manages no kernel DMA of its own (`driver_managed_dma`): `vfio-pci` and
 //! its vendor variants, `pci-stub`, and `pcieport` on bridges. Any other
-//! driver makes the claim fail with `EBUSY`.
+//! driver makes the claim fail with `EBUSY`. And whatever is bound, a
+//! group with a device whose firmware asks for a 1:1 mapping (an RMRR the
+//! kernel reports as a `direct` region) cannot be claimed at all: Linux
+//! refuses to block that device's DMA (`require_direct`), with `EINVAL`.
 
 use iommu_pci::{short_name, Bdf, Machine};
 use serde::Serialize;
@@ -70,6 +73,9 @@ pub struct Report {
     iommu_off: bool,
     /// Whether the group can be claimed for VFIO as the drivers are now.
     viable_now: bool,
+    /// Members whose firmware asks for a 1:1 mapping (`direct` regions,
+    /// as `first-last`): while there is one, no claim succeeds.
+    firmware_direct: Vec<FirmwareDirect>,
     members: Vec<Member>,
     /// `vfio-pci.ids=` for the kernel command line.
     vfio_pci_ids: String,
@@ -79,9 +85,33 @@ pub struct Report {
     related: Vec<String>,
 }
 
+/// A member the firmware keeps doing DMA for.
+#[derive(Debug, Serialize)]
+pub struct FirmwareDirect {
+    #[serde(serialize_with = "address_json")]
+    address: Bdf,
+    /// Its `direct` regions, `0xfirst-0xlast`.
+    regions: Vec<String>,
+}
+
+impl FirmwareDirect {
+    /// `address`'s `direct` regions, as `(start, length)`.
+    pub fn new(address: Bdf, regions: &[(u64, u64)]) -> FirmwareDirect {
+        FirmwareDirect {
+            address,
+            regions: regions
+                .iter()
+                .map(|&(start, len)| format!("{start:#x}-{:#x}", start + (len - 1)))
+                .collect(),
+        }
+    }
+}
+
 /// Builds the report for `target` in a group of `members` (addresses).
 ///
-/// `group_of` gives any device's group number as shown.
+/// `group_of` gives any device's group number as shown; `firmware_direct`
+/// the members whose firmware asks for 1:1 mappings.
+#[allow(clippy::too_many_arguments)] // one report, assembled from its parts
 pub fn report(
     machine: &Machine,
     target: Bdf,
@@ -90,6 +120,7 @@ pub fn report(
     members: &[Bdf],
     group_of: &dyn Fn(Bdf) -> Option<u32>,
     iommu_off: bool,
+    firmware_direct: Vec<FirmwareDirect>,
 ) -> Report {
     let drivers_known = machine.devices.iter().any(|d| d.driver.is_some());
     let mut out = Vec::new();
@@ -146,7 +177,11 @@ pub fn report(
         kernel_group,
         drivers_known,
         iommu_off,
-        viable_now: !iommu_off && drivers_known && out.iter().all(|m| m.allows_claim),
+        viable_now: !iommu_off
+            && firmware_direct.is_empty()
+            && drivers_known
+            && out.iter().all(|m| m.allows_claim),
+        firmware_direct,
         vfio_pci_ids: ids
             .iter()
             .map(|(v, d)| format!("{v:04x}:{d:04x}"))
@@ -198,6 +233,17 @@ pub fn render(r: &Report) -> String {
     }
     if r.iommu_off {
         s.push_str("Viable now: no: the IOMMU is off, so the kernel has no groups for VFIO to take; turn it on first (above), then bind as follows.\n");
+    } else if !r.firmware_direct.is_empty() {
+        let who: Vec<String> = r
+            .firmware_direct
+            .iter()
+            .map(|f| format!("{} at {}", short_name(f.address), f.regions.join(", ")))
+            .collect();
+        let _ = writeln!(
+            s,
+            "Viable now: no, whatever is bound: the firmware asks for 1:1 mappings (RMRRs, `direct` reserved regions) of {}; Linux refuses to block such a device's DMA, so VFIO's claim fails with EINVAL. Only the firmware (a BIOS setting or update) can lift it.",
+            who.join("; ")
+        );
     } else if !r.drivers_known {
         s.push_str("Viable now: unknown: the input does not say which drivers are bound (read the live machine, a sysfs tree, or `lspci -k` output).\n");
     } else if r.viable_now {

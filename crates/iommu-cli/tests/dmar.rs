@@ -192,3 +192,49 @@ fn a_file_that_is_not_a_dmar_is_refused_naming_it() {
         assert!(err.contains(f) && err.contains(why), "{err}");
     }
 }
+
+#[test]
+fn a_device_the_firmware_keeps_doing_dma_for_cannot_go_to_vfio() {
+    let (_dir, topo, table) = files("dmar-vfio", false);
+    let (code, out, err) = iommu(&[
+        "groups",
+        "--topology",
+        &topo,
+        "--dmar",
+        &table,
+        "--vfio",
+        "01:00.0",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("Viable now: no, whatever is bound: the firmware asks for 1:1 mappings (RMRRs, `direct` reserved regions) of 01:00.0 at 0x3a000000-0x3a00ffff; Linux refuses to block such a device's DMA, so VFIO's claim fails with EINVAL."),
+        "{out}"
+    );
+    let (_, json, _) = iommu(&[
+        "groups",
+        "--topology",
+        &topo,
+        "--dmar",
+        &table,
+        "--vfio",
+        "01:00.0",
+        "--json",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(v["vfio"]["viable_now"], false);
+    assert_eq!(
+        v["vfio"]["firmware_direct"],
+        serde_json::json!([{"address": "0000:01:00.0", "regions": ["0x3a000000-0x3a00ffff"]}])
+    );
+    // A USB controller's RMRR is relaxable: it does not stand in the way.
+    let (_, out, _) = iommu(&[
+        "groups",
+        "--topology",
+        &topo,
+        "--dmar",
+        &table,
+        "--vfio",
+        "00:14.0",
+    ]);
+    assert!(!out.contains("firmware asks"), "{out}");
+}
