@@ -288,6 +288,9 @@ pub struct Ivmd {
     pub devid: u16,
     /// The last device of the range (22h).
     pub aux: u16,
+    /// The PCI segment group (bytes 8-9; reserved, so 0, in tables older
+    /// than the multi-segment revisions).
+    pub segment: u16,
     /// First address.
     pub start: u64,
     /// Bytes.
@@ -373,6 +376,42 @@ impl Ivrs {
             .find_map(|h| h.lookup(devid).map(|alias| (h, alias)))
     }
 
+    /// The memory device id `devid` of `segment` must have mapped one to
+    /// one, as Linux's `amd_iommu` builds it from the IVMD blocks: every
+    /// unity-map or exclusion block (both become read-write-as-flagged
+    /// 1:1 mappings; an exclusion range read and write) whose devices
+    /// include `devid`, as `(start, length, readable, writable)` with the
+    /// start and length rounded up to 4 KiB pages.
+    pub fn unity_ranges(&self, segment: u16, devid: u16) -> Vec<(u64, u64, bool, bool)> {
+        const UNITY: u8 = 1;
+        const IR: u8 = 2;
+        const IW: u8 = 4;
+        const EXCL: u8 = 8;
+        let page_up = |v: u64| v.checked_add(0xfff).map(|x| x & !0xfff);
+        self.blocks
+            .iter()
+            .filter_map(|b| match b {
+                Block::Ivmd(m) if m.segment == segment && m.flags & (UNITY | EXCL) != 0 => Some(m),
+                _ => None,
+            })
+            .filter(|m| match m.ty {
+                0x20 => true,
+                0x21 => m.devid == devid,
+                _ => (m.devid..=m.aux).contains(&devid),
+            })
+            .filter_map(|m| {
+                let (r, w) = if m.flags & EXCL != 0 {
+                    (true, true)
+                } else {
+                    (m.flags & IR != 0, m.flags & IW != 0)
+                };
+                // A range whose rounding would pass 2^64 is left out.
+                Some((page_up(m.start)?, page_up(m.length)?, r, w))
+            })
+            .filter(|&(start, len, _, _)| len != 0 && start.checked_add(len - 1).is_some())
+            .collect()
+    }
+
     /// Reads an IVRS: the ACPI header and checksum, IVinfo, every block
     /// and device entry within its bounds.
     ///
@@ -444,6 +483,7 @@ impl Ivrs {
                         flags: b[1],
                         devid: u16_at(b, 4),
                         aux: u16_at(b, 6),
+                        segment: u16_at(b, 8),
                         start: u64_at(b, 16),
                         length: u64_at(b, 24),
                     })
@@ -513,7 +553,8 @@ impl Ivrs {
                     b.extend_from_slice(&[0; 2]);
                     b.extend_from_slice(&m.devid.to_le_bytes());
                     b.extend_from_slice(&m.aux.to_le_bytes());
-                    b.extend_from_slice(&[0; 8]);
+                    b.extend_from_slice(&m.segment.to_le_bytes());
+                    b.extend_from_slice(&[0; 6]);
                     b.extend_from_slice(&m.start.to_le_bytes());
                     b.extend_from_slice(&m.length.to_le_bytes());
                 }
@@ -732,6 +773,7 @@ mod tests {
                     flags: 0x7,
                     devid: 0x0500,
                     aux: 0,
+                    segment: 0,
                     start: 0x9d00_0000,
                     length: 0x20_0000,
                 }),
@@ -811,6 +853,41 @@ mod tests {
             Ivrs::parse(&fix(b)),
             Err(IvrsError::Header(HeaderError::Signature { .. }))
         ));
+    }
+
+    #[test]
+    fn ivmd_blocks_give_their_devices_unity_ranges_rounded_up_to_pages() {
+        let mut t = sample();
+        t.blocks.push(Block::Ivmd(Ivmd {
+            ty: 0x22,
+            flags: 0x8, // an exclusion range: mapped read-write 1:1
+            devid: 0x0600,
+            aux: 0x0610,
+            segment: 0,
+            start: 0x1234,
+            length: 0x100,
+        }));
+        t.blocks.push(Block::Ivmd(Ivmd {
+            ty: 0x20,
+            flags: 0x2, // readable, but neither unity nor exclusion: ignored
+            devid: 0,
+            aux: 0,
+            segment: 0,
+            start: 0x5000,
+            length: 0x1000,
+        }));
+        assert_eq!(
+            t.unity_ranges(0, 0x0500),
+            vec![(0x9d00_0000, 0x20_0000, true, true)]
+        );
+        assert_eq!(
+            t.unity_ranges(0, 0x0608),
+            vec![(0x2000, 0x1000, true, true)]
+        );
+        assert_eq!(t.unity_ranges(0, 0x0611), vec![]);
+        assert_eq!(t.unity_ranges(1, 0x0500), vec![], "another segment");
+        let b = t.to_bytes(*b"OEMIDX", *b"TABLEID1", 7);
+        assert_eq!(Ivrs::parse(&b), Ok(t));
     }
 
     #[test]
