@@ -1,26 +1,58 @@
-//! What an Intel machine's firmware DMAR table adds to the prediction: the
-//! functions no VT-d unit covers (Linux gives them no group) and each
-//! function's RMRRs, which Linux reports as reserved regions of its group
-//! (`direct-relaxable` for USB controllers and graphics, whose firmware
-//! use Linux lets lapse, `direct` for every other device).
+//! What a machine's firmware tables add to the prediction, where
+//! configuration space is silent: the functions no IOMMU covers (Linux
+//! gives them no group), the memory the firmware keeps using for DMA
+//! (reported as `direct` reserved regions of the devices it names) and,
+//! on AMD, the request ids devices use in place of their own.
+//!
+//! - Intel's DMAR: its units' device scopes, its RMRRs (`direct-relaxable`
+//!   for USB controllers and graphics, whose firmware use Linux lets
+//!   lapse, `direct` for every other device).
+//! - AMD's IVRS: the IVHD device entries (the blocks of the type Linux
+//!   uses), their aliases (Linux adds each as a DMA alias, so the devices
+//!   sharing one share a group), and the IVMD unity and exclusion ranges
+//!   (all `direct`).
 
 use crate::Failure;
 use iommu_core::{Prot, ReservedRegion, ResvType};
 use iommu_firmware::dmar::Dmar;
-use iommu_pci::{Bdf, Machine};
+use iommu_firmware::ivrs::Ivrs;
+use iommu_pci::{Bdf, DeviceQuirks, Machine};
 use std::collections::BTreeMap;
 use std::path::Path;
 
-/// The largest DMAR read: far beyond any machine's (a few KiB), and the
+/// The largest table read: far beyond any machine's (a few KiB), and the
 /// ACPI length field's own bound is 4 GiB.
-const MAX_DMAR: u64 = 1 << 20;
+const MAX_TABLE: u64 = 1 << 20;
 
-/// A DMAR read from a file, and where from.
-pub struct Firmware {
+/// A firmware table read from a file, and where from.
+pub struct Table<T> {
     /// The file, for messages.
     pub source: String,
     /// The table.
-    pub dmar: Dmar,
+    pub table: T,
+}
+
+/// The bytes of the table `what` (`DMAR`, `IVRS`) at `path`.
+fn read_bytes(path: &Path, what: &str) -> Result<(String, Vec<u8>), Failure> {
+    use std::io::Read as _;
+    let source = path.display().to_string();
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(MAX_TABLE + 1).read_to_end(&mut bytes))
+        .map_err(|e| Failure::Input(format!("{source}: {e}")))?;
+    if bytes.len() as u64 > MAX_TABLE {
+        return Err(Failure::Input(format!(
+            "{source}: larger than {} KiB: not {what} table",
+            MAX_TABLE >> 10
+        )));
+    }
+    Ok((source, bytes))
+}
+
+fn refused(source: &str, e: impl std::fmt::Display, what: &str) -> Failure {
+    Failure::Input(format!(
+        "{source}: {e}; expected the bytes of /sys/firmware/acpi/tables/{what} (`sudo cat` it to a file)"
+    ))
 }
 
 /// Reads the DMAR table's bytes at `path` (a copy of
@@ -28,30 +60,44 @@ pub struct Firmware {
 ///
 /// # Errors
 /// [`Failure::Input`] naming the file and what is wrong.
-pub fn read(path: &Path) -> Result<Firmware, Failure> {
-    use std::io::Read as _;
-    let source = path.display().to_string();
-    let mut bytes = Vec::new();
-    std::fs::File::open(path)
-        .and_then(|f| f.take(MAX_DMAR + 1).read_to_end(&mut bytes))
-        .map_err(|e| Failure::Input(format!("{source}: {e}")))?;
-    if bytes.len() as u64 > MAX_DMAR {
-        return Err(Failure::Input(format!(
-            "{source}: larger than {} KiB: not a DMAR table",
-            MAX_DMAR >> 10
-        )));
-    }
-    let dmar = Dmar::parse(&bytes).map_err(|e| {
-        Failure::Input(format!(
-            "{source}: {e}; expected the bytes of /sys/firmware/acpi/tables/DMAR (`sudo cat` it to a file)"
-        ))
-    })?;
-    Ok(Firmware { source, dmar })
+pub fn read_dmar(path: &Path) -> Result<Table<Dmar>, Failure> {
+    let (source, bytes) = read_bytes(path, "a DMAR")?;
+    let table = Dmar::parse(&bytes).map_err(|e| refused(&source, e, "DMAR"))?;
+    Ok(Table { source, table })
 }
 
-/// What the table says of `machine`'s functions: the ones no unit covers,
+/// Reads the IVRS table's bytes at `path`, as [`read_dmar`] the DMAR's.
+///
+/// # Errors
+/// [`Failure::Input`] naming the file and what is wrong.
+pub fn read_ivrs(path: &Path) -> Result<Table<Ivrs>, Failure> {
+    let (source, bytes) = read_bytes(path, "an IVRS")?;
+    let table = Ivrs::parse(&bytes).map_err(|e| refused(&source, e, "IVRS"))?;
+    Ok(Table { source, table })
+}
+
+/// What a table says of a machine's functions.
+#[derive(Default)]
+pub struct Facts {
+    /// Functions no IOMMU covers.
+    pub not_covered: Vec<Bdf>,
+    /// Memory the firmware keeps using for DMA, per function.
+    pub resv: Vec<(Bdf, ReservedRegion)>,
+    /// Request ids functions use besides their own (devfns on their bus).
+    pub quirks: BTreeMap<Bdf, DeviceQuirks>,
+}
+
+/// The ACPI segment of `b` and its request id, or `None` for the domains
+/// Linux numbers past 16 bits (Intel VMD's), which sit behind their VMD
+/// endpoint: the firmware covers them through it.
+fn acpi_id(b: Bdf) -> Option<(u16, u16)> {
+    let segment = u16::try_from(b.segment).ok()?;
+    Some((segment, u16::from(b.bus) << 8 | u16::from(b.devfn)))
+}
+
+/// What the DMAR says of `machine`'s functions: the ones no unit covers,
 /// and the RMRR regions of the others.
-pub fn apply(machine: &Machine, dmar: &Dmar) -> (Vec<Bdf>, Vec<(Bdf, ReservedRegion)>) {
+pub fn apply_dmar(machine: &Machine, dmar: &Dmar) -> Facts {
     // Bridges by (segment, bus, devfn): their secondary and subordinate bus.
     let bridges: BTreeMap<(u32, u8, u8), (u8, u8)> = machine
         .devices
@@ -66,22 +112,17 @@ pub fn apply(machine: &Machine, dmar: &Dmar) -> (Vec<Bdf>, Vec<(Bdf, ReservedReg
             })
         })
         .collect();
-    let mut not_covered = Vec::new();
-    let mut resv = Vec::new();
+    let mut facts = Facts::default();
     for d in &machine.devices {
         let f = &d.function;
-        // ACPI segments are 16 bits; the domains Linux numbers past them
-        // (Intel VMD's) sit behind their VMD endpoint, which the table
-        // covers for them.
-        let Ok(segment) = u16::try_from(f.bdf.segment) else {
+        let Some((segment, rid)) = acpi_id(f.bdf) else {
             continue;
         };
         let seg = f.bdf.segment;
         let secondary = |bus: u8, devfn: u8| bridges.get(&(seg, bus, devfn)).map(|r| r.0);
         let range = |bdf: u16| bridges.get(&(seg, (bdf >> 8) as u8, bdf as u8)).copied();
-        let rid = u16::from(f.bdf.bus) << 8 | u16::from(f.bdf.devfn);
         if dmar.drhd_for(segment, rid, &secondary, &range).is_none() {
-            not_covered.push(f.bdf);
+            facts.not_covered.push(f.bdf);
             continue;
         }
         // Linux's device_rmrr_is_relaxable: USB controllers and graphics.
@@ -96,10 +137,49 @@ pub fn apply(machine: &Machine, dmar: &Dmar) -> (Vec<Bdf>, Vec<(Bdf, ReservedReg
             // range ending at 2^64 - 1 has one past u64 only when it is the
             // whole space, which no memory map gives firmware.
             let len = (r.limit - r.base).saturating_add(1);
-            resv.push((f.bdf, ReservedRegion::new(r.base, len, Prot::RW, ty)));
+            facts
+                .resv
+                .push((f.bdf, ReservedRegion::new(r.base, len, Prot::RW, ty)));
         }
     }
-    (not_covered, resv)
+    facts
+}
+
+/// What the IVRS says of `machine`'s functions: the ones no IOMMU
+/// translates, their aliases, and their unity ranges.
+pub fn apply_ivrs(machine: &Machine, ivrs: &Ivrs) -> Facts {
+    let mut facts = Facts::default();
+    for d in &machine.devices {
+        let f = &d.function;
+        let Some((segment, rid)) = acpi_id(f.bdf) else {
+            continue;
+        };
+        let Some((_, alias)) = ivrs.iommu_for(segment, rid) else {
+            facts.not_covered.push(f.bdf);
+            continue;
+        };
+        // Linux adds an IVRS alias on the device's own bus as a DMA alias.
+        if alias != rid && (alias >> 8) as u8 == f.bdf.bus {
+            let q: &mut DeviceQuirks = facts.quirks.entry(f.bdf).or_default();
+            if !q.dma_aliases.contains(&(alias as u8)) {
+                q.dma_aliases.push(alias as u8);
+            }
+        }
+        for (start, len, r, w) in ivrs.unity_ranges(segment, rid) {
+            let mut prot = Prot::NONE;
+            if r {
+                prot |= Prot::READ;
+            }
+            if w {
+                prot |= Prot::WRITE;
+            }
+            facts.resv.push((
+                f.bdf,
+                ReservedRegion::new(start, len, prot, ResvType::Direct),
+            ));
+        }
+    }
+    facts
 }
 
 #[cfg(test)]
@@ -161,7 +241,9 @@ mod tests {
             0x3a00_ffff,
             DeviceScope::bridge(0, 0x1c, 0),
         ));
-        let (not_covered, resv) = apply(&machine, &dmar);
+        let Facts {
+            not_covered, resv, ..
+        } = apply_dmar(&machine, &dmar);
         assert!(not_covered.is_empty());
         let got: Vec<(String, u64, u64, ResvType)> = resv
             .iter()
@@ -198,7 +280,7 @@ mod tests {
         );
         // Without the INCLUDE_PCI_ALL unit only the graphics is covered.
         dmar.structures.remove(1);
-        let (not_covered, _) = apply(&machine, &dmar);
+        let not_covered = apply_dmar(&machine, &dmar).not_covered;
         let names: Vec<String> = not_covered.iter().map(|b| b.to_string()).collect();
         assert_eq!(
             names,

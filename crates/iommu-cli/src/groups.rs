@@ -384,7 +384,7 @@ fn with_iommu_on(platform: iommu_pci::Platform) -> (iommu_pci::Platform, Option<
 
 /// `iommu groups`.
 pub fn groups(args: &GroupsArgs) -> Result<(), Failure> {
-    let loaded = input::load(&args.machine, args.platform.dmar.as_deref())?;
+    let loaded = input::load(&args.machine, &args.platform)?;
     let (platform, off_param) = with_iommu_on(input::platform(&loaded, &args.platform)?);
     let iommu_off = off_param
         .map(Off::Param)
@@ -693,7 +693,7 @@ pub fn groups(args: &GroupsArgs) -> Result<(), Failure> {
 
 /// `iommu sysfs`.
 pub fn sysfs(args: &SysfsArgs) -> Result<(), Failure> {
-    let loaded = input::load(&args.machine, args.platform.dmar.as_deref())?;
+    let loaded = input::load(&args.machine, &args.platform)?;
     let (platform, iommu_off) = with_iommu_on(input::platform(&loaded, &args.platform)?);
     if let Some(word) = iommu_off {
         input::note(&format!(

@@ -3,8 +3,11 @@
 //! Any malformed input is a [`Failure::Input`] naming the file, the line
 //! and the reason, and nothing is built.
 
+use crate::firmware::{Facts, Table};
 use crate::{Failure, IommuArg, MachineArgs, PlatformArgs, Policy};
 use iommu_core::IommuConfig;
+use iommu_firmware::dmar::Dmar;
+use iommu_firmware::ivrs::Ivrs;
 use iommu_pci::{
     parse_topology, read_sysfs, DeviceQuirks, ImportError, IommuKind, KernelParams, KernelVersion,
     Machine, Platform, SysfsError,
@@ -38,7 +41,27 @@ pub struct Loaded {
     /// running kernel).
     pub kernel: Option<KernelVersion>,
     /// The firmware's DMAR table (`--dmar`, or the sysfs tree's).
-    pub dmar: Option<crate::dmar::Firmware>,
+    pub dmar: Option<Table<Dmar>>,
+    /// The firmware's IVRS table (`--ivrs`, or the sysfs tree's).
+    pub ivrs: Option<Table<Ivrs>>,
+}
+
+impl Loaded {
+    /// What the firmware table of an IOMMU of `kind` says of the machine,
+    /// with the table's file: the DMAR for VT-d, the IVRS for AMD-Vi.
+    pub fn firmware_facts(&self, kind: IommuKind) -> Option<(&str, Facts)> {
+        match (kind, &self.dmar, &self.ivrs) {
+            (IommuKind::IntelVtd, Some(t), _) => Some((
+                &t.source,
+                crate::firmware::apply_dmar(&self.machine, &t.table),
+            )),
+            (IommuKind::AmdVi, _, Some(t)) => Some((
+                &t.source,
+                crate::firmware::apply_ivrs(&self.machine, &t.table),
+            )),
+            _ => None,
+        }
+    }
 }
 
 fn read_text(path: &str) -> Result<String, Failure> {
@@ -82,26 +105,40 @@ fn strip_line(e: &ImportError) -> String {
 }
 
 /// Reads the machine `args` names, or the default platform, with the
-/// firmware's DMAR where there is one: `dmar` (`--dmar`), or the one in the sysfs
-/// tree read (this machine's /sys included).
-pub fn load(args: &MachineArgs, dmar: Option<&Path>) -> Result<Loaded, Failure> {
+/// firmware's DMAR and IVRS where there are some: those `platform` names
+/// (`--dmar`, `--ivrs`), else the ones in the sysfs tree read (this
+/// machine's /sys included).
+pub fn load(args: &MachineArgs, platform: &PlatformArgs) -> Result<Loaded, Failure> {
     let (mut loaded, tree) = load_machine(args)?;
-    if let Some(p) = dmar {
-        loaded.dmar = Some(crate::dmar::read(p)?);
-    } else if let Some(p) = tree
-        .map(|t| t.join("firmware/acpi/tables/DMAR"))
-        .filter(|p| p.exists())
-    {
-        // The tree's own table: one that cannot be read leaves the
-        // prediction without it, said so, rather than refusing the machine.
-        match crate::dmar::read(&p) {
-            Ok(fw) => loaded.dmar = Some(fw),
-            Err(Failure::Input(why)) => note(&format!(
-                "{why}; predicting without it (no RMRR regions, every function covered)"
-            )),
-            Err(other) => return Err(other),
+    let in_tree = |name: &str| {
+        tree.as_ref()
+            .map(|t| t.join("firmware/acpi/tables").join(name))
+            .filter(|p| p.exists())
+    };
+    // The tree's own table: one that cannot be read leaves the prediction
+    // without it, said so, rather than refusing the machine.
+    fn lenient<T>(r: Result<T, Failure>) -> Result<Option<T>, Failure> {
+        match r {
+            Ok(t) => Ok(Some(t)),
+            Err(Failure::Input(why)) => {
+                note(&format!(
+                    "{why}; predicting without it (no firmware regions, every function covered)"
+                ));
+                Ok(None)
+            }
+            Err(other) => Err(other),
         }
     }
+    loaded.dmar = match (&platform.dmar, in_tree("DMAR")) {
+        (Some(p), _) => Some(crate::firmware::read_dmar(p)?),
+        (None, Some(p)) => lenient(crate::firmware::read_dmar(&p))?,
+        (None, None) => None,
+    };
+    loaded.ivrs = match (&platform.ivrs, in_tree("IVRS")) {
+        (Some(p), _) => Some(crate::firmware::read_ivrs(p)?),
+        (None, Some(p)) if platform.dmar.is_none() => lenient(crate::firmware::read_ivrs(&p))?,
+        _ => None,
+    };
     Ok(loaded)
 }
 
@@ -116,6 +153,7 @@ fn load_machine(args: &MachineArgs) -> Result<(Loaded, Option<PathBuf>), Failure
         iommu_off: false,
         kernel: None,
         dmar: None,
+        ivrs: None,
     };
     // An input without a single function is a mistake (an empty file, the
     // wrong file), never a machine without devices.
@@ -200,6 +238,7 @@ fn load_machine(args: &MachineArgs) -> Result<(Loaded, Option<PathBuf>), Failure
             iommu_off: false,
             kernel: None,
             dmar: None,
+            ivrs: None,
         },
         None,
     ))
@@ -225,6 +264,7 @@ fn load_sysfs(dir: &Path) -> Result<Loaded, SysfsError> {
         iommu_off,
         kernel: None,
         dmar: None,
+        ivrs: None,
     })
 }
 
@@ -252,8 +292,9 @@ pub fn platform(loaded: &Loaded, args: &PlatformArgs) -> Result<Platform, Failur
     }
     let iommu = match args.iommu {
         IommuArg::Auto if loaded.default => IommuKind::Generic,
-        // The firmware describes VT-d units: the IOMMU is one.
+        // The firmware describes its IOMMUs: VT-d units, AMD IOMMUs.
         IommuArg::Auto if loaded.dmar.is_some() => IommuKind::IntelVtd,
+        IommuArg::Auto if loaded.ivrs.is_some() => IommuKind::AmdVi,
         IommuArg::Auto => IommuKind::detect(&loaded.machine.functions()),
         IommuArg::Generic => IommuKind::Generic,
         IommuArg::IntelVtd => IommuKind::IntelVtd,
@@ -268,23 +309,40 @@ pub fn platform(loaded: &Loaded, args: &PlatformArgs) -> Result<Platform, Failur
         None => loaded.kernel.unwrap_or_default(),
     };
     let mut not_covered = loaded.not_covered.clone();
-    if let Some(fw) = &loaded.dmar {
-        if iommu == IommuKind::IntelVtd {
-            let (outside, _) = crate::dmar::apply(&loaded.machine, &fw.dmar);
-            if !outside.is_empty() {
+    let mut quirks = loaded.quirks.clone();
+    if let Some((source, facts)) = loaded.firmware_facts(iommu) {
+        if !facts.not_covered.is_empty() {
+            let n = facts.not_covered.len();
+            note(&format!(
+                "{source}: no IOMMU covers {n} function{}; Linux gives them no group",
+                if n == 1 { "" } else { "s" }
+            ));
+        }
+        not_covered.extend(facts.not_covered);
+        for (bdf, q) in facts.quirks {
+            let mine = quirks.entry(bdf).or_default();
+            for a in q.dma_aliases {
+                if !mine.dma_aliases.contains(&a) {
+                    mine.dma_aliases.push(a);
+                }
+            }
+        }
+    } else {
+        for (t, what) in [
+            (
+                loaded.dmar.as_ref().map(|t| &t.source),
+                "a DMAR, VT-d units",
+            ),
+            (
+                loaded.ivrs.as_ref().map(|t| &t.source),
+                "an IVRS, AMD IOMMUs",
+            ),
+        ] {
+            if let Some(source) = t {
                 note(&format!(
-                    "{}: no VT-d unit covers {} function{}; Linux gives them no group",
-                    fw.source,
-                    outside.len(),
-                    if outside.len() == 1 { "" } else { "s" }
+                    "{source}: {what}, but the IOMMU is {iommu}: the table is left aside"
                 ));
             }
-            not_covered.extend(outside);
-        } else {
-            note(&format!(
-                "{}: a DMAR describes VT-d units, but the IOMMU is {iommu}: the table is left aside",
-                fw.source
-            ));
         }
     }
     Ok(Platform {
@@ -292,7 +350,7 @@ pub fn platform(loaded: &Loaded, args: &PlatformArgs) -> Result<Platform, Failur
         iommu,
         params,
         linux_quirks: !args.no_quirks,
-        quirks: loaded.quirks.clone(),
+        quirks,
         not_covered,
     })
 }
@@ -380,9 +438,9 @@ pub fn build_on(
     } else {
         Vec::new()
     };
-    // The firmware's RMRRs, as the VT-d driver reports them.
-    if let (Some(fw), IommuKind::IntelVtd) = (&loaded.dmar, platform.iommu) {
-        resv.extend(crate::dmar::apply(&loaded.machine, &fw.dmar).1);
+    // The firmware's RMRRs and unity ranges, as the drivers report them.
+    if let Some((_, facts)) = loaded.firmware_facts(platform.iommu) {
+        resv.extend(facts.resv);
     }
     let bar =
         crate::progress::spinner(loaded.machine.devices.len() > 1000, "building the platform");

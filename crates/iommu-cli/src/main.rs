@@ -12,8 +12,8 @@ mod bench;
 mod bench_dma;
 mod bench_pci;
 mod bench_virtio;
-mod dmar;
 mod dot;
+mod firmware;
 mod groups;
 mod input;
 mod out;
@@ -224,8 +224,15 @@ pub struct PlatformArgs {
     /// VT-d unit covers, and the RMRRs Linux reports as `direct` reserved
     /// regions; read from /sys on this machine and from a --sysfs tree
     /// that has one
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", conflicts_with = "ivrs")]
     dmar: Option<PathBuf>,
+    /// The firmware's IVRS table, a copy of
+    /// /sys/firmware/acpi/tables/IVRS (root can read it): which functions
+    /// an AMD IOMMU translates, the aliases their requests carry, and the
+    /// unity ranges Linux reports as `direct` reserved regions; read from
+    /// /sys on this machine and from a --sysfs tree that has one
+    #[arg(long, value_name = "FILE")]
+    ivrs: Option<PathBuf>,
 }
 
 /// Options of `iommu groups`.

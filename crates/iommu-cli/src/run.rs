@@ -303,7 +303,7 @@ pub fn main_job(args: &RunArgs) -> Result<(), Failure> {
             demo: true,
             ..MachineArgs::default()
         },
-        None,
+        &PlatformArgs::default(),
     )?;
     let platform = input::platform(&loaded, &PlatformArgs::default())?;
     let n = Narrative::new(args.json);

@@ -1,12 +1,15 @@
-//! The firmware's DMAR on an Intel machine: its RMRRs become the `direct`
-//! reserved regions Linux reports, the functions no VT-d unit covers get no
-//! group, a sysfs tree's own table is read without being asked, and a file
-//! that is not a DMAR is refused.
+//! The firmware's tables. The DMAR on an Intel machine: its RMRRs become
+//! the `direct` reserved regions Linux reports, the functions no VT-d unit
+//! covers get no group, a sysfs tree's own table is read without being
+//! asked, and a file that is not a DMAR is refused. The IVRS on an AMD
+//! machine: its aliases join groups, its unity ranges are `direct`
+//! regions, the functions no IOMMU translates get no group.
 
 mod common;
 
 use common::{iommu, scratch};
 use iommu_firmware::dmar::{DeviceScope, Dmar, Drhd, Remapping, Rmrr};
+use iommu_firmware::ivrs::{Block, DeviceEntry, Ivhd, Ivmd, Ivrs};
 
 /// Graphics, USB, a root port with a NIC behind it, the LPC bridge, SMBus.
 const TOPOLOGY: &str = "\
@@ -140,7 +143,7 @@ fn functions_no_unit_covers_get_no_group_and_the_note_says_so() {
         assert!(!out.contains(dev), "{dev} has no unit:\n{out}");
     }
     assert!(
-        err.contains("no VT-d unit covers 6 functions; Linux gives them no group"),
+        err.contains("no IOMMU covers 6 functions; Linux gives them no group"),
         "{err}"
     );
 }
@@ -237,4 +240,109 @@ fn a_device_the_firmware_keeps_doing_dma_for_cannot_go_to_vfio() {
         "00:14.0",
     ]);
     assert!(!out.contains("firmware asks"), "{out}");
+}
+
+/// An AMD machine: its IOMMU at 00:00.2, three integrated functions.
+const AMD_TOPOLOGY: &str = "\
+00:00.0 host-bridge id=1022:14d8
+00:00.2 rc-endpoint id=1022:14d9 class=0806
+00:08.0 rc-endpoint id=1022:14dd class=0c0330
+00:09.0 rc-endpoint id=1022:14de class=0c0330
+00:0a.0 rc-endpoint id=1022:14df class=0c0330
+";
+
+/// Its IVRS: one IOMMU (a 40h block) translating 00:00.0-00:09.7, where
+/// 00:09.0's requests carry 00:08.0's id, and a unity range for 00:09.0;
+/// 00:0a.0 is outside every entry.
+fn ivrs() -> Vec<u8> {
+    Ivrs {
+        ivinfo: 0x0020_3041,
+        reserved: 0,
+        blocks: vec![
+            Block::Ivhd(Ivhd {
+                ty: 0x40,
+                flags: 0xb0,
+                devid: 0x0002,
+                capability_offset: 0x40,
+                base: 0xfd20_0000,
+                segment: 0,
+                info: 0,
+                attributes: 0,
+                efr: 0,
+                efr2: 0,
+                entries: vec![
+                    DeviceEntry::Start {
+                        devid: 0x0000,
+                        dte: 0,
+                    },
+                    DeviceEntry::End { devid: 0x0047 },
+                    DeviceEntry::AliasSelect {
+                        devid: 0x0048,
+                        dte: 0,
+                        alias: 0x0040,
+                    },
+                ],
+            }),
+            Block::Ivmd(Ivmd {
+                ty: 0x21,
+                flags: 0x7,
+                devid: 0x0048,
+                aux: 0,
+                segment: 0,
+                start: 0x9d00_0000,
+                length: 0x20_0000,
+            }),
+        ],
+    }
+    .to_bytes(*b"TESTOE", *b"AMDBOARD", 1)
+}
+
+#[test]
+fn an_ivrs_alias_joins_groups_its_unity_range_is_direct_and_uncovered_functions_have_none() {
+    let dir = scratch("ivrs");
+    let topo = dir.join("amd.topo");
+    let table = dir.join("ivrs.bin");
+    std::fs::write(&topo, AMD_TOPOLOGY).unwrap();
+    std::fs::write(&table, ivrs()).unwrap();
+    let (topo, table) = (topo.to_str().unwrap(), table.to_str().unwrap());
+    // Without the table each function is alone.
+    let (code, out, _) = iommu(&["groups", "--topology", topo, "--iommu", "amd-vi"]);
+    assert_eq!(code, 0);
+    let group_of = |out: &str, dev: &str| {
+        let at = out.find(dev).unwrap_or_else(|| panic!("{dev} in\n{out}"));
+        out[..at]
+            .rfind("IOMMU Group ")
+            .map(|g| out[g..].split(':').next().unwrap().to_string())
+    };
+    assert_ne!(group_of(&out, "00:08.0"), group_of(&out, "00:09.0"));
+    // With it (the IOMMU kind follows from the table): 00:09.0 issues DMA
+    // as 00:08.0, so they share a group; 00:0a.0 has none.
+    let (code, out, err) = iommu(&["groups", "--topology", topo, "--ivrs", table]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        group_of(&out, "00:08.0"),
+        group_of(&out, "00:09.0"),
+        "{out}"
+    );
+    assert!(!out.contains("00:0a.0"), "{out}");
+    // 00:0a.0, and the IOMMU's own function, which it does not translate.
+    assert!(err.contains("no IOMMU covers 2 functions;"), "{err}");
+    // The unity range is a direct region of the shared group: no VFIO.
+    let (code, sysfs, _) = iommu(&["sysfs", "--topology", topo, "--ivrs", table]);
+    assert_eq!(code, 0);
+    assert!(
+        regions(&sysfs, "0000:00:09.0")
+            .contains(&"0x000000009d000000 0x000000009d1fffff direct".to_string()),
+        "{sysfs}"
+    );
+    let (_, out, _) = iommu(&[
+        "groups",
+        "--topology",
+        topo,
+        "--ivrs",
+        table,
+        "--vfio",
+        "00:08.0",
+    ]);
+    assert!(out.contains("the firmware asks for 1:1 mappings"), "{out}");
 }

@@ -138,17 +138,20 @@ impl Run {
             self.cmdline.clone(),
             "--json".to_string(),
         ];
-        // The firmware's DMAR, where the guest wrote it out (hex bytes).
-        let hex = std::fs::read_to_string(self.dir.join("acpi-dmar.txt")).unwrap_or_default();
-        let bytes: Vec<u8> = hex
-            .split_whitespace()
-            .map(|h| u8::from_str_radix(h, 16).map_err(|e| format!("acpi-dmar.txt: {e}")))
-            .collect::<Result<_, _>>()?;
-        if !bytes.is_empty() {
-            let table = common::scratch(&format!("judge-dmar-{}", self.name())).join("DMAR");
-            std::fs::write(&table, bytes).map_err(|e| e.to_string())?;
-            args.push("--dmar".to_string());
-            args.push(table.to_str().expect("a UTF-8 path").to_string());
+        // The firmware's DMAR or IVRS, where the guest wrote it out (hex
+        // bytes).
+        for (file, flag) in [("acpi-dmar.txt", "--dmar"), ("acpi-ivrs.txt", "--ivrs")] {
+            let hex = std::fs::read_to_string(self.dir.join(file)).unwrap_or_default();
+            let bytes: Vec<u8> = hex
+                .split_whitespace()
+                .map(|h| u8::from_str_radix(h, 16).map_err(|e| format!("{file}: {e}")))
+                .collect::<Result<_, _>>()?;
+            if !bytes.is_empty() {
+                let table = common::scratch(&format!("judge-{file}-{}", self.name())).join("table");
+                std::fs::write(&table, bytes).map_err(|e| e.to_string())?;
+                args.push(flag.to_string());
+                args.push(table.to_str().expect("a UTF-8 path").to_string());
+            }
         }
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let (code, out, err) = iommu(&args);
