@@ -68,15 +68,15 @@ fn size(n: u64, quick: bool) -> Result<Size, String> {
 
     let iommu = VirtioIommu::new(d);
     let mem = guest_memory()?;
-    let mut driver = DriverQueue::new(&mem, 64, GuestAddress(0x1000)).map_err(|e| e.to_string())?;
+    let mut driver = DriverQueue::new(&mem, 64, 0x1000).map_err(|e| e.to_string())?;
     let mut queue = driver.device_queue().map_err(|e| e.to_string())?;
     let (map_at, unmap_at) = (GuestAddress(0x10_0000), GuestAddress(0x10_0100));
     mem.write_slice(&map, map_at).map_err(|e| e.to_string())?;
     mem.write_slice(&unmap, unmap_at)
         .map_err(|e| e.to_string())?;
-    let map_buf = [(map_at, map.len() as u32)];
-    let unmap_buf = [(unmap_at, unmap.len() as u32)];
-    let tails = |i: u64| [(GuestAddress(0x20_0000 + 8 * i), 4u32)];
+    let map_buf = [(map_at.0, map.len() as u32)];
+    let unmap_buf = [(unmap_at.0, unmap.len() as u32)];
+    let tails = |i: u64| [(0x20_0000 + 8 * i, 4u32)];
     let mut failed = false;
     let map_unmap_4k_virtqueue = sample(
         |iters| {
@@ -96,7 +96,8 @@ fn size(n: u64, quick: bool) -> Result<Size, String> {
         },
         quick,
     );
-    let statuses_ok = (0..2 * PAIRS).all(|i| mem.read_obj::<u8>(tails(i)[0].0).ok() == Some(0));
+    let statuses_ok =
+        (0..2 * PAIRS).all(|i| mem.read_obj::<u8>(GuestAddress(tails(i)[0].0)).ok() == Some(0));
     if failed || !statuses_ok {
         return Err("MAP+UNMAP through the virtqueue failed".into());
     }
@@ -163,8 +164,8 @@ fn guest_dma(quick: bool) -> Result<Stats, String> {
     let transport = Arc::new(Loopback::new(Arc::clone(&device), mem.clone()));
     let cfg = ViommuConfig::default();
     let need = Viommu::<Mem>::memory_needed(cfg, 512);
-    let viommu = Viommu::probe(transport, mem, GuestAddress(0x10_0000), need, cfg)
-        .map_err(|e| format!("probe: {e}"))?;
+    let viommu =
+        Viommu::probe(transport, mem, 0x10_0000, need, cfg).map_err(|e| format!("probe: {e}"))?;
     let iommu = Iommu::new(IommuConfig::default());
     let bus = Bus::new(&iommu, "virtio").map_err(|e| e.to_string())?;
     iommu

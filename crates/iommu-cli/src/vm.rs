@@ -191,14 +191,8 @@ pub fn vm(args: &VmArgs) -> Result<(), Failure> {
     let need = Viommu::<Mem>::memory_needed(cfg, probe_size);
     let viommu = {
         let _s = tracing::debug_span!("viommu_probe").entered();
-        Viommu::probe(
-            transport.clone(),
-            mem.clone(),
-            GuestAddress(DRIVER_REGION),
-            need,
-            cfg,
-        )
-        .map_err(|e| format!("virtio-iommu probe: {e}"))?
+        Viommu::probe(transport.clone(), mem.clone(), DRIVER_REGION, need, cfg)
+            .map_err(|e| format!("virtio-iommu probe: {e}"))?
     };
     story.say(format!(
         "  driver: features {}",

@@ -105,16 +105,16 @@ fn map_unmap_virtqueue(c: &mut Criterion) {
     for n in SIZES {
         let iommu = VirtioIommu::new(bench_device(n));
         let mem = guest_memory();
-        let mut driver = DriverQueue::new(&mem, 64, GuestAddress(0x1000)).unwrap();
+        let mut driver = DriverQueue::new(&mem, 64, 0x1000).unwrap();
         let mut queue = driver.device_queue().unwrap();
         let (map, unmap) = bench_map_unmap(n);
         let (map_at, unmap_at) = (GuestAddress(0x10_0000), GuestAddress(0x10_0100));
         mem.write_slice(&map, map_at).unwrap();
         mem.write_slice(&unmap, unmap_at).unwrap();
-        let map_buf = [(map_at, map.len() as u32)];
-        let unmap_buf = [(unmap_at, unmap.len() as u32)];
+        let map_buf = [(map_at.0, map.len() as u32)];
+        let unmap_buf = [(unmap_at.0, unmap.len() as u32)];
         // A tail per chain, so that each can be checked.
-        let tail = |i: u64| [(GuestAddress(0x20_0000 + 8 * i), 4u32)];
+        let tail = |i: u64| [(0x20_0000 + 8 * i, 4u32)];
         served.bench_with_input(BenchmarkId::from_parameter(n), &n, |b, _| {
             b.iter_custom(|iters| {
                 let mut spent = std::time::Duration::ZERO;
@@ -136,15 +136,15 @@ fn map_unmap_virtqueue(c: &mut Criterion) {
             })
         });
         for i in 0..2 * PAIRS {
-            assert_eq!(mem.read_obj::<u8>(tail(i)[0].0).unwrap(), 0);
+            assert_eq!(mem.read_obj::<u8>(GuestAddress(tail(i)[0].0)).unwrap(), 0);
         }
         round.push((n, iommu, mem, driver, queue, map_buf, unmap_buf));
     }
     served.finish();
     let mut g = c.benchmark_group("virtio/map_unmap_4k_round_trip");
     for (n, iommu, mem, mut driver, mut queue, map_buf, unmap_buf) in round {
-        let tail = [(GuestAddress(0x20_0000), 4u32)];
-        let mut round_trip = |buf: &[(GuestAddress, u32)]| {
+        let tail = [(0x20_0000, 4u32)];
+        let mut round_trip = |buf: &[(u64, u32)]| {
             driver.add(&mem, buf, &tail).unwrap();
             iommu.process_requests(&mut queue, &mem).unwrap();
             driver.pop_used(&mem).unwrap().unwrap();

@@ -23,34 +23,28 @@
 //! fails the core's map (which then unmaps it), a refused UNMAP is logged
 //! as an error and counted in [`Viommu::stats`].
 //!
-//! [`Loopback`] is a transport to a [`VirtioIommu`] in the same process,
+//! `Loopback` (feature `vmm`) is a transport to a `VirtioIommu` in the same process,
 //! so that the whole path — core, this driver, virtqueues in guest memory,
 //! the device, translation — runs and is tested in one process.
 
-extern crate std;
-
 use crate::config::offset;
-pub use crate::queue::QueueLayout;
-use crate::queue::{
-    read_fast, write_fast, DriverQueue, DriverQueueError, EVENT_QUEUE, REQUEST_QUEUE,
-};
 use crate::request::{u32_at, u64_at};
+pub use crate::ring::{DriverMemory, QueueLayout};
+use crate::ring::{DriverQueue, DriverQueueError, EVENT_QUEUE, REQUEST_QUEUE};
 use crate::spec::{attach, feature, map, probe, resv, size, Status};
-use crate::{Fault, Request, VirtioIommu};
+use crate::{Fault, Request};
 use alloc::boxed::Box;
 use alloc::collections::{BTreeMap, BTreeSet};
 use alloc::string::String;
 use alloc::sync::{Arc, Weak};
 use alloc::vec::Vec;
+use iommu_core::sync::{Mutex, MutexGuard};
 use iommu_core::{
     Capability, Device, DomainGeometry, DomainOps, DomainType, Errno, FaultAccess, Group, Iommu,
     IommuOps, IotlbGather, Iova, MapPagesError, PagingOps, PhysAddr, Prot, ReservedRegion,
     ResvType, WedgeReport,
 };
 use iommu_types::Unmapped;
-use std::sync::{Mutex, MutexGuard};
-use virtio_queue::Queue;
-use vm_memory::{Bytes, GuestAddress, GuestMemory};
 
 /// The guest's view of the virtio transport (the registers of virtio-mmio
 /// or virtio-pci): features, configuration space, queue set-up and
@@ -236,7 +230,7 @@ impl<M> core::fmt::Debug for Viommu<M> {
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
+    m.lock()
 }
 
 /// The errno Linux's driver gives each status.
@@ -260,7 +254,7 @@ fn queue_errno(e: DriverQueueError) -> Errno {
     }
 }
 
-impl<M: GuestMemory + Send + Sync + 'static> Viommu<M> {
+impl<M: DriverMemory + Send + Sync + 'static> Viommu<M> {
     /// Guest memory the driver needs for its queues and buffers with
     /// `cfg` and a device whose `probe_size` is `probe_size`.
     pub fn memory_needed(cfg: ViommuConfig, probe_size: u32) -> u64 {
@@ -294,7 +288,7 @@ impl<M: GuestMemory + Send + Sync + 'static> Viommu<M> {
     pub fn probe(
         transport: Arc<dyn Transport>,
         mem: M,
-        region: GuestAddress,
+        region: u64,
         len: u64,
         cfg: ViommuConfig,
     ) -> Result<Viommu<M>, Errno> {
@@ -350,10 +344,10 @@ impl<M: GuestMemory + Send + Sync + 'static> Viommu<M> {
             return Err(Errno::EINVAL);
         }
         let (rq, eq, ev, slots, end, probe_at) = Self::layout(cfg, probe_size);
-        if len < end || region.0.checked_add(end).is_none() || !region.0.is_multiple_of(16) {
+        if len < end || region.checked_add(end).is_none() || !region.is_multiple_of(16) {
             return Err(Errno::ENOMEM);
         }
-        let at = |off: u64| GuestAddress(region.0 + off);
+        let at = |off: u64| region + off;
         let requests =
             DriverQueue::new(&mem, cfg.request_queue_size, at(rq)).map_err(|_| Errno::ENOMEM)?;
         let events =
@@ -382,16 +376,16 @@ impl<M: GuestMemory + Send + Sync + 'static> Viommu<M> {
             },
             requests: Mutex::new(Requests {
                 q: requests,
-                slots_at: region.0 + slots,
+                slots_at: region + slots,
                 free_slots: (0..cfg.request_queue_size / 2).rev().collect(),
                 in_flight: BTreeMap::new(),
                 refused: BTreeMap::new(),
                 unmaps_failed: BTreeMap::new(),
-                probe_at: region.0 + probe_at,
+                probe_at: region + probe_at,
             }),
             events: Mutex::new(Events {
                 q: events,
-                buffers_at: region.0 + ev,
+                buffers_at: region + ev,
             }),
             endpoints: Mutex::new(BTreeMap::new()),
             by_id: Mutex::new(BTreeMap::new()),
@@ -403,7 +397,7 @@ impl<M: GuestMemory + Send + Sync + 'static> Viommu<M> {
         {
             let mut e = lock(&inner.events);
             for i in 0..cfg.event_queue_size {
-                let buf = GuestAddress(e.buffers_at + EVENT * u64::from(i));
+                let buf = e.buffers_at + EVENT * u64::from(i);
                 e.q.add(&inner.mem, &[], &[(buf, EVENT as u32)])
                     .map_err(queue_errno)?;
             }
@@ -459,9 +453,9 @@ impl<M: GuestMemory + Send + Sync + 'static> Viommu<M> {
                         break;
                     }
                 };
-                let buf = GuestAddress(e.buffers_at + EVENT * u64::from(head));
+                let buf = e.buffers_at + EVENT * u64::from(head);
                 let mut b = [0u8; size::FAULT];
-                let read = inner.mem.read_slice(&mut b, buf).is_ok();
+                let read = inner.mem.read(buf, &mut b);
                 if read && len as usize >= size::FAULT {
                     faults.push(Fault::decode(&b));
                 } else {
@@ -519,16 +513,17 @@ impl<M: GuestMemory + Send + Sync + 'static> Viommu<M> {
         self.sync_locked(&mut r);
         let request = Request::Probe { endpoint };
         let bytes = request.encode();
-        let readable = GuestAddress(r.probe_at);
-        let writable = GuestAddress(r.probe_at + bytes.len() as u64);
+        let readable = r.probe_at;
+        let writable = r.probe_at + bytes.len() as u64;
         let mem = &inner.mem;
-        let io = |e: vm_memory::GuestMemoryError| {
-            tracing::error!(%e, "probe buffer");
+        let io = || {
+            tracing::error!("probe buffer outside the driver's memory");
             Errno::EIO
         };
-        mem.write_slice(&bytes, readable).map_err(io)?;
-        mem.write_slice(&alloc::vec![0u8; ps + size::TAIL], writable)
-            .map_err(io)?;
+        if !mem.write(readable, &bytes) || !mem.write(writable, &alloc::vec![0u8; ps + size::TAIL])
+        {
+            return Err(io());
+        }
         let wlen = (ps + size::TAIL) as u32;
         let _s = tracing::debug_span!("virtio_request", kind = "PROBE", endpoint).entered();
         let head =
@@ -537,7 +532,9 @@ impl<M: GuestMemory + Send + Sync + 'static> Viommu<M> {
         r.in_flight.insert(head, (u16::MAX, request));
         let used = self.complete_locked(&mut r, head)?;
         let mut out = alloc::vec![0u8; ps + size::TAIL];
-        mem.read_slice(&mut out, writable).map_err(io)?;
+        if !mem.read(writable, &mut out) {
+            return Err(io());
+        }
         let status = if (used as usize) < size::TAIL {
             Status::IoErr
         } else {
@@ -561,13 +558,12 @@ impl<M: GuestMemory + Send + Sync + 'static> Viommu<M> {
         let slot = r.free_slots.pop().ok_or(Errno::ENOSPC)?;
         let at = r.slots_at + SLOT * u64::from(slot);
         let bytes = request.encode();
-        let tail = GuestAddress(at + TAIL_AT);
-        let written = write_fast(&inner.mem, &bytes, GuestAddress(at))
-            && write_fast(&inner.mem, &[0xff; 4], tail);
+        let tail = at + TAIL_AT;
+        let written = inner.mem.write(at, &bytes) && inner.mem.write(tail, &[0xff; 4]);
         let head = if written {
             r.q.add(
                 &inner.mem,
-                &[(GuestAddress(at), bytes.len() as u32)],
+                &[(at, bytes.len() as u32)],
                 &[(tail, size::TAIL as u32)],
             )
             .map_err(queue_errno)
@@ -661,9 +657,7 @@ impl<M: GuestMemory + Send + Sync + 'static> Viommu<M> {
             }
             let at = r.slots_at + SLOT * u64::from(slot);
             let mut t = [0u8; 4];
-            let status = if (len as usize) < size::TAIL
-                || !read_fast(&inner.mem, &mut t, GuestAddress(at + TAIL_AT))
-            {
+            let status = if (len as usize) < size::TAIL || !inner.mem.read(at + TAIL_AT, &mut t) {
                 Status::IoErr
             } else {
                 Status::from_u8(t[0]).unwrap_or(Status::DevErr)
@@ -1052,7 +1046,7 @@ pub(crate) fn identity_ranges(
     out
 }
 
-impl<M: GuestMemory + Send + Sync + 'static> IommuOps for Viommu<M> {
+impl<M: DriverMemory + Send + Sync + 'static> IommuOps for Viommu<M> {
     fn name(&self) -> &str {
         "virtio-iommu"
     }
@@ -1162,12 +1156,12 @@ impl<M> Viommu<M> {
 }
 
 /// A domain of the virtio-iommu driver.
-pub struct ViommuDomain<M: GuestMemory + Send + Sync + 'static> {
+pub struct ViommuDomain<M: DriverMemory + Send + Sync + 'static> {
     viommu: Viommu<M>,
     state: Arc<DomainState>,
 }
 
-impl<M: GuestMemory + Send + Sync + 'static> ViommuDomain<M> {
+impl<M: DriverMemory + Send + Sync + 'static> ViommuDomain<M> {
     /// The domain's id on the device.
     pub fn id(&self) -> u32 {
         self.state.id
@@ -1197,7 +1191,7 @@ impl<M: GuestMemory + Send + Sync + 'static> ViommuDomain<M> {
     }
 }
 
-impl<M: GuestMemory + Send + Sync + 'static> Drop for ViommuDomain<M> {
+impl<M: DriverMemory + Send + Sync + 'static> Drop for ViommuDomain<M> {
     fn drop(&mut self) {
         // Last chance for what it owes; a device that still holds the
         // domain keeps its id from any other.
@@ -1220,7 +1214,7 @@ impl<M: GuestMemory + Send + Sync + 'static> Drop for ViommuDomain<M> {
     }
 }
 
-impl<M: GuestMemory + Send + Sync + 'static> DomainOps for ViommuDomain<M> {
+impl<M: DriverMemory + Send + Sync + 'static> DomainOps for ViommuDomain<M> {
     fn attach_dev(&self, _domain: &iommu_core::Domain, dev: &Arc<Device>) -> Result<(), Errno> {
         self.viommu.attach(&self.state, dev)
     }
@@ -1260,12 +1254,12 @@ impl<M: GuestMemory + Send + Sync + 'static> DomainOps for ViommuDomain<M> {
         self.viommu.sync_owed(&self.state)
     }
 
-    fn as_any(&self) -> Option<&dyn std::any::Any> {
+    fn as_any(&self) -> Option<&dyn core::any::Any> {
         Some(self)
     }
 }
 
-impl<M: GuestMemory + Send + Sync + 'static> PagingOps for ViommuDomain<M> {
+impl<M: DriverMemory + Send + Sync + 'static> PagingOps for ViommuDomain<M> {
     fn map_pages(
         &self,
         iova: Iova,
@@ -1419,25 +1413,28 @@ impl<M: GuestMemory + Send + Sync + 'static> PagingOps for ViommuDomain<M> {
     }
 }
 
-/// A transport to a [`VirtioIommu`] in the same process: a notification
+/// A transport to a [`VirtioIommu`](crate::VirtioIommu) in the same process: a notification
 /// serves the queue at once, as a VMM's queue handler would.
+#[cfg(feature = "vmm")]
 pub struct Loopback<M> {
-    iommu: Arc<VirtioIommu>,
+    iommu: Arc<crate::VirtioIommu>,
     mem: M,
-    queues: Mutex<[Option<Queue>; 2]>,
+    queues: Mutex<[Option<virtio_queue::Queue>; 2]>,
     /// Notifications of the request queue go unserved while set.
     paused: core::sync::atomic::AtomicBool,
 }
 
+#[cfg(feature = "vmm")]
 impl<M> core::fmt::Debug for Loopback<M> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("Loopback").finish_non_exhaustive()
     }
 }
 
-impl<M: GuestMemory + Send + Sync> Loopback<M> {
+#[cfg(feature = "vmm")]
+impl<M: vm_memory::GuestMemory + Send + Sync> Loopback<M> {
     /// A transport to `iommu` over `mem`.
-    pub fn new(iommu: Arc<VirtioIommu>, mem: M) -> Loopback<M> {
+    pub fn new(iommu: Arc<crate::VirtioIommu>, mem: M) -> Loopback<M> {
         Loopback {
             iommu,
             mem,
@@ -1455,7 +1452,7 @@ impl<M: GuestMemory + Send + Sync> Loopback<M> {
     }
 
     /// The device.
-    pub fn device(&self) -> &Arc<VirtioIommu> {
+    pub fn device(&self) -> &Arc<crate::VirtioIommu> {
         &self.iommu
     }
 
@@ -1477,7 +1474,8 @@ impl<M: GuestMemory + Send + Sync> Loopback<M> {
     }
 }
 
-impl<M: GuestMemory + Send + Sync> Transport for Loopback<M> {
+#[cfg(feature = "vmm")]
+impl<M: vm_memory::GuestMemory + Send + Sync> Transport for Loopback<M> {
     fn device_features(&self) -> u64 {
         self.iommu.with_device(|d| d.offered())
     }
@@ -1494,8 +1492,14 @@ impl<M: GuestMemory + Send + Sync> Transport for Loopback<M> {
     }
 
     fn queue_ready(&self, index: u16, l: QueueLayout) -> Result<(), Errno> {
-        let q = crate::queue::ready_queue(l.size, l.desc, l.avail, l.used)
-            .map_err(|_| Errno::EINVAL)?;
+        use vm_memory::GuestAddress;
+        let q = crate::queue::ready_queue(
+            l.size,
+            GuestAddress(l.desc),
+            GuestAddress(l.avail),
+            GuestAddress(l.used),
+        )
+        .map_err(|_| Errno::EINVAL)?;
         let mut qs = lock(&self.queues);
         let slot = qs.get_mut(usize::from(index)).ok_or(Errno::EINVAL)?;
         *slot = Some(q);

@@ -20,7 +20,10 @@
 //! - `core`: `CoreDomainMapper`, an external mapper into an `iommu-core`
 //!   domain;
 //! - `driver`: the guest side, `driver::Viommu`, a virtio-iommu driver for
-//!   `iommu-core`, and a transport to a device in the same process.
+//!   `iommu-core`, `no_std` like the core: its queues live in memory the
+//!   embedder describes ([`ring::DriverMemory`]: a kernel's DMA memory, or
+//!   any vm-memory `GuestMemory`); with `vmm`, `driver::Loopback`, a
+//!   transport to a device in the same process.
 //!
 //! [`firmware`] builds (and reads back) what tells a guest where the
 //! virtio-iommu is and what it translates: the ACPI VIOT table and the
@@ -67,6 +70,7 @@ pub mod guide_vmm {
 #[cfg(feature = "vmm")]
 pub mod queue;
 mod request;
+pub mod ring;
 pub mod spec;
 mod state;
 #[cfg(feature = "test-utils")]

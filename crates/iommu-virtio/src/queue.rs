@@ -22,10 +22,9 @@ use vm_memory::{
     MemoryRegionAddress, Permissions,
 };
 
-/// The request queue's index.
-pub const REQUEST_QUEUE: u16 = 0;
-/// The event queue's index.
-pub const EVENT_QUEUE: u16 = 1;
+pub use crate::ring::{
+    DriverMemory, DriverQueue, DriverQueueError, QueueLayout, EVENT_QUEUE, REQUEST_QUEUE,
+};
 
 /// The most device-readable bytes a request needs (PROBE's, with its
 /// reserved bytes); what a chain holds past this is not read.
@@ -367,266 +366,46 @@ pub fn ready_queue(
     Ok(q)
 }
 
-/// Where a split virtqueue's three rings are, and its size: what a
-/// driver writes into the transport's queue registers.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct QueueLayout {
-    /// Entries.
-    pub size: u16,
-    /// The descriptor table.
-    pub desc: GuestAddress,
-    /// The available ring.
-    pub avail: GuestAddress,
-    /// The used ring.
-    pub used: GuestAddress,
-}
-
-/// Why the driver side of a queue refused a buffer.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum DriverQueueError {
-    /// Not enough free descriptors for the chain.
-    #[error("{needed} descriptors needed, {free} free")]
-    Full {
-        /// Descriptors the chain needs.
-        needed: usize,
-        /// Descriptors free.
-        free: usize,
-    },
-    /// A chain with no buffer.
-    #[error("a chain needs at least one buffer")]
-    BadChain,
-    /// The rings do not fit in guest memory, or the size is not a power
-    /// of two from 1 to 32768.
-    #[error("the queue does not fit in guest memory or its size is wrong")]
-    Layout,
-    /// The device returned a head the driver did not make available.
-    #[error("the device used descriptor {0}, which the driver did not make available")]
-    BadUsed(u32),
-}
-
-/// The driver's side of a split virtqueue (virtio 1.2, 2.7): it writes
-/// descriptor chains and the available ring into guest memory and reads the
-/// used ring, as a guest kernel's virtio ring does. The guest side of this
-/// crate's tests and of the guest driver speaks to the device through it.
-#[derive(Debug)]
-pub struct DriverQueue {
-    size: u16,
-    desc: GuestAddress,
-    avail: GuestAddress,
-    used: GuestAddress,
-    /// Free descriptors, a stack.
-    free: Vec<u16>,
-    /// Each descriptor's successor in its chain, as the driver wrote it
-    /// (the device may have overwritten the table; the driver trusts only
-    /// its own copy).
-    next: Vec<u16>,
-    /// Descriptors in the chain at each head, 0 when the device does not
-    /// hold a chain there.
-    chain_len: Vec<u16>,
-    next_avail: u16,
-    last_used: u16,
-}
-
-const DESC_SIZE: u64 = 16;
-const F_NEXT: u16 = 1;
-const F_WRITE: u16 = 2;
-
 impl DriverQueue {
-    /// Bytes the three rings of a queue of `size` entries take from the
-    /// start of its area, with their alignments (16, 2 and 4).
-    pub fn area_size(size: u16) -> u64 {
-        let (_, _, used) = Self::offsets(size);
-        used + 6 + 8 * u64::from(size)
-    }
-
-    fn offsets(size: u16) -> (u64, u64, u64) {
-        let n = u64::from(size);
-        let avail = DESC_SIZE * n;
-        let used = (avail + 6 + 2 * n).next_multiple_of(4);
-        (0, avail, used)
-    }
-
-    /// A queue of `size` entries whose rings take [`area_size`] bytes at
-    /// `base` (16-byte aligned) in `mem`; the rings are zeroed.
-    ///
-    /// [`area_size`]: Self::area_size
-    ///
-    /// # Errors
-    /// [`DriverQueueError::Layout`] for a size that is not a power of two
-    /// up to 32768, a misaligned base, or an area outside `mem`.
-    pub fn new<M: GuestMemory>(
-        mem: &M,
-        size: u16,
-        base: GuestAddress,
-    ) -> Result<DriverQueue, DriverQueueError> {
-        if !size.is_power_of_two() || size > 32768 || !base.0.is_multiple_of(16) {
-            return Err(DriverQueueError::Layout);
-        }
-        let len = Self::area_size(size);
-        base.0.checked_add(len).ok_or(DriverQueueError::Layout)?;
-        mem.write_slice(&alloc::vec![0u8; len as usize], base)
-            .map_err(|_| DriverQueueError::Layout)?;
-        let (_, avail, used) = Self::offsets(size);
-        Ok(DriverQueue {
-            size,
-            desc: base,
-            avail: GuestAddress(base.0 + avail),
-            used: GuestAddress(base.0 + used),
-            free: (0..size).rev().collect(),
-            next: alloc::vec![0; usize::from(size)],
-            chain_len: alloc::vec![0; usize::from(size)],
-            next_avail: 0,
-            last_used: 0,
-        })
-    }
-
     /// The device's side of this queue, as a transport would build it.
     ///
     /// # Errors
     /// The queue's own error.
     pub fn device_queue(&self) -> Result<Queue, QueueError> {
-        ready_queue(self.size, self.desc, self.avail, self.used)
+        let l = self.layout();
+        ready_queue(
+            l.size,
+            GuestAddress(l.desc),
+            GuestAddress(l.avail),
+            GuestAddress(l.used),
+        )
     }
+}
 
-    /// Where the rings are.
-    pub fn layout(&self) -> QueueLayout {
-        QueueLayout {
-            size: self.size,
-            desc: self.desc,
-            avail: self.avail,
-            used: self.used,
-        }
+/// Guest memory as the driver side of a queue reaches it, for a driver in
+/// the same process as the device (tests, `driver::Loopback`): through
+/// vm-memory, straight to the region that holds an access.
+impl<M: GuestMemory + Send + Sync + ?Sized> DriverMemory for M {
+    fn read(&self, addr: u64, buf: &mut [u8]) -> bool {
+        read_fast(self, buf, GuestAddress(addr))
     }
-
-    /// Descriptors free for new chains.
-    pub fn free(&self) -> usize {
-        self.free.len()
+    fn write(&self, addr: u64, data: &[u8]) -> bool {
+        write_fast(self, data, GuestAddress(addr))
     }
-
-    /// Makes available a chain of `readable` then `writable` buffers
-    /// (guest address, length) and returns its head.
-    ///
-    /// # Errors
-    /// [`DriverQueueError::Full`] without enough free descriptors,
-    /// [`DriverQueueError::BadChain`] for an empty chain.
-    pub fn add<M: GuestMemory>(
-        &mut self,
-        mem: &M,
-        readable: &[(GuestAddress, u32)],
-        writable: &[(GuestAddress, u32)],
-    ) -> Result<u16, DriverQueueError> {
-        let needed = readable.len() + writable.len();
-        if needed == 0 {
-            return Err(DriverQueueError::BadChain);
-        }
-        if needed > self.free.len() {
-            return Err(DriverQueueError::Full {
-                needed,
-                free: self.free.len(),
-            });
-        }
-        let bufs = readable
-            .iter()
-            .map(|&b| (b, 0))
-            .chain(writable.iter().map(|&b| (b, F_WRITE)));
-        // Each descriptor is written once its successor is known.
-        let mut pending: Option<(u16, (GuestAddress, u32), u16)> = None;
-        let mut head = None;
-        for (buf, write) in bufs {
-            let id = self.free.pop().ok_or(DriverQueueError::Layout)?;
-            head.get_or_insert(id);
-            if let Some((prev, b, w)) = pending.replace((id, buf, write)) {
-                self.write_desc(mem, prev, b, w | F_NEXT, id)?;
-            }
-        }
-        let head = head.ok_or(DriverQueueError::BadChain)?;
-        if let Some((last, b, w)) = pending {
-            self.write_desc(mem, last, b, w, 0)?;
-        }
-        // `needed` fits: the queue has at most 32768 descriptors.
-        self.chain_len[usize::from(head)] = needed as u16;
-        let slot = u64::from(self.next_avail % self.size);
-        if !write_fast(
-            mem,
-            &head.to_le_bytes(),
-            GuestAddress(self.avail.0 + 4 + 2 * slot),
-        ) {
-            return Err(DriverQueueError::Layout);
-        }
-        self.next_avail = self.next_avail.wrapping_add(1);
-        // The index is published after the entry it covers.
-        if !store_fast(
-            mem,
-            self.next_avail.to_le(),
-            GuestAddress(self.avail.0 + 2),
+    fn store_u16_release(&self, addr: u64, v: u16) -> bool {
+        store_fast(
+            self,
+            v.to_le(),
+            GuestAddress(addr),
             core::sync::atomic::Ordering::Release,
-        ) {
-            return Err(DriverQueueError::Layout);
-        }
-        Ok(head)
+        )
     }
-
-    fn write_desc<M: GuestMemory>(
-        &mut self,
-        mem: &M,
-        id: u16,
-        (addr, len): (GuestAddress, u32),
-        flags: u16,
-        next: u16,
-    ) -> Result<(), DriverQueueError> {
-        let mut d = [0u8; DESC_SIZE as usize];
-        d[0..8].copy_from_slice(&addr.0.to_le_bytes());
-        d[8..12].copy_from_slice(&len.to_le_bytes());
-        d[12..14].copy_from_slice(&flags.to_le_bytes());
-        d[14..16].copy_from_slice(&next.to_le_bytes());
-        self.next[usize::from(id)] = next;
-        let at = GuestAddress(self.desc.0 + DESC_SIZE * u64::from(id));
-        if write_fast(mem, &d, at) {
-            Ok(())
-        } else {
-            Err(DriverQueueError::Layout)
-        }
-    }
-
-    /// The next chain the device returned, with the length it wrote; its
-    /// descriptors are free again.
-    ///
-    /// # Errors
-    /// [`DriverQueueError::BadUsed`] when the device returned a head that
-    /// it does not hold (the entry is consumed).
-    pub fn pop_used<M: GuestMemory>(
-        &mut self,
-        mem: &M,
-    ) -> Result<Option<(u16, u32)>, DriverQueueError> {
-        let idx: u16 = load_fast(
-            mem,
-            GuestAddress(self.used.0 + 2),
+    fn load_u16_acquire(&self, addr: u64) -> Option<u16> {
+        load_fast::<_, u16>(
+            self,
+            GuestAddress(addr),
             core::sync::atomic::Ordering::Acquire,
         )
-        .ok_or(DriverQueueError::Layout)?;
-        if u16::from_le(idx) == self.last_used {
-            return Ok(None);
-        }
-        let slot = u64::from(self.last_used % self.size);
-        let mut e = [0u8; 8];
-        if !read_fast(mem, &mut e, GuestAddress(self.used.0 + 4 + 8 * slot)) {
-            return Err(DriverQueueError::Layout);
-        }
-        self.last_used = self.last_used.wrapping_add(1);
-        let id = u32::from_le_bytes([e[0], e[1], e[2], e[3]]);
-        let len = u32::from_le_bytes([e[4], e[5], e[6], e[7]]);
-        let held = u16::try_from(id)
-            .ok()
-            .filter(|&h| h < self.size && self.chain_len[usize::from(h)] != 0);
-        let Some(head) = held else {
-            return Err(DriverQueueError::BadUsed(id));
-        };
-        let n = core::mem::take(&mut self.chain_len[usize::from(head)]);
-        let mut at = head;
-        for _ in 0..n {
-            self.free.push(at);
-            at = self.next[usize::from(at)];
-        }
-        Ok(Some((head, len)))
+        .map(u16::from_le)
     }
 }

@@ -51,14 +51,7 @@ fn guest_with_regions(config: DeviceConfig, policy: IommuConfig, net_resv: &[Res
     let transport = Arc::new(Loopback::new(Arc::clone(&device), mem.clone()));
     let cfg = ViommuConfig::default();
     let need = Viommu::<Mem>::memory_needed(cfg, 512);
-    let viommu = Viommu::probe(
-        transport.clone(),
-        mem.clone(),
-        GuestAddress(REGION),
-        need,
-        cfg,
-    )
-    .unwrap();
+    let viommu = Viommu::probe(transport.clone(), mem.clone(), REGION, need, cfg).unwrap();
     let iommu = Iommu::new(policy);
     let bus = Bus::new(&iommu, "virtio").unwrap();
     iommu.bus_set_iommu(&bus, Arc::new(viommu.clone())).unwrap();
@@ -610,13 +603,7 @@ fn probe_on(config: DeviceConfig, len: Option<u64>) -> Result<Viommu<Mem>, Errno
     let transport = Arc::new(Loopback::new(device, mem.clone()));
     let cfg = ViommuConfig::default();
     let need = Viommu::<Mem>::memory_needed(cfg, 512);
-    Viommu::probe(
-        transport,
-        mem,
-        GuestAddress(REGION),
-        len.unwrap_or(need),
-        cfg,
-    )
+    Viommu::probe(transport, mem, REGION, len.unwrap_or(need), cfg)
 }
 
 #[test]
@@ -638,7 +625,7 @@ fn probe_refuses_what_it_cannot_drive() {
     let t = Arc::new(Loopback::new(device, mem.clone()));
     let cfg = ViommuConfig::default();
     assert_eq!(
-        Viommu::probe(t, mem, GuestAddress(0), 1 << 20, cfg).unwrap_err(),
+        Viommu::probe(t, mem, 0, 1 << 20, cfg).unwrap_err(),
         Errno::ENOMEM
     );
     // A queue size that is not a power of two.
@@ -650,7 +637,7 @@ fn probe_refuses_what_it_cannot_drive() {
         ..ViommuConfig::default()
     };
     assert_eq!(
-        Viommu::probe(t, mem, GuestAddress(REGION), 1 << 20, cfg).unwrap_err(),
+        Viommu::probe(t, mem, REGION, 1 << 20, cfg).unwrap_err(),
         Errno::EINVAL
     );
 }
@@ -695,7 +682,7 @@ fn a_granule_larger_than_the_guests_page_gets_no_domain() {
     let t = Arc::new(Loopback::new(device, mem.clone()));
     let cfg = ViommuConfig::default();
     let need = Viommu::<Mem>::memory_needed(cfg, 512);
-    let viommu = Viommu::probe(t, mem, GuestAddress(REGION), need, cfg).unwrap();
+    let viommu = Viommu::probe(t, mem, REGION, need, cfg).unwrap();
     let iommu = Iommu::new(IommuConfig::default());
     let bus = Bus::new(&iommu, "virtio").unwrap();
     iommu.bus_set_iommu(&bus, Arc::new(viommu)).unwrap();

@@ -29,8 +29,8 @@ fn guest_with(resv: &[ResvMem]) -> Guest {
     let mut d = Device::new(DeviceConfig::default()).unwrap();
     d.add_endpoint(EP, resv).unwrap();
     d.negotiate(d.offered()).unwrap();
-    let requests = DriverQueue::new(&mem, 16, GuestAddress(0x1000)).unwrap();
-    let events = DriverQueue::new(&mem, 8, GuestAddress(0x3000)).unwrap();
+    let requests = DriverQueue::new(&mem, 16, 0x1000).unwrap();
+    let events = DriverQueue::new(&mem, 8, 0x3000).unwrap();
     Guest {
         request_queue: requests.device_queue().unwrap(),
         event_queue: events.device_queue().unwrap(),
@@ -54,11 +54,7 @@ impl Guest {
         self.mem.write_slice(&bytes, GuestAddress(BUF)).unwrap();
         self.mem.write_slice(&[0xee; 4], tail).unwrap();
         self.requests
-            .add(
-                &self.mem,
-                &[(GuestAddress(BUF), bytes.len() as u32)],
-                &[(tail, 4)],
-            )
+            .add(&self.mem, &[(BUF, bytes.len() as u32)], &[(tail.0, 4)])
             .unwrap();
         let served = self.serve();
         assert_eq!(served.used, 1);
@@ -127,11 +123,7 @@ fn the_driver_is_notified_when_it_did_not_suppress_interrupts() {
     let bytes = attach(1).encode();
     g.mem.write_slice(&bytes, GuestAddress(BUF)).unwrap();
     g.requests
-        .add(
-            &g.mem,
-            &[(GuestAddress(BUF), bytes.len() as u32)],
-            &[(GuestAddress(BUF + 0x100), 4)],
-        )
+        .add(&g.mem, &[(BUF, bytes.len() as u32)], &[(BUF + 0x100, 4)])
         .unwrap();
     assert_eq!(
         g.serve(),
@@ -157,9 +149,11 @@ fn a_request_split_over_many_descriptors_is_read_whole() {
     let tail = [(GuestAddress(0x7_0000), 1), (GuestAddress(0x7_0100), 3)];
     g.mem.write_slice(&[0xee; 4], tail[0].0).unwrap();
     // 36 descriptors do not fit in 16: use a larger queue.
-    g.requests = DriverQueue::new(&g.mem, 64, GuestAddress(0x1000)).unwrap();
+    g.requests = DriverQueue::new(&g.mem, 64, 0x1000).unwrap();
     g.request_queue = g.requests.device_queue().unwrap();
-    g.requests.add(&g.mem, &readable, &tail).unwrap();
+    g.requests
+        .add(&g.mem, &raw(&readable), &raw(&tail))
+        .unwrap();
     assert_eq!(g.serve().used, 1);
     assert_eq!(g.requests.pop_used(&g.mem).unwrap().unwrap().1, 4);
     assert_eq!(g.mem.read_obj::<u8>(tail[0].0).unwrap(), Status::Ok as u8);
@@ -186,8 +180,8 @@ fn probe_fills_properties_across_writable_descriptors() {
     g.requests
         .add(
             &g.mem,
-            &[(GuestAddress(BUF), bytes.len() as u32)],
-            &[(first, 10), (second, (ps + 4 - 10) as u32)],
+            &[(BUF, bytes.len() as u32)],
+            &[(first.0, 10), (second.0, (ps + 4 - 10) as u32)],
         )
         .unwrap();
     assert_eq!(g.serve().used, 1);
@@ -211,11 +205,7 @@ fn a_probe_buffer_shorter_than_probe_size_gets_inval_in_its_last_bytes() {
     let out = GuestAddress(0x6_0000);
     g.mem.write_slice(&[0xcc; 64], out).unwrap();
     g.requests
-        .add(
-            &g.mem,
-            &[(GuestAddress(BUF), bytes.len() as u32)],
-            &[(out, 64)],
-        )
+        .add(&g.mem, &[(BUF, bytes.len() as u32)], &[(out.0, 64)])
         .unwrap();
     g.serve();
     let (_, len) = g.requests.pop_used(&g.mem).unwrap().unwrap();
@@ -230,7 +220,9 @@ fn a_probe_buffer_shorter_than_probe_size_gets_inval_in_its_last_bytes() {
 /// it comes back with used length 0 and nothing changed.
 fn refused(g: &mut Guest, readable: &[(GuestAddress, u32)], writable: &[(GuestAddress, u32)]) {
     let before = g.iommu.with_device(|d| d.clone());
-    g.requests.add(&g.mem, readable, writable).unwrap();
+    g.requests
+        .add(&g.mem, &raw(readable), &raw(writable))
+        .unwrap();
     assert_eq!(g.serve().used, 1);
     assert_eq!(g.requests.pop_used(&g.mem).unwrap().unwrap().1, 0);
     assert_eq!(g.iommu.with_device(|d| d.clone()), before);
@@ -355,7 +347,7 @@ fn fault_reports_go_to_event_buffers_in_order() {
     let bufs = [GuestAddress(0x7_0000), GuestAddress(0x7_1000)];
     for b in bufs {
         g.events
-            .add(&g.mem, &[], &[(b, size::FAULT as u32)])
+            .add(&g.mem, &[], &[(b.0, size::FAULT as u32)])
             .unwrap();
     }
     let served = g.iommu.process_events(&mut g.event_queue, &g.mem).unwrap();
@@ -392,11 +384,9 @@ fn an_event_buffer_too_small_is_returned_unused_and_the_report_kept() {
     assert!(ep
         .translate(GuestAddress(0x5000), 8, Permissions::Read)
         .is_err());
+    g.events.add(&g.mem, &[], &[(0x7_0000, 8)]).unwrap();
     g.events
-        .add(&g.mem, &[], &[(GuestAddress(0x7_0000), 8)])
-        .unwrap();
-    g.events
-        .add(&g.mem, &[], &[(GuestAddress(0x7_1000), size::FAULT as u32)])
+        .add(&g.mem, &[], &[(0x7_1000, size::FAULT as u32)])
         .unwrap();
     let served = g.iommu.process_events(&mut g.event_queue, &g.mem).unwrap();
     assert_eq!(served.used, 2);
@@ -411,19 +401,19 @@ fn an_event_buffer_too_small_is_returned_unused_and_the_report_kept() {
 fn the_driver_queue_refuses_what_does_not_fit() {
     let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x4000)]).unwrap();
     assert_eq!(
-        DriverQueue::new(&mem, 3, GuestAddress(0)).unwrap_err(),
+        DriverQueue::new(&mem, 3, 0).unwrap_err(),
         DriverQueueError::Layout
     );
     assert_eq!(
-        DriverQueue::new(&mem, 1024, GuestAddress(0)).unwrap_err(),
+        DriverQueue::new(&mem, 1024, 0).unwrap_err(),
         DriverQueueError::Layout
     );
     assert_eq!(
-        DriverQueue::new(&mem, 4, GuestAddress(8)).unwrap_err(),
+        DriverQueue::new(&mem, 4, 8).unwrap_err(),
         DriverQueueError::Layout
     );
-    let mut q = DriverQueue::new(&mem, 4, GuestAddress(0)).unwrap();
-    let b = (GuestAddress(0x2000), 4);
+    let mut q = DriverQueue::new(&mem, 4, 0).unwrap();
+    let b = (0x2000, 4);
     assert_eq!(q.add(&mem, &[], &[]), Err(DriverQueueError::BadChain));
     assert_eq!(
         q.add(&mem, &[b; 5], &[]),
@@ -435,4 +425,9 @@ fn the_driver_queue_refuses_what_does_not_fit() {
         Err(DriverQueueError::Full { needed: 2, free: 1 })
     );
     assert_eq!(q.pop_used(&mem), Ok(None));
+}
+
+/// Buffers as the driver side of a queue takes them: raw addresses.
+fn raw(bufs: &[(GuestAddress, u32)]) -> Vec<(u64, u32)> {
+    bufs.iter().map(|&(a, l)| (a.0, l)).collect()
 }
