@@ -766,3 +766,78 @@ proptest::proptest! {
         iommu_virtio::testing::run_probe_reply(&reply);
     }
 }
+
+/// Memory a kernel hands the driver: plain bytes at a base address, no
+/// vm-memory in sight. (It forwards to the VMM's guest memory here, so the
+/// device in the same process sees what the driver writes.)
+struct KernelMemory(Mem);
+
+impl iommu_virtio::ring::DriverMemory for KernelMemory {
+    fn read(&self, addr: u64, buf: &mut [u8]) -> bool {
+        self.0.read_slice(buf, GuestAddress(addr)).is_ok()
+    }
+    fn write(&self, addr: u64, data: &[u8]) -> bool {
+        self.0.write_slice(data, GuestAddress(addr)).is_ok()
+    }
+    fn store_u16_release(&self, addr: u64, v: u16) -> bool {
+        std::sync::atomic::fence(Ordering::Release);
+        self.write(addr, &v.to_le_bytes())
+    }
+    fn load_u16_acquire(&self, addr: u64) -> Option<u16> {
+        let mut b = [0u8; 2];
+        let ok = self.read(addr, &mut b);
+        std::sync::atomic::fence(Ordering::Acquire);
+        ok.then_some(u16::from_le_bytes(b))
+    }
+}
+
+/// The driver over memory described only by `DriverMemory` (what a no_std
+/// kernel gives it): probe, attach, a mapping a device's DMA goes through,
+/// the unmap that takes it away, and out-of-range memory refused.
+#[test]
+fn the_driver_runs_over_memory_its_embedder_describes() {
+    let mem = Mem::from_ranges(&[(GuestAddress(0), MEM as usize)]).unwrap();
+    let mut d = Device::new(DeviceConfig::default()).unwrap();
+    d.add_endpoint(NET, &[]).unwrap();
+    let device = VirtioIommu::new(d);
+    let transport = Arc::new(Loopback::new(Arc::clone(&device), mem.clone()));
+    let cfg = ViommuConfig::default();
+    let need = Viommu::<KernelMemory>::memory_needed(cfg, 512);
+    // A region past the end of memory is refused, not written.
+    assert_eq!(
+        Viommu::probe(transport.clone(), KernelMemory(mem.clone()), MEM, need, cfg).unwrap_err(),
+        Errno::ENOMEM
+    );
+    let viommu = Viommu::probe(transport, KernelMemory(mem.clone()), REGION, need, cfg).unwrap();
+    let iommu = Iommu::new(IommuConfig::default());
+    let bus = Bus::new(&iommu, "virtio").unwrap();
+    iommu.bus_set_iommu(&bus, Arc::new(viommu.clone())).unwrap();
+    let net = bus
+        .add_device(DeviceBuilder::new("net").stream_ids([NET]))
+        .unwrap();
+    let domain = net.iommu_group().unwrap().default_domain().unwrap();
+    assert!(
+        device.with_device(|d| d.domain_of(NET)).is_some(),
+        "the driver's ATTACH reached the device"
+    );
+    domain
+        .map(
+            Iova::new(0x4000),
+            PhysAddr::new(0x20_0000),
+            0x1000,
+            Prot::RW,
+        )
+        .unwrap();
+    let dma = IommuMemory::new(mem.clone(), device.endpoint(NET), true, ());
+    dma.write_obj(0xabcd_u32, GuestAddress(0x4010)).unwrap();
+    assert_eq!(
+        mem.read_obj::<u32>(GuestAddress(0x20_0010)).unwrap(),
+        0xabcd
+    );
+    assert_eq!(domain.unmap(Iova::new(0x4000), 0x1000), Ok(0x1000));
+    assert!(
+        dma.write_obj(1_u32, GuestAddress(0x4010)).is_err(),
+        "unmapped"
+    );
+    assert_eq!(viommu.stats().refused, 0);
+}
