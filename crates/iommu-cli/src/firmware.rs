@@ -160,10 +160,11 @@ pub fn apply_ivrs(machine: &Machine, ivrs: &Ivrs) -> Facts {
         };
         // Linux adds an IVRS alias on the device's own bus as a DMA alias.
         if alias != rid && (alias >> 8) as u8 == f.bdf.bus {
-            let q: &mut DeviceQuirks = facts.quirks.entry(f.bdf).or_default();
-            if !q.dma_aliases.contains(&(alias as u8)) {
-                q.dma_aliases.push(alias as u8);
-            }
+            facts
+                .quirks
+                .entry(f.bdf)
+                .or_insert_with(DeviceQuirks::default)
+                .alias(alias as u8);
         }
         for (start, len, r, w) in ivrs.unity_ranges(segment, rid) {
             let mut prot = Prot::NONE;

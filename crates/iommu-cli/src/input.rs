@@ -322,9 +322,7 @@ pub fn platform(loaded: &Loaded, args: &PlatformArgs) -> Result<Platform, Failur
         for (bdf, q) in facts.quirks {
             let mine = quirks.entry(bdf).or_default();
             for a in q.dma_aliases {
-                if !mine.dma_aliases.contains(&a) {
-                    mine.dma_aliases.push(a);
-                }
+                mine.alias(a);
             }
         }
     } else {

@@ -557,7 +557,7 @@ pub struct DeviceQuirks {
 
 impl DeviceQuirks {
     /// Adds `devfn` to the aliases, once.
-    fn alias(&mut self, devfn: u8) {
+    pub fn alias(&mut self, devfn: u8) {
         if !self.dma_aliases.contains(&devfn) {
             self.dma_aliases.push(devfn);
         }
