@@ -70,6 +70,29 @@ pub trait Transport: Send + Sync {
 
     /// Notifies the device that queue `index` has new buffers.
     fn notify(&self, index: u16);
+
+    /// The most entries queue `index` may have, where the transport can
+    /// tell (`None`: no limit known; `Some(0)`: the device has no such
+    /// queue). The driver shrinks its queues to fit.
+    fn queue_max_size(&self, index: u16) -> Option<u16> {
+        let _ = index;
+        None
+    }
+
+    /// Tells the device the driver is ready (DRIVER_OK): called once, after
+    /// both queues are ready and before the first notification. Transports
+    /// without a status register need not do anything.
+    fn driver_ok(&self) {}
+
+    /// Writes configuration space from byte `at` (the `bypass` field is
+    /// the only one a driver writes).
+    ///
+    /// # Errors
+    /// `EOPNOTSUPP` when the transport cannot write configuration space.
+    fn write_config(&self, at: usize, data: &[u8]) -> Result<(), Errno> {
+        let _ = (at, data);
+        Err(Errno::EOPNOTSUPP)
+    }
 }
 
 /// How the driver sizes its queues.
@@ -79,6 +102,14 @@ pub struct ViommuConfig {
     pub request_queue_size: u16,
     /// Entries of the event queue (one buffer each).
     pub event_queue_size: u16,
+    /// How many times the driver polls the request queue's used ring for
+    /// the device's answers after a notification before it gives up on
+    /// the requests still out (they fail with `EIO`). A device served in
+    /// the notification itself (QEMU under TCG, `Loopback`) has answered
+    /// before the first poll; one on another thread or in hardware (an
+    /// ioeventfd, vhost) answers later. Linux waits without a bound; a
+    /// bound keeps a dead device from hanging the kernel.
+    pub completion_polls: u32,
 }
 
 impl Default for ViommuConfig {
@@ -86,6 +117,7 @@ impl Default for ViommuConfig {
         ViommuConfig {
             request_queue_size: 256,
             event_queue_size: 64,
+            completion_polls: 1 << 24,
         }
     }
 }
@@ -186,6 +218,7 @@ struct Negotiated {
     last_domain: u32,
     probe_size: u32,
     map_flags: u32,
+    completion_polls: u32,
 }
 
 struct Inner<M> {
@@ -279,10 +312,12 @@ impl<M: DriverMemory + Send + Sync + 'static> Viommu<M> {
     /// and posts the event buffers.
     ///
     /// # Errors
-    /// `ENODEV` without VERSION_1 and MAP_UNMAP, or when the device
-    /// refuses the features; `EINVAL` for a configuration no device may
-    /// present (no page size, an empty range, a `probe_size` over 64 KiB)
-    /// or a queue size that is not a power of two; `ENOMEM` when the
+    /// `ENODEV` without VERSION_1 and MAP_UNMAP, when the device
+    /// refuses the features or has no request or event queue; `EINVAL`
+    /// for a configuration no device may present (no page size, an empty
+    /// range, a `probe_size` over 64 KiB), a queue size that is not a
+    /// power of two, or a device whose request queue holds one entry.
+    /// Queues larger than the device's are shrunk to its maximum; `ENOMEM` when the
     /// region is smaller than [`memory_needed`](Self::memory_needed) or
     /// outside `mem`.
     pub fn probe(
@@ -343,6 +378,22 @@ impl<M: DriverMemory + Send + Sync + 'static> Viommu<M> {
         {
             return Err(Errno::EINVAL);
         }
+        // Queues no larger than the device's (split queue sizes are
+        // powers of two, so the largest power of two under its maximum).
+        let mut cfg = cfg;
+        for (index, size) in [
+            (REQUEST_QUEUE, &mut cfg.request_queue_size),
+            (EVENT_QUEUE, &mut cfg.event_queue_size),
+        ] {
+            match transport.queue_max_size(index) {
+                Some(0) => return Err(Errno::ENODEV),
+                Some(max) if max < *size => *size = 1 << (15 - max.leading_zeros()),
+                _ => {}
+            }
+        }
+        if cfg.request_queue_size < 2 {
+            return Err(Errno::EINVAL);
+        }
         let (rq, eq, ev, slots, end, probe_at) = Self::layout(cfg, probe_size);
         if len < end || region.checked_add(end).is_none() || !region.is_multiple_of(16) {
             return Err(Errno::ENOMEM);
@@ -373,6 +424,7 @@ impl<M: DriverMemory + Send + Sync + 'static> Viommu<M> {
                 last_domain,
                 probe_size,
                 map_flags,
+                completion_polls: cfg.completion_polls,
             },
             requests: Mutex::new(Requests {
                 q: requests,
@@ -402,6 +454,7 @@ impl<M: DriverMemory + Send + Sync + 'static> Viommu<M> {
                     .map_err(queue_errno)?;
             }
         }
+        inner.transport.driver_ok();
         inner.transport.notify(EVENT_QUEUE);
         tracing::debug!(
             features = format_args!("{features:#x}"),
@@ -414,6 +467,53 @@ impl<M: DriverMemory + Send + Sync + 'static> Viommu<M> {
         Ok(Viommu {
             inner: Arc::new(inner),
         })
+    }
+
+    /// Sets the device's `bypass` configuration field: what the DMA of
+    /// endpoints attached to no domain does (`true`: it reaches
+    /// guest-physical addresses untranslated; `false`: the device blocks
+    /// it and reports a fault). Linux's driver leaves the field as the
+    /// firmware set it; a kernel that wants no DMA past the IOMMU before
+    /// its devices are attached clears it.
+    ///
+    /// # Errors
+    /// `EOPNOTSUPP` when BYPASS_CONFIG was not negotiated or the
+    /// transport cannot write configuration space; `EIO` when the field
+    /// does not read back as written.
+    pub fn set_bypass(&self, bypass: bool) -> Result<(), Errno> {
+        let inner = &*self.inner;
+        if inner.cfg.features & feature::BYPASS_CONFIG == 0 {
+            return Err(Errno::EOPNOTSUPP);
+        }
+        inner
+            .transport
+            .write_config(offset::BYPASS, &[u8::from(bypass)])?;
+        let mut now = [0u8; 1];
+        inner.transport.read_config(offset::BYPASS, &mut now);
+        if now[0] != u8::from(bypass) {
+            return Err(Errno::EIO);
+        }
+        Ok(())
+    }
+
+    /// The device's `bypass` configuration field as it stands (`None`
+    /// without BYPASS_CONFIG).
+    pub fn bypass(&self) -> Option<bool> {
+        let inner = &*self.inner;
+        if inner.cfg.features & feature::BYPASS_CONFIG == 0 {
+            return None;
+        }
+        let mut now = [0u8; 1];
+        inner.transport.read_config(offset::BYPASS, &mut now);
+        Some(now[0] == 1)
+    }
+
+    /// The input range the device translates, first and last address
+    /// (`input_range`, or all of it without INPUT_RANGE): every domain's
+    /// aperture. The page sizes are [`IommuOps::pgsize_bitmap`].
+    pub fn input_range(&self) -> (u64, u64) {
+        let g = self.inner.cfg.geometry;
+        (g.aperture_start.raw(), g.aperture_end.raw())
     }
 
     /// The features negotiated.
@@ -607,10 +707,16 @@ impl<M: DriverMemory + Send + Sync + 'static> Viommu<M> {
         lock(&inner.stats).kicks += 1;
         inner.transport.notify(REQUEST_QUEUE);
         self.drain_locked(r, None);
+        let mut polls = 0;
+        while !r.in_flight.is_empty() && polls < inner.cfg.completion_polls {
+            core::hint::spin_loop();
+            self.drain_locked(r, None);
+            polls += 1;
+        }
         if !r.in_flight.is_empty() {
-            // The device is synchronous here; one that keeps buffers
-            // after a notification is broken. Its requests stay in flight
-            // (their memory is the device's) and fail.
+            // A device that keeps buffers this long is broken. Its
+            // requests stay in flight (their memory is the device's) and
+            // fail.
             tracing::error!(
                 left = r.in_flight.len(),
                 "the device did not complete the requests"
@@ -633,7 +739,14 @@ impl<M: DriverMemory + Send + Sync + 'static> Viommu<M> {
             stats.requests[4] += 1;
         }
         inner.transport.notify(REQUEST_QUEUE);
-        self.drain_locked(r, Some(head)).ok_or(Errno::EIO)
+        let mut used = self.drain_locked(r, Some(head));
+        let mut polls = 0;
+        while used.is_none() && polls < inner.cfg.completion_polls {
+            core::hint::spin_loop();
+            used = self.drain_locked(r, Some(head));
+            polls += 1;
+        }
+        used.ok_or(Errno::EIO)
     }
 
     fn drain_locked(&self, r: &mut Requests, want: Option<u16>) -> Option<u32> {
@@ -1489,6 +1602,11 @@ impl<M: vm_memory::GuestMemory + Send + Sync> Transport for Loopback<M> {
 
     fn read_config(&self, at: usize, buf: &mut [u8]) {
         self.iommu.with_device(|d| d.read_config(at, buf));
+    }
+
+    fn write_config(&self, at: usize, data: &[u8]) -> Result<(), Errno> {
+        self.iommu.with_device(|d| d.write_config(at, data));
+        Ok(())
     }
 
     fn queue_ready(&self, index: u16, l: QueueLayout) -> Result<(), Errno> {

@@ -7,7 +7,9 @@ use iommu_core::{
     ResvType,
 };
 use iommu_dma::{DmaDevice, DmaDirection, DmaOptions};
-use iommu_virtio::driver::{parse_properties, Loopback, Viommu, ViommuConfig, SW_MSI_BASE};
+use iommu_virtio::driver::{
+    parse_properties, Loopback, Transport, Viommu, ViommuConfig, SW_MSI_BASE,
+};
 use iommu_virtio::spec::{feature, resv};
 use iommu_virtio::{Access, Device, DeviceConfig, ResvMem, VirtioIommu};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -49,7 +51,12 @@ fn guest_with_regions(config: DeviceConfig, policy: IommuConfig, net_resv: &[Res
     d.add_endpoint(BLK, &[]).unwrap();
     let device = VirtioIommu::new(d);
     let transport = Arc::new(Loopback::new(Arc::clone(&device), mem.clone()));
-    let cfg = ViommuConfig::default();
+    // The device answers in the notification: a request still out after
+    // a few polls never will be (the tests that pause the device).
+    let cfg = ViommuConfig {
+        completion_polls: 16,
+        ..ViommuConfig::default()
+    };
     let need = Viommu::<Mem>::memory_needed(cfg, 512);
     let viommu = Viommu::probe(transport.clone(), mem.clone(), REGION, need, cfg).unwrap();
     let iommu = Iommu::new(policy);
@@ -840,4 +847,95 @@ fn the_driver_runs_over_memory_its_embedder_describes() {
         "unmapped"
     );
     assert_eq!(viommu.stats().refused, 0);
+}
+
+/// A transport whose device serves its queues on a thread of its own,
+/// after the notification has returned (as a device behind an ioeventfd,
+/// vhost, or hardware does).
+struct Deferred {
+    inner: Arc<Loopback<Mem>>,
+    kick: std::sync::Mutex<std::sync::mpsc::Sender<u16>>,
+}
+
+impl Deferred {
+    fn new(inner: Arc<Loopback<Mem>>) -> Deferred {
+        let (tx, rx) = std::sync::mpsc::channel::<u16>();
+        let device = Arc::clone(&inner);
+        std::thread::spawn(move || {
+            for index in rx {
+                std::thread::sleep(std::time::Duration::from_micros(200));
+                device.notify(index);
+            }
+        });
+        Deferred {
+            inner,
+            kick: std::sync::Mutex::new(tx),
+        }
+    }
+}
+
+impl Transport for Deferred {
+    fn device_features(&self) -> u64 {
+        self.inner.device_features()
+    }
+    fn set_driver_features(&self, features: u64) -> Result<(), Errno> {
+        self.inner.set_driver_features(features)
+    }
+    fn read_config(&self, at: usize, buf: &mut [u8]) {
+        self.inner.read_config(at, buf)
+    }
+    fn queue_ready(
+        &self,
+        index: u16,
+        layout: iommu_virtio::driver::QueueLayout,
+    ) -> Result<(), Errno> {
+        self.inner.queue_ready(index, layout)
+    }
+    fn notify(&self, index: u16) {
+        let _ = self.kick.lock().unwrap().send(index);
+    }
+}
+
+#[test]
+fn a_device_that_answers_after_the_notification_is_waited_for() {
+    let mem = Mem::from_ranges(&[(GuestAddress(0), MEM as usize)]).unwrap();
+    let mut d = Device::new(DeviceConfig::default()).unwrap();
+    d.add_endpoint(NET, &[]).unwrap();
+    let device = VirtioIommu::new(d);
+    let t = Arc::new(Deferred::new(Arc::new(Loopback::new(
+        Arc::clone(&device),
+        mem.clone(),
+    ))));
+    let cfg = ViommuConfig::default();
+    let need = Viommu::<Mem>::memory_needed(cfg, 512);
+    let viommu = Viommu::probe(t, mem.clone(), REGION, need, cfg).unwrap();
+    let iommu = Iommu::default();
+    let bus = Bus::new(&iommu, "virtio").unwrap();
+    iommu.bus_set_iommu(&bus, Arc::new(viommu.clone())).unwrap();
+    let net = bus
+        .add_device(DeviceBuilder::new("net").stream_ids([NET]))
+        .unwrap();
+    let domain = net.iommu_group().unwrap().default_domain().unwrap();
+    domain
+        .map(
+            Iova::new(0x1000_0000),
+            PhysAddr::new(0x20_0000),
+            0x1000,
+            Prot::RW,
+        )
+        .unwrap();
+    assert_eq!(
+        device.with_device(|d| d.translate(NET, 0x1000_0010, Access::Write).map(|t| t.phys)),
+        Ok(0x20_0010),
+        "the MAP completed before map returned"
+    );
+    assert_eq!(domain.unmap(Iova::new(0x1000_0000), 0x1000), Ok(0x1000));
+    assert!(
+        device
+            .with_device(|d| d.translate(NET, 0x1000_0010, Access::Write))
+            .is_err(),
+        "the UNMAP completed before unmap returned"
+    );
+    let s = viommu.stats();
+    assert_eq!((s.requests[2], s.requests[3], s.refused), (1, 1, 0));
 }
