@@ -22,8 +22,9 @@
 //! - `driver`: the guest side, `driver::Viommu`, a virtio-iommu driver for
 //!   `iommu-core`, `no_std` like the core: its queues live in memory the
 //!   embedder describes ([`ring::DriverMemory`]: a kernel's DMA memory, or
-//!   any vm-memory `GuestMemory`); with `vmm`, `driver::Loopback`, a
-//!   transport to a device in the same process.
+//!   any vm-memory `GuestMemory`); `pci::PciTransport`, the virtio-pci
+//!   modern transport a kernel runs it on; with `vmm`, `driver::Loopback`,
+//!   a transport to a device in the same process.
 //!
 //! [`firmware`] builds (and reads back) what tells a guest where the
 //! virtio-iommu is and what it translates: the ACPI VIOT table and the
@@ -67,6 +68,8 @@ pub mod firmware;
 pub mod guide_vmm {
     #![doc = include_str!("guide_vmm.md")]
 }
+#[cfg(feature = "driver")]
+pub mod pci;
 #[cfg(feature = "vmm")]
 pub mod queue;
 mod request;
