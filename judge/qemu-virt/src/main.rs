@@ -14,14 +14,14 @@
 
 extern crate alloc;
 
-mod board;
-
 use alloc::sync::Arc;
 use alloc::vec::Vec;
-use board::{print, Uart};
 use core::fmt::Write;
 use iommu_core::{Bus, DeviceBuilder, Iommu, Iova, PhysAddr, Prot};
 use iommu_pgtable::HeapMemory;
+use iommu_qemu_judge::board::{print, Uart};
+use iommu_qemu_judge::pci::{Ecam, Edu, EDU_ID};
+use iommu_qemu_judge::{aligned_buffer, buffer, check};
 use iommu_smmuv3::{Smmuv3, Smmuv3Config, VolatileMmio};
 
 /// QEMU virt's SMMUv3 register window.
@@ -30,107 +30,22 @@ const SMMU_BASE: usize = 0x0905_0000;
 const ECAM: usize = 0x3f00_0000;
 /// Where the edu device's BAR 0 goes (the start of the PCI MMIO window).
 const EDU_BAR: usize = 0x1000_0000;
-/// The edu device's own buffer, in its DMA address space.
-const EDU_BUF: u64 = 0x4_0000;
 
-/// Checks passed and failed.
-static mut RESULTS: (u32, u32) = (0, 0);
-
-fn check(name: &str, ok: bool) {
-    // SAFETY: one CPU, no interrupts: nothing else touches RESULTS.
-    unsafe {
-        if ok {
-            RESULTS.0 += 1;
-        } else {
-            RESULTS.1 += 1;
-        }
-    }
-    let _ = writeln!(Uart, "JUDGE {} {name}", if ok { "PASS" } else { "FAIL" });
+/// Finds the edu device on bus 0, puts its BAR 0 at [`EDU_BAR`] and
+/// enables memory decoding and bus mastering. Returns its devfn.
+fn find_edu(ecam: &Ecam) -> Option<u8> {
+    let devfn = ecam.find(EDU_ID)?;
+    ecam.write(devfn, 0x10, EDU_BAR as u32);
+    ecam.write(devfn, 0x04, ecam.read(devfn, 0x04) | 0b110);
+    Some(devfn)
 }
 
-fn cfg_addr(dev: usize, off: usize) -> *mut u32 {
-    (ECAM + (dev << 15) + off) as *mut u32
-}
-
-fn cfg_read(dev: usize, off: usize) -> u32 {
-    // SAFETY: ECAM is mapped as device memory; aligned 32-bit access.
-    unsafe { core::ptr::read_volatile(cfg_addr(dev, off)) }
-}
-
-fn cfg_write(dev: usize, off: usize, v: u32) {
-    // SAFETY: as in `cfg_read`.
-    unsafe { core::ptr::write_volatile(cfg_addr(dev, off), v) }
-}
-
-fn edu_read(off: usize) -> u64 {
-    // SAFETY: the BAR was assigned by `find_edu`; device memory.
-    unsafe { core::ptr::read_volatile((EDU_BAR + off) as *const u64) }
-}
-
-fn edu_read32(off: usize) -> u32 {
-    // SAFETY: as in `edu_read`; registers below 0x80 take 32-bit accesses only.
-    unsafe { core::ptr::read_volatile((EDU_BAR + off) as *const u32) }
-}
-
-fn edu_write(off: usize, v: u64) {
-    // SAFETY: as in `edu_read`.
-    unsafe { core::ptr::write_volatile((EDU_BAR + off) as *mut u64, v) }
-}
-
-/// Finds the edu device (1234:11e8) on bus 0, assigns its BAR 0 and
-/// enables memory decoding and bus mastering. Returns its slot.
-fn find_edu() -> Option<usize> {
-    let dev = (0..32).find(|&d| cfg_read(d, 0) == 0x11e8_1234)?;
-    cfg_write(dev, 0x10, EDU_BAR as u32);
-    cfg_write(dev, 0x04, cfg_read(dev, 0x04) | 0b110);
-    Some(dev)
-}
-
-/// Runs one edu DMA: `from_ram` copies `len` bytes from IOVA `iova` into
-/// the device's buffer, otherwise from its buffer to `iova`. Waits for it.
-fn edu_dma(from_ram: bool, iova: u64, len: u64) -> bool {
-    if from_ram {
-        edu_write(0x80, iova);
-        edu_write(0x88, EDU_BUF);
-    } else {
-        edu_write(0x80, EDU_BUF);
-        edu_write(0x88, iova);
-    }
-    edu_write(0x90, len);
-    edu_write(0x98, if from_ram { 1 } else { 3 });
-    for _ in 0..200_000_000u64 {
-        if edu_read(0x98) & 1 == 0 {
-            return true;
-        }
-        core::hint::spin_loop();
-    }
-    false
-}
-
-/// A page-aligned buffer the device reaches only through the SMMU.
-fn buffer(fill: u8) -> &'static mut [u8] {
-    let v = alloc::vec![fill; 0x2000];
-    let leaked = v.leak();
-    // A page-aligned 4 KiB window inside the 8 KiB allocation.
-    let off = leaked.as_ptr().align_offset(0x1000);
-    &mut leaked[off..off + 0x1000]
-}
-
-/// A 2 MiB-aligned 2 MiB buffer, zeroed.
 fn block_buffer() -> &'static mut [u8] {
-    let layout = core::alloc::Layout::from_size_align(0x20_0000, 0x20_0000).expect("a layout");
-    // SAFETY: a non-zero size; the memory is never freed, so the slice may
-    // live for the rest of the program.
-    unsafe {
-        let p = alloc::alloc::alloc_zeroed(layout);
-        assert!(!p.is_null(), "heap exhausted");
-        core::slice::from_raw_parts_mut(p, 0x20_0000)
-    }
+    aligned_buffer(0x20_0000, 0x20_0000)
 }
 
 fn pa(buf: &[u8]) -> PhysAddr {
-    // Identity-mapped: the buffer's address is its physical address.
-    PhysAddr::new(buf.as_ptr() as u64)
+    PhysAddr::new(iommu_qemu_judge::pa(buf))
 }
 
 /// Reads the event queue and prints every event, then the phase they
@@ -150,13 +65,15 @@ fn events(drv: &Smmuv3<VolatileMmio, HeapMemory>, phase: &str) -> Vec<iommu_smmu
 
 fn run() {
     print("iommu-rs judge: QEMU virt, QEMU's SMMUv3, the edu device\n");
-    let Some(slot) = find_edu() else {
+    let ecam = Ecam::new(ECAM);
+    let Some(devfn) = find_edu(&ecam) else {
         check("edu device found through ECAM", false);
         return;
     };
     check("edu device found through ECAM", true);
-    check("edu identification register", edu_read32(0) == 0x0100_00ed);
-    let rid = (slot << 3) as u32;
+    let edu = Edu::at(EDU_BAR);
+    check("edu identification register", edu.read32(0) == 0x0100_00ed);
+    let rid = u32::from(devfn);
 
     // SAFETY: the SMMU's 128 KiB window is identity-mapped as device memory.
     let mmio = unsafe { VolatileMmio::new(SMMU_BASE as *mut u8) };
@@ -213,7 +130,7 @@ fn run() {
         .map(Iova::new(iova_src), pa(src), 0x1000, Prot::READ)
         .and_then(|_| domain.map(Iova::new(iova_dst), pa(dst), 0x1000, Prot::RW));
     check("map through the core and the driver", mapped.is_ok());
-    let ok = edu_dma(true, iova_src, 256) && edu_dma(false, iova_dst, 256);
+    let ok = edu.dma(true, iova_src, 256) && edu.dma(false, iova_dst, 256);
     check("edu DMA completes", ok);
     check(
         "DMA data lands where the page tables say",
@@ -222,7 +139,7 @@ fn run() {
     check("no event for mapped DMA", events(&drv, "mapped").is_empty());
 
     // 2. An IOVA nothing maps: QEMU's SMMU records F_TRANSLATION.
-    edu_dma(false, iova_hole, 64);
+    edu.dma(false, iova_hole, 64);
     let evs = events(&drv, "hole");
     check(
         "unmapped IOVA records F_TRANSLATION with stream and address",
@@ -236,7 +153,7 @@ fn run() {
         "unmap through the core",
         domain.unmap(Iova::new(iova_dst), 0x1000) == Ok(0x1000),
     );
-    edu_dma(false, iova_dst, 256);
+    edu.dma(false, iova_dst, 256);
     check("no data lands after unmap", dst.iter().all(|&b| b == 0));
     let evs = events(&drv, "unmapped");
     check(
@@ -246,7 +163,7 @@ fn run() {
     );
 
     // 4. A read-only mapping refuses the device's write.
-    edu_dma(false, iova_src, 16);
+    edu.dma(false, iova_src, 16);
     let evs = events(&drv, "read-only");
     check(
         "write to a read-only mapping records F_PERMISSION",
@@ -260,11 +177,11 @@ fn run() {
     let stale = buffer(0);
     let iova_stale = 0x40_0000u64;
     let _ = domain.map(Iova::new(iova_stale), pa(stale), 0x1000, Prot::RW);
-    edu_dma(false, iova_stale, 16);
+    edu.dma(false, iova_stale, 16);
     stale.fill(0);
     let mut gather = iommu_core::IotlbGather::new();
     domain.unmap_fast(Iova::new(iova_stale), 0x1000, &mut gather);
-    edu_dma(false, iova_stale, 16);
+    edu.dma(false, iova_stale, 16);
     check(
         "without the TLBI the SMMU still uses its cached translation",
         stale[..16] == src[..16],
@@ -275,7 +192,7 @@ fn run() {
         "the TLBI and CMD_SYNC complete",
         domain.iotlb_sync(gather).is_ok(),
     );
-    edu_dma(false, iova_stale, 16);
+    edu.dma(false, iova_stale, 16);
     check("after the TLBI it does not", stale.iter().all(|&b| b == 0));
     let _ = events(&drv, "synced");
 
@@ -290,7 +207,7 @@ fn run() {
             && domain.first_mapping(Iova::new(iova_block), Iova::new(iova_block + 0x1f_ffff))
                 == Some((Iova::new(iova_block), 0x20_0000)),
     );
-    edu_dma(false, iova_block + 0x12_3400, 64);
+    edu.dma(false, iova_block + 0x12_3400, 64);
     check(
         "DMA lands at the block's offset",
         block[0x12_3400..0x12_3400 + 64] == src[..64],
@@ -301,7 +218,7 @@ fn run() {
         domain.unmap(Iova::new(iova_block), 0x20_0000) == Ok(0x20_0000),
     );
     block[0x1f_f000..].fill(0);
-    edu_dma(false, iova_block + 0x1f_f000, 16);
+    edu.dma(false, iova_block + 0x1f_f000, 16);
     check(
         "after the block's unmap its last page faults",
         block[0x1f_f000..].iter().all(|&b| b == 0),
@@ -321,7 +238,7 @@ fn run() {
     );
     dst.fill(0);
     let _ = domain.map(Iova::new(iova_dst), pa(dst), 0x1000, Prot::RW);
-    edu_dma(false, iova_dst, 16);
+    edu.dma(false, iova_dst, 16);
     check(
         "a blocked group's DMA lands nowhere",
         dst.iter().all(|&b| b == 0),
@@ -339,7 +256,7 @@ fn run() {
         iommu.sysfs().write(&path, "identity").is_ok(),
     );
     let ident = buffer(0);
-    edu_dma(false, pa(ident).raw(), 32);
+    edu.dma(false, pa(ident).raw(), 32);
     check(
         "identity DMA lands at the physical address",
         ident[..32] == src[..32],
@@ -362,14 +279,5 @@ fn run() {
 #[no_mangle]
 extern "C" fn judge_main() -> ! {
     run();
-    // SAFETY: one CPU; the checks are done.
-    let (pass, fail) = unsafe { RESULTS };
-    let _ = writeln!(Uart, "JUDGE DONE pass={pass} fail={fail}");
-    board::power_off()
-}
-
-#[panic_handler]
-fn panic(info: &core::panic::PanicInfo) -> ! {
-    let _ = writeln!(Uart, "JUDGE FAIL panic: {info}");
-    board::power_off()
+    iommu_qemu_judge::finish()
 }
