@@ -1,10 +1,20 @@
 //! ACPI DMAR tables: any bytes. What parses builds back into bytes that
-//! parse the same, and unit lookups on it never panic.
+//! parse the same, and unit lookups on it never panic. The same bytes as
+//! the tables a kernel reads first (RSDP, RSDT or XSDT, MCFG): a typed
+//! result, never a panic.
 #![no_main]
 
+use iommu_firmware::acpi::{mcfg, root_table_entries, Rsdp};
 use iommu_firmware::dmar::Dmar;
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    let _ = Rsdp::parse(data);
+    let _ = root_table_entries(data);
+    if let Ok(windows) = mcfg(data) {
+        for w in windows {
+            let _ = w.config_address(w.end_bus, 0xff);
+        }
+    }
     if let Ok(t) = Dmar::parse(data) {
         let again = t.to_bytes(*b"FUZZ  ", *b"FUZZFUZZ", 0);
         assert_eq!(Dmar::parse(&again).as_ref(), Ok(&t));

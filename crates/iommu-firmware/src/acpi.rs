@@ -1,5 +1,6 @@
 //! The header every ACPI table starts with (ACPI 6.5, section 5.2.6), read
-//! and written.
+//! and written; the RSDP, the root tables (RSDT, XSDT) and the MCFG a
+//! kernel reads to find the rest and PCI configuration space.
 
 use alloc::vec::Vec;
 
@@ -283,4 +284,165 @@ mod tests {
         };
         assert_eq!(e.to_string(), "signature \"0\\x00:\\xff\", not \"DMAR\"");
     }
+}
+
+/// The Root System Description Pointer (ACPI 6.5, section 5.2.5): where a
+/// kernel starts looking for every other table. PC firmware leaves it in
+/// the BIOS area (0xe0000-0xfffff, on a 16-byte boundary) or hands its
+/// address over (UEFI's configuration table, PVH's `rsdp_paddr`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Rsdp {
+    /// The OEM's id.
+    pub oem_id: [u8; 6],
+    /// 0 for ACPI 1.0 (an RSDT only), 2 from ACPI 2.0 on.
+    pub revision: u8,
+    /// The RSDT's physical address.
+    pub rsdt: u32,
+    /// The XSDT's physical address (revision 2 and later), which a kernel
+    /// prefers to the RSDT.
+    pub xsdt: Option<u64>,
+}
+
+/// Why bytes are not an RSDP.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum RsdpError {
+    /// Fewer bytes than its revision's structure.
+    #[error("truncated: {need} bytes needed, {have} given")]
+    Truncated {
+        /// The bytes it needs.
+        need: usize,
+        /// The bytes there are.
+        have: usize,
+    },
+    /// Not "RSD PTR ".
+    #[error("no \"RSD PTR \" signature")]
+    Signature,
+    /// The first 20 bytes, or (revision 2) the whole structure, do not
+    /// sum to zero.
+    #[error("checksum of the {0} bytes does not sum to zero")]
+    Checksum(usize),
+}
+
+impl Rsdp {
+    /// The signature.
+    pub const SIGNATURE: [u8; 8] = *b"RSD PTR ";
+
+    /// Reads an RSDP: both checksums, the XSDT only from revision 2 on.
+    ///
+    /// # Errors
+    /// [`RsdpError`].
+    pub fn parse(bytes: &[u8]) -> Result<Rsdp, RsdpError> {
+        if bytes.len() < 20 {
+            return Err(RsdpError::Truncated {
+                need: 20,
+                have: bytes.len(),
+            });
+        }
+        if bytes[..8] != Self::SIGNATURE {
+            return Err(RsdpError::Signature);
+        }
+        if checksum(&bytes[..20]) != 0 {
+            return Err(RsdpError::Checksum(20));
+        }
+        let revision = bytes[15];
+        let mut rsdp = Rsdp {
+            oem_id: array(bytes, 9),
+            revision,
+            rsdt: u32_at(bytes, 16),
+            xsdt: None,
+        };
+        if revision >= 2 {
+            if bytes.len() < 36 {
+                return Err(RsdpError::Truncated {
+                    need: 36,
+                    have: bytes.len(),
+                });
+            }
+            let len = u32_at(bytes, 20) as usize;
+            if len < 36 || len > bytes.len() {
+                return Err(RsdpError::Truncated {
+                    need: len.max(36),
+                    have: bytes.len(),
+                });
+            }
+            if checksum(&bytes[..len]) != 0 {
+                return Err(RsdpError::Checksum(len));
+            }
+            rsdp.xsdt = Some(u64_at(bytes, 24));
+        }
+        Ok(rsdp)
+    }
+}
+
+/// The physical addresses of the tables an XSDT (64-bit entries) or RSDT
+/// (32-bit entries) lists, in order.
+///
+/// # Errors
+/// [`HeaderError`]: neither signature, truncated, or a bad checksum.
+pub fn root_table_entries(bytes: &[u8]) -> Result<Vec<u64>, HeaderError> {
+    let (width, table) = match Header::parse(bytes, *b"XSDT") {
+        Ok((_, t)) => (8, t),
+        Err(HeaderError::Signature { .. }) => (4, Header::parse(bytes, *b"RSDT")?.1),
+        Err(e) => return Err(e),
+    };
+    Ok(table[HEADER_LEN..]
+        .chunks_exact(width)
+        .map(|e| {
+            if width == 8 {
+                u64_at(e, 0)
+            } else {
+                u64::from(u32_at(e, 0))
+            }
+        })
+        .collect())
+}
+
+/// One PCI segment's ECAM window, as the MCFG lists it (PCI Firmware
+/// Specification 3.2, section 4.1.2).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct McfgEntry {
+    /// The window's base: the configuration space of bus 0 (whether or
+    /// not `start_bus` is 0).
+    pub base: u64,
+    /// The PCI segment.
+    pub segment: u16,
+    /// The first bus the window decodes.
+    pub start_bus: u8,
+    /// The last.
+    pub end_bus: u8,
+}
+
+impl McfgEntry {
+    /// Where function `devfn` of `bus` has its configuration space, if
+    /// the window decodes that bus.
+    pub fn config_address(&self, bus: u8, devfn: u8) -> Option<u64> {
+        (self.start_bus..=self.end_bus)
+            .contains(&bus)
+            .then(|| self.base + (u64::from(bus) << 20) + (u64::from(devfn) << 12))
+    }
+}
+
+/// The ECAM windows of an MCFG table. Bytes after the last whole entry
+/// are ignored.
+///
+/// # Errors
+/// [`HeaderError`]: another table, truncated (shorter than its 44 bytes
+/// of header), or a bad checksum.
+pub fn mcfg(bytes: &[u8]) -> Result<Vec<McfgEntry>, HeaderError> {
+    let (_, table) = Header::parse(bytes, *b"MCFG")?;
+    if table.len() < 44 {
+        return Err(HeaderError::Truncated {
+            need: 44,
+            have: table.len(),
+        });
+    }
+    Ok(table[44..]
+        .chunks_exact(16)
+        .map(|e| McfgEntry {
+            base: u64_at(e, 0),
+            segment: u16_at(e, 8),
+            start_bus: e[10],
+            end_bus: e[11],
+        })
+        .collect())
 }

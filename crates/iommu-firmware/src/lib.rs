@@ -2,7 +2,9 @@
 //!
 //! A kernel learns where its IOMMUs are, and which devices each one
 //! translates, from the firmware: on Intel machines the ACPI DMAR table
-//! ([`dmar`]), on AMD machines the IVRS ([`ivrs`]). This crate reads those
+//! ([`dmar`]), on AMD machines the IVRS ([`ivrs`]). It finds them, and
+//! where PCI configuration space is, through the tables [`acpi`] reads
+//! first: the RSDP, the RSDT or XSDT it points at, and the MCFG. This crate reads those
 //! tables with the rules Linux's `dmar.c` and `amd_iommu_init.c` apply and
 //! builds them (for a VMM or an emulated platform that must give its guest
 //! one), `no_std` + `alloc`, in time and memory bounded by the table's own
