@@ -31,6 +31,7 @@
 //! assert!(matches!(parsed.nodes()[0], ViotNode::VirtioIommuPci { segment: 0, bdf: 0x18 }));
 //! // Which endpoint ID 00:02.0 (requester id 0x10) has, and where.
 //! assert_eq!(parsed.pci_endpoint(0, 0x10), Some((0x10, iommu)));
+//! assert_eq!(parsed.iommu_node(iommu), Some(&ViotNode::VirtioIommuPci { segment: 0, bdf: 0x18 }));
 //! assert_eq!(parsed.pci_endpoint(0, 0x18), None, "the IOMMU does not translate itself");
 //! ```
 
@@ -279,6 +280,23 @@ impl Viot {
             iommu,
         })
         .map(|_| ())
+    }
+
+    /// The IOMMU node `r` names: which virtio-iommu a guest's lookup
+    /// ([`pci_endpoint`](Self::pci_endpoint)) led to.
+    pub fn iommu_node(&self, r: IommuRef) -> Option<&ViotNode> {
+        self.nodes.get(r.0).filter(|n| n.is_iommu())
+    }
+
+    /// The endpoint ID and IOMMU a guest gives PCI function `bdf` of
+    /// `segment`: [`pci_endpoint`](Self::pci_endpoint), less a
+    /// virtio-pci IOMMU's own function, which is never its own endpoint
+    /// even when a range covers it (QEMU's q35 table covers it; Linux's
+    /// VIOT code skips it).
+    pub fn translated_endpoint(&self, segment: u16, bdf: u16) -> Option<(u32, IommuRef)> {
+        let (ep, iommu) = self.pci_endpoint(segment, bdf)?;
+        let own = ViotNode::VirtioIommuPci { segment, bdf };
+        (self.iommu_node(iommu) != Some(&own)).then_some((ep, iommu))
     }
 
     /// The endpoint ID and IOMMU of PCI function `bdf` of `segment`, as a

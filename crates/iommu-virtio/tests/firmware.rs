@@ -37,6 +37,11 @@ fn qemus_table_reads_and_the_builder_writes_the_same_nodes() {
     assert_eq!(ours[36..], qemu[36..], "the nodes");
     // QEMU's range includes the IOMMU's own function; the guest skips it.
     assert_eq!(parsed.pci_endpoint(0, 0x0018).map(|(e, _)| e), Some(0x18));
+    assert_eq!(parsed.translated_endpoint(0, 0x0018), None);
+    assert_eq!(
+        parsed.translated_endpoint(0, 0x0010),
+        parsed.pci_endpoint(0, 0x0010)
+    );
     assert_eq!(parsed.pci_endpoint(0, 0x8100).map(|(e, _)| e), Some(0x8100));
     assert_eq!(parsed.pci_endpoint(0, 0x0200), None);
 }
