@@ -51,6 +51,37 @@ impl Ecam {
         out
     }
 
+    /// The addresses the firmware gave the function's memory BARs
+    /// (`None`: unimplemented, an I/O BAR, or the upper half of a 64-bit
+    /// one), after turning on memory decoding and bus mastering.
+    pub fn enable(&self, devfn: u8) -> [Option<u64>; 6] {
+        let mut out = [None; 6];
+        let mut i = 0;
+        while i < 6 {
+            let off = 0x10 + 4 * i;
+            let low = self.read(devfn, off);
+            if low & 1 == 1 {
+                i += 1;
+                continue;
+            }
+            let is64 = (low >> 1) & 3 == 2;
+            let mut at = u64::from(low & !0xf);
+            if is64 {
+                at |= u64::from(self.read(devfn, off + 4)) << 32;
+            }
+            if at != 0 {
+                out[i] = Some(at);
+            }
+            i += if is64 { 2 } else { 1 };
+        }
+        self.write(
+            devfn,
+            COMMAND,
+            self.read(devfn, COMMAND) | MEMORY_AND_MASTER,
+        );
+        out
+    }
+
     /// Sizes every memory BAR of the function, places each at the next
     /// suitably aligned address of `window` (advancing it), and turns on
     /// memory decoding and bus mastering. Returns each BAR's address

@@ -23,6 +23,7 @@
 
 extern crate alloc;
 
+use alloc::boxed::Box;
 use alloc::format;
 use alloc::string::String;
 use alloc::sync::Arc;
@@ -30,34 +31,57 @@ use alloc::vec::Vec;
 use core::fmt::Write;
 use core::sync::atomic::{fence, AtomicU16, AtomicU64, AtomicUsize, Ordering};
 use iommu_core::{Bus, DeviceBuilder, DmaOwner, Iommu, Iova, PhysAddr, Prot, ResvType};
-use iommu_qemu_judge::board::{print, Uart};
+use iommu_qemu_judge::board::{print, Uart, RAM};
 use iommu_qemu_judge::pci::{Ecam, Edu, EDU_ID};
 use iommu_qemu_judge::{aligned_buffer, buffer, check, pa};
 use iommu_virtio::driver::{DriverMemory, Viommu, ViommuConfig};
-use iommu_virtio::firmware::DtIommuMap;
 use iommu_virtio::pci::{PciBars, PciTransport, VirtioPciCaps};
 use iommu_virtio::spec::fault;
 
-/// Where QEMU puts the device tree for a program that is not a Linux
-/// kernel: the start of RAM.
-const DTB: usize = 0x4000_0000;
-/// RAM as QEMU is told to give it (`-m 128M`).
-const RAM: (u64, u64) = (0x4000_0000, 0x4800_0000);
+/// The first line the program prints.
+#[cfg(target_arch = "aarch64")]
+const MACHINE: &str = "iommu-rs judge: QEMU virt, QEMU's virtio-iommu-pci, the edu device\n";
+#[cfg(target_arch = "x86_64")]
+const MACHINE: &str = "iommu-rs judge: QEMU q35, QEMU's virtio-iommu-pci, the edu device\n";
+
 /// The modern virtio-iommu's ids (1af4:1057) as one ECAM word.
 const VIRTIO_IOMMU_ID: u32 = 0x1057_1af4;
 
-/// What the device tree says.
+/// What the firmware says: where configuration space is, where BARs go
+/// (`None`: the firmware assigned them), which function the virtio-iommu
+/// is, and the endpoint ID of each requester id it translates (the
+/// firmware's map as printed, and the lookup a guest makes).
 struct Topology {
+    source: &'static str,
     ecam: usize,
-    window: (u64, u64),
+    window: Option<(u64, u64)>,
     iommu_devfn: u8,
-    map: DtIommuMap,
+    map: String,
+    lookup: Box<dyn Fn(u32) -> Option<u32>>,
 }
+
+impl Topology {
+    /// The endpoint ID of requester id `rid`, if the virtio-iommu
+    /// translates it: never the virtio-iommu's own function.
+    fn endpoint(&self, rid: u32) -> Option<u32> {
+        (rid != u32::from(self.iommu_devfn))
+            .then(|| (self.lookup)(rid))
+            .flatten()
+    }
+}
+
+/// Where QEMU puts the device tree for a program that is not a Linux
+/// kernel: the start of RAM.
+#[cfg(target_arch = "aarch64")]
+const DTB: usize = 0x4000_0000;
 
 /// Reads the device tree QEMU passed: the ECAM host bridge's `reg`, its
 /// 32-bit memory window from `ranges`, the virtio-iommu node under it
-/// (`virtio,pci-iommu`) and the bridge's `iommu-map` entries naming it.
+/// (`virtio,pci-iommu`) and the bridge's `iommu-map` entries naming it
+/// (read with the project's `DtIommuMap`).
+#[cfg(target_arch = "aarch64")]
 fn topology() -> Result<Topology, String> {
+    use iommu_virtio::firmware::DtIommuMap;
     // SAFETY: QEMU placed a flattened device tree at the start of RAM,
     // below the image; the parser checks its magic and bounds.
     let fdt = unsafe { fdt::Fdt::from_ptr(DTB as *const u8) }
@@ -109,10 +133,96 @@ fn topology() -> Result<Topology, String> {
         phandle,
     )?;
     Ok(Topology {
+        source: "device tree iommu-map",
         ecam,
-        window,
+        window: Some(window),
         iommu_devfn,
+        map: format!("{:x?}", map.entries()),
+        lookup: Box::new(move |rid| map.endpoint(rid)),
+    })
+}
+
+/// `len` bytes of physical memory (identity-mapped).
+#[cfg(target_arch = "x86_64")]
+fn phys(addr: u64, len: usize) -> &'static [u8] {
+    // SAFETY: firmware tables in low RAM or the BIOS area, identity-mapped
+    // and never written while the program runs.
+    unsafe { core::slice::from_raw_parts(addr as *const u8, len) }
+}
+
+/// An ACPI table at `addr`, as long as its header says (at most 1 MiB).
+#[cfg(target_arch = "x86_64")]
+fn acpi_table(addr: u64) -> Result<&'static [u8], String> {
+    let head = phys(addr, 8);
+    let len = u32::from_le_bytes([head[4], head[5], head[6], head[7]]) as usize;
+    if !(36..=1 << 20).contains(&len) {
+        return Err(format!("a table of {len} bytes at {addr:#x}"));
+    }
+    Ok(phys(addr, len))
+}
+
+/// Prints a firmware table in hex, for the host test to keep.
+#[cfg(target_arch = "x86_64")]
+fn dump(name: &str, bytes: &[u8]) {
+    let _ = write!(Uart, "ACPI {name} ");
+    for b in bytes {
+        let _ = write!(Uart, "{b:02x}");
+    }
+    let _ = writeln!(Uart);
+}
+
+/// Reads the ACPI tables QEMU built: the RSDP PVH hands over, the XSDT
+/// (or RSDT), the MCFG's ECAM window for segment 0, and the VIOT (read
+/// with the project's `Viot`): its virtio-pci IOMMU node and the PCI
+/// ranges that name it. SeaBIOS assigned the BARs.
+#[cfg(target_arch = "x86_64")]
+fn topology() -> Result<Topology, String> {
+    use iommu_firmware::acpi::{mcfg, root_table_entries, Rsdp};
+    use iommu_virtio::firmware::{Viot, ViotNode};
+    let at = iommu_qemu_judge::board::rsdp().ok_or("no RSDP in the PVH start info")?;
+    let rsdp = Rsdp::parse(phys(at, 36)).map_err(|e| format!("RSDP: {e}"))?;
+    dump("RSDP", phys(at, if rsdp.revision >= 2 { 36 } else { 20 }));
+    let root = acpi_table(rsdp.xsdt.unwrap_or(u64::from(rsdp.rsdt)))?;
+    dump(&String::from_utf8_lossy(&root[..4]), root);
+    let tables = root_table_entries(root).map_err(|e| format!("XSDT: {e}"))?;
+    let (mut ecam, mut viot) = (None, None);
+    for t in tables {
+        let bytes = acpi_table(t)?;
+        match &bytes[..4] {
+            b"MCFG" => {
+                dump("MCFG", bytes);
+                ecam = mcfg(bytes)
+                    .map_err(|e| format!("MCFG: {e}"))?
+                    .into_iter()
+                    .find(|e| e.segment == 0 && e.start_bus == 0)
+                    .map(|e| e.base as usize)
+            }
+            b"VIOT" => viot = Some(Viot::parse(bytes).map_err(|e| format!("VIOT: {e}"))?),
+            _ => {}
+        }
+    }
+    let ecam = ecam.ok_or("no MCFG window for segment 0")?;
+    let viot = viot.ok_or("no VIOT")?;
+    let bdf = viot
+        .nodes()
+        .iter()
+        .find_map(|n| match n {
+            ViotNode::VirtioIommuPci { segment: 0, bdf } => Some(*bdf),
+            _ => None,
+        })
+        .ok_or("no virtio-pci IOMMU node in segment 0 in the VIOT")?;
+    let map = format!("{:x?}", viot.nodes());
+    Ok(Topology {
+        source: "ACPI VIOT",
+        ecam,
+        window: None,
+        iommu_devfn: (bdf & 0xff) as u8,
         map,
+        lookup: Box::new(move |rid| {
+            let (ep, iommu) = viot.translated_endpoint(0, rid as u16)?;
+            (viot.iommu_node(iommu) == Some(&ViotNode::VirtioIommuPci { segment: 0, bdf }))
+                .then_some(ep)
+        }),
     })
 }
 
@@ -241,26 +351,25 @@ fn write_fault(fs: &[iommu_virtio::Fault], reason: u8, endpoint: u32, addr: u64)
 }
 
 fn run() {
-    print("iommu-rs judge: QEMU virt, QEMU's virtio-iommu-pci, the edu device\n");
+    print(MACHINE);
     let topo = match topology() {
         Ok(t) => t,
         Err(e) => {
-            let _ = writeln!(Uart, "device tree: {e}");
-            check("the device tree describes the virtio-iommu", false);
+            let _ = writeln!(Uart, "firmware: {e}");
+            check("the firmware describes the virtio-iommu", false);
             return;
         }
     };
     let _ = writeln!(
         Uart,
-        "DT ecam={:#x} window={:#x}-{:#x} iommu=00:{:02x}.{} iommu-map={:x?}",
+        "TOPOLOGY from={} ecam={:#x} iommu=00:{:02x}.{} map={}",
+        topo.source,
         topo.ecam,
-        topo.window.0,
-        topo.window.1,
         topo.iommu_devfn >> 3,
         topo.iommu_devfn & 7,
-        topo.map.entries()
+        topo.map
     );
-    check("the device tree describes the virtio-iommu", true);
+    check("the firmware describes the virtio-iommu", true);
     let ecam = Ecam::new(topo.ecam);
     let (Some(iommu_devfn), Some(edu_devfn)) = (ecam.find(VIRTIO_IOMMU_ID), ecam.find(EDU_ID))
     else {
@@ -269,23 +378,29 @@ fn run() {
     };
     check("virtio-iommu-pci and edu found through ECAM", true);
     check(
-        "the device tree's virtio-iommu node is the function ECAM shows",
+        "the firmware's virtio-iommu is the function ECAM shows",
         iommu_devfn == topo.iommu_devfn,
     );
     check(
-        "the iommu-map leaves the virtio-iommu itself out",
-        topo.map.endpoint(u32::from(iommu_devfn)).is_none(),
+        "the virtio-iommu is never its own endpoint",
+        topo.endpoint(u32::from(iommu_devfn)).is_none(),
     );
-    let Some(endpoint) = topo.map.endpoint(u32::from(edu_devfn)) else {
-        check("the iommu-map gives edu an endpoint ID", false);
+    let Some(endpoint) = topo.endpoint(u32::from(edu_devfn)) else {
+        check("the firmware gives edu an endpoint ID", false);
         return;
     };
-    check("the iommu-map gives edu an endpoint ID", true);
+    check("the firmware gives edu an endpoint ID", true);
 
-    let mut window = topo.window;
+    // BARs: assigned here from the host bridge's window (virt), or as the
+    // firmware left them (q35, SeaBIOS); memory decoding and bus mastering on.
+    let bars = |devfn| match topo.window {
+        Some(_) => None,
+        None => Some(ecam.enable(devfn)),
+    };
+    let mut window = topo.window.unwrap_or((0, 0));
     let (Some(edu_bars), Some(iommu_bars)) = (
-        ecam.assign_bars(edu_devfn, &mut window),
-        ecam.assign_bars(iommu_devfn, &mut window),
+        bars(edu_devfn).or_else(|| ecam.assign_bars(edu_devfn, &mut window)),
+        bars(iommu_devfn).or_else(|| ecam.assign_bars(iommu_devfn, &mut window)),
     ) else {
         check("BARs fit the host bridge's window", false);
         return;

@@ -1,8 +1,5 @@
 //! QEMU virt, bare metal: boot code, an identity map with the MMU on, the
-//! PL011 UART, a heap, and power-off through PSCI.
-
-use core::alloc::{GlobalAlloc, Layout};
-use core::sync::atomic::{AtomicUsize, Ordering};
+//! PL011 UART, and power-off through PSCI.
 
 // Boot: FP/SIMD on (CPACR_EL1.FPEN), a stack, the MMU, then Rust.
 core::arch::global_asm!(
@@ -110,44 +107,8 @@ pub fn power_off() -> ! {
     }
 }
 
-/// A bump allocator over the RAM after the image: the program is short
-/// and frees little, so freed memory is not reused.
-struct Bump {
-    next: AtomicUsize,
-}
+/// RAM as QEMU is told to give it (`-m 128M`).
+pub const RAM: (u64, u64) = (0x4000_0000, 0x4800_0000);
 
-extern "C" {
-    static __heap_start: u8;
-}
-
-/// Heap end: 96 MiB into RAM (QEMU is given 128 MiB).
-const HEAP_END: usize = 0x4000_0000 + (96 << 20);
-
-// SAFETY: hands out disjoint, aligned blocks inside RAM; never the same twice.
-unsafe impl GlobalAlloc for Bump {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        let start = core::ptr::addr_of!(__heap_start) as usize;
-        let mut cur = self.next.load(Ordering::Relaxed);
-        loop {
-            let base = if cur == 0 { start } else { cur };
-            let at = (base + layout.align() - 1) & !(layout.align() - 1);
-            let end = at + layout.size();
-            if end > HEAP_END {
-                return core::ptr::null_mut();
-            }
-            match self
-                .next
-                .compare_exchange(cur, end, Ordering::Relaxed, Ordering::Relaxed)
-            {
-                Ok(_) => return at as *mut u8,
-                Err(now) => cur = now,
-            }
-        }
-    }
-    unsafe fn dealloc(&self, _ptr: *mut u8, _layout: Layout) {}
-}
-
-#[global_allocator]
-static HEAP: Bump = Bump {
-    next: AtomicUsize::new(0),
-};
+/// Heap end: 96 MiB into RAM.
+pub const HEAP_END: usize = 0x4000_0000 + (96 << 20);
