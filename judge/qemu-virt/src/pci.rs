@@ -51,34 +51,47 @@ impl Ecam {
         out
     }
 
-    /// The addresses the firmware gave the function's memory BARs
-    /// (`None`: unimplemented, an I/O BAR, or the upper half of a 64-bit
-    /// one), after turning on memory decoding and bus mastering.
-    pub fn enable(&self, devfn: u8) -> [Option<u64>; 6] {
-        let mut out = [None; 6];
+    /// The function's memory BARs as (index, configuration offset,
+    /// 64-bit): I/O BARs and the upper halves of 64-bit ones left out.
+    fn memory_bars(&self, devfn: u8) -> impl Iterator<Item = (usize, usize, bool)> + '_ {
         let mut i = 0;
-        while i < 6 {
-            let off = 0x10 + 4 * i;
-            let low = self.read(devfn, off);
-            if low & 1 == 1 {
-                i += 1;
-                continue;
+        core::iter::from_fn(move || {
+            while i < 6 {
+                let (index, off) = (i, 0x10 + 4 * i);
+                let low = self.read(devfn, off);
+                if low & 1 == 1 {
+                    i += 1;
+                    continue;
+                }
+                let is64 = (low >> 1) & 3 == 2;
+                i += if is64 { 2 } else { 1 };
+                return Some((index, off, is64));
             }
-            let is64 = (low >> 1) & 3 == 2;
-            let mut at = u64::from(low & !0xf);
-            if is64 {
-                at |= u64::from(self.read(devfn, off + 4)) << 32;
-            }
-            if at != 0 {
-                out[i] = Some(at);
-            }
-            i += if is64 { 2 } else { 1 };
-        }
+            None
+        })
+    }
+
+    fn enable_decoding_and_mastering(&self, devfn: u8) {
         self.write(
             devfn,
             COMMAND,
             self.read(devfn, COMMAND) | MEMORY_AND_MASTER,
         );
+    }
+
+    /// The addresses the firmware gave the function's memory BARs
+    /// (`None`: unimplemented, an I/O BAR, or the upper half of a 64-bit
+    /// one), after turning on memory decoding and bus mastering.
+    pub fn enable(&self, devfn: u8) -> [Option<u64>; 6] {
+        let mut out = [None; 6];
+        for (i, off, is64) in self.memory_bars(devfn) {
+            let mut at = u64::from(self.read(devfn, off) & !0xf);
+            if is64 {
+                at |= u64::from(self.read(devfn, off + 4)) << 32;
+            }
+            out[i] = (at != 0).then_some(at);
+        }
+        self.enable_decoding_and_mastering(devfn);
         out
     }
 
@@ -89,15 +102,9 @@ impl Ecam {
     /// one); `None` overall when the window is too small.
     pub fn assign_bars(&self, devfn: u8, window: &mut (u64, u64)) -> Option<[Option<u64>; 6]> {
         let mut out = [None; 6];
-        let mut i = 0;
-        while i < 6 {
-            let off = 0x10 + 4 * i;
+        let bars: alloc::vec::Vec<_> = self.memory_bars(devfn).collect();
+        for (i, off, is64) in bars {
             let old = self.read(devfn, off);
-            if old & 1 == 1 {
-                i += 1;
-                continue;
-            }
-            let is64 = (old >> 1) & 3 == 2;
             self.write(devfn, off, u32::MAX);
             let mut mask = u64::from(self.read(devfn, off) & !0xf);
             if is64 {
@@ -108,7 +115,6 @@ impl Ecam {
             }
             if mask & 0xffff_ffff == 0 {
                 self.write(devfn, off, old);
-                i += if is64 { 2 } else { 1 };
                 continue;
             }
             let size = mask.wrapping_neg();
@@ -122,13 +128,8 @@ impl Ecam {
             }
             window.0 = at + size;
             out[i] = Some(at);
-            i += if is64 { 2 } else { 1 };
         }
-        self.write(
-            devfn,
-            COMMAND,
-            self.read(devfn, COMMAND) | MEMORY_AND_MASTER,
-        );
+        self.enable_decoding_and_mastering(devfn);
         Some(out)
     }
 }
