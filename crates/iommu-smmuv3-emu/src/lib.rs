@@ -1224,3 +1224,20 @@ impl<R: PhysRead> PhysRead for Stage2Reader<'_, R> {
         }
     }
 }
+
+/// The register file as a driver reaches it (`iommu-smmuv3`'s driver runs
+/// on the emulator through this).
+impl<M: GuestMemoryBackend + Send + Sync> iommu_hw::Mmio for Smmuv3<M> {
+    fn read32(&self, offset: u64) -> u32 {
+        Smmuv3::read32(self, offset)
+    }
+    fn write32(&self, offset: u64, value: u32) {
+        Smmuv3::write32(self, offset, value)
+    }
+    fn read64(&self, offset: u64) -> u64 {
+        Smmuv3::read64(self, offset)
+    }
+    fn write64(&self, offset: u64, value: u64) {
+        Smmuv3::write64(self, offset, value)
+    }
+}

@@ -7,15 +7,15 @@
 //! domain here: without substreams a device needs only CD 0, and every
 //! stream of the domain can share it.
 
-use crate::dma::{DmaRegion, DomainMemory};
 use crate::driver::{Inner, Smmuv3};
-use crate::mmio::Mmio;
 use crate::ste::{self, TlbiTarget};
 use alloc::sync::{Arc, Weak};
 use alloc::vec::Vec;
 use iommu_core::{
     Device, Domain, DomainGeometry, DomainOps, Errno, IotlbGather, Iova, PagingOps, PhysAddr, Prot,
 };
+use iommu_hw::Mmio;
+use iommu_hw::{DmaRegion, DomainMemory};
 use iommu_pgtable::lpae::{Lpae, Stage};
 use iommu_pgtable::{Format, IoPageTable, TableMemory};
 

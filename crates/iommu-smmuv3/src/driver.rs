@@ -1,9 +1,8 @@
 //! The driver: probe, reset, stream table, command and event queues, and
 //! the [`IommuOps`] the core calls.
 
-use crate::dma::DmaRegion;
 use crate::domain::{DomainKind, Smmuv3Domain};
-use crate::mmio::{reg, Mmio};
+use crate::mmio::reg;
 use crate::ste::{self, Cmd, Ste};
 use alloc::collections::{BTreeMap, BTreeSet, VecDeque};
 use alloc::sync::{Arc, Weak};
@@ -13,6 +12,8 @@ use iommu_core::{
     Capability, Device, Domain, DomainOps, DomainType, Errno, FaultAccess, Group, GroupKeys, Iommu,
     IommuOps, Iova, ReservedRegion, StreamIdGroups, WedgeReport,
 };
+use iommu_hw::DmaRegion;
+use iommu_hw::Mmio;
 use iommu_pgtable::lpae::{Granule, Lpae, LpaeConfig, Stage};
 use iommu_pgtable::TableMemory;
 

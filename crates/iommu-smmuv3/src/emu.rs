@@ -1,10 +1,10 @@
-//! The driver on the emulated SMMUv3: [`Mmio`] for
-//! [`iommu_smmuv3_emu::Smmuv3`], and [`EmuPlatform`], which puts guest
-//! memory, the emulator and a probed driver together.
+//! The driver on the emulated SMMUv3 (whose register file is an
+//! [`iommu_hw::Mmio`]): [`EmuPlatform`], which puts guest memory, the
+//! emulator and a probed driver together.
 
 extern crate std;
 
-use crate::{Mmio, ProbeError, Smmuv3, Smmuv3Config};
+use crate::{ProbeError, Smmuv3, Smmuv3Config};
 use alloc::string::String;
 use alloc::sync::Arc;
 use iommu_core::{Device, Errno, IommuOps, Iova, PhysAddr};
@@ -12,22 +12,7 @@ use iommu_pgtable::GuestTableMemory;
 use iommu_smmuv3_emu::{DmaError, EventId, Features, Smmuv3 as Hw};
 use iommu_soft::platform::DmaHardware;
 use iommu_soft::{Access, TranslateError};
-use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
-
-impl<M: GuestMemoryBackend + Send + Sync> Mmio for Hw<M> {
-    fn read32(&self, offset: u64) -> u32 {
-        Hw::read32(self, offset)
-    }
-    fn write32(&self, offset: u64, value: u32) {
-        Hw::write32(self, offset, value)
-    }
-    fn read64(&self, offset: u64) -> u64 {
-        Hw::read64(self, offset)
-    }
-    fn write64(&self, offset: u64, value: u64) {
-        Hw::write64(self, offset, value)
-    }
-}
+use vm_memory::{GuestAddress, GuestMemoryMmap};
 
 /// Guest memory of the emulated platform.
 pub type EmuMemory = GuestMemoryMmap;

@@ -2,7 +2,7 @@
 //!
 //! [`Smmuv3`] is an [`IommuOps`](iommu_core::IommuOps) driver modelled on
 //! Linux's `drivers/iommu/arm/arm-smmu-v3`. It reaches the SMMU only
-//! through its registers ([`Mmio`]) and through what it writes into
+//! through its registers ([`Mmio`], from `iommu-hw`) and through what it writes into
 //! DMA-able memory (a [`TableMemory`](iommu_pgtable::TableMemory)): the
 //! stream table (linear or two-level), context descriptors, the command
 //! queue and the event queue. Page tables are `iommu-pgtable`'s LPAE tables
@@ -30,13 +30,10 @@
 
 extern crate alloc;
 
-#[allow(unsafe_code)] // calls TableMemory's accessors on regions it owns
-mod dma;
 mod domain;
 mod driver;
 #[cfg(feature = "emu")]
 pub mod emu;
-#[allow(unsafe_code)] // VolatileMmio touches a register window
 mod mmio;
 pub mod ste;
 #[cfg(feature = "test-utils")]
@@ -46,4 +43,5 @@ pub use domain::Smmuv3Domain;
 pub use driver::{
     ProbeError, SmmuEvent, Smmuv3, Smmuv3Caps, Smmuv3Config, Smmuv3Stats, StreamTableFormat,
 };
-pub use mmio::{reg, Mmio, VolatileMmio, WINDOW};
+pub use iommu_hw::{Mmio, VolatileMmio};
+pub use mmio::{reg, WINDOW};

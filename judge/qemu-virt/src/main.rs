@@ -76,7 +76,7 @@ fn run() {
     let rid = u32::from(devfn);
 
     // SAFETY: the SMMU's 128 KiB window is identity-mapped as device memory.
-    let mmio = unsafe { VolatileMmio::new(SMMU_BASE as *mut u8) };
+    let mmio = unsafe { VolatileMmio::new(SMMU_BASE as *mut u8, iommu_smmuv3::WINDOW) };
     let mem = Arc::new(HeapMemory::new());
     let drv = match Smmuv3::probe(mmio, mem, Smmuv3Config::default()) {
         Ok(d) => d,

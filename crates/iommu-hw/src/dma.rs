@@ -1,4 +1,5 @@
-//! Memory the driver shares with the SMMU: stream tables, CDs, queues.
+//! Memory a driver shares with its IOMMU: stream or context tables,
+//! descriptors, queues.
 //!
 //! A [`DmaRegion`] is a block from the driver's [`TableMemory`] whose
 //! double words are read and written with bounds checks, so the rest of
@@ -11,7 +12,7 @@ use iommu_pgtable::TableMemory;
 use iommu_types::{Errno, PhysAddr};
 
 /// A block of DMA-able memory of `words` double words.
-pub(crate) struct DmaRegion<M: TableMemory> {
+pub struct DmaRegion<M: TableMemory> {
     mem: Arc<M>,
     pa: PhysAddr,
     words: usize,
@@ -26,7 +27,7 @@ impl<M: TableMemory> core::fmt::Debug for DmaRegion<M> {
 impl<M: TableMemory> DmaRegion<M> {
     /// A zeroed block of `bytes` (rounded up to a power of two, at least
     /// 64), aligned to its size.
-    pub(crate) fn alloc(mem: &Arc<M>, bytes: usize) -> Result<Self, Errno> {
+    pub fn alloc(mem: &Arc<M>, bytes: usize) -> Result<Self, Errno> {
         let bytes = bytes
             .max(64)
             .checked_next_power_of_two()
@@ -39,8 +40,8 @@ impl<M: TableMemory> DmaRegion<M> {
         })
     }
 
-    /// Its physical address, as the SMMU is told.
-    pub(crate) fn pa(&self) -> PhysAddr {
+    /// Its physical address, as the IOMMU is told.
+    pub fn pa(&self) -> PhysAddr {
         self.pa
     }
 
@@ -48,7 +49,7 @@ impl<M: TableMemory> DmaRegion<M> {
     ///
     /// # Panics
     /// If `word` is outside the region (a driver bug, never input).
-    pub(crate) fn read(&self, word: usize) -> u64 {
+    pub fn read(&self, word: usize) -> u64 {
         assert!(word < self.words, "DMA region read out of bounds");
         // SAFETY: the block was allocated from `self.mem` and is freed only
         // by `drop`; `word` is in bounds.
@@ -59,7 +60,7 @@ impl<M: TableMemory> DmaRegion<M> {
     ///
     /// # Panics
     /// As [`read`](Self::read).
-    pub(crate) fn write(&self, word: usize, value: u64) {
+    pub fn write(&self, word: usize, value: u64) {
         assert!(word < self.words, "DMA region write out of bounds");
         // SAFETY: as in `read`.
         unsafe { self.mem.store(self.pa, word, value) }
@@ -75,15 +76,17 @@ impl<M: TableMemory> Drop for DmaRegion<M> {
 
 /// One domain's share of the driver's memory: its page-table pages are
 /// counted (and bounded) on their own, while living in the same DMA-able
-/// memory as everything else the SMMU reads.
-pub(crate) struct DomainMemory<M: TableMemory> {
+/// memory as everything else the IOMMU reads.
+pub struct DomainMemory<M: TableMemory> {
     mem: Arc<M>,
     live: core::sync::atomic::AtomicUsize,
     limit: usize,
 }
 
 impl<M: TableMemory> DomainMemory<M> {
-    pub(crate) fn new(mem: Arc<M>, limit: Option<usize>) -> Self {
+    /// A share of `mem` holding at most `limit` table pages (`None`: as
+    /// many as `mem` gives).
+    pub fn new(mem: Arc<M>, limit: Option<usize>) -> Self {
         DomainMemory {
             mem,
             live: core::sync::atomic::AtomicUsize::new(0),
