@@ -5,7 +5,8 @@
 //! window, an emulator's register file in tests) and through what it
 //! writes into DMA-able memory, the [`TableMemory`](iommu_pgtable::TableMemory)
 //! its page tables live in too ([`DmaRegion`]: a bounds-checked block of
-//! it; [`DomainMemory`]: one domain's counted share of it). The Arm
+//! it; [`DomainMemory`]: one domain's counted share of it). [`Ids`]
+//! hands out the tags their caches are keyed by. The Arm
 //! SMMUv3 and Intel VT-d drivers are built on these.
 //!
 //! ```
@@ -28,8 +29,10 @@ extern crate alloc;
 
 #[allow(unsafe_code)] // calls TableMemory's accessors on regions it owns
 mod dma;
+mod ids;
 #[allow(unsafe_code)] // VolatileMmio touches a register window
 mod mmio;
 
 pub use dma::{DmaRegion, DomainMemory};
+pub use ids::Ids;
 pub use mmio::{Mmio, VolatileMmio};

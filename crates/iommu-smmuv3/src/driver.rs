@@ -4,7 +4,7 @@
 use crate::domain::{DomainKind, Smmuv3Domain};
 use crate::mmio::reg;
 use crate::ste::{self, Cmd, Ste};
-use alloc::collections::{BTreeMap, BTreeSet, VecDeque};
+use alloc::collections::{BTreeMap, VecDeque};
 use alloc::sync::{Arc, Weak};
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -12,8 +12,8 @@ use iommu_core::{
     Capability, Device, Domain, DomainOps, DomainType, Errno, FaultAccess, Group, GroupKeys, Iommu,
     IommuOps, Iova, ReservedRegion, StreamIdGroups, WedgeReport,
 };
-use iommu_hw::DmaRegion;
 use iommu_hw::Mmio;
+use iommu_hw::{DmaRegion, Ids};
 use iommu_pgtable::lpae::{Granule, Lpae, LpaeConfig, Stage};
 use iommu_pgtable::TableMemory;
 
@@ -343,39 +343,6 @@ impl<M: TableMemory> StreamTable<M> {
 struct StreamEntry {
     domain: Domain,
     devices: Vec<Weak<Device>>,
-}
-
-/// Lowest-free id allocation (ASIDs, VMIDs).
-pub(crate) struct Ids {
-    used: BTreeSet<u16>,
-    max: u32,
-}
-
-impl Ids {
-    fn new(bits: u32) -> Self {
-        Ids {
-            used: BTreeSet::new(),
-            max: (1u32 << bits) - 1,
-        }
-    }
-    /// The lowest free id from 1 (0 is left for the unused tag).
-    pub(crate) fn alloc(&mut self) -> Result<u16, Errno> {
-        let mut want = 1u32;
-        for &u in self.used.range(1..) {
-            if u32::from(u) != want {
-                break;
-            }
-            want += 1;
-        }
-        if want > self.max {
-            return Err(Errno::ENOSPC);
-        }
-        self.used.insert(want as u16);
-        Ok(want as u16)
-    }
-    pub(crate) fn free(&mut self, id: u16) {
-        self.used.remove(&id);
-    }
 }
 
 pub(crate) struct Inner<R: Mmio, M: TableMemory> {
