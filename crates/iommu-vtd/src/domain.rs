@@ -1,0 +1,219 @@
+//! Domains: what a context entry says.
+//!
+//! A blocked domain is no context entry at all (the hardware faults the
+//! device's DMA, reason 2); an identity domain is a pass-through entry
+//! (ECAP.PT) with a domain id of its own; a paging domain owns a
+//! second-level table and a domain id, and its entries point at both.
+
+use crate::driver::{Inner, Invalidation, Vtd};
+use crate::entry::{self, Entry128, TranslationType};
+use alloc::sync::{Arc, Weak};
+use alloc::vec::Vec;
+use iommu_core::{
+    Device, Domain, DomainGeometry, DomainOps, Errno, IotlbGather, Iova, PagingOps, PhysAddr, Prot,
+};
+use iommu_hw::{DomainMemory, Mmio};
+use iommu_pgtable::vtd::VtdSl;
+use iommu_pgtable::{Format, IoPageTable, TableMemory};
+
+/// What the domain is to the hardware.
+#[allow(clippy::large_enum_variant)] // one per domain, which the core keeps boxed
+pub(crate) enum DomainKind<M: TableMemory> {
+    Blocked,
+    Identity {
+        did: u16,
+    },
+    Paging {
+        table: IoPageTable<VtdSl, DomainMemory<M>>,
+        did: u16,
+    },
+}
+
+impl<M: TableMemory> DomainKind<M> {
+    /// A paging domain: a second-level table in the driver's memory and a
+    /// domain id.
+    pub(crate) fn paging<R: Mmio>(inner: &Arc<Inner<R, M>>) -> Result<Self, Errno> {
+        let fmt = inner.format()?;
+        let mem = DomainMemory::new(inner.mem.clone(), inner.cfg.table_budget);
+        let table = IoPageTable::new(fmt, mem).map_err(Errno::from)?;
+        let did = inner.dids.lock().alloc()?;
+        Ok(DomainKind::Paging { table, did })
+    }
+
+    fn did(&self) -> Option<u16> {
+        match *self {
+            DomainKind::Identity { did } | DomainKind::Paging { did, .. } => Some(did),
+            DomainKind::Blocked => None,
+        }
+    }
+
+    fn table(&self) -> Option<&IoPageTable<VtdSl, DomainMemory<M>>> {
+        match self {
+            DomainKind::Paging { table, .. } => Some(table),
+            _ => None,
+        }
+    }
+}
+
+/// A VT-d domain.
+pub struct VtdDomain<R: Mmio, M: TableMemory> {
+    /// Weak: the requester-id bookkeeping holds domains.
+    hw: Weak<Inner<R, M>>,
+    kind: DomainKind<M>,
+}
+
+impl<R: Mmio, M: TableMemory> VtdDomain<R, M> {
+    pub(crate) fn new(hw: Weak<Inner<R, M>>, kind: DomainKind<M>) -> Self {
+        VtdDomain { hw, kind }
+    }
+
+    fn driver(&self) -> Result<Vtd<R, M>, Errno> {
+        self.hw
+            .upgrade()
+            .map(|inner| Vtd { inner })
+            .ok_or(Errno::ENODEV)
+    }
+
+    /// The domain id its entries carry.
+    pub fn did(&self) -> Option<u16> {
+        self.kind.did()
+    }
+
+    /// The context entry that makes a device use this domain (`None`: no
+    /// entry, for a blocked domain).
+    fn context_entry(&self, levels: usize) -> Option<Entry128> {
+        match &self.kind {
+            DomainKind::Blocked => None,
+            DomainKind::Identity { did } => Some(entry::context_entry(
+                TranslationType::PassThrough,
+                0,
+                levels,
+                *did,
+            )),
+            DomainKind::Paging { table, did } => Some(entry::context_entry(
+                TranslationType::SecondLevel,
+                table.root().raw(),
+                levels,
+                *did,
+            )),
+        }
+    }
+
+    /// Every leaf of the domain's table: `(iova, size, pa, prot)`.
+    pub fn dump(&self) -> Vec<(Iova, u64, PhysAddr, Prot)> {
+        self.kind
+            .table()
+            .map(|t| {
+                let ias = t.format().geometry().ias;
+                t.walk(Iova::ZERO, 1u64 << ias.min(63))
+                    .iter()
+                    .map(|m| (m.iova, m.size, m.pa, m.prot))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Table pages in use, for leak checks.
+    pub fn table_pages(&self) -> usize {
+        self.kind.table().map_or(0, |t| t.table_pages())
+    }
+}
+
+impl<R: Mmio + 'static, M: TableMemory + 'static> DomainOps for VtdDomain<R, M> {
+    fn attach_dev(&self, domain: &Domain, dev: &Arc<Device>) -> Result<(), Errno> {
+        let drv = self.driver()?;
+        let entry = self.context_entry(drv.levels());
+        drv.attach(domain, dev, entry)
+    }
+
+    fn detach_dev(&self, _domain: &Domain, dev: &Arc<Device>) {
+        if let Ok(d) = self.driver() {
+            d.detach(dev);
+        }
+    }
+
+    fn paging(&self) -> Option<&dyn PagingOps> {
+        self.kind.table().map(|t| t as &dyn PagingOps)
+    }
+
+    fn geometry(&self) -> Option<DomainGeometry> {
+        let inner = self.hw.upgrade()?;
+        self.kind
+            .table()
+            .map(|_| DomainGeometry::bits(inner.input_bits()))
+    }
+
+    fn pgsize_bitmap(&self) -> Option<u64> {
+        let inner = self.hw.upgrade()?;
+        self.kind
+            .table()
+            .map(|t| t.pgsize_bitmap() & inner.pgsize_bitmap())
+    }
+
+    /// New entries: invalidated in caching mode (the hardware may hold
+    /// them as not present), the write buffer flushed otherwise.
+    fn iotlb_sync_map(&self, iova: Iova, size: u64) -> Result<(), Errno> {
+        let (DomainKind::Paging { did, .. }, Some(last)) =
+            (&self.kind, iova.raw().checked_add(size.max(1) - 1))
+        else {
+            return Ok(());
+        };
+        let drv = self.driver()?;
+        drv.inner.sync_map(*did, iova.raw(), last)
+    }
+
+    /// A page-selective invalidation covering the gather (the whole
+    /// domain when it cannot be one block) and a wait; the table pages
+    /// the unmap freed become reusable only once that completed.
+    fn iotlb_sync(&self, gather: &IotlbGather) -> Result<(), Errno> {
+        let (Some((first, last)), DomainKind::Paging { table, did }) = (gather.range(), &self.kind)
+        else {
+            return Ok(());
+        };
+        let drv = self.driver()?;
+        let inv = drv.inner.iotlb_range(*did, first.raw(), last.raw());
+        let r = drv.inner.invalidate(&[inv]);
+        match r {
+            Ok(()) => table.release_gathered(gather),
+            Err(_) => table.hold_gathered(gather),
+        }
+        r
+    }
+
+    fn flush_iotlb_all(&self) -> Result<(), Errno> {
+        let drv = self.driver()?;
+        match &self.kind {
+            DomainKind::Paging { table, did } => table
+                .release_held_after(|| drv.inner.invalidate(&[Invalidation::IotlbDomain(*did)])),
+            DomainKind::Identity { did } => {
+                drv.inner.invalidate(&[Invalidation::IotlbDomain(*did)])
+            }
+            DomainKind::Blocked => Ok(()),
+        }
+    }
+
+    fn as_any(&self) -> Option<&dyn core::any::Any> {
+        Some(self)
+    }
+}
+
+impl<R: Mmio, M: TableMemory> Drop for VtdDomain<R, M> {
+    fn drop(&mut self) {
+        // Nothing points at the domain any more: empty the IOTLB of its id
+        // before the id (and the table pages) can be reused. If that
+        // fails, the id is never handed out again and the tables stay
+        // allocated: the hardware may still hold translations into them.
+        let Some(inner) = self.hw.upgrade() else {
+            return;
+        };
+        let Some(did) = self.kind.did() else {
+            return;
+        };
+        if inner.invalidate(&[Invalidation::IotlbDomain(did)]).is_ok() {
+            inner.dids.lock().free(did);
+        } else {
+            let kind = core::mem::replace(&mut self.kind, DomainKind::Blocked);
+            core::mem::forget(kind);
+        }
+    }
+}

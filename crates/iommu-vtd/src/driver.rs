@@ -1,0 +1,826 @@
+//! The driver: probe, the root and context tables, invalidation (queued or
+//! through registers), fault recording, and the [`IommuOps`] the core
+//! calls.
+
+use crate::domain::{DomainKind, VtdDomain};
+use crate::entry::{self, desc, Entry128, VtdFault};
+use crate::regs::{ccmd, fsts, gcmd, iotlb, reg, VtdCaps};
+use alloc::collections::BTreeMap;
+use alloc::sync::{Arc, Weak};
+use alloc::vec::Vec;
+use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use iommu_core::sync::Mutex;
+use iommu_core::{
+    Capability, Device, Domain, DomainOps, DomainType, Errno, FaultAccess, Group, GroupKeys, Iommu,
+    IommuOps, Iova, ReservedRegion, ResvType, StreamIdGroups,
+};
+use iommu_hw::{DmaRegion, Ids, Mmio};
+use iommu_pgtable::vtd::VtdSl;
+use iommu_pgtable::TableMemory;
+
+/// Where x86 MSIs go: the interrupt range the remapping hardware never
+/// translates (VT-d 3.15, "Handling Requests to Interrupt Address Range").
+pub const MSI_RANGE: (u64, u64) = (0xfee0_0000, 0x10_0000);
+
+/// Entries of the invalidation queue: one 4 KiB page of 128-bit
+/// descriptors (IQA_REG.QS = 0).
+const QUEUE_ENTRIES: u32 = 256;
+
+/// Driver options.
+#[derive(Clone, Debug)]
+pub struct VtdConfig {
+    /// Second-level levels for paging domains (3, 4 or 5); `None`: the
+    /// most the unit supports up to its MGAW (Linux picks the same way).
+    pub levels: Option<usize>,
+    /// The platform's host address width (the DMAR's HAW + 1): the widest
+    /// physical address a mapping may hold.
+    pub host_address_width: u32,
+    /// Use the invalidation queue when the unit has one (ECAP.QI); `false`
+    /// invalidates through the context-command and IOTLB registers.
+    pub queued_invalidation: bool,
+    /// Register polls before a wait gives up with `ETIMEDOUT`.
+    pub poll_limit: u32,
+    /// The grouping a bus layer decided; devices it does not name are
+    /// grouped by shared requester ids.
+    pub groups: Option<Arc<GroupKeys>>,
+    /// Most table pages (root included) one paging domain may hold.
+    pub table_budget: Option<usize>,
+}
+
+impl Default for VtdConfig {
+    fn default() -> Self {
+        VtdConfig {
+            levels: None,
+            host_address_width: 46,
+            queued_invalidation: true,
+            poll_limit: 1_000_000,
+            groups: None,
+            table_budget: Some(65_536),
+        }
+    }
+}
+
+/// Why [`Vtd::probe`] failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProbeError {
+    /// No second-level width this driver and the unit share (SAGAW).
+    AddressWidth,
+    /// The host address width is outside 32..=52.
+    HostAddressWidth(u32),
+    /// A register did not acknowledge in time.
+    Timeout(&'static str),
+    /// Memory for the root table or the queue could not be allocated.
+    NoMemory,
+    /// The initial invalidation failed.
+    Invalidation(Errno),
+}
+
+impl core::fmt::Display for ProbeError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            ProbeError::AddressWidth => {
+                f.write_str("no second-level address width the unit supports")
+            }
+            ProbeError::HostAddressWidth(w) => write!(f, "host address width {w} not in 32..=52"),
+            ProbeError::Timeout(what) => write!(f, "{what} did not acknowledge"),
+            ProbeError::NoMemory => f.write_str("out of memory for the root table or queue"),
+            ProbeError::Invalidation(e) => write!(f, "initial invalidation failed: {}", e.name()),
+        }
+    }
+}
+
+/// One invalidation, as the driver asks for it; queued as a descriptor or
+/// done through the registers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Invalidation {
+    /// Every context-cache entry.
+    ContextGlobal,
+    /// One device's context entry, tagged `did` (0 for a not-present entry
+    /// in caching mode).
+    ContextDevice {
+        /// The domain id the entry was tagged with.
+        did: u16,
+        /// The requester id.
+        sid: u16,
+    },
+    /// The whole IOTLB.
+    IotlbGlobal,
+    /// One domain's IOTLB entries.
+    IotlbDomain(u16),
+    /// `2^am` pages at `addr` of one domain.
+    IotlbPages {
+        /// The domain id.
+        did: u16,
+        /// The first page (aligned to the block).
+        addr: u64,
+        /// The address mask.
+        am: u32,
+    },
+}
+
+/// Counters.
+#[derive(Debug, Default)]
+struct Stats {
+    invalidations: AtomicU64,
+    waits: AtomicU64,
+    timeouts: AtomicU64,
+    queue_errors: AtomicU64,
+    faults: AtomicU64,
+    fault_overflows: AtomicU64,
+    context_writes: AtomicU64,
+}
+
+/// A snapshot of the driver's counters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VtdStats {
+    /// Invalidations asked for (descriptors or register commands).
+    pub invalidations: u64,
+    /// Invalidation waits (or register polls) that completed.
+    pub waits: u64,
+    /// Waits that gave up (`ETIMEDOUT`).
+    pub timeouts: u64,
+    /// Descriptors the hardware refused (FSTS.IQE).
+    pub queue_errors: u64,
+    /// Faults read from the fault recording registers.
+    pub faults: u64,
+    /// Primary fault overflows seen (FSTS.PFO).
+    pub fault_overflows: u64,
+    /// Context entries written.
+    pub context_writes: u64,
+}
+
+/// The invalidation queue.
+struct Queue<M: TableMemory> {
+    ring: DmaRegion<M>,
+    tail: u32,
+}
+
+/// A requester id in use: the domain and the devices using it.
+struct SourceEntry {
+    domain: Domain,
+    devices: Vec<Weak<Device>>,
+}
+
+pub(crate) struct Inner<R: Mmio, M: TableMemory> {
+    pub(crate) mmio: R,
+    pub(crate) mem: Arc<M>,
+    pub(crate) caps: VtdCaps,
+    pub(crate) cfg: VtdConfig,
+    pub(crate) levels: usize,
+    /// The persistent GCMD bits the driver has set (GCMD is write-only).
+    gcmd: Mutex<u32>,
+    root: DmaRegion<M>,
+    /// Serialises context-entry updates too.
+    contexts: Mutex<BTreeMap<u8, DmaRegion<M>>>,
+    queue: Option<Mutex<Queue<M>>>,
+    status: DmaRegion<M>,
+    seq: AtomicU32,
+    pub(crate) dids: Mutex<Ids>,
+    sources: Mutex<BTreeMap<u16, SourceEntry>>,
+    by_stream: StreamIdGroups,
+    stats: Stats,
+}
+
+/// The VT-d driver for one remapping unit (one DRHD); clones share it.
+pub struct Vtd<R: Mmio, M: TableMemory> {
+    pub(crate) inner: Arc<Inner<R, M>>,
+}
+
+impl<R: Mmio, M: TableMemory> Clone for Vtd<R, M> {
+    fn clone(&self) -> Self {
+        Vtd {
+            inner: Arc::clone(&self.inner),
+        }
+    }
+}
+
+impl<R: Mmio, M: TableMemory> core::fmt::Debug for Vtd<R, M> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Vtd")
+            .field("caps", &self.inner.caps)
+            .field("levels", &self.inner.levels)
+            .finish_non_exhaustive()
+    }
+}
+
+fn poll(limit: u32, mut done: impl FnMut() -> bool) -> bool {
+    for _ in 0..limit.max(1) {
+        if done() {
+            return true;
+        }
+        core::hint::spin_loop();
+    }
+    false
+}
+
+impl<R: Mmio, M: TableMemory> Vtd<R, M> {
+    /// Reads the capability registers, turns translation off if firmware
+    /// left it on, installs an empty root table, starts the invalidation
+    /// queue (when the unit has one and `cfg` wants it), invalidates every
+    /// cache, and turns translation on. Requester ids nobody attached have
+    /// no context entry: their DMA faults.
+    ///
+    /// # Errors
+    /// [`ProbeError`]; nothing is left enabled then.
+    pub fn probe(mmio: R, mem: Arc<M>, cfg: VtdConfig) -> Result<Self, ProbeError> {
+        let caps = VtdCaps::decode(mmio.read64(reg::CAP), mmio.read64(reg::ECAP));
+        if !(32..=52).contains(&cfg.host_address_width) {
+            return Err(ProbeError::HostAddressWidth(cfg.host_address_width));
+        }
+        let levels = match cfg.levels {
+            Some(l) if caps.supports_levels(l) => l,
+            Some(_) => return Err(ProbeError::AddressWidth),
+            None => (3..=5)
+                .rev()
+                .find(|&l| caps.supports_levels(l) && 12 + 9 * l as u32 <= caps.mgaw.max(39))
+                .ok_or(ProbeError::AddressWidth)?,
+        };
+        let limit = cfg.poll_limit;
+        // Translation off before the tables change under it.
+        if mmio.read32(reg::GSTS) & gcmd::TE != 0 {
+            let keep = mmio.read32(reg::GSTS) & gcmd::PERSISTENT & !gcmd::TE;
+            mmio.write32(reg::GCMD, keep);
+            if !poll(limit, || mmio.read32(reg::GSTS) & gcmd::TE == 0) {
+                return Err(ProbeError::Timeout("GSTS.TES (off)"));
+            }
+        }
+        let root = DmaRegion::alloc(&mem, 4096).map_err(|_| ProbeError::NoMemory)?;
+        let status = DmaRegion::alloc(&mem, 64).map_err(|_| ProbeError::NoMemory)?;
+        let queue = if caps.queued_invalidation && cfg.queued_invalidation {
+            Some(Mutex::new(Queue {
+                ring: DmaRegion::alloc(&mem, 4096).map_err(|_| ProbeError::NoMemory)?,
+                tail: 0,
+            }))
+        } else {
+            None
+        };
+        let drv = Vtd {
+            inner: Arc::new(Inner {
+                gcmd: Mutex::new(mmio.read32(reg::GSTS) & gcmd::PERSISTENT & !gcmd::TE),
+                root,
+                contexts: Mutex::new(BTreeMap::new()),
+                queue,
+                status,
+                seq: AtomicU32::new(0),
+                dids: Mutex::new(Ids::new(caps.domain_bits)),
+                sources: Mutex::new(BTreeMap::new()),
+                by_stream: StreamIdGroups::new(),
+                stats: Stats::default(),
+                mmio,
+                mem,
+                caps,
+                cfg,
+                levels,
+            }),
+        };
+        let inner = &drv.inner;
+        // The root table (legacy mode: RTADDR.TTM = 0), latched by SRTP.
+        inner.mmio.write64(reg::RTADDR, inner.root.pa().raw());
+        inner.one_shot(gcmd::SRTP, true)?;
+        // A queue left on by firmware or an earlier driver is stopped: the
+        // registers refuse invalidations while it runs, and a new one
+        // starts from an empty ring.
+        if inner.mmio.read32(reg::GSTS) & gcmd::QIE != 0 {
+            inner.set_persistent(gcmd::QIE, false)?;
+        }
+        if let Some(q) = &inner.queue {
+            let q = q.lock();
+            inner.mmio.write64(reg::IQT, 0);
+            inner.mmio.write64(reg::IQA, q.ring.pa().raw());
+            drop(q);
+            inner.set_persistent(gcmd::QIE, true)?;
+        }
+        inner
+            .invalidate(&[Invalidation::ContextGlobal, Invalidation::IotlbGlobal])
+            .map_err(ProbeError::Invalidation)?;
+        // Stale fault records from before us.
+        let _ = inner.drain_faults();
+        inner.set_persistent(gcmd::TE, true)?;
+        Ok(drv)
+    }
+
+    /// What the capability registers say.
+    pub fn caps(&self) -> &VtdCaps {
+        &self.inner.caps
+    }
+
+    /// The second-level levels paging domains use.
+    pub fn levels(&self) -> usize {
+        self.inner.levels
+    }
+
+    /// Whether invalidations go through the queue.
+    pub fn queued(&self) -> bool {
+        self.inner.queue.is_some()
+    }
+
+    /// A snapshot of the counters.
+    pub fn stats(&self) -> VtdStats {
+        let s = &self.inner.stats;
+        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        VtdStats {
+            invalidations: g(&s.invalidations),
+            waits: g(&s.waits),
+            timeouts: g(&s.timeouts),
+            queue_errors: g(&s.queue_errors),
+            faults: g(&s.faults),
+            fault_overflows: g(&s.fault_overflows),
+            context_writes: g(&s.context_writes),
+        }
+    }
+
+    /// The context entry of requester id `sid`, as the hardware reads it.
+    pub fn context_entry(&self, sid: u16) -> Option<Entry128> {
+        let contexts = self.inner.contexts.lock();
+        let ctx = contexts.get(&((sid >> 8) as u8))?;
+        let i = usize::from(sid & 0xff) * 2;
+        Some([ctx.read(i), ctx.read(i + 1)])
+    }
+
+    /// Performs `invs` and waits for them.
+    ///
+    /// # Errors
+    /// `ETIMEDOUT` when the hardware does not finish in time; `EIO` when
+    /// it refused a descriptor (FSTS.IQE).
+    pub fn invalidate(&self, invs: &[Invalidation]) -> Result<(), Errno> {
+        self.inner.invalidate(invs)
+    }
+
+    /// Reads the fault recording registers, clears each record, reports
+    /// translation faults to the domain of their requester id: what the
+    /// fault-event interrupt handler calls. Returns the faults read.
+    pub fn handle_faults(&self) -> Vec<VtdFault> {
+        let mut faults = self.inner.drain_faults();
+        for f in &mut faults {
+            let target = {
+                let sources = self.inner.sources.lock();
+                sources.get(&f.source_id).and_then(|e| {
+                    let dev = e.devices.iter().find_map(Weak::upgrade)?;
+                    Some((e.domain.clone(), dev))
+                })
+            };
+            if let Some((domain, dev)) = target {
+                let access = if f.write {
+                    FaultAccess::Write
+                } else {
+                    FaultAccess::Read
+                };
+                f.report = Some(domain.report_fault(&dev, Iova::new(f.address), access));
+            }
+        }
+        faults
+    }
+
+    /// Turns translation off (DMA then bypasses the unit).
+    pub fn shutdown(&self) {
+        let _ = self.inner.set_persistent(gcmd::TE, false);
+    }
+
+    /// Points every requester id of `dev` at `entry` (`None`: no context
+    /// entry, so its DMA faults), remembering `domain` for fault reports.
+    pub(crate) fn attach(
+        &self,
+        domain: &Domain,
+        dev: &Arc<Device>,
+        entry: Option<Entry128>,
+    ) -> Result<(), Errno> {
+        let sids = source_ids(dev)?;
+        for (i, &sid) in sids.iter().enumerate() {
+            if let Err(e) = self.inner.set_context(sid, entry) {
+                // The ones done already fail closed: no context entry.
+                for &done in &sids[..i] {
+                    let _ = self.inner.set_context(done, None);
+                }
+                return Err(e);
+            }
+        }
+        let mut sources = self.inner.sources.lock();
+        for sid in sids {
+            let e = sources.entry(sid).or_insert_with(|| SourceEntry {
+                domain: domain.clone(),
+                devices: Vec::new(),
+            });
+            e.domain = domain.clone();
+            e.devices.retain(|d| d.strong_count() > 0);
+            if !e.devices.iter().any(|d| core::ptr::eq(d.as_ptr(), &**dev)) {
+                e.devices.push(Arc::downgrade(dev));
+            }
+        }
+        Ok(())
+    }
+
+    /// `dev` stops using its requester ids; an id's context entry goes
+    /// with its last user.
+    pub(crate) fn detach(&self, dev: &Arc<Device>) {
+        let Ok(sids) = source_ids(dev) else {
+            return;
+        };
+        let mut last = Vec::new();
+        {
+            let mut sources = self.inner.sources.lock();
+            for sid in sids {
+                if let Some(e) = sources.get_mut(&sid) {
+                    e.devices
+                        .retain(|d| d.strong_count() > 0 && !core::ptr::eq(d.as_ptr(), &**dev));
+                    if e.devices.is_empty() {
+                        sources.remove(&sid);
+                        last.push(sid);
+                    }
+                }
+            }
+        }
+        for sid in last {
+            let _ = self.inner.set_context(sid, None);
+        }
+    }
+}
+
+/// A device's requester ids, which VT-d calls source ids.
+fn source_ids(dev: &Device) -> Result<Vec<u16>, Errno> {
+    let ids = dev.stream_ids();
+    if ids.is_empty() {
+        return Err(Errno::ENODEV);
+    }
+    ids.iter()
+        .map(|&s| u16::try_from(s).map_err(|_| Errno::ERANGE))
+        .collect()
+}
+
+impl<R: Mmio, M: TableMemory> Inner<R, M> {
+    /// Sets or clears a persistent GCMD bit and waits for GSTS to agree.
+    fn set_persistent(&self, bit: u32, on: bool) -> Result<(), ProbeError> {
+        let mut g = self.gcmd.lock();
+        let v = if on { *g | bit } else { *g & !bit };
+        self.mmio.write32(reg::GCMD, v);
+        let want = if on { bit } else { 0 };
+        if !poll(self.cfg.poll_limit, || {
+            self.mmio.read32(reg::GSTS) & bit == want
+        }) {
+            return Err(ProbeError::Timeout(match bit {
+                gcmd::TE => "GSTS.TES",
+                gcmd::QIE => "GSTS.QIES",
+                _ => "GSTS",
+            }));
+        }
+        *g = v;
+        Ok(())
+    }
+
+    /// Issues a one-shot command (SRTP: wait for its status to set; WBF:
+    /// wait for it to clear).
+    fn one_shot(&self, bit: u32, sets: bool) -> Result<(), ProbeError> {
+        let g = self.gcmd.lock();
+        self.mmio.write32(reg::GCMD, *g | bit);
+        let done = poll(self.cfg.poll_limit, || {
+            (self.mmio.read32(reg::GSTS) & bit != 0) == sets
+        });
+        drop(g);
+        if done {
+            Ok(())
+        } else {
+            Err(ProbeError::Timeout(if bit == gcmd::SRTP {
+                "GSTS.RTPS"
+            } else {
+                "GSTS.WBFS"
+            }))
+        }
+    }
+
+    /// Flushes the write buffer where the unit needs it (CAP.RWBF).
+    fn flush_write_buffer(&self) -> Result<(), Errno> {
+        if !self.caps.rwbf {
+            return Ok(());
+        }
+        self.one_shot(gcmd::WBF, false).map_err(|_| {
+            self.stats.timeouts.fetch_add(1, Ordering::Relaxed);
+            Errno::ETIMEDOUT
+        })
+    }
+
+    pub(crate) fn invalidate(&self, invs: &[Invalidation]) -> Result<(), Errno> {
+        if invs.is_empty() {
+            return Ok(());
+        }
+        self.stats
+            .invalidations
+            .fetch_add(invs.len() as u64, Ordering::Relaxed);
+        let r = match &self.queue {
+            Some(q) => self.invalidate_queued(&mut q.lock(), invs),
+            None => invs.iter().try_for_each(|&i| self.invalidate_register(i)),
+        };
+        match r {
+            Ok(()) => {
+                self.stats.waits.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(Errno::ETIMEDOUT) => {
+                self.stats.timeouts.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(_) => {}
+        }
+        r
+    }
+
+    fn descriptor(&self, inv: Invalidation) -> Entry128 {
+        let drain = self.caps.drain;
+        match inv {
+            Invalidation::ContextGlobal => desc::context_global(),
+            Invalidation::ContextDevice { did, sid } => desc::context_device(did, sid),
+            Invalidation::IotlbGlobal => desc::iotlb_global(drain),
+            Invalidation::IotlbDomain(did) => desc::iotlb_domain(did, drain),
+            Invalidation::IotlbPages { did, addr, am } => desc::iotlb_pages(did, addr, am, drain),
+        }
+    }
+
+    /// Queues the descriptors and an invalidation wait, moves the tail,
+    /// and polls the status word.
+    fn invalidate_queued(&self, q: &mut Queue<M>, invs: &[Invalidation]) -> Result<(), Errno> {
+        let limit = self.cfg.poll_limit;
+        let needed = invs.len() as u32 + 1;
+        if needed >= QUEUE_ENTRIES {
+            // Too many for one batch: split.
+            let (a, b) = invs.split_at(invs.len() / 2);
+            self.invalidate_queued(q, a)?;
+            return self.invalidate_queued(q, b);
+        }
+        let head = || (self.mmio.read64(reg::IQH) >> 4) as u32 % QUEUE_ENTRIES;
+        let free = |tail: u32| (head() + QUEUE_ENTRIES - tail - 1) % QUEUE_ENTRIES;
+        if !poll(limit, || free(q.tail) >= needed) {
+            return Err(Errno::ETIMEDOUT);
+        }
+        let seq = self.seq.fetch_add(1, Ordering::Relaxed).wrapping_add(1);
+        self.status.write(0, 0);
+        let wait = desc::wait(self.status.pa().raw(), seq);
+        let mut at = q.tail;
+        for d in invs
+            .iter()
+            .map(|&i| self.descriptor(i))
+            .chain(core::iter::once(wait))
+        {
+            let slot = at as usize * 2;
+            q.ring.write(slot, d[0]);
+            q.ring.write(slot + 1, d[1]);
+            at = (at + 1) % QUEUE_ENTRIES;
+        }
+        q.tail = at;
+        self.mmio.write64(reg::IQT, u64::from(at) << 4);
+        let mut refused = false;
+        let done = poll(limit, || {
+            let f = self.mmio.read32(reg::FSTS);
+            if f & fsts::IQE != 0 {
+                // The descriptor at the head is malformed: put a copy of
+                // the wait in its place so the queue moves on, and fail
+                // the batch (Linux does the same).
+                let bad = head() as usize * 2;
+                q.ring.write(bad, wait[0]);
+                q.ring.write(bad + 1, wait[1]);
+                self.mmio.write32(reg::FSTS, fsts::IQE);
+                self.stats.queue_errors.fetch_add(1, Ordering::Relaxed);
+                refused = true;
+            }
+            self.status.read(0) as u32 == seq
+        });
+        match (done, refused) {
+            (true, false) => Ok(()),
+            (true, true) => Err(Errno::EIO),
+            (false, _) => Err(Errno::ETIMEDOUT),
+        }
+    }
+
+    /// One invalidation through the context-command or IOTLB registers.
+    fn invalidate_register(&self, inv: Invalidation) -> Result<(), Errno> {
+        let limit = self.cfg.poll_limit;
+        let iotlb_reg = self.caps.iotlb_offset + 8;
+        let drain = (if self.caps.drain.0 { iotlb::DW } else { 0 })
+            | (if self.caps.drain.1 { iotlb::DR } else { 0 });
+        let (at, cmd, busy) = match inv {
+            Invalidation::ContextGlobal => (reg::CCMD, ccmd::ICC | ccmd::GLOBAL, ccmd::ICC),
+            Invalidation::ContextDevice { did, sid } => (
+                reg::CCMD,
+                ccmd::ICC | ccmd::DEVICE | u64::from(sid) << 16 | u64::from(did),
+                ccmd::ICC,
+            ),
+            Invalidation::IotlbGlobal => {
+                (iotlb_reg, iotlb::IVT | iotlb::GLOBAL | drain, iotlb::IVT)
+            }
+            Invalidation::IotlbDomain(did) => (
+                iotlb_reg,
+                iotlb::IVT | iotlb::DOMAIN | drain | u64::from(did) << 32,
+                iotlb::IVT,
+            ),
+            Invalidation::IotlbPages { did, addr, am } => {
+                self.mmio.write64(
+                    self.caps.iotlb_offset,
+                    (addr & !0xfff) | u64::from(am & 0x3f),
+                );
+                (
+                    iotlb_reg,
+                    iotlb::IVT | iotlb::PAGE | drain | u64::from(did) << 32,
+                    iotlb::IVT,
+                )
+            }
+        };
+        self.mmio.write64(at, cmd);
+        if !poll(limit, || self.mmio.read64(at) & busy == 0) {
+            return Err(Errno::ETIMEDOUT);
+        }
+        // The granularity the hardware actually used: 0 means it did not.
+        let actual = if at == reg::CCMD {
+            (self.mmio.read64(at) >> 59) & 3
+        } else {
+            (self.mmio.read64(at) >> 57) & 3
+        };
+        if actual == 0 {
+            return Err(Errno::EIO);
+        }
+        Ok(())
+    }
+
+    /// The IOTLB invalidations for pages `first..=last` of domain `did`:
+    /// one page-selective invalidation when the unit has PSI and the
+    /// block's mask fits MAMV, else the whole domain.
+    pub(crate) fn iotlb_range(&self, did: u16, first: u64, last: u64) -> Invalidation {
+        let (addr, am) = entry::psi_block(first >> 12, last >> 12);
+        if self.caps.psi && am <= self.caps.max_address_mask {
+            Invalidation::IotlbPages { did, addr, am }
+        } else {
+            Invalidation::IotlbDomain(did)
+        }
+    }
+
+    /// After entries went from not present to present: caching mode keeps
+    /// not-present entries in its caches, so they are invalidated too;
+    /// otherwise only the write buffer is flushed.
+    pub(crate) fn sync_map(&self, did: u16, first: u64, last: u64) -> Result<(), Errno> {
+        if self.caps.caching_mode {
+            self.invalidate(&[self.iotlb_range(did, first, last)])
+        } else {
+            self.flush_write_buffer()
+        }
+    }
+
+    /// Writes requester id `sid`'s context entry: a present entry is
+    /// cleared and its caches invalidated first, then the new one is
+    /// written high double word first (present last), and invalidated in
+    /// caching mode.
+    fn set_context(&self, sid: u16, new: Option<Entry128>) -> Result<(), Errno> {
+        let bus = (sid >> 8) as u8;
+        let i = usize::from(sid & 0xff) * 2;
+        let mut contexts = self.contexts.lock();
+        let ctx = match contexts.entry(bus) {
+            alloc::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+            alloc::collections::btree_map::Entry::Vacant(e) => {
+                if new.is_none() {
+                    return Ok(());
+                }
+                let table = DmaRegion::alloc(&self.mem, 4096)?;
+                let r = entry::root_entry(table.pa().raw());
+                self.root.write(usize::from(bus) * 2 + 1, r[1]);
+                self.root.write(usize::from(bus) * 2, r[0]);
+                e.insert(table)
+            }
+        };
+        let ctx = &*ctx;
+        let old = [ctx.read(i), ctx.read(i + 1)];
+        if Some(old) == new {
+            return Ok(());
+        }
+        self.stats.context_writes.fetch_add(1, Ordering::Relaxed);
+        if entry::present(old) {
+            let did = entry::context_did(old);
+            ctx.write(i, 0);
+            ctx.write(i + 1, 0);
+            self.invalidate(&[
+                Invalidation::ContextDevice { did, sid },
+                Invalidation::IotlbDomain(did),
+            ])?;
+        }
+        let Some(new) = new else {
+            return Ok(());
+        };
+        ctx.write(i + 1, new[1]);
+        ctx.write(i, new[0]);
+        if self.caps.caching_mode {
+            self.invalidate(&[
+                Invalidation::ContextDevice { did: 0, sid },
+                Invalidation::IotlbDomain(entry::context_did(new)),
+            ])
+        } else {
+            self.flush_write_buffer()
+        }
+    }
+
+    /// Reads and clears every fault record, from FSTS.FRI on.
+    fn drain_faults(&self) -> Vec<VtdFault> {
+        let mut out = Vec::new();
+        let status = self.mmio.read32(reg::FSTS);
+        let n = self.caps.fault_records;
+        if status & fsts::PPF != 0 {
+            let mut i = fsts::fri(status) % n;
+            for _ in 0..n {
+                let at = self.caps.fault_offset + u64::from(i) * 16;
+                let hi = self.mmio.read64(at + 8);
+                let Some(f) = VtdFault::decode(self.mmio.read64(at), hi) else {
+                    break;
+                };
+                // F is write-1-to-clear, in the record's top 32 bits.
+                self.mmio.write32(at + 12, 1 << 31);
+                out.push(f);
+                i = (i + 1) % n;
+            }
+        }
+        if status & fsts::PFO != 0 {
+            self.stats.fault_overflows.fetch_add(1, Ordering::Relaxed);
+            self.mmio.write32(reg::FSTS, fsts::PFO);
+        }
+        self.stats
+            .faults
+            .fetch_add(out.len() as u64, Ordering::Relaxed);
+        out
+    }
+
+    pub(crate) fn format(&self) -> Result<VtdSl, Errno> {
+        VtdSl::new(self.levels, self.cfg.host_address_width).map_err(|_| Errno::EINVAL)
+    }
+
+    /// The page sizes the unit's second level takes.
+    pub(crate) fn pgsize_bitmap(&self) -> u64 {
+        let mut sizes = 1 << 12;
+        if self.caps.sl_2m {
+            sizes |= 1 << 21;
+        }
+        if self.caps.sl_1g {
+            sizes |= 1 << 30;
+        }
+        sizes
+    }
+
+    /// Paging domains' input width: the table's, capped by MGAW.
+    pub(crate) fn input_bits(&self) -> u32 {
+        (12 + 9 * self.levels as u32).min(self.caps.mgaw)
+    }
+}
+
+impl<R: Mmio + 'static, M: TableMemory + 'static> IommuOps for Vtd<R, M> {
+    fn name(&self) -> &str {
+        "intel-iommu"
+    }
+
+    fn add_device(&self, iommu: &Iommu, dev: &Arc<Device>) -> Result<(), Errno> {
+        if dev.stream_ids().is_empty() {
+            return Ok(()); // not behind this unit
+        }
+        source_ids(dev)?;
+        self.inner.by_stream.add_device(iommu, dev)
+    }
+
+    fn remove_device(&self, iommu: &Iommu, dev: &Arc<Device>) {
+        self.inner.by_stream.remove_device(iommu, dev);
+    }
+
+    fn device_group(&self, iommu: &Iommu, dev: &Arc<Device>) -> Result<Group, Errno> {
+        self.inner
+            .by_stream
+            .device_group_keyed(iommu, dev, self.inner.cfg.groups.as_deref())
+    }
+
+    fn domain_alloc(&self, ty: DomainType) -> Result<alloc::boxed::Box<dyn DomainOps>, Errno> {
+        let kind = match ty {
+            DomainType::Blocked => DomainKind::Blocked,
+            DomainType::Identity if !self.inner.caps.pass_through => return Err(Errno::EOPNOTSUPP),
+            DomainType::Identity => DomainKind::Identity {
+                did: self.inner.dids.lock().alloc()?,
+            },
+            _ => DomainKind::paging(&self.inner)?,
+        };
+        Ok(alloc::boxed::Box::new(VtdDomain::new(
+            Arc::downgrade(&self.inner),
+            kind,
+        )))
+    }
+
+    /// The firmware's regions for the device (RMRRs), and the interrupt
+    /// range, which the hardware never translates.
+    fn get_resv_regions(&self, dev: &Device) -> Vec<ReservedRegion> {
+        let mut v = dev.firmware_resv_regions().to_vec();
+        v.push(ReservedRegion::new(
+            MSI_RANGE.0,
+            MSI_RANGE.1,
+            iommu_core::Prot::NONE,
+            ResvType::Msi,
+        ));
+        v
+    }
+
+    fn pgsize_bitmap(&self) -> u64 {
+        self.inner.pgsize_bitmap()
+    }
+
+    fn capable(&self, cap: Capability) -> bool {
+        match cap {
+            Capability::CacheCoherency => self.inner.caps.coherent,
+            Capability::NoExec => true,
+            Capability::DeferredFlush => true,
+            Capability::IntrRemap => false,
+        }
+    }
+}
