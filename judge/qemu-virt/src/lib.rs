@@ -8,6 +8,8 @@
 
 extern crate alloc;
 
+#[cfg(target_arch = "x86_64")]
+pub mod acpi;
 pub mod board;
 pub mod pci;
 

@@ -142,67 +142,21 @@ fn topology() -> Result<Topology, String> {
     })
 }
 
-/// `len` bytes of physical memory (identity-mapped).
-#[cfg(target_arch = "x86_64")]
-fn phys(addr: u64, len: usize) -> &'static [u8] {
-    // SAFETY: firmware tables in low RAM or the BIOS area, identity-mapped
-    // and never written while the program runs.
-    unsafe { core::slice::from_raw_parts(addr as *const u8, len) }
-}
-
-/// An ACPI table at `addr`, as long as its header says (at most 1 MiB).
-#[cfg(target_arch = "x86_64")]
-fn acpi_table(addr: u64) -> Result<&'static [u8], String> {
-    let head = phys(addr, 8);
-    let len = u32::from_le_bytes([head[4], head[5], head[6], head[7]]) as usize;
-    if !(36..=1 << 20).contains(&len) {
-        return Err(format!("a table of {len} bytes at {addr:#x}"));
-    }
-    Ok(phys(addr, len))
-}
-
-/// Prints a firmware table in hex, for the host test to keep.
-#[cfg(target_arch = "x86_64")]
-fn dump(name: &str, bytes: &[u8]) {
-    let _ = write!(Uart, "ACPI {name} ");
-    for b in bytes {
-        let _ = write!(Uart, "{b:02x}");
-    }
-    let _ = writeln!(Uart);
-}
-
 /// Reads the ACPI tables QEMU built: the RSDP PVH hands over, the XSDT
 /// (or RSDT), the MCFG's ECAM window for segment 0, and the VIOT (read
 /// with the project's `Viot`): its virtio-pci IOMMU node and the PCI
 /// ranges that name it. SeaBIOS assigned the BARs.
 #[cfg(target_arch = "x86_64")]
 fn topology() -> Result<Topology, String> {
-    use iommu_firmware::acpi::{mcfg, root_table_entries, Rsdp};
+    use iommu_qemu_judge::acpi;
     use iommu_virtio::firmware::{Viot, ViotNode};
-    let at = iommu_qemu_judge::board::rsdp().ok_or("no RSDP in the PVH start info")?;
-    let rsdp = Rsdp::parse(phys(at, 36)).map_err(|e| format!("RSDP: {e}"))?;
-    dump("RSDP", phys(at, if rsdp.revision >= 2 { 36 } else { 20 }));
-    let root = acpi_table(rsdp.xsdt.unwrap_or(u64::from(rsdp.rsdt)))?;
-    dump(&String::from_utf8_lossy(&root[..4]), root);
-    let tables = root_table_entries(root).map_err(|e| format!("XSDT: {e}"))?;
-    let (mut ecam, mut viot) = (None, None);
-    for t in tables {
-        let bytes = acpi_table(t)?;
-        match &bytes[..4] {
-            b"MCFG" => {
-                dump("MCFG", bytes);
-                ecam = mcfg(bytes)
-                    .map_err(|e| format!("MCFG: {e}"))?
-                    .into_iter()
-                    .find(|e| e.segment == 0 && e.start_bus == 0)
-                    .map(|e| e.base as usize)
-            }
-            b"VIOT" => viot = Some(Viot::parse(bytes).map_err(|e| format!("VIOT: {e}"))?),
-            _ => {}
-        }
+    let tables = acpi::tables(true)?;
+    if let Some(t) = tables.iter().find(|t| &t[..4] == b"MCFG") {
+        acpi::dump("MCFG", t);
     }
-    let ecam = ecam.ok_or("no MCFG window for segment 0")?;
-    let viot = viot.ok_or("no VIOT")?;
+    let ecam = acpi::ecam()?;
+    let viot = acpi::find(b"VIOT")?.ok_or("no VIOT")?;
+    let viot = Viot::parse(viot).map_err(|e| format!("VIOT: {e}"))?;
     let bdf = viot
         .nodes()
         .iter()

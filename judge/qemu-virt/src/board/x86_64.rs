@@ -132,6 +132,30 @@ pub fn rsdp() -> Option<u64> {
     }
 }
 
+/// The command line QEMU's `-append` gave (PVH's `cmdline_paddr`), or
+/// an empty string.
+pub fn cmdline() -> &'static str {
+    let info = PVH_START_INFO.load(Ordering::Relaxed) as usize;
+    if info == 0 {
+        return "";
+    }
+    // SAFETY: the start info and the NUL-terminated command line lie in
+    // low RAM, identity-mapped, never written while the program runs; at
+    // most 4 KiB are read.
+    unsafe {
+        if core::ptr::read_volatile(info as *const u32) != PVH_MAGIC {
+            return "";
+        }
+        let at = core::ptr::read_volatile((info + 24) as *const u64) as usize;
+        if at == 0 {
+            return "";
+        }
+        let bytes = core::slice::from_raw_parts(at as *const u8, 4096);
+        let len = bytes.iter().position(|&b| b == 0).unwrap_or(0);
+        core::str::from_utf8(&bytes[..len]).unwrap_or("")
+    }
+}
+
 fn outb(port: u16, v: u8) {
     // SAFETY: an I/O port write to a device of the machine.
     unsafe { core::arch::asm!("out dx, al", in("dx") port, in("al") v) }
