@@ -28,7 +28,8 @@
 //!   registers and reports translation faults to the domain's fault
 //!   handler.
 //!
-//! The crate is `no_std` + `alloc`. Page walks that do not snoop the CPU's
+//! The crate is `no_std` + `alloc`. With feature `emu` it also drives the
+//! emulated VT-d of `iommu-vtd-emu` ([`emu`]). Page walks that do not snoop the CPU's
 //! caches (ECAP.C = 0) need a `TableMemory` whose stores reach memory.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![no_std]
@@ -38,6 +39,8 @@ extern crate alloc;
 
 mod domain;
 mod driver;
+#[cfg(feature = "emu")]
+pub mod emu;
 pub mod entry;
 pub mod regs;
 

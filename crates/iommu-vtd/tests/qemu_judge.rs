@@ -18,12 +18,12 @@
 //! so it is ignored by default; `.ci/run` runs it
 //! (`cargo nextest run -p iommu-vtd --run-ignored only`).
 
+mod common;
+
+use common::Fault;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::Command;
-
-/// A fault as the judge prints it: (source id, reason, page, write).
-type Fault = (u16, u8, u64, bool);
 
 fn judge_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../judge/qemu-virt")
@@ -121,23 +121,7 @@ fn qemus_intel_iommu_runs_our_driver_in_every_mode() {
         );
         let faults = parse_faults(&text);
         let sid = faults["hole"].first().map(|f| f.0).expect("a fault");
-        let w = |reason: u8, page: u64| vec![(sid, reason, page, true)];
-        let want: BTreeMap<String, Vec<Fault>> = [
-            ("mapped", vec![]),
-            ("hole", w(5, 0x30_0000)),
-            ("unmapped", w(5, 0x20_0000)),
-            ("read-only-cached", vec![]),
-            ("read-only", w(5, 0x10_0000)),
-            ("stale", vec![]),
-            ("synced", w(5, 0x40_0000)),
-            ("block", vec![]),
-            ("block-unmapped", w(5, 0x7f_f000)),
-            ("blocked", w(2, 0x20_0000)),
-            ("identity", vec![]),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v))
-        .collect();
+        let want = common::qemu_phases(sid);
         assert_eq!(faults, want, "{what}: QEMU's fault records by phase");
     }
 }
