@@ -122,6 +122,9 @@ pub enum RunIommu {
     /// The Arm SMMUv3 driver on the emulated SMMUv3: STEs, CDs, command
     /// and event queues in simulated memory
     Smmuv3,
+    /// The Intel VT-d driver on the emulated VT-d: root, context and
+    /// second-level tables and the invalidation queue in simulated memory
+    Vtd,
 }
 
 /// Where `--trace` goes.

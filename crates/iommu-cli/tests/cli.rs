@@ -801,3 +801,56 @@ fn run_on_the_smmuv3_traces_the_commands_and_fetches_under_the_core_calls() {
     assert!(trace.contains("smmu evtq: F_TRANSLATION stream 0x300 iova 0x200123"));
     assert!(trace.contains("smmu cmdq: CFGI_STE sid=0x300"));
 }
+
+#[test]
+fn run_on_the_vtd_tells_the_same_story_but_for_what_vt_d_records_and_reserves() {
+    let (code, soft, _) = iommu(&["run"]);
+    assert_eq!(code, 0);
+    let (code, vtd, err) = iommu(&["run", "--iommu", "vtd"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(soft.lines().count(), vtd.lines().count());
+    let differ: Vec<(&str, &str)> = soft
+        .lines()
+        .zip(vtd.lines())
+        .filter(|(a, b)| a != b)
+        .collect();
+    assert!(differ[0].1.contains("emulated Intel VT-d"));
+    // A fault record holds the page, not the byte.
+    assert!(differ[1]
+        .1
+        .ends_with("fault handler: domain #11 0000:03:00.0 0x200000 Read"));
+    // The interrupt range x86 never translates, instead of a software MSI
+    // window; nothing else.
+    for (s, v) in &differ[2..] {
+        assert!(
+            s.contains("0x0000000008000000 0x00000000080fffff msi")
+                && v.contains("0x00000000fee00000 0x00000000feefffff msi")
+                || s.contains("0x0000000008000000") != v.contains("0x00000000fee00000"),
+            "{s}\n{v}"
+        );
+    }
+}
+
+#[test]
+fn run_on_the_vtd_traces_descriptors_and_walks_under_the_core_calls() {
+    let (code, _, trace) = iommu(&["run", "--iommu", "vtd", "--trace"]);
+    assert_eq!(code, 0);
+    let lines: Vec<&str> = trace.lines().collect();
+    let sync = lines
+        .iter()
+        .position(|l| l.ends_with("├─ iotlb_sync(size=0x204000)"))
+        .expect("the unmap's iotlb_sync");
+    assert!(
+        lines[sync + 1].contains("· vtd qi: IOTLB invalidate, domain"),
+        "{}",
+        lines[sync + 1]
+    );
+    assert!(
+        lines[sync + 1].starts_with("│ │ "),
+        "nested under iotlb_sync"
+    );
+    assert!(lines[sync + 2].contains("· vtd qi: invalidation wait"));
+    assert!(trace.contains("vtd: fetch context entry of 03:00.0"));
+    assert!(trace.contains("vtd fault: reason 0x6 source 0x300 address 0x200123"));
+    assert!(trace.contains("vtd fault: reason 0x2 source 0x200"));
+}

@@ -228,6 +228,9 @@ pub enum DmaError {
         reason: u8,
         /// Whether a fault record was written.
         recorded: bool,
+        /// A present leaf lacked the access's permission (reasons 5 and 6
+        /// say the same for a leaf that is not there).
+        permission: bool,
     },
     /// The translated address is outside simulated memory.
     #[error("bus error at {0:#x}")]
@@ -242,6 +245,57 @@ pub struct Segment {
     /// Bytes.
     pub len: u64,
 }
+
+/// What the unit did, for tracing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HwTrace {
+    /// An invalidation descriptor ran from the queue (its two double
+    /// words).
+    Descriptor {
+        /// The low double word (type, granularity, ids).
+        lo: u64,
+        /// The high double word (address, mask, status address).
+        hi: u64,
+    },
+    /// A descriptor was refused: the queue stopped at it (FSTS.IQE).
+    QueueError {
+        /// Its index in the queue.
+        index: u64,
+    },
+    /// A register-based invalidation ran (the CCMD or IOTLB_REG value).
+    Register {
+        /// Which register.
+        register: &'static str,
+        /// The value written.
+        value: u64,
+    },
+    /// A context entry was read from memory (a context-cache miss).
+    ContextFetch {
+        /// The source id.
+        sid: u16,
+    },
+    /// A second-level walk ran (an IOTLB miss).
+    Walk {
+        /// The source id.
+        sid: u16,
+        /// The address walked.
+        iova: u64,
+        /// Whether it found a leaf.
+        leaf: bool,
+    },
+    /// A fault was recorded.
+    Fault {
+        /// The source id.
+        sid: u16,
+        /// The reason.
+        reason: u8,
+        /// The address.
+        addr: u64,
+    },
+}
+
+/// A trace hook.
+pub type TraceFn = Box<dyn Fn(&HwTrace) + Send + Sync>;
 
 /// Counters.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -312,6 +366,11 @@ struct State {
     /// Keyed by (domain id, leaf base >> 12).
     iotlb: HashMap<(u16, u64), TlbEntry>,
     stats: Stats,
+    /// Invalidations held back (a wedged unit): the queue does not move,
+    /// register invalidations do not complete.
+    paused: bool,
+    /// What happened under the lock, emitted after it.
+    traces: Vec<HwTrace>,
 }
 
 /// The emulated remapping unit over guest memory `M`.
@@ -319,6 +378,7 @@ pub struct Vtd<M: GuestMemoryBackend> {
     mem: Arc<M>,
     features: Features,
     state: Mutex<State>,
+    trace: Mutex<Option<TraceFn>>,
 }
 
 impl<M: GuestMemoryBackend> core::fmt::Debug for Vtd<M> {
@@ -387,7 +447,10 @@ impl<M: GuestMemoryBackend> Vtd<M> {
                 contexts: HashMap::new(),
                 iotlb: HashMap::new(),
                 stats: Stats::default(),
+                paused: false,
+                traces: Vec::new(),
             }),
+            trace: Mutex::new(None),
             features,
         })
     }
@@ -412,8 +475,50 @@ impl<M: GuestMemoryBackend> Vtd<M> {
         self.lock().iotlb.len()
     }
 
+    /// Holds invalidations back (`true`), as a wedged unit would: the
+    /// queue's head stops, register invalidations never complete; then
+    /// lets them run again (the queue runs on at once).
+    pub fn pause_invalidations(&self, paused: bool) {
+        let mut s = self.lock();
+        s.paused = paused;
+        if !paused {
+            self.run_queue(&mut s);
+            let (ccmd, iotlb) = (s.ccmd, s.iotlb_reg);
+            if ccmd & (1 << 63) != 0 {
+                self.register_context_invalidation(&mut s, ccmd);
+            }
+            if iotlb & (1 << 63) != 0 {
+                self.register_iotlb_invalidation(&mut s, iotlb);
+            }
+        }
+        drop(s);
+        self.emit();
+    }
+
+    /// Calls `f` with everything the unit does from now on (`None` stops).
+    pub fn set_trace(&self, f: Option<TraceFn>) {
+        *self.trace.lock().unwrap_or_else(|p| p.into_inner()) = f;
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Hands what happened to the trace hook, outside the state's lock.
+    fn emit(&self) {
+        let hook = self.trace.lock().unwrap_or_else(|p| p.into_inner());
+        let traces = core::mem::take(&mut self.lock().traces);
+        if let Some(f) = hook.as_ref() {
+            for t in &traces {
+                f(t);
+            }
+        }
+    }
+
+    fn note(&self, s: &mut State, t: HwTrace) {
+        if s.traces.len() < 4096 && self.trace.try_lock().map(|h| h.is_some()).unwrap_or(true) {
+            s.traces.push(t);
+        }
     }
 
     fn read_u64(&self, at: u64) -> Option<u64> {
@@ -482,6 +587,11 @@ impl<M: GuestMemoryBackend> Vtd<M> {
 
     /// A 32-bit register write.
     pub fn write32(&self, offset: u64, value: u32) {
+        self.write32_locked(offset, value);
+        self.emit();
+    }
+
+    fn write32_locked(&self, offset: u64, value: u32) {
         let mut s = self.lock();
         match offset {
             regs::GCMD => self.gcmd(&mut s, value),
@@ -519,19 +629,24 @@ impl<M: GuestMemoryBackend> Vtd<M> {
                 } else {
                     (old & 0xffff_ffff) | u64::from(value) << 32
                 };
-                self.write64(base, v);
+                self.write64_locked(base, v);
             }
         }
     }
 
     /// A 64-bit register write.
     pub fn write64(&self, offset: u64, value: u64) {
+        self.write64_locked(offset, value);
+        self.emit();
+    }
+
+    fn write64_locked(&self, offset: u64, value: u64) {
         let mut s = self.lock();
         match offset {
             regs::RTADDR => s.rtaddr = value & !0x3ff,
             regs::CCMD => {
                 s.ccmd = value;
-                if value & (1 << 63) != 0 {
+                if value & (1 << 63) != 0 && !s.paused {
                     self.register_context_invalidation(&mut s, value);
                 }
             }
@@ -544,13 +659,13 @@ impl<M: GuestMemoryBackend> Vtd<M> {
             o if o == regs::IOTLB => s.iva = value,
             o if o == regs::IOTLB + 8 => {
                 s.iotlb_reg = value;
-                if value & (1 << 63) != 0 {
+                if value & (1 << 63) != 0 && !s.paused {
                     self.register_iotlb_invalidation(&mut s, value);
                 }
             }
             regs::GCMD | regs::FSTS | regs::FECTL | regs::ICS => {
                 drop(s);
-                self.write32(offset, value as u32);
+                self.write32_locked(offset, value as u32);
             }
             o if (regs::FRCD..regs::FRCD + 16 * s.records.len() as u64).contains(&o)
                 && (o - regs::FRCD) % 16 == 8
@@ -596,6 +711,13 @@ impl<M: GuestMemoryBackend> Vtd<M> {
 
     fn register_context_invalidation(&self, s: &mut State, v: u64) {
         s.stats.register_invalidations += 1;
+        self.note(
+            s,
+            HwTrace::Register {
+                register: "CCMD",
+                value: v,
+            },
+        );
         let granularity = (v >> 61) & 3;
         // Refused while the queue runs: the actual granularity reads 0.
         let done = s.gsts & QIE == 0
@@ -621,6 +743,13 @@ impl<M: GuestMemoryBackend> Vtd<M> {
 
     fn register_iotlb_invalidation(&self, s: &mut State, v: u64) {
         s.stats.register_invalidations += 1;
+        self.note(
+            s,
+            HwTrace::Register {
+                register: "IOTLB_REG",
+                value: v,
+            },
+        );
         let granularity = (v >> 60) & 3;
         let did = (v >> 32) as u16;
         let done = s.gsts & QIE == 0 && self.iotlb_invalidate(s, granularity, did, s.iva);
@@ -655,7 +784,7 @@ impl<M: GuestMemoryBackend> Vtd<M> {
     /// FSTS.IQE and stops at it (IQH names it) until the tail moves again
     /// with IQE clear.
     fn run_queue(&self, s: &mut State) {
-        if s.gsts & QIE == 0 || s.fsts & FSTS_IQE != 0 {
+        if s.gsts & QIE == 0 || s.fsts & FSTS_IQE != 0 || s.paused {
             return;
         }
         let entries = 256u64 << (s.iqa & 7);
@@ -677,8 +806,11 @@ impl<M: GuestMemoryBackend> Vtd<M> {
             };
             if dw256 || !self.descriptor(s, lo, hi) {
                 s.fsts |= FSTS_IQE;
+                let index = s.iqh >> 4;
+                self.note(s, HwTrace::QueueError { index });
                 return;
             }
+            self.note(s, HwTrace::Descriptor { lo, hi });
             s.stats.descriptors += 1;
             s.iqh = (((s.iqh >> 4) + 1) % entries) << 4;
         }
@@ -750,6 +882,7 @@ impl<M: GuestMemoryBackend> Vtd<M> {
         ];
         s.fri = (s.fri + 1) % self.features.fault_records;
         s.stats.faults_recorded += 1;
+        self.note(s, HwTrace::Fault { sid, reason, addr });
         if s.fectl & FECTL_IM == 0 {
             s.stats.fault_events += 1;
         } else {
@@ -760,7 +893,11 @@ impl<M: GuestMemoryBackend> Vtd<M> {
 
     fn fault(&self, s: &mut State, sid: u16, reason: u8, addr: u64, access: Access) -> DmaError {
         let recorded = self.record(s, sid, reason, addr, access);
-        DmaError::Fault { reason, recorded }
+        DmaError::Fault {
+            reason,
+            recorded,
+            permission: false,
+        }
     }
 
     /// The context of source id `sid`: from the context cache, or read
@@ -770,6 +907,7 @@ impl<M: GuestMemoryBackend> Vtd<M> {
             return c.ok_or(reason::CONTEXT_NOT_PRESENT);
         }
         s.stats.context_fetches += 1;
+        self.note(s, HwTrace::ContextFetch { sid });
         let r = s
             .root
             .checked_add(u64::from(sid >> 8) * 16)
@@ -820,6 +958,12 @@ impl<M: GuestMemoryBackend> Vtd<M> {
     /// [`DmaError::Fault`] when the unit blocks the access; the fault, if
     /// recorded, is in the fault recording registers.
     pub fn translate(&self, sid: u16, iova: u64, access: Access) -> Result<Segment, DmaError> {
+        let r = self.translate_locked(sid, iova, access);
+        self.emit();
+        r
+    }
+
+    fn translate_locked(&self, sid: u16, iova: u64, access: Access) -> Result<Segment, DmaError> {
         let mut s = self.lock();
         if s.gsts & TE == 0 {
             return Ok(segment(iova, iova, 12));
@@ -848,12 +992,12 @@ impl<M: GuestMemoryBackend> Vtd<M> {
                     return Err(self.fault(&mut s, sid, denied, iova, access));
                 }
                 if (write && !e.write) || (!write && !e.read) {
-                    if self.features.cached_permission_faults {
-                        return Err(self.fault(&mut s, sid, denied, iova, access));
-                    }
+                    let recorded = self.features.cached_permission_faults
+                        && self.record(&mut s, sid, denied, iova, access);
                     return Err(DmaError::Fault {
                         reason: denied,
-                        recorded: false,
+                        recorded,
+                        permission: true,
                     });
                 }
                 return Ok(segment(e.pa, iova, shift));
@@ -861,13 +1005,16 @@ impl<M: GuestMemoryBackend> Vtd<M> {
         }
         s.stats.walks += 1;
         let fmt = VtdSl::new(levels, 52).expect("3 to 5 levels, 52 bits");
-        let walked = match walk_root(
+        let walk = walk_root(
             &fmt,
             PhysAddr::new(root),
             0,
             Iova::new(iova),
             &GuestRead(&*self.mem),
-        ) {
+        );
+        let leaf = walk.is_ok();
+        self.note(&mut s, HwTrace::Walk { sid, iova, leaf });
+        let walked = match walk {
             Ok(w) => w,
             Err(WalkFault::Translation { .. }) => {
                 if self.features.caching_mode && self.features.cache_not_present {
@@ -908,7 +1055,12 @@ impl<M: GuestMemoryBackend> Vtd<M> {
             },
         );
         if (write && !writable) || (!write && !read) {
-            return Err(self.fault(&mut s, sid, denied, iova, access));
+            let recorded = self.record(&mut s, sid, denied, iova, access);
+            return Err(DmaError::Fault {
+                reason: denied,
+                recorded,
+                permission: true,
+            });
         }
         Ok(segment(base, iova, shift))
     }

@@ -371,6 +371,15 @@ impl<R: Mmio, M: TableMemory> Vtd<R, M> {
         faults
     }
 
+    /// The domain requester id `sid` is attached to, if any.
+    pub fn source_domain(&self, sid: u16) -> Option<Domain> {
+        self.inner
+            .sources
+            .lock()
+            .get(&sid)
+            .map(|e| e.domain.clone())
+    }
+
     /// Turns translation off (DMA then bypasses the unit).
     pub fn shutdown(&self) {
         let _ = self.inner.set_persistent(gcmd::TE, false);

@@ -117,6 +117,38 @@ pub mod desc {
     pub fn kind(d: Entry128) -> u64 {
         (d[0] & 0xf) | ((d[0] >> 5) & 0x70)
     }
+
+    /// The descriptor in words, as a trace shows it.
+    pub fn describe(d: Entry128) -> alloc::string::String {
+        use alloc::format;
+        let g = (d[0] >> 4) & 3;
+        let did = (d[0] >> 16) as u16;
+        match kind(d) {
+            0x1 => match g {
+                1 => "context-cache invalidate, global".into(),
+                2 => format!("context-cache invalidate, domain {did}"),
+                _ => format!(
+                    "context-cache invalidate, device {:#x} (domain {did})",
+                    (d[0] >> 32) as u16
+                ),
+            },
+            0x2 => match g {
+                1 => "IOTLB invalidate, global".into(),
+                2 => format!("IOTLB invalidate, domain {did}"),
+                _ => format!(
+                    "IOTLB invalidate, domain {did}, {:#x} + 2^{} pages",
+                    d[1] & !0xfff,
+                    d[1] & 0x3f
+                ),
+            },
+            0x5 => format!(
+                "invalidation wait, status {:#x} -> {:#x}",
+                d[0] >> 32,
+                d[1] & !3
+            ),
+            k => format!("descriptor type {k:#x}"),
+        }
+    }
 }
 
 /// One primary fault record (11.4.14), decoded.
@@ -224,6 +256,14 @@ mod tests {
         );
         assert_eq!(desc::wait(0x1003, 7), [0x7_0000_0065, 0x1000]);
         assert_eq!(desc::kind(desc::wait(0, 0)), 5);
+        assert_eq!(
+            desc::describe(desc::iotlb_pages(3, 0x20_0000, 9, (false, false))),
+            "IOTLB invalidate, domain 3, 0x200000 + 2^9 pages"
+        );
+        assert_eq!(
+            desc::describe(desc::context_global()),
+            "context-cache invalidate, global"
+        );
     }
 
     #[test]
