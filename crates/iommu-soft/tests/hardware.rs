@@ -2,13 +2,13 @@
 //! the IOTLB after strict unmaps, and the table-memory budget.
 //!
 //! The rules are the hardware's, not one driver's: with
-//! `IOMMU_TEST_DRIVER=smmuv3` they run on the SMMUv3 driver and the
-//! emulated SMMUv3 instead of the soft IOMMU.
+//! `IOMMU_TEST_DRIVER=smmuv3` or `vtd` they run on the SMMUv3 or VT-d
+//! driver and its emulated hardware instead of the soft IOMMU.
 
 use iommu_core::{Bus, DeviceBuilder, DomainType, Errno, Iommu, IommuConfig, Iova, PhysAddr, Prot};
-use iommu_smmuv3::testing::hardware_from_env;
 use iommu_soft::platform::{DefaultPlatform, DmaHardware};
 use iommu_soft::{Access, TranslateError};
+use iommu_vtd::testing::hardware_from_env;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Barrier};
 

@@ -12,7 +12,7 @@ use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use iommu_core::sync::Mutex;
 use iommu_core::{
     Capability, Device, Domain, DomainOps, DomainType, Errno, FaultAccess, Group, GroupKeys, Iommu,
-    IommuOps, Iova, ReservedRegion, ResvType, StreamIdGroups,
+    IommuOps, Iova, ReservedRegion, ResvType, StreamIdGroups, WedgeReport,
 };
 use iommu_hw::{DmaRegion, Ids, Mmio};
 use iommu_pgtable::vtd::VtdSl;
@@ -179,6 +179,9 @@ pub(crate) struct Inner<R: Mmio, M: TableMemory> {
     sources: Mutex<BTreeMap<u16, SourceEntry>>,
     by_stream: StreamIdGroups,
     stats: Stats,
+    /// Says once that invalidations stopped completing, and once that
+    /// they complete again.
+    wedge: WedgeReport,
 }
 
 /// The VT-d driver for one remapping unit (one DRHD); clones share it.
@@ -266,6 +269,7 @@ impl<R: Mmio, M: TableMemory> Vtd<R, M> {
                 sources: Mutex::new(BTreeMap::new()),
                 by_stream: StreamIdGroups::new(),
                 stats: Stats::default(),
+                wedge: WedgeReport::default(),
                 mmio,
                 mem,
                 caps,
@@ -520,11 +524,14 @@ impl<R: Mmio, M: TableMemory> Inner<R, M> {
         match r {
             Ok(()) => {
                 self.stats.waits.fetch_add(1, Ordering::Relaxed);
+                self.wedge.completed("intel-iommu");
             }
-            Err(Errno::ETIMEDOUT) => {
-                self.stats.timeouts.fetch_add(1, Ordering::Relaxed);
+            Err(e) => {
+                if e == Errno::ETIMEDOUT {
+                    self.stats.timeouts.fetch_add(1, Ordering::Relaxed);
+                }
+                self.wedge.failed("intel-iommu", e);
             }
-            Err(_) => {}
         }
         r
     }

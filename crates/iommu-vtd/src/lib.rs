@@ -43,6 +43,8 @@ mod driver;
 pub mod emu;
 pub mod entry;
 pub mod regs;
+#[cfg(feature = "test-utils")]
+pub mod testing;
 
 pub use domain::VtdDomain;
 pub use driver::{Invalidation, ProbeError, Vtd, VtdConfig, VtdStats, MSI_RANGE};

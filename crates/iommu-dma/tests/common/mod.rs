@@ -1,6 +1,7 @@
 //! A small PCI platform for the DMA tests, behind the soft IOMMU or, with
-//! `IOMMU_TEST_DRIVER=smmuv3`, behind the SMMUv3 driver on the emulated
-//! SMMUv3: the suite is the same, only the hardware changes.
+//! `IOMMU_TEST_DRIVER=smmuv3` or `vtd`, behind the SMMUv3 or VT-d driver
+//! on its emulated hardware: the suite is the same, only the hardware
+//! changes.
 #![allow(dead_code)]
 
 use iommu_core::{Bus, Device, DeviceBuilder, Iommu, IommuConfig, Prot, ReservedRegion, ResvType};
@@ -15,10 +16,13 @@ pub struct World {
     pub devs: Vec<Arc<Device>>,
 }
 
-/// Whether the suite runs on the SMMUv3 (its tables live in simulated
-/// memory rather than on the heap).
+/// Whether the suite runs on emulated hardware (its tables live in
+/// simulated memory rather than on the heap).
 pub fn on_smmuv3() -> bool {
-    std::env::var("IOMMU_TEST_DRIVER").as_deref() == Ok("smmuv3")
+    matches!(
+        std::env::var("IOMMU_TEST_DRIVER").as_deref(),
+        Ok("smmuv3" | "vtd")
+    )
 }
 
 /// Every leaf of `domain`'s table, `(iova, size, pa, prot)`, whichever
@@ -30,8 +34,11 @@ pub fn leaves(
     if let Some(d) = any.downcast_ref::<iommu_soft::SoftDomain>() {
         return d.dump();
     }
+    if let Some(d) = any.downcast_ref::<iommu_vtd::emu::EmuDomain>() {
+        return d.dump();
+    }
     any.downcast_ref::<iommu_smmuv3::emu::EmuDomain>()
-        .expect("a soft or SMMUv3 domain")
+        .expect("a soft, SMMUv3 or VT-d domain")
         .dump()
 }
 
@@ -64,7 +71,7 @@ pub fn world_with_budget(n: u32, strict: bool, table_budget: Option<usize>) -> W
             bus.add_device(b).unwrap()
         })
         .collect();
-    let hw = iommu_smmuv3::testing::hardware_from_env(None, table_budget);
+    let hw = iommu_vtd::testing::hardware_from_env(None, table_budget);
     iommu.bus_set_iommu(&bus, hw.ops()).unwrap();
     World {
         iommu,
