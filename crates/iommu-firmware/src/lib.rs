@@ -2,7 +2,8 @@
 //!
 //! A kernel learns where its IOMMUs are, and which devices each one
 //! translates, from the firmware: on Intel machines the ACPI DMAR table
-//! ([`dmar`]), on AMD machines the IVRS ([`ivrs`]). It finds them, and
+//! ([`dmar`]), on AMD machines the IVRS ([`ivrs`]), on Arm machines with
+//! ACPI the IORT ([`iort`]). It finds them, and
 //! where PCI configuration space is, through the tables [`acpi`] reads
 //! first: the RSDP, the RSDT or XSDT it points at, and the MCFG. This crate reads those
 //! tables with the rules Linux's `dmar.c` and `amd_iommu_init.c` apply and
@@ -36,4 +37,5 @@ extern crate alloc;
 
 pub mod acpi;
 pub mod dmar;
+pub mod iort;
 pub mod ivrs;

@@ -1,6 +1,7 @@
 //! The independent judge: the bare-metal program in `judge/qemu-virt`
 //! runs the no_std core and this driver on QEMU's `virt` machine against
-//! QEMU's own SMMUv3 model and its `edu` DMA device. This test builds it,
+//! QEMU's own SMMUv3 model and its `edu` DMA device, taking the device's
+//! stream id from QEMU's IORT. This test builds it,
 //! boots it, checks every line it prints, and runs the same scenario on
 //! the emulated SMMUv3 (configured like QEMU's: stage 1 only, 44-bit OAS,
 //! no MSI, 4 and 64 KiB granules), requiring the same events.
@@ -246,7 +247,19 @@ fn qemu_smmuv3_accepts_our_bytes_and_agrees_with_the_emulator() {
         .unwrap()
         .parse()
         .unwrap();
-    assert_eq!(pass, 27, "every check of the judge ran");
+    assert_eq!(pass, 29, "every check of the judge ran");
+    // The IORT the judge took edu's stream id from is the one the firmware
+    // crate's tests keep.
+    let iort = text
+        .lines()
+        .find_map(|l| l.strip_prefix("ACPI IORT "))
+        .expect("the judge read QEMU's IORT");
+    let kept: String =
+        include_str!("../../iommu-firmware/tests/data/qemu-10.0-virt-smmuv3.iort.txt")
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .collect();
+    assert_eq!(iort, kept, "QEMU's IORT changed");
     let qemu = parse_events(&text);
     let ours = run_emulator();
     // QEMU's virt puts the edu device in a slot of its choosing; compare

@@ -11,6 +11,8 @@ extern crate alloc;
 #[cfg(target_arch = "x86_64")]
 pub mod acpi;
 pub mod board;
+#[cfg(target_arch = "aarch64")]
+pub mod fw_cfg;
 pub mod pci;
 
 use board::Uart;

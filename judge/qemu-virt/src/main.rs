@@ -3,7 +3,8 @@
 //! virt,iommu=smmuv3,highmem=off`) and QEMU's `edu` PCI device.
 //!
 //! The program finds the edu device through ECAM, gives it a BAR and bus
-//! mastering, puts it behind a DMA domain of the core, and has it DMA:
+//! mastering, takes its stream id from QEMU's IORT (read from fw_cfg),
+//! puts it behind a DMA domain of the core, and has it DMA:
 //! through mappings (the data must land where the page tables say), at an
 //! IOVA nothing maps (QEMU's SMMU must record F_TRANSLATION), and after an
 //! unmap (which the driver follows with TLBI and CMD_SYNC). It prints one
@@ -40,6 +41,23 @@ fn find_edu(ecam: &Ecam) -> Option<u8> {
     Some(devfn)
 }
 
+/// Reads QEMU's IORT from fw_cfg (and prints it for the host test) and
+/// maps requester id `rid` of segment 0 to its stream id and SMMUv3 base.
+fn iort_stream(rid: u32) -> Option<(u32, u64)> {
+    let table = iommu_qemu_judge::fw_cfg::acpi_table(b"IORT")?;
+    let _ = write!(Uart, "ACPI IORT ");
+    for b in &table {
+        let _ = write!(Uart, "{b:02x}");
+    }
+    let _ = writeln!(Uart);
+    let iort = iommu_firmware::iort::Iort::parse(&table).ok()?;
+    let (sid, smmu) = iort.pci_stream(0, rid)?;
+    match smmu.kind {
+        iommu_firmware::iort::NodeKind::Smmuv3 { base, .. } => Some((sid, base)),
+        _ => None,
+    }
+}
+
 fn block_buffer() -> &'static mut [u8] {
     aligned_buffer(0x20_0000, 0x20_0000)
 }
@@ -73,7 +91,17 @@ fn run() {
     check("edu device found through ECAM", true);
     let edu = Edu::at(EDU_BAR);
     check("edu identification register", edu.read32(0) == 0x0100_00ed);
-    let rid = u32::from(devfn);
+    // The SMMU and edu's stream id, as QEMU's IORT says (Linux's
+    // iort_node_map_id walk, through iommu_firmware::iort).
+    let Some((rid, smmu_base)) = iort_stream(u32::from(devfn)) else {
+        check("QEMU's IORT names edu's SMMU and stream id", false);
+        return;
+    };
+    check("QEMU's IORT names edu's SMMU and stream id", true);
+    check(
+        "the IORT's SMMUv3 is the one at the virt machine's address",
+        smmu_base == SMMU_BASE as u64,
+    );
 
     // SAFETY: the SMMU's 128 KiB window is identity-mapped as device memory.
     let mmio = unsafe { VolatileMmio::new(SMMU_BASE as *mut u8, iommu_smmuv3::WINDOW) };
