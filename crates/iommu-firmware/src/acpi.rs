@@ -414,11 +414,15 @@ pub struct McfgEntry {
 
 impl McfgEntry {
     /// Where function `devfn` of `bus` has its configuration space, if
-    /// the window decodes that bus.
+    /// the window decodes that bus (and the address exists: a window
+    /// whose base leaves no room for the bus has none).
     pub fn config_address(&self, bus: u8, devfn: u8) -> Option<u64> {
-        (self.start_bus..=self.end_bus)
-            .contains(&bus)
-            .then(|| self.base + (u64::from(bus) << 20) + (u64::from(devfn) << 12))
+        if !(self.start_bus..=self.end_bus).contains(&bus) {
+            return None;
+        }
+        self.base
+            .checked_add(u64::from(bus) << 20)?
+            .checked_add(u64::from(devfn) << 12)
     }
 }
 

@@ -48,6 +48,14 @@ fn qemus_rsdp_rsdt_and_mcfg_parse() {
     };
     assert_eq!(narrow.config_address(0, 0), None);
     assert_eq!(narrow.config_address(4, 0), None);
+    // A window at the top of the address space has no room for bus 255
+    // (found by the fuzzer: the sum overflowed).
+    let top = McfgEntry {
+        base: u64::MAX - 0xfff,
+        ..want
+    };
+    assert_eq!(top.config_address(0, 0), Some(u64::MAX - 0xfff));
+    assert_eq!(top.config_address(0xff, 0xff), None);
 }
 
 #[test]
