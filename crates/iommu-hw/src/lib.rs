@@ -6,7 +6,8 @@
 //! writes into DMA-able memory, the [`TableMemory`](iommu_pgtable::TableMemory)
 //! its page tables live in too ([`DmaRegion`]: a bounds-checked block of
 //! it; [`DomainMemory`]: one domain's counted share of it). [`Ids`]
-//! hands out the tags their caches are keyed by. The Arm
+//! hands out the tags their caches are keyed by; with feature `vm-memory`,
+//! [`emu`] holds what an emulated platform is made of. The Arm
 //! SMMUv3 and Intel VT-d drivers are built on these.
 //!
 //! ```
@@ -29,6 +30,8 @@ extern crate alloc;
 
 #[allow(unsafe_code)] // calls TableMemory's accessors on regions it owns
 mod dma;
+#[cfg(feature = "vm-memory")]
+pub mod emu;
 mod ids;
 #[allow(unsafe_code)] // VolatileMmio touches a register window
 mod mmio;

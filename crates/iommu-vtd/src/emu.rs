@@ -7,42 +7,16 @@ use crate::{ProbeError, Vtd, VtdConfig};
 use alloc::string::String;
 use alloc::sync::Arc;
 use iommu_core::{Device, Errno, IommuOps, Iova, PhysAddr};
-use iommu_pgtable::GuestTableMemory;
 use iommu_soft::platform::DmaHardware;
 use iommu_soft::{Access, TranslateError};
 use iommu_vtd_emu::{reason, DmaError, Features, Vtd as Hw};
-use vm_memory::{GuestAddress, GuestMemoryMmap};
 
-/// Guest memory of the emulated platform.
-pub type EmuMemory = GuestMemoryMmap;
-/// The driver's DMA memory on it.
-pub type EmuTables = GuestTableMemory<EmuMemory>;
+pub use iommu_hw::emu::{EmuLayout, EmuMemory, EmuTables};
+
 /// The driver over the emulator.
 pub type EmuDriver = Vtd<Arc<Hw<EmuMemory>>, EmuTables>;
 /// A domain of [`EmuDriver`], for downcasts from `Domain::ops().as_any()`.
 pub type EmuDomain = crate::VtdDomain<Arc<Hw<EmuMemory>>, EmuTables>;
-
-/// Where the platform's memory goes.
-#[derive(Clone, Copy, Debug)]
-pub struct EmuLayout {
-    /// Bytes of guest memory, from address 0.
-    pub memory: u64,
-    /// Start of the region the driver allocates tables and its queue from.
-    pub tables: u64,
-    /// Its size; the rest is for data.
-    pub tables_size: u64,
-}
-
-impl Default for EmuLayout {
-    /// 256 MiB of memory, the driver's tables in the first 64 MiB.
-    fn default() -> Self {
-        EmuLayout {
-            memory: 256 << 20,
-            tables: 0x10_0000,
-            tables_size: (64 << 20) - 0x10_0000,
-        }
-    }
-}
 
 /// Guest memory, an emulated remapping unit, and the driver probed on it.
 pub struct EmuPlatform {
@@ -55,27 +29,7 @@ pub struct EmuPlatform {
 }
 
 /// Why [`EmuPlatform::new`] failed.
-#[derive(Debug)]
-pub enum EmuError {
-    /// The memory layout.
-    Memory,
-    /// The emulator refused the features.
-    Features(iommu_vtd_emu::FeatureError),
-    /// The driver refused the unit.
-    Probe(ProbeError),
-}
-
-impl core::fmt::Display for EmuError {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        match self {
-            EmuError::Memory => f.write_str("guest memory could not be created"),
-            EmuError::Features(e) => write!(f, "emulated VT-d: {e}"),
-            EmuError::Probe(e) => write!(f, "probe: {e}"),
-        }
-    }
-}
-
-impl std::error::Error for EmuError {}
+pub type EmuError = iommu_hw::emu::EmuError<iommu_vtd_emu::FeatureError, ProbeError>;
 
 impl EmuPlatform {
     /// A platform with `layout`, a unit with `features`, and the driver
@@ -84,16 +38,8 @@ impl EmuPlatform {
     /// # Errors
     /// [`EmuError`].
     pub fn new(layout: EmuLayout, features: Features, cfg: VtdConfig) -> Result<Self, EmuError> {
-        let memory = Arc::new(
-            GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), layout.memory as usize)])
-                .map_err(|_| EmuError::Memory)?,
-        );
+        let (memory, tables) = layout.build()?;
         let hw = Arc::new(Hw::new(memory.clone(), features).map_err(EmuError::Features)?);
-        let tables = Arc::new(GuestTableMemory::new(
-            memory.clone(),
-            layout.tables,
-            layout.tables_size,
-        ));
         let driver = Vtd::probe(hw.clone(), tables, cfg).map_err(EmuError::Probe)?;
         Ok(EmuPlatform { memory, hw, driver })
     }
