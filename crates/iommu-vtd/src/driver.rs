@@ -398,11 +398,19 @@ impl<R: Mmio, M: TableMemory> Vtd<R, M> {
         entry: Option<Entry128>,
     ) -> Result<(), Errno> {
         let sids = source_ids(dev)?;
+        let before: Vec<Option<Entry128>> = sids
+            .iter()
+            .map(|&sid| self.context_entry(sid).filter(|e| entry::present(*e)))
+            .collect();
         for (i, &sid) in sids.iter().enumerate() {
             if let Err(e) = self.inner.set_context(sid, entry) {
-                // The ones done already fail closed: no context entry.
-                for &done in &sids[..i] {
-                    let _ = self.inner.set_context(done, None);
+                // The ones done already go back to what they were; if the
+                // hardware refuses that too, they are left with no entry
+                // (their DMA faults: closed, never open).
+                for (&done, old) in sids[..i].iter().zip(&before) {
+                    if self.inner.set_context(done, *old).is_err() {
+                        let _ = self.inner.set_context(done, None);
+                    }
                 }
                 return Err(e);
             }
@@ -705,10 +713,17 @@ impl<R: Mmio, M: TableMemory> Inner<R, M> {
             let did = entry::context_did(old);
             ctx.write(i, 0);
             ctx.write(i + 1, 0);
-            self.invalidate(&[
+            if let Err(e) = self.invalidate(&[
                 Invalidation::ContextDevice { did, sid },
                 Invalidation::IotlbDomain(did),
-            ])?;
+            ]) {
+                // The hardware may still use the old entry from its caches:
+                // put it back in memory too, so what it reads and what it
+                // caches agree, and say the change did not happen.
+                ctx.write(i + 1, old[1]);
+                ctx.write(i, old[0]);
+                return Err(e);
+            }
         }
         let Some(new) = new else {
             return Ok(());

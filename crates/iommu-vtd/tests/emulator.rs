@@ -261,3 +261,56 @@ fn in_caching_mode_a_strict_unit_keeps_a_not_present_entry_until_the_map_invalid
     assert_eq!(got, [7; 4]);
     assert_eq!(plat.driver.handle_faults().len(), 2);
 }
+
+#[test]
+fn an_attach_the_hardware_does_not_complete_leaves_the_old_entries() {
+    let plat = EmuPlatform::new(
+        EmuLayout::default(),
+        Features::default(),
+        VtdConfig {
+            host_address_width: 48,
+            poll_limit: 1000,
+            ..VtdConfig::default()
+        },
+    )
+    .unwrap();
+    let iommu = Iommu::default();
+    let bus = Bus::new(&iommu, "pci").unwrap();
+    let dev = bus
+        .add_device(DeviceBuilder::new("fn").stream_ids([0x18, 0x19]))
+        .unwrap();
+    iommu
+        .bus_set_iommu(&bus, Arc::new(plat.driver.clone()))
+        .unwrap();
+    let group = dev.iommu_group().unwrap();
+    let domain = group.default_domain().unwrap();
+    domain
+        .map(
+            Iova::new(0x1000),
+            PhysAddr::new(0x900_0000),
+            0x1000,
+            Prot::RW,
+        )
+        .unwrap();
+    let before = [
+        plat.driver.context_entry(0x18),
+        plat.driver.context_entry(0x19),
+    ];
+    assert!(before.iter().all(|e| e.is_some_and(|e| e[0] & 1 == 1)));
+    // The unit stops completing invalidations: blocking the group (no
+    // context entries) cannot finish, and nothing changes.
+    plat.hw.pause_invalidations(true);
+    assert!(iommu
+        .group_claim_dma_owner(&group, DmaOwner::new())
+        .is_err());
+    assert_eq!(
+        [
+            plat.driver.context_entry(0x18),
+            plat.driver.context_entry(0x19)
+        ],
+        before
+    );
+    plat.hw.pause_invalidations(false);
+    assert_eq!(group.domain().map(|d| d.id()), Some(domain.id()));
+    plat.hw.dma_write(0x19, 0x1000, &[5; 4]).unwrap();
+}
