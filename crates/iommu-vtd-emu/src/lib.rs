@@ -721,23 +721,7 @@ impl<M: GuestMemoryBackend> Vtd<M> {
         let granularity = (v >> 61) & 3;
         // Refused while the queue runs: the actual granularity reads 0.
         let done = s.gsts & QIE == 0
-            && match granularity {
-                1 => {
-                    s.contexts.clear();
-                    true
-                }
-                2 => {
-                    let did = v as u16;
-                    s.contexts
-                        .retain(|_, c| !matches!(c, Some(c) if context_did(c) == Some(did)));
-                    true
-                }
-                3 => {
-                    s.contexts.remove(&((v >> 16) as u16));
-                    true
-                }
-                _ => false,
-            };
+            && self.context_invalidate(s, granularity, v as u16, (v >> 16) as u16);
         s.ccmd = (v & !(1 << 63) & !(3 << 59)) | if done { granularity << 59 } else { 0 };
     }
 
@@ -754,6 +738,23 @@ impl<M: GuestMemoryBackend> Vtd<M> {
         let did = (v >> 32) as u16;
         let done = s.gsts & QIE == 0 && self.iotlb_invalidate(s, granularity, did, s.iva);
         s.iotlb_reg = (v & !(1 << 63) & !(3 << 57)) | if done { granularity << 57 } else { 0 };
+    }
+
+    /// Context-cache invalidation of `granularity` 1 (all), 2 (the
+    /// entries of domain `did`) or 3 (source id `sid`'s entry). False when
+    /// it cannot be done.
+    fn context_invalidate(&self, s: &mut State, granularity: u64, did: u16, sid: u16) -> bool {
+        match granularity {
+            1 => s.contexts.clear(),
+            2 => s
+                .contexts
+                .retain(|_, c| !matches!(c, Some(c) if context_did(c) == Some(did))),
+            3 => {
+                s.contexts.remove(&sid);
+            }
+            _ => return false,
+        }
+        true
     }
 
     /// IOTLB invalidation of `granularity` 1 (all), 2 (domain) or 3 (the
@@ -820,21 +821,7 @@ impl<M: GuestMemoryBackend> Vtd<M> {
     fn descriptor(&self, s: &mut State, lo: u64, hi: u64) -> bool {
         let granularity = (lo >> 4) & 3;
         match lo & 0xf | (lo >> 5) & 0x70 {
-            0x1 => {
-                let did = (lo >> 16) as u16;
-                match granularity {
-                    1 => s.contexts.clear(),
-                    2 => {
-                        s.contexts
-                            .retain(|_, c| !matches!(c, Some(c) if context_did(c) == Some(did)));
-                    }
-                    3 => {
-                        s.contexts.remove(&((lo >> 32) as u16));
-                    }
-                    _ => return false,
-                }
-                true
-            }
+            0x1 => self.context_invalidate(s, granularity, (lo >> 16) as u16, (lo >> 32) as u16),
             0x2 => self.iotlb_invalidate(s, granularity, (lo >> 16) as u16, hi),
             // Device-TLB and interrupt-entry-cache invalidations: there is
             // nothing of either here to empty.
