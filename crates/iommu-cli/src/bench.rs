@@ -6,6 +6,7 @@ use iommu_pgtable::lpae::{Granule, Lpae, LpaeConfig, Stage};
 use iommu_pgtable::measure::{self, Clock};
 use iommu_pgtable::riscv::{Riscv, RiscvStage};
 use iommu_pgtable::vtd::VtdSl;
+use iommu_pgtable::x86::X86_64;
 use iommu_pgtable::{Format, HeapMemory, IoPageTable};
 use serde::Serialize;
 use std::fmt::Write as _;
@@ -29,6 +30,7 @@ pub const FORMATS: &[&str] = &[
     "vtd-sl-4level",
     "amd-v1",
     "riscv-sv48",
+    "x86-64-4level",
 ];
 
 const BASE: u64 = 1 << 30;
@@ -166,6 +168,7 @@ fn run_named(name: &str, quick: bool) -> Result<FormatResult, String> {
             Riscv::new(4, RiscvStage::First).map_err(|e| e.to_string())?,
             quick,
         ),
+        "x86-64-4level" => run_format(X86_64::new(4, 48).map_err(|e| e.to_string())?, quick),
         other => Err(format!(
             "unknown format '{other}' (known: {})",
             FORMATS.join(", ")

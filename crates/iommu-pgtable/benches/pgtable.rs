@@ -9,6 +9,7 @@ use iommu_pgtable::lpae::{Granule, Lpae, LpaeConfig, Stage};
 use iommu_pgtable::measure;
 use iommu_pgtable::riscv::{Riscv, RiscvStage};
 use iommu_pgtable::vtd::VtdSl;
+use iommu_pgtable::x86::X86_64;
 use iommu_pgtable::{Format, HeapMemory, IoPageTable};
 use std::time::{Duration, Instant};
 
@@ -64,6 +65,7 @@ fn formats(c: &mut Criterion) {
     bench_format(c, VtdSl::new(4, 48).unwrap());
     bench_format(c, AmdV1::new(4).unwrap());
     bench_format(c, Riscv::new(4, RiscvStage::First).unwrap());
+    bench_format(c, X86_64::new(4, 48).unwrap());
 }
 
 criterion_group!(benches, formats);

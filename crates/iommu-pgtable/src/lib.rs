@@ -45,6 +45,7 @@ mod table;
 pub mod testing;
 pub mod vtd;
 pub mod walk;
+pub mod x86;
 
 pub use error::PgtableError;
 pub use format::{Format, Geometry, Pte, PteKind, TableBits};

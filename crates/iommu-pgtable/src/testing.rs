@@ -14,6 +14,7 @@ use crate::amd::AmdV1;
 use crate::lpae::{Granule, Lpae, LpaeConfig, LpaeQuirks, Stage};
 use crate::riscv::{Riscv, RiscvStage};
 use crate::vtd::VtdSl;
+use crate::x86::X86_64;
 use crate::{Format, HeapMemory, IoPageTable, PgtableError, TableMemory};
 use alloc::collections::{BTreeMap, BTreeSet};
 use alloc::vec::Vec;
@@ -392,12 +393,13 @@ impl Input {
 /// [`TableModel`], panicking at the first answer they disagree on. At the
 /// end the leaves must match and dropping the table must free every page.
 ///
-/// `format[0] % 4` picks the family: ARM LPAE (then stage, granule, IAS and
+/// `format[0] % 5` picks the family: ARM LPAE (then stage, granule, IAS and
 /// OAS and the NS quirk from the other bytes), Intel VT-d (levels, host
-/// address width), AMD v1 (mode), RISC-V (levels, stage).
+/// address width), AMD v1 (mode), RISC-V (levels, stage), x86-64 (levels,
+/// host address width).
 pub fn run(input: &Input) {
     let f = input.format;
-    match f[0] % 4 {
+    match f[0] % 5 {
         0 => {
             let granule = [Granule::G4K, Granule::G16K, Granule::G64K][f[1] as usize % 3];
             let max = if granule == Granule::G64K { 52 } else { 48 };
@@ -428,13 +430,19 @@ pub fn run(input: &Input) {
                 run_format(fmt, input);
             }
         }
-        _ => {
+        3 => {
             let stage = if f[2] & 1 == 0 {
                 RiscvStage::First
             } else {
                 RiscvStage::Second
             };
             if let Ok(fmt) = Riscv::new(3 + f[1] as usize % 3, stage) {
+                run_format(fmt, input);
+            }
+        }
+        _ => {
+            let haw = 32 + u32::from(f[2]) % 21;
+            if let Ok(fmt) = X86_64::new(4 + f[1] as usize % 2, haw) {
                 run_format(fmt, input);
             }
         }

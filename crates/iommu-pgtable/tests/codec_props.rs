@@ -6,6 +6,7 @@ use iommu_pgtable::amd::AmdV1;
 use iommu_pgtable::lpae::{Granule, Lpae, LpaeConfig, LpaeQuirks, Stage};
 use iommu_pgtable::riscv::{Riscv, RiscvStage};
 use iommu_pgtable::vtd::VtdSl;
+use iommu_pgtable::x86::X86_64;
 use iommu_pgtable::{Format, Pte, PteKind};
 use iommu_types::{PhysAddr, Prot};
 use proptest::prelude::*;
@@ -47,6 +48,10 @@ fn formats() -> Vec<Box<dyn Format>> {
     for m in 1..=6 {
         v.push(Box::new(AmdV1::new(m).unwrap()));
     }
+    for l in 4..=5 {
+        v.push(Box::new(X86_64::new(l, 52).unwrap()));
+    }
+    v.push(Box::new(X86_64::new(4, 39).unwrap()));
     v
 }
 

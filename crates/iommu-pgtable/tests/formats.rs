@@ -1,11 +1,13 @@
-//! Intel VT-d second-level, AMD v1 and RISC-V: golden descriptors worked out
-//! by hand from each specification, the self-test scenario, and model tests.
+//! Intel VT-d second-level, AMD v1, RISC-V and x86-64: golden descriptors
+//! worked out by hand from each specification, the self-test scenario, and
+//! model tests.
 
 mod common;
 
 use iommu_pgtable::amd::AmdV1;
 use iommu_pgtable::riscv::{Riscv, RiscvStage};
 use iommu_pgtable::vtd::VtdSl;
+use iommu_pgtable::x86::X86_64;
 use iommu_pgtable::{Format, HeapMemory, IoPageTable, Pte, TableMemory};
 use iommu_types::{Iova, PhysAddr, Prot, SZ_1G, SZ_2M, SZ_4K};
 use proptest::prelude::*;
@@ -296,14 +298,141 @@ fn riscv_reserved_and_misaligned_encodings_are_invalid() {
     assert_eq!(f.dirty_state(f.make_clean(rw), 2), Some(false));
 }
 
+// ---- x86-64 (VT-d spec 9.7 / SDM 4.5: P[0] R/W[1] U/S[2] A[5] D[6] PS[7], address [51:12], XD[63]) ----
+
+#[test]
+fn x86_64_4level_page_and_large_pages() {
+    let pt = IoPageTable::new(X86_64::new(4, 48).unwrap(), HeapMemory::new()).unwrap();
+    assert_eq!(pt.pgsize_bitmap(), SZ_4K | SZ_2M | SZ_1G);
+    assert_eq!(pt.format().name(), "x86-64-4level");
+    pt.map_pages(
+        Iova::new(0x4000_1000),
+        PhysAddr::new(0x8_1234_5000),
+        SZ_4K,
+        1,
+        Prot::RW | Prot::CACHE | Prot::NOEXEC,
+    )
+    .unwrap();
+    pt.map_pages(
+        Iova::new(0x20_0000),
+        PhysAddr::new(0x4000_0000),
+        SZ_2M,
+        1,
+        Prot::READ,
+    )
+    .unwrap();
+    pt.map_pages(
+        Iova::new(3 * SZ_1G),
+        PhysAddr::new(5 * SZ_1G),
+        SZ_1G,
+        1,
+        Prot::WRITE,
+    )
+    .unwrap();
+    // Table entries: address | P | R/W | U | A (0x27).
+    let pdpt = next(&pt, 0, pt.root(), 0, 0x27);
+    let pd = next(&pt, 1, pdpt, 1, 0x27);
+    let ptab = next(&pt, 2, pd, 0, 0x27);
+    // 4 KiB page: address | P | R/W | U | A | D; no XD, no cache bits.
+    assert_eq!(pt.read_descriptor(3, ptab, 1), Some(0x0000_0008_1234_5067));
+    // 2 MiB page in the PDE, read-only: address | P | U | A | PS.
+    let pd0 = next(&pt, 1, pdpt, 0, 0x27);
+    assert_eq!(pt.read_descriptor(2, pd0, 1), Some(0x0000_0000_4000_00a5));
+    // 1 GiB page in the PDPTE, write-only maps read-write (present is readable).
+    assert_eq!(pt.read_descriptor(1, pdpt, 3), Some(0x0000_0001_4000_00e7));
+    assert_eq!(
+        pt.iova_to_phys(Iova::new(3 * SZ_1G + 0x123)),
+        Some(PhysAddr::new(5 * SZ_1G + 0x123))
+    );
+}
+
+#[test]
+fn x86_64_input_is_the_lower_canonical_half() {
+    // Linux 7.3's format would also map the upper half through a bare
+    // `iommu_map` (its domain's aperture is the lower half, which
+    // dma-iommu keeps to); the walker refuses anything past the input
+    // range instead.
+    let f4 = X86_64::new(4, 48).unwrap();
+    assert_eq!(f4.geometry().ias, 47);
+    assert!(f4.is_canonical(0x7fff_ffff_ffff) && f4.is_canonical(0xffff_8000_0000_0000));
+    assert!(!f4.is_canonical(0x8000_0000_0000) && !f4.is_canonical(0x7fff_8000_0000_0000));
+    let pt = IoPageTable::new(f4, HeapMemory::new()).unwrap();
+    // The top of the lower half maps; its first address above does not.
+    let top = (1u64 << 47) - SZ_4K;
+    assert_eq!(
+        pt.map_pages(Iova::new(top), PhysAddr::new(0x1000), SZ_4K, 1, Prot::READ),
+        Ok(SZ_4K)
+    );
+    assert!(pt
+        .map_pages(
+            Iova::new(1 << 47),
+            PhysAddr::new(0x1000),
+            SZ_4K,
+            1,
+            Prot::READ
+        )
+        .is_err());
+    next(&pt, 0, pt.root(), 255, 0x27);
+
+    let f5 = X86_64::new(5, 52).unwrap();
+    assert_eq!(f5.geometry().ias, 56);
+    assert_eq!(f5.name(), "x86-64-5level");
+    assert!(f5.is_canonical(0xff00_0000_0000_0000) && !f5.is_canonical(1 << 56));
+    assert!(X86_64::new(3, 48).is_err() && X86_64::new(6, 48).is_err());
+    assert!(X86_64::new(4, 31).is_err() && X86_64::new(4, 53).is_err());
+}
+
+#[test]
+fn x86_64_leaves_depend_only_on_write_as_linux_7_3_writes_them() {
+    // Every combination of READ/WRITE with CACHE, NOEXEC, MMIO and PRIV, on
+    // each leaf size: P | U | A, R/W | D when writable, PS above the PTE.
+    let f = X86_64::new(4, 52).unwrap();
+    for bits in 0..64u32 {
+        let prot = Prot::from_bits_truncate(bits);
+        if !prot.is_accessible() {
+            continue;
+        }
+        for (level, ps) in [(3, 0), (2, 0x80), (1, 0x80)] {
+            let pa = 0x000a_b000_4000_0000u64;
+            let want = pa | 0x25 | ps | if prot.contains(Prot::WRITE) { 0x42 } else { 0 };
+            assert_eq!(
+                f.encode_leaf(PhysAddr::new(pa), level, prot),
+                want,
+                "{prot:?} level {level}"
+            );
+        }
+    }
+}
+
+#[test]
+fn x86_64_reserved_encodings_are_not_followed() {
+    let f = X86_64::new(4, 52).unwrap();
+    // PS in a PML4E is reserved.
+    assert_eq!(f.decode(0x8000_0000_00a7, 0), Pte::Invalid);
+    // A 2 MiB page whose address has bits below 2 MiB set (bit 12 is PAT
+    // there, the rest reserved) is not taken as a leaf.
+    assert_eq!(f.decode(0x4010_00a7, 2), Pte::Invalid);
+    // Without P nothing else matters; PS in a PTE is PAT, still a page.
+    assert_eq!(f.decode(0xffff_ffff_ffff_fffe, 1), Pte::Invalid);
+    assert!(matches!(f.decode(0x5000 | 0xa5, 3), Pte::Leaf { prot, .. } if prot == Prot::READ));
+    // XD and the cache bits do not change what a leaf grants.
+    assert!(matches!(
+        f.decode((1 << 63) | 0x5000 | 0x1f, 3),
+        Pte::Leaf { pa, prot } if pa == PhysAddr::new(0x5000) && prot == Prot::RW
+    ));
+}
+
 // ---- every format: the self-test scenario and the model test ----
 
 #[test]
-fn selftest_scenario_holds_for_vtd_amd_and_riscv() {
+fn selftest_scenario_holds_for_vtd_amd_riscv_and_x86_64() {
     for levels in 3..=5 {
         common::selftest(VtdSl::new(levels, 48).unwrap());
         common::selftest(Riscv::new(levels, RiscvStage::First).unwrap());
         common::selftest(Riscv::new(levels, RiscvStage::Second).unwrap());
+    }
+    for levels in 4..=5 {
+        common::selftest(X86_64::new(levels, 52).unwrap());
     }
     for mode in 1..=6 {
         common::selftest(AmdV1::new(mode).unwrap());
@@ -327,6 +456,10 @@ model_test!(
     VtdSl::new(4, 48).unwrap()
 );
 model_test!(amd_v1_agrees_with_an_interval_map, AmdV1::new(3).unwrap());
+model_test!(
+    x86_64_agrees_with_an_interval_map,
+    X86_64::new(4, 48).unwrap()
+);
 model_test!(
     riscv_sv39_agrees_with_an_interval_map,
     Riscv::new(3, RiscvStage::First).unwrap()

@@ -9,6 +9,7 @@ use iommu_pgtable::amd::AmdV1;
 use iommu_pgtable::lpae::{Granule, Stage};
 use iommu_pgtable::riscv::{Riscv, RiscvStage};
 use iommu_pgtable::vtd::VtdSl;
+use iommu_pgtable::x86::X86_64;
 use iommu_pgtable::{measure, Format, HeapMemory, IoPageTable, TableMemory};
 use iommu_types::{IotlbGather, Iova, PhysAddr, Prot};
 
@@ -45,6 +46,7 @@ fn a_block_over_an_emptied_table_does_not_grow_the_table() {
         check(AmdV1::new(3).unwrap());
         check(VtdSl::new(4, 48).unwrap());
         check(Riscv::new(4, RiscvStage::First).unwrap());
+        check(X86_64::new(4, 48).unwrap());
     }
 }
 
