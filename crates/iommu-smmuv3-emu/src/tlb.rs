@@ -3,42 +3,11 @@
 //! forgets a TLBI sees the stale translation it would see on silicon.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
 
-/// FxHash (rustc's own): the TLB and configuration cache are probed on
-/// every DMA, and their keys are small integers; SipHash's flood
-/// resistance buys little when the table is bounded (`Features::tlb_entries`).
-#[derive(Clone, Copy, Default)]
-pub(crate) struct Fx(u64);
-
-impl Hasher for Fx {
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.write_u64(u64::from(b));
-        }
-    }
-    fn write_u8(&mut self, v: u8) {
-        self.write_u64(u64::from(v));
-    }
-    fn write_u16(&mut self, v: u16) {
-        self.write_u64(u64::from(v));
-    }
-    fn write_u32(&mut self, v: u32) {
-        self.write_u64(u64::from(v));
-    }
-    fn write_usize(&mut self, v: usize) {
-        self.write_u64(v as u64);
-    }
-    fn write_u64(&mut self, v: u64) {
-        self.0 = (self.0.rotate_left(5) ^ v).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
-    }
-    fn finish(&self) -> u64 {
-        self.0
-    }
-}
-
-/// Hash maps keyed with [`Fx`].
-pub(crate) type FxBuild = BuildHasherDefault<Fx>;
+/// rustc's FxHash: the TLB and configuration cache are probed on every
+/// DMA and keyed by small integers; SipHash's flood resistance buys little
+/// when the table is bounded (`Features::tlb_entries`).
+pub(crate) type FxBuild = rustc_hash::FxBuildHasher;
 
 /// What a cached entry belongs to: the VMID, and the ASID for entries
 /// made by stage 1 (`None` for stage-2-only streams).
