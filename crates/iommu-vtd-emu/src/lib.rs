@@ -139,6 +139,11 @@ pub struct Features {
     /// specification allows (6.1): a driver that does not invalidate a
     /// new mapping keeps faulting. QEMU does not cache them.
     pub cache_not_present: bool,
+    /// IOTLB entries held at most (at least 1). A walk that finds the
+    /// IOTLB full empties it first, as QEMU does (hardware may evict any
+    /// entry at any time, 6.5), so a device touching every page cannot
+    /// make the emulator hold more.
+    pub iotlb_entries: usize,
 }
 
 impl Default for Features {
@@ -161,6 +166,7 @@ impl Default for Features {
             compress_faults: false,
             cached_permission_faults: true,
             cache_not_present: true,
+            iotlb_entries: 4096,
         }
     }
 }
@@ -168,7 +174,8 @@ impl Default for Features {
 impl Features {
     /// QEMU 10's `intel-iommu` with its defaults (48-bit, no caching
     /// mode): its CAP_REG and ECAP_REG read the same, one fault record,
-    /// non-coherent walks, and QEMU's two choices above.
+    /// non-coherent walks, QEMU's two choices above, and its IOTLB of
+    /// 1024 entries.
     pub fn qemu() -> Features {
         Features {
             fault_records: 1,
@@ -176,6 +183,7 @@ impl Features {
             compress_faults: true,
             cached_permission_faults: false,
             cache_not_present: false,
+            iotlb_entries: 1024,
             ..Features::default()
         }
     }
@@ -344,6 +352,58 @@ struct TlbEntry {
     write: bool,
 }
 
+/// The IOTLB: leaves keyed by domain id and first 4 KiB page, emptied only
+/// by invalidations or by filling up.
+struct Iotlb {
+    entries: HashMap<(u16, u64), TlbEntry, rustc_hash::FxBuildHasher>,
+    /// Bit `s` is set while some entry has size `1 << s`, so a lookup
+    /// probes only the page sizes cached.
+    shifts: u64,
+    capacity: usize,
+}
+
+impl Iotlb {
+    /// The cached leaf of domain `did` holding `iova`.
+    fn lookup(&self, did: u16, iova: u64) -> Option<TlbEntry> {
+        let mut shifts = self.shifts;
+        while shifts != 0 {
+            let shift = shifts.trailing_zeros();
+            shifts &= shifts - 1;
+            let key = (did, (iova >> shift << shift) >> 12);
+            if let Some(e) = self.entries.get(&key).filter(|e| e.shift == shift) {
+                return Some(*e);
+            }
+        }
+        None
+    }
+
+    /// Caches `e` for the leaf of domain `did` starting at `iova`.
+    fn insert(&mut self, did: u16, iova: u64, e: TlbEntry) {
+        if self.entries.len() >= self.capacity {
+            self.clear();
+        }
+        self.shifts |= 1 << e.shift;
+        self.entries.insert((did, iova >> 12), e);
+    }
+
+    fn clear(&mut self) {
+        self.entries.clear();
+        self.shifts = 0;
+    }
+
+    /// Keeps the entries `keep` accepts: (domain id, first page, entry).
+    fn retain(&mut self, mut keep: impl FnMut(u16, u64, &TlbEntry) -> bool) {
+        self.entries.retain(|&(d, base), e| keep(d, base, e));
+        if self.entries.is_empty() {
+            self.shifts = 0;
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.entries.len()
+    }
+}
+
 struct State {
     gsts: u32,
     rtaddr: u64,
@@ -362,9 +422,8 @@ struct State {
     records: Vec<[u64; 2]>,
     fri: u32,
     /// Per source id: a present entry, or (caching mode) a not-present one.
-    contexts: HashMap<u16, Option<Context>>,
-    /// Keyed by (domain id, leaf base >> 12).
-    iotlb: HashMap<(u16, u64), TlbEntry>,
+    contexts: HashMap<u16, Option<Context>, rustc_hash::FxBuildHasher>,
+    iotlb: Iotlb,
     stats: Stats,
     /// Invalidations held back (a wedged unit): the queue does not move,
     /// register invalidations do not complete.
@@ -444,8 +503,12 @@ impl<M: GuestMemoryBackend> Vtd<M> {
                 ics: 0,
                 records,
                 fri: 0,
-                contexts: HashMap::new(),
-                iotlb: HashMap::new(),
+                contexts: HashMap::default(),
+                iotlb: Iotlb {
+                    entries: HashMap::default(),
+                    shifts: 0,
+                    capacity: features.iotlb_entries.max(1),
+                },
                 stats: Stats::default(),
                 paused: false,
                 traces: Vec::new(),
@@ -762,7 +825,7 @@ impl<M: GuestMemoryBackend> Vtd<M> {
     fn iotlb_invalidate(&self, s: &mut State, granularity: u64, did: u16, iva: u64) -> bool {
         match granularity {
             1 => s.iotlb.clear(),
-            2 => s.iotlb.retain(|k, _| k.0 != did),
+            2 => s.iotlb.retain(|d, _, _| d != did),
             3 => {
                 let am = (iva & 0x3f) as u32;
                 match self.features.psi {
@@ -771,7 +834,7 @@ impl<M: GuestMemoryBackend> Vtd<M> {
                 }
                 let first = (iva >> 12) >> am << am;
                 let last = first | ((1u64 << am) - 1);
-                s.iotlb.retain(|&(d, base), e| {
+                s.iotlb.retain(|d, base, e| {
                     let end = base + (1u64 << (e.shift - 12)) - 1;
                     d != did || end < first || base > last
                 });
@@ -970,25 +1033,22 @@ impl<M: GuestMemoryBackend> Vtd<M> {
         if width < 64 && iova >> width != 0 {
             return Err(self.fault(&mut s, sid, reason::ADDRESS_BEYOND_AGAW, iova, access));
         }
-        for shift in [12u32, 21, 30] {
-            let key = (did, (iova >> shift << shift) >> 12);
-            if let Some(e) = s.iotlb.get(&key).copied().filter(|e| e.shift == shift) {
-                s.stats.iotlb_hits += 1;
-                if !e.read && !e.write {
-                    // A cached not-present entry (caching mode).
-                    return Err(self.fault(&mut s, sid, denied, iova, access));
-                }
-                if (write && !e.write) || (!write && !e.read) {
-                    let recorded = self.features.cached_permission_faults
-                        && self.record(&mut s, sid, denied, iova, access);
-                    return Err(DmaError::Fault {
-                        reason: denied,
-                        recorded,
-                        permission: true,
-                    });
-                }
-                return Ok(segment(e.pa, iova, shift));
+        if let Some(e) = s.iotlb.lookup(did, iova) {
+            s.stats.iotlb_hits += 1;
+            if !e.read && !e.write {
+                // A cached not-present entry (caching mode).
+                return Err(self.fault(&mut s, sid, denied, iova, access));
             }
+            if (write && !e.write) || (!write && !e.read) {
+                let recorded = self.features.cached_permission_faults
+                    && self.record(&mut s, sid, denied, iova, access);
+                return Err(DmaError::Fault {
+                    reason: denied,
+                    recorded,
+                    permission: true,
+                });
+            }
+            return Ok(segment(e.pa, iova, e.shift));
         }
         s.stats.walks += 1;
         let fmt = VtdSl::new(levels, 52).expect("3 to 5 levels, 52 bits");
@@ -1011,7 +1071,7 @@ impl<M: GuestMemoryBackend> Vtd<M> {
                         read: false,
                         write: false,
                     };
-                    s.iotlb.insert((did, iova >> 12), none);
+                    s.iotlb.insert(did, iova >> 12 << 12, none);
                 }
                 return Err(self.fault(&mut s, sid, denied, iova, access));
             }
@@ -1033,7 +1093,8 @@ impl<M: GuestMemoryBackend> Vtd<M> {
         let writable = walked.prot.contains(iommu_types::Prot::WRITE);
         let base = walked.pa.raw() - (iova - walked.iova.raw());
         s.iotlb.insert(
-            (did, walked.iova.raw() >> 12),
+            did,
+            walked.iova.raw(),
             TlbEntry {
                 pa: base,
                 shift,

@@ -320,3 +320,32 @@ fn vtd_emu_fuzz_seeds_are_written() {
         }
     }
 }
+
+#[test]
+fn the_iotlb_holds_at_most_its_capacity_and_evicts_by_emptying() {
+    // 6.5: the hardware may evict any cached translation at any time, so
+    // a bounded IOTLB is allowed; a device touching every page of a 2 MiB
+    // table cannot make the unit hold more than `iotlb_entries`.
+    let v = unit(Features {
+        iotlb_entries: 8,
+        ..Features::default()
+    });
+    let (lo, hi) = second_level();
+    translating(&v, lo, hi);
+    for i in 0..512 {
+        w64(&v, SL[3] + i * 8, (PAGE + i * 0x1000) | 1);
+    }
+    for i in 0..512u64 {
+        let seg = v.translate(SID, i * 0x1000, Access::Read).unwrap();
+        assert_eq!(seg.pa, PAGE + i * 0x1000);
+        assert!(v.iotlb_entries() <= 8, "{} entries", v.iotlb_entries());
+    }
+    let before = v.stats();
+    // The last page is cached; an evicted one is walked again.
+    v.translate(SID, 511 * 0x1000, Access::Read).unwrap();
+    v.translate(SID, 0, Access::Read).unwrap();
+    let after = v.stats();
+    assert_eq!(after.iotlb_hits - before.iotlb_hits, 1);
+    assert_eq!(after.walks - before.walks, 1);
+    assert_eq!(Features::qemu().iotlb_entries, 1024);
+}
