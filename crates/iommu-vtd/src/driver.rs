@@ -153,6 +153,10 @@ pub struct VtdStats {
 struct Queue<M: TableMemory> {
     ring: DmaRegion<M>,
     tail: u32,
+    /// Where the hardware's head was last seen: every slot from here to
+    /// the tail may still be unread. IQH is read again only when this
+    /// leaves too little room (after a completed wait it is the tail).
+    head: u32,
 }
 
 /// A requester id in use: the domain and the devices using it.
@@ -253,6 +257,7 @@ impl<R: Mmio, M: TableMemory> Vtd<R, M> {
             Some(Mutex::new(Queue {
                 ring: DmaRegion::alloc(&mem, 4096).map_err(|_| ProbeError::NoMemory)?,
                 tail: 0,
+                head: 0,
             }))
         } else {
             None
@@ -567,8 +572,13 @@ impl<R: Mmio, M: TableMemory> Inner<R, M> {
             return self.invalidate_queued(q, b);
         }
         let head = || (self.mmio.read64(reg::IQH) >> 4) as u32 % QUEUE_ENTRIES;
-        let free = |tail: u32| (head() + QUEUE_ENTRIES - tail - 1) % QUEUE_ENTRIES;
-        if !poll(limit, || free(q.tail) >= needed) {
+        let free = |head: u32, tail: u32| (head + QUEUE_ENTRIES - tail - 1) % QUEUE_ENTRIES;
+        if free(q.head, q.tail) < needed
+            && !poll(limit, || {
+                q.head = head();
+                free(q.head, q.tail) >= needed
+            })
+        {
             return Err(Errno::ETIMEDOUT);
         }
         let seq = self.seq.fetch_add(1, Ordering::Relaxed).wrapping_add(1);
@@ -589,6 +599,9 @@ impl<R: Mmio, M: TableMemory> Inner<R, M> {
         self.mmio.write64(reg::IQT, u64::from(at) << 4);
         let mut refused = false;
         let done = poll(limit, || {
+            if self.status.read(0) as u32 == seq {
+                return true;
+            }
             let f = self.mmio.read32(reg::FSTS);
             if f & fsts::IQE != 0 {
                 // The descriptor at the head is malformed: put a copy of
@@ -603,6 +616,10 @@ impl<R: Mmio, M: TableMemory> Inner<R, M> {
             }
             self.status.read(0) as u32 == seq
         });
+        if done {
+            // The wait was the last descriptor: everything before it is read.
+            q.head = q.tail;
+        }
         match (done, refused) {
             (true, false) => Ok(()),
             (true, true) => Err(Errno::EIO),
