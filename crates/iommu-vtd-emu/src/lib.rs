@@ -12,25 +12,36 @@
 //!
 //! What it implements: legacy-mode root and context entries (pass-through
 //! and second-level translation types, 3-, 4- and 5-level tables with 2
-//! MiB and 1 GiB pages as [`Features`] say); a context cache and an IOTLB
-//! that only invalidations empty (in caching mode, not-present context
-//! and second-level entries are cached too, so a driver that forgets to
-//! invalidate a new entry sees its DMA fault); register-based invalidation (CCMD, IOTLB_REG
-//! with IVA) and queued invalidation (128-bit descriptors: context-cache,
-//! IOTLB with address masks, invalidation wait with status write; a
-//! malformed descriptor stops the queue with FSTS.IQE); primary fault
-//! logging with overflow (PFO) and the fault event's mask and pending
-//! bits. Devices call [`Vtd::dma_read`] / [`Vtd::dma_write`] (or
-//! [`Vtd::translate`]) with their source id.
+//! MiB and 1 GiB pages as [`Features`] say); scalable mode
+//! ([`Features::scalable`]: root entries for both halves of a bus,
+//! 256-bit context entries, PASID directories and tables, PASID entries
+//! for first-stage x86-64 tables of 4 or 5 levels, second-stage tables or
+//! pass-through, requests without a PASID using the context's RID_PASID;
+//! the first-stage walk checks U/S and R/W at every level, faults
+//! non-canonical inputs, and sets A and D as a CPU does); a context cache,
+//! a PASID cache and an IOTLB that only invalidations empty (in caching
+//! mode, not-present context and leaf entries are cached too, so a driver
+//! that forgets to invalidate a new entry sees its DMA fault);
+//! register-based invalidation (CCMD, IOTLB_REG with IVA) and queued
+//! invalidation (128-bit descriptors, or 256-bit with IQA.DW in scalable
+//! mode: context-cache, IOTLB with address masks, PASID-cache,
+//! PASID-based IOTLB, invalidation wait with status write; a malformed
+//! descriptor stops the queue with FSTS.IQE); primary fault logging with
+//! overflow (PFO) and the fault event's mask and pending bits. Devices
+//! call [`Vtd::dma_read`] / [`Vtd::dma_write`] (or [`Vtd::translate`])
+//! with their source id.
 //!
-//! Two of QEMU's choices are [`Features`] of their own, on in
-//! [`Features::qemu`]: a fault whose source already has a record pending
-//! is not recorded (QEMU "compresses" it), and a write that a cached
-//! read-only translation refuses records no fault.
+//! QEMU's choices are [`Features`] of their own, on in [`Features::qemu`]
+//! and [`Features::qemu_scalable`]: a fault whose source already has a
+//! record pending is not recorded (QEMU "compresses" it), a write that a
+//! cached read-only translation refuses records no fault, PASID entries
+//! are never cached, and an IOTLB of 1024 entries. Scalable-mode
+//! second-stage faults keep the legacy reasons (5h, 6h), as QEMU reports
+//! them. A PASID beyond the directory size the context entry gives is not
+//! checked (QEMU does not either).
 //!
-//! Not implemented, and absent from ECAP: scalable mode, first-stage
-//! tables, nested translation, device TLBs, page requests, interrupt
-//! remapping, 256-bit descriptors.
+//! Not implemented, and absent from ECAP: nested translation, requests
+//! with a PASID, device TLBs, page requests, interrupt remapping.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![forbid(unsafe_code)]
 
@@ -97,7 +108,22 @@ pub mod reason {
     pub const SL_ENTRY_UNREADABLE: u8 = 0x7;
     pub const ROOT_TABLE_INACCESSIBLE: u8 = 0x8;
     pub const CONTEXT_TABLE_INACCESSIBLE: u8 = 0x9;
+    pub const CONTEXT_RESERVED: u8 = 0xb;
     pub const TRANSLATION_TYPE: u8 = 0xd;
+    // Scalable mode (VT-d 7.1.3, as QEMU 10 numbers them).
+    pub const PASID_DIR_INACCESSIBLE: u8 = 0x50;
+    pub const PASID_DIR_NOT_PRESENT: u8 = 0x51;
+    pub const PASID_TABLE_INACCESSIBLE: u8 = 0x58;
+    pub const PASID_NOT_PRESENT: u8 = 0x59;
+    pub const PASID_INVALID: u8 = 0x5b;
+    pub const FS_ENTRY_INACCESSIBLE: u8 = 0x70;
+    pub const FS_NOT_PRESENT: u8 = 0x71;
+    pub const FS_RESERVED: u8 = 0x72;
+    pub const FS_TABLE_POINTER: u8 = 0x73;
+    pub const FS_NON_CANONICAL: u8 = 0x80;
+    pub const FS_USER: u8 = 0x81;
+    pub const SM_WRITE: u8 = 0x85;
+    pub const FS_AD_UPDATE: u8 = 0x91;
 }
 
 /// What this unit implements; CAP_REG and ECAP_REG report exactly this.
@@ -144,6 +170,21 @@ pub struct Features {
     /// entry at any time, 6.5), so a device touching every page cannot
     /// make the emulator hold more.
     pub iotlb_entries: usize,
+    /// Scalable-mode translation (ECAP.SMTS): root entries for both
+    /// halves of a bus, 256-bit context entries, PASID directories and
+    /// tables, 256-bit invalidation descriptors.
+    pub scalable_mode: bool,
+    /// First-stage (x86-64) tables in scalable mode (ECAP.FLTS).
+    pub first_stage: bool,
+    /// Second-stage tables in scalable mode (ECAP.SLTS).
+    pub second_stage: bool,
+    /// First-stage 1 GiB pages (CAP.FS1GP).
+    pub fs_1g: bool,
+    /// First-stage 5-level tables (CAP.FL5LP).
+    pub fs_5level: bool,
+    /// PASID entries are cached, and only PASID-cache invalidations empty
+    /// that cache (6.5.2.4); QEMU reads the entry on every IOTLB miss.
+    pub cache_pasid_entries: bool,
 }
 
 impl Default for Features {
@@ -167,6 +208,12 @@ impl Default for Features {
             cached_permission_faults: true,
             cache_not_present: true,
             iotlb_entries: 4096,
+            scalable_mode: false,
+            first_stage: false,
+            second_stage: false,
+            fs_1g: false,
+            fs_5level: false,
+            cache_pasid_entries: true,
         }
     }
 }
@@ -188,6 +235,35 @@ impl Features {
         }
     }
 
+    /// The default unit with scalable mode as well: both stages, first-stage
+    /// 1 GiB pages and 5-level tables.
+    pub fn scalable() -> Features {
+        Features {
+            scalable_mode: true,
+            first_stage: true,
+            second_stage: true,
+            fs_1g: true,
+            fs_5level: true,
+            ..Features::default()
+        }
+    }
+
+    /// QEMU 10's `intel-iommu,x-scalable-mode=on` (`first_stage: false`:
+    /// second-stage tables only) or `...,x-flts=on` (first-stage tables
+    /// only, with 1 GiB pages): [`qemu`](Self::qemu) plus scalable mode,
+    /// PASID entries never cached.
+    pub fn qemu_scalable(first_stage: bool) -> Features {
+        Features {
+            scalable_mode: true,
+            first_stage,
+            second_stage: !first_stage,
+            fs_1g: first_stage,
+            fs_5level: false,
+            cache_pasid_entries: false,
+            ..Features::qemu()
+        }
+    }
+
     /// CAP_REG.
     pub fn cap(&self) -> u64 {
         let nd = u64::from(self.domain_bits.saturating_sub(4) / 2) & 7;
@@ -204,15 +280,22 @@ impl Features {
         if let Some(mamv) = self.psi {
             cap |= 1 << 39 | u64::from(mamv & 0x3f) << 48;
         }
+        if self.scalable_mode && self.first_stage {
+            cap |= u64::from(self.fs_1g) << 56 | u64::from(self.fs_5level) << 60;
+        }
         cap
     }
 
     /// ECAP_REG.
     pub fn ecap(&self) -> u64 {
+        let sm = self.scalable_mode;
         u64::from(self.coherent)
             | u64::from(self.queued_invalidation) << 1
             | u64::from(self.pass_through) << 6
             | (regs::IOTLB / 16) << 8
+            | u64::from(sm) << 43
+            | u64::from(sm && self.second_stage) << 46
+            | u64::from(sm && self.first_stage) << 47
     }
 }
 
@@ -341,7 +424,32 @@ enum Context {
     },
     /// Present, but the unit cannot use it: this reason.
     Invalid(u8),
+    /// A scalable-mode context entry: the PASID directory, and the PASID
+    /// that requests without one use.
+    Scalable {
+        dir: u64,
+        rid_pasid: u32,
+    },
 }
+
+/// How a request is translated once its context (and, in scalable mode,
+/// its PASID entry) is known.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Translation {
+    PassThrough,
+    SecondStage { root: u64, levels: usize },
+    FirstStage { root: u64, levels: usize },
+}
+
+/// A PASID-table entry as the unit uses it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct PasidEntry {
+    did: u16,
+    translation: Translation,
+}
+
+/// The PASID of legacy-mode IOTLB entries (requests carry none).
+const NO_PASID: u32 = u32::MAX;
 
 /// One IOTLB entry: a leaf of `1 << shift` bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -350,12 +458,19 @@ struct TlbEntry {
     shift: u32,
     read: bool,
     write: bool,
+    /// Made by a first-stage walk (PGTT = 001b): page-selective IOTLB
+    /// invalidations without a PASID drop every such entry of the domain
+    /// (6.5.2.3), PASID-based ones drop only these.
+    first_stage: bool,
+    /// A first-stage leaf whose D the walk set: a write through an entry
+    /// cached without it walks again, so D gets set as on a CPU.
+    dirty: bool,
 }
 
-/// The IOTLB: leaves keyed by domain id and first 4 KiB page, emptied only
-/// by invalidations or by filling up.
+/// The IOTLB: leaves keyed by domain id, PASID and first 4 KiB page,
+/// emptied only by invalidations or by filling up.
 struct Iotlb {
-    entries: HashMap<(u16, u64), TlbEntry, rustc_hash::FxBuildHasher>,
+    entries: HashMap<(u16, u32, u64), TlbEntry, rustc_hash::FxBuildHasher>,
     /// Bit `s` is set while some entry has size `1 << s`, so a lookup
     /// probes only the page sizes cached.
     shifts: u64,
@@ -363,13 +478,13 @@ struct Iotlb {
 }
 
 impl Iotlb {
-    /// The cached leaf of domain `did` holding `iova`.
-    fn lookup(&self, did: u16, iova: u64) -> Option<TlbEntry> {
+    /// The cached leaf of domain `did` and `pasid` holding `iova`.
+    fn lookup(&self, did: u16, pasid: u32, iova: u64) -> Option<TlbEntry> {
         let mut shifts = self.shifts;
         while shifts != 0 {
             let shift = shifts.trailing_zeros();
             shifts &= shifts - 1;
-            let key = (did, (iova >> shift << shift) >> 12);
+            let key = (did, pasid, (iova >> shift << shift) >> 12);
             if let Some(e) = self.entries.get(&key).filter(|e| e.shift == shift) {
                 return Some(*e);
             }
@@ -377,13 +492,14 @@ impl Iotlb {
         None
     }
 
-    /// Caches `e` for the leaf of domain `did` starting at `iova`.
-    fn insert(&mut self, did: u16, iova: u64, e: TlbEntry) {
+    /// Caches `e` for the leaf of domain `did` and `pasid` starting at
+    /// `iova`.
+    fn insert(&mut self, did: u16, pasid: u32, iova: u64, e: TlbEntry) {
         if self.entries.len() >= self.capacity {
             self.clear();
         }
         self.shifts |= 1 << e.shift;
-        self.entries.insert((did, iova >> 12), e);
+        self.entries.insert((did, pasid, iova >> 12), e);
     }
 
     fn clear(&mut self) {
@@ -391,9 +507,10 @@ impl Iotlb {
         self.shifts = 0;
     }
 
-    /// Keeps the entries `keep` accepts: (domain id, first page, entry).
-    fn retain(&mut self, mut keep: impl FnMut(u16, u64, &TlbEntry) -> bool) {
-        self.entries.retain(|&(d, base), e| keep(d, base, e));
+    /// Keeps the entries `keep` accepts: (domain id, PASID, first page,
+    /// entry).
+    fn retain(&mut self, mut keep: impl FnMut(u16, u32, u64, &TlbEntry) -> bool) {
+        self.entries.retain(|&(d, p, base), e| keep(d, p, base, e));
         if self.entries.is_empty() {
             self.shifts = 0;
         }
@@ -424,6 +541,11 @@ struct State {
     /// Per source id: a present entry, or (caching mode) a not-present one.
     contexts: HashMap<u16, Option<Context>, rustc_hash::FxBuildHasher>,
     iotlb: Iotlb,
+    /// Scalable-mode root table (RTADDR.TTM = 01b when SRTP latched it).
+    root_scalable: bool,
+    /// Per (source id, PASID): the PASID entry (scalable mode, when
+    /// `cache_pasid_entries`).
+    pasids: HashMap<(u16, u32), PasidEntry, rustc_hash::FxBuildHasher>,
     stats: Stats,
     /// Invalidations held back (a wedged unit): the queue does not move,
     /// register invalidations do not complete.
@@ -509,6 +631,8 @@ impl<M: GuestMemoryBackend> Vtd<M> {
                     shifts: 0,
                     capacity: features.iotlb_entries.max(1),
                 },
+                root_scalable: false,
+                pasids: HashMap::default(),
                 stats: Stats::default(),
                 paused: false,
                 traces: Vec::new(),
@@ -706,7 +830,7 @@ impl<M: GuestMemoryBackend> Vtd<M> {
     fn write64_locked(&self, offset: u64, value: u64) {
         let mut s = self.lock();
         match offset {
-            regs::RTADDR => s.rtaddr = value & !0x3ff,
+            regs::RTADDR => s.rtaddr = value & !0x3ff | value & 0xc00,
             regs::CCMD => {
                 s.ccmd = value;
                 if value & (1 << 63) != 0 && !s.paused {
@@ -744,8 +868,10 @@ impl<M: GuestMemoryBackend> Vtd<M> {
     /// GCMD: each bit asks for its status bit; one-shot commands act.
     fn gcmd(&self, s: &mut State, value: u32) {
         if value & SRTP != 0 {
-            s.root = s.rtaddr;
+            s.root = s.rtaddr & !0xfff;
+            s.root_scalable = self.features.scalable_mode && (s.rtaddr >> 10) & 3 == 1;
             s.contexts.clear();
+            s.pasids.clear();
             s.gsts |= SRTP;
         }
         if value & WBF != 0 && self.features.rwbf {
@@ -825,7 +951,7 @@ impl<M: GuestMemoryBackend> Vtd<M> {
     fn iotlb_invalidate(&self, s: &mut State, granularity: u64, did: u16, iva: u64) -> bool {
         match granularity {
             1 => s.iotlb.clear(),
-            2 => s.iotlb.retain(|d, _, _| d != did),
+            2 => s.iotlb.retain(|d, _, _, _| d != did),
             3 => {
                 let am = (iva & 0x3f) as u32;
                 match self.features.psi {
@@ -834,9 +960,11 @@ impl<M: GuestMemoryBackend> Vtd<M> {
                 }
                 let first = (iva >> 12) >> am << am;
                 let last = first | ((1u64 << am) - 1);
-                s.iotlb.retain(|d, base, e| {
+                // First-stage entries of the domain go whatever their
+                // address (6.5.2.3).
+                s.iotlb.retain(|d, _, base, e| {
                     let end = base + (1u64 << (e.shift - 12)) - 1;
-                    d != did || end < first || base > last
+                    d != did || (!e.first_stage && (end < first || base > last))
                 });
             }
             _ => return false,
@@ -851,39 +979,65 @@ impl<M: GuestMemoryBackend> Vtd<M> {
         if s.gsts & QIE == 0 || s.fsts & FSTS_IQE != 0 || s.paused {
             return;
         }
-        let entries = 256u64 << (s.iqa & 7);
+        // IQA.DW: 256-bit descriptors, only where scalable mode exists
+        // (10.4.25); the queue then holds half as many, and IQH and IQT
+        // count in 32-byte steps.
+        let dw = self.features.scalable_mode && s.iqa & (1 << 11) != 0;
+        let (size, shift) = if dw { (32, 5) } else { (16, 4) };
+        let entries = (256u64 << (s.iqa & 7)) >> u32::from(dw);
         let base = s.iqa & !0xfff;
-        let dw256 = s.iqa & (1 << 11) != 0;
-        if s.iqt >> 4 >= entries {
-            // A tail outside the queue: nothing it names can run.
+        if s.iqt >> shift >= entries || (dw && s.iqt & 0x10 != 0) {
+            // A tail outside the queue (or with its reserved bit set):
+            // nothing it names can run.
             s.fsts |= FSTS_IQE;
             return;
         }
         while s.iqh != s.iqt {
-            let at = base.checked_add((s.iqh >> 4) * 16);
-            let (Some(lo), Some(hi)) = (
-                at.and_then(|a| self.read_u64(a)),
-                at.and_then(|a| self.read_u64(a.checked_add(8)?)),
-            ) else {
+            let index = s.iqh >> shift;
+            let at = base.checked_add(index * size);
+            let mut d = [0u64; 4];
+            for (k, w) in d.iter_mut().take(size as usize / 8).enumerate() {
+                match at.and_then(|a| self.read_u64(a.checked_add(8 * k as u64)?)) {
+                    Some(v) => *w = v,
+                    None => {
+                        s.fsts |= FSTS_IQE;
+                        return;
+                    }
+                }
+            }
+            // Bits 255:128 of every descriptor type this unit knows are
+            // reserved.
+            if d[2] | d[3] != 0 || !self.descriptor(s, d[0], d[1], dw) {
                 s.fsts |= FSTS_IQE;
-                return;
-            };
-            if dw256 || !self.descriptor(s, lo, hi) {
-                s.fsts |= FSTS_IQE;
-                let index = s.iqh >> 4;
                 self.note(s, HwTrace::QueueError { index });
                 return;
             }
-            self.note(s, HwTrace::Descriptor { lo, hi });
+            self.note(s, HwTrace::Descriptor { lo: d[0], hi: d[1] });
             s.stats.descriptors += 1;
-            s.iqh = (((s.iqh >> 4) + 1) % entries) << 4;
+            s.iqh = ((index + 1) % entries) << shift;
         }
     }
 
-    /// One 128-bit descriptor; false when it is malformed.
-    fn descriptor(&self, s: &mut State, lo: u64, hi: u64) -> bool {
+    /// One descriptor (its low 128 bits; `dw`: read from a 256-bit
+    /// queue); false when it is malformed.
+    fn descriptor(&self, s: &mut State, lo: u64, hi: u64, dw: bool) -> bool {
         let granularity = (lo >> 4) & 3;
         match lo & 0xf | (lo >> 5) & 0x70 {
+            // PASID-based IOTLB invalidation: 256-bit only (QEMU refuses it
+            // in a 128-bit queue too).
+            0x6 if dw => self.piotlb_invalidate(
+                s,
+                granularity,
+                (lo >> 16) as u16,
+                (lo >> 32) as u32 & 0xf_ffff,
+                hi,
+            ),
+            0x7 if self.features.scalable_mode => self.pasid_cache_invalidate(
+                s,
+                granularity,
+                (lo >> 16) as u16,
+                (lo >> 32) as u32 & 0xf_ffff,
+            ),
             0x1 => self.context_invalidate(s, granularity, (lo >> 16) as u16, (lo >> 32) as u16),
             0x2 => self.iotlb_invalidate(s, granularity, (lo >> 16) as u16, hi),
             // Device-TLB and interrupt-entry-cache invalidations: there is
@@ -903,6 +1057,55 @@ impl<M: GuestMemoryBackend> Vtd<M> {
             }
             _ => false,
         }
+    }
+
+    /// PASID-based IOTLB invalidation (6.5.2.6) of `granularity` 2 (every
+    /// entry of `did` and `pasid`) or 3 (its first-stage entries for the
+    /// pages `hi` names: address and mask as in a page-selective IOTLB
+    /// invalidation).
+    fn piotlb_invalidate(
+        &self,
+        s: &mut State,
+        granularity: u64,
+        did: u16,
+        pasid: u32,
+        hi: u64,
+    ) -> bool {
+        match granularity {
+            2 => s.iotlb.retain(|d, p, _, _| d != did || p != pasid),
+            3 => {
+                let am = (hi & 0x3f) as u32;
+                if am > 52 {
+                    return false;
+                }
+                let first = (hi >> 12) >> am << am;
+                let last = first | ((1u64 << am) - 1);
+                s.iotlb.retain(|d, p, base, e| {
+                    let end = base + (1u64 << (e.shift - 12)) - 1;
+                    d != did || p != pasid || !e.first_stage || end < first || base > last
+                });
+            }
+            _ => return false,
+        }
+        true
+    }
+
+    /// PASID-cache invalidation (6.5.2.5) of `granularity` 0 (the entries
+    /// of `did`), 1 (of `did` and `pasid`) or 3 (all).
+    fn pasid_cache_invalidate(
+        &self,
+        s: &mut State,
+        granularity: u64,
+        did: u16,
+        pasid: u32,
+    ) -> bool {
+        match granularity {
+            0 => s.pasids.retain(|_, e| e.did != did),
+            1 => s.pasids.retain(|&(_, p), e| e.did != did || p != pasid),
+            3 => s.pasids.clear(),
+            _ => return false,
+        }
+        true
     }
 
     fn pending(&self, s: &State) -> bool {
@@ -961,44 +1164,128 @@ impl<M: GuestMemoryBackend> Vtd<M> {
         let r = s
             .root
             .checked_add(u64::from(sid >> 8) * 16)
-            .and_then(|at| self.read_u64(at))
+            .and_then(|at| Some([self.read_u64(at)?, self.read_u64(at.checked_add(8)?)?]))
             .ok_or(reason::ROOT_TABLE_INACCESSIBLE)?;
-        if r & 1 == 0 {
+        let devfn = sid & 0xff;
+        // Scalable mode: the low half of the root entry points at the
+        // context table of devfn 0-127, the high half at that of 128-255;
+        // context entries are 256 bits (9.2, 9.4).
+        let (half, size, index) = if s.root_scalable {
+            (r[usize::from(devfn >= 0x80)], 32, u64::from(devfn & 0x7f))
+        } else {
+            (r[0], 16, u64::from(devfn))
+        };
+        if half & 1 == 0 {
             return Err(reason::ROOT_NOT_PRESENT);
         }
-        let at = (r & !0xfff).checked_add(u64::from(sid & 0xff) * 16);
-        let (Some(lo), Some(hi)) = (
-            at.and_then(|a| self.read_u64(a)),
-            at.and_then(|a| self.read_u64(a.checked_add(8)?)),
-        ) else {
-            return Err(reason::CONTEXT_TABLE_INACCESSIBLE);
-        };
+        let at = (half & !0xfff).checked_add(index * size);
+        let mut e = [0u64; 4];
+        for (k, w) in e.iter_mut().take(size as usize / 8).enumerate() {
+            *w = at
+                .and_then(|a| self.read_u64(a.checked_add(8 * k as u64)?))
+                .ok_or(reason::CONTEXT_TABLE_INACCESSIBLE)?;
+        }
+        let [lo, hi, e2, e3] = e;
         if lo & 1 == 0 {
             if self.features.caching_mode {
                 s.contexts.insert(sid, None);
             }
             return Err(reason::CONTEXT_NOT_PRESENT);
         }
-        let did = (hi >> 8) as u16;
-        let c = match (lo >> 2) & 3 {
-            2 if self.features.pass_through => Context::PassThrough { did },
-            0 => {
-                let aw = (hi & 7) as usize;
-                let levels = aw + 2;
-                if !(3..=5).contains(&levels) || self.features.sagaw & (1 << aw) == 0 {
-                    Context::Invalid(reason::CONTEXT_INVALID)
-                } else {
-                    Context::SecondLevel {
-                        did,
-                        root: lo & !0xfff,
-                        levels,
-                    }
+        let c = if s.root_scalable {
+            // 9.4: bits 8:5 of the first double word, 127:85 and all of
+            // 255:128 are reserved (QEMU checks the same ones).
+            if lo & 0x1e0 != 0 || hi >> 21 != 0 || e2 | e3 != 0 {
+                Context::Invalid(reason::CONTEXT_RESERVED)
+            } else {
+                Context::Scalable {
+                    dir: lo & !0xfff,
+                    rid_pasid: (hi & 0xf_ffff) as u32,
                 }
             }
-            _ => Context::Invalid(reason::TRANSLATION_TYPE),
+        } else {
+            let did = (hi >> 8) as u16;
+            match (lo >> 2) & 3 {
+                2 if self.features.pass_through => Context::PassThrough { did },
+                0 => {
+                    let aw = (hi & 7) as usize;
+                    let levels = aw + 2;
+                    if !(3..=5).contains(&levels) || self.features.sagaw & (1 << aw) == 0 {
+                        Context::Invalid(reason::CONTEXT_INVALID)
+                    } else {
+                        Context::SecondLevel {
+                            did,
+                            root: lo & !0xfff,
+                            levels,
+                        }
+                    }
+                }
+                _ => Context::Invalid(reason::TRANSLATION_TYPE),
+            }
         };
         s.contexts.insert(sid, Some(c));
         Ok(c)
+    }
+
+    /// The PASID entry of `pasid` under the PASID directory `dir`: from
+    /// the PASID cache, or read from memory (9.5, 9.6).
+    fn pasid_entry(&self, s: &mut State, sid: u16, dir: u64, pasid: u32) -> Result<PasidEntry, u8> {
+        if let Some(e) = s.pasids.get(&(sid, pasid)) {
+            return Ok(*e);
+        }
+        let d = dir
+            .checked_add(u64::from(pasid >> 6) * 8)
+            .and_then(|a| self.read_u64(a))
+            .ok_or(reason::PASID_DIR_INACCESSIBLE)?;
+        if d & 1 == 0 {
+            return Err(reason::PASID_DIR_NOT_PRESENT);
+        }
+        let at = (d & !0xfff).checked_add(u64::from(pasid & 0x3f) * 64);
+        let mut pe = [0u64; 3];
+        for (k, w) in pe.iter_mut().enumerate() {
+            *w = at
+                .and_then(|a| self.read_u64(a.checked_add(8 * k as u64)?))
+                .ok_or(reason::PASID_TABLE_INACCESSIBLE)?;
+        }
+        if pe[0] & 1 == 0 {
+            return Err(reason::PASID_NOT_PRESENT);
+        }
+        let f = &self.features;
+        let translation = match (pe[0] >> 6) & 7 {
+            // First stage: FSPM selects 4 or 5 levels (9.6).
+            1 if f.first_stage => match (pe[2] >> 2) & 3 {
+                0 => Translation::FirstStage {
+                    root: pe[2] & !0xfff,
+                    levels: 4,
+                },
+                1 if f.fs_5level => Translation::FirstStage {
+                    root: pe[2] & !0xfff,
+                    levels: 5,
+                },
+                _ => return Err(reason::PASID_INVALID),
+            },
+            2 if f.second_stage => {
+                let aw = ((pe[0] >> 2) & 7) as usize;
+                if aw + 2 > 5 || f.sagaw & (1 << aw) == 0 {
+                    return Err(reason::PASID_INVALID);
+                }
+                Translation::SecondStage {
+                    root: pe[0] & !0xfff,
+                    levels: aw + 2,
+                }
+            }
+            4 if f.pass_through => Translation::PassThrough,
+            // Nested (011b) is not implemented; the rest are reserved.
+            _ => return Err(reason::PASID_INVALID),
+        };
+        let e = PasidEntry {
+            did: pe[1] as u16,
+            translation,
+        };
+        if f.cache_pasid_entries {
+            s.pasids.insert((sid, pasid), e);
+        }
+        Ok(e)
     }
 
     /// Translates an access of source id `sid` at `iova`: where it goes,
@@ -1022,18 +1309,52 @@ impl<M: GuestMemoryBackend> Vtd<M> {
             Ok(c) => c,
             Err(r) => return Err(self.fault(&mut s, sid, r, iova, access)),
         };
-        let (did, root, levels) = match ctx {
+        let (did, pasid, translation) = match ctx {
             Context::PassThrough { .. } => return Ok(segment(iova, iova, 12)),
             Context::Invalid(r) => return Err(self.fault(&mut s, sid, r, iova, access)),
-            Context::SecondLevel { did, root, levels } => (did, root, levels),
+            Context::SecondLevel { did, root, levels } => {
+                (did, NO_PASID, Translation::SecondStage { root, levels })
+            }
+            Context::Scalable { dir, rid_pasid } => {
+                match self.pasid_entry(&mut s, sid, dir, rid_pasid) {
+                    Ok(e) => (e.did, rid_pasid, e.translation),
+                    Err(r) => return Err(self.fault(&mut s, sid, r, iova, access)),
+                }
+            }
         };
         let write = access == Access::Write;
-        let denied = if write { reason::WRITE } else { reason::READ };
-        let width = (12 + 9 * levels as u32).min(self.features.mgaw);
-        if width < 64 && iova >> width != 0 {
-            return Err(self.fault(&mut s, sid, reason::ADDRESS_BEYOND_AGAW, iova, access));
-        }
-        if let Some(e) = s.iotlb.lookup(did, iova) {
+        let first_stage = matches!(translation, Translation::FirstStage { .. });
+        let denied = match (first_stage, write) {
+            (true, true) => reason::SM_WRITE,
+            (true, false) => reason::FS_NOT_PRESENT,
+            (false, true) => reason::WRITE,
+            (false, false) => reason::READ,
+        };
+        let (root, levels) = match translation {
+            Translation::PassThrough => return Ok(segment(iova, iova, 12)),
+            Translation::SecondStage { root, levels } => {
+                let width = (12 + 9 * levels as u32).min(self.features.mgaw);
+                if width < 64 && iova >> width != 0 {
+                    return Err(self.fault(&mut s, sid, reason::ADDRESS_BEYOND_AGAW, iova, access));
+                }
+                (root, levels)
+            }
+            Translation::FirstStage { root, levels } => {
+                // The input is sign-extended from the top level's highest
+                // bit (3.6).
+                let top = 12 + 9 * levels as u32 - 1;
+                let upper = (iova as i64) >> top;
+                if upper != 0 && upper != -1 {
+                    return Err(self.fault(&mut s, sid, reason::FS_NON_CANONICAL, iova, access));
+                }
+                (root, levels)
+            }
+        };
+        let cached = s
+            .iotlb
+            .lookup(did, pasid, iova)
+            .filter(|e| !(write && e.first_stage && e.write && !e.dirty));
+        if let Some(e) = cached {
             s.stats.iotlb_hits += 1;
             if !e.read && !e.write {
                 // A cached not-present entry (caching mode).
@@ -1051,33 +1372,68 @@ impl<M: GuestMemoryBackend> Vtd<M> {
             return Ok(segment(e.pa, iova, e.shift));
         }
         s.stats.walks += 1;
-        let fmt = VtdSl::new(levels, 52).expect("3 to 5 levels, 52 bits");
-        let walk = walk_root(
-            &fmt,
-            PhysAddr::new(root),
-            0,
-            Iova::new(iova),
-            &GuestRead(&*self.mem),
-        );
+        let walk = if first_stage {
+            self.walk_first_stage(root, levels, iova, write)
+        } else {
+            self.walk_second_stage(root, levels, iova)
+        };
         let leaf = walk.is_ok();
         self.note(&mut s, HwTrace::Walk { sid, iova, leaf });
-        let walked = match walk {
-            Ok(w) => w,
-            Err(WalkFault::Translation { .. }) => {
+        let leaf = match walk {
+            Ok(l) => l,
+            Err(WalkError::NotPresent) => {
                 if self.features.caching_mode && self.features.cache_not_present {
                     let none = TlbEntry {
                         pa: 0,
                         shift: 12,
                         read: false,
                         write: false,
+                        first_stage,
+                        dirty: false,
                     };
-                    s.iotlb.insert(did, iova >> 12 << 12, none);
+                    s.iotlb.insert(did, pasid, iova >> 12 << 12, none);
                 }
                 return Err(self.fault(&mut s, sid, denied, iova, access));
             }
-            Err(_) => {
-                return Err(self.fault(&mut s, sid, reason::SL_ENTRY_UNREADABLE, iova, access))
-            }
+            Err(WalkError::Fault(r)) => return Err(self.fault(&mut s, sid, r, iova, access)),
+        };
+        s.iotlb.insert(
+            did,
+            pasid,
+            iova >> leaf.shift << leaf.shift,
+            TlbEntry {
+                pa: leaf.pa,
+                shift: leaf.shift,
+                read: leaf.read,
+                write: leaf.write,
+                first_stage,
+                dirty: write && leaf.write,
+            },
+        );
+        if (write && !leaf.write) || (!write && !leaf.read) {
+            let recorded = self.record(&mut s, sid, denied, iova, access);
+            return Err(DmaError::Fault {
+                reason: denied,
+                recorded,
+                permission: true,
+            });
+        }
+        Ok(segment(leaf.pa, iova, leaf.shift))
+    }
+
+    /// A second-stage walk (9.8) from `root`.
+    fn walk_second_stage(&self, root: u64, levels: usize, iova: u64) -> Result<Leaf, WalkError> {
+        let fmt = VtdSl::new(levels, 52).expect("3 to 5 levels, 52 bits");
+        let walked = match walk_root(
+            &fmt,
+            PhysAddr::new(root),
+            0,
+            Iova::new(iova),
+            &GuestRead(&*self.mem),
+        ) {
+            Ok(w) => w,
+            Err(WalkFault::Translation { .. }) => return Err(WalkError::NotPresent),
+            Err(_) => return Err(WalkError::Fault(reason::SL_ENTRY_UNREADABLE)),
         };
         let shift = walked.size.trailing_zeros();
         let big_ok = match shift {
@@ -1087,30 +1443,88 @@ impl<M: GuestMemoryBackend> Vtd<M> {
         };
         if !big_ok {
             // A superpage the unit does not have: the PS bit is reserved.
-            return Err(self.fault(&mut s, sid, reason::SL_ENTRY_UNREADABLE, iova, access));
+            return Err(WalkError::Fault(reason::SL_ENTRY_UNREADABLE));
         }
-        let read = walked.prot.contains(iommu_types::Prot::READ);
-        let writable = walked.prot.contains(iommu_types::Prot::WRITE);
-        let base = walked.pa.raw() - (iova - walked.iova.raw());
-        s.iotlb.insert(
-            did,
-            walked.iova.raw(),
-            TlbEntry {
-                pa: base,
-                shift,
-                read,
-                write: writable,
-            },
-        );
-        if (write && !writable) || (!write && !read) {
-            let recorded = self.record(&mut s, sid, denied, iova, access);
-            return Err(DmaError::Fault {
-                reason: denied,
-                recorded,
-                permission: true,
-            });
+        Ok(Leaf {
+            pa: walked.pa.raw() - (iova - walked.iova.raw()),
+            shift,
+            read: walked.prot.contains(iommu_types::Prot::READ),
+            write: walked.prot.contains(iommu_types::Prot::WRITE),
+        })
+    }
+
+    /// A first-stage walk (9.7, and the CPU's 4- and 5-level paging) from
+    /// `root`: every level must be present and user-accessible, a write
+    /// needs R/W at every level; the unit sets A in every entry it uses
+    /// and D in the leaf of a write, as a CPU does.
+    fn walk_first_stage(
+        &self,
+        root: u64,
+        levels: usize,
+        iova: u64,
+        write: bool,
+    ) -> Result<Leaf, WalkError> {
+        const P: u64 = 1;
+        const RW: u64 = 1 << 1;
+        const US: u64 = 1 << 2;
+        const A: u64 = 1 << 5;
+        const D: u64 = 1 << 6;
+        const PS: u64 = 1 << 7;
+        // Address bits above the host address width, below bit 52 (63:52
+        // are ignored or XD).
+        let haw = self.features.mgaw.min(52);
+        let high = ((1u64 << 52) - 1) & !((1u64 << haw) - 1);
+        let mut table = root;
+        let mut writable = true;
+        for level in 0..levels {
+            let shift = 12 + 9 * (levels - 1 - level) as u32;
+            let at = table + ((iova >> shift) & 0x1ff) * 8;
+            let Some(pte) = self.read_u64(at) else {
+                return Err(WalkError::Fault(if level == 0 {
+                    reason::FS_TABLE_POINTER
+                } else {
+                    reason::FS_ENTRY_INACCESSIBLE
+                }));
+            };
+            if pte & P == 0 {
+                return Err(WalkError::NotPresent);
+            }
+            if pte & US == 0 {
+                return Err(WalkError::Fault(reason::FS_USER));
+            }
+            writable &= pte & RW != 0;
+            if write && !writable {
+                return Err(WalkError::Fault(reason::SM_WRITE));
+            }
+            let last = level + 1 == levels;
+            let large = !last && pte & PS != 0;
+            // Reserved: address bits beyond HAW; PS in a PML5E/PML4E, or
+            // a 1 GiB page the unit lacks; a large page's address bits
+            // below its size (bit 12 is PAT there).
+            let reserved = pte & high != 0
+                || (large
+                    && (shift > 30
+                        || (shift == 30 && !self.features.fs_1g)
+                        || pte & ((1u64 << shift) - 1) & !0x1fff != 0));
+            if reserved {
+                return Err(WalkError::Fault(reason::FS_RESERVED));
+            }
+            let flags = if (last || large) && write { A | D } else { A };
+            if pte & flags != flags && self.mem.write_obj(pte | flags, GuestAddress(at)).is_err() {
+                return Err(WalkError::Fault(reason::FS_AD_UPDATE));
+            }
+            if last || large {
+                let base = pte & ((1u64 << 52) - 1) & !((1u64 << shift) - 1);
+                return Ok(Leaf {
+                    pa: base,
+                    shift,
+                    read: true,
+                    write: writable,
+                });
+            }
+            table = pte & ((1u64 << 52) - 1) & !0xfff;
         }
-        Ok(segment(base, iova, shift))
+        unreachable!("the last level is a leaf")
     }
 
     /// A device's DMA of `len` bytes at `iova`: the output segments, in
@@ -1172,8 +1586,27 @@ impl<M: GuestMemoryBackend> Vtd<M> {
 fn context_did(c: &Context) -> Option<u16> {
     match *c {
         Context::PassThrough { did } | Context::SecondLevel { did, .. } => Some(did),
-        Context::Invalid(_) => None,
+        // Scalable-mode context entries carry no domain id.
+        Context::Invalid(_) | Context::Scalable { .. } => None,
     }
+}
+
+/// A leaf a walk found: the output base of the leaf holding the address,
+/// its size and what it allows.
+struct Leaf {
+    pa: u64,
+    shift: u32,
+    read: bool,
+    write: bool,
+}
+
+/// Why a walk found no leaf.
+enum WalkError {
+    /// An entry on the way is not present: a read or write fault of the
+    /// stage's own kind.
+    NotPresent,
+    /// This fault reason.
+    Fault(u8),
 }
 
 /// The output of `va` through a leaf of `1 << shift` bytes at `pa_base`,
