@@ -161,3 +161,75 @@ unsafe impl Format for VtdSl {
         pte | D
     }
 }
+
+/// The two tables a scalable-mode VT-d unit walks for a PASID entry: the
+/// second stage (PGTT = 010b, [`VtdSl`]) or the first stage (PGTT = 001b,
+/// x86-64 paging, [`X86_64`](crate::x86::X86_64)). One type, so a
+/// driver's paging domain holds either in the same
+/// [`IoPageTable`](crate::IoPageTable); every call is the chosen format's.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum VtdFormat {
+    /// Second-stage tables.
+    SecondStage(VtdSl),
+    /// First-stage tables.
+    FirstStage(crate::x86::X86_64),
+}
+
+macro_rules! each {
+    ($self:ident, $f:ident => $e:expr) => {
+        match $self {
+            VtdFormat::SecondStage($f) => $e,
+            VtdFormat::FirstStage($f) => $e,
+        }
+    };
+}
+
+#[allow(unsafe_code)] // implements the unsafe `Format` contract
+                      // SAFETY: every method is the wrapped format's, which keeps the contract; the variant never changes after construction, so the answers stay those of one format.
+unsafe impl Format for VtdFormat {
+    fn geometry(&self) -> &Geometry {
+        each!(self, f => f.geometry())
+    }
+    #[inline]
+    fn decode(&self, pte: u64, level: usize) -> Pte {
+        each!(self, f => f.decode(pte, level))
+    }
+    #[inline]
+    fn encode_table(&self, table: PhysAddr, level: usize) -> u64 {
+        each!(self, f => f.encode_table(table, level))
+    }
+    #[inline]
+    fn encode_leaf(&self, pa: PhysAddr, level: usize, prot: Prot) -> u64 {
+        each!(self, f => f.encode_leaf(pa, level, prot))
+    }
+    fn name(&self) -> &'static str {
+        each!(self, f => f.name())
+    }
+    #[inline]
+    fn kind(&self, pte: u64, level: usize) -> PteKind {
+        each!(self, f => f.kind(pte, level))
+    }
+    fn initial_root_level(&self) -> usize {
+        each!(self, f => f.initial_root_level())
+    }
+    #[inline]
+    fn table_bits(&self, level: usize) -> Option<crate::TableBits> {
+        each!(self, f => f.table_bits(level))
+    }
+    #[inline]
+    fn leaf_step(&self, pa: PhysAddr, pgsize: u64, count: usize) -> Option<u64> {
+        each!(self, f => f.leaf_step(pa, pgsize, count))
+    }
+    fn supports_dirty(&self) -> bool {
+        each!(self, f => f.supports_dirty())
+    }
+    fn dirty_state(&self, pte: u64, level: usize) -> Option<bool> {
+        each!(self, f => f.dirty_state(pte, level))
+    }
+    fn make_clean(&self, pte: u64) -> u64 {
+        each!(self, f => f.make_clean(pte))
+    }
+    fn make_dirty(&self, pte: u64) -> u64 {
+        each!(self, f => f.make_dirty(pte))
+    }
+}

@@ -5,7 +5,7 @@
 use iommu_pgtable::amd::AmdV1;
 use iommu_pgtable::lpae::{Granule, Lpae, LpaeConfig, LpaeQuirks, Stage};
 use iommu_pgtable::riscv::{Riscv, RiscvStage};
-use iommu_pgtable::vtd::VtdSl;
+use iommu_pgtable::vtd::{VtdFormat, VtdSl};
 use iommu_pgtable::x86::X86_64;
 use iommu_pgtable::{Format, Pte, PteKind};
 use iommu_types::{PhysAddr, Prot};
@@ -52,6 +52,8 @@ fn formats() -> Vec<Box<dyn Format>> {
         v.push(Box::new(X86_64::new(l, 52).unwrap()));
     }
     v.push(Box::new(X86_64::new(4, 39).unwrap()));
+    v.push(Box::new(VtdFormat::FirstStage(X86_64::new(4, 48).unwrap())));
+    v.push(Box::new(VtdFormat::SecondStage(VtdSl::new(4, 48).unwrap())));
     v
 }
 
