@@ -1,7 +1,8 @@
-//! A hostile driver against the emulated VT-d: any register writes (the
-//! root table pointer, the queue, the commands, fault records), any bytes
-//! where its tables and descriptors live, and DMA from any source id at
-//! any address. The unit answers everything (a translation, a fault, a
+//! A hostile driver against the emulated VT-d, legacy or scalable: any
+//! register writes (the root table pointer and its mode, the queue and its
+//! descriptor width, the commands, fault records), any bytes where its
+//! root, context and PASID tables, page tables and descriptors live, and
+//! DMA from any source id at any address. The unit answers everything (a translation, a fault, a
 //! queue error) and never panics; every op is bounded.
 #![no_main]
 
@@ -15,12 +16,21 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     let Some((&f, mut ops)) = data.split_first() else {
         return;
     };
+    // Bit 3: a scalable-mode unit (both stages), bit 4: QEMU's PASID
+    // choices (no PASID cache, type checked before present).
+    let base = if f & 8 != 0 {
+        Features::scalable()
+    } else {
+        Features::default()
+    };
     let features = Features {
         caching_mode: f & 1 != 0,
         compress_faults: f & 2 != 0,
         cached_permission_faults: f & 4 != 0,
+        cache_pasid_entries: f & 16 == 0,
+        pasid_type_before_present: f & 16 != 0,
         fault_records: 1 + u32::from(f >> 5),
-        ..Features::default()
+        ..base
     };
     let mem =
         Arc::new(GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), MEM as usize)]).unwrap());

@@ -35,7 +35,8 @@
 //! and [`Features::qemu_scalable`]: a fault whose source already has a
 //! record pending is not recorded (QEMU "compresses" it), a write that a
 //! cached read-only translation refuses records no fault, PASID entries
-//! are never cached, and an IOTLB of 1024 entries. Scalable-mode
+//! are never cached and their translation type is checked before their
+//! present bit, and an IOTLB of 1024 entries. Scalable-mode
 //! second-stage faults keep the legacy reasons (5h, 6h), as QEMU reports
 //! them. A PASID beyond the directory size the context entry gives is not
 //! checked (QEMU does not either).
@@ -185,6 +186,10 @@ pub struct Features {
     /// PASID entries are cached, and only PASID-cache invalidations empty
     /// that cache (6.5.2.4); QEMU reads the entry on every IOTLB miss.
     pub cache_pasid_entries: bool,
+    /// A PASID entry's translation type is checked before its present
+    /// bit, so a cleared (zeroed) entry is "invalid" (5Bh) rather than
+    /// "not present" (59h), as QEMU 10 does.
+    pub pasid_type_before_present: bool,
 }
 
 impl Default for Features {
@@ -214,6 +219,7 @@ impl Default for Features {
             fs_1g: false,
             fs_5level: false,
             cache_pasid_entries: true,
+            pasid_type_before_present: false,
         }
     }
 }
@@ -260,6 +266,7 @@ impl Features {
             fs_1g: first_stage,
             fs_5level: false,
             cache_pasid_entries: false,
+            pasid_type_before_present: true,
             ..Features::qemu()
         }
     }
@@ -1247,10 +1254,10 @@ impl<M: GuestMemoryBackend> Vtd<M> {
                 .and_then(|a| self.read_u64(a.checked_add(8 * k as u64)?))
                 .ok_or(reason::PASID_TABLE_INACCESSIBLE)?;
         }
-        if pe[0] & 1 == 0 {
+        let f = &self.features;
+        if pe[0] & 1 == 0 && !f.pasid_type_before_present {
             return Err(reason::PASID_NOT_PRESENT);
         }
-        let f = &self.features;
         let translation = match (pe[0] >> 6) & 7 {
             // First stage: FSPM selects 4 or 5 levels (9.6).
             1 if f.first_stage => match (pe[2] >> 2) & 3 {
@@ -1278,6 +1285,9 @@ impl<M: GuestMemoryBackend> Vtd<M> {
             // Nested (011b) is not implemented; the rest are reserved.
             _ => return Err(reason::PASID_INVALID),
         };
+        if pe[0] & 1 == 0 {
+            return Err(reason::PASID_NOT_PRESENT);
+        }
         let e = PasidEntry {
             did: pe[1] as u16,
             translation,
@@ -1324,11 +1334,19 @@ impl<M: GuestMemoryBackend> Vtd<M> {
         };
         let write = access == Access::Write;
         let first_stage = matches!(translation, Translation::FirstStage { .. });
+        // A present leaf without the access's permission, and no leaf at
+        // all: the second stage says "write (read) not permitted" for
+        // both, the first stage "not present" for the second.
         let denied = match (first_stage, write) {
             (true, true) => reason::SM_WRITE,
             (true, false) => reason::FS_NOT_PRESENT,
             (false, true) => reason::WRITE,
             (false, false) => reason::READ,
+        };
+        let absent = if first_stage {
+            reason::FS_NOT_PRESENT
+        } else {
+            denied
         };
         let (root, levels) = match translation {
             Translation::PassThrough => return Ok(segment(iova, iova, 12)),
@@ -1358,7 +1376,7 @@ impl<M: GuestMemoryBackend> Vtd<M> {
             s.stats.iotlb_hits += 1;
             if !e.read && !e.write {
                 // A cached not-present entry (caching mode).
-                return Err(self.fault(&mut s, sid, denied, iova, access));
+                return Err(self.fault(&mut s, sid, absent, iova, access));
             }
             if (write && !e.write) || (!write && !e.read) {
                 let recorded = self.features.cached_permission_faults
@@ -1393,7 +1411,7 @@ impl<M: GuestMemoryBackend> Vtd<M> {
                     };
                     s.iotlb.insert(did, pasid, iova >> 12 << 12, none);
                 }
-                return Err(self.fault(&mut s, sid, denied, iova, access));
+                return Err(self.fault(&mut s, sid, absent, iova, access));
             }
             Err(WalkError::Fault(r)) => return Err(self.fault(&mut s, sid, r, iova, access)),
         };

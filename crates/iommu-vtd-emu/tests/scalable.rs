@@ -156,6 +156,11 @@ fn first_stage_faults_have_their_own_reasons() {
         fault_of(v.translate(SID, 0x20_0000, Access::Read)),
         Some(reason::FS_NOT_PRESENT)
     );
+    // A write to nothing is "not present" too, not "write not permitted".
+    assert_eq!(
+        fault_of(v.translate(SID, 0x20_0000, Access::Write)),
+        Some(reason::FS_NOT_PRESENT)
+    );
     assert_eq!(
         fault_of(v.translate(SID, 0, Access::Write)),
         Some(reason::SM_WRITE)
@@ -268,6 +273,20 @@ fn pasid_entries_that_cannot_be_used_fault_with_their_reason() {
         fault_of(v.translate(SID, 0, Access::Read)),
         Some(reason::PASID_NOT_PRESENT)
     );
+    // QEMU checks the type first: a zeroed entry is "invalid", one with
+    // only P clear "not present".
+    let q = unit(Features::qemu_scalable(true));
+    scalable(&q, SID, [0, 0, 0], FS_RW, FS_RW);
+    assert_eq!(
+        fault_of(q.translate(SID, 0, Access::Read)),
+        Some(reason::PASID_INVALID)
+    );
+    let q = unit(Features::qemu_scalable(true));
+    scalable(&q, SID, [1 << 6, 0, PT[0]], FS_RW, FS_RW);
+    assert_eq!(
+        fault_of(q.translate(SID, 0, Access::Read)),
+        Some(reason::PASID_NOT_PRESENT)
+    );
     let v = unit(Features::scalable());
     scalable(&v, SID, first_stage(), FS_RW, FS_RW);
     w64(&v, PASID_DIR, 0);
@@ -316,11 +335,11 @@ fn the_pasid_cache_keeps_an_entry_until_a_pasid_cache_invalidation() {
     scalable(&q, SID, first_stage(), FS_RW, FS_RW);
     queue_256(&q);
     assert!(q.translate(SID, 0, Access::Read).is_ok());
-    w64(&q, PASID_TABLE, 0);
+    w64(&q, PASID_TABLE, 0); // zeroed: QEMU calls it invalid
     assert!(run(&q, &[[0x6 | 2 << 4 | u64::from(DID) << 16, 0]], 1));
     assert_eq!(
         fault_of(q.translate(SID, 0, Access::Read)),
-        Some(reason::PASID_NOT_PRESENT)
+        Some(reason::PASID_INVALID)
     );
 }
 
