@@ -114,6 +114,6 @@ pub fn hardware_from_env(
             table_budget,
             ..SoftConfig::default()
         })),
-        Ok(other) => panic!("IOMMU_TEST_DRIVER={other}: soft, smmuv3 or vtd"),
+        Ok(other) => panic!("IOMMU_TEST_DRIVER={other}: soft, smmuv3, vtd or vtd-sm"),
     }
 }

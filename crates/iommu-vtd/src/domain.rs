@@ -1,19 +1,21 @@
-//! Domains: what a context entry says.
+//! Domains: what a context entry (legacy mode) or the RID_PASID's PASID
+//! entry (scalable mode) says.
 //!
-//! A blocked domain is no context entry at all (the hardware faults the
-//! device's DMA, reason 2); an identity domain is a pass-through entry
-//! (ECAP.PT) with a domain id of its own; a paging domain owns a
-//! second-level table and a domain id, and its entries point at both.
+//! A blocked domain is no entry at all (the hardware faults the device's
+//! DMA: reason 2 in legacy mode, 59h in scalable mode); an identity domain
+//! is a pass-through entry (ECAP.PT) with a domain id of its own; a paging
+//! domain owns a table (second stage, or in scalable mode first stage) and
+//! a domain id, and its entries point at both.
 
 use crate::driver::{Inner, Invalidation, Vtd};
-use crate::entry::{self, Entry128, TranslationType};
+use crate::entry::Target;
 use alloc::sync::{Arc, Weak};
 use alloc::vec::Vec;
 use iommu_core::{
     Device, Domain, DomainGeometry, DomainOps, Errno, IotlbGather, Iova, PagingOps, PhysAddr, Prot,
 };
 use iommu_hw::{DomainMemory, Mmio};
-use iommu_pgtable::vtd::VtdSl;
+use iommu_pgtable::vtd::VtdFormat;
 use iommu_pgtable::{Format, IoPageTable, TableMemory};
 
 /// What the domain is to the hardware.
@@ -24,14 +26,14 @@ pub(crate) enum DomainKind<M: TableMemory> {
         did: u16,
     },
     Paging {
-        table: IoPageTable<VtdSl, DomainMemory<M>>,
+        table: IoPageTable<VtdFormat, DomainMemory<M>>,
         did: u16,
     },
 }
 
 impl<M: TableMemory> DomainKind<M> {
-    /// A paging domain: a second-level table in the driver's memory and a
-    /// domain id.
+    /// A paging domain: a table of the unit's mode in the driver's memory
+    /// and a domain id.
     pub(crate) fn paging<R: Mmio>(inner: &Arc<Inner<R, M>>) -> Result<Self, Errno> {
         let fmt = inner.format()?;
         let mem = DomainMemory::new(inner.mem.clone(), inner.cfg.table_budget);
@@ -47,11 +49,17 @@ impl<M: TableMemory> DomainKind<M> {
         }
     }
 
-    fn table(&self) -> Option<&IoPageTable<VtdSl, DomainMemory<M>>> {
+    fn table(&self) -> Option<&IoPageTable<VtdFormat, DomainMemory<M>>> {
         match self {
             DomainKind::Paging { table, .. } => Some(table),
             _ => None,
         }
+    }
+
+    /// Whether a paging domain's table is first-stage.
+    fn first_stage(&self) -> bool {
+        self.table()
+            .is_some_and(|t| matches!(t.format(), VtdFormat::FirstStage(_)))
     }
 }
 
@@ -79,23 +87,27 @@ impl<R: Mmio, M: TableMemory> VtdDomain<R, M> {
         self.kind.did()
     }
 
-    /// The context entry that makes a device use this domain (`None`: no
-    /// entry, for a blocked domain).
-    fn context_entry(&self, levels: usize) -> Option<Entry128> {
+    /// What a device using this domain reaches (`None`: nothing, for a
+    /// blocked domain).
+    fn target(&self) -> Option<Target> {
         match &self.kind {
             DomainKind::Blocked => None,
-            DomainKind::Identity { did } => Some(entry::context_entry(
-                TranslationType::PassThrough,
-                0,
-                levels,
-                *did,
-            )),
-            DomainKind::Paging { table, did } => Some(entry::context_entry(
-                TranslationType::SecondLevel,
-                table.root().raw(),
-                levels,
-                *did,
-            )),
+            DomainKind::Identity { did } => Some(Target::PassThrough { did: *did }),
+            DomainKind::Paging { table, did } => {
+                let (root, levels) = (table.root().raw(), table.format().geometry().levels);
+                Some(match table.format() {
+                    VtdFormat::FirstStage(_) => Target::FirstStage {
+                        root,
+                        levels,
+                        did: *did,
+                    },
+                    VtdFormat::SecondStage(_) => Target::SecondStage {
+                        root,
+                        levels,
+                        did: *did,
+                    },
+                })
+            }
         }
     }
 
@@ -122,8 +134,7 @@ impl<R: Mmio, M: TableMemory> VtdDomain<R, M> {
 impl<R: Mmio + 'static, M: TableMemory + 'static> DomainOps for VtdDomain<R, M> {
     fn attach_dev(&self, domain: &Domain, dev: &Arc<Device>) -> Result<(), Errno> {
         let drv = self.driver()?;
-        let entry = self.context_entry(drv.levels());
-        drv.attach(domain, dev, entry)
+        drv.attach(domain, dev, self.target())
     }
 
     fn detach_dev(&self, _domain: &Domain, dev: &Arc<Device>) {
@@ -159,7 +170,8 @@ impl<R: Mmio + 'static, M: TableMemory + 'static> DomainOps for VtdDomain<R, M> 
             return Ok(());
         };
         let drv = self.driver()?;
-        drv.inner.sync_map(*did, iova.raw(), last)
+        drv.inner
+            .sync_map(*did, iova.raw(), last, self.kind.first_stage())
     }
 
     /// A page-selective invalidation covering the gather (the whole
@@ -171,7 +183,9 @@ impl<R: Mmio + 'static, M: TableMemory + 'static> DomainOps for VtdDomain<R, M> 
             return Ok(());
         };
         let drv = self.driver()?;
-        let inv = drv.inner.iotlb_range(*did, first.raw(), last.raw());
+        let inv = drv
+            .inner
+            .iotlb_range(*did, first.raw(), last.raw(), self.kind.first_stage());
         let r = drv.inner.invalidate(&[inv]);
         match r {
             Ok(()) => table.release_gathered(gather),

@@ -3,7 +3,7 @@
 //! calls.
 
 use crate::domain::{DomainKind, VtdDomain};
-use crate::entry::{self, desc, Entry128, VtdFault};
+use crate::entry::{self, desc, Entry128, PasidEntry, Target, VtdFault};
 use crate::regs::{ccmd, fsts, gcmd, iotlb, reg, VtdCaps};
 use alloc::collections::BTreeMap;
 use alloc::sync::{Arc, Weak};
@@ -15,22 +15,68 @@ use iommu_core::{
     IommuOps, Iova, ReservedRegion, ResvType, StreamIdGroups, WedgeReport,
 };
 use iommu_hw::{DmaRegion, Ids, Mmio};
-use iommu_pgtable::vtd::VtdSl;
+use iommu_pgtable::vtd::{VtdFormat, VtdSl};
+use iommu_pgtable::x86::X86_64;
 use iommu_pgtable::TableMemory;
 
 /// Where x86 MSIs go: the interrupt range the remapping hardware never
 /// translates (VT-d 3.15, "Handling Requests to Interrupt Address Range").
 pub const MSI_RANGE: (u64, u64) = (0xfee0_0000, 0x10_0000);
 
-/// Entries of the invalidation queue: one 4 KiB page of 128-bit
-/// descriptors (IQA_REG.QS = 0).
-const QUEUE_ENTRIES: u32 = 256;
+/// The invalidation queue is one 4 KiB page (IQA_REG.QS = 0): 256
+/// descriptors of 128 bits, or 128 of 256 bits in scalable mode.
+const QUEUE_BYTES: u32 = 4096;
+
+/// The PASID requests without one use (the context entry's RID_PASID),
+/// as Linux's `IOMMU_NO_PASID`.
+pub const RID_PASID: u32 = 0;
+
+/// Which tables the unit reads: the root-table format, and the page
+/// tables paging domains build.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TableMode {
+    /// Legacy mode: context entries point at second-level tables (9.3).
+    Legacy,
+    /// Scalable mode (ECAP.SMTS, queued invalidation needed): context
+    /// entries point at a PASID directory, whose RID_PASID entry points at
+    /// second-stage tables (PGTT = 010b, ECAP.SLTS).
+    ScalableSecondStage,
+    /// Scalable mode with first-stage x86-64 tables (PGTT = 001b,
+    /// ECAP.FLTS), what Linux prefers where the unit has both.
+    ScalableFirstStage,
+}
+
+impl TableMode {
+    /// Whether the root table is in scalable mode.
+    pub fn scalable(self) -> bool {
+        self != TableMode::Legacy
+    }
+
+    /// The mode Linux's driver picks for a unit: scalable mode where the
+    /// unit has it and queued invalidation (which it needs), first-stage
+    /// tables where those exist.
+    pub fn preferred(caps: &VtdCaps, queued: bool) -> TableMode {
+        if !caps.scalable || !caps.queued_invalidation || !queued {
+            TableMode::Legacy
+        } else if caps.first_stage {
+            TableMode::ScalableFirstStage
+        } else if caps.second_stage {
+            TableMode::ScalableSecondStage
+        } else {
+            TableMode::Legacy
+        }
+    }
+}
 
 /// Driver options.
 #[derive(Clone, Debug)]
 pub struct VtdConfig {
-    /// Second-level levels for paging domains (3, 4 or 5); `None`: the
-    /// most the unit supports up to its MGAW (Linux picks the same way).
+    /// The tables to use; `None`: [`TableMode::preferred`].
+    pub mode: Option<TableMode>,
+    /// Page-table levels for paging domains (second stage: 3, 4 or 5;
+    /// first stage: 4 or 5); `None`: the most the unit supports up to its
+    /// MGAW for the second stage (Linux picks the same way), 4 for the
+    /// first.
     pub levels: Option<usize>,
     /// The platform's host address width (the DMAR's HAW + 1): the widest
     /// physical address a mapping may hold.
@@ -50,6 +96,7 @@ pub struct VtdConfig {
 impl Default for VtdConfig {
     fn default() -> Self {
         VtdConfig {
+            mode: None,
             levels: None,
             host_address_width: 46,
             queued_invalidation: true,
@@ -73,6 +120,9 @@ pub enum ProbeError {
     NoMemory,
     /// The initial invalidation failed.
     Invalidation(Errno),
+    /// The unit cannot use the tables asked for (no scalable mode, no
+    /// queue, or not that stage).
+    Mode(TableMode),
 }
 
 impl core::fmt::Display for ProbeError {
@@ -85,6 +135,7 @@ impl core::fmt::Display for ProbeError {
             ProbeError::Timeout(what) => write!(f, "{what} did not acknowledge"),
             ProbeError::NoMemory => f.write_str("out of memory for the root table or queue"),
             ProbeError::Invalidation(e) => write!(f, "initial invalidation failed: {}", e.name()),
+            ProbeError::Mode(m) => write!(f, "the unit cannot use {m:?} tables"),
         }
     }
 }
@@ -111,6 +162,34 @@ pub enum Invalidation {
     IotlbPages {
         /// The domain id.
         did: u16,
+        /// The first page (aligned to the block).
+        addr: u64,
+        /// The address mask.
+        am: u32,
+    },
+    /// Every PASID-cache entry (scalable mode).
+    PasidCacheGlobal,
+    /// The PASID-cache entry of one PASID of a domain (scalable mode).
+    PasidCache {
+        /// The domain id.
+        did: u16,
+        /// The PASID.
+        pasid: u32,
+    },
+    /// Every IOTLB entry of one PASID of a domain (scalable mode).
+    PasidIotlb {
+        /// The domain id.
+        did: u16,
+        /// The PASID.
+        pasid: u32,
+    },
+    /// `2^am` first-stage pages at `addr` of one PASID of a domain
+    /// (scalable mode).
+    PasidIotlbPages {
+        /// The domain id.
+        did: u16,
+        /// The PASID.
+        pasid: u32,
         /// The first page (aligned to the block).
         addr: u64,
         /// The address mask.
@@ -152,11 +231,26 @@ pub struct VtdStats {
 /// The invalidation queue.
 struct Queue<M: TableMemory> {
     ring: DmaRegion<M>,
+    /// Descriptors it holds; each `words` double words.
+    entries: u32,
+    words: usize,
     tail: u32,
     /// Where the hardware's head was last seen: every slot from here to
     /// the tail may still be unread. IQH is read again only when this
     /// leaves too little room (after a completed wait it is the tail).
     head: u32,
+}
+
+/// What the driver wrote for the hardware to find a device's translation.
+struct Tables<M: TableMemory> {
+    /// Context tables: per bus (legacy), or per bus and half (scalable
+    /// mode: `true` for devfn 128-255).
+    contexts: BTreeMap<(u8, bool), DmaRegion<M>>,
+    /// Scalable mode: each requester id's PASID directory and the PASID
+    /// table of PASIDs 0-63.
+    pasids: BTreeMap<u16, [DmaRegion<M>; 2]>,
+    /// What each requester id reaches now.
+    targets: BTreeMap<u16, Target>,
 }
 
 /// A requester id in use: the domain and the devices using it.
@@ -171,11 +265,12 @@ pub(crate) struct Inner<R: Mmio, M: TableMemory> {
     pub(crate) caps: VtdCaps,
     pub(crate) cfg: VtdConfig,
     pub(crate) levels: usize,
+    pub(crate) mode: TableMode,
     /// The persistent GCMD bits the driver has set (GCMD is write-only).
     gcmd: Mutex<u32>,
     root: DmaRegion<M>,
     /// Serialises context-entry updates too.
-    contexts: Mutex<BTreeMap<u8, DmaRegion<M>>>,
+    tables: Mutex<Tables<M>>,
     queue: Option<Mutex<Queue<M>>>,
     status: DmaRegion<M>,
     seq: AtomicU32,
@@ -234,13 +329,36 @@ impl<R: Mmio, M: TableMemory> Vtd<R, M> {
         if !(32..=52).contains(&cfg.host_address_width) {
             return Err(ProbeError::HostAddressWidth(cfg.host_address_width));
         }
-        let levels = match cfg.levels {
-            Some(l) if caps.supports_levels(l) => l,
-            Some(_) => return Err(ProbeError::AddressWidth),
-            None => (3..=5)
-                .rev()
-                .find(|&l| caps.supports_levels(l) && 12 + 9 * l as u32 <= caps.mgaw.max(39))
-                .ok_or(ProbeError::AddressWidth)?,
+        let queued = caps.queued_invalidation && cfg.queued_invalidation;
+        let mode = match cfg.mode {
+            None => TableMode::preferred(&caps, queued),
+            Some(TableMode::Legacy) => TableMode::Legacy,
+            Some(m) => {
+                let stage = match m {
+                    TableMode::ScalableFirstStage => caps.first_stage,
+                    _ => caps.second_stage,
+                };
+                if !caps.scalable || !queued || !stage {
+                    return Err(ProbeError::Mode(m));
+                }
+                m
+            }
+        };
+        let levels = if mode == TableMode::ScalableFirstStage {
+            match cfg.levels {
+                None | Some(4) => 4,
+                Some(5) if caps.fs_5level => 5,
+                Some(_) => return Err(ProbeError::AddressWidth),
+            }
+        } else {
+            match cfg.levels {
+                Some(l) if caps.supports_levels(l) => l,
+                Some(_) => return Err(ProbeError::AddressWidth),
+                None => (3..=5)
+                    .rev()
+                    .find(|&l| caps.supports_levels(l) && 12 + 9 * l as u32 <= caps.mgaw.max(39))
+                    .ok_or(ProbeError::AddressWidth)?,
+            }
         };
         let limit = cfg.poll_limit;
         // Translation off before the tables change under it.
@@ -253,9 +371,15 @@ impl<R: Mmio, M: TableMemory> Vtd<R, M> {
         }
         let root = DmaRegion::alloc(&mem, 4096).map_err(|_| ProbeError::NoMemory)?;
         let status = DmaRegion::alloc(&mem, 64).map_err(|_| ProbeError::NoMemory)?;
-        let queue = if caps.queued_invalidation && cfg.queued_invalidation {
+        let queue = if queued {
+            // Scalable mode takes 256-bit descriptors (IQA.DW), as Linux
+            // uses them.
+            let words = if mode.scalable() { 4 } else { 2 };
             Some(Mutex::new(Queue {
-                ring: DmaRegion::alloc(&mem, 4096).map_err(|_| ProbeError::NoMemory)?,
+                ring: DmaRegion::alloc(&mem, QUEUE_BYTES as usize)
+                    .map_err(|_| ProbeError::NoMemory)?,
+                entries: QUEUE_BYTES / (8 * words as u32),
+                words,
                 tail: 0,
                 head: 0,
             }))
@@ -265,8 +389,13 @@ impl<R: Mmio, M: TableMemory> Vtd<R, M> {
         let drv = Vtd {
             inner: Arc::new(Inner {
                 gcmd: Mutex::new(mmio.read32(reg::GSTS) & gcmd::PERSISTENT & !gcmd::TE),
+                mode,
                 root,
-                contexts: Mutex::new(BTreeMap::new()),
+                tables: Mutex::new(Tables {
+                    contexts: BTreeMap::new(),
+                    pasids: BTreeMap::new(),
+                    targets: BTreeMap::new(),
+                }),
                 queue,
                 status,
                 seq: AtomicU32::new(0),
@@ -283,8 +412,10 @@ impl<R: Mmio, M: TableMemory> Vtd<R, M> {
             }),
         };
         let inner = &drv.inner;
-        // The root table (legacy mode: RTADDR.TTM = 0), latched by SRTP.
-        inner.mmio.write64(reg::RTADDR, inner.root.pa().raw());
+        // The root table (RTADDR.TTM: 00b legacy, 01b scalable), latched
+        // by SRTP.
+        let ttm = if mode.scalable() { 1 << 10 } else { 0 };
+        inner.mmio.write64(reg::RTADDR, inner.root.pa().raw() | ttm);
         inner.one_shot(gcmd::SRTP, true)?;
         // A queue left on by firmware or an earlier driver is stopped: the
         // registers refuse invalidations while it runs, and a new one
@@ -295,13 +426,17 @@ impl<R: Mmio, M: TableMemory> Vtd<R, M> {
         if let Some(q) = &inner.queue {
             let q = q.lock();
             inner.mmio.write64(reg::IQT, 0);
-            inner.mmio.write64(reg::IQA, q.ring.pa().raw());
+            let dw = if q.words == 4 { 1 << 11 } else { 0 };
+            inner.mmio.write64(reg::IQA, q.ring.pa().raw() | dw);
             drop(q);
             inner.set_persistent(gcmd::QIE, true)?;
         }
-        inner
-            .invalidate(&[Invalidation::ContextGlobal, Invalidation::IotlbGlobal])
-            .map_err(ProbeError::Invalidation)?;
+        let mut first = alloc::vec![Invalidation::ContextGlobal];
+        if mode.scalable() {
+            first.push(Invalidation::PasidCacheGlobal);
+        }
+        first.push(Invalidation::IotlbGlobal);
+        inner.invalidate(&first).map_err(ProbeError::Invalidation)?;
         // Stale fault records from before us.
         let _ = inner.drain_faults();
         inner.set_persistent(gcmd::TE, true)?;
@@ -313,9 +448,14 @@ impl<R: Mmio, M: TableMemory> Vtd<R, M> {
         &self.inner.caps
     }
 
-    /// The second-level levels paging domains use.
+    /// The page-table levels paging domains use.
     pub fn levels(&self) -> usize {
         self.inner.levels
+    }
+
+    /// The tables the unit reads.
+    pub fn mode(&self) -> TableMode {
+        self.inner.mode
     }
 
     /// Whether invalidations go through the queue.
@@ -338,12 +478,21 @@ impl<R: Mmio, M: TableMemory> Vtd<R, M> {
         }
     }
 
-    /// The context entry of requester id `sid`, as the hardware reads it.
+    /// The context entry of requester id `sid` as the hardware reads it
+    /// (in scalable mode, its first 128 bits).
     pub fn context_entry(&self, sid: u16) -> Option<Entry128> {
-        let contexts = self.inner.contexts.lock();
-        let ctx = contexts.get(&((sid >> 8) as u8))?;
-        let i = usize::from(sid & 0xff) * 2;
+        let t = self.inner.tables.lock();
+        let (key, i) = self.inner.context_slot(sid);
+        let ctx = t.contexts.get(&key)?;
         Some([ctx.read(i), ctx.read(i + 1)])
+    }
+
+    /// Scalable mode: the PASID-table entry requester id `sid`'s requests
+    /// without a PASID use (RID_PASID), as the hardware reads it.
+    pub fn pasid_entry(&self, sid: u16) -> Option<PasidEntry> {
+        let t = self.inner.tables.lock();
+        let [_, table] = t.pasids.get(&sid)?;
+        Some([table.read(0), table.read(1), table.read(2)])
     }
 
     /// Performs `invs` and waits for them.
@@ -400,13 +549,13 @@ impl<R: Mmio, M: TableMemory> Vtd<R, M> {
         &self,
         domain: &Domain,
         dev: &Arc<Device>,
-        entry: Option<Entry128>,
+        entry: Option<Target>,
     ) -> Result<(), Errno> {
         let sids = source_ids(dev)?;
-        let before: Vec<Option<Entry128>> = sids
-            .iter()
-            .map(|&sid| self.context_entry(sid).filter(|e| entry::present(*e)))
-            .collect();
+        let before: Vec<Option<Target>> = {
+            let t = self.inner.tables.lock();
+            sids.iter().map(|sid| t.targets.get(sid).copied()).collect()
+        };
         for (i, &sid) in sids.iter().enumerate() {
             if let Err(e) = self.inner.set_context(sid, entry) {
                 // The ones done already go back to what they were; if the
@@ -557,6 +706,15 @@ impl<R: Mmio, M: TableMemory> Inner<R, M> {
             Invalidation::IotlbGlobal => desc::iotlb_global(drain),
             Invalidation::IotlbDomain(did) => desc::iotlb_domain(did, drain),
             Invalidation::IotlbPages { did, addr, am } => desc::iotlb_pages(did, addr, am, drain),
+            Invalidation::PasidCacheGlobal => desc::pasid_cache_global(),
+            Invalidation::PasidCache { did, pasid } => desc::pasid_cache(did, pasid),
+            Invalidation::PasidIotlb { did, pasid } => desc::piotlb_pasid(did, pasid),
+            Invalidation::PasidIotlbPages {
+                did,
+                pasid,
+                addr,
+                am,
+            } => desc::piotlb_pages(did, pasid, addr, am),
         }
     }
 
@@ -565,14 +723,17 @@ impl<R: Mmio, M: TableMemory> Inner<R, M> {
     fn invalidate_queued(&self, q: &mut Queue<M>, invs: &[Invalidation]) -> Result<(), Errno> {
         let limit = self.cfg.poll_limit;
         let needed = invs.len() as u32 + 1;
-        if needed >= QUEUE_ENTRIES {
+        let (entries, words) = (q.entries, q.words);
+        if needed >= entries {
             // Too many for one batch: split.
             let (a, b) = invs.split_at(invs.len() / 2);
             self.invalidate_queued(q, a)?;
             return self.invalidate_queued(q, b);
         }
-        let head = || (self.mmio.read64(reg::IQH) >> 4) as u32 % QUEUE_ENTRIES;
-        let free = |head: u32, tail: u32| (head + QUEUE_ENTRIES - tail - 1) % QUEUE_ENTRIES;
+        // IQH and IQT count 16- or 32-byte steps.
+        let shift = if words == 4 { 5 } else { 4 };
+        let head = || (self.mmio.read64(reg::IQH) >> shift) as u32 % entries;
+        let free = |head: u32, tail: u32| (head + entries - tail - 1) % entries;
         if free(q.head, q.tail) < needed
             && !poll(limit, || {
                 q.head = head();
@@ -590,13 +751,17 @@ impl<R: Mmio, M: TableMemory> Inner<R, M> {
             .map(|&i| self.descriptor(i))
             .chain(core::iter::once(wait))
         {
-            let slot = at as usize * 2;
+            let slot = at as usize * words;
             q.ring.write(slot, d[0]);
             q.ring.write(slot + 1, d[1]);
-            at = (at + 1) % QUEUE_ENTRIES;
+            if words == 4 {
+                q.ring.write(slot + 2, 0);
+                q.ring.write(slot + 3, 0);
+            }
+            at = (at + 1) % entries;
         }
         q.tail = at;
-        self.mmio.write64(reg::IQT, u64::from(at) << 4);
+        self.mmio.write64(reg::IQT, u64::from(at) << shift);
         let mut refused = false;
         let done = poll(limit, || {
             if self.status.read(0) as u32 == seq {
@@ -607,7 +772,7 @@ impl<R: Mmio, M: TableMemory> Inner<R, M> {
                 // The descriptor at the head is malformed: put a copy of
                 // the wait in its place so the queue moves on, and fail
                 // the batch (Linux does the same).
-                let bad = head() as usize * 2;
+                let bad = head() as usize * words;
                 q.ring.write(bad, wait[0]);
                 q.ring.write(bad + 1, wait[1]);
                 self.mmio.write32(reg::FSTS, fsts::IQE);
@@ -659,6 +824,12 @@ impl<R: Mmio, M: TableMemory> Inner<R, M> {
                     iotlb::IVT,
                 )
             }
+            // PASID-granular caches have no registers: scalable mode runs
+            // with the queue only.
+            Invalidation::PasidCacheGlobal
+            | Invalidation::PasidCache { .. }
+            | Invalidation::PasidIotlb { .. }
+            | Invalidation::PasidIotlbPages { .. } => return Err(Errno::EOPNOTSUPP),
         };
         self.mmio.write64(at, cmd);
         if !poll(limit, || self.mmio.read64(at) & busy == 0) {
@@ -676,13 +847,47 @@ impl<R: Mmio, M: TableMemory> Inner<R, M> {
         Ok(())
     }
 
-    /// The IOTLB invalidations for pages `first..=last` of domain `did`:
+    /// The IOTLB invalidation for pages `first..=last` of domain `did`:
     /// one page-selective invalidation when the unit has PSI and the
-    /// block's mask fits MAMV, else the whole domain.
-    pub(crate) fn iotlb_range(&self, did: u16, first: u64, last: u64) -> Invalidation {
+    /// block's mask fits MAMV, else the whole domain. First-stage
+    /// domains' entries are tagged with their PASID: PASID-based
+    /// invalidation (as Linux's `qi_flush_piotlb`), whose address mask
+    /// any scalable-mode unit takes.
+    pub(crate) fn iotlb_range(
+        &self,
+        did: u16,
+        first: u64,
+        last: u64,
+        first_stage: bool,
+    ) -> Invalidation {
         let (addr, am) = entry::psi_block(first >> 12, last >> 12);
-        if self.caps.psi && am <= self.caps.max_address_mask {
+        let pasid = RID_PASID;
+        if first_stage {
+            if am <= 52 {
+                Invalidation::PasidIotlbPages {
+                    did,
+                    pasid,
+                    addr,
+                    am,
+                }
+            } else {
+                Invalidation::PasidIotlb { did, pasid }
+            }
+        } else if self.caps.psi && am <= self.caps.max_address_mask {
             Invalidation::IotlbPages { did, addr, am }
+        } else {
+            Invalidation::IotlbDomain(did)
+        }
+    }
+
+    /// Every IOTLB entry of domain `did` (its RID_PASID's, for a
+    /// first-stage domain).
+    pub(crate) fn iotlb_all(&self, did: u16, first_stage: bool) -> Invalidation {
+        if first_stage {
+            Invalidation::PasidIotlb {
+                did,
+                pasid: RID_PASID,
+            }
         } else {
             Invalidation::IotlbDomain(did)
         }
@@ -691,36 +896,116 @@ impl<R: Mmio, M: TableMemory> Inner<R, M> {
     /// After entries went from not present to present: caching mode keeps
     /// not-present entries in its caches, so they are invalidated too;
     /// otherwise only the write buffer is flushed.
-    pub(crate) fn sync_map(&self, did: u16, first: u64, last: u64) -> Result<(), Errno> {
+    pub(crate) fn sync_map(
+        &self,
+        did: u16,
+        first: u64,
+        last: u64,
+        first_stage: bool,
+    ) -> Result<(), Errno> {
         if self.caps.caching_mode {
-            self.invalidate(&[self.iotlb_range(did, first, last)])
+            self.invalidate(&[self.iotlb_range(did, first, last, first_stage)])
         } else {
             self.flush_write_buffer()
         }
     }
 
-    /// Writes requester id `sid`'s context entry: a present entry is
-    /// cleared and its caches invalidated first, then the new one is
+    /// Where requester id `sid`'s context entry is: the context table's
+    /// key and the entry's first double word in it.
+    fn context_slot(&self, sid: u16) -> ((u8, bool), usize) {
+        let (bus, devfn) = ((sid >> 8) as u8, usize::from(sid & 0xff));
+        if self.mode.scalable() {
+            ((bus, devfn >= 0x80), (devfn & 0x7f) * 4)
+        } else {
+            ((bus, false), devfn * 2)
+        }
+    }
+
+    /// The context table of `key`, made (zeroed, and named by its root
+    /// entry) if `create`.
+    fn context_table<'a>(
+        &self,
+        t: &'a mut Tables<M>,
+        key: (u8, bool),
+        create: bool,
+    ) -> Result<Option<&'a DmaRegion<M>>, Errno> {
+        if !t.contexts.contains_key(&key) {
+            if !create {
+                return Ok(None);
+            }
+            let table = DmaRegion::alloc(&self.mem, 4096)?;
+            let bus = key.0;
+            let r = if self.mode.scalable() {
+                // Both halves' pointers live in one root entry; a half
+                // without a table stays not present.
+                let half = |upper: bool| {
+                    if upper == key.1 {
+                        Some(table.pa().raw())
+                    } else {
+                        t.contexts.get(&(bus, upper)).map(|c| c.pa().raw())
+                    }
+                };
+                let e = |p: Option<u64>| p.map_or(0, |a| a | 1);
+                [e(half(false)), e(half(true))]
+            } else {
+                entry::root_entry(table.pa().raw())
+            };
+            self.root.write(usize::from(bus) * 2 + 1, r[1]);
+            self.root.write(usize::from(bus) * 2, r[0]);
+            t.contexts.insert(key, table);
+        }
+        Ok(t.contexts.get(&key))
+    }
+
+    /// Points requester id `sid` at `new` (`None`: nothing, so its DMA
+    /// faults): a legacy context entry, or in scalable mode the PASID
+    /// entry of its RID_PASID.
+    fn set_context(&self, sid: u16, new: Option<Target>) -> Result<(), Errno> {
+        let mut t = self.tables.lock();
+        let r = if self.mode.scalable() {
+            self.set_pasid_entry(&mut t, sid, new)
+        } else {
+            self.set_legacy_context(&mut t, sid, new)
+        };
+        if r.is_ok() {
+            match new {
+                Some(n) => t.targets.insert(sid, n),
+                None => t.targets.remove(&sid),
+            };
+        }
+        r
+    }
+
+    /// Writes requester id `sid`'s legacy context entry: a present entry
+    /// is cleared and its caches invalidated first, then the new one is
     /// written high double word first (present last), and invalidated in
     /// caching mode.
-    fn set_context(&self, sid: u16, new: Option<Entry128>) -> Result<(), Errno> {
-        let bus = (sid >> 8) as u8;
-        let i = usize::from(sid & 0xff) * 2;
-        let mut contexts = self.contexts.lock();
-        let ctx = match contexts.entry(bus) {
-            alloc::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
-            alloc::collections::btree_map::Entry::Vacant(e) => {
-                if new.is_none() {
-                    return Ok(());
-                }
-                let table = DmaRegion::alloc(&self.mem, 4096)?;
-                let r = entry::root_entry(table.pa().raw());
-                self.root.write(usize::from(bus) * 2 + 1, r[1]);
-                self.root.write(usize::from(bus) * 2, r[0]);
-                e.insert(table)
-            }
+    fn set_legacy_context(
+        &self,
+        t: &mut Tables<M>,
+        sid: u16,
+        new: Option<Target>,
+    ) -> Result<(), Errno> {
+        let new = match new {
+            None => None,
+            Some(Target::PassThrough { did }) => Some(entry::context_entry(
+                entry::TranslationType::PassThrough,
+                0,
+                self.levels,
+                did,
+            )),
+            Some(Target::SecondStage { root, levels, did }) => Some(entry::context_entry(
+                entry::TranslationType::SecondLevel,
+                root,
+                levels,
+                did,
+            )),
+            Some(Target::FirstStage { .. }) => return Err(Errno::EINVAL),
         };
-        let ctx = &*ctx;
+        let (key, i) = self.context_slot(sid);
+        let Some(ctx) = self.context_table(t, key, new.is_some())? else {
+            return Ok(());
+        };
         let old = [ctx.read(i), ctx.read(i + 1)];
         if Some(old) == new {
             return Ok(());
@@ -757,6 +1042,98 @@ impl<R: Mmio, M: TableMemory> Inner<R, M> {
         }
     }
 
+    /// Scalable mode: writes the PASID entry of requester id `sid`'s
+    /// RID_PASID, as Linux's `intel_pasid_setup_*` and
+    /// `intel_pasid_tear_down_entry` do. The context entry and the PASID
+    /// directory and table are made on first use and stay; a present
+    /// PASID entry is cleared whole (no pointer to tables that may be
+    /// freed stays behind) and its PASID-cache and IOTLB entries
+    /// invalidated first, then the new one is written present last, and
+    /// invalidated in caching mode.
+    ///
+    /// The teardown also invalidates the device's context-cache entry:
+    /// QEMU 10 checks that the RID_PASID's entry is present only when it
+    /// fills its context cache, and otherwise keeps translating through
+    /// a cleared entry's old fields.
+    fn set_pasid_entry(
+        &self,
+        t: &mut Tables<M>,
+        sid: u16,
+        new: Option<Target>,
+    ) -> Result<(), Errno> {
+        if !t.pasids.contains_key(&sid) {
+            if new.is_none() {
+                return Ok(());
+            }
+            let dir = DmaRegion::alloc(&self.mem, 4096)?;
+            let table = DmaRegion::alloc(&self.mem, 4096)?;
+            dir.write(
+                (RID_PASID >> 6) as usize,
+                entry::pasid_dir_entry(table.pa().raw()),
+            );
+            let (key, i) = self.context_slot(sid);
+            let ctx = self
+                .context_table(t, key, true)?
+                .expect("made when missing");
+            let c = entry::sm_context_entry(dir.pa().raw(), RID_PASID);
+            ctx.write(i + 1, c[1]);
+            ctx.write(i, c[0]);
+            self.stats.context_writes.fetch_add(1, Ordering::Relaxed);
+            if self.caps.caching_mode {
+                self.invalidate(&[Invalidation::ContextDevice { did: 0, sid }])?;
+            } else {
+                self.flush_write_buffer()?;
+            }
+            t.pasids.insert(sid, [dir, table]);
+        }
+        let [_, table] = &t.pasids[&sid];
+        let slot = (RID_PASID & 0x3f) as usize * 8;
+        let old: PasidEntry = [table.read(slot), table.read(slot + 1), table.read(slot + 2)];
+        let new = new.map(entry::pasid_entry);
+        if Some(old) == new {
+            return Ok(());
+        }
+        let flush = |e: PasidEntry| {
+            let did = entry::pasid_did(e);
+            [
+                Invalidation::PasidCache {
+                    did,
+                    pasid: RID_PASID,
+                },
+                self.iotlb_all(did, entry::pasid_first_stage(e)),
+            ]
+        };
+        if entry::present([old[0], old[1]]) {
+            table.write(slot, 0);
+            table.write(slot + 1, 0);
+            table.write(slot + 2, 0);
+            let [pc, iotlb] = flush(old);
+            let cc = Invalidation::ContextDevice {
+                did: entry::pasid_did(old),
+                sid,
+            };
+            if let Err(e) = self.invalidate(&[pc, iotlb, cc]) {
+                // As for a legacy entry: what the hardware may still hold
+                // goes back into memory, and the change did not happen.
+                table.write(slot + 2, old[2]);
+                table.write(slot + 1, old[1]);
+                table.write(slot, old[0]);
+                return Err(e);
+            }
+        }
+        let Some(new) = new else {
+            return Ok(());
+        };
+        table.write(slot + 2, new[2]);
+        table.write(slot + 1, new[1]);
+        table.write(slot, new[0]);
+        if self.caps.caching_mode {
+            self.invalidate(&flush(new))
+        } else {
+            self.flush_write_buffer()
+        }
+    }
+
     /// Reads and clears every fault record, from FSTS.FRI on.
     fn drain_faults(&self) -> Vec<VtdFault> {
         let mut out = Vec::new();
@@ -786,25 +1163,39 @@ impl<R: Mmio, M: TableMemory> Inner<R, M> {
         out
     }
 
-    pub(crate) fn format(&self) -> Result<VtdSl, Errno> {
-        VtdSl::new(self.levels, self.cfg.host_address_width).map_err(|_| Errno::EINVAL)
+    /// The format of paging domains' tables.
+    pub(crate) fn format(&self) -> Result<VtdFormat, Errno> {
+        let haw = self.cfg.host_address_width;
+        match self.mode {
+            TableMode::ScalableFirstStage => {
+                X86_64::new(self.levels, haw).map(VtdFormat::FirstStage)
+            }
+            _ => VtdSl::new(self.levels, haw).map(VtdFormat::SecondStage),
+        }
+        .map_err(|_| Errno::EINVAL)
     }
 
-    /// The page sizes the unit's second level takes.
+    /// The page sizes paging domains' tables take on this unit.
     pub(crate) fn pgsize_bitmap(&self) -> u64 {
-        let mut sizes = 1 << 12;
-        if self.caps.sl_2m {
-            sizes |= 1 << 21;
-        }
-        if self.caps.sl_1g {
-            sizes |= 1 << 30;
-        }
-        sizes
+        let (big, huge) = if self.mode == TableMode::ScalableFirstStage {
+            // 2 MiB first-stage pages are architectural; 1 GiB need FS1GP.
+            (true, self.caps.fs_1g)
+        } else {
+            (self.caps.sl_2m, self.caps.sl_1g)
+        };
+        (1 << 12) | if big { 1 << 21 } else { 0 } | if huge { 1 << 30 } else { 0 }
     }
 
-    /// Paging domains' input width: the table's, capped by MGAW.
+    /// Paging domains' input width: the table's (the lower canonical half
+    /// for the first stage), capped by MGAW.
     pub(crate) fn input_bits(&self) -> u32 {
-        (12 + 9 * self.levels as u32).min(self.caps.mgaw)
+        let bits = 12 + 9 * self.levels as u32;
+        let bits = if self.mode == TableMode::ScalableFirstStage {
+            bits - 1
+        } else {
+            bits
+        };
+        bits.min(self.caps.mgaw)
     }
 }
 

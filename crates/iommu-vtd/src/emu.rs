@@ -83,13 +83,20 @@ impl DmaHardware for EmuPlatform {
             .and_then(|f| f.report)
             .unwrap_or(Err(Errno::ENOSYS));
         Err(match why {
-            reason::CONTEXT_NOT_PRESENT | reason::ROOT_NOT_PRESENT => {
-                TranslateError::Blocked { report }
-            }
+            // No context entry, or in scalable mode no usable PASID entry
+            // (the driver clears it whole for a blocked device).
+            reason::CONTEXT_NOT_PRESENT
+            | reason::ROOT_NOT_PRESENT
+            | reason::PASID_DIR_NOT_PRESENT
+            | reason::PASID_NOT_PRESENT
+            | reason::PASID_INVALID => TranslateError::Blocked { report },
             _ if permission => TranslateError::Permission { report },
-            reason::READ | reason::WRITE | reason::ADDRESS_BEYOND_AGAW => {
-                TranslateError::Translation { report }
-            }
+            reason::SM_WRITE => TranslateError::Permission { report },
+            reason::READ
+            | reason::WRITE
+            | reason::ADDRESS_BEYOND_AGAW
+            | reason::FS_NOT_PRESENT
+            | reason::FS_NON_CANONICAL => TranslateError::Translation { report },
             _ => TranslateError::NoStream,
         })
     }

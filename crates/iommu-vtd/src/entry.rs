@@ -1,12 +1,110 @@
 //! What the driver writes into memory for the hardware to read: root and
-//! context entries (legacy mode, 9.1 and 9.3), invalidation descriptors
+//! context entries (legacy mode, 9.1 and 9.3; scalable mode, 9.2 and 9.4),
+//! PASID directory and table entries (9.5, 9.6), invalidation descriptors
 //! (6.5.2), and what it reads back from a fault recording register
 //! (11.4.14).
 
 /// A 128-bit entry or descriptor, low double word first.
 pub type Entry128 = [u64; 2];
 
+/// A scalable-mode PASID-table entry's first three double words (the other
+/// five are zero).
+pub type PasidEntry = [u64; 3];
+
 const PRESENT: u64 = 1;
+
+/// What a domain makes a device's requests reach; the driver writes it as
+/// a legacy context entry or, in scalable mode, as the PASID entry of the
+/// device's RID_PASID.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Target {
+    /// Untranslated (ECAP.PT), tagged with a domain id.
+    PassThrough {
+        /// The domain id.
+        did: u16,
+    },
+    /// Second-stage (second-level) tables.
+    SecondStage {
+        /// The table's root.
+        root: u64,
+        /// Its levels (3, 4 or 5).
+        levels: usize,
+        /// The domain id.
+        did: u16,
+    },
+    /// First-stage (x86-64) tables; scalable mode only.
+    FirstStage {
+        /// The table's root.
+        root: u64,
+        /// Its levels (4 or 5).
+        levels: usize,
+        /// The domain id.
+        did: u16,
+    },
+}
+
+impl Target {
+    /// The domain id.
+    pub fn did(&self) -> u16 {
+        match *self {
+            Target::PassThrough { did }
+            | Target::SecondStage { did, .. }
+            | Target::FirstStage { did, .. } => did,
+        }
+    }
+}
+
+/// A scalable-mode root entry (9.2): the context tables of devfn 0-127
+/// and 128-255 of one bus.
+pub fn sm_root_entry(lower: u64, upper: u64) -> Entry128 {
+    [(lower & !0xfff) | PRESENT, (upper & !0xfff) | PRESENT]
+}
+
+/// A scalable-mode context entry's first 128 bits (9.4; the rest is
+/// zero): the PASID directory (of 128 entries, PDTS = 0) and the PASID
+/// that requests without one use.
+pub fn sm_context_entry(pasid_dir: u64, rid_pasid: u32) -> Entry128 {
+    [
+        (pasid_dir & !0xfff) | PRESENT,
+        u64::from(rid_pasid & 0xf_ffff),
+    ]
+}
+
+/// A PASID directory entry (9.5): the PASID table of 64 PASIDs.
+pub fn pasid_dir_entry(table: u64) -> u64 {
+    (table & !0xfff) | PRESENT
+}
+
+/// A scalable-mode PASID-table entry (9.6) for `target`: PGTT, the
+/// table, its width (AW, written for the first stage too, as Linux does
+/// and QEMU reads it for the canonical check) and the domain id.
+pub fn pasid_entry(target: Target) -> PasidEntry {
+    let aw = |levels: usize| levels.saturating_sub(2) as u64 & 7;
+    match target {
+        Target::PassThrough { did } => [4 << 6 | aw(4) << 2 | PRESENT, u64::from(did), 0],
+        Target::SecondStage { root, levels, did } => [
+            (root & !0xfff) | 2 << 6 | aw(levels) << 2 | PRESENT,
+            u64::from(did),
+            0,
+        ],
+        Target::FirstStage { root, levels, did } => [
+            1 << 6 | aw(levels.min(4)) << 2 | PRESENT,
+            u64::from(did),
+            // FSPM: 00b 4-level, 01b 5-level.
+            (root & !0xfff) | u64::from(levels == 5) << 2,
+        ],
+    }
+}
+
+/// The domain id of a PASID-table entry.
+pub fn pasid_did(e: PasidEntry) -> u16 {
+    e[1] as u16
+}
+
+/// Whether a PASID-table entry's translation is first-stage (PGTT = 001b).
+pub fn pasid_first_stage(e: PasidEntry) -> bool {
+    (e[0] >> 6) & 7 == 1
+}
 
 /// A root entry (9.1): the context table of one bus.
 pub fn root_entry(context_table: u64) -> Entry128 {
@@ -53,6 +151,8 @@ pub mod desc {
     const CONTEXT: u64 = 0x1;
     const IOTLB: u64 = 0x2;
     const WAIT: u64 = 0x5;
+    const PASID_IOTLB: u64 = 0x6;
+    const PASID_CACHE: u64 = 0x7;
     const GLOBAL: u64 = 1 << 4;
     const DOMAIN: u64 = 2 << 4;
     const DEVICE_OR_PAGE: u64 = 3 << 4;
@@ -103,6 +203,38 @@ pub mod desc {
         ]
     }
 
+    /// PASID-cache invalidation (6.5.2.5) of one PASID of domain `did`
+    /// (granularity 01b).
+    pub fn pasid_cache(did: u16, pasid: u32) -> Entry128 {
+        [
+            PASID_CACHE | 1 << 4 | u64::from(did) << 16 | u64::from(pasid & 0xf_ffff) << 32,
+            0,
+        ]
+    }
+
+    /// PASID-cache invalidation of everything (granularity 11b).
+    pub fn pasid_cache_global() -> Entry128 {
+        [PASID_CACHE | 3 << 4, 0]
+    }
+
+    /// PASID-based IOTLB invalidation (6.5.2.6) of every entry of `did`
+    /// and `pasid` (granularity 10b).
+    pub fn piotlb_pasid(did: u16, pasid: u32) -> Entry128 {
+        [
+            PASID_IOTLB | 2 << 4 | u64::from(did) << 16 | u64::from(pasid & 0xf_ffff) << 32,
+            0,
+        ]
+    }
+
+    /// PASID-based IOTLB invalidation of `2^am` pages at `addr` of `did`
+    /// and `pasid` (granularity 11b).
+    pub fn piotlb_pages(did: u16, pasid: u32, addr: u64, am: u32) -> Entry128 {
+        [
+            PASID_IOTLB | 3 << 4 | u64::from(did) << 16 | u64::from(pasid & 0xf_ffff) << 32,
+            (addr & !0xfff) | u64::from(am & 0x3f),
+        ]
+    }
+
     /// Invalidation wait: once every earlier descriptor is done, the
     /// hardware writes `data` to `status` (4-byte aligned), and (fence)
     /// takes no later descriptor before.
@@ -146,6 +278,24 @@ pub mod desc {
                 d[0] >> 32,
                 d[1] & !3
             ),
+            0x6 => {
+                let pasid = (d[0] >> 32) as u32 & 0xf_ffff;
+                match g {
+                    2 => format!("PASID-based IOTLB invalidate, domain {did}, PASID {pasid}"),
+                    _ => format!(
+                        "PASID-based IOTLB invalidate, domain {did}, PASID {pasid}, {:#x} + 2^{} pages",
+                        d[1] & !0xfff,
+                        d[1] & 0x3f
+                    ),
+                }
+            }
+            0x7 => match g {
+                3 => "PASID-cache invalidate, global".into(),
+                _ => format!(
+                    "PASID-cache invalidate, domain {did}, PASID {}",
+                    (d[0] >> 32) as u32 & 0xf_ffff
+                ),
+            },
             k => format!("descriptor type {k:#x}"),
         }
     }
@@ -200,6 +350,19 @@ impl VtdFault {
             0xb => "reserved bits in a context entry",
             0xc => "reserved bits in a second-level entry",
             0xd => "translation type not allowed",
+            0x50 => "PASID directory entry not accessible",
+            0x51 => "PASID directory entry not present",
+            0x58 => "PASID table entry not accessible",
+            0x59 => "PASID table entry not present",
+            0x5b => "invalid PASID table entry",
+            0x70 => "first-stage entry not accessible",
+            0x71 => "first-stage entry not present",
+            0x72 => "reserved bits in a first-stage entry",
+            0x73 => "invalid first-stage table pointer",
+            0x80 => "non-canonical address",
+            0x81 => "user access to a supervisor page",
+            0x85 => "write not permitted (scalable mode)",
+            0x91 => "accessed/dirty update failed",
             _ => "other",
         }
     }
@@ -263,6 +426,39 @@ mod tests {
         assert_eq!(
             desc::describe(desc::context_global()),
             "context-cache invalidate, global"
+        );
+    }
+
+    #[test]
+    fn scalable_mode_entries_put_their_fields_where_the_specification_says() {
+        assert_eq!(sm_root_entry(0x1000, 0x2000), [0x1001, 0x2001]);
+        assert_eq!(sm_context_entry(0x3000, 0), [0x3001, 0]);
+        assert_eq!(pasid_dir_entry(0x4000), 0x4001);
+        let fs = pasid_entry(Target::FirstStage {
+            root: 0x5000,
+            levels: 4,
+            did: 9,
+        });
+        // P, AW = 2 (48-bit), PGTT = 001b; FSPTPTR with FSPM = 00b.
+        assert_eq!(fs, [0x49, 9, 0x5000]);
+        assert!(pasid_first_stage(fs));
+        let ss = pasid_entry(Target::SecondStage {
+            root: 0x6000,
+            levels: 3,
+            did: 2,
+        });
+        assert_eq!(ss, [0x6085, 2, 0]);
+        assert_eq!(pasid_did(ss), 2);
+        assert_eq!(pasid_entry(Target::PassThrough { did: 1 })[0], 0x109);
+        assert_eq!(desc::pasid_cache(3, 0), [0x3_0017, 0]);
+        assert_eq!(desc::piotlb_pasid(3, 5), [0x5_0003_0026, 0]);
+        assert_eq!(
+            desc::piotlb_pages(3, 0, 0x20_0000, 9),
+            [0x3_0036, 0x20_0009]
+        );
+        assert_eq!(
+            desc::describe(desc::piotlb_pages(3, 0, 0x20_0000, 9)),
+            "PASID-based IOTLB invalidate, domain 3, PASID 0, 0x200000 + 2^9 pages"
         );
     }
 

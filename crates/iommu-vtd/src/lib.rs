@@ -6,24 +6,34 @@
 //! `drivers/iommu/intel`. It reaches the unit only through its registers
 //! ([`Mmio`](iommu_hw::Mmio)) and through what it writes into DMA-able
 //! memory (a [`TableMemory`](iommu_pgtable::TableMemory)): the root table,
-//! a context table per bus, the invalidation queue, and second-level page
-//! tables (`iommu-pgtable`'s VT-d format) in the same memory.
+//! context tables, the invalidation queue, and page tables in the same
+//! memory.
 //!
+//! - [`TableMode`]: legacy mode (a context table per bus whose entries
+//!   point at second-level tables, `iommu-pgtable`'s VT-d format) or
+//!   scalable mode (ECAP.SMTS: context tables per bus half whose entries
+//!   point at a per-device PASID directory and table; the entry of the
+//!   RID_PASID, PASID 0 as in Linux, names the domain: second-stage
+//!   tables, first-stage x86-64 tables (`iommu_pgtable::x86`), or
+//!   pass-through). Unless told, the driver picks as Linux does: scalable
+//!   mode where the unit has it and the queue, first stage where it exists.
 //! - Probe reads CAP and ECAP, turns translation off if it was on, sets
-//!   the root table pointer (legacy mode), starts queued invalidation when
-//!   the unit has it, invalidates the context cache and IOTLB globally,
+//!   the root table pointer (RTADDR.TTM for the mode), starts queued
+//!   invalidation when the unit has it (256-bit descriptors in scalable
+//!   mode), invalidates the context cache, PASID cache and IOTLB globally,
 //!   and turns translation on.
-//! - Domains: blocked (no context entry: DMA faults), identity (a
-//!   pass-through context entry, ECAP.PT), paging (second-level tables
-//!   and a domain id). Changing a present context entry clears it and
-//!   invalidates its context-cache entry and the old domain's IOTLB
-//!   first.
+//! - Domains: blocked (no context entry, or no PASID entry: DMA faults),
+//!   identity (a pass-through entry, ECAP.PT), paging (tables and a domain
+//!   id). Changing a present entry clears it and invalidates what the
+//!   hardware may cache of it (context cache, or PASID cache and the
+//!   device's context-cache entry) and the old domain's IOTLB first.
 //! - Caching mode (CAP.CM, as QEMU sets it for its host to shadow the
 //!   tables): new mappings and new context entries are invalidated too.
 //! - Unmaps become page-selective IOTLB invalidations with an address
 //!   mask (domain-selective when the range is no single block or PSI is
-//!   missing), then an invalidation wait with a status write; without a
-//!   queue, the context-command and IOTLB registers.
+//!   missing; PASID-based for first-stage domains), then an invalidation
+//!   wait with a status write; without a queue (legacy mode only), the
+//!   context-command and IOTLB registers.
 //! - [`Vtd::handle_faults`] reads and clears the fault recording
 //!   registers and reports translation faults to the domain's fault
 //!   handler.
@@ -47,6 +57,8 @@ pub mod regs;
 pub mod testing;
 
 pub use domain::VtdDomain;
-pub use driver::{Invalidation, ProbeError, Vtd, VtdConfig, VtdStats, MSI_RANGE};
+pub use driver::{
+    Invalidation, ProbeError, TableMode, Vtd, VtdConfig, VtdStats, MSI_RANGE, RID_PASID,
+};
 pub use entry::VtdFault;
 pub use regs::VtdCaps;

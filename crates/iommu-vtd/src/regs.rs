@@ -112,6 +112,14 @@ pub struct VtdCaps {
     pub iotlb_offset: u64,
     /// Scalable mode (ECAP.SMTS).
     pub scalable: bool,
+    /// First-stage tables in scalable mode (ECAP.FLTS).
+    pub first_stage: bool,
+    /// Second-stage tables in scalable mode (ECAP.SLTS).
+    pub second_stage: bool,
+    /// First-stage 1 GiB pages (CAP.FS1GP).
+    pub fs_1g: bool,
+    /// First-stage 5-level tables (CAP.FL5LP).
+    pub fs_5level: bool,
 }
 
 fn bits(v: u64, lo: u32, width: u32) -> u64 {
@@ -141,6 +149,10 @@ impl VtdCaps {
             pass_through: ecap & (1 << 6) != 0,
             iotlb_offset: bits(ecap, 8, 10) * 16,
             scalable: ecap & (1 << 43) != 0,
+            first_stage: ecap & (1 << 47) != 0,
+            second_stage: ecap & (1 << 46) != 0,
+            fs_1g: cap & (1 << 56) != 0,
+            fs_5level: cap & (1 << 60) != 0,
         }
     }
 

@@ -14,7 +14,7 @@ use iommu_core::{
     Bus, DeviceBuilder, DmaOwner, DomainType, Iommu, IotlbGather, Iova, PhysAddr, Prot,
 };
 use iommu_vtd::emu::{EmuLayout, EmuPlatform};
-use iommu_vtd::VtdConfig;
+use iommu_vtd::{TableMode, VtdConfig};
 use iommu_vtd_emu::Features;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -144,10 +144,19 @@ fn run(features: Features, cfg: VtdConfig) -> BTreeMap<String, Vec<Fault>> {
     iommu
         .group_claim_dma_owner(&group, DmaOwner::new())
         .unwrap();
-    assert!(plat
-        .driver
-        .context_entry(SID)
-        .is_some_and(|e| e[0] & 1 == 0));
+    if plat.driver.mode().scalable() {
+        // The context entry stays; the RID_PASID's PASID entry goes.
+        assert!(plat
+            .driver
+            .context_entry(SID)
+            .is_some_and(|e| e[0] & 1 == 1));
+        assert!(plat.driver.pasid_entry(SID).is_some_and(|e| e[0] & 1 == 0));
+    } else {
+        assert!(plat
+            .driver
+            .context_entry(SID)
+            .is_some_and(|e| e[0] & 1 == 0));
+    }
     dma_write(0x20_0000, &buf[..16]);
     phase("blocked");
     iommu.group_release_dma_owner(&group);
@@ -186,10 +195,75 @@ fn the_emulator_configured_like_qemu_records_qemus_faults() {
             };
             assert_eq!(
                 run(features, cfg),
-                common::qemu_phases(SID),
+                common::qemu_phases(SID, TableMode::Legacy),
                 "queued={queued} caching_mode={caching_mode}"
             );
         }
+    }
+}
+
+#[test]
+fn in_scalable_mode_the_emulator_configured_like_qemu_records_qemus_faults() {
+    // QEMU's x-scalable-mode=on (second stage) and x-flts=on (first
+    // stage), each with and without caching mode; the driver picks the
+    // mode the unit offers, as Linux does.
+    for first_stage in [false, true] {
+        for caching_mode in [false, true] {
+            let features = Features {
+                caching_mode,
+                ..Features::qemu_scalable(first_stage)
+            };
+            let mode = if first_stage {
+                TableMode::ScalableFirstStage
+            } else {
+                TableMode::ScalableSecondStage
+            };
+            let cfg = VtdConfig {
+                host_address_width: 48,
+                ..VtdConfig::default()
+            };
+            assert_eq!(
+                run(features, cfg),
+                common::qemu_phases(SID, mode),
+                "first_stage={first_stage} caching_mode={caching_mode}"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_scalable_unit_still_runs_legacy_tables_when_asked() {
+    let cfg = VtdConfig {
+        host_address_width: 48,
+        mode: Some(TableMode::Legacy),
+        ..VtdConfig::default()
+    };
+    assert_eq!(
+        run(Features::qemu_scalable(true), cfg),
+        common::qemu_phases(SID, TableMode::Legacy)
+    );
+    // Asking for what the unit lacks fails the probe and leaves it off.
+    for (features, mode) in [
+        (Features::qemu(), TableMode::ScalableSecondStage),
+        (
+            Features::qemu_scalable(false),
+            TableMode::ScalableFirstStage,
+        ),
+        (
+            Features::qemu_scalable(true),
+            TableMode::ScalableSecondStage,
+        ),
+    ] {
+        let cfg = VtdConfig {
+            mode: Some(mode),
+            host_address_width: 48,
+            ..VtdConfig::default()
+        };
+        let err = EmuPlatform::new(EmuLayout::default(), features, cfg).err();
+        assert!(
+            matches!(err, Some(iommu_vtd::emu::EmuError::Probe(iommu_vtd::ProbeError::Mode(m))) if m == mode),
+            "{mode:?}: {err:?}"
+        );
     }
 }
 

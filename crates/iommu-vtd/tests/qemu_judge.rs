@@ -2,17 +2,19 @@
 //! `judge/qemu-virt` runs the no_std core and this driver on QEMU's `q35`
 //! with QEMU's own `intel-iommu` and its `edu` DMA device (entered through
 //! PVH, the unit found in QEMU's DMAR). This test builds it and boots it
-//! in six configurations — the invalidation queue or the registers, with
-//! and without caching mode, 4-level (48-bit) and 3-level (39-bit)
-//! second-level tables, legacy tables on a unit that offers scalable mode
-//! — checks every line it prints, and requires QEMU's fault records phase
-//! by phase: one record per phase (QEMU keeps one primary fault record
-//! and compresses further faults of the same source into it until the
-//! driver clears it), "write not permitted" (5) for a page nothing maps,
-//! "context entry not present" (2) for a blocked device, and none for a
-//! write that a read-only translation in QEMU's IOTLB refuses (QEMU
-//! checks a cached translation's permission without recording a fault;
-//! walked afresh after an invalidation, the same write is recorded).
+//! in ten configurations — legacy mode with the invalidation queue or the
+//! registers, with and without caching mode, 4-level (48-bit) and 3-level
+//! (39-bit) second-level tables; scalable mode (`x-scalable-mode=on`)
+//! with second-stage tables and (`x-flts=on`) first-stage tables, each
+//! with and without caching mode; legacy tables on a unit that offers
+//! scalable mode — checks every line it prints, and requires QEMU's fault
+//! records phase by phase (`common::qemu_phases`): one record per phase
+//! (QEMU keeps one primary fault record and compresses further faults of
+//! the same source into it until the driver clears it), the reasons of
+//! the tables in use, and none for a write that a read-only translation in
+//! QEMU's IOTLB refuses (QEMU checks a cached translation's permission
+//! without recording a fault; walked afresh after an invalidation, the
+//! same write is recorded).
 //!
 //! It needs `qemu-system-x86_64` and the `x86_64-unknown-none` target,
 //! so it is ignored by default; `.ci/run` runs it
@@ -21,6 +23,7 @@
 mod common;
 
 use common::Fault;
+use iommu_vtd::TableMode;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::Command;
@@ -94,9 +97,13 @@ fn qemus_intel_iommu_runs_our_driver_in_every_mode() {
         ("", ""),
         (",caching-mode=on", ""),
         (",caching-mode=on,aw-bits=39", ""),
-        (",x-scalable-mode=on", ""),
+        (",x-scalable-mode=on", "mode=legacy"),
         ("", "qi=off"),
         (",caching-mode=on,aw-bits=39", "qi=off"),
+        (",x-scalable-mode=on", ""),
+        (",x-scalable-mode=on,caching-mode=on", ""),
+        (",x-scalable-mode=on,x-flts=on", ""),
+        (",x-scalable-mode=on,x-flts=on,caching-mode=on", ""),
     ];
     for (device, args) in configs {
         let what = format!("intel-iommu{device} {args}");
@@ -119,9 +126,24 @@ fn qemus_intel_iommu_runs_our_driver_in_every_mode() {
             if device.contains("aw-bits=39") { 3 } else { 4 },
             "{what}"
         );
+        let mode = match (device.contains("x-scalable-mode=on"), args) {
+            (false, _) | (true, "mode=legacy") => TableMode::Legacy,
+            _ if device.contains("x-flts=on") => TableMode::ScalableFirstStage,
+            _ => TableMode::ScalableSecondStage,
+        };
+        let name = match mode {
+            TableMode::Legacy => "legacy",
+            TableMode::ScalableSecondStage => "second-stage",
+            TableMode::ScalableFirstStage => "first-stage",
+        };
+        assert_eq!(
+            caps.split_whitespace().find(|w| w.starts_with("mode=")),
+            Some(&*format!("mode={name}")),
+            "{what}: {caps}"
+        );
         let faults = parse_faults(&text);
         let sid = faults["hole"].first().map(|f| f.0).expect("a fault");
-        let want = common::qemu_phases(sid);
+        let want = common::qemu_phases(sid, mode);
         assert_eq!(faults, want, "{what}: QEMU's fault records by phase");
     }
 }

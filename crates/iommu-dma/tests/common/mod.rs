@@ -21,8 +21,13 @@ pub struct World {
 pub fn on_smmuv3() -> bool {
     matches!(
         std::env::var("IOMMU_TEST_DRIVER").as_deref(),
-        Ok("smmuv3" | "vtd")
+        Ok("smmuv3" | "vtd" | "vtd-sm")
     )
+}
+
+/// The driver the suite runs on (`IOMMU_TEST_DRIVER`, `soft` when unset).
+pub fn driver() -> String {
+    std::env::var("IOMMU_TEST_DRIVER").unwrap_or_else(|_| "soft".into())
 }
 
 /// Every leaf of `domain`'s table, `(iova, size, pa, prot)`, whichever
