@@ -81,6 +81,16 @@ pub struct Features {
     pub tlb_entries: usize,
     /// Cached stream configurations held before the cache starts evicting.
     pub config_entries: usize,
+    /// A write a cached stage-2-only translation refuses records
+    /// F_PERMISSION (with S2 set), as the architecture asks. QEMU 10
+    /// attributes it to stage 1, whose fault recording a stage-2-only
+    /// stream does not have, and records nothing (walked afresh, the same
+    /// write is recorded); [`Features::qemu`] clears it.
+    pub cached_s2_permission_events: bool,
+    /// A leaf a walk found but whose permissions refuse the access is
+    /// cached all the same (the architecture lets a TLB hold it); QEMU 10
+    /// caches only leaves that allowed the access.
+    pub cache_refused_leaves: bool,
 }
 
 impl Default for Features {
@@ -102,6 +112,8 @@ impl Default for Features {
             granules: vec![Granule::G4K, Granule::G16K, Granule::G64K],
             tlb_entries: 4096,
             config_entries: 1024,
+            cached_s2_permission_events: true,
+            cache_refused_leaves: true,
         }
     }
 }
@@ -118,6 +130,23 @@ pub enum FeatureError {
 }
 
 impl Features {
+    /// QEMU 10's SMMUv3 on `virt` as its ID registers read: both stages,
+    /// two-level stream tables, 16-bit stream ids and ASIDs, 8-bit VMIDs,
+    /// range invalidation, no MSI, a 44-bit OAS, 4 and 64 KiB granules;
+    /// its silence on a cached stage-2 permission fault, and no caching of
+    /// a leaf that refused the access.
+    pub fn qemu() -> Features {
+        Features {
+            oas: 44,
+            msi: false,
+            vmid16: false,
+            granules: vec![Granule::G4K, Granule::G64K],
+            cached_s2_permission_events: false,
+            cache_refused_leaves: false,
+            ..Features::default()
+        }
+    }
+
     fn idr_oas(&self) -> Option<u32> {
         Some(match self.oas {
             32 => 0,
@@ -957,7 +986,8 @@ impl<M: GuestMemoryBackend> Smmuv3<M> {
         if let Some((e, shift)) = s.tlb.lookup(tag, va) {
             s.stats.tlb_hits += 1;
             if (write && !e.write) || (!write && !e.read) {
-                let record = s1.or(s2).is_some_and(|w| w.record);
+                let record = s1.or(s2).is_some_and(|w| w.record)
+                    && (s1.is_some() || self.features.cached_s2_permission_events);
                 let ev = self.fault_event(EventId::Permission, sid, iova, access, s1.is_none(), 0);
                 return Err(self.fault(s, ev, record, traces));
             }
@@ -1061,8 +1091,10 @@ impl<M: GuestMemoryBackend> Smmuv3<M> {
             read: s1_r && s2_r,
             write: s1_w && s2_w,
         };
-        s.tlb.insert(tag, va, shift, entry);
         let allowed = if write { entry.write } else { entry.read };
+        if allowed || self.features.cache_refused_leaves {
+            s.tlb.insert(tag, va, shift, entry);
+        }
         if !allowed {
             let in_s1 = if write { !s1_w } else { !s1_r };
             let (rec, stage2) = if in_s1 {

@@ -133,6 +133,40 @@ fn read_only_mapping_refuses_device_writes_7_3_15() {
 }
 
 #[test]
+fn a_cached_stage_2_refusal_records_f_permission_but_qemu_records_nothing_7_3_15() {
+    // The architecture records a permission fault whether the leaf was
+    // walked or found in the TLB; QEMU 10 blames stage 1 for a cached
+    // stage-2 refusal and, a stage-2-only stream recording no stage-1
+    // faults, records nothing. It also caches no leaf that refused an
+    // access, so each walked refusal records one.
+    let s2 = Smmuv3Config {
+        stage: Some(Stage::S2),
+        ..Smmuv3Config::default()
+    };
+    for (features, cached_event) in [(Features::default(), true), (Features::qemu(), false)] {
+        let s = setup_with(features, s2.clone(), &[7]);
+        let d = domain(&s);
+        d.map(Iova::new(0x4000), PhysAddr::new(DATA), 0x1000, Prot::READ)
+            .unwrap();
+        assert!(s.plat.hw.dma_read(7, 0x4000, &mut [0u8; 8]).is_ok());
+        assert!(s.plat.hw.dma_write(7, 0x4000, &[1u8; 8]).is_err());
+        let evs = s.plat.driver.handle_irq();
+        assert_eq!(evs.len(), usize::from(cached_event), "{evs:?}");
+        assert!(evs.iter().all(|e| e.id == 0x13 && e.stage2));
+        // Walked afresh (after an invalidation), both record it, and both
+        // record the next refusal: from the cached leaf, or (QEMU, which
+        // cached nothing) from another walk.
+        d.flush_iotlb_all().unwrap();
+        for _ in 0..2 {
+            assert!(s.plat.hw.dma_write(7, 0x4000, &[1u8; 8]).is_err());
+        }
+        let evs = s.plat.driver.handle_irq();
+        assert_eq!(evs.len(), 2, "{evs:?}");
+        assert!(evs.iter().all(|e| e.id == 0x13 && e.stage2));
+    }
+}
+
+#[test]
 fn identity_default_domain_is_a_bypass_ste_5_2() {
     let s = setup();
     s.iommu

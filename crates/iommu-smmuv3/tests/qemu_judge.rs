@@ -2,9 +2,12 @@
 //! runs the no_std core and this driver on QEMU's `virt` machine against
 //! QEMU's own SMMUv3 model and its `edu` DMA device, taking the device's
 //! stream id from QEMU's IORT. This test builds it,
-//! boots it, checks every line it prints, and runs the same scenario on
-//! the emulated SMMUv3 (configured like QEMU's: stage 1 only, 44-bit OAS,
-//! no MSI, 4 and 64 KiB granules), requiring the same events.
+//! boots it twice — DMA domains on stage 1 (the driver's choice), then on
+//! stage 2 (`-append stage=2`; QEMU 10's SMMUv3 has both) — checks every
+//! line it prints, and runs the same scenario on the emulated SMMUv3
+//! configured like QEMU's (`Features::qemu()`: 44-bit OAS, no MSI, 8-bit
+//! VMIDs, 4 and 64 KiB granules, no event for a write a cached
+//! stage-2-only translation refuses), requiring the same events.
 //!
 //! It needs `qemu-system-aarch64` and the `aarch64-unknown-none` target,
 //! so it is ignored by default; `.ci/run` runs it
@@ -16,7 +19,7 @@
 //! exactly QEMU's events.
 
 use iommu_core::{Bus, DeviceBuilder, DomainType, Iommu, IotlbGather, Iova, PhysAddr, Prot};
-use iommu_pgtable::lpae::Granule;
+use iommu_pgtable::lpae::Stage;
 use iommu_smmuv3::emu::{EmuLayout, EmuPlatform};
 use iommu_smmuv3::Smmuv3Config;
 use iommu_smmuv3_emu::Features;
@@ -33,8 +36,8 @@ fn judge_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../judge/qemu-virt")
 }
 
-/// Builds the judge and boots it; its UART output.
-fn run_qemu() -> String {
+/// Builds the judge and boots it with `-append <args>`; its UART output.
+fn run_qemu(args: &str) -> String {
     let dir = judge_dir();
     let build = Command::new(env!("CARGO"))
         .args(["build", "--release", "--quiet"])
@@ -55,6 +58,7 @@ fn run_qemu() -> String {
         .args(["-device", "edu,dma_mask=0xffffffffffffffff"])
         .arg("-kernel")
         .arg(&elf)
+        .args(["-append", args])
         .output()
         .expect("qemu-system-aarch64 runs (apt-get install qemu-system-arm)");
     String::from_utf8_lossy(&out.stdout).into_owned()
@@ -94,17 +98,13 @@ fn parse_events(text: &str) -> BTreeMap<String, Vec<Ev>> {
 }
 
 /// The same scenario on the emulated SMMUv3, with an edu-like device that
-/// issues 4-byte transactions.
-fn run_emulator() -> BTreeMap<String, Vec<Ev>> {
-    let features = Features {
-        stage2: false,
-        oas: 44,
-        msi: false,
-        vmid16: false,
-        granules: vec![Granule::G4K, Granule::G64K],
-        ..Features::default()
+/// issues 4-byte transactions; DMA domains on stage 2 if `stage2`.
+fn run_emulator(stage2: bool) -> BTreeMap<String, Vec<Ev>> {
+    let cfg = Smmuv3Config {
+        stage: stage2.then_some(Stage::S2),
+        ..Smmuv3Config::default()
     };
-    let plat = EmuPlatform::new(EmuLayout::default(), features, Smmuv3Config::default()).unwrap();
+    let plat = EmuPlatform::new(EmuLayout::default(), Features::qemu(), cfg).unwrap();
     let iommu = Iommu::default();
     let bus = Bus::new(&iommu, "pci").unwrap();
     let rid = 0x10;
@@ -166,6 +166,9 @@ fn run_emulator() -> BTreeMap<String, Vec<Ev>> {
     assert_eq!(domain.unmap(Iova::new(0x20_0000), 0x1000), Ok(0x1000));
     dma_to_ram(0x20_0000, &buf);
     phase("unmapped");
+    dma_to_ram(0x10_0000, &buf[..16]);
+    phase("read-only-cached");
+    domain.flush_iotlb_all().unwrap();
     dma_to_ram(0x10_0000, &buf[..16]);
     phase("read-only");
     domain
@@ -233,54 +236,61 @@ fn run_emulator() -> BTreeMap<String, Vec<Ev>> {
 #[test]
 #[ignore = "boots QEMU (qemu-system-aarch64, target aarch64-unknown-none); .ci/run runs it"]
 fn qemu_smmuv3_accepts_our_bytes_and_agrees_with_the_emulator() {
-    let text = run_qemu();
-    println!("{text}");
-    let done = text
-        .lines()
-        .find(|l| l.starts_with("JUDGE DONE"))
-        .expect("the judge ran to the end");
-    assert!(done.ends_with("fail=0"), "{done}");
-    assert!(!text.contains("JUDGE FAIL"));
-    let pass: usize = done
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("pass="))
-        .unwrap()
-        .parse()
-        .unwrap();
-    assert_eq!(pass, 29, "every check of the judge ran");
-    // The IORT the judge took edu's stream id from is the one the firmware
-    // crate's tests keep.
-    let iort = text
-        .lines()
-        .find_map(|l| l.strip_prefix("ACPI IORT "))
-        .expect("the judge read QEMU's IORT");
-    let kept: String =
-        include_str!("../../iommu-firmware/tests/data/qemu-10.0-virt-smmuv3.iort.txt")
+    for stage2 in [false, true] {
+        let text = run_qemu(if stage2 { "stage=2" } else { "" });
+        println!("{text}");
+        let what = if stage2 { "stage 2" } else { "stage 1" };
+        let done = text
             .lines()
-            .filter(|l| !l.starts_with('#'))
+            .find(|l| l.starts_with("JUDGE DONE"))
+            .expect("the judge ran to the end");
+        assert!(done.ends_with("fail=0"), "{what}: {done}");
+        assert!(!text.contains("JUDGE FAIL"), "{what}");
+        let pass: usize = done
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("pass="))
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert_eq!(pass, 31, "{what}: every check of the judge ran");
+        // The IORT the judge took edu's stream id from is the one the
+        // firmware crate's tests keep.
+        let iort = text
+            .lines()
+            .find_map(|l| l.strip_prefix("ACPI IORT "))
+            .expect("the judge read QEMU's IORT");
+        let kept: String =
+            include_str!("../../iommu-firmware/tests/data/qemu-10.0-virt-smmuv3.iort.txt")
+                .lines()
+                .filter(|l| !l.starts_with('#'))
+                .collect();
+        assert_eq!(iort, kept, "QEMU's IORT changed");
+        let qemu = parse_events(&text);
+        assert!(
+            qemu.values().flatten().all(|e| e.4 == stage2),
+            "{what}: every event comes from the domain's stage"
+        );
+        let ours = run_emulator(stage2);
+        // QEMU's virt puts the edu device in a slot of its choosing;
+        // compare stream ids through the one it reported.
+        let qemu_sid = qemu["hole"]
+            .first()
+            .map(|e| e.1)
+            .expect("QEMU recorded events");
+        let ours: BTreeMap<_, Vec<Ev>> = ours
+            .into_iter()
+            .map(|(k, v)| {
+                (
+                    k,
+                    v.into_iter()
+                        .map(|e| (e.0, qemu_sid, e.2, e.3, e.4))
+                        .collect(),
+                )
+            })
             .collect();
-    assert_eq!(iort, kept, "QEMU's IORT changed");
-    let qemu = parse_events(&text);
-    let ours = run_emulator();
-    // QEMU's virt puts the edu device in a slot of its choosing; compare
-    // stream ids through the one it reported.
-    let qemu_sid = qemu["hole"]
-        .first()
-        .map(|e| e.1)
-        .expect("QEMU recorded events");
-    let ours: BTreeMap<_, Vec<Ev>> = ours
-        .into_iter()
-        .map(|(k, v)| {
-            (
-                k,
-                v.into_iter()
-                    .map(|e| (e.0, qemu_sid, e.2, e.3, e.4))
-                    .collect(),
-            )
-        })
-        .collect();
-    assert_eq!(
-        qemu, ours,
-        "QEMU's SMMUv3 and the emulator record the same events"
-    );
+        assert_eq!(
+            qemu, ours,
+            "{what}: QEMU's SMMUv3 and the emulator record the same events"
+        );
+    }
 }

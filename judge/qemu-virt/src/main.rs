@@ -7,9 +7,12 @@
 //! puts it behind a DMA domain of the core, and has it DMA:
 //! through mappings (the data must land where the page tables say), at an
 //! IOVA nothing maps (QEMU's SMMU must record F_TRANSLATION), and after an
-//! unmap (which the driver follows with TLBI and CMD_SYNC). It prints one
-//! line per check and every event the SMMU recorded over the PL011 UART,
-//! then powers off through PSCI. A host test reads the output.
+//! unmap (which the driver follows with TLBI and CMD_SYNC). With `-append
+//! stage=2` the domains are stage-2 (QEMU 10's SMMUv3 has both stages):
+//! the same checks then judge the STE's stage-2 fields, VMID-tagged TLB
+//! invalidation and stage-2 events. It prints one line per check and every
+//! event the SMMU recorded over the PL011 UART, then powers off through
+//! PSCI. A host test reads the output.
 #![no_std]
 #![no_main]
 
@@ -106,7 +109,16 @@ fn run() {
     // SAFETY: the SMMU's 128 KiB window is identity-mapped as device memory.
     let mmio = unsafe { VolatileMmio::new(SMMU_BASE as *mut u8, iommu_smmuv3::WINDOW) };
     let mem = Arc::new(HeapMemory::new());
-    let drv = match Smmuv3::probe(mmio, mem, Smmuv3Config::default()) {
+    // `-append stage=2` puts DMA domains on stage-2 tables (a VMID each,
+    // the STE's S2 fields); by default the driver prefers stage 1.
+    let args = iommu_qemu_judge::board::cmdline();
+    let _ = writeln!(Uart, "CMDLINE {args}");
+    let stage2 = args.split_whitespace().any(|a| a == "stage=2");
+    let cfg = Smmuv3Config {
+        stage: stage2.then_some(iommu_pgtable::lpae::Stage::S2),
+        ..Smmuv3Config::default()
+    };
+    let drv = match Smmuv3::probe(mmio, mem, cfg) {
         Ok(d) => d,
         Err(e) => {
             let _ = writeln!(Uart, "probe: {e}");
@@ -190,13 +202,33 @@ fn run() {
             .any(|e| e.id == 0x10 && e.sid == rid && e.iova == iova_dst),
     );
 
-    // 4. A read-only mapping refuses the device's write.
+    // 4. A read-only mapping refuses the device's write: through the
+    // translation the reads above left in the TLB, then walked afresh.
+    // QEMU 10 records nothing for the cached stage-2 refusal: it blames
+    // stage 1, whose faults a stage-2-only stream does not record.
+    let permission = |evs: &[iommu_smmuv3::SmmuEvent]| {
+        evs.iter()
+            .any(|e| e.id == 0x13 && e.iova == iova_src && !e.read && e.stage2 == stage2)
+    };
+    edu.dma(false, iova_src, 16);
+    let evs = events(&drv, "read-only-cached");
+    check(
+        "a cached read-only translation refuses the write (recorded at stage 1)",
+        if stage2 {
+            evs.is_empty()
+        } else {
+            permission(&evs)
+        },
+    );
+    check(
+        "the domain's TLB entries invalidate",
+        domain.flush_iotlb_all().is_ok(),
+    );
     edu.dma(false, iova_src, 16);
     let evs = events(&drv, "read-only");
     check(
-        "write to a read-only mapping records F_PERMISSION",
-        evs.iter()
-            .any(|e| e.id == 0x13 && e.iova == iova_src && !e.read),
+        "walked afresh, the write records F_PERMISSION at the domain's stage",
+        permission(&evs),
     );
 
     // 5. The control: an unmap whose invalidation is held back leaves

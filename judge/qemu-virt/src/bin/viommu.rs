@@ -70,10 +70,8 @@ impl Topology {
     }
 }
 
-/// Where QEMU puts the device tree for a program that is not a Linux
-/// kernel: the start of RAM.
 #[cfg(target_arch = "aarch64")]
-const DTB: usize = 0x4000_0000;
+use iommu_qemu_judge::board::DTB;
 
 /// Reads the device tree QEMU passed: the ECAM host bridge's `reg`, its
 /// 32-bit memory window from `ranges`, the virtio-iommu node under it

@@ -107,6 +107,22 @@ pub fn power_off() -> ! {
     }
 }
 
+/// Where QEMU puts the device tree for a program that is not a Linux
+/// kernel: the start of RAM, below the image (`link.ld`).
+pub const DTB: usize = 0x4000_0000;
+
+/// The command line QEMU's `-append` gave (the device tree's
+/// `/chosen/bootargs`), or an empty string.
+pub fn cmdline() -> &'static str {
+    // SAFETY: QEMU placed a flattened device tree at the start of RAM,
+    // which the program never writes; the parser checks its magic and
+    // bounds.
+    match unsafe { fdt::Fdt::from_ptr(DTB as *const u8) } {
+        Ok(fdt) => fdt.chosen().bootargs().unwrap_or(""),
+        Err(_) => "",
+    }
+}
+
 /// RAM as QEMU is told to give it (`-m 128M`).
 pub const RAM: (u64, u64) = (0x4000_0000, 0x4800_0000);
 
