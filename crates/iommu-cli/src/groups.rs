@@ -8,7 +8,7 @@ use crate::run::{device_line, platform_groups, sysfs_entries, ListedGroup, JSON_
 use crate::whatif::{self, Change, Row};
 use crate::{dot, input, Failure, GroupsArgs, SysfsArgs};
 use iommu_pci::{compare, short_name, Bdf, Comparison, Reason};
-use iommu_soft::platform::PciPlatform;
+use iommu_platform::PciPlatform;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;

@@ -12,7 +12,7 @@ use iommu_pci::{
     parse_topology, read_sysfs, DeviceQuirks, ImportError, IommuKind, KernelParams, KernelVersion,
     Machine, Platform, SysfsError,
 };
-use iommu_soft::platform::{PciPlatform, DEFAULT_TOPOLOGY, USB_RMRR};
+use iommu_platform::{PciPlatform, DEFAULT_TOPOLOGY, USB_RMRR};
 use std::collections::BTreeMap;
 use std::io::Read as _;
 use std::path::{Path, PathBuf};
@@ -414,7 +414,7 @@ pub type MakeDriver<'a> = Box<
     dyn FnOnce(
             std::sync::Arc<iommu_soft::PciGrouping>,
         )
-            -> Result<std::sync::Arc<dyn iommu_soft::platform::DmaHardware>, iommu_core::Errno>
+            -> Result<std::sync::Arc<dyn iommu_platform::DmaHardware>, iommu_core::Errno>
         + 'a,
 >;
 
@@ -455,7 +455,7 @@ pub fn build_on(
         }
     }
     .map_err(|e| match e {
-        iommu_soft::platform::PlatformError::Topology(t) => {
+        iommu_platform::PlatformError::Topology(t) => {
             Failure::Input(format!("{}: {t}", loaded.source))
         }
         other => Failure::Run(other.to_string()),

@@ -3,7 +3,7 @@
 use crate::out::{out, outln};
 use crate::{input, Failure, MachineArgs, PlatformArgs, RunArgs, RunIommu};
 use iommu_core::{Device, DmaOwner, Domain, DomainType, Errno, Iommu, Iova, PhysAddr, Prot};
-use iommu_soft::platform::PciPlatform;
+use iommu_platform::PciPlatform;
 use iommu_soft::{Access, SoftDomain};
 use serde::Serialize;
 use std::fmt::Write as _;
@@ -169,7 +169,7 @@ fn show_translate(n: &Narrative, p: &PciPlatform, dev: &Device, iova: u64, acces
 /// operation that caused it.
 fn smmuv3_platform(
     pci: Arc<iommu_soft::PciGrouping>,
-) -> Result<Arc<dyn iommu_soft::platform::DmaHardware>, iommu_core::Errno> {
+) -> Result<Arc<dyn iommu_platform::DmaHardware>, iommu_core::Errno> {
     use iommu_smmuv3::emu::{EmuLayout, EmuPlatform};
     use iommu_smmuv3_emu::HwTrace;
     let cfg = iommu_smmuv3::Smmuv3Config {
@@ -219,7 +219,7 @@ fn smmuv3_platform(
 /// its walks and faults appear under the core operation that caused them.
 fn vtd_platform(
     pci: Arc<iommu_soft::PciGrouping>,
-) -> Result<Arc<dyn iommu_soft::platform::DmaHardware>, iommu_core::Errno> {
+) -> Result<Arc<dyn iommu_platform::DmaHardware>, iommu_core::Errno> {
     use iommu_vtd::emu::{EmuLayout, EmuPlatform};
     use iommu_vtd_emu::HwTrace;
     let cfg = iommu_vtd::VtdConfig {

@@ -13,7 +13,7 @@ use crate::run::{listed_groups, render_listing, ListedGroup, Narrative, JSON_VER
 use crate::{Failure, VmArch, VmArgs};
 use iommu_core::{Bus, DeviceBuilder, Iommu, IommuConfig, PhysAddr};
 use iommu_dma::{DmaDevice, DmaDirection, DmaOptions};
-use iommu_soft::platform::PciPlatform;
+use iommu_platform::PciPlatform;
 use iommu_virtio::driver::{Loopback, Viommu, ViommuConfig, ViommuDomain};
 use iommu_virtio::spec::feature;
 use iommu_virtio::{CoreDomainMapper, Device, DeviceConfig, ResvMem, VirtioIommu};

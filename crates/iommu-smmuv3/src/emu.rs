@@ -5,12 +5,8 @@
 extern crate std;
 
 use crate::{ProbeError, Smmuv3, Smmuv3Config};
-use alloc::string::String;
 use alloc::sync::Arc;
-use iommu_core::{Device, Errno, IommuOps, Iova, PhysAddr};
-use iommu_smmuv3_emu::{DmaError, EventId, Features, Smmuv3 as Hw};
-use iommu_soft::platform::DmaHardware;
-use iommu_soft::{Access, TranslateError};
+use iommu_smmuv3_emu::{Features, Smmuv3 as Hw};
 
 pub use iommu_hw::emu::{EmuLayout, EmuMemory, EmuTables};
 
@@ -58,65 +54,3 @@ impl EmuPlatform {
 
 /// A domain of [`EmuDriver`], for downcasts from `Domain::ops().as_any()`.
 pub type EmuDomain = crate::Smmuv3Domain<Arc<Hw<EmuMemory>>, EmuTables>;
-
-/// The emulated platform as what a PCI platform's devices DMA through:
-/// an access goes through the emulated SMMU, and a fault it records is
-/// read from the event queue by the driver, which reports it to the
-/// domain's handler (the answer is in the error).
-impl DmaHardware for EmuPlatform {
-    fn ops(&self) -> Arc<dyn IommuOps> {
-        Arc::new(self.driver.clone())
-    }
-
-    fn translate(
-        &self,
-        dev: &Device,
-        iova: Iova,
-        access: Access,
-    ) -> Result<PhysAddr, TranslateError> {
-        let sid = *dev.stream_ids().first().ok_or(TranslateError::NoStream)?;
-        let access = match access {
-            Access::Read => iommu_smmuv3_emu::Access::Read,
-            Access::Write => iommu_smmuv3_emu::Access::Write,
-        };
-        let fault = match self.hw.translate(sid, iova.raw(), access) {
-            Ok(seg) => return Ok(PhysAddr::new(seg.pa)),
-            Err(DmaError::Terminated { fault, .. }) => fault,
-            Err(DmaError::Bus(_)) => return Err(TranslateError::NoStream),
-        };
-        let report = self
-            .driver
-            .handle_irq()
-            .iter()
-            .rev()
-            .find(|e| e.sid == sid && e.iova == iova.raw())
-            .and_then(|e| e.report)
-            .unwrap_or(Err(Errno::ENOSYS));
-        Err(match fault {
-            None => TranslateError::Aborted,
-            Some(EventId::Permission) => TranslateError::Permission { report },
-            Some(
-                EventId::Translation | EventId::AddrSize | EventId::Access | EventId::WalkEabt,
-            ) => TranslateError::Translation { report },
-            Some(_) => TranslateError::NoStream,
-        })
-    }
-
-    fn stream_domain(&self, sid: u32) -> Option<iommu_core::Domain> {
-        self.driver.stream_domain(sid)
-    }
-
-    fn as_any(&self) -> &dyn core::any::Any {
-        self
-    }
-
-    /// The SMMU stops consuming commands: every CMD_SYNC times out.
-    fn set_wedged(&self, wedged: bool) {
-        self.hw.pause_commands(wedged);
-    }
-
-    fn describe(&self) -> String {
-        "an emulated Arm SMMUv3 (stream table, CDs, LPAE stage-1 tables, command and event queues in memory)"
-            .into()
-    }
-}

@@ -13,11 +13,9 @@ use crate::emu::{EmuLayout, EmuPlatform};
 use crate::Smmuv3Config;
 use alloc::boxed::Box;
 use alloc::sync::Arc;
-use iommu_core::{GroupKeys, IommuOps, Iova, PhysAddr};
+use iommu_core::{IommuOps, Iova, PhysAddr};
 use iommu_smmuv3_emu::{Access, Features};
-use iommu_soft::platform::DmaHardware;
 use iommu_soft::testing::{run_hardware, Hardware, Input};
-use iommu_soft::{SoftConfig, SoftIommu};
 
 /// The emulated platform as the oracle sees it.
 pub struct EmuHardware(pub EmuPlatform);
@@ -75,45 +73,4 @@ impl Hardware for EmuHardware {
 /// the emulator, panicking at the first translation that disagrees.
 pub fn run(data: &[u8]) {
     run_hardware(&Input::decode(data), Box::new(EmuHardware::small()));
-}
-
-/// The hardware a test suite runs on, as `IOMMU_TEST_DRIVER` says: `soft`
-/// (the default) or `smmuv3` (the driver on the emulator, in 64 MiB of
-/// memory). Both group by `pci` when given, bound each domain's table
-/// pages by `table_budget`, and reserve the same software MSI window, so a
-/// suite written against one runs unchanged on the other.
-///
-/// # Panics
-/// On any other value of `IOMMU_TEST_DRIVER`.
-pub fn hardware_from_env(
-    pci: Option<Arc<GroupKeys>>,
-    table_budget: Option<usize>,
-) -> Arc<dyn DmaHardware> {
-    let sw_msi = Some((0x0800_0000, 0x10_0000));
-    match std::env::var("IOMMU_TEST_DRIVER").as_deref() {
-        Ok("smmuv3") => {
-            // The emulator answers at once; a short poll limit lets a
-            // wedged-hardware test time out in microseconds.
-            let cfg = Smmuv3Config {
-                groups: pci,
-                sw_msi,
-                table_budget,
-                poll_limit: 1000,
-                ..Smmuv3Config::default()
-            };
-            let layout = EmuLayout {
-                memory: 64 << 20,
-                tables: 0x10_0000,
-                tables_size: 63 << 20,
-            };
-            Arc::new(EmuPlatform::new(layout, Features::default(), cfg).expect("a platform"))
-        }
-        Ok("soft") | Err(_) => Arc::new(SoftIommu::new(SoftConfig {
-            pci,
-            sw_msi,
-            table_budget,
-            ..SoftConfig::default()
-        })),
-        Ok(other) => panic!("IOMMU_TEST_DRIVER={other}: soft, smmuv3, vtd or vtd-sm"),
-    }
 }

@@ -5,7 +5,7 @@
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 use iommu_core::{DeviceBuilder, DomainType, Iova, PhysAddr, Prot};
-use iommu_soft::platform::DefaultPlatform;
+use iommu_platform::DefaultPlatform;
 use std::hint::black_box;
 
 fn map_unmap_4k(c: &mut Criterion) {

@@ -1,4 +1,5 @@
-//! A reference "software IOMMU" for iommu-core, and a small platform to run it on.
+//! A reference "software IOMMU" for iommu-core (`iommu-platform` puts it,
+//! or a hardware driver, on a PCI machine).
 //!
 //! [`SoftIommu`] is a complete driver: paging domains are ARM LPAE stage-1
 //! tables (4 KiB granule, 48-bit input), devices sharing a stream id share a
@@ -8,20 +9,22 @@
 //! permission, and on a miss reports the fault to the domain's handler.
 //!
 //! ```
-//! use iommu_soft::platform::DefaultPlatform;
-//! use iommu_core::{Iova, PhysAddr, Prot};
-//! use iommu_soft::Access;
+//! use iommu_core::{Bus, DeviceBuilder, Iommu, IommuConfig, Iova, PhysAddr, Prot};
+//! use iommu_soft::{Access, SoftConfig, SoftIommu};
+//! use std::sync::Arc;
 //!
-//! let p = DefaultPlatform::build().unwrap();
-//! let nvme = p.device("0000:03:00.0").unwrap();
+//! let iommu = Iommu::new(IommuConfig::default());
+//! let bus = Bus::new(&iommu, "pci").unwrap();
+//! let nvme = bus.add_device(DeviceBuilder::new("0000:03:00.0").stream_ids([0x300]).pci(true)).unwrap();
+//! let soft = SoftIommu::new(SoftConfig::default());
+//! iommu.bus_set_iommu(&bus, Arc::new(soft.clone())).unwrap();
 //! let domain = nvme.iommu_group().unwrap().default_domain().unwrap();
 //! domain.map(Iova::new(0x10_0000), PhysAddr::new(0x8000_0000), 0x1000, Prot::RW).unwrap();
-//! assert_eq!(p.hw.translate(&nvme, Iova::new(0x10_0010), Access::Write), Ok(PhysAddr::new(0x8000_0010)));
+//! assert_eq!(soft.translate(&nvme, Iova::new(0x10_0010), Access::Write), Ok(PhysAddr::new(0x8000_0010)));
 //! ```
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![forbid(unsafe_code)]
 
-pub mod platform;
 mod soft;
 #[cfg(feature = "test-utils")]
 pub mod testing;

@@ -798,9 +798,18 @@ mod tests {
 
     #[test]
     fn dropping_the_bus_and_the_iommu_with_devices_on_it_frees_everything() {
-        let p = crate::platform::DefaultPlatform::build().unwrap();
-        let hw = Arc::downgrade(&p.soft().unwrap().inner);
-        let gpu = p.device("0000:01:00.0").unwrap();
+        let iommu = Iommu::default();
+        let bus = Bus::new(&iommu, "pci").unwrap();
+        let gpu = bus
+            .add_device(DeviceBuilder::new("0000:01:00.0").stream_ids([0x100]))
+            .unwrap();
+        // A function sharing the GPU's stream id: one group of two.
+        let audio = bus
+            .add_device(DeviceBuilder::new("0000:01:00.1").stream_ids([0x100]))
+            .unwrap();
+        let soft = SoftIommu::default();
+        iommu.bus_set_iommu(&bus, Arc::new(soft.clone())).unwrap();
+        let hw = Arc::downgrade(&soft.inner);
         let group = gpu.iommu_group().unwrap().downgrade();
         let domain = gpu
             .iommu_group()
@@ -809,9 +818,9 @@ mod tests {
             .unwrap()
             .downgrade();
         let dev = Arc::downgrade(&gpu);
-        drop(gpu);
-        assert!(!p.soft().unwrap().stream_ids().is_empty());
-        drop(p);
+        drop((gpu, audio));
+        assert!(!soft.stream_ids().is_empty());
+        drop((iommu, bus, soft));
         assert!(dev.upgrade().is_none(), "devices freed");
         assert!(group.upgrade().is_none(), "groups released");
         assert!(domain.upgrade().is_none(), "domains freed");

@@ -272,12 +272,12 @@ fn an_unmap_the_mapper_fails_is_reported_and_retried() {
 /// The default platform's GPU claimed by a VFIO-style user and attached
 /// to an unmanaged host domain: a passthrough device for a guest.
 fn assigned_gpu() -> (
-    iommu_soft::platform::DefaultPlatform,
+    iommu_platform::DefaultPlatform,
     std::sync::Arc<iommu_core::Device>,
     iommu_core::Domain,
 ) {
     use iommu_core::{DmaOwner, DomainType};
-    let p = iommu_soft::platform::DefaultPlatform::build().unwrap();
+    let p = iommu_platform::DefaultPlatform::build().unwrap();
     let gpu = p.device("0000:01:00.0").unwrap();
     let group = gpu.iommu_group().unwrap();
     let host = p.iommu.domain_alloc(&p.bus, DomainType::Unmanaged).unwrap();

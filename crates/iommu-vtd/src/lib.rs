@@ -53,8 +53,6 @@ mod driver;
 pub mod emu;
 pub mod entry;
 pub mod regs;
-#[cfg(feature = "test-utils")]
-pub mod testing;
 
 pub use domain::VtdDomain;
 pub use driver::{

@@ -6,7 +6,7 @@
 
 use iommu_core::{Bus, Device, DeviceBuilder, Iommu, IommuConfig, Prot, ReservedRegion, ResvType};
 use iommu_dma::{DmaDevice, DmaOptions};
-use iommu_soft::platform::DmaHardware;
+use iommu_platform::DmaHardware;
 use std::sync::Arc;
 
 pub struct World {
@@ -76,7 +76,7 @@ pub fn world_with_budget(n: u32, strict: bool, table_budget: Option<usize>) -> W
             bus.add_device(b).unwrap()
         })
         .collect();
-    let hw = iommu_vtd::testing::hardware_from_env(None, table_budget);
+    let hw = iommu_platform::testing::hardware_from_env(None, table_budget);
     iommu.bus_set_iommu(&bus, hw.ops()).unwrap();
     World {
         iommu,

@@ -6,9 +6,8 @@
 //! driver and its emulated hardware instead of the soft IOMMU.
 
 use iommu_core::{Bus, DeviceBuilder, DomainType, Errno, Iommu, IommuConfig, Iova, PhysAddr, Prot};
-use iommu_soft::platform::{DefaultPlatform, DmaHardware};
-use iommu_soft::{Access, TranslateError};
-use iommu_vtd::testing::hardware_from_env;
+use iommu_platform::testing::hardware_from_env;
+use iommu_platform::{Access, DefaultPlatform, DmaHardware, TranslateError};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Barrier};
 

@@ -1,12 +1,12 @@
-//! PCI platforms behind a [`SoftIommu`]: any machine the PCI layer reads
-//! (a listing, a hex dump, a sysfs tree, a topology file), and the
-//! built-in default one.
+//! PCI platforms: any machine the PCI layer reads (a listing, a hex dump,
+//! a sysfs tree, a topology file), and the built-in default one, behind
+//! the soft IOMMU or any driver on its (emulated) hardware.
 //!
 //! A platform's functions are configuration space; [`iommu_pci`] runs
 //! Linux's PCI set-up and grouping over them, and each function becomes a
 //! core [`Device`] whose stream ids are the requester ids its DMA can
-//! carry (Linux's `pci_for_each_dma_alias`). The soft IOMMU then groups
-//! the devices as the PCI layer decided, so the core's groups, their ids
+//! carry (Linux's `pci_for_each_dma_alias`). The driver then groups the
+//! devices as the PCI layer decided, so the core's groups, their ids
 //! and `/sys/kernel/iommu_groups` come out of the algorithm, not a table.
 //!
 //! The default platform ([`DEFAULT_TOPOLOGY`]) has 20 functions of a
@@ -17,12 +17,12 @@
 //! PCIe-to-PCI bridge and two legacy devices, and a management controller
 //! the IOMMU does not cover.
 
-use crate::{Access, PciGrouping, SoftConfig, SoftIommu, TranslateError};
+use crate::DmaHardware;
 use iommu_core::{
-    Bus, Device, DeviceBuilder, Errno, Iommu, IommuConfig, IommuOps, Iova, PhysAddr, Prot,
-    ReservedRegion, ResvType,
+    Bus, Device, DeviceBuilder, Errno, Iommu, IommuConfig, Prot, ReservedRegion, ResvType,
 };
 use iommu_pci::{Analysis, Bdf, Machine, TopologyError};
+use iommu_soft::{PciGrouping, SoftConfig, SoftIommu};
 use std::sync::Arc;
 
 /// The USB controller's firmware-reserved buffer, identity-mapped.
@@ -65,8 +65,8 @@ pub enum PlatformError {
     Core(#[from] Errno),
 }
 
-/// A PCI machine behind a soft IOMMU: the subsystem, its bus, the driver,
-/// and the PCI layer's view.
+/// A PCI machine behind an IOMMU: the subsystem, its bus, the driver on
+/// its hardware, and the PCI layer's view.
 pub struct PciPlatform {
     /// The subsystem.
     pub iommu: Iommu,
@@ -78,60 +78,6 @@ pub struct PciPlatform {
     pub machine: Machine,
     /// Linux's set-up and grouping over it.
     pub analysis: Arc<Analysis>,
-}
-
-/// What a platform's devices DMA through: a driver and its hardware.
-pub trait DmaHardware: Send + Sync {
-    /// The driver, set on the platform's bus.
-    fn ops(&self) -> Arc<dyn IommuOps>;
-    /// One access of `dev` at `iova`, as the hardware translates it; a
-    /// fault is reported to the domain's handler, whose answer the error
-    /// carries.
-    ///
-    /// # Errors
-    /// See [`TranslateError`].
-    fn translate(
-        &self,
-        dev: &Device,
-        iova: Iova,
-        access: Access,
-    ) -> Result<PhysAddr, TranslateError>;
-    /// What the IOMMU is, for a narrative's heading.
-    fn describe(&self) -> String;
-    /// The domain the hardware's entry for stream `sid` translates
-    /// through, if the stream has one.
-    fn stream_domain(&self, sid: u32) -> Option<iommu_core::Domain>;
-    /// The hardware's own type, for callers that need to reach it.
-    fn as_any(&self) -> &dyn std::any::Any;
-    /// Stops (or resumes) the hardware completing invalidations, as an
-    /// IOMMU that stopped answering would: for failure tests.
-    fn set_wedged(&self, wedged: bool);
-}
-
-impl DmaHardware for SoftIommu {
-    fn ops(&self) -> Arc<dyn IommuOps> {
-        Arc::new(self.clone())
-    }
-    fn translate(
-        &self,
-        dev: &Device,
-        iova: Iova,
-        access: Access,
-    ) -> Result<PhysAddr, TranslateError> {
-        SoftIommu::translate(self, dev, iova, access)
-    }
-    fn describe(&self) -> String {
-        "a software IOMMU (ARM LPAE stage-1 tables)".into()
-    }
-    fn stream_domain(&self, sid: u32) -> Option<iommu_core::Domain> {
-        SoftIommu::stream_domain(self, sid)
-    }
-    fn as_any(&self) -> &dyn std::any::Any {
-        self
-    }
-    fn set_wedged(&self, wedged: bool) {
-        SoftIommu::set_wedged(self, wedged);
-    }
 }
 
 /// The built-in platform is a [`PciPlatform`] of [`DEFAULT_TOPOLOGY`].
