@@ -125,6 +125,10 @@ pub enum RunIommu {
     /// The Intel VT-d driver on the emulated VT-d: root, context and
     /// second-level tables and the invalidation queue in simulated memory
     Vtd,
+    /// The Intel VT-d driver on an emulated VT-d with scalable mode: PASID
+    /// tables, first-stage (x86-64) tables, 256-bit descriptors
+    #[value(name = "vtd-sm")]
+    VtdSm,
 }
 
 /// Where `--trace` goes.

@@ -214,11 +214,14 @@ fn smmuv3_platform(
 }
 
 /// The VT-d driver probed on a fresh emulated unit (every feature,
-/// eight fault records), grouping as the PCI layer says; with `--trace`,
-/// the invalidation descriptors it runs, the context entries it reads,
-/// its walks and faults appear under the core operation that caused them.
+/// eight fault records; scalable mode too if `scalable`, where the driver
+/// picks first-stage tables), grouping as the PCI layer says; with
+/// `--trace`, the invalidation descriptors it runs, the context entries it
+/// reads, its walks and faults appear under the core operation that caused
+/// them.
 fn vtd_platform(
     pci: Arc<iommu_soft::PciGrouping>,
+    scalable: bool,
 ) -> Result<Arc<dyn iommu_platform::DmaHardware>, iommu_core::Errno> {
     use iommu_vtd::emu::{EmuLayout, EmuPlatform};
     use iommu_vtd_emu::HwTrace;
@@ -227,12 +230,12 @@ fn vtd_platform(
         host_address_width: 48,
         ..iommu_vtd::VtdConfig::default()
     };
-    let p = EmuPlatform::new(
-        EmuLayout::default(),
-        iommu_vtd_emu::Features::default(),
-        cfg,
-    )
-    .map_err(|e| {
+    let features = if scalable {
+        iommu_vtd_emu::Features::scalable()
+    } else {
+        iommu_vtd_emu::Features::default()
+    };
+    let p = EmuPlatform::new(EmuLayout::default(), features, cfg).map_err(|e| {
         tracing::error!("VT-d platform: {e}");
         iommu_core::Errno::ENODEV
     })?;
@@ -360,7 +363,8 @@ pub fn main_job(args: &RunArgs) -> Result<(), Failure> {
     let make: Option<input::MakeDriver<'_>> = match args.iommu {
         RunIommu::Soft => None,
         RunIommu::Smmuv3 => Some(Box::new(smmuv3_platform)),
-        RunIommu::Vtd => Some(Box::new(vtd_platform)),
+        RunIommu::Vtd => Some(Box::new(|pci| vtd_platform(pci, false))),
+        RunIommu::VtdSm => Some(Box::new(|pci| vtd_platform(pci, true))),
     };
     let p = input::build_on(&loaded, platform, &args.policy, make)?;
     n.heading(&format!(

@@ -854,3 +854,34 @@ fn run_on_the_vtd_traces_descriptors_and_walks_under_the_core_calls() {
     assert!(trace.contains("vtd fault: reason 0x6 source 0x300 address 0x200123"));
     assert!(trace.contains("vtd fault: reason 0x2 source 0x200"));
 }
+
+#[test]
+fn run_on_the_vtd_in_scalable_mode_uses_first_stage_tables_and_pasid_invalidation() {
+    let (code, legacy, _) = iommu(&["run", "--iommu", "vtd"]);
+    assert_eq!(code, 0);
+    let (code, sm, err) = iommu(&["run", "--iommu", "vtd-sm"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(legacy.lines().count(), sm.lines().count());
+    assert!(sm.contains("in scalable mode (root, context and PASID tables, first-stage tables"));
+    // The same story; first-stage leaves carry no snoop (cache) bit.
+    for (l, s) in legacy.lines().zip(sm.lines()).skip(2) {
+        assert_eq!(l.replace("|CACHE", ""), s, "{l}\n{s}");
+    }
+    let (code, _, trace) = iommu(&["run", "--iommu", "vtd-sm", "--trace"]);
+    assert_eq!(code, 0);
+    let lines: Vec<&str> = trace.lines().collect();
+    let sync = lines
+        .iter()
+        .position(|l| l.ends_with("├─ iotlb_sync(size=0x204000)"))
+        .expect("the unmap's iotlb_sync");
+    assert!(
+        lines[sync + 1].contains("· vtd qi: PASID-based IOTLB invalidate, domain"),
+        "{}",
+        lines[sync + 1]
+    );
+    // First-stage faults: not present (71h), write to a read-only page
+    // (85h); a blocked device has no PASID entry (59h).
+    assert!(trace.contains("vtd fault: reason 0x71 source 0x300 address 0x200123"));
+    assert!(trace.contains("vtd fault: reason 0x85 source 0x300 address 0x600000"));
+    assert!(trace.contains("vtd fault: reason 0x59 source 0x200"));
+}

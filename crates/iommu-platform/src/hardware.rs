@@ -198,7 +198,12 @@ impl DmaHardware for vtd::EmuPlatform {
     }
 
     fn describe(&self) -> String {
-        "an emulated Intel VT-d unit (root and context tables, second-level tables, invalidation queue and fault records in memory and registers)"
-            .into()
+        match self.driver.mode() {
+            iommu_vtd::TableMode::Legacy => "an emulated Intel VT-d unit (root and context tables, second-level tables, invalidation queue and fault records in memory and registers)".into(),
+            m => format!(
+                "an emulated Intel VT-d unit in scalable mode (root, context and PASID tables, {} tables, 256-bit invalidation queue and fault records in memory and registers)",
+                if m == iommu_vtd::TableMode::ScalableFirstStage { "first-stage" } else { "second-stage" }
+            ),
+        }
     }
 }
