@@ -1001,17 +1001,20 @@ impl<M: GuestMemoryBackend> Vtd<M> {
         }
         while s.iqh != s.iqt {
             let index = s.iqh >> shift;
-            let at = base.checked_add(index * size);
-            let mut d = [0u64; 4];
-            for (k, w) in d.iter_mut().take(size as usize / 8).enumerate() {
-                match at.and_then(|a| self.read_u64(a.checked_add(8 * k as u64)?)) {
-                    Some(v) => *w = v,
-                    None => {
-                        s.fsts |= FSTS_IQE;
-                        return;
-                    }
-                }
+            // The whole descriptor in one read.
+            let mut bytes = [0u8; 32];
+            let read = base.checked_add(index * size).is_some_and(|a| {
+                self.mem
+                    .read_slice(&mut bytes[..size as usize], GuestAddress(a))
+                    .is_ok()
+            });
+            if !read {
+                s.fsts |= FSTS_IQE;
+                return;
             }
+            let word =
+                |k: usize| u64::from_le_bytes(bytes[8 * k..8 * k + 8].try_into().expect("8 bytes"));
+            let d = [word(0), word(1), word(2), word(3)];
             // Bits 255:128 of every descriptor type this unit knows are
             // reserved.
             if d[2] | d[3] != 0 || !self.descriptor(s, d[0], d[1], dw) {

@@ -7,8 +7,11 @@
 //!   before the unmap returns; the same through the SMMUv3 driver and its
 //!   emulated command queue;
 //! - the DMA layer's hot path (`map_single`+`unmap_single`, strict) on both;
+//! - the same in scalable mode on first-stage tables (PASID-based
+//!   invalidation);
 //! - the emulated unit's translation of one access on an IOTLB hit and on a
-//!   miss (context cached, a four-level walk through guest memory).
+//!   miss (context cached, a four-level walk through guest memory), on
+//!   second-level and on first-stage tables.
 #![allow(missing_docs)] // criterion_group! generates undocumented items
 
 use criterion::{criterion_group, criterion_main, Criterion};
@@ -104,6 +107,13 @@ fn side_by_side(c: &mut Criterion) {
     map_unmap(c, "core+vtd", &domain);
     dma_hot_path(c, "core+vtd", &iommu, &dev);
 
+    // Scalable mode, first-stage tables: PASID-based invalidation.
+    let plat = platform(Features::scalable());
+    let (iommu, _bus, dev) = setup(Arc::new(plat.driver.clone()));
+    let domain = default_domain(&dev);
+    map_unmap(c, "core+vtd-sm", &domain);
+    dma_hot_path(c, "core+vtd-sm", &iommu, &dev);
+
     let plat = iommu_smmuv3::emu::EmuPlatform::default_platform().unwrap();
     let (iommu, _bus, dev) = setup(Arc::new(plat.driver.clone()));
     map_unmap(c, "core+smmuv3", &default_domain(&dev));
@@ -111,48 +121,59 @@ fn side_by_side(c: &mut Criterion) {
 }
 
 fn translate(c: &mut Criterion) {
-    // An IOTLB of one entry, so alternating between two pages always misses.
-    let plat = platform(Features {
-        iotlb_entries: 1,
-        ..Features::default()
-    });
-    let (_iommu, _bus, dev) = setup(Arc::new(plat.driver.clone()));
-    let domain = default_domain(&dev);
-    domain
-        .map(
-            Iova::new(0x10_0000),
-            PhysAddr::new(0x80_0000),
-            0x2000,
-            Prot::RW,
-        )
-        .unwrap();
-    let hw = &plat.hw;
-    // What is measured: a hit, then a walk for each of two pages in turn.
-    hw.translate(SID, 0x10_0000, Access::Read).unwrap();
-    let s0 = hw.stats();
-    hw.translate(SID, 0x10_0040, Access::Read).unwrap();
-    hw.translate(SID, 0x10_1040, Access::Read).unwrap();
-    hw.translate(SID, 0x10_0040, Access::Read).unwrap();
-    let s1 = hw.stats();
-    assert_eq!((s1.iotlb_hits - s0.iotlb_hits, s1.walks - s0.walks), (1, 2));
-    c.bench_function("vtd-emu/translate (IOTLB hit)", |b| {
-        b.iter(|| {
-            black_box(
-                hw.translate(SID, black_box(0x10_0040), Access::Read)
-                    .unwrap(),
+    // An IOTLB of one entry, so alternating between two pages always
+    // misses: legacy second-level tables, then scalable mode's first
+    // stage (a PASID entry, an x86-64 walk that checks U/S and R/W at
+    // every level).
+    for (name, features) in [
+        ("vtd-emu", Features::default()),
+        ("vtd-emu first stage", Features::scalable()),
+    ] {
+        let plat = platform(Features {
+            iotlb_entries: 1,
+            ..features
+        });
+        let (_iommu, _bus, dev) = setup(Arc::new(plat.driver.clone()));
+        let domain = default_domain(&dev);
+        domain
+            .map(
+                Iova::new(0x10_0000),
+                PhysAddr::new(0x80_0000),
+                0x2000,
+                Prot::RW,
             )
-        })
-    });
-    let mut flip = 0u64;
-    c.bench_function("vtd-emu/translate (IOTLB miss: 4-level walk)", |b| {
-        b.iter(|| {
-            flip ^= 0x1000;
-            black_box(
-                hw.translate(SID, black_box(0x10_0040 + flip), Access::Read)
-                    .unwrap(),
-            )
-        })
-    });
+            .unwrap();
+        let hw = &plat.hw;
+        // What is measured: a hit, then a walk for each of two pages in turn.
+        hw.translate(SID, 0x10_0000, Access::Read).unwrap();
+        let s0 = hw.stats();
+        hw.translate(SID, 0x10_0040, Access::Read).unwrap();
+        hw.translate(SID, 0x10_1040, Access::Read).unwrap();
+        hw.translate(SID, 0x10_0040, Access::Read).unwrap();
+        let s1 = hw.stats();
+        assert_eq!((s1.iotlb_hits - s0.iotlb_hits, s1.walks - s0.walks), (1, 2));
+        c.bench_function(&format!("{name}/translate (IOTLB hit)"), |b| {
+            b.iter(|| {
+                black_box(
+                    hw.translate(SID, black_box(0x10_0040), Access::Read)
+                        .unwrap(),
+                )
+            })
+        });
+        let mut flip = 0u64;
+        c.bench_function(
+            &format!("{name}/translate (IOTLB miss: 4-level walk)"),
+            |b| {
+                b.iter(|| {
+                    flip ^= 0x1000;
+                    black_box(
+                        hw.translate(SID, black_box(0x10_0040 + flip), Access::Read)
+                            .unwrap(),
+                    )
+                })
+            },
+        );
+    }
 }
 
 criterion_group!(benches, side_by_side, translate);

@@ -751,13 +751,11 @@ impl<R: Mmio, M: TableMemory> Inner<R, M> {
             .map(|&i| self.descriptor(i))
             .chain(core::iter::once(wait))
         {
+            // The upper half of a 256-bit slot stays as the ring was
+            // allocated, zero: no descriptor this driver writes uses it.
             let slot = at as usize * words;
             q.ring.write(slot, d[0]);
             q.ring.write(slot + 1, d[1]);
-            if words == 4 {
-                q.ring.write(slot + 2, 0);
-                q.ring.write(slot + 3, 0);
-            }
             at = (at + 1) % entries;
         }
         q.tail = at;
