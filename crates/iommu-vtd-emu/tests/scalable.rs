@@ -220,6 +220,43 @@ fn large_first_stage_pages_need_their_capability_and_an_aligned_address() {
 }
 
 #[test]
+fn a_5_level_first_stage_needs_fl5lp_and_walks_57_bits() {
+    // 9.6 FSPM = 01b: 5-level paging, only with CAP.FL5LP; the input is
+    // then canonical at bit 56.
+    let pml5 = 0x3_4000;
+    let pe = [1 | 1 << 6, u64::from(DID), pml5 | 1 << 2];
+    let mut f = Features::scalable();
+    f.fs_5level = false;
+    let v = unit(f);
+    scalable(&v, SID, pe, FS_RW, FS_RW);
+    assert_eq!(
+        fault_of(v.translate(SID, 0, Access::Read)),
+        Some(reason::PASID_INVALID)
+    );
+    let v = unit(Features::scalable());
+    scalable(&v, SID, pe, FS_RW, FS_RW);
+    // PML5 entry 1 (bit 48 set) leads to the 4-level table of the others.
+    w64(&v, pml5 + 8, PT[0] | FS_RW);
+    assert_eq!(
+        v.translate(SID, (1 << 48) + 0x42, Access::Write)
+            .unwrap()
+            .pa,
+        PAGE + 0x42
+    );
+    assert_eq!(
+        fault_of(v.translate(SID, 0x42, Access::Read)),
+        Some(reason::FS_NOT_PRESENT),
+        "PML5 entry 0 is empty"
+    );
+    assert_eq!(
+        fault_of(v.translate(SID, 1 << 57, Access::Read)),
+        Some(reason::FS_NON_CANONICAL)
+    );
+    // Bit 48 set is canonical with 5 levels (it is not with 4).
+    assert_eq!(Features::scalable().cap() >> 60 & 1, 1);
+}
+
+#[test]
 fn a_second_stage_pasid_entry_uses_second_stage_tables() {
     // 9.6 PGTT = 010b with AW, 9.8: faults keep the second stage's
     // reasons (as QEMU reports them).
