@@ -215,8 +215,8 @@ impl<R: Mmio, M: TableMemory> Drop for VtdDomain<R, M> {
     fn drop(&mut self) {
         // Nothing points at the domain any more: empty the IOTLB of its id
         // before the id (and the table pages) can be reused. If that
-        // fails, the id is never handed out again and the tables stay
-        // allocated: the hardware may still hold translations into them.
+        // fails, the id and the tables wait in the driver until the unit
+        // answers again: it may still hold translations into them.
         let Some(inner) = self.hw.upgrade() else {
             return;
         };
@@ -227,7 +227,7 @@ impl<R: Mmio, M: TableMemory> Drop for VtdDomain<R, M> {
             inner.dids.lock().free(did);
         } else {
             let kind = core::mem::replace(&mut self.kind, DomainKind::Blocked);
-            core::mem::forget(kind);
+            inner.retire(did, kind);
         }
     }
 }

@@ -241,6 +241,19 @@ struct Queue<M: TableMemory> {
     head: u32,
 }
 
+/// What a context (or PASID) entry change leaves when the hardware does
+/// not complete its invalidation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Failure {
+    /// The old entry goes back: the change did not happen (an attach, which
+    /// the core reports as failed, leaving the group where it was).
+    Undo,
+    /// The new entry stays: the change cannot be refused (a detach), and
+    /// the hardware drops its cached copy when it runs the queued
+    /// invalidation.
+    Keep,
+}
+
 /// What the driver wrote for the hardware to find a device's translation.
 struct Tables<M: TableMemory> {
     /// Context tables: per bus (legacy), or per bus and half (scalable
@@ -251,6 +264,12 @@ struct Tables<M: TableMemory> {
     pasids: BTreeMap<u16, [DmaRegion<M>; 2]>,
     /// What each requester id reaches now.
     targets: BTreeMap<u16, Target>,
+    /// Requester ids whose entry was cleared but whose invalidation did
+    /// not complete (a detach cannot be refused): the unit may still hold
+    /// the old entry, tagged with this domain id (and, in scalable mode,
+    /// first-stage or not). The next change of the entry completes that
+    /// invalidation first, or fails.
+    owed: BTreeMap<u16, (u16, bool)>,
 }
 
 /// A requester id in use: the domain and the devices using it.
@@ -276,6 +295,8 @@ pub(crate) struct Inner<R: Mmio, M: TableMemory> {
     seq: AtomicU32,
     pub(crate) dids: Mutex<Ids>,
     sources: Mutex<BTreeMap<u16, SourceEntry>>,
+    /// Domains waiting for their final IOTLB invalidation.
+    retired: Mutex<Vec<(u16, DomainKind<M>)>>,
     by_stream: StreamIdGroups,
     stats: Stats,
     /// Says once that invalidations stopped completing, and once that
@@ -395,12 +416,14 @@ impl<R: Mmio, M: TableMemory> Vtd<R, M> {
                     contexts: BTreeMap::new(),
                     pasids: BTreeMap::new(),
                     targets: BTreeMap::new(),
+                    owed: BTreeMap::new(),
                 }),
                 queue,
                 status,
                 seq: AtomicU32::new(0),
                 dids: Mutex::new(Ids::new(caps.domain_bits)),
                 sources: Mutex::new(BTreeMap::new()),
+                retired: Mutex::new(Vec::new()),
                 by_stream: StreamIdGroups::new(),
                 stats: Stats::default(),
                 wedge: WedgeReport::default(),
@@ -461,6 +484,12 @@ impl<R: Mmio, M: TableMemory> Vtd<R, M> {
     /// Whether invalidations go through the queue.
     pub fn queued(&self) -> bool {
         self.inner.queue.is_some()
+    }
+
+    /// Domains that went while the unit did not complete their final
+    /// invalidation, whose ids and tables wait for the unit to answer.
+    pub fn retired_domains(&self) -> usize {
+        self.inner.retired()
     }
 
     /// A snapshot of the counters.
@@ -557,13 +586,13 @@ impl<R: Mmio, M: TableMemory> Vtd<R, M> {
             sids.iter().map(|sid| t.targets.get(sid).copied()).collect()
         };
         for (i, &sid) in sids.iter().enumerate() {
-            if let Err(e) = self.inner.set_context(sid, entry) {
+            if let Err(e) = self.inner.set_context(sid, entry, Failure::Undo) {
                 // The ones done already go back to what they were; if the
                 // hardware refuses that too, they are left with no entry
                 // (their DMA faults: closed, never open).
                 for (&done, old) in sids[..i].iter().zip(&before) {
-                    if self.inner.set_context(done, *old).is_err() {
-                        let _ = self.inner.set_context(done, None);
+                    if self.inner.set_context(done, *old, Failure::Undo).is_err() {
+                        let _ = self.inner.set_context(done, None, Failure::Keep);
                     }
                 }
                 return Err(e);
@@ -604,8 +633,12 @@ impl<R: Mmio, M: TableMemory> Vtd<R, M> {
                 }
             }
         }
+        // A detach cannot fail: an entry whose invalidation does not
+        // complete stays cleared in memory (restoring it would keep the
+        // device on the old domain for good); the unit drops its cached
+        // copy when it runs the queued invalidation.
         for sid in last {
-            let _ = self.inner.set_context(sid, None);
+            let _ = self.inner.set_context(sid, None, Failure::Keep);
         }
     }
 }
@@ -687,6 +720,7 @@ impl<R: Mmio, M: TableMemory> Inner<R, M> {
             Ok(()) => {
                 self.stats.waits.fetch_add(1, Ordering::Relaxed);
                 self.wedge.completed("intel-iommu");
+                self.reap_retired();
             }
             Err(e) => {
                 if e == Errno::ETIMEDOUT {
@@ -696,6 +730,42 @@ impl<R: Mmio, M: TableMemory> Inner<R, M> {
             }
         }
         r
+    }
+
+    /// Domains that went while the unit did not complete their final
+    /// IOTLB invalidation wait here with their id and tables (the unit may
+    /// still hold translations into them); once it answers again, each is
+    /// invalidated and freed.
+    pub(crate) fn retire(&self, did: u16, kind: DomainKind<M>) {
+        self.retired.lock().push((did, kind));
+    }
+
+    fn reap_retired(&self) {
+        // Taken out first: the invalidations below must not reap again.
+        let waiting = core::mem::take(&mut *self.retired.lock());
+        if waiting.is_empty() {
+            return;
+        }
+        let mut still = Vec::new();
+        for (did, kind) in waiting {
+            let invs = [Invalidation::IotlbDomain(did)];
+            let r = match &self.queue {
+                Some(q) => self.invalidate_queued(&mut q.lock(), &invs),
+                None => self.invalidate_register(invs[0]),
+            };
+            if r.is_ok() {
+                drop(kind);
+                self.dids.lock().free(did);
+            } else {
+                still.push((did, kind));
+            }
+        }
+        self.retired.lock().extend(still);
+    }
+
+    /// Domains waiting for their final invalidation (see `retire`).
+    pub(crate) fn retired(&self) -> usize {
+        self.retired.lock().len()
     }
 
     fn descriptor(&self, inv: Invalidation) -> Entry128 {
@@ -923,11 +993,11 @@ impl<R: Mmio, M: TableMemory> Inner<R, M> {
     /// entry) if `create`.
     fn context_table<'a>(
         &self,
-        t: &'a mut Tables<M>,
+        contexts: &'a mut BTreeMap<(u8, bool), DmaRegion<M>>,
         key: (u8, bool),
         create: bool,
     ) -> Result<Option<&'a DmaRegion<M>>, Errno> {
-        if !t.contexts.contains_key(&key) {
+        if !contexts.contains_key(&key) {
             if !create {
                 return Ok(None);
             }
@@ -940,7 +1010,7 @@ impl<R: Mmio, M: TableMemory> Inner<R, M> {
                     if upper == key.1 {
                         Some(table.pa().raw())
                     } else {
-                        t.contexts.get(&(bus, upper)).map(|c| c.pa().raw())
+                        contexts.get(&(bus, upper)).map(|c| c.pa().raw())
                     }
                 };
                 let e = |p: Option<u64>| p.map_or(0, |a| a | 1);
@@ -950,22 +1020,23 @@ impl<R: Mmio, M: TableMemory> Inner<R, M> {
             };
             self.root.write(usize::from(bus) * 2 + 1, r[1]);
             self.root.write(usize::from(bus) * 2, r[0]);
-            t.contexts.insert(key, table);
+            contexts.insert(key, table);
         }
-        Ok(t.contexts.get(&key))
+        Ok(contexts.get(&key))
     }
 
     /// Points requester id `sid` at `new` (`None`: nothing, so its DMA
     /// faults): a legacy context entry, or in scalable mode the PASID
-    /// entry of its RID_PASID.
-    fn set_context(&self, sid: u16, new: Option<Target>) -> Result<(), Errno> {
+    /// entry of its RID_PASID. What a failed invalidation leaves in memory
+    /// is `on_failure`'s.
+    fn set_context(&self, sid: u16, new: Option<Target>, on_failure: Failure) -> Result<(), Errno> {
         let mut t = self.tables.lock();
         let r = if self.mode.scalable() {
-            self.set_pasid_entry(&mut t, sid, new)
+            self.set_pasid_entry(&mut t, sid, new, on_failure)
         } else {
-            self.set_legacy_context(&mut t, sid, new)
+            self.set_legacy_context(&mut t, sid, new, on_failure)
         };
-        if r.is_ok() {
+        if r.is_ok() || on_failure == Failure::Keep {
             match new {
                 Some(n) => t.targets.insert(sid, n),
                 None => t.targets.remove(&sid),
@@ -983,6 +1054,7 @@ impl<R: Mmio, M: TableMemory> Inner<R, M> {
         t: &mut Tables<M>,
         sid: u16,
         new: Option<Target>,
+        on_failure: Failure,
     ) -> Result<(), Errno> {
         let new = match new {
             None => None,
@@ -1001,16 +1073,25 @@ impl<R: Mmio, M: TableMemory> Inner<R, M> {
             Some(Target::FirstStage { .. }) => return Err(Errno::EINVAL),
         };
         let (key, i) = self.context_slot(sid);
-        let Some(ctx) = self.context_table(t, key, new.is_some())? else {
+        let owed = t.owed.get(&sid).copied();
+        let Some(ctx) =
+            self.context_table(&mut t.contexts, key, new.is_some() || owed.is_some())?
+        else {
             return Ok(());
         };
         let old = [ctx.read(i), ctx.read(i + 1)];
-        if Some(old) == new {
+        if Some(old) == new && owed.is_none() {
             return Ok(());
         }
         self.stats.context_writes.fetch_add(1, Ordering::Relaxed);
-        if entry::present(old) {
-            let did = entry::context_did(old);
+        // The entry the unit may hold: the one in memory, or one cleared
+        // before whose invalidation is owed.
+        let held = if entry::present(old) {
+            Some(entry::context_did(old))
+        } else {
+            owed.map(|(did, _)| did)
+        };
+        if let Some(did) = held {
             ctx.write(i, 0);
             ctx.write(i + 1, 0);
             if let Err(e) = self.invalidate(&[
@@ -1019,11 +1100,21 @@ impl<R: Mmio, M: TableMemory> Inner<R, M> {
             ]) {
                 // The hardware may still use the old entry from its caches:
                 // put it back in memory too, so what it reads and what it
-                // caches agree, and say the change did not happen.
-                ctx.write(i + 1, old[1]);
-                ctx.write(i, old[0]);
+                // caches agree, and say the change did not happen; or
+                // (a change that cannot be refused) keep it cleared and
+                // owe the invalidation.
+                match on_failure {
+                    Failure::Undo => {
+                        ctx.write(i + 1, old[1]);
+                        ctx.write(i, old[0]);
+                    }
+                    Failure::Keep => {
+                        t.owed.insert(sid, (did, false));
+                    }
+                }
                 return Err(e);
             }
+            t.owed.remove(&sid);
         }
         let Some(new) = new else {
             return Ok(());
@@ -1058,6 +1149,7 @@ impl<R: Mmio, M: TableMemory> Inner<R, M> {
         t: &mut Tables<M>,
         sid: u16,
         new: Option<Target>,
+        on_failure: Failure,
     ) -> Result<(), Errno> {
         if !t.pasids.contains_key(&sid) {
             if new.is_none() {
@@ -1071,7 +1163,7 @@ impl<R: Mmio, M: TableMemory> Inner<R, M> {
             );
             let (key, i) = self.context_slot(sid);
             let ctx = self
-                .context_table(t, key, true)?
+                .context_table(&mut t.contexts, key, true)?
                 .expect("made when missing");
             let c = entry::sm_context_entry(dir.pa().raw(), RID_PASID);
             ctx.write(i + 1, c[1]);
@@ -1088,36 +1180,49 @@ impl<R: Mmio, M: TableMemory> Inner<R, M> {
         let slot = (RID_PASID & 0x3f) as usize * 8;
         let old: PasidEntry = [table.read(slot), table.read(slot + 1), table.read(slot + 2)];
         let new = new.map(entry::pasid_entry);
-        if Some(old) == new {
+        let owed = t.owed.get(&sid).copied();
+        if Some(old) == new && owed.is_none() {
             return Ok(());
         }
-        let flush = |e: PasidEntry| {
-            let did = entry::pasid_did(e);
+        let flush = |did: u16, first_stage: bool| {
             [
                 Invalidation::PasidCache {
                     did,
                     pasid: RID_PASID,
                 },
-                self.iotlb_all(did, entry::pasid_first_stage(e)),
+                self.iotlb_all(did, first_stage),
             ]
         };
-        if entry::present([old[0], old[1]]) {
+        // The entry the unit may hold: the one in memory, or one cleared
+        // before whose invalidation is owed.
+        let held = if entry::present([old[0], old[1]]) {
+            Some((entry::pasid_did(old), entry::pasid_first_stage(old)))
+        } else {
+            owed
+        };
+        if let Some((did, first_stage)) = held {
             table.write(slot, 0);
             table.write(slot + 1, 0);
             table.write(slot + 2, 0);
-            let [pc, iotlb] = flush(old);
-            let cc = Invalidation::ContextDevice {
-                did: entry::pasid_did(old),
-                sid,
-            };
+            let [pc, iotlb] = flush(did, first_stage);
+            let cc = Invalidation::ContextDevice { did, sid };
             if let Err(e) = self.invalidate(&[pc, iotlb, cc]) {
                 // As for a legacy entry: what the hardware may still hold
-                // goes back into memory, and the change did not happen.
-                table.write(slot + 2, old[2]);
-                table.write(slot + 1, old[1]);
-                table.write(slot, old[0]);
+                // goes back into memory and the change did not happen, or
+                // the entry stays cleared and the invalidation is owed.
+                match on_failure {
+                    Failure::Undo => {
+                        table.write(slot + 2, old[2]);
+                        table.write(slot + 1, old[1]);
+                        table.write(slot, old[0]);
+                    }
+                    Failure::Keep => {
+                        t.owed.insert(sid, (did, first_stage));
+                    }
+                }
                 return Err(e);
             }
+            t.owed.remove(&sid);
         }
         let Some(new) = new else {
             return Ok(());
@@ -1126,7 +1231,7 @@ impl<R: Mmio, M: TableMemory> Inner<R, M> {
         table.write(slot + 1, new[1]);
         table.write(slot, new[0]);
         if self.caps.caching_mode {
-            self.invalidate(&flush(new))
+            self.invalidate(&flush(entry::pasid_did(new), entry::pasid_first_stage(new)))
         } else {
             self.flush_write_buffer()
         }

@@ -388,3 +388,118 @@ fn an_attach_the_hardware_does_not_complete_leaves_the_old_entries() {
     assert_eq!(group.domain().map(|d| d.id()), Some(domain.id()));
     plat.hw.dma_write(0x19, 0x1000, &[5; 4]).unwrap();
 }
+
+#[test]
+fn a_detach_the_unit_does_not_complete_stays_cleared_and_the_next_attach_completes_it_first() {
+    // Found by the core's isolation oracle: a detach cannot be refused, so
+    // its entry stays cleared in memory while the unit (its invalidation
+    // held back) may still use the old one; the requester id's next
+    // attach must complete that invalidation before it may succeed, or the
+    // new device's DMA would reach the old domain.
+    for features in [Features::default(), Features::scalable()] {
+        let plat = EmuPlatform::new(
+            EmuLayout::default(),
+            features,
+            VtdConfig {
+                host_address_width: 48,
+                poll_limit: 1000,
+                ..VtdConfig::default()
+            },
+        )
+        .unwrap();
+        let iommu = Iommu::default();
+        let bus = Bus::new(&iommu, "pci").unwrap();
+        iommu
+            .bus_set_iommu(&bus, Arc::new(plat.driver.clone()))
+            .unwrap();
+        let old = bus
+            .add_device(DeviceBuilder::new("old").stream_ids([u32::from(SID)]))
+            .unwrap();
+        old.iommu_group()
+            .unwrap()
+            .default_domain()
+            .unwrap()
+            .map(
+                Iova::new(0x1000),
+                PhysAddr::new(0x900_0000),
+                0x1000,
+                Prot::RW,
+            )
+            .unwrap();
+        plat.hw.dma_write(SID, 0x1000, &[1; 4]).unwrap();
+        plat.hw.pause_invalidations(true);
+        bus.remove_device(&old).unwrap();
+        drop(old);
+        // The unit still holds the old entry; a new device on the same
+        // requester id cannot be attached until that is invalidated.
+        let new = bus.add_device(DeviceBuilder::new("new").stream_ids([u32::from(SID)]));
+        let attached = new
+            .as_ref()
+            .ok()
+            .and_then(|d| d.iommu_group())
+            .and_then(|g| g.domain())
+            .is_some();
+        assert!(!attached, "attached while the unit holds the old entry");
+        if let Ok(d) = new {
+            bus.remove_device(&d).unwrap();
+        }
+        plat.hw.pause_invalidations(false);
+        // Back, the unit ran the queued invalidation: the removed device's
+        // requester id reaches nothing.
+        assert!(
+            plat.hw.dma_write(SID, 0x1000, &[2; 4]).is_err(),
+            "the old entry outlived its device"
+        );
+        let new = bus
+            .add_device(DeviceBuilder::new("new").stream_ids([u32::from(SID)]))
+            .unwrap();
+        let domain = new.iommu_group().unwrap().default_domain().unwrap();
+        assert!(
+            plat.hw.dma_write(SID, 0x1000, &[2; 4]).is_err(),
+            "the old domain's page is gone"
+        );
+        domain
+            .map(
+                Iova::new(0x2000),
+                PhysAddr::new(0x900_1000),
+                0x1000,
+                Prot::RW,
+            )
+            .unwrap();
+        plat.hw.dma_write(SID, 0x2000, &[3; 4]).unwrap();
+    }
+}
+
+#[test]
+fn a_domain_freed_while_the_unit_is_wedged_waits_for_its_invalidation() {
+    // Its id and tables must not be reused while the unit may still hold
+    // translations into them; once the unit answers, they are freed (the
+    // fuzzer's leak checker found them forgotten for good before).
+    let plat = EmuPlatform::new(
+        EmuLayout::default(),
+        Features::default(),
+        VtdConfig {
+            host_address_width: 48,
+            poll_limit: 1000,
+            ..VtdConfig::default()
+        },
+    )
+    .unwrap();
+    let iommu = Iommu::default();
+    let bus = Bus::new(&iommu, "pci").unwrap();
+    iommu
+        .bus_set_iommu(&bus, Arc::new(plat.driver.clone()))
+        .unwrap();
+    let d = iommu.domain_alloc(&bus, DomainType::Unmanaged).unwrap();
+    d.map(Iova::new(0), PhysAddr::new(0x900_0000), 0x1000, Prot::RW)
+        .unwrap();
+    plat.hw.pause_invalidations(true);
+    drop(d);
+    assert_eq!(plat.driver.retired_domains(), 1);
+    plat.hw.pause_invalidations(false);
+    // The next completed invalidation reaps it.
+    plat.driver
+        .invalidate(&[iommu_vtd::Invalidation::IotlbGlobal])
+        .unwrap();
+    assert_eq!(plat.driver.retired_domains(), 0);
+}
