@@ -1,4 +1,6 @@
-//! The hardware a shared test suite runs on (feature `test-utils`).
+//! The hardware a shared test suite runs on (feature `test-utils`), and
+//! the VT-d pair under the core's isolation oracle ([`VtdHardware`],
+//! [`run_vtd`]).
 
 use crate::{DmaHardware, SW_MSI};
 use iommu_core::GroupKeys;
@@ -87,4 +89,69 @@ pub fn hardware_from_env(
         Ok("vtd-sm") => vtd(pci, table_budget, true),
         Ok(other) => panic!("IOMMU_TEST_DRIVER={other}: soft, smmuv3, vtd or vtd-sm"),
     }
+}
+
+/// The VT-d pair as the core's isolation oracle (`iommu_soft::testing`)
+/// sees it: the driver on an emulated unit in 16 MiB of memory, legacy or
+/// scalable (first-stage tables). The unit reads only what the driver
+/// wrote, so a missing context-cache, PASID-cache or IOTLB invalidation,
+/// a wrong entry or a table the unit cannot walk shows up as a
+/// disagreement.
+pub struct VtdHardware(pub iommu_vtd::emu::EmuPlatform);
+
+impl VtdHardware {
+    /// A small platform; a short poll limit makes a wedged unit time out
+    /// quickly (the emulator answers at once otherwise).
+    pub fn small(scalable: bool) -> Self {
+        let features = if scalable {
+            iommu_vtd_emu::Features::scalable()
+        } else {
+            iommu_vtd_emu::Features::default()
+        };
+        let layout = EmuLayout {
+            memory: 16 << 20,
+            tables: 0x10_0000,
+            tables_size: 15 << 20,
+        };
+        let cfg = VtdConfig {
+            host_address_width: 48,
+            poll_limit: 256,
+            ..VtdConfig::default()
+        };
+        VtdHardware(
+            iommu_vtd::emu::EmuPlatform::new(layout, features, cfg)
+                .expect("a platform the driver probes"),
+        )
+    }
+}
+
+impl iommu_soft::testing::Hardware for VtdHardware {
+    fn ops(&self) -> Arc<dyn iommu_core::IommuOps> {
+        Arc::new(self.0.driver.clone())
+    }
+
+    fn translate(&self, sid: u32, iova: iommu_core::Iova) -> Option<iommu_core::PhysAddr> {
+        let sid = u16::try_from(sid).ok()?;
+        self.0
+            .hw
+            .translate(sid, iova.raw(), iommu_vtd_emu::Access::Read)
+            .ok()
+            .map(|s| iommu_core::PhysAddr::new(s.pa))
+    }
+
+    /// The unit stops completing invalidations; coming back, it runs what
+    /// was queued.
+    fn set_wedged(&self, wedged: bool) {
+        self.0.hw.pause_invalidations(wedged);
+    }
+}
+
+/// Replays `data` (decoded as the core oracle's input) on the VT-d driver
+/// and the emulated unit (`scalable`: in scalable mode), panicking at the
+/// first translation that disagrees with what the groups' domains map.
+pub fn run_vtd(data: &[u8], scalable: bool) {
+    iommu_soft::testing::run_hardware(
+        &iommu_soft::testing::Input::decode(data),
+        Box::new(VtdHardware::small(scalable)),
+    );
 }
