@@ -8,7 +8,7 @@ use crate::regs::{ccmd, fsts, gcmd, iotlb, reg, VtdCaps};
 use alloc::collections::BTreeMap;
 use alloc::sync::{Arc, Weak};
 use alloc::vec::Vec;
-use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use iommu_core::sync::Mutex;
 use iommu_core::{
     Capability, Device, Domain, DomainOps, DomainType, Errno, FaultAccess, Group, GroupKeys, Iommu,
@@ -297,6 +297,9 @@ pub(crate) struct Inner<R: Mmio, M: TableMemory> {
     sources: Mutex<BTreeMap<u16, SourceEntry>>,
     /// Domains waiting for their final IOTLB invalidation.
     retired: Mutex<Vec<(u16, DomainKind<M>)>>,
+    /// Whether `retired` holds any: read on every completed invalidation,
+    /// so the common case takes no lock.
+    retired_waiting: AtomicBool,
     by_stream: StreamIdGroups,
     stats: Stats,
     /// Says once that invalidations stopped completing, and once that
@@ -424,6 +427,7 @@ impl<R: Mmio, M: TableMemory> Vtd<R, M> {
                 dids: Mutex::new(Ids::new(caps.domain_bits)),
                 sources: Mutex::new(BTreeMap::new()),
                 retired: Mutex::new(Vec::new()),
+                retired_waiting: AtomicBool::new(false),
                 by_stream: StreamIdGroups::new(),
                 stats: Stats::default(),
                 wedge: WedgeReport::default(),
@@ -705,7 +709,18 @@ impl<R: Mmio, M: TableMemory> Inner<R, M> {
         })
     }
 
+    /// Performs `invs` and waits for them; once the unit answers, the
+    /// domains retired while it did not are reaped too.
     pub(crate) fn invalidate(&self, invs: &[Invalidation]) -> Result<(), Errno> {
+        let r = self.submit(invs);
+        if r.is_ok() && self.retired_waiting.load(Ordering::Acquire) {
+            self.reap_retired();
+        }
+        r
+    }
+
+    /// Queues `invs` (or runs them through the registers) and waits.
+    fn submit(&self, invs: &[Invalidation]) -> Result<(), Errno> {
         if invs.is_empty() {
             return Ok(());
         }
@@ -720,7 +735,6 @@ impl<R: Mmio, M: TableMemory> Inner<R, M> {
             Ok(()) => {
                 self.stats.waits.fetch_add(1, Ordering::Relaxed);
                 self.wedge.completed("intel-iommu");
-                self.reap_retired();
             }
             Err(e) => {
                 if e == Errno::ETIMEDOUT {
@@ -737,30 +751,28 @@ impl<R: Mmio, M: TableMemory> Inner<R, M> {
     /// still hold translations into them); once it answers again, each is
     /// invalidated and freed.
     pub(crate) fn retire(&self, did: u16, kind: DomainKind<M>) {
-        self.retired.lock().push((did, kind));
+        let mut retired = self.retired.lock();
+        retired.push((did, kind));
+        self.retired_waiting.store(true, Ordering::Release);
     }
 
     fn reap_retired(&self) {
         // Taken out first: the invalidations below must not reap again.
         let waiting = core::mem::take(&mut *self.retired.lock());
-        if waiting.is_empty() {
-            return;
-        }
         let mut still = Vec::new();
         for (did, kind) in waiting {
-            let invs = [Invalidation::IotlbDomain(did)];
-            let r = match &self.queue {
-                Some(q) => self.invalidate_queued(&mut q.lock(), &invs),
-                None => self.invalidate_register(invs[0]),
-            };
-            if r.is_ok() {
+            if self.submit(&[Invalidation::IotlbDomain(did)]).is_ok() {
                 drop(kind);
                 self.dids.lock().free(did);
             } else {
                 still.push((did, kind));
             }
         }
-        self.retired.lock().extend(still);
+        // Under the lock, so a domain retired meanwhile keeps the flag set.
+        let mut retired = self.retired.lock();
+        retired.extend(still);
+        self.retired_waiting
+            .store(!retired.is_empty(), Ordering::Release);
     }
 
     /// Domains waiting for their final invalidation (see `retire`).
@@ -1091,41 +1103,78 @@ impl<R: Mmio, M: TableMemory> Inner<R, M> {
         } else {
             owed.map(|(did, _)| did)
         };
-        if let Some(did) = held {
-            ctx.write(i, 0);
-            ctx.write(i + 1, 0);
-            if let Err(e) = self.invalidate(&[
-                Invalidation::ContextDevice { did, sid },
-                Invalidation::IotlbDomain(did),
-            ]) {
-                // The hardware may still use the old entry from its caches:
-                // put it back in memory too, so what it reads and what it
-                // caches agree, and say the change did not happen; or
-                // (a change that cannot be refused) keep it cleared and
-                // owe the invalidation.
+        self.replace_entry(
+            (ctx, i),
+            old,
+            new.map(|n| {
+                let did = entry::context_did(n);
+                let flush = [
+                    Invalidation::ContextDevice { did: 0, sid },
+                    Invalidation::IotlbDomain(did),
+                ];
+                (n, flush)
+            }),
+            held.map(|did| {
+                let flush = [
+                    Invalidation::ContextDevice { did, sid },
+                    Invalidation::IotlbDomain(did),
+                ];
+                ((did, false), flush)
+            }),
+            (&mut t.owed, sid),
+            on_failure,
+        )
+    }
+
+    /// Replaces the entry of `N` double words at `entry` (a region and the
+    /// entry's first double word, which holds the present bit), which holds
+    /// `old`, with `new`; the one protocol of context and PASID entries.
+    /// When the unit may hold an entry (`held`: its tag for `owed`, and
+    /// what invalidates it), it is cleared first, present bit first, and
+    /// invalidated; if that does not complete, `on_failure` says what stays
+    /// in memory: the old entry (the change did not happen) or the cleared
+    /// one, with the invalidation recorded as owed by the requester id.
+    /// The new entry is written present bit last and, in caching mode,
+    /// invalidated with its own list (the unit may cache not-present
+    /// entries); otherwise the write buffer is flushed.
+    fn replace_entry<const N: usize, const K: usize, const L: usize>(
+        &self,
+        entry: (&DmaRegion<M>, usize),
+        old: [u64; N],
+        new: Option<([u64; N], [Invalidation; L])>,
+        held: Option<((u16, bool), [Invalidation; K])>,
+        owed: (&mut BTreeMap<u16, (u16, bool)>, u16),
+        on_failure: Failure,
+    ) -> Result<(), Errno> {
+        let (region, at) = entry;
+        let (owed, sid) = owed;
+        if let Some((tag, flush)) = held {
+            for k in 0..N {
+                region.write(at + k, 0);
+            }
+            if let Err(e) = self.invalidate(&flush) {
                 match on_failure {
                     Failure::Undo => {
-                        ctx.write(i + 1, old[1]);
-                        ctx.write(i, old[0]);
+                        for k in (0..N).rev() {
+                            region.write(at + k, old[k]);
+                        }
                     }
                     Failure::Keep => {
-                        t.owed.insert(sid, (did, false));
+                        owed.insert(sid, tag);
                     }
                 }
                 return Err(e);
             }
-            t.owed.remove(&sid);
+            owed.remove(&sid);
         }
-        let Some(new) = new else {
+        let Some((new, flush)) = new else {
             return Ok(());
         };
-        ctx.write(i + 1, new[1]);
-        ctx.write(i, new[0]);
+        for k in (0..N).rev() {
+            region.write(at + k, new[k]);
+        }
         if self.caps.caching_mode {
-            self.invalidate(&[
-                Invalidation::ContextDevice { did: 0, sid },
-                Invalidation::IotlbDomain(entry::context_did(new)),
-            ])
+            self.invalidate(&flush)
         } else {
             self.flush_write_buffer()
         }
@@ -1194,47 +1243,25 @@ impl<R: Mmio, M: TableMemory> Inner<R, M> {
             ]
         };
         // The entry the unit may hold: the one in memory, or one cleared
-        // before whose invalidation is owed.
+        // before whose invalidation is owed. Its teardown also invalidates
+        // the device's context-cache entry (see above).
         let held = if entry::present([old[0], old[1]]) {
             Some((entry::pasid_did(old), entry::pasid_first_stage(old)))
         } else {
             owed
         };
-        if let Some((did, first_stage)) = held {
-            table.write(slot, 0);
-            table.write(slot + 1, 0);
-            table.write(slot + 2, 0);
-            let [pc, iotlb] = flush(did, first_stage);
-            let cc = Invalidation::ContextDevice { did, sid };
-            if let Err(e) = self.invalidate(&[pc, iotlb, cc]) {
-                // As for a legacy entry: what the hardware may still hold
-                // goes back into memory and the change did not happen, or
-                // the entry stays cleared and the invalidation is owed.
-                match on_failure {
-                    Failure::Undo => {
-                        table.write(slot + 2, old[2]);
-                        table.write(slot + 1, old[1]);
-                        table.write(slot, old[0]);
-                    }
-                    Failure::Keep => {
-                        t.owed.insert(sid, (did, first_stage));
-                    }
-                }
-                return Err(e);
-            }
-            t.owed.remove(&sid);
-        }
-        let Some(new) = new else {
-            return Ok(());
-        };
-        table.write(slot + 2, new[2]);
-        table.write(slot + 1, new[1]);
-        table.write(slot, new[0]);
-        if self.caps.caching_mode {
-            self.invalidate(&flush(entry::pasid_did(new), entry::pasid_first_stage(new)))
-        } else {
-            self.flush_write_buffer()
-        }
+        self.replace_entry(
+            (table, slot),
+            old,
+            new.map(|n| (n, flush(entry::pasid_did(n), entry::pasid_first_stage(n)))),
+            held.map(|(did, first_stage)| {
+                let [pc, iotlb] = flush(did, first_stage);
+                let cc = Invalidation::ContextDevice { did, sid };
+                ((did, first_stage), [pc, iotlb, cc])
+            }),
+            (&mut t.owed, sid),
+            on_failure,
+        )
     }
 
     /// Reads and clears every fault record, from FSTS.FRI on.
