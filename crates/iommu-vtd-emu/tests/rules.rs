@@ -3,11 +3,11 @@
 //! specification (Intel, "Virtualization Technology for Directed I/O",
 //! revision 4.x; section numbers below) says the hardware does.
 
-use iommu_vtd_emu::{reason, regs, Access, DmaError, Features, Vtd};
-use std::sync::Arc;
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+mod common;
 
-type Mem = GuestMemoryMmap<()>;
+use common::{fault_of, unit, w64, Mem};
+use iommu_vtd_emu::{reason, regs, Access, Features, Vtd};
+use vm_memory::{Bytes, GuestAddress};
 
 const ROOT: u64 = 0x1_0000;
 const CTX: u64 = 0x2_0000;
@@ -18,15 +18,6 @@ const STATUS: u64 = 0x5_0000;
 const PAGE: u64 = 0x10_0000;
 const SID: u16 = 0x18;
 const DID: u16 = 3;
-
-fn unit(features: Features) -> Vtd<Mem> {
-    let mem = Arc::new(Mem::from_ranges(&[(GuestAddress(0), 16 << 20)]).unwrap());
-    Vtd::new(mem, features).unwrap()
-}
-
-fn w64(v: &Vtd<Mem>, at: u64, val: u64) {
-    v.memory().write_obj(val, GuestAddress(at)).unwrap();
-}
 
 /// Root entry for bus 0, a context entry for `SID` (`lo`, `hi`), and a
 /// 4-level table mapping IOVA 0 to `PAGE` read-only; root pointer set and
@@ -46,13 +37,6 @@ fn translating(v: &Vtd<Mem>, lo: u64, hi: u64) {
 
 fn second_level() -> (u64, u64) {
     (SL[0] | 1, 2 | u64::from(DID) << 8)
-}
-
-fn fault_of(r: Result<impl Sized, DmaError>) -> Option<u8> {
-    match r {
-        Err(DmaError::Fault { reason, .. }) => Some(reason),
-        _ => None,
-    }
 }
 
 #[test]

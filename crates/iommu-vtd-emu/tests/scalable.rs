@@ -3,11 +3,11 @@
 //! section numbers below) says the hardware does, and where QEMU 10 chose
 //! differently, what [`Features::qemu_scalable`] does.
 
-use iommu_vtd_emu::{reason, regs, Access, DmaError, Features, Vtd};
-use std::sync::Arc;
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+mod common;
 
-type Mem = GuestMemoryMmap<()>;
+use common::{fault_of, r64, unit, w64, Mem};
+use iommu_vtd_emu::{reason, regs, Access, Features, Vtd};
+use vm_memory::{Bytes, GuestAddress};
 
 const ROOT: u64 = 0x1_0000;
 /// Context tables for devfn 0-127 and 128-255 of bus 0.
@@ -23,19 +23,6 @@ const PAGE: u64 = 0x10_0000;
 const SID: u16 = 0x18;
 const DID: u16 = 7;
 const RID_PASID: u32 = 0;
-
-fn unit(features: Features) -> Vtd<Mem> {
-    let mem = Arc::new(Mem::from_ranges(&[(GuestAddress(0), 16 << 20)]).unwrap());
-    Vtd::new(mem, features).unwrap()
-}
-
-fn w64(v: &Vtd<Mem>, at: u64, val: u64) {
-    v.memory().write_obj(val, GuestAddress(at)).unwrap();
-}
-
-fn r64(v: &Vtd<Mem>, at: u64) -> u64 {
-    v.memory().read_obj(GuestAddress(at)).unwrap()
-}
 
 /// A first-stage leaf: P | R/W | U/S | A.
 const FS_RW: u64 = 0x27;
@@ -78,13 +65,6 @@ fn first_stage() -> [u64; 3] {
 /// PASID entry: second stage, 4 levels (AW = 2), rooted at PT[0].
 fn second_stage() -> [u64; 3] {
     [PT[0] | 1 | 2 << 2 | 2 << 6, u64::from(DID), 0]
-}
-
-fn fault_of(r: Result<impl Sized, DmaError>) -> Option<u8> {
-    match r {
-        Err(DmaError::Fault { reason, .. }) => Some(reason),
-        _ => None,
-    }
 }
 
 /// Turns on queued invalidation with 256-bit descriptors.
