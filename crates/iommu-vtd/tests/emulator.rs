@@ -389,6 +389,23 @@ fn an_attach_the_hardware_does_not_complete_leaves_the_old_entries() {
     plat.hw.dma_write(0x19, 0x1000, &[5; 4]).unwrap();
 }
 
+/// A platform on a unit with `features` (a short poll limit, so that a
+/// wedged unit times out at once) and a PCI bus the driver serves.
+fn wedgeable(features: Features) -> (EmuPlatform, Iommu, Bus) {
+    let cfg = VtdConfig {
+        host_address_width: 48,
+        poll_limit: 1000,
+        ..VtdConfig::default()
+    };
+    let plat = EmuPlatform::new(EmuLayout::default(), features, cfg).unwrap();
+    let iommu = Iommu::default();
+    let bus = Bus::new(&iommu, "pci").unwrap();
+    iommu
+        .bus_set_iommu(&bus, Arc::new(plat.driver.clone()))
+        .unwrap();
+    (plat, iommu, bus)
+}
+
 #[test]
 fn a_detach_the_unit_does_not_complete_stays_cleared_and_the_next_attach_completes_it_first() {
     // Found by the core's isolation oracle: a detach cannot be refused, so
@@ -397,21 +414,7 @@ fn a_detach_the_unit_does_not_complete_stays_cleared_and_the_next_attach_complet
     // attach must complete that invalidation before it may succeed, or the
     // new device's DMA would reach the old domain.
     for features in [Features::default(), Features::scalable()] {
-        let plat = EmuPlatform::new(
-            EmuLayout::default(),
-            features,
-            VtdConfig {
-                host_address_width: 48,
-                poll_limit: 1000,
-                ..VtdConfig::default()
-            },
-        )
-        .unwrap();
-        let iommu = Iommu::default();
-        let bus = Bus::new(&iommu, "pci").unwrap();
-        iommu
-            .bus_set_iommu(&bus, Arc::new(plat.driver.clone()))
-            .unwrap();
+        let (plat, _iommu, bus) = wedgeable(features);
         let old = bus
             .add_device(DeviceBuilder::new("old").stream_ids([u32::from(SID)]))
             .unwrap();
@@ -475,21 +478,7 @@ fn a_domain_freed_while_the_unit_is_wedged_waits_for_its_invalidation() {
     // Its id and tables must not be reused while the unit may still hold
     // translations into them; once the unit answers, they are freed (the
     // fuzzer's leak checker found them forgotten for good before).
-    let plat = EmuPlatform::new(
-        EmuLayout::default(),
-        Features::default(),
-        VtdConfig {
-            host_address_width: 48,
-            poll_limit: 1000,
-            ..VtdConfig::default()
-        },
-    )
-    .unwrap();
-    let iommu = Iommu::default();
-    let bus = Bus::new(&iommu, "pci").unwrap();
-    iommu
-        .bus_set_iommu(&bus, Arc::new(plat.driver.clone()))
-        .unwrap();
+    let (plat, iommu, bus) = wedgeable(Features::default());
     let d = iommu.domain_alloc(&bus, DomainType::Unmanaged).unwrap();
     d.map(Iova::new(0), PhysAddr::new(0x900_0000), 0x1000, Prot::RW)
         .unwrap();
