@@ -4,6 +4,7 @@
 //! what its group's current domain maps, through STEs, CDs, page tables
 //! and a TLB that only the driver's commands invalidate.
 
+use iommu_soft::testing::{run_hardware, save_seed, seed_bytes, Input};
 use proptest::prelude::*;
 
 proptest! {
@@ -18,23 +19,9 @@ proptest! {
 /// fuzz target (written when `IOMMU_FUZZ_SEEDS` names a directory).
 #[test]
 fn the_seed_sequences_hold_on_the_smmuv3() {
-    let mut state = 0x2545_f491_4f6c_dd1du64;
-    for n in 0..24 {
-        let len = 64 + n * 24;
-        let bytes: Vec<u8> = (0..len)
-            .map(|_| {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                (state >> 24) as u8
-            })
-            .collect();
-        iommu_smmuv3::testing::run(&bytes);
-        if let Some(dir) = std::env::var_os("IOMMU_FUZZ_SEEDS") {
-            let dir = std::path::Path::new(&dir).join("core_smmuv3");
-            std::fs::create_dir_all(&dir).unwrap();
-            std::fs::write(dir.join(format!("seq{n:02}")), &bytes).unwrap();
-        }
+    for (n, bytes) in seed_bytes(0x2545_f491_4f6c_dd1d, 24).iter().enumerate() {
+        iommu_smmuv3::testing::run(bytes);
+        save_seed("core_smmuv3", &format!("seq{n:02}"), bytes);
     }
 }
 
@@ -44,31 +31,7 @@ fn the_seed_sequences_hold_on_the_smmuv3() {
 #[test]
 fn the_oracle_translates_through_the_emulator() {
     use iommu_smmuv3::testing::EmuHardware;
-    use iommu_soft::testing::{run_hardware, Input, Op, Spec};
-    let spec = Spec {
-        sids: 0b1,
-        direct: true,
-    };
-    let input = Input {
-        specs: [spec; iommu_soft::testing::DEVICES],
-        ops: vec![
-            Op::Add(0),
-            Op::Map {
-                dom: 9,
-                dev: 0,
-                page: 3,
-                pages: 2,
-                pa: 7,
-            },
-            Op::Unmap {
-                dom: 9,
-                dev: 0,
-                page: 3,
-                pages: 1,
-            },
-            Op::Type(0, 0),
-        ],
-    };
+    let input = Input::smoke();
     let hw = EmuHardware::small();
     let emu = hw.0.hw.clone();
     run_hardware(&input, Box::new(hw));

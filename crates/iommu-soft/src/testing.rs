@@ -234,6 +234,66 @@ impl Input {
     }
 }
 
+impl Input {
+    /// A short sequence on one device with a direct region that makes any
+    /// hardware under the oracle walk tables and run invalidations: add,
+    /// map two pages, unmap one, change the group's type. Tests of a
+    /// hardware pair use it to show their oracle is not vacuous.
+    pub fn smoke() -> Input {
+        let spec = Spec {
+            sids: 0b1,
+            direct: true,
+        };
+        Input {
+            specs: [spec; DEVICES],
+            ops: vec![
+                Op::Add(0),
+                Op::Map {
+                    dom: 9,
+                    dev: 0,
+                    page: 3,
+                    pages: 2,
+                    pa: 7,
+                },
+                Op::Unmap {
+                    dom: 9,
+                    dev: 0,
+                    page: 3,
+                    pages: 1,
+                },
+                Op::Type(0, 0),
+            ],
+        }
+    }
+}
+
+/// `n` pseudo-random inputs (xorshift from `state`), 64 bytes and 24 more
+/// each time: seed sequences for the oracle on a hardware pair.
+pub fn seed_bytes(mut state: u64, n: usize) -> Vec<Vec<u8>> {
+    (0..n)
+        .map(|k| {
+            (0..64 + k * 24)
+                .map(|_| {
+                    state ^= state << 13;
+                    state ^= state >> 7;
+                    state ^= state << 17;
+                    (state >> 24) as u8
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// Writes `bytes` as seed `name` of fuzz target `target`'s corpus, when
+/// `IOMMU_FUZZ_SEEDS` names the corpus directory (`.ci/run` sets it).
+pub fn save_seed(target: &str, name: &str, bytes: &[u8]) {
+    if let Some(dir) = std::env::var_os("IOMMU_FUZZ_SEEDS") {
+        let dir = std::path::Path::new(&dir).join(target);
+        std::fs::create_dir_all(&dir).expect("the seed directory");
+        std::fs::write(dir.join(name), bytes).expect("a seed file");
+    }
+}
+
 /// Replays `input` on both platforms, panicking at the first broken rule.
 pub fn run(input: &Input) {
     let mut soft = Platform::new(input, Driver::Soft(SoftIommu::default()));

@@ -155,10 +155,6 @@ fn the_seed_sequences_hold() {
         let bytes = input.encode();
         assert_eq!(Input::decode(&bytes), input);
         run(&input);
-        if let Some(dir) = std::env::var_os("IOMMU_FUZZ_SEEDS") {
-            let dir = std::path::Path::new(&dir).join("core");
-            std::fs::create_dir_all(&dir).unwrap();
-            std::fs::write(dir.join(name), bytes).unwrap();
-        }
+        iommu_soft::testing::save_seed("core", name, &bytes);
     }
 }
