@@ -149,7 +149,9 @@ impl DmaHardware for vtd::EmuPlatform {
             Access::Read => iommu_vtd_emu::Access::Read,
             Access::Write => iommu_vtd_emu::Access::Write,
         };
-        let (why, permission) = match self.hw.translate(sid, iova.raw(), hw_access) {
+        // The device's DMA goes to the unit the firmware puts it behind.
+        let hw = self.scope_unit(sid).ok_or(TranslateError::NoStream)?;
+        let (why, permission) = match hw.translate(sid, iova.raw(), hw_access) {
             Ok(seg) => return Ok(PhysAddr::new(seg.pa)),
             Err(iommu_vtd_emu::DmaError::Fault {
                 reason, permission, ..
@@ -192,9 +194,11 @@ impl DmaHardware for vtd::EmuPlatform {
         self
     }
 
-    /// The unit stops completing invalidations: every wait times out.
+    /// The units stop completing invalidations: every wait times out.
     fn set_wedged(&self, wedged: bool) {
-        self.hw.pause_invalidations(wedged);
+        for u in &self.units {
+            u.pause_invalidations(wedged);
+        }
     }
 
     fn describe(&self) -> String {

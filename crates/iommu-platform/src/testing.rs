@@ -92,17 +92,30 @@ pub fn hardware_from_env(
 }
 
 /// The VT-d pair as the core's isolation oracle (`iommu_soft::testing`)
-/// sees it: the driver on an emulated unit in 16 MiB of memory, legacy or
-/// scalable (first-stage tables). The unit reads only what the driver
-/// wrote, so a missing context-cache, PASID-cache or IOTLB invalidation,
-/// a wrong entry or a table the unit cannot walk shows up as a
-/// disagreement.
+/// sees it: the driver on one or two emulated units in 16 MiB of memory,
+/// legacy or scalable (first-stage tables). The units read only what the
+/// driver wrote, so a missing context-cache, PASID-cache or IOTLB
+/// invalidation, one sent to the wrong unit, a wrong entry or a table a
+/// unit cannot walk shows up as a disagreement.
 pub struct VtdHardware(pub iommu_vtd::emu::EmuPlatform);
 
 impl VtdHardware {
-    /// A small platform; a short poll limit makes a wedged unit time out
-    /// quickly (the emulator answers at once otherwise).
+    /// A small platform with one unit; a short poll limit makes a wedged
+    /// unit time out quickly (the emulator answers at once otherwise).
     pub fn small(scalable: bool) -> Self {
+        Self::with_units(scalable, 1)
+    }
+
+    /// A small platform with `units` units (1 to 6): the oracle's
+    /// requester ids 0-5 are spread over them in runs (with two units,
+    /// 0-2 on the first and 3-5 on the second), so a group's domain may be
+    /// attached on several units at once, and a device whose ids span two
+    /// runs has its aliases programmed on its own id's unit.
+    ///
+    /// # Panics
+    /// If `units` is not in 1..=6.
+    pub fn with_units(scalable: bool, units: usize) -> Self {
+        assert!((1..=6).contains(&units), "1 to 6 units, not {units}");
         let features = if scalable {
             iommu_vtd_emu::Features::scalable()
         } else {
@@ -118,9 +131,16 @@ impl VtdHardware {
             poll_limit: 256,
             ..VtdConfig::default()
         };
+        let lookup: iommu_vtd::UnitLookup =
+            Arc::new(move |sid: u16| Some((usize::from(sid) * units / 6).min(units - 1)));
         VtdHardware(
-            iommu_vtd::emu::EmuPlatform::new(layout, features, cfg)
-                .expect("a platform the driver probes"),
+            iommu_vtd::emu::EmuPlatform::with_units(
+                layout,
+                &vec![features; units],
+                cfg,
+                (units > 1).then_some(lookup),
+            )
+            .expect("a platform the driver probes"),
         )
     }
 }
@@ -133,25 +153,28 @@ impl iommu_soft::testing::Hardware for VtdHardware {
     fn translate(&self, sid: u32, iova: iommu_core::Iova) -> Option<iommu_core::PhysAddr> {
         let sid = u16::try_from(sid).ok()?;
         self.0
-            .hw
+            .unit_for(sid)?
             .translate(sid, iova.raw(), iommu_vtd_emu::Access::Read)
             .ok()
             .map(|s| iommu_core::PhysAddr::new(s.pa))
     }
 
-    /// The unit stops completing invalidations; coming back, it runs what
-    /// was queued.
+    /// The units stop completing invalidations; coming back, they run
+    /// what was queued.
     fn set_wedged(&self, wedged: bool) {
-        self.0.hw.pause_invalidations(wedged);
+        for u in &self.0.units {
+            u.pause_invalidations(wedged);
+        }
     }
 }
 
 /// Replays `data` (decoded as the core oracle's input) on the VT-d driver
-/// and the emulated unit (`scalable`: in scalable mode), panicking at the
-/// first translation that disagrees with what the groups' domains map.
-pub fn run_vtd(data: &[u8], scalable: bool) {
+/// and `units` emulated units (`scalable`: in scalable mode; see
+/// [`VtdHardware::with_units`]), panicking at the first translation that
+/// disagrees with what the groups' domains map.
+pub fn run_vtd(data: &[u8], scalable: bool, units: usize) {
     iommu_soft::testing::run_hardware(
         &iommu_soft::testing::Input::decode(data),
-        Box::new(VtdHardware::small(scalable)),
+        Box::new(VtdHardware::with_units(scalable, units)),
     );
 }

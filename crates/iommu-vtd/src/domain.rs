@@ -6,15 +6,25 @@
 //! is a pass-through entry (ECAP.PT) with a domain id of its own; a paging
 //! domain owns a table (second stage, or in scalable mode first stage) and
 //! a domain id, and its entries point at both.
+//!
+//! A domain may be attached on several units: its id is one every unit
+//! has (the driver hands out ids of the narrowest unit's width), and it
+//! keeps a bit per unit that may hold its translations, which its
+//! invalidations go to. Linux's intel-iommu gives a domain an id per unit
+//! instead (`domain->iommu_array`); one id everywhere spares the hot
+//! unmap path a lookup per unit, at the cost of the id space of the
+//! smallest unit.
 
-use crate::driver::{Inner, Invalidation, Vtd};
+use crate::driver::{Binding, Inner, Unit};
 use crate::entry::Target;
 use alloc::sync::{Arc, Weak};
 use alloc::vec::Vec;
+use core::sync::atomic::AtomicU64;
+use iommu_core::sync::Mutex;
 use iommu_core::{
     Device, Domain, DomainGeometry, DomainOps, Errno, IotlbGather, Iova, PagingOps, PhysAddr, Prot,
 };
-use iommu_hw::{DomainMemory, Mmio};
+use iommu_hw::{DomainMemory, Ids, Mmio};
 use iommu_pgtable::vtd::VtdFormat;
 use iommu_pgtable::{Format, IoPageTable, TableMemory};
 
@@ -63,23 +73,69 @@ impl<M: TableMemory> DomainKind<M> {
     }
 }
 
+/// A domain gone while a unit did not complete its final invalidation:
+/// its tables and id, kept until every unit it waits on answered (each
+/// holds a reference); the id is freed with the last.
+pub(crate) struct Retired<M: TableMemory> {
+    did: u16,
+    _kind: DomainKind<M>,
+    dids: Arc<Mutex<Ids>>,
+}
+
+impl<M: TableMemory> Retired<M> {
+    pub(crate) fn did(&self) -> u16 {
+        self.did
+    }
+}
+
+impl<M: TableMemory> Drop for Retired<M> {
+    fn drop(&mut self) {
+        self.dids.lock().free(self.did);
+    }
+}
+
 /// A VT-d domain.
 pub struct VtdDomain<R: Mmio, M: TableMemory> {
     /// Weak: the requester-id bookkeeping holds domains.
     hw: Weak<Inner<R, M>>,
     kind: DomainKind<M>,
+    /// A bit per unit that may hold the domain's translations.
+    units: Arc<AtomicU64>,
 }
 
 impl<R: Mmio, M: TableMemory> VtdDomain<R, M> {
     pub(crate) fn new(hw: Weak<Inner<R, M>>, kind: DomainKind<M>) -> Self {
-        VtdDomain { hw, kind }
+        VtdDomain {
+            hw,
+            kind,
+            units: Arc::new(AtomicU64::new(0)),
+        }
     }
 
-    fn driver(&self) -> Result<Vtd<R, M>, Errno> {
-        self.hw
-            .upgrade()
-            .map(|inner| Vtd { inner })
-            .ok_or(Errno::ENODEV)
+    fn driver(&self) -> Result<Arc<Inner<R, M>>, Errno> {
+        self.hw.upgrade().ok_or(Errno::ENODEV)
+    }
+
+    /// Runs `f` on every unit that may hold the domain's translations;
+    /// the first error, after every unit was asked.
+    fn each_unit(
+        &self,
+        drv: &Inner<R, M>,
+        mut f: impl FnMut(&Unit<R, M>) -> Result<(), Errno>,
+    ) -> Result<(), Errno> {
+        let mut r = Ok(());
+        for u in drv.units_of(&self.units) {
+            r = r.and(f(u));
+        }
+        r
+    }
+
+    /// The units (their indices) that may hold the domain's translations.
+    pub fn units(&self) -> Vec<usize> {
+        let Some(drv) = self.hw.upgrade() else {
+            return Vec::new();
+        };
+        drv.units_of(&self.units).map(|u| u.index()).collect()
     }
 
     /// The domain id its entries carry.
@@ -134,12 +190,19 @@ impl<R: Mmio, M: TableMemory> VtdDomain<R, M> {
 impl<R: Mmio + 'static, M: TableMemory + 'static> DomainOps for VtdDomain<R, M> {
     fn attach_dev(&self, domain: &Domain, dev: &Arc<Device>) -> Result<(), Errno> {
         let drv = self.driver()?;
-        drv.attach(domain, dev, self.target())
+        let (unit, sids) = drv.unit_of(dev)?;
+        let binding = self.target().map(|target| Binding {
+            target,
+            units: Arc::clone(&self.units),
+        });
+        unit.attach(domain, dev, &sids, binding)
     }
 
     fn detach_dev(&self, _domain: &Domain, dev: &Arc<Device>) {
-        if let Ok(d) = self.driver() {
-            d.detach(dev);
+        if let Ok(drv) = self.driver() {
+            if let Ok((unit, sids)) = drv.unit_of(dev) {
+                unit.detach(dev, &sids);
+            }
         }
     }
 
@@ -148,10 +211,10 @@ impl<R: Mmio + 'static, M: TableMemory + 'static> DomainOps for VtdDomain<R, M> 
     }
 
     fn geometry(&self) -> Option<DomainGeometry> {
-        let inner = self.hw.upgrade()?;
+        let drv = self.hw.upgrade()?;
         self.kind
             .table()
-            .map(|_| DomainGeometry::bits(inner.input_bits()))
+            .map(|_| DomainGeometry::bits(drv.input_bits()))
     }
 
     fn pgsize_bitmap(&self) -> Option<u64> {
@@ -170,8 +233,8 @@ impl<R: Mmio + 'static, M: TableMemory + 'static> DomainOps for VtdDomain<R, M> 
             return Ok(());
         };
         let drv = self.driver()?;
-        drv.inner
-            .sync_map(*did, iova.raw(), last, self.kind.first_stage())
+        let fs = self.kind.first_stage();
+        self.each_unit(&drv, |u| u.sync_map(*did, iova.raw(), last, fs))
     }
 
     /// A page-selective invalidation covering the gather (the whole
@@ -183,10 +246,10 @@ impl<R: Mmio + 'static, M: TableMemory + 'static> DomainOps for VtdDomain<R, M> 
             return Ok(());
         };
         let drv = self.driver()?;
-        let inv = drv
-            .inner
-            .iotlb_range(*did, first.raw(), last.raw(), self.kind.first_stage());
-        let r = drv.inner.invalidate(&[inv]);
+        let fs = self.kind.first_stage();
+        let r = self.each_unit(&drv, |u| {
+            u.invalidate(&[u.iotlb_range(*did, first.raw(), last.raw(), fs)])
+        });
         match r {
             Ok(()) => table.release_gathered(gather),
             Err(_) => table.hold_gathered(gather),
@@ -196,12 +259,11 @@ impl<R: Mmio + 'static, M: TableMemory + 'static> DomainOps for VtdDomain<R, M> 
 
     fn flush_iotlb_all(&self) -> Result<(), Errno> {
         let drv = self.driver()?;
+        let fs = self.kind.first_stage();
+        let all = |did: u16| self.each_unit(&drv, |u| u.invalidate(&[u.iotlb_all(did, fs)]));
         match &self.kind {
-            DomainKind::Paging { table, did } => table
-                .release_held_after(|| drv.inner.invalidate(&[Invalidation::IotlbDomain(*did)])),
-            DomainKind::Identity { did } => {
-                drv.inner.invalidate(&[Invalidation::IotlbDomain(*did)])
-            }
+            DomainKind::Paging { table, did } => table.release_held_after(|| all(*did)),
+            DomainKind::Identity { did } => all(*did),
             DomainKind::Blocked => Ok(()),
         }
     }
@@ -213,21 +275,33 @@ impl<R: Mmio + 'static, M: TableMemory + 'static> DomainOps for VtdDomain<R, M> 
 
 impl<R: Mmio, M: TableMemory> Drop for VtdDomain<R, M> {
     fn drop(&mut self) {
-        // Nothing points at the domain any more: empty the IOTLB of its id
-        // before the id (and the table pages) can be reused. If that
-        // fails, the id and the tables wait in the driver until the unit
-        // answers again: it may still hold translations into them.
-        let Some(inner) = self.hw.upgrade() else {
+        // Nothing points at the domain any more: every unit that may hold
+        // something of it forgets it (its IOTLB entries, and entries
+        // cleared before whose invalidation is owed) before the id and
+        // the table pages can be reused. A unit that does not answer keeps
+        // them waiting until it does: it may still hold translations
+        // into them.
+        let Some(drv) = self.hw.upgrade() else {
             return;
         };
         let Some(did) = self.kind.did() else {
             return;
         };
-        if inner.invalidate(&[Invalidation::IotlbDomain(did)]).is_ok() {
-            inner.dids.lock().free(did);
-        } else {
-            let kind = core::mem::replace(&mut self.kind, DomainKind::Blocked);
-            inner.retire(did, kind);
+        let failed: Vec<&Arc<Unit<R, M>>> = drv
+            .units_of(&self.units)
+            .filter(|u| u.forget_domain(did).is_err())
+            .collect();
+        if failed.is_empty() {
+            drv.dids.lock().free(did);
+            return;
+        }
+        let retired = Arc::new(Retired {
+            did,
+            _kind: core::mem::replace(&mut self.kind, DomainKind::Blocked),
+            dids: Arc::clone(&drv.dids),
+        });
+        for u in failed {
+            u.retire(Arc::clone(&retired));
         }
     }
 }

@@ -2,7 +2,7 @@
 //! through registers), fault recording, and the [`IommuOps`] the core
 //! calls.
 
-use crate::domain::{DomainKind, VtdDomain};
+use crate::domain::{DomainKind, Retired, VtdDomain};
 use crate::entry::{self, desc, Entry128, PasidEntry, Target, VtdFault};
 use crate::regs::{ccmd, fsts, gcmd, iotlb, reg, VtdCaps};
 use alloc::collections::BTreeMap;
@@ -123,6 +123,10 @@ pub enum ProbeError {
     /// The unit cannot use the tables asked for (no scalable mode, no
     /// queue, or not that stage).
     Mode(TableMode),
+    /// No unit to probe.
+    NoUnits,
+    /// More units than [`MAX_UNITS`].
+    TooManyUnits(usize),
 }
 
 impl core::fmt::Display for ProbeError {
@@ -136,6 +140,8 @@ impl core::fmt::Display for ProbeError {
             ProbeError::NoMemory => f.write_str("out of memory for the root table or queue"),
             ProbeError::Invalidation(e) => write!(f, "initial invalidation failed: {}", e.name()),
             ProbeError::Mode(m) => write!(f, "the unit cannot use {m:?} tables"),
+            ProbeError::NoUnits => f.write_str("no remapping unit"),
+            ProbeError::TooManyUnits(n) => write!(f, "{n} remapping units, at most {MAX_UNITS}"),
         }
     }
 }
@@ -253,6 +259,30 @@ enum Failure {
     /// invalidation.
     Keep,
 }
+/// The most remapping units one driver drives: a domain keeps the units it
+/// may be cached on as bits of one word.
+pub const MAX_UNITS: usize = 64;
+
+/// Which unit translates a requester id (`None`: no unit does, and the
+/// device is not translated): the firmware's device scopes as the
+/// platform resolved them (for a DMAR, `iommu_firmware::dmar::Dmar::drhd_for`).
+pub type UnitLookup = Arc<dyn Fn(u16) -> Option<usize> + Send + Sync>;
+
+/// A domain as a unit's entries name it: what the entry says, and the
+/// domain's units (a bit per unit that may hold its translations, which
+/// its invalidations go to).
+#[derive(Clone)]
+pub(crate) struct Binding {
+    pub(crate) target: Target,
+    pub(crate) units: Arc<AtomicU64>,
+}
+
+/// The requester ids of one unit whose entry names a domain id (present,
+/// or cleared with its invalidation owed), and that domain's units.
+struct Users {
+    sids: u32,
+    units: Arc<AtomicU64>,
+}
 
 /// What the driver wrote for the hardware to find a device's translation.
 struct Tables<M: TableMemory> {
@@ -263,13 +293,17 @@ struct Tables<M: TableMemory> {
     /// table of PASIDs 0-63.
     pasids: BTreeMap<u16, [DmaRegion<M>; 2]>,
     /// What each requester id reaches now.
-    targets: BTreeMap<u16, Target>,
+    targets: BTreeMap<u16, Binding>,
     /// Requester ids whose entry was cleared but whose invalidation did
     /// not complete (a detach cannot be refused): the unit may still hold
     /// the old entry, tagged with this domain id (and, in scalable mode,
     /// first-stage or not). The next change of the entry completes that
     /// invalidation first, or fails.
     owed: BTreeMap<u16, (u16, bool)>,
+    /// Per domain id, the requester ids whose entry the unit may hold: a
+    /// domain's bit for this unit is set before its first entry here is
+    /// written and cleared once its last one is gone and invalidated.
+    users: BTreeMap<u16, Users>,
 }
 
 /// A requester id in use: the domain and the devices using it.
@@ -278,13 +312,18 @@ struct SourceEntry {
     devices: Vec<Weak<Device>>,
 }
 
-pub(crate) struct Inner<R: Mmio, M: TableMemory> {
-    pub(crate) mmio: R,
-    pub(crate) mem: Arc<M>,
+/// One remapping unit (a DRHD): its registers, the tables and queue the
+/// driver keeps for it, its domain-id users and its fault records.
+pub(crate) struct Unit<R: Mmio, M: TableMemory> {
+    /// Its place in the driver's units (its bit in a domain's units).
+    index: usize,
+    mmio: R,
+    mem: Arc<M>,
     pub(crate) caps: VtdCaps,
-    pub(crate) cfg: VtdConfig,
-    pub(crate) levels: usize,
+    /// The levels of the domains' tables (a pass-through entry's width).
+    levels: usize,
     pub(crate) mode: TableMode,
+    poll_limit: u32,
     /// The persistent GCMD bits the driver has set (GCMD is write-only).
     gcmd: Mutex<u32>,
     root: DmaRegion<M>,
@@ -293,21 +332,39 @@ pub(crate) struct Inner<R: Mmio, M: TableMemory> {
     queue: Option<Mutex<Queue<M>>>,
     status: DmaRegion<M>,
     seq: AtomicU32,
-    pub(crate) dids: Mutex<Ids>,
     sources: Mutex<BTreeMap<u16, SourceEntry>>,
-    /// Domains waiting for their final IOTLB invalidation.
-    retired: Mutex<Vec<(u16, DomainKind<M>)>>,
+    /// Domains gone while this unit did not complete their final
+    /// invalidation.
+    retired: Mutex<Vec<Arc<Retired<M>>>>,
     /// Whether `retired` holds any: read on every completed invalidation,
     /// so the common case takes no lock.
     retired_waiting: AtomicBool,
-    by_stream: StreamIdGroups,
     stats: Stats,
     /// Says once that invalidations stopped completing, and once that
     /// they complete again.
     wedge: WedgeReport,
 }
 
-/// The VT-d driver for one remapping unit (one DRHD); clones share it.
+/// The driver: its units, which unit covers which requester id, and what
+/// its domains share (one domain-id space, one table format).
+pub(crate) struct Inner<R: Mmio, M: TableMemory> {
+    pub(crate) units: Vec<Arc<Unit<R, M>>>,
+    lookup: Option<UnitLookup>,
+    pub(crate) mem: Arc<M>,
+    pub(crate) cfg: VtdConfig,
+    /// Paging domains' table levels.
+    pub(crate) levels: usize,
+    /// Whether paging domains' tables are first-stage (every unit in
+    /// [`TableMode::ScalableFirstStage`]).
+    pub(crate) first_stage: bool,
+    /// Domain ids, valid on every unit (the narrowest unit's width), so a
+    /// domain keeps one id wherever it is attached.
+    pub(crate) dids: Arc<Mutex<Ids>>,
+    by_stream: StreamIdGroups,
+}
+
+/// The VT-d driver for one or more remapping units (the DRHDs of a DMAR),
+/// as Linux's intel-iommu drives every unit of a machine; clones share it.
 pub struct Vtd<R: Mmio, M: TableMemory> {
     pub(crate) inner: Arc<Inner<R, M>>,
 }
@@ -323,7 +380,8 @@ impl<R: Mmio, M: TableMemory> Clone for Vtd<R, M> {
 impl<R: Mmio, M: TableMemory> core::fmt::Debug for Vtd<R, M> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("Vtd")
-            .field("caps", &self.inner.caps)
+            .field("units", &self.inner.units.len())
+            .field("caps", &self.inner.units[0].caps)
             .field("levels", &self.inner.levels)
             .finish_non_exhaustive()
     }
@@ -339,52 +397,384 @@ fn poll(limit: u32, mut done: impl FnMut() -> bool) -> bool {
     false
 }
 
+/// What a unit can do with the tables asked for: its queue, and whether it
+/// can run scalable mode with first- or second-stage tables.
+fn unit_modes(caps: &VtdCaps, cfg: &VtdConfig) -> (bool, bool, bool) {
+    let queued = caps.queued_invalidation && cfg.queued_invalidation;
+    let scalable = caps.scalable && queued;
+    (
+        queued,
+        scalable && caps.first_stage,
+        scalable && caps.second_stage,
+    )
+}
+
 impl<R: Mmio, M: TableMemory> Vtd<R, M> {
-    /// Reads the capability registers, turns translation off if firmware
-    /// left it on, installs an empty root table, starts the invalidation
-    /// queue (when the unit has one and `cfg` wants it), invalidates every
-    /// cache, and turns translation on. Requester ids nobody attached have
-    /// no context entry: their DMA faults.
+    /// Probes one unit that translates every requester id: see
+    /// [`probe_units`](Self::probe_units).
     ///
     /// # Errors
     /// [`ProbeError`]; nothing is left enabled then.
     pub fn probe(mmio: R, mem: Arc<M>, cfg: VtdConfig) -> Result<Self, ProbeError> {
-        let caps = VtdCaps::decode(mmio.read64(reg::CAP), mmio.read64(reg::ECAP));
-        if !(32..=52).contains(&cfg.host_address_width) {
-            return Err(ProbeError::HostAddressWidth(cfg.host_address_width));
+        Self::probe_units(alloc::vec![mmio], mem, cfg, None).map_err(|(_, e)| e)
+    }
+
+    /// Probes every unit of a machine (the DMAR's DRHDs, in table order)
+    /// and drives them as one IOMMU, as Linux's intel-iommu does: `lookup`
+    /// says which unit translates a requester id (`None`: the first unit
+    /// translates every one). For each unit: reads the capability
+    /// registers, turns translation off if firmware left it on, installs an
+    /// empty root table, starts the invalidation queue (when the unit has
+    /// one and `cfg` wants it), invalidates every cache, and turns
+    /// translation on. Requester ids nobody attached have no context entry:
+    /// their DMA faults.
+    ///
+    /// Paging domains are shared by all units (a group on one unit and a
+    /// group on another may use one domain), so their tables are ones every
+    /// unit walks: first-stage where every unit runs scalable mode with
+    /// first-stage tables, else second-stage (a unit without scalable
+    /// second-stage tables then runs legacy mode); the levels, page sizes
+    /// and input width every unit takes; domain ids every unit has.
+    ///
+    /// # Errors
+    /// The unit's index and its [`ProbeError`]; units probed before it are
+    /// turned off again.
+    pub fn probe_units(
+        units: Vec<R>,
+        mem: Arc<M>,
+        cfg: VtdConfig,
+        lookup: Option<UnitLookup>,
+    ) -> Result<Self, (usize, ProbeError)> {
+        if units.is_empty() {
+            return Err((0, ProbeError::NoUnits));
         }
-        let queued = caps.queued_invalidation && cfg.queued_invalidation;
-        let mode = match cfg.mode {
-            None => TableMode::preferred(&caps, queued),
-            Some(TableMode::Legacy) => TableMode::Legacy,
-            Some(m) => {
-                let stage = match m {
-                    TableMode::ScalableFirstStage => caps.first_stage,
-                    _ => caps.second_stage,
-                };
-                if !caps.scalable || !queued || !stage {
-                    return Err(ProbeError::Mode(m));
-                }
-                m
-            }
+        if units.len() > MAX_UNITS {
+            return Err((MAX_UNITS, ProbeError::TooManyUnits(units.len())));
+        }
+        if !(32..=52).contains(&cfg.host_address_width) {
+            return Err((0, ProbeError::HostAddressWidth(cfg.host_address_width)));
+        }
+        let caps: Vec<VtdCaps> = units
+            .iter()
+            .map(|m| VtdCaps::decode(m.read64(reg::CAP), m.read64(reg::ECAP)))
+            .collect();
+        let modes: Vec<_> = caps.iter().map(|c| unit_modes(c, &cfg)).collect();
+        // The tables domains build, and each unit's mode.
+        let first_stage = match cfg.mode {
+            Some(m) => m == TableMode::ScalableFirstStage,
+            None => modes.iter().zip(&caps).all(|(&(q, fs, _), c)| {
+                TableMode::preferred(c, q) == TableMode::ScalableFirstStage && fs
+            }),
         };
-        let levels = if mode == TableMode::ScalableFirstStage {
+        let mut unit_mode = Vec::with_capacity(units.len());
+        for (i, (c, &(queued, fs, ss))) in caps.iter().zip(&modes).enumerate() {
+            let m = match cfg.mode {
+                Some(TableMode::Legacy) => TableMode::Legacy,
+                Some(m @ TableMode::ScalableFirstStage) if fs => m,
+                Some(m @ TableMode::ScalableSecondStage) if ss => m,
+                Some(m) => return Err((i, ProbeError::Mode(m))),
+                None if first_stage => TableMode::ScalableFirstStage,
+                None => match TableMode::preferred(c, queued) {
+                    TableMode::Legacy => TableMode::Legacy,
+                    _ if ss => TableMode::ScalableSecondStage,
+                    _ => TableMode::Legacy,
+                },
+            };
+            unit_mode.push(m);
+        }
+        let levels = if first_stage {
             match cfg.levels {
                 None | Some(4) => 4,
-                Some(5) if caps.fs_5level => 5,
-                Some(_) => return Err(ProbeError::AddressWidth),
+                Some(5) => match caps.iter().position(|c| !c.fs_5level) {
+                    None => 5,
+                    Some(i) => return Err((i, ProbeError::AddressWidth)),
+                },
+                Some(_) => return Err((0, ProbeError::AddressWidth)),
             }
         } else {
             match cfg.levels {
-                Some(l) if caps.supports_levels(l) => l,
-                Some(_) => return Err(ProbeError::AddressWidth),
-                None => (3..=5)
-                    .rev()
-                    .find(|&l| caps.supports_levels(l) && 12 + 9 * l as u32 <= caps.mgaw.max(39))
-                    .ok_or(ProbeError::AddressWidth)?,
+                Some(l) => match caps.iter().position(|c| !c.supports_levels(l)) {
+                    None => l,
+                    Some(i) => return Err((i, ProbeError::AddressWidth)),
+                },
+                None => {
+                    let mgaw = caps.iter().map(|c| c.mgaw.max(39)).min().unwrap_or(39);
+                    (3..=5)
+                        .rev()
+                        .find(|&l| {
+                            caps.iter().all(|c| c.supports_levels(l)) && 12 + 9 * l as u32 <= mgaw
+                        })
+                        .ok_or((0, ProbeError::AddressWidth))?
+                }
             }
         };
+        let domain_bits = caps.iter().map(|c| c.domain_bits).min().unwrap_or(4);
+        let mut probed: Vec<Arc<Unit<R, M>>> = Vec::with_capacity(units.len());
+        for (index, (mmio, (caps, mode))) in units
+            .into_iter()
+            .zip(caps.into_iter().zip(unit_mode))
+            .enumerate()
+        {
+            match Unit::probe(index, mmio, &mem, caps, mode, levels, &cfg) {
+                Ok(u) => probed.push(Arc::new(u)),
+                Err(e) => {
+                    for u in &probed {
+                        let _ = u.set_persistent(gcmd::TE, false);
+                    }
+                    return Err((index, e));
+                }
+            }
+        }
+        Ok(Vtd {
+            inner: Arc::new(Inner {
+                units: probed,
+                lookup,
+                mem,
+                levels,
+                first_stage,
+                dids: Arc::new(Mutex::new(Ids::new(domain_bits))),
+                by_stream: StreamIdGroups::new(),
+                cfg,
+            }),
+        })
+    }
+
+    /// What the first unit's capability registers say (see
+    /// [`unit_caps`](Self::unit_caps) for the others).
+    pub fn caps(&self) -> &VtdCaps {
+        &self.inner.units[0].caps
+    }
+
+    /// The page-table levels paging domains use.
+    pub fn levels(&self) -> usize {
+        self.inner.levels
+    }
+
+    /// The tables the first unit reads (see [`unit_mode`](Self::unit_mode)).
+    pub fn mode(&self) -> TableMode {
+        self.inner.units[0].mode
+    }
+
+    /// Whether the first unit's invalidations go through its queue.
+    pub fn queued(&self) -> bool {
+        self.inner.units[0].queue.is_some()
+    }
+
+    /// How many units the driver drives.
+    pub fn units(&self) -> usize {
+        self.inner.units.len()
+    }
+
+    /// What unit `unit`'s capability registers say.
+    pub fn unit_caps(&self, unit: usize) -> Option<&VtdCaps> {
+        self.inner.units.get(unit).map(|u| &u.caps)
+    }
+
+    /// The tables unit `unit` reads.
+    pub fn unit_mode(&self, unit: usize) -> Option<TableMode> {
+        self.inner.units.get(unit).map(|u| u.mode)
+    }
+
+    /// The unit requester id `sid` is programmed on (the unit of a device
+    /// using it), else the unit the firmware's scope gives it.
+    pub fn unit_for_source(&self, sid: u16) -> Option<usize> {
+        self.inner.unit_for_source(sid).map(|u| u.index)
+    }
+
+    /// Domains that went while a unit did not complete their final
+    /// invalidation, whose ids and tables wait for it to answer (a domain
+    /// waiting on two units counts twice).
+    pub fn retired_domains(&self) -> usize {
+        self.inner.units.iter().map(|u| u.retired()).sum()
+    }
+
+    /// A snapshot of the counters, summed over the units.
+    pub fn stats(&self) -> VtdStats {
+        let mut v = VtdStats::default();
+        for u in &self.inner.units {
+            let s = u.stats();
+            v.invalidations += s.invalidations;
+            v.waits += s.waits;
+            v.timeouts += s.timeouts;
+            v.queue_errors += s.queue_errors;
+            v.faults += s.faults;
+            v.fault_overflows += s.fault_overflows;
+            v.context_writes += s.context_writes;
+        }
+        v
+    }
+
+    /// Unit `unit`'s counters.
+    pub fn unit_stats(&self, unit: usize) -> Option<VtdStats> {
+        self.inner.units.get(unit).map(|u| u.stats())
+    }
+
+    /// The context entry of requester id `sid` as its unit reads it (in
+    /// scalable mode, its first 128 bits).
+    pub fn context_entry(&self, sid: u16) -> Option<Entry128> {
+        let unit = self.inner.unit_for_source(sid)?;
+        let t = unit.tables.lock();
+        let (key, i) = unit.context_slot(sid);
+        let ctx = t.contexts.get(&key)?;
+        Some([ctx.read(i), ctx.read(i + 1)])
+    }
+
+    /// Scalable mode: the PASID-table entry requester id `sid`'s requests
+    /// without a PASID use (RID_PASID), as its unit reads it.
+    pub fn pasid_entry(&self, sid: u16) -> Option<PasidEntry> {
+        let unit = self.inner.unit_for_source(sid)?;
+        let t = unit.tables.lock();
+        let [_, table] = t.pasids.get(&sid)?;
+        Some([table.read(0), table.read(1), table.read(2)])
+    }
+
+    /// Performs `invs` on every unit and waits for them.
+    ///
+    /// # Errors
+    /// `ETIMEDOUT` when a unit does not finish in time; `EIO` when one
+    /// refused a descriptor (FSTS.IQE). Every unit is asked either way.
+    pub fn invalidate(&self, invs: &[Invalidation]) -> Result<(), Errno> {
+        let mut r = Ok(());
+        for u in &self.inner.units {
+            r = r.and(u.invalidate(invs));
+        }
+        r
+    }
+
+    /// Reads every unit's fault recording registers, clears each record,
+    /// reports translation faults to the domain of their requester id:
+    /// what the fault-event interrupt handler calls. Returns the faults
+    /// read, each with its unit.
+    pub fn handle_faults(&self) -> Vec<VtdFault> {
+        let mut all = Vec::new();
+        for unit in &self.inner.units {
+            let mut faults = unit.drain_faults();
+            for f in &mut faults {
+                f.unit = unit.index;
+                let target = {
+                    let sources = unit.sources.lock();
+                    sources.get(&f.source_id).and_then(|e| {
+                        let dev = e.devices.iter().find_map(Weak::upgrade)?;
+                        Some((e.domain.clone(), dev))
+                    })
+                };
+                if let Some((domain, dev)) = target {
+                    let access = if f.write {
+                        FaultAccess::Write
+                    } else {
+                        FaultAccess::Read
+                    };
+                    f.report = Some(domain.report_fault(&dev, Iova::new(f.address), access));
+                }
+            }
+            all.extend(faults);
+        }
+        all
+    }
+
+    /// The domain requester id `sid` is attached to, if any.
+    pub fn source_domain(&self, sid: u16) -> Option<Domain> {
+        self.inner
+            .units
+            .iter()
+            .find_map(|u| u.sources.lock().get(&sid).map(|e| e.domain.clone()))
+    }
+
+    /// Turns translation off on every unit (DMA then bypasses them).
+    pub fn shutdown(&self) {
+        for u in &self.inner.units {
+            let _ = u.set_persistent(gcmd::TE, false);
+        }
+    }
+}
+
+/// A device's unit and its requester ids.
+pub(crate) type UnitSids<'a, R, M> = (&'a Arc<Unit<R, M>>, Vec<u16>);
+
+impl<R: Mmio, M: TableMemory> Inner<R, M> {
+    /// The unit that translates `dev` (the one its first requester id, its
+    /// own, falls in) and its requester ids: aliases are programmed on the
+    /// device's unit, as Linux does.
+    pub(crate) fn unit_of(&self, dev: &Device) -> Result<UnitSids<'_, R, M>, Errno> {
+        let sids = source_ids(dev)?;
+        let unit = match &self.lookup {
+            None => self.units.first(),
+            Some(f) => f(sids[0]).and_then(|i| self.units.get(i)),
+        };
+        Ok((unit.ok_or(Errno::ENODEV)?, sids))
+    }
+
+    /// The unit `sid` is programmed on, else the one the scope gives it.
+    fn unit_for_source(&self, sid: u16) -> Option<&Arc<Unit<R, M>>> {
+        if self.units.len() == 1 {
+            return self.units.first();
+        }
+        self.units
+            .iter()
+            .find(|u| u.tables.lock().targets.contains_key(&sid))
+            .or_else(|| self.units.get(self.lookup.as_ref()?(sid)?))
+    }
+
+    /// The units a domain's invalidations go to: the only one, or those
+    /// its bits name. The fence orders the caller's table changes before
+    /// the read of the bits: a unit whose bit is set after it (an attach
+    /// on another unit) writes its entry after the change too, and walks
+    /// the changed table.
+    pub(crate) fn units_of(&self, units: &AtomicU64) -> impl Iterator<Item = &Arc<Unit<R, M>>> {
+        let mask = if self.units.len() == 1 {
+            1
+        } else {
+            core::sync::atomic::fence(Ordering::SeqCst);
+            units.load(Ordering::SeqCst)
+        };
+        self.units
+            .iter()
+            .filter(move |u| mask & (1 << u.index) != 0)
+    }
+
+    /// The format of paging domains' tables.
+    pub(crate) fn format(&self) -> Result<VtdFormat, Errno> {
+        let haw = self.cfg.host_address_width;
+        if self.first_stage {
+            X86_64::new(self.levels, haw).map(VtdFormat::FirstStage)
+        } else {
+            VtdSl::new(self.levels, haw).map(VtdFormat::SecondStage)
+        }
+        .map_err(|_| Errno::EINVAL)
+    }
+
+    /// The page sizes every unit's walker takes.
+    pub(crate) fn pgsize_bitmap(&self) -> u64 {
+        self.units.iter().fold(!0, |acc, u| acc & u.pgsize_bitmap())
+    }
+
+    /// Paging domains' input width: the table's (the lower canonical half
+    /// for the first stage), capped by every unit's MGAW.
+    pub(crate) fn input_bits(&self) -> u32 {
+        let bits = 12 + 9 * self.levels as u32;
+        let bits = if self.first_stage { bits - 1 } else { bits };
+        self.units.iter().fold(bits, |b, u| b.min(u.caps.mgaw))
+    }
+}
+
+impl<R: Mmio, M: TableMemory> Unit<R, M> {
+    /// Its place in the driver's units.
+    pub(crate) fn index(&self) -> usize {
+        self.index
+    }
+
+    /// Brings one unit up (see [`Vtd::probe_units`]).
+    fn probe(
+        index: usize,
+        mmio: R,
+        mem: &Arc<M>,
+        caps: VtdCaps,
+        mode: TableMode,
+        levels: usize,
+        cfg: &VtdConfig,
+    ) -> Result<Self, ProbeError> {
         let limit = cfg.poll_limit;
+        let queued = caps.queued_invalidation && cfg.queued_invalidation;
         // Translation off before the tables change under it.
         if mmio.read32(reg::GSTS) & gcmd::TE != 0 {
             let keep = mmio.read32(reg::GSTS) & gcmd::PERSISTENT & !gcmd::TE;
@@ -393,14 +783,14 @@ impl<R: Mmio, M: TableMemory> Vtd<R, M> {
                 return Err(ProbeError::Timeout("GSTS.TES (off)"));
             }
         }
-        let root = DmaRegion::alloc(&mem, 4096).map_err(|_| ProbeError::NoMemory)?;
-        let status = DmaRegion::alloc(&mem, 64).map_err(|_| ProbeError::NoMemory)?;
+        let root = DmaRegion::alloc(mem, 4096).map_err(|_| ProbeError::NoMemory)?;
+        let status = DmaRegion::alloc(mem, 64).map_err(|_| ProbeError::NoMemory)?;
         let queue = if queued {
             // Scalable mode takes 256-bit descriptors (IQA.DW), as Linux
             // uses them.
             let words = if mode.scalable() { 4 } else { 2 };
             Some(Mutex::new(Queue {
-                ring: DmaRegion::alloc(&mem, QUEUE_BYTES as usize)
+                ring: DmaRegion::alloc(mem, QUEUE_BYTES as usize)
                     .map_err(|_| ProbeError::NoMemory)?,
                 entries: QUEUE_BYTES / (8 * words as u32),
                 words,
@@ -410,95 +800,65 @@ impl<R: Mmio, M: TableMemory> Vtd<R, M> {
         } else {
             None
         };
-        let drv = Vtd {
-            inner: Arc::new(Inner {
-                gcmd: Mutex::new(mmio.read32(reg::GSTS) & gcmd::PERSISTENT & !gcmd::TE),
-                mode,
-                root,
-                tables: Mutex::new(Tables {
-                    contexts: BTreeMap::new(),
-                    pasids: BTreeMap::new(),
-                    targets: BTreeMap::new(),
-                    owed: BTreeMap::new(),
-                }),
-                queue,
-                status,
-                seq: AtomicU32::new(0),
-                dids: Mutex::new(Ids::new(caps.domain_bits)),
-                sources: Mutex::new(BTreeMap::new()),
-                retired: Mutex::new(Vec::new()),
-                retired_waiting: AtomicBool::new(false),
-                by_stream: StreamIdGroups::new(),
-                stats: Stats::default(),
-                wedge: WedgeReport::default(),
-                mmio,
-                mem,
-                caps,
-                cfg,
-                levels,
+        let unit = Unit {
+            index,
+            gcmd: Mutex::new(mmio.read32(reg::GSTS) & gcmd::PERSISTENT & !gcmd::TE),
+            mode,
+            root,
+            tables: Mutex::new(Tables {
+                contexts: BTreeMap::new(),
+                pasids: BTreeMap::new(),
+                targets: BTreeMap::new(),
+                owed: BTreeMap::new(),
+                users: BTreeMap::new(),
             }),
+            queue,
+            status,
+            seq: AtomicU32::new(0),
+            sources: Mutex::new(BTreeMap::new()),
+            retired: Mutex::new(Vec::new()),
+            retired_waiting: AtomicBool::new(false),
+            stats: Stats::default(),
+            wedge: WedgeReport::default(),
+            mmio,
+            mem: Arc::clone(mem),
+            caps,
+            levels,
+            poll_limit: limit,
         };
-        let inner = &drv.inner;
         // The root table (RTADDR.TTM: 00b legacy, 01b scalable), latched
         // by SRTP.
         let ttm = if mode.scalable() { 1 << 10 } else { 0 };
-        inner.mmio.write64(reg::RTADDR, inner.root.pa().raw() | ttm);
-        inner.one_shot(gcmd::SRTP, true)?;
+        unit.mmio.write64(reg::RTADDR, unit.root.pa().raw() | ttm);
+        unit.one_shot(gcmd::SRTP, true)?;
         // A queue left on by firmware or an earlier driver is stopped: the
         // registers refuse invalidations while it runs, and a new one
         // starts from an empty ring.
-        if inner.mmio.read32(reg::GSTS) & gcmd::QIE != 0 {
-            inner.set_persistent(gcmd::QIE, false)?;
+        if unit.mmio.read32(reg::GSTS) & gcmd::QIE != 0 {
+            unit.set_persistent(gcmd::QIE, false)?;
         }
-        if let Some(q) = &inner.queue {
+        if let Some(q) = &unit.queue {
             let q = q.lock();
-            inner.mmio.write64(reg::IQT, 0);
+            unit.mmio.write64(reg::IQT, 0);
             let dw = if q.words == 4 { 1 << 11 } else { 0 };
-            inner.mmio.write64(reg::IQA, q.ring.pa().raw() | dw);
+            unit.mmio.write64(reg::IQA, q.ring.pa().raw() | dw);
             drop(q);
-            inner.set_persistent(gcmd::QIE, true)?;
+            unit.set_persistent(gcmd::QIE, true)?;
         }
         let mut first = alloc::vec![Invalidation::ContextGlobal];
         if mode.scalable() {
             first.push(Invalidation::PasidCacheGlobal);
         }
         first.push(Invalidation::IotlbGlobal);
-        inner.invalidate(&first).map_err(ProbeError::Invalidation)?;
+        unit.invalidate(&first).map_err(ProbeError::Invalidation)?;
         // Stale fault records from before us.
-        let _ = inner.drain_faults();
-        inner.set_persistent(gcmd::TE, true)?;
-        Ok(drv)
+        let _ = unit.drain_faults();
+        unit.set_persistent(gcmd::TE, true)?;
+        Ok(unit)
     }
 
-    /// What the capability registers say.
-    pub fn caps(&self) -> &VtdCaps {
-        &self.inner.caps
-    }
-
-    /// The page-table levels paging domains use.
-    pub fn levels(&self) -> usize {
-        self.inner.levels
-    }
-
-    /// The tables the unit reads.
-    pub fn mode(&self) -> TableMode {
-        self.inner.mode
-    }
-
-    /// Whether invalidations go through the queue.
-    pub fn queued(&self) -> bool {
-        self.inner.queue.is_some()
-    }
-
-    /// Domains that went while the unit did not complete their final
-    /// invalidation, whose ids and tables wait for the unit to answer.
-    pub fn retired_domains(&self) -> usize {
-        self.inner.retired()
-    }
-
-    /// A snapshot of the counters.
-    pub fn stats(&self) -> VtdStats {
-        let s = &self.inner.stats;
+    fn stats(&self) -> VtdStats {
+        let s = &self.stats;
         let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
         VtdStats {
             invalidations: g(&s.invalidations),
@@ -511,99 +871,36 @@ impl<R: Mmio, M: TableMemory> Vtd<R, M> {
         }
     }
 
-    /// The context entry of requester id `sid` as the hardware reads it
-    /// (in scalable mode, its first 128 bits).
-    pub fn context_entry(&self, sid: u16) -> Option<Entry128> {
-        let t = self.inner.tables.lock();
-        let (key, i) = self.inner.context_slot(sid);
-        let ctx = t.contexts.get(&key)?;
-        Some([ctx.read(i), ctx.read(i + 1)])
-    }
-
-    /// Scalable mode: the PASID-table entry requester id `sid`'s requests
-    /// without a PASID use (RID_PASID), as the hardware reads it.
-    pub fn pasid_entry(&self, sid: u16) -> Option<PasidEntry> {
-        let t = self.inner.tables.lock();
-        let [_, table] = t.pasids.get(&sid)?;
-        Some([table.read(0), table.read(1), table.read(2)])
-    }
-
-    /// Performs `invs` and waits for them.
-    ///
-    /// # Errors
-    /// `ETIMEDOUT` when the hardware does not finish in time; `EIO` when
-    /// it refused a descriptor (FSTS.IQE).
-    pub fn invalidate(&self, invs: &[Invalidation]) -> Result<(), Errno> {
-        self.inner.invalidate(invs)
-    }
-
-    /// Reads the fault recording registers, clears each record, reports
-    /// translation faults to the domain of their requester id: what the
-    /// fault-event interrupt handler calls. Returns the faults read.
-    pub fn handle_faults(&self) -> Vec<VtdFault> {
-        let mut faults = self.inner.drain_faults();
-        for f in &mut faults {
-            let target = {
-                let sources = self.inner.sources.lock();
-                sources.get(&f.source_id).and_then(|e| {
-                    let dev = e.devices.iter().find_map(Weak::upgrade)?;
-                    Some((e.domain.clone(), dev))
-                })
-            };
-            if let Some((domain, dev)) = target {
-                let access = if f.write {
-                    FaultAccess::Write
-                } else {
-                    FaultAccess::Read
-                };
-                f.report = Some(domain.report_fault(&dev, Iova::new(f.address), access));
-            }
-        }
-        faults
-    }
-
-    /// The domain requester id `sid` is attached to, if any.
-    pub fn source_domain(&self, sid: u16) -> Option<Domain> {
-        self.inner
-            .sources
-            .lock()
-            .get(&sid)
-            .map(|e| e.domain.clone())
-    }
-
-    /// Turns translation off (DMA then bypasses the unit).
-    pub fn shutdown(&self) {
-        let _ = self.inner.set_persistent(gcmd::TE, false);
-    }
-
-    /// Points every requester id of `dev` at `entry` (`None`: no context
-    /// entry, so its DMA faults), remembering `domain` for fault reports.
+    /// Points every requester id in `sids` (`dev`'s) at `new` (`None`: no
+    /// entry, so their DMA faults), remembering `domain` for fault reports.
     pub(crate) fn attach(
         &self,
         domain: &Domain,
         dev: &Arc<Device>,
-        entry: Option<Target>,
+        sids: &[u16],
+        new: Option<Binding>,
     ) -> Result<(), Errno> {
-        let sids = source_ids(dev)?;
-        let before: Vec<Option<Target>> = {
-            let t = self.inner.tables.lock();
-            sids.iter().map(|sid| t.targets.get(sid).copied()).collect()
+        let before: Vec<Option<Binding>> = {
+            let t = self.tables.lock();
+            sids.iter().map(|sid| t.targets.get(sid).cloned()).collect()
         };
         for (i, &sid) in sids.iter().enumerate() {
-            if let Err(e) = self.inner.set_context(sid, entry, Failure::Undo) {
-                // The ones done already go back to what they were; if the
-                // hardware refuses that too, they are left with no entry
-                // (their DMA faults: closed, never open).
-                for (&done, old) in sids[..i].iter().zip(&before) {
-                    if self.inner.set_context(done, *old, Failure::Undo).is_err() {
-                        let _ = self.inner.set_context(done, None, Failure::Keep);
+            if let Err(e) = self.set_context(sid, new.clone(), Failure::Undo) {
+                // The ones done already, and this one (whose new entry may
+                // be in memory when only its caching-mode invalidation
+                // failed), go back to what they were; if the hardware
+                // refuses that too, they are left with no entry (their DMA
+                // faults: closed, never open).
+                for (&done, old) in sids[..=i].iter().zip(&before) {
+                    if self.set_context(done, old.clone(), Failure::Undo).is_err() {
+                        let _ = self.set_context(done, None, Failure::Keep);
                     }
                 }
                 return Err(e);
             }
         }
-        let mut sources = self.inner.sources.lock();
-        for sid in sids {
+        let mut sources = self.sources.lock();
+        for &sid in sids {
             let e = sources.entry(sid).or_insert_with(|| SourceEntry {
                 domain: domain.clone(),
                 devices: Vec::new(),
@@ -617,16 +914,13 @@ impl<R: Mmio, M: TableMemory> Vtd<R, M> {
         Ok(())
     }
 
-    /// `dev` stops using its requester ids; an id's context entry goes
-    /// with its last user.
-    pub(crate) fn detach(&self, dev: &Arc<Device>) {
-        let Ok(sids) = source_ids(dev) else {
-            return;
-        };
+    /// `dev` stops using its requester ids `sids`; an id's entry goes with
+    /// its last user.
+    pub(crate) fn detach(&self, dev: &Arc<Device>, sids: &[u16]) {
         let mut last = Vec::new();
         {
-            let mut sources = self.inner.sources.lock();
-            for sid in sids {
+            let mut sources = self.sources.lock();
+            for &sid in sids {
                 if let Some(e) = sources.get_mut(&sid) {
                     e.devices
                         .retain(|d| d.strong_count() > 0 && !core::ptr::eq(d.as_ptr(), &**dev));
@@ -642,8 +936,52 @@ impl<R: Mmio, M: TableMemory> Vtd<R, M> {
         // device on the old domain for good); the unit drops its cached
         // copy when it runs the queued invalidation.
         for sid in last {
-            let _ = self.inner.set_context(sid, None, Failure::Keep);
+            let _ = self.set_context(sid, None, Failure::Keep);
         }
+    }
+
+    /// Everything of domain `did` this unit may still hold goes: the
+    /// entries cleared before whose invalidation is owed (a context-cache
+    /// or PASID-cache copy would still name the domain's tables) and its
+    /// IOTLB entries. Only then may the id and the tables be reused.
+    ///
+    /// # Errors
+    /// The invalidation's; nothing is forgotten then.
+    pub(crate) fn forget_domain(&self, did: u16) -> Result<(), Errno> {
+        let mut t = self.tables.lock();
+        let owed: Vec<u16> = t
+            .owed
+            .iter()
+            .filter(|(_, &(d, _))| d == did)
+            .map(|(&sid, _)| sid)
+            .collect();
+        let mut invs = Vec::with_capacity(owed.len() * 2 + 2);
+        for &sid in &owed {
+            if self.mode.scalable() {
+                invs.push(Invalidation::PasidCache {
+                    did,
+                    pasid: RID_PASID,
+                });
+            }
+            invs.push(Invalidation::ContextDevice { did, sid });
+        }
+        invs.push(Invalidation::IotlbDomain(did));
+        if self.mode.scalable() {
+            // First-stage and pass-through entries are tagged with the
+            // PASID too.
+            invs.push(Invalidation::PasidIotlb {
+                did,
+                pasid: RID_PASID,
+            });
+        }
+        self.submit(&invs)?;
+        for sid in owed {
+            t.owed.remove(&sid);
+        }
+        if let Some(u) = t.users.remove(&did) {
+            u.units.fetch_and(!(1 << self.index), Ordering::SeqCst);
+        }
+        Ok(())
     }
 }
 
@@ -658,14 +996,14 @@ fn source_ids(dev: &Device) -> Result<Vec<u16>, Errno> {
         .collect()
 }
 
-impl<R: Mmio, M: TableMemory> Inner<R, M> {
+impl<R: Mmio, M: TableMemory> Unit<R, M> {
     /// Sets or clears a persistent GCMD bit and waits for GSTS to agree.
     fn set_persistent(&self, bit: u32, on: bool) -> Result<(), ProbeError> {
         let mut g = self.gcmd.lock();
         let v = if on { *g | bit } else { *g & !bit };
         self.mmio.write32(reg::GCMD, v);
         let want = if on { bit } else { 0 };
-        if !poll(self.cfg.poll_limit, || {
+        if !poll(self.poll_limit, || {
             self.mmio.read32(reg::GSTS) & bit == want
         }) {
             return Err(ProbeError::Timeout(match bit {
@@ -683,7 +1021,7 @@ impl<R: Mmio, M: TableMemory> Inner<R, M> {
     fn one_shot(&self, bit: u32, sets: bool) -> Result<(), ProbeError> {
         let g = self.gcmd.lock();
         self.mmio.write32(reg::GCMD, *g | bit);
-        let done = poll(self.cfg.poll_limit, || {
+        let done = poll(self.poll_limit, || {
             (self.mmio.read32(reg::GSTS) & bit != 0) == sets
         });
         drop(g);
@@ -710,7 +1048,8 @@ impl<R: Mmio, M: TableMemory> Inner<R, M> {
     }
 
     /// Performs `invs` and waits for them; once the unit answers, the
-    /// domains retired while it did not are reaped too.
+    /// domains retired while it did not are reaped too. Reaping takes the
+    /// tables' lock: code holding it calls [`submit`](Self::submit).
     pub(crate) fn invalidate(&self, invs: &[Invalidation]) -> Result<(), Errno> {
         let r = self.submit(invs);
         if r.is_ok() && self.retired_waiting.load(Ordering::Acquire) {
@@ -719,7 +1058,8 @@ impl<R: Mmio, M: TableMemory> Inner<R, M> {
         r
     }
 
-    /// Queues `invs` (or runs them through the registers) and waits.
+    /// Queues `invs` (or runs them through the registers) and waits,
+    /// without reaping.
     fn submit(&self, invs: &[Invalidation]) -> Result<(), Errno> {
         if invs.is_empty() {
             return Ok(());
@@ -746,13 +1086,14 @@ impl<R: Mmio, M: TableMemory> Inner<R, M> {
         r
     }
 
-    /// Domains that went while the unit did not complete their final
-    /// IOTLB invalidation wait here with their id and tables (the unit may
-    /// still hold translations into them); once it answers again, each is
-    /// invalidated and freed.
-    pub(crate) fn retire(&self, did: u16, kind: DomainKind<M>) {
+    /// A domain gone while this unit did not complete its final
+    /// invalidation waits here with its id and tables (the unit may still
+    /// hold translations into them); once the unit answers again, it
+    /// forgets the domain and lets go (the id and tables are freed when no
+    /// unit holds them any more).
+    pub(crate) fn retire(&self, domain: Arc<Retired<M>>) {
         let mut retired = self.retired.lock();
-        retired.push((did, kind));
+        retired.push(domain);
         self.retired_waiting.store(true, Ordering::Release);
     }
 
@@ -760,12 +1101,9 @@ impl<R: Mmio, M: TableMemory> Inner<R, M> {
         // Taken out first: the invalidations below must not reap again.
         let waiting = core::mem::take(&mut *self.retired.lock());
         let mut still = Vec::new();
-        for (did, kind) in waiting {
-            if self.submit(&[Invalidation::IotlbDomain(did)]).is_ok() {
-                drop(kind);
-                self.dids.lock().free(did);
-            } else {
-                still.push((did, kind));
+        for d in waiting {
+            if self.forget_domain(d.did()).is_err() {
+                still.push(d);
             }
         }
         // Under the lock, so a domain retired meanwhile keeps the flag set.
@@ -803,7 +1141,7 @@ impl<R: Mmio, M: TableMemory> Inner<R, M> {
     /// Queues the descriptors and an invalidation wait, moves the tail,
     /// and polls the status word.
     fn invalidate_queued(&self, q: &mut Queue<M>, invs: &[Invalidation]) -> Result<(), Errno> {
-        let limit = self.cfg.poll_limit;
+        let limit = self.poll_limit;
         let needed = invs.len() as u32 + 1;
         let (entries, words) = (q.entries, q.words);
         if needed >= entries {
@@ -874,7 +1212,7 @@ impl<R: Mmio, M: TableMemory> Inner<R, M> {
 
     /// One invalidation through the context-command or IOTLB registers.
     fn invalidate_register(&self, inv: Invalidation) -> Result<(), Errno> {
-        let limit = self.cfg.poll_limit;
+        let limit = self.poll_limit;
         let iotlb_reg = self.caps.iotlb_offset + 8;
         let drain = (if self.caps.drain.0 { iotlb::DW } else { 0 })
             | (if self.caps.drain.1 { iotlb::DR } else { 0 });
@@ -1041,12 +1379,17 @@ impl<R: Mmio, M: TableMemory> Inner<R, M> {
     /// faults): a legacy context entry, or in scalable mode the PASID
     /// entry of its RID_PASID. What a failed invalidation leaves in memory
     /// is `on_failure`'s.
-    fn set_context(&self, sid: u16, new: Option<Target>, on_failure: Failure) -> Result<(), Errno> {
+    fn set_context(
+        &self,
+        sid: u16,
+        new: Option<Binding>,
+        on_failure: Failure,
+    ) -> Result<(), Errno> {
         let mut t = self.tables.lock();
         let r = if self.mode.scalable() {
-            self.set_pasid_entry(&mut t, sid, new, on_failure)
+            self.set_pasid_entry(&mut t, sid, new.as_ref(), on_failure)
         } else {
-            self.set_legacy_context(&mut t, sid, new, on_failure)
+            self.set_legacy_context(&mut t, sid, new.as_ref(), on_failure)
         };
         if r.is_ok() || on_failure == Failure::Keep {
             match new {
@@ -1065,10 +1408,10 @@ impl<R: Mmio, M: TableMemory> Inner<R, M> {
         &self,
         t: &mut Tables<M>,
         sid: u16,
-        new: Option<Target>,
+        binding: Option<&Binding>,
         on_failure: Failure,
     ) -> Result<(), Errno> {
-        let new = match new {
+        let new = match binding.map(|b| b.target) {
             None => None,
             Some(Target::PassThrough { did }) => Some(entry::context_entry(
                 entry::TranslationType::PassThrough,
@@ -1106,13 +1449,13 @@ impl<R: Mmio, M: TableMemory> Inner<R, M> {
         self.replace_entry(
             (ctx, i),
             old,
-            new.map(|n| {
+            new.zip(binding).map(|(n, b)| {
                 let did = entry::context_did(n);
                 let flush = [
                     Invalidation::ContextDevice { did: 0, sid },
                     Invalidation::IotlbDomain(did),
                 ];
-                (n, flush)
+                (n, flush, did, &b.units)
             }),
             held.map(|did| {
                 let flush = [
@@ -1121,7 +1464,7 @@ impl<R: Mmio, M: TableMemory> Inner<R, M> {
                 ];
                 ((did, false), flush)
             }),
-            (&mut t.owed, sid),
+            (&mut t.owed, &mut t.users, sid),
             on_failure,
         )
     }
@@ -1137,22 +1480,33 @@ impl<R: Mmio, M: TableMemory> Inner<R, M> {
     /// The new entry is written present bit last and, in caching mode,
     /// invalidated with its own list (the unit may cache not-present
     /// entries); otherwise the write buffer is flushed.
+    ///
+    /// The unit's users of each domain id follow: the held entry's domain
+    /// loses a user once its invalidation completed (and its bit for this
+    /// unit with its last one); the new entry's gains one, and its bit,
+    /// before the entry is written.
+    #[allow(clippy::type_complexity)] // one protocol for two entry shapes
     fn replace_entry<const N: usize, const K: usize, const L: usize>(
         &self,
         entry: (&DmaRegion<M>, usize),
         old: [u64; N],
-        new: Option<([u64; N], [Invalidation; L])>,
+        new: Option<([u64; N], [Invalidation; L], u16, &Arc<AtomicU64>)>,
         held: Option<((u16, bool), [Invalidation; K])>,
-        owed: (&mut BTreeMap<u16, (u16, bool)>, u16),
+        book: (
+            &mut BTreeMap<u16, (u16, bool)>,
+            &mut BTreeMap<u16, Users>,
+            u16,
+        ),
         on_failure: Failure,
     ) -> Result<(), Errno> {
         let (region, at) = entry;
-        let (owed, sid) = owed;
+        let (owed, users, sid) = book;
+        let bit = 1u64 << self.index;
         if let Some((tag, flush)) = held {
             for k in 0..N {
                 region.write(at + k, 0);
             }
-            if let Err(e) = self.invalidate(&flush) {
+            if let Err(e) = self.submit(&flush) {
                 match on_failure {
                     Failure::Undo => {
                         for k in (0..N).rev() {
@@ -1166,15 +1520,30 @@ impl<R: Mmio, M: TableMemory> Inner<R, M> {
                 return Err(e);
             }
             owed.remove(&sid);
+            if let Some(u) = users.get_mut(&tag.0) {
+                u.sids -= 1;
+                if u.sids == 0 {
+                    u.units.fetch_and(!bit, Ordering::SeqCst);
+                    users.remove(&tag.0);
+                }
+            }
         }
-        let Some((new, flush)) = new else {
+        let Some((new, flush, did, units)) = new else {
             return Ok(());
         };
+        users
+            .entry(did)
+            .or_insert_with(|| Users {
+                sids: 0,
+                units: Arc::clone(units),
+            })
+            .sids += 1;
+        units.fetch_or(bit, Ordering::SeqCst);
         for k in (0..N).rev() {
             region.write(at + k, new[k]);
         }
         if self.caps.caching_mode {
-            self.invalidate(&flush)
+            self.submit(&flush)
         } else {
             self.flush_write_buffer()
         }
@@ -1197,11 +1566,11 @@ impl<R: Mmio, M: TableMemory> Inner<R, M> {
         &self,
         t: &mut Tables<M>,
         sid: u16,
-        new: Option<Target>,
+        binding: Option<&Binding>,
         on_failure: Failure,
     ) -> Result<(), Errno> {
         if !t.pasids.contains_key(&sid) {
-            if new.is_none() {
+            if binding.is_none() {
                 return Ok(());
             }
             let dir = DmaRegion::alloc(&self.mem, 4096)?;
@@ -1219,7 +1588,7 @@ impl<R: Mmio, M: TableMemory> Inner<R, M> {
             ctx.write(i, c[0]);
             self.stats.context_writes.fetch_add(1, Ordering::Relaxed);
             if self.caps.caching_mode {
-                self.invalidate(&[Invalidation::ContextDevice { did: 0, sid }])?;
+                self.submit(&[Invalidation::ContextDevice { did: 0, sid }])?;
             } else {
                 self.flush_write_buffer()?;
             }
@@ -1228,7 +1597,7 @@ impl<R: Mmio, M: TableMemory> Inner<R, M> {
         let [_, table] = &t.pasids[&sid];
         let slot = (RID_PASID & 0x3f) as usize * 8;
         let old: PasidEntry = [table.read(slot), table.read(slot + 1), table.read(slot + 2)];
-        let new = new.map(entry::pasid_entry);
+        let new = binding.map(|b| entry::pasid_entry(b.target));
         let owed = t.owed.get(&sid).copied();
         if Some(old) == new && owed.is_none() {
             return Ok(());
@@ -1253,13 +1622,16 @@ impl<R: Mmio, M: TableMemory> Inner<R, M> {
         self.replace_entry(
             (table, slot),
             old,
-            new.map(|n| (n, flush(entry::pasid_did(n), entry::pasid_first_stage(n)))),
+            new.zip(binding).map(|(n, b)| {
+                let did = entry::pasid_did(n);
+                (n, flush(did, entry::pasid_first_stage(n)), did, &b.units)
+            }),
             held.map(|(did, first_stage)| {
                 let [pc, iotlb] = flush(did, first_stage);
                 let cc = Invalidation::ContextDevice { did, sid };
                 ((did, first_stage), [pc, iotlb, cc])
             }),
-            (&mut t.owed, sid),
+            (&mut t.owed, &mut t.users, sid),
             on_failure,
         )
     }
@@ -1293,18 +1665,6 @@ impl<R: Mmio, M: TableMemory> Inner<R, M> {
         out
     }
 
-    /// The format of paging domains' tables.
-    pub(crate) fn format(&self) -> Result<VtdFormat, Errno> {
-        let haw = self.cfg.host_address_width;
-        match self.mode {
-            TableMode::ScalableFirstStage => {
-                X86_64::new(self.levels, haw).map(VtdFormat::FirstStage)
-            }
-            _ => VtdSl::new(self.levels, haw).map(VtdFormat::SecondStage),
-        }
-        .map_err(|_| Errno::EINVAL)
-    }
-
     /// The page sizes paging domains' tables take on this unit.
     pub(crate) fn pgsize_bitmap(&self) -> u64 {
         let (big, huge) = if self.mode == TableMode::ScalableFirstStage {
@@ -1315,18 +1675,6 @@ impl<R: Mmio, M: TableMemory> Inner<R, M> {
         };
         (1 << 12) | if big { 1 << 21 } else { 0 } | if huge { 1 << 30 } else { 0 }
     }
-
-    /// Paging domains' input width: the table's (the lower canonical half
-    /// for the first stage), capped by MGAW.
-    pub(crate) fn input_bits(&self) -> u32 {
-        let bits = 12 + 9 * self.levels as u32;
-        let bits = if self.mode == TableMode::ScalableFirstStage {
-            bits - 1
-        } else {
-            bits
-        };
-        bits.min(self.caps.mgaw)
-    }
 }
 
 impl<R: Mmio + 'static, M: TableMemory + 'static> IommuOps for Vtd<R, M> {
@@ -1334,11 +1682,17 @@ impl<R: Mmio + 'static, M: TableMemory + 'static> IommuOps for Vtd<R, M> {
         "intel-iommu"
     }
 
+    /// A device no unit covers (no requester id, or none the firmware's
+    /// scope gives a unit) is not translated: it gets no group.
     fn add_device(&self, iommu: &Iommu, dev: &Arc<Device>) -> Result<(), Errno> {
         if dev.stream_ids().is_empty() {
-            return Ok(()); // not behind this unit
+            return Ok(()); // not behind a unit
         }
-        source_ids(dev)?;
+        match self.inner.unit_of(dev) {
+            Err(Errno::ENODEV) => return Ok(()),
+            Err(e) => return Err(e),
+            Ok(_) => {}
+        }
         self.inner.by_stream.add_device(iommu, dev)
     }
 
@@ -1355,7 +1709,9 @@ impl<R: Mmio + 'static, M: TableMemory + 'static> IommuOps for Vtd<R, M> {
     fn domain_alloc(&self, ty: DomainType) -> Result<alloc::boxed::Box<dyn DomainOps>, Errno> {
         let kind = match ty {
             DomainType::Blocked => DomainKind::Blocked,
-            DomainType::Identity if !self.inner.caps.pass_through => return Err(Errno::EOPNOTSUPP),
+            DomainType::Identity if !self.inner.units.iter().all(|u| u.caps.pass_through) => {
+                return Err(Errno::EOPNOTSUPP)
+            }
             DomainType::Identity => DomainKind::Identity {
                 did: self.inner.dids.lock().alloc()?,
             },
@@ -1386,7 +1742,7 @@ impl<R: Mmio + 'static, M: TableMemory + 'static> IommuOps for Vtd<R, M> {
 
     fn capable(&self, cap: Capability) -> bool {
         match cap {
-            Capability::CacheCoherency => self.inner.caps.coherent,
+            Capability::CacheCoherency => self.inner.units.iter().all(|u| u.caps.coherent),
             Capability::NoExec => true,
             Capability::DeferredFlush => true,
             Capability::IntrRemap => false,

@@ -1,10 +1,12 @@
 //! The driver on the emulated VT-d (`iommu-vtd-emu`): [`EmuPlatform`]
-//! puts guest memory, the emulator and a probed driver together.
+//! puts guest memory, one or more emulated units and a probed driver
+//! together.
 
 extern crate std;
 
-use crate::{ProbeError, Vtd, VtdConfig};
+use crate::{ProbeError, UnitLookup, Vtd, VtdConfig};
 use alloc::sync::Arc;
+use alloc::vec::Vec;
 use iommu_vtd_emu::{Features, Vtd as Hw};
 
 pub use iommu_hw::emu::{EmuLayout, EmuMemory, EmuTables};
@@ -14,14 +16,20 @@ pub type EmuDriver = Vtd<Arc<Hw<EmuMemory>>, EmuTables>;
 /// A domain of [`EmuDriver`], for downcasts from `Domain::ops().as_any()`.
 pub type EmuDomain = crate::VtdDomain<Arc<Hw<EmuMemory>>, EmuTables>;
 
-/// Guest memory, an emulated remapping unit, and the driver probed on it.
+/// Guest memory, emulated remapping units over it, and the driver probed
+/// on them.
 pub struct EmuPlatform {
     /// The memory.
     pub memory: Arc<EmuMemory>,
-    /// The emulated unit.
+    /// The first emulated unit (the only one, unless made with
+    /// [`with_units`](Self::with_units)).
     pub hw: Arc<Hw<EmuMemory>>,
+    /// Every emulated unit, in the driver's order.
+    pub units: Vec<Arc<Hw<EmuMemory>>>,
     /// The driver.
     pub driver: EmuDriver,
+    /// Which unit translates a requester id (`None`: the first).
+    pub lookup: Option<UnitLookup>,
 }
 
 /// Why [`EmuPlatform::new`] failed.
@@ -34,9 +42,53 @@ impl EmuPlatform {
     /// # Errors
     /// [`EmuError`].
     pub fn new(layout: EmuLayout, features: Features, cfg: VtdConfig) -> Result<Self, EmuError> {
+        Self::with_units(layout, &[features], cfg, None)
+    }
+
+    /// A platform with `layout` and a unit per entry of `features`, each
+    /// with its own registers over the one memory (as the DRHDs of one
+    /// machine), and the driver probed on all of them with `lookup`
+    /// saying which unit translates a requester id.
+    ///
+    /// # Errors
+    /// [`EmuError`] (no features: the driver's
+    /// [`ProbeError::NoUnits`]).
+    pub fn with_units(
+        layout: EmuLayout,
+        features: &[Features],
+        cfg: VtdConfig,
+        lookup: Option<UnitLookup>,
+    ) -> Result<Self, EmuError> {
         let (memory, tables) = layout.build()?;
-        let hw = Arc::new(Hw::new(memory.clone(), features).map_err(EmuError::Features)?);
-        let driver = Vtd::probe(hw.clone(), tables, cfg).map_err(EmuError::Probe)?;
-        Ok(EmuPlatform { memory, hw, driver })
+        let units = features
+            .iter()
+            .map(|f| Hw::new(memory.clone(), f.clone()).map(Arc::new))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(EmuError::Features)?;
+        let driver = Vtd::probe_units(units.clone(), tables, cfg, lookup.clone())
+            .map_err(|(_, e)| EmuError::Probe(e))?;
+        Ok(EmuPlatform {
+            memory,
+            hw: units[0].clone(),
+            units,
+            driver,
+            lookup,
+        })
+    }
+
+    /// The unit the firmware's scope puts requester id `sid` behind: where
+    /// a device with that id as its own sends its DMA, whatever the driver
+    /// programmed.
+    pub fn scope_unit(&self, sid: u16) -> Option<&Arc<Hw<EmuMemory>>> {
+        match &self.lookup {
+            None => self.units.first(),
+            Some(f) => self.units.get(f(sid)?),
+        }
+    }
+
+    /// The unit requester id `sid`'s DMA reaches: the one the driver
+    /// programmed it on, else the one the firmware's scope gives it.
+    pub fn unit_for(&self, sid: u16) -> Option<&Arc<Hw<EmuMemory>>> {
+        self.units.get(self.driver.unit_for_source(sid)?)
     }
 }

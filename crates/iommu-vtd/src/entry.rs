@@ -316,6 +316,8 @@ pub struct VtdFault {
     pub write: bool,
     /// What the core's fault handler answered, if it was asked.
     pub report: Option<Result<(), iommu_types::Errno>>,
+    /// The unit that recorded it (its index in the driver's units).
+    pub unit: usize,
 }
 
 impl VtdFault {
@@ -331,6 +333,7 @@ impl VtdFault {
             address: lo & !0xfff,
             write: hi & (1 << 62) == 0,
             report: None,
+            unit: 0,
         })
     }
 

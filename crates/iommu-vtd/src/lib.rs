@@ -56,7 +56,8 @@ pub mod regs;
 
 pub use domain::VtdDomain;
 pub use driver::{
-    Invalidation, ProbeError, TableMode, Vtd, VtdConfig, VtdStats, MSI_RANGE, RID_PASID,
+    Invalidation, ProbeError, TableMode, UnitLookup, Vtd, VtdConfig, VtdStats, MAX_UNITS,
+    MSI_RANGE, RID_PASID,
 };
 pub use entry::VtdFault;
 pub use regs::VtdCaps;
