@@ -213,12 +213,14 @@ fn smmuv3_platform(
     Ok(Arc::new(p))
 }
 
-/// The VT-d driver probed on a fresh emulated unit (every feature,
-/// eight fault records; scalable mode too if `scalable`, where the driver
-/// picks first-stage tables), grouping as the PCI layer says; with
-/// `--trace`, the invalidation descriptors it runs, the context entries it
-/// reads, its walks and faults appear under the core operation that caused
-/// them.
+/// The VT-d driver probed on the built-in platform's two emulated units
+/// (its DMAR: one for the graphics, one for everything else; every
+/// feature, eight fault records; scalable mode too if `scalable`, where
+/// the driver picks first-stage tables), grouping as the PCI layer says;
+/// with `--trace`, the invalidation descriptors each unit runs, the
+/// context entries it reads, its walks and faults appear under the core
+/// operation that caused them, named by unit (`dmar0`, `dmar1`, as Linux
+/// names them).
 fn vtd_platform(
     pci: Arc<iommu_soft::PciGrouping>,
     scalable: bool,
@@ -235,32 +237,46 @@ fn vtd_platform(
     } else {
         iommu_vtd_emu::Features::default()
     };
-    let p = EmuPlatform::new(EmuLayout::default(), features, cfg).map_err(|e| {
+    let units = iommu_platform::dmar::default_vtd_units();
+    let p = EmuPlatform::with_units(
+        EmuLayout::default(),
+        &vec![features; units.drhds.len()],
+        cfg,
+        Some(units.lookup()),
+    )
+    .map_err(|e| {
         tracing::error!("VT-d platform: {e}");
         iommu_core::Errno::ENODEV
     })?;
-    p.hw.set_trace(Some(Box::new(|t: &HwTrace| match *t {
-        HwTrace::Descriptor { lo, hi } => {
-            tracing::info!("vtd qi: {}", iommu_vtd::entry::desc::describe([lo, hi]))
-        }
-        HwTrace::QueueError { index } => tracing::info!("vtd qi: IQE at entry {index}"),
-        HwTrace::Register { register, value } => {
-            tracing::info!("vtd: {register} <- {value:#x}")
-        }
-        HwTrace::ContextFetch { sid } => tracing::info!(
-            "vtd: fetch context entry of {:02x}:{:02x}.{}",
-            sid >> 8,
-            (sid >> 3) & 0x1f,
-            sid & 7
-        ),
-        HwTrace::Walk { sid, iova, leaf } => tracing::info!(
-            "vtd: walk source {sid:#x} iova {iova:#x}{}",
-            if leaf { "" } else { ": no leaf" }
-        ),
-        HwTrace::Fault { sid, reason, addr } => {
-            tracing::info!("vtd fault: reason {reason:#x} source {sid:#x} address {addr:#x}")
-        }
-    })));
+    for (i, hw) in p.units.iter().enumerate() {
+        hw.set_trace(Some(Box::new(move |t: &HwTrace| match *t {
+            HwTrace::Descriptor { lo, hi } => {
+                tracing::info!(
+                    "vtd dmar{i} qi: {}",
+                    iommu_vtd::entry::desc::describe([lo, hi])
+                )
+            }
+            HwTrace::QueueError { index } => {
+                tracing::info!("vtd dmar{i} qi: IQE at entry {index}")
+            }
+            HwTrace::Register { register, value } => {
+                tracing::info!("vtd dmar{i}: {register} <- {value:#x}")
+            }
+            HwTrace::ContextFetch { sid } => tracing::info!(
+                "vtd dmar{i}: fetch context entry of {:02x}:{:02x}.{}",
+                sid >> 8,
+                (sid >> 3) & 0x1f,
+                sid & 7
+            ),
+            HwTrace::Walk { sid, iova, leaf } => tracing::info!(
+                "vtd dmar{i}: walk source {sid:#x} iova {iova:#x}{}",
+                if leaf { "" } else { ": no leaf" }
+            ),
+            HwTrace::Fault { sid, reason, addr } => tracing::info!(
+                "vtd dmar{i} fault: reason {reason:#x} source {sid:#x} address {addr:#x}"
+            ),
+        })));
+    }
     Ok(Arc::new(p))
 }
 

@@ -841,7 +841,7 @@ fn run_on_the_vtd_traces_descriptors_and_walks_under_the_core_calls() {
         .position(|l| l.ends_with("├─ iotlb_sync(size=0x204000)"))
         .expect("the unmap's iotlb_sync");
     assert!(
-        lines[sync + 1].contains("· vtd qi: IOTLB invalidate, domain"),
+        lines[sync + 1].contains("qi: IOTLB invalidate, domain"),
         "{}",
         lines[sync + 1]
     );
@@ -849,10 +849,15 @@ fn run_on_the_vtd_traces_descriptors_and_walks_under_the_core_calls() {
         lines[sync + 1].starts_with("│ │ "),
         "nested under iotlb_sync"
     );
-    assert!(lines[sync + 2].contains("· vtd qi: invalidation wait"));
-    assert!(trace.contains("vtd: fetch context entry of 03:00.0"));
-    assert!(trace.contains("vtd fault: reason 0x6 source 0x300 address 0x200123"));
-    assert!(trace.contains("vtd fault: reason 0x2 source 0x200"));
+    assert!(lines[sync + 2].contains("qi: invalidation wait"));
+    assert!(trace.contains("vtd dmar1: fetch context entry of 03:00.0"));
+    // The GPU sits behind the DMAR's graphics unit, the NVMe drive behind
+    // the INCLUDE_PCI_ALL one: each unit reads only its own devices' entries.
+    assert!(trace.contains("vtd dmar0: fetch context entry of 01:00.0"));
+    assert!(!trace.contains("vtd dmar1: fetch context entry of 01:00.0"));
+    assert!(!trace.contains("vtd dmar0: fetch context entry of 03:00.0"));
+    assert!(trace.contains("vtd dmar1 fault: reason 0x6 source 0x300 address 0x200123"));
+    assert!(trace.contains("vtd dmar1 fault: reason 0x2 source 0x200"));
 }
 
 #[test]
@@ -862,7 +867,9 @@ fn run_on_the_vtd_in_scalable_mode_uses_first_stage_tables_and_pasid_invalidatio
     let (code, sm, err) = iommu(&["run", "--iommu", "vtd-sm"]);
     assert_eq!(code, 0, "{err}");
     assert_eq!(legacy.lines().count(), sm.lines().count());
-    assert!(sm.contains("in scalable mode (root, context and PASID tables, first-stage tables"));
+    assert!(sm.contains(
+        "in scalable mode (each with root, context and PASID tables, first-stage tables"
+    ));
     // The same story; first-stage leaves carry no snoop (cache) bit.
     for (l, s) in legacy.lines().zip(sm.lines()).skip(2) {
         assert_eq!(l.replace("|CACHE", ""), s, "{l}\n{s}");
@@ -875,13 +882,13 @@ fn run_on_the_vtd_in_scalable_mode_uses_first_stage_tables_and_pasid_invalidatio
         .position(|l| l.ends_with("├─ iotlb_sync(size=0x204000)"))
         .expect("the unmap's iotlb_sync");
     assert!(
-        lines[sync + 1].contains("· vtd qi: PASID-based IOTLB invalidate, domain"),
+        lines[sync + 1].contains("qi: PASID-based IOTLB invalidate, domain"),
         "{}",
         lines[sync + 1]
     );
     // First-stage faults: not present (71h), write to a read-only page
     // (85h); a blocked device has no PASID entry (59h).
-    assert!(trace.contains("vtd fault: reason 0x71 source 0x300 address 0x200123"));
-    assert!(trace.contains("vtd fault: reason 0x85 source 0x300 address 0x600000"));
-    assert!(trace.contains("vtd fault: reason 0x59 source 0x200"));
+    assert!(trace.contains("vtd dmar1 fault: reason 0x71 source 0x300 address 0x200123"));
+    assert!(trace.contains("vtd dmar1 fault: reason 0x85 source 0x300 address 0x600000"));
+    assert!(trace.contains("vtd dmar1 fault: reason 0x59 source 0x200"));
 }

@@ -202,10 +202,17 @@ impl DmaHardware for vtd::EmuPlatform {
     }
 
     fn describe(&self) -> String {
+        let (what, each) = match self.units.len() {
+            1 => ("an emulated Intel VT-d unit".to_string(), ""),
+            n => (
+                format!("{n} emulated Intel VT-d units from the DMAR"),
+                "each with ",
+            ),
+        };
         match self.driver.mode() {
-            iommu_vtd::TableMode::Legacy => "an emulated Intel VT-d unit (root and context tables, second-level tables, invalidation queue and fault records in memory and registers)".into(),
+            iommu_vtd::TableMode::Legacy => format!("{what} ({each}root and context tables, second-level tables, invalidation queue and fault records in memory and registers)"),
             m => format!(
-                "an emulated Intel VT-d unit in scalable mode (root, context and PASID tables, {} tables, 256-bit invalidation queue and fault records in memory and registers)",
+                "{what} in scalable mode ({each}root, context and PASID tables, {} tables, 256-bit invalidation queue and fault records in memory and registers)",
                 if m == iommu_vtd::TableMode::ScalableFirstStage { "first-stage" } else { "second-stage" }
             ),
         }

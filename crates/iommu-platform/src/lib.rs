@@ -11,6 +11,8 @@
 //!   (`iommu-smmuv3` on `iommu-smmuv3-emu`) and the Intel VT-d pair
 //!   (`iommu-vtd` on `iommu-vtd-emu`). The drivers know nothing of this
 //!   layer; it knows them through their public types only.
+//! - [`dmar`]: a machine's VT-d units from its DMAR (which unit
+//!   translates each function), and the built-in platform's two units.
 //! - `testing` (feature `test-utils`): the hardware a shared test suite
 //!   runs on, as `IOMMU_TEST_DRIVER` names it.
 //!
@@ -28,6 +30,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![forbid(unsafe_code)]
 
+pub mod dmar;
 mod hardware;
 mod pci;
 #[cfg(feature = "test-utils")]

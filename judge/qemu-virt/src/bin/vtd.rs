@@ -42,13 +42,22 @@ mod q35 {
 
     type Driver = Vtd<VolatileMmio, HeapMemory>;
 
-    /// The unit's register base and the host address width, from the DMAR.
-    fn dmar() -> Result<(u64, u32), String> {
+    /// The DMAR: every unit's register base (segment 0), the host
+    /// address width, and the table (whose scopes say which unit
+    /// translates which requester id).
+    fn dmar() -> Result<(Vec<u64>, u32, Dmar), String> {
         let table = acpi::find(b"DMAR")?.ok_or("no DMAR: is -device intel-iommu given?")?;
         acpi::dump("DMAR", table);
         let dmar = Dmar::parse(table).map_err(|e| format!("DMAR: {e}"))?;
-        let drhd = dmar.drhds().next().ok_or("no DRHD in the DMAR")?;
-        Ok((drhd.register_base, dmar.address_width()))
+        let bases: Vec<u64> = dmar
+            .drhds()
+            .filter(|d| d.segment == 0)
+            .map(|d| d.register_base)
+            .collect();
+        if bases.is_empty() {
+            return Err("no DRHD of segment 0 in the DMAR".into());
+        }
+        Ok((bases, dmar.address_width(), dmar))
     }
 
     /// Reads the fault records, prints each, then the phase's line.
@@ -72,7 +81,7 @@ mod q35 {
 
     pub fn run() {
         print("iommu-rs judge: QEMU q35, QEMU's intel-iommu, the edu device\n");
-        let (base, haw) = match dmar() {
+        let (bases, haw, table) = match dmar() {
             Ok(d) => d,
             Err(e) => {
                 let _ = writeln!(Uart, "firmware: {e}");
@@ -80,7 +89,9 @@ mod q35 {
                 return;
             }
         };
-        let _ = writeln!(Uart, "DRHD base={base:#x} haw={haw}");
+        for base in &bases {
+            let _ = writeln!(Uart, "DRHD base={base:#x} haw={haw}");
+        }
         check("the DMAR names a remapping unit", true);
         let Ok(ecam) = acpi::ecam() else {
             check("edu found through ECAM", false);
@@ -100,9 +111,22 @@ mod q35 {
         check("edu identification register", edu.read32(0) == 0x0100_00ed);
         let sid = u16::from(devfn);
 
-        // SAFETY: the DRHD's register page, identity-mapped uncached by the
-        // boot code (it lies in the top GiB below 4 GiB).
-        let mmio = unsafe { VolatileMmio::new(base as *mut u8, 0x1000) };
+        // SAFETY: each DRHD's register page, identity-mapped uncached by
+        // the boot code (they lie in the top GiB below 4 GiB).
+        let mmios: Vec<VolatileMmio> = bases
+            .iter()
+            .map(|&base| unsafe { VolatileMmio::new(base as *mut u8, 0x1000) })
+            .collect();
+        // Which unit translates a requester id: the DMAR's scopes (QEMU's
+        // devices sit on the root bus, so no scope path crosses a bridge).
+        let table = Arc::new(table);
+        let lookup: iommu_vtd::UnitLookup = Arc::new(move |rid: u16| {
+            let d = table.drhd_for(0, rid, &|_, _| None, &|_| None)?;
+            table
+                .drhds()
+                .filter(|x| x.segment == 0)
+                .position(|x| x == d)
+        });
         // The mode comes from the command line (`-append`): `qi=off`
         // invalidates through the registers.
         let args = iommu_qemu_judge::board::cmdline();
@@ -114,15 +138,19 @@ mod q35 {
             mode: arg("mode=legacy").then_some(TableMode::Legacy),
             ..VtdConfig::default()
         };
-        let drv = match Vtd::probe(mmio, Arc::new(HeapMemory::new()), cfg) {
+        let drv = match Vtd::probe_units(mmios, Arc::new(HeapMemory::new()), cfg, Some(lookup)) {
             Ok(d) => d,
-            Err(e) => {
-                let _ = writeln!(Uart, "probe: {e}");
+            Err((unit, e)) => {
+                let _ = writeln!(Uart, "probe of unit {unit}: {e}");
                 check("VT-d probe", false);
                 return;
             }
         };
         check("VT-d probe", true);
+        check(
+            "the DMAR's scope puts edu behind a unit the driver drives",
+            drv.unit_for_source(sid).is_some_and(|u| u < drv.units()),
+        );
         let caps = *drv.caps();
         let mode = drv.mode();
         let _ = writeln!(
