@@ -36,7 +36,10 @@ pub fn smmuv3(pci: Option<Arc<GroupKeys>>, table_budget: Option<usize>) -> Arc<d
     )
 }
 
-/// The VT-d driver on an emulated unit with every feature and eight fault
+/// The VT-d driver on the built-in platform's two emulated units
+/// ([`dmar::default_vtd_units`](crate::dmar::default_vtd_units): a unit
+/// for the graphics' root port 00:01.0 and what lies below it, one for
+/// every other requester id), each with every feature and eight fault
 /// records, in legacy mode or, with `scalable`, scalable mode (the driver
 /// then runs first-stage tables, as Linux picks them).
 pub fn vtd(
@@ -56,7 +59,16 @@ pub fn vtd(
     } else {
         iommu_vtd_emu::Features::default()
     };
-    Arc::new(iommu_vtd::emu::EmuPlatform::new(layout(), features, cfg).expect("a platform"))
+    let units = crate::dmar::default_vtd_units();
+    Arc::new(
+        iommu_vtd::emu::EmuPlatform::with_units(
+            layout(),
+            &vec![features; units.drhds.len()],
+            cfg,
+            Some(units.lookup()),
+        )
+        .expect("a platform"),
+    )
 }
 
 /// The soft IOMMU. It and the SMMUv3 driver reserve the same software
@@ -72,8 +84,8 @@ pub fn soft(pci: Option<Arc<GroupKeys>>, table_budget: Option<usize>) -> Arc<dyn
 }
 
 /// The hardware `IOMMU_TEST_DRIVER` names: `soft` (the default),
-/// `smmuv3`, `vtd` (legacy mode) or `vtd-sm` (scalable mode, first-stage
-/// tables). Each groups by `pci` when given and bounds each domain's table
+/// `smmuv3`, `vtd` (legacy mode, two units) or `vtd-sm` (scalable mode,
+/// first-stage tables, two units). Each groups by `pci` when given and bounds each domain's table
 /// pages by `table_budget`.
 ///
 /// # Panics

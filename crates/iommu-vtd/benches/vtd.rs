@@ -9,6 +9,9 @@
 //! - the DMA layer's hot path (`map_single`+`unmap_single`, strict) on both;
 //! - the same in scalable mode on first-stage tables (PASID-based
 //!   invalidation);
+//! - map+unmap of one 4 KiB page in a domain shared by devices behind two
+//!   units (the unmap invalidates both, each with its own queue and wait),
+//!   and in the same domain once only one unit holds it;
 //! - the emulated unit's translation of one access on an IOTLB hit and on a
 //!   miss (context cached, a four-level walk through guest memory), on
 //!   second-level and on first-stage tables.
@@ -120,6 +123,55 @@ fn side_by_side(c: &mut Criterion) {
     dma_hot_path(c, "core+smmuv3", &iommu, &dev);
 }
 
+/// Two units (requester ids on bus 0 and bus 1) and one unmanaged domain
+/// attached to a device behind each.
+fn two_units(c: &mut Criterion) {
+    let lookup: iommu_vtd::UnitLookup = Arc::new(|sid: u16| Some(usize::from(sid >> 8 != 0)));
+    let plat = EmuPlatform::with_units(
+        EmuLayout::default(),
+        &[Features::default(), Features::default()],
+        VtdConfig::default(),
+        Some(lookup),
+    )
+    .unwrap();
+    let (iommu, bus, a) = setup(Arc::new(plat.driver.clone()));
+    let b = bus
+        .add_device(
+            DeviceBuilder::new("0000:01:00.0")
+                .stream_ids([0x100])
+                .pci(true),
+        )
+        .unwrap();
+    let owner = iommu_core::DmaOwner::new();
+    let (ga, gb) = (a.iommu_group().unwrap(), b.iommu_group().unwrap());
+    let shared = iommu
+        .domain_alloc(&bus, iommu_core::DomainType::Unmanaged)
+        .unwrap();
+    for g in [&ga, &gb] {
+        iommu.group_claim_dma_owner(g, owner).unwrap();
+        iommu.attach_group(&shared, g).unwrap();
+    }
+    let before = plat
+        .units
+        .iter()
+        .map(|u| u.stats().descriptors)
+        .sum::<u64>();
+    shared
+        .map(Iova::new(0), PhysAddr::new(0), 0x1000, Prot::RW)
+        .unwrap();
+    shared.unmap(Iova::new(0), 0x1000).unwrap();
+    let after = plat
+        .units
+        .iter()
+        .map(|u| u.stats().descriptors)
+        .sum::<u64>();
+    assert_eq!(after - before, 4, "PSI and wait on each unit");
+    map_unmap(c, "core+vtd 2 units, domain on both", &shared);
+    iommu.detach_group(&shared, &gb);
+    shared.unmap(Iova::new(0x10_0000), 0x1000).unwrap();
+    map_unmap(c, "core+vtd 2 units, domain on one", &shared);
+}
+
 fn translate(c: &mut Criterion) {
     // An IOTLB of one entry, so alternating between two pages always
     // misses: legacy second-level tables, then scalable mode's first
@@ -176,5 +228,5 @@ fn translate(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, side_by_side, translate);
+criterion_group!(benches, side_by_side, two_units, translate);
 criterion_main!(benches);

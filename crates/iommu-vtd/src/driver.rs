@@ -317,6 +317,8 @@ struct SourceEntry {
 pub(crate) struct Unit<R: Mmio, M: TableMemory> {
     /// Its place in the driver's units (its bit in a domain's units).
     index: usize,
+    /// `dmar<index>`, as Linux names units, for the wedge reports.
+    name: alloc::string::String,
     mmio: R,
     mem: Arc<M>,
     pub(crate) caps: VtdCaps,
@@ -802,6 +804,7 @@ impl<R: Mmio, M: TableMemory> Unit<R, M> {
         };
         let unit = Unit {
             index,
+            name: alloc::format!("dmar{index}"),
             gcmd: Mutex::new(mmio.read32(reg::GSTS) & gcmd::PERSISTENT & !gcmd::TE),
             mode,
             root,
@@ -1074,13 +1077,13 @@ impl<R: Mmio, M: TableMemory> Unit<R, M> {
         match r {
             Ok(()) => {
                 self.stats.waits.fetch_add(1, Ordering::Relaxed);
-                self.wedge.completed("intel-iommu");
+                self.wedge.completed(&self.name);
             }
             Err(e) => {
                 if e == Errno::ETIMEDOUT {
                     self.stats.timeouts.fetch_add(1, Ordering::Relaxed);
                 }
-                self.wedge.failed("intel-iommu", e);
+                self.wedge.failed(&self.name, e);
             }
         }
         r
