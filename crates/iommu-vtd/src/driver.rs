@@ -939,8 +939,42 @@ impl<R: Mmio, M: TableMemory> Unit<R, M> {
         // device on the old domain for good); the unit drops its cached
         // copy when it runs the queued invalidation.
         for sid in last {
-            let _ = self.set_context(sid, None, Failure::Keep);
+            if self.set_context(sid, None, Failure::Keep).is_ok() && self.mode.scalable() {
+                let _ = self.release_pasid_tables(sid);
+            }
         }
+    }
+
+    /// Scalable mode, a requester id whose last device went (its RID_PASID
+    /// entry already cleared and invalidated): its context entry is
+    /// cleared and invalidated, then its PASID directory and table are
+    /// freed, as Linux frees a released device's PASID table. If the
+    /// invalidation does not complete, the context entry goes back (the
+    /// unit may still hold it, and it names the tables, which stay) and
+    /// the tables are freed on the id's next release.
+    fn release_pasid_tables(&self, sid: u16) -> Result<(), Errno> {
+        let mut t = self.tables.lock();
+        if !t.pasids.contains_key(&sid) || t.owed.contains_key(&sid) || t.targets.contains_key(&sid)
+        {
+            return Ok(());
+        }
+        let (key, i) = self.context_slot(sid);
+        let Some(ctx) = t.contexts.get(&key) else {
+            return Ok(());
+        };
+        let old: [u64; 4] = core::array::from_fn(|k| ctx.read(i + k));
+        for k in 0..4 {
+            ctx.write(i + k, 0);
+        }
+        self.stats.context_writes.fetch_add(1, Ordering::Relaxed);
+        if let Err(e) = self.submit(&[Invalidation::ContextDevice { did: 0, sid }]) {
+            for k in (0..4).rev() {
+                ctx.write(i + k, old[k]);
+            }
+            return Err(e);
+        }
+        t.pasids.remove(&sid);
+        Ok(())
     }
 
     /// Everything of domain `did` this unit may still hold goes: the

@@ -492,3 +492,82 @@ fn a_domain_freed_while_the_unit_is_wedged_waits_for_its_invalidation() {
         .unwrap();
     assert_eq!(plat.driver.retired_domains(), 0);
 }
+
+#[test]
+fn a_removed_devices_pasid_tables_are_freed_and_made_again_when_it_returns() {
+    // Scalable mode: a requester id's PASID directory and table live as
+    // long as a device uses the id (Linux frees them on release), so a
+    // bus whose devices come and go does not leak two pages per id.
+    let plat = EmuPlatform::new(
+        EmuLayout::default(),
+        Features::scalable(),
+        VtdConfig {
+            host_address_width: 48,
+            ..VtdConfig::default()
+        },
+    )
+    .unwrap();
+    let iommu = Iommu::default();
+    let bus = Bus::new(&iommu, "pci").unwrap();
+    iommu
+        .bus_set_iommu(&bus, Arc::new(plat.driver.clone()))
+        .unwrap();
+    let add = || {
+        bus.add_device(
+            DeviceBuilder::new("0000:00:03.0")
+                .stream_ids([u32::from(SID)])
+                .pci(true),
+        )
+        .unwrap()
+    };
+    let dev = add();
+    let dom = dev.iommu_group().unwrap().default_domain().unwrap();
+    dom.map(
+        Iova::new(0x5000),
+        PhysAddr::new(0x90_0000),
+        0x1000,
+        Prot::RW,
+    )
+    .unwrap();
+    assert!(plat.driver.pasid_entry(SID).is_some());
+    assert_eq!(
+        plat.hw
+            .translate(SID, 0x5000, iommu_vtd_emu::Access::Read)
+            .unwrap()
+            .pa,
+        0x90_0000
+    );
+    drop(dom);
+    bus.remove_device(&dev).unwrap();
+    assert_eq!(plat.driver.pasid_entry(SID), None, "tables freed");
+    let ctx = plat.driver.context_entry(SID).unwrap();
+    assert_eq!(ctx[0] & 1, 0, "the context entry is cleared");
+    assert!(
+        plat.hw
+            .translate(SID, 0x5000, iommu_vtd_emu::Access::Read)
+            .is_err(),
+        "the unit forgot the entry"
+    );
+    // Back again: new tables, the new default domain translates.
+    let dev = add();
+    let dom = dev.iommu_group().unwrap().default_domain().unwrap();
+    dom.map(
+        Iova::new(0x6000),
+        PhysAddr::new(0x91_0000),
+        0x1000,
+        Prot::RW,
+    )
+    .unwrap();
+    assert!(plat.driver.pasid_entry(SID).is_some());
+    assert_eq!(
+        plat.hw
+            .translate(SID, 0x6000, iommu_vtd_emu::Access::Read)
+            .unwrap()
+            .pa,
+        0x91_0000
+    );
+    assert!(plat
+        .hw
+        .translate(SID, 0x5000, iommu_vtd_emu::Access::Read)
+        .is_err());
+}
