@@ -8,6 +8,7 @@ use iommu_hw::emu::EmuLayout;
 use iommu_smmuv3::Smmuv3Config;
 use iommu_soft::{SoftConfig, SoftIommu};
 use iommu_vtd::VtdConfig;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 /// 64 MiB of emulated memory, the tables in all of it but the first MiB.
@@ -109,7 +110,8 @@ pub fn hardware_from_env(
 /// driver wrote, so a missing context-cache, PASID-cache or IOTLB
 /// invalidation, one sent to the wrong unit, a wrong entry or a table a
 /// unit cannot walk shows up as a disagreement.
-pub struct VtdHardware(pub iommu_vtd::emu::EmuPlatform);
+/// The second field counts the wedges.
+pub struct VtdHardware(pub iommu_vtd::emu::EmuPlatform, AtomicUsize);
 
 impl VtdHardware {
     /// A small platform with one unit; a short poll limit makes a wedged
@@ -153,6 +155,7 @@ impl VtdHardware {
                 (units > 1).then_some(lookup),
             )
             .expect("a platform the driver probes"),
+            AtomicUsize::new(0),
         )
     }
 }
@@ -172,10 +175,14 @@ impl iommu_soft::testing::Hardware for VtdHardware {
     }
 
     /// The units stop completing invalidations; coming back, they run
-    /// what was queued.
+    /// what was queued. With several units, every other wedge stops only
+    /// the odd-numbered ones, so some of a domain's units answer while
+    /// others do not.
     fn set_wedged(&self, wedged: bool) {
-        for u in &self.0.units {
-            u.pause_invalidations(wedged);
+        let n = self.1.fetch_add(usize::from(wedged), Ordering::Relaxed);
+        let some = wedged && self.0.units.len() > 1 && n % 2 == 1;
+        for (i, u) in self.0.units.iter().enumerate() {
+            u.pause_invalidations(wedged && (!some || i % 2 == 1));
         }
     }
 }

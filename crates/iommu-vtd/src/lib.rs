@@ -1,13 +1,23 @@
 //! An Intel VT-d driver for `iommu-core` (Intel Virtualization Technology
 //! for Directed I/O, Architecture Specification).
 //!
-//! [`Vtd`] is an [`IommuOps`](iommu_core::IommuOps) driver for one
-//! remapping unit (one DRHD of the firmware's DMAR), modelled on Linux's
-//! `drivers/iommu/intel`. It reaches the unit only through its registers
-//! ([`Mmio`](iommu_hw::Mmio)) and through what it writes into DMA-able
-//! memory (a [`TableMemory`](iommu_pgtable::TableMemory)): the root table,
-//! context tables, the invalidation queue, and page tables in the same
-//! memory.
+//! [`Vtd`] is an [`IommuOps`](iommu_core::IommuOps) driver for a
+//! machine's remapping units (the DRHDs of the firmware's DMAR), modelled
+//! on Linux's `drivers/iommu/intel`. It reaches each unit only through its
+//! registers ([`Mmio`](iommu_hw::Mmio)) and through what it writes into
+//! DMA-able memory (a [`TableMemory`](iommu_pgtable::TableMemory)): the
+//! root table, context tables, the invalidation queue, and page tables in
+//! the same memory.
+//!
+//! - Units: [`Vtd::probe`] drives one unit that translates every device;
+//!   [`Vtd::probe_units`] drives several, with a [`UnitLookup`] (the
+//!   firmware's device scopes) saying which unit translates a requester
+//!   id. A device's requester ids, aliases included, are programmed on its
+//!   own id's unit. Paging domains are shared by all units: tables every
+//!   unit walks, one domain id valid on every unit (the narrowest unit's
+//!   width), and a bit per unit that may hold a domain's translations, set
+//!   before its first entry there is written and cleared once its last one
+//!   is gone and invalidated, so an unmap invalidates exactly those units.
 //!
 //! - [`TableMode`]: legacy mode (a context table per bus whose entries
 //!   point at second-level tables, `iommu-pgtable`'s VT-d format) or
