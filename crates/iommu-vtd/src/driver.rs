@@ -440,7 +440,7 @@ impl<R: Mmio, M: TableMemory> Vtd<R, M> {
     ///
     /// # Errors
     /// The unit's index and its [`ProbeError`]; units probed before it are
-    /// turned off again.
+    /// turned off again (translation and queue).
     pub fn probe_units(
         units: Vec<R>,
         mem: Arc<M>,
@@ -520,8 +520,13 @@ impl<R: Mmio, M: TableMemory> Vtd<R, M> {
             match Unit::probe(index, mmio, &mem, caps, mode, levels, &cfg) {
                 Ok(u) => probed.push(Arc::new(u)),
                 Err(e) => {
+                    // The units brought up already stop reading what is
+                    // about to be freed: translation and their queues off.
                     for u in &probed {
                         let _ = u.set_persistent(gcmd::TE, false);
+                        if u.queue.is_some() {
+                            let _ = u.set_persistent(gcmd::QIE, false);
+                        }
                     }
                     return Err((index, e));
                 }
