@@ -130,12 +130,12 @@ impl<R: Mmio, M: TableMemory> VtdDomain<R, M> {
         r
     }
 
-    /// The units (their indices) that may hold the domain's translations.
+    /// The units (their indices) that may hold the domain's translations:
+    /// those with an entry naming it, or one cleared whose invalidation
+    /// did not complete.
     pub fn units(&self) -> Vec<usize> {
-        let Some(drv) = self.hw.upgrade() else {
-            return Vec::new();
-        };
-        drv.units_of(&self.units).map(|u| u.index()).collect()
+        let mask = self.units.load(core::sync::atomic::Ordering::SeqCst);
+        (0..64).filter(|i| mask & (1 << i) != 0).collect()
     }
 
     /// The domain id its entries carry.

@@ -765,11 +765,6 @@ impl<R: Mmio, M: TableMemory> Inner<R, M> {
 }
 
 impl<R: Mmio, M: TableMemory> Unit<R, M> {
-    /// Its place in the driver's units.
-    pub(crate) fn index(&self) -> usize {
-        self.index
-    }
-
     /// Brings one unit up (see [`Vtd::probe_units`]).
     fn probe(
         index: usize,
