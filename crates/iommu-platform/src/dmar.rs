@@ -11,59 +11,64 @@ use iommu_vtd::UnitLookup;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-/// The DRHDs of one PCI segment, and which of them translates a
-/// requester id there.
+/// A DMAR's DRHDs, and which of them translates a requester id.
 #[derive(Clone, Debug)]
 pub struct DmarUnits {
-    /// The segment's units, in table order (the driver's unit indices).
+    /// The units, in table order (the driver's unit indices).
     pub drhds: Vec<Drhd>,
     dmar: Dmar,
-    segment: u16,
-    /// Bridges by (bus, devfn): their secondary and subordinate bus.
-    bridges: BTreeMap<(u8, u8), (u8, u8)>,
+    /// Bridges by (segment, bus, devfn): their secondary and subordinate
+    /// bus.
+    bridges: BTreeMap<(u32, u8, u8), (u8, u8)>,
 }
 
 impl DmarUnits {
-    /// `dmar`'s units of `segment` over the bridges of `topology` (whose
-    /// configuration space gives their bus numbers, to follow scope paths
-    /// and tell what lies below a bridge).
-    pub fn resolve(dmar: &Dmar, topology: &Topology, segment: u16) -> DmarUnits {
+    /// `dmar`'s units over the bridges of `topology` (whose configuration
+    /// space gives their bus numbers, to follow scope paths and tell what
+    /// lies below a bridge), on every PCI segment.
+    pub fn resolve(dmar: &Dmar, topology: &Topology) -> DmarUnits {
         let bridges = topology
             .functions()
             .iter()
-            .filter(|f| f.bdf.segment == u32::from(segment))
             .filter_map(|f| {
-                f.bridge
-                    .map(|b| ((f.bdf.bus, f.bdf.devfn), (b.secondary, b.subordinate)))
+                f.bridge.map(|b| {
+                    (
+                        (f.bdf.segment, f.bdf.bus, f.bdf.devfn),
+                        (b.secondary, b.subordinate),
+                    )
+                })
             })
             .collect();
         DmarUnits {
-            drhds: dmar
-                .drhds()
-                .filter(|d| d.segment == segment)
-                .cloned()
-                .collect(),
+            drhds: dmar.drhds().cloned().collect(),
             dmar: dmar.clone(),
-            segment,
             bridges,
         }
     }
 
     /// The unit (its index in [`drhds`](Self::drhds)) that translates
-    /// requester id `rid`: one whose scope names it or a bridge above it,
-    /// else the segment's `INCLUDE_PCI_ALL` unit ([`Dmar::drhd_for`]), as
-    /// Linux's `device_lookup_iommu` decides; `None` if no unit does.
-    pub fn unit_of(&self, rid: u16) -> Option<usize> {
-        let secondary = |bus: u8, devfn: u8| self.bridges.get(&(bus, devfn)).map(|r| r.0);
-        let range = |bdf: u16| self.bridges.get(&((bdf >> 8) as u8, bdf as u8)).copied();
-        let d = self.dmar.drhd_for(self.segment, rid, &secondary, &range)?;
+    /// requester id `id` (`segment << 16 | rid`, the form of a PCI
+    /// device's stream ids): one of its segment whose scope names it or a
+    /// bridge above it, else the segment's `INCLUDE_PCI_ALL` unit
+    /// ([`Dmar::drhd_for`]), as Linux's `device_lookup_iommu` decides;
+    /// `None` if no unit does.
+    pub fn unit_of(&self, id: u32) -> Option<usize> {
+        let (segment, rid) = (id >> 16, id as u16);
+        let seg = u16::try_from(segment).ok()?;
+        let secondary = |bus: u8, devfn: u8| self.bridges.get(&(segment, bus, devfn)).map(|r| r.0);
+        let range = |bdf: u16| {
+            self.bridges
+                .get(&(segment, (bdf >> 8) as u8, bdf as u8))
+                .copied()
+        };
+        let d = self.dmar.drhd_for(seg, rid, &secondary, &range)?;
         self.drhds.iter().position(|x| x == d)
     }
 
     /// [`unit_of`](Self::unit_of) as the driver's lookup.
     pub fn lookup(&self) -> UnitLookup {
         let me = self.clone();
-        Arc::new(move |rid: u16| me.unit_of(rid))
+        Arc::new(move |id: u32| me.unit_of(id))
     }
 }
 
@@ -109,7 +114,7 @@ pub fn default_vtd_units() -> DmarUnits {
         .machine
         .analyze(iommu_pci::Platform::default())
         .expect("the default topology is a tree");
-    DmarUnits::resolve(&default_dmar(), &a.topology, 0)
+    DmarUnits::resolve(&default_dmar(), &a.topology)
 }
 
 #[cfg(test)]
@@ -122,7 +127,7 @@ mod tests {
         assert_eq!(u.drhds.len(), 2);
         let unit = |bdf: &str| {
             let b: iommu_pci::Bdf = bdf.parse().unwrap();
-            u.unit_of(u16::from(b.bus) << 8 | u16::from(b.devfn))
+            u.unit_of(u32::from(b.bus) << 8 | u32::from(b.devfn))
         };
         // The GPU, its audio function, and the root port the scope names.
         assert_eq!(unit("01:00.0"), Some(0));
@@ -147,9 +152,23 @@ mod tests {
         only_gpu.structures.remove(1);
         let a = iommu_pci::parse_topology(crate::DEFAULT_TOPOLOGY).unwrap();
         let a = a.machine.analyze(iommu_pci::Platform::default()).unwrap();
-        let u = DmarUnits::resolve(&only_gpu, &a.topology, 0);
+        let u = DmarUnits::resolve(&only_gpu, &a.topology);
         assert_eq!(u.unit_of(0x0100), Some(0));
         assert_eq!(u.unit_of(0x0300), None);
+        // A second segment with a unit of its own: the same requester id
+        // on each segment has its segment's unit.
+        let mut two = default_dmar();
+        two.push(Remapping::Drhd(Drhd {
+            flags: Drhd::INCLUDE_PCI_ALL,
+            size: 0,
+            segment: 1,
+            register_base: 0xfed9_2000,
+            scopes: vec![],
+        }));
+        let u = DmarUnits::resolve(&two, &a.topology);
+        assert_eq!(u.unit_of(0x0300), Some(1));
+        assert_eq!(u.unit_of(1 << 16 | 0x0300), Some(2));
+        assert_eq!(u.unit_of(2 << 16 | 0x0300), None, "no unit on segment 2");
     }
 
     #[test]

@@ -144,13 +144,15 @@ impl DmaHardware for vtd::EmuPlatform {
         access: Access,
     ) -> Result<PhysAddr, TranslateError> {
         let sid = *dev.stream_ids().first().ok_or(TranslateError::NoStream)?;
-        let sid = u16::try_from(sid).map_err(|_| TranslateError::NoStream)?;
         let hw_access = match access {
             Access::Read => iommu_vtd_emu::Access::Read,
             Access::Write => iommu_vtd_emu::Access::Write,
         };
-        // The device's DMA goes to the unit the firmware puts it behind.
+        // The device's DMA goes to the unit the firmware puts it behind,
+        // with its requester id within its segment.
         let hw = self.scope_unit(sid).ok_or(TranslateError::NoStream)?;
+        let unit = self.units.iter().position(|u| Arc::ptr_eq(u, hw));
+        let sid = sid as u16;
         let (why, permission) = match hw.translate(sid, iova.raw(), hw_access) {
             Ok(seg) => return Ok(PhysAddr::new(seg.pa)),
             Err(iommu_vtd_emu::DmaError::Fault {
@@ -164,7 +166,7 @@ impl DmaHardware for vtd::EmuPlatform {
             .handle_faults()
             .iter()
             .rev()
-            .find(|f| f.source_id == sid && f.address == page)
+            .find(|f| f.source_id == sid && f.address == page && Some(f.unit) == unit)
             .and_then(|f| f.report)
             .unwrap_or(Err(Errno::ENOSYS));
         Err(match why {
@@ -187,7 +189,7 @@ impl DmaHardware for vtd::EmuPlatform {
     }
 
     fn stream_domain(&self, sid: u32) -> Option<iommu_core::Domain> {
-        self.driver.source_domain(u16::try_from(sid).ok()?)
+        self.driver.source_domain(sid)
     }
 
     fn as_any(&self) -> &dyn core::any::Any {

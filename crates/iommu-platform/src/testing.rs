@@ -146,7 +146,7 @@ impl VtdHardware {
             ..VtdConfig::default()
         };
         let lookup: iommu_vtd::UnitLookup =
-            Arc::new(move |sid: u16| Some((usize::from(sid) * units / 6).min(units - 1)));
+            Arc::new(move |sid: u32| Some((sid as usize * units / 6).min(units - 1)));
         VtdHardware(
             iommu_vtd::emu::EmuPlatform::with_units(
                 layout,
@@ -166,10 +166,10 @@ impl iommu_soft::testing::Hardware for VtdHardware {
     }
 
     fn translate(&self, sid: u32, iova: iommu_core::Iova) -> Option<iommu_core::PhysAddr> {
-        let sid = u16::try_from(sid).ok()?;
+        let rid = u16::try_from(sid).ok()?;
         self.0
             .unit_for(sid)?
-            .translate(sid, iova.raw(), iommu_vtd_emu::Access::Read)
+            .translate(rid, iova.raw(), iommu_vtd_emu::Access::Read)
             .ok()
             .map(|s| iommu_core::PhysAddr::new(s.pa))
     }

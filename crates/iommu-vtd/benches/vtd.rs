@@ -126,7 +126,7 @@ fn side_by_side(c: &mut Criterion) {
 /// Two units (requester ids on bus 0 and bus 1) and one unmanaged domain
 /// attached to a device behind each.
 fn two_units(c: &mut Criterion) {
-    let lookup: iommu_vtd::UnitLookup = Arc::new(|sid: u16| Some(usize::from(sid >> 8 != 0)));
+    let lookup: iommu_vtd::UnitLookup = Arc::new(|sid: u32| Some(usize::from(sid >> 8 != 0)));
     let plat = EmuPlatform::with_units(
         EmuLayout::default(),
         &[Features::default(), Features::default()],

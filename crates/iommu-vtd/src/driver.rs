@@ -263,10 +263,15 @@ enum Failure {
 /// may be cached on as bits of one word.
 pub const MAX_UNITS: usize = 64;
 
-/// Which unit translates a requester id (`None`: no unit does, and the
-/// device is not translated): the firmware's device scopes as the
-/// platform resolved them (for a DMAR, `iommu_firmware::dmar::Dmar::drhd_for`).
-pub type UnitLookup = Arc<dyn Fn(u16) -> Option<usize> + Send + Sync>;
+/// Which unit translates a requester id of a PCI segment, given as
+/// `segment << 16 | requester id` (the form of a PCI device's stream ids;
+/// `None`: no unit does, and the device is not translated): the firmware's
+/// device scopes as the platform resolved them (for a DMAR,
+/// `iommu_firmware::dmar::Dmar::drhd_for`).
+pub type UnitLookup = Arc<dyn Fn(u32) -> Option<usize> + Send + Sync>;
+
+/// A unit that has translated no device yet has no segment.
+const NO_SEGMENT: u32 = u32::MAX;
 
 /// A domain as a unit's entries name it: what the entry says, and the
 /// domain's units (a bit per unit that may hold its translations, which
@@ -319,6 +324,9 @@ pub(crate) struct Unit<R: Mmio, M: TableMemory> {
     index: usize,
     /// `dmar<index>`, as Linux names units, for the wedge reports.
     name: alloc::string::String,
+    /// The PCI segment of the requester ids it translates (a DRHD belongs
+    /// to one), fixed by the first device it gets.
+    segment: AtomicU32,
     mmio: R,
     mem: Arc<M>,
     pub(crate) caps: VtdCaps,
@@ -582,9 +590,10 @@ impl<R: Mmio, M: TableMemory> Vtd<R, M> {
         self.inner.units.get(unit).map(|u| u.mode)
     }
 
-    /// The unit requester id `sid` is programmed on (the unit of a device
-    /// using it), else the unit the firmware's scope gives it.
-    pub fn unit_for_source(&self, sid: u16) -> Option<usize> {
+    /// The unit requester id `sid` (`segment << 16 | rid`) is programmed
+    /// on (the unit of a device using it), else the unit the firmware's
+    /// scope gives it.
+    pub fn unit_for_source(&self, sid: u32) -> Option<usize> {
         self.inner.unit_for_source(sid).map(|u| u.index)
     }
 
@@ -616,22 +625,23 @@ impl<R: Mmio, M: TableMemory> Vtd<R, M> {
         self.inner.units.get(unit).map(|u| u.stats())
     }
 
-    /// The context entry of requester id `sid` as its unit reads it (in
-    /// scalable mode, its first 128 bits).
-    pub fn context_entry(&self, sid: u16) -> Option<Entry128> {
+    /// The context entry of requester id `sid` (`segment << 16 | rid`) as
+    /// its unit reads it (in scalable mode, its first 128 bits).
+    pub fn context_entry(&self, sid: u32) -> Option<Entry128> {
         let unit = self.inner.unit_for_source(sid)?;
         let t = unit.tables.lock();
-        let (key, i) = unit.context_slot(sid);
+        let (key, i) = unit.context_slot(sid as u16);
         let ctx = t.contexts.get(&key)?;
         Some([ctx.read(i), ctx.read(i + 1)])
     }
 
-    /// Scalable mode: the PASID-table entry requester id `sid`'s requests
-    /// without a PASID use (RID_PASID), as its unit reads it.
-    pub fn pasid_entry(&self, sid: u16) -> Option<PasidEntry> {
+    /// Scalable mode: the PASID-table entry requester id `sid`'s
+    /// (`segment << 16 | rid`) requests without a PASID use (RID_PASID),
+    /// as its unit reads it.
+    pub fn pasid_entry(&self, sid: u32) -> Option<PasidEntry> {
         let unit = self.inner.unit_for_source(sid)?;
         let t = unit.tables.lock();
-        let [_, table] = t.pasids.get(&sid)?;
+        let [_, table] = t.pasids.get(&(sid as u16))?;
         Some([table.read(0), table.read(1), table.read(2)])
     }
 
@@ -679,12 +689,16 @@ impl<R: Mmio, M: TableMemory> Vtd<R, M> {
         all
     }
 
-    /// The domain requester id `sid` is attached to, if any.
-    pub fn source_domain(&self, sid: u16) -> Option<Domain> {
-        self.inner
-            .units
-            .iter()
-            .find_map(|u| u.sources.lock().get(&sid).map(|e| e.domain.clone()))
+    /// The domain requester id `sid` (`segment << 16 | rid`) is attached
+    /// to, if any.
+    pub fn source_domain(&self, sid: u32) -> Option<Domain> {
+        let (segment, rid) = (sid >> 16, sid as u16);
+        self.inner.units.iter().find_map(|u| {
+            if self.inner.units.len() > 1 && u.segment.load(Ordering::Acquire) != segment {
+                return None;
+            }
+            u.sources.lock().get(&rid).map(|e| e.domain.clone())
+        })
     }
 
     /// Turns translation off on every unit (DMA then bypasses them).
@@ -700,26 +714,55 @@ pub(crate) type UnitSids<'a, R, M> = (&'a Arc<Unit<R, M>>, Vec<u16>);
 
 impl<R: Mmio, M: TableMemory> Inner<R, M> {
     /// The unit that translates `dev` (the one its first requester id, its
-    /// own, falls in) and its requester ids: aliases are programmed on the
-    /// device's unit, as Linux does.
+    /// own, falls in) and its requester ids within its segment: aliases
+    /// are programmed on the device's unit, as Linux does.
+    ///
+    /// # Errors
+    /// `ENODEV`: no id, or no unit covers it; `ERANGE`: an id past segment
+    /// 0 without a lookup (one unit covers segment 0); `EINVAL`: the
+    /// device's ids span segments, or its unit already translates another
+    /// segment (a lookup at odds with the firmware's one segment per
+    /// DRHD).
     pub(crate) fn unit_of(&self, dev: &Device) -> Result<UnitSids<'_, R, M>, Errno> {
-        let sids = source_ids(dev)?;
+        let ids = dev.stream_ids();
+        let first = *ids.first().ok_or(Errno::ENODEV)?;
+        let segment = first >> 16;
+        if ids.iter().any(|&s| s >> 16 != segment) {
+            return Err(Errno::EINVAL);
+        }
         let unit = match &self.lookup {
+            None if segment != 0 => return Err(Errno::ERANGE),
             None => self.units.first(),
-            Some(f) => f(sids[0]).and_then(|i| self.units.get(i)),
-        };
-        Ok((unit.ok_or(Errno::ENODEV)?, sids))
+            Some(f) => f(first).and_then(|i| self.units.get(i)),
+        }
+        .ok_or(Errno::ENODEV)?;
+        match unit.segment.compare_exchange(
+            NO_SEGMENT,
+            segment,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        ) {
+            Ok(_) => {}
+            Err(s) if s == segment => {}
+            Err(_) => return Err(Errno::EINVAL),
+        }
+        Ok((unit, ids.iter().map(|&s| s as u16).collect()))
     }
 
-    /// The unit `sid` is programmed on, else the one the scope gives it.
-    fn unit_for_source(&self, sid: u16) -> Option<&Arc<Unit<R, M>>> {
+    /// The unit requester id `id` (`segment << 16 | rid`) is programmed
+    /// on, else the one the scope gives it.
+    fn unit_for_source(&self, id: u32) -> Option<&Arc<Unit<R, M>>> {
         if self.units.len() == 1 {
             return self.units.first();
         }
+        let (segment, rid) = (id >> 16, id as u16);
         self.units
             .iter()
-            .find(|u| u.tables.lock().targets.contains_key(&sid))
-            .or_else(|| self.units.get(self.lookup.as_ref()?(sid)?))
+            .find(|u| {
+                u.segment.load(Ordering::Acquire) == segment
+                    && u.tables.lock().targets.contains_key(&rid)
+            })
+            .or_else(|| self.units.get(self.lookup.as_ref()?(id)?))
     }
 
     /// The units a domain's invalidations go to: the only one, or those
@@ -805,6 +848,7 @@ impl<R: Mmio, M: TableMemory> Unit<R, M> {
         let unit = Unit {
             index,
             name: alloc::format!("dmar{index}"),
+            segment: AtomicU32::new(NO_SEGMENT),
             gcmd: Mutex::new(mmio.read32(reg::GSTS) & gcmd::PERSISTENT & !gcmd::TE),
             mode,
             root,
@@ -1020,17 +1064,6 @@ impl<R: Mmio, M: TableMemory> Unit<R, M> {
         }
         Ok(())
     }
-}
-
-/// A device's requester ids, which VT-d calls source ids.
-fn source_ids(dev: &Device) -> Result<Vec<u16>, Errno> {
-    let ids = dev.stream_ids();
-    if ids.is_empty() {
-        return Err(Errno::ENODEV);
-    }
-    ids.iter()
-        .map(|&s| u16::try_from(s).map_err(|_| Errno::ERANGE))
-        .collect()
 }
 
 impl<R: Mmio, M: TableMemory> Unit<R, M> {

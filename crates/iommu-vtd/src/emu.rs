@@ -76,19 +76,21 @@ impl EmuPlatform {
         })
     }
 
-    /// The unit the firmware's scope puts requester id `sid` behind: where
-    /// a device with that id as its own sends its DMA, whatever the driver
-    /// programmed.
-    pub fn scope_unit(&self, sid: u16) -> Option<&Arc<Hw<EmuMemory>>> {
+    /// The unit the firmware's scope puts requester id `sid`
+    /// (`segment << 16 | rid`) behind: where a device with that id as its
+    /// own sends its DMA, whatever the driver programmed.
+    pub fn scope_unit(&self, sid: u32) -> Option<&Arc<Hw<EmuMemory>>> {
         match &self.lookup {
-            None => self.units.first(),
+            None if sid >> 16 == 0 => self.units.first(),
+            None => None,
             Some(f) => self.units.get(f(sid)?),
         }
     }
 
-    /// The unit requester id `sid`'s DMA reaches: the one the driver
-    /// programmed it on, else the one the firmware's scope gives it.
-    pub fn unit_for(&self, sid: u16) -> Option<&Arc<Hw<EmuMemory>>> {
+    /// The unit requester id `sid`'s DMA reaches (`segment << 16 | rid`):
+    /// the one the driver programmed it on, else the one the firmware's
+    /// scope gives it.
+    pub fn unit_for(&self, sid: u32) -> Option<&Arc<Hw<EmuMemory>>> {
         self.units.get(self.driver.unit_for_source(sid)?)
     }
 }

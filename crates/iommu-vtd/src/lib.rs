@@ -12,8 +12,9 @@
 //! - Units: [`Vtd::probe`] drives one unit that translates every device;
 //!   [`Vtd::probe_units`] drives several, with a [`UnitLookup`] (the
 //!   firmware's device scopes) saying which unit translates a requester
-//!   id. A device's requester ids, aliases included, are programmed on its
-//!   own id's unit. Paging domains are shared by all units: tables every
+//!   id (`segment << 16 | rid`, as PCI devices' stream ids carry it: a
+//!   unit serves one PCI segment, as a DRHD does). A device's requester
+//!   ids, aliases included, are programmed on its own id's unit. Paging domains are shared by all units: tables every
 //!   unit walks, one domain id valid on every unit (the narrowest unit's
 //!   width), and a bit per unit that may hold a domain's translations, set
 //!   before its first entry there is written and cleared once its last one

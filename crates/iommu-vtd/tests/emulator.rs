@@ -148,13 +148,16 @@ fn run(features: Features, cfg: VtdConfig) -> BTreeMap<String, Vec<Fault>> {
         // The context entry stays; the RID_PASID's PASID entry goes.
         assert!(plat
             .driver
-            .context_entry(SID)
+            .context_entry(u32::from(SID))
             .is_some_and(|e| e[0] & 1 == 1));
-        assert!(plat.driver.pasid_entry(SID).is_some_and(|e| e[0] & 1 == 0));
+        assert!(plat
+            .driver
+            .pasid_entry(u32::from(SID))
+            .is_some_and(|e| e[0] & 1 == 0));
     } else {
         assert!(plat
             .driver
-            .context_entry(SID)
+            .context_entry(u32::from(SID))
             .is_some_and(|e| e[0] & 1 == 0));
     }
     dma_write(0x20_0000, &buf[..16]);
@@ -529,7 +532,7 @@ fn a_removed_devices_pasid_tables_are_freed_and_made_again_when_it_returns() {
         Prot::RW,
     )
     .unwrap();
-    assert!(plat.driver.pasid_entry(SID).is_some());
+    assert!(plat.driver.pasid_entry(u32::from(SID)).is_some());
     assert_eq!(
         plat.hw
             .translate(SID, 0x5000, iommu_vtd_emu::Access::Read)
@@ -539,8 +542,12 @@ fn a_removed_devices_pasid_tables_are_freed_and_made_again_when_it_returns() {
     );
     drop(dom);
     bus.remove_device(&dev).unwrap();
-    assert_eq!(plat.driver.pasid_entry(SID), None, "tables freed");
-    let ctx = plat.driver.context_entry(SID).unwrap();
+    assert_eq!(
+        plat.driver.pasid_entry(u32::from(SID)),
+        None,
+        "tables freed"
+    );
+    let ctx = plat.driver.context_entry(u32::from(SID)).unwrap();
     assert_eq!(ctx[0] & 1, 0, "the context entry is cleared");
     assert!(
         plat.hw
@@ -558,7 +565,7 @@ fn a_removed_devices_pasid_tables_are_freed_and_made_again_when_it_returns() {
         Prot::RW,
     )
     .unwrap();
-    assert!(plat.driver.pasid_entry(SID).is_some());
+    assert!(plat.driver.pasid_entry(u32::from(SID)).is_some());
     assert_eq!(
         plat.hw
             .translate(SID, 0x6000, iommu_vtd_emu::Access::Read)

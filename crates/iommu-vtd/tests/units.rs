@@ -13,7 +13,7 @@ use std::sync::Arc;
 /// Requester ids on bus 0 go to the first unit, bus 1 to the second; bus
 /// 2 has none.
 fn by_bus() -> UnitLookup {
-    Arc::new(|sid: u16| match sid >> 8 {
+    Arc::new(|sid: u32| match sid >> 8 {
         0 => Some(0),
         1 => Some(1),
         _ => None,
@@ -314,4 +314,98 @@ fn domain_ids_are_the_narrowest_units() {
         }
     }
     assert_eq!(held.len(), 13);
+}
+
+#[test]
+fn units_of_two_pci_segments_keep_the_same_requester_id_apart() {
+    // A DRHD per segment: requester id 00:03.0 on segment 0 and on
+    // segment 1 are two devices behind two units, whose stream ids carry
+    // the segment above the requester id.
+    let by_segment: UnitLookup = Arc::new(|id: u32| match id >> 16 {
+        0 => Some(0),
+        1 => Some(1),
+        _ => None,
+    });
+    let plat = EmuPlatform::with_units(
+        EmuLayout::default(),
+        &[Features::default(), Features::default()],
+        cfg(),
+        Some(by_segment),
+    )
+    .unwrap();
+    let iommu = Iommu::default();
+    let bus = Bus::new(&iommu, "pci").unwrap();
+    let add = |name: &str, ids: &[u32]| {
+        bus.add_device(
+            DeviceBuilder::new(name)
+                .stream_ids(ids.iter().copied())
+                .pci(true),
+        )
+        .unwrap()
+    };
+    let a = add("0000:00:03.0", &[0x18]);
+    let b = add("0001:00:03.0", &[1 << 16 | 0x18]);
+    // A segment no unit has: not translated.
+    let lost = add("0002:00:03.0", &[2 << 16 | 0x18]);
+    iommu
+        .bus_set_iommu(&bus, Arc::new(plat.driver.clone()))
+        .unwrap();
+    // Ids on two segments (no PCI device has them): refused (EINVAL, which
+    // the core logs for a device added later).
+    let split = add("0001:00:04.0", &[1 << 16 | 0x20, 0x20]);
+    assert!(split.iommu_group().is_none() && lost.iommu_group().is_none());
+    let (da, db) = (
+        a.iommu_group().unwrap().default_domain().unwrap(),
+        b.iommu_group().unwrap().default_domain().unwrap(),
+    );
+    assert_ne!(da, db);
+    da.map(
+        Iova::new(0x1000),
+        PhysAddr::new(0x50_0000),
+        0x1000,
+        Prot::RW,
+    )
+    .unwrap();
+    db.map(
+        Iova::new(0x1000),
+        PhysAddr::new(0x70_0000),
+        0x1000,
+        Prot::RW,
+    )
+    .unwrap();
+    assert_eq!(
+        plat.units[0]
+            .translate(0x18, 0x1000, Access::Read)
+            .unwrap()
+            .pa,
+        0x50_0000
+    );
+    assert_eq!(
+        plat.units[1]
+            .translate(0x18, 0x1000, Access::Read)
+            .unwrap()
+            .pa,
+        0x70_0000
+    );
+    assert_eq!(plat.driver.unit_for_source(0x18), Some(0));
+    assert_eq!(plat.driver.unit_for_source(1 << 16 | 0x18), Some(1));
+    assert_eq!(plat.driver.source_domain(1 << 16 | 0x18), Some(db));
+    assert_eq!(plat.driver.source_domain(0x18), Some(da));
+}
+
+#[test]
+fn one_unit_without_a_lookup_covers_segment_0_only() {
+    let plat = EmuPlatform::new(EmuLayout::default(), Features::default(), cfg()).unwrap();
+    let iommu = Iommu::default();
+    let bus = Bus::new(&iommu, "pci").unwrap();
+    bus.add_device(
+        DeviceBuilder::new("0001:00:03.0")
+            .stream_ids([1 << 16 | 0x18])
+            .pci(true),
+    )
+    .unwrap();
+    assert_eq!(
+        iommu.bus_set_iommu(&bus, Arc::new(plat.driver.clone())),
+        Err(iommu_core::Errno::ERANGE)
+    );
 }

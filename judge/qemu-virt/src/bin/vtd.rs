@@ -120,8 +120,8 @@ mod q35 {
         // Which unit translates a requester id: the DMAR's scopes (QEMU's
         // devices sit on the root bus, so no scope path crosses a bridge).
         let table = Arc::new(table);
-        let lookup: iommu_vtd::UnitLookup = Arc::new(move |rid: u16| {
-            let d = table.drhd_for(0, rid, &|_, _| None, &|_| None)?;
+        let lookup: iommu_vtd::UnitLookup = Arc::new(move |id: u32| {
+            let d = table.drhd_for(0, u16::try_from(id).ok()?, &|_, _| None, &|_| None)?;
             table
                 .drhds()
                 .filter(|x| x.segment == 0)
@@ -149,7 +149,8 @@ mod q35 {
         check("VT-d probe", true);
         check(
             "the DMAR's scope puts edu behind a unit the driver drives",
-            drv.unit_for_source(sid).is_some_and(|u| u < drv.units()),
+            drv.unit_for_source(u32::from(sid))
+                .is_some_and(|u| u < drv.units()),
         );
         let caps = *drv.caps();
         let mode = drv.mode();
@@ -206,12 +207,13 @@ mod q35 {
             // The context entry names the PASID directory; the RID_PASID's
             // PASID entry the tables (PGTT 001b or 010b) and the domain.
             let pgtt = if first { 1 } else { 2 };
-            drv.context_entry(sid).is_some_and(|e| e[0] & 1 == 1)
+            drv.context_entry(u32::from(sid))
+                .is_some_and(|e| e[0] & 1 == 1)
                 && drv
-                    .pasid_entry(sid)
+                    .pasid_entry(u32::from(sid))
                     .is_some_and(|p| p[0] & 1 == 1 && (p[0] >> 6) & 7 == pgtt && p[1] as u16 != 0)
         } else {
-            drv.context_entry(sid)
+            drv.context_entry(u32::from(sid))
                 .is_some_and(|e| e[0] & 1 == 1 && (e[0] >> 2) & 3 == 0 && e[1] >> 8 != 0)
         };
         check(
@@ -375,9 +377,11 @@ mod q35 {
         check(
             "a blocked device has no context (or PASID) entry",
             if mode.scalable() {
-                drv.pasid_entry(sid).is_some_and(|p| p[0] & 1 == 0)
+                drv.pasid_entry(u32::from(sid))
+                    .is_some_and(|p| p[0] & 1 == 0)
             } else {
-                drv.context_entry(sid).is_some_and(|e| e[0] & 1 == 0)
+                drv.context_entry(u32::from(sid))
+                    .is_some_and(|e| e[0] & 1 == 0)
             },
         );
         dst.fill(0);
