@@ -78,12 +78,15 @@ impl DmaHardware for smmuv3::EmuPlatform {
         iova: Iova,
         access: Access,
     ) -> Result<PhysAddr, TranslateError> {
-        let sid = *dev.stream_ids().first().ok_or(TranslateError::NoStream)?;
+        let id = *dev.stream_ids().first().ok_or(TranslateError::NoStream)?;
         let access = match access {
             Access::Read => iommu_smmuv3_emu::Access::Read,
             Access::Write => iommu_smmuv3_emu::Access::Write,
         };
-        let fault = match self.hw.translate(sid, iova.raw(), access) {
+        // The SMMU and stream id the firmware maps the device to.
+        let (hw, sid) = self.smmu_for(id).ok_or(TranslateError::NoStream)?;
+        let unit = self.smmus.iter().position(|h| Arc::ptr_eq(h, hw));
+        let fault = match hw.translate(sid, iova.raw(), access) {
             Ok(seg) => return Ok(PhysAddr::new(seg.pa)),
             Err(iommu_smmuv3_emu::DmaError::Terminated { fault, .. }) => fault,
             Err(iommu_smmuv3_emu::DmaError::Bus(_)) => return Err(TranslateError::NoStream),
@@ -93,7 +96,7 @@ impl DmaHardware for smmuv3::EmuPlatform {
             .handle_irq()
             .iter()
             .rev()
-            .find(|e| e.sid == sid && e.iova == iova.raw())
+            .find(|e| e.sid == sid && e.iova == iova.raw() && Some(e.unit) == unit)
             .and_then(|e| e.report)
             .unwrap_or(Err(Errno::ENOSYS));
         Err(match fault {
@@ -117,9 +120,11 @@ impl DmaHardware for smmuv3::EmuPlatform {
         self
     }
 
-    /// The SMMU stops consuming commands: every CMD_SYNC times out.
+    /// The SMMUs stop consuming commands: every CMD_SYNC times out.
     fn set_wedged(&self, wedged: bool) {
-        self.hw.pause_commands(wedged);
+        for hw in &self.smmus {
+            hw.pause_commands(wedged);
+        }
     }
 
     fn describe(&self) -> String {

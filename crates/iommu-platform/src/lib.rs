@@ -12,7 +12,9 @@
 //!   (`iommu-vtd` on `iommu-vtd-emu`). The drivers know nothing of this
 //!   layer; it knows them through their public types only.
 //! - [`dmar`]: a machine's VT-d units from its DMAR (which unit
-//!   translates each function), and the built-in platform's two units.
+//!   translates each function), and the built-in platform's two units;
+//!   [`iort`]: a machine's SMMUv3s from its IORT (which SMMU and stream id
+//!   each function's DMA reaches).
 //! - `testing` (feature `test-utils`): the hardware a shared test suite
 //!   runs on, as `IOMMU_TEST_DRIVER` names it.
 //!
@@ -32,6 +34,7 @@
 
 pub mod dmar;
 mod hardware;
+pub mod iort;
 mod pci;
 #[cfg(feature = "test-utils")]
 #[cfg_attr(docsrs, doc(cfg(feature = "test-utils")))]

@@ -6,11 +6,18 @@
 //! Linux, which gives every device a CD table, the CD belongs to the
 //! domain here: without substreams a device needs only CD 0, and every
 //! stream of the domain can share it.
+//!
+//! With several SMMUs, a paging domain is bound to the SMMU of the first
+//! device attached to it (Linux finalises a domain on its first attach):
+//! its invalidations go there, and attaching it to a device behind
+//! another SMMU is `EINVAL`, as in Linux. Blocked and identity domains
+//! hold no tag and serve every SMMU.
 
-use crate::driver::{Inner, Smmuv3};
+use crate::driver::{Inner, Unit};
 use crate::ste::{self, TlbiTarget};
 use alloc::sync::{Arc, Weak};
 use alloc::vec::Vec;
+use core::sync::atomic::{AtomicUsize, Ordering};
 use iommu_core::{
     Device, Domain, DomainGeometry, DomainOps, Errno, IotlbGather, Iova, PagingOps, PhysAddr, Prot,
 };
@@ -74,23 +81,44 @@ impl<M: TableMemory> DomainKind<M> {
     }
 }
 
+/// Not bound to an SMMU yet.
+const UNBOUND: usize = usize::MAX;
+
 /// An SMMUv3 domain.
 pub struct Smmuv3Domain<R: Mmio, M: TableMemory> {
     /// Weak: the stream bookkeeping holds domains.
     hw: Weak<Inner<R, M>>,
     kind: DomainKind<M>,
+    /// The SMMU a paging domain is bound to, from its first attach.
+    smmu: AtomicUsize,
 }
 
 impl<R: Mmio, M: TableMemory> Smmuv3Domain<R, M> {
     pub(crate) fn new(hw: Weak<Inner<R, M>>, kind: DomainKind<M>) -> Self {
-        Smmuv3Domain { hw, kind }
+        Smmuv3Domain {
+            hw,
+            kind,
+            smmu: AtomicUsize::new(UNBOUND),
+        }
     }
 
-    fn driver(&self) -> Result<Smmuv3<R, M>, Errno> {
-        self.hw
-            .upgrade()
-            .map(|inner| Smmuv3 { inner })
-            .ok_or(Errno::ENODEV)
+    fn driver(&self) -> Result<Arc<Inner<R, M>>, Errno> {
+        self.hw.upgrade().ok_or(Errno::ENODEV)
+    }
+
+    /// The SMMU a paging domain is bound to (the one of the first device
+    /// attached to it), if any yet.
+    pub fn smmu(&self) -> Option<usize> {
+        match self.smmu.load(Ordering::Acquire) {
+            UNBOUND => None,
+            i => Some(i),
+        }
+    }
+
+    /// The bound SMMU of `drv`, if any: only it can hold the domain's
+    /// translations.
+    fn bound<'a>(&self, drv: &'a Inner<R, M>) -> Option<&'a Arc<Unit<R, M>>> {
+        drv.units.get(self.smmu()?)
     }
 
     /// The STE that makes a stream use this domain.
@@ -149,13 +177,30 @@ impl<R: Mmio, M: TableMemory> Smmuv3Domain<R, M> {
 }
 
 impl<R: Mmio + 'static, M: TableMemory + 'static> DomainOps for Smmuv3Domain<R, M> {
+    /// `EINVAL` for a paging domain bound to another SMMU than `dev`'s.
     fn attach_dev(&self, domain: &Domain, dev: &Arc<Device>) -> Result<(), Errno> {
-        self.driver()?.attach(domain, dev, self.ste())
+        let drv = self.driver()?;
+        let (unit, sids) = drv.streams_of(dev)?;
+        if self.kind.table().is_some() {
+            match self.smmu.compare_exchange(
+                UNBOUND,
+                unit.index,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => {}
+                Err(i) if i == unit.index => {}
+                Err(_) => return Err(Errno::EINVAL),
+            }
+        }
+        unit.attach(domain, dev, &sids, self.ste())
     }
 
     fn detach_dev(&self, _domain: &Domain, dev: &Arc<Device>) {
-        if let Ok(d) = self.driver() {
-            d.detach(dev);
+        if let Ok(drv) = self.driver() {
+            if let Ok((unit, sids)) = drv.streams_of(dev) {
+                unit.detach(dev, &sids);
+            }
         }
     }
 
@@ -181,6 +226,11 @@ impl<R: Mmio + 'static, M: TableMemory + 'static> DomainOps for Smmuv3Domain<R, 
         };
         // Without its driver nothing can reach the SMMU: say so.
         let drv = self.driver()?;
+        // Not attached yet: no SMMU has seen the tables.
+        let Some(unit) = self.bound(&drv) else {
+            table.release_gathered(gather);
+            return Ok(());
+        };
         let target = match self.kind {
             DomainKind::S1 { asid, .. } => TlbiTarget::Asid(asid),
             DomainKind::S2 { vmid, .. } => TlbiTarget::Vmid(vmid),
@@ -195,7 +245,7 @@ impl<R: Mmio + 'static, M: TableMemory + 'static> DomainOps for Smmuv3Domain<R, 
             size,
             1 << granule_shift,
             granule_shift,
-            drv.caps().range_inv,
+            unit.caps.range_inv,
             &mut cmds,
         );
         if cmds.len() > crate::driver::MAX_TLBI_OPS {
@@ -207,7 +257,7 @@ impl<R: Mmio + 'static, M: TableMemory + 'static> DomainOps for Smmuv3Domain<R, 
         // driver keeps the invalidation and sends it again at once (a
         // refused command was skipped, the queue may be moving again) and
         // before any later command.
-        let r = drv.submit(&cmds, true).or_else(|_| drv.submit(&[], true));
+        let r = unit.submit(&cmds, true).or_else(|_| unit.submit(&[], true));
         match r {
             Ok(()) => table.release_gathered(gather),
             Err(_) => table.hold_gathered(gather),
@@ -220,10 +270,18 @@ impl<R: Mmio + 'static, M: TableMemory + 'static> DomainOps for Smmuv3Domain<R, 
     /// changes: a CMD_SYNC completes them.
     fn flush_iotlb_all(&self) -> Result<(), Errno> {
         let drv = self.driver()?;
-        match (self.flush_all_cmd(), self.kind.table()) {
-            (Some(cmd), Some(table)) => table.release_held_after(|| drv.submit(&[cmd], true)),
-            _ if drv.inner.owes() => drv.submit(&[], true),
-            _ => Ok(()),
+        match (self.flush_all_cmd(), self.kind.table(), self.bound(&drv)) {
+            (Some(cmd), Some(table), Some(unit)) => {
+                table.release_held_after(|| unit.submit(&[cmd], true))
+            }
+            (Some(_), Some(table), None) => table.release_held_after(|| Ok(())),
+            _ => {
+                let mut r = Ok(());
+                for u in drv.units.iter().filter(|u| u.owes()) {
+                    r = r.and(u.submit(&[], true));
+                }
+                r
+            }
         }
     }
 
@@ -236,14 +294,16 @@ impl<R: Mmio, M: TableMemory> Drop for Smmuv3Domain<R, M> {
     fn drop(&mut self) {
         // Nothing points at the domain any more; empty the TLB of its tag
         // before the tag (and the table pages) can be reused.
-        let Some(inner) = self.hw.upgrade() else {
+        let Some(drv) = self.hw.upgrade() else {
             return;
         };
-        let flushed = match self.flush_all_cmd() {
-            Some(cmd) => inner.submit(&[cmd], true).is_ok(),
-            None => true,
+        // Never attached: no SMMU has seen it; the first one frees it.
+        let unit = self.bound(&drv).unwrap_or(&drv.units[0]);
+        let flushed = match (self.flush_all_cmd(), self.smmu()) {
+            (Some(cmd), Some(_)) => unit.submit(&[cmd], true).is_ok(),
+            _ => true,
         };
         let kind = core::mem::replace(&mut self.kind, DomainKind::Blocked);
-        inner.retire(kind, flushed);
+        unit.retire(kind, flushed);
     }
 }

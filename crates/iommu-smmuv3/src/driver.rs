@@ -134,6 +134,8 @@ pub enum ProbeError {
     NoMemory,
     /// The initial invalidation failed.
     Command(Errno),
+    /// No SMMU to probe, or more than [`MAX_SMMUS`].
+    Smmus(usize),
 }
 
 impl core::fmt::Display for ProbeError {
@@ -145,6 +147,7 @@ impl core::fmt::Display for ProbeError {
             ProbeError::Granule => f.write_str("no supported translation granule"),
             ProbeError::Timeout(what) => write!(f, "{what} did not acknowledge"),
             ProbeError::NoMemory => f.write_str("out of memory for tables or queues"),
+            ProbeError::Smmus(n) => write!(f, "{n} SMMUs: 1 to {MAX_SMMUS}"),
             ProbeError::Command(e) => write!(f, "initial invalidation failed: {}", e.name()),
         }
     }
@@ -202,6 +205,8 @@ pub struct SmmuEvent {
     /// What the domain's fault handler answered, when
     /// [`Smmuv3::handle_irq`] reported the event to one.
     pub report: Option<Result<(), Errno>>,
+    /// The SMMU that recorded it (its index in the driver's SMMUs).
+    pub unit: usize,
 }
 
 impl SmmuEvent {
@@ -215,6 +220,7 @@ impl SmmuEvent {
             stage2: w[1] & (1 << 39) != 0,
             addr: w[3] & 0x000f_ffff_ffff_fff8,
             report: None,
+            unit: 0,
         }
     }
 
@@ -345,7 +351,10 @@ struct StreamEntry {
     devices: Vec<Weak<Device>>,
 }
 
-pub(crate) struct Inner<R: Mmio, M: TableMemory> {
+/// One SMMU: its registers, stream table, queues, streams and counters.
+pub(crate) struct Unit<R: Mmio, M: TableMemory> {
+    /// Its place in the driver's SMMUs.
+    pub(crate) index: usize,
     pub(crate) mmio: R,
     pub(crate) mem: Arc<M>,
     pub(crate) caps: Smmuv3Caps,
@@ -360,9 +369,10 @@ pub(crate) struct Inner<R: Mmio, M: TableMemory> {
     /// What the driver last wrote to GERRORN (it is the only writer), so
     /// that finding the active errors takes one register read.
     gerrorn: AtomicU32,
-    pub(crate) asids: spin::Mutex<Ids>,
-    pub(crate) vmids: spin::Mutex<Ids>,
-    by_stream: StreamIdGroups,
+    /// The driver's ASIDs and VMIDs (shared by its SMMUs), which dead
+    /// domains give back here.
+    asids: Arc<spin::Mutex<Ids>>,
+    vmids: Arc<spin::Mutex<Ids>>,
     stats: Stats,
     /// Invalidations whose CMD_SYNC failed, queued again before the next.
     pending: spin::Mutex<Vec<Cmd>>,
@@ -379,7 +389,31 @@ pub(crate) struct Inner<R: Mmio, M: TableMemory> {
     recent: spin::Mutex<VecDeque<SmmuEvent>>,
 }
 
-/// The SMMUv3 driver; clones share the same SMMU.
+/// Which SMMU a device's id reaches and its stream id there: the
+/// firmware's mapping (IORT ID mappings, a device tree's `iommu-map`) as
+/// the platform resolved it, from the id a device carries (a PCI
+/// function's `segment << 16 | requester id`). `None`: no SMMU translates
+/// it.
+pub type StreamLookup = Arc<dyn Fn(u32) -> Option<(usize, u32)> + Send + Sync>;
+
+/// The most SMMUs one driver drives.
+pub const MAX_SMMUS: usize = 64;
+
+/// The driver: its SMMUs, which one each device id reaches, and what its
+/// domains share (ASIDs and VMIDs, the table format).
+pub(crate) struct Inner<R: Mmio, M: TableMemory> {
+    pub(crate) units: Vec<Arc<Unit<R, M>>>,
+    lookup: Option<StreamLookup>,
+    pub(crate) mem: Arc<M>,
+    pub(crate) cfg: Smmuv3Config,
+    /// ASIDs and VMIDs of the narrowest SMMU's width, as Linux keeps one
+    /// ASID space for all SMMUs.
+    pub(crate) asids: Arc<spin::Mutex<Ids>>,
+    pub(crate) vmids: Arc<spin::Mutex<Ids>>,
+    by_stream: StreamIdGroups,
+}
+
+/// The SMMUv3 driver for one or more SMMUs; clones share them.
 pub struct Smmuv3<R: Mmio, M: TableMemory> {
     pub(crate) inner: Arc<Inner<R, M>>,
 }
@@ -395,7 +429,8 @@ impl<R: Mmio, M: TableMemory> Clone for Smmuv3<R, M> {
 impl<R: Mmio, M: TableMemory> core::fmt::Debug for Smmuv3<R, M> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("Smmuv3")
-            .field("caps", &self.inner.caps)
+            .field("smmus", &self.inner.units.len())
+            .field("caps", &self.inner.units[0].caps)
             .finish_non_exhaustive()
     }
 }
@@ -427,14 +462,289 @@ fn poll(limit: u32, mut done: impl FnMut() -> bool) -> bool {
 }
 
 impl<R: Mmio, M: TableMemory> Smmuv3<R, M> {
-    /// Reads the ID registers, resets the SMMU, builds its stream table and
-    /// queues in `mem`, invalidates everything it may have cached, and
-    /// enables it. Streams nobody attached abort.
+    /// Probes one SMMU whose stream ids are the devices' ids: see
+    /// [`probe_units`](Self::probe_units).
     ///
     /// # Errors
     /// [`ProbeError`] for an SMMU this driver cannot drive or one that does
     /// not respond; nothing is left enabled then.
     pub fn probe(mmio: R, mem: Arc<M>, cfg: Smmuv3Config) -> Result<Self, ProbeError> {
+        Self::probe_units(alloc::vec![mmio], mem, cfg, None).map_err(|(_, e)| e)
+    }
+
+    /// Probes every SMMU of a machine (the IORT's SMMUv3 nodes, or the
+    /// device tree's) and drives them as one IOMMU: `lookup` says which SMMU
+    /// a device's id reaches and with which stream id (`None`: the first
+    /// SMMU, stream id = the device's id). For each SMMU: reads the ID
+    /// registers, resets it, builds its stream table and queues in `mem`,
+    /// invalidates everything it may have cached, and enables it. Streams
+    /// nobody attached abort.
+    ///
+    /// As in Linux, a paging domain is bound to the SMMU of the first
+    /// device it is attached to; attaching it to a device behind another
+    /// SMMU is `EINVAL`. Its tables are of the stage and width every SMMU
+    /// takes, its ASID or VMID from one space for all SMMUs.
+    ///
+    /// # Errors
+    /// The SMMU's index and its [`ProbeError`] (too many SMMUs, or none:
+    /// [`ProbeError::Smmus`]); SMMUs probed before it are disabled again.
+    pub fn probe_units(
+        units: Vec<R>,
+        mem: Arc<M>,
+        cfg: Smmuv3Config,
+        lookup: Option<StreamLookup>,
+    ) -> Result<Self, (usize, ProbeError)> {
+        if units.is_empty() || units.len() > MAX_SMMUS {
+            return Err((0, ProbeError::Smmus(units.len())));
+        }
+        let asids = Arc::new(spin::Mutex::new(Ids::new(16)));
+        let vmids = Arc::new(spin::Mutex::new(Ids::new(16)));
+        let mut probed: Vec<Arc<Unit<R, M>>> = Vec::with_capacity(units.len());
+        for (index, mmio) in units.into_iter().enumerate() {
+            match Unit::probe(index, mmio, &mem, &cfg, asids.clone(), vmids.clone()) {
+                Ok(u) => probed.push(Arc::new(u)),
+                Err(e) => {
+                    for u in &probed {
+                        u.disable();
+                    }
+                    return Err((index, e));
+                }
+            }
+        }
+        // One ASID and VMID space, as wide as the narrowest SMMU's.
+        let asid_bits = probed.iter().map(|u| u.caps.asid_bits).min().unwrap_or(8);
+        let vmid_bits = probed.iter().map(|u| u.caps.vmid_bits).min().unwrap_or(8);
+        *asids.lock() = Ids::new(asid_bits);
+        *vmids.lock() = Ids::new(vmid_bits);
+        Ok(Smmuv3 {
+            inner: Arc::new(Inner {
+                units: probed,
+                lookup,
+                mem,
+                cfg,
+                asids,
+                vmids,
+                by_stream: StreamIdGroups::new(),
+            }),
+        })
+    }
+
+    /// Disables every SMMU (traffic then follows `GBPA`: abort).
+    pub fn shutdown(&self) {
+        for u in &self.inner.units {
+            u.disable();
+        }
+    }
+
+    /// What probing the first SMMU found (see [`smmu_caps`](Self::smmu_caps)).
+    pub fn caps(&self) -> &Smmuv3Caps {
+        &self.inner.units[0].caps
+    }
+
+    /// How many SMMUs the driver drives.
+    pub fn smmus(&self) -> usize {
+        self.inner.units.len()
+    }
+
+    /// What probing SMMU `smmu` found.
+    pub fn smmu_caps(&self, smmu: usize) -> Option<&Smmuv3Caps> {
+        self.inner.units.get(smmu).map(|u| &u.caps)
+    }
+
+    /// The SMMU a device id reaches and its stream id there.
+    pub fn stream_of(&self, id: u32) -> Option<(usize, u32)> {
+        self.inner.stream_of(id)
+    }
+
+    /// Counters, summed over the SMMUs.
+    pub fn stats(&self) -> Smmuv3Stats {
+        let mut t = Smmuv3Stats::default();
+        for u in &self.inner.units {
+            let s = u.stats();
+            t.commands += s.commands;
+            t.syncs += s.syncs;
+            t.sync_timeouts += s.sync_timeouts;
+            t.cmdq_errors += s.cmdq_errors;
+            t.events += s.events;
+            t.evtq_overflows += s.evtq_overflows;
+            t.gerrors += s.gerrors;
+            t.ste_writes += s.ste_writes;
+        }
+        t
+    }
+
+    /// SMMU `smmu`'s counters.
+    pub fn smmu_stats(&self, smmu: usize) -> Option<Smmuv3Stats> {
+        self.inner.units.get(smmu).map(|u| u.stats())
+    }
+
+    /// The last events read from the event queues (at most 64 per SMMU),
+    /// oldest first per SMMU.
+    pub fn recent_events(&self) -> Vec<SmmuEvent> {
+        self.inner
+            .units
+            .iter()
+            .flat_map(|u| u.recent.lock().iter().copied().collect::<Vec<_>>())
+            .collect()
+    }
+
+    /// The STE device id `id` reaches, as it is in memory (first four
+    /// double words).
+    pub fn ste(&self, id: u32) -> Option<Ste> {
+        let (unit, sid) = self.inner.stream_of(id)?;
+        self.inner.units[unit].ste(sid)
+    }
+
+    /// Issues a CMD_SYNC on every SMMU: when it returns `Ok`, every command
+    /// the driver queued before, and every invalidation an earlier failure
+    /// left owed, has completed (and dead domains' tags and tables are
+    /// free). What a kernel calls once it believes a wedged SMMU is back.
+    ///
+    /// # Errors
+    /// As the command queue's: `ETIMEDOUT`, `EIO` (the first SMMU's to
+    /// fail; every SMMU is asked).
+    pub fn sync(&self) -> Result<(), Errno> {
+        let mut r = Ok(());
+        for u in &self.inner.units {
+            r = r.and(u.submit(&[], true));
+        }
+        r
+    }
+
+    /// Dead domains whose tables, CD and tag wait for a CMD_SYNC to
+    /// complete before they are reused.
+    pub fn retired_domains(&self) -> usize {
+        self.inner.units.iter().map(|u| u.retired()).sum()
+    }
+
+    /// Reads every SMMU's event queue, reports translation faults to the
+    /// domains of their streams, and handles global errors: what an
+    /// interrupt handler calls. Returns the events read, each with its
+    /// SMMU.
+    pub fn handle_irq(&self) -> Vec<SmmuEvent> {
+        let mut all = Vec::new();
+        for unit in &self.inner.units {
+            unit.handle_gerror();
+            let mut events = unit.drain_events();
+            for ev in &mut events {
+                ev.unit = unit.index;
+                if !ev.is_translation_fault() {
+                    continue;
+                }
+                let target = {
+                    let streams = unit.streams.lock();
+                    streams.get(&ev.sid).and_then(|e| {
+                        let dev = e.devices.iter().find_map(Weak::upgrade)?;
+                        Some((e.domain.clone(), dev))
+                    })
+                };
+                if let Some((domain, dev)) = target {
+                    let access = if ev.read {
+                        FaultAccess::Read
+                    } else {
+                        FaultAccess::Write
+                    };
+                    ev.report = Some(domain.report_fault(&dev, Iova::new(ev.iova), access));
+                }
+            }
+            all.extend(events);
+        }
+        all
+    }
+
+    /// The domain device id `id`'s stream is attached to, if any.
+    pub fn stream_domain(&self, id: u32) -> Option<Domain> {
+        let (unit, sid) = self.inner.stream_of(id)?;
+        self.inner.units[unit]
+            .streams
+            .lock()
+            .get(&sid)
+            .map(|e| e.domain.clone())
+    }
+}
+
+/// A device's SMMU and its stream ids there.
+pub(crate) type UnitStreams<'a, R, M> = (&'a Arc<Unit<R, M>>, Vec<u32>);
+
+impl<R: Mmio, M: TableMemory> Inner<R, M> {
+    /// The SMMU and stream id device id `id` maps to.
+    pub(crate) fn stream_of(&self, id: u32) -> Option<(usize, u32)> {
+        match &self.lookup {
+            None => Some((0, id)),
+            Some(f) => f(id).filter(|&(u, _)| u < self.units.len()),
+        }
+    }
+
+    /// `dev`'s SMMU and its stream ids there.
+    ///
+    /// # Errors
+    /// `ENODEV` without ids or when no SMMU translates them; `EINVAL` when
+    /// its ids reach different SMMUs.
+    pub(crate) fn streams_of(&self, dev: &Device) -> Result<UnitStreams<'_, R, M>, Errno> {
+        let mut unit = None;
+        let mut sids = Vec::with_capacity(dev.stream_ids().len());
+        for &id in dev.stream_ids() {
+            let (u, sid) = self.stream_of(id).ok_or(Errno::ENODEV)?;
+            if *unit.get_or_insert(u) != u {
+                return Err(Errno::EINVAL);
+            }
+            sids.push(sid);
+        }
+        let unit = unit.ok_or(Errno::ENODEV)?;
+        Ok((&self.units[unit], sids))
+    }
+
+    /// The LPAE format paging domains of `stage` use: one every SMMU
+    /// walks (the first SMMU's granule, the narrowest output size).
+    pub(crate) fn format(&self, stage: Stage) -> Result<Lpae, Errno> {
+        let first = &self.units[0].caps;
+        let oas = self
+            .units
+            .iter()
+            .map(|u| u.caps.oas)
+            .min()
+            .unwrap_or(first.oas);
+        let ias = match stage {
+            Stage::S1 => 48.min(if first.granule == Granule::G64K {
+                52
+            } else {
+                48
+            }),
+            Stage::S2 => oas,
+        };
+        Lpae::new(LpaeConfig {
+            stage,
+            granule: first.granule,
+            ias,
+            oas,
+        })
+        .map_err(|_| Errno::EINVAL)
+    }
+
+    /// The stage paging domains use: the one asked for where every SMMU
+    /// has it, else stage 1 where every SMMU has it, else stage 2.
+    pub(crate) fn paging_stage(&self) -> Stage {
+        let all = |f: fn(&Smmuv3Caps) -> bool| self.units.iter().all(|u| f(&u.caps));
+        let (s1, s2) = (all(|c| c.stage1), all(|c| c.stage2));
+        match self.cfg.stage {
+            Some(Stage::S2) if s2 => Stage::S2,
+            Some(Stage::S1) if s1 => Stage::S1,
+            _ if s1 => Stage::S1,
+            _ => Stage::S2,
+        }
+    }
+}
+
+impl<R: Mmio, M: TableMemory> Unit<R, M> {
+    /// Brings one SMMU up (see [`Smmuv3::probe_units`]).
+    fn probe(
+        index: usize,
+        mmio: R,
+        mem: &Arc<M>,
+        cfg: &Smmuv3Config,
+        asids: Arc<spin::Mutex<Ids>>,
+        vmids: Arc<spin::Mutex<Ids>>,
+    ) -> Result<Self, ProbeError> {
         let idr0 = mmio.read32(reg::IDR0);
         let idr1 = mmio.read32(reg::IDR1);
         let idr3 = mmio.read32(reg::IDR3);
@@ -498,7 +808,7 @@ impl<R: Mmio, M: TableMemory> Smmuv3<R, M> {
         let strtab = if two_level {
             // At most 2^17 level-1 descriptors (1 MiB), as Linux caps it.
             let log2 = caps.sid_bits.min(SPLIT + 17);
-            let l1 = DmaRegion::alloc(&mem, 8 << (log2 - SPLIT)).map_err(no_mem)?;
+            let l1 = DmaRegion::alloc(mem, 8 << (log2 - SPLIT)).map_err(no_mem)?;
             mmio.write64(reg::STRTAB_BASE, (1 << 62) | l1.pa().raw());
             mmio.write32(reg::STRTAB_BASE_CFG, (1 << 16) | (SPLIT << 6) | log2);
             StreamTable::TwoLevel {
@@ -507,7 +817,7 @@ impl<R: Mmio, M: TableMemory> Smmuv3<R, M> {
                 log2,
             }
         } else {
-            let table = DmaRegion::alloc(&mem, 64 << linear_log2).map_err(no_mem)?;
+            let table = DmaRegion::alloc(mem, 64 << linear_log2).map_err(no_mem)?;
             mmio.write64(reg::STRTAB_BASE, (1 << 62) | table.pa().raw());
             mmio.write32(reg::STRTAB_BASE_CFG, linear_log2);
             StreamTable::Linear {
@@ -515,9 +825,9 @@ impl<R: Mmio, M: TableMemory> Smmuv3<R, M> {
                 log2: linear_log2,
             }
         };
-        let cmdq = DmaRegion::alloc(&mem, 16 << caps.cmdq_log2).map_err(no_mem)?;
-        let evtq = DmaRegion::alloc(&mem, 32 << caps.evtq_log2).map_err(no_mem)?;
-        let sync_word = DmaRegion::alloc(&mem, 64).map_err(no_mem)?;
+        let cmdq = DmaRegion::alloc(mem, 16 << caps.cmdq_log2).map_err(no_mem)?;
+        let evtq = DmaRegion::alloc(mem, 32 << caps.evtq_log2).map_err(no_mem)?;
+        let sync_word = DmaRegion::alloc(mem, 64).map_err(no_mem)?;
         // Write-back, inner shareable tables and queues.
         mmio.write32(
             reg::CR1,
@@ -537,60 +847,54 @@ impl<R: Mmio, M: TableMemory> Smmuv3<R, M> {
         );
         mmio.write32(reg::EVTQ_PROD, 0);
         mmio.write32(reg::EVTQ_CONS, 0);
-        let asid_bits = caps.asid_bits;
-        let vmid_bits = caps.vmid_bits;
-        let drv = Smmuv3 {
-            inner: Arc::new(Inner {
-                cmdq: spin::Mutex::new(Cmdq {
-                    region: cmdq,
-                    log2: caps.cmdq_log2,
-                    prod: 0,
-                    cons: 0,
-                }),
-                evtq: spin::Mutex::new(Cmdq {
-                    region: evtq,
-                    log2: caps.evtq_log2,
-                    prod: 0,
-                    cons: 0,
-                }),
-                strtab: spin::Mutex::new(strtab),
-                streams: spin::Mutex::new(BTreeMap::new()),
-                sync_word,
-                sync_seq: AtomicU32::new(0),
-                gerrorn: AtomicU32::new(mmio.read32(reg::GERRORN)),
-                asids: spin::Mutex::new(Ids::new(asid_bits)),
-                vmids: spin::Mutex::new(Ids::new(vmid_bits)),
-                by_stream: StreamIdGroups::new(),
-                stats: Stats::default(),
-                pending: spin::Mutex::new(Vec::new()),
-                wedge: WedgeReport::default(),
-                retired: spin::Mutex::new(Vec::new()),
-                batches: AtomicU64::new(0),
-                recent: spin::Mutex::new(VecDeque::new()),
-                mmio,
-                mem,
-                caps,
-                cfg,
+        let unit = Unit {
+            index,
+            cmdq: spin::Mutex::new(Cmdq {
+                region: cmdq,
+                log2: caps.cmdq_log2,
+                prod: 0,
+                cons: 0,
             }),
+            evtq: spin::Mutex::new(Cmdq {
+                region: evtq,
+                log2: caps.evtq_log2,
+                prod: 0,
+                cons: 0,
+            }),
+            strtab: spin::Mutex::new(strtab),
+            streams: spin::Mutex::new(BTreeMap::new()),
+            sync_word,
+            sync_seq: AtomicU32::new(0),
+            gerrorn: AtomicU32::new(mmio.read32(reg::GERRORN)),
+            asids,
+            vmids,
+            stats: Stats::default(),
+            pending: spin::Mutex::new(Vec::new()),
+            wedge: WedgeReport::default(),
+            retired: spin::Mutex::new(Vec::new()),
+            batches: AtomicU64::new(0),
+            recent: spin::Mutex::new(VecDeque::new()),
+            mmio,
+            mem: Arc::clone(mem),
+            caps,
+            cfg: cfg.clone(),
         };
-        drv.enable(CR0_CMDQEN)?;
-        drv.submit(&[ste::cfgi_all(), ste::tlbi_nsnh_all()], true)
+        unit.enable(CR0_CMDQEN)?;
+        unit.submit(&[ste::cfgi_all(), ste::tlbi_nsnh_all()], true)
             .map_err(ProbeError::Command)?;
-        drv.enable(CR0_CMDQEN | CR0_EVTQEN)?;
-        drv.inner.mmio.write32(reg::IRQ_CTRL, 0b101);
-        if !poll(limit, || drv.inner.mmio.read32(reg::IRQ_CTRLACK) == 0b101) {
+        unit.enable(CR0_CMDQEN | CR0_EVTQEN)?;
+        unit.mmio.write32(reg::IRQ_CTRL, 0b101);
+        if !poll(limit, || unit.mmio.read32(reg::IRQ_CTRLACK) == 0b101) {
             return Err(ProbeError::Timeout("IRQ_CTRLACK"));
         }
-        drv.enable(CR0_CMDQEN | CR0_EVTQEN | CR0_SMMUEN)?;
-        Ok(drv)
+        unit.enable(CR0_CMDQEN | CR0_EVTQEN | CR0_SMMUEN)?;
+        Ok(unit)
     }
 
     fn enable(&self, cr0: u32) -> Result<(), ProbeError> {
-        let mmio = &self.inner.mmio;
+        let mmio = &self.mmio;
         mmio.write32(reg::CR0, cr0);
-        if poll(self.inner.cfg.poll_limit, || {
-            mmio.read32(reg::CR0ACK) == cr0
-        }) {
+        if poll(self.cfg.poll_limit, || mmio.read32(reg::CR0ACK) == cr0) {
             Ok(())
         } else {
             mmio.write32(reg::CR0, 0);
@@ -599,21 +903,13 @@ impl<R: Mmio, M: TableMemory> Smmuv3<R, M> {
     }
 
     /// Disables the SMMU (traffic then follows `GBPA`: abort).
-    pub fn shutdown(&self) {
-        self.inner.mmio.write32(reg::CR0, 0);
-        poll(self.inner.cfg.poll_limit, || {
-            self.inner.mmio.read32(reg::CR0ACK) == 0
-        });
+    fn disable(&self) {
+        self.mmio.write32(reg::CR0, 0);
+        poll(self.cfg.poll_limit, || self.mmio.read32(reg::CR0ACK) == 0);
     }
 
-    /// What probing found.
-    pub fn caps(&self) -> &Smmuv3Caps {
-        &self.inner.caps
-    }
-
-    /// Counters.
-    pub fn stats(&self) -> Smmuv3Stats {
-        let s = &self.inner.stats;
+    fn stats(&self) -> Smmuv3Stats {
+        let s = &self.stats;
         let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
         Smmuv3Stats {
             commands: g(&s.commands),
@@ -627,77 +923,16 @@ impl<R: Mmio, M: TableMemory> Smmuv3<R, M> {
         }
     }
 
-    /// The last events read from the event queue (at most 64), oldest first.
-    pub fn recent_events(&self) -> Vec<SmmuEvent> {
-        self.inner.recent.lock().iter().copied().collect()
-    }
-
     /// The STE of stream `sid` as it is in memory (first four double words).
     pub fn ste(&self, sid: u32) -> Option<Ste> {
-        let mut st = self.inner.strtab.lock();
+        let mut st = self.strtab.lock();
         if let StreamTable::TwoLevel { l2, .. } = &*st {
             if !l2.contains_key(&(sid >> SPLIT)) {
                 return None;
             }
         }
-        let (t, w) = st.slot(&self.inner.mem, sid).ok()?;
+        let (t, w) = st.slot(&self.mem, sid).ok()?;
         Some([t.read(w), t.read(w + 1), t.read(w + 2), t.read(w + 3)])
-    }
-
-    /// Queues `cmds` (and a CMD_SYNC, waiting for it, with `sync`).
-    ///
-    /// # Errors
-    /// `ETIMEDOUT` when the queue stays full or the sync does not complete
-    /// in time; `EIO` when the SMMU refused a command (it was skipped) or
-    /// raised a global error meanwhile.
-    pub(crate) fn submit(&self, cmds: &[Cmd], sync: bool) -> Result<(), Errno> {
-        self.inner.submit(cmds, sync)
-    }
-
-    /// Issues a CMD_SYNC: when it returns `Ok`, every command the driver
-    /// queued before, and every invalidation an earlier failure left owed,
-    /// has completed (and dead domains' tags and tables are free). What a
-    /// kernel calls once it believes a wedged SMMU is back.
-    ///
-    /// # Errors
-    /// As the command queue's: `ETIMEDOUT`, `EIO`.
-    pub fn sync(&self) -> Result<(), Errno> {
-        self.inner.submit(&[], true)
-    }
-
-    /// Dead domains whose tables, CD and tag wait for a CMD_SYNC to
-    /// complete before they are reused.
-    pub fn retired_domains(&self) -> usize {
-        self.inner.retired()
-    }
-
-    /// Reads the event queue, reports translation faults to the domains of
-    /// their streams, and handles global errors: what an interrupt handler
-    /// calls. Returns the events read.
-    pub fn handle_irq(&self) -> Vec<SmmuEvent> {
-        self.inner.handle_gerror();
-        let mut events = self.inner.drain_events();
-        for ev in &mut events {
-            if !ev.is_translation_fault() {
-                continue;
-            }
-            let target = {
-                let streams = self.inner.streams.lock();
-                streams.get(&ev.sid).and_then(|e| {
-                    let dev = e.devices.iter().find_map(Weak::upgrade)?;
-                    Some((e.domain.clone(), dev))
-                })
-            };
-            if let Some((domain, dev)) = target {
-                let access = if ev.read {
-                    FaultAccess::Read
-                } else {
-                    FaultAccess::Write
-                };
-                ev.report = Some(domain.report_fault(&dev, Iova::new(ev.iova), access));
-            }
-        }
-        events
     }
 
     /// Points `sid` at `new`, the way IHI 0070 3.21.3 allows for a live
@@ -717,7 +952,7 @@ impl<R: Mmio, M: TableMemory> Smmuv3<R, M> {
     }
 
     fn write_ste_as(&self, sid: u32, new: Ste, force: bool) -> Result<(), Errno> {
-        let inner = &self.inner;
+        let inner = self;
         let mut st = inner.strtab.lock();
         let (t, w) = st.slot(&inner.mem, sid)?;
         let old = [t.read(w), t.read(w + 1), t.read(w + 2), t.read(w + 3)];
@@ -772,9 +1007,15 @@ impl<R: Mmio, M: TableMemory> Smmuv3<R, M> {
         Ok(())
     }
 
-    /// Attaches `dev`'s streams to `domain` with STE `ste`, all or none.
-    pub(crate) fn attach(&self, domain: &Domain, dev: &Arc<Device>, new: Ste) -> Result<(), Errno> {
-        let sids = dev.stream_ids();
+    /// Attaches `dev`'s streams `sids` (on this SMMU) to `domain` with STE
+    /// `ste`, all or none.
+    pub(crate) fn attach(
+        &self,
+        domain: &Domain,
+        dev: &Arc<Device>,
+        sids: &[u32],
+        new: Ste,
+    ) -> Result<(), Errno> {
         if sids.is_empty() {
             return Err(Errno::ENODEV);
         }
@@ -787,7 +1028,7 @@ impl<R: Mmio, M: TableMemory> Smmuv3<R, M> {
                 return Err(e);
             }
         }
-        let mut streams = self.inner.streams.lock();
+        let mut streams = self.streams.lock();
         for &sid in sids {
             let e = streams.entry(sid).or_insert_with(|| StreamEntry {
                 domain: domain.clone(),
@@ -802,13 +1043,13 @@ impl<R: Mmio, M: TableMemory> Smmuv3<R, M> {
         Ok(())
     }
 
-    /// `dev` stops using its streams; a stream's STE goes back to abort
-    /// with its last user.
-    pub(crate) fn detach(&self, dev: &Arc<Device>) {
+    /// `dev` stops using its streams `sids`; a stream's STE goes back to
+    /// abort with its last user.
+    pub(crate) fn detach(&self, dev: &Arc<Device>, sids: &[u32]) {
         let mut last = Vec::new();
         {
-            let mut streams = self.inner.streams.lock();
-            for sid in dev.stream_ids() {
+            let mut streams = self.streams.lock();
+            for sid in sids {
                 if let Some(e) = streams.get_mut(sid) {
                     e.devices
                         .retain(|d| d.strong_count() > 0 && !core::ptr::eq(d.as_ptr(), &**dev));
@@ -823,18 +1064,9 @@ impl<R: Mmio, M: TableMemory> Smmuv3<R, M> {
             self.force_ste(sid, ste::ste_abort());
         }
     }
-
-    /// The domain stream `sid` is attached to, if any.
-    pub fn stream_domain(&self, sid: u32) -> Option<Domain> {
-        self.inner
-            .streams
-            .lock()
-            .get(&sid)
-            .map(|e| e.domain.clone())
-    }
 }
 
-impl<R: Mmio, M: TableMemory> Inner<R, M> {
+impl<R: Mmio, M: TableMemory> Unit<R, M> {
     pub(crate) fn submit(&self, cmds: &[Cmd], sync: bool) -> Result<(), Errno> {
         let mut batch = 0;
         let r = self.submit_cmds(cmds, sync, &mut batch);
@@ -1095,35 +1327,6 @@ impl<R: Mmio, M: TableMemory> Inner<R, M> {
         }
         out
     }
-
-    /// The LPAE format paging domains of `stage` use.
-    pub(crate) fn format(&self, stage: Stage) -> Result<Lpae, Errno> {
-        let oas = self.caps.oas;
-        let ias = match stage {
-            Stage::S1 => 48.min(if self.caps.granule == Granule::G64K {
-                52
-            } else {
-                48
-            }),
-            Stage::S2 => oas,
-        };
-        Lpae::new(LpaeConfig {
-            stage,
-            granule: self.caps.granule,
-            ias,
-            oas,
-        })
-        .map_err(|_| Errno::EINVAL)
-    }
-
-    pub(crate) fn paging_stage(&self) -> Stage {
-        match self.cfg.stage {
-            Some(Stage::S2) if self.caps.stage2 => Stage::S2,
-            Some(Stage::S1) if self.caps.stage1 => Stage::S1,
-            _ if self.caps.stage1 => Stage::S1,
-            _ => Stage::S2,
-        }
-    }
 }
 
 impl<R: Mmio + 'static, M: TableMemory + 'static> IommuOps for Smmuv3<R, M> {
@@ -1131,13 +1334,19 @@ impl<R: Mmio + 'static, M: TableMemory + 'static> IommuOps for Smmuv3<R, M> {
         "arm-smmu-v3"
     }
 
+    /// A device no SMMU translates (no id, or none the firmware maps to
+    /// an SMMU) is not translated: it gets no group.
     fn add_device(&self, iommu: &Iommu, dev: &Arc<Device>) -> Result<(), Errno> {
         if dev.stream_ids().is_empty() {
-            return Ok(()); // not behind this SMMU
+            return Ok(()); // not behind an SMMU
         }
+        let (unit, sids) = match self.inner.streams_of(dev) {
+            Err(Errno::ENODEV) => return Ok(()),
+            r => r?,
+        };
         // A stream id the stream table cannot hold (Linux: ERANGE).
-        let log2 = self.inner.strtab.lock().log2();
-        if dev.stream_ids().iter().any(|&s| u64::from(s) >> log2 != 0) {
+        let log2 = unit.strtab.lock().log2();
+        if sids.iter().any(|&s| u64::from(s) >> log2 != 0) {
             return Err(Errno::ERANGE);
         }
         self.inner.by_stream.add_device(iommu, dev)
@@ -1178,7 +1387,7 @@ impl<R: Mmio + 'static, M: TableMemory + 'static> IommuOps for Smmuv3<R, M> {
 
     fn capable(&self, cap: Capability) -> bool {
         match cap {
-            Capability::CacheCoherency => self.inner.caps.coherent,
+            Capability::CacheCoherency => self.inner.units.iter().all(|u| u.caps.coherent),
             Capability::NoExec | Capability::DeferredFlush => true,
             Capability::IntrRemap => false,
         }

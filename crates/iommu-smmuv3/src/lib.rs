@@ -41,7 +41,8 @@ pub mod testing;
 
 pub use domain::Smmuv3Domain;
 pub use driver::{
-    ProbeError, SmmuEvent, Smmuv3, Smmuv3Caps, Smmuv3Config, Smmuv3Stats, StreamTableFormat,
+    ProbeError, SmmuEvent, Smmuv3, Smmuv3Caps, Smmuv3Config, Smmuv3Stats, StreamLookup,
+    StreamTableFormat, MAX_SMMUS,
 };
 pub use iommu_hw::{Mmio, VolatileMmio};
 pub use mmio::{reg, WINDOW};

@@ -21,22 +21,41 @@ use iommu_soft::testing::{run_hardware, Hardware, Input};
 pub struct EmuHardware(pub EmuPlatform);
 
 impl EmuHardware {
-    /// A small platform (16 MiB of memory) with every feature. The
-    /// emulator runs commands as `CMDQ_PROD` is written, so a short poll
-    /// limit costs nothing but makes a wedged SMMU time out quickly.
+    /// A small platform (16 MiB of memory) with one SMMU with every
+    /// feature. The emulator runs commands as `CMDQ_PROD` is written, so a
+    /// short poll limit costs nothing but makes a wedged SMMU time out
+    /// quickly.
     pub fn small() -> Self {
+        Self::with_smmus(1)
+    }
+
+    /// The same with `smmus` SMMUs (1 to 6): the oracle's ids 0-5 are
+    /// spread over them in runs (with two, 0-2 reach the first and 3-5 the
+    /// second), each with stream id 16 + its id there, so stream ids are
+    /// not the devices' ids. A group's domain binds to the SMMU of its
+    /// first device; attaching it to a group behind another is refused.
+    ///
+    /// # Panics
+    /// If `smmus` is not in 1..=6.
+    pub fn with_smmus(smmus: usize) -> Self {
+        assert!((1..=6).contains(&smmus), "1 to 6 SMMUs, not {smmus}");
+        let lookup: crate::StreamLookup = Arc::new(move |id: u32| {
+            let unit = (id as usize * smmus / 6).min(smmus - 1);
+            Some((unit, 16 + id))
+        });
         EmuHardware(
-            EmuPlatform::new(
+            EmuPlatform::with_smmus(
                 EmuLayout {
                     memory: 16 << 20,
                     tables: 0x10_0000,
                     tables_size: 15 << 20,
                 },
-                Features::default(),
+                &alloc::vec![Features::default(); smmus],
                 Smmuv3Config {
                     poll_limit: 256,
                     ..Smmuv3Config::default()
                 },
+                (smmus > 1).then_some(lookup),
             )
             .expect("a platform the driver probes"),
         )
@@ -48,10 +67,9 @@ impl Hardware for EmuHardware {
         Arc::new(self.0.driver.clone())
     }
 
-    fn translate(&self, sid: u32, iova: Iova) -> Option<PhysAddr> {
-        self.0
-            .hw
-            .translate(sid, iova.raw(), Access::Read)
+    fn translate(&self, id: u32, iova: Iova) -> Option<PhysAddr> {
+        let (hw, sid) = self.0.smmu_for(id)?;
+        hw.translate(sid, iova.raw(), Access::Read)
             .ok()
             .map(|s| PhysAddr::new(s.pa))
     }
@@ -59,7 +77,9 @@ impl Hardware for EmuHardware {
     /// Pauses the SMMU's command processing; coming back, it runs what
     /// was queued and the driver completes what it owes (`Smmuv3::sync`).
     fn set_wedged(&self, wedged: bool) {
-        self.0.hw.pause_commands(wedged);
+        for hw in &self.0.smmus {
+            hw.pause_commands(wedged);
+        }
         if !wedged {
             self.0
                 .driver
@@ -72,5 +92,13 @@ impl Hardware for EmuHardware {
 /// Replays `data` (decoded as the core oracle's input) on the driver and
 /// the emulator, panicking at the first translation that disagrees.
 pub fn run(data: &[u8]) {
-    run_hardware(&Input::decode(data), Box::new(EmuHardware::small()));
+    run_with_smmus(data, 1);
+}
+
+/// [`run`] on `smmus` SMMUs ([`EmuHardware::with_smmus`]).
+pub fn run_with_smmus(data: &[u8], smmus: usize) {
+    run_hardware(
+        &Input::decode(data),
+        Box::new(EmuHardware::with_smmus(smmus)),
+    );
 }

@@ -285,6 +285,13 @@ fn a_domain_freed_on_a_wedged_smmu_keeps_its_asid_and_tables_until_a_sync_comple
         Prot::RW,
     )
     .unwrap();
+    // Attached once, so the SMMU may have cached its translations.
+    let g = w.devs[0].iommu_group().unwrap();
+    let owner = DmaOwner::new();
+    w.iommu.group_claim_dma_owner(&g, owner).unwrap();
+    w.iommu.attach_group(&dom, &g).unwrap();
+    w.iommu.detach_group(&dom, &g);
+    w.iommu.group_release_dma_owner(&g);
     w.plat.hw.pause_commands(true);
     drop(dom);
     // Its TLBI did not complete: the ASID, CD and tables wait.
@@ -301,4 +308,23 @@ fn a_domain_freed_on_a_wedged_smmu_keeps_its_asid_and_tables_until_a_sync_comple
     drop(next);
     let again = w.iommu.domain_alloc(&w.bus, DomainType::Unmanaged).unwrap();
     assert_eq!(asid(&again), old_asid, "released once the SMMU caught up");
+}
+
+#[test]
+fn a_domain_no_smmu_has_seen_is_freed_at_once_even_on_a_wedged_smmu() {
+    // Never attached: no STE named its CD or VMID, so no SMMU can hold
+    // anything of it; its tag and tables go at once.
+    let w = world(8);
+    let dom = w.iommu.domain_alloc(&w.bus, DomainType::Unmanaged).unwrap();
+    dom.map(
+        Iova::new(0x3000),
+        PhysAddr::new(0x1c0_0000),
+        0x1000,
+        Prot::RW,
+    )
+    .unwrap();
+    w.plat.hw.pause_commands(true);
+    drop(dom);
+    assert_eq!(w.plat.driver.retired_domains(), 0);
+    w.plat.hw.pause_commands(false);
 }

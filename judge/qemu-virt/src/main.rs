@@ -44,17 +44,21 @@ fn find_edu(ecam: &Ecam) -> Option<u8> {
     Some(devfn)
 }
 
-/// Reads QEMU's IORT from fw_cfg (and prints it for the host test) and
-/// maps requester id `rid` of segment 0 to its stream id and SMMUv3 base.
-fn iort_stream(rid: u32) -> Option<(u32, u64)> {
+/// Reads QEMU's IORT from fw_cfg (and prints it for the host test).
+fn read_iort() -> Option<iommu_firmware::iort::Iort> {
     let table = iommu_qemu_judge::fw_cfg::acpi_table(b"IORT")?;
     let _ = write!(Uart, "ACPI IORT ");
     for b in &table {
         let _ = write!(Uart, "{b:02x}");
     }
     let _ = writeln!(Uart);
-    let iort = iommu_firmware::iort::Iort::parse(&table).ok()?;
-    let (sid, smmu) = iort.pci_stream(0, rid)?;
+    iommu_firmware::iort::Iort::parse(&table).ok()
+}
+
+/// The stream id and SMMUv3 base `iort` maps device id `id`
+/// (`segment << 16 | requester id`) to.
+fn iort_stream(iort: &iommu_firmware::iort::Iort, id: u32) -> Option<(u32, u64)> {
+    let (sid, smmu) = iort.pci_stream(id >> 16, id & 0xffff)?;
     match smmu.kind {
         iommu_firmware::iort::NodeKind::Smmuv3 { base, .. } => Some((sid, base)),
         _ => None,
@@ -96,7 +100,12 @@ fn run() {
     check("edu identification register", edu.read32(0) == 0x0100_00ed);
     // The SMMU and edu's stream id, as QEMU's IORT says (Linux's
     // iort_node_map_id walk, through iommu_firmware::iort).
-    let Some((rid, smmu_base)) = iort_stream(u32::from(devfn)) else {
+    let iort = Arc::new(read_iort());
+    let Some((rid, smmu_base)) = iort
+        .as_ref()
+        .as_ref()
+        .and_then(|t| iort_stream(t, u32::from(devfn)))
+    else {
         check("QEMU's IORT names edu's SMMU and stream id", false);
         return;
     };
@@ -118,9 +127,15 @@ fn run() {
         stage: stage2.then_some(iommu_pgtable::lpae::Stage::S2),
         ..Smmuv3Config::default()
     };
-    let drv = match Smmuv3::probe(mmio, mem, cfg) {
+    // The driver maps the device's requester id to its stream id through
+    // QEMU's IORT (the SMMU at the virt machine's address is its only one).
+    let lookup: iommu_smmuv3::StreamLookup = Arc::new(move |id: u32| {
+        let (sid, base) = iort_stream(iort.as_ref().as_ref()?, id)?;
+        (base == SMMU_BASE as u64).then_some((0, sid))
+    });
+    let drv = match Smmuv3::probe_units(alloc::vec![mmio], mem, cfg, Some(lookup)) {
         Ok(d) => d,
-        Err(e) => {
+        Err((_, e)) => {
             let _ = writeln!(Uart, "probe: {e}");
             check("SMMUv3 probe", false);
             return;
@@ -145,7 +160,7 @@ fn run() {
     let dev = bus
         .add_device(
             DeviceBuilder::new("0000:00:00.0")
-                .stream_ids([rid])
+                .stream_ids([u32::from(devfn)])
                 .pci(true),
         )
         .expect("device");
