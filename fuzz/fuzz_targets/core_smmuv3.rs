@@ -4,6 +4,10 @@
 #![no_main]
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
-    let smmus = if data.last().is_some_and(|b| b & 1 == 1) { 2 } else { 1 };
+    let smmus = if data.last().is_some_and(|b| b & 1 == 1) {
+        2
+    } else {
+        1
+    };
     iommu_smmuv3::testing::run_with_smmus(data, smmus);
 });
