@@ -8,6 +8,13 @@
 //! queue and the event queue. Page tables are `iommu-pgtable`'s LPAE tables
 //! in the same memory.
 //!
+//! - SMMUs: [`Smmuv3::probe`] drives one SMMU whose stream ids are the
+//!   devices' ids; [`Smmuv3::probe_units`] drives several, with a
+//!   [`StreamLookup`] (the firmware's ID mappings) giving the SMMU and
+//!   stream id of a device's id. As in Linux, a paging domain binds to the
+//!   SMMU of its first attach (another SMMU's device is `EINVAL`); blocked
+//!   and identity domains serve every SMMU; ASIDs and VMIDs come from one
+//!   space as wide as the narrowest SMMU's.
 //! - Probe reads IDR0/1/3/5, resets with CR0/CR0ACK, sets `GBPA` to abort,
 //!   builds the tables and queues, invalidates everything (`CFGI_ALL`,
 //!   `TLBI_NSNH_ALL`, `CMD_SYNC`) and enables.
