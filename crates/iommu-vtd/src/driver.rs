@@ -56,22 +56,28 @@ impl TableMode {
     /// unit has it and queued invalidation (which it needs), first-stage
     /// tables where those exist.
     pub fn preferred(caps: &VtdCaps, queued: bool) -> TableMode {
-        if !caps.scalable || !caps.queued_invalidation || !queued {
-            TableMode::Legacy
-        } else if caps.first_stage {
-            TableMode::ScalableFirstStage
-        } else if caps.second_stage {
-            TableMode::ScalableSecondStage
-        } else {
-            TableMode::Legacy
+        match scalable_stages(caps, queued) {
+            (true, _) => TableMode::ScalableFirstStage,
+            (_, true) => TableMode::ScalableSecondStage,
+            _ => TableMode::Legacy,
         }
     }
+}
+
+/// Whether a unit can run scalable mode (which needs the queue, and
+/// `queued`: the driver willing to use it) with first-stage and with
+/// second-stage tables.
+fn scalable_stages(caps: &VtdCaps, queued: bool) -> (bool, bool) {
+    let scalable = caps.scalable && caps.queued_invalidation && queued;
+    (scalable && caps.first_stage, scalable && caps.second_stage)
 }
 
 /// Driver options.
 #[derive(Clone, Debug)]
 pub struct VtdConfig {
-    /// The tables to use; `None`: [`TableMode::preferred`].
+    /// The tables to use; `None`: [`TableMode::preferred`] where every unit
+    /// prefers first-stage tables, else second-stage tables in each unit's
+    /// best mode.
     pub mode: Option<TableMode>,
     /// Page-table levels for paging domains (second stage: 3, 4 or 5;
     /// first stage: 4 or 5); `None`: the most the unit supports up to its
@@ -407,18 +413,6 @@ fn poll(limit: u32, mut done: impl FnMut() -> bool) -> bool {
     false
 }
 
-/// What a unit can do with the tables asked for: its queue, and whether it
-/// can run scalable mode with first- or second-stage tables.
-fn unit_modes(caps: &VtdCaps, cfg: &VtdConfig) -> (bool, bool, bool) {
-    let queued = caps.queued_invalidation && cfg.queued_invalidation;
-    let scalable = caps.scalable && queued;
-    (
-        queued,
-        scalable && caps.first_stage,
-        scalable && caps.second_stage,
-    )
-}
-
 impl<R: Mmio, M: TableMemory> Vtd<R, M> {
     /// Probes one unit that translates every requester id: see
     /// [`probe_units`](Self::probe_units).
@@ -468,27 +462,27 @@ impl<R: Mmio, M: TableMemory> Vtd<R, M> {
             .iter()
             .map(|m| VtdCaps::decode(m.read64(reg::CAP), m.read64(reg::ECAP)))
             .collect();
-        let modes: Vec<_> = caps.iter().map(|c| unit_modes(c, &cfg)).collect();
-        // The tables domains build, and each unit's mode.
+        let modes: Vec<_> = caps
+            .iter()
+            .map(|c| scalable_stages(c, cfg.queued_invalidation))
+            .collect();
+        // The tables domains build (first-stage where every unit takes
+        // them: each unit's `TableMode::preferred`), and each unit's mode
+        // (scalable second stage where a unit has it, else legacy).
         let first_stage = match cfg.mode {
             Some(m) => m == TableMode::ScalableFirstStage,
-            None => modes.iter().zip(&caps).all(|(&(q, fs, _), c)| {
-                TableMode::preferred(c, q) == TableMode::ScalableFirstStage && fs
-            }),
+            None => modes.iter().all(|&(fs, _)| fs),
         };
         let mut unit_mode = Vec::with_capacity(units.len());
-        for (i, (c, &(queued, fs, ss))) in caps.iter().zip(&modes).enumerate() {
+        for (i, &(fs, ss)) in modes.iter().enumerate() {
             let m = match cfg.mode {
                 Some(TableMode::Legacy) => TableMode::Legacy,
                 Some(m @ TableMode::ScalableFirstStage) if fs => m,
                 Some(m @ TableMode::ScalableSecondStage) if ss => m,
                 Some(m) => return Err((i, ProbeError::Mode(m))),
                 None if first_stage => TableMode::ScalableFirstStage,
-                None => match TableMode::preferred(c, queued) {
-                    TableMode::Legacy => TableMode::Legacy,
-                    _ if ss => TableMode::ScalableSecondStage,
-                    _ => TableMode::Legacy,
-                },
+                None if ss => TableMode::ScalableSecondStage,
+                None => TableMode::Legacy,
             };
             unit_mode.push(m);
         }
