@@ -146,7 +146,7 @@ impl VtdHardware {
             ..VtdConfig::default()
         };
         let lookup: iommu_vtd::UnitLookup =
-            Arc::new(move |sid: u32| Some((sid as usize * units / 6).min(units - 1)));
+            Arc::new(move |sid: u32| Some(iommu_soft::testing::instance_of(sid, units)));
         VtdHardware(
             iommu_vtd::emu::EmuPlatform::with_units(
                 layout,

@@ -56,48 +56,27 @@ fn the_oracle_translates_through_the_emulated_unit() {
 /// invalidations while the oracle checked every step.
 #[test]
 fn a_domain_on_two_units_is_checked_on_both() {
-    use iommu_soft::testing::{Op, Spec, DEVICES};
-    let spec = |sids| Spec {
-        sids,
-        direct: false,
-    };
-    let mut specs = [spec(0); DEVICES];
-    specs[0] = spec(0b1); // requester id 0: the first unit
-    specs[1] = spec(0b1000); // requester id 3: the second
-    let map = |page, pa| Op::Map {
-        dom: 0,
-        dev: 0,
-        page,
-        pages: 4,
-        pa,
-    };
-    let unmap = |page| Op::Unmap {
-        dom: 0,
-        dev: 0,
-        page,
-        pages: 2,
-    };
-    let input = Input {
-        specs,
-        ops: vec![
-            Op::Add(0),
-            Op::Add(1),
-            Op::Claim(0),
-            Op::Claim(1),
-            Op::Attach(0, 0),
-            Op::Attach(1, 0),
-            map(16, 40),
-            unmap(16),
-            Op::Wedge(true),
-            unmap(18),
-            Op::Wedge(false),
-            map(16, 80),
-            Op::Detach(0, 0),
-            unmap(16),
-            Op::Release(0),
-            Op::Remove(1),
-        ],
-    };
+    use iommu_soft::testing::Op;
+    let map = |page, pa| Op::map_unmanaged(0, page, 4, pa);
+    let unmap = |page| Op::unmap_unmanaged(0, page, 2);
+    let input = Input::two_devices(vec![
+        Op::Add(0),
+        Op::Add(1),
+        Op::Claim(0),
+        Op::Claim(1),
+        Op::Attach(0, 0),
+        Op::Attach(1, 0),
+        map(16, 40),
+        unmap(16),
+        Op::Wedge(true),
+        unmap(18),
+        Op::Wedge(false),
+        map(16, 80),
+        Op::Detach(0, 0),
+        unmap(16),
+        Op::Release(0),
+        Op::Remove(1),
+    ]);
     for scalable in [false, true] {
         let hw = VtdHardware::with_units(scalable, 2);
         let units = hw.0.units.clone();

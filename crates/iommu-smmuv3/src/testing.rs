@@ -39,10 +39,8 @@ impl EmuHardware {
     /// If `smmus` is not in 1..=6.
     pub fn with_smmus(smmus: usize) -> Self {
         assert!((1..=6).contains(&smmus), "1 to 6 SMMUs, not {smmus}");
-        let lookup: crate::StreamLookup = Arc::new(move |id: u32| {
-            let unit = (id as usize * smmus / 6).min(smmus - 1);
-            Some((unit, 16 + id))
-        });
+        let lookup: crate::StreamLookup =
+            Arc::new(move |id: u32| Some((iommu_soft::testing::instance_of(id, smmus), 16 + id)));
         EmuHardware(
             EmuPlatform::with_smmus(
                 EmuLayout {

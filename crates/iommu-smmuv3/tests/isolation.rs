@@ -51,46 +51,25 @@ fn the_oracle_translates_through_the_emulator() {
 /// SMMUs would leave the second one's TLB stale after the unmap).
 #[test]
 fn a_domain_offered_to_two_smmus_serves_the_first_only() {
-    use iommu_soft::testing::{Op, Spec, DEVICES};
-    let spec = |sids| Spec {
-        sids,
-        direct: false,
-    };
-    let mut specs = [spec(0); DEVICES];
-    specs[0] = spec(0b1); // id 0: the first SMMU
-    specs[1] = spec(0b1000); // id 3: the second
-    let map = |page, pa| Op::Map {
-        dom: 0,
-        dev: 0,
-        page,
-        pages: 4,
-        pa,
-    };
-    let unmap = |page| Op::Unmap {
-        dom: 0,
-        dev: 0,
-        page,
-        pages: 2,
-    };
-    let input = Input {
-        specs,
-        ops: vec![
-            Op::Add(0),
-            Op::Add(1),
-            Op::Claim(0),
-            Op::Claim(1),
-            Op::Attach(0, 0),
-            Op::Attach(1, 0),
-            map(16, 40),
-            unmap(16),
-            map(16, 80),
-            Op::Detach(0, 0),
-            unmap(18),
-            Op::Attach(1, 0),
-            Op::Release(0),
-            Op::Release(1),
-        ],
-    };
+    use iommu_soft::testing::Op;
+    let map = |page, pa| Op::map_unmanaged(0, page, 4, pa);
+    let unmap = |page| Op::unmap_unmanaged(0, page, 2);
+    let input = Input::two_devices(vec![
+        Op::Add(0),
+        Op::Add(1),
+        Op::Claim(0),
+        Op::Claim(1),
+        Op::Attach(0, 0),
+        Op::Attach(1, 0),
+        map(16, 40),
+        unmap(16),
+        map(16, 80),
+        Op::Detach(0, 0),
+        unmap(18),
+        Op::Attach(1, 0),
+        Op::Release(0),
+        Op::Release(1),
+    ]);
     let hw = iommu_smmuv3::testing::EmuHardware::with_smmus(2);
     let smmus = hw.0.smmus.clone();
     run_hardware(&input, Box::new(hw));

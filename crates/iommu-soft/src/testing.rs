@@ -49,6 +49,16 @@ const WINDOW: u64 = 128 * M2;
 pub const DEVICES: usize = 6;
 /// Unmanaged domains each platform keeps for attaching.
 pub const DOMAINS: usize = 2;
+/// Stream ids the devices take theirs from (0 to 5).
+pub const STREAM_IDS: u32 = 6;
+
+/// Which of `instances` IOMMU instances (1 to [`STREAM_IDS`]) stream id
+/// `sid` sits behind, for hardware pairs that run the oracle on several:
+/// the ids in runs, with two instances 0-2 on the first and 3-5 on the
+/// second.
+pub fn instance_of(sid: u32, instances: usize) -> usize {
+    (sid as usize * instances / STREAM_IDS as usize).min(instances.saturating_sub(1))
+}
 
 /// One device: its stream ids (bits of a mask over ids 0..6; none means
 /// "not behind the IOMMU") and whether firmware gives it a direct region.
@@ -62,7 +72,9 @@ pub struct Spec {
 
 impl Spec {
     fn stream_ids(&self) -> Vec<u32> {
-        (0..6).filter(|b| self.sids & (1 << b) != 0).collect()
+        (0..STREAM_IDS)
+            .filter(|b| self.sids & (1 << b) != 0)
+            .collect()
     }
 }
 
@@ -263,6 +275,45 @@ impl Input {
                 },
                 Op::Type(0, 0),
             ],
+        }
+    }
+
+    /// Device 0 with stream id 0 and device 1 with stream id 3 (on two
+    /// instances when [`instance_of`] splits the ids in two), no other
+    /// device, and `ops`: for a domain offered to groups behind two
+    /// instances.
+    pub fn two_devices(ops: Vec<Op>) -> Input {
+        let spec = |sids| Spec {
+            sids,
+            direct: false,
+        };
+        let mut specs = [spec(0); DEVICES];
+        specs[0] = spec(0b1);
+        specs[1] = spec(0b1000);
+        Input { specs, ops }
+    }
+}
+
+impl Op {
+    /// A map of `pages` pages at page `page` of unmanaged domain `dom`
+    /// to page `pa`.
+    pub fn map_unmanaged(dom: u8, page: u16, pages: u16, pa: u16) -> Op {
+        Op::Map {
+            dom,
+            dev: 0,
+            page,
+            pages,
+            pa,
+        }
+    }
+
+    /// An unmap of `pages` pages at page `page` of unmanaged domain `dom`.
+    pub fn unmap_unmanaged(dom: u8, page: u16, pages: u16) -> Op {
+        Op::Unmap {
+            dom,
+            dev: 0,
+            page,
+            pages,
         }
     }
 }
