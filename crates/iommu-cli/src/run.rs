@@ -240,7 +240,7 @@ fn vtd_platform(
     let units = iommu_platform::dmar::default_vtd_units();
     let p = EmuPlatform::with_units(
         EmuLayout::default(),
-        &vec![features; units.drhds.len()],
+        &vec![features; units.units()],
         cfg,
         Some(units.lookup()),
     )

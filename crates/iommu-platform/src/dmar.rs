@@ -14,8 +14,6 @@ use std::sync::Arc;
 /// A DMAR's DRHDs, and which of them translates a requester id.
 #[derive(Clone, Debug)]
 pub struct DmarUnits {
-    /// The units, in table order (the driver's unit indices).
-    pub drhds: Vec<Drhd>,
     dmar: Dmar,
     /// Bridges by (segment, bus, devfn): their secondary and subordinate
     /// bus.
@@ -40,10 +38,19 @@ impl DmarUnits {
             })
             .collect();
         DmarUnits {
-            drhds: dmar.drhds().cloned().collect(),
             dmar: dmar.clone(),
             bridges,
         }
+    }
+
+    /// The units, in table order (the driver's unit indices).
+    pub fn drhds(&self) -> impl Iterator<Item = &Drhd> {
+        self.dmar.drhds()
+    }
+
+    /// How many units there are.
+    pub fn units(&self) -> usize {
+        self.drhds().count()
     }
 
     /// The unit (its index in [`drhds`](Self::drhds)) that translates
@@ -62,7 +69,7 @@ impl DmarUnits {
                 .copied()
         };
         let d = self.dmar.drhd_for(seg, rid, &secondary, &range)?;
-        self.drhds.iter().position(|x| x == d)
+        self.drhds().position(|x| core::ptr::eq(x, d))
     }
 
     /// [`unit_of`](Self::unit_of) as the driver's lookup.
@@ -124,7 +131,7 @@ mod tests {
     #[test]
     fn the_default_platforms_graphics_have_a_unit_of_their_own() {
         let u = default_vtd_units();
-        assert_eq!(u.drhds.len(), 2);
+        assert_eq!(u.units(), 2);
         let unit = |bdf: &str| {
             let b: iommu_pci::Bdf = bdf.parse().unwrap();
             u.unit_of(u32::from(b.bus) << 8 | u32::from(b.devfn))

@@ -3,7 +3,7 @@
 //! [`StreamLookup`]), as Linux's `iort_node_map_id` follows a root
 //! complex's ID mappings.
 
-use iommu_firmware::iort::{Iort, NodeKind};
+use iommu_firmware::iort::{Iort, IortNode, NodeKind};
 use iommu_smmuv3::StreamLookup;
 use std::sync::Arc;
 
@@ -11,30 +11,31 @@ use std::sync::Arc;
 /// of them.
 #[derive(Clone, Debug)]
 pub struct IortSmmus {
-    /// The SMMUv3 nodes' register bases, in table order (the driver's
-    /// SMMU indices).
-    pub bases: Vec<u64>,
-    /// Their offsets in the table (what ID mappings name).
-    offsets: Vec<u32>,
     iort: Iort,
 }
 
 impl IortSmmus {
     /// `iort`'s SMMUv3 nodes.
     pub fn resolve(iort: &Iort) -> IortSmmus {
-        let (offsets, bases) = iort
+        IortSmmus { iort: iort.clone() }
+    }
+
+    /// The SMMUv3 nodes, in table order (the driver's SMMU indices).
+    fn smmus(&self) -> impl Iterator<Item = &IortNode> {
+        self.iort
             .nodes
             .iter()
+            .filter(|n| matches!(n.kind, NodeKind::Smmuv3 { .. }))
+    }
+
+    /// The SMMUv3 nodes' register bases, in table order.
+    pub fn bases(&self) -> Vec<u64> {
+        self.smmus()
             .filter_map(|n| match n.kind {
-                NodeKind::Smmuv3 { base, .. } => Some((n.offset, base)),
+                NodeKind::Smmuv3 { base, .. } => Some(base),
                 _ => None,
             })
-            .unzip();
-        IortSmmus {
-            bases,
-            offsets,
-            iort: iort.clone(),
-        }
+            .collect()
     }
 
     /// The SMMUv3 (its index in [`bases`](Self::bases)) and stream id that
@@ -43,7 +44,7 @@ impl IortSmmus {
     /// they end at no SMMUv3 (an ITS group, an SMMUv1/v2, nowhere).
     pub fn stream_of(&self, id: u32) -> Option<(usize, u32)> {
         let (sid, node) = self.iort.pci_stream(id >> 16, id & 0xffff)?;
-        let smmu = self.offsets.iter().position(|&o| o == node.offset)?;
+        let smmu = self.smmus().position(|n| core::ptr::eq(n, node))?;
         Some((smmu, sid))
     }
 
@@ -58,7 +59,7 @@ impl IortSmmus {
 mod tests {
     use super::*;
     use iommu_firmware::acpi::Header;
-    use iommu_firmware::iort::{IdMapping, IortNode};
+    use iommu_firmware::iort::IdMapping;
 
     fn node(offset: u32, kind: NodeKind, mappings: Vec<IdMapping>) -> IortNode {
         IortNode {
@@ -119,7 +120,7 @@ mod tests {
     #[test]
     fn a_root_complex_split_over_two_smmus_maps_each_function_to_its_own() {
         let s = IortSmmus::resolve(&two_smmus());
-        assert_eq!(s.bases, vec![0x0905_0000, 0x0906_0000]);
+        assert_eq!(s.bases(), vec![0x0905_0000, 0x0906_0000]);
         assert_eq!(s.stream_of(0x0010), Some((0, 0x1010)));
         assert_eq!(s.stream_of(0x0100), Some((1, 0x0100)));
         assert_eq!(s.lookup()(0x0300), Some((1, 0x0300)));

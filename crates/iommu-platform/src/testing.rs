@@ -64,7 +64,7 @@ pub fn vtd(
     Arc::new(
         iommu_vtd::emu::EmuPlatform::with_units(
             layout(),
-            &vec![features; units.drhds.len()],
+            &vec![features; units.units()],
             cfg,
             Some(units.lookup()),
         )
