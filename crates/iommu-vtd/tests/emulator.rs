@@ -515,32 +515,30 @@ fn a_removed_devices_pasid_tables_are_freed_and_made_again_when_it_returns() {
     iommu
         .bus_set_iommu(&bus, Arc::new(plat.driver.clone()))
         .unwrap();
-    let add = || {
-        bus.add_device(
-            DeviceBuilder::new("0000:00:03.0")
-                .stream_ids([u32::from(SID)])
-                .pci(true),
-        )
-        .unwrap()
+    // A device on the id whose default domain maps `iova` to `pa`: the
+    // unit translates it through the id's PASID table.
+    let use_id = |iova: u64, pa: u64| {
+        let dev = bus
+            .add_device(
+                DeviceBuilder::new("0000:00:03.0")
+                    .stream_ids([u32::from(SID)])
+                    .pci(true),
+            )
+            .unwrap();
+        let dom = dev.iommu_group().unwrap().default_domain().unwrap();
+        dom.map(Iova::new(iova), PhysAddr::new(pa), 0x1000, Prot::RW)
+            .unwrap();
+        assert!(plat.driver.pasid_entry(u32::from(SID)).is_some());
+        assert_eq!(
+            plat.hw
+                .translate(SID, iova, iommu_vtd_emu::Access::Read)
+                .unwrap()
+                .pa,
+            pa
+        );
+        dev
     };
-    let dev = add();
-    let dom = dev.iommu_group().unwrap().default_domain().unwrap();
-    dom.map(
-        Iova::new(0x5000),
-        PhysAddr::new(0x90_0000),
-        0x1000,
-        Prot::RW,
-    )
-    .unwrap();
-    assert!(plat.driver.pasid_entry(u32::from(SID)).is_some());
-    assert_eq!(
-        plat.hw
-            .translate(SID, 0x5000, iommu_vtd_emu::Access::Read)
-            .unwrap()
-            .pa,
-        0x90_0000
-    );
-    drop(dom);
+    let dev = use_id(0x5000, 0x90_0000);
     bus.remove_device(&dev).unwrap();
     assert_eq!(
         plat.driver.pasid_entry(u32::from(SID)),
@@ -556,23 +554,7 @@ fn a_removed_devices_pasid_tables_are_freed_and_made_again_when_it_returns() {
         "the unit forgot the entry"
     );
     // Back again: new tables, the new default domain translates.
-    let dev = add();
-    let dom = dev.iommu_group().unwrap().default_domain().unwrap();
-    dom.map(
-        Iova::new(0x6000),
-        PhysAddr::new(0x91_0000),
-        0x1000,
-        Prot::RW,
-    )
-    .unwrap();
-    assert!(plat.driver.pasid_entry(u32::from(SID)).is_some());
-    assert_eq!(
-        plat.hw
-            .translate(SID, 0x6000, iommu_vtd_emu::Access::Read)
-            .unwrap()
-            .pa,
-        0x91_0000
-    );
+    use_id(0x6000, 0x91_0000);
     assert!(plat
         .hw
         .translate(SID, 0x5000, iommu_vtd_emu::Access::Read)

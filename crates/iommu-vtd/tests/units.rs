@@ -4,7 +4,7 @@
 //! invalidations sent to exactly the units that may hold a domain's
 //! translations, faults read from every unit.
 
-use iommu_core::{Bus, DeviceBuilder, DmaOwner, Iommu, Iova, PhysAddr, Prot};
+use iommu_core::{Bus, DeviceBuilder, DmaOwner, Domain, Group, Iommu, Iova, PhysAddr, Prot};
 use iommu_vtd::emu::{EmuLayout, EmuPlatform};
 use iommu_vtd::{ProbeError, TableMode, UnitLookup, VtdConfig, MAX_UNITS};
 use iommu_vtd_emu::{Access, Features};
@@ -47,6 +47,21 @@ fn platform(features: &[Features]) -> (EmuPlatform, Iommu, Bus) {
     (plat, iommu, bus)
 }
 
+/// An unmanaged domain attached to `groups`, each claimed by one owner.
+fn shared_by(iommu: &Iommu, bus: &Bus, groups: [&Group; 2]) -> Domain {
+    let owner = DmaOwner::new();
+    for g in groups {
+        iommu.group_claim_dma_owner(g, owner).unwrap();
+    }
+    let shared = iommu
+        .domain_alloc(bus, iommu_core::DomainType::Unmanaged)
+        .unwrap();
+    for g in groups {
+        iommu.attach_group(&shared, g).unwrap();
+    }
+    shared
+}
+
 #[test]
 fn each_device_is_translated_by_its_own_unit_and_one_domain_serves_both() {
     let (plat, iommu, bus) = platform(&[Features::default(), Features::default()]);
@@ -83,14 +98,7 @@ fn each_device_is_translated_by_its_own_unit_and_one_domain_serves_both() {
 
     // One unmanaged domain for both groups, on both units.
     let (ga, gb) = (a.iommu_group().unwrap(), b.iommu_group().unwrap());
-    let owner = DmaOwner::new();
-    iommu.group_claim_dma_owner(&ga, owner).unwrap();
-    iommu.group_claim_dma_owner(&gb, owner).unwrap();
-    let shared = iommu
-        .domain_alloc(&bus, iommu_core::DomainType::Unmanaged)
-        .unwrap();
-    iommu.attach_group(&shared, &ga).unwrap();
-    iommu.attach_group(&shared, &gb).unwrap();
+    let shared = shared_by(&iommu, &bus, [&ga, &gb]);
     let vd = shared
         .ops()
         .as_any()
@@ -154,14 +162,7 @@ fn a_domain_freed_while_one_of_its_units_is_wedged_waits_for_that_unit_only() {
     let a = bus.find_device("0000:00:03.0").unwrap();
     let b = bus.find_device("0000:01:00.0").unwrap();
     let (ga, gb) = (a.iommu_group().unwrap(), b.iommu_group().unwrap());
-    let owner = DmaOwner::new();
-    iommu.group_claim_dma_owner(&ga, owner).unwrap();
-    iommu.group_claim_dma_owner(&gb, owner).unwrap();
-    let shared = iommu
-        .domain_alloc(&bus, iommu_core::DomainType::Unmanaged)
-        .unwrap();
-    iommu.attach_group(&shared, &ga).unwrap();
-    iommu.attach_group(&shared, &gb).unwrap();
+    let shared = shared_by(&iommu, &bus, [&ga, &gb]);
     shared
         .map(
             Iova::new(0x10_0000),
