@@ -4,7 +4,7 @@
 use crate::ops::{DomainGeometry, DomainOps, PagingOps};
 use crate::prelude::*;
 use crate::sync::{Mutex, RwLock};
-use crate::{Device, IommuOps};
+use crate::{Device, IommuOps, PagingFlags, Viommu};
 use alloc::sync::{Arc, Weak};
 use core::any::Any;
 use core::fmt;
@@ -18,6 +18,7 @@ const PAGING: u8 = 1 << 0;
 const DMA_API: u8 = 1 << 1;
 const PT: u8 = 1 << 2;
 const DMA_FQ: u8 = 1 << 3;
+const NESTED: u8 = 1 << 6;
 
 /// Domain types, with Linux's flag composition.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -32,6 +33,10 @@ pub enum DomainType {
     Dma,
     /// Paging, managed by the DMA API with a flush queue (lazy invalidation).
     DmaFq,
+    /// A user-managed first stage over a nest-parent domain's second stage
+    /// (`IOMMU_DOMAIN_NESTED`): only a [`Viommu`](crate::Viommu) makes one,
+    /// and the core cannot map into it.
+    Nested,
 }
 
 impl DomainType {
@@ -43,6 +48,7 @@ impl DomainType {
             DomainType::Unmanaged => PAGING,
             DomainType::Dma => PAGING | DMA_API,
             DomainType::DmaFq => PAGING | DMA_API | DMA_FQ,
+            DomainType::Nested => NESTED,
         }
     }
 
@@ -69,6 +75,7 @@ impl DomainType {
             DomainType::Unmanaged => "unmanaged",
             DomainType::Dma => "DMA",
             DomainType::DmaFq => "DMA-FQ",
+            DomainType::Nested => "nested",
         }
     }
 
@@ -79,6 +86,7 @@ impl DomainType {
             DomainType::Unmanaged => 2,
             DomainType::Dma => 3,
             DomainType::DmaFq => 4,
+            DomainType::Nested => 5,
         }
     }
 
@@ -88,7 +96,8 @@ impl DomainType {
             1 => DomainType::Identity,
             2 => DomainType::Unmanaged,
             3 => DomainType::Dma,
-            _ => DomainType::DmaFq,
+            4 => DomainType::DmaFq,
+            _ => DomainType::Nested,
         }
     }
 }
@@ -190,6 +199,10 @@ struct DomainInner {
     fault_handler: RwLock<Option<FaultHandler>>,
     iova_cookie: Mutex<Option<IovaCookie>>,
     flushes: FlushClock,
+    /// How a paging domain was asked for (`IOMMU_HWPT_ALLOC_*`).
+    flags: PagingFlags,
+    /// The vIOMMU a nested domain was made by; it holds the parent.
+    viommu: Option<Viommu>,
 }
 
 /// A domain (`struct iommu_domain`); clones share it, equality is identity.
@@ -262,6 +275,17 @@ impl Domain {
         ops: Box<dyn DomainOps>,
         owner: &Arc<dyn IommuOps>,
     ) -> Domain {
+        Self::new_with(id, ty, ops, owner, PagingFlags::empty(), None)
+    }
+
+    pub(crate) fn new_with(
+        id: u64,
+        ty: DomainType,
+        ops: Box<dyn DomainOps>,
+        owner: &Arc<dyn IommuOps>,
+        flags: PagingFlags,
+        viommu: Option<Viommu>,
+    ) -> Domain {
         let pgsize_bitmap = ops.pgsize_bitmap().unwrap_or(owner.pgsize_bitmap());
         let geometry = ops.geometry().unwrap_or(DomainGeometry::FULL);
         Domain(Arc::new(DomainInner {
@@ -275,7 +299,31 @@ impl Domain {
             fault_handler: RwLock::new(None),
             iova_cookie: Mutex::new(None),
             flushes: FlushClock::default(),
+            flags,
+            viommu,
         }))
+    }
+
+    /// The flags a paging domain was allocated with
+    /// ([`Iommu::domain_alloc_paging_flags`](crate::Iommu::domain_alloc_paging_flags)).
+    pub fn paging_flags(&self) -> PagingFlags {
+        self.0.flags
+    }
+
+    /// Whether a [`Viommu`] may nest over this domain (it was allocated
+    /// with [`PagingFlags::NEST_PARENT`]).
+    pub fn is_nest_parent(&self) -> bool {
+        self.0.flags.contains(PagingFlags::NEST_PARENT)
+    }
+
+    /// The vIOMMU a nested domain belongs to.
+    pub fn viommu(&self) -> Option<&Viommu> {
+        self.0.viommu.as_ref()
+    }
+
+    /// The second stage a nested domain translates through.
+    pub fn nest_parent(&self) -> Option<&Domain> {
+        self.0.viommu.as_ref().map(Viommu::parent)
     }
 
     /// An id unique within its subsystem, for logs and traces.

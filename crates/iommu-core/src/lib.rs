@@ -53,6 +53,7 @@ mod sysfs;
 #[cfg(feature = "test-utils")]
 pub mod testing;
 mod trace;
+mod viommu;
 
 pub use bus::{Bus, BusAction, BusEvent};
 pub use device::{Device, DeviceBuilder};
@@ -74,6 +75,7 @@ pub use resv::{
 };
 pub use subsystem::{Iommu, IommuConfig, Sysfs};
 pub use sysfs::EntryKind;
+pub use viommu::{InvalidateError, PagingFlags, UserData, UserDataArray, Viommu, ViommuOps};
 
 pub use iommu_types::{Errno, IotlbGather, Iova, PhysAddr, Prot};
 

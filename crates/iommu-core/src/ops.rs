@@ -7,7 +7,9 @@
 //! can tell "no map op" (`ENODEV`) from a map that failed.
 
 use crate::prelude::*;
-use crate::{Device, Domain, DomainType, Group, Iommu, ReservedRegion};
+use crate::{
+    Device, Domain, DomainType, Group, Iommu, PagingFlags, ReservedRegion, UserData, ViommuOps,
+};
 use alloc::sync::Arc;
 use iommu_types::{Errno, IotlbGather, Iova, PhysAddr, Prot, Unmapped};
 
@@ -65,6 +67,46 @@ pub trait IommuOps: Send + Sync + 'static {
     /// # Errors
     /// Refusal of the type (commonly `EOPNOTSUPP`) or `ENOMEM`.
     fn domain_alloc(&self, ty: DomainType) -> Result<Box<dyn DomainOps>, Errno>;
+
+    /// Allocates the driver side of a paging domain for `dev` with
+    /// `flags` and optional driver data (Linux's
+    /// `domain_alloc_paging_flags`). The default serves no flags and no
+    /// data with [`domain_alloc`](Self::domain_alloc)`(Unmanaged)`.
+    ///
+    /// # Errors
+    /// `EOPNOTSUPP` for flags or data the driver does not take; as
+    /// [`domain_alloc`](Self::domain_alloc).
+    fn domain_alloc_paging_flags(
+        &self,
+        dev: &Arc<Device>,
+        flags: PagingFlags,
+        data: Option<&UserData<'_>>,
+    ) -> Result<Box<dyn DomainOps>, Errno> {
+        let _ = dev;
+        if !flags.is_empty() || data.is_some() {
+            return Err(Errno::EOPNOTSUPP);
+        }
+        self.domain_alloc(DomainType::Unmanaged)
+    }
+
+    /// Makes the driver side of a vIOMMU of type `ty` over the nest-parent
+    /// domain `parent`, for the instance translating `dev` (Linux's
+    /// `get_viommu_size` + `viommu_init`). The core has checked that
+    /// `parent` is this instance's and a nest parent.
+    ///
+    /// # Errors
+    /// `EOPNOTSUPP` (the default) when the driver cannot nest or does not
+    /// know `ty`; `EINVAL` when `parent` cannot serve `dev`.
+    fn viommu_alloc(
+        &self,
+        dev: &Arc<Device>,
+        parent: &Domain,
+        ty: u32,
+        data: Option<&UserData<'_>>,
+    ) -> Result<Box<dyn ViommuOps>, Errno> {
+        let _ = (dev, parent, ty, data);
+        Err(Errno::EOPNOTSUPP)
+    }
 
     /// Reserved regions of `dev` (its firmware's plus the driver's own, such as an MSI window).
     fn get_resv_regions(&self, dev: &Device) -> Vec<ReservedRegion> {

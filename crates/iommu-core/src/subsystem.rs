@@ -63,6 +63,11 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    /// A fresh domain id.
+    pub(crate) fn next_domain_id(&self) -> u64 {
+        self.next_domain_id.fetch_add(1, Ordering::Relaxed)
+    }
+
     pub(crate) fn sysfs(&self) -> MutexGuard<'_, SysfsTree> {
         self.sysfs.lock()
     }
@@ -398,7 +403,9 @@ impl Iommu {
     /// The core fills in the type, ops, page sizes and aperture.
     ///
     /// # Errors
-    /// `ENODEV` if the bus has no IOMMU ops; the driver's refusal; `ENOMEM`.
+    /// `ENODEV` if the bus has no IOMMU ops; `EINVAL` for
+    /// [`DomainType::Nested`] (a [`Viommu`](crate::Viommu) makes those);
+    /// the driver's refusal; `ENOMEM`.
     pub fn domain_alloc(&self, bus: &Bus, ty: DomainType) -> Result<Domain, Errno> {
         let ops = bus.iommu_ops().ok_or(Errno::ENODEV)?;
         self.domain_alloc_with(&ops, ty)
@@ -412,11 +419,15 @@ impl Iommu {
         let _span =
             crate::trace::debug_span!("domain_alloc", driver = ops.name(), ty = ty.sysfs_name())
                 .entered();
+        // Only a vIOMMU makes nested domains: they need its parent.
+        if ty == DomainType::Nested {
+            return Err(Errno::EINVAL);
+        }
         if self.shared.fail.hit(FailPoint::DomainAlloc) {
             return Err(Errno::ENOMEM);
         }
         let driver_part = ops.domain_alloc(ty)?;
-        let id = self.shared.next_domain_id.fetch_add(1, Ordering::Relaxed);
+        let id = self.shared.next_domain_id();
         let domain = Domain::new(id, ty, driver_part, ops);
         crate::trace::debug!(domain = domain.id(), "allocated");
         Ok(domain)

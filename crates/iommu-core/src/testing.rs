@@ -280,6 +280,7 @@ impl IommuOps for MockIommu {
             DomainType::Identity => self.cfg.identity,
             DomainType::DmaFq => self.cfg.deferred_flush,
             DomainType::Unmanaged | DomainType::Dma => true,
+            DomainType::Nested => false,
         };
         if !ok {
             return Err(Errno::EOPNOTSUPP);

@@ -15,6 +15,9 @@ pub enum Errno {
     ENOENT,
     /// Input/output error (`dma_set_mask` with an unusable mask).
     EIO,
+    /// Argument list too long (a user structure longer than the kernel's
+    /// whose extra bytes are not zero).
+    E2BIG,
     /// Out of memory.
     ENOMEM,
     /// Bad address (a virtio-iommu request the device could not read).
@@ -50,6 +53,7 @@ impl Errno {
             Errno::EPERM => 1,
             Errno::ENOENT => 2,
             Errno::EIO => 5,
+            Errno::E2BIG => 7,
             Errno::ENOMEM => 12,
             Errno::EFAULT => 14,
             Errno::EACCES => 13,
@@ -72,6 +76,7 @@ impl Errno {
             Errno::EPERM => "EPERM",
             Errno::ENOENT => "ENOENT",
             Errno::EIO => "EIO",
+            Errno::E2BIG => "E2BIG",
             Errno::ENOMEM => "ENOMEM",
             Errno::EFAULT => "EFAULT",
             Errno::EACCES => "EACCES",
@@ -94,6 +99,7 @@ impl Errno {
             Errno::EPERM => "Operation not permitted",
             Errno::ENOENT => "No such file or directory",
             Errno::EIO => "Input/output error",
+            Errno::E2BIG => "Argument list too long",
             Errno::ENOMEM => "Cannot allocate memory",
             Errno::EFAULT => "Bad address",
             Errno::EACCES => "Permission denied",
