@@ -14,6 +14,7 @@
 //! hold no tag and serve every SMMU.
 
 use crate::driver::{Inner, Unit};
+use crate::nested::Vste;
 use crate::ste::{self, TlbiTarget};
 use alloc::sync::{Arc, Weak};
 use alloc::vec::Vec;
@@ -39,12 +40,26 @@ pub(crate) enum DomainKind<M: TableMemory> {
         table: IoPageTable<Lpae, DomainMemory<M>>,
         vmid: u16,
     },
+    /// A guest's vSTE over a nest parent (stage 2) on one SMMU; it owns
+    /// nothing but a reference to the parent.
+    Nested {
+        vste: Vste,
+        parent: Domain,
+        smmu: usize,
+    },
 }
 
 impl<M: TableMemory> DomainKind<M> {
     /// A paging domain of the driver's stage: its table, tag and (stage 1) CD.
     pub(crate) fn paging<R: Mmio>(inner: &Arc<Inner<R, M>>) -> Result<Self, Errno> {
-        let stage = inner.paging_stage();
+        Self::paging_at(inner, inner.paging_stage())
+    }
+
+    /// A paging domain at `stage`.
+    pub(crate) fn paging_at<R: Mmio>(
+        inner: &Arc<Inner<R, M>>,
+        stage: Stage,
+    ) -> Result<Self, Errno> {
         let fmt = inner.format(stage)?;
         let mem = DomainMemory::new(inner.mem.clone(), inner.cfg.table_budget);
         let table = IoPageTable::new(fmt.clone(), mem).map_err(Errno::from)?;
@@ -91,6 +106,9 @@ pub struct Smmuv3Domain<R: Mmio, M: TableMemory> {
     kind: DomainKind<M>,
     /// The SMMU a paging domain is bound to, from its first attach.
     smmu: AtomicUsize,
+    /// A stage-2 domain vSMMUs may nest over: its changes also empty the
+    /// guest's combined stage-1 + stage-2 entries of its VMID.
+    nest_parent: bool,
 }
 
 impl<R: Mmio, M: TableMemory> Smmuv3Domain<R, M> {
@@ -99,6 +117,57 @@ impl<R: Mmio, M: TableMemory> Smmuv3Domain<R, M> {
             hw,
             kind,
             smmu: AtomicUsize::new(UNBOUND),
+            nest_parent: false,
+        }
+    }
+
+    /// A stage-2 nest parent.
+    pub(crate) fn nest_parent(hw: Weak<Inner<R, M>>, kind: DomainKind<M>) -> Self {
+        let mut d = Self::new(hw, kind);
+        d.nest_parent = true;
+        d
+    }
+
+    /// A nested domain, bound to its vSMMU's SMMU from the start.
+    pub(crate) fn nested(hw: Weak<Inner<R, M>>, kind: DomainKind<M>, smmu: usize) -> Self {
+        let d = Self::new(hw, kind);
+        d.smmu.store(smmu, Ordering::Relaxed);
+        d
+    }
+
+    /// Binds a paging domain to SMMU `unit` (its first attach, or a
+    /// vSMMU made over it); `EINVAL` when it is bound to another.
+    pub(crate) fn bind(&self, unit: usize) -> Result<(), Errno> {
+        match self
+            .smmu
+            .compare_exchange(UNBOUND, unit, Ordering::AcqRel, Ordering::Acquire)
+        {
+            Ok(_) => Ok(()),
+            Err(i) if i == unit => Ok(()),
+            Err(_) => Err(Errno::EINVAL),
+        }
+    }
+
+    /// Whether vSMMUs may nest over this domain.
+    pub fn is_nest_parent(&self) -> bool {
+        self.nest_parent
+    }
+
+    /// The stage-2 STE of a stage-2 domain.
+    pub(crate) fn s2_ste(&self) -> Option<ste::Ste> {
+        match &self.kind {
+            DomainKind::S2 { table, vmid } => {
+                Some(ste::ste_s2(table.format(), table.root(), *vmid))
+            }
+            _ => None,
+        }
+    }
+
+    /// The guest's checked vSTE of a nested domain.
+    pub fn vste(&self) -> Option<Vste> {
+        match self.kind {
+            DomainKind::Nested { vste, .. } => Some(vste),
+            _ => None,
         }
     }
 
@@ -122,13 +191,20 @@ impl<R: Mmio, M: TableMemory> Smmuv3Domain<R, M> {
     }
 
     /// The STE that makes a stream use this domain.
-    fn ste(&self) -> ste::Ste {
-        match &self.kind {
+    fn ste(&self) -> Result<ste::Ste, Errno>
+    where
+        R: 'static,
+        M: 'static,
+    {
+        Ok(match &self.kind {
             DomainKind::Blocked => ste::ste_abort(),
             DomainKind::Identity => ste::ste_bypass(),
             DomainKind::S1 { cd, .. } => ste::ste_s1(cd.pa()),
             DomainKind::S2 { table, vmid } => ste::ste_s2(table.format(), table.root(), *vmid),
-        }
+            DomainKind::Nested { vste, parent, .. } => {
+                vste.ste(crate::nested::parent_ste::<R, M>(parent)?)
+            }
+        })
     }
 
     /// The ASID of a stage-1 domain.
@@ -177,23 +253,27 @@ impl<R: Mmio, M: TableMemory> Smmuv3Domain<R, M> {
 }
 
 impl<R: Mmio + 'static, M: TableMemory + 'static> DomainOps for Smmuv3Domain<R, M> {
-    /// `EINVAL` for a paging domain bound to another SMMU than `dev`'s.
+    /// `EINVAL` for a paging or nested domain bound to another SMMU than
+    /// `dev`'s; `ENOENT` for a nested domain translating through the
+    /// guest's CD table when `dev` is not one of its vSMMU's vDEVICEs
+    /// (the guest could not name it in its invalidations).
     fn attach_dev(&self, domain: &Domain, dev: &Arc<Device>) -> Result<(), Errno> {
         let drv = self.driver()?;
         let (unit, sids) = drv.streams_of(dev)?;
-        if self.kind.table().is_some() {
-            match self.smmu.compare_exchange(
-                UNBOUND,
-                unit.index,
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            ) {
-                Ok(_) => {}
-                Err(i) if i == unit.index => {}
-                Err(_) => return Err(Errno::EINVAL),
+        match &self.kind {
+            DomainKind::S1 { .. } | DomainKind::S2 { .. } => self.bind(unit.index)?,
+            DomainKind::Nested { smmu, vste, .. } => {
+                if *smmu != unit.index {
+                    return Err(Errno::EINVAL);
+                }
+                let named = domain.viommu().and_then(|v| v.virt_id_of(dev)).is_some();
+                if matches!(vste, Vste::S1 { .. }) && !named {
+                    return Err(Errno::ENOENT);
+                }
             }
+            DomainKind::Blocked | DomainKind::Identity => {}
         }
-        unit.attach(domain, dev, &sids, self.ste())
+        unit.attach(domain, dev, &sids, self.ste()?)
     }
 
     fn detach_dev(&self, _domain: &Domain, dev: &Arc<Device>) {
@@ -251,6 +331,10 @@ impl<R: Mmio + 'static, M: TableMemory + 'static> DomainOps for Smmuv3Domain<R, 
         if cmds.len() > crate::driver::MAX_TLBI_OPS {
             cmds.clear();
             cmds.extend(self.flush_all_cmd());
+        } else if let (true, DomainKind::S2 { vmid, .. }) = (self.nest_parent, &self.kind) {
+            // A guest's stage-1 entries combined with this stage 2 are
+            // found by VA, not IPA: TLBI_S2_IPA may leave them.
+            cmds.push(ste::tlbi_nh_all(*vmid));
         }
         // A failed sync keeps the freed tables parked (never reused while
         // the SMMU may still walk them) until a flush-all completes; the

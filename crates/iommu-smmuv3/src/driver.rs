@@ -10,7 +10,7 @@ use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use iommu_core::{
     Capability, Device, Domain, DomainOps, DomainType, Errno, FaultAccess, Group, GroupKeys, Iommu,
-    IommuOps, Iova, ReservedRegion, StreamIdGroups, WedgeReport,
+    IommuOps, Iova, PagingFlags, ReservedRegion, StreamIdGroups, UserData, ViommuOps, WedgeReport,
 };
 use iommu_hw::Mmio;
 use iommu_hw::{DmaRegion, Ids};
@@ -721,6 +721,12 @@ impl<R: Mmio, M: TableMemory> Inner<R, M> {
         .map_err(|_| Errno::EINVAL)
     }
 
+    /// Whether every SMMU has both stages, so that a guest's stage 1 can
+    /// nest over a host's stage 2 (Linux's `ARM_SMMU_FEAT_NESTING`).
+    pub(crate) fn nesting(&self) -> bool {
+        self.units.iter().all(|u| u.caps.stage1 && u.caps.stage2)
+    }
+
     /// The stage paging domains use: the one asked for where every SMMU
     /// has it, else stage 1 where every SMMU has it, else stage 2.
     pub(crate) fn paging_stage(&self) -> Stage {
@@ -1101,7 +1107,7 @@ impl<R: Mmio, M: TableMemory> Unit<R, M> {
         match kind {
             DomainKind::S1 { asid, .. } => self.asids.lock().free(asid),
             DomainKind::S2 { vmid, .. } => self.vmids.lock().free(vmid),
-            DomainKind::Blocked | DomainKind::Identity => {}
+            DomainKind::Blocked | DomainKind::Identity | DomainKind::Nested { .. } => {}
         }
         drop(kind);
     }
@@ -1372,6 +1378,62 @@ impl<R: Mmio + 'static, M: TableMemory + 'static> IommuOps for Smmuv3<R, M> {
             Arc::downgrade(&self.inner),
             kind,
         )))
+    }
+
+    /// Flags as Linux's SMMUv3 driver takes them: none (a domain of the
+    /// usual stage) or `NEST_PARENT` (a stage-2 domain, where every SMMU
+    /// has both stages). Dirty tracking, PASID domains and driver data
+    /// are `EOPNOTSUPP`: this driver drives neither dirty bits nor
+    /// substreams.
+    fn domain_alloc_paging_flags(
+        &self,
+        _dev: &Arc<Device>,
+        flags: PagingFlags,
+        data: Option<&UserData<'_>>,
+    ) -> Result<alloc::boxed::Box<dyn DomainOps>, Errno> {
+        if data.is_some() {
+            return Err(Errno::EOPNOTSUPP);
+        }
+        let hw = Arc::downgrade(&self.inner);
+        if flags.is_empty() {
+            return Ok(alloc::boxed::Box::new(Smmuv3Domain::new(
+                hw,
+                DomainKind::paging(&self.inner)?,
+            )));
+        }
+        if flags != PagingFlags::NEST_PARENT || !self.inner.nesting() {
+            return Err(Errno::EOPNOTSUPP);
+        }
+        let kind = DomainKind::paging_at(&self.inner, Stage::S2)?;
+        Ok(alloc::boxed::Box::new(Smmuv3Domain::nest_parent(hw, kind)))
+    }
+
+    /// A vSMMU (`IOMMU_VIOMMU_TYPE_ARM_SMMUV3`) over a nest parent, on
+    /// `dev`'s SMMU; the parent is bound to that SMMU if it was not yet.
+    fn viommu_alloc(
+        &self,
+        dev: &Arc<Device>,
+        parent: &Domain,
+        ty: u32,
+        _data: Option<&UserData<'_>>,
+    ) -> Result<alloc::boxed::Box<dyn ViommuOps>, Errno> {
+        if ty != crate::nested::VIOMMU_TYPE_ARM_SMMUV3 || !self.inner.nesting() {
+            return Err(Errno::EOPNOTSUPP);
+        }
+        let (unit, _) = self.inner.streams_of(dev)?;
+        let s2 = parent
+            .ops()
+            .as_any()
+            .and_then(|a| a.downcast_ref::<Smmuv3Domain<R, M>>())
+            .filter(|d| d.is_nest_parent())
+            .ok_or(Errno::EINVAL)?;
+        let vmid = s2.vmid().ok_or(Errno::EINVAL)?;
+        s2.bind(unit.index)?;
+        Ok(alloc::boxed::Box::new(crate::nested::Vsmmu {
+            hw: Arc::downgrade(&self.inner),
+            smmu: unit.index,
+            vmid,
+        }))
     }
 
     fn get_resv_regions(&self, dev: &Device) -> Vec<ReservedRegion> {

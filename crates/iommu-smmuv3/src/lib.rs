@@ -42,6 +42,7 @@ mod driver;
 #[cfg(feature = "emu")]
 pub mod emu;
 mod mmio;
+pub mod nested;
 pub mod ste;
 #[cfg(feature = "test-utils")]
 pub mod testing;

@@ -138,6 +138,11 @@ pub const fn tlbi_nh_asid(asid: u16) -> Cmd {
     [0x11 | ((asid as u64) << 48), 0]
 }
 
+/// `CMD_TLBI_NH_ALL` of a VMID: its stage-1 (and nested) entries.
+pub const fn tlbi_nh_all(vmid: u16) -> Cmd {
+    [0x10 | ((vmid as u64) << 32), 0]
+}
+
 /// `CMD_TLBI_S12_VMALL`.
 pub const fn tlbi_s12_vmall(vmid: u16) -> Cmd {
     [0x28 | ((vmid as u64) << 32), 0]

@@ -100,3 +100,54 @@ pub fn run_with_smmus(data: &[u8], smmus: usize) {
         Box::new(EmuHardware::with_smmus(smmus)),
     );
 }
+
+/// A guest's side of nested translation on the emulated platform: its
+/// stage-1 table and the CD naming it, carved from `[base, base + size)`
+/// of the platform's memory (guest-physical addresses there, which the
+/// host's nest parent must map for the SMMU to walk them).
+pub struct NestedGuest {
+    /// The guest's stage-1 table (output: guest-physical addresses).
+    pub s1: iommu_pgtable::IoPageTable<iommu_pgtable::lpae::Lpae, Arc<crate::emu::EmuTables>>,
+    /// The guest-physical address of its CD.
+    pub cd: PhysAddr,
+}
+
+impl NestedGuest {
+    /// A guest with an empty 4 KiB-granule stage-1 table tagged `asid`.
+    ///
+    /// # Panics
+    /// When `[base, base + size)` is not in the platform's memory or too small.
+    pub fn new(plat: &EmuPlatform, base: u64, size: u64, asid: u16) -> Self {
+        use iommu_pgtable::lpae::{Granule, Lpae, LpaeConfig, Stage};
+        use vm_memory::{Bytes, GuestAddress};
+        let mem = Arc::new(crate::emu::EmuTables::new(plat.memory.clone(), base, size));
+        let fmt = Lpae::new(LpaeConfig {
+            stage: Stage::S1,
+            granule: Granule::G4K,
+            ias: 48,
+            oas: 40,
+        })
+        .expect("a stage-1 format");
+        let cd = iommu_pgtable::TableMemory::alloc_table(&*mem, 64).expect("room for the CD");
+        let s1 = iommu_pgtable::IoPageTable::new(fmt.clone(), mem).expect("room for the table");
+        for (i, w) in crate::ste::cd(&fmt, s1.root(), asid).iter().enumerate() {
+            plat.memory
+                .write_obj(*w, GuestAddress(cd.raw() + 8 * i as u64))
+                .expect("the CD is in memory");
+        }
+        NestedGuest { s1, cd }
+    }
+
+    /// The guest's vSTE: stage 1 through its CD, write-back inner-shareable walks.
+    pub fn vste(&self) -> [u64; 2] {
+        [
+            1 | (0b101 << 1) | self.cd.raw(),
+            (1 << 2) | (1 << 4) | (3 << 6),
+        ]
+    }
+}
+
+/// Double words as the uAPI lays them out (little-endian bytes).
+pub fn le_bytes(words: &[u64]) -> alloc::vec::Vec<u8> {
+    words.iter().flat_map(|w| w.to_le_bytes()).collect()
+}
