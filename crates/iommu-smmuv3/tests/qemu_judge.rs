@@ -7,7 +7,10 @@
 //! line it prints, and runs the same scenario on the emulated SMMUv3
 //! configured like QEMU's (`Features::qemu()`: 44-bit OAS, no MSI, 8-bit
 //! VMIDs, 4 and 64 KiB granules, no event for a write a cached
-//! stage-2-only translation refuses), requiring the same events.
+//! stage-2-only translation refuses), requiring the same events. Both
+//! boots also judge nesting: a guest's CD and stage-1 table (in
+//! guest-physical memory) over a stage-2 nest parent, through a vSMMU
+//! whose rewritten invalidations QEMU must obey.
 //!
 //! It needs `qemu-system-aarch64` and the `aarch64-unknown-none` target,
 //! so it is ignored by default; `.ci/run` runs it
@@ -18,9 +21,16 @@
 //! model below issues the same transactions; the emulator then records
 //! exactly QEMU's events.
 
-use iommu_core::{Bus, DeviceBuilder, DomainType, Iommu, IotlbGather, Iova, PhysAddr, Prot};
+use iommu_core::{
+    Bus, DeviceBuilder, DomainType, Iommu, IotlbGather, Iova, PagingFlags, PhysAddr, Prot,
+    UserData, UserDataArray,
+};
 use iommu_pgtable::lpae::Stage;
 use iommu_smmuv3::emu::{EmuLayout, EmuPlatform};
+use iommu_smmuv3::nested::{
+    HWPT_DATA_ARM_SMMUV3, VIOMMU_INVALIDATE_DATA_ARM_SMMUV3, VIOMMU_TYPE_ARM_SMMUV3,
+};
+use iommu_smmuv3::testing::{le_bytes, NestedGuest};
 use iommu_smmuv3::Smmuv3Config;
 use iommu_smmuv3_emu::Features;
 use std::collections::BTreeMap;
@@ -212,6 +222,106 @@ fn run_emulator(stage2: bool) -> BTreeMap<String, Vec<Ev>> {
         .unwrap();
     dma_to_ram(0x20_0000, &buf[..16]);
     phase("blocked");
+    // Nesting, as the judge's phase 8 does it: guest tables in memory the
+    // nest parent maps 1:1, the guest's page at an IPA above RAM.
+    let (ram, ram_size) = (0x500_0000u64, 0x10_0000u64);
+    let (data_ipa, hole_ipa, host_page) = (0x9000_0000u64, 0xa000_0000u64, 0x900_8000u64);
+    let (va, va_hole, va_s2_hole) = (0x10_0000u64, 0x20_0000u64, 0x30_0000u64);
+    let parent = iommu
+        .domain_alloc_paging_flags(&dev, PagingFlags::NEST_PARENT, None)
+        .unwrap();
+    parent
+        .map(Iova::new(ram), PhysAddr::new(ram), ram_size, Prot::RW)
+        .unwrap();
+    parent
+        .map(
+            Iova::new(data_ipa),
+            PhysAddr::new(host_page),
+            0x1000,
+            Prot::RW,
+        )
+        .unwrap();
+    let viommu = iommu
+        .viommu_alloc(&dev, &parent, VIOMMU_TYPE_ARM_SMMUV3, None)
+        .unwrap();
+    viommu.vdevice_alloc(&dev, 0x42).unwrap();
+    let guest = NestedGuest::new(&plat, ram, ram_size, 9);
+    for (v, ipa) in [(va, data_ipa), (va_s2_hole, hole_ipa)] {
+        guest
+            .s1
+            .map_pages(Iova::new(v), PhysAddr::new(ipa), 0x1000, 1, Prot::RW)
+            .unwrap();
+    }
+    let nested_data = |vste: [u64; 2]| le_bytes(&vste);
+    let bytes = nested_data(guest.vste());
+    let nested = viommu
+        .alloc_domain_nested(
+            0,
+            &UserData {
+                ty: HWPT_DATA_ARM_SMMUV3,
+                data: &bytes,
+            },
+        )
+        .unwrap();
+    iommu.attach_group(&nested, &group).unwrap();
+    let invalidate = |cmds: &[[u64; 2]]| {
+        let bytes = le_bytes(&cmds.concat());
+        viommu.cache_invalidate(&UserDataArray {
+            ty: VIOMMU_INVALIDATE_DATA_ARM_SMMUV3,
+            data: &bytes,
+            entry_len: 16,
+            entry_num: cmds.len() as u32,
+        })
+    };
+    dma_to_ram(va, &buf[..64]);
+    let mut got = [0u8; 64];
+    mem.read_slice(&mut got, GuestAddress(host_page)).unwrap();
+    assert_eq!(got[..], buf[..64], "nested DMA lands where both stages say");
+    phase("nested");
+    dma_to_ram(va_hole, &buf[..4]);
+    phase("nested-s1-hole");
+    dma_to_ram(va_s2_hole, &buf[..4]);
+    phase("nested-s2-hole");
+    let mut gather = IotlbGather::new();
+    guest.s1.unmap_pages(Iova::new(va), 0x1000, 1, &mut gather);
+    dma_to_ram(va, &buf[..16]);
+    phase("nested-stale");
+    invalidate(&[[0x12 | (9 << 48) | (0xee << 32), va | 1]]).unwrap();
+    dma_to_ram(va, &buf[..4]);
+    phase("nested-guest-unmapped");
+    guest
+        .s1
+        .map_pages(Iova::new(va), PhysAddr::new(data_ipa), 0x1000, 1, Prot::RW)
+        .unwrap();
+    invalidate(&[[0x11 | (9 << 48), 0]]).unwrap();
+    dma_to_ram(va, &buf[..16]);
+    phase("nested-remapped");
+    assert_eq!(parent.unmap(Iova::new(data_ipa), 0x1000), Ok(0x1000));
+    dma_to_ram(va, &buf[..4]);
+    phase("nested-host-unmapped");
+    parent
+        .map(
+            Iova::new(data_ipa),
+            PhysAddr::new(host_page),
+            0x1000,
+            Prot::RW,
+        )
+        .unwrap();
+    let bytes = nested_data([1 | (0b100 << 1), 0]);
+    let bypass = viommu
+        .alloc_domain_nested(
+            0,
+            &UserData {
+                ty: HWPT_DATA_ARM_SMMUV3,
+                data: &bytes,
+            },
+        )
+        .unwrap();
+    iommu.detach_group(&nested, &group);
+    iommu.attach_group(&bypass, &group).unwrap();
+    dma_to_ram(data_ipa, &buf[..16]);
+    phase("nested-bypass");
+    iommu.detach_group(&bypass, &group);
     iommu.group_release_dma_owner(&group);
     iommu
         .sysfs()
@@ -252,7 +362,7 @@ fn qemu_smmuv3_accepts_our_bytes_and_agrees_with_the_emulator() {
             .unwrap()
             .parse()
             .unwrap();
-        assert_eq!(pass, 31, "{what}: every check of the judge ran");
+        assert_eq!(pass, 52, "{what}: every check of the judge ran");
         // The IORT the judge took edu's stream id from is the one the
         // firmware crate's tests keep.
         let iort = text
@@ -267,8 +377,11 @@ fn qemu_smmuv3_accepts_our_bytes_and_agrees_with_the_emulator() {
         assert_eq!(iort, kept, "QEMU's IORT changed");
         let qemu = parse_events(&text);
         assert!(
-            qemu.values().flatten().all(|e| e.4 == stage2),
-            "{what}: every event comes from the domain's stage"
+            qemu.iter()
+                .filter(|(phase, _)| !phase.starts_with("nested"))
+                .flat_map(|(_, evs)| evs)
+                .all(|e| e.4 == stage2),
+            "{what}: every event of a DMA domain comes from its stage"
         );
         let ours = run_emulator(stage2);
         // QEMU's virt puts the edu device in a slot of its choosing;

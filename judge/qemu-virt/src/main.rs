@@ -10,7 +10,13 @@
 //! unmap (which the driver follows with TLBI and CMD_SYNC). With `-append
 //! stage=2` the domains are stage-2 (QEMU 10's SMMUv3 has both stages):
 //! the same checks then judge the STE's stage-2 fields, VMID-tagged TLB
-//! invalidation and stage-2 events. It prints one line per check and every
+//! invalidation and stage-2 events. In both boots a nesting phase follows:
+//! a nest-parent stage-2 domain, a vSMMU over it, and a nested domain from
+//! a guest's vSTE whose CD and stage-1 table sit in guest-physical memory;
+//! QEMU walks both stages, records stage-1 and stage-2 faults, and serves
+//! stale guest translations until the guest's TLBI (rewritten by the
+//! driver with the host's VMID) or the host's stage-2 unmap (which must
+//! also empty the guest's combined entries). It prints one line per check and every
 //! event the SMMU recorded over the PL011 UART, then powers off through
 //! PSCI. A host test reads the output.
 #![no_std]
@@ -322,9 +328,12 @@ fn run() {
         "an abort STE records no event",
         events(&drv, "blocked").is_empty(),
     );
+    // 8. Nesting: the group, still owned, goes to a guest's stage 1
+    // nested over a host stage 2 (QEMU 10's SMMUv3 walks both).
+    nested_phase(&iommu, &drv, &dev, &group, &edu, src, rid);
     iommu.group_release_dma_owner(&group);
 
-    // 8. Identity through sysfs: a bypass STE, DMA addresses are physical.
+    // 9. Identity through sysfs: a bypass STE, DMA addresses are physical.
     let path = alloc::format!("kernel/iommu_groups/{}/type", group.id());
     check(
         "echo identity > type",
@@ -348,6 +357,259 @@ fn run() {
         "no command errors, timeouts or global errors",
         stats.sync_timeouts == 0 && stats.cmdq_errors == 0 && stats.gerrors == 0,
     );
+}
+
+/// Guest-physical addresses of the nesting phase: RAM is mapped 1:1 by
+/// the host's stage 2 (the guest's CD and stage-1 tables live there); the
+/// guest's data page sits above RAM, at an IPA stage 2 moves elsewhere.
+const RAM: (u64, u64) = (0x4000_0000, 128 << 20);
+const GUEST_DATA_IPA: u64 = 0x9000_0000;
+/// An IPA the host's stage 2 does not map.
+const GUEST_HOLE_IPA: u64 = 0xa000_0000;
+const GUEST_ASID: u16 = 9;
+const VSID: u64 = 0x42;
+
+fn nested_phase(
+    iommu: &Iommu,
+    drv: &Smmuv3<VolatileMmio, HeapMemory>,
+    dev: &Arc<iommu_core::Device>,
+    group: &iommu_core::Group,
+    edu: &Edu,
+    src: &[u8],
+    rid: u32,
+) {
+    use iommu_core::{PagingFlags, UserData, UserDataArray};
+    use iommu_pgtable::lpae::{Granule, Lpae, LpaeConfig, Stage};
+    use iommu_smmuv3::nested::{
+        HWPT_DATA_ARM_SMMUV3, VIOMMU_INVALIDATE_DATA_ARM_SMMUV3, VIOMMU_TYPE_ARM_SMMUV3,
+    };
+
+    // The host: a nest parent with guest RAM and the guest's data page.
+    let dst = buffer(0);
+    let parent = iommu.domain_alloc_paging_flags(dev, PagingFlags::NEST_PARENT, None);
+    let Ok(parent) = parent else {
+        check("a nest-parent (stage-2) domain", false);
+        return;
+    };
+    check("a nest-parent (stage-2) domain", true);
+    let mapped = parent
+        .map(Iova::new(RAM.0), PhysAddr::new(RAM.0), RAM.1, Prot::RW)
+        .and_then(|_| parent.map(Iova::new(GUEST_DATA_IPA), pa(dst), 0x1000, Prot::RW));
+    check(
+        "the host maps guest RAM and the guest's page at stage 2",
+        mapped.is_ok(),
+    );
+    let viommu = iommu.viommu_alloc(dev, &parent, VIOMMU_TYPE_ARM_SMMUV3, None);
+    let Ok(viommu) = viommu else {
+        check("a vSMMU over it", false);
+        return;
+    };
+    check("a vSMMU over it", viommu.vdevice_alloc(dev, VSID).is_ok());
+
+    // The guest: a stage-1 table and a CD in its RAM (IPA = PA there).
+    let fmt = Lpae::new(LpaeConfig {
+        stage: Stage::S1,
+        granule: Granule::G4K,
+        ias: 48,
+        oas: 40,
+    });
+    let Ok(fmt) = fmt else {
+        check("the guest's stage-1 format", false);
+        return;
+    };
+    let s1 = iommu_pgtable::IoPageTable::new(fmt.clone(), HeapMemory::new());
+    let Ok(s1) = s1 else {
+        check("the guest's stage-1 table", false);
+        return;
+    };
+    let (va, va_hole, va_s2_hole) = (0x10_0000u64, 0x20_0000u64, 0x30_0000u64);
+    let ok = s1
+        .map_pages(
+            Iova::new(va),
+            PhysAddr::new(GUEST_DATA_IPA),
+            0x1000,
+            1,
+            Prot::RW,
+        )
+        .is_ok()
+        && s1
+            .map_pages(
+                Iova::new(va_s2_hole),
+                PhysAddr::new(GUEST_HOLE_IPA),
+                0x1000,
+                1,
+                Prot::RW,
+            )
+            .is_ok();
+    check("the guest maps its stage 1", ok);
+    let cd = buffer(0);
+    for (i, w) in iommu_smmuv3::ste::cd(&fmt, s1.root(), GUEST_ASID)
+        .iter()
+        .enumerate()
+    {
+        cd[i * 8..i * 8 + 8].copy_from_slice(&w.to_le_bytes());
+    }
+    // The guest's vSTE: stage 1 through its CD, write-back inner shareable walks.
+    let vste = [
+        1u64 | (0b101 << 1) | pa(cd).raw(),
+        (1 << 2) | (1 << 4) | (3 << 6),
+    ];
+    let bytes: Vec<u8> = vste.iter().flat_map(|w| w.to_le_bytes()).collect();
+    let nested = viommu.alloc_domain_nested(
+        0,
+        &UserData {
+            ty: HWPT_DATA_ARM_SMMUV3,
+            data: &bytes,
+        },
+    );
+    let Ok(nested) = nested else {
+        check("a nested domain from the guest's vSTE", false);
+        return;
+    };
+    check("a nested domain from the guest's vSTE", true);
+    check(
+        "the owned group attaches to the nested domain",
+        iommu.attach_group(&nested, group).is_ok(),
+    );
+    let ste = drv.ste(rid).unwrap_or_default();
+    check(
+        "the STE is nested: the guest's CD (an IPA), the host's VMID",
+        (ste[0] >> 1) & 7 == 0b111 && ste[0] & 0x000f_ffff_ffff_ffc0 == pa(cd).raw(),
+    );
+    let invalidate = |cmds: &[[u64; 2]]| {
+        let bytes: Vec<u8> = cmds
+            .iter()
+            .flatten()
+            .flat_map(|w| w.to_le_bytes())
+            .collect();
+        viommu.cache_invalidate(&UserDataArray {
+            ty: VIOMMU_INVALIDATE_DATA_ARM_SMMUV3,
+            data: &bytes,
+            entry_len: 16,
+            entry_num: cmds.len() as u32,
+        })
+    };
+
+    // Both stages: VA -> IPA (the guest's table) -> PA (the host's).
+    edu.dma(false, va, 64);
+    check(
+        "nested DMA lands where both stages say",
+        dst[..64] == src[..64] && dst[64..].iter().all(|&b| b == 0),
+    );
+    check("no event for nested DMA", events(drv, "nested").is_empty());
+    // A VA the guest does not map: a stage-1 fault.
+    edu.dma(false, va_hole, 4);
+    let evs = events(drv, "nested-s1-hole");
+    check(
+        "a VA the guest does not map records a stage-1 F_TRANSLATION",
+        evs.iter()
+            .any(|e| e.id == 0x10 && e.sid == rid && e.iova == va_hole && !e.stage2),
+    );
+    // An IPA the host does not map: a stage-2 fault.
+    edu.dma(false, va_s2_hole, 4);
+    let evs = events(drv, "nested-s2-hole");
+    check(
+        "an IPA the host does not map records a stage-2 F_TRANSLATION",
+        evs.iter()
+            .any(|e| e.id == 0x10 && e.sid == rid && e.iova == va_s2_hole && e.stage2),
+    );
+
+    // The guest unmaps its page: QEMU serves the cached translation until
+    // the guest's TLBI_NH_VA, whose VMID field the driver overwrites.
+    let mut gather = iommu_core::IotlbGather::new();
+    s1.unmap_pages(Iova::new(va), 0x1000, 1, &mut gather);
+    dst.fill(0);
+    edu.dma(false, va, 16);
+    check(
+        "without the guest's TLBI the SMMU uses its cached translation",
+        dst[..16] == src[..16],
+    );
+    let _ = events(drv, "nested-stale");
+    let tlbi = [0x12 | (u64::from(GUEST_ASID) << 48) | (0xee << 32), va | 1];
+    check(
+        "the guest's TLBI_NH_VA passes the vSMMU's checks",
+        invalidate(&[tlbi]).is_ok(),
+    );
+    dst.fill(0);
+    edu.dma(false, va, 4);
+    check(
+        "after the guest's TLBI nothing lands",
+        dst.iter().all(|&b| b == 0),
+    );
+    let evs = events(drv, "nested-guest-unmapped");
+    check(
+        "and the DMA records a stage-1 F_TRANSLATION",
+        evs.iter()
+            .any(|e| e.id == 0x10 && e.iova == va && !e.stage2),
+    );
+    check(
+        "a command a guest may not send is refused",
+        invalidate(&[[0x2a, GUEST_DATA_IPA]]).map_err(|e| (e.handled, e.errno))
+            == Err((0, iommu_core::Errno::EIO)),
+    );
+
+    // The host takes the page away at stage 2: the guest's combined
+    // entries go with it, whatever the guest does.
+    let ok = s1
+        .map_pages(
+            Iova::new(va),
+            PhysAddr::new(GUEST_DATA_IPA),
+            0x1000,
+            1,
+            Prot::RW,
+        )
+        .is_ok()
+        && invalidate(&[[0x11 | (u64::from(GUEST_ASID) << 48), 0]]).is_ok();
+    edu.dma(false, va, 16);
+    check(
+        "the guest maps it again and DMA lands",
+        ok && dst[..16] == src[..16],
+    );
+    let _ = events(drv, "nested-remapped");
+    check(
+        "the host unmaps the guest's page from stage 2",
+        parent.unmap(Iova::new(GUEST_DATA_IPA), 0x1000) == Ok(0x1000),
+    );
+    dst.fill(0);
+    edu.dma(false, va, 4);
+    check(
+        "after the host's unmap nothing lands",
+        dst.iter().all(|&b| b == 0),
+    );
+    let evs = events(drv, "nested-host-unmapped");
+    check(
+        "and the DMA records a stage-2 F_TRANSLATION",
+        evs.iter().any(|e| e.id == 0x10 && e.iova == va && e.stage2),
+    );
+
+    // A bypass vSTE: stage 2 alone.
+    let _ = parent.map(Iova::new(GUEST_DATA_IPA), pa(dst), 0x1000, Prot::RW);
+    let bypass: Vec<u8> = [1u64 | (0b100 << 1), 0]
+        .iter()
+        .flat_map(|w| w.to_le_bytes())
+        .collect();
+    let bypass = viommu.alloc_domain_nested(
+        0,
+        &UserData {
+            ty: HWPT_DATA_ARM_SMMUV3,
+            data: &bypass,
+        },
+    );
+    iommu.detach_group(&nested, group);
+    let attached = bypass
+        .as_ref()
+        .map(|b| iommu.attach_group(b, group).is_ok())
+        .unwrap_or(false);
+    dst.fill(0);
+    edu.dma(false, GUEST_DATA_IPA, 16);
+    check(
+        "a guest bypass vSTE translates IPAs by stage 2 alone",
+        attached && dst[..16] == src[..16],
+    );
+    let _ = events(drv, "nested-bypass");
+    if let Ok(b) = &bypass {
+        iommu.detach_group(b, group);
+    }
 }
 
 /// Called by the boot code with the MMU on and a stack.
