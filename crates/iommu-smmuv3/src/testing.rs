@@ -151,3 +151,240 @@ impl NestedGuest {
 pub fn le_bytes(words: &[u64]) -> alloc::vec::Vec<u8> {
     words.iter().flat_map(|w| w.to_le_bytes()).collect()
 }
+
+/// A hostile guest against nesting: replays `data` as a guest's writes
+/// to its own memory (CDs, stage-1 tables, anything), vSTEs, invalidation
+/// commands, vDEVICE changes, and the host's stage-2 map and unmap, and
+/// after every step checks the property nesting exists for: whatever the
+/// guest wrote, DMA through its stream reaches only host memory the nest
+/// parent maps right now (so nothing after a strict stage-2 unmap).
+///
+/// Returns what the run exercised, so tests can tell a run that reached
+/// nothing from one that was checked.
+///
+/// # Panics
+/// At the first DMA that reaches anything else, and on any panic of the
+/// driver or the core.
+pub fn run_nested(data: &[u8]) -> NestedRun {
+    use crate::nested::{
+        HWPT_DATA_ARM_SMMUV3, VIOMMU_INVALIDATE_DATA_ARM_SMMUV3, VIOMMU_TYPE_ARM_SMMUV3,
+    };
+    use iommu_core::{
+        Bus, DeviceBuilder, DmaOwner, Iommu, PagingFlags, Prot, UserData, UserDataArray,
+    };
+    use vm_memory::{Bytes, GuestAddress};
+
+    /// Guest RAM, mapped 1:1 by the parent: the guest's tables live here.
+    const RAM: (u64, u64) = (0x80_0000, 0x4_0000);
+    /// Guest pages above RAM and the host pages behind them.
+    const PAGES: [(u64, u64); 2] = [(0x4000_0000, 0xa0_0000), (0x4000_1000, 0xa0_1000)];
+    const SID: u32 = 16;
+    const VSID: u64 = 3;
+
+    let plat = EmuPlatform::with_smmus(
+        EmuLayout {
+            memory: 16 << 20,
+            tables: 0x10_0000,
+            tables_size: 7 << 20,
+        },
+        &[Features {
+            tlb_entries: 64,
+            ..Features::default()
+        }],
+        Smmuv3Config {
+            poll_limit: 256,
+            ..Smmuv3Config::default()
+        },
+        None,
+    )
+    .expect("a platform the driver probes");
+    let iommu = Iommu::default();
+    let bus = Bus::new(&iommu, "pci").expect("a bus");
+    let dev = bus
+        .add_device(DeviceBuilder::new("vf").stream_ids([SID]).pci(true))
+        .expect("a device");
+    iommu
+        .bus_set_iommu(&bus, Arc::new(plat.driver.clone()))
+        .expect("the driver takes the bus");
+    let group = dev.iommu_group().expect("a group");
+    iommu
+        .group_claim_dma_owner(&group, DmaOwner::new())
+        .expect("owned");
+    let parent = iommu
+        .domain_alloc_paging_flags(&dev, PagingFlags::NEST_PARENT, None)
+        .expect("a nest parent");
+    parent
+        .map(Iova::new(RAM.0), PhysAddr::new(RAM.0), RAM.1, Prot::RW)
+        .expect("guest RAM");
+    let mut mapped = [false; PAGES.len()];
+    let viommu = iommu
+        .viommu_alloc(&dev, &parent, VIOMMU_TYPE_ARM_SMMUV3, None)
+        .expect("a vSMMU");
+    viommu.vdevice_alloc(&dev, VSID).expect("a vDEVICE");
+    let guest = NestedGuest::new(&plat, RAM.0, RAM.1 / 2, 5);
+    let mut attached: Option<iommu_core::Domain> = None;
+    let mut run = NestedRun::default();
+
+    let reachable = |pa: u64, mapped: &[bool]| {
+        (RAM.0..RAM.0 + RAM.1).contains(&pa)
+            || PAGES
+                .iter()
+                .zip(mapped)
+                .any(|(&(_, host), &m)| m && (host..host + 0x1000).contains(&pa))
+    };
+    let word = |b: &[u8]| {
+        let mut w = [0u8; 8];
+        let n = b.len().min(8);
+        w[..n].copy_from_slice(&b[..n]);
+        u64::from_le_bytes(w)
+    };
+    let mut steps = data.chunks(17).take(256);
+    let mut probe_at = alloc::vec::Vec::new();
+    for step in steps.by_ref() {
+        let (op, arg) = (step[0], &step[1..]);
+        let a = word(arg);
+        let b = word(arg.get(8..).unwrap_or(&[]));
+        match op % 9 {
+            // The guest scribbles over its own RAM (its CD, its tables).
+            0 => {
+                let at = (RAM.0 + a % (RAM.1 - 8)) & !7;
+                let _ = plat.memory.write_obj(b, GuestAddress(at));
+            }
+            // The guest maps a VA of its choice to an IPA of its choice.
+            1 => {
+                let va = (a & 0xff) << 12;
+                let ipa = match b % 4 {
+                    0 | 1 => PAGES[(b >> 8) as usize % PAGES.len()].0,
+                    2 => RAM.0 + (((b >> 8) % RAM.1) & !0xfff),
+                    _ => (b >> 8) & 0xff_ffff_f000,
+                };
+                let _ = guest
+                    .s1
+                    .map_pages(Iova::new(va), PhysAddr::new(ipa), 0x1000, 1, Prot::RW);
+                probe_at.push(va);
+            }
+            // A vSTE: the guest's own, or anything.
+            2 | 3 => {
+                let vste = if op % 9 == 2 {
+                    let mut v = guest.vste();
+                    v[1] |= b & (3 << 28);
+                    v
+                } else {
+                    [a, b]
+                };
+                let bytes = le_bytes(&vste);
+                let ud = UserData {
+                    ty: HWPT_DATA_ARM_SMMUV3,
+                    data: &bytes,
+                };
+                if let Ok(d) = viommu.alloc_domain_nested(0, &ud) {
+                    if let Some(old) = attached.take() {
+                        iommu.detach_group(&old, &group);
+                    }
+                    if iommu.attach_group(&d, &group).is_ok() {
+                        attached = Some(d);
+                    }
+                }
+            }
+            // Invalidations: well-formed ones of the guest's ASID, or anything.
+            4 => {
+                let cmds: [[u64; 2]; 2] = [
+                    [0x11 | (5 << 48), 0],
+                    [
+                        [0x10, 0x12, 0x13, 0x05, 0x06, 0x30][a as usize % 6] | (a & !0xff),
+                        b,
+                    ],
+                ];
+                let bytes = le_bytes(&cmds.concat());
+                let _ = viommu.cache_invalidate(&UserDataArray {
+                    ty: VIOMMU_INVALIDATE_DATA_ARM_SMMUV3,
+                    data: &bytes,
+                    entry_len: 16,
+                    entry_num: 2,
+                });
+            }
+            // The host maps or unmaps a guest page at stage 2.
+            5 => {
+                let i = a as usize % PAGES.len();
+                let (ipa, host) = PAGES[i];
+                if mapped[i] {
+                    let r = parent.unmap(Iova::new(ipa), 0x1000);
+                    assert_eq!(r, Ok(0x1000), "a strict unmap completes on a live SMMU");
+                    mapped[i] = false;
+                } else if parent
+                    .map(Iova::new(ipa), PhysAddr::new(host), 0x1000, Prot::RW)
+                    .is_ok()
+                {
+                    mapped[i] = true;
+                }
+            }
+            // vDEVICE churn: without its vSID a stage-1 vSTE cannot attach.
+            6 => {
+                if viommu.vdevice_destroy(VSID).is_err() {
+                    let _ = viommu.vdevice_alloc(&dev, VSID);
+                }
+            }
+            // Back to blocked.
+            7 => {
+                if let Some(old) = attached.take() {
+                    iommu.detach_group(&old, &group);
+                }
+            }
+            // The guest unmaps a VA.
+            _ => {
+                let mut gather = iommu_core::IotlbGather::new();
+                let va = (a & 0xff) << 12;
+                iommu_core::PagingOps::unmap_pages(
+                    &guest.s1,
+                    Iova::new(va),
+                    0x1000,
+                    1,
+                    &mut gather,
+                );
+            }
+        }
+        // The property, at every VA the guest mapped and a few it did not.
+        let hw = &plat.hw;
+        for &va in probe_at.iter().chain(&[0, 0x1000, a & 0xf_ffff_f000]) {
+            for access in [Access::Read, Access::Write] {
+                if let Ok(seg) = hw.translate(SID, va, access) {
+                    run.translated += 1;
+                    if PAGES
+                        .iter()
+                        .any(|&(_, h)| (h..h + 0x1000).contains(&seg.pa))
+                    {
+                        run.reached_guest_pages += 1;
+                    }
+                    assert!(
+                        reachable(seg.pa, &mapped),
+                        "the guest reached {:#x} through VA {va:#x}; the parent maps RAM and {mapped:?}",
+                        seg.pa
+                    );
+                }
+            }
+        }
+        run.steps += 1;
+        run.nested_steps += usize::from(attached.is_some());
+        run.faults += plat.driver.handle_irq().len();
+    }
+    if let Some(old) = attached.take() {
+        iommu.detach_group(&old, &group);
+    }
+    iommu.group_release_dma_owner(&group);
+    run
+}
+
+/// What [`run_nested`] exercised.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NestedRun {
+    /// Steps replayed.
+    pub steps: usize,
+    /// Steps after which a nested domain was attached.
+    pub nested_steps: usize,
+    /// Probes that translated (each was checked).
+    pub translated: usize,
+    /// Of those, the ones that reached a guest page behind stage 2.
+    pub reached_guest_pages: usize,
+    /// Events the SMMU recorded.
+    pub faults: usize,
+}
