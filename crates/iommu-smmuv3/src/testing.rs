@@ -138,6 +138,30 @@ impl NestedGuest {
         NestedGuest { s1, cd }
     }
 
+    /// The guest maps its 4 KiB page at `va` to guest-physical `ipa`, read-write.
+    ///
+    /// # Errors
+    /// As the table's map (`EEXIST` over a mapping, `ENOMEM`).
+    pub fn map(&self, va: u64, ipa: u64) -> Result<(), iommu_core::Errno> {
+        self.s1
+            .map_pages(
+                Iova::new(va),
+                PhysAddr::new(ipa),
+                0x1000,
+                1,
+                iommu_core::Prot::RW,
+            )
+            .map(|_| ())
+            .map_err(|e| e.errno())
+    }
+
+    /// The guest unmaps the 4 KiB page at `va` (no invalidation: that is
+    /// the guest's command to send).
+    pub fn unmap(&self, va: u64) {
+        let mut gather = iommu_core::IotlbGather::new();
+        iommu_core::PagingOps::unmap_pages(&self.s1, Iova::new(va), 0x1000, 1, &mut gather);
+    }
+
     /// The guest's vSTE: stage 1 through its CD, write-back inner-shareable walks.
     pub fn vste(&self) -> [u64; 2] {
         [
@@ -145,6 +169,41 @@ impl NestedGuest {
             (1 << 2) | (1 << 4) | (3 << 6),
         ]
     }
+}
+
+/// A nested domain of `viommu` from the guest's vSTE `vste`.
+///
+/// # Errors
+/// As [`Viommu::alloc_domain_nested`](iommu_core::Viommu::alloc_domain_nested).
+pub fn alloc_nested(
+    viommu: &iommu_core::Viommu,
+    vste: [u64; 2],
+) -> Result<iommu_core::Domain, iommu_core::Errno> {
+    let bytes = le_bytes(&vste);
+    viommu.alloc_domain_nested(
+        0,
+        &iommu_core::UserData {
+            ty: crate::nested::HWPT_DATA_ARM_SMMUV3,
+            data: &bytes,
+        },
+    )
+}
+
+/// The guest's invalidation commands, sent through `viommu`.
+///
+/// # Errors
+/// As [`Viommu::cache_invalidate`](iommu_core::Viommu::cache_invalidate).
+pub fn guest_invalidate(
+    viommu: &iommu_core::Viommu,
+    cmds: &[[u64; 2]],
+) -> Result<(), iommu_core::InvalidateError> {
+    let bytes = le_bytes(&cmds.concat());
+    viommu.cache_invalidate(&iommu_core::UserDataArray {
+        ty: crate::nested::VIOMMU_INVALIDATE_DATA_ARM_SMMUV3,
+        data: &bytes,
+        entry_len: 16,
+        entry_num: u32::try_from(cmds.len()).unwrap_or(u32::MAX),
+    })
 }
 
 /// Double words as the uAPI lays them out (little-endian bytes).
@@ -166,12 +225,8 @@ pub fn le_bytes(words: &[u64]) -> alloc::vec::Vec<u8> {
 /// At the first DMA that reaches anything else, and on any panic of the
 /// driver or the core.
 pub fn run_nested(data: &[u8]) -> NestedRun {
-    use crate::nested::{
-        HWPT_DATA_ARM_SMMUV3, VIOMMU_INVALIDATE_DATA_ARM_SMMUV3, VIOMMU_TYPE_ARM_SMMUV3,
-    };
-    use iommu_core::{
-        Bus, DeviceBuilder, DmaOwner, Iommu, PagingFlags, Prot, UserData, UserDataArray,
-    };
+    use crate::nested::VIOMMU_TYPE_ARM_SMMUV3;
+    use iommu_core::{Bus, DeviceBuilder, DmaOwner, Iommu, PagingFlags, Prot};
     use vm_memory::{Bytes, GuestAddress};
 
     /// Guest RAM, mapped 1:1 by the parent: the guest's tables live here.
@@ -258,9 +313,7 @@ pub fn run_nested(data: &[u8]) -> NestedRun {
                     2 => RAM.0 + (((b >> 8) % RAM.1) & !0xfff),
                     _ => (b >> 8) & 0xff_ffff_f000,
                 };
-                let _ = guest
-                    .s1
-                    .map_pages(Iova::new(va), PhysAddr::new(ipa), 0x1000, 1, Prot::RW);
+                let _ = guest.map(va, ipa);
                 probe_at.push(va);
             }
             // A vSTE: the guest's own, or anything.
@@ -272,12 +325,7 @@ pub fn run_nested(data: &[u8]) -> NestedRun {
                 } else {
                     [a, b]
                 };
-                let bytes = le_bytes(&vste);
-                let ud = UserData {
-                    ty: HWPT_DATA_ARM_SMMUV3,
-                    data: &bytes,
-                };
-                if let Ok(d) = viommu.alloc_domain_nested(0, &ud) {
+                if let Ok(d) = alloc_nested(&viommu, vste) {
                     if let Some(old) = attached.take() {
                         iommu.detach_group(&old, &group);
                     }
@@ -295,13 +343,7 @@ pub fn run_nested(data: &[u8]) -> NestedRun {
                         b,
                     ],
                 ];
-                let bytes = le_bytes(&cmds.concat());
-                let _ = viommu.cache_invalidate(&UserDataArray {
-                    ty: VIOMMU_INVALIDATE_DATA_ARM_SMMUV3,
-                    data: &bytes,
-                    entry_len: 16,
-                    entry_num: 2,
-                });
+                let _ = guest_invalidate(&viommu, &cmds);
             }
             // The host maps or unmaps a guest page at stage 2.
             5 => {
@@ -331,17 +373,7 @@ pub fn run_nested(data: &[u8]) -> NestedRun {
                 }
             }
             // The guest unmaps a VA.
-            _ => {
-                let mut gather = iommu_core::IotlbGather::new();
-                let va = (a & 0xff) << 12;
-                iommu_core::PagingOps::unmap_pages(
-                    &guest.s1,
-                    Iova::new(va),
-                    0x1000,
-                    1,
-                    &mut gather,
-                );
-            }
+            _ => guest.unmap((a & 0xff) << 12),
         }
         // The property, at every VA the guest mapped and a few it did not.
         let hw = &plat.hw;

@@ -4,7 +4,6 @@
 //! The emulator walks the guest's tables through stage 2 exactly as the
 //! STE says; these tests check what reaches the hardware.
 
-use iommu_core::IotlbGather;
 use iommu_core::{
     Bus, DeviceBuilder, DmaOwner, Domain, Errno, InvalidateError, Iommu, Iova, PagingFlags,
     PhysAddr, Prot, UserData, UserDataArray, Viommu,
@@ -13,7 +12,7 @@ use iommu_smmuv3::emu::{EmuDomain, EmuLayout, EmuPlatform};
 use iommu_smmuv3::nested::{
     Vste, HWPT_DATA_ARM_SMMUV3, VIOMMU_INVALIDATE_DATA_ARM_SMMUV3, VIOMMU_TYPE_ARM_SMMUV3,
 };
-use iommu_smmuv3::testing::{le_bytes, NestedGuest};
+use iommu_smmuv3::testing::{alloc_nested, guest_invalidate, le_bytes, NestedGuest};
 use iommu_smmuv3::{Smmuv3Config, StreamLookup};
 use iommu_smmuv3_emu::{Access, Features};
 use std::sync::Arc;
@@ -72,25 +71,11 @@ fn host(features: &[Features]) -> Host {
     Host { plat, iommu, bus }
 }
 
-fn nested(viommu: &Viommu, vste: [u64; 2]) -> Result<Domain, Errno> {
-    let bytes = le_bytes(&vste);
-    viommu.alloc_domain_nested(
-        0,
-        &UserData {
-            ty: HWPT_DATA_ARM_SMMUV3,
-            data: &bytes,
-        },
-    )
-}
-
-fn invalidate(viommu: &Viommu, cmds: &[[u64; 2]]) -> Result<(), InvalidateError> {
-    let bytes = le_bytes(&cmds.concat());
-    viommu.cache_invalidate(&UserDataArray {
-        ty: VIOMMU_INVALIDATE_DATA_ARM_SMMUV3,
-        data: &bytes,
-        entry_len: 16,
-        entry_num: cmds.len() as u32,
-    })
+/// The guest, with `VA` mapped to its data page.
+fn guest(h: &Host) -> NestedGuest {
+    let g = NestedGuest::new(&h.plat, GUEST_TABLES, GUEST_TABLES_SIZE, GUEST_ASID);
+    g.map(VA, GUEST_DATA).unwrap();
+    g
 }
 
 /// The host's nest parent with guest memory mapped, and a vSMMU over it
@@ -130,16 +115,8 @@ fn parent_and_viommu(h: &Host) -> (Domain, Viommu) {
 fn a_guests_stage_1_translates_through_the_hosts_stage_2() {
     let h = host(&[Features::default()]);
     let (parent, viommu) = parent_and_viommu(&h);
-    let g = NestedGuest::new(&h.plat, GUEST_TABLES, GUEST_TABLES_SIZE, GUEST_ASID);
-    g.s1.map_pages(
-        Iova::new(VA),
-        PhysAddr::new(GUEST_DATA),
-        0x1000,
-        1,
-        Prot::RW,
-    )
-    .unwrap();
-    let dom = nested(&viommu, g.vste()).unwrap();
+    let g = guest(&h);
+    let dom = alloc_nested(&viommu, g.vste()).unwrap();
     assert_eq!(dom.ty(), iommu_core::DomainType::Nested);
     assert_eq!(dom.nest_parent(), Some(&parent));
     let nic = h.bus.find_device("nic").unwrap();
@@ -171,12 +148,11 @@ fn a_guests_stage_1_translates_through_the_hosts_stage_2() {
 
     // The guest unmaps its page: the SMMU may still serve it from its TLB
     // until the guest's TLBI, whose VMID the host replaces with its own.
-    let mut gather = IotlbGather::new();
-    g.s1.unmap_pages(Iova::new(VA), 0x1000, 1, &mut gather);
+    g.unmap(VA);
     let stale = hw.translate(SID, VA, Access::Read);
     assert!(stale.is_ok(), "the emulator's TLB holds the leaf");
     let foreign_vmid = 0x77u64 << 32;
-    invalidate(
+    guest_invalidate(
         &viommu,
         &[[0x12 | (u64::from(GUEST_ASID) << 48) | foreign_vmid, VA | 1]],
     )
@@ -185,15 +161,8 @@ fn a_guests_stage_1_translates_through_the_hosts_stage_2() {
 
     // The host unmaps the guest page from stage 2: the combined entry goes
     // with it, whatever the guest did.
-    g.s1.map_pages(
-        Iova::new(VA),
-        PhysAddr::new(GUEST_DATA),
-        0x1000,
-        1,
-        Prot::RW,
-    )
-    .unwrap();
-    invalidate(&viommu, &[[0x11 | (u64::from(GUEST_ASID) << 48), 0]]).unwrap();
+    g.map(VA, GUEST_DATA).unwrap();
+    guest_invalidate(&viommu, &[[0x11 | (u64::from(GUEST_ASID) << 48), 0]]).unwrap();
     assert_eq!(hw.translate(SID, VA, Access::Read).unwrap().pa, HOST_DATA);
     assert_eq!(parent.unmap(Iova::new(GUEST_DATA), 0x1000), Ok(0x1000));
     assert!(hw.translate(SID, VA, Access::Read).is_err());
@@ -205,7 +174,7 @@ fn bypass_and_abort_vstes_use_stage_2_alone_or_nothing() {
     let (_parent, viommu) = parent_and_viommu(&h);
     let nic = h.bus.find_device("nic").unwrap();
     let group = nic.iommu_group().unwrap();
-    let bypass = nested(&viommu, [1 | (0b100 << 1), 0]).unwrap();
+    let bypass = alloc_nested(&viommu, [1 | (0b100 << 1), 0]).unwrap();
     h.iommu.attach_group(&bypass, &group).unwrap();
     let hw = &h.plat.hw;
     // Guest bypass: the IPA is the address, stage 2 still applies.
@@ -216,7 +185,7 @@ fn bypass_and_abort_vstes_use_stage_2_alone_or_nothing() {
     assert!(hw.translate(SID, 0x7000_0000, Access::Read).is_err());
     h.iommu.detach_group(&bypass, &group);
     // Not valid: an abort STE.
-    let abort = nested(&viommu, [0, 0]).unwrap();
+    let abort = alloc_nested(&viommu, [0, 0]).unwrap();
     let v = abort
         .ops()
         .as_any()
@@ -230,15 +199,7 @@ fn bypass_and_abort_vstes_use_stage_2_alone_or_nothing() {
 fn what_the_guest_may_not_set_is_refused_with_linuxs_errors() {
     let h = host(&[Features::default()]);
     let (parent, viommu) = parent_and_viommu(&h);
-    let g = NestedGuest::new(&h.plat, GUEST_TABLES, GUEST_TABLES_SIZE, GUEST_ASID);
-    g.s1.map_pages(
-        Iova::new(VA),
-        PhysAddr::new(GUEST_DATA),
-        0x1000,
-        1,
-        Prot::RW,
-    )
-    .unwrap();
+    let g = guest(&h);
     let good = g.vste();
     // A stage-2 field, S2 config, EATS = S1CHK, an unknown config: EIO.
     for bad in [
@@ -248,7 +209,11 @@ fn what_the_guest_may_not_set_is_refused_with_linuxs_errors() {
         [1 | (0b001 << 1), 0],
         [good[0] | (1 << 58), good[1]],
     ] {
-        assert_eq!(nested(&viommu, bad).err(), Some(Errno::EIO), "{bad:x?}");
+        assert_eq!(
+            alloc_nested(&viommu, bad).err(),
+            Some(Errno::EIO),
+            "{bad:x?}"
+        );
     }
     // Wrong type, short, long: EINVAL; flags: EOPNOTSUPP.
     let bytes = le_bytes(&good);
@@ -282,7 +247,7 @@ fn what_the_guest_may_not_set_is_refused_with_linuxs_errors() {
 
     // A device the guest has no vSID for cannot use its CD table.
     let gpu = h.bus.find_device("gpu").unwrap();
-    let dom = nested(&viommu, good).unwrap();
+    let dom = alloc_nested(&viommu, good).unwrap();
     assert_eq!(
         h.iommu.attach_group(&dom, &gpu.iommu_group().unwrap()),
         Err(Errno::ENOENT)
@@ -302,7 +267,7 @@ fn what_the_guest_may_not_set_is_refused_with_linuxs_errors() {
         ([0x05 | (0x99 << 32), 0], "CFGI_CD of an unknown vSID"),
         ([0x12, 0x1000 | (1 << 8)], "TLBI_NH_VA with TG = 0 and TTL"),
     ] {
-        let r = invalidate(&viommu, &[ok, ok, bad, ok]);
+        let r = guest_invalidate(&viommu, &[ok, ok, bad, ok]);
         assert_eq!(
             r,
             Err(InvalidateError {
@@ -313,7 +278,7 @@ fn what_the_guest_may_not_set_is_refused_with_linuxs_errors() {
         );
     }
     // CFGI_CD of a vSID reaches the device's stream.
-    invalidate(
+    guest_invalidate(
         &viommu,
         &[[0x05 | (VSID << 32), 1], [0x06 | (VSID << 32), 0]],
     )
@@ -389,7 +354,7 @@ fn only_a_nest_parent_on_the_devices_smmu_takes_a_viommu() {
         Err(Errno::EINVAL)
     );
     assert_eq!(viommu.vdevice_alloc(&far, 1), Err(Errno::EINVAL));
-    let bypass = nested(&viommu, [1 | (0b100 << 1), 0]).unwrap();
+    let bypass = alloc_nested(&viommu, [1 | (0b100 << 1), 0]).unwrap();
     assert_eq!(
         h.iommu.attach_group(&bypass, &far.iommu_group().unwrap()),
         Err(Errno::EINVAL)

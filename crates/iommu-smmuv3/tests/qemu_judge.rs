@@ -23,14 +23,11 @@
 
 use iommu_core::{
     Bus, DeviceBuilder, DomainType, Iommu, IotlbGather, Iova, PagingFlags, PhysAddr, Prot,
-    UserData, UserDataArray,
 };
 use iommu_pgtable::lpae::Stage;
 use iommu_smmuv3::emu::{EmuLayout, EmuPlatform};
-use iommu_smmuv3::nested::{
-    HWPT_DATA_ARM_SMMUV3, VIOMMU_INVALIDATE_DATA_ARM_SMMUV3, VIOMMU_TYPE_ARM_SMMUV3,
-};
-use iommu_smmuv3::testing::{le_bytes, NestedGuest};
+use iommu_smmuv3::nested::VIOMMU_TYPE_ARM_SMMUV3;
+use iommu_smmuv3::testing::{alloc_nested, guest_invalidate, NestedGuest};
 use iommu_smmuv3::Smmuv3Config;
 use iommu_smmuv3_emu::Features;
 use std::collections::BTreeMap;
@@ -246,33 +243,11 @@ fn run_emulator(stage2: bool) -> BTreeMap<String, Vec<Ev>> {
         .unwrap();
     viommu.vdevice_alloc(&dev, 0x42).unwrap();
     let guest = NestedGuest::new(&plat, ram, ram_size, 9);
-    for (v, ipa) in [(va, data_ipa), (va_s2_hole, hole_ipa)] {
-        guest
-            .s1
-            .map_pages(Iova::new(v), PhysAddr::new(ipa), 0x1000, 1, Prot::RW)
-            .unwrap();
-    }
-    let nested_data = |vste: [u64; 2]| le_bytes(&vste);
-    let bytes = nested_data(guest.vste());
-    let nested = viommu
-        .alloc_domain_nested(
-            0,
-            &UserData {
-                ty: HWPT_DATA_ARM_SMMUV3,
-                data: &bytes,
-            },
-        )
-        .unwrap();
+    guest.map(va, data_ipa).unwrap();
+    guest.map(va_s2_hole, hole_ipa).unwrap();
+    let nested = alloc_nested(&viommu, guest.vste()).unwrap();
     iommu.attach_group(&nested, &group).unwrap();
-    let invalidate = |cmds: &[[u64; 2]]| {
-        let bytes = le_bytes(&cmds.concat());
-        viommu.cache_invalidate(&UserDataArray {
-            ty: VIOMMU_INVALIDATE_DATA_ARM_SMMUV3,
-            data: &bytes,
-            entry_len: 16,
-            entry_num: cmds.len() as u32,
-        })
-    };
+    let invalidate = |cmds: &[[u64; 2]]| guest_invalidate(&viommu, cmds);
     dma_to_ram(va, &buf[..64]);
     let mut got = [0u8; 64];
     mem.read_slice(&mut got, GuestAddress(host_page)).unwrap();
@@ -282,17 +257,13 @@ fn run_emulator(stage2: bool) -> BTreeMap<String, Vec<Ev>> {
     phase("nested-s1-hole");
     dma_to_ram(va_s2_hole, &buf[..4]);
     phase("nested-s2-hole");
-    let mut gather = IotlbGather::new();
-    guest.s1.unmap_pages(Iova::new(va), 0x1000, 1, &mut gather);
+    guest.unmap(va);
     dma_to_ram(va, &buf[..16]);
     phase("nested-stale");
     invalidate(&[[0x12 | (9 << 48) | (0xee << 32), va | 1]]).unwrap();
     dma_to_ram(va, &buf[..4]);
     phase("nested-guest-unmapped");
-    guest
-        .s1
-        .map_pages(Iova::new(va), PhysAddr::new(data_ipa), 0x1000, 1, Prot::RW)
-        .unwrap();
+    guest.map(va, data_ipa).unwrap();
     invalidate(&[[0x11 | (9 << 48), 0]]).unwrap();
     dma_to_ram(va, &buf[..16]);
     phase("nested-remapped");
@@ -307,16 +278,7 @@ fn run_emulator(stage2: bool) -> BTreeMap<String, Vec<Ev>> {
             Prot::RW,
         )
         .unwrap();
-    let bytes = nested_data([1 | (0b100 << 1), 0]);
-    let bypass = viommu
-        .alloc_domain_nested(
-            0,
-            &UserData {
-                ty: HWPT_DATA_ARM_SMMUV3,
-                data: &bytes,
-            },
-        )
-        .unwrap();
+    let bypass = alloc_nested(&viommu, [1 | (0b100 << 1), 0]).unwrap();
     iommu.detach_group(&nested, &group);
     iommu.attach_group(&bypass, &group).unwrap();
     dma_to_ram(data_ipa, &buf[..16]);

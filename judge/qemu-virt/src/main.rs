@@ -423,24 +423,11 @@ fn nested_phase(
         return;
     };
     let (va, va_hole, va_s2_hole) = (0x10_0000u64, 0x20_0000u64, 0x30_0000u64);
-    let ok = s1
-        .map_pages(
-            Iova::new(va),
-            PhysAddr::new(GUEST_DATA_IPA),
-            0x1000,
-            1,
-            Prot::RW,
-        )
-        .is_ok()
-        && s1
-            .map_pages(
-                Iova::new(va_s2_hole),
-                PhysAddr::new(GUEST_HOLE_IPA),
-                0x1000,
-                1,
-                Prot::RW,
-            )
-            .is_ok();
+    let guest_map = |va: u64, ipa: u64| {
+        s1.map_pages(Iova::new(va), PhysAddr::new(ipa), 0x1000, 1, Prot::RW)
+            .is_ok()
+    };
+    let ok = guest_map(va, GUEST_DATA_IPA) && guest_map(va_s2_hole, GUEST_HOLE_IPA);
     check("the guest maps its stage 1", ok);
     let cd = buffer(0);
     for (i, w) in iommu_smmuv3::ste::cd(&fmt, s1.root(), GUEST_ASID)
@@ -550,15 +537,7 @@ fn nested_phase(
 
     // The host takes the page away at stage 2: the guest's combined
     // entries go with it, whatever the guest does.
-    let ok = s1
-        .map_pages(
-            Iova::new(va),
-            PhysAddr::new(GUEST_DATA_IPA),
-            0x1000,
-            1,
-            Prot::RW,
-        )
-        .is_ok()
+    let ok = guest_map(va, GUEST_DATA_IPA)
         && invalidate(&[[0x11 | (u64::from(GUEST_ASID) << 48), 0]]).is_ok();
     edu.dma(false, va, 16);
     check(
