@@ -32,6 +32,8 @@ pub enum Errno {
     ENODEV,
     /// Invalid argument.
     EINVAL,
+    /// Inappropriate ioctl for device (an ioctl number the file does not know).
+    ENOTTY,
     /// No space left on device (an id space is exhausted).
     ENOSPC,
     /// Result out of range (outside the address space).
@@ -40,6 +42,8 @@ pub enum Errno {
     ENOSYS,
     /// Value too large (an address computation overflows).
     EOVERFLOW,
+    /// Message too long (a reply array larger than the room given for it).
+    EMSGSIZE,
     /// Operation not supported.
     EOPNOTSUPP,
     /// Connection timed out (hardware did not complete a command in time).
@@ -61,10 +65,12 @@ impl Errno {
             Errno::EEXIST => 17,
             Errno::ENODEV => 19,
             Errno::EINVAL => 22,
+            Errno::ENOTTY => 25,
             Errno::ENOSPC => 28,
             Errno::ERANGE => 34,
             Errno::ENOSYS => 38,
             Errno::EOVERFLOW => 75,
+            Errno::EMSGSIZE => 90,
             Errno::EOPNOTSUPP => 95,
             Errno::ETIMEDOUT => 110,
         }
@@ -84,10 +90,12 @@ impl Errno {
             Errno::EEXIST => "EEXIST",
             Errno::ENODEV => "ENODEV",
             Errno::EINVAL => "EINVAL",
+            Errno::ENOTTY => "ENOTTY",
             Errno::ENOSPC => "ENOSPC",
             Errno::ERANGE => "ERANGE",
             Errno::ENOSYS => "ENOSYS",
             Errno::EOVERFLOW => "EOVERFLOW",
+            Errno::EMSGSIZE => "EMSGSIZE",
             Errno::EOPNOTSUPP => "EOPNOTSUPP",
             Errno::ETIMEDOUT => "ETIMEDOUT",
         }
@@ -107,10 +115,12 @@ impl Errno {
             Errno::EEXIST => "File exists",
             Errno::ENODEV => "No such device",
             Errno::EINVAL => "Invalid argument",
+            Errno::ENOTTY => "Inappropriate ioctl for device",
             Errno::ENOSPC => "No space left on device",
             Errno::ERANGE => "Numerical result out of range",
             Errno::ENOSYS => "Function not implemented",
             Errno::EOVERFLOW => "Value too large for defined data type",
+            Errno::EMSGSIZE => "Message too long",
             Errno::EOPNOTSUPP => "Operation not supported",
             Errno::ETIMEDOUT => "Connection timed out",
         }
