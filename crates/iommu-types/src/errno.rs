@@ -46,6 +46,8 @@ pub enum Errno {
     EMSGSIZE,
     /// Operation not supported.
     EOPNOTSUPP,
+    /// Address already in use (an IOVA range another rule already claims).
+    EADDRINUSE,
     /// Connection timed out (hardware did not complete a command in time).
     ETIMEDOUT,
 }
@@ -72,6 +74,7 @@ impl Errno {
             Errno::EOVERFLOW => 75,
             Errno::EMSGSIZE => 90,
             Errno::EOPNOTSUPP => 95,
+            Errno::EADDRINUSE => 98,
             Errno::ETIMEDOUT => 110,
         }
     }
@@ -97,6 +100,7 @@ impl Errno {
             Errno::EOVERFLOW => "EOVERFLOW",
             Errno::EMSGSIZE => "EMSGSIZE",
             Errno::EOPNOTSUPP => "EOPNOTSUPP",
+            Errno::EADDRINUSE => "EADDRINUSE",
             Errno::ETIMEDOUT => "ETIMEDOUT",
         }
     }
@@ -122,6 +126,7 @@ impl Errno {
             Errno::EOVERFLOW => "Value too large for defined data type",
             Errno::EMSGSIZE => "Message too long",
             Errno::EOPNOTSUPP => "Operation not supported",
+            Errno::EADDRINUSE => "Address already in use",
             Errno::ETIMEDOUT => "Connection timed out",
         }
     }

@@ -22,23 +22,40 @@ pub fn decode_any(data: &[u8]) {
         u32::from(pick & 0x7fff) | (u32::from(pick & 0xff) << 16)
     };
     let got = Ucmd::decode(ioctl, arg);
-    let Some(cmd) = Cmd::from_ioctl(ioctl) else {
-        assert_eq!(got.err(), Some(Errno::ENOTTY), "{ioctl:#x} is no command");
+    let nr = ioctl & 0xff;
+    if !(0x80..=0xa0).contains(&nr) {
+        assert_eq!(got.err(), Some(Errno::ENOTTY), "{ioctl:#x} is out of range");
         return;
-    };
+    }
     let Some(head) = arg.get(..4) else {
         assert_eq!(got.err(), Some(Errno::EFAULT));
         return;
     };
+    let Some(cmd) = Cmd::from_ioctl(ioctl) else {
+        assert_eq!(got.err(), Some(Errno::ENOTTY), "{ioctl:#x} is no command");
+        return;
+    };
     let user_size = u32::from_ne_bytes([head[0], head[1], head[2], head[3]]) as usize;
+    // The bytes past the kernel's structure are checked a page at a time
+    // (a fault in a page is EFAULT even after a non-zero byte in it), then
+    // the structure itself is read.
+    let tail = || -> Result<(), Errno> {
+        let mut at = cmd.size();
+        while at < user_size {
+            let end = (at + 4096).min(user_size);
+            let chunk = arg.get(at..end).ok_or(Errno::EFAULT)?;
+            if chunk.iter().any(|&b| b != 0) {
+                return Err(Errno::E2BIG);
+            }
+            at = end;
+        }
+        arg.get(..user_size.min(cmd.size())).ok_or(Errno::EFAULT)?;
+        Ok(())
+    };
     let want = if user_size < cmd.min_size() {
         Err(Errno::EINVAL)
-    } else if arg.len() < user_size {
-        Err(Errno::EFAULT)
-    } else if arg[..user_size].iter().skip(cmd.size()).any(|&b| b != 0) {
-        Err(Errno::E2BIG)
     } else {
-        Ok(())
+        tail()
     };
     match (got, want) {
         (Ok(u), Ok(())) => {

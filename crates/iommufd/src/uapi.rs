@@ -173,6 +173,14 @@ impl Cmd {
     }
 }
 
+/// Whether `ioctl`'s command number is in the range iommufd's table
+/// covers (`IOMMUFD_CMD_BASE` to `IOMMU_TEST_CMD`): only then is the
+/// caller's size word read.
+pub fn in_range(ioctl: u32) -> bool {
+    let nr = (ioctl & 0xff) as u8;
+    (CMD_BASE..=Cmd::TestCmd.nr()).contains(&nr)
+}
+
 /// One command read from its caller (Linux's `struct iommufd_ucmd`): the
 /// structure at the kernel's size, whatever size the caller had.
 #[derive(Clone, Debug)]
@@ -194,21 +202,53 @@ impl Ucmd {
     /// - `EINVAL`: a size below the first version's;
     /// - `E2BIG`: a longer structure whose extra bytes are not zero.
     pub fn decode(ioctl: u32, arg: &[u8]) -> Result<Ucmd, Errno> {
+        Self::read_from(ioctl, |offset, buf| {
+            let start = usize::try_from(offset).map_err(|_| Errno::EFAULT)?;
+            let end = start.checked_add(buf.len()).ok_or(Errno::EFAULT)?;
+            buf.copy_from_slice(arg.get(start..end).ok_or(Errno::EFAULT)?);
+            Ok(())
+        })
+    }
+
+    /// [`decode`](Self::decode) through `read(offset, buf)`, which fills
+    /// `buf` from the caller's structure at `offset` (`EFAULT` where the
+    /// caller's memory ends). A structure longer than the kernel's has its
+    /// extra bytes read in pieces of at most a page, so a hostile size
+    /// costs time in proportion to what is readable, never memory.
+    ///
+    /// # Errors
+    /// As [`decode`](Self::decode).
+    pub fn read_from(
+        ioctl: u32,
+        mut read: impl FnMut(u64, &mut [u8]) -> Result<(), Errno>,
+    ) -> Result<Ucmd, Errno> {
+        // Linux's order: the number's range, then the size word, then the
+        // exact number, the first version's size, the unknown tail, the
+        // structure.
+        if !in_range(ioctl) {
+            return Err(Errno::ENOTTY);
+        }
+        let mut head = [0u8; 4];
+        read(0, &mut head)?;
         let cmd = Cmd::from_ioctl(ioctl).ok_or(Errno::ENOTTY)?;
-        let head = arg.get(..4).ok_or(Errno::EFAULT)?;
-        let user_size = u32::from_ne_bytes([head[0], head[1], head[2], head[3]]);
-        let usize_ = usize::try_from(user_size).map_err(|_| Errno::EFAULT)?;
-        if usize_ < cmd.min_size() {
+        let user_size = u32::from_ne_bytes(head);
+        let size = cmd.size() as u64;
+        if u64::from(user_size) < cmd.min_size() as u64 {
             return Err(Errno::EINVAL);
         }
-        let user = arg.get(..usize_).ok_or(Errno::EFAULT)?;
-        let size = cmd.size();
-        if user.len() > size && user[size..].iter().any(|&b| b != 0) {
-            return Err(Errno::E2BIG);
+        let mut at = size;
+        let mut chunk = [0u8; 4096];
+        while at < u64::from(user_size) {
+            let n = (u64::from(user_size) - at).min(chunk.len() as u64) as usize;
+            read(at, &mut chunk[..n])?;
+            if chunk[..n].iter().any(|&b| b != 0) {
+                return Err(Errno::E2BIG);
+            }
+            at += n as u64;
         }
         let mut buf = [0u8; MAX_CMD_SIZE];
-        let n = user.len().min(size);
-        buf[..n].copy_from_slice(&user[..n]);
+        let n = (u64::from(user_size).min(size)) as usize;
+        read(0, &mut buf[..n])?;
         Ok(Ucmd {
             cmd,
             user_size,

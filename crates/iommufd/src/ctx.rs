@@ -1,0 +1,361 @@
+//! One open of `/dev/iommu` (Linux's `struct iommufd_ctx`): its objects
+//! by id, and the ioctl entry that reads a command from the caller's
+//! memory, runs it and writes the reply back.
+//!
+//! Object ids are the lowest free id from 1 up to `2^31 - 1`, as Linux's
+//! `xa_alloc` with `xa_limit_31b` hands them out. `IOMMU_DESTROY` removes
+//! an object only while nothing else holds it (`EBUSY`), and a wrong id
+//! or type is `ENOENT`.
+//!
+//! The commands built so far are `IOMMU_DESTROY` and the IOAS commands
+//! (`IOAS_ALLOC`, `MAP`, `UNMAP`, `COPY`, `IOVA_RANGES`, `ALLOW_IOVAS`);
+//! the others answer `EOPNOTSUPP` until their layer exists.
+
+use crate::iopt::{IoPagetable, PagesSlice, IOVA_MAX};
+use crate::uapi::{self, ioas_map, Cmd, Ucmd};
+use alloc::collections::BTreeMap;
+use alloc::sync::Arc;
+use alloc::vec::Vec;
+use iommu_types::{Errno, Prot};
+use std::sync::Mutex;
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
+
+/// The caller's address space, as the kernel reaches it with
+/// `copy_from_user` and `copy_to_user`.
+pub trait UserMemory {
+    /// Fills `buf` from `addr`.
+    ///
+    /// # Errors
+    /// `EFAULT` where nothing is mapped.
+    fn read(&self, addr: u64, buf: &mut [u8]) -> Result<(), Errno>;
+
+    /// Writes `data` at `addr`.
+    ///
+    /// # Errors
+    /// `EFAULT` where nothing writable is mapped.
+    fn write(&self, addr: u64, data: &[u8]) -> Result<(), Errno>;
+}
+
+/// The most ranges one `IOMMU_IOAS_ALLOW_IOVAS` takes: Linux allocates a
+/// node per range until memory runs out; here an absurd count is refused
+/// with the same `ENOMEM` before anything is read.
+pub const MAX_ALLOWED_RANGES: u32 = 1 << 16;
+
+/// The largest object id (`xa_limit_31b`).
+pub const MAX_ID: u32 = (1 << 31) - 1;
+
+/// An I/O address space (Linux's `struct iommufd_ioas`).
+#[derive(Debug, Default)]
+pub struct Ioas {
+    /// Its I/O page table.
+    pub iopt: IoPagetable,
+}
+
+/// What an id names.
+#[derive(Clone, Debug)]
+pub enum Object {
+    /// An IOAS.
+    Ioas(Arc<Mutex<Ioas>>),
+}
+
+impl Object {
+    /// References held besides the context's own (Linux's `users` minus one).
+    fn users(&self) -> usize {
+        match self {
+            Object::Ioas(a) => Arc::strong_count(a) - 1,
+        }
+    }
+}
+
+/// One open of `/dev/iommu`.
+#[derive(Debug, Default)]
+pub struct Ictx {
+    objects: Mutex<BTreeMap<u32, Object>>,
+}
+
+/// Locks `m`; a panic elsewhere does not make the state unusable (every
+/// change is made whole or not at all).
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn read_obj<T: FromBytes + IntoBytes + KnownLayout + Immutable + Default>(
+    mem: &dyn UserMemory,
+    addr: u64,
+) -> Result<T, Errno> {
+    let mut v = T::default();
+    mem.read(addr, v.as_mut_bytes())?;
+    Ok(v)
+}
+
+impl Ictx {
+    /// A new, empty context.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Installs `obj` at the lowest free id.
+    fn insert(&self, obj: Object) -> Result<u32, Errno> {
+        let mut objects = lock(&self.objects);
+        let mut id = 1u32;
+        for &k in objects.keys() {
+            if k != id {
+                break;
+            }
+            id += 1;
+        }
+        if id > MAX_ID {
+            return Err(Errno::ENOSPC);
+        }
+        objects.insert(id, obj);
+        Ok(id)
+    }
+
+    /// The object `id` names.
+    pub fn object(&self, id: u32) -> Option<Object> {
+        lock(&self.objects).get(&id).cloned()
+    }
+
+    /// The ids in use, in order.
+    pub fn ids(&self) -> Vec<u32> {
+        lock(&self.objects).keys().copied().collect()
+    }
+
+    /// The IOAS `id` names (`iommufd_get_ioas`).
+    ///
+    /// # Errors
+    /// `ENOENT` for no object or another type.
+    pub fn ioas(&self, id: u32) -> Result<Arc<Mutex<Ioas>>, Errno> {
+        match self.object(id) {
+            Some(Object::Ioas(a)) => Ok(a),
+            _ => Err(Errno::ENOENT),
+        }
+    }
+
+    /// Makes an IOAS; returns its id.
+    ///
+    /// # Errors
+    /// `ENOSPC` when every id is taken.
+    pub fn ioas_alloc(&self) -> Result<u32, Errno> {
+        self.insert(Object::Ioas(Arc::default()))
+    }
+
+    /// Destroys object `id` (`IOMMU_DESTROY`).
+    ///
+    /// # Errors
+    /// `ENOENT` for no such object; `EBUSY` while another object or an
+    /// operation in flight holds it.
+    pub fn destroy(&self, id: u32) -> Result<(), Errno> {
+        let obj = {
+            let mut objects = lock(&self.objects);
+            let obj = objects.get(&id).ok_or(Errno::ENOENT)?;
+            if obj.users() != 0 {
+                return Err(Errno::EBUSY);
+            }
+            objects.remove(&id)
+        };
+        if let Some(Object::Ioas(a)) = obj {
+            lock(&a).iopt.unmap_all();
+        }
+        Ok(())
+    }
+
+    /// Runs the ioctl `num` whose argument is at `arg` in `mem`, as
+    /// Linux's `iommufd_fops_ioctl`: the command read by the kernel's
+    /// rules ([`Ucmd::read_from`]), run, and its reply written back no
+    /// longer than the caller's structure.
+    ///
+    /// # Errors
+    /// The command's errno, as Linux returns it.
+    pub fn ioctl(&self, num: u32, arg: u64, mem: &dyn UserMemory) -> Result<(), Errno> {
+        let ucmd = Ucmd::read_from(num, |off, buf| {
+            mem.read(arg.checked_add(off).ok_or(Errno::EFAULT)?, buf)
+        })?;
+        let respond = |reply: &[u8]| -> Result<(), Errno> {
+            let n = reply.len().min(ucmd.user_size() as usize);
+            mem.write(arg, &reply[..n])
+        };
+        match ucmd.cmd() {
+            Cmd::Destroy => {
+                let c: uapi::Destroy = get(&ucmd)?;
+                self.destroy(c.id)
+            }
+            Cmd::IoasAlloc => {
+                let mut c: uapi::IoasAlloc = get(&ucmd)?;
+                if c.flags != 0 {
+                    return Err(Errno::EOPNOTSUPP);
+                }
+                let id = self.ioas_alloc()?;
+                c.out_ioas_id = id;
+                respond(c.as_bytes()).inspect_err(|_| {
+                    // Not reported, so not kept (Linux's abort_and_destroy).
+                    let _ = self.destroy(id);
+                })
+            }
+            Cmd::IoasMap => {
+                let mut c: uapi::IoasMap = get(&ucmd)?;
+                c.iova = self.ioas_map(&c)?;
+                respond(c.as_bytes())
+            }
+            Cmd::IoasUnmap => {
+                let mut c: uapi::IoasUnmap = get(&ucmd)?;
+                c.length = self.ioas_unmap(c.ioas_id, c.iova, c.length)?;
+                respond(c.as_bytes())
+            }
+            Cmd::IoasCopy => {
+                let mut c: uapi::IoasCopy = get(&ucmd)?;
+                c.dst_iova = self.ioas_copy(&c)?;
+                respond(c.as_bytes())
+            }
+            Cmd::IoasIovaRanges => {
+                let mut c: uapi::IoasIovaRanges = get(&ucmd)?;
+                if c.reserved != 0 {
+                    return Err(Errno::EOPNOTSUPP);
+                }
+                let ioas = self.ioas(c.ioas_id)?;
+                let (ranges, align) = {
+                    let g = lock(&ioas);
+                    (g.iopt.iova_ranges(), g.iopt.iova_alignment())
+                };
+                let room = c.num_iovas as usize;
+                for (i, &(start, last)) in ranges.iter().take(room).enumerate() {
+                    let r = uapi::IovaRange { start, last };
+                    let at = c
+                        .allowed_iovas
+                        .checked_add(16 * i as u64)
+                        .ok_or(Errno::EFAULT)?;
+                    mem.write(at, r.as_bytes())?;
+                }
+                c.num_iovas = u32::try_from(ranges.len()).unwrap_or(u32::MAX);
+                c.out_iova_alignment = align;
+                respond(c.as_bytes())?;
+                if ranges.len() > room {
+                    return Err(Errno::EMSGSIZE);
+                }
+                Ok(())
+            }
+            Cmd::IoasAllowIovas => {
+                let c: uapi::IoasAllowIovas = get(&ucmd)?;
+                if c.reserved != 0 {
+                    return Err(Errno::EOPNOTSUPP);
+                }
+                let ioas = self.ioas(c.ioas_id)?;
+                if c.num_iovas > MAX_ALLOWED_RANGES {
+                    return Err(Errno::ENOMEM);
+                }
+                let mut ranges = Vec::with_capacity(c.num_iovas as usize);
+                for i in 0..u64::from(c.num_iovas) {
+                    let at = c
+                        .allowed_iovas
+                        .checked_add(16 * i)
+                        .ok_or(Errno::EFAULT)?;
+                    let r: uapi::IovaRange = read_obj(mem, at)?;
+                    ranges.push((r.start, r.last));
+                }
+                let r = lock(&ioas).iopt.set_allowed(&ranges);
+                r
+            }
+            _ => Err(Errno::EOPNOTSUPP),
+        }
+    }
+
+    /// `IOMMU_IOAS_MAP` (Linux's `iommufd_ioas_map`): returns the IOVA.
+    ///
+    /// # Errors
+    /// `EOPNOTSUPP` for unknown flags or a reserved field; `EOVERFLOW`
+    /// for an IOVA or length of `u64::MAX`; `EINVAL` without read or
+    /// write; `ENOENT` for no such IOAS; as [`IoPagetable::map_user`].
+    pub fn ioas_map(&self, c: &uapi::IoasMap) -> Result<u64, Errno> {
+        let known = ioas_map::FIXED_IOVA | ioas_map::WRITEABLE | ioas_map::READABLE;
+        if c.flags & !known != 0 || c.reserved != 0 {
+            return Err(Errno::EOPNOTSUPP);
+        }
+        if beyond(c.iova) || beyond(c.length) {
+            return Err(Errno::EOVERFLOW);
+        }
+        let prot = map_prot(c.flags)?;
+        let ioas = self.ioas(c.ioas_id)?;
+        let iova = (c.flags & ioas_map::FIXED_IOVA != 0).then_some(c.iova);
+        let mut g = lock(&ioas);
+        g.iopt.map_user(c.user_va, c.length, iova, prot)
+    }
+
+    /// `IOMMU_IOAS_UNMAP` (Linux's `iommufd_ioas_unmap`): returns the
+    /// bytes unmapped. `iova == 0` with `length == u64::MAX` unmaps all.
+    ///
+    /// # Errors
+    /// `ENOENT` for no such IOAS, nothing unmapped, or an area the range
+    /// cuts (areas before it stay unmapped, as in Linux); `EOVERFLOW`;
+    /// `EINVAL` for no length.
+    pub fn ioas_unmap(&self, ioas_id: u32, iova: u64, length: u64) -> Result<u64, Errno> {
+        let ioas = self.ioas(ioas_id)?;
+        let mut g = lock(&ioas);
+        if iova == 0 && length == u64::MAX {
+            return Ok(g.iopt.unmap_all());
+        }
+        if beyond(iova) || beyond(length) {
+            return Err(Errno::EOVERFLOW);
+        }
+        match g.iopt.unmap(iova, length) {
+            Ok(0) => Err(Errno::ENOENT),
+            Ok(n) => Ok(n),
+            Err((e, _)) => Err(e),
+        }
+    }
+
+    /// `IOMMU_IOAS_COPY` (Linux's `iommufd_ioas_copy`): maps the pages
+    /// behind a range of one IOAS into another (or the same) without
+    /// pinning them again; returns the destination IOVA.
+    ///
+    /// # Errors
+    /// `EOPNOTSUPP` for unknown flags; `EOVERFLOW`; `EINVAL` without read
+    /// or write; `ENOENT` for no such IOAS or a gap in the source; as
+    /// [`IoPagetable::map_pages`] in the destination.
+    pub fn ioas_copy(&self, c: &uapi::IoasCopy) -> Result<u64, Errno> {
+        let known = ioas_map::FIXED_IOVA | ioas_map::WRITEABLE | ioas_map::READABLE;
+        if c.flags & !known != 0 {
+            return Err(Errno::EOPNOTSUPP);
+        }
+        if beyond(c.length) || beyond(c.src_iova) || beyond(c.dst_iova) {
+            return Err(Errno::EOVERFLOW);
+        }
+        let prot = map_prot(c.flags)?;
+        let src = self.ioas(c.src_ioas_id)?;
+        // The source's lock is let go before the destination's is taken
+        // (they may be the same IOAS).
+        let slices: Vec<PagesSlice> = lock(&src).iopt.get_pages(c.src_iova, c.length)?;
+        drop(src);
+        let dst = self.ioas(c.dst_ioas_id)?;
+        let iova = (c.flags & ioas_map::FIXED_IOVA != 0).then_some(c.dst_iova);
+        let mut g = lock(&dst);
+        g.iopt.map_pages(&slices, c.length, iova, prot)
+    }
+}
+
+/// Linux's `value >= ULONG_MAX` check of a user's IOVA or length: on a
+/// 64-bit kernel, the one value `u64::MAX`.
+fn beyond(value: u64) -> bool {
+    value == IOVA_MAX
+}
+
+/// Reads the command's structure; a structure of another size is a bug
+/// of the table, answered `EINVAL` rather than a panic.
+fn get<T: FromBytes + KnownLayout + Immutable>(ucmd: &Ucmd) -> Result<T, Errno> {
+    ucmd.get::<T>().ok_or(Errno::EINVAL)
+}
+
+/// The protection an IOAS mapping asks for (Linux's `conv_iommu_prot`:
+/// always cache-coherent).
+fn map_prot(flags: u32) -> Result<Prot, Errno> {
+    if flags & (ioas_map::WRITEABLE | ioas_map::READABLE) == 0 {
+        return Err(Errno::EINVAL);
+    }
+    let mut prot = Prot::CACHE;
+    if flags & ioas_map::WRITEABLE != 0 {
+        prot |= Prot::WRITE;
+    }
+    if flags & ioas_map::READABLE != 0 {
+        prot |= Prot::READ;
+    }
+    Ok(prot)
+}
