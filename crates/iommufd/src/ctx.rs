@@ -245,10 +245,7 @@ impl Ictx {
                 }
                 let mut ranges = Vec::with_capacity(c.num_iovas as usize);
                 for i in 0..u64::from(c.num_iovas) {
-                    let at = c
-                        .allowed_iovas
-                        .checked_add(16 * i)
-                        .ok_or(Errno::EFAULT)?;
+                    let at = c.allowed_iovas.checked_add(16 * i).ok_or(Errno::EFAULT)?;
                     let r: uapi::IovaRange = read_obj(mem, at)?;
                     ranges.push((r.start, r.last));
                 }

@@ -344,7 +344,10 @@ impl IoPagetable {
                 return Err(Errno::EINVAL);
             }
             let last = at.checked_add(s.length - 1).ok_or(Errno::EOVERFLOW)?;
-            let end_byte = s.start_byte.checked_add(s.length - 1).ok_or(Errno::EOVERFLOW)?;
+            let end_byte = s
+                .start_byte
+                .checked_add(s.length - 1)
+                .ok_or(Errno::EOVERFLOW)?;
             if end_byte / PAGE_SIZE >= s.pages.npages {
                 return Err(Errno::EOVERFLOW);
             }
@@ -447,9 +450,7 @@ impl IoPagetable {
         if length == 0 {
             return Err((Errno::EINVAL, 0));
         }
-        let last = iova
-            .checked_add(length - 1)
-            .ok_or((Errno::EOVERFLOW, 0))?;
+        let last = iova.checked_add(length - 1).ok_or((Errno::EOVERFLOW, 0))?;
         self.unmap_range(iova, last)
     }
 

@@ -76,3 +76,523 @@ pub fn decode_any(data: &[u8]) {
         (got, want) => assert_eq!(got.map(|_| ()), want, "{} of {user_size} bytes", cmd.name()),
     }
 }
+
+/// A process's memory for tests: one window of bytes at `base`.
+pub struct Space {
+    base: u64,
+    bytes: std::sync::Mutex<Vec<u8>>,
+}
+
+impl Space {
+    /// `len` zero bytes at `base`.
+    pub fn new(base: u64, len: usize) -> Self {
+        Space {
+            base,
+            bytes: std::sync::Mutex::new(vec![0; len]),
+        }
+    }
+
+    fn range(&self, addr: u64, len: usize) -> Result<std::ops::Range<usize>, Errno> {
+        let start = usize::try_from(addr.checked_sub(self.base).ok_or(Errno::EFAULT)?)
+            .map_err(|_| Errno::EFAULT)?;
+        let end = start.checked_add(len).ok_or(Errno::EFAULT)?;
+        if end > self.bytes.lock().unwrap_or_else(|e| e.into_inner()).len() {
+            return Err(Errno::EFAULT);
+        }
+        Ok(start..end)
+    }
+}
+
+impl crate::ctx::UserMemory for Space {
+    fn read(&self, addr: u64, buf: &mut [u8]) -> Result<(), Errno> {
+        let r = self.range(addr, buf.len())?;
+        buf.copy_from_slice(&self.bytes.lock().unwrap_or_else(|e| e.into_inner())[r]);
+        Ok(())
+    }
+
+    fn write(&self, addr: u64, data: &[u8]) -> Result<(), Errno> {
+        let r = self.range(addr, data.len())?;
+        self.bytes.lock().unwrap_or_else(|e| e.into_inner())[r].copy_from_slice(data);
+        Ok(())
+    }
+}
+
+/// What the model keeps of an area: `(last, user address of the first
+/// byte, writable, its pages writable)` by first IOVA. A copy's area
+/// takes its own protection but keeps its source's pages.
+type ModelAreas = std::collections::BTreeMap<u64, (u64, u64, bool, bool)>;
+
+#[derive(Default, Clone)]
+struct ModelIoas {
+    areas: ModelAreas,
+    reserved: Vec<(u64, u64)>,
+    allowed: Vec<(u64, u64)>,
+}
+
+fn hits(a: (u64, u64), b: (u64, u64)) -> bool {
+    a.0 <= b.1 && b.0 <= a.1
+}
+
+impl ModelIoas {
+    fn overlaps_area(&self, s: u64, l: u64) -> bool {
+        self.areas
+            .iter()
+            .any(|(&i, &(al, ..))| hits((i, al), (s, l)))
+    }
+    fn overlaps_reserved(&self, s: u64, l: u64) -> bool {
+        self.reserved.iter().any(|&r| hits(r, (s, l)))
+    }
+}
+
+/// Replays `data` as IOAS commands through the ioctl entry (alloc,
+/// destroy, fixed and automatic maps, unmaps, unmap-all, copies, allowed
+/// and reserved ranges, range queries) and checks each answer and the
+/// areas of every IOAS against a model of Linux's rules stated on its
+/// own: lowest free ids, `EEXIST`/`EINVAL` for fixed IOVAs over areas and
+/// reservations, automatic IOVAs inside the allowed ranges, clear of
+/// everything, aligned as Linux aligns them, unmaps of whole areas only
+/// (those before a cut one gone, `ENOENT`), copies sharing the source's
+/// pages, `EPERM` for writable copies of read-only pages.
+///
+/// Returns how many commands of each kind succeeded (alloc, destroy,
+/// fixed map, automatic map, unmap, unmap-all, copy, allow, reserve,
+/// ranges), so tests can tell a run that did nothing from one that was
+/// checked.
+///
+/// # Panics
+/// At the first disagreement.
+pub fn ioas_ops(data: &[u8]) -> [usize; 10] {
+    use crate::ctx::{Ictx, UserMemory};
+    use crate::iopt::PAGE_SIZE;
+    use crate::uapi::*;
+    use std::collections::BTreeMap;
+    use zerocopy::{FromBytes, IntoBytes};
+
+    const ARG: u64 = 0x1000;
+    const RANGES: u64 = 0x1800;
+    let ctx = Ictx::new();
+    let mem = Space::new(0x1000, 0x2000);
+    let mut model: BTreeMap<u32, ModelIoas> = BTreeMap::new();
+    let call = |cmd: Cmd, bytes: &[u8]| -> (Result<(), Errno>, Vec<u8>) {
+        mem.write(ARG, bytes).expect("the argument fits");
+        let r = ctx.ioctl(cmd.ioctl(), ARG, &mem);
+        let mut back = vec![0u8; bytes.len()];
+        mem.read(ARG, &mut back).expect("the argument fits");
+        (r, back)
+    };
+    let mut done = [0usize; 10];
+    let mut steps = data.chunks(8).take(200);
+    for step in steps.by_ref() {
+        let b = |i: usize| u64::from(*step.get(i).unwrap_or(&0));
+        let before: usize = model
+            .values()
+            .map(|m| m.areas.len() + m.reserved.len() + m.allowed.len())
+            .sum::<usize>()
+            + model.len();
+        let pick_id = |k: u64| (k % 4) as u32;
+        let page = |k: u64| PAGE_SIZE * (k % 48);
+        let len = |k: u64| {
+            if k & 0x80 != 0 {
+                (k & 0x7f) + 1
+            } else {
+                PAGE_SIZE * ((k % 6) + 1)
+            }
+        };
+        let va = |k: u64| 0x100_0000 + PAGE_SIZE * (k % 16) + if k & 0x40 != 0 { 0x10 } else { 0 };
+        match b(0) % 10 {
+            0 => {
+                let (r, back) = call(
+                    Cmd::IoasAlloc,
+                    IoasAlloc {
+                        size: 12,
+                        ..Default::default()
+                    }
+                    .as_bytes(),
+                );
+                let got = IoasAlloc::read_from_bytes(&back).expect("size").out_ioas_id;
+                let want = (1..).find(|i| !model.contains_key(i)).expect("an id");
+                assert_eq!((r, got), (Ok(()), want), "IOAS_ALLOC");
+                model.insert(want, ModelIoas::default());
+            }
+            1 => {
+                let id = pick_id(b(1));
+                let (r, _) = call(Cmd::Destroy, Destroy { size: 8, id }.as_bytes());
+                let want = if model.remove(&id).is_some() {
+                    Ok(())
+                } else {
+                    Err(Errno::ENOENT)
+                };
+                assert_eq!(r, want, "DESTROY {id}");
+            }
+            op @ (2 | 3) => {
+                let id = pick_id(b(1));
+                let fixed = op == 2;
+                let (v, l) = (va(b(2)), len(b(3)));
+                let write = b(4) & 1 == 0;
+                let flags = ioas_map::READABLE
+                    | if write { ioas_map::WRITEABLE } else { 0 }
+                    | if fixed { ioas_map::FIXED_IOVA } else { 0 };
+                let iova = page(b(5));
+                let c = IoasMap {
+                    size: 40,
+                    flags,
+                    ioas_id: id,
+                    user_va: v,
+                    length: l,
+                    iova,
+                    ..Default::default()
+                };
+                let (r, back) = call(Cmd::IoasMap, c.as_bytes());
+                let got = IoasMap::read_from_bytes(&back).expect("size").iova;
+                let Some(m) = model.get_mut(&id) else {
+                    assert_eq!(r, Err(Errno::ENOENT), "MAP into no IOAS");
+                    continue;
+                };
+                if fixed {
+                    let last = iova + l - 1;
+                    let want = if m.overlaps_reserved(iova, last) {
+                        Err(Errno::EINVAL)
+                    } else if m.overlaps_area(iova, last) {
+                        Err(Errno::EEXIST)
+                    } else {
+                        Ok(())
+                    };
+                    assert_eq!(r, want, "MAP fixed {iova:#x}+{l:#x}");
+                    if want.is_ok() {
+                        m.areas.insert(iova, (last, v, write, write));
+                    }
+                } else {
+                    match r {
+                        Err(Errno::ENOSPC) => {}
+                        Err(e) => panic!("MAP auto: {e:?}"),
+                        Ok(()) => {
+                            let last = got + l - 1;
+                            assert!(got >= PAGE_SIZE && last <= u64::MAX - PAGE_SIZE, "{got:#x}");
+                            assert!(!m.overlaps_area(got, last) && !m.overlaps_reserved(got, last));
+                            if !m.allowed.is_empty() {
+                                // Inside the union of the allowed ranges
+                                // (adjacent ones make one span, as in Linux).
+                                let mut at = got;
+                                while at <= last {
+                                    let Some(&(_, al)) =
+                                        m.allowed.iter().find(|&&(s, al)| s <= at && at <= al)
+                                    else {
+                                        panic!("{got:#x}+{l:#x} leaves {:x?}", m.allowed);
+                                    };
+                                    match al.checked_add(1) {
+                                        Some(n) => at = n,
+                                        None => break,
+                                    }
+                                }
+                            }
+                            let off = v % PAGE_SIZE;
+                            let align = l
+                                .next_power_of_two()
+                                .min(1 << v.trailing_zeros())
+                                .min(2 << 20);
+                            // Linux ORs the page offset into an IOVA aligned
+                            // to `align`: exact when `align` is at least a
+                            // page, only its bits set when it is less.
+                            assert_eq!(got & off, off, "page offset bits");
+                            assert_eq!((got & !off) % align, 0, "aligned to {align:#x}");
+                            if align >= PAGE_SIZE {
+                                assert_eq!(got % PAGE_SIZE, off, "page offset");
+                            }
+                            m.areas.insert(got, (last, v, write, write));
+                        }
+                    }
+                }
+            }
+            4 => {
+                let id = pick_id(b(1));
+                // Half the time an existing area, whole or with its neighbours.
+                let area = model.get(&id).and_then(|m| {
+                    m.areas
+                        .iter()
+                        .nth(b(2) as usize % m.areas.len().max(1))
+                        .map(|(&i, &(l, ..))| (i, l))
+                });
+                let (iova, l) = match (area, b(4) & 1) {
+                    (Some((i, al)), 0) => (i, (al - i + 1) + PAGE_SIZE * (b(3) % 3)),
+                    _ => (page(b(2)), len(b(3)) * (b(4) % 4 + 1)),
+                };
+                let (r, back) = call(
+                    Cmd::IoasUnmap,
+                    IoasUnmap {
+                        size: 24,
+                        ioas_id: id,
+                        iova,
+                        length: l,
+                    }
+                    .as_bytes(),
+                );
+                let got = IoasUnmap::read_from_bytes(&back).expect("size").length;
+                let Some(m) = model.get_mut(&id) else {
+                    assert_eq!(r, Err(Errno::ENOENT));
+                    continue;
+                };
+                let last = iova + l - 1;
+                let hit: Vec<(u64, u64)> = m
+                    .areas
+                    .iter()
+                    .filter(|(&i, &(al, ..))| hits((i, al), (iova, last)))
+                    .map(|(&i, &(al, ..))| (i, al))
+                    .collect();
+                let mut removed = 0;
+                let mut want = Ok(());
+                for (i, al) in hit {
+                    if i < iova || al > last {
+                        want = Err(Errno::ENOENT);
+                        break;
+                    }
+                    m.areas.remove(&i);
+                    removed += al - i + 1;
+                }
+                if want.is_ok() && removed == 0 {
+                    want = Err(Errno::ENOENT);
+                }
+                assert_eq!(r, want, "UNMAP {iova:#x}+{l:#x}");
+                if r.is_ok() {
+                    assert_eq!(got, removed);
+                }
+            }
+            5 => {
+                let id = pick_id(b(1));
+                let (r, back) = call(
+                    Cmd::IoasUnmap,
+                    IoasUnmap {
+                        size: 24,
+                        ioas_id: id,
+                        iova: 0,
+                        length: u64::MAX,
+                    }
+                    .as_bytes(),
+                );
+                match model.get_mut(&id) {
+                    None => assert_eq!(r, Err(Errno::ENOENT)),
+                    Some(m) => {
+                        let all: u64 = m.areas.iter().map(|(&i, &(l, ..))| l - i + 1).sum();
+                        m.areas.clear();
+                        assert_eq!(r, Ok(()));
+                        assert_eq!(IoasUnmap::read_from_bytes(&back).expect("size").length, all);
+                    }
+                }
+            }
+            6 => {
+                let (src, dst) = (pick_id(b(1)), pick_id(b(1) >> 2));
+                let area = model.get(&src).and_then(|m| {
+                    m.areas
+                        .iter()
+                        .nth(b(2) as usize % m.areas.len().max(1))
+                        .map(|(&i, &(l, ..))| (i, l))
+                });
+                let (siova, l) = match (area, b(6) & 1) {
+                    (Some((i, al)), 0) => (i, al - i + 1),
+                    _ => (page(b(2)), len(b(3))),
+                };
+                let diova = page(b(5)) + 0x100_0000 * (b(6) >> 7);
+                let write = b(4) & 1 == 0;
+                let flags = ioas_map::READABLE
+                    | ioas_map::FIXED_IOVA
+                    | if write { ioas_map::WRITEABLE } else { 0 };
+                let c = IoasCopy {
+                    size: 40,
+                    flags,
+                    dst_ioas_id: dst,
+                    src_ioas_id: src,
+                    length: l,
+                    dst_iova: diova,
+                    src_iova: siova,
+                };
+                let (r, _) = call(Cmd::IoasCopy, c.as_bytes());
+                let (Some(sm), true) = (model.get(&src).cloned(), model.contains_key(&dst)) else {
+                    assert_eq!(r, Err(Errno::ENOENT), "COPY between missing IOASes");
+                    continue;
+                };
+                // The source: contiguous areas from `siova` on.
+                let mut slices = Vec::new();
+                let mut cur = siova;
+                let last = siova + l - 1;
+                let mut gap = false;
+                loop {
+                    let Some((&i, &(al, u, _, pw))) = sm
+                        .areas
+                        .range(..=cur)
+                        .next_back()
+                        .filter(|(_, &(al, ..))| al >= cur)
+                    else {
+                        gap = true;
+                        break;
+                    };
+                    let end = last.min(al);
+                    slices.push((end - cur + 1, u + (cur - i), pw));
+                    if end == last {
+                        break;
+                    }
+                    cur = end + 1;
+                }
+                let dm = model.get_mut(&dst).expect("checked");
+                let dlast = diova + l - 1;
+                let want = if gap {
+                    Err(Errno::ENOENT)
+                } else if dm.overlaps_reserved(diova, dlast) {
+                    Err(Errno::EINVAL)
+                } else if dm.overlaps_area(diova, dlast) {
+                    Err(Errno::EEXIST)
+                } else if write && slices.iter().any(|s| !s.2) {
+                    Err(Errno::EPERM)
+                } else {
+                    Ok(())
+                };
+                assert_eq!(r, want, "COPY {src}:{siova:#x} -> {dst}:{diova:#x} +{l:#x}");
+                if want.is_ok() {
+                    let mut at = diova;
+                    // The copy's protection, over the source's pages.
+                    for (n, u, pw) in slices {
+                        dm.areas.insert(at, (at + n - 1, u, write, pw));
+                        at += n;
+                    }
+                }
+            }
+            7 => {
+                let id = pick_id(b(1));
+                let n = (b(2) % 3) as usize;
+                let ranges: Vec<(u64, u64)> = (0..n)
+                    .map(|k| {
+                        let s = page(b(3 + 2 * k));
+                        (s, s + len(b(4 + 2 * k)) * 4 - 1)
+                    })
+                    .collect();
+                for (i, &(start, last)) in ranges.iter().enumerate() {
+                    mem.write(RANGES + 16 * i as u64, IovaRange { start, last }.as_bytes())
+                        .expect("fits");
+                }
+                let c = IoasAllowIovas {
+                    size: 24,
+                    ioas_id: id,
+                    num_iovas: n as u32,
+                    allowed_iovas: RANGES,
+                    ..Default::default()
+                };
+                let (r, _) = call(Cmd::IoasAllowIovas, c.as_bytes());
+                let Some(m) = model.get_mut(&id) else {
+                    assert_eq!(r, Err(Errno::ENOENT));
+                    continue;
+                };
+                let bad = ranges
+                    .iter()
+                    .enumerate()
+                    .any(|(i, a)| a.0 >= a.1 || ranges[..i].iter().any(|b| hits(*a, *b)));
+                let want = if bad {
+                    Err(Errno::EINVAL)
+                } else if ranges.iter().any(|&(s, l)| m.overlaps_reserved(s, l)) {
+                    Err(Errno::EADDRINUSE)
+                } else {
+                    Ok(())
+                };
+                assert_eq!(r, want, "ALLOW_IOVAS {ranges:x?}");
+                if want.is_ok() {
+                    m.allowed = ranges;
+                }
+            }
+            8 => {
+                let id = pick_id(b(1));
+                let (s, l) = (page(b(2)), len(b(3)));
+                let (Ok(ioas), Some(m)) = (ctx.ioas(id), model.get_mut(&id)) else {
+                    continue;
+                };
+                let r = ioas.lock().unwrap_or_else(|e| e.into_inner()).iopt.reserve(
+                    s,
+                    s + l - 1,
+                    b(4) % 2,
+                );
+                let want = if m.overlaps_area(s, s + l - 1)
+                    || m.allowed.iter().any(|&a| hits(a, (s, s + l - 1)))
+                {
+                    Err(Errno::EADDRINUSE)
+                } else {
+                    Ok(())
+                };
+                assert_eq!(r, want, "reserve {s:#x}+{l:#x}");
+                if r.is_ok() {
+                    m.reserved.push((s, s + l - 1));
+                }
+            }
+            _ => {
+                let id = pick_id(b(1));
+                let c = IoasIovaRanges {
+                    size: 32,
+                    ioas_id: id,
+                    num_iovas: 8,
+                    allowed_iovas: RANGES,
+                    ..Default::default()
+                };
+                let (r, back) = call(Cmd::IoasIovaRanges, c.as_bytes());
+                let Some(m) = model.get(&id) else {
+                    assert_eq!(r, Err(Errno::ENOENT));
+                    continue;
+                };
+                let n = IoasIovaRanges::read_from_bytes(&back)
+                    .expect("size")
+                    .num_iovas as usize;
+                // The holes between reservations, from 0 to the top.
+                let mut used = m.reserved.clone();
+                used.sort_unstable();
+                let mut holes = Vec::new();
+                let mut at = Some(0u64);
+                for (s, l) in used {
+                    if let Some(a) = at {
+                        if s > a {
+                            holes.push((a, s - 1));
+                        }
+                        if l.checked_add(1).is_none_or(|n| n > a) {
+                            at = l.checked_add(1);
+                        }
+                    }
+                }
+                if let Some(a) = at {
+                    holes.push((a, u64::MAX));
+                }
+                assert_eq!(n, holes.len(), "IOVA_RANGES count");
+                assert_eq!(r, if n > 8 { Err(Errno::EMSGSIZE) } else { Ok(()) });
+                for (i, h) in holes.iter().take(8).enumerate() {
+                    let mut e = [0u8; 16];
+                    mem.read(RANGES + 16 * i as u64, &mut e).expect("fits");
+                    let got = IovaRange::read_from_bytes(&e).expect("size");
+                    assert_eq!((got.start, got.last), *h, "range {i}");
+                }
+            }
+        }
+        let after: usize = model
+            .values()
+            .map(|m| m.areas.len() + m.reserved.len() + m.allowed.len())
+            .sum::<usize>()
+            + model.len();
+        if before != after || b(0) % 10 == 9 {
+            done[(b(0) % 10) as usize] += 1;
+        }
+        // Every IOAS holds exactly the model's areas.
+        for (&id, m) in &model {
+            let ioas = ctx.ioas(id).expect("the model's IOAS exists");
+            let g = ioas.lock().unwrap_or_else(|e| e.into_inner());
+            let got: ModelAreas = g
+                .iopt
+                .areas()
+                .map(|a| {
+                    (
+                        a.iova,
+                        (
+                            a.last,
+                            a.uaddr(a.iova),
+                            a.prot.contains(iommu_types::Prot::WRITE),
+                            a.pages.writable,
+                        ),
+                    )
+                })
+                .collect();
+            assert_eq!(got, m.areas, "IOAS {id}'s areas");
+        }
+        assert_eq!(ctx.ids(), model.keys().copied().collect::<Vec<_>>());
+    }
+    done
+}
