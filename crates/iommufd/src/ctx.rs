@@ -7,15 +7,18 @@
 //! an object only while nothing else holds it (`EBUSY`), and a wrong id
 //! or type is `ENOENT`.
 //!
-//! The commands built so far are `IOMMU_DESTROY` and the IOAS commands
-//! (`IOAS_ALLOC`, `MAP`, `UNMAP`, `COPY`, `IOVA_RANGES`, `ALLOW_IOVAS`);
-//! the others answer `EOPNOTSUPP` until their layer exists.
+//! The commands built so far are `IOMMU_DESTROY`, the IOAS commands
+//! (`IOAS_ALLOC`, `MAP`, `UNMAP`, `COPY`, `IOVA_RANGES`, `ALLOW_IOVAS`)
+//! and `HWPT_ALLOC` of paging HWPTs; devices are bound and attached
+//! through [`Ictx::bind`] and [`Ictx::attach`] (VFIO's part in Linux).
+//! The others answer `EOPNOTSUPP` until their layer exists.
 
-use crate::iopt::{IoPagetable, PagesSlice, IOVA_MAX};
+use crate::iopt::{Area, IoPagetable, PagesSlice, IOVA_MAX};
 use crate::uapi::{self, ioas_map, Cmd, Ucmd};
 use alloc::collections::BTreeMap;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
+use iommu_core::Domain;
 use iommu_types::{Errno, Prot};
 use std::sync::Mutex;
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
@@ -44,11 +47,65 @@ pub const MAX_ALLOWED_RANGES: u32 = 1 << 16;
 /// The largest object id (`xa_limit_31b`).
 pub const MAX_ID: u32 = (1 << 31) - 1;
 
-/// An I/O address space (Linux's `struct iommufd_ioas`).
+/// An I/O address space (Linux's `struct iommufd_ioas`): its I/O page
+/// table and the domains filled from it (its paging HWPTs').
 #[derive(Debug, Default)]
 pub struct Ioas {
     /// Its I/O page table.
     pub iopt: IoPagetable,
+    /// The domains every area is mapped into, by HWPT id.
+    pub(crate) domains: Vec<(u32, Domain)>,
+}
+
+impl Ioas {
+    /// Maps `areas` into every domain, all or nothing (Linux's
+    /// `iopt_area_fill_domains`).
+    pub(crate) fn fill(&self, areas: &[Area]) -> Result<(), Errno> {
+        for (i, (_, d)) in self.domains.iter().enumerate() {
+            if let Err(e) = fill_domain(d, areas) {
+                for (_, done) in &self.domains[..i] {
+                    let _ = unfill_domain(done, areas);
+                }
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    /// Unmaps `areas` from every domain (strict: invalidated before this
+    /// returns). Every domain is emptied of them even when an
+    /// invalidation fails; the first failure is returned: the device may
+    /// still reach those pages until a later invalidation completes.
+    pub(crate) fn unfill(&self, areas: &[Area]) -> Result<(), Errno> {
+        let mut r = Ok(());
+        for (_, d) in &self.domains {
+            r = r.and(unfill_domain(d, areas));
+        }
+        r
+    }
+}
+
+/// Maps `areas` into `d`; on failure unmaps what it mapped.
+pub(crate) fn fill_domain(d: &Domain, areas: &[Area]) -> Result<(), Errno> {
+    for (i, a) in areas.iter().enumerate() {
+        let pa = iommu_types::PhysAddr::new(a.uaddr(a.iova));
+        if let Err(e) = d.map(iommu_types::Iova::new(a.iova), pa, a.length(), a.prot) {
+            let _ = unfill_domain(d, &areas[..i]);
+            return Err(e);
+        }
+    }
+    Ok(())
+}
+
+/// Unmaps `areas` from `d`; the first invalidation failure is returned.
+pub(crate) fn unfill_domain(d: &Domain, areas: &[Area]) -> Result<(), Errno> {
+    let mut r = Ok(());
+    for a in areas {
+        if let Err(e) = d.unmap(iommu_types::Iova::new(a.iova), a.length()) {
+            r = r.and(Err(e.errno));
+        }
+    }
+    r
 }
 
 /// What an id names.
@@ -56,13 +113,20 @@ pub struct Ioas {
 pub enum Object {
     /// An IOAS.
     Ioas(Arc<Mutex<Ioas>>),
+    /// A bound device.
+    Device(Arc<crate::device::IDevice>),
+    /// A paging HWPT (a domain filled from an IOAS).
+    HwptPaging(Arc<crate::device::HwptPaging>),
 }
 
 impl Object {
-    /// References held besides the context's own (Linux's `users` minus one).
+    /// References held besides the context's own (Linux's `users` minus
+    /// one). A device is held by its binding until it is unbound.
     fn users(&self) -> usize {
         match self {
             Object::Ioas(a) => Arc::strong_count(a) - 1,
+            Object::Device(_) => 1,
+            Object::HwptPaging(h) => Arc::strong_count(h) - 1,
         }
     }
 }
@@ -71,11 +135,15 @@ impl Object {
 #[derive(Debug, Default)]
 pub struct Ictx {
     objects: Mutex<BTreeMap<u32, Object>>,
+    /// The DMA owner of every group a device is bound through.
+    pub(crate) owner: iommu_core::DmaOwner,
+    /// Groups with a bound device, by group id.
+    pub(crate) groups: Mutex<BTreeMap<u32, crate::device::IGroup>>,
 }
 
 /// Locks `m`; a panic elsewhere does not make the state unusable (every
 /// change is made whole or not at all).
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
@@ -95,7 +163,7 @@ impl Ictx {
     }
 
     /// Installs `obj` at the lowest free id.
-    fn insert(&self, obj: Object) -> Result<u32, Errno> {
+    pub(crate) fn insert(&self, obj: Object) -> Result<u32, Errno> {
         let mut objects = lock(&self.objects);
         let mut id = 1u32;
         for &k in objects.keys() {
@@ -154,10 +222,20 @@ impl Ictx {
             }
             objects.remove(&id)
         };
-        if let Some(Object::Ioas(a)) = obj {
-            lock(&a).iopt.unmap_all();
+        match obj {
+            Some(Object::Ioas(a)) => {
+                lock(&a).iopt.unmap_all();
+            }
+            Some(Object::HwptPaging(h)) => h.release(id),
+            _ => {}
         }
         Ok(())
+    }
+
+    /// Removes object `id` whatever holds it (an unbound device, an
+    /// automatic HWPT its last device left).
+    pub(crate) fn remove(&self, id: u32) -> Option<Object> {
+        lock(&self.objects).remove(&id)
     }
 
     /// Runs the ioctl `num` whose argument is at `arg` in `mem`, as
@@ -252,7 +330,43 @@ impl Ictx {
                 let r = lock(&ioas).iopt.set_allowed(&ranges);
                 r
             }
+            Cmd::HwptAlloc => {
+                let mut c: uapi::HwptAlloc = get(&ucmd)?;
+                c.out_hwpt_id = self.hwpt_alloc_cmd(&c)?;
+                let id = c.out_hwpt_id;
+                respond(c.as_bytes()).inspect_err(|_| {
+                    let _ = self.destroy(id);
+                })
+            }
             _ => Err(Errno::EOPNOTSUPP),
+        }
+    }
+
+    /// `IOMMU_HWPT_ALLOC` (Linux's `iommufd_hwpt_alloc`) for a paging
+    /// HWPT over an IOAS. Nested HWPTs (over a HWPT or a vIOMMU) and
+    /// fault queues are not built yet (`EOPNOTSUPP`).
+    fn hwpt_alloc_cmd(&self, c: &uapi::HwptAlloc) -> Result<u32, Errno> {
+        use crate::uapi::{hwpt_alloc, hwpt_data};
+        if c.reserved != 0 {
+            return Err(Errno::EOPNOTSUPP);
+        }
+        if (c.data_type == hwpt_data::NONE) != (c.data_len == 0) {
+            return Err(Errno::EINVAL);
+        }
+        self.device(c.dev_id)?;
+        let pt = self.object(c.pt_id).ok_or(Errno::EINVAL)?;
+        match pt {
+            Object::Ioas(_) => {
+                let known =
+                    hwpt_alloc::NEST_PARENT | hwpt_alloc::DIRTY_TRACKING | hwpt_alloc::PASID;
+                if c.flags & !known != 0 || c.data_len != 0 {
+                    return Err(Errno::EOPNOTSUPP);
+                }
+                let flags = iommu_core::PagingFlags::from_bits(c.flags).ok_or(Errno::EOPNOTSUPP)?;
+                self.hwpt_alloc(c.dev_id, c.pt_id, flags)
+            }
+            Object::HwptPaging(_) => Err(Errno::EOPNOTSUPP),
+            Object::Device(_) => Err(Errno::EINVAL),
         }
     }
 
@@ -274,7 +388,8 @@ impl Ictx {
         let ioas = self.ioas(c.ioas_id)?;
         let iova = (c.flags & ioas_map::FIXED_IOVA != 0).then_some(c.iova);
         let mut g = lock(&ioas);
-        g.iopt.map_user(c.user_va, c.length, iova, prot)
+        let iova = g.iopt.map_user(c.user_va, c.length, iova, prot)?;
+        fill_new(&mut g, iova, c.length)
     }
 
     /// `IOMMU_IOAS_UNMAP` (Linux's `iommufd_ioas_unmap`): returns the
@@ -287,17 +402,25 @@ impl Ictx {
     pub fn ioas_unmap(&self, ioas_id: u32, iova: u64, length: u64) -> Result<u64, Errno> {
         let ioas = self.ioas(ioas_id)?;
         let mut g = lock(&ioas);
-        if iova == 0 && length == u64::MAX {
-            return Ok(g.iopt.unmap_all());
+        let (removed, err) = if iova == 0 && length == u64::MAX {
+            (g.iopt.unmap_all(), None)
+        } else {
+            if beyond(iova) || beyond(length) {
+                return Err(Errno::EOVERFLOW);
+            }
+            match g.iopt.unmap(iova, length) {
+                Ok(v) if v.is_empty() => (v, Some(Errno::ENOENT)),
+                Ok(v) => (v, None),
+                Err((e, v)) => (v, Some(e)),
+            }
+        };
+        // What left the table leaves the domains, whatever the answer.
+        let synced = g.unfill(&removed);
+        if let Some(e) = err {
+            return Err(e);
         }
-        if beyond(iova) || beyond(length) {
-            return Err(Errno::EOVERFLOW);
-        }
-        match g.iopt.unmap(iova, length) {
-            Ok(0) => Err(Errno::ENOENT),
-            Ok(n) => Ok(n),
-            Err((e, _)) => Err(e),
-        }
+        synced?;
+        Ok(removed.iter().map(Area::length).sum())
     }
 
     /// `IOMMU_IOAS_COPY` (Linux's `iommufd_ioas_copy`): maps the pages
@@ -325,8 +448,25 @@ impl Ictx {
         let dst = self.ioas(c.dst_ioas_id)?;
         let iova = (c.flags & ioas_map::FIXED_IOVA != 0).then_some(c.dst_iova);
         let mut g = lock(&dst);
-        g.iopt.map_pages(&slices, c.length, iova, prot)
+        let iova = g.iopt.map_pages(&slices, c.length, iova, prot)?;
+        fill_new(&mut g, iova, c.length)
     }
+}
+
+/// Maps the areas just made at `[iova, iova + length)` into the IOAS's
+/// domains; if a domain refuses, the areas go again (all or nothing).
+fn fill_new(g: &mut Ioas, iova: u64, length: u64) -> Result<u64, Errno> {
+    let areas: Vec<Area> = g
+        .iopt
+        .areas()
+        .filter(|a| a.iova >= iova && a.last <= iova + (length - 1))
+        .cloned()
+        .collect();
+    if let Err(e) = g.fill(&areas) {
+        let _ = g.iopt.unmap(iova, length);
+        return Err(e);
+    }
+    Ok(iova)
 }
 
 /// Linux's `value >= ULONG_MAX` check of a user's IOVA or length: on a

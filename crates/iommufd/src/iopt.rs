@@ -419,26 +419,24 @@ impl IoPagetable {
     }
 
     /// Removes every area inside `[start, last]` (Linux's
-    /// `iopt_unmap_iova_range`), in IOVA order, and returns the bytes
-    /// removed. An area the range cuts stops it with `ENOENT`; what was
-    /// removed before stays removed (as in Linux), and is returned with
-    /// the error.
-    pub fn unmap_range(&mut self, start: u64, last: u64) -> Result<u64, (Errno, u64)> {
-        let mut unmapped = 0u64;
+    /// `iopt_unmap_iova_range`), in IOVA order, and returns them. An area
+    /// the range cuts stops it with `ENOENT`; what was removed before
+    /// stays removed (as in Linux), and is returned with the error.
+    pub fn unmap_range(&mut self, start: u64, last: u64) -> Result<Vec<Area>, (Errno, Vec<Area>)> {
+        let mut removed = Vec::new();
         let mut from = start;
         while let Some(a) = self.first_area(from, last) {
             let (first, alast) = (a.iova, a.last);
             if first < start || alast > last {
-                return Err((Errno::ENOENT, unmapped));
+                return Err((Errno::ENOENT, removed));
             }
-            self.areas.remove(&first);
-            unmapped += alast - first + 1;
+            removed.extend(self.areas.remove(&first));
             match alast.checked_add(1) {
                 Some(n) if alast < last => from = n,
                 _ => break,
             }
         }
-        Ok(unmapped)
+        Ok(removed)
     }
 
     /// Unmaps `[iova, iova + length)` (Linux's `iopt_unmap_iova`).
@@ -446,19 +444,37 @@ impl IoPagetable {
     /// # Errors
     /// `EINVAL` for no length, `EOVERFLOW`, and as
     /// [`unmap_range`](Self::unmap_range).
-    pub fn unmap(&mut self, iova: u64, length: u64) -> Result<u64, (Errno, u64)> {
+    pub fn unmap(&mut self, iova: u64, length: u64) -> Result<Vec<Area>, (Errno, Vec<Area>)> {
         if length == 0 {
-            return Err((Errno::EINVAL, 0));
+            return Err((Errno::EINVAL, Vec::new()));
         }
-        let last = iova.checked_add(length - 1).ok_or((Errno::EOVERFLOW, 0))?;
+        let last = iova
+            .checked_add(length - 1)
+            .ok_or((Errno::EOVERFLOW, Vec::new()))?;
         self.unmap_range(iova, last)
     }
 
-    /// Unmaps everything; returns the bytes removed.
-    pub fn unmap_all(&mut self) -> u64 {
-        let n = self.areas.values().map(Area::length).sum();
-        self.areas.clear();
-        n
+    /// Unmaps everything; returns what was mapped.
+    pub fn unmap_all(&mut self) -> Vec<Area> {
+        core::mem::take(&mut self.areas).into_values().collect()
+    }
+
+    /// Sets the alignment every IOVA, length and page offset must have,
+    /// as attached domains' smallest page asks (Linux's
+    /// `iopt_table_add_domain`).
+    ///
+    /// # Errors
+    /// `EADDRINUSE` when an area is not aligned to it.
+    pub fn set_iova_alignment(&mut self, align: u64) -> Result<(), Errno> {
+        let mask = align.max(1) - 1;
+        let misaligned = self.areas.values().any(|a| {
+            a.iova & mask != 0 || a.length() & mask != 0 || (a.start_byte % PAGE_SIZE) & mask != 0
+        });
+        if align > self.iova_alignment && misaligned {
+            return Err(Errno::EADDRINUSE);
+        }
+        self.iova_alignment = align.max(1);
+        Ok(())
     }
 
     /// Replaces the allowed ranges (`IOMMU_IOAS_ALLOW_IOVAS`); an empty

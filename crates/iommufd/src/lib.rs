@@ -28,6 +28,7 @@
 extern crate alloc;
 
 pub mod ctx;
+pub mod device;
 pub mod iopt;
 #[cfg(feature = "test-utils")]
 pub mod testing;
