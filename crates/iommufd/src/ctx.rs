@@ -117,6 +117,12 @@ pub enum Object {
     Device(Arc<crate::device::IDevice>),
     /// A paging HWPT (a domain filled from an IOAS).
     HwptPaging(Arc<crate::device::HwptPaging>),
+    /// A nested HWPT (a domain a vIOMMU made from a guest's description).
+    HwptNested(Arc<crate::viommu::HwptNested>),
+    /// A vIOMMU over a nest-parent HWPT.
+    Viommu(Arc<crate::viommu::ViommuObj>),
+    /// A vDEVICE: a device's id in a vIOMMU.
+    Vdevice(Arc<crate::viommu::Vdevice>),
 }
 
 impl Object {
@@ -127,6 +133,9 @@ impl Object {
             Object::Ioas(a) => Arc::strong_count(a) - 1,
             Object::Device(_) => 1,
             Object::HwptPaging(h) => Arc::strong_count(h) - 1,
+            Object::HwptNested(h) => Arc::strong_count(h) - 1,
+            Object::Viommu(v) => Arc::strong_count(v) - 1,
+            Object::Vdevice(v) => Arc::strong_count(v) - 1,
         }
     }
 }
@@ -227,6 +236,9 @@ impl Ictx {
                 lock(&a).iopt.unmap_all();
             }
             Some(Object::HwptPaging(h)) => h.release(id),
+            Some(Object::Vdevice(v)) => {
+                let _ = v.viommu.viommu.vdevice_destroy(v.virt_id);
+            }
             _ => {}
         }
         Ok(())
@@ -332,11 +344,36 @@ impl Ictx {
             }
             Cmd::HwptAlloc => {
                 let mut c: uapi::HwptAlloc = get(&ucmd)?;
-                c.out_hwpt_id = self.hwpt_alloc_cmd(&c)?;
+                c.out_hwpt_id = self.hwpt_alloc_cmd(&c, mem)?;
                 let id = c.out_hwpt_id;
                 respond(c.as_bytes()).inspect_err(|_| {
                     let _ = self.destroy(id);
                 })
+            }
+            Cmd::ViommuAlloc => {
+                let mut c: uapi::ViommuAlloc = get(&ucmd)?;
+                c.out_viommu_id = self.viommu_alloc_cmd(&c, mem)?;
+                let id = c.out_viommu_id;
+                respond(c.as_bytes()).inspect_err(|_| {
+                    let _ = self.destroy(id);
+                })
+            }
+            Cmd::VdeviceAlloc => {
+                let mut c: uapi::VdeviceAlloc = get(&ucmd)?;
+                c.out_vdevice_id = self.vdevice_alloc(c.viommu_id, c.dev_id, c.virt_id)?;
+                let id = c.out_vdevice_id;
+                respond(c.as_bytes()).inspect_err(|_| {
+                    let _ = self.destroy(id);
+                })
+            }
+            Cmd::HwptInvalidate => {
+                let mut c: uapi::HwptInvalidate = get(&ucmd)?;
+                let (done, r) = self.hwpt_invalidate_cmd(&c, mem);
+                c.entry_num = done;
+                // The count goes back whatever happened (Linux: EFAULT
+                // only if it cannot).
+                respond(c.as_bytes()).map_err(|_| Errno::EFAULT)?;
+                r
             }
             _ => Err(Errno::EOPNOTSUPP),
         }
@@ -345,7 +382,7 @@ impl Ictx {
     /// `IOMMU_HWPT_ALLOC` (Linux's `iommufd_hwpt_alloc`) for a paging
     /// HWPT over an IOAS. Nested HWPTs (over a HWPT or a vIOMMU) and
     /// fault queues are not built yet (`EOPNOTSUPP`).
-    fn hwpt_alloc_cmd(&self, c: &uapi::HwptAlloc) -> Result<u32, Errno> {
+    fn hwpt_alloc_cmd(&self, c: &uapi::HwptAlloc, mem: &dyn UserMemory) -> Result<u32, Errno> {
         use crate::uapi::{hwpt_alloc, hwpt_data};
         if c.reserved != 0 {
             return Err(Errno::EOPNOTSUPP);
@@ -365,8 +402,11 @@ impl Ictx {
                 let flags = iommu_core::PagingFlags::from_bits(c.flags).ok_or(Errno::EOPNOTSUPP)?;
                 self.hwpt_alloc(c.dev_id, c.pt_id, flags)
             }
+            Object::Viommu(v) => self.hwpt_alloc_nested(c, &v, mem),
+            // Nesting through a paging HWPT (the driver's
+            // `domain_alloc_nested`): the core nests through vIOMMUs only.
             Object::HwptPaging(_) => Err(Errno::EOPNOTSUPP),
-            Object::Device(_) => Err(Errno::EINVAL),
+            _ => Err(Errno::EINVAL),
         }
     }
 

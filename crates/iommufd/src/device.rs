@@ -72,11 +72,37 @@ impl HwptPaging {
     }
 }
 
+/// A HWPT a group can be attached to.
+#[derive(Clone, Debug)]
+pub enum Hwpt {
+    /// A paging HWPT.
+    Paging(Arc<HwptPaging>),
+    /// A nested HWPT (made by a vIOMMU).
+    Nested(Arc<crate::viommu::HwptNested>),
+}
+
+impl Hwpt {
+    /// Its domain.
+    pub fn domain(&self) -> &Domain {
+        match self {
+            Hwpt::Paging(h) => &h.domain,
+            Hwpt::Nested(h) => &h.domain,
+        }
+    }
+
+    fn paging(&self) -> Option<&Arc<HwptPaging>> {
+        match self {
+            Hwpt::Paging(h) => Some(h),
+            Hwpt::Nested(_) => None,
+        }
+    }
+}
+
 /// A group with a bound device (Linux's `struct iommufd_group`).
 #[derive(Debug, Default)]
 pub struct IGroup {
     /// What the group is attached to, and its id.
-    pub(crate) hwpt: Option<(u32, Arc<HwptPaging>)>,
+    pub(crate) hwpt: Option<(u32, Hwpt)>,
     /// Bound devices of the group in this context.
     pub(crate) bound: BTreeSet<u32>,
     /// Attached devices.
@@ -226,7 +252,8 @@ impl Ictx {
     pub fn attach(&self, dev_id: u32, pt_id: u32) -> Result<u32, Errno> {
         let idev = self.device(dev_id)?;
         match self.object(pt_id) {
-            Some(Object::HwptPaging(h)) => self.attach_hwpt(dev_id, &idev, pt_id, &h),
+            Some(Object::HwptPaging(h)) => self.attach_hwpt(dev_id, &idev, pt_id, &Hwpt::Paging(h)),
+            Some(Object::HwptNested(h)) => self.attach_hwpt(dev_id, &idev, pt_id, &Hwpt::Nested(h)),
             Some(Object::Ioas(ioas)) => {
                 // An automatic HWPT of this IOAS the device accepts; a
                 // new one if none does.
@@ -236,13 +263,13 @@ impl Ictx {
                     .filter(|(_, h)| h.auto && Arc::ptr_eq(&h.ioas, &ioas))
                     .collect();
                 for (id, h) in autos {
-                    match self.attach_hwpt(dev_id, &idev, id, &h) {
+                    match self.attach_hwpt(dev_id, &idev, id, &Hwpt::Paging(h)) {
                         Err(Errno::EINVAL) => continue,
                         r => return r,
                     }
                 }
                 let id = self.new_hwpt(&idev, &ioas, PagingFlags::empty(), true)?;
-                let h = self.hwpt(id)?;
+                let h = Hwpt::Paging(self.hwpt(id)?);
                 self.attach_hwpt(dev_id, &idev, id, &h).inspect_err(|_| {
                     let _ = self.destroy(id);
                 })
@@ -266,7 +293,7 @@ impl Ictx {
         dev_id: u32,
         idev: &IDevice,
         hwpt_id: u32,
-        hwpt: &Arc<HwptPaging>,
+        hwpt: &Hwpt,
     ) -> Result<u32, Errno> {
         let mut groups = lock(&self.groups);
         let g = groups.entry(idev.group.id()).or_default();
@@ -277,15 +304,19 @@ impl Ictx {
             Some((id, _)) if *id != hwpt_id => return Err(Errno::EINVAL),
             _ => {}
         }
-        // The device's reserved regions, in the IOAS.
-        reserve_device(&mut lock(&hwpt.ioas), dev_id, &idev.dev)?;
+        // A paging HWPT's IOAS reserves the device's reserved regions.
+        if let Some(p) = hwpt.paging() {
+            reserve_device(&mut lock(&p.ioas), dev_id, &idev.dev)?;
+        }
         if g.hwpt.is_none() {
             let iommu = idev.group.iommu();
-            if let Err(e) = iommu.attach_group(&hwpt.domain, &idev.group) {
-                lock(&hwpt.ioas).iopt.remove_reserved(dev_owner(dev_id));
+            if let Err(e) = iommu.attach_group(hwpt.domain(), &idev.group) {
+                if let Some(p) = hwpt.paging() {
+                    lock(&p.ioas).iopt.remove_reserved(dev_owner(dev_id));
+                }
                 return Err(e);
             }
-            g.hwpt = Some((hwpt_id, Arc::clone(hwpt)));
+            g.hwpt = Some((hwpt_id, hwpt.clone()));
         }
         g.attached.insert(dev_id);
         Ok(hwpt_id)
@@ -306,17 +337,19 @@ impl Ictx {
                 return Err(Errno::EINVAL);
             }
             let (hwpt_id, hwpt) = g.hwpt.clone().ok_or(Errno::EINVAL)?;
-            lock(&hwpt.ioas).iopt.remove_reserved(dev_owner(dev_id));
+            if let Some(p) = hwpt.paging() {
+                lock(&p.ioas).iopt.remove_reserved(dev_owner(dev_id));
+            }
             if g.attached.is_empty() {
                 g.hwpt = None;
-                idev.group.iommu().detach_group(&hwpt.domain, &idev.group);
+                idev.group.iommu().detach_group(hwpt.domain(), &idev.group);
                 Some((hwpt_id, hwpt))
             } else {
                 None
             }
         };
         if let Some((id, hwpt)) = released {
-            if hwpt.auto {
+            if hwpt.paging().is_some_and(|p| p.auto) {
                 drop(hwpt);
                 let _ = self.destroy(id);
             }

@@ -307,7 +307,7 @@ impl IoPagetable {
     }
 
     /// Maps `slices` back to back, at `iova` or (for `None`) where
-    /// [`alloc_iova`](Self::alloc_iova) puts them, all or none (Linux's
+    /// Linux's automatic IOVA allocation puts them, all or none (Linux's
     /// `iopt_map_pages`). Returns the IOVA.
     ///
     /// # Errors

@@ -14,14 +14,18 @@
 //!   allowed and reserved ranges, IOVA allocation, and Linux's rules for
 //!   map, unmap and copy.
 //! - [`ctx`]: one open of `/dev/iommu`: objects by id, `IOMMU_DESTROY`,
-//!   and the ioctl entry for the IOAS commands, reading and writing the
-//!   caller's memory through [`ctx::UserMemory`].
+//!   and the ioctl entry, reading and writing the caller's memory through
+//!   [`ctx::UserMemory`].
+//! - [`device`]: bound devices (the group's DMA ownership claimed for the
+//!   context) and paging HWPTs: core domains filled from an IOAS and kept
+//!   in step with it, automatic HWPTs, Linux's attach rules.
+//! - [`viommu`]: vIOMMUs, vDEVICEs and nested HWPTs over the core's
+//!   `Viommu`, and the guest's invalidations (`IOMMU_HWPT_INVALIDATE`).
 //!
-//! Still to come: HWPTs and bound devices on the core's domains and DMA
-//! ownership, access objects, vIOMMUs over the core's
-//! [`Viommu`](https://docs.rs/iommu-core) (nesting is already in the
-//! core), fault and event queues, the selftest's mock, and the
-//! `/dev/iommu` preload library.
+//! Still to come: access objects, dirty tracking, fault and event queues,
+//! `IOMMU_OPTION`, `GET_HW_INFO`, PASID attach, the selftest's mock
+//! (`IOMMU_TEST_CMD`) and the `/dev/iommu` preload library that runs
+//! Linux's own selftest against this crate.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![forbid(unsafe_code)]
 
@@ -33,5 +37,6 @@ pub mod iopt;
 #[cfg(feature = "test-utils")]
 pub mod testing;
 pub mod uapi;
+pub mod viommu;
 
 pub use iommu_types::Errno;

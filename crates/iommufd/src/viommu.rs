@@ -1,0 +1,239 @@
+//! vIOMMUs, vDEVICEs and nested HWPTs (Linux's `viommu.c` and the nested
+//! part of `hw_pagetable.c`) over the core's [`iommu_core::Viommu`].
+//!
+//! A VMM gives its guest a virtual IOMMU: `IOMMU_VIOMMU_ALLOC` over a
+//! nest-parent paging HWPT (the stage 2 of guest memory), then
+//! `IOMMU_VDEVICE_ALLOC` names each passed-through device with the guest's
+//! id (an SMMUv3 vSID), `IOMMU_HWPT_ALLOC` on the vIOMMU turns a guest's
+//! description of a device's translation (a vSTE) into a nested HWPT the
+//! device attaches to, and `IOMMU_HWPT_INVALIDATE` on the vIOMMU passes
+//! the guest's invalidation commands on, checked and rewritten by the
+//! driver. Objects hold what they are made over: a vIOMMU its parent
+//! HWPT, a vDEVICE and a nested HWPT their vIOMMU, so none can be
+//! destroyed from under another (`EBUSY`).
+
+use crate::ctx::{Ictx, Object, UserMemory};
+use crate::device::HwptPaging;
+use crate::uapi;
+use alloc::sync::Arc;
+use alloc::vec;
+use iommu_core::{Domain, UserData, UserDataArray, Viommu};
+use iommu_types::Errno;
+
+/// The most bytes of driver data one command passes (a vSTE is 16); an
+/// absurd length is `ENOMEM`, as an allocation that large would be.
+pub const MAX_USER_DATA: u32 = 1 << 16;
+
+/// `IOMMU_HWPT_INVALIDATE`'s bounds (Linux's
+/// `IOMMU_HWPT_INVALIDATE_ENTRY_NUM_MAX` and a page per entry).
+pub const MAX_INVALIDATE_ENTRIES: u32 = 1 << 19;
+/// The largest entry `IOMMU_HWPT_INVALIDATE` takes.
+pub const MAX_INVALIDATE_ENTRY_LEN: u32 = 4096;
+/// The most bytes of entries one `IOMMU_HWPT_INVALIDATE` reads
+/// (`ENOMEM` beyond; Linux copies entries into a kernel buffer of the
+/// driver's entry size, here they are read as the user lays them out).
+pub const MAX_INVALIDATE_BYTES: u64 = 64 << 20;
+
+/// A vIOMMU object (Linux's `struct iommufd_viommu`).
+#[derive(Debug)]
+pub struct ViommuObj {
+    /// The core's vIOMMU.
+    pub viommu: Viommu,
+    /// The nest-parent HWPT it is made over.
+    pub parent: Arc<HwptPaging>,
+}
+
+/// A vDEVICE object (Linux's `struct iommufd_vdevice`).
+#[derive(Debug)]
+pub struct Vdevice {
+    /// Its vIOMMU.
+    pub viommu: Arc<ViommuObj>,
+    /// The bound device's id.
+    pub dev_id: u32,
+    /// The guest's id for it.
+    pub virt_id: u64,
+}
+
+/// A nested HWPT (Linux's `struct iommufd_hwpt_nested`).
+#[derive(Debug)]
+pub struct HwptNested {
+    /// The nested domain.
+    pub domain: Domain,
+    /// The vIOMMU that made it.
+    pub viommu: Arc<ViommuObj>,
+}
+
+/// Reads `len` bytes of driver data at `uptr`.
+fn read_data(mem: &dyn UserMemory, uptr: u64, len: u32) -> Result<vec::Vec<u8>, Errno> {
+    if len > MAX_USER_DATA {
+        return Err(Errno::ENOMEM);
+    }
+    let mut buf = vec![0u8; len as usize];
+    if len != 0 {
+        mem.read(uptr, &mut buf)?;
+    }
+    Ok(buf)
+}
+
+impl Ictx {
+    /// The vIOMMU `id`.
+    ///
+    /// # Errors
+    /// `ENOENT` for no object or another type.
+    pub fn viommu(&self, id: u32) -> Result<Arc<ViommuObj>, Errno> {
+        match self.object(id) {
+            Some(Object::Viommu(v)) => Ok(v),
+            _ => Err(Errno::ENOENT),
+        }
+    }
+
+    /// Makes a vIOMMU of type `ty` for device `dev_id`'s IOMMU over the
+    /// nest-parent HWPT `hwpt_id` (`IOMMU_VIOMMU_ALLOC`); returns its id.
+    ///
+    /// # Errors
+    /// `EOPNOTSUPP` for type 0 (`IOMMU_VIOMMU_TYPE_DEFAULT`) or a driver
+    /// that cannot nest; `ENOENT` for no such device or paging HWPT;
+    /// `EINVAL` for a HWPT that is not a nest parent or not this IOMMU's.
+    pub fn viommu_alloc(
+        &self,
+        dev_id: u32,
+        hwpt_id: u32,
+        ty: u32,
+        data: Option<&UserData<'_>>,
+    ) -> Result<u32, Errno> {
+        if ty == 0 {
+            return Err(Errno::EOPNOTSUPP);
+        }
+        let idev = self.device(dev_id)?;
+        let parent = self.hwpt(hwpt_id)?;
+        let iommu = idev.group.iommu();
+        let viommu = iommu.viommu_alloc(&idev.dev, &parent.domain, ty, data)?;
+        self.insert(Object::Viommu(Arc::new(ViommuObj { viommu, parent })))
+    }
+
+    pub(crate) fn viommu_alloc_cmd(
+        &self,
+        c: &uapi::ViommuAlloc,
+        mem: &dyn UserMemory,
+    ) -> Result<u32, Errno> {
+        if c.flags != 0 || c.r#type == 0 {
+            return Err(Errno::EOPNOTSUPP);
+        }
+        let data = read_data(mem, c.data_uptr, c.data_len)?;
+        let ud = UserData {
+            ty: c.r#type,
+            data: &data,
+        };
+        self.viommu_alloc(
+            c.dev_id,
+            c.hwpt_id,
+            c.r#type,
+            (c.data_len != 0).then_some(&ud),
+        )
+    }
+
+    /// Names device `dev_id` `virt_id` in vIOMMU `viommu_id`
+    /// (`IOMMU_VDEVICE_ALLOC`); returns the vDEVICE's id.
+    ///
+    /// # Errors
+    /// `ENOENT` for no such vIOMMU or device; `EINVAL` for a device of
+    /// another IOMMU; `EEXIST` for a device that already has a vDEVICE or
+    /// an id already taken; the driver's refusal.
+    pub fn vdevice_alloc(&self, viommu_id: u32, dev_id: u32, virt_id: u64) -> Result<u32, Errno> {
+        let v = self.viommu(viommu_id)?;
+        let idev = self.device(dev_id)?;
+        match idev.dev.iommu_ops() {
+            Some(ops) if v.parent.domain.is_owned_by(&ops) => {}
+            _ => return Err(Errno::EINVAL),
+        }
+        let taken = self
+            .ids()
+            .into_iter()
+            .any(|id| matches!(self.object(id), Some(Object::Vdevice(d)) if d.dev_id == dev_id));
+        if taken {
+            return Err(Errno::EEXIST);
+        }
+        v.viommu.vdevice_alloc(&idev.dev, virt_id)?;
+        let vdev = Arc::new(Vdevice {
+            viommu: Arc::clone(&v),
+            dev_id,
+            virt_id,
+        });
+        self.insert(Object::Vdevice(vdev)).inspect_err(|_| {
+            let _ = v.viommu.vdevice_destroy(virt_id);
+        })
+    }
+
+    /// Makes a nested HWPT from the guest's description (`IOMMU_HWPT_ALLOC`
+    /// on a vIOMMU).
+    pub(crate) fn hwpt_alloc_nested(
+        &self,
+        c: &uapi::HwptAlloc,
+        v: &Arc<ViommuObj>,
+        mem: &dyn UserMemory,
+    ) -> Result<u32, Errno> {
+        let idev = self.device(c.dev_id)?;
+        match idev.dev.iommu_ops() {
+            Some(ops) if v.parent.domain.is_owned_by(&ops) => {}
+            _ => return Err(Errno::EINVAL),
+        }
+        let data = read_data(mem, c.data_uptr, c.data_len)?;
+        let domain = v.viommu.alloc_domain_nested(
+            c.flags,
+            &UserData {
+                ty: c.data_type,
+                data: &data,
+            },
+        )?;
+        self.insert(Object::HwptNested(Arc::new(HwptNested {
+            domain,
+            viommu: Arc::clone(v),
+        })))
+    }
+
+    /// `IOMMU_HWPT_INVALIDATE` (Linux's `iommufd_hwpt_invalidate`):
+    /// returns the entries handled and the result.
+    pub(crate) fn hwpt_invalidate_cmd(
+        &self,
+        c: &uapi::HwptInvalidate,
+        mem: &dyn UserMemory,
+    ) -> (u32, Result<(), Errno>) {
+        if c.reserved != 0 {
+            return (0, Err(Errno::EOPNOTSUPP));
+        }
+        if c.entry_num != 0
+            && (c.data_uptr == 0
+                || c.entry_len == 0
+                || c.entry_len > MAX_INVALIDATE_ENTRY_LEN
+                || c.entry_num > MAX_INVALIDATE_ENTRIES)
+        {
+            return (0, Err(Errno::EINVAL));
+        }
+        let v = match self.object(c.hwpt_id) {
+            Some(Object::Viommu(v)) => v,
+            // The core's nested domains take their invalidations through
+            // their vIOMMU.
+            Some(Object::HwptNested(_)) => return (0, Err(Errno::EOPNOTSUPP)),
+            Some(_) => return (0, Err(Errno::EINVAL)),
+            None => return (0, Err(Errno::ENOENT)),
+        };
+        let total = u64::from(c.entry_len) * u64::from(c.entry_num);
+        if total > MAX_INVALIDATE_BYTES {
+            return (0, Err(Errno::ENOMEM));
+        }
+        let mut data = vec![0u8; total as usize];
+        if let Err(e) = mem.read(c.data_uptr, &mut data) {
+            return (0, Err(e));
+        }
+        let array = UserDataArray {
+            ty: c.data_type,
+            data: &data,
+            entry_len: c.entry_len as usize,
+            entry_num: c.entry_num,
+        };
+        match v.viommu.cache_invalidate(&array) {
+            Ok(()) => (c.entry_num, Ok(())),
+            Err(e) => (e.handled, Err(e.errno)),
+        }
+    }
+}
