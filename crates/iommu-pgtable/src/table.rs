@@ -1012,12 +1012,19 @@ impl<F: Format, M: TableMemory> IoPageTable<F, M> {
                     let Some(desc) = self.table_descriptor(new, lvl) else {
                         break Err(PgtableError::NoMemory);
                     };
-                    if self.cas(table, idx, pte, desc).is_ok() {
-                        spares -= 1;
-                        table = new;
-                        lvl += 1;
+                    match self.cas(table, idx, pte, desc) {
+                        Ok(_) => {
+                            spares -= 1;
+                            table = new;
+                            lvl += 1;
+                        }
+                        // Nothing raced, yet the slot was not written: the
+                        // memory refuses it (a guest-memory backing outside
+                        // its range). Retrying would spin for ever.
+                        Err(now) if now == pte => break Err(PgtableError::NoMemory),
+                        // Another thread installed a table first: look again.
+                        Err(_) => {}
                     }
-                    // Else another thread installed a table first: look again.
                 }
             }
         };

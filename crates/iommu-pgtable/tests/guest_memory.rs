@@ -126,3 +126,26 @@ fn a_table_address_no_descriptor_can_hold_is_out_of_memory() {
     // The tables it allocated for the walk went back.
     assert_eq!(tables.table_pages(), before);
 }
+
+/// A table descriptor someone else wrote, pointing outside the memory:
+/// the missing table below it cannot be installed (the memory refuses
+/// the write), and the map says so instead of trying again for ever.
+#[test]
+fn a_table_outside_the_memory_is_an_error_not_a_spin() {
+    let mem = GuestTableMemory::new(guest(), TABLES_AT, 0x10_0000);
+    let pt = IoPageTable::new(Lpae::stage1_4k(48, 48).unwrap(), &mem).unwrap();
+    // Level 0 entry 0: a table at 64 GiB, far past the 16 MiB of memory.
+    let desc: u64 = 0x10_0000_0000 | 0b11;
+    mem.guest_memory()
+        .write_obj(desc, GuestAddress(pt.root().raw()))
+        .unwrap();
+    let r = pt.map_pages(
+        Iova::new(0x1000),
+        PhysAddr::new(0x20_0000),
+        SZ_4K,
+        1,
+        Prot::RW,
+    );
+    assert_eq!(r.map(|_| ()), Err(PgtableError::NoMemory));
+    assert_eq!(pt.iova_to_phys(Iova::new(0x1000)), None);
+}
