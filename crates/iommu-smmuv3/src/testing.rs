@@ -279,6 +279,7 @@ pub fn run_nested(data: &[u8]) -> NestedRun {
     let guest = NestedGuest::new(&plat, RAM.0, RAM.1 / 2, 5);
     let mut attached: Option<iommu_core::Domain> = None;
     let mut run = NestedRun::default();
+    let mut wild = false;
 
     let reachable = |pa: u64, mapped: &[bool]| {
         (RAM.0..RAM.0 + RAM.1).contains(&pa)
@@ -301,9 +302,13 @@ pub fn run_nested(data: &[u8]) -> NestedRun {
         let b = word(arg.get(8..).unwrap_or(&[]));
         match op % 9 {
             // The guest scribbles over its own RAM (its CD, its tables).
+            // Once it has written over the half its table code keeps
+            // (`NestedGuest`), that code is done with: a real guest's
+            // driver would be as confused; it maps no more through it.
             0 => {
                 let at = (RAM.0 + a % (RAM.1 - 8)) & !7;
                 let _ = plat.memory.write_obj(b, GuestAddress(at));
+                wild |= at < RAM.0 + RAM.1 / 2;
             }
             // The guest maps a VA of its choice to an IPA of its choice.
             1 => {
@@ -313,8 +318,12 @@ pub fn run_nested(data: &[u8]) -> NestedRun {
                     2 => RAM.0 + (((b >> 8) % RAM.1) & !0xfff),
                     _ => (b >> 8) & 0xff_ffff_f000,
                 };
-                let _ = guest.map(va, ipa);
-                probe_at.push(va);
+                if !wild {
+                    let _ = guest.map(va, ipa);
+                }
+                if !probe_at.contains(&va) {
+                    probe_at.push(va);
+                }
             }
             // A vSTE: the guest's own, or anything.
             2 | 3 => {
@@ -362,9 +371,9 @@ pub fn run_nested(data: &[u8]) -> NestedRun {
             }
             // vDEVICE churn: without its vSID a stage-1 vSTE cannot attach.
             6 => {
-                if viommu.vdevice_destroy(VSID).is_err() {
-                    let _ = viommu.vdevice_alloc(&dev, VSID);
-                }
+                let _ = viommu
+                    .vdevice_destroy(VSID)
+                    .or_else(|_| viommu.vdevice_alloc(&dev, VSID));
             }
             // Back to blocked.
             7 => {
@@ -373,7 +382,8 @@ pub fn run_nested(data: &[u8]) -> NestedRun {
                 }
             }
             // The guest unmaps a VA.
-            _ => guest.unmap((a & 0xff) << 12),
+            _ if !wild => guest.unmap((a & 0xff) << 12),
+            _ => {}
         }
         // The property, at every VA the guest mapped and a few it did not.
         let hw = &plat.hw;
