@@ -77,6 +77,29 @@ pub fn decode_any(data: &[u8]) {
     }
 }
 
+/// Issues `cmd` with `s` written at `at` in `mem`, as a program passes
+/// its structure; returns the result and the structure as the call left
+/// it (replies included, also after an error that writes one back).
+///
+/// # Panics
+/// When `at` cannot hold the structure.
+pub fn ioctl_at<T>(
+    ctx: &crate::ctx::Ictx,
+    mem: &dyn crate::ctx::UserMemory,
+    at: u64,
+    cmd: crate::uapi::Cmd,
+    s: &T,
+) -> (Result<(), Errno>, T)
+where
+    T: zerocopy::IntoBytes + zerocopy::FromBytes + zerocopy::Immutable,
+{
+    mem.write(at, s.as_bytes()).expect("room for the structure");
+    let r = ctx.ioctl(cmd.ioctl(), at, mem);
+    let mut back = vec![0u8; core::mem::size_of::<T>()];
+    mem.read(at, &mut back).expect("room for the structure");
+    (r, T::read_from_bytes(&back).expect("its size"))
+}
+
 /// A process's memory for tests: one window of bytes at `base`.
 pub struct Space {
     base: u64,
@@ -178,11 +201,11 @@ pub fn ioas_ops(data: &[u8]) -> [usize; 10] {
     let mem = Space::new(0x1000, 0x2000);
     let mut model: BTreeMap<u32, ModelIoas> = BTreeMap::new();
     let call = |cmd: Cmd, bytes: &[u8]| -> (Result<(), Errno>, Vec<u8>) {
-        mem.write(ARG, bytes).expect("the argument fits");
-        let r = ctx.ioctl(cmd.ioctl(), ARG, &mem);
-        let mut back = vec![0u8; bytes.len()];
-        mem.read(ARG, &mut back).expect("the argument fits");
-        (r, back)
+        // The structure as bytes of its own size, through `ioctl_at`.
+        let mut buf = [0u8; MAX_CMD_SIZE];
+        buf[..bytes.len()].copy_from_slice(bytes);
+        let (r, back) = ioctl_at(&ctx, &mem, ARG, cmd, &buf);
+        (r, back[..bytes.len()].to_vec())
     };
     let mut done = [0usize; 10];
     let mut steps = data.chunks(8).take(200);

@@ -35,11 +35,13 @@ impl Prog {
         cmd: Cmd,
         s: &T,
     ) -> Result<T, Errno> {
-        self.mem.write(ARG, s.as_bytes()).unwrap();
-        let r = self.ctx.ioctl(cmd.ioctl(), ARG, &self.mem);
-        let mut back = vec![0u8; std::mem::size_of::<T>()];
-        self.mem.read(ARG, &mut back).unwrap();
-        r.map(|()| T::read_from_bytes(&back).unwrap())
+        let (r, back) = iommufd::testing::ioctl_at(&self.ctx, &self.mem, ARG, cmd, s);
+        r.map(|()| back)
+    }
+
+    /// Runs `f` on IOAS `id`'s table (what no ioctl does yet: reserve).
+    fn iopt<R>(&self, id: u32, f: impl FnOnce(&mut iommufd::iopt::IoPagetable) -> R) -> R {
+        f(&mut self.ctx.ioas(id).unwrap().lock().unwrap().iopt)
     }
 
     fn ioas(&self) -> u32 {
@@ -183,14 +185,7 @@ fn a_map_takes_an_aligned_iova_avoiding_what_is_mapped_and_reserved() {
     }
     // A reserved range is avoided.
     let (rs, rl) = (PAGE_SIZE * 4, PAGE_SIZE * 104 - 1);
-    p.ctx
-        .ioas(ioas)
-        .unwrap()
-        .lock()
-        .unwrap()
-        .iopt
-        .reserve(rs, rl, 1)
-        .unwrap();
+    p.iopt(ioas, |t| t.reserve(rs, rl, 1)).unwrap();
     for n in 1..=10u64 {
         let len = PAGE_SIZE * n;
         let iova = p.map(ioas, BUFFER, len, None).unwrap();
@@ -275,17 +270,7 @@ fn map_refuses_what_linux_refuses() {
     for (c, e) in cases {
         assert_eq!(p.ioctl(Cmd::IoasMap, &c).err(), Some(e), "{c:?}");
     }
-    assert_eq!(
-        p.ctx
-            .ioas(ioas)
-            .unwrap()
-            .lock()
-            .unwrap()
-            .iopt
-            .areas()
-            .count(),
-        0
-    );
+    assert_eq!(p.iopt(ioas, |t| t.areas().count()), 0);
     // The reply goes where the caller's structure is: a bad pointer is EFAULT.
     assert_eq!(
         p.ctx.ioctl(Cmd::IoasMap.ioctl(), 0x10, &p.mem),
@@ -416,13 +401,7 @@ fn iova_ranges_are_the_holes_between_reserved_ranges() {
     p.mem.read(ARG, &mut b).unwrap();
     assert_eq!(IoasIovaRanges::read_from_bytes(&b).unwrap().num_iovas, 3);
     // Dropping one owner's reservations.
-    p.ctx
-        .ioas(ioas)
-        .unwrap()
-        .lock()
-        .unwrap()
-        .iopt
-        .remove_reserved(1);
+    p.iopt(ioas, |t| t.remove_reserved(1));
     assert_eq!(
         p.ranges(ioas, 2).unwrap().1,
         vec![(0, 0x17ff), (0x3000, u64::MAX)]
@@ -433,13 +412,7 @@ fn iova_ranges_are_the_holes_between_reserved_ranges() {
 fn allowed_ranges_steer_allocation_and_never_cover_a_reservation() {
     let p = Prog::new();
     let ioas = p.ioas();
-    p.ctx
-        .ioas(ioas)
-        .unwrap()
-        .lock()
-        .unwrap()
-        .iopt
-        .reserve(PAGE_SIZE * 4, PAGE_SIZE * 104 - 1, 7)
+    p.iopt(ioas, |t| t.reserve(PAGE_SIZE * 4, PAGE_SIZE * 104 - 1, 7))
         .unwrap();
     assert_eq!(
         p.allow(ioas, &[(PAGE_SIZE, PAGE_SIZE * 600)]),
@@ -459,14 +432,7 @@ fn allowed_ranges_steer_allocation_and_never_cover_a_reservation() {
         assert!(iova >= lo && iova + len - 1 <= hi, "{iova:#x}");
     }
     // A reservation over an allowed range: EADDRINUSE.
-    let r = p
-        .ctx
-        .ioas(ioas)
-        .unwrap()
-        .lock()
-        .unwrap()
-        .iopt
-        .reserve(hi, hi + 0x1000, 8);
+    let r = p.iopt(ioas, |t| t.reserve(hi, hi + 0x1000, 8));
     assert_eq!(r, Err(Errno::EADDRINUSE));
     // Space runs out inside the allowed range: ENOSPC.
     assert_eq!(

@@ -42,11 +42,8 @@ impl Vmm {
         cmd: Cmd,
         s: &T,
     ) -> Result<T, Errno> {
-        self.mem.write(ARG, s.as_bytes()).unwrap();
-        let r = self.ctx.ioctl(cmd.ioctl(), ARG, &self.mem);
-        let mut back = vec![0u8; std::mem::size_of::<T>()];
-        self.mem.read(ARG, &mut back).unwrap();
-        r.map(|()| T::read_from_bytes(&back).unwrap())
+        let (r, back) = iommufd::testing::ioctl_at(&self.ctx, &self.mem, ARG, cmd, s);
+        r.map(|()| back)
     }
 
     fn map(&self, user_va: u64, length: u64, iova: u64) {
@@ -100,11 +97,9 @@ impl Vmm {
             entry_num: cmds.len() as u32,
             reserved: 0,
         };
-        self.mem.write(ARG, c.as_bytes()).unwrap();
-        let r = self.ctx.ioctl(Cmd::HwptInvalidate.ioctl(), ARG, &self.mem);
-        let mut back = [0u8; 32];
-        self.mem.read(ARG, &mut back).unwrap();
-        (HwptInvalidate::read_from_bytes(&back).unwrap().entry_num, r)
+        let (r, back) =
+            iommufd::testing::ioctl_at(&self.ctx, &self.mem, ARG, Cmd::HwptInvalidate, &c);
+        (back.entry_num, r)
     }
 }
 
