@@ -8,8 +8,9 @@
 //! or type is `ENOENT`.
 //!
 //! The commands built so far are `IOMMU_DESTROY`, the IOAS commands
-//! (`IOAS_ALLOC`, `MAP`, `UNMAP`, `COPY`, `IOVA_RANGES`, `ALLOW_IOVAS`)
-//! and `HWPT_ALLOC` of paging HWPTs; devices are bound and attached
+//! (`IOAS_ALLOC`, `MAP`, `UNMAP`, `COPY`, `IOVA_RANGES`, `ALLOW_IOVAS`),
+//! `IOMMU_OPTION`, `HWPT_ALLOC`, `VIOMMU_ALLOC`, `VDEVICE_ALLOC` and
+//! `HWPT_INVALIDATE`; devices are bound and attached
 //! through [`Ictx::bind`] and [`Ictx::attach`] (VFIO's part in Linux).
 //! The others answer `EOPNOTSUPP` until their layer exists.
 
@@ -55,14 +56,58 @@ pub struct Ioas {
     pub iopt: IoPagetable,
     /// The domains every area is mapped into, by HWPT id.
     pub(crate) domains: Vec<(u32, Domain)>,
+    /// Domains get page-sized mappings only (`IOMMU_OPTION_HUGE_PAGES`
+    /// set to 0; Linux's `disable_large_pages`).
+    pub(crate) small_pages: bool,
 }
 
 impl Ioas {
+    /// Whether domains may get pages larger than [`PAGE_SIZE`](crate::iopt::PAGE_SIZE).
+    pub fn huge_pages(&self) -> bool {
+        !self.small_pages
+    }
+
+    /// `IOMMU_OPTION_HUGE_PAGES` set (Linux's `iopt_enable_large_pages`
+    /// and `iopt_disable_large_pages`).
+    ///
+    /// # Errors
+    /// `EINVAL` to disable them while a domain already holds mappings;
+    /// `EADDRINUSE` when an area is not page-aligned.
+    pub fn set_huge_pages(&mut self, enable: bool) -> Result<(), Errno> {
+        if !enable
+            && !self.small_pages
+            && !self.domains.is_empty()
+            && self.iopt.areas().next().is_some()
+        {
+            return Err(Errno::EINVAL);
+        }
+        let was = self.small_pages;
+        self.small_pages = !enable;
+        self.recalc_alignment()
+            .inspect_err(|_| self.small_pages = was)
+    }
+
+    /// Sets the IOVA alignment to what the domains and the page-size
+    /// option need (Linux's `iopt_calculate_iova_alignment`).
+    pub(crate) fn recalc_alignment(&mut self) -> Result<(), Errno> {
+        let floor = if self.small_pages {
+            crate::iopt::PAGE_SIZE
+        } else {
+            1
+        };
+        let align = self
+            .domains
+            .iter()
+            .map(|(_, d)| crate::device::min_page(d))
+            .fold(floor, u64::max);
+        self.iopt.set_iova_alignment(align)
+    }
+
     /// Maps `areas` into every domain, all or nothing (Linux's
     /// `iopt_area_fill_domains`).
     pub(crate) fn fill(&self, areas: &[Area]) -> Result<(), Errno> {
         for (i, (_, d)) in self.domains.iter().enumerate() {
-            if let Err(e) = fill_domain(d, areas) {
+            if let Err(e) = fill_domain(d, areas, self.small_pages) {
                 for (_, done) in &self.domains[..i] {
                     let _ = unfill_domain(done, areas);
                 }
@@ -85,11 +130,28 @@ impl Ioas {
     }
 }
 
-/// Maps `areas` into `d`; on failure unmaps what it mapped.
-pub(crate) fn fill_domain(d: &Domain, areas: &[Area]) -> Result<(), Errno> {
+/// Maps `areas` into `d` (a page at a time with `small`, as Linux maps
+/// when large pages are disabled); on failure unmaps what it mapped.
+pub(crate) fn fill_domain(d: &Domain, areas: &[Area], small: bool) -> Result<(), Errno> {
+    use crate::iopt::PAGE_SIZE;
     for (i, a) in areas.iter().enumerate() {
-        let pa = iommu_types::PhysAddr::new(a.uaddr(a.iova));
-        if let Err(e) = d.map(iommu_types::Iova::new(a.iova), pa, a.length(), a.prot) {
+        let step = if small { PAGE_SIZE } else { a.length() };
+        let mut at = a.iova;
+        let r = loop {
+            let len = step.min(a.last - at + 1);
+            let pa = iommu_types::PhysAddr::new(a.uaddr(at));
+            if let Err(e) = d.map(iommu_types::Iova::new(at), pa, len, a.prot) {
+                break Err(e);
+            }
+            match at.checked_add(len) {
+                Some(n) if n <= a.last => at = n,
+                _ => break Ok(()),
+            }
+        };
+        if let Err(e) = r {
+            if at > a.iova {
+                let _ = d.unmap(iommu_types::Iova::new(a.iova), at - a.iova);
+            }
             let _ = unfill_domain(d, &areas[..i]);
             return Err(e);
         }
@@ -148,6 +210,11 @@ pub struct Ictx {
     pub(crate) owner: iommu_core::DmaOwner,
     /// Groups with a bound device, by group id.
     pub(crate) groups: Mutex<BTreeMap<u32, crate::device::IGroup>>,
+    /// Pinned pages are accounted to the process (`IOPT_PAGES_ACCOUNT_MM`)
+    /// rather than the user (`IOMMU_OPTION_RLIMIT_MODE`).
+    account_mm: core::sync::atomic::AtomicBool,
+    /// The caller lacks `CAP_SYS_RESOURCE` (see [`Ictx::set_sys_resource`]).
+    no_sys_resource: core::sync::atomic::AtomicBool,
 }
 
 /// Locks `m`; a panic elsewhere does not make the state unusable (every
@@ -250,6 +317,68 @@ impl Ictx {
         lock(&self.objects).remove(&id)
     }
 
+    /// Says whether the caller holds `CAP_SYS_RESOURCE`, which setting
+    /// `IOMMU_OPTION_RLIMIT_MODE` needs (`EPERM` without). A context
+    /// starts with it: a program embedding this crate owns the process.
+    pub fn set_sys_resource(&self, capable: bool) {
+        self.no_sys_resource
+            .store(!capable, core::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// `IOMMU_OPTION` (Linux's `iommufd_option`): returns `val64`. The
+    /// accounting mode is recorded; accounting pinned pages under it
+    /// comes with the pinning limits, not built yet.
+    ///
+    /// # Errors
+    /// `EOPNOTSUPP` for a reserved field, an unknown option or operation,
+    /// or an object id with `RLIMIT_MODE`; `EPERM` to set it without
+    /// `CAP_SYS_RESOURCE`; `EBUSY` to set it once objects exist; `EINVAL`
+    /// for a value other than 0 or 1; `ENOENT` for no such IOAS; as
+    /// [`Ioas::set_huge_pages`].
+    pub fn option(&self, c: &uapi::IommuOption) -> Result<u64, Errno> {
+        use crate::uapi::option::*;
+        use core::sync::atomic::Ordering::Relaxed;
+        if c.reserved != 0 {
+            return Err(Errno::EOPNOTSUPP);
+        }
+        match c.option_id {
+            RLIMIT_MODE => {
+                if c.object_id != 0 {
+                    return Err(Errno::EOPNOTSUPP);
+                }
+                match c.op {
+                    OP_GET => Ok(u64::from(self.account_mm.load(Relaxed))),
+                    OP_SET => {
+                        if self.no_sys_resource.load(Relaxed) {
+                            return Err(Errno::EPERM);
+                        }
+                        let objects = lock(&self.objects);
+                        if !objects.is_empty() {
+                            return Err(Errno::EBUSY);
+                        }
+                        match c.val64 {
+                            0 | 1 => self.account_mm.store(c.val64 == 1, Relaxed),
+                            _ => return Err(Errno::EINVAL),
+                        }
+                        Ok(c.val64)
+                    }
+                    _ => Err(Errno::EOPNOTSUPP),
+                }
+            }
+            HUGE_PAGES => {
+                let ioas = self.ioas(c.object_id)?;
+                let mut g = lock(&ioas);
+                match (c.op, c.val64) {
+                    (OP_GET, _) => Ok(u64::from(g.huge_pages())),
+                    (OP_SET, v @ (0 | 1)) => g.set_huge_pages(v == 1).map(|()| v),
+                    (OP_SET, _) => Err(Errno::EINVAL),
+                    _ => Err(Errno::EOPNOTSUPP),
+                }
+            }
+            _ => Err(Errno::EOPNOTSUPP),
+        }
+    }
+
     /// Runs the ioctl `num` whose argument is at `arg` in `mem`, as
     /// Linux's `iommufd_fops_ioctl`: the command read by the kernel's
     /// rules ([`Ucmd::read_from`]), run, and its reply written back no
@@ -341,6 +470,15 @@ impl Ictx {
                 }
                 let r = lock(&ioas).iopt.set_allowed(&ranges);
                 r
+            }
+            Cmd::Option => {
+                let c: uapi::IommuOption = get(&ucmd)?;
+                let val = self.option(&c)?;
+                // Linux writes back `val64` alone.
+                let at = arg
+                    .checked_add(core::mem::offset_of!(uapi::IommuOption, val64) as u64)
+                    .ok_or(Errno::EFAULT)?;
+                mem.write(at, &val.to_ne_bytes())
             }
             Cmd::HwptAlloc => {
                 let mut c: uapi::HwptAlloc = get(&ucmd)?;

@@ -62,13 +62,8 @@ impl HwptPaging {
             let _ = crate::ctx::unfill_domain(&d, &areas);
         }
         g.iopt.remove_reserved(hwpt_owner(id));
-        let align = g
-            .domains
-            .iter()
-            .map(|(_, d)| min_page(d))
-            .max()
-            .unwrap_or(1);
-        let _ = g.iopt.set_iova_alignment(align);
+        // Only ever smaller: cannot fail.
+        let _ = g.recalc_alignment();
     }
 }
 
@@ -117,7 +112,8 @@ fn dev_owner(id: u32) -> u64 {
     (2 << 32) | u64::from(id)
 }
 
-fn min_page(d: &Domain) -> u64 {
+/// The smallest page `d` maps.
+pub(crate) fn min_page(d: &Domain) -> u64 {
     let b = d.pgsize_bitmap();
     if b == 0 {
         1
@@ -386,7 +382,7 @@ fn add_domain(g: &mut Ioas, id: u32, domain: &Domain) -> Result<(), Errno> {
         return Err(e);
     }
     let areas: Vec<_> = g.iopt.areas().cloned().collect();
-    if let Err(e) = crate::ctx::fill_domain(domain, &areas) {
+    if let Err(e) = crate::ctx::fill_domain(domain, &areas, g.small_pages) {
         undo(g);
         return Err(e);
     }

@@ -5,7 +5,7 @@
 use iommu_core::testing::{MockConfig, MockIommu, MockOp};
 use iommu_core::{Bus, DeviceBuilder, DomainType, Iommu, Iova, PagingFlags, PhysAddr};
 use iommu_types::Prot;
-use iommufd::ctx::Ictx;
+use iommufd::ctx::{Ictx, UserMemory};
 use iommufd::iopt::PAGE_SIZE;
 use iommufd::Errno;
 use std::sync::Arc;
@@ -280,4 +280,81 @@ impl WithIova for iommufd::uapi::IoasMap {
     fn clone_with_iova(&self, iova: u64) -> Self {
         iommufd::uapi::IoasMap { iova, ..*self }
     }
+}
+
+#[test]
+fn options_follow_linuxs_rules() {
+    use iommufd::testing::{ioctl_at, Space};
+    use iommufd::uapi::{option::*, Cmd, IommuOption};
+    let m = machine();
+    let ctx = Ictx::new();
+    let mem = Space::new(0x1000, 0x1000);
+    let opt = |option_id, op, object_id, val64| IommuOption {
+        size: 24,
+        option_id,
+        op,
+        reserved: 0,
+        object_id,
+        val64,
+    };
+    let call = |c: IommuOption| {
+        let (r, back) = ioctl_at(&ctx, &mem, 0x1000, Cmd::Option, &c);
+        r.map(|()| back.val64)
+    };
+    // RLIMIT_MODE: the context's, set only while it holds nothing.
+    assert_eq!(call(opt(RLIMIT_MODE, OP_GET, 0, 7)), Ok(0));
+    assert_eq!(call(opt(RLIMIT_MODE, OP_SET, 0, 2)), Err(Errno::EINVAL));
+    assert_eq!(call(opt(RLIMIT_MODE, OP_SET, 0, 1)), Ok(1));
+    assert_eq!(call(opt(RLIMIT_MODE, OP_GET, 0, 0)), Ok(1));
+    assert_eq!(call(opt(RLIMIT_MODE, OP_GET, 5, 0)), Err(Errno::EOPNOTSUPP));
+    assert_eq!(call(opt(RLIMIT_MODE, 9, 0, 0)), Err(Errno::EOPNOTSUPP));
+    assert_eq!(call(opt(7, OP_GET, 0, 0)), Err(Errno::EOPNOTSUPP));
+    ctx.set_sys_resource(false);
+    assert_eq!(call(opt(RLIMIT_MODE, OP_SET, 0, 0)), Err(Errno::EPERM));
+    ctx.set_sys_resource(true);
+    let ioas = ctx.ioas_alloc().unwrap();
+    assert_eq!(call(opt(RLIMIT_MODE, OP_SET, 0, 0)), Err(Errno::EBUSY));
+    // HUGE_PAGES: per IOAS.
+    assert_eq!(call(opt(HUGE_PAGES, OP_GET, ioas, 0)), Ok(1));
+    assert_eq!(call(opt(HUGE_PAGES, OP_GET, 99, 0)), Err(Errno::ENOENT));
+    assert_eq!(call(opt(HUGE_PAGES, OP_SET, ioas, 3)), Err(Errno::EINVAL));
+    assert_eq!(call(opt(HUGE_PAGES, OP_SET, ioas, 0)), Ok(0));
+    let io = ctx.ioas(ioas).unwrap();
+    assert_eq!(io.lock().unwrap().iopt.iova_alignment(), PAGE_SIZE);
+    // Page-sized mappings only: a 2 MiB area is 512 pages in the domain.
+    let dev = ctx.bind(&m.bus.find_device("a").unwrap()).unwrap();
+    let h = ctx.attach(dev, ioas).unwrap();
+    let c = iommufd::uapi::IoasMap {
+        size: 40,
+        flags: 0b111,
+        ioas_id: ioas,
+        user_va: 0x4000_0000,
+        length: 0x20_0000,
+        iova: 0x20_0000,
+        reserved: 0,
+    };
+    ctx.ioas_map(&c).unwrap();
+    let d = ctx.hwpt(h).unwrap().domain.clone();
+    assert_eq!(MockIommu::mappings(&d).len(), 512);
+    // With mappings in a domain they cannot be turned off again; on, a
+    // new area gets the large page.
+    assert_eq!(call(opt(HUGE_PAGES, OP_SET, ioas, 1)), Ok(1));
+    assert_eq!(call(opt(HUGE_PAGES, OP_SET, ioas, 0)), Err(Errno::EINVAL));
+    ctx.ioas_map(&iommufd::uapi::IoasMap {
+        iova: 0x40_0000,
+        ..c
+    })
+    .unwrap();
+    assert_eq!(MockIommu::mappings(&d).len(), 513);
+    // Only `val64` goes back.
+    let mut buf = [0xa5u8; 24];
+    buf[..24].copy_from_slice(zerocopy::IntoBytes::as_bytes(&opt(
+        HUGE_PAGES, OP_GET, ioas, 0,
+    )));
+    mem.write(0x1000, &buf).unwrap();
+    ctx.ioctl(Cmd::Option.ioctl(), 0x1000, &mem).unwrap();
+    let mut back = [0u8; 24];
+    mem.read(0x1000, &mut back).unwrap();
+    assert_eq!(back[..16], buf[..16]);
+    assert_eq!(back[16..], 1u64.to_ne_bytes());
 }
