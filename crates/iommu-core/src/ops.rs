@@ -89,6 +89,20 @@ pub trait IommuOps: Send + Sync + 'static {
         self.domain_alloc(DomainType::Unmanaged)
     }
 
+    /// The IOMMU's description for a user (Linux's `hw_info`, as
+    /// `IOMMU_GET_HW_INFO` asks it): `ty` is the type asked for
+    /// (`IOMMU_HW_INFO_TYPE_*`, 0 for the driver's own); the answer is
+    /// the type given and its bytes, laid out as the uAPI says. The
+    /// default, `None`, is a driver with nothing to report
+    /// (`IOMMU_HW_INFO_TYPE_NONE`).
+    ///
+    /// # Errors
+    /// `EOPNOTSUPP` for a type the driver does not give.
+    fn hw_info(&self, dev: &Device, ty: u32) -> Result<Option<(u32, Vec<u8>)>, Errno> {
+        let _ = (dev, ty);
+        Ok(None)
+    }
+
     /// Makes the driver side of a vIOMMU of type `ty` over the nest-parent
     /// domain `parent`, for the instance translating `dev` (Linux's
     /// `get_viommu_size` + `viommu_init`). The core has checked that

@@ -1408,6 +1408,25 @@ impl<R: Mmio + 'static, M: TableMemory + 'static> IommuOps for Smmuv3<R, M> {
         Ok(alloc::boxed::Box::new(Smmuv3Domain::nest_parent(hw, kind)))
     }
 
+    /// `IOMMU_HW_INFO_TYPE_ARM_SMMUV3` (2), for the default type too:
+    /// `struct iommu_hw_info_arm_smmuv3` with the device's SMMU's IDR0-5,
+    /// IIDR and AIDR as the registers read, as Linux's `arm_smmu_hw_info`.
+    fn hw_info(&self, dev: &Device, ty: u32) -> Result<Option<(u32, Vec<u8>)>, Errno> {
+        const ARM_SMMUV3: u32 = 2;
+        if ty != 0 && ty != ARM_SMMUV3 {
+            return Err(Errno::EOPNOTSUPP);
+        }
+        let (unit, _) = self.inner.streams_of(dev)?;
+        let mut words = [0u32; 10]; // flags, reserved, idr[6], iidr, aidr
+        for (i, w) in words[2..8].iter_mut().enumerate() {
+            *w = unit.mmio.read32(reg::IDR0 + 4 * i as u64);
+        }
+        words[8] = unit.mmio.read32(reg::IIDR);
+        words[9] = unit.mmio.read32(reg::AIDR);
+        let bytes = words.iter().flat_map(|w| w.to_ne_bytes()).collect();
+        Ok(Some((ARM_SMMUV3, bytes)))
+    }
+
     /// A vSMMU (`IOMMU_VIOMMU_TYPE_ARM_SMMUV3`) over a nest parent, on
     /// `dev`'s SMMU; the parent is bound to that SMMU if it was not yet.
     fn viommu_alloc(

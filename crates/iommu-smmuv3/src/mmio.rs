@@ -12,6 +12,8 @@ pub mod reg {
     pub const IDR1: u64 = 0x4;
     pub const IDR3: u64 = 0xc;
     pub const IDR5: u64 = 0x14;
+    pub const IIDR: u64 = 0x18;
+    pub const AIDR: u64 = 0x1c;
     pub const CR0: u64 = 0x20;
     pub const CR0ACK: u64 = 0x24;
     pub const CR1: u64 = 0x28;

@@ -9,7 +9,7 @@
 //!
 //! The commands built so far are `IOMMU_DESTROY`, the IOAS commands
 //! (`IOAS_ALLOC`, `MAP`, `UNMAP`, `COPY`, `IOVA_RANGES`, `ALLOW_IOVAS`),
-//! `IOMMU_OPTION`, `HWPT_ALLOC`, `VIOMMU_ALLOC`, `VDEVICE_ALLOC` and
+//! `IOMMU_OPTION`, `GET_HW_INFO`, `HWPT_ALLOC`, `VIOMMU_ALLOC`, `VDEVICE_ALLOC` and
 //! `HWPT_INVALIDATE`; devices are bound and attached
 //! through [`Ictx::bind`] and [`Ictx::attach`] (VFIO's part in Linux).
 //! The others answer `EOPNOTSUPP` until their layer exists.
@@ -480,6 +480,11 @@ impl Ictx {
                     .ok_or(Errno::EFAULT)?;
                 mem.write(at, &val.to_ne_bytes())
             }
+            Cmd::GetHwInfo => {
+                let mut c: uapi::HwInfo = get(&ucmd)?;
+                self.hw_info(&mut c, mem)?;
+                respond(c.as_bytes())
+            }
             Cmd::HwptAlloc => {
                 let mut c: uapi::HwptAlloc = get(&ucmd)?;
                 c.out_hwpt_id = self.hwpt_alloc_cmd(&c, mem)?;
@@ -515,6 +520,48 @@ impl Ictx {
             }
             _ => Err(Errno::EOPNOTSUPP),
         }
+    }
+
+    /// `IOMMU_GET_HW_INFO` (Linux's `iommufd_get_hw_info`): the driver's
+    /// description copied to `data_uptr` (no more than `data_len`, the
+    /// rest of the caller's buffer zeroed), `data_len` set to the full
+    /// length, the type given, and the capabilities: no dirty tracking
+    /// and no ATS in this project's drivers, no PASID yet.
+    fn hw_info(&self, c: &mut uapi::HwInfo, mem: &dyn UserMemory) -> Result<(), Errno> {
+        const INPUT_TYPE: u32 = 1 << 0;
+        const CAP_PCI_ATS_NOT_SUPPORTED: u64 = 1 << 3;
+        if c.flags & !INPUT_TYPE != 0 || c.reserved != [0; 3] {
+            return Err(Errno::EOPNOTSUPP);
+        }
+        if c.flags & INPUT_TYPE == 0 {
+            c.data_type = 0;
+        }
+        let idev = self.device(c.dev_id)?;
+        let ops = idev.dev.iommu_ops().ok_or(Errno::EOPNOTSUPP)?;
+        let (ty, data) = ops
+            .hw_info(&idev.dev, c.data_type)?
+            .unwrap_or((0, Vec::new()));
+        let copy = (c.data_len as usize).min(data.len());
+        if copy > 0 {
+            mem.write(c.data_uptr, &data[..copy])?;
+        }
+        if (c.data_len as usize) > copy {
+            let at = c.data_uptr.checked_add(copy as u64).ok_or(Errno::EFAULT)?;
+            let zeros = vec![0u8; (c.data_len as usize - copy).min(1 << 20)];
+            let mut left = c.data_len as usize - copy;
+            let mut off = 0u64;
+            while left > 0 {
+                let n = left.min(zeros.len());
+                mem.write(at + off, &zeros[..n])?;
+                left -= n;
+                off += n as u64;
+            }
+        }
+        c.data_len = u32::try_from(data.len()).map_err(|_| Errno::EOVERFLOW)?;
+        c.data_type = ty;
+        c.out_capabilities = CAP_PCI_ATS_NOT_SUPPORTED;
+        c.out_max_pasid_log2 = 0;
+        Ok(())
     }
 
     /// `IOMMU_HWPT_ALLOC` (Linux's `iommufd_hwpt_alloc`) for a paging

@@ -358,3 +358,39 @@ fn options_follow_linuxs_rules() {
     assert_eq!(back[..16], buf[..16]);
     assert_eq!(back[16..], 1u64.to_ne_bytes());
 }
+
+#[test]
+fn hw_info_of_a_driver_with_nothing_to_report() {
+    use iommufd::testing::{ioctl_at, Space};
+    use iommufd::uapi::{Cmd, HwInfo};
+    let m = machine();
+    let ctx = Ictx::new();
+    let dev = ctx.bind(&m.bus.find_device("a").unwrap()).unwrap();
+    let mem = Space::new(0x1000, 0x1000);
+    mem.write(0x1800, &[0xa5; 16]).unwrap();
+    let c = HwInfo {
+        size: 40,
+        dev_id: dev,
+        data_len: 16,
+        data_uptr: 0x1800,
+        ..HwInfo::default()
+    };
+    let (r, back) = ioctl_at(&ctx, &mem, 0x1000, Cmd::GetHwInfo, &c);
+    r.unwrap();
+    assert_eq!(
+        (back.data_type, back.data_len),
+        (0, 0),
+        "IOMMU_HW_INFO_TYPE_NONE"
+    );
+    let mut buf = [0xffu8; 16];
+    mem.read(0x1800, &mut buf).unwrap();
+    assert_eq!(buf, [0; 16], "the caller's buffer zeroed");
+    let (r, _) = ioctl_at(
+        &ctx,
+        &mem,
+        0x1000,
+        Cmd::GetHwInfo,
+        &HwInfo { dev_id: 99, ..c },
+    );
+    assert_eq!(r, Err(Errno::ENOENT));
+}

@@ -296,3 +296,56 @@ fn viommu_and_vdevice_refuse_what_linux_refuses() {
         Some(Errno::EINVAL)
     );
 }
+
+#[test]
+fn hw_info_is_the_smmus_id_registers() {
+    let v = vmm();
+    let info = |flags, data_type, data_len| {
+        v.mem.write(DATA, &[0xa5; 64]).unwrap();
+        let r = v.ioctl(
+            Cmd::GetHwInfo,
+            &HwInfo {
+                size: 40,
+                flags,
+                dev_id: v.dev,
+                data_len,
+                data_uptr: DATA,
+                data_type,
+                ..HwInfo::default()
+            },
+        );
+        let mut data = [0u8; 64];
+        v.mem.read(DATA, &mut data).unwrap();
+        r.map(|c| (c, data))
+    };
+    let (c, data) = info(0, 0, 64).unwrap();
+    assert_eq!(
+        (c.data_type, c.data_len),
+        (2, 40),
+        "IOMMU_HW_INFO_TYPE_ARM_SMMUV3"
+    );
+    let got = HwInfoArmSmmuv3::read_from_bytes(&data[..40]).unwrap();
+    assert_eq!(got.idr[0], v.plat.hw.read32(0));
+    assert_eq!(got.idr[1], v.plat.hw.read32(4));
+    assert_eq!(got.idr[5], v.plat.hw.read32(0x14));
+    assert!(
+        data[40..].iter().all(|&b| b == 0),
+        "the rest of the buffer zeroed"
+    );
+    assert_eq!(c.out_capabilities, 1 << 3, "no ATS");
+    // A short buffer: what fits, and the full length back.
+    let (c, data) = info(0, 0, 8).unwrap();
+    assert_eq!(c.data_len, 40);
+    assert!(
+        data[8..].iter().all(|&b| b == 0xa5),
+        "nothing past the buffer"
+    );
+    // Asking for this type, or another.
+    assert_eq!(info(1, 2, 64).unwrap().0.data_type, 2);
+    assert_eq!(info(1, 1, 64).err(), Some(Errno::EOPNOTSUPP), "VT-d's type");
+    assert_eq!(
+        info(2, 0, 64).err(),
+        Some(Errno::EOPNOTSUPP),
+        "unknown flags"
+    );
+}
