@@ -3,8 +3,14 @@
 //! Armed points fail exactly once, after a chosen number of successful hits,
 //! so a test can walk a failure through every step of an operation and check
 //! that state is exactly as before. Disarmed points cost one atomic load.
+//!
+//! [`FailPoints::arm_nth`] is Linux's `fail_nth`: the n-th hit of any
+//! point from then on fails, whichever it is, so a sequence of calls can
+//! be run with n = 1, 2, 3, ... until it runs through without the failure
+//! firing ([`FailPoints::nth_fired`]); every step that can fail is then
+//! known to have failed once.
 
-use core::sync::atomic::{AtomicI64, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 
 /// A fallible step inside the core.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -37,12 +43,18 @@ impl FailPoint {
 pub struct FailPoints {
     /// -1 = disarmed; n >= 0 = succeed n more times, then fail once.
     countdown: [AtomicI64; POINTS],
+    /// 0 = disarmed; n >= 1 = the n-th hit of any point fails.
+    nth: AtomicU64,
+    /// The `nth` failure fired since it was armed.
+    nth_fired: AtomicBool,
 }
 
 impl Default for FailPoints {
     fn default() -> Self {
         Self {
             countdown: core::array::from_fn(|_| AtomicI64::new(-1)),
+            nth: AtomicU64::new(0),
+            nth_fired: AtomicBool::new(false),
         }
     }
 }
@@ -63,8 +75,40 @@ impl FailPoints {
         self.countdown[point.index()].load(Ordering::SeqCst) >= 0
     }
 
+    /// Makes the `n`-th hit of any point from now on fail, once (Linux's
+    /// `fail_nth`); `n = 0` disarms it.
+    pub fn arm_nth(&self, n: u64) {
+        self.nth_fired.store(false, Ordering::SeqCst);
+        self.nth.store(n, Ordering::SeqCst);
+    }
+
+    /// Whether the failure [`arm_nth`](Self::arm_nth) armed has fired.
+    pub fn nth_fired(&self) -> bool {
+        self.nth_fired.load(Ordering::SeqCst)
+    }
+
+    /// Counts a hit for [`arm_nth`](Self::arm_nth): `true` when this one
+    /// is the n-th. Layers above the core (iommufd's own allocations) call
+    /// it at their fallible steps so one count covers the whole stack.
+    pub fn hit_nth(&self) -> bool {
+        if self.nth.load(Ordering::Relaxed) == 0 {
+            return false;
+        }
+        let fire = self
+            .nth
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok_and(|prev| prev == 1);
+        if fire {
+            self.nth_fired.store(true, Ordering::SeqCst);
+        }
+        fire
+    }
+
     /// Called at the step: `true` means "fail now".
     pub(crate) fn hit(&self, point: FailPoint) -> bool {
+        if self.hit_nth() {
+            return true;
+        }
         let c = &self.countdown[point.index()];
         if c.load(Ordering::Relaxed) < 0 {
             return false;

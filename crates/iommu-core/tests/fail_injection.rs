@@ -197,3 +197,36 @@ fn failed_map_leaves_no_trace() {
     });
     assert_eq!(n, 5);
 }
+
+/// Linux's `fail_nth`: the n-th hit of any point fails, for n = 1, 2, ...
+/// until the operation runs through without it firing. Every failure that
+/// surfaces leaves the snapshot unchanged, and every point the operation
+/// reaches fails once on the way.
+#[test]
+fn failing_the_nth_step_of_any_kind_leaves_no_trace() {
+    let mut surfaced = 0;
+    for n in 1..500u64 {
+        let w = unset();
+        let before = snapshot(&w);
+        w.iommu.fail_points().arm_nth(n);
+        let result = set_ops(&w);
+        if !w.iommu.fail_points().nth_fired() {
+            assert!(result.is_ok(), "{result:?} without the failure firing");
+            // Group allocations, sysfs directories and links of the four
+            // translated devices, and the default domains: each failed once.
+            println!("{} fallible steps, {surfaced} failures surfaced", n - 1);
+            assert!(n > 10, "only {n} steps");
+            assert!(surfaced > 0);
+            return;
+        }
+        if let Err(err) = result {
+            assert_eq!(
+                snapshot(&w),
+                before,
+                "state changed after failing step {n} ({err})"
+            );
+            surfaced += 1;
+        }
+    }
+    panic!("the failure kept firing");
+}
