@@ -135,6 +135,15 @@ impl<R: Mmio, M: TableMemory> Smmuv3Domain<R, M> {
         d
     }
 
+    /// The driver's side of `domain`, when this driver made it.
+    pub(crate) fn of(domain: &Domain) -> Option<&Self>
+    where
+        R: 'static,
+        M: 'static,
+    {
+        domain.ops().as_any()?.downcast_ref::<Self>()
+    }
+
     /// Binds a paging domain to SMMU `unit` (its first attach, or a
     /// vSMMU made over it); `EINVAL` when it is bound to another.
     pub(crate) fn bind(&self, unit: usize) -> Result<(), Errno> {

@@ -1440,10 +1440,7 @@ impl<R: Mmio + 'static, M: TableMemory + 'static> IommuOps for Smmuv3<R, M> {
             return Err(Errno::EOPNOTSUPP);
         }
         let (unit, _) = self.inner.streams_of(dev)?;
-        let s2 = parent
-            .ops()
-            .as_any()
-            .and_then(|a| a.downcast_ref::<Smmuv3Domain<R, M>>())
+        let s2 = Smmuv3Domain::<R, M>::of(parent)
             .filter(|d| d.is_nest_parent())
             .ok_or(Errno::EINVAL)?;
         let vmid = s2.vmid().ok_or(Errno::EINVAL)?;

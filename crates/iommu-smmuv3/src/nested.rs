@@ -241,7 +241,13 @@ impl<R: Mmio + 'static, M: TableMemory + 'static> Vsmmu<R, M> {
     /// `arm_vsmmu_convert_user_cmd`): the parent's VMID forced on TLBIs,
     /// `TLBI_NSNH_ALL` narrowed to the VM, the vSID of a CFGI replaced by
     /// the device's stream id.
-    fn convert(&self, viommu: &Viommu, rules: &CmdRules, mut c: [u64; 2]) -> Result<Cmd, Errno> {
+    fn convert(
+        &self,
+        drv: &Inner<R, M>,
+        viommu: &Viommu,
+        rules: &CmdRules,
+        mut c: [u64; 2],
+    ) -> Result<Cmd, Errno> {
         check_cmd(rules, c)?;
         let vmid = u64::from(self.vmid) << 32;
         match c[0] & OP_MASK {
@@ -252,7 +258,6 @@ impl<R: Mmio + 'static, M: TableMemory + 'static> Vsmmu<R, M> {
             _ => {
                 let vsid = c[0] >> 32;
                 let dev = viommu.find_dev(vsid).ok_or(Errno::EIO)?;
-                let drv = self.hw.upgrade().ok_or(Errno::ENODEV)?;
                 let (unit, sids) = drv.streams_of(&dev).map_err(|_| Errno::EIO)?;
                 if unit.index != self.smmu {
                     return Err(Errno::EIO);
@@ -263,6 +268,17 @@ impl<R: Mmio + 'static, M: TableMemory + 'static> Vsmmu<R, M> {
         }
         Ok(c)
     }
+}
+
+/// The two little-endian double words of a 16-byte uAPI entry (a vSTE,
+/// a command).
+fn le_words(b: &[u8]) -> [u64; 2] {
+    let word = |i: usize| {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(&b[i * 8..i * 8 + 8]);
+        u64::from_le_bytes(w)
+    };
+    [word(0), word(1)]
 }
 
 /// Commands per batch handed to the queue (and synced) at once.
@@ -281,12 +297,7 @@ impl<R: Mmio + 'static, M: TableMemory + 'static> ViommuOps for Vsmmu<R, M> {
         }
         let mut raw = [0u8; 16];
         data.copy_struct(HWPT_DATA_ARM_SMMUV3, &mut raw, 16)?;
-        let word = |i: usize| {
-            let mut b = [0u8; 8];
-            b.copy_from_slice(&raw[i * 8..i * 8 + 8]);
-            u64::from_le_bytes(b)
-        };
-        let vste = Vste::check([word(0), word(1)])?;
+        let vste = Vste::check(le_words(&raw))?;
         let kind = DomainKind::Nested {
             vste,
             parent: viommu.parent().clone(),
@@ -322,13 +333,7 @@ impl<R: Mmio + 'static, M: TableMemory + 'static> ViommuOps for Vsmmu<R, M> {
         let mut cmds: Vec<Cmd> = Vec::with_capacity(BATCH.min(raw.len() / 16));
         let mut sent = 0;
         for (i, e) in raw.chunks_exact(16).enumerate() {
-            let mut w = [0u64; 2];
-            for (j, x) in w.iter_mut().enumerate() {
-                let mut b = [0u8; 8];
-                b.copy_from_slice(&e[j * 8..j * 8 + 8]);
-                *x = u64::from_le_bytes(b);
-            }
-            match self.convert(viommu, &rules, w) {
+            match self.convert(&drv, viommu, &rules, le_words(e)) {
                 Ok(c) => cmds.push(c),
                 Err(errno) => {
                     // What was checked before it still goes out.
@@ -377,10 +382,7 @@ impl<R: Mmio + 'static, M: TableMemory + 'static> ViommuOps for Vsmmu<R, M> {
 pub(crate) fn parent_ste<R: Mmio + 'static, M: TableMemory + 'static>(
     parent: &Domain,
 ) -> Result<ste::Ste, Errno> {
-    parent
-        .ops()
-        .as_any()
-        .and_then(|a| a.downcast_ref::<Smmuv3Domain<R, M>>())
+    Smmuv3Domain::<R, M>::of(parent)
         .and_then(Smmuv3Domain::s2_ste)
         .ok_or(Errno::EINVAL)
 }
