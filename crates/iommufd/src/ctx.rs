@@ -394,6 +394,13 @@ impl Ictx {
             let n = reply.len().min(ucmd.user_size() as usize);
             mem.write(arg, &reply[..n])
         };
+        // The reply of a command that made object `id`: an object whose
+        // id cannot be reported is not kept (Linux's abort_and_destroy).
+        let respond_new = |id: u32, reply: &[u8]| {
+            respond(reply).inspect_err(|_| {
+                let _ = self.destroy(id);
+            })
+        };
         match ucmd.cmd() {
             Cmd::Destroy => {
                 let c: uapi::Destroy = get(&ucmd)?;
@@ -404,12 +411,8 @@ impl Ictx {
                 if c.flags != 0 {
                     return Err(Errno::EOPNOTSUPP);
                 }
-                let id = self.ioas_alloc()?;
-                c.out_ioas_id = id;
-                respond(c.as_bytes()).inspect_err(|_| {
-                    // Not reported, so not kept (Linux's abort_and_destroy).
-                    let _ = self.destroy(id);
-                })
+                c.out_ioas_id = self.ioas_alloc()?;
+                respond_new(c.out_ioas_id, c.as_bytes())
             }
             Cmd::IoasMap => {
                 let mut c: uapi::IoasMap = get(&ucmd)?;
@@ -488,26 +491,17 @@ impl Ictx {
             Cmd::HwptAlloc => {
                 let mut c: uapi::HwptAlloc = get(&ucmd)?;
                 c.out_hwpt_id = self.hwpt_alloc_cmd(&c, mem)?;
-                let id = c.out_hwpt_id;
-                respond(c.as_bytes()).inspect_err(|_| {
-                    let _ = self.destroy(id);
-                })
+                respond_new(c.out_hwpt_id, c.as_bytes())
             }
             Cmd::ViommuAlloc => {
                 let mut c: uapi::ViommuAlloc = get(&ucmd)?;
                 c.out_viommu_id = self.viommu_alloc_cmd(&c, mem)?;
-                let id = c.out_viommu_id;
-                respond(c.as_bytes()).inspect_err(|_| {
-                    let _ = self.destroy(id);
-                })
+                respond_new(c.out_viommu_id, c.as_bytes())
             }
             Cmd::VdeviceAlloc => {
                 let mut c: uapi::VdeviceAlloc = get(&ucmd)?;
                 c.out_vdevice_id = self.vdevice_alloc(c.viommu_id, c.dev_id, c.virt_id)?;
-                let id = c.out_vdevice_id;
-                respond(c.as_bytes()).inspect_err(|_| {
-                    let _ = self.destroy(id);
-                })
+                respond_new(c.out_vdevice_id, c.as_bytes())
             }
             Cmd::HwptInvalidate => {
                 let mut c: uapi::HwptInvalidate = get(&ucmd)?;
@@ -683,8 +677,7 @@ impl Ictx {
 fn fill_new(g: &mut Ioas, iova: u64, length: u64) -> Result<u64, Errno> {
     let areas: Vec<Area> = g
         .iopt
-        .areas()
-        .filter(|a| a.iova >= iova && a.last <= iova + (length - 1))
+        .areas_in(iova, iova + (length - 1))
         .cloned()
         .collect();
     if let Err(e) = g.fill(&areas) {

@@ -186,6 +186,12 @@ impl IoPagetable {
         self.areas.values()
     }
 
+    /// The areas that start inside `[start, last]`, in IOVA order: a
+    /// lookup in the tree, not a scan of every area.
+    pub fn areas_in(&self, start: u64, last: u64) -> impl Iterator<Item = &Area> {
+        self.areas.range(start..=last).map(|(_, a)| a)
+    }
+
     /// The area holding `iova`.
     pub fn area_at(&self, iova: u64) -> Option<&Area> {
         self.areas
