@@ -230,14 +230,18 @@ fn run_emulator(stage2: bool) -> BTreeMap<String, Vec<Ev>> {
     parent
         .map(Iova::new(ram), PhysAddr::new(ram), ram_size, Prot::RW)
         .unwrap();
-    parent
-        .map(
-            Iova::new(data_ipa),
-            PhysAddr::new(host_page),
-            0x1000,
-            Prot::RW,
-        )
-        .unwrap();
+    // The guest's page behind its IPA (again after the host's unmap).
+    let map_guest_page = || {
+        parent
+            .map(
+                Iova::new(data_ipa),
+                PhysAddr::new(host_page),
+                0x1000,
+                Prot::RW,
+            )
+            .unwrap()
+    };
+    map_guest_page();
     let viommu = iommu
         .viommu_alloc(&dev, &parent, VIOMMU_TYPE_ARM_SMMUV3, None)
         .unwrap();
@@ -270,14 +274,7 @@ fn run_emulator(stage2: bool) -> BTreeMap<String, Vec<Ev>> {
     assert_eq!(parent.unmap(Iova::new(data_ipa), 0x1000), Ok(0x1000));
     dma_to_ram(va, &buf[..4]);
     phase("nested-host-unmapped");
-    parent
-        .map(
-            Iova::new(data_ipa),
-            PhysAddr::new(host_page),
-            0x1000,
-            Prot::RW,
-        )
-        .unwrap();
+    map_guest_page();
     let bypass = alloc_nested(&viommu, [1 | (0b100 << 1), 0]).unwrap();
     iommu.detach_group(&nested, &group);
     iommu.attach_group(&bypass, &group).unwrap();
