@@ -34,23 +34,38 @@ const IW: u64 = 1 << 62;
 const ADDR: u64 = ((1 << 52) - 1) & !0xfff;
 
 /// AMD v1 tables for one paging mode (number of levels).
+pub type AmdV1 = AmdV1Format<0>;
+
+/// The AMD v1 layout with 2 KiB pages, as Linux's iommufd selftest builds
+/// its mock IOMMU's tables (the AMD v1 format with the granule halved):
+/// addresses are stored one bit higher (bits \[50:11\] of the output
+/// address in descriptor bits \[51:12\]), so the output is 51 bits, and
+/// the levels hold 2 KiB, 1 MiB and 512 MiB pages.
+pub type AmdV1Selftest = AmdV1Format<1>;
+
+/// The AMD v1 layout with the address stored `SHIFT` bits up (0: the
+/// hardware's; see [`AmdV1`] and [`AmdV1Selftest`]). A constant, so the
+/// hardware layout's code is the same as if the shift did not exist.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct AmdV1 {
+pub struct AmdV1Format<const SHIFT: u32> {
     geo: Geometry,
 }
 
-impl AmdV1 {
-    /// Tables that grow up to paging mode `levels` (1..=6), with a 52-bit
-    /// output; a fresh one starts in mode 3 (or `levels`, if smaller).
+impl<const SHIFT: u32> AmdV1Format<SHIFT> {
+    /// Tables that grow up to paging mode `levels` (1..=6; 1..=5 for
+    /// [`AmdV1Selftest`], whose addresses end at 56 bits), with a 52-bit
+    /// output (51 for the selftest layout); a fresh one starts in mode 3
+    /// (or `levels`, if smaller).
     ///
     /// # Errors
     /// [`PgtableError::InvalidArgument`] for other modes.
     pub fn new(levels: usize) -> Result<Self, PgtableError> {
-        if !(1..=6).contains(&levels) {
+        let granule = 12 - SHIFT;
+        if !(1..=6).contains(&levels) || granule + 9 * (levels as u32 - 1) >= 64 {
             return Err(PgtableError::InvalidArgument);
         }
-        let ias = (12 + 9 * levels as u32).min(64);
-        let root_bits = ias - 12 - 9 * (levels as u32 - 1);
+        let ias = (granule + 9 * levels as u32).min(64);
+        let root_bits = ias - granule - 9 * (levels as u32 - 1);
         // Leaves at AMD levels 1, 2 and 3 (4 KiB, 2 MiB, 1 GiB).
         let leaf_levels = (0..levels)
             .filter(|&l| levels - l <= 3)
@@ -58,12 +73,12 @@ impl AmdV1 {
         Ok(Self {
             geo: Geometry {
                 levels,
-                granule_shift: 12,
+                granule_shift: granule,
                 bits_per_level: 9,
                 root_bits,
                 leaf_levels,
                 ias,
-                oas: 52,
+                oas: 52 - SHIFT,
             },
         })
     }
@@ -75,15 +90,15 @@ impl AmdV1 {
 }
 
 #[allow(unsafe_code)] // implements the unsafe `Format` contract
-                      // SAFETY: a table descriptor is the only encoding with a non-zero next-level field equal to this level's AMD number minus one; leaves (and their dirty and stepped forms) keep next level 0, and the address field round-trips for 4 KiB-aligned tables inside the 52-bit output (so `table_bits` holds: PR plus that next-level field is a table, written as the address plus PR, IR, IW and the field).
-unsafe impl Format for AmdV1 {
+                      // SAFETY: a table descriptor is the only encoding with a non-zero next-level field equal to this level's AMD number minus one; leaves (and their dirty and stepped forms) keep next level 0, and the address field round-trips (shifted up by SHIFT and back) for 4 KiB-aligned tables inside the output (so, with SHIFT 0, `table_bits` holds: PR plus that next-level field is a table, written as the address plus PR, IR, IW and the field; with another SHIFT it gives None).
+unsafe impl<const SHIFT: u32> Format for AmdV1Format<SHIFT> {
     fn geometry(&self) -> &Geometry {
         &self.geo
     }
 
     #[inline]
     fn decode(&self, pte: u64, level: usize) -> Pte {
-        let addr = PhysAddr::new(pte & ADDR);
+        let addr = PhysAddr::new((pte & ADDR) >> SHIFT);
         match self.kind(pte, level) {
             PteKind::Invalid => Pte::Invalid,
             PteKind::Table => Pte::Table(addr),
@@ -103,12 +118,12 @@ unsafe impl Format for AmdV1 {
     #[inline]
     fn encode_table(&self, table: PhysAddr, level: usize) -> u64 {
         let next = u64::from(self.amd_level(level + 1));
-        (table.raw() & ADDR) | (next << NEXT_SHIFT) | PR | IR | IW
+        ((table.raw() << SHIFT) & ADDR) | (next << NEXT_SHIFT) | PR | IR | IW
     }
 
     #[inline]
     fn encode_leaf(&self, pa: PhysAddr, _level: usize, prot: Prot) -> u64 {
-        let mut pte = (pa.raw() & ADDR) | PR | FC;
+        let mut pte = ((pa.raw() << SHIFT) & ADDR) | PR | FC;
         if prot.contains(Prot::READ) {
             pte |= IR;
         }
@@ -119,7 +134,11 @@ unsafe impl Format for AmdV1 {
     }
 
     fn name(&self) -> &'static str {
-        "amd-v1"
+        if SHIFT == 0 {
+            "amd-v1"
+        } else {
+            "amd-v1-selftest"
+        }
     }
 
     #[inline]
@@ -143,6 +162,9 @@ unsafe impl Format for AmdV1 {
 
     #[inline]
     fn table_bits(&self, level: usize) -> Option<TableBits> {
+        if SHIFT != 0 {
+            return None;
+        }
         let next = u64::from(self.amd_level(level + 1)) << NEXT_SHIFT;
         Some(TableBits {
             type_mask: PR | NEXT_MASK,
@@ -153,7 +175,7 @@ unsafe impl Format for AmdV1 {
 
     #[inline]
     fn leaf_step(&self, _pa: PhysAddr, pgsize: u64, _count: usize) -> Option<u64> {
-        Some(pgsize)
+        Some(pgsize << SHIFT)
     }
 
     fn supports_dirty(&self) -> bool {

@@ -2,7 +2,7 @@
 //! `kind` with `decode` on any 64-bit value, `table_bits` with `kind` and
 //! `encode_table`, and `leaf_step` with encoding each leaf of a run.
 
-use iommu_pgtable::amd::AmdV1;
+use iommu_pgtable::amd::{AmdV1, AmdV1Selftest};
 use iommu_pgtable::lpae::{Granule, Lpae, LpaeConfig, LpaeQuirks, Stage};
 use iommu_pgtable::riscv::{Riscv, RiscvStage};
 use iommu_pgtable::vtd::{VtdFormat, VtdSl};
@@ -47,6 +47,9 @@ fn formats() -> Vec<Box<dyn Format>> {
     }
     for m in 1..=6 {
         v.push(Box::new(AmdV1::new(m).unwrap()));
+        if m <= 5 {
+            v.push(Box::new(AmdV1Selftest::new(m).unwrap()));
+        }
     }
     for l in 4..=5 {
         v.push(Box::new(X86_64::new(l, 52).unwrap()));

@@ -4,7 +4,7 @@
 
 mod common;
 
-use iommu_pgtable::amd::AmdV1;
+use iommu_pgtable::amd::{AmdV1, AmdV1Selftest};
 use iommu_pgtable::riscv::{Riscv, RiscvStage};
 use iommu_pgtable::vtd::VtdSl;
 use iommu_pgtable::x86::X86_64;
@@ -181,6 +181,73 @@ fn amd_v1_mode4_directory_and_leaf_entries() {
         .map_pages(Iova::new(1 << 48), PhysAddr::new(0), SZ_4K, 1, Prot::READ)
         .is_err());
     assert_eq!(amd.amd_level(pt.root_level()), 4);
+}
+
+#[test]
+fn amd_v1_selftest_layout_has_2k_pages_stored_one_bit_up() {
+    let pt = IoPageTable::new(AmdV1Selftest::new(5).unwrap(), HeapMemory::new()).unwrap();
+    let g = pt.format().geometry().clone();
+    assert_eq!((g.granule_shift, g.ias, g.oas), (11, 56, 51));
+    assert_eq!(pt.pgsize_bitmap(), 0x800 | 0x10_0000 | 0x2000_0000);
+    assert_eq!(pt.format().name(), "amd-v1-selftest");
+    // A 2 KiB page at an odd 2 KiB address: bit 11 of the address must
+    // not land in the NextLevel field.
+    pt.map_pages(
+        Iova::new(0x100_0800),
+        PhysAddr::new(0x7f12_3456_7800),
+        0x800,
+        2,
+        Prot::RW,
+    )
+    .unwrap();
+    assert_eq!(
+        pt.iova_to_phys(Iova::new(0x100_0810)),
+        Some(PhysAddr::new(0x7f12_3456_7810))
+    );
+    assert_eq!(
+        pt.iova_to_phys(Iova::new(0x100_1000)),
+        Some(PhysAddr::new(0x7f12_3456_8000)),
+        "the second page follows the first"
+    );
+    assert_eq!(pt.iova_to_phys(Iova::new(0x100_0000)), None);
+    // The leaf: the address shifted up one bit, NextLevel 0.
+    let leaf = pt.format().encode_leaf(PhysAddr::new(0x7800), 4, Prot::RW);
+    assert_eq!(leaf & 0xe00, 0, "NextLevel 0");
+    assert_eq!(leaf & ((1 << 52) - 1) & !0xfff, 0x7800 << 1);
+    assert_eq!(
+        pt.format().decode(leaf, 4),
+        Pte::Leaf {
+            pa: PhysAddr::new(0x7800),
+            prot: Prot::RW
+        }
+    );
+    // 1 MiB leaves at the next level; the output ends at 51 bits.
+    pt.map_pages(
+        Iova::new(0x4000_0000),
+        PhysAddr::new(0x10_0000),
+        0x10_0000,
+        1,
+        Prot::READ,
+    )
+    .unwrap();
+    assert_eq!(
+        pt.iova_to_phys(Iova::new(0x4008_0000)),
+        Some(PhysAddr::new(0x18_0000))
+    );
+    assert!(pt
+        .map_pages(
+            Iova::new(0x20_0000),
+            PhysAddr::new(1 << 51),
+            0x800,
+            1,
+            Prot::READ
+        )
+        .is_err());
+    let mut gather = iommu_types::IotlbGather::new();
+    let unmapped = pt.unmap_pages(Iova::new(0x100_0800), 0x800, 2, &mut gather);
+    assert_eq!(unmapped, 0x1000);
+    assert_eq!(pt.iova_to_phys(Iova::new(0x100_0810)), None);
+    assert!(AmdV1Selftest::new(6).is_ok() && AmdV1Selftest::new(7).is_err());
 }
 
 #[test]
