@@ -38,6 +38,28 @@ pub trait UserMemory {
     /// # Errors
     /// `EFAULT` where nothing writable is mapped.
     fn write(&self, addr: u64, data: &[u8]) -> Result<(), Errno>;
+
+    /// Checks that `len` bytes at `addr` can back DMA (the kernel's
+    /// `pin_user_pages`, which a domain's map needs): every page mapped.
+    /// The default accepts everything (memory that is not a process's).
+    ///
+    /// # Errors
+    /// `EFAULT` where a page is not mapped.
+    fn pin(&self, addr: u64, len: u64, write: bool) -> Result<(), Errno> {
+        let _ = (addr, len, write);
+        Ok(())
+    }
+}
+
+/// The address space a context's pages come from (Linux's `source_mm`
+/// of a pages object), as [`Ictx::set_user_memory`] gives it.
+#[derive(Clone)]
+pub struct SourceMm(pub Arc<dyn UserMemory + Send + Sync>);
+
+impl core::fmt::Debug for SourceMm {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str("SourceMm")
+    }
 }
 
 /// The most ranges one `IOMMU_IOAS_ALLOW_IOVAS` takes: Linux allocates a
@@ -59,6 +81,8 @@ pub struct Ioas {
     /// Domains get page-sized mappings only (`IOMMU_OPTION_HUGE_PAGES`
     /// set to 0; Linux's `disable_large_pages`).
     pub(crate) small_pages: bool,
+    /// Where its pages come from, when the context was told.
+    pub(crate) mm: Option<SourceMm>,
 }
 
 impl Ioas {
@@ -106,12 +130,27 @@ impl Ioas {
     /// Maps `areas` into every domain, all or nothing (Linux's
     /// `iopt_area_fill_domains`).
     pub(crate) fn fill(&self, areas: &[Area]) -> Result<(), Errno> {
+        if !self.domains.is_empty() {
+            self.pin(areas)?;
+        }
         for (i, (_, d)) in self.domains.iter().enumerate() {
             if let Err(e) = fill_domain(d, areas, self.small_pages) {
                 for (_, done) in &self.domains[..i] {
                     let _ = unfill_domain(done, areas);
                 }
                 return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks that the user pages behind `areas` can be pinned (see
+    /// [`UserMemory::pin`]).
+    pub(crate) fn pin(&self, areas: &[Area]) -> Result<(), Errno> {
+        if let Some(mm) = &self.mm {
+            for a in areas {
+                let write = a.prot.contains(Prot::WRITE);
+                mm.0.pin(a.uaddr(a.iova), a.length(), write)?;
             }
         }
         Ok(())
@@ -185,6 +224,8 @@ pub enum Object {
     Viommu(Arc<crate::viommu::ViommuObj>),
     /// A vDEVICE: a device's id in a vIOMMU.
     Vdevice(Arc<crate::viommu::Vdevice>),
+    /// A mock device of the selftest (Linux's `IOMMUFD_OBJ_SELFTEST`).
+    Selftest(Arc<crate::selftest::StDev>),
 }
 
 impl Object {
@@ -198,6 +239,7 @@ impl Object {
             Object::HwptNested(h) => Arc::strong_count(h) - 1,
             Object::Viommu(v) => Arc::strong_count(v) - 1,
             Object::Vdevice(v) => Arc::strong_count(v) - 1,
+            Object::Selftest(_) => 0,
         }
     }
 }
@@ -215,6 +257,10 @@ pub struct Ictx {
     account_mm: core::sync::atomic::AtomicBool,
     /// The caller lacks `CAP_SYS_RESOURCE` (see [`Ictx::set_sys_resource`]).
     no_sys_resource: core::sync::atomic::AtomicBool,
+    /// Where pages come from (see [`Ictx::set_user_memory`]).
+    mm: std::sync::OnceLock<SourceMm>,
+    /// The selftest platform `IOMMU_TEST_CMD` runs on, once enabled.
+    pub(crate) selftest: std::sync::OnceLock<Arc<crate::selftest::Selftest>>,
 }
 
 /// Locks `m`; a panic elsewhere does not make the state unusable (every
@@ -281,7 +327,19 @@ impl Ictx {
     /// # Errors
     /// `ENOSPC` when every id is taken.
     pub fn ioas_alloc(&self) -> Result<u32, Errno> {
-        self.insert(Object::Ioas(Arc::default()))
+        let ioas = Ioas {
+            mm: self.mm.get().cloned(),
+            ..Ioas::default()
+        };
+        self.insert(Object::Ioas(Arc::new(Mutex::new(ioas))))
+    }
+
+    /// The address space this context's IOASes map (the opener's, as
+    /// Linux records the process that maps): a domain's map first checks
+    /// that every page is there ([`UserMemory::pin`], `EFAULT` if not).
+    /// Set once, before IOASes are made; without it nothing is checked.
+    pub fn set_user_memory(&self, mm: Arc<dyn UserMemory + Send + Sync>) {
+        let _ = self.mm.set(SourceMm(mm));
     }
 
     /// Destroys object `id` (`IOMMU_DESTROY`).
@@ -306,6 +364,7 @@ impl Ictx {
             Some(Object::Vdevice(v)) => {
                 let _ = v.viommu.viommu.vdevice_destroy(v.virt_id);
             }
+            Some(Object::Selftest(s)) => self.stdev_release(&s),
             _ => {}
         }
         Ok(())
@@ -512,6 +571,7 @@ impl Ictx {
                 respond(c.as_bytes()).map_err(|_| Errno::EFAULT)?;
                 r
             }
+            Cmd::TestCmd => self.test_cmd(&ucmd, arg, mem),
             _ => Err(Errno::EOPNOTSUPP),
         }
     }
@@ -575,11 +635,16 @@ impl Ictx {
             Object::Ioas(_) => {
                 let known =
                     hwpt_alloc::NEST_PARENT | hwpt_alloc::DIRTY_TRACKING | hwpt_alloc::PASID;
-                if c.flags & !known != 0 || c.data_len != 0 {
+                if c.flags & !known != 0 {
                     return Err(Errno::EOPNOTSUPP);
                 }
                 let flags = iommu_core::PagingFlags::from_bits(c.flags).ok_or(Errno::EOPNOTSUPP)?;
-                self.hwpt_alloc(c.dev_id, c.pt_id, flags)
+                let data = crate::viommu::read_data(mem, c.data_uptr, c.data_len)?;
+                let ud = iommu_core::UserData {
+                    ty: c.data_type,
+                    data: &data,
+                };
+                self.hwpt_alloc_data(c.dev_id, c.pt_id, flags, (c.data_len != 0).then_some(&ud))
             }
             Object::Viommu(v) => self.hwpt_alloc_nested(c, &v, mem),
             // Nesting through a paging HWPT (the driver's

@@ -26,7 +26,7 @@ use crate::ctx::{lock, Ictx, Ioas, Object};
 use alloc::collections::BTreeSet;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
-use iommu_core::{Device, Domain, Group, PagingFlags, ResvType};
+use iommu_core::{Device, Domain, Group, PagingFlags, ResvType, UserData};
 use iommu_types::Errno;
 use std::sync::Mutex;
 
@@ -209,9 +209,25 @@ impl Ictx {
     /// flags (`EOPNOTSUPP`); as the IOAS's domain rules (`EINVAL`,
     /// `EADDRINUSE`); a domain's map failure.
     pub fn hwpt_alloc(&self, dev_id: u32, ioas_id: u32, flags: PagingFlags) -> Result<u32, Errno> {
+        self.hwpt_alloc_data(dev_id, ioas_id, flags, None)
+    }
+
+    /// As [`hwpt_alloc`](Self::hwpt_alloc), with driver data for the
+    /// domain (`IOMMU_HWPT_ALLOC`'s `data_type` and data).
+    ///
+    /// # Errors
+    /// As [`hwpt_alloc`](Self::hwpt_alloc); the driver's refusal of the
+    /// data (`EOPNOTSUPP`, `EINVAL`).
+    pub fn hwpt_alloc_data(
+        &self,
+        dev_id: u32,
+        ioas_id: u32,
+        flags: PagingFlags,
+        data: Option<&UserData<'_>>,
+    ) -> Result<u32, Errno> {
         let idev = self.device(dev_id)?;
         let ioas = self.ioas(ioas_id)?;
-        self.new_hwpt(&idev, &ioas, flags, false)
+        self.new_hwpt(&idev, &ioas, flags, data, false)
     }
 
     fn new_hwpt(
@@ -219,10 +235,11 @@ impl Ictx {
         idev: &IDevice,
         ioas: &Arc<Mutex<Ioas>>,
         flags: PagingFlags,
+        data: Option<&UserData<'_>>,
         auto: bool,
     ) -> Result<u32, Errno> {
         let iommu = idev.group.iommu();
-        let domain = iommu.domain_alloc_paging_flags(&idev.dev, flags, None)?;
+        let domain = iommu.domain_alloc_paging_flags(&idev.dev, flags, data)?;
         let hwpt = Arc::new(HwptPaging {
             domain: domain.clone(),
             ioas: Arc::clone(ioas),
@@ -264,7 +281,7 @@ impl Ictx {
                         r => return r,
                     }
                 }
-                let id = self.new_hwpt(&idev, &ioas, PagingFlags::empty(), true)?;
+                let id = self.new_hwpt(&idev, &ioas, PagingFlags::empty(), None, true)?;
                 let h = Hwpt::Paging(self.hwpt(id)?);
                 self.attach_hwpt(dev_id, &idev, id, &h).inspect_err(|_| {
                     let _ = self.destroy(id);
@@ -318,6 +335,65 @@ impl Ictx {
         Ok(hwpt_id)
     }
 
+    /// Moves device `dev_id` from what it is attached to onto `pt_id` (an
+    /// IOAS or a HWPT), as Linux's `iommufd_device_replace`; returns the
+    /// new HWPT's id. Replacing with the current HWPT changes nothing.
+    ///
+    /// Where this differs from Linux: the core has no atomic domain
+    /// replace, so the group passes through its blocking domain (DMA is
+    /// refused for that moment, never let through). On failure the device
+    /// is put back where it was.
+    ///
+    /// # Errors
+    /// `ENOENT` for no such device or object; `EINVAL` when the device is
+    /// not attached or shares its group with other attached devices; as
+    /// [`attach`](Self::attach).
+    pub fn replace(&self, dev_id: u32, pt_id: u32) -> Result<u32, Errno> {
+        let idev = self.device(dev_id)?;
+        let (old_id, old) = {
+            let groups = lock(&self.groups);
+            let g = groups.get(&idev.group.id()).ok_or(Errno::EINVAL)?;
+            if !g.attached.contains(&dev_id) {
+                return Err(Errno::EINVAL);
+            }
+            if g.attached.len() != 1 {
+                return Err(Errno::EINVAL);
+            }
+            g.hwpt.clone().ok_or(Errno::EINVAL)?
+        };
+        if old_id == pt_id {
+            return Ok(pt_id);
+        }
+        match self.object(pt_id) {
+            Some(Object::HwptPaging(_) | Object::HwptNested(_) | Object::Ioas(_)) => {}
+            _ => return Err(Errno::ENOENT),
+        }
+        // Keep the old HWPT alive across the detach (an automatic one
+        // would be destroyed by it).
+        let keep = old.clone();
+        self.detach_keep(dev_id, true)?;
+        match self.attach(dev_id, pt_id) {
+            Ok(id) => {
+                drop(keep);
+                if old.paging().is_some_and(|p| p.auto) && self.hwpt_unused(old_id) {
+                    let _ = self.destroy(old_id);
+                }
+                Ok(id)
+            }
+            Err(e) => {
+                let _ = self.attach_hwpt(dev_id, &idev, old_id, &old);
+                Err(e)
+            }
+        }
+    }
+
+    /// Whether no group is attached to HWPT `id`.
+    fn hwpt_unused(&self, id: u32) -> bool {
+        !lock(&self.groups)
+            .values()
+            .any(|g| g.hwpt.as_ref().is_some_and(|(h, _)| *h == id))
+    }
+
     /// Detaches device `dev_id`; the group's last device puts the group
     /// back on its blocking domain, and an automatic HWPT nothing uses any
     /// more is destroyed.
@@ -325,6 +401,12 @@ impl Ictx {
     /// # Errors
     /// `ENOENT` for no such device; `EINVAL` when it is not attached.
     pub fn detach(&self, dev_id: u32) -> Result<(), Errno> {
+        self.detach_keep(dev_id, false)
+    }
+
+    /// [`detach`](Self::detach); `keep` leaves an unused automatic HWPT
+    /// in place (for a replace that may put the device back).
+    fn detach_keep(&self, dev_id: u32, keep: bool) -> Result<(), Errno> {
         let idev = self.device(dev_id)?;
         let released = {
             let mut groups = lock(&self.groups);
@@ -345,7 +427,7 @@ impl Ictx {
             }
         };
         if let Some((id, hwpt)) = released {
-            if hwpt.paging().is_some_and(|p| p.auto) {
+            if !keep && hwpt.paging().is_some_and(|p| p.auto) {
                 drop(hwpt);
                 let _ = self.destroy(id);
             }
@@ -382,7 +464,10 @@ fn add_domain(g: &mut Ioas, id: u32, domain: &Domain) -> Result<(), Errno> {
         return Err(e);
     }
     let areas: Vec<_> = g.iopt.areas().cloned().collect();
-    if let Err(e) = crate::ctx::fill_domain(domain, &areas, g.small_pages) {
+    if let Err(e) = g
+        .pin(&areas)
+        .and_then(|()| crate::ctx::fill_domain(domain, &areas, g.small_pages))
+    {
         undo(g);
         return Err(e);
     }

@@ -34,6 +34,7 @@ extern crate alloc;
 pub mod ctx;
 pub mod device;
 pub mod iopt;
+pub mod selftest;
 #[cfg(feature = "test-utils")]
 pub mod testing;
 pub mod uapi;

@@ -64,7 +64,7 @@ pub struct HwptNested {
 }
 
 /// Reads `len` bytes of driver data at `uptr`.
-fn read_data(mem: &dyn UserMemory, uptr: u64, len: u32) -> Result<vec::Vec<u8>, Errno> {
+pub(crate) fn read_data(mem: &dyn UserMemory, uptr: u64, len: u32) -> Result<vec::Vec<u8>, Errno> {
     if len > MAX_USER_DATA {
         return Err(Errno::ENOMEM);
     }
