@@ -186,7 +186,7 @@ fn amd_v1_mode4_directory_and_leaf_entries() {
 #[test]
 fn amd_v1_selftest_layout_has_2k_pages_stored_one_bit_up() {
     let pt = IoPageTable::new(AmdV1Selftest::new(5).unwrap(), HeapMemory::new()).unwrap();
-    let g = pt.format().geometry().clone();
+    let g = *pt.format().geometry();
     assert_eq!((g.granule_shift, g.ias, g.oas), (11, 56, 51));
     assert_eq!(pt.pgsize_bitmap(), 0x800 | 0x10_0000 | 0x2000_0000);
     assert_eq!(pt.format().name(), "amd-v1-selftest");
