@@ -1,0 +1,426 @@
+//! `/dev/iommu` inside a process.
+//!
+//! Built as a shared object and loaded with `LD_PRELOAD`, this library
+//! serves the calls a program makes on `/dev/iommu` with the [`iommufd`]
+//! crate, so a program written for Linux's iommufd (Linux's own selftest,
+//! a VMM) runs unmodified against iommu-rs:
+//!
+//! - `open`/`openat` (and their `64` names) of `/dev/iommu` make a new
+//!   context ([`iommufd::ctx::Ictx`]), one per open as the kernel makes
+//!   one per open file. The descriptor is a real one (an anonymous memory
+//!   file), so `close`, `dup`, `poll` and `fork` keep working on it.
+//! - `ioctl` on such a descriptor runs [`Ictx::ioctl`]; the caller's
+//!   memory is read and written with `process_vm_readv`/`writev` on the
+//!   process itself, so a bad pointer is `EFAULT`, never a crash.
+//! - `dup`, `dup2`, `dup3` and `fcntl(F_DUPFD*)` name the same context;
+//!   `close` drops a name, and the context goes with its last one.
+//! - After `fork` the child holds a copy of every context, as its own
+//!   state: objects a child makes are not seen by the parent. (The kernel
+//!   shares one context between them; see the crate's README.)
+//!
+//! Every other descriptor and path goes straight to the system call.
+//!
+//! Why `unsafe` here: these are C entry points by definition, taking raw
+//! pointers and forwarding to raw system calls. The state they reach is
+//! the `iommufd` crate's, which has no `unsafe` at all.
+#![allow(unsafe_code)]
+
+use iommufd::ctx::{Ictx, UserMemory};
+use iommufd::selftest::Selftest;
+use iommufd::Errno;
+use libc::{c_char, c_int, c_long, c_uint, c_ulong, c_void};
+use std::collections::BTreeMap;
+use std::ffi::CStr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+
+/// The path this library serves.
+pub const DEV_IOMMU: &CStr = c"/dev/iommu";
+
+/// The contexts by descriptor.
+static FDS: Mutex<BTreeMap<c_int, Arc<Ictx>>> = Mutex::new(BTreeMap::new());
+/// How many descriptors name a context: the hooks skip the lock while none.
+static OPEN: AtomicUsize = AtomicUsize::new(0);
+
+fn fds() -> MutexGuard<'static, BTreeMap<c_int, Arc<Ictx>>> {
+    FDS.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The context `fd` names, if it is one of ours.
+pub fn context(fd: c_int) -> Option<Arc<Ictx>> {
+    if OPEN.load(Ordering::Acquire) == 0 {
+        return None;
+    }
+    fds().get(&fd).cloned()
+}
+
+/// Names `ctx` by `fd`; returns a context `fd` named before (the caller
+/// drops it outside the lock).
+fn install(fd: c_int, ctx: Arc<Ictx>) -> Option<Arc<Ictx>> {
+    let old = fds().insert(fd, ctx);
+    if old.is_none() {
+        OPEN.fetch_add(1, Ordering::AcqRel);
+    }
+    old
+}
+
+/// Forgets `fd`'s context, returning it.
+fn forget(fd: c_int) -> Option<Arc<Ictx>> {
+    if OPEN.load(Ordering::Acquire) == 0 {
+        return None;
+    }
+    let old = fds().remove(&fd);
+    if old.is_some() {
+        OPEN.fetch_sub(1, Ordering::AcqRel);
+    }
+    old
+}
+
+fn set_errno(e: c_int) {
+    // SAFETY: `__errno_location` returns this thread's errno slot.
+    unsafe { *libc::__errno_location() = e };
+}
+
+/// The result of a raw system call as the C library returns it: the
+/// value, or -1 with errno set (`libc::syscall` sets errno already).
+fn sys_ret(r: c_long) -> c_int {
+    r as c_int
+}
+
+/// The calling process's memory, as the kernel's `copy_from_user` and
+/// `copy_to_user` reach it: `process_vm_readv`/`writev` on the process
+/// itself, which fail with `EFAULT` on an unmapped or protected address
+/// instead of faulting.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ProcessMemory;
+
+impl UserMemory for ProcessMemory {
+    fn read(&self, addr: u64, buf: &mut [u8]) -> Result<(), Errno> {
+        transfer(addr, buf.as_mut_ptr(), buf.len(), false)
+    }
+
+    fn write(&self, addr: u64, data: &[u8]) -> Result<(), Errno> {
+        transfer(addr, data.as_ptr().cast_mut(), data.len(), true)
+    }
+
+    /// Every page of the range is readable: one byte of each read with
+    /// `process_vm_readv`, many pages per call. (Whether a page is
+    /// writable is not checked: a test write would race the program.)
+    fn pin(&self, addr: u64, len: u64, _write: bool) -> Result<(), Errno> {
+        const PAGE: u64 = 4096;
+        const BATCH: usize = 512;
+        if len == 0 {
+            return Ok(());
+        }
+        let end = addr.checked_add(len).ok_or(Errno::EFAULT)?;
+        let mut sink = [0u8; BATCH];
+        let mut page = addr & !(PAGE - 1);
+        while page < end {
+            let n = (((end - page).div_ceil(PAGE)) as usize).min(BATCH);
+            let remote: Vec<libc::iovec> = (0..n as u64)
+                .map(|i| libc::iovec {
+                    iov_base: (page + i * PAGE) as usize as *mut c_void,
+                    iov_len: 1,
+                })
+                .collect();
+            let local = libc::iovec {
+                iov_base: sink.as_mut_ptr().cast(),
+                iov_len: n,
+            };
+            // SAFETY: the local buffer holds `n` bytes; the remote
+            // addresses are checked by the kernel, which stops at the
+            // first that is not mapped.
+            let got = unsafe {
+                libc::process_vm_readv(libc::getpid(), &local, 1, remote.as_ptr(), n as _, 0)
+            };
+            if got != n as isize {
+                return Err(Errno::EFAULT);
+            }
+            page += n as u64 * PAGE;
+        }
+        Ok(())
+    }
+}
+
+fn transfer(addr: u64, local: *mut u8, len: usize, write: bool) -> Result<(), Errno> {
+    if len == 0 {
+        return Ok(());
+    }
+    addr.checked_add(len as u64).ok_or(Errno::EFAULT)?;
+    let mut done = 0usize;
+    while done < len {
+        let l = libc::iovec {
+            // SAFETY: `done < len`, inside the caller's buffer.
+            iov_base: unsafe { local.add(done) }.cast(),
+            iov_len: len - done,
+        };
+        let r = libc::iovec {
+            iov_base: (addr as usize + done) as *mut c_void,
+            iov_len: len - done,
+        };
+        // SAFETY: the local iovec covers the rest of the caller's buffer,
+        // which is valid for `len` bytes (written to only when reading);
+        // the remote one is checked by the kernel, which answers EFAULT.
+        let n = unsafe {
+            if write {
+                libc::process_vm_writev(libc::getpid(), &l, 1, &r, 1, 0)
+            } else {
+                libc::process_vm_readv(libc::getpid(), &l, 1, &r, 1, 0)
+            }
+        };
+        if n <= 0 {
+            return Err(Errno::EFAULT);
+        }
+        done += n as usize;
+    }
+    Ok(())
+}
+
+/// Opens a new context: a real descriptor (an anonymous memory file with
+/// the caller's close-on-exec choice) that names it.
+fn open_iommufd(flags: c_int) -> c_int {
+    let mfd_flags = if flags & libc::O_CLOEXEC != 0 {
+        libc::MFD_CLOEXEC
+    } else {
+        0
+    };
+    // SAFETY: a constant C string and plain flags.
+    let fd = unsafe { libc::syscall(libc::SYS_memfd_create, c"iommufd".as_ptr(), mfd_flags) };
+    if fd < 0 {
+        return -1;
+    }
+    let fd = fd as c_int;
+    let ctx = Arc::new(Ictx::new());
+    ctx.set_sys_resource(has_cap_sys_resource());
+    ctx.set_user_memory(Arc::new(ProcessMemory));
+    if let Some(p) = platform() {
+        ctx.enable_selftest(p);
+    }
+    install(fd, ctx);
+    fd
+}
+
+/// The process's selftest platform: the mock bus and IOMMU whose devices
+/// `IOMMU_TEST_CMD` makes (one per process, as the kernel has one).
+fn platform() -> Option<&'static Arc<Selftest>> {
+    static PLATFORM: OnceLock<Option<Arc<Selftest>>> = OnceLock::new();
+    PLATFORM.get_or_init(|| Selftest::new().ok()).as_ref()
+}
+
+/// Whether the process holds `CAP_SYS_RESOURCE` in its effective set,
+/// which `IOMMU_OPTION_RLIMIT_MODE` asks for.
+fn has_cap_sys_resource() -> bool {
+    #[repr(C)]
+    struct Header {
+        version: u32,
+        pid: c_int,
+    }
+    #[repr(C)]
+    #[derive(Default, Clone, Copy)]
+    struct Data {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+    const VERSION_3: u32 = 0x2008_0522;
+    const CAP_SYS_RESOURCE: u32 = 24;
+    let mut h = Header {
+        version: VERSION_3,
+        pid: 0,
+    };
+    let mut d = [Data::default(); 2];
+    // SAFETY: capget with version 3 writes two data words.
+    let r = unsafe { libc::syscall(libc::SYS_capget, &mut h, d.as_mut_ptr()) };
+    r == 0 && d[0].effective & (1 << CAP_SYS_RESOURCE) != 0
+}
+
+fn is_dev_iommu(dirfd: c_int, path: *const c_char) -> bool {
+    if path.is_null() {
+        return false;
+    }
+    // SAFETY: the caller passes a C string, as the C library requires.
+    let p = unsafe { CStr::from_ptr(path) };
+    p == DEV_IOMMU && (dirfd == libc::AT_FDCWD || p.to_bytes().starts_with(b"/"))
+}
+
+fn do_openat(dirfd: c_int, path: *const c_char, flags: c_int, mode: c_uint) -> c_int {
+    if is_dev_iommu(dirfd, path) {
+        return open_iommufd(flags);
+    }
+    // SAFETY: forwarded as given.
+    sys_ret(unsafe { libc::syscall(libc::SYS_openat, dirfd, path, flags, mode) })
+}
+
+// The hooks. Variadic C functions (`open`, `openat`, `ioctl`, `fcntl`) are
+// defined with their optional argument as a fixed one: the x86-64 and
+// AArch64 calling conventions pass it in the same register either way,
+// and a caller that passes none leaves a value the hook does not use.
+
+/// `open(2)`.
+///
+/// # Safety
+/// As the C library's: `path` is a C string.
+#[no_mangle]
+pub unsafe extern "C" fn open(path: *const c_char, flags: c_int, mode: c_uint) -> c_int {
+    do_openat(libc::AT_FDCWD, path, flags, mode)
+}
+
+/// `open64(2)`.
+///
+/// # Safety
+/// As [`open`].
+#[no_mangle]
+pub unsafe extern "C" fn open64(path: *const c_char, flags: c_int, mode: c_uint) -> c_int {
+    do_openat(libc::AT_FDCWD, path, flags | libc::O_LARGEFILE, mode)
+}
+
+/// `openat(2)`.
+///
+/// # Safety
+/// As the C library's: `path` is a C string.
+#[no_mangle]
+pub unsafe extern "C" fn openat(
+    dirfd: c_int,
+    path: *const c_char,
+    flags: c_int,
+    mode: c_uint,
+) -> c_int {
+    do_openat(dirfd, path, flags, mode)
+}
+
+/// `openat64(2)`.
+///
+/// # Safety
+/// As [`openat`].
+#[no_mangle]
+pub unsafe extern "C" fn openat64(
+    dirfd: c_int,
+    path: *const c_char,
+    flags: c_int,
+    mode: c_uint,
+) -> c_int {
+    do_openat(dirfd, path, flags | libc::O_LARGEFILE, mode)
+}
+
+/// `close(2)`.
+///
+/// # Safety
+/// None beyond the C library's.
+#[no_mangle]
+pub unsafe extern "C" fn close(fd: c_int) -> c_int {
+    let ctx = forget(fd);
+    // SAFETY: a plain system call.
+    let r = sys_ret(unsafe { libc::syscall(libc::SYS_close, fd) });
+    // The last name of a context takes it with it, outside the lock.
+    drop(ctx);
+    r
+}
+
+fn dup_to(old: c_int, new: c_int) -> c_int {
+    if new >= 0 {
+        if let Some(ctx) = context(old) {
+            let replaced = install(new, ctx);
+            drop(replaced);
+        } else {
+            drop(forget(new));
+        }
+    }
+    new
+}
+
+/// `dup(2)`.
+///
+/// # Safety
+/// None beyond the C library's.
+#[no_mangle]
+pub unsafe extern "C" fn dup(fd: c_int) -> c_int {
+    // SAFETY: a plain system call.
+    let new = sys_ret(unsafe { libc::syscall(libc::SYS_dup, fd) });
+    dup_to(fd, new)
+}
+
+/// `dup2(2)`.
+///
+/// # Safety
+/// None beyond the C library's.
+#[no_mangle]
+pub unsafe extern "C" fn dup2(fd: c_int, new: c_int) -> c_int {
+    if fd == new {
+        // SAFETY: a plain system call (dup2 to itself checks `fd` only).
+        let r = unsafe { libc::syscall(libc::SYS_fcntl, fd, libc::F_GETFD) };
+        return if r < 0 { -1 } else { fd };
+    }
+    // SAFETY: a plain system call.
+    let r = sys_ret(unsafe { libc::syscall(libc::SYS_dup3, fd, new, 0) });
+    dup_to(fd, r)
+}
+
+/// `dup3(2)`.
+///
+/// # Safety
+/// None beyond the C library's.
+#[no_mangle]
+pub unsafe extern "C" fn dup3(fd: c_int, new: c_int, flags: c_int) -> c_int {
+    // SAFETY: a plain system call.
+    let r = sys_ret(unsafe { libc::syscall(libc::SYS_dup3, fd, new, flags) });
+    dup_to(fd, r)
+}
+
+/// `fcntl(2)`: `F_DUPFD` and `F_DUPFD_CLOEXEC` name the context by the
+/// new descriptor too.
+///
+/// # Safety
+/// As the C library's: `arg` is what the command takes.
+#[no_mangle]
+pub unsafe extern "C" fn fcntl(fd: c_int, cmd: c_int, arg: c_ulong) -> c_int {
+    // SAFETY: forwarded as given.
+    let r = sys_ret(unsafe { libc::syscall(libc::SYS_fcntl, fd, cmd, arg) });
+    if cmd == libc::F_DUPFD || cmd == libc::F_DUPFD_CLOEXEC {
+        return dup_to(fd, r);
+    }
+    r
+}
+
+/// `fcntl64`, the name a large-file build calls.
+///
+/// # Safety
+/// As [`fcntl`].
+#[no_mangle]
+pub unsafe extern "C" fn fcntl64(fd: c_int, cmd: c_int, arg: c_ulong) -> c_int {
+    // SAFETY: as the caller's.
+    unsafe { fcntl(fd, cmd, arg) }
+}
+
+/// `ioctl(2)`: on a context, Linux's iommufd command; elsewhere the
+/// system call.
+///
+/// # Safety
+/// As the C library's: `arg` is what the request takes.
+#[no_mangle]
+pub unsafe extern "C" fn ioctl(fd: c_int, request: c_ulong, arg: c_ulong) -> c_int {
+    let Some(ctx) = context(fd) else {
+        // SAFETY: forwarded as given.
+        return sys_ret(unsafe { libc::syscall(libc::SYS_ioctl, fd, request, arg) });
+    };
+    // The number is 32 bits on Linux; higher bits make it no command.
+    let Ok(num) = u32::try_from(request) else {
+        set_errno(libc::ENOTTY);
+        return -1;
+    };
+    #[allow(clippy::useless_conversion)] // c_ulong is u32 on 32-bit targets
+    let arg = u64::from(arg);
+    // A panic must not unwind into C (that aborts the program): a defect
+    // of ours is reported on stderr by the panic hook and the call fails
+    // with EIO.
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        ctx.ioctl(num, arg, &ProcessMemory)
+    }))
+    .unwrap_or(Err(Errno::EIO));
+    match r {
+        Ok(()) => 0,
+        Err(e) => {
+            set_errno(e.code());
+            -1
+        }
+    }
+}
