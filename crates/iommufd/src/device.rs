@@ -368,14 +368,14 @@ impl Ictx {
             Some(Object::HwptPaging(_) | Object::HwptNested(_) | Object::Ioas(_)) => {}
             _ => return Err(Errno::ENOENT),
         }
-        // Keep the old HWPT alive across the detach (an automatic one
-        // would be destroyed by it).
-        let keep = old.clone();
+        // The detach keeps an automatic HWPT for a failed attach to
+        // return to.
         self.detach_keep(dev_id, true)?;
         match self.attach(dev_id, pt_id) {
             Ok(id) => {
-                drop(keep);
-                if old.paging().is_some_and(|p| p.auto) && self.hwpt_unused(old_id) {
+                let auto = old.paging().is_some_and(|p| p.auto);
+                drop(old);
+                if auto && self.hwpt_unused(old_id) {
                     let _ = self.destroy(old_id);
                 }
                 Ok(id)

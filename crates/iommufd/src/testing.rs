@@ -142,6 +142,11 @@ impl crate::ctx::UserMemory for Space {
         self.bytes.lock().unwrap_or_else(|e| e.into_inner())[r].copy_from_slice(data);
         Ok(())
     }
+
+    fn pin(&self, addr: u64, len: u64, _write: bool) -> Result<(), Errno> {
+        let len = usize::try_from(len).map_err(|_| Errno::EFAULT)?;
+        self.range(addr, len).map(|_| ())
+    }
 }
 
 /// What the model keeps of an area: `(last, user address of the first
