@@ -39,7 +39,7 @@ impl Prog {
         for &(word, v) in args {
             c.args[word] = v;
         }
-        let (r, back) = iommufd::testing::ioctl_at(&*self.ctx, &*self.mem, ARG, Cmd::TestCmd, &c);
+        let (r, back) = iommufd::testing::ioctl_at(&self.ctx, &*self.mem, ARG, Cmd::TestCmd, &c);
         r.map(|()| back)
     }
 
