@@ -595,6 +595,56 @@ impl Domain {
         r
     }
 
+    /// Whether the domain tracks dirty pages (Linux's `dirty_ops` set).
+    pub fn has_dirty_ops(&self) -> bool {
+        self.0.ops.dirty().is_some()
+    }
+
+    /// Turns dirty tracking on or off (Linux's `set_dirty_tracking` op).
+    ///
+    /// # Errors
+    /// `EOPNOTSUPP` for a domain without dirty tracking; the driver's.
+    pub fn set_dirty_tracking(&self, enable: bool) -> Result<(), Errno> {
+        let _s = crate::trace::debug_span!("set_dirty_tracking", enable).entered();
+        self.0
+            .ops
+            .dirty()
+            .ok_or(Errno::EOPNOTSUPP)?
+            .set_dirty_tracking(enable)
+    }
+
+    /// Reports every dirty mapping overlapping `[iova, iova + size)` to
+    /// `dirty` and, unless `no_clear`, marks it clean and then invalidates
+    /// the range, so the IOMMU marks it again on the next write (Linux's
+    /// `read_and_clear_dirty` op followed by `iommu_iotlb_sync`).
+    ///
+    /// # Errors
+    /// `EOPNOTSUPP` for a domain without dirty tracking; the driver's walk
+    /// or invalidation failure.
+    pub fn read_and_clear_dirty(
+        &self,
+        iova: Iova,
+        size: u64,
+        no_clear: bool,
+        dirty: &mut dyn FnMut(Iova, u64),
+    ) -> Result<(), Errno> {
+        let ops = self.0.ops.dirty().ok_or(Errno::EOPNOTSUPP)?;
+        let _s = crate::trace::trace_span!(
+            "read_and_clear_dirty",
+            iova = format_args!("{:#x}", iova.raw()),
+            size = format_args!("{size:#x}"),
+            no_clear
+        )
+        .entered();
+        ops.read_and_clear_dirty(iova, size, no_clear, dirty)?;
+        if !no_clear && size != 0 {
+            let mut gather = IotlbGather::new();
+            gather.add_range(iova, size);
+            self.iotlb_sync(gather)?;
+        }
+        Ok(())
+    }
+
     /// Invalidates the whole IOTLB of the domain (Linux's
     /// `iommu_flush_iotlb_all`). When it returns `Ok`, everything unmapped
     /// before it was called no longer translates, including what failed

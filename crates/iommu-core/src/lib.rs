@@ -68,7 +68,8 @@ pub use group::{
 };
 pub use notifier::{NotifierChain, NotifierId, Notify};
 pub use ops::{
-    Capability, DomainGeometry, DomainOps, IommuOps, MapPagesError, PagingOps, WedgeReport,
+    Capability, DirtyOps, DomainGeometry, DomainOps, IommuOps, MapPagesError, PagingOps,
+    WedgeReport,
 };
 pub use resv::{
     format_resv_regions, insert_resv_region, resv_regions_with_sw_msi, ReservedRegion, ResvType,

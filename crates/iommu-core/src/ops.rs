@@ -141,6 +141,42 @@ pub trait IommuOps: Send + Sync + 'static {
         let _ = cap;
         false
     }
+
+    /// Whether the IOMMU translating `dev` can track which pages DMA
+    /// wrote (Linux's `IOMMU_CAP_DIRTY_TRACKING`, asked per device). A
+    /// method of its own rather than a [`Capability`], so drivers written
+    /// against the enum keep compiling; the default is no.
+    fn dirty_tracking_capable(&self, dev: &Device) -> bool {
+        let _ = dev;
+        false
+    }
+}
+
+/// Dirty tracking of a paging domain (Linux's `struct iommu_dirty_ops`):
+/// the IOMMU marks the leaves DMA writes through, and software reads and
+/// clears the marks (live migration's "which pages did the device dirty").
+pub trait DirtyOps: Send + Sync {
+    /// Turns tracking on or off.
+    ///
+    /// # Errors
+    /// The hardware refused (commonly `EINVAL`).
+    fn set_dirty_tracking(&self, enable: bool) -> Result<(), Errno>;
+
+    /// Calls `dirty(iova, size)` for every dirty mapping that overlaps
+    /// `[iova, iova + size)` and, unless `no_clear`, marks it clean. The
+    /// caller invalidates the IOTLB after clearing (a cached translation
+    /// may hold the dirty state), as [`Domain::read_and_clear_dirty`]
+    /// does.
+    ///
+    /// # Errors
+    /// The walk failed.
+    fn read_and_clear_dirty(
+        &self,
+        iova: Iova,
+        size: u64,
+        no_clear: bool,
+        dirty: &mut dyn FnMut(Iova, u64),
+    ) -> Result<(), Errno>;
 }
 
 /// The usable input range of a domain (`struct iommu_domain_geometry`).
@@ -246,6 +282,12 @@ pub trait DomainOps: Send + Sync + 'static {
     /// As [`iotlb_sync`](Self::iotlb_sync): it did not complete.
     fn flush_iotlb_all(&self) -> Result<(), Errno> {
         Ok(())
+    }
+
+    /// Dirty tracking, for paging domains that have it (Linux's
+    /// `domain->dirty_ops`); `None`, the default, for the others.
+    fn dirty(&self) -> Option<&dyn DirtyOps> {
+        None
     }
 
     /// The driver's own type, for drivers and tests that need to reach it
