@@ -1424,6 +1424,21 @@ impl<F: Format, M: TableMemory> IoPageTable<F, M> {
         bitmap: &mut DirtyBitmap,
         clear: bool,
     ) -> usize {
+        self.read_and_clear_dirty_with(iova, size, clear, &mut |at, len| {
+            bitmap.set_range(at.raw(), len);
+        })
+    }
+
+    /// As [`read_and_clear_dirty`](Self::read_and_clear_dirty), calling
+    /// `dirty(leaf_iova, leaf_size)` for every dirty leaf instead of
+    /// filling a bitmap.
+    pub fn read_and_clear_dirty_with(
+        &self,
+        iova: Iova,
+        size: u64,
+        clear: bool,
+        dirty: &mut dyn FnMut(Iova, u64),
+    ) -> usize {
         let mut found = 0;
         self.for_each_leaf(
             iova.raw(),
@@ -1433,13 +1448,13 @@ impl<F: Format, M: TableMemory> IoPageTable<F, M> {
                     break;
                 }
                 if !clear {
-                    bitmap.set_range(m.iova.raw(), m.size);
+                    dirty(m.iova, m.size);
                     found += 1;
                     break;
                 }
                 match self.cas(table, idx, pte, self.fmt.make_clean(pte)) {
                     Ok(_) => {
-                        bitmap.set_range(m.iova.raw(), m.size);
+                        dirty(m.iova, m.size);
                         found += 1;
                         break;
                     }
