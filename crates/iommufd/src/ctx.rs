@@ -571,6 +571,14 @@ impl Ictx {
                 respond(c.as_bytes()).map_err(|_| Errno::EFAULT)?;
                 r
             }
+            Cmd::HwptSetDirtyTracking => {
+                let c: uapi::HwptSetDirtyTracking = get(&ucmd)?;
+                self.set_dirty_tracking(&c)
+            }
+            Cmd::HwptGetDirtyBitmap => {
+                let c: uapi::HwptGetDirtyBitmap = get(&ucmd)?;
+                self.get_dirty_bitmap(&c, mem)
+            }
             Cmd::TestCmd => self.test_cmd(&ucmd, arg, mem),
             _ => Err(Errno::EOPNOTSUPP),
         }
@@ -614,6 +622,9 @@ impl Ictx {
         c.data_len = u32::try_from(data.len()).map_err(|_| Errno::EOVERFLOW)?;
         c.data_type = ty;
         c.out_capabilities = CAP_PCI_ATS_NOT_SUPPORTED;
+        if ops.dirty_tracking_capable(&idev.dev) {
+            c.out_capabilities |= crate::dirty::HW_CAP_DIRTY_TRACKING;
+        }
         c.out_max_pasid_log2 = 0;
         Ok(())
     }

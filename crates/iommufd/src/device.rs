@@ -239,7 +239,20 @@ impl Ictx {
         auto: bool,
     ) -> Result<u32, Errno> {
         let iommu = idev.group.iommu();
+        let dirty = flags.contains(PagingFlags::DIRTY_TRACKING);
+        if dirty
+            && !idev
+                .dev
+                .iommu_ops()
+                .is_some_and(|o| o.dirty_tracking_capable(&idev.dev))
+        {
+            return Err(Errno::EOPNOTSUPP);
+        }
         let domain = iommu.domain_alloc_paging_flags(&idev.dev, flags, data)?;
+        // A driver that took the flag must give the domain dirty ops.
+        if dirty && !domain.has_dirty_ops() {
+            return Err(Errno::EINVAL);
+        }
         let hwpt = Arc::new(HwptPaging {
             domain: domain.clone(),
             ioas: Arc::clone(ioas),

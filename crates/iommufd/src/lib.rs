@@ -33,6 +33,7 @@ extern crate alloc;
 
 pub mod ctx;
 pub mod device;
+pub mod dirty;
 pub mod iopt;
 pub mod selftest;
 #[cfg(feature = "test-utils")]

@@ -33,12 +33,13 @@ use alloc::vec::Vec;
 use core::any::Any;
 use core::sync::atomic::{AtomicU32, Ordering};
 use iommu_core::{
-    Bus, Capability, Device, DeviceBuilder, Domain, DomainGeometry, DomainOps, DomainType, Group,
-    Iommu, IommuOps, PagingFlags, PagingOps, StreamIdGroups, UserData,
+    Bus, Capability, Device, DeviceBuilder, DirtyOps, Domain, DomainGeometry, DomainOps,
+    DomainType, Group, Iommu, IommuOps, MapPagesError, PagingFlags, PagingOps, StreamIdGroups,
+    UserData,
 };
 use iommu_pgtable::amd::AmdV1Selftest;
 use iommu_pgtable::{HeapMemory, IoPageTable};
-use iommu_types::{Errno, Iova};
+use iommu_types::{Errno, IotlbGather, Iova, PhysAddr, Prot, Unmapped};
 use std::sync::Mutex;
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
@@ -244,8 +245,9 @@ impl Selftest {
 #[derive(Default)]
 struct MockDriver {
     by_stream: StreamIdGroups,
-    /// Mock devices by name.
-    devs: Mutex<BTreeMap<String, MockDev>>,
+    /// Mock devices by name (shared with the domains, which check a
+    /// device's flags when it attaches).
+    devs: Arc<Mutex<BTreeMap<String, MockDev>>>,
 }
 
 /// What the mock knows of a device (Linux's `struct mock_dev`).
@@ -261,9 +263,21 @@ pub const DEV_CACHE_NUM: usize = 4;
 /// A fresh cache entry (`IOMMU_TEST_DEV_CACHE_DEFAULT`).
 pub const DEV_CACHE_DEFAULT: u32 = 0xbaddad;
 
+fn dev_flags(devs: &Mutex<BTreeMap<String, MockDev>>, dev: &Device) -> u32 {
+    lock(devs).get(dev.name()).map_or(0, |d| d.flags)
+}
+
 impl MockDriver {
     fn dev_flags(&self, dev: &Device) -> u32 {
-        lock(&self.devs).get(dev.name()).map_or(0, |d| d.flags)
+        dev_flags(&self.devs, dev)
+    }
+
+    fn domain(&self, huge: bool, dirty: bool) -> Result<Box<dyn DomainOps>, Errno> {
+        Ok(Box::new(MockDomain::new(
+            huge,
+            dirty,
+            Arc::clone(&self.devs),
+        )?))
     }
 }
 
@@ -287,7 +301,7 @@ impl IommuOps for MockDriver {
     fn domain_alloc(&self, ty: DomainType) -> Result<Box<dyn DomainOps>, Errno> {
         match ty {
             DomainType::Blocked => Ok(Box::new(BlockedDomain)),
-            DomainType::Unmanaged | DomainType::Dma => Ok(Box::new(MockDomain::new(false)?)),
+            DomainType::Unmanaged | DomainType::Dma => self.domain(false, false),
             _ => Err(Errno::EOPNOTSUPP),
         }
     }
@@ -302,10 +316,6 @@ impl IommuOps for MockDriver {
         if dirty && self.dev_flags(dev) & DEVICE_NO_DIRTY != 0 {
             return Err(Errno::EOPNOTSUPP);
         }
-        // Dirty tracking is not built into the core yet.
-        if dirty {
-            return Err(Errno::EOPNOTSUPP);
-        }
         let mut cfg = HwptSelftest::default();
         if let Some(d) = data {
             if d.ty != HWPT_DATA_SELFTEST {
@@ -314,8 +324,8 @@ impl IommuOps for MockDriver {
             d.copy_struct(HWPT_DATA_SELFTEST, cfg.as_mut_bytes(), 4)?;
         }
         match cfg.pagetable_type {
-            0 => Ok(Box::new(MockDomain::new(false)?)),
-            MOCK_IOMMUPT_HUGE => Ok(Box::new(MockDomain::new(true)?)),
+            0 => self.domain(false, dirty),
+            MOCK_IOMMUPT_HUGE => self.domain(true, dirty),
             _ => Err(Errno::EOPNOTSUPP),
         }
     }
@@ -331,11 +341,17 @@ impl IommuOps for MockDriver {
     }
 
     fn pgsize_bitmap(&self) -> u64 {
-        MockDomain::PGSIZES
+        // The default domain's: the table's leaves and twice each.
+        let native = MOCK_PAGE_SIZE | MOCK_HUGE_PAGE_SIZE | (MOCK_HUGE_PAGE_SIZE << 9);
+        native | (native << 1)
     }
 
     fn capable(&self, cap: Capability) -> bool {
         matches!(cap, Capability::CacheCoherency)
+    }
+
+    fn dirty_tracking_capable(&self, dev: &Device) -> bool {
+        self.dev_flags(dev) & DEVICE_NO_DIRTY == 0
     }
 }
 
@@ -349,29 +365,175 @@ impl DomainOps for BlockedDomain {
 }
 
 /// A mock paging domain: a real AMD v1 table with 2 KiB pages.
+///
+/// Like Linux's mock (whose AMD v1 table maps any power-of-two size as
+/// contiguous entries), it takes every page size the core picks for a
+/// CPU's pages, 4 KiB and 2 MiB among them: such a page is two of the
+/// table's own leaves, and the pair shares its dirty state (the mock
+/// marks both when told one is written), as contiguous entries do.
 struct MockDomain {
     table: IoPageTable<AmdV1Selftest, HeapMemory>,
+    /// The table's own leaf sizes.
+    native: u64,
     huge: bool,
+    /// Made with `IOMMU_HWPT_ALLOC_DIRTY_TRACKING` (Linux sets the
+    /// domain's `dirty_ops` then only).
+    dirty: bool,
+    /// Pages of a size the table has no leaf for, by IOVA: their size.
+    pairs: Mutex<BTreeMap<u64, u64>>,
+    devs: Arc<Mutex<BTreeMap<String, MockDev>>>,
 }
 
 impl MockDomain {
-    /// 2 KiB, 1 MiB and 512 MiB leaves.
-    const PGSIZES: u64 = MOCK_PAGE_SIZE | MOCK_HUGE_PAGE_SIZE | (1 << 29);
-
-    fn new(huge: bool) -> Result<Self, Errno> {
+    fn new(
+        huge: bool,
+        dirty: bool,
+        devs: Arc<Mutex<BTreeMap<String, MockDev>>>,
+    ) -> Result<Self, Errno> {
         let fmt = AmdV1Selftest::new(5).map_err(Errno::from)?;
         let table = IoPageTable::new(fmt, HeapMemory::new()).map_err(Errno::from)?;
-        Ok(Self { table, huge })
+        let native = table.pgsize_bitmap();
+        Ok(Self {
+            table,
+            native,
+            huge,
+            dirty,
+            pairs: Mutex::new(BTreeMap::new()),
+            devs,
+        })
+    }
+
+    /// The page sizes offered: the table's own and twice each.
+    fn pgsizes(&self) -> u64 {
+        if self.huge {
+            // Huge pages only; Linux lists the CPU page too so that
+            // iommufd accepts the domain.
+            MOCK_HUGE_PAGE_SIZE | crate::iopt::PAGE_SIZE
+        } else {
+            self.native | (self.native << 1)
+        }
+    }
+
+    /// The table's leaf size and count for `count` pages of `pgsize`.
+    fn leaves(&self, pgsize: u64, count: usize) -> Result<(u64, usize), Errno> {
+        if self.native & pgsize != 0 {
+            Ok((pgsize, count))
+        } else if self.native & (pgsize >> 1) != 0 {
+            Ok((pgsize >> 1, count.checked_mul(2).ok_or(Errno::EINVAL)?))
+        } else {
+            Err(Errno::EINVAL)
+        }
+    }
+
+    /// What a device write to `iova` does to the dirty bits (Linux's
+    /// mock `set_dirty`): the leaf, or both leaves of a pair, marked.
+    fn set_dirty(&self, iova: u64) {
+        let pair = lock(&self.pairs)
+            .range(..=iova)
+            .next_back()
+            .filter(|(&at, &size)| iova < at + size)
+            .map(|(&at, &size)| (at, size));
+        match pair {
+            Some((at, size)) => {
+                let mut a = at;
+                while a < at + size {
+                    let _ = self.table.hw_write(Iova::new(a));
+                    a += size >> 1;
+                }
+            }
+            None => {
+                let _ = self.table.hw_write(Iova::new(iova));
+            }
+        }
+    }
+}
+
+impl PagingOps for MockDomain {
+    fn map_pages(
+        &self,
+        iova: Iova,
+        paddr: PhysAddr,
+        pgsize: u64,
+        pgcount: usize,
+        prot: Prot,
+    ) -> Result<u64, MapPagesError> {
+        let (leaf, n) = self.leaves(pgsize, pgcount)?;
+        let done = PagingOps::map_pages(&self.table, iova, paddr, leaf, n, prot)?;
+        if leaf != pgsize {
+            let mut pairs = lock(&self.pairs);
+            for k in 0..done / pgsize {
+                pairs.insert(iova.raw() + k * pgsize, pgsize);
+            }
+        }
+        Ok(done - done % pgsize)
+    }
+
+    fn unmap_pages(
+        &self,
+        iova: Iova,
+        pgsize: u64,
+        pgcount: usize,
+        gather: &mut IotlbGather,
+    ) -> Unmapped {
+        let Ok((leaf, n)) = self.leaves(pgsize, pgcount) else {
+            return Unmapped::NOTHING;
+        };
+        let u = self.table.unmap_leaves(iova, leaf, n, gather);
+        if u.size != 0 {
+            let (start, end) = (u.iova.raw(), u.iova.raw().saturating_add(u.size));
+            let mut pairs = lock(&self.pairs);
+            let gone: Vec<u64> = pairs
+                .range(..end)
+                .rev()
+                .take_while(|(&at, &size)| at + size > start)
+                .map(|(&at, _)| at)
+                .collect();
+            for at in gone {
+                pairs.remove(&at);
+            }
+        }
+        u
+    }
+
+    fn iova_to_phys(&self, iova: Iova) -> Option<PhysAddr> {
+        PagingOps::iova_to_phys(&self.table, iova)
+    }
+
+    fn first_mapping(&self, start: Iova, last: Iova) -> Option<(Iova, u64)> {
+        PagingOps::first_mapping(&self.table, start, last)
+    }
+}
+
+impl DirtyOps for MockDomain {
+    fn set_dirty_tracking(&self, enable: bool) -> Result<(), Errno> {
+        self.table.set_dirty_tracking(enable).map_err(Errno::from)
+    }
+
+    fn read_and_clear_dirty(
+        &self,
+        iova: Iova,
+        size: u64,
+        no_clear: bool,
+        dirty: &mut dyn FnMut(Iova, u64),
+    ) -> Result<(), Errno> {
+        self.table
+            .read_and_clear_dirty_with(iova, size, !no_clear, dirty);
+        Ok(())
     }
 }
 
 impl DomainOps for MockDomain {
-    fn attach_dev(&self, _domain: &Domain, _dev: &Arc<Device>) -> Result<(), Errno> {
+    fn attach_dev(&self, _domain: &Domain, dev: &Arc<Device>) -> Result<(), Errno> {
+        // A device that cannot track dirty pages cannot use a domain
+        // that does.
+        if self.dirty && dev_flags(&self.devs, dev) & DEVICE_NO_DIRTY != 0 {
+            return Err(Errno::EINVAL);
+        }
         Ok(())
     }
 
     fn paging(&self) -> Option<&dyn PagingOps> {
-        Some(&self.table)
+        Some(self)
     }
 
     fn geometry(&self) -> Option<DomainGeometry> {
@@ -387,14 +549,11 @@ impl DomainOps for MockDomain {
     }
 
     fn pgsize_bitmap(&self) -> Option<u64> {
-        // In huge mode the test gives huge pages only; Linux lists the
-        // CPU page too so that iommufd accepts the domain. Here the table
-        // maps a CPU page as two of its own.
-        Some(if self.huge {
-            MOCK_HUGE_PAGE_SIZE | MOCK_PAGE_SIZE
-        } else {
-            Self::PGSIZES
-        })
+        Some(self.pgsizes())
+    }
+
+    fn dirty(&self) -> Option<&dyn DirtyOps> {
+        self.dirty.then_some(self as &dyn DirtyOps)
     }
 
     fn as_any(&self) -> Option<&dyn Any> {
@@ -528,6 +687,13 @@ impl Ictx {
                 }
                 Ok(())
             }
+            op::DIRTY => {
+                // struct { flags, iova, length, page_size, uptr, out_nr_dirty }
+                let (iova, length, page_size, uptr) =
+                    (c.u64_at(8), c.u64_at(16), c.u64_at(24), c.u64_at(32));
+                c.args[5] = self.test_dirty(c.id, iova, length, page_size, uptr, mem)?;
+                respond(&c)
+            }
             op::DEV_CHECK_CACHE => {
                 let idev = self.device(c.id)?;
                 let (i, want) = (c.u32_at(0) as usize, c.u32_at(4));
@@ -548,6 +714,63 @@ impl Ictx {
         }
     }
 
+    /// `IOMMU_TEST_OP_DIRTY`: the mock is told the device wrote the page
+    /// of every bit set in the caller's bitmap; returns how many.
+    fn test_dirty(
+        &self,
+        id: u32,
+        iova: u64,
+        length: u64,
+        page_size: u64,
+        uptr: u64,
+        mem: &dyn UserMemory,
+    ) -> Result<u64, Errno> {
+        if page_size == 0
+            || length == 0
+            || !iova.is_multiple_of(page_size)
+            || !length.is_multiple_of(page_size)
+            || uptr == 0
+        {
+            return Err(Errno::EINVAL);
+        }
+        let max = length / page_size;
+        if max > (16 << 20) * 8 {
+            return Err(Errno::EOVERFLOW);
+        }
+        let hwpt = self.md_hwpt(id)?;
+        let mock = hwpt
+            .domain
+            .ops()
+            .as_any()
+            .and_then(|a| a.downcast_ref::<MockDomain>())
+            .ok_or(Errno::EINVAL)?;
+        if !mock.dirty || !mock.table.dirty_tracking() {
+            return Err(Errno::EINVAL);
+        }
+        let mut bits = vec![0u8; max.div_ceil(8) as usize];
+        mem.read(uptr, &mut bits)?;
+        let mut count = 0;
+        for i in 0..max {
+            if bits[(i / 8) as usize] & (1 << (i % 8)) != 0 {
+                mock.set_dirty(iova.wrapping_add(i * page_size));
+                count += 1;
+            }
+        }
+        Ok(count)
+    }
+
+    /// The paging HWPT `id` with a mock domain (Linux's `get_md_pagetable`).
+    fn md_hwpt(&self, id: u32) -> Result<Arc<crate::device::HwptPaging>, Errno> {
+        let hwpt = match self.object(id) {
+            Some(Object::HwptPaging(h)) => h,
+            _ => return Err(Errno::ENOENT),
+        };
+        if hwpt.domain.ty() != DomainType::Unmanaged || !is_mock(&hwpt.domain) {
+            return Err(Errno::EINVAL);
+        }
+        Ok(hwpt)
+    }
+
     fn stdev(&self, id: u32) -> Result<Arc<StDev>, Errno> {
         match self.object(id) {
             Some(Object::Selftest(s)) => Ok(s),
@@ -565,14 +788,8 @@ impl Ictx {
         uptr: u64,
         mem: &dyn UserMemory,
     ) -> Result<(), Errno> {
-        let hwpt = match self.object(id) {
-            Some(Object::HwptPaging(h)) => h,
-            _ => return Err(Errno::ENOENT),
-        };
+        let hwpt = self.md_hwpt(id)?;
         let d = &hwpt.domain;
-        if d.ty() != DomainType::Unmanaged || !is_mock(d) {
-            return Err(Errno::EINVAL);
-        }
         let page = crate::device::min_page(d);
         if !iova.is_multiple_of(page)
             || !length.is_multiple_of(page)

@@ -22,7 +22,11 @@ struct Prog {
 
 impl Prog {
     fn new(platform: &Arc<Selftest>) -> Self {
-        let mem = Arc::new(Space::new(0x1000, 0x10_0000 + 16 * PAGE as usize));
+        Self::with_memory(platform, 0x10_0000 + 16 * PAGE as usize)
+    }
+
+    fn with_memory(platform: &Arc<Selftest>, len: usize) -> Self {
+        let mem = Arc::new(Space::new(0x1000, len));
         let ctx = Arc::new(Ictx::new());
         ctx.set_user_memory(mem.clone());
         ctx.enable_selftest(platform);
@@ -222,4 +226,193 @@ fn reserved_ranges_memory_limits_and_device_caches() {
     let (r, _) = iommufd::testing::ioctl_at(&bare, &*p.mem, ARG, Cmd::TestCmd, &c);
     assert_eq!(r, Err(Errno::ENOTTY));
     let _ = p.mem.read(ARG, &mut [0u8; 4]);
+}
+
+/// Dirty tracking as a VMM's migration uses it: a HWPT made to track,
+/// marks cleared when tracking starts, the device's writes (the mock told
+/// of them) reported once, or every time with NO_CLEAR, in the caller's
+/// bitmap at any alignment.
+#[test]
+fn dirty_bits_reach_the_bitmap_once_and_errnos_are_linuxs() {
+    use iommufd::dirty::{DIRTY_TRACKING_ENABLE, GET_DIRTY_BITMAP_NO_CLEAR};
+    use iommufd::uapi::{HwptAlloc, HwptGetDirtyBitmap, HwptSetDirtyTracking};
+    let platform = Selftest::new().unwrap();
+    let p = Prog::new(&platform);
+    let ioas = p.ctx.ioas_alloc().unwrap();
+    let (_, _, idev) = p.mock_domain(ioas).unwrap();
+    let iova = MOCK_APERTURE_START;
+    // 8 CPU pages a page at a time (huge pages off, as the selftest).
+    let small = iommufd::uapi::IommuOption {
+        size: 24,
+        option_id: iommufd::uapi::option::HUGE_PAGES,
+        op: iommufd::uapi::option::OP_SET,
+        object_id: ioas,
+        val64: 0,
+        ..Default::default()
+    };
+    p.ctx.option(&small).unwrap();
+    p.map(ioas, BUFFER, 8 * PAGE, iova).unwrap();
+    let alloc = |flags| {
+        let c = HwptAlloc {
+            size: core::mem::size_of::<HwptAlloc>() as u32,
+            flags,
+            dev_id: idev,
+            pt_id: ioas,
+            ..HwptAlloc::default()
+        };
+        let (r, back) = iommufd::testing::ioctl_at(&p.ctx, &*p.mem, ARG, Cmd::HwptAlloc, &c);
+        r.map(|()| back.out_hwpt_id)
+    };
+    let plain = alloc(0).unwrap();
+    let hwpt = alloc(iommufd::uapi::hwpt_alloc::DIRTY_TRACKING).unwrap();
+    let track = |id, flags| {
+        let c = HwptSetDirtyTracking {
+            size: 16,
+            flags,
+            hwpt_id: id,
+            reserved: 0,
+        };
+        iommufd::testing::ioctl_at(&p.ctx, &*p.mem, ARG, Cmd::HwptSetDirtyTracking, &c).0
+    };
+    assert_eq!(track(plain, DIRTY_TRACKING_ENABLE), Err(Errno::EOPNOTSUPP));
+    assert_eq!(track(hwpt, 2), Err(Errno::EOPNOTSUPP));
+    assert_eq!(track(ioas, DIRTY_TRACKING_ENABLE), Err(Errno::ENOENT));
+    // The device "writes" before tracking: refused, nothing marked.
+    const BITS: u64 = 0x3000;
+    let set_dirty = |bits: &[u8]| {
+        p.mem.write(BITS, bits).unwrap();
+        let args = [(1, iova), (2, 8 * PAGE), (3, MOCK_PAGE_SIZE), (4, BITS)];
+        p.test(op::DIRTY, hwpt, &args).map(|c| c.args[5])
+    };
+    assert_eq!(set_dirty(&[0xff, 0xff]), Err(Errno::EINVAL));
+    assert_eq!(track(hwpt, DIRTY_TRACKING_ENABLE), Ok(()));
+    // Mock pages 0 and 9 written: each is half of a CPU page, whose two
+    // leaves share the mark (as contiguous entries do).
+    assert_eq!(set_dirty(&[0b0000_0001, 0b0000_0010]), Ok(2));
+    let get = |at: u64, flags, page: u64| {
+        p.mem.write(at, &[0u8; 8]).unwrap();
+        let c = HwptGetDirtyBitmap {
+            size: 48,
+            hwpt_id: hwpt,
+            flags,
+            iova,
+            length: 8 * PAGE,
+            page_size: page,
+            data: at,
+            ..HwptGetDirtyBitmap::default()
+        };
+        let (r, _) = iommufd::testing::ioctl_at(&p.ctx, &*p.mem, ARG, Cmd::HwptGetDirtyBitmap, &c);
+        let mut b = [0u8; 2];
+        p.mem.read(at, &mut b).unwrap();
+        r.map(|()| b)
+    };
+    // Per CPU page: pages 0 and 4; at an odd address; with NO_CLEAR twice.
+    assert_eq!(
+        get(0x3101, GET_DIRTY_BITMAP_NO_CLEAR, PAGE),
+        Ok([0b1_0001, 0])
+    );
+    assert_eq!(
+        get(0x3101, GET_DIRTY_BITMAP_NO_CLEAR, PAGE),
+        Ok([0b1_0001, 0])
+    );
+    // Per mock page, cleared as read: both halves of each (mock pages 0,
+    // 1, 8 and 9); then nothing.
+    assert_eq!(get(0x3200, 0, MOCK_PAGE_SIZE), Ok([0b11, 0b11]));
+    assert_eq!(get(0x3200, 0, MOCK_PAGE_SIZE), Ok([0, 0]));
+    // Linux's checks.
+    let bad = |iova_, length, page, flags| {
+        let c = HwptGetDirtyBitmap {
+            size: 48,
+            hwpt_id: hwpt,
+            flags,
+            iova: iova_,
+            length,
+            page_size: page,
+            data: 0x3300,
+            ..HwptGetDirtyBitmap::default()
+        };
+        iommufd::testing::ioctl_at(&p.ctx, &*p.mem, ARG, Cmd::HwptGetDirtyBitmap, &c).0
+    };
+    assert_eq!(bad(iova, 0, PAGE, 0), Err(Errno::EINVAL), "no length");
+    assert_eq!(bad(iova, PAGE, 0, 0), Err(Errno::EINVAL), "no page size");
+    assert_eq!(
+        bad(iova + 0x400, PAGE, PAGE, 0),
+        Err(Errno::EINVAL),
+        "unaligned"
+    );
+    assert_eq!(
+        bad(u64::MAX - 0xfff, 0x2000, PAGE, 0),
+        Err(Errno::EOVERFLOW)
+    );
+    assert_eq!(bad(iova, 16 * PAGE, PAGE, 0), Err(Errno::EINVAL), "a hole");
+    assert_eq!(
+        bad(iova, PAGE, PAGE, 2),
+        Err(Errno::EOPNOTSUPP),
+        "unknown flag"
+    );
+    // A device that cannot track: no dirty HWPT for it, no attach to one.
+    let c = p.test(op::MOCK_DOMAIN_FLAGS, hwpt, &[(1, 1 << 32)]);
+    assert_eq!(c.err(), Some(Errno::EINVAL));
+    assert_eq!(track(hwpt, 0), Ok(()));
+}
+
+/// A dirty leaf larger than the bitmap's chunk is reported whole: the
+/// bits past the chunk that found it are carried into the next ones.
+#[test]
+fn a_dirty_huge_leaf_fills_the_bitmap_across_chunks() {
+    use iommufd::uapi::{hwpt_alloc, HwptAlloc, HwptGetDirtyBitmap, HwptSetDirtyTracking};
+    const MB: u64 = 1 << 20;
+    let bitmap = BUFFER + 2 * MB;
+    let platform = Selftest::new().unwrap();
+    let p = Prog::with_memory(&platform, (bitmap + 2 * MB / 8 - 0x1000) as usize);
+    let ioas = p.ctx.ioas_alloc().unwrap();
+    let (_, _, idev) = p.mock_domain(ioas).unwrap();
+    let iova = MOCK_APERTURE_START;
+    p.map(ioas, BUFFER, 2 * MB, iova).unwrap();
+    let c = HwptAlloc {
+        size: core::mem::size_of::<HwptAlloc>() as u32,
+        flags: hwpt_alloc::DIRTY_TRACKING,
+        dev_id: idev,
+        pt_id: ioas,
+        ..HwptAlloc::default()
+    };
+    let (r, back) = iommufd::testing::ioctl_at(&p.ctx, &*p.mem, ARG, Cmd::HwptAlloc, &c);
+    r.unwrap();
+    let hwpt = back.out_hwpt_id;
+    let t = HwptSetDirtyTracking {
+        size: 16,
+        flags: 1,
+        hwpt_id: hwpt,
+        reserved: 0,
+    };
+    iommufd::testing::ioctl_at(&p.ctx, &*p.mem, ARG, Cmd::HwptSetDirtyTracking, &t)
+        .0
+        .unwrap();
+    // One write in the first 1 MiB leaf.
+    p.mem.write(0x3000, &[1]).unwrap();
+    let args = [(1, iova), (2, MB), (3, MOCK_PAGE_SIZE), (4, 0x3000)];
+    assert_eq!(p.test(op::DIRTY, hwpt, &args).unwrap().args[5], 1);
+    // One bit per byte of IOVA: 2 Mi bits, four chunks of the bitmap.
+    let get = || {
+        let c = HwptGetDirtyBitmap {
+            size: 48,
+            hwpt_id: hwpt,
+            iova,
+            length: 2 * MB,
+            page_size: 1,
+            data: bitmap,
+            ..HwptGetDirtyBitmap::default()
+        };
+        let (r, _) = iommufd::testing::ioctl_at(&p.ctx, &*p.mem, ARG, Cmd::HwptGetDirtyBitmap, &c);
+        r.unwrap();
+        let mut b = vec![0u8; (2 * MB / 8) as usize];
+        p.mem.read(bitmap, &mut b).unwrap();
+        b
+    };
+    let b = get();
+    let half = (MB / 8) as usize;
+    assert!(b[..half].iter().all(|&x| x == 0xff), "the whole leaf");
+    assert!(b[half..].iter().all(|&x| x == 0), "not the next one");
+    p.mem.write(bitmap, &vec![0u8; 2 * half]).unwrap();
+    assert!(get().iter().all(|&x| x == 0), "cleared by the read");
 }
