@@ -48,6 +48,14 @@ pub enum Errno {
     EOPNOTSUPP,
     /// Address already in use (an IOVA range another rule already claims).
     EADDRINUSE,
+    /// Try again (a queue with nothing to read yet).
+    EAGAIN,
+    /// Too many open files (no descriptor left for a new file).
+    EMFILE,
+    /// Invalid exchange (a check found other pages than expected).
+    EBADE,
+    /// File descriptor in bad state (a descriptor of the wrong kind of file).
+    EBADFD,
     /// Connection timed out (hardware did not complete a command in time).
     ETIMEDOUT,
 }
@@ -75,6 +83,10 @@ impl Errno {
             Errno::EMSGSIZE => 90,
             Errno::EOPNOTSUPP => 95,
             Errno::EADDRINUSE => 98,
+            Errno::EAGAIN => 11,
+            Errno::EMFILE => 24,
+            Errno::EBADE => 52,
+            Errno::EBADFD => 77,
             Errno::ETIMEDOUT => 110,
         }
     }
@@ -101,6 +113,10 @@ impl Errno {
             Errno::EMSGSIZE => "EMSGSIZE",
             Errno::EOPNOTSUPP => "EOPNOTSUPP",
             Errno::EADDRINUSE => "EADDRINUSE",
+            Errno::EAGAIN => "EAGAIN",
+            Errno::EMFILE => "EMFILE",
+            Errno::EBADE => "EBADE",
+            Errno::EBADFD => "EBADFD",
             Errno::ETIMEDOUT => "ETIMEDOUT",
         }
     }
@@ -127,6 +143,10 @@ impl Errno {
             Errno::EMSGSIZE => "Message too long",
             Errno::EOPNOTSUPP => "Operation not supported",
             Errno::EADDRINUSE => "Address already in use",
+            Errno::EAGAIN => "Resource temporarily unavailable",
+            Errno::EMFILE => "Too many open files",
+            Errno::EBADE => "Invalid exchange",
+            Errno::EBADFD => "File descriptor in bad state",
             Errno::ETIMEDOUT => "Connection timed out",
         }
     }
