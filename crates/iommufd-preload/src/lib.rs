@@ -25,7 +25,7 @@
 //! the `iommufd` crate's, which has no `unsafe` at all.
 #![allow(unsafe_code)]
 
-use iommufd::ctx::{Ictx, UserMemory};
+use iommufd::ctx::{File, FileTable, Ictx, UserMemory};
 use iommufd::selftest::Selftest;
 use iommufd::Errno;
 use libc::{c_char, c_int, c_long, c_uint, c_ulong, c_void};
@@ -37,35 +37,80 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 /// The path this library serves.
 pub const DEV_IOMMU: &CStr = c"/dev/iommu";
 
-/// The contexts by descriptor.
-static FDS: Mutex<BTreeMap<c_int, Arc<Ictx>>> = Mutex::new(BTreeMap::new());
-/// How many descriptors name a context: the hooks skip the lock while none.
+/// What one of our descriptors names.
+#[derive(Clone)]
+enum Entry {
+    /// An open of `/dev/iommu`.
+    Ctx(Arc<Ictx>),
+    /// A file a command made (an access object's).
+    File(Arc<dyn File>),
+}
+
+/// Our descriptors.
+static FDS: Mutex<BTreeMap<c_int, Entry>> = Mutex::new(BTreeMap::new());
+/// How many descriptors are ours: the hooks skip the lock while none.
 static OPEN: AtomicUsize = AtomicUsize::new(0);
 
-fn fds() -> MutexGuard<'static, BTreeMap<c_int, Arc<Ictx>>> {
+fn fds() -> MutexGuard<'static, BTreeMap<c_int, Entry>> {
     FDS.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// The context `fd` names, if it is one of ours.
-pub fn context(fd: c_int) -> Option<Arc<Ictx>> {
+fn entry(fd: c_int) -> Option<Entry> {
     if OPEN.load(Ordering::Acquire) == 0 {
         return None;
     }
     fds().get(&fd).cloned()
 }
 
-/// Names `ctx` by `fd`; returns a context `fd` named before (the caller
-/// drops it outside the lock).
-fn install(fd: c_int, ctx: Arc<Ictx>) -> Option<Arc<Ictx>> {
-    let old = fds().insert(fd, ctx);
+/// The context `fd` names, if it is one of ours.
+pub fn context(fd: c_int) -> Option<Arc<Ictx>> {
+    match entry(fd)? {
+        Entry::Ctx(c) => Some(c),
+        Entry::File(_) => None,
+    }
+}
+
+/// Names `e` by `fd`; returns what `fd` named before (the caller drops
+/// it outside the lock).
+fn install(fd: c_int, e: Entry) -> Option<Entry> {
+    let old = fds().insert(fd, e);
     if old.is_none() {
         OPEN.fetch_add(1, Ordering::AcqRel);
     }
     old
 }
 
-/// Forgets `fd`'s context, returning it.
-fn forget(fd: c_int) -> Option<Arc<Ictx>> {
+/// The process's descriptor table as the `iommufd` crate sees it.
+struct Files;
+
+impl FileTable for Files {
+    fn install(&self, file: Arc<dyn File>) -> Result<i32, Errno> {
+        // SAFETY: a constant C string and plain flags.
+        let fd = unsafe {
+            libc::syscall(
+                libc::SYS_memfd_create,
+                c"iommufd-file".as_ptr(),
+                libc::MFD_CLOEXEC,
+            )
+        };
+        if fd < 0 {
+            return Err(Errno::EMFILE);
+        }
+        let fd = fd as c_int;
+        drop(install(fd, Entry::File(file)));
+        Ok(fd)
+    }
+
+    fn get(&self, fd: i32) -> Option<Arc<dyn File>> {
+        match entry(fd)? {
+            Entry::File(f) => Some(f),
+            Entry::Ctx(_) => None,
+        }
+    }
+}
+
+/// Forgets `fd`, returning what it named.
+fn forget(fd: c_int) -> Option<Entry> {
     if OPEN.load(Ordering::Acquire) == 0 {
         return None;
     }
@@ -193,10 +238,11 @@ fn open_iommufd(flags: c_int) -> c_int {
     let ctx = Arc::new(Ictx::new());
     ctx.set_sys_resource(has_cap_sys_resource());
     ctx.set_user_memory(Arc::new(ProcessMemory));
+    ctx.set_files(Arc::new(Files));
     if let Some(p) = platform() {
         ctx.enable_selftest(p);
     }
-    install(fd, ctx);
+    install(fd, Entry::Ctx(ctx));
     fd
 }
 
@@ -311,15 +357,16 @@ pub unsafe extern "C" fn close(fd: c_int) -> c_int {
     let ctx = forget(fd);
     // SAFETY: a plain system call.
     let r = sys_ret(unsafe { libc::syscall(libc::SYS_close, fd) });
-    // The last name of a context takes it with it, outside the lock.
+    // The last name of a context or file takes it with it (an access is
+    // destroyed), outside the lock.
     drop(ctx);
     r
 }
 
 fn dup_to(old: c_int, new: c_int) -> c_int {
     if new >= 0 {
-        if let Some(ctx) = context(old) {
-            let replaced = install(new, ctx);
+        if let Some(e) = entry(old) {
+            let replaced = install(new, e);
             drop(replaced);
         } else {
             drop(forget(new));
@@ -391,8 +438,8 @@ pub unsafe extern "C" fn fcntl64(fd: c_int, cmd: c_int, arg: c_ulong) -> c_int {
     unsafe { fcntl(fd, cmd, arg) }
 }
 
-/// `ioctl(2)`: on a context, Linux's iommufd command; elsewhere the
-/// system call.
+/// `ioctl(2)`: on a context, Linux's iommufd command or VFIO container
+/// command (some return a value); elsewhere the system call.
 ///
 /// # Safety
 /// As the C library's: `arg` is what the request takes.
@@ -413,11 +460,11 @@ pub unsafe extern "C" fn ioctl(fd: c_int, request: c_ulong, arg: c_ulong) -> c_i
     // of ours is reported on stderr by the panic hook and the call fails
     // with EIO.
     let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        ctx.ioctl(num, arg, &ProcessMemory)
+        ctx.ioctl_value(num, arg, &ProcessMemory)
     }))
     .unwrap_or(Err(Errno::EIO));
     match r {
-        Ok(()) => 0,
+        Ok(v) => v,
         Err(e) => {
             set_errno(e.code());
             -1

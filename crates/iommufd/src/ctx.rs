@@ -51,6 +51,34 @@ pub trait UserMemory {
     }
 }
 
+/// A file a command hands the caller a descriptor for (an access's, a
+/// fault queue's): the kernel's `struct file` behind `fd_install`.
+pub trait File: core::any::Any + Send + Sync {
+    /// Itself, to find the object behind a descriptor.
+    fn as_any(&self) -> &dyn core::any::Any;
+}
+
+/// The caller's descriptor table (the kernel's `get_unused_fd_flags`,
+/// `fd_install` and `fget`), as the embedder gives it
+/// ([`Ictx::set_files`]). A file is released (dropped) when its last
+/// descriptor closes.
+pub trait FileTable: Send + Sync {
+    /// Gives `file` a new close-on-exec descriptor.
+    ///
+    /// # Errors
+    /// `EMFILE` or `ENOMEM` when no descriptor can be made.
+    fn install(&self, file: Arc<dyn File>) -> Result<i32, Errno>;
+
+    /// The file descriptor `fd` names, if it is one of these.
+    fn get(&self, fd: i32) -> Option<Arc<dyn File>>;
+}
+
+impl core::fmt::Debug for dyn FileTable {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str("FileTable")
+    }
+}
+
 /// The address space a context's pages come from (Linux's `source_mm`
 /// of a pages object), as [`Ictx::set_user_memory`] gives it.
 #[derive(Clone)]
@@ -83,6 +111,10 @@ pub struct Ioas {
     pub(crate) small_pages: bool,
     /// Where its pages come from, when the context was told.
     pub(crate) mm: Option<SourceMm>,
+    /// Access objects attached to it.
+    pub(crate) accesses: Vec<alloc::sync::Weak<crate::access::Access>>,
+    /// The pins they hold.
+    pub(crate) access_pins: Vec<crate::access::Pin>,
 }
 
 impl Ioas {
@@ -123,7 +155,7 @@ impl Ioas {
             .domains
             .iter()
             .map(|(_, d)| crate::device::min_page(d))
-            .fold(floor, u64::max);
+            .fold(floor.max(self.access_alignment()), u64::max);
         self.iopt.set_iova_alignment(align)
     }
 
@@ -226,6 +258,8 @@ pub enum Object {
     Vdevice(Arc<crate::viommu::Vdevice>),
     /// A mock device of the selftest (Linux's `IOMMUFD_OBJ_SELFTEST`).
     Selftest(Arc<crate::selftest::StDev>),
+    /// An access object (held by its driver until it destroys it).
+    Access(Arc<crate::access::Access>),
 }
 
 impl Object {
@@ -240,6 +274,7 @@ impl Object {
             Object::Viommu(v) => Arc::strong_count(v) - 1,
             Object::Vdevice(v) => Arc::strong_count(v) - 1,
             Object::Selftest(_) => 0,
+            Object::Access(_) => 1,
         }
     }
 }
@@ -259,6 +294,12 @@ pub struct Ictx {
     no_sys_resource: core::sync::atomic::AtomicBool,
     /// Where pages come from (see [`Ictx::set_user_memory`]).
     mm: std::sync::OnceLock<SourceMm>,
+    /// The caller's descriptors (see [`Ictx::set_files`]).
+    pub(crate) files: std::sync::OnceLock<Arc<dyn FileTable>>,
+    /// The context itself, for files that outlive a command.
+    pub(crate) me: std::sync::OnceLock<alloc::sync::Weak<Ictx>>,
+    /// The compat IOAS of the VFIO container ioctls.
+    pub(crate) vfio: crate::vfio::Compat,
     /// The selftest platform `IOMMU_TEST_CMD` runs on, once enabled.
     pub(crate) selftest: std::sync::OnceLock<Arc<crate::selftest::Selftest>>,
 }
@@ -340,6 +381,13 @@ impl Ictx {
     /// Set once, before IOASes are made; without it nothing is checked.
     pub fn set_user_memory(&self, mm: Arc<dyn UserMemory + Send + Sync>) {
         let _ = self.mm.set(SourceMm(mm));
+    }
+
+    /// The caller's descriptor table, for commands that return a file
+    /// descriptor (access objects, fault queues). Set once; without it
+    /// those commands answer `EOPNOTSUPP`.
+    pub fn set_files(&self, files: Arc<dyn FileTable>) {
+        let _ = self.files.set(files);
     }
 
     /// Destroys object `id` (`IOMMU_DESTROY`).
@@ -436,6 +484,21 @@ impl Ictx {
             }
             _ => Err(Errno::EOPNOTSUPP),
         }
+    }
+
+    /// Runs ioctl `num` as Linux's `iommufd_fops_ioctl` does, with its
+    /// return value: a number outside iommufd's commands goes to the VFIO
+    /// container compatibility ioctls ([`Ictx::vfio_ioctl`], some of
+    /// which return a value, and whose `arg` may be a plain number); the
+    /// others are [`Ictx::ioctl`], 0 on success.
+    ///
+    /// # Errors
+    /// The command's errno (`ENOTTY` for a number neither knows).
+    pub fn ioctl_value(&self, num: u32, arg: u64, mem: &dyn UserMemory) -> Result<i32, Errno> {
+        if !uapi::in_range(num & 0xff) {
+            return self.vfio_ioctl(num, arg, mem);
+        }
+        self.ioctl(num, arg, mem).map(|()| 0)
     }
 
     /// Runs the ioctl `num` whose argument is at `arg` in `mem`, as
@@ -579,6 +642,13 @@ impl Ictx {
                 let c: uapi::HwptGetDirtyBitmap = get(&ucmd)?;
                 self.get_dirty_bitmap(&c, mem)
             }
+            Cmd::VfioIoas => {
+                let mut c: uapi::VfioIoas = get(&ucmd)?;
+                if self.vfio_ioas(&mut c)? {
+                    respond(c.as_bytes())?;
+                }
+                Ok(())
+            }
             Cmd::TestCmd => self.test_cmd(&ucmd, arg, mem),
             _ => Err(Errno::EOPNOTSUPP),
         }
@@ -680,11 +750,24 @@ impl Ictx {
             return Err(Errno::EOVERFLOW);
         }
         let prot = map_prot(c.flags)?;
-        let ioas = self.ioas(c.ioas_id)?;
         let iova = (c.flags & ioas_map::FIXED_IOVA != 0).then_some(c.iova);
+        self.map_user_prot(c.ioas_id, c.user_va, c.length, iova, prot)
+    }
+
+    /// Maps user memory into IOAS `ioas_id` with `prot` as given (the
+    /// VFIO compat path maps without read or write when asked so).
+    pub(crate) fn map_user_prot(
+        &self,
+        ioas_id: u32,
+        uaddr: u64,
+        length: u64,
+        iova: Option<u64>,
+        prot: Prot,
+    ) -> Result<u64, Errno> {
+        let ioas = self.ioas(ioas_id)?;
         let mut g = lock(&ioas);
-        let iova = g.iopt.map_user(c.user_va, c.length, iova, prot)?;
-        fill_new(&mut g, iova, c.length)
+        let iova = g.iopt.map_user(uaddr, length, iova, prot)?;
+        fill_new(&mut g, iova, length)
     }
 
     /// `IOMMU_IOAS_UNMAP` (Linux's `iommufd_ioas_unmap`): returns the
@@ -698,10 +781,14 @@ impl Ictx {
         let ioas = self.ioas(ioas_id)?;
         let mut g = lock(&ioas);
         let (removed, err) = if iova == 0 && length == u64::MAX {
+            g.notify_unmap(0, u64::MAX);
             (g.iopt.unmap_all(), None)
         } else {
             if beyond(iova) || beyond(length) {
                 return Err(Errno::EOVERFLOW);
+            }
+            if length != 0 {
+                g.notify_unmap(iova, iova.saturating_add(length - 1));
             }
             match g.iopt.unmap(iova, length) {
                 Ok(v) if v.is_empty() => (v, Some(Errno::ENOENT)),

@@ -460,6 +460,39 @@ impl IoPagetable {
         self.unmap_range(iova, last)
     }
 
+    /// Cuts the area holding `iova` after it (Linux's `iopt_area_split`):
+    /// `[first, iova]` and `[iova + 1, last]`, sharing its pages. Nothing
+    /// happens when no area holds `iova` or it is the area's last IOVA.
+    /// Domains are not touched: the caller cuts only where domains map
+    /// page by page (large pages disabled).
+    ///
+    /// # Errors
+    /// `EINVAL` when the cut is not aligned to the IOVA alignment, in the
+    /// IOVA or in the pages.
+    pub fn split_at(&mut self, iova: u64) -> Result<(), Errno> {
+        let Some(a) = self.area_at(iova).cloned() else {
+            return Ok(());
+        };
+        if iova == a.last {
+            return Ok(());
+        }
+        let new_start = iova + 1;
+        let mask = self.iova_alignment.max(1) - 1;
+        let byte = a.start_byte + (new_start - a.iova);
+        if new_start & mask != 0 || byte & mask != 0 {
+            return Err(Errno::EINVAL);
+        }
+        let right = Area {
+            iova: new_start,
+            start_byte: byte,
+            ..a.clone()
+        };
+        let left = Area { last: iova, ..a };
+        self.areas.insert(left.iova, left);
+        self.areas.insert(right.iova, right);
+        Ok(())
+    }
+
     /// Unmaps everything; returns what was mapped.
     pub fn unmap_all(&mut self) -> Vec<Area> {
         core::mem::take(&mut self.areas).into_values().collect()

@@ -22,15 +22,22 @@
 //! - [`viommu`]: vIOMMUs, vDEVICEs and nested HWPTs over the core's
 //!   `Viommu`, and the guest's invalidations (`IOMMU_HWPT_INVALIDATE`).
 //!
-//! Still to come: access objects, dirty tracking, fault and event queues,
-//! `IOMMU_OPTION`, `GET_HW_INFO`, PASID attach, the selftest's mock
-//! (`IOMMU_TEST_CMD`) and the `/dev/iommu` preload library that runs
-//! Linux's own selftest against this crate.
+//! - [`dirty`]: dirty tracking of paging HWPTs for migration.
+//! - [`access`]: access objects, the mediated-device path (pins by IOVA,
+//!   reads and writes through an IOAS, told of unmaps).
+//! - [`vfio`]: the VFIO type1 container ioctls on a compat IOAS.
+//! - [`selftest`]: Linux's selftest mock IOMMU and `IOMMU_TEST_CMD`, so
+//!   that Linux's own selftest, run through the `iommufd-preload`
+//!   library, judges this crate.
+//!
+//! Still to come: fault queues and vEVENTQs, PASID attach, `MAP_FILE`,
+//! the mock vIOMMU and its nested domains, pinned-page accounting.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![forbid(unsafe_code)]
 
 extern crate alloc;
 
+pub mod access;
 pub mod ctx;
 pub mod device;
 pub mod dirty;
@@ -39,6 +46,7 @@ pub mod selftest;
 #[cfg(feature = "test-utils")]
 pub mod testing;
 pub mod uapi;
+pub mod vfio;
 pub mod viommu;
 
 pub use iommu_types::Errno;

@@ -14,9 +14,12 @@
 //!
 //! The operations served: `ADD_RESERVED`, `MOCK_DOMAIN` and
 //! `MOCK_DOMAIN_FLAGS`, `MOCK_DOMAIN_REPLACE`, `MD_CHECK_MAP`,
-//! `MD_CHECK_REFS`, `DEV_CHECK_CACHE` and `SET_TEMP_MEMORY_LIMIT`. The others answer
-//! `EOPNOTSUPP` until their layer exists (access objects, dirty tracking,
-//! fault and event queues, PASID attach, dma-buf).
+//! `MD_CHECK_REFS`, `DEV_CHECK_CACHE`, `SET_TEMP_MEMORY_LIMIT` (recorded),
+//! `DIRTY`, and the access objects' `CREATE_ACCESS`, `ACCESS_PAGES`,
+//! `DESTROY_ACCESS_PAGES`, `ACCESS_RW` and `ACCESS_REPLACE_IOAS` (an
+//! access is a file: [`Ictx::set_files`] gives the descriptor table). The
+//! others answer `EOPNOTSUPP` until their layer exists (the mock vIOMMU
+//! and nested domains, fault and event queues, PASID attach, dma-buf).
 //!
 //! Where this differs from the kernel: user memory is not pinned. A
 //! domain maps a user address as its physical address (the crate's rule,
@@ -569,6 +572,7 @@ impl Ictx {
     /// Serves `IOMMU_TEST_CMD` on `platform` from now on.
     pub fn enable_selftest(self: &Arc<Self>, platform: &Arc<Selftest>) {
         platform.register(Arc::downgrade(self));
+        let _ = self.me.set(Arc::downgrade(self));
         let _ = self.selftest.set(Arc::clone(platform));
     }
 
@@ -582,16 +586,15 @@ impl Ictx {
                 continue;
             };
             let g = lock(&ioas);
-            if g.domains.is_empty() {
-                continue;
-            }
             for a in g.iopt.areas() {
                 let p = &a.pages;
                 let end = p.uptr + p.npages * crate::iopt::PAGE_SIZE;
                 // The pages of the area itself, not the whole object.
                 let first = p.uptr + (a.start_byte & !(crate::iopt::PAGE_SIZE - 1));
                 let last_byte = p.uptr + a.start_byte + (a.last - a.iova);
-                if page >= first && page <= last_byte && page < end {
+                let in_area = page >= first && page <= last_byte && page < end;
+                let held = (in_area && !g.domains.is_empty()) || g.access_pins_page(a, page);
+                if held {
                     let ptr = Arc::as_ptr(p);
                     if !seen.contains(&ptr) {
                         seen.push(ptr);
@@ -694,6 +697,80 @@ impl Ictx {
                 c.args[5] = self.test_dirty(c.id, iova, length, page_size, uptr, mem)?;
                 respond(&c)
             }
+            op::CREATE_ACCESS => {
+                let flags = c.u32_at(4);
+                if flags & !ACCESS_CREATE_NEEDS_PIN_PAGES != 0 {
+                    return Err(Errno::EOPNOTSUPP);
+                }
+                let fd = self.create_access(c.id, flags & ACCESS_CREATE_NEEDS_PIN_PAGES != 0)?;
+                c.set_u32(0, fd as u32);
+                respond(&c)
+            }
+            op::ACCESS_REPLACE_IOAS => {
+                let (_, access) = self.access_file(c.id)?;
+                let ioas_id = c.u32_at(0);
+                access.ioas_id().ok_or(Errno::ENOENT)?;
+                let ioas = self.ioas(ioas_id)?;
+                access.change_ioas(ioas_id, &ioas)
+            }
+            op::ACCESS_PAGES => {
+                // struct { flags, out_access_pages_id, iova, length, uptr }
+                let (flags, iova, length, uptr) =
+                    (c.u32_at(0), c.u64_at(8), c.u64_at(16), c.u64_at(24));
+                if length > ACCESS_MAX {
+                    return Err(Errno::ENOMEM);
+                }
+                if flags & !(ACCESS_WRITE | ACCESS_SYZ) != 0 {
+                    return Err(Errno::EOPNOTSUPP);
+                }
+                let (_, access) = self.access_file(c.id)?;
+                if !access.needs_pin {
+                    return Err(Errno::EOPNOTSUPP);
+                }
+                let (item, pages) = access.pin_pages(iova, length, flags & ACCESS_WRITE != 0)?;
+                // The pages pinned are the caller's own at `uptr`.
+                if uptr != 0 {
+                    let base = uptr.wrapping_sub(iova % crate::iopt::PAGE_SIZE);
+                    let same = pages
+                        .iter()
+                        .enumerate()
+                        .all(|(k, &p)| p == base.wrapping_add(k as u64 * crate::iopt::PAGE_SIZE));
+                    if !same {
+                        let _ = access.unpin(item);
+                        return Err(Errno::EBADE);
+                    }
+                }
+                c.set_u32(4, item);
+                respond(&c).inspect_err(|_| {
+                    let _ = access.unpin(item);
+                })
+            }
+            op::DESTROY_ACCESS_PAGES => {
+                let (_, access) = self.access_file(c.id)?;
+                access.unpin(c.u32_at(0)).map_err(|_| Errno::ENOENT)
+            }
+            op::ACCESS_RW => {
+                // struct { iova, length, uptr, flags }
+                let (iova, length, uptr, flags) =
+                    (c.u64_at(0), c.u64_at(8), c.u64_at(16), c.u32_at(24));
+                if length > ACCESS_MAX {
+                    return Err(Errno::ENOMEM);
+                }
+                if flags & !(ACCESS_RW_WRITE | ACCESS_RW_SLOW_PATH | ACCESS_SYZ) != 0 {
+                    return Err(Errno::EOPNOTSUPP);
+                }
+                let (_, access) = self.access_file(c.id)?;
+                let mut tmp = vec![0u8; length as usize];
+                let write = flags & ACCESS_RW_WRITE != 0;
+                if write {
+                    mem.read(uptr, &mut tmp)?;
+                }
+                access.rw(iova, &mut tmp, write)?;
+                if !write {
+                    mem.write(uptr, &tmp)?;
+                }
+                Ok(())
+            }
             op::DEV_CHECK_CACHE => {
                 let idev = self.device(c.id)?;
                 let (i, want) = (c.u32_at(0) as usize, c.u32_at(4));
@@ -771,6 +848,44 @@ impl Ictx {
         Ok(hwpt)
     }
 
+    /// Makes an access object attached to IOAS `ioas_id` and a descriptor
+    /// for it (closing the descriptor destroys it).
+    fn create_access(&self, ioas_id: u32, needs_pin: bool) -> Result<i32, Errno> {
+        let files = self.files.get().ok_or(Errno::EOPNOTSUPP)?;
+        let access = crate::access::Access::new(needs_pin);
+        let id = self.insert(Object::Access(Arc::clone(&access)))?;
+        let ioas = match self.ioas(ioas_id) {
+            Ok(i) => i,
+            Err(e) => {
+                self.remove(id);
+                return Err(e);
+            }
+        };
+        if let Err(e) = access.change_ioas(ioas_id, &ioas) {
+            self.remove(id);
+            return Err(e);
+        }
+        let file = Arc::new(AccessFile {
+            access: Arc::clone(&access),
+            id,
+            ctx: self.me.get().cloned().unwrap_or_default(),
+        });
+        // On failure the file's drop detaches and removes the object.
+        files.install(file)
+    }
+
+    /// The access behind descriptor `fd` (`EBADFD` for anything else).
+    fn access_file(&self, fd: u32) -> Result<(u32, Arc<crate::access::Access>), Errno> {
+        let files = self.files.get().ok_or(Errno::EBADFD)?;
+        let fd = i32::try_from(fd).map_err(|_| Errno::EBADFD)?;
+        let file = files.get(fd).ok_or(Errno::EBADFD)?;
+        let a = file
+            .as_any()
+            .downcast_ref::<AccessFile>()
+            .ok_or(Errno::EBADFD)?;
+        Ok((a.id, Arc::clone(&a.access)))
+    }
+
     fn stdev(&self, id: u32) -> Result<Arc<StDev>, Errno> {
         match self.object(id) {
             Some(Object::Selftest(s)) => Ok(s),
@@ -818,6 +933,43 @@ impl Ictx {
         s.platform.remove_device(&s.dev);
     }
 }
+
+/// An access object's file: closing its last descriptor detaches the
+/// access (every pin dropped) and removes its object.
+struct AccessFile {
+    access: Arc<crate::access::Access>,
+    id: u32,
+    ctx: Weak<Ictx>,
+}
+
+impl crate::ctx::File for AccessFile {
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+}
+
+impl Drop for AccessFile {
+    fn drop(&mut self) {
+        self.access.detach();
+        if let Some(ctx) = self.ctx.upgrade() {
+            ctx.remove(self.id);
+        }
+    }
+}
+
+/// `MOCK_FLAGS_ACCESS_CREATE_NEEDS_PIN_PAGES`.
+pub const ACCESS_CREATE_NEEDS_PIN_PAGES: u32 = 1 << 0;
+/// `MOCK_FLAGS_ACCESS_WRITE`.
+pub const ACCESS_WRITE: u32 = 1 << 0;
+/// `MOCK_FLAGS_ACCESS_SYZ` (accepted, not acted on: the IOVA is used as
+/// given).
+pub const ACCESS_SYZ: u32 = 1 << 16;
+/// `MOCK_ACCESS_RW_WRITE`.
+pub const ACCESS_RW_WRITE: u32 = 1 << 0;
+/// `MOCK_ACCESS_RW_SLOW_PATH`.
+pub const ACCESS_RW_SLOW_PATH: u32 = 1 << 2;
+/// The most bytes one access command takes (Linux's bound: 16 MiB).
+const ACCESS_MAX: u64 = 16 << 20;
 
 /// The owner tag of `ADD_RESERVED`'s reservations (they last as long as
 /// the IOAS, as in Linux).

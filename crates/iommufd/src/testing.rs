@@ -628,3 +628,49 @@ pub fn ioas_ops(data: &[u8]) -> [usize; 10] {
     }
     done
 }
+
+/// A descriptor table for tests ([`crate::ctx::FileTable`]): descriptors
+/// from 100 up; [`Files::close`] drops one.
+#[derive(Default)]
+pub struct Files {
+    map: std::sync::Mutex<std::collections::BTreeMap<i32, std::sync::Arc<dyn crate::ctx::File>>>,
+}
+
+impl Files {
+    /// Closes `fd`: its file is released with its last descriptor.
+    ///
+    /// # Errors
+    /// `EBADFD` for a descriptor that is not open.
+    pub fn close(&self, fd: i32) -> Result<(), Errno> {
+        let f = self
+            .map
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&fd)
+            .ok_or(Errno::EBADFD)?;
+        drop(f);
+        Ok(())
+    }
+
+    /// Descriptors open.
+    pub fn open(&self) -> usize {
+        self.map.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+}
+
+impl crate::ctx::FileTable for Files {
+    fn install(&self, file: std::sync::Arc<dyn crate::ctx::File>) -> Result<i32, Errno> {
+        let mut m = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        let fd = m.keys().next_back().map_or(100, |&k| k + 1);
+        m.insert(fd, file);
+        Ok(fd)
+    }
+
+    fn get(&self, fd: i32) -> Option<std::sync::Arc<dyn crate::ctx::File>> {
+        self.map
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&fd)
+            .cloned()
+    }
+}

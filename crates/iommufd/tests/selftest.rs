@@ -18,6 +18,7 @@ const PAGE: u64 = 4096;
 struct Prog {
     ctx: Arc<Ictx>,
     mem: Arc<Space>,
+    files: Arc<iommufd::testing::Files>,
 }
 
 impl Prog {
@@ -29,8 +30,10 @@ impl Prog {
         let mem = Arc::new(Space::new(0x1000, len));
         let ctx = Arc::new(Ictx::new());
         ctx.set_user_memory(mem.clone());
+        let files = Arc::new(iommufd::testing::Files::default());
+        ctx.set_files(files.clone());
         ctx.enable_selftest(platform);
-        Prog { ctx, mem }
+        Prog { ctx, mem, files }
     }
 
     fn test(&self, op: u32, id: u32, args: &[(usize, u64)]) -> Result<TestCmd, Errno> {
@@ -415,4 +418,210 @@ fn a_dirty_huge_leaf_fills_the_bitmap_across_chunks() {
     assert!(b[half..].iter().all(|&x| x == 0), "not the next one");
     p.mem.write(bitmap, &vec![0u8; 2 * half]).unwrap();
     assert!(get().iter().all(|&x| x == 0), "cleared by the read");
+}
+
+/// Access objects: pins by IOVA that count as the kernel's page pins and
+/// go when an unmap takes their IOVAs, reads and writes through the IOAS
+/// with its protections, and destruction with the descriptor.
+#[test]
+fn an_access_pins_reads_and_writes_through_the_ioas_until_unmap_or_close() {
+    use iommufd::selftest::{ACCESS_CREATE_NEEDS_PIN_PAGES, ACCESS_RW_WRITE, ACCESS_WRITE};
+    let platform = Selftest::new().unwrap();
+    let p = Prog::new(&platform);
+    let ioas = p.ctx.ioas_alloc().unwrap();
+    let iova = MOCK_APERTURE_START;
+    p.map(ioas, BUFFER, 4 * PAGE, iova).unwrap();
+    let fd = p
+        .test(
+            op::CREATE_ACCESS,
+            ioas,
+            &[(0, u64::from(ACCESS_CREATE_NEEDS_PIN_PAGES) << 32)],
+        )
+        .unwrap()
+        .args[0] as u32;
+    assert_eq!(p.files.open(), 1);
+    assert_eq!(
+        p.ctx
+            .ioas(ioas)
+            .unwrap()
+            .lock()
+            .unwrap()
+            .iopt
+            .iova_alignment(),
+        PAGE,
+        "a pinning access needs whole pages"
+    );
+    let pin = |iova_: u64, len: u64, uptr: u64, flags: u64| {
+        p.test(
+            op::ACCESS_PAGES,
+            fd,
+            &[(0, flags), (1, iova_), (2, len), (3, uptr)],
+        )
+        .map(|c| (c.args[0] >> 32) as u32)
+    };
+    let item = pin(
+        iova + PAGE,
+        2 * PAGE,
+        BUFFER + PAGE,
+        u64::from(ACCESS_WRITE),
+    )
+    .unwrap();
+    assert_eq!(p.check_refs(BUFFER + PAGE, 2 * PAGE, 1), Ok(()));
+    assert_eq!(p.check_refs(BUFFER, PAGE, 0), Ok(()));
+    // Other pages than the caller says, a hole, part of a page.
+    assert_eq!(pin(iova, PAGE, BUFFER + PAGE, 0), Err(Errno::EBADE));
+    assert_eq!(pin(iova + 3 * PAGE, 2 * PAGE, 0, 0), Err(Errno::ENOENT));
+    assert_eq!(pin(iova + 8, PAGE, 0, 0), Err(Errno::EINVAL));
+    // The pin goes with its item, and with an unmap of its IOVAs.
+    let destroy = |item: u32| {
+        p.test(op::DESTROY_ACCESS_PAGES, fd, &[(0, u64::from(item))])
+            .map(|_| ())
+    };
+    assert_eq!(destroy(item), Ok(()));
+    assert_eq!(destroy(item), Err(Errno::ENOENT));
+    let item = pin(iova, PAGE, BUFFER, 0).unwrap();
+    assert_eq!(p.ctx.ioas_unmap(ioas, iova, 4 * PAGE), Ok(4 * PAGE));
+    assert_eq!(destroy(item), Err(Errno::ENOENT), "the unmap took it");
+    assert_eq!(p.check_refs(BUFFER, 4 * PAGE, 0), Ok(()));
+    // Reads and writes reach the memory behind the IOVAs.
+    p.map(ioas, BUFFER, 2 * PAGE, iova).unwrap();
+    p.mem.write(BUFFER + PAGE - 2, b"dma!").unwrap();
+    let rw = |at: u64, len: u64, uptr: u64, flags: u64| {
+        p.test(
+            op::ACCESS_RW,
+            fd,
+            &[(0, at), (1, len), (2, uptr), (3, flags)],
+        )
+        .map(|_| ())
+    };
+    assert_eq!(rw(iova + PAGE - 2, 4, 0x3000, 0), Ok(()));
+    let mut got = [0u8; 4];
+    p.mem.read(0x3000, &mut got).unwrap();
+    assert_eq!(&got, b"dma!", "across a page boundary");
+    p.mem.write(0x3000, b"DMA").unwrap();
+    assert_eq!(rw(iova + 10, 3, 0x3000, u64::from(ACCESS_RW_WRITE)), Ok(()));
+    p.mem.read(BUFFER + 10, &mut got[..3]).unwrap();
+    assert_eq!(&got[..3], b"DMA");
+    assert_eq!(rw(iova + 2 * PAGE - 1, 2, 0x3000, 0), Err(Errno::ENOENT));
+    assert_eq!(rw(iova, 0, 0x3000, 0), Err(Errno::EINVAL));
+    // A read-only area refuses writes (EPERM).
+    let ro = iommufd::uapi::IoasMap {
+        size: 40,
+        flags: ioas_map::FIXED_IOVA | ioas_map::READABLE,
+        ioas_id: ioas,
+        user_va: BUFFER + 4 * PAGE,
+        length: PAGE,
+        iova: iova + 8 * PAGE,
+        ..IoasMap::default()
+    };
+    p.ctx.ioas_map(&ro).unwrap();
+    assert_eq!(
+        rw(iova + 8 * PAGE, 1, 0x3000, u64::from(ACCESS_RW_WRITE)),
+        Err(Errno::EPERM)
+    );
+    assert_eq!(
+        pin(iova + 8 * PAGE, PAGE, 0, u64::from(ACCESS_WRITE)),
+        Err(Errno::EPERM)
+    );
+    // The access holds its IOAS; its descriptor's close destroys it.
+    assert_eq!(p.ctx.destroy(ioas), Err(Errno::EBUSY));
+    assert_eq!(
+        p.test(op::ACCESS_RW, 7, &[(0, iova), (1, 1), (2, 0x3000)])
+            .err(),
+        Some(Errno::EBADFD)
+    );
+    p.files.close(fd as i32).unwrap();
+    assert_eq!(p.ctx.destroy(ioas), Ok(()));
+    assert_eq!(
+        p.ctx.ids(),
+        Vec::<u32>::new(),
+        "the access object went with it"
+    );
+}
+
+/// The VFIO container ioctls on the compat IOAS.
+#[test]
+fn vfio_type1_maps_unmaps_and_cuts_on_the_compat_ioas() {
+    use iommufd::vfio::*;
+    let platform = Selftest::new().unwrap();
+    let p = Prog::new(&platform);
+    let v = |num, arg| p.ctx.vfio_ioctl(num, arg, &*p.mem);
+    assert_eq!(p.ctx.ioctl_value(GET_API_VERSION, 0, &*p.mem), Ok(0));
+    assert_eq!(v(CHECK_EXTENSION, TYPE1V2_IOMMU), Ok(1));
+    assert_eq!(v(CHECK_EXTENSION, 77), Ok(0));
+    assert_eq!(
+        v(SET_IOMMU, TYPE1V2_IOMMU),
+        Err(Errno::ENODEV),
+        "no compat IOAS"
+    );
+    assert_eq!(
+        p.ctx.ioctl_value(0x3b00 | 99, 0, &*p.mem),
+        Err(Errno::ENOTTY)
+    );
+    let ioas = p.ctx.ioas_alloc().unwrap();
+    p.mock_domain(ioas).unwrap();
+    let set = iommufd::uapi::VfioIoas {
+        size: 12,
+        ioas_id: ioas,
+        op: vfio_ioas::SET,
+        reserved: 0,
+    };
+    let (r, _) = iommufd::testing::ioctl_at(&p.ctx, &*p.mem, ARG, Cmd::VfioIoas, &set);
+    r.unwrap();
+    assert_eq!(v(SET_IOMMU, TYPE1_IOMMU), Ok(0));
+    assert!(
+        !p.ctx.ioas(ioas).unwrap().lock().unwrap().huge_pages(),
+        "type1 cuts anywhere"
+    );
+    // struct vfio_iommu_type1_dma_map at 0x3000: argsz, flags, vaddr, iova, size
+    let iova = MOCK_APERTURE_START;
+    let mut map = [0u8; 32];
+    map[0..4].copy_from_slice(&32u32.to_ne_bytes());
+    map[4..8].copy_from_slice(&3u32.to_ne_bytes());
+    map[8..16].copy_from_slice(&BUFFER.to_ne_bytes());
+    map[16..24].copy_from_slice(&iova.to_ne_bytes());
+    map[24..32].copy_from_slice(&(4 * PAGE).to_ne_bytes());
+    p.mem.write(0x3000, &map).unwrap();
+    assert_eq!(v(IOMMU_MAP_DMA, 0x3000), Ok(0));
+    // Unmap one page in the middle: type1 cuts the mapping.
+    let unmap = |at: u64, size: u64, flags: u32| {
+        let mut u = [0u8; 24];
+        u[0..4].copy_from_slice(&24u32.to_ne_bytes());
+        u[4..8].copy_from_slice(&flags.to_ne_bytes());
+        u[8..16].copy_from_slice(&at.to_ne_bytes());
+        u[16..24].copy_from_slice(&size.to_ne_bytes());
+        p.mem.write(0x3100, &u).unwrap();
+        let r = v(IOMMU_UNMAP_DMA, 0x3100);
+        let mut back = [0u8; 8];
+        p.mem.read(0x3110, &mut back).unwrap();
+        r.map(|_| u64::from_ne_bytes(back))
+    };
+    assert_eq!(unmap(iova + PAGE, PAGE, 0), Ok(PAGE));
+    assert_eq!(unmap(iova + PAGE, PAGE, 0), Ok(0), "nothing there: success");
+    assert_eq!(
+        unmap(iova, 1, 2),
+        Err(Errno::EINVAL),
+        "UNMAP_ALL takes no range"
+    );
+    assert_eq!(unmap(0, 0, 2), Ok(3 * PAGE));
+    // GET_INFO: page sizes, and the caps' size when there is no room.
+    let mut info = [0u8; 24];
+    info[0..4].copy_from_slice(&24u32.to_ne_bytes());
+    p.mem.write(0x3200, &info).unwrap();
+    assert_eq!(v(IOMMU_GET_INFO, 0x3200), Ok(0));
+    p.mem.read(0x3200, &mut info).unwrap();
+    let argsz = u32::from_ne_bytes(info[0..4].try_into().unwrap());
+    let pgsizes = u64::from_ne_bytes(info[8..16].try_into().unwrap());
+    assert_eq!(argsz, 24 + 16 + 32, "DMA avail, then one IOVA range");
+    assert_eq!(pgsizes & (PAGE - 1), 0);
+    assert_ne!(pgsizes & PAGE, 0);
+    // The IOAS goes: there is no compat IOAS any more.
+    let clear = iommufd::uapi::VfioIoas {
+        op: vfio_ioas::CLEAR,
+        ..set
+    };
+    iommufd::testing::ioctl_at(&p.ctx, &*p.mem, ARG, Cmd::VfioIoas, &clear)
+        .0
+        .unwrap();
+    assert_eq!(v(IOMMU_MAP_DMA, 0x3000), Err(Errno::ENODEV));
 }
