@@ -82,6 +82,12 @@ impl FailPoints {
         self.nth.store(n, Ordering::SeqCst);
     }
 
+    /// Hits left before the armed failure fires: 0 once it fired or when
+    /// none is armed (what Linux's `/proc/<pid>/fail-nth` reads back).
+    pub fn nth_remaining(&self) -> u64 {
+        self.nth.load(Ordering::SeqCst)
+    }
+
     /// Whether the failure [`arm_nth`](Self::arm_nth) armed has fired.
     pub fn nth_fired(&self) -> bool {
         self.nth_fired.load(Ordering::SeqCst)
