@@ -76,6 +76,8 @@ def fetch(dest: Path) -> Path:
         "-o", f"Dir::State::Lists={apt / 'lists'}",
         "-o", f"Dir::Cache={apt / 'cache'}",
         "-o", "Debug::NoLocking=1",
+        # The download lands in a folder of ours, not apt's own.
+        "-o", "APT::Sandbox::User=root",
     ]
     sh(["apt-get", *opts, "update", "-qq"])
     sh(["apt-get", *opts, "download", "-qq", PACKAGE], cwd=dest / "deb")

@@ -44,6 +44,9 @@ enum Entry {
     Ctx(Arc<Ictx>),
     /// A file a command made (an access object's).
     File(Arc<dyn File>),
+    /// `/proc/<pid>/task/<tid>/fail-nth`: Linux's failure injection, the
+    /// selftest platform's `fail_nth` here.
+    FailNth,
 }
 
 /// Our descriptors.
@@ -66,7 +69,7 @@ fn entry(fd: c_int) -> Option<Entry> {
 pub fn context(fd: c_int) -> Option<Arc<Ictx>> {
     match entry(fd)? {
         Entry::Ctx(c) => Some(c),
-        Entry::File(_) => None,
+        _ => None,
     }
 }
 
@@ -104,7 +107,7 @@ impl FileTable for Files {
     fn get(&self, fd: i32) -> Option<Arc<dyn File>> {
         match entry(fd)? {
             Entry::File(f) => Some(f),
-            Entry::Ctx(_) => None,
+            _ => None,
         }
     }
 }
@@ -289,9 +292,83 @@ fn is_dev_iommu(dirfd: c_int, path: *const c_char) -> bool {
     p == DEV_IOMMU && (dirfd == libc::AT_FDCWD || p.to_bytes().starts_with(b"/"))
 }
 
+/// A placeholder descriptor named `name` for `e`.
+fn open_entry(name: &CStr, flags: c_int, e: Entry) -> c_int {
+    let mfd_flags = if flags & libc::O_CLOEXEC != 0 {
+        libc::MFD_CLOEXEC
+    } else {
+        0
+    };
+    // SAFETY: a C string and plain flags.
+    let fd = unsafe { libc::syscall(libc::SYS_memfd_create, name.as_ptr(), mfd_flags) };
+    if fd < 0 {
+        return -1;
+    }
+    drop(install(fd as c_int, e));
+    fd as c_int
+}
+
+/// Whether `path` (from `dirfd`) is a thread's `fail-nth`:
+/// `/proc/self/task/N/fail-nth`, `/proc/N/task/N/fail-nth` or
+/// `/proc/thread-self/fail-nth`.
+fn is_fail_nth(path: &[u8]) -> bool {
+    path.starts_with(b"/proc/") && path.ends_with(b"/fail-nth")
+}
+
+/// Whether `path` from `dirfd` is one of debugfs's failure-injection
+/// knobs (`/sys/kernel/debug/fail*/...`), which the selftest writes to
+/// set failure injection up: accepted and ignored, as the failures here
+/// come from the platform's `fail_nth`.
+fn is_debugfs_fail(dirfd: c_int, path: &[u8]) -> bool {
+    const DEBUGFS: &[u8] = b"/sys/kernel/debug/";
+    if let Some(rest) = path.strip_prefix(DEBUGFS) {
+        return rest.starts_with(b"fail");
+    }
+    if path.starts_with(b"/") || !path.starts_with(b"fail") || dirfd < 0 {
+        return false;
+    }
+    // Relative to a directory descriptor: is it debugfs?
+    let link = format!("/proc/self/fd/{dirfd}\0");
+    let mut buf = [0u8; 64];
+    // SAFETY: a C string and a buffer of its length.
+    let n = unsafe {
+        libc::syscall(
+            libc::SYS_readlinkat,
+            libc::AT_FDCWD,
+            link.as_ptr(),
+            buf.as_mut_ptr(),
+            buf.len(),
+        )
+    };
+    n > 0
+        && buf[..n as usize]
+            .strip_suffix(b"/")
+            .unwrap_or(&buf[..n as usize])
+            == &DEBUGFS[..DEBUGFS.len() - 1]
+}
+
 fn do_openat(dirfd: c_int, path: *const c_char, flags: c_int, mode: c_uint) -> c_int {
     if is_dev_iommu(dirfd, path) {
         return open_iommufd(flags);
+    }
+    if !path.is_null() {
+        // SAFETY: the caller passes a C string.
+        let p = unsafe { CStr::from_ptr(path) }.to_bytes();
+        if is_fail_nth(p) && platform().is_some() {
+            return open_entry(c"fail-nth", flags, Entry::FailNth);
+        }
+        if is_debugfs_fail(dirfd, p) {
+            // SAFETY: a constant path and the caller's flags.
+            return sys_ret(unsafe {
+                libc::syscall(
+                    libc::SYS_openat,
+                    libc::AT_FDCWD,
+                    c"/dev/null".as_ptr(),
+                    flags & !libc::O_CREAT,
+                    0,
+                )
+            });
+        }
     }
     // SAFETY: forwarded as given.
     sys_ret(unsafe { libc::syscall(libc::SYS_openat, dirfd, path, flags, mode) })
@@ -436,6 +513,123 @@ pub unsafe extern "C" fn fcntl(fd: c_int, cmd: c_int, arg: c_ulong) -> c_int {
 pub unsafe extern "C" fn fcntl64(fd: c_int, cmd: c_int, arg: c_ulong) -> c_int {
     // SAFETY: as the caller's.
     unsafe { fcntl(fd, cmd, arg) }
+}
+
+/// Reads the armed count of `fail-nth`, as Linux formats it.
+fn fail_nth_read(buf: *mut c_void, count: usize, offset: i64) -> isize {
+    let text = format!(
+        "{}\n",
+        platform().map_or(0, |p| p.fail_points().nth_remaining())
+    );
+    let bytes = text.as_bytes();
+    let off = usize::try_from(offset).unwrap_or(usize::MAX);
+    if off >= bytes.len() {
+        return 0;
+    }
+    let n = count.min(bytes.len() - off);
+    // SAFETY: the caller's buffer holds `count` bytes; `n` is at most that.
+    unsafe { core::ptr::copy_nonoverlapping(bytes[off..].as_ptr(), buf.cast::<u8>(), n) };
+    n as isize
+}
+
+/// Arms `fail-nth` with the decimal number written (0 disarms).
+fn fail_nth_write(buf: *const c_void, count: usize) -> isize {
+    // SAFETY: the caller's buffer holds `count` bytes.
+    let bytes = unsafe { core::slice::from_raw_parts(buf.cast::<u8>(), count) };
+    let n = core::str::from_utf8(bytes)
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok());
+    match (n, platform()) {
+        (Some(n), Some(p)) => {
+            p.fail_points().arm_nth(n);
+            count as isize
+        }
+        _ => {
+            set_errno(libc::EINVAL);
+            -1
+        }
+    }
+}
+
+fn is_fail_nth_fd(fd: c_int) -> bool {
+    matches!(entry(fd), Some(Entry::FailNth))
+}
+
+/// `read(2)`.
+///
+/// # Safety
+/// As the C library's: `buf` holds `count` bytes.
+#[no_mangle]
+pub unsafe extern "C" fn read(fd: c_int, buf: *mut c_void, count: usize) -> isize {
+    if is_fail_nth_fd(fd) {
+        return fail_nth_read(buf, count, 0);
+    }
+    // SAFETY: forwarded as given.
+    unsafe { libc::syscall(libc::SYS_read, fd, buf, count) as isize }
+}
+
+/// `write(2)`.
+///
+/// # Safety
+/// As the C library's: `buf` holds `count` bytes.
+#[no_mangle]
+pub unsafe extern "C" fn write(fd: c_int, buf: *const c_void, count: usize) -> isize {
+    if is_fail_nth_fd(fd) {
+        return fail_nth_write(buf, count);
+    }
+    // SAFETY: forwarded as given.
+    unsafe { libc::syscall(libc::SYS_write, fd, buf, count) as isize }
+}
+
+/// `pread(2)`.
+///
+/// # Safety
+/// As the C library's: `buf` holds `count` bytes.
+#[no_mangle]
+pub unsafe extern "C" fn pread(fd: c_int, buf: *mut c_void, count: usize, offset: i64) -> isize {
+    if is_fail_nth_fd(fd) {
+        return fail_nth_read(buf, count, offset);
+    }
+    // SAFETY: forwarded as given.
+    unsafe { libc::syscall(libc::SYS_pread64, fd, buf, count, offset) as isize }
+}
+
+/// `pread64(2)`.
+///
+/// # Safety
+/// As [`pread`].
+#[no_mangle]
+pub unsafe extern "C" fn pread64(fd: c_int, buf: *mut c_void, count: usize, offset: i64) -> isize {
+    // SAFETY: as the caller's.
+    unsafe { pread(fd, buf, count, offset) }
+}
+
+/// `pwrite(2)`.
+///
+/// # Safety
+/// As the C library's: `buf` holds `count` bytes.
+#[no_mangle]
+pub unsafe extern "C" fn pwrite(fd: c_int, buf: *const c_void, count: usize, offset: i64) -> isize {
+    if is_fail_nth_fd(fd) {
+        return fail_nth_write(buf, count);
+    }
+    // SAFETY: forwarded as given.
+    unsafe { libc::syscall(libc::SYS_pwrite64, fd, buf, count, offset) as isize }
+}
+
+/// `pwrite64(2)`.
+///
+/// # Safety
+/// As [`pwrite`].
+#[no_mangle]
+pub unsafe extern "C" fn pwrite64(
+    fd: c_int,
+    buf: *const c_void,
+    count: usize,
+    offset: i64,
+) -> isize {
+    // SAFETY: as the caller's.
+    unsafe { pwrite(fd, buf, count, offset) }
 }
 
 /// `ioctl(2)`: on a context, Linux's iommufd command or VFIO container

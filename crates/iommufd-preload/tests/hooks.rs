@@ -8,6 +8,13 @@ use iommufd::uapi::Cmd;
 use iommufd_preload::{close, context, dup, dup2, fcntl, ioctl, open, openat, ProcessMemory};
 use libc::c_ulong;
 
+/// The platform's failure injection is process-wide: one test at a time.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn errno() -> i32 {
     std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
 }
@@ -32,6 +39,7 @@ fn ioas_alloc(fd: i32) -> Result<u32, i32> {
 
 #[test]
 fn an_open_of_dev_iommu_is_a_context_served_by_ioctl() {
+    let _serial = serial();
     // SAFETY: a C string and flags.
     let fd = unsafe { open(c"/dev/iommu".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC, 0) };
     assert!(fd >= 0);
@@ -56,6 +64,7 @@ fn an_open_of_dev_iommu_is_a_context_served_by_ioctl() {
 
 #[test]
 fn dup_names_the_same_context_until_its_last_name_closes() {
+    let _serial = serial();
     // SAFETY: a C string and flags.
     let fd = unsafe { openat(libc::AT_FDCWD, c"/dev/iommu".as_ptr(), libc::O_RDWR, 0) };
     assert!(fd >= 0);
@@ -88,6 +97,7 @@ fn dup_names_the_same_context_until_its_last_name_closes() {
 
 #[test]
 fn other_paths_open_as_files() {
+    let _serial = serial();
     // SAFETY: a C string and flags.
     let fd = unsafe { open(c"/dev/iommu-not".as_ptr(), libc::O_RDONLY, 0) };
     assert_eq!((fd, errno()), (-1, libc::ENOENT));
@@ -107,6 +117,7 @@ fn other_paths_open_as_files() {
 
 #[test]
 fn process_memory_reads_writes_and_pins_only_what_is_mapped() {
+    let _serial = serial();
     let page = 4096usize;
     // SAFETY: a fresh anonymous mapping of three pages.
     let p = unsafe {
@@ -149,5 +160,36 @@ fn process_memory_reads_writes_and_pins_only_what_is_mapped() {
     unsafe {
         libc::munmap(p, page);
         libc::munmap(p.cast::<u8>().add(2 * page).cast(), page);
+    }
+}
+
+#[test]
+fn fail_nth_arms_the_platforms_failure_injection() {
+    let _serial = serial();
+    use iommufd_preload::{pread, pwrite, read, write};
+    // SAFETY: a C string and flags.
+    let fd = unsafe { open(c"/proc/self/task/1/fail-nth".as_ptr(), libc::O_RDWR, 0) };
+    assert!(fd >= 0);
+    let mut buf = [0u8; 16];
+    // SAFETY: the buffer lives for the calls.
+    unsafe {
+        assert_eq!(pwrite(fd, b"2".as_ptr().cast(), 1, 0), 1);
+        assert_eq!(pread(fd, buf.as_mut_ptr().cast(), buf.len(), 0), 2);
+    }
+    assert_eq!(&buf[..2], b"2\n");
+    // The second allocation of a context fails: the second IOAS.
+    // SAFETY: a C string and flags.
+    let ctx = unsafe { open(c"/dev/iommu".as_ptr(), libc::O_RDWR, 0) };
+    assert_eq!(ioas_alloc(ctx), Ok(1));
+    assert_eq!(ioas_alloc(ctx), Err(libc::ENOMEM));
+    assert_eq!(ioas_alloc(ctx), Ok(2), "once");
+    // SAFETY: as above.
+    unsafe {
+        assert_eq!(read(fd, buf.as_mut_ptr().cast(), buf.len()), 2);
+        assert_eq!(&buf[..2], b"0\n", "fired");
+        assert_eq!(write(fd, b"x".as_ptr().cast(), 1), -1);
+        assert_eq!(errno(), libc::EINVAL);
+        assert_eq!(close(fd), 0);
+        assert_eq!(close(ctx), 0);
     }
 }

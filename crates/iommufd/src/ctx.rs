@@ -327,6 +327,9 @@ impl Ictx {
 
     /// Installs `obj` at the lowest free id.
     pub(crate) fn insert(&self, obj: Object) -> Result<u32, Errno> {
+        if self.should_fail() {
+            return Err(Errno::ENOMEM);
+        }
         let mut objects = lock(&self.objects);
         let mut id = 1u32;
         for &k in objects.keys() {
@@ -340,6 +343,16 @@ impl Ictx {
         }
         objects.insert(id, obj);
         Ok(id)
+    }
+
+    /// A step that allocates in Linux: `true` when failure injection says
+    /// this one fails (`ENOMEM`). The count is the selftest platform's
+    /// core's ([`iommu_core::FailPoints::hit_nth`], Linux's `fail_nth`),
+    /// so one sweep covers this crate's steps and the core's.
+    pub(crate) fn should_fail(&self) -> bool {
+        self.selftest
+            .get()
+            .is_some_and(|st| st.fail_points().hit_nth())
     }
 
     /// The object `id` names.
@@ -765,6 +778,10 @@ impl Ictx {
         prot: Prot,
     ) -> Result<u64, Errno> {
         let ioas = self.ioas(ioas_id)?;
+        // The area and the pages object.
+        if self.should_fail() || self.should_fail() {
+            return Err(Errno::ENOMEM);
+        }
         let mut g = lock(&ioas);
         let iova = g.iopt.map_user(uaddr, length, iova, prot)?;
         fill_new(&mut g, iova, length)
@@ -829,6 +846,9 @@ impl Ictx {
         drop(src);
         let dst = self.ioas(c.dst_ioas_id)?;
         let iova = (c.flags & ioas_map::FIXED_IOVA != 0).then_some(c.dst_iova);
+        if self.should_fail() {
+            return Err(Errno::ENOMEM);
+        }
         let mut g = lock(&dst);
         let iova = g.iopt.map_pages(&slices, c.length, iova, prot)?;
         fill_new(&mut g, iova, c.length)

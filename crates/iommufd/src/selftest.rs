@@ -151,6 +151,7 @@ pub struct StDev {
 /// The selftest's platform: the mock bus and IOMMU, and the contexts
 /// using it (for `MD_CHECK_REFS`).
 pub struct Selftest {
+    iommu: Iommu,
     bus: Bus,
     driver: Arc<MockDriver>,
     next_dev: AtomicU32,
@@ -176,6 +177,7 @@ impl Selftest {
         let driver = Arc::new(MockDriver::default());
         iommu.bus_set_iommu(&bus, driver.clone())?;
         Ok(Arc::new(Self {
+            iommu,
             bus,
             driver,
             next_dev: AtomicU32::new(0),
@@ -187,6 +189,12 @@ impl Selftest {
     /// The mock bus.
     pub fn bus(&self) -> &Bus {
         &self.bus
+    }
+
+    /// The failure injection of the platform's core, which the contexts
+    /// on it share: `arm_nth` is Linux's `fail_nth` for the whole stack.
+    pub fn fail_points(&self) -> &iommu_core::FailPoints {
+        self.iommu.fail_points()
     }
 
     /// Makes a mock device with `flags` (`MOCK_FLAGS_DEVICE_*`).
@@ -727,6 +735,10 @@ impl Ictx {
                 if !access.needs_pin {
                     return Err(Errno::EOPNOTSUPP);
                 }
+                // The page array and the item.
+                if self.should_fail() || self.should_fail() {
+                    return Err(Errno::ENOMEM);
+                }
                 let (item, pages) = access.pin_pages(iova, length, flags & ACCESS_WRITE != 0)?;
                 // The pages pinned are the caller's own at `uptr`.
                 if uptr != 0 {
@@ -760,6 +772,9 @@ impl Ictx {
                     return Err(Errno::EOPNOTSUPP);
                 }
                 let (_, access) = self.access_file(c.id)?;
+                if self.should_fail() {
+                    return Err(Errno::ENOMEM);
+                }
                 let mut tmp = vec![0u8; length as usize];
                 let write = flags & ACCESS_RW_WRITE != 0;
                 if write {
