@@ -48,6 +48,8 @@ pub enum Errno {
     EOPNOTSUPP,
     /// Address already in use (an IOVA range another rule already claims).
     EADDRINUSE,
+    /// Bad file descriptor (no open file by that number).
+    EBADF,
     /// Try again (a queue with nothing to read yet).
     EAGAIN,
     /// Too many open files (no descriptor left for a new file).
@@ -83,6 +85,7 @@ impl Errno {
             Errno::EMSGSIZE => 90,
             Errno::EOPNOTSUPP => 95,
             Errno::EADDRINUSE => 98,
+            Errno::EBADF => 9,
             Errno::EAGAIN => 11,
             Errno::EMFILE => 24,
             Errno::EBADE => 52,
@@ -113,6 +116,7 @@ impl Errno {
             Errno::EMSGSIZE => "EMSGSIZE",
             Errno::EOPNOTSUPP => "EOPNOTSUPP",
             Errno::EADDRINUSE => "EADDRINUSE",
+            Errno::EBADF => "EBADF",
             Errno::EAGAIN => "EAGAIN",
             Errno::EMFILE => "EMFILE",
             Errno::EBADE => "EBADE",
@@ -143,6 +147,7 @@ impl Errno {
             Errno::EMSGSIZE => "Message too long",
             Errno::EOPNOTSUPP => "Operation not supported",
             Errno::EADDRINUSE => "Address already in use",
+            Errno::EBADF => "Bad file descriptor",
             Errno::EAGAIN => "Resource temporarily unavailable",
             Errno::EMFILE => "Too many open files",
             Errno::EBADE => "Invalid exchange",
