@@ -26,6 +26,7 @@
 #![allow(unsafe_code)]
 
 use iommufd::ctx::{File, FileTable, Ictx, UserMemory};
+use iommufd::iopt::Backing;
 use iommufd::selftest::Selftest;
 use iommufd::Errno;
 use libc::{c_char, c_int, c_long, c_uint, c_ulong, c_void};
@@ -151,6 +152,72 @@ impl UserMemory for ProcessMemory {
         transfer(addr, data.as_ptr().cast_mut(), data.len(), true)
     }
 
+    /// Maps the file's pages in, shared, for DMA: the whole pages (huge
+    /// ones for a hugetlbfs file) holding `[start, start + length)`.
+    fn map_file(
+        &self,
+        fd: i32,
+        start: u64,
+        length: u64,
+        writable: bool,
+    ) -> Result<(u64, Backing), Errno> {
+        // SAFETY: a zeroed stat for fstat to fill.
+        let mut st: libc::stat = unsafe { core::mem::zeroed() };
+        // SAFETY: fstat writes the structure.
+        if unsafe { libc::syscall(libc::SYS_fstat, fd, &mut st) } != 0 {
+            return Err(Errno::EBADF);
+        }
+        if st.st_mode & libc::S_IFMT != libc::S_IFREG {
+            return Err(Errno::EINVAL);
+        }
+        let size = u64::try_from(st.st_size).unwrap_or(0);
+        let end = start.checked_add(length).ok_or(Errno::EOVERFLOW)?;
+        if end > size {
+            return Err(Errno::EINVAL);
+        }
+        let align = u64::try_from(st.st_blksize).unwrap_or(4096).max(4096);
+        if !align.is_power_of_two() {
+            return Err(Errno::EINVAL);
+        }
+        let off = start & !(align - 1);
+        let len = (end - off).div_ceil(align) * align;
+        let prot = libc::PROT_READ | if writable { libc::PROT_WRITE } else { 0 };
+        // SAFETY: a fresh shared mapping of the caller's file, placed by
+        // the kernel; nothing else refers to it until returned.
+        let addr = unsafe {
+            libc::mmap(
+                core::ptr::null_mut(),
+                len as usize,
+                prot,
+                libc::MAP_SHARED,
+                fd,
+                off as libc::off_t,
+            )
+        };
+        if addr == libc::MAP_FAILED {
+            return Err(match std::io::Error::last_os_error().raw_os_error() {
+                Some(libc::EACCES) => Errno::EPERM,
+                Some(libc::ENODEV) | Some(libc::EINVAL) => Errno::EINVAL,
+                _ => Errno::ENOMEM,
+            });
+        }
+        let map = FileMap {
+            addr: addr as usize,
+            len: len as usize,
+        };
+        Ok(((addr as u64) + (start - off), Backing(Arc::new(map))))
+    }
+
+    /// The page's frame number from `/proc/self/pagemap` (the page made
+    /// present first), so that one file page mapped at two addresses is
+    /// one page; the address where frame numbers are hidden.
+    fn page_key(&self, addr: u64) -> u64 {
+        let page = addr & !4095;
+        let mut b = [0u8; 1];
+        let _ = self.read(page, &mut b);
+        pagemap_pfn(page).map_or(page, |pfn| (1 << 63) | pfn)
+    }
+
     /// Every page of the range is readable: one byte of each read with
     /// `process_vm_readv`, many pages per call. (Whether a page is
     /// writable is not checked: a test write would race the program.)
@@ -188,6 +255,55 @@ impl UserMemory for ProcessMemory {
         }
         Ok(())
     }
+}
+
+/// A file's pages mapped in for `IOMMU_IOAS_MAP_FILE`, unmapped when the
+/// pages object goes.
+struct FileMap {
+    addr: usize,
+    len: usize,
+}
+
+impl Drop for FileMap {
+    fn drop(&mut self) {
+        // SAFETY: the mapping `map_file` made, which only the pages object
+        // that is going refers to.
+        unsafe { libc::munmap(self.addr as *mut c_void, self.len) };
+    }
+}
+
+/// The frame number of the present page at `page`, if the kernel shows
+/// frame numbers to this process.
+fn pagemap_pfn(page: u64) -> Option<u64> {
+    // SAFETY: a constant path, opened read-only with raw system calls
+    // (the hooks are not re-entered).
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_openat,
+            libc::AT_FDCWD,
+            c"/proc/self/pagemap".as_ptr(),
+            libc::O_RDONLY | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return None;
+    }
+    let mut e = [0u8; 8];
+    // SAFETY: reads eight bytes into `e`; then the descriptor is closed.
+    let n = unsafe {
+        let n = libc::syscall(
+            libc::SYS_pread64,
+            fd,
+            e.as_mut_ptr(),
+            8usize,
+            (page / 4096) * 8,
+        );
+        libc::syscall(libc::SYS_close, fd);
+        n
+    };
+    let v = u64::from_ne_bytes(e);
+    let pfn = v & ((1 << 55) - 1);
+    (n == 8 && v >> 63 == 1 && pfn != 0).then_some(pfn)
 }
 
 fn transfer(addr: u64, local: *mut u8, len: usize, write: bool) -> Result<(), Errno> {

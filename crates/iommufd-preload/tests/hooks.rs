@@ -193,3 +193,56 @@ fn fail_nth_arms_the_platforms_failure_injection() {
         assert_eq!(close(ctx), 0);
     }
 }
+
+#[test]
+fn a_files_pages_map_in_and_are_the_same_pages_as_the_callers() {
+    let _serial = serial();
+    let m = ProcessMemory;
+    // SAFETY: a new memory file of two pages, mapped shared.
+    let (fd, user) = unsafe {
+        let fd = libc::memfd_create(c"hooks".as_ptr(), 0);
+        assert!(fd >= 0);
+        assert_eq!(libc::ftruncate(fd, 8192), 0);
+        let p = libc::mmap(
+            std::ptr::null_mut(),
+            8192,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            fd,
+            0,
+        );
+        assert_ne!(p, libc::MAP_FAILED);
+        (fd, p as u64)
+    };
+    m.write(user + 4096 + 8, b"file").unwrap();
+    let (addr, keep) = m.map_file(fd, 4096 + 8, 100, true).unwrap();
+    let mut got = [0u8; 4];
+    m.read(addr, &mut got).unwrap();
+    assert_eq!(&got, b"file", "the file's bytes at the address given");
+    assert_ne!(addr, user + 4096 + 8, "a mapping of its own");
+    // Where the kernel shows frame numbers (keys with bit 63 set), the two
+    // mappings are one page; otherwise keys are addresses.
+    if m.page_key(user) >> 63 == 1 {
+        assert_eq!(
+            m.page_key(addr),
+            m.page_key(user + 4096),
+            "one page of memory"
+        );
+        assert_ne!(m.page_key(addr), m.page_key(user));
+    }
+    assert_eq!(
+        m.map_file(fd, 8000, 400, false).err(),
+        Some(iommufd::Errno::EINVAL),
+        "past the end"
+    );
+    assert_eq!(
+        m.map_file(-1, 0, 1, false).err(),
+        Some(iommufd::Errno::EBADF)
+    );
+    drop(keep);
+    // SAFETY: the mapping and descriptor made above.
+    unsafe {
+        libc::munmap(user as *mut libc::c_void, 8192);
+        close(fd);
+    }
+}

@@ -49,6 +49,33 @@ pub trait UserMemory {
         let _ = (addr, len, write);
         Ok(())
     }
+
+    /// Maps `length` bytes of the caller's file `fd` from byte `start`
+    /// where DMA can reach them (the kernel pins a file's pages for
+    /// `IOMMU_IOAS_MAP_FILE`): returns the address of the byte at `start`
+    /// and what keeps the mapping, released when no area uses it. The
+    /// default has no files (`EBADF`).
+    ///
+    /// # Errors
+    /// `EBADF` for no such file; `EINVAL` for a range past its end.
+    fn map_file(
+        &self,
+        fd: i32,
+        start: u64,
+        length: u64,
+        writable: bool,
+    ) -> Result<(u64, crate::iopt::Backing), Errno> {
+        let _ = (fd, start, length, writable);
+        Err(Errno::EBADF)
+    }
+
+    /// Which page holds `addr`: two addresses are in one page of memory
+    /// exactly when their keys are equal (the kernel compares pages, and
+    /// one file page may be mapped at several addresses). The default is
+    /// the page's address.
+    fn page_key(&self, addr: u64) -> u64 {
+        addr & !(crate::iopt::PAGE_SIZE - 1)
+    }
 }
 
 /// A file a command hands the caller a descriptor for (an access's, a
@@ -56,6 +83,9 @@ pub trait UserMemory {
 pub trait File: core::any::Any + Send + Sync {
     /// Itself, to find the object behind a descriptor.
     fn as_any(&self) -> &dyn core::any::Any;
+
+    /// Itself, shared, to keep the object behind a descriptor.
+    fn into_any(self: Arc<Self>) -> Arc<dyn core::any::Any + Send + Sync>;
 }
 
 /// The caller's descriptor table (the kernel's `get_unused_fd_flags`,
@@ -180,7 +210,8 @@ impl Ioas {
     /// [`UserMemory::pin`]).
     pub(crate) fn pin(&self, areas: &[Area]) -> Result<(), Errno> {
         if let Some(mm) = &self.mm {
-            for a in areas {
+            // A dma-buf's memory is the exporter's, not the caller's.
+            for a in areas.iter().filter(|a| a.pages.dmabuf().is_none()) {
                 let write = a.prot.contains(Prot::WRITE);
                 mm.0.pin(a.uaddr(a.iova), a.length(), write)?;
             }
@@ -206,6 +237,9 @@ impl Ioas {
 pub(crate) fn fill_domain(d: &Domain, areas: &[Area], small: bool) -> Result<(), Errno> {
     use crate::iopt::PAGE_SIZE;
     for (i, a) in areas.iter().enumerate() {
+        if a.pages.detached() {
+            continue;
+        }
         let step = if small { PAGE_SIZE } else { a.length() };
         let mut at = a.iova;
         let r = loop {
@@ -232,6 +266,16 @@ pub(crate) fn fill_domain(d: &Domain, areas: &[Area], small: bool) -> Result<(),
 
 /// Unmaps `areas` from `d`; the first invalidation failure is returned.
 pub(crate) fn unfill_domain(d: &Domain, areas: &[Area]) -> Result<(), Errno> {
+    let mapped: Vec<Area> = areas
+        .iter()
+        .filter(|a| !a.pages.detached())
+        .cloned()
+        .collect();
+    unmap_areas(d, &mapped)
+}
+
+/// Unmaps `areas` from `d` whatever their state.
+pub(crate) fn unmap_areas(d: &Domain, areas: &[Area]) -> Result<(), Errno> {
     let mut r = Ok(());
     for a in areas {
         if let Err(e) = d.unmap(iommu_types::Iova::new(a.iova), a.length()) {
@@ -511,7 +555,7 @@ impl Ictx {
         if !uapi::in_range(num & 0xff) {
             return self.vfio_ioctl(num, arg, mem);
         }
-        self.ioctl(num, arg, mem).map(|()| 0)
+        self.iommufd_ioctl(num, arg, mem)
     }
 
     /// Runs the ioctl `num` whose argument is at `arg` in `mem`, as
@@ -522,9 +566,18 @@ impl Ictx {
     /// # Errors
     /// The command's errno, as Linux returns it.
     pub fn ioctl(&self, num: u32, arg: u64, mem: &dyn UserMemory) -> Result<(), Errno> {
+        self.iommufd_ioctl(num, arg, mem).map(|_| ())
+    }
+
+    /// [`ioctl`](Self::ioctl) with the command's value (only
+    /// `IOMMU_TEST_CMD`'s dma-buf export has one: a descriptor).
+    fn iommufd_ioctl(&self, num: u32, arg: u64, mem: &dyn UserMemory) -> Result<i32, Errno> {
         let ucmd = Ucmd::read_from(num, |off, buf| {
             mem.read(arg.checked_add(off).ok_or(Errno::EFAULT)?, buf)
         })?;
+        if ucmd.cmd() == Cmd::TestCmd {
+            return self.test_cmd(&ucmd, arg, mem);
+        }
         let respond = |reply: &[u8]| -> Result<(), Errno> {
             let n = reply.len().min(ucmd.user_size() as usize);
             mem.write(arg, &reply[..n])
@@ -552,6 +605,11 @@ impl Ictx {
             Cmd::IoasMap => {
                 let mut c: uapi::IoasMap = get(&ucmd)?;
                 c.iova = self.ioas_map(&c)?;
+                respond(c.as_bytes())
+            }
+            Cmd::IoasMapFile => {
+                let mut c: uapi::IoasMapFile = get(&ucmd)?;
+                c.iova = self.ioas_map_file(&c, mem)?;
                 respond(c.as_bytes())
             }
             Cmd::IoasUnmap => {
@@ -662,9 +720,9 @@ impl Ictx {
                 }
                 Ok(())
             }
-            Cmd::TestCmd => self.test_cmd(&ucmd, arg, mem),
             _ => Err(Errno::EOPNOTSUPP),
         }
+        .map(|()| 0)
     }
 
     /// `IOMMU_GET_HW_INFO` (Linux's `iommufd_get_hw_info`): the driver's
@@ -765,6 +823,62 @@ impl Ictx {
         let prot = map_prot(c.flags)?;
         let iova = (c.flags & ioas_map::FIXED_IOVA != 0).then_some(c.iova);
         self.map_user_prot(c.ioas_id, c.user_va, c.length, iova, prot)
+    }
+
+    /// `IOMMU_IOAS_MAP_FILE` (Linux's `iommufd_ioas_map_file`): maps a
+    /// file's pages, which `mem` maps in for it ([`UserMemory::map_file`]);
+    /// returns the IOVA.
+    ///
+    /// # Errors
+    /// As [`ioas_map`](Self::ioas_map); `EBADF` for no such file;
+    /// `EINVAL` for no length or a range past the file's end (checked when
+    /// mapping here; Linux finds it when a domain pins the pages).
+    pub fn ioas_map_file(&self, c: &uapi::IoasMapFile, mem: &dyn UserMemory) -> Result<u64, Errno> {
+        let known = ioas_map::FIXED_IOVA | ioas_map::WRITEABLE | ioas_map::READABLE;
+        if c.flags & !known != 0 {
+            return Err(Errno::EOPNOTSUPP);
+        }
+        if beyond(c.iova) || beyond(c.length) {
+            return Err(Errno::EOVERFLOW);
+        }
+        let prot = map_prot(c.flags)?;
+        let ioas = self.ioas(c.ioas_id)?;
+        if c.length == 0 {
+            return Err(Errno::EINVAL);
+        }
+        c.start.checked_add(c.length - 1).ok_or(Errno::EOVERFLOW)?;
+        if self.should_fail() || self.should_fail() {
+            return Err(Errno::ENOMEM);
+        }
+        let (uaddr, backing) = match self.dmabuf(c.fd) {
+            Some(buf) => {
+                // Linux's iopt_alloc_dmabuf_pages and iopt_map_dmabuf.
+                if buf.len <= c.start + (c.length - 1) {
+                    return Err(Errno::EINVAL);
+                }
+                if buf.revoked() {
+                    return Err(Errno::ENODEV);
+                }
+                let addr = buf.addr() + c.start;
+                let pages = crate::selftest::DmabufPages {
+                    buf,
+                    detached: core::sync::atomic::AtomicBool::new(false),
+                };
+                (addr, crate::iopt::Backing(Arc::new(pages)))
+            }
+            None => mem.map_file(c.fd, c.start, c.length, prot.contains(Prot::WRITE))?,
+        };
+        let iova = (c.flags & ioas_map::FIXED_IOVA != 0).then_some(c.iova);
+        let mut g = lock(&ioas);
+        let iova = g.iopt.map_file(uaddr, c.length, iova, prot, backing)?;
+        fill_new(&mut g, iova, c.length)
+    }
+
+    /// The selftest dma-buf descriptor `fd` names, if it is one.
+    fn dmabuf(&self, fd: i32) -> Option<Arc<crate::selftest::Dmabuf>> {
+        let file = self.files.get()?.get(fd)?;
+        let any: Arc<dyn core::any::Any + Send + Sync> = file.into_any();
+        any.downcast::<crate::selftest::Dmabuf>().ok()
     }
 
     /// Maps user memory into IOAS `ioas_id` with `prot` as given (the

@@ -27,8 +27,28 @@ pub const PAGE_SIZE: u64 = 4096;
 /// The largest IOVA (`ULONG_MAX` on a 64-bit kernel).
 pub const IOVA_MAX: u64 = u64::MAX;
 
+/// What keeps a pages object's memory where it is, released with it: a
+/// file's pages mapped into the process for `IOMMU_IOAS_MAP_FILE` (Linux's
+/// pages object holds the file).
+#[derive(Clone)]
+pub struct Backing(pub Arc<dyn core::any::Any + Send + Sync>);
+
+impl core::fmt::Debug for Backing {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str("Backing")
+    }
+}
+
+impl PartialEq for Backing {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for Backing {}
+
 /// User memory areas map (Linux's `struct iopt_pages` of a user address).
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Pages {
     /// The first byte's page (the address rounded down).
     pub uptr: u64,
@@ -36,9 +56,24 @@ pub struct Pages {
     pub npages: u64,
     /// Whether DMA may write it.
     pub writable: bool,
+    /// A file's pages: what keeps them mapped at `uptr`.
+    pub backing: Option<Backing>,
 }
 
 impl Pages {
+    /// The dma-buf behind these pages, if they are one's.
+    pub fn dmabuf(&self) -> Option<&crate::selftest::DmabufPages> {
+        self.backing
+            .as_ref()
+            .and_then(|b| b.0.downcast_ref::<crate::selftest::DmabufPages>())
+    }
+
+    /// Whether domains leave these pages out (a revoked dma-buf's).
+    pub fn detached(&self) -> bool {
+        self.dmabuf()
+            .is_some_and(|d| d.detached.load(core::sync::atomic::Ordering::SeqCst))
+    }
+
     /// The pages behind `length` bytes at `uptr` (Linux's
     /// `iopt_alloc_user_pages`); returns them and the offset of `uptr` in
     /// the first page.
@@ -57,6 +92,7 @@ impl Pages {
                 uptr: uptr - start_byte,
                 npages,
                 writable,
+                backing: None,
             }),
             start_byte,
         ))
@@ -385,6 +421,37 @@ impl IoPagetable {
         prot: Prot,
     ) -> Result<u64, Errno> {
         let (pages, start_byte) = Pages::user(uptr, length, prot.contains(Prot::WRITE))?;
+        self.map_pages(
+            &[PagesSlice {
+                pages,
+                start_byte,
+                length,
+            }],
+            length,
+            iova,
+            prot,
+        )
+    }
+
+    /// Maps `length` bytes of a file's pages, which `backing` keeps
+    /// mapped at `uptr` (Linux's `iopt_map_file_pages`), as
+    /// [`map_user`](Self::map_user) otherwise.
+    ///
+    /// # Errors
+    /// As [`map_user`](Self::map_user).
+    pub fn map_file(
+        &mut self,
+        uptr: u64,
+        length: u64,
+        iova: Option<u64>,
+        prot: Prot,
+        backing: Backing,
+    ) -> Result<u64, Errno> {
+        let (pages, start_byte) = Pages::user(uptr, length, prot.contains(Prot::WRITE))?;
+        let pages = Arc::new(Pages {
+            backing: Some(backing),
+            ..Arc::unwrap_or_clone(pages)
+        });
         self.map_pages(
             &[PagesSlice {
                 pages,

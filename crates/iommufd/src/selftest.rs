@@ -243,12 +243,12 @@ impl Selftest {
 
     /// The pins the kernel would hold on the page at `uptr`: one per
     /// pages object a domain holds there, over every live context.
-    pub fn page_refs(&self, uptr: u64) -> u32 {
+    pub fn page_refs(&self, uptr: u64, mem: &dyn UserMemory) -> u32 {
         let ctxs: Vec<Arc<Ictx>> = lock(&self.contexts)
             .iter()
             .filter_map(Weak::upgrade)
             .collect();
-        ctxs.iter().map(|c| c.pinned_refs(uptr)).sum()
+        ctxs.iter().map(|c| c.pinned_refs(uptr, mem)).sum()
     }
 }
 
@@ -584,10 +584,14 @@ impl Ictx {
         let _ = self.selftest.set(Arc::clone(platform));
     }
 
-    /// Pins this context's domains hold on the page at `uptr`: one per
-    /// pages object mapped there in an IOAS with a domain.
-    pub fn pinned_refs(&self, uptr: u64) -> u32 {
-        let page = uptr & !(crate::iopt::PAGE_SIZE - 1);
+    /// Pins this context holds on the page of memory at `uptr`: one per
+    /// pages object a domain or an access holds there. A file's pages may
+    /// be mapped at other addresses than the caller's: they are compared
+    /// by page ([`UserMemory::page_key`]).
+    pub fn pinned_refs(&self, uptr: u64, mem: &dyn UserMemory) -> u32 {
+        use crate::iopt::PAGE_SIZE;
+        let page = uptr & !(PAGE_SIZE - 1);
+        let key = mem.page_key(page);
         let mut seen: Vec<*const crate::iopt::Pages> = Vec::new();
         for id in self.ids() {
             let Some(Object::Ioas(ioas)) = self.object(id) else {
@@ -595,18 +599,23 @@ impl Ictx {
             };
             let g = lock(&ioas);
             for a in g.iopt.areas() {
-                let p = &a.pages;
-                let end = p.uptr + p.npages * crate::iopt::PAGE_SIZE;
-                // The pages of the area itself, not the whole object.
-                let first = p.uptr + (a.start_byte & !(crate::iopt::PAGE_SIZE - 1));
-                let last_byte = p.uptr + a.start_byte + (a.last - a.iova);
-                let in_area = page >= first && page <= last_byte && page < end;
-                let held = (in_area && !g.domains.is_empty()) || g.access_pins_page(a, page);
-                if held {
-                    let ptr = Arc::as_ptr(p);
-                    if !seen.contains(&ptr) {
-                        seen.push(ptr);
-                    }
+                let ptr = Arc::as_ptr(&a.pages);
+                if seen.contains(&ptr) {
+                    continue;
+                }
+                // The area's own pages, by address.
+                let first = a.uaddr(a.iova) & !(PAGE_SIZE - 1);
+                let last = a.uaddr(a.last) & !(PAGE_SIZE - 1);
+                let here = if a.pages.backing.is_some() {
+                    (0..=(last - first) / PAGE_SIZE)
+                        .map(|k| first + k * PAGE_SIZE)
+                        .find(|&p| mem.page_key(p) == key)
+                } else {
+                    (first..=last).contains(&page).then_some(page)
+                };
+                let Some(at) = here else { continue };
+                if !g.domains.is_empty() || g.access_pins_page(a, at) {
+                    seen.push(ptr);
                 }
             }
         }
@@ -619,14 +628,14 @@ impl Ictx {
         ucmd: &Ucmd,
         arg: u64,
         mem: &dyn UserMemory,
-    ) -> Result<(), Errno> {
+    ) -> Result<i32, Errno> {
         let st = self.selftest.get().ok_or(Errno::ENOTTY)?;
         let mut c = TestCmd::read_from_bytes(ucmd.bytes()).map_err(|_| Errno::EINVAL)?;
         let respond = |c: &TestCmd| {
             let n = (ucmd.user_size() as usize).min(core::mem::size_of::<TestCmd>());
             mem.write(arg, &c.as_bytes()[..n])
         };
-        match c.op {
+        let r: Result<(), Errno> = match c.op {
             op::ADD_RESERVED => {
                 let (start, length) = (c.u64_at(0), c.u64_at(8));
                 if length == 0 {
@@ -691,7 +700,7 @@ impl Ictx {
                 while at < uptr + length {
                     let mut b = [0u8; 1];
                     mem.read(at, &mut b)?;
-                    if st.page_refs(at) != refs {
+                    if st.page_refs(at, mem) != refs {
                         return Err(Errno::EIO);
                     }
                     at += page;
@@ -743,10 +752,10 @@ impl Ictx {
                 // The pages pinned are the caller's own at `uptr`.
                 if uptr != 0 {
                     let base = uptr.wrapping_sub(iova % crate::iopt::PAGE_SIZE);
-                    let same = pages
-                        .iter()
-                        .enumerate()
-                        .all(|(k, &p)| p == base.wrapping_add(k as u64 * crate::iopt::PAGE_SIZE));
+                    let same = pages.iter().enumerate().all(|(k, &p)| {
+                        let mine = base.wrapping_add(k as u64 * crate::iopt::PAGE_SIZE);
+                        mem.page_key(p) == mem.page_key(mine)
+                    });
                     if !same {
                         let _ = access.unpin(item);
                         return Err(Errno::EBADE);
@@ -786,6 +795,36 @@ impl Ictx {
                 }
                 Ok(())
             }
+            op::DMABUF_GET => {
+                // struct { length, open_flags }
+                let len = u64::from(c.u32_at(0)).next_multiple_of(crate::iopt::PAGE_SIZE);
+                if len == 0 || len > crate::iopt::PAGE_SIZE * 512 {
+                    return Err(Errno::EINVAL);
+                }
+                let files = self.files.get().ok_or(Errno::EOPNOTSUPP)?;
+                if self.should_fail() {
+                    return Err(Errno::ENOMEM);
+                }
+                // Linux 7.3.4 returns 0 here and leaves the descriptor
+                // unreported; the selftest reads it from the ioctl's value,
+                // which is where it is given.
+                return files.install(Arc::new(Dmabuf::new(len)));
+            }
+            op::DMABUF_REVOKE => {
+                // struct { dmabuf_fd, revoked }
+                let files = self.files.get().ok_or(Errno::EINVAL)?;
+                let file = files.get(c.u32_at(0) as i32).ok_or(Errno::EINVAL)?;
+                let buf = file
+                    .as_any()
+                    .downcast_ref::<Dmabuf>()
+                    .ok_or(Errno::EOPNOTSUPP)?;
+                let revoked = c.u32_at(4) != 0;
+                buf.revoked.store(revoked, Ordering::SeqCst);
+                if revoked {
+                    self.dmabuf_revoked(buf);
+                }
+                Ok(())
+            }
             op::DEV_CHECK_CACHE => {
                 let idev = self.device(c.id)?;
                 let (i, want) = (c.u32_at(0) as usize, c.u32_at(4));
@@ -803,7 +842,8 @@ impl Ictx {
                 Ok(())
             }
             _ => Err(Errno::EOPNOTSUPP),
-        }
+        };
+        r.map(|()| 0)
     }
 
     /// `IOMMU_TEST_OP_DIRTY`: the mock is told the device wrote the page
@@ -849,6 +889,31 @@ impl Ictx {
             }
         }
         Ok(count)
+    }
+
+    /// Every area over `buf` leaves the domains (Linux's
+    /// `iopt_revoke_notify`).
+    fn dmabuf_revoked(&self, buf: &Dmabuf) {
+        for id in self.ids() {
+            let Some(Object::Ioas(ioas)) = self.object(id) else {
+                continue;
+            };
+            let g = lock(&ioas);
+            let hit: Vec<crate::iopt::Area> = g
+                .iopt
+                .areas()
+                .filter(|a| {
+                    a.pages.dmabuf().is_some_and(|d| {
+                        core::ptr::eq(Arc::as_ptr(&d.buf), buf)
+                            && !d.detached.swap(true, Ordering::SeqCst)
+                    })
+                })
+                .cloned()
+                .collect();
+            for (_, d) in &g.domains {
+                let _ = crate::ctx::unmap_areas(d, &hit);
+            }
+        }
     }
 
     /// The paging HWPT `id` with a mock domain (Linux's `get_md_pagetable`).
@@ -932,8 +997,14 @@ impl Ictx {
         while off < length {
             let mut b = [0u8; 1];
             mem.read(uptr + off, &mut b)?;
-            let pa = d.iova_to_phys(Iova::new(iova.wrapping_add(off)));
-            if pa.map(|p| p.raw()) != Some(uptr + off) {
+            let pa = d
+                .iova_to_phys(Iova::new(iova.wrapping_add(off)))
+                .ok_or(Errno::EINVAL)?
+                .raw();
+            // The same page of memory (keys), at the same offset in it.
+            let want = uptr + off;
+            let mask = crate::iopt::PAGE_SIZE - 1;
+            if pa & mask != want & mask || mem.page_key(pa) != mem.page_key(want) {
                 return Err(Errno::EINVAL);
             }
             off += page;
@@ -961,6 +1032,10 @@ impl crate::ctx::File for AccessFile {
     fn as_any(&self) -> &dyn Any {
         self
     }
+
+    fn into_any(self: Arc<Self>) -> Arc<dyn Any + Send + Sync> {
+        self
+    }
 }
 
 impl Drop for AccessFile {
@@ -970,6 +1045,61 @@ impl Drop for AccessFile {
             ctx.remove(self.id);
         }
     }
+}
+
+/// A dma-buf the selftest exports (`IOMMU_TEST_OP_DMABUF_GET`): memory
+/// of its own, which `IOMMU_IOAS_MAP_FILE` maps by descriptor, and which
+/// the test can revoke (every domain then stops reaching it).
+pub struct Dmabuf {
+    /// The memory: `len` bytes from a page boundary inside it.
+    mem: Box<[u8]>,
+    start: usize,
+    /// Its size: whole pages.
+    pub len: u64,
+    revoked: core::sync::atomic::AtomicBool,
+}
+
+impl Dmabuf {
+    fn new(len: u64) -> Self {
+        let page = crate::iopt::PAGE_SIZE as usize;
+        let mem = vec![0u8; len as usize + page].into_boxed_slice();
+        let start = (page - (mem.as_ptr() as usize % page)) % page;
+        Self {
+            mem,
+            start,
+            len,
+            revoked: core::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    /// The address of its first byte.
+    pub fn addr(&self) -> u64 {
+        self.mem[self.start..].as_ptr() as u64
+    }
+
+    /// Whether it is revoked.
+    pub fn revoked(&self) -> bool {
+        self.revoked.load(Ordering::SeqCst)
+    }
+}
+
+impl crate::ctx::File for Dmabuf {
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+
+    fn into_any(self: Arc<Self>) -> Arc<dyn Any + Send + Sync> {
+        self
+    }
+}
+
+/// A pages object over a dma-buf: detached from the domains for good
+/// once the dma-buf was revoked under it.
+pub struct DmabufPages {
+    /// The dma-buf.
+    pub buf: Arc<Dmabuf>,
+    /// Unmapped from the domains by a revoke.
+    pub detached: core::sync::atomic::AtomicBool,
 }
 
 /// `MOCK_FLAGS_ACCESS_CREATE_NEEDS_PIN_PAGES`.

@@ -625,3 +625,78 @@ fn vfio_type1_maps_unmaps_and_cuts_on_the_compat_ioas() {
         .unwrap();
     assert_eq!(v(IOMMU_MAP_DMA, 0x3000), Err(Errno::ENODEV));
 }
+
+/// The selftest's dma-buf: mapped by descriptor, within its size; a
+/// revoke takes it out of every domain and refuses new maps (`ENODEV`)
+/// until it is given back.
+#[test]
+fn a_dmabuf_maps_by_descriptor_and_a_revoke_takes_it_from_the_domains() {
+    use iommufd::uapi::IoasMapFile;
+    let platform = Selftest::new().unwrap();
+    let p = Prog::new(&platform);
+    let ioas = p.ctx.ioas_alloc().unwrap();
+    let (_, hwpt, _) = p.mock_domain(ioas).unwrap();
+    let fd = {
+        use zerocopy::IntoBytes;
+        let mut c = TestCmd {
+            size: 72,
+            op: op::DMABUF_GET,
+            ..TestCmd::default()
+        };
+        c.args[0] = 4 * PAGE;
+        p.mem.write(ARG, c.as_bytes()).unwrap();
+        p.ctx
+            .ioctl_value(Cmd::TestCmd.ioctl(), ARG, &*p.mem)
+            .unwrap()
+    };
+    assert!(fd >= 100, "a descriptor, as the ioctl's value");
+    assert_eq!(p.files.open(), 1);
+    let map = |start: u64, length: u64, iova: Option<u64>| {
+        let c = IoasMapFile {
+            size: 40,
+            flags: ioas_map::READABLE
+                | ioas_map::WRITEABLE
+                | iova.map_or(0, |_| ioas_map::FIXED_IOVA),
+            ioas_id: ioas,
+            fd,
+            start,
+            length,
+            iova: iova.unwrap_or(0),
+        };
+        p.ctx.ioas_map_file(&c, &*p.mem)
+    };
+    assert_eq!(map(0, 0, None), Err(Errno::EINVAL));
+    assert_eq!(map(4 * PAGE, 4 * PAGE, None), Err(Errno::EINVAL));
+    assert_eq!(map(0, 4 * PAGE + 1, None), Err(Errno::EINVAL));
+    let iova = map(0, 4 * PAGE, None).unwrap();
+    let d = p.ctx.hwpt(hwpt).unwrap().domain.clone();
+    assert!(d.iova_to_phys(iommu_core::Iova::new(iova)).is_some());
+    // Revoked: gone from the domain, no new maps.
+    let revoke = |on: u64| {
+        p.test(op::DMABUF_REVOKE, 0, &[(0, fd as u64 | (on << 32))])
+            .map(|_| ())
+    };
+    assert_eq!(revoke(1), Ok(()));
+    assert!(d.iova_to_phys(iommu_core::Iova::new(iova)).is_none());
+    assert_eq!(map(0, 4 * PAGE, None), Err(Errno::ENODEV));
+    assert_eq!(revoke(0), Ok(()));
+    let again = map(0, 4 * PAGE, None).unwrap();
+    assert!(d.iova_to_phys(iommu_core::Iova::new(again)).is_some());
+    // The revoked area stays out; unmapping it is fine; its IOVA maps again.
+    assert_eq!(p.ctx.ioas_unmap(ioas, iova, 4 * PAGE), Ok(4 * PAGE));
+    assert_eq!(map(0, 4 * PAGE, Some(iova)), Ok(iova));
+    // Not a descriptor of ours: an ordinary file, which this memory has not.
+    let c = IoasMapFile {
+        size: 40,
+        flags: ioas_map::READABLE,
+        ioas_id: ioas,
+        fd: 3,
+        length: PAGE,
+        ..IoasMapFile::default()
+    };
+    assert_eq!(p.ctx.ioas_map_file(&c, &*p.mem), Err(Errno::EBADF));
+    assert_eq!(
+        p.test(op::DMABUF_GET, 0, &[(0, 513 * PAGE)]).err(),
+        Some(Errno::EINVAL)
+    );
+}
