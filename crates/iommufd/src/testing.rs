@@ -674,3 +674,421 @@ impl crate::ctx::FileTable for Files {
             .cloned()
     }
 }
+
+/// Object-lifetime sequences through the selftest platform, from any
+/// bytes: IOASes, maps, unmaps and copies, mock devices attached,
+/// replaced and destroyed, HWPTs (plain, dirty-tracking, nest parents),
+/// access objects with pins and reads, dirty tracking and bitmaps,
+/// reserved ranges, the huge-page option, dma-bufs mapped and revoked,
+/// and the VFIO compat ioctls, in any order, with any ids. After every
+/// step, for every paging HWPT, the domain maps exactly the areas of its
+/// IOAS (each area's first and last byte where the area says, nothing
+/// outside the areas): a device reaches only what its IOAS maps. At the
+/// end everything is destroyed and closed: no pin, object or mock device
+/// is left. Returns the commands that succeeded, by kind.
+///
+/// # Panics
+/// When a property fails, or anything panics.
+pub fn selftest_ops(data: &[u8]) -> [usize; 20] {
+    use crate::ctx::{Ictx, UserMemory};
+    use crate::iopt::PAGE_SIZE;
+    use crate::selftest::{op, Selftest, TestCmd, MOCK_APERTURE_START};
+    use crate::uapi::*;
+    use std::sync::Arc;
+    use zerocopy::IntoBytes;
+
+    const ARG: u64 = 0x1000;
+    const SCRATCH: u64 = 0x2000;
+    const USER: u64 = 0x10_0000;
+    const USER_PAGES: u64 = 64;
+    let platform = Selftest::new().expect("a platform");
+    let mem = Arc::new(Space::new(
+        0x1000,
+        (USER - 0x1000 + USER_PAGES * PAGE_SIZE) as usize,
+    ));
+    let files = Arc::new(Files::default());
+    let ctx = Arc::new(Ictx::new());
+    ctx.set_user_memory(mem.clone());
+    ctx.set_files(files.clone());
+    ctx.enable_selftest(&platform);
+    let mut done = [0usize; 20];
+    let mut fds: Vec<i32> = Vec::new();
+    let test = |opn: u32, id: u32, args: &[(usize, u64)]| -> Result<i32, Errno> {
+        let mut c = TestCmd {
+            size: 72,
+            op: opn,
+            id,
+            ..TestCmd::default()
+        };
+        for &(w, v) in args {
+            c.args[w] = v;
+        }
+        mem.write(ARG, c.as_bytes()).expect("room");
+        ctx.ioctl_value(Cmd::TestCmd.ioctl(), ARG, &*mem)
+    };
+    let reply_u32 = |word: usize, hi: bool| -> u32 {
+        let mut b = [0u8; 72];
+        mem.read(ARG, &mut b).expect("room");
+        let at = 16 + word * 8 + if hi { 4 } else { 0 };
+        u32::from_ne_bytes(b[at..at + 4].try_into().expect("4 bytes"))
+    };
+    for step in data.chunks(8).take(200) {
+        let b = |i: usize| u64::from(*step.get(i).unwrap_or(&0));
+        // Mostly an object of the kind the command takes; sometimes any
+        // id, dead or of another kind.
+        let ids = ctx.ids();
+        let of_kind = |want: fn(&crate::ctx::Object) -> bool| -> Vec<u32> {
+            ids.iter()
+                .copied()
+                .filter(|&i| ctx.object(i).is_some_and(|o| want(&o)))
+                .collect()
+        };
+        let pick = |k: u64, want: fn(&crate::ctx::Object) -> bool| -> u32 {
+            let v = of_kind(want);
+            if b(7) & 0xc0 == 0 || v.is_empty() {
+                (k % 12) as u32
+            } else {
+                v[k as usize % v.len()]
+            }
+        };
+        let ioas_of = |o: &crate::ctx::Object| matches!(o, crate::ctx::Object::Ioas(_));
+        let hwpt_of = |o: &crate::ctx::Object| matches!(o, crate::ctx::Object::HwptPaging(_));
+        let dev_of = |o: &crate::ctx::Object| matches!(o, crate::ctx::Object::Device(_));
+        let stdev_of = |o: &crate::ctx::Object| matches!(o, crate::ctx::Object::Selftest(_));
+        let pt_of = |o: &crate::ctx::Object| {
+            matches!(
+                o,
+                crate::ctx::Object::Ioas(_) | crate::ctx::Object::HwptPaging(_)
+            )
+        };
+        let any = |_: &crate::ctx::Object| true;
+        let id = |k: u64| pick(k, any);
+        let ioas_id = |k: u64| pick(k, ioas_of);
+        // IOVAs on 4-page boundaries and at most 4 pages long: an unmap
+        // of such a block takes whole areas.
+        let iova = |k: u64| MOCK_APERTURE_START + 4 * PAGE_SIZE * (k % 16);
+        let len = |k: u64| PAGE_SIZE * ((k % 4) + 1);
+        // The first IOVA of some area of some IOAS, else any.
+        let area_iova = |k: u64| -> u64 {
+            let starts: Vec<u64> = of_kind(ioas_of)
+                .into_iter()
+                .filter_map(|i| ctx.ioas(i).ok())
+                .flat_map(|io| {
+                    let g = io.lock().unwrap_or_else(|e| e.into_inner());
+                    g.iopt.areas().map(|a| a.iova).collect::<Vec<_>>()
+                })
+                .collect();
+            if starts.is_empty() {
+                iova(k)
+            } else {
+                starts[k as usize % starts.len()]
+            }
+        };
+        let va = |k: u64| USER + PAGE_SIZE * (k % (USER_PAGES - 4));
+        let kind = (b(0) % 20) as usize;
+        let ok = match kind {
+            0 => ctx.ioas_alloc().is_ok(),
+            1 => ctx.destroy(id(b(1))).is_ok(),
+            2 => {
+                let fixed = b(5) & 1 == 0;
+                let c = IoasMap {
+                    size: 40,
+                    flags: ioas_map::READABLE
+                        | if b(4) & 1 == 0 {
+                            ioas_map::WRITEABLE
+                        } else {
+                            0
+                        }
+                        | if fixed { ioas_map::FIXED_IOVA } else { 0 },
+                    ioas_id: ioas_id(b(1)),
+                    user_va: va(b(2)),
+                    length: len(b(3)),
+                    iova: iova(b(6)),
+                    ..Default::default()
+                };
+                ctx.ioas_map(&c).is_ok()
+            }
+            3 => {
+                let (at, l) = if b(3) & 0x80 != 0 {
+                    (0, u64::MAX)
+                } else {
+                    (iova(b(2)), 4 * PAGE_SIZE * (b(3) % 3 + 1))
+                };
+                ctx.ioas_unmap(ioas_id(b(1)), at, l).is_ok()
+            }
+            4 => {
+                let c = IoasCopy {
+                    size: 40,
+                    flags: ioas_map::READABLE | ioas_map::FIXED_IOVA,
+                    dst_ioas_id: ioas_id(b(1)),
+                    src_ioas_id: ioas_id(b(2)),
+                    length: PAGE_SIZE,
+                    dst_iova: iova(b(4)),
+                    src_iova: iova(b(5)),
+                };
+                ctx.ioas_copy(&c).is_ok()
+            }
+            5 => test(
+                op::MOCK_DOMAIN_FLAGS,
+                pick(b(1), pt_of),
+                &[(1, (b(2) & 1) << 32)],
+            )
+            .is_ok(),
+            6 => test(
+                op::MOCK_DOMAIN_REPLACE,
+                pick(b(1), stdev_of),
+                &[(0, u64::from(pick(b(2), pt_of)))],
+            )
+            .is_ok(),
+            7 => {
+                let flags = match b(3) % 3 {
+                    0 => PagingFlags::empty(),
+                    1 => PagingFlags::DIRTY_TRACKING,
+                    _ => PagingFlags::NEST_PARENT,
+                };
+                ctx.hwpt_alloc(pick(b(1), dev_of), ioas_id(b(2)), flags)
+                    .is_ok()
+            }
+            8 => {
+                let r = test(
+                    op::CREATE_ACCESS,
+                    ioas_id(b(1)),
+                    &[(0, u64::from(b(2) & 3 != 0) << 32)],
+                );
+                if r.is_ok() {
+                    fds.push(reply_u32(0, false) as i32);
+                }
+                r.is_ok()
+            }
+            9 => {
+                let fd = fds
+                    .get(b(1) as usize % fds.len().max(1))
+                    .copied()
+                    .unwrap_or(0);
+                test(
+                    op::ACCESS_PAGES,
+                    fd as u32,
+                    &[(0, b(4) & 1), (1, area_iova(b(2))), (2, PAGE_SIZE)],
+                )
+                .is_ok()
+            }
+            10 => {
+                let fd = fds
+                    .get(b(1) as usize % fds.len().max(1))
+                    .copied()
+                    .unwrap_or(0);
+                test(op::DESTROY_ACCESS_PAGES, fd as u32, &[(0, b(2) % 3)]).is_ok()
+            }
+            11 => {
+                if fds.is_empty() {
+                    false
+                } else {
+                    let fd = fds.remove(b(1) as usize % fds.len());
+                    files.close(fd).is_ok()
+                }
+            }
+            12 => {
+                let fd = fds
+                    .get(b(1) as usize % fds.len().max(1))
+                    .copied()
+                    .unwrap_or(0);
+                let flags = if b(4) & 1 == 0 {
+                    selftest::ACCESS_RW_WRITE
+                } else {
+                    0
+                };
+                test(
+                    op::ACCESS_RW,
+                    fd as u32,
+                    &[
+                        (0, area_iova(b(2)) + b(5)),
+                        (1, b(3) % 64 + 1),
+                        (2, SCRATCH),
+                        (3, u64::from(flags)),
+                    ],
+                )
+                .is_ok()
+            }
+            13 => {
+                let c = HwptSetDirtyTracking {
+                    size: 16,
+                    flags: (b(2) & 3 != 0) as u32,
+                    hwpt_id: pick(b(1), hwpt_of),
+                    reserved: 0,
+                };
+                ctx.set_dirty_tracking(&c).is_ok()
+            }
+            14 => {
+                let c = HwptGetDirtyBitmap {
+                    size: 48,
+                    hwpt_id: pick(b(1), hwpt_of),
+                    flags: (b(4) & 1) as u32,
+                    iova: iova(b(2)),
+                    length: len(b(3)),
+                    page_size: 1 << (11 + b(5) % 3),
+                    data: SCRATCH,
+                    ..Default::default()
+                };
+                ctx.get_dirty_bitmap(&c, &*mem).is_ok()
+            }
+            15 => {
+                mem.write(SCRATCH, &[b(4) as u8, b(5) as u8]).expect("room");
+                test(
+                    op::DIRTY,
+                    pick(b(1), hwpt_of),
+                    &[(1, iova(b(2))), (2, len(b(3))), (3, 2048), (4, SCRATCH)],
+                )
+                .is_ok()
+            }
+            16 => test(
+                op::ADD_RESERVED,
+                ioas_id(b(1)),
+                &[(0, iova(b(2))), (1, len(b(3)))],
+            )
+            .is_ok(),
+            17 => {
+                let c = IommuOption {
+                    size: 24,
+                    option_id: option::HUGE_PAGES,
+                    op: option::OP_SET,
+                    object_id: ioas_id(b(1)),
+                    val64: b(2) & 1,
+                    ..Default::default()
+                };
+                ctx.option(&c).is_ok()
+            }
+            18 => match b(1) % 3 {
+                0 => {
+                    let r = test(op::DMABUF_GET, 0, &[(0, len(b(2)))]);
+                    if let Ok(fd) = r {
+                        fds.push(fd);
+                    }
+                    r.is_ok()
+                }
+                1 => {
+                    let fd = fds
+                        .get(b(2) as usize % fds.len().max(1))
+                        .copied()
+                        .unwrap_or(0);
+                    test(
+                        op::DMABUF_REVOKE,
+                        0,
+                        &[(0, fd as u32 as u64 | ((b(3) & 1) << 32))],
+                    )
+                    .is_ok()
+                }
+                _ => {
+                    let fd = fds
+                        .get(b(2) as usize % fds.len().max(1))
+                        .copied()
+                        .unwrap_or(0);
+                    let c = IoasMapFile {
+                        size: 40,
+                        flags: ioas_map::READABLE | ioas_map::FIXED_IOVA,
+                        ioas_id: ioas_id(b(3)),
+                        fd,
+                        start: 0,
+                        length: PAGE_SIZE,
+                        iova: iova(b(4)),
+                    };
+                    ctx.ioas_map_file(&c, &*mem).is_ok()
+                }
+            },
+            _ => {
+                // VFIO: choose the compat IOAS, map or unmap through it.
+                match b(1) % 3 {
+                    0 => {
+                        let c = VfioIoas {
+                            size: 12,
+                            ioas_id: ioas_id(b(2)),
+                            op: crate::vfio::vfio_ioas::SET,
+                            reserved: 0,
+                        };
+                        ioctl_at(&ctx, &*mem, ARG, Cmd::VfioIoas, &c).0.is_ok()
+                    }
+                    1 => {
+                        let mut m = [0u8; 32];
+                        m[0..4].copy_from_slice(&32u32.to_ne_bytes());
+                        m[4..8].copy_from_slice(&3u32.to_ne_bytes());
+                        m[8..16].copy_from_slice(&va(b(2)).to_ne_bytes());
+                        m[16..24].copy_from_slice(&iova(b(3)).to_ne_bytes());
+                        m[24..32].copy_from_slice(&len(b(4)).to_ne_bytes());
+                        mem.write(SCRATCH, &m).expect("room");
+                        ctx.vfio_ioctl(crate::vfio::IOMMU_MAP_DMA, SCRATCH, &*mem)
+                            .is_ok()
+                    }
+                    _ => {
+                        let mut u = [0u8; 24];
+                        u[0..4].copy_from_slice(&24u32.to_ne_bytes());
+                        u[8..16].copy_from_slice(&iova(b(3)).to_ne_bytes());
+                        u[16..24].copy_from_slice(&len(b(4)).to_ne_bytes());
+                        mem.write(SCRATCH, &u).expect("room");
+                        ctx.vfio_ioctl(crate::vfio::IOMMU_UNMAP_DMA, SCRATCH, &*mem)
+                            .is_ok()
+                    }
+                }
+            }
+        };
+        if ok {
+            done[kind] += 1;
+        }
+        check_domains_match_areas(&ctx);
+    }
+    // Tear down as a closing program does: accesses' and dma-bufs'
+    // descriptors, then the context.
+    for fd in fds {
+        files.close(fd).expect("open");
+    }
+    drop(ctx);
+    assert_eq!(files.open(), 0, "every file closed");
+    for p in 0..USER_PAGES {
+        assert_eq!(
+            platform.page_refs(USER + p * PAGE_SIZE, &*mem),
+            0,
+            "no pin left"
+        );
+    }
+    done
+}
+
+use crate::selftest;
+use iommu_core::PagingFlags;
+
+/// Every paging HWPT's domain maps exactly its IOAS's areas.
+fn check_domains_match_areas(ctx: &crate::ctx::Ictx) {
+    use crate::ctx::Object;
+    use iommu_core::Iova;
+    for id in ctx.ids() {
+        let Some(Object::HwptPaging(h)) = ctx.object(id) else {
+            continue;
+        };
+        let g = h.ioas.lock().unwrap_or_else(|e| e.into_inner());
+        let d = &h.domain;
+        for a in g.iopt.areas() {
+            let want = |at: u64| (!a.pages.detached()).then(|| a.uaddr(at));
+            for at in [a.iova, a.last] {
+                assert_eq!(
+                    d.iova_to_phys(Iova::new(at)).map(|p| p.raw()),
+                    want(at),
+                    "HWPT {id}: IOVA {at:#x} of area {:#x}..={:#x}",
+                    a.iova,
+                    a.last
+                );
+            }
+        }
+        // Nothing outside the areas.
+        let mut from = 0u64;
+        while let Some((at, size)) = d.first_mapping(Iova::new(from), Iova::new(u64::MAX)) {
+            let (s, e) = (at.raw(), at.raw() + (size - 1));
+            let inside = g
+                .iopt
+                .area_at(s)
+                .is_some_and(|a| a.last >= e && !a.pages.detached());
+            assert!(inside, "HWPT {id} maps {s:#x}..={e:#x} outside every area");
+            match e.checked_add(1) {
+                Some(n) => from = n,
+                None => break,
+            }
+        }
+    }
+}
