@@ -203,6 +203,9 @@ struct DomainInner {
     flags: PagingFlags,
     /// The vIOMMU a nested domain was made by; it holds the parent.
     viommu: Option<Viommu>,
+    /// The nest parent of a nested domain made without a vIOMMU
+    /// ([`Iommu::domain_alloc_nested`](crate::Iommu::domain_alloc_nested)).
+    parent: Option<Domain>,
 }
 
 /// A domain (`struct iommu_domain`); clones share it, equality is identity.
@@ -286,6 +289,19 @@ impl Domain {
         flags: PagingFlags,
         viommu: Option<Viommu>,
     ) -> Domain {
+        Self::new_nested(id, ty, ops, owner, flags, viommu, None)
+    }
+
+    /// [`new_with`](Self::new_with) for a nested domain over `parent`.
+    pub(crate) fn new_nested(
+        id: u64,
+        ty: DomainType,
+        ops: Box<dyn DomainOps>,
+        owner: &Arc<dyn IommuOps>,
+        flags: PagingFlags,
+        viommu: Option<Viommu>,
+        parent: Option<Domain>,
+    ) -> Domain {
         let pgsize_bitmap = ops.pgsize_bitmap().unwrap_or(owner.pgsize_bitmap());
         let geometry = ops.geometry().unwrap_or(DomainGeometry::FULL);
         Domain(Arc::new(DomainInner {
@@ -301,6 +317,7 @@ impl Domain {
             flushes: FlushClock::default(),
             flags,
             viommu,
+            parent,
         }))
     }
 
@@ -323,7 +340,26 @@ impl Domain {
 
     /// The second stage a nested domain translates through.
     pub fn nest_parent(&self) -> Option<&Domain> {
-        self.0.viommu.as_ref().map(Viommu::parent)
+        self.0
+            .viommu
+            .as_ref()
+            .map(Viommu::parent)
+            .or(self.0.parent.as_ref())
+    }
+
+    /// Hands the guest's invalidations of a nested domain to its driver
+    /// (Linux's `cache_invalidate_user`, for `IOMMU_HWPT_INVALIDATE` on a
+    /// nested HWPT).
+    ///
+    /// # Errors
+    /// The entries handled and why the next failed; `EOPNOTSUPP` for a
+    /// driver without the op.
+    pub fn cache_invalidate_user(
+        &self,
+        array: &crate::UserDataArray<'_>,
+    ) -> Result<(), crate::InvalidateError> {
+        let _s = crate::trace::debug_span!("cache_invalidate_user", n = array.entry_num).entered();
+        self.0.ops.cache_invalidate_user(array)
     }
 
     /// An id unique within its subsystem, for logs and traces.

@@ -103,6 +103,26 @@ pub trait IommuOps: Send + Sync + 'static {
         Ok(None)
     }
 
+    /// Makes the driver side of a nested domain over the nest parent
+    /// `parent` from the guest's description `data`, without a vIOMMU
+    /// (Linux's `domain_alloc_nested`, for `IOMMU_HWPT_ALLOC` on a paging
+    /// HWPT). The core has checked that `parent` is this instance's nest
+    /// parent. The default cannot (`EOPNOTSUPP`).
+    ///
+    /// # Errors
+    /// `EOPNOTSUPP` for flags or a data type the driver does not take;
+    /// its check of `data`.
+    fn domain_alloc_nested(
+        &self,
+        dev: &Arc<Device>,
+        parent: &Domain,
+        flags: u32,
+        data: &UserData<'_>,
+    ) -> Result<Box<dyn DomainOps>, Errno> {
+        let _ = (dev, parent, flags, data);
+        Err(Errno::EOPNOTSUPP)
+    }
+
     /// Makes the driver side of a vIOMMU of type `ty` over the nest-parent
     /// domain `parent`, for the instance translating `dev` (Linux's
     /// `get_viommu_size` + `viommu_init`). The core has checked that
@@ -282,6 +302,23 @@ pub trait DomainOps: Send + Sync + 'static {
     /// As [`iotlb_sync`](Self::iotlb_sync): it did not complete.
     fn flush_iotlb_all(&self) -> Result<(), Errno> {
         Ok(())
+    }
+
+    /// The guest's invalidations of a nested domain made without a vIOMMU
+    /// (Linux's `cache_invalidate_user`), in order, stopping at the first
+    /// that fails. The default has none (`EOPNOTSUPP`).
+    ///
+    /// # Errors
+    /// The entries handled and why the next failed.
+    fn cache_invalidate_user(
+        &self,
+        array: &crate::UserDataArray<'_>,
+    ) -> Result<(), crate::InvalidateError> {
+        let _ = array;
+        Err(crate::InvalidateError {
+            handled: 0,
+            errno: Errno::EOPNOTSUPP,
+        })
     }
 
     /// Dirty tracking, for paging domains that have it (Linux's

@@ -234,6 +234,13 @@ pub trait ViommuOps: Send + Sync + 'static {
         Ok(())
     }
 
+    /// What the driver answers to the data given at allocation, copied
+    /// back to the caller's structure (Linux's `viommu_init` writing it
+    /// with `iommu_copy_struct_to_user`); the default, nothing.
+    fn init_reply(&self) -> Option<Vec<u8>> {
+        None
+    }
+
     /// The driver's own type.
     fn as_any(&self) -> Option<&dyn core::any::Any> {
         None
@@ -413,6 +420,45 @@ impl Iommu {
             &ops,
             flags,
             None,
+        ))
+    }
+
+    /// Makes a nested domain over the nest parent `parent` for `dev`'s
+    /// IOMMU from the guest's description `data`, without a vIOMMU
+    /// (Linux's `domain_alloc_nested`, as `IOMMU_HWPT_ALLOC` on a paging
+    /// HWPT calls it).
+    ///
+    /// # Errors
+    /// `ENODEV` when no IOMMU translates `dev`; `EINVAL` when `parent` is
+    /// not a nest parent of that instance; the driver's refusal;
+    /// `ENOMEM` from the core's failure point.
+    pub fn domain_alloc_nested(
+        &self,
+        dev: &Arc<Device>,
+        parent: &Domain,
+        flags: u32,
+        data: &UserData<'_>,
+    ) -> Result<Domain, Errno> {
+        let ops = translating_ops(dev)?;
+        let _span =
+            crate::trace::debug_span!("domain_alloc_nested", driver = ops.name(), ty = data.ty)
+                .entered();
+        if !parent.is_owned_by(&ops) || !parent.is_nest_parent() {
+            return Err(Errno::EINVAL);
+        }
+        if self.shared.fail.hit(crate::FailPoint::DomainAlloc) {
+            return Err(Errno::ENOMEM);
+        }
+        let driver_part = ops.domain_alloc_nested(dev, parent, flags, data)?;
+        let id = self.shared.next_domain_id();
+        Ok(Domain::new_nested(
+            id,
+            DomainType::Nested,
+            driver_part,
+            &ops,
+            PagingFlags::empty(),
+            None,
+            Some(parent.clone()),
         ))
     }
 

@@ -52,6 +52,8 @@ pub enum Errno {
     EBADF,
     /// Try again (a queue with nothing to read yet).
     EAGAIN,
+    /// Illegal seek (a read or write of a queue by a count it cannot take).
+    ESPIPE,
     /// Too many open files (no descriptor left for a new file).
     EMFILE,
     /// Invalid exchange (a check found other pages than expected).
@@ -87,6 +89,7 @@ impl Errno {
             Errno::EADDRINUSE => 98,
             Errno::EBADF => 9,
             Errno::EAGAIN => 11,
+            Errno::ESPIPE => 29,
             Errno::EMFILE => 24,
             Errno::EBADE => 52,
             Errno::EBADFD => 77,
@@ -118,6 +121,7 @@ impl Errno {
             Errno::EADDRINUSE => "EADDRINUSE",
             Errno::EBADF => "EBADF",
             Errno::EAGAIN => "EAGAIN",
+            Errno::ESPIPE => "ESPIPE",
             Errno::EMFILE => "EMFILE",
             Errno::EBADE => "EBADE",
             Errno::EBADFD => "EBADFD",
@@ -149,6 +153,7 @@ impl Errno {
             Errno::EADDRINUSE => "Address already in use",
             Errno::EBADF => "Bad file descriptor",
             Errno::EAGAIN => "Resource temporarily unavailable",
+            Errno::ESPIPE => "Illegal seek",
             Errno::EMFILE => "Too many open files",
             Errno::EBADE => "Invalid exchange",
             Errno::EBADFD => "File descriptor in bad state",
