@@ -665,6 +665,52 @@ fn is_fail_nth_fd(fd: c_int) -> bool {
     matches!(entry(fd), Some(Entry::FailNth))
 }
 
+/// The file a command handed out behind `fd`, if any.
+fn file_of(fd: c_int) -> Option<Arc<dyn File>> {
+    match entry(fd)? {
+        Entry::File(f) => Some(f),
+        _ => None,
+    }
+}
+
+/// A read of a command's file: its bytes copied to the caller's buffer
+/// with the kernel's checked copy (`EFAULT` for a bad buffer).
+fn file_read(f: &dyn File, buf: *mut c_void, count: usize) -> isize {
+    match f.read(count) {
+        Ok(bytes) => {
+            let n = bytes.len().min(count);
+            match ProcessMemory.write(buf as u64, &bytes[..n]) {
+                Ok(()) => n as isize,
+                Err(e) => {
+                    set_errno(e.code());
+                    -1
+                }
+            }
+        }
+        Err(e) => {
+            set_errno(e.code());
+            -1
+        }
+    }
+}
+
+/// A write to a command's file, the caller's bytes read with the
+/// kernel's checked copy; no more than a megabyte is taken at once.
+fn file_write(f: &dyn File, buf: *const c_void, count: usize) -> isize {
+    let n = count.min(1 << 20);
+    let mut data = vec![0u8; n];
+    let r = ProcessMemory
+        .read(buf as u64, &mut data)
+        .and_then(|()| f.write(&data));
+    match r {
+        Ok(done) => done as isize,
+        Err(e) => {
+            set_errno(e.code());
+            -1
+        }
+    }
+}
+
 /// `read(2)`.
 ///
 /// # Safety
@@ -673,6 +719,9 @@ fn is_fail_nth_fd(fd: c_int) -> bool {
 pub unsafe extern "C" fn read(fd: c_int, buf: *mut c_void, count: usize) -> isize {
     if is_fail_nth_fd(fd) {
         return fail_nth_read(buf, count, 0);
+    }
+    if let Some(f) = file_of(fd) {
+        return file_read(&*f, buf, count);
     }
     // SAFETY: forwarded as given.
     unsafe { libc::syscall(libc::SYS_read, fd, buf, count) as isize }
@@ -687,6 +736,9 @@ pub unsafe extern "C" fn write(fd: c_int, buf: *const c_void, count: usize) -> i
     if is_fail_nth_fd(fd) {
         return fail_nth_write(buf, count);
     }
+    if let Some(f) = file_of(fd) {
+        return file_write(&*f, buf, count);
+    }
     // SAFETY: forwarded as given.
     unsafe { libc::syscall(libc::SYS_write, fd, buf, count) as isize }
 }
@@ -699,6 +751,11 @@ pub unsafe extern "C" fn write(fd: c_int, buf: *const c_void, count: usize) -> i
 pub unsafe extern "C" fn pread(fd: c_int, buf: *mut c_void, count: usize, offset: i64) -> isize {
     if is_fail_nth_fd(fd) {
         return fail_nth_read(buf, count, offset);
+    }
+    if file_of(fd).is_some() {
+        // Queues have no position (Linux's `*ppos` check).
+        set_errno(libc::ESPIPE);
+        return -1;
     }
     // SAFETY: forwarded as given.
     unsafe { libc::syscall(libc::SYS_pread64, fd, buf, count, offset) as isize }
@@ -722,6 +779,10 @@ pub unsafe extern "C" fn pread64(fd: c_int, buf: *mut c_void, count: usize, offs
 pub unsafe extern "C" fn pwrite(fd: c_int, buf: *const c_void, count: usize, offset: i64) -> isize {
     if is_fail_nth_fd(fd) {
         return fail_nth_write(buf, count);
+    }
+    if file_of(fd).is_some() {
+        set_errno(libc::ESPIPE);
+        return -1;
     }
     // SAFETY: forwarded as given.
     unsafe { libc::syscall(libc::SYS_pwrite64, fd, buf, count, offset) as isize }

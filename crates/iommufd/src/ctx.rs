@@ -86,6 +86,26 @@ pub trait File: core::any::Any + Send + Sync {
 
     /// Itself, shared, to keep the object behind a descriptor.
     fn into_any(self: Arc<Self>) -> Arc<dyn core::any::Any + Send + Sync>;
+
+    /// `read(2)` of up to `count` bytes: what the file gives. The
+    /// default is a file that cannot be read (`EINVAL`).
+    ///
+    /// # Errors
+    /// The file's errno.
+    fn read(&self, count: usize) -> Result<Vec<u8>, Errno> {
+        let _ = count;
+        Err(Errno::EINVAL)
+    }
+
+    /// `write(2)` of `data`: the bytes taken. The default is a file that
+    /// cannot be written (`EINVAL`).
+    ///
+    /// # Errors
+    /// The file's errno.
+    fn write(&self, data: &[u8]) -> Result<usize, Errno> {
+        let _ = data;
+        Err(Errno::EINVAL)
+    }
 }
 
 /// The caller's descriptor table (the kernel's `get_unused_fd_flags`,
@@ -304,6 +324,13 @@ pub enum Object {
     Selftest(Arc<crate::selftest::StDev>),
     /// An access object (held by its driver until it destroys it).
     Access(Arc<crate::access::Access>),
+    /// A fault queue.
+    Fault(Arc<crate::eventq::Fault>),
+    /// A vEVENTQ of a vIOMMU.
+    Veventq(Arc<crate::eventq::Veventq>),
+    /// The id of a vDEVICE whose device was unbound under it: reserved
+    /// until destroyed, and no object (Linux's tombstone, `XA_ZERO_ENTRY`).
+    Tombstone,
 }
 
 impl Object {
@@ -319,6 +346,9 @@ impl Object {
             Object::Vdevice(v) => Arc::strong_count(v) - 1,
             Object::Selftest(_) => 0,
             Object::Access(_) => 1,
+            Object::Fault(f) => Arc::strong_count(f) - 1,
+            Object::Veventq(q) => Arc::strong_count(q) - 1,
+            Object::Tombstone => 0,
         }
     }
 }
@@ -401,7 +431,10 @@ impl Ictx {
 
     /// The object `id` names.
     pub fn object(&self, id: u32) -> Option<Object> {
-        lock(&self.objects).get(&id).cloned()
+        lock(&self.objects)
+            .get(&id)
+            .filter(|o| !matches!(o, Object::Tombstone))
+            .cloned()
     }
 
     /// The ids in use, in order.
@@ -456,6 +489,11 @@ impl Ictx {
         let obj = {
             let mut objects = lock(&self.objects);
             let obj = objects.get(&id).ok_or(Errno::ENOENT)?;
+            if matches!(obj, Object::Tombstone) {
+                // Destroying a tombstone frees its id; there was no object.
+                objects.remove(&id);
+                return Err(Errno::ENOENT);
+            }
             if obj.users() != 0 {
                 return Err(Errno::EBUSY);
             }
@@ -473,6 +511,13 @@ impl Ictx {
             _ => {}
         }
         Ok(())
+    }
+
+    /// Turns object `id` into a tombstone (see [`Object::Tombstone`]).
+    pub(crate) fn tombstone(&self, id: u32) {
+        if let Some(o) = lock(&self.objects).get_mut(&id) {
+            *o = Object::Tombstone;
+        }
     }
 
     /// Removes object `id` whatever holds it (an unbound device, an
@@ -713,6 +758,20 @@ impl Ictx {
                 let c: uapi::HwptGetDirtyBitmap = get(&ucmd)?;
                 self.get_dirty_bitmap(&c, mem)
             }
+            Cmd::FaultQueueAlloc => {
+                let mut c: uapi::FaultAlloc = get(&ucmd)?;
+                self.fault_alloc(&mut c)?;
+                respond(c.as_bytes()).inspect_err(|_| {
+                    let _ = self.destroy(c.out_fault_id);
+                })
+            }
+            Cmd::VeventqAlloc => {
+                let mut c: uapi::VeventqAlloc = get(&ucmd)?;
+                self.veventq_alloc(&mut c)?;
+                respond(c.as_bytes()).inspect_err(|_| {
+                    let _ = self.destroy(c.out_veventq_id);
+                })
+            }
             Cmd::VfioIoas => {
                 let mut c: uapi::VfioIoas = get(&ucmd)?;
                 if self.vfio_ioas(&mut c)? {
@@ -799,9 +858,7 @@ impl Ictx {
                 self.hwpt_alloc_data(c.dev_id, c.pt_id, flags, (c.data_len != 0).then_some(&ud))
             }
             Object::Viommu(v) => self.hwpt_alloc_nested(c, &v, mem),
-            // Nesting through a paging HWPT (the driver's
-            // `domain_alloc_nested`): the core nests through vIOMMUs only.
-            Object::HwptPaging(_) => Err(Errno::EOPNOTSUPP),
+            Object::HwptPaging(p) => self.hwpt_alloc_nested_parent(c, &p, mem),
             _ => Err(Errno::EINVAL),
         }
     }

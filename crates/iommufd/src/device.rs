@@ -188,6 +188,15 @@ impl Ictx {
     pub fn unbind(&self, id: u32) -> Result<(), Errno> {
         let idev = self.device(id)?;
         let _ = self.detach(id);
+        // Its vDEVICEs go; their ids stay reserved until destroyed.
+        for vid in self.ids() {
+            if let Some(Object::Vdevice(v)) = self.object(vid) {
+                if v.dev_id == id {
+                    let _ = v.viommu.viommu.vdevice_destroy(v.virt_id);
+                    self.tombstone(vid);
+                }
+            }
+        }
         self.remove(id);
         let mut groups = lock(&self.groups);
         if let Some(g) = groups.get_mut(&idev.group.id()) {
@@ -398,6 +407,21 @@ impl Ictx {
                 Err(e)
             }
         }
+    }
+
+    /// What the group of `idev` is attached to.
+    pub(crate) fn group_hwpt(&self, idev: &IDevice) -> Option<Hwpt> {
+        lock(&self.groups)
+            .get(&idev.group.id())
+            .and_then(|g| g.hwpt.clone())
+            .map(|(_, h)| h)
+    }
+
+    /// What PASID `pasid` of device `dev_id` is attached to (no PASID
+    /// attach yet: nothing).
+    pub(crate) fn pasid_hwpt(&self, dev_id: u32, pasid: u32) -> Option<Hwpt> {
+        let _ = (dev_id, pasid);
+        None
     }
 
     /// Whether no group is attached to HWPT `id`.

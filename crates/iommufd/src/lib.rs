@@ -41,6 +41,7 @@ pub mod access;
 pub mod ctx;
 pub mod device;
 pub mod dirty;
+pub mod eventq;
 pub mod iopt;
 pub mod selftest;
 #[cfg(feature = "test-utils")]

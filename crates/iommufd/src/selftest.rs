@@ -37,8 +37,8 @@ use core::any::Any;
 use core::sync::atomic::{AtomicU32, Ordering};
 use iommu_core::{
     Bus, Capability, Device, DeviceBuilder, DirtyOps, Domain, DomainGeometry, DomainOps,
-    DomainType, Group, Iommu, IommuOps, MapPagesError, PagingFlags, PagingOps, StreamIdGroups,
-    UserData,
+    DomainType, Group, InvalidateError, Iommu, IommuOps, MapPagesError, PagingFlags, PagingOps,
+    StreamIdGroups, UserData, UserDataArray, Viommu, ViommuOps,
 };
 use iommu_pgtable::amd::AmdV1Selftest;
 use iommu_pgtable::{HeapMemory, IoPageTable};
@@ -212,6 +212,8 @@ impl Selftest {
             MockDev {
                 flags,
                 cache: [DEV_CACHE_DEFAULT; DEV_CACHE_NUM],
+                vdev_id: None,
+                viommu: None,
             },
         );
         self.bus
@@ -267,6 +269,10 @@ struct MockDev {
     flags: u32,
     /// Its cache, which a vIOMMU's invalidation sets to 0.
     cache: [u32; DEV_CACHE_NUM],
+    /// Its vDEVICE id while attached to a nested domain of a vIOMMU.
+    vdev_id: Option<u64>,
+    /// That vIOMMU.
+    viommu: Option<Viommu>,
 }
 
 /// Entries of a mock device's cache (`MOCK_DEV_CACHE_NUM`).
@@ -311,7 +317,7 @@ impl IommuOps for MockDriver {
 
     fn domain_alloc(&self, ty: DomainType) -> Result<Box<dyn DomainOps>, Errno> {
         match ty {
-            DomainType::Blocked => Ok(Box::new(BlockedDomain)),
+            DomainType::Blocked => Ok(Box::new(BlockedDomain(Arc::clone(&self.devs)))),
             DomainType::Unmanaged | DomainType::Dma => self.domain(false, false),
             _ => Err(Errno::EOPNOTSUPP),
         }
@@ -364,14 +370,233 @@ impl IommuOps for MockDriver {
     fn dirty_tracking_capable(&self, dev: &Device) -> bool {
         self.dev_flags(dev) & DEVICE_NO_DIRTY == 0
     }
+
+    fn domain_alloc_nested(
+        &self,
+        _dev: &Arc<Device>,
+        parent: &Domain,
+        flags: u32,
+        data: &UserData<'_>,
+    ) -> Result<Box<dyn DomainOps>, Errno> {
+        if flags & !crate::uapi::hwpt_alloc::PASID != 0 {
+            return Err(Errno::EOPNOTSUPP);
+        }
+        if !is_mock(parent) {
+            return Err(Errno::EINVAL);
+        }
+        Ok(Box::new(MockNested::new(data, Arc::clone(&self.devs))?))
+    }
+
+    fn viommu_alloc(
+        &self,
+        _dev: &Arc<Device>,
+        _parent: &Domain,
+        ty: u32,
+        data: Option<&UserData<'_>>,
+    ) -> Result<Box<dyn ViommuOps>, Errno> {
+        if ty != VIOMMU_TYPE_SELFTEST {
+            return Err(Errno::EOPNOTSUPP);
+        }
+        // struct iommu_viommu_selftest { in_data, out_data,
+        // out_mmap_offset, out_mmap_length }: the first version ends
+        // with out_data.
+        let mut reply = None;
+        if let Some(d) = data {
+            let mut v = [0u8; 24];
+            d.copy_struct(VIOMMU_TYPE_SELFTEST, &mut v, 8)?;
+            // Loopback: out_data is in_data; the two pages Linux's mock
+            // offers to mmap are not offered here (length 0).
+            v.copy_within(0..4, 4);
+            v[8..24].fill(0);
+            reply = Some(v.to_vec());
+        }
+        Ok(Box::new(MockViommu {
+            devs: Arc::clone(&self.devs),
+            reply,
+        }))
+    }
+}
+
+/// `IOMMU_VEVENTQ_TYPE_SELFTEST`.
+pub const VEVENTQ_TYPE_SELFTEST: u32 = 0xbeef_beef;
+/// `IOMMU_VIOMMU_TYPE_SELFTEST`.
+pub const VIOMMU_TYPE_SELFTEST: u32 = 0xdead_beef;
+/// `IOMMU_HWPT_INVALIDATE_DATA_SELFTEST`.
+pub const HWPT_INVALIDATE_DATA_SELFTEST: u32 = 0xdead_beef;
+/// `IOMMU_VIOMMU_INVALIDATE_DATA_SELFTEST`.
+pub const VIOMMU_INVALIDATE_DATA_SELFTEST: u32 = 0xdead_beef;
+/// `IOMMU_TEST_INVALIDATE_FLAG_ALL`.
+pub const INVALIDATE_FLAG_ALL: u32 = 1 << 0;
+/// Entries of a mock nested domain's IOTLB (`MOCK_NESTED_DOMAIN_IOTLB_NUM`).
+pub const NESTED_IOTLB_NUM: usize = 4;
+
+/// The mock's vIOMMU (Linux's `struct mock_viommu`).
+struct MockViommu {
+    devs: Arc<Mutex<BTreeMap<String, MockDev>>>,
+    reply: Option<Vec<u8>>,
+}
+
+impl ViommuOps for MockViommu {
+    fn alloc_domain_nested(
+        &self,
+        _viommu: &Viommu,
+        flags: u32,
+        data: &UserData<'_>,
+    ) -> Result<Box<dyn DomainOps>, Errno> {
+        if flags & !crate::uapi::hwpt_alloc::PASID != 0 {
+            return Err(Errno::EOPNOTSUPP);
+        }
+        Ok(Box::new(MockNested::new(data, Arc::clone(&self.devs))?))
+    }
+
+    /// The device caches of the vDEVICEs named (Linux's
+    /// `mock_viommu_cache_invalidate`).
+    fn cache_invalidate(
+        &self,
+        viommu: &Viommu,
+        array: &UserDataArray<'_>,
+    ) -> Result<(), InvalidateError> {
+        let fail = |handled, errno| Err(InvalidateError { handled, errno });
+        // An empty array checks the type only.
+        if array.entry_num == 0 && array.ty == VIOMMU_INVALIDATE_DATA_SELFTEST {
+            return Ok(());
+        }
+        let cmds = match array.copy_entries(VIOMMU_INVALIDATE_DATA_SELFTEST, 12) {
+            Ok(c) => c,
+            Err(e) => return fail(0, e),
+        };
+        for (i, cmd) in cmds.chunks_exact(12).enumerate() {
+            let word = |k: usize| u32::from_ne_bytes([cmd[k], cmd[k + 1], cmd[k + 2], cmd[k + 3]]);
+            let (flags, vdev_id, cache_id) = (word(0), word(4), word(8));
+            if flags & !INVALIDATE_FLAG_ALL != 0 {
+                return fail(i as u32, Errno::EOPNOTSUPP);
+            }
+            if cache_id as usize >= DEV_CACHE_NUM {
+                return fail(i as u32, Errno::EINVAL);
+            }
+            let Some(dev) = viommu.find_dev(u64::from(vdev_id)) else {
+                return fail(i as u32, Errno::EINVAL);
+            };
+            let mut devs = lock(&self.devs);
+            let Some(m) = devs.get_mut(dev.name()) else {
+                return fail(i as u32, Errno::EINVAL);
+            };
+            if flags & INVALIDATE_FLAG_ALL != 0 {
+                m.cache = [0; DEV_CACHE_NUM];
+            } else {
+                m.cache[cache_id as usize] = 0;
+            }
+        }
+        Ok(())
+    }
+
+    fn init_reply(&self) -> Option<Vec<u8>> {
+        self.reply.clone()
+    }
+
+    fn as_any(&self) -> Option<&dyn Any> {
+        Some(self)
+    }
+}
+
+/// The mock's nested domain (Linux's `struct mock_iommu_domain_nested`):
+/// an IOTLB of four values the guest's invalidations clear.
+struct MockNested {
+    iotlb: Mutex<[u32; NESTED_IOTLB_NUM]>,
+    devs: Arc<Mutex<BTreeMap<String, MockDev>>>,
+}
+
+impl MockNested {
+    fn new(
+        data: &UserData<'_>,
+        devs: Arc<Mutex<BTreeMap<String, MockDev>>>,
+    ) -> Result<Self, Errno> {
+        if data.ty != HWPT_DATA_SELFTEST {
+            return Err(Errno::EOPNOTSUPP);
+        }
+        let mut cfg = HwptSelftest::default();
+        data.copy_struct(HWPT_DATA_SELFTEST, cfg.as_mut_bytes(), 4)?;
+        Ok(Self {
+            iotlb: Mutex::new([cfg.iotlb; NESTED_IOTLB_NUM]),
+            devs,
+        })
+    }
+
+    /// Entry `i` of its IOTLB (`MD_CHECK_IOTLB`).
+    pub fn iotlb(&self, i: usize) -> Option<u32> {
+        lock(&self.iotlb).get(i).copied()
+    }
+}
+
+impl DomainOps for MockNested {
+    fn attach_dev(&self, domain: &Domain, dev: &Arc<Device>) -> Result<(), Errno> {
+        // Through a vIOMMU, the device must have a vDEVICE there.
+        let vdev = match domain.viommu() {
+            Some(v) => Some(v.virt_id_of(dev).ok_or(Errno::ENOENT)?),
+            None => None,
+        };
+        if let Some(m) = lock(&self.devs).get_mut(dev.name()) {
+            m.vdev_id = vdev;
+            m.viommu = domain.viommu().cloned();
+        }
+        Ok(())
+    }
+
+    /// Linux's `mock_domain_cache_invalidate_user`: entries copied one by
+    /// one (each with the size rules of a structure).
+    fn cache_invalidate_user(&self, array: &UserDataArray<'_>) -> Result<(), InvalidateError> {
+        let fail = |handled, errno| Err(InvalidateError { handled, errno });
+        if array.ty != HWPT_INVALIDATE_DATA_SELFTEST {
+            return fail(0, Errno::EINVAL);
+        }
+        for i in 0..array.entry_num as usize {
+            let at = i * array.entry_len;
+            let entry = UserData {
+                ty: array.ty,
+                data: array.data.get(at..at + array.entry_len).unwrap_or(&[]),
+            };
+            let mut inv = [0u8; 8];
+            if let Err(e) = entry.copy_struct(HWPT_INVALIDATE_DATA_SELFTEST, &mut inv, 8) {
+                return fail(i as u32, e);
+            }
+            let flags = u32::from_ne_bytes([inv[0], inv[1], inv[2], inv[3]]);
+            let id = u32::from_ne_bytes([inv[4], inv[5], inv[6], inv[7]]) as usize;
+            if flags & !INVALIDATE_FLAG_ALL != 0 {
+                return fail(i as u32, Errno::EOPNOTSUPP);
+            }
+            if id >= NESTED_IOTLB_NUM {
+                return fail(i as u32, Errno::EINVAL);
+            }
+            let mut t = lock(&self.iotlb);
+            if flags & INVALIDATE_FLAG_ALL != 0 {
+                *t = [0; NESTED_IOTLB_NUM];
+            } else {
+                t[id] = 0;
+            }
+        }
+        Ok(())
+    }
+
+    fn as_any(&self) -> Option<&dyn Any> {
+        Some(self)
+    }
 }
 
 /// The mock's blocking domain.
-struct BlockedDomain;
+struct BlockedDomain(Arc<Mutex<BTreeMap<String, MockDev>>>);
 
 impl DomainOps for BlockedDomain {
-    fn attach_dev(&self, _domain: &Domain, _dev: &Arc<Device>) -> Result<(), Errno> {
+    fn attach_dev(&self, _domain: &Domain, dev: &Arc<Device>) -> Result<(), Errno> {
+        leave_viommu(&self.0, dev);
         Ok(())
+    }
+}
+
+/// `dev` is no longer attached through a vIOMMU.
+fn leave_viommu(devs: &Mutex<BTreeMap<String, MockDev>>, dev: &Device) {
+    if let Some(m) = lock(devs).get_mut(dev.name()) {
+        m.vdev_id = None;
+        m.viommu = None;
     }
 }
 
@@ -540,6 +765,7 @@ impl DomainOps for MockDomain {
         if self.dirty && dev_flags(&self.devs, dev) & DEVICE_NO_DIRTY != 0 {
             return Err(Errno::EINVAL);
         }
+        leave_viommu(&self.devs, dev);
         Ok(())
     }
 
@@ -825,6 +1051,60 @@ impl Ictx {
                 }
                 Ok(())
             }
+            op::MD_CHECK_IOTLB => {
+                // struct { id, iotlb }
+                let h = match self.object(c.id) {
+                    Some(Object::HwptNested(h)) => h,
+                    _ => return Err(Errno::ENOENT),
+                };
+                let mock = h
+                    .domain
+                    .ops()
+                    .as_any()
+                    .and_then(|a| a.downcast_ref::<MockNested>())
+                    .ok_or(Errno::EINVAL)?;
+                match mock.iotlb(c.u32_at(0) as usize) {
+                    Some(v) if v == c.u32_at(4) => Ok(()),
+                    _ => Err(Errno::EINVAL),
+                }
+            }
+            op::TRIGGER_IOPF => {
+                // struct { dev_id, pasid, grpid, perm, addr }
+                let idev = self.device(c.u32_at(0))?;
+                let pasid = c.u32_at(4);
+                let mut flags = crate::eventq::PGFAULT_FLAGS_LAST_PAGE;
+                if pasid != 0 {
+                    flags |= crate::eventq::PGFAULT_FLAGS_PASID_VALID;
+                }
+                let fault = crate::eventq::PageFault {
+                    flags,
+                    pasid,
+                    grpid: c.u32_at(8),
+                    perm: c.u32_at(12),
+                    addr: c.u64_at(16),
+                };
+                // The fault goes to the queue of the HWPT the device is
+                // attached to (what Linux's report does with it when
+                // there is none is not the caller's concern: 0 either way).
+                if let Some(q) = self.fault_queue_of(c.u32_at(0), &idev, pasid) {
+                    q.report(c.u32_at(0), vec![fault]);
+                }
+                Ok(())
+            }
+            op::TRIGGER_VEVENT => {
+                let idev = self.device(c.u32_at(0))?;
+                let (viommu, vdev) = {
+                    let devs = lock(&st.driver.devs);
+                    let m = devs.get(idev.dev.name()).ok_or(Errno::ENOENT)?;
+                    (m.viommu.clone(), m.vdev_id)
+                };
+                match (viommu, vdev) {
+                    (Some(v), Some(id)) if id != 0 => {
+                        self.report_vevent(&v, VEVENTQ_TYPE_SELFTEST, &(id as u32).to_ne_bytes())
+                    }
+                    _ => Err(Errno::ENOENT),
+                }
+            }
             op::DEV_CHECK_CACHE => {
                 let idev = self.device(c.id)?;
                 let (i, want) = (c.u32_at(0) as usize, c.u32_at(4));
@@ -913,6 +1193,22 @@ impl Ictx {
             for (_, d) in &g.domains {
                 let _ = crate::ctx::unmap_areas(d, &hit);
             }
+        }
+    }
+
+    /// The fault queue of the HWPT device `dev_id` is attached to.
+    fn fault_queue_of(
+        &self,
+        dev_id: u32,
+        idev: &crate::device::IDevice,
+        pasid: u32,
+    ) -> Option<Arc<crate::eventq::Fault>> {
+        let hwpt = self
+            .pasid_hwpt(dev_id, pasid)
+            .or_else(|| self.group_hwpt(idev))?;
+        match hwpt {
+            crate::device::Hwpt::Nested(h) => h.fault.clone(),
+            crate::device::Hwpt::Paging(_) => None,
         }
     }
 

@@ -41,6 +41,8 @@ pub struct ViommuObj {
     pub viommu: Viommu,
     /// The nest-parent HWPT it is made over.
     pub parent: Arc<HwptPaging>,
+    /// Its vEVENTQs (one per type).
+    pub(crate) veventqs: std::sync::Mutex<vec::Vec<alloc::sync::Weak<crate::eventq::Veventq>>>,
 }
 
 /// A vDEVICE object (Linux's `struct iommufd_vdevice`).
@@ -59,9 +61,17 @@ pub struct Vdevice {
 pub struct HwptNested {
     /// The nested domain.
     pub domain: Domain,
-    /// The vIOMMU that made it.
-    pub viommu: Arc<ViommuObj>,
+    /// The vIOMMU that made it, or none for one made over a paging HWPT.
+    pub viommu: Option<Arc<ViommuObj>>,
+    /// The nest-parent HWPT it was made over, without a vIOMMU.
+    pub parent: Option<Arc<HwptPaging>>,
+    /// The fault queue its devices' I/O page faults go to.
+    pub fault: Option<Arc<crate::eventq::Fault>>,
 }
+
+/// The flags a nested HWPT may be allocated with (Linux's
+/// `IOMMU_HWPT_FAULT_ID_VALID | IOMMU_HWPT_ALLOC_PASID`).
+const NESTED_FLAGS: u32 = uapi::hwpt_alloc::FAULT_ID_VALID | uapi::hwpt_alloc::PASID;
 
 /// Reads `len` bytes of driver data at `uptr`.
 pub(crate) fn read_data(mem: &dyn UserMemory, uptr: u64, len: u32) -> Result<vec::Vec<u8>, Errno> {
@@ -108,7 +118,11 @@ impl Ictx {
         let parent = self.hwpt(hwpt_id)?;
         let iommu = idev.group.iommu();
         let viommu = iommu.viommu_alloc(&idev.dev, &parent.domain, ty, data)?;
-        self.insert(Object::Viommu(Arc::new(ViommuObj { viommu, parent })))
+        self.insert(Object::Viommu(Arc::new(ViommuObj {
+            viommu,
+            parent,
+            veventqs: Default::default(),
+        })))
     }
 
     pub(crate) fn viommu_alloc_cmd(
@@ -124,12 +138,22 @@ impl Ictx {
             ty: c.r#type,
             data: &data,
         };
-        self.viommu_alloc(
+        let id = self.viommu_alloc(
             c.dev_id,
             c.hwpt_id,
             c.r#type,
             (c.data_len != 0).then_some(&ud),
-        )
+        )?;
+        // The driver's answer goes back into the caller's data.
+        let reply = self.viommu(id)?.viommu.ops().init_reply();
+        if let Some(reply) = reply.filter(|_| c.data_len != 0) {
+            let n = reply.len().min(c.data_len as usize);
+            if let Err(e) = mem.write(c.data_uptr, &reply[..n]) {
+                let _ = self.destroy(id);
+                return Err(e);
+            }
+        }
+        Ok(id)
     }
 
     /// Names device `dev_id` `virt_id` in vIOMMU `viommu_id`
@@ -173,13 +197,17 @@ impl Ictx {
         mem: &dyn UserMemory,
     ) -> Result<u32, Errno> {
         let idev = self.device(c.dev_id)?;
+        if c.flags & !NESTED_FLAGS != 0 || c.data_len == 0 {
+            return Err(Errno::EOPNOTSUPP);
+        }
         match idev.dev.iommu_ops() {
             Some(ops) if v.parent.domain.is_owned_by(&ops) => {}
             _ => return Err(Errno::EINVAL),
         }
+        let fault = self.fault_of(c)?;
         let data = read_data(mem, c.data_uptr, c.data_len)?;
         let domain = v.viommu.alloc_domain_nested(
-            c.flags,
+            c.flags & !uapi::hwpt_alloc::FAULT_ID_VALID,
             &UserData {
                 ty: c.data_type,
                 data: &data,
@@ -187,8 +215,57 @@ impl Ictx {
         )?;
         self.insert(Object::HwptNested(Arc::new(HwptNested {
             domain,
-            viommu: Arc::clone(v),
+            viommu: Some(Arc::clone(v)),
+            parent: None,
+            fault,
         })))
+    }
+
+    /// Makes a nested HWPT over the nest-parent HWPT `parent` without a
+    /// vIOMMU (`IOMMU_HWPT_ALLOC` on a paging HWPT: Linux's
+    /// `iommufd_hwpt_nested_alloc`).
+    pub(crate) fn hwpt_alloc_nested_parent(
+        &self,
+        c: &uapi::HwptAlloc,
+        parent: &Arc<HwptPaging>,
+        mem: &dyn UserMemory,
+    ) -> Result<u32, Errno> {
+        let idev = self.device(c.dev_id)?;
+        if c.flags & !NESTED_FLAGS != 0 || c.data_len == 0 {
+            return Err(Errno::EOPNOTSUPP);
+        }
+        let owned = idev
+            .dev
+            .iommu_ops()
+            .is_some_and(|o| parent.domain.is_owned_by(&o));
+        if parent.auto || !parent.domain.is_nest_parent() || !owned {
+            return Err(Errno::EINVAL);
+        }
+        let fault = self.fault_of(c)?;
+        let data = read_data(mem, c.data_uptr, c.data_len)?;
+        let domain = idev.group.iommu().domain_alloc_nested(
+            &idev.dev,
+            &parent.domain,
+            c.flags & !uapi::hwpt_alloc::FAULT_ID_VALID,
+            &UserData {
+                ty: c.data_type,
+                data: &data,
+            },
+        )?;
+        self.insert(Object::HwptNested(Arc::new(HwptNested {
+            domain,
+            viommu: None,
+            parent: Some(Arc::clone(parent)),
+            fault,
+        })))
+    }
+
+    /// The fault queue `IOMMU_HWPT_FAULT_ID_VALID` names.
+    fn fault_of(&self, c: &uapi::HwptAlloc) -> Result<Option<Arc<crate::eventq::Fault>>, Errno> {
+        if c.flags & uapi::hwpt_alloc::FAULT_ID_VALID == 0 {
+            return Ok(None);
+        }
+        self.fault(c.fault_id).map(Some)
     }
 
     /// `IOMMU_HWPT_INVALIDATE` (Linux's `iommufd_hwpt_invalidate`):
@@ -209,11 +286,13 @@ impl Ictx {
         {
             return (0, Err(Errno::EINVAL));
         }
-        let v = match self.object(c.hwpt_id) {
-            Some(Object::Viommu(v)) => v,
-            // The core's nested domains take their invalidations through
-            // their vIOMMU.
-            Some(Object::HwptNested(_)) => return (0, Err(Errno::EOPNOTSUPP)),
+        enum Target {
+            Viommu(Arc<ViommuObj>),
+            Nested(Arc<HwptNested>),
+        }
+        let target = match self.object(c.hwpt_id) {
+            Some(Object::Viommu(v)) => Target::Viommu(v),
+            Some(Object::HwptNested(h)) => Target::Nested(h),
             Some(_) => return (0, Err(Errno::EINVAL)),
             None => return (0, Err(Errno::ENOENT)),
         };
@@ -231,7 +310,11 @@ impl Ictx {
             entry_len: c.entry_len as usize,
             entry_num: c.entry_num,
         };
-        match v.viommu.cache_invalidate(&array) {
+        let r = match target {
+            Target::Viommu(v) => v.viommu.cache_invalidate(&array),
+            Target::Nested(h) => h.domain.cache_invalidate_user(&array),
+        };
+        match r {
             Ok(()) => (c.entry_num, Ok(())),
             Err(e) => (e.handled, Err(e.errno)),
         }

@@ -778,3 +778,296 @@ proptest::proptest! {
         iommufd::testing::selftest_ops(&data);
     }
 }
+
+/// `IOMMU_HWPT_ALLOC` through the ioctl entry, with driver data.
+fn hwpt_alloc(
+    p: &Prog,
+    dev: u32,
+    pt: u32,
+    flags: u32,
+    fault: u32,
+    data: Option<&[u8]>,
+) -> Result<u32, Errno> {
+    use iommufd::uapi::HwptAlloc;
+    const DATA: u64 = 0x3800;
+    if let Some(d) = data {
+        p.mem.write(DATA, d).unwrap();
+    }
+    let c = HwptAlloc {
+        size: core::mem::size_of::<HwptAlloc>() as u32,
+        flags,
+        dev_id: dev,
+        pt_id: pt,
+        data_type: if data.is_some() {
+            iommufd::selftest::HWPT_DATA_SELFTEST
+        } else {
+            0
+        },
+        data_len: data.map_or(0, |d| d.len() as u32),
+        data_uptr: DATA,
+        fault_id: fault,
+        ..HwptAlloc::default()
+    };
+    let (r, back) = iommufd::testing::ioctl_at(&p.ctx, &*p.mem, ARG, Cmd::HwptAlloc, &c);
+    r.map(|()| back.out_hwpt_id)
+}
+
+/// `IOMMU_HWPT_INVALIDATE` of `entries` (each `len` bytes): the count
+/// handled and the result.
+fn invalidate(p: &Prog, id: u32, ty: u32, len: u32, entries: &[u8]) -> (u32, Result<(), Errno>) {
+    use iommufd::uapi::HwptInvalidate;
+    const DATA: u64 = 0x3900;
+    p.mem.write(DATA, entries).unwrap();
+    let c = HwptInvalidate {
+        size: 32,
+        hwpt_id: id,
+        data_uptr: DATA,
+        data_type: ty,
+        entry_len: len,
+        entry_num: (entries.len() as u32).checked_div(len).unwrap_or(1),
+        ..HwptInvalidate::default()
+    };
+    let (r, back) = iommufd::testing::ioctl_at(&p.ctx, &*p.mem, ARG, Cmd::HwptInvalidate, &c);
+    (back.entry_num, r)
+}
+
+/// Nested HWPTs over a nest-parent HWPT (no vIOMMU): the mock's IOTLB
+/// values, the guest's invalidations with Linux's entry rules and
+/// partial counts, and the parent held.
+#[test]
+fn nested_hwpts_over_a_parent_take_the_guests_invalidations() {
+    use iommufd::selftest::{HWPT_INVALIDATE_DATA_SELFTEST, INVALIDATE_FLAG_ALL};
+    use iommufd::uapi::hwpt_alloc::{FAULT_ID_VALID, NEST_PARENT};
+    let platform = Selftest::new().unwrap();
+    let p = Prog::new(&platform);
+    let ioas = p.ctx.ioas_alloc().unwrap();
+    let (_, _, idev) = p.mock_domain(ioas).unwrap();
+    let parent = hwpt_alloc(&p, idev, ioas, NEST_PARENT, 0, None).unwrap();
+    let plain = hwpt_alloc(&p, idev, ioas, 0, 0, None).unwrap();
+    let data = 0xbadbeefu32.to_ne_bytes();
+    assert_eq!(
+        hwpt_alloc(&p, idev, plain, 0, 0, Some(&data)),
+        Err(Errno::EINVAL),
+        "not a nest parent"
+    );
+    assert_eq!(
+        hwpt_alloc(&p, idev, parent, NEST_PARENT, 0, Some(&data)),
+        Err(Errno::EOPNOTSUPP)
+    );
+    assert_eq!(
+        hwpt_alloc(&p, idev, parent, 0, 0, Some(&data[..3])),
+        Err(Errno::EINVAL),
+        "short"
+    );
+    assert_eq!(
+        hwpt_alloc(&p, idev, parent, FAULT_ID_VALID, 77, Some(&data)),
+        Err(Errno::ENOENT)
+    );
+    let nested = hwpt_alloc(&p, idev, parent, 0, 0, Some(&data)).unwrap();
+    let iotlb = |i: u64, v: u64| {
+        p.test(op::MD_CHECK_IOTLB, nested, &[(0, i | (v << 32))])
+            .map(|_| ())
+    };
+    for i in 0..4 {
+        assert_eq!(iotlb(i, 0xbadbeef), Ok(()));
+    }
+    assert_eq!(
+        p.ctx.destroy(parent),
+        Err(Errno::EBUSY),
+        "the nested HWPT holds it"
+    );
+    // struct iommu_hwpt_invalidate_selftest { flags, iotlb_id }
+    let entry = |flags: u32, id: u32| [flags.to_ne_bytes(), id.to_ne_bytes()].concat();
+    let two = [entry(0, 1), entry(0, 9)].concat();
+    assert_eq!(
+        invalidate(&p, nested, HWPT_INVALIDATE_DATA_SELFTEST, 8, &two),
+        (1, Err(Errno::EINVAL))
+    );
+    assert_eq!(iotlb(1, 0), Ok(()), "the first was done");
+    assert_eq!(iotlb(2, 0xbadbeef), Ok(()));
+    assert_eq!(
+        invalidate(&p, nested, 0x1234, 8, &entry(0, 0)),
+        (0, Err(Errno::EINVAL))
+    );
+    assert_eq!(
+        invalidate(&p, nested, HWPT_INVALIDATE_DATA_SELFTEST, 8, &entry(2, 0)),
+        (0, Err(Errno::EOPNOTSUPP))
+    );
+    assert_eq!(
+        invalidate(&p, parent, HWPT_INVALIDATE_DATA_SELFTEST, 8, &entry(0, 0)),
+        (0, Err(Errno::EINVAL))
+    );
+    assert_eq!(
+        invalidate(
+            &p,
+            nested,
+            HWPT_INVALIDATE_DATA_SELFTEST,
+            8,
+            &entry(INVALIDATE_FLAG_ALL, 0)
+        ),
+        (1, Ok(()))
+    );
+    for i in 0..4 {
+        assert_eq!(iotlb(i, 0), Ok(()));
+    }
+    p.ctx.destroy(nested).unwrap();
+    p.ctx.destroy(parent).unwrap();
+}
+
+/// A mock vIOMMU: its data answered, vDEVICEs (attach to its nested
+/// HWPT needs one), the device caches its invalidations clear, a vEVENTQ
+/// with Linux's depth, overflow and read rules, fault queues read and
+/// answered, and a vDEVICE left a tombstone by its device's destruction.
+#[test]
+fn a_mock_viommu_invalidates_reports_events_and_faults() {
+    use iommufd::eventq::{PAGE_RESP_SUCCESS, VEVENTQ_FLAG_LOST_EVENTS};
+    use iommufd::selftest::{VEVENTQ_TYPE_SELFTEST, VIOMMU_TYPE_SELFTEST};
+    use iommufd::uapi::hwpt_alloc::{FAULT_ID_VALID, NEST_PARENT};
+    use iommufd::uapi::{FaultAlloc, VeventqAlloc, ViommuAlloc};
+    let platform = Selftest::new().unwrap();
+    let p = Prog::new(&platform);
+    let ioas = p.ctx.ioas_alloc().unwrap();
+    let (stdev, _, idev) = p.mock_domain(ioas).unwrap();
+    let parent = hwpt_alloc(&p, idev, ioas, NEST_PARENT, 0, None).unwrap();
+    p.mem
+        .write(0x3a00, &[0xef, 0xbe, 0, 0, 0, 0, 0, 0])
+        .unwrap();
+    let c = ViommuAlloc {
+        size: core::mem::size_of::<ViommuAlloc>() as u32,
+        r#type: VIOMMU_TYPE_SELFTEST,
+        dev_id: idev,
+        hwpt_id: parent,
+        data_uptr: 0x3a00,
+        data_len: 24,
+        ..ViommuAlloc::default()
+    };
+    let (r, back) = iommufd::testing::ioctl_at(&p.ctx, &*p.mem, ARG, Cmd::ViommuAlloc, &c);
+    r.unwrap();
+    let viommu = back.out_viommu_id;
+    let mut reply = [0u8; 8];
+    p.mem.read(0x3a00, &mut reply).unwrap();
+    assert_eq!(
+        reply,
+        [0xef, 0xbe, 0, 0, 0xef, 0xbe, 0, 0],
+        "out_data is in_data"
+    );
+    let nested = hwpt_alloc(&p, idev, viommu, 0, 0, Some(&0u32.to_ne_bytes())).unwrap();
+    let replace = |pt: u32| {
+        p.test(op::MOCK_DOMAIN_REPLACE, stdev, &[(0, u64::from(pt))])
+            .map(|_| ())
+    };
+    assert_eq!(replace(nested), Err(Errno::ENOENT), "no vDEVICE yet");
+    let vdev = p.ctx.vdevice_alloc(viommu, idev, 0x99).unwrap();
+    // The vEVENTQ: depth bounds, one per type.
+    let veventq = |depth: u32| {
+        let c = VeventqAlloc {
+            size: 32,
+            viommu_id: viommu,
+            r#type: VEVENTQ_TYPE_SELFTEST,
+            veventq_depth: depth,
+            ..VeventqAlloc::default()
+        };
+        let (r, back) = iommufd::testing::ioctl_at(&p.ctx, &*p.mem, ARG, Cmd::VeventqAlloc, &c);
+        r.map(|()| (back.out_veventq_id, back.out_veventq_fd as i32))
+    };
+    assert_eq!(veventq(0).err(), Some(Errno::EINVAL));
+    assert_eq!(veventq((1 << 19) + 1).err(), Some(Errno::EINVAL));
+    let (qid, qfd) = veventq(2).unwrap();
+    assert_eq!(veventq(2).err(), Some(Errno::EEXIST));
+    let trigger = || {
+        p.test(op::TRIGGER_VEVENT, 0, &[(0, u64::from(idev))])
+            .map(|_| ())
+    };
+    assert_eq!(
+        trigger(),
+        Err(Errno::ENOENT),
+        "not attached through the vIOMMU"
+    );
+    replace(nested).unwrap();
+    let q = p.files.clone();
+    let read = |n: usize| iommufd::ctx::FileTable::get(&*q, qfd).unwrap().read(n);
+    assert_eq!(read(7).err(), Some(Errno::EINVAL), "below a header");
+    for _ in 0..3 {
+        trigger().unwrap();
+    }
+    assert_eq!(
+        read(8).err(),
+        Some(Errno::EINVAL),
+        "the first event does not fit"
+    );
+    let got = read(64).unwrap();
+    let words: Vec<u32> = got
+        .chunks_exact(4)
+        .map(|w| u32::from_ne_bytes(w.try_into().unwrap()))
+        .collect();
+    // Two events (flags, sequence, virt_id), then the lost-events header.
+    assert_eq!(
+        words,
+        vec![0, 0, 0x99, 0, 1, 0x99, VEVENTQ_FLAG_LOST_EVENTS, 2]
+    );
+    trigger().unwrap();
+    assert_eq!(
+        read(12).unwrap(),
+        [0u32, 3, 0x99]
+            .iter()
+            .flat_map(|w| w.to_ne_bytes())
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(p.ctx.destroy(viommu), Err(Errno::EBUSY));
+    // Fault queue: an IOPF-capable nested HWPT, a fault read and answered.
+    let c = FaultAlloc {
+        size: 16,
+        ..FaultAlloc::default()
+    };
+    let (r, back) = iommufd::testing::ioctl_at(&p.ctx, &*p.mem, ARG, Cmd::FaultQueueAlloc, &c);
+    r.unwrap();
+    let (fault, ffd) = (back.out_fault_id, back.out_fault_fd as i32);
+    let iopf = hwpt_alloc(
+        &p,
+        idev,
+        viommu,
+        FAULT_ID_VALID,
+        fault,
+        Some(&0u32.to_ne_bytes()),
+    )
+    .unwrap();
+    replace(iopf).unwrap();
+    p.test(
+        op::TRIGGER_IOPF,
+        0,
+        &[
+            (0, u64::from(idev) | (1 << 32)),
+            (1, 2 | (3 << 32)),
+            (2, 0xdeadbeaf),
+        ],
+    )
+    .unwrap();
+    let f = iommufd::ctx::FileTable::get(&*p.files, ffd).unwrap();
+    assert_eq!(f.read(41).err(), Some(Errno::ESPIPE));
+    let rec = f.read(40).unwrap();
+    let w = |i: usize| u32::from_ne_bytes(rec[i * 4..i * 4 + 4].try_into().unwrap());
+    // flags (PASID_VALID | LAST_PAGE), dev_id, pasid, grpid, perm
+    assert_eq!((w(0), w(1), w(2), w(3), w(4)), (3, idev, 1, 2, 3));
+    assert_eq!(
+        u64::from_ne_bytes(rec[24..32].try_into().unwrap()),
+        0xdeadbeaf
+    );
+    let cookie = w(9);
+    let resp = |cookie: u32, code: u32| [cookie.to_ne_bytes(), code.to_ne_bytes()].concat();
+    assert_eq!(
+        f.write(&resp(cookie + 1, PAGE_RESP_SUCCESS)),
+        Err(Errno::EINVAL)
+    );
+    assert_eq!(f.write(&resp(cookie, 7)), Err(Errno::EINVAL));
+    assert_eq!(f.write(&resp(cookie, PAGE_RESP_SUCCESS)), Ok(8));
+    assert_eq!(p.ctx.destroy(fault), Err(Errno::EBUSY), "the HWPT holds it");
+    replace(ioas).unwrap();
+    p.ctx.destroy(iopf).unwrap();
+    p.ctx.destroy(fault).unwrap();
+    // The device goes: its vDEVICE is a tombstone (ENOENT, once).
+    p.files.close(qfd).unwrap();
+    p.ctx.destroy(qid).unwrap();
+    p.ctx.destroy(stdev).unwrap();
+    assert_eq!(p.ctx.destroy(vdev), Err(Errno::ENOENT));
+    assert_eq!(p.ctx.destroy(vdev), Err(Errno::ENOENT));
+}
