@@ -165,6 +165,39 @@ impl Iommu {
         set_core_domain(group, &mut st);
     }
 
+    /// Points PASID `pasid` of `dev` at `domain`, in place of `old` if it
+    /// had one (Linux's `iommu_attach_device_pasid` and
+    /// `iommu_replace_device_pasid`). The caller keeps which domain each
+    /// PASID is on; on failure it stays where it was.
+    ///
+    /// # Errors
+    /// `EINVAL` for PASID 0 (the device's own requests), a PASID beyond
+    /// the device's (`IommuOps::max_pasids`, none for most devices) or a
+    /// domain of another IOMMU instance; the driver's refusal.
+    pub fn set_dev_pasid(
+        &self,
+        domain: &Domain,
+        dev: &Arc<Device>,
+        pasid: u32,
+        old: Option<&Domain>,
+    ) -> Result<(), Errno> {
+        let _span =
+            crate::trace::debug_span!("set_dev_pasid", domain = domain.id(), pasid).entered();
+        let ops = dev.iommu_ops().ok_or(Errno::ENODEV)?;
+        if pasid == 0 || pasid >= ops.max_pasids(dev) || !domain.is_owned_by(&ops) {
+            return Err(Errno::EINVAL);
+        }
+        domain.ops().set_dev_pasid(domain, dev, pasid, old)
+    }
+
+    /// PASID `pasid` of `dev` leaves `domain` (Linux's
+    /// `iommu_detach_device_pasid`): DMA with it is blocked.
+    pub fn remove_dev_pasid(&self, domain: &Domain, dev: &Arc<Device>, pasid: u32) {
+        let _span =
+            crate::trace::debug_span!("remove_dev_pasid", domain = domain.id(), pasid).entered();
+        domain.ops().remove_dev_pasid(domain, dev, pasid);
+    }
+
     /// Attaches a single device (`iommu_attach_device`).
     ///
     /// # Errors

@@ -162,6 +162,13 @@ pub trait IommuOps: Send + Sync + 'static {
         false
     }
 
+    /// How many PASIDs `dev` may use with this IOMMU (Linux's
+    /// `dev->iommu->max_pasids`): 0, the default, when it has none.
+    fn max_pasids(&self, dev: &Device) -> u32 {
+        let _ = dev;
+        0
+    }
+
     /// Whether the IOMMU translating `dev` can track which pages DMA
     /// wrote (Linux's `IOMMU_CAP_DIRTY_TRACKING`, asked per device). A
     /// method of its own rather than a [`Capability`], so drivers written
@@ -302,6 +309,29 @@ pub trait DomainOps: Send + Sync + 'static {
     /// As [`iotlb_sync`](Self::iotlb_sync): it did not complete.
     fn flush_iotlb_all(&self) -> Result<(), Errno> {
         Ok(())
+    }
+
+    /// Points PASID `pasid` of `dev` at this domain, in place of `old`
+    /// (Linux's `set_dev_pasid`). On failure the PASID stays on `old`.
+    /// The default cannot (`EOPNOTSUPP`).
+    ///
+    /// # Errors
+    /// The driver's refusal.
+    fn set_dev_pasid(
+        &self,
+        domain: &Domain,
+        dev: &Arc<Device>,
+        pasid: u32,
+        old: Option<&Domain>,
+    ) -> Result<(), Errno> {
+        let _ = (domain, dev, pasid, old);
+        Err(Errno::EOPNOTSUPP)
+    }
+
+    /// PASID `pasid` of `dev` leaves this domain and blocks DMA (Linux
+    /// sets the blocked domain on it).
+    fn remove_dev_pasid(&self, domain: &Domain, dev: &Arc<Device>, pasid: u32) {
+        let _ = (domain, dev, pasid);
     }
 
     /// The guest's invalidations of a nested domain made without a vIOMMU
