@@ -825,7 +825,8 @@ impl Ictx {
         if ops.dirty_tracking_capable(&idev.dev) {
             c.out_capabilities |= crate::dirty::HW_CAP_DIRTY_TRACKING;
         }
-        c.out_max_pasid_log2 = 0;
+        let max = ops.max_pasids(&idev.dev);
+        c.out_max_pasid_log2 = if max > 0 { max.ilog2() as u8 } else { 0 };
         Ok(())
     }
 

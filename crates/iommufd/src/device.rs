@@ -91,6 +91,15 @@ impl Hwpt {
             Hwpt::Nested(_) => None,
         }
     }
+
+    /// Made with `IOMMU_HWPT_ALLOC_PASID`: usable with PASIDs and beside
+    /// them (Linux's `pasid_compat`).
+    pub fn pasid_compat(&self) -> bool {
+        match self {
+            Hwpt::Paging(h) => h.domain.paging_flags().contains(PagingFlags::PASID),
+            Hwpt::Nested(h) => h.pasid_compat,
+        }
+    }
 }
 
 /// A group with a bound device (Linux's `struct iommufd_group`).
@@ -102,6 +111,9 @@ pub struct IGroup {
     pub(crate) bound: BTreeSet<u32>,
     /// Attached devices.
     pub(crate) attached: BTreeSet<u32>,
+    /// PASIDs attached, by PASID: the device and the HWPT (Linux's
+    /// `pasid_attach` of the group).
+    pub(crate) pasids: alloc::collections::BTreeMap<u32, (u32, u32, Hwpt)>,
 }
 
 /// Owner tags of reservations: devices by id, HWPT apertures above.
@@ -187,6 +199,19 @@ impl Ictx {
     /// `ENOENT` for no such device.
     pub fn unbind(&self, id: u32) -> Result<(), Errno> {
         let idev = self.device(id)?;
+        let pasids: Vec<u32> = lock(&self.groups)
+            .get(&idev.group.id())
+            .map(|g| {
+                g.pasids
+                    .iter()
+                    .filter(|(_, (d, _, _))| *d == id)
+                    .map(|(p, _)| *p)
+                    .collect()
+            })
+            .unwrap_or_default();
+        for p in pasids {
+            let _ = self.pasid_detach(id, p);
+        }
         let _ = self.detach(id);
         // Its vDEVICEs go; their ids stay reserved until destroyed.
         for vid in self.ids() {
@@ -339,6 +364,11 @@ impl Ictx {
             Some((id, _)) if *id != hwpt_id => return Err(Errno::EINVAL),
             _ => {}
         }
+        // With PASIDs attached, the device's own requests need a HWPT
+        // made for PASIDs too.
+        if !g.pasids.is_empty() && !hwpt.pasid_compat() {
+            return Err(Errno::EINVAL);
+        }
         // A paging HWPT's IOAS reserves the device's reserved regions.
         if let Some(p) = hwpt.paging() {
             reserve_device(&mut lock(&p.ioas), dev_id, &idev.dev)?;
@@ -417,11 +447,104 @@ impl Ictx {
             .map(|(_, h)| h)
     }
 
-    /// What PASID `pasid` of device `dev_id` is attached to (no PASID
-    /// attach yet: nothing).
+    /// What PASID `pasid` of device `dev_id` is attached to.
     pub(crate) fn pasid_hwpt(&self, dev_id: u32, pasid: u32) -> Option<Hwpt> {
-        let _ = (dev_id, pasid);
-        None
+        let idev = self.device(dev_id).ok()?;
+        lock(&self.groups)
+            .get(&idev.group.id())?
+            .pasids
+            .get(&pasid)
+            .map(|(_, _, h)| h.clone())
+    }
+
+    /// The HWPT `pt_id` names, for a PASID (an IOAS is `EINVAL`: PASIDs
+    /// take no automatic HWPT).
+    fn pasid_target(&self, pt_id: u32) -> Result<Hwpt, Errno> {
+        match self.object(pt_id) {
+            Some(Object::HwptPaging(h)) => Ok(Hwpt::Paging(h)),
+            Some(Object::HwptNested(h)) => Ok(Hwpt::Nested(h)),
+            Some(_) => Err(Errno::EINVAL),
+            None => Err(Errno::ENOENT),
+        }
+    }
+
+    /// Attaches PASID `pasid` of device `dev_id` to HWPT `pt_id` (Linux's
+    /// `iommufd_device_attach` with a PASID).
+    ///
+    /// # Errors
+    /// `ENOENT` for no such device or HWPT; `EINVAL` for an IOAS, a HWPT
+    /// not made for PASIDs (or the device's own attachment not), or a
+    /// PASID the device does not have; `EBUSY` when the PASID is attached
+    /// already (replace it instead); the driver's refusal.
+    pub fn pasid_attach(&self, dev_id: u32, pasid: u32, pt_id: u32) -> Result<(), Errno> {
+        let idev = self.device(dev_id)?;
+        let hwpt = self.pasid_target(pt_id)?;
+        let mut groups = lock(&self.groups);
+        let g = groups.entry(idev.group.id()).or_default();
+        if g.pasids.contains_key(&pasid) {
+            return Err(Errno::EBUSY);
+        }
+        if !hwpt.pasid_compat() || g.hwpt.as_ref().is_some_and(|(_, h)| !h.pasid_compat()) {
+            return Err(Errno::EINVAL);
+        }
+        idev.group
+            .iommu()
+            .set_dev_pasid(hwpt.domain(), &idev.dev, pasid, None)?;
+        g.pasids.insert(pasid, (dev_id, pt_id, hwpt));
+        Ok(())
+    }
+
+    /// Moves PASID `pasid` of device `dev_id` to HWPT `pt_id` (Linux's
+    /// `iommufd_device_replace` with a PASID); on failure it stays.
+    ///
+    /// # Errors
+    /// `EINVAL` for a PASID not attached, an IOAS or a HWPT not made for
+    /// PASIDs; `ENOENT` for no such device or HWPT; the driver's refusal.
+    pub fn pasid_replace(&self, dev_id: u32, pasid: u32, pt_id: u32) -> Result<(), Errno> {
+        let idev = self.device(dev_id)?;
+        let mut groups = lock(&self.groups);
+        let g = groups.entry(idev.group.id()).or_default();
+        let (_, old_id, old) = g.pasids.get(&pasid).cloned().ok_or(Errno::EINVAL)?;
+        let hwpt = self.pasid_target(pt_id)?;
+        if old_id == pt_id {
+            return Ok(());
+        }
+        if !hwpt.pasid_compat() || g.hwpt.as_ref().is_some_and(|(_, h)| !h.pasid_compat()) {
+            return Err(Errno::EINVAL);
+        }
+        idev.group
+            .iommu()
+            .set_dev_pasid(hwpt.domain(), &idev.dev, pasid, Some(old.domain()))?;
+        g.pasids.insert(pasid, (dev_id, pt_id, hwpt));
+        Ok(())
+    }
+
+    /// Detaches PASID `pasid` of device `dev_id` (Linux's
+    /// `iommufd_device_detach` with a PASID): nothing if not attached.
+    ///
+    /// # Errors
+    /// `ENOENT` for no such device.
+    pub fn pasid_detach(&self, dev_id: u32, pasid: u32) -> Result<(), Errno> {
+        let idev = self.device(dev_id)?;
+        let gone = lock(&self.groups)
+            .get_mut(&idev.group.id())
+            .and_then(|g| g.pasids.remove(&pasid));
+        if let Some((_, _, hwpt)) = gone {
+            idev.group
+                .iommu()
+                .remove_dev_pasid(hwpt.domain(), &idev.dev, pasid);
+        }
+        Ok(())
+    }
+
+    /// The HWPT PASID `pasid` of device `dev_id` is attached to, by id.
+    pub fn pasid_attached(&self, dev_id: u32, pasid: u32) -> Option<u32> {
+        let idev = self.device(dev_id).ok()?;
+        lock(&self.groups)
+            .get(&idev.group.id())?
+            .pasids
+            .get(&pasid)
+            .map(|(_, id, _)| *id)
     }
 
     /// Whether no group is attached to HWPT `id`.

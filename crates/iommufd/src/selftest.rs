@@ -214,6 +214,7 @@ impl Selftest {
                 cache: [DEV_CACHE_DEFAULT; DEV_CACHE_NUM],
                 vdev_id: None,
                 viommu: None,
+                pasid_1024_fail: false,
             },
         );
         self.bus
@@ -273,6 +274,8 @@ struct MockDev {
     vdev_id: Option<u64>,
     /// That vIOMMU.
     viommu: Option<Viommu>,
+    /// PASID 1024 was set once: the next set fails.
+    pasid_1024_fail: bool,
 }
 
 /// Entries of a mock device's cache (`MOCK_DEV_CACHE_NUM`).
@@ -371,6 +374,14 @@ impl IommuOps for MockDriver {
         self.dev_flags(dev) & DEVICE_NO_DIRTY == 0
     }
 
+    fn max_pasids(&self, dev: &Device) -> u32 {
+        if self.dev_flags(dev) & DEVICE_PASID != 0 {
+            1 << PASID_WIDTH
+        } else {
+            0
+        }
+    }
+
     fn domain_alloc_nested(
         &self,
         _dev: &Arc<Device>,
@@ -414,6 +425,41 @@ impl IommuOps for MockDriver {
             devs: Arc::clone(&self.devs),
             reply,
         }))
+    }
+}
+
+/// PASID bits of a PASID-capable mock device (`MOCK_PASID_WIDTH`).
+pub const PASID_WIDTH: u32 = 20;
+/// The PASID whose second attach the mock fails (`IOMMU_TEST_PASID_RESERVED`),
+/// to exercise the caller's roll-back.
+pub const PASID_RESERVED: u32 = 1024;
+
+/// The mock's `set_dev_pasid` (Linux's `mock_domain_set_dev_pasid_nop`):
+/// every other set of PASID 1024 fails with `ENOMEM`.
+fn mock_set_dev_pasid(
+    devs: &Mutex<BTreeMap<String, MockDev>>,
+    dev: &Device,
+    pasid: u32,
+) -> Result<(), Errno> {
+    if pasid != PASID_RESERVED {
+        return Ok(());
+    }
+    let mut d = lock(devs);
+    let m = d.get_mut(dev.name()).ok_or(Errno::EINVAL)?;
+    m.pasid_1024_fail = !m.pasid_1024_fail;
+    if m.pasid_1024_fail {
+        Ok(())
+    } else {
+        Err(Errno::ENOMEM)
+    }
+}
+
+/// PASID 1024 back to blocked: the next set succeeds.
+fn mock_remove_dev_pasid(devs: &Mutex<BTreeMap<String, MockDev>>, dev: &Device, pasid: u32) {
+    if pasid == PASID_RESERVED {
+        if let Some(m) = lock(devs).get_mut(dev.name()) {
+            m.pasid_1024_fail = false;
+        }
     }
 }
 
@@ -540,6 +586,20 @@ impl DomainOps for MockNested {
             m.viommu = domain.viommu().cloned();
         }
         Ok(())
+    }
+
+    fn set_dev_pasid(
+        &self,
+        _domain: &Domain,
+        dev: &Arc<Device>,
+        pasid: u32,
+        _old: Option<&Domain>,
+    ) -> Result<(), Errno> {
+        mock_set_dev_pasid(&self.devs, dev, pasid)
+    }
+
+    fn remove_dev_pasid(&self, _domain: &Domain, dev: &Arc<Device>, pasid: u32) {
+        mock_remove_dev_pasid(&self.devs, dev, pasid);
     }
 
     /// Linux's `mock_domain_cache_invalidate_user`: entries copied one by
@@ -791,6 +851,20 @@ impl DomainOps for MockDomain {
 
     fn dirty(&self) -> Option<&dyn DirtyOps> {
         self.dirty.then_some(self as &dyn DirtyOps)
+    }
+
+    fn set_dev_pasid(
+        &self,
+        _domain: &Domain,
+        dev: &Arc<Device>,
+        pasid: u32,
+        _old: Option<&Domain>,
+    ) -> Result<(), Errno> {
+        mock_set_dev_pasid(&self.devs, dev, pasid)
+    }
+
+    fn remove_dev_pasid(&self, _domain: &Domain, dev: &Arc<Device>, pasid: u32) {
+        mock_remove_dev_pasid(&self.devs, dev, pasid);
     }
 
     fn as_any(&self) -> Option<&dyn Any> {
@@ -1103,6 +1177,46 @@ impl Ictx {
                         self.report_vevent(&v, VEVENTQ_TYPE_SELFTEST, &(id as u32).to_ne_bytes())
                     }
                     _ => Err(Errno::ENOENT),
+                }
+            }
+            op::PASID_ATTACH | op::PASID_REPLACE => {
+                // struct { pasid, pt_id }; id is the selftest object.
+                let stdev = self.stdev(c.id)?;
+                let (pasid, pt) = (c.u32_at(0), c.u32_at(4));
+                if c.op == op::PASID_ATTACH {
+                    self.pasid_attach(stdev.idev_id, pasid, pt)?;
+                    respond(&c).inspect_err(|_| {
+                        let _ = self.pasid_detach(stdev.idev_id, pasid);
+                    })
+                } else {
+                    self.pasid_replace(stdev.idev_id, pasid, pt)?;
+                    respond(&c)
+                }
+            }
+            op::PASID_DETACH => {
+                let stdev = self.stdev(c.id)?;
+                self.pasid_detach(stdev.idev_id, c.u32_at(0))
+            }
+            op::PASID_CHECK_HWPT => {
+                // struct { pasid, hwpt_id }: 0 checks that it is detached.
+                let stdev = self.stdev(c.id)?;
+                let (pasid, hwpt) = (c.u32_at(0), c.u32_at(4));
+                let attached = self.pasid_attached(stdev.idev_id, pasid);
+                if hwpt == 0 {
+                    return if attached.is_none() {
+                        Ok(0)
+                    } else {
+                        Err(Errno::EINVAL)
+                    };
+                }
+                match self.object(hwpt) {
+                    Some(Object::HwptPaging(_) | Object::HwptNested(_)) => {}
+                    _ => return Err(Errno::ENOENT),
+                }
+                if attached == Some(hwpt) {
+                    Ok(())
+                } else {
+                    Err(Errno::EINVAL)
                 }
             }
             op::DEV_CHECK_CACHE => {

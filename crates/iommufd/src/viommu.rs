@@ -67,6 +67,8 @@ pub struct HwptNested {
     pub parent: Option<Arc<HwptPaging>>,
     /// The fault queue its devices' I/O page faults go to.
     pub fault: Option<Arc<crate::eventq::Fault>>,
+    /// Made with `IOMMU_HWPT_ALLOC_PASID`.
+    pub pasid_compat: bool,
 }
 
 /// The flags a nested HWPT may be allocated with (Linux's
@@ -218,6 +220,7 @@ impl Ictx {
             viommu: Some(Arc::clone(v)),
             parent: None,
             fault,
+            pasid_compat: c.flags & uapi::hwpt_alloc::PASID != 0,
         })))
     }
 
@@ -257,6 +260,7 @@ impl Ictx {
             viommu: None,
             parent: Some(Arc::clone(parent)),
             fault,
+            pasid_compat: c.flags & uapi::hwpt_alloc::PASID != 0,
         })))
     }
 

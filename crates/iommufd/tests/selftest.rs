@@ -1071,3 +1071,104 @@ fn a_mock_viommu_invalidates_reports_events_and_faults() {
     assert_eq!(p.ctx.destroy(vdev), Err(Errno::ENOENT));
     assert_eq!(p.ctx.destroy(vdev), Err(Errno::ENOENT));
 }
+
+/// PASID attach, replace and detach with Linux's rules: HWPTs made for
+/// PASIDs only, beside a device attachment that is one too, on devices
+/// that have PASIDs; an attached PASID is replaced, not attached again; a
+/// failed replace (the mock fails every other set of PASID 1024) leaves
+/// the PASID where it was.
+#[test]
+fn pasids_attach_replace_and_detach_with_linuxs_rules() {
+    use iommufd::selftest::DEVICE_PASID;
+    use iommufd::uapi::hwpt_alloc::PASID;
+    let platform = Selftest::new().unwrap();
+    let p = Prog::new(&platform);
+    let ioas = p.ctx.ioas_alloc().unwrap();
+    let c = p
+        .test(
+            op::MOCK_DOMAIN_FLAGS,
+            ioas,
+            &[(1, u64::from(DEVICE_PASID) << 32)],
+        )
+        .unwrap();
+    let (stdev, idev) = (c.args[0] as u32, c.args[1] as u32);
+    let plain = hwpt_alloc(&p, idev, ioas, 0, 0, None).unwrap();
+    let s2 = hwpt_alloc(&p, idev, ioas, PASID, 0, None).unwrap();
+    let s2b = hwpt_alloc(&p, idev, ioas, PASID, 0, None).unwrap();
+    let attach = |pasid: u64, pt: u32| {
+        p.test(
+            op::PASID_ATTACH,
+            stdev,
+            &[(0, pasid | (u64::from(pt) << 32))],
+        )
+        .map(|_| ())
+    };
+    let replace = |pasid: u64, pt: u32| {
+        p.test(
+            op::PASID_REPLACE,
+            stdev,
+            &[(0, pasid | (u64::from(pt) << 32))],
+        )
+        .map(|_| ())
+    };
+    let check = |pasid: u64, pt: u32| {
+        p.test(
+            op::PASID_CHECK_HWPT,
+            stdev,
+            &[(0, pasid | (u64::from(pt) << 32))],
+        )
+        .map(|_| ())
+    };
+    // The device's own attachment (an automatic HWPT) is not for PASIDs.
+    assert_eq!(attach(100, s2), Err(Errno::EINVAL));
+    p.test(op::MOCK_DOMAIN_REPLACE, stdev, &[(0, u64::from(s2))])
+        .unwrap();
+    assert_eq!(
+        attach(100, plain),
+        Err(Errno::EINVAL),
+        "not made for PASIDs"
+    );
+    assert_eq!(attach(100, ioas), Err(Errno::EINVAL), "no automatic HWPT");
+    assert_eq!(
+        attach(1 << 20, s2),
+        Err(Errno::EINVAL),
+        "beyond the device's PASIDs"
+    );
+    assert_eq!(attach(100, s2), Ok(()));
+    assert_eq!(check(100, s2), Ok(()));
+    assert_eq!(attach(100, s2b), Err(Errno::EBUSY));
+    // The device's own attachment must stay one for PASIDs now.
+    assert_eq!(
+        p.test(op::MOCK_DOMAIN_REPLACE, stdev, &[(0, u64::from(plain))])
+            .err(),
+        Some(Errno::EINVAL)
+    );
+    assert_eq!(replace(200, s2b), Err(Errno::EINVAL), "not attached");
+    assert_eq!(replace(100, s2b), Ok(()));
+    assert_eq!(check(100, s2b), Ok(()));
+    assert_eq!(p.ctx.destroy(s2b), Err(Errno::EBUSY), "the PASID holds it");
+    assert_eq!(
+        p.test(op::PASID_DETACH, stdev, &[(0, 100)]).map(|_| ()),
+        Ok(())
+    );
+    assert_eq!(check(100, 0), Ok(()), "detached");
+    // The mock fails the second set of PASID 1024: the replace fails and
+    // the PASID stays.
+    assert_eq!(attach(1024, s2), Ok(()));
+    assert_eq!(replace(1024, s2b), Err(Errno::ENOMEM));
+    assert_eq!(check(1024, s2), Ok(()));
+    // A device without PASIDs cannot attach one, whatever the HWPT.
+    let other = p.mock_domain(ioas).unwrap();
+    assert_eq!(
+        p.test(
+            op::PASID_ATTACH,
+            other.0,
+            &[(0, 100 | (u64::from(s2) << 32))]
+        )
+        .err(),
+        Some(Errno::EINVAL)
+    );
+    // Its device's destruction detaches the PASIDs.
+    p.ctx.destroy(stdev).unwrap();
+    p.ctx.destroy(s2).unwrap();
+}
