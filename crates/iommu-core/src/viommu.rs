@@ -234,6 +234,32 @@ pub trait ViommuOps: Send + Sync + 'static {
         Ok(())
     }
 
+    /// Takes a hardware queue of type `ty` at `index`, in guest memory at
+    /// `base_iova` (an IPA of the parent), `base_pa` on the host (Linux's
+    /// `get_hw_queue_size` and `hw_queue_init_phys`). Returns the index
+    /// of a queue this one depends on, which must outlive it. The
+    /// default has none (`EOPNOTSUPP`).
+    ///
+    /// # Errors
+    /// `EOPNOTSUPP` for a type the driver does not have; its refusal of
+    /// the index or address.
+    fn hw_queue_init(
+        &self,
+        viommu: &Viommu,
+        ty: u32,
+        index: u32,
+        base_pa: u64,
+        base_iova: u64,
+    ) -> Result<Option<u32>, Errno> {
+        let _ = (viommu, ty, index, base_pa, base_iova);
+        Err(Errno::EOPNOTSUPP)
+    }
+
+    /// The queue `hw_queue_init` took at `index` is gone.
+    fn hw_queue_destroy(&self, ty: u32, index: u32) {
+        let _ = (ty, index);
+    }
+
     /// What the driver answers to the data given at allocation, copied
     /// back to the caller's structure (Linux's `viommu_init` writing it
     /// with `iommu_copy_struct_to_user`); the default, nothing.
