@@ -38,6 +38,9 @@ pub(crate) struct Pin {
     pub(crate) owner: usize,
     /// The access's id for it.
     pub(crate) item: u32,
+    /// Held by the kernel's own user (a HW queue's memory): an unmap of
+    /// it is `EBUSY`, not a notice (Linux's `num_locks`).
+    pub(crate) internal: bool,
 }
 
 /// An access object.
@@ -179,6 +182,7 @@ impl Access {
             last,
             owner: self.owner(),
             item,
+            internal: false,
         });
         Ok((item, pages))
     }
@@ -265,7 +269,54 @@ impl Ioas {
     /// go of every pin in it (Linux's `iommufd_access_notify_unmap`, with
     /// the selftest driver's callback, which unpins what the range meets).
     pub(crate) fn notify_unmap(&mut self, iova: u64, last: u64) {
-        self.access_pins.retain(|p| p.last < iova || p.iova > last);
+        self.access_pins
+            .retain(|p| p.internal || p.last < iova || p.iova > last);
+    }
+
+    /// Whether an internal pin holds IOVAs of `[iova, last]`.
+    pub(crate) fn locked(&self, iova: u64, last: u64) -> bool {
+        self.access_pins
+            .iter()
+            .any(|p| p.internal && p.iova <= last && iova <= p.last)
+    }
+
+    /// Pins `[iova, iova + length)` for the kernel's own use (a HW
+    /// queue's memory): it must be mapped (`ENOENT`) by areas whose user
+    /// memory is contiguous (`EFAULT`); returns the user address of
+    /// `iova`.
+    pub(crate) fn pin_internal(
+        &mut self,
+        iova: u64,
+        length: u64,
+        owner: usize,
+    ) -> Result<u64, Errno> {
+        let last = iova.checked_add(length - 1).ok_or(Errno::EOVERFLOW)?;
+        let mut expect: Option<u64> = None;
+        let mut base = 0;
+        for_each_contig(self, iova, last, |a, cur, end, _| {
+            let at = a.uaddr(cur);
+            match expect {
+                None => base = at,
+                Some(e) if e != at => return Err(Errno::EFAULT),
+                Some(_) => {}
+            }
+            expect = Some(a.uaddr(end) + 1);
+            Ok(())
+        })?;
+        self.access_pins.push(Pin {
+            iova,
+            last,
+            owner,
+            item: 0,
+            internal: true,
+        });
+        Ok(base)
+    }
+
+    /// Drops the internal pins of `owner`.
+    pub(crate) fn unpin_internal(&mut self, owner: usize) {
+        self.access_pins
+            .retain(|p| !(p.internal && p.owner == owner));
     }
 
     /// Whether an access holds a pin on the page at user address `page`

@@ -328,6 +328,8 @@ pub enum Object {
     Fault(Arc<crate::eventq::Fault>),
     /// A vEVENTQ of a vIOMMU.
     Veventq(Arc<crate::eventq::Veventq>),
+    /// A HW queue of a vIOMMU.
+    HwQueue(Arc<crate::viommu::HwQueue>),
     /// The id of a vDEVICE whose device was unbound under it: reserved
     /// until destroyed, and no object (Linux's tombstone, `XA_ZERO_ENTRY`).
     Tombstone,
@@ -348,6 +350,7 @@ impl Object {
             Object::Access(_) => 1,
             Object::Fault(f) => Arc::strong_count(f) - 1,
             Object::Veventq(q) => Arc::strong_count(q) - 1,
+            Object::HwQueue(q) => Arc::strong_count(q) - 1,
             Object::Tombstone => 0,
         }
     }
@@ -508,6 +511,7 @@ impl Ictx {
                 let _ = v.viommu.viommu.vdevice_destroy(v.virt_id);
             }
             Some(Object::Selftest(s)) => self.stdev_release(&s),
+            Some(Object::HwQueue(q)) => q.release(),
             _ => {}
         }
         Ok(())
@@ -772,6 +776,13 @@ impl Ictx {
                     let _ = self.destroy(c.out_veventq_id);
                 })
             }
+            Cmd::HwQueueAlloc => {
+                let mut c: uapi::HwQueueAlloc = get(&ucmd)?;
+                c.out_hw_queue_id = self.hw_queue_alloc(&c)?;
+                respond(c.as_bytes()).inspect_err(|_| {
+                    let _ = self.destroy(c.out_hw_queue_id);
+                })
+            }
             Cmd::VfioIoas => {
                 let mut c: uapi::VfioIoas = get(&ucmd)?;
                 if self.vfio_ioas(&mut c)? {
@@ -970,6 +981,9 @@ impl Ictx {
         let ioas = self.ioas(ioas_id)?;
         let mut g = lock(&ioas);
         let (removed, err) = if iova == 0 && length == u64::MAX {
+            if g.locked(0, u64::MAX) {
+                return Err(Errno::EBUSY);
+            }
             g.notify_unmap(0, u64::MAX);
             (g.iopt.unmap_all(), None)
         } else {
@@ -977,7 +991,11 @@ impl Ictx {
                 return Err(Errno::EOVERFLOW);
             }
             if length != 0 {
-                g.notify_unmap(iova, iova.saturating_add(length - 1));
+                let last = iova.saturating_add(length - 1);
+                if g.locked(iova, last) {
+                    return Err(Errno::EBUSY);
+                }
+                g.notify_unmap(iova, last);
             }
             match g.iopt.unmap(iova, length) {
                 Ok(v) if v.is_empty() => (v, Some(Errno::ENOENT)),

@@ -424,6 +424,7 @@ impl IommuOps for MockDriver {
         Ok(Box::new(MockViommu {
             devs: Arc::clone(&self.devs),
             reply,
+            queues: Mutex::new([false; HW_QUEUE_MAX as usize]),
         }))
     }
 }
@@ -480,7 +481,14 @@ pub const NESTED_IOTLB_NUM: usize = 4;
 struct MockViommu {
     devs: Arc<Mutex<BTreeMap<String, MockDev>>>,
     reply: Option<Vec<u8>>,
+    /// Which of its HW queues exist.
+    queues: Mutex<[bool; HW_QUEUE_MAX as usize]>,
 }
+
+/// `IOMMU_HW_QUEUE_TYPE_SELFTEST`.
+pub const HW_QUEUE_TYPE_SELFTEST: u32 = 0xdead_beef;
+/// HW queues of a mock vIOMMU (`IOMMU_TEST_HW_QUEUE_MAX`).
+pub const HW_QUEUE_MAX: u32 = 2;
 
 impl ViommuOps for MockViommu {
     fn alloc_domain_nested(
@@ -538,6 +546,44 @@ impl ViommuOps for MockViommu {
 
     fn init_reply(&self) -> Option<Vec<u8>> {
         self.reply.clone()
+    }
+
+    /// Linux's `mock_hw_queue_init_phys`: indexes in order, each after
+    /// the one before (which it depends on), and the host address the
+    /// one the parent maps the guest's address to.
+    fn hw_queue_init(
+        &self,
+        viommu: &Viommu,
+        ty: u32,
+        index: u32,
+        base_pa: u64,
+        base_iova: u64,
+    ) -> Result<Option<u32>, Errno> {
+        if ty != HW_QUEUE_TYPE_SELFTEST {
+            return Err(Errno::EOPNOTSUPP);
+        }
+        if index >= HW_QUEUE_MAX {
+            return Err(Errno::EINVAL);
+        }
+        let mut q = lock(&self.queues);
+        if q[index as usize] {
+            return Err(Errno::EEXIST);
+        }
+        if index > 0 && !q[index as usize - 1] {
+            return Err(Errno::EIO);
+        }
+        let pa = viommu.parent().iova_to_phys(Iova::new(base_iova));
+        if pa.map(|p| p.raw()) != Some(base_pa) {
+            return Err(Errno::EFAULT);
+        }
+        q[index as usize] = true;
+        Ok(index.checked_sub(1))
+    }
+
+    fn hw_queue_destroy(&self, _ty: u32, index: u32) {
+        if let Some(slot) = lock(&self.queues).get_mut(index as usize) {
+            *slot = false;
+        }
     }
 
     fn as_any(&self) -> Option<&dyn Any> {

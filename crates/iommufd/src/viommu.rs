@@ -45,6 +45,40 @@ pub struct ViommuObj {
     pub(crate) veventqs: std::sync::Mutex<vec::Vec<alloc::sync::Weak<crate::eventq::Veventq>>>,
 }
 
+/// A HW queue of a vIOMMU (Linux's `struct iommufd_hw_queue`): guest
+/// memory the hardware reads directly, pinned in the parent's IOAS for
+/// as long as the queue lives (an unmap of it is `EBUSY`).
+#[derive(Debug)]
+pub struct HwQueue {
+    /// Its vIOMMU.
+    pub viommu: Arc<ViommuObj>,
+    /// `IOMMU_HW_QUEUE_TYPE_*`.
+    pub ty: u32,
+    /// Its index.
+    pub index: u32,
+    /// The queue it depends on, which cannot go first.
+    pub depends_on: Option<Arc<HwQueue>>,
+    /// The owner tag of its pin.
+    pin: usize,
+}
+
+/// Owner tags of HW queues' pins (apart from accesses' addresses: odd).
+fn next_pin_owner() -> usize {
+    static NEXT: core::sync::atomic::AtomicUsize = core::sync::atomic::AtomicUsize::new(1);
+    NEXT.fetch_add(2, core::sync::atomic::Ordering::Relaxed)
+}
+
+impl HwQueue {
+    /// The queue is destroyed: its pin goes, the driver is told.
+    pub(crate) fn release(&self) {
+        crate::ctx::lock(&self.viommu.parent.ioas).unpin_internal(self.pin);
+        self.viommu
+            .viommu
+            .ops()
+            .hw_queue_destroy(self.ty, self.index);
+    }
+}
+
 /// A vDEVICE object (Linux's `struct iommufd_vdevice`).
 #[derive(Debug)]
 pub struct Vdevice {
@@ -262,6 +296,60 @@ impl Ictx {
             fault,
             pasid_compat: c.flags & uapi::hwpt_alloc::PASID != 0,
         })))
+    }
+
+    /// `IOMMU_HW_QUEUE_ALLOC` (Linux's `iommufd_hw_queue_alloc_ioctl`).
+    pub(crate) fn hw_queue_alloc(&self, c: &uapi::HwQueueAlloc) -> Result<u32, Errno> {
+        if c.flags != 0 || c.r#type == 0 {
+            return Err(Errno::EOPNOTSUPP);
+        }
+        if c.length == 0 {
+            return Err(Errno::EINVAL);
+        }
+        c.nesting_parent_iova
+            .checked_add(c.length - 1)
+            .ok_or(Errno::EOVERFLOW)?;
+        let v = self.viommu(c.viommu_id)?;
+        // Whole pages of the parent's IOAS, pinned for the queue.
+        let page = crate::iopt::PAGE_SIZE;
+        let aligned = c.nesting_parent_iova & !(page - 1);
+        let offset = c.nesting_parent_iova - aligned;
+        let length = offset
+            .checked_add(c.length)
+            .and_then(|l| l.checked_add(page - 1))
+            .ok_or(Errno::ERANGE)?
+            & !(page - 1);
+        let pin = next_pin_owner();
+        let base = crate::ctx::lock(&v.parent.ioas).pin_internal(aligned, length, pin)?;
+        let unpin = || crate::ctx::lock(&v.parent.ioas).unpin_internal(pin);
+        let dep = match v.viommu.ops().hw_queue_init(
+            &v.viommu,
+            c.r#type,
+            c.index,
+            base + offset,
+            c.nesting_parent_iova,
+        ) {
+            Ok(d) => d,
+            Err(e) => {
+                unpin();
+                return Err(e);
+            }
+        };
+        let depends_on = dep.and_then(|i| {
+            self.ids().into_iter().find_map(|id| match self.object(id) {
+                Some(Object::HwQueue(h)) if Arc::ptr_eq(&h.viommu, &v) && h.index == i => Some(h),
+                _ => None,
+            })
+        });
+        let q = Arc::new(HwQueue {
+            viommu: Arc::clone(&v),
+            ty: c.r#type,
+            index: c.index,
+            depends_on,
+            pin,
+        });
+        self.insert(Object::HwQueue(Arc::clone(&q)))
+            .inspect_err(|_| q.release())
     }
 
     /// The fault queue `IOMMU_HWPT_FAULT_ID_VALID` names.

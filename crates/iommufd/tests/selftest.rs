@@ -1172,3 +1172,77 @@ fn pasids_attach_replace_and_detach_with_linuxs_rules() {
     p.ctx.destroy(stdev).unwrap();
     p.ctx.destroy(s2).unwrap();
 }
+
+/// HW queues: guest memory pinned in the parent's IOAS while the queue
+/// lives (its unmap is `EBUSY`), indexes in the driver's order, and a
+/// queue that another depends on destroyed last.
+#[test]
+fn hw_queues_pin_their_memory_and_go_in_order() {
+    use iommufd::selftest::{HW_QUEUE_TYPE_SELFTEST, VIOMMU_TYPE_SELFTEST};
+    use iommufd::uapi::hwpt_alloc::NEST_PARENT;
+    use iommufd::uapi::HwQueueAlloc;
+    let platform = Selftest::new().unwrap();
+    let p = Prog::new(&platform);
+    let ioas = p.ctx.ioas_alloc().unwrap();
+    let (_, _, idev) = p.mock_domain(ioas).unwrap();
+    let parent = hwpt_alloc(&p, idev, ioas, NEST_PARENT, 0, None).unwrap();
+    let viommu = p
+        .ctx
+        .viommu_alloc(idev, parent, VIOMMU_TYPE_SELFTEST, None)
+        .unwrap();
+    let queue = |ty: u32, index: u32, iova: u64, length: u64| {
+        let c = HwQueueAlloc {
+            size: 40,
+            viommu_id: viommu,
+            r#type: ty,
+            index,
+            nesting_parent_iova: iova,
+            length,
+            ..HwQueueAlloc::default()
+        };
+        let (r, back) = iommufd::testing::ioctl_at(&p.ctx, &*p.mem, ARG, Cmd::HwQueueAlloc, &c);
+        r.map(|()| back.out_hw_queue_id)
+    };
+    let iova = MOCK_APERTURE_START;
+    assert_eq!(queue(0, 0, iova, PAGE), Err(Errno::EOPNOTSUPP));
+    assert_eq!(
+        queue(HW_QUEUE_TYPE_SELFTEST, 0, iova, 0),
+        Err(Errno::EINVAL)
+    );
+    assert_eq!(
+        queue(HW_QUEUE_TYPE_SELFTEST, 0, u64::MAX, PAGE),
+        Err(Errno::EOVERFLOW)
+    );
+    assert_eq!(
+        queue(HW_QUEUE_TYPE_SELFTEST, 0, iova, PAGE),
+        Err(Errno::ENOENT),
+        "not mapped"
+    );
+    p.map(ioas, BUFFER, 2 * PAGE, iova).unwrap();
+    assert_eq!(
+        queue(HW_QUEUE_TYPE_SELFTEST, 1, iova, PAGE),
+        Err(Errno::EIO),
+        "index 0 first"
+    );
+    assert_eq!(
+        queue(HW_QUEUE_TYPE_SELFTEST, 2, iova, PAGE),
+        Err(Errno::EINVAL)
+    );
+    let q0 = queue(HW_QUEUE_TYPE_SELFTEST, 0, iova, PAGE).unwrap();
+    assert_eq!(
+        queue(HW_QUEUE_TYPE_SELFTEST, 0, iova, PAGE),
+        Err(Errno::EEXIST)
+    );
+    assert_eq!(
+        p.ctx.ioas_unmap(ioas, iova, 2 * PAGE),
+        Err(Errno::EBUSY),
+        "pinned by the queue"
+    );
+    let q1 = queue(HW_QUEUE_TYPE_SELFTEST, 1, iova + PAGE / 2, PAGE / 2).unwrap();
+    assert_eq!(p.ctx.destroy(q0), Err(Errno::EBUSY), "q1 depends on it");
+    assert_eq!(p.ctx.destroy(viommu), Err(Errno::EBUSY));
+    p.ctx.destroy(q1).unwrap();
+    p.ctx.destroy(q0).unwrap();
+    assert_eq!(p.ctx.ioas_unmap(ioas, iova, 2 * PAGE), Ok(2 * PAGE));
+    p.ctx.destroy(viommu).unwrap();
+}
