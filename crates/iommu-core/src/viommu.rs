@@ -260,6 +260,13 @@ pub trait ViommuOps: Send + Sync + 'static {
         let _ = (ty, index);
     }
 
+    /// Memory of the vIOMMU a program may map through its descriptor
+    /// (Linux's `iommufd_viommu_alloc_mmap`): the offset the driver gave
+    /// in its reply and the bytes there. The default has none.
+    fn mmap_region(&self) -> Option<(u64, Vec<u8>)> {
+        None
+    }
+
     /// What the driver answers to the data given at allocation, copied
     /// back to the caller's structure (Linux's `viommu_init` writing it
     /// with `iommu_copy_struct_to_user`); the default, nothing.

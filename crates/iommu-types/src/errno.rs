@@ -15,6 +15,8 @@ pub enum Errno {
     ENOENT,
     /// Input/output error (`dma_set_mask` with an unusable mask).
     EIO,
+    /// No such device or address (an mmap offset nothing offers).
+    ENXIO,
     /// Argument list too long (a user structure longer than the kernel's
     /// whose extra bytes are not zero).
     E2BIG,
@@ -71,6 +73,7 @@ impl Errno {
             Errno::EPERM => 1,
             Errno::ENOENT => 2,
             Errno::EIO => 5,
+            Errno::ENXIO => 6,
             Errno::E2BIG => 7,
             Errno::ENOMEM => 12,
             Errno::EFAULT => 14,
@@ -103,6 +106,7 @@ impl Errno {
             Errno::EPERM => "EPERM",
             Errno::ENOENT => "ENOENT",
             Errno::EIO => "EIO",
+            Errno::ENXIO => "ENXIO",
             Errno::E2BIG => "E2BIG",
             Errno::ENOMEM => "ENOMEM",
             Errno::EFAULT => "EFAULT",
@@ -135,6 +139,7 @@ impl Errno {
             Errno::EPERM => "Operation not permitted",
             Errno::ENOENT => "No such file or directory",
             Errno::EIO => "Input/output error",
+            Errno::ENXIO => "No such device or address",
             Errno::E2BIG => "Argument list too long",
             Errno::ENOMEM => "Cannot allocate memory",
             Errno::EFAULT => "Bad address",
