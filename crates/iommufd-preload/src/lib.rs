@@ -803,6 +803,103 @@ pub unsafe extern "C" fn pwrite64(
     unsafe { pwrite(fd, buf, count, offset) }
 }
 
+/// Mappings of a context's descriptor, by address: what each holds.
+static MMAPS: Mutex<BTreeMap<usize, Arc<dyn core::any::Any + Send + Sync>>> =
+    Mutex::new(BTreeMap::new());
+
+/// `mmap(2)`: of a context's descriptor, the memory a vIOMMU offers at
+/// that offset (a copy of it, in fresh shared memory: the driver's later
+/// writes are not seen); anything else, the system call.
+///
+/// # Safety
+/// As the C library's.
+#[no_mangle]
+pub unsafe extern "C" fn mmap(
+    addr: *mut c_void,
+    len: usize,
+    prot: c_int,
+    flags: c_int,
+    fd: c_int,
+    off: libc::off_t,
+) -> *mut c_void {
+    let Some(ctx) = context(fd) else {
+        // SAFETY: forwarded as given.
+        return unsafe {
+            libc::syscall(libc::SYS_mmap, addr, len, prot, flags, fd, off) as *mut c_void
+        };
+    };
+    let (bytes, hold) = match ctx.mmap(off as u64, len as u64) {
+        Ok(r) => r,
+        Err(e) => {
+            set_errno(e.code());
+            return libc::MAP_FAILED;
+        }
+    };
+    let fixed = flags & libc::MAP_FIXED;
+    // SAFETY: a fresh anonymous mapping (where the caller fixed it, if it
+    // did), written before it is handed out.
+    let p = unsafe {
+        libc::syscall(
+            libc::SYS_mmap,
+            addr,
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED | libc::MAP_ANONYMOUS | fixed,
+            -1,
+            0,
+        ) as *mut c_void
+    };
+    if p == libc::MAP_FAILED {
+        return p;
+    }
+    // SAFETY: `p` holds `len` bytes, and `bytes` is `len` long.
+    unsafe {
+        core::ptr::copy_nonoverlapping(bytes.as_ptr(), p.cast::<u8>(), bytes.len().min(len));
+        libc::syscall(libc::SYS_mprotect, p, len, prot);
+    }
+    MMAPS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(p as usize, hold);
+    p
+}
+
+/// `mmap64`, the name a large-file build calls.
+///
+/// # Safety
+/// As [`mmap`].
+#[no_mangle]
+pub unsafe extern "C" fn mmap64(
+    addr: *mut c_void,
+    len: usize,
+    prot: c_int,
+    flags: c_int,
+    fd: c_int,
+    off: libc::off_t,
+) -> *mut c_void {
+    // SAFETY: as the caller's.
+    unsafe { mmap(addr, len, prot, flags, fd, off) }
+}
+
+/// `munmap(2)`: a mapping of a context's descriptor lets go of what it
+/// held.
+///
+/// # Safety
+/// As the C library's.
+#[no_mangle]
+pub unsafe extern "C" fn munmap(addr: *mut c_void, len: usize) -> c_int {
+    // SAFETY: forwarded as given.
+    let r = sys_ret(unsafe { libc::syscall(libc::SYS_munmap, addr, len) });
+    if r == 0 {
+        let held = MMAPS
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&(addr as usize));
+        drop(held);
+    }
+    r
+}
+
 /// `ioctl(2)`: on a context, Linux's iommufd command or VFIO container
 /// command (some return a value); elsewhere the system call.
 ///

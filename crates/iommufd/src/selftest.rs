@@ -412,18 +412,27 @@ impl IommuOps for MockDriver {
         // out_mmap_offset, out_mmap_length }: the first version ends
         // with out_data.
         let mut reply = None;
+        let mut region = None;
         if let Some(d) = data {
             let mut v = [0u8; 24];
             d.copy_struct(VIOMMU_TYPE_SELFTEST, &mut v, 8)?;
-            // Loopback: out_data is in_data; the two pages Linux's mock
-            // offers to mmap are not offered here (length 0).
+            // Loopback: out_data is in_data, and two pages to mmap whose
+            // first word is in_data too, at an offset of their own.
+            static NEXT: AtomicU32 = AtomicU32::new(1);
+            let len = 2 * crate::iopt::PAGE_SIZE;
+            let offset = u64::from(NEXT.fetch_add(1, Ordering::Relaxed)) * len;
             v.copy_within(0..4, 4);
-            v[8..24].fill(0);
+            v[8..16].copy_from_slice(&offset.to_ne_bytes());
+            v[16..24].copy_from_slice(&len.to_ne_bytes());
+            let mut pages = vec![0u8; len as usize];
+            pages[..4].copy_from_slice(&v[0..4]);
+            region = Some((offset, pages));
             reply = Some(v.to_vec());
         }
         Ok(Box::new(MockViommu {
             devs: Arc::clone(&self.devs),
             reply,
+            region,
             queues: Mutex::new([false; HW_QUEUE_MAX as usize]),
         }))
     }
@@ -481,6 +490,8 @@ pub const NESTED_IOTLB_NUM: usize = 4;
 struct MockViommu {
     devs: Arc<Mutex<BTreeMap<String, MockDev>>>,
     reply: Option<Vec<u8>>,
+    /// The pages it offers to mmap, at their offset.
+    region: Option<(u64, Vec<u8>)>,
     /// Which of its HW queues exist.
     queues: Mutex<[bool; HW_QUEUE_MAX as usize]>,
 }
@@ -546,6 +557,10 @@ impl ViommuOps for MockViommu {
 
     fn init_reply(&self) -> Option<Vec<u8>> {
         self.reply.clone()
+    }
+
+    fn mmap_region(&self) -> Option<(u64, Vec<u8>)> {
+        self.region.clone()
     }
 
     /// Linux's `mock_hw_queue_init_phys`: indexes in order, each after

@@ -298,6 +298,30 @@ impl Ictx {
         })))
     }
 
+    /// `mmap` of the context's descriptor at `offset` for `length` bytes:
+    /// the memory a vIOMMU offers there (Linux's `iommufd_fops_mmap`),
+    /// and what the mapping holds (the vIOMMU cannot be destroyed while
+    /// it is mapped: drop it at `munmap`).
+    ///
+    /// # Errors
+    /// `ENXIO` unless a vIOMMU offers exactly that offset and length.
+    pub fn mmap(
+        &self,
+        offset: u64,
+        length: u64,
+    ) -> Result<(vec::Vec<u8>, Arc<dyn core::any::Any + Send + Sync>), Errno> {
+        for id in self.ids() {
+            if let Some(Object::Viommu(v)) = self.object(id) {
+                if let Some((at, bytes)) = v.viommu.ops().mmap_region() {
+                    if at == offset && bytes.len() as u64 == length {
+                        return Ok((bytes, v));
+                    }
+                }
+            }
+        }
+        Err(Errno::ENXIO)
+    }
+
     /// `IOMMU_HW_QUEUE_ALLOC` (Linux's `iommufd_hw_queue_alloc_ioctl`).
     pub(crate) fn hw_queue_alloc(&self, c: &uapi::HwQueueAlloc) -> Result<u32, Errno> {
         if c.flags != 0 || c.r#type == 0 {

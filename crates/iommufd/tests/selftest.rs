@@ -1246,3 +1246,50 @@ fn hw_queues_pin_their_memory_and_go_in_order() {
     assert_eq!(p.ctx.ioas_unmap(ioas, iova, 2 * PAGE), Ok(2 * PAGE));
     p.ctx.destroy(viommu).unwrap();
 }
+
+/// A vIOMMU's pages mapped through the context: only at the offset and
+/// length the driver gave (`ENXIO` otherwise), holding the vIOMMU while
+/// mapped.
+#[test]
+fn a_viommus_pages_map_at_their_offset_and_hold_it() {
+    use iommufd::selftest::VIOMMU_TYPE_SELFTEST;
+    use iommufd::uapi::hwpt_alloc::NEST_PARENT;
+    let platform = Selftest::new().unwrap();
+    let p = Prog::new(&platform);
+    let ioas = p.ctx.ioas_alloc().unwrap();
+    let (_, _, idev) = p.mock_domain(ioas).unwrap();
+    let parent = hwpt_alloc(&p, idev, ioas, NEST_PARENT, 0, None).unwrap();
+    let data = [
+        0xbeefu32.to_ne_bytes(),
+        [0; 4],
+        [0; 4],
+        [0; 4],
+        [0; 4],
+        [0; 4],
+    ]
+    .concat();
+    let ud = iommu_core::UserData {
+        ty: VIOMMU_TYPE_SELFTEST,
+        data: &data,
+    };
+    let viommu = p
+        .ctx
+        .viommu_alloc(idev, parent, VIOMMU_TYPE_SELFTEST, Some(&ud))
+        .unwrap();
+    let (offset, length) = p
+        .ctx
+        .viommu(viommu)
+        .unwrap()
+        .viommu
+        .ops()
+        .mmap_region()
+        .map(|(o, b)| (o, b.len() as u64))
+        .unwrap();
+    assert_eq!(p.ctx.mmap(offset + PAGE, length).err(), Some(Errno::ENXIO));
+    assert_eq!(p.ctx.mmap(offset, length / 2).err(), Some(Errno::ENXIO));
+    let (bytes, hold) = p.ctx.mmap(offset, length).unwrap();
+    assert_eq!(&bytes[..4], &0xbeefu32.to_ne_bytes(), "the loopback word");
+    assert_eq!(p.ctx.destroy(viommu), Err(Errno::EBUSY), "mapped");
+    drop(hold);
+    assert_eq!(p.ctx.destroy(viommu), Ok(()));
+}
