@@ -1,9 +1,9 @@
 //! The driver and its emulated translation unit.
 
 use iommu_core::{
-    Capability, Device, Domain, DomainGeometry, DomainOps, DomainType, Errno, FaultAccess, Group,
-    Iommu, IommuOps, IotlbGather, Iova, PagingOps, PhysAddr, Prot, ReservedRegion, StreamIdGroups,
-    WedgeReport,
+    Capability, Device, DirtyOps, Domain, DomainGeometry, DomainOps, DomainType, Errno,
+    FaultAccess, Group, Iommu, IommuOps, IotlbGather, Iova, PagingFlags, PagingOps, PhysAddr, Prot,
+    ReservedRegion, StreamIdGroups, UserData, WedgeReport,
 };
 use iommu_pgtable::{lpae::Lpae, HeapMemory, IoPageTable};
 use std::any::Any;
@@ -438,8 +438,42 @@ impl SoftIommu {
                     report: domain.report_fault(dev, iova, fault),
                 })
             }
-            Some(e) => Ok(PhysAddr::new((e.pa_page << TLB_PAGE_SHIFT) | offset)),
+            Some(e) => {
+                // A write through a leaf the table tracks marks it dirty
+                // (Arm's DBM: the hardware makes a writable-clean leaf
+                // writable), whatever the IOTLB holds.
+                if access == Access::Write {
+                    if let Some(t) = soft.table.as_ref().filter(|t| t.dirty_tracking()) {
+                        let _ = t.hw_write(iova);
+                    }
+                }
+                Ok(PhysAddr::new((e.pa_page << TLB_PAGE_SHIFT) | offset))
+            }
         }
+    }
+}
+
+impl SoftIommu {
+    /// The driver side of a domain of type `ty`; `dirty` gives a paging
+    /// domain dirty tracking.
+    fn soft_domain(&self, ty: DomainType, dirty: bool) -> Result<Box<dyn DomainOps>, Errno> {
+        let table = if ty.is_paging() {
+            let fmt = Lpae::stage1_4k(IAS, OAS).map_err(Errno::from)?;
+            let mem = match self.inner.cfg.table_budget {
+                Some(pages) => HeapMemory::with_limit(pages),
+                None => HeapMemory::new(),
+            };
+            Some(IoPageTable::new(fmt, mem).map_err(Errno::from)?)
+        } else {
+            None
+        };
+        Ok(Box::new(SoftDomain {
+            id: self.inner.next_domain_id.fetch_add(1, Ordering::Relaxed),
+            tlb: self.inner.tlb.clone(),
+            hw: Arc::downgrade(&self.inner),
+            table,
+            dirty,
+        }))
     }
 }
 
@@ -468,22 +502,28 @@ impl IommuOps for SoftIommu {
     }
 
     fn domain_alloc(&self, ty: DomainType) -> Result<Box<dyn DomainOps>, Errno> {
-        let table = if ty.is_paging() {
-            let fmt = Lpae::stage1_4k(IAS, OAS).map_err(Errno::from)?;
-            let mem = match self.inner.cfg.table_budget {
-                Some(pages) => HeapMemory::with_limit(pages),
-                None => HeapMemory::new(),
-            };
-            Some(IoPageTable::new(fmt, mem).map_err(Errno::from)?)
-        } else {
-            None
-        };
-        Ok(Box::new(SoftDomain {
-            id: self.inner.next_domain_id.fetch_add(1, Ordering::Relaxed),
-            tlb: self.inner.tlb.clone(),
-            hw: Arc::downgrade(&self.inner),
-            table,
-        }))
+        self.soft_domain(ty, false)
+    }
+
+    /// Paging domains with dirty tracking on request (Arm's DBM bit in the
+    /// LPAE leaves); no driver data.
+    fn domain_alloc_paging_flags(
+        &self,
+        _dev: &Arc<Device>,
+        flags: PagingFlags,
+        data: Option<&UserData<'_>>,
+    ) -> Result<Box<dyn DomainOps>, Errno> {
+        if data.is_some() || flags.bits() & !PagingFlags::DIRTY_TRACKING.bits() != 0 {
+            return Err(Errno::EOPNOTSUPP);
+        }
+        self.soft_domain(
+            DomainType::Unmanaged,
+            flags.contains(PagingFlags::DIRTY_TRACKING),
+        )
+    }
+
+    fn dirty_tracking_capable(&self, _dev: &Device) -> bool {
+        true
     }
 
     fn get_resv_regions(&self, dev: &Device) -> Vec<ReservedRegion> {
@@ -523,6 +563,31 @@ pub struct SoftDomain {
     /// reference back would keep both alive forever.
     hw: Weak<SoftInner>,
     table: Option<IoPageTable<Lpae, HeapMemory>>,
+    /// Allocated with dirty tracking (`PagingFlags::DIRTY_TRACKING`).
+    dirty: bool,
+}
+
+impl DirtyOps for SoftDomain {
+    fn set_dirty_tracking(&self, enable: bool) -> Result<(), Errno> {
+        self.table
+            .as_ref()
+            .ok_or(Errno::EINVAL)?
+            .set_dirty_tracking(enable)
+            .map_err(Errno::from)
+    }
+
+    fn read_and_clear_dirty(
+        &self,
+        iova: Iova,
+        size: u64,
+        no_clear: bool,
+        dirty: &mut dyn FnMut(Iova, u64),
+    ) -> Result<(), Errno> {
+        if let Some(t) = &self.table {
+            t.read_and_clear_dirty_with(iova, size, !no_clear, dirty);
+        }
+        Ok(())
+    }
 }
 
 impl SoftDomain {
@@ -634,6 +699,10 @@ impl DomainOps for SoftDomain {
         }
     }
 
+    fn dirty(&self) -> Option<&dyn DirtyOps> {
+        (self.dirty && self.table.is_some()).then_some(self as &dyn DirtyOps)
+    }
+
     fn as_any(&self) -> Option<&dyn Any> {
         Some(self)
     }
@@ -660,6 +729,61 @@ mod tests {
         let soft = SoftIommu::default();
         iommu.bus_set_iommu(&bus, Arc::new(soft.clone())).unwrap();
         (iommu, bus, soft, dev)
+    }
+
+    #[test]
+    fn device_writes_mark_the_pages_of_a_dirty_tracking_domain() {
+        let (iommu, _bus, soft, dev) = setup();
+        assert!(soft.dirty_tracking_capable(&dev));
+        assert_eq!(
+            iommu
+                .domain_alloc_paging_flags(&dev, PagingFlags::NEST_PARENT, None)
+                .err(),
+            Some(Errno::EOPNOTSUPP)
+        );
+        let plain = iommu
+            .domain_alloc_paging_flags(&dev, PagingFlags::empty(), None)
+            .unwrap();
+        assert!(!plain.has_dirty_ops());
+        let d = iommu
+            .domain_alloc_paging_flags(&dev, PagingFlags::DIRTY_TRACKING, None)
+            .unwrap();
+        let group = dev.iommu_group().unwrap();
+        let owner = iommu_core::DmaOwner::new();
+        iommu.group_claim_dma_owner(&group, owner).unwrap();
+        iommu.attach_group(&d, &group).unwrap();
+        d.map(
+            Iova::new(0x10_0000),
+            PhysAddr::new(0x4000_0000),
+            0x4000,
+            Prot::RW,
+        )
+        .unwrap();
+        d.set_dirty_tracking(true).unwrap();
+        let dirty = |d: &Domain| {
+            let mut v = Vec::new();
+            d.read_and_clear_dirty(Iova::new(0x10_0000), 0x4000, false, &mut |i, s| {
+                v.push((i.raw(), s))
+            })
+            .unwrap();
+            v
+        };
+        // Mapped before tracking: dirty until the first harvest.
+        let _ = dirty(&d);
+        assert_eq!(dirty(&d), vec![]);
+        // A read marks nothing; a write marks its page, once.
+        soft.translate(&dev, Iova::new(0x10_1010), Access::Read)
+            .unwrap();
+        soft.translate(&dev, Iova::new(0x10_2020), Access::Write)
+            .unwrap();
+        assert_eq!(dirty(&d), vec![(0x10_2000, 0x1000)]);
+        assert_eq!(dirty(&d), vec![]);
+        // Off: writes go through unmarked.
+        d.set_dirty_tracking(false).unwrap();
+        soft.translate(&dev, Iova::new(0x10_3030), Access::Write)
+            .unwrap();
+        iommu.detach_group(&d, &group);
+        iommu.group_release_dma_owner(&group);
     }
 
     #[test]
