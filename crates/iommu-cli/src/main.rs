@@ -13,6 +13,7 @@ mod bench_dma;
 mod bench_pci;
 mod bench_virtio;
 mod dot;
+mod fd;
 mod firmware;
 mod groups;
 mod input;
@@ -66,9 +67,24 @@ enum Command {
     /// and a virtio-blk do DMA through the DMA API; prints the requests on
     /// the wire and the guest's groups
     Vm(VmArgs),
+    /// A VMM passing the NIC through with Linux's iommufd API
+    /// (/dev/iommu): bind, IOAS, HWPT with dirty tracking, attach, map the
+    /// guest's RAM, the device's DMA, the dirty bitmap of a migration,
+    /// unmap; --trace shows the core's calls under each ioctl
+    Fd(FdArgs),
     /// Time the hot paths
     #[command(subcommand)]
     Bench(BenchCommand),
+}
+
+/// Options of `iommu fd`.
+#[derive(Debug, Default, Args)]
+pub struct FdArgs {
+    #[command(flatten)]
+    trace: TraceArgs,
+    /// Print the story as JSON
+    #[arg(long)]
+    json: bool,
 }
 
 /// Options of `iommu vm`.
@@ -412,6 +428,7 @@ fn main() -> ExitCode {
         Some(Command::Groups(g)) => groups::groups(&g),
         Some(Command::Sysfs(s)) => groups::sysfs(&s),
         Some(Command::Vm(v)) => vm::vm(&v),
+        Some(Command::Fd(f)) => fd::fd(&f),
         Some(Command::Bench(b)) => bench_command(b),
     };
     match result {

@@ -253,7 +253,7 @@ fn help_and_version_are_there_per_command() {
     let (code, out, _) = iommu(&["--version"]);
     assert_eq!(code, 0);
     assert_eq!(out, format!("iommu {}\n", env!("CARGO_PKG_VERSION")));
-    for cmd in ["run", "groups", "sysfs", "vm", "bench"] {
+    for cmd in ["run", "groups", "sysfs", "vm", "fd", "bench"] {
         let (code, out, _) = iommu(&[cmd, "--help"]);
         assert_eq!(code, 0, "{cmd}");
         assert!(out.contains(&format!("Usage: iommu {cmd}")), "{out}");
@@ -891,4 +891,50 @@ fn run_on_the_vtd_in_scalable_mode_uses_first_stage_tables_and_pasid_invalidatio
     assert!(trace.contains("vtd dmar1 fault: reason 0x71 source 0x300 address 0x200123"));
     assert!(trace.contains("vtd dmar1 fault: reason 0x85 source 0x300 address 0x600000"));
     assert!(trace.contains("vtd dmar1 fault: reason 0x59 source 0x200"));
+}
+
+#[test]
+fn fd_passes_the_nic_through_and_reports_the_dirty_pages_of_a_migration() {
+    let (code, out, err) = iommu(&["fd"]);
+    assert_eq!(code, 0, "{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    let bind = position(&lines, "  VFIO_DEVICE_BIND_IOMMUFD 0000:02:00.0: device id 1; its group 9 is owned by the context, on its blocking domain");
+    assert!(out.contains("IOMMU_GET_HW_INFO: capabilities 0x9 (dirty tracking: yes)"));
+    let landed = lines
+        .iter()
+        .position(|l| l.ends_with("the guest's RAM holds \"packet\""))
+        .expect("the device's write lands in the guest's RAM");
+    assert!(bind < landed);
+    assert!(out.contains("IOMMU_HWPT_GET_DIRTY_BITMAP: dirty guest pages [3, 200, 201]"));
+    assert!(out.contains("IOMMU_HWPT_GET_DIRTY_BITMAP again: [] (read and cleared)"));
+    assert!(out.contains("device DMA write at IOVA 0x80001234: translation fault"));
+    assert!(out.contains("its group back on its default domain (DMA)"));
+    // The core's calls appear under each ioctl.
+    let (code, traced, err) = iommu(&["fd", "--trace"]);
+    assert_eq!(code, 0);
+    assert_eq!(traced, out, "the trace is not on stdout");
+    let tl: Vec<&str> = err.lines().collect();
+    let map = tl
+        .iter()
+        .position(|l| l.starts_with("├─ ioctl(cmd=IOMMU_IOAS_MAP)"))
+        .expect("the IOAS_MAP ioctl");
+    assert!(
+        tl[map + 1].starts_with("│ ├─ iommu_map(domain="),
+        "{}",
+        tl[map + 1]
+    );
+    let unmap = tl
+        .iter()
+        .position(|l| l.starts_with("├─ ioctl(cmd=IOMMU_IOAS_UNMAP)"))
+        .expect("the IOAS_UNMAP ioctl");
+    assert!(
+        tl[unmap + 1].starts_with("│ ├─ iommu_unmap("),
+        "{}",
+        tl[unmap + 1]
+    );
+    let (code, json, _) = iommu(&["fd", "--json"]);
+    assert_eq!(code, 0);
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(v["command"], "fd");
+    assert!(v["steps"].as_array().unwrap().len() > 10);
 }
