@@ -349,7 +349,8 @@ fn open_iommufd(flags: c_int) -> c_int {
     }
     let fd = fd as c_int;
     let ctx = Arc::new(Ictx::new());
-    ctx.set_sys_resource(has_cap_sys_resource());
+    ctx.set_sys_resource(has_cap(CAP_SYS_RESOURCE));
+    ctx.set_pin_limit(memlock_limit());
     ctx.set_user_memory(Arc::new(ProcessMemory));
     ctx.set_files(Arc::new(Files));
     if let Some(p) = platform() {
@@ -366,9 +367,32 @@ fn platform() -> Option<&'static Arc<Selftest>> {
     PLATFORM.get_or_init(|| Selftest::new().ok()).as_ref()
 }
 
-/// Whether the process holds `CAP_SYS_RESOURCE` in its effective set,
-/// which `IOMMU_OPTION_RLIMIT_MODE` asks for.
-fn has_cap_sys_resource() -> bool {
+/// `CAP_IPC_LOCK`: pinning beyond `RLIMIT_MEMLOCK`.
+const CAP_IPC_LOCK: u32 = 14;
+/// `CAP_SYS_RESOURCE`: setting `IOMMU_OPTION_RLIMIT_MODE`.
+const CAP_SYS_RESOURCE: u32 = 24;
+
+/// The pages a context may pin: `RLIMIT_MEMLOCK`, unless the process
+/// holds `CAP_IPC_LOCK` (as Linux accounts pinned pages).
+fn memlock_limit() -> Option<u64> {
+    if has_cap(CAP_IPC_LOCK) {
+        return None;
+    }
+    let mut r = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes the structure.
+    if unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut r) } != 0
+        || r.rlim_cur == libc::RLIM_INFINITY
+    {
+        return None;
+    }
+    Some(r.rlim_cur / 4096)
+}
+
+/// Whether the process holds capability `cap` in its effective set.
+fn has_cap(cap: u32) -> bool {
     #[repr(C)]
     struct Header {
         version: u32,
@@ -382,7 +406,6 @@ fn has_cap_sys_resource() -> bool {
         inheritable: u32,
     }
     const VERSION_3: u32 = 0x2008_0522;
-    const CAP_SYS_RESOURCE: u32 = 24;
     let mut h = Header {
         version: VERSION_3,
         pid: 0,
@@ -390,7 +413,8 @@ fn has_cap_sys_resource() -> bool {
     let mut d = [Data::default(); 2];
     // SAFETY: capget with version 3 writes two data words.
     let r = unsafe { libc::syscall(libc::SYS_capget, &mut h, d.as_mut_ptr()) };
-    r == 0 && d[0].effective & (1 << CAP_SYS_RESOURCE) != 0
+    let word = d[(cap / 32) as usize % 2].effective;
+    r == 0 && word & (1 << (cap % 32)) != 0
 }
 
 fn is_dev_iommu(dirfd: c_int, path: *const c_char) -> bool {

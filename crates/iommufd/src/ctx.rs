@@ -369,6 +369,9 @@ pub struct Ictx {
     account_mm: core::sync::atomic::AtomicBool,
     /// The caller lacks `CAP_SYS_RESOURCE` (see [`Ictx::set_sys_resource`]).
     no_sys_resource: core::sync::atomic::AtomicBool,
+    /// The most pages pinned at once, less one (0: no limit; see
+    /// [`Ictx::set_pin_limit`]).
+    pin_limit: core::sync::atomic::AtomicU64,
     /// Where pages come from (see [`Ictx::set_user_memory`]).
     mm: std::sync::OnceLock<SourceMm>,
     /// The caller's descriptors (see [`Ictx::set_files`]).
@@ -420,6 +423,64 @@ impl Ictx {
         }
         objects.insert(id, obj);
         Ok(id)
+    }
+
+    /// Limits the pages this context may hold pinned at once (the
+    /// caller's `RLIMIT_MEMLOCK` in pages, as Linux accounts pinned
+    /// memory against it unless the caller has `CAP_IPC_LOCK`); `None`
+    /// lifts the limit (the default). A map, attach or pin that would go
+    /// past it is `ENOMEM` and changes nothing. Both accounting modes of
+    /// `IOMMU_OPTION_RLIMIT_MODE` count this context's pins against it:
+    /// a process cannot see other processes' pins.
+    pub fn set_pin_limit(&self, pages: Option<u64>) {
+        let v = pages.map_or(0, |p| p.saturating_add(1));
+        self.pin_limit
+            .store(v, core::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Pages this context holds pinned: those of every pages object an
+    /// IOAS with a domain maps (each object once, however many areas and
+    /// IOASes share it), and those accesses pin elsewhere.
+    pub fn pinned_pages(&self) -> u64 {
+        let mut seen: Vec<*const crate::iopt::Pages> = Vec::new();
+        let mut total = 0u64;
+        for id in self.ids() {
+            let Some(Object::Ioas(ioas)) = self.object(id) else {
+                continue;
+            };
+            let g = lock(&ioas);
+            if g.domains.is_empty() {
+                total += g
+                    .access_pins
+                    .iter()
+                    .map(|p| (p.last - p.iova) / crate::iopt::PAGE_SIZE + 1)
+                    .sum::<u64>();
+                continue;
+            }
+            for a in g.iopt.areas() {
+                let ptr = Arc::as_ptr(&a.pages);
+                if !seen.contains(&ptr) {
+                    seen.push(ptr);
+                    total += a.pages.npages;
+                }
+            }
+        }
+        total
+    }
+
+    /// Whether `extra` more pinned pages stay within the limit.
+    ///
+    /// # Errors
+    /// `ENOMEM` past it.
+    pub(crate) fn check_pin_limit(&self, extra: u64) -> Result<(), Errno> {
+        let limit = self.pin_limit.load(core::sync::atomic::Ordering::Relaxed);
+        if limit == 0 || extra == 0 {
+            return Ok(());
+        }
+        if self.pinned_pages().saturating_add(extra) > limit - 1 {
+            return Err(Errno::ENOMEM);
+        }
+        Ok(())
     }
 
     /// A step that allocates in Linux: `true` when failure injection says
@@ -919,6 +980,9 @@ impl Ictx {
         if self.should_fail() || self.should_fail() {
             return Err(Errno::ENOMEM);
         }
+        if !lock(&ioas).domains.is_empty() {
+            self.check_pin_limit(pages_of(c.start, c.length))?;
+        }
         let (uaddr, backing) = match self.dmabuf(c.fd) {
             Some(buf) => {
                 // Linux's iopt_alloc_dmabuf_pages and iopt_map_dmabuf.
@@ -964,6 +1028,9 @@ impl Ictx {
         // The area and the pages object.
         if self.should_fail() || self.should_fail() {
             return Err(Errno::ENOMEM);
+        }
+        if !lock(&ioas).domains.is_empty() {
+            self.check_pin_limit(pages_of(uaddr, length))?;
         }
         let mut g = lock(&ioas);
         let iova = g.iopt.map_user(uaddr, length, iova, prot)?;
@@ -1039,6 +1106,12 @@ impl Ictx {
         if self.should_fail() {
             return Err(Errno::ENOMEM);
         }
+        // Copied pages are the source's: pinned already if the source
+        // has a domain, else new pins.
+        let src_held = !lock(&*self.ioas(c.src_ioas_id)?).domains.is_empty();
+        if !src_held && !lock(&dst).domains.is_empty() {
+            self.check_pin_limit(c.length.div_ceil(crate::iopt::PAGE_SIZE))?;
+        }
         let mut g = lock(&dst);
         let iova = g.iopt.map_pages(&slices, c.length, iova, prot)?;
         fill_new(&mut g, iova, c.length)
@@ -1047,6 +1120,11 @@ impl Ictx {
 
 /// Maps the areas just made at `[iova, iova + length)` into the IOAS's
 /// domains; if a domain refuses, the areas go again (all or nothing).
+/// The pages `length` bytes at `uaddr` span.
+fn pages_of(uaddr: u64, length: u64) -> u64 {
+    (uaddr % crate::iopt::PAGE_SIZE + length).div_ceil(crate::iopt::PAGE_SIZE)
+}
+
 fn fill_new(g: &mut Ioas, iova: u64, length: u64) -> Result<u64, Errno> {
     let areas: Vec<Area> = g
         .iopt

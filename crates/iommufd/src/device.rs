@@ -273,6 +273,26 @@ impl Ictx {
         auto: bool,
     ) -> Result<u32, Errno> {
         let iommu = idev.group.iommu();
+        // The IOAS's first domain pins every page it maps.
+        let first_pins = {
+            let g = lock(ioas);
+            if g.domains.is_empty() {
+                let mut seen: Vec<*const crate::iopt::Pages> = Vec::new();
+                g.iopt
+                    .areas()
+                    .filter(|a| {
+                        let p = Arc::as_ptr(&a.pages);
+                        let new = !seen.contains(&p);
+                        seen.push(p);
+                        new
+                    })
+                    .map(|a| a.pages.npages)
+                    .sum()
+            } else {
+                0
+            }
+        };
+        self.check_pin_limit(first_pins)?;
         let dirty = flags.contains(PagingFlags::DIRTY_TRACKING);
         if dirty
             && !idev

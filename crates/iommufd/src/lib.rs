@@ -30,8 +30,10 @@
 //!   that Linux's own selftest, run through the `iommufd-preload`
 //!   library, judges this crate.
 //!
-//! Still to come: fault queues and vEVENTQs, PASID attach, `MAP_FILE`,
-//! the mock vIOMMU and its nested domains, pinned-page accounting.
+//! - [`eventq`]: fault queues and vEVENTQs, read through descriptors.
+//!
+//! Pinned pages are bounded by the limit the embedder gives
+//! ([`ctx::Ictx::set_pin_limit`], the caller's `RLIMIT_MEMLOCK`).
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![forbid(unsafe_code)]
 

@@ -1109,6 +1109,7 @@ impl Ictx {
                 if self.should_fail() || self.should_fail() {
                     return Err(Errno::ENOMEM);
                 }
+                self.check_access_pin_limit(&access, iova, length)?;
                 let (item, pages) = access.pin_pages(iova, length, flags & ACCESS_WRITE != 0)?;
                 // The pages pinned are the caller's own at `uptr`.
                 if uptr != 0 {
@@ -1423,6 +1424,26 @@ impl Ictx {
         });
         // On failure the file's drop detaches and removes the object.
         files.install(file)
+    }
+
+    /// An access's pin is a new pin where its IOAS has no domain.
+    fn check_access_pin_limit(
+        &self,
+        access: &crate::access::Access,
+        iova: u64,
+        length: u64,
+    ) -> Result<(), Errno> {
+        let Some(id) = access.ioas_id() else {
+            return Ok(());
+        };
+        let Ok(ioas) = self.ioas(id) else {
+            return Ok(());
+        };
+        if lock(&ioas).domains.is_empty() {
+            let pages = (iova % crate::iopt::PAGE_SIZE + length).div_ceil(crate::iopt::PAGE_SIZE);
+            self.check_pin_limit(pages)?;
+        }
+        Ok(())
     }
 
     /// The access behind descriptor `fd` (`EBADFD` for anything else).

@@ -1293,3 +1293,74 @@ fn a_viommus_pages_map_at_their_offset_and_hold_it() {
     drop(hold);
     assert_eq!(p.ctx.destroy(viommu), Ok(()));
 }
+
+/// Pinned pages are bounded by the limit the embedder gives (the
+/// caller's `RLIMIT_MEMLOCK`): each pages object counted once while a
+/// domain or an access holds it; a map, attach, copy or pin past the
+/// limit is `ENOMEM` and changes nothing.
+#[test]
+fn pinned_pages_stay_within_the_limit() {
+    use iommufd::selftest::ACCESS_CREATE_NEEDS_PIN_PAGES;
+    let platform = Selftest::new().unwrap();
+    let p = Prog::new(&platform);
+    p.ctx.set_pin_limit(Some(6));
+    let ioas = p.ctx.ioas_alloc().unwrap();
+    let iova = MOCK_APERTURE_START;
+    // No domain: maps pin nothing.
+    p.map(ioas, BUFFER, 8 * PAGE, iova).unwrap();
+    assert_eq!(p.ctx.pinned_pages(), 0);
+    // The first domain would pin all 8: refused, and no device is left.
+    assert_eq!(p.mock_domain(ioas).err(), Some(Errno::ENOMEM));
+    assert_eq!(platform.bus().devices().len(), 0);
+    p.ctx.ioas_unmap(ioas, iova, 8 * PAGE).unwrap();
+    p.map(ioas, BUFFER, 4 * PAGE, iova).unwrap();
+    let (stdev, _, _) = p.mock_domain(ioas).unwrap();
+    assert_eq!(p.ctx.pinned_pages(), 4);
+    assert_eq!(
+        p.map(ioas, BUFFER + 4 * PAGE, 3 * PAGE, iova + 0x10_0000),
+        Err(Errno::ENOMEM)
+    );
+    assert_eq!(p.ctx.pinned_pages(), 4, "nothing changed");
+    p.map(ioas, BUFFER + 4 * PAGE, 2 * PAGE, iova + 0x10_0000)
+        .unwrap();
+    assert_eq!(p.ctx.pinned_pages(), 6);
+    // A copy shares the pages it copies: no more pins.
+    let other = p.ctx.ioas_alloc().unwrap();
+    let c = iommufd::uapi::IoasCopy {
+        size: 40,
+        flags: ioas_map::READABLE | ioas_map::FIXED_IOVA,
+        dst_ioas_id: ioas,
+        src_ioas_id: ioas,
+        length: PAGE,
+        dst_iova: iova + 0x20_0000,
+        src_iova: iova,
+    };
+    assert_eq!(p.ctx.ioas_copy(&c), Ok(iova + 0x20_0000));
+    assert_eq!(p.ctx.pinned_pages(), 6);
+    // An access's pin where no domain is: counted, and refused past it.
+    p.map(other, BUFFER + 8 * PAGE, 2 * PAGE, iova).unwrap();
+    let fd = p
+        .test(
+            op::CREATE_ACCESS,
+            other,
+            &[(0, u64::from(ACCESS_CREATE_NEEDS_PIN_PAGES) << 32)],
+        )
+        .unwrap()
+        .args[0] as u32;
+    assert_eq!(
+        p.test(op::ACCESS_PAGES, fd, &[(1, iova), (2, PAGE)]).err(),
+        Some(Errno::ENOMEM)
+    );
+    // Unmapping frees pins.
+    p.ctx.ioas_unmap(ioas, iova + 0x10_0000, 2 * PAGE).unwrap();
+    assert_eq!(p.ctx.pinned_pages(), 4);
+    assert!(p
+        .test(op::ACCESS_PAGES, fd, &[(1, iova), (2, PAGE)])
+        .is_ok());
+    assert_eq!(p.ctx.pinned_pages(), 5);
+    p.files.close(fd as i32).unwrap();
+    p.ctx.destroy(stdev).unwrap();
+    assert_eq!(p.ctx.pinned_pages(), 0);
+    p.ctx.set_pin_limit(None);
+    p.map(other, BUFFER, 16 * PAGE, iova + 0x40_0000).unwrap();
+}
