@@ -7,12 +7,11 @@
 //! an object only while nothing else holds it (`EBUSY`), and a wrong id
 //! or type is `ENOENT`.
 //!
-//! The commands built so far are `IOMMU_DESTROY`, the IOAS commands
-//! (`IOAS_ALLOC`, `MAP`, `UNMAP`, `COPY`, `IOVA_RANGES`, `ALLOW_IOVAS`),
-//! `IOMMU_OPTION`, `GET_HW_INFO`, `HWPT_ALLOC`, `VIOMMU_ALLOC`, `VDEVICE_ALLOC` and
-//! `HWPT_INVALIDATE`; devices are bound and attached
-//! through [`Ictx::bind`] and [`Ictx::attach`] (VFIO's part in Linux).
-//! The others answer `EOPNOTSUPP` until their layer exists.
+//! Every command of Linux 7.3's table is served but
+//! `IOMMU_IOAS_NOIOMMU_GET_PA` (no-IOMMU mode, `EOPNOTSUPP`), and numbers
+//! outside iommufd's go to the VFIO container commands
+//! ([`Ictx::ioctl_value`]). Devices are bound and attached through
+//! [`Ictx::bind`] and [`Ictx::attach`] (VFIO's part in Linux).
 
 use crate::iopt::{Area, IoPagetable, PagesSlice, IOVA_MAX};
 use crate::uapi::{self, ioas_map, Cmd, Ucmd};
@@ -844,6 +843,10 @@ impl Ictx {
                     let _ = self.destroy(c.out_hw_queue_id);
                 })
             }
+            Cmd::IoasChangeProcess => {
+                let c: uapi::IoasChangeProcess = get(&ucmd)?;
+                self.change_process(&c)
+            }
             Cmd::VfioIoas => {
                 let mut c: uapi::VfioIoas = get(&ucmd)?;
                 if self.vfio_ioas(&mut c)? {
@@ -1005,6 +1008,29 @@ impl Ictx {
         let mut g = lock(&ioas);
         let iova = g.iopt.map_file(uaddr, c.length, iova, prot, backing)?;
         fill_new(&mut g, iova, c.length)
+    }
+
+    /// `IOMMU_IOAS_CHANGE_PROCESS`: moves the accounting of pinned file
+    /// pages to the calling process. Here the caller is always the
+    /// process the context lives in, so there is nothing to move; the
+    /// rule Linux checks stays: only file maps can change process
+    /// (`EINVAL` while an IOAS maps user memory).
+    ///
+    /// # Errors
+    /// `EOPNOTSUPP` for a reserved field; `EINVAL` as above.
+    pub fn change_process(&self, c: &uapi::IoasChangeProcess) -> Result<(), Errno> {
+        if c.reserved != 0 {
+            return Err(Errno::EOPNOTSUPP);
+        }
+        for id in self.ids() {
+            if let Some(Object::Ioas(ioas)) = self.object(id) {
+                let not_file = |a: &Area| a.pages.backing.is_none() || a.pages.dmabuf().is_some();
+                if lock(&ioas).iopt.areas().any(not_file) {
+                    return Err(Errno::EINVAL);
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The selftest dma-buf descriptor `fd` names, if it is one.

@@ -1364,3 +1364,28 @@ fn pinned_pages_stay_within_the_limit() {
     p.ctx.set_pin_limit(None);
     p.map(other, BUFFER, 16 * PAGE, iova + 0x40_0000).unwrap();
 }
+
+/// `IOMMU_IOAS_CHANGE_PROCESS`: only file maps can change process.
+#[test]
+fn change_process_takes_file_maps_only() {
+    use iommufd::uapi::IoasChangeProcess;
+    let platform = Selftest::new().unwrap();
+    let p = Prog::new(&platform);
+    let c = IoasChangeProcess {
+        size: 8,
+        reserved: 0,
+    };
+    assert_eq!(p.ctx.change_process(&c), Ok(()), "nothing mapped");
+    let ioas = p.ctx.ioas_alloc().unwrap();
+    p.map(ioas, BUFFER, PAGE, MOCK_APERTURE_START).unwrap();
+    assert_eq!(p.ctx.change_process(&c), Err(Errno::EINVAL));
+    assert_eq!(
+        p.ctx.change_process(&IoasChangeProcess {
+            size: 8,
+            reserved: 1
+        }),
+        Err(Errno::EOPNOTSUPP)
+    );
+    p.ctx.ioas_unmap(ioas, MOCK_APERTURE_START, PAGE).unwrap();
+    assert_eq!(p.ctx.change_process(&c), Ok(()));
+}
