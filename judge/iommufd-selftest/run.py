@@ -150,14 +150,21 @@ def run(out: Path, preload: Path, prog: str) -> dict:
 HUGEPAGES = 80
 
 
+# The cases that map hugetlbfs pages (MAP_HUGETLB): without those pages
+# they fail for the machine's sake, not ours.
+HUGE_CASES = re.compile(r"_huge\.|hugepage|access_domain_destory|huge_map")
+
+
 class hugepages:
-    """Raises vm.nr_hugepages to at least n for the block, then puts it back."""
+    """Raises vm.nr_hugepages to at least n for the block, then puts it back;
+    `ok` says whether that many are there."""
 
     PATH = Path("/proc/sys/vm/nr_hugepages")
 
     def __init__(self, n):
         self.n = n
         self.old = None
+        self.ok = False
 
     def __enter__(self):
         try:
@@ -165,8 +172,9 @@ class hugepages:
             if old < self.n:
                 self.PATH.write_text(str(self.n))
                 self.old = old
+            self.ok = int(self.PATH.read_text()) >= self.n
         except (OSError, ValueError) as e:
-            print(f"hugetlbfs pages not reserved ({e}): the *_huge cases will fail")
+            print(f"hugetlbfs pages not reserved ({e})")
         return self
 
     def __exit__(self, *exc):
@@ -206,9 +214,18 @@ def main():
     build(tree, args.out)
 
     results = {}
-    with hugepages(HUGEPAGES):
+    with hugepages(HUGEPAGES) as huge:
         for prog in PROGRAMS:
             results.update(run(args.out, preload.resolve(), prog))
+    if not huge.ok:
+        # Not our failures: the machine gives no hugetlbfs pages.
+        short = sorted(c for c, v in results.items() if v == "fail" and HUGE_CASES.search(c))
+        if short:
+            print(f"{len(short)} cases need {HUGEPAGES} hugetlbfs pages, which this machine does "
+                  "not give (run as root, or raise vm.nr_hugepages); not counted:")
+            for c in short:
+                print(f"  {c}")
+                results[c] = "skip"
     known_path = HERE / "known-failures.txt"
     known = read_known(known_path)
 
