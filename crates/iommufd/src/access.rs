@@ -246,7 +246,7 @@ fn allows(prot: Prot, write: bool) -> bool {
 /// Calls `f(area, first, last, is_last_area)` for the areas covering
 /// `[iova, last]` in order (Linux's `iopt_for_each_contig_area`);
 /// `ENOENT` at a hole.
-fn for_each_contig(
+pub(crate) fn for_each_contig(
     g: &Ioas,
     iova: u64,
     last: u64,

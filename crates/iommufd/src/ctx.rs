@@ -225,6 +225,20 @@ impl Ioas {
         Ok(())
     }
 
+    /// Pages of the pages objects its areas map, each object counted once
+    /// over the calls that share `seen` (a copy shares its source's).
+    pub(crate) fn pages_once(&self, seen: &mut Vec<*const crate::iopt::Pages>) -> u64 {
+        let mut total = 0;
+        for a in self.iopt.areas() {
+            let ptr = Arc::as_ptr(&a.pages);
+            if !seen.contains(&ptr) {
+                seen.push(ptr);
+                total += a.pages.npages;
+            }
+        }
+        total
+    }
+
     /// Checks that the user pages behind `areas` can be pinned (see
     /// [`UserMemory::pin`]).
     pub(crate) fn pin(&self, areas: &[Area]) -> Result<(), Errno> {
@@ -456,13 +470,7 @@ impl Ictx {
                     .sum::<u64>();
                 continue;
             }
-            for a in g.iopt.areas() {
-                let ptr = Arc::as_ptr(&a.pages);
-                if !seen.contains(&ptr) {
-                    seen.push(ptr);
-                    total += a.pages.npages;
-                }
-            }
+            total += g.pages_once(&mut seen);
         }
         total
     }
@@ -1072,7 +1080,25 @@ impl Ictx {
     /// `EINVAL` for no length.
     pub fn ioas_unmap(&self, ioas_id: u32, iova: u64, length: u64) -> Result<u64, Errno> {
         let ioas = self.ioas(ioas_id)?;
-        let mut g = lock(&ioas);
+        let all = iova == 0 && length == u64::MAX;
+        match self.unmap_iova(&ioas, iova, length)? {
+            // iommufd's own rule: a range with nothing in it is ENOENT.
+            0 if !all => Err(Errno::ENOENT),
+            n => Ok(n),
+        }
+    }
+
+    /// Unmaps `[iova, iova + length)` of `ioas` (everything for 0 and
+    /// `u64::MAX`), as Linux's `iopt_unmap_iova`: returns the bytes
+    /// unmapped, 0 when nothing was there (the VFIO path takes that as
+    /// success).
+    pub(crate) fn unmap_iova(
+        &self,
+        ioas: &Arc<Mutex<Ioas>>,
+        iova: u64,
+        length: u64,
+    ) -> Result<u64, Errno> {
+        let mut g = lock(ioas);
         let (removed, err) = if iova == 0 && length == u64::MAX {
             if g.locked(0, u64::MAX) {
                 return Err(Errno::EBUSY);
@@ -1091,7 +1117,6 @@ impl Ictx {
                 g.notify_unmap(iova, last);
             }
             match g.iopt.unmap(iova, length) {
-                Ok(v) if v.is_empty() => (v, Some(Errno::ENOENT)),
                 Ok(v) => (v, None),
                 Err((e, v)) => (v, Some(e)),
             }

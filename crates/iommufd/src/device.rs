@@ -277,17 +277,7 @@ impl Ictx {
         let first_pins = {
             let g = lock(ioas);
             if g.domains.is_empty() {
-                let mut seen: Vec<*const crate::iopt::Pages> = Vec::new();
-                g.iopt
-                    .areas()
-                    .filter(|a| {
-                        let p = Arc::as_ptr(&a.pages);
-                        let new = !seen.contains(&p);
-                        seen.push(p);
-                        new
-                    })
-                    .map(|a| a.pages.npages)
-                    .sum()
+                g.pages_once(&mut Vec::new())
             } else {
                 0
             }

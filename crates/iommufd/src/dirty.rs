@@ -95,25 +95,10 @@ impl Ictx {
         if !d.has_dirty_ops() {
             return Err(Errno::EOPNOTSUPP);
         }
-        // The areas must cover the range without a hole: the one holding
-        // its first IOVA, then each starting where the last ended.
-        let mut next = c.iova;
-        let mut covered = false;
-        let first = g.iopt.area_at(c.iova).ok_or(Errno::EINVAL)?;
-        for a in core::iter::once(first).chain(g.iopt.areas_in(first.iova.saturating_add(1), last))
-        {
-            if a.iova > next {
-                return Err(Errno::EINVAL);
-            }
-            if a.last >= last {
-                covered = true;
-                break;
-            }
-            next = a.last + 1;
-        }
-        if !covered {
-            return Err(Errno::EINVAL);
-        }
+        // The areas must cover the range without a hole (ENOENT from the
+        // walk is Linux's EINVAL here).
+        crate::access::for_each_contig(&g, c.iova, last, |_, _, _, _| Ok(()))
+            .map_err(|_| Errno::EINVAL)?;
         // As Linux's iova_bitmap: the page size is its lowest set bit.
         let pgshift = c.page_size.trailing_zeros();
         let no_clear = c.flags & GET_DIRTY_BITMAP_NO_CLEAR != 0;

@@ -191,12 +191,13 @@ impl Ictx {
         if (u.argsz as usize) < core::mem::size_of::<DmaUnmap>() || u.flags & !UNMAP_FLAG_ALL != 0 {
             return Err(Errno::EINVAL);
         }
-        let (id, ioas) = self.compat_ioas()?;
+        let (_, ioas) = self.compat_ioas()?;
+        // An unmap of nothing is success here (iommufd's own says ENOENT).
         let r = if u.flags & UNMAP_FLAG_ALL != 0 {
             if u.iova != 0 || u.size != 0 {
                 return Err(Errno::EINVAL);
             }
-            self.ioas_unmap(id, 0, u64::MAX)
+            self.unmap_iova(&ioas, 0, u64::MAX)
         } else {
             if !lock(&ioas).huge_pages() {
                 // Type1 may unmap any part of a mapping: cut the areas at
@@ -208,25 +209,15 @@ impl Ictx {
                     g.iopt.split_at(u.iova - 1)?;
                 }
             }
-            self.ioas_unmap(id, u.iova, u.size)
+            self.unmap_iova(&ioas, u.iova, u.size)
         };
-        // An unmap of nothing is success here (iommufd's own says ENOENT).
         let (unmapped, r) = match r {
             Ok(n) => (n, Ok(())),
-            Err(Errno::ENOENT) if u.size != 0 && self.nothing_at(&ioas, u.iova, u.size) => {
-                (0, Ok(()))
-            }
             Err(e) => (0, Err(e)),
         };
         u.size = unmapped;
         mem.write(arg, u.as_bytes()).map_err(|_| Errno::EFAULT)?;
         r
-    }
-
-    fn nothing_at(&self, ioas: &Arc<Mutex<Ioas>>, iova: u64, size: u64) -> bool {
-        let last = iova.saturating_add(size - 1);
-        let g = lock(ioas);
-        g.iopt.area_at(iova).is_none() && g.iopt.areas_in(iova, last).next().is_none()
     }
 
     fn vfio_get_info(&self, arg: u64, mem: &dyn UserMemory) -> Result<(), Errno> {
