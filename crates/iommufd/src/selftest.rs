@@ -1356,7 +1356,12 @@ impl Ictx {
 
     /// Every area over `buf` leaves the domains (Linux's
     /// `iopt_revoke_notify`).
+    ///
+    /// One pages object can back areas of several IOASes (a copy shares
+    /// it): every area over a pages object this revoke detached leaves
+    /// its domains, wherever it is, not only the first one met.
     fn dmabuf_revoked(&self, buf: &Dmabuf) {
+        let mut detached_now: Vec<*const DmabufPages> = Vec::new();
         for id in self.ids() {
             let Some(Object::Ioas(ioas)) = self.object(id) else {
                 continue;
@@ -1367,8 +1372,14 @@ impl Ictx {
                 .areas()
                 .filter(|a| {
                     a.pages.dmabuf().is_some_and(|d| {
-                        core::ptr::eq(Arc::as_ptr(&d.buf), buf)
-                            && !d.detached.swap(true, Ordering::SeqCst)
+                        if !core::ptr::eq(Arc::as_ptr(&d.buf), buf) {
+                            return false;
+                        }
+                        let p: *const DmabufPages = d;
+                        if !d.detached.swap(true, Ordering::SeqCst) {
+                            detached_now.push(p);
+                        }
+                        detached_now.contains(&p)
                     })
                 })
                 .cloned()

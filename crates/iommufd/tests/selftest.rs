@@ -671,6 +671,21 @@ fn a_dmabuf_maps_by_descriptor_and_a_revoke_takes_it_from_the_domains() {
     let iova = map(0, 4 * PAGE, None).unwrap();
     let d = p.ctx.hwpt(hwpt).unwrap().domain.clone();
     assert!(d.iova_to_phys(iommu_core::Iova::new(iova)).is_some());
+    // A copy shares the dma-buf's pages with a second IOAS and its domain.
+    let other = p.ctx.ioas_alloc().unwrap();
+    let (_, other_hwpt, _) = p.mock_domain(other).unwrap();
+    let copy = iommufd::uapi::IoasCopy {
+        size: 40,
+        flags: ioas_map::READABLE | ioas_map::FIXED_IOVA,
+        dst_ioas_id: other,
+        src_ioas_id: ioas,
+        length: 4 * PAGE,
+        dst_iova: iova,
+        src_iova: iova,
+    };
+    p.ctx.ioas_copy(&copy).unwrap();
+    let od = p.ctx.hwpt(other_hwpt).unwrap().domain.clone();
+    assert!(od.iova_to_phys(iommu_core::Iova::new(iova)).is_some());
     // Revoked: gone from the domain, no new maps.
     let revoke = |on: u64| {
         p.test(op::DMABUF_REVOKE, 0, &[(0, fd as u64 | (on << 32))])
@@ -678,6 +693,10 @@ fn a_dmabuf_maps_by_descriptor_and_a_revoke_takes_it_from_the_domains() {
     };
     assert_eq!(revoke(1), Ok(()));
     assert!(d.iova_to_phys(iommu_core::Iova::new(iova)).is_none());
+    assert!(
+        od.iova_to_phys(iommu_core::Iova::new(iova)).is_none(),
+        "the copy's domain lets go too"
+    );
     assert_eq!(map(0, 4 * PAGE, None), Err(Errno::ENODEV));
     assert_eq!(revoke(0), Ok(()));
     let again = map(0, 4 * PAGE, None).unwrap();
