@@ -196,13 +196,14 @@ impl DmaDevice {
             u64::MAX
         };
         let granule = cookie.iovad.granule();
+        let shift = cookie.iovad.shift();
         let cookie_cpus = iommu_iova::CpuId::nr_cpus(cookie.iovad.cpu_id());
         Ok(DmaDevice {
             iommu: iommu.clone(),
             dev: dev.clone(),
             domain,
             granule,
-            shift: cookie.iovad.shift(),
+            shift,
             cookie,
             // The last granule of the 64-bit space is never handed out, so
             // no mapping can be `DMA_MAPPING_ERROR`.
@@ -219,7 +220,7 @@ impl DmaDevice {
             }),
             arch_sync: opts.arch_sync.clone(),
             memory: opts.memory.clone(),
-            tracker: opts.check_handles.then(|| Tracker::new(cookie_cpus)),
+            tracker: opts.check_handles.then(|| Tracker::new(cookie_cpus, shift)),
         })
     }
 
@@ -401,7 +402,7 @@ impl DmaDevice {
         dir: DmaDirection,
         attrs: DmaAttrs,
     ) -> Result<DmaAddr, DmaError> {
-        let _s = tracing::debug_span!("dma_map_single", dev = self.dev.name(), %paddr, size = format_args!("{size:#x}"), ?dir).entered();
+        let _s = listening().then(|| tracing::debug_span!("dma_map_single", dev = self.dev.name(), %paddr, size = format_args!("{size:#x}"), ?dir).entered());
         let prot = dma_info_to_prot(dir, self.coherent, attrs)?;
         let (off, len) = self.span(paddr.raw(), size)?;
         if !attrs.contains(DmaAttrs::SKIP_CPU_SYNC) {
@@ -517,14 +518,16 @@ impl DmaDevice {
         dir: DmaDirection,
         attrs: DmaAttrs,
     ) -> Result<(), DmaError> {
-        let _s = tracing::debug_span!(
-            "dma_unmap_single",
-            dev = self.dev.name(),
-            addr = format_args!("{:#x}", addr.raw()),
-            size = format_args!("{size:#x}"),
-            ?dir
-        )
-        .entered();
+        let _s = listening().then(|| {
+            tracing::debug_span!(
+                "dma_unmap_single",
+                dev = self.dev.name(),
+                addr = format_args!("{:#x}", addr.raw()),
+                size = format_args!("{size:#x}"),
+                ?dir
+            )
+            .entered()
+        });
         dma_info_to_prot(dir, self.coherent, attrs)?;
         let (off, len) = self.span(addr.raw(), size)?;
         let iova = addr.raw() - off;
@@ -768,4 +771,12 @@ impl DmaDevice {
             self.sync_for_device_phys(s.paddr.raw(), s.len, m.dir);
         }
     }
+}
+
+/// Whether a subscriber may record debug spans: one relaxed load, so the
+/// map and unmap paths build no span when nobody listens.
+#[inline(always)]
+fn listening() -> bool {
+    use tracing::level_filters::{LevelFilter, STATIC_MAX_LEVEL};
+    tracing::Level::DEBUG <= STATIC_MAX_LEVEL && tracing::Level::DEBUG <= LevelFilter::current()
 }
