@@ -275,13 +275,7 @@ mod tests {
             len: 0x1234,
             ..SINGLE
         };
-        let at = [
-            0x4000,
-            0x4000 + (slots << 12),
-            0x10_0000,
-            u64::MAX & !0xfff,
-            0x20_0000,
-        ];
+        let at = [0x4000, 0x4000 + (slots << 12), 0x10_0000, !0xfff, 0x20_0000];
         t.insert(at[0], SINGLE);
         t.insert(at[1], SINGLE);
         t.insert(at[2], huge);
