@@ -24,7 +24,8 @@ pub struct DmaOptions {
     /// `CacheCoherency` capability.
     pub coherent: Option<bool>,
     /// Record every mapping so that bad unmaps and syncs get typed errors
-    /// (Linux's `CONFIG_DMA_API_DEBUG`). On by default.
+    /// (Linux's `CONFIG_DMA_API_DEBUG`). On by default: a record costs one
+    /// compare-and-swap to put in and one to take out, without a lock.
     pub check_handles: bool,
     /// Longest DMA segment the device takes (`dma_get_max_seg_size`);
     /// `None`: 64 KiB, Linux's default.
@@ -47,7 +48,7 @@ pub struct DmaOptions {
     /// of the process; without, no timer, and DMA-FQ domains unmap
     /// strictly. A kernel passes its own timer.
     pub fq_timer: Option<Arc<dyn crate::fq::FqTimer>>,
-    /// CPU ids for the IOVA caches, flush queues and handle shards (used
+    /// CPU ids for the IOVA caches, flush queues and handle records (used
     /// when the domain's cookie is made).
     pub cpus: DmaCpus,
 }

@@ -122,7 +122,7 @@ pub(crate) struct Rcaches {
     // CPU that filled it: a CPU takes its own back first, so that after a
     // flush queue frees a burst of ranges they return to the CPU that used
     // them, and two CPUs do not end up mapping into the same cache lines of
-    // the page table (nor sharing a DMA-layer shard).
+    // the page table (nor sharing the cache lines of the DMA layer's handle records).
     depots: [Mutex<Depot>; CACHE_CLASSES],
     /// Magazines each depot holds, as `PerCpu::held`.
     depot_held: [AtomicUsize; CACHE_CLASSES],
@@ -196,8 +196,8 @@ impl Rcaches {
     ///
     /// Taking another CPU's magazine is left to when the tree has no room:
     /// its ranges sit next to ranges that CPU still maps, so two CPUs would
-    /// write the same cache lines of the leaf table (and share the DMA
-    /// layer's shards). A refill from the tree gives this CPU lines of its
+    /// write the same cache lines of the leaf table (and of the DMA layer's
+    /// handle records). A refill from the tree gives this CPU lines of its
     /// own; the foreign magazine ages out of the depot back to the tree.
     #[inline]
     pub(crate) fn get(
