@@ -1,17 +1,17 @@
 //! What the core adds to a map+unmap pair: `cargo bench -p iommu-core`.
 //!
 //! One 4 KiB (and one 2 MiB) `Domain::map` + `Domain::unmap` on a paging
-//! domain whose driver hands the core an `IoPageTable` (feature `pgtable`)
-//! and has no IOTLB, beside the same format's own `map_pages` +
+//! domain of `testing::TableIommu` (the driver hands the core an
+//! `IoPageTable` and has no IOTLB), beside the same format's own `map_pages` +
 //! `unmap_leaves` + `release_gathered` on a table of its own. The
 //! difference is the core's cost: checks, page-size selection, the driver
 //! calls, spans, the gather.
 #![allow(missing_docs)] // criterion_group! generates undocumented items
 
 use criterion::{criterion_group, criterion_main, Criterion};
+use iommu_core::testing::TableIommu;
 use iommu_core::{
-    Bus, Capability, Device, DeviceBuilder, Domain, DomainGeometry, DomainOps, DomainType, Errno,
-    Iommu, IommuConfig, IommuOps, IotlbGather, Iova, PagingOps, PhysAddr, Prot,
+    Bus, DeviceBuilder, DomainType, Iommu, IommuConfig, IotlbGather, Iova, PhysAddr, Prot,
 };
 use iommu_pgtable::amd::AmdV1;
 use iommu_pgtable::lpae::{Granule, Lpae, LpaeConfig, Stage};
@@ -20,58 +20,6 @@ use iommu_pgtable::{Format, HeapMemory, IoPageTable};
 use std::hint::black_box;
 use std::sync::Arc;
 use std::time::Instant;
-
-/// A driver with nothing but a table: every device its own group, no IOTLB
-/// (`iotlb_sync` only frees the tables an unmap gathered).
-struct TableOnly<F>(F);
-
-struct TableDomain<F: Format>(Option<IoPageTable<F, HeapMemory>>);
-
-impl<F: Format + Clone + 'static> IommuOps for TableOnly<F> {
-    fn name(&self) -> &str {
-        "table-only"
-    }
-    fn add_device(&self, iommu: &Iommu, dev: &Arc<Device>) -> Result<(), Errno> {
-        iommu.group_get_for_dev(dev).map(|_| ())
-    }
-    fn domain_alloc(&self, ty: DomainType) -> Result<Box<dyn DomainOps>, Errno> {
-        let t = if ty.is_paging() {
-            Some(IoPageTable::new(self.0.clone(), HeapMemory::new()).map_err(Errno::from)?)
-        } else {
-            None
-        };
-        Ok(Box::new(TableDomain(t)))
-    }
-    fn pgsize_bitmap(&self) -> u64 {
-        self.0.geometry().pgsize_bitmap()
-    }
-    fn capable(&self, cap: Capability) -> bool {
-        cap == Capability::CacheCoherency
-    }
-}
-
-impl<F: Format + 'static> DomainOps for TableDomain<F> {
-    fn attach_dev(&self, _: &Domain, _: &Arc<Device>) -> Result<(), Errno> {
-        Ok(())
-    }
-    fn paging(&self) -> Option<&dyn PagingOps> {
-        self.0.as_ref().map(|t| t as &dyn PagingOps)
-    }
-    fn geometry(&self) -> Option<DomainGeometry> {
-        self.0
-            .as_ref()
-            .map(|t| DomainGeometry::bits(t.geometry().ias))
-    }
-    fn pgsize_bitmap(&self) -> Option<u64> {
-        self.0.as_ref().map(IoPageTable::pgsize_bitmap)
-    }
-    fn iotlb_sync(&self, gather: &IotlbGather) -> Result<(), Errno> {
-        if let Some(t) = &self.0 {
-            t.release_gathered(gather);
-        }
-        Ok(())
-    }
-}
 
 const PA: u64 = 0x1_0000_0000;
 
@@ -85,7 +33,7 @@ fn format<F: Format + Clone + 'static>(c: &mut Criterion, fmt: F) {
     bus.add_device(DeviceBuilder::new("0000:00:01.0").stream_ids([1]).pci(true))
         .unwrap();
     iommu
-        .bus_set_iommu(&bus, Arc::new(TableOnly(fmt.clone())))
+        .bus_set_iommu(&bus, Arc::new(TableIommu(fmt.clone())))
         .unwrap();
     let domain = iommu.domain_alloc(&bus, DomainType::Unmanaged).unwrap();
     let table = IoPageTable::new(fmt, HeapMemory::new()).unwrap();

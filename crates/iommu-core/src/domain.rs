@@ -686,19 +686,20 @@ impl Domain {
     /// at least [`flush_ticket`](Self::flush_ticket) (taken after this
     /// returns) completes. The domain remembers it
     /// ([`invalidation_owed`](Self::invalidation_owed)).
+    ///
+    /// The gather by reference, as Linux's: a copy of it right after the
+    /// walker's narrower stores into it stalls store forwarding (about
+    /// 5 ns on a 4 KiB unmap).
     #[inline]
-    pub fn iotlb_sync(&self, gather: IotlbGather) -> Result<(), Errno> {
+    pub fn iotlb_sync(&self, gather: &IotlbGather) -> Result<(), Errno> {
         if crate::trace::listening() {
-            self.iotlb_sync_impl::<true>(&gather)
+            self.iotlb_sync_impl::<true>(gather)
         } else {
-            self.iotlb_sync_impl::<false>(&gather)
+            self.iotlb_sync_impl::<false>(gather)
         }
     }
 
     #[inline(always)]
-    ///
-    /// The gather by reference: a copy of it right after the walker's
-    /// narrower stores into it stalls store forwarding (about 5 ns).
     fn iotlb_sync_impl<const TRACED: bool>(&self, gather: &IotlbGather) -> Result<(), Errno> {
         if gather.is_empty() {
             return Ok(());
@@ -759,7 +760,7 @@ impl Domain {
         if !no_clear && size != 0 {
             let mut gather = IotlbGather::new();
             gather.add_range(iova, size);
-            self.iotlb_sync(gather)?;
+            self.iotlb_sync(&gather)?;
         }
         Ok(())
     }

@@ -562,3 +562,73 @@ impl Snapshot {
         }
     }
 }
+
+/// The smallest driver a paging domain can have: its domains are an
+/// [`IoPageTable`](iommu_pgtable::IoPageTable) of format `F` that the core
+/// drives itself, there is no IOTLB (`iotlb_sync` only frees the tables an
+/// unmap gathered), every device has a group of its own and DMA is
+/// coherent. Benchmarks use it to time the core and the DMA layer over
+/// nothing but a table.
+pub struct TableIommu<F>(pub F);
+
+/// [`TableIommu`]'s domain: its table, for paging types.
+pub struct TableDomain<F: iommu_pgtable::Format>(
+    Option<iommu_pgtable::IoPageTable<F, iommu_pgtable::HeapMemory>>,
+);
+
+impl<F: iommu_pgtable::Format + Clone + 'static> IommuOps for TableIommu<F> {
+    fn name(&self) -> &str {
+        "table-only"
+    }
+
+    fn add_device(&self, iommu: &Iommu, dev: &Arc<Device>) -> Result<(), Errno> {
+        iommu.group_get_for_dev(dev).map(|_| ())
+    }
+
+    fn domain_alloc(&self, ty: DomainType) -> Result<Box<dyn DomainOps>, Errno> {
+        let table = if ty.is_paging() {
+            let heap = iommu_pgtable::HeapMemory::new();
+            Some(iommu_pgtable::IoPageTable::new(self.0.clone(), heap).map_err(Errno::from)?)
+        } else {
+            None
+        };
+        Ok(Box::new(TableDomain(table)))
+    }
+
+    fn pgsize_bitmap(&self) -> u64 {
+        self.0.geometry().pgsize_bitmap()
+    }
+
+    fn capable(&self, cap: Capability) -> bool {
+        cap == Capability::CacheCoherency
+    }
+}
+
+impl<F: iommu_pgtable::Format + 'static> DomainOps for TableDomain<F> {
+    fn attach_dev(&self, _: &Domain, _: &Arc<Device>) -> Result<(), Errno> {
+        Ok(())
+    }
+
+    fn paging(&self) -> Option<&dyn PagingOps> {
+        self.0.as_ref().map(|t| t as &dyn PagingOps)
+    }
+
+    fn geometry(&self) -> Option<DomainGeometry> {
+        self.0
+            .as_ref()
+            .map(|t| DomainGeometry::bits(t.geometry().ias))
+    }
+
+    fn pgsize_bitmap(&self) -> Option<u64> {
+        self.0
+            .as_ref()
+            .map(iommu_pgtable::IoPageTable::pgsize_bitmap)
+    }
+
+    fn iotlb_sync(&self, gather: &IotlbGather) -> Result<(), Errno> {
+        if let Some(t) = &self.0 {
+            t.release_gathered(gather);
+        }
+        Ok(())
+    }
+}

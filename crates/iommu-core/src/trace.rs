@@ -31,14 +31,33 @@ pub(crate) mod on {
     /// A span, or nothing when its level is off.
     pub(crate) struct Span(pub(crate) Option<tracing::Span>);
 
-    /// An entered [`Span`]; leaves it when dropped.
-    pub(crate) struct Entered(#[allow(dead_code)] Option<tracing::span::EnteredSpan>);
+    /// An entered [`Span`]; leaves it when dropped. Its drop is a test
+    /// and, only for a span, an out-of-line call: the compiler's own drop
+    /// of an `Option<EnteredSpan>` is a call even for `None`.
+    pub(crate) struct Entered(core::mem::ManuallyDrop<Option<tracing::span::EnteredSpan>>);
 
     impl Span {
         #[inline(always)]
         pub(crate) fn entered(self) -> Entered {
-            Entered(self.0.map(tracing::Span::entered))
+            Entered(core::mem::ManuallyDrop::new(
+                self.0.map(tracing::Span::entered),
+            ))
         }
+    }
+
+    impl Drop for Entered {
+        #[inline(always)]
+        fn drop(&mut self) {
+            if let Some(s) = self.0.take() {
+                leave(s);
+            }
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn leave(s: tracing::span::EnteredSpan) {
+        drop(s);
     }
 
     /// Whether anyone may record at `level` (the static and the global

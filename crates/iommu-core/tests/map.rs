@@ -198,9 +198,9 @@ fn unmap_fast_defers_invalidation_to_an_explicit_sync() {
         Some((Iova::new(0), Iova::new(3 * K4 - 1))),
         "adjacent ranges merged"
     );
-    d.iotlb_sync(gather).unwrap();
+    d.iotlb_sync(&gather).unwrap();
     assert_eq!(w.mock.iotlb_syncs(), syncs + 1);
-    d.iotlb_sync(IotlbGather::new()).unwrap();
+    d.iotlb_sync(&IotlbGather::new()).unwrap();
     assert_eq!(
         w.mock.iotlb_syncs(),
         syncs + 1,

@@ -190,7 +190,7 @@ fn run_emulator(stage2: bool) -> BTreeMap<String, Vec<Ev>> {
     mem.read_slice(&mut got, GuestAddress(stale)).unwrap();
     assert_eq!(got[..], buf[..16], "stale until the TLBI, as on QEMU");
     phase("stale");
-    domain.iotlb_sync(gather).unwrap();
+    domain.iotlb_sync(&gather).unwrap();
     dma_to_ram(0x40_0000, &buf[..16]);
     phase("synced");
     // A 2 MiB block, then its unmap.

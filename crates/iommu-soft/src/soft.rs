@@ -868,7 +868,7 @@ mod tests {
         assert_eq!(d.unmap_fast(Iova::new(0x1000), 0x1000, &mut g), 0x1000);
         assert_eq!(at(0x1010), Ok(PhysAddr::new(0x9010)), "stale until synced");
         // ...and the sync removes exactly the gathered range.
-        d.iotlb_sync(g).unwrap();
+        d.iotlb_sync(&g).unwrap();
         assert!(matches!(
             at(0x1010),
             Err(TranslateError::Translation { .. })

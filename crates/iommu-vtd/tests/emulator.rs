@@ -116,7 +116,7 @@ fn run(features: Features, cfg: VtdConfig) -> BTreeMap<String, Vec<Fault>> {
         "stale until the invalidation, as on QEMU"
     );
     phase("stale");
-    domain.iotlb_sync(gather).unwrap();
+    domain.iotlb_sync(&gather).unwrap();
     mem.write_slice(&[0u8; 16], GuestAddress(stale)).unwrap();
     dma_write(0x40_0000, &buf[..16]);
     assert_eq!(read(stale, 16), vec![0; 16], "gone after it");

@@ -271,7 +271,7 @@ fn run() {
     stale.fill(0);
     check(
         "the TLBI and CMD_SYNC complete",
-        domain.iotlb_sync(gather).is_ok(),
+        domain.iotlb_sync(&gather).is_ok(),
     );
     edu.dma(false, iova_stale, 16);
     check("after the TLBI it does not", stale.iter().all(|&b| b == 0));

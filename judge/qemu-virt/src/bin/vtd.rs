@@ -325,7 +325,7 @@ mod q35 {
         stale.fill(0);
         check(
             "the invalidation completes",
-            domain.iotlb_sync(gather).is_ok(),
+            domain.iotlb_sync(&gather).is_ok(),
         );
         edu.dma(false, iova_stale, 16);
         check(
