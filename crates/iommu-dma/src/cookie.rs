@@ -171,7 +171,7 @@ impl DmaCookie {
             if owned {
                 let clean = sweep_clean(domain, iova, len, gather);
                 self.give_back(domain, pfn, pages, clean, memory);
-            } else if let Err(e) = domain.iotlb_sync(gather) {
+            } else if let Err(e) = domain.iotlb_sync(&gather) {
                 tracing::debug!(errno = e.name(), "invalidation after a mismatched unmap");
             }
             return Err(DmaError::NotMapped);
@@ -182,7 +182,7 @@ impl DmaCookie {
                 free_memory(memory);
                 Ok(())
             }
-            None => match domain.iotlb_sync(gather) {
+            None => match domain.iotlb_sync(&gather) {
                 Ok(()) => {
                     self.free_iova(pfn, pages);
                     free_memory(memory);
@@ -294,7 +294,7 @@ pub(crate) fn free_iova_on(iovad: &IovaDomain<DmaCpus>, cpu: Option<usize>, pfn:
 /// and free of leaves, so that its IOVA may be given back.
 pub(crate) fn sweep_clean(domain: &Domain, iova: u64, len: u64, mut gather: IotlbGather) -> bool {
     sweep(domain, iova, len, &mut gather);
-    let synced = domain.iotlb_sync(gather).is_ok();
+    let synced = domain.iotlb_sync(&gather).is_ok();
     let last = iommu_core::Iova::new(iova + (len - 1));
     synced
         && domain

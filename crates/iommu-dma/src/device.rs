@@ -403,7 +403,35 @@ impl DmaDevice {
         dir: DmaDirection,
         attrs: DmaAttrs,
     ) -> Result<DmaAddr, DmaError> {
-        let _s = listening().then(|| tracing::debug_span!("dma_map_single", dev = self.dev.name(), %paddr, size = format_args!("{size:#x}"), ?dir).entered());
+        if listening() {
+            return self.map_single_traced(paddr, size, dir, attrs);
+        }
+        self.map_single_impl(paddr, size, dir, attrs)
+    }
+
+    /// `map_single_attrs` under its span, only when a subscriber may
+    /// record it: the untraced path carries no span code.
+    #[cold]
+    #[inline(never)]
+    fn map_single_traced(
+        &self,
+        paddr: PhysAddr,
+        size: u64,
+        dir: DmaDirection,
+        attrs: DmaAttrs,
+    ) -> Result<DmaAddr, DmaError> {
+        let _s = tracing::debug_span!("dma_map_single", dev = self.dev.name(), %paddr, size = format_args!("{size:#x}"), ?dir).entered();
+        self.map_single_impl(paddr, size, dir, attrs)
+    }
+
+    #[inline(always)]
+    fn map_single_impl(
+        &self,
+        paddr: PhysAddr,
+        size: u64,
+        dir: DmaDirection,
+        attrs: DmaAttrs,
+    ) -> Result<DmaAddr, DmaError> {
         let prot = dma_info_to_prot(dir, self.coherent, attrs)?;
         let (off, len) = self.span(paddr.raw(), size)?;
         if !attrs.contains(DmaAttrs::SKIP_CPU_SYNC) {
@@ -519,16 +547,41 @@ impl DmaDevice {
         dir: DmaDirection,
         attrs: DmaAttrs,
     ) -> Result<(), DmaError> {
-        let _s = listening().then(|| {
-            tracing::debug_span!(
-                "dma_unmap_single",
-                dev = self.dev.name(),
-                addr = format_args!("{:#x}", addr.raw()),
-                size = format_args!("{size:#x}"),
-                ?dir
-            )
-            .entered()
-        });
+        if listening() {
+            return self.unmap_single_traced(addr, size, dir, attrs);
+        }
+        self.unmap_single_impl(addr, size, dir, attrs)
+    }
+
+    /// `unmap_single_attrs` under its span (see `map_single_traced`).
+    #[cold]
+    #[inline(never)]
+    fn unmap_single_traced(
+        &self,
+        addr: DmaAddr,
+        size: u64,
+        dir: DmaDirection,
+        attrs: DmaAttrs,
+    ) -> Result<(), DmaError> {
+        let _s = tracing::debug_span!(
+            "dma_unmap_single",
+            dev = self.dev.name(),
+            addr = format_args!("{:#x}", addr.raw()),
+            size = format_args!("{size:#x}"),
+            ?dir
+        )
+        .entered();
+        self.unmap_single_impl(addr, size, dir, attrs)
+    }
+
+    #[inline(always)]
+    fn unmap_single_impl(
+        &self,
+        addr: DmaAddr,
+        size: u64,
+        dir: DmaDirection,
+        attrs: DmaAttrs,
+    ) -> Result<(), DmaError> {
         dma_info_to_prot(dir, self.coherent, attrs)?;
         let (off, len) = self.span(addr.raw(), size)?;
         let iova = addr.raw() - off;

@@ -125,7 +125,7 @@ impl FlushQueue {
             if let Some(g) = e.gather {
                 // The flush covered the detached tables too; a sync that
                 // fails keeps them parked in the driver.
-                if let Err(err) = domain.iotlb_sync(g) {
+                if let Err(err) = domain.iotlb_sync(&g) {
                     tracing::debug!(errno = err.name(), "table pages stay parked");
                 }
             }

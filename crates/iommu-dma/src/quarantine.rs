@@ -184,7 +184,7 @@ impl Quarantine {
             if let Some(g) = h.gather.take() {
                 // The flush covered its pages; this lets the table reuse
                 // them (a failure keeps them parked in the driver).
-                if let Err(e) = domain.iotlb_sync(g) {
+                if let Err(e) = domain.iotlb_sync(&g) {
                     tracing::debug!(errno = e.name(), "table pages stay parked");
                 }
             }
