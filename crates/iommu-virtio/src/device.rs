@@ -253,6 +253,16 @@ pub struct Translation {
     pub bypass: bool,
 }
 
+/// What serves one access (see `Device::resolve`).
+enum Resolved {
+    /// The endpoint's MSI doorbell region (a write).
+    Msi(ResvMem),
+    /// Identity: the endpoint is in bypass mode.
+    Bypass,
+    /// The mapping that starts at this address.
+    Mapped(u64, Entry),
+}
+
 /// What translates like an address: the whole mapping that holds it, the
 /// MSI doorbell region, or (bypass) the whole space, with the accesses it
 /// allows. What an IOTLB caches.
@@ -908,6 +918,29 @@ impl Device {
         addr: u64,
         access: Access,
     ) -> Result<Translation, Fault> {
+        let to_end = |end: u64| (end - addr).saturating_add(1);
+        Ok(match self.resolve(endpoint, addr, access)? {
+            Resolved::Msi(msi) => Translation {
+                phys: addr,
+                len: to_end(msi.end),
+                bypass: false,
+            },
+            Resolved::Bypass => Translation {
+                phys: addr,
+                len: to_end(u64::MAX),
+                bypass: true,
+            },
+            Resolved::Mapped(start, e) => Translation {
+                phys: e.phys + (addr - start),
+                len: to_end(e.end),
+                bypass: false,
+            },
+        })
+    }
+
+    /// What serves an access of `endpoint` to `addr`, found once for
+    /// [`translate`](Self::translate) and [`lookup`](Self::lookup).
+    fn resolve(&self, endpoint: u32, addr: u64, access: Access) -> Result<Resolved, Fault> {
         let dir = match access {
             Access::Read => fault::F_READ,
             Access::Write => fault::F_WRITE,
@@ -921,22 +954,13 @@ impl Device {
         let Some(ep) = self.endpoints.get(&endpoint) else {
             return Err(fault(fault::R_UNKNOWN));
         };
-        let to_end = |end: u64| (end - addr).saturating_add(1);
         if access == Access::Write {
             if let Some(msi) = ep.resv.msi_at(addr) {
-                return Ok(Translation {
-                    phys: addr,
-                    len: to_end(msi.end),
-                    bypass: false,
-                });
+                return Ok(Resolved::Msi(*msi));
             }
         }
         if self.endpoint_bypass(ep) {
-            return Ok(Translation {
-                phys: addr,
-                len: to_end(u64::MAX),
-                bypass: true,
-            });
+            return Ok(Resolved::Bypass);
         }
         let Some(d) = ep.domain.and_then(|d| self.domains.get(&d)) else {
             return Err(fault(fault::R_DOMAIN));
@@ -951,11 +975,7 @@ impl Device {
         if !allowed {
             return Err(fault(fault::R_MAPPING));
         }
-        Ok(Translation {
-            phys: e.phys + (addr - start),
-            len: to_end(e.end),
-            bypass: false,
-        })
+        Ok(Resolved::Mapped(start, e))
     }
 
     /// The [`Segment`] that holds `addr` for `endpoint` and allows
@@ -964,46 +984,28 @@ impl Device {
     /// # Errors
     /// The [`Fault`] [`translate`](Self::translate) gives.
     pub fn lookup(&self, endpoint: u32, addr: u64, access: Access) -> Result<Segment, Fault> {
-        let t = self.translate(endpoint, addr, access)?;
-        let ep = self.endpoints.get(&endpoint).ok_or(Fault {
-            reason: fault::R_UNKNOWN,
-            flags: 0,
-            endpoint,
-            address: addr,
-        })?;
-        if access == Access::Write {
-            if let Some(msi) = ep.resv.msi_at(addr) {
-                return Ok(Segment {
-                    start: msi.start,
-                    end: msi.end,
-                    phys: msi.start,
-                    read: false,
-                    write: true,
-                });
-            }
-        }
-        if t.bypass {
-            return Ok(Segment {
+        Ok(match self.resolve(endpoint, addr, access)? {
+            Resolved::Msi(msi) => Segment {
+                start: msi.start,
+                end: msi.end,
+                phys: msi.start,
+                read: false,
+                write: true,
+            },
+            Resolved::Bypass => Segment {
                 start: 0,
                 end: u64::MAX,
                 phys: 0,
                 read: true,
                 write: true,
-            });
-        }
-        let d = ep.domain.and_then(|d| self.domains.get(&d));
-        let (start, e) = d.and_then(|d| d.holding(addr)).ok_or(Fault {
-            reason: fault::R_MAPPING,
-            flags: 0,
-            endpoint,
-            address: addr,
-        })?;
-        Ok(Segment {
-            start,
-            end: e.end,
-            phys: e.phys,
-            read: e.flags & map::READ != 0,
-            write: e.flags & map::WRITE != 0,
+            },
+            Resolved::Mapped(start, e) => Segment {
+                start,
+                end: e.end,
+                phys: e.phys,
+                read: e.flags & map::READ != 0,
+                write: e.flags & map::WRITE != 0,
+            },
         })
     }
 
