@@ -13,7 +13,7 @@ use crate::resv::{format_resv_regions, ReservedRegion};
 use crate::sync::{Mutex, MutexGuard};
 use crate::sysfs::{render, Attr, EntryKind, Node, SysfsTree};
 use crate::{Bus, Device, Domain, DomainType, IommuOps};
-use alloc::collections::{BTreeMap, VecDeque};
+use alloc::collections::{BTreeMap, BTreeSet, VecDeque};
 use alloc::sync::{Arc, Weak};
 use core::fmt;
 use core::sync::atomic::{AtomicU64, Ordering};
@@ -55,11 +55,55 @@ const LOG_CAPACITY: usize = 4096;
 pub(crate) struct Shared {
     config: IommuConfig,
     /// Group id -> group; an entry stays until the group's release finishes.
-    groups: Mutex<BTreeMap<u32, Weak<GroupInner>>>,
+    groups: Mutex<GroupTable>,
     sysfs: Mutex<SysfsTree>,
     log: Mutex<VecDeque<String>>,
     next_domain_id: AtomicU64,
     pub(crate) fail: FailPoints,
+}
+
+/// The groups by id, and the lowest free id in O(log n), as Linux's IDA
+/// gives it (a scan for the first gap made adding n devices O(n^2)).
+#[derive(Default)]
+pub(crate) struct GroupTable {
+    by_id: BTreeMap<u32, Weak<GroupInner>>,
+    /// Ids below `next` that are not in `by_id`.
+    free: BTreeSet<u32>,
+    /// One past the highest id ever handed out.
+    next: u64,
+}
+
+impl core::ops::Deref for GroupTable {
+    type Target = BTreeMap<u32, Weak<GroupInner>>;
+    fn deref(&self) -> &Self::Target {
+        &self.by_id
+    }
+}
+
+impl GroupTable {
+    /// The lowest id not in use.
+    fn lowest_free(&self) -> Result<u32, Errno> {
+        match self.free.first() {
+            Some(&id) => Ok(id),
+            None => u32::try_from(self.next).map_err(|_| Errno::ENOSPC),
+        }
+    }
+
+    /// Records `group` under `id`, which [`lowest_free`](Self::lowest_free) gave.
+    fn insert(&mut self, id: u32, group: Weak<GroupInner>) {
+        if u64::from(id) >= self.next {
+            self.next = u64::from(id) + 1;
+        } else {
+            self.free.remove(&id);
+        }
+        self.by_id.insert(id, group);
+    }
+
+    fn remove(&mut self, id: u32) {
+        if self.by_id.remove(&id).is_some() {
+            self.free.insert(id);
+        }
+    }
 }
 
 impl Shared {
@@ -94,7 +138,7 @@ impl Shared {
             .get(&id)
             .is_some_and(|w| core::ptr::eq(w.as_ptr(), ptr))
         {
-            groups.remove(&id);
+            groups.remove(id);
         }
     }
 }
@@ -133,7 +177,7 @@ impl Iommu {
         Iommu {
             shared: Arc::new(Shared {
                 config,
-                groups: Mutex::new(BTreeMap::new()),
+                groups: Mutex::new(GroupTable::default()),
                 sysfs: Mutex::new(SysfsTree::new()),
                 log: Mutex::new(VecDeque::new()),
                 next_domain_id: AtomicU64::new(1),
@@ -277,13 +321,7 @@ impl Iommu {
             return Err(Errno::ENOMEM);
         }
         let mut groups = self.shared.groups.lock();
-        let mut id = 0u32;
-        for &taken in groups.keys() {
-            if taken != id {
-                break;
-            }
-            id = id.checked_add(1).ok_or(Errno::ENOSPC)?;
-        }
+        let id = groups.lowest_free()?;
         {
             let mut sysfs = self.shared.sysfs();
             let dir = group_dir(id);

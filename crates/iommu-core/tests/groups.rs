@@ -26,6 +26,29 @@ fn group_id_is_lowest_free() {
 }
 
 #[test]
+fn group_ids_stay_lowest_free_through_random_allocs_and_releases() {
+    let iommu = Iommu::default();
+    let mut live: Vec<Option<iommu_core::Group>> = Vec::new();
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    for _ in 0..2_000 {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        let taken: std::collections::BTreeSet<u32> =
+            live.iter().flatten().map(|g| g.id()).collect();
+        if state.is_multiple_of(3) && !taken.is_empty() {
+            let k = (state >> 8) as usize % live.len();
+            live[k] = None;
+        } else {
+            let want = (0..).find(|i| !taken.contains(i)).unwrap();
+            let g = iommu.group_alloc().unwrap();
+            assert_eq!(g.id(), want, "the lowest free id");
+            live.push(Some(g));
+        }
+    }
+}
+
+#[test]
 fn independent_subsystems_have_independent_ids() {
     let a = Iommu::default();
     let b = Iommu::default();
