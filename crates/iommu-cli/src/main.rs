@@ -11,6 +11,7 @@
 mod bench;
 mod bench_dma;
 mod bench_pci;
+mod bench_scale;
 mod bench_virtio;
 mod dot;
 mod fd;
@@ -376,6 +377,19 @@ enum BenchCommand {
         #[arg(long)]
         quick: bool,
     },
+    /// How one operation's cost grows with what the system holds: map+unmap
+    /// against mappings held (1 thousand to 16 million) and DMA mappings
+    /// live, against PCI functions (10 to 10,000), and IOVA allocation
+    /// against fragmentation (0 to 90 %), each curve checked by its own
+    /// fit; exits with 1 when one grows faster than O(log n)
+    Scale {
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+        /// Fewer samples, small sizes only
+        #[arg(long)]
+        quick: bool,
+    },
     /// PCI grouping and `lspci -vvvnn` parsing of servers from 256 to 4096
     /// functions
     Pci {
@@ -473,6 +487,11 @@ fn bench_command(b: BenchCommand) -> Result<(), Failure> {
         })?,
         BenchCommand::Pci { json, quick } => bench_pci::pci(json, quick)?,
         BenchCommand::Virtio { json, quick } => bench_virtio::virtio(json, quick)?,
+        BenchCommand::Scale { json, quick } => {
+            let (text, ok) = bench_scale::scale(json, quick)?;
+            out::out!("{text}");
+            return if ok { Ok(()) } else { Err(Failure::Differs) };
+        }
     };
     out::out!("{text}");
     Ok(())
