@@ -242,6 +242,7 @@ impl DmaCookie {
     }
 
     /// Gives back an IOVA range this layer allocated.
+    #[inline]
     pub(crate) fn free_iova(&self, pfn: u64, pages: u64) {
         free_iova_on(&self.iovad, None, pfn, pages);
     }
@@ -278,6 +279,7 @@ impl DmaCookie {
 /// Frees a range this layer allocated from `iovad` (into `cpu`'s cache, or
 /// the current CPU's). The allocator refusing it would be a bug of this
 /// layer's bookkeeping: it is reported, and the range stays allocated.
+#[inline]
 pub(crate) fn free_iova_on(iovad: &IovaDomain<DmaCpus>, cpu: Option<usize>, pfn: u64, pages: u64) {
     let r = match cpu {
         Some(cpu) => iovad.free_fast_on(cpu, pfn, pages),

@@ -317,6 +317,7 @@ impl DmaDevice {
     }
 
     /// `size` plus the offset into its first granule, rounded up to granules.
+    #[inline]
     fn span(&self, addr: u64, size: u64) -> Result<(u64, u64), DmaError> {
         if size == 0 {
             return Err(DmaError::InvalidArgument);
@@ -333,6 +334,7 @@ impl DmaDevice {
     }
 
     /// An IOVA range of `len` bytes below `mask` (Linux's `iommu_dma_alloc_iova`).
+    #[inline]
     fn alloc_iova(&self, len: u64, mask: u64) -> Result<u64, DmaError> {
         let limit = mask.min(self.aperture_end);
         let pages = len >> self.shift;
@@ -451,6 +453,7 @@ impl DmaDevice {
         Ok(DmaAddr::new(iova + off))
     }
 
+    #[inline]
     fn map_range(
         &self,
         paddr: u64,
@@ -481,6 +484,7 @@ impl DmaDevice {
     /// Frees held-back IOVAs a flush by anyone has covered, and refuses
     /// new mappings while the quarantine is full and a flush does not
     /// empty it (the IOMMU is wedged).
+    #[inline]
     fn check_quarantine(&self) -> Result<(), DmaError> {
         let q = &self.cookie.quarantine;
         q.release_flushed(&self.cookie.iovad, &self.domain);
@@ -599,6 +603,7 @@ impl DmaDevice {
     /// Unmaps one mapped IOVA range and frees it, with `memory` (see
     /// `DmaCookie::unmap`); the range is proven this device's when handles
     /// are checked.
+    #[inline]
     fn unmap_range(&self, iova: u64, len: u64, memory: Option<Memory>) -> Result<(), DmaError> {
         self.cookie.unmap(
             &self.domain,
