@@ -93,4 +93,4 @@ pub use external::{ExternalError, ExternalMapper};
 pub use request::{Request, Unparsable};
 pub use state::{DeviceState, DomainState, EndpointState, RestoreError};
 #[cfg(feature = "vmm")]
-pub use vmm::{EndpointIommu, VirtioIommu};
+pub use vmm::{Contiguous, EndpointIommu, IotlbRead, VirtioIommu};

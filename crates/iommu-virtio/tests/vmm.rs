@@ -437,3 +437,102 @@ fn the_hammer_sees_stale_accesses_when_invalidation_is_skipped() {
     );
     assert!(h.after_removal > 0, "{} accesses, none stale", h.accesses);
 }
+
+#[test]
+fn translate_contiguous_gives_one_mappings_address_until_it_goes() {
+    use vm_memory::Permissions;
+    let (iommu, _, _) = setup();
+    let ep = iommu.endpoint(EP);
+    let phys = |iova: u64, len: usize, p| {
+        ep.translate_contiguous(GuestAddress(iova), len, p)
+            .map(|c| c.phys().0)
+    };
+    assert!(phys(0x1000, 8, Permissions::Read).is_err(), "not attached");
+    assert_eq!(send(&iommu, attach(1)), Status::Ok);
+    assert_eq!(
+        send(&iommu, map(1, 0x1000, 0x2fff, 0x40000, map::READ)),
+        Status::Ok
+    );
+    assert_eq!(
+        send(
+            &iommu,
+            map(1, 0x3000, 0x3fff, 0x90000, map::READ | map::WRITE)
+        ),
+        Status::Ok
+    );
+    // A miss fills, then the same segment serves other addresses.
+    assert_eq!(phys(0x1010, 8, Permissions::Read).unwrap(), 0x40010);
+    assert_eq!(phys(0x2ff8, 8, Permissions::Read).unwrap(), 0x41ff8);
+    assert_eq!(
+        phys(0x3000, 0x1000, Permissions::ReadWrite).unwrap(),
+        0x90000
+    );
+    // No write permission; not across two mappings; no empty or wrapping range.
+    assert!(phys(0x1010, 8, Permissions::Write).is_err());
+    assert!(phys(0x2ff8, 16, Permissions::Read).is_err());
+    assert!(phys(0x1000, 0, Permissions::Read).is_err());
+    assert!(phys(u64::MAX, 2, Permissions::Read).is_err());
+    // UNMAP takes the segment away; a remap elsewhere is seen.
+    let unmap = Request::Unmap {
+        domain: 1,
+        virt_start: 0x1000,
+        virt_end: 0x2fff,
+        reserved: 0,
+    };
+    assert_eq!(send(&iommu, unmap), Status::Ok);
+    assert!(phys(0x1010, 8, Permissions::Read).is_err());
+    assert_eq!(
+        send(&iommu, map(1, 0x1000, 0x1fff, 0x70000, map::READ)),
+        Status::Ok
+    );
+    assert_eq!(phys(0x1010, 8, Permissions::Read).unwrap(), 0x70010);
+    // DETACH too.
+    let detach = Request::Detach {
+        domain: 1,
+        endpoint: EP,
+    };
+    assert_eq!(send(&iommu, detach), Status::Ok);
+    assert!(phys(0x3000, 8, Permissions::Read).is_err());
+}
+
+#[test]
+fn an_unmap_waits_for_a_held_contiguous_translation() {
+    use vm_memory::Permissions;
+    let (iommu, _, _) = setup();
+    assert_eq!(send(&iommu, attach(1)), Status::Ok);
+    let rw = map::READ | map::WRITE;
+    assert_eq!(
+        send(&iommu, map(1, 0x8000, 0x8fff, 0x10000, rw)),
+        Status::Ok
+    );
+    let ep = iommu.endpoint(EP);
+    let held = ep
+        .translate_contiguous(GuestAddress(0x8000), 8, Permissions::Write)
+        .unwrap();
+    let done = Arc::new(AtomicBool::new(false));
+    let unmapper = {
+        let (iommu, done) = (Arc::clone(&iommu), Arc::clone(&done));
+        std::thread::spawn(move || {
+            let unmap = Request::Unmap {
+                domain: 1,
+                virt_start: 0x8000,
+                virt_end: 0x8fff,
+                reserved: 0,
+            };
+            assert_eq!(send(&iommu, unmap), Status::Ok);
+            done.store(true, Ordering::SeqCst);
+        })
+    };
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    assert!(
+        !done.load(Ordering::SeqCst),
+        "the UNMAP completed while a translation was in use"
+    );
+    assert_eq!(held.phys(), GuestAddress(0x10000));
+    drop(held);
+    unmapper.join().unwrap();
+    assert!(done.load(Ordering::SeqCst));
+    assert!(ep
+        .translate_contiguous(GuestAddress(0x8000), 8, Permissions::Read)
+        .is_err());
+}
