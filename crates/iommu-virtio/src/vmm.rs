@@ -405,7 +405,7 @@ impl EndpointTlb {
     }
 }
 
-/// vm-memory's view of an [`EndpointTlb`] under its read lock: what
+/// vm-memory's view of an endpoint's IOTLB under its read lock: what
 /// `Iommu::translate`'s iterator holds while the caller accesses memory.
 pub struct IotlbRead<'a>(RwLockReadGuard<'a, EndpointTlb>);
 
