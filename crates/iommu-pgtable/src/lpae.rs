@@ -138,22 +138,74 @@ impl Lpae {
     /// architecture defines for the granule (52-bit input or output needs the
     /// 64 KiB granule; 52-bit with 4/16 KiB granules, FEAT_LPA2, is not supported).
     pub fn new(cfg: LpaeConfig) -> Result<Self, PgtableError> {
+        let natural = Self::natural_start(cfg)?;
+        let start = if Self::concat_mandatory(cfg, natural) {
+            natural + 1
+        } else {
+            natural
+        };
+        Self::with_start_level(cfg, start)
+    }
+
+    /// The level a walk of `cfg`'s input size starts at without
+    /// concatenation.
+    fn natural_start(cfg: LpaeConfig) -> Result<u32, PgtableError> {
         let g = cfg.granule.shift();
         let max_bits = if cfg.granule == Granule::G64K { 52 } else { 48 };
         if !(MIN_IAS..=max_bits).contains(&cfg.ias) || !(32..=max_bits).contains(&cfg.oas) {
             return Err(PgtableError::InvalidArgument);
         }
+        Ok(4 - (cfg.ias - g).div_ceil(g - 3))
+    }
+
+    /// Whether the architecture forbids a stage-2 walk of `cfg` to start
+    /// at `natural`, so that tables must be concatenated one level down
+    /// (Arm DDI0487 K.a R_DXBSH, and R_SRKBC's valid initial lookup
+    /// levels per output size; Linux 7.3's `arm_lpae_concat_mandatory`).
+    /// Where it is only allowed, it is not done: Linux 6.12 concatenated
+    /// whenever 16 tables or fewer would do, 7.3 no longer does.
+    fn concat_mandatory(cfg: LpaeConfig, natural: u32) -> bool {
+        if cfg.stage != Stage::S2 {
+            return false;
+        }
+        match (cfg.granule, natural) {
+            // 16 KiB: no level-0 start with a 48-bit input or output size.
+            (Granule::G16K, 0) => cfg.oas == 48 || cfg.ias == 48,
+            // 16 KiB, 40-bit output: no level-1 start.
+            (Granule::G16K, 1) => cfg.oas == 40,
+            // 4 KiB, 40- or 42-bit output: no level-0 start.
+            (Granule::G4K, 0) => cfg.oas == 40 || cfg.oas == 42,
+            _ => false,
+        }
+    }
+
+    /// The format of `cfg` with its walk starting at Arm level
+    /// `start_level`: the level its input size gives, or (stage 2 only)
+    /// the level below with the root's tables concatenated, as an STE's or
+    /// VTCR's start level may choose where the architecture allows it.
+    ///
+    /// # Errors
+    /// `InvalidArgument` for a configuration [`new`](Self::new) refuses, a
+    /// start level that is neither, more than 16 concatenated tables, or
+    /// the natural level where the architecture requires concatenation.
+    pub fn with_start_level(cfg: LpaeConfig, start_level: u32) -> Result<Self, PgtableError> {
+        let natural = Self::natural_start(cfg)?;
+        let g = cfg.granule.shift();
         let bits = g - 3;
         let index_bits = cfg.ias - g;
         let mut levels = index_bits.div_ceil(bits);
         let mut root_bits = index_bits - bits * (levels - 1);
         let mut concat = 1;
-        // Stage 2 trades a level-0 table of at most 16 entries for up to 16
-        // concatenated tables at level 1 (Arm ARM D8.2.2; Linux does the same).
-        if cfg.stage == Stage::S2 && levels == 4 && (1 << root_bits) <= S2_MAX_CONCAT {
+        if start_level == natural + 1 && cfg.stage == Stage::S2 && levels > 1 {
+            // The root's entries become that many tables one level down.
+            if (1 << root_bits) > S2_MAX_CONCAT {
+                return Err(PgtableError::InvalidArgument);
+            }
             concat = 1 << root_bits;
             levels -= 1;
             root_bits += bits;
+        } else if start_level != natural || Self::concat_mandatory(cfg, natural) {
+            return Err(PgtableError::InvalidArgument);
         }
         let start_level = 4 - levels;
         let mut leaf_levels = 0u32;

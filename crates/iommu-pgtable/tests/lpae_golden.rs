@@ -5,7 +5,7 @@
 //! granule PA[51:48] sits in bits[15:12].
 
 use iommu_pgtable::lpae::{Granule, Lpae, LpaeConfig, LpaeQuirks, Stage};
-use iommu_pgtable::{Format, HeapMemory, IoPageTable};
+use iommu_pgtable::{Format, HeapMemory, IoPageTable, PgtableError};
 use iommu_types::{Iova, PhysAddr, Prot, SZ_16K, SZ_1G, SZ_2M, SZ_32M, SZ_4K, SZ_512M, SZ_64K};
 
 fn lpae(stage: Stage, granule: Granule, ias: u32, oas: u32) -> Lpae {
@@ -100,7 +100,8 @@ fn lpae_geometry_matches_arm_levels_and_page_sizes() {
             8192,
             SZ_64K | SZ_512M,
         ),
-        // Stage 2 concatenates a small level-0 table into level-1 tables.
+        // Stage 2 concatenates a small level-0 table into level-1 tables
+        // where a level-0 start is not allowed (a 40- or 42-bit output)...
         (
             Stage::S2,
             Granule::G4K,
@@ -115,11 +116,33 @@ fn lpae_geometry_matches_arm_levels_and_page_sizes() {
             Stage::S2,
             Granule::G4K,
             42,
-            48,
+            42,
             3,
             1,
             4096,
             SZ_4K | SZ_2M | SZ_1G,
+        ),
+        // ...and only there (Linux 7.3; 6.12 concatenated here too).
+        (
+            Stage::S2,
+            Granule::G4K,
+            42,
+            48,
+            4,
+            0,
+            8,
+            SZ_4K | SZ_2M | SZ_1G,
+        ),
+        // 16 KiB with a 40-bit output: no level-1 start either.
+        (
+            Stage::S2,
+            Granule::G16K,
+            37,
+            40,
+            2,
+            2,
+            4096,
+            SZ_16K | SZ_32M,
         ),
         (
             Stage::S2,
@@ -406,5 +429,49 @@ fn ns_quirk_sets_ns_on_leaves_and_nstable_on_tables() {
     assert_eq!(
         s2.encode_leaf(PhysAddr::new(0x9000), 3, Prot::RW) & (1 << 5),
         0
+    );
+}
+
+/// The start level an STE or VTCR chooses: the one the input size gives,
+/// or at stage 2 the level below with the root's tables concatenated, at
+/// most 16; concatenation the architecture requires cannot be declined.
+#[test]
+fn a_stage2_start_level_may_concatenate_where_the_architecture_allows() {
+    let cfg = |stage, granule, ias, oas| LpaeConfig {
+        stage,
+        granule,
+        ias,
+        oas,
+    };
+    let s2 = cfg(Stage::S2, Granule::G4K, 42, 48);
+    let natural = Lpae::with_start_level(s2, 0).unwrap();
+    assert_eq!(natural, Lpae::new(s2).unwrap());
+    let concat = Lpae::with_start_level(s2, 1).unwrap();
+    assert_eq!(
+        (concat.start_level(), concat.concatenated_tables()),
+        (1, 8)
+    );
+    assert_eq!(concat.geometry().entries(0), 4096);
+    for (c, start) in [
+        (s2, 2),
+        (cfg(Stage::S1, Granule::G4K, 42, 48), 1),
+        // 32 tables would be needed.
+        (cfg(Stage::S2, Granule::G4K, 44, 48), 1),
+    ] {
+        assert_eq!(
+            Lpae::with_start_level(c, start),
+            Err(PgtableError::InvalidArgument),
+            "{c:?} at {start}"
+        );
+    }
+    // Required: a 40-bit output cannot start at level 0.
+    assert_eq!(
+        Lpae::with_start_level(cfg(Stage::S2, Granule::G4K, 40, 40), 0),
+        Err(PgtableError::InvalidArgument)
+    );
+    // Required and impossible: 2048 tables for a 47-bit input at 16 KiB.
+    assert_eq!(
+        Lpae::new(cfg(Stage::S2, Granule::G16K, 47, 40)),
+        Err(PgtableError::InvalidArgument)
     );
 }

@@ -234,14 +234,9 @@ fn decode_s2(ste: &[u64; 4], vmid: u16, feat: &Features) -> Result<StageWalk, Co
     let g = granule(field(vtcr, 14, 2), feat).ok_or(bad(EventId::BadSte))?;
     let ias = input_bits(field(vtcr, 0, 6), g);
     let oas = output_bits(field(vtcr, 16, 3), feat.oas);
-    let fmt = Lpae::new(LpaeConfig {
-        stage: Stage::S2,
-        granule: g,
-        ias,
-        oas,
-    })
-    .map_err(|_| bad(EventId::BadSte))?;
-    // S2SL0 must name the level the table shape starts at.
+    // S2SL0 names the level the walk starts at: the one the input size
+    // gives, or the one below with the root's tables concatenated, where
+    // the architecture allows it for this output size.
     let sl0 = field(vtcr, 6, 2);
     let start = match (g, sl0) {
         (Granule::G4K, 0) => 2,
@@ -252,9 +247,16 @@ fn decode_s2(ste: &[u64; 4], vmid: u16, feat: &Features) -> Result<StageWalk, Co
         (_, 2) => 1,
         _ => return Err(bad(EventId::BadSte)),
     };
-    if start != fmt.start_level() {
-        return Err(bad(EventId::BadSte));
-    }
+    let fmt = Lpae::with_start_level(
+        LpaeConfig {
+            stage: Stage::S2,
+            granule: g,
+            ias,
+            oas,
+        },
+        start,
+    )
+    .map_err(|_| bad(EventId::BadSte))?;
     let root = ste[3] & 0x000f_ffff_ffff_fff0;
     Ok(StageWalk {
         walker: Walker::new(fmt, root),

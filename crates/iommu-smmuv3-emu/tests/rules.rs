@@ -598,7 +598,7 @@ fn s2_table(
         stage: Stage::S2,
         granule: Granule::G4K,
         ias: 40,
-        oas: 48,
+        oas: 40,
     })
     .unwrap();
     iommu_pgtable::IoPageTable::new(fmt, rig.tables.clone()).unwrap()
@@ -631,6 +631,37 @@ fn stage2_translates_and_its_faults_carry_s2_and_the_ipa_3_4() {
     assert_eq!(rig.smmu.tlb_entries(), 1);
     rig.cmd(0x2a | (3u64 << 32), 0x8000);
     assert_eq!(rig.smmu.tlb_entries(), 0);
+}
+
+#[test]
+fn s2sl0_may_choose_concatenation_where_the_output_size_allows_both_5_2() {
+    use iommu_pgtable::lpae::{Granule, Lpae, LpaeConfig, Stage};
+    // A 40-bit IPA with a 48-bit output (S2PS 5): a two-entry level-0 root
+    // (SL0 = 2) or two concatenated level-1 tables (SL0 = 1) are both valid.
+    let cfg = LpaeConfig {
+        stage: Stage::S2,
+        granule: Granule::G4K,
+        ias: 40,
+        oas: 48,
+    };
+    for (start, sl0) in [(0u32, 2u64), (1, 1)] {
+        let rig = Rig::new();
+        let fmt = Lpae::with_start_level(cfg, start).unwrap();
+        let pt = iommu_pgtable::IoPageTable::new(fmt, rig.tables.clone()).unwrap();
+        map(&pt, 0xff_ffe0_0000, DATA, 0x1000, Prot::READ);
+        let mut ste = s2_ste(3, pt.root().raw());
+        ste[2] &= !((3u64 << 38) | (7u64 << 48));
+        ste[2] |= (sl0 << 38) | (5u64 << 48);
+        rig.write_ste(SID, ste);
+        assert_eq!(
+            rig.smmu
+                .translate(SID, 0xff_ffe0_0010, Access::Read)
+                .unwrap()
+                .pa,
+            DATA + 0x10,
+            "start level {start}"
+        );
+    }
 }
 
 #[test]

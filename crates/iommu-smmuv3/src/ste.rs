@@ -270,14 +270,29 @@ mod tests {
         assert_eq!(s[2] & 0xffff, 7, "S2VMID");
         let vtcr = (s[2] >> 32) & 0x7_ffff;
         assert_eq!(vtcr & 0x3f, 24, "S2T0SZ = 64 - 40");
-        // 40 bits at 4 KiB concatenate two tables at level 1: SL0 = 1.
-        assert_eq!(fmt.start_level(), 1);
-        assert_eq!((vtcr >> 6) & 3, 1, "S2SL0");
+        // 40 bits at 4 KiB with a 44-bit output start at level 0 (a
+        // two-entry root): SL0 = 2.
+        assert_eq!(fmt.start_level(), 0);
+        assert_eq!((vtcr >> 6) & 3, 2, "S2SL0");
         assert_eq!((vtcr >> 14) & 3, 0, "S2TG 4 KiB");
         assert_eq!((vtcr >> 16) & 7, 4, "S2PS 44 bits");
         assert_ne!(s[2] & (1 << 51), 0, "S2AA64");
         assert_ne!(s[2] & (1 << 58), 0, "S2R: record faults");
         assert_eq!(s[3], 0x8_0000, "S2TTB");
+        // A 40-bit output may not start at level 0: two tables
+        // concatenated at level 1, SL0 = 1.
+        let fmt = Lpae::new(LpaeConfig {
+            stage: Stage::S2,
+            granule: Granule::G4K,
+            ias: 40,
+            oas: 40,
+        })
+        .unwrap();
+        let s = ste_s2(&fmt, PhysAddr::new(0x8_0000), 7);
+        let vtcr = (s[2] >> 32) & 0x7_ffff;
+        assert_eq!((fmt.start_level(), fmt.concatenated_tables()), (1, 2));
+        assert_eq!((vtcr >> 6) & 3, 1, "S2SL0");
+        assert_eq!((vtcr >> 16) & 7, 2, "S2PS 40 bits");
     }
 
     #[test]
