@@ -447,10 +447,7 @@ fn a_stage2_start_level_may_concatenate_where_the_architecture_allows() {
     let natural = Lpae::with_start_level(s2, 0).unwrap();
     assert_eq!(natural, Lpae::new(s2).unwrap());
     let concat = Lpae::with_start_level(s2, 1).unwrap();
-    assert_eq!(
-        (concat.start_level(), concat.concatenated_tables()),
-        (1, 8)
-    );
+    assert_eq!((concat.start_level(), concat.concatenated_tables()), (1, 8));
     assert_eq!(concat.geometry().entries(0), 4096);
     for (c, start) in [
         (s2, 2),
