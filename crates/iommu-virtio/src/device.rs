@@ -73,22 +73,123 @@ pub(crate) struct Entry {
     pub(crate) flags: u32,
 }
 
+/// Page numbers are 4 KiB-aligned addresses shifted down: a
+/// multiplicative hash spreads them.
+#[derive(Default)]
+struct PageHasher(u64);
+
+impl core::hash::Hasher for PageHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x100_0000_01b3);
+        }
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 = v.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+}
+
+type PageIndex = hashbrown::HashMap<u64, (u64, Entry), core::hash::BuildHasherDefault<PageHasher>>;
+
+/// A domain's mappings: by first address (they never overlap), and the
+/// ones that are one aligned 4 KiB page (what a guest's DMA API maps
+/// most) also by page number, so that a translation among a million of
+/// them is a hash probe instead of a walk down a B-tree's cold nodes. The
+/// index costs one hash entry per such mapping; the others are counted,
+/// and looked up in the B-tree only while there are any.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Mappings {
+    by_start: BTreeMap<u64, Entry>,
+    pages: PageIndex,
+    /// Mappings not in `pages`.
+    unindexed: usize,
+}
+
+impl PartialEq for Mappings {
+    fn eq(&self, other: &Self) -> bool {
+        // The rest follows from the mappings.
+        self.by_start == other.by_start
+    }
+}
+
+impl Eq for Mappings {}
+
+impl core::ops::Deref for Mappings {
+    type Target = BTreeMap<u64, Entry>;
+    fn deref(&self) -> &Self::Target {
+        &self.by_start
+    }
+}
+
+const PAGE: u64 = 0x1000;
+
+/// The page number of a mapping that is exactly one aligned 4 KiB page.
+fn one_page(start: u64, e: &Entry) -> Option<u64> {
+    (start.is_multiple_of(PAGE) && e.end.checked_sub(start) == Some(PAGE - 1))
+        .then_some(start / PAGE)
+}
+
+impl Mappings {
+    pub(crate) fn insert(&mut self, start: u64, e: Entry) {
+        if let Some(old) = self.by_start.insert(start, e) {
+            self.forget(start, &old);
+        }
+        match one_page(start, &e) {
+            Some(page) => {
+                self.pages.insert(page, (start, e));
+            }
+            None => self.unindexed += 1,
+        }
+    }
+
+    pub(crate) fn remove(&mut self, start: u64) -> Option<Entry> {
+        let e = self.by_start.remove(&start)?;
+        self.forget(start, &e);
+        Some(e)
+    }
+
+    fn forget(&mut self, start: u64, e: &Entry) {
+        match one_page(start, e) {
+            Some(page) => {
+                self.pages.remove(&page);
+            }
+            None => self.unindexed -= 1,
+        }
+    }
+
+    /// The mapping that holds `addr`, if any.
+    #[inline]
+    fn holding(&self, addr: u64) -> Option<(u64, Entry)> {
+        // A one-page mapping holds every address of its page.
+        if let Some(&hit) = self.pages.get(&(addr / PAGE)) {
+            return Some(hit);
+        }
+        if self.unindexed == 0 {
+            return None;
+        }
+        self.by_start
+            .range(..=addr)
+            .next_back()
+            .filter(|(_, e)| e.end >= addr)
+            .map(|(&s, &e)| (s, e))
+    }
+}
+
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(crate) struct Domain {
     pub(crate) bypass: bool,
     pub(crate) endpoints: BTreeSet<u32>,
     /// Mappings by first address; they never overlap.
-    pub(crate) mappings: BTreeMap<u64, Entry>,
+    pub(crate) mappings: Mappings,
 }
 
 impl Domain {
     /// The mapping that holds `addr`, if any.
     fn holding(&self, addr: u64) -> Option<(u64, Entry)> {
-        self.mappings
-            .range(..=addr)
-            .next_back()
-            .filter(|(_, e)| e.end >= addr)
-            .map(|(&s, &e)| (s, e))
+        self.mappings.holding(addr)
     }
 
     /// Whether any mapping meets `[start, end]`.
@@ -847,7 +948,7 @@ impl Device {
         }
         // The common UNMAP takes back exactly one MAP.
         if d.mappings.get(&start).is_some_and(|e| e.end == end) {
-            d.mappings.remove(&start);
+            d.mappings.remove(start);
             self.mappings -= 1;
             return Status::Ok;
         }
@@ -864,12 +965,12 @@ impl Device {
             return Status::Range;
         }
         if only {
-            d.mappings.remove(&start);
+            d.mappings.remove(start);
             self.mappings -= 1;
         } else {
             // Every mapping starting in [start, end] ends in it too.
             while let Some((&s, _)) = d.mappings.range(start..=end).next() {
-                d.mappings.remove(&s);
+                d.mappings.remove(s);
                 self.mappings -= 1;
             }
         }
@@ -1046,4 +1147,63 @@ impl Device {
 fn write_tail(tail: &mut [u8], status: Status) {
     tail[0] = status as u8;
     tail[1..size::TAIL].fill(0);
+}
+
+#[cfg(test)]
+mod mappings_index {
+    use super::{Entry, Mappings, PAGE};
+    use alloc::collections::BTreeMap;
+
+    /// The B-tree alone: what `holding` must answer.
+    fn model(m: &BTreeMap<u64, Entry>, addr: u64) -> Option<(u64, Entry)> {
+        m.range(..=addr)
+            .next_back()
+            .filter(|(_, e)| e.end >= addr)
+            .map(|(&s, &e)| (s, e))
+    }
+
+    proptest::proptest! {
+        /// Mappings of one page, of several, unaligned and at the top of
+        /// the space, put in and taken out in any order: every address
+        /// finds what the B-tree alone finds.
+        #[test]
+        fn the_page_index_answers_as_the_btree(
+            ops in proptest::collection::vec((0u64..64, 0u8..5, proptest::bool::ANY), 1..200),
+            probes in proptest::collection::vec(0u64..(70 * PAGE), 1..64),
+        ) {
+            let mut m = Mappings::default();
+            let mut model_map: BTreeMap<u64, Entry> = BTreeMap::new();
+            for (slot, shape, add) in ops {
+                // Slots 64 KiB apart, so mappings never overlap.
+                let base = slot * 16 * PAGE;
+                let (start, end) = match shape {
+                    0 => (base, base + PAGE - 1),
+                    1 => (base, base + 3 * PAGE - 1),
+                    2 => (base + 0x200, base + 0x11ff),
+                    3 => (base, base + 0x7ff),
+                    _ => (u64::MAX - PAGE + 1, u64::MAX),
+                };
+                let e = Entry { end, phys: start ^ 0xabc000, flags: 3 };
+                if add && !model_map.contains_key(&start) {
+                    // One mapping per slot at a time, as MAP would allow.
+                    let taken = model_map.range(base..base + 16 * PAGE).next().is_some()
+                        || (shape == 4 && model_map.contains_key(&start));
+                    if !taken {
+                        m.insert(start, e);
+                        model_map.insert(start, e);
+                    }
+                } else if let Some((&s, _)) = model_map.range(base..=base + 16 * PAGE).next() {
+                    m.remove(s);
+                    model_map.remove(&s);
+                }
+                for &a in probes.iter().chain([u64::MAX, u64::MAX - 5].iter()) {
+                    proptest::prop_assert_eq!(m.holding(a), model(&model_map, a), "at {:#x}", a);
+                }
+            }
+            proptest::prop_assert_eq!(m.len(), model_map.len());
+            let unindexed = model_map.iter().filter(|(&s, e)| super::one_page(s, e).is_none()).count();
+            proptest::prop_assert_eq!(m.unindexed, unindexed);
+            proptest::prop_assert_eq!(m.pages.len(), model_map.len() - unindexed);
+        }
+    }
 }

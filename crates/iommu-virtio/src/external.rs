@@ -282,7 +282,7 @@ impl Externals {
             return Err(e);
         }
         if let Some(dom) = domain {
-            for (&start, e) in &dom.mappings {
+            for (&start, e) in dom.mappings.iter() {
                 if x.held.contains_key(&start) {
                     continue;
                 }
