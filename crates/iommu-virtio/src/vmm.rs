@@ -181,18 +181,9 @@ impl VirtioIommu {
             .get(&endpoint)
             .cloned();
         if let Some(tlb) = tlb {
-            let mut t = tlb.write().unwrap_or_else(|p| p.into_inner());
-            t.forget_recent();
-            match range {
-                Some((start, end)) => {
-                    // The IOTLB's ranges are half-open; the top byte of
-                    // the space is never cached.
-                    let len = end.saturating_sub(start).saturating_add(1);
-                    t.iotlb
-                        .invalidate_mapping(GuestAddress(start), cap(start, len));
-                }
-                None => t.iotlb.invalidate_all(),
-            }
+            tlb.write()
+                .unwrap_or_else(|p| p.into_inner())
+                .invalidate(range);
         }
     }
 
@@ -208,9 +199,9 @@ impl VirtioIommu {
             .cloned()
             .collect();
         for t in all {
-            let mut t = t.write().unwrap_or_else(|p| p.into_inner());
-            t.forget_recent();
-            t.iotlb.invalidate_all();
+            t.write()
+                .unwrap_or_else(|p| p.into_inner())
+                .invalidate(None);
         }
     }
 
@@ -372,10 +363,22 @@ impl Default for EndpointTlb {
 }
 
 impl EndpointTlb {
-    fn forget_recent(&mut self) {
+    /// Drops what `[start, end]` (everything with `None`) translated, from
+    /// the IOTLB and the recent segments.
+    fn invalidate(&mut self, range: Option<(u64, u64)>) {
         for r in &self.recent {
             r.start.store(1, Ordering::Relaxed);
             r.last.store(0, Ordering::Relaxed);
+        }
+        match range {
+            Some((start, end)) => {
+                // The IOTLB's ranges are half-open; the top byte of the
+                // space is never cached.
+                let len = end.saturating_sub(start).saturating_add(1);
+                self.iotlb
+                    .invalidate_mapping(GuestAddress(start), cap(start, len));
+            }
+            None => self.iotlb.invalidate_all(),
         }
     }
 
@@ -473,6 +476,8 @@ impl EndpointIommu {
     ) -> Result<Contiguous<'_>, Error> {
         let range = IovaRange { base: iova, length };
         let len = length as u64;
+        // Up to the last byte of the space (the IOTLB's half-open ranges
+        // stop one short).
         let Some(last) = iova.0.checked_add(len.wrapping_sub(1)).filter(|_| len != 0) else {
             return Err(Error::CannotResolve {
                 iova_range: range,
@@ -490,19 +495,7 @@ impl EndpointIommu {
             return Ok(Contiguous { phys, _read: t });
         }
         drop(t);
-        let dirs: &[Access] = match access {
-            Permissions::ReadWrite => &[Access::Write, Access::Read],
-            Permissions::Write => &[Access::Write],
-            _ => &[Access::Read],
-        };
-        for &dir in dirs {
-            if let Err(f) = self.fill(iova.0, len, dir) {
-                return Err(Error::CannotResolve {
-                    iova_range: range,
-                    reason: fault_text(&f),
-                });
-            }
-        }
+        self.fill_for(&range, access)?;
         let t = self.read_tlb();
         match t.recent(iova.0, last, need) {
             Some(phys) => Ok(Contiguous { phys, _read: t }),
@@ -511,6 +504,24 @@ impl EndpointIommu {
                 reason: "the range crosses mappings".into(),
             }),
         }
+    }
+
+    /// Fills the IOTLB for `range` with `access`: a write first when it
+    /// writes, then a read when it also reads (both must translate).
+    fn fill_for(&self, range: &IovaRange, access: Permissions) -> Result<(), Error> {
+        let dirs: &[Access] = match access {
+            Permissions::ReadWrite => &[Access::Write, Access::Read],
+            Permissions::Write => &[Access::Write],
+            _ => &[Access::Read],
+        };
+        for &dir in dirs {
+            self.fill(range.base.0, range.length as u64, dir)
+                .map_err(|f| Error::CannotResolve {
+                    iova_range: range.clone(),
+                    reason: fault_text(&f),
+                })?;
+        }
+        Ok(())
     }
 
     /// Fills the IOTLB for `[iova, iova + length)` from the device, or
@@ -556,8 +567,7 @@ impl Iommu for EndpointIommu {
         access: Permissions,
     ) -> Result<IotlbIterator<Self::IotlbGuard<'_>>, Error> {
         let range = IovaRange { base: iova, length };
-        let len = length as u64;
-        if length == 0 || iova.0.checked_add(len).is_none() {
+        if length == 0 || iova.0.checked_add(length as u64).is_none() {
             return Err(Error::CannotResolve {
                 iova_range: range,
                 reason: format!("{length} bytes at {:#x} are not a range", iova.0),
@@ -566,25 +576,7 @@ impl Iommu for EndpointIommu {
         if let Ok(it) = Iotlb::lookup(self.read(), iova, length, access) {
             return Ok(it);
         }
-        let dir = if access.has_write() {
-            Access::Write
-        } else {
-            Access::Read
-        };
-        if let Err(f) = self.fill(iova.0, len, dir) {
-            return Err(Error::CannotResolve {
-                iova_range: range,
-                reason: fault_text(&f),
-            });
-        }
-        if access == Permissions::ReadWrite {
-            if let Err(f) = self.fill(iova.0, len, Access::Read) {
-                return Err(Error::CannotResolve {
-                    iova_range: range,
-                    reason: fault_text(&f),
-                });
-            }
-        }
+        self.fill_for(&range, access)?;
         Iotlb::lookup(self.read(), iova, length, access).map_err(|fails| Error::CannotResolve {
             iova_range: range,
             reason: format!(
