@@ -120,13 +120,16 @@ pub fn fit(n: &[u64], y: &[f64]) -> Fit {
     }
 }
 
+/// The curve of `points`, fitted against `n + n_offset` (1 where a count
+/// starts at 0).
 fn series(
     name: &'static str,
     operation: &'static str,
     n_counts: &'static str,
     points: Vec<Point>,
+    n_offset: u64,
 ) -> Series {
-    let n: Vec<u64> = points.iter().map(|p| p.n).collect();
+    let n: Vec<u64> = points.iter().map(|p| p.n + n_offset).collect();
     let y: Vec<f64> = points.iter().map(|p| p.ns.median).collect();
     Series {
         name,
@@ -199,6 +202,7 @@ fn held_mappings(counts: &[u64], quick: bool) -> Result<Series, String> {
         "Domain::map + Domain::unmap of 4 KiB in a hole between the held leaves",
         "4 KiB mappings held in the domain",
         points,
+        0,
     ))
 }
 
@@ -241,6 +245,7 @@ fn held_dma(counts: &[u64], quick: bool) -> Result<Series, String> {
         "map_single + unmap_single of 4 KiB, strict, handle checks on",
         "DMA mappings live on the device",
         points,
+        0,
     ))
 }
 
@@ -293,6 +298,7 @@ fn functions(counts: &[u64], quick: bool) -> Result<Series, String> {
         "map + unmap of 4 KiB in the default domain of one function (its group and domain looked up)",
         "PCI functions on the platform, each in a group of its own",
         points,
+        0,
     ))
 }
 
@@ -337,16 +343,13 @@ fn fragmentation(quick: bool) -> Result<Series, String> {
         points.push(Point { n: holes, ns });
     }
     // The fit is against holes; the first point has none.
-    let mut s = series(
+    Ok(series(
         "fragmentation",
         "IOVA tree alloc + free of one granule (no caches)",
         "holes among 65,536 one-granule ranges (0 to 90 % freed)",
         points,
-    );
-    let n: Vec<u64> = s.points.iter().map(|p| p.n + 1).collect();
-    let y: Vec<f64> = s.points.iter().map(|p| p.ns.median).collect();
-    s.fit = fit(&n, &y);
-    Ok(s)
+        1,
+    ))
 }
 
 /// Runs the curves; returns what to print and whether every curve grows
