@@ -32,6 +32,7 @@ impl Default for IotlbGather {
 
 impl IotlbGather {
     /// An empty gather (Linux's `iommu_iotlb_gather_init`).
+    #[inline]
     pub const fn new() -> Self {
         Self {
             start: u64::MAX,
@@ -44,16 +45,19 @@ impl IotlbGather {
     }
 
     /// Whether nothing has been gathered.
+    #[inline]
     pub const fn is_empty(&self) -> bool {
         self.start > self.end
     }
 
     /// The gathered range as `(first IOVA, inclusive last IOVA)`.
+    #[inline]
     pub fn range(&self) -> Option<(Iova, Iova)> {
         (!self.is_empty()).then(|| (Iova::new(self.start), Iova::new(self.end)))
     }
 
     /// Bytes covered by the gathered range.
+    #[inline]
     pub const fn size(&self) -> u64 {
         if self.is_empty() {
             0
@@ -63,21 +67,25 @@ impl IotlbGather {
     }
 
     /// The page size of the gathered pages (0 when mixed sizes were merged by range).
+    #[inline]
     pub const fn pgsize(&self) -> u64 {
         self.pgsize
     }
 
     /// Whether invalidation was deferred to a flush queue.
+    #[inline]
     pub const fn is_queued(&self) -> bool {
         self.queued
     }
 
     /// Marks the gather as deferred to a flush queue.
+    #[inline]
     pub fn set_queued(&mut self, queued: bool) {
         self.queued = queued;
     }
 
     /// Whether `[iova, iova + size)` neither overlaps nor touches the gathered range.
+    #[inline]
     pub fn is_disjoint(&self, iova: Iova, size: u64) -> bool {
         if self.is_empty() || size == 0 {
             return false;
@@ -89,12 +97,14 @@ impl IotlbGather {
 
     /// Whether adding a page of `size` at `iova` needs the current contents
     /// synced first: the page size changes, or the page is not adjacent.
+    #[inline]
     pub fn needs_sync_before_page(&self, iova: Iova, size: u64) -> bool {
         (self.pgsize != 0 && self.pgsize != size) || self.is_disjoint(iova, size)
     }
 
     /// Widens the range to cover `[iova, iova + size)`. A range of another
     /// size than the recorded page size drops the page-size hint (0 = mixed).
+    #[inline]
     pub fn add_range(&mut self, iova: Iova, size: u64) {
         if size == 0 {
             return;
@@ -109,6 +119,7 @@ impl IotlbGather {
 
     /// Records one unmapped page. The caller syncs first when
     /// [`needs_sync_before_page`](Self::needs_sync_before_page) says so.
+    #[inline]
     pub fn add_page(&mut self, iova: Iova, size: u64) {
         self.pgsize = size;
         self.add_range(iova, size);
@@ -116,22 +127,26 @@ impl IotlbGather {
 
     /// The token under which a page table parked the table pages this
     /// gather's unmaps detached (0 if none were).
+    #[inline]
     pub const fn token(&self) -> u64 {
         self.token
     }
 
     /// Table pages waiting for this gather's sync before they can be reused.
+    #[inline]
     pub const fn freed_tables(&self) -> u32 {
         self.freed_tables
     }
 
     /// Records that a page table parked one more table page under `token`.
+    #[inline]
     pub fn note_freed_table(&mut self, token: u64) {
         self.token = token;
         self.freed_tables = self.freed_tables.saturating_add(1);
     }
 
     /// Empties the gather, returning what it held (for an `iotlb_sync`).
+    #[inline]
     pub fn take(&mut self) -> IotlbGather {
         core::mem::take(self)
     }
