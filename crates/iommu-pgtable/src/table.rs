@@ -713,6 +713,7 @@ impl<F: Format, M: TableMemory> IoPageTable<F, M> {
     /// `NoAccess` without read or write, `InvalidArgument` for `pgcount == 0`,
     /// `OutOfRange` beyond IAS/OAS, `Exists` when a mapping is in the way,
     /// `NoMemory` when tables cannot be allocated. Nothing is written then.
+    #[inline]
     pub fn map_pages(
         &self,
         iova: Iova,
@@ -1067,6 +1068,7 @@ impl<F: Format, M: TableMemory> IoPageTable<F, M> {
     /// [`unmap_pages`](Self::unmap_pages), saying where the removal started:
     /// at `iova`, or below it when a larger leaf covering `iova` was removed
     /// whole. A caller walking a range continues from the end of that.
+    #[inline]
     pub fn unmap_leaves(
         &self,
         iova: Iova,
