@@ -1,6 +1,6 @@
 //! What the core adds to a map+unmap pair: `cargo bench -p iommu-core`.
 //!
-//! One 4 KiB (and one 2 MiB) `Domain::map` + `Domain::unmap` on a paging
+//! One 4 KiB (and one 64 KiB, one 2 MiB) `Domain::map` + `Domain::unmap` on a paging
 //! domain of `testing::TableIommu` (the driver hands the core an
 //! `IoPageTable` and has no IOTLB), beside the same format's own `map_pages` +
 //! `unmap_leaves` + `release_gathered` on a table of its own. The
@@ -37,7 +37,11 @@ fn format<F: Format + Clone + 'static>(c: &mut Criterion, fmt: F) {
         .unwrap();
     let domain = iommu.domain_alloc(&bus, DomainType::Unmanaged).unwrap();
     let table = IoPageTable::new(fmt, HeapMemory::new()).unwrap();
-    for (what, iova, size) in [("4k", 1u64 << 30, 0x1000u64), ("2m", 2 << 30, 0x20_0000)] {
+    for (what, iova, size) in [
+        ("4k", 1u64 << 30, 0x1000u64),
+        ("64k", 3 << 30, 0x1_0000),
+        ("2m", 2 << 30, 0x20_0000),
+    ] {
         let (iova, pa) = (Iova::new(iova), PhysAddr::new(PA));
         c.bench_function(&format!("core/{name}/{what}/Domain map+unmap"), |b| {
             b.iter_custom(|iters| {
@@ -49,13 +53,21 @@ fn format<F: Format + Clone + 'static>(c: &mut Criterion, fmt: F) {
                 t0.elapsed()
             })
         });
+        // The table's own calls with the page size the core would pick:
+        // the size itself where the format has it, else 4 KiB pages.
+        let pgsize = if table.pgsize_bitmap() & size != 0 {
+            size
+        } else {
+            0x1000
+        };
+        let count = (size / pgsize) as usize;
         c.bench_function(&format!("core/{name}/{what}/table map+unmap"), |b| {
             b.iter_custom(|iters| {
                 let t0 = Instant::now();
                 for _ in 0..iters {
-                    table.map_pages(iova, pa, size, 1, Prot::RW).unwrap();
+                    table.map_pages(iova, pa, pgsize, count, Prot::RW).unwrap();
                     let mut g = IotlbGather::new();
-                    let u = table.unmap_leaves(black_box(iova), size, 1, &mut g);
+                    let u = table.unmap_leaves(black_box(iova), pgsize, count, &mut g);
                     assert_eq!(u.size, size);
                     table.release_gathered(&g);
                 }

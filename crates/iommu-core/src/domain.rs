@@ -516,8 +516,7 @@ impl Domain {
         let paging = self.paging_ops()?;
         let min = self.min_pagesz();
         if (iova.raw() | paddr.raw() | size) & (min - 1) != 0 {
-            crate::trace::warn!(%iova, %paddr, size, min, "unaligned map");
-            return Err(Errno::EINVAL);
+            return Err(unaligned_map(iova, paddr, size, min));
         }
         if size == 0 {
             return Ok(());
@@ -656,7 +655,7 @@ impl Domain {
             if !u.covers(Iova::new(cur)) {
                 // The driver answered about some other address: stop rather
                 // than guess where to go on.
-                crate::trace::error!(iova = %u.iova, size = u.size, at = cur, "unmap_pages removed a range that does not cover the address asked for");
+                stray_unmap(&u, cur);
                 removed = removed.saturating_add(u.size);
                 break;
             }
@@ -902,6 +901,23 @@ impl Domain {
 }
 
 use crate::ops::MapPagesError as MapErr;
+
+/// Reports a map request not aligned to the smallest page; `EINVAL`.
+/// Out of line, so the hot path carries no logging code.
+#[cold]
+#[inline(never)]
+fn unaligned_map(iova: Iova, paddr: PhysAddr, size: u64, min: u64) -> Errno {
+    crate::trace::warn!(%iova, %paddr, size, min, "unaligned map");
+    Errno::EINVAL
+}
+
+/// Reports a driver's `unmap_pages` answer about another address than
+/// `at`, the one asked for.
+#[cold]
+#[inline(never)]
+fn stray_unmap(u: &iommu_types::Unmapped, at: u64) {
+    crate::trace::error!(iova = %u.iova, size = u.size, at, "unmap_pages removed a range that does not cover the address asked for");
+}
 
 /// A domain reference that does not keep it alive (for timers and caches
 /// the domain itself owns).
