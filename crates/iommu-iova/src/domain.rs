@@ -230,7 +230,32 @@ impl<C: CpuId> IovaDomain<C> {
     ///
     /// # Errors
     /// As [`alloc`](Self::alloc).
+    #[inline]
     pub fn alloc_fast(
+        &self,
+        size: u64,
+        limit_pfn: u64,
+        flush_caches: bool,
+    ) -> Result<u64, IovaError> {
+        // The common case inline: this CPU's hot range of the class.
+        let rounded = fast_size(size);
+        if let (true, Some(class)) = (size != 0, cache_class(rounded)) {
+            if let (Some(cpu), Some(max_start)) = (
+                self.cpu.current_exclusive(),
+                limit_pfn.checked_sub(rounded - 1),
+            ) {
+                if let Some(pfn) = self.rcaches.take_hot(cpu, class, max_start) {
+                    return Ok(pfn);
+                }
+            }
+        }
+        self.alloc_fast_cached(size, limit_pfn, flush_caches)
+    }
+
+    /// [`alloc_fast`](Self::alloc_fast) past the hot range: the CPU's
+    /// magazines, the depot, the tree.
+    #[inline(never)]
+    fn alloc_fast_cached(
         &self,
         size: u64,
         limit_pfn: u64,
@@ -323,11 +348,43 @@ impl<C: CpuId> IovaDomain<C> {
     /// [`IovaError::InvalidSize`] for zero frames; [`IovaError::NotAllocated`]
     /// for a range that cannot be one `alloc_fast` gave out. Nothing changes
     /// then.
+    #[inline(always)]
     pub fn free_fast(&self, pfn: u64, size: u64) -> Result<(), IovaError> {
+        // The common case inline: into this CPU's empty hot slot of the class.
+        if let Some(cpu) = self.cpu.current_exclusive() {
+            let rounded = fast_size(size);
+            if let (true, Some(class)) = (size != 0, cache_class(rounded)) {
+                // A free the checks refuse goes on below, which says why.
+                if self.plausible(pfn, rounded)
+                    && self.free_checked(class, pfn, rounded)
+                    && self.rcaches.put_hot(cpu, class, pfn)
+                {
+                    return Ok(());
+                }
+            }
+        }
+        self.free_fast_cached(pfn, size)
+    }
+
+    /// [`free_fast`](Self::free_fast) past the hot slot.
+    #[inline(never)]
+    fn free_fast_cached(&self, pfn: u64, size: u64) -> Result<(), IovaError> {
         match self.cpu.current_exclusive() {
             Some(cpu) => self.free_fast_to(cpu, true, pfn, size),
             None => self.free_fast_to(self.cpu.current(), false, pfn, size),
         }
+    }
+
+    /// Whether a cacheable range of `rounded` frames at `pfn` is one
+    /// `alloc_fast` could have handed out: inside the domain and aligned
+    /// to its size.
+    #[inline(always)]
+    fn plausible(&self, pfn: u64, rounded: u64) -> bool {
+        pfn >= self.start_pfn
+            && pfn & (rounded - 1) == 0
+            && pfn
+                .checked_add(rounded - 1)
+                .is_some_and(|hi| hi <= self.max_pfn())
     }
 
     /// [`free_fast`](Self::free_fast) into the cache of CPU `cpu` (reduced
@@ -357,52 +414,70 @@ impl<C: CpuId> IovaDomain<C> {
         let rounded = fast_size(size);
         match cache_class(rounded) {
             Some(class) => {
-                let plausible = pfn >= self.start_pfn
-                    && pfn & (rounded - 1) == 0
-                    && pfn
-                        .checked_add(rounded - 1)
-                        .is_some_and(|hi| hi <= self.max_pfn());
-                if !plausible {
+                if !self.plausible(pfn, rounded) {
                     return Err(IovaError::NotAllocated);
                 }
-                if self.checked_frees || cfg!(debug_assertions) {
-                    let handed_out = self
-                        .find(pfn)
-                        .is_some_and(|r| r.pfn_lo == pfn && r.size() == rounded)
-                        && !self.rcaches.contains(class, pfn);
-                    if !handed_out {
-                        debug_assert!(
-                            self.checked_frees,
-                            "free_fast of a range alloc_fast did not hand out (or a second free)"
-                        );
-                        return Err(IovaError::NotAllocated);
-                    }
+                if !self.free_checked(class, pfn, rounded) {
+                    debug_assert!(
+                        self.checked_frees,
+                        "free_fast of a range alloc_fast did not hand out (or a second free)"
+                    );
+                    return Err(IovaError::NotAllocated);
                 }
                 if exclusive && self.rcaches.put_hot(cpu, class, pfn) {
                     return Ok(());
                 }
-                if let Some(mag) = self.rcaches.insert(cpu, class, pfn) {
-                    let mut tree = self.tree.lock();
-                    for &p in mag.pfns() {
-                        tree.free_exact(p);
-                    }
-                }
+                self.free_to_magazine(cpu, class, pfn);
                 Ok(())
             }
-            None => {
-                let mut tree = self.tree.lock();
-                match tree.find_ref(pfn) {
-                    Some((node, r)) if r.pfn_lo == pfn && r.size() == rounded => {
-                        tree.remove(node);
-                        Ok(())
-                    }
-                    _ => Err(IovaError::NotAllocated),
-                }
+            None => self.free_to_tree(pfn, rounded),
+        }
+    }
+
+    /// Whether a cacheable free passes the exact check, where it is made
+    /// (debug builds, [`with_checked_frees`](Self::with_checked_frees)).
+    #[inline(always)]
+    fn free_checked(&self, class: usize, pfn: u64, size: u64) -> bool {
+        !(self.checked_frees || cfg!(debug_assertions)) || self.handed_out(class, pfn, size)
+    }
+
+    /// Whether `[pfn, pfn + size)` is live in the tree and in no cache:
+    /// the exact check of a cacheable free.
+    #[inline(never)]
+    fn handed_out(&self, class: usize, pfn: u64, size: u64) -> bool {
+        self.find(pfn)
+            .is_some_and(|r| r.pfn_lo == pfn && r.size() == size)
+            && !self.rcaches.contains(class, pfn)
+    }
+
+    /// Puts a cacheable range in CPU `cpu`'s magazines; a full magazine
+    /// the depot no longer wants goes back to the tree.
+    #[inline(never)]
+    fn free_to_magazine(&self, cpu: usize, class: usize, pfn: u64) {
+        if let Some(mag) = self.rcaches.insert(cpu, class, pfn) {
+            let mut tree = self.tree.lock();
+            for &p in mag.pfns() {
+                tree.free_exact(p);
             }
         }
     }
 
+    /// Frees a range too large to cache: it must be exactly a live range
+    /// of the tree.
+    #[inline(never)]
+    fn free_to_tree(&self, pfn: u64, rounded: u64) -> Result<(), IovaError> {
+        let mut tree = self.tree.lock();
+        match tree.find_ref(pfn) {
+            Some((node, r)) if r.pfn_lo == pfn && r.size() == rounded => {
+                tree.remove(node);
+                Ok(())
+            }
+            _ => Err(IovaError::NotAllocated),
+        }
+    }
+
     /// The highest frame the domain hands out.
+    #[inline(always)]
     fn max_pfn(&self) -> u64 {
         u64::MAX >> self.shift
     }
