@@ -149,6 +149,7 @@ impl DmaCookie {
     ///
     /// `memory` (a coherent buffer's) is given back with the IOVA when the
     /// unmap is strict, and at once when it is lazy, as Linux does.
+    #[inline(always)]
     pub(crate) fn unmap(
         self: &Arc<Self>,
         domain: &Domain,
@@ -279,16 +280,22 @@ impl DmaCookie {
 /// Frees a range this layer allocated from `iovad` (into `cpu`'s cache, or
 /// the current CPU's). The allocator refusing it would be a bug of this
 /// layer's bookkeeping: it is reported, and the range stays allocated.
-#[inline]
+#[inline(always)]
 pub(crate) fn free_iova_on(iovad: &IovaDomain<DmaCpus>, cpu: Option<usize>, pfn: u64, pages: u64) {
     let r = match cpu {
         Some(cpu) => iovad.free_fast_on(cpu, pfn, pages),
         None => iovad.free_fast(pfn, pages),
     };
     if let Err(e) = r {
-        debug_assert!(false, "IOVA free of {pfn:#x}+{pages} refused: {e}");
-        tracing::error!(pfn, pages, "IOVA free refused: {e}");
+        free_refused(pfn, pages, e);
     }
+}
+
+#[cold]
+#[inline(never)]
+fn free_refused(pfn: u64, pages: u64, e: iommu_iova::IovaError) {
+    debug_assert!(false, "IOVA free of {pfn:#x}+{pages} refused: {e}");
+    tracing::error!(pfn, pages, "IOVA free refused: {e}");
 }
 
 /// Sweeps `[iova, iova + len)` into `gather` (which may already hold an

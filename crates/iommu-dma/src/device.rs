@@ -333,8 +333,21 @@ impl DmaDevice {
         Ok((off, len))
     }
 
+    /// Space below 4 GiB ran out: from now on this device's addresses use
+    /// its whole DMA mask (Linux logs the same once).
+    #[cold]
+    #[inline(never)]
+    fn end_32bit_workaround(&self, limit: u64) {
+        self.pci_32bit_workaround.store(false, Ordering::Relaxed);
+        tracing::info!(
+            dev = self.dev.name(),
+            "using {}-bit DMA addresses",
+            64 - limit.leading_zeros()
+        );
+    }
+
     /// An IOVA range of `len` bytes below `mask` (Linux's `iommu_dma_alloc_iova`).
-    #[inline]
+    #[inline(always)]
     fn alloc_iova(&self, len: u64, mask: u64) -> Result<u64, DmaError> {
         let limit = mask.min(self.aperture_end);
         let pages = len >> self.shift;
@@ -343,12 +356,7 @@ impl DmaDevice {
             if let Ok(pfn) = iovad.alloc_fast(pages, DMA_BIT_MASK_32 >> self.shift, false) {
                 return Ok(pfn << self.shift);
             }
-            self.pci_32bit_workaround.store(false, Ordering::Relaxed);
-            tracing::info!(
-                dev = self.dev.name(),
-                "using {}-bit DMA addresses",
-                64 - limit.leading_zeros()
-            );
+            self.end_32bit_workaround(limit);
         }
         let alloc = || iovad.alloc_fast(pages, limit >> self.shift, true);
         let pfn = match alloc() {
@@ -453,7 +461,7 @@ impl DmaDevice {
         Ok(DmaAddr::new(iova + off))
     }
 
-    #[inline]
+    #[inline(always)]
     fn map_range(
         &self,
         paddr: u64,
@@ -603,7 +611,7 @@ impl DmaDevice {
     /// Unmaps one mapped IOVA range and frees it, with `memory` (see
     /// `DmaCookie::unmap`); the range is proven this device's when handles
     /// are checked.
-    #[inline]
+    #[inline(always)]
     fn unmap_range(&self, iova: u64, len: u64, memory: Option<Memory>) -> Result<(), DmaError> {
         self.cookie.unmap(
             &self.domain,
