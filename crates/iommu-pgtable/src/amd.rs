@@ -21,7 +21,7 @@
 //! Memory type, execute and privilege live in the device table entry, not
 //! here, so only read and write survive a round trip.
 
-use crate::{Format, Geometry, PgtableError, Pte, PteKind, TableBits};
+use crate::{Format, Geometry, LeafBits, PgtableError, Pte, PteKind, TableBits};
 use iommu_types::{PhysAddr, Prot};
 
 const PR: u64 = 1 << 0;
@@ -170,6 +170,15 @@ unsafe impl<const SHIFT: u32> Format for AmdV1Format<SHIFT> {
             type_mask: PR | NEXT_MASK,
             type_bits: PR | next,
             tag: PR | next | IR | IW,
+        })
+    }
+
+    #[inline]
+    fn leaf_bits(&self, level: usize) -> Option<LeafBits> {
+        // At a level that holds leaves, a present entry with next level 0.
+        self.geo.is_leaf_level(level).then_some(LeafBits {
+            type_mask: PR | NEXT_MASK,
+            type_bits: PR,
         })
     }
 

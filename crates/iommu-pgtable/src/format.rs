@@ -162,6 +162,32 @@ impl TableBits {
     }
 }
 
+/// What a format's leaves at one level look like, for the walker's unmap
+/// fast path (see [`Format::leaf_bits`]): every descriptor with
+/// `pte & type_mask == type_bits` is one [`Format::kind`] calls a leaf at
+/// that level. It need not match every leaf: the others are classified.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LeafBits {
+    /// The bits that tell these leaves from anything else.
+    pub type_mask: u64,
+    /// Their value in such a leaf.
+    pub type_bits: u64,
+}
+
+impl LeafBits {
+    /// Matches nothing: the walker's value where a format gives no bits.
+    pub(crate) const NONE: LeafBits = LeafBits {
+        type_mask: 0,
+        type_bits: 1,
+    };
+
+    /// Whether `pte` is certainly a leaf.
+    #[inline(always)]
+    pub(crate) fn matches(&self, pte: u64) -> bool {
+        pte & self.type_mask == self.type_bits
+    }
+}
+
 /// A decoded descriptor.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Pte {
@@ -281,6 +307,17 @@ pub unsafe trait Format: Send + Sync {
     /// [`decode`](Self::decode); `None`, the default, keeps it decoding.
     #[inline]
     fn table_bits(&self, level: usize) -> Option<TableBits> {
+        let _ = level;
+        None
+    }
+
+    /// Leaves at `level` as plain bits, where a mask tells them (see
+    /// [`LeafBits`]): an unmap then clears a run of them without calling
+    /// [`kind`](Self::kind) for each. Every descriptor the bits match must
+    /// be a leaf by `kind` at `level`; `None`, the default, keeps the walker
+    /// classifying every descriptor.
+    #[inline]
+    fn leaf_bits(&self, level: usize) -> Option<LeafBits> {
         let _ = level;
         None
     }

@@ -48,7 +48,7 @@ pub mod walk;
 pub mod x86;
 
 pub use error::PgtableError;
-pub use format::{Format, Geometry, Pte, PteKind, TableBits};
+pub use format::{Format, Geometry, LeafBits, Pte, PteKind, TableBits};
 #[cfg(feature = "vm-memory")]
 pub use guest::GuestTableMemory;
 pub use memory::{HeapMemory, TableMemory};

@@ -24,7 +24,7 @@
 //! set at stage 1, S2AP\[1\] clear at stage 2); the SMMU gives the
 //! permission back on the first write, and that is the dirty state.
 
-use crate::{Format, Geometry, PgtableError, Pte, PteKind, TableBits};
+use crate::{Format, Geometry, LeafBits, PgtableError, Pte, PteKind, TableBits};
 use iommu_types::{PhysAddr, Prot};
 
 const VALID: u64 = 1 << 0;
@@ -491,6 +491,21 @@ unsafe impl Format for Lpae {
             type_mask: VALID | TYPE_TABLE_OR_PAGE,
             type_bits: VALID | TYPE_TABLE_OR_PAGE,
             tag: VALID | TYPE_TABLE_OR_PAGE | if self.ns() { NSTABLE } else { 0 },
+        })
+    }
+
+    #[inline]
+    fn leaf_bits(&self, level: usize) -> Option<LeafBits> {
+        // A page (0b11) at the last level, a block (0b01) where blocks are
+        // allowed: exactly `is_leaf`.
+        let last = self.is_last_level(level);
+        self.geo.is_leaf_level(level).then_some(LeafBits {
+            type_mask: VALID | TYPE_TABLE_OR_PAGE,
+            type_bits: if last {
+                VALID | TYPE_TABLE_OR_PAGE
+            } else {
+                VALID
+            },
         })
     }
 

@@ -15,7 +15,7 @@
 //! it); X is set unless `IOMMU_NOEXEC`; `IOMMU_MMIO` selects PBMT=IO, all
 //! else keeps the PMA memory type.
 
-use crate::{Format, Geometry, PgtableError, Pte, PteKind};
+use crate::{Format, Geometry, LeafBits, PgtableError, Pte, PteKind};
 use iommu_types::{PhysAddr, Prot};
 
 const V: u64 = 1 << 0;
@@ -170,6 +170,17 @@ unsafe impl Format for Riscv {
         } else {
             PteKind::Leaf
         }
+    }
+
+    #[inline]
+    fn leaf_bits(&self, level: usize) -> Option<LeafBits> {
+        // At the last level a valid entry with R is a page (R keeps it
+        // from being a pointer or W-without-R; 4 KiB needs no alignment
+        // check). Superpages must be aligned, which no mask tells.
+        (level + 1 == self.geo.levels).then_some(LeafBits {
+            type_mask: V | R,
+            type_bits: V | R,
+        })
     }
 
     #[inline]

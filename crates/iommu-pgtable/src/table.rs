@@ -33,7 +33,7 @@
 //! [`Format`] contract guarantees) and indexing below `Geometry::entries`.
 
 use crate::format::MAX_LEVELS;
-use crate::{Format, Geometry, PgtableError, Pte, PteKind, TableBits, TableMemory};
+use crate::{Format, Geometry, LeafBits, PgtableError, Pte, PteKind, TableBits, TableMemory};
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use iommu_types::{IotlbGather, Iova, PhysAddr, Prot, Unmapped};
@@ -201,6 +201,9 @@ struct Walk {
     /// Table descriptors of every level above the last, when the format
     /// gives them for all of those levels.
     tables: Option<[TableBits; MAX_LEVELS]>,
+    /// Leaves the format tells by their bits, per level
+    /// ([`LeafBits::NONE`] where it does not).
+    leaves: [LeafBits; MAX_LEVELS],
 }
 
 impl Walk {
@@ -211,6 +214,7 @@ impl Walk {
             top_shift: [64; MAX_LEVELS],
             leaf_level: [NO_LEVEL; 64],
             tables: None,
+            leaves: [LeafBits::NONE; MAX_LEVELS],
         };
         for l in 0..geo.levels {
             w.shift[l] = geo.entry_shift(l);
@@ -220,6 +224,7 @@ impl Walk {
             }
             if geo.is_leaf_level(l) {
                 w.leaf_level[w.shift[l] as usize] = l as u8;
+                w.leaves[l] = fmt.leaf_bits(l).unwrap_or(LeafBits::NONE);
             }
         }
         // Matches nothing: the slot of the last level, never asked about.
@@ -1098,8 +1103,14 @@ impl<F: Format, M: TableMemory> IoPageTable<F, M> {
         let first = self.walk.index(iova.raw(), level);
         let n = pgcount.min(self.geo.entries(level) - first);
         let mut done = 0usize;
+        let leaf = self.walk.leaves[level];
         for i in first..first + n {
             let pte = self.load(table, i);
+            if leaf.matches(pte) {
+                self.store(table, i, 0);
+                done += 1;
+                continue;
+            }
             match self.fmt.kind(pte, level) {
                 PteKind::Invalid => break,
                 PteKind::Leaf => self.store(table, i, 0),

@@ -10,7 +10,7 @@
 //! `IOMMU_CACHE` with SNP, as Linux does. Execute and privilege are not
 //! second-level properties.
 
-use crate::{Format, Geometry, PgtableError, Pte, PteKind};
+use crate::{Format, Geometry, LeafBits, PgtableError, Pte, PteKind};
 use iommu_types::{PhysAddr, Prot};
 
 const R: u64 = 1 << 0;
@@ -141,6 +141,16 @@ unsafe impl Format for VtdSl {
     }
 
     #[inline]
+    fn leaf_bits(&self, level: usize) -> Option<LeafBits> {
+        // At the last level an entry with R is a page (write-only ones are
+        // classified); above it a superpage also needs PS where allowed.
+        self.is_last(level).then_some(LeafBits {
+            type_mask: R,
+            type_bits: R,
+        })
+    }
+
+    #[inline]
     fn leaf_step(&self, _pa: PhysAddr, pgsize: u64, _count: usize) -> Option<u64> {
         Some(pgsize)
     }
@@ -215,6 +225,10 @@ unsafe impl Format for VtdFormat {
     #[inline]
     fn table_bits(&self, level: usize) -> Option<crate::TableBits> {
         each!(self, f => f.table_bits(level))
+    }
+    #[inline]
+    fn leaf_bits(&self, level: usize) -> Option<LeafBits> {
+        each!(self, f => f.leaf_bits(level))
     }
     #[inline]
     fn leaf_step(&self, pa: PhysAddr, pgsize: u64, count: usize) -> Option<u64> {

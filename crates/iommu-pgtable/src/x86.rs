@@ -24,7 +24,7 @@
 //! privileged access may use a user page unless the PASID entry enables SMEP.
 //! Table entries are P | R/W | U | A.
 
-use crate::{Format, Geometry, PgtableError, Pte, PteKind, TableBits};
+use crate::{Format, Geometry, LeafBits, PgtableError, Pte, PteKind, TableBits};
 use iommu_types::{PhysAddr, Prot};
 
 const P: u64 = 1 << 0;
@@ -152,6 +152,16 @@ unsafe impl Format for X86_64 {
             type_mask: P | PS,
             type_bits: P,
             tag: TABLE,
+        })
+    }
+
+    #[inline]
+    fn leaf_bits(&self, level: usize) -> Option<LeafBits> {
+        // At the last level every present entry is a page; above it a
+        // large page must also be aligned, which no mask tells.
+        self.is_last(level).then_some(LeafBits {
+            type_mask: P,
+            type_bits: P,
         })
     }
 

@@ -1,6 +1,7 @@
 //! The walker's shortcuts must agree with the full codec, for every format:
 //! `kind` with `decode` on any 64-bit value, `table_bits` with `kind` and
-//! `encode_table`, and `leaf_step` with encoding each leaf of a run.
+//! `encode_table`, `leaf_bits` with `kind` and `encode_leaf`, and
+//! `leaf_step` with encoding each leaf of a run.
 
 use iommu_pgtable::amd::{AmdV1, AmdV1Selftest};
 use iommu_pgtable::lpae::{Granule, Lpae, LpaeConfig, LpaeQuirks, Stage};
@@ -99,6 +100,27 @@ proptest! {
                 let direct = f.encode_leaf(pa.wrapping_add(k * size), level, prot);
                 prop_assert_eq!(first.wrapping_add(k * step), direct, "{} k {}", f.name(), k);
             }
+        }
+    }
+
+    #[test]
+    fn leaf_bits_match_only_leaves_and_every_readable_leaf(pte in any::<u64>(), low in 0u64..0x1000, page in 0u64..(1 << 20), bits in 0u32..64, pick in any::<prop::sample::Index>()) {
+        let fmts = formats();
+        let f = &fmts[pick.index(fmts.len())];
+        let geo = *f.geometry();
+        for level in 0..geo.levels {
+            let Some(lb) = f.leaf_bits(level) else { continue };
+            prop_assert!(geo.is_leaf_level(level), "{} level {} holds no leaves", f.name(), level);
+            for pte in [pte, (pte & !0xfff) | low, pte | lb.type_bits] {
+                if pte & lb.type_mask == lb.type_bits {
+                    prop_assert_eq!(f.kind(pte, level), PteKind::Leaf, "{} level {} pte {:#x}", f.name(), level, pte);
+                }
+            }
+            // What the walker writes for a readable mapping takes the fast path.
+            let size = geo.entry_size(level);
+            let pa = PhysAddr::new(page.wrapping_mul(size) % (1u64 << geo.oas.min(52)));
+            let leaf = f.encode_leaf(pa, level, Prot::from_bits_truncate(bits) | Prot::READ);
+            prop_assert_eq!(leaf & lb.type_mask, lb.type_bits, "{} level {} leaf {:#x}", f.name(), level, leaf);
         }
     }
 
