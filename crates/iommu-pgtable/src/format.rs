@@ -240,6 +240,11 @@ pub enum PteKind {
 ///   [`PteKind::Table`] exactly when `v & b.type_mask == b.type_bits`, and
 ///   `encode_table(t, level)` is `t + b.tag` (wrapping) for every table
 ///   address `t` the walker passes in;
+/// - where [`leaf_bits`](Self::leaf_bits) gives `Some(b)` for a level, the
+///   level holds leaves and every value `v` with
+///   `v & b.type_mask == b.type_bits` is [`PteKind::Leaf`] by `kind` (an
+///   unmap clears such a value without looking further, so a table taken
+///   for a leaf would be dropped without being freed);
 /// - [`geometry`](Self::geometry) always returns the same value.
 ///
 /// Together these mean the walker only ever follows addresses of tables it
