@@ -79,6 +79,10 @@ pub struct IovaTree {
     root: u32,
     /// The node with the highest first frame.
     last: u32,
+    /// The node with the lowest first frame: a space packed from the top
+    /// down allocates below it, and its walks to and from the bottom of the
+    /// tree (as deep as the tree) become one step.
+    first: u32,
     len: usize,
     start_pfn: u64,
     max_pfn: u64,
@@ -110,6 +114,7 @@ impl IovaTree {
             free: NIL,
             root: NIL,
             last: NIL,
+            first: NIL,
             len: 0,
             start_pfn,
             max_pfn,
@@ -178,7 +183,7 @@ impl IovaTree {
         let cached = if is32 { self.cached32 } else { self.cached };
         let (high, start) = match cached {
             NIL => (limit, self.last_below(limit)),
-            c if self.node(c).pfn_lo <= limit => (self.node(c).pfn_lo, self.prev(c)),
+            c if self.node(c).pfn_lo <= limit => (self.node(c).pfn_lo, self.prev_or_nil(c)),
             _ => (limit, self.last_below(limit)),
         };
         let found = self
@@ -533,11 +538,33 @@ impl IovaTree {
         }
     }
 
+    /// [`prev`](Self::prev), at once for the first node.
+    #[inline]
+    fn prev_or_nil(&self, i: u32) -> u32 {
+        if i == self.first {
+            NIL
+        } else {
+            self.prev(i)
+        }
+    }
+
     /// The last node whose first frame is at or below `pfn`.
     fn last_at_or_below(&self, pfn: u64) -> u32 {
         let last = self.last;
         if last != NIL && self.node(last).pfn_lo <= pfn {
             return last;
+        }
+        // Below the second node (the first's successor is known cheaply
+        // only as "above its last frame"): the first node, or none.
+        let first = self.first;
+        if first != NIL {
+            let f = self.node(first);
+            if pfn < f.pfn_lo {
+                return NIL;
+            }
+            if pfn <= f.pfn_hi {
+                return first;
+            }
         }
         let (mut i, mut best) = (self.root, NIL);
         while i != NIL {
@@ -625,10 +652,13 @@ impl IovaTree {
         if self.root == NIL {
             self.root = new;
             self.last = new;
+            self.first = new;
         } else if pred == NIL {
-            let first = self.leftmost(self.root);
+            // Below the lowest node, which has no left child.
+            let first = self.first;
             self.node_mut(first).left = new;
             self.node_mut(new).parent = first;
+            self.first = new;
         } else if self.node(pred).right == NIL {
             self.node_mut(pred).right = new;
             self.node_mut(new).parent = pred;
@@ -677,6 +707,9 @@ impl IovaTree {
     fn unlink(&mut self, z: u32) {
         if self.last == z {
             self.last = self.prev(z);
+        }
+        if self.first == z {
+            self.first = self.next(z);
         }
         let Node {
             left: zl,
@@ -797,6 +830,12 @@ impl IovaTree {
             self.rightmost(self.root)
         };
         assert_eq!(self.last, last, "last node");
+        let first = if self.root == NIL {
+            NIL
+        } else {
+            self.leftmost(self.root)
+        };
+        assert_eq!(self.first, first, "first node");
         for c in [self.cached, self.cached32] {
             if c != NIL {
                 let n = self.node(c);
