@@ -233,6 +233,9 @@ fn scatter<M: GuestMemory + ?Sized>(
     data.is_empty()
 }
 
+/// Chains taken from the available ring per read of its index.
+const BATCH: usize = 8;
+
 impl VirtioIommu {
     /// Serves every request the driver made available on the request
     /// queue: each is executed (and what it took away invalidated) before
@@ -248,13 +251,31 @@ impl VirtioIommu {
         let probe_size = self.device().config().probe_size as usize;
         let mut served = Served::default();
         // Notifications are not suppressed while serving: the VMM calls
-        // again on the next kick, so a chain added after the last pop is
-        // not missed.
-        while let Some(chain) = queue.pop_descriptor_chain(mem) {
-            let head = chain.head_index();
-            let used = self.serve_request(mem, chain, probe_size);
-            queue.add_used(mem, head, used)?;
-            served.used += 1;
+        // again on the next kick, so a chain added after the available
+        // index was last read is not missed. The index is read once per
+        // batch of chains rather than once per chain.
+        loop {
+            let mut batch: [Option<DescriptorChain<&M>>; BATCH] = Default::default();
+            let mut taken = 0;
+            match queue.iter(mem) {
+                Ok(avail) => {
+                    for (slot, chain) in batch.iter_mut().zip(avail) {
+                        *slot = Some(chain);
+                        taken += 1;
+                    }
+                }
+                // Reported below when nothing was served.
+                Err(_) => break,
+            }
+            for chain in batch.iter_mut().filter_map(Option::take) {
+                let head = chain.head_index();
+                let used = self.serve_request(mem, chain, probe_size);
+                queue.add_used(mem, head, used)?;
+                served.used += 1;
+            }
+            if taken < BATCH {
+                break;
+            }
         }
         if served.used == 0 {
             // Popping hides a broken available ring; asking for it again
