@@ -4,6 +4,7 @@ use crate::cpu::CpuId;
 use crate::rcache::{Rcaches, CACHE_CLASSES};
 use crate::tree::{order_base_2, IovaTree};
 use crate::{IovaError, IovaRange};
+use core::sync::atomic::{AtomicBool, Ordering};
 use spin::Mutex;
 
 /// Bytes of I/O page-table entries that share a cache line: a cache miss
@@ -70,6 +71,10 @@ pub struct IovaDomain<C: CpuId> {
     cpu: C,
     /// Check every `free_fast` exactly (see [`IovaDomain::with_checked_frees`]).
     checked_frees: bool,
+    /// Some range has gone into a cache. Until then a tree `free` need not
+    /// look through every CPU's caches (a domain used only through
+    /// `alloc` and `free` never does).
+    cached_ever: AtomicBool,
 }
 
 impl<C: CpuId> core::fmt::Debug for IovaDomain<C> {
@@ -106,6 +111,7 @@ impl<C: CpuId> IovaDomain<C> {
             rcaches: Rcaches::new(cpu.nr_cpus()),
             cpu,
             checked_frees: false,
+            cached_ever: AtomicBool::new(false),
         })
     }
 
@@ -177,7 +183,11 @@ impl<C: CpuId> IovaDomain<C> {
         let mut tree = self.tree.lock();
         let (node, range) = tree.find_ref(pfn).ok_or(IovaError::NotAllocated)?;
         if let Some(class) = cache_class(range.size()) {
-            if self.rcaches.contains(class, range.pfn_lo) {
+            // A cache insertion this free must see happened before it in
+            // the caller's order, which makes the flag's store visible.
+            if self.cached_ever.load(Ordering::Relaxed)
+                && self.rcaches.contains(class, range.pfn_lo)
+            {
                 return Err(IovaError::NotAllocated);
             }
         }
@@ -319,6 +329,7 @@ impl<C: CpuId> IovaDomain<C> {
     fn refill(&self, size: u64, class: usize, limit_pfn: u64) -> Result<u64, IovaError> {
         let count = REFILL_FRAMES / size;
         let first = self.tree.lock().alloc_block(size, count, limit_pfn)?;
+        self.note_cached();
         let cpu = self.cpu.current();
         for i in 0..count - 1 {
             if let Some(mag) = self.rcaches.insert(cpu, class, first + i * size) {
@@ -355,11 +366,11 @@ impl<C: CpuId> IovaDomain<C> {
             let rounded = fast_size(size);
             if let (true, Some(class)) = (size != 0, cache_class(rounded)) {
                 // A free the checks refuse goes on below, which says why.
-                if self.plausible(pfn, rounded)
-                    && self.free_checked(class, pfn, rounded)
-                    && self.rcaches.put_hot(cpu, class, pfn)
-                {
-                    return Ok(());
+                if self.plausible(pfn, rounded) && self.free_checked(class, pfn, rounded) {
+                    self.note_cached();
+                    if self.rcaches.put_hot(cpu, class, pfn) {
+                        return Ok(());
+                    }
                 }
             }
         }
@@ -372,6 +383,14 @@ impl<C: CpuId> IovaDomain<C> {
         match self.cpu.current_exclusive() {
             Some(cpu) => self.free_fast_to(cpu, true, pfn, size),
             None => self.free_fast_to(self.cpu.current(), false, pfn, size),
+        }
+    }
+
+    /// Records that a range is about to go into a cache (see `cached_ever`).
+    #[inline(always)]
+    fn note_cached(&self) {
+        if !self.cached_ever.load(Ordering::Relaxed) {
+            self.cached_ever.store(true, Ordering::Relaxed);
         }
     }
 
@@ -424,6 +443,7 @@ impl<C: CpuId> IovaDomain<C> {
                     );
                     return Err(IovaError::NotAllocated);
                 }
+                self.note_cached();
                 if exclusive && self.rcaches.put_hot(cpu, class, pfn) {
                     return Ok(());
                 }

@@ -156,6 +156,7 @@ impl IovaTree {
     }
 
     /// [`alloc`](Self::alloc) with room for the node already reserved.
+    #[inline]
     fn alloc_range(
         &mut self,
         size: u64,
@@ -287,8 +288,19 @@ impl IovaTree {
     }
 
     /// The allocated node containing `pfn`, and its range.
+    #[inline]
     pub(crate) fn find_ref(&self, pfn: u64) -> Option<(NodeRef, IovaRange)> {
-        let i = self.last_at_or_below(pfn);
+        // Each class's search resumes at the range it allocated last, so a
+        // short-lived range freed right after its allocation is found there
+        // without a descent.
+        let holds = |c: u32| c != NIL && self.node(c).pfn_lo <= pfn && pfn <= self.node(c).pfn_hi;
+        let i = if holds(self.cached32) {
+            self.cached32
+        } else if holds(self.cached) {
+            self.cached
+        } else {
+            self.last_at_or_below(pfn)
+        };
         if i == NIL {
             return None;
         }
@@ -327,6 +339,7 @@ impl IovaTree {
 
     /// Removes `node`, found by [`find_ref`](Self::find_ref) under the same
     /// lock.
+    #[inline]
     pub(crate) fn remove(&mut self, node: NodeRef) {
         let i = node.0;
         let Node { pfn_lo, pfn_hi, .. } = *self.node(i);
@@ -554,18 +567,7 @@ impl IovaTree {
         if last != NIL && self.node(last).pfn_lo <= pfn {
             return last;
         }
-        // Below the second node (the first's successor is known cheaply
-        // only as "above its last frame"): the first node, or none.
-        let first = self.first;
-        if first != NIL {
-            let f = self.node(first);
-            if pfn < f.pfn_lo {
-                return NIL;
-            }
-            if pfn <= f.pfn_hi {
-                return first;
-            }
-        }
+
         let (mut i, mut best) = (self.root, NIL);
         while i != NIL {
             let n = self.node(i);
@@ -648,6 +650,7 @@ impl IovaTree {
     /// Links `new` right after `pred` in address order (first of all when
     /// `pred` is [`NIL`]) and rebalances: no search, as Linux's insertion
     /// next to a known neighbour.
+    #[inline]
     fn insert_after(&mut self, pred: u32, new: u32) {
         if self.root == NIL {
             self.root = new;
