@@ -368,16 +368,18 @@ impl<C: CpuId> IovaDomain<C> {
                 // A free the checks refuse goes on below, which says why.
                 if self.plausible(pfn, rounded) && self.free_checked(class, pfn, rounded) {
                     self.note_cached();
-                    if self.rcaches.put_hot(cpu, class, pfn) {
-                        return Ok(());
+                    if !self.rcaches.put_hot(cpu, class, pfn) {
+                        self.free_to_magazine(cpu, class, pfn);
                     }
+                    return Ok(());
                 }
             }
         }
         self.free_fast_cached(pfn, size)
     }
 
-    /// [`free_fast`](Self::free_fast) past the hot slot.
+    /// [`free_fast`](Self::free_fast) for a caller not running exclusively
+    /// as its CPU, and for a free the checks refuse (it says why).
     #[inline(never)]
     fn free_fast_cached(&self, pfn: u64, size: u64) -> Result<(), IovaError> {
         match self.cpu.current_exclusive() {

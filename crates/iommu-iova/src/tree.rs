@@ -567,7 +567,6 @@ impl IovaTree {
         if last != NIL && self.node(last).pfn_lo <= pfn {
             return last;
         }
-
         let (mut i, mut best) = (self.root, NIL);
         while i != NIL {
             let n = self.node(i);

@@ -1106,12 +1106,13 @@ impl<F: Format, M: TableMemory> IoPageTable<F, M> {
         let leaf = self.walk.leaves[level];
         for i in first..first + n {
             let pte = self.load(table, i);
-            if leaf.matches(pte) {
-                self.store(table, i, 0);
-                done += 1;
-                continue;
-            }
-            match self.fmt.kind(pte, level) {
+            // The format's leaf bits spare the classification of most.
+            let kind = if leaf.matches(pte) {
+                PteKind::Leaf
+            } else {
+                self.fmt.kind(pte, level)
+            };
+            match kind {
                 PteKind::Invalid => break,
                 PteKind::Leaf => self.store(table, i, 0),
                 PteKind::Table => {

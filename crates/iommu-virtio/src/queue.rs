@@ -278,8 +278,8 @@ impl VirtioIommu {
             }
         }
         if served.used == 0 {
-            // Popping hides a broken available ring; asking for it again
-            // does not.
+            // A broken available ring ends the loop above without an
+            // error; asking for it again returns one.
             queue.iter(mem)?;
             return Ok(served);
         }
