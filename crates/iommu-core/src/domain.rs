@@ -196,6 +196,10 @@ struct DomainInner {
     driver: String,
     pgsize_bitmap: u64,
     geometry: DomainGeometry,
+    /// Whether the core can map into it, decided when it is made: `EINVAL`
+    /// for a type without page tables, `ENODEV` for a driver without
+    /// [`PagingOps`] or page sizes.
+    paging: Result<(), Errno>,
     fault_handler: RwLock<Option<FaultHandler>>,
     iova_cookie: Mutex<Option<IovaCookie>>,
     flushes: FlushClock,
@@ -311,6 +315,13 @@ impl Domain {
     ) -> Domain {
         let pgsize_bitmap = ops.pgsize_bitmap().unwrap_or(owner.pgsize_bitmap());
         let geometry = ops.geometry().unwrap_or(DomainGeometry::FULL);
+        let paging = if !ty.is_paging() {
+            Err(Errno::EINVAL)
+        } else if ops.paging().is_none() || pgsize_bitmap == 0 {
+            Err(Errno::ENODEV)
+        } else {
+            Ok(())
+        };
         Domain(Arc::new(DomainInner {
             id,
             ty: AtomicU8::new(ty.to_u8()),
@@ -319,6 +330,7 @@ impl Domain {
             driver: owner.name().to_string(),
             pgsize_bitmap,
             geometry,
+            paging,
             fault_handler: RwLock::new(None),
             iova_cookie: Mutex::new(None),
             flushes: FlushClock::default(),
@@ -447,14 +459,11 @@ impl Domain {
         Arc::strong_count(&self.0)
     }
 
+    /// The page-table operations, where the core may map (see
+    /// `DomainInner::paging`).
     fn paging_ops(&self) -> Result<&dyn PagingOps, Errno> {
-        if !self.ty().is_paging() {
-            return Err(Errno::EINVAL);
-        }
-        match self.0.ops.paging() {
-            Some(p) if self.0.pgsize_bitmap != 0 => Ok(p),
-            _ => Err(Errno::ENODEV),
-        }
+        self.0.paging?;
+        self.0.ops.paging().ok_or(Errno::ENODEV)
     }
 
     fn min_pagesz(&self) -> u64 {
@@ -495,7 +504,11 @@ impl Domain {
         size: u64,
         prot: Prot,
     ) -> Result<(), Errno> {
-        self.map_nosync::<TRACED>(iova, paddr, size, prot)?;
+        // One driver call for the whole request syncs it too
+        // (`map_pages_sync`); otherwise the sync follows the last call.
+        if self.map_nosync::<TRACED, true>(iova, paddr, size, prot)? {
+            return Ok(());
+        }
         if let Err(e) = self.0.ops.iotlb_sync_map(iova, size) {
             self.undo_map(iova, size);
             return Err(e);
@@ -504,22 +517,23 @@ impl Domain {
     }
 
     /// `map` without the final `iotlb_sync_map` (Linux's `__iommu_map`).
-    /// `TRACED`: with a span per driver call.
+    /// With `SYNC`, a request one driver call maps whole is synced by that
+    /// call, and the answer is `true`. `TRACED`: with a span per driver call.
     #[inline(always)]
-    fn map_nosync<const TRACED: bool>(
+    fn map_nosync<const TRACED: bool, const SYNC: bool>(
         &self,
         iova: Iova,
         paddr: PhysAddr,
         size: u64,
         prot: Prot,
-    ) -> Result<(), Errno> {
-        let paging = self.paging_ops()?;
+    ) -> Result<bool, Errno> {
+        self.0.paging?;
         let min = self.min_pagesz();
         if (iova.raw() | paddr.raw() | size) & (min - 1) != 0 {
             return Err(unaligned_map(iova, paddr, size, min));
         }
         if size == 0 {
-            return Ok(());
+            return Ok(false);
         }
         let last = iova.raw().checked_add(size - 1).ok_or(Errno::EOVERFLOW)?;
         paddr.raw().checked_add(size - 1).ok_or(Errno::EOVERFLOW)?;
@@ -539,19 +553,20 @@ impl Domain {
                 )
                 .entered()
             });
-            let result = paging.map_pages(
-                Iova::new(cur_iova),
-                PhysAddr::new(cur_pa),
-                pgsize,
-                count as usize,
-                prot,
-            );
+            let (at, pa, n) = (Iova::new(cur_iova), PhysAddr::new(cur_pa), count as usize);
+            let whole = SYNC && pgsize * count == size;
+            let result = if whole {
+                self.0.ops.map_pages_sync(at, pa, pgsize, n, prot)
+            } else {
+                self.0.ops.map_pages(at, pa, pgsize, n, prot)
+            };
             match result {
                 Ok(0) => {
                     // A driver that maps nothing without an error would loop forever.
                     self.undo_map(iova, done);
                     return Err(Errno::EINVAL);
                 }
+                Ok(mapped) if whole && mapped == size => return Ok(true),
                 Ok(mapped) => done += mapped,
                 Err(MapErr { errno, mapped }) => {
                     self.undo_map(iova, done + mapped);
@@ -559,7 +574,7 @@ impl Domain {
                 }
             }
         }
-        Ok(())
+        Ok(false)
     }
 
     fn undo_map(&self, iova: Iova, size: u64) {
@@ -625,9 +640,9 @@ impl Domain {
         size: u64,
         gather: &mut IotlbGather,
     ) -> u64 {
-        let Ok(paging) = self.paging_ops() else {
+        if self.0.paging.is_err() {
             return 0;
-        };
+        }
         let min = self.min_pagesz();
         if (iova.raw() | size) & (min - 1) != 0 {
             return 0;
@@ -648,7 +663,10 @@ impl Domain {
                 )
                 .entered()
             });
-            let u = paging.unmap_pages(Iova::new(cur), pgsize, count as usize, gather);
+            let u = self
+                .0
+                .ops
+                .unmap_pages(Iova::new(cur), pgsize, count as usize, gather);
             if u.is_empty() {
                 break;
             }
@@ -838,7 +856,7 @@ impl Domain {
         let mut run: Option<(u64, u64)> = None; // (start pa, len)
         let flush = |mapped: &mut u64, run: (u64, u64)| -> Result<(), Errno> {
             let at = iova.checked_add(*mapped).ok_or(Errno::EOVERFLOW)?;
-            self.map_nosync::<true>(at, PhysAddr::new(run.0), run.1, prot)?;
+            self.map_nosync::<true, false>(at, PhysAddr::new(run.0), run.1, prot)?;
             *mapped += run.1;
             Ok(())
         };

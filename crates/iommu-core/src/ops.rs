@@ -259,8 +259,84 @@ pub trait DomainOps: Send + Sync + 'static {
     }
 
     /// The page-table operations, for paging domains; `None` means "no map op".
+    ///
+    /// The answer must not change over the domain's life: the core asks
+    /// once, when the domain is made, whether there is one.
     fn paging(&self) -> Option<&dyn PagingOps> {
         None
+    }
+
+    /// [`PagingOps::map_pages`] of [`paging`](Self::paging) (`ENODEV`
+    /// without one): the core's map goes through here.
+    ///
+    /// Drivers leave it alone. The provided body is compiled into each
+    /// driver's own `DomainOps`, where `paging` is the driver's and no longer
+    /// a dynamic call, so a map costs one dispatch, as Linux's
+    /// `domain->ops->map_pages`, instead of two.
+    ///
+    /// # Errors
+    /// See [`MapPagesError`].
+    #[inline]
+    fn map_pages(
+        &self,
+        iova: Iova,
+        paddr: PhysAddr,
+        pgsize: u64,
+        pgcount: usize,
+        prot: Prot,
+    ) -> Result<u64, MapPagesError> {
+        match self.paging() {
+            Some(p) => p.map_pages(iova, paddr, pgsize, pgcount, prot),
+            None => Err(Errno::ENODEV.into()),
+        }
+    }
+
+    /// [`map_pages`](Self::map_pages) of a whole map request in one call
+    /// and, once it has mapped all of it,
+    /// [`iotlb_sync_map`](Self::iotlb_sync_map) over it. A failed sync is an
+    /// error with everything mapped counted in `mapped`, which the core
+    /// then takes back as it does after a short map.
+    ///
+    /// Drivers leave it alone. Compiled into each driver, it calls the
+    /// driver's own `iotlb_sync_map` directly, so a driver without one pays
+    /// nothing for it (Linux skips a NULL op), and one with one pays a call
+    /// instead of a dispatch.
+    ///
+    /// # Errors
+    /// See [`MapPagesError`].
+    #[inline]
+    fn map_pages_sync(
+        &self,
+        iova: Iova,
+        paddr: PhysAddr,
+        pgsize: u64,
+        pgcount: usize,
+        prot: Prot,
+    ) -> Result<u64, MapPagesError> {
+        let mapped = self.map_pages(iova, paddr, pgsize, pgcount, prot)?;
+        if Some(mapped) == pgsize.checked_mul(pgcount as u64) {
+            if let Err(errno) = self.iotlb_sync_map(iova, mapped) {
+                return Err(MapPagesError { errno, mapped });
+            }
+        }
+        Ok(mapped)
+    }
+
+    /// [`PagingOps::unmap_pages`] of [`paging`](Self::paging) (nothing
+    /// removed without one), for the same reason as
+    /// [`map_pages`](Self::map_pages).
+    #[inline]
+    fn unmap_pages(
+        &self,
+        iova: Iova,
+        pgsize: u64,
+        pgcount: usize,
+        gather: &mut IotlbGather,
+    ) -> Unmapped {
+        match self.paging() {
+            Some(p) => p.unmap_pages(iova, pgsize, pgcount, gather),
+            None => Unmapped::NOTHING,
+        }
     }
 
     /// The aperture; `None` lets the core use the whole address space.

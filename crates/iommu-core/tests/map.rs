@@ -151,6 +151,41 @@ fn map_calls_iotlb_sync_map_and_undoes_the_map_if_it_fails() {
 }
 
 #[test]
+fn iotlb_sync_map_comes_once_per_map_however_the_driver_is_called() {
+    // One driver call for the whole request (the sync rides on it), several
+    // page sizes, a driver that maps a few pages per call, and an empty map.
+    for max_pages_per_call in [usize::MAX, 3] {
+        let (w, d) = unmanaged(MockConfig {
+            max_pages_per_call,
+            ..MockConfig::default()
+        });
+        let mut syncs = w.mock.sync_maps();
+        for (iova, size) in [(0, K4), (M2, M2), (G1 - K4, M2 + 2 * K4), (4 * G1, 16 * K4)] {
+            map(&d, iova, iova, size).unwrap();
+            syncs += 1;
+            assert_eq!(w.mock.sync_maps(), syncs, "{size:#x} at {iova:#x}");
+            assert_eq!(
+                d.iova_to_phys(Iova::new(iova + size - K4)),
+                Some(PhysAddr::new(iova + size - K4))
+            );
+        }
+        map(&d, 8 * G1, 0, 0).unwrap();
+        assert_eq!(w.mock.sync_maps(), syncs + 1, "an empty map is still told");
+        // A failed sync takes back all of the map, whichever call carried it.
+        let before = MockIommu::mappings(&d).len();
+        for (iova, size) in [(9 * G1, K4), (10 * G1 - K4, M2 + 2 * K4)] {
+            w.mock.fail_after(MockOp::SyncMap, 0);
+            assert_eq!(map(&d, iova, iova, size).unwrap_err(), Errno::ENOMEM);
+            assert_eq!(
+                MockIommu::mappings(&d).len(),
+                before,
+                "{size:#x} at {iova:#x}"
+            );
+        }
+    }
+}
+
+#[test]
 fn unmap_returns_bytes_and_stops_at_the_first_hole() {
     let (w, d) = unmanaged(MockConfig::default());
     map(&d, 0, 0, 3 * K4).unwrap();
