@@ -156,6 +156,7 @@ impl Tracker {
         )
     }
 
+    #[inline]
     pub(crate) fn insert(&self, iova: u64, t: Tracked) {
         let (slot, tag) = self.slot(iova);
         if let Some(word) = self.pack(iova, tag, t) {
@@ -166,12 +167,20 @@ impl Tracker {
                 return;
             }
         }
+        self.insert_overflow(iova, t);
+    }
+
+    /// A record the table cannot hold goes to the locked map.
+    #[cold]
+    #[inline(never)]
+    fn insert_overflow(&self, iova: u64, t: Tracked) {
         let mut m = self.overflow.lock();
         m.insert(iova, t);
         self.overflowed.store(m.len(), Ordering::Release);
     }
 
     /// Removes the record of `iova` if it matches what the caller says.
+    #[inline]
     pub(crate) fn take(
         &self,
         iova: u64,
@@ -200,6 +209,20 @@ impl Tracker {
         if self.overflowed.load(Ordering::Acquire) == 0 {
             return Err(DmaError::NotMapped);
         }
+        self.take_overflow(iova, len, dir, api)
+    }
+
+    /// [`take`](Self::take) from the locked map, where records the table
+    /// could not hold are.
+    #[cold]
+    #[inline(never)]
+    fn take_overflow(
+        &self,
+        iova: u64,
+        len: u64,
+        dir: DmaDirection,
+        api: Api,
+    ) -> Result<Tracked, DmaError> {
         let mut m = self.overflow.lock();
         let t = *m.get(&iova).ok_or(DmaError::NotMapped)?;
         if t.len != len || t.dir != dir || t.api != api {
