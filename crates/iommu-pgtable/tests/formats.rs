@@ -511,7 +511,7 @@ macro_rules! model_test {
         proptest! {
             #![proptest_config(ProptestConfig::with_cases(if cfg!(miri) { 2 } else { 32 }))]
             #[test]
-            fn $name(ops in proptest::collection::vec(common::op(common::window(&$make)), 1..100)) {
+            fn $name(ops in proptest::collection::vec(common::op(common::window(&$make)), 1..if cfg!(miri) { 30 } else { 100 })) {
                 common::model_check($make, &ops)?;
             }
         }

@@ -131,7 +131,7 @@ proptest! {
     #[test]
     fn random_ops_on_each_family_agree_with_the_model(
         format in 0usize..FORMATS.len(),
-        ops in prop::collection::vec(any::<(u8, u64, u64, u8, u16, u8)>(), 1..80),
+        ops in prop::collection::vec(any::<(u8, u64, u64, u8, u16, u8)>(), 1..if cfg!(miri) { 16 } else { 80 }),
     ) {
         // Structured ops, so most of them are meaningful for the format.
         let ops = ops

@@ -11,6 +11,11 @@ fn linux_selftest_scenario_holds_for_every_stage_granule_and_ias() {
         for granule in [Granule::G4K, Granule::G16K, Granule::G64K] {
             let max = if granule == Granule::G64K { 52 } else { 48 };
             for ias in (32..=48).chain((max == 52).then_some(52)) {
+                // Under Miri, the sizes where some granule's table shape
+                // changes (levels, or stage-2 concatenation), and the ends.
+                if cfg!(miri) && ![32, 36, 39, 40, 42, 43, 47, 48, 52].contains(&ias) {
+                    continue;
+                }
                 common::selftest(
                     Lpae::new(LpaeConfig {
                         stage,
@@ -24,7 +29,14 @@ fn linux_selftest_scenario_holds_for_every_stage_granule_and_ias() {
             }
         }
     }
-    assert_eq!(ran, 2 * (17 + 17 + 18));
+    assert_eq!(
+        ran,
+        if cfg!(miri) {
+            2 * (8 + 8 + 9)
+        } else {
+            2 * (17 + 17 + 18)
+        }
+    );
     // And the 52-bit output encoding with its 4 TiB blocks.
     common::selftest(
         Lpae::new(LpaeConfig {
