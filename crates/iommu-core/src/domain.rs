@@ -554,7 +554,9 @@ impl Domain {
                 .entered()
             });
             let (at, pa, n) = (Iova::new(cur_iova), PhysAddr::new(cur_pa), count as usize);
-            let whole = SYNC && pgsize * count == size;
+            // Traced, the sync stays its own step after the map, as the
+            // call tree shows it (Linux's `iommu_map` order).
+            let whole = SYNC && !TRACED && pgsize * count == size;
             let result = if whole {
                 self.0.ops.map_pages_sync(at, pa, pgsize, n, prot)
             } else {
