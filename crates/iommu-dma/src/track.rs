@@ -188,6 +188,8 @@ impl Tracker {
         dir: DmaDirection,
         api: Api,
     ) -> Result<Tracked, DmaError> {
+        // What the caller says the mapping was; a record must be exactly it.
+        let want = Tracked { len, dir, api };
         let (slot, tag) = self.slot(iova);
         let mut cur = slot.load(Ordering::Acquire);
         while cur & 1 != 0 && cur >> TAG_SHIFT == tag {
@@ -196,7 +198,7 @@ impl Tracker {
                 dir: dir_of(cur >> 1),
                 api: api_of(cur >> 3),
             };
-            if t.len != len || t.dir != dir || t.api != api {
+            if t != want {
                 return Err(DmaError::Mismatch);
             }
             // Only the word read goes: a racing unmap of the same handle
@@ -209,23 +211,17 @@ impl Tracker {
         if self.overflowed.load(Ordering::Acquire) == 0 {
             return Err(DmaError::NotMapped);
         }
-        self.take_overflow(iova, len, dir, api)
+        self.take_overflow(iova, want)
     }
 
     /// [`take`](Self::take) from the locked map, where records the table
     /// could not hold are.
     #[cold]
     #[inline(never)]
-    fn take_overflow(
-        &self,
-        iova: u64,
-        len: u64,
-        dir: DmaDirection,
-        api: Api,
-    ) -> Result<Tracked, DmaError> {
+    fn take_overflow(&self, iova: u64, want: Tracked) -> Result<Tracked, DmaError> {
         let mut m = self.overflow.lock();
         let t = *m.get(&iova).ok_or(DmaError::NotMapped)?;
-        if t.len != len || t.dir != dir || t.api != api {
+        if t != want {
             return Err(DmaError::Mismatch);
         }
         m.remove(&iova);
