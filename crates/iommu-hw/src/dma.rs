@@ -49,6 +49,7 @@ impl<M: TableMemory> DmaRegion<M> {
     ///
     /// # Panics
     /// If `word` is outside the region (a driver bug, never input).
+    #[inline]
     pub fn read(&self, word: usize) -> u64 {
         assert!(word < self.words, "DMA region read out of bounds");
         // SAFETY: the block was allocated from `self.mem` and is freed only
@@ -60,6 +61,7 @@ impl<M: TableMemory> DmaRegion<M> {
     ///
     /// # Panics
     /// As [`read`](Self::read).
+    #[inline]
     pub fn write(&self, word: usize, value: u64) {
         assert!(word < self.words, "DMA region write out of bounds");
         // SAFETY: as in `read`.
@@ -118,16 +120,19 @@ impl<M: TableMemory> TableMemory for DomainMemory<M> {
         unsafe { self.mem.free_table(table, bytes) }
     }
 
+    #[inline]
     unsafe fn load(&self, table: PhysAddr, index: usize) -> u64 {
         // SAFETY: the caller's promise, passed on.
         unsafe { self.mem.load(table, index) }
     }
 
+    #[inline]
     unsafe fn store(&self, table: PhysAddr, index: usize, value: u64) {
         // SAFETY: the caller's promise, passed on.
         unsafe { self.mem.store(table, index, value) }
     }
 
+    #[inline]
     unsafe fn compare_exchange(
         &self,
         table: PhysAddr,

@@ -45,11 +45,12 @@ impl EmuLayout {
             GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), self.memory as usize)])
                 .map_err(|_| EmuError::Memory)?,
         );
-        let tables = Arc::new(GuestTableMemory::new(
-            memory.clone(),
-            self.tables,
-            self.tables_size,
-        ));
+        // SAFETY: `memory` is vm-memory's mmap backend over one anonymous
+        // range, made here and without a dirty bitmap: its mapping never
+        // moves and lives as long as the `Arc` the table memory holds.
+        let tables = Arc::new(unsafe {
+            GuestTableMemory::with_host_mapping(memory.clone(), self.tables, self.tables_size)
+        });
         Ok((memory, tables))
     }
 }

@@ -31,6 +31,7 @@ extern crate alloc;
 #[allow(unsafe_code)] // calls TableMemory's accessors on regions it owns
 mod dma;
 #[cfg(feature = "vm-memory")]
+#[allow(unsafe_code)] // vouches for the host mapping of the memory it makes
 pub mod emu;
 mod ids;
 #[allow(unsafe_code)] // VolatileMmio touches a register window

@@ -3,17 +3,24 @@
 //! [`GuestTableMemory`] hands out tables from a region of a VM's physical
 //! memory (any `vm_memory::GuestMemoryBackend`), so a driver's tables are
 //! ordinary guest bytes that an emulated IOMMU walks itself. Every access is
-//! bounds-checked by vm-memory: an address outside guest memory reads as an
-//! invalid descriptor and writes to it are dropped, never a panic.
+//! bounds-checked: an address outside guest memory reads as an invalid
+//! descriptor and writes to it are dropped, never a panic.
+//!
+//! Every access goes through vm-memory's region lookup, unless the table
+//! memory was made with [`GuestTableMemory::with_host_mapping`]: then a
+//! descriptor inside the table window is reached at its host address
+//! directly (one bounds test, no lookup), and anything outside the window
+//! still goes the checked way.
 
 use crate::TableMemory;
 use alloc::collections::BTreeMap;
 use alloc::sync::Arc;
 use alloc::vec;
 use alloc::vec::Vec;
+use core::ptr::NonNull;
 use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use iommu_types::PhysAddr;
-use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, VolatileMemory};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion, VolatileMemory};
 
 #[derive(Debug, Default)]
 struct Alloc {
@@ -33,7 +40,21 @@ pub struct GuestTableMemory<M: GuestMemoryBackend> {
     end: u64,
     alloc: spin::Mutex<Alloc>,
     live: AtomicUsize,
+    /// Host address of `base`, when the maker vouched for it.
+    host: Option<HostWindow>,
 }
+
+/// The host address of the table window's first byte (see
+/// [`GuestTableMemory::with_host_mapping`]).
+#[derive(Clone, Copy, Debug)]
+struct HostWindow(NonNull<u8>);
+
+// SAFETY: the window is guest memory shared by design: the pointer is only
+// turned into `&AtomicU64` for atomic accesses, as vm-memory's own
+// `get_atomic_ref` does from any thread.
+unsafe impl Send for HostWindow {}
+// SAFETY: as for `Send`.
+unsafe impl Sync for HostWindow {}
 
 impl<M: GuestMemoryBackend> GuestTableMemory<M> {
     /// Table memory carved from `[base, base + size)` of `mem`.
@@ -47,7 +68,52 @@ impl<M: GuestMemoryBackend> GuestTableMemory<M> {
                 free: BTreeMap::new(),
             }),
             live: AtomicUsize::new(0),
+            host: None,
         }
+    }
+
+    /// [`new`](Self::new), and descriptors inside `[base, base + size)`
+    /// are then reached at their host address without vm-memory's region
+    /// lookup on every access (the lookup was most of the cost of a table
+    /// access). When the window is not inside one region, or vm-memory
+    /// gives no host address for it, this is `new`: every access is
+    /// looked up, as before.
+    ///
+    /// # Safety
+    /// While `mem` lives, the host address vm-memory reports for `base`
+    /// (`GuestMemoryBackend::get_host_address`) must stay mapped to the
+    /// guest memory `[base, base + size)`, contiguously, and writes there
+    /// must need no bookkeeping by vm-memory (no dirty-page bitmap). A
+    /// `GuestMemoryMmap<()>` made from anonymous or file ranges keeps
+    /// this: its regions never change once made and are unmapped only when
+    /// the last handle to them is dropped. A backend that maps guest pages
+    /// per access (Xen grants, for one) or logs dirty pages does not.
+    pub unsafe fn with_host_mapping(mem: impl Into<Arc<M>>, base: u64, size: u64) -> Self {
+        let mut t = Self::new(mem, base, size);
+        t.host = t.host_window();
+        t
+    }
+
+    /// The host address of the window, if one region holds all of it and
+    /// that address can hold `AtomicU64`s.
+    fn host_window(&self) -> Option<HostWindow> {
+        if self.end - self.base < 8 {
+            return None;
+        }
+        let region = self.mem.find_region(GuestAddress(self.base))?;
+        if region.last_addr().0 < self.end - 1 {
+            return None;
+        }
+        let host = self.mem.get_host_address(GuestAddress(self.base)).ok()?;
+        if !(host as usize).is_multiple_of(core::mem::align_of::<AtomicU64>()) {
+            return None;
+        }
+        NonNull::new(host).map(HostWindow)
+    }
+
+    /// Whether accesses inside the window skip vm-memory's lookup.
+    pub fn is_host_mapped(&self) -> bool {
+        self.host.is_some()
     }
 
     /// The guest memory.
@@ -60,8 +126,17 @@ impl<M: GuestMemoryBackend> GuestTableMemory<M> {
         &self.mem
     }
 
+    /// The word at `pa` (8-aligned), read atomically; `None` where vm-memory
+    /// refuses the address.
+    pub(crate) fn read_word(&self, pa: PhysAddr) -> Option<u64> {
+        self.with_slot(pa, 0, |s| s.load(Ordering::Acquire))
+    }
+
     /// Runs `f` on descriptor `index` of `table`; `None` when vm-memory
-    /// refuses the address (outside guest memory, or misaligned).
+    /// refuses the address (outside guest memory, or misaligned). Inside a
+    /// host window this is a bounds test and a pointer; the lookup is out of
+    /// line.
+    #[inline]
     fn with_slot<R>(
         &self,
         table: PhysAddr,
@@ -69,6 +144,26 @@ impl<M: GuestMemoryBackend> GuestTableMemory<M> {
         f: impl FnOnce(&AtomicU64) -> R,
     ) -> Option<R> {
         let addr = table.raw().checked_add((index as u64).checked_mul(8)?)?;
+        if let Some(HostWindow(host)) = self.host {
+            let off = addr.wrapping_sub(self.base);
+            // Inside the window (and so not wrapped) and 8-aligned, as the
+            // window's start is.
+            if off <= self.end - self.base - 8 && off.is_multiple_of(8) {
+                // SAFETY: `with_host_mapping`'s caller promised `host` maps
+                // `[base, end)` while `self.mem` lives, which it does as long
+                // as `self`; `off + 8 <= end - base`, and `host + off` is
+                // 8-aligned. Guest memory is shared: it is only ever reached
+                // through atomics here, as vm-memory's `get_atomic_ref` does.
+                let slot = unsafe { &*host.as_ptr().add(off as usize).cast::<AtomicU64>() };
+                return Some(f(slot));
+            }
+        }
+        self.looked_up(addr, f)
+    }
+
+    /// `with_slot` through vm-memory's region lookup.
+    #[inline(never)]
+    fn looked_up<R>(&self, addr: u64, f: impl FnOnce(&AtomicU64) -> R) -> Option<R> {
         let slice = self.mem.get_slice(GuestAddress(addr), 8).ok()?;
         let slot = slice.get_atomic_ref::<AtomicU64>(0).ok()?;
         Some(f(slot))
@@ -118,15 +213,18 @@ impl<M: GuestMemoryBackend + Send + Sync> TableMemory for GuestTableMemory<M> {
         self.live.fetch_sub(1, Ordering::AcqRel);
     }
 
+    #[inline]
     unsafe fn load(&self, table: PhysAddr, index: usize) -> u64 {
         self.with_slot(table, index, |s| s.load(Ordering::Acquire))
             .unwrap_or(0)
     }
 
+    #[inline]
     unsafe fn store(&self, table: PhysAddr, index: usize, value: u64) {
         self.with_slot(table, index, |s| s.store(value, Ordering::Release));
     }
 
+    #[inline]
     unsafe fn compare_exchange(
         &self,
         table: PhysAddr,

@@ -32,7 +32,8 @@ pub mod amd;
 mod error;
 mod format;
 #[cfg(feature = "vm-memory")]
-#[allow(unsafe_code)] // implements the unsafe-to-call accessors; the bodies are bounds-checked
+#[allow(unsafe_code)]
+// implements the unsafe-to-call accessors, bounds-checked; a vouched-for host window
 mod guest;
 pub mod lpae;
 pub mod measure;

@@ -30,7 +30,11 @@ impl<T: PhysRead + ?Sized> PhysRead for &T {
 #[cfg(feature = "vm-memory")]
 impl<M: vm_memory::GuestMemoryBackend> PhysRead for crate::GuestTableMemory<M> {
     fn read_u64(&self, pa: PhysAddr) -> Option<u64> {
-        GuestRead(self.guest_memory()).read_u64(pa)
+        if !pa.raw().is_multiple_of(8) {
+            return None;
+        }
+        self.read_word(pa)
+            .or_else(|| GuestRead(self.guest_memory()).read_u64(pa))
     }
 }
 
@@ -43,9 +47,24 @@ pub struct GuestRead<'a, M: ?Sized>(pub &'a M);
 #[cfg(feature = "vm-memory")]
 impl<M: vm_memory::GuestMemoryBackend + ?Sized> PhysRead for GuestRead<'_, M> {
     fn read_u64(&self, pa: PhysAddr) -> Option<u64> {
-        use vm_memory::{Bytes, GuestAddress};
+        use vm_memory::{Bytes, GuestAddress, VolatileMemory};
         if !pa.raw().is_multiple_of(8) {
             return None;
+        }
+        // One atomic load where the word is plain memory in one region (a
+        // descriptor the driver is rewriting is never seen torn); vm-memory's
+        // byte copy otherwise.
+        if let Some(w) = self
+            .0
+            .get_slice(GuestAddress(pa.raw()), 8)
+            .ok()
+            .and_then(|s| {
+                s.get_atomic_ref::<core::sync::atomic::AtomicU64>(0)
+                    .ok()
+                    .map(|a| a.load(core::sync::atomic::Ordering::Acquire))
+            })
+        {
+            return Some(u64::from_le(w));
         }
         let mut b = [0u8; 8];
         self.0.read_slice(&mut b, GuestAddress(pa.raw())).ok()?;
