@@ -261,6 +261,10 @@ impl<R: Mmio, M: TableMemory> Smmuv3Domain<R, M> {
     }
 }
 
+/// Invalidations an `iotlb_sync` builds on the stack before it needs the
+/// heap (with the TLBI_NH_ALL a nesting parent adds).
+const INLINE_TLBI: usize = 4;
+
 impl<R: Mmio + 'static, M: TableMemory + 'static> DomainOps for Smmuv3Domain<R, M> {
     /// `EINVAL` for a paging or nested domain bound to another SMMU than
     /// `dev`'s; `ENOENT` for a nested domain translating through the
@@ -327,30 +331,62 @@ impl<R: Mmio + 'static, M: TableMemory + 'static> DomainOps for Smmuv3Domain<R, 
         };
         let size = (last.raw() - first.raw()).saturating_add(1);
         let granule_shift = table.format().geometry().granule_shift;
-        let mut cmds = Vec::new();
-        ste::tlbi_range(
+        // A stage 2 under guests' stage 1 adds a TLBI_NH_ALL: a guest's
+        // stage-1 entries combined with this stage 2 are found by VA, not
+        // IPA, so TLBI_S2_IPA may leave them.
+        let nh_all = match (self.nest_parent, &self.kind) {
+            (true, DomainKind::S2 { vmid, .. }) => Some(ste::tlbi_nh_all(*vmid)),
+            _ => None,
+        };
+        // The usual few commands sit on the stack; up to MAX_TLBI_OPS go
+        // to the heap; past that, one invalidation of the whole domain.
+        let mut inline = [[0u64; 2]; INLINE_TLBI];
+        let mut heap = Vec::new();
+        let mut n = 0;
+        let fits = ste::tlbi_range(
             target,
             first.raw(),
             size,
             1 << granule_shift,
             granule_shift,
             unit.caps.range_inv,
-            &mut cmds,
+            crate::driver::MAX_TLBI_OPS,
+            |c| {
+                if n < INLINE_TLBI - 1 {
+                    inline[n] = c;
+                } else {
+                    if n == INLINE_TLBI - 1 {
+                        heap.extend_from_slice(&inline[..n]);
+                    }
+                    heap.push(c);
+                }
+                n += 1;
+            },
         );
-        if cmds.len() > crate::driver::MAX_TLBI_OPS {
-            cmds.clear();
-            cmds.extend(self.flush_all_cmd());
-        } else if let (true, DomainKind::S2 { vmid, .. }) = (self.nest_parent, &self.kind) {
-            // A guest's stage-1 entries combined with this stage 2 are
-            // found by VA, not IPA: TLBI_S2_IPA may leave them.
-            cmds.push(ste::tlbi_nh_all(*vmid));
-        }
+        let cmds: &[ste::Cmd] = if !fits {
+            n = 0;
+            if let Some(all) = self.flush_all_cmd() {
+                inline[0] = all;
+                n = 1;
+            }
+            &inline[..n]
+        } else if n < INLINE_TLBI {
+            // One slot is always left for the TLBI_NH_ALL.
+            if let Some(c) = nh_all {
+                inline[n] = c;
+                n += 1;
+            }
+            &inline[..n]
+        } else {
+            heap.extend(nh_all);
+            &heap
+        };
         // A failed sync keeps the freed tables parked (never reused while
         // the SMMU may still walk them) until a flush-all completes; the
         // driver keeps the invalidation and sends it again at once (a
         // refused command was skipped, the queue may be moving again) and
         // before any later command.
-        let r = unit.submit(&cmds, true).or_else(|_| unit.submit(&[], true));
+        let r = unit.submit(cmds, true).or_else(|_| unit.submit(&[], true));
         match r {
             Ok(()) => table.release_gathered(gather),
             Err(_) => table.hold_gathered(gather),

@@ -174,11 +174,16 @@ pub enum TlbiTarget {
 }
 
 /// Invalidations by address covering `[start, start + size)` of a table
-/// with granule `1 << granule_shift`, appended to `out`.
+/// with granule `1 << granule_shift`, handed to `emit` in order; `false`,
+/// with nothing emitted, when that takes more than `max` commands (the
+/// caller invalidates everything instead, as Linux does past
+/// `CMDQ_MAX_TLBI_OPS`). The count is found first, in at most `max + 1`
+/// steps, so a huge range costs neither time nor memory.
 ///
 /// With range invalidation (`IDR3.RIL`) each command covers
 /// `(NUM + 1) << SCALE` granules and a few commands cover any range; without
 /// it, one command per `leaf` bytes (the gather's page size).
+#[allow(clippy::too_many_arguments)] // the TLBI's fields, as the command spells them
 pub fn tlbi_range(
     target: TlbiTarget,
     start: u64,
@@ -186,50 +191,91 @@ pub fn tlbi_range(
     leaf: u64,
     granule_shift: u32,
     ril: bool,
-    out: &mut alloc::vec::Vec<Cmd>,
-) {
-    let (opcode, tag) = match target {
-        TlbiTarget::Asid(asid) => (0x12u64, u64::from(asid) << 48),
-        TlbiTarget::Vmid(vmid) => (0x2a, u64::from(vmid) << 32),
+    max: usize,
+    mut emit: impl FnMut(Cmd),
+) -> bool {
+    let mut n = 0usize;
+    let gen = TlbiGen {
+        target,
+        start,
+        size,
+        leaf,
+        granule_shift,
+        ril,
     };
-    let addr_mask = match target {
-        TlbiTarget::Asid(_) => !0xfffu64,
-        TlbiTarget::Vmid(_) => 0x000f_ffff_ffff_f000,
-    };
-    if !ril {
-        let step = leaf.max(1 << granule_shift);
-        let mut at = start & !(step - 1);
-        let end = start.saturating_add(size);
-        while at < end {
-            // LEAF = 0: freed tables may be cached by the walk too.
-            out.push([opcode | tag, at & addr_mask]);
-            at = match at.checked_add(step) {
-                Some(a) => a,
-                None => break,
-            };
-        }
-        return;
+    if !gen.run(|_| {
+        n += 1;
+        n <= max
+    }) {
+        return false;
     }
-    let tg = match granule_shift {
-        12 => 1u64,
-        14 => 2,
-        _ => 3,
-    };
-    let mut at = start >> granule_shift << granule_shift;
-    let end = start.saturating_add(size);
-    let mut pages = (end - at).div_ceil(1 << granule_shift);
-    while pages > 0 {
-        // The largest (NUM + 1) << SCALE with NUM < 32 that the remaining
-        // count allows, from its lowest set bit up.
-        let scale = pages.trailing_zeros().min(31);
-        let num = ((pages >> scale) & 0x1f).max(1);
-        let covered = num << scale;
-        out.push([
-            opcode | tag | ((num - 1) << 12) | (u64::from(scale) << 20),
-            (at & addr_mask) | (tg << 10),
-        ]);
-        at = at.wrapping_add(covered << granule_shift);
-        pages -= covered;
+    gen.run(|c| {
+        emit(c);
+        true
+    })
+}
+
+/// The commands of one [`tlbi_range`], produced twice: counted, then sent.
+struct TlbiGen {
+    target: TlbiTarget,
+    start: u64,
+    size: u64,
+    leaf: u64,
+    granule_shift: u32,
+    ril: bool,
+}
+
+impl TlbiGen {
+    /// Hands each command to `f` while it answers `true`; whether all went.
+    #[inline]
+    fn run(&self, mut f: impl FnMut(Cmd) -> bool) -> bool {
+        let (opcode, tag) = match self.target {
+            TlbiTarget::Asid(asid) => (0x12u64, u64::from(asid) << 48),
+            TlbiTarget::Vmid(vmid) => (0x2a, u64::from(vmid) << 32),
+        };
+        let addr_mask = match self.target {
+            TlbiTarget::Asid(_) => !0xfffu64,
+            TlbiTarget::Vmid(_) => 0x000f_ffff_ffff_f000,
+        };
+        let end = self.start.saturating_add(self.size);
+        if !self.ril {
+            let step = self.leaf.max(1 << self.granule_shift);
+            let mut at = self.start & !(step - 1);
+            while at < end {
+                // LEAF = 0: freed tables may be cached by the walk too.
+                if !f([opcode | tag, at & addr_mask]) {
+                    return false;
+                }
+                at = match at.checked_add(step) {
+                    Some(a) => a,
+                    None => break,
+                };
+            }
+            return true;
+        }
+        let tg = match self.granule_shift {
+            12 => 1u64,
+            14 => 2,
+            _ => 3,
+        };
+        let mut at = self.start >> self.granule_shift << self.granule_shift;
+        let mut pages = (end - at).div_ceil(1 << self.granule_shift);
+        while pages > 0 {
+            // The largest (NUM + 1) << SCALE with NUM < 32 that the remaining
+            // count allows, from its lowest set bit up.
+            let scale = pages.trailing_zeros().min(31);
+            let num = ((pages >> scale) & 0x1f).max(1);
+            let covered = num << scale;
+            if !f([
+                opcode | tag | ((num - 1) << 12) | (u64::from(scale) << 20),
+                (at & addr_mask) | (tg << 10),
+            ]) {
+                return false;
+            }
+            at = at.wrapping_add(covered << self.granule_shift);
+            pages -= covered;
+        }
+        true
     }
 }
 
@@ -356,7 +402,16 @@ mod tests {
             (0x4000_0000, 1 << 30),
         ] {
             let mut out = Vec::new();
-            tlbi_range(TlbiTarget::Asid(3), start, size, 0x1000, 12, true, &mut out);
+            assert!(tlbi_range(
+                TlbiTarget::Asid(3),
+                start,
+                size,
+                0x1000,
+                12,
+                true,
+                usize::MAX,
+                |c| out.push(c)
+            ));
             let mut at = start;
             for c in &out {
                 assert_eq!(c[0] & 0xff, 0x12);
@@ -373,19 +428,80 @@ mod tests {
     #[test]
     fn without_range_invalidation_one_tlbi_per_page_4_4_2() {
         let mut out = Vec::new();
-        tlbi_range(
+        assert!(tlbi_range(
             TlbiTarget::Vmid(2),
             0x3000,
             0x3000,
             0x1000,
             12,
             false,
-            &mut out,
-        );
+            3,
+            |c| out.push(c),
+        ));
         assert_eq!(out.len(), 3);
         for (i, c) in out.iter().enumerate() {
             assert_eq!(c[0], 0x2a | (2 << 32), "TLBI_S2_IPA, VMID");
             assert_eq!(c[1], 0x3000 + 0x1000 * i as u64, "IPA, TG = 0");
         }
+    }
+
+    #[test]
+    fn past_the_bound_nothing_is_emitted_however_large_the_range() {
+        for ril in [false, true] {
+            // Just under, at and past the bound.
+            for (pages, fits) in [(127u64, true), (128, true), (129, false)] {
+                let mut out = Vec::new();
+                let ok = tlbi_range(
+                    TlbiTarget::Asid(1),
+                    0,
+                    pages << 12,
+                    0x1000,
+                    12,
+                    ril,
+                    128,
+                    |c| out.push(c),
+                );
+                // A range TLBI covers any of these in a few commands.
+                assert_eq!(ok, fits || ril, "{pages} pages, ril {ril}");
+                assert_eq!(out.is_empty(), !ok);
+            }
+            // The whole 64-bit space: a page at a time without RIL, and in
+            // 2^21 commands of at most 2^31 pages with it. Refused at once
+            // (the bound is found in 129 steps), nothing emitted.
+            let mut n = 0;
+            let ok = tlbi_range(
+                TlbiTarget::Vmid(1),
+                0,
+                u64::MAX,
+                0x1000,
+                12,
+                ril,
+                128,
+                |_| n += 1,
+            );
+            assert!(!ok);
+            assert_eq!(n, 0);
+        }
+        // A bound of zero refuses everything but an empty range.
+        assert!(!tlbi_range(
+            TlbiTarget::Asid(1),
+            0,
+            0x1000,
+            0x1000,
+            12,
+            true,
+            0,
+            |_| {}
+        ));
+        assert!(tlbi_range(
+            TlbiTarget::Asid(1),
+            0x1000,
+            0,
+            0x1000,
+            12,
+            false,
+            0,
+            |_| {}
+        ));
     }
 }

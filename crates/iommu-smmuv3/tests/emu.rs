@@ -357,3 +357,38 @@ fn a_wedged_command_queue_fails_attach_with_etimedout_and_keeps_the_old_ste() {
     s.iommu.attach_group(&new, &g).unwrap();
     assert_ne!(s.plat.driver.ste(7).unwrap(), before);
 }
+
+/// An unmap of 64 GiB (1 GiB blocks) is invalidated by one TLBI of the
+/// whole ASID, with or without range invalidation, and at once: without
+/// RIL the driver does not list a TLBI per 4 KiB page (2^24 of them) before
+/// finding it needs more than it sends one at a time.
+#[test]
+fn a_huge_unmap_invalidates_the_whole_asid_in_a_few_commands() {
+    const GIB: u64 = 1 << 30;
+    for range_inv in [false, true] {
+        let features = Features {
+            range_inv,
+            ..Features::default()
+        };
+        let s = setup_with(features, Smmuv3Config::default(), &[7]);
+        let d = domain(&s);
+        let at = 1u64 << 40;
+        d.map(Iova::new(at), PhysAddr::new(0), 64 * GIB, Prot::RW)
+            .unwrap();
+        // The SMMU caches translations at both ends.
+        let ends = [at, at + 64 * GIB - 0x1000];
+        for iova in ends {
+            s.plat.hw.dma(7, iova, 8, Access::Write).unwrap();
+        }
+        let before = s.plat.hw.stats().commands;
+        assert_eq!(d.unmap(Iova::new(at), 64 * GIB), Ok(64 * GIB));
+        let sent = s.plat.hw.stats().commands - before;
+        assert!(sent <= 4, "range_inv {range_inv}: {sent} commands");
+        for iova in ends {
+            assert!(
+                s.plat.hw.dma(7, iova, 8, Access::Write).is_err(),
+                "range_inv {range_inv}: {iova:#x} still reachable"
+            );
+        }
+    }
+}
