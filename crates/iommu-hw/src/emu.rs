@@ -5,7 +5,7 @@
 extern crate std;
 
 use alloc::sync::Arc;
-use iommu_pgtable::GuestTableMemory;
+use iommu_pgtable::{GuestTableMemory, GuestWindow};
 use vm_memory::{GuestAddress, GuestMemoryMmap};
 
 /// Guest memory of an emulated platform.
@@ -36,23 +36,45 @@ impl Default for EmuLayout {
 }
 
 impl EmuLayout {
-    /// The guest memory and the driver's table memory in it.
+    /// The guest memory, the driver's table memory in it, and a window
+    /// over all of it for the emulated hardware's reads and writes. The
+    /// tables and the window are reached at their host address (see
+    /// `GuestWindow::with_host_mapping`): this memory is made here.
     ///
     /// # Errors
     /// [`EmuError::Memory`] when the memory cannot be made.
-    pub fn build<F, P>(&self) -> Result<(Arc<EmuMemory>, Arc<EmuTables>), EmuError<F, P>> {
+    pub fn build<F, P>(&self) -> Result<EmuParts, EmuError<F, P>> {
         let memory = Arc::new(
             GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), self.memory as usize)])
                 .map_err(|_| EmuError::Memory)?,
         );
         // SAFETY: `memory` is vm-memory's mmap backend over one anonymous
         // range, made here and without a dirty bitmap: its mapping never
-        // moves and lives as long as the `Arc` the table memory holds.
-        let tables = Arc::new(unsafe {
-            GuestTableMemory::with_host_mapping(memory.clone(), self.tables, self.tables_size)
-        });
-        Ok((memory, tables))
+        // moves and lives as long as the `Arc`s the table memory and the
+        // window hold.
+        let (tables, window) = unsafe {
+            (
+                GuestTableMemory::with_host_mapping(memory.clone(), self.tables, self.tables_size),
+                GuestWindow::with_host_mapping(memory.clone(), 0, self.memory),
+            )
+        };
+        Ok(EmuParts {
+            memory,
+            tables: Arc::new(tables),
+            window,
+        })
     }
+}
+
+/// What [`EmuLayout::build`] makes.
+#[derive(Debug)]
+pub struct EmuParts {
+    /// The guest memory.
+    pub memory: Arc<EmuMemory>,
+    /// The driver's table memory in it.
+    pub tables: Arc<EmuTables>,
+    /// All of the memory, for the emulated hardware.
+    pub window: GuestWindow<EmuMemory>,
 }
 
 /// Why an emulated platform could not be made: the memory, the

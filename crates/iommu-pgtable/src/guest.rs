@@ -6,11 +6,11 @@
 //! bounds-checked: an address outside guest memory reads as an invalid
 //! descriptor and writes to it are dropped, never a panic.
 //!
-//! Every access goes through vm-memory's region lookup, unless the table
-//! memory was made with [`GuestTableMemory::with_host_mapping`]: then a
-//! descriptor inside the table window is reached at its host address
-//! directly (one bounds test, no lookup), and anything outside the window
-//! still goes the checked way.
+//! Every access goes through vm-memory's region lookup, unless the memory's
+//! maker vouched for its host mapping ([`GuestWindow::with_host_mapping`]):
+//! then a word inside the window is reached at its host address directly
+//! (one bounds test, no lookup), and anything outside the window still goes
+//! the checked way.
 
 use crate::TableMemory;
 use alloc::collections::BTreeMap;
@@ -18,7 +18,7 @@ use alloc::sync::Arc;
 use alloc::vec;
 use alloc::vec::Vec;
 use core::ptr::NonNull;
-use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use iommu_types::PhysAddr;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion, VolatileMemory};
 
@@ -29,55 +29,48 @@ struct Alloc {
     free: BTreeMap<usize, Vec<u64>>,
 }
 
-/// Tables allocated from `[base, base + size)` of guest memory `M`.
-///
-/// The memory is shared (`Arc`), so the emulated hardware that walks the
-/// tables can hold the same memory.
-#[derive(Debug)]
-pub struct GuestTableMemory<M: GuestMemoryBackend> {
+/// Guest memory `M` with one window of it, `[base, base + size)`, that
+/// may be reached at its host address: a word inside it is one bounds test
+/// and a pointer away, where vm-memory looks the region up on every access.
+/// Outside the window, or without a host mapping, every access is looked up
+/// and bounds-checked by vm-memory as usual. Emulated hardware reads its
+/// queues and tables through it; [`GuestTableMemory`] keeps its tables in
+/// one.
+#[derive(Clone, Debug)]
+pub struct GuestWindow<M: GuestMemoryBackend> {
     mem: Arc<M>,
     base: u64,
     end: u64,
-    alloc: spin::Mutex<Alloc>,
-    live: AtomicUsize,
     /// Host address of `base`, when the maker vouched for it.
-    host: Option<HostWindow>,
+    host: Option<HostPtr>,
 }
 
-/// The host address of the table window's first byte (see
-/// [`GuestTableMemory::with_host_mapping`]).
+/// The host address of a window's first byte (see
+/// [`GuestWindow::with_host_mapping`]).
 #[derive(Clone, Copy, Debug)]
-struct HostWindow(NonNull<u8>);
+struct HostPtr(NonNull<u8>);
 
 // SAFETY: the window is guest memory shared by design: the pointer is only
-// turned into `&AtomicU64` for atomic accesses, as vm-memory's own
+// turned into references to atomics for atomic accesses, as vm-memory's own
 // `get_atomic_ref` does from any thread.
-unsafe impl Send for HostWindow {}
+unsafe impl Send for HostPtr {}
 // SAFETY: as for `Send`.
-unsafe impl Sync for HostWindow {}
+unsafe impl Sync for HostPtr {}
 
-impl<M: GuestMemoryBackend> GuestTableMemory<M> {
-    /// Table memory carved from `[base, base + size)` of `mem`.
-    pub fn new(mem: impl Into<Arc<M>>, base: u64, size: u64) -> Self {
-        Self {
+impl<M: GuestMemoryBackend> GuestWindow<M> {
+    /// `mem` without a host window: every access is looked up.
+    pub fn new(mem: impl Into<Arc<M>>) -> Self {
+        GuestWindow {
             mem: mem.into(),
-            base,
-            end: base.saturating_add(size),
-            alloc: spin::Mutex::new(Alloc {
-                next: base,
-                free: BTreeMap::new(),
-            }),
-            live: AtomicUsize::new(0),
+            base: 0,
+            end: 0,
             host: None,
         }
     }
 
-    /// [`new`](Self::new), and descriptors inside `[base, base + size)`
-    /// are then reached at their host address without vm-memory's region
-    /// lookup on every access (the lookup was most of the cost of a table
-    /// access). When the window is not inside one region, or vm-memory
-    /// gives no host address for it, this is `new`: every access is
-    /// looked up, as before.
+    /// `mem`, with `[base, base + size)` reached at its host address. When
+    /// the window is not inside one region, or vm-memory gives no host
+    /// address for it, this is [`new`](Self::new).
     ///
     /// # Safety
     /// While `mem` lives, the host address vm-memory reports for `base`
@@ -89,14 +82,22 @@ impl<M: GuestMemoryBackend> GuestTableMemory<M> {
     /// the last handle to them is dropped. A backend that maps guest pages
     /// per access (Xen grants, for one) or logs dirty pages does not.
     pub unsafe fn with_host_mapping(mem: impl Into<Arc<M>>, base: u64, size: u64) -> Self {
-        let mut t = Self::new(mem, base, size);
-        t.host = t.host_window();
-        t
+        let mut w = GuestWindow {
+            mem: mem.into(),
+            base,
+            end: base.saturating_add(size),
+            host: None,
+        };
+        w.host = w.host_ptr();
+        if w.host.is_none() {
+            (w.base, w.end) = (0, 0);
+        }
+        w
     }
 
     /// The host address of the window, if one region holds all of it and
     /// that address can hold `AtomicU64`s.
-    fn host_window(&self) -> Option<HostWindow> {
+    fn host_ptr(&self) -> Option<HostPtr> {
         if self.end - self.base < 8 {
             return None;
         }
@@ -108,7 +109,7 @@ impl<M: GuestMemoryBackend> GuestTableMemory<M> {
         if !(host as usize).is_multiple_of(core::mem::align_of::<AtomicU64>()) {
             return None;
         }
-        NonNull::new(host).map(HostWindow)
+        NonNull::new(host).map(HostPtr)
     }
 
     /// Whether accesses inside the window skip vm-memory's lookup.
@@ -117,25 +118,137 @@ impl<M: GuestMemoryBackend> GuestTableMemory<M> {
     }
 
     /// The guest memory.
-    pub fn guest_memory(&self) -> &M {
+    pub fn memory(&self) -> &Arc<M> {
         &self.mem
+    }
+
+    /// The `T` at `addr` inside the window, `size_of::<T>()`-aligned.
+    #[inline]
+    fn direct<T>(&self, addr: u64) -> Option<&T> {
+        let HostPtr(host) = self.host?;
+        let size = core::mem::size_of::<T>() as u64;
+        let off = addr.wrapping_sub(self.base);
+        // Inside the window (and so not wrapped), and aligned as the
+        // window's start is.
+        if off > self.end - self.base - size || !off.is_multiple_of(size) {
+            return None;
+        }
+        // SAFETY: `with_host_mapping`'s caller promised `host` maps
+        // `[base, end)` while `self.mem` lives, which it does as long as
+        // `self`; `off + size <= end - base`, and `host + off` is aligned for
+        // the atomics `T` is (their alignment is their size, at most 8, and
+        // `host` is 8-aligned). Guest memory is shared: it is only ever
+        // reached through atomics here, as vm-memory's `get_atomic_ref` does.
+        Some(unsafe { &*host.as_ptr().add(off as usize).cast::<T>() })
+    }
+
+    /// Runs `f` on the 8-aligned word at `addr`; `None` when vm-memory
+    /// refuses the address (outside guest memory, or misaligned). Inside
+    /// the window this is a bounds test and a pointer; the lookup is out of
+    /// line.
+    #[inline]
+    pub fn with_u64<R>(&self, addr: u64, f: impl FnOnce(&AtomicU64) -> R) -> Option<R> {
+        if let Some(slot) = self.direct::<AtomicU64>(addr) {
+            return Some(f(slot));
+        }
+        self.looked_up(addr, f)
+    }
+
+    /// `with_u64` through vm-memory's region lookup.
+    #[inline(never)]
+    fn looked_up<R>(&self, addr: u64, f: impl FnOnce(&AtomicU64) -> R) -> Option<R> {
+        let slice = self.mem.get_slice(GuestAddress(addr), 8).ok()?;
+        let slot = slice.get_atomic_ref::<AtomicU64>(0).ok()?;
+        Some(f(slot))
+    }
+
+    /// Writes the little-endian `u32` `value` at `addr`, as a device's
+    /// 4-byte write; `false` when vm-memory refuses the address.
+    #[inline]
+    pub fn write_u32(&self, addr: u64, value: u32) -> bool {
+        if let Some(slot) = self.direct::<AtomicU32>(addr) {
+            slot.store(value.to_le(), Ordering::Release);
+            return true;
+        }
+        self.mem
+            .write_obj(value.to_le(), GuestAddress(addr))
+            .is_ok()
+    }
+}
+
+/// Tables allocated from `[base, base + size)` of guest memory `M`.
+///
+/// The memory is shared (`Arc`), so the emulated hardware that walks the
+/// tables can hold the same memory.
+#[derive(Debug)]
+pub struct GuestTableMemory<M: GuestMemoryBackend> {
+    window: GuestWindow<M>,
+    base: u64,
+    end: u64,
+    alloc: spin::Mutex<Alloc>,
+    live: AtomicUsize,
+}
+
+impl<M: GuestMemoryBackend> GuestTableMemory<M> {
+    /// Table memory carved from `[base, base + size)` of `mem`.
+    pub fn new(mem: impl Into<Arc<M>>, base: u64, size: u64) -> Self {
+        Self::in_window(GuestWindow::new(mem), base, size)
+    }
+
+    /// [`new`](Self::new), and descriptors inside `[base, base + size)`
+    /// are then reached at their host address without vm-memory's region
+    /// lookup on every access (the lookup was most of the cost of a table
+    /// access). When the window is not inside one region, or vm-memory
+    /// gives no host address for it, this is `new`: every access is
+    /// looked up, as before.
+    ///
+    /// # Safety
+    /// As [`GuestWindow::with_host_mapping`], for `[base, base + size)`.
+    pub unsafe fn with_host_mapping(mem: impl Into<Arc<M>>, base: u64, size: u64) -> Self {
+        // SAFETY: the caller's promise, passed on.
+        let window = unsafe { GuestWindow::with_host_mapping(mem, base, size) };
+        Self::in_window(window, base, size)
+    }
+
+    /// Table memory carved from `[base, base + size)` of the window's
+    /// memory; accesses inside the window's host mapping (if it has one)
+    /// skip vm-memory's lookup.
+    pub fn in_window(window: GuestWindow<M>, base: u64, size: u64) -> Self {
+        Self {
+            window,
+            base,
+            end: base.saturating_add(size),
+            alloc: spin::Mutex::new(Alloc {
+                next: base,
+                free: BTreeMap::new(),
+            }),
+            live: AtomicUsize::new(0),
+        }
+    }
+
+    /// Whether some accesses skip vm-memory's lookup (see
+    /// [`with_host_mapping`](Self::with_host_mapping)).
+    pub fn is_host_mapped(&self) -> bool {
+        self.window.is_host_mapped()
+    }
+
+    /// The guest memory.
+    pub fn guest_memory(&self) -> &M {
+        self.window.memory()
     }
 
     /// The shared handle to the guest memory.
     pub fn shared_memory(&self) -> &Arc<M> {
-        &self.mem
+        self.window.memory()
     }
 
-    /// The word at `pa` (8-aligned), read atomically; `None` where vm-memory
-    /// refuses the address.
-    pub(crate) fn read_word(&self, pa: PhysAddr) -> Option<u64> {
-        self.with_slot(pa, 0, |s| s.load(Ordering::Acquire))
+    /// The window the tables are reached through.
+    pub fn window(&self) -> &GuestWindow<M> {
+        &self.window
     }
 
     /// Runs `f` on descriptor `index` of `table`; `None` when vm-memory
-    /// refuses the address (outside guest memory, or misaligned). Inside a
-    /// host window this is a bounds test and a pointer; the lookup is out of
-    /// line.
+    /// refuses the address (outside guest memory, or misaligned).
     #[inline]
     fn with_slot<R>(
         &self,
@@ -144,29 +257,7 @@ impl<M: GuestMemoryBackend> GuestTableMemory<M> {
         f: impl FnOnce(&AtomicU64) -> R,
     ) -> Option<R> {
         let addr = table.raw().checked_add((index as u64).checked_mul(8)?)?;
-        if let Some(HostWindow(host)) = self.host {
-            let off = addr.wrapping_sub(self.base);
-            // Inside the window (and so not wrapped) and 8-aligned, as the
-            // window's start is.
-            if off <= self.end - self.base - 8 && off.is_multiple_of(8) {
-                // SAFETY: `with_host_mapping`'s caller promised `host` maps
-                // `[base, end)` while `self.mem` lives, which it does as long
-                // as `self`; `off + 8 <= end - base`, and `host + off` is
-                // 8-aligned. Guest memory is shared: it is only ever reached
-                // through atomics here, as vm-memory's `get_atomic_ref` does.
-                let slot = unsafe { &*host.as_ptr().add(off as usize).cast::<AtomicU64>() };
-                return Some(f(slot));
-            }
-        }
-        self.looked_up(addr, f)
-    }
-
-    /// `with_slot` through vm-memory's region lookup.
-    #[inline(never)]
-    fn looked_up<R>(&self, addr: u64, f: impl FnOnce(&AtomicU64) -> R) -> Option<R> {
-        let slice = self.mem.get_slice(GuestAddress(addr), 8).ok()?;
-        let slot = slice.get_atomic_ref::<AtomicU64>(0).ok()?;
-        Some(f(slot))
+        self.window.with_u64(addr, f)
     }
 }
 
@@ -189,7 +280,8 @@ impl<M: GuestMemoryBackend + Send + Sync> TableMemory for GuestTableMemory<M> {
             }
         };
         if self
-            .mem
+            .window
+            .memory()
             .write_slice(&vec![0u8; bytes], GuestAddress(addr))
             .is_err()
         {

@@ -51,7 +51,7 @@ pub mod x86;
 pub use error::PgtableError;
 pub use format::{Format, Geometry, LeafBits, Pte, PteKind, TableBits};
 #[cfg(feature = "vm-memory")]
-pub use guest::GuestTableMemory;
+pub use guest::{GuestTableMemory, GuestWindow};
 pub use memory::{HeapMemory, TableMemory};
 pub use table::{DirtyBitmap, IoPageTable, Mapping};
 pub use walk::{walk_root, PhysRead, WalkFault, Walked};

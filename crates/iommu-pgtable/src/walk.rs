@@ -30,11 +30,23 @@ impl<T: PhysRead + ?Sized> PhysRead for &T {
 #[cfg(feature = "vm-memory")]
 impl<M: vm_memory::GuestMemoryBackend> PhysRead for crate::GuestTableMemory<M> {
     fn read_u64(&self, pa: PhysAddr) -> Option<u64> {
+        self.window().read_u64(pa)
+    }
+}
+
+/// A word inside the window's host mapping is one atomic load; elsewhere
+/// as [`GuestRead`].
+#[cfg(feature = "vm-memory")]
+impl<M: vm_memory::GuestMemoryBackend> PhysRead for crate::GuestWindow<M> {
+    #[inline]
+    fn read_u64(&self, pa: PhysAddr) -> Option<u64> {
         if !pa.raw().is_multiple_of(8) {
             return None;
         }
-        self.read_word(pa)
-            .or_else(|| GuestRead(self.guest_memory()).read_u64(pa))
+        self.with_u64(pa.raw(), |w| {
+            u64::from_le(w.load(core::sync::atomic::Ordering::Acquire))
+        })
+        .or_else(|| GuestRead(&**self.memory()).read_u64(pa))
     }
 }
 

@@ -214,3 +214,41 @@ fn the_host_window_covers_exactly_the_table_region() {
         assert_eq!(mem.load(PhysAddr::new(u64::MAX - 7), 1), 0);
     }
 }
+
+/// A window reads and writes the same words as vm-memory does, inside its
+/// host mapping and out of it, and refuses what vm-memory refuses.
+#[test]
+fn a_window_reaches_the_same_words_as_vm_memory() {
+    use iommu_pgtable::walk::PhysRead;
+    use iommu_pgtable::GuestWindow;
+    // SAFETY: as in `host_mapped`.
+    let mapped = unsafe { GuestWindow::with_host_mapping(guest(), 0x1000, 0x1000) };
+    assert!(mapped.is_host_mapped());
+    let looked_up = GuestWindow::new(guest());
+    assert!(!looked_up.is_host_mapped());
+    // SAFETY: as in `host_mapped`; past the end of memory, no window.
+    let outside = unsafe { GuestWindow::with_host_mapping(guest(), 0x100_0000, 0x1000) };
+    assert!(!outside.is_host_mapped());
+    for w in [&mapped, &looked_up, &outside] {
+        let gm = w.memory();
+        for at in [0x0ff8u64, 0x1000, 0x1ff8, 0x2000] {
+            gm.write_obj(0x1122_3344_5566_7788u64 ^ at, GuestAddress(at))
+                .unwrap();
+            assert_eq!(
+                w.read_u64(PhysAddr::new(at)),
+                Some(0x1122_3344_5566_7788 ^ at)
+            );
+            assert!(w.write_u32(at + 4, 0xdead_beef));
+            assert_eq!(
+                gm.read_obj::<u32>(GuestAddress(at + 4)).unwrap(),
+                0xdead_beef
+            );
+        }
+        // Misaligned reads are refused; outside memory nothing is read or
+        // written.
+        assert_eq!(w.read_u64(PhysAddr::new(0x1004)), None);
+        assert_eq!(w.read_u64(PhysAddr::new(0x100_0000)), None);
+        assert!(!w.write_u32(0x100_0000, 1));
+        assert_eq!(w.read_u64(PhysAddr::new(u64::MAX - 7)), None);
+    }
+}

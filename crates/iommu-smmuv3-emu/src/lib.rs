@@ -41,7 +41,7 @@ pub use event::{Event, EventId, FaultClass};
 
 use config::{StageWalk, StreamConfig, StreamTable};
 use iommu_pgtable::lpae::{Granule, Lpae};
-use iommu_pgtable::walk::GuestRead;
+use iommu_pgtable::GuestWindow;
 use iommu_pgtable::{walk_root, PhysRead, WalkFault, Walked};
 use iommu_types::{Iova, PhysAddr};
 use regs::*;
@@ -402,6 +402,8 @@ impl Traces {
 /// The emulated SMMUv3 over guest memory `M`.
 pub struct Smmuv3<M: GuestMemoryBackend> {
     mem: Arc<M>,
+    /// The same memory, as queues and tables are read from it.
+    window: GuestWindow<M>,
     features: Features,
     idr: [u32; 6],
     state: Mutex<State>,
@@ -425,6 +427,17 @@ impl<M: GuestMemoryBackend> Smmuv3<M> {
     /// # Errors
     /// [`FeatureError`] for a feature set the ID registers cannot describe.
     pub fn new(mem: Arc<M>, features: Features) -> Result<Self, FeatureError> {
+        Self::in_window(GuestWindow::new(mem), features)
+    }
+
+    /// [`new`](Self::new) over the window's memory: the queues, stream
+    /// table, CDs and page tables it reads, and the `CMD_SYNC` MSIs it
+    /// writes, inside the window's host mapping skip vm-memory's lookup.
+    ///
+    /// # Errors
+    /// As `new`.
+    pub fn in_window(window: GuestWindow<M>, features: Features) -> Result<Self, FeatureError> {
+        let mem = window.memory().clone();
         if !features.stage1 && !features.stage2 {
             return Err(FeatureError::NoStage);
         }
@@ -468,6 +481,7 @@ impl<M: GuestMemoryBackend> Smmuv3<M> {
         };
         Ok(Smmuv3 {
             mem,
+            window,
             idr,
             features,
             state: Mutex::new(state),
@@ -513,8 +527,8 @@ impl<M: GuestMemoryBackend> Smmuv3<M> {
         }
     }
 
-    fn reader(&self) -> GuestRead<'_, M> {
-        GuestRead(&self.mem)
+    fn reader(&self) -> &GuestWindow<M> {
+        &self.window
     }
 
     /// Counters since reset.
@@ -841,10 +855,7 @@ impl<M: GuestMemoryBackend> Smmuv3<M> {
                 msi_addr,
             } => {
                 if cs == 1 && msi_addr != 0 {
-                    let ok = self
-                        .mem
-                        .write_obj(msi_data.to_le(), GuestAddress(msi_addr))
-                        .is_ok();
+                    let ok = self.window.write_u32(msi_addr, msi_data);
                     if !ok {
                         Self::gerror(s, GERROR_MSI_CMDQ_ABT_ERR);
                     }

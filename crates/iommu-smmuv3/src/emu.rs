@@ -53,10 +53,14 @@ impl EmuPlatform {
         cfg: Smmuv3Config,
         lookup: Option<StreamLookup>,
     ) -> Result<Self, EmuError> {
-        let (memory, tables) = layout.build()?;
+        let iommu_hw::emu::EmuParts {
+            memory,
+            tables,
+            window,
+        } = layout.build()?;
         let smmus = features
             .iter()
-            .map(|f| Hw::new(memory.clone(), f.clone()).map(Arc::new))
+            .map(|f| Hw::in_window(window.clone(), f.clone()).map(Arc::new))
             .collect::<Result<Vec<_>, _>>()
             .map_err(EmuError::Features)?;
         let driver = Smmuv3::probe_units(smmus.clone(), tables, cfg, lookup)

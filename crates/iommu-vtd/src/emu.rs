@@ -59,7 +59,7 @@ impl EmuPlatform {
         cfg: VtdConfig,
         lookup: Option<UnitLookup>,
     ) -> Result<Self, EmuError> {
-        let (memory, tables) = layout.build()?;
+        let iommu_hw::emu::EmuParts { memory, tables, .. } = layout.build()?;
         let units = features
             .iter()
             .map(|f| Hw::new(memory.clone(), f.clone()).map(Arc::new))

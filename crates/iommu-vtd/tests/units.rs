@@ -281,9 +281,10 @@ fn no_unit_or_too_many_is_a_typed_error() {
     type Drv = iommu_vtd::Vtd<Arc<iommu_vtd_emu::Vtd<iommu_vtd::emu::EmuMemory>>, HeapMemory>;
     let none = Drv::probe_units(Vec::new(), Arc::new(HeapMemory::new()), cfg(), None);
     assert_eq!(none.err().map(|e| e.1), Some(ProbeError::NoUnits));
-    let (memory, _) = EmuLayout::default()
+    let memory = EmuLayout::default()
         .build::<iommu_vtd_emu::FeatureError, ProbeError>()
-        .unwrap();
+        .unwrap()
+        .memory;
     let units: Vec<_> = (0..=MAX_UNITS)
         .map(|_| Arc::new(iommu_vtd_emu::Vtd::new(memory.clone(), Features::default()).unwrap()))
         .collect();
