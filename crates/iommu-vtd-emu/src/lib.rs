@@ -47,10 +47,12 @@
 #![forbid(unsafe_code)]
 
 use iommu_pgtable::vtd::VtdSl;
-use iommu_pgtable::walk::GuestRead;
+use iommu_pgtable::walk::PhysRead;
+use iommu_pgtable::GuestWindow;
 use iommu_pgtable::{walk_root, WalkFault};
 use iommu_types::{Iova, PhysAddr};
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 
@@ -564,9 +566,14 @@ struct State {
 /// The emulated remapping unit over guest memory `M`.
 pub struct Vtd<M: GuestMemoryBackend> {
     mem: Arc<M>,
+    /// The same memory, as tables and the invalidation queue are read from it.
+    window: GuestWindow<M>,
     features: Features,
     state: Mutex<State>,
     trace: Mutex<Option<TraceFn>>,
+    /// Whether a trace hook is set, read without a lock on every register
+    /// access: without one, nothing is recorded or handed on.
+    tracing: AtomicBool,
 }
 
 impl<M: GuestMemoryBackend> core::fmt::Debug for Vtd<M> {
@@ -600,6 +607,17 @@ impl<M: GuestMemoryBackend> Vtd<M> {
     /// # Errors
     /// [`FeatureError`] for features no unit can have.
     pub fn new(mem: Arc<M>, features: Features) -> Result<Self, FeatureError> {
+        Self::in_window(GuestWindow::new(mem), features)
+    }
+
+    /// [`new`](Self::new) over the window's memory: the tables and
+    /// invalidation descriptors it reads, and the wait descriptors' status
+    /// it writes, inside the window's host mapping skip vm-memory's lookup.
+    ///
+    /// # Errors
+    /// As `new`.
+    pub fn in_window(window: GuestWindow<M>, features: Features) -> Result<Self, FeatureError> {
+        let mem = window.memory().clone();
         if features.sagaw & 0b1110 == 0 || features.sagaw & !0b1110 != 0 {
             return Err(FeatureError::Sagaw);
         }
@@ -615,6 +633,7 @@ impl<M: GuestMemoryBackend> Vtd<M> {
         let records = vec![[0; 2]; features.fault_records as usize];
         Ok(Vtd {
             mem,
+            window,
             state: Mutex::new(State {
                 gsts: 0,
                 rtaddr: 0,
@@ -645,6 +664,7 @@ impl<M: GuestMemoryBackend> Vtd<M> {
                 traces: Vec::new(),
             }),
             trace: Mutex::new(None),
+            tracing: AtomicBool::new(false),
             features,
         })
     }
@@ -691,7 +711,12 @@ impl<M: GuestMemoryBackend> Vtd<M> {
 
     /// Calls `f` with everything the unit does from now on (`None` stops).
     pub fn set_trace(&self, f: Option<TraceFn>) {
+        let on = f.is_some();
         *self.trace.lock().unwrap_or_else(|p| p.into_inner()) = f;
+        self.tracing.store(on, Ordering::Relaxed);
+        if !on {
+            self.lock().traces.clear();
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -700,6 +725,9 @@ impl<M: GuestMemoryBackend> Vtd<M> {
 
     /// Hands what happened to the trace hook, outside the state's lock.
     fn emit(&self) {
+        if !self.tracing.load(Ordering::Relaxed) {
+            return;
+        }
         let hook = self.trace.lock().unwrap_or_else(|p| p.into_inner());
         let traces = core::mem::take(&mut self.lock().traces);
         if let Some(f) = hook.as_ref() {
@@ -710,12 +738,15 @@ impl<M: GuestMemoryBackend> Vtd<M> {
     }
 
     fn note(&self, s: &mut State, t: HwTrace) {
-        if s.traces.len() < 4096 && self.trace.try_lock().map(|h| h.is_some()).unwrap_or(true) {
+        if s.traces.len() < 4096 && self.tracing.load(Ordering::Relaxed) {
             s.traces.push(t);
         }
     }
 
     fn read_u64(&self, at: u64) -> Option<u64> {
+        if at.is_multiple_of(8) {
+            return self.window.read_u64(PhysAddr::new(at));
+        }
         self.mem.read_obj::<u64>(GuestAddress(at)).ok()
     }
 
@@ -1001,20 +1032,27 @@ impl<M: GuestMemoryBackend> Vtd<M> {
         }
         while s.iqh != s.iqt {
             let index = s.iqh >> shift;
-            // The whole descriptor in one read.
-            let mut bytes = [0u8; 32];
+            // The descriptor's words (16 or 32 bytes, at a multiple of
+            // its size: 8-aligned); a 128-bit one reads as zeros above.
+            let mut d = [0u64; 4];
             let read = base.checked_add(index * size).is_some_and(|a| {
-                self.mem
-                    .read_slice(&mut bytes[..size as usize], GuestAddress(a))
-                    .is_ok()
+                d.iter_mut()
+                    .take((size / 8) as usize)
+                    .enumerate()
+                    .all(|(k, w)| {
+                        match a.checked_add(8 * k as u64).and_then(|at| self.read_u64(at)) {
+                            Some(v) => {
+                                *w = v;
+                                true
+                            }
+                            None => false,
+                        }
+                    })
             });
             if !read {
                 s.fsts |= FSTS_IQE;
                 return;
             }
-            let word =
-                |k: usize| u64::from_le_bytes(bytes[8 * k..8 * k + 8].try_into().expect("8 bytes"));
-            let d = [word(0), word(1), word(2), word(3)];
             // Bits 255:128 of every descriptor type this unit knows are
             // reserved.
             if d[2] | d[3] != 0 || !self.descriptor(s, d[0], d[1], dw) {
@@ -1056,7 +1094,7 @@ impl<M: GuestMemoryBackend> Vtd<M> {
             0x5 => {
                 if lo & (1 << 5) != 0 {
                     let data = (lo >> 32) as u32;
-                    if self.mem.write_obj(data, GuestAddress(hi & !3)).is_err() {
+                    if !self.window.write_u32(hi & !3, data) {
                         return false;
                     }
                 }
@@ -1445,13 +1483,7 @@ impl<M: GuestMemoryBackend> Vtd<M> {
     /// A second-stage walk (9.8) from `root`.
     fn walk_second_stage(&self, root: u64, levels: usize, iova: u64) -> Result<Leaf, WalkError> {
         let fmt = VtdSl::new(levels, 52).expect("3 to 5 levels, 52 bits");
-        let walked = match walk_root(
-            &fmt,
-            PhysAddr::new(root),
-            0,
-            Iova::new(iova),
-            &GuestRead(&*self.mem),
-        ) {
+        let walked = match walk_root(&fmt, PhysAddr::new(root), 0, Iova::new(iova), &self.window) {
             Ok(w) => w,
             Err(WalkFault::Translation { .. }) => return Err(WalkError::NotPresent),
             Err(_) => return Err(WalkError::Fault(reason::SL_ENTRY_UNREADABLE)),

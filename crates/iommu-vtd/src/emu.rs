@@ -59,10 +59,14 @@ impl EmuPlatform {
         cfg: VtdConfig,
         lookup: Option<UnitLookup>,
     ) -> Result<Self, EmuError> {
-        let iommu_hw::emu::EmuParts { memory, tables, .. } = layout.build()?;
+        let iommu_hw::emu::EmuParts {
+            memory,
+            tables,
+            window,
+        } = layout.build()?;
         let units = features
             .iter()
-            .map(|f| Hw::new(memory.clone(), f.clone()).map(Arc::new))
+            .map(|f| Hw::in_window(window.clone(), f.clone()).map(Arc::new))
             .collect::<Result<Vec<_>, _>>()
             .map_err(EmuError::Features)?;
         let driver = Vtd::probe_units(units.clone(), tables, cfg, lookup.clone())
