@@ -194,7 +194,6 @@ pub fn tlbi_range(
     max: usize,
     mut emit: impl FnMut(Cmd),
 ) -> bool {
-    let mut n = 0usize;
     let gen = TlbiGen {
         target,
         start,
@@ -203,10 +202,7 @@ pub fn tlbi_range(
         granule_shift,
         ril,
     };
-    if !gen.run(|_| {
-        n += 1;
-        n <= max
-    }) {
+    if !gen.fits(max) {
         return false;
     }
     gen.run(|c| {
@@ -215,7 +211,7 @@ pub fn tlbi_range(
     })
 }
 
-/// The commands of one [`tlbi_range`], produced twice: counted, then sent.
+/// The commands of one [`tlbi_range`]: counted, then sent.
 struct TlbiGen {
     target: TlbiTarget,
     start: u64,
@@ -226,6 +222,23 @@ struct TlbiGen {
 }
 
 impl TlbiGen {
+    /// Whether at most `max` commands cover the range: arithmetic without
+    /// range invalidation, at most `max + 1` steps with it.
+    #[inline]
+    fn fits(&self, max: usize) -> bool {
+        let end = self.start.saturating_add(self.size);
+        if !self.ril {
+            let step = self.leaf.max(1 << self.granule_shift);
+            let at = self.start & !(step - 1);
+            return end <= at || (end - at).div_ceil(step) <= max as u64;
+        }
+        let mut n = 0;
+        self.run(|_| {
+            n += 1;
+            n <= max
+        })
+    }
+
     /// Hands each command to `f` while it answers `true`; whether all went.
     #[inline]
     fn run(&self, mut f: impl FnMut(Cmd) -> bool) -> bool {
@@ -503,5 +516,58 @@ mod tests {
             0,
             |_| {}
         ));
+    }
+
+    /// The bound is exact: a range that takes `n` commands fits `n` and
+    /// not `n - 1`, whatever its start, size, leaf and granule.
+    #[test]
+    fn the_bound_is_the_command_count() {
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let (rounds, sizes) = if cfg!(miri) {
+            (60, 1 << 22)
+        } else {
+            (4000, 1 << 30)
+        };
+        for i in 0..rounds {
+            let granule_shift = [12, 14, 16][i % 3];
+            let leaf = 1u64 << (granule_shift + [0, 0, 9, 13][(i / 3) % 4]);
+            let start = next() >> (next() % 64);
+            let size = (next() >> (next() % 64)) % sizes;
+            let ril = i % 2 == 0;
+            let mut n = 0usize;
+            let all = tlbi_range(
+                TlbiTarget::Asid(1),
+                start,
+                size,
+                leaf,
+                granule_shift,
+                ril,
+                usize::MAX,
+                |_| n += 1,
+            );
+            assert!(all);
+            let fits = |max| {
+                tlbi_range(
+                    TlbiTarget::Asid(1),
+                    start,
+                    size,
+                    leaf,
+                    granule_shift,
+                    ril,
+                    max,
+                    |_| {},
+                )
+            };
+            assert!(fits(n), "{start:#x}+{size:#x} leaf {leaf:#x}: {n}");
+            if n > 0 {
+                assert!(!fits(n - 1), "{start:#x}+{size:#x} leaf {leaf:#x}: {n}");
+            }
+        }
     }
 }
