@@ -1160,6 +1160,8 @@ impl<R: Mmio, M: TableMemory> Unit<R, M> {
         });
         let sync_cmd = sync.then(|| ste::sync(msi));
         let all = pending.iter().chain(cmds).chain(sync_cmd.iter());
+        // Counted once for the batch: one atomic add, not one per command.
+        let mut written = 0;
         for cmd in all {
             if q.full() {
                 self.publish(&mut q, &mut published);
@@ -1167,6 +1169,7 @@ impl<R: Mmio, M: TableMemory> Unit<R, M> {
                     // What was not published is dropped; the invalidations
                     // are queued again before the next command.
                     q.prod = published;
+                    self.stats.commands.fetch_add(written, Ordering::Relaxed);
                     self.defer(&pending, cmds);
                     return Err(e);
                 }
@@ -1175,8 +1178,9 @@ impl<R: Mmio, M: TableMemory> Unit<R, M> {
             q.region.write(slot, cmd[0]);
             q.region.write(slot + 1, cmd[1]);
             q.prod = q.next(q.prod);
-            self.stats.commands.fetch_add(1, Ordering::Relaxed);
+            written += 1;
         }
+        self.stats.commands.fetch_add(written, Ordering::Relaxed);
         self.publish(&mut q, &mut published);
         if !sync {
             return Ok(());
