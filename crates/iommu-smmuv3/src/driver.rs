@@ -7,7 +7,7 @@ use crate::ste::{self, Cmd, Ste};
 use alloc::collections::{BTreeMap, VecDeque};
 use alloc::sync::{Arc, Weak};
 use alloc::vec::Vec;
-use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use iommu_core::{
     Capability, Device, Domain, DomainOps, DomainType, Errno, FaultAccess, Group, GroupKeys, Iommu,
     IommuOps, Iova, PagingFlags, ReservedRegion, StreamIdGroups, UserData, ViommuOps, WedgeReport,
@@ -280,6 +280,12 @@ struct Cmdq<M: TableMemory> {
     prod: u32,
     /// What the SMMU last said it consumed.
     cons: u32,
+    /// Command queue only: invalidations whose CMD_SYNC failed, queued
+    /// again before the next commands. Under the queue's lock, as every
+    /// submission is.
+    pending: Vec<Cmd>,
+    /// Command queue only: the data of the last CMD_SYNC's MSI.
+    sync_seq: u32,
 }
 
 impl<M: TableMemory> Cmdq<M> {
@@ -365,7 +371,6 @@ pub(crate) struct Unit<R: Mmio, M: TableMemory> {
     strtab: spin::Mutex<StreamTable<M>>,
     streams: spin::Mutex<BTreeMap<u32, StreamEntry>>,
     sync_word: DmaRegion<M>,
-    sync_seq: AtomicU32,
     /// What the driver last wrote to GERRORN (it is the only writer), so
     /// that finding the active errors takes one register read.
     gerrorn: AtomicU32,
@@ -374,8 +379,6 @@ pub(crate) struct Unit<R: Mmio, M: TableMemory> {
     asids: Arc<spin::Mutex<Ids>>,
     vmids: Arc<spin::Mutex<Ids>>,
     stats: Stats,
-    /// Invalidations whose CMD_SYNC failed, queued again before the next.
-    pending: spin::Mutex<Vec<Cmd>>,
     /// Says once that commands stopped completing, and once that they complete again.
     wedge: WedgeReport,
     /// Dead domains whose TLB invalidation is still pending, with the
@@ -384,6 +387,9 @@ pub(crate) struct Unit<R: Mmio, M: TableMemory> {
     /// invalidations first), or the SMMU's caches could lead a new domain's
     /// DMA into the old one's translations.
     retired: spin::Mutex<Vec<(DomainKind<M>, u64)>>,
+    /// `retired`'s length, so that a completed batch with none to release
+    /// takes no lock (one seen late waits for the next completed batch).
+    retired_len: AtomicUsize,
     /// Command batches started (numbered under the command-queue lock).
     batches: AtomicU64,
     recent: spin::Mutex<VecDeque<SmmuEvent>>,
@@ -860,24 +866,27 @@ impl<R: Mmio, M: TableMemory> Unit<R, M> {
                 log2: caps.cmdq_log2,
                 prod: 0,
                 cons: 0,
+                pending: Vec::new(),
+                sync_seq: 0,
             }),
             evtq: spin::Mutex::new(Cmdq {
                 region: evtq,
                 log2: caps.evtq_log2,
                 prod: 0,
                 cons: 0,
+                pending: Vec::new(),
+                sync_seq: 0,
             }),
             strtab: spin::Mutex::new(strtab),
             streams: spin::Mutex::new(BTreeMap::new()),
             sync_word,
-            sync_seq: AtomicU32::new(0),
             gerrorn: AtomicU32::new(mmio.read32(reg::GERRORN)),
             asids,
             vmids,
             stats: Stats::default(),
-            pending: spin::Mutex::new(Vec::new()),
             wedge: WedgeReport::default(),
             retired: spin::Mutex::new(Vec::new()),
+            retired_len: AtomicUsize::new(0),
             batches: AtomicU64::new(0),
             recent: spin::Mutex::new(VecDeque::new()),
             mmio,
@@ -1099,7 +1108,9 @@ impl<R: Mmio, M: TableMemory> Unit<R, M> {
             // Batches numbered above this one started after the failed
             // invalidation was put back in `pending`.
             let after = self.batches.load(Ordering::SeqCst);
-            self.retired.lock().push((kind, after));
+            let mut r = self.retired.lock();
+            r.push((kind, after));
+            self.retired_len.store(r.len(), Ordering::Release);
         }
     }
 
@@ -1116,12 +1127,12 @@ impl<R: Mmio, M: TableMemory> Unit<R, M> {
     /// pending when it started ran, including those of domains retired
     /// before.
     fn release_retired(&self, batch: u64) {
+        if self.retired_len.load(Ordering::Acquire) == 0 {
+            return;
+        }
         let mut done = Vec::new();
         {
             let mut r = self.retired.lock();
-            if r.is_empty() {
-                return;
-            }
             let mut i = 0;
             while i < r.len() {
                 if batch > r[i].1 {
@@ -1130,6 +1141,7 @@ impl<R: Mmio, M: TableMemory> Unit<R, M> {
                     i += 1;
                 }
             }
+            self.retired_len.store(r.len(), Ordering::Release);
         }
         for kind in done {
             self.release(kind);
@@ -1142,21 +1154,18 @@ impl<R: Mmio, M: TableMemory> Unit<R, M> {
 
     /// Whether invalidations or STE changes wait for a CMD_SYNC.
     pub(crate) fn owes(&self) -> bool {
-        !self.pending.lock().is_empty() || !self.retired.lock().is_empty()
+        !self.cmdq.lock().pending.is_empty() || !self.retired.lock().is_empty()
     }
 
     fn submit_cmds(&self, cmds: &[Cmd], sync: bool, batch: &mut u64) -> Result<(), Errno> {
         let mut q = self.cmdq.lock();
         *batch = self.batches.fetch_add(1, Ordering::SeqCst) + 1;
-        let pending = core::mem::take(&mut *self.pending.lock());
+        let pending = core::mem::take(&mut q.pending);
         let mut published = q.prod;
         let mut failed = false;
         let msi = (self.caps.msi && self.cfg.msi_sync).then(|| {
-            let seq = self
-                .sync_seq
-                .fetch_add(1, Ordering::Relaxed)
-                .wrapping_add(1);
-            (self.sync_word.pa(), seq)
+            q.sync_seq = q.sync_seq.wrapping_add(1);
+            (self.sync_word.pa(), q.sync_seq)
         });
         let sync_cmd = sync.then(|| ste::sync(msi));
         let all = pending.iter().chain(cmds).chain(sync_cmd.iter());
@@ -1170,7 +1179,7 @@ impl<R: Mmio, M: TableMemory> Unit<R, M> {
                     // are queued again before the next command.
                     q.prod = published;
                     self.stats.commands.fetch_add(written, Ordering::Relaxed);
-                    self.defer(&pending, cmds);
+                    Self::defer(&mut q, &pending, cmds);
                     return Err(e);
                 }
             }
@@ -1200,7 +1209,7 @@ impl<R: Mmio, M: TableMemory> Unit<R, M> {
         };
         if let Err(e) = done {
             self.stats.sync_timeouts.fetch_add(1, Ordering::Relaxed);
-            self.defer(&pending, cmds);
+            Self::defer(&mut q, &pending, cmds);
             return Err(e);
         }
         self.stats.syncs.fetch_add(1, Ordering::Relaxed);
@@ -1211,7 +1220,7 @@ impl<R: Mmio, M: TableMemory> Unit<R, M> {
         }
         if failed {
             // A refused command was skipped: whatever it was, send it again.
-            self.defer(&pending, cmds);
+            Self::defer(&mut q, &pending, cmds);
             Err(Errno::EIO)
         } else {
             Ok(())
@@ -1222,8 +1231,8 @@ impl<R: Mmio, M: TableMemory> Unit<R, M> {
     /// submission, which queues them first: whatever runs next (a new STE,
     /// a reused ASID) runs after them. Bounded: past `MAX_PENDING` they
     /// become one invalidation of everything.
-    fn defer(&self, earlier: &[Cmd], cmds: &[Cmd]) {
-        let mut p = self.pending.lock();
+    fn defer(q: &mut Cmdq<M>, earlier: &[Cmd], cmds: &[Cmd]) {
+        let p = &mut q.pending;
         p.extend(earlier.iter().chain(cmds).copied());
         if p.len() > MAX_PENDING {
             p.clear();
