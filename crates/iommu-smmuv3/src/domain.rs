@@ -338,48 +338,44 @@ impl<R: Mmio + 'static, M: TableMemory + 'static> DomainOps for Smmuv3Domain<R, 
             (true, DomainKind::S2 { vmid, .. }) => Some(ste::tlbi_nh_all(*vmid)),
             _ => None,
         };
+        let range = ste::TlbiRange {
+            target,
+            start: first.raw(),
+            size,
+            leaf: 1 << granule_shift,
+            granule_shift,
+            ril: unit.caps.range_inv,
+        };
         // The usual few commands sit on the stack; up to MAX_TLBI_OPS go
         // to the heap; past that, one invalidation of the whole domain.
         let mut inline = [[0u64; 2]; INLINE_TLBI];
         let mut heap = Vec::new();
-        let mut n = 0;
-        let fits = ste::tlbi_range(
-            target,
-            first.raw(),
-            size,
-            1 << granule_shift,
-            granule_shift,
-            unit.caps.range_inv,
-            crate::driver::MAX_TLBI_OPS,
-            |c| {
-                if n < INLINE_TLBI - 1 {
-                    inline[n] = c;
-                } else {
-                    if n == INLINE_TLBI - 1 {
-                        heap.extend_from_slice(&inline[..n]);
-                    }
-                    heap.push(c);
+        let cmds: &[ste::Cmd] = match range.count(crate::driver::MAX_TLBI_OPS) {
+            None => match self.flush_all_cmd() {
+                Some(all) => {
+                    inline[0] = all;
+                    &inline[..1]
                 }
-                n += 1;
+                None => &[],
             },
-        );
-        let cmds: &[ste::Cmd] = if !fits {
-            n = 0;
-            if let Some(all) = self.flush_all_cmd() {
-                inline[0] = all;
-                n = 1;
+            Some(n) if n + usize::from(nh_all.is_some()) <= INLINE_TLBI => {
+                let mut k = 0;
+                range.for_each(|c| {
+                    inline[k] = c;
+                    k += 1;
+                });
+                if let Some(c) = nh_all {
+                    inline[k] = c;
+                    k += 1;
+                }
+                &inline[..k]
             }
-            &inline[..n]
-        } else if n < INLINE_TLBI {
-            // One slot is always left for the TLBI_NH_ALL.
-            if let Some(c) = nh_all {
-                inline[n] = c;
-                n += 1;
+            Some(n) => {
+                heap.reserve_exact(n + 1);
+                range.for_each(|c| heap.push(c));
+                heap.extend(nh_all);
+                &heap
             }
-            &inline[..n]
-        } else {
-            heap.extend(nh_all);
-            &heap
         };
         // A failed sync keeps the freed tables parked (never reused while
         // the SMMU may still walk them) until a flush-all completes; the

@@ -174,69 +174,69 @@ pub enum TlbiTarget {
 }
 
 /// Invalidations by address covering `[start, start + size)` of a table
-/// with granule `1 << granule_shift`, handed to `emit` in order; `false`,
-/// with nothing emitted, when that takes more than `max` commands (the
-/// caller invalidates everything instead, as Linux does past
-/// `CMDQ_MAX_TLBI_OPS`). The count is found first, in at most `max + 1`
-/// steps, so a huge range costs neither time nor memory.
+/// with granule `1 << granule_shift`.
 ///
 /// With range invalidation (`IDR3.RIL`) each command covers
 /// `(NUM + 1) << SCALE` granules and a few commands cover any range; without
-/// it, one command per `leaf` bytes (the gather's page size).
-#[allow(clippy::too_many_arguments)] // the TLBI's fields, as the command spells them
-pub fn tlbi_range(
-    target: TlbiTarget,
-    start: u64,
-    size: u64,
-    leaf: u64,
-    granule_shift: u32,
-    ril: bool,
-    max: usize,
-    mut emit: impl FnMut(Cmd),
-) -> bool {
-    let gen = TlbiGen {
-        target,
-        start,
-        size,
-        leaf,
-        granule_shift,
-        ril,
-    };
-    if !gen.fits(max) {
-        return false;
-    }
-    gen.run(|c| {
-        emit(c);
-        true
-    })
+/// it, one command per `leaf` bytes (the gather's page size). A caller asks
+/// [`count`](Self::count) first and invalidates everything instead past its
+/// bound, as Linux does past `CMDQ_MAX_TLBI_OPS`: a huge range then costs
+/// neither time nor memory.
+#[derive(Clone, Copy, Debug)]
+pub struct TlbiRange {
+    /// Whose entries.
+    pub target: TlbiTarget,
+    /// First byte.
+    pub start: u64,
+    /// Bytes.
+    pub size: u64,
+    /// Bytes per command without range invalidation.
+    pub leaf: u64,
+    /// log2 of the table's granule.
+    pub granule_shift: u32,
+    /// Whether the SMMU has range invalidation.
+    pub ril: bool,
 }
 
-/// The commands of one [`tlbi_range`]: counted, then sent.
-struct TlbiGen {
-    target: TlbiTarget,
-    start: u64,
-    size: u64,
-    leaf: u64,
-    granule_shift: u32,
-    ril: bool,
-}
-
-impl TlbiGen {
-    /// Whether at most `max` commands cover the range: arithmetic without
-    /// range invalidation, at most `max + 1` steps with it.
+impl TlbiRange {
+    /// How many commands cover the range; `None` when more than `max`.
+    /// Arithmetic without range invalidation, at most `max + 1` steps with it.
     #[inline]
-    fn fits(&self, max: usize) -> bool {
-        let end = self.start.saturating_add(self.size);
+    pub fn count(&self, max: usize) -> Option<usize> {
         if !self.ril {
-            let step = self.leaf.max(1 << self.granule_shift);
-            let at = self.start & !(step - 1);
-            return end <= at || (end - at).div_ceil(step) <= max as u64;
+            let (step, first, end) = self.pages();
+            let n = if end <= first {
+                0
+            } else {
+                (end - first).div_ceil(step)
+            };
+            return usize::try_from(n).ok().filter(|&n| n <= max);
         }
         let mut n = 0;
         self.run(|_| {
             n += 1;
             n <= max
         })
+        .then_some(n)
+    }
+
+    /// Hands each command to `emit`, in order.
+    #[inline]
+    pub fn for_each(&self, mut emit: impl FnMut(Cmd)) {
+        self.run(|c| {
+            emit(c);
+            true
+        });
+    }
+
+    /// Without range invalidation: the step, the first address and the end.
+    fn pages(&self) -> (u64, u64, u64) {
+        let step = self.leaf.max(1 << self.granule_shift);
+        (
+            step,
+            self.start & !(step - 1),
+            self.start.saturating_add(self.size),
+        )
     }
 
     /// Hands each command to `f` while it answers `true`; whether all went.
@@ -250,10 +250,8 @@ impl TlbiGen {
             TlbiTarget::Asid(_) => !0xfffu64,
             TlbiTarget::Vmid(_) => 0x000f_ffff_ffff_f000,
         };
-        let end = self.start.saturating_add(self.size);
         if !self.ril {
-            let step = self.leaf.max(1 << self.granule_shift);
-            let mut at = self.start & !(step - 1);
+            let (step, mut at, end) = self.pages();
             while at < end {
                 // LEAF = 0: freed tables may be cached by the walk too.
                 if !f([opcode | tag, at & addr_mask]) {
@@ -271,6 +269,7 @@ impl TlbiGen {
             14 => 2,
             _ => 3,
         };
+        let end = self.start.saturating_add(self.size);
         let mut at = self.start >> self.granule_shift << self.granule_shift;
         let mut pages = (end - at).div_ceil(1 << self.granule_shift);
         while pages > 0 {
@@ -406,6 +405,24 @@ mod tests {
         (cmd[1] & !0xfff, (num << scale) << shift)
     }
 
+    /// Every command of `r`.
+    fn cmds(r: &TlbiRange) -> Vec<Cmd> {
+        let mut out = Vec::new();
+        r.for_each(|c| out.push(c));
+        out
+    }
+
+    fn asid1(start: u64, size: u64, ril: bool) -> TlbiRange {
+        TlbiRange {
+            target: TlbiTarget::Asid(1),
+            start,
+            size,
+            leaf: 0x1000,
+            granule_shift: 12,
+            ril,
+        }
+    }
+
     #[test]
     fn range_tlbis_cover_exactly_the_range_in_few_commands_4_4_1_1() {
         for (start, size) in [
@@ -414,17 +431,12 @@ mod tests {
             (0, 33 << 12),
             (0x4000_0000, 1 << 30),
         ] {
-            let mut out = Vec::new();
-            assert!(tlbi_range(
-                TlbiTarget::Asid(3),
-                start,
-                size,
-                0x1000,
-                12,
-                true,
-                usize::MAX,
-                |c| out.push(c)
-            ));
+            let r = TlbiRange {
+                target: TlbiTarget::Asid(3),
+                ..asid1(start, size, true)
+            };
+            let out = cmds(&r);
+            assert_eq!(r.count(usize::MAX), Some(out.len()));
             let mut at = start;
             for c in &out {
                 assert_eq!(c[0] & 0xff, 0x12);
@@ -440,17 +452,12 @@ mod tests {
 
     #[test]
     fn without_range_invalidation_one_tlbi_per_page_4_4_2() {
-        let mut out = Vec::new();
-        assert!(tlbi_range(
-            TlbiTarget::Vmid(2),
-            0x3000,
-            0x3000,
-            0x1000,
-            12,
-            false,
-            3,
-            |c| out.push(c),
-        ));
+        let r = TlbiRange {
+            target: TlbiTarget::Vmid(2),
+            ..asid1(0x3000, 0x3000, false)
+        };
+        assert_eq!(r.count(3), Some(3));
+        let out = cmds(&r);
         assert_eq!(out.len(), 3);
         for (i, c) in out.iter().enumerate() {
             assert_eq!(c[0], 0x2a | (2 << 32), "TLBI_S2_IPA, VMID");
@@ -459,114 +466,59 @@ mod tests {
     }
 
     #[test]
-    fn past_the_bound_nothing_is_emitted_however_large_the_range() {
+    fn past_the_bound_the_count_is_refused_however_large_the_range() {
         for ril in [false, true] {
             // Just under, at and past the bound.
             for (pages, fits) in [(127u64, true), (128, true), (129, false)] {
-                let mut out = Vec::new();
-                let ok = tlbi_range(
-                    TlbiTarget::Asid(1),
-                    0,
-                    pages << 12,
-                    0x1000,
-                    12,
-                    ril,
-                    128,
-                    |c| out.push(c),
-                );
+                let r = asid1(0, pages << 12, ril);
+                let n = r.count(128);
                 // A range TLBI covers any of these in a few commands.
-                assert_eq!(ok, fits || ril, "{pages} pages, ril {ril}");
-                assert_eq!(out.is_empty(), !ok);
+                assert_eq!(n.is_some(), fits || ril, "{pages} pages, ril {ril}");
+                let all = cmds(&r).len();
+                assert_eq!(n.unwrap_or(all), all);
+                assert_eq!(n.is_none(), all > 128);
             }
             // The whole 64-bit space: a page at a time without RIL, and in
             // 2^21 commands of at most 2^31 pages with it. Refused at once
-            // (the bound is found in 129 steps), nothing emitted.
-            let mut n = 0;
-            let ok = tlbi_range(
-                TlbiTarget::Vmid(1),
-                0,
-                u64::MAX,
-                0x1000,
-                12,
-                ril,
-                128,
-                |_| n += 1,
-            );
-            assert!(!ok);
-            assert_eq!(n, 0);
+            // (the bound is found in 129 steps).
+            let r = TlbiRange {
+                target: TlbiTarget::Vmid(1),
+                ..asid1(0, u64::MAX, ril)
+            };
+            assert_eq!(r.count(128), None);
         }
         // A bound of zero refuses everything but an empty range.
-        assert!(!tlbi_range(
-            TlbiTarget::Asid(1),
-            0,
-            0x1000,
-            0x1000,
-            12,
-            true,
-            0,
-            |_| {}
-        ));
-        assert!(tlbi_range(
-            TlbiTarget::Asid(1),
-            0x1000,
-            0,
-            0x1000,
-            12,
-            false,
-            0,
-            |_| {}
-        ));
+        assert_eq!(asid1(0, 0x1000, true).count(0), None);
+        assert_eq!(asid1(0x1000, 0, false).count(0), Some(0));
+        assert!(cmds(&asid1(0x1000, 0, false)).is_empty());
     }
 
-    /// The bound is exact: a range that takes `n` commands fits `n` and
-    /// not `n - 1`, whatever its start, size, leaf and granule.
-    #[test]
-    fn the_bound_is_the_command_count() {
-        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
-        let mut next = || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed
-        };
-        let (rounds, sizes) = if cfg!(miri) {
-            (60, 1 << 22)
-        } else {
-            (4000, 1 << 30)
-        };
-        for i in 0..rounds {
-            let granule_shift = [12, 14, 16][i % 3];
-            let leaf = 1u64 << (granule_shift + [0, 0, 9, 13][(i / 3) % 4]);
-            let start = next() >> (next() % 64);
-            let size = (next() >> (next() % 64)) % sizes;
-            let ril = i % 2 == 0;
-            let mut n = 0usize;
-            let all = tlbi_range(
-                TlbiTarget::Asid(1),
-                start,
-                size,
-                leaf,
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(if cfg!(miri) { 60 } else { 4000 }))]
+
+        /// The bound is exact: a range that takes `n` commands counts `n`,
+        /// fits `n` and not `n - 1`, whatever its start, size, leaf and
+        /// granule.
+        #[test]
+        fn the_bound_is_the_command_count(
+            start_bits in 0u32..64,
+            start in proptest::prelude::any::<u64>(),
+            size in 0u64..if cfg!(miri) { 1 << 22 } else { 1 << 30 },
+            granule in 0usize..3,
+            leaf_over in 0usize..4,
+            ril in proptest::prelude::any::<bool>(),
+        ) {
+            let granule_shift = [12, 14, 16][granule];
+            let r = TlbiRange {
+                leaf: 1u64 << (granule_shift + [0, 0, 9, 13][leaf_over]),
                 granule_shift,
-                ril,
-                usize::MAX,
-                |_| n += 1,
-            );
-            assert!(all);
-            let fits = |max| {
-                tlbi_range(
-                    TlbiTarget::Asid(1),
-                    start,
-                    size,
-                    leaf,
-                    granule_shift,
-                    ril,
-                    max,
-                    |_| {},
-                )
+                ..asid1(start >> start_bits, size, ril)
             };
-            assert!(fits(n), "{start:#x}+{size:#x} leaf {leaf:#x}: {n}");
+            let n = cmds(&r).len();
+            proptest::prop_assert_eq!(r.count(usize::MAX), Some(n));
+            proptest::prop_assert_eq!(r.count(n), Some(n));
             if n > 0 {
-                assert!(!fits(n - 1), "{start:#x}+{size:#x} leaf {leaf:#x}: {n}");
+                proptest::prop_assert_eq!(r.count(n - 1), None);
             }
         }
     }
