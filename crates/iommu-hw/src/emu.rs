@@ -38,8 +38,9 @@ impl Default for EmuLayout {
 impl EmuLayout {
     /// The guest memory, the driver's table memory in it, and a window
     /// over all of it for the emulated hardware's reads and writes. The
-    /// tables and the window are reached at their host address (see
-    /// `GuestWindow::with_host_mapping`): this memory is made here.
+    /// tables are kept in the same window, so both are reached at their host
+    /// address (see `GuestWindow::with_host_mapping`): this memory is made
+    /// here.
     ///
     /// # Errors
     /// [`EmuError::Memory`] when the memory cannot be made.
@@ -50,14 +51,10 @@ impl EmuLayout {
         );
         // SAFETY: `memory` is vm-memory's mmap backend over one anonymous
         // range, made here and without a dirty bitmap: its mapping never
-        // moves and lives as long as the `Arc`s the table memory and the
-        // window hold.
-        let (tables, window) = unsafe {
-            (
-                GuestTableMemory::with_host_mapping(memory.clone(), self.tables, self.tables_size),
-                GuestWindow::with_host_mapping(memory.clone(), 0, self.memory),
-            )
-        };
+        // moves and lives as long as the `Arc`s the window and its clones
+        // hold.
+        let window = unsafe { GuestWindow::with_host_mapping(memory.clone(), 0, self.memory) };
+        let tables = GuestTableMemory::in_window(window.clone(), self.tables, self.tables_size);
         Ok(EmuParts {
             memory,
             tables: Arc::new(tables),

@@ -122,6 +122,13 @@ impl<M: GuestMemoryBackend> GuestWindow<M> {
         &self.mem
     }
 
+    /// The 8-aligned word at `addr` inside the window's host mapping, if it
+    /// is there.
+    #[inline]
+    pub(crate) fn host_u64(&self, addr: u64) -> Option<&AtomicU64> {
+        self.direct(addr)
+    }
+
     /// The `T` at `addr` inside the window, `size_of::<T>()`-aligned.
     #[inline]
     fn direct<T>(&self, addr: u64) -> Option<&T> {

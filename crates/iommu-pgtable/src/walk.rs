@@ -43,10 +43,10 @@ impl<M: vm_memory::GuestMemoryBackend> PhysRead for crate::GuestWindow<M> {
         if !pa.raw().is_multiple_of(8) {
             return None;
         }
-        self.with_u64(pa.raw(), |w| {
-            u64::from_le(w.load(core::sync::atomic::Ordering::Acquire))
-        })
-        .or_else(|| GuestRead(&**self.memory()).read_u64(pa))
+        match self.host_u64(pa.raw()) {
+            Some(w) => Some(u64::from_le(w.load(core::sync::atomic::Ordering::Acquire))),
+            None => GuestRead(&**self.memory()).read_u64(pa),
+        }
     }
 }
 
