@@ -156,8 +156,6 @@ impl core::fmt::Display for ProbeError {
 /// Counters.
 #[derive(Debug, Default)]
 struct Stats {
-    commands: AtomicU64,
-    syncs: AtomicU64,
     sync_timeouts: AtomicU64,
     cmdq_errors: AtomicU64,
     events: AtomicU64,
@@ -273,22 +271,34 @@ impl core::fmt::Display for SmmuEvent {
 }
 
 /// A queue's producer/consumer state as the driver keeps it.
-struct Cmdq<M: TableMemory> {
+struct Queue<M: TableMemory> {
     region: DmaRegion<M>,
     log2: u32,
     /// Next slot to write (index and wrap bit).
     prod: u32,
     /// What the SMMU last said it consumed.
     cons: u32,
-    /// Command queue only: invalidations whose CMD_SYNC failed, queued
-    /// again before the next commands. Under the queue's lock, as every
-    /// submission is.
-    pending: Vec<Cmd>,
-    /// Command queue only: the data of the last CMD_SYNC's MSI.
-    sync_seq: u32,
 }
 
-impl<M: TableMemory> Cmdq<M> {
+/// The command queue and what every submission keeps beside it, all under
+/// the one lock a submission takes anyway: no other locked instruction
+/// per batch.
+struct Cmdq<M: TableMemory> {
+    queue: Queue<M>,
+    /// Invalidations whose CMD_SYNC failed, queued again before the next
+    /// commands.
+    pending: Vec<Cmd>,
+    /// The data of the last CMD_SYNC's MSI.
+    sync_seq: u32,
+    /// Command batches started.
+    batches: u64,
+    /// Commands queued (CMD_SYNC included), for [`Smmuv3Stats::commands`].
+    commands: u64,
+    /// CMD_SYNCs that completed, for [`Smmuv3Stats::syncs`].
+    syncs: u64,
+}
+
+impl<M: TableMemory> Queue<M> {
     fn mask(&self) -> u32 {
         (2 << self.log2) - 1
     }
@@ -366,7 +376,7 @@ pub(crate) struct Unit<R: Mmio, M: TableMemory> {
     pub(crate) caps: Smmuv3Caps,
     pub(crate) cfg: Smmuv3Config,
     cmdq: spin::Mutex<Cmdq<M>>,
-    evtq: spin::Mutex<Cmdq<M>>,
+    evtq: spin::Mutex<Queue<M>>,
     /// Also serialises STE updates.
     strtab: spin::Mutex<StreamTable<M>>,
     streams: spin::Mutex<BTreeMap<u32, StreamEntry>>,
@@ -390,8 +400,6 @@ pub(crate) struct Unit<R: Mmio, M: TableMemory> {
     /// `retired`'s length, so that a completed batch with none to release
     /// takes no lock (one seen late waits for the next completed batch).
     retired_len: AtomicUsize,
-    /// Command batches started (numbered under the command-queue lock).
-    batches: AtomicU64,
     recent: spin::Mutex<VecDeque<SmmuEvent>>,
 }
 
@@ -862,20 +870,23 @@ impl<R: Mmio, M: TableMemory> Unit<R, M> {
         let unit = Unit {
             index,
             cmdq: spin::Mutex::new(Cmdq {
-                region: cmdq,
-                log2: caps.cmdq_log2,
-                prod: 0,
-                cons: 0,
+                queue: Queue {
+                    region: cmdq,
+                    log2: caps.cmdq_log2,
+                    prod: 0,
+                    cons: 0,
+                },
                 pending: Vec::new(),
                 sync_seq: 0,
+                batches: 0,
+                commands: 0,
+                syncs: 0,
             }),
-            evtq: spin::Mutex::new(Cmdq {
+            evtq: spin::Mutex::new(Queue {
                 region: evtq,
                 log2: caps.evtq_log2,
                 prod: 0,
                 cons: 0,
-                pending: Vec::new(),
-                sync_seq: 0,
             }),
             strtab: spin::Mutex::new(strtab),
             streams: spin::Mutex::new(BTreeMap::new()),
@@ -887,7 +898,6 @@ impl<R: Mmio, M: TableMemory> Unit<R, M> {
             wedge: WedgeReport::default(),
             retired: spin::Mutex::new(Vec::new()),
             retired_len: AtomicUsize::new(0),
-            batches: AtomicU64::new(0),
             recent: spin::Mutex::new(VecDeque::new()),
             mmio,
             mem: Arc::clone(mem),
@@ -926,9 +936,13 @@ impl<R: Mmio, M: TableMemory> Unit<R, M> {
     fn stats(&self) -> Smmuv3Stats {
         let s = &self.stats;
         let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let (commands, syncs) = {
+            let q = self.cmdq.lock();
+            (q.commands, q.syncs)
+        };
         Smmuv3Stats {
-            commands: g(&s.commands),
-            syncs: g(&s.syncs),
+            commands,
+            syncs,
             sync_timeouts: g(&s.sync_timeouts),
             cmdq_errors: g(&s.cmdq_errors),
             events: g(&s.events),
@@ -1107,7 +1121,7 @@ impl<R: Mmio, M: TableMemory> Unit<R, M> {
         } else {
             // Batches numbered above this one started after the failed
             // invalidation was put back in `pending`.
-            let after = self.batches.load(Ordering::SeqCst);
+            let after = self.cmdq.lock().batches;
             let mut r = self.retired.lock();
             r.push((kind, after));
             self.retired_len.store(r.len(), Ordering::Release);
@@ -1158,28 +1172,28 @@ impl<R: Mmio, M: TableMemory> Unit<R, M> {
     }
 
     fn submit_cmds(&self, cmds: &[Cmd], sync: bool, batch: &mut u64) -> Result<(), Errno> {
-        let mut q = self.cmdq.lock();
-        *batch = self.batches.fetch_add(1, Ordering::SeqCst) + 1;
-        let pending = core::mem::take(&mut q.pending);
+        let mut guard = self.cmdq.lock();
+        let c = &mut *guard;
+        c.batches += 1;
+        *batch = c.batches;
+        let pending = core::mem::take(&mut c.pending);
+        let q = &mut c.queue;
         let mut published = q.prod;
         let mut failed = false;
         let msi = (self.caps.msi && self.cfg.msi_sync).then(|| {
-            q.sync_seq = q.sync_seq.wrapping_add(1);
-            (self.sync_word.pa(), q.sync_seq)
+            c.sync_seq = c.sync_seq.wrapping_add(1);
+            (self.sync_word.pa(), c.sync_seq)
         });
         let sync_cmd = sync.then(|| ste::sync(msi));
         let all = pending.iter().chain(cmds).chain(sync_cmd.iter());
-        // Counted once for the batch: one atomic add, not one per command.
-        let mut written = 0;
         for cmd in all {
             if q.full() {
-                self.publish(&mut q, &mut published);
-                if let Err(e) = self.wait(&mut q, &mut failed, |q| !q.full()) {
+                self.publish(q, &mut published);
+                if let Err(e) = self.wait(q, &mut failed, |q| !q.full()) {
                     // What was not published is dropped; the invalidations
                     // are queued again before the next command.
                     q.prod = published;
-                    self.stats.commands.fetch_add(written, Ordering::Relaxed);
-                    Self::defer(&mut q, &pending, cmds);
+                    Self::defer(&mut c.pending, &pending, cmds);
                     return Err(e);
                 }
             }
@@ -1187,10 +1201,9 @@ impl<R: Mmio, M: TableMemory> Unit<R, M> {
             q.region.write(slot, cmd[0]);
             q.region.write(slot + 1, cmd[1]);
             q.prod = q.next(q.prod);
-            written += 1;
+            c.commands += 1;
         }
-        self.stats.commands.fetch_add(written, Ordering::Relaxed);
-        self.publish(&mut q, &mut published);
+        self.publish(q, &mut published);
         if !sync {
             return Ok(());
         }
@@ -1203,16 +1216,14 @@ impl<R: Mmio, M: TableMemory> Unit<R, M> {
         let done = if msi_done() {
             Ok(())
         } else {
-            self.wait(&mut q, &mut failed, |q| {
-                q.cons & mask == target || msi_done()
-            })
+            self.wait(q, &mut failed, |q| q.cons & mask == target || msi_done())
         };
         if let Err(e) = done {
             self.stats.sync_timeouts.fetch_add(1, Ordering::Relaxed);
-            Self::defer(&mut q, &pending, cmds);
+            Self::defer(&mut c.pending, &pending, cmds);
             return Err(e);
         }
-        self.stats.syncs.fetch_add(1, Ordering::Relaxed);
+        c.syncs += 1;
         // A global error raised while the commands ran (service failure
         // mode, an aborted write) leaves their effect unknown: fail.
         if self.handle_gerror() != 0 {
@@ -1220,7 +1231,7 @@ impl<R: Mmio, M: TableMemory> Unit<R, M> {
         }
         if failed {
             // A refused command was skipped: whatever it was, send it again.
-            Self::defer(&mut q, &pending, cmds);
+            Self::defer(&mut c.pending, &pending, cmds);
             Err(Errno::EIO)
         } else {
             Ok(())
@@ -1231,8 +1242,7 @@ impl<R: Mmio, M: TableMemory> Unit<R, M> {
     /// submission, which queues them first: whatever runs next (a new STE,
     /// a reused ASID) runs after them. Bounded: past `MAX_PENDING` they
     /// become one invalidation of everything.
-    fn defer(q: &mut Cmdq<M>, earlier: &[Cmd], cmds: &[Cmd]) {
-        let p = &mut q.pending;
+    fn defer(p: &mut Vec<Cmd>, earlier: &[Cmd], cmds: &[Cmd]) {
         p.extend(earlier.iter().chain(cmds).copied());
         if p.len() > MAX_PENDING {
             p.clear();
@@ -1240,11 +1250,13 @@ impl<R: Mmio, M: TableMemory> Unit<R, M> {
         }
     }
 
-    fn publish(&self, q: &mut Cmdq<M>, published: &mut u32) {
+    fn publish(&self, q: &mut Queue<M>, published: &mut u32) {
         if *published != q.prod {
-            // The entries are in memory before PROD moves (store ordering of
-            // the memory backend, then the MMIO write).
-            core::sync::atomic::fence(Ordering::SeqCst);
+            // The entries are in memory before PROD moves. A release fence
+            // is what the SMMU needs: the queue is normal memory written
+            // before the register, as Linux's `dma_wmb()` orders it (no
+            // instruction on x86, whose stores stay in order; `dmb` on Arm).
+            core::sync::atomic::fence(Ordering::Release);
             self.mmio.write32(reg::CMDQ_PROD, q.prod);
             *published = q.prod;
         }
@@ -1254,9 +1266,9 @@ impl<R: Mmio, M: TableMemory> Unit<R, M> {
     /// global errors in `failed`.
     fn wait(
         &self,
-        q: &mut Cmdq<M>,
+        q: &mut Queue<M>,
         failed: &mut bool,
-        done: impl Fn(&Cmdq<M>) -> bool,
+        done: impl Fn(&Queue<M>) -> bool,
     ) -> Result<(), Errno> {
         for _ in 0..self.cfg.poll_limit.max(1) {
             let cons = self.mmio.read32(reg::CMDQ_CONS);
@@ -1273,7 +1285,7 @@ impl<R: Mmio, M: TableMemory> Unit<R, M> {
                 let nop = ste::sync(None);
                 q.region.write(slot, nop[0]);
                 q.region.write(slot + 1, nop[1]);
-                core::sync::atomic::fence(Ordering::SeqCst);
+                core::sync::atomic::fence(Ordering::Release);
                 self.ack_gerror(GERROR_CMDQ_ERR);
                 *failed = true;
                 continue;
