@@ -46,6 +46,7 @@ use iommu_pgtable::{walk_root, PhysRead, WalkFault, Walked};
 use iommu_types::{Iova, PhysAddr};
 use regs::*;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use tlb::{Tag, Tlb, TlbEntry};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
@@ -409,7 +410,10 @@ pub struct Smmuv3<M: GuestMemoryBackend> {
     state: Mutex<State>,
     trace: Mutex<Option<Arc<TraceFn>>>,
     /// Whether a trace is set, read without a lock on every call.
-    tracing: std::sync::atomic::AtomicBool,
+    tracing: AtomicBool,
+    /// `GERROR`, changed only under the state lock, read without it: a
+    /// driver reads it after every `CMD_SYNC`.
+    gerror: AtomicU32,
 }
 
 impl<M: GuestMemoryBackend> core::fmt::Debug for Smmuv3<M> {
@@ -486,7 +490,8 @@ impl<M: GuestMemoryBackend> Smmuv3<M> {
             features,
             state: Mutex::new(state),
             trace: Mutex::new(None),
-            tracing: std::sync::atomic::AtomicBool::new(false),
+            tracing: AtomicBool::new(false),
+            gerror: AtomicU32::new(0),
         })
     }
 
@@ -502,18 +507,13 @@ impl<M: GuestMemoryBackend> Smmuv3<M> {
 
     /// Calls `f` with everything the SMMU does from now on (`None` stops).
     pub fn set_trace(&self, f: Option<TraceFn>) {
-        self.tracing
-            .store(f.is_some(), std::sync::atomic::Ordering::Relaxed);
+        self.tracing.store(f.is_some(), Ordering::Relaxed);
         *self.trace.lock().unwrap_or_else(|e| e.into_inner()) = f.map(Arc::new);
     }
 
     /// Where this call's trace records go: nowhere unless a trace is set.
     fn traces(&self) -> Traces {
-        Traces(
-            self.tracing
-                .load(std::sync::atomic::Ordering::Relaxed)
-                .then(Vec::new),
-        )
+        Traces(self.tracing.load(Ordering::Relaxed).then(Vec::new))
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -577,15 +577,16 @@ impl<M: GuestMemoryBackend> Smmuv3<M> {
     /// SMMU would on an internal failure. For failure-injection tests.
     pub fn raise_gerror(&self, bits: u32) {
         let mut s = self.lock();
-        Self::gerror(&mut s, bits & GERROR_MASK);
+        self.set_gerror(&mut s, bits & GERROR_MASK);
     }
 
-    fn gerror(s: &mut State, bits: u32) {
+    fn set_gerror(&self, s: &mut State, bits: u32) {
         // Only errors not already active toggle (IHI 0070 7.5).
         let active = s.gerror ^ s.gerrorn;
         let new = bits & !active;
         if new != 0 {
             s.gerror ^= new;
+            self.gerror.store(s.gerror, Ordering::Release);
             if s.irq_ctrl & IRQ_CTRL_GERROR_IRQEN != 0 {
                 s.irqs.gerror += 1;
             }
@@ -600,6 +601,9 @@ impl<M: GuestMemoryBackend> Smmuv3<M> {
         if let Some(i) = (offset <= IDR5).then_some(offset as usize / 4) {
             return self.idr[i];
         }
+        if offset == GERROR {
+            return self.gerror.load(Ordering::Acquire);
+        }
         let s = self.lock();
         match offset {
             AIDR => 0,
@@ -608,7 +612,6 @@ impl<M: GuestMemoryBackend> Smmuv3<M> {
             CR2 => s.cr2,
             GBPA => s.gbpa,
             IRQ_CTRL | IRQ_CTRLACK => s.irq_ctrl,
-            GERROR => s.gerror,
             GERRORN => s.gerrorn,
             GERROR_IRQ_CFG1 => s.gerror_irq_cfg1,
             GERROR_IRQ_CFG2 => s.gerror_irq_cfg2,
@@ -795,7 +798,7 @@ impl<M: GuestMemoryBackend> Smmuv3<M> {
                             break;
                         }
                         CommandFailure::Illegal => result = Err(CERROR_ILL),
-                        CommandFailure::GlobalError(bits) => Self::gerror(s, bits & GERROR_MASK),
+                        CommandFailure::GlobalError(bits) => self.set_gerror(s, bits & GERROR_MASK),
                     }
                 }
                 Some((n, how)) => s.armed = Some((n - 1, how)),
@@ -810,7 +813,7 @@ impl<M: GuestMemoryBackend> Smmuv3<M> {
                 }
                 Err(cerror) => {
                     s.cmdq.cons = (s.cmdq.cons & Queue::wrap_mask(log2)) | (cerror << 24);
-                    Self::gerror(s, GERROR_CMDQ_ERR);
+                    self.set_gerror(s, GERROR_CMDQ_ERR);
                     traces.push(HwTrace::CommandError { cerror, index });
                     break;
                 }
@@ -857,7 +860,7 @@ impl<M: GuestMemoryBackend> Smmuv3<M> {
                 if cs == 1 && msi_addr != 0 {
                     let ok = self.window.write_u32(msi_addr, msi_data);
                     if !ok {
-                        Self::gerror(s, GERROR_MSI_CMDQ_ABT_ERR);
+                        self.set_gerror(s, GERROR_MSI_CMDQ_ABT_ERR);
                     }
                 } else if cs != 0 {
                     s.irqs.cmd_sync += 1;
@@ -889,7 +892,7 @@ impl<M: GuestMemoryBackend> Smmuv3<M> {
             bytes[i * 8..i * 8 + 8].copy_from_slice(&w.to_le_bytes());
         }
         if self.mem.write_slice(&bytes, GuestAddress(addr)).is_err() {
-            Self::gerror(s, GERROR_EVTQ_ABT_ERR);
+            self.set_gerror(s, GERROR_EVTQ_ABT_ERR);
             s.stats.events_lost += 1;
             return false;
         }
