@@ -75,6 +75,8 @@ pub mod queue;
 mod request;
 pub mod ring;
 pub mod spec;
+#[cfg(feature = "vmm")]
+mod split;
 mod state;
 #[cfg(feature = "test-utils")]
 pub mod testing;

@@ -1,8 +1,11 @@
-//! The device's two virtqueues over guest memory, through rust-vmm's
-//! `virtio-queue`: the request queue (queue 0), whose chains carry a
-//! request in their device-readable part and receive its tail (and a
-//! PROBE's properties) in their device-writable part, and the event queue
-//! (queue 1), whose buffers receive fault reports.
+//! The device's two virtqueues over guest memory: the request queue
+//! (queue 0), whose chains carry a request in their device-readable part
+//! and receive its tail (and a PROBE's properties) in their device-writable
+//! part, and the event queue (queue 1), whose buffers receive fault
+//! reports. Each queue's state (size, ring addresses, indexes) is rust-vmm's
+//! `virtio_queue::Queue`, which the transport owns; the rings themselves
+//! are read and written by this crate (`split.rs`), under virtio-queue's
+//! rules for a broken ring.
 //!
 //! A chain is checked in full before its request runs: every descriptor
 //! must lie in guest memory, and the device-readable descriptors must come
@@ -13,13 +16,13 @@
 extern crate std;
 
 use crate::spec::{req, size};
+use crate::split::{Desc, SplitRing};
 use crate::vmm::VirtioIommu;
 use alloc::vec::Vec;
-use virtio_queue::desc::split::Descriptor;
-use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
+use virtio_queue::{Queue, QueueT};
 use vm_memory::{
     Address, AtomicAccess, Bytes, GuestAddress, GuestMemory, GuestMemoryBackend, GuestMemoryRegion,
-    MemoryRegionAddress, Permissions,
+    MemoryRegionAddress,
 };
 
 pub use crate::ring::{
@@ -69,13 +72,13 @@ struct Chain {
 /// takes one), the rest on the heap.
 #[derive(Default)]
 struct Writable {
-    inline: [Descriptor; 4],
+    inline: [Desc; 4],
     inline_len: usize,
-    more: Vec<Descriptor>,
+    more: Vec<Desc>,
 }
 
 impl Writable {
-    fn push(&mut self, d: Descriptor) {
+    fn push(&mut self, d: Desc) {
         if self.inline_len < self.inline.len() {
             self.inline[self.inline_len] = d;
             self.inline_len += 1;
@@ -84,7 +87,7 @@ impl Writable {
         }
     }
 
-    fn iter(&self) -> impl Iterator<Item = &Descriptor> {
+    fn iter(&self) -> impl Iterator<Item = &Desc> {
         self.inline[..self.inline_len].iter().chain(&self.more)
     }
 }
@@ -128,7 +131,7 @@ pub(crate) fn write_fast<M: GuestMemory + ?Sized>(mem: &M, buf: &[u8], at: Guest
 }
 
 /// `mem.store`, to the region as [`read_fast`] reads.
-fn store_fast<M: GuestMemory + ?Sized, T: AtomicAccess>(
+pub(crate) fn store_fast<M: GuestMemory + ?Sized, T: AtomicAccess>(
     mem: &M,
     val: T,
     at: GuestAddress,
@@ -141,7 +144,7 @@ fn store_fast<M: GuestMemory + ?Sized, T: AtomicAccess>(
 }
 
 /// `mem.load`, from the region as [`read_fast`] reads.
-fn load_fast<M: GuestMemory + ?Sized, T: AtomicAccess>(
+pub(crate) fn load_fast<M: GuestMemory + ?Sized, T: AtomicAccess>(
     mem: &M,
     at: GuestAddress,
     order: core::sync::atomic::Ordering,
@@ -152,63 +155,63 @@ fn load_fast<M: GuestMemory + ?Sized, T: AtomicAccess>(
     }
 }
 
-fn in_memory<M: GuestMemory + ?Sized>(mem: &M, d: &Descriptor) -> bool {
-    let access = if d.is_write_only() {
-        Permissions::Write
-    } else {
-        Permissions::Read
-    };
-    d.len() == 0
-        || one_region(mem, d.addr(), d.len() as usize).is_some()
-        || mem.check_range(d.addr(), d.len() as usize, access)
-}
-
-/// Reads `chain`, keeping writable descriptors only until they hold `want`
-/// bytes (a hostile chain may hold many more).
-fn read_chain<M: GuestMemory>(mem: &M, chain: DescriptorChain<&M>, want: u64) -> Option<Chain> {
-    let mut c = Chain {
-        readable: [0; READABLE_MAX],
-        readable_len: 0,
-        writable: Writable::default(),
-        writable_len: 0,
-    };
-    let mut seen_writable = false;
-    for d in chain {
-        if d.is_write_only() {
-            seen_writable = true;
-            if !in_memory(mem, &d) {
-                return None;
-            }
-            if c.writable_len < want {
-                c.writable_len = c.writable_len.saturating_add(u64::from(d.len()));
-                c.writable.push(d);
-            }
-        } else {
-            if seen_writable {
-                return None;
-            }
-            // The bytes read are checked by reading them; the rest of a
-            // long descriptor is checked on its own.
-            let n = (d.len() as usize).min(READABLE_MAX - c.readable_len);
-            if n > 0 {
-                let dst = &mut c.readable[c.readable_len..c.readable_len + n];
-                if !read_fast(mem, dst, d.addr()) {
-                    return None;
-                }
-                c.readable_len += n;
-            }
-            if n < d.len() as usize && !in_memory(mem, &d) {
-                return None;
-            }
+impl Chain {
+    fn new() -> Chain {
+        Chain {
+            readable: [0; READABLE_MAX],
+            readable_len: 0,
+            writable: Writable::default(),
+            writable_len: 0,
         }
     }
-    Some(c)
+
+    /// Reads `chain`, keeping writable descriptors only until they hold
+    /// `want` bytes (a hostile chain may hold many more); `false` for a
+    /// chain that breaks the rules (see the module).
+    fn fill<M: GuestMemory>(
+        &mut self,
+        ring: &SplitRing<'_, M>,
+        chain: impl Iterator<Item = Desc>,
+        want: u64,
+    ) -> bool {
+        let mut seen_writable = false;
+        for d in chain {
+            if d.is_write_only() {
+                seen_writable = true;
+                if !ring.holds(&d) {
+                    return false;
+                }
+                if self.writable_len < want {
+                    self.writable_len = self.writable_len.saturating_add(u64::from(d.len));
+                    self.writable.push(d);
+                }
+            } else {
+                if seen_writable {
+                    return false;
+                }
+                // The bytes read are checked by reading them; the rest of
+                // a long descriptor is checked on its own.
+                let n = (d.len as usize).min(READABLE_MAX - self.readable_len);
+                if n > 0 {
+                    let dst = &mut self.readable[self.readable_len..self.readable_len + n];
+                    if !ring.read(dst, GuestAddress(d.addr)) {
+                        return false;
+                    }
+                    self.readable_len += n;
+                }
+                if n < d.len as usize && !ring.holds(&d) {
+                    return false;
+                }
+            }
+        }
+        true
+    }
 }
 
 /// Writes `data` across `descs` in order, from byte `skip` of the buffers
 /// they make.
-fn scatter<M: GuestMemory + ?Sized>(
-    mem: &M,
+fn scatter<M: GuestMemory>(
+    ring: &SplitRing<'_, M>,
     descs: &Writable,
     mut skip: usize,
     mut data: &[u8],
@@ -217,14 +220,14 @@ fn scatter<M: GuestMemory + ?Sized>(
         if data.is_empty() {
             break;
         }
-        let len = d.len() as usize;
+        let len = d.len as usize;
         if skip >= len {
             skip -= len;
             continue;
         }
         let n = (len - skip).min(data.len());
-        let at = GuestAddress(d.addr().0 + skip as u64);
-        if !write_fast(mem, &data[..n], at) {
+        let at = GuestAddress(d.addr + skip as u64);
+        if !ring.write(&data[..n], at) {
             return false;
         }
         skip = 0;
@@ -232,9 +235,6 @@ fn scatter<M: GuestMemory + ?Sized>(
     }
     data.is_empty()
 }
-
-/// Chains taken from the available ring per read of its index.
-const BATCH: usize = 8;
 
 impl VirtioIommu {
     /// Serves every request the driver made available on the request
@@ -249,54 +249,32 @@ impl VirtioIommu {
         mem: &M,
     ) -> Result<Served, QueueError> {
         let probe_size = self.device().config().probe_size as usize;
-        let mut served = Served::default();
+        let mut ring = SplitRing::take(queue, mem)?;
         // Notifications are not suppressed while serving: the VMM calls
         // again on the next kick, so a chain added after the available
-        // index was last read is not missed. The index is read once per
-        // batch of chains rather than once per chain.
-        loop {
-            let mut batch: [Option<DescriptorChain<&M>>; BATCH] = Default::default();
-            let mut taken = 0;
-            match queue.iter(mem) {
-                Ok(avail) => {
-                    for (slot, chain) in batch.iter_mut().zip(avail) {
-                        *slot = Some(chain);
-                        taken += 1;
-                    }
-                }
-                // Reported below when nothing was served.
-                Err(_) => break,
-            }
-            for chain in batch.iter_mut().filter_map(Option::take) {
-                let head = chain.head_index();
-                let used = self.serve_request(mem, chain, probe_size);
-                queue.add_used(mem, head, used)?;
-                served.used += 1;
-            }
-            if taken < BATCH {
-                break;
-            }
-        }
-        if served.used == 0 {
-            // A broken available ring ends the loop above without an
-            // error; asking for it again returns one.
-            queue.iter(mem)?;
-            return Ok(served);
-        }
-        served.notify = queue.needs_notification(mem)?;
-        Ok(served)
+        // index was last read is not missed. The index is read again
+        // only once the chains it announced are served.
+        let r = serve(
+            &mut ring,
+            || true,
+            |ring, head| self.serve_request(ring, head, probe_size),
+        );
+        ring.put_back(queue);
+        r
     }
 
     fn serve_request<M: GuestMemory>(
         &self,
-        mem: &M,
-        chain: DescriptorChain<&M>,
+        ring: &SplitRing<'_, M>,
+        head: u16,
         probe_size: usize,
     ) -> u32 {
         let want = (probe_size + size::TAIL) as u64;
-        let Some(c) = read_chain(mem, chain, want) else {
+        // Filled where it stays: a returned chain would be copied.
+        let mut c = Chain::new();
+        if !c.fill(ring, ring.chain(head), want) {
             return 0;
-        };
+        }
         let readable = &c.readable[..c.readable_len];
         let is_probe = readable.first() == Some(&req::PROBE);
         let cap = if is_probe {
@@ -325,7 +303,7 @@ impl VirtioIommu {
         } else {
             0
         };
-        if used == 0 || !scatter(mem, &c.writable, skip, &out[skip..used]) {
+        if used == 0 || !scatter(ring, &c.writable, skip, &out[skip..used]) {
             return 0;
         }
         u32::try_from(used).unwrap_or(0)
@@ -342,29 +320,55 @@ impl VirtioIommu {
         queue: &mut Queue,
         mem: &M,
     ) -> Result<Served, QueueError> {
-        let mut served = Served::default();
         if self.pending_events() == 0 {
-            return Ok(served);
+            return Ok(Served::default());
         }
-        queue.iter(mem)?;
-        while self.pending_events() > 0 {
-            let Some(chain) = queue.pop_descriptor_chain(mem) else {
-                break;
-            };
-            let head = chain.head_index();
-            let used = match read_chain(mem, chain, size::FAULT as u64) {
-                Some(c) if c.writable_len >= size::FAULT as u64 => match self.next_event() {
-                    Some(f) if scatter(mem, &c.writable, 0, &f.encode()) => size::FAULT as u32,
+        let mut ring = SplitRing::take(queue, mem)?;
+        let r = serve(
+            &mut ring,
+            || self.pending_events() > 0,
+            |ring, head| {
+                let mut c = Chain::new();
+                // A buffer too small keeps the report for the next one.
+                if !c.fill(ring, ring.chain(head), size::FAULT as u64)
+                    || c.writable_len < size::FAULT as u64
+                {
+                    return 0;
+                }
+                match self.next_event() {
+                    Some(f) if scatter(ring, &c.writable, 0, &f.encode()) => size::FAULT as u32,
                     _ => 0,
-                },
-                _ => 0,
-            };
-            queue.add_used(mem, head, used)?;
-            served.used += 1;
-        }
-        served.notify = served.used > 0 && queue.needs_notification(mem)?;
-        Ok(served)
+                }
+            },
+        );
+        ring.put_back(queue);
+        r
     }
+}
+
+/// Returns chains from `ring` while `more` says so, each with the length
+/// `serve_chain` wrote into it, and says whether the driver wants to hear.
+/// A broken available ring is an error only when nothing was served: the
+/// chains served are returned, and the next pass meets it again.
+fn serve<'m, M: GuestMemory>(
+    ring: &mut SplitRing<'m, M>,
+    mut more: impl FnMut() -> bool,
+    mut serve_chain: impl FnMut(&SplitRing<'m, M>, u16) -> u32,
+) -> Result<Served, QueueError> {
+    let mut served = Served::default();
+    while more() {
+        let head = match ring.pop() {
+            Ok(Some(head)) => head,
+            Ok(None) => break,
+            Err(e) if served.used == 0 => return Err(e.into()),
+            Err(_) => break,
+        };
+        let used = serve_chain(ring, head);
+        ring.add_used(head, used)?;
+        served.used += 1;
+    }
+    served.notify = served.used > 0 && ring.needs_notification()?;
+    Ok(served)
 }
 
 /// A queue at `desc`, `avail` and `used` in guest memory with `size`
