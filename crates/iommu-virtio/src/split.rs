@@ -20,6 +20,9 @@
 //! - an available index more than a queue ahead of the device's is an
 //!   error (`InvalidAvailRingIndex`); an unreadable ring entry ends the
 //!   pass, and the entry is read again next time;
+//! - a pass takes at most a queue's worth of chains (virtio-queue has no
+//!   such bound; a ring whose used index overlaps its available index
+//!   would otherwise announce a new chain with each one returned);
 //! - a chain follows `NEXT` for at most the queue's size descriptors, ends
 //!   at a descriptor it cannot read or an index past the table, and ends
 //!   when its lengths add up past `u32::MAX`;
@@ -126,6 +129,8 @@ pub(crate) struct SplitRing<'m, M: GuestMemory> {
     avail_idx: Wrapping<u16>,
     /// Chains returned in this pass, for the notification.
     added: Wrapping<u16>,
+    /// Heads taken in this pass: at most the queue's size.
+    taken: u16,
 }
 
 impl<'m, M: GuestMemory> SplitRing<'m, M> {
@@ -161,6 +166,7 @@ impl<'m, M: GuestMemory> SplitRing<'m, M> {
             next_used: Wrapping(queue.next_used()),
             avail_idx: Wrapping(queue.next_avail()),
             added: Wrapping(0),
+            taken: 0,
         })
     }
 
@@ -180,12 +186,20 @@ impl<'m, M: GuestMemory> SplitRing<'m, M> {
 
     /// The next available head, reading the available index again only
     /// once the device has caught up with the last one read; `None` when
-    /// the driver has made nothing more available, or its entry cannot be
-    /// read (it is read again next pass).
+    /// the driver has made nothing more available, when its entry cannot
+    /// be read (it is read again next pass), or after a queue's worth of
+    /// heads in this pass. That bound keeps a pass finite when the driver
+    /// puts its used ring over its available ring, so that each chain
+    /// returned announces another; a driver that does not has at most a
+    /// queue of chains outstanding, and notifies again for any it adds
+    /// while the pass runs.
     ///
     /// # Errors
     /// The available index cannot be read, or is more than a queue ahead.
     pub fn pop(&mut self) -> Result<Option<u16>, Error> {
+        if self.taken == self.size {
+            return Ok(None);
+        }
         if self.next_avail == self.avail_idx {
             let idx = self
                 .load_u16(&self.avail, 2, Ordering::Acquire)
@@ -205,6 +219,7 @@ impl<'m, M: GuestMemory> SplitRing<'m, M> {
         let head = self.load_u16(&self.avail, 4 + 2 * u64::from(slot), Ordering::Acquire);
         if head.is_some() {
             self.next_avail += 1;
+            self.taken += 1;
         }
         Ok(head)
     }
