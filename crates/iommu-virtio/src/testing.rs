@@ -911,6 +911,20 @@ pub fn bench_map_unmap(n: u64) -> (Vec<u8>, Vec<u8>) {
     (map.encode(), unmap.encode())
 }
 
+/// Writes `seeds` as `seed-0`, `seed-1`, … of fuzz target `target`'s
+/// corpus, when `IOMMU_FUZZ_SEEDS` names the corpus directory (`.ci/run`
+/// sets it).
+#[cfg(feature = "vmm")]
+pub fn write_seeds(target: &str, seeds: &[Vec<u8>]) {
+    if let Some(dir) = std::env::var_os("IOMMU_FUZZ_SEEDS") {
+        let dir = std::path::Path::new(&dir).join(target);
+        std::fs::create_dir_all(&dir).expect("the seed directory");
+        for (i, s) in seeds.iter().enumerate() {
+            std::fs::write(dir.join(alloc::format!("seed-{i}")), s).expect("a seed file");
+        }
+    }
+}
+
 /// Guest memory of the queue oracle: two adjacent regions (a ring may
 /// cross from one to the other), a gap, and a third region.
 #[cfg(feature = "vmm")]

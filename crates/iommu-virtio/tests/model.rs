@@ -5,7 +5,7 @@
 //! fuzz targets replay the same oracles; this writes their seed corpora.
 
 use iommu_virtio::spec::{attach, map};
-use iommu_virtio::testing::{decode_ops, run_ops, run_request, Op};
+use iommu_virtio::testing::{decode_ops, run_ops, run_request, write_seeds, Op};
 use iommu_virtio::Request;
 use proptest::prelude::*;
 
@@ -64,16 +64,6 @@ proptest! {
     #[test]
     fn any_bytes_are_handled_or_left_unwritten(data in prop::collection::vec(any::<u8>(), 0..120)) {
         run_request(&data);
-    }
-}
-
-fn write_seeds(target: &str, seeds: &[Vec<u8>]) {
-    if let Some(dir) = std::env::var_os("IOMMU_FUZZ_SEEDS") {
-        let dir = std::path::Path::new(&dir).join(target);
-        std::fs::create_dir_all(&dir).unwrap();
-        for (i, s) in seeds.iter().enumerate() {
-            std::fs::write(dir.join(format!("seed-{i}")), s).unwrap();
-        }
     }
 }
 

@@ -502,13 +502,7 @@ fn the_queue_seeds_hold() {
         assert_eq!(run_queue(&event), Some(u32::from(size / 2).min(4)));
         seeds.extend([seed, ahead, wild, event]);
     }
-    if let Some(dir) = std::env::var_os("IOMMU_FUZZ_SEEDS") {
-        let dir = std::path::Path::new(&dir).join("virtio_queue");
-        std::fs::create_dir_all(&dir).unwrap();
-        for (i, s) in seeds.iter().enumerate() {
-            std::fs::write(dir.join(format!("seed-{i}")), s).unwrap();
-        }
-    }
+    iommu_virtio::testing::write_seeds("virtio_queue", &seeds);
 }
 
 /// A driver whose used ring lies over its available ring: each chain the
