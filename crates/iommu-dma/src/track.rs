@@ -20,7 +20,6 @@
 
 use crate::{DmaDirection, DmaError};
 use alloc::boxed::Box;
-use core::hash::{BuildHasherDefault, Hasher};
 use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 // hashbrown: std's own map, available without std.
 use hashbrown::HashMap;
@@ -40,25 +39,7 @@ pub(crate) struct Tracked {
     pub api: Api,
 }
 
-/// Keys are granule-aligned IOVAs: a multiplicative hash spreads them.
-#[derive(Default)]
-struct IovaHasher(u64);
-
-impl Hasher for IovaHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x100_0000_01b3);
-        }
-    }
-    fn write_u64(&mut self, v: u64) {
-        self.0 = (v >> 12).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    }
-}
-
-type Map = HashMap<u64, Tracked, BuildHasherDefault<IovaHasher>>;
+type Map = HashMap<u64, Tracked, iommu_types::BuildPageHasher>;
 
 /// Slots per CPU, and the fewest and most there are (8 bytes each: 32 KiB
 /// to 512 KiB per device).

@@ -1,5 +1,6 @@
 //! Vocabulary shared by every iommu-rs layer: address newtypes, the `IOMMU_*`
-//! protection flags, Linux error numbers and the IOTLB gather.
+//! protection flags, Linux error numbers, the IOTLB gather and a hasher for
+//! page-keyed maps.
 //!
 //! This crate is `no_std` and has no dependencies so that page tables, the IOVA
 //! allocator and a kernel's own code can all speak the same types.
@@ -11,6 +12,7 @@ mod addr;
 mod bytes;
 mod errno;
 mod gather;
+mod hash;
 mod prot;
 mod unmapped;
 
@@ -18,6 +20,7 @@ pub use addr::{Iova, PhysAddr};
 pub use bytes::ByteReader;
 pub use errno::Errno;
 pub use gather::IotlbGather;
+pub use hash::{BuildPageHasher, PageHasher};
 pub use prot::Prot;
 pub use unmapped::Unmapped;
 

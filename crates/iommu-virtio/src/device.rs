@@ -73,26 +73,7 @@ pub(crate) struct Entry {
     pub(crate) flags: u32,
 }
 
-/// Page numbers are 4 KiB-aligned addresses shifted down: a
-/// multiplicative hash spreads them.
-#[derive(Default)]
-struct PageHasher(u64);
-
-impl core::hash::Hasher for PageHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x100_0000_01b3);
-        }
-    }
-    fn write_u64(&mut self, v: u64) {
-        self.0 = v.wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    }
-}
-
-type PageIndex = hashbrown::HashMap<u64, (u64, Entry), core::hash::BuildHasherDefault<PageHasher>>;
+type PageIndex = hashbrown::HashMap<u64, (u64, Entry), iommu_types::BuildPageHasher>;
 
 /// A domain's mappings: by first address (they never overlap), and the
 /// ones that are one aligned 4 KiB page (what a guest's DMA API maps
