@@ -107,10 +107,10 @@ impl core::ops::Deref for Mappings {
 
 const PAGE: u64 = 0x1000;
 
-/// The page number of a mapping that is exactly one aligned 4 KiB page.
-fn one_page(start: u64, e: &Entry) -> Option<u64> {
-    (start.is_multiple_of(PAGE) && e.end.checked_sub(start) == Some(PAGE - 1))
-        .then_some(start / PAGE)
+/// The page number of `[start, end]` when it is exactly one aligned 4 KiB
+/// page.
+fn one_page(start: u64, end: u64) -> Option<u64> {
+    (start.is_multiple_of(PAGE) && end.checked_sub(start) == Some(PAGE - 1)).then_some(start / PAGE)
 }
 
 impl Mappings {
@@ -118,7 +118,7 @@ impl Mappings {
         if let Some(old) = self.by_start.insert(start, e) {
             self.forget(start, &old);
         }
-        match one_page(start, &e) {
+        match one_page(start, e.end) {
             Some(page) => {
                 self.pages.insert(page, (start, e));
             }
@@ -132,8 +132,44 @@ impl Mappings {
         Some(e)
     }
 
+    /// Removes the mapping `[start, end]` if there is exactly that one,
+    /// and says whether there was.
+    pub(crate) fn remove_exact(&mut self, start: u64, end: u64) -> bool {
+        match one_page(start, end) {
+            // The index holds every one-page mapping, under its page.
+            Some(page) => {
+                if self.pages.remove(&page).is_none() {
+                    return false;
+                }
+                self.by_start.remove(&start);
+                true
+            }
+            None => {
+                if !self.by_start.get(&start).is_some_and(|e| e.end == end) {
+                    return false;
+                }
+                self.remove(start);
+                true
+            }
+        }
+    }
+
+    /// Whether any mapping meets `[start, end]`.
+    pub(crate) fn meets(&self, start: u64, end: u64) -> bool {
+        // While every mapping is one page, one page meets only itself.
+        if self.unindexed == 0 {
+            if let Some(page) = one_page(start, end) {
+                return self.pages.contains_key(&page);
+            }
+        }
+        self.by_start
+            .range(..=end)
+            .next_back()
+            .is_some_and(|(_, e)| e.end >= start)
+    }
+
     fn forget(&mut self, start: u64, e: &Entry) {
-        match one_page(start, e) {
+        match one_page(start, e.end) {
             Some(page) => {
                 self.pages.remove(&page);
             }
@@ -175,10 +211,7 @@ impl Domain {
 
     /// Whether any mapping meets `[start, end]`.
     pub(crate) fn meets(&self, start: u64, end: u64) -> bool {
-        self.mappings
-            .range(..=end)
-            .next_back()
-            .is_some_and(|(_, e)| e.end >= start)
+        self.mappings.meets(start, end)
     }
 }
 
@@ -928,8 +961,7 @@ impl Device {
             return Status::Range;
         }
         // The common UNMAP takes back exactly one MAP.
-        if d.mappings.get(&start).is_some_and(|e| e.end == end) {
-            d.mappings.remove(start);
+        if d.mappings.remove_exact(start, end) {
             self.mappings -= 1;
             return Status::Ok;
         }
@@ -1143,6 +1175,13 @@ mod mappings_index {
             .map(|(&s, &e)| (s, e))
     }
 
+    /// The B-tree alone: what `meets` must answer.
+    fn model_meets(m: &BTreeMap<u64, Entry>, start: u64, end: u64) -> bool {
+        m.range(..=end)
+            .next_back()
+            .is_some_and(|(_, e)| e.end >= start)
+    }
+
     proptest::proptest! {
         /// Mappings of one page, of several, unaligned and at the top of
         /// the space, put in and taken out in any order: every address
@@ -1173,16 +1212,42 @@ mod mappings_index {
                         m.insert(start, e);
                         model_map.insert(start, e);
                     }
-                } else if let Some((&s, _)) = model_map.range(base..=base + 16 * PAGE).next() {
-                    m.remove(s);
-                    model_map.remove(&s);
+                } else if let Some((&s, &e)) = model_map.range(base..=base + 16 * PAGE).next() {
+                    // Taken back as UNMAP does: by the exact range (or
+                    // one a page short, which removes nothing), or by start.
+                    match shape % 3 {
+                        0 => {
+                            proptest::prop_assert!(m.remove_exact(s, e.end));
+                            model_map.remove(&s);
+                        }
+                        1 => {
+                            let short = e.end.wrapping_sub(PAGE);
+                            proptest::prop_assert!(!m.remove_exact(s, short));
+                        }
+                        _ => {
+                            m.remove(s);
+                            model_map.remove(&s);
+                        }
+                    }
+                } else {
+                    // Nothing there to take.
+                    proptest::prop_assert!(!m.remove_exact(base, base + PAGE - 1));
                 }
                 for &a in probes.iter().chain([u64::MAX, u64::MAX - 5].iter()) {
                     proptest::prop_assert_eq!(m.holding(a), model(&model_map, a), "at {:#x}", a);
+                    // Whole pages (what a guest maps most) and short spans.
+                    let page = a & !(PAGE - 1);
+                    for (s, e) in [(page, page + (PAGE - 1)), (a, a.saturating_add(0x1ff))] {
+                        proptest::prop_assert_eq!(
+                            m.meets(s, e),
+                            model_meets(&model_map, s, e),
+                            "[{:#x}, {:#x}]", s, e
+                        );
+                    }
                 }
             }
             proptest::prop_assert_eq!(m.len(), model_map.len());
-            let unindexed = model_map.iter().filter(|(&s, e)| super::one_page(s, e).is_none()).count();
+            let unindexed = model_map.iter().filter(|(&s, e)| super::one_page(s, e.end).is_none()).count();
             proptest::prop_assert_eq!(m.unindexed, unindexed);
             proptest::prop_assert_eq!(m.pages.len(), model_map.len() - unindexed);
         }
