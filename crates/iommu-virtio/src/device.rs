@@ -73,37 +73,40 @@ pub(crate) struct Entry {
     pub(crate) flags: u32,
 }
 
-type PageIndex = hashbrown::HashMap<u64, (u64, Entry), iommu_types::BuildPageHasher>;
+/// One-page mappings by page number.
+type PageIndex = hashbrown::HashMap<u64, Entry, iommu_types::BuildPageHasher>;
 
-/// A domain's mappings: by first address (they never overlap), and the
-/// ones that are one aligned 4 KiB page (what a guest's DMA API maps
-/// most) also by page number, so that a translation among a million of
-/// them is a hash probe instead of a walk down a B-tree's cold nodes. The
-/// index costs one hash entry per such mapping; the others are counted,
-/// and looked up in the B-tree only while there are any.
+/// Pages to a word of [`Mappings::words`].
+const WORD: u64 = 64;
+
+/// A domain's mappings, which never overlap.
+///
+/// Those that are one aligned 4 KiB page (what a guest's DMA API maps
+/// most) are kept by page number in a hash map, so that their MAP, UNMAP
+/// and translation are hash probes even among a million of them, and in
+/// address order as a bitmap, 64 pages to a word, in a B-tree of words:
+/// a MAP or UNMAP near other mappings only sets or clears a bit there,
+/// where a B-tree of mappings would add or remove a node entry each time.
+/// The others are kept by first address in a B-tree of their own. Range
+/// lookups (a MAP's overlap check, an UNMAP of a range, the ordered walk)
+/// take the nearer of the two.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Mappings {
-    by_start: BTreeMap<u64, Entry>,
+    /// Mappings that are not one aligned page, by first address.
+    spans: BTreeMap<u64, Entry>,
     pages: PageIndex,
-    /// Mappings not in `pages`.
-    unindexed: usize,
+    /// Bit `p % WORD` of word `p / WORD` is set when page `p` is in
+    /// `pages`; no word is zero.
+    words: BTreeMap<u64, u64>,
 }
 
 impl PartialEq for Mappings {
     fn eq(&self, other: &Self) -> bool {
-        // The rest follows from the mappings.
-        self.by_start == other.by_start
+        self.len() == other.len() && self.iter().eq(other.iter())
     }
 }
 
 impl Eq for Mappings {}
-
-impl core::ops::Deref for Mappings {
-    type Target = BTreeMap<u64, Entry>;
-    fn deref(&self) -> &Self::Target {
-        &self.by_start
-    }
-}
 
 const PAGE: u64 = 0x1000;
 
@@ -113,22 +116,55 @@ fn one_page(start: u64, end: u64) -> Option<u64> {
     (start.is_multiple_of(PAGE) && end.checked_sub(start) == Some(PAGE - 1)).then_some(start / PAGE)
 }
 
+/// The set bits of `bits`, lowest first.
+fn set_bits(mut bits: u64) -> impl Iterator<Item = u64> {
+    core::iter::from_fn(move || {
+        let b = bits.trailing_zeros();
+        bits &= bits.wrapping_sub(1);
+        (b < 64).then_some(u64::from(b))
+    })
+}
+
 impl Mappings {
+    /// Mappings held.
+    pub(crate) fn len(&self) -> usize {
+        self.spans.len() + self.pages.len()
+    }
+
+    /// Adds `[start, e.end]`, which must meet no mapping held (MAP and a
+    /// restore check that first).
     pub(crate) fn insert(&mut self, start: u64, e: Entry) {
-        if let Some(old) = self.by_start.insert(start, e) {
-            self.forget(start, &old);
-        }
+        debug_assert!(!self.meets(start, e.end), "{start:#x} overlaps");
         match one_page(start, e.end) {
             Some(page) => {
-                self.pages.insert(page, (start, e));
+                self.pages.insert(page, e);
+                *self.words.entry(page / WORD).or_insert(0) |= 1 << (page % WORD);
             }
-            None => self.unindexed += 1,
+            None => {
+                self.spans.insert(start, e);
+            }
         }
     }
 
+    /// Removes the mapping starting at `start`.
     pub(crate) fn remove(&mut self, start: u64) -> Option<Entry> {
-        let e = self.by_start.remove(&start)?;
-        self.forget(start, &e);
+        if start.is_multiple_of(PAGE) {
+            if let Some(e) = self.take_page(start / PAGE) {
+                return Some(e);
+            }
+        }
+        self.spans.remove(&start)
+    }
+
+    fn take_page(&mut self, page: u64) -> Option<Entry> {
+        let e = self.pages.remove(&page)?;
+        if let alloc::collections::btree_map::Entry::Occupied(mut w) = self.words.entry(page / WORD)
+        {
+            *w.get_mut() &= !(1 << (page % WORD));
+            if *w.get() == 0 {
+                w.remove();
+            }
+        }
         Some(e)
     }
 
@@ -136,62 +172,129 @@ impl Mappings {
     /// and says whether there was.
     pub(crate) fn remove_exact(&mut self, start: u64, end: u64) -> bool {
         match one_page(start, end) {
-            // The index holds every one-page mapping, under its page.
-            Some(page) => {
-                if self.pages.remove(&page).is_none() {
-                    return false;
-                }
-                self.by_start.remove(&start);
-                true
-            }
+            Some(page) => self.take_page(page).is_some(),
             None => {
-                if !self.by_start.get(&start).is_some_and(|e| e.end == end) {
-                    return false;
+                let whole = self.spans.get(&start).is_some_and(|e| e.end == end);
+                if whole {
+                    self.spans.remove(&start);
                 }
-                self.remove(start);
-                true
+                whole
             }
         }
     }
 
-    /// Whether any mapping meets `[start, end]`.
-    pub(crate) fn meets(&self, start: u64, end: u64) -> bool {
-        // While every mapping is one page, one page meets only itself.
-        if self.unindexed == 0 {
-            if let Some(page) = one_page(start, end) {
-                return self.pages.contains_key(&page);
+    /// The mapping starting at `start`.
+    pub(crate) fn get(&self, start: u64) -> Option<Entry> {
+        if start.is_multiple_of(PAGE) {
+            if let Some(&e) = self.pages.get(&(start / PAGE)) {
+                return Some(e);
             }
         }
-        self.by_start
-            .range(..=end)
-            .next_back()
-            .is_some_and(|(_, e)| e.end >= start)
-    }
-
-    fn forget(&mut self, start: u64, e: &Entry) {
-        match one_page(start, e.end) {
-            Some(page) => {
-                self.pages.remove(&page);
-            }
-            None => self.unindexed -= 1,
-        }
+        self.spans.get(&start).copied()
     }
 
     /// The mapping that holds `addr`, if any.
     #[inline]
     fn holding(&self, addr: u64) -> Option<(u64, Entry)> {
         // A one-page mapping holds every address of its page.
-        if let Some(&hit) = self.pages.get(&(addr / PAGE)) {
-            return Some(hit);
+        if let Some(&e) = self.pages.get(&(addr / PAGE)) {
+            return Some((addr & !(PAGE - 1), e));
         }
-        if self.unindexed == 0 {
+        if self.spans.is_empty() {
             return None;
         }
-        self.by_start
+        self.spans
             .range(..=addr)
             .next_back()
             .filter(|(_, e)| e.end >= addr)
             .map(|(&s, &e)| (s, e))
+    }
+
+    /// Whether any mapping meets `[start, end]`.
+    pub(crate) fn meets(&self, start: u64, end: u64) -> bool {
+        // While every mapping is one page, one page meets only itself.
+        if self.spans.is_empty() {
+            if let Some(page) = one_page(start, end) {
+                return self.pages.contains_key(&page);
+            }
+        }
+        // Mappings apart: only the last one starting by `end` can reach
+        // back to `start`.
+        self.last_at_or_before(end)
+            .is_some_and(|(_, e)| e.end >= start)
+    }
+
+    /// The one-page mapping with the highest page number `<= page`.
+    fn last_page_at_or_before(&self, page: u64) -> Option<u64> {
+        let (w, b) = (page / WORD, page % WORD);
+        let below = |w: u64, bits: u64| w * WORD + 63 - u64::from(bits.leading_zeros());
+        if let Some(&bits) = self.words.get(&w) {
+            let m = bits & (u64::MAX >> (63 - b));
+            if m != 0 {
+                return Some(below(w, m));
+            }
+        }
+        let (&w, &bits) = self.words.range(..w).next_back()?;
+        Some(below(w, bits))
+    }
+
+    /// The one-page mapping with the lowest page number `>= page`.
+    fn first_page_at_or_after(&self, page: u64) -> Option<u64> {
+        let (w, b) = (page / WORD, page % WORD);
+        let above = |w: u64, bits: u64| w * WORD + u64::from(bits.trailing_zeros());
+        if let Some(&bits) = self.words.get(&w) {
+            let m = bits & (u64::MAX << b);
+            if m != 0 {
+                return Some(above(w, m));
+            }
+        }
+        let (&w, &bits) = self.words.range(w + 1..).next()?;
+        Some(above(w, bits))
+    }
+
+    fn page_entry(&self, page: u64) -> Option<(u64, Entry)> {
+        self.pages.get(&page).map(|&e| (page * PAGE, e))
+    }
+
+    /// The mapping with the highest start `<= addr`.
+    pub(crate) fn last_at_or_before(&self, addr: u64) -> Option<(u64, Entry)> {
+        let span = self.spans.range(..=addr).next_back().map(|(&s, &e)| (s, e));
+        let page = self
+            .last_page_at_or_before(addr / PAGE)
+            .and_then(|p| self.page_entry(p));
+        match (span, page) {
+            (Some(s), Some(p)) => Some(if s.0 > p.0 { s } else { p }),
+            (s, p) => s.or(p),
+        }
+    }
+
+    /// The mapping with the lowest start in `[start, end]`.
+    pub(crate) fn first_in(&self, start: u64, end: u64) -> Option<(u64, Entry)> {
+        let span = self.spans.range(start..=end).next().map(|(&s, &e)| (s, e));
+        let page = self
+            .first_page_at_or_after(start.div_ceil(PAGE))
+            .filter(|&p| p * PAGE <= end)
+            .and_then(|p| self.page_entry(p));
+        match (span, page) {
+            (Some(s), Some(p)) => Some(if s.0 < p.0 { s } else { p }),
+            (s, p) => s.or(p),
+        }
+    }
+
+    /// Every mapping, by first address.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (u64, Entry)> + '_ {
+        let mut spans = self.spans.iter().map(|(&s, &e)| (s, e)).peekable();
+        let mut pages = self
+            .words
+            .iter()
+            .flat_map(|(&w, &bits)| set_bits(bits).map(move |b| w * WORD + b))
+            .filter_map(|p| self.page_entry(p))
+            .peekable();
+        core::iter::from_fn(move || match (spans.peek(), pages.peek()) {
+            (Some(s), Some(p)) if s.0 < p.0 => spans.next(),
+            (Some(_), None) => spans.next(),
+            _ => pages.next(),
+        })
     }
 }
 
@@ -637,7 +740,7 @@ impl Device {
             .get(&domain)
             .into_iter()
             .flat_map(|d| d.mappings.iter())
-            .map(|(&s, e)| Mapping {
+            .map(|(s, e)| Mapping {
                 virt_start: s,
                 virt_end: e.end,
                 phys_start: e.phys,
@@ -969,11 +1072,11 @@ impl Device {
         // mapping that starts at or before `end` settles the `end` side;
         // when it also starts at `start` (one whole mapping, the common
         // case), nothing else can hold `start`.
-        let last = d.mappings.range(..=end).next_back();
+        let last = d.mappings.last_at_or_before(end);
         if last.is_some_and(|(_, e)| e.end > end) {
             return Status::Range;
         }
-        let only = last.is_some_and(|(&s, _)| s == start);
+        let only = last.is_some_and(|(s, _)| s == start);
         if !only && d.holding(start).is_some_and(|(s, _)| s < start) {
             return Status::Range;
         }
@@ -982,7 +1085,7 @@ impl Device {
             self.mappings -= 1;
         } else {
             // Every mapping starting in [start, end] ends in it too.
-            while let Some((&s, _)) = d.mappings.range(start..=end).next() {
+            while let Some((s, _)) = d.mappings.first_in(start, end) {
                 d.mappings.remove(s);
                 self.mappings -= 1;
             }
@@ -1166,90 +1269,125 @@ fn write_tail(tail: &mut [u8], status: Status) {
 mod mappings_index {
     use super::{Entry, Mappings, PAGE};
     use alloc::collections::BTreeMap;
+    use alloc::vec::Vec;
 
-    /// The B-tree alone: what `holding` must answer.
-    fn model(m: &BTreeMap<u64, Entry>, addr: u64) -> Option<(u64, Entry)> {
+    /// The mappings in one B-tree by first address: what `Mappings` must
+    /// answer.
+    type Model = BTreeMap<u64, Entry>;
+
+    fn model_holding(m: &Model, addr: u64) -> Option<(u64, Entry)> {
         m.range(..=addr)
             .next_back()
             .filter(|(_, e)| e.end >= addr)
             .map(|(&s, &e)| (s, e))
     }
 
-    /// The B-tree alone: what `meets` must answer.
-    fn model_meets(m: &BTreeMap<u64, Entry>, start: u64, end: u64) -> bool {
+    fn model_meets(m: &Model, start: u64, end: u64) -> bool {
         m.range(..=end)
             .next_back()
             .is_some_and(|(_, e)| e.end >= start)
     }
 
+    /// Every answer `Mappings` gives about the addresses around `a`.
+    fn agree(
+        m: &Mappings,
+        model: &Model,
+        a: u64,
+    ) -> Result<(), proptest::test_runner::TestCaseError> {
+        proptest::prop_assert_eq!(m.holding(a), model_holding(model, a), "holding {:#x}", a);
+        let last = model.range(..=a).next_back().map(|(&s, &e)| (s, e));
+        proptest::prop_assert_eq!(m.last_at_or_before(a), last, "last by {:#x}", a);
+        proptest::prop_assert_eq!(m.get(a), model.get(&a).copied(), "get {:#x}", a);
+        // Whole pages (what a guest maps most), short spans, long ones.
+        let page = a & !(PAGE - 1);
+        let spans = [
+            (page, page + (PAGE - 1)),
+            (a, a.saturating_add(0x1ff)),
+            (a, a.saturating_add(40 * PAGE)),
+            (a.saturating_sub(200 * PAGE), a),
+        ];
+        for (s, e) in spans {
+            proptest::prop_assert_eq!(
+                m.meets(s, e),
+                model_meets(model, s, e),
+                "meets [{:#x}, {:#x}]",
+                s,
+                e
+            );
+            let first = model.range(s..=e).next().map(|(&s, &e)| (s, e));
+            proptest::prop_assert_eq!(m.first_in(s, e), first, "first in [{:#x}, {:#x}]", s, e);
+        }
+        Ok(())
+    }
+
     proptest::proptest! {
         /// Mappings of one page, of several, unaligned and at the top of
-        /// the space, put in and taken out in any order: every address
-        /// finds what the B-tree alone finds.
+        /// the space, put in and taken out in any order (by start, by
+        /// exact range, by a range a page short): every lookup answers as
+        /// the one B-tree would, and the walk is in address order.
         #[test]
-        fn the_page_index_answers_as_the_btree(
-            ops in proptest::collection::vec((0u64..64, 0u8..5, proptest::bool::ANY), 1..200),
-            probes in proptest::collection::vec(0u64..(70 * PAGE), 1..64),
+        fn the_mappings_answer_as_one_btree(
+            ops in proptest::collection::vec((0u64..96, 0u8..6, proptest::bool::ANY), 1..200),
+            probes in proptest::collection::vec(0u64..(1600 * PAGE), 1..24),
         ) {
             let mut m = Mappings::default();
-            let mut model_map: BTreeMap<u64, Entry> = BTreeMap::new();
+            let mut model = Model::new();
             for (slot, shape, add) in ops {
-                // Slots 64 KiB apart, so mappings never overlap.
+                // Slots 64 KiB apart (16 pages, 4 to a word of the
+                // bitmap), so mappings never overlap.
                 let base = slot * 16 * PAGE;
                 let (start, end) = match shape {
-                    0 => (base, base + PAGE - 1),
+                    0 | 5 => (base + (slot % 3) * PAGE, base + (slot % 3 + 1) * PAGE - 1),
                     1 => (base, base + 3 * PAGE - 1),
                     2 => (base + 0x200, base + 0x11ff),
                     3 => (base, base + 0x7ff),
                     _ => (u64::MAX - PAGE + 1, u64::MAX),
                 };
                 let e = Entry { end, phys: start ^ 0xabc000, flags: 3 };
-                if add && !model_map.contains_key(&start) {
-                    // One mapping per slot at a time, as MAP would allow.
-                    let taken = model_map.range(base..base + 16 * PAGE).next().is_some()
-                        || (shape == 4 && model_map.contains_key(&start));
-                    if !taken {
-                        m.insert(start, e);
-                        model_map.insert(start, e);
-                    }
-                } else if let Some((&s, &e)) = model_map.range(base..=base + 16 * PAGE).next() {
-                    // Taken back as UNMAP does: by the exact range (or
-                    // one a page short, which removes nothing), or by start.
+                let taken = if shape == 4 {
+                    model.contains_key(&start)
+                } else {
+                    model.range(base..base + 16 * PAGE).next().is_some()
+                };
+                if add && !taken {
+                    m.insert(start, e);
+                    model.insert(start, e);
+                } else if let Some((&s, &e)) = model.range(base..base + 16 * PAGE).next().or(
+                    model.range(start..=end).next()
+                ) {
                     match shape % 3 {
                         0 => {
                             proptest::prop_assert!(m.remove_exact(s, e.end));
-                            model_map.remove(&s);
+                            model.remove(&s);
                         }
                         1 => {
                             let short = e.end.wrapping_sub(PAGE);
                             proptest::prop_assert!(!m.remove_exact(s, short));
                         }
                         _ => {
-                            m.remove(s);
-                            model_map.remove(&s);
+                            proptest::prop_assert_eq!(m.remove(s), Some(e));
+                            model.remove(&s);
                         }
                     }
                 } else {
                     // Nothing there to take.
-                    proptest::prop_assert!(!m.remove_exact(base, base + PAGE - 1));
+                    proptest::prop_assert!(!m.remove_exact(start, end));
+                    proptest::prop_assert_eq!(m.remove(start), None);
                 }
-                for &a in probes.iter().chain([u64::MAX, u64::MAX - 5].iter()) {
-                    proptest::prop_assert_eq!(m.holding(a), model(&model_map, a), "at {:#x}", a);
-                    // Whole pages (what a guest maps most) and short spans.
-                    let page = a & !(PAGE - 1);
-                    for (s, e) in [(page, page + (PAGE - 1)), (a, a.saturating_add(0x1ff))] {
-                        proptest::prop_assert_eq!(
-                            m.meets(s, e),
-                            model_meets(&model_map, s, e),
-                            "[{:#x}, {:#x}]", s, e
-                        );
-                    }
+                for &a in probes.iter().chain([0, u64::MAX, u64::MAX - 5].iter()) {
+                    agree(&m, &model, a)?;
                 }
             }
-            proptest::prop_assert_eq!(m.len(), model_map.len());
-            let unindexed = model_map.iter().filter(|(&s, e)| super::one_page(s, e.end).is_none()).count();
-            proptest::prop_assert_eq!(m.unindexed, unindexed);
-            proptest::prop_assert_eq!(m.pages.len(), model_map.len() - unindexed);
+            proptest::prop_assert_eq!(m.len(), model.len());
+            let walked: Vec<_> = m.iter().collect();
+            let want: Vec<_> = model.iter().map(|(&s, &e)| (s, e)).collect();
+            proptest::prop_assert_eq!(walked, want);
+            // The bitmap holds exactly the one-page mappings, no word zero.
+            let bits: u32 = m.words.values().map(|w| w.count_ones()).sum();
+            proptest::prop_assert_eq!(bits as usize, m.pages.len());
+            proptest::prop_assert!(m.words.values().all(|&w| w != 0));
+            let spans = model.iter().filter(|(&s, e)| super::one_page(s, e.end).is_none()).count();
+            proptest::prop_assert_eq!(m.spans.len(), spans);
         }
     }
 }

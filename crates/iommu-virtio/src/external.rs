@@ -261,7 +261,7 @@ impl Externals {
             .values()
             .filter(|m| {
                 let kept = domain
-                    .and_then(|dom| dom.mappings.get(&m.virt_start))
+                    .and_then(|dom| dom.mappings.get(m.virt_start))
                     .is_some_and(|e| {
                         e.end == m.virt_end && e.phys == m.phys_start && e.flags == m.flags
                     });
@@ -282,7 +282,7 @@ impl Externals {
             return Err(e);
         }
         if let Some(dom) = domain {
-            for (&start, e) in dom.mappings.iter() {
+            for (start, e) in dom.mappings.iter() {
                 if x.held.contains_key(&start) {
                     continue;
                 }
