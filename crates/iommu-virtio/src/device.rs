@@ -5,6 +5,7 @@
 //! refused request leaves the device exactly as it was.
 
 use crate::config::{layout, offset, ConfigError, DeviceConfig};
+use crate::page_index::PageIndex;
 use crate::request::Request;
 use crate::spec::{attach, fault, feature, map, probe, resv, size, Status};
 use alloc::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -73,17 +74,15 @@ pub(crate) struct Entry {
     pub(crate) flags: u32,
 }
 
-/// One-page mappings by page number.
-type PageIndex = hashbrown::HashMap<u64, Entry, iommu_types::BuildPageHasher>;
-
 /// Pages to a word of [`Mappings::words`].
 const WORD: u64 = 64;
 
 /// A domain's mappings, which never overlap.
 ///
 /// Those that are one aligned 4 KiB page (what a guest's DMA API maps
-/// most) are kept by page number in a hash map, so that their MAP, UNMAP
-/// and translation are hash probes even among a million of them, and in
+/// most) are kept by page number in a hash table, their physical page and
+/// flags in one word (see [`packed`]), so that their MAP, UNMAP and
+/// translation are one probe even among a million of them, and in
 /// address order as a bitmap, 64 pages to a word, in a B-tree of words:
 /// a MAP or UNMAP near other mappings only sets or clears a bit there,
 /// where a B-tree of mappings would add or remove a node entry each time.
@@ -94,6 +93,7 @@ const WORD: u64 = 64;
 pub(crate) struct Mappings {
     /// Mappings that are not one aligned page, by first address.
     spans: BTreeMap<u64, Entry>,
+    /// One-page mappings by page number.
     pages: PageIndex,
     /// Bit `p % WORD` of word `p / WORD` is set when page `p` is in
     /// `pages`; no word is zero.
@@ -116,6 +116,25 @@ fn one_page(start: u64, end: u64) -> Option<u64> {
     (start.is_multiple_of(PAGE) && end.checked_sub(start) == Some(PAGE - 1)).then_some(start / PAGE)
 }
 
+/// `e` as a [`PageIndex`] value, when its physical address is page-aligned
+/// and its flags fit below it (MAP's flags always do; the address does
+/// unless the granule is smaller than a page).
+fn packed(e: &Entry) -> Option<u64> {
+    (e.phys.is_multiple_of(PAGE) && u64::from(e.flags) < PAGE)
+        .then_some(e.phys | u64::from(e.flags))
+}
+
+/// The mapping of `page` whose [`PageIndex`] value is `v`.
+fn unpacked(page: u64, v: u64) -> (u64, Entry) {
+    let start = page * PAGE;
+    let e = Entry {
+        end: start + (PAGE - 1),
+        phys: v & !(PAGE - 1),
+        flags: (v & (PAGE - 1)) as u32,
+    };
+    (start, e)
+}
+
 /// The set bits of `bits`, lowest first.
 fn set_bits(mut bits: u64) -> impl Iterator<Item = u64> {
     core::iter::from_fn(move || {
@@ -135,9 +154,9 @@ impl Mappings {
     /// restore check that first).
     pub(crate) fn insert(&mut self, start: u64, e: Entry) {
         debug_assert!(!self.meets(start, e.end), "{start:#x} overlaps");
-        match one_page(start, e.end) {
-            Some(page) => {
-                self.pages.insert(page, e);
+        match one_page(start, e.end).zip(packed(&e)) {
+            Some((page, v)) => {
+                self.pages.insert(page, v);
                 *self.words.entry(page / WORD).or_insert(0) |= 1 << (page % WORD);
             }
             None => {
@@ -157,7 +176,7 @@ impl Mappings {
     }
 
     fn take_page(&mut self, page: u64) -> Option<Entry> {
-        let e = self.pages.remove(&page)?;
+        let v = self.pages.remove(page)?;
         if let alloc::collections::btree_map::Entry::Occupied(mut w) = self.words.entry(page / WORD)
         {
             *w.get_mut() &= !(1 << (page % WORD));
@@ -165,29 +184,29 @@ impl Mappings {
                 w.remove();
             }
         }
-        Some(e)
+        Some(unpacked(page, v).1)
     }
 
     /// Removes the mapping `[start, end]` if there is exactly that one,
     /// and says whether there was.
     pub(crate) fn remove_exact(&mut self, start: u64, end: u64) -> bool {
-        match one_page(start, end) {
-            Some(page) => self.take_page(page).is_some(),
-            None => {
-                let whole = self.spans.get(&start).is_some_and(|e| e.end == end);
-                if whole {
-                    self.spans.remove(&start);
-                }
-                whole
+        if let Some(page) = one_page(start, end) {
+            if self.take_page(page).is_some() {
+                return true;
             }
         }
+        let whole = self.spans.get(&start).is_some_and(|e| e.end == end);
+        if whole {
+            self.spans.remove(&start);
+        }
+        whole
     }
 
     /// The mapping starting at `start`.
     pub(crate) fn get(&self, start: u64) -> Option<Entry> {
         if start.is_multiple_of(PAGE) {
-            if let Some(&e) = self.pages.get(&(start / PAGE)) {
-                return Some(e);
+            if let Some(v) = self.pages.get(start / PAGE) {
+                return Some(unpacked(start / PAGE, v).1);
             }
         }
         self.spans.get(&start).copied()
@@ -197,8 +216,8 @@ impl Mappings {
     #[inline]
     fn holding(&self, addr: u64) -> Option<(u64, Entry)> {
         // A one-page mapping holds every address of its page.
-        if let Some(&e) = self.pages.get(&(addr / PAGE)) {
-            return Some((addr & !(PAGE - 1), e));
+        if let Some(v) = self.pages.get(addr / PAGE) {
+            return Some(unpacked(addr / PAGE, v));
         }
         if self.spans.is_empty() {
             return None;
@@ -215,7 +234,7 @@ impl Mappings {
         // While every mapping is one page, one page meets only itself.
         if self.spans.is_empty() {
             if let Some(page) = one_page(start, end) {
-                return self.pages.contains_key(&page);
+                return self.pages.contains(page);
             }
         }
         // Mappings apart: only the last one starting by `end` can reach
@@ -253,7 +272,7 @@ impl Mappings {
     }
 
     fn page_entry(&self, page: u64) -> Option<(u64, Entry)> {
-        self.pages.get(&page).map(|&e| (page * PAGE, e))
+        self.pages.get(page).map(|v| unpacked(page, v))
     }
 
     /// The mapping with the highest start `<= addr`.
@@ -1327,7 +1346,7 @@ mod mappings_index {
         /// the one B-tree would, and the walk is in address order.
         #[test]
         fn the_mappings_answer_as_one_btree(
-            ops in proptest::collection::vec((0u64..96, 0u8..6, proptest::bool::ANY), 1..200),
+            ops in proptest::collection::vec((0u64..96, 0u8..7, proptest::bool::ANY), 1..200),
             probes in proptest::collection::vec(0u64..(1600 * PAGE), 1..24),
         ) {
             let mut m = Mappings::default();
@@ -1337,13 +1356,16 @@ mod mappings_index {
                 // bitmap), so mappings never overlap.
                 let base = slot * 16 * PAGE;
                 let (start, end) = match shape {
-                    0 | 5 => (base + (slot % 3) * PAGE, base + (slot % 3 + 1) * PAGE - 1),
+                    0 | 5 | 6 => (base + (slot % 3) * PAGE, base + (slot % 3 + 1) * PAGE - 1),
                     1 => (base, base + 3 * PAGE - 1),
                     2 => (base + 0x200, base + 0x11ff),
                     3 => (base, base + 0x7ff),
                     _ => (u64::MAX - PAGE + 1, u64::MAX),
                 };
-                let e = Entry { end, phys: start ^ 0xabc000, flags: 3 };
+                // Shape 6: one page, at an address only a smaller granule
+                // allows, so not in the page index.
+                let phys = if shape == 6 { start ^ 0xabc200 } else { start ^ 0xabc000 };
+                let e = Entry { end, phys, flags: 3 };
                 let taken = if shape == 4 {
                     model.contains_key(&start)
                 } else {
@@ -1386,7 +1408,10 @@ mod mappings_index {
             let bits: u32 = m.words.values().map(|w| w.count_ones()).sum();
             proptest::prop_assert_eq!(bits as usize, m.pages.len());
             proptest::prop_assert!(m.words.values().all(|&w| w != 0));
-            let spans = model.iter().filter(|(&s, e)| super::one_page(s, e.end).is_none()).count();
+            let spans = model
+                .iter()
+                .filter(|(&s, e)| super::one_page(s, e.end).zip(super::packed(e)).is_none())
+                .count();
             proptest::prop_assert_eq!(m.spans.len(), spans);
         }
     }

@@ -64,6 +64,7 @@ pub mod driver;
 #[cfg(feature = "vmm")]
 mod external;
 pub mod firmware;
+mod page_index;
 #[cfg(feature = "vmm")]
 pub mod guide_vmm {
     #![doc = include_str!("guide_vmm.md")]

@@ -1,0 +1,217 @@
+//! The device's index of one-page mappings: page number to one word (the
+//! physical page and the flags). Hand-written rather than hashbrown for
+//! speed only: key and value side by side, probed linearly, so that a
+//! lookup among a million pages reads one cache line, where a table with
+//! its control bytes apart reads two, the second after the first.
+
+use alloc::vec;
+use alloc::vec::Vec;
+use core::hash::Hasher;
+use iommu_types::PageHasher;
+
+/// An empty slot's key. Keys are page numbers plus one (a page number is
+/// at most 2^52), so page 0 is never mistaken for it.
+const EMPTY: u64 = 0;
+
+/// Slots of the first table: 256 bytes.
+const MIN_SLOTS: usize = 16;
+
+/// Page numbers to words, in an open-addressing table at most half full:
+/// linear probing from the slot the top bits of the page's hash pick;
+/// removal shifts the entries after the hole back, so there are no
+/// tombstones and a lookup ends at the first empty slot.
+#[derive(Clone, Default)]
+pub(crate) struct PageIndex {
+    /// `[page + 1, word]`, or `[EMPTY, 0]`; a power of two of them (or
+    /// none before the first insert).
+    slots: Vec<[u64; 2]>,
+    len: usize,
+}
+
+impl core::fmt::Debug for PageIndex {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("PageIndex")
+            .field("len", &self.len)
+            .field("slots", &self.slots.len())
+            .finish()
+    }
+}
+
+impl PageIndex {
+    /// Pages held.
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    /// The slot `page`'s probe starts at, in a table of `slots` slots.
+    #[inline]
+    fn home(page: u64, slots: usize) -> usize {
+        let mut h = PageHasher::default();
+        h.write_u64(page);
+        // The top bits: a power-of-two table of at most 2^63 slots.
+        (h.finish() >> (64 - slots.trailing_zeros())) as usize
+    }
+
+    /// The slot holding `page`, if any.
+    #[inline]
+    fn find(&self, page: u64) -> Option<usize> {
+        if self.slots.is_empty() {
+            return None;
+        }
+        let mask = self.slots.len() - 1;
+        let key = page + 1;
+        let mut i = Self::home(page, self.slots.len());
+        // At most half full: an empty slot ends every probe.
+        loop {
+            match self.slots[i][0] {
+                k if k == key => return Some(i),
+                EMPTY => return None,
+                _ => i = (i + 1) & mask,
+            }
+        }
+    }
+
+    /// The word of `page`.
+    #[inline]
+    pub(crate) fn get(&self, page: u64) -> Option<u64> {
+        self.find(page).map(|i| self.slots[i][1])
+    }
+
+    /// Whether `page` is held.
+    pub(crate) fn contains(&self, page: u64) -> bool {
+        self.find(page).is_some()
+    }
+
+    /// Sets the word of `page` (a page number, below 2^63), and returns
+    /// the one it replaces.
+    pub(crate) fn insert(&mut self, page: u64, word: u64) -> Option<u64> {
+        debug_assert!(page < u64::MAX);
+        // Grown first, so that one probe finds the page or its slot.
+        if (self.len + 1) * 2 > self.slots.len() {
+            self.grow();
+        }
+        let mask = self.slots.len() - 1;
+        let key = page + 1;
+        let mut i = Self::home(page, self.slots.len());
+        loop {
+            match self.slots[i][0] {
+                k if k == key => return Some(core::mem::replace(&mut self.slots[i][1], word)),
+                EMPTY => {
+                    self.slots[i] = [key, word];
+                    self.len += 1;
+                    return None;
+                }
+                _ => i = (i + 1) & mask,
+            }
+        }
+    }
+
+    /// Puts a key not in the table into its first empty slot.
+    fn put(&mut self, key: u64, word: u64) {
+        let mask = self.slots.len() - 1;
+        let mut i = Self::home(key - 1, self.slots.len());
+        while self.slots[i][0] != EMPTY {
+            i = (i + 1) & mask;
+        }
+        self.slots[i] = [key, word];
+    }
+
+    /// Doubles the table (or makes the first one) and puts every entry
+    /// back.
+    fn grow(&mut self) {
+        let n = (self.slots.len() * 2).max(MIN_SLOTS);
+        let old = core::mem::replace(&mut self.slots, vec![[EMPTY, 0]; n]);
+        for [k, w] in old {
+            if k != EMPTY {
+                self.put(k, w);
+            }
+        }
+    }
+
+    /// Removes `page`, and returns its word.
+    pub(crate) fn remove(&mut self, page: u64) -> Option<u64> {
+        let mut hole = self.find(page)?;
+        let word = self.slots[hole][1];
+        let mask = self.slots.len() - 1;
+        // Entries after the hole whose probe passed through it move back
+        // into it, until an empty slot.
+        let mut j = hole;
+        loop {
+            j = (j + 1) & mask;
+            let key = self.slots[j][0];
+            if key == EMPTY {
+                break;
+            }
+            let home = Self::home(key - 1, self.slots.len());
+            // The hole lies on the probe from `home` to `j`.
+            if j.wrapping_sub(home) & mask >= j.wrapping_sub(hole) & mask {
+                self.slots[hole] = self.slots[j];
+                hole = j;
+            }
+        }
+        self.slots[hole] = [EMPTY, 0];
+        self.len -= 1;
+        Some(word)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloc::collections::BTreeMap;
+
+    proptest::proptest! {
+        /// Inserts, replacements and removals of pages from a few narrow
+        /// ranges (so that probes collide and wrap), with growth on the
+        /// way: every page answers as a B-tree does, and every probe of
+        /// the table reaches its entry without crossing an empty slot.
+        #[test]
+        fn the_index_answers_as_a_btree(
+            ops in proptest::collection::vec((0u8..3, 0u64..300, proptest::bool::ANY, proptest::bool::ANY), 1..600),
+        ) {
+            let mut t = PageIndex::default();
+            let mut model = BTreeMap::new();
+            for (range, off, add, big) in ops {
+                let page = [0, 1 << 20, (1 << 52) - 300][usize::from(range)] + off;
+                let word = page ^ if big { u64::MAX } else { 0x5a };
+                if add {
+                    proptest::prop_assert_eq!(t.insert(page, word), model.insert(page, word));
+                } else {
+                    proptest::prop_assert_eq!(t.remove(page), model.remove(&page));
+                }
+                proptest::prop_assert_eq!(t.len(), model.len());
+                proptest::prop_assert_eq!(t.get(page), model.get(&page).copied());
+            }
+            for range in [0u64, 1 << 20, (1 << 52) - 300] {
+                for page in range..range + 300 {
+                    proptest::prop_assert_eq!(t.get(page), model.get(&page).copied());
+                }
+            }
+            // No entry sits behind an empty slot on its probe.
+            let mask = t.slots.len().wrapping_sub(1);
+            for (i, &[k, _]) in t.slots.iter().enumerate() {
+                if k != EMPTY {
+                    let mut j = PageIndex::home(k - 1, t.slots.len());
+                    while j != i {
+                        proptest::prop_assert_ne!(t.slots[j][0], EMPTY);
+                        j = (j + 1) & mask;
+                    }
+                }
+            }
+            proptest::prop_assert!(t.slots.is_empty() || t.len * 2 <= t.slots.len());
+        }
+    }
+
+    #[test]
+    fn an_empty_index_holds_nothing() {
+        let mut t = PageIndex::default();
+        assert_eq!(t.get(0), None);
+        assert_eq!(t.remove(0), None);
+        assert!(!t.contains(5));
+        assert_eq!(t.insert(0, 7), None);
+        assert!(t.contains(0));
+        assert_eq!(t.insert(0, 8), Some(7));
+        assert_eq!(t.remove(0), Some(8));
+        assert_eq!(t.len(), 0);
+    }
+}
