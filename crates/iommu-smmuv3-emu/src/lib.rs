@@ -393,6 +393,8 @@ type TraceFn = Box<dyn Fn(&HwTrace) + Send + Sync>;
 struct Traces(Option<Vec<HwTrace>>);
 
 impl Traces {
+    /// Inlined, so that without a trace the record is not even built.
+    #[inline(always)]
     fn push(&mut self, t: HwTrace) {
         if let Some(v) = &mut self.0 {
             v.push(t);
@@ -778,9 +780,12 @@ impl<M: GuestMemoryBackend> Smmuv3<M> {
         }
         let log2 = self.cmdq_log2(s);
         let feat = self.features.cmd();
+        // The queue does not move while its commands run: entry 0's
+        // address, once.
+        let base = s.cmdq.addr(0, 16, self.features.cmdq_bits);
         while !s.cmdq.is_empty(log2) {
             let index = s.cmdq.cons & ((1 << log2) - 1);
-            let addr = s.cmdq.addr(index, 16, self.features.cmdq_bits);
+            let addr = base + u64::from(index) * 16;
             let words = (
                 self.reader().read_u64(PhysAddr::new(addr)),
                 self.reader().read_u64(PhysAddr::new(addr + 8)),
