@@ -119,7 +119,12 @@ impl PageIndex {
     /// Doubles the table (or makes the first one) and puts every entry
     /// back.
     fn grow(&mut self) {
-        let n = (self.slots.len() * 2).max(MIN_SLOTS);
+        self.resize((self.slots.len() * 2).max(MIN_SLOTS));
+    }
+
+    /// A table of `n` slots (a power of two, more than twice `len`) with
+    /// every entry put back.
+    fn resize(&mut self, n: usize) {
         let old = core::mem::replace(&mut self.slots, vec![[EMPTY, 0]; n]);
         for [k, w] in old {
             if k != EMPTY {
@@ -151,6 +156,11 @@ impl PageIndex {
         }
         self.slots[hole] = [EMPTY, 0];
         self.len -= 1;
+        // A table an eighth full halves, so that a domain that mapped a
+        // million pages once does not keep their table.
+        if self.slots.len() > MIN_SLOTS && self.len * 8 < self.slots.len() {
+            self.resize(self.slots.len() / 2);
+        }
         Some(word)
     }
 }
@@ -199,6 +209,7 @@ mod tests {
                 }
             }
             proptest::prop_assert!(t.slots.is_empty() || t.len * 2 <= t.slots.len());
+            proptest::prop_assert!(t.slots.len() <= MIN_SLOTS || t.len * 8 >= t.slots.len());
         }
     }
 
@@ -213,5 +224,24 @@ mod tests {
         assert_eq!(t.insert(0, 8), Some(7));
         assert_eq!(t.remove(0), Some(8));
         assert_eq!(t.len(), 0);
+    }
+
+    /// A table grown for many pages shrinks as they go, and still finds
+    /// the ones left.
+    #[test]
+    fn the_table_shrinks_as_pages_go() {
+        let mut t = PageIndex::default();
+        for p in 0..10_000 {
+            t.insert(p * 3, p);
+        }
+        let big = t.slots.len();
+        assert!(big >= 20_000);
+        for p in 0..9_990 {
+            assert_eq!(t.remove(p * 3), Some(p));
+        }
+        assert!(t.slots.len() <= 128, "{} slots for 10 pages", t.slots.len());
+        for p in 9_990..10_000 {
+            assert_eq!(t.get(p * 3), Some(p));
+        }
     }
 }
