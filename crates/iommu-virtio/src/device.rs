@@ -202,7 +202,8 @@ impl Mappings {
         whole
     }
 
-    /// The mapping starting at `start`.
+    /// The mapping starting at `start` (for external mappers).
+    #[cfg(any(feature = "vmm", test))]
     pub(crate) fn get(&self, start: u64) -> Option<Entry> {
         if start.is_multiple_of(PAGE) {
             if let Some(v) = self.pages.get(start / PAGE) {
