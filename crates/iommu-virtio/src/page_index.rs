@@ -16,16 +16,47 @@ const EMPTY: u64 = 0;
 /// Slots of the first table: 256 bytes.
 const MIN_SLOTS: usize = 16;
 
+/// The default multiplier: 2^64 over the golden ratio, odd.
+const GOLDEN: u64 = 0x9e37_79b9_7f4a_7c15;
+
+/// Slots an insert may probe before the table takes a secret multiplier.
+/// A table at most half full under a multiplier the guest does not know
+/// practically never reaches it.
+const MAX_PROBE: usize = 64;
+
 /// Page numbers to words, in an open-addressing table at most half full:
 /// linear probing from the slot the top bits of the page's hash pick;
 /// removal shifts the entries after the hole back, so there are no
 /// tombstones and a lookup ends at the first empty slot.
-#[derive(Clone, Default)]
+///
+/// The hash is a multiply by an odd number, whose top bits pick the slot:
+/// by default 2^64 over the golden ratio, which spreads pages in
+/// arithmetic progression (what an IOVA allocator hands out) most evenly.
+/// The guest picks the page numbers, and could pick ones that crowd into
+/// one run of slots under a known multiplier (each MAP then costing a walk
+/// of the run). So an insert that probes more than [`MAX_PROBE`] slots
+/// places every entry again under a multiplier the guest cannot see,
+/// drawn from the host address of the new table (heap addresses are
+/// randomised; this needs no source of randomness in `no_std`) and the
+/// previous multiplier.
+#[derive(Clone)]
 pub(crate) struct PageIndex {
     /// `[page + 1, word]`, or `[EMPTY, 0]`; a power of two of them (or
     /// none before the first insert).
     slots: Vec<[u64; 2]>,
     len: usize,
+    /// The odd multiplier of the hash.
+    mul: u64,
+}
+
+impl Default for PageIndex {
+    fn default() -> Self {
+        PageIndex {
+            slots: Vec::new(),
+            len: 0,
+            mul: GOLDEN,
+        }
+    }
 }
 
 impl core::fmt::Debug for PageIndex {
@@ -33,7 +64,7 @@ impl core::fmt::Debug for PageIndex {
         f.debug_struct("PageIndex")
             .field("len", &self.len)
             .field("slots", &self.slots.len())
-            .finish()
+            .finish_non_exhaustive()
     }
 }
 
@@ -45,11 +76,9 @@ impl PageIndex {
 
     /// The slot `page`'s probe starts at, in a table of `slots` slots.
     #[inline]
-    fn home(page: u64, slots: usize) -> usize {
-        let mut h = PageHasher::default();
-        h.write_u64(page);
+    fn home(&self, page: u64) -> usize {
         // The top bits: a power-of-two table of at most 2^63 slots.
-        (h.finish() >> (64 - slots.trailing_zeros())) as usize
+        (page.wrapping_mul(self.mul) >> (64 - self.slots.len().trailing_zeros())) as usize
     }
 
     /// The slot holding `page`, if any.
@@ -60,7 +89,7 @@ impl PageIndex {
         }
         let mask = self.slots.len() - 1;
         let key = page + 1;
-        let mut i = Self::home(page, self.slots.len());
+        let mut i = self.home(page);
         // At most half full: an empty slot ends every probe.
         loop {
             match self.slots[i][0] {
@@ -92,7 +121,9 @@ impl PageIndex {
         }
         let mask = self.slots.len() - 1;
         let key = page + 1;
-        let mut i = Self::home(page, self.slots.len());
+        let mut i = self.home(page);
+        let mut steps = 0;
+        let mut reseeded = false;
         loop {
             match self.slots[i][0] {
                 k if k == key => return Some(core::mem::replace(&mut self.slots[i][1], word)),
@@ -101,15 +132,34 @@ impl PageIndex {
                     self.len += 1;
                     return None;
                 }
-                _ => i = (i + 1) & mask,
+                _ => {}
+            }
+            i = (i + 1) & mask;
+            steps += 1;
+            // A run this long under a secret multiplier is chance enough
+            // to live with; under the default, it may have been made:
+            // place everything again (same size, so `mask` holds), once.
+            if steps > MAX_PROBE && !reseeded {
+                self.reseed();
+                reseeded = true;
+                i = self.home(page);
+                steps = 0;
             }
         }
+    }
+
+    /// Places every entry again, in a table of the same size, under a new
+    /// secret multiplier.
+    #[cold]
+    #[inline(never)]
+    fn reseed(&mut self) {
+        self.resize_with(self.slots.len(), true);
     }
 
     /// Puts a key not in the table into its first empty slot.
     fn put(&mut self, key: u64, word: u64) {
         let mask = self.slots.len() - 1;
-        let mut i = Self::home(key - 1, self.slots.len());
+        let mut i = self.home(key - 1);
         while self.slots[i][0] != EMPTY {
             i = (i + 1) & mask;
         }
@@ -125,7 +175,18 @@ impl PageIndex {
     /// A table of `n` slots (a power of two, more than twice `len`) with
     /// every entry put back.
     fn resize(&mut self, n: usize) {
+        self.resize_with(n, false);
+    }
+
+    /// [`resize`](Self::resize), with a new secret multiplier if `reseed`
+    /// (and from then on).
+    fn resize_with(&mut self, n: usize, reseed: bool) {
         let old = core::mem::replace(&mut self.slots, vec![[EMPTY, 0]; n]);
+        if reseed {
+            let mut h = PageHasher::default();
+            h.write_u64(self.mul ^ self.slots.as_ptr() as u64);
+            self.mul = h.finish() | 1;
+        }
         for [k, w] in old {
             if k != EMPTY {
                 self.put(k, w);
@@ -147,7 +208,7 @@ impl PageIndex {
             if key == EMPTY {
                 break;
             }
-            let home = Self::home(key - 1, self.slots.len());
+            let home = self.home(key - 1);
             // The hole lies on the probe from `home` to `j`.
             if j.wrapping_sub(home) & mask >= j.wrapping_sub(hole) & mask {
                 self.slots[hole] = self.slots[j];
@@ -201,7 +262,7 @@ mod tests {
             let mask = t.slots.len().wrapping_sub(1);
             for (i, &[k, _]) in t.slots.iter().enumerate() {
                 if k != EMPTY {
-                    let mut j = PageIndex::home(k - 1, t.slots.len());
+                    let mut j = t.home(k - 1);
                     while j != i {
                         proptest::prop_assert_ne!(t.slots[j][0], EMPTY);
                         j = (j + 1) & mask;
@@ -224,6 +285,31 @@ mod tests {
         assert_eq!(t.insert(0, 8), Some(7));
         assert_eq!(t.remove(0), Some(8));
         assert_eq!(t.len(), 0);
+    }
+
+    /// Pages a guest picked to share one slot under the default
+    /// multiplier: the table takes a secret one, and no page then sits far
+    /// from its slot.
+    #[test]
+    fn pages_picked_to_collide_do_not_crowd_the_table() {
+        // 400 pages whose top 10 bits under the default multiplier are 0:
+        // one slot in every table up to 1024 slots.
+        let crowd: Vec<u64> = (0..u64::MAX)
+            .filter(|p| p.wrapping_mul(GOLDEN) >> 54 == 0)
+            .take(400)
+            .collect();
+        let mut t = PageIndex::default();
+        for (i, &p) in crowd.iter().enumerate() {
+            assert_eq!(t.insert(p, i as u64), None);
+        }
+        assert_ne!(t.mul, GOLDEN);
+        let mask = t.slots.len() - 1;
+        for (i, &p) in crowd.iter().enumerate() {
+            let at = t.find(p).unwrap();
+            assert_eq!(t.slots[at][1], i as u64);
+            let far = at.wrapping_sub(t.home(p)) & mask;
+            assert!(far <= MAX_PROBE, "page {p:#x} {far} slots from home");
+        }
     }
 
     /// A table grown for many pages shrinks as they go, and still finds
