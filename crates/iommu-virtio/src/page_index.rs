@@ -16,10 +16,10 @@ const EMPTY: u64 = 0;
 /// Slots of the first table: 256 bytes.
 const MIN_SLOTS: usize = 16;
 
-/// The default multiplier: 2^64 over the golden ratio, odd.
+/// What the first multiplier is drawn from: 2^64 over the golden ratio.
 const GOLDEN: u64 = 0x9e37_79b9_7f4a_7c15;
 
-/// Slots an insert may probe before the table takes a secret multiplier.
+/// Slots an insert may probe before the table draws another multiplier.
 /// A table at most half full under a multiplier the guest does not know
 /// practically never reaches it.
 const MAX_PROBE: usize = 64;
@@ -29,16 +29,15 @@ const MAX_PROBE: usize = 64;
 /// removal shifts the entries after the hole back, so there are no
 /// tombstones and a lookup ends at the first empty slot.
 ///
-/// The hash is a multiply by an odd number, whose top bits pick the slot:
-/// by default 2^64 over the golden ratio, which spreads pages in
-/// arithmetic progression (what an IOVA allocator hands out) most evenly.
-/// The guest picks the page numbers, and could pick ones that crowd into
-/// one run of slots under a known multiplier (each MAP then costing a walk
-/// of the run). So an insert that probes more than [`MAX_PROBE`] slots
-/// places every entry again under a multiplier the guest cannot see,
-/// drawn from the host address of the new table (heap addresses are
-/// randomised; this needs no source of randomness in `no_std`) and the
-/// previous multiplier.
+/// The hash is a multiply by an odd number, whose top bits pick the slot
+/// (pages in arithmetic progression, what an IOVA allocator hands out,
+/// spread evenly). The guest picks the page numbers, and under a
+/// multiplier it knew it could pick ones that crowd into one run of slots,
+/// which every MAP and every lookup of a page near them would walk. So
+/// the multiplier is one the guest cannot see, drawn anew for each table
+/// from its host address and the previous multiplier (heap addresses are
+/// randomised; this needs no source of randomness in `no_std`); and an
+/// insert that still probes more than [`MAX_PROBE`] slots draws another.
 #[derive(Clone)]
 pub(crate) struct PageIndex {
     /// `[page + 1, word]`, or `[EMPTY, 0]`; a power of two of them (or
@@ -153,7 +152,7 @@ impl PageIndex {
     #[cold]
     #[inline(never)]
     fn reseed(&mut self) {
-        self.resize_with(self.slots.len(), true);
+        self.resize(self.slots.len());
     }
 
     /// Puts a key not in the table into its first empty slot.
@@ -172,21 +171,13 @@ impl PageIndex {
         self.resize((self.slots.len() * 2).max(MIN_SLOTS));
     }
 
-    /// A table of `n` slots (a power of two, more than twice `len`) with
-    /// every entry put back.
+    /// A table of `n` slots (a power of two, more than twice `len`), under
+    /// a new multiplier, with every entry put back.
     fn resize(&mut self, n: usize) {
-        self.resize_with(n, false);
-    }
-
-    /// [`resize`](Self::resize), with a new secret multiplier if `reseed`
-    /// (and from then on).
-    fn resize_with(&mut self, n: usize, reseed: bool) {
         let old = core::mem::replace(&mut self.slots, vec![[EMPTY, 0]; n]);
-        if reseed {
-            let mut h = PageHasher::default();
-            h.write_u64(self.mul ^ self.slots.as_ptr() as u64);
-            self.mul = h.finish() | 1;
-        }
+        let mut h = PageHasher::default();
+        h.write_u64(self.mul ^ self.slots.as_ptr() as u64);
+        self.mul = h.finish() | 1;
         for [k, w] in old {
             if k != EMPTY {
                 self.put(k, w);
@@ -287,11 +278,40 @@ mod tests {
         assert_eq!(t.len(), 0);
     }
 
-    /// Pages a guest picked to share one slot under the default
-    /// multiplier: the table takes a secret one, and no page then sits far
-    /// from its slot.
+    /// Pages picked to share one slot under a multiplier the table holds
+    /// (as if the guest had learnt it): the table draws another, and no
+    /// page then sits far from its slot.
     #[test]
     fn pages_picked_to_collide_do_not_crowd_the_table() {
+        // A table already at 1024 slots, so that it does not grow on the way.
+        let mut t = PageIndex::default();
+        for p in 0..300 {
+            t.insert(1 << 40 | p, 0);
+        }
+        let learnt = t.mul;
+        // 200 pages whose top 10 bits under that multiplier are 0: one slot.
+        let crowd: Vec<u64> = (0..u64::MAX)
+            .filter(|p| p.wrapping_mul(learnt) >> 54 == 0)
+            .take(200)
+            .collect();
+        assert_eq!(t.slots.len(), 1024);
+        for (i, &p) in crowd.iter().enumerate() {
+            assert_eq!(t.insert(p, i as u64), None);
+        }
+        assert_ne!(t.mul, learnt);
+        let mask = t.slots.len() - 1;
+        for (i, &p) in crowd.iter().enumerate() {
+            let at = t.find(p).unwrap();
+            assert_eq!(t.slots[at][1], i as u64);
+            let far = at.wrapping_sub(t.home(p)) & mask;
+            assert!(far <= MAX_PROBE, "page {p:#x} {far} slots from home");
+        }
+    }
+
+    /// Pages that would share one slot under the golden-ratio multiplier
+    /// do not: no table uses it.
+    #[test]
+    fn pages_picked_for_the_golden_ratio_do_not_crowd_the_table() {
         // 400 pages whose top 10 bits under the default multiplier are 0:
         // one slot in every table up to 1024 slots.
         let crowd: Vec<u64> = (0..u64::MAX)
