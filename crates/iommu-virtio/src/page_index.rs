@@ -278,6 +278,32 @@ mod tests {
         assert_eq!(t.len(), 0);
     }
 
+    /// The first `n` pages whose top 10 bits under `mul` are 0: one slot in
+    /// every table of up to 1024 slots hashed by `mul`.
+    fn crowd(mul: u64, n: usize) -> Vec<u64> {
+        (0..u64::MAX)
+            .filter(|p| p.wrapping_mul(mul) >> 54 == 0)
+            .take(n)
+            .collect()
+    }
+
+    /// Inserts `crowd` (page `i` with word `i`), then checks that `t` drew
+    /// a multiplier other than `known` and that every page is found, at
+    /// most [`MAX_PROBE`] slots from its home.
+    fn insert_and_check_spread(t: &mut PageIndex, crowd: &[u64], known: u64) {
+        for (i, &p) in crowd.iter().enumerate() {
+            assert_eq!(t.insert(p, i as u64), None);
+        }
+        assert_ne!(t.mul, known);
+        let mask = t.slots.len() - 1;
+        for (i, &p) in crowd.iter().enumerate() {
+            let at = t.find(p).unwrap();
+            assert_eq!(t.slots[at][1], i as u64);
+            let far = at.wrapping_sub(t.home(p)) & mask;
+            assert!(far <= MAX_PROBE, "page {p:#x} {far} slots from home");
+        }
+    }
+
     /// Pages picked to share one slot under a multiplier the table holds
     /// (as if the guest had learnt it): the table draws another, and no
     /// page then sits far from its slot.
@@ -288,48 +314,17 @@ mod tests {
         for p in 0..300 {
             t.insert(1 << 40 | p, 0);
         }
-        let learnt = t.mul;
-        // 200 pages whose top 10 bits under that multiplier are 0: one slot.
-        let crowd: Vec<u64> = (0..u64::MAX)
-            .filter(|p| p.wrapping_mul(learnt) >> 54 == 0)
-            .take(200)
-            .collect();
         assert_eq!(t.slots.len(), 1024);
-        for (i, &p) in crowd.iter().enumerate() {
-            assert_eq!(t.insert(p, i as u64), None);
-        }
-        assert_ne!(t.mul, learnt);
-        let mask = t.slots.len() - 1;
-        for (i, &p) in crowd.iter().enumerate() {
-            let at = t.find(p).unwrap();
-            assert_eq!(t.slots[at][1], i as u64);
-            let far = at.wrapping_sub(t.home(p)) & mask;
-            assert!(far <= MAX_PROBE, "page {p:#x} {far} slots from home");
-        }
+        let learnt = t.mul;
+        insert_and_check_spread(&mut t, &crowd(learnt, 200), learnt);
     }
 
     /// Pages that would share one slot under the golden-ratio multiplier
     /// do not: no table uses it.
     #[test]
     fn pages_picked_for_the_golden_ratio_do_not_crowd_the_table() {
-        // 400 pages whose top 10 bits under the default multiplier are 0:
-        // one slot in every table up to 1024 slots.
-        let crowd: Vec<u64> = (0..u64::MAX)
-            .filter(|p| p.wrapping_mul(GOLDEN) >> 54 == 0)
-            .take(400)
-            .collect();
         let mut t = PageIndex::default();
-        for (i, &p) in crowd.iter().enumerate() {
-            assert_eq!(t.insert(p, i as u64), None);
-        }
-        assert_ne!(t.mul, GOLDEN);
-        let mask = t.slots.len() - 1;
-        for (i, &p) in crowd.iter().enumerate() {
-            let at = t.find(p).unwrap();
-            assert_eq!(t.slots[at][1], i as u64);
-            let far = at.wrapping_sub(t.home(p)) & mask;
-            assert!(far <= MAX_PROBE, "page {p:#x} {far} slots from home");
-        }
+        insert_and_check_spread(&mut t, &crowd(GOLDEN, 400), GOLDEN);
     }
 
     /// A table grown for many pages shrinks as they go, and still finds
