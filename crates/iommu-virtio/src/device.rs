@@ -195,19 +195,21 @@ impl Mappings {
                 return true;
             }
         }
-        let whole = self.spans.get(&start).is_some_and(|e| e.end == end);
-        if whole {
-            self.spans.remove(&start);
+        match self.spans.entry(start) {
+            alloc::collections::btree_map::Entry::Occupied(o) if o.get().end == end => {
+                o.remove();
+                true
+            }
+            _ => false,
         }
-        whole
     }
 
     /// The mapping starting at `start` (for external mappers).
     #[cfg(any(feature = "vmm", test))]
     pub(crate) fn get(&self, start: u64) -> Option<Entry> {
         if start.is_multiple_of(PAGE) {
-            if let Some(v) = self.pages.get(start / PAGE) {
-                return Some(unpacked(start / PAGE, v).1);
+            if let Some((_, e)) = self.page_entry(start / PAGE) {
+                return Some(e);
             }
         }
         self.spans.get(&start).copied()
@@ -217,8 +219,8 @@ impl Mappings {
     #[inline]
     fn holding(&self, addr: u64) -> Option<(u64, Entry)> {
         // A one-page mapping holds every address of its page.
-        if let Some(v) = self.pages.get(addr / PAGE) {
-            return Some(unpacked(addr / PAGE, v));
+        if let Some(hit) = self.page_entry(addr / PAGE) {
+            return Some(hit);
         }
         if self.spans.is_empty() {
             return None;
@@ -272,6 +274,8 @@ impl Mappings {
         Some(above(w, bits))
     }
 
+    /// The one-page mapping of `page`, with its start.
+    #[inline]
     fn page_entry(&self, page: u64) -> Option<(u64, Entry)> {
         self.pages.get(page).map(|v| unpacked(page, v))
     }
@@ -282,10 +286,8 @@ impl Mappings {
         let page = self
             .last_page_at_or_before(addr / PAGE)
             .and_then(|p| self.page_entry(p));
-        match (span, page) {
-            (Some(s), Some(p)) => Some(if s.0 > p.0 { s } else { p }),
-            (s, p) => s.or(p),
-        }
+        // Mappings never share a start.
+        span.into_iter().chain(page).max_by_key(|&(s, _)| s)
     }
 
     /// The mapping with the lowest start in `[start, end]`.
@@ -295,10 +297,7 @@ impl Mappings {
             .first_page_at_or_after(start.div_ceil(PAGE))
             .filter(|&p| p * PAGE <= end)
             .and_then(|p| self.page_entry(p));
-        match (span, page) {
-            (Some(s), Some(p)) => Some(if s.0 < p.0 { s } else { p }),
-            (s, p) => s.or(p),
-        }
+        span.into_iter().chain(page).min_by_key(|&(s, _)| s)
     }
 
     /// Every mapping, by first address.
