@@ -392,3 +392,51 @@ fn a_huge_unmap_invalidates_the_whole_asid_in_a_few_commands() {
         }
     }
 }
+
+/// Drops everything of `s` (the domain a caller still holds aside): the
+/// driver and its SMMU are gone. Returns a handle on the emulated SMMU
+/// that says whether anything still keeps it.
+fn drop_setup(s: Setup) -> std::sync::Weak<iommu_smmuv3_emu::Smmuv3<iommu_smmuv3::emu::EmuMemory>> {
+    let Setup {
+        plat,
+        iommu,
+        _bus,
+        dev,
+    } = s;
+    let hw = Arc::downgrade(&plat.hw);
+    drop((dev, _bus, iommu));
+    drop(plat.driver);
+    drop((plat.hw, plat.smmus));
+    hw
+}
+
+#[test]
+fn a_domain_that_outlives_its_driver_hears_enodev_and_keeps_no_smmu_alive() {
+    let s = setup();
+    let d = domain(&s);
+    let (iova, pa) = (Iova::new(0x10_0000), PhysAddr::new(DATA));
+    d.map(iova, pa, 0x1000, Prot::RW).unwrap();
+    assert_eq!(d.unmap(iova, 0x1000), Ok(0x1000));
+    d.map(iova, pa, 0x1000, Prot::RW).unwrap();
+    let hw = drop_setup(s);
+    // The table still unmaps, but no invalidation can reach an SMMU: the
+    // caller is told the translation may still be cached.
+    let e = d.unmap(iova, 0x1000).unwrap_err();
+    assert_eq!((e.removed, e.errno), (0x1000, Errno::ENODEV));
+    drop(d);
+    assert!(hw.upgrade().is_none(), "the SMMU outlived its last user");
+}
+
+#[test]
+fn dropping_the_subsystem_frees_the_smmu_its_attached_domains_used() {
+    let s = setup();
+    let d = domain(&s);
+    d.map(Iova::new(0x10_0000), PhysAddr::new(DATA), 0x1000, Prot::RW)
+        .unwrap();
+    assert_eq!(d.unmap(Iova::new(0x10_0000), 0x1000), Ok(0x1000));
+    // A device the caller leaks keeps no stream, domain or SMMU alive.
+    std::mem::forget(s.dev.clone());
+    drop(d);
+    let hw = drop_setup(s);
+    assert!(hw.upgrade().is_none(), "something still holds the SMMU");
+}
