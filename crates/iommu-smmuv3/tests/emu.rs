@@ -397,16 +397,8 @@ fn a_huge_unmap_invalidates_the_whole_asid_in_a_few_commands() {
 /// driver and its SMMU are gone. Returns a handle on the emulated SMMU
 /// that says whether anything still keeps it.
 fn drop_setup(s: Setup) -> std::sync::Weak<iommu_smmuv3_emu::Smmuv3<iommu_smmuv3::emu::EmuMemory>> {
-    let Setup {
-        plat,
-        iommu,
-        _bus,
-        dev,
-    } = s;
-    let hw = Arc::downgrade(&plat.hw);
-    drop((dev, _bus, iommu));
-    drop(plat.driver);
-    drop((plat.hw, plat.smmus));
+    let hw = Arc::downgrade(&s.plat.hw);
+    drop(s);
     hw
 }
 
@@ -431,9 +423,9 @@ fn a_domain_that_outlives_its_driver_hears_enodev_and_keeps_no_smmu_alive() {
 fn dropping_the_subsystem_frees_the_smmu_its_attached_domains_used() {
     let s = setup();
     let d = domain(&s);
-    d.map(Iova::new(0x10_0000), PhysAddr::new(DATA), 0x1000, Prot::RW)
-        .unwrap();
-    assert_eq!(d.unmap(Iova::new(0x10_0000), 0x1000), Ok(0x1000));
+    let (iova, pa) = (Iova::new(0x10_0000), PhysAddr::new(DATA));
+    d.map(iova, pa, 0x1000, Prot::RW).unwrap();
+    assert_eq!(d.unmap(iova, 0x1000), Ok(0x1000));
     // A device the caller leaks keeps no stream, domain or SMMU alive.
     std::mem::forget(s.dev.clone());
     drop(d);
