@@ -124,6 +124,7 @@ impl Command {
     /// # Errors
     /// [`Illegal`] for an unknown opcode, one for a feature this SMMU does
     /// not implement, or a reserved field value.
+    #[inline]
     pub(crate) fn decode(dw0: u64, dw1: u64, feat: CmdFeatures) -> Result<Self, Illegal> {
         let opcode = field(dw0, 0, 8) as u8;
         let ill = Illegal { opcode };

@@ -331,9 +331,11 @@ struct Queue {
 
 impl Queue {
     /// log2 of the entries, capped at what the SMMU implements.
+    #[inline]
     fn log2(&self, max: u32) -> u32 {
         ((self.base & 0x1f) as u32).min(max)
     }
+    #[inline]
     fn addr(&self, index: u32, entry_bytes: u64, max: u32) -> u64 {
         let log2 = self.log2(max);
         let mask = !((entry_bytes << log2).max(32) - 1);
@@ -341,17 +343,21 @@ impl Queue {
             + u64::from(index & ((1 << log2) - 1)) * entry_bytes
     }
     /// Index plus wrap bit.
+    #[inline]
     fn wrap_mask(log2: u32) -> u32 {
         (2 << log2) - 1
     }
+    #[inline]
     fn is_empty(&self, log2: u32) -> bool {
         let m = Self::wrap_mask(log2);
         self.prod & m == self.cons & m
     }
+    #[inline]
     fn is_full(&self, log2: u32) -> bool {
         let m = Self::wrap_mask(log2);
         (self.prod ^ self.cons) & m == 1 << log2
     }
+    #[inline]
     fn next(v: u32, log2: u32) -> u32 {
         let m = Self::wrap_mask(log2);
         (v & !m) | (v.wrapping_add(1) & m)
