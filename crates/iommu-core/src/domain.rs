@@ -382,11 +382,13 @@ impl Domain {
     }
 
     /// An id unique within its subsystem, for logs and traces.
+    #[inline]
     pub fn id(&self) -> u64 {
         self.0.id
     }
 
     /// The domain type.
+    #[inline]
     pub fn ty(&self) -> DomainType {
         DomainType::from_u8(self.0.ty.load(Ordering::Acquire))
     }
@@ -398,6 +400,7 @@ impl Domain {
     }
 
     /// Page sizes of this domain.
+    #[inline]
     pub fn pgsize_bitmap(&self) -> u64 {
         self.0.pgsize_bitmap
     }

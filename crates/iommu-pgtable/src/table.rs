@@ -761,9 +761,12 @@ impl<F: Format, M: TableMemory> IoPageTable<F, M> {
             }
         }
         let table = self.walk_alloc(iova.raw(), level)?;
-        // The common case: every target slot is empty.
-        if (first..first + n).any(|i| self.load(table, i) != 0) {
-            return self.map_over(table, first, n, iova, pa, pgsize, level, prot);
+        // The common case: every target slot is empty. A plain loop: the
+        // iterator form stayed an out-of-line call for some table memories.
+        for i in first..first + n {
+            if self.load(table, i) != 0 {
+                return self.map_over(table, first, n, iova, pa, pgsize, level, prot);
+            }
         }
         let clean = self.dirty_tracking.load(Ordering::Relaxed) && prot.contains(Prot::WRITE);
         let mut leaf = self.leaf_for(pa, level, prot, clean);
