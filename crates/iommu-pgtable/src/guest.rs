@@ -40,7 +40,9 @@ struct Alloc {
 pub struct GuestWindow<M: GuestMemoryBackend> {
     mem: Arc<M>,
     base: u64,
-    end: u64,
+    /// Bytes from `base` to the window's end (0 without a window): kept
+    /// as a length, so an access tests it without a subtraction.
+    len: u64,
     /// Host address of `base`, when the maker vouched for it.
     host: Option<HostPtr>,
 }
@@ -63,7 +65,7 @@ impl<M: GuestMemoryBackend> GuestWindow<M> {
         GuestWindow {
             mem: mem.into(),
             base: 0,
-            end: 0,
+            len: 0,
             host: None,
         }
     }
@@ -85,12 +87,12 @@ impl<M: GuestMemoryBackend> GuestWindow<M> {
         let mut w = GuestWindow {
             mem: mem.into(),
             base,
-            end: base.saturating_add(size),
+            len: size.min(u64::MAX - base),
             host: None,
         };
         w.host = w.host_ptr();
         if w.host.is_none() {
-            (w.base, w.end) = (0, 0);
+            (w.base, w.len) = (0, 0);
         }
         w
     }
@@ -98,11 +100,11 @@ impl<M: GuestMemoryBackend> GuestWindow<M> {
     /// The host address of the window, if one region holds all of it and
     /// that address can hold `AtomicU64`s.
     fn host_ptr(&self) -> Option<HostPtr> {
-        if self.end - self.base < 8 {
+        if self.len < 8 {
             return None;
         }
         let region = self.mem.find_region(GuestAddress(self.base))?;
-        if region.last_addr().0 < self.end - 1 {
+        if region.last_addr().0 < self.base + (self.len - 1) {
             return None;
         }
         let host = self.mem.get_host_address(GuestAddress(self.base)).ok()?;
@@ -137,12 +139,12 @@ impl<M: GuestMemoryBackend> GuestWindow<M> {
         let off = addr.wrapping_sub(self.base);
         // Inside the window (and so not wrapped), and aligned as the
         // window's start is.
-        if off > self.end - self.base - size || !off.is_multiple_of(size) {
+        if off > self.len - size || !off.is_multiple_of(size) {
             return None;
         }
         // SAFETY: `with_host_mapping`'s caller promised `host` maps
         // `[base, end)` while `self.mem` lives, which it does as long as
-        // `self`; `off + size <= end - base`, and `host + off` is aligned for
+        // `self`; `off + size <= len`, and `host + off` is aligned for
         // the atomics `T` is (their alignment is their size, at most 8, and
         // `host` is 8-aligned). Guest memory is shared: it is only ever
         // reached through atomics here, as vm-memory's `get_atomic_ref` does.
