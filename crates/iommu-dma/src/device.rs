@@ -393,6 +393,7 @@ impl DmaDevice {
     /// [`DmaError::InvalidArgument`] for a zero size, `DmaDirection::None`
     /// or a wrapping range; [`DmaError::NoSpace`] when no IOVA fits below
     /// the DMA mask; [`DmaError::Map`] when the page tables refuse.
+    #[inline]
     pub fn map_single(
         &self,
         paddr: PhysAddr,
@@ -539,6 +540,7 @@ impl DmaDevice {
     /// mapping is gone, but the IOMMU did not confirm the invalidation, so
     /// the device may still reach the buffer for now (its IOVA is held back
     /// until an invalidation completes).
+    #[inline]
     pub fn unmap_single(
         &self,
         addr: DmaAddr,
