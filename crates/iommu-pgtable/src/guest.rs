@@ -143,8 +143,8 @@ impl<M: GuestMemoryBackend> GuestWindow<M> {
             return None;
         }
         // SAFETY: `with_host_mapping`'s caller promised `host` maps
-        // `[base, end)` while `self.mem` lives, which it does as long as
-        // `self`; `off + size <= len`, and `host + off` is aligned for
+        // `[base, base + len)` while `self.mem` lives, which it does as long
+        // as `self`; `off + size <= len`, and `host + off` is aligned for
         // the atomics `T` is (their alignment is their size, at most 8, and
         // `host` is 8-aligned). Guest memory is shared: it is only ever
         // reached through atomics here, as vm-memory's `get_atomic_ref` does.
